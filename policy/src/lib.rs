@@ -1,0 +1,13 @@
+//! `appid-policy`: the pure core of appid.
+//!
+//! - [`claims`]: the AppID claims document a certificate carries.
+//! - [`extension`]: the X.509 extension codec for those claims.
+//!
+//! Pure by design: no I/O, no async, no `unsafe`. Everything here can be
+//! called from the data plane's hot path or from a command-line tool alike.
+#![forbid(unsafe_code)]
+
+pub mod claims;
+pub mod extension;
+
+pub use claims::AppIdClaims;

@@ -1,0 +1,1 @@
+//! Workload identity: the CA, issuance of AppID certificates, verification.

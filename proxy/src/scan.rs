@@ -1,0 +1,1 @@
+//! Scanner reports (placeholder; being written).
