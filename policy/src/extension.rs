@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn unknown_top_level_keys_are_ignored() {
         let json = r#"{"v":1,"id":"spiffe://td/x","attestation":"manual","future":{"a":1}}"#;
-        let der = der::asn1::Utf8StringRef::new(json).unwrap().to_der().unwrap();
+        let der = der::asn1::Utf8StringRef::new(json)
+            .unwrap()
+            .to_der()
+            .unwrap();
         assert_eq!(decode(&der).unwrap().id, "spiffe://td/x");
     }
 
@@ -203,7 +206,10 @@ mod tests {
         claims.labels.insert("big".into(), "x".repeat(3000));
         assert!(matches!(encode(&claims), Err(ExtensionError::TooLarge(_))));
         let json = claims.to_json();
-        let der = der::asn1::Utf8StringRef::new(&json).unwrap().to_der().unwrap();
+        let der = der::asn1::Utf8StringRef::new(&json)
+            .unwrap()
+            .to_der()
+            .unwrap();
         assert!(matches!(decode(&der), Err(ExtensionError::TooLarge(_))));
         // Exactly at the limit is fine.
         let mut at_limit = sample();

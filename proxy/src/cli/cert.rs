@@ -1,0 +1,131 @@
+//! `appid cert inspect`: what a certificate says, readable or as JSON.
+//!
+//! Claims print as flattened `path = value` lines, the same dotted paths a
+//! policy uses (`labels.app`, `vulns.critical`), so what you read is what you
+//! can write in a rule.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::identity::files;
+use crate::identity::inspect::CertInfo;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Show a certificate's SPIFFE ID, validity, issuer and AppID claims
+    Inspect {
+        /// A PEM file; the first certificate is inspected
+        file: PathBuf,
+        /// Print only the AppID claims document, as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
+    let CertCommand::Inspect { file, json } = command;
+    let certs = files::read_certs(&file)?;
+    let name = file.display().to_string();
+    let info = CertInfo::from_der(&name, &certs[0])?;
+
+    if json {
+        return match &info.claims {
+            Ok(claims) => {
+                println!("{}", serde_json::to_string_pretty(claims)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(problem) => {
+                eprintln!("appid: {name}: {problem}");
+                Ok(super::denied())
+            }
+        };
+    }
+
+    let id = match info.uri_sans.as_slice() {
+        [one] => one.clone(),
+        [] => "(none: no URI SAN)".to_string(),
+        many => format!("(ambiguous: {} URI SANs: {})", many.len(), many.join(", ")),
+    };
+    println!("File:       {name}");
+    println!("SPIFFE ID:  {id}");
+    println!("Subject:    {}", info.subject);
+    println!("Issuer:     {}", info.issuer);
+    println!("Serial:     {}", info.serial);
+    println!("Valid:      {} to {}", info.not_before, info.not_after);
+    println!("Expires:    {}", describe_expiry(info.expires_in_secs));
+    if info.is_ca {
+        println!("CA:         yes (this is a CA certificate, not a workload)");
+    }
+    if certs.len() > 1 {
+        println!(
+            "Chain:      {} more certificate(s) in the file",
+            certs.len() - 1
+        );
+    }
+    match &info.claims {
+        Ok(claims) => {
+            println!("AppID claims:");
+            let value = serde_json::to_value(claims).context("claims to JSON")?;
+            let mut lines = Vec::new();
+            flatten("", &value, &mut lines);
+            let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            for (path, value) in lines {
+                println!("  {path:width$} = {value}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problem) => {
+            println!("AppID claims: none usable: {problem}");
+            Ok(super::denied())
+        }
+    }
+}
+
+fn describe_expiry(secs: i64) -> String {
+    let magnitude = humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs()));
+    if secs >= 0 {
+        format!("in {magnitude}")
+    } else {
+        format!("EXPIRED {magnitude} ago")
+    }
+}
+
+/// Flattens JSON into `(dotted.path, rendered value)` pairs, in order.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, child, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_nested_claims_into_policy_paths() {
+        let value = serde_json::json!({"v":1,"labels":{"app":"web"},"vulns":{"critical":2}});
+        let mut out = Vec::new();
+        flatten("", &value, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                ("v".to_string(), "1".to_string()),
+                ("labels.app".to_string(), "web".to_string()),
+                ("vulns.critical".to_string(), "2".to_string()),
+            ]
+        );
+    }
+}

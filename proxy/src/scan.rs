@@ -1,1 +1,0 @@
-//! Scanner reports (placeholder; being written).
