@@ -6,5 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod detect;
 pub mod identity;
 pub mod scan;
+pub mod sidecar;
+// Sidecar surroundings: configuration, audit log, metrics, admin API.
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod metrics;

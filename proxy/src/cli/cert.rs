@@ -122,8 +122,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                ("v".to_string(), "1".to_string()),
                 ("labels.app".to_string(), "web".to_string()),
+                ("v".to_string(), "1".to_string()),
                 ("vulns.critical".to_string(), "2".to_string()),
             ]
         );

@@ -14,7 +14,6 @@ use appid_policy::claims::{Cloud, Image, attestation};
 
 use super::args::{self, KeyValue};
 use crate::identity::ca::{Ca, KeyAlg};
-use crate::identity::files::{self, NewFile};
 use crate::identity::spiffe::SpiffeId;
 use crate::scan;
 
@@ -88,26 +87,16 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     }
     let ca = Ca::load(&args.dir).context("loading the CA (run `appid authority init` first?)")?;
     let claims = build_claims(&args)?;
-    let key = args.key_alg.generate()?;
     let issued = ca
-        .issue(&args.id, &claims, &key, args.ttl)
+        .issue_to_files(
+            &args.id,
+            &claims,
+            args.key_alg,
+            args.ttl,
+            &args.cert,
+            &args.key,
+        )
         .with_context(|| format!("issuing a certificate for {}", args.id))?;
-    let key_pem = key.serialize_pem();
-    files::write_all_or_nothing(
-        &[
-            NewFile {
-                path: &args.key,
-                contents: key_pem.as_bytes(),
-                mode: 0o600,
-            },
-            NewFile {
-                path: &args.cert,
-                contents: issued.pem.as_bytes(),
-                mode: 0o644,
-            },
-        ],
-        true,
-    )?;
     println!(
         "issued {} (serial {}, expires {}) -> {}, key {}",
         args.id,
@@ -129,22 +118,14 @@ fn build_claims(args: &IssueArgs) -> anyhow::Result<AppIdClaims> {
     for KeyValue { key, value } in &args.labels {
         claims.labels.insert(key.clone(), value.clone());
     }
-    let mut image = Image {
-        digest: args.image_digest.clone(),
-        name: args.image_name.clone(),
-    };
-    if let Some(report_path) = &args.vulns {
-        let report = read_report(report_path)?;
-        if image.digest.is_none() {
-            image.digest = report.image_digest.clone();
-        }
-        if image.name.is_none() {
-            image.name = report.image_name.clone();
-        }
-        claims.vulns = Some(report.to_vulns());
+    if args.image_digest.is_some() || args.image_name.is_some() {
+        claims.image = Some(Image {
+            digest: args.image_digest.clone(),
+            name: args.image_name.clone(),
+        });
     }
-    if image.digest.is_some() || image.name.is_some() {
-        claims.image = Some(image);
+    if let Some(report_path) = &args.vulns {
+        read_report(report_path)?.fill_claims(&mut claims);
     }
     if !args.cloud_tags.is_empty() {
         let mut cloud = Cloud::default();

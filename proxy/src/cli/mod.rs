@@ -14,6 +14,7 @@ mod authority;
 mod cert;
 mod issue;
 mod policy;
+mod proxy;
 
 /// appid: a transparent mTLS sidecar that authorizes workloads by their
 /// signed AppID claims (SPIFFE ID, labels, image, vulnerabilities, cloud).
@@ -38,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: cert::CertCommand,
     },
+    /// Run the sidecar
+    Proxy(proxy::ProxyArgs),
     /// Check a policy file, or explain a decision
     Policy {
         #[command(subcommand)]
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Issue(args) => issue::run(args),
         Command::Cert { command } => cert::run(command),
         Command::Policy { command } => policy::run(command),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,10 @@ use time::{Duration, OffsetDateTime};
 use appid_policy::AppIdClaims;
 use appid_policy::extension::{self, ExtensionError};
 
-use super::ca::Ca;
+use std::path::Path;
+
+use super::ca::{Ca, CaError, KeyAlg};
+use super::files::{self, FileError, NewFile};
 use super::oid_rewrite::{self, RewritingSigner};
 use super::spiffe::SpiffeId;
 
@@ -41,6 +44,10 @@ pub enum IssueError {
     Claims(#[from] ExtensionError),
     #[error("certificate generation failed: {0}")]
     Crypto(#[from] rcgen::Error),
+    #[error("key generation failed: {0}")]
+    Key(String),
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// A freshly issued leaf certificate.
@@ -86,6 +93,41 @@ impl Ca {
             not_after: now + ttl,
         };
         self.sign_leaf(&leaf, subject_key)
+    }
+
+    /// Issues a certificate with a fresh key of `key_alg` and writes both,
+    /// all or nothing (key mode 0600; existing files are replaced).
+    pub fn issue_to_files(
+        &self,
+        id: &SpiffeId,
+        claims: &AppIdClaims,
+        key_alg: KeyAlg,
+        ttl: Duration,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<IssuedCert, IssueError> {
+        let key = key_alg.generate().map_err(|e| match e {
+            CaError::Crypto(e) => IssueError::Crypto(e),
+            other => IssueError::Key(other.to_string()),
+        })?;
+        let issued = self.issue(id, claims, &key, ttl)?;
+        let key_pem = key.serialize_pem();
+        files::write_all_or_nothing(
+            &[
+                NewFile {
+                    path: key_path,
+                    contents: key_pem.as_bytes(),
+                    mode: 0o600,
+                },
+                NewFile {
+                    path: cert_path,
+                    contents: issued.pem.as_bytes(),
+                    mode: 0o644,
+                },
+            ],
+            true,
+        )?;
+        Ok(issued)
     }
 
     /// Signs a leaf from a template. `issue` is the checked entry point; tests

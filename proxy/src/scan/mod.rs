@@ -62,6 +62,7 @@ pub enum Scanner {
 
 impl Scanner {
     /// The name used in the AppID `vulns.scanner` claim.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Scanner::Trivy => "trivy",
@@ -98,6 +99,7 @@ impl Severity {
     ///
     /// Grype's `Negligible` is `Low`; anything unrecognised (including a
     /// missing label) is `Unknown`, so it is still counted.
+    #[must_use]
     pub fn from_label(label: &str) -> Severity {
         const LABELS: [(&str, Severity); 6] = [
             ("critical", Severity::Critical),
@@ -126,6 +128,7 @@ pub struct SeverityCounts {
 
 impl SeverityCounts {
     /// All findings.
+    #[must_use]
     pub fn total(&self) -> u64 {
         self.critical + self.high + self.medium + self.low + self.unknown
     }
@@ -171,6 +174,7 @@ pub struct ScanReport {
 
 impl ScanReport {
     /// The AppID `vulns` claim for this report.
+    #[must_use]
     pub fn to_vulns(&self) -> Vulns {
         Vulns {
             critical: self.counts.critical,
@@ -181,6 +185,23 @@ impl ScanReport {
             scanner: self.scanner.as_str().to_owned(),
             report: self.report_sha256.clone(),
             scanned_at: self.scanned_at.clone(),
+        }
+    }
+
+    /// Fills the claims from this report: `vulns` always, and the image
+    /// digest and name only where the claims have none (an explicit
+    /// `--image-digest` or a registered digest wins over the report's).
+    pub fn fill_claims(&self, claims: &mut appid_policy::AppIdClaims) {
+        claims.vulns = Some(self.to_vulns());
+        let image = claims.image.get_or_insert_with(Default::default);
+        if image.digest.is_none() {
+            image.digest = self.image_digest.clone();
+        }
+        if image.name.is_none() {
+            image.name = self.image_name.clone();
+        }
+        if image.digest.is_none() && image.name.is_none() {
+            claims.image = None;
         }
     }
 }
@@ -240,6 +261,12 @@ impl ScanError {
 ///
 /// `bytes` is the exact file content: `report_sha256` is computed over it.
 /// A UTF-8 byte-order mark is tolerated (PowerShell writes one).
+///
+/// # Errors
+///
+/// A [`ScanError`] when the input is too large, empty, not JSON, neither
+/// format, an unsupported Trivy schema, or has a field of the wrong type.
+/// The message says what was expected; the caller adds the file name.
 pub fn parse_report(bytes: &[u8]) -> Result<ScanReport, ScanError> {
     if bytes.len() > MAX_REPORT_BYTES {
         return Err(ScanError::TooLarge {
@@ -332,39 +359,39 @@ impl TopObject {
         Err(unknown(self.describe()))
     }
 
-    /// "an object with keys `a`, `b` and 3 more; it has Grype's `matches` but not
-    /// `source`, `descriptor`"
+    /// What the object looks like, for the "neither format" message, e.g.
+    /// "an object with keys `matches`, `source`, `x` and 3 more; it has part
+    /// of a Grype report but not `descriptor`".
     fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let quote = |k: &str| format!("`{k}`");
         let mut keys: Vec<String> = self
             .trivy
             .present_keys()
             .chain(self.grype.present_keys())
-            .map(|k| format!("`{k}`"))
+            .map(quote)
             .collect();
-        keys.extend(self.other_keys.iter().map(|k| format!("`{k}`")));
-        let total = keys.len() + self.other_key_count - self.other_keys.len();
-        let mut out = if total == 0 {
+        keys.extend(self.other_keys.iter().map(|k| quote(k)));
+        let unquoted = self.other_key_count - self.other_keys.len();
+        let mut out = if keys.is_empty() {
             "an empty object".to_owned()
         } else {
-            let mut s = format!("an object with keys {}", keys.join(", "));
-            if total > keys.len() {
-                s.push_str(&format!(" and {} more", total - keys.len()));
-            }
-            s
+            format!("an object with keys {}", keys.join(", "))
         };
+        if unquoted > 0 {
+            let _ = write!(out, " and {unquoted} more");
+        }
         if self.trivy.present_keys().next().is_some() {
             out.push_str("; it has part of a Trivy report but no `SchemaVersion`");
         }
         let missing = self.grype.missing_keys();
         if missing.len() < 3 {
-            out.push_str(&format!(
+            let missing: Vec<String> = missing.into_iter().map(quote).collect();
+            let _ = write!(
+                out,
                 "; it has part of a Grype report but not {}",
-                missing
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                missing.join(", ")
+            );
         }
         out
     }
@@ -495,6 +522,7 @@ impl Digests {
 }
 
 /// `sha256:` followed by exactly 64 lowercase hex digits.
+#[must_use]
 pub fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|hex| {
         hex.len() == 64

@@ -1,0 +1,381 @@
+//! Claim paths (`labels.app`, `vulns.critical`, `reported.process.uid`)
+//! compiled to direct accessors on [`AppIdClaims`].
+//!
+//! Design bias: *resolve names once*. A path is parsed and checked at load
+//! (an unknown path is a load error with the list of valid ones), and at
+//! decision time reading an attribute is a field access or a map lookup by a
+//! borrowed key: no JSON is built, nothing is flattened, nothing allocated.
+//!
+//! `labels.<key>` and `cloud.tags.<key>` take the whole rest of the path as
+//! the key, so Kubernetes-style keys with dots work
+//! (`labels.app.kubernetes.io/name`). `reported.<a>.<b>` walks the
+//! self-reported JSON object by dots.
+
+use std::fmt;
+
+use crate::claims::AppIdClaims;
+
+/// A vulnerability severity count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Severity {
+    Critical,
+    High,
+    Medium,
+    Low,
+    Unknown,
+}
+
+/// A string field of `cloud`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloudField {
+    Provider,
+    Account,
+    Project,
+    Region,
+    Zone,
+    Instance,
+    Image,
+}
+
+/// A compiled claim path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Attr {
+    V,
+    Id,
+    Attestation,
+    Labels,
+    Label(Box<str>),
+    Image,
+    ImageDigest,
+    ImageName,
+    Vulns,
+    Vuln(Severity),
+    VulnsScanner,
+    VulnsReport,
+    VulnsScannedAt,
+    Cloud,
+    CloudField(CloudField),
+    CloudTags,
+    CloudTag(Box<str>),
+    /// `reported` (empty) or a path inside it.
+    Reported(Box<[Box<str>]>),
+}
+
+/// An attribute's value as the operators see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum AttrValue<'a> {
+    Missing,
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    /// A map or list: only `exists` says anything about it.
+    Compound,
+}
+
+const TOP: &[&str] = &[
+    "id",
+    "v",
+    "attestation",
+    "labels.<key>",
+    "image.digest",
+    "image.name",
+    "vulns.critical",
+    "vulns.high",
+    "vulns.medium",
+    "vulns.low",
+    "vulns.unknown",
+    "vulns.scanner",
+    "vulns.report",
+    "vulns.scanned_at",
+    "cloud.provider",
+    "cloud.account",
+    "cloud.project",
+    "cloud.region",
+    "cloud.zone",
+    "cloud.instance",
+    "cloud.image",
+    "cloud.tags.<key>",
+    "reported.<path>",
+];
+
+impl Attr {
+    /// Parses a flattened claim path. The error is the hint to show.
+    pub fn parse(path: &str) -> Result<Attr, String> {
+        let (head, rest) = match path.split_once('.') {
+            Some((h, r)) => (h, Some(r)),
+            None => (path, None),
+        };
+        let attr = match (head, rest) {
+            ("v", None) => Attr::V,
+            ("id", None) => Attr::Id,
+            ("attestation", None) => Attr::Attestation,
+            ("labels", None) => Attr::Labels,
+            ("labels", Some(key)) if !key.is_empty() => Attr::Label(key.into()),
+            ("image", None) => Attr::Image,
+            ("image", Some("digest")) => Attr::ImageDigest,
+            ("image", Some("name")) => Attr::ImageName,
+            ("vulns", None) => Attr::Vulns,
+            ("vulns", Some(f)) => match f {
+                "critical" => Attr::Vuln(Severity::Critical),
+                "high" => Attr::Vuln(Severity::High),
+                "medium" => Attr::Vuln(Severity::Medium),
+                "low" => Attr::Vuln(Severity::Low),
+                "unknown" => Attr::Vuln(Severity::Unknown),
+                "scanner" => Attr::VulnsScanner,
+                "report" => Attr::VulnsReport,
+                "scanned_at" => Attr::VulnsScannedAt,
+                _ => return Err(field_hint("vulns", f, TOP)),
+            },
+            ("cloud", None) => Attr::Cloud,
+            ("cloud", Some("tags")) => Attr::CloudTags,
+            ("cloud", Some(f)) => match f.split_once('.') {
+                Some(("tags", key)) if !key.is_empty() => Attr::CloudTag(key.into()),
+                _ => Attr::CloudField(match f {
+                    "provider" => CloudField::Provider,
+                    "account" => CloudField::Account,
+                    "project" => CloudField::Project,
+                    "region" => CloudField::Region,
+                    "zone" => CloudField::Zone,
+                    "instance" => CloudField::Instance,
+                    "image" => CloudField::Image,
+                    _ => return Err(field_hint("cloud", f, TOP)),
+                }),
+            },
+            ("reported", None) => Attr::Reported(Box::new([])),
+            ("reported", Some(p)) if p.split('.').all(|s| !s.is_empty()) => {
+                Attr::Reported(p.split('.').map(Into::into).collect())
+            }
+            _ => {
+                let heads: Vec<&str> = TOP.iter().map(|k| k.split('.').next().unwrap_or(k)).collect();
+                let list = TOP.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                return Err(match super::error::suggest(head, &heads) {
+                    Some(s) => format!("did you mean `{s}`? claim paths are {list}"),
+                    None => format!("claim paths are {list}"),
+                });
+            }
+        };
+        Ok(attr)
+    }
+
+    /// A map-valued path (`labels`, `vulns`, ...) that only `exists` can test.
+    pub fn is_section(&self) -> bool {
+        matches!(
+            self,
+            Attr::Labels | Attr::Image | Attr::Vulns | Attr::Cloud | Attr::CloudTags
+        ) || matches!(self, Attr::Reported(p) if p.is_empty())
+    }
+
+    /// Always a string when present: equality is exact text, so it can be
+    /// indexed by value.
+    pub fn is_text(&self) -> bool {
+        matches!(
+            self,
+            Attr::Id
+                | Attr::Attestation
+                | Attr::Label(_)
+                | Attr::ImageDigest
+                | Attr::ImageName
+                | Attr::VulnsScanner
+                | Attr::VulnsReport
+                | Attr::VulnsScannedAt
+                | Attr::CloudField(_)
+                | Attr::CloudTag(_)
+        )
+    }
+
+    /// Reads the attribute. No allocation.
+    pub fn get<'a>(&self, c: &'a AppIdClaims) -> AttrValue<'a> {
+        use AttrValue::{Compound, Missing, Num, Str};
+        let opt = |s: Option<&'a String>| s.map_or(Missing, |s| Str(s.as_str()));
+        match self {
+            Attr::V => Num(f64::from(c.v)),
+            Attr::Id => Str(&c.id),
+            Attr::Attestation => Str(&c.attestation),
+            Attr::Labels => present(!c.labels.is_empty()),
+            Attr::Label(k) => opt(c.labels.get(&**k)),
+            Attr::Image => present(c.image.is_some()),
+            Attr::ImageDigest => opt(c.image.as_ref().and_then(|i| i.digest.as_ref())),
+            Attr::ImageName => opt(c.image.as_ref().and_then(|i| i.name.as_ref())),
+            Attr::Vulns => present(c.vulns.is_some()),
+            Attr::Vuln(s) => c.vulns.as_ref().map_or(Missing, |v| {
+                // Counts are far below 2^53, so the conversion is exact.
+                #[allow(clippy::cast_precision_loss)]
+                Num(match s {
+                    Severity::Critical => v.critical,
+                    Severity::High => v.high,
+                    Severity::Medium => v.medium,
+                    Severity::Low => v.low,
+                    Severity::Unknown => v.unknown,
+                } as f64)
+            }),
+            Attr::VulnsScanner => c.vulns.as_ref().map_or(Missing, |v| Str(&v.scanner)),
+            Attr::VulnsReport => c.vulns.as_ref().map_or(Missing, |v| Str(&v.report)),
+            Attr::VulnsScannedAt => opt(c.vulns.as_ref().and_then(|v| v.scanned_at.as_ref())),
+            Attr::Cloud => present(c.cloud.is_some()),
+            Attr::CloudField(f) => opt(c.cloud.as_ref().and_then(|cl| match f {
+                CloudField::Provider => cl.provider.as_ref(),
+                CloudField::Account => cl.account.as_ref(),
+                CloudField::Project => cl.project.as_ref(),
+                CloudField::Region => cl.region.as_ref(),
+                CloudField::Zone => cl.zone.as_ref(),
+                CloudField::Instance => cl.instance.as_ref(),
+                CloudField::Image => cl.image.as_ref(),
+            })),
+            Attr::CloudTags => present(c.cloud.as_ref().is_some_and(|cl| !cl.tags.is_empty())),
+            Attr::CloudTag(k) => opt(c.cloud.as_ref().and_then(|cl| cl.tags.get(&**k))),
+            Attr::Reported(path) => {
+                let Some(map) = c.reported.as_ref() else {
+                    return Missing;
+                };
+                let Some((first, rest)) = path.split_first() else {
+                    return Compound;
+                };
+                let mut v = match map.get(&**first) {
+                    Some(v) => v,
+                    None => return Missing,
+                };
+                for key in rest {
+                    v = match v.get(&**key) {
+                        Some(v) => v,
+                        None => return Missing,
+                    };
+                }
+                json_value(v)
+            }
+        }
+    }
+}
+
+fn present<'a>(yes: bool) -> AttrValue<'a> {
+    if yes {
+        AttrValue::Compound
+    } else {
+        AttrValue::Missing
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> AttrValue<'_> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => AttrValue::Missing,
+        J::Bool(b) => AttrValue::Bool(*b),
+        J::Number(n) => n.as_f64().map_or(AttrValue::Missing, AttrValue::Num),
+        J::String(s) => AttrValue::Str(s),
+        J::Array(_) | J::Object(_) => AttrValue::Compound,
+    }
+}
+
+fn field_hint(section: &str, field: &str, all: &[&str]) -> String {
+    let fields: Vec<&str> = all
+        .iter()
+        .filter_map(|p| p.strip_prefix(section)?.strip_prefix('.'))
+        .collect();
+    let prefixed: Vec<String> = fields.iter().map(|f| format!("{section}.{f}")).collect();
+    let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+    super::error::choices_hint(&format!("{section}.{field}"), &refs, &format!("`{section}` paths"))
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attr::V => f.write_str("v"),
+            Attr::Id => f.write_str("id"),
+            Attr::Attestation => f.write_str("attestation"),
+            Attr::Labels => f.write_str("labels"),
+            Attr::Label(k) => write!(f, "labels.{k}"),
+            Attr::Image => f.write_str("image"),
+            Attr::ImageDigest => f.write_str("image.digest"),
+            Attr::ImageName => f.write_str("image.name"),
+            Attr::Vulns => f.write_str("vulns"),
+            Attr::Vuln(s) => write!(f, "vulns.{}", format!("{s:?}").to_ascii_lowercase()),
+            Attr::VulnsScanner => f.write_str("vulns.scanner"),
+            Attr::VulnsReport => f.write_str("vulns.report"),
+            Attr::VulnsScannedAt => f.write_str("vulns.scanned_at"),
+            Attr::Cloud => f.write_str("cloud"),
+            Attr::CloudField(c) => write!(f, "cloud.{}", format!("{c:?}").to_ascii_lowercase()),
+            Attr::CloudTags => f.write_str("cloud.tags"),
+            Attr::CloudTag(k) => write!(f, "cloud.tags.{k}"),
+            Attr::Reported(p) => {
+                f.write_str("reported")?;
+                for s in p {
+                    write!(f, ".{s}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::{Cloud, Vulns};
+
+    fn claims() -> AppIdClaims {
+        let mut c = AppIdClaims::new("spiffe://td/ns/a/sa/web", "join_token");
+        c.labels.insert("app".into(), "web".into());
+        c.labels.insert("app.kubernetes.io/name".into(), "web-k".into());
+        c.vulns = Some(Vulns {
+            critical: 2,
+            high: 1,
+            scanner: "trivy".into(),
+            report: "sha256:00".into(),
+            ..Vulns::default()
+        });
+        let mut cloud = Cloud {
+            provider: Some("aws".into()),
+            ..Cloud::default()
+        };
+        cloud.tags.insert("env".into(), "prod".into());
+        c.cloud = Some(cloud);
+        c.reported = serde_json::from_str(r#"{"process":{"uid":1000,"root":false,"name":"x"}}"#).ok();
+        c
+    }
+
+    #[test]
+    fn every_path_reads_the_right_field() {
+        let c = claims();
+        let cases: &[(&str, AttrValue<'_>)] = &[
+            ("v", AttrValue::Num(1.0)),
+            ("id", AttrValue::Str("spiffe://td/ns/a/sa/web")),
+            ("attestation", AttrValue::Str("join_token")),
+            ("labels", AttrValue::Compound),
+            ("labels.app", AttrValue::Str("web")),
+            ("labels.app.kubernetes.io/name", AttrValue::Str("web-k")),
+            ("labels.nope", AttrValue::Missing),
+            ("image", AttrValue::Missing),
+            ("image.digest", AttrValue::Missing),
+            ("vulns.critical", AttrValue::Num(2.0)),
+            ("vulns.medium", AttrValue::Num(0.0)),
+            ("vulns.scanner", AttrValue::Str("trivy")),
+            ("vulns.scanned_at", AttrValue::Missing),
+            ("cloud.provider", AttrValue::Str("aws")),
+            ("cloud.region", AttrValue::Missing),
+            ("cloud.tags", AttrValue::Compound),
+            ("cloud.tags.env", AttrValue::Str("prod")),
+            ("reported", AttrValue::Compound),
+            ("reported.process", AttrValue::Compound),
+            ("reported.process.uid", AttrValue::Num(1000.0)),
+            ("reported.process.root", AttrValue::Bool(false)),
+            ("reported.process.name", AttrValue::Str("x")),
+            ("reported.process.gid", AttrValue::Missing),
+        ];
+        for (path, want) in cases {
+            let attr = Attr::parse(path).unwrap();
+            assert_eq!(attr.get(&c), *want, "{path}");
+            assert_eq!(attr.to_string(), *path);
+        }
+    }
+
+    #[test]
+    fn unknown_paths_name_the_valid_ones() {
+        let e = Attr::parse("vulns.crit").unwrap_err();
+        assert!(e.contains("did you mean `vulns.critical`?"), "{e}");
+        let e = Attr::parse("lables.app").unwrap_err();
+        assert!(e.contains("did you mean `labels`?"), "{e}");
+        assert!(e.contains("`labels.<key>`"), "{e}");
+        assert!(Attr::parse("labels.").is_err());
+        assert!(Attr::parse("reported..x").is_err());
+        assert!(Attr::parse("cloud.nope").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! What the engine answers: an outcome, the rule that decided, and why.
+//!
+//! Design bias: *a decision explains itself without a second lookup*. It
+//! borrows the rule's name and clause texts from the policy, so the data
+//! plane can write the audit line (rule, the attributes it looked at, why a
+//! denial happened) and the `x-appid-denied-by` header from the decision
+//! alone, and building one allocates nothing.
+
+use std::fmt;
+
+use super::rule::Rule;
+
+/// The rule name decisions made by the policy's `default` carry.
+pub const DEFAULT_RULE: &str = "default";
+
+/// Allow, deny, or "ask again per HTTP request".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// A connection-time decision that depends on HTTP requests: a rule
+    /// with `http` matches this connection's caller, callee and port. Decide
+    /// again for each request ([`super::Http::Request`]), or with
+    /// [`super::Http::NotHttp`] if the connection is not HTTP.
+    DeferToL7,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::DeferToL7 => "defer to L7",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An allow rule that did not match, and the first clause that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Miss<'p> {
+    pub rule: &'p str,
+    /// The clause as written, e.g. `from.labels.app: web`.
+    pub clause: &'p str,
+}
+
+/// The clause text of a rule with `http` on a connection that is not HTTP.
+pub const NOT_HTTP_CLAUSE: &str = "http (the connection is not HTTP)";
+
+/// Why the outcome is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'p> {
+    /// The rule named in the decision matched, and its action decided.
+    Rule,
+    /// No rule matched, so the policy's `default` decided. `closest` is the
+    /// allow rule that got furthest among those looked at, with the clause
+    /// that failed (or [`NOT_HTTP_CLAUSE`]).
+    Default { closest: Option<Miss<'p>> },
+    /// The destination is a cloud metadata API (169.254.169.254,
+    /// fd00:ec2::254, metadata.google.internal) and no allow rule names it
+    /// explicitly. Denied even when `default: allow`.
+    MetadataApi,
+    /// The rule named in the decision has `http`: decide per request.
+    NeedsHttp,
+}
+
+/// One authorization decision. Borrowed from the policy; no allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'p> {
+    pub outcome: Outcome,
+    /// The deciding rule's name, or [`DEFAULT_RULE`].
+    pub rule: &'p str,
+    /// Audit mode turned a denial into this allow: log it as a would-be
+    /// denial.
+    pub audit_only: bool,
+    pub reason: Reason<'p>,
+    pub(crate) matched: Option<&'p Rule>,
+}
+
+impl<'p> Decision<'p> {
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    pub fn is_denied(&self) -> bool {
+        self.outcome == Outcome::Deny
+    }
+
+    /// The outcome enforce mode would have given.
+    pub fn enforced_outcome(&self) -> Outcome {
+        if self.audit_only {
+            Outcome::Deny
+        } else {
+            self.outcome
+        }
+    }
+
+    /// The attribute paths the deciding rule looked at (`from.labels.app`,
+    /// `to.ports`, `http.paths`, ...), for the audit log. Empty for
+    /// `default`.
+    pub fn attributes(&self) -> impl Iterator<Item = &'p str> + 'p {
+        self.matched
+            .into_iter()
+            .flat_map(|r| r.clauses.iter().map(|c| &*c.path))
+    }
+
+    /// The deciding rule's clauses as written (`from.vulns.critical: {lte: 0}`).
+    pub fn clauses(&self) -> impl Iterator<Item = &'p str> + 'p {
+        self.matched
+            .into_iter()
+            .flat_map(|r| r.clauses.iter().map(|c| &*c.text))
+    }
+
+    /// On a denial by `default`: the clause of the closest allow rule that
+    /// failed.
+    pub fn failed_clause(&self) -> Option<Miss<'p>> {
+        match self.reason {
+            Reason::Default { closest } if self.enforced_outcome() == Outcome::Deny => closest,
+            _ => None,
+        }
+    }
+
+    /// A one-line reason for the audit log and a 403 body, e.g.
+    /// `rule no-criticals matched` or `metadata API`.
+    pub fn why(&self) -> Why<'_, 'p> {
+        Why(self)
+    }
+}
+
+/// See [`Decision::why`].
+pub struct Why<'d, 'p>(&'d Decision<'p>);
+
+impl fmt::Display for Why<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        match d.reason {
+            Reason::Rule => {
+                write!(f, "rule {}", d.rule)?;
+                if d.enforced_outcome() == Outcome::Deny {
+                    let mut clauses = d.clauses();
+                    if let Some(first) = clauses.next() {
+                        write!(f, " ({first}")?;
+                        for c in clauses {
+                            write!(f, ", {c}")?;
+                        }
+                        f.write_str(")")?;
+                    }
+                }
+                Ok(())
+            }
+            Reason::Default { closest: None } => f.write_str("no rule matched"),
+            Reason::Default {
+                closest: Some(miss),
+            } => write!(
+                f,
+                "no rule matched; closest: rule {} failed at {}",
+                miss.rule, miss.clause
+            ),
+            Reason::MetadataApi => f.write_str(
+                "metadata API: the destination is a cloud metadata endpoint and no rule names it explicitly",
+            ),
+            Reason::NeedsHttp => write!(f, "rule {} inspects HTTP requests", d.rule),
+        }
+    }
+}
+
+impl fmt::Display for Decision<'_> {
+    /// `allow by rule web-to-api`, `deny by default: no rule matched; ...`,
+    /// `allow (audit only, would deny) by rule no-criticals (...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.audit_only {
+            f.write_str("allow (audit only, would deny)")?;
+        } else {
+            write!(f, "{}", self.outcome)?;
+        }
+        match self.reason {
+            Reason::Rule => write!(f, " by {}", self.why()),
+            Reason::Default { .. } => write!(f, " by default: {}", self.why()),
+            Reason::MetadataApi | Reason::NeedsHttp => write!(f, ": {}", self.why()),
+        }
+    }
+}

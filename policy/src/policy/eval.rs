@@ -1,0 +1,188 @@
+//! Turning the rules that match into one decision.
+//!
+//! Design bias: *one tally, two ways to fill it*. [`Tally`] is the whole of
+//! the semantics (deny wins, then allow, then default; L7 deferral; the
+//! metadata API; audit mode). The data plane fills it from the index's
+//! candidates; tests and `explain` fill it from a scan of every rule; the
+//! property tests check the two agree. Among several matching rules of the
+//! winning kind the one whose name sorts first is named (rule ids are ranks
+//! by name), so no decision depends on the order rules are written in.
+
+use super::Policy;
+use super::decision::{DEFAULT_RULE, Decision, Miss, NOT_HTTP_CLAUSE, Outcome, Reason};
+use super::load::Mode;
+use super::query::{Callee, Caller, Query, is_metadata_api};
+use super::rule::{Action, Eval, Rule};
+
+/// Which partition (and index) a query belongs to, by the kinds of caller
+/// and callee; `None` for a combination no rule can describe.
+pub(crate) fn partition(q: &Query<'_>) -> Option<usize> {
+    match (q.caller, q.callee) {
+        (Caller::Meshed(_), Callee::Meshed(_)) => Some(0),
+        (Caller::Unauthenticated(_), Callee::Meshed(_)) => Some(1),
+        (Caller::Meshed(_), Callee::External { .. }) => Some(2),
+        (Caller::Unauthenticated(_), Callee::External { .. }) => None,
+    }
+}
+
+pub(crate) fn targets_metadata_api(q: &Query<'_>) -> bool {
+    match q.callee {
+        Callee::External { ip, host } => is_metadata_api(ip, host),
+        Callee::Meshed(_) => false,
+    }
+}
+
+/// What the rules looked at so far say. Each slot holds the smallest id.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// A deny rule matched fully.
+    deny: Option<u32>,
+    /// A deny rule with `http` matched up to `http`; the request is unknown.
+    deny_l7: Option<u32>,
+    allow: Option<u32>,
+    allow_l7: Option<u32>,
+    /// A rule with `http` matched up to `http` on a non-HTTP connection.
+    not_http: Option<u32>,
+    /// The allow rule that got furthest: (clauses passed, id, failed clause).
+    closest: Option<(usize, u32, usize)>,
+    metadata: bool,
+}
+
+fn keep_min(slot: &mut Option<u32>, id: u32) {
+    if slot.is_none_or(|s| id < s) {
+        *slot = Some(id);
+    }
+}
+
+impl Tally {
+    pub fn new(metadata: bool) -> Tally {
+        Tally {
+            metadata,
+            ..Tally::default()
+        }
+    }
+
+    /// Looks at one rule (which must apply to the query's kinds).
+    pub fn consider(&mut self, id: u32, rule: &Rule, q: &Query<'_>) {
+        match rule.action {
+            // A smaller deny already decides.
+            Action::Deny if self.deny.is_some_and(|d| d < id) => return,
+            // Once a deny matched, allows cannot change the outcome.
+            Action::Allow if self.deny.is_some() => return,
+            // The metadata API only opens to rules that name it.
+            Action::Allow if self.metadata && !rule.names_metadata => return,
+            _ => {}
+        }
+        let eval = rule.eval(q);
+        self.record(id, rule.action, eval);
+    }
+
+    pub fn record(&mut self, id: u32, action: Action, eval: Eval) {
+        match (action, eval) {
+            (Action::Deny, Eval::Match) => keep_min(&mut self.deny, id),
+            (Action::Deny, Eval::NeedsHttp) => keep_min(&mut self.deny_l7, id),
+            (Action::Allow, Eval::Match) => keep_min(&mut self.allow, id),
+            (Action::Allow, Eval::NeedsHttp) => keep_min(&mut self.allow_l7, id),
+            (Action::Allow, Eval::NotHttp) => keep_min(&mut self.not_http, id),
+            (Action::Allow, Eval::Fail(clause)) => {
+                let better = match self.closest {
+                    None => true,
+                    Some((passed, best, _)) => clause > passed || (clause == passed && id < best),
+                };
+                if better {
+                    self.closest = Some((clause, id, clause));
+                }
+            }
+            (Action::Deny, Eval::NotHttp | Eval::Fail(_)) => {}
+        }
+    }
+
+    /// The decision. See the module documentation of [`super`].
+    pub fn finish(self, policy: &Policy) -> Decision<'_> {
+        let rule = |id: u32| &policy.rules[id as usize];
+        let decided = |outcome, id: u32, reason| Decision {
+            outcome,
+            rule: &rule(id).name,
+            audit_only: false,
+            reason,
+            matched: Some(rule(id)),
+        };
+        let by_default = |outcome, reason| Decision {
+            outcome,
+            rule: DEFAULT_RULE,
+            audit_only: false,
+            reason,
+            matched: None,
+        };
+        let closest = || {
+            if let Some(id) = self.not_http {
+                Some(Miss {
+                    rule: &rule(id).name,
+                    clause: NOT_HTTP_CLAUSE,
+                })
+            } else {
+                self.closest.map(|(_, id, clause)| Miss {
+                    rule: &rule(id).name,
+                    clause: &rule(id).clauses[clause].text,
+                })
+            }
+        };
+
+        let allow_possible = self.allow.is_some()
+            || self.allow_l7.is_some()
+            || (policy.default == Action::Allow && !self.metadata);
+        let mut decision = if let Some(id) = self.deny {
+            decided(Outcome::Deny, id, Reason::Rule)
+        } else if !allow_possible {
+            // Nothing here can allow, whatever the requests are.
+            if self.metadata {
+                by_default(Outcome::Deny, Reason::MetadataApi)
+            } else {
+                by_default(Outcome::Deny, Reason::Default { closest: closest() })
+            }
+        } else if let Some(id) = self.deny_l7 {
+            decided(Outcome::DeferToL7, id, Reason::NeedsHttp)
+        } else if let Some(id) = self.allow {
+            decided(Outcome::Allow, id, Reason::Rule)
+        } else if let Some(id) = self.allow_l7 {
+            decided(Outcome::DeferToL7, id, Reason::NeedsHttp)
+        } else {
+            by_default(Outcome::Allow, Reason::Default { closest: None })
+        };
+        if decision.outcome == Outcome::Deny && policy.mode == Mode::Audit {
+            decision.outcome = Outcome::Allow;
+            decision.audit_only = true;
+        }
+        decision
+    }
+}
+
+impl Policy {
+    /// Decides one query: per connection with [`super::Http::Unknown`], per
+    /// request with [`super::Http::Request`]. Looks only at the rules the
+    /// index returns; no allocation.
+    pub fn decide(&self, q: &Query<'_>) -> Decision<'_> {
+        let mut tally = Tally::new(targets_metadata_api(q));
+        if let Some(p) = partition(q) {
+            self.index[p].candidates(q, |id| tally.consider(id, &self.rules[id as usize], q));
+        }
+        tally.finish(self)
+    }
+
+    /// The same decision as [`Policy::decide`], by checking every rule.
+    /// Slow; for tests and tools.
+    pub fn decide_by_scan(&self, q: &Query<'_>) -> Decision<'_> {
+        let mut tally = Tally::new(targets_metadata_api(q));
+        for (id, rule) in self.rules.iter().enumerate() {
+            if rule.applies_to(q) {
+                tally.consider(id_of(id), rule, q);
+            }
+        }
+        tally.finish(self)
+    }
+}
+
+/// Rule ids fit in u32: [`Policy::load`] refuses more rules than that.
+pub(crate) fn id_of(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,177 @@
+//! `appid policy explain`: the decision, and for every rule which clauses
+//! held and which did not.
+//!
+//! Design bias: *for people, not the hot path*. Explaining checks every
+//! clause of every rule (it does not stop at the first failure, and it does
+//! not use the index), allocates freely, and reports rules in file order.
+//! The decision it shows is the data plane's own ([`Policy::decide`]).
+
+use std::fmt;
+
+use super::Policy;
+use super::decision::{Decision, NOT_HTTP_CLAUSE};
+use super::eval::targets_metadata_api;
+use super::query::{Callee, Caller, Http, Query};
+use super::rule::{Action, CalleeKind, CallerKind, Rule};
+
+/// How one rule fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleStatus {
+    /// Every clause held.
+    Matched,
+    /// Every clause up to `http` held; the HTTP request is not known.
+    NeedsHttp,
+    /// At least one clause failed.
+    Failed,
+}
+
+/// One rule's check against the query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCheck<'p> {
+    pub name: &'p str,
+    pub action: Action,
+    /// Line of the rule in the policy file.
+    pub line: usize,
+    pub status: RuleStatus,
+    /// The clauses that failed, as written (or why the rule does not apply).
+    pub failed: Vec<&'p str>,
+}
+
+/// A decision with the evidence.
+#[derive(Debug, Clone)]
+pub struct Explanation<'p> {
+    pub decision: Decision<'p>,
+    /// Every rule, in file order.
+    pub rules: Vec<RuleCheck<'p>>,
+}
+
+impl Explanation<'_> {
+    /// Rules where all clauses but one held.
+    pub fn near_misses(&self) -> impl Iterator<Item = &RuleCheck<'_>> {
+        self.rules
+            .iter()
+            .filter(|r| r.status == RuleStatus::Failed && r.failed.len() == 1)
+    }
+
+    /// Rules whose every clause held (including up to `http`).
+    pub fn matched(&self) -> impl Iterator<Item = &RuleCheck<'_>> {
+        self.rules.iter().filter(|r| r.status != RuleStatus::Failed)
+    }
+}
+
+const CALLER_IN_MESH: &str = "from.unauthenticated (the caller is in the mesh)";
+const CALLER_OUTSIDE: &str = "from (the caller is outside the mesh; only from.unauthenticated rules apply)";
+const CALLEE_IN_MESH: &str = "to.external (the destination is in the mesh)";
+const CALLEE_OUTSIDE: &str = "to (the destination is outside the mesh; only to.external rules apply)";
+const NOT_NAMING_METADATA: &str =
+    "to.external (the destination is the cloud metadata API, which only rules naming it explicitly allow)";
+
+impl Policy {
+    /// The decision for `q` and, for every rule, the clauses that failed.
+    pub fn explain(&self, q: &Query<'_>) -> Explanation<'_> {
+        let metadata = targets_metadata_api(q);
+        let mut rules: Vec<RuleCheck<'_>> =
+            self.rules.iter().map(|r| check(r, q, metadata)).collect();
+        rules.sort_by_key(|r| r.line);
+        Explanation {
+            decision: self.decide(q),
+            rules,
+        }
+    }
+}
+
+fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: bool) -> RuleCheck<'p> {
+    let mut failed = Vec::new();
+    match (rule.caller, q.caller) {
+        (CallerKind::Unauthenticated, Caller::Meshed(_)) => failed.push(CALLER_IN_MESH),
+        (CallerKind::Meshed, Caller::Unauthenticated(_)) => failed.push(CALLER_OUTSIDE),
+        _ => {}
+    }
+    match (rule.callee, q.callee) {
+        (CalleeKind::External, Callee::Meshed(_)) => failed.push(CALLEE_IN_MESH),
+        (CalleeKind::Meshed, Callee::External { .. }) => failed.push(CALLEE_OUTSIDE),
+        _ => {}
+    }
+    if metadata && rule.action == Action::Allow && !rule.names_metadata {
+        failed.push(NOT_NAMING_METADATA);
+    }
+    let request = match &q.http {
+        Http::Request(r) => Some(r),
+        _ => None,
+    };
+    for clause in &rule.clauses[..rule.l7_from] {
+        if !clause.test.holds(q, None) {
+            failed.push(&clause.text);
+        }
+    }
+    let mut status = if failed.is_empty() {
+        RuleStatus::Matched
+    } else {
+        RuleStatus::Failed
+    };
+    if rule.is_l7 {
+        match (&q.http, request) {
+            (Http::Request(_), Some(r)) => {
+                for clause in &rule.clauses[rule.l7_from..] {
+                    if !clause.test.holds(q, Some(r)) {
+                        failed.push(&clause.text);
+                    }
+                }
+                if !failed.is_empty() {
+                    status = RuleStatus::Failed;
+                }
+            }
+            (Http::NotHttp, _) => {
+                failed.push(NOT_HTTP_CLAUSE);
+                status = RuleStatus::Failed;
+            }
+            _ => {
+                // Not a failure: the request is not known. The rule either
+                // needs it (all else held) or failed elsewhere already.
+                if status == RuleStatus::Matched {
+                    status = RuleStatus::NeedsHttp;
+                }
+            }
+        }
+    }
+    RuleCheck {
+        name: &rule.name,
+        action: rule.action,
+        line: rule.mark.line,
+        status,
+        failed,
+    }
+}
+
+impl fmt::Display for Explanation<'_> {
+    /// The decision, the rules that matched, and the near misses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "decision: {}", self.decision)?;
+        writeln!(f, "rule: {}", self.decision.rule)?;
+        let mut attributes = self.decision.attributes().peekable();
+        if attributes.peek().is_some() {
+            let list: Vec<&str> = attributes.collect();
+            writeln!(f, "looked at: {}", list.join(", "))?;
+        }
+        let matched: Vec<_> = self.matched().collect();
+        if !matched.is_empty() {
+            writeln!(f, "matching rules:")?;
+            for r in matched {
+                let note = match r.status {
+                    RuleStatus::NeedsHttp => " (up to http; give --method and --path)",
+                    _ => "",
+                };
+                writeln!(f, "  {} {} (line {}){note}", r.action, r.name, r.line)?;
+            }
+        }
+        let misses: Vec<_> = self.near_misses().collect();
+        if !misses.is_empty() {
+            writeln!(f, "near misses (one clause failed):")?;
+            for r in misses {
+                let clause = r.failed.first().copied().unwrap_or("");
+                writeln!(f, "  {} {} (line {}): {clause}", r.action, r.name, r.line)?;
+            }
+        }
+        Ok(())
+    }
+}

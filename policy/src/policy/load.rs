@@ -1,0 +1,806 @@
+//! YAML text → validated rules, or every error with its position.
+//!
+//! Design bias: *strict and complete*. Every map is checked for unknown and
+//! duplicate keys, every value for its type, every glob, CIDR and port range
+//! for its syntax, and the loader keeps going after an error so one run
+//! shows them all. It returns either all rules or no rules: the caller
+//! never sees a policy that is only partly what the file says.
+//!
+//! The checks that are about meaning rather than syntax:
+//! - `from.unauthenticated` (a caller outside the mesh) has no claims, so it
+//!   cannot be combined with claim selectors in the same `from`;
+//! - `to.external` (a destination outside the mesh) has no claims either, and
+//!   its ports go under `to.external.ports`;
+//! - a rule cannot be both: no connection is inbound and outbound at once;
+//! - `http` cannot be combined with `to.external`: the sidecar passes
+//!   external traffic through without reading the app's own TLS.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+
+use super::attr::Attr;
+use super::error::{Diags, choices_hint};
+use super::glob::Glob;
+use super::query::{is_metadata_host, is_metadata_ip};
+use super::rule::{Action, CalleeKind, CallerKind, Clause, PortSet, Rule, Side, Test};
+use super::selector;
+use super::yaml::{self, Mark, Node, Value};
+
+/// Enforce decisions, or only report would-be denials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Enforce,
+    /// Every would-be denial is allowed and reported as audit-only.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy file's content, fully validated.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub default: Action,
+    pub mode: Mode,
+    /// In file order.
+    pub rules: Vec<Rule>,
+}
+
+const TOP_KEYS: &[&str] = &["version", "default", "mode", "rules"];
+const RULE_KEYS: &[&str] = &["name", "action", "from", "to", "http"];
+const UNAUTH_KEYS: &[&str] = &["cidrs"];
+const EXTERNAL_KEYS: &[&str] = &["hosts", "cidrs", "ports"];
+const HTTP_KEYS: &[&str] = &["methods", "paths", "headers"];
+const MAX_NAME_LEN: usize = 128;
+
+/// Parses and validates a policy document.
+pub(crate) fn load(src: &str) -> Result<Loaded, Diags> {
+    let mut diags = Diags::default();
+    let root = match yaml::parse(src) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            diags.push(
+                Mark { line: 1, column: 1 },
+                "the policy is empty",
+                "start with `version: 1`, `default: deny` and a list of `rules`",
+            );
+            return Err(diags);
+        }
+        Err(d) => {
+            diags.add(d);
+            return Err(diags);
+        }
+    };
+    let Some(entries) = map_entries(&root, "the policy", &mut diags) else {
+        return Err(diags);
+    };
+
+    let mut version_seen = false;
+    let mut default = Action::Deny;
+    let mut mode = Mode::Enforce;
+    let mut rules = Vec::new();
+    for e in &entries {
+        match e.key {
+            "version" => {
+                version_seen = true;
+                if e.value.scalar() != Some("1") {
+                    diags.push(
+                        e.value.mark,
+                        format!("unsupported policy version `{}`", e.value.flow()),
+                        "this appid reads `version: 1`",
+                    );
+                }
+            }
+            "default" => {
+                if let Some(a) = keyword(
+                    e.value,
+                    &[("deny", Action::Deny), ("allow", Action::Allow)],
+                    "default",
+                    &mut diags,
+                ) {
+                    default = a;
+                }
+            }
+            "mode" => {
+                if let Some(m) = keyword(
+                    e.value,
+                    &[("enforce", Mode::Enforce), ("audit", Mode::Audit)],
+                    "mode",
+                    &mut diags,
+                ) {
+                    mode = m;
+                }
+            }
+            "rules" => rules = load_rules(e.value, &mut diags),
+            _ => unknown_key(e, TOP_KEYS, "the policy", &mut diags),
+        }
+    }
+    if !version_seen {
+        diags.push(
+            root.mark,
+            "the policy has no `version`",
+            "add `version: 1` as the first line",
+        );
+    }
+    if diags.is_empty() {
+        Ok(Loaded {
+            default,
+            mode,
+            rules,
+        })
+    } else {
+        Err(diags)
+    }
+}
+
+/// A key and its value in a map.
+struct Entry<'n, 'a> {
+    key: &'n str,
+    key_node: &'n Node<'a>,
+    value: &'n Node<'a>,
+}
+
+/// The entries of a map (an empty value counts as an empty map), checking
+/// that keys are plain names and not repeated.
+fn map_entries<'n, 'a>(
+    node: &'n Node<'a>,
+    what: &str,
+    diags: &mut Diags,
+) -> Option<Vec<Entry<'n, 'a>>> {
+    if node.is_null() {
+        return Some(Vec::new());
+    }
+    let Value::Map(pairs) = &node.value else {
+        diags.push(
+            node.mark,
+            format!("{what} must be a map of `key: value`, found {}", node.kind()),
+            "write `key: value` lines (or `{key: value}`) here",
+        );
+        return None;
+    };
+    let mut seen: HashMap<&str, Mark> = HashMap::new();
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let Some(key) = k.scalar().filter(|_| !k.is_null()) else {
+            diags.push(k.mark, format!("a key in {what} must be a name"), "write `name: value`");
+            continue;
+        };
+        if let Some(first) = seen.get(key) {
+            diags.push(
+                k.mark,
+                format!("duplicate key `{key}` in {what} (first at line {})", first.line),
+                "keep only one of them",
+            );
+            continue;
+        }
+        seen.insert(key, k.mark);
+        out.push(Entry {
+            key,
+            key_node: k,
+            value: v,
+        });
+    }
+    Some(out)
+}
+
+fn unknown_key(e: &Entry<'_, '_>, known: &[&str], what: &str, diags: &mut Diags) {
+    diags.push(
+        e.key_node.mark,
+        format!("unknown key `{}` in {what}", e.key),
+        choices_hint(e.key, known, "the keys allowed here"),
+    );
+}
+
+fn keyword<T: Copy>(node: &Node<'_>, choices: &[(&str, T)], what: &str, diags: &mut Diags) -> Option<T> {
+    let text = node.scalar().unwrap_or("");
+    if let Some((_, v)) = choices.iter().find(|(k, _)| *k == text) {
+        return Some(*v);
+    }
+    let names: Vec<&str> = choices.iter().map(|(k, _)| *k).collect();
+    diags.push(
+        node.mark,
+        format!("`{what}` cannot be `{}`", node.flow()),
+        choices_hint(text, &names, "the choices"),
+    );
+    None
+}
+
+fn load_rules(node: &Node<'_>, diags: &mut Diags) -> Vec<Rule> {
+    if node.is_null() {
+        return Vec::new();
+    }
+    let Value::Seq(items) = &node.value else {
+        diags.push(
+            node.mark,
+            format!("`rules` must be a list, found {}", node.kind()),
+            "write each rule as a `- name: ...` item",
+        );
+        return Vec::new();
+    };
+    let mut names: HashMap<String, Mark> = HashMap::new();
+    let mut rules = Vec::with_capacity(items.len());
+    for item in items {
+        if let Some((rule, name_node)) = load_rule(item, diags) {
+            if let Some(first) = names.get(&*rule.name) {
+                diags.push(
+                    name_node.mark,
+                    format!(
+                        "duplicate rule name `{}` (first defined at line {})",
+                        rule.name, first.line
+                    ),
+                    "give each rule a unique name; it appears in every decision log",
+                );
+                continue;
+            }
+            names.insert(rule.name.to_string(), name_node.mark);
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+/// Clauses of a rule while it is being read, by kind.
+#[derive(Default)]
+struct Parts {
+    ports: Option<Clause>,
+    source: Option<Clause>,
+    external: Vec<Clause>,
+    claims: Vec<Clause>,
+    http: Vec<Clause>,
+}
+
+fn load_rule<'n, 'a>(node: &'n Node<'a>, diags: &mut Diags) -> Option<(Rule, &'n Node<'a>)> {
+    let errors_before = diags.len();
+    let entries = map_entries(node, "a rule", diags)?;
+    let (mut name, mut action, mut from, mut to, mut http) = (None, None, None, None, None);
+    for e in &entries {
+        match e.key {
+            "name" => name = Some(e.value),
+            "action" => action = Some(e.value),
+            "from" => from = Some(e),
+            "to" => to = Some(e),
+            "http" => http = Some(e),
+            _ => unknown_key(e, RULE_KEYS, "a rule", diags),
+        }
+    }
+    let Some(name_node) = name else {
+        diags.push(node.mark, "a rule has no `name`", "add `name: <unique-name>`, e.g. `name: web-to-api`");
+        return None;
+    };
+    let name = rule_name(name_node, diags);
+    let action = match action {
+        Some(a) => keyword(a, &[("allow", Action::Allow), ("deny", Action::Deny)], "action", diags),
+        None => {
+            diags.push(
+                node.mark,
+                format!("rule `{}` has no `action`", name_node.flow()),
+                "add `action: allow` or `action: deny`",
+            );
+            None
+        }
+    };
+
+    let mut parts = Parts::default();
+    let unauth = from.and_then(|e| load_from(e, &mut parts, diags));
+    let external = to.and_then(|e| load_to(e, &mut parts, diags));
+    if let (Some(_), Some(ext)) = (unauth, external) {
+        diags.push(
+            ext.mark,
+            "a rule cannot have both `from.unauthenticated` and `to.external`: no connection is \
+             both from outside the mesh (inbound) and to outside it (outbound)",
+            "split it into two rules",
+        );
+    }
+    if let Some(h) = http {
+        if let Some(ext) = external {
+            diags.push(
+                h.key_node.mark,
+                format!(
+                    "`http` cannot be combined with `to.external` (line {}): the sidecar passes \
+                     external traffic through without reading its HTTP",
+                    ext.mark.line
+                ),
+                "remove `http` and match the destination with `to.external.hosts` (the SNI or Host the app sent)",
+            );
+        }
+        load_http(h.value, &mut parts, diags);
+    }
+
+    if diags.len() != errors_before {
+        return None;
+    }
+    let (name, action) = (name?, action?);
+    let names_metadata = parts.external.iter().any(|c| match &c.test {
+        Test::ExternalCidrs(nets) => nets
+            .iter()
+            .any(|n| n.prefix_len() == n.max_prefix_len() && is_metadata_ip(n.addr())),
+        Test::ExternalHosts(globs) => globs
+            .iter()
+            .any(|g| !g.as_str().contains('*') && is_metadata_host(g.as_str())),
+        _ => false,
+    });
+    let mut clauses = Vec::new();
+    clauses.extend(parts.ports);
+    clauses.extend(parts.source);
+    clauses.extend(parts.external);
+    clauses.extend(parts.claims);
+    let l7_from = clauses.len();
+    clauses.extend(parts.http);
+    Some((
+        Rule {
+            name: name.into(),
+            action,
+            mark: node.mark,
+            caller: if unauth.is_some() {
+                CallerKind::Unauthenticated
+            } else {
+                CallerKind::Meshed
+            },
+            callee: if external.is_some() {
+                CalleeKind::External
+            } else {
+                CalleeKind::Meshed
+            },
+            clauses: clauses.into(),
+            l7_from,
+            is_l7: http.is_some(),
+            names_metadata,
+        },
+        name_node,
+    ))
+}
+
+fn rule_name(node: &Node<'_>, diags: &mut Diags) -> Option<String> {
+    let text = node.scalar().filter(|_| !node.is_null()).unwrap_or("");
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.:/".contains(c);
+    if text.is_empty() || text.len() > MAX_NAME_LEN || !text.chars().all(ok_char) {
+        diags.push(
+            node.mark,
+            format!("`{}` is not a valid rule name", node.flow()),
+            format!(
+                "use up to {MAX_NAME_LEN} letters, digits and `-_.:/`, e.g. `web-to-api`"
+            ),
+        );
+        return None;
+    }
+    if text == "default" {
+        diags.push(
+            node.mark,
+            "`default` is reserved: decisions made by the policy's `default` are named so",
+            "choose another name, e.g. `default-allow`",
+        );
+        return None;
+    }
+    Some(text.to_string())
+}
+
+/// Reads `from`; returns the `unauthenticated` key node if present.
+fn load_from<'n, 'a>(e: &Entry<'n, 'a>, parts: &mut Parts, diags: &mut Diags) -> Option<&'n Node<'a>> {
+    let entries = map_entries(e.value, "`from`", diags)?;
+    let mut unauth = None;
+    let mut claim_keys = Vec::new();
+    for e in &entries {
+        match e.key {
+            "unauthenticated" => {
+                unauth = Some(e.key_node);
+                parts.source = load_unauthenticated(e.value, diags);
+            }
+            "ports" | "external" => diags.push(
+                e.key_node.mark,
+                format!("`{}` describes the called side, not the caller", e.key),
+                format!("move it under `to` (`to.{}`)", e.key),
+            ),
+            _ => {
+                if let Some(c) = claim_clause(e, Side::Caller, diags) {
+                    parts.claims.push(c);
+                }
+                claim_keys.push(e.key_node);
+            }
+        }
+    }
+    if unauth.is_some() {
+        for k in claim_keys {
+            diags.push(
+                k.mark,
+                format!(
+                    "a caller outside the mesh has no claims, so `from.{}` cannot be combined with `from.unauthenticated`",
+                    k.scalar().unwrap_or("")
+                ),
+                "put the claim selector in a separate rule, or remove `unauthenticated`",
+            );
+        }
+    }
+    unauth
+}
+
+/// Reads `to`; returns the `external` key node if present.
+fn load_to<'n, 'a>(e: &Entry<'n, 'a>, parts: &mut Parts, diags: &mut Diags) -> Option<&'n Node<'a>> {
+    let entries = map_entries(e.value, "`to`", diags)?;
+    let mut external = None;
+    let mut others = Vec::new();
+    for e in &entries {
+        match e.key {
+            "ports" => {
+                parts.ports = load_ports(e.value, "to.ports", diags).map(|ports| Clause {
+                    path: "to.ports".into(),
+                    text: format!("to.ports: {}", e.value.flow()).into(),
+                    test: Test::Ports(ports),
+                });
+                others.push(e.key_node);
+            }
+            "external" => {
+                external = Some(e.key_node);
+                load_external(e.value, parts, diags);
+            }
+            "unauthenticated" => diags.push(
+                e.key_node.mark,
+                "`unauthenticated` describes the caller, not the called side",
+                "move it under `from` (`from.unauthenticated`)",
+            ),
+            _ => {
+                if let Some(c) = claim_clause(e, Side::Callee, diags) {
+                    parts.claims.push(c);
+                }
+                others.push(e.key_node);
+            }
+        }
+    }
+    if external.is_some() {
+        for k in others {
+            let key = k.scalar().unwrap_or("");
+            if key == "ports" {
+                diags.push(
+                    k.mark,
+                    "`to.ports` cannot be combined with `to.external`",
+                    "put the ports under `to.external.ports`",
+                );
+            } else {
+                diags.push(
+                    k.mark,
+                    format!(
+                        "a destination outside the mesh has no claims, so `to.{key}` cannot be combined with `to.external`"
+                    ),
+                    "put the claim selector in a separate rule, or remove `external`",
+                );
+            }
+        }
+    }
+    external
+}
+
+fn claim_clause(e: &Entry<'_, '_>, side: Side, diags: &mut Diags) -> Option<Clause> {
+    let prefix = match side {
+        Side::Caller => "from",
+        Side::Callee => "to",
+    };
+    let attr = match Attr::parse(e.key) {
+        Ok(a) => a,
+        Err(hint) => {
+            let extra = match side {
+                Side::Caller => "`unauthenticated`",
+                Side::Callee => "`ports`, `external`",
+            };
+            diags.push(
+                e.key_node.mark,
+                format!("unknown key `{}` in `{prefix}`: not a claim path or {extra}", e.key),
+                hint,
+            );
+            return None;
+        }
+    };
+    let pred = selector::parse(e.value, &attr, diags)?;
+    Some(Clause {
+        path: format!("{prefix}.{}", e.key).into(),
+        text: format!("{prefix}.{}: {}", e.key, e.value.flow()).into(),
+        test: Test::Claim(side, attr, pred),
+    })
+}
+
+fn load_unauthenticated(node: &Node<'_>, diags: &mut Diags) -> Option<Clause> {
+    let entries = map_entries(node, "`from.unauthenticated`", diags)?;
+    let mut cidrs = None;
+    for e in &entries {
+        match e.key {
+            "cidrs" => {
+                cidrs = load_cidrs(e.value, "from.unauthenticated.cidrs", diags).map(|nets| Clause {
+                    path: "from.unauthenticated.cidrs".into(),
+                    text: format!("from.unauthenticated.cidrs: {}", e.value.flow()).into(),
+                    test: Test::SourceCidrs(nets),
+                });
+            }
+            _ => unknown_key(e, UNAUTH_KEYS, "`from.unauthenticated`", diags),
+        }
+    }
+    if entries.iter().all(|e| e.key != "cidrs") {
+        diags.push(
+            node.mark,
+            "`from.unauthenticated` needs `cidrs`: the source addresses allowed in",
+            "write e.g. `unauthenticated: { cidrs: [\"10.0.0.0/8\"] }` (`0.0.0.0/0` and `::/0` for anywhere)",
+        );
+    }
+    cidrs
+}
+
+fn load_external(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
+    let Some(entries) = map_entries(node, "`to.external`", diags) else {
+        return;
+    };
+    for e in &entries {
+        let path = format!("to.external.{}", e.key);
+        let test = match e.key {
+            "hosts" => load_hosts(e.value, diags).map(Test::ExternalHosts),
+            "cidrs" => load_cidrs(e.value, &path, diags).map(Test::ExternalCidrs),
+            "ports" => load_ports(e.value, &path, diags).map(Test::ExternalPorts),
+            _ => {
+                unknown_key(e, EXTERNAL_KEYS, "`to.external`", diags);
+                None
+            }
+        };
+        if let Some(test) = test {
+            parts.external.push(Clause {
+                text: format!("{path}: {}", e.value.flow()).into(),
+                path: path.into(),
+                test,
+            });
+        }
+    }
+    // Cheapest first: ports, then addresses, then host names.
+    parts.external.sort_by_key(|c| match c.test {
+        Test::ExternalPorts(_) => 0,
+        Test::ExternalCidrs(_) => 1,
+        _ => 2,
+    });
+}
+
+fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
+    let Some(entries) = map_entries(node, "`http`", diags) else {
+        return;
+    };
+    for e in &entries {
+        match e.key {
+            "methods" => {
+                if let Some(methods) = load_methods(e.value, diags) {
+                    parts.http.push(Clause {
+                        path: "http.methods".into(),
+                        text: format!("http.methods: {}", e.value.flow()).into(),
+                        test: Test::Methods(methods),
+                    });
+                }
+            }
+            "paths" => {
+                let globs = scalars(e.value, "`http.paths`", diags).and_then(|items| {
+                    collect_all(items.into_iter().map(|(text, mark)| {
+                        if !text.starts_with('/') && !text.starts_with('*') {
+                            diags.push(
+                                mark,
+                                format!("HTTP path pattern `{text}` does not start with `/`"),
+                                "write an absolute path pattern, e.g. `/v1/**`",
+                            );
+                            return None;
+                        }
+                        glob_or_report(Glob::path(text), mark, diags)
+                    }))
+                });
+                if let Some(globs) = globs {
+                    parts.http.push(Clause {
+                        path: "http.paths".into(),
+                        text: format!("http.paths: {}", e.value.flow()).into(),
+                        test: Test::Paths(globs),
+                    });
+                }
+            }
+            "headers" => {
+                let Some(headers) = map_entries(e.value, "`http.headers`", diags) else {
+                    continue;
+                };
+                for h in &headers {
+                    let name = h.key.to_ascii_lowercase();
+                    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b)) {
+                        diags.push(
+                            h.key_node.mark,
+                            format!("`{}` is not a valid HTTP header name", h.key),
+                            "write a header name such as `x-tenant`",
+                        );
+                        continue;
+                    }
+                    let globs = scalars(h.value, "a header value", diags).and_then(|items| {
+                        collect_all(
+                            items
+                                .into_iter()
+                                .map(|(text, mark)| glob_or_report(Glob::path(text), mark, diags)),
+                        )
+                    });
+                    if let Some(globs) = globs {
+                        parts.http.push(Clause {
+                            path: format!("http.headers.{name}").into(),
+                            text: format!("http.headers.{name}: {}", h.value.flow()).into(),
+                            test: Test::Header(name.into(), globs),
+                        });
+                    }
+                }
+            }
+            _ => unknown_key(e, HTTP_KEYS, "`http`", diags),
+        }
+    }
+}
+
+fn load_methods(node: &Node<'_>, diags: &mut Diags) -> Option<Box<[Box<str>]>> {
+    let items = scalars(node, "`http.methods`", diags)?;
+    collect_all(items.into_iter().map(|(text, mark)| {
+        if text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            Some(text.into())
+        } else if text.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') {
+            diags.push(
+                mark,
+                format!("HTTP methods are case-sensitive: `{text}` is not `{}`", text.to_ascii_uppercase()),
+                format!("write `{}`", text.to_ascii_uppercase()),
+            );
+            None
+        } else {
+            diags.push(
+                mark,
+                format!("`{text}` is not an HTTP method"),
+                "write methods such as `GET`, `POST`",
+            );
+            None
+        }
+    }))
+}
+
+fn load_hosts(node: &Node<'_>, diags: &mut Diags) -> Option<Box<[Glob]>> {
+    let items = scalars(node, "`to.external.hosts`", diags)?;
+    collect_all(items.into_iter().map(|(text, mark)| {
+        if !text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*_:".contains(&b)) {
+            diags.push(
+                mark,
+                format!("`{text}` is not a host name pattern"),
+                "write a DNS name, optionally with `*` for one label or `**` for any, e.g. `*.stripe.com`",
+            );
+            return None;
+        }
+        glob_or_report(Glob::host(text), mark, diags)
+    }))
+}
+
+fn load_cidrs(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<Box<[IpNet]>> {
+    let items = scalars(node, &format!("`{what}`"), diags)?;
+    collect_all(items.into_iter().map(|(text, mark)| {
+        let net = match text.parse::<IpNet>() {
+            Ok(n) => n,
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => {
+                    diags.push(
+                        mark,
+                        format!("`{text}` is not a CIDR"),
+                        "write an address and prefix length, e.g. `10.0.0.0/8` or `fd00::/8`",
+                    );
+                    return None;
+                }
+            },
+        };
+        if net.trunc() != net {
+            diags.push(
+                mark,
+                format!("CIDR `{text}` has host bits set"),
+                format!("write `{}`", net.trunc()),
+            );
+            return None;
+        }
+        Some(net)
+    }))
+}
+
+fn load_ports(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<PortSet> {
+    let items = scalars(node, &format!("`{what}`"), diags)?;
+    let ranges = collect_all(items.into_iter().map(|(text, mark)| {
+        let port = |s: &str| s.trim().parse::<u32>().ok();
+        let (lo, hi) = match text.split_once('-') {
+            Some((a, b)) => (port(a), port(b)),
+            None => (port(text), port(text)),
+        };
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            diags.push(
+                mark,
+                format!("`{text}` is not a port or port range"),
+                "write a port such as `8080` or a range such as `\"9000-9100\"`",
+            );
+            return None;
+        };
+        if lo == 0 || hi > 65535 || lo > 65535 || hi == 0 {
+            diags.push(
+                mark,
+                format!("port `{text}` is out of range"),
+                "ports are 1 to 65535",
+            );
+            return None;
+        }
+        if lo > hi {
+            diags.push(
+                mark,
+                format!("port range `{text}` is out of order"),
+                format!("write `{hi}-{lo}`"),
+            );
+            return None;
+        }
+        // Both are in 1..=65535, checked above.
+        Some((u16::try_from(lo).ok()?, u16::try_from(hi).ok()?))
+    }))?;
+    Some(PortSet::new(ranges.into_vec()))
+}
+
+/// A non-empty scalar or list of scalars, with their positions.
+fn scalars<'n>(node: &'n Node<'_>, what: &str, diags: &mut Diags) -> Option<Vec<(&'n str, Mark)>> {
+    let items: Vec<&Node<'_>> = match &node.value {
+        Value::Seq(items) => items.iter().collect(),
+        Value::Scalar { .. } if !node.is_null() => vec![node],
+        _ => {
+            diags.push(
+                node.mark,
+                format!("{what} takes a value or a list of values, found {}", node.kind()),
+                "write e.g. `[a, b]`",
+            );
+            return None;
+        }
+    };
+    if items.is_empty() {
+        diags.push(
+            node.mark,
+            format!("empty {what} matches nothing"),
+            "list at least one value, or remove the key to match any",
+        );
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for item in items {
+        match item.scalar().filter(|_| !item.is_null()) {
+            Some(text) => out.push((text, item.mark)),
+            None => {
+                ok = false;
+                diags.push(
+                    item.mark,
+                    format!("{what}: each entry must be a plain value, found {}", item.kind()),
+                    "write a list of plain values",
+                );
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn glob_or_report(
+    glob: Result<Glob, super::glob::GlobError>,
+    mark: Mark,
+    diags: &mut Diags,
+) -> Option<Glob> {
+    glob.map_err(|e| diags.push(mark, format!("bad glob: {}", e.message), e.hint))
+        .ok()
+}
+
+/// All items, or `None` if any failed (every item is still visited, so
+/// every error is reported).
+fn collect_all<T>(items: impl Iterator<Item = Option<T>>) -> Option<Box<[T]>> {
+    let mut ok = true;
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Some(v) => out.push(v),
+            None => ok = false,
+        }
+    }
+    ok.then(|| out.into())
+}

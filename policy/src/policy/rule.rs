@@ -1,0 +1,271 @@
+//! One rule, as loaded: a name, an action, and a conjunction of clauses.
+//!
+//! Design bias: *a rule is a flat list of checks that reads like the YAML*.
+//! Every clause keeps the text it was written as (`from.vulns.critical:
+//! {lte: 0}`) and the path it looked at, so a decision can always say which
+//! rule decided and which clause failed. Clauses are ordered cheapest first
+//! (ports, addresses, then claims in file order), and the HTTP clauses come
+//! last, so "does this rule match at L4" is a prefix of the list.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::attr::Attr;
+use super::glob::Glob;
+use super::query::{Callee, Caller, Http, HttpRequest, Query, normalize_host};
+use super::selector::Pred;
+use super::yaml::Mark;
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `from` or `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    Caller,
+    Callee,
+}
+
+/// Which callers a rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallerKind {
+    Meshed,
+    /// `from.unauthenticated`.
+    Unauthenticated,
+}
+
+/// Which callees a rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CalleeKind {
+    Meshed,
+    /// `to.external`.
+    External,
+}
+
+/// Inclusive port ranges, sorted and merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortSet(pub Box<[(u16, u16)]>);
+
+impl PortSet {
+    pub fn new(mut ranges: Vec<(u16, u16)>) -> PortSet {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        PortSet(merged.into())
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+    }
+}
+
+/// One check.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Test {
+    /// A claim of the caller (`from.*`) or callee (`to.*`).
+    Claim(Side, Attr, Pred),
+    /// `from.unauthenticated.cidrs`: the source address.
+    SourceCidrs(Box<[IpNet]>),
+    /// `to.ports`.
+    Ports(PortSet),
+    /// `to.external.hosts`: the SNI or `Host` the app sent.
+    ExternalHosts(Box<[Glob]>),
+    /// `to.external.cidrs`: the destination address.
+    ExternalCidrs(Box<[IpNet]>),
+    /// `to.external.ports`.
+    ExternalPorts(PortSet),
+    /// `http.methods`.
+    Methods(Box<[Box<str>]>),
+    /// `http.paths`.
+    Paths(Box<[Glob]>),
+    /// `http.headers.<name>` (lowercase name).
+    Header(Box<str>, Box<[Glob]>),
+}
+
+/// A check with the text it was written as.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Clause {
+    /// The attribute path looked at: `from.labels.app`, `to.ports`,
+    /// `http.paths`.
+    pub path: Box<str>,
+    /// `path: value` as written (flow style).
+    pub text: Box<str>,
+    pub test: Test,
+}
+
+/// How one rule relates to one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Eval {
+    Match,
+    /// Everything up to `http` matched; the request is not known yet.
+    NeedsHttp,
+    /// Everything up to `http` matched; the connection is not HTTP.
+    NotHttp,
+    /// Clause `n` (0-based, in evaluation order) failed; all before held.
+    Fail(usize),
+}
+
+/// A loaded rule.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rule {
+    pub name: Box<str>,
+    pub action: Action,
+    /// Where the rule starts in the file.
+    pub mark: Mark,
+    pub caller: CallerKind,
+    pub callee: CalleeKind,
+    /// L4 clauses, then (from `l7_from` on) HTTP clauses.
+    pub clauses: Box<[Clause]>,
+    pub l7_from: usize,
+    /// Has an `http` section.
+    pub is_l7: bool,
+    /// Names the cloud metadata API explicitly (see [`super::query`]).
+    pub names_metadata: bool,
+}
+
+impl Rule {
+    /// Whether the rule is about this kind of caller and callee at all.
+    pub fn applies_to(&self, q: &Query<'_>) -> bool {
+        let caller = match q.caller {
+            Caller::Meshed(_) => CallerKind::Meshed,
+            Caller::Unauthenticated(_) => CallerKind::Unauthenticated,
+        };
+        let callee = match q.callee {
+            Callee::Meshed(_) => CalleeKind::Meshed,
+            Callee::External { .. } => CalleeKind::External,
+        };
+        self.caller == caller && self.callee == callee
+    }
+
+    /// Checks the rule's clauses in order, stopping at the first failure.
+    /// The caller has checked [`Rule::applies_to`]. No allocation.
+    pub fn eval(&self, q: &Query<'_>) -> Eval {
+        let (l4, l7) = self.clauses.split_at(self.l7_from);
+        for (i, clause) in l4.iter().enumerate() {
+            if !clause.test.holds(q, None) {
+                return Eval::Fail(i);
+            }
+        }
+        if !self.is_l7 {
+            return Eval::Match;
+        }
+        let request = match &q.http {
+            Http::Unknown => return Eval::NeedsHttp,
+            Http::NotHttp => return Eval::NotHttp,
+            Http::Request(r) => r,
+        };
+        for (i, clause) in l7.iter().enumerate() {
+            if !clause.test.holds(q, Some(request)) {
+                return Eval::Fail(self.l7_from + i);
+            }
+        }
+        Eval::Match
+    }
+}
+
+impl Test {
+    /// Whether the check holds. HTTP checks need the request. No allocation.
+    pub fn holds(&self, q: &Query<'_>, request: Option<&HttpRequest<'_>>) -> bool {
+        match self {
+            Test::Claim(side, attr, pred) => {
+                let claims = match (side, q.caller, q.callee) {
+                    (Side::Caller, Caller::Meshed(c), _) | (Side::Callee, _, Callee::Meshed(c)) => c,
+                    _ => return false,
+                };
+                pred.matches(attr.get(claims))
+            }
+            Test::SourceCidrs(nets) => match q.caller {
+                Caller::Unauthenticated(ip) => in_cidrs(nets, ip),
+                Caller::Meshed(_) => false,
+            },
+            Test::Ports(ports) | Test::ExternalPorts(ports) => ports.contains(q.port),
+            Test::ExternalHosts(globs) => match q.callee {
+                Callee::External {
+                    host: Some(host), ..
+                } => {
+                    let host = normalize_host(host);
+                    globs.iter().any(|g| g.matches(host))
+                }
+                _ => false,
+            },
+            Test::ExternalCidrs(nets) => match q.callee {
+                Callee::External { ip, .. } => in_cidrs(nets, ip),
+                Callee::Meshed(_) => false,
+            },
+            Test::Methods(methods) => {
+                request.is_some_and(|r| methods.iter().any(|m| **m == *r.method))
+            }
+            Test::Paths(globs) => request.is_some_and(|r| {
+                let path = r.path.split(['?', '#']).next().unwrap_or(r.path);
+                globs.iter().any(|g| g.matches(path))
+            }),
+            Test::Header(name, globs) => request
+                .and_then(|r| r.headers.header(name))
+                .is_some_and(|v| globs.iter().any(|g| g.matches(v))),
+        }
+    }
+}
+
+fn in_cidrs(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_sets_merge_and_contain_edges() {
+        let p = PortSet::new(vec![(9000, 9100), (8080, 8080), (9101, 9200), (1, 1)]);
+        assert_eq!(&*p.0, &[(1, 1), (8080, 8080), (9000, 9200)]);
+        for (port, want) in [
+            (1, true),
+            (2, false),
+            (8079, false),
+            (8080, true),
+            (8081, false),
+            (8999, false),
+            (9000, true),
+            (9200, true),
+            (9201, false),
+            (65535, false),
+        ] {
+            assert_eq!(p.contains(port), want, "{port}");
+        }
+        assert!(PortSet::new(vec![(1, 65535)]).contains(65535));
+    }
+
+    #[test]
+    fn cidrs_match_v4_mapped_addresses() {
+        let nets: Box<[IpNet]> = Box::new(["10.0.0.0/8".parse().unwrap()]);
+        assert!(in_cidrs(&nets, "10.1.2.3".parse().unwrap()));
+        assert!(in_cidrs(&nets, "::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!in_cidrs(&nets, "11.0.0.1".parse().unwrap()));
+    }
+}

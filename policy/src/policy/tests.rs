@@ -1,0 +1,1010 @@
+//! Whole-engine tests: the semantics in the module documentation, every
+//! load error with its position, and the properties (deny monotonicity,
+//! audit never denies, order independence, index = scan).
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::claims::{AppIdClaims, Cloud, Vulns};
+
+fn claims(id: &str, labels: &[(&str, &str)]) -> AppIdClaims {
+    let mut c = AppIdClaims::new(id, "join_token");
+    for (k, v) in labels {
+        c.labels.insert((*k).into(), (*v).into());
+    }
+    c
+}
+
+fn with_criticals(mut c: AppIdClaims, critical: u64) -> AppIdClaims {
+    c.vulns = Some(Vulns {
+        critical,
+        scanner: "trivy".into(),
+        report: "sha256:00".into(),
+        ..Vulns::default()
+    });
+    c
+}
+
+fn load(src: &str) -> Policy {
+    Policy::load("p.yaml", src).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errors(src: &str) -> Vec<String> {
+    Policy::load("p.yaml", src)
+        .map(|_| ())
+        .expect_err("policy should not load")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Decides with both the index and a scan, checks they agree, returns the
+/// indexed decision's (outcome, rule, audit_only).
+fn decide<'p>(p: &'p Policy, q: &Query<'_>) -> Decision<'p> {
+    let fast = p.decide(q);
+    let slow = p.decide_by_scan(q);
+    assert_eq!(
+        (fast.outcome, fast.rule, fast.audit_only),
+        (slow.outcome, slow.rule, slow.audit_only),
+        "index and scan disagree"
+    );
+    fast
+}
+
+const WEB: &str = "spiffe://prod.example/ns/shop/sa/web";
+const API: &str = "spiffe://prod.example/ns/shop/sa/api";
+
+fn web() -> AppIdClaims {
+    with_criticals(claims(WEB, &[("app", "web"), ("team", "shop")]), 0)
+}
+
+fn api() -> AppIdClaims {
+    claims(API, &[("app", "api")])
+}
+
+// ---------------------------------------------------------------- semantics
+
+#[test]
+fn design_example_loads_and_decides() {
+    let p = load(
+        r#"version: 1
+default: deny            # deny | allow
+mode: enforce            # enforce | audit (log would-be denials, allow them)
+rules:
+  - name: web-to-api     # required, unique; appears in every decision log
+    action: allow        # allow | deny; a matching deny always wins
+    from:                # the calling side
+      id: "spiffe://prod.example/ns/shop/sa/*"
+      labels.app: web
+      vulns.critical: { lte: 0 }
+      cloud.provider: { in: [aws, gcp] }
+    to:                  # the called side
+      labels.app: api
+      ports: [8080, "9000-9100"]
+    http:                # optional: makes the rule L7
+      methods: [GET, HEAD]
+      paths: ["/v1/**"]
+      headers: { x-tenant: acme }
+  - name: api-to-stripe
+    action: allow
+    from: { labels.app: api }
+    to: { external: { hosts: [api.stripe.com], cidrs: ["0.0.0.0/0"], ports: [443] } }
+  - name: lb-health
+    action: allow
+    from: { unauthenticated: { cidrs: ["10.0.0.0/8"] } }
+    to: { labels.app: api, ports: [8081] }
+"#,
+    );
+    assert_eq!(
+        p.summary().to_string(),
+        "p.yaml: 3 rules (3 allow, 0 deny, 1 with http), default deny, mode enforce"
+    );
+    // The id in the design example is a plain value, so it means equals:
+    // the glob has to be spelled `{glob: ...}`.
+    let mut caller = web();
+    caller.cloud = Some(Cloud {
+        provider: Some("aws".into()),
+        ..Cloud::default()
+    });
+    let callee = api();
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080);
+    let d = decide(&p, &q);
+    assert_eq!(d.outcome, Outcome::Deny);
+    // The index never reached `web-to-api` (filed under that literal id),
+    // so the hot path has no near miss to report; explain finds it.
+    let e = p.explain(&q);
+    let misses: Vec<_> = e.near_misses().map(|r| (r.name, r.failed[0])).collect();
+    assert_eq!(
+        misses,
+        [("web-to-api", "from.id: \"spiffe://prod.example/ns/shop/sa/*\"")]
+    );
+
+    let stripe = Query::external(&callee, ip("1.2.3.4"), Some("api.stripe.com"), 443);
+    assert_eq!(decide(&p, &stripe).rule, "api-to-stripe");
+    let lb = Query::unauthenticated(ip("10.1.2.3"), &callee, 8081);
+    assert_eq!(decide(&p, &lb).rule, "lb-health");
+    let outside = Query::unauthenticated(ip("192.168.1.1"), &callee, 8081);
+    assert!(decide(&p, &outside).is_denied());
+}
+
+const BASE: &str = r#"version: 1
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, ports: [8080, "9000-9100"] }
+  - name: no-criticals
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+  - name: glob-ids
+    action: allow
+    from: { id: { glob: "spiffe://prod.example/ns/batch/*" } }
+    to: { labels.app: api }
+"#;
+
+#[test]
+fn deny_wins_allow_allows_otherwise_default() {
+    let p = load(BASE);
+    let callee = api();
+    let clean = web();
+    let dirty = with_criticals(web(), 2);
+    let batch = claims("spiffe://prod.example/ns/batch/job", &[]);
+    let batch_deep = claims("spiffe://prod.example/ns/batch/job/x", &[]);
+    let other = claims("spiffe://prod.example/ns/shop/sa/db", &[("app", "db")]);
+    struct Case<'a> {
+        caller: &'a AppIdClaims,
+        port: u16,
+        outcome: Outcome,
+        rule: &'a str,
+    }
+    let cases = [
+        Case { caller: &clean, port: 8080, outcome: Outcome::Allow, rule: "web-to-api" },
+        Case { caller: &dirty, port: 8080, outcome: Outcome::Deny, rule: "no-criticals" },
+        Case { caller: &clean, port: 8081, outcome: Outcome::Deny, rule: "default" },
+        Case { caller: &other, port: 8080, outcome: Outcome::Deny, rule: "default" },
+        Case { caller: &batch, port: 1, outcome: Outcome::Allow, rule: "glob-ids" },
+        Case { caller: &batch_deep, port: 1, outcome: Outcome::Deny, rule: "default" },
+        // Port range edges.
+        Case { caller: &clean, port: 8999, outcome: Outcome::Deny, rule: "default" },
+        Case { caller: &clean, port: 9000, outcome: Outcome::Allow, rule: "web-to-api" },
+        Case { caller: &clean, port: 9100, outcome: Outcome::Allow, rule: "web-to-api" },
+        Case { caller: &clean, port: 9101, outcome: Outcome::Deny, rule: "default" },
+    ];
+    for c in cases {
+        let q = Query::meshed(Direction::Inbound, c.caller, &callee, c.port);
+        let d = decide(&p, &q);
+        assert_eq!((d.outcome, d.rule), (c.outcome, c.rule), "{} port {}", c.caller.id, c.port);
+    }
+}
+
+#[test]
+fn decisions_explain_themselves() {
+    let p = load(BASE);
+    let callee = api();
+    let dirty = with_criticals(web(), 2);
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &dirty, &callee, 8080));
+    assert_eq!(d.reason, Reason::Rule);
+    assert_eq!(d.attributes().collect::<Vec<_>>(), ["from.vulns.critical"]);
+    assert_eq!(
+        d.to_string(),
+        "deny by rule no-criticals (from.vulns.critical: {gt: 0})"
+    );
+
+    let clean = web();
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &clean, &callee, 8081));
+    assert_eq!(
+        d.failed_clause(),
+        Some(Miss {
+            rule: "web-to-api",
+            clause: "to.ports: [8080, \"9000-9100\"]"
+        })
+    );
+    assert_eq!(
+        d.to_string(),
+        "deny by default: no rule matched; closest: rule web-to-api failed at to.ports: [8080, \"9000-9100\"]"
+    );
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &clean, &callee, 8080));
+    assert_eq!(d.to_string(), "allow by rule web-to-api");
+    assert_eq!(
+        d.attributes().collect::<Vec<_>>(),
+        ["to.ports", "from.labels.app", "to.labels.app"]
+    );
+}
+
+#[test]
+fn default_allow_and_audit_mode() {
+    let callee = api();
+    let stranger = claims("spiffe://prod.example/x", &[]);
+    let dirty = with_criticals(web(), 2);
+
+    let p = load(&BASE.replace("version: 1\n", "version: 1\ndefault: allow\n"));
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &stranger, &callee, 1));
+    assert_eq!((d.outcome, d.rule, d.audit_only), (Outcome::Allow, "default", false));
+    // Deny still wins under default allow.
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &dirty, &callee, 8080));
+    assert_eq!(d.outcome, Outcome::Deny);
+
+    let p = load(&BASE.replace("version: 1\n", "version: 1\nmode: audit\n"));
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &dirty, &callee, 8080));
+    assert_eq!((d.outcome, d.rule, d.audit_only), (Outcome::Allow, "no-criticals", true));
+    assert_eq!(d.enforced_outcome(), Outcome::Deny);
+    assert!(d.to_string().starts_with("allow (audit only, would deny) by rule no-criticals"));
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &stranger, &callee, 1));
+    assert_eq!((d.outcome, d.rule, d.audit_only), (Outcome::Allow, "default", true));
+    let clean = web();
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &clean, &callee, 8080));
+    assert_eq!((d.outcome, d.audit_only), (Outcome::Allow, false));
+}
+
+#[test]
+fn numeric_operators_on_missing_attributes() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: scanned-clean
+    action: allow
+    from: { vulns.critical: { lte: 0 } }
+    to: { ports: [1] }
+  - name: not-dirty
+    action: allow
+    from: { vulns.critical: { not: { gt: 0 } } }
+    to: { ports: [2] }
+"#,
+    );
+    let unscanned = claims("spiffe://td/a", &[]);
+    let callee = api();
+    let q = |port| Query::meshed(Direction::Inbound, &unscanned, &callee, port);
+    assert_eq!(decide(&p, &q(1)).outcome, Outcome::Deny, "lte on missing does not match");
+    assert_eq!(decide(&p, &q(2)).outcome, Outcome::Allow, "not of gt on missing matches");
+    let clean = with_criticals(claims("spiffe://td/a", &[]), 0);
+    let q = Query::meshed(Direction::Inbound, &clean, &callee, 1);
+    assert_eq!(decide(&p, &q).outcome, Outcome::Allow);
+}
+
+const L7: &str = r#"version: 1
+rules:
+  - name: read-v1
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, ports: [8080] }
+    http: { methods: [GET, HEAD], paths: ["/v1/**"], headers: { x-tenant: "acme*" } }
+"#;
+
+#[test]
+fn http_rules_defer_at_l4_and_never_match_non_http() {
+    let p = load(L7);
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080);
+    let d = decide(&p, &q);
+    assert_eq!((d.outcome, d.rule, d.reason), (Outcome::DeferToL7, "read-v1", Reason::NeedsHttp));
+
+    let d = decide(&p, &q.not_http());
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"));
+    assert_eq!(
+        d.failed_clause(),
+        Some(Miss {
+            rule: "read-v1",
+            clause: NOT_HTTP_CLAUSE
+        })
+    );
+
+    // Wrong port: nothing could allow, so deny at once rather than defer.
+    let q9 = Query::meshed(Direction::Inbound, &caller, &callee, 9);
+    assert_eq!(decide(&p, &q9).outcome, Outcome::Deny);
+
+    let acme: &[(&str, &str)] = &[("X-Tenant", "acme-eu")];
+    let other: &[(&str, &str)] = &[("x-tenant", "globex")];
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Outcome, &'a str);
+    let cases: &[Case<'_>] = &[
+        ("GET", "/v1/users", acme, Outcome::Allow, "read-v1"),
+        ("HEAD", "/v1", acme, Outcome::Allow, "read-v1"),
+        ("GET", "/v1/users?x=/v2", acme, Outcome::Allow, "read-v1"),
+        ("POST", "/v1/users", acme, Outcome::Deny, "default"),
+        ("get", "/v1/users", acme, Outcome::Deny, "default"),
+        ("GET", "/v2/users", acme, Outcome::Deny, "default"),
+        ("GET", "/v1/users", other, Outcome::Deny, "default"),
+        ("GET", "/v1/users", &[], Outcome::Deny, "default"),
+    ];
+    for (method, path, headers, outcome, rule) in cases {
+        let r = HttpRequest { method, path, headers };
+        let d = decide(&p, &q.with_request(r));
+        assert_eq!((d.outcome, d.rule), (*outcome, *rule), "{method} {path}");
+    }
+    let r = HttpRequest { method: "POST", path: "/v1/x", headers: &acme };
+    let d = decide(&p, &q.with_request(r));
+    assert_eq!(d.failed_clause().map(|m| m.clause), Some("http.methods: [GET, HEAD]"));
+}
+
+#[test]
+fn l4_decisions_with_mixed_l4_and_l7_rules() {
+    let mixed = |extra: &str| load(&format!("{L7}{extra}"));
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080);
+
+    // A plain allow decides at L4 when no L7 deny is pending.
+    let p = mixed("  - name: all-web\n    action: allow\n    from: { labels.app: web }\n");
+    assert_eq!((decide(&p, &q).outcome, decide(&p, &q).rule), (Outcome::Allow, "all-web"));
+
+    // An L7 deny that could match forces deferral even with a plain allow.
+    let p = mixed(
+        "  - name: all-web\n    action: allow\n    from: { labels.app: web }\n  - name: no-admin\n    action: deny\n    from: { labels.app: web }\n    http: { paths: [\"/admin/**\"] }\n",
+    );
+    let d = decide(&p, &q);
+    assert_eq!((d.outcome, d.rule), (Outcome::DeferToL7, "no-admin"));
+    let admin = HttpRequest { method: "GET", path: "/admin/x", headers: &NoHeaders };
+    assert_eq!(decide(&p, &q.with_request(admin)).rule, "no-admin");
+    // Not HTTP: the L7 deny cannot match, the plain allow allows.
+    assert_eq!(decide(&p, &q.not_http()).rule, "all-web");
+
+    // A plain deny decides at L4 whatever the L7 rules say.
+    let p = mixed("  - name: no-web\n    action: deny\n    from: { labels.app: web }\n");
+    assert_eq!(decide(&p, &q).outcome, Outcome::Deny);
+}
+
+#[test]
+fn unauthenticated_callers_only_match_unauthenticated_rules() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: lb
+    action: allow
+    from: { unauthenticated: { cidrs: ["10.0.0.0/8", "fd00::/8"] } }
+    to: { labels.app: api, ports: [8081] }
+  - name: any-meshed
+    action: allow
+"#,
+    );
+    let callee = api();
+    for (source, want) in [
+        ("10.9.9.9", Outcome::Allow),
+        ("::ffff:10.9.9.9", Outcome::Allow),
+        ("fd00::1", Outcome::Allow),
+        ("11.0.0.1", Outcome::Deny),
+    ] {
+        let d = decide(&p, &Query::unauthenticated(ip(source), &callee, 8081));
+        assert_eq!(d.outcome, want, "{source}");
+    }
+    // `any-meshed` (no from at all) does not let unauthenticated callers in.
+    let d = decide(&p, &Query::unauthenticated(ip("11.0.0.1"), &callee, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"));
+    let caller = web();
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &caller, &callee, 80));
+    assert_eq!(d.rule, "any-meshed");
+}
+
+#[test]
+fn external_destinations_and_the_metadata_api() {
+    let src = r#"version: 1
+rules:
+  - name: stripe
+    action: allow
+    from: { labels.app: api }
+    to: { external: { hosts: ["*.stripe.com"], ports: [443] } }
+  - name: anywhere-https
+    action: allow
+    from: { labels.app: web }
+    to: { external: { cidrs: ["0.0.0.0/0", "::/0"] } }
+  - name: meshed-only
+    action: allow
+"#;
+    let p = load(src);
+    let (web, api) = (web(), api());
+    type Case<'a> = (&'a AppIdClaims, &'a str, Option<&'a str>, u16, Outcome, &'a str);
+    let cases: &[Case<'_>] = &[
+        (&api, "1.2.3.4", Some("api.stripe.com"), 443, Outcome::Allow, "stripe"),
+        (&api, "1.2.3.4", Some("API.Stripe.com:443"), 443, Outcome::Allow, "stripe"),
+        (&api, "1.2.3.4", Some("api.stripe.com"), 80, Outcome::Deny, "default"),
+        (&api, "1.2.3.4", None, 443, Outcome::Deny, "default"),
+        (&api, "1.2.3.4", Some("evil.com"), 443, Outcome::Deny, "default"),
+        (&web, "1.2.3.4", None, 80, Outcome::Allow, "anywhere-https"),
+        (&web, "169.254.169.254", None, 80, Outcome::Deny, "default"),
+        (&web, "fd00:ec2::254", None, 80, Outcome::Deny, "default"),
+        (&web, "1.2.3.4", Some("metadata.google.internal"), 80, Outcome::Deny, "default"),
+    ];
+    for (caller, addr, host, port, outcome, rule) in cases {
+        let d = decide(&p, &Query::external(caller, ip(addr), *host, *port));
+        assert_eq!((d.outcome, d.rule), (*outcome, *rule), "{addr} {host:?} {port}");
+        if addr.contains("254") || host.is_some_and(|h| h.starts_with("metadata")) {
+            assert_eq!(d.reason, Reason::MetadataApi);
+            assert!(d.why().to_string().starts_with("metadata API"));
+        }
+    }
+
+    // default allow does not open the metadata API either.
+    let p = load(&src.replace("version: 1\n", "version: 1\ndefault: allow\n"));
+    let d = decide(&p, &Query::external(&api, ip("169.254.169.254"), None, 80));
+    assert_eq!((d.outcome, d.reason), (Outcome::Deny, Reason::MetadataApi));
+    let d = decide(&p, &Query::external(&api, ip("1.1.1.1"), None, 80));
+    assert_eq!(d.outcome, Outcome::Allow);
+
+    // Naming it explicitly does.
+    for named in [
+        "cidrs: [\"169.254.169.254/32\"]",
+        "cidrs: [169.254.169.254]",
+        "hosts: [169.254.169.254]",
+        "hosts: [metadata.google.internal]",
+    ] {
+        let p = load(&format!(
+            "version: 1\nrules:\n  - name: imds\n    action: allow\n    from: {{ labels.app: web }}\n    to: {{ external: {{ {named} }} }}\n"
+        ));
+        let host = named.contains("google").then_some("metadata.google.internal");
+        let host = host.or(named.contains("hosts").then_some("169.254.169.254"));
+        let d = decide(&p, &Query::external(&web, ip("169.254.169.254"), host, 80));
+        assert_eq!((d.outcome, d.rule), (Outcome::Allow, "imds"), "{named}");
+    }
+}
+
+#[test]
+fn ties_are_broken_by_name_not_order() {
+    let a = "  - name: b-rule\n    action: allow\n    from: { labels.app: web }\n";
+    let b = "  - name: a-rule\n    action: allow\n    from: { id: { glob: \"spiffe://prod.example/**\" } }\n";
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 1);
+    for src in [format!("version: 1\nrules:\n{a}{b}"), format!("version: 1\nrules:\n{b}{a}")] {
+        assert_eq!(decide(&load(&src), &q).rule, "a-rule");
+    }
+}
+
+#[test]
+fn claim_paths_reach_every_part_of_the_claims() {
+    let mut c = web();
+    c.image = Some(crate::claims::Image {
+        digest: Some("sha256:ab".into()),
+        name: Some("registry.example/web:1.4".into()),
+    });
+    let mut cloud = Cloud {
+        provider: Some("aws".into()),
+        region: Some("eu-west-1".into()),
+        ..Cloud::default()
+    };
+    cloud.tags.insert("env".into(), "prod".into());
+    c.cloud = Some(cloud);
+    c.reported = serde_json::from_str(r#"{"process":{"uid":1000}}"#).ok();
+    let callee = api();
+    for sel in [
+        "image.digest: \"sha256:ab\"",
+        "image.name: { glob: \"registry.example/*\" }",
+        "cloud.region: { glob: \"eu-*\" }",
+        "cloud.tags.env: prod",
+        "reported.process.uid: { gte: 1000 }",
+        "reported.process.uid: 1000",
+        "attestation: join_token",
+        "labels.team: [shop, ops]",
+        "vulns.scanner: trivy",
+        "image: { exists: true }",
+        "labels.nope: { exists: false }",
+    ] {
+        let p = load(&format!(
+            "version: 1\nrules:\n  - name: r\n    action: allow\n    from: {{ {sel} }}\n"
+        ));
+        let d = decide(&p, &Query::meshed(Direction::Inbound, &c, &callee, 1));
+        assert_eq!(d.outcome, Outcome::Allow, "{sel}");
+    }
+}
+
+#[test]
+fn explain_lists_matches_and_near_misses() {
+    let p = load(BASE);
+    let (caller, callee) = (web(), api());
+    let e = p.explain(&Query::meshed(Direction::Inbound, &caller, &callee, 8081));
+    assert_eq!(e.decision.outcome, Outcome::Deny);
+    let misses: Vec<_> = e.near_misses().map(|r| (r.name, r.failed[0])).collect();
+    assert_eq!(
+        misses,
+        [
+            ("web-to-api", "to.ports: [8080, \"9000-9100\"]"),
+            ("no-criticals", "from.vulns.critical: {gt: 0}"),
+            ("glob-ids", "from.id: {glob: \"spiffe://prod.example/ns/batch/*\"}"),
+        ]
+    );
+    let text = e.to_string();
+    assert!(text.contains("near misses (one clause failed):\n  allow web-to-api (line 3): to.ports"), "{text}");
+    let lines: Vec<_> = e.rules.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [3, 7, 10]);
+}
+
+#[test]
+fn indexing_files_rules_under_values_prefixes_and_ports() {
+    let p = load(
+        r#"version: 1
+rules:
+  - { name: a, action: allow, from: { labels.app: web }, to: { labels.app: api } }
+  - { name: b, action: allow, from: { id: { glob: "spiffe://td/ns/x/*" } } }
+  - { name: c, action: allow, from: { vulns.critical: { lte: 0 } }, to: { ports: ["9000-9010"] } }
+  - { name: d, action: deny, from: { vulns.critical: { gt: 0 } } }
+"#,
+    );
+    assert_eq!(
+        p.index_stats(),
+        IndexStats { by_value: 1, by_prefix: 1, by_port: 1, unindexed: 1 }
+    );
+}
+
+// ---------------------------------------------------------------- load errors
+
+/// Every documented validation error, with its exact position and message.
+#[test]
+fn validation_errors_name_file_line_column_and_fix() {
+    let cases: &[(&str, &str)] = &[
+        // unknown keys, at every level
+        (
+            "version: 1\nrulez: []\n",
+            "p.yaml:2:1: unknown key `rulez` in the policy; did you mean `rules`?",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    acton: allow\n",
+            "p.yaml:4:5: unknown key `acton` in a rule; did you mean `action`?",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { external: { host: [x.com] } }\n",
+            "p.yaml:5:23: unknown key `host` in `to.external`; did you mean `hosts`?",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { method: [GET] }\n",
+            "p.yaml:5:13: unknown key `method` in `http`; did you mean `methods`?",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { lables.app: web }\n",
+            "p.yaml:5:13: unknown key `lables.app` in `from`: not a claim path or `unauthenticated`; did you mean `labels`?",
+        ),
+        // unknown operators
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    from:\n      vulns.critical: { lessthan: 1 }\n",
+            "p.yaml:6:25: unknown operator `lessthan`; operators are `in`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    from: { vulns.critical: { not: { gtt: 0 } } }\n",
+            "p.yaml:5:38: unknown operator `gtt`; did you mean `gt`?",
+        ),
+        // bad globs
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { id: { glob: \"spiffe://td/ns**\" } }\n",
+            "p.yaml:5:25: bad glob: `**` must be a whole segment between `/`s",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { paths: [\"/v1/[ab]\"] }\n",
+            "p.yaml:5:21: bad glob: `[` is not supported in globs",
+        ),
+        // bad CIDRs
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { unauthenticated: { cidrs: [\"10.0.0.0/33\"] } }\n",
+            "p.yaml:5:40: `10.0.0.0/33` is not a CIDR; write an address and prefix length",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { external: { cidrs: [10.1.0.0/8] } }\n",
+            "p.yaml:5:31: CIDR `10.1.0.0/8` has host bits set; write `10.0.0.0/8`",
+        ),
+        // port ranges
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { ports: [80, \"9100-9000\"] }\n",
+            "p.yaml:5:23: port range `9100-9000` is out of order; write `9000-9100`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { ports: [70000] }\n",
+            "p.yaml:5:19: port `70000` is out of range; ports are 1 to 65535",
+        ),
+        // duplicate rule names
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n  - name: a\n    action: deny\n",
+            "p.yaml:5:11: duplicate rule name `a` (first defined at line 3); give each rule a unique name",
+        ),
+        // http with to.external
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { external: { hosts: [x.com] } }\n    http: { methods: [GET] }\n",
+            "p.yaml:6:5: `http` cannot be combined with `to.external` (line 5)",
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (src, want) in cases {
+        let errs = errors(src);
+        if !errs.iter().any(|e| e.starts_with(want)) {
+            bad.push(format!("want {want}\n got {errs:#?}"));
+        }
+        assert!(errs.iter().all(|e| e.contains("; ")), "every error has a hint: {errs:#?}");
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn more_validation_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("", "p.yaml:1:1: the policy is empty"),
+        ("rules: []\n", "p.yaml:1:1: the policy has no `version`; add `version: 1`"),
+        ("version: 2\n", "p.yaml:1:10: unsupported policy version `2`"),
+        ("version: 1\ndefault: block\n", "p.yaml:2:10: `default` cannot be `block`"),
+        ("version: 1\nmode: audti\n", "p.yaml:2:7: `mode` cannot be `audti`; did you mean `audit`?"),
+        ("version: 1\nversion: 1\n", "p.yaml:2:1: duplicate key `version` in the policy (first at line 1)"),
+        ("version: 1\nrules: {a: 1}\n", "p.yaml:2:8: `rules` must be a list"),
+        ("version: 1\nrules:\n  - action: allow\n", "p.yaml:3:5: a rule has no `name`"),
+        ("version: 1\nrules:\n  - name: a\n", "p.yaml:3:5: rule `a` has no `action`"),
+        ("version: 1\nrules:\n  - name: a b\n    action: allow\n", "p.yaml:3:11: `a b` is not a valid rule name"),
+        ("version: 1\nrules:\n  - name: default\n    action: allow\n", "p.yaml:3:11: `default` is reserved"),
+        ("version: 1\nrules:\n  - name: a\n    action: permit\n", "p.yaml:4:13: `action` cannot be `permit`"),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { unauthenticated: { cidrs: [\"10.0.0.0/8\"] }, labels.app: web }\n",
+            "p.yaml:5:57: a caller outside the mesh has no claims",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { unauthenticated: {} }\n",
+            "p.yaml:5:30: `from.unauthenticated` needs `cidrs`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { external: {}, ports: [443] }\n",
+            "p.yaml:5:25: `to.ports` cannot be combined with `to.external`; put the ports under `to.external.ports`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { unauthenticated: { cidrs: [\"0.0.0.0/0\"] } }\n    to: { external: {} }\n",
+            "p.yaml:6:11: a rule cannot have both `from.unauthenticated` and `to.external`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { ports: [1] }\n",
+            "p.yaml:5:13: `ports` describes the called side, not the caller; move it under `to`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { methods: [get] }\n",
+            "p.yaml:5:23: HTTP methods are case-sensitive: `get` is not `GET`; write `GET`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { paths: [v1] }\n",
+            "p.yaml:5:21: HTTP path pattern `v1` does not start with `/`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { ports: [] }\n",
+            "p.yaml:5:18: empty `to.ports` matches nothing",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { labels: { app: web } }\n",
+            "p.yaml:5:23: unknown operator `app`; claim paths are flattened with dots: write `labels.app: ...`",
+        ),
+        ("version: 1\nrules: [\n", "p.yaml:2:8: invalid YAML: unclosed bracket"),
+        ("version: 1\n---\nversion: 1\n", "p.yaml:2:1: a policy file holds one YAML document"),
+    ];
+    let mut bad = Vec::new();
+    for (src, want) in cases {
+        let errs = errors(src);
+        if !errs.iter().any(|e| e.starts_with(want)) {
+            bad.push(format!("want {want}\n got {errs:#?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn every_error_is_reported_and_nothing_is_loaded() {
+    let src = "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { ports: [\"2-1\"] }\n  - name: b\n    action: allow\n    from: { id: { glob: \"a**\" } }\n  - name: a\n    action: deny\n";
+    let errs = errors(src);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[0].starts_with("p.yaml:5:19:"), "{errs:#?}");
+    assert!(errs[1].starts_with("p.yaml:8:25:"), "{errs:#?}");
+    // Rule `a` failed to load, so the second `a` is not a duplicate of it;
+    // fixing the first error reveals the duplicate.
+    let errs = errors(&src.replace("2-1", "1-2"));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[1].starts_with("p.yaml:9:11: duplicate rule name `a`"), "{errs:#?}");
+}
+
+// ---------------------------------------------------------------- properties
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FROM: &[&str] = &[
+        "labels.app: a",
+        "labels.app: b",
+        "labels.app: [a, c]",
+        "id: { glob: \"spiffe://td/ns/n1/*\" }",
+        "id: { glob: \"spiffe://td/**\" }",
+        "id: spiffe://td/ns/n2/b",
+        "vulns.critical: { lte: 0 }",
+        "vulns.critical: { gt: 0 }",
+        "labels.env: { not_in: [prod] }",
+        "cloud.provider: { in: [aws] }",
+        "labels.tier: { exists: true }",
+        "vulns.critical: { not: { gt: 0 } }",
+    ];
+    const PORTS: &[&str] = &["", "[80]", "[\"80-90\"]", "[8080, 443]"];
+    const HTTP: &[&str] = &["", "{ methods: [GET] }", "{ paths: [\"/v1/**\"] }"];
+    const EXTERNAL: &[&str] = &[
+        "{ cidrs: [\"0.0.0.0/0\"], ports: [443] }",
+        "{ hosts: [\"*.stripe.com\"] }",
+        "{ cidrs: [\"169.254.169.254/32\"] }",
+        "{}",
+    ];
+
+    #[derive(Debug, Clone)]
+    struct RuleSpec {
+        deny: bool,
+        kind: u8,
+        from: Vec<usize>,
+        to: Vec<usize>,
+        ports: usize,
+        http: usize,
+        external: usize,
+    }
+
+    fn rule_spec() -> impl Strategy<Value = RuleSpec> {
+        (
+            any::<bool>(),
+            prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+            proptest::collection::vec(0..FROM.len(), 0..3),
+            proptest::collection::vec(0..FROM.len(), 0..2),
+            0..PORTS.len(),
+            0..HTTP.len(),
+            0..EXTERNAL.len(),
+        )
+            .prop_map(|(deny, kind, from, to, ports, http, external)| RuleSpec {
+                deny,
+                kind,
+                from,
+                to,
+                ports,
+                http,
+                external,
+            })
+    }
+
+    fn selectors(ix: &[usize]) -> Vec<&'static str> {
+        // One selector per path: later ones replace earlier ones.
+        let mut out: Vec<&str> = Vec::new();
+        for &i in ix {
+            let s = FROM[i];
+            let path = s.split(':').next().unwrap_or("");
+            out.retain(|o| !o.starts_with(path));
+            out.push(s);
+        }
+        out
+    }
+
+    fn render(name: &str, r: &RuleSpec) -> String {
+        let action = if r.deny { "deny" } else { "allow" };
+        let mut from = selectors(&r.from);
+        let mut to = selectors(&r.to);
+        let mut http = HTTP[r.http];
+        let ports = PORTS[r.ports];
+        let mut to_ports = (!ports.is_empty()).then(|| format!("ports: {ports}"));
+        let mut external = None;
+        match r.kind {
+            1 => {
+                from = vec!["unauthenticated: { cidrs: [\"10.0.0.0/8\"] }"];
+            }
+            2 => {
+                to.clear();
+                to_ports = None;
+                http = "";
+                external = Some(format!("external: {}", EXTERNAL[r.external]));
+            }
+            _ => {}
+        }
+        let mut to_parts: Vec<String> = to.iter().map(ToString::to_string).collect();
+        to_parts.extend(to_ports);
+        to_parts.extend(external);
+        let mut s = format!(
+            "  - name: {name}\n    action: {action}\n    from: {{ {} }}\n    to: {{ {} }}\n",
+            from.join(", "),
+            to_parts.join(", ")
+        );
+        if !http.is_empty() {
+            s.push_str(&format!("    http: {http}\n"));
+        }
+        s
+    }
+
+    fn render_policy(default_allow: bool, audit: bool, rules: &[(String, RuleSpec)]) -> String {
+        let mut s = format!(
+            "version: 1\ndefault: {}\nmode: {}\nrules:\n",
+            if default_allow { "allow" } else { "deny" },
+            if audit { "audit" } else { "enforce" }
+        );
+        for (name, r) in rules {
+            s.push_str(&render(name, r));
+        }
+        s
+    }
+
+    fn named(specs: Vec<RuleSpec>) -> Vec<(String, RuleSpec)> {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (format!("r{i:02}"), r))
+            .collect()
+    }
+
+    #[derive(Debug, Clone)]
+    struct ClaimSpec {
+        id: usize,
+        app: usize,
+        env: usize,
+        crit: usize,
+        aws: bool,
+        tier: bool,
+    }
+
+    fn claim_spec() -> impl Strategy<Value = ClaimSpec> {
+        (0..4usize, 0..4usize, 0..3usize, 0..3usize, any::<bool>(), any::<bool>()).prop_map(
+            |(id, app, env, crit, aws, tier)| ClaimSpec { id, app, env, crit, aws, tier },
+        )
+    }
+
+    fn make_claims(s: &ClaimSpec) -> AppIdClaims {
+        let id = ["spiffe://td/ns/n1/a", "spiffe://td/ns/n2/b", "spiffe://td/ns/n1/x/y", "spiffe://other/z"][s.id];
+        let mut c = AppIdClaims::new(id, "join_token");
+        if let Some(app) = ["a", "b", "c"].get(s.app) {
+            c.labels.insert("app".into(), (*app).into());
+        }
+        if let Some(env) = ["prod", "dev"].get(s.env) {
+            c.labels.insert("env".into(), (*env).into());
+        }
+        if s.tier {
+            c.labels.insert("tier".into(), "1".into());
+        }
+        if s.crit > 0 {
+            c = with_criticals(c, (s.crit - 1) as u64 * 3);
+        }
+        if s.aws {
+            c.cloud = Some(Cloud { provider: Some("aws".into()), ..Cloud::default() });
+        }
+        c
+    }
+
+    #[derive(Debug, Clone)]
+    struct QuerySpec {
+        caller: ClaimSpec,
+        callee: ClaimSpec,
+        kind: u8,
+        source: usize,
+        dest: usize,
+        host: usize,
+        port: usize,
+        http: usize,
+    }
+
+    fn query_spec() -> impl Strategy<Value = QuerySpec> {
+        (claim_spec(), claim_spec(), 0..3u8, 0..2usize, 0..3usize, 0..3usize, 0..6usize, 0..5usize)
+            .prop_map(|(caller, callee, kind, source, dest, host, port, http)| QuerySpec {
+                caller,
+                callee,
+                kind,
+                source,
+                dest,
+                host,
+                port,
+                http,
+            })
+    }
+
+    /// Runs `f` with the query the spec describes.
+    fn with_query<R>(s: &QuerySpec, f: impl FnOnce(&Query<'_>) -> R) -> R {
+        let caller = make_claims(&s.caller);
+        let callee = make_claims(&s.callee);
+        let port = [80, 85, 90, 91, 443, 8080][s.port];
+        let mut q = match s.kind {
+            0 => Query::meshed(Direction::Inbound, &caller, &callee, port),
+            1 => Query::unauthenticated(ip(["10.1.1.1", "192.168.1.1"][s.source]), &callee, port),
+            _ => Query::external(
+                &caller,
+                ip(["1.2.3.4", "169.254.169.254", "fd00:ec2::254"][s.dest]),
+                [None, Some("api.stripe.com"), Some("metadata.google.internal")][s.host],
+                port,
+            ),
+        };
+        q = match s.http {
+            0 => q,
+            1 => q.not_http(),
+            2 => q.with_request(HttpRequest { method: "GET", path: "/v1/x", headers: &NoHeaders }),
+            3 => q.with_request(HttpRequest { method: "POST", path: "/v1/x", headers: &NoHeaders }),
+            _ => q.with_request(HttpRequest { method: "GET", path: "/v2", headers: &NoHeaders }),
+        };
+        f(&q)
+    }
+
+    type Summary = (Outcome, String, bool);
+
+    fn summarize(d: &Decision<'_>) -> Summary {
+        (d.outcome, d.rule.to_string(), d.audit_only)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn index_agrees_with_scan(
+            specs in proptest::collection::vec(rule_spec(), 0..25),
+            default_allow in any::<bool>(),
+            queries in proptest::collection::vec(query_spec(), 1..8),
+        ) {
+            let p = load(&render_policy(default_allow, false, &named(specs)));
+            for qs in &queries {
+                with_query(qs, |q| {
+                    let (a, b) = (p.decide(q), p.decide_by_scan(q));
+                    assert_eq!(summarize(&a), summarize(&b), "{qs:?}");
+                    assert_eq!(a.reason == Reason::MetadataApi, b.reason == Reason::MetadataApi);
+                });
+            }
+        }
+
+        #[test]
+        fn adding_a_deny_rule_never_turns_a_denial_into_an_allow(
+            specs in proptest::collection::vec(rule_spec(), 0..20),
+            mut extra in rule_spec(),
+            default_allow in any::<bool>(),
+            queries in proptest::collection::vec(query_spec(), 1..8),
+        ) {
+            extra.deny = true;
+            let rules = named(specs);
+            let before = load(&render_policy(default_allow, false, &rules));
+            let mut more = rules.clone();
+            more.push(("zz-extra".into(), extra));
+            let after = load(&render_policy(default_allow, false, &more));
+            for qs in &queries {
+                with_query(qs, |q| {
+                    let (b, a) = (before.decide(q), after.decide(q));
+                    if b.outcome == Outcome::Deny {
+                        assert_eq!(a.outcome, Outcome::Deny, "{qs:?}");
+                    }
+                    if a.outcome == Outcome::Allow {
+                        assert_eq!(b.outcome, Outcome::Allow, "{qs:?}");
+                    }
+                });
+            }
+        }
+
+        #[test]
+        fn audit_mode_never_denies(
+            specs in proptest::collection::vec(rule_spec(), 0..20),
+            default_allow in any::<bool>(),
+            queries in proptest::collection::vec(query_spec(), 1..8),
+        ) {
+            let rules = named(specs);
+            let enforce = load(&render_policy(default_allow, false, &rules));
+            let audit = load(&render_policy(default_allow, true, &rules));
+            for qs in &queries {
+                with_query(qs, |q| {
+                    let (e, a) = (enforce.decide(q), audit.decide(q));
+                    assert_ne!(a.outcome, Outcome::Deny);
+                    assert_eq!(a.audit_only, e.outcome == Outcome::Deny);
+                    assert_eq!(a.enforced_outcome(), e.outcome);
+                    assert_eq!(a.rule, e.rule);
+                });
+            }
+        }
+
+        #[test]
+        fn reordering_rules_never_changes_a_decision(
+            specs in proptest::collection::vec(rule_spec(), 0..20),
+            seed in any::<u64>(),
+            default_allow in any::<bool>(),
+            queries in proptest::collection::vec(query_spec(), 1..8),
+        ) {
+            let rules = named(specs);
+            let mut shuffled = rules.clone();
+            // A deterministic Fisher-Yates from the seed.
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let a = load(&render_policy(default_allow, false, &rules));
+            let b = load(&render_policy(default_allow, false, &shuffled));
+            for qs in &queries {
+                with_query(qs, |q| {
+                    let (x, y) = (a.decide(q), b.decide(q));
+                    assert_eq!(summarize(&x), summarize(&y), "{qs:?}");
+                    assert_eq!(x.reason, y.reason, "{qs:?}");
+                });
+            }
+        }
+
+        /// Loading never panics, whatever the text.
+        #[test]
+        fn load_never_panics(src in "[a-z:{}\\[\\]\\-, \n\"*/.0-9]{0,200}") {
+            let _ = Policy::load("fuzz.yaml", &src);
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The audit log: one JSON line per authorization decision.
+//!
+//! Design bias: *a decision is never lost silently, and logging never takes
+//! the proxy down*. Each record is serialized completely into a buffer first,
+//! then written with a single `write_all` under a mutex, so lines from many
+//! connections never interleave and a reader never sees half a line from us.
+//! Writes are synchronous and unbuffered (the file is opened `O_APPEND`, so
+//! `logrotate`'s `copytruncate` and concurrent appenders are safe, and
+//! [`AuditLog::reopen`] supports move-and-reopen rotation): a slow disk
+//! slows decisions down rather than dropping records. A failed write is
+//! counted ([`AuditLog::write_errors`]) and reported through `tracing` at
+//! most once a minute; it never panics and never fails the caller.
+//!
+//! Line format (keys in this order; `method`/`path` only for L7 decisions,
+//! `reason` only when given, on denials and audit-only allows):
+//!
+//! ```json
+//! {"time":"2026-11-20T10:00:00.123Z","direction":"inbound","decision":"deny",
+//!  "audit_only":false,"rule":"default","peer_id":"spiffe://prod.example/ns/shop/sa/web",
+//!  "peer_addr":"10.0.0.7:41234","port":8080,"protocol":"http1","method":"GET",
+//!  "path":"/v1/x","reason":"no rule matched","claims":{"from.labels.app":"web"}}
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+
+use crate::config::AuditTarget;
+
+/// RFC 3339, UTC, milliseconds.
+const TIME_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// At most one warning about failed writes per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One authorization decision. Everything is borrowed: building a record
+/// costs nothing beyond what the caller already has.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AuditRecord<'a> {
+    /// `inbound` | `outbound`.
+    pub direction: &'a str,
+    /// `allow` | `deny`.
+    pub decision: &'a str,
+    /// The policy is in audit mode and allowed what it would have denied.
+    pub audit_only: bool,
+    /// The rule that decided, or `default`.
+    pub rule: &'a str,
+    /// The peer's SPIFFE ID; `None` for a peer outside the mesh.
+    pub peer_id: Option<&'a str>,
+    /// The peer's socket address: informational only, never used to decide.
+    pub peer_addr: Option<&'a str>,
+    /// The port policy saw (the one the caller dialled).
+    pub port: u16,
+    /// `tcp` | `http1` | `http2` | `grpc`.
+    pub protocol: &'a str,
+    /// HTTP method, when the decision is about a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'a str>,
+    /// HTTP path, when the decision is about a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
+    /// Why it was denied (or would have been): "metadata API", "no rule
+    /// matched", "peer certificate expired", ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// Attribute path → value, for the attributes the rule looked at.
+    pub claims: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// The serialized line: `time` first, then the record's fields.
+#[derive(Serialize)]
+struct Line<'r, 'a> {
+    time: &'r str,
+    #[serde(flatten)]
+    record: &'r AuditRecord<'a>,
+}
+
+enum Sink {
+    Stderr,
+    File {
+        path: PathBuf,
+        file: File,
+    },
+    #[cfg(test)]
+    Failing,
+}
+
+struct State {
+    sink: Sink,
+    last_warning: Option<Instant>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    write_errors: AtomicU64,
+    lines: AtomicU64,
+}
+
+/// The audit log. Cheap to clone; all clones write to the same place.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("target", &self.target())
+            .field("lines", &self.lines())
+            .field("write_errors", &self.write_errors())
+            .finish()
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o640);
+    }
+    opts.open(path)
+}
+
+impl AuditLog {
+    /// `"-"`: standard error; anything else: a file path, opened for append
+    /// and created with mode 0640 if missing.
+    pub fn open(target: &str) -> io::Result<AuditLog> {
+        if target == "-" {
+            Ok(AuditLog::stderr())
+        } else {
+            AuditLog::open_path(Path::new(target))
+        }
+    }
+
+    /// Opens the target of a [`crate::config::ProxyConfig`].
+    pub fn open_target(target: &AuditTarget) -> io::Result<AuditLog> {
+        match target {
+            AuditTarget::Stderr => Ok(AuditLog::stderr()),
+            AuditTarget::File(p) => AuditLog::open_path(p),
+        }
+    }
+
+    /// Appends to `path` (created 0640 if missing).
+    pub fn open_path(path: &Path) -> io::Result<AuditLog> {
+        let file = open_append(path)?;
+        Ok(AuditLog::with_sink(Sink::File {
+            path: path.to_owned(),
+            file,
+        }))
+    }
+
+    /// Writes to standard error.
+    pub fn stderr() -> AuditLog {
+        AuditLog::with_sink(Sink::Stderr)
+    }
+
+    fn with_sink(sink: Sink) -> AuditLog {
+        AuditLog {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    sink,
+                    last_warning: None,
+                }),
+                write_errors: AtomicU64::new(0),
+                lines: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock cannot leave a half-written
+        // line behind (the line is written by one call), so poison is moot.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `-` or the file path.
+    pub fn target(&self) -> String {
+        match &self.lock().sink {
+            Sink::Stderr => "-".to_owned(),
+            Sink::File { path, .. } => path.display().to_string(),
+            #[cfg(test)]
+            Sink::Failing => "failing".to_owned(),
+        }
+    }
+
+    /// Writes one decision, stamped with the current time.
+    pub fn log(&self, record: &AuditRecord<'_>) {
+        self.log_at(record, OffsetDateTime::now_utc());
+    }
+
+    /// Writes one decision with the given time (tests, replays).
+    pub fn log_at(&self, record: &AuditRecord<'_>, at: OffsetDateTime) {
+        let line = match encode_line(record, at) {
+            Ok(line) => line,
+            Err(e) => {
+                // Serializing borrowed strings and a JSON map cannot fail in
+                // practice; if it ever does, it is a lost record: count it.
+                self.failed(&format!("cannot encode audit record: {e}"));
+                return;
+            }
+        };
+        let result = {
+            let mut state = self.lock();
+            match &mut state.sink {
+                Sink::Stderr => io::stderr().lock().write_all(&line),
+                Sink::File { file, .. } => file.write_all(&line),
+                #[cfg(test)]
+                Sink::Failing => Err(io::Error::other("disk on fire")),
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.inner.lines.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.failed(&e.to_string()),
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        let total = self.inner.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let warn = {
+            let mut state = self.lock();
+            let due = state
+                .last_warning
+                .is_none_or(|t| now.duration_since(t) >= WARN_INTERVAL);
+            if due {
+                state.last_warning = Some(now);
+            }
+            due
+        };
+        if warn {
+            tracing::warn!(
+                target: "appid::audit",
+                error,
+                failed_records = total,
+                audit_log = %self.target(),
+                "audit record not written (further failures are counted, reported once a minute)"
+            );
+        }
+    }
+
+    /// Closes and reopens the file (after a move-style log rotation). On
+    /// error the old file stays in use. No-op for stderr.
+    pub fn reopen(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Sink::File { path, file } = &mut state.sink {
+            *file = open_append(path)?;
+        }
+        Ok(())
+    }
+
+    /// Records that could not be written since start.
+    pub fn write_errors(&self) -> u64 {
+        self.inner.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Records written since start.
+    pub fn lines(&self) -> u64 {
+        self.inner.lines.load(Ordering::Relaxed)
+    }
+}
+
+/// The full line, newline included.
+fn encode_line(record: &AuditRecord<'_>, at: OffsetDateTime) -> Result<Vec<u8>, String> {
+    let time = at
+        .to_offset(time::UtcOffset::UTC)
+        .format(TIME_FORMAT)
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(256 + 64 * record.claims.len());
+    serde_json::to_writer(
+        &mut buf,
+        &Line {
+            time: &time,
+            record,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    buf.push(b'\n');
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::io::BufRead;
+
+    fn claims() -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("from.labels.app".into(), json!("web"));
+        m.insert("from.vulns.critical".into(), json!(0));
+        m
+    }
+
+    fn record<'a>(claims: &'a serde_json::Map<String, Value>) -> AuditRecord<'a> {
+        AuditRecord {
+            direction: "inbound",
+            decision: "deny",
+            audit_only: false,
+            rule: "default",
+            peer_id: Some("spiffe://prod.example/ns/shop/sa/web"),
+            peer_addr: Some("10.0.0.7:41234"),
+            port: 8080,
+            protocol: "http1",
+            method: Some("GET"),
+            path: Some("/v1/\"quoted\"\n"),
+            reason: Some("no rule matched"),
+            claims,
+        }
+    }
+
+    fn read_lines(path: &Path) -> Vec<Value> {
+        let f = File::open(path).unwrap();
+        io::BufReader::new(f)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn line_format_and_fields() {
+        let c = claims();
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_514_400_123_456_789).unwrap();
+        let line = encode_line(&record(&c), at).unwrap();
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.ends_with('\n') && text.matches('\n').count() == 1,
+            "{text:?}"
+        );
+        assert!(text.starts_with("{\"time\":\"2026-11-22T"), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["time"], "2026-11-22T10:00:00.123Z");
+        assert_eq!(v["direction"], "inbound");
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["audit_only"], false);
+        assert_eq!(v["rule"], "default");
+        assert_eq!(v["peer_id"], "spiffe://prod.example/ns/shop/sa/web");
+        assert_eq!(v["peer_addr"], "10.0.0.7:41234");
+        assert_eq!(v["port"], 8080);
+        assert_eq!(v["protocol"], "http1");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/v1/\"quoted\"\n");
+        assert_eq!(v["reason"], "no rule matched");
+        assert_eq!(v["claims"]["from.labels.app"], "web");
+        assert_eq!(v["claims"]["from.vulns.critical"], 0);
+    }
+
+    #[test]
+    fn l4_allow_omits_l7_fields_and_keeps_null_peer() {
+        let c = serde_json::Map::new();
+        let r = AuditRecord {
+            direction: "outbound",
+            decision: "allow",
+            audit_only: false,
+            rule: "api-to-stripe",
+            peer_id: None,
+            peer_addr: None,
+            port: 443,
+            protocol: "tcp",
+            method: None,
+            path: None,
+            reason: None,
+            claims: &c,
+        };
+        let v: Value =
+            serde_json::from_slice(&encode_line(&r, OffsetDateTime::UNIX_EPOCH).unwrap()).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["peer_id"], Value::Null);
+        assert_eq!(v["peer_addr"], Value::Null);
+        assert_eq!(v["claims"], json!({}));
+        let o = v.as_object().unwrap();
+        assert!(!o.contains_key("method") && !o.contains_key("path") && !o.contains_key("reason"));
+    }
+
+    #[test]
+    fn file_append_mode_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
+        let log = AuditLog::open(path.to_str().unwrap()).unwrap();
+        let c = claims();
+        log.log(&record(&c));
+        log.clone().log(&AuditRecord {
+            decision: "allow",
+            audit_only: true,
+            ..record(&c)
+        });
+        let lines = read_lines(&path);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["earlier"], true);
+        assert_eq!(lines[1]["decision"], "deny");
+        assert_eq!(lines[2]["audit_only"], true);
+        assert_eq!(log.lines(), 2);
+        assert_eq!(log.write_errors(), 0);
+        assert_eq!(log.target(), path.display().to_string());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn new_file_is_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.jsonl");
+        let _log = AuditLog::open_target(&AuditTarget::File(path.clone())).unwrap();
+        // The process umask can only remove bits.
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o640, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn reopen_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        let c = claims();
+        log.log(&record(&c));
+        std::fs::rename(&path, dir.path().join("a.jsonl.1")).unwrap();
+        log.reopen().unwrap();
+        log.log(&record(&c));
+        assert_eq!(read_lines(&path).len(), 1);
+        assert_eq!(read_lines(&dir.path().join("a.jsonl.1")).len(), 1);
+    }
+
+    #[test]
+    fn open_error_is_returned() {
+        assert!(AuditLog::open("/nonexistent-dir/x/audit.jsonl").is_err());
+        assert_eq!(AuditLog::open("-").unwrap().target(), "-");
+    }
+
+    #[test]
+    fn write_errors_are_counted_not_fatal() {
+        let log = AuditLog::with_sink(Sink::Failing);
+        let c = claims();
+        for _ in 0..5 {
+            log.log(&record(&c));
+        }
+        assert_eq!(log.write_errors(), 5);
+        assert_eq!(log.lines(), 0);
+        // Only the first failure warned; the next warning is a minute away.
+        assert!(log.lock().last_warning.is_some());
+    }
+
+    #[test]
+    fn concurrent_lines_stay_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        const THREADS: usize = 16;
+        const PER: usize = 200;
+        let big = "x".repeat(3000); // lines larger than PIPE_BUF
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let log = log.clone();
+                let big = &big;
+                s.spawn(move || {
+                    for i in 0..PER {
+                        let mut c = serde_json::Map::new();
+                        c.insert("t".into(), json!(t));
+                        c.insert("i".into(), json!(i));
+                        c.insert("pad".into(), json!(big));
+                        let rule = format!("rule-{t}");
+                        log.log(&AuditRecord {
+                            direction: "outbound",
+                            decision: "allow",
+                            audit_only: false,
+                            rule: &rule,
+                            peer_id: None,
+                            peer_addr: Some("127.0.0.1:1"),
+                            port: 1,
+                            protocol: "tcp",
+                            method: None,
+                            path: None,
+                            reason: None,
+                            claims: &c,
+                        });
+                    }
+                });
+            }
+        });
+        let lines = read_lines(&path);
+        assert_eq!(lines.len(), THREADS * PER);
+        let mut seen = vec![0usize; THREADS];
+        for v in &lines {
+            let t = v["claims"]["t"].as_u64().unwrap() as usize;
+            assert_eq!(v["rule"], format!("rule-{t}"));
+            assert_eq!(v["claims"]["pad"].as_str().unwrap().len(), 3000);
+            // Per-thread order is preserved.
+            assert_eq!(v["claims"]["i"].as_u64().unwrap() as usize, seen[t]);
+            seen[t] += 1;
+        }
+        assert_eq!(log.lines(), (THREADS * PER) as u64);
+    }
+}

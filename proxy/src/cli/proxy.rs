@@ -1,0 +1,44 @@
+//! `appid proxy --config PROXY.yaml`: run the sidecar.
+//!
+//! The config is parsed and validated once, here, before anything starts;
+//! a bad file is exit 2 with every problem listed. Then the runtime is built
+//! with the configured number of worker threads and the sidecar runs until
+//! SIGTERM or SIGINT, drains, and exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config::ProxyConfig;
+use crate::sidecar;
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The sidecar configuration (see DESIGN.md "Sidecar configuration")
+    #[arg(long, value_name = "PROXY.yaml")]
+    config: PathBuf,
+}
+
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let config = ProxyConfig::load(&args.config)?;
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .thread_name("appid-worker")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(sidecar::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,1664 @@
+//! The sidecar configuration (`appid proxy --config PROXY.yaml`).
+//!
+//! Design bias: *refuse early, say exactly what to write*. The file is read
+//! once into loosely typed, position-carrying nodes (every scalar is kept as
+//! text with its `line:col`), then converted by hand, so that every error
+//! names `FILE:LINE:COL`, the field (`inbound[1].listen`) and an example of
+//! what would be accepted. All problems found are reported together, not one
+//! per run. Unknown keys are errors everywhere (a misspelled `forwrad:` would
+//! otherwise silently turn an explicit listener transparent). Addresses are
+//! IP literals parsed at load: nothing here resolves names or touches the
+//! network, and relative paths are resolved against the config file's
+//! directory, never the working directory. The admin API may only listen on
+//! a loopback address. [`ProxyConfig::effective_json`] never contains a
+//! secret: file paths yes, file contents never, and credentials embedded in
+//! URLs are redacted.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_json::json;
+use serde_saphyr::{Location, MessageFormatter, Spanned};
+
+/// The default admin address (DESIGN "Ports").
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15190);
+
+/// A config file larger than this is refused before parsing.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Where the workload's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// Certificate, key and trust bundle from files, watched and swapped in
+    /// without a restart.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+    /// Certificates issued by the authority.
+    Authority {
+        /// `https://` URL of the authority API.
+        url: String,
+        /// Trust anchors used to verify the authority and peers.
+        bundle: PathBuf,
+        /// One-time join token. Absent: the sidecar attests by other means
+        /// (cloud instance identity document).
+        join_token_file: Option<PathBuf>,
+    },
+}
+
+/// An inbound listener: mTLS from peers, plaintext from outside the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundListener {
+    pub listen: SocketAddr,
+    /// `None`: transparent (the app is reached at `127.0.0.1:<original port>`).
+    pub forward: Option<SocketAddr>,
+}
+
+/// An outbound listener: plaintext from the local app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundListener {
+    pub listen: SocketAddr,
+    /// `None`: transparent (destination from `SO_ORIGINAL_DST`).
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Where the audit log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    /// `"-"`: standard error.
+    Stderr,
+    /// A file, opened in append mode.
+    File(PathBuf),
+}
+
+impl AuditTarget {
+    /// The value as written in the config (`-` or the resolved path).
+    pub fn display(&self) -> String {
+        match self {
+            AuditTarget::Stderr => "-".to_owned(),
+            AuditTarget::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Resource bounds of the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TLS handshake, from accept to the peer's Finished.
+    pub handshake_timeout: Duration,
+    /// Peeking at the first bytes to tell mTLS, TLS, HTTP and TCP apart.
+    pub detect_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Dialling the local app or the upstream.
+    pub connect_timeout: Duration,
+    /// Concurrent connections, inbound and outbound together.
+    pub max_connections: u32,
+    /// Largest HTTP request/response head accepted.
+    pub max_header_bytes: u32,
+    /// How long shutdown waits for open connections.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            detect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The sidecar configuration, validated, with defaults filled and paths
+/// resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The config file this came from, as given.
+    pub source: String,
+    pub identity: IdentitySource,
+    /// Trust domains whose SPIFFE IDs are accepted (lowercase, no scheme).
+    pub trust_domains: Vec<String>,
+    pub policy: PathBuf,
+    pub inbound: Vec<InboundListener>,
+    pub outbound: Vec<OutboundListener>,
+    /// Always a loopback address.
+    pub admin: SocketAddr,
+    pub audit_log: AuditTarget,
+    /// Data-plane threads (default: the number of CPUs).
+    pub workers: usize,
+    /// OTLP endpoint for traces; `None` = export off.
+    pub otlp_endpoint: Option<String>,
+    pub limits: Limits,
+}
+
+/// Where in the config file a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub line_col: Option<(u64, u64)>,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line_col {
+            Some((l, c)) => write!(f, "{}:{l}:{c}", self.file),
+            None => f.write_str(&self.file),
+        }
+    }
+}
+
+/// One problem in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub at: Position,
+    /// The field, as a path (`inbound[1].listen`); empty when the YAML
+    /// library's own message already names it.
+    pub field: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.at, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.at, self.field, self.message)
+        }
+    }
+}
+
+/// All problems found in one config file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a sidecar config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the sidecar config: {source} (check the path given to --config)", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: the sidecar config is larger than {MAX_CONFIG_BYTES} bytes; is this the right file?", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl ConfigError {
+    /// The problems found, when the file was read but is not valid.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => &d.0,
+            _ => &[],
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Reads and validates `path`; relative paths inside are resolved
+    /// against the directory of `path`.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not UTF-8 text ({e})"),
+            ))
+        })?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        ProxyConfig::from_yaml(&path.display().to_string(), base, &text)
+    }
+
+    /// Parses and validates config text. `file_name` is used in messages
+    /// only; relative paths are resolved against `base_dir`.
+    pub fn from_yaml(
+        file_name: &str,
+        base_dir: &Path,
+        text: &str,
+    ) -> Result<ProxyConfig, ConfigError> {
+        if text.trim().is_empty()
+            || text
+                .lines()
+                .all(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+        {
+            return Err(invalid(vec![Diagnostic {
+                at: Position {
+                    file: file_name.to_owned(),
+                    line_col: None,
+                },
+                field: String::new(),
+                message: "the file is empty: a sidecar config needs at least `identity`, \
+                          `trust_domains`, `policy` and one `inbound` or `outbound` listener"
+                    .to_owned(),
+            }]));
+        }
+        let raw: RawConfig = serde_saphyr::from_str(text)
+            .map_err(|e| invalid(vec![yaml_diagnostic(file_name, &e)]))?;
+        let mut cx = Cx {
+            file: file_name,
+            base: base_dir,
+            diags: Vec::new(),
+        };
+        let cfg = cx.convert(raw);
+        match cfg {
+            Some(cfg) if cx.diags.is_empty() => Ok(cfg),
+            _ => {
+                let mut diags = cx.diags;
+                diags.sort_by_key(|d| d.at.line_col.unwrap_or((u64::MAX, u64::MAX)));
+                Err(invalid(diags))
+            }
+        }
+    }
+
+    /// The effective configuration with defaults filled in, for the admin
+    /// `/config` endpoint. Paths are shown; no file is read; URLs have any
+    /// `user:password@` and query string redacted.
+    pub fn effective_json(&self) -> serde_json::Value {
+        let identity = match &self.identity {
+            IdentitySource::Files { cert, key, bundle } => json!({
+                "cert": cert.display().to_string(),
+                "key": key.display().to_string(),
+                "bundle": bundle.display().to_string(),
+            }),
+            IdentitySource::Authority {
+                url,
+                bundle,
+                join_token_file,
+            } => json!({
+                "authority": {
+                    "url": redact_url(url),
+                    "bundle": bundle.display().to_string(),
+                    "join_token_file": join_token_file.as_ref().map(|p| p.display().to_string()),
+                }
+            }),
+        };
+        let inbound: Vec<_> = self
+            .inbound
+            .iter()
+            .map(|l| json!({"listen": l.listen.to_string(), "forward": l.forward.map(|a| a.to_string())}))
+            .collect();
+        let outbound: Vec<_> = self
+            .outbound
+            .iter()
+            .map(|l| json!({"listen": l.listen.to_string(), "upstream": l.upstream.map(|a| a.to_string())}))
+            .collect();
+        let l = &self.limits;
+        json!({
+            "source": self.source,
+            "identity": identity,
+            "trust_domains": self.trust_domains,
+            "policy": self.policy.display().to_string(),
+            "inbound": inbound,
+            "outbound": outbound,
+            "admin": self.admin.to_string(),
+            "audit_log": self.audit_log.display(),
+            "workers": self.workers,
+            "otlp_endpoint": self.otlp_endpoint.as_deref().map(redact_url),
+            "limits": {
+                "handshake_timeout": humantime::format_duration(l.handshake_timeout).to_string(),
+                "detect_timeout": humantime::format_duration(l.detect_timeout).to_string(),
+                "idle_timeout": humantime::format_duration(l.idle_timeout).to_string(),
+                "connect_timeout": humantime::format_duration(l.connect_timeout).to_string(),
+                "max_connections": l.max_connections,
+                "max_header_bytes": l.max_header_bytes,
+                "drain_timeout": humantime::format_duration(l.drain_timeout).to_string(),
+            },
+        })
+    }
+}
+
+fn invalid(diags: Vec<Diagnostic>) -> ConfigError {
+    ConfigError::Invalid(Diagnostics(diags))
+}
+
+/// Strips `user:password@` and `?query` / `#fragment` from a URL for display.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(i) => format!("REDACTED@{}", &authority[i + 1..]),
+        None => authority.to_owned(),
+    };
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    let mut out = String::with_capacity(url.len());
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    out.push_str(&authority);
+    out.push_str(&tail[..path_end]);
+    if path_end < tail.len() {
+        out.push_str("?REDACTED");
+    }
+    out
+}
+
+/// Turns a YAML library error into a diagnostic with its position.
+fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let inner = e.without_snippet();
+    let formatter = serde_saphyr::DefaultMessageFormatter;
+    let msg: String = formatter
+        .format_message(inner)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line_col = e
+        .location()
+        .filter(|l| l.line() > 0)
+        .map(|l| (l.line(), l.column()));
+    let hint = if msg.contains("unknown field") {
+        "; remove it or fix its spelling (see DESIGN.md \"Sidecar configuration\")"
+    } else {
+        ""
+    };
+    Diagnostic {
+        at: Position {
+            file: file.to_owned(),
+            line_col,
+        },
+        field: String::new(),
+        message: format!("{msg}{hint}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw, position-carrying form.
+
+/// Any YAML scalar, kept as its text, so conversion errors are ours (with the
+/// field name and an example) rather than a generic type mismatch.
+#[derive(Debug, Clone)]
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a single value (text or a number), not a list or a mapping")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+type S = Spanned<Scalar>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    identity: Option<Spanned<RawIdentity>>,
+    trust_domains: Option<Spanned<Vec<S>>>,
+    policy: Option<S>,
+    inbound: Option<Vec<Spanned<RawInbound>>>,
+    outbound: Option<Vec<Spanned<RawOutbound>>>,
+    admin: Option<S>,
+    audit_log: Option<S>,
+    workers: Option<S>,
+    otlp_endpoint: Option<S>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    cert: Option<S>,
+    key: Option<S>,
+    bundle: Option<S>,
+    authority: Option<Spanned<RawAuthority>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthority {
+    url: Option<S>,
+    bundle: Option<S>,
+    join_token_file: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    listen: Option<S>,
+    forward: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    listen: Option<S>,
+    upstream: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    handshake_timeout: Option<S>,
+    detect_timeout: Option<S>,
+    idle_timeout: Option<S>,
+    connect_timeout: Option<S>,
+    max_connections: Option<S>,
+    max_header_bytes: Option<S>,
+    drain_timeout: Option<S>,
+}
+
+// ---------------------------------------------------------------------------
+// Conversion and validation.
+
+struct Cx<'a> {
+    file: &'a str,
+    base: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+fn line_col(loc: &Location) -> Option<(u64, u64)> {
+    (loc.line() > 0).then(|| (loc.line(), loc.column()))
+}
+
+/// How a listener address is used, for overlap checks and messages.
+struct Bound {
+    addr: SocketAddr,
+    field: String,
+    at: Option<(u64, u64)>,
+}
+
+impl Cx<'_> {
+    fn err(&mut self, at: Option<(u64, u64)>, field: &str, message: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            at: Position {
+                file: self.file.to_owned(),
+                line_col: at,
+            },
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn err_at(&mut self, s: &S, field: &str, message: impl Into<String>) {
+        self.err(line_col(&s.referenced), field, message);
+    }
+
+    fn convert(&mut self, raw: RawConfig) -> Option<ProxyConfig> {
+        let identity = match raw.identity {
+            Some(i) => self.identity(i),
+            None => {
+                self.err(
+                    None,
+                    "identity",
+                    "missing: write `identity: { cert: web.pem, key: web.key, bundle: ca.pem }` or \
+                     `identity: { authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: token } }`",
+                );
+                None
+            }
+        };
+        let trust_domains = self.trust_domains(raw.trust_domains);
+        let policy = match &raw.policy {
+            Some(p) => self.path(p, "policy"),
+            None => {
+                self.err(
+                    None,
+                    "policy",
+                    "missing: write `policy: policy.yaml` (the policy file's path)",
+                );
+                None
+            }
+        };
+
+        // The admin address is reserved first, so a listener that collides
+        // with it (even with the default) is the one reported.
+        let mut bound: Vec<Bound> = Vec::new();
+        let admin = match &raw.admin {
+            None => {
+                bound.push(Bound {
+                    addr: DEFAULT_ADMIN,
+                    field: "admin (default)".to_owned(),
+                    at: None,
+                });
+                Some(DEFAULT_ADMIN)
+            }
+            Some(a) => self.admin(a, &mut bound),
+        };
+        let mut inbound = Vec::new();
+        for (i, l) in raw.inbound.iter().flatten().enumerate() {
+            let field = format!("inbound[{i}]");
+            let listen = self.listen(&l.value.listen, &l.referenced, &field, &mut bound);
+            let forward = l
+                .value
+                .forward
+                .as_ref()
+                .and_then(|f| self.dial_addr(f, &format!("{field}.forward"), "127.0.0.1:8080"));
+            if let (Some(listen), true) = (listen, l.value.forward.is_none() || forward.is_some()) {
+                inbound.push((i, InboundListener { listen, forward }));
+            }
+        }
+        let mut outbound = Vec::new();
+        for (i, l) in raw.outbound.iter().flatten().enumerate() {
+            let field = format!("outbound[{i}]");
+            let listen = self.listen(&l.value.listen, &l.referenced, &field, &mut bound);
+            let upstream = l
+                .value
+                .upstream
+                .as_ref()
+                .and_then(|u| self.dial_addr(u, &format!("{field}.upstream"), "10.0.0.2:8443"));
+            if let (Some(listen), true) = (listen, l.value.upstream.is_none() || upstream.is_some())
+            {
+                outbound.push((i, OutboundListener { listen, upstream }));
+            }
+        }
+        let n_listeners =
+            raw.inbound.as_ref().map_or(0, Vec::len) + raw.outbound.as_ref().map_or(0, Vec::len);
+        if n_listeners == 0 {
+            self.err(
+                None,
+                "inbound",
+                "no listener: add at least one, e.g. `inbound: [{ listen: \"0.0.0.0:15106\" }]` or \
+                 `outbound: [{ listen: \"127.0.0.1:15101\" }]`",
+            );
+        }
+
+        // Forward/upstream pointing back at one of our own listeners loops.
+        for (i, l) in &inbound {
+            let raw_at = raw
+                .inbound
+                .as_ref()
+                .and_then(|v| v.get(*i))
+                .and_then(|r| r.value.forward.as_ref());
+            if let (Some(f), Some(s)) = (l.forward, raw_at) {
+                self.check_not_self(f, &bound, &format!("inbound[{i}].forward"), s);
+            }
+        }
+        for (i, l) in &outbound {
+            let raw_at = raw
+                .outbound
+                .as_ref()
+                .and_then(|v| v.get(*i))
+                .and_then(|r| r.value.upstream.as_ref());
+            if let (Some(u), Some(s)) = (l.upstream, raw_at) {
+                self.check_not_self(u, &bound, &format!("outbound[{i}].upstream"), s);
+            }
+        }
+        let inbound: Vec<InboundListener> = inbound.into_iter().map(|(_, l)| l).collect();
+        let outbound: Vec<OutboundListener> = outbound.into_iter().map(|(_, l)| l).collect();
+
+        let audit_log = match &raw.audit_log {
+            None => Some(AuditTarget::Stderr),
+            Some(a) if a.value.0 == "-" => Some(AuditTarget::Stderr),
+            Some(a) => self.path(a, "audit_log").map(AuditTarget::File),
+        };
+
+        let workers = match &raw.workers {
+            None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Some(w) => self.number(w, "workers", 1, 1024, "2").map(|n| n as usize),
+        };
+
+        let otlp_endpoint = match &raw.otlp_endpoint {
+            None => None,
+            Some(o) => {
+                let v = o.value.0.trim();
+                if !(v.starts_with("http://") || v.starts_with("https://"))
+                    || v.len() <= "https://".len()
+                {
+                    self.err_at(
+                        o,
+                        "otlp_endpoint",
+                        format!(
+                            "`{}` is not an OTLP endpoint URL: write e.g. `otlp_endpoint: \"http://127.0.0.1:4317\"`, or remove the line to turn export off",
+                            o.value.0
+                        ),
+                    );
+                }
+                Some(v.to_owned())
+            }
+        };
+
+        let limits = self.limits(raw.limits.as_ref());
+
+        Some(ProxyConfig {
+            source: self.file.to_owned(),
+            identity: identity?,
+            trust_domains: trust_domains?,
+            policy: policy?,
+            inbound,
+            outbound,
+            admin: admin?,
+            audit_log: audit_log?,
+            workers: workers?,
+            otlp_endpoint,
+            limits: limits?,
+        })
+    }
+
+    fn identity(&mut self, i: Spanned<RawIdentity>) -> Option<IdentitySource> {
+        let at = line_col(&i.referenced);
+        let RawIdentity {
+            cert,
+            key,
+            bundle,
+            authority,
+        } = i.value;
+        let any_file = cert.is_some() || key.is_some() || bundle.is_some();
+        match authority {
+            Some(a) if any_file => {
+                self.err(
+                    line_col(&a.referenced).or(at),
+                    "identity",
+                    "both files (cert/key/bundle) and `authority` are given: keep one form; with \
+                     `authority`, put the trust bundle inside it: `authority: { url, bundle, join_token_file }`",
+                );
+                None
+            }
+            Some(a) => {
+                let a_at = line_col(&a.referenced).or(at);
+                let RawAuthority {
+                    url,
+                    bundle,
+                    join_token_file,
+                } = a.value;
+                let url = match &url {
+                    None => {
+                        self.err(
+                            a_at,
+                            "identity.authority.url",
+                            "missing: write e.g. `url: \"https://authority:15170\"`",
+                        );
+                        None
+                    }
+                    Some(u) => {
+                        let v = u.value.0.trim();
+                        let host = v.strip_prefix("https://").unwrap_or("");
+                        if host.is_empty() || host.starts_with('/') {
+                            self.err_at(
+                                u,
+                                "identity.authority.url",
+                                format!("`{}` is not an https:// URL: write e.g. `url: \"https://authority:15170\"` (the join token is sent over it, so plain http is refused)", u.value.0),
+                            );
+                            None
+                        } else {
+                            Some(v.to_owned())
+                        }
+                    }
+                };
+                let bundle = match &bundle {
+                    None => {
+                        self.err(
+                            a_at,
+                            "identity.authority.bundle",
+                            "missing: write `bundle: ca.pem` (the authority's CA certificate)",
+                        );
+                        None
+                    }
+                    Some(b) => self.path(b, "identity.authority.bundle"),
+                };
+                let join_token_file = match &join_token_file {
+                    None => Some(None),
+                    Some(t) => self.path(t, "identity.authority.join_token_file").map(Some),
+                };
+                Some(IdentitySource::Authority {
+                    url: url?,
+                    bundle: bundle?,
+                    join_token_file: join_token_file?,
+                })
+            }
+            None => {
+                if !any_file {
+                    self.err(
+                        at,
+                        "identity",
+                        "empty: write `cert`, `key` and `bundle` (files), or `authority: { url, bundle, join_token_file }`",
+                    );
+                    return None;
+                }
+                let mut get = |v: &Option<S>, name: &str, example: &str| match v {
+                    Some(s) => self.path(s, &format!("identity.{name}")),
+                    None => {
+                        self.err(
+                            at,
+                            &format!("identity.{name}"),
+                            format!("missing: with certificate files, write all of cert, key and bundle, e.g. `{name}: {example}`"),
+                        );
+                        None
+                    }
+                };
+                let cert = get(&cert, "cert", "web.pem");
+                let key = get(&key, "key", "web.key");
+                let bundle = get(&bundle, "bundle", "ca.pem");
+                Some(IdentitySource::Files {
+                    cert: cert?,
+                    key: key?,
+                    bundle: bundle?,
+                })
+            }
+        }
+    }
+
+    fn trust_domains(&mut self, t: Option<Spanned<Vec<S>>>) -> Option<Vec<String>> {
+        let Some(t) = t else {
+            self.err(
+                None,
+                "trust_domains",
+                "missing: write e.g. `trust_domains: [prod.example]`",
+            );
+            return None;
+        };
+        if t.value.is_empty() {
+            self.err(
+                line_col(&t.referenced),
+                "trust_domains",
+                "empty: list at least one, e.g. `trust_domains: [prod.example]`",
+            );
+            return None;
+        }
+        let mut out = Vec::with_capacity(t.value.len());
+        let mut ok = true;
+        for (i, d) in t.value.iter().enumerate() {
+            let field = format!("trust_domains[{i}]");
+            let v = d.value.0.as_str();
+            if let Some(rest) = v.strip_prefix("spiffe://") {
+                self.err_at(
+                    d,
+                    &field,
+                    format!(
+                        "write the trust domain without `spiffe://`: `{}`",
+                        rest.trim_end_matches('/')
+                    ),
+                );
+                ok = false;
+            } else if !valid_trust_domain(v) {
+                self.err_at(
+                    d,
+                    &field,
+                    format!(
+                        "`{v}` is not a trust domain: use lowercase letters, digits, `.`, `-` and `_` only, e.g. `{}`",
+                        suggest_trust_domain(v)
+                    ),
+                );
+                ok = false;
+            } else if out.iter().any(|o: &String| o == v) {
+                self.err_at(d, &field, format!("`{v}` is listed twice: remove one"));
+                ok = false;
+            } else {
+                out.push(v.to_owned());
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A path, resolved against the config file's directory.
+    fn path(&mut self, s: &S, field: &str) -> Option<PathBuf> {
+        let v = s.value.0.as_str();
+        if v.trim().is_empty() {
+            self.err_at(
+                s,
+                field,
+                "empty path: write a file path (relative paths are relative to this config file)",
+            );
+            return None;
+        }
+        let p = Path::new(v);
+        Some(if p.is_relative() {
+            self.base.join(p)
+        } else {
+            p.to_owned()
+        })
+    }
+
+    fn socket_addr(&mut self, s: &S, field: &str, example: &str) -> Option<SocketAddr> {
+        let v = s.value.0.trim();
+        match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let hint = if v.parse::<IpAddr>().is_ok() {
+                    " (the port is missing)"
+                } else if v.chars().filter(|c| *c == ':').count() > 1 && !v.starts_with('[') {
+                    " (write IPv6 addresses in brackets: [::1]:15106)"
+                } else if v
+                    .rsplit_once(':')
+                    .is_some_and(|(h, _)| h.parse::<IpAddr>().is_err())
+                {
+                    " (host names are not accepted: write an IP address)"
+                } else {
+                    ""
+                };
+                self.err_at(
+                    s,
+                    field,
+                    format!(
+                        "`{}` is not an address: expected ip:port like {example}{hint}",
+                        s.value.0
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn listen(
+        &mut self,
+        l: &Option<S>,
+        item: &Location,
+        field: &str,
+        bound: &mut Vec<Bound>,
+    ) -> Option<SocketAddr> {
+        let lf = format!("{field}.listen");
+        let Some(l) = l else {
+            self.err(
+                line_col(item),
+                &lf,
+                "missing: write the address to listen on, e.g. `listen: \"127.0.0.1:15106\"`",
+            );
+            return None;
+        };
+        let example = if field.starts_with("inbound") {
+            "0.0.0.0:15106"
+        } else {
+            "127.0.0.1:15101"
+        };
+        let addr = self.socket_addr(l, &lf, example)?;
+        self.claim(addr, &lf, line_col(&l.referenced), bound);
+        Some(addr)
+    }
+
+    fn admin(&mut self, a: &S, bound: &mut Vec<Bound>) -> Option<SocketAddr> {
+        let addr = self.socket_addr(a, "admin", "127.0.0.1:15190")?;
+        if !addr.ip().is_loopback() {
+            self.err_at(
+                a,
+                "admin",
+                format!(
+                    "`{addr}` is not a loopback address: the admin API (config, identity, metrics) must never be \
+                     reachable from the network; write `admin: \"127.0.0.1:{}\"` (or [::1])",
+                    addr.port()
+                ),
+            );
+            return None;
+        }
+        self.claim(addr, "admin", line_col(&a.referenced), bound);
+        Some(addr)
+    }
+
+    /// Records a listening address, refusing one that collides with an
+    /// earlier one (port 0, "any free port", never collides).
+    fn claim(
+        &mut self,
+        addr: SocketAddr,
+        field: &str,
+        at: Option<(u64, u64)>,
+        bound: &mut Vec<Bound>,
+    ) {
+        if addr.port() != 0
+            && let Some(prev) = bound.iter().find(|b| overlaps(b.addr, addr))
+        {
+            let prev_at = match prev.at {
+                Some((l, c)) => format!(" (line {l}, column {c})"),
+                None => String::new(),
+            };
+            let msg = format!(
+                "`{addr}` is already used by {}{prev_at}: give each listener its own address",
+                prev.field
+            );
+            self.err(at, field, msg);
+        }
+        bound.push(Bound {
+            addr,
+            field: field.to_owned(),
+            at,
+        });
+    }
+
+    fn dial_addr(&mut self, s: &S, field: &str, example: &str) -> Option<SocketAddr> {
+        let addr = self.socket_addr(s, field, example)?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            self.err_at(
+                s,
+                field,
+                format!(
+                    "`{addr}` cannot be dialled: write a concrete address and port like {example}"
+                ),
+            );
+            return None;
+        }
+        Some(addr)
+    }
+
+    fn check_not_self(&mut self, target: SocketAddr, bound: &[Bound], field: &str, raw: &S) {
+        let hit = bound.iter().find(|b| {
+            b.addr.port() == target.port()
+                && (b.addr.ip() == target.ip()
+                    || (b.addr.ip().is_unspecified() && target.ip().is_loopback()))
+        });
+        if let Some(b) = hit {
+            let msg = format!(
+                "`{target}` is this sidecar's own {}: traffic would loop; point it at the app or the peer",
+                b.field
+            );
+            self.err_at(raw, field, msg);
+        }
+    }
+
+    fn number(&mut self, s: &S, field: &str, min: u64, max: u64, example: &str) -> Option<u64> {
+        match s.value.0.trim().replace('_', "").parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            Ok(n) => {
+                self.err_at(s, field, format!("{n} is out of range: write a whole number from {min} to {max}, e.g. `{example}`"));
+                None
+            }
+            Err(_) => {
+                self.err_at(
+                    s,
+                    field,
+                    format!(
+                        "`{}` is not a whole number: write e.g. `{}: {example}`",
+                        s.value.0,
+                        field.rsplit('.').next().unwrap_or(field)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        s: &Option<S>,
+        field: &str,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Option<Duration> {
+        let Some(s) = s else { return Some(default) };
+        let v = s.value.0.trim();
+        let name = field.rsplit('.').next().unwrap_or(field);
+        let example = humantime::format_duration(default).to_string();
+        if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) {
+            self.err_at(
+                s,
+                field,
+                format!("`{v}` has no unit: write e.g. `{name}: {v}s` or `{name}: {example}`"),
+            );
+            return None;
+        }
+        match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.err_at(
+                    s,
+                    field,
+                    format!("must be more than zero: write e.g. `{name}: {example}`"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err_at(
+                    s,
+                    field,
+                    format!("`{}` is not a duration ({e}): write e.g. `{name}: {example}` (units: ms, s, m, h)", s.value.0),
+                );
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, raw: Option<&RawLimits>) -> Option<Limits> {
+        let d = Limits::default();
+        let Some(r) = raw else { return Some(d) };
+        let handshake_timeout = self.duration(
+            &r.handshake_timeout,
+            "limits.handshake_timeout",
+            d.handshake_timeout,
+            false,
+        );
+        let detect_timeout = self.duration(
+            &r.detect_timeout,
+            "limits.detect_timeout",
+            d.detect_timeout,
+            false,
+        );
+        let idle_timeout = self.duration(
+            &r.idle_timeout,
+            "limits.idle_timeout",
+            d.idle_timeout,
+            false,
+        );
+        let connect_timeout = self.duration(
+            &r.connect_timeout,
+            "limits.connect_timeout",
+            d.connect_timeout,
+            false,
+        );
+        let drain_timeout = self.duration(
+            &r.drain_timeout,
+            "limits.drain_timeout",
+            d.drain_timeout,
+            true,
+        );
+        let max_connections = match &r.max_connections {
+            None => Some(d.max_connections),
+            Some(s) => self
+                .number(s, "limits.max_connections", 1, u64::from(u32::MAX), "10000")
+                .map(|n| n as u32),
+        };
+        let max_header_bytes = match &r.max_header_bytes {
+            None => Some(d.max_header_bytes),
+            Some(s) => self
+                .number(
+                    s,
+                    "limits.max_header_bytes",
+                    1024,
+                    16 * 1024 * 1024,
+                    "65536",
+                )
+                .map(|n| n as u32),
+        };
+        Some(Limits {
+            handshake_timeout: handshake_timeout?,
+            detect_timeout: detect_timeout?,
+            idle_timeout: idle_timeout?,
+            connect_timeout: connect_timeout?,
+            max_connections: max_connections?,
+            max_header_bytes: max_header_bytes?,
+            drain_timeout: drain_timeout?,
+        })
+    }
+}
+
+/// Two listening addresses that the kernel would refuse to bind both of:
+/// the same address, or a wildcard of the same family (IPv6 `[::]` is
+/// dual-stack by default, so it also covers IPv4).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    if x == y {
+        return true;
+    }
+    let covers =
+        |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4());
+    covers(x, y) || covers(y, x)
+}
+
+/// SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_`.
+fn valid_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+fn suggest_trust_domain(s: &str) -> String {
+    let t: String = s
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    if t.is_empty() {
+        "prod.example".to_owned()
+    } else {
+        t
+    }
+}
+
+/// The set of top-level keys, for documentation and tests.
+pub fn known_keys() -> BTreeSet<&'static str> {
+    [
+        "identity",
+        "trust_domains",
+        "policy",
+        "inbound",
+        "outbound",
+        "admin",
+        "audit_log",
+        "workers",
+        "otlp_endpoint",
+        "limits",
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"
+identity:                      # one of: files, or authority
+  cert: web.pem                # files are watched and swapped in without a restart
+  key: web.key
+  bundle: ca.pem               # trust anchors (one or more PEM certificates)
+  # authority: { url: "https://authority:15170", bundle: ca.pem, join_token_file: token }
+trust_domains: [prod.example]
+policy: policy.yaml            # watched; a bad edit is logged and the old policy stays
+inbound:
+  - listen: "0.0.0.0:15106"    # transparent: app reached at 127.0.0.1:<original port>
+  - listen: "127.0.0.1:8443"   # explicit: a fixed local app
+    forward: "127.0.0.1:8080"
+outbound:
+  - listen: "127.0.0.1:15101"  # transparent: destination from SO_ORIGINAL_DST
+  - listen: "127.0.0.1:9001"   # explicit: a fixed peer (its sidecar's inbound)
+    upstream: "10.0.0.2:8443"
+admin: "127.0.0.1:15190"
+audit_log: "-"                 # "-" for stderr, or a path; JSON lines
+workers: 2                     # data-plane threads; default: the number of CPUs
+"#;
+
+    const MINIMAL: &str = "identity: { cert: a.pem, key: a.key, bundle: ca.pem }\n\
+                           trust_domains: [prod.example]\n\
+                           policy: p.yaml\n\
+                           inbound: [{ listen: \"0.0.0.0:15106\" }]\n";
+
+    fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::from_yaml("proxy.yaml", Path::new("/etc/appid"), text)
+    }
+
+    /// The single diagnostic of a failed parse.
+    fn one_err(text: &str) -> Diagnostic {
+        let e = parse(text).expect_err("config should be refused");
+        let d = e.diagnostics();
+        assert_eq!(d.len(), 1, "expected one diagnostic, got: {e}");
+        d[0].clone()
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(
+            c.identity,
+            IdentitySource::Files {
+                cert: "/etc/appid/web.pem".into(),
+                key: "/etc/appid/web.key".into(),
+                bundle: "/etc/appid/ca.pem".into(),
+            }
+        );
+        assert_eq!(c.trust_domains, vec!["prod.example"]);
+        assert_eq!(c.policy, PathBuf::from("/etc/appid/policy.yaml"));
+        assert_eq!(
+            c.inbound,
+            vec![
+                InboundListener {
+                    listen: "0.0.0.0:15106".parse().unwrap(),
+                    forward: None
+                },
+                InboundListener {
+                    listen: "127.0.0.1:8443".parse().unwrap(),
+                    forward: Some("127.0.0.1:8080".parse().unwrap())
+                },
+            ]
+        );
+        assert_eq!(c.outbound.len(), 2);
+        assert_eq!(c.outbound[0].upstream, None);
+        assert_eq!(
+            c.outbound[1].upstream,
+            Some("10.0.0.2:8443".parse().unwrap())
+        );
+        assert_eq!(c.admin, DEFAULT_ADMIN);
+        assert_eq!(c.audit_log, AuditTarget::Stderr);
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.otlp_endpoint, None);
+    }
+
+    #[test]
+    fn defaults_filled() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.admin.to_string(), "127.0.0.1:15190");
+        assert_eq!(c.audit_log, AuditTarget::Stderr);
+        assert!(c.workers >= 1);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_header_bytes, 65_536);
+        assert_eq!(c.limits.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn authority_form_and_limits() {
+        let c = parse(
+            "identity:\n  authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: /run/token }\n\
+             trust_domains: [prod.example, dev_1.example-2]\npolicy: /p.yaml\n\
+             outbound: [{ listen: \"[::1]:15101\" }]\n\
+             audit_log: audit/decisions.jsonl\n\
+             otlp_endpoint: \"http://127.0.0.1:4317\"\n\
+             limits:\n  handshake_timeout: 3s\n  idle_timeout: 1h 30m\n  max_connections: 5\n  drain_timeout: 0s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.identity,
+            IdentitySource::Authority {
+                url: "https://authority:15170".into(),
+                bundle: "/etc/appid/ca.pem".into(),
+                join_token_file: Some("/run/token".into()),
+            }
+        );
+        assert_eq!(c.policy, PathBuf::from("/p.yaml"));
+        assert_eq!(
+            c.audit_log,
+            AuditTarget::File("/etc/appid/audit/decisions.jsonl".into())
+        );
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5400));
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.limits.drain_timeout, Duration::ZERO);
+        assert_eq!(c.limits.detect_timeout, Duration::from_secs(5));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+    }
+
+    #[test]
+    fn load_resolves_against_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = ProxyConfig::load(&path).unwrap();
+        assert_eq!(c.policy, dir.path().join("p.yaml"));
+        assert_eq!(c.source, path.display().to_string());
+    }
+
+    #[test]
+    fn load_missing_file_names_path() {
+        let e = ProxyConfig::load(Path::new("/nonexistent/proxy.yaml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/proxy.yaml: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_file() {
+        let d = one_err("# nothing here\n\n");
+        assert!(d.message.contains("the file is empty"), "{d}");
+    }
+
+    #[test]
+    fn unknown_field_has_position() {
+        let text = MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound:\n  - listen: \"0.0.0.0:15106\"\n    forwrad: \"127.0.0.1:80\"",
+        );
+        let d = one_err(&text);
+        let s = d.to_string();
+        assert!(s.starts_with("proxy.yaml:6:5: "), "{s}");
+        assert!(s.contains("forwrad"), "{s}");
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let d = one_err(&format!("{MINIMAL}inbond: []\n"));
+        assert!(d.to_string().starts_with("proxy.yaml:5:1: "), "{d}");
+        assert!(d.message.contains("inbond"), "{d}");
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_position() {
+        let d = one_err("identity: { cert: a.pem\ntrust_domains: [x\n");
+        assert!(d.at.line_col.is_some(), "{d}");
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        let d = one_err(&MINIMAL.replace("0.0.0.0:15106", "localhost:15106"));
+        assert_eq!(d.field, "inbound[0].listen");
+        assert_eq!(d.at.line_col, Some((4, 21)));
+        let s = d.to_string();
+        assert!(s.starts_with("proxy.yaml:4:21: inbound[0].listen: "), "{s}");
+        assert!(s.contains("expected ip:port like 0.0.0.0:15106"), "{s}");
+        assert!(s.contains("host names are not accepted"), "{s}");
+    }
+
+    #[test]
+    fn listen_without_port() {
+        let d = one_err(&MINIMAL.replace("0.0.0.0:15106", "10.0.0.1"));
+        assert!(d.message.contains("the port is missing"), "{d}");
+    }
+
+    #[test]
+    fn bad_forward_address() {
+        let d = one_err(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound:\n  - listen: \"127.0.0.1:8443\"\n    forward: 8080\n",
+        ));
+        assert_eq!(d.field, "inbound[0].forward");
+        assert_eq!(d.at.line_col, Some((6, 14)));
+        assert!(
+            d.message.contains("expected ip:port like 127.0.0.1:8080"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn missing_listen() {
+        let d = one_err(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "outbound:\n  - upstream: \"10.0.0.2:8443\"\n",
+        ));
+        assert_eq!(d.field, "outbound[0].listen");
+        assert!(d.message.contains("missing"), "{d}");
+        assert_eq!(d.at.line_col.map(|p| p.0), Some(5));
+    }
+
+    #[test]
+    fn no_listener() {
+        let d =
+            one_err(&MINIMAL.replace("inbound: [{ listen: \"0.0.0.0:15106\" }]", "inbound: []"));
+        assert!(d.message.contains("no listener"), "{d}");
+        let d = one_err(&MINIMAL.replace("inbound: [{ listen: \"0.0.0.0:15106\" }]\n", ""));
+        assert!(d.message.contains("no listener"), "{d}");
+    }
+
+    #[test]
+    fn trust_domains_missing_empty_invalid() {
+        let d = one_err(&MINIMAL.replace("trust_domains: [prod.example]\n", ""));
+        assert_eq!(d.field, "trust_domains");
+        assert!(d.message.contains("missing"), "{d}");
+
+        let d = one_err(&MINIMAL.replace("[prod.example]", "[]"));
+        assert_eq!(d.field, "trust_domains");
+        assert!(d.message.contains("empty"), "{d}");
+        assert_eq!(d.at.line_col.map(|p| p.0), Some(2));
+
+        let d = one_err(&MINIMAL.replace("[prod.example]", "[prod.example, Prod.Example]"));
+        assert_eq!(d.field, "trust_domains[1]");
+        assert_eq!(d.at.line_col, Some((2, 31)));
+        assert!(d.message.contains("lowercase"), "{d}");
+        assert!(d.message.contains("`prod.example`"), "{d}");
+
+        let d = one_err(&MINIMAL.replace("[prod.example]", "[\"spiffe://prod.example\"]"));
+        assert!(d.message.contains("without `spiffe://`"), "{d}");
+
+        let d = one_err(&MINIMAL.replace("[prod.example]", "[a.example, a.example]"));
+        assert!(d.message.contains("listed twice"), "{d}");
+    }
+
+    #[test]
+    fn admin_must_be_loopback() {
+        let d = one_err(&format!("{MINIMAL}admin: \"0.0.0.0:15190\"\n"));
+        assert_eq!(d.field, "admin");
+        assert_eq!(d.at.line_col, Some((5, 8)));
+        assert!(d.message.contains("not a loopback address"), "{d}");
+        assert!(d.message.contains("127.0.0.1:15190"), "{d}");
+        let c = parse(&format!("{MINIMAL}admin: \"[::1]:15190\"\n")).unwrap();
+        assert!(c.admin.ip().is_loopback());
+    }
+
+    #[test]
+    fn duplicate_listeners() {
+        let d = one_err(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]\noutbound: [{ listen: \"127.0.0.1:15106\" }]",
+        ));
+        assert_eq!(d.field, "outbound[0].listen");
+        assert!(
+            d.message.contains("already used by inbound[0].listen"),
+            "{d}"
+        );
+        assert!(d.message.contains("line 4"), "{d}");
+
+        let d = one_err(&format!(
+            "{MINIMAL}outbound: [{{ listen: \"127.0.0.1:15190\" }}]\n"
+        ));
+        assert_eq!(d.field, "outbound[0].listen");
+        assert!(d.message.contains("already used by admin (default)"), "{d}");
+        let d = one_err(&format!(
+            "{MINIMAL}outbound: [{{ listen: \"127.0.0.1:15191\" }}]\nadmin: \"127.0.0.1:15191\"\n"
+        ));
+        assert_eq!(d.field, "outbound[0].listen");
+        assert!(d.message.contains("already used by admin (line 6"), "{d}");
+        // Port 0 (any free port) never collides.
+        parse(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound: [{ listen: \"127.0.0.1:0\" }, { listen: \"127.0.0.1:0\" }]",
+        ))
+        .unwrap();
+        // Different addresses, same port: fine.
+        parse(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound: [{ listen: \"127.0.0.1:15106\" }, { listen: \"127.0.0.2:15106\" }]",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn forward_to_self_loops() {
+        let d = one_err(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound: [{ listen: \"0.0.0.0:8443\", forward: \"127.0.0.1:8443\" }]",
+        ));
+        assert_eq!(d.field, "inbound[0].forward");
+        assert!(d.message.contains("loop"), "{d}");
+    }
+
+    #[test]
+    fn identity_forms() {
+        let d = one_err(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }",
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem, authority: { url: \"https://a:1\", bundle: ca.pem } }",
+        ));
+        assert_eq!(d.field, "identity");
+        assert!(d.message.contains("keep one form"), "{d}");
+
+        let d = one_err(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }",
+            "identity: { cert: a.pem, bundle: ca.pem }",
+        ));
+        assert_eq!(d.field, "identity.key");
+        assert_eq!(d.at.line_col.map(|p| p.0), Some(1));
+
+        let d = one_err(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }",
+            "identity: {}",
+        ));
+        assert_eq!(d.field, "identity");
+
+        let d = one_err(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }\n",
+            "",
+        ));
+        assert_eq!(d.field, "identity");
+        assert!(d.message.contains("missing"), "{d}");
+
+        let d = one_err(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }",
+            "identity: { authority: { url: \"http://authority:15170\", bundle: ca.pem } }",
+        ));
+        assert_eq!(d.field, "identity.authority.url");
+        assert!(d.message.contains("https://"), "{d}");
+
+        let c = parse(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }",
+            "identity: { authority: { url: \"https://authority:15170\", bundle: ca.pem } }",
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.identity,
+            IdentitySource::Authority {
+                join_token_file: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn limits_errors() {
+        let with = |l: &str| format!("{MINIMAL}limits:\n  {l}\n");
+        let d = one_err(&with("idle_timeout: 300"));
+        assert_eq!(d.field, "limits.idle_timeout");
+        assert_eq!(d.at.line_col, Some((6, 17)));
+        assert!(d.message.contains("has no unit"), "{d}");
+        assert!(d.message.contains("300s"), "{d}");
+
+        let d = one_err(&with("connect_timeout: soon"));
+        assert!(d.message.contains("not a duration"), "{d}");
+
+        let d = one_err(&with("handshake_timeout: 0s"));
+        assert!(d.message.contains("more than zero"), "{d}");
+
+        let d = one_err(&with("max_connections: 0"));
+        assert_eq!(d.field, "limits.max_connections");
+        assert!(d.message.contains("from 1 to"), "{d}");
+
+        let d = one_err(&with("max_connections: lots"));
+        assert!(d.message.contains("not a whole number"), "{d}");
+
+        let d = one_err(&with("max_header_bytes: 10"));
+        assert!(d.message.contains("from 1024"), "{d}");
+
+        let d = one_err(&with("max_idle: 5s"));
+        assert!(d.message.contains("max_idle"), "{d}");
+        assert!(d.at.line_col.is_some(), "{d}");
+    }
+
+    #[test]
+    fn workers_and_otlp_errors() {
+        let d = one_err(&format!("{MINIMAL}workers: 0\n"));
+        assert_eq!(d.field, "workers");
+        assert!(d.message.contains("from 1 to 1024"), "{d}");
+        let d = one_err(&format!("{MINIMAL}otlp_endpoint: collector\n"));
+        assert_eq!(d.field, "otlp_endpoint");
+    }
+
+    #[test]
+    fn all_problems_reported_in_file_order() {
+        let e = parse(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }\n\
+             trust_domains: [BAD]\npolicy: p.yaml\n\
+             inbound: [{ listen: nowhere }]\nadmin: \"10.0.0.1:15190\"\n",
+        )
+        .unwrap_err();
+        let fields: Vec<_> = e.diagnostics().iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["trust_domains[0]", "inbound[0].listen", "admin"]
+        );
+        assert_eq!(e.to_string().lines().count(), 3);
+    }
+
+    #[test]
+    fn list_where_scalar_expected() {
+        let d = one_err(&MINIMAL.replace("policy: p.yaml", "policy: [a, b]"));
+        assert_eq!(d.at.line_col.map(|p| p.0), Some(3), "{d}");
+    }
+
+    #[test]
+    fn effective_json_has_defaults_and_no_secrets() {
+        let c = parse(
+            "identity:\n  authority: { url: \"https://user:s3cret@authority:15170/v1?token=abc\", bundle: ca.pem, join_token_file: token }\n\
+             trust_domains: [prod.example]\npolicy: p.yaml\n\
+             inbound: [{ listen: \"0.0.0.0:15106\" }, { listen: \"127.0.0.1:8443\", forward: \"127.0.0.1:8080\" }]\n\
+             otlp_endpoint: \"https://k:v@otel:4317\"\n",
+        )
+        .unwrap();
+        let j = c.effective_json();
+        let text = j.to_string();
+        assert!(
+            !text.contains("s3cret") && !text.contains("abc") && !text.contains("k:v"),
+            "{text}"
+        );
+        assert_eq!(
+            j["identity"]["authority"]["url"],
+            "https://REDACTED@authority:15170/v1?REDACTED"
+        );
+        assert_eq!(
+            j["identity"]["authority"]["join_token_file"],
+            "/etc/appid/token"
+        );
+        assert_eq!(j["otlp_endpoint"], "https://REDACTED@otel:4317");
+        assert_eq!(j["admin"], "127.0.0.1:15190");
+        assert_eq!(j["audit_log"], "-");
+        assert_eq!(j["limits"]["idle_timeout"], "5m");
+        assert_eq!(j["limits"]["max_connections"], 10000);
+        assert_eq!(j["inbound"][0]["forward"], serde_json::Value::Null);
+        assert_eq!(j["inbound"][1]["forward"], "127.0.0.1:8080");
+        assert!(j["workers"].as_u64().unwrap() >= 1);
+        for k in known_keys() {
+            assert!(j.get(k).is_some(), "effective config lacks {k}");
+        }
+    }
+
+    #[test]
+    fn redact_url_cases() {
+        assert_eq!(redact_url("https://a:1"), "https://a:1");
+        assert_eq!(
+            redact_url("https://u@a:1/x#f"),
+            "https://REDACTED@a:1/x?REDACTED"
+        );
+        assert_eq!(redact_url("http://a/p?q=1"), "http://a/p?REDACTED");
+    }
+
+    #[test]
+    fn overlap_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("[::]:1"), a("127.0.0.1:1")));
+        assert!(!overlaps(a("0.0.0.0:1"), a("[::1]:1")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));
+    }
+}

@@ -1,0 +1,1179 @@
+//! Protocol detection: what a connection is, from its first bytes.
+//!
+//! The inbound listener peeks (never reads) the start of each connection to
+//! decide how to treat it: an `appid/1` TLS ClientHello is a peer sidecar; a
+//! plain HTTP/1 request, an HTTP/2 preface, other TLS or anything else comes
+//! from outside the mesh (DESIGN.md "Between sidecars"). Peeking leaves the
+//! bytes in the socket, so the TLS stack or the forwarder that takes over
+//! reads the connection from its first byte.
+//!
+//! Design bias: *correct before fast, and never more trusting than the
+//! bytes*. Unlike linkerd2-proxy's HTTP detection, which biases towards
+//! availability and decides from a single read, this module waits (up to a
+//! timeout and a byte cap) for a complete ClientHello, because its SNI and
+//! ALPN decide mesh membership and external-host matching, and a guess there
+//! would be a security decision. Every uncertain outcome (a stall, a
+//! malformed or oversized hello, unknown bytes) lands on a variant that the
+//! caller treats as "outside the mesh", which policy denies by default. A
+//! slow client costs latency bounded by the timeout, never a wrong identity.
+//!
+//! [`classify`] is pure and total: any byte slice gives an answer without
+//! panicking. [`detect`] drives it over a [`TcpStream`] with `peek`.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The most bytes classification ever needs: one full TLS record (16 KiB
+/// payload) holds any ClientHello real clients send (post-quantum key shares
+/// included, about 1.8 KiB). A hello that has not been read by then is
+/// reported as [`TlsUnreadable::TooLarge`] rather than waited for.
+pub const MAX_DETECT_BYTES: usize = 16 * 1024;
+
+/// ALPN protocol between sidecars (DESIGN.md "Between sidecars").
+pub const ALPN_APPID: &[u8] = b"appid/1";
+/// ALPN protocol for multiplexed connections between sidecars.
+pub const ALPN_APPID_MUX: &[u8] = b"appid-mux/1";
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Request methods recognised as the start of an HTTP/1 request line.
+/// Methods are case-sensitive (RFC 9110 section 9.1).
+const HTTP1_METHODS: [&[u8]; 9] = [
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+];
+
+/// How long to wait before peeking again when a peek saw no new bytes.
+/// `peek` leaves the socket readable, so without a pause a client that sends
+/// half a ClientHello and stalls would spin a core until the timeout.
+const REPEEK_PAUSE: Duration = Duration::from_millis(5);
+
+/// What a byte prefix of a connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classification {
+    /// Not enough bytes yet to decide; peek again.
+    NeedMore,
+    /// A complete, well-formed TLS ClientHello.
+    TlsClientHello(ClientHelloInfo),
+    /// A TLS handshake record whose ClientHello could not be read.
+    TlsUnreadable(TlsUnreadable),
+    /// An HTTP/1 request line (a known method followed by a space).
+    Http1,
+    /// The HTTP/2 connection preface (prior knowledge, cleartext).
+    Http2Preface,
+    /// Anything else: treat as opaque TCP.
+    Opaque,
+}
+
+/// Why a connection that starts like TLS gave no ClientHello details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsUnreadable {
+    /// The ClientHello is larger than [`MAX_DETECT_BYTES`].
+    TooLarge,
+    /// No more bytes will be looked at (the peek limit or the end of input)
+    /// and the ClientHello is not complete.
+    Truncated,
+    /// The ClientHello breaks the TLS encoding rules (bad lengths, trailing
+    /// bytes, a repeated SNI or ALPN extension, an empty ALPN protocol).
+    Malformed,
+}
+
+/// What a ClientHello says about where it is going.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientHelloInfo {
+    /// The `host_name` of the server_name extension, when sent. Always
+    /// ASCII; compared case-insensitively by whoever matches it.
+    pub sni: Option<String>,
+    /// The ALPN protocols offered, in the client's order (raw bytes:
+    /// protocol IDs need not be UTF-8).
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// Which sidecar-to-sidecar ALPN protocols a ClientHello offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshAlpn {
+    /// Neither: the connection is not from a peer sidecar.
+    NotOffered,
+    /// `appid/1` only.
+    Appid,
+    /// `appid-mux/1` only.
+    AppidMux,
+    /// Both; the TLS server picks.
+    Both,
+}
+
+impl ClientHelloInfo {
+    /// Whether the client offers `protocol` in ALPN.
+    #[must_use]
+    pub fn offers(&self, protocol: &[u8]) -> bool {
+        self.alpn.iter().any(|p| p == protocol)
+    }
+
+    /// Which mesh protocols are offered.
+    #[must_use]
+    pub fn mesh_alpn(&self) -> MeshAlpn {
+        match (self.offers(ALPN_APPID), self.offers(ALPN_APPID_MUX)) {
+            (false, false) => MeshAlpn::NotOffered,
+            (true, false) => MeshAlpn::Appid,
+            (false, true) => MeshAlpn::AppidMux,
+            (true, true) => MeshAlpn::Both,
+        }
+    }
+}
+
+/// Classifies the first bytes of a connection.
+///
+/// Returns [`Classification::NeedMore`] only while `prefix` is shorter than
+/// [`MAX_DETECT_BYTES`] and is a proper prefix of something recognisable; any
+/// other input gets a verdict. Never panics.
+#[must_use]
+pub fn classify(prefix: &[u8]) -> Classification {
+    match prefix.first() {
+        None => Classification::NeedMore,
+        Some(&TLS_HANDSHAKE) => classify_tls(prefix),
+        Some(_) => classify_plain(prefix),
+    }
+}
+
+/// Classifies bytes when no more will be looked at (the peek limit was
+/// reached, or the caller stops waiting): like [`classify`], but never
+/// [`Classification::NeedMore`]. An incomplete ClientHello is
+/// [`TlsUnreadable::Truncated`]; anything else undecided is `Opaque`.
+#[must_use]
+pub fn classify_final(prefix: &[u8]) -> Classification {
+    match classify(prefix) {
+        Classification::NeedMore if prefix.first() == Some(&TLS_HANDSHAKE) => {
+            Classification::TlsUnreadable(TlsUnreadable::Truncated)
+        }
+        Classification::NeedMore => Classification::Opaque,
+        decided => decided,
+    }
+}
+
+/// HTTP/2 preface or HTTP/1 request line, or opaque.
+fn classify_plain(prefix: &[u8]) -> Classification {
+    if prefix.starts_with(H2_PREFACE) {
+        return Classification::Http2Preface;
+    }
+    let mut could_be = H2_PREFACE.starts_with(prefix);
+    for method in HTTP1_METHODS {
+        match prefix.strip_prefix(method) {
+            Some([b' ', ..]) => return Classification::Http1,
+            // Exactly the method so far: the space may follow.
+            Some([]) => could_be = true,
+            Some(_) => {}
+            None => could_be |= method.starts_with(prefix),
+        }
+    }
+    if could_be {
+        Classification::NeedMore
+    } else {
+        Classification::Opaque
+    }
+}
+
+/// Finds the `Host` header of an HTTP/1 request head in `prefix`.
+///
+/// Only complete header lines (ending in LF) are looked at, up to the blank
+/// line that ends the head. Returns the value with surrounding whitespace
+/// removed, as sent (it may carry a `:port`). Returns `None` when `prefix`
+/// is not an HTTP/1 request, when no complete `Host` line is present, and
+/// whenever two readers could disagree about the host: two `Host` lines,
+/// whitespace before a colon, a folded (continuation) line, or a value with
+/// spaces or control characters (RFC 9112 sections 3.2 and 5.1 require a
+/// server to reject all of these).
+///
+/// A `Host` line beyond the prefix is not seen: to be sure there is no
+/// second one, peek up to the end of the head (`\r\n\r\n`).
+#[must_use]
+pub fn http_host(prefix: &[u8]) -> Option<&str> {
+    if classify(prefix) != Classification::Http1 {
+        return None;
+    }
+    let mut lines = prefix.split_inclusive(|&b| b == b'\n');
+    lines.next()?; // the request line
+    let mut host: Option<&[u8]> = None;
+    for line in lines {
+        let Some(line) = line.strip_suffix(b"\n") else {
+            break; // incomplete last line
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break; // end of the head
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return None; // obsolete line folding
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.iter().any(|&b| b == b' ' || b == b'\t') {
+            return None;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return None;
+            }
+            host = Some(value.trim_ascii());
+        }
+    }
+    let host = host?;
+    if host.is_empty() || !host.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    std::str::from_utf8(host).ok()
+}
+
+// --- TLS -----------------------------------------------------------------
+
+const TLS_HANDSHAKE: u8 = 0x16;
+const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+const TLS_RECORD_HEADER: usize = 5;
+/// RFC 8446 section 5.1: a plaintext record carries at most 2^14 bytes.
+const MAX_RECORD_PAYLOAD: usize = 1 << 14;
+const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
+const SNI_HOST_NAME: u8 = 0;
+
+/// Whether `major.minor` is a version a ClientHello may carry in its record
+/// header or `legacy_version`: 3.1 (TLS 1.0) to 3.4. TLS 1.3 clients write
+/// 3.1 or 3.3 there and announce 1.3 in an extension.
+fn is_tls_version(major: u8, minor: u8) -> bool {
+    major == 3 && (1..=4).contains(&minor)
+}
+
+/// Reassembles the handshake bytes from consecutive handshake records (a
+/// ClientHello may legally be split across records) and parses the
+/// ClientHello once complete.
+fn classify_tls(prefix: &[u8]) -> Classification {
+    // Partial record header: check what is there.
+    if prefix.len() < TLS_RECORD_HEADER {
+        let plausible = match prefix {
+            [_, major] => *major == 3,
+            [_, major, minor, ..] => is_tls_version(*major, *minor),
+            _ => true,
+        };
+        return if plausible {
+            Classification::NeedMore
+        } else {
+            Classification::Opaque
+        };
+    }
+
+    // Handshake bytes, borrowed when the first record holds the whole
+    // ClientHello (the usual case), copied when it spans records.
+    let mut joined: Vec<u8> = Vec::new();
+    let mut first_body: &[u8] = &[];
+    let mut pos = 0;
+    let mut records = 0usize;
+    loop {
+        let Some(header) = prefix.get(pos..pos + TLS_RECORD_HEADER) else {
+            return need_more(prefix);
+        };
+        let (kind, major, minor) = (header[0], header[1], header[2]);
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if kind != TLS_HANDSHAKE || !is_tls_version(major, minor) {
+            // The first record decides whether this is TLS at all; a later
+            // non-handshake record before the hello is complete is invalid.
+            return if records == 0 {
+                Classification::Opaque
+            } else {
+                Classification::TlsUnreadable(TlsUnreadable::Malformed)
+            };
+        }
+        if len == 0 || len > MAX_RECORD_PAYLOAD {
+            return if records == 0 {
+                Classification::Opaque
+            } else {
+                Classification::TlsUnreadable(TlsUnreadable::Malformed)
+            };
+        }
+        let start = pos + TLS_RECORD_HEADER;
+        let available = &prefix[start..prefix.len().min(start + len)];
+        if records == 0 {
+            first_body = available;
+        } else {
+            if records == 1 {
+                joined.extend_from_slice(first_body);
+            }
+            joined.extend_from_slice(available);
+        }
+        records += 1;
+        let handshake: &[u8] = if records == 1 { first_body } else { &joined };
+
+        // The handshake header: type and 24-bit length.
+        if let Some(&kind) = handshake.first() {
+            if kind != HANDSHAKE_CLIENT_HELLO {
+                return if records == 1 {
+                    Classification::Opaque
+                } else {
+                    Classification::TlsUnreadable(TlsUnreadable::Malformed)
+                };
+            }
+        }
+        if let [_, a, b, c, ..] = *handshake {
+            let body_len = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);
+            // Record headers for the needed bytes add at least 5 more.
+            if 4 + body_len + TLS_RECORD_HEADER > MAX_DETECT_BYTES {
+                return Classification::TlsUnreadable(TlsUnreadable::TooLarge);
+            }
+            if let Some(body) = handshake.get(4..4 + body_len) {
+                return match parse_client_hello(body) {
+                    Some(info) => Classification::TlsClientHello(info),
+                    None => Classification::TlsUnreadable(TlsUnreadable::Malformed),
+                };
+            }
+        }
+        if available.len() < len {
+            return need_more(prefix); // this record is not all here yet
+        }
+        pos = start + len;
+    }
+}
+
+fn need_more(prefix: &[u8]) -> Classification {
+    if prefix.len() >= MAX_DETECT_BYTES {
+        Classification::TlsUnreadable(TlsUnreadable::TooLarge)
+    } else {
+        Classification::NeedMore
+    }
+}
+
+/// A bounds-checked reader over TLS's length-prefixed encoding. Every method
+/// returns `None` instead of reading past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.take(2)?;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+    /// A vector with a one-byte length prefix.
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+    /// A vector with a two-byte length prefix.
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Parses a ClientHello body (after the 4-byte handshake header), RFC 8446
+/// section 4.1.2. `None` if it is malformed.
+fn parse_client_hello(body: &[u8]) -> Option<ClientHelloInfo> {
+    let mut r = Reader(body);
+    let (major, minor) = (r.u8()?, r.u8()?);
+    if !is_tls_version(major, minor) {
+        return None;
+    }
+    r.take(32)?; // random
+    if r.vec8()?.len() > 32 {
+        return None; // legacy_session_id
+    }
+    let suites = r.vec16()?;
+    if suites.is_empty() || suites.len() % 2 != 0 {
+        return None;
+    }
+    if r.vec8()?.is_empty() {
+        return None; // legacy_compression_methods
+    }
+    let mut info = ClientHelloInfo::default();
+    if r.is_empty() {
+        return Some(info); // TLS 1.2 and earlier may omit extensions
+    }
+    let mut exts = Reader(r.vec16()?);
+    if !r.is_empty() {
+        return None;
+    }
+    // A second SNI or ALPN extension could be read differently by another
+    // parser (RFC 8446 section 4.2 forbids repeats), so it is malformed.
+    let (mut seen_sni, mut seen_alpn) = (false, false);
+    while !exts.is_empty() {
+        let kind = exts.u16()?;
+        let data = exts.vec16()?;
+        match kind {
+            EXT_SERVER_NAME => {
+                if std::mem::replace(&mut seen_sni, true) {
+                    return None;
+                }
+                info.sni = parse_sni(data)?;
+            }
+            EXT_ALPN => {
+                if std::mem::replace(&mut seen_alpn, true) {
+                    return None;
+                }
+                info.alpn = parse_alpn(data)?;
+            }
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+/// The server_name extension (RFC 6066 section 3): `Some(None)` when it
+/// names no host_name, `None` when malformed.
+fn parse_sni(data: &[u8]) -> Option<Option<String>> {
+    let mut outer = Reader(data);
+    let mut list = Reader(outer.vec16()?);
+    if !outer.is_empty() || list.is_empty() {
+        return None;
+    }
+    let mut host = None;
+    while !list.is_empty() {
+        let kind = list.u8()?;
+        let name = list.vec16()?;
+        if kind == SNI_HOST_NAME {
+            // At most one name of each type; a host name is non-empty ASCII.
+            if host.is_some() || name.is_empty() || !name.iter().all(u8::is_ascii_graphic) {
+                return None;
+            }
+            host = Some(String::from_utf8(name.to_vec()).ok()?);
+        }
+    }
+    Some(host)
+}
+
+/// The ALPN extension (RFC 7301 section 3.1): a non-empty list of non-empty
+/// protocol names.
+fn parse_alpn(data: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut outer = Reader(data);
+    let mut list = Reader(outer.vec16()?);
+    if !outer.is_empty() || list.is_empty() {
+        return None;
+    }
+    let mut protocols = Vec::new();
+    while !list.is_empty() {
+        let protocol = list.vec8()?;
+        if protocol.is_empty() {
+            return None;
+        }
+        protocols.push(protocol.to_vec());
+    }
+    Some(protocols)
+}
+
+// --- Detection on a socket -------------------------------------------------
+
+/// The outcome of peeking at a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detection {
+    /// The first `peeked` bytes decided it (never [`Classification::NeedMore`]).
+    Classified {
+        class: Classification,
+        peeked: usize,
+    },
+    /// The timeout passed first, with `peeked` bytes buffered (0 for a
+    /// silent client, e.g. a server-speaks-first protocol, or a stall).
+    ReadTimeout { peeked: usize },
+    /// The peer closed the connection without sending anything.
+    Closed,
+    /// The socket failed.
+    Error(io::ErrorKind),
+}
+
+/// Peeks at `stream` until its first bytes are classified.
+///
+/// Stops when [`classify`] decides, when `max_peek` bytes are buffered (then
+/// [`classify_final`] decides), when the peer closes before sending, on a
+/// socket error, or when `timeout` has passed. `max_peek` is clamped to
+/// `1..=MAX_DETECT_BYTES`. No bytes are consumed: whoever handles the
+/// connection next reads it from the start.
+///
+/// A peer that sends a few bytes and then closes is reported as
+/// [`Detection::ReadTimeout`]: `peek` keeps returning the buffered bytes and
+/// cannot see the end of stream behind them.
+pub async fn detect(stream: &TcpStream, timeout: Duration, max_peek: usize) -> Detection {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; max_peek.clamp(1, MAX_DETECT_BYTES)];
+    let mut seen = 0;
+    loop {
+        let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) => return Detection::ReadTimeout { peeked: seen },
+            Ok(Err(err)) => return Detection::Error(err.kind()),
+            Ok(Ok(0)) => return Detection::Closed,
+            Ok(Ok(n)) => n,
+        };
+        let prefix = &buf[..peeked.min(buf.len())];
+        match classify(prefix) {
+            Classification::NeedMore if prefix.len() < buf.len() => {}
+            Classification::NeedMore => {
+                return Detection::Classified {
+                    class: classify_final(prefix),
+                    peeked,
+                };
+            }
+            class => return Detection::Classified { class, peeked },
+        }
+        if peeked <= seen {
+            // Nothing new since the last look: pause, bounded by the deadline.
+            let wake = deadline.min(Instant::now() + REPEEK_PAUSE);
+            tokio::time::sleep_until(wake).await;
+            if Instant::now() >= deadline {
+                return Detection::ReadTimeout { peeked };
+            }
+        }
+        seen = peeked;
+        // Readiness stays set while bytes are buffered, so this usually
+        // returns at once; it matters when the kernel clears it.
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => return Detection::ReadTimeout { peeked: seen },
+            Ok(Err(err)) => return Detection::Error(err.kind()),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Instant as StdInstant;
+
+    use proptest::prelude::*;
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+
+    // --- Real ClientHellos, from a real rustls client over loopback ---------
+
+    fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// Starts a rustls handshake towards `addr` in the background. It fails
+    /// when the server side hangs up, which is fine: only its hello matters.
+    fn spawn_tls_client(
+        addr: std::net::SocketAddr,
+        alpn: &[&[u8]],
+        server_name: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        let connector = TlsConnector::from(client_config(alpn));
+        let name = ServerName::try_from(server_name.to_owned()).unwrap();
+        tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let _ = connector.connect(name, tcp).await;
+        })
+    }
+
+    /// The first TLS record a real client sends: its ClientHello, as the
+    /// server side of a loopback connection receives it.
+    async fn capture_hello(alpn: &[&[u8]], server_name: &str) -> Vec<u8> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = spawn_tls_client(listener.local_addr().unwrap(), alpn, server_name);
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Read exactly one record, parsing only its 5-byte header here.
+        let record_len = loop {
+            if let [_, _, _, hi, lo, ..] = bytes[..] {
+                let len = 5 + usize::from(u16::from_be_bytes([hi, lo]));
+                if bytes.len() >= len {
+                    break len;
+                }
+            }
+            let n = server.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed before sending its hello");
+            bytes.extend_from_slice(&chunk[..n]);
+        };
+        bytes.truncate(record_len);
+        drop(server);
+        client.await.unwrap();
+        bytes
+    }
+
+    /// A hello with ALPN `appid/1` and SNI `api.example`, captured once.
+    /// (Captured on its own thread so sync tests and async tests can share it.)
+    fn real_hello() -> &'static [u8] {
+        static HELLO: OnceLock<Vec<u8>> = OnceLock::new();
+        HELLO.get_or_init(|| {
+            std::thread::spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(capture_hello(&[ALPN_APPID], "api.example"))
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn hello_info(sni: Option<&str>, alpn: &[&[u8]]) -> Classification {
+        Classification::TlsClientHello(ClientHelloInfo {
+            sni: sni.map(str::to_owned),
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+        })
+    }
+
+    #[test]
+    fn detect_classifies_a_real_client_hello() {
+        let hello = real_hello();
+        let class = classify(hello);
+        assert_eq!(class, hello_info(Some("api.example"), &[ALPN_APPID]));
+        let Classification::TlsClientHello(info) = class else {
+            unreachable!()
+        };
+        assert_eq!(info.mesh_alpn(), MeshAlpn::Appid);
+        assert!(info.offers(b"appid/1") && !info.offers(b"h2"));
+    }
+
+    #[tokio::test]
+    async fn detect_classifies_client_hello_variants() {
+        let both = capture_hello(&[ALPN_APPID_MUX, ALPN_APPID], "b.example").await;
+        let Classification::TlsClientHello(info) = classify(&both) else {
+            panic!("{:?}", classify(&both));
+        };
+        assert_eq!(info.mesh_alpn(), MeshAlpn::Both);
+        assert_eq!(info.alpn, [ALPN_APPID_MUX, ALPN_APPID]);
+
+        let web = capture_hello(&[b"h2", b"http/1.1"], "API.Stripe.com").await;
+        let Classification::TlsClientHello(info) = classify(&web) else {
+            panic!("{:?}", classify(&web));
+        };
+        assert_eq!(info.mesh_alpn(), MeshAlpn::NotOffered);
+        // rustls lower-cases the name it sends.
+        assert_eq!(
+            info.sni.as_deref().map(str::to_ascii_lowercase).as_deref(),
+            Some("api.stripe.com")
+        );
+
+        // No SNI for an IP address; no ALPN extension when none is configured.
+        let bare = capture_hello(&[], "127.0.0.1").await;
+        assert_eq!(classify(&bare), hello_info(None, &[]));
+    }
+
+    #[test]
+    fn detect_every_truncation_of_a_real_hello_needs_more() {
+        let hello = real_hello();
+        for len in 0..hello.len() {
+            let prefix = &hello[..len];
+            assert_eq!(classify(prefix), Classification::NeedMore, "at {len} bytes");
+            let want = if len == 0 {
+                Classification::Opaque
+            } else {
+                Classification::TlsUnreadable(TlsUnreadable::Truncated)
+            };
+            assert_eq!(classify_final(prefix), want, "at {len} bytes");
+        }
+    }
+
+    /// Re-frames a single-record hello as two records split at `at`.
+    fn split_records(hello: &[u8], at: usize) -> Vec<u8> {
+        let (version, body) = (&hello[1..3], &hello[5..]);
+        let mut out = Vec::new();
+        for part in [&body[..at], &body[at..]] {
+            out.push(TLS_HANDSHAKE);
+            out.extend_from_slice(version);
+            out.extend_from_slice(&u16::try_from(part.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    #[test]
+    fn detect_hello_split_across_records_is_reassembled() {
+        let hello = real_hello();
+        let want = classify(hello);
+        let body_len = hello.len() - TLS_RECORD_HEADER;
+        for at in 1..body_len {
+            let split = split_records(hello, at);
+            assert_eq!(classify(&split), want, "split at {at}");
+            for len in [at + 4, at + 5, at + 6, split.len() - 1] {
+                let len = len.min(split.len() - 1);
+                assert_eq!(
+                    classify(&split[..len]),
+                    Classification::NeedMore,
+                    "split at {at}, {len} bytes"
+                );
+            }
+        }
+        // An alert record where the second handshake record should be.
+        let mut split = split_records(hello, 10);
+        split[5 + 10] = 0x15;
+        assert_eq!(
+            classify(&split),
+            Classification::TlsUnreadable(TlsUnreadable::Malformed)
+        );
+    }
+
+    #[test]
+    fn detect_corrupted_real_hello_never_panics() {
+        let hello = real_hello();
+        let mut copy = hello.to_vec();
+        for i in 0..copy.len() {
+            for flip in [0x01, 0x80, 0xFF] {
+                copy[i] ^= flip;
+                let _ = classify(&copy);
+                let _ = classify_final(&copy[..i]);
+                copy[i] ^= flip;
+            }
+        }
+    }
+
+    // --- Hand-built hellos, for the malformed cases a real client never sends.
+
+    fn vec8(data: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::try_from(data.len()).unwrap()];
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn vec16(data: &[u8]) -> Vec<u8> {
+        let mut out = u16::try_from(data.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn ext(kind: u16, data: &[u8]) -> Vec<u8> {
+        let mut out = kind.to_be_bytes().to_vec();
+        out.extend(vec16(data));
+        out
+    }
+
+    fn sni_ext(names: &[(u8, &[u8])]) -> Vec<u8> {
+        let list: Vec<u8> = names
+            .iter()
+            .flat_map(|(kind, name)| [vec![*kind], vec16(name)].concat())
+            .collect();
+        ext(EXT_SERVER_NAME, &vec16(&list))
+    }
+
+    fn alpn_ext(protocols: &[&[u8]]) -> Vec<u8> {
+        let list: Vec<u8> = protocols.iter().flat_map(|p| vec8(p)).collect();
+        ext(EXT_ALPN, &vec16(&list))
+    }
+
+    /// A TLS 1.2-style ClientHello record; `extensions: None` omits the block.
+    fn built_hello(extensions: Option<&[u8]>, trailing: &[u8]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([7u8; 32]);
+        body.extend(vec8(&[]));
+        body.extend(vec16(&[0x13, 0x01]));
+        body.extend(vec8(&[0]));
+        if let Some(exts) = extensions {
+            body.extend(vec16(exts));
+        }
+        body.extend_from_slice(trailing);
+        let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+        let mut handshake = vec![HANDSHAKE_CLIENT_HELLO, len[1], len[2], len[3]];
+        handshake.extend(body);
+        let mut record = vec![TLS_HANDSHAKE, 3, 1];
+        record.extend(vec16(&handshake));
+        record
+    }
+
+    #[test]
+    fn detect_built_hellos() {
+        let ok = |exts: &[Vec<u8>]| built_hello(Some(&exts.concat()), &[]);
+        assert_eq!(classify(&built_hello(None, &[])), hello_info(None, &[]));
+        assert_eq!(
+            classify(&ok(&[
+                ext(0xAAAA, b"grease"),
+                sni_ext(&[(0, b"a.example")]),
+                alpn_ext(&[b"appid/1"])
+            ])),
+            hello_info(Some("a.example"), &[b"appid/1"])
+        );
+        // An SNI list with no host_name entry is well-formed.
+        assert_eq!(
+            classify(&ok(&[sni_ext(&[(7, b"other")])])),
+            hello_info(None, &[])
+        );
+
+        let malformed = Classification::TlsUnreadable(TlsUnreadable::Malformed);
+        for (what, hello) in [
+            (
+                "two SNI extensions",
+                ok(&[sni_ext(&[(0, b"a.example")]), sni_ext(&[(0, b"b.example")])]),
+            ),
+            (
+                "two host names",
+                ok(&[sni_ext(&[(0, b"a.example"), (0, b"b.example")])]),
+            ),
+            ("empty host name", ok(&[sni_ext(&[(0, b"")])])),
+            (
+                "non-ASCII host name",
+                ok(&[sni_ext(&[(0, "bücher.example".as_bytes())])]),
+            ),
+            ("empty SNI list", ok(&[ext(EXT_SERVER_NAME, &vec16(&[]))])),
+            (
+                "two ALPN extensions",
+                ok(&[alpn_ext(&[b"h2"]), alpn_ext(&[b"appid/1"])]),
+            ),
+            ("empty ALPN protocol", ok(&[alpn_ext(&[b"appid/1", b""])])),
+            ("empty ALPN list", ok(&[ext(EXT_ALPN, &vec16(&[]))])),
+            (
+                "bytes after the ALPN list",
+                ok(&[ext(EXT_ALPN, &[vec16(&vec8(b"h2")), vec![0]].concat())]),
+            ),
+            (
+                "bytes after the extensions",
+                built_hello(Some(&alpn_ext(&[b"h2"])), &[0]),
+            ),
+            (
+                "extension longer than the block",
+                built_hello(Some(&[0, 16, 0, 9, 0]), &[]),
+            ),
+        ] {
+            assert_eq!(classify(&hello), malformed, "{what}");
+        }
+    }
+
+    #[test]
+    fn detect_tls_record_and_handshake_headers() {
+        // Partial record headers: plausible so far, or not TLS.
+        assert_eq!(classify(b"\x16"), Classification::NeedMore);
+        assert_eq!(classify(b"\x16\x03\x01\x02"), Classification::NeedMore);
+        assert_eq!(classify(b"\x16\x04"), Classification::Opaque);
+        assert_eq!(classify(b"\x16\x03\x00"), Classification::Opaque);
+        assert_eq!(classify(b"\x16\x03\x05\x00\x10"), Classification::Opaque);
+        // Record length 0, or over 2^14: not TLS.
+        assert_eq!(classify(b"\x16\x03\x01\x00\x00"), Classification::Opaque);
+        assert_eq!(
+            classify(b"\x16\x03\x01\x40\x01\x01"),
+            Classification::Opaque
+        );
+        // Not a ClientHello (2 = ServerHello); not a handshake record.
+        assert_eq!(
+            classify(b"\x16\x03\x03\x00\x30\x02\x00"),
+            Classification::Opaque
+        );
+        assert_eq!(classify(b"\x17\x03\x03\x00\x30"), Classification::Opaque);
+        // A declared hello over the cap is refused at once, not waited for.
+        assert_eq!(
+            classify(b"\x16\x03\x01\x40\x00\x01\x00\x3f\xf8"),
+            Classification::TlsUnreadable(TlsUnreadable::TooLarge)
+        );
+        // A hello declared as fitting needs more.
+        assert_eq!(
+            classify(b"\x16\x03\x01\x40\x00\x01\x00\x3f\xf7"),
+            Classification::NeedMore
+        );
+    }
+
+    #[test]
+    fn detect_http1_request_lines() {
+        for method in HTTP1_METHODS {
+            let line = [method, b" / HTTP/1.1\r\n"].concat();
+            assert_eq!(classify(&line), Classification::Http1, "{line:?}");
+            assert_eq!(classify(&line[..method.len() + 1]), Classification::Http1);
+            for len in 1..=method.len() {
+                assert_eq!(
+                    classify(&line[..len]),
+                    Classification::NeedMore,
+                    "{:?}",
+                    &line[..len]
+                );
+                assert_eq!(classify_final(&line[..len]), Classification::Opaque);
+            }
+        }
+        for not_http in [
+            &b"get / HTTP/1.1\r\n"[..],
+            b"GETX / HTTP/1.1",
+            b"GET\t/",
+            b"PRI * HTTP/1.1\r\n",
+            b"POSTS",
+        ] {
+            assert_eq!(classify(not_http), Classification::Opaque, "{not_http:?}");
+        }
+    }
+
+    #[test]
+    fn detect_h2_preface() {
+        assert_eq!(classify(H2_PREFACE), Classification::Http2Preface);
+        let with_settings = [H2_PREFACE, b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"].concat();
+        assert_eq!(classify(&with_settings), Classification::Http2Preface);
+        for len in 1..H2_PREFACE.len() {
+            assert_eq!(
+                classify(&H2_PREFACE[..len]),
+                Classification::NeedMore,
+                "{len}"
+            );
+            assert_eq!(classify_final(&H2_PREFACE[..len]), Classification::Opaque);
+        }
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nXX"),
+            Classification::Opaque
+        );
+    }
+
+    #[test]
+    fn detect_opaque_protocols() {
+        for bytes in [
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+            b"\x00",
+            b"\r\n",
+            b"*1\r\n$4\r\nPING\r\n",             // Redis
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f", // PostgreSQL SSLRequest
+        ] {
+            assert_eq!(classify(bytes), Classification::Opaque, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn detect_http_host() {
+        let cases: [(&[u8], Option<&str>); 16] = [
+            (
+                b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n",
+                Some("api.example"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nAccept: */*\r\nhOsT:\tapi.example:8443  \r\n\r\n",
+                Some("api.example:8443"),
+            ),
+            (
+                b"GET / HTTP/1.1\nHost: bare-lf.example\n\n",
+                Some("bare-lf.example"),
+            ),
+            (
+                b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n",
+                Some("api.example:443"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [::1]:80\r\nUser-Agent: x\r\n",
+                Some("[::1]:80"),
+            ),
+            // Incomplete line: not seen yet.
+            (b"GET / HTTP/1.1\r\nHost: api.exa", None),
+            // After the head: body, not a header.
+            (
+                b"POST / HTTP/1.1\r\nA: b\r\n\r\nHost: api.example\r\n",
+                None,
+            ),
+            // Ambiguous heads.
+            (
+                b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n",
+                None,
+            ),
+            (b"GET / HTTP/1.1\r\nHost : a.example\r\n", None),
+            (
+                b"GET / HTTP/1.1\r\nX: y\r\n  folded\r\nHost: a.example\r\n",
+                None,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a.example evil.example\r\n", None),
+            (b"GET / HTTP/1.1\r\nHost:\r\n", None),
+            (
+                b"GET / HTTP/1.1\r\nno colon here\r\nHost: a.example\r\n",
+                None,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\n", None),
+            // Not HTTP/1.
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nHost: a.example\r\n", None),
+            (b"\x16\x03\x01\x00\x05Host: a.example\r\n", None),
+        ];
+        for (prefix, want) in cases {
+            assert_eq!(
+                http_host(prefix),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(prefix)
+            );
+        }
+    }
+
+    // --- Properties ----------------------------------------------------------
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn detect_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let class = classify(&bytes);
+            prop_assert!(class != Classification::NeedMore || bytes.len() < MAX_DETECT_BYTES);
+            prop_assert!(classify_final(&bytes) != Classification::NeedMore);
+            let _ = http_host(&bytes);
+        }
+
+        #[test]
+        fn detect_arbitrary_tls_records_never_panic(
+            version in 0u8..6, len in any::<u16>(), hs_type in 0u8..3,
+            body in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut bytes = vec![TLS_HANDSHAKE, 3, version];
+            bytes.extend(len.to_be_bytes());
+            bytes.push(hs_type);
+            bytes.extend(body);
+            let _ = classify(&bytes);
+            let _ = classify_final(&bytes);
+        }
+
+        #[test]
+        fn detect_arbitrary_http_heads_never_panic(
+            head in prop::collection::vec(prop::sample::select(b"Host: \r\n\tab:.1\x00\xff".to_vec()), 0..200),
+        ) {
+            let bytes = [&b"GET / HTTP/1.1\r\n"[..], &head].concat();
+            prop_assert_eq!(classify(&bytes), Classification::Http1);
+            if let Some(host) = http_host(&bytes) {
+                prop_assert!(!host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+
+        /// A verdict never changes when more bytes arrive: it is safe to act
+        /// on the first decisive peek.
+        #[test]
+        fn detect_verdicts_are_stable_under_more_bytes(
+            start in prop::collection::vec(any::<u8>(), 0..64),
+            more in prop::collection::vec(any::<u8>(), 0..64),
+            use_hello in any::<bool>(),
+        ) {
+            let start = if use_hello { real_hello().to_vec() } else { start };
+            let first = classify(&start);
+            if first != Classification::NeedMore {
+                prop_assert_eq!(classify(&[start, more].concat()), first);
+            }
+        }
+    }
+
+    // --- detect() over real loopback sockets ---------------------------------
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A connected loopback pair: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn detect_http1_on_a_socket_leaves_the_bytes_unread() {
+        let (mut client, mut server) = pair().await;
+        let request = b"GET /v1/x HTTP/1.1\r\nHost: api.example\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        let got = detect(&server, TIMEOUT, 1024).await;
+        let Detection::Classified {
+            class: Classification::Http1,
+            peeked,
+        } = got
+        else {
+            panic!("{got:?}");
+        };
+        assert!(peeked >= 4);
+        // Peeking consumed nothing: the next reader sees the whole request.
+        let mut read = vec![0u8; request.len()];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, request);
+        assert_eq!(http_host(&read), Some("api.example"));
+    }
+
+    #[tokio::test]
+    async fn detect_h2_preface_on_a_socket() {
+        let (mut client, server) = pair().await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        let got = detect(&server, TIMEOUT, 1024).await;
+        assert_eq!(
+            got,
+            Detection::Classified {
+                class: Classification::Http2Preface,
+                peeked: H2_PREFACE.len()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn detect_tls_hello_from_a_real_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = spawn_tls_client(listener.local_addr().unwrap(), &[ALPN_APPID], "api.example");
+        let (server, _) = listener.accept().await.unwrap();
+        let got = detect(&server, TIMEOUT, MAX_DETECT_BYTES).await;
+        let Detection::Classified { class, .. } = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(class, hello_info(Some("api.example"), &[ALPN_APPID]));
+        drop(server);
+        client.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn detect_one_byte_then_stall_times_out() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"G").await.unwrap();
+        let timeout = Duration::from_millis(300);
+        let started = StdInstant::now();
+        let got = detect(&server, timeout, 1024).await;
+        let elapsed = started.elapsed();
+        assert_eq!(got, Detection::ReadTimeout { peeked: 1 });
+        assert!(elapsed >= timeout, "{elapsed:?}");
+        assert!(elapsed < timeout + Duration::from_secs(2), "{elapsed:?}");
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn detect_silent_client_times_out_with_nothing_seen() {
+        let (_client, server) = pair().await;
+        let got = detect(&server, Duration::from_millis(100), 1024).await;
+        assert_eq!(got, Detection::ReadTimeout { peeked: 0 });
+    }
+
+    #[tokio::test]
+    async fn detect_connect_and_close_is_closed() {
+        let (client, server) = pair().await;
+        drop(client);
+        assert_eq!(detect(&server, TIMEOUT, 1024).await, Detection::Closed);
+    }
+
+    #[tokio::test]
+    async fn detect_bytes_arriving_in_pieces() {
+        let (mut client, server) = pair().await;
+        let writer = tokio::spawn(async move {
+            for piece in [&b"G"[..], b"E", b"T / HTTP/1.1\r\n"] {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            client
+        });
+        let got = detect(&server, TIMEOUT, 1024).await;
+        assert!(
+            matches!(
+                got,
+                Detection::Classified {
+                    class: Classification::Http1,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn detect_peek_limit_settles_an_incomplete_hello() {
+        let (mut client, server) = pair().await;
+        client.write_all(real_hello()).await.unwrap();
+        let got = detect(&server, TIMEOUT, 16).await;
+        assert_eq!(
+            got,
+            Detection::Classified {
+                class: Classification::TlsUnreadable(TlsUnreadable::Truncated),
+                peeked: 16
+            }
+        );
+    }
+}

@@ -1,0 +1,664 @@
+//! Prometheus metrics (`appid_*`), served on the admin API's `/metrics`.
+//!
+//! Design bias: *cheap on the hot path, bounded in cardinality*. Every
+//! per-direction series is created up front and kept as a handle, so opening
+//! a connection or counting bytes is one atomic add, with no lock, map lookup
+//! or allocation; the series exist (at 0) from the first scrape, so rates and
+//! alerts work before the first event. Only series keyed by a rule name or a
+//! reason go through a label map. Their label values come from the policy
+//! file (rule names) or from the code (reasons), never from the network,
+//! and are escaped so a rule name cannot break the exposition. Certificate
+//! expiry is kept as a deadline and turned into "seconds left" at scrape
+//! time, so it never goes stale between renewals.
+//!
+//! Names (the `_total` suffix of counters and the unit suffix are added by
+//! the encoder, per OpenMetrics):
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `appid_connections_opened_total` | counter | `direction` |
+//! | `appid_connections_closed_total` | counter | `direction` |
+//! | `appid_connections_active` | gauge | `direction` |
+//! | `appid_connections_refused_total` | counter | `direction`, `reason` |
+//! | `appid_authz_decisions_total` | counter | `direction`, `decision`, `rule` |
+//! | `appid_handshake_failures_total` | counter | `direction`, `reason` |
+//! | `appid_bytes_total` | counter | `direction` |
+//! | `appid_http_requests_total` | counter | `direction`, `code` (`2xx`…) |
+//! | `appid_http_request_duration_seconds` | histogram | `direction` |
+//! | `appid_certificate_expiry_seconds` | gauge | — (absent until set) |
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Which way a connection goes, as seen from this sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<appid_policy::policy::Direction> for Direction {
+    fn from(d: appid_policy::policy::Direction) -> Self {
+        match d {
+            appid_policy::policy::Direction::Inbound => Direction::Inbound,
+            appid_policy::policy::Direction::Outbound => Direction::Outbound,
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// A label value from configuration or code, escaped for the text format
+/// (`\`, `"` and newlines would otherwise corrupt the exposition).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Text(Box<str>);
+
+impl Text {
+    fn new(s: &str) -> Text {
+        Text(s.into())
+    }
+}
+
+impl EncodeLabelValue for Text {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let s = &*self.0;
+        if !s.contains(['\\', '"', '\n']) {
+            return encoder.write_str(s);
+        }
+        for c in s.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    direction: Direction,
+    reason: Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    direction: Direction,
+    decision: Text,
+    rule: Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabels {
+    direction: Direction,
+    code: &'static str,
+}
+
+type HistogramFamily = Family<DirLabels, Histogram, fn() -> Histogram>;
+
+/// Request latency buckets, seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Unset marker for the certificate deadline.
+const NO_DEADLINE: i64 = i64::MIN;
+
+/// `appid_certificate_expiry_seconds`, computed at scrape time.
+#[derive(Debug)]
+struct CertExpiry {
+    /// Unix seconds of the certificate's notAfter, or [`NO_DEADLINE`].
+    not_after: Arc<AtomicI64>,
+}
+
+impl Collector for CertExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let not_after = self.not_after.load(Ordering::Relaxed);
+        if not_after == NO_DEADLINE {
+            return Ok(());
+        }
+        let gauge = ConstGauge::new(not_after.saturating_sub(unix_now()));
+        let metric = encoder.encode_descriptor(
+            "certificate_expiry",
+            "Seconds until this workload's own certificate expires (negative: expired)",
+            Some(&Unit::Seconds),
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+fn unix_now() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// All of the sidecar's metrics. Share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    opened: [Counter; 2],
+    closed: [Counter; 2],
+    active: [Gauge; 2],
+    bytes: [Counter; 2],
+    latency: [Histogram; 2],
+    refused: Family<ReasonLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    http_requests: Family<CodeLabels, Counter>,
+    cert_not_after: Arc<AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("appid");
+
+        let per_dir_counter = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<DirLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            Direction::ALL.map(|direction| family.get_or_create_owned(&DirLabels { direction }))
+        };
+        let opened = per_dir_counter(&mut registry, "connections_opened", "Connections accepted");
+        let closed = per_dir_counter(&mut registry, "connections_closed", "Connections finished");
+        let bytes = per_dir_counter(
+            &mut registry,
+            "bytes",
+            "Bytes carried through the proxy, both ways, by connection direction",
+        );
+
+        let active_family = Family::<DirLabels, Gauge>::default();
+        registry.register(
+            "connections_active",
+            "Connections open now",
+            active_family.clone(),
+        );
+        let active = Direction::ALL
+            .map(|direction| active_family.get_or_create_owned(&DirLabels { direction }));
+
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused before authorization (e.g. reason=max_connections)",
+            refused.clone(),
+        );
+
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "authz_decisions",
+            "Authorization decisions by direction, decision and deciding rule",
+            decisions.clone(),
+        );
+
+        let handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "handshake_failures",
+            "Failed mTLS handshakes by reason",
+            handshake_failures.clone(),
+        );
+
+        let http_requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests through the proxy by direction and response status class",
+            http_requests.clone(),
+        );
+
+        let latency_family: HistogramFamily =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency through the proxy, until the response head",
+            Unit::Seconds,
+            latency_family.clone(),
+        );
+        let latency = Direction::ALL
+            .map(|direction| latency_family.get_or_create_owned(&DirLabels { direction }));
+
+        let cert_not_after = Arc::new(AtomicI64::new(NO_DEADLINE));
+        registry.register_collector(Box::new(CertExpiry {
+            not_after: cert_not_after.clone(),
+        }));
+
+        Metrics {
+            registry,
+            opened,
+            closed,
+            active,
+            bytes,
+            latency,
+            refused,
+            handshake_failures,
+            decisions,
+            http_requests,
+            cert_not_after,
+        }
+    }
+
+    /// A connection was accepted: opened +1, active +1.
+    pub fn connection_opened(&self, direction: Direction) {
+        self.opened[direction.index()].inc();
+        self.active[direction.index()].inc();
+    }
+
+    /// A connection ended (call exactly once per `connection_opened`).
+    pub fn connection_closed(&self, direction: Direction) {
+        self.closed[direction.index()].inc();
+        self.active[direction.index()].dec();
+    }
+
+    /// A connection was refused before authorization; `reason` is a fixed
+    /// word from the code, e.g. `max_connections`.
+    pub fn connection_refused(&self, direction: Direction, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                direction,
+                reason: Text::new(reason),
+            })
+            .inc();
+    }
+
+    /// A TLS handshake failed; `reason` is a fixed word from the code.
+    pub fn handshake_failure(&self, direction: Direction, reason: &str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                direction,
+                reason: Text::new(reason),
+            })
+            .inc();
+    }
+
+    /// One authorization decision (`allow` | `deny`) by `rule` (or `default`).
+    pub fn authz_decision(&self, direction: Direction, decision: &str, rule: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                direction,
+                decision: Text::new(decision),
+                rule: Text::new(rule),
+            })
+            .inc();
+    }
+
+    /// Bytes carried (both ways) on a connection of `direction`.
+    pub fn bytes(&self, direction: Direction, n: u64) {
+        self.bytes[direction.index()].inc_by(n);
+    }
+
+    /// One HTTP request finished with `status` after `elapsed`.
+    pub fn http_request(&self, direction: Direction, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&CodeLabels {
+                direction,
+                code: status_class(status),
+            })
+            .inc();
+        self.latency[direction.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// Our own certificate expires in `seconds_left` seconds from now. Kept
+    /// as a deadline: each scrape reports the time left at that moment.
+    pub fn set_certificate_expiry(&self, seconds_left: i64) {
+        self.cert_not_after
+            .store(unix_now().saturating_add(seconds_left), Ordering::Relaxed);
+    }
+
+    /// Our own certificate's notAfter, as a time.
+    pub fn set_certificate_not_after(&self, not_after: SystemTime) {
+        let secs = match not_after.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        self.cert_not_after.store(secs, Ordering::Relaxed);
+    }
+
+    /// Connections open now in `direction`.
+    pub fn active_connections(&self, direction: Direction) -> i64 {
+        self.active[direction.index()].get()
+    }
+
+    /// The OpenMetrics text exposition (see [`CONTENT_TYPE`]), `# EOF` included.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Writing to a String cannot fail; a label encoder could. Never
+            // serve a truncated exposition.
+            tracing::warn!(error = %e, "metrics encoding failed");
+            out.clear();
+            out.push_str("# EOF\n");
+        }
+        out
+    }
+}
+
+/// `2xx`-style class of an HTTP status; bounded to six values.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        let l = text
+            .lines()
+            .find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series))
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
+        l.rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
+    #[test]
+    fn per_direction_series_exist_at_zero() {
+        let m = Metrics::new();
+        let t = m.encode();
+        for d in ["inbound", "outbound"] {
+            assert_eq!(
+                value(
+                    &t,
+                    &format!("appid_connections_opened_total{{direction=\"{d}\"}}")
+                ),
+                0.0
+            );
+            assert_eq!(
+                value(
+                    &t,
+                    &format!("appid_connections_closed_total{{direction=\"{d}\"}}")
+                ),
+                0.0
+            );
+            assert_eq!(
+                value(
+                    &t,
+                    &format!("appid_connections_active{{direction=\"{d}\"}}")
+                ),
+                0.0
+            );
+            assert_eq!(
+                value(&t, &format!("appid_bytes_total{{direction=\"{d}\"}}")),
+                0.0
+            );
+            assert_eq!(
+                value(
+                    &t,
+                    &format!("appid_http_request_duration_seconds_count{{direction=\"{d}\"}}")
+                ),
+                0.0
+            );
+        }
+        assert!(t.ends_with("# EOF\n"));
+        assert!(
+            line(&t, "# TYPE appid_connections_opened counter").is_some(),
+            "{t}"
+        );
+        assert!(
+            line(&t, "# TYPE appid_http_request_duration_seconds histogram").is_some(),
+            "{t}"
+        );
+        // Absent until the identity is loaded: 0 would read as "expired".
+        assert!(!t.contains("certificate_expiry"), "{t}");
+    }
+
+    #[test]
+    fn increments_show_up_with_names_and_labels() {
+        let m = Metrics::new();
+        m.connection_opened(Direction::Inbound);
+        m.connection_opened(Direction::Inbound);
+        m.connection_closed(Direction::Inbound);
+        m.connection_opened(Direction::Outbound);
+        m.bytes(Direction::Outbound, 1500);
+        m.connection_refused(Direction::Inbound, "max_connections");
+        m.handshake_failure(Direction::Inbound, "bad_certificate");
+        m.authz_decision(Direction::Inbound, "allow", "web-to-api");
+        m.authz_decision(Direction::Inbound, "allow", "web-to-api");
+        m.authz_decision(Direction::Outbound, "deny", "default");
+        m.http_request(Direction::Inbound, 200, Duration::from_millis(3));
+        m.http_request(Direction::Inbound, 403, Duration::from_millis(1));
+        m.http_request(Direction::Inbound, 204, Duration::from_secs(60));
+        let t = m.encode();
+        assert_eq!(
+            value(&t, "appid_connections_opened_total{direction=\"inbound\"}"),
+            2.0
+        );
+        assert_eq!(
+            value(&t, "appid_connections_closed_total{direction=\"inbound\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&t, "appid_connections_active{direction=\"inbound\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&t, "appid_connections_active{direction=\"outbound\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&t, "appid_bytes_total{direction=\"outbound\"}"),
+            1500.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_connections_refused_total{direction=\"inbound\",reason=\"max_connections\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_handshake_failures_total{direction=\"inbound\",reason=\"bad_certificate\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_authz_decisions_total{direction=\"inbound\",decision=\"allow\",rule=\"web-to-api\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_authz_decisions_total{direction=\"outbound\",decision=\"deny\",rule=\"default\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_http_requests_total{direction=\"inbound\",code=\"2xx\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_http_requests_total{direction=\"inbound\",code=\"4xx\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_http_request_duration_seconds_count{direction=\"inbound\"}"
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_http_request_duration_seconds_bucket{le=\"0.005\",direction=\"inbound\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_http_request_duration_seconds_bucket{le=\"+Inf\",direction=\"inbound\"}"
+            ),
+            3.0
+        );
+        assert_eq!(m.active_connections(Direction::Inbound), 1);
+    }
+
+    #[test]
+    fn certificate_expiry_is_computed_at_scrape() {
+        let m = Metrics::new();
+        m.set_certificate_expiry(3600);
+        let t = m.encode();
+        let left = value(&t, "appid_certificate_expiry_seconds");
+        assert!((3598.0..=3600.0).contains(&left), "{left}");
+        assert!(
+            line(&t, "# UNIT appid_certificate_expiry_seconds seconds").is_some(),
+            "{t}"
+        );
+        assert!(
+            line(&t, "# TYPE appid_certificate_expiry_seconds gauge").is_some(),
+            "{t}"
+        );
+
+        m.set_certificate_not_after(SystemTime::now() - Duration::from_secs(100));
+        let left = value(&m.encode(), "appid_certificate_expiry_seconds");
+        assert!((-102.0..=-99.0).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.authz_decision(Direction::Inbound, "deny", "we\"ird\\rule\nname");
+        let t = m.encode();
+        assert!(t.contains(r#"rule="we\"ird\\rule\nname""#), "{t}");
+        assert_eq!(
+            t.lines()
+                .filter(|l| l.starts_with("appid_authz_decisions_total"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn policy_direction_converts() {
+        assert_eq!(
+            Direction::from(appid_policy::policy::Direction::Inbound),
+            Direction::Inbound
+        );
+        assert_eq!(
+            Direction::from(appid_policy::policy::Direction::Outbound).as_str(),
+            "outbound"
+        );
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(302), "3xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(42), "other");
+        assert_eq!(status_class(600), "other");
+    }
+
+    #[test]
+    fn concurrent_updates_are_counted() {
+        let m = Arc::new(Metrics::new());
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let m = m.clone();
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        m.connection_opened(Direction::Outbound);
+                        m.authz_decision(Direction::Outbound, "allow", "r");
+                        m.connection_closed(Direction::Outbound);
+                    }
+                });
+            }
+        });
+        let t = m.encode();
+        assert_eq!(
+            value(&t, "appid_connections_opened_total{direction=\"outbound\"}"),
+            8000.0
+        );
+        assert_eq!(
+            value(&t, "appid_connections_active{direction=\"outbound\"}"),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_authz_decisions_total{direction=\"outbound\",decision=\"allow\",rule=\"r\"}"
+            ),
+            8000.0
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Authorization of one connection and its requests, with the audit line.
+//!
+//! Design bias: *every decision is written down*. The data plane never calls
+//! the policy directly; it builds a [`ConnAuthz`] once per connection (who
+//! calls whom, on which port) and asks it for the connection and, for HTTP,
+//! for each request. Each answer is one audit line naming the rule, and one
+//! count in `appid_authz_decisions_total`.
+//!
+//! The policy is read from an `ArcSwap` at every decision, so a reload
+//! applies to the next request of a live HTTP connection at once, and
+//! [`ConnAuthz::still_allowed`] lets an opaque TCP connection re-check
+//! itself when the policy changes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use appid_policy::AppIdClaims;
+use appid_policy::policy::{Direction, Headers, HttpRequest, Outcome, Policy, Query, Reason};
+
+use super::Shared;
+use super::http::{RequestAuthorizer, RequestFacts, RequestVerdict};
+use crate::audit::AuditRecord;
+
+/// The other party of a connection, as policy sees it.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A verified sidecar: its SPIFFE ID and claims.
+    Meshed(Arc<AppIdClaims>),
+    /// Inbound, outside the mesh: only its source address is known.
+    Unauthenticated(IpAddr),
+    /// Outbound, outside the mesh: the destination and the host the app named.
+    External { ip: IpAddr, host: Option<String> },
+}
+
+/// The connection-level answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnVerdict {
+    Allow,
+    /// Allowed so far; HTTP requests must each be decided.
+    PerRequest,
+    Deny {
+        rule: String,
+        reason: String,
+    },
+}
+
+/// The answer for a transparent outbound destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalVerdict {
+    /// An external rule allows it: pass through untouched.
+    Allow,
+    /// A deny rule names it, or it is the cloud metadata API: refuse.
+    Refused,
+    /// No external rule is about it: treat it as a meshed destination.
+    NotExternal,
+}
+
+/// One connection's authorization context.
+pub struct ConnAuthz {
+    shared: Arc<Shared>,
+    direction: Direction,
+    local: Arc<AppIdClaims>,
+    peer: Peer,
+    peer_addr: SocketAddr,
+    port: u16,
+    protocol: &'static str,
+}
+
+impl ConnAuthz {
+    pub fn new(
+        shared: Arc<Shared>,
+        direction: Direction,
+        peer: Peer,
+        peer_addr: SocketAddr,
+        port: u16,
+    ) -> Self {
+        let local = Arc::new(shared.tls.identity.load().claims.clone());
+        ConnAuthz {
+            shared,
+            direction,
+            local,
+            peer,
+            peer_addr,
+            port,
+            protocol: "unknown",
+        }
+    }
+
+    /// Records the application protocol for the audit lines that follow.
+    pub fn set_protocol(&mut self, protocol: &'static str) {
+        self.protocol = protocol;
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    fn query<'q>(&'q self, policy_http: Option<bool>) -> Query<'q> {
+        let local = &*self.local;
+        let query = match (&self.peer, self.direction) {
+            (Peer::Meshed(peer), Direction::Inbound) => {
+                Query::meshed(Direction::Inbound, peer, local, self.port)
+            }
+            (Peer::Meshed(peer), Direction::Outbound) => {
+                Query::meshed(Direction::Outbound, local, peer, self.port)
+            }
+            (Peer::Unauthenticated(ip), _) => Query::unauthenticated(*ip, local, self.port),
+            (Peer::External { ip, host }, _) => {
+                Query::external(local, *ip, host.as_deref(), self.port)
+            }
+        };
+        match policy_http {
+            Some(false) => query.not_http(),
+            _ => query,
+        }
+    }
+
+    /// Decides the connection. `is_http`: `None` before the protocol is
+    /// known, `Some(false)` for opaque TCP, `Some(true)` for HTTP (then
+    /// rules with `http` defer to per-request decisions).
+    pub fn decide_connection(&self, is_http: Option<bool>) -> ConnVerdict {
+        let policy = self.shared.policy.load();
+        let query = self.query(is_http);
+        let decision = policy.decide(&query);
+        let verdict = match decision.outcome {
+            Outcome::Allow => ConnVerdict::Allow,
+            Outcome::DeferToL7 if is_http != Some(false) => ConnVerdict::PerRequest,
+            Outcome::DeferToL7 | Outcome::Deny => ConnVerdict::Deny {
+                rule: decision.rule.to_string(),
+                reason: decision.to_string(),
+            },
+        };
+        // A deferral is not a decision yet: the requests will be audited.
+        if verdict != ConnVerdict::PerRequest {
+            self.audit(&policy, &decision, None);
+        }
+        verdict
+    }
+
+    /// Decides a transparent outbound destination as external. Audited when
+    /// it allows or refuses; silent when the destination is not external.
+    pub fn decide_external(&self) -> ExternalVerdict {
+        let policy = self.shared.policy.load();
+        let decision = policy.decide(&self.query(None));
+        let verdict = match (decision.outcome, decision.reason) {
+            (Outcome::Allow, _) => ExternalVerdict::Allow,
+            (_, Reason::MetadataApi) | (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
+            _ => ExternalVerdict::NotExternal,
+        };
+        if verdict != ExternalVerdict::NotExternal {
+            self.audit(&policy, &decision, None);
+        }
+        verdict
+    }
+
+    /// Re-decides an opaque TCP connection after a policy change, silently:
+    /// the caller audits the closure if the answer is no.
+    pub fn still_allowed(&self) -> ConnVerdict {
+        let policy = self.shared.policy.load();
+        let decision = policy.decide(&self.query(Some(false)));
+        match decision.outcome {
+            Outcome::Allow => ConnVerdict::Allow,
+            _ => {
+                self.audit(&policy, &decision, None);
+                ConnVerdict::Deny {
+                    rule: decision.rule.to_string(),
+                    reason: format!("policy changed: {}", decision.why()),
+                }
+            }
+        }
+    }
+
+    /// Writes the audit line and counts the decision.
+    fn audit(
+        &self,
+        policy: &Policy,
+        decision: &appid_policy::policy::Decision<'_>,
+        request: Option<(&str, &str, bool)>,
+    ) {
+        let _ = policy;
+        let decision_label = match decision.outcome {
+            Outcome::Allow => "allow",
+            _ => "deny",
+        };
+        let peer_id = match &self.peer {
+            Peer::Meshed(claims) => Some(claims.id.as_str()),
+            _ => None,
+        };
+        let mut claims = serde_json::Map::new();
+        for path in decision.attributes() {
+            if let Some(value) = self.attribute_value(path) {
+                claims.insert(path.to_string(), value);
+            }
+        }
+        let reason = if decision.outcome == Outcome::Allow && !decision.audit_only {
+            None
+        } else {
+            Some(decision.why().to_string())
+        };
+        let peer_addr = self.peer_addr.to_string();
+        self.shared.audit.log(&AuditRecord {
+            direction: self.direction.as_str(),
+            decision: decision_label,
+            audit_only: decision.audit_only,
+            rule: decision.rule,
+            peer_id,
+            peer_addr: Some(&peer_addr),
+            claims: &claims,
+            port: self.port,
+            method: request.map(|(m, _, _)| m),
+            path: request.map(|(_, p, _)| p),
+            reason: reason.as_deref(),
+            protocol: match request {
+                Some((_, _, true)) => "grpc",
+                _ => self.protocol,
+            },
+        });
+        self.shared.metrics.authz_decision(
+            metrics_direction(self.direction),
+            decision_label,
+            decision.rule,
+        );
+    }
+
+    /// The value behind an audit path like `from.labels.app`.
+    fn attribute_value(&self, path: &str) -> Option<serde_json::Value> {
+        let (side, rest) = path.split_once('.')?;
+        let claims = match (side, self.direction, &self.peer) {
+            ("from", Direction::Inbound, Peer::Meshed(peer))
+            | ("to", Direction::Outbound, Peer::Meshed(peer)) => &**peer,
+            ("from", Direction::Outbound, _) | ("to", Direction::Inbound, _) => &*self.local,
+            _ => return None,
+        };
+        let value = claims.to_value();
+        let mut node = &value;
+        let mut remaining = rest;
+        // Label and tag keys may themselves contain dots.
+        while let Some(object) = node.as_object() {
+            if let Some(found) = object.get(remaining) {
+                return Some(found.clone());
+            }
+            let (head, tail) = remaining.split_once('.')?;
+            node = object.get(head)?;
+            remaining = tail;
+        }
+        None
+    }
+}
+
+/// The metrics label for a policy direction.
+pub fn metrics_direction(direction: Direction) -> crate::metrics::Direction {
+    match direction {
+        Direction::Inbound => crate::metrics::Direction::Inbound,
+        Direction::Outbound => crate::metrics::Direction::Outbound,
+    }
+}
+
+/// Header lookup over an `http::HeaderMap`.
+struct HeaderMapView<'a>(&'a http::HeaderMap);
+
+impl Headers for HeaderMapView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl RequestAuthorizer for ConnAuthz {
+    fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
+        let policy = self.shared.policy.load();
+        let headers = HeaderMapView(request.headers);
+        let query = self.query(Some(true)).with_request(HttpRequest {
+            method: request.method,
+            path: request.path,
+            headers: &headers,
+        });
+        let decision = policy.decide(&query);
+        self.audit(
+            &policy,
+            &decision,
+            Some((request.method, request.path, request.grpc)),
+        );
+        match decision.outcome {
+            Outcome::Allow => RequestVerdict::Allow,
+            _ => RequestVerdict::Deny {
+                rule: decision.rule.to_string(),
+                reason: decision.to_string(),
+            },
+        }
+    }
+}

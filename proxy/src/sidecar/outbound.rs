@@ -1,0 +1,267 @@
+//! Outbound: from the local app to a peer sidecar (mTLS) or, when policy
+//! says so, to a destination outside the mesh.
+//!
+//! Per connection, straight through:
+//! 1. the destination: the configured upstream (explicit) or the original
+//!    destination (transparent);
+//! 2. transparent only: ask policy whether the destination is external —
+//!    allowed external traffic passes through untouched, the cloud metadata
+//!    API is refused unless a rule names it; otherwise it is meshed;
+//! 3. meshed: TLS 1.3 with our certificate, verify the server's AppID, and
+//!    authorize it *before any app byte is sent*;
+//! 4. then the app protocol: HTTP requests are authorized one by one, opaque
+//!    TCP is spliced (and closed if a policy change withdraws it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use appid_policy::policy::Direction;
+
+use super::authz::{ConnAuthz, ConnVerdict, ExternalVerdict, Peer};
+use super::http::{self as l7, HttpVersion};
+use super::{Shared, orig_dst, tls};
+use crate::detect::{self, Classification, Detection};
+use crate::identity::verify::PeerRole;
+use crate::metrics::Direction as MetricsDirection;
+
+/// One outbound listener from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundSpec {
+    pub listen: SocketAddr,
+    /// Explicit mode: the peer sidecar's inbound address. `None`:
+    /// transparent (original destination).
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Accepts until shutdown.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, spec: OutboundSpec) {
+    let shutdown = shared.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, app_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let Some(permit) = shared.admit(MetricsDirection::Outbound) else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.metrics.connection_opened(MetricsDirection::Outbound);
+            handle(&shared, stream, app_addr, spec).await;
+            shared.metrics.connection_closed(MetricsDirection::Outbound);
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec: OutboundSpec) {
+    let _ = app.set_nodelay(true);
+    let destination = match spec.upstream {
+        Some(upstream) => upstream,
+        None => match orig_dst::original_destination(&app) {
+            Ok(dst) if !orig_dst::is_self(dst, spec.listen) => dst,
+            _ => {
+                tracing::debug!(%app_addr, "transparent outbound without an original destination");
+                return;
+            }
+        },
+    };
+
+    if spec.upstream.is_none() {
+        match external(shared, &app, app_addr, destination).await {
+            External::PassThrough => {
+                if let Some(upstream) = shared.connect(destination).await {
+                    let (_, copied) = super::splice::splice(
+                        app,
+                        upstream,
+                        &[],
+                        shared.limits.idle_timeout,
+                        std::future::pending(),
+                    )
+                    .await;
+                    shared.count_bytes(MetricsDirection::Outbound, copied);
+                }
+                return;
+            }
+            External::Refused => return,
+            External::Meshed => {}
+        }
+    }
+    to_peer(shared, app, app_addr, destination).await;
+}
+
+enum External {
+    PassThrough,
+    Refused,
+    Meshed,
+}
+
+/// Transparent mode: is this destination outside the mesh, and allowed?
+async fn external(
+    shared: &Arc<Shared>,
+    app: &TcpStream,
+    app_addr: SocketAddr,
+    destination: SocketAddr,
+) -> External {
+    // The host the app names (TLS SNI or HTTP Host), for `external.hosts`.
+    let host =
+        match detect::detect(app, shared.limits.detect_timeout, detect::MAX_DETECT_BYTES).await {
+            Detection::Classified {
+                class: Classification::TlsClientHello(hello),
+                ..
+            } => hello.sni,
+            Detection::Classified {
+                class: Classification::Http1,
+                ..
+            } => {
+                // `detect` stops at the method; the Host line is further on.
+                let mut buffer = vec![0u8; detect::MAX_DETECT_BYTES];
+                match app.peek(&mut buffer).await {
+                    Ok(n) => detect::http_host(&buffer[..n]).map(str::to_string),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+    let peer = Peer::External {
+        ip: destination.ip(),
+        host,
+    };
+    let authz = ConnAuthz::new(
+        shared.clone(),
+        Direction::Outbound,
+        peer,
+        app_addr,
+        destination.port(),
+    );
+    match authz.decide_external() {
+        ExternalVerdict::Allow => External::PassThrough,
+        ExternalVerdict::Refused => External::Refused,
+        ExternalVerdict::NotExternal => External::Meshed,
+    }
+}
+
+/// A meshed destination: mTLS to its sidecar, authorize the server, proxy.
+async fn to_peer(
+    shared: &Arc<Shared>,
+    app: TcpStream,
+    app_addr: SocketAddr,
+    destination: SocketAddr,
+) {
+    let limits = shared.limits;
+    let Some(tcp) = shared.connect(destination).await else {
+        return;
+    };
+    let handshake = tokio::time::timeout(
+        limits.handshake_timeout,
+        shared.connector.connect(tls::peer_server_name(), tcp),
+    );
+    let tls_stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = tls::handshake_failure_reason(&e);
+            tracing::info!(%destination, %reason, error = %e, "outbound handshake refused");
+            shared
+                .metrics
+                .handshake_failure(MetricsDirection::Outbound, &reason);
+            return;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .handshake_failure(MetricsDirection::Outbound, "timeout");
+            return;
+        }
+    };
+    let chain = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    let verified = match shared.tls.verify(&chain, PeerRole::Server) {
+        Ok(v) => v,
+        Err(rejection) => {
+            shared
+                .metrics
+                .handshake_failure(MetricsDirection::Outbound, rejection.reason());
+            return;
+        }
+    };
+    let peer = Peer::Meshed(Arc::new(verified.claims));
+    let mut authz = ConnAuthz::new(
+        shared.clone(),
+        Direction::Outbound,
+        peer,
+        app_addr,
+        destination.port(),
+    );
+    // Refuse a server the policy does not allow before any app byte moves.
+    let precheck = authz.decide_connection(None);
+
+    let version = match detect::detect(&app, limits.detect_timeout, detect::MAX_DETECT_BYTES).await
+    {
+        Detection::Classified {
+            class: Classification::Http1,
+            ..
+        } => Some(HttpVersion::Http1),
+        Detection::Classified {
+            class: Classification::Http2Preface,
+            ..
+        } => Some(HttpVersion::Http2),
+        Detection::Closed | Detection::Error(_) => return,
+        _ => None,
+    };
+    if let ConnVerdict::Deny { rule, reason } = precheck {
+        drop(tls_stream); // nothing was sent to the server
+        if let Some(version) = version {
+            l7::refuse(app, version, rule, reason, shared.http_limits()).await;
+        }
+        return;
+    }
+    match version {
+        Some(version) => {
+            authz.set_protocol(match version {
+                HttpVersion::Http1 => "http1",
+                HttpVersion::Http2 => "http2",
+            });
+            let result = l7::proxy(
+                app,
+                tls_stream,
+                version,
+                Arc::new(authz),
+                None,
+                shared.http_limits(),
+                shared.shutdown_signal(),
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "outbound http connection ended with an error");
+            }
+        }
+        None => {
+            authz.set_protocol("tcp");
+            // Decided above unless it depended on HTTP, which this is not.
+            if precheck == ConnVerdict::PerRequest
+                && authz.decide_connection(Some(false)) != ConnVerdict::Allow
+            {
+                return;
+            }
+            let revoked = shared.revoked(&authz);
+            let (end, copied) =
+                super::splice::splice(app, tls_stream, &[], limits.idle_timeout, revoked).await;
+            shared.count_bytes(MetricsDirection::Outbound, copied);
+            tracing::debug!(?end, ?copied, "outbound tcp connection ended");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! A stream whose first bytes were already read, replayed before the rest.
+//!
+//! Plaintext connections are classified with `peek` and need nothing of the
+//! sort; inside TLS there is no peek, so protocol detection reads the first
+//! bytes, and this wrapper hands them to whoever reads next (hyper, or the
+//! TCP splice) as if they had never been taken.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::detect::{self, Classification};
+
+/// `inner`, with `prefix` to be read first.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Prefixed { prefix, inner }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Reads from `stream` until the first bytes are classified (or `timeout`
+/// passes, or the peer closes), returning the class and the bytes read.
+/// A silent peer yields [`Classification::Opaque`] with no bytes: protocols
+/// where the server speaks first are opaque TCP.
+pub async fn read_and_classify<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> io::Result<(Classification, Bytes)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buffer = BytesMut::with_capacity(1024);
+    loop {
+        if buffer.len() >= detect::MAX_DETECT_BYTES {
+            return Ok((detect::classify_final(&buffer), buffer.freeze()));
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await;
+        match read {
+            Err(_) if buffer.is_empty() => return Ok((Classification::Opaque, buffer.freeze())),
+            Err(_) => return Ok((detect::classify_final(&buffer), buffer.freeze())),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => return Ok((detect::classify_final(&buffer), buffer.freeze())),
+            Ok(Ok(_)) => match detect::classify(&buffer) {
+                Classification::NeedMore => continue,
+                class => return Ok((class, buffer.freeze())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn replays_the_prefix_then_reads_on() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut stream = Prefixed::new(Bytes::from_static(b"hello"), server);
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn classifies_http_inside_a_stream() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (class, bytes) = read_and_classify(&mut server, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(class, Classification::Http1);
+        assert_eq!(&bytes[..], b"GET / HTTP/1.1\r\n");
+    }
+}

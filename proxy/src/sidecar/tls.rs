@@ -1,0 +1,331 @@
+//! TLS between sidecars: TLS 1.3 only, mutual, ALPN `appid/1`.
+//!
+//! rustls does the protocol; appid decides who is trusted. Both directions
+//! use the same two pieces:
+//!
+//! - [`PeerVerifier`] plugs [`verify_peer`] into rustls as the client- and
+//!   server-certificate verifier, so a peer without a valid AppID certificate
+//!   fails the handshake itself (fail closed, before any app byte moves).
+//!   Host names are ignored: identity is the SPIFFE ID and the claims.
+//! - [`IdentityResolver`] hands rustls our current certificate at every
+//!   handshake from an [`ArcSwap`], so a renewed certificate or a new trust
+//!   bundle applies to the next handshake without touching live connections.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use thiserror::Error;
+
+use appid_policy::AppIdClaims;
+
+use crate::identity::files::{self, FileError};
+use crate::identity::spiffe::SpiffeId;
+use crate::identity::verify::{
+    self, BundleError, PeerRejection, PeerRole, TrustBundle, VerifiedPeer,
+};
+
+/// The ALPN protocol sidecars speak to each other.
+pub const ALPN_APPID: &[u8] = b"appid/1";
+
+/// Why our own identity could not be loaded.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{file}: not a usable private key: {detail}")]
+    BadKey { file: String, detail: String },
+    #[error("{file}: our own certificate is not a valid AppID certificate: {problem}")]
+    BadOwnCert {
+        file: String,
+        problem: PeerRejection,
+    },
+    #[error("{cert} and {key} do not belong together: {detail}")]
+    KeyMismatch {
+        cert: String,
+        key: String,
+        detail: String,
+    },
+}
+
+/// Our workload's certificate, key and claims.
+#[derive(Debug)]
+pub struct LocalIdentity {
+    pub certified: Arc<CertifiedKey>,
+    pub id: SpiffeId,
+    pub claims: AppIdClaims,
+    /// Seconds since the epoch at which our certificate expires.
+    pub not_after: i64,
+}
+
+impl LocalIdentity {
+    /// Loads our certificate chain and key, checking the certificate against
+    /// `bundle` exactly as a peer would (so a misconfiguration shows here,
+    /// at startup, not as every peer refusing us).
+    pub fn load(cert: &Path, key: &Path, bundle: &TrustBundle) -> Result<Self, IdentityError> {
+        let chain = files::read_certs(cert)?;
+        let key_pem = files::read_small(key)?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| IdentityError::BadKey {
+                file: key.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        let verified = verify::verify_peer(&chain, bundle, PeerRole::Server, UnixTime::now())
+            .map_err(|problem| IdentityError::BadOwnCert {
+                file: cert.display().to_string(),
+                problem,
+            })?;
+        let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
+            IdentityError::KeyMismatch {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(LocalIdentity {
+            certified: Arc::new(certified),
+            id: verified.id,
+            claims: verified.claims,
+            not_after: verified.not_after,
+        })
+    }
+}
+
+/// What the TLS layer reads at every handshake; swapped on reload.
+#[derive(Debug)]
+pub struct TlsState {
+    pub identity: ArcSwap<LocalIdentity>,
+    pub bundle: ArcSwap<TrustBundle>,
+}
+
+impl TlsState {
+    pub fn new(identity: LocalIdentity, bundle: TrustBundle) -> Arc<Self> {
+        Arc::new(TlsState {
+            identity: ArcSwap::from_pointee(identity),
+            bundle: ArcSwap::from_pointee(bundle),
+        })
+    }
+
+    /// Verifies a peer chain after the handshake, for its claims.
+    pub fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+    ) -> Result<VerifiedPeer, PeerRejection> {
+        verify::verify_peer(chain, &self.bundle.load(), role, UnixTime::now())
+    }
+}
+
+/// The crypto provider: rustls on aws-lc-rs.
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Server side of sidecar mTLS: client certificate required.
+pub fn server_config(state: Arc<TlsState>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(provider());
+    let verifier = Arc::new(PeerVerifier::new(state.clone(), &provider));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.3"))
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(IdentityResolver { state }));
+    config.alpn_protocols = vec![ALPN_APPID.to_vec()];
+    Arc::new(config)
+}
+
+/// Client side of sidecar mTLS.
+pub fn client_config(state: Arc<TlsState>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(provider());
+    let verifier = Arc::new(PeerVerifier::new(state.clone(), &provider));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.3"))
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(IdentityResolver { state }));
+    config.alpn_protocols = vec![ALPN_APPID.to_vec()];
+    // Names are not identity here; don't leak one in the ClientHello.
+    config.enable_sni = false;
+    Arc::new(config)
+}
+
+/// The server name rustls wants; never checked (see [`PeerVerifier`]).
+pub fn peer_server_name() -> ServerName<'static> {
+    ServerName::try_from("appid.invalid").unwrap_or_else(|_| unreachable!("valid DNS name"))
+}
+
+/// The reason label of a failed handshake, for metrics and audit lines.
+pub fn handshake_failure_reason(error: &std::io::Error) -> String {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return match error.kind() {
+            std::io::ErrorKind::TimedOut => "timeout".into(),
+            std::io::ErrorKind::UnexpectedEof => "eof".into(),
+            _ => "io".into(),
+        };
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other
+            .0
+            .downcast_ref::<PeerRejection>()
+            .map(|r| r.reason().to_string())
+            .unwrap_or_else(|| "bad_certificate".into()),
+        rustls::Error::NoCertificatesPresented => "no_certificate".into(),
+        rustls::Error::AlertReceived(alert) => format!("alert_{alert:?}").to_lowercase(),
+        rustls::Error::NoApplicationProtocol => "no_alpn".into(),
+        rustls::Error::PeerIncompatible(_) => "incompatible".into(),
+        _ => "tls".into(),
+    }
+}
+
+/// Checks peer certificates with [`verify_peer`].
+#[derive(Debug)]
+struct PeerVerifier {
+    state: Arc<TlsState>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PeerVerifier {
+    fn new(state: Arc<TlsState>, provider: &CryptoProvider) -> Self {
+        PeerVerifier {
+            state,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        verify::verify_peer(&chain, &self.state.bundle.load(), role, now)
+            .map(|_| ())
+            .map_err(|rejection| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    Arc::new(rejection),
+                )))
+            })
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, PeerRole::Client, now)
+            .map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.2 is never negotiated (the configs are TLS 1.3 only).
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, PeerRole::Server, now)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Presents our current certificate.
+#[derive(Debug)]
+struct IdentityResolver {
+    state: Arc<TlsState>,
+}
+
+impl rustls::server::ResolvesServerCert for IdentityResolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.state.identity.load().certified.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for IdentityResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.state.identity.load().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
