@@ -163,7 +163,10 @@ fn decide_l4(c: &mut Criterion) {
 fn decide_l7(c: &mut Criterion) {
     let caller = workload(0, 0, 0);
     let callee = workload(0, 1, 1);
-    let headers = [("x-tenant", "acme-eu"), ("content-type", "application/json")];
+    let headers = [
+        ("x-tenant", "acme-eu"),
+        ("content-type", "application/json"),
+    ];
     let request = HttpRequest {
         method: "GET",
         path: "/api/app-1/items/42?full=1",

@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn line_format_and_fields() {
         let c = claims();
-        let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_514_400_123_456_789).unwrap();
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_341_600_123_456_789).unwrap();
         let line = encode_line(&record(&c), at).unwrap();
         let text = String::from_utf8(line).unwrap();
         assert!(
@@ -491,7 +491,7 @@ mod tests {
         });
         let lines = read_lines(&path);
         assert_eq!(lines.len(), THREADS * PER);
-        let mut seen = vec![0usize; THREADS];
+        let mut seen = [0usize; THREADS];
         for v in &lines {
             let t = v["claims"]["t"].as_u64().unwrap() as usize;
             assert_eq!(v["rule"], format!("rule-{t}"));

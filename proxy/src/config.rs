@@ -14,7 +14,6 @@
 //! secret: file paths yes, file contents never, and credentials embedded in
 //! URLs are redacted.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -278,7 +277,7 @@ impl ProxyConfig {
             }]));
         }
         let raw: RawConfig = serde_saphyr::from_str(text)
-            .map_err(|e| invalid(vec![yaml_diagnostic(file_name, &e)]))?;
+            .map_err(|e| invalid(vec![yaml_diagnostic(file_name, text, &e)]))?;
         let mut cx = Cx {
             file: file_name,
             base: base_dir,
@@ -382,10 +381,12 @@ fn redact_url(url: &str) -> String {
     out
 }
 
-/// Turns a YAML library error into a diagnostic with its position.
-fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
+/// Turns a YAML library error into a diagnostic with its position, the key
+/// on that line (when the library's message does not already name it) and
+/// a hint.
+fn yaml_diagnostic(file: &str, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let inner = e.without_snippet();
-    let formatter = serde_saphyr::DefaultMessageFormatter;
+    let formatter = serde_saphyr::UserMessageFormatter;
     let msg: String = formatter
         .format_message(inner)
         .chars()
@@ -395,19 +396,46 @@ fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
         .location()
         .filter(|l| l.line() > 0)
         .map(|l| (l.line(), l.column()));
-    let hint = if msg.contains("unknown field") {
-        "; remove it or fix its spelling (see DESIGN.md \"Sidecar configuration\")"
+    let mut field = String::new();
+    let message = if msg.contains("unknown field") {
+        format!("{msg}; remove it or fix its spelling (see DESIGN.md \"Sidecar configuration\")")
+    } else if msg.starts_with("duplicate mapping key") {
+        format!("{msg}: keep one")
+    } else if msg.contains("expected mapping start") {
+        if line_col == Some((1, 1)) {
+            "the file must be a mapping of settings (`identity:`, `trust_domains:`, `policy:`, ...), not a list or a single value".to_owned()
+        } else {
+            field = line_col
+                .and_then(|(l, _)| key_on_line(text, l))
+                .unwrap_or_default();
+            "expected `key: value` settings here, not a list or a single value".to_owned()
+        }
     } else {
-        ""
+        field = line_col
+            .and_then(|(l, _)| key_on_line(text, l))
+            .unwrap_or_default();
+        msg
     };
     Diagnostic {
         at: Position {
             file: file.to_owned(),
             line_col,
         },
-        field: String::new(),
-        message: format!("{msg}{hint}"),
+        field,
+        message,
     }
+}
+
+/// The mapping key that starts 1-based `line` (`  - listen: x` → `listen`).
+fn key_on_line(text: &str, line: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = l.trim_start();
+    let l = l.strip_prefix('-').map_or(l, str::trim_start);
+    let (key, _) = l.split_once(':')?;
+    (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| key.to_owned())
 }
 
 // ---------------------------------------------------------------------------
@@ -1166,27 +1194,28 @@ fn suggest_trust_domain(s: &str) -> String {
     }
 }
 
-/// The set of top-level keys, for documentation and tests.
-pub fn known_keys() -> BTreeSet<&'static str> {
-    [
-        "identity",
-        "trust_domains",
-        "policy",
-        "inbound",
-        "outbound",
-        "admin",
-        "audit_log",
-        "workers",
-        "otlp_endpoint",
-        "limits",
-    ]
-    .into_iter()
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    /// The top-level keys of the format.
+    fn known_keys() -> BTreeSet<&'static str> {
+        [
+            "identity",
+            "trust_domains",
+            "policy",
+            "inbound",
+            "outbound",
+            "admin",
+            "audit_log",
+            "workers",
+            "otlp_endpoint",
+            "limits",
+        ]
+        .into_iter()
+        .collect()
+    }
 
     const DESIGN_EXAMPLE: &str = r#"
 identity:                      # one of: files, or authority
@@ -1604,6 +1633,35 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     fn list_where_scalar_expected() {
         let d = one_err(&MINIMAL.replace("policy: p.yaml", "policy: [a, b]"));
         assert_eq!(d.at.line_col.map(|p| p.0), Some(3), "{d}");
+        assert_eq!(d.field, "policy");
+        assert!(d.message.contains("not a list or a mapping"), "{d}");
+    }
+
+    #[test]
+    fn scalar_where_mapping_expected() {
+        let d = one_err(&format!("{MINIMAL}limits: 5\n"));
+        assert_eq!(
+            d.to_string(),
+            "proxy.yaml:5:9: limits: expected `key: value` settings here, not a list or a single value"
+        );
+        let d = one_err("- a\n- b\n");
+        assert!(
+            d.to_string()
+                .starts_with("proxy.yaml:1:1: the file must be a mapping"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn duplicate_key() {
+        let d = one_err(&format!("{MINIMAL}policy: other.yaml\n"));
+        assert_eq!(d.at.line_col, Some((5, 1)));
+        assert!(
+            d.message.contains("duplicate")
+                && d.message.contains("policy")
+                && d.message.contains("keep one"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod detect;
 pub mod identity;
+pub mod redirect;
 pub mod scan;
 pub mod sidecar;
 // Sidecar surroundings: configuration, audit log, metrics, admin API.

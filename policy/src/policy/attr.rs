@@ -146,8 +146,15 @@ impl Attr {
                 Attr::Reported(p.split('.').map(Into::into).collect())
             }
             _ => {
-                let heads: Vec<&str> = TOP.iter().map(|k| k.split('.').next().unwrap_or(k)).collect();
-                let list = TOP.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                let heads: Vec<&str> = TOP
+                    .iter()
+                    .map(|k| k.split('.').next().unwrap_or(k))
+                    .collect();
+                let list = TOP
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return Err(match super::error::suggest(head, &heads) {
                     Some(s) => format!("did you mean `{s}`? claim paths are {list}"),
                     None => format!("claim paths are {list}"),
@@ -272,7 +279,11 @@ fn field_hint(section: &str, field: &str, all: &[&str]) -> String {
         .collect();
     let prefixed: Vec<String> = fields.iter().map(|f| format!("{section}.{f}")).collect();
     let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
-    super::error::choices_hint(&format!("{section}.{field}"), &refs, &format!("`{section}` paths"))
+    super::error::choices_hint(
+        &format!("{section}.{field}"),
+        &refs,
+        &format!("`{section}` paths"),
+    )
 }
 
 impl fmt::Display for Attr {
@@ -314,7 +325,8 @@ mod tests {
     fn claims() -> AppIdClaims {
         let mut c = AppIdClaims::new("spiffe://td/ns/a/sa/web", "join_token");
         c.labels.insert("app".into(), "web".into());
-        c.labels.insert("app.kubernetes.io/name".into(), "web-k".into());
+        c.labels
+            .insert("app.kubernetes.io/name".into(), "web-k".into());
         c.vulns = Some(Vulns {
             critical: 2,
             high: 1,
@@ -328,7 +340,8 @@ mod tests {
         };
         cloud.tags.insert("env".into(), "prod".into());
         c.cloud = Some(cloud);
-        c.reported = serde_json::from_str(r#"{"process":{"uid":1000,"root":false,"name":"x"}}"#).ok();
+        c.reported =
+            serde_json::from_str(r#"{"process":{"uid":1000,"root":false,"name":"x"}}"#).ok();
         c
     }
 

@@ -113,8 +113,7 @@ impl Diags {
 
     /// Binds the positions to `file`, sorted by position.
     pub fn into_errors(mut self, file: &str) -> PolicyErrors {
-        self.0
-            .sort_by_key(|d| (d.mark.line, d.mark.column));
+        self.0.sort_by_key(|d| (d.mark.line, d.mark.column));
         PolicyErrors(
             self.0
                 .into_iter()

@@ -60,11 +60,12 @@ impl Explanation<'_> {
 }
 
 const CALLER_IN_MESH: &str = "from.unauthenticated (the caller is in the mesh)";
-const CALLER_OUTSIDE: &str = "from (the caller is outside the mesh; only from.unauthenticated rules apply)";
+const CALLER_OUTSIDE: &str =
+    "from (the caller is outside the mesh; only from.unauthenticated rules apply)";
 const CALLEE_IN_MESH: &str = "to.external (the destination is in the mesh)";
-const CALLEE_OUTSIDE: &str = "to (the destination is outside the mesh; only to.external rules apply)";
-const NOT_NAMING_METADATA: &str =
-    "to.external (the destination is the cloud metadata API, which only rules naming it explicitly allow)";
+const CALLEE_OUTSIDE: &str =
+    "to (the destination is outside the mesh; only to.external rules apply)";
+const NOT_NAMING_METADATA: &str = "to.external (the destination is the cloud metadata API, which only rules naming it explicitly allow)";
 
 impl Policy {
     /// The decision for `q` and, for every rule, the clauses that failed.

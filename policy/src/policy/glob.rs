@@ -76,6 +76,16 @@ impl Glob {
         Glob::new(pattern, b'.', true)
     }
 
+    /// Exactly `text`, taken literally (no wildcards, nothing refused).
+    pub fn literal(text: &str) -> Glob {
+        Glob {
+            pattern: text.into(),
+            sep: b'/',
+            fold_case: false,
+            form: Form::Exact(text.as_bytes().into()),
+        }
+    }
+
     fn new(pattern: &str, sep: u8, fold_case: bool) -> Result<Glob, GlobError> {
         let sep_c = char::from(sep);
         let err = |message: String, hint: String| Err(GlobError { message, hint });
@@ -186,10 +196,7 @@ impl Glob {
             Form::Exact(b) | Form::Subtree(b) | Form::SegmentRest(b) => &b[..],
             Form::Everything => &[][..],
             Form::Nfa(els) => {
-                let n = els
-                    .iter()
-                    .take_while(|e| matches!(e, El::Byte(_)))
-                    .count();
+                let n = els.iter().take_while(|e| matches!(e, El::Byte(_))).count();
                 // Exact bytes up to the first wildcard; mapped back to text below.
                 return prefix_str(&self.pattern, n, self.sep);
             }
@@ -231,7 +238,11 @@ impl Glob {
         set(&mut states, 0);
         close(els, &mut states);
         for &b in text {
-            let b = if self.fold_case { b.to_ascii_lowercase() } else { b };
+            let b = if self.fold_case {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            };
             let mut next = [0u64; WORDS];
             let mut any = false;
             for (w, word) in states.iter().enumerate() {
@@ -359,11 +370,27 @@ mod tests {
             ("*", "a/b", false),
             ("**", "a/b/c", true),
             ("**", "", true),
-            ("spiffe://td/ns/shop/sa/*", "spiffe://td/ns/shop/sa/web", true),
-            ("spiffe://td/ns/shop/sa/*", "spiffe://td/ns/shop/sa/web/x", false),
+            (
+                "spiffe://td/ns/shop/sa/*",
+                "spiffe://td/ns/shop/sa/web",
+                true,
+            ),
+            (
+                "spiffe://td/ns/shop/sa/*",
+                "spiffe://td/ns/shop/sa/web/x",
+                false,
+            ),
             ("spiffe://td/ns/shop/sa/*", "spiffe://td/ns/shop/sa/", true),
-            ("spiffe://td/ns/*/sa/web", "spiffe://td/ns/shop/sa/web", true),
-            ("spiffe://td/ns/*/sa/web", "spiffe://td/ns/a/b/sa/web", false),
+            (
+                "spiffe://td/ns/*/sa/web",
+                "spiffe://td/ns/shop/sa/web",
+                true,
+            ),
+            (
+                "spiffe://td/ns/*/sa/web",
+                "spiffe://td/ns/a/b/sa/web",
+                false,
+            ),
             ("spiffe://td/**", "spiffe://td/ns/a/b", true),
             ("spiffe://td/**", "spiffe://td", true),
             ("spiffe://td/**", "spiffe://tdx/a", false),
@@ -397,9 +424,17 @@ mod tests {
         assert!(g.matches("api.stripe.com"));
         assert!(g.matches("API.STRIPE.COM"));
         assert!(!g.matches("a.b.stripe.com"));
-        assert!(Glob::host("**.stripe.com").unwrap().matches("a.b.stripe.com"));
+        assert!(
+            Glob::host("**.stripe.com")
+                .unwrap()
+                .matches("a.b.stripe.com")
+        );
         assert!(Glob::host("**.stripe.com").unwrap().matches("stripe.com"));
-        assert!(Glob::host("api.stripe.com").unwrap().matches("API.stripe.com"));
+        assert!(
+            Glob::host("api.stripe.com")
+                .unwrap()
+                .matches("API.stripe.com")
+        );
     }
 
     #[test]
@@ -421,15 +456,31 @@ mod tests {
     }
 
     #[test]
+    fn literals_are_taken_as_written() {
+        let g = Glob::literal("a?[b]*");
+        assert!(g.matches("a?[b]*"));
+        assert!(!g.matches("a?[b]x"));
+        assert_eq!(g.exact(), Some("a?[b]*"));
+    }
+
+    #[test]
     fn exact_and_prefix_for_indexing() {
         assert_eq!(Glob::path("a/b").unwrap().exact(), Some("a/b"));
         assert_eq!(Glob::path("a/*").unwrap().exact(), None);
         assert_eq!(
-            Glob::path("spiffe://td/ns/*/sa/x").unwrap().separator_prefix(),
+            Glob::path("spiffe://td/ns/*/sa/x")
+                .unwrap()
+                .separator_prefix(),
             "spiffe://td/ns/"
         );
-        assert_eq!(Glob::path("spiffe://td/ns/**").unwrap().separator_prefix(), "spiffe://td/");
-        assert_eq!(Glob::path("spiffe://td/ns/a*").unwrap().separator_prefix(), "spiffe://td/ns/");
+        assert_eq!(
+            Glob::path("spiffe://td/ns/**").unwrap().separator_prefix(),
+            "spiffe://td/"
+        );
+        assert_eq!(
+            Glob::path("spiffe://td/ns/a*").unwrap().separator_prefix(),
+            "spiffe://td/ns/"
+        );
         assert_eq!(Glob::path("*/x").unwrap().separator_prefix(), "");
         assert_eq!(Glob::path("**/x").unwrap().separator_prefix(), "");
     }

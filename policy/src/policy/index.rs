@@ -95,7 +95,8 @@ impl Index {
                 match &clause.test {
                     Test::Claim(side, attr, pred) if attr.is_text() => {
                         if let Some(values) = pred.required_values() {
-                            options.push(Key::Exact(dim(&mut exact_dims, *side, attr), dedup(values)));
+                            options
+                                .push(Key::Exact(dim(&mut exact_dims, *side, attr), dedup(values)));
                         } else if let Some(prefixes) = pred.required_prefixes() {
                             options.push(Key::Prefix(
                                 dim(&mut prefix_dims, *side, attr),
@@ -133,8 +134,12 @@ impl Index {
         for options in &keys {
             for key in options {
                 match key {
-                    Key::Exact(d, vs) => vs.iter().for_each(|v| *exact_count.entry((*d, v)).or_default() += 1),
-                    Key::Prefix(d, ps) => ps.iter().for_each(|p| *prefix_count.entry((*d, p)).or_default() += 1),
+                    Key::Exact(d, vs) => vs
+                        .iter()
+                        .for_each(|v| *exact_count.entry((*d, v)).or_default() += 1),
+                    Key::Prefix(d, ps) => ps
+                        .iter()
+                        .for_each(|p| *prefix_count.entry((*d, p)).or_default() += 1),
                     Key::Ports(bs) => bs.iter().for_each(|b| port_count[*b] += 1),
                 }
             }
@@ -174,17 +179,21 @@ impl Index {
                 None => rest.push(id),
             }
         }
-        let finish = |dims: Vec<(Side, Attr)>, maps: Vec<FxMap<Box<str>, Vec<u32>>>| -> Box<[Dim]> {
-            dims.into_iter()
-                .zip(maps)
-                .filter(|(_, m)| !m.is_empty())
-                .map(|((side, attr), m)| Dim {
-                    side,
-                    attr,
-                    map: m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
-                })
-                .collect()
-        };
+        let finish =
+            |dims: Vec<(Side, Attr)>, maps: Vec<FxMap<Box<str>, Vec<u32>>>| -> Box<[Dim]> {
+                dims.into_iter()
+                    .zip(maps)
+                    .filter(|(_, m)| !m.is_empty())
+                    .map(|((side, attr), m)| Dim {
+                        side,
+                        attr,
+                        map: m
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_boxed_slice()))
+                            .collect(),
+                    })
+                    .collect()
+            };
         Index {
             exact: finish(exact_dims, exact),
             prefix: finish(prefix_dims, prefix),

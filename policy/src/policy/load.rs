@@ -166,7 +166,10 @@ fn map_entries<'n, 'a>(
     let Value::Map(pairs) = &node.value else {
         diags.push(
             node.mark,
-            format!("{what} must be a map of `key: value`, found {}", node.kind()),
+            format!(
+                "{what} must be a map of `key: value`, found {}",
+                node.kind()
+            ),
             "write `key: value` lines (or `{key: value}`) here",
         );
         return None;
@@ -175,13 +178,20 @@ fn map_entries<'n, 'a>(
     let mut out = Vec::with_capacity(pairs.len());
     for (k, v) in pairs {
         let Some(key) = k.scalar().filter(|_| !k.is_null()) else {
-            diags.push(k.mark, format!("a key in {what} must be a name"), "write `name: value`");
+            diags.push(
+                k.mark,
+                format!("a key in {what} must be a name"),
+                "write `name: value`",
+            );
             continue;
         };
         if let Some(first) = seen.get(key) {
             diags.push(
                 k.mark,
-                format!("duplicate key `{key}` in {what} (first at line {})", first.line),
+                format!(
+                    "duplicate key `{key}` in {what} (first at line {})",
+                    first.line
+                ),
                 "keep only one of them",
             );
             continue;
@@ -204,7 +214,12 @@ fn unknown_key(e: &Entry<'_, '_>, known: &[&str], what: &str, diags: &mut Diags)
     );
 }
 
-fn keyword<T: Copy>(node: &Node<'_>, choices: &[(&str, T)], what: &str, diags: &mut Diags) -> Option<T> {
+fn keyword<T: Copy>(
+    node: &Node<'_>,
+    choices: &[(&str, T)],
+    what: &str,
+    diags: &mut Diags,
+) -> Option<T> {
     let text = node.scalar().unwrap_or("");
     if let Some((_, v)) = choices.iter().find(|(k, _)| *k == text) {
         return Some(*v);
@@ -230,24 +245,29 @@ fn load_rules(node: &Node<'_>, diags: &mut Diags) -> Vec<Rule> {
         );
         return Vec::new();
     };
-    let mut names: HashMap<String, Mark> = HashMap::new();
+    let mut names: HashMap<&str, Mark> = HashMap::new();
     let mut rules = Vec::with_capacity(items.len());
     for item in items {
-        if let Some((rule, name_node)) = load_rule(item, diags) {
-            if let Some(first) = names.get(&*rule.name) {
+        let (rule, name_node) = load_rule(item, diags);
+        // Names are checked for duplicates even when the rule has other
+        // errors, so one run reports both.
+        if let Some(name_node) = name_node
+            && let Some(name) = name_node.scalar().filter(|n| !n.is_empty())
+        {
+            if let Some(first) = names.get(name) {
                 diags.push(
                     name_node.mark,
                     format!(
-                        "duplicate rule name `{}` (first defined at line {})",
-                        rule.name, first.line
+                        "duplicate rule name `{name}` (first defined at line {})",
+                        first.line
                     ),
                     "give each rule a unique name; it appears in every decision log",
                 );
                 continue;
             }
-            names.insert(rule.name.to_string(), name_node.mark);
-            rules.push(rule);
+            names.insert(name, name_node.mark);
         }
+        rules.extend(rule);
     }
     rules
 }
@@ -262,9 +282,15 @@ struct Parts {
     http: Vec<Clause>,
 }
 
-fn load_rule<'n, 'a>(node: &'n Node<'a>, diags: &mut Diags) -> Option<(Rule, &'n Node<'a>)> {
+/// A rule (if it has no errors) and its `name` node (if it has one).
+fn load_rule<'n, 'a>(
+    node: &'n Node<'a>,
+    diags: &mut Diags,
+) -> (Option<Rule>, Option<&'n Node<'a>>) {
     let errors_before = diags.len();
-    let entries = map_entries(node, "a rule", diags)?;
+    let Some(entries) = map_entries(node, "a rule", diags) else {
+        return (None, None);
+    };
     let (mut name, mut action, mut from, mut to, mut http) = (None, None, None, None, None);
     for e in &entries {
         match e.key {
@@ -277,12 +303,21 @@ fn load_rule<'n, 'a>(node: &'n Node<'a>, diags: &mut Diags) -> Option<(Rule, &'n
         }
     }
     let Some(name_node) = name else {
-        diags.push(node.mark, "a rule has no `name`", "add `name: <unique-name>`, e.g. `name: web-to-api`");
-        return None;
+        diags.push(
+            node.mark,
+            "a rule has no `name`",
+            "add `name: <unique-name>`, e.g. `name: web-to-api`",
+        );
+        return (None, None);
     };
     let name = rule_name(name_node, diags);
     let action = match action {
-        Some(a) => keyword(a, &[("allow", Action::Allow), ("deny", Action::Deny)], "action", diags),
+        Some(a) => keyword(
+            a,
+            &[("allow", Action::Allow), ("deny", Action::Deny)],
+            "action",
+            diags,
+        ),
         None => {
             diags.push(
                 node.mark,
@@ -319,10 +354,12 @@ fn load_rule<'n, 'a>(node: &'n Node<'a>, diags: &mut Diags) -> Option<(Rule, &'n
         load_http(h.value, &mut parts, diags);
     }
 
+    let (Some(name), Some(action)) = (name, action) else {
+        return (None, Some(name_node));
+    };
     if diags.len() != errors_before {
-        return None;
+        return (None, Some(name_node));
     }
-    let (name, action) = (name?, action?);
     let names_metadata = parts.external.iter().any(|c| match &c.test {
         Test::ExternalCidrs(nets) => nets
             .iter()
@@ -339,8 +376,8 @@ fn load_rule<'n, 'a>(node: &'n Node<'a>, diags: &mut Diags) -> Option<(Rule, &'n
     clauses.extend(parts.claims);
     let l7_from = clauses.len();
     clauses.extend(parts.http);
-    Some((
-        Rule {
+    (
+        Some(Rule {
             name: name.into(),
             action,
             mark: node.mark,
@@ -358,9 +395,9 @@ fn load_rule<'n, 'a>(node: &'n Node<'a>, diags: &mut Diags) -> Option<(Rule, &'n
             l7_from,
             is_l7: http.is_some(),
             names_metadata,
-        },
-        name_node,
-    ))
+        }),
+        Some(name_node),
+    )
 }
 
 fn rule_name(node: &Node<'_>, diags: &mut Diags) -> Option<String> {
@@ -370,9 +407,7 @@ fn rule_name(node: &Node<'_>, diags: &mut Diags) -> Option<String> {
         diags.push(
             node.mark,
             format!("`{}` is not a valid rule name", node.flow()),
-            format!(
-                "use up to {MAX_NAME_LEN} letters, digits and `-_.:/`, e.g. `web-to-api`"
-            ),
+            format!("use up to {MAX_NAME_LEN} letters, digits and `-_.:/`, e.g. `web-to-api`"),
         );
         return None;
     }
@@ -388,7 +423,11 @@ fn rule_name(node: &Node<'_>, diags: &mut Diags) -> Option<String> {
 }
 
 /// Reads `from`; returns the `unauthenticated` key node if present.
-fn load_from<'n, 'a>(e: &Entry<'n, 'a>, parts: &mut Parts, diags: &mut Diags) -> Option<&'n Node<'a>> {
+fn load_from<'n, 'a>(
+    e: &Entry<'n, 'a>,
+    parts: &mut Parts,
+    diags: &mut Diags,
+) -> Option<&'n Node<'a>> {
     let entries = map_entries(e.value, "`from`", diags)?;
     let mut unauth = None;
     let mut claim_keys = Vec::new();
@@ -427,7 +466,11 @@ fn load_from<'n, 'a>(e: &Entry<'n, 'a>, parts: &mut Parts, diags: &mut Diags) ->
 }
 
 /// Reads `to`; returns the `external` key node if present.
-fn load_to<'n, 'a>(e: &Entry<'n, 'a>, parts: &mut Parts, diags: &mut Diags) -> Option<&'n Node<'a>> {
+fn load_to<'n, 'a>(
+    e: &Entry<'n, 'a>,
+    parts: &mut Parts,
+    diags: &mut Diags,
+) -> Option<&'n Node<'a>> {
     let entries = map_entries(e.value, "`to`", diags)?;
     let mut external = None;
     let mut others = Vec::new();
@@ -495,7 +538,10 @@ fn claim_clause(e: &Entry<'_, '_>, side: Side, diags: &mut Diags) -> Option<Clau
             };
             diags.push(
                 e.key_node.mark,
-                format!("unknown key `{}` in `{prefix}`: not a claim path or {extra}", e.key),
+                format!(
+                    "unknown key `{}` in `{prefix}`: not a claim path or {extra}",
+                    e.key
+                ),
                 hint,
             );
             return None;
@@ -515,11 +561,12 @@ fn load_unauthenticated(node: &Node<'_>, diags: &mut Diags) -> Option<Clause> {
     for e in &entries {
         match e.key {
             "cidrs" => {
-                cidrs = load_cidrs(e.value, "from.unauthenticated.cidrs", diags).map(|nets| Clause {
-                    path: "from.unauthenticated.cidrs".into(),
-                    text: format!("from.unauthenticated.cidrs: {}", e.value.flow()).into(),
-                    test: Test::SourceCidrs(nets),
-                });
+                cidrs =
+                    load_cidrs(e.value, "from.unauthenticated.cidrs", diags).map(|nets| Clause {
+                        path: "from.unauthenticated.cidrs".into(),
+                        text: format!("from.unauthenticated.cidrs: {}", e.value.flow()).into(),
+                        test: Test::SourceCidrs(nets),
+                    });
             }
             _ => unknown_key(e, UNAUTH_KEYS, "`from.unauthenticated`", diags),
         }
@@ -608,7 +655,10 @@ fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
                 };
                 for h in &headers {
                     let name = h.key.to_ascii_lowercase();
-                    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b)) {
+                    if !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+                    {
                         diags.push(
                             h.key_node.mark,
                             format!("`{}` is not a valid HTTP header name", h.key),
@@ -640,12 +690,21 @@ fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
 fn load_methods(node: &Node<'_>, diags: &mut Diags) -> Option<Box<[Box<str>]>> {
     let items = scalars(node, "`http.methods`", diags)?;
     collect_all(items.into_iter().map(|(text, mark)| {
-        if text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+        if text
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+        {
             Some(text.into())
-        } else if text.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') {
+        } else if text
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+        {
             diags.push(
                 mark,
-                format!("HTTP methods are case-sensitive: `{text}` is not `{}`", text.to_ascii_uppercase()),
+                format!(
+                    "HTTP methods are case-sensitive: `{text}` is not `{}`",
+                    text.to_ascii_uppercase()
+                ),
                 format!("write `{}`", text.to_ascii_uppercase()),
             );
             None
@@ -750,7 +809,10 @@ fn scalars<'n>(node: &'n Node<'_>, what: &str, diags: &mut Diags) -> Option<Vec<
         _ => {
             diags.push(
                 node.mark,
-                format!("{what} takes a value or a list of values, found {}", node.kind()),
+                format!(
+                    "{what} takes a value or a list of values, found {}",
+                    node.kind()
+                ),
                 "write e.g. `[a, b]`",
             );
             return None;
@@ -773,7 +835,10 @@ fn scalars<'n>(node: &'n Node<'_>, what: &str, diags: &mut Diags) -> Option<Vec<
                 ok = false;
                 diags.push(
                     item.mark,
-                    format!("{what}: each entry must be a plain value, found {}", item.kind()),
+                    format!(
+                        "{what}: each entry must be a plain value, found {}",
+                        item.kind()
+                    ),
                     "write a list of plain values",
                 );
             }

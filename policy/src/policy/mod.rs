@@ -142,7 +142,10 @@ impl Policy {
             let mut d = Diags::default();
             d.push(
                 Mark { line: 1, column: 1 },
-                format!("{} rules is more than the {MAX_RULES} supported", loaded.rules.len()),
+                format!(
+                    "{} rules is more than the {MAX_RULES} supported",
+                    loaded.rules.len()
+                ),
                 "merge rules with lists of values",
             );
             return Err(d.into_errors(file_name));

@@ -260,13 +260,19 @@ mod tests {
     #[test]
     fn metadata_endpoints() {
         assert!(is_metadata_api("169.254.169.254".parse().unwrap(), None));
-        assert!(is_metadata_api("::ffff:169.254.169.254".parse().unwrap(), None));
+        assert!(is_metadata_api(
+            "::ffff:169.254.169.254".parse().unwrap(),
+            None
+        ));
         assert!(is_metadata_api("fd00:ec2::254".parse().unwrap(), None));
         assert!(is_metadata_api(
             "10.0.0.1".parse().unwrap(),
             Some("Metadata.Google.Internal.")
         ));
-        assert!(!is_metadata_api("169.254.169.253".parse().unwrap(), Some("example.com")));
+        assert!(!is_metadata_api(
+            "169.254.169.253".parse().unwrap(),
+            Some("example.com")
+        ));
     }
 
     #[test]

@@ -194,7 +194,9 @@ impl Test {
         match self {
             Test::Claim(side, attr, pred) => {
                 let claims = match (side, q.caller, q.callee) {
-                    (Side::Caller, Caller::Meshed(c), _) | (Side::Callee, _, Callee::Meshed(c)) => c,
+                    (Side::Caller, Caller::Meshed(c), _) | (Side::Callee, _, Callee::Meshed(c)) => {
+                        c
+                    }
                     _ => return false,
                 };
                 pred.matches(attr.get(claims))

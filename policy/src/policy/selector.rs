@@ -15,6 +15,10 @@
 //! | `not_in` (= `not: {in}`)   | match             |
 //! | `not: X`                   | the opposite of X |
 //!
+//! A plain value (or list entry) with a `*` in it is a glob, as in the
+//! DESIGN example `id: "spiffe://prod.example/ns/shop/sa/*"`; `in` always
+//! compares exactly, so `{in: ["a*"]}` matches the text `a*` itself.
+//!
 //! Equality compares text with text: a string attribute equals a literal
 //! when the literal, as written, is the same text (`labels.v: 1` matches the
 //! label `"1"`). A numeric attribute (`vulns.*`, numbers under `reported`)
@@ -186,9 +190,32 @@ fn parse_value(node: &Node<'_>, attr: &Attr, diags: &mut Diags) -> Option<Pred> 
                 );
                 return None;
             }
+            if text.contains('*') {
+                return glob_value(node, text, diags).map(|g| Pred::Glob(Box::new([g])));
+            }
             Some(Pred::Eq(Lit::new(text)))
         }
-        Value::Seq(_) => Some(Pred::AnyOf(literals(node, "a list of values", diags)?)),
+        Value::Seq(items) => {
+            let lits = literals(node, "a list of values", diags)?;
+            if !lits.iter().any(|l| l.text.contains('*')) {
+                return Some(Pred::AnyOf(lits));
+            }
+            // Some entries are patterns: the whole list becomes globs,
+            // the plain entries exact ones.
+            let mut ok = true;
+            let mut globs = Vec::with_capacity(items.len());
+            for (item, lit) in items.iter().zip(lits.iter()) {
+                if lit.text.contains('*') {
+                    match glob_value(item, &lit.text, diags) {
+                        Some(g) => globs.push(g),
+                        None => ok = false,
+                    }
+                } else {
+                    globs.push(Glob::literal(&lit.text));
+                }
+            }
+            ok.then(|| Pred::Glob(globs.into()))
+        }
         Value::Map(entries) => {
             if entries.is_empty() {
                 diags.push(
@@ -218,7 +245,12 @@ fn parse_value(node: &Node<'_>, attr: &Attr, diags: &mut Diags) -> Option<Pred> 
     }
 }
 
-fn parse_operator(key: &Node<'_>, value: &Node<'_>, attr: &Attr, diags: &mut Diags) -> Option<Pred> {
+fn parse_operator(
+    key: &Node<'_>,
+    value: &Node<'_>,
+    attr: &Attr,
+    diags: &mut Diags,
+) -> Option<Pred> {
     let Some(op) = key.scalar() else {
         diags.push(key.mark, "an operator must be a name", operators_hint(""));
         return None;
@@ -232,7 +264,11 @@ fn parse_operator(key: &Node<'_>, value: &Node<'_>, attr: &Attr, diags: &mut Dia
                 _ => vec![value],
             };
             if items.is_empty() {
-                diags.push(value.mark, "empty `glob` list matches nothing", "list at least one pattern");
+                diags.push(
+                    value.mark,
+                    "empty `glob` list matches nothing",
+                    "list at least one pattern",
+                );
                 return None;
             }
             let want = items.len();
@@ -245,7 +281,10 @@ fn parse_operator(key: &Node<'_>, value: &Node<'_>, attr: &Attr, diags: &mut Dia
                     },
                     None => diags.push(
                         item.mark,
-                        format!("`glob` takes a pattern or a list of patterns, found {}", item.kind()),
+                        format!(
+                            "`glob` takes a pattern or a list of patterns, found {}",
+                            item.kind()
+                        ),
                         "write e.g. `{glob: \"spiffe://td/ns/*\"}`",
                     ),
                 }
@@ -297,6 +336,25 @@ fn parse_operator(key: &Node<'_>, value: &Node<'_>, attr: &Attr, diags: &mut Dia
     }
 }
 
+/// A plain value with `*` in it: a glob.
+fn glob_value(node: &Node<'_>, text: &str, diags: &mut Diags) -> Option<Glob> {
+    match Glob::path(text) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            diags.push(
+                node.mark,
+                format!("bad glob: {}", e.message),
+                format!(
+                    "{}; or, to match a literal `*`, write `{{in: [{}]}}`",
+                    e.hint,
+                    node.flow()
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn operators_hint(word: &str) -> String {
     choices_hint(word, OPERATORS, "operators")
 }
@@ -316,7 +374,11 @@ fn literals(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<Box<[Lit]>
         }
     };
     if items.is_empty() {
-        diags.push(node.mark, format!("empty {what} matches nothing"), "list at least one value");
+        diags.push(
+            node.mark,
+            format!("empty {what} matches nothing"),
+            "list at least one value",
+        );
         return None;
     }
     let want = items.len();
@@ -326,7 +388,10 @@ fn literals(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<Box<[Lit]>
             Some(text) => out.push(Lit::new(text)),
             None => diags.push(
                 item.mark,
-                format!("{what}: each entry must be a plain value, found {}", item.kind()),
+                format!(
+                    "{what}: each entry must be a plain value, found {}",
+                    item.kind()
+                ),
                 "write scalar values such as `web` or `8080`",
             ),
         }
@@ -377,6 +442,15 @@ mod tests {
             ("true", Bool(true), true),
             ("true", Bool(false), false),
             ("web", Compound, false),
+            // plain value or list entry with `*`: glob
+            ("\"spiffe://td/ns/*\"", Str("spiffe://td/ns/a"), true),
+            ("\"spiffe://td/ns/*\"", Str("spiffe://td/ns/a/b"), false),
+            ("\"spiffe://td/ns/*\"", Str("spiffe://td/ns/*"), true),
+            ("[web, \"api-*\"]", Str("api-v2"), true),
+            ("[web, \"api-*\"]", Str("web"), true),
+            ("[web, \"api-*\"]", Str("db"), false),
+            ("{in: [\"a*\"]}", Str("a*"), true),
+            ("{in: [\"a*\"]}", Str("ab"), false),
             // list: any of
             ("[web, api]", Str("api"), true),
             ("[web, api]", Str("db"), false),
@@ -389,8 +463,16 @@ mod tests {
             ("{not_in: [aws, gcp]}", Str("aws"), false),
             ("{not_in: [aws, gcp]}", Missing, true),
             // glob
-            ("{glob: \"spiffe://td/ns/*\"}", Str("spiffe://td/ns/a"), true),
-            ("{glob: \"spiffe://td/ns/*\"}", Str("spiffe://td/ns/a/b"), false),
+            (
+                "{glob: \"spiffe://td/ns/*\"}",
+                Str("spiffe://td/ns/a"),
+                true,
+            ),
+            (
+                "{glob: \"spiffe://td/ns/*\"}",
+                Str("spiffe://td/ns/a/b"),
+                false,
+            ),
             ("{glob: [\"a*\", \"b*\"]}", Str("bee"), true),
             ("{glob: \"*\"}", Missing, false),
             ("{glob: \"1*\"}", Num(10.0), false),
@@ -430,7 +512,11 @@ mod tests {
             ("{not: {exists: true}}", Missing, true),
         ];
         for (src, value, want) in cases {
-            assert_eq!(pred("labels.x", src).matches(*value), *want, "{src} on {value:?}");
+            assert_eq!(
+                pred("labels.x", src).matches(*value),
+                *want,
+                "{src} on {value:?}"
+            );
         }
     }
 
@@ -439,27 +525,64 @@ mod tests {
         assert_eq!(pred("id", "a").required_values(), Some(vec!["a"]));
         assert_eq!(pred("id", "[a, b]").required_values(), Some(vec!["a", "b"]));
         assert_eq!(pred("id", "{in: [a]}").required_values(), Some(vec!["a"]));
-        assert_eq!(pred("id", "{glob: x/y}").required_values(), Some(vec!["x/y"]));
+        assert_eq!(
+            pred("id", "{glob: x/y}").required_values(),
+            Some(vec!["x/y"])
+        );
         assert_eq!(pred("id", "{glob: x/*}").required_values(), None);
         assert_eq!(pred("id", "{not: a}").required_values(), None);
-        assert_eq!(pred("id", "{glob: [\"a/b/*\", c/*]}").required_prefixes(), Some(vec!["a/b/", "c/"]));
-        assert_eq!(pred("id", "{glob: [\"a/b/*\", \"*\"]}").required_prefixes(), None);
+        assert_eq!(
+            pred("id", "{glob: [\"a/b/*\", c/*]}").required_prefixes(),
+            Some(vec!["a/b/", "c/"])
+        );
+        assert_eq!(
+            pred("id", "{glob: [\"a/b/*\", \"*\"]}").required_prefixes(),
+            None
+        );
     }
 
     #[test]
     fn bad_selectors_say_what_to_write() {
         let mut bad = Vec::new();
         for (attr, src, needle) in [
-            ("labels.x", "{lt3: 1}", "1:5: unknown operator `lt3`; did you mean `lt`?"),
-            ("labels.x", "{lte: abc}", "1:10: `lte` needs a number, found `abc`"),
-            ("labels.x", "{exists: yes}", "1:13: `exists` takes true or false"),
-            ("labels.x", "{glob: \"a**\"}", "1:11: bad glob: `**` must be a whole segment"),
+            (
+                "labels.x",
+                "{lt3: 1}",
+                "1:5: unknown operator `lt3`; did you mean `lt`?",
+            ),
+            (
+                "labels.x",
+                "{lte: abc}",
+                "1:10: `lte` needs a number, found `abc`",
+            ),
+            (
+                "labels.x",
+                "{exists: yes}",
+                "1:13: `exists` takes true or false",
+            ),
+            (
+                "labels.x",
+                "{glob: \"a**\"}",
+                "1:11: bad glob: `**` must be a whole segment",
+            ),
             ("labels.x", "{in: []}", "1:9: empty `in` matches nothing"),
             ("labels.x", "{}", "1:4: empty operator map"),
             ("labels.x", "", "empty value for `labels.x`"),
-            ("labels.x", "[a, [b]]", "1:8: a list of values: each entry must be a plain value"),
-            ("labels", "{app: web}", "write `labels.app: ...` instead of a nested map"),
-            ("labels", "web", "`labels` is a map of claims; only `exists` can test it"),
+            (
+                "labels.x",
+                "[a, [b]]",
+                "1:8: a list of values: each entry must be a plain value",
+            ),
+            (
+                "labels",
+                "{app: web}",
+                "write `labels.app: ...` instead of a nested map",
+            ),
+            (
+                "labels",
+                "web",
+                "`labels` is a map of claims; only `exists` can test it",
+            ),
         ] {
             let e = err(attr, src);
             if !e.contains(needle) {

@@ -66,7 +66,10 @@ impl<'a> Node<'a> {
     /// A plain `true`/`false`.
     pub fn as_bool(&self) -> Option<bool> {
         match &self.value {
-            Value::Scalar { text, quoted: false } => match text.as_ref() {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => match text.as_ref() {
                 "true" | "True" | "TRUE" => Some(true),
                 "false" | "False" | "FALSE" => Some(false),
                 _ => None,
@@ -290,17 +293,36 @@ mod tests {
         let keys = map_keys(&root);
         assert_eq!(keys[0], ("a", Mark { line: 1, column: 1 }));
         assert_eq!(keys[1], ("rules", Mark { line: 2, column: 1 }));
-        let Value::Map(entries) = &root.value else { panic!() };
-        let Value::Seq(items) = &entries[1].1.value else { panic!() };
-        assert_eq!(map_keys(&items[0]), vec![("name", Mark { line: 3, column: 5 })]);
+        let Value::Map(entries) = &root.value else {
+            panic!()
+        };
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!()
+        };
+        assert_eq!(
+            map_keys(&items[0]),
+            vec![("name", Mark { line: 3, column: 5 })]
+        );
     }
 
     #[test]
     fn scalars_remember_quoting_and_nulls() {
         let root = parse("a: \"1\"\nb: 1\nc:\nd: ~\n").unwrap().unwrap();
         let Value::Map(e) = &root.value else { panic!() };
-        assert_eq!(e[0].1.value, Value::Scalar { text: "1".into(), quoted: true });
-        assert_eq!(e[1].1.value, Value::Scalar { text: "1".into(), quoted: false });
+        assert_eq!(
+            e[0].1.value,
+            Value::Scalar {
+                text: "1".into(),
+                quoted: true
+            }
+        );
+        assert_eq!(
+            e[1].1.value,
+            Value::Scalar {
+                text: "1".into(),
+                quoted: false
+            }
+        );
         assert!(e[2].1.is_null());
         assert!(e[3].1.is_null());
         assert!(!e[0].1.is_null());

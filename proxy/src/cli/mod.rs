@@ -15,6 +15,7 @@ mod cert;
 mod issue;
 mod policy;
 mod proxy;
+mod redirect;
 
 /// appid: a transparent mTLS sidecar that authorizes workloads by their
 /// signed AppID claims (SPIFFE ID, labels, image, vulnerabilities, cloud).
@@ -41,6 +42,8 @@ enum Command {
     },
     /// Run the sidecar
     Proxy(proxy::ProxyArgs),
+    /// Install, remove or show the transparent-capture iptables rules
+    Redirect(redirect::RedirectArgs),
     /// Check a policy file, or explain a decision
     Policy {
         #[command(subcommand)]
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Cert { command } => cert::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Proxy(args) => proxy::run(args),
+        Command::Redirect(args) => redirect::run(args),
     };
     match result {
         Ok(code) => code,

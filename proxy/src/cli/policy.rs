@@ -133,8 +133,9 @@ impl Party {
         {
             return Ok(Party::Ip(ip));
         }
-        let claims = claims_from_pem_file(&path).with_context(|| {
-            format!("{flag} {value}: give an AppID certificate (PEM) or an IP address")
+        // The error names the file and the problem; say what to give instead.
+        let claims = claims_from_pem_file(&path).map_err(|e| {
+            anyhow!("{flag}: {e}; give an AppID certificate (PEM) or an IP address")
         })?;
         Ok(Party::Cert(path, Box::new(claims)))
     }

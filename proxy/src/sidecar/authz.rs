@@ -265,6 +265,12 @@ impl Headers for HeaderMapView<'_> {
 }
 
 impl RequestAuthorizer for ConnAuthz {
+    fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        self.shared
+            .metrics
+            .http_request(metrics_direction(self.direction), status, elapsed);
+    }
+
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
         let policy = self.shared.policy.load();
         let headers = HeaderMapView(request.headers);

@@ -50,6 +50,10 @@ pub enum RequestVerdict {
 /// Decides each request (and writes its audit line).
 pub trait RequestAuthorizer: Send + Sync + 'static {
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict;
+
+    /// Called once per request with its response status and how long the
+    /// proxy took to get the response head (for metrics).
+    fn observe(&self, _status: u16, _elapsed: Duration) {}
 }
 
 /// Headers the inbound sidecar adds for an authenticated peer.

@@ -133,7 +133,9 @@ impl Shared {
     fn http_limits(&self) -> http::HttpLimits {
         http::HttpLimits {
             max_header_bytes: self.limits.max_header_bytes,
-            header_timeout: self.limits.detect_timeout,
+            // hyper runs this timer whenever it waits for a request head,
+            // including between keep-alive requests: it is the idle timeout.
+            header_timeout: self.limits.idle_timeout,
         }
     }
 

@@ -1,0 +1,251 @@
+//! The local apps behind the server sidecar: an HTTP/1.1 + h2c + gRPC app
+//! and a TCP echo. Both run on the test's runtime and stop on drop.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use super::grpc;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The gRPC methods the app serves.
+pub const GRPC_UNARY: &str = "/appid.test.Echo/Unary";
+pub const GRPC_STREAM: &str = "/appid.test.Echo/Count";
+
+/// What the app observed, for assertions.
+#[derive(Default)]
+pub struct AppState {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Requests received (any kind).
+    pub requests: AtomicU64,
+    /// `/slow` requests that have started (and will answer in a second).
+    pub slow_started: AtomicU64,
+    /// The gRPC streaming client got the first message: send the rest.
+    pub stream_first_received: Notify,
+}
+
+/// HTTP app: for any path, answers `200` with a JSON echo of the request
+/// (`method`, `path`, `version`, `conn` — the number of the connection it
+/// came on — and `headers`, name → list of values). `/slow` answers the
+/// same after one second. gRPC (`content-type: application/grpc`) goes to
+/// [`GRPC_UNARY`] (echoes the message) and [`GRPC_STREAM`] (one-byte
+/// request `n`, answers `n` messages).
+pub struct HttpApp {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    task: JoinHandle<()>,
+}
+
+impl HttpApp {
+    pub async fn start() -> HttpApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(AppState::default());
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let conn = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |request| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(respond(request, conn, state).await) }
+                        });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        HttpApp { addr, state, task }
+    }
+}
+
+impl Drop for HttpApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
+}
+
+async fn respond(request: Request<Incoming>, conn: u64, state: Arc<AppState>) -> Response<Body> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        return grpc_respond(request, state).await;
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in request.headers() {
+        let entry = headers
+            .entry(name.as_str().to_string())
+            .or_insert_with(|| json!([]));
+        entry
+            .as_array_mut()
+            .unwrap()
+            .push(json!(String::from_utf8_lossy(value.as_bytes())));
+    }
+    let echo = json!({
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "version": format!("{:?}", request.version()),
+        "conn": conn,
+        "headers": headers,
+    });
+    if request.uri().path() == "/slow" {
+        state.slow_started.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut response = Response::new(full(echo.to_string()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn grpc_respond(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let peer_id = request.headers().get("x-appid-peer-id").cloned();
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return grpc_trailers_only("13", "request body failed"),
+    };
+    let Some(messages) = grpc::decode_messages(&body) else {
+        return grpc_trailers_only("13", "bad gRPC framing");
+    };
+    let [message] = messages.as_slice() else {
+        return grpc_trailers_only("12", "expected exactly one request message");
+    };
+    let (tx, rx) = mpsc::channel::<Frame<Bytes>>(16);
+    match path.as_str() {
+        GRPC_UNARY => {
+            tx.try_send(Frame::data(grpc::encode_message(message))).unwrap();
+            tx.try_send(Frame::trailers(grpc::status_trailers("0"))).unwrap();
+        }
+        GRPC_STREAM => {
+            let count = message.first().copied().unwrap_or(0);
+            tokio::spawn(stream_counts(tx, count, state));
+        }
+        _ => return grpc_trailers_only("12", "unknown method"),
+    }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (Ok::<_, Infallible>(frame), rx))
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    if let Some(peer_id) = peer_id {
+        headers.insert("x-seen-peer-id", peer_id);
+    }
+    response
+}
+
+/// Sends `count` messages; after the first, waits until the test's client
+/// says it received it, which proves the sidecars pass messages through
+/// as they come instead of buffering the whole response.
+async fn stream_counts(tx: mpsc::Sender<Frame<Bytes>>, count: u8, state: Arc<AppState>) {
+    for i in 0..count {
+        let message = format!("count {i}");
+        if tx
+            .send(Frame::data(grpc::encode_message(message.as_bytes())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if i == 0 {
+            let first = state.stream_first_received.notified();
+            if tokio::time::timeout(Duration::from_secs(10), first).await.is_err() {
+                let _ = tx.send(Frame::trailers(grpc::status_trailers("4"))).await;
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Frame::trailers(grpc::status_trailers("0"))).await;
+}
+
+fn grpc_trailers_only(status: &'static str, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(status));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    response
+}
+
+/// A TCP echo server: every byte back, half-close when the client does.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    pub async fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let connections = connections.clone();
+            async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let (mut read, mut write) = stream.split();
+                        if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+                            let _ = write.shutdown().await;
+                        }
+                    });
+                }
+            }
+        });
+        EchoServer {
+            addr,
+            connections,
+            task,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,56 @@
+//! Harness for the sidecar end-to-end tests: identities issued with the
+//! real `appid` CLI, `appid proxy` processes that are killed on drop, small
+//! backends (HTTP/1.1 + h2c + gRPC app, TCP echo) and clients (curl,
+//! openssl, a hand-framed gRPC client, raw TCP).
+//!
+//! Everything a test starts is owned by a guard: a panic anywhere still
+//! kills every sidecar and stops every backend.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod apps;
+pub mod clients;
+pub mod grpc;
+pub mod net;
+pub mod pki;
+pub mod sidecar;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with
+/// `what` (and whatever `context` says then) after `limit`.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    context: impl Fn() -> String,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The third-party fixtures directory (`../shared/fixtures`), when present;
+/// required under `CI=true`.
+pub fn shared_fixtures() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    if dir.is_dir() {
+        Some(dir)
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{} is required in CI", dir.display());
+    } else {
+        None
+    }
+}

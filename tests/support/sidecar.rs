@@ -1,0 +1,264 @@
+//! `appid proxy --config` as a child process, killed on drop.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::net::{free_port, http_status, local};
+use super::pki::{APPID, Cert};
+
+/// How long a sidecar may take to become ready (debug build, busy CI).
+const READY_LIMIT: Duration = Duration::from_secs(20);
+
+/// What to start.
+pub struct SidecarBuilder {
+    name: String,
+    dir: PathBuf,
+    cert: Cert,
+    bundle: PathBuf,
+    trust_domain: String,
+    policy: PathBuf,
+    inbound: Vec<(u16, Option<SocketAddr>)>,
+    outbound: Vec<(u16, Option<SocketAddr>)>,
+    limits: Vec<(String, String)>,
+}
+
+impl SidecarBuilder {
+    /// A sidecar called `name` (its files go to `dir/<name>-*`) with the
+    /// identity `cert` trusted by `bundle`, enforcing `policy`.
+    pub fn new(name: &str, dir: &Path, cert: &Cert, bundle: &Path, trust_domain: &str, policy: &Path) -> Self {
+        SidecarBuilder {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            cert: cert.clone(),
+            bundle: bundle.to_path_buf(),
+            trust_domain: trust_domain.to_string(),
+            policy: policy.to_path_buf(),
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            // Short enough that a test waiting on them stays quick, long
+            // enough for a debug build on a loaded machine.
+            limits: vec![
+                ("handshake_timeout".into(), "5s".into()),
+                ("drain_timeout".into(), "10s".into()),
+            ],
+        }
+    }
+
+    /// An explicit inbound: mTLS (or plaintext from outside the mesh) on
+    /// `127.0.0.1:listen`, forwarded to the app at `forward`.
+    pub fn inbound(mut self, listen: u16, forward: SocketAddr) -> Self {
+        self.inbound.push((listen, Some(forward)));
+        self
+    }
+
+    /// An explicit outbound: plaintext from the app on `127.0.0.1:listen`,
+    /// mTLS to the peer sidecar at `upstream`.
+    pub fn outbound(mut self, listen: u16, upstream: SocketAddr) -> Self {
+        self.outbound.push((listen, Some(upstream)));
+        self
+    }
+
+    /// Sets `limits.<key>` (e.g. `("max_connections", "2")`).
+    pub fn limit(mut self, key: &str, value: &str) -> Self {
+        self.limits.retain(|(k, _)| k != key);
+        self.limits.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn config(&self, admin: SocketAddr, audit: &Path) -> String {
+        let mut yaml = String::new();
+        let q = |p: &Path| serde_json::to_string(p.to_str().expect("UTF-8 path")).unwrap();
+        writeln!(yaml, "identity:").unwrap();
+        writeln!(yaml, "  cert: {}", q(&self.cert.cert)).unwrap();
+        writeln!(yaml, "  key: {}", q(&self.cert.key)).unwrap();
+        writeln!(yaml, "  bundle: {}", q(&self.bundle)).unwrap();
+        writeln!(yaml, "trust_domains: [{}]", self.trust_domain).unwrap();
+        writeln!(yaml, "policy: {}", q(&self.policy)).unwrap();
+        for (section, listeners, key) in [
+            ("inbound", &self.inbound, "forward"),
+            ("outbound", &self.outbound, "upstream"),
+        ] {
+            if listeners.is_empty() {
+                continue;
+            }
+            writeln!(yaml, "{section}:").unwrap();
+            for (listen, target) in listeners {
+                writeln!(yaml, "  - listen: \"127.0.0.1:{listen}\"").unwrap();
+                if let Some(target) = target {
+                    writeln!(yaml, "    {key}: \"{target}\"").unwrap();
+                }
+            }
+        }
+        writeln!(yaml, "admin: \"{admin}\"").unwrap();
+        writeln!(yaml, "audit_log: {}", q(audit)).unwrap();
+        writeln!(yaml, "workers: 2").unwrap();
+        writeln!(yaml, "limits:").unwrap();
+        for (key, value) in &self.limits {
+            writeln!(yaml, "  {key}: {value}").unwrap();
+        }
+        yaml
+    }
+
+    /// Spawns `appid proxy --config` and waits until `/ready` answers 200.
+    pub async fn start(self) -> Sidecar {
+        let admin = local(free_port());
+        let audit = self.dir.join(format!("{}-audit.jsonl", self.name));
+        let config_path = self.dir.join(format!("{}-proxy.yaml", self.name));
+        let stderr_path = self.dir.join(format!("{}-stderr.log", self.name));
+        std::fs::write(&config_path, self.config(admin, &audit)).expect("write config");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let child = Command::new(APPID)
+            .arg("proxy")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn appid proxy");
+        let mut sidecar = Sidecar {
+            name: self.name,
+            child,
+            exited: None,
+            admin,
+            audit,
+            stderr: stderr_path,
+            config: config_path,
+        };
+        sidecar.wait_ready().await;
+        sidecar
+    }
+}
+
+/// A running `appid proxy`. Dropping it kills the process and reaps it.
+pub struct Sidecar {
+    pub name: String,
+    child: Child,
+    exited: Option<ExitStatus>,
+    pub admin: SocketAddr,
+    pub audit: PathBuf,
+    pub stderr: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Sidecar {
+    async fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "sidecar {} exited before it was ready ({status})\nconfig:\n{}\nstderr:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.config).unwrap_or_default(),
+                    self.logs()
+                );
+            }
+            if http_status(self.admin, "/ready").await == Some(200) {
+                return;
+            }
+            if start.elapsed() > READY_LIMIT {
+                panic!(
+                    "sidecar {} not ready after {READY_LIMIT:?} (GET http://{}/ready)\nstderr:\n{}",
+                    self.name,
+                    self.admin,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's stderr so far (tracing output), for failure messages.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Every audit line so far, parsed (panics on a line that is not JSON).
+    pub fn audit_lines(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line of {} is not JSON ({e}): {l}", self.name))
+            })
+            .collect()
+    }
+
+    /// Everything a failure message should show about this sidecar.
+    pub fn context(&self) -> String {
+        format!(
+            "--- {} audit log:\n{}\n--- {} stderr:\n{}",
+            self.name,
+            std::fs::read_to_string(&self.audit).unwrap_or_default(),
+            self.name,
+            self.logs()
+        )
+    }
+
+    /// Waits (up to 10 s) for an audit line matching `predicate`.
+    pub async fn wait_audit(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        super::poll_until(
+            &format!("an audit line of {} with {what}", self.name),
+            Duration::from_secs(10),
+            || self.context(),
+            || {
+                let found = self.audit_lines().into_iter().find(&predicate);
+                async move { found }
+            },
+        )
+        .await
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits (up to `limit`) for the process to exit on its own.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exited = Some(status);
+                return status;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "sidecar {} still running {limit:?} after it was told to stop\n{}",
+                    self.name,
+                    self.context()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Does this audit line have `key` equal to `value` (a string)?
+pub fn has(line: &Value, key: &str, value: &str) -> bool {
+    line.get(key).and_then(Value::as_str) == Some(value)
+}

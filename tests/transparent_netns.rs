@@ -1,0 +1,1 @@
+//! Transparent capture end to end in network namespaces (being written).
