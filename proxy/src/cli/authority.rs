@@ -1,12 +1,23 @@
-//! `appid authority …`: the CA directory (more subcommands come with the
-//! authority service).
+//! `appid authority …`: the CA directory and the authority service.
+//!
+//! `init` creates the CA; `serve` runs the HTTPS API; `register`,
+//! `import-scan` and `revoke` change the authority's database directly (run
+//! them on the authority host, like `spire-server entry create`).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 
+use super::args::{self, KeyValue};
+use crate::authority::server;
+use crate::authority::service::{Authority, hash_token, new_token};
+use crate::authority::store::{Registration, Store};
 use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, KeyAlg};
+use crate::identity::spiffe::SpiffeId;
+use crate::scan;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuthorityCommand {
@@ -22,9 +33,63 @@ pub enum AuthorityCommand {
         #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
         key_alg: KeyAlg,
     },
+    /// Serve the authority's HTTPS API
+    Serve {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Address to listen on
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15170")]
+        listen: SocketAddr,
+        /// Lifetime of issued certificates, e.g. 30s, 15m, 1h
+        #[arg(long, value_name = "TTL", value_parser = args::duration, default_value = "1h")]
+        cert_ttl: time::Duration,
+        /// Audit log (JSON lines); default DIR/audit.jsonl
+        #[arg(long, value_name = "PATH")]
+        audit_log: Option<PathBuf>,
+    },
+    /// Record what the authority vouches for about a workload; prints a one-time join token
+    Register {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The workload's SPIFFE ID, in the CA's trust domain
+        #[arg(long, value_name = "SPIFFE_ID")]
+        id: String,
+        /// A label, key=value (repeatable)
+        #[arg(long = "label", value_name = "K=V", value_parser = args::key_value)]
+        labels: Vec<KeyValue>,
+        /// The image digest the workload runs, sha256:<64 hex>
+        #[arg(long, value_name = "D", value_parser = args::image_digest)]
+        image_digest: Option<String>,
+        /// How long the join token stays valid
+        #[arg(long, value_name = "TTL", value_parser = args::duration, default_value = "15m")]
+        ttl: time::Duration,
+        /// A cloud fact an attestation document must match instead of a
+        /// token, key=value (repeatable; keys: provider, account, project,
+        /// region, zone, instance, image)
+        #[arg(long = "cloud-match", value_name = "K=V", value_parser = args::key_value)]
+        cloud_match: Vec<KeyValue>,
+    },
+    /// Store a Trivy or Grype report's counts by image digest
+    ImportScan {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The report (format detected from the content)
+        report: PathBuf,
+        /// The digest to file it under (default: the digests in the report)
+        #[arg(long, value_name = "D", value_parser = args::image_digest)]
+        image_digest: Option<String>,
+    },
+    /// Revoke a workload: no more certificates, and peers refuse it
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "SPIFFE_ID")]
+        id: String,
+    },
 }
 
 pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     match command {
         AuthorityCommand::Init {
             trust_domain,
@@ -42,5 +107,147 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        AuthorityCommand::Serve {
+            dir,
+            listen,
+            cert_ttl,
+            audit_log,
+        } => {
+            let ca = Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
+            let store = Store::open(&dir)?;
+            let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
+            let authority = Authority::new(ca, store, cert_ttl, Some(&audit_log), None)
+                .with_context(|| format!("audit log {}", audit_log.display()))?;
+            super::proxy::init_tracing();
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                tracing::info!(%listen, "appid authority serving");
+                server::serve(
+                    std::sync::Arc::new(authority),
+                    listener,
+                    crate::sidecar::wait_for_signal(),
+                )
+                    .await
+                    .context("authority")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuthorityCommand::Register {
+            dir,
+            id,
+            labels,
+            image_digest,
+            ttl,
+            cloud_match,
+        } => {
+            let ca = Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
+            let id = checked_id(&ca, &id)?;
+            let mut registration = Registration {
+                id: id.to_string(),
+                labels: BTreeMap::new(),
+                image_digest,
+                cloud_match: BTreeMap::new(),
+            };
+            for KeyValue { key, value } in labels {
+                registration.labels.insert(key, value);
+            }
+            for KeyValue { key, value } in cloud_match {
+                const KEYS: [&str; 7] =
+                    ["provider", "account", "project", "region", "zone", "instance", "image"];
+                if !KEYS.contains(&key.as_str()) {
+                    return Err(anyhow!(
+                        "--cloud-match {key}={value}: unknown fact `{key}`; use one of {}",
+                        KEYS.join(", ")
+                    ));
+                }
+                registration.cloud_match.insert(key, value);
+            }
+            if ttl <= time::Duration::ZERO {
+                return Err(anyhow!("--ttl must be positive"));
+            }
+            let store = Store::open(&dir)?;
+            store.register(&registration, now)?;
+            let token = new_token().ok_or_else(|| anyhow!("no system randomness for a token"))?;
+            store.add_token(&hash_token(&token), id.as_str(), now + ttl.whole_seconds())?;
+            eprintln!(
+                "registered {id}; one-time join token (valid {}):",
+                humantime::format_duration(std::time::Duration::from_secs(ttl.whole_seconds() as u64))
+            );
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuthorityCommand::ImportScan {
+            dir,
+            report,
+            image_digest,
+        } => {
+            let bytes = std::fs::read(&report).with_context(|| report.display().to_string())?;
+            let parsed = scan::parse_report(&bytes).with_context(|| report.display().to_string())?;
+            let digests = match image_digest {
+                Some(digest) => vec![digest],
+                None if !parsed.image_digests.is_empty() => parsed.image_digests.clone(),
+                None => {
+                    return Err(anyhow!(
+                        "{}: the report names no image digest; pass --image-digest sha256:<64 hex>",
+                        report.display()
+                    ));
+                }
+            };
+            let store = Store::open(&dir)?;
+            let vulns = parsed.to_vulns();
+            for digest in &digests {
+                store.import_scan(digest, &vulns, now)?;
+            }
+            println!(
+                "imported {} report {} for {}: critical {} high {} medium {} low {} unknown {}",
+                parsed.scanner.as_str(),
+                parsed.report_sha256,
+                digests.join(", "),
+                vulns.critical,
+                vulns.high,
+                vulns.medium,
+                vulns.low,
+                vulns.unknown
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuthorityCommand::Revoke { dir, id } => {
+            let ca = Ca::load(&dir).context("loading the CA")?;
+            let id = checked_id(&ca, &id)?;
+            let store = Store::open(&dir)?;
+            if store.revoke(id.as_str(), now)? {
+                let line = serde_json::json!({
+                    "time": crate::identity::inspect::rfc3339(now),
+                    "event": "revoke",
+                    "id": id.as_str(),
+                });
+                append_audit(&dir.join("audit.jsonl"), &line.to_string());
+                println!("revoked {id}; sidecars refuse it from their next revocation poll");
+            } else {
+                println!("{id} was already revoked");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {
+    let id = SpiffeId::parse(id).map_err(|e| anyhow!("--id: {e}"))?;
+    if id.trust_domain() != ca.trust_domain() {
+        return Err(anyhow!(
+            "--id {id} is not in this authority's trust domain `{}`",
+            ca.trust_domain()
+        ));
+    }
+    Ok(id)
+}
+
+fn append_audit(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{line}");
     }
 }

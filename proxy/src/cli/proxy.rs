@@ -34,7 +34,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_tracing() {
+pub(super) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

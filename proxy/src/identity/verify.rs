@@ -143,6 +143,8 @@ pub enum PeerRejection {
     InvalidAppId(ExtensionError),
     #[error("the AppID claims name {claims_id} but the certificate is for {san}")]
     ClaimsIdMismatch { san: String, claims_id: String },
+    #[error("{0} is revoked by the authority")]
+    Revoked(String),
 }
 
 impl PeerRejection {
@@ -163,6 +165,7 @@ impl PeerRejection {
             PeerRejection::CriticalAppId => "critical_appid",
             PeerRejection::InvalidAppId(_) => "invalid_appid",
             PeerRejection::ClaimsIdMismatch { .. } => "claims_id_mismatch",
+            PeerRejection::Revoked(_) => "revoked",
         }
     }
 }

@@ -156,6 +156,14 @@ impl ConnAuthz {
     /// Re-decides an opaque TCP connection after a policy change, silently:
     /// the caller audits the closure if the answer is no.
     pub fn still_allowed(&self) -> ConnVerdict {
+        if let Peer::Meshed(claims) = &self.peer {
+            if self.shared.tls.is_revoked(&claims.id) {
+                return ConnVerdict::Deny {
+                    rule: "revoked".into(),
+                    reason: format!("{} was revoked by the authority", claims.id),
+                };
+            }
+        }
         let policy = self.shared.policy.load();
         let decision = policy.decide(&self.query(Some(false)));
         match decision.outcome {

@@ -18,13 +18,13 @@ pub mod inbound;
 pub mod orig_dst;
 pub mod outbound;
 pub mod prefixed;
+mod from_authority;
 mod reload;
 pub mod splice;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use appid_policy::Policy;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::audit::AuditLog;
+use crate::authority::client::AuthorityClient;
 use crate::config::{IdentitySource, ProxyConfig};
 use crate::identity::verify::{BundleError, TrustBundle};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
@@ -64,10 +65,8 @@ pub enum SidecarError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "identity from the authority is not available in this build yet; use identity.cert/key/bundle files"
-    )]
-    AuthorityIdentity,
+    #[error("identity from the authority: {0}")]
+    Authority(String),
 }
 
 /// Data-plane limits (from the config's `limits:`).
@@ -162,20 +161,16 @@ impl Shared {
         }
     }
 
+    /// Makes every live opaque connection re-check its authorization (after
+    /// a policy reload or a revocation-list change).
+    fn authorization_changed(&self) {
+        self.policy_version.send_modify(|v| *v += 1);
+    }
+
     fn count_bytes(&self, direction: MetricsDirection, copied: Copied) {
         self.metrics
             .bytes(direction, copied.to_upstream + copied.to_downstream);
     }
-}
-
-/// Files the sidecar watches.
-#[derive(Debug, Clone)]
-struct Watched {
-    cert: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
-    policy: PathBuf,
-    trust_domains: Vec<String>,
 }
 
 /// Loads a policy file into a compiled policy.
@@ -201,37 +196,22 @@ pub async fn run(config: ProxyConfig) -> Result<(), SidecarError> {
 /// Runs the sidecar until `stop` resolves, then drains and returns.
 /// `on_ready` is called once every listener is bound and serving (with the
 /// admin address), for embedding (the quickstart, tests).
+///
+/// Order matters: the admin server comes up first (so `/ready` answers 503
+/// while the identity is fetched), then identity and trust, the policy, and
+/// the listeners; readiness flips only when all of them are in place.
 pub async fn run_until(
     config: ProxyConfig,
     stop: impl Future<Output = ()>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), SidecarError> {
-    let (cert, key, bundle_path) = match &config.identity {
-        IdentitySource::Files { cert, key, bundle } => (cert.clone(), key.clone(), bundle.clone()),
-        IdentitySource::Authority { .. } => return Err(SidecarError::AuthorityIdentity),
-    };
-    let watched = Watched {
-        cert,
-        key,
-        bundle: bundle_path,
-        policy: config.policy.clone(),
-        trust_domains: config.trust_domains.clone(),
-    };
-    let bundle = TrustBundle::from_pem_file(&watched.bundle, watched.trust_domains.clone())?;
-    let identity = LocalIdentity::load(&watched.cert, &watched.key, &bundle)?;
-    let policy = load_policy(&watched.policy)?;
-    let audit_target = config.audit_log.display();
+    tokio::pin!(stop);
+    let policy = load_policy(&config.policy)?;
     let audit = AuditLog::open_target(&config.audit_log).map_err(|source| SidecarError::Audit {
-        path: audit_target.clone(),
+        path: config.audit_log.display(),
         source,
     })?;
     let metrics = Arc::new(Metrics::new());
-    metrics.set_certificate_expiry(
-        identity.not_after - time::OffsetDateTime::now_utc().unix_timestamp(),
-    );
-    let identity_json = serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims});
-    let tls_state = TlsState::new(identity, bundle);
-
     let limits = Limits {
         handshake_timeout: config.limits.handshake_timeout,
         detect_timeout: config.limits.detect_timeout,
@@ -244,6 +224,8 @@ pub async fn run_until(
 
     // Bind everything first: a port in use is a startup error, not a
     // half-running sidecar.
+    let admin_listener = bind(config.admin).await?;
+    let admin_address = admin_listener.local_addr().unwrap_or(config.admin);
     let mut inbound = Vec::new();
     for spec in &config.inbound {
         let listener = bind(spec.listen).await?;
@@ -266,10 +248,57 @@ pub async fn run_until(
             },
         ));
     }
-    let admin_listener = bind(config.admin).await?;
-    let admin_address = admin_listener.local_addr().unwrap_or(config.admin);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let readiness = Readiness::default();
+    let identity_json = Arc::new(ArcSwap::from_pointee(serde_json::Value::Null));
+    let admin_state = Arc::new(AdminState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        config_json: config.effective_json(),
+        identity_json: identity_json.clone(),
+    });
+    let mut admin_stop = shutdown_rx.clone();
+    tokio::spawn(admin::serve(admin_listener, admin_state, async move {
+        let _ = admin_stop.wait_for(|stop| *stop).await;
+    }));
+    readiness.set_policy_ready(true);
+
+    // Identity and trust.
+    let (identity, bundle, authority, watched) = match &config.identity {
+        IdentitySource::Files { cert, key, bundle } => {
+            let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
+            let identity = LocalIdentity::load(cert, key, &trust)?;
+            let watched = reload::Watched {
+                cert: cert.clone(),
+                key: key.clone(),
+                bundle: bundle.clone(),
+                trust_domains: config.trust_domains.clone(),
+            };
+            (identity, trust, None, Some(watched))
+        }
+        IdentitySource::Authority {
+            url,
+            bundle,
+            join_token_file,
+        } => {
+            let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
+            let client = AuthorityClient::new(url, trust.clone())
+                .map_err(|e| SidecarError::Authority(e.to_string()))?;
+            let first = tokio::select! {
+                first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref()) => first?,
+                () = &mut stop => return Ok(()),
+            };
+            (first, trust, Some(client), None)
+        }
+    };
+    metrics.set_certificate_expiry(identity.not_after - time::OffsetDateTime::now_utc().unix_timestamp());
+    identity_json.store(Arc::new(
+        serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims}),
+    ));
+    let tls_state = TlsState::new(identity, bundle);
+    readiness.set_identity_ready(true);
+
     let (policy_version, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls::server_config(tls_state.clone())),
@@ -278,37 +307,37 @@ pub async fn run_until(
         policy: ArcSwap::from_pointee(policy),
         policy_version,
         audit,
-        metrics: metrics.clone(),
+        metrics,
         limits,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: shutdown_rx,
     });
-
-    let readiness = Readiness::default();
-    let identity_swap = Arc::new(ArcSwap::from_pointee(identity_json));
-    let admin_state = Arc::new(AdminState {
-        readiness: readiness.clone(),
-        metrics,
-        config_json: config.effective_json(),
-        identity_json: identity_swap.clone(),
-    });
-    let admin_shutdown = shared.shutdown_signal();
-    tokio::spawn(admin::serve(admin_listener, admin_state, admin_shutdown));
 
     let mut tasks = Vec::new();
     for (listener, spec) in inbound {
         tasks.push(tokio::spawn(inbound::serve(shared.clone(), listener, spec)));
     }
     for (listener, spec) in outbound {
-        tasks.push(tokio::spawn(outbound::serve(
+        tasks.push(tokio::spawn(outbound::serve(shared.clone(), listener, spec)));
+    }
+    let mut background = vec![tokio::spawn(reload::watch_files(
+        shared.clone(),
+        config.policy.clone(),
+        watched,
+        identity_json.clone(),
+    ))];
+    if let Some(client) = authority {
+        background.push(tokio::spawn(from_authority::keep_renewed(
             shared.clone(),
-            listener,
-            spec,
+            client.clone(),
+            readiness.clone(),
+            identity_json.clone(),
+        )));
+        background.push(tokio::spawn(from_authority::follow_revocations(
+            shared.clone(),
+            client,
         )));
     }
-    tokio::spawn(reload::watch_files(shared.clone(), watched, identity_swap));
-    readiness.set_identity_ready(true);
-    readiness.set_policy_ready(true);
     readiness.set_listeners_ready(true);
     tracing::info!(%admin_address, "appid sidecar ready");
     on_ready(admin_address);
@@ -320,11 +349,12 @@ pub async fn run_until(
     for task in tasks {
         let _ = task.await;
     }
+    for task in background {
+        task.abort();
+    }
     let drained = tokio::time::timeout(
         limits.drain_timeout,
-        shared
-            .connections
-            .acquire_many(limits.max_connections as u32),
+        shared.connections.acquire_many(limits.max_connections as u32),
     )
     .await;
     if drained.is_err() {
@@ -339,7 +369,8 @@ async fn bind(address: SocketAddr) -> Result<TcpListener, SidecarError> {
         .map_err(|source| SidecarError::Bind { address, source })
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -15,11 +15,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use std::path::PathBuf;
+
 use super::tls::LocalIdentity;
-use super::{Shared, Watched, load_policy};
+use super::{Shared, load_policy};
 use crate::identity::verify::TrustBundle;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Identity files to watch (when the identity comes from files).
+#[derive(Debug, Clone)]
+pub(super) struct Watched {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+    pub trust_domains: Vec<String>,
+}
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +55,16 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Polls until shutdown.
 pub(super) async fn watch_files(
     shared: Arc<Shared>,
-    files: Watched,
+    policy: PathBuf,
+    identity: Option<Watched>,
     identity_json: Arc<ArcSwap<serde_json::Value>>,
 ) {
-    let identity_stamps = |f: &Watched| [stamp(&f.cert), stamp(&f.key), stamp(&f.bundle)];
-    let mut last_identity = identity_stamps(&files);
-    let mut last_policy = stamp(&files.policy);
+    let identity_stamps = |f: &Option<Watched>| {
+        f.as_ref()
+            .map(|f| [stamp(&f.cert), stamp(&f.key), stamp(&f.bundle)])
+    };
+    let mut last_identity = identity_stamps(&identity);
+    let mut last_policy = stamp(&policy);
     let shutdown = shared.shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -58,23 +73,25 @@ pub(super) async fn watch_files(
             () = &mut shutdown => return,
         }
 
-        let now = identity_stamps(&files);
+        let now = identity_stamps(&identity);
         if now != last_identity {
             // Writers replace cert and key one after the other; give the
             // second a moment so we don't load a mismatched pair.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            last_identity = identity_stamps(&files);
-            reload_identity(&shared, &files, &identity_json);
+            last_identity = identity_stamps(&identity);
+            if let Some(files) = &identity {
+                reload_identity(&shared, files, &identity_json);
+            }
         }
 
-        let now = stamp(&files.policy);
+        let now = stamp(&policy);
         if now != last_policy {
             last_policy = now;
-            match load_policy(&files.policy) {
-                Ok(policy) => {
-                    shared.policy.store(Arc::new(policy));
-                    shared.policy_version.send_modify(|v| *v += 1);
-                    tracing::info!(file = %files.policy.display(), "policy reloaded");
+            match load_policy(&policy) {
+                Ok(new_policy) => {
+                    shared.policy.store(Arc::new(new_policy));
+                    shared.authorization_changed();
+                    tracing::info!(file = %policy.display(), "policy reloaded");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "policy reload refused; keeping the previous policy");

@@ -11,6 +11,7 @@
 //!   handshake from an [`ArcSwap`], so a renewed certificate or a new trust
 //!   bundle applies to the next handshake without touching live connections.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -72,22 +73,40 @@ impl LocalIdentity {
     /// `bundle` exactly as a peer would (so a misconfiguration shows here,
     /// at startup, not as every peer refusing us).
     pub fn load(cert: &Path, key: &Path, bundle: &TrustBundle) -> Result<Self, IdentityError> {
-        let chain = files::read_certs(cert)?;
+        let chain_pem = files::read_small(cert)?;
         let key_pem = files::read_small(key)?;
-        let key_der =
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| IdentityError::BadKey {
-                file: key.display().to_string(),
-                detail: e.to_string(),
-            })?;
+        Self::from_pem(
+            &cert.display().to_string(),
+            &chain_pem,
+            &key.display().to_string(),
+            &key_pem,
+            bundle,
+        )
+    }
+
+    /// The same from PEM bytes in memory (`cert_name`/`key_name` are only
+    /// used in errors): certificates from the authority never touch disk.
+    pub fn from_pem(
+        cert_name: &str,
+        chain_pem: &[u8],
+        key_name: &str,
+        key_pem: &[u8],
+        bundle: &TrustBundle,
+    ) -> Result<Self, IdentityError> {
+        let chain = files::parse_certs(Path::new(cert_name), chain_pem)?;
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| IdentityError::BadKey {
+            file: key_name.to_string(),
+            detail: e.to_string(),
+        })?;
         let verified = verify::verify_peer(&chain, bundle, PeerRole::Server, UnixTime::now())
             .map_err(|problem| IdentityError::BadOwnCert {
-                file: cert.display().to_string(),
+                file: cert_name.to_string(),
                 problem,
             })?;
         let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
             IdentityError::KeyMismatch {
-                cert: cert.display().to_string(),
-                key: key.display().to_string(),
+                cert: cert_name.to_string(),
+                key: key_name.to_string(),
                 detail: e.to_string(),
             }
         })?;
@@ -105,6 +124,8 @@ impl LocalIdentity {
 pub struct TlsState {
     pub identity: ArcSwap<LocalIdentity>,
     pub bundle: ArcSwap<TrustBundle>,
+    /// SPIFFE IDs the authority revoked: refused at every handshake.
+    pub revoked: ArcSwap<HashSet<String>>,
 }
 
 impl TlsState {
@@ -112,16 +133,36 @@ impl TlsState {
         Arc::new(TlsState {
             identity: ArcSwap::from_pointee(identity),
             bundle: ArcSwap::from_pointee(bundle),
+            revoked: ArcSwap::from_pointee(HashSet::new()),
         })
     }
 
-    /// Verifies a peer chain after the handshake, for its claims.
+    /// Verifies a peer chain (after the handshake too, for its claims),
+    /// including revocation.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
         role: PeerRole,
     ) -> Result<VerifiedPeer, PeerRejection> {
-        verify::verify_peer(chain, &self.bundle.load(), role, UnixTime::now())
+        self.verify_at(chain, role, UnixTime::now())
+    }
+
+    fn verify_at(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, PeerRejection> {
+        let peer = verify::verify_peer(chain, &self.bundle.load(), role, now)?;
+        if self.revoked.load().contains(peer.id.as_str()) {
+            return Err(PeerRejection::Revoked(peer.id.to_string()));
+        }
+        Ok(peer)
+    }
+
+    /// Whether `id` is revoked now.
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.revoked.load().contains(id)
     }
 }
 
@@ -132,14 +173,35 @@ pub fn provider() -> CryptoProvider {
 
 /// Server side of sidecar mTLS: client certificate required.
 pub fn server_config(state: Arc<TlsState>) -> Arc<rustls::ServerConfig> {
+    server_config_with(state, ClientAuth::Required, vec![ALPN_APPID.to_vec()])
+}
+
+/// Whether a TLS server demands a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Sidecar-to-sidecar: always.
+    Required,
+    /// The authority: bootstrap requests come without one, renewals with.
+    Optional,
+}
+
+/// A TLS 1.3 server presenting `state`'s identity; client certificates,
+/// when presented, are verified as AppID certificates.
+pub fn server_config_with(
+    state: Arc<TlsState>,
+    client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(provider());
-    let verifier = Arc::new(PeerVerifier::new(state.clone(), &provider));
+    let mut verifier = PeerVerifier::new(state.clone(), &provider);
+    verifier.mandatory = client_auth == ClientAuth::Required;
+    let verifier = Arc::new(verifier);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.3"))
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(IdentityResolver { state }));
-    config.alpn_protocols = vec![ALPN_APPID.to_vec()];
+    config.alpn_protocols = alpn;
     Arc::new(config)
 }
 
@@ -195,6 +257,8 @@ pub fn handshake_failure_reason(error: &std::io::Error) -> String {
 struct PeerVerifier {
     state: Arc<TlsState>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Server side: whether a client certificate is required.
+    mandatory: bool,
 }
 
 impl PeerVerifier {
@@ -202,6 +266,7 @@ impl PeerVerifier {
         PeerVerifier {
             state,
             algorithms: provider.signature_verification_algorithms,
+            mandatory: true,
         }
     }
 
@@ -215,7 +280,8 @@ impl PeerVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        verify::verify_peer(&chain, &self.state.bundle.load(), role, now)
+        self.state
+            .verify_at(&chain, role, now)
             .map(|_| ())
             .map_err(|rejection| {
                 rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
@@ -226,6 +292,10 @@ impl PeerVerifier {
 }
 
 impl ClientCertVerifier for PeerVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }

@@ -1,0 +1,308 @@
+//! The sidecar's side of the authority API: bootstrap, renewal, revocations.
+//!
+//! Design bias: *the key stays here, the authority is verified like a peer*.
+//! The sidecar generates its key and sends only a CSR. It trusts the
+//! authority only if the server presents a valid AppID certificate from the
+//! configured bundle whose SPIFFE ID is `spiffe://<td>/appid/authority`.
+//! Renewals authenticate with the current certificate over mTLS, so no
+//! long-lived secret exists after the one-time join token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::server::authority_id;
+use super::service::{AttestRequest, IssuedResponse, Proof, RenewRequest, RevocationList};
+use crate::identity::ca::KeyAlg;
+use crate::identity::verify::{self, PeerRole, TrustBundle};
+use crate::sidecar::tls;
+
+/// Largest response accepted from the authority.
+const MAX_RESPONSE: usize = 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call to the authority failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("authority URL `{0}`: expected https://HOST[:PORT]")]
+    BadUrl(String),
+    /// Worth retrying: the network or the authority is down.
+    #[error("authority unreachable: {0}")]
+    Unreachable(String),
+    /// Not worth retrying as is: the authority said no.
+    #[error("authority refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("authority answered nonsense: {0}")]
+    BadResponse(String),
+    #[error("generating the key or CSR: {0}")]
+    Key(String),
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) | ClientError::BadResponse(_) => true,
+            ClientError::Refused { status, .. } => *status >= 500,
+            ClientError::BadUrl(_) | ClientError::Key(_) => false,
+        }
+    }
+}
+
+/// A new key and its CSR.
+pub struct KeyAndCsr {
+    pub key_pem: String,
+    pub csr_pem: String,
+}
+
+/// Generates a P-256 key and a CSR for it.
+pub fn new_key_and_csr() -> Result<KeyAndCsr, ClientError> {
+    let key = KeyPair::generate_for(KeyAlg::EcdsaP256.signature_algorithm())
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    Ok(KeyAndCsr {
+        key_pem: key.serialize_pem(),
+        csr_pem: csr,
+    })
+}
+
+/// A client for one authority.
+#[derive(Clone)]
+pub struct AuthorityClient {
+    host: String,
+    port: u16,
+    bundle: Arc<TrustBundle>,
+    expected_id: String,
+}
+
+impl AuthorityClient {
+    /// `url` is `https://host[:port]`; `bundle` verifies the authority.
+    pub fn new(url: &str, bundle: TrustBundle) -> Result<Self, ClientError> {
+        let uri: http::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.into()))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(ClientError::BadUrl(url.into()));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::BadUrl(url.into()))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(super::DEFAULT_PORT);
+        let trust_domain = bundle
+            .trust_domains()
+            .first()
+            .cloned()
+            .ok_or_else(|| ClientError::BadUrl("no trust domain".into()))?;
+        Ok(AuthorityClient {
+            host,
+            port,
+            bundle: Arc::new(bundle),
+            expected_id: authority_id(&trust_domain),
+        })
+    }
+
+    /// First certificate, proven by `proof`.
+    pub async fn attest(
+        &self,
+        csr_pem: &str,
+        proof: Proof,
+    ) -> Result<IssuedResponse, ClientError> {
+        let body = AttestRequest {
+            csr: csr_pem.to_string(),
+            proof,
+            reported: None,
+        };
+        self.call(Method::POST, "/v1/attest", Some(&body), None).await
+    }
+
+    /// A new certificate, authenticating with the current one.
+    pub async fn renew(
+        &self,
+        csr_pem: &str,
+        current: Arc<CertifiedKey>,
+    ) -> Result<IssuedResponse, ClientError> {
+        let body = RenewRequest {
+            csr: csr_pem.to_string(),
+            reported: None,
+        };
+        self.call(Method::POST, "/v1/renew", Some(&body), Some(current))
+            .await
+    }
+
+    /// The revoked SPIFFE IDs.
+    pub async fn revocations(&self) -> Result<RevocationList, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/revocations", None, None)
+            .await
+    }
+
+    async fn call<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        client_cert: Option<Arc<CertifiedKey>>,
+    ) -> Result<R, ClientError> {
+        let work = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let config = self.tls_config(client_cert);
+            let server_name = ServerName::try_from(self.host.clone())
+                .unwrap_or_else(|_| tls::peer_server_name());
+            let stream = TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| ClientError::Unreachable(format!("TLS: {e}")))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            tokio::spawn(connection);
+            let payload = match body {
+                Some(body) => serde_json::to_vec(body)
+                    .map_err(|e| ClientError::BadResponse(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", &self.host)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(payload)))
+                .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let status = response.status().as_u16();
+            let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| ClientError::BadResponse(e.to_string()))?
+                .to_bytes();
+            if status != 200 {
+                let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+                return Err(ClientError::Refused { status, message });
+            }
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
+        };
+        tokio::time::timeout(TIMEOUT, work)
+            .await
+            .map_err(|_| ClientError::Unreachable("timed out".into()))?
+    }
+
+    fn tls_config(&self, client_cert: Option<Arc<CertifiedKey>>) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(tls::provider());
+        let verifier = Arc::new(AuthorityVerifier {
+            bundle: self.bundle.clone(),
+            expected_id: self.expected_id.clone(),
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.3"))
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match client_cert {
+            Some(key) => builder.with_client_cert_resolver(Arc::new(FixedCert(key))),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// Accepts only the authority's own AppID certificate.
+#[derive(Debug)]
+struct AuthorityVerifier {
+    bundle: Arc<TrustBundle>,
+    expected_id: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AuthorityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone()];
+        chain.extend(intermediates.iter().cloned());
+        let peer = verify::verify_peer(&chain, &self.bundle, PeerRole::Server, now).map_err(
+            |rejection| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    Arc::new(rejection),
+                )))
+            },
+        )?;
+        if peer.id.as_str() != self.expected_id {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Presents one fixed certificate (the current one, for renewal).
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,15 @@
+//! The authority: attests workloads and issues their AppID certificates.
+//!
+//! - [`store`]: the SQLite database (registrations, one-time tokens, scans,
+//!   issued serials, revocations);
+//! - [`service`]: attestation, claim derivation, issuance, audit lines;
+//! - [`server`]: the HTTPS API (`appid authority serve`);
+//! - [`client`]: the sidecar's side (bootstrap, renewal, revocations).
+
+pub mod client;
+pub mod server;
+pub mod service;
+pub mod store;
+
+/// The authority's default port.
+pub const DEFAULT_PORT: u16 = 15170;

@@ -1,0 +1,246 @@
+//! `appid authority serve`: the authority's HTTPS API.
+//!
+//! Design bias: *TLS first, JSON second, nothing unbounded*. The API is
+//! served over TLS 1.3 with an AppID certificate of the authority's own
+//! (`spiffe://<td>/appid/authority`, issued by its CA at startup and renewed
+//! in the background), so a sidecar verifies the authority exactly as it
+//! verifies a peer. Client certificates are optional: bootstrap requests
+//! have none and prove themselves in the body; renewals must present the
+//! current, valid certificate.
+//!
+//! | method, path | body | answer |
+//! |---|---|---|
+//! | `POST /v1/attest` | [`AttestRequest`] | [`IssuedResponse`] |
+//! | `POST /v1/renew` (mTLS) | [`RenewRequest`] | [`IssuedResponse`] |
+//! | `GET /v1/revocations` | | [`RevocationList`] |
+//! | `GET /healthz` | | `ok` |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use appid_policy::AppIdClaims;
+use appid_policy::claims::attestation;
+
+use super::service::{AttestRequest, Authority, Refusal, RenewRequest};
+use crate::identity::ca::KeyAlg;
+use crate::identity::spiffe::SpiffeId;
+use crate::identity::verify::{PeerRole, TrustBundle};
+use crate::sidecar::tls::{self, ClientAuth, LocalIdentity, TlsState};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// Concurrent connections served.
+const MAX_CONNECTIONS: usize = 1024;
+/// The authority's own serving certificate lifetime; renewed at half.
+const SERVING_TTL: time::Duration = time::Duration::hours(24);
+
+/// The SPIFFE ID the authority's serving certificate carries.
+pub fn authority_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/appid/authority")
+}
+
+/// Serves until `stop` resolves.
+pub async fn serve(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), std::io::Error> {
+    let tls_state = TlsState::new(serving_identity(&authority)?, bundle(&authority)?);
+    let acceptor = TlsAcceptor::from(tls::server_config_with(
+        tls_state.clone(),
+        ClientAuth::Optional,
+        vec![b"http/1.1".to_vec()],
+    ));
+    let renewer = tokio::spawn(renew_serving_cert(authority.clone(), tls_state.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "authority accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // over the limit: refused
+        };
+        let acceptor = acceptor.clone();
+        let authority = authority.clone();
+        let tls_state = tls_state.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+            let Ok(Ok(stream)) = handshake.await else {
+                return;
+            };
+            // A presented client certificate was verified in the handshake;
+            // read its claims for renewals.
+            let client = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| tls_state.verify(chain, PeerRole::Client).ok())
+                .map(|peer| Arc::new(peer.claims));
+            let service = hyper::service::service_fn(move |request| {
+                let authority = authority.clone();
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(route(authority, client, peer, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(permit);
+        });
+    }
+    renewer.abort();
+    Ok(())
+}
+
+async fn route(
+    authority: Arc<Authority>,
+    client: Option<Arc<AppIdClaims>>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let result: Result<serde_json::Value, Refusal> = match (method, path.as_str()) {
+        (Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (Method::GET, "/v1/revocations") => blocking(move || {
+            authority
+                .revocations()
+                .and_then(|list| to_json(&list))
+        })
+        .await,
+        (Method::POST, "/v1/attest") => match body::<AttestRequest>(request).await {
+            Ok(body) => blocking(move || authority.attest(&body, now).and_then(|r| to_json(&r))).await,
+            Err(refusal) => Err(refusal),
+        },
+        (Method::POST, "/v1/renew") => {
+            let Some(current) = client else {
+                return json_error(&Refusal::Unauthenticated(
+                    "renewal needs the current certificate as a TLS client certificate".into(),
+                ));
+            };
+            match body::<RenewRequest>(request).await {
+                Ok(body) => {
+                    blocking(move || authority.renew(&current, &body, now).and_then(|r| to_json(&r)))
+                        .await
+                }
+                Err(refusal) => Err(refusal),
+            }
+        }
+        (_, "/healthz" | "/v1/revocations" | "/v1/attest" | "/v1/renew") => {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    match result {
+        Ok(value) => {
+            let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+            response
+                .headers_mut()
+                .insert("content-type", http::HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(refusal) => {
+            tracing::info!(%peer, %path, %refusal, "authority refused a request");
+            json_error(&refusal)
+        }
+    }
+}
+
+async fn body<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Refusal> {
+    let collected = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Refusal::BadRequest(format!("request body: {e} (limit {MAX_BODY} bytes)")))?;
+    serde_json::from_slice(&collected.to_bytes())
+        .map_err(|e| Refusal::BadRequest(format!("request JSON: {e}")))
+}
+
+async fn blocking<F>(work: F) -> Result<serde_json::Value, Refusal>
+where
+    F: FnOnce() -> Result<serde_json::Value, Refusal> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(Refusal::Internal(format!("worker failed: {e}"))))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, Refusal> {
+    serde_json::to_value(value).map_err(|e| Refusal::Internal(e.to_string()))
+}
+
+fn json_error(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": refusal.to_string() }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn bundle(authority: &Authority) -> std::io::Result<TrustBundle> {
+    TrustBundle::new(
+        "authority CA",
+        std::slice::from_ref(authority.ca().cert_der()),
+        vec![authority.ca().trust_domain().to_string()],
+    )
+    .map_err(std::io::Error::other)
+}
+
+/// A fresh serving certificate for the authority itself.
+fn serving_identity(authority: &Authority) -> std::io::Result<LocalIdentity> {
+    let ca = authority.ca();
+    let id = SpiffeId::parse(&authority_id(ca.trust_domain())).map_err(std::io::Error::other)?;
+    let claims = AppIdClaims::new(id.as_str(), attestation::MANUAL);
+    let key = KeyAlg::EcdsaP256.generate().map_err(std::io::Error::other)?;
+    let issued = ca
+        .issue(&id, &claims, &key, SERVING_TTL)
+        .map_err(std::io::Error::other)?;
+    LocalIdentity::from_pem(
+        "authority serving certificate",
+        issued.pem.as_bytes(),
+        "authority serving key",
+        key.serialize_pem().as_bytes(),
+        &bundle(authority)?,
+    )
+    .map_err(std::io::Error::other)
+}
+
+async fn renew_serving_cert(authority: Arc<Authority>, state: Arc<TlsState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs((SERVING_TTL.whole_seconds() / 2) as u64)).await;
+        match serving_identity(&authority) {
+            Ok(identity) => state.identity.store(Arc::new(identity)),
+            Err(e) => tracing::error!(error = %e, "renewing the authority's serving certificate"),
+        }
+    }
+}

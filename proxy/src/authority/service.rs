@@ -1,0 +1,392 @@
+//! What the authority does, independent of HTTP: attest, derive the claims,
+//! issue from a CSR, record it, write the audit line.
+//!
+//! Design bias: *vouch only for what was checked, re-derive every time*. The
+//! claims of every certificate — first issuance or renewal — are rebuilt
+//! from the registration, the newest scan for the registered image digest
+//! and the verified cloud facts; what the workload says about itself goes
+//! under `reported`, never elsewhere. So importing a scan with criticals
+//! changes the very next certificate, and a revoked workload gets nothing.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rcgen::CertificateSigningRequestParams;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use appid_policy::AppIdClaims;
+use appid_policy::claims::{Cloud, Image, attestation};
+
+use super::store::{Redemption, Registration, Store, StoreError};
+use crate::identity::ca::Ca;
+use crate::identity::spiffe::SpiffeId;
+
+/// How a workload proves who it is on first contact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "method")]
+pub enum Proof {
+    /// A one-time join token from `appid authority register`.
+    JoinToken { token: String },
+    /// An AWS instance identity document and one of its signatures.
+    AwsIid {
+        document: String,
+        /// `signature` (RSA-SHA256), `rsa2048` or `pkcs7`.
+        kind: String,
+        signature: String,
+        region: String,
+    },
+    /// A GCP instance identity token (JWT).
+    GcpIit { token: String },
+}
+
+/// A request for a first certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestRequest {
+    /// PEM CSR; the workload's key never leaves it.
+    pub csr: String,
+    pub proof: Proof,
+    /// Self-reported facts; they land under `reported` in the claims.
+    #[serde(default)]
+    pub reported: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A request to renew, made over mTLS with the current certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr: String,
+    #[serde(default)]
+    pub reported: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A certificate, as returned to the sidecar.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedResponse {
+    pub id: String,
+    /// The leaf, PEM.
+    pub certificate: String,
+    /// The trust bundle, PEM.
+    pub bundle: String,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// The revocation list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationList {
+    pub revoked: Vec<String>,
+}
+
+/// Why a request was refused; the HTTP layer maps it to a status.
+#[derive(Debug, Error)]
+pub enum Refusal {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("attestation refused: {0}")]
+    Unauthenticated(String),
+    #[error("{0} is revoked")]
+    Revoked(String),
+    #[error("{0} is not registered")]
+    NotRegistered(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::BadRequest(_) => 400,
+            Refusal::Unauthenticated(_) => 401,
+            Refusal::Revoked(_) | Refusal::NotRegistered(_) => 403,
+            Refusal::Internal(_) => 500,
+        }
+    }
+
+    fn short(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::Revoked(_) => "revoked",
+            Refusal::NotRegistered(_) => "not_registered",
+            Refusal::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Self {
+        Refusal::Internal(error.to_string())
+    }
+}
+
+/// Verifies cloud documents; provided by the attestation module.
+pub trait CloudVerifier: Send + Sync {
+    /// Verified cloud facts (`provider`, `account`/`project`, `region`,
+    /// `zone`, `instance`, ...) and their claims form, or why not.
+    fn verify(&self, proof: &Proof, now: i64) -> Result<Cloud, String>;
+}
+
+/// The authority: CA, store, settings.
+pub struct Authority {
+    ca: Ca,
+    store: Mutex<Store>,
+    cert_ttl: time::Duration,
+    events: Mutex<Option<File>>,
+    cloud: Option<Box<dyn CloudVerifier>>,
+}
+
+impl Authority {
+    pub fn new(
+        ca: Ca,
+        store: Store,
+        cert_ttl: time::Duration,
+        audit_log: Option<&Path>,
+        cloud: Option<Box<dyn CloudVerifier>>,
+    ) -> std::io::Result<Authority> {
+        let events = match audit_log {
+            Some(path) => Some(OpenOptions::new().create(true).append(true).open(path)?),
+            None => None,
+        };
+        Ok(Authority {
+            ca,
+            store: Mutex::new(store),
+            cert_ttl,
+            events: Mutex::new(events),
+            cloud,
+        })
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// First issuance: check the proof, then issue.
+    pub fn attest(&self, request: &AttestRequest, now: i64) -> Result<IssuedResponse, Refusal> {
+        let method = match request.proof {
+            Proof::JoinToken { .. } => attestation::JOIN_TOKEN,
+            Proof::AwsIid { .. } => attestation::AWS_IID,
+            Proof::GcpIit { .. } => attestation::GCP_IIT,
+        };
+        let result = self.attest_inner(request, now);
+        match &result {
+            Ok(issued) => self.event("issue", Some(&issued.id), method, None),
+            Err(refusal) => self.event("refuse", None, method, Some(refusal)),
+        }
+        result
+    }
+
+    fn attest_inner(&self, request: &AttestRequest, now: i64) -> Result<IssuedResponse, Refusal> {
+        let csr = parse_csr(&request.csr)?;
+        let (registration, cloud, method) = match &request.proof {
+            Proof::JoinToken { token } => {
+                let store = self.lock()?;
+                let id = match store.redeem_token(&hash_token(token), now)? {
+                    Redemption::Redeemed { id } => id,
+                    Redemption::Unknown => {
+                        return Err(Refusal::Unauthenticated("unknown join token".into()));
+                    }
+                    Redemption::AlreadyUsed => {
+                        return Err(Refusal::Unauthenticated(
+                            "join token already used (tokens are one-time)".into(),
+                        ));
+                    }
+                    Redemption::Expired => {
+                        return Err(Refusal::Unauthenticated("join token expired".into()));
+                    }
+                };
+                let registration = store
+                    .registration(&id)?
+                    .ok_or_else(|| Refusal::NotRegistered(id.clone()))?;
+                (registration, None, attestation::JOIN_TOKEN)
+            }
+            cloud_proof => {
+                let verifier = self.cloud.as_ref().ok_or_else(|| {
+                    Refusal::Unauthenticated(
+                        "cloud attestation is not configured on this authority".into(),
+                    )
+                })?;
+                let cloud = verifier
+                    .verify(cloud_proof, now)
+                    .map_err(Refusal::Unauthenticated)?;
+                let facts = cloud_facts(&cloud);
+                let matching = self.lock()?.registrations_matching_cloud(&facts)?;
+                let registration = match matching.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(Refusal::NotRegistered(format!(
+                            "no registration matches the attested cloud facts {facts:?}"
+                        )));
+                    }
+                    many => {
+                        return Err(Refusal::BadRequest(format!(
+                            "{} registrations match these cloud facts; make them specific",
+                            many.len()
+                        )));
+                    }
+                };
+                let method = match cloud_proof {
+                    Proof::GcpIit { .. } => attestation::GCP_IIT,
+                    _ => attestation::AWS_IID,
+                };
+                (registration, Some(cloud), method)
+            }
+        };
+        self.issue(&registration, &csr, method, cloud, request.reported.clone(), now)
+    }
+
+    /// Renewal for a peer that proved its identity with a valid certificate
+    /// over mTLS. The claims are re-derived; the old attestation method is
+    /// kept.
+    pub fn renew(
+        &self,
+        current: &AppIdClaims,
+        request: &RenewRequest,
+        now: i64,
+    ) -> Result<IssuedResponse, Refusal> {
+        let result = (|| {
+            let csr = parse_csr(&request.csr)?;
+            let registration = self
+                .lock()?
+                .registration(&current.id)?
+                .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
+            self.issue(
+                &registration,
+                &csr,
+                &current.attestation,
+                current.cloud.clone(),
+                request.reported.clone(),
+                now,
+            )
+        })();
+        match &result {
+            Ok(issued) => self.event("renew", Some(&issued.id), &current.attestation, None),
+            Err(refusal) => self.event("refuse", Some(&current.id), "renewal", Some(refusal)),
+        }
+        result
+    }
+
+    pub fn revocations(&self) -> Result<RevocationList, Refusal> {
+        Ok(RevocationList {
+            revoked: self.lock()?.revoked()?,
+        })
+    }
+
+    fn issue(
+        &self,
+        registration: &Registration,
+        csr: &CertificateSigningRequestParams,
+        method: &str,
+        cloud: Option<Cloud>,
+        reported: Option<serde_json::Map<String, serde_json::Value>>,
+        now: i64,
+    ) -> Result<IssuedResponse, Refusal> {
+        let store = self.lock()?;
+        if store.is_revoked(&registration.id)? {
+            return Err(Refusal::Revoked(registration.id.clone()));
+        }
+        let id = SpiffeId::parse(&registration.id)
+            .map_err(|e| Refusal::Internal(format!("stored registration: {e}")))?;
+        let mut claims = AppIdClaims::new(id.as_str(), method);
+        claims.labels = registration.labels.clone();
+        if let Some(digest) = &registration.image_digest {
+            claims.image = Some(Image {
+                digest: Some(digest.clone()),
+                name: None,
+            });
+            if let Some(scan) = store.latest_scan(digest)? {
+                claims.vulns = Some(scan.vulns);
+            }
+        }
+        claims.cloud = cloud;
+        claims.reported = reported.filter(|r| !r.is_empty());
+        let issued = self
+            .ca
+            .issue(&id, &claims, &csr.public_key, self.cert_ttl)
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        let not_after = issued.not_after.unix_timestamp();
+        store.record_issued(&issued.serial, id.as_str(), not_after, method, now)?;
+        Ok(IssuedResponse {
+            id: id.to_string(),
+            certificate: issued.pem,
+            bundle: self.ca.cert_pem().to_string(),
+            not_after,
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, Refusal> {
+        self.store
+            .lock()
+            .map_err(|_| Refusal::Internal("store lock poisoned".into()))
+    }
+
+    /// One JSON line per attestation, issuance, renewal, refusal.
+    fn event(&self, event: &str, id: Option<&str>, method: &str, refusal: Option<&Refusal>) {
+        let line = serde_json::json!({
+            "time": crate::identity::inspect::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+            "event": event,
+            "id": id,
+            "attestation": method,
+            "refusal": refusal.map(Refusal::short),
+            "reason": refusal.map(ToString::to_string),
+        });
+        if let Ok(mut guard) = self.events.lock() {
+            match guard.as_mut() {
+                Some(file) => {
+                    let _ = writeln!(file, "{line}");
+                }
+                None => eprintln!("{line}"),
+            }
+        }
+    }
+
+    /// Writes a revocation event (the CLI revokes through the store).
+    pub fn log_revocation(&self, id: &str) {
+        self.event("revoke", Some(id), "admin", None);
+    }
+}
+
+/// The facts a cloud registration can match on.
+pub fn cloud_facts(cloud: &Cloud) -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::new();
+    let mut put = |key: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            facts.insert(key.to_string(), v.clone());
+        }
+    };
+    put("provider", &cloud.provider);
+    put("account", &cloud.account);
+    put("project", &cloud.project);
+    put("region", &cloud.region);
+    put("zone", &cloud.zone);
+    put("instance", &cloud.instance);
+    put("image", &cloud.image);
+    facts
+}
+
+fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, Refusal> {
+    if pem.len() > 16 * 1024 {
+        return Err(Refusal::BadRequest("CSR larger than 16 KiB".into()));
+    }
+    CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| Refusal::BadRequest(format!("invalid CSR: {e}")))
+}
+
+/// Join tokens are stored as the hex SHA-256 of the token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// A fresh join token: 32 random bytes, base64url. `None` only when the
+/// system has no randomness to give (then there is no safe token).
+pub fn new_token() -> Option<String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).ok()?;
+    Some(format!(
+        "appid-jt-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}

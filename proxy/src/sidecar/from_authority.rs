@@ -1,0 +1,167 @@
+//! Identity from the authority: bootstrap once, renew forever, follow
+//! revocations.
+//!
+//! Design bias: *never stop serving for the authority's sake*. The first
+//! certificate is required (the sidecar is not ready without one); after
+//! that an unreachable authority only delays renewal — the current
+//! certificate keeps serving until it expires, and only then does `/ready`
+//! turn false. Renewal happens at half the remaining lifetime with jitter,
+//! with a new key each time. The join token file is read once.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::tls::LocalIdentity;
+use super::{Shared, SidecarError};
+use crate::admin::Readiness;
+use crate::authority::client::{AuthorityClient, ClientError, new_key_and_csr};
+use crate::authority::service::{IssuedResponse, Proof};
+use crate::identity::verify::TrustBundle;
+
+/// How often the revocation list is fetched.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Gets the first certificate with the join token in `token_file`,
+/// retrying while the authority is unreachable. A refusal is final.
+pub(super) async fn first_certificate(
+    client: &AuthorityClient,
+    bundle: &TrustBundle,
+    token_file: Option<&Path>,
+) -> Result<LocalIdentity, SidecarError> {
+    let token_file = token_file.ok_or_else(|| {
+        SidecarError::Authority(
+            "identity.authority needs join_token_file (cloud attestation from the sidecar is not supported yet)"
+                .into(),
+        )
+    })?;
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| SidecarError::Authority(format!("{}: {e}", token_file.display())))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(SidecarError::Authority(format!(
+            "{}: the join token file is empty",
+            token_file.display()
+        )));
+    }
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let fresh = new_key_and_csr().map_err(|e| SidecarError::Authority(e.to_string()))?;
+        let proof = Proof::JoinToken {
+            token: token.clone(),
+        };
+        match client.attest(&fresh.csr_pem, proof).await {
+            Ok(issued) => return identity_from(&issued, &fresh.key_pem, bundle),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "waiting for the authority");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(SidecarError::Authority(e.to_string())),
+        }
+    }
+}
+
+fn identity_from(
+    issued: &IssuedResponse,
+    key_pem: &str,
+    bundle: &TrustBundle,
+) -> Result<LocalIdentity, SidecarError> {
+    LocalIdentity::from_pem(
+        "certificate from the authority",
+        issued.certificate.as_bytes(),
+        "generated key",
+        key_pem.as_bytes(),
+        bundle,
+    )
+    .map_err(SidecarError::Identity)
+}
+
+/// Renews at half life (with jitter) until shutdown.
+pub(super) async fn keep_renewed(
+    shared: Arc<Shared>,
+    client: AuthorityClient,
+    readiness: Readiness,
+    identity_json: Arc<ArcSwap<serde_json::Value>>,
+) {
+    loop {
+        let not_after = shared.tls.identity.load().not_after;
+        let remaining = (not_after - now()).max(0) as u64;
+        // Half of what is left, minus up to 10% jitter so a fleet spreads out.
+        let half = Duration::from_secs(remaining) / 2;
+        let jitter = half.mul_f64(jitter_fraction() * 0.1);
+        tokio::time::sleep(half.saturating_sub(jitter).max(Duration::from_secs(1))).await;
+
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match renew_once(&shared, &client).await {
+                Ok(identity) => {
+                    tracing::info!(id = %identity.id, not_after = identity.not_after, "certificate renewed");
+                    identity_json.store(Arc::new(
+                        serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims}),
+                    ));
+                    shared
+                        .metrics
+                        .set_certificate_expiry(identity.not_after - now());
+                    shared.tls.identity.store(Arc::new(identity));
+                    readiness.set_identity_ready(true);
+                    break;
+                }
+                Err(e) => {
+                    let left = shared.tls.identity.load().not_after - now();
+                    if left <= 0 {
+                        readiness.set_identity_ready(false);
+                    }
+                    tracing::warn!(error = %e, seconds_left = left, "renewal failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+async fn renew_once(shared: &Shared, client: &AuthorityClient) -> Result<LocalIdentity, String> {
+    let fresh = new_key_and_csr().map_err(|e| e.to_string())?;
+    let current = shared.tls.identity.load().certified.clone();
+    let issued = client
+        .renew(&fresh.csr_pem, current)
+        .await
+        .map_err(|e: ClientError| e.to_string())?;
+    identity_from(&issued, &fresh.key_pem, &shared.tls.bundle.load()).map_err(|e| e.to_string())
+}
+
+/// Fetches the revocation list every [`REVOCATION_POLL`]; a change makes
+/// every live connection re-check its peer.
+pub(super) async fn follow_revocations(shared: Arc<Shared>, client: AuthorityClient) {
+    loop {
+        match client.revocations().await {
+            Ok(list) => {
+                let revoked: HashSet<String> = list.revoked.into_iter().collect();
+                if **shared.tls.revoked.load() != revoked {
+                    tracing::info!(count = revoked.len(), "revocation list changed");
+                    shared.tls.revoked.store(Arc::new(revoked));
+                    shared.authorization_changed();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "revocation poll failed"),
+        }
+        tokio::time::sleep(REVOCATION_POLL).await;
+    }
+}
+
+/// A uniform fraction in [0, 1).
+fn jitter_fraction() -> f64 {
+    let mut byte = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut byte);
+    f64::from(byte[0]) / 256.0
+}
