@@ -21,6 +21,10 @@ use super::Shared;
 use super::http::{RequestAuthorizer, RequestFacts, RequestVerdict};
 use crate::audit::AuditRecord;
 
+/// The rule name audit lines and `x-appid-denied-by` carry for a peer the
+/// authority revoked.
+pub const REVOKED_RULE: &str = "revoked";
+
 /// The other party of a connection, as policy sees it.
 #[derive(Debug, Clone)]
 pub enum Peer {
@@ -119,6 +123,9 @@ impl ConnAuthz {
     /// known, `Some(false)` for opaque TCP, `Some(true)` for HTTP (then
     /// rules with `http` defer to per-request decisions).
     pub fn decide_connection(&self, is_http: Option<bool>) -> ConnVerdict {
+        if let Some((rule, reason)) = self.revoked(None) {
+            return ConnVerdict::Deny { rule, reason };
+        }
         let policy = self.shared.policy.load();
         let query = self.query(is_http);
         let decision = policy.decide(&query);
@@ -156,13 +163,8 @@ impl ConnAuthz {
     /// Re-decides an opaque TCP connection after a policy change, silently:
     /// the caller audits the closure if the answer is no.
     pub fn still_allowed(&self) -> ConnVerdict {
-        if let Peer::Meshed(claims) = &self.peer {
-            if self.shared.tls.is_revoked(&claims.id) {
-                return ConnVerdict::Deny {
-                    rule: "revoked".into(),
-                    reason: format!("{} was revoked by the authority", claims.id),
-                };
-            }
+        if let Some((rule, reason)) = self.revoked(None) {
+            return ConnVerdict::Deny { rule, reason };
         }
         let policy = self.shared.policy.load();
         let decision = policy.decide(&self.query(Some(false)));
@@ -181,19 +183,10 @@ impl ConnAuthz {
     /// Writes the audit line and counts the decision.
     fn audit(
         &self,
-        policy: &Policy,
+        _policy: &Policy,
         decision: &appid_policy::policy::Decision<'_>,
         request: Option<(&str, &str, bool)>,
     ) {
-        let _ = policy;
-        let decision_label = match decision.outcome {
-            Outcome::Allow => "allow",
-            _ => "deny",
-        };
-        let peer_id = match &self.peer {
-            Peer::Meshed(claims) => Some(claims.id.as_str()),
-            _ => None,
-        };
         let mut claims = serde_json::Map::new();
         for path in decision.attributes() {
             if let Some(value) = self.attribute_value(path) {
@@ -205,29 +198,75 @@ impl ConnAuthz {
         } else {
             Some(decision.why().to_string())
         };
+        let label = match decision.outcome {
+            Outcome::Allow => "allow",
+            _ => "deny",
+        };
+        self.write_audit(
+            label,
+            decision.audit_only,
+            decision.rule,
+            &claims,
+            reason.as_deref(),
+            request,
+        );
+    }
+
+    /// One audit line and one decision count.
+    fn write_audit(
+        &self,
+        decision: &str,
+        audit_only: bool,
+        rule: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        reason: Option<&str>,
+        request: Option<(&str, &str, bool)>,
+    ) {
+        let peer_id = match &self.peer {
+            Peer::Meshed(claims) => Some(claims.id.as_str()),
+            _ => None,
+        };
         let peer_addr = self.peer_addr.to_string();
         self.shared.audit.log(&AuditRecord {
             direction: self.direction.as_str(),
-            decision: decision_label,
-            audit_only: decision.audit_only,
-            rule: decision.rule,
+            decision,
+            audit_only,
+            rule,
             peer_id,
             peer_addr: Some(&peer_addr),
-            claims: &claims,
+            claims,
             port: self.port,
             method: request.map(|(m, _, _)| m),
             path: request.map(|(_, p, _)| p),
-            reason: reason.as_deref(),
+            reason,
             protocol: match request {
                 Some((_, _, true)) => "grpc",
                 _ => self.protocol,
             },
         });
-        self.shared.metrics.authz_decision(
-            metrics_direction(self.direction),
-            decision_label,
-            decision.rule,
+        self.shared
+            .metrics
+            .authz_decision(metrics_direction(self.direction), decision, rule);
+    }
+
+    /// A denial because the authority revoked the peer, if it did.
+    fn revoked(&self, request: Option<(&str, &str, bool)>) -> Option<(String, String)> {
+        let Peer::Meshed(claims) = &self.peer else {
+            return None;
+        };
+        if !self.shared.tls.is_revoked(&claims.id) {
+            return None;
+        }
+        let reason = format!("{} was revoked by the authority", claims.id);
+        self.write_audit(
+            "deny",
+            false,
+            REVOKED_RULE,
+            &serde_json::Map::new(),
+            Some(&reason),
+            request,
         );
+        Some((REVOKED_RULE.to_string(), reason))
     }
 
     /// The value behind an audit path like `from.labels.app`.
@@ -280,6 +319,11 @@ impl RequestAuthorizer for ConnAuthz {
     }
 
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
+        if let Some((rule, reason)) =
+            self.revoked(Some((request.method, request.path, request.grpc)))
+        {
+            return RequestVerdict::Deny { rule, reason };
+        }
         let policy = self.shared.policy.load();
         let headers = HeaderMapView(request.headers);
         let query = self.query(Some(true)).with_request(HttpRequest {
