@@ -15,11 +15,9 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::SignatureScheme;
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -27,8 +25,8 @@ use tokio_rustls::TlsConnector;
 use super::server::authority_id;
 use super::service::{AttestRequest, IssuedResponse, Proof, RenewRequest, RevocationList};
 use crate::identity::ca::KeyAlg;
-use crate::identity::verify::{self, PeerRole, TrustBundle};
-use crate::sidecar::tls;
+use crate::identity::verify::TrustBundle;
+use crate::sidecar::tls::{self, PeerVerifier};
 
 /// Largest response accepted from the authority.
 const MAX_RESPONSE: usize = 1024 * 1024;
@@ -211,11 +209,10 @@ impl AuthorityClient {
 
     fn tls_config(&self, client_cert: Option<Arc<CertifiedKey>>) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(tls::provider());
-        let verifier = Arc::new(AuthorityVerifier {
-            bundle: self.bundle.clone(),
-            expected_id: self.expected_id.clone(),
-            algorithms: provider.signature_verification_algorithms,
-        });
+        // The authority is verified like a peer, and must be the authority.
+        let verifier = Arc::new(
+            PeerVerifier::new(self.bundle.clone(), &provider).expecting(self.expected_id.clone()),
+        );
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.3"))
@@ -227,65 +224,6 @@ impl AuthorityClient {
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
-    }
-}
-
-/// Accepts only the authority's own AppID certificate.
-#[derive(Debug)]
-struct AuthorityVerifier {
-    bundle: Arc<TrustBundle>,
-    expected_id: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AuthorityVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone()];
-        chain.extend(intermediates.iter().cloned());
-        let peer = verify::verify_peer(&chain, &self.bundle, PeerRole::Server, now).map_err(
-            |rejection| {
-                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                    Arc::new(rejection),
-                )))
-            },
-        )?;
-        if peer.id.as_str() != self.expected_id {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 

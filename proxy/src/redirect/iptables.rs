@@ -58,9 +58,8 @@ impl Backend {
                         .map(|out| out.lines().any(|l| l.starts_with("-A ")))
                         .unwrap_or(false)
                 };
-                if !exists(Backend::Nft.command(Family::V4, Tool::Save)) {
-                    Backend::Legacy
-                } else if has_rules(Backend::Legacy) && !has_rules(Backend::Nft) {
+                let nft_missing = !exists(Backend::Nft.command(Family::V4, Tool::Save));
+                if nft_missing || (has_rules(Backend::Legacy) && !has_rules(Backend::Nft)) {
                     Backend::Legacy
                 } else {
                     Backend::Nft

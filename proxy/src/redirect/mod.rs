@@ -201,10 +201,10 @@ pub fn rules(options: &RedirectOptions, family: Family) -> Vec<Rule> {
         ));
     }
     for cidr in &options.exclude_outbound_cidrs {
-        let matches_family = match (cidr, family) {
-            (IpNet::V4(_), Family::V4) | (IpNet::V6(_), Family::V6) => true,
-            _ => false,
-        };
+        let matches_family = matches!(
+            (cidr, family),
+            (IpNet::V4(_), Family::V4) | (IpNet::V6(_), Family::V6)
+        );
         if matches_family {
             rules.push(Rule::new(
                 "APPID_OUTPUT",

@@ -13,6 +13,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,7 +149,6 @@ where
     });
 
     let io = TokioIo::new(downstream);
-    tokio::pin!(shutdown);
     match version {
         HttpVersion::Http1 => {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -156,26 +156,35 @@ where
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => return result.map_err(HttpProxyError::Downstream),
-                () = &mut shutdown => conn.as_mut().graceful_shutdown(),
-            }
-            conn.await.map_err(HttpProxyError::Downstream)
+            serve_until(conn, |c| c.graceful_shutdown(), shutdown).await
         }
         HttpVersion::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => return result.map_err(HttpProxyError::Downstream),
-                () = &mut shutdown => conn.as_mut().graceful_shutdown(),
-            }
-            conn.await.map_err(HttpProxyError::Downstream)
+            serve_until(conn, |c| c.graceful_shutdown(), shutdown).await
         }
     }
+}
+
+/// Drives `conn`; once `shutdown` resolves, lets in-flight requests finish
+/// and closes the connection.
+/// (`graceful` is the connection type's own `graceful_shutdown`.)
+async fn serve_until<C>(
+    conn: C,
+    graceful: fn(Pin<&mut C>),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpProxyError>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn, shutdown);
+    tokio::select! {
+        result = conn.as_mut() => return result.map_err(HttpProxyError::Downstream),
+        () = &mut shutdown => graceful(conn.as_mut()),
+    }
+    conn.await.map_err(HttpProxyError::Downstream)
 }
 
 /// Answers every request on `downstream` with a denial, without any

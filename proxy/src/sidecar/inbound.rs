@@ -38,31 +38,13 @@ pub struct InboundSpec {
 
 /// Accepts until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, spec: InboundSpec) {
-    let shutdown = shared.shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let Some(permit) = shared.admit(MetricsDirection::Inbound) else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            shared.metrics.connection_opened(MetricsDirection::Inbound);
-            handle(&shared, stream, peer_addr, spec).await;
-            shared.metrics.connection_closed(MetricsDirection::Inbound);
-            drop(permit);
-        });
-    }
+    super::accept_loop(
+        shared,
+        listener,
+        MetricsDirection::Inbound,
+        move |shared, stream, peer_addr| async move { handle(&shared, stream, peer_addr, spec).await },
+    )
+    .await;
 }
 
 async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, spec: InboundSpec) {

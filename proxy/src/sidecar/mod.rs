@@ -363,6 +363,47 @@ pub async fn run_until(
     Ok(())
 }
 
+/// Accepts connections until shutdown, admitting each against the
+/// connection limit and counting it, and runs `handle` for it in a task.
+/// Shared by the inbound and outbound listeners.
+async fn accept_loop<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    direction: MetricsDirection,
+    handle: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shutdown = shared.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off, don't spin.
+                    tracing::warn!(error = %e, direction = direction.as_str(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let Some(permit) = shared.admit(direction) else {
+            continue; // refused and counted; dropping the stream closes it
+        };
+        let connection = handle(shared.clone(), stream, peer_addr);
+        let metrics = shared.metrics.clone();
+        tokio::spawn(async move {
+            metrics.connection_opened(direction);
+            connection.await;
+            metrics.connection_closed(direction);
+            drop(permit);
+        });
+    }
+}
+
 async fn bind(address: SocketAddr) -> Result<TcpListener, SidecarError> {
     TcpListener::bind(address)
         .await

@@ -37,31 +37,13 @@ pub struct OutboundSpec {
 
 /// Accepts until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, spec: OutboundSpec) {
-    let shutdown = shared.shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, app_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let Some(permit) = shared.admit(MetricsDirection::Outbound) else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            shared.metrics.connection_opened(MetricsDirection::Outbound);
-            handle(&shared, stream, app_addr, spec).await;
-            shared.metrics.connection_closed(MetricsDirection::Outbound);
-            drop(permit);
-        });
-    }
+    super::accept_loop(
+        shared,
+        listener,
+        MetricsDirection::Outbound,
+        move |shared, stream, app_addr| async move { handle(&shared, stream, app_addr, spec).await },
+    )
+    .await;
 }
 
 async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec: OutboundSpec) {

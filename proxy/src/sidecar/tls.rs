@@ -252,22 +252,66 @@ pub fn handshake_failure_reason(error: &std::io::Error) -> String {
     }
 }
 
-/// Checks peer certificates with [`verify_peer`].
+/// Where a [`PeerVerifier`] gets its trust from.
+pub trait PeerTrust: Send + Sync + std::fmt::Debug {
+    fn verify_peer(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, PeerRejection>;
+}
+
+/// The sidecar's swappable bundle, with revocations.
+impl PeerTrust for TlsState {
+    fn verify_peer(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, PeerRejection> {
+        self.verify_at(chain, role, now)
+    }
+}
+
+/// A fixed bundle (e.g. to verify the authority before we have an identity).
+impl PeerTrust for TrustBundle {
+    fn verify_peer(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, PeerRejection> {
+        verify::verify_peer(chain, self, role, now)
+    }
+}
+
+/// Checks peer certificates with [`verify_peer`], as a rustls client- and
+/// server-certificate verifier.
 #[derive(Debug)]
-struct PeerVerifier {
-    state: Arc<TlsState>,
+pub struct PeerVerifier {
+    trust: Arc<dyn PeerTrust>,
     algorithms: WebPkiSupportedAlgorithms,
     /// Server side: whether a client certificate is required.
     mandatory: bool,
+    /// Accept only this SPIFFE ID (e.g. the authority's), when set.
+    expected_id: Option<String>,
 }
 
 impl PeerVerifier {
-    fn new(state: Arc<TlsState>, provider: &CryptoProvider) -> Self {
+    pub fn new(trust: Arc<dyn PeerTrust>, provider: &CryptoProvider) -> Self {
         PeerVerifier {
-            state,
+            trust,
             algorithms: provider.signature_verification_algorithms,
             mandatory: true,
+            expected_id: None,
         }
+    }
+
+    /// Accept only a peer with this SPIFFE ID.
+    pub fn expecting(mut self, id: impl Into<String>) -> Self {
+        self.expected_id = Some(id.into());
+        self
     }
 
     fn check(
@@ -280,15 +324,34 @@ impl PeerVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        self.state
-            .verify_at(&chain, role, now)
-            .map(|_| ())
-            .map_err(|rejection| {
-                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                    Arc::new(rejection),
-                )))
-            })
+        let peer = self.trust.verify_peer(&chain, role, now).map_err(|rejection| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(rejection),
+            )))
+        })?;
+        match &self.expected_id {
+            Some(expected) if peer.id.as_str() != expected => Err(
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+            ),
+            _ => Ok(()),
+        }
     }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+/// TLS 1.2 is never negotiated: every config here is TLS 1.3 only.
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
 }
 
 impl ClientCertVerifier for PeerVerifier {
@@ -312,14 +375,11 @@ impl ClientCertVerifier for PeerVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // TLS 1.2 is never negotiated (the configs are TLS 1.3 only).
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -328,7 +388,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -351,13 +411,11 @@ impl ServerCertVerifier for PeerVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -366,7 +424,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
