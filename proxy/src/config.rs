@@ -200,11 +200,10 @@ impl fmt::Display for Diagnostics {
 /// Why a sidecar config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read the sidecar config: {source} (check the path given to --config)", path.display())]
+    #[error("{}: cannot read the sidecar config: {error} (check the path given to --config)", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: the sidecar config is larger than {MAX_CONFIG_BYTES} bytes; is this the right file?", path.display())]
     TooLarge { path: PathBuf },
@@ -226,9 +225,9 @@ impl ProxyConfig {
     /// Reads and validates `path`; relative paths inside are resolved
     /// against the directory of `path`.
     pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
-        let read_err = |source| ConfigError::Read {
+        let read_err = |error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = std::fs::File::open(path).map_err(read_err)?;
         let mut bytes = Vec::new();

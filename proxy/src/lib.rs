@@ -5,6 +5,7 @@
 //! - [`cli`]: the command-line edge (the only place `anyhow` is used).
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod authority;
 pub mod cli;
 pub mod detect;

@@ -11,6 +11,7 @@
 pub mod apps;
 pub mod clients;
 pub mod grpc;
+pub mod mesh;
 pub mod net;
 pub mod pki;
 pub mod sidecar;

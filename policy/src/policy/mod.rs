@@ -7,7 +7,7 @@
 //! rules:
 //!   - name: web-to-api
 //!     action: allow
-//!     from: { id: { glob: "spiffe://prod.example/ns/shop/sa/*" }, vulns.critical: { lte: 0 } }
+//!     from: { id: "spiffe://prod.example/ns/shop/sa/*", vulns.critical: { lte: 0 } }
 //!     to:   { labels.app: api, ports: [8080, "9000-9100"] }
 //!     http: { methods: [GET], paths: ["/v1/**"], headers: { x-tenant: acme } }
 //! ```
@@ -28,7 +28,8 @@
 //! is never looked at: [`Query`] cannot even carry it.
 //!
 //! **A rule matches** when every clause holds (a map is an AND, a list an
-//! OR). Selector values: a plain value means equals, a list means any of,
+//! OR). Selector values: a plain value means equals (a glob if it contains
+//! `*`), a list means any of,
 //! and the operators are `in`, `not_in`, `glob`, `exists`, `lt`, `lte`,
 //! `gt`, `gte`, `not` (module `selector` has a table for each, including
 //! missing attributes). **Numeric operators on a missing or non-numeric attribute do

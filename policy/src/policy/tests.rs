@@ -131,7 +131,10 @@ rules:
     let misses: Vec<_> = e.near_misses().map(|r| (r.name, r.failed[0])).collect();
     assert_eq!(
         misses,
-        [("web-to-api", "from.id: \"spiffe://prod.example/ns/shop/sa/*\"")]
+        [(
+            "web-to-api",
+            "from.id: \"spiffe://prod.example/ns/shop/sa/*\""
+        )]
     );
 
     let stripe = Query::external(&callee, ip("1.2.3.4"), Some("api.stripe.com"), 443);
@@ -937,6 +940,7 @@ mod props {
         "labels.app: [a, c]",
         "id: { glob: \"spiffe://td/ns/n1/*\" }",
         "id: { glob: \"spiffe://td/**\" }",
+        "id: \"spiffe://td/ns/*/b\"",
         "id: spiffe://td/ns/n2/b",
         "vulns.critical: { lte: 0 }",
         "vulns.critical: { gt: 0 }",

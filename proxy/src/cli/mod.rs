@@ -14,6 +14,7 @@ mod authority;
 mod cert;
 mod issue;
 mod policy;
+mod probe;
 mod proxy;
 mod redirect;
 
@@ -42,6 +43,8 @@ enum Command {
     },
     /// Run the sidecar
     Proxy(proxy::ProxyArgs),
+    /// Check the local sidecar's /live or /ready (for exec probes)
+    Probe(probe::ProbeArgs),
     /// Install, remove or show the transparent-capture iptables rules
     Redirect(redirect::RedirectArgs),
     /// Check a policy file, or explain a decision
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Cert { command } => cert::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Proxy(args) => proxy::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Redirect(args) => redirect::run(args),
     };
     match result {

@@ -66,17 +66,17 @@ pub enum CaError {
         dir.display()
     )]
     AlreadyExists { dir: PathBuf },
-    #[error("{}: cannot create the CA directory: {source}", dir.display())]
+    #[error("{}: cannot create the CA directory: {error}", dir.display())]
     CreateDir {
         dir: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid trust domain: {0}")]
     TrustDomain(#[from] SpiffeIdError),
     #[error("{}: not a CA made by `appid authority init`: {detail}", path.display())]
     NotOurCa { path: PathBuf, detail: String },
-    #[error("{}: cannot load the CA key: {source}", path.display())]
-    BadKey { path: PathBuf, source: rcgen::Error },
+    #[error("{}: cannot load the CA key: {error}", path.display())]
+    BadKey { path: PathBuf, error: rcgen::Error },
     #[error("certificate generation failed: {0}")]
     Crypto(rcgen::Error),
 }
@@ -109,9 +109,9 @@ impl Ca {
                 dir: dir.to_path_buf(),
             });
         }
-        std::fs::create_dir_all(dir).map_err(|source| CaError::CreateDir {
+        std::fs::create_dir_all(dir).map_err(|error| CaError::CreateDir {
             dir: dir.to_path_buf(),
-            source,
+            error,
         })?;
 
         let key = alg.generate()?;
@@ -154,9 +154,9 @@ impl Ca {
         let key_path = dir.join(CA_KEY_FILE);
         let cert_der = files::read_certs(&cert_path)?.remove(0);
         let key_pem = files::read_private_key_pem(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|source| CaError::BadKey {
+        let key = KeyPair::from_pem(&key_pem).map_err(|error| CaError::BadKey {
             path: key_path.clone(),
-            source,
+            error,
         })?;
         let trust_domain = trust_domain_of_root(&cert_path, &cert_der)?;
         let cert_pem = String::from_utf8_lossy(&files::read_small(&cert_path)?).into_owned();

@@ -21,8 +21,8 @@ pub const MAX_PEM_FILE: u64 = 1024 * 1024;
 /// A problem with one file.
 #[derive(Debug, Error)]
 pub enum FileError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{}: larger than {MAX_PEM_FILE} bytes; expected a PEM file", path.display())]
     TooLarge { path: PathBuf },
     #[error("{}: no certificate found; expected a PEM block `-----BEGIN CERTIFICATE-----`", path.display())]
@@ -36,10 +36,10 @@ pub enum FileError {
 }
 
 impl FileError {
-    pub fn io(path: &Path, source: io::Error) -> Self {
+    pub fn io(path: &Path, error: io::Error) -> Self {
         FileError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

@@ -40,11 +40,11 @@ pub enum RedirectError {
         status: String,
         stderr: String,
     },
-    #[error("{family} rules failed after {done} rules were installed (those were rolled back): {source}")]
+    #[error("{family} rules failed after {done} rules were installed (those were rolled back): {error}")]
     RolledBack {
         family: &'static str,
         done: &'static str,
-        source: Box<RedirectError>,
+        error: Box<RedirectError>,
     },
 }
 
@@ -141,7 +141,7 @@ pub fn apply_install(
                 return Err(RedirectError::RolledBack {
                     family: family.as_str(),
                     done: first.as_str(),
-                    source: Box::new(error),
+                    error: Box::new(error),
                 });
             }
             return Err(error);

@@ -55,15 +55,15 @@ pub enum SidecarError {
     Identity(#[from] IdentityError),
     #[error("{0}")]
     Policy(String),
-    #[error("audit log {path}: {source}")]
+    #[error("audit log {path}: {error}")]
     Audit {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {error}")]
     Bind {
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("identity from the authority: {0}")]
     Authority(String),
@@ -207,9 +207,9 @@ pub async fn run_until(
 ) -> Result<(), SidecarError> {
     tokio::pin!(stop);
     let policy = load_policy(&config.policy)?;
-    let audit = AuditLog::open_target(&config.audit_log).map_err(|source| SidecarError::Audit {
+    let audit = AuditLog::open_target(&config.audit_log).map_err(|error| SidecarError::Audit {
         path: config.audit_log.display(),
-        source,
+        error,
     })?;
     let metrics = Arc::new(Metrics::new());
     let limits = Limits {
@@ -344,7 +344,7 @@ pub async fn run_until(
 
     stop.await;
     tracing::info!("shutting down: no new connections, draining live ones");
-    readiness.set_listeners_ready(false);
+    readiness.set_draining(true);
     let _ = shutdown_tx.send(true);
     for task in tasks {
         let _ = task.await;
@@ -407,7 +407,7 @@ async fn accept_loop<F, Fut>(
 async fn bind(address: SocketAddr) -> Result<TcpListener, SidecarError> {
     TcpListener::bind(address)
         .await
-        .map_err(|source| SidecarError::Bind { address, source })
+        .map_err(|error| SidecarError::Bind { address, error })
 }
 
 /// Resolves on SIGTERM or SIGINT.
