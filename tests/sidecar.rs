@@ -69,7 +69,11 @@ fn app_header<'a>(echo: &'a Value, name: &str) -> Vec<&'a str> {
 /// The app saw exactly the sidecar's identity headers for `caller`, and
 /// nothing the caller made up.
 fn assert_peer_headers(echo: &Value, caller: &Cert) {
-    assert_eq!(app_header(echo, "x-appid-peer-id"), [caller.id.as_str()], "{echo:#}");
+    assert_eq!(
+        app_header(echo, "x-appid-peer-id"),
+        [caller.id.as_str()],
+        "{echo:#}"
+    );
     let claims = app_header(echo, "x-appid-peer");
     assert_eq!(claims.len(), 1, "one x-appid-peer header: {echo:#}");
     let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -97,9 +101,20 @@ const SPOOF: [&str; 6] = [
 /// A 403 from a sidecar naming `rule`, with a one-line body.
 fn assert_denied(response: &CurlResponse, rule: &str) {
     assert_eq!(response.status, 403, "{response:?}");
-    assert_eq!(response.header("x-appid-denied-by"), Some(rule), "{response:?}");
-    assert_eq!(response.body.trim_end().lines().count(), 1, "one-line body: {response:?}");
-    assert!(response.body.contains(rule), "body names the rule: {response:?}");
+    assert_eq!(
+        response.header("x-appid-denied-by"),
+        Some(rule),
+        "{response:?}"
+    );
+    assert_eq!(
+        response.body.trim_end().lines().count(),
+        1,
+        "one-line body: {response:?}"
+    );
+    assert!(
+        response.body.contains(rule),
+        "body names the rule: {response:?}"
+    );
 }
 
 fn is_deny(line: &Value, rule: &str) -> bool {
@@ -191,7 +206,9 @@ async fn http1_reaches_the_app_with_the_callers_spiffe_id_and_no_spoofed_header(
     let line = mesh
         .server
         .wait_audit("inbound allow of GET /v1/hello", |l| {
-            has(l, "direction", "inbound") && has(l, "decision", "allow") && has(l, "path", "/v1/hello")
+            has(l, "direction", "inbound")
+                && has(l, "decision", "allow")
+                && has(l, "path", "/v1/hello")
         })
         .await;
     assert_eq!(line["rule"], "web-to-api");
@@ -205,8 +222,15 @@ async fn http1_reaches_the_app_with_the_callers_spiffe_id_and_no_spoofed_header(
             has(l, "direction", "outbound") && has(l, "decision", "allow")
         })
         .await;
-    assert_eq!(line["peer_id"], mesh.env.api.id.as_str(), "outbound names the server");
-    assert_eq!(line["port"], mesh.inbound, "outbound sees the upstream port");
+    assert_eq!(
+        line["peer_id"],
+        mesh.env.api.id.as_str(),
+        "outbound names the server"
+    );
+    assert_eq!(
+        line["port"], mesh.inbound,
+        "outbound sees the upstream port"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,9 +244,15 @@ async fn http2_prior_knowledge_reaches_the_app_with_the_callers_spiffe_id() {
     args.push(&url);
     let response = curl(&args).await;
     assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
-    assert_eq!(response.version, "HTTP/2", "curl spoke h2 to the client sidecar");
+    assert_eq!(
+        response.version, "HTTP/2",
+        "curl spoke h2 to the client sidecar"
+    );
     let echo = response.json();
-    assert_eq!(echo["version"], "HTTP/2.0", "the app got h2 end to end: {echo:#}");
+    assert_eq!(
+        echo["version"], "HTTP/2.0",
+        "the app got h2 end to end: {echo:#}"
+    );
     assert_peer_headers(&echo, &mesh.web);
     let line = mesh
         .server
@@ -260,17 +290,27 @@ async fn grpc_unary_and_server_streaming_calls_pass_through() {
             }
         })
         .await;
-    assert_eq!(reply.grpc_status(), Some("0"), "{reply:?}\n{}", mesh.context());
+    assert_eq!(
+        reply.grpc_status(),
+        Some("0"),
+        "{reply:?}\n{}",
+        mesh.context()
+    );
     let messages: Vec<String> = reply
         .messages
         .iter()
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .collect();
-    assert_eq!(messages, ["count 0", "count 1", "count 2", "count 3", "count 4"]);
+    assert_eq!(
+        messages,
+        ["count 0", "count 1", "count 2", "count 3", "count 4"]
+    );
 
     let line = mesh
         .server
-        .wait_audit("an allow of the streaming call", |l| has(l, "path", GRPC_STREAM))
+        .wait_audit("an allow of the streaming call", |l| {
+            has(l, "path", GRPC_STREAM)
+        })
         .await;
     assert_eq!(line["decision"], "allow");
     assert_eq!(line["method"], "POST");
@@ -361,7 +401,7 @@ async fn critical_vulnerabilities_are_denied_by_the_server_with_403_and_grpc_7()
     action: deny
     from: { vulns.critical: { gt: 0 } }
     to: { labels.app: api }
-"
+",
     );
     let scratch = tempfile::tempdir().unwrap();
     let own = scratch.path().join("trivy-legacy.json");
@@ -383,7 +423,12 @@ async fn critical_vulnerabilities_are_denied_by_the_server_with_403_and_grpc_7()
         )
         .await;
         let claims = claims_of(&mesh.web.cert);
-        assert_eq!(claims["vulns"]["critical"], 2, "{}: {claims:#}", report.display());
+        assert_eq!(
+            claims["vulns"]["critical"],
+            2,
+            "{}: {claims:#}",
+            report.display()
+        );
 
         let response = get(&mesh, "/v1/orders").await;
         assert_denied(&response, "no-criticals");
@@ -399,7 +444,10 @@ async fn critical_vulnerabilities_are_denied_by_the_server_with_403_and_grpc_7()
             line["claims"]["from.vulns.critical"], 2,
             "the audit line shows the claim the rule looked at: {line}"
         );
-        assert!(line["reason"].as_str().is_some_and(|r| !r.is_empty()), "{line}");
+        assert!(
+            line["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{line}"
+        );
 
         let mut grpc = GrpcClient::connect(mesh.outbound_addr()).await;
         let reply = grpc.call(GRPC_UNARY, b"x", |_| {}).await;
@@ -407,7 +455,11 @@ async fn critical_vulnerabilities_are_denied_by_the_server_with_403_and_grpc_7()
         assert_eq!(reply.header("x-appid-denied-by"), Some("no-criticals"));
         assert!(reply.messages.is_empty());
 
-        assert_eq!(app.state.requests.load(Ordering::SeqCst), 0, "nothing reached the app");
+        assert_eq!(
+            app.state.requests.load(Ordering::SeqCst),
+            0,
+            "nothing reached the app"
+        );
     }
 }
 
@@ -418,7 +470,7 @@ async fn a_denied_port_closes_tcp_and_answers_http_with_403() {
     action: deny
     from: { labels.app: web }
     to: { ports: [{inbound}] }
-"
+",
     );
     let options = || MeshOptions {
         server_policy: server_policy.clone(),
@@ -438,7 +490,11 @@ async fn a_denied_port_closes_tcp_and_answers_http_with_403() {
     assert_eq!(line["protocol"], "tcp");
     assert_eq!(line["port"], mesh.inbound);
     assert_eq!(line["peer_id"], mesh.web.id.as_str());
-    assert_eq!(echo.connections.load(Ordering::SeqCst), 0, "the app was never dialled");
+    assert_eq!(
+        echo.connections.load(Ordering::SeqCst),
+        0,
+        "the app was never dialled"
+    );
     drop(mesh);
 
     // HTTP on the same kind of port: a 403 naming the rule.
@@ -501,7 +557,10 @@ rules:
     let (status, _) = session.get("/v1/admin/x").await.unwrap();
     assert_eq!(status, 403, "denied on the live connection too");
     let (status, _) = session.get("/v1/again").await.unwrap();
-    assert_eq!(status, 200, "and the connection still serves allowed requests");
+    assert_eq!(
+        status, 200,
+        "and the connection still serves allowed requests"
+    );
 
     let mut grpc = GrpcClient::connect(mesh.outbound_addr()).await;
     let reply = grpc.call(GRPC_UNARY, b"ok", |_| {}).await;
@@ -531,7 +590,11 @@ rules:
         .await;
     assert_eq!(grpc_line["protocol"], "grpc");
     // GET /v1/items, GET /v1/again, the unary call.
-    assert_eq!(app.state.requests.load(Ordering::SeqCst), 3, "only allowed requests reach the app");
+    assert_eq!(
+        app.state.requests.load(Ordering::SeqCst),
+        3,
+        "only allowed requests reach the app"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -548,7 +611,10 @@ async fn wait_expired(cert: &Path) {
         .expect("openssl x509");
     let text = String::from_utf8_lossy(&out.stdout);
     // notAfter=Nov 23 15:12:18 2026 GMT
-    let date = text.trim().strip_prefix("notAfter=").expect("notAfter line");
+    let date = text
+        .trim()
+        .strip_prefix("notAfter=")
+        .expect("notAfter line");
     let format = time::macros::format_description!(
         "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
     );
@@ -557,7 +623,10 @@ async fn wait_expired(cert: &Path) {
         .assume_utc();
     let deadline = not_after + time::Duration::seconds(1);
     let left = deadline - time::OffsetDateTime::now_utc();
-    assert!(left < time::Duration::seconds(5), "a 1s certificate valid until {not_after}");
+    assert!(
+        left < time::Duration::seconds(5),
+        "a 1s certificate valid until {not_after}"
+    );
     if left.is_positive() {
         tokio::time::sleep(left.unsigned_abs() + Duration::from_millis(50)).await;
     }
@@ -605,7 +674,11 @@ async fn mesh_handshakes_without_a_valid_appid_certificate_are_refused() {
             result.output,
             server.context()
         );
-        assert_eq!(app.state.connections.load(Ordering::SeqCst), 0, "{what} reached the app");
+        assert_eq!(
+            app.state.connections.load(Ordering::SeqCst),
+            0,
+            "{what} reached the app"
+        );
     }
 
     // The same command with a valid certificate gets through: the refusals
@@ -624,12 +697,22 @@ async fn mesh_handshakes_without_a_valid_appid_certificate_are_refused() {
         result.output,
         server.context()
     );
-    assert!(result.output.contains(&web.id), "the app saw the SPIFFE ID: {}", result.output);
+    assert!(
+        result.output.contains(&web.id),
+        "the app saw the SPIFFE ID: {}",
+        result.output
+    );
 }
 
 /// A sidecar in front of a TCP echo and an HTTP app, for callers outside
 /// the mesh, with `policy` (where `{ports}` lists both inbound ports).
-async fn outside_sidecar(env: &Env, name: &str, policy: &str, echo: &EchoServer, app: &HttpApp) -> (Sidecar, u16, u16) {
+async fn outside_sidecar(
+    env: &Env,
+    name: &str,
+    policy: &str,
+    echo: &EchoServer,
+    app: &HttpApp,
+) -> (Sidecar, u16, u16) {
     let (tcp_port, http_port) = (free_port(), free_port());
     let policy = env.policy(
         &format!("{name}-policy.yaml"),
@@ -650,15 +733,30 @@ async fn plain_clients_are_refused_unless_an_unauthenticated_rule_allows_their_c
     let echo = EchoServer::start().await;
     let app = HttpApp::start().await;
 
-    // Without a rule for them: TCP closed, HTTP 403, both audited.
-    let (closed, tcp_port, http_port) = outside_sidecar(&env, "closed", WEB_TO_API, &echo, &app).await;
+    // With a rule for other sources only (a load balancer's 10.0.0.0/8):
+    // TCP closed, HTTP 403, both audited.
+    let lb_only = with_rule(
+        "  - name: lb-only
+    action: allow
+    from: { unauthenticated: { cidrs: [\"10.0.0.0/8\"] } }
+    to: { labels.app: api, ports: {ports} }
+",
+    );
+    let (closed, tcp_port, http_port) =
+        outside_sidecar(&env, "closed", &lb_only, &echo, &app).await;
     let mut stream = TcpStream::connect(local(tcp_port)).await.unwrap();
     stream.write_all(b"hello\n").await.unwrap();
     expect_closed(&mut stream, Duration::from_secs(10)).await;
     let line = closed
-        .wait_audit("a TCP denial", |l| is_deny(l, "default") && has(l, "protocol", "tcp"))
+        .wait_audit("a TCP denial", |l| {
+            is_deny(l, "default") && has(l, "protocol", "tcp")
+        })
         .await;
-    assert_eq!(line["peer_id"], Value::Null, "no identity outside the mesh: {line}");
+    assert_eq!(
+        line["peer_id"],
+        Value::Null,
+        "no identity outside the mesh: {line}"
+    );
     assert_eq!(line["port"], tcp_port);
     let response = curl(&[&format!("http://127.0.0.1:{http_port}/v1/x")]).await;
     assert_denied(&response, "default");
@@ -672,9 +770,10 @@ async fn plain_clients_are_refused_unless_an_unauthenticated_rule_allows_their_c
     action: allow
     from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
     to: { labels.app: api, ports: {ports} }
-"
+",
     );
-    let (open, tcp_port, http_port) = outside_sidecar(&env, "open", &open_policy, &echo, &app).await;
+    let (open, tcp_port, http_port) =
+        outside_sidecar(&env, "open", &open_policy, &echo, &app).await;
     connect_and_echo(local(tcp_port), b"hello\n")
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", open.context()));
@@ -685,10 +784,15 @@ async fn plain_clients_are_refused_unless_an_unauthenticated_rule_allows_their_c
     assert_eq!(response.status, 200, "{response:?}\n{}", open.context());
     let echoed = response.json();
     for name in ["x-appid-peer-id", "x-appid-peer", "x-appid-extra"] {
-        assert!(app_header(&echoed, name).is_empty(), "{name} reached the app: {echoed:#}");
+        assert!(
+            app_header(&echoed, name).is_empty(),
+            "{name} reached the app: {echoed:#}"
+        );
     }
     let line = open
-        .wait_audit("the local-plain allow", |l| has(l, "rule", "local-plain") && has(l, "protocol", "tcp"))
+        .wait_audit("the local-plain allow", |l| {
+            has(l, "rule", "local-plain") && has(l, "protocol", "tcp")
+        })
         .await;
     assert_eq!(line["decision"], "allow");
     assert_eq!(line["peer_id"], Value::Null);
@@ -728,7 +832,12 @@ async fn a_certificate_swap_keeps_live_sessions_and_applies_to_new_handshakes() 
     let conn = echo["conn"].clone();
 
     // Same SPIFFE ID, new claims; written over the files the sidecar uses.
-    let next = mesh.env.issue("api-v2", support::mesh::API_PATH, &["app=api", "version=v2"], &[]);
+    let next = mesh.env.issue(
+        "api-v2",
+        support::mesh::API_PATH,
+        &["app=api", "version=v2"],
+        &[],
+    );
     replace_file(&mesh.env.api.cert, &std::fs::read(&next.cert).unwrap());
     replace_file(&mesh.env.api.key, &std::fs::read(&next.key).unwrap());
 
@@ -749,7 +858,12 @@ async fn a_certificate_swap_keeps_live_sessions_and_applies_to_new_handshakes() 
         let (status, echo) = session
             .get(&format!("/v1/after/{i}"))
             .await
-            .unwrap_or_else(|e| panic!("keep-alive session broken by the swap: {e}\n{}", mesh.context()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "keep-alive session broken by the swap: {e}\n{}",
+                    mesh.context()
+                )
+            });
         assert_eq!(status, 200, "{echo}");
         assert_eq!(echo["conn"], conn, "same app connection: {echo}");
         assert_peer_headers(&echo, &mesh.web);
@@ -773,12 +887,15 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
     action: deny
     from: { labels.app: web }
     to: { labels.app: api }
-"
+",
     );
     replace_file(&mesh.server_policy, cut_off.as_bytes());
     let changed = Instant::now();
     let closed = expect_closed(&mut stream, Duration::from_secs(10)).await;
-    eprintln!("live TCP connection closed {:.2?} after the policy file changed ({closed:?})", changed.elapsed());
+    eprintln!(
+        "live TCP connection closed {:.2?} after the policy file changed ({closed:?})",
+        changed.elapsed()
+    );
     assert!(
         changed.elapsed() < Duration::from_secs(5),
         "closed only after {:.2?} (the reload polls every 500 ms)",
@@ -832,9 +949,17 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
     let mut third = TcpStream::connect(address).await.unwrap();
     let _ = third.write_all(b"three\n").await;
     expect_closed(&mut third, Duration::from_secs(10)).await;
-    assert_eq!(echo.connections.load(Ordering::SeqCst), 2, "the third never reached the app");
+    assert_eq!(
+        echo.connections.load(Ordering::SeqCst),
+        2,
+        "the third never reached the app"
+    );
 
-    assert_eq!(net::http_status(sidecar.admin, "/live").await, Some(200), "/live while full");
+    assert_eq!(
+        net::http_status(sidecar.admin, "/live").await,
+        Some(200),
+        "/live while full"
+    );
     echo_once(&mut second, b"still here\n", Duration::from_secs(10))
         .await
         .expect("admitted connections keep working");
@@ -869,8 +994,15 @@ async fn a_client_that_stalls_during_detection_is_dropped_at_detect_timeout() {
     let closed = expect_closed(&mut stream, Duration::from_secs(10)).await;
     let waited = start.elapsed();
     eprintln!("stalled client dropped after {waited:.2?} ({closed:?})");
-    assert!(waited >= Duration::from_millis(900), "dropped before the timeout: {waited:?}");
-    assert_eq!(echo.connections.load(Ordering::SeqCst), 0, "the app was never dialled");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "dropped before the timeout: {waited:?}"
+    );
+    assert_eq!(
+        echo.connections.load(Ordering::SeqCst),
+        0,
+        "the app was never dialled"
+    );
     assert!(matches!(closed, Closed::Eof | Closed::Error(_)));
     // The sidecar still serves others.
     connect_and_echo(local(inbound), b"hello\n")
@@ -900,6 +1032,12 @@ async fn sigterm_lets_an_in_flight_request_complete_then_exits_0() {
     assert_eq!(response.json()["path"], "/slow");
     for sidecar in [&mut mesh.server, &mut mesh.client] {
         let status = sidecar.wait_exit(Duration::from_secs(15)).await;
-        assert_eq!(status.code(), Some(0), "{} exit status\n{}", sidecar.name, sidecar.context());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} exit status\n{}",
+            sidecar.name,
+            sidecar.context()
+        );
     }
 }

@@ -18,3 +18,4 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod metrics;
+pub mod telemetry;

@@ -146,8 +146,10 @@ async fn grpc_respond(request: Request<Incoming>, state: Arc<AppState>) -> Respo
     let (tx, rx) = mpsc::channel::<Frame<Bytes>>(16);
     match path.as_str() {
         GRPC_UNARY => {
-            tx.try_send(Frame::data(grpc::encode_message(message))).unwrap();
-            tx.try_send(Frame::trailers(grpc::status_trailers("0"))).unwrap();
+            tx.try_send(Frame::data(grpc::encode_message(message)))
+                .unwrap();
+            tx.try_send(Frame::trailers(grpc::status_trailers("0")))
+                .unwrap();
         }
         GRPC_STREAM => {
             let count = message.first().copied().unwrap_or(0);
@@ -156,7 +158,9 @@ async fn grpc_respond(request: Request<Incoming>, state: Arc<AppState>) -> Respo
         _ => return grpc_trailers_only("12", "unknown method"),
     }
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (Ok::<_, Infallible>(frame), rx))
+        rx.recv()
+            .await
+            .map(|frame| (Ok::<_, Infallible>(frame), rx))
     });
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
     let headers = response.headers_mut();
@@ -185,7 +189,10 @@ async fn stream_counts(tx: mpsc::Sender<Frame<Bytes>>, count: u8, state: Arc<App
         }
         if i == 0 {
             let first = state.stream_first_received.notified();
-            if tokio::time::timeout(Duration::from_secs(10), first).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), first)
+                .await
+                .is_err()
+            {
                 let _ = tx.send(Frame::trailers(grpc::status_trailers("4"))).await;
                 return;
             }

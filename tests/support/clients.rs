@@ -96,10 +96,21 @@ pub struct SClient {
 /// `openssl s_client -connect <address> -alpn appid/1` (so the sidecar
 /// takes it for a mesh peer), with `cert` as client certificate if given,
 /// sending `input` and then reading until the server closes.
-pub async fn s_client(address: SocketAddr, cert: Option<(&Path, &Path)>, extra: &[&str], input: &[u8]) -> SClient {
+pub async fn s_client(
+    address: SocketAddr,
+    cert: Option<(&Path, &Path)>,
+    extra: &[&str],
+    input: &[u8],
+) -> SClient {
     let mut command = Command::new("openssl");
     command
-        .args(["s_client", "-connect", &address.to_string(), "-alpn", "appid/1"])
+        .args([
+            "s_client",
+            "-connect",
+            &address.to_string(),
+            "-alpn",
+            "appid/1",
+        ])
         .args(["-servername", "appid.invalid", "-tls1_3", "-ign_eof"])
         .args(extra);
     if let Some((cert, key)) = cert {
@@ -171,10 +182,11 @@ impl H1Session {
             .header("host", &self.authority)
             .body(Empty::new())
             .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(request))
-            .await
-            .map_err(|_| "no response within 10s".to_string())?
-            .map_err(|e| format!("request failed: {e}"))?;
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(request))
+                .await
+                .map_err(|_| "no response within 10s".to_string())?
+                .map_err(|e| format!("request failed: {e}"))?;
         let status = response.status().as_u16();
         let body = response
             .into_body()

@@ -81,9 +81,10 @@ impl GrpcReply {
 impl GrpcClient {
     pub async fn connect(address: SocketAddr) -> GrpcClient {
         let tcp = TcpStream::connect(address).await.expect("connect for gRPC");
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake");
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -106,7 +107,12 @@ impl GrpcClient {
 
     /// A call, reading the whole reply. `on_message` runs as each message
     /// arrives (before the next is read).
-    pub async fn call(&mut self, method: &str, message: &[u8], mut on_message: impl FnMut(&[u8])) -> GrpcReply {
+    pub async fn call(
+        &mut self,
+        method: &str,
+        message: &[u8],
+        mut on_message: impl FnMut(&[u8]),
+    ) -> GrpcReply {
         self.sender.ready().await.expect("h2 connection ready");
         let response = self
             .sender

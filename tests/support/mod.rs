@@ -37,7 +37,10 @@ where
             return value;
         }
         if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                context()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

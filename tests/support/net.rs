@@ -37,14 +37,18 @@ pub fn local(port: u16) -> SocketAddr {
 pub async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
         let text = String::from_utf8_lossy(&response);
         text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
     };
-    tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// What a read on a connection that should be closed by the far side saw.
@@ -73,9 +77,16 @@ pub async fn expect_closed(stream: &mut TcpStream, limit: Duration) -> Closed {
 
 /// Writes `message` and reads back exactly as many bytes (an echo), within
 /// `limit`. `Err` says what went wrong instead.
-pub async fn echo_once(stream: &mut TcpStream, message: &[u8], limit: Duration) -> Result<(), String> {
+pub async fn echo_once(
+    stream: &mut TcpStream,
+    message: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
     let exchange = async {
-        stream.write_all(message).await.map_err(|e| format!("write: {e}"))?;
+        stream
+            .write_all(message)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut back = vec![0u8; message.len()];
         stream
             .read_exact(&mut back)
@@ -84,7 +95,10 @@ pub async fn echo_once(stream: &mut TcpStream, message: &[u8], limit: Duration) 
         if back == message {
             Ok(())
         } else {
-            Err(format!("echo differs: {:?}", String::from_utf8_lossy(&back)))
+            Err(format!(
+                "echo differs: {:?}",
+                String::from_utf8_lossy(&back)
+            ))
         }
     };
     tokio::time::timeout(limit, exchange)

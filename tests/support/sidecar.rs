@@ -30,7 +30,14 @@ pub struct SidecarBuilder {
 impl SidecarBuilder {
     /// A sidecar called `name` (its files go to `dir/<name>-*`) with the
     /// identity `cert` trusted by `bundle`, enforcing `policy`.
-    pub fn new(name: &str, dir: &Path, cert: &Cert, bundle: &Path, trust_domain: &str, policy: &Path) -> Self {
+    pub fn new(
+        name: &str,
+        dir: &Path,
+        cert: &Cert,
+        bundle: &Path,
+        trust_domain: &str,
+        policy: &Path,
+    ) -> Self {
         SidecarBuilder {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -189,8 +196,9 @@ impl Sidecar {
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("audit line of {} is not JSON ({e}): {l}", self.name))
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("audit line of {} is not JSON ({e}): {l}", self.name)
+                })
             })
             .collect()
     }

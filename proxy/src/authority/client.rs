@@ -116,17 +116,14 @@ impl AuthorityClient {
     }
 
     /// First certificate, proven by `proof`.
-    pub async fn attest(
-        &self,
-        csr_pem: &str,
-        proof: Proof,
-    ) -> Result<IssuedResponse, ClientError> {
+    pub async fn attest(&self, csr_pem: &str, proof: Proof) -> Result<IssuedResponse, ClientError> {
         let body = AttestRequest {
             csr: csr_pem.to_string(),
             proof,
             reported: None,
         };
-        self.call(Method::POST, "/v1/attest", Some(&body), None).await
+        self.call(Method::POST, "/v1/attest", Some(&body), None)
+            .await
     }
 
     /// A new certificate, authenticating with the current one.
@@ -161,19 +158,21 @@ impl AuthorityClient {
                 .await
                 .map_err(|e| ClientError::Unreachable(e.to_string()))?;
             let config = self.tls_config(client_cert);
-            let server_name = ServerName::try_from(self.host.clone())
-                .unwrap_or_else(|_| tls::peer_server_name());
+            let server_name =
+                ServerName::try_from(self.host.clone()).unwrap_or_else(|_| tls::peer_server_name());
             let stream = TlsConnector::from(config)
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| ClientError::Unreachable(format!("TLS: {e}")))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| ClientError::Unreachable(e.to_string()))?;
             tokio::spawn(connection);
             let payload = match body {
-                Some(body) => serde_json::to_vec(body)
-                    .map_err(|e| ClientError::BadResponse(e.to_string()))?,
+                Some(body) => {
+                    serde_json::to_vec(body).map_err(|e| ClientError::BadResponse(e.to_string()))?
+                }
                 None => Vec::new(),
             };
             let request = Request::builder()

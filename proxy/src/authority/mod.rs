@@ -3,10 +3,12 @@
 //! - [`store`]: the SQLite database (registrations, one-time tokens, scans,
 //!   issued serials, revocations);
 //! - [`service`]: attestation, claim derivation, issuance, audit lines;
+//! - [`cloud`]: AWS and GCP instance documents (via [`crate::attest`]);
 //! - [`server`]: the HTTPS API (`appid authority serve`);
 //! - [`client`]: the sidecar's side (bootstrap, renewal, revocations).
 
 pub mod client;
+pub mod cloud;
 pub mod server;
 pub mod service;
 pub mod store;

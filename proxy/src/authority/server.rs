@@ -121,17 +121,16 @@ async fn route(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = authority.now();
     let result: Result<serde_json::Value, Refusal> = match (method, path.as_str()) {
         (Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
-        (Method::GET, "/v1/revocations") => blocking(move || {
-            authority
-                .revocations()
-                .and_then(|list| to_json(&list))
-        })
-        .await,
+        (Method::GET, "/v1/revocations") => {
+            blocking(move || authority.revocations().and_then(|list| to_json(&list))).await
+        }
         (Method::POST, "/v1/attest") => match body::<AttestRequest>(request).await {
-            Ok(body) => blocking(move || authority.attest(&body, now).and_then(|r| to_json(&r))).await,
+            Ok(body) => {
+                blocking(move || authority.attest(&body, now).and_then(|r| to_json(&r))).await
+            }
             Err(refusal) => Err(refusal),
         },
         (Method::POST, "/v1/renew") => {
@@ -142,8 +141,12 @@ async fn route(
             };
             match body::<RenewRequest>(request).await {
                 Ok(body) => {
-                    blocking(move || authority.renew(&current, &body, now).and_then(|r| to_json(&r)))
-                        .await
+                    blocking(move || {
+                        authority
+                            .renew(&current, &body, now)
+                            .and_then(|r| to_json(&r))
+                    })
+                    .await
                 }
                 Err(refusal) => Err(refusal),
             }
@@ -156,9 +159,10 @@ async fn route(
     match result {
         Ok(value) => {
             let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-            response
-                .headers_mut()
-                .insert("content-type", http::HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             response
         }
         Err(refusal) => {
@@ -195,9 +199,10 @@ fn json_error(refusal: &Refusal) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() =
         StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -221,7 +226,9 @@ fn serving_identity(authority: &Authority) -> std::io::Result<LocalIdentity> {
     let ca = authority.ca();
     let id = SpiffeId::parse(&authority_id(ca.trust_domain())).map_err(std::io::Error::other)?;
     let claims = AppIdClaims::new(id.as_str(), attestation::MANUAL);
-    let key = KeyAlg::EcdsaP256.generate().map_err(std::io::Error::other)?;
+    let key = KeyAlg::EcdsaP256
+        .generate()
+        .map_err(std::io::Error::other)?;
     let issued = ca
         .issue(&id, &claims, &key, SERVING_TTL)
         .map_err(std::io::Error::other)?;
@@ -237,7 +244,10 @@ fn serving_identity(authority: &Authority) -> std::io::Result<LocalIdentity> {
 
 async fn renew_serving_cert(authority: Arc<Authority>, state: Arc<TlsState>) {
     loop {
-        tokio::time::sleep(Duration::from_secs((SERVING_TTL.whole_seconds() / 2) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            (SERVING_TTL.whole_seconds() / 2) as u64,
+        ))
+        .await;
         match serving_identity(&authority) {
             Ok(identity) => state.identity.store(Arc::new(identity)),
             Err(e) => tracing::error!(error = %e, "renewing the authority's serving certificate"),

@@ -136,6 +136,8 @@ pub struct Authority {
     cert_ttl: time::Duration,
     events: Mutex<Option<File>>,
     cloud: Option<Box<dyn CloudVerifier>>,
+    /// A fixed "now" (seconds since the epoch), for testing expired documents.
+    clock: Option<i64>,
 }
 
 impl Authority {
@@ -156,7 +158,20 @@ impl Authority {
             cert_ttl,
             events: Mutex::new(events),
             cloud,
+            clock: None,
         })
+    }
+
+    /// Fixes the authority's clock (tests of expired documents).
+    pub fn with_clock(mut self, now: Option<i64>) -> Self {
+        self.clock = now;
+        self
+    }
+
+    /// The authority's notion of now, seconds since the epoch.
+    pub fn now(&self) -> i64 {
+        self.clock
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp())
     }
 
     pub fn ca(&self) -> &Ca {
@@ -231,10 +246,35 @@ impl Authority {
                     Proof::GcpIit { .. } => attestation::GCP_IIT,
                     _ => attestation::AWS_IID,
                 };
+                let instance = format!(
+                    "{}/{}/{}",
+                    cloud.provider.as_deref().unwrap_or("?"),
+                    cloud
+                        .account
+                        .as_deref()
+                        .or(cloud.project.as_deref())
+                        .unwrap_or("?"),
+                    cloud.instance.as_deref().unwrap_or("?")
+                );
+                if !self
+                    .lock()?
+                    .claim_instance(&instance, &registration.id, now)?
+                {
+                    return Err(Refusal::Unauthenticated(format!(
+                        "instance {instance} already attested once; it renews with its certificate (a replayed document?)"
+                    )));
+                }
                 (registration, Some(cloud), method)
             }
         };
-        self.issue(&registration, &csr, method, cloud, request.reported.clone(), now)
+        self.issue(
+            &registration,
+            &csr,
+            method,
+            cloud,
+            request.reported.clone(),
+            now,
+        )
     }
 
     /// Renewal for a peer that proved its identity with a valid certificate

@@ -49,7 +49,9 @@ pub struct Registration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
     /// This call consumed the token; it is for this SPIFFE ID.
-    Redeemed { id: String },
+    Redeemed {
+        id: String,
+    },
     Unknown,
     AlreadyUsed,
     Expired,
@@ -133,9 +135,9 @@ impl Store {
         &self,
         facts: &BTreeMap<String, String>,
     ) -> Result<Vec<Registration>, StoreError> {
-        let mut statement = self.conn.prepare(
-            "SELECT id FROM registrations WHERE cloud_match != '{}' ORDER BY id",
-        )?;
+        let mut statement = self
+            .conn
+            .prepare("SELECT id FROM registrations WHERE cloud_match != '{}' ORDER BY id")?;
         let ids: Vec<String> = statement
             .query_map([], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
@@ -248,6 +250,18 @@ impl Store {
         )? as u64)
     }
 
+    /// Records that a cloud instance attested, once. `false` if it already
+    /// had: a second first-attestation is a replayed document (trust on
+    /// first use; the real instance renews over mTLS).
+    pub fn claim_instance(&self, instance: &str, id: &str, now: i64) -> Result<bool, StoreError> {
+        let added = self.conn.execute(
+            "INSERT INTO cloud_instances (instance, id, attested_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(instance) DO NOTHING",
+            params![instance, id, now],
+        )?;
+        Ok(added == 1)
+    }
+
     /// Revokes a SPIFFE ID: no more certificates, and peers refuse it.
     pub fn revoke(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let added = self.conn.execute(
@@ -260,14 +274,20 @@ impl Store {
     pub fn is_revoked(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM revocations WHERE id = ?1", params![id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM revocations WHERE id = ?1",
+                params![id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
 
     /// Every revoked SPIFFE ID, sorted.
     pub fn revoked(&self) -> Result<Vec<String>, StoreError> {
-        let mut statement = self.conn.prepare("SELECT id FROM revocations ORDER BY id")?;
+        let mut statement = self
+            .conn
+            .prepare("SELECT id FROM revocations ORDER BY id")?;
         let ids = statement
             .query_map([], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
@@ -303,6 +323,11 @@ CREATE TABLE IF NOT EXISTS issued (
     attestation TEXT NOT NULL,
     issued_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cloud_instances (
+    instance TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    attested_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS revocations (
     id TEXT PRIMARY KEY,
     revoked_at INTEGER NOT NULL
@@ -335,7 +360,10 @@ mod tests {
                 id: "spiffe://td/web".into()
             }
         );
-        assert_eq!(store.redeem_token("h1", 51).unwrap(), Redemption::AlreadyUsed);
+        assert_eq!(
+            store.redeem_token("h1", 51).unwrap(),
+            Redemption::AlreadyUsed
+        );
         assert_eq!(store.redeem_token("h2", 100).unwrap(), Redemption::Expired);
         assert_eq!(store.redeem_token("nope", 1).unwrap(), Redemption::Unknown);
     }
@@ -353,11 +381,17 @@ mod tests {
                 .map(|_| {
                     scope.spawn(|| {
                         let store = Store::open(dir.path()).unwrap();
-                        matches!(store.redeem_token("h", 1).unwrap(), Redemption::Redeemed { .. })
+                        matches!(
+                            store.redeem_token("h", 1).unwrap(),
+                            Redemption::Redeemed { .. }
+                        )
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap() as usize).sum()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap() as usize)
+                .sum()
         });
         assert_eq!(winners, 1);
     }
@@ -374,15 +408,28 @@ mod tests {
         };
         {
             let store = Store::open(dir.path()).unwrap();
-            store.import_scan(&digest, &vulns(0, "sha256:1"), 10).unwrap();
-            store.import_scan(&digest, &vulns(3, "sha256:2"), 20).unwrap();
+            store
+                .import_scan(&digest, &vulns(0, "sha256:1"), 10)
+                .unwrap();
+            store
+                .import_scan(&digest, &vulns(3, "sha256:2"), 20)
+                .unwrap();
             store.revoke("spiffe://td/bad", 5).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.latest_scan(&digest).unwrap().unwrap().vulns.critical, 3);
+        assert_eq!(
+            store.latest_scan(&digest).unwrap().unwrap().vulns.critical,
+            3
+        );
         assert!(store.is_revoked("spiffe://td/bad").unwrap());
-        assert_eq!(store.revoked().unwrap(), vec!["spiffe://td/bad".to_string()]);
-        assert!(!store.revoke("spiffe://td/bad", 6).unwrap(), "already revoked");
+        assert_eq!(
+            store.revoked().unwrap(),
+            vec!["spiffe://td/bad".to_string()]
+        );
+        assert!(
+            !store.revoke("spiffe://td/bad", 6).unwrap(),
+            "already revoked"
+        );
     }
 
     #[test]
@@ -405,6 +452,11 @@ mod tests {
         ]);
         assert_eq!(store.registrations_matching_cloud(&facts).unwrap().len(), 1);
         facts.insert("region".into(), "us-east-1".into());
-        assert!(store.registrations_matching_cloud(&facts).unwrap().is_empty());
+        assert!(
+            store
+                .registrations_matching_cloud(&facts)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

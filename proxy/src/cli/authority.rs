@@ -46,6 +46,18 @@ pub enum AuthorityCommand {
         /// Audit log (JSON lines); default DIR/audit.jsonl
         #[arg(long, value_name = "PATH")]
         audit_log: Option<PathBuf>,
+        /// AWS instance identity certificates: DIR/{rsa,rsa2048,dsa}/<region>.pem
+        #[arg(long, value_name = "DIR")]
+        aws_certs: Option<PathBuf>,
+        /// Google's signing keys (JWKS JSON) for GCP instance identity tokens
+        #[arg(long, value_name = "FILE", requires = "gcp_audience")]
+        gcp_jwks: Option<PathBuf>,
+        /// The audience GCP tokens must be issued for
+        #[arg(long, value_name = "AUD", requires = "gcp_jwks")]
+        gcp_audience: Option<String>,
+        /// Fix the authority's clock (RFC 3339), to test expired documents
+        #[arg(long, value_name = "TIME", hide = true)]
+        clock: Option<String>,
     },
     /// Record what the authority vouches for about a workload; prints a one-time join token
     Register {
@@ -112,12 +124,48 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             listen,
             cert_ttl,
             audit_log,
+            aws_certs,
+            gcp_jwks,
+            gcp_audience,
+            clock,
         } => {
-            let ca = Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
+            let ca =
+                Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
             let store = Store::open(&dir)?;
             let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
-            let authority = Authority::new(ca, store, cert_ttl, Some(&audit_log), None)
-                .with_context(|| format!("audit log {}", audit_log.display()))?;
+            let gcp = match (gcp_jwks, gcp_audience) {
+                (Some(path), Some(audience)) => {
+                    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+                    let keys = crate::attest::GcpKeys::from_jwks_json(&bytes)
+                        .with_context(|| path.display().to_string())?;
+                    Some((keys, audience))
+                }
+                _ => None,
+            };
+            if let Some(dir) = &aws_certs {
+                if !dir.is_dir() {
+                    return Err(anyhow!("--aws-certs {}: not a directory", dir.display()));
+                }
+            }
+            let cloud: Option<Box<dyn crate::authority::service::CloudVerifier>> =
+                if aws_certs.is_some() || gcp.is_some() {
+                    Some(Box::new(crate::authority::cloud::CloudAttestor {
+                        aws_certs,
+                        gcp,
+                    }))
+                } else {
+                    None
+                };
+            let clock = clock
+                .map(|t| {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map(|t| t.unix_timestamp())
+                        .map_err(|e| anyhow!("--clock {t}: {e}; write e.g. 2019-04-26T00:00:00Z"))
+                })
+                .transpose()?;
+            let authority = Authority::new(ca, store, cert_ttl, Some(&audit_log), cloud)
+                .with_context(|| format!("audit log {}", audit_log.display()))?
+                .with_clock(clock);
             super::proxy::init_tracing();
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
@@ -130,8 +178,8 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                     listener,
                     crate::sidecar::wait_for_signal(),
                 )
-                    .await
-                    .context("authority")
+                .await
+                .context("authority")
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -143,7 +191,8 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             ttl,
             cloud_match,
         } => {
-            let ca = Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
+            let ca =
+                Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
             let id = checked_id(&ca, &id)?;
             let mut registration = Registration {
                 id: id.to_string(),
@@ -155,8 +204,9 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 registration.labels.insert(key, value);
             }
             for KeyValue { key, value } in cloud_match {
-                const KEYS: [&str; 7] =
-                    ["provider", "account", "project", "region", "zone", "instance", "image"];
+                const KEYS: [&str; 7] = [
+                    "provider", "account", "project", "region", "zone", "instance", "image",
+                ];
                 if !KEYS.contains(&key.as_str()) {
                     return Err(anyhow!(
                         "--cloud-match {key}={value}: unknown fact `{key}`; use one of {}",
@@ -174,7 +224,9 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             store.add_token(&hash_token(&token), id.as_str(), now + ttl.whole_seconds())?;
             eprintln!(
                 "registered {id}; one-time join token (valid {}):",
-                humantime::format_duration(std::time::Duration::from_secs(ttl.whole_seconds() as u64))
+                humantime::format_duration(std::time::Duration::from_secs(
+                    ttl.whole_seconds() as u64
+                ))
             );
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -185,7 +237,8 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             image_digest,
         } => {
             let bytes = std::fs::read(&report).with_context(|| report.display().to_string())?;
-            let parsed = scan::parse_report(&bytes).with_context(|| report.display().to_string())?;
+            let parsed =
+                scan::parse_report(&bytes).with_context(|| report.display().to_string())?;
             let digests = match image_digest {
                 Some(digest) => vec![digest],
                 None if !parsed.image_digests.is_empty() => parsed.image_digests.clone(),
@@ -247,7 +300,11 @@ fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {
 
 fn append_audit(path: &std::path::Path, line: &str) {
     use std::io::Write;
-    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(file, "{line}");
     }
 }

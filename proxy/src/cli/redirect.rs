@@ -99,7 +99,9 @@ pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default();
             println!("# {} ({} backend)", family.as_str(), backend.as_str());
             match args.action {
-                Action::Install => print!("{}", redirect::install_script(&options, family, &existing)),
+                Action::Install => {
+                    print!("{}", redirect::install_script(&options, family, &existing))
+                }
                 Action::Remove => match redirect::remove_script(&existing) {
                     Some(script) => print!("{script}"),
                     None => println!("# nothing of ours is installed"),
@@ -138,7 +140,11 @@ pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
                 any |= !found.is_empty();
                 print_installed(&found);
             }
-            Ok(if any { ExitCode::SUCCESS } else { super::denied() })
+            Ok(if any {
+                ExitCode::SUCCESS
+            } else {
+                super::denied()
+            })
         }
     }
 }
