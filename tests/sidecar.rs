@@ -21,7 +21,8 @@
 //! - Handshakes: `openssl s_client -alpn appid/1` with a cert from another
 //!   CA, an expired cert, or no cert is refused and reaches no app (a valid
 //!   cert, same command, gets through); a plain TCP/HTTP client is refused
-//!   unless an `unauthenticated` CIDR rule allows it.
+//!   unless an `unauthenticated` rule allows its CIDR (one for 10.0.0.0/8
+//!   does not), and then the app sees no `x-appid-*` header at all.
 //! - Certificate swap on disk: an open HTTP/1.1 keep-alive session goes on
 //!   on the same connection; the next handshake presents the new cert.
 //! - Policy reload withdrawing a live opaque TCP connection closes it (and

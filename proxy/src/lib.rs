@@ -10,6 +10,7 @@ pub mod authority;
 pub mod cli;
 pub mod detect;
 pub mod identity;
+pub mod inject;
 pub mod redirect;
 pub mod scan;
 pub mod sidecar;

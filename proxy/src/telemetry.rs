@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn a_collector_that_is_down_costs_no_more_than_the_flush() {
+        // A port nothing listens on: every export is refused at once.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let (subscriber, guard) = subscriber(
+            Some(&format!("http://{addr}")),
+            "appid-test",
+            EnvFilter::new("info"),
+            tracing_subscriber::fmt::TestWriter::new(),
+        )
+        .expect("telemetry");
+        let started = std::time::Instant::now();
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..100 {
+                tracing::info_span!("appid.test", i).in_scope(|| tracing::info!("hello"));
+            }
+        });
+        drop(guard);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn without_an_endpoint_nothing_is_exported() {
         let (subscriber, guard) = subscriber(
             None,

@@ -125,6 +125,17 @@ fn indent_of(input: &str, pos: usize) -> Option<usize> {
     prefix.chars().all(|c| c == ' ').then_some(prefix.len())
 }
 
+/// How far right of `key` the dashes of its block sequence `seq` are.
+pub(crate) fn list_offset(input: &str, key: &Node, seq: &Node) -> Option<usize> {
+    let first = match &seq.kind {
+        Kind::Seq { flow: false, items } => items.first()?,
+        _ => return None,
+    };
+    let dash = indent_of(input, dash_of(input, first.start)?)?;
+    let key = indent_of(input, key.start)?;
+    dash.checked_sub(key)
+}
+
 /// A list in the pod spec to put our items into.
 pub(crate) struct Slot<'a> {
     /// `initContainers` or `volumes`.
@@ -136,18 +147,27 @@ pub(crate) struct Slot<'a> {
 }
 
 /// The edits that make `slot` start with our items in the pod spec
-/// mapping `pod`, whose `containers` key is `anchor` (new keys go right
-/// before it).
+/// mapping `pod`, whose entry number `anchor` is `containers` (new keys go
+/// right before it).
 pub(crate) fn slot_edits(
     input: &str,
     layout: Layout<'_>,
     pod: &Node,
-    anchor: &Node,
+    anchor: usize,
     slot: &Slot<'_>,
 ) -> Result<Vec<Edit>, Unsupported> {
     let Kind::Map { flow: pod_flow, entries } = &pod.kind else {
         return Err("the pod spec is not a mapping".into());
     };
+    let Some((anchor_key, _)) = entries.get(anchor) else {
+        return Err("the pod spec has no containers".into());
+    };
+    // Comments right above `containers` stay with it, but never reach back
+    // into the entry before it (a block scalar may hold `#` lines).
+    let floor = anchor
+        .checked_sub(1)
+        .and_then(|i| entries.get(i))
+        .map_or(0, |(k, v)| line_end(input, k.end.max(v.end)));
     let found: Vec<usize> = entries
         .iter()
         .enumerate()
@@ -200,15 +220,15 @@ pub(crate) fn slot_edits(
     if *pod_flow {
         let items: Vec<String> = slot.items.iter().map(emit::json).collect();
         edits.push(Edit {
-            start: anchor.start,
-            end: anchor.start,
+            start: anchor_key.start,
+            end: anchor_key.start,
             text: format!("\"{}\": [{}], ", slot.key, items.join(", ")),
         });
     } else {
-        let Some(col) = indent_of(input, anchor.start) else {
+        let Some(col) = indent_of(input, anchor_key.start) else {
             return Err("spec.containers is not on a line of its own".into());
         };
-        let at = lead(input, line_start(input, anchor.start), 0);
+        let at = lead(input, line_start(input, anchor_key.start), floor);
         let dash = col + layout.seq_offset;
         edits.push(Edit {
             start: at,

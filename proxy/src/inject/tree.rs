@@ -72,16 +72,9 @@ impl Node {
         }
     }
 
-    pub fn is_flow(&self) -> bool {
-        matches!(
-            &self.kind,
-            Kind::Seq { flow: true, .. } | Kind::Map { flow: true, .. }
-        )
-    }
-
     /// Every entry whose key is the scalar `key` (more than one is a
     /// duplicate key, which the caller reports).
-    pub fn get_all<'n>(&'n self, key: &'n str) -> impl Iterator<Item = &'n (Node, Node)> + 'n {
+    pub fn get_all<'n>(&'n self, key: &str) -> impl Iterator<Item = &'n (Node, Node)> {
         self.entries()
             .unwrap_or_default()
             .iter()

@@ -187,52 +187,6 @@ where
     conn.await.map_err(HttpProxyError::Downstream)
 }
 
-/// Answers every request on `downstream` with a denial, without any
-/// upstream: the outbound side's answer when the server is not allowed and
-/// the app speaks HTTP, so the app gets a 403 naming the rule instead of a
-/// bare connection reset.
-pub async fn refuse<D>(
-    downstream: D,
-    version: HttpVersion,
-    rule: String,
-    reason: String,
-    limits: HttpLimits,
-) where
-    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let grpc = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
-        let response = denied(&rule, &reason, grpc);
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let io = TokioIo::new(downstream);
-    let result = match version {
-        HttpVersion::Http1 => {
-            hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .keep_alive(false)
-                .serve_connection(io, service)
-                .await
-        }
-        HttpVersion::Http2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes as u32)
-                .serve_connection(io, service)
-                .await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "refused http connection ended with an error");
-    }
-}
-
 async fn handle(
     mut request: Request<Incoming>,
     upstream: &Upstream,

@@ -13,12 +13,12 @@
 //! and on SIGTERM stop accepting, drain, exit.
 
 pub mod authz;
+mod from_authority;
 pub mod http;
 pub mod inbound;
 pub mod orig_dst;
 pub mod outbound;
 pub mod prefixed;
-mod from_authority;
 mod reload;
 pub mod splice;
 pub mod tls;
@@ -56,10 +56,7 @@ pub enum SidecarError {
     #[error("{0}")]
     Policy(String),
     #[error("audit log {path}: {error}")]
-    Audit {
-        path: String,
-        error: std::io::Error,
-    },
+    Audit { path: String, error: std::io::Error },
     #[error("cannot listen on {address}: {error}")]
     Bind {
         address: SocketAddr,
@@ -292,7 +289,9 @@ pub async fn run_until(
             (first, trust, Some(client), None)
         }
     };
-    metrics.set_certificate_expiry(identity.not_after - time::OffsetDateTime::now_utc().unix_timestamp());
+    metrics.set_certificate_expiry(
+        identity.not_after - time::OffsetDateTime::now_utc().unix_timestamp(),
+    );
     identity_json.store(Arc::new(
         serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims}),
     ));
@@ -318,7 +317,11 @@ pub async fn run_until(
         tasks.push(tokio::spawn(inbound::serve(shared.clone(), listener, spec)));
     }
     for (listener, spec) in outbound {
-        tasks.push(tokio::spawn(outbound::serve(shared.clone(), listener, spec)));
+        tasks.push(tokio::spawn(outbound::serve(
+            shared.clone(),
+            listener,
+            spec,
+        )));
     }
     let mut background = vec![tokio::spawn(reload::watch_files(
         shared.clone(),
@@ -354,7 +357,9 @@ pub async fn run_until(
     }
     let drained = tokio::time::timeout(
         limits.drain_timeout,
-        shared.connections.acquire_many(limits.max_connections as u32),
+        shared
+            .connections
+            .acquire_many(limits.max_connections as u32),
     )
     .await;
     if drained.is_err() {

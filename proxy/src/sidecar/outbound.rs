@@ -188,9 +188,10 @@ async fn to_peer(
         app_addr,
         destination.port(),
     );
-    // Refuse a server the policy does not allow before any app byte moves.
-    let precheck = authz.decide_connection(None);
-
+    // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
+    // then authorized per request — a denied request is answered here and
+    // never reaches the server; anything else gets one decision before a
+    // single app byte moves.
     let version = match detect::detect(&app, limits.detect_timeout, detect::MAX_DETECT_BYTES).await
     {
         Detection::Classified {
@@ -201,16 +202,16 @@ async fn to_peer(
             class: Classification::Http2Preface,
             ..
         } => Some(HttpVersion::Http2),
-        Detection::Closed | Detection::Error(_) => return,
-        _ => None,
-    };
-    if let ConnVerdict::Deny { rule, reason } = precheck {
-        drop(tls_stream); // nothing was sent to the server
-        if let Some(version) = version {
-            l7::refuse(app, version, rule, reason, shared.http_limits()).await;
+        Detection::Classified { .. } | Detection::ReadTimeout { peeked: 0 } => None,
+        Detection::ReadTimeout { peeked } => {
+            tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
+            shared
+                .metrics
+                .connection_refused(MetricsDirection::Outbound, "detect_timeout");
+            return;
         }
-        return;
-    }
+        Detection::Closed | Detection::Error(_) => return,
+    };
     match version {
         Some(version) => {
             authz.set_protocol(match version {
@@ -233,11 +234,8 @@ async fn to_peer(
         }
         None => {
             authz.set_protocol("tcp");
-            // Decided above unless it depended on HTTP, which this is not.
-            if precheck == ConnVerdict::PerRequest
-                && authz.decide_connection(Some(false)) != ConnVerdict::Allow
-            {
-                return;
+            if authz.decide_connection(Some(false)) != ConnVerdict::Allow {
+                return; // audited; nothing was sent to the server
             }
             let revoked = shared.revoked(&authz);
             let (end, copied) =

@@ -81,7 +81,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// Reads from `stream` until the first bytes are classified (or `timeout`
 /// passes, or the peer closes), returning the class and the bytes read.
 /// A silent peer yields [`Classification::Opaque`] with no bytes: protocols
-/// where the server speaks first are opaque TCP.
+/// where the server speaks first are opaque TCP. A peer that sent the start
+/// of something recognisable and then stalled is an error (`TimedOut`), as
+/// on a plaintext connection: it is dropped at the detection timeout.
 pub async fn read_and_classify<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
@@ -95,7 +97,12 @@ pub async fn read_and_classify<S: AsyncRead + Unpin>(
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await;
         match read {
             Err(_) if buffer.is_empty() => return Ok((Classification::Opaque, buffer.freeze())),
-            Err(_) => return Ok((detect::classify_final(&buffer), buffer.freeze())),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "stalled during protocol detection",
+                ));
+            }
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => return Ok((detect::classify_final(&buffer), buffer.freeze())),
             Ok(Ok(_)) => match detect::classify(&buffer) {
@@ -131,5 +138,22 @@ mod tests {
             .unwrap();
         assert_eq!(class, Classification::Http1);
         assert_eq!(&bytes[..], b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_partial_prefix_is_an_error_and_silence_is_opaque() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GE").await.unwrap();
+        let error = read_and_classify(&mut server, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+
+        let (_silent, mut server) = tokio::io::duplex(64);
+        let (class, bytes) = read_and_classify(&mut server, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(class, Classification::Opaque);
+        assert!(bytes.is_empty());
     }
 }

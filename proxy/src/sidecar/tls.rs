@@ -94,10 +94,11 @@ impl LocalIdentity {
         bundle: &TrustBundle,
     ) -> Result<Self, IdentityError> {
         let chain = files::parse_certs(Path::new(cert_name), chain_pem)?;
-        let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| IdentityError::BadKey {
-            file: key_name.to_string(),
-            detail: e.to_string(),
-        })?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| IdentityError::BadKey {
+                file: key_name.to_string(),
+                detail: e.to_string(),
+            })?;
         let verified = verify::verify_peer(&chain, bundle, PeerRole::Server, UnixTime::now())
             .map_err(|problem| IdentityError::BadOwnCert {
                 file: cert_name.to_string(),
@@ -324,11 +325,14 @@ impl PeerVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        let peer = self.trust.verify_peer(&chain, role, now).map_err(|rejection| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(rejection),
-            )))
-        })?;
+        let peer = self
+            .trust
+            .verify_peer(&chain, role, now)
+            .map_err(|rejection| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    Arc::new(rejection),
+                )))
+            })?;
         match &self.expected_id {
             Some(expected) if peer.id.as_str() != expected => Err(
                 rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
