@@ -696,7 +696,7 @@ impl Cx<'_> {
                         o,
                         "otlp_endpoint",
                         format!(
-                            "`{}` is not an OTLP endpoint URL: write e.g. `otlp_endpoint: \"http://127.0.0.1:4317\"`, or remove the line to turn export off",
+                            "`{}` is not an OTLP endpoint URL: write e.g. `otlp_endpoint: \"http://127.0.0.1:4318\"`, or remove the line to turn export off",
                             o.value.0
                         ),
                     );
@@ -1313,7 +1313,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
              trust_domains: [prod.example, dev_1.example-2]\npolicy: /p.yaml\n\
              outbound: [{ listen: \"[::1]:15101\" }]\n\
              audit_log: audit/decisions.jsonl\n\
-             otlp_endpoint: \"http://127.0.0.1:4317\"\n\
+             otlp_endpoint: \"http://127.0.0.1:4318\"\n\
              limits:\n  handshake_timeout: 3s\n  idle_timeout: 1h 30m\n  max_connections: 5\n  drain_timeout: 0s\n",
         )
         .unwrap();
@@ -1335,7 +1335,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         assert_eq!(c.limits.max_connections, 5);
         assert_eq!(c.limits.drain_timeout, Duration::ZERO);
         assert_eq!(c.limits.detect_timeout, Duration::from_secs(5));
-        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
     }
 
     #[test]

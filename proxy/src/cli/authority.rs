@@ -166,7 +166,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             let authority = Authority::new(ca, store, cert_ttl, Some(&audit_log), cloud)
                 .with_context(|| format!("audit log {}", audit_log.display()))?
                 .with_clock(clock);
-            super::proxy::init_tracing();
+            let _telemetry = crate::telemetry::init(None, "appid-authority")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)

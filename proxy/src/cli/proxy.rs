@@ -22,7 +22,8 @@ pub struct ProxyArgs {
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = ProxyConfig::load(&args.config)?;
-    init_tracing();
+    // Held for the whole run: dropping it flushes pending spans at exit.
+    let _telemetry = crate::telemetry::init(config.otlp_endpoint.as_deref(), "appid-proxy")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
         .thread_name("appid-worker")
@@ -31,14 +32,4 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     runtime.block_on(sidecar::run(config))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub(super) fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

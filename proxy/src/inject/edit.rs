@@ -179,6 +179,14 @@ pub(crate) fn slot_edits(
         [] => {}
         [i] => {
             let (key, value) = &entries[*i];
+            if value.anchored {
+                return Err(format!("spec.{} has a YAML anchor", slot.key));
+            }
+            if let Some(item) = value.items().unwrap_or_default().iter().find(|i| (slot.is_ours)(i)) {
+                if item.anchored {
+                    return Err(format!("an item of ours in spec.{} has a YAML anchor", slot.key));
+                }
+            }
             if !value.is_null() {
                 return match &value.kind {
                     Kind::Seq { flow: false, items } => {

@@ -34,24 +34,40 @@ pub(crate) struct Layout<'a> {
 
 /// A string as a scalar: plain when that cannot be read as anything else
 /// (under YAML 1.1 or 1.2 rules), else double-quoted with JSON escapes
-/// (which YAML double-quoted scalars accept).
-pub(crate) fn scalar_text(text: &str) -> String {
-    let first_ok = text
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '/');
-    let rest_ok = text
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'));
-    let ambiguous = matches!(
-        text.to_ascii_lowercase().as_str(),
-        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
-    );
-    if first_ok && rest_ok && !ambiguous {
+/// (which YAML double-quoted scalars accept). In block context a `:` or
+/// `@` inside is fine (`registry/app:1.0`); in flow context it is avoided.
+pub(crate) fn scalar_text(text: &str, block: bool) -> String {
+    if plain_ok(text, block) {
         text.to_owned()
     } else {
         json_string(text)
     }
+}
+
+fn plain_ok(text: &str, block: bool) -> bool {
+    let inner = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, '_' | '.' | '/' | '-')
+            || (block && matches!(c, ':' | '@'))
+    };
+    let Some(first) = text.chars().next() else {
+        return false;
+    };
+    let ambiguous = matches!(
+        text.to_ascii_lowercase().as_str(),
+        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
+    );
+    // A Kubernetes quantity (`10m`, `32Mi`) is not a number in any YAML.
+    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let quantity = digits > 0
+        && text[digits..].len() <= 2
+        && !text[digits..].is_empty()
+        && text[digits..].chars().all(|c| c.is_ascii_alphabetic())
+        && !text[digits..].eq_ignore_ascii_case("e");
+    let word = (first.is_ascii_alphabetic() || first == '/')
+        && text.chars().all(inner)
+        && !text.ends_with(':');
+    !ambiguous && (word || quantity)
 }
 
 fn json_string(text: &str) -> String {
@@ -59,9 +75,9 @@ fn json_string(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
-fn scalar(value: &Value) -> String {
+fn scalar(value: &Value, block: bool) -> String {
     match value {
-        Value::Str(text) => scalar_text(text),
+        Value::Str(text) => scalar_text(text, block),
         Value::Int(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Map(_) | Value::Seq(_) => json(value),
@@ -82,7 +98,7 @@ pub(crate) fn block_items(items: &[Value], dash: usize, layout: Layout<'_>) -> S
             Value::Map(entries) if !entries.is_empty() => {
                 map_body(&mut out, entries, dash + 2, layout);
             }
-            other => out.push_str(&scalar(other)),
+            other => out.push_str(&scalar(other, true)),
         }
     }
     out
@@ -111,14 +127,22 @@ fn map_body(out: &mut String, entries: &[(&'static str, Value)], indent: usize, 
                 out.push_str(&block_items(items, dash, layout));
             }
             Value::Seq(items) => {
-                // Short scalar lists read best inline: `args: [a, b]`.
-                let inline: Vec<String> = items.iter().map(scalar).collect();
+                // Short scalar lists read best inline: `args: [a, b]`,
+                // quoted all alike if any needs it.
+                let all_plain = items.iter().all(|v| match v {
+                    Value::Str(text) => plain_ok(text, false),
+                    _ => true,
+                });
+                let inline: Vec<String> = items
+                    .iter()
+                    .map(|v| if all_plain { scalar(v, false) } else { json(v) })
+                    .collect();
                 let _ = write!(out, " [{}]", inline.join(", "));
             }
             Value::Map(_) => out.push_str(" {}"),
             other => {
                 out.push(' ');
-                out.push_str(&scalar(other));
+                out.push_str(&scalar(other, true));
             }
         }
     }
@@ -154,16 +178,23 @@ mod tests {
 
     #[test]
     fn scalars_are_quoted_only_when_needed() {
-        assert_eq!(scalar_text("appid-init"), "appid-init");
-        assert_eq!(scalar_text("/etc/appid"), "/etc/appid");
-        assert_eq!(scalar_text("1337"), "\"1337\"");
-        assert_eq!(scalar_text("10m"), "\"10m\"");
-        assert_eq!(scalar_text("--config"), "\"--config\"");
-        assert_eq!(scalar_text("appid/appid:0.1.0"), "\"appid/appid:0.1.0\"");
-        assert_eq!(scalar_text("on"), "\"on\"");
-        assert_eq!(scalar_text("No"), "\"No\"");
-        assert_eq!(scalar_text(""), "\"\"");
-        assert_eq!(scalar_text("a\"b\n"), "\"a\\\"b\\n\"");
+        let block = |t| scalar_text(t, true);
+        assert_eq!(block("appid-init"), "appid-init");
+        assert_eq!(block("/etc/appid"), "/etc/appid");
+        assert_eq!(block("1337"), "\"1337\"");
+        assert_eq!(block("10m"), "10m");
+        assert_eq!(block("32Mi"), "32Mi");
+        assert_eq!(block("1e"), "\"1e\"");
+        assert_eq!(block("1e3"), "\"1e3\"");
+        assert_eq!(block("0x1F"), "\"0x1F\"");
+        assert_eq!(block("--config"), "\"--config\"");
+        assert_eq!(block("appid/appid:0.1.0"), "appid/appid:0.1.0");
+        assert_eq!(scalar_text("appid/appid:0.1.0", false), "\"appid/appid:0.1.0\"");
+        assert_eq!(block("app:"), "\"app:\"");
+        assert_eq!(block("on"), "\"on\"");
+        assert_eq!(block("No"), "\"No\"");
+        assert_eq!(block(""), "\"\"");
+        assert_eq!(block("a\"b\n"), "\"a\\\"b\\n\"");
     }
 
     #[test]
@@ -181,7 +212,7 @@ mod tests {
         };
         assert_eq!(
             block_items(std::slice::from_ref(&item), 2, layout),
-            "- name: x\n    args: [a, \"1\"]\n    ports:\n    - containerPort: 1\n    empty: {}\n    sc:\n      ro: true"
+            "- name: x\n    args: [\"a\", \"1\"]\n    ports:\n    - containerPort: 1\n    empty: {}\n    sc:\n      ro: true"
         );
         assert_eq!(
             json(&item),

@@ -33,6 +33,8 @@ pub(crate) struct Node {
     pub col: usize,
     /// An anchor or a tag is attached.
     pub props: bool,
+    /// An anchor is attached (aliases elsewhere may refer to this node).
+    pub anchored: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +148,7 @@ fn leaf(input: &str, kind: Kind, span: &Span) -> Node {
         line: span.start.line(),
         col: span.start.col(),
         props: span.tag_start().is_some(),
+        anchored: false,
     }
 }
 
@@ -178,6 +181,7 @@ pub(crate) fn parse(input: &str) -> Result<Vec<Document>, SyntaxError> {
             if let Some(node) = target {
                 node.start = node.start.min(at);
                 node.props = true;
+                node.anchored = true;
             }
             continue;
         }
@@ -280,6 +284,7 @@ pub(crate) fn parse(input: &str) -> Result<Vec<Document>, SyntaxError> {
                         line: span.start.line(),
                         col: span.start.col(),
                         props: false,
+                        anchored: false,
                     }
                 });
                 documents.push(Document { root });
