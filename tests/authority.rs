@@ -25,14 +25,17 @@
 //! - `--cert-ttl 30s`: both sidecars renew at least twice while an HTTP/1.1
 //!   keep-alive session and a TCP echo stream (a message every 200 ms) go
 //!   through the pair unbroken, on the same connections. Then the authority
-//!   is killed: the sidecars keep serving new connections until their
-//!   certificates expire, and then `/ready` answers 503.
+//!   is killed: once the first certificates have expired, new connections
+//!   still work (so they use the renewed ones), until the renewed ones
+//!   expire too; then `/ready` answers 503 (within a few seconds of
+//!   notAfter; also checked alone with a 20 s TTL and no renewal at all).
 //! - A scan with criticals imported for the registered digest: the next
-//!   renewal carries the new counts, and the peer whose policy says
-//!   `vulns.critical: {lte: 0}` refuses new requests with 403 (audited).
+//!   renewal carries the new counts, and from the very next connections
+//!   the peer whose policy says `vulns.critical: {lte: 0}` refuses with 403
+//!   (audited, the reason naming `vulns.critical`).
 //! - `appid authority revoke`: the peer closes a live opaque TCP connection
 //!   and refuses new ones within a few revocation polls (2 s each), audited
-//!   with rule `revoked`; the authority issues the revoked ID nothing more.
+//!   with rule `revoked`; `register` refuses to hand the revoked ID a new token.
 //! - `kill -9` of the authority during a burst of attestations, restart on
 //!   the same directory: tokens redeemed before the kill stay consumed,
 //!   every certificate answered before the kill is recorded, registrations
@@ -40,7 +43,8 @@
 //!   `sqlite3` is installed), and the authority serves again.
 //!
 //! Needs `curl` on the PATH (CI installs it). The 30 s TTL test dominates
-//! the run time (about a minute); the others run beside it.
+//! the run time (about a minute) and sorts first, so it starts at once;
+//! the others run beside it.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -88,7 +92,10 @@ const READY_LIMIT: Duration = Duration::from_secs(20);
 const REVOCATION_LIMIT: Duration = Duration::from_secs(6);
 /// After its certificate's notAfter, how long a sidecar may still say it is
 /// ready (polling and second-granularity rounding; nothing to wait for).
-const EXPIRY_GRACE: Duration = Duration::from_secs(5);
+const EXPIRY_GRACE: Duration = Duration::from_secs(3);
+/// Once a sidecar shows a renewed certificate on `/appid`, how long until
+/// its new connections present it (only the swap itself is in between).
+const NEW_CERT_LIMIT: Duration = Duration::from_secs(3);
 
 fn id(path: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/{path}")
@@ -603,24 +610,104 @@ impl Drop for AuthoritySidecar {
     }
 }
 
-/// `GET path` on a fresh connection: status and body, or `None`.
-async fn admin_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+/// An HTTP/1.1 response read off a fresh connection.
+#[derive(Debug)]
+struct Fetched {
+    status: u16,
+    /// Lower-cased names.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Fetched {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` on a fresh connection (`Connection: close`); `Err` says what
+/// happened instead of a response (refused, reset, closed, timed out).
+async fn fetch(address: SocketAddr, path: &str) -> Result<Fetched, String> {
     let attempt = async {
-        let mut stream = TcpStream::connect(address).await.ok()?;
+        let mut stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connect {address}: {e}"))?;
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
-        Some((status, body.to_string()))
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+            .and_then(|l| l.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("bad status line: {head:?}"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Ok(Fetched {
+            status,
+            headers,
+            body: body.to_string(),
+        })
     };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
+    tokio::time::timeout(Duration::from_secs(10), attempt)
         .await
-        .ok()
-        .flatten()
+        .unwrap_or_else(|_| Err("no response within 10 s".into()))
+}
+
+/// `GET path` on an admin API: status and body, or `None`.
+async fn admin_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    fetch(address, path).await.ok().map(|f| (f.status, f.body))
+}
+
+/// `vulns.critical` of the caller as the app behind the inbound sidecar
+/// saw it (the `x-appid-peer` header its JSON echo reports).
+fn seen_critical(response: &Fetched) -> Value {
+    use base64::Engine;
+    let echo: Value = serde_json::from_str(&response.body).unwrap_or_default();
+    echo["headers"]["x-appid-peer"][0]
+        .as_str()
+        .and_then(|b64| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .map_or(Value::Null, |claims| claims["vulns"]["critical"].clone())
+}
+
+/// The handshake failure counters of a sidecar, for failure messages.
+async fn handshake_failures(sidecar: &AuthoritySidecar) -> String {
+    let metrics = admin_get(sidecar.admin, "/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("appid_handshake_failures"))
+        .collect();
+    format!(
+        "--- {} handshake failures:\n{}",
+        sidecar.name,
+        lines.join("\n")
+    )
 }
 
 fn write_policy(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -732,10 +819,8 @@ async fn join_token_bootstraps_exactly_the_registered_claims_once() {
     // `-k` skips verifying the authority: the serving certificate names a
     // SPIFFE ID, not a host, so curl's host name check cannot pass. What is
     // tested here is the authority's answer, not the client's trust.
-    let csr_file = temp.path().join("raw.csr");
-    std::fs::write(&csr_file, new_key_and_csr().unwrap().csr_pem).unwrap();
     let body = json!({
-        "csr": std::fs::read_to_string(&csr_file).unwrap(),
+        "csr": new_key_and_csr().expect("key and CSR").csr_pem,
         "proof": { "method": "join_token", "token": token }
     });
     let body_file = temp.path().join("attest.json");
@@ -783,7 +868,6 @@ async fn join_token_bootstraps_exactly_the_registered_claims_once() {
         );
     }
     assert_eq!(ca.count_events("issue", None), 1, "{}", ca.audit_text());
-    drop(sidecar);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -902,13 +986,18 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
         }
     });
 
-    // Both renew twice (at half life, with jitter) while the session goes on.
+    // Both renew twice (at half life, with jitter) while the session and the
+    // stream go on, and the certificates they started with expire.
+    let first_not_after = web_sidecar
+        .not_after()
+        .await
+        .max(api_sidecar.not_after().await);
     let mut request = 1;
-    let renewals_seen = |ca: &AuthorityDir| {
+    let renewed_twice = |ca: &AuthorityDir| {
         ca.count_events("renew", Some(&web)) >= 2 && ca.count_events("renew", Some(&api)) >= 2
     };
     let start = Instant::now();
-    while !renewals_seen(&ca) {
+    while !renewed_twice(&ca) || unix_now() <= first_not_after {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "two renewals each did not happen within 60 s with a 30 s TTL\n{}",
@@ -931,9 +1020,6 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
         request += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // Renewed certificates present on new handshakes.
-    let fresh = curl(&[&format!("http://127.0.0.1:{web_http}/fresh")]).await;
-    assert_eq!(fresh.status, 200, "{fresh:?}\n{}", context());
 
     // The authority goes away for good.
     server.kill();
@@ -944,9 +1030,10 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
         "a certificate already expired: {deadlines:?}"
     );
 
-    // Until the first certificate expires, everything keeps serving: the
-    // live session and stream, new connections, `/ready`.
-    let mut checked_new_connection = false;
+    // Until the renewed certificates expire, everything keeps serving: the
+    // live session and stream, `/ready`, and new connections (whose
+    // handshakes can only succeed with the renewed certificates: the first
+    // ones have expired).
     while unix_now() < expiry - 2 {
         for sidecar in [&web_sidecar, &api_sidecar] {
             assert_eq!(
@@ -966,16 +1053,20 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
             (200, &app_connection),
             "{echoed}"
         );
-        request += 1;
-        if !checked_new_connection {
-            let new = curl(&[&format!("http://127.0.0.1:{web_http}/without-authority")]).await;
-            assert_eq!(new.status, 200, "{new:?}\n{}", context());
-            let mut tcp = connect_and_echo(local(web_tcp), b"new stream\n")
-                .await
-                .unwrap_or_else(|e| panic!("new TCP connection without the authority: {e}"));
-            tcp.shutdown().await.ok();
-            checked_new_connection = true;
+        let new = fetch(local(web_http), &format!("/new/{request}")).await;
+        let echoed = connect_and_echo(local(web_tcp), b"new stream\n").await;
+        if !matches!(&new, Ok(r) if r.status == 200) || echoed.is_err() {
+            panic!(
+                "a new connection through the pair failed with valid renewed certificates \
+                 (the first ones expired at {first_not_after}, now {}):\nHTTP: {new:?}\nTCP: {:?}\n{}\n{}\n{}",
+                unix_now(),
+                echoed.err(),
+                handshake_failures(&web_sidecar).await,
+                handshake_failures(&api_sidecar).await,
+                context()
+            );
         }
+        request += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -985,28 +1076,56 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
 
     // Once expired (the authority being unreachable), `/ready` says so.
     for (sidecar, not_after) in [(&web_sidecar, deadlines[0]), (&api_sidecar, deadlines[1])] {
-        let limit = Duration::from_secs((not_after - unix_now()).max(0) as u64) + EXPIRY_GRACE;
-        poll_until(
-            &format!(
-                "{} /ready to answer 503 after its certificate expired at {not_after}",
-                sidecar.name
-            ),
-            limit,
-            context,
-            || async {
-                match admin_get(sidecar.admin, "/ready").await {
-                    Some((503, body)) if body.contains("identity") => Some(()),
-                    _ => None,
-                }
-            },
-        )
-        .await;
-        assert!(
-            unix_now() >= not_after,
-            "{} not ready before expiry",
-            sidecar.name
-        );
+        wait_not_ready_at_expiry(sidecar, not_after).await;
     }
+}
+
+/// Waits for `/ready` to answer 503 (naming the identity) once `not_after`
+/// has passed, and not before.
+async fn wait_not_ready_at_expiry(sidecar: &AuthoritySidecar, not_after: i64) {
+    let limit = Duration::from_secs((not_after - unix_now()).max(0) as u64) + EXPIRY_GRACE;
+    let start = Instant::now();
+    loop {
+        match admin_get(sidecar.admin, "/ready").await {
+            Some((503, body)) if body.contains("identity") => break,
+            Some((200, _)) => {}
+            other => panic!("{} /ready: {other:?}\n{}", sidecar.name, sidecar.context()),
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{} still ready {}s after its certificate expired (notAfter {not_after}; \
+                 allowed {EXPIRY_GRACE:?})\n{}",
+                sidecar.name,
+                unix_now() - not_after,
+                sidecar.context()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        unix_now() >= not_after,
+        "{} not ready before its certificate expired",
+        sidecar.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_turns_503_when_the_certificate_expires_without_the_authority() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let web = id("ns/shop/sa/web");
+    let token = ca.register(&web, &["app=web"], None, None);
+    let mut server = AuthorityServer::start(&ca, "20s").await;
+    let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
+    let app = HttpApp::start().await;
+    let sidecar = SidecarSpec::new("web", temp.path(), &ca, &server.url(), &token, &policy)
+        .inbound(free_port(), app.addr)
+        .start()
+        .await;
+    // Gone before the first renewal.
+    server.kill();
+    let not_after = sidecar.not_after().await;
+    wait_not_ready_at_expiry(&sidecar, not_after).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1106,17 +1225,41 @@ rules:
         ca.audit_text()
     );
 
-    // New connections present the new certificate, and api refuses it.
-    let denied = poll_until(
-        "api to refuse web",
-        Duration::from_secs(10),
-        context,
-        || async {
-            let response = curl(&[&url]).await;
-            (response.status == 403).then_some(response)
-        },
-    )
-    .await;
+    // The very next connections present the new certificate (the sidecar
+    // swaps it in for new handshakes), and api refuses it: 403, audited.
+    // Each `fetch` is a new connection, so a new handshake web → api.
+    let renewed = unix_now();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let denied = loop {
+        match fetch(local(web_port), "/v1/orders").await {
+            Ok(response) if response.status == 403 => break response,
+            Ok(response) => seen.push(format!(
+                "{} (the app saw the caller's vulns.critical = {})",
+                response.status,
+                seen_critical(&response)
+            )),
+            Err(e) => seen.push(e),
+        }
+        if start.elapsed() > NEW_CERT_LIMIT {
+            let stale: Vec<String> = api_sidecar
+                .audit_lines()
+                .into_iter()
+                .filter(|l| l["claims"]["from.vulns.critical"] == 0)
+                .map(|l| l["time"].to_string())
+                .collect();
+            panic!(
+                "api did not refuse web within {NEW_CERT_LIMIT:?} of web's /appid showing \
+                 the new scan (at {renewed}); new connections got:\n{}\n\
+                 api saw `from.vulns.critical: 0` at {stale:?}\n{}\n{}\n{}",
+                seen.join("\n"),
+                handshake_failures(&web_sidecar).await,
+                handshake_failures(&api_sidecar).await,
+                context()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         denied.header("x-appid-denied-by"),
         Some("default"),
@@ -1128,6 +1271,9 @@ rules:
             && line["peer_id"] == web.as_str()
             && line["rule"] == "default"
             && line["method"] == "GET"
+            && line["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("vulns.critical"))
     });
     assert!(audited, "no audited denial of web\n{}", context());
 }
@@ -1192,12 +1338,23 @@ async fn revoked_workload_is_refused_by_its_peers_within_a_few_polls() {
         ca.audit_text()
     );
 
-    // The authority issues the revoked workload nothing, even with a new token.
-    let again = ca.register(&web, &["app=web"], None, None);
-    assert_refused(
-        &attest(&ca.client(&server.url()), &again).await,
-        403,
-        "revoked",
+    // A revoked identity stays revoked: no new join token is handed out.
+    let again = std::process::Command::new(APPID)
+        .args([
+            "authority",
+            "register",
+            "--dir",
+            path_str(&ca.dir),
+            "--id",
+            &web,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is revoked"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
     );
 }
 

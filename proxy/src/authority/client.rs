@@ -222,6 +222,8 @@ impl AuthorityClient {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Renewals must present the current certificate, never a resumed one.
+        config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
 }

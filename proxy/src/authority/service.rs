@@ -193,11 +193,32 @@ impl Authority {
         result
     }
 
+    /// Checks the proof and issues, atomically: the token redemption (or
+    /// the instance's first-use record) and the issued certificate's record
+    /// commit together, so a crash or a refusal in between consumes nothing.
     fn attest_inner(&self, request: &AttestRequest, now: i64) -> Result<IssuedResponse, Refusal> {
         let csr = parse_csr(&request.csr)?;
-        let (registration, cloud, method) = match &request.proof {
-            Proof::JoinToken { token } => {
-                let store = self.lock()?;
+        // Cloud documents are verified before taking the database lock.
+        let verified_cloud = match &request.proof {
+            Proof::JoinToken { .. } => None,
+            cloud_proof => {
+                let verifier = self.cloud.as_ref().ok_or_else(|| {
+                    Refusal::Unauthenticated(
+                        "cloud attestation is not configured on this authority".into(),
+                    )
+                })?;
+                Some(
+                    verifier
+                        .verify(cloud_proof, now)
+                        .map_err(Refusal::Unauthenticated)?,
+                )
+            }
+        };
+
+        let store = self.lock()?;
+        let transaction = store.begin()?;
+        let (registration, cloud, method) = match (&request.proof, verified_cloud) {
+            (Proof::JoinToken { token }, _) => {
                 let id = match store.redeem_token(&hash_token(token), now)? {
                     Redemption::Redeemed { id } => id,
                     Redemption::Unknown => {
@@ -217,17 +238,9 @@ impl Authority {
                     .ok_or_else(|| Refusal::NotRegistered(id.clone()))?;
                 (registration, None, attestation::JOIN_TOKEN)
             }
-            cloud_proof => {
-                let verifier = self.cloud.as_ref().ok_or_else(|| {
-                    Refusal::Unauthenticated(
-                        "cloud attestation is not configured on this authority".into(),
-                    )
-                })?;
-                let cloud = verifier
-                    .verify(cloud_proof, now)
-                    .map_err(Refusal::Unauthenticated)?;
+            (cloud_proof, Some(cloud)) => {
                 let facts = cloud_facts(&cloud);
-                let matching = self.lock()?.registrations_matching_cloud(&facts)?;
+                let matching = store.registrations_matching_cloud(&facts)?;
                 let registration = match matching.as_slice() {
                     [one] => one.clone(),
                     [] => {
@@ -256,25 +269,28 @@ impl Authority {
                         .unwrap_or("?"),
                     cloud.instance.as_deref().unwrap_or("?")
                 );
-                if !self
-                    .lock()?
-                    .claim_instance(&instance, &registration.id, now)?
-                {
+                if !store.claim_instance(&instance, &registration.id, now)? {
                     return Err(Refusal::Unauthenticated(format!(
                         "instance {instance} already attested once; it renews with its certificate (a replayed document?)"
                     )));
                 }
                 (registration, Some(cloud), method)
             }
+            (_, None) => return Err(Refusal::Internal("cloud proof without verification".into())),
         };
-        self.issue(
-            &registration,
-            &csr,
-            method,
-            cloud,
-            request.reported.clone(),
+        let issued = self.issue(
+            &store,
+            Issuance {
+                registration: &registration,
+                csr: &csr,
+                method,
+                cloud,
+                reported: request.reported.clone(),
+            },
             now,
-        )
+        )?;
+        transaction.commit().map_err(StoreError::from)?;
+        Ok(issued)
     }
 
     /// Renewal for a peer that proved its identity with a valid certificate
@@ -288,16 +304,19 @@ impl Authority {
     ) -> Result<IssuedResponse, Refusal> {
         let result = (|| {
             let csr = parse_csr(&request.csr)?;
-            let registration = self
-                .lock()?
+            let store = self.lock()?;
+            let registration = store
                 .registration(&current.id)?
                 .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
             self.issue(
-                &registration,
-                &csr,
-                &current.attestation,
-                current.cloud.clone(),
-                request.reported.clone(),
+                &store,
+                Issuance {
+                    registration: &registration,
+                    csr: &csr,
+                    method: &current.attestation,
+                    cloud: current.cloud.clone(),
+                    reported: request.reported.clone(),
+                },
                 now,
             )
         })();
@@ -316,14 +335,17 @@ impl Authority {
 
     fn issue(
         &self,
-        registration: &Registration,
-        csr: &CertificateSigningRequestParams,
-        method: &str,
-        cloud: Option<Cloud>,
-        reported: Option<serde_json::Map<String, serde_json::Value>>,
+        store: &Store,
+        what: Issuance<'_>,
         now: i64,
     ) -> Result<IssuedResponse, Refusal> {
-        let store = self.lock()?;
+        let Issuance {
+            registration,
+            csr,
+            method,
+            cloud,
+            reported,
+        } = what;
         if store.is_revoked(&registration.id)? {
             return Err(Refusal::Revoked(registration.id.clone()));
         }
@@ -386,6 +408,18 @@ impl Authority {
     pub fn log_revocation(&self, id: &str) {
         self.event("revoke", Some(id), "admin", None);
     }
+}
+
+/// What one certificate is derived from.
+struct Issuance<'a> {
+    registration: &'a Registration,
+    csr: &'a CertificateSigningRequestParams,
+    /// The attestation method recorded in the claims.
+    method: &'a str,
+    /// Verified cloud facts, if the workload attested with a cloud document.
+    cloud: Option<Cloud>,
+    /// What the workload says about itself (lands under `reported`).
+    reported: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The facts a cloud registration can match on.

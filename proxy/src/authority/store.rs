@@ -85,6 +85,16 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// Starts a write transaction (IMMEDIATE: the write lock is taken now,
+    /// so two writers never deadlock upgrading). Everything done through
+    /// this store until `commit` is part of it; dropping it rolls back.
+    pub fn begin(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
+    }
+
     /// Records (or replaces) a registration.
     pub fn register(&self, registration: &Registration, now: i64) -> Result<(), StoreError> {
         self.conn.execute(

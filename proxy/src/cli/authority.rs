@@ -219,6 +219,11 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 return Err(anyhow!("--ttl must be positive"));
             }
             let store = Store::open(&dir)?;
+            if store.is_revoked(id.as_str())? {
+                return Err(anyhow!(
+                    "{id} is revoked, and a revoked identity stays revoked; register the workload under a new SPIFFE ID"
+                ));
+            }
             store.register(&registration, now)?;
             let token = new_token().ok_or_else(|| anyhow!("no system randomness for a token"))?;
             store.add_token(&hash_token(&token), id.as_str(), now + ttl.whole_seconds())?;

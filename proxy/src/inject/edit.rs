@@ -94,7 +94,10 @@ fn dash_of(input: &str, start: usize) -> Option<usize> {
     let prefix = input.get(ls..start)?;
     let trimmed = prefix.trim_end();
     if let Some(before) = trimmed.strip_suffix('-') {
-        return before.chars().all(|c| c == ' ').then_some(ls + before.len());
+        return before
+            .chars()
+            .all(|c| c == ' ')
+            .then_some(ls + before.len());
     }
     if !prefix.chars().all(|c| c == ' ' || c == '\t') {
         return None;
@@ -112,8 +115,9 @@ fn dash_of(input: &str, start: usize) -> Option<usize> {
         let indent = line.len() - line.trim_start_matches(' ').len();
         let rest = line.get(indent..)?;
         let after = rest.strip_prefix('-')?;
-        let after = after.trim();
-        return (after.is_empty() || (after.starts_with('#') && rest.len() > 1)).then_some(prev + indent);
+        let alone = after.trim().is_empty()
+            || (after.starts_with([' ', '\t']) && after.trim_start().starts_with('#'));
+        return alone.then_some(prev + indent);
     }
     None
 }
@@ -156,7 +160,11 @@ pub(crate) fn slot_edits(
     anchor: usize,
     slot: &Slot<'_>,
 ) -> Result<Vec<Edit>, Unsupported> {
-    let Kind::Map { flow: pod_flow, entries } = &pod.kind else {
+    let Kind::Map {
+        flow: pod_flow,
+        entries,
+    } = &pod.kind
+    else {
         return Err("the pod spec is not a mapping".into());
     };
     let Some((anchor_key, _)) = entries.get(anchor) else {
@@ -182,10 +190,12 @@ pub(crate) fn slot_edits(
             if value.anchored {
                 return Err(format!("spec.{} has a YAML anchor", slot.key));
             }
-            if let Some(item) = value.items().unwrap_or_default().iter().find(|i| (slot.is_ours)(i)) {
-                if item.anchored {
-                    return Err(format!("an item of ours in spec.{} has a YAML anchor", slot.key));
-                }
+            let items = value.items().unwrap_or_default();
+            if items.iter().any(|i| i.anchored && (slot.is_ours)(i)) {
+                return Err(format!(
+                    "an item of ours in spec.{} has a YAML anchor",
+                    slot.key
+                ));
             }
             if !value.is_null() {
                 return match &value.kind {
@@ -277,7 +287,12 @@ fn block_seq_edits(
     items: &[Node],
     slot: &Slot<'_>,
 ) -> Result<Vec<Edit>, Unsupported> {
-    let unsupported = || format!("spec.{} has a list layout this tool does not edit", slot.key);
+    let unsupported = || {
+        format!(
+            "spec.{} has a list layout this tool does not edit",
+            slot.key
+        )
+    };
     let dashes: Vec<usize> = items
         .iter()
         .map(|item| dash_of(input, item.start))
@@ -458,7 +473,10 @@ mod tests {
             text: String::new(),
         };
         assert!(apply("abcdef", vec![e(1, 3), e(2, 4)]).is_none());
-        assert_eq!(apply("abcdef", vec![e(1, 3), e(3, 3), e(4, 6)]).as_deref(), Some("ad"));
+        assert_eq!(
+            apply("abcdef", vec![e(1, 3), e(3, 3), e(4, 6)]).as_deref(),
+            Some("ad")
+        );
         assert!(!disjoint(&[e(1, 3), e(2, 4)]));
     }
 }

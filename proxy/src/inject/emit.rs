@@ -106,7 +106,12 @@ pub(crate) fn block_items(items: &[Value], dash: usize, layout: Layout<'_>) -> S
 
 /// `key: value` lines at `indent`; the first line starts at the current
 /// position.
-fn map_body(out: &mut String, entries: &[(&'static str, Value)], indent: usize, layout: Layout<'_>) {
+fn map_body(
+    out: &mut String,
+    entries: &[(&'static str, Value)],
+    indent: usize,
+    layout: Layout<'_>,
+) {
     for (i, (key, value)) in entries.iter().enumerate() {
         if i > 0 {
             out.push_str(layout.nl);
@@ -189,7 +194,10 @@ mod tests {
         assert_eq!(block("0x1F"), "\"0x1F\"");
         assert_eq!(block("--config"), "\"--config\"");
         assert_eq!(block("appid/appid:0.1.0"), "appid/appid:0.1.0");
-        assert_eq!(scalar_text("appid/appid:0.1.0", false), "\"appid/appid:0.1.0\"");
+        assert_eq!(
+            scalar_text("appid/appid:0.1.0", false),
+            "\"appid/appid:0.1.0\""
+        );
         assert_eq!(block("app:"), "\"app:\"");
         assert_eq!(block("on"), "\"on\"");
         assert_eq!(block("No"), "\"No\"");
@@ -202,7 +210,10 @@ mod tests {
         let item = Value::Map(vec![
             ("name", s("x")),
             ("args", Value::Seq(vec![s("a"), s("1")])),
-            ("ports", Value::Seq(vec![Value::Map(vec![("containerPort", Value::Int(1))])])),
+            (
+                "ports",
+                Value::Seq(vec![Value::Map(vec![("containerPort", Value::Int(1))])]),
+            ),
             ("empty", Value::Map(vec![])),
             ("sc", Value::Map(vec![("ro", Value::Bool(true))])),
         ]);

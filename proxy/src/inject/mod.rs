@@ -257,10 +257,7 @@ fn get<'n>(map: &'n Node, key: &str, location: &Location) -> Result<Option<&'n N
 }
 
 fn object_label(obj: &Node, kind: &str) -> String {
-    let metadata = obj
-        .get_all("metadata")
-        .next()
-        .map(|(_, v)| v);
+    let metadata = obj.get_all("metadata").next().map(|(_, v)| v);
     let field = |name: &str| {
         metadata
             .and_then(|m| m.get_all(name).next())
@@ -281,18 +278,21 @@ enum Verdict {
 }
 
 impl Run<'_> {
-    fn object(&mut self, document: usize, obj: &Node, item: Option<usize>) -> Result<(), InjectError> {
+    fn object(
+        &mut self,
+        document: usize,
+        obj: &Node,
+        item: Option<usize>,
+    ) -> Result<(), InjectError> {
         if !matches!(obj.kind, Kind::Map { .. }) {
             return Ok(());
         }
-        let kind_of = |n: &Node| -> String {
-            n.get_all("kind")
-                .next()
-                .and_then(|(_, v)| v.scalar())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let kind = kind_of(obj);
+        let kind = obj
+            .get_all("kind")
+            .next()
+            .and_then(|(_, v)| v.scalar())
+            .unwrap_or("")
+            .to_owned();
         let mut location = Location {
             document,
             object: object_label(obj, &kind),
@@ -327,14 +327,20 @@ impl Run<'_> {
             Verdict::Skip(reason) => {
                 self.skipped += 1;
                 if let Some(reason) = reason {
-                    self.warnings.push(format!("{location}: not injected: {reason}"));
+                    self.warnings
+                        .push(format!("{location}: not injected: {reason}"));
                 }
             }
         }
         Ok(())
     }
 
-    fn workload(&mut self, obj: &Node, path: &[&str], location: &Location) -> Result<Verdict, InjectError> {
+    fn workload(
+        &mut self,
+        obj: &Node,
+        path: &[&str],
+        location: &Location,
+    ) -> Result<Verdict, InjectError> {
         // Down to the pod template.
         let mut template = obj;
         let mut walked = String::new();
@@ -348,7 +354,11 @@ impl Run<'_> {
                 Some(next) if matches!(next.kind, Kind::Alias) => {
                     return Ok(Verdict::Skip(Some(format!("{walked} is a YAML alias"))));
                 }
-                _ => return Ok(Verdict::Skip(Some(format!("{walked} is missing or not a mapping")))),
+                _ => {
+                    return Ok(Verdict::Skip(Some(format!(
+                        "{walked} is missing or not a mapping"
+                    ))));
+                }
             }
         }
         let pod_meta = get(template, "metadata", location)?;
@@ -433,7 +443,9 @@ impl Run<'_> {
         }
         let entries = pod.entries().unwrap_or_default();
         if entries.iter().any(|(k, _)| k.scalar() == Some("<<")) {
-            return Ok(Verdict::Skip(Some("the pod spec uses a YAML merge key (<<)".into())));
+            return Ok(Verdict::Skip(Some(
+                "the pod spec uses a YAML merge key (<<)".into(),
+            )));
         }
         let containers = get(pod, "containers", location)?;
         let Some(anchor) = entries
@@ -459,12 +471,17 @@ impl Run<'_> {
             exclude_inbound: &exclude_inbound,
             exclude_outbound: &exclude_outbound,
         };
-        let containers = [spec::init_container(&params), spec::proxy_container(&params)];
+        let containers = [
+            spec::init_container(&params),
+            spec::proxy_container(&params),
+        ];
         let volumes = spec::volumes();
-        let ours_container =
-            |n: &Node| named(n).is_some_and(|name| name == INIT_CONTAINER || name == PROXY_CONTAINER);
+        let ours_container = |n: &Node| {
+            named(n).is_some_and(|name| name == INIT_CONTAINER || name == PROXY_CONTAINER)
+        };
         let ours_volume = |n: &Node| {
-            named(n).is_some_and(|name| [VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN].contains(&name))
+            named(n)
+                .is_some_and(|name| [VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN].contains(&name))
         };
         let slots = [
             Slot {
@@ -486,7 +503,9 @@ impl Run<'_> {
             }
         }
         if !edit::disjoint(&edits) {
-            return Ok(Verdict::Skip(Some("the pod spec layout is too unusual to edit".into())));
+            return Ok(Verdict::Skip(Some(
+                "the pod spec layout is too unusual to edit".into(),
+            )));
         }
         self.edits.extend(edits);
         Ok(Verdict::Inject)

@@ -80,7 +80,10 @@ pub(crate) fn init_container(params: &Params<'_>) -> Value {
     Value::Map(vec![
         ("name", s(INIT_CONTAINER)),
         ("image", s(params.image)),
-        ("args", Value::Seq(args.into_iter().map(Value::Str).collect())),
+        (
+            "args",
+            Value::Seq(args.into_iter().map(Value::Str).collect()),
+        ),
         (
             // iptables-legacy takes a lock file, by default in /run, which
             // is read-only here.
@@ -170,6 +173,10 @@ pub(crate) fn proxy_container(params: &Params<'_>) -> Value {
                 ("allowPrivilegeEscalation", Value::Bool(false)),
                 ("readOnlyRootFilesystem", Value::Bool(true)),
                 ("capabilities", Value::Map(vec![("drop", strs(&["ALL"]))])),
+                (
+                    "seccompProfile",
+                    Value::Map(vec![("type", s("RuntimeDefault"))]),
+                ),
             ]),
         ),
         (

@@ -89,7 +89,10 @@ fn assert_injected(spec: &Json) {
     assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
     assert_eq!(proxy["securityContext"]["runAsGroup"], 1337);
     assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(proxy["args"], serde_json::json!(["proxy", "--config", "/etc/appid/proxy.yaml"]));
+    assert_eq!(
+        proxy["args"],
+        serde_json::json!(["proxy", "--config", "/etc/appid/proxy.yaml"])
+    );
     let init = &spec["initContainers"][0];
     assert_eq!(init["securityContext"]["runAsUser"], 0);
     assert_eq!(init["securityContext"]["privileged"], false);
@@ -105,7 +108,11 @@ fn assert_injected(spec: &Json) {
             "{volumes:?}"
         );
     }
-    assert!(names(spec.get("containers")).iter().all(|n| !n.starts_with("appid-")));
+    assert!(
+        names(spec.get("containers"))
+            .iter()
+            .all(|n| !n.starts_with("appid-"))
+    );
 }
 
 /// The document minus what injection adds.
@@ -239,7 +246,10 @@ fn manifest(kind: &str) -> String {
         format!("{pad}containers:\n{pad}- name: app\n{pad}  image: example/app:1\n")
     };
     match kind {
-        "Pod" => format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n{}", pod(2)),
+        "Pod" => format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n{}",
+            pod(2)
+        ),
         "CronJob" => format!(
             "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: c\nspec:\n  schedule: \"*/5 * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n{}          restartPolicy: OnFailure\n",
             pod(10)
@@ -303,7 +313,7 @@ fn generated_containers_in_full() {
         serde_json::json!({
             "runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": true, "privileged": false,
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]}
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
         })
     );
     assert_eq!(
@@ -313,9 +323,18 @@ fn generated_containers_in_full() {
             {"name": "appid-admin", "containerPort": 15190, "protocol": "TCP"}
         ])
     );
-    assert_eq!(proxy["readinessProbe"]["exec"]["command"], serde_json::json!(["appid", "probe", "ready"]));
-    assert_eq!(proxy["startupProbe"]["exec"]["command"], serde_json::json!(["appid", "probe", "ready"]));
-    assert_eq!(proxy["livenessProbe"]["exec"]["command"], serde_json::json!(["appid", "probe", "live"]));
+    assert_eq!(
+        proxy["readinessProbe"]["exec"]["command"],
+        serde_json::json!(["appid", "probe", "ready"])
+    );
+    assert_eq!(
+        proxy["startupProbe"]["exec"]["command"],
+        serde_json::json!(["appid", "probe", "ready"])
+    );
+    assert_eq!(
+        proxy["livenessProbe"]["exec"]["command"],
+        serde_json::json!(["appid", "probe", "live"])
+    );
     assert_eq!(
         proxy["resources"],
         serde_json::json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
@@ -342,7 +361,10 @@ fn generated_containers_in_full() {
     };
     let out = inject(&manifest("Pod"), &custom).unwrap();
     let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
-    assert_eq!(spec["initContainers"][1]["image"], "registry.example/appid@sha256:abc");
+    assert_eq!(
+        spec["initContainers"][1]["image"],
+        "registry.example/appid@sha256:abc"
+    );
     for bad in ["", "a b", "x\ny"] {
         let err = inject("", &InjectOptions { image: bad.into() }).unwrap_err();
         assert!(matches!(err, InjectError::Image { .. }), "{bad:?}");
@@ -370,7 +392,10 @@ fn inject_false_on_workload_or_template() {
     assert_eq!(run(&yes).injected, 1);
     let err = inject(&on_template.replace("\"false\"", "nope"), &opts()).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("appid.dev/inject") && text.contains("nope"), "{text}");
+    assert!(
+        text.contains("appid.dev/inject") && text.contains("nope"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -456,13 +481,22 @@ fn bad_annotation_names_document_object_and_annotation() {
 
 #[test]
 fn host_network_pods_are_skipped_with_a_warning() {
-    let input = manifest("DaemonSet").replace("    spec:\n", "    spec:\n      hostNetwork: true\n");
+    let input =
+        manifest("DaemonSet").replace("    spec:\n", "    spec:\n      hostNetwork: true\n");
     let out = run(&input);
     assert_eq!(out.yaml, input);
     assert_eq!((out.injected, out.skipped), (0, 1));
     assert_eq!(out.warnings.len(), 1);
-    assert!(out.warnings[0].contains("hostNetwork"), "{:?}", out.warnings);
-    assert!(out.warnings[0].contains("DaemonSet \"w\""), "{:?}", out.warnings);
+    assert!(
+        out.warnings[0].contains("hostNetwork"),
+        "{:?}",
+        out.warnings
+    );
+    assert!(
+        out.warnings[0].contains("DaemonSet \"w\""),
+        "{:?}",
+        out.warnings
+    );
 }
 
 const COMMENTED: &str = "\
@@ -524,15 +558,33 @@ fn multi_document_with_comments() {
     assert_eq!(tb.len(), ta.len());
     assert_eq!(tb[0], ta[0], "the Service changed");
     // Start and end of the text are untouched.
-    assert!(out.yaml.starts_with("# Leading comment\n---\n# A service\n"));
-    assert!(out.yaml.ends_with("      # the end of the pod spec\n...\n---\n# only a comment\n---\n"));
+    assert!(
+        out.yaml
+            .starts_with("# Leading comment\n---\n# A service\n")
+    );
+    assert!(
+        out.yaml
+            .ends_with("      # the end of the pod spec\n...\n---\n# only a comment\n---\n")
+    );
     // New keys go before `containers` and its comments, in the list style
     // of `containers` (dashes two columns in).
-    let at = out.yaml.find("      volumes:\n        - name: appid-config\n").unwrap();
-    let init = out.yaml.find("      initContainers:\n        - name: appid-init\n").unwrap();
-    let app = out.yaml.find("      # The app.\n      containers:\n").unwrap();
+    let at = out
+        .yaml
+        .find("      volumes:\n        - name: appid-config\n")
+        .unwrap();
+    let init = out
+        .yaml
+        .find("      initContainers:\n        - name: appid-init\n")
+        .unwrap();
+    let app = out
+        .yaml
+        .find("      # The app.\n      containers:\n")
+        .unwrap();
     assert!(at < init && init < app, "{}", out.yaml);
-    assert!(out.yaml.contains("\n\n      volumes:"), "blank line kept above");
+    assert!(
+        out.yaml.contains("\n\n      volumes:"),
+        "blank line kept above"
+    );
     let before = docs(COMMENTED);
     let after = docs(&out.yaml);
     assert_eq!(strip(after[1].clone()), before[1]);
@@ -609,7 +661,9 @@ fn list_items_are_injected() {
         .enumerate()
         .map(|(i, l)| format!("{}{l}\n", if i == 0 { "- " } else { "  " }))
         .collect();
-    let input = format!("apiVersion: v1\nkind: List\nitems:\n{item}- apiVersion: v1\n  kind: Service\n  metadata: {{name: s}}\n");
+    let input = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{item}- apiVersion: v1\n  kind: Service\n  metadata: {{name: s}}\n"
+    );
     let out = run_twice(&input);
     assert_eq!(out.injected, 1);
     let doc = &docs(&out.yaml)[0];
@@ -705,13 +759,33 @@ spec:
 fn list_style_follows_the_manifest() {
     // Indentless (`- ` at the key's column) stays indentless.
     let out = run(&manifest("Pod"));
-    assert!(out.yaml.contains("\n  initContainers:\n  - name: appid-init\n"), "{}", out.yaml);
-    assert!(out.yaml.contains("\n    volumeMounts:\n    - name: appid-run\n"), "{}", out.yaml);
+    assert!(
+        out.yaml
+            .contains("\n  initContainers:\n  - name: appid-init\n"),
+        "{}",
+        out.yaml
+    );
+    assert!(
+        out.yaml
+            .contains("\n    volumeMounts:\n    - name: appid-run\n"),
+        "{}",
+        out.yaml
+    );
     // Indented stays indented.
     let input = manifest("Pod").replace("  - name: app\n    image", "    - name: app\n      image");
     let out = run_twice(&input);
-    assert!(out.yaml.contains("\n  initContainers:\n    - name: appid-init\n"), "{}", out.yaml);
-    assert!(out.yaml.contains("\n      volumeMounts:\n        - name: appid-run\n"), "{}", out.yaml);
+    assert!(
+        out.yaml
+            .contains("\n  initContainers:\n    - name: appid-init\n"),
+        "{}",
+        out.yaml
+    );
+    assert!(
+        out.yaml
+            .contains("\n      volumeMounts:\n        - name: appid-run\n"),
+        "{}",
+        out.yaml
+    );
 }
 
 #[test]
@@ -719,7 +793,10 @@ fn crlf_line_endings_are_kept() {
     let input = manifest("Deployment").replace('\n', "\r\n");
     let out = run_twice(&input);
     assert_eq!(out.injected, 1);
-    assert!(!out.yaml.replace("\r\n", "").contains('\n'), "a bare LF slipped in");
+    assert!(
+        !out.yaml.replace("\r\n", "").contains('\n'),
+        "a bare LF slipped in"
+    );
     assert_injected(&pod_spec(&docs(&out.yaml)[0]).unwrap());
 }
 
@@ -810,13 +887,19 @@ fn arb_manifest() -> impl Strategy<Value = String> {
             let pad = " ".repeat(col);
             let dash = " ".repeat(col + offset);
             let list = |key: &str, names: &[&str], style: &str| -> String {
-                let c = if comments { format!("{pad}# about {key}\n") } else { String::new() };
+                let c = if comments {
+                    format!("{pad}# about {key}\n")
+                } else {
+                    String::new()
+                };
                 match style {
                     "absent" => String::new(),
                     "null" => format!("{c}{pad}{key}:\n"),
                     "flow" => {
-                        let items: Vec<String> =
-                            names.iter().map(|n| format!("{{name: {n}, image: i}}")).collect();
+                        let items: Vec<String> = names
+                            .iter()
+                            .map(|n| format!("{{name: {n}, image: i}}"))
+                            .collect();
                         format!("{c}{pad}{key}: [{}]\n", items.join(", "))
                     }
                     _ if names.is_empty() => format!("{c}{pad}{key}: []\n"),
@@ -826,7 +909,9 @@ fn arb_manifest() -> impl Strategy<Value = String> {
                             if comments {
                                 s.push_str(&format!("{dash}# {n}\n"));
                             }
-                            s.push_str(&format!("{dash}- name: {n} # trailing\n{dash}  image: i\n"));
+                            s.push_str(&format!(
+                                "{dash}- name: {n} # trailing\n{dash}  image: i\n"
+                            ));
                         }
                         s
                     }
@@ -839,7 +924,8 @@ fn arb_manifest() -> impl Strategy<Value = String> {
             );
             let source = format!("{line}\n{pad}- name: app\n{pad}  image: example/app:1\n");
             assert!(base.contains(&source), "{base}");
-            let target = format!("{extra}{line}\n{dash}- name: app\n{dash}  image: example/app:1\n");
+            let target =
+                format!("{extra}{line}\n{dash}- name: app\n{dash}  image: example/app:1\n");
             base.replacen(&source, &target, 1)
         },
     )

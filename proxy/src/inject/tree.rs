@@ -39,9 +39,18 @@ pub(crate) struct Node {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
-    Scalar { value: String, style: ScalarStyle },
-    Seq { flow: bool, items: Vec<Node> },
-    Map { flow: bool, entries: Vec<(Node, Node)> },
+    Scalar {
+        value: String,
+        style: ScalarStyle,
+    },
+    Seq {
+        flow: bool,
+        items: Vec<Node>,
+    },
+    Map {
+        flow: bool,
+        entries: Vec<(Node, Node)>,
+    },
     Alias,
 }
 

@@ -122,7 +122,15 @@ pub(super) async fn keep_renewed(
                         readiness.set_identity_ready(false);
                     }
                     tracing::warn!(error = %e, seconds_left = left, "renewal failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    // Never sleep past the expiry: readiness must turn
+                    // false when the certificate does, not a backoff later.
+                    let until_expiry = Duration::from_secs(left.max(0) as u64 + 1);
+                    let wait = if left > 0 {
+                        backoff.min(until_expiry)
+                    } else {
+                        backoff
+                    };
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

@@ -203,7 +203,19 @@ pub fn server_config_with(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(IdentityResolver { state }));
     config.alpn_protocols = alpn;
+    disable_resumption_server(&mut config);
     Arc::new(config)
+}
+
+/// No session resumption, on either side. A resumed TLS 1.3 session hands
+/// back the peer certificates of the original full handshake: after a peer
+/// renews (new claims, e.g. new vulnerability counts) or revokes, a resumed
+/// connection would still be authorized on the old certificate. Every
+/// connection therefore verifies the peer's current certificate; handshake
+/// cost is amortized by connection reuse instead.
+fn disable_resumption_server(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
 }
 
 /// Client side of sidecar mTLS.
@@ -217,6 +229,8 @@ pub fn client_config(state: Arc<TlsState>) -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(IdentityResolver { state }));
     config.alpn_protocols = vec![ALPN_APPID.to_vec()];
+    // See `disable_resumption_server`.
+    config.resumption = rustls::client::Resumption::disabled();
     // Names are not identity here; don't leak one in the ClientHello.
     config.enable_sni = false;
     Arc::new(config)
