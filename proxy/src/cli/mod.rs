@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod args;
 mod authority;
 mod cert;
+mod inject;
 mod issue;
 mod policy;
 mod probe;
@@ -45,6 +46,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Check the local sidecar's /live or /ready (for exec probes)
     Probe(probe::ProbeArgs),
+    /// Kubernetes YAML in, YAML with the sidecar injected out
+    Inject(inject::InjectArgs),
     /// Install, remove or show the transparent-capture iptables rules
     Redirect(redirect::RedirectArgs),
     /// Check a policy file, or explain a decision
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Redirect(args) => redirect::run(args),
+        Command::Inject(args) => inject::run(args),
     };
     match result {
         Ok(code) => code,
