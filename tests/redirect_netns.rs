@@ -57,7 +57,10 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let out = Command::new("ip").args(["netns", "add", &name]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "ip netns add: {}", text(&out.stderr));
         Netns { name }
     }
@@ -136,10 +139,16 @@ fn install_twice_then_remove_leaves_iptables_exactly_as_before() {
     assert_eq!(v4.matches("-j APPID_OUTPUT").count(), 1, "{v4}");
     assert_eq!(v6.matches("-j APPID_OUTPUT").count(), 1, "{v6}");
     assert!(v4.contains("--uid-owner 1337"), "{v4}");
-    assert!(v4.contains("10.96.0.0/12") && !v4.contains("fd00::/8"), "{v4}");
+    assert!(
+        v4.contains("10.96.0.0/12") && !v4.contains("fd00::/8"),
+        "{v4}"
+    );
     assert!(v6.contains("fd00::/8"), "{v6}");
     // Theirs untouched.
-    assert!(v4.contains("--comment dns -j RETURN") && v4.contains("-j OTHER"), "{v4}");
+    assert!(
+        v4.contains("--comment dns -j RETURN") && v4.contains("-j OTHER"),
+        "{v4}"
+    );
 
     let show = ns.run(appid_path(), &["redirect", "show"]);
     assert_eq!(show.status.code(), Some(0), "{}", text(&show.stderr));
@@ -167,12 +176,24 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     let before = ns.saved();
     let out = ns.run(
         appid_path(),
-        &["redirect", "install", "--dry-run", "--outbound-port", "15001"],
+        &[
+            "redirect",
+            "install",
+            "--dry-run",
+            "--outbound-port",
+            "15001",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
-    assert!(printed.contains("*nat") && printed.contains("--to-ports 15001"), "{printed}");
-    assert!(printed.contains("# ipv4") && printed.contains("COMMIT"), "{printed}");
+    assert!(
+        printed.contains("*nat") && printed.contains("--to-ports 15001"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("# ipv4") && printed.contains("COMMIT"),
+        "{printed}"
+    );
     assert_eq!(ns.saved(), before);
 }
 
@@ -180,8 +201,19 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
 fn bad_flags_are_exit_2_with_one_line() {
     // Needs no root: flags are checked before iptables is touched.
     for (args, needle) in [
-        (vec!["redirect", "install", "--exclude-inbound-ports", "22,x"], "not a port"),
-        (vec!["redirect", "install", "--exclude-outbound-cidrs", "10.0.0.0/33"], "CIDR"),
+        (
+            vec!["redirect", "install", "--exclude-inbound-ports", "22,x"],
+            "not a port",
+        ),
+        (
+            vec![
+                "redirect",
+                "install",
+                "--exclude-outbound-cidrs",
+                "10.0.0.0/33",
+            ],
+            "CIDR",
+        ),
         (vec!["redirect", "sideways"], "sideways"),
     ] {
         let out = Command::new(appid_path()).args(&args).output().unwrap();

@@ -1,1 +1,1535 @@
-//! Transparent capture end to end in network namespaces (being written).
+//! Transparent capture end to end, in network namespaces (root, real
+//! iptables): unmodified apps, `appid redirect install`, and sidecars in
+//! transparent mode running as the excluded uid 1337.
+//!
+//! ```text
+//!  direct:  ns A (web)                               ns B (api)
+//!           curl, echo client                          python http.server :8080
+//!             │ OUTPUT → REDIRECT                      python echo        :9000
+//!             ▼                                          ▲ 127.0.0.1:<port>
+//!           sidecar :15101 ══ mTLS ══ veth ══► PREROUTING → sidecar :15106
+//!           10.77.0.1/24          (wire probe)         10.77.0.2/24
+//!
+//!  nat:     ns A 10.78.1.2 ─── ns GW 10.78.1.1 | 10.78.2.1 ─── ns B 10.78.2.2
+//!                              ip_forward, MASQUERADE out of gw-b,
+//!                              (wire probe in FORWARD)
+//!
+//!  metadata: one ns, fake metadata service on 169.254.169.254:80 (on lo)
+//!  loop:     one ns, the capture ports dialled directly
+//! ```
+//!
+//! Covered:
+//! - curl reaches B's HTTP app and a raw TCP client B's echo server only
+//!   through both sidecars: each side writes one audit line per request
+//!   naming `web-to-api` with the peer's SPIFFE ID, and A's sidecar writes
+//!   exactly one outbound decision per request (its own upstream connection
+//!   is not recaptured: uid 1337 is excluded);
+//! - what crosses between the hosts is TLS: iptables `string` matches on the
+//!   path (B's veth; the gateway's FORWARD chain) count no packet carrying
+//!   the request line, the response body or the echo payload — and, as a
+//!   control that proves the probe can fail, they do count them once
+//!   `appid redirect remove` has taken the sidecars out;
+//! - a workload issued from a Trivy report with criticals (`legacy`) is
+//!   refused by `no-critical-vulns`: by its own sidecar, and, when its
+//!   sidecar's policy is replaced by one that checks nothing (a client side
+//!   that stopped enforcing), by the server's sidecar — which must see the
+//!   client's *current* certificate right after the swap (no TLS session
+//!   resumed under the previous identity);
+//! - across the NAT the server's sidecar sees the client as the gateway's
+//!   address (10.78.2.1), and the same policy still allows `web` and denies
+//!   `legacy`: decisions do not depend on addresses;
+//! - under `mode: audit` or `default: allow` peers are still meshed (mTLS
+//!   on the wire, decided by rule), not passed through as external;
+//! - the cloud metadata API is refused (audited as "metadata API") until a
+//!   policy rule names it, then reachable;
+//! - dialling a capture port directly (outbound: loopback and the host's own
+//!   address; inbound: under audit mode, where policy stops nothing) fails
+//!   fast instead of looping.
+//!
+//! Everything is owned by guards: sidecars and apps are killed, namespaces
+//! (with their veths and iptables rules) deleted, even when a test fails
+//! midway; namespaces (and temp dirs) left by a killed run are swept at the
+//! next run.
+//! Without root or the tools the tests skip with a printed reason; under
+//! `CI=true` a skip is a failure.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const APPID: &str = env!("CARGO_BIN_EXE_appid");
+
+/// The sidecar's uid and gid: excluded from capture by the redirect.
+const PROXY_UID: u32 = 1337;
+/// Namespace names: `<prefix><pid>-<n>-<role>`.
+const NS_PREFIX: &str = "appid-tn-";
+const TRUST_DOMAIN: &str = "netns.example";
+/// Every wait in this file is bounded by this, unless said otherwise.
+const WAIT: Duration = Duration::from_secs(10);
+/// A debug-build sidecar on a busy CI machine may take a while to start.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
+const INBOUND_PORT: u16 = 15106;
+const OUTBOUND_PORT: u16 = 15101;
+const ADMIN: &str = "127.0.0.1:15190";
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 9000;
+
+const METADATA_IP: &str = "169.254.169.254";
+
+/// What B's HTTP app serves at `/file`: unique, so the wire probe only
+/// counts this.
+const BODY: &str = "appid-netns-body-7f3a9c\n";
+/// What the echo client sends.
+const ECHO_PAYLOAD: &str = "appid-netns-echo-51e0b2";
+/// The request line's start, as curl sends it.
+const REQUEST_LINE: &str = "GET /file";
+
+const POLICY: &str = r#"version: 1
+default: deny
+rules:
+  - name: no-critical-vulns
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, ports: [8080, 9000] }
+"#;
+
+/// Added to [`POLICY`] to open the metadata API to `web`.
+const METADATA_RULE: &str = r#"  - name: web-reads-metadata
+    action: allow
+    from: { labels.app: web }
+    to: { external: { cidrs: ["169.254.169.254/32"], ports: [80] } }
+"#;
+
+/// A client sidecar that stopped enforcing: it lets its workload call any
+/// meshed peer (still over mTLS), so only the server side decides.
+const CLIENT_CHECKS_NOTHING: &str = r#"version: 1
+default: deny
+rules:
+  - name: client-checks-nothing
+    action: allow
+    from: { id: { glob: "spiffe://netns.example/**" } }
+"#;
+
+/// A Trivy (`SchemaVersion` 2) report with two criticals.
+const TRIVY_REPORT: &str = r#"{"SchemaVersion": 2,
+ "ArtifactName": "registry.example/legacy:0.9",
+ "ArtifactType": "container_image",
+ "Metadata": {"ImageID": "sha256:1111111111111111111111111111111111111111111111111111111111111111"},
+ "Results": [{"Target": "registry.example/legacy:0.9 (debian 10.13)",
+   "Class": "os-pkgs", "Type": "debian",
+   "Vulnerabilities": [
+     {"VulnerabilityID": "CVE-2021-44228", "PkgName": "liblog4j2-java",
+      "InstalledVersion": "2.11.1-2", "Severity": "CRITICAL"},
+     {"VulnerabilityID": "CVE-2019-5482", "PkgName": "curl",
+      "InstalledVersion": "7.64.0-4", "Severity": "CRITICAL"},
+     {"VulnerabilityID": "CVE-2020-8177", "PkgName": "curl",
+      "InstalledVersion": "7.64.0-4", "Severity": "HIGH"}]}]}
+"#;
+
+const ECHO_SERVER: &str = r#"
+import socketserver, sys
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            self.request.sendall(data)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server((sys.argv[1], int(sys.argv[2])), Echo).serve_forever()
+"#;
+
+/// Sends argv[3], prints what comes back (up to as many bytes), exits 1
+/// when the connection fails or closes early.
+const ECHO_CLIENT: &str = r#"
+import socket, sys
+want = sys.argv[3].encode()
+got = b""
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.sendall(want)
+    while len(got) < len(want):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+except OSError as e:
+    print(e, file=sys.stderr)
+sys.stdout.write(got.decode(errors="replace"))
+sys.exit(0 if got == want else 1)
+"#;
+
+// ---------------------------------------------------------------------------
+// Skipping
+
+/// Returns true when the test should go on; prints why not otherwise
+/// (under `CI=true`, a reason to skip is a failure).
+fn should_run() -> bool {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    match REASON.get_or_init(cannot_run) {
+        None => {
+            SWEPT.get_or_init(sweep_stale);
+            true
+        }
+        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("network-namespace tests cannot run in CI: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipping network-namespace test: {reason}");
+            false
+        }
+    }
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn cannot_run() -> Option<String> {
+    match fs::metadata("/proc/self") {
+        Ok(meta) if meta.uid() == 0 => {}
+        _ => return Some("not root (namespaces and iptables rules need it)".into()),
+    }
+    for tool in [
+        "ip",
+        "iptables",
+        "iptables-save",
+        "python3",
+        "setpriv",
+        "curl",
+        "ss",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("`{tool}` not installed"));
+        }
+    }
+    // Root in a container without CAP_SYS_ADMIN cannot make namespaces.
+    let probe = format!("{NS_PREFIX}{}-probe", std::process::id());
+    let out = Command::new("ip").args(["netns", "add", &probe]).output();
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "cannot create a network namespace: {}",
+            text(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run `ip`: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `command` to completion within `limit`, killing it (and failing the
+/// test) when it takes longer.
+fn output_within(mut command: Command, limit: Duration) -> Output {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} did not finish within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails the test
+/// after `limit`, printing `context()`.
+fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    context: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A long-running child (sidecar, app), killed when dropped.
+struct Proc {
+    what: String,
+    child: RefCell<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// `Some(status)` when it has already exited.
+    fn exited(&self) -> Option<ExitStatus> {
+        self.child.borrow_mut().try_wait().ok().flatten()
+    }
+
+    fn log(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        // The end is what matters; keep failure messages readable.
+        let start = log.len().saturating_sub(4000);
+        let start = (start..log.len())
+            .find(|&i| log.is_char_boundary(i))
+            .unwrap_or(0);
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.what,
+            self.log.display(),
+            &log[start..]
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let child = self.child.get_mut();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Namespaces
+
+/// A network namespace that is deleted when dropped, even on panic, with
+/// everything in it: veths, addresses, iptables rules.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{NS_PREFIX}{}-{}-{role}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut add = Command::new("ip");
+        add.args(["netns", "add", &name]);
+        let out = output_within(add, WAIT);
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            text(&out.stderr)
+        );
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// `program args` inside the namespace (as root).
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name, program])
+            .args(args);
+        command
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        output_within(self.command(program, args), WAIT)
+    }
+
+    /// A shell script inside the namespace that must succeed; its stdout.
+    fn sh(&self, script: &str) -> String {
+        let out = self.run("sh", &["-c", script]);
+        assert!(
+            out.status.success(),
+            "in {}: {script}: {}",
+            self.name,
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Starts a long-running `program args`, output to `log`.
+    fn spawn(&self, what: &str, program: &str, args: &[&str], log: &Path) -> Proc {
+        let file = fs::File::create(log).expect("create log file");
+        let child = self
+            .command(program, args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            what: format!("{what} in {}", self.name),
+            child: RefCell::new(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Waits until something listens on TCP `port` (any address).
+    fn wait_listening(&self, port: u16) {
+        let filter = format!("sport = :{port}");
+        wait_for(
+            &format!("a listener on port {port} in {}", self.name),
+            WAIT,
+            || self.sh("ss -Hltnp"),
+            || {
+                let out = self.run("ss", &["-Hltn", &filter]);
+                (out.status.success() && !out.stdout.is_empty()).then_some(())
+            },
+        );
+    }
+
+    /// `curl` from inside the namespace (as root, so it is captured).
+    fn curl(&self, url: &str, max_secs: u32) -> Reply {
+        let max = max_secs.to_string();
+        let start = Instant::now();
+        let out = output_within(
+            self.command("curl", &["-sS", "-i", "-m", &max, url]),
+            Duration::from_secs(u64::from(max_secs) + 5),
+        );
+        Reply::parse(&out, start.elapsed())
+    }
+
+    /// The echo client from inside the namespace: `Ok(echoed)` or
+    /// `Err(what happened)`.
+    fn echo(&self, ip: &str, port: u16, payload: &str) -> Result<String, String> {
+        let port = port.to_string();
+        let out = self.run(python(), &["-c", ECHO_CLIENT, ip, &port, payload]);
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(format!(
+                "echo got {:?}; {}",
+                text(&out.stdout),
+                text(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove_namespace(&self.name);
+    }
+}
+
+/// Kills whatever still runs inside (it would keep the namespace, and its
+/// veths, alive after `ip netns del`), then deletes it.
+fn remove_namespace(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in text(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
+}
+
+/// Whether `name` (a namespace or temp dir) is ours, left by a test process
+/// that no longer exists (a run killed by a signal never got to its guards).
+fn is_stale(name: &str) -> bool {
+    name.strip_prefix(NS_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+/// Deletes stale namespaces (and what runs in them) and temp dirs.
+fn sweep_stale() {
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in text(&out.stdout).lines() {
+            match line.split_whitespace().next() {
+                Some(name) if is_stale(name) => {
+                    eprintln!("removing stale namespace {name}");
+                    remove_namespace(name);
+                }
+                _ => {}
+            }
+        }
+    }
+    for entry in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_str().is_some_and(is_stale) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A temp dir named after this process, so a later run can sweep it.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{NS_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// The real interpreter behind `python3` (pyenv shims and the like are
+/// slow to start, and some resolve per directory).
+fn python() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .map(|o| text(&o.stdout).trim().to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "python3".into())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// HTTP replies
+
+/// What `curl -i` got.
+#[derive(Debug)]
+struct Reply {
+    /// curl's exit code (0 ok, 7 refused, 28 timeout, 52 empty reply, 56
+    /// connection reset, ...).
+    exit: Option<i32>,
+    status: Option<u16>,
+    /// Lowercased names.
+    headers: Vec<(String, String)>,
+    body: String,
+    took: Duration,
+    /// Shown in failure messages (through `Debug`).
+    #[allow(dead_code)]
+    stderr: String,
+}
+
+impl Reply {
+    fn parse(out: &Output, took: Duration) -> Reply {
+        let raw = text(&out.stdout);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok());
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Reply {
+            exit: out.status.code(),
+            status,
+            headers,
+            body: body.to_string(),
+            took,
+            stderr: text(&out.stderr),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn is_ok_with(&self, body: &str) -> bool {
+        self.exit == Some(0) && self.status == Some(200) && self.body == body
+    }
+
+    /// Refused by `rule`: a 403 naming it, or a connection closed without
+    /// a response (a denial found before the protocol was known).
+    fn is_refused_by(&self, rule: &str) -> bool {
+        match self.status {
+            Some(403) => self.header("x-appid-denied-by") == Some(rule),
+            Some(_) => false,
+            None => self.exit != Some(0) && self.exit != Some(28),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Identities
+
+/// A CA and the three workloads, issued with the real CLI.
+struct Identities {
+    _dir: tempfile::TempDir,
+    bundle: PathBuf,
+    web: Cert,
+    api: Cert,
+    legacy: Cert,
+}
+
+#[derive(Debug, Clone)]
+struct Cert {
+    id: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn appid(args: &[&str]) -> Output {
+    let mut command = Command::new(APPID);
+    command.args(args);
+    let out = output_within(command, WAIT);
+    assert!(
+        out.status.success(),
+        "appid {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 temp path")
+}
+
+impl Identities {
+    fn new() -> Identities {
+        let dir = temp_dir();
+        let ca = dir.path().join("ca");
+        appid(&[
+            "authority",
+            "init",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--dir",
+            path_str(&ca),
+        ]);
+        let report = dir.path().join("legacy-trivy.json");
+        fs::write(&report, TRIVY_REPORT).expect("write report");
+        let issue = |name: &str, extra: &[&str]| {
+            let id = format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/{name}");
+            let cert = dir.path().join(format!("{name}.pem"));
+            let key = dir.path().join(format!("{name}.key"));
+            let label = format!("app={name}");
+            let mut args = vec![
+                "issue",
+                "--dir",
+                path_str(&ca),
+                "--id",
+                &id,
+                "--label",
+                &label,
+                "--cert",
+                path_str(&cert),
+                "--key",
+                path_str(&key),
+            ];
+            args.extend_from_slice(extra);
+            appid(&args);
+            Cert { id, cert, key }
+        };
+        let web = issue("web", &[]);
+        let api = issue("api", &[]);
+        let legacy = issue("legacy", &["--vulns", path_str(&report)]);
+        let claims = appid(&["cert", "inspect", path_str(&legacy.cert), "--json"]);
+        let claims: Value = serde_json::from_slice(&claims.stdout).expect("claims JSON");
+        assert_eq!(claims["vulns"]["critical"], 2, "{claims}");
+        Identities {
+            bundle: ca.join("ca.pem"),
+            _dir: dir,
+            web,
+            api,
+            legacy,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hosts
+
+/// One "host": a namespace with a transparent sidecar (uid 1337) and apps.
+/// Field order is drop order: processes first, then files, then the
+/// namespace.
+struct Host {
+    sidecar: Option<Proc>,
+    apps: Vec<Proc>,
+    dir: tempfile::TempDir,
+    ns: Netns,
+}
+
+impl Host {
+    /// The namespace and the sidecar's files (identity `cert`, `policy`);
+    /// nothing started yet.
+    fn new(role: &str, ids: &Identities, cert: &Cert, policy: &str) -> Host {
+        let ns = Netns::new(role);
+        let dir = temp_dir();
+        // The sidecar runs as uid 1337: it must read its files and write
+        // its audit log.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::chown(dir.path(), Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
+        let host = Host {
+            sidecar: None,
+            apps: Vec::new(),
+            dir,
+            ns,
+        };
+        host.put("ca.pem", &fs::read(&ids.bundle).expect("read bundle"));
+        host.set_identity_files(cert);
+        host.put("policy.yaml", policy.as_bytes());
+        let config = format!(
+            r#"identity: {{ cert: cert.pem, key: key.pem, bundle: ca.pem }}
+trust_domains: [{TRUST_DOMAIN}]
+policy: policy.yaml
+inbound:
+  - listen: "0.0.0.0:{INBOUND_PORT}"
+outbound:
+  - listen: "127.0.0.1:{OUTBOUND_PORT}"
+admin: "{ADMIN}"
+audit_log: audit.jsonl
+workers: 2
+limits:
+  handshake_timeout: 5s
+  detect_timeout: 2s
+  connect_timeout: 3s
+  drain_timeout: 1s
+"#
+        );
+        host.put("proxy.yaml", config.as_bytes());
+        host
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `name` atomically (temp file + rename, as config management
+    /// does), owned by the sidecar's uid, private.
+    fn put(&self, name: &str, contents: &[u8]) {
+        let temp = self.path(&format!(".{name}.tmp"));
+        fs::write(&temp, contents).expect("write file");
+        fs::set_permissions(&temp, fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::os::unix::fs::chown(&temp, Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
+        fs::rename(&temp, self.path(name)).expect("rename into place");
+    }
+
+    fn set_identity_files(&self, cert: &Cert) {
+        self.put("key.pem", &fs::read(&cert.key).expect("read key"));
+        self.put("cert.pem", &fs::read(&cert.cert).expect("read cert"));
+    }
+
+    /// Starts `appid proxy` as uid 1337 and waits until `/ready`.
+    fn start_sidecar(&mut self) {
+        let config = self.path("proxy.yaml");
+        let uid = PROXY_UID.to_string();
+        let proc = self.ns.spawn(
+            "sidecar",
+            "setpriv",
+            &[
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+                APPID,
+                "proxy",
+                "--config",
+                path_str(&config),
+            ],
+            &self.path("sidecar.log"),
+        );
+        self.sidecar = Some(proc);
+        wait_for(
+            &format!("the sidecar in {} to be ready", self.ns.name),
+            READY_WAIT,
+            || self.context(),
+            || {
+                if let Some(status) = self.sidecar.as_ref().and_then(Proc::exited) {
+                    panic!("the sidecar exited ({status})\n{}", self.context());
+                }
+                (self.admin("/ready").0 == 200).then_some(())
+            },
+        );
+    }
+
+    /// `GET` on the admin API: (status, body); status 0 when unreachable.
+    fn admin(&self, path: &str) -> (u16, String) {
+        let reply = self.ns.curl(&format!("http://{ADMIN}{path}"), 2);
+        (reply.status.unwrap_or(0), reply.body)
+    }
+
+    /// A numeric metric from `/metrics` (0 when absent).
+    fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn redirect(&self, action: &str) -> Output {
+        let uid = PROXY_UID.to_string();
+        let args: Vec<&str> = if action == "install" {
+            vec!["redirect", "install", "--proxy-uid", &uid]
+        } else {
+            vec!["redirect", action]
+        };
+        self.ns.run(APPID, &args)
+    }
+
+    fn install_redirect(&self) {
+        let out = self.redirect("install");
+        assert!(
+            out.status.success(),
+            "redirect install: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// `appid redirect remove`, checked: `show` then finds nothing, and no
+    /// chain of ours is left.
+    fn remove_redirect(&self) {
+        let out = self.redirect("remove");
+        assert!(
+            out.status.success(),
+            "redirect remove: {}",
+            text(&out.stderr)
+        );
+        let show = self.redirect("show");
+        assert_eq!(
+            show.status.code(),
+            Some(1),
+            "show after remove: {}",
+            text(&show.stdout)
+        );
+        let saved = self.ns.sh("iptables-save -t nat");
+        assert!(!saved.contains("APPID_"), "left after remove:\n{saved}");
+    }
+
+    /// Replaces the identity files and waits until the sidecar serves the
+    /// new identity (it polls its files twice a second).
+    fn swap_identity(&self, cert: &Cert) {
+        self.set_identity_files(cert);
+        wait_for(
+            &format!("the sidecar in {} to load {}", self.ns.name, cert.id),
+            WAIT,
+            || self.context(),
+            || {
+                let (status, body) = self.admin("/appid");
+                let json: Value = serde_json::from_str(&body).ok()?;
+                (status == 200 && json["id"] == cert.id.as_str()).then_some(())
+            },
+        );
+    }
+
+    /// The audit log so far, one JSON value per line.
+    fn audit(&self) -> Vec<Value> {
+        fs::read_to_string(self.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Starts `python3 args` (an app) and waits for it to listen on `port`.
+    fn start_app(&mut self, what: &str, args: &[&str], port: u16) {
+        let log = self.path(&format!("{what}.log"));
+        let proc = self.ns.spawn(what, python(), args, &log);
+        self.apps.push(proc);
+        self.ns.wait_listening(port);
+    }
+
+    /// B's apps: `GET /file` on `:8080`, an echo server on `:9000`.
+    fn start_api_apps(&mut self) {
+        let www = self.path("www");
+        fs::create_dir(&www).expect("mkdir www");
+        fs::write(www.join("file"), BODY).expect("write file");
+        let port = HTTP_PORT.to_string();
+        self.start_app(
+            "http",
+            &[
+                "-m",
+                "http.server",
+                &port,
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                path_str(&www),
+            ],
+            HTTP_PORT,
+        );
+        let port = ECHO_PORT.to_string();
+        self.start_app("echo", &["-c", ECHO_SERVER, "0.0.0.0", &port], ECHO_PORT);
+    }
+
+    /// The sidecar's and apps' logs and the audit log, for failure messages.
+    fn context(&self) -> String {
+        let mut out = format!("=== {} ===\n", self.ns.name);
+        for proc in self.sidecar.iter().chain(&self.apps) {
+            out.push_str(&proc.log());
+            out.push('\n');
+        }
+        out.push_str("--- audit ---\n");
+        out.push_str(&fs::read_to_string(self.path("audit.jsonl")).unwrap_or_default());
+        out
+    }
+}
+
+/// Context from several hosts.
+fn context(hosts: &[&Host]) -> String {
+    hosts
+        .iter()
+        .map(|h| h.context())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// The wire
+
+/// iptables `string` matches counting packets on the path between the
+/// hosts that carry an app's plaintext. Rules without a target only count.
+struct WireProbe<'a> {
+    ns: &'a Netns,
+    /// (comment, needle) per rule.
+    rules: Vec<(String, &'static str)>,
+}
+
+impl<'a> WireProbe<'a> {
+    /// One counting rule per (mangle chain + interface match, needle).
+    /// `None` (printed) when the kernel has no `string` match.
+    fn install(ns: &'a Netns, places: &[(&str, &str)]) -> Option<WireProbe<'a>> {
+        let mut rules = Vec::new();
+        for (i, (chain, matches)) in places.iter().enumerate() {
+            for (j, needle) in [REQUEST_LINE, BODY.trim_end(), ECHO_PAYLOAD]
+                .into_iter()
+                .enumerate()
+            {
+                let comment = format!("appid-test-plaintext-{i}-{j}");
+                let mut args = vec!["-t", "mangle", "-I", chain, "-p", "tcp"];
+                args.extend(matches.split_whitespace());
+                args.extend(["-m", "string", "--string", needle, "--algo", "bm"]);
+                args.extend(["-m", "comment", "--comment", &comment]);
+                let out = ns.run("iptables", &args);
+                if !out.status.success() {
+                    eprintln!(
+                        "skipping the plaintext-on-the-wire assertion: iptables string match \
+                         unavailable ({})",
+                        text(&out.stderr).trim()
+                    );
+                    return None;
+                }
+                rules.push((comment, needle));
+            }
+        }
+        Some(WireProbe { ns, rules })
+    }
+
+    /// Packets seen per needle that carried it, e.g.
+    /// `[("GET /file", 0), ...]`, summed over places.
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        let saved = self.ns.sh("iptables-save -c -t mangle");
+        let mut counts: Vec<(&'static str, u64)> = Vec::new();
+        for (comment, needle) in &self.rules {
+            let packets = saved
+                .lines()
+                .find(|l| l.contains(&format!("--comment {comment}")))
+                .and_then(|l| l.strip_prefix('['))
+                .and_then(|l| l.split(':').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no counter for {comment} in\n{saved}"));
+            match counts.iter_mut().find(|(n, _)| n == needle) {
+                Some((_, total)) => *total += packets,
+                None => counts.push((needle, packets)),
+            }
+        }
+        counts
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Topologies
+
+/// Client host A (`web`) and server host B (`api`, with its apps), with
+/// sidecars and redirects installed; `gateway` between them for NAT.
+struct Topology {
+    a: Host,
+    b: Host,
+    gateway: Option<Netns>,
+    /// The server's address as the client dials it.
+    server_ip: &'static str,
+    /// The client's address as the server's sidecar sees it.
+    client_seen_as: &'static str,
+}
+
+impl Topology {
+    /// A 10.77.0.1/24 —veth— B 10.77.0.2/24.
+    fn direct(ids: &Identities, policy: &str) -> Topology {
+        let a = Host::new("a", ids, &ids.web, policy);
+        let b = Host::new("b", ids, &ids.api, policy);
+        a.ns.sh(&format!(
+            "ip link add veth-a type veth peer name veth-b netns {b}
+             ip addr add 10.77.0.1/24 dev veth-a && ip link set veth-a up",
+            b = b.ns.name
+        ));
+        b.ns.sh("ip addr add 10.77.0.2/24 dev veth-b && ip link set veth-b up");
+        Topology::start(a, b, None, "10.77.0.2", "10.77.0.1")
+    }
+
+    /// A 10.78.1.2 — GW (10.78.1.1 | 10.78.2.1, MASQUERADE) — B 10.78.2.2.
+    fn nat(ids: &Identities, policy: &str) -> Topology {
+        let a = Host::new("a", ids, &ids.web, policy);
+        let b = Host::new("b", ids, &ids.api, policy);
+        let gateway = Netns::new("gw");
+        gateway.sh(&format!(
+            "ip link add gw-a type veth peer name veth-a netns {a}
+             ip link add gw-b type veth peer name veth-b netns {b}
+             ip addr add 10.78.1.1/24 dev gw-a && ip link set gw-a up
+             ip addr add 10.78.2.1/24 dev gw-b && ip link set gw-b up
+             echo 1 > /proc/sys/net/ipv4/ip_forward
+             iptables -t nat -A POSTROUTING -s 10.78.1.0/24 -o gw-b -j MASQUERADE",
+            a = a.ns.name,
+            b = b.ns.name
+        ));
+        a.ns.sh(
+            "ip addr add 10.78.1.2/24 dev veth-a && ip link set veth-a up
+             ip route add default via 10.78.1.1",
+        );
+        b.ns.sh(
+            "ip addr add 10.78.2.2/24 dev veth-b && ip link set veth-b up
+             ip route add default via 10.78.2.1",
+        );
+        Topology::start(a, b, Some(gateway), "10.78.2.2", "10.78.2.1")
+    }
+
+    fn start(
+        mut a: Host,
+        mut b: Host,
+        gateway: Option<Netns>,
+        server_ip: &'static str,
+        client_seen_as: &'static str,
+    ) -> Topology {
+        b.start_api_apps();
+        for host in [&mut a, &mut b] {
+            host.start_sidecar();
+            host.install_redirect();
+        }
+        Topology {
+            a,
+            b,
+            gateway,
+            server_ip,
+            client_seen_as,
+        }
+    }
+
+    fn context(&self) -> String {
+        context(&[&self.a, &self.b])
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:{HTTP_PORT}/file", self.server_ip)
+    }
+
+    /// Where to watch the wire: B's veth (both directions) or the
+    /// gateway's FORWARD chain.
+    fn wire_probe(&self) -> Option<WireProbe<'_>> {
+        match &self.gateway {
+            Some(gateway) => WireProbe::install(gateway, &[("FORWARD", "")]),
+            None => WireProbe::install(
+                &self.b.ns,
+                &[("PREROUTING", "-i veth-b"), ("POSTROUTING", "-o veth-b")],
+            ),
+        }
+    }
+
+    /// The whole acceptance run for one topology.
+    fn check(&self, ids: &Identities) {
+        let probe = self.wire_probe();
+        self.web_reaches_api_only_through_the_sidecars(ids);
+        if let Some(probe) = &probe {
+            for (needle, packets) in probe.counts() {
+                assert_eq!(
+                    packets, 0,
+                    "{packets} packets carried {needle:?} in plaintext between the hosts"
+                );
+            }
+        }
+        if let Some(probe) = &probe {
+            self.without_the_redirect_the_wire_shows_plaintext(probe);
+        }
+        self.legacy_is_refused(ids);
+    }
+
+    fn web_reaches_api_only_through_the_sidecars(&self, ids: &Identities) {
+        let (a, b) = (&self.a, &self.b);
+        let seen_as = self.client_seen_as;
+
+        let reply = a.ns.curl(&self.url(), 10);
+        assert!(
+            reply.is_ok_with(BODY),
+            "web GET /file: {reply:?}\n{}",
+            self.context()
+        );
+
+        // A: exactly one decision, outbound — its own upstream connection
+        // went out directly (uid 1337), not back into its capture port.
+        let a_audit = a.audit();
+        assert_eq!(
+            a_audit.len(),
+            1,
+            "decisions in A for one request\n{}",
+            self.context()
+        );
+        expect_line(
+            &a_audit[0],
+            json!({"direction": "outbound", "decision": "allow", "rule": "web-to-api",
+                   "peer_id": ids.api.id, "port": HTTP_PORT, "method": "GET", "path": "/file"}),
+        );
+        // B: the request came from web's sidecar, decided by AppID.
+        let b_audit = b.audit();
+        assert_eq!(
+            b_audit.len(),
+            1,
+            "decisions in B for one request\n{}",
+            self.context()
+        );
+        expect_line(
+            &b_audit[0],
+            json!({"direction": "inbound", "decision": "allow", "rule": "web-to-api",
+                   "peer_id": ids.web.id, "port": HTTP_PORT, "method": "GET", "path": "/file",
+                   "peer_ip": seen_as}),
+        );
+
+        // Opaque TCP: one decision per connection on each side.
+        let echoed = a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        assert_eq!(echoed.as_deref(), Ok(ECHO_PAYLOAD), "{}", self.context());
+        let a_audit = a.audit();
+        assert_eq!(a_audit.len(), 2, "{}", self.context());
+        expect_line(
+            &a_audit[1],
+            json!({"direction": "outbound", "decision": "allow", "rule": "web-to-api",
+                   "peer_id": ids.api.id, "port": ECHO_PORT, "protocol": "tcp"}),
+        );
+        let b_audit = b.audit();
+        assert_eq!(b_audit.len(), 2, "{}", self.context());
+        expect_line(
+            &b_audit[1],
+            json!({"direction": "inbound", "decision": "allow", "rule": "web-to-api",
+                   "peer_id": ids.web.id, "port": ECHO_PORT, "protocol": "tcp",
+                   "peer_ip": seen_as}),
+        );
+    }
+
+    /// A's workload becomes `legacy` (criticals): refused by A's sidecar;
+    /// then, with A's sidecar no longer enforcing, by B's.
+    fn legacy_is_refused(&self, ids: &Identities) {
+        let (a, b) = (&self.a, &self.b);
+        let seen_as = self.client_seen_as;
+        a.swap_identity(&ids.legacy);
+        let b_before = b.audit().len();
+
+        let reply = a.ns.curl(&self.url(), 10);
+        assert!(
+            reply.is_refused_by("no-critical-vulns"),
+            "legacy GET /file: {reply:?}\n{}",
+            self.context()
+        );
+        expect_line(
+            &a.audit().pop().expect("an audit line in A"),
+            json!({"direction": "outbound", "decision": "deny", "rule": "no-critical-vulns",
+                   "port": HTTP_PORT}),
+        );
+        let echoed = a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        assert!(echoed.is_err(), "legacy echo: {echoed:?}");
+        expect_line(
+            &a.audit().pop().expect("an audit line in A"),
+            json!({"direction": "outbound", "decision": "deny", "rule": "no-critical-vulns",
+                   "port": ECHO_PORT}),
+        );
+        // B saw, at most, the mTLS connections A opened before it could
+        // tell what the app sent — and must have seen them as legacy's.
+        for line in &b.audit()[b_before..] {
+            assert_eq!(
+                line["peer_id"],
+                ids.legacy.id.as_str(),
+                "B's sidecar saw the client with its previous identity after it became \
+                 legacy (a resumed TLS session carries the old certificate): {line}\n{}",
+                self.context()
+            );
+            assert_eq!(line["decision"], "deny", "{line}");
+        }
+
+        // A's sidecar stops enforcing (allow-all policy): B decides alone.
+        // Until A reloads its policy it still refuses locally, and B sees
+        // at most an empty connection; then the request itself reaches B.
+        a.put("policy.yaml", CLIENT_CHECKS_NOTHING.as_bytes());
+        let line = wait_for(
+            "the request to reach B's sidecar once A's policy allows all",
+            WAIT,
+            || self.context(),
+            || {
+                let reply = a.ns.curl(&self.url(), 10);
+                assert!(
+                    reply.is_refused_by("no-critical-vulns"),
+                    "legacy GET /file with A not enforcing: {reply:?} (if B's audit says \
+                     the peer is web, a resumed TLS session carried A's old certificate)\n{}",
+                    self.context()
+                );
+                b.audit()
+                    .into_iter()
+                    .skip(b_before)
+                    .find(|l| l["method"] == "GET")
+            },
+        );
+        expect_line(
+            &line,
+            json!({"direction": "inbound", "decision": "deny", "rule": "no-critical-vulns",
+                   "peer_id": ids.legacy.id, "port": HTTP_PORT, "peer_ip": seen_as}),
+        );
+
+        let b_before = b.audit().len();
+        let echoed = a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        assert!(
+            echoed.is_err(),
+            "legacy echo with A not enforcing: {echoed:?}"
+        );
+        // B writes its line as it closes; the client may see the close first.
+        let line = wait_for(
+            "B's decision on legacy's echo connection",
+            WAIT,
+            || self.context(),
+            || {
+                b.audit()
+                    .into_iter()
+                    .skip(b_before)
+                    .find(|l| l["port"] == ECHO_PORT)
+            },
+        );
+        expect_line(
+            &line,
+            json!({"direction": "inbound", "decision": "deny", "rule": "no-critical-vulns",
+                   "peer_id": ids.legacy.id, "peer_ip": seen_as}),
+        );
+    }
+
+    /// The control: the probe does see plaintext when the sidecars are out
+    /// of the path (which also shows `appid redirect remove` works).
+    fn without_the_redirect_the_wire_shows_plaintext(&self, probe: &WireProbe<'_>) {
+        let before = probe.counts();
+        let audits = (self.a.audit().len(), self.b.audit().len());
+        self.a.remove_redirect();
+        self.b.remove_redirect();
+
+        let reply = self.a.ns.curl(&self.url(), 10);
+        assert!(reply.is_ok_with(BODY), "direct GET /file: {reply:?}");
+        let echoed = self.a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        assert_eq!(echoed.as_deref(), Ok(ECHO_PAYLOAD));
+
+        for ((needle, was), (_, now)) in before.iter().zip(probe.counts()) {
+            assert!(
+                now > *was,
+                "the probe missed plaintext {needle:?} ({was} -> {now})"
+            );
+        }
+        assert_eq!(
+            (self.a.audit().len(), self.b.audit().len()),
+            audits,
+            "the sidecars saw traffic after `redirect remove`"
+        );
+
+        // Back to transparent capture for what follows.
+        self.a.install_redirect();
+        self.b.install_redirect();
+        let reply = self.a.ns.curl(&self.url(), 10);
+        assert!(
+            reply.is_ok_with(BODY),
+            "GET /file after reinstall: {reply:?}"
+        );
+        assert_eq!(self.b.audit().len(), audits.1 + 1, "{}", self.context());
+    }
+}
+
+/// Asserts an audit line has the `expected` fields; `peer_ip` stands for
+/// the address part of `peer_addr`.
+fn expect_line(line: &Value, expected: Value) {
+    for (key, want) in expected.as_object().expect("an object of fields") {
+        let got = if key == "peer_ip" {
+            Value::from(peer_ip(line))
+        } else {
+            line[key].clone()
+        };
+        assert_eq!(&got, want, "audit line field {key}: {line}");
+    }
+}
+
+/// `policy` with `mode: audit` (log would-be denials, allow them).
+fn audit_mode(policy: &str) -> String {
+    format!("{policy}mode: audit\n")
+}
+
+/// The IP of an audit line's `peer_addr` (`ip:port`).
+fn peer_ip(line: &Value) -> &str {
+    line["peer_addr"]
+        .as_str()
+        .and_then(|a| a.rsplit_once(':'))
+        .map_or("", |(ip, _)| ip)
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn over_a_veth_the_sidecars_carry_only_tls_and_decide_by_appid() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let topology = Topology::direct(&ids, POLICY);
+    topology.check(&ids);
+}
+
+#[test]
+fn across_nat_the_same_policy_allows_and_denies_by_appid_not_address() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let topology = Topology::nat(&ids, POLICY);
+    topology.check(&ids);
+}
+
+#[test]
+fn permissive_policies_still_speak_mtls_between_hosts() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    // Audit mode (a rollout) and `default: allow`: the sidecar must still
+    // treat a peer as meshed unless a rule names it external.
+    for (what, policy) in [
+        ("mode: audit", audit_mode(POLICY)),
+        (
+            "default: allow",
+            POLICY.replace("default: deny", "default: allow"),
+        ),
+    ] {
+        let topology = Topology::direct(&ids, &policy);
+        let probe = topology.wire_probe();
+        let reply = topology.a.ns.curl(&topology.url(), 10);
+        assert!(
+            reply.is_ok_with(BODY),
+            "{what}: web GET /file: {reply:?}\n{}",
+            topology.context()
+        );
+        if let Some(probe) = &probe {
+            for (needle, packets) in probe.counts() {
+                assert_eq!(
+                    packets,
+                    0,
+                    "{what}: {packets} packets carried {needle:?} in plaintext between the \
+                     hosts (A's sidecar passed the connection through as external)\n{}",
+                    topology.context()
+                );
+            }
+        }
+        // Meshed on both sides and decided by the rule — not an allow of a
+        // destination taken for external, nor of a caller taken for one
+        // outside the mesh.
+        let a_audit = topology.a.audit();
+        assert_eq!(a_audit.len(), 1, "{what}\n{}", topology.context());
+        expect_line(
+            &a_audit[0],
+            json!({"direction": "outbound", "decision": "allow", "rule": "web-to-api",
+                   "audit_only": false, "peer_id": ids.api.id}),
+        );
+        let b_audit = topology.b.audit();
+        assert_eq!(b_audit.len(), 1, "{what}\n{}", topology.context());
+        expect_line(
+            &b_audit[0],
+            json!({"direction": "inbound", "decision": "allow", "rule": "web-to-api",
+                   "audit_only": false, "peer_id": ids.web.id}),
+        );
+    }
+}
+
+#[test]
+fn the_metadata_api_is_refused_until_a_rule_names_it() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let mut a = Host::new("meta", &ids, &ids.web, POLICY);
+    a.ns.sh(&format!("ip addr add {METADATA_IP}/32 dev lo"));
+    let www = a.path("metadata");
+    let role_dir = www.join("latest/meta-data/iam/security-credentials");
+    fs::create_dir_all(&role_dir).expect("mkdir");
+    let secret = "FAKE-AWS-SECRET-appid-netns\n";
+    fs::write(role_dir.join("web-role"), secret).expect("write");
+    a.start_app(
+        "metadata",
+        &[
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            METADATA_IP,
+            "--directory",
+            path_str(&www),
+        ],
+        80,
+    );
+    let url = format!("http://{METADATA_IP}/latest/meta-data/iam/security-credentials/web-role");
+
+    // Without capture the fake service answers: what follows is the sidecar.
+    let reply = a.ns.curl(&url, 5);
+    assert!(
+        reply.is_ok_with(secret),
+        "metadata without capture: {reply:?}\n{}",
+        a.context()
+    );
+
+    a.start_sidecar();
+    a.install_redirect();
+    let reply = a.ns.curl(&url, 5);
+    assert!(
+        reply.status.is_none() && reply.exit != Some(0) && !reply.body.contains("SECRET"),
+        "the metadata API must be refused: {reply:?}\n{}",
+        a.context()
+    );
+    assert_ne!(reply.exit, Some(28), "refused, not timed out: {reply:?}");
+    let line = a
+        .audit()
+        .pop()
+        .unwrap_or_else(|| panic!("no audit line\n{}", a.context()));
+    expect_line(
+        &line,
+        json!({"direction": "outbound", "decision": "deny", "port": 80, "peer_id": null}),
+    );
+    assert!(
+        line["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("metadata API")),
+        "{line}"
+    );
+
+    a.put("policy.yaml", format!("{POLICY}{METADATA_RULE}").as_bytes());
+    let reply = wait_for(
+        "the metadata API to open once a rule names it",
+        WAIT,
+        || a.context(),
+        || Some(a.ns.curl(&url, 5)).filter(|r| r.is_ok_with(secret)),
+    );
+    assert_eq!(reply.body, secret);
+    expect_line(
+        &a.audit().pop().expect("an audit line"),
+        json!({"direction": "outbound", "decision": "allow", "rule": "web-reads-metadata",
+               "port": 80}),
+    );
+}
+
+#[test]
+fn the_outbound_capture_port_dialled_directly_fails_fast_without_a_loop() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let mut a = Host::new("loop", &ids, &ids.web, POLICY);
+    // An address of the host's own (not loopback, so captured).
+    a.ns.sh("ip link add own0 type veth peer name own1
+         ip addr add 10.79.0.1/24 dev own0 && ip link set own0 up && ip link set own1 up");
+    a.start_sidecar();
+    a.install_redirect();
+
+    // Loopback is not captured: this reaches the listener with no original
+    // destination but itself. Then the same port on the host's own address,
+    // which is captured and redirected into that very port.
+    for url in [
+        format!("http://127.0.0.1:{OUTBOUND_PORT}/"),
+        format!("http://10.79.0.1:{OUTBOUND_PORT}/"),
+    ] {
+        let reply = a.ns.curl(&url, 10);
+        assert!(
+            reply.status.is_none() && reply.exit != Some(0),
+            "{url}: {reply:?}\n{}",
+            a.context()
+        );
+        assert!(
+            reply.took < Duration::from_secs(5),
+            "{url} took {:?}: {reply:?}",
+            reply.took
+        );
+    }
+    assert_eq!(a.admin("/live").0, 200, "{}", a.context());
+    assert_eq!(a.admin("/ready").0, 200, "{}", a.context());
+    // One accepted connection per dial, none recursing through the sidecar.
+    let opened = |d: &str| {
+        a.metric(&format!(
+            "appid_connections_opened_total{{direction=\"{d}\"}}"
+        ))
+    };
+    assert_eq!(opened("outbound"), 2.0, "{}", a.context());
+    assert_eq!(opened("inbound"), 0.0, "{}", a.context());
+    assert!(a.audit().is_empty(), "{}", a.context());
+}
+
+#[test]
+fn the_inbound_capture_port_dialled_directly_is_not_forwarded_to_itself() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    // Audit mode (a typical rollout): denials are logged and let through,
+    // so only the sidecar itself can stop a loop.
+    let mut a = Host::new("inloop", &ids, &ids.api, &audit_mode(POLICY));
+    a.start_sidecar();
+    a.install_redirect();
+
+    let reply = a.ns.curl(&format!("http://127.0.0.1:{INBOUND_PORT}/"), 5);
+    let opened = a.metric("appid_connections_opened_total{direction=\"inbound\"}");
+    assert!(
+        opened <= 1.0,
+        "dialling the inbound port directly opened {opened} inbound connections \
+         (the sidecar forwarded to itself): {reply:?}"
+    );
+    assert!(
+        reply.status.is_none() && reply.exit != Some(0) && reply.exit != Some(28),
+        "{reply:?}\n{}",
+        a.context()
+    );
+    assert_eq!(a.admin("/live").0, 200, "{}", a.context());
+}

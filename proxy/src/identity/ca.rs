@@ -67,10 +67,7 @@ pub enum CaError {
     )]
     AlreadyExists { dir: PathBuf },
     #[error("{}: cannot create the CA directory: {error}", dir.display())]
-    CreateDir {
-        dir: PathBuf,
-        error: std::io::Error,
-    },
+    CreateDir { dir: PathBuf, error: std::io::Error },
     #[error("invalid trust domain: {0}")]
     TrustDomain(#[from] SpiffeIdError),
     #[error("{}: not a CA made by `appid authority init`: {detail}", path.display())]

@@ -40,7 +40,9 @@ pub enum RedirectError {
         status: String,
         stderr: String,
     },
-    #[error("{family} rules failed after {done} rules were installed (those were rolled back): {error}")]
+    #[error(
+        "{family} rules failed after {done} rules were installed (those were rolled back): {error}"
+    )]
     RolledBack {
         family: &'static str,
         done: &'static str,
@@ -110,7 +112,10 @@ pub fn available_families(backend: Backend) -> Vec<Family> {
 }
 
 /// Reads what of ours is installed, per family.
-pub fn show(backend: Backend, families: &[Family]) -> Result<Vec<(Family, Installed)>, RedirectError> {
+pub fn show(
+    backend: Backend,
+    families: &[Family],
+) -> Result<Vec<(Family, Installed)>, RedirectError> {
     families
         .iter()
         .map(|&family| Ok((family, read(backend, family)?)))
@@ -132,7 +137,12 @@ pub fn apply_install(
     for &family in families {
         let result = read(backend, family).and_then(|existing| {
             let script = install_script(options, family, &existing);
-            run(backend.command(family, Tool::Restore), &["--noflush"], Some(&script)).map(|_| ())
+            run(
+                backend.command(family, Tool::Restore),
+                &["--noflush"],
+                Some(&script),
+            )
+            .map(|_| ())
         });
         if let Err(error) = result {
             if let Some(&first) = done.first() {
@@ -156,7 +166,11 @@ pub fn apply_remove(backend: Backend, families: &[Family]) -> Result<(), Redirec
     for &family in families {
         let existing = read(backend, family)?;
         if let Some(script) = remove_script(&existing) {
-            run(backend.command(family, Tool::Restore), &["--noflush"], Some(&script))?;
+            run(
+                backend.command(family, Tool::Restore),
+                &["--noflush"],
+                Some(&script),
+            )?;
         }
     }
     Ok(())
@@ -173,7 +187,9 @@ fn exists(command: &str) -> bool {
 
 /// Runs `command args`, feeding `stdin`, returning stdout.
 fn run(command: &str, args: &[&str], stdin: Option<&str>) -> Result<String, RedirectError> {
-    let shown = format!("{command} {}", args.join(" ")).trim_end().to_string();
+    let shown = format!("{command} {}", args.join(" "))
+        .trim_end()
+        .to_string();
     let mut child = Command::new(command)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -198,11 +214,13 @@ fn run(command: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Redi
         // A failed write shows up as the command's own failure below.
         let _ = pipe.write_all(input.as_bytes());
     }
-    let output = child.wait_with_output().map_err(|e| RedirectError::Failed {
-        command: shown.clone(),
-        status: "did not finish".into(),
-        stderr: e.to_string(),
-    })?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| RedirectError::Failed {
+            command: shown.clone(),
+            status: "did not finish".into(),
+            stderr: e.to_string(),
+        })?;
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     if !output.status.success() {
         let lowered = stderr.to_lowercase();

@@ -150,6 +150,9 @@ impl ConnAuthz {
         let policy = self.shared.policy.load();
         let decision = policy.decide(&self.query(None));
         let verdict = match (decision.outcome, decision.reason) {
+            // Only a rule can make a destination external: `default: allow`
+            // or audit mode must not turn meshed traffic into plaintext.
+            (_, Reason::Default { .. }) => ExternalVerdict::NotExternal,
             (Outcome::Allow, _) => ExternalVerdict::Allow,
             (_, Reason::MetadataApi) | (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
             _ => ExternalVerdict::NotExternal,

@@ -28,14 +28,29 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
 
 /// True when `destination` is the listener itself: the connection was not
 /// redirected (someone dialled the capture port directly), and forwarding it
-/// there would loop forever.
+/// there would loop forever. A wildcard listener (`0.0.0.0:15106`) is "itself"
+/// on any local address; loopback always is.
 pub fn is_self(destination: SocketAddr, local: SocketAddr) -> bool {
-    destination == local
+    destination.port() == local.port()
+        && (local.ip().is_unspecified()
+            || destination.ip() == local.ip()
+            || destination.ip().is_loopback())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_listener_is_itself_on_every_address() {
+        let wildcard: SocketAddr = "0.0.0.0:15106".parse().unwrap();
+        assert!(is_self("127.0.0.1:15106".parse().unwrap(), wildcard));
+        assert!(is_self("10.0.0.2:15106".parse().unwrap(), wildcard));
+        assert!(!is_self("10.0.0.2:8080".parse().unwrap(), wildcard));
+        let specific: SocketAddr = "10.0.0.2:15106".parse().unwrap();
+        assert!(!is_self("10.0.0.3:15106".parse().unwrap(), specific));
+        assert!(is_self("127.0.0.1:15106".parse().unwrap(), specific));
+    }
 
     #[tokio::test]
     async fn a_direct_connection_has_no_original_destination_or_is_itself() {
