@@ -114,40 +114,17 @@ async fn from_peer(
     app: SocketAddr,
 ) {
     let limits = shared.limits;
-    let handshake = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(stream));
-    let mut tls_stream = match handshake.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = tls::handshake_failure_reason(&e);
-            tracing::info!(%peer_addr, %reason, error = %e, "inbound handshake refused");
-            shared
-                .metrics
-                .handshake_failure(MetricsDirection::Inbound, &reason);
-            return;
-        }
-        Err(_) => {
-            shared
-                .metrics
-                .handshake_failure(MetricsDirection::Inbound, "timeout");
-            return;
-        }
-    };
-    let chain = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
-    let verified = match shared.tls.verify(&chain, PeerRole::Client) {
-        Ok(v) => v,
-        Err(rejection) => {
-            // The handshake verifier already checked; only a bundle swap in
-            // between can land here.
-            shared
-                .metrics
-                .handshake_failure(MetricsDirection::Inbound, rejection.reason());
-            return;
-        }
+    let Some((mut tls_stream, verified)) = shared
+        .mesh_handshake(
+            shared.acceptor.accept(stream),
+            MetricsDirection::Inbound,
+            PeerRole::Client,
+            peer_addr,
+            |s| s.get_ref().1.peer_certificates(),
+        )
+        .await
+    else {
+        return;
     };
     let claims_json = verified.claims.to_json();
     let peer_headers = PeerHeaders {

@@ -40,9 +40,10 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::audit::AuditLog;
 use crate::authority::client::AuthorityClient;
 use crate::config::{IdentitySource, ProxyConfig};
-use crate::identity::verify::{BundleError, TrustBundle};
+use crate::identity::verify::{BundleError, PeerRole, TrustBundle, VerifiedPeer};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
+use rustls_pki_types::CertificateDer;
 use splice::Copied;
 use tls::{IdentityError, LocalIdentity, TlsState};
 
@@ -155,6 +156,44 @@ impl Shared {
                 }
             }
             std::future::pending::<()>().await
+        }
+    }
+
+    /// Completes a sidecar-to-sidecar TLS handshake within the handshake
+    /// timeout and returns the stream with the peer's verified identity, or
+    /// `None` after counting (and logging) why not. `peer_chain` reads the
+    /// peer's certificates from the stream type at hand.
+    async fn mesh_handshake<S>(
+        &self,
+        handshake: impl Future<Output = std::io::Result<S>>,
+        direction: MetricsDirection,
+        role: PeerRole,
+        peer: SocketAddr,
+        peer_chain: fn(&S) -> Option<&[CertificateDer<'static>]>,
+    ) -> Option<(S, VerifiedPeer)> {
+        let stream = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                let reason = tls::handshake_failure_reason(&e);
+                tracing::info!(%peer, %reason, error = %e, direction = direction.as_str(), "handshake refused");
+                self.metrics.handshake_failure(direction, &reason);
+                return None;
+            }
+            Err(_) => {
+                self.metrics.handshake_failure(direction, "timeout");
+                return None;
+            }
+        };
+        // The handshake verifier already checked this chain; verifying again
+        // yields the claims (and catches a revocation in between).
+        let chain = peer_chain(&stream).unwrap_or_default();
+        match self.tls.verify(chain, role) {
+            Ok(verified) => Some((stream, verified)),
+            Err(rejection) => {
+                self.metrics
+                    .handshake_failure(direction, rejection.reason());
+                None
+            }
         }
     }
 

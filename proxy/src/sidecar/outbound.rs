@@ -144,41 +144,17 @@ async fn to_peer(
     let Some(tcp) = shared.connect(destination).await else {
         return;
     };
-    let handshake = tokio::time::timeout(
-        limits.handshake_timeout,
-        shared.connector.connect(tls::peer_server_name(), tcp),
-    );
-    let tls_stream = match handshake.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = tls::handshake_failure_reason(&e);
-            tracing::info!(%destination, %reason, error = %e, "outbound handshake refused");
-            shared
-                .metrics
-                .handshake_failure(MetricsDirection::Outbound, &reason);
-            return;
-        }
-        Err(_) => {
-            shared
-                .metrics
-                .handshake_failure(MetricsDirection::Outbound, "timeout");
-            return;
-        }
-    };
-    let chain = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
-    let verified = match shared.tls.verify(&chain, PeerRole::Server) {
-        Ok(v) => v,
-        Err(rejection) => {
-            shared
-                .metrics
-                .handshake_failure(MetricsDirection::Outbound, rejection.reason());
-            return;
-        }
+    let Some((tls_stream, verified)) = shared
+        .mesh_handshake(
+            shared.connector.connect(tls::peer_server_name(), tcp),
+            MetricsDirection::Outbound,
+            PeerRole::Server,
+            destination,
+            |s| s.get_ref().1.peer_certificates(),
+        )
+        .await
+    else {
+        return;
     };
     let peer = Peer::Meshed(Arc::new(verified.claims));
     let mut authz = ConnAuthz::new(
