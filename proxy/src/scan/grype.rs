@@ -22,8 +22,8 @@ use serde::de::value::MapAccessDeserializer;
 
 use super::shape::{Shaped, Slot, shaped_object};
 use super::{
-    Digests, Findings, ScanError, ScanReport, Scanner, Severity, element, non_empty,
-    normalize_time, optional, required,
+    Digests, Findings, Listed, ScanError, ScanReport, Scanner, element, non_empty, normalize_time,
+    optional, required,
 };
 
 const GRYPE: Scanner = Scanner::Grype;
@@ -164,25 +164,13 @@ impl TopFields {
             let found = element(found, GRYPE, || at(""))?;
             let vuln = required(found.vulnerability, GRYPE, || at(".vulnerability"))?;
             let artifact = required(found.artifact, GRYPE, || at(".artifact"))?;
-            let id = required(vuln.id, GRYPE, || at(".vulnerability.id"))?;
-            if id.is_empty() {
-                return Err(ScanError::Field {
-                    scanner: GRYPE,
-                    field: at(".vulnerability.id"),
-                    problem: "is empty".to_owned(),
-                });
-            }
-            let severity = optional(vuln.severity, GRYPE, || at(".vulnerability.severity"))?;
-            let name = optional(artifact.name, GRYPE, || at(".artifact.name"))?;
-            let version = optional(artifact.version, GRYPE, || at(".artifact.version"))?;
-            findings.add(
-                id,
-                name.unwrap_or_default(),
-                version.unwrap_or_default(),
-                severity
-                    .as_deref()
-                    .map_or(Severity::Unknown, Severity::from_label),
-            );
+            let listed = Listed {
+                id: required(vuln.id, GRYPE, || at(".vulnerability.id"))?,
+                package: optional(artifact.name, GRYPE, || at(".artifact.name"))?,
+                version: optional(artifact.version, GRYPE, || at(".artifact.version"))?,
+                severity: optional(vuln.severity, GRYPE, || at(".vulnerability.severity"))?,
+            };
+            findings.add_listed(GRYPE, || at(".vulnerability.id"), listed)?;
         }
 
         let mut digests = Digests::default();

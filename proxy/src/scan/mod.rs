@@ -475,7 +475,44 @@ struct Findings {
     listed: u64,
 }
 
+/// One finding as a report lists it, before deduplication.
+struct Listed {
+    id: String,
+    package: Option<String>,
+    version: Option<String>,
+    severity: Option<String>,
+}
+
 impl Findings {
+    /// Adds one listed finding, the same way for every scanner: the ID must
+    /// be non-empty (`id_field` names it in the error), a missing package or
+    /// version counts as empty, a missing severity as `unknown`.
+    fn add_listed(
+        &mut self,
+        scanner: Scanner,
+        id_field: impl FnOnce() -> String,
+        listed: Listed,
+    ) -> Result<(), ScanError> {
+        if listed.id.is_empty() {
+            return Err(ScanError::Field {
+                scanner,
+                field: id_field(),
+                problem: "is empty".to_owned(),
+            });
+        }
+        let severity = listed
+            .severity
+            .as_deref()
+            .map_or(Severity::Unknown, Severity::from_label);
+        self.add(
+            listed.id,
+            listed.package.unwrap_or_default(),
+            listed.version.unwrap_or_default(),
+            severity,
+        );
+        Ok(())
+    }
+
     fn add(&mut self, id: String, package: String, version: String, sev: Severity) {
         self.listed += 1;
         match self.seen.entry((id, package, version)) {

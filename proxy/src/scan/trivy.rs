@@ -19,7 +19,7 @@ use serde::de::{IgnoredAny, MapAccess};
 
 use super::shape::{Kind, Num, Slot, shaped_object};
 use super::{
-    Digests, Findings, ScanError, ScanReport, Scanner, Severity, TRIVY_SCHEMA_VERSION, element,
+    Digests, Findings, Listed, ScanError, ScanReport, Scanner, TRIVY_SCHEMA_VERSION, element,
     non_empty, normalize_time, optional, required,
 };
 
@@ -167,25 +167,13 @@ impl TopFields {
             for (v, vuln) in vulns.into_iter().enumerate() {
                 let at = |field: &str| format!("Results[{r}].Vulnerabilities[{v}]{field}");
                 let vuln = element(vuln, TRIVY, || at(""))?;
-                let id = required(vuln.id, TRIVY, || at(".VulnerabilityID"))?;
-                if id.is_empty() {
-                    return Err(ScanError::Field {
-                        scanner: TRIVY,
-                        field: at(".VulnerabilityID"),
-                        problem: "is empty".to_owned(),
-                    });
-                }
-                let package = optional(vuln.package, TRIVY, || at(".PkgName"))?;
-                let version = optional(vuln.version, TRIVY, || at(".InstalledVersion"))?;
-                let severity = optional(vuln.severity, TRIVY, || at(".Severity"))?;
-                findings.add(
-                    id,
-                    package.unwrap_or_default(),
-                    version.unwrap_or_default(),
-                    severity
-                        .as_deref()
-                        .map_or(Severity::Unknown, Severity::from_label),
-                );
+                let listed = Listed {
+                    id: required(vuln.id, TRIVY, || at(".VulnerabilityID"))?,
+                    package: optional(vuln.package, TRIVY, || at(".PkgName"))?,
+                    version: optional(vuln.version, TRIVY, || at(".InstalledVersion"))?,
+                    severity: optional(vuln.severity, TRIVY, || at(".Severity"))?,
+                };
+                findings.add_listed(TRIVY, || at(".VulnerabilityID"), listed)?;
             }
         }
 

@@ -12,7 +12,7 @@
 //! itself when the policy changes.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use appid_policy::AppIdClaims;
 use appid_policy::policy::{Direction, Headers, HttpRequest, Outcome, Policy, Query, Reason};
@@ -68,6 +68,10 @@ pub struct ConnAuthz {
     peer_addr: SocketAddr,
     port: u16,
     protocol: &'static str,
+    /// The claims as JSON, made at most once per connection, for the values
+    /// audit lines show (`from.labels.app: web`).
+    local_json: OnceLock<serde_json::Value>,
+    peer_json: OnceLock<serde_json::Value>,
 }
 
 impl ConnAuthz {
@@ -78,7 +82,7 @@ impl ConnAuthz {
         peer_addr: SocketAddr,
         port: u16,
     ) -> Self {
-        let local = Arc::new(shared.tls.identity.load().claims.clone());
+        let local = shared.tls.identity.load().claims.clone();
         ConnAuthz {
             shared,
             direction,
@@ -87,6 +91,8 @@ impl ConnAuthz {
             peer_addr,
             port,
             protocol: "unknown",
+            local_json: OnceLock::new(),
+            peer_json: OnceLock::new(),
         }
     }
 
@@ -275,14 +281,17 @@ impl ConnAuthz {
     /// The value behind an audit path like `from.labels.app`.
     fn attribute_value(&self, path: &str) -> Option<serde_json::Value> {
         let (side, rest) = path.split_once('.')?;
-        let claims = match (side, self.direction, &self.peer) {
+        let value = match (side, self.direction, &self.peer) {
             ("from", Direction::Inbound, Peer::Meshed(peer))
-            | ("to", Direction::Outbound, Peer::Meshed(peer)) => &**peer,
-            ("from", Direction::Outbound, _) | ("to", Direction::Inbound, _) => &*self.local,
+            | ("to", Direction::Outbound, Peer::Meshed(peer)) => {
+                self.peer_json.get_or_init(|| peer.to_value())
+            }
+            ("from", Direction::Outbound, _) | ("to", Direction::Inbound, _) => {
+                self.local_json.get_or_init(|| self.local.to_value())
+            }
             _ => return None,
         };
-        let value = claims.to_value();
-        let mut node = &value;
+        let mut node = value;
         let mut remaining = rest;
         // Label and tag keys may themselves contain dots.
         while let Some(object) = node.as_object() {

@@ -106,9 +106,7 @@ pub(super) async fn keep_renewed(
             match renew_once(&shared, &client).await {
                 Ok(identity) => {
                     tracing::info!(id = %identity.id, not_after = identity.not_after, "certificate renewed");
-                    identity_json.store(Arc::new(
-                        serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims}),
-                    ));
+                    identity_json.store(Arc::new(identity.admin_json()));
                     shared
                         .metrics
                         .set_certificate_expiry(identity.not_after - now());

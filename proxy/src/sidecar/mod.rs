@@ -331,9 +331,7 @@ pub async fn run_until(
     metrics.set_certificate_expiry(
         identity.not_after - time::OffsetDateTime::now_utc().unix_timestamp(),
     );
-    identity_json.store(Arc::new(
-        serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims}),
-    ));
+    identity_json.store(Arc::new(identity.admin_json()));
     let tls_state = TlsState::new(identity, bundle);
     readiness.set_identity_ready(true);
 

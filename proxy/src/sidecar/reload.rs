@@ -122,9 +122,7 @@ fn reload_identity(shared: &Shared, files: &Watched, identity_json: &ArcSwap<ser
         }
     };
     tracing::info!(id = %identity.id, "certificate reloaded");
-    identity_json.store(Arc::new(
-        serde_json::json!({"id": identity.id.as_str(), "claims": identity.claims}),
-    ));
+    identity_json.store(Arc::new(identity.admin_json()));
     shared.tls.bundle.store(Arc::new(bundle));
     shared.tls.identity.store(Arc::new(identity));
 }

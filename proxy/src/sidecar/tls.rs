@@ -63,7 +63,8 @@ pub enum IdentityError {
 pub struct LocalIdentity {
     pub certified: Arc<CertifiedKey>,
     pub id: SpiffeId,
-    pub claims: AppIdClaims,
+    /// Shared, not copied, by every connection's authorization context.
+    pub claims: Arc<AppIdClaims>,
     /// Seconds since the epoch at which our certificate expires.
     pub not_after: i64,
 }
@@ -114,9 +115,16 @@ impl LocalIdentity {
         Ok(LocalIdentity {
             certified: Arc::new(certified),
             id: verified.id,
-            claims: verified.claims,
+            claims: Arc::new(verified.claims),
             not_after: verified.not_after,
         })
+    }
+}
+
+impl LocalIdentity {
+    /// What the admin API's `/appid` shows: our SPIFFE ID and claims.
+    pub fn admin_json(&self) -> serde_json::Value {
+        serde_json::json!({"id": self.id.as_str(), "claims": &*self.claims})
     }
 }
 
