@@ -83,7 +83,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// A silent peer yields [`Classification::Opaque`] with no bytes: protocols
 /// where the server speaks first are opaque TCP. A peer that sent the start
 /// of something recognisable and then stalled is an error (`TimedOut`), as
-/// on a plaintext connection: it is dropped at the detection timeout.
+/// on a plaintext connection: it is dropped at the detection timeout. A peer
+/// that closes without sending a byte is `UnexpectedEof`: nothing to decide.
 pub async fn read_and_classify<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
@@ -104,6 +105,10 @@ pub async fn read_and_classify<S: AsyncRead + Unpin>(
                 ));
             }
             Ok(Err(e)) => return Err(e),
+            // Closed before sending anything: no traffic to authorize.
+            Ok(Ok(0)) if buffer.is_empty() => {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
             Ok(Ok(0)) => return Ok((detect::classify_final(&buffer), buffer.freeze())),
             Ok(Ok(_)) => match detect::classify(&buffer) {
                 Classification::NeedMore => continue,
@@ -155,5 +160,12 @@ mod tests {
             .unwrap();
         assert_eq!(class, Classification::Opaque);
         assert!(bytes.is_empty());
+
+        let (closed, mut server) = tokio::io::duplex(64);
+        drop(closed);
+        let error = read_and_classify(&mut server, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
