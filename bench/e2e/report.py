@@ -316,7 +316,7 @@ def main():
           f"{env.get('seconds', '?')} s per workload")
     resumption = "on" if env.get("peer_resumption") == "1" else "off"
     print(f"TLS 1.3, ECDSA P-256, X25519, AES-256-GCM; session resumption: haproxy/nginx {resumption}, "
-          f"appid on (rustls default, not configurable)")
+          f"appid off (its sidecars never resume: every connection verifies the current certificate)")
     print("h× = ratio to haproxy, d× = ratio to direct (value / reference: > 1 is more)")
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
