@@ -30,10 +30,12 @@ RESUMPTION=${BENCH_RESUMPTION:-0}
 
 # appid configurations, one entry each: "key|label|extra sidecar YAML" (the
 # YAML, with \n for newlines, is appended to both sidecars' configs). The
-# peer is named appid-<key>. When pooled tunnels land, add e.g.
-#   "default|appid (default)|"
+# peer is named appid-<key>. `default` is what a user gets (pooled
+# appid-mux/1 tunnels); `strict` is one TLS connection per app connection,
+# like the haproxy and nginx pairs.
 APPID_CONFIGS=(
-    "strict|appid (strict = default today)|"
+    "default|appid (default)|"
+    "strict|appid (strict)|tunnel: strict"
 )
 
 # Ports. Load generator -> CLIENT_* (client sidecar, plaintext) ->

@@ -138,9 +138,33 @@ pub struct ProxyConfig {
     pub audit_log: AuditTarget,
     /// Data-plane threads (default: the number of CPUs).
     pub workers: usize,
+    /// How app connections travel to peer sidecars (default: pooled).
+    pub tunnel: TunnelMode,
     /// OTLP endpoint for traces; `None` = export off.
     pub otlp_endpoint: Option<String>,
     pub limits: Limits,
+}
+
+/// How app connections travel between sidecars (`tunnel:` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelMode {
+    /// Offer `appid-mux/1` and `appid/1`: app connections to a peer share a
+    /// small pool of mTLS connections, one HTTP/2 CONNECT stream each;
+    /// a peer that only speaks `appid/1` gets one TLS connection per app
+    /// connection. Inbound accepts both.
+    #[default]
+    Pooled,
+    /// `appid/1` only, both ways: one TLS connection per app connection.
+    Strict,
+}
+
+impl TunnelMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelMode::Pooled => "pooled",
+            TunnelMode::Strict => "strict",
+        }
+    }
 }
 
 /// Where in the config file a problem is.
@@ -336,6 +360,7 @@ impl ProxyConfig {
             "admin": self.admin.to_string(),
             "audit_log": self.audit_log.display(),
             "workers": self.workers,
+            "tunnel": self.tunnel.as_str(),
             "otlp_endpoint": self.otlp_endpoint.as_deref().map(redact_url),
             "limits": {
                 "handshake_timeout": humantime::format_duration(l.handshake_timeout).to_string(),
@@ -489,6 +514,7 @@ struct RawConfig {
     admin: Option<S>,
     audit_log: Option<S>,
     workers: Option<S>,
+    tunnel: Option<S>,
     otlp_endpoint: Option<S>,
     limits: Option<RawLimits>,
 }
@@ -685,6 +711,24 @@ impl Cx<'_> {
             Some(w) => self.number(w, "workers", 1, 1024, "2").map(|n| n as usize),
         };
 
+        let tunnel = match &raw.tunnel {
+            None => Some(TunnelMode::default()),
+            Some(t) => match t.value.0.trim() {
+                "pooled" => Some(TunnelMode::Pooled),
+                "strict" => Some(TunnelMode::Strict),
+                other => {
+                    self.err_at(
+                        t,
+                        "tunnel",
+                        format!(
+                            "`{other}` is not a tunnel mode: write `tunnel: pooled` (the default: app connections share pooled mTLS connections) or `tunnel: strict` (one mTLS connection per app connection)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
         let otlp_endpoint = match &raw.otlp_endpoint {
             None => None,
             Some(o) => {
@@ -717,6 +761,7 @@ impl Cx<'_> {
             admin: admin?,
             audit_log: audit_log?,
             workers: workers?,
+            tunnel: tunnel?,
             otlp_endpoint,
             limits: limits?,
         })
@@ -1209,6 +1254,7 @@ mod tests {
             "admin",
             "audit_log",
             "workers",
+            "tunnel",
             "otlp_endpoint",
             "limits",
         ]
@@ -1601,6 +1647,16 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         let d = one_err(&with("max_idle: 5s"));
         assert!(d.message.contains("max_idle"), "{d}");
         assert!(d.at.line_col.is_some(), "{d}");
+    }
+
+    #[test]
+    fn tunnel_modes() {
+        assert_eq!(parse(MINIMAL).unwrap().tunnel, TunnelMode::Pooled);
+        let c = parse(&format!("{MINIMAL}tunnel: strict\n")).unwrap();
+        assert_eq!(c.tunnel, TunnelMode::Strict);
+        let d = one_err(&format!("{MINIMAL}tunnel: hbone\n"));
+        assert_eq!(d.field, "tunnel");
+        assert!(d.message.contains("tunnel: strict"), "{d}");
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! | `appid_http_requests_total` | counter | `direction`, `code` (`2xx`…) |
 //! | `appid_http_request_duration_seconds` | histogram | `direction` |
 //! | `appid_certificate_expiry_seconds` | gauge | — (absent until set) |
+//! | `appid_mesh_connections_total` | counter | `direction`, `alpn` (`appid/1`, `appid-mux/1`) |
+//! | `appid_tunnel_streams_total` | counter | `direction` |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -139,6 +141,12 @@ struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AlpnLabels {
+    direction: Direction,
+    alpn: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CodeLabels {
     direction: Direction,
     code: &'static str,
@@ -202,6 +210,8 @@ pub struct Metrics {
     handshake_failures: Family<ReasonLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
     http_requests: Family<CodeLabels, Counter>,
+    mesh_connections: Family<AlpnLabels, Counter>,
+    tunnel_streams: [Counter; 2],
     cert_not_after: Arc<AtomicI64>,
 }
 
@@ -265,6 +275,18 @@ impl Metrics {
             http_requests.clone(),
         );
 
+        let mesh_connections = Family::<AlpnLabels, Counter>::default();
+        registry.register(
+            "mesh_connections",
+            "Verified sidecar-to-sidecar TLS connections by direction and ALPN protocol",
+            mesh_connections.clone(),
+        );
+        let tunnel_streams = per_dir_counter(
+            &mut registry,
+            "tunnel_streams",
+            "App connections carried as streams in pooled appid-mux/1 connections",
+        );
+
         let latency_family: HistogramFamily =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register_with_unit(
@@ -292,6 +314,8 @@ impl Metrics {
             handshake_failures,
             decisions,
             http_requests,
+            mesh_connections,
+            tunnel_streams,
             cert_not_after,
         }
     }
@@ -317,6 +341,19 @@ impl Metrics {
                 reason: Text::new(reason),
             })
             .inc();
+    }
+
+    /// A sidecar-to-sidecar TLS connection was verified; `alpn` is what it
+    /// negotiated.
+    pub fn mesh_connection(&self, direction: Direction, alpn: &'static str) {
+        self.mesh_connections
+            .get_or_create(&AlpnLabels { direction, alpn })
+            .inc();
+    }
+
+    /// An app connection was carried as a stream in a pooled tunnel.
+    pub fn tunnel_stream(&self, direction: Direction) {
+        self.tunnel_streams[direction.index()].inc();
     }
 
     /// A TLS handshake failed; `reason` is a fixed word from the code.

@@ -1,11 +1,13 @@
 //! Inbound: peers (mTLS) and callers outside the mesh, to the local app.
 //!
 //! Per connection, straight through:
-//! 1. peek: an `appid/1` ClientHello is a peer sidecar; anything else is a
-//!    caller outside the mesh (a stalled sender is dropped at the detection
-//!    timeout);
+//! 1. peek: a ClientHello offering `appid/1` or `appid-mux/1` is a peer
+//!    sidecar; anything else is a caller outside the mesh (a stalled sender
+//!    is dropped at the detection timeout);
 //! 2. for a peer: TLS 1.3 handshake with client certificate required; the
 //!    verifier refuses any certificate without a valid AppID (fail closed);
+//!    with `appid-mux/1`, each HTTP/2 CONNECT stream inside is one app
+//!    connection from that peer ([`super::tunnel`]), taken through step 3;
 //! 3. find the app protocol inside: HTTP → every request is authorized
 //!    (a denial is a 403 or gRPC status 7); anything else → one decision for
 //!    the connection, closed on denial, re-checked when the policy changes.
@@ -14,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use base64::Engine;
+use bytes::Bytes;
 use http::HeaderValue;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -22,9 +25,10 @@ use appid_policy::policy::Direction;
 use super::authz::{ConnAuthz, ConnVerdict, Peer};
 use super::http::{self as l7, HttpVersion, PeerHeaders};
 use super::prefixed::{self, Prefixed};
+use super::tunnel::{self, StreamCount, TunnelStream};
 use super::{Shared, orig_dst, tls};
-use crate::detect::{self, Classification, Detection};
-use crate::identity::verify::PeerRole;
+use crate::detect::{self, Classification, Detection, MeshAlpn};
+use crate::identity::verify::{PeerRole, VerifiedPeer};
 use crate::metrics::Direction as MetricsDirection;
 
 /// One inbound listener from the config.
@@ -80,8 +84,8 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     };
 
     match class {
-        Classification::TlsClientHello(hello) if hello.offers(tls::ALPN_APPID) => {
-            from_peer(shared, stream, peer_addr, port, app).await;
+        Classification::TlsClientHello(hello) if hello.mesh_alpn() != MeshAlpn::NotOffered => {
+            from_peer(shared, stream, peer_addr, spec, port, app).await;
         }
         other => {
             let peer = Peer::Unauthenticated(peer_addr.ip());
@@ -105,16 +109,17 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     }
 }
 
-/// A peer sidecar: mutual TLS, then the app protocol inside.
+/// A peer sidecar: mutual TLS, then one app connection inside (`appid/1`)
+/// or many, as HTTP/2 CONNECT streams (`appid-mux/1`).
 async fn from_peer(
     shared: &Arc<Shared>,
     stream: TcpStream,
     peer_addr: SocketAddr,
+    spec: InboundSpec,
     port: u16,
     app: SocketAddr,
 ) {
-    let limits = shared.limits;
-    let Some((mut tls_stream, verified)) = shared
+    let Some((tls_stream, verified)) = shared
         .mesh_handshake(
             shared.acceptor.accept(stream),
             MetricsDirection::Inbound,
@@ -126,19 +131,47 @@ async fn from_peer(
     else {
         return;
     };
+    if tls_stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_APPID_MUX) {
+        shared
+            .metrics
+            .mesh_connection(MetricsDirection::Inbound, "appid-mux/1");
+        serve_tunnel(shared, tls_stream, verified, peer_addr, spec).await;
+        return;
+    }
+    shared
+        .metrics
+        .mesh_connection(MetricsDirection::Inbound, "appid/1");
+    let peer_headers = peer_headers(&verified);
+    let peer = Peer::Meshed(Arc::new(verified.claims));
+    let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
+    from_peer_to_app(shared, tls_stream, authz, peer_headers, app).await;
+}
+
+/// The headers the app sees for an authenticated peer.
+fn peer_headers(verified: &VerifiedPeer) -> PeerHeaders {
     let claims_json = verified.claims.to_json();
-    let peer_headers = PeerHeaders {
+    PeerHeaders {
         id: HeaderValue::from_str(verified.id.as_str()).unwrap_or(HeaderValue::from_static("")),
         claims: HeaderValue::from_str(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims_json),
         )
         .unwrap_or(HeaderValue::from_static("")),
-    };
-    let peer = Peer::Meshed(Arc::new(verified.claims));
-    let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
+    }
+}
 
+/// One app connection from a verified peer (a TLS connection or a tunnel
+/// stream): find its protocol, then authorize and forward.
+async fn from_peer_to_app<S>(
+    shared: &Arc<Shared>,
+    mut downstream: S,
+    authz: ConnAuthz,
+    peer_headers: PeerHeaders,
+    app: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (class, prefix) =
-        match prefixed::read_and_classify(&mut tls_stream, limits.detect_timeout).await {
+        match prefixed::read_and_classify(&mut downstream, shared.limits.detect_timeout).await {
             Ok(found) => found,
             Err(_) => return,
         };
@@ -149,7 +182,7 @@ async fn from_peer(
     };
     to_app(
         shared,
-        tls_stream,
+        downstream,
         authz,
         version,
         Some(peer_headers),
@@ -157,6 +190,173 @@ async fn from_peer(
         prefix,
     )
     .await;
+}
+
+/// Why a tunnel stream was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamRefusal {
+    /// Our certificate or trust bundle changed since the handshake: the
+    /// peer must handshake again to see (and be checked against) the new one.
+    IdentityChanged,
+    /// The peer's certificate expired after the handshake.
+    PeerExpired,
+    /// The authority revoked the peer after the handshake.
+    PeerRevoked,
+}
+
+impl StreamRefusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            StreamRefusal::IdentityChanged => "identity_changed",
+            StreamRefusal::PeerExpired => "expired",
+            StreamRefusal::PeerRevoked => "revoked",
+        }
+    }
+}
+
+/// An `appid-mux/1` connection: every CONNECT stream is an app connection
+/// from the same verified peer, authorized (and audited) on its own. New
+/// streams are refused once the connection no longer proves what a new
+/// handshake would (see [`StreamRefusal`]); the connection closes when it
+/// has carried no stream for the idle timeout, or at shutdown, after its
+/// streams finish (GOAWAY first).
+async fn serve_tunnel(
+    shared: &Arc<Shared>,
+    tls_stream: tokio_rustls::server::TlsStream<TcpStream>,
+    verified: VerifiedPeer,
+    peer_addr: SocketAddr,
+    spec: InboundSpec,
+) {
+    let limits = shared.limits;
+    let identity = shared.tls.identity.load_full();
+    let bundle = shared.tls.bundle.load_full();
+    let handshake = tunnel::server_builder().handshake::<_, Bytes>(tls_stream);
+    let mut connection = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            tracing::info!(%peer_addr, error = %e, "tunnel handshake failed");
+            shared
+                .metrics
+                .handshake_failure(MetricsDirection::Inbound, "tunnel");
+            return;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .handshake_failure(MetricsDirection::Inbound, "timeout");
+            return;
+        }
+    };
+    let headers = peer_headers(&verified);
+    let peer_id = verified.id.as_str().to_owned();
+    let peer_not_after = verified.not_after;
+    let peer = Arc::new(verified.claims);
+    let streams = StreamCount::new();
+    let idle = streams.idle(limits.idle_timeout);
+    let shutdown = shared.shutdown_signal();
+    tokio::pin!(idle, shutdown);
+    let mut going_away = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = connection.accept() => accepted,
+            () = &mut idle, if !going_away => {
+                connection.graceful_shutdown();
+                going_away = true;
+                continue;
+            }
+            () = &mut shutdown, if !going_away => {
+                connection.graceful_shutdown();
+                going_away = true;
+                continue;
+            }
+        };
+        let (request, mut respond) = match accepted {
+            None => break,
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                tracing::debug!(%peer_addr, error = %e, "tunnel ended");
+                break;
+            }
+        };
+
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let refusal = if !Arc::ptr_eq(&identity, &shared.tls.identity.load())
+            || !Arc::ptr_eq(&bundle, &shared.tls.bundle.load())
+        {
+            Some(StreamRefusal::IdentityChanged)
+        } else if now >= peer_not_after {
+            Some(StreamRefusal::PeerExpired)
+        } else if shared.tls.is_revoked(&peer_id) {
+            Some(StreamRefusal::PeerRevoked)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            tracing::info!(%peer_addr, reason = refusal.as_str(), "tunnel stream refused");
+            shared
+                .metrics
+                .connection_refused(MetricsDirection::Inbound, refusal.as_str());
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            if !going_away {
+                connection.graceful_shutdown();
+                going_away = true;
+            }
+            continue;
+        }
+
+        let Some((port, app)) = stream_target(request.method(), request.uri(), spec) else {
+            tracing::info!(%peer_addr, uri = %request.uri(), "tunnel stream refused: not a CONNECT to ip:port");
+            let mut bad = http::Response::new(());
+            *bad.status_mut() = http::StatusCode::BAD_REQUEST;
+            let _ = respond.send_response(bad, true);
+            continue;
+        };
+        let Some(permit) = shared.admit(MetricsDirection::Inbound) else {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        };
+        let Ok(send) = respond.send_response(http::Response::new(()), false) else {
+            continue;
+        };
+        shared.metrics.tunnel_stream(MetricsDirection::Inbound);
+        let stream = TunnelStream::new(send, request.into_body(), Some(streams.open()));
+        let authz = ConnAuthz::new(
+            shared.clone(),
+            Direction::Inbound,
+            Peer::Meshed(peer.clone()),
+            peer_addr,
+            port,
+        );
+        let shared = shared.clone();
+        let headers = headers.clone();
+        tokio::spawn(async move {
+            from_peer_to_app(&shared, stream, authz, headers, app).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Where a tunnel stream goes: the policy port and the app address. Explicit
+/// listeners have one app (the `:authority` only has to be well formed);
+/// transparent ones reach `127.0.0.1:<port>` of the `:authority`, never the
+/// listener itself.
+fn stream_target(
+    method: &http::Method,
+    uri: &http::Uri,
+    spec: InboundSpec,
+) -> Option<(u16, SocketAddr)> {
+    if method != http::Method::CONNECT {
+        return None;
+    }
+    let target: SocketAddr = uri.authority()?.as_str().parse().ok()?;
+    match spec.forward {
+        Some(forward) => Some((spec.listen.port(), forward)),
+        None if target.port() == spec.listen.port() || target.port() == 0 => None,
+        None => Some((
+            target.port(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, target.port())),
+        )),
+    }
 }
 
 /// Authorizes and forwards to the local app: per request for HTTP, once

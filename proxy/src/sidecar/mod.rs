@@ -3,6 +3,8 @@
 //! - [`tls`]: sidecar-to-sidecar TLS (verifiers and resolvers over swappable
 //!   identity and trust);
 //! - [`inbound`] / [`outbound`]: one straight-line function per connection;
+//! - [`tunnel`] / [`pool`]: `appid-mux/1`, app connections as HTTP/2 streams
+//!   in pooled mTLS connections (the default), and its client-side pool;
 //! - [`authz`]: the only place that asks the policy and writes audit lines;
 //! - [`http`]: the L7 proxy (hyper on both sides);
 //! - [`splice`]: opaque TCP with idle timeout and revocation;
@@ -18,10 +20,12 @@ pub mod http;
 pub mod inbound;
 pub mod orig_dst;
 pub mod outbound;
+pub mod pool;
 pub mod prefixed;
 mod reload;
 pub mod splice;
 pub mod tls;
+pub mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -84,6 +88,9 @@ pub struct Shared {
     pub tls: Arc<TlsState>,
     pub acceptor: TlsAcceptor,
     pub connector: TlsConnector,
+    /// Outbound connections to peer sidecars (pooled or one per app
+    /// connection, per the config's `tunnel:`).
+    pub tunnels: pool::TunnelPool,
     pub policy: ArcSwap<Policy>,
     /// Bumped on every successful policy reload.
     policy_version: watch::Sender<u64>,
@@ -337,8 +344,9 @@ pub async fn run_until(
 
     let (policy_version, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(tls::server_config(tls_state.clone())),
-        connector: TlsConnector::from(tls::client_config(tls_state.clone())),
+        acceptor: TlsAcceptor::from(tls::server_config(tls_state.clone(), config.tunnel)),
+        connector: TlsConnector::from(tls::client_config(tls_state.clone(), config.tunnel)),
+        tunnels: pool::TunnelPool::new(config.tunnel),
         tls: tls_state,
         policy: ArcSwap::from_pointee(policy),
         policy_version,

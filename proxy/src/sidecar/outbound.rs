@@ -7,8 +7,9 @@
 //! 2. transparent only: ask policy whether the destination is external —
 //!    allowed external traffic passes through untouched, the cloud metadata
 //!    API is refused unless a rule names it; otherwise it is meshed;
-//! 3. meshed: TLS 1.3 with our certificate, verify the server's AppID, and
-//!    authorize it *before any app byte is sent*;
+//! 3. meshed: TLS 1.3 with our certificate (by default a stream in a pooled
+//!    `appid-mux/1` connection, see [`super::pool`]), verify the server's
+//!    AppID, and authorize it *before any app byte is sent*;
 //! 4. then the app protocol: HTTP requests are authorized one by one, opaque
 //!    TCP is spliced (and closed if a policy change withdraws it).
 
@@ -21,9 +22,9 @@ use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, ConnVerdict, ExternalVerdict, Peer};
 use super::http::{self as l7, HttpVersion};
-use super::{Shared, orig_dst, tls};
+use super::pool::Dialed;
+use super::{Shared, orig_dst};
 use crate::detect::{self, Classification, Detection};
-use crate::identity::verify::PeerRole;
 use crate::metrics::Direction as MetricsDirection;
 
 /// One outbound listener from the config.
@@ -133,7 +134,8 @@ async fn external(
     }
 }
 
-/// A meshed destination: mTLS to its sidecar, authorize the server, proxy.
+/// A meshed destination: mTLS to its sidecar (a stream in a pooled tunnel,
+/// or a TLS connection of its own), authorize the server, proxy.
 async fn to_peer(
     shared: &Arc<Shared>,
     app: TcpStream,
@@ -141,26 +143,17 @@ async fn to_peer(
     destination: SocketAddr,
 ) {
     let limits = shared.limits;
-    let Some(tcp) = shared.connect(destination).await else {
-        return;
-    };
-    let Some((tls_stream, verified)) = shared
-        .mesh_handshake(
-            shared.connector.connect(tls::peer_server_name(), tcp),
-            MetricsDirection::Outbound,
-            PeerRole::Server,
-            destination,
-            |s| s.get_ref().1.peer_certificates(),
-        )
-        .await
+    let Some(Dialed {
+        upstream: tls_stream,
+        peer,
+    }) = shared.tunnels.dial(shared, destination).await
     else {
         return;
     };
-    let peer = Peer::Meshed(Arc::new(verified.claims));
     let mut authz = ConnAuthz::new(
         shared.clone(),
         Direction::Outbound,
-        peer,
+        Peer::Meshed(peer),
         app_addr,
         destination.port(),
     );

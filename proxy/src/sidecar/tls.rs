@@ -27,14 +27,16 @@ use thiserror::Error;
 
 use appid_policy::AppIdClaims;
 
+use crate::config::TunnelMode;
 use crate::identity::files::{self, FileError};
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::verify::{
     self, BundleError, PeerRejection, PeerRole, TrustBundle, VerifiedPeer,
 };
 
-/// The ALPN protocol sidecars speak to each other.
-pub const ALPN_APPID: &[u8] = b"appid/1";
+/// The ALPN protocols sidecars speak to each other (one app connection per
+/// TLS connection; many, as HTTP/2 streams: see [`super::tunnel`]).
+pub use crate::detect::{ALPN_APPID, ALPN_APPID_MUX};
 
 /// Why our own identity could not be loaded.
 #[derive(Debug, Error)]
@@ -180,9 +182,19 @@ pub fn provider() -> CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
+/// The ALPN protocols a sidecar offers (client) or accepts (server), most
+/// preferred first: a pooled sidecar prefers `appid-mux/1` and still speaks
+/// `appid/1`; a strict one speaks only `appid/1`.
+pub fn mesh_alpn(mode: TunnelMode) -> Vec<Vec<u8>> {
+    match mode {
+        TunnelMode::Pooled => vec![ALPN_APPID_MUX.to_vec(), ALPN_APPID.to_vec()],
+        TunnelMode::Strict => vec![ALPN_APPID.to_vec()],
+    }
+}
+
 /// Server side of sidecar mTLS: client certificate required.
-pub fn server_config(state: Arc<TlsState>) -> Arc<rustls::ServerConfig> {
-    server_config_with(state, ClientAuth::Required, vec![ALPN_APPID.to_vec()])
+pub fn server_config(state: Arc<TlsState>, mode: TunnelMode) -> Arc<rustls::ServerConfig> {
+    server_config_with(state, ClientAuth::Required, mesh_alpn(mode))
 }
 
 /// Whether a TLS server demands a client certificate.
@@ -227,7 +239,7 @@ fn disable_resumption_server(config: &mut rustls::ServerConfig) {
 }
 
 /// Client side of sidecar mTLS.
-pub fn client_config(state: Arc<TlsState>) -> Arc<rustls::ClientConfig> {
+pub fn client_config(state: Arc<TlsState>, mode: TunnelMode) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(provider());
     let verifier = Arc::new(PeerVerifier::new(state.clone(), &provider));
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -236,7 +248,7 @@ pub fn client_config(state: Arc<TlsState>) -> Arc<rustls::ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(IdentityResolver { state }));
-    config.alpn_protocols = vec![ALPN_APPID.to_vec()];
+    config.alpn_protocols = mesh_alpn(mode);
     // See `disable_resumption_server`.
     config.resumption = rustls::client::Resumption::disabled();
     // Names are not identity here; don't leak one in the ClientHello.

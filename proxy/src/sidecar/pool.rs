@@ -1,0 +1,372 @@
+//! The client side of `appid-mux/1` ([`super::tunnel`]): a small pool of
+//! mTLS connections per peer sidecar, one HTTP/2 CONNECT stream per app
+//! connection.
+//!
+//! Design bias: *a pooled connection is only reused while it proves what a
+//! new handshake would*. A tunnel is picked for a new app connection only if
+//! our certificate and trust bundle are still the ones it was opened with,
+//! and the peer's certificate has neither expired nor been revoked;
+//! otherwise it is left to finish its streams and a new one is dialed. Per
+//! peer address there is one tunnel until it carries [`SOFT_STREAMS`]
+//! streams, then another, up to [`MAX_TUNNELS_PER_PEER`]. Dialing happens
+//! under the peer's lock, so a burst of app connections waits for one
+//! handshake instead of racing to make many. A peer that answers `appid/1`
+//! (strict, or older) gets one TLS connection per app connection, dialed
+//! without that lock.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use appid_policy::AppIdClaims;
+
+use super::Shared;
+use super::tls::{self, LocalIdentity};
+use super::tunnel::{self, StreamCount, TunnelStream};
+use crate::config::TunnelMode;
+use crate::detect::ALPN_APPID_MUX;
+use crate::identity::verify::{PeerRole, TrustBundle};
+use crate::metrics::Direction as MetricsDirection;
+
+/// Streams on one tunnel before a second one to the same peer is opened.
+pub const SOFT_STREAMS: usize = 100;
+/// Tunnels per peer address at most; beyond, streams share the least busy.
+pub const MAX_TUNNELS_PER_PEER: usize = 16;
+/// How long a peer that answered `appid/1` is dialed without the pool lock.
+const STRICT_PEER_MEMORY: Duration = Duration::from_secs(60);
+/// Peer addresses remembered before empty entries are swept.
+const SWEEP_ABOVE: usize = 4096;
+
+/// The sidecar-side end of an app connection to a peer.
+pub enum Upstream {
+    /// A stream in a pooled `appid-mux/1` tunnel.
+    Tunnel(TunnelStream),
+    /// A TLS connection of its own (`appid/1`).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A connection to a peer sidecar, with the peer's verified claims.
+pub struct Dialed {
+    pub upstream: Upstream,
+    pub peer: Arc<AppIdClaims>,
+}
+
+/// Tunnels by peer address.
+pub struct TunnelPool {
+    mode: TunnelMode,
+    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerTunnels>>>>,
+}
+
+#[derive(Default)]
+struct PeerTunnels {
+    tunnels: Vec<Arc<Tunnel>>,
+    /// Set when the peer last answered `appid/1`.
+    strict_until: Option<Instant>,
+}
+
+/// One pooled `appid-mux/1` connection.
+struct Tunnel {
+    sender: h2::client::SendRequest<Bytes>,
+    peer: Arc<AppIdClaims>,
+    peer_id: String,
+    peer_not_after: i64,
+    /// What the connection was opened with (compared by pointer).
+    identity: Arc<LocalIdentity>,
+    bundle: Arc<TrustBundle>,
+    streams: Arc<StreamCount>,
+    /// Set when the connection task ended (error, GOAWAY, idle close).
+    closed: Arc<AtomicBool>,
+}
+
+impl Tunnel {
+    /// Whether a new app connection may use this tunnel (see the module doc).
+    fn usable(&self, tls: &tls::TlsState, now: i64) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+            && Arc::ptr_eq(&self.identity, &tls.identity.load())
+            && Arc::ptr_eq(&self.bundle, &tls.bundle.load())
+            && now < self.peer_not_after
+            && !tls.is_revoked(&self.peer_id)
+    }
+
+    /// Opens one CONNECT stream to `destination`.
+    async fn open_stream(
+        &self,
+        destination: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TunnelStream, String> {
+        let counted = self.streams.open();
+        let ready = tokio::time::timeout(timeout, self.sender.clone().ready());
+        let mut sender = match ready.await {
+            Ok(Ok(sender)) => sender,
+            Ok(Err(e)) => return Err(format!("tunnel not ready: {e}")),
+            Err(_) => return Err("tunnel not ready in time".into()),
+        };
+        let request = http::Request::connect(destination.to_string())
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let (response, send) = sender
+            .send_request(request, false)
+            .map_err(|e| format!("CONNECT not sent: {e}"))?;
+        let response = match tokio::time::timeout(timeout, response).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(format!("CONNECT refused: {e}")),
+            Err(_) => return Err("CONNECT not answered in time".into()),
+        };
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("CONNECT answered {}", response.status()));
+        }
+        Ok(TunnelStream::new(send, response.into_body(), Some(counted)))
+    }
+}
+
+enum Negotiated {
+    Mux(Arc<Tunnel>),
+    Strict(Dialed),
+}
+
+impl TunnelPool {
+    pub fn new(mode: TunnelMode) -> Self {
+        TunnelPool {
+            mode,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A verified connection to the peer sidecar at `destination`: a stream
+    /// in a pooled tunnel when both sides speak `appid-mux/1`, else a TLS
+    /// connection of its own. `None` after logging and counting why not.
+    pub async fn dial(&self, shared: &Shared, destination: SocketAddr) -> Option<Dialed> {
+        if self.mode == TunnelMode::Strict {
+            return match handshake(shared, destination).await? {
+                Negotiated::Strict(dialed) => Some(dialed),
+                Negotiated::Mux(_) => None, // not offered; cannot happen
+            };
+        }
+        // A stream refused on a pooled tunnel (e.g. the server renewed its
+        // certificate and sent GOAWAY) is retried once on a fresh one.
+        for _ in 0..2 {
+            let tunnel = match self.tunnel_for(shared, destination).await? {
+                Negotiated::Mux(tunnel) => tunnel,
+                Negotiated::Strict(dialed) => return Some(dialed),
+            };
+            match tunnel
+                .open_stream(destination, shared.limits.handshake_timeout)
+                .await
+            {
+                Ok(stream) => {
+                    shared.metrics.tunnel_stream(MetricsDirection::Outbound);
+                    return Some(Dialed {
+                        upstream: Upstream::Tunnel(stream),
+                        peer: tunnel.peer.clone(),
+                    });
+                }
+                Err(reason) => {
+                    tracing::debug!(%destination, %reason, "tunnel stream failed; retiring the tunnel");
+                    tunnel.closed.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        None
+    }
+
+    /// A usable pooled tunnel to `destination`, dialing one if needed.
+    async fn tunnel_for(&self, shared: &Shared, destination: SocketAddr) -> Option<Negotiated> {
+        let slot = self.slot(destination);
+        let mut peer = slot.lock().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        peer.tunnels.retain(|t| t.usable(&shared.tls, now));
+        let least_busy = peer
+            .tunnels
+            .iter()
+            .min_by_key(|t| t.streams.active())
+            .cloned();
+        if let Some(tunnel) = least_busy
+            && (tunnel.streams.active() < SOFT_STREAMS
+                || peer.tunnels.len() >= MAX_TUNNELS_PER_PEER)
+        {
+            return Some(Negotiated::Mux(tunnel));
+        }
+        if peer
+            .strict_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            // A strict peer: don't make every app connection queue for
+            // the lock while one handshake runs.
+            drop(peer);
+            let negotiated = handshake(shared, destination).await?;
+            if let Negotiated::Mux(tunnel) = &negotiated {
+                let mut peer = slot.lock().await;
+                peer.strict_until = None;
+                peer.tunnels.push(tunnel.clone());
+            }
+            return Some(negotiated);
+        }
+        let negotiated = handshake(shared, destination).await?;
+        match &negotiated {
+            Negotiated::Mux(tunnel) => peer.tunnels.push(tunnel.clone()),
+            Negotiated::Strict(_) => peer.strict_until = Some(Instant::now() + STRICT_PEER_MEMORY),
+        }
+        Some(negotiated)
+    }
+
+    fn slot(&self, destination: SocketAddr) -> Arc<tokio::sync::Mutex<PeerTunnels>> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.len() > SWEEP_ABOVE {
+            // Forget peers with nothing open (transparent mode can see many).
+            peers.retain(|_, slot| {
+                slot.try_lock()
+                    .map_or(true, |p| !p.tunnels.is_empty() || p.strict_until.is_some())
+            });
+        }
+        peers.entry(destination).or_default().clone()
+    }
+}
+
+/// TCP, TLS and AppID verification to `destination`; then, when the server
+/// selected `appid-mux/1`, the HTTP/2 handshake and a task that drives the
+/// connection until it fails, is told to go away, or idles out.
+async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiated> {
+    // Loaded before the handshake uses them: a swap during the handshake
+    // makes the tunnel stale at once rather than mislabelled.
+    let identity = shared.tls.identity.load_full();
+    let bundle = shared.tls.bundle.load_full();
+    let tcp = shared.connect(destination).await?;
+    let (tls_stream, verified) = shared
+        .mesh_handshake(
+            shared.connector.connect(tls::peer_server_name(), tcp),
+            MetricsDirection::Outbound,
+            PeerRole::Server,
+            destination,
+            |s| s.get_ref().1.peer_certificates(),
+        )
+        .await?;
+    let peer = Arc::new(verified.claims);
+    if tls_stream.get_ref().1.alpn_protocol() != Some(ALPN_APPID_MUX) {
+        shared
+            .metrics
+            .mesh_connection(MetricsDirection::Outbound, "appid/1");
+        return Some(Negotiated::Strict(Dialed {
+            upstream: Upstream::Tls(Box::new(tls_stream)),
+            peer,
+        }));
+    }
+    let h2_handshake = tunnel::client_builder().handshake::<_, Bytes>(tls_stream);
+    let (sender, connection) =
+        match tokio::time::timeout(shared.limits.handshake_timeout, h2_handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                tracing::info!(%destination, error = %e, "tunnel handshake failed");
+                shared
+                    .metrics
+                    .handshake_failure(MetricsDirection::Outbound, "tunnel");
+                return None;
+            }
+            Err(_) => {
+                shared
+                    .metrics
+                    .handshake_failure(MetricsDirection::Outbound, "timeout");
+                return None;
+            }
+        };
+    shared
+        .metrics
+        .mesh_connection(MetricsDirection::Outbound, "appid-mux/1");
+    let streams = StreamCount::new();
+    let closed = Arc::new(AtomicBool::new(false));
+    let idle_timeout = shared.limits.idle_timeout;
+    tokio::spawn({
+        let streams = streams.clone();
+        let closed = closed.clone();
+        async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%destination, error = %e, "tunnel closed");
+                    }
+                }
+                () = streams.idle(idle_timeout) => {
+                    tracing::debug!(%destination, "idle tunnel closed");
+                }
+            }
+            closed.store(true, Ordering::Relaxed);
+        }
+    });
+    Some(Negotiated::Mux(Arc::new(Tunnel {
+        sender,
+        peer,
+        peer_id: verified.id.as_str().to_owned(),
+        peer_not_after: verified.not_after,
+        identity,
+        bundle,
+        streams,
+        closed,
+    })))
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Tunnel(s) => s.is_write_vectored(),
+            Upstream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! `appid-mux/1`: many app connections over one mTLS connection.
+//!
+//! Design bias: *pay for a TLS handshake per peer, not per app connection*.
+//! A TLS 1.3 handshake with certificate verification and AppID decoding
+//! costs far more than the few bytes most app connections carry, and every
+//! sidecar-to-sidecar TCP segment costs a trip through the kernel on both
+//! ends. So, by default, the client sidecar keeps a small pool of mTLS
+//! connections per peer sidecar ([`super::pool`]) and carries each app
+//! connection as one HTTP/2 stream, the way Istio's HBONE does.
+//!
+//! # Wire format
+//!
+//! - **TLS**: exactly as `appid/1` (TLS 1.3, mutual, AppID certificates on
+//!   both sides, verified the same way), except that the client offers ALPN
+//!   `appid-mux/1` first and `appid/1` second. A server that selects
+//!   `appid/1` (a `tunnel: strict` sidecar, or an older one) gets an ordinary
+//!   one-app-connection-per-TLS-connection session: strict and pooled
+//!   sidecars interoperate in both directions.
+//! - **Inside**, when `appid-mux/1` was selected: HTTP/2 (RFC 9113) with the
+//!   connection preface, no TLS inside TLS, no server push.
+//! - **One app connection = one stream**: the client sends a `CONNECT`
+//!   request (RFC 9113 section 8.5) whose `:authority` is the destination
+//!   the app dialed, `ip:port` (transparent mode: the original destination;
+//!   explicit mode: the configured upstream). No other pseudo-headers, no
+//!   other headers are needed; any are ignored.
+//! - The server answers `200` and from then on the stream's DATA frames are
+//!   the app connection's bytes, both ways. END_STREAM is a half close (TCP
+//!   FIN); RST_STREAM is an abort (TCP RST). `400` refuses a malformed
+//!   request, and RST_STREAM(REFUSED_STREAM) a stream the server will not
+//!   take on this connection (its identity or trust changed, the peer's
+//!   certificate expired or was revoked, the connection limit): the client
+//!   then opens a new TLS connection.
+//! - **Authorization** is unchanged: the server decides on the TLS
+//!   connection's verified AppID plus the stream's port (transparent: the
+//!   `:authority` port; explicit: its listener's), per HTTP request at L7,
+//!   and the client decides on the server's AppID before sending any app
+//!   byte. Each stream is audited like a connection of its own.
+//!
+//! # Limits
+//!
+//! The server advertises [`MAX_STREAMS`] concurrent streams; windows are
+//! [`STREAM_WINDOW`] per stream and [`CONNECTION_WINDOW`] per connection;
+//! a stream buffers at most [`SEND_BUFFER`] unsent bytes. Every stream also
+//! takes one of the sidecar's `max_connections` slots.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Concurrent streams the server allows per connection.
+pub const MAX_STREAMS: u32 = 1000;
+/// Flow-control window per stream: what a peer may send before we read it.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// Flow-control window per connection.
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
+/// Unsent bytes buffered per stream before a writer waits.
+pub const SEND_BUFFER: usize = 256 * 1024;
+/// Largest HEADERS block accepted (a CONNECT request or its answer is tiny).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// The client side's HTTP/2 settings.
+pub fn client_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .enable_push(false)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST);
+    builder
+}
+
+/// The server side's HTTP/2 settings.
+pub fn server_builder() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST);
+    builder
+}
+
+/// How many streams a tunnel carries now, and since when it has carried
+/// none (for closing idle tunnels).
+#[derive(Debug)]
+pub struct StreamCount {
+    active: AtomicUsize,
+    /// [`monotonic_ms`] when `active` last fell to 0 (or the tunnel opened).
+    idle_since_ms: AtomicU64,
+}
+
+impl StreamCount {
+    pub fn new() -> Arc<Self> {
+        Arc::new(StreamCount {
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(monotonic_ms()),
+        })
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a stream until the returned guard drops.
+    pub fn open(self: &Arc<Self>) -> StreamGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    /// Resolves once the tunnel has carried no stream for `idle_timeout`
+    /// (checked every quarter of it: closing is approximate on purpose).
+    pub async fn idle(&self, idle_timeout: Duration) {
+        let timeout_ms = idle_timeout.as_millis() as u64;
+        loop {
+            tokio::time::sleep(idle_timeout / 4).await;
+            let since = self.idle_since_ms.load(Ordering::Relaxed);
+            if self.active() == 0 && monotonic_ms().saturating_sub(since) >= timeout_ms {
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps one stream counted in a [`StreamCount`].
+#[derive(Debug)]
+pub struct StreamGuard(Arc<StreamCount>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0
+                .idle_since_ms
+                .store(monotonic_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Milliseconds since the first call in this process (tokio's clock, so
+/// paused-time tests see it move).
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    start.elapsed().as_millis() as u64
+}
+
+/// One app connection carried in one HTTP/2 stream: reads are the peer's
+/// DATA frames, writes become ours, shutdown is END_STREAM.
+pub struct TunnelStream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received and not yet read by the caller (at most one DATA frame).
+    unread: Bytes,
+    write_closed: bool,
+    _counted: Option<StreamGuard>,
+}
+
+impl TunnelStream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream, counted: Option<StreamGuard>) -> Self {
+        TunnelStream {
+            send,
+            recv,
+            unread: Bytes::new(),
+            write_closed: false,
+            _counted: counted,
+        }
+    }
+}
+
+fn to_io(error: h2::Error) -> io::Error {
+    if error.is_io() {
+        return error
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("tunnel i/o error"));
+    }
+    io::Error::new(io::ErrorKind::ConnectionReset, error)
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.unread.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                // END_STREAM: the peer's half close.
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    // Hand the window back at once: we hold at most this one
+                    // frame, so what a peer can make us buffer stays bounded.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    this.unread = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        this.send.reserve_capacity(buf.len());
+        loop {
+            let capacity = this.send.capacity();
+            if capacity > 0 {
+                let n = capacity.min(buf.len());
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(to_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes queued frames out on its own.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_closed {
+            this.write_closed = true;
+            this.send.send_data(Bytes::new(), true).map_err(to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client and a server over an in-memory pipe; returns the client's
+    /// stream and the server's (after the CONNECT and its 200).
+    async fn pair() -> (TunnelStream, TunnelStream, http::uri::Authority) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = server_builder().handshake::<_, Bytes>(b).await.unwrap();
+            let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+            let authority = request.uri().authority().cloned().unwrap();
+            assert_eq!(request.method(), http::Method::CONNECT);
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            let stream = TunnelStream::new(send, request.into_body(), None);
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            (stream, authority)
+        });
+        let (sender, conn) = client_builder().handshake::<_, Bytes>(a).await.unwrap();
+        tokio::spawn(conn);
+        let mut sender = sender.ready().await.unwrap();
+        let request = http::Request::connect("10.0.0.2:8080").body(()).unwrap();
+        let (response, send) = sender.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let client = TunnelStream::new(send, response.into_body(), None);
+        let (server, authority) = server.await.unwrap();
+        (client, server, authority)
+    }
+
+    #[tokio::test]
+    async fn carries_bytes_both_ways_with_half_close() {
+        let (mut client, mut server, authority) = pair().await;
+        assert_eq!(authority.as_str(), "10.0.0.2:8080");
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        // The other direction still flows after the client's half close.
+        server.write_all(b"pong").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"pong");
+    }
+
+    #[tokio::test]
+    async fn large_transfers_respect_flow_control() {
+        let (mut client, mut server, _) = pair().await;
+        // Several windows' worth: only works if reads hand capacity back.
+        let payload: Vec<u8> = (0..5 * STREAM_WINDOW as usize).map(|i| i as u8).collect();
+        let expected = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected);
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_is_an_error_not_an_eof_for_the_other_side() {
+        let (client, mut server, _) = pair().await;
+        drop(client); // RST_STREAM(CANCEL), not END_STREAM
+        let mut buf = [0u8; 8];
+        let result = server.read(&mut buf).await;
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn stream_counts_follow_guards() {
+        let count = StreamCount::new();
+        let a = count.open();
+        let b = count.open();
+        assert_eq!(count.active(), 2);
+        drop(a);
+        assert_eq!(count.active(), 1);
+        drop(b);
+        assert_eq!(count.active(), 0);
+    }
+}
