@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use appid_policy::AppIdClaims;
 use appid_policy::claims::{Vulns, attestation};
 use appid_policy::extension;
+use appid_proxy::config::TunnelMode;
 use appid_proxy::identity::ca::{Ca, KeyAlg};
 use appid_proxy::identity::spiffe::SpiffeId;
 use appid_proxy::identity::verify::{PeerRole, TrustBundle, verify_peer};
@@ -138,8 +139,8 @@ fn handshake(c: &mut Criterion) {
     let client_state = TlsState::new(f.client, f.bundle.clone());
     let server_state = TlsState::new(f.server, f.bundle.clone());
     // The sidecar's own configs: TLS 1.3, mutual, no resumption.
-    let client_config = tls::client_config(client_state);
-    let server_config = tls::server_config(server_state);
+    let client_config = tls::client_config(client_state, TunnelMode::Strict);
+    let server_config = tls::server_config(server_state, TunnelMode::Strict);
 
     let mut group = c.benchmark_group("handshake");
     group.bench_function("full mTLS + AppID both sides", |b| {
