@@ -64,6 +64,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Three ticks of the sidecar's audit flush (allow lines are buffered).
+const AUDIT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
 use serde_json::{Value, json};
 
 const APPID: &str = env!("CARGO_BIN_EXE_appid");
@@ -857,7 +860,10 @@ limits:
     }
 
     /// The audit log so far, one JSON value per line.
+    /// The audit lines so far. The sidecar writes allow lines out on a
+    /// 100 ms tick (denials at once), so this first waits out a few ticks.
     fn audit(&self) -> Vec<Value> {
+        std::thread::sleep(AUDIT_FLUSH_WAIT);
         fs::read_to_string(self.path("audit.jsonl"))
             .unwrap_or_default()
             .lines()

@@ -139,17 +139,19 @@ async fn main() -> Result<()> {
         outcomes.push(response.status);
     }
 
-    // 5. What the sidecars wrote down.
-    for (name, sidecar) in [("web", &web), ("legacy", &legacy), ("api", &api)] {
+    // 5. What the sidecars wrote down (stopping them first writes out the
+    // allow lines they buffer for up to 100 ms).
+    let _ = stop_tx.send(true);
+    let mut audits = Vec::new();
+    for (name, sidecar) in [("web", web), ("legacy", legacy), ("api", api)] {
+        sidecar.task.await??;
+        audits.push((name, sidecar.audit));
+    }
+    for (name, audit) in audits {
         println!("\n== audit log of the {name} sidecar ==");
-        for line in std::fs::read_to_string(&sidecar.audit)?.lines() {
+        for line in std::fs::read_to_string(&audit)?.lines() {
             println!("{line}");
         }
-    }
-
-    let _ = stop_tx.send(true);
-    for sidecar in [api, web, legacy] {
-        sidecar.task.await??;
     }
     if outcomes != [200, 403, 403] {
         bail!("unexpected outcomes {outcomes:?}; expected 200, 403, 403");

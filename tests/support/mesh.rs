@@ -85,6 +85,9 @@ pub struct MeshOptions {
     pub web_extra: Vec<String>,
     pub server_limits: Vec<(&'static str, &'static str)>,
     pub client_limits: Vec<(&'static str, &'static str)>,
+    /// `tunnel:` of each sidecar (`None`: the default, pooled).
+    pub server_tunnel: Option<&'static str>,
+    pub client_tunnel: Option<&'static str>,
 }
 
 impl Default for MeshOptions {
@@ -95,6 +98,8 @@ impl Default for MeshOptions {
             web_extra: Vec::new(),
             server_limits: Vec::new(),
             client_limits: Vec::new(),
+            server_tunnel: None,
+            client_tunnel: None,
         }
     }
 }
@@ -131,6 +136,9 @@ impl Mesh {
         for (key, value) in &options.server_limits {
             server = server.limit(key, value);
         }
+        if let Some(mode) = options.server_tunnel {
+            server = server.tunnel(mode);
+        }
         let server = server.start().await;
 
         let mut client = env
@@ -138,6 +146,9 @@ impl Mesh {
             .outbound(outbound, local(inbound));
         for (key, value) in &options.client_limits {
             client = client.limit(key, value);
+        }
+        if let Some(mode) = options.client_tunnel {
+            client = client.tunnel(mode);
         }
         let client = client.start().await;
 

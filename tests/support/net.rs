@@ -51,6 +51,25 @@ pub async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
         .flatten()
 }
 
+/// `GET path` over a fresh connection; the body of a 200, else `None`.
+pub async fn http_get(address: SocketAddr, path: &str) -> Option<String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(address).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// What a read on a connection that should be closed by the far side saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Closed {

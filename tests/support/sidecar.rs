@@ -25,6 +25,7 @@ pub struct SidecarBuilder {
     inbound: Vec<(u16, Option<SocketAddr>)>,
     outbound: Vec<(u16, Option<SocketAddr>)>,
     limits: Vec<(String, String)>,
+    tunnel: Option<String>,
 }
 
 impl SidecarBuilder {
@@ -53,7 +54,14 @@ impl SidecarBuilder {
                 ("handshake_timeout".into(), "5s".into()),
                 ("drain_timeout".into(), "10s".into()),
             ],
+            tunnel: None,
         }
+    }
+
+    /// Sets `tunnel:` (`pooled` | `strict`; unset: the default).
+    pub fn tunnel(mut self, mode: &str) -> Self {
+        self.tunnel = Some(mode.to_string());
+        self
     }
 
     /// An explicit inbound: mTLS (or plaintext from outside the mesh) on
@@ -104,6 +112,9 @@ impl SidecarBuilder {
         writeln!(yaml, "admin: \"{admin}\"").unwrap();
         writeln!(yaml, "audit_log: {}", q(audit)).unwrap();
         writeln!(yaml, "workers: 2").unwrap();
+        if let Some(mode) = &self.tunnel {
+            writeln!(yaml, "tunnel: {mode}").unwrap();
+        }
         writeln!(yaml, "limits:").unwrap();
         for (key, value) in &self.limits {
             writeln!(yaml, "  {key}: {value}").unwrap();
@@ -179,6 +190,17 @@ impl Sidecar {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The value of one sample on `/metrics` (e.g.
+    /// `appid_tunnel_streams_total{direction="inbound"}`); 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let body = super::net::http_get(self.admin, "/metrics")
+            .await
+            .unwrap_or_else(|| panic!("no /metrics from {}", self.name));
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
     }
 
     pub fn pid(&self) -> u32 {

@@ -24,8 +24,16 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = ProxyConfig::load(&args.config)?;
     // Held for the whole run: dropping it flushes pending spans at exit.
     let _telemetry = crate::telemetry::init(config.otlp_endpoint.as_deref(), "appid-proxy")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
+    // One worker: a single-threaded scheduler, which skips the work-stealing
+    // machinery (atomics, cross-thread wake-ups) a lone worker cannot use.
+    let mut builder = if config.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.workers);
+        builder
+    };
+    let runtime = builder
         .thread_name("appid-worker")
         .enable_all()
         .build()

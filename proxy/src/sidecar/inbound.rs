@@ -258,7 +258,7 @@ async fn serve_tunnel(
     let mut going_away = false;
     loop {
         let accepted = tokio::select! {
-            accepted = connection.accept() => accepted,
+            accepted = tunnel::Coalesce::new(Box::pin(connection.accept())) => accepted,
             () = &mut idle, if !going_away => {
                 connection.graceful_shutdown();
                 going_away = true;

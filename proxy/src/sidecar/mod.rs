@@ -368,12 +368,21 @@ pub async fn run_until(
             spec,
         )));
     }
-    let mut background = vec![tokio::spawn(reload::watch_files(
+    shared.audit.buffer_allows();
+    let audit = shared.audit.clone();
+    let mut background = vec![tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::audit::FLUSH_INTERVAL);
+        loop {
+            tick.tick().await;
+            audit.flush();
+        }
+    })];
+    background.push(tokio::spawn(reload::watch_files(
         shared.clone(),
         config.policy.clone(),
         watched,
         identity_json.clone(),
-    ))];
+    )));
     if let Some(client) = authority {
         background.push(tokio::spawn(from_authority::keep_renewed(
             shared.clone(),
@@ -410,6 +419,7 @@ pub async fn run_until(
     if drained.is_err() {
         tracing::warn!("drain deadline passed with connections still open; closing them");
     }
+    shared.audit.flush();
     Ok(())
 }
 

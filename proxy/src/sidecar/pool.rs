@@ -289,7 +289,7 @@ async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiate
         let closed = closed.clone();
         async move {
             tokio::select! {
-                result = connection => {
+                result = tunnel::Coalesce::new(connection) => {
                     if let Err(e) = result {
                         tracing::debug!(%destination, error = %e, "tunnel closed");
                     }

@@ -43,6 +43,7 @@
 //! a stream buffers at most [`SEND_BUFFER`] unsent bytes. Every stream also
 //! takes one of the sidecar's `max_connections` slots.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -150,6 +151,43 @@ fn monotonic_ms() -> u64 {
     static START: OnceLock<tokio::time::Instant> = OnceLock::new();
     let start = *START.get_or_init(tokio::time::Instant::now);
     start.elapsed().as_millis() as u64
+}
+
+/// Polls the connection future only after yielding once per wake-up, so
+/// that every stream task woken in the same scheduler tick queues its frames
+/// before the connection writes them out: one TLS record and one syscall
+/// then carry many streams' data. Without it, tokio's LIFO slot runs the
+/// connection task right after each stream's write, and every app write
+/// costs its own record, TCP segment and syscall (measured: two `writev`
+/// per proxied request per sidecar, instead of about one).
+pub struct Coalesce<F> {
+    inner: F,
+    yielded: bool,
+}
+
+impl<F> Coalesce<F> {
+    pub fn new(inner: F) -> Self {
+        Coalesce {
+            inner,
+            yielded: false,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Coalesce<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        if !this.yielded {
+            // A task that wakes itself goes to the back of the run queue.
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.yielded = false;
+        Pin::new(&mut this.inner).poll(cx)
+    }
 }
 
 /// One app connection carried in one HTTP/2 stream: reads are the peer's

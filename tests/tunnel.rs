@@ -1,0 +1,235 @@
+//! End-to-end tests of pooled `appid-mux/1` tunnels (issue 7), driving the
+//! real binary:
+//!
+//! ```text
+//! curl ──▶ client sidecar ══ one mTLS connection, HTTP/2 CONNECT streams ══▶ server sidecar ──▶ app
+//! ```
+//!
+//! - By default, many app connections (sequential and concurrent) share one
+//!   TLS connection, each as one stream; the app still sees the caller's
+//!   SPIFFE ID, each request is still authorized and audited on its own,
+//!   and a denial is still a 403 naming the rule.
+//! - `tunnel: strict` on either side: every app connection gets its own
+//!   `appid/1` TLS connection, and strict and pooled sidecars interoperate
+//!   both ways.
+//! - Opaque TCP in a stream keeps its bytes and its half close.
+//!
+//! The metrics read here are `appid_mesh_connections_total{direction,alpn}`
+//! (verified sidecar-to-sidecar TLS connections) and
+//! `appid_tunnel_streams_total{direction}` (app connections carried as
+//! streams).
+//!
+//! Needs `curl` on the PATH (CI installs it).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::apps::{EchoServer, HttpApp};
+use support::clients::{CurlResponse, H1Session, curl};
+use support::mesh::{Mesh, MeshOptions, WEB_TO_API};
+use support::sidecar::{Sidecar, has};
+
+/// [`WEB_TO_API`] and a deny rule for `/admin`.
+fn no_admin_policy() -> String {
+    format!(
+        "{WEB_TO_API}  - name: no-admin\n    action: deny\n    from: {{ labels.app: web }}\n    \
+         to: {{ labels.app: api }}\n    http: {{ paths: [\"/admin\"] }}\n"
+    )
+}
+
+fn mesh_connections(direction: &str, alpn: &str) -> String {
+    format!("appid_mesh_connections_total{{direction=\"{direction}\",alpn=\"{alpn}\"}}")
+}
+
+fn tunnel_streams(direction: &str) -> String {
+    format!("appid_tunnel_streams_total{{direction=\"{direction}\"}}")
+}
+
+/// The SPIFFE ID the app saw (its JSON echo of `x-appid-peer-id`).
+fn seen_peer(echo: &Value) -> &str {
+    echo["headers"]["x-appid-peer-id"][0]
+        .as_str()
+        .unwrap_or_default()
+}
+
+async fn get(mesh: &Mesh, path: &str) -> CurlResponse {
+    curl(&[&mesh.url(path)]).await
+}
+
+/// Waits until `sidecar` has written `n` audit lines matching `predicate`
+/// (allow lines are flushed on a short tick, not at once).
+async fn wait_audit_count(sidecar: &Sidecar, n: usize, predicate: impl Fn(&Value) -> bool) {
+    support::poll_until(
+        &format!("{n} matching audit lines of {}", sidecar.name),
+        Duration::from_secs(10),
+        || sidecar.context(),
+        || {
+            let count = sidecar
+                .audit_lines()
+                .iter()
+                .filter(|l| predicate(l))
+                .count();
+            async move { (count >= n).then_some(()) }
+        },
+    )
+    .await;
+    let count = sidecar
+        .audit_lines()
+        .iter()
+        .filter(|l| predicate(l))
+        .count();
+    assert_eq!(count, n, "{}", sidecar.context());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_app_connections_are_streams_of_one_pooled_tls_connection() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_policy: no_admin_policy(),
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let web_id = mesh.web.id.clone();
+
+    // Ten app connections one after another (curl: one connection each).
+    for _ in 0..10 {
+        let response = get(&mesh, "/v1/items").await;
+        assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
+        assert_eq!(seen_peer(&response.json()), web_id);
+    }
+    // Twenty at once, three keep-alive requests each.
+    let sessions = (0..20).map(|_| {
+        let address = mesh.outbound_addr();
+        let web_id = web_id.clone();
+        tokio::spawn(async move {
+            let mut session = H1Session::connect(address).await;
+            for _ in 0..3 {
+                let (status, echo) = session.get("/v1/items").await.expect("request");
+                assert_eq!(status, 200, "{echo}");
+                assert_eq!(seen_peer(&echo), web_id);
+            }
+        })
+    });
+    for session in futures_util::future::join_all(sessions).await {
+        session.expect("session task");
+    }
+    // A request the server's policy denies, on a stream like the others.
+    let denied = get(&mesh, "/admin").await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert_eq!(denied.header("x-appid-denied-by"), Some("no-admin"));
+
+    // 31 app connections, one TLS handshake, on both sides.
+    for (sidecar, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
+        let pooled = sidecar
+            .metric(&mesh_connections(direction, "appid-mux/1"))
+            .await;
+        let single = sidecar
+            .metric(&mesh_connections(direction, "appid/1"))
+            .await;
+        let streams = sidecar.metric(&tunnel_streams(direction)).await;
+        assert_eq!(
+            (pooled, single, streams),
+            (1.0, 0.0, 31.0),
+            "{direction}: (pooled TLS connections, appid/1 connections, streams)\n{}",
+            mesh.context()
+        );
+    }
+    // Every request authorized and audited on its own, with the port policy
+    // saw; the denial names its rule.
+    let inbound = mesh.inbound as u64;
+    wait_audit_count(&mesh.server, 70, |l| {
+        has(l, "decision", "allow") && has(l, "rule", "web-to-api") && l["port"] == inbound
+    })
+    .await;
+    wait_audit_count(&mesh.server, 1, |l| {
+        has(l, "decision", "deny") && has(l, "rule", "no-admin")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_and_pooled_sidecars_interoperate_both_ways() {
+    // (client tunnel, server tunnel, what the TLS connections negotiate)
+    let cases = [
+        (None, Some("strict"), "appid/1"),
+        (Some("strict"), None, "appid/1"),
+        (Some("strict"), Some("strict"), "appid/1"),
+        (Some("pooled"), Some("pooled"), "appid-mux/1"),
+    ];
+    for (client_tunnel, server_tunnel, alpn) in cases {
+        let app = HttpApp::start().await;
+        let mesh = Mesh::start(
+            app.addr,
+            MeshOptions {
+                client_tunnel,
+                server_tunnel,
+                ..MeshOptions::default()
+            },
+        )
+        .await;
+        let case = format!("client {client_tunnel:?}, server {server_tunnel:?}");
+        for _ in 0..3 {
+            let response = get(&mesh, "/v1/items").await;
+            assert_eq!(response.status, 200, "{case}: {response:?}");
+            assert_eq!(seen_peer(&response.json()), mesh.web.id, "{case}");
+        }
+        let expected_tls = if alpn == "appid/1" { 3.0 } else { 1.0 };
+        let other = if alpn == "appid/1" {
+            "appid-mux/1"
+        } else {
+            "appid/1"
+        };
+        for (sidecar, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
+            assert_eq!(
+                sidecar.metric(&mesh_connections(direction, alpn)).await,
+                expected_tls,
+                "{case}: {direction} {alpn} connections\n{}",
+                mesh.context()
+            );
+            assert_eq!(
+                sidecar.metric(&mesh_connections(direction, other)).await,
+                0.0,
+                "{case}: {direction} {other} connections"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_in_a_stream_keeps_its_bytes_and_half_close() {
+    let echo = EchoServer::start().await;
+    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+    let (mut read, mut write) = stream.split();
+    let send = async {
+        write.write_all(&payload).await.unwrap();
+        // Half close: the echo server sees EOF, finishes echoing, closes.
+        write.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let receive = read.read_to_end(&mut back);
+    let ((), received) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(send, receive)
+    })
+    .await
+    .expect("echo within 30 s");
+    received.expect("read until the server's close");
+    assert_eq!(back.len(), payload.len(), "{}", mesh.context());
+    assert!(back == payload, "echoed bytes differ");
+    assert_eq!(
+        mesh.server.metric(&tunnel_streams("inbound")).await,
+        1.0,
+        "{}",
+        mesh.context()
+    );
+}
