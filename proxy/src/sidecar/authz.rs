@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 use appid_policy::AppIdClaims;
-use appid_policy::policy::{Direction, Headers, HttpRequest, Outcome, Policy, Query, Reason};
+use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reason};
 
 use super::Shared;
 use super::http::{RequestAuthorizer, RequestFacts, RequestVerdict};
@@ -314,15 +314,6 @@ pub fn metrics_direction(direction: Direction) -> crate::metrics::Direction {
     }
 }
 
-/// Header lookup over an `http::HeaderMap`.
-struct HeaderMapView<'a>(&'a http::HeaderMap);
-
-impl Headers for HeaderMapView<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
 impl RequestAuthorizer for ConnAuthz {
     fn observe(&self, status: u16, elapsed: std::time::Duration) {
         self.shared
@@ -337,11 +328,10 @@ impl RequestAuthorizer for ConnAuthz {
             return RequestVerdict::Deny { rule, reason };
         }
         let policy = self.shared.policy.load();
-        let headers = HeaderMapView(request.headers);
         let query = self.query(Some(true)).with_request(HttpRequest {
             method: request.method,
             path: request.path,
-            headers: &headers,
+            headers: request.headers,
         });
         let decision = policy.decide(&query);
         self.audit(

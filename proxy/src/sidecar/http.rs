@@ -4,7 +4,8 @@
 //! protocol on both sides*. An HTTP/2 client gets an HTTP/2 upstream, so
 //! streams stay multiplexed end to end and gRPC (trailers, streaming) passes
 //! through untouched; an HTTP/1.1 connection gets an HTTP/1.1 upstream and
-//! keeps its keep-alive. hyper does all parsing on both sides.
+//! keeps its keep-alive. HTTP/2 is parsed by hyper on both sides; HTTP/1.x
+//! is handed to the lean [`super::h1`] proxy, which parses only heads.
 //!
 //! Per request: ask the [`RequestAuthorizer`]; on denial answer locally
 //! (403 with `x-appid-denied-by`, or `grpc-status: 7` for gRPC) and never
@@ -17,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appid_policy::policy::Headers;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -24,7 +26,6 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Mutex;
 
 /// The HTTP version detected on the downstream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +38,17 @@ pub enum HttpVersion {
 pub struct RequestFacts<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn Headers,
     pub grpc: bool,
+}
+
+/// Header lookup over an `http::HeaderMap`.
+struct HeaderMapView<'a>(&'a HeaderMap);
+
+impl Headers for HeaderMapView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 /// The answer for one request.
@@ -81,13 +91,6 @@ pub struct HttpLimits {
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// How requests reach the upstream.
-#[derive(Clone)]
-enum Upstream {
-    Http1(Arc<Mutex<hyper::client::conn::http1::SendRequest<Incoming>>>),
-    Http2(hyper::client::conn::http2::SendRequest<Incoming>),
-}
-
 /// Why an HTTP proxy connection ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpProxyError {
@@ -95,10 +98,15 @@ pub enum HttpProxyError {
     UpstreamHandshake(hyper::Error),
     #[error("downstream connection error: {0}")]
     Downstream(hyper::Error),
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Protocol(&'static str),
 }
 
 /// Proxies one HTTP connection until it ends or `shutdown` resolves (then
 /// in-flight requests finish and the connection closes gracefully).
+/// HTTP/1.x goes through [`super::h1`]; HTTP/2 (and gRPC) through hyper.
 pub async fn proxy<D, U>(
     downstream: D,
     upstream: U,
@@ -112,60 +120,41 @@ where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let upstream = match version {
-        HttpVersion::Http1 => {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
-                .await
-                .map_err(HttpProxyError::UpstreamHandshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream http/1 connection ended");
-                }
-            });
-            Upstream::Http1(Arc::new(Mutex::new(sender)))
+    if version == HttpVersion::Http1 {
+        return super::h1::proxy(
+            downstream,
+            upstream,
+            authorizer,
+            peer_headers,
+            limits,
+            shutdown,
+        )
+        .await;
+    }
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .handshake(TokioIo::new(upstream))
+        .await
+        .map_err(HttpProxyError::UpstreamHandshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream http/2 connection ended");
         }
-        HttpVersion::Http2 => {
-            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes as u32)
-                .handshake(TokioIo::new(upstream))
-                .await
-                .map_err(HttpProxyError::UpstreamHandshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream http/2 connection ended");
-                }
-            });
-            Upstream::Http2(sender)
-        }
-    };
+    });
 
     let peer_headers = Arc::new(peer_headers);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let upstream = upstream.clone();
+        let sender = sender.clone();
         let authorizer = authorizer.clone();
         let peer_headers = peer_headers.clone();
-        async move { Ok::<_, Infallible>(handle(request, &upstream, &*authorizer, &peer_headers).await) }
+        async move { Ok::<_, Infallible>(handle(request, sender, &*authorizer, &peer_headers).await) }
     });
-
-    let io = TokioIo::new(downstream);
-    match version {
-        HttpVersion::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .serve_connection(io, service);
-            serve_until(conn, |c| c.graceful_shutdown(), shutdown).await
-        }
-        HttpVersion::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes as u32)
-                .serve_connection(io, service);
-            serve_until(conn, |c| c.graceful_shutdown(), shutdown).await
-        }
-    }
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .serve_connection(TokioIo::new(downstream), service);
+    serve_until(conn, |c| c.graceful_shutdown(), shutdown).await
 }
 
 /// Drives `conn`; once `shutdown` resolves, lets in-flight requests finish
@@ -189,7 +178,7 @@ where
 
 async fn handle(
     mut request: Request<Incoming>,
-    upstream: &Upstream,
+    mut upstream: hyper::client::conn::http2::SendRequest<Incoming>,
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
 ) -> Response<ProxyBody> {
@@ -201,7 +190,7 @@ async fn handle(
     let verdict = authorizer.authorize(&RequestFacts {
         method: request.method().as_str(),
         path: request.uri().path(),
-        headers: request.headers(),
+        headers: &HeaderMapView(request.headers()),
         grpc,
     });
     if let RequestVerdict::Deny { rule, reason } = verdict {
@@ -218,21 +207,9 @@ async fn handle(
         );
     }
 
-    let result = match upstream {
-        Upstream::Http1(sender) => {
-            let mut sender = sender.lock().await;
-            match sender.ready().await {
-                Ok(()) => sender.send_request(request).await,
-                Err(e) => Err(e),
-            }
-        }
-        Upstream::Http2(sender) => {
-            let mut sender = sender.clone();
-            match sender.ready().await {
-                Ok(()) => sender.send_request(request).await,
-                Err(e) => Err(e),
-            }
-        }
+    let result = match upstream.ready().await {
+        Ok(()) => upstream.send_request(request).await,
+        Err(e) => Err(e),
     };
     match result {
         Ok(response) => response.map(|body| body.boxed()),

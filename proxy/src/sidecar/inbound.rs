@@ -14,6 +14,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -135,7 +136,7 @@ async fn from_peer(
         shared
             .metrics
             .mesh_connection(MetricsDirection::Inbound, "appid-mux/1");
-        serve_tunnel(shared, tls_stream, verified, peer_addr, spec).await;
+        serve_tunnel(shared, tls_stream, verified, peer_addr, spec, port).await;
         return;
     }
     shared
@@ -226,6 +227,7 @@ async fn serve_tunnel(
     verified: VerifiedPeer,
     peer_addr: SocketAddr,
     spec: InboundSpec,
+    connection_port: u16,
 ) {
     let limits = shared.limits;
     let identity = shared.tls.identity.load_full();
@@ -254,7 +256,10 @@ async fn serve_tunnel(
     let streams = StreamCount::new();
     let idle = streams.idle(limits.idle_timeout);
     let shutdown = shared.shutdown_signal();
-    tokio::pin!(idle, shutdown);
+    // Armed at GOAWAY: a peer that never finishes (or never answers the
+    // closing PING) loses the connection at the drain timeout.
+    let drained = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(idle, shutdown, drained);
     let mut going_away = false;
     loop {
         let accepted = tokio::select! {
@@ -262,12 +267,18 @@ async fn serve_tunnel(
             () = &mut idle, if !going_away => {
                 connection.graceful_shutdown();
                 going_away = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
                 continue;
             }
             () = &mut shutdown, if !going_away => {
                 connection.graceful_shutdown();
                 going_away = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
                 continue;
+            }
+            () = &mut drained, if going_away => {
+                tracing::debug!(%peer_addr, "tunnel not drained in time; closing it");
+                break;
             }
         };
         let (request, mut respond) = match accepted {
@@ -300,11 +311,16 @@ async fn serve_tunnel(
             if !going_away {
                 connection.graceful_shutdown();
                 going_away = true;
+                drained
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + limits.drain_timeout);
             }
             continue;
         }
 
-        let Some((port, app)) = stream_target(request.method(), request.uri(), spec) else {
+        let Some((port, app)) =
+            stream_target(request.method(), request.uri(), spec, connection_port)
+        else {
             tracing::info!(%peer_addr, uri = %request.uri(), "tunnel stream refused: not a CONNECT to ip:port");
             let mut bad = http::Response::new(());
             *bad.status_mut() = http::StatusCode::BAD_REQUEST;
@@ -337,13 +353,16 @@ async fn serve_tunnel(
 }
 
 /// Where a tunnel stream goes: the policy port and the app address. Explicit
-/// listeners have one app (the `:authority` only has to be well formed);
-/// transparent ones reach `127.0.0.1:<port>` of the `:authority`, never the
-/// listener itself.
+/// listeners have one app (the `:authority` only has to be well formed).
+/// Transparent ones reach `127.0.0.1:<port>` where the port must be the one
+/// the TLS connection itself was sent to (its original destination): the
+/// capture rules decide which ports a peer can reach at all (the admin API,
+/// excluded ports stay out of reach), and a stream cannot widen that.
 fn stream_target(
     method: &http::Method,
     uri: &http::Uri,
     spec: InboundSpec,
+    connection_port: u16,
 ) -> Option<(u16, SocketAddr)> {
     if method != http::Method::CONNECT {
         return None;
@@ -351,7 +370,7 @@ fn stream_target(
     let target: SocketAddr = uri.authority()?.as_str().parse().ok()?;
     match spec.forward {
         Some(forward) => Some((spec.listen.port(), forward)),
-        None if target.port() == spec.listen.port() || target.port() == 0 => None,
+        None if target.port() != connection_port || target.port() == spec.listen.port() => None,
         None => Some((
             target.port(),
             SocketAddr::from((Ipv4Addr::LOCALHOST, target.port())),
@@ -413,5 +432,60 @@ async fn to_app<S>(
             shared.count_bytes(MetricsDirection::Inbound, copied);
             tracing::debug!(?end, ?copied, "inbound tcp connection ended");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(uri: &str, forward: Option<&str>, connection_port: u16) -> Option<(u16, SocketAddr)> {
+        let spec = InboundSpec {
+            listen: "0.0.0.0:15106".parse().unwrap(),
+            forward: forward.map(|f| f.parse().unwrap()),
+        };
+        let spec = match forward {
+            Some(_) => InboundSpec {
+                listen: "127.0.0.1:8443".parse().unwrap(),
+                ..spec
+            },
+            None => spec,
+        };
+        stream_target(
+            &http::Method::CONNECT,
+            &uri.parse().unwrap(),
+            spec,
+            connection_port,
+        )
+    }
+
+    #[test]
+    fn transparent_streams_stay_on_the_captured_port() {
+        assert_eq!(
+            target("10.0.0.2:8080", None, 8080),
+            Some((8080, "127.0.0.1:8080".parse().unwrap()))
+        );
+        // Another port (e.g. the loopback-only admin API) is refused.
+        assert_eq!(target("10.0.0.2:15190", None, 8080), None);
+        assert_eq!(target("10.0.0.2:15106", None, 15106), None);
+        assert_eq!(target("not-an-address", None, 8080), None);
+    }
+
+    #[test]
+    fn explicit_streams_reach_the_configured_app() {
+        assert_eq!(
+            target("10.0.0.2:8443", Some("127.0.0.1:8080"), 8443),
+            Some((8443, "127.0.0.1:8080".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn only_connect_opens_a_stream() {
+        let spec = InboundSpec {
+            listen: "0.0.0.0:15106".parse().unwrap(),
+            forward: None,
+        };
+        let uri: http::Uri = "10.0.0.2:8080".parse().unwrap();
+        assert_eq!(stream_target(&http::Method::GET, &uri, spec, 8080), None);
     }
 }

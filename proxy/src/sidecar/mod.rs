@@ -16,6 +16,7 @@
 
 pub mod authz;
 mod from_authority;
+pub mod h1;
 pub mod http;
 pub mod inbound;
 pub mod orig_dst;

@@ -7,8 +7,9 @@
 //! our certificate and trust bundle are still the ones it was opened with,
 //! and the peer's certificate has neither expired nor been revoked;
 //! otherwise it is left to finish its streams and a new one is dialed. Per
-//! peer address there is one tunnel until it carries [`SOFT_STREAMS`]
-//! streams, then another, up to [`MAX_TUNNELS_PER_PEER`]. Dialing happens
+//! peer address, new streams go to the first tunnel carrying fewer than
+//! [`SOFT_STREAMS`]; when all are that busy another is dialed, up to
+//! [`MAX_TUNNELS_PER_PEER`]. Dialing happens
 //! under the peer's lock, so a burst of app connections waits for one
 //! handshake instead of racing to make many. A peer that answers `appid/1`
 //! (strict, or older) gets one TLS connection per app connection, dialed
@@ -44,6 +45,9 @@ pub const SOFT_STREAMS: usize = 100;
 pub const MAX_TUNNELS_PER_PEER: usize = 16;
 /// How long a peer that answered `appid/1` is dialed without the pool lock.
 const STRICT_PEER_MEMORY: Duration = Duration::from_secs(60);
+/// How long after a failed dial new app connections fail fast (or use a
+/// remaining tunnel) instead of queueing for another dial.
+const FAILED_DIAL_MEMORY: Duration = Duration::from_millis(500);
 /// Peer addresses remembered before empty entries are swept.
 const SWEEP_ABOVE: usize = 4096;
 
@@ -72,6 +76,29 @@ struct PeerTunnels {
     tunnels: Vec<Arc<Tunnel>>,
     /// Set when the peer last answered `appid/1`.
     strict_until: Option<Instant>,
+    /// When the last dial failed.
+    failed_at: Option<Instant>,
+}
+
+impl PeerTunnels {
+    fn least_busy(&self) -> Option<Arc<Tunnel>> {
+        self.tunnels
+            .iter()
+            .min_by_key(|t| t.streams.active())
+            .cloned()
+    }
+
+    /// Nothing worth remembering: no open tunnel, no recent answer.
+    fn is_forgettable(&self) -> bool {
+        let now = Instant::now();
+        self.tunnels
+            .iter()
+            .all(|t| t.closed.load(Ordering::Relaxed))
+            && self.strict_until.is_none_or(|until| until <= now)
+            && self
+                .failed_at
+                .is_none_or(|at| at.elapsed() >= FAILED_DIAL_MEMORY)
+    }
 }
 
 /// One pooled `appid-mux/1` connection.
@@ -103,30 +130,46 @@ impl Tunnel {
         &self,
         destination: SocketAddr,
         timeout: Duration,
-    ) -> Result<TunnelStream, String> {
+    ) -> Result<TunnelStream, StreamFailure> {
         let counted = self.streams.open();
         let ready = tokio::time::timeout(timeout, self.sender.clone().ready());
         let mut sender = match ready.await {
             Ok(Ok(sender)) => sender,
-            Ok(Err(e)) => return Err(format!("tunnel not ready: {e}")),
-            Err(_) => return Err("tunnel not ready in time".into()),
+            Ok(Err(e)) => return Err(StreamFailure::Tunnel(format!("not ready: {e}"))),
+            Err(_) => return Err(StreamFailure::Tunnel("not ready in time".into())),
         };
         let request = http::Request::connect(destination.to_string())
             .body(())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StreamFailure::Stream(e.to_string()))?;
         let (response, send) = sender
             .send_request(request, false)
-            .map_err(|e| format!("CONNECT not sent: {e}"))?;
+            .map_err(|e| StreamFailure::Tunnel(format!("CONNECT not sent: {e}")))?;
         let response = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) => return Err(format!("CONNECT refused: {e}")),
-            Err(_) => return Err("CONNECT not answered in time".into()),
+            // A refused stream (e.g. the server is at its connection limit)
+            // says nothing about the tunnel; a GOAWAY or I/O error does.
+            Ok(Err(e)) if e.is_reset() && !e.is_go_away() => {
+                return Err(StreamFailure::Stream(format!("CONNECT refused: {e}")));
+            }
+            Ok(Err(e)) => return Err(StreamFailure::Tunnel(format!("CONNECT failed: {e}"))),
+            Err(_) => return Err(StreamFailure::Tunnel("CONNECT not answered in time".into())),
         };
         if response.status() != http::StatusCode::OK {
-            return Err(format!("CONNECT answered {}", response.status()));
+            return Err(StreamFailure::Stream(format!(
+                "CONNECT answered {}",
+                response.status()
+            )));
         }
         Ok(TunnelStream::new(send, response.into_body(), Some(counted)))
     }
+}
+
+/// Why a stream could not be opened.
+enum StreamFailure {
+    /// The tunnel itself is unusable: retire it.
+    Tunnel(String),
+    /// This stream was refused; the tunnel may carry others.
+    Stream(String),
 }
 
 enum Negotiated {
@@ -152,10 +195,13 @@ impl TunnelPool {
                 Negotiated::Mux(_) => None, // not offered; cannot happen
             };
         }
-        // A stream refused on a pooled tunnel (e.g. the server renewed its
-        // certificate and sent GOAWAY) is retried once on a fresh one.
-        for _ in 0..2 {
-            let tunnel = match self.tunnel_for(shared, destination).await? {
+        // A stream that fails on a pooled tunnel is retried; the last
+        // attempt always dials a fresh tunnel (e.g. the server renewed its
+        // certificate and sent GOAWAY on every tunnel we hold).
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let fresh = attempt == ATTEMPTS;
+            let tunnel = match self.tunnel_for(shared, destination, fresh).await? {
                 Negotiated::Mux(tunnel) => tunnel,
                 Negotiated::Strict(dialed) => return Some(dialed),
             };
@@ -170,31 +216,52 @@ impl TunnelPool {
                         peer: tunnel.peer.clone(),
                     });
                 }
-                Err(reason) => {
-                    tracing::debug!(%destination, %reason, "tunnel stream failed; retiring the tunnel");
+                Err(StreamFailure::Tunnel(reason)) => {
+                    tracing::debug!(%destination, %reason, "tunnel failed; retiring it");
                     tunnel.closed.store(true, Ordering::Relaxed);
+                }
+                Err(StreamFailure::Stream(reason)) => {
+                    tracing::debug!(%destination, %reason, "tunnel stream refused");
                 }
             }
         }
         None
     }
 
-    /// A usable pooled tunnel to `destination`, dialing one if needed.
-    async fn tunnel_for(&self, shared: &Shared, destination: SocketAddr) -> Option<Negotiated> {
+    /// A usable pooled tunnel to `destination` (`fresh`: a new one),
+    /// dialing one if needed.
+    async fn tunnel_for(
+        &self,
+        shared: &Shared,
+        destination: SocketAddr,
+        fresh: bool,
+    ) -> Option<Negotiated> {
         let slot = self.slot(destination);
         let mut peer = slot.lock().await;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         peer.tunnels.retain(|t| t.usable(&shared.tls, now));
-        let least_busy = peer
-            .tunnels
-            .iter()
-            .min_by_key(|t| t.streams.active())
-            .cloned();
-        if let Some(tunnel) = least_busy
-            && (tunnel.streams.active() < SOFT_STREAMS
-                || peer.tunnels.len() >= MAX_TUNNELS_PER_PEER)
+        if !fresh {
+            // First fit, not least busy: packing streams onto the oldest
+            // tunnel keeps their frames batched together, and lets the
+            // others idle out.
+            if let Some(tunnel) = peer
+                .tunnels
+                .iter()
+                .find(|t| t.streams.active() < SOFT_STREAMS)
+            {
+                return Some(Negotiated::Mux(tunnel.clone()));
+            }
+            if peer.tunnels.len() >= MAX_TUNNELS_PER_PEER {
+                return peer.least_busy().map(Negotiated::Mux);
+            }
+        }
+        if peer
+            .failed_at
+            .is_some_and(|at| at.elapsed() < FAILED_DIAL_MEMORY)
         {
-            return Some(Negotiated::Mux(tunnel));
+            // The last dial failed just now: don't queue every app
+            // connection behind another one.
+            return peer.least_busy().map(Negotiated::Mux);
         }
         if peer
             .strict_until
@@ -207,11 +274,18 @@ impl TunnelPool {
             if let Negotiated::Mux(tunnel) = &negotiated {
                 let mut peer = slot.lock().await;
                 peer.strict_until = None;
-                peer.tunnels.push(tunnel.clone());
+                if peer.tunnels.len() < MAX_TUNNELS_PER_PEER {
+                    peer.tunnels.push(tunnel.clone());
+                }
             }
             return Some(negotiated);
         }
-        let negotiated = handshake(shared, destination).await?;
+        let Some(negotiated) = handshake(shared, destination).await else {
+            peer.failed_at = Some(Instant::now());
+            // Tunnels that still work are better than nothing.
+            return peer.least_busy().map(Negotiated::Mux);
+        };
+        peer.failed_at = None;
         match &negotiated {
             Negotiated::Mux(tunnel) => peer.tunnels.push(tunnel.clone()),
             Negotiated::Strict(_) => peer.strict_until = Some(Instant::now() + STRICT_PEER_MEMORY),
@@ -223,10 +297,7 @@ impl TunnelPool {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if peers.len() > SWEEP_ABOVE {
             // Forget peers with nothing open (transparent mode can see many).
-            peers.retain(|_, slot| {
-                slot.try_lock()
-                    .map_or(true, |p| !p.tunnels.is_empty() || p.strict_until.is_some())
-            });
+            peers.retain(|_, slot| slot.try_lock().map_or(true, |p| !p.is_forgettable()));
         }
         peers.entry(destination).or_default().clone()
     }

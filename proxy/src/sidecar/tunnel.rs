@@ -59,8 +59,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const MAX_STREAMS: u32 = 1000;
 /// Flow-control window per stream: what a peer may send before we read it.
 pub const STREAM_WINDOW: u32 = 1 << 20;
-/// Flow-control window per connection.
-pub const CONNECTION_WINDOW: u32 = 8 << 20;
+/// Flow-control window per connection: many streams' worth, so that a few
+/// streams whose apps read slowly cannot stall the others.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Unsent bytes buffered per stream before a writer waits.
 pub const SEND_BUFFER: usize = 256 * 1024;
 /// Largest HEADERS block accepted (a CONNECT request or its answer is tiny).
@@ -191,25 +192,62 @@ impl<F: Future + Unpin> Future for Coalesce<F> {
 }
 
 /// One app connection carried in one HTTP/2 stream: reads are the peer's
-/// DATA frames, writes become ours, shutdown is END_STREAM.
+/// DATA frames, writes become ours, shutdown is END_STREAM. Dropping it
+/// closes like a TCP socket would: END_STREAM after what was written (h2
+/// would otherwise reset the stream and discard queued data), then the
+/// peer's remaining data is read and discarded for at most [`LINGER`].
 pub struct TunnelStream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    halves: Option<(SendStream<Bytes>, RecvStream)>,
     /// Received and not yet read by the caller (at most one DATA frame).
     unread: Bytes,
     write_closed: bool,
-    _counted: Option<StreamGuard>,
+    counted: Option<StreamGuard>,
 }
+
+/// How long a dropped stream waits for the peer to finish its side.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 impl TunnelStream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream, counted: Option<StreamGuard>) -> Self {
         TunnelStream {
-            send,
-            recv,
+            halves: Some((send, recv)),
             unread: Bytes::new(),
             write_closed: false,
-            _counted: counted,
+            counted,
         }
+    }
+
+    fn halves(&mut self) -> &mut (SendStream<Bytes>, RecvStream) {
+        self.halves
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("only taken by drop"))
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        let Some((mut send, mut recv)) = self.halves.take() else {
+            return;
+        };
+        if !self.write_closed {
+            let _ = send.send_data(Bytes::new(), true);
+        }
+        if recv.is_end_stream() {
+            return; // closed both ways: nothing is reset or lost
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let counted = self.counted.take();
+        runtime.spawn(async move {
+            let drain = async {
+                while let Some(Ok(data)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+            drop((send, counted));
+        });
     }
 }
 
@@ -230,13 +268,14 @@ impl AsyncRead for TunnelStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         while this.unread.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
+            let (_, recv) = this.halves();
+            match ready!(recv.poll_data(cx)) {
                 // END_STREAM: the peer's half close.
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => {
                     // Hand the window back at once: we hold at most this one
                     // frame, so what a peer can make us buffer stays bounded.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    let _ = recv.flow_control().release_capacity(data.len());
                     this.unread = data;
                 }
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
@@ -262,17 +301,17 @@ impl AsyncWrite for TunnelStream {
         if this.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        this.send.reserve_capacity(buf.len());
+        let (send, _) = this.halves();
+        send.reserve_capacity(buf.len());
         loop {
-            let capacity = this.send.capacity();
+            let capacity = send.capacity();
             if capacity > 0 {
                 let n = capacity.min(buf.len());
-                this.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
                     .map_err(to_io)?;
                 return Poll::Ready(Ok(n));
             }
-            match ready!(this.send.poll_capacity(cx)) {
+            match ready!(send.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
                 None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
@@ -289,7 +328,8 @@ impl AsyncWrite for TunnelStream {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
-            this.send.send_data(Bytes::new(), true).map_err(to_io)?;
+            let (send, _) = this.halves();
+            send.send_data(Bytes::new(), true).map_err(to_io)?;
         }
         Poll::Ready(Ok(()))
     }
@@ -364,12 +404,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_stream_is_an_error_not_an_eof_for_the_other_side() {
-        let (client, mut server, _) = pair().await;
-        drop(client); // RST_STREAM(CANCEL), not END_STREAM
-        let mut buf = [0u8; 8];
-        let result = server.read(&mut buf).await;
-        assert!(result.is_err(), "{result:?}");
+    async fn dropping_a_stream_closes_it_like_a_socket_without_losing_data() {
+        let (mut client, mut server, _) = pair().await;
+        // Written, never flushed by anyone, then dropped: still delivered,
+        // then an orderly end (END_STREAM), not a reset.
+        client.write_all(b"last words").await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        // The server side drops too; nothing hangs.
+        drop(server);
     }
 
     #[tokio::test]

@@ -1,0 +1,410 @@
+//! Where an HTTP/1.1 message body ends (RFC 9112 section 6), without
+//! decoding it.
+//!
+//! Design bias: *refuse what two parsers could read differently*. A proxy
+//! that disagrees with the server about where a body ends lets a client
+//! smuggle a second request past authorization. So: `Transfer-Encoding`
+//! together with `Content-Length` is refused, differing `Content-Length`
+//! values are refused, a request's `Transfer-Encoding` must end in
+//! `chunked`, chunk lines must end in CRLF, sizes are plain hex of at most
+//! 15 digits.
+
+use std::fmt;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+/// Why a message's framing is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// Both `Transfer-Encoding` and `Content-Length`.
+    BothLengths,
+    /// A `Content-Length` that is not one non-negative integer.
+    BadContentLength,
+    /// A request whose `Transfer-Encoding` does not end in `chunked`.
+    NotChunked,
+    /// A malformed chunk size line, chunk end or trailer.
+    BadChunk,
+}
+
+impl fmt::Display for FramingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FramingError::BothLengths => "both Transfer-Encoding and Content-Length",
+            FramingError::BadContentLength => "invalid Content-Length",
+            FramingError::NotChunked => "Transfer-Encoding does not end in chunked",
+            FramingError::BadChunk => "malformed chunked body",
+        })
+    }
+}
+
+/// The framing of a message from its headers. `request`: requests without
+/// either header have no body; responses are then read until close.
+pub fn body_length<'h>(
+    headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    request: bool,
+) -> Result<BodyLength, FramingError> {
+    let mut transfer_encoding: Option<bool> = None; // Some(ends in chunked)
+    let mut content_length: Option<u64> = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = value
+                .split(|&b| b == b',')
+                .map(|coding| coding.trim_ascii())
+                .rfind(|coding| !coding.is_empty());
+            transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            for item in value.split(|&b| b == b',') {
+                let item = item.trim_ascii();
+                if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                    return Err(FramingError::BadContentLength);
+                }
+                let n: u64 = std::str::from_utf8(item)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(FramingError::BadContentLength)?;
+                if content_length.is_some_and(|seen| seen != n) {
+                    return Err(FramingError::BadContentLength);
+                }
+                content_length = Some(n);
+            }
+        }
+    }
+    match (transfer_encoding, content_length) {
+        (Some(_), Some(_)) => Err(FramingError::BothLengths),
+        (Some(true), None) => Ok(BodyLength::Chunked),
+        (Some(false), None) if request => Err(FramingError::NotChunked),
+        (Some(false), None) => Ok(BodyLength::UntilClose),
+        (None, Some(0)) => Ok(BodyLength::Empty),
+        (None, Some(n)) => Ok(BodyLength::Length(n)),
+        (None, None) if request => Ok(BodyLength::Empty),
+        (None, None) => Ok(BodyLength::UntilClose),
+    }
+}
+
+/// Longest chunk-size line (size, extensions) or trailer line accepted.
+pub const MAX_CHUNK_LINE: usize = 4096;
+
+/// Follows a chunked body through the bytes that carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunked {
+    state: State,
+    /// Bytes of the current size or trailer line so far.
+    line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In a chunk-size line: the size so far, digits seen, in extensions.
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
+    /// Saw the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    /// This many data bytes left.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk: at the start of a trailer line (or the end).
+    TrailerStart,
+    /// Inside a trailer line.
+    Trailer,
+    TrailerLf,
+    /// The final CRLF's CR.
+    EndLf,
+    Done,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked::new()
+    }
+}
+
+impl Chunked {
+    pub fn new() -> Self {
+        Chunked {
+            state: State::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            },
+            line: 0,
+        }
+    }
+
+    /// Whether the whole body has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Reads `bytes` as the continuation of the body; returns how many of
+    /// them belong to it (fewer than `bytes.len()` only once done: the rest
+    /// is the next message).
+    pub fn advance(&mut self, bytes: &[u8]) -> Result<usize, FramingError> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if let State::Data(left) = self.state {
+                let take = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                i += take;
+                let left = left - take as u64;
+                self.state = if left == 0 {
+                    State::DataCr
+                } else {
+                    State::Data(left)
+                };
+                continue;
+            }
+            if self.state == State::Done {
+                break;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = self.step(b)?;
+        }
+        Ok(i)
+    }
+
+    fn step(&mut self, b: u8) -> Result<State, FramingError> {
+        let bad = Err(FramingError::BadChunk);
+        Ok(match self.state {
+            State::Size { size, digits, ext } => {
+                self.line += 1;
+                if self.line > MAX_CHUNK_LINE {
+                    return bad;
+                }
+                match b {
+                    b'\n' => return bad,
+                    b'\r' if digits > 0 => State::SizeLf { size },
+                    _ if ext => State::Size { size, digits, ext },
+                    b';' | b' ' | b'\t' if digits > 0 => State::Size {
+                        size,
+                        digits,
+                        ext: true,
+                    },
+                    _ => {
+                        let Some(d) = (b as char).to_digit(16) else {
+                            return bad;
+                        };
+                        if digits >= 15 {
+                            return bad;
+                        }
+                        State::Size {
+                            size: size * 16 + u64::from(d),
+                            digits: digits + 1,
+                            ext: false,
+                        }
+                    }
+                }
+            }
+            State::SizeLf { size } => {
+                if b != b'\n' {
+                    return bad;
+                }
+                self.line = 0;
+                if size == 0 {
+                    State::TrailerStart
+                } else {
+                    State::Data(size)
+                }
+            }
+            State::DataCr if b == b'\r' => State::DataLf,
+            State::DataLf if b == b'\n' => State::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            },
+            State::TrailerStart if b == b'\r' => State::EndLf,
+            State::TrailerStart | State::Trailer => {
+                self.line += 1;
+                if self.line > MAX_CHUNK_LINE || b == b'\n' {
+                    return bad;
+                }
+                if b == b'\r' {
+                    State::TrailerLf
+                } else {
+                    State::Trailer
+                }
+            }
+            State::TrailerLf if b == b'\n' => {
+                self.line = 0;
+                State::TrailerStart
+            }
+            State::EndLf if b == b'\n' => State::Done,
+            _ => return bad,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(list: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static [u8])> {
+        list.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
+    }
+
+    fn length(
+        list: &[(&'static str, &'static str)],
+        request: bool,
+    ) -> Result<BodyLength, FramingError> {
+        body_length(headers(list).into_iter(), request)
+    }
+
+    #[test]
+    fn framing_from_headers() {
+        assert_eq!(length(&[], true), Ok(BodyLength::Empty));
+        assert_eq!(length(&[], false), Ok(BodyLength::UntilClose));
+        assert_eq!(
+            length(&[("Content-Length", "12")], true),
+            Ok(BodyLength::Length(12))
+        );
+        assert_eq!(
+            length(&[("content-length", "0")], false),
+            Ok(BodyLength::Empty)
+        );
+        assert_eq!(
+            length(&[("Content-Length", "7, 7"), ("content-length", "7")], true),
+            Ok(BodyLength::Length(7))
+        );
+        assert_eq!(
+            length(&[("Transfer-Encoding", "gzip, Chunked")], true),
+            Ok(BodyLength::Chunked)
+        );
+        assert_eq!(
+            length(&[("Transfer-Encoding", "gzip")], false),
+            Ok(BodyLength::UntilClose)
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        assert_eq!(
+            length(
+                &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
+                true
+            ),
+            Err(FramingError::BothLengths)
+        );
+        for bad in ["-1", "1x", "", "+5", "99999999999999999999", "1 2"] {
+            assert_eq!(
+                length(&[("Content-Length", bad)], true),
+                Err(FramingError::BadContentLength),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            length(&[("Content-Length", "3"), ("Content-Length", "4")], true),
+            Err(FramingError::BadContentLength)
+        );
+        assert_eq!(
+            length(&[("Transfer-Encoding", "chunked, gzip")], true),
+            Err(FramingError::NotChunked)
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next";
+        let mut c = Chunked::new();
+        let n = c.advance(body).unwrap();
+        assert!(c.is_done());
+        assert_eq!(&body[n..], b"GET /next");
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"4\nWiki",
+            b"4\r\nWikiXX",
+            b"0\r\n\n",
+            b"1234567890abcdef0\r\n",
+            b"1;ext\nX\r\n",
+        ] {
+            assert_eq!(
+                Chunked::new().advance(bad),
+                Err(FramingError::BadChunk),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert_eq!(
+            Chunked::new().advance(long.as_bytes()),
+            Err(FramingError::BadChunk)
+        );
+    }
+
+    /// Encodes `chunks` (and trailers) the way a sender would.
+    fn encode(chunks: &[Vec<u8>], trailers: &[String]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+            out.extend_from_slice(format!("{:X}\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n");
+        for t in trailers {
+            out.extend_from_slice(format!("{t}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    proptest! {
+        /// However the bytes are split across reads, the body ends exactly
+        /// at its end and the next message's bytes are left alone.
+        #[test]
+        fn any_split_finds_the_same_end(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..6),
+            trailers in proptest::collection::vec("[a-z]{1,8}: [a-z0-9]{0,8}", 0..3),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let body = encode(&chunks, &trailers);
+            let mut stream = body.clone();
+            stream.extend_from_slice(b"NEXT");
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len())).collect();
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut c = Chunked::new();
+            let (mut start, mut consumed) = (0, 0);
+            for p in points {
+                let n = c.advance(&stream[start..p]).unwrap();
+                consumed += n;
+                if c.is_done() { break; }
+                prop_assert_eq!(n, p - start);
+                start = p;
+            }
+            prop_assert!(c.is_done());
+            prop_assert_eq!(consumed, body.len());
+        }
+
+        /// Arbitrary bytes never panic; they end the body, need more, or
+        /// are refused.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut c = Chunked::new();
+            if let Ok(n) = c.advance(&bytes) {
+                prop_assert!(n <= bytes.len());
+                prop_assert!(n == bytes.len() || c.is_done());
+            }
+        }
+    }
+}

@@ -1,0 +1,954 @@
+//! L7 for HTTP/1.1 without an HTTP stack in the middle.
+//!
+//! Design bias: *parse heads, follow bodies, copy the rest*. To authorize a
+//! request the proxy needs its method, path and headers; to find where the
+//! next request starts it needs the framing of the request body and of the
+//! response ([`framing`]). Nothing else is decoded or re-encoded: a request
+//! head is parsed (httparse), authorized, and re-written only where appid
+//! owns it (`x-appid-*` headers out, the verified peer's in); bodies and
+//! response heads are copied as they came. Buffers exist only while a
+//! message is in flight, so an idle keep-alive connection holds none.
+//! The HTTP/2 and gRPC path ([`super::http`]) keeps hyper, which it needs
+//! for streams.
+//!
+//! One request at a time per connection: a pipelined request waits, unread,
+//! until the response before it is through. Refused at the edge, with the
+//! connection closed: a head over `max_header_bytes` (431), unparsable
+//! heads or ambiguous framing (400), `CONNECT` (405). A request is denied
+//! with a 403 naming the rule, and the connection stays open unless the
+//! request has a body (which is then never read). A `101 Switching
+//! Protocols` answer turns the connection into opaque TCP.
+
+mod framing;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use appid_policy::policy::Headers;
+
+pub use framing::{BodyLength, Chunked, FramingError};
+
+use super::http::{
+    DENIED_BY_HEADER, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER, PEER_ID_HEADER, PeerHeaders,
+    RequestAuthorizer, RequestFacts, RequestVerdict,
+};
+
+/// Headers parsed per message at most (more: 431).
+const MAX_HEADERS: usize = 128;
+/// What a buffer grows by per read while a head is read.
+const HEAD_CHUNK: usize = 4 * 1024;
+/// Body copies double their buffer up to this.
+const MAX_BODY_BUFFER: usize = 64 * 1024;
+
+/// Proxies one HTTP/1.x connection until it ends, an error, or `shutdown`
+/// (which is only noticed between requests: one in flight completes).
+pub async fn proxy<D, U>(
+    downstream: D,
+    upstream: U,
+    authorizer: Arc<dyn RequestAuthorizer>,
+    peer_headers: Option<PeerHeaders>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpProxyError>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut down_read, mut down_write) = tokio::io::split(downstream);
+    let (mut up_read, mut up_write) = tokio::io::split(upstream);
+    let mut down_buf = BytesMut::new();
+    let mut up_buf = BytesMut::new();
+    let shutdown = shutdown.fuse();
+    tokio::pin!(shutdown);
+
+    loop {
+        // Idle between requests: free the buffers, wait for a head.
+        if down_buf.is_empty() {
+            down_buf = BytesMut::new();
+        }
+        if up_buf.is_empty() {
+            up_buf = BytesMut::new();
+        }
+        let head = tokio::select! {
+            head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
+            () = &mut shutdown => return Ok(()),
+        };
+        let head_len = match head {
+            HeadRead::Complete(n) => n,
+            HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
+            HeadRead::TooLarge => {
+                local_response(&mut down_write, 431, "request head too large", None).await;
+                return Err(HttpProxyError::Protocol("request head too large"));
+            }
+            HeadRead::Invalid(what) => {
+                local_response(&mut down_write, 400, what, None).await;
+                return Err(HttpProxyError::Protocol(what));
+            }
+            HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
+        };
+        let started = Instant::now();
+
+        let request =
+            match inspect_request(&down_buf[..head_len], authorizer.as_ref(), &peer_headers) {
+                Ok(request) => request,
+                Err(Refusal { status, message }) => {
+                    local_response(&mut down_write, status, message, None).await;
+                    return Err(HttpProxyError::Protocol(message));
+                }
+            };
+        down_buf.advance(head_len);
+
+        if let Some((rule, reason)) = request.denied {
+            // The body (if any) is never read: close after the answer.
+            let close = !request.keep_alive || request.body != BodyLength::Empty;
+            let body = format!("appid: {reason}\n");
+            let written = local_response(&mut down_write, 403, &body, Some((&rule, close))).await;
+            authorizer.observe(403, started.elapsed());
+            if close || !written {
+                let _ = down_write.shutdown().await;
+                return Ok(());
+            }
+            continue;
+        }
+
+        // Allowed: the rewritten head, with the body bytes already here
+        // when the whole (fixed-length) body is.
+        let mut out = request.upstream_head;
+        let mut body = request.body;
+        if let BodyLength::Length(n) = body
+            && n <= down_buf.len() as u64
+        {
+            out.extend_from_slice(&down_buf[..n as usize]);
+            down_buf.advance(n as usize);
+            body = BodyLength::Empty;
+        }
+        if let Err(e) = write_flush(&mut up_write, &out).await {
+            tracing::debug!(error = %e, "upstream closed before the request");
+            local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+            return Err(HttpProxyError::Io(e));
+        }
+        drop(out);
+
+        // The request body and the response move at the same time (a server
+        // may answer before it has read the whole body).
+        let mut body_sent = body == BodyLength::Empty;
+        let response = {
+            let send = copy_body(
+                &mut down_read,
+                &mut down_buf,
+                &mut up_write,
+                body,
+                None,
+                limits,
+            );
+            let relay = relay_response(
+                &mut up_read,
+                &mut up_buf,
+                &mut down_write,
+                request.head,
+                limits,
+            );
+            tokio::pin!(send, relay);
+            loop {
+                tokio::select! {
+                    sent = &mut send, if !body_sent => match sent {
+                        Ok(()) => body_sent = true,
+                        Err(e) => return Err(e),
+                    },
+                    response = &mut relay => break response,
+                }
+            }
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(Relay::Failed { answered, error }) => {
+                if !answered {
+                    local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+                }
+                return Err(error);
+            }
+        };
+        authorizer.observe(
+            response.status,
+            response.head_after.saturating_duration_since(started),
+        );
+
+        if response.status == 101 {
+            let downstream = down_read.unsplit(down_write);
+            let upstream = up_read.unsplit(up_write);
+            return switch_protocols(downstream, upstream, down_buf, up_buf, limits).await;
+        }
+        if !(request.keep_alive && response.keep_alive && body_sent) {
+            let _ = down_write.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// A request head, read and decided.
+struct InspectedRequest {
+    /// `Some((rule, reason))` when policy denied it.
+    denied: Option<(String, String)>,
+    /// The head to send upstream (allowed requests only).
+    upstream_head: Vec<u8>,
+    body: BodyLength,
+    keep_alive: bool,
+    /// A HEAD request (its response has no body).
+    head: bool,
+}
+
+/// A request the proxy answers itself, then closes.
+struct Refusal {
+    status: u16,
+    message: &'static str,
+}
+
+fn inspect_request(
+    head: &[u8],
+    authorizer: &dyn RequestAuthorizer,
+    peer_headers: &Option<PeerHeaders>,
+) -> Result<InspectedRequest, Refusal> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let bad = |message| Refusal {
+        status: 400,
+        message,
+    };
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(bad("invalid request head")),
+    }
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(bad("invalid request head"));
+    };
+    if method == "CONNECT" {
+        return Err(Refusal {
+            status: 405,
+            message: "CONNECT is not proxied",
+        });
+    }
+    let headers = HeaderList(request.headers);
+    let body = framing::body_length(headers.pairs(), true).map_err(|e| match e {
+        FramingError::BothLengths => bad("both Transfer-Encoding and Content-Length"),
+        FramingError::NotChunked => bad("Transfer-Encoding does not end in chunked"),
+        _ => bad("invalid Content-Length"),
+    })?;
+    let keep_alive = match version {
+        1 => !headers.connection_has("close"),
+        _ => headers.connection_has("keep-alive"),
+    };
+    let facts = RequestFacts {
+        method,
+        path: path_of(target),
+        headers: &headers,
+        grpc: false,
+    };
+    if let RequestVerdict::Deny { rule, reason } = authorizer.authorize(&facts) {
+        return Ok(InspectedRequest {
+            denied: Some((rule, reason)),
+            upstream_head: Vec::new(),
+            body,
+            keep_alive,
+            head: false,
+        });
+    }
+
+    let mut out = Vec::with_capacity(head.len() + 512);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(if version == 1 {
+        b" HTTP/1.1\r\n"
+    } else {
+        b" HTTP/1.0\r\n"
+    });
+    for header in headers.0 {
+        // Only this sidecar may set x-appid-* headers.
+        if is_appid_header(header.name) {
+            continue;
+        }
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(peer) = peer_headers {
+        for (name, value) in [
+            (PEER_ID_HEADER, &peer.id),
+            (PEER_CLAIMS_HEADER, &peer.claims),
+        ] {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(InspectedRequest {
+        denied: None,
+        upstream_head: out,
+        body,
+        keep_alive,
+        head: method == "HEAD",
+    })
+}
+
+fn is_appid_header(name: &str) -> bool {
+    name.len() >= 8 && name.as_bytes()[..8].eq_ignore_ascii_case(b"x-appid-")
+}
+
+/// The path of a request target: origin form up to `?`; absolute form
+/// (`http://host/p`) after the authority; `*` as is.
+fn path_of(target: &str) -> &str {
+    let path = match target.find("://") {
+        Some(scheme_end) if !target.starts_with('/') => {
+            let rest = &target[scheme_end + 3..];
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        _ => target,
+    };
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// The parsed headers of one message.
+struct HeaderList<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl<'h, 'b> HeaderList<'h, 'b> {
+    fn pairs(&self) -> impl Iterator<Item = (&'b str, &'b [u8])> + Clone + 'h {
+        self.0.iter().map(|h| (h.name, h.value))
+    }
+
+    /// Whether a `Connection` header lists `token`.
+    fn connection_has(&self, token: &str) -> bool {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+impl Headers for HeaderList<'_, '_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadKind {
+    Request,
+    Response,
+}
+
+/// How reading a message head went.
+#[derive(Debug)]
+enum HeadRead {
+    /// The head is the first this many bytes of the buffer.
+    Complete(usize),
+    /// Clean EOF before any byte.
+    Closed,
+    /// No complete request head within the idle timeout.
+    TimedOut,
+    /// Over `max_header_bytes` or [`MAX_HEADERS`].
+    TooLarge,
+    Invalid(&'static str),
+    Io(io::Error),
+}
+
+/// Reads until `buf` starts with a complete head. Request heads must arrive
+/// within the idle timeout; response heads may take as long as the app does.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    limits: HttpLimits,
+    kind: HeadKind,
+) -> HeadRead {
+    loop {
+        if !buf.is_empty() {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let parsed = match kind {
+                HeadKind::Request => httparse::Request::new(&mut slots).parse(buf),
+                HeadKind::Response => httparse::Response::new(&mut slots).parse(buf),
+            };
+            match parsed {
+                Ok(httparse::Status::Complete(n)) if n <= limits.max_header_bytes => {
+                    return HeadRead::Complete(n);
+                }
+                Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+                    return HeadRead::TooLarge;
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= limits.max_header_bytes => {
+                    return HeadRead::TooLarge;
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return HeadRead::Invalid("invalid message head"),
+            }
+        }
+        if buf.capacity() - buf.len() < HEAD_CHUNK / 4 {
+            buf.reserve(HEAD_CHUNK);
+        }
+        let read = reader.read_buf(buf);
+        let result = match kind {
+            HeadKind::Request => match tokio::time::timeout(limits.header_timeout, read).await {
+                Ok(result) => result,
+                Err(_) => return HeadRead::TimedOut,
+            },
+            HeadKind::Response => read.await,
+        };
+        match result {
+            Ok(0) if buf.is_empty() => return HeadRead::Closed,
+            Ok(0) => return HeadRead::Invalid("connection closed inside a message head"),
+            Ok(_) => {}
+            Err(e) => return HeadRead::Io(e),
+        }
+    }
+}
+
+/// Copies one body of `length` from `reader` (starting with what `buf`
+/// already holds) to `writer`, and flushes. Bytes past its end stay in
+/// `buf`.
+async fn copy_body<R, W>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    writer: &mut W,
+    length: BodyLength,
+    chunks_so_far: Option<Chunked>,
+    limits: HttpLimits,
+) -> Result<(), HttpProxyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut left = match length {
+        BodyLength::Empty => return Ok(()),
+        BodyLength::Length(n) => n,
+        BodyLength::Chunked | BodyLength::UntilClose => u64::MAX,
+    };
+    let mut chunked = (length == BodyLength::Chunked).then(|| chunks_so_far.unwrap_or_default());
+    let mut want = HEAD_CHUNK;
+    loop {
+        if !buf.is_empty() {
+            let take = match &mut chunked {
+                Some(c) => c
+                    .advance(buf)
+                    .map_err(|_| HttpProxyError::Protocol("malformed chunked body"))?,
+                None => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            };
+            writer
+                .write_all(&buf[..take])
+                .await
+                .map_err(HttpProxyError::Io)?;
+            buf.advance(take);
+            if chunked.is_none() && length != BodyLength::UntilClose {
+                left -= take as u64;
+            }
+        }
+        let done = match &chunked {
+            Some(c) => c.is_done(),
+            None => left == 0,
+        };
+        if done {
+            writer.flush().await.map_err(HttpProxyError::Io)?;
+            return Ok(());
+        }
+        writer.flush().await.map_err(HttpProxyError::Io)?;
+        if buf.capacity() < want {
+            buf.reserve(want);
+        }
+        let n = match tokio::time::timeout(limits.header_timeout, reader.read_buf(buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(HttpProxyError::Io(e)),
+            Err(_) => {
+                return Err(HttpProxyError::Protocol(
+                    "body stalled past the idle timeout",
+                ));
+            }
+        };
+        if n == 0 {
+            if length == BodyLength::UntilClose {
+                writer.flush().await.map_err(HttpProxyError::Io)?;
+                return Ok(());
+            }
+            return Err(HttpProxyError::Protocol("connection closed inside a body"));
+        }
+        if n == want && want < MAX_BODY_BUFFER {
+            want *= 2;
+        }
+    }
+}
+
+/// A response relayed to the client.
+struct Relayed {
+    status: u16,
+    keep_alive: bool,
+    /// When the final response head was read.
+    head_after: Instant,
+}
+
+enum Relay {
+    /// `answered`: some of the response already reached the client (so it
+    /// cannot be replaced by a 502).
+    Failed {
+        answered: bool,
+        error: HttpProxyError,
+    },
+}
+
+/// Reads the response (and any 1xx before it) from upstream and writes it
+/// to the client unchanged.
+async fn relay_response<R, W>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    writer: &mut W,
+    head_request: bool,
+    limits: HttpLimits,
+) -> Result<Relayed, Relay>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut answered = false;
+    let fail = |answered, error| Relay::Failed { answered, error };
+    loop {
+        let head_len = match read_head(reader, buf, limits, HeadKind::Response).await {
+            HeadRead::Complete(n) => n,
+            HeadRead::Io(e) => return Err(fail(answered, HttpProxyError::Io(e))),
+            HeadRead::Closed => {
+                return Err(fail(answered, HttpProxyError::Protocol("upstream closed")));
+            }
+            _ => {
+                return Err(fail(
+                    answered,
+                    HttpProxyError::Protocol("invalid response head"),
+                ));
+            }
+        };
+        let head_after = Instant::now();
+        let (status, keep_alive, length) = {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut slots);
+            if !matches!(
+                response.parse(&buf[..head_len]),
+                Ok(httparse::Status::Complete(_))
+            ) {
+                return Err(fail(
+                    answered,
+                    HttpProxyError::Protocol("invalid response head"),
+                ));
+            }
+            let status = response.code.unwrap_or(0);
+            let headers = HeaderList(response.headers);
+            let keep_alive = match response.version {
+                Some(1) => !headers.connection_has("close"),
+                _ => headers.connection_has("keep-alive"),
+            };
+            let length =
+                if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+                    BodyLength::Empty
+                } else {
+                    match framing::body_length(headers.pairs(), false) {
+                        Ok(length) => length,
+                        Err(_) => {
+                            return Err(fail(
+                                answered,
+                                HttpProxyError::Protocol("ambiguous response framing"),
+                            ));
+                        }
+                    }
+                };
+            (status, keep_alive, length)
+        };
+
+        // The head and whatever of the body is already here, in one write.
+        let available = &buf[head_len..];
+        let mut rest = length;
+        let mut chunks = None;
+        let first_body = match length {
+            BodyLength::Empty => 0,
+            BodyLength::Length(n) => {
+                let k = (n.min(available.len() as u64)) as usize;
+                rest = if k as u64 == n {
+                    BodyLength::Empty
+                } else {
+                    BodyLength::Length(n - k as u64)
+                };
+                k
+            }
+            BodyLength::Chunked => {
+                let mut state = Chunked::new();
+                let Ok(k) = state.advance(available) else {
+                    return Err(fail(
+                        answered,
+                        HttpProxyError::Protocol("malformed chunked body"),
+                    ));
+                };
+                if state.is_done() {
+                    rest = BodyLength::Empty;
+                }
+                chunks = Some(state);
+                k
+            }
+            BodyLength::UntilClose => available.len(),
+        };
+        let first = head_len + first_body;
+        if let Err(e) = write_flush(writer, &buf[..first]).await {
+            return Err(fail(true, HttpProxyError::Io(e)));
+        }
+        answered = true;
+        buf.advance(first);
+        if (100..200).contains(&status) && status != 101 {
+            continue; // interim: the final response follows
+        }
+        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, limits).await {
+            return Err(fail(true, error));
+        }
+        return Ok(Relayed {
+            status,
+            keep_alive: keep_alive && length != BodyLength::UntilClose,
+            head_after,
+        });
+    }
+}
+
+/// After `101 Switching Protocols`: opaque bytes both ways, including what
+/// each side already sent past the heads.
+async fn switch_protocols<D, U>(
+    mut downstream: D,
+    upstream: U,
+    down_buf: BytesMut,
+    up_buf: BytesMut,
+    limits: HttpLimits,
+) -> Result<(), HttpProxyError>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    write_flush(&mut downstream, &up_buf)
+        .await
+        .map_err(HttpProxyError::Io)?;
+    super::splice::splice(
+        downstream,
+        upstream,
+        &down_buf,
+        limits.header_timeout,
+        std::future::pending(),
+    )
+    .await;
+    Ok(())
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
+/// Writes a response the proxy makes itself; `denied`: the rule for
+/// `x-appid-denied-by` and whether to close. Returns whether it was written.
+async fn local_response<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    status: u16,
+    body: &str,
+    denied: Option<(&str, bool)>,
+) -> bool {
+    let reason = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        _ => "Error",
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    let close = match denied {
+        Some((rule, close)) => {
+            let rule = if rule.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                rule
+            } else {
+                "invalid"
+            };
+            head.push_str(&format!("{DENIED_BY_HEADER}: {rule}\r\n"));
+            close
+        }
+        None => true,
+    };
+    if close {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    let written =
+        tokio::time::timeout(Duration::from_secs(5), write_flush(writer, head.as_bytes()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+    if close {
+        let _ = writer.shutdown().await;
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::duplex;
+
+    /// Denies paths under `/admin` (rule `no-admin`), records what it saw.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<(String, String, Option<String>)>>,
+        observed: Mutex<Vec<u16>>,
+    }
+
+    impl RequestAuthorizer for Recorder {
+        fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
+            self.seen.lock().unwrap().push((
+                request.method.to_string(),
+                request.path.to_string(),
+                request.headers.header("x-tenant").map(str::to_string),
+            ));
+            if request.path.starts_with("/admin") {
+                RequestVerdict::Deny {
+                    rule: "no-admin".into(),
+                    reason: "path /admin".into(),
+                }
+            } else {
+                RequestVerdict::Allow
+            }
+        }
+
+        fn observe(&self, status: u16, _elapsed: Duration) {
+            self.observed.lock().unwrap().push(status);
+        }
+    }
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            max_header_bytes: 8 * 1024,
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Runs the proxy between a client pipe and an upstream pipe; the
+    /// `upstream` closure plays the app.
+    async fn run<F, Fut>(client_sends: &[u8], upstream: F) -> (Vec<u8>, Arc<Recorder>)
+    where
+        F: FnOnce(tokio::io::DuplexStream) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (mut client, proxy_down) = duplex(1 << 20);
+        let (proxy_up, app) = duplex(1 << 20);
+        let recorder = Arc::new(Recorder::default());
+        let peer = Some(PeerHeaders {
+            id: http::HeaderValue::from_static("spiffe://t.example/web"),
+            claims: http::HeaderValue::from_static("e30"),
+        });
+        let proxy_task = tokio::spawn(proxy(
+            proxy_down,
+            proxy_up,
+            recorder.clone(),
+            peer,
+            limits(),
+            std::future::pending(),
+        ));
+        let app_task = tokio::spawn(upstream(app));
+        client.write_all(client_sends).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("proxy answered and closed")
+            .unwrap();
+        let _ = proxy_task.await;
+        app_task.await.unwrap();
+        (got, recorder)
+    }
+
+    /// An app that answers each request head it reads with `200` and a
+    /// body echoing the head, until EOF (requests have no body here).
+    async fn echo_heads(mut app: tokio::io::DuplexStream) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                let body = String::from_utf8_lossy(&head).into_owned();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                app.write_all(response.as_bytes()).await.unwrap();
+            }
+            match app.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_requests_are_authorized_one_by_one() {
+        let (got, recorder) = run(
+            b"GET /a?x=1 HTTP/1.1\r\nhost: a\r\nx-tenant: acme\r\nX-AppID-Peer-ID: spoofed\r\n\r\n\
+              GET /admin/users HTTP/1.1\r\nhost: a\r\n\r\n\
+              GET /b HTTP/1.1\r\nhost: a\r\n\r\n",
+            echo_heads,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+        assert_eq!(text.matches("HTTP/1.1 403 Forbidden").count(), 1, "{text}");
+        assert!(text.contains("x-appid-denied-by: no-admin"), "{text}");
+        // The app saw our peer headers, never the spoofed one.
+        assert!(!text.contains("spoofed"), "{text}");
+        assert!(
+            text.contains("x-appid-peer-id: spiffe://t.example/web"),
+            "{text}"
+        );
+        let seen = recorder.seen.lock().unwrap().clone();
+        assert_eq!(seen[0], ("GET".into(), "/a".into(), Some("acme".into())));
+        assert_eq!(seen[1].1, "/admin/users");
+        assert_eq!(seen[2].1, "/b");
+        assert_eq!(*recorder.observed.lock().unwrap(), [200, 403, 200]);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_by_length_and_by_chunks() {
+        let app = |mut app: tokio::io::DuplexStream| async move {
+            // One request at a time: each is answered before the next one
+            // reaches the app.
+            let mut all = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let answers: [(&[u8], &[u8]); 3] = [
+                (
+                    b"\r\n\r\nhello",
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\n",
+                ),
+                (
+                    b"\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+                    b"HTTP/1.1 201 Created\r\ncontent-length: 3\r\n\r\ntwo",
+                ),
+                (
+                    b"x-appid-peer: e30\r\n\r\n",
+                    b"HTTP/1.1 204 No Content\r\n\r\n",
+                ),
+            ];
+            for (until, answer) in answers {
+                while !all.ends_with(until) {
+                    let n = app.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "app saw: {}", String::from_utf8_lossy(&all));
+                    all.extend_from_slice(&chunk[..n]);
+                }
+                app.write_all(answer).await.unwrap();
+            }
+            let text = String::from_utf8_lossy(&all).into_owned();
+            assert!(text.contains("GET /three HTTP/1.1\r\n"), "{text}");
+            let mut rest = Vec::new();
+            let _ = app.read_to_end(&mut rest).await;
+        };
+        let (got, _) = run(
+            b"POST /one HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello\
+              POST /two HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n\
+              GET /three HTTP/1.1\r\nhost: a\r\n\r\n",
+            app,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\nHTTP/1.1 201 Created"), "{text}");
+        assert!(
+            text.ends_with("two\r\nHTTP/1.1 204 No Content\r\n\r\n")
+                || text.ends_with("twoHTTP/1.1 204 No Content\r\n\r\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn smuggling_shapes_are_refused_before_the_app() {
+        for request in [
+            &b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\nho st: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nhost: a\r\n\r\n",
+        ] {
+            let (got, recorder) = run(request, |mut app| async move {
+                let mut seen = Vec::new();
+                let _ = app.read_to_end(&mut seen).await;
+                assert!(seen.is_empty(), "the app saw {}", String::from_utf8_lossy(&seen));
+            })
+            .await;
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 405"), "{text}");
+            assert!(recorder.seen.lock().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_get_431() {
+        let mut request = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', 10_000));
+        request.extend_from_slice(b"\r\n\r\n");
+        let (got, _) = run(&request, |_app| async {}).await;
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 431"));
+    }
+
+    #[tokio::test]
+    async fn a_denied_request_with_a_body_closes_the_connection() {
+        let (got, _) = run(
+            b"POST /admin HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\nbodyGET /a HTTP/1.1\r\n\r\n",
+            echo_heads,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+        assert!(!text.contains("200 OK"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn switching_protocols_becomes_opaque_tcp() {
+        let app = |mut app: tokio::io::DuplexStream| async move {
+            let mut buf = vec![0u8; 4096];
+            let n = app.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /ws HTTP/1.1"));
+            app.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nhi",
+            )
+            .await
+            .unwrap();
+            let mut rest = Vec::new();
+            app.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"raw bytes");
+            app.shutdown().await.unwrap();
+        };
+        let (got, _) = run(
+            b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nraw bytes",
+            app,
+        )
+        .await;
+        assert!(String::from_utf8_lossy(&got).ends_with("\r\n\r\nhi"));
+    }
+
+    #[test]
+    fn paths_of_request_targets() {
+        assert_eq!(path_of("/v1/x?y=1"), "/v1/x");
+        assert_eq!(path_of("http://h:80/v1/x?q"), "/v1/x");
+        assert_eq!(path_of("http://h"), "/");
+        assert_eq!(path_of("*"), "*");
+        assert_eq!(path_of("/a#frag"), "/a");
+    }
+}
