@@ -11,8 +11,9 @@
 //! [`ConnAuthz::still_allowed`] lets an opaque TCP connection re-check
 //! itself when the policy changes.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use appid_policy::AppIdClaims;
 use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reason};
@@ -68,10 +69,46 @@ pub struct ConnAuthz {
     peer_addr: SocketAddr,
     port: u16,
     protocol: &'static str,
-    /// The claims as JSON, made at most once per connection, for the values
-    /// audit lines show (`from.labels.app: web`).
-    local_json: OnceLock<serde_json::Value>,
-    peer_json: OnceLock<serde_json::Value>,
+    /// The claims as JSON, for the values audit lines show
+    /// (`from.labels.app: web`); shared by every connection with the same
+    /// claims (see [`ClaimsJson`]).
+    local_json: OnceLock<Arc<serde_json::Value>>,
+    peer_json: OnceLock<Arc<serde_json::Value>>,
+}
+
+/// Claims documents as JSON, made once per claims `Arc` (our identity; a
+/// pooled tunnel's peer) rather than once per connection: idle connections
+/// then hold a pointer, not a document.
+#[derive(Default)]
+pub struct ClaimsJson {
+    /// By the claims' address; the `Weak` tells a live entry from a reused
+    /// address.
+    by_claims: std::sync::Mutex<HashMap<usize, CachedJson>>,
+}
+
+type CachedJson = (Weak<AppIdClaims>, Arc<serde_json::Value>);
+
+impl ClaimsJson {
+    /// Entries kept before dead ones are swept.
+    const SWEEP_ABOVE: usize = 1024;
+
+    pub fn get(&self, claims: &Arc<AppIdClaims>) -> Arc<serde_json::Value> {
+        let key = Arc::as_ptr(claims) as usize;
+        let mut map = self.by_claims.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((weak, json)) = map.get(&key)
+            && weak
+                .upgrade()
+                .is_some_and(|live| Arc::ptr_eq(&live, claims))
+        {
+            return json.clone();
+        }
+        if map.len() >= Self::SWEEP_ABOVE {
+            map.retain(|_, (weak, _)| weak.strong_count() > 0);
+        }
+        let json = Arc::new(claims.to_value());
+        map.insert(key, (Arc::downgrade(claims), json.clone()));
+        json
+    }
 }
 
 impl ConnAuthz {
@@ -283,15 +320,15 @@ impl ConnAuthz {
         let (side, rest) = path.split_once('.')?;
         let value = match (side, self.direction, &self.peer) {
             ("from", Direction::Inbound, Peer::Meshed(peer))
-            | ("to", Direction::Outbound, Peer::Meshed(peer)) => {
-                self.peer_json.get_or_init(|| peer.to_value())
-            }
-            ("from", Direction::Outbound, _) | ("to", Direction::Inbound, _) => {
-                self.local_json.get_or_init(|| self.local.to_value())
-            }
+            | ("to", Direction::Outbound, Peer::Meshed(peer)) => self
+                .peer_json
+                .get_or_init(|| self.shared.claims_json.get(peer)),
+            ("from", Direction::Outbound, _) | ("to", Direction::Inbound, _) => self
+                .local_json
+                .get_or_init(|| self.shared.claims_json.get(&self.local)),
             _ => return None,
         };
-        let mut node = value;
+        let mut node: &serde_json::Value = value;
         let mut remaining = rest;
         // Label and tag keys may themselves contain dots.
         while let Some(object) = node.as_object() {

@@ -131,6 +131,32 @@ where
         )
         .await;
     }
+    // Boxed: the HTTP/2 machinery is large, and an HTTP/1 connection's task
+    // would otherwise carry its size for its whole (mostly idle) life.
+    Box::pin(proxy_h2(
+        downstream,
+        upstream,
+        authorizer,
+        peer_headers,
+        limits,
+        shutdown,
+    ))
+    .await
+}
+
+/// HTTP/2 (and gRPC) through hyper on both sides.
+async fn proxy_h2<D, U>(
+    downstream: D,
+    upstream: U,
+    authorizer: Arc<dyn RequestAuthorizer>,
+    peer_headers: Option<PeerHeaders>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpProxyError>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)

@@ -26,6 +26,7 @@ use appid_policy::policy::Direction;
 use super::authz::{ConnAuthz, ConnVerdict, Peer};
 use super::http::{self as l7, HttpVersion, PeerHeaders};
 use super::prefixed::{self, Prefixed};
+use super::read_ahead::ReadAhead;
 use super::tunnel::{self, StreamCount, TunnelStream};
 use super::{Shared, orig_dst, tls};
 use crate::detect::{self, Classification, Detection, MeshAlpn};
@@ -86,7 +87,8 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
 
     match class {
         Classification::TlsClientHello(hello) if hello.mesh_alpn() != MeshAlpn::NotOffered => {
-            from_peer(shared, stream, peer_addr, spec, port, app).await;
+            // Boxed: the TLS handshake's state is large and short-lived.
+            Box::pin(from_peer(shared, stream, peer_addr, spec, port, app)).await;
         }
         other => {
             let peer = Peer::Unauthenticated(peer_addr.ip());
@@ -120,9 +122,9 @@ async fn from_peer(
     port: u16,
     app: SocketAddr,
 ) {
-    let Some((tls_stream, verified)) = shared
+    let Some((mut tls_stream, verified)) = shared
         .mesh_handshake(
-            shared.acceptor.accept(stream),
+            shared.acceptor.accept(ReadAhead::new(stream)),
             MetricsDirection::Inbound,
             PeerRole::Client,
             peer_addr,
@@ -136,6 +138,7 @@ async fn from_peer(
         shared
             .metrics
             .mesh_connection(MetricsDirection::Inbound, "appid-mux/1");
+        tls_stream.get_mut().0.enable();
         serve_tunnel(shared, tls_stream, verified, peer_addr, spec, port).await;
         return;
     }
@@ -223,7 +226,7 @@ impl StreamRefusal {
 /// streams finish (GOAWAY first).
 async fn serve_tunnel(
     shared: &Arc<Shared>,
-    tls_stream: tokio_rustls::server::TlsStream<TcpStream>,
+    tls_stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
     verified: VerifiedPeer,
     peer_addr: SocketAddr,
     spec: InboundSpec,

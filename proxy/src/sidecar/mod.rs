@@ -23,6 +23,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
 pub mod prefixed;
+pub mod read_ahead;
 mod reload;
 pub mod splice;
 pub mod tls;
@@ -96,6 +97,8 @@ pub struct Shared {
     /// Bumped on every successful policy reload.
     policy_version: watch::Sender<u64>,
     pub audit: AuditLog,
+    /// Claims as JSON for audit values, shared across connections.
+    pub claims_json: authz::ClaimsJson,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     connections: Arc<Semaphore>,
@@ -352,6 +355,7 @@ pub async fn run_until(
         policy: ArcSwap::from_pointee(policy),
         policy_version,
         audit,
+        claims_json: authz::ClaimsJson::default(),
         metrics,
         limits,
         connections: Arc::new(Semaphore::new(limits.max_connections)),

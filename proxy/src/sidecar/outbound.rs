@@ -61,7 +61,7 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
     };
 
     if spec.upstream.is_none() {
-        match external(shared, &app, app_addr, destination).await {
+        match Box::pin(external(shared, &app, app_addr, destination)).await {
             External::PassThrough => {
                 if let Some(upstream) = shared.connect(destination).await {
                     let (_, copied) = super::splice::splice(
@@ -146,7 +146,7 @@ async fn to_peer(
     let Some(Dialed {
         upstream: tls_stream,
         peer,
-    }) = shared.tunnels.dial(shared, destination).await
+    }) = Box::pin(shared.tunnels.dial(shared, destination)).await
     else {
         return;
     };

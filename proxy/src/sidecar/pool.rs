@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use appid_policy::AppIdClaims;
 
 use super::Shared;
+use super::read_ahead::ReadAhead;
 use super::tls::{self, LocalIdentity};
 use super::tunnel::{self, StreamCount, TunnelStream};
 use crate::config::TunnelMode;
@@ -56,7 +57,7 @@ pub enum Upstream {
     /// A stream in a pooled `appid-mux/1` tunnel.
     Tunnel(TunnelStream),
     /// A TLS connection of its own (`appid/1`).
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>>),
 }
 
 /// A connection to a peer sidecar, with the peer's verified claims.
@@ -311,8 +312,8 @@ async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiate
     // makes the tunnel stale at once rather than mislabelled.
     let identity = shared.tls.identity.load_full();
     let bundle = shared.tls.bundle.load_full();
-    let tcp = shared.connect(destination).await?;
-    let (tls_stream, verified) = shared
+    let tcp = ReadAhead::new(shared.connect(destination).await?);
+    let (mut tls_stream, verified) = shared
         .mesh_handshake(
             shared.connector.connect(tls::peer_server_name(), tcp),
             MetricsDirection::Outbound,
@@ -331,6 +332,7 @@ async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiate
             peer,
         }));
     }
+    tls_stream.get_mut().0.enable();
     let h2_handshake = tunnel::client_builder().handshake::<_, Bytes>(tls_stream);
     let (sender, connection) =
         match tokio::time::timeout(shared.limits.handshake_timeout, h2_handshake).await {
@@ -352,6 +354,7 @@ async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiate
     shared
         .metrics
         .mesh_connection(MetricsDirection::Outbound, "appid-mux/1");
+
     let streams = StreamCount::new();
     let closed = Arc::new(AtomicBool::new(false));
     let idle_timeout = shared.limits.idle_timeout;

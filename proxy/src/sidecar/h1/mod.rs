@@ -44,6 +44,9 @@ use super::http::{
 const MAX_HEADERS: usize = 128;
 /// What a buffer grows by per read while a head is read.
 const HEAD_CHUNK: usize = 4 * 1024;
+/// The first read of a head: enough for most request heads, and all an
+/// idle keep-alive connection holds while it waits.
+const FIRST_READ: usize = 512;
 /// Body copies double their buffer up to this.
 const MAX_BODY_BUFFER: usize = 64 * 1024;
 
@@ -396,7 +399,9 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Err(_) => return HeadRead::Invalid("invalid message head"),
             }
         }
-        if buf.capacity() - buf.len() < HEAD_CHUNK / 4 {
+        if buf.capacity() == 0 {
+            buf.reserve(FIRST_READ);
+        } else if buf.capacity() - buf.len() < HEAD_CHUNK / 4 {
             buf.reserve(HEAD_CHUNK);
         }
         let read = reader.read_buf(buf);
