@@ -12,7 +12,7 @@
 # BENCH_PROXY_CPU (1) / BENCH_LOAD_CPU (0): the cores for the two sidecars
 # and for load generator + backend, BENCH_OUT (results JSON path),
 # BENCH_RESUMPTION=1 turns TLS session resumption on for haproxy and nginx
-# (it is off by default, as the issue asks; appid always resumes today),
+# (it is off by default, as the issue asks; appid never resumes),
 # BENCH_KEEP=1 keeps the scratch directory. Raw tool output lands in
 # bench/e2e/raw/. Installs missing tools with apt-get when run as root.
 set -euo pipefail
