@@ -64,6 +64,10 @@ pub const STREAM_WINDOW: u32 = 1 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Unsent bytes buffered per stream before a writer waits.
 pub const SEND_BUFFER: usize = 256 * 1024;
+/// Largest DATA frame accepted: h2 writes (and flushes) every large DATA
+/// frame on its own, so bigger frames mean fewer TLS writes and syscalls for
+/// bulk transfers (measured: a third of the client sidecar's `writev`s).
+pub const MAX_FRAME: u32 = 64 * 1024;
 /// Largest HEADERS block accepted (a CONNECT request or its answer is tiny).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
@@ -72,6 +76,7 @@ pub fn client_builder() -> h2::client::Builder {
     let mut builder = h2::client::Builder::new();
     builder
         .enable_push(false)
+        .max_frame_size(MAX_FRAME)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
@@ -84,6 +89,7 @@ pub fn server_builder() -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(MAX_STREAMS)
+        .max_frame_size(MAX_FRAME)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
@@ -261,29 +267,43 @@ fn to_io(error: h2::Error) -> io::Error {
 }
 
 impl AsyncRead for TunnelStream {
+    /// Hands out every DATA frame already received, up to the caller's
+    /// buffer: a 64 KiB read should cost the reader's writer one syscall,
+    /// not four (frames are at most 16 KiB).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        while this.unread.is_empty() {
-            let (_, recv) = this.halves();
-            match ready!(recv.poll_data(cx)) {
-                // END_STREAM: the peer's half close.
-                None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => {
-                    // Hand the window back at once: we hold at most this one
-                    // frame, so what a peer can make us buffer stays bounded.
-                    let _ = recv.flow_control().release_capacity(data.len());
-                    this.unread = data;
+        let mut copied = false;
+        while buf.remaining() > 0 {
+            if this.unread.is_empty() {
+                let (_, recv) = this.halves();
+                match recv.poll_data(cx) {
+                    // END_STREAM: the peer's half close (an empty read, once
+                    // what was copied so far is handed out).
+                    Poll::Ready(None) => break,
+                    Poll::Ready(Some(Ok(data))) => {
+                        // Hand the window back at once: we hold at most this
+                        // one frame, so what a peer can make us buffer stays
+                        // bounded.
+                        let _ = recv.flow_control().release_capacity(data.len());
+                        this.unread = data;
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) if !copied => return Poll::Ready(Err(to_io(e))),
+                    // Reported on the next read, after the bytes before it.
+                    Poll::Ready(Some(Err(_))) => break,
+                    Poll::Pending if !copied => return Poll::Pending,
+                    Poll::Pending => break,
                 }
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
             }
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            copied = true;
         }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
         Poll::Ready(Ok(()))
     }
 }
