@@ -13,6 +13,8 @@
 //!   `appid/1` TLS connection, and strict and pooled sidecars interoperate
 //!   both ways.
 //! - Opaque TCP in a stream keeps its bytes and its half close.
+//! - After the server sidecar swaps its certificate, live streams go on and
+//!   new ones are refused on the old tunnel and carried by a new one.
 //!
 //! The metrics read here are `appid_mesh_connections_total{direction,alpn}`
 //! (verified sidecar-to-sidecar TLS connections) and
@@ -232,4 +234,63 @@ async fn opaque_tcp_in_a_stream_keeps_its_bytes_and_half_close() {
         "{}",
         mesh.context()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_certificate_swap_new_streams_get_a_new_tunnel() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(app.addr, MeshOptions::default()).await;
+    let mut session = H1Session::connect(mesh.outbound_addr()).await;
+    let (status, echo) = session.get("/v1/before").await.expect("first request");
+    assert_eq!(status, 200, "{echo}\n{}", mesh.context());
+
+    // Same SPIFFE ID, new claims, written over the server sidecar's files.
+    let next = mesh.env.issue(
+        "api-v2",
+        support::mesh::API_PATH,
+        &["app=api", "version=v2"],
+        &[],
+    );
+    support::pki::replace_file(&mesh.env.api.cert, &std::fs::read(&next.cert).unwrap());
+    support::pki::replace_file(&mesh.env.api.key, &std::fs::read(&next.key).unwrap());
+    support::poll_until(
+        "the server sidecar to load the new certificate",
+        Duration::from_secs(15),
+        || mesh.server.context(),
+        || async {
+            let body = support::net::http_get(mesh.server.admin, "/appid").await?;
+            let appid: Value = serde_json::from_str(&body).ok()?;
+            (appid["claims"]["labels"]["version"] == "v2").then_some(())
+        },
+    )
+    .await;
+
+    // The live stream goes on; a new app connection is refused on the old
+    // tunnel (it proves the old certificate) and carried by a new one.
+    let (status, echo) = session.get("/v1/after").await.expect("live session");
+    assert_eq!(status, 200, "{echo}");
+    let response = get(&mesh, "/v1/new").await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
+    assert_eq!(seen_peer(&response.json()), mesh.web.id);
+    let refused = mesh
+        .server
+        .metric(
+            "appid_connections_refused_total{direction=\"inbound\",reason=\"identity_changed\"}",
+        )
+        .await;
+    assert!(
+        refused >= 1.0,
+        "refused streams: {refused}\n{}",
+        mesh.context()
+    );
+    for (sidecar, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
+        assert_eq!(
+            sidecar
+                .metric(&mesh_connections(direction, "appid-mux/1"))
+                .await,
+            2.0,
+            "{direction}: pooled TLS connections\n{}",
+            mesh.context()
+        );
+    }
 }
