@@ -3,28 +3,22 @@
 //! Design bias: *one upstream connection per downstream connection, same
 //! protocol on both sides*. An HTTP/2 client gets an HTTP/2 upstream, so
 //! streams stay multiplexed end to end and gRPC (trailers, streaming) passes
-//! through untouched; an HTTP/1.1 connection gets an HTTP/1.1 upstream and
-//! keeps its keep-alive. HTTP/2 is parsed by hyper on both sides; HTTP/1.x
-//! is handed to the lean [`super::h1`] proxy, which parses only heads.
+//! through untouched ([`super::http2`]); an HTTP/1.1 connection gets an
+//! HTTP/1.1 upstream and keeps its keep-alive ([`super::h1`], which parses
+//! heads only). This module holds what both share.
 //!
 //! Per request: ask the [`RequestAuthorizer`]; on denial answer locally
 //! (403 with `x-appid-denied-by`, or `grpc-status: 7` for gRPC) and never
 //! touch the upstream; on allow strip every `x-appid-*` header the caller
 //! sent, add the verified peer's identity headers (inbound only), forward.
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use appid_policy::policy::Headers;
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::HeaderMap;
+use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The HTTP version detected on the downstream connection.
@@ -43,7 +37,7 @@ pub struct RequestFacts<'a> {
 }
 
 /// Header lookup over an `http::HeaderMap`.
-struct HeaderMapView<'a>(&'a HeaderMap);
+pub struct HeaderMapView<'a>(pub &'a HeaderMap);
 
 impl Headers for HeaderMapView<'_> {
     fn header(&self, name: &str) -> Option<&str> {
@@ -89,15 +83,11 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
 }
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
 /// Why an HTTP proxy connection ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpProxyError {
-    #[error("upstream handshake failed: {0}")]
-    UpstreamHandshake(hyper::Error),
-    #[error("downstream connection error: {0}")]
-    Downstream(hyper::Error),
+    #[error("http/2: {0}")]
+    H2(h2::Error),
     #[error("i/o: {0}")]
     Io(std::io::Error),
     #[error("{0}")]
@@ -106,7 +96,8 @@ pub enum HttpProxyError {
 
 /// Proxies one HTTP connection until it ends or `shutdown` resolves (then
 /// in-flight requests finish and the connection closes gracefully).
-/// HTTP/1.x goes through [`super::h1`]; HTTP/2 (and gRPC) through hyper.
+/// HTTP/1.x goes through [`super::h1`], HTTP/2 and gRPC through
+/// [`super::http2`].
 pub async fn proxy<D, U>(
     downstream: D,
     upstream: U,
@@ -120,217 +111,30 @@ where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if version == HttpVersion::Http1 {
-        return super::h1::proxy(
-            downstream,
-            upstream,
-            authorizer,
-            peer_headers,
-            limits,
-            shutdown,
-        )
-        .await;
-    }
-    // Boxed: the HTTP/2 machinery is large, and an HTTP/1 connection's task
-    // would otherwise carry its size for its whole (mostly idle) life.
-    Box::pin(proxy_h2(
-        downstream,
-        upstream,
-        authorizer,
-        peer_headers,
-        limits,
-        shutdown,
-    ))
-    .await
-}
-
-/// HTTP/2 (and gRPC) through hyper on both sides.
-async fn proxy_h2<D, U>(
-    downstream: D,
-    upstream: U,
-    authorizer: Arc<dyn RequestAuthorizer>,
-    peer_headers: Option<PeerHeaders>,
-    limits: HttpLimits,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), HttpProxyError>
-where
-    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .handshake(TokioIo::new(upstream))
-        .await
-        .map_err(HttpProxyError::UpstreamHandshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream http/2 connection ended");
+    match version {
+        HttpVersion::Http1 => {
+            super::h1::proxy(
+                downstream,
+                upstream,
+                authorizer,
+                peer_headers,
+                limits,
+                shutdown,
+            )
+            .await
         }
-    });
-
-    let peer_headers = Arc::new(peer_headers);
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let sender = sender.clone();
-        let authorizer = authorizer.clone();
-        let peer_headers = peer_headers.clone();
-        async move { Ok::<_, Infallible>(handle(request, sender, &*authorizer, &peer_headers).await) }
-    });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .serve_connection(TokioIo::new(downstream), service);
-    serve_until(conn, |c| c.graceful_shutdown(), shutdown).await
-}
-
-/// Drives `conn`; once `shutdown` resolves, lets in-flight requests finish
-/// and closes the connection.
-/// (`graceful` is the connection type's own `graceful_shutdown`.)
-async fn serve_until<C>(
-    conn: C,
-    graceful: fn(Pin<&mut C>),
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), HttpProxyError>
-where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
-    tokio::pin!(conn, shutdown);
-    tokio::select! {
-        result = conn.as_mut() => return result.map_err(HttpProxyError::Downstream),
-        () = &mut shutdown => graceful(conn.as_mut()),
-    }
-    conn.await.map_err(HttpProxyError::Downstream)
-}
-
-async fn handle(
-    mut request: Request<Incoming>,
-    mut upstream: hyper::client::conn::http2::SendRequest<Incoming>,
-    authorizer: &dyn RequestAuthorizer,
-    peer_headers: &Option<PeerHeaders>,
-) -> Response<ProxyBody> {
-    let grpc = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let verdict = authorizer.authorize(&RequestFacts {
-        method: request.method().as_str(),
-        path: request.uri().path(),
-        headers: &HeaderMapView(request.headers()),
-        grpc,
-    });
-    if let RequestVerdict::Deny { rule, reason } = verdict {
-        return denied(&rule, &reason, grpc);
-    }
-
-    strip_appid_headers(request.headers_mut());
-    if let Some(peer) = peer_headers {
-        let headers = request.headers_mut();
-        headers.insert(HeaderName::from_static(PEER_ID_HEADER), peer.id.clone());
-        headers.insert(
-            HeaderName::from_static(PEER_CLAIMS_HEADER),
-            peer.claims.clone(),
-        );
-    }
-
-    let result = match upstream.ready().await {
-        Ok(()) => upstream.send_request(request).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(response) => response.map(|body| body.boxed()),
-        Err(e) => {
-            tracing::debug!(error = %e, "upstream request failed");
-            local_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n", &[])
+        // Boxed: the HTTP/2 state is large, and an HTTP/1 connection's task
+        // would otherwise carry its size for its whole (mostly idle) life.
+        HttpVersion::Http2 => {
+            Box::pin(super::http2::proxy(
+                downstream,
+                upstream,
+                authorizer,
+                peer_headers,
+                limits,
+                shutdown,
+            ))
+            .await
         }
-    }
-}
-
-/// Removes every `x-appid-*` header: only this sidecar may set them.
-fn strip_appid_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-appid-"))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
-/// The local answer to a denied request.
-fn denied(rule: &str, reason: &str, grpc: bool) -> Response<ProxyBody> {
-    let rule_value =
-        HeaderValue::from_str(rule).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    if grpc {
-        // A gRPC "trailers-only" response: status in the headers, no body.
-        let message = HeaderValue::from_str(reason)
-            .unwrap_or_else(|_| HeaderValue::from_static("permission denied"));
-        let mut response = Response::new(empty());
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from_static("7"));
-        headers.insert("grpc-message", message);
-        headers.insert(DENIED_BY_HEADER, rule_value);
-        return response;
-    }
-    local_response(
-        StatusCode::FORBIDDEN,
-        &format!("appid: {reason}\n"),
-        &[(DENIED_BY_HEADER, rule_value)],
-    )
-}
-
-fn local_response(
-    status: StatusCode,
-    body: &str,
-    headers: &[(&'static str, HeaderValue)],
-) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    for (name, value) in headers {
-        response.headers_mut().insert(*name, value.clone());
-    }
-    response
-}
-
-fn empty() -> ProxyBody {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_only_appid_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-appid-peer-id", HeaderValue::from_static("spoofed"));
-        headers.insert("x-appid-anything", HeaderValue::from_static("spoofed"));
-        headers.insert("x-other", HeaderValue::from_static("kept"));
-        strip_appid_headers(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert_eq!(headers["x-other"], "kept");
-    }
-
-    #[test]
-    fn denials_name_the_rule() {
-        let plain = denied("no-admin", "path /admin", false);
-        assert_eq!(plain.status(), StatusCode::FORBIDDEN);
-        assert_eq!(plain.headers()[DENIED_BY_HEADER], "no-admin");
-        let grpc = denied("default", "no rule matched", true);
-        assert_eq!(grpc.status(), StatusCode::OK);
-        assert_eq!(grpc.headers()["grpc-status"], "7");
-        assert_eq!(grpc.headers()[DENIED_BY_HEADER], "default");
     }
 }

@@ -6,7 +6,8 @@
 //! - [`tunnel`] / [`pool`]: `appid-mux/1`, app connections as HTTP/2 streams
 //!   in pooled mTLS connections (the default), and its client-side pool;
 //! - [`authz`]: the only place that asks the policy and writes audit lines;
-//! - [`http`]: the L7 proxy (hyper on both sides);
+//! - [`http`], [`h1`], [`http2`]: the L7 proxies (HTTP/1.x parsing heads
+//!   only; HTTP/2 and gRPC frame by frame on the h2 crate);
 //! - [`splice`]: opaque TCP with idle timeout and revocation;
 //! - [`prefixed`], [`orig_dst`]: small helpers.
 //!
@@ -18,6 +19,7 @@ pub mod authz;
 mod from_authority;
 pub mod h1;
 pub mod http;
+pub mod http2;
 pub mod inbound;
 pub mod orig_dst;
 pub mod outbound;
