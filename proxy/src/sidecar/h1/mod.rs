@@ -925,6 +925,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn interim_100_continue_is_relayed_before_the_final_response() {
+        let app = |mut app: tokio::io::DuplexStream| async move {
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = app.read(&mut chunk).await.unwrap();
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            app.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            while !seen.ends_with(b"hello") {
+                let n = app.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            app.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = app.read_to_end(&mut seen).await;
+        };
+        let (got, recorder) = run(
+            b"POST /up HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\nhello",
+            app,
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        );
+        assert_eq!(*recorder.observed.lock().unwrap(), [200]);
+    }
+
+    #[tokio::test]
     async fn switching_protocols_becomes_opaque_tcp() {
         let app = |mut app: tokio::io::DuplexStream| async move {
             let mut buf = vec![0u8; 4096];
