@@ -101,15 +101,26 @@ pub struct Chunked {
     state: State,
     /// Bytes of the current size or trailer line so far.
     line: usize,
+    /// Trailer fields after the last chunk are accepted (responses) or
+    /// refused (requests: nothing a client needs, and a place to hide
+    /// header-like lines from the authorizer).
+    trailers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// In a chunk-size line: the size so far, digits seen, in extensions.
+    /// In a chunk-size line: the size so far and the digits seen.
     Size {
         size: u64,
         digits: u8,
-        ext: bool,
+    },
+    /// Whitespace after the size: only `;` (an extension) or CR may follow.
+    SizeBws {
+        size: u64,
+    },
+    /// In a chunk extension (visible characters, spaces, tabs).
+    Ext {
+        size: u64,
     },
     /// Saw the size line's CR.
     SizeLf {
@@ -136,14 +147,20 @@ impl Default for Chunked {
 }
 
 impl Chunked {
+    /// A response body (trailers allowed).
     pub fn new() -> Self {
         Chunked {
-            state: State::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-            },
+            state: State::Size { size: 0, digits: 0 },
             line: 0,
+            trailers: true,
+        }
+    }
+
+    /// A request body (trailers refused).
+    pub fn for_request() -> Self {
+        Chunked {
+            trailers: false,
+            ..Chunked::new()
         }
     }
 
@@ -182,21 +199,25 @@ impl Chunked {
     fn step(&mut self, b: u8) -> Result<State, FramingError> {
         let bad = Err(FramingError::BadChunk);
         Ok(match self.state {
-            State::Size { size, digits, ext } => {
+            State::Size { .. } | State::SizeBws { .. } | State::Ext { .. } => {
                 self.line += 1;
                 if self.line > MAX_CHUNK_LINE {
                     return bad;
                 }
-                match b {
-                    b'\n' => return bad,
-                    b'\r' if digits > 0 => State::SizeLf { size },
-                    _ if ext => State::Size { size, digits, ext },
-                    b';' | b' ' | b'\t' if digits > 0 => State::Size {
-                        size,
-                        digits,
-                        ext: true,
-                    },
-                    _ => {
+                match (self.state, b) {
+                    (_, b'\n') => return bad,
+                    (State::Size { size, digits }, b'\r') if digits > 0 => State::SizeLf { size },
+                    (State::SizeBws { size } | State::Ext { size }, b'\r') => {
+                        State::SizeLf { size }
+                    }
+                    (State::Size { size, digits }, b' ' | b'\t') if digits > 0 => {
+                        State::SizeBws { size }
+                    }
+                    (State::SizeBws { size }, b' ' | b'\t') => State::SizeBws { size },
+                    (State::Size { size, digits }, b';') if digits > 0 => State::Ext { size },
+                    (State::SizeBws { size }, b';') => State::Ext { size },
+                    (State::Ext { size }, b'\t' | b' '..=b'~') => State::Ext { size },
+                    (State::Size { size, digits }, _) => {
                         let Some(d) = (b as char).to_digit(16) else {
                             return bad;
                         };
@@ -206,9 +227,9 @@ impl Chunked {
                         State::Size {
                             size: size * 16 + u64::from(d),
                             digits: digits + 1,
-                            ext: false,
                         }
                     }
+                    _ => return bad,
                 }
             }
             State::SizeLf { size } => {
@@ -223,12 +244,9 @@ impl Chunked {
                 }
             }
             State::DataCr if b == b'\r' => State::DataLf,
-            State::DataLf if b == b'\n' => State::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-            },
+            State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
             State::TrailerStart if b == b'\r' => State::EndLf,
+            State::TrailerStart if !self.trailers => return bad,
             State::TrailerStart | State::Trailer => {
                 self.line += 1;
                 if self.line > MAX_CHUNK_LINE || b == b'\n' {
@@ -319,6 +337,17 @@ mod tests {
     }
 
     #[test]
+    fn request_bodies_refuse_trailers_and_extensions_stay_strict() {
+        assert_eq!(
+            Chunked::for_request().advance(b"0\r\nX-Appid-Peer-Id: evil\r\n\r\n"),
+            Err(FramingError::BadChunk)
+        );
+        let mut c = Chunked::for_request();
+        assert_eq!(c.advance(b"3 ; name=\"v\"\r\nabc\r\n0\r\n\r\n"), Ok(24));
+        assert!(c.is_done());
+    }
+
+    #[test]
     fn chunked_bodies_end_where_they_end() {
         let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next";
         let mut c = Chunked::new();
@@ -337,6 +366,9 @@ mod tests {
             b"0\r\n\n",
             b"1234567890abcdef0\r\n",
             b"1;ext\nX\r\n",
+            // A request line hidden as an "extension" after whitespace.
+            b"BAD /admin HTTP/1.1\r\n",
+            b"1 x\r\n",
         ] {
             assert_eq!(
                 Chunked::new().advance(bad),
