@@ -352,6 +352,22 @@ pub fn metrics_direction(direction: Direction) -> crate::metrics::Direction {
 }
 
 impl RequestAuthorizer for ConnAuthz {
+    /// An upgraded connection ends when its peer is revoked. A policy
+    /// reload does not end it: the request that upgraded it was decided by
+    /// an L7 rule, which an L4 re-check could not match.
+    fn withdrawn(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut versions = self.shared.policy_version.subscribe();
+        Box::pin(async move {
+            while versions.changed().await.is_ok() {
+                if let Some((_, reason)) = self.revoked(None) {
+                    tracing::info!(%reason, "closing an upgraded connection");
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        })
+    }
+
     fn observe(&self, status: u16, elapsed: std::time::Duration) {
         self.shared
             .metrics

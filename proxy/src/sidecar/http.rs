@@ -59,6 +59,13 @@ pub trait RequestAuthorizer: Send + Sync + 'static {
     /// Called once per request with its response status and how long the
     /// proxy took to get the response head (for metrics).
     fn observe(&self, _status: u16, _elapsed: Duration) {}
+
+    /// Resolves when the connection is no longer allowed (a policy reload
+    /// or a revocation): what ends a connection that left HTTP behind (an
+    /// upgrade to WebSocket, say). Never, by default.
+    fn withdrawn(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Headers the inbound sidecar adds for an authenticated peer.

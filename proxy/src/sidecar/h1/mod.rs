@@ -187,7 +187,15 @@ where
         if response.status == 101 {
             let downstream = down_read.unsplit(down_write);
             let upstream = up_read.unsplit(up_write);
-            return switch_protocols(downstream, upstream, down_buf, up_buf, limits).await;
+            return switch_protocols(
+                downstream,
+                upstream,
+                down_buf,
+                up_buf,
+                limits,
+                authorizer.withdrawn(),
+            )
+            .await;
         }
         // Bytes after a response that nobody asked for would be taken as
         // the next response: close instead.
@@ -744,13 +752,15 @@ where
 }
 
 /// After `101 Switching Protocols`: opaque bytes both ways, including what
-/// each side already sent past the heads.
+/// each side already sent past the heads, until either side ends or the
+/// connection's authorization is `withdrawn`.
 async fn switch_protocols<D, U>(
     mut downstream: D,
     upstream: U,
     down_buf: BytesMut,
     up_buf: BytesMut,
     limits: HttpLimits,
+    withdrawn: impl Future<Output = ()>,
 ) -> Result<(), HttpProxyError>
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -764,7 +774,7 @@ where
         upstream,
         &down_buf,
         limits.header_timeout,
-        std::future::pending(),
+        withdrawn,
     )
     .await;
     Ok(())
