@@ -146,14 +146,7 @@ async fn forward(
     let (response, upstream_body) = match sent {
         Ok(pair) => pair,
         Err(e) => {
-            tracing::debug!(error = %e, "upstream request failed");
-            send_local(
-                &mut respond,
-                StatusCode::BAD_GATEWAY,
-                "upstream unavailable\n",
-                None,
-            );
-            authorizer.observe(502, started.elapsed());
+            bad_gateway(&mut respond, authorizer, started, &e);
             return;
         }
     };
@@ -163,14 +156,7 @@ async fn forward(
         let response = match response.await {
             Ok(response) => response,
             Err(e) => {
-                tracing::debug!(error = %e, "upstream response failed");
-                send_local(
-                    &mut respond,
-                    StatusCode::BAD_GATEWAY,
-                    "upstream unavailable\n",
-                    None,
-                );
-                authorizer.observe(502, started.elapsed());
+                bad_gateway(&mut respond, authorizer, started, &e);
                 return Err(e);
             }
         };
@@ -290,6 +276,23 @@ fn local(
         headers.insert(DENIED_BY_HEADER, rule);
     }
     (response, Some(body))
+}
+
+/// The answer when the upstream could not take or answer a request.
+fn bad_gateway(
+    respond: &mut SendResponse<Bytes>,
+    authorizer: &dyn RequestAuthorizer,
+    started: Instant,
+    error: &h2::Error,
+) {
+    tracing::debug!(%error, "upstream request failed");
+    send_local(
+        respond,
+        StatusCode::BAD_GATEWAY,
+        "upstream unavailable\n",
+        None,
+    );
+    authorizer.observe(502, started.elapsed());
 }
 
 /// Sends a denial; returns the status it carried.

@@ -253,7 +253,6 @@ async fn serve_tunnel(
         }
     };
     let headers = peer_headers(&verified);
-    let peer_id = verified.id.as_str().to_owned();
     let peer_not_after = verified.not_after;
     let peer = Arc::new(verified.claims);
     let streams = StreamCount::new();
@@ -300,7 +299,7 @@ async fn serve_tunnel(
             Some(StreamRefusal::IdentityChanged)
         } else if now >= peer_not_after {
             Some(StreamRefusal::PeerExpired)
-        } else if shared.tls.is_revoked(&peer_id) {
+        } else if shared.tls.is_revoked(&peer.id) {
             Some(StreamRefusal::PeerRevoked)
         } else {
             None

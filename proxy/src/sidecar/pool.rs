@@ -106,7 +106,6 @@ impl PeerTunnels {
 struct Tunnel {
     sender: h2::client::SendRequest<Bytes>,
     peer: Arc<AppIdClaims>,
-    peer_id: String,
     peer_not_after: i64,
     /// What the connection was opened with (compared by pointer).
     identity: Arc<LocalIdentity>,
@@ -123,7 +122,7 @@ impl Tunnel {
             && Arc::ptr_eq(&self.identity, &tls.identity.load())
             && Arc::ptr_eq(&self.bundle, &tls.bundle.load())
             && now < self.peer_not_after
-            && !tls.is_revoked(&self.peer_id)
+            && !tls.is_revoked(&self.peer.id)
     }
 
     /// Opens one CONNECT stream to `destination`.
@@ -378,7 +377,6 @@ async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiate
     Some(Negotiated::Mux(Arc::new(Tunnel {
         sender,
         peer,
-        peer_id: verified.id.as_str().to_owned(),
         peer_not_after: verified.not_after,
         identity,
         bundle,

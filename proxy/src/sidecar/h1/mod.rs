@@ -21,6 +21,7 @@
 
 mod framing;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -79,12 +80,22 @@ where
         if up_buf.is_empty() {
             up_buf = BytesMut::new();
         }
+        // The head is parsed once: when it is complete, it is decided
+        // right there (`inspect_request`).
+        let inspect = |bytes: &[u8]| {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut slots);
+            let status = request.parse(bytes);
+            parsed(status, limits.max_header_bytes, || {
+                inspect_request(&request, authorizer.as_ref(), &peer_headers)
+            })
+        };
         let head = tokio::select! {
-            head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
+            head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request, inspect) => head,
             () = &mut shutdown => return Ok(()),
         };
-        let head_len = match head {
-            HeadRead::Complete(n) => n,
+        let (head_len, request) = match head {
+            HeadRead::Complete(n, request) => (n, request),
             HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
             HeadRead::TooLarge => {
                 local_response(&mut down_write, 431, "request head too large", None).await;
@@ -97,15 +108,13 @@ where
             HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
         };
         let started = Instant::now();
-
-        let request =
-            match inspect_request(&down_buf[..head_len], authorizer.as_ref(), &peer_headers) {
-                Ok(request) => request,
-                Err(Refusal { status, message }) => {
-                    local_response(&mut down_write, status, message, None).await;
-                    return Err(HttpProxyError::Protocol(message));
-                }
-            };
+        let request = match request {
+            Ok(request) => request,
+            Err(Refusal { status, message }) => {
+                local_response(&mut down_write, status, message, None).await;
+                return Err(HttpProxyError::Protocol(message));
+            }
+        };
         down_buf.advance(head_len);
 
         if let Some((rule, reason)) = request.denied {
@@ -227,20 +236,14 @@ struct Refusal {
 }
 
 fn inspect_request(
-    head: &[u8],
+    request: &httparse::Request<'_, '_>,
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
 ) -> Result<InspectedRequest, Refusal> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut slots);
     let bad = |message| Refusal {
         status: 400,
         message,
     };
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad("invalid request head")),
-    }
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
@@ -274,7 +277,7 @@ fn inspect_request(
     };
     let Some(path) = authorized_path(target) else {
         return Err(bad(
-            "ambiguous request path (encoded slash, dot segment or backslash)",
+            "ambiguous request path (encoded slash or percent, dot segment or backslash)",
         ));
     };
     // An `h2c` upgrade would turn the connection into HTTP/2 the proxy
@@ -301,7 +304,7 @@ fn inspect_request(
     }
     let upgrade = !h2c && headers.has("upgrade");
 
-    let mut out = Vec::with_capacity(head.len() + 512);
+    let mut out = Vec::with_capacity(target.len() + 64 * request.headers.len() + 256);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -363,35 +366,34 @@ fn is_appid_header(name: &str) -> bool {
 /// segment (also as `..;`). Percent-encoded unreserved characters are
 /// decoded (`/%61dmin` is `/admin`), as every server does; the target is
 /// forwarded unchanged.
-fn authorized_path(target: &str) -> Option<String> {
+fn authorized_path(target: &str) -> Option<Cow<'_, str>> {
     let raw = path_of(target);
     if raw == "*" {
-        return Some(raw.to_string());
+        return Some(Cow::Borrowed(raw));
     }
-    let bytes = raw.as_bytes();
-    let mut path = String::with_capacity(raw.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'\\' {
-            return None;
-        }
-        if b == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            let decoded = u8::from_str_radix(hex, 16).ok()?;
+    if raw.contains('\\') {
+        return None;
+    }
+    let path = if raw.contains('%') {
+        let mut path = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(at) = rest.find('%') {
+            path.push_str(&rest[..at]);
+            let decoded = u8::from_str_radix(rest.get(at + 1..at + 3)?, 16).ok()?;
             if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
-                path.push(decoded as char);
-            } else if decoded == b'/' || decoded == b'\\' || decoded == b'%' {
+                path.push(char::from(decoded));
+            } else if matches!(decoded, b'/' | b'\\' | b'%') {
                 return None;
             } else {
-                path.push_str(&raw[i..i + 3]);
+                path.push_str(&rest[at..at + 3]);
             }
-            i += 3;
-            continue;
+            rest = &rest[at + 3..];
         }
-        path.push(b as char);
-        i += 1;
-    }
+        path.push_str(rest);
+        Cow::Owned(path)
+    } else {
+        Cow::Borrowed(raw) // the common case: nothing to decode, no copy
+    };
     let dot_segment = path.split('/').any(|segment| {
         let name = segment.split(';').next().unwrap_or(segment);
         name == "." || name == ".."
@@ -463,11 +465,32 @@ enum HeadKind {
     Response,
 }
 
+/// One attempt at parsing a head from the start of a buffer.
+enum Parsed<T> {
+    /// A head of this many bytes, and what the caller made of it.
+    Complete(usize, T),
+    Partial,
+    TooLarge,
+    Invalid(&'static str),
+}
+
+/// An httparse result as [`Parsed`]; `decide` runs only on a complete head
+/// of at most `max` bytes.
+fn parsed<T>(status: httparse::Result<usize>, max: usize, decide: impl FnOnce() -> T) -> Parsed<T> {
+    match status {
+        Ok(httparse::Status::Complete(n)) if n <= max => Parsed::Complete(n, decide()),
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            Parsed::TooLarge
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Invalid("invalid message head"),
+    }
+}
+
 /// How reading a message head went.
-#[derive(Debug)]
-enum HeadRead {
+enum HeadRead<T> {
     /// The head is the first this many bytes of the buffer.
-    Complete(usize),
+    Complete(usize, T),
     /// Clean EOF before any byte.
     Closed,
     /// No complete request head within the idle timeout.
@@ -478,36 +501,29 @@ enum HeadRead {
     Io(io::Error),
 }
 
-/// Reads until `buf` starts with a complete head. Request heads must arrive
-/// within the idle timeout; response heads may take as long as the app does.
-async fn read_head<R: AsyncRead + Unpin>(
+/// Reads until `parse` finds a complete head at the start of `buf`.
+/// Request heads must arrive within the idle timeout; response heads may
+/// take as long as the app does.
+async fn read_head<R: AsyncRead + Unpin, T>(
     reader: &mut R,
     buf: &mut BytesMut,
     limits: HttpLimits,
     kind: HeadKind,
-) -> HeadRead {
+    mut parse: impl FnMut(&[u8]) -> Parsed<T>,
+) -> HeadRead<T> {
     // One deadline for the whole head: a client trickling a byte at a time
     // cannot hold the connection longer than a silent one.
     let deadline = tokio::time::Instant::now() + limits.header_timeout;
     // Parse only when a line ended since the last try (a head trickled in
     // byte by byte is then parsed once per line, not once per byte).
-    let mut parse = !buf.is_empty();
+    let mut try_parse = !buf.is_empty();
     loop {
-        if parse {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let parsed = match kind {
-                HeadKind::Request => httparse::Request::new(&mut slots).parse(buf),
-                HeadKind::Response => httparse::Response::new(&mut slots).parse(buf),
-            };
-            match parsed {
-                Ok(httparse::Status::Complete(n)) if n <= limits.max_header_bytes => {
-                    return HeadRead::Complete(n);
-                }
-                Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-                    return HeadRead::TooLarge;
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return HeadRead::Invalid("invalid message head"),
+        if try_parse {
+            match parse(buf) {
+                Parsed::Complete(n, made) => return HeadRead::Complete(n, made),
+                Parsed::TooLarge => return HeadRead::TooLarge,
+                Parsed::Invalid(what) => return HeadRead::Invalid(what),
+                Parsed::Partial => {}
             }
         }
         if buf.len() >= limits.max_header_bytes {
@@ -530,7 +546,7 @@ async fn read_head<R: AsyncRead + Unpin>(
         match result {
             Ok(0) if buf.is_empty() => return HeadRead::Closed,
             Ok(0) => return HeadRead::Invalid("connection closed inside a message head"),
-            Ok(_) => parse = buf[before..].contains(&b'\n'),
+            Ok(_) => try_parse = buf[before..].contains(&b'\n'),
             Err(e) => return HeadRead::Io(e),
         }
     }
@@ -626,6 +642,27 @@ enum Relay {
     },
 }
 
+/// A response head's status, whether the connection stays open after it,
+/// and how its body is delimited.
+fn response_head(
+    response: &httparse::Response<'_, '_>,
+    head_request: bool,
+) -> Result<(u16, bool, BodyLength), &'static str> {
+    let status = response.code.unwrap_or(0);
+    let headers = HeaderList(response.headers);
+    let keep_alive = match response.version {
+        Some(1) => !headers.connection_has("close"),
+        _ => headers.connection_has("keep-alive"),
+    };
+    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let length = if no_body {
+        BodyLength::Empty
+    } else {
+        framing::body_length(headers.pairs(), false).map_err(|_| "ambiguous response framing")?
+    };
+    Ok((status, keep_alive, length))
+}
+
 /// Reads the response (and any 1xx before it) from upstream and writes it
 /// to the client unchanged.
 async fn relay_response<R, W>(
@@ -643,8 +680,16 @@ where
     let mut answered = false;
     let fail = |answered, error| Relay::Failed { answered, error };
     loop {
-        let head_len = match read_head(reader, buf, limits, HeadKind::Response).await {
-            HeadRead::Complete(n) => n,
+        let read = read_head(reader, buf, limits, HeadKind::Response, |bytes| {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut slots);
+            let status = response.parse(bytes);
+            parsed(status, limits.max_header_bytes, || {
+                response_head(&response, head_request)
+            })
+        });
+        let (head_len, head) = match read.await {
+            HeadRead::Complete(n, head) => (n, head),
             HeadRead::Io(e) => return Err(fail(answered, HttpProxyError::Io(e))),
             HeadRead::Closed => {
                 return Err(fail(answered, HttpProxyError::Protocol("upstream closed")));
@@ -657,39 +702,9 @@ where
             }
         };
         let head_after = Instant::now();
-        let (status, keep_alive, length) = {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut slots);
-            if !matches!(
-                response.parse(&buf[..head_len]),
-                Ok(httparse::Status::Complete(_))
-            ) {
-                return Err(fail(
-                    answered,
-                    HttpProxyError::Protocol("invalid response head"),
-                ));
-            }
-            let status = response.code.unwrap_or(0);
-            let headers = HeaderList(response.headers);
-            let keep_alive = match response.version {
-                Some(1) => !headers.connection_has("close"),
-                _ => headers.connection_has("keep-alive"),
-            };
-            let length =
-                if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-                    BodyLength::Empty
-                } else {
-                    match framing::body_length(headers.pairs(), false) {
-                        Ok(length) => length,
-                        Err(_) => {
-                            return Err(fail(
-                                answered,
-                                HttpProxyError::Protocol("ambiguous response framing"),
-                            ));
-                        }
-                    }
-                };
-            (status, keep_alive, length)
+        let (status, keep_alive, length) = match head {
+            Ok(head) => head,
+            Err(what) => return Err(fail(answered, HttpProxyError::Protocol(what))),
         };
         if status == 101 && !upgrade_requested {
             // Switching to a protocol nobody asked for would take the rest
@@ -1235,6 +1250,13 @@ mod tests {
         assert_eq!(path_of("*"), "*");
         assert_eq!(path_of("/a#frag"), "/a");
         assert_eq!(path_of("http://h?/public"), "/");
+        assert_eq!(
+            authorized_path("/caf\u{e9}/%61b?q").as_deref(),
+            Some("/caf\u{e9}/ab")
+        );
+        assert_eq!(authorized_path("/x%20y").as_deref(), Some("/x%20y"));
+        assert_eq!(authorized_path("/a/%2"), None);
+        assert_eq!(authorized_path("/a/.%2e/b"), None);
         assert!(is_appid_header("X_APPID_PEER_ID"));
         assert!(is_appid_header("x-AppId-peer"));
         assert!(!is_appid_header("x-appidx"));
