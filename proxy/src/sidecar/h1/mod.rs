@@ -80,22 +80,12 @@ where
         if up_buf.is_empty() {
             up_buf = BytesMut::new();
         }
-        // The head is parsed once: when it is complete, it is decided
-        // right there (`inspect_request`).
-        let inspect = |bytes: &[u8]| {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut request = httparse::Request::new(&mut slots);
-            let status = request.parse(bytes);
-            parsed(status, limits.max_header_bytes, || {
-                inspect_request(&request, authorizer.as_ref(), &peer_headers)
-            })
-        };
         let head = tokio::select! {
-            head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request, inspect) => head,
+            head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
             () = &mut shutdown => return Ok(()),
         };
-        let (head_len, request) = match head {
-            HeadRead::Complete(n, request) => (n, request),
+        let head_len = match head {
+            HeadRead::Complete(n) => n,
             HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
             HeadRead::TooLarge => {
                 local_response(&mut down_write, 431, "request head too large", None).await;
@@ -108,13 +98,15 @@ where
             HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
         };
         let started = Instant::now();
-        let request = match request {
-            Ok(request) => request,
-            Err(Refusal { status, message }) => {
-                local_response(&mut down_write, status, message, None).await;
-                return Err(HttpProxyError::Protocol(message));
-            }
-        };
+
+        let request =
+            match inspect_request(&down_buf[..head_len], authorizer.as_ref(), &peer_headers) {
+                Ok(request) => request,
+                Err(Refusal { status, message }) => {
+                    local_response(&mut down_write, status, message, None).await;
+                    return Err(HttpProxyError::Protocol(message));
+                }
+            };
         down_buf.advance(head_len);
 
         if let Some((rule, reason)) = request.denied {
@@ -236,14 +228,20 @@ struct Refusal {
 }
 
 fn inspect_request(
-    request: &httparse::Request<'_, '_>,
+    head: &[u8],
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
 ) -> Result<InspectedRequest, Refusal> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
     let bad = |message| Refusal {
         status: 400,
         message,
     };
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(bad("invalid request head")),
+    }
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
@@ -304,7 +302,7 @@ fn inspect_request(
     }
     let upgrade = !h2c && headers.has("upgrade");
 
-    let mut out = Vec::with_capacity(target.len() + 64 * request.headers.len() + 256);
+    let mut out = Vec::with_capacity(head.len() + 512);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -465,32 +463,11 @@ enum HeadKind {
     Response,
 }
 
-/// One attempt at parsing a head from the start of a buffer.
-enum Parsed<T> {
-    /// A head of this many bytes, and what the caller made of it.
-    Complete(usize, T),
-    Partial,
-    TooLarge,
-    Invalid(&'static str),
-}
-
-/// An httparse result as [`Parsed`]; `decide` runs only on a complete head
-/// of at most `max` bytes.
-fn parsed<T>(status: httparse::Result<usize>, max: usize, decide: impl FnOnce() -> T) -> Parsed<T> {
-    match status {
-        Ok(httparse::Status::Complete(n)) if n <= max => Parsed::Complete(n, decide()),
-        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            Parsed::TooLarge
-        }
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(_) => Parsed::Invalid("invalid message head"),
-    }
-}
-
 /// How reading a message head went.
-enum HeadRead<T> {
+#[derive(Debug)]
+enum HeadRead {
     /// The head is the first this many bytes of the buffer.
-    Complete(usize, T),
+    Complete(usize),
     /// Clean EOF before any byte.
     Closed,
     /// No complete request head within the idle timeout.
@@ -501,29 +478,36 @@ enum HeadRead<T> {
     Io(io::Error),
 }
 
-/// Reads until `parse` finds a complete head at the start of `buf`.
-/// Request heads must arrive within the idle timeout; response heads may
-/// take as long as the app does.
-async fn read_head<R: AsyncRead + Unpin, T>(
+/// Reads until `buf` starts with a complete head. Request heads must arrive
+/// within the idle timeout; response heads may take as long as the app does.
+async fn read_head<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     limits: HttpLimits,
     kind: HeadKind,
-    mut parse: impl FnMut(&[u8]) -> Parsed<T>,
-) -> HeadRead<T> {
+) -> HeadRead {
     // One deadline for the whole head: a client trickling a byte at a time
     // cannot hold the connection longer than a silent one.
     let deadline = tokio::time::Instant::now() + limits.header_timeout;
     // Parse only when a line ended since the last try (a head trickled in
     // byte by byte is then parsed once per line, not once per byte).
-    let mut try_parse = !buf.is_empty();
+    let mut parse = !buf.is_empty();
     loop {
-        if try_parse {
-            match parse(buf) {
-                Parsed::Complete(n, made) => return HeadRead::Complete(n, made),
-                Parsed::TooLarge => return HeadRead::TooLarge,
-                Parsed::Invalid(what) => return HeadRead::Invalid(what),
-                Parsed::Partial => {}
+        if parse {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let parsed = match kind {
+                HeadKind::Request => httparse::Request::new(&mut slots).parse(buf),
+                HeadKind::Response => httparse::Response::new(&mut slots).parse(buf),
+            };
+            match parsed {
+                Ok(httparse::Status::Complete(n)) if n <= limits.max_header_bytes => {
+                    return HeadRead::Complete(n);
+                }
+                Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+                    return HeadRead::TooLarge;
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return HeadRead::Invalid("invalid message head"),
             }
         }
         if buf.len() >= limits.max_header_bytes {
@@ -546,7 +530,7 @@ async fn read_head<R: AsyncRead + Unpin, T>(
         match result {
             Ok(0) if buf.is_empty() => return HeadRead::Closed,
             Ok(0) => return HeadRead::Invalid("connection closed inside a message head"),
-            Ok(_) => try_parse = buf[before..].contains(&b'\n'),
+            Ok(_) => parse = buf[before..].contains(&b'\n'),
             Err(e) => return HeadRead::Io(e),
         }
     }
@@ -642,27 +626,6 @@ enum Relay {
     },
 }
 
-/// A response head's status, whether the connection stays open after it,
-/// and how its body is delimited.
-fn response_head(
-    response: &httparse::Response<'_, '_>,
-    head_request: bool,
-) -> Result<(u16, bool, BodyLength), &'static str> {
-    let status = response.code.unwrap_or(0);
-    let headers = HeaderList(response.headers);
-    let keep_alive = match response.version {
-        Some(1) => !headers.connection_has("close"),
-        _ => headers.connection_has("keep-alive"),
-    };
-    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
-    let length = if no_body {
-        BodyLength::Empty
-    } else {
-        framing::body_length(headers.pairs(), false).map_err(|_| "ambiguous response framing")?
-    };
-    Ok((status, keep_alive, length))
-}
-
 /// Reads the response (and any 1xx before it) from upstream and writes it
 /// to the client unchanged.
 async fn relay_response<R, W>(
@@ -680,16 +643,8 @@ where
     let mut answered = false;
     let fail = |answered, error| Relay::Failed { answered, error };
     loop {
-        let read = read_head(reader, buf, limits, HeadKind::Response, |bytes| {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut slots);
-            let status = response.parse(bytes);
-            parsed(status, limits.max_header_bytes, || {
-                response_head(&response, head_request)
-            })
-        });
-        let (head_len, head) = match read.await {
-            HeadRead::Complete(n, head) => (n, head),
+        let head_len = match read_head(reader, buf, limits, HeadKind::Response).await {
+            HeadRead::Complete(n) => n,
             HeadRead::Io(e) => return Err(fail(answered, HttpProxyError::Io(e))),
             HeadRead::Closed => {
                 return Err(fail(answered, HttpProxyError::Protocol("upstream closed")));
@@ -702,9 +657,39 @@ where
             }
         };
         let head_after = Instant::now();
-        let (status, keep_alive, length) = match head {
-            Ok(head) => head,
-            Err(what) => return Err(fail(answered, HttpProxyError::Protocol(what))),
+        let (status, keep_alive, length) = {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut slots);
+            if !matches!(
+                response.parse(&buf[..head_len]),
+                Ok(httparse::Status::Complete(_))
+            ) {
+                return Err(fail(
+                    answered,
+                    HttpProxyError::Protocol("invalid response head"),
+                ));
+            }
+            let status = response.code.unwrap_or(0);
+            let headers = HeaderList(response.headers);
+            let keep_alive = match response.version {
+                Some(1) => !headers.connection_has("close"),
+                _ => headers.connection_has("keep-alive"),
+            };
+            let length =
+                if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+                    BodyLength::Empty
+                } else {
+                    match framing::body_length(headers.pairs(), false) {
+                        Ok(length) => length,
+                        Err(_) => {
+                            return Err(fail(
+                                answered,
+                                HttpProxyError::Protocol("ambiguous response framing"),
+                            ));
+                        }
+                    }
+                };
+            (status, keep_alive, length)
         };
         if status == 101 && !upgrade_requested {
             // Switching to a protocol nobody asked for would take the rest
