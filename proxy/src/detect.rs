@@ -40,7 +40,9 @@ pub const ALPN_APPID_MUX: &[u8] = b"appid-mux/1";
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Request methods recognised as the start of an HTTP/1 request line.
+/// Request methods that decide "HTTP/1" as soon as a space follows them
+/// (the common case, without waiting for the rest of the request line).
+/// Any other token is HTTP/1 too, once a target and `HTTP/` follow.
 /// Methods are case-sensitive (RFC 9110 section 9.1).
 const HTTP1_METHODS: [&[u8]; 9] = [
     b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
@@ -60,7 +62,8 @@ pub enum Classification {
     TlsClientHello(ClientHelloInfo),
     /// A TLS handshake record whose ClientHello could not be read.
     TlsUnreadable(TlsUnreadable),
-    /// An HTTP/1 request line (a known method followed by a space).
+    /// An HTTP/1 request line: a known method and a space, or any token,
+    /// a target and `HTTP/` (after any leading empty lines).
     Http1,
     /// The HTTP/2 connection preface (prior knowledge, cleartext).
     Http2Preface,
@@ -148,31 +151,117 @@ pub fn classify_final(prefix: &[u8]) -> Classification {
         Classification::NeedMore if prefix.first() == Some(&TLS_HANDSHAKE) => {
             Classification::TlsUnreadable(TlsUnreadable::Truncated)
         }
-        Classification::NeedMore => Classification::Opaque,
+        // Fail closed: a request line cut short after its method is still
+        // parsed as HTTP (and refused by the parser), not passed as TCP.
+        Classification::NeedMore => match request_line(skip_empty_lines(prefix)) {
+            RequestLine::Partial { past_method: true } => Classification::Http1,
+            _ => Classification::Opaque,
+        },
         decided => decided,
     }
 }
 
 /// HTTP/2 preface or HTTP/1 request line, or opaque.
+///
+/// Fails closed: whatever a lenient HTTP/1 server would take as a request
+/// is HTTP/1 here (and then parsed, and refused if malformed), so no request
+/// reaches an app as opaque bytes past the authorizer: leading empty lines
+/// (which servers skip), any token as the method (`PROPFIND`, `PURGE`).
 fn classify_plain(prefix: &[u8]) -> Classification {
     if prefix.starts_with(H2_PREFACE) {
         return Classification::Http2Preface;
     }
-    let mut could_be = H2_PREFACE.starts_with(prefix);
+    // `PRI * HTTP/` reads as a request line too: wait for the whole preface.
+    if H2_PREFACE.starts_with(prefix) {
+        return Classification::NeedMore;
+    }
+    match request_line(skip_empty_lines(prefix)) {
+        RequestLine::Yes => Classification::Http1,
+        RequestLine::Partial { .. } => Classification::NeedMore,
+        RequestLine::No => Classification::Opaque,
+    }
+}
+
+/// `prefix` after any leading empty lines (`\r\n` or `\n`), as HTTP/1
+/// servers (and httparse) skip them (RFC 9112 section 2.2). A trailing
+/// lone `\r` is kept: it may be the start of one more.
+fn skip_empty_lines(mut prefix: &[u8]) -> &[u8] {
+    loop {
+        prefix = match prefix {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+            _ => return prefix,
+        };
+    }
+}
+
+/// How far `line` goes as an HTTP/1 request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestLine {
+    /// A known method and a space, or `token SP target SP HTTP/`.
+    Yes,
+    /// Consistent with a request line so far; `past_method`: a token and a
+    /// space were seen.
+    Partial { past_method: bool },
+    No,
+}
+
+/// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of spaces count as
+/// one (a lenient server's view); the target is any run of bytes other than
+/// spaces and control bytes.
+fn request_line(line: &[u8]) -> RequestLine {
+    if line.is_empty() || line == b"\r" {
+        return RequestLine::Partial { past_method: false };
+    }
     for method in HTTP1_METHODS {
-        match prefix.strip_prefix(method) {
-            Some([b' ', ..]) => return Classification::Http1,
-            // Exactly the method so far: the space may follow.
-            Some([]) => could_be = true,
-            Some(_) => {}
-            None => could_be |= method.starts_with(prefix),
+        if let Some([b' ', ..]) = line.strip_prefix(method) {
+            return RequestLine::Yes;
         }
     }
-    if could_be {
-        Classification::NeedMore
-    } else {
-        Classification::Opaque
+    let method_len = line.iter().take_while(|&&b| is_tchar(b)).count();
+    let rest = &line[method_len..];
+    if method_len == 0 {
+        return RequestLine::No;
     }
+    if rest.is_empty() {
+        return RequestLine::Partial { past_method: false };
+    }
+    let Some(rest) = strip_spaces(rest) else {
+        return RequestLine::No;
+    };
+    let partial = RequestLine::Partial { past_method: true };
+    let target_len = rest
+        .iter()
+        .take_while(|&&b| b != b' ' && !b.is_ascii_control())
+        .count();
+    let after_target = &rest[target_len..];
+    if after_target.is_empty() {
+        return partial;
+    }
+    if target_len == 0 {
+        return RequestLine::No;
+    }
+    let Some(version) = strip_spaces(after_target) else {
+        return RequestLine::No;
+    };
+    let n = version.len().min(5);
+    if version[..n] != b"HTTP/"[..n] {
+        RequestLine::No
+    } else if n == 5 {
+        RequestLine::Yes
+    } else {
+        partial
+    }
+}
+
+/// `bytes` without its leading spaces, if it starts with at least one.
+fn strip_spaces(bytes: &[u8]) -> Option<&[u8]> {
+    let n = bytes.iter().take_while(|&&b| b == b' ').count();
+    (n > 0).then_some(&bytes[n..])
+}
+
+/// RFC 9110 `tchar`: the characters of a method.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Finds the `Host` header of an HTTP/1 request head in `prefix`.
@@ -193,7 +282,7 @@ pub fn http_host(prefix: &[u8]) -> Option<&str> {
     if classify(prefix) != Classification::Http1 {
         return None;
     }
-    let mut lines = prefix.split_inclusive(|&b| b == b'\n');
+    let mut lines = skip_empty_lines(prefix).split_inclusive(|&b| b == b'\n');
     lines.next()?; // the request line
     let mut host: Option<&[u8]> = None;
     for line in lines {
@@ -892,14 +981,57 @@ mod tests {
             }
         }
         for not_http in [
-            &b"get / HTTP/1.1\r\n"[..],
-            b"GETX / HTTP/1.1",
-            b"GET\t/",
-            b"PRI * HTTP/1.1\r\n",
-            b"POSTS",
+            &b"GET\t/"[..],
+            b"EHLO mail.example\r\n",
+            b"FOO bar baz\r\n",
+            b" GET / HTTP/1.1\r\n",
+            b"\rGET / HTTP/1.1",
+            b"FOO \r\n",
         ] {
-            assert_eq!(classify(not_http), Classification::Opaque, "{not_http:?}");
+            let class = classify(not_http);
+            let class = if class == Classification::NeedMore {
+                classify_final(not_http)
+            } else {
+                class
+            };
+            assert_eq!(class, Classification::Opaque, "{not_http:?}");
         }
+    }
+
+    /// Whatever a lenient server would take as a request is HTTP/1: it is
+    /// then parsed, and refused if malformed, never passed as opaque bytes.
+    #[test]
+    fn detect_fails_closed_on_anything_that_could_be_http1() {
+        for http in [
+            &b"\r\nGET /admin HTTP/1.1\r\n"[..],
+            b"\n\r\n\nGET / HTTP/1.1\r\n",
+            b"PROPFIND /x HTTP/1.1\r\n",
+            b"PURGE /cache HTTP/1.0\r\n",
+            b"get / HTTP/1.1\r\n",
+            b"Delete /x HTTP/1.1\r\n",
+            b"GETX /  HTTP/1.1",
+            b"FOO   /a?b HTTP/9",
+            b"PRI * HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX",
+            b"M-SEARCH * HTTP/1.1\r\n",
+        ] {
+            assert_eq!(classify(http), Classification::Http1, "{:?}", String::from_utf8_lossy(http));
+        }
+        // Cut short after the method: more may come; at the end, still HTTP.
+        for partial in [&b"\r\n"[..], b"\r", b"POSTS", b"PROPFIND", b"PROPFIND /a", b"FOO /x HTT"] {
+            assert_eq!(classify(partial), Classification::NeedMore, "{partial:?}");
+        }
+        assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
+        assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
+        assert_eq!(classify_final(b"PROPFIND"), Classification::Opaque);
+        let mut long = b"PROPFIND /".to_vec();
+        long.resize(MAX_DETECT_BYTES, b'a');
+        assert_eq!(classify(&long), Classification::NeedMore);
+        assert_eq!(classify_final(&long), Classification::Http1);
+        assert_eq!(
+            http_host(b"\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+            Some("a.example")
+        );
     }
 
     #[test]
@@ -913,12 +1045,14 @@ mod tests {
                 Classification::NeedMore,
                 "{len}"
             );
-            assert_eq!(classify_final(&H2_PREFACE[..len]), Classification::Opaque);
+            // Cut short: decided (as HTTP/1 once `PRI ` is there: the
+            // parser refuses it), never left open.
+            assert_ne!(
+                classify_final(&H2_PREFACE[..len]),
+                Classification::NeedMore
+            );
         }
-        assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n\r\nXX"),
-            Classification::Opaque
-        );
+
     }
 
     #[test]
@@ -926,7 +1060,7 @@ mod tests {
         for bytes in [
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
             b"\x00",
-            b"\r\n",
+            b"\r\n\x00",
             b"*1\r\n$4\r\nPING\r\n",             // Redis
             b"\x00\x00\x00\x08\x04\xd2\x16\x2f", // PostgreSQL SSLRequest
         ] {

@@ -49,7 +49,8 @@ pub struct Miss<'p> {
     pub clause: &'p str,
 }
 
-/// The clause text of a rule with `http` on a connection that is not HTTP.
+/// The clause text of a rule with `http` on a connection that is not HTTP
+/// (in [`super::Explanation`], for a rule that failed elsewhere too).
 pub const NOT_HTTP_CLAUSE: &str = "http (the connection is not HTTP)";
 
 /// Why the outcome is what it is.
@@ -59,7 +60,7 @@ pub enum Reason<'p> {
     Rule,
     /// No rule matched, so the policy's `default` decided. `closest` is the
     /// allow rule that got furthest among those looked at, with the clause
-    /// that failed (or [`NOT_HTTP_CLAUSE`]).
+    /// that failed.
     Default { closest: Option<Miss<'p>> },
     /// The destination is a cloud metadata API (169.254.169.254,
     /// fd00:ec2::254, metadata.google.internal) and no allow rule names it
@@ -67,6 +68,12 @@ pub enum Reason<'p> {
     MetadataApi,
     /// The rule named in the decision has `http`: decide per request.
     NeedsHttp,
+    /// The connection is not HTTP ([`super::Http::NotHttp`]), and the rule
+    /// named in the decision, which has `http` (or `to.protocol: http`),
+    /// applies to it in everything but its `http` part: that makes the
+    /// connection HTTP-only, and no matching allow rule has `to.protocol:
+    /// tcp` to accept other traffic. Always a denial.
+    RequiresHttp,
 }
 
 /// One authorization decision. Borrowed from the policy; no allocation.
@@ -126,7 +133,8 @@ impl<'p> Decision<'p> {
     }
 
     /// A one-line reason for the audit log and a 403 body, e.g.
-    /// `rule no-criticals matched` or `metadata API`.
+    /// `rule no-criticals (from.vulns.critical: {gt: 0})`, `metadata API: ...`
+    /// or `not HTTP: rule ...`.
     pub fn why(&self) -> Why<'_, 'p> {
         Why(self)
     }
@@ -165,6 +173,12 @@ impl fmt::Display for Why<'_, '_> {
                 "metadata API: the destination is a cloud metadata endpoint and no rule names it explicitly",
             ),
             Reason::NeedsHttp => write!(f, "rule {} inspects HTTP requests", d.rule),
+            Reason::RequiresHttp => write!(
+                f,
+                "not HTTP: rule {} has http conditions for this connection (add `protocol: tcp` \
+                 to an allow rule to accept non-HTTP traffic here)",
+                d.rule
+            ),
         }
     }
 }
@@ -181,7 +195,9 @@ impl fmt::Display for Decision<'_> {
         match self.reason {
             Reason::Rule => write!(f, " by {}", self.why()),
             Reason::Default { .. } => write!(f, " by default: {}", self.why()),
-            Reason::MetadataApi | Reason::NeedsHttp => write!(f, ": {}", self.why()),
+            Reason::MetadataApi | Reason::NeedsHttp | Reason::RequiresHttp => {
+                write!(f, ": {}", self.why())
+            }
         }
     }
 }

@@ -1,15 +1,15 @@
 //! Turning the rules that match into one decision.
 //!
 //! Design bias: *one tally, two ways to fill it*. [`Tally`] is the whole of
-//! the semantics (deny wins, then allow, then default; L7 deferral; the
-//! metadata API; audit mode). The data plane fills it from the index's
-//! candidates; tests and `explain` fill it from a scan of every rule; the
-//! property tests check the two agree. Among several matching rules of the
+//! the semantics (deny wins, then allow, then default; L7 deferral;
+//! HTTP-only connections; the metadata API; audit mode). The data plane
+//! fills it from the index's candidates; tests and `explain` fill it from a
+//! scan of every rule; the property tests check the two agree. Among several matching rules of the
 //! winning kind the one whose name sorts first is named (rule ids are ranks
 //! by name), so no decision depends on the order rules are written in.
 
 use super::Policy;
-use super::decision::{DEFAULT_RULE, Decision, Miss, NOT_HTTP_CLAUSE, Outcome, Reason};
+use super::decision::{DEFAULT_RULE, Decision, Miss, Outcome, Reason};
 use super::load::Mode;
 use super::query::{Callee, Caller, Query, is_metadata_api};
 use super::rule::{Action, Eval, Rule};
@@ -41,8 +41,12 @@ pub(crate) struct Tally {
     deny_l7: Option<u32>,
     allow: Option<u32>,
     allow_l7: Option<u32>,
-    /// A rule with `http` matched up to `http` on a non-HTTP connection.
-    not_http: Option<u32>,
+    /// A rule with `http` (allow or deny) matched up to `http` on a
+    /// connection that is not HTTP: the connection is HTTP-only.
+    http_only: Option<u32>,
+    /// A matching allow rule has `to.protocol: tcp`: non-HTTP traffic is
+    /// accepted even where a rule with `http` applies.
+    non_http_allowed: bool,
     /// The allow rule that got furthest: (clauses passed, id, failed clause).
     closest: Option<(usize, u32, usize)>,
     metadata: bool,
@@ -74,16 +78,20 @@ impl Tally {
             _ => {}
         }
         let eval = rule.eval(q);
-        self.record(id, rule.action, eval);
+        self.record(id, rule, eval);
     }
 
-    pub fn record(&mut self, id: u32, action: Action, eval: Eval) {
-        match (action, eval) {
+    /// Records how rule `id` relates to the query.
+    pub fn record(&mut self, id: u32, rule: &Rule, eval: Eval) {
+        match (rule.action, eval) {
             (Action::Deny, Eval::Match) => keep_min(&mut self.deny, id),
             (Action::Deny, Eval::NeedsHttp) => keep_min(&mut self.deny_l7, id),
-            (Action::Allow, Eval::Match) => keep_min(&mut self.allow, id),
+            (Action::Allow, Eval::Match) => {
+                keep_min(&mut self.allow, id);
+                self.non_http_allowed |= rule.allows_non_http;
+            }
             (Action::Allow, Eval::NeedsHttp) => keep_min(&mut self.allow_l7, id),
-            (Action::Allow, Eval::NotHttp) => keep_min(&mut self.not_http, id),
+            (_, Eval::NotHttp) => keep_min(&mut self.http_only, id),
             (Action::Allow, Eval::Fail(clause)) => {
                 let better = match self.closest {
                     None => true,
@@ -93,7 +101,7 @@ impl Tally {
                     self.closest = Some((clause, id, clause));
                 }
             }
-            (Action::Deny, Eval::NotHttp | Eval::Fail(_)) => {}
+            (Action::Deny, Eval::Fail(_)) => {}
         }
     }
 
@@ -115,24 +123,21 @@ impl Tally {
             matched: None,
         };
         let closest = || {
-            if let Some(id) = self.not_http {
-                Some(Miss {
-                    rule: &rule(id).name,
-                    clause: NOT_HTTP_CLAUSE,
-                })
-            } else {
-                self.closest.map(|(_, id, clause)| Miss {
-                    rule: &rule(id).name,
-                    clause: &rule(id).clauses[clause].text,
-                })
-            }
+            self.closest.map(|(_, id, clause)| Miss {
+                rule: &rule(id).name,
+                clause: &rule(id).clauses[clause].text,
+            })
         };
+        // Only ever set for a connection that is not HTTP.
+        let http_only = self.http_only.filter(|_| !self.non_http_allowed);
 
         let allow_possible = self.allow.is_some()
             || self.allow_l7.is_some()
             || (policy.default == Action::Allow && !self.metadata);
         let mut decision = if let Some(id) = self.deny {
             decided(Outcome::Deny, id, Reason::Rule)
+        } else if let Some(id) = http_only {
+            decided(Outcome::Deny, id, Reason::RequiresHttp)
         } else if !allow_possible {
             // Nothing here can allow, whatever the requests are.
             if self.metadata {
@@ -158,7 +163,8 @@ impl Tally {
 }
 
 impl Policy {
-    /// Decides one query: per connection with [`super::Http::Unknown`], per
+    /// Decides one query: per connection with [`super::Http::Unknown`] (or
+    /// [`super::Http::NotHttp`] once it is known not to be HTTP), per
     /// request with [`super::Http::Request`]. Looks only at the rules the
     /// index returns; no allocation.
     pub fn decide(&self, q: &Query<'_>) -> Decision<'_> {

@@ -21,6 +21,10 @@ pub enum RuleStatus {
     Matched,
     /// Every clause up to `http` held; the HTTP request is not known.
     NeedsHttp,
+    /// Every clause up to `http` held, and the connection is not HTTP: the
+    /// rule makes it HTTP-only (denied unless a matching allow rule has
+    /// `to.protocol: tcp`).
+    NotHttp,
     /// At least one clause failed.
     Failed,
 }
@@ -53,7 +57,8 @@ impl Explanation<'_> {
             .filter(|r| r.status == RuleStatus::Failed && r.failed.len() == 1)
     }
 
-    /// Rules whose every clause held (including up to `http`).
+    /// Rules whose every clause held (including up to `http`, whether the
+    /// request is unknown or the connection is not HTTP).
     pub fn matched(&self) -> impl Iterator<Item = &RuleCheck<'_>> {
         self.rules.iter().filter(|r| r.status != RuleStatus::Failed)
     }
@@ -101,7 +106,7 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: bool) -> RuleCheck<'p> {
         _ => None,
     };
     for clause in &rule.clauses[..rule.l7_from] {
-        if !clause.test.holds(q, None) {
+        if !clause.test.holds(q, None, rule.action) {
             failed.push(&clause.text);
         }
     }
@@ -114,7 +119,7 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: bool) -> RuleCheck<'p> {
         match (&q.http, request) {
             (Http::Request(_), Some(r)) => {
                 for clause in &rule.clauses[rule.l7_from..] {
-                    if !clause.test.holds(q, Some(r)) {
+                    if !clause.test.holds(q, Some(r), rule.action) {
                         failed.push(&clause.text);
                     }
                 }
@@ -123,8 +128,13 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: bool) -> RuleCheck<'p> {
                 }
             }
             (Http::NotHttp, _) => {
-                failed.push(NOT_HTTP_CLAUSE);
-                status = RuleStatus::Failed;
+                if status == RuleStatus::Matched {
+                    // Not a failure either: the rule applies to this
+                    // connection and makes it HTTP-only.
+                    status = RuleStatus::NotHttp;
+                } else {
+                    failed.push(NOT_HTTP_CLAUSE);
+                }
             }
             _ => {
                 // Not a failure: the request is not known. The rule either
@@ -160,7 +170,10 @@ impl fmt::Display for Explanation<'_> {
             for r in matched {
                 let note = match r.status {
                     RuleStatus::NeedsHttp => " (up to http; give --method and --path)",
-                    _ => "",
+                    RuleStatus::NotHttp => {
+                        " (up to http; the connection is not HTTP, which this rule requires)"
+                    }
+                    RuleStatus::Matched | RuleStatus::Failed => "",
                 };
                 writeln!(f, "  {} {} (line {}){note}", r.action, r.name, r.line)?;
             }

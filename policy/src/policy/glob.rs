@@ -5,7 +5,9 @@
 //! them (exact text, a prefix, a subtree, or a tiny NFA); matching never
 //! backtracks, so a hostile HTTP path cannot make a decision slow. The
 //! segment separator is `/` (SPIFFE IDs, HTTP paths, everything else) or `.`
-//! for host names, where matching also ignores ASCII case.
+//! for host names. Host globs, and path globs under `paths_case_insensitive`,
+//! ignore ASCII case (the pattern is lowered once at load, the text byte by
+//! byte while matching).
 //!
 //! - `*` matches any run of characters except the separator (possibly empty).
 //! - `**` must be a whole segment and matches any run, separators included:
@@ -69,6 +71,12 @@ impl Glob {
     /// A glob over `/`-separated text (SPIFFE IDs, paths, label values).
     pub fn path(pattern: &str) -> Result<Glob, GlobError> {
         Glob::new(pattern, b'/', false)
+    }
+
+    /// A glob over `/`-separated text, ignoring ASCII case (`http.paths`
+    /// under `paths_case_insensitive`). Matching still allocates nothing.
+    pub fn path_ignoring_case(pattern: &str) -> Result<Glob, GlobError> {
+        Glob::new(pattern, b'/', true)
     }
 
     /// A glob over `.`-separated host names, ignoring ASCII case.
@@ -435,6 +443,25 @@ mod tests {
                 .unwrap()
                 .matches("API.stripe.com")
         );
+    }
+
+    #[test]
+    fn paths_can_ignore_case() {
+        for (p, t, want) in [
+            ("/Admin/**", "/ADMIN/x", true),
+            ("/admin/**", "/aDmIn", true),
+            ("/admin/**", "/admins", false),
+            ("/api/*/Users", "/API/v1/users", true),
+            ("/api/*/users", "/api/v1/x/users", false),
+            ("/a/**/b", "/A/x/Y/B", true),
+            ("/v*", "/V1", true),
+            ("/caf%C3%A9", "/CAF%c3%a9", true),
+        ] {
+            let g = Glob::path_ignoring_case(p).unwrap();
+            assert_eq!(g.matches(t), want, "{p} ~ {t}");
+            assert_eq!(g.as_str(), p, "the pattern as written");
+        }
+        assert!(!Glob::path("/admin/**").unwrap().matches("/ADMIN/x"));
     }
 
     #[test]

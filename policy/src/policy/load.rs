@@ -13,7 +13,10 @@
 //!   its ports go under `to.external.ports`;
 //! - a rule cannot be both: no connection is inbound and outbound at once;
 //! - `http` cannot be combined with `to.external`: the sidecar passes
-//!   external traffic through without reading the app's own TLS.
+//!   external traffic through without reading the app's own TLS;
+//! - `to.protocol: tcp` only on allow rules without `http`;
+//! - a method with a lower-case letter could never match (the sidecar
+//!   refuses such requests), so it is an error.
 
 use std::collections::HashMap;
 
@@ -55,11 +58,19 @@ impl std::fmt::Display for Mode {
 pub(crate) struct Loaded {
     pub default: Action,
     pub mode: Mode,
+    /// `paths_case_insensitive`: `http.paths` globs ignore ASCII case.
+    pub paths_case_insensitive: bool,
     /// In file order.
     pub rules: Vec<Rule>,
 }
 
-const TOP_KEYS: &[&str] = &["version", "default", "mode", "rules"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "default",
+    "mode",
+    "paths_case_insensitive",
+    "rules",
+];
 const RULE_KEYS: &[&str] = &["name", "action", "from", "to", "http"];
 const UNAUTH_KEYS: &[&str] = &["cidrs"];
 const EXTERNAL_KEYS: &[&str] = &["hosts", "cidrs", "ports"];
@@ -91,7 +102,8 @@ pub(crate) fn load(src: &str) -> Result<Loaded, Diags> {
     let mut version_seen = false;
     let mut default = Action::Deny;
     let mut mode = Mode::Enforce;
-    let mut rules = Vec::new();
+    let mut paths_case_insensitive = false;
+    let mut rules_node = None;
     for e in &entries {
         match e.key {
             "version" => {
@@ -124,10 +136,33 @@ pub(crate) fn load(src: &str) -> Result<Loaded, Diags> {
                     mode = m;
                 }
             }
-            "rules" => rules = load_rules(e.value, &mut diags),
+            "paths_case_insensitive" => match e.value.as_bool() {
+                Some(b) => paths_case_insensitive = b,
+                None => diags.push(
+                    e.value.mark,
+                    format!(
+                        "`paths_case_insensitive` takes true or false, found `{}`",
+                        e.value.flow()
+                    ),
+                    "write `paths_case_insensitive: true` if the app routes paths ignoring case, \
+                     or leave it out",
+                ),
+            },
+            // Read after the loop: how `http.paths` compare depends on
+            // `paths_case_insensitive`, which may come later in the file.
+            "rules" => rules_node = Some(e.value),
             _ => unknown_key(e, TOP_KEYS, "the policy", &mut diags),
         }
     }
+    let paths = if paths_case_insensitive {
+        PathCase::Insensitive
+    } else {
+        PathCase::Sensitive
+    };
+    let rules = match rules_node {
+        Some(node) => load_rules(node, paths, &mut diags),
+        None => Vec::new(),
+    };
     if !version_seen {
         diags.push(
             root.mark,
@@ -139,6 +174,7 @@ pub(crate) fn load(src: &str) -> Result<Loaded, Diags> {
         Ok(Loaded {
             default,
             mode,
+            paths_case_insensitive,
             rules,
         })
     } else {
@@ -233,7 +269,23 @@ fn keyword<T: Copy>(
     None
 }
 
-fn load_rules(node: &Node<'_>, diags: &mut Diags) -> Vec<Rule> {
+/// How `http.paths` globs compare (`paths_case_insensitive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathCase {
+    Sensitive,
+    Insensitive,
+}
+
+/// `to.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Also allow connections that are not HTTP.
+    Tcp,
+    /// HTTP only, like an empty `http`.
+    Http,
+}
+
+fn load_rules(node: &Node<'_>, paths: PathCase, diags: &mut Diags) -> Vec<Rule> {
     if node.is_null() {
         return Vec::new();
     }
@@ -248,7 +300,7 @@ fn load_rules(node: &Node<'_>, diags: &mut Diags) -> Vec<Rule> {
     let mut names: HashMap<&str, Mark> = HashMap::new();
     let mut rules = Vec::with_capacity(items.len());
     for item in items {
-        let (rule, name_node) = load_rule(item, diags);
+        let (rule, name_node) = load_rule(item, paths, diags);
         // Names are checked for duplicates even when the rule has other
         // errors, so one run reports both.
         if let Some(name_node) = name_node
@@ -280,11 +332,14 @@ struct Parts {
     external: Vec<Clause>,
     claims: Vec<Clause>,
     http: Vec<Clause>,
+    /// `to.protocol` and where its value is.
+    protocol: Option<(Protocol, Mark)>,
 }
 
 /// A rule (if it has no errors) and its `name` node (if it has one).
 fn load_rule<'n, 'a>(
     node: &'n Node<'a>,
+    paths: PathCase,
     diags: &mut Diags,
 ) -> (Option<Rule>, Option<&'n Node<'a>>) {
     let errors_before = diags.len();
@@ -351,7 +406,29 @@ fn load_rule<'n, 'a>(
                 "remove `http` and match the destination with `to.external.hosts` (the SNI or Host the app sent)",
             );
         }
-        load_http(h.value, &mut parts, diags);
+        load_http(h.value, paths, &mut parts, diags);
+    }
+    if let Some((Protocol::Tcp, mark)) = parts.protocol {
+        if action == Some(Action::Deny) {
+            diags.push(
+                mark,
+                "`to.protocol: tcp` is for allow rules: it lets an allow rule accept connections \
+                 that are not HTTP",
+                "remove it; a deny rule without `http` already applies to every connection, HTTP or not",
+            );
+        }
+        if let Some(h) = http {
+            diags.push(
+                mark,
+                format!(
+                    "`to.protocol: tcp` cannot be combined with `http` (line {}): a rule with \
+                     `http` only matches HTTP requests",
+                    h.key_node.mark.line
+                ),
+                "split it into two rules: one with `http` for the requests, one with \
+                 `protocol: tcp` for the traffic that is not HTTP",
+            );
+        }
     }
 
     let (Some(name), Some(action)) = (name, action) else {
@@ -369,6 +446,7 @@ fn load_rule<'n, 'a>(
             .any(|g| !g.as_str().contains('*') && is_metadata_host(g.as_str())),
         _ => false,
     });
+    let protocol = parts.protocol.map(|(p, _)| p);
     let mut clauses = Vec::new();
     clauses.extend(parts.ports);
     clauses.extend(parts.source);
@@ -393,7 +471,8 @@ fn load_rule<'n, 'a>(
             },
             clauses: clauses.into(),
             l7_from,
-            is_l7: http.is_some(),
+            is_l7: http.is_some() || protocol == Some(Protocol::Http),
+            allows_non_http: protocol == Some(Protocol::Tcp),
             names_metadata,
         }),
         Some(name_node),
@@ -484,6 +563,16 @@ fn load_to<'n, 'a>(
                 });
                 others.push(e.key_node);
             }
+            "protocol" => {
+                parts.protocol = keyword(
+                    e.value,
+                    &[("tcp", Protocol::Tcp), ("http", Protocol::Http)],
+                    "to.protocol",
+                    diags,
+                )
+                .map(|p| (p, e.value.mark));
+                others.push(e.key_node);
+            }
             "external" => {
                 external = Some(e.key_node);
                 load_external(e.value, parts, diags);
@@ -510,6 +599,14 @@ fn load_to<'n, 'a>(
                     "`to.ports` cannot be combined with `to.external`",
                     "put the ports under `to.external.ports`",
                 );
+            } else if key == "protocol" {
+                diags.push(
+                    k.mark,
+                    "`to.protocol` cannot be combined with `to.external`: the sidecar passes \
+                     external traffic through without reading its HTTP",
+                    "remove `protocol`; a rule with `to.external` applies to the connection \
+                     whatever its protocol",
+                );
             } else {
                 diags.push(
                     k.mark,
@@ -534,7 +631,7 @@ fn claim_clause(e: &Entry<'_, '_>, side: Side, diags: &mut Diags) -> Option<Clau
         Err(hint) => {
             let extra = match side {
                 Side::Caller => "`unauthenticated`",
-                Side::Callee => "`ports`, `external`",
+                Side::Callee => "`ports`, `protocol`, `external`",
             };
             diags.push(
                 e.key_node.mark,
@@ -612,7 +709,7 @@ fn load_external(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
     });
 }
 
-fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
+fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Diags) {
     let Some(entries) = map_entries(node, "`http`", diags) else {
         return;
     };
@@ -638,7 +735,11 @@ fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
                             );
                             return None;
                         }
-                        glob_or_report(Glob::path(text), mark, diags)
+                        let glob = match paths {
+                            PathCase::Sensitive => Glob::path(text),
+                            PathCase::Insensitive => Glob::path_ignoring_case(text),
+                        };
+                        glob_or_report(glob, mark, diags)
                     }))
                 });
                 if let Some(globs) = globs {
@@ -653,12 +754,9 @@ fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
                 let Some(headers) = map_entries(e.value, "`http.headers`", diags) else {
                     continue;
                 };
+                let mut seen: HashMap<String, (&str, Mark)> = HashMap::new();
                 for h in &headers {
-                    let name = h.key.to_ascii_lowercase();
-                    if !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
-                    {
+                    if h.key.is_empty() || !h.key.bytes().all(is_tchar) {
                         diags.push(
                             h.key_node.mark,
                             format!("`{}` is not a valid HTTP header name", h.key),
@@ -666,6 +764,21 @@ fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
                         );
                         continue;
                     }
+                    // As the sidecar compares names: `X_Debug` is `x-debug`.
+                    let name = h.key.to_ascii_lowercase().replace('_', "-");
+                    if let Some((first, mark)) = seen.get(&name) {
+                        diags.push(
+                            h.key_node.mark,
+                            format!(
+                                "`{}` is the same header as `{first}` (line {}): names ignore case, \
+                                 and `_` is `-`",
+                                h.key, mark.line
+                            ),
+                            "list all its values under one key",
+                        );
+                        continue;
+                    }
+                    seen.insert(name.clone(), (h.key, h.key_node.mark));
                     let globs = scalars(h.value, "a header value", diags).and_then(|items| {
                         collect_all(
                             items
@@ -687,23 +800,24 @@ fn load_http(node: &Node<'_>, parts: &mut Parts, diags: &mut Diags) {
     }
 }
 
+/// An HTTP token character (RFC 9110 `tchar`), as in header names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn load_methods(node: &Node<'_>, diags: &mut Diags) -> Option<Box<[Box<str>]>> {
     let items = scalars(node, "`http.methods`", diags)?;
     collect_all(items.into_iter().map(|(text, mark)| {
-        if text
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-        {
+        let is_method_char = |b: u8| b.is_ascii_alphabetic() || b == b'-' || b == b'_';
+        let is_method = !text.is_empty() && text.bytes().all(is_method_char);
+        if is_method && !text.bytes().any(|b| b.is_ascii_lowercase()) {
             Some(text.into())
-        } else if text
-            .bytes()
-            .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
-        {
+        } else if is_method {
             diags.push(
                 mark,
                 format!(
-                    "HTTP methods are case-sensitive: `{text}` is not `{}`",
-                    text.to_ascii_uppercase()
+                    "HTTP method `{text}` has lower-case letters, so this rule could never match \
+                     it: methods are case-sensitive and the sidecar refuses lower-case ones"
                 ),
                 format!("write `{}`", text.to_ascii_uppercase()),
             );

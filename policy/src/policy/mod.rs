@@ -18,9 +18,10 @@
 //! both directions: inbound the peer is the caller and the local workload
 //! the callee, outbound the other way round. Keys are flattened claim paths
 //! (`id`, `labels.app`, `vulns.critical`, `cloud.tags.env`,
-//! `reported.process.uid`; module `attr`), plus three reserved keys:
+//! `reported.process.uid`; module `attr`), plus four reserved keys:
 //! `from.unauthenticated` (a caller outside the mesh, by source CIDR; only
-//! ever inbound), `to.ports` (absent = any port) and `to.external` (a
+//! ever inbound), `to.ports` (absent = any port), `to.protocol` (`tcp` or
+//! `http`; see "HTTP-only connections") and `to.external` (a
 //! destination outside the mesh: `cidrs`, `hosts` globs against the SNI or
 //! `Host` the app sent, `ports`; only ever outbound). A rule without
 //! `from.unauthenticated` is about meshed callers only, and one without
@@ -46,14 +47,43 @@
 //! one whose name sorts first, so the order of rules in the file never
 //! changes a decision.
 //!
-//! **HTTP.** A rule with `http` never matches a connection that is not HTTP
-//! ([`Http::NotHttp`]; the decision's `closest` says so). At connection time
-//! ([`Http::Unknown`]) a rule with `http` whose other clauses match cannot be
+//! **HTTP.** A rule with `http` (or `to.protocol: http`, the same as an
+//! empty `http: {}`) matches HTTP requests only. At connection time
+//! ([`Http::Unknown`]) such a rule whose other clauses match cannot be
 //! decided yet; the connection decision is [`Outcome::DeferToL7`] whenever
-//! such a rule could change the outcome: a deny rule with `http`, or an
-//! allow rule with `http` when no plain rule allows. If nothing could allow
-//! (no allow rule matches and `default: deny`) the connection is denied at
-//! once. Each request is then decided with [`Http::Request`].
+//! it could change the outcome: a deny rule with `http`, or an allow rule
+//! with `http` when no plain rule allows. If nothing could allow (no allow
+//! rule matches and `default: deny`) the connection is denied at once. Each
+//! request is then decided with [`Http::Request`].
+//!
+//! **HTTP-only connections.** A connection that a rule with `http` (allow
+//! or deny) applies to in everything but its `http` part is HTTP-only: if
+//! it turns out not to be HTTP ([`Http::NotHttp`]) it is denied with
+//! [`Reason::RequiresHttp`], naming that rule (the first by name), even if a
+//! plain allow rule matches and even under `default: allow`. A matching
+//! plain deny rule still decides first. To accept non-HTTP traffic there
+//! too, put `to.protocol: tcp` on a matching allow rule: that rule then
+//! allows connections that are not HTTP (only allow rules, and not together
+//! with `http`). Otherwise a non-HTTP connection is decided like any other
+//! (deny, then allow, then `default`). Decisions with [`Http::Unknown`] and
+//! [`Http::Request`] do not depend on `to.protocol: tcp`.
+//!
+//! **Requests.** Methods compare exactly; a method with a lower-case letter
+//! is a load error (the sidecar refuses such requests, so the rule could
+//! never match). `http.paths` globs compare against the canonical path the
+//! sidecar computed (anything from `?` on is ignored), case-sensitively
+//! unless the policy says `paths_case_insensitive: true`: then they ignore
+//! ASCII case, so `/ADMIN/x` meets `/admin/**` (for apps that route that
+//! way). Header names ignore case and treat `_` as `-` (`x_debug` in a rule
+//! is `x-debug`, and so is an `X_Debug` request header). A header's
+//! *elements* are the comma-separated items of all its field lines, trimmed,
+//! empty ones ignored; a value that is not UTF-8 is compared with its
+//! invalid bytes replaced (U+FFFD). A header clause in a **deny** rule
+//! holds when any element, or any whole line, matches one of its globs; in
+//! an **allow** rule only when there is at least one element and every
+//! element matches. So a second `x-debug: 1` line or an `x-debug: 0, 1`
+//! list meets `deny x-debug: 1`, and `x-tenant: acme, evil` does not meet
+//! `allow x-tenant: acme`.
 //!
 //! **Outside the mesh.** A caller outside the mesh is only matched by rules
 //! with `from.unauthenticated`, a destination outside it only by rules with
@@ -64,15 +94,17 @@
 //! `169.254.169.254` or `metadata.google.internal`. `0.0.0.0/0` does not
 //! count. Such a denial has [`Reason::MetadataApi`].
 //!
-//! **Audit mode.** With `mode: audit` every would-be denial is allowed and
-//! marked [`Decision::audit_only`]; the rule and reason are those of the
-//! denial.
+//! **Audit mode.** With `mode: audit` every would-be denial (a
+//! [`Reason::RequiresHttp`] one too) is allowed and marked
+//! [`Decision::audit_only`]; the rule and reason are those of the denial.
 //!
 //! **Loading** is all or nothing: [`Policy::load`] returns a complete
 //! policy or every error, each naming file, line, column and what to write
 //! instead. Unknown keys, unknown claim paths and operators, bad globs and
-//! CIDRs, port ranges out of order, duplicate rule names and `http` with
-//! `to.external` are all errors.
+//! CIDRs, port ranges out of order, duplicate rule names, `http` or
+//! `to.protocol` with `to.external`, `to.protocol: tcp` on a deny rule or
+//! with `http`, lower-case methods and one header named twice (`x_debug`
+//! and `x-debug`) are all errors.
 //!
 //! **Deciding fast.** Rules are indexed by exact claim values, glob
 //! prefixes and ports (module `index`), so a decision looks at the few
@@ -109,7 +141,9 @@ pub use decision::{DEFAULT_RULE, Decision, Miss, NOT_HTTP_CLAUSE, Outcome, Reaso
 pub use error::{PolicyError, PolicyErrors};
 pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
-pub use query::{Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query};
+pub use query::{
+    Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, header_name_matches,
+};
 pub use rule::Action;
 
 use error::Diags;
@@ -128,6 +162,7 @@ pub struct Policy {
     file: Box<str>,
     default: Action,
     mode: Mode,
+    paths_case_insensitive: bool,
     /// Sorted by name: a rule's id is its rank.
     rules: Box<[Rule]>,
     /// One per caller/callee kind: see `eval::partition`.
@@ -169,6 +204,7 @@ impl Policy {
             file: file_name.into(),
             default: loaded.default,
             mode: loaded.mode,
+            paths_case_insensitive: loaded.paths_case_insensitive,
             rules: rules.into(),
             index,
         })
@@ -187,6 +223,12 @@ impl Policy {
         self.mode
     }
 
+    /// `paths_case_insensitive: true`: `http.paths` compare ignoring ASCII
+    /// case (the app routes `/ADMIN` like `/admin`).
+    pub fn paths_case_insensitive(&self) -> bool {
+        self.paths_case_insensitive
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -202,7 +244,8 @@ impl Policy {
     }
 
     /// A one-line summary, e.g. `policy.yaml: 12 rules (9 allow, 3 deny,
-    /// 2 with http), default deny, mode enforce`.
+    /// 2 with http), default deny, mode enforce` (and `, paths
+    /// case-insensitive` when they are).
     pub fn summary(&self) -> Summary<'_> {
         Summary(self)
     }
@@ -238,6 +281,10 @@ impl fmt::Display for Summary<'_> {
             n - allow,
             p.default,
             p.mode
-        )
+        )?;
+        if p.paths_case_insensitive {
+            f.write_str(", paths case-insensitive")?;
+        }
+        Ok(())
     }
 }

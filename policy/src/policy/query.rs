@@ -64,7 +64,10 @@ pub enum Http<'q> {
     /// cannot be decided; if they matter the decision is
     /// [`super::Outcome::DeferToL7`].
     Unknown,
-    /// The connection turned out not to be HTTP: rules with `http` never match.
+    /// The connection turned out not to be HTTP: rules with `http` never
+    /// match, and one that applies to the connection otherwise denies it
+    /// ([`super::Reason::RequiresHttp`]) unless a matching allow rule has
+    /// `to.protocol: tcp`.
     NotHttp,
     /// One HTTP request (HTTP/1.1, HTTP/2 or gRPC).
     Request(HttpRequest<'q>),
@@ -92,13 +95,51 @@ impl fmt::Debug for HttpRequest<'_> {
 
 /// Header lookup by name without allocating.
 ///
-/// Implemented for header lists (`&[(&str, &str)]`, arrays of them,
-/// `Vec<(String, String)>`); the data plane implements it for its own header
-/// map type.
+/// A request may carry a header several times, and one field line may hold
+/// a comma-separated list: policy looks at *every* value (see the policy
+/// docs, "what policy sees"), so the lookup visits each field line's value
+/// in order. Names compare with [`header_name_matches`]: ASCII
+/// case-insensitively, with `_` and `-` the same character (servers and
+/// frameworks that map `X_Debug` to `X-Debug` must not hide a header from a
+/// rule). Implemented for header lists (`&[(&str, &str)]`, arrays of them,
+/// `Vec<(String, String)>`); the data plane implements it for its own
+/// header representation.
 pub trait Headers {
-    /// The value of the first header called `name` (given in lowercase;
-    /// header names compare case-insensitively), if any.
-    fn header(&self, name: &str) -> Option<&str>;
+    /// Calls `visit` with the value of every field line whose name matches
+    /// `name` (given in lowercase, with `-`), in the order they were sent.
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8]));
+
+    /// The value of the first matching field line, if any and UTF-8 (for
+    /// tools and tests; policy decisions use [`Headers::each_value`]).
+    fn first_value(&self, name: &str) -> Option<String> {
+        let mut first = None;
+        self.each_value(name, &mut |v| {
+            if first.is_none() {
+                first = Some(String::from_utf8_lossy(v).into_owned());
+            }
+        });
+        first
+    }
+}
+
+/// Whether a header field called `field` (as sent) is the header `name`
+/// (lowercase, `-`-separated, as rules write it): ASCII case-insensitive,
+/// `_` and `-` equal. The one name comparison every header lookup uses.
+pub fn header_name_matches(field: &str, name: &str) -> bool {
+    field.len() == name.len()
+        && field.bytes().zip(name.bytes()).all(|(f, n)| {
+            let f = if f == b'_' {
+                b'-'
+            } else {
+                f.to_ascii_lowercase()
+            };
+            let n = if n == b'_' {
+                b'-'
+            } else {
+                n.to_ascii_lowercase()
+            };
+            f == n
+        })
 }
 
 /// No headers at all.
@@ -106,35 +147,36 @@ pub trait Headers {
 pub struct NoHeaders;
 
 impl Headers for NoHeaders {
-    fn header(&self, _name: &str) -> Option<&str> {
-        None
+    fn each_value(&self, _name: &str, _visit: &mut dyn FnMut(&[u8])) {}
+}
+
+fn visit_all<'a, K: AsRef<str> + 'a, V: AsRef<str> + 'a>(
+    list: impl IntoIterator<Item = &'a (K, V)>,
+    name: &str,
+    visit: &mut dyn FnMut(&[u8]),
+) {
+    for (k, v) in list {
+        if header_name_matches(k.as_ref(), name) {
+            visit(v.as_ref().as_bytes());
+        }
     }
 }
 
-fn find<'a, K: AsRef<str> + 'a, V: AsRef<str> + 'a>(
-    list: impl IntoIterator<Item = &'a (K, V)>,
-    name: &str,
-) -> Option<&'a str> {
-    list.into_iter()
-        .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_ref())
-}
-
 impl Headers for &[(&str, &str)] {
-    fn header(&self, name: &str) -> Option<&str> {
-        find(self.iter(), name)
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        visit_all(self.iter(), name, visit)
     }
 }
 
 impl<const N: usize> Headers for [(&str, &str); N] {
-    fn header(&self, name: &str) -> Option<&str> {
-        find(self.iter(), name)
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        visit_all(self.iter(), name, visit)
     }
 }
 
 impl Headers for Vec<(String, String)> {
-    fn header(&self, name: &str) -> Option<&str> {
-        find(self.iter(), name)
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        visit_all(self.iter(), name, visit)
     }
 }
 
@@ -277,12 +319,17 @@ mod tests {
 
     #[test]
     fn header_slices() {
-        let h: &[(&str, &str)] = &[("X-Tenant", "acme"), ("x-tenant", "other")];
-        assert_eq!(h.header("x-tenant"), Some("acme"));
-        assert_eq!(h.header("x-other"), None);
-        assert_eq!([("a", "b")].header("a"), Some("b"));
+        let h: &[(&str, &str)] = &[("X-Tenant", "acme"), ("x_tenant", "other")];
+        assert_eq!(h.first_value("x-tenant").as_deref(), Some("acme"));
+        let mut all = Vec::new();
+        h.each_value("x-tenant", &mut |v| all.push(v.to_vec()));
+        assert_eq!(all, [b"acme".to_vec(), b"other".to_vec()]);
+        assert_eq!(h.first_value("x-other"), None);
+        assert_eq!([("a", "b")].first_value("a").as_deref(), Some("b"));
         let owned = vec![("A".to_string(), "b".to_string())];
-        assert_eq!(owned.header("a"), Some("b"));
-        assert_eq!(NoHeaders.header("a"), None);
+        assert_eq!(owned.first_value("a").as_deref(), Some("b"));
+        assert_eq!(NoHeaders.first_value("a"), None);
+        assert!(header_name_matches("X_Debug", "x-debug"));
+        assert!(!header_name_matches("x-debugx", "x-debug"));
     }
 }

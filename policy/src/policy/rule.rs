@@ -13,7 +13,7 @@ use ipnet::IpNet;
 
 use super::attr::Attr;
 use super::glob::Glob;
-use super::query::{Callee, Caller, Http, HttpRequest, Query, normalize_host};
+use super::query::{Callee, Caller, Headers, Http, HttpRequest, Query, normalize_host};
 use super::selector::Pred;
 use super::yaml::Mark;
 
@@ -103,7 +103,8 @@ pub(crate) enum Test {
     Methods(Box<[Box<str>]>),
     /// `http.paths`.
     Paths(Box<[Glob]>),
-    /// `http.headers.<name>` (lowercase name).
+    /// `http.headers.<name>`: the name lowercase and with `-` for `_`.
+    /// Every value counts; see [`header_holds`].
     Header(Box<str>, Box<[Glob]>),
 }
 
@@ -142,8 +143,12 @@ pub(crate) struct Rule {
     /// L4 clauses, then (from `l7_from` on) HTTP clauses.
     pub clauses: Box<[Clause]>,
     pub l7_from: usize,
-    /// Has an `http` section.
+    /// Has an `http` section or `to.protocol: http`: matches HTTP requests
+    /// only, and makes a connection it applies to HTTP-only.
     pub is_l7: bool,
+    /// `to.protocol: tcp` (allow rules only): also allows connections that
+    /// are not HTTP where a rule with `http` applies.
+    pub allows_non_http: bool,
     /// Names the cloud metadata API explicitly (see [`super::query`]).
     pub names_metadata: bool,
 }
@@ -167,7 +172,7 @@ impl Rule {
     pub fn eval(&self, q: &Query<'_>) -> Eval {
         let (l4, l7) = self.clauses.split_at(self.l7_from);
         for (i, clause) in l4.iter().enumerate() {
-            if !clause.test.holds(q, None) {
+            if !clause.test.holds(q, None, self.action) {
                 return Eval::Fail(i);
             }
         }
@@ -180,7 +185,7 @@ impl Rule {
             Http::Request(r) => r,
         };
         for (i, clause) in l7.iter().enumerate() {
-            if !clause.test.holds(q, Some(request)) {
+            if !clause.test.holds(q, Some(request), self.action) {
                 return Eval::Fail(self.l7_from + i);
             }
         }
@@ -189,8 +194,11 @@ impl Rule {
 }
 
 impl Test {
-    /// Whether the check holds. HTTP checks need the request. No allocation.
-    pub fn holds(&self, q: &Query<'_>, request: Option<&HttpRequest<'_>>) -> bool {
+    /// Whether the check holds in a rule with this `action` (header clauses
+    /// read values differently in allow and deny rules). HTTP checks need
+    /// the request. No allocation (except for a header value that is not
+    /// UTF-8).
+    pub fn holds(&self, q: &Query<'_>, request: Option<&HttpRequest<'_>>, action: Action) -> bool {
         match self {
             Test::Claim(side, attr, pred) => {
                 let claims = match (side, q.caller, q.callee) {
@@ -226,11 +234,70 @@ impl Test {
                 let path = r.path.split(['?', '#']).next().unwrap_or(r.path);
                 globs.iter().any(|g| g.matches(path))
             }),
-            Test::Header(name, globs) => request
-                .and_then(|r| r.headers.header(name))
-                .is_some_and(|v| globs.iter().any(|g| g.matches(v))),
+            Test::Header(name, globs) => {
+                request.is_some_and(|r| header_holds(r.headers, name, globs, action))
+            }
         }
     }
+}
+
+/// A header clause: does header `name` meet `globs` in a rule with this
+/// `action`?
+///
+/// The *elements* of a header are the comma-separated items of all its
+/// field lines, trimmed of spaces and tabs, empty ones ignored. In a deny
+/// rule the clause holds when any element or any whole line matches (a
+/// second `x-debug: 1` line or a `0, 1` list cannot hide a value from a
+/// deny); in an allow rule only when there is at least one element and
+/// every element matches (an extra `x-tenant: evil` cannot ride along on an
+/// allowed `acme`).
+fn header_holds(headers: &dyn Headers, name: &str, globs: &[Glob], action: Action) -> bool {
+    let matches = |value: &[u8]| {
+        // Borrowed unless the value is not UTF-8.
+        let text = String::from_utf8_lossy(value);
+        globs.iter().any(|g| g.matches(&text))
+    };
+    match action {
+        Action::Deny => {
+            let mut any_matches = false;
+            headers.each_value(name, &mut |line| {
+                if !any_matches {
+                    any_matches = matches(trim_ows(line)) || elements(line).any(matches);
+                }
+            });
+            any_matches
+        }
+        Action::Allow => {
+            let mut present = false;
+            let mut all_match = true;
+            headers.each_value(name, &mut |line| {
+                for element in elements(line) {
+                    present = true;
+                    all_match = all_match && matches(element);
+                }
+            });
+            present && all_match
+        }
+    }
+}
+
+/// The comma-separated items of one field line, trimmed, empty ones skipped.
+fn elements(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| *b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// `value` without leading and trailing spaces and tabs (HTTP's "optional
+/// whitespace").
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 fn in_cidrs(nets: &[IpNet], ip: IpAddr) -> bool {

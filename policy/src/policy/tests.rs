@@ -389,7 +389,7 @@ rules:
 "#;
 
 #[test]
-fn http_rules_defer_at_l4_and_never_match_non_http() {
+fn http_rules_defer_at_l4_and_make_connections_http_only() {
     let p = load(L7);
     let (caller, callee) = (web(), api());
     let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080);
@@ -399,14 +399,17 @@ fn http_rules_defer_at_l4_and_never_match_non_http() {
         (Outcome::DeferToL7, "read-v1", Reason::NeedsHttp)
     );
 
+    // Not HTTP where a rule with `http` applies: denied, naming the rule.
     let d = decide(&p, &q.not_http());
-    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"));
     assert_eq!(
-        d.failed_clause(),
-        Some(Miss {
-            rule: "read-v1",
-            clause: NOT_HTTP_CLAUSE
-        })
+        (d.outcome, d.rule, d.reason),
+        (Outcome::Deny, "read-v1", Reason::RequiresHttp)
+    );
+    assert_eq!(d.failed_clause(), None);
+    assert_eq!(
+        d.to_string(),
+        "deny: not HTTP: rule read-v1 has http conditions for this connection \
+         (add `protocol: tcp` to an allow rule to accept non-HTTP traffic here)"
     );
 
     // Wrong port: nothing could allow, so deny at once rather than defer.
@@ -472,12 +475,517 @@ fn l4_decisions_with_mixed_l4_and_l7_rules() {
         headers: &NoHeaders,
     };
     assert_eq!(decide(&p, &q.with_request(admin)).rule, "no-admin");
-    // Not HTTP: the L7 deny cannot match, the plain allow allows.
-    assert_eq!(decide(&p, &q.not_http()).rule, "all-web");
+    // Not HTTP: the rules with `http` make the connection HTTP-only, the
+    // first of them by name is named.
+    let d = decide(&p, &q.not_http());
+    assert_eq!(
+        (d.outcome, d.rule, d.reason),
+        (Outcome::Deny, "no-admin", Reason::RequiresHttp)
+    );
+    // Unless the plain allow says it accepts other traffic too.
+    let p = mixed(
+        "  - name: all-web\n    action: allow\n    from: { labels.app: web }\n    to: { protocol: tcp }\n  - name: no-admin\n    action: deny\n    from: { labels.app: web }\n    http: { paths: [\"/admin/**\"] }\n",
+    );
+    let d = decide(&p, &q.not_http());
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "all-web"));
+    assert_eq!(decide(&p, &q).outcome, Outcome::DeferToL7);
 
     // A plain deny decides at L4 whatever the L7 rules say.
     let p = mixed("  - name: no-web\n    action: deny\n    from: { labels.app: web }\n");
     assert_eq!(decide(&p, &q).outcome, Outcome::Deny);
+}
+
+// ---------------------------------------------------------------- headers
+
+/// Header lines with raw (possibly non-UTF-8) values.
+struct RawHeaders<'a>(&'a [(&'a str, &'a [u8])]);
+
+impl Headers for RawHeaders<'_> {
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        for (field, value) in self.0 {
+            if header_name_matches(field, name) {
+                visit(value);
+            }
+        }
+    }
+}
+
+/// The decision for `GET /` from web to api with these headers.
+fn decide_with_headers<'p>(p: &'p Policy, headers: &dyn Headers) -> Decision<'p> {
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080).with_request(HttpRequest {
+        method: "GET",
+        path: "/",
+        headers,
+    });
+    decide(p, &q)
+}
+
+#[test]
+fn deny_header_clauses_match_any_value() {
+    let p = load(
+        r#"version: 1
+default: allow
+rules:
+  - name: no-debug
+    action: deny
+    http: { headers: { x_debug: "1" } }
+  - name: no-combo
+    action: deny
+    http: { headers: { x-combo: "a, b" } }
+"#,
+    );
+    type Case<'a> = (&'a [(&'a str, &'a str)], Outcome);
+    let cases: &[Case<'_>] = &[
+        (&[("x-debug", "1")], Outcome::Deny),
+        (&[("X_Debug", "1")], Outcome::Deny),
+        // Another line or list item cannot hide the value.
+        (&[("x-debug", "0"), ("x-debug", "1")], Outcome::Deny),
+        (&[("x-debug", "1"), ("x-debug", "0")], Outcome::Deny),
+        (&[("x-debug", "0, 1")], Outcome::Deny),
+        (&[("x-debug", "0,1")], Outcome::Deny),
+        (&[("x-debug", " \t1 ,")], Outcome::Deny),
+        (&[("x-debug", "0"), ("x_debug", "2,1")], Outcome::Deny),
+        (&[("x-debug", "0")], Outcome::Allow),
+        (&[("x-debug", "0,,2"), ("x-debug", "")], Outcome::Allow),
+        (&[("x-debug", "10")], Outcome::Allow),
+        (&[("x-debugx", "1")], Outcome::Allow),
+        (&[], Outcome::Allow),
+        // A whole line counts too, for values that contain commas.
+        (&[("x-combo", "a, b")], Outcome::Deny),
+        (&[("x-combo", "a")], Outcome::Allow),
+    ];
+    for (headers, want) in cases {
+        let d = decide_with_headers(&p, headers);
+        assert_eq!(d.outcome, *want, "{headers:?}");
+    }
+    let d = decide_with_headers(&p, &[("x-debug", "0, 1")]);
+    assert_eq!(
+        d.to_string(),
+        "deny by rule no-debug (http.headers.x-debug: \"1\")"
+    );
+}
+
+#[test]
+fn allow_header_clauses_need_every_element() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: acme-only
+    action: allow
+    http: { headers: { X_Tenant: acme } }
+"#,
+    );
+    type Case<'a> = (&'a [(&'a str, &'a str)], Outcome);
+    let cases: &[Case<'_>] = &[
+        (&[("x-tenant", "acme")], Outcome::Allow),
+        (&[("X_TENANT", "acme")], Outcome::Allow),
+        (
+            &[("x-tenant", "acme"), ("x_tenant", "acme")],
+            Outcome::Allow,
+        ),
+        (&[("x-tenant", "acme, acme")], Outcome::Allow),
+        (&[("x-tenant", " acme\t, ")], Outcome::Allow),
+        (&[("x-tenant", "acme"), ("x-tenant", "")], Outcome::Allow),
+        // Something else riding along is not allowed.
+        (&[("x-tenant", "acme"), ("x-tenant", "evil")], Outcome::Deny),
+        (&[("x-tenant", "evil"), ("x-tenant", "acme")], Outcome::Deny),
+        (&[("x-tenant", "acme, evil")], Outcome::Deny),
+        (&[("x-tenant", "acme"), ("X_Tenant", "evil")], Outcome::Deny),
+        // Present means at least one element.
+        (&[("x-tenant", "")], Outcome::Deny),
+        (&[("x-tenant", " , ")], Outcome::Deny),
+        (&[], Outcome::Deny),
+        (&[("x-other", "acme")], Outcome::Deny),
+    ];
+    for (headers, want) in cases {
+        let d = decide_with_headers(&p, headers);
+        assert_eq!(d.outcome, *want, "{headers:?}");
+    }
+    // The rule's name is normalized at load: `X_Tenant` is `x-tenant`.
+    let d = decide_with_headers(&p, &[("x-tenant", "acme")]);
+    assert_eq!(
+        d.attributes().collect::<Vec<_>>(),
+        ["http.headers.x-tenant"]
+    );
+    let d = decide_with_headers(&p, &[("x-tenant", "acme"), ("x-tenant", "evil")]);
+    assert_eq!(
+        d.failed_clause(),
+        Some(Miss {
+            rule: "acme-only",
+            clause: "http.headers.x-tenant: acme"
+        })
+    );
+}
+
+#[test]
+fn header_values_that_are_not_utf8_are_compared_lossily() {
+    let deny = load(
+        "version: 1\ndefault: allow\nrules:\n  - name: no-debug\n    action: deny\n    http: { headers: { x-debug: \"1\" } }\n",
+    );
+    let allow = load(
+        "version: 1\nrules:\n  - name: acme\n    action: allow\n    http: { headers: { x-tenant: \"acme*\" } }\n",
+    );
+    type Case<'a> = (&'a Policy, &'a [(&'a str, &'a [u8])], Outcome);
+    let cases: &[Case<'_>] = &[
+        (&deny, &[("x-debug", b"\xff, 1")], Outcome::Deny),
+        (
+            &deny,
+            &[("x-debug", b"\xff"), ("x-debug", b"1")],
+            Outcome::Deny,
+        ),
+        (&deny, &[("x-debug", b"1\xff")], Outcome::Allow),
+        (&allow, &[("x-tenant", b"acme-\xff")], Outcome::Allow),
+        (&allow, &[("x-tenant", b"acme, \xfe")], Outcome::Deny),
+        (&allow, &[("x-tenant", b"\xfeacme")], Outcome::Deny),
+    ];
+    for (p, headers, want) in cases {
+        let d = decide_with_headers(p, &RawHeaders(headers));
+        assert_eq!(d.outcome, *want, "{headers:?}");
+    }
+}
+
+// ---------------------------------------------------------------- protocols
+
+const HTTP_ONLY: &str = r#"version: 1
+rules:
+  - name: api-http
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, ports: [8080] }
+    http: { paths: ["/v1/**"] }
+  - name: web-any
+    action: allow
+    from: { labels.app: web }
+"#;
+
+#[test]
+fn connections_an_http_rule_applies_to_are_http_only() {
+    let (caller, callee) = (web(), api());
+    let q = |port| Query::meshed(Direction::Inbound, &caller, &callee, port);
+    let p = load(HTTP_ONLY);
+
+    // Where `api-http` applies, only HTTP gets through.
+    let d = decide(&p, &q(8080).not_http());
+    assert_eq!(
+        (d.outcome, d.rule, d.reason),
+        (Outcome::Deny, "api-http", Reason::RequiresHttp)
+    );
+    assert!(d.why().to_string().starts_with("not HTTP: rule api-http"));
+    // Elsewhere the plain allow allows whatever the protocol.
+    let d = decide(&p, &q(9).not_http());
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "web-any"));
+    // Connection time and requests are decided as before.
+    assert_eq!(decide(&p, &q(8080)).rule, "web-any");
+    let r = HttpRequest {
+        method: "GET",
+        path: "/v2",
+        headers: &NoHeaders,
+    };
+    assert_eq!(decide(&p, &q(8080).with_request(r)).rule, "web-any");
+    // A caller the http rule is not about is not affected.
+    let other = claims("spiffe://prod.example/ns/shop/sa/db", &[("app", "db")]);
+    let d = decide(
+        &p,
+        &Query::meshed(Direction::Inbound, &other, &callee, 8080).not_http(),
+    );
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"));
+
+    // `protocol: tcp` on a matching allow rule accepts other traffic.
+    let web_any = "web-any\n    action: allow\n    from: { labels.app: web }\n";
+    let tcp = load(&HTTP_ONLY.replace(web_any, &format!("{web_any}    to: {{ protocol: tcp }}\n")));
+    let d = decide(&tcp, &q(8080).not_http());
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "web-any"));
+    // Only where it matches.
+    let tcp_elsewhere = load(&HTTP_ONLY.replace(
+        web_any,
+        &format!("{web_any}    to: {{ ports: [5432], protocol: tcp }}\n"),
+    ));
+    let d = decide(&tcp_elsewhere, &q(8080).not_http());
+    assert_eq!((d.outcome, d.reason), (Outcome::Deny, Reason::RequiresHttp));
+    let d = decide(&tcp_elsewhere, &q(5432).not_http());
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "web-any"));
+
+    // A deny rule with http makes the connection HTTP-only too, and a
+    // plain deny still wins over everything.
+    let deny_l7 = "  - name: a-no-admin\n    action: deny\n    from: { labels.app: web }\n    http: { paths: [\"/admin/**\"] }\n";
+    let p = load(&format!("{HTTP_ONLY}{deny_l7}"));
+    let d = decide(&p, &q(9).not_http());
+    assert_eq!(
+        (d.outcome, d.rule, d.reason),
+        (Outcome::Deny, "a-no-admin", Reason::RequiresHttp)
+    );
+    let p = load(&format!(
+        "{HTTP_ONLY}{deny_l7}  - name: z-no-web\n    action: deny\n    from: {{ labels.app: web }}\n"
+    ));
+    let d = decide(&p, &q(8080).not_http());
+    assert_eq!(
+        (d.outcome, d.rule, d.reason),
+        (Outcome::Deny, "z-no-web", Reason::Rule)
+    );
+
+    // Under `default: allow` as well.
+    let p = load(&L7.replace("version: 1\n", "version: 1\ndefault: allow\n"));
+    let d = decide(&p, &q(8080).not_http());
+    assert_eq!((d.outcome, d.reason), (Outcome::Deny, Reason::RequiresHttp));
+    assert_eq!(decide(&p, &q(9).not_http()).outcome, Outcome::Allow);
+}
+
+#[test]
+fn audit_mode_allows_http_only_denials() {
+    let p = load(&HTTP_ONLY.replace("version: 1\n", "version: 1\nmode: audit\n"));
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080).not_http();
+    let d = decide(&p, &q);
+    assert_eq!(
+        (d.outcome, d.rule, d.audit_only, d.reason),
+        (Outcome::Allow, "api-http", true, Reason::RequiresHttp)
+    );
+    assert_eq!(d.enforced_outcome(), Outcome::Deny);
+    assert!(
+        d.to_string()
+            .starts_with("allow (audit only, would deny): not HTTP: rule api-http"),
+        "{d}"
+    );
+}
+
+#[test]
+fn explain_names_http_only_denials() {
+    let p = load(HTTP_ONLY);
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080).not_http();
+    let e = p.explain(&q);
+    assert_eq!(e.decision.reason, Reason::RequiresHttp);
+    let statuses: Vec<_> = e.rules.iter().map(|r| (r.name, r.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("api-http", RuleStatus::NotHttp),
+            ("web-any", RuleStatus::Matched)
+        ]
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with(
+            "decision: deny: not HTTP: rule api-http has http conditions for this connection"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("rule: api-http\n"), "{text}");
+    assert!(
+        text.contains("allow api-http (line 3) (up to http; the connection is not HTTP"),
+        "{text}"
+    );
+    // A rule that fails elsewhere as well lists not being HTTP among its
+    // failures.
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 9).not_http();
+    let e = p.explain(&q);
+    assert_eq!(e.rules[0].status, RuleStatus::Failed);
+    assert_eq!(e.rules[0].failed, ["to.ports: [8080]", NOT_HTTP_CLAUSE]);
+}
+
+#[test]
+fn protocol_http_and_empty_http_make_a_rule_http_only_without_conditions() {
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 8080);
+    for spelling in [
+        "    to: { protocol: http }\n",
+        "    http: {}\n",
+        "    http:\n",
+        "    to: { protocol: http }\n    http: {}\n",
+    ] {
+        let p = load(&format!(
+            "version: 1\nrules:\n  - name: web-http\n    action: allow\n    from: {{ labels.app: web }}\n{spelling}"
+        ));
+        assert!(
+            p.summary().to_string().contains("1 with http"),
+            "{spelling}"
+        );
+        let d = decide(&p, &q);
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::DeferToL7, "web-http"),
+            "{spelling}"
+        );
+        let r = HttpRequest {
+            method: "PROPFIND",
+            path: "/anything",
+            headers: &NoHeaders,
+        };
+        let d = decide(&p, &q.with_request(r));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Allow, "web-http"),
+            "{spelling}"
+        );
+        let d = decide(&p, &q.not_http());
+        assert_eq!(
+            (d.outcome, d.rule, d.reason),
+            (Outcome::Deny, "web-http", Reason::RequiresHttp),
+            "{spelling}"
+        );
+    }
+    // `protocol: tcp` alone changes nothing else about a rule.
+    let p = load(
+        "version: 1\nrules:\n  - name: db\n    action: allow\n    from: { labels.app: web }\n    to: { protocol: tcp, ports: [5432] }\n",
+    );
+    assert!(p.summary().to_string().contains("0 with http"));
+    let d = decide(
+        &p,
+        &Query::meshed(Direction::Inbound, &caller, &callee, 5432),
+    );
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "db"));
+    let d = decide(
+        &p,
+        &Query::meshed(Direction::Inbound, &caller, &callee, 5432).not_http(),
+    );
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "db"));
+}
+
+// ---------------------------------------------------------------- paths
+
+#[test]
+fn paths_can_be_case_insensitive() {
+    let src = r#"version: 1
+default: allow
+rules:
+  - name: no-admin
+    action: deny
+    http: { paths: ["/Admin/**", "/api/*/Keys"] }
+"#;
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 80);
+    let outcome = |p: &Policy, path: &str| {
+        let r = HttpRequest {
+            method: "GET",
+            path,
+            headers: &NoHeaders,
+        };
+        decide(p, &q.with_request(r)).outcome
+    };
+
+    let sensitive = load(src);
+    assert!(!sensitive.paths_case_insensitive());
+    assert_eq!(outcome(&sensitive, "/Admin/x"), Outcome::Deny);
+    assert_eq!(outcome(&sensitive, "/admin/x"), Outcome::Allow);
+    assert_eq!(outcome(&sensitive, "/ADMIN"), Outcome::Allow);
+
+    // The key may come anywhere at the top, after the rules too.
+    for insensitive in [
+        src.replace("version: 1\n", "version: 1\npaths_case_insensitive: true\n"),
+        format!("{src}paths_case_insensitive: true\n"),
+    ] {
+        let p = load(&insensitive);
+        assert!(p.paths_case_insensitive());
+        assert!(
+            p.summary()
+                .to_string()
+                .ends_with("mode enforce, paths case-insensitive"),
+            "{}",
+            p.summary()
+        );
+        for (path, want) in [
+            ("/Admin/x", Outcome::Deny),
+            ("/admin/x", Outcome::Deny),
+            ("/ADMIN", Outcome::Deny),
+            ("/aDmIn/x?q=1", Outcome::Deny),
+            ("/API/v1/KEYS", Outcome::Deny),
+            ("/administrator", Outcome::Allow),
+            ("/api/v1/x/keys", Outcome::Allow),
+        ] {
+            assert_eq!(outcome(&p, path), want, "{path}");
+        }
+    }
+    let p = load(&src.replace(
+        "version: 1\n",
+        "version: 1\npaths_case_insensitive: false\n",
+    ));
+    assert!(!p.paths_case_insensitive());
+    assert_eq!(outcome(&p, "/ADMIN"), Outcome::Allow);
+}
+
+// ---------------------------------------------------------------- new load errors
+
+#[test]
+fn protocol_methods_headers_and_path_case_errors() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    to: { protocol: tcp }\n",
+            "p.yaml:5:21: `to.protocol: tcp` is for allow rules: it lets an allow rule accept \
+             connections that are not HTTP; remove it",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { protocol: tcp }\n    http: { methods: [GET] }\n",
+            "p.yaml:5:21: `to.protocol: tcp` cannot be combined with `http` (line 6)",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { protocol: tcp }\n    http: {}\n",
+            "p.yaml:5:21: `to.protocol: tcp` cannot be combined with `http` (line 6)",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { protocol: udp }\n",
+            "p.yaml:5:21: `to.protocol` cannot be `udp`; ",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { protocol: [tcp, http] }\n",
+            "p.yaml:5:21: `to.protocol` cannot be `[tcp, http]`; ",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    to: { external: { hosts: [x.com] }, protocol: tcp }\n",
+            "p.yaml:5:41: `to.protocol` cannot be combined with `to.external`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    from: { protocol: tcp }\n",
+            "p.yaml:5:13: unknown key `protocol` in `from`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { methods: [GET, delete] }\n",
+            "p.yaml:5:28: HTTP method `delete` has lower-case letters, so this rule could never \
+             match it: methods are case-sensitive and the sidecar refuses lower-case ones; write `DELETE`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    http: { methods: [Delete] }\n",
+            "p.yaml:5:23: HTTP method `Delete` has lower-case letters",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    http: { methods: [\"GET /\"] }\n",
+            "p.yaml:5:23: `GET /` is not an HTTP method",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    http: { headers: { x_debug: \"1\", X-Debug: \"2\" } }\n",
+            "p.yaml:5:38: `X-Debug` is the same header as `x_debug` (line 5)",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    action: deny\n    http: { headers: { \"x debug\": \"1\" } }\n",
+            "p.yaml:5:24: `x debug` is not a valid HTTP header name",
+        ),
+        (
+            "version: 1\npaths_case_insensitive: yes\n",
+            "p.yaml:2:25: `paths_case_insensitive` takes true or false, found `yes`",
+        ),
+        (
+            "version: 1\npaths_case_insensitive: \"true\"\n",
+            "p.yaml:2:25: `paths_case_insensitive` takes true or false",
+        ),
+        (
+            "version: 1\npaths_case_insensitve: true\n",
+            "p.yaml:2:1: unknown key `paths_case_insensitve` in the policy; did you mean `paths_case_insensitive`?",
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (src, want) in cases {
+        let errs = errors(src);
+        if !errs.iter().any(|e| e.starts_with(want)) {
+            bad.push(format!("want {want}\n got {errs:#?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+
+    // Any other upper-case token is an ordinary method.
+    let p = load(
+        "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { methods: [PROPFIND, M-SEARCH, PURGE] }\n",
+    );
+    assert_eq!(p.len(), 1);
 }
 
 #[test]
@@ -879,7 +1387,8 @@ fn more_validation_errors() {
         ),
         (
             "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { methods: [get] }\n",
-            "p.yaml:5:23: HTTP methods are case-sensitive: `get` is not `GET`; write `GET`",
+            "p.yaml:5:23: HTTP method `get` has lower-case letters, so this rule could never match it: \
+             methods are case-sensitive and the sidecar refuses lower-case ones; write `GET`",
         ),
         (
             "version: 1\nrules:\n  - name: a\n    action: allow\n    http: { paths: [v1] }\n",
@@ -950,7 +1459,16 @@ mod props {
         "vulns.critical: { not: { gt: 0 } }",
     ];
     const PORTS: &[&str] = &["", "[80]", "[\"80-90\"]", "[8080, 443]"];
-    const HTTP: &[&str] = &["", "{ methods: [GET] }", "{ paths: [\"/v1/**\"] }"];
+    /// `http` sections, and (starting with `protocol:`) `to.protocol`.
+    const HTTP: &[&str] = &[
+        "",
+        "{ methods: [GET] }",
+        "{ paths: [\"/v1/**\"] }",
+        "{ headers: { x_t: a } }",
+        "{}",
+        "protocol: http",
+        "protocol: tcp",
+    ];
     const EXTERNAL: &[&str] = &[
         "{ cidrs: [\"0.0.0.0/0\"], ports: [443] }",
         "{ hosts: [\"*.stripe.com\"] }",
@@ -1025,6 +1543,13 @@ mod props {
         let mut to_parts: Vec<String> = to.iter().map(ToString::to_string).collect();
         to_parts.extend(to_ports);
         to_parts.extend(external);
+        if http.starts_with("protocol:") {
+            // `protocol: tcp` is for allow rules only.
+            if !(r.deny && http.ends_with("tcp")) {
+                to_parts.push(http.to_string());
+            }
+            http = "";
+        }
         let mut s = format!(
             "  - name: {name}\n    action: {action}\n    from: {{ {} }}\n    to: {{ {} }}\n",
             from.join(", "),
@@ -1135,7 +1660,7 @@ mod props {
             0..3usize,
             0..3usize,
             0..6usize,
-            0..5usize,
+            0..7usize,
         )
             .prop_map(
                 |(caller, callee, kind, source, dest, host, port, http)| QuerySpec {
@@ -1182,6 +1707,16 @@ mod props {
                 method: "POST",
                 path: "/v1/x",
                 headers: &NoHeaders,
+            }),
+            4 => q.with_request(HttpRequest {
+                method: "GET",
+                path: "/v1/x",
+                headers: &[("X-T", "a")],
+            }),
+            5 => q.with_request(HttpRequest {
+                method: "GET",
+                path: "/v1/x",
+                headers: &[("x-t", "a"), ("x_t", "b")],
             }),
             _ => q.with_request(HttpRequest {
                 method: "GET",

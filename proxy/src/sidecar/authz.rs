@@ -19,7 +19,7 @@ use appid_policy::AppIdClaims;
 use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reason};
 
 use super::Shared;
-use super::http::{RequestAuthorizer, RequestFacts, RequestVerdict};
+use super::http::{INVALID_REQUEST_RULE, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict};
 use crate::audit::AuditRecord;
 
 /// The rule name audit lines and `x-appid-denied-by` carry for a peer the
@@ -343,6 +343,21 @@ impl ConnAuthz {
     }
 }
 
+/// The most of a refused request's method and target an audit line keeps.
+const AUDIT_TARGET_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The metrics label for a policy direction.
 pub fn metrics_direction(direction: Direction) -> crate::metrics::Direction {
     match direction {
@@ -372,6 +387,22 @@ impl RequestAuthorizer for ConnAuthz {
         self.shared
             .metrics
             .http_request(metrics_direction(self.direction), status, elapsed);
+    }
+
+    /// A request refused before policy: one audit line (rule
+    /// `invalid-request`) with the reason, its target cut to
+    /// [`AUDIT_TARGET_BYTES`] (it was refused, so it may be anything).
+    fn refused(&self, method: &str, target: &str, refusal: Refusal, grpc: bool) {
+        let target = truncate_utf8(target, AUDIT_TARGET_BYTES);
+        let method = truncate_utf8(method, AUDIT_TARGET_BYTES);
+        self.write_audit(
+            "deny",
+            false,
+            INVALID_REQUEST_RULE,
+            &serde_json::Map::new(),
+            Some(refusal.as_str()),
+            Some((method, target, grpc)),
+        );
     }
 
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {

@@ -411,7 +411,7 @@ async fn to_app<S>(
                 version,
                 Arc::new(authz),
                 peer_headers,
-                shared.http_limits(),
+                shared.http_limits(l7::AppSide::Upstream),
                 shutdown,
             )
             .await;

@@ -17,9 +17,7 @@
 
 pub mod authz;
 mod from_authority;
-pub mod h1;
 pub mod http;
-pub mod http2;
 pub mod inbound;
 pub mod orig_dst;
 pub mod outbound;
@@ -140,12 +138,14 @@ impl Shared {
         }
     }
 
-    fn http_limits(&self) -> http::HttpLimits {
+    /// Limits for an HTTP connection whose local app is on the `app` side.
+    fn http_limits(&self, app: http::AppSide) -> http::HttpLimits {
         http::HttpLimits {
             max_header_bytes: self.limits.max_header_bytes,
-            // hyper runs this timer whenever it waits for a request head,
-            // including between keep-alive requests: it is the idle timeout.
+            // The wait for a request head, including between keep-alive
+            // requests: it is the idle timeout.
             header_timeout: self.limits.idle_timeout,
+            app,
         }
     }
 

@@ -193,7 +193,7 @@ async fn to_peer(
                 version,
                 Arc::new(authz),
                 None,
-                shared.http_limits(),
+                shared.http_limits(l7::AppSide::Downstream),
                 shared.shutdown_signal(),
             )
             .await;

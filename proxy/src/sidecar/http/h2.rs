@@ -1,14 +1,18 @@
 //! L7 for HTTP/2 and gRPC: the h2 crate on both sides, one upstream stream
 //! per downstream stream.
 //!
-//! Design bias: *forward frames, not bodies*. Each request's headers are
-//! authorized (and `x-appid-*` rewritten) and sent upstream on the one
-//! upstream connection; DATA frames and trailers are then passed along as
+//! Design bias: *forward frames, not bodies*. Each request's head goes
+//! through [`super::authorize_request`] (the check HTTP/1 shares), has its
+//! `x-appid-*` headers rewritten, and is sent upstream on the one upstream
+//! connection; DATA frames and response trailers are then passed along as
 //! they come, with flow control end to end (a frame's window is handed
 //! back to the sender only once the frame is handed on), so gRPC streaming
 //! is never buffered and a slow reader slows its writer. A denial is
 //! answered here: `403` with `x-appid-denied-by`, or for gRPC a
-//! trailers-only answer with `grpc-status: 7`.
+//! trailers-only answer with `grpc-status: 7`; a refusal is a `400` (`405`
+//! for `CONNECT`) on that stream. Request trailers reset the stream (gRPC
+//! requests never carry any); inbound, `x-appid-*` headers in the app's
+//! response heads and trailers are removed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,12 +22,13 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::http::{
-    DENIED_BY_HEADER, HeaderMapView, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER,
-    PEER_ID_HEADER, PeerHeaders, RequestAuthorizer, RequestFacts, RequestVerdict,
+use super::{
+    AppSide, DENIED_BY_HEADER, HeaderMapView, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER,
+    PEER_ID_HEADER, PeerHeaders, RequestAuthorizer, RequestDecision, authorize_request,
+    strip_appid_headers,
 };
 
 /// Concurrent streams accepted from the client.
@@ -86,7 +91,7 @@ where
                     let authorizer = authorizer.clone();
                     let peer_headers = peer_headers.clone();
                     tokio::spawn(async move {
-                        forward(request, respond, client, &*authorizer, &peer_headers).await;
+                        forward(request, respond, client, &*authorizer, &peer_headers, limits.app).await;
                     });
                 }
             },
@@ -108,6 +113,7 @@ async fn forward(
     client: h2::client::SendRequest<Bytes>,
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
+    app: AppSide,
 ) {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
@@ -116,16 +122,22 @@ async fn forward(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let verdict = authorizer.authorize(&RequestFacts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        headers: &HeaderMapView(&parts.headers),
-        grpc,
-    });
-    if let RequestVerdict::Deny { rule, reason } = verdict {
-        let status = send_denied(&mut respond, &rule, &reason, grpc);
-        authorizer.observe(status, started.elapsed());
-        return;
+    // `:path` as sent (origin form, or `*`); an h2 request always has one.
+    let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    let headers = HeaderMapView(&parts.headers);
+    match authorize_request(authorizer, parts.method.as_str(), target, &headers, grpc) {
+        RequestDecision::Forward => {}
+        RequestDecision::Deny { rule, reason } => {
+            let status = send_denied(&mut respond, &rule, &reason, grpc);
+            authorizer.observe(status, started.elapsed());
+            return;
+        }
+        RequestDecision::Refuse(refusal) => {
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            send_local(&mut respond, status, &format!("appid: {refusal}\n"), None);
+            authorizer.observe(status.as_u16(), started.elapsed());
+            return;
+        }
     }
     strip_appid_headers(&mut parts.headers);
     if let Some(peer) = peer_headers {
@@ -151,7 +163,7 @@ async fn forward(
         }
     };
 
-    let request_body = pipe(body, upstream_body);
+    let request_body = pipe(body, upstream_body, Trailers::Refuse);
     let response = async {
         let response = match response.await {
             Ok(response) => response,
@@ -161,11 +173,19 @@ async fn forward(
             }
         };
         authorizer.observe(response.status().as_u16(), started.elapsed());
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        let trailers = match app {
+            // The app's response: x-appid-* is not its to set.
+            AppSide::Upstream => {
+                strip_appid_headers(&mut parts.headers);
+                Trailers::StripAppid
+            }
+            AppSide::Downstream => Trailers::Pass,
+        };
         let ends = body.is_end_stream();
         let downstream_body = respond.send_response(Response::from_parts(parts, ()), ends)?;
         if !ends {
-            pipe(body, downstream_body).await?;
+            pipe(body, downstream_body, trailers).await?;
         }
         Ok::<(), h2::Error>(())
     };
@@ -192,9 +212,25 @@ async fn forward(
     }
 }
 
+/// What [`pipe`] does with trailers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trailers {
+    /// Pass them on (responses from a peer sidecar).
+    Pass,
+    /// Pass them on without `x-appid-*` (responses from the local app).
+    StripAppid,
+    /// Reset both streams (requests: trailers could carry headers past the
+    /// authorizer, and gRPC requests never have any).
+    Refuse,
+}
+
 /// Passes DATA frames and trailers from `from` to `to`, handing each
 /// frame's window back to the sender once `to` has taken it.
-async fn pipe(mut from: RecvStream, mut to: SendStream<Bytes>) -> Result<(), h2::Error> {
+async fn pipe(
+    mut from: RecvStream,
+    mut to: SendStream<Bytes>,
+    trailers: Trailers,
+) -> Result<(), h2::Error> {
     if from.is_end_stream() {
         return Ok(());
     }
@@ -219,21 +255,18 @@ async fn pipe(mut from: RecvStream, mut to: SendStream<Bytes>) -> Result<(), h2:
         }
         let _ = from.flow_control().release_capacity(taken);
     }
-    match from.trailers().await? {
-        Some(trailers) => to.send_trailers(trailers),
-        None => to.send_data(Bytes::new(), true),
-    }
-}
-
-/// Removes every `x-appid-*` header: only this sidecar may set them.
-fn strip_appid_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-appid-"))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
+    match (from.trailers().await?, trailers) {
+        (None, _) => to.send_data(Bytes::new(), true),
+        (Some(_), Trailers::Refuse) => {
+            tracing::debug!("request trailers refused: stream reset");
+            to.send_reset(h2::Reason::PROTOCOL_ERROR);
+            Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR))
+        }
+        (Some(mut fields), Trailers::StripAppid) => {
+            strip_appid_headers(&mut fields);
+            to.send_trailers(fields)
+        }
+        (Some(fields), Trailers::Pass) => to.send_trailers(fields),
     }
 }
 
@@ -333,8 +366,9 @@ mod tests {
 
     #[test]
     fn strips_only_appid_headers() {
-        let mut headers = HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         headers.insert("x-appid-peer-id", HeaderValue::from_static("spoofed"));
+        headers.insert("x_appid_peer_id", HeaderValue::from_static("spoofed"));
         headers.insert("x-appid-anything", HeaderValue::from_static("spoofed"));
         headers.insert("x-other", HeaderValue::from_static("kept"));
         strip_appid_headers(&mut headers);

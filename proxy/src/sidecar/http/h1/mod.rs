@@ -8,20 +8,23 @@
 //! owns it (`x-appid-*` headers out, the verified peer's in); bodies and
 //! response heads are copied as they came. Buffers exist only while a
 //! message is in flight, so an idle keep-alive connection holds none.
-//! The HTTP/2 and gRPC path ([`super::http`]) keeps hyper, which it needs
-//! for streams.
+//! What a request *is* (method, canonical path, headers for policy) is
+//! decided by [`super::authorize_request`], the one check HTTP/2 shares.
 //!
 //! One request at a time per connection: a pipelined request waits, unread,
 //! until the response before it is through. Refused at the edge, with the
 //! connection closed: a head over `max_header_bytes` (431), unparsable
-//! heads or ambiguous framing (400), `CONNECT` (405). A request is denied
-//! with a 403 naming the rule, and the connection stays open unless the
-//! request has a body (which is then never read). A `101 Switching
-//! Protocols` answer turns the connection into opaque TCP.
+//! heads or ambiguous framing (400), and what the shared check refuses
+//! (400, or 405 for `CONNECT`). A request is denied with a 403 naming the
+//! rule, and the connection stays open unless the request has a body
+//! (which is then never read). A chunked request body with trailer fields
+//! closes the connection (trailers could carry headers past the
+//! authorizer). Inbound, `x-appid-*` headers in the app's response heads
+//! are removed. A `101 Switching Protocols` answer turns the connection
+//! into opaque TCP.
 
 mod framing;
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -36,9 +39,10 @@ use appid_policy::policy::Headers;
 
 pub use framing::{BodyLength, Chunked, FramingError};
 
-use super::http::{
-    DENIED_BY_HEADER, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER, PEER_ID_HEADER, PeerHeaders,
-    RequestAuthorizer, RequestFacts, RequestVerdict,
+use super::{
+    AppSide, DENIED_BY_HEADER, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER, PEER_ID_HEADER,
+    PeerHeaders, RequestAuthorizer, RequestDecision, authorize_request, is_appid_header,
+    visit_header_values,
 };
 
 /// Headers parsed per message at most (more: 431).
@@ -144,12 +148,14 @@ where
         // may answer before it has read the whole body).
         let mut body_sent = body == BodyLength::Empty;
         let response = {
+            // Request trailers are refused: they could carry headers
+            // (`x-appid-peer-id`, what a rule looks at) past the authorizer.
             let send = copy_body(
                 &mut down_read,
                 &mut down_buf,
                 &mut up_write,
                 body,
-                None,
+                (body == BodyLength::Chunked).then(Chunked::for_request),
                 limits,
             );
             let relay = relay_response(
@@ -247,17 +253,6 @@ fn inspect_request(
     else {
         return Err(bad("invalid request head"));
     };
-    if method == "CONNECT" {
-        return Err(Refusal {
-            status: 405,
-            message: "CONNECT is not proxied",
-        });
-    }
-    // Methods are case-sensitive, but some frameworks upper-case them:
-    // `delete` must not slip past a rule about `DELETE`.
-    if method.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(bad("lower-case request method"));
-    }
     let headers = HeaderList(request.headers);
     // HTTP/1.0 has no chunked coding; some servers (Go) ignore the header
     // there and would read the "chunks" as the next request.
@@ -273,32 +268,30 @@ fn inspect_request(
         1 => !headers.connection_has("close"),
         _ => headers.connection_has("keep-alive"),
     };
-    let Some(path) = authorized_path(target) else {
-        return Err(bad(
-            "ambiguous request path (encoded slash or percent, dot segment or backslash)",
-        ));
-    };
     // An `h2c` upgrade would turn the connection into HTTP/2 the proxy
     // cannot see into: drop it (the app answers in HTTP/1.1).
     let h2c = headers.all("upgrade").any(|v| {
         v.split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
     });
-    let facts = RequestFacts {
-        method,
-        path: &path,
-        headers: &headers,
-        grpc: false,
-    };
-    if let RequestVerdict::Deny { rule, reason } = authorizer.authorize(&facts) {
-        return Ok(InspectedRequest {
-            denied: Some((rule, reason)),
-            upstream_head: Vec::new(),
-            body,
-            keep_alive,
-            head: false,
-            upgrade: false,
-        });
+    match authorize_request(authorizer, method, target, &headers, false) {
+        RequestDecision::Forward => {}
+        RequestDecision::Refuse(refusal) => {
+            return Err(Refusal {
+                status: refusal.status(),
+                message: refusal.as_str(),
+            });
+        }
+        RequestDecision::Deny { rule, reason } => {
+            return Ok(InspectedRequest {
+                denied: Some((rule, reason)),
+                upstream_head: Vec::new(),
+                body,
+                keep_alive,
+                head: false,
+                upgrade: false,
+            });
+        }
     }
     let upgrade = !h2c && headers.has("upgrade");
 
@@ -349,73 +342,6 @@ fn inspect_request(
     })
 }
 
-/// `x-appid-*`, in any case, and with `_` for `-` (which some servers
-/// map to the same variable: `X_APPID_PEER_ID`).
-fn is_appid_header(name: &str) -> bool {
-    name.len() >= 8
-        && name.as_bytes()[..8]
-            .iter()
-            .zip(b"x-appid-")
-            .all(|(&a, &b)| a.to_ascii_lowercase() == b || (b == b'-' && a == b'_'))
-}
-
-/// The path policy sees, or `None` when servers could read the target
-/// differently: an encoded `/` or `\`, a backslash, or a `.`/`..`
-/// segment (also as `..;`). Percent-encoded unreserved characters are
-/// decoded (`/%61dmin` is `/admin`), as every server does; the target is
-/// forwarded unchanged.
-fn authorized_path(target: &str) -> Option<Cow<'_, str>> {
-    let raw = path_of(target);
-    if raw == "*" {
-        return Some(Cow::Borrowed(raw));
-    }
-    if raw.contains('\\') {
-        return None;
-    }
-    let path = if raw.contains('%') {
-        let mut path = String::with_capacity(raw.len());
-        let mut rest = raw;
-        while let Some(at) = rest.find('%') {
-            path.push_str(&rest[..at]);
-            let decoded = u8::from_str_radix(rest.get(at + 1..at + 3)?, 16).ok()?;
-            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
-                path.push(char::from(decoded));
-            } else if matches!(decoded, b'/' | b'\\' | b'%') {
-                return None;
-            } else {
-                path.push_str(&rest[at..at + 3]);
-            }
-            rest = &rest[at + 3..];
-        }
-        path.push_str(rest);
-        Cow::Owned(path)
-    } else {
-        Cow::Borrowed(raw) // the common case: nothing to decode, no copy
-    };
-    let dot_segment = path.split('/').any(|segment| {
-        let name = segment.split(';').next().unwrap_or(segment);
-        name == "." || name == ".."
-    });
-    (!dot_segment).then_some(path)
-}
-
-/// The path of a request target: origin form up to `?`; absolute form
-/// (`http://host/p`) after the authority; `*` as is.
-fn path_of(target: &str) -> &str {
-    let path = match target.find("://") {
-        Some(scheme_end) if !target.starts_with('/') => {
-            // The authority ends at the first `/`, `?` or `#`.
-            let rest = &target[scheme_end + 3..];
-            match rest.find(['/', '?', '#']) {
-                Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
-                _ => "/",
-            }
-        }
-        _ => target,
-    };
-    path.split(['?', '#']).next().unwrap_or(path)
-}
-
 /// The parsed headers of one message.
 struct HeaderList<'h, 'b>(&'h [httparse::Header<'b>]);
 
@@ -446,14 +372,10 @@ impl<'h, 'b> HeaderList<'h, 'b> {
 }
 
 impl Headers for HeaderList<'_, '_> {
-    /// The first value; never a caller's `x-appid-*` header (those are
-    /// removed before the request goes on).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .filter(|h| !is_appid_header(h.name))
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+    /// Every value; never a caller's `x-appid-*` header (those are removed
+    /// before the request goes on).
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        visit_header_values(self.pairs(), name, visit)
     }
 }
 
@@ -657,7 +579,7 @@ where
             }
         };
         let head_after = Instant::now();
-        let (status, keep_alive, length) = {
+        let (status, keep_alive, length, rewritten) = {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut slots);
             if !matches!(
@@ -689,7 +611,13 @@ where
                         }
                     }
                 };
-            (status, keep_alive, length)
+            // Inbound, the response is the app's: `x-appid-*` is not its
+            // to set (a forged `x-appid-denied-by`, say). Rewritten only when
+            // present; otherwise the head goes on as it came.
+            let rewritten = (limits.app == AppSide::Upstream
+                && headers.0.iter().any(|h| is_appid_header(h.name)))
+            .then(|| without_appid_headers(&buf[..head_len], &headers));
+            (status, keep_alive, length, rewritten)
         };
         if status == 101 && !upgrade_requested {
             // Switching to a protocol nobody asked for would take the rest
@@ -732,7 +660,14 @@ where
             BodyLength::UntilClose => available.len(),
         };
         let first = head_len + first_body;
-        if let Err(e) = write_flush(writer, &buf[..first]).await {
+        let written = match rewritten {
+            Some(mut head) => {
+                head.extend_from_slice(&buf[head_len..first]);
+                write_flush(writer, &head).await
+            }
+            None => write_flush(writer, &buf[..first]).await,
+        };
+        if let Err(e) = written {
             return Err(fail(true, HttpProxyError::Io(e)));
         }
         answered = true;
@@ -749,6 +684,25 @@ where
             head_after,
         });
     }
+}
+
+/// A response head without its `x-appid-*` fields: the status line as it
+/// came, then every other field.
+fn without_appid_headers(head: &[u8], headers: &HeaderList<'_, '_>) -> Vec<u8> {
+    let status_line_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut out = Vec::with_capacity(head.len());
+    out.extend_from_slice(&head[..status_line_end]);
+    for header in headers.0 {
+        if is_appid_header(header.name) {
+            continue;
+        }
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// After `101 Switching Protocols`: opaque bytes both ways, including what
@@ -769,7 +723,7 @@ where
     write_flush(&mut downstream, &up_buf)
         .await
         .map_err(HttpProxyError::Io)?;
-    super::splice::splice(
+    crate::sidecar::splice::splice(
         downstream,
         upstream,
         &down_buf,
@@ -834,6 +788,7 @@ async fn local_response<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{RequestFacts, RequestVerdict};
     use super::*;
     use std::sync::Mutex;
     use tokio::io::duplex;
@@ -850,7 +805,7 @@ mod tests {
             self.seen.lock().unwrap().push((
                 request.method.to_string(),
                 request.path.to_string(),
-                request.headers.header("x-tenant").map(str::to_string),
+                request.headers.first_value("x-tenant"),
             ));
             if request.path.starts_with("/admin") {
                 RequestVerdict::Deny {
@@ -871,6 +826,7 @@ mod tests {
         HttpLimits {
             max_header_bytes: 8 * 1024,
             header_timeout: Duration::from_secs(5),
+            app: AppSide::Upstream,
         }
     }
 
@@ -1225,25 +1181,5 @@ mod tests {
             let authorized = recorder.seen.lock().unwrap().len();
             proptest::prop_assert!(app_heads <= authorized, "{} heads reached the app, {} were authorized", app_heads, authorized);
         }
-    }
-
-    #[test]
-    fn paths_of_request_targets() {
-        assert_eq!(path_of("/v1/x?y=1"), "/v1/x");
-        assert_eq!(path_of("http://h:80/v1/x?q"), "/v1/x");
-        assert_eq!(path_of("http://h"), "/");
-        assert_eq!(path_of("*"), "*");
-        assert_eq!(path_of("/a#frag"), "/a");
-        assert_eq!(path_of("http://h?/public"), "/");
-        assert_eq!(
-            authorized_path("/caf\u{e9}/%61b?q").as_deref(),
-            Some("/caf\u{e9}/ab")
-        );
-        assert_eq!(authorized_path("/x%20y").as_deref(), Some("/x%20y"));
-        assert_eq!(authorized_path("/a/%2"), None);
-        assert_eq!(authorized_path("/a/.%2e/b"), None);
-        assert!(is_appid_header("X_APPID_PEER_ID"));
-        assert!(is_appid_header("x-AppId-peer"));
-        assert!(!is_appid_header("x-appidx"));
     }
 }

@@ -1,0 +1,337 @@
+//! L7: proxy HTTP/1.1, HTTP/2 and gRPC, authorizing every request.
+//!
+//! Design bias: *one request model, two codecs*. The codecs ([`h1`] for
+//! HTTP/1.x, [`h2`] for HTTP/2 and gRPC) parse and frame messages; neither
+//! decides anything about a request on its own. Each hands the request
+//! head to [`authorize_request`], which is the only place that:
+//! - checks the method (tokens; a lower-case letter is refused, so `delete`
+//!   cannot slip past a rule about `DELETE`; `CONNECT` is refused),
+//! - turns the target into the canonical path policy sees ([`path`]), or
+//!   refuses it,
+//! - gives policy a header view in which `_` and `-` are one character,
+//!   every value of a repeated header counts, and `x-appid-*` is invisible,
+//! - asks the [`RequestAuthorizer`] (which writes the audit line) and says
+//!   what to do: forward, deny (403 / `grpc-status: 7`) or refuse (400/405).
+//!
+//! So the same request gets the same verdict and the same status on every
+//! protocol, direction and tunnel mode (`tests/l7_differential.rs` runs one
+//! hostile table through all of them). `docs/what-policy-sees.md` is the
+//! user-facing account.
+//!
+//! Design bias of the proxying: *one upstream connection per downstream
+//! connection, same protocol on both sides*. An HTTP/2 client gets an
+//! HTTP/2 upstream, so streams stay multiplexed end to end and gRPC
+//! (trailers, streaming) passes through untouched; an HTTP/1.1 connection
+//! gets an HTTP/1.1 upstream and keeps its keep-alive. On allow, the codec
+//! strips every `x-appid-*` header the caller sent ([`is_appid_header`]),
+//! adds the verified peer's identity headers (inbound only) and forwards;
+//! inbound, it also strips `x-appid-*` from the app's responses.
+
+pub mod h1;
+pub mod h2;
+pub mod path;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appid_policy::policy::Headers;
+use http::HeaderMap;
+use http::header::HeaderValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The HTTP version detected on the downstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+/// What the authorizer sees of one request: checked and canonical.
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// The canonical path ([`path::canonical_path`]).
+    pub path: &'a str,
+    /// Every header but `x-appid-*`, `_` and `-` alike.
+    pub headers: &'a dyn Headers,
+    pub grpc: bool,
+}
+
+/// The rule name of refusals in audit lines and metrics.
+pub const INVALID_REQUEST_RULE: &str = "invalid-request";
+
+/// Why a request is refused before policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A method with a lower-case letter (`delete`, `Delete`).
+    LowerCaseMethod,
+    /// A method that is not an RFC 9110 token.
+    BadMethod,
+    /// `CONNECT`: tunnels inside HTTP are not proxied.
+    Connect,
+    /// `*` as the target of anything but `OPTIONS`.
+    AsteriskTarget,
+    /// A path the sidecar cannot put into canonical form without guessing.
+    Path(path::PathError),
+}
+
+impl Refusal {
+    /// The status both codecs answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Connect => 405,
+            _ => 400,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::LowerCaseMethod => "lower-case request method",
+            Refusal::BadMethod => "invalid request method",
+            Refusal::Connect => "CONNECT is not proxied",
+            Refusal::AsteriskTarget => "`*` is a target only for OPTIONS",
+            Refusal::Path(e) => e.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a codec does with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestDecision {
+    /// Strip `x-appid-*`, add the peer's headers, send it on.
+    Forward,
+    /// Policy denied it: answer 403 (`grpc-status: 7`) naming the rule.
+    Deny { rule: String, reason: String },
+    /// Refused before policy: answer [`Refusal::status`].
+    Refuse(Refusal),
+}
+
+/// The one request check every codec calls: method, canonical path, header
+/// view, policy. `target` is the HTTP/1 request target or the HTTP/2
+/// `:path`. Refusals and decisions are audited (by `authorizer`).
+pub fn authorize_request(
+    authorizer: &dyn RequestAuthorizer,
+    method: &str,
+    target: &str,
+    headers: &dyn Headers,
+    grpc: bool,
+) -> RequestDecision {
+    match check_request(method, target) {
+        Err(refusal) => {
+            authorizer.refused(method, target, refusal, grpc);
+            RequestDecision::Refuse(refusal)
+        }
+        Ok(path) => {
+            let facts = RequestFacts {
+                method,
+                path: &path,
+                headers,
+                grpc,
+            };
+            match authorizer.authorize(&facts) {
+                RequestVerdict::Allow => RequestDecision::Forward,
+                RequestVerdict::Deny { rule, reason } => RequestDecision::Deny { rule, reason },
+            }
+        }
+    }
+}
+
+/// Method and target: the canonical path, or why not.
+pub fn check_request<'t>(
+    method: &str,
+    target: &'t str,
+) -> Result<std::borrow::Cow<'t, str>, Refusal> {
+    if method.is_empty() || !method.bytes().all(crate::detect::is_tchar) {
+        return Err(Refusal::BadMethod);
+    }
+    // Methods are case-sensitive, but some frameworks upper-case them.
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Refusal::LowerCaseMethod);
+    }
+    if method == "CONNECT" {
+        return Err(Refusal::Connect);
+    }
+    let path = path::canonical_path(target).map_err(Refusal::Path)?;
+    if path == "*" && method != "OPTIONS" {
+        return Err(Refusal::AsteriskTarget);
+    }
+    Ok(path)
+}
+
+/// `x-appid-*`, in any case, and with `_` for `-` (which some servers map
+/// to the same name: `X_APPID_PEER_ID`). Only sidecars set these.
+pub fn is_appid_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-appid-";
+    name.len() >= PREFIX.len()
+        && name.as_bytes()[..PREFIX.len()]
+            .iter()
+            .zip(PREFIX)
+            .all(|(&a, &p)| a.to_ascii_lowercase() == p || (p == b'-' && a == b'_'))
+}
+
+/// The header view policy gets over a codec's header fields: `name` looked
+/// up with [`header_name_matches`](appid_policy::policy::header_name_matches),
+/// `x-appid-*` fields skipped (they are removed before the request goes on).
+pub fn visit_header_values<'f>(
+    fields: impl Iterator<Item = (&'f str, &'f [u8])>,
+    name: &str,
+    visit: &mut dyn FnMut(&[u8]),
+) {
+    for (field, value) in fields {
+        if appid_policy::policy::header_name_matches(field, name) && !is_appid_header(field) {
+            visit(value);
+        }
+    }
+}
+
+/// Header lookup over an `http::HeaderMap` (HTTP/2).
+pub struct HeaderMapView<'a>(pub &'a HeaderMap);
+
+impl Headers for HeaderMapView<'_> {
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        visit_header_values(
+            self.0.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            name,
+            visit,
+        )
+    }
+}
+
+/// Removes every `x-appid-*` header (either spelling): only sidecars set
+/// them. Used on requests from callers and, inbound, on the app's responses.
+pub fn strip_appid_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| is_appid_header(name.as_str())) {
+        return;
+    }
+    let spoofed: Vec<http::header::HeaderName> = headers
+        .keys()
+        .filter(|name| is_appid_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestVerdict {
+    Allow,
+    Deny { rule: String, reason: String },
+}
+
+/// Decides each request (and writes its audit line).
+pub trait RequestAuthorizer: Send + Sync + 'static {
+    fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict;
+
+    /// Called for a request refused before policy (with the raw target):
+    /// audit it. Nothing, by default.
+    fn refused(&self, _method: &str, _target: &str, _refusal: Refusal, _grpc: bool) {}
+
+    /// Called once per request with its response status and how long the
+    /// proxy took to get the response head (for metrics).
+    fn observe(&self, _status: u16, _elapsed: Duration) {}
+
+    /// Resolves when the connection is no longer allowed (a policy reload
+    /// or a revocation): what ends a connection that left HTTP behind (an
+    /// upgrade to WebSocket, say). Never, by default.
+    fn withdrawn(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Headers the inbound sidecar adds for an authenticated peer.
+#[derive(Debug, Clone)]
+pub struct PeerHeaders {
+    /// `x-appid-peer-id`: the SPIFFE ID.
+    pub id: HeaderValue,
+    /// `x-appid-peer`: base64url of the peer's AppID JSON.
+    pub claims: HeaderValue,
+}
+
+pub const PEER_ID_HEADER: &str = "x-appid-peer-id";
+pub const PEER_CLAIMS_HEADER: &str = "x-appid-peer";
+pub const DENIED_BY_HEADER: &str = "x-appid-denied-by";
+
+/// Where the local app is, seen from the proxy: what decides whether the
+/// responses are the app's (and lose their `x-appid-*` headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppSide {
+    /// Inbound: the app answers; its responses are stripped of `x-appid-*`.
+    Upstream,
+    /// Outbound: the app asks; responses come from the peer sidecar, whose
+    /// `x-appid-denied-by` the app should see.
+    Downstream,
+}
+
+/// Limits for one proxied HTTP connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request head (HTTP/1) or header list (HTTP/2) accepted.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head.
+    pub header_timeout: Duration,
+    /// Where the local app is.
+    pub app: AppSide,
+}
+
+/// Why an HTTP proxy connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpProxyError {
+    #[error("http/2: {0}")]
+    H2(::h2::Error),
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Protocol(&'static str),
+}
+
+/// Proxies one HTTP connection until it ends or `shutdown` resolves (then
+/// in-flight requests finish and the connection closes gracefully).
+/// HTTP/1.x goes through [`h1`], HTTP/2 and gRPC through [`h2`].
+pub async fn proxy<D, U>(
+    downstream: D,
+    upstream: U,
+    version: HttpVersion,
+    authorizer: Arc<dyn RequestAuthorizer>,
+    peer_headers: Option<PeerHeaders>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpProxyError>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match version {
+        HttpVersion::Http1 => {
+            h1::proxy(
+                downstream,
+                upstream,
+                authorizer,
+                peer_headers,
+                limits,
+                shutdown,
+            )
+            .await
+        }
+        // Boxed: the HTTP/2 state is large, and an HTTP/1 connection's task
+        // would otherwise carry its size for its whole (mostly idle) life.
+        HttpVersion::Http2 => {
+            Box::pin(h2::proxy(
+                downstream,
+                upstream,
+                authorizer,
+                peer_headers,
+                limits,
+                shutdown,
+            ))
+            .await
+        }
+    }
+}
