@@ -372,10 +372,32 @@ fn explain_http_rules_need_a_request() {
         "{stdout}"
     );
 
+    // A connection an `http` rule governs must be HTTP (fails closed).
     let (code, stdout, _) = env.explain(&web, &search, 80, &["--not-http"]);
     assert_eq!(code, 1, "{stdout}");
     assert!(
-        stdout.contains("http (the connection is not HTTP)"),
+        stdout.contains("decision: deny: not HTTP: rule search-read has http conditions"),
+        "{stdout}"
+    );
+
+    // The path policy sees is the sidecar's canonical one, or a refusal.
+    let (code, stdout, _) = env.explain(
+        &web,
+        &search,
+        80,
+        &["--method", "GET", "--path", "//v1/%71;x=1"],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("(canonical path /v1/q)"), "{stdout}");
+    let (code, stdout, _) = env.explain(
+        &web,
+        &search,
+        80,
+        &["--method", "GET", "--path", "/v1/../admin"],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("decision: refused before policy (400 invalid-request): dot segment"),
         "{stdout}"
     );
 }

@@ -201,7 +201,9 @@ enum RequestLine {
     Yes,
     /// Consistent with a request line so far; `past_method`: a token and a
     /// space were seen.
-    Partial { past_method: bool },
+    Partial {
+        past_method: bool,
+    },
     No,
 }
 
@@ -1015,10 +1017,22 @@ mod tests {
             b"PRI * HTTP/2.0\r\n\r\nXX",
             b"M-SEARCH * HTTP/1.1\r\n",
         ] {
-            assert_eq!(classify(http), Classification::Http1, "{:?}", String::from_utf8_lossy(http));
+            assert_eq!(
+                classify(http),
+                Classification::Http1,
+                "{:?}",
+                String::from_utf8_lossy(http)
+            );
         }
         // Cut short after the method: more may come; at the end, still HTTP.
-        for partial in [&b"\r\n"[..], b"\r", b"POSTS", b"PROPFIND", b"PROPFIND /a", b"FOO /x HTT"] {
+        for partial in [
+            &b"\r\n"[..],
+            b"\r",
+            b"POSTS",
+            b"PROPFIND",
+            b"PROPFIND /a",
+            b"FOO /x HTT",
+        ] {
             assert_eq!(classify(partial), Classification::NeedMore, "{partial:?}");
         }
         assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
@@ -1047,12 +1061,8 @@ mod tests {
             );
             // Cut short: decided (as HTTP/1 once `PRI ` is there: the
             // parser refuses it), never left open.
-            assert_ne!(
-                classify_final(&H2_PREFACE[..len]),
-                Classification::NeedMore
-            );
+            assert_ne!(classify_final(&H2_PREFACE[..len]), Classification::NeedMore);
         }
-
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,12 +38,21 @@ pub struct AppState {
     pub slow_started: AtomicU64,
     /// The gRPC streaming client got the first message: send the rest.
     pub stream_first_received: Notify,
+    /// Every request trailer field `…/echo-trailers` received, as
+    /// `(name, value)`, over all requests (what trailer tests check stays
+    /// empty).
+    pub trailers_seen: Mutex<Vec<(String, String)>>,
 }
 
 /// HTTP app: for any path, answers `200` with a JSON echo of the request
 /// (`method`, `path`, `version`, `conn` — the number of the connection it
 /// came on — and `headers`, name → list of values). `/slow` answers the
-/// same after one second. gRPC (`content-type: application/grpc`) goes to
+/// same after one second. A path ending in `/echo-trailers` first reads
+/// the whole request body with its trailers, records the trailer fields in
+/// [`AppState::trailers_seen`] and adds them to the echo (`trailers`). A
+/// path ending in `/forge` answers with forged `x-appid-*` headers (and
+/// trailers, which HTTP/2 and `TE: trailers` callers get), which a sidecar
+/// must remove. gRPC (`content-type: application/grpc`) goes to
 /// [`GRPC_UNARY`] (echoes the message) and [`GRPC_STREAM`] (one-byte
 /// request `n`, answers `n` messages).
 pub struct HttpApp {
@@ -101,6 +110,10 @@ async fn respond(request: Request<Incoming>, conn: u64, state: Arc<AppState>) ->
     if is_grpc {
         return grpc_respond(request, state).await;
     }
+    let path = request.uri().path().to_string();
+    if path.ends_with("/forge") {
+        return forged();
+    }
     let mut headers = serde_json::Map::new();
     for (name, value) in request.headers() {
         let entry = headers
@@ -111,14 +124,29 @@ async fn respond(request: Request<Incoming>, conn: u64, state: Arc<AppState>) ->
             .unwrap()
             .push(json!(String::from_utf8_lossy(value.as_bytes())));
     }
-    let echo = json!({
+    let mut echo = json!({
         "method": request.method().as_str(),
-        "path": request.uri().path(),
+        "path": path,
         "version": format!("{:?}", request.version()),
         "conn": conn,
         "headers": headers,
     });
-    if request.uri().path() == "/slow" {
+    if path.ends_with("/echo-trailers") {
+        // Only a complete body (with its trailers, if any) gets an answer:
+        // a request cut short by a sidecar gets none.
+        let Ok(collected) = request.into_body().collect().await else {
+            return Response::new(full(Bytes::new()));
+        };
+        let mut trailers = Vec::new();
+        for (name, value) in collected.trailers().into_iter().flatten() {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            trailers.push((name.as_str().to_string(), value));
+        }
+        echo["trailers"] = json!(trailers);
+        echo["body_len"] = json!(collected.to_bytes().len());
+        state.trailers_seen.lock().unwrap().extend(trailers);
+    }
+    if path == "/slow" {
         state.slow_started.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -127,6 +155,32 @@ async fn respond(request: Request<Incoming>, conn: u64, state: Arc<AppState>) ->
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// The `/forge` answer: a 200 whose head and trailers carry `x-appid-*`
+/// fields only a sidecar may set (in both spellings).
+fn forged() -> Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-appid-denied-by", HeaderValue::from_static("forged"));
+    trailers.insert("x_appid_peer_id", HeaderValue::from_static("forged"));
+    trailers.insert("x-forge-trailer", HeaderValue::from_static("kept"));
+    let frames = [
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"forged\n"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    for name in [
+        "x-appid-denied-by",
+        "x-appid-peer-id",
+        "x_appid_peer",
+        "x-appid-extra",
+    ] {
+        headers.insert(name, HeaderValue::from_static("forged"));
+    }
+    headers.insert("x-forge-header", HeaderValue::from_static("kept"));
     response
 }
 

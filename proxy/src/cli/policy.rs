@@ -203,7 +203,24 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|kv| (kv.key.to_ascii_lowercase(), kv.value.clone()))
         .collect();
-    let http = match (&args.method, &args.path) {
+    // The request as the sidecar would see it: the same check, the same
+    // canonical path (or the same refusal).
+    let canonical = match (&args.method, &args.path) {
+        (Some(method), Some(path)) => match crate::sidecar::http::check_request(method, path) {
+            Ok(canonical) => Some(canonical),
+            Err(refusal) => {
+                println!("policy: {}", policy.summary());
+                println!(
+                    "decision: refused before policy ({} {}): {refusal}",
+                    refusal.status(),
+                    crate::sidecar::http::INVALID_REQUEST_RULE
+                );
+                return Ok(super::denied());
+            }
+        },
+        _ => None,
+    };
+    let http = match (&args.method, &canonical) {
         (Some(method), Some(path)) => Http::Request(HttpRequest {
             method,
             path,
@@ -222,8 +239,9 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
 
     let explanation = policy.explain(&query);
     println!("policy: {}", policy.summary());
-    let request = match (&args.method, &args.path) {
-        (Some(m), Some(p)) => format!(", {m} {p}"),
+    let request = match (&args.method, &args.path, &canonical) {
+        (Some(m), Some(p), Some(c)) if p != c => format!(", {m} {p} (canonical path {c})"),
+        (Some(m), Some(p), _) => format!(", {m} {p}"),
         _ if args.not_http => ", not HTTP".to_string(),
         _ => String::new(),
     };

@@ -206,6 +206,20 @@ impl ConnAuthz {
         verdict
     }
 
+    /// Whether the connection would be allowed as plain TCP, without an
+    /// audit line (nothing is decided yet: see `dispatch`, a silent client).
+    pub fn would_allow_tcp(&self) -> bool {
+        if self.revoked_quietly() {
+            return false;
+        }
+        let policy = self.shared.policy.load();
+        policy.decide(&self.query(Some(false))).outcome == Outcome::Allow
+    }
+
+    fn revoked_quietly(&self) -> bool {
+        matches!(&self.peer, Peer::Meshed(claims) if self.shared.tls.is_revoked(&claims.id))
+    }
+
     /// Re-decides an opaque TCP connection after a policy change, silently:
     /// the caller audits the closure if the answer is no.
     pub fn still_allowed(&self) -> ConnVerdict {

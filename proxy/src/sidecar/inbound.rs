@@ -8,9 +8,10 @@
 //!    verifier refuses any certificate without a valid AppID (fail closed);
 //!    with `appid-mux/1`, each HTTP/2 CONNECT stream inside is one app
 //!    connection from that peer ([`super::tunnel`]), taken through step 3;
-//! 3. find the app protocol inside: HTTP → every request is authorized
-//!    (a denial is a 403 or gRPC status 7); anything else → one decision for
-//!    the connection, closed on denial, re-checked when the policy changes.
+//! 3. find the app protocol inside and hand the connection to
+//!    [`super::dispatch`]: HTTP → every request is authorized (a denial is
+//!    a 403 or gRPC status 7); anything else → one decision for the
+//!    connection, closed on denial, re-checked when the policy changes.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -23,9 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use appid_policy::policy::Direction;
 
-use super::authz::{ConnAuthz, ConnVerdict, Peer};
-use super::http::{self as l7, HttpVersion, PeerHeaders};
-use super::prefixed::{self, Prefixed};
+use super::authz::{ConnAuthz, Peer};
+use super::dispatch::{FirstBytes, dispatch};
+use super::http::{AppSide, PeerHeaders};
+use super::prefixed;
 use super::read_ahead::ReadAhead;
 use super::tunnel::{self, StreamCount, TunnelStream};
 use super::{Shared, orig_dst, tls};
@@ -72,9 +74,9 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     let limits = shared.limits;
     let class = match detect::detect(&stream, limits.detect_timeout, detect::MAX_DETECT_BYTES).await
     {
-        Detection::Classified { class, .. } => class,
-        // A silent client may speak a server-first protocol: opaque TCP.
-        Detection::ReadTimeout { peeked: 0 } => Classification::Opaque,
+        Detection::Classified { class, .. } => Some(class),
+        // A silent client: a server-first protocol, or a late request.
+        Detection::ReadTimeout { peeked: 0 } => None,
         Detection::ReadTimeout { peeked } => {
             tracing::debug!(%peer_addr, peeked, "dropped: stalled during protocol detection");
             shared
@@ -86,28 +88,19 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     };
 
     match class {
-        Classification::TlsClientHello(hello) if hello.mesh_alpn() != MeshAlpn::NotOffered => {
+        Some(Classification::TlsClientHello(hello))
+            if hello.mesh_alpn() != MeshAlpn::NotOffered =>
+        {
             // Boxed: the TLS handshake's state is large and short-lived.
             Box::pin(from_peer(shared, stream, peer_addr, spec, port, app)).await;
         }
         other => {
+            // Outside the mesh; the bytes were only peeked, so the stream
+            // still starts at its first byte.
             let peer = Peer::Unauthenticated(peer_addr.ip());
             let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
-            let version = match other {
-                Classification::Http1 => Some(HttpVersion::Http1),
-                Classification::Http2Preface => Some(HttpVersion::Http2),
-                _ => None,
-            };
-            to_app(
-                shared,
-                stream,
-                authz,
-                version,
-                None,
-                app,
-                bytes::Bytes::new(),
-            )
-            .await;
+            let first = other.as_ref().map_or(FirstBytes::Silent, FirstBytes::of);
+            to_app(shared, stream, authz, first, None, app, Bytes::new()).await;
         }
     }
 }
@@ -179,16 +172,15 @@ async fn from_peer_to_app<S>(
             Ok(found) => found,
             Err(_) => return,
         };
-    let version = match class {
-        Classification::Http1 => Some(HttpVersion::Http1),
-        Classification::Http2Preface => Some(HttpVersion::Http2),
-        _ => None,
+    let first = match (&class, prefix.is_empty()) {
+        (_, true) => FirstBytes::Silent,
+        (class, false) => FirstBytes::of(class),
     };
     to_app(
         shared,
         downstream,
         authz,
-        version,
+        first,
         Some(peer_headers),
         app,
         prefix,
@@ -385,56 +377,25 @@ fn stream_target(
 async fn to_app<S>(
     shared: &Arc<Shared>,
     downstream: S,
-    mut authz: ConnAuthz,
-    version: Option<HttpVersion>,
+    authz: ConnAuthz,
+    first: FirstBytes,
     peer_headers: Option<PeerHeaders>,
     app: SocketAddr,
-    prefix: bytes::Bytes,
+    prefix: Bytes,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = shared.limits;
-    let downstream = Prefixed::new(prefix, downstream);
-    match version {
-        Some(version) => {
-            authz.set_protocol(match version {
-                HttpVersion::Http1 => "http1",
-                HttpVersion::Http2 => "http2",
-            });
-            let Some(upstream) = shared.connect(app).await else {
-                return;
-            };
-            let shutdown = shared.shutdown_signal();
-            let result = l7::proxy(
-                downstream,
-                upstream,
-                version,
-                Arc::new(authz),
-                peer_headers,
-                shared.http_limits(l7::AppSide::Upstream),
-                shutdown,
-            )
-            .await;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "inbound http connection ended with an error");
-            }
-        }
-        None => {
-            authz.set_protocol("tcp");
-            if authz.decide_connection(Some(false)) != ConnVerdict::Allow {
-                return; // audited; dropping the stream closes it
-            }
-            let Some(upstream) = shared.connect(app).await else {
-                return;
-            };
-            let revoked = shared.revoked(&authz);
-            let (end, copied) =
-                super::splice::splice(downstream, upstream, &[], limits.idle_timeout, revoked)
-                    .await;
-            shared.count_bytes(MetricsDirection::Inbound, copied);
-            tracing::debug!(?end, ?copied, "inbound tcp connection ended");
-        }
-    }
+    dispatch(
+        shared,
+        downstream,
+        prefix,
+        first,
+        authz,
+        peer_headers,
+        AppSide::Upstream,
+        || shared.connect(app),
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! and on SIGTERM stop accepting, drain, exit.
 
 pub mod authz;
+mod dispatch;
 mod from_authority;
 pub mod http;
 pub mod inbound;

@@ -16,12 +16,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 
 use appid_policy::policy::Direction;
 
-use super::authz::{ConnAuthz, ConnVerdict, ExternalVerdict, Peer};
-use super::http::{self as l7, HttpVersion};
+use super::authz::{ConnAuthz, ExternalVerdict, Peer};
+use super::dispatch::{FirstBytes, dispatch};
+use super::http::AppSide;
 use super::pool::Dialed;
 use super::{Shared, orig_dst};
 use crate::detect::{self, Classification, Detection};
@@ -150,7 +152,7 @@ async fn to_peer(
     else {
         return;
     };
-    let mut authz = ConnAuthz::new(
+    let authz = ConnAuthz::new(
         shared.clone(),
         Direction::Outbound,
         Peer::Meshed(peer),
@@ -160,18 +162,11 @@ async fn to_peer(
     // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
     // then authorized per request — a denied request is answered here and
     // never reaches the server; anything else gets one decision before a
-    // single app byte moves.
-    let version = match detect::detect(&app, limits.detect_timeout, detect::MAX_DETECT_BYTES).await
-    {
-        Detection::Classified {
-            class: Classification::Http1,
-            ..
-        } => Some(HttpVersion::Http1),
-        Detection::Classified {
-            class: Classification::Http2Preface,
-            ..
-        } => Some(HttpVersion::Http2),
-        Detection::Classified { .. } | Detection::ReadTimeout { peeked: 0 } => None,
+    // single app byte moves ([`super::dispatch`]).
+    let first = match detect::detect(&app, limits.detect_timeout, detect::MAX_DETECT_BYTES).await {
+        Detection::Classified { class, .. } => FirstBytes::of(&class),
+        // A server-first protocol, or a late request.
+        Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
         Detection::ReadTimeout { peeked } => {
             tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
             shared
@@ -181,36 +176,15 @@ async fn to_peer(
         }
         Detection::Closed | Detection::Error(_) => return,
     };
-    match version {
-        Some(version) => {
-            authz.set_protocol(match version {
-                HttpVersion::Http1 => "http1",
-                HttpVersion::Http2 => "http2",
-            });
-            let result = l7::proxy(
-                app,
-                tls_stream,
-                version,
-                Arc::new(authz),
-                None,
-                shared.http_limits(l7::AppSide::Downstream),
-                shared.shutdown_signal(),
-            )
-            .await;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "outbound http connection ended with an error");
-            }
-        }
-        None => {
-            authz.set_protocol("tcp");
-            if authz.decide_connection(Some(false)) != ConnVerdict::Allow {
-                return; // audited; nothing was sent to the server
-            }
-            let revoked = shared.revoked(&authz);
-            let (end, copied) =
-                super::splice::splice(app, tls_stream, &[], limits.idle_timeout, revoked).await;
-            shared.count_bytes(MetricsDirection::Outbound, copied);
-            tracing::debug!(?end, ?copied, "outbound tcp connection ended");
-        }
-    }
+    dispatch(
+        shared,
+        app,
+        Bytes::new(),
+        first,
+        authz,
+        None,
+        AppSide::Downstream,
+        || async { Some(tls_stream) },
+    )
+    .await;
 }

@@ -94,14 +94,36 @@ pub async fn read_and_classify<S: AsyncRead + Unpin>(
     timeout: Duration,
 ) -> io::Result<(Classification, Bytes)> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buffer = BytesMut::with_capacity(1024);
+    let buffer = BytesMut::with_capacity(1024);
+    match classify_more(stream, buffer, deadline).await {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Ok((Classification::Opaque, Bytes::new()))
+        }
+        other => other,
+    }
+}
+
+/// Reads on from `buffer` (bytes already read from `stream`) until they are
+/// classified. Before `deadline` passes: with nothing read yet, a
+/// `WouldBlock` error (silence); with bytes read, `TimedOut` (a stall).
+pub async fn classify_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buffer: BytesMut,
+    deadline: tokio::time::Instant,
+) -> io::Result<(Classification, Bytes)> {
     loop {
-        if buffer.len() >= detect::MAX_DETECT_BYTES {
-            return Ok((detect::classify_final(&buffer), buffer.freeze()));
+        if !buffer.is_empty() {
+            match detect::classify(&buffer) {
+                Classification::NeedMore if buffer.len() < detect::MAX_DETECT_BYTES => {}
+                Classification::NeedMore => {
+                    return Ok((detect::classify_final(&buffer), buffer.freeze()));
+                }
+                class => return Ok((class, buffer.freeze())),
+            }
         }
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await;
         match read {
-            Err(_) if buffer.is_empty() => return Ok((Classification::Opaque, buffer.freeze())),
+            Err(_) if buffer.is_empty() => return Err(io::Error::from(io::ErrorKind::WouldBlock)),
             Err(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -114,10 +136,7 @@ pub async fn read_and_classify<S: AsyncRead + Unpin>(
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
             }
             Ok(Ok(0)) => return Ok((detect::classify_final(&buffer), buffer.freeze())),
-            Ok(Ok(_)) => match detect::classify(&buffer) {
-                Classification::NeedMore => continue,
-                class => return Ok((class, buffer.freeze())),
-            },
+            Ok(Ok(_)) => {}
         }
     }
 }

@@ -356,15 +356,13 @@ mod tests {
             pieces in prop::collection::vec(piece(), 0..12)
         ) {
             let raw = format!("/{}", pieces.concat());
-            match canonical_path(&raw) {
-                Ok(canonical) => {
-                    let route = server_route(&raw);
-                    prop_assert_eq!(Some(decode_all(&canonical)), route, "{} -> {}", raw, canonical);
-                    // Canonical is a fixed point.
-                    let again = canonical_path(&canonical).map(|c| c.into_owned());
-                    prop_assert_eq!(again, Ok(canonical.to_string()));
-                }
-                Err(_) => {}
+            // Refused is always an acceptable answer; a path is not.
+            if let Ok(canonical) = canonical_path(&raw) {
+                let route = server_route(&raw);
+                prop_assert_eq!(Some(decode_all(&canonical)), route, "{} -> {}", raw, canonical);
+                // Canonical is a fixed point.
+                let again = canonical_path(&canonical).map(|c| c.into_owned());
+                prop_assert_eq!(again, Ok(canonical.to_string()));
             }
         }
 
