@@ -1451,6 +1451,62 @@ async fn protocol_tcp_on_the_allow_rule_accepts_non_http() {
     report("protocol: tcp", failures);
 }
 
+/// A request line split so that detection saw only a bare token (`PROPF`)
+/// goes to opaque TCP (the port accepts non-HTTP with `protocol: tcp`); the
+/// guard on that path must cut it before it completes, so the app never
+/// gets the request (or its spoofed identity), and the closure is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_split_past_detection_never_reaches_the_app() {
+    let mut failures = Vec::new();
+    for mode in ["pooled", "strict"] {
+        let app = HttpApp::start().await;
+        let mesh = l4_mesh(&app, mode, ", protocol: tcp").await;
+        for (who, address, _, _) in entry_points(&mesh) {
+            let combination = format!("{mode} {who}");
+            let before = app.state.requests.load(Ordering::SeqCst);
+            let outcome = split_request(address).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let reached = app.state.requests.load(Ordering::SeqCst) - before;
+            let audited = [&mesh.client, &mesh.server]
+                .into_iter()
+                .flat_map(Sidecar::audit_lines)
+                .any(|l| {
+                    l["decision"] == "deny"
+                        && l["reason"].as_str().is_some_and(|r| {
+                            r.contains("request line on a connection decided as TCP")
+                        })
+                });
+            let why = match (&outcome, reached, audited) {
+                (Outcome::Closed(_), 0, true) => continue,
+                (_, 0, true) => format!("expected a close, got {}", describe(&outcome)),
+                (_, 0, false) => "no audit line for the closure".to_string(),
+                (_, n, _) => format!("{n} requests reached the app ({})", describe(&outcome)),
+            };
+            failures.push((format!("[{combination}] {why}"), mesh.context()));
+        }
+    }
+    report("split request line", failures);
+}
+
+/// Sends `PROPF`, waits past what detection looks at, then the rest of
+/// `PROPFIND /admin/x` with a spoofed identity.
+async fn split_request(address: SocketAddr) -> Outcome {
+    let stream = TcpStream::connect(address).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    if let Err(e) = write.write_all(b"PROPF").await {
+        return Outcome::Closed(format!("write: {e}"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest =
+        format!("IND /admin/x HTTP/1.1\r\nHost: api.test\r\nx-appid-peer-id: {SPOOFED_ID}\r\n\r\n");
+    let _ = write.write_all(rest.as_bytes()).await;
+    let outcome = tokio::time::timeout(ROW_LIMIT, h1::read_response(&mut read, false))
+        .await
+        .unwrap_or(Outcome::Timeout);
+    drop(write);
+    outcome
+}
+
 // ---------------------------------------------------------------------------
 // Responses: only sidecars set x-appid-*
 

@@ -175,10 +175,55 @@ fn classify_plain(prefix: &[u8]) -> Classification {
     if H2_PREFACE.starts_with(prefix) {
         return Classification::NeedMore;
     }
-    match request_line(skip_empty_lines(prefix)) {
+    let line = skip_empty_lines(prefix);
+    match request_line(line) {
         RequestLine::Yes => Classification::Http1,
-        RequestLine::Partial { .. } => Classification::NeedMore,
+        RequestLine::Partial { past_method: true } => Classification::NeedMore,
+        // A bare token so far: wait only if it may become a known method.
+        // Any other (`PROPF…`, or a client-first protocol's token that waits
+        // for an answer) is opaque for now; the opaque path watches its first
+        // line and cuts the connection if it turns out to be a request line
+        // ([`first_line`]).
+        RequestLine::Partial { past_method: false } => {
+            if line.is_empty() || line == b"\r" || HTTP1_METHODS.iter().any(|m| m.starts_with(line))
+            {
+                Classification::NeedMore
+            } else {
+                Classification::Opaque
+            }
+        }
         RequestLine::No => Classification::Opaque,
+    }
+}
+
+/// What the first line of a connection that went to opaque TCP turned out
+/// to be, for the guard that watches it (`sidecar::dispatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstLine {
+    /// An HTTP/1 request line: the connection must not carry it unparsed.
+    RequestLine,
+    /// Not one; nothing more to watch.
+    NotRequestLine,
+    /// Not decided by these bytes.
+    Undecided,
+}
+
+/// Judges the bytes a client sent first on a connection classified as
+/// opaque: could a server read them as an HTTP/1 request line? At
+/// [`MAX_DETECT_BYTES`] a line that is past its method is taken as one.
+#[must_use]
+pub fn first_line(prefix: &[u8]) -> FirstLine {
+    match request_line(skip_empty_lines(prefix)) {
+        RequestLine::Yes => FirstLine::RequestLine,
+        RequestLine::No => FirstLine::NotRequestLine,
+        RequestLine::Partial { past_method } if prefix.len() >= MAX_DETECT_BYTES => {
+            if past_method {
+                FirstLine::RequestLine
+            } else {
+                FirstLine::NotRequestLine
+            }
+        }
+        RequestLine::Partial { .. } => FirstLine::Undecided,
     }
 }
 
@@ -1028,13 +1073,30 @@ mod tests {
         for partial in [
             &b"\r\n"[..],
             b"\r",
-            b"POSTS",
-            b"PROPFIND",
             b"PROPFIND /a",
             b"FOO /x HTT",
+            b"PAT",
+            b"\r\nGE",
         ] {
             assert_eq!(classify(partial), Classification::NeedMore, "{partial:?}");
         }
+        // A bare unknown token is opaque at once (a client-first protocol
+        // may be waiting for an answer); the opaque path's guard watches it.
+        for token in [&b"POSTS"[..], b"PROPFIND", b"appid-echo-1234"] {
+            assert_eq!(classify(token), Classification::Opaque, "{token:?}");
+            assert_eq!(first_line(token), FirstLine::Undecided, "{token:?}");
+        }
+        assert_eq!(first_line(b"PROPFIND /x HTTP/1.1"), FirstLine::RequestLine);
+        assert_eq!(
+            first_line(b"\r\ndelete /admin HTTP/"),
+            FirstLine::RequestLine
+        );
+        assert_eq!(first_line(b"PING\r\n"), FirstLine::NotRequestLine);
+        assert_eq!(
+            first_line(b"EHLO mail.example\r\n"),
+            FirstLine::NotRequestLine
+        );
+        assert_eq!(first_line(b"\x00\x01"), FirstLine::NotRequestLine);
         assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
         assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
         assert_eq!(classify_final(b"PROPFIND"), Classification::Opaque);

@@ -206,6 +206,19 @@ impl ConnAuthz {
         verdict
     }
 
+    /// Audits the closure of a connection that was allowed, for `reason`
+    /// (rule `invalid-request`).
+    pub fn audit_closed(&self, reason: &str) {
+        self.write_audit(
+            "deny",
+            false,
+            INVALID_REQUEST_RULE,
+            &serde_json::Map::new(),
+            Some(reason),
+            None,
+        );
+    }
+
     /// Whether the connection would be allowed as plain TCP, without an
     /// audit line (nothing is decided yet: see `dispatch`, a silent client).
     pub fn would_allow_tcp(&self) -> bool {

@@ -19,19 +19,29 @@
 //!   first bytes are classified as usual, so HTTP is still parsed;
 //! - otherwise (an HTTP-only or denied connection) nothing is connected and
 //!   the client is waited for, up to the idle timeout, then classified.
+//!
+//! Last line of defence: when the client spoke first and its bytes went to
+//! opaque TCP, its first line is still watched as it passes
+//! ([`FirstLineGuard`]). Should it complete an HTTP/1 request line (a
+//! request split so that detection saw only `PROPF`), the connection is cut
+//! before the bytes that complete it are sent, and the closure is audited.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Shared;
 use super::authz::{ConnAuthz, ConnVerdict};
 use super::http::{self as l7, AppSide, HttpVersion, PeerHeaders};
 use super::prefixed::{self, Prefixed};
-use crate::detect::Classification;
+use crate::detect::{self, Classification, FirstLine};
 use crate::metrics::Direction as MetricsDirection;
 
 /// What the first bytes of an app connection said.
@@ -152,10 +162,13 @@ impl AppConnection<'_> {
         let Some(upstream) = connect().await else {
             return;
         };
-        let mut downstream = downstream;
+        // A client that speaks first has its first line watched; one that
+        // answers a server's banner is not speaking HTTP to an HTTP server.
+        let mut downstream = FirstLineGuard::new(downstream, server_first.is_empty());
         if !server_first.is_empty() && write_flush(&mut downstream, &server_first).await.is_err() {
             return;
         }
+        let tripped = downstream.tripped.clone();
         let direction = self.direction();
         let revoked = self.shared.revoked(&self.authz);
         let (end, copied) = super::splice::splice(
@@ -167,6 +180,13 @@ impl AppConnection<'_> {
         )
         .await;
         self.shared.count_bytes(direction, copied);
+        if tripped.load(Ordering::Relaxed) {
+            self.authz
+                .audit_closed("an HTTP request line on a connection decided as TCP");
+            self.shared
+                .metrics
+                .connection_refused(direction, "request_line_on_tcp");
+        }
         tracing::debug!(
             ?end,
             ?copied,
@@ -234,6 +254,91 @@ impl AppConnection<'_> {
         self.shared
             .metrics
             .connection_refused(self.direction(), "detect_timeout");
+    }
+}
+
+/// The client side of an opaque connection: bytes pass through, but until
+/// its first line is decided ([`detect::first_line`]) the line is kept
+/// aside (at most [`detect::MAX_DETECT_BYTES`]) and judged at every read.
+/// A read that would complete an HTTP/1 request line fails instead
+/// (`ConnectionAborted`), its bytes unsent, and `tripped` is set.
+struct FirstLineGuard<S> {
+    inner: S,
+    /// The first line so far, while undecided.
+    line: Option<Vec<u8>>,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<S> FirstLineGuard<S> {
+    fn new(inner: S, watch: bool) -> Self {
+        FirstLineGuard {
+            inner,
+            line: watch.then(Vec::new),
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstLineGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        let Some(line) = &mut this.line else {
+            return Poll::Ready(Ok(()));
+        };
+        let new = &buf.filled()[before..];
+        let room = detect::MAX_DETECT_BYTES.saturating_sub(line.len());
+        line.extend_from_slice(&new[..new.len().min(room)]);
+        match detect::first_line(line) {
+            FirstLine::Undecided if !new.is_empty() => {}
+            // Undecided at EOF, or decided: nothing more to watch.
+            FirstLine::Undecided | FirstLine::NotRequestLine => this.line = None,
+            FirstLine::RequestLine => {
+                this.line = None;
+                buf.set_filled(before);
+                this.tripped.store(true, Ordering::Relaxed);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "an HTTP request line on a connection decided as TCP",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstLineGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -312,6 +417,54 @@ mod tests {
         match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1)).await {
             FirstSpeaker::Server(banner) => assert_eq!(&banner[..], b"220 smtp.example ESMTP\r\n"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Feeds `chunks` through a guard one read at a time: what passed, and
+    /// whether it tripped.
+    async fn through_guard(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+        let (mut client, client_side) = tokio::io::duplex(1 << 16);
+        let mut guard = FirstLineGuard::new(client_side, true);
+        let mut passed = Vec::new();
+        for chunk in chunks {
+            client.write_all(chunk).await.unwrap();
+            let mut buf = [0u8; 1024];
+            match guard.read(&mut buf).await {
+                Ok(n) => passed.extend_from_slice(&buf[..n]),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+                    break;
+                }
+            }
+        }
+        (passed, guard.tripped.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_request_line_split_past_detection_is_cut_before_it_completes() {
+        let (passed, tripped) = through_guard(&[
+            b"PROPF",
+            b"IND /admin HTT",
+            b"P/1.1\r\nx-appid-peer-id: evil\r\n\r\n",
+        ])
+        .await;
+        assert!(tripped);
+        assert_eq!(passed, b"PROPFIND /admin HTT");
+        let (passed, tripped) = through_guard(&[b"de", b"lete /admin HTTP/1.1\r\n"]).await;
+        assert!(tripped);
+        assert_eq!(passed, b"de");
+    }
+
+    #[tokio::test]
+    async fn other_protocols_pass_the_guard_untouched() {
+        for chunks in [
+            &[&b"appid-echo-1234"[..], b"5678\r\n", b"GET / HTTP/1.1\r\n"][..],
+            &[b"EHLO mail.example\r\n", b"MAIL FROM:<a@b> HTTP/1.1\r\n"],
+            &[b"\x00\x00\x00\x08", b"GET / HTTP/1.1\r\n"],
+        ] {
+            let (passed, tripped) = through_guard(chunks).await;
+            assert!(!tripped, "{chunks:?}");
+            assert_eq!(passed, chunks.concat());
         }
     }
 

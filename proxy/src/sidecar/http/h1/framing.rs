@@ -92,6 +92,9 @@ pub fn body_length<'h>(
     }
 }
 
+/// What an `x-appid-*` field name starts with (`_` read as `-`).
+const APPID_PREFIX: &[u8] = b"x-appid-";
+
 /// Longest chunk-size line (size, extensions) or trailer line accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;
 
@@ -101,10 +104,23 @@ pub struct Chunked {
     state: State,
     /// Bytes of the current size or trailer line so far.
     line: usize,
-    /// Trailer fields after the last chunk are accepted (responses) or
-    /// refused (requests: nothing a client needs, and a place to hide
+    /// What trailer fields after the last chunk may be.
+    trailers: TrailerFields,
+    /// The current trailer line still starts like `x-appid-`.
+    appid_so_far: bool,
+}
+
+/// Which trailer fields a chunked body may end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrailerFields {
+    /// Any (responses from a peer sidecar).
+    Any,
+    /// None (requests: nothing a client needs, and a place to hide
     /// header-like lines from the authorizer).
-    trailers: bool,
+    None,
+    /// Any but `x-appid-*` (responses from the local app: only sidecars
+    /// set those; a forged one cuts the response short).
+    NotAppid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,14 +168,23 @@ impl Chunked {
         Chunked {
             state: State::Size { size: 0, digits: 0 },
             line: 0,
-            trailers: true,
+            trailers: TrailerFields::Any,
+            appid_so_far: false,
         }
     }
 
     /// A request body (trailers refused).
     pub fn for_request() -> Self {
         Chunked {
-            trailers: false,
+            trailers: TrailerFields::None,
+            ..Chunked::new()
+        }
+    }
+
+    /// A response body from the local app (`x-appid-*` trailers refused).
+    pub fn for_app_response() -> Self {
+        Chunked {
+            trailers: TrailerFields::NotAppid,
             ..Chunked::new()
         }
     }
@@ -246,11 +271,26 @@ impl Chunked {
             State::DataCr if b == b'\r' => State::DataLf,
             State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
             State::TrailerStart if b == b'\r' => State::EndLf,
-            State::TrailerStart if !self.trailers => return bad,
+            State::TrailerStart if self.trailers == TrailerFields::None => return bad,
             State::TrailerStart | State::Trailer => {
+                if self.state == State::TrailerStart {
+                    self.appid_so_far = self.trailers == TrailerFields::NotAppid;
+                }
                 self.line += 1;
                 if self.line > MAX_CHUNK_LINE || b == b'\n' {
                     return bad;
+                }
+                if self.appid_so_far && self.line <= APPID_PREFIX.len() {
+                    let want = APPID_PREFIX[self.line - 1];
+                    let got = if b == b'_' {
+                        b'-'
+                    } else {
+                        b.to_ascii_lowercase()
+                    };
+                    self.appid_so_far = got == want;
+                    if self.appid_so_far && self.line == APPID_PREFIX.len() {
+                        return bad;
+                    }
                 }
                 if b == b'\r' {
                     State::TrailerLf
@@ -345,6 +385,32 @@ mod tests {
         let mut c = Chunked::for_request();
         assert_eq!(c.advance(b"3 ; name=\"v\"\r\nabc\r\n0\r\n\r\n"), Ok(24));
         assert!(c.is_done());
+    }
+
+    #[test]
+    fn app_responses_cannot_end_with_appid_trailers() {
+        for forged in [
+            &b"0\r\nX-Appid-Denied-By: forged\r\n\r\n"[..],
+            b"0\r\nx_appid_peer_id: forged\r\n\r\n",
+            b"0\r\ngrpc-status: 0\r\nx-appid-x: 1\r\n\r\n",
+        ] {
+            assert_eq!(
+                Chunked::for_app_response().advance(forged),
+                Err(FramingError::BadChunk),
+                "{forged:?}"
+            );
+            // From a peer sidecar they pass.
+            assert_eq!(Chunked::new().advance(forged), Ok(forged.len()));
+        }
+        for fine in [
+            &b"0\r\ngrpc-status: 0\r\n\r\n"[..],
+            b"0\r\nx-appidx: 1\r\nx-app: 2\r\n\r\n",
+            b"0\r\n\r\n",
+        ] {
+            let mut c = Chunked::for_app_response();
+            assert_eq!(c.advance(fine), Ok(fine.len()), "{fine:?}");
+            assert!(c.is_done());
+        }
     }
 
     #[test]

@@ -644,7 +644,10 @@ where
                 k
             }
             BodyLength::Chunked => {
-                let mut state = Chunked::new();
+                let mut state = match limits.app {
+                    AppSide::Upstream => Chunked::for_app_response(),
+                    AppSide::Downstream => Chunked::new(),
+                };
                 let Ok(k) = state.advance(available) else {
                     return Err(fail(
                         answered,
