@@ -155,6 +155,9 @@ use yaml::Mark;
 /// Most rules a policy may have.
 pub const MAX_RULES: usize = 1_000_000;
 
+/// Largest policy file accepted (bytes).
+pub const MAX_POLICY_BYTES: usize = 16 << 20;
+
 /// A loaded, validated and indexed policy. Immutable; share it across
 /// threads (`Arc<Policy>`) and swap the whole thing on reload.
 #[derive(Debug)]
@@ -173,6 +176,18 @@ impl Policy {
     /// Parses, validates and indexes a policy. `file_name` is only used in
     /// error messages. Either the whole policy or every error.
     pub fn load(file_name: &str, yaml: &str) -> Result<Policy, PolicyErrors> {
+        if yaml.len() > MAX_POLICY_BYTES {
+            let mut d = Diags::default();
+            d.push(
+                Mark { line: 1, column: 1 },
+                format!(
+                    "the file is {} bytes, more than the {MAX_POLICY_BYTES} supported",
+                    yaml.len()
+                ),
+                "merge rules with lists of values, or split the policy",
+            );
+            return Err(d.into_errors(file_name));
+        }
         let loaded = load::load(yaml).map_err(|d| d.into_errors(file_name))?;
         if loaded.rules.len() > MAX_RULES {
             let mut d = Diags::default();

@@ -7,8 +7,11 @@
 //! point at the exact node. Scalars stay text (with a flag for "was quoted");
 //! the loader decides what a scalar means from where it appears.
 //!
-//! Anchors and aliases are resolved by copying the anchored node; tags are
-//! ignored; a second document in the stream is an error.
+//! Anchors and aliases are resolved by copying the anchored node, within a
+//! budget ([`MAX_ALIAS_NODES`]): nested aliases grow exponentially ("billion
+//! laughs": a few hundred bytes that expand to gigabytes), so a document
+//! whose aliases copy more nodes than that is an error, not a crash. Tags
+//! are ignored; a second document in the stream is an error.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -136,6 +139,36 @@ fn write_flow(node: &Node<'_>, out: &mut String) -> fmt::Result {
     }
 }
 
+/// The most nodes all aliases of one document may copy in total. Far more
+/// than any hand-written policy shares; far less than a memory problem.
+pub(crate) const MAX_ALIAS_NODES: usize = 100_000;
+
+/// The nodes in `node`'s tree, counting no further than `limit + 1`.
+fn count_nodes(node: &Node<'_>, limit: usize) -> usize {
+    let mut count = 1;
+    let mut pending: Vec<&Node<'_>> = vec![node];
+    while let Some(node) = pending.pop() {
+        if count > limit {
+            break;
+        }
+        match &node.value {
+            Value::Scalar { .. } => {}
+            Value::Seq(items) => {
+                count += items.len();
+                pending.extend(items);
+            }
+            Value::Map(entries) => {
+                count += 2 * entries.len();
+                for (k, v) in entries {
+                    pending.push(k);
+                    pending.push(v);
+                }
+            }
+        }
+    }
+    count
+}
+
 enum Frame<'a> {
     Seq {
         mark: Mark,
@@ -156,6 +189,7 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node<'_>>, Diag> {
     let mut anchors: HashMap<usize, Node<'_>> = HashMap::new();
     let mut root: Option<Node<'_>> = None;
     let mut documents = 0usize;
+    let mut alias_nodes = 0usize;
 
     for event in Parser::new_from_str(src) {
         let (event, span) = event.map_err(|e| {
@@ -196,10 +230,22 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node<'_>>, Diag> {
                 Some(node)
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Some(Node {
-                    mark,
-                    value: node.value.clone(),
-                }),
+                Some(node) => {
+                    alias_nodes += count_nodes(node, MAX_ALIAS_NODES - alias_nodes);
+                    if alias_nodes > MAX_ALIAS_NODES {
+                        return Err(Diag::new(
+                            mark,
+                            format!(
+                                "aliases in this file expand to more than {MAX_ALIAS_NODES} nodes"
+                            ),
+                            "write the shared values out, or use fewer nested `*aliases`",
+                        ));
+                    }
+                    Some(Node {
+                        mark,
+                        value: node.value.clone(),
+                    })
+                }
                 None => {
                     return Err(Diag::new(
                         mark,
@@ -334,6 +380,28 @@ mod tests {
         let Value::Map(e) = &root.value else { panic!() };
         assert_eq!(e[0].1.value, e[1].1.value);
         assert_eq!(e[1].1.mark, Mark { line: 2, column: 4 });
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        // Each level doubles... ten times over: 10^9 leaves if expanded.
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        let letters = ["b", "c", "d", "e", "f", "g", "h", "i"];
+        let mut previous = "a";
+        for l in letters {
+            let refs = vec![format!("*{previous}"); 9].join(",");
+            bomb.push_str(&format!("{l}: &{l} [{refs}]\n"));
+            previous = l;
+        }
+        let err = parse(&bomb).unwrap_err();
+        assert!(
+            err.message.contains("aliases in this file expand"),
+            "{err:?}"
+        );
+        // Ordinary sharing stays fine.
+        assert!(parse("a: &x [1, 2, 3]\nb: *x\nc: *x\n").is_ok());
     }
 
     #[test]

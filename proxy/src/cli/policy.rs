@@ -89,7 +89,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 /// Loads a policy file; on policy errors prints them all and returns `None`.
 fn load(path: &Path) -> anyhow::Result<Option<Policy>> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let text = crate::sidecar::read_policy_file(path)
         .with_context(|| format!("{name}: cannot read the policy file; check the path"))?;
     match Policy::load(&name, &text) {
         Ok(policy) => Ok(Some(policy)),

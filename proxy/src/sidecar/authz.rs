@@ -229,6 +229,17 @@ impl ConnAuthz {
         policy.decide(&self.query(Some(false))).outcome == Outcome::Allow
     }
 
+    /// Whether some HTTP request on this connection could be allowed,
+    /// without an audit line: `false` when the connection is denied
+    /// whatever it carries.
+    pub fn could_allow_http(&self) -> bool {
+        if self.revoked_quietly() {
+            return false;
+        }
+        let policy = self.shared.policy.load();
+        policy.decide(&self.query(None)).outcome != Outcome::Deny
+    }
+
     fn revoked_quietly(&self) -> bool {
         matches!(&self.peer, Peer::Meshed(claims) if self.shared.tls.is_revoked(&claims.id))
     }

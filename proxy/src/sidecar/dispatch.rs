@@ -17,8 +17,10 @@
 //!   connected and whoever speaks first decides: the server makes it TCP
 //!   (the client then answers a banner, not an HTTP server); the client's
 //!   first bytes are classified as usual, so HTTP is still parsed;
-//! - otherwise (an HTTP-only or denied connection) nothing is connected and
-//!   the client is waited for, up to the idle timeout, then classified.
+//! - if only HTTP could be allowed (a connection an `http` rule governs),
+//!   nothing is connected and the client is waited for, up to the idle
+//!   timeout, then classified;
+//! - if nothing could be allowed, it is denied (and audited) at once.
 //!
 //! Last line of defence: when the client spoke first and its bytes went to
 //! opaque TCP, its first line is still watched as it passes
@@ -204,8 +206,15 @@ impl AppConnection<'_> {
         Fut: Future<Output = Option<U>>,
     {
         let idle = self.shared.limits.idle_timeout;
+        if !self.authz.would_allow_tcp() && !self.authz.could_allow_http() {
+            // Denied whatever it carries: decide (and audit) now, as TCP,
+            // rather than hold the connection.
+            self.tcp(downstream, connect, Bytes::new()).await;
+            return;
+        }
         if !self.authz.would_allow_tcp() {
-            // HTTP-only (or denied): wait for the client; connect nothing.
+            // HTTP-only: wait for the client (as between keep-alive
+            // requests, up to the idle timeout); connect nothing.
             match prefixed::read_and_classify(&mut downstream, idle).await {
                 Ok((_, prefix)) if prefix.is_empty() => self.gave_up("silent client"),
                 Ok((class, prefix)) => {

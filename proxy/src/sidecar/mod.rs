@@ -225,7 +225,7 @@ impl Shared {
 
 /// Loads a policy file into a compiled policy.
 pub fn load_policy(path: &std::path::Path) -> Result<Policy, SidecarError> {
-    let text = std::fs::read_to_string(path)
+    let text = read_policy_file(path)
         .map_err(|e| SidecarError::Policy(format!("{}: {e}", path.display())))?;
     Policy::load(&path.display().to_string(), &text).map_err(|errors| {
         SidecarError::Policy(
@@ -236,6 +236,24 @@ pub fn load_policy(path: &std::path::Path) -> Result<Policy, SidecarError> {
                 .join("\n"),
         )
     })
+}
+
+/// Reads a policy file, refusing one larger than
+/// [`appid_policy::policy::MAX_POLICY_BYTES`] without reading it all.
+pub fn read_policy_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let limit = appid_policy::policy::MAX_POLICY_BYTES as u64;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes; a policy this size is refused"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Runs the sidecar until SIGTERM/SIGINT, then drains and returns.

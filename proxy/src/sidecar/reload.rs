@@ -7,6 +7,12 @@
 //! secret) with no edge cases, at a cost of a few `stat` calls. A change is
 //! loaded and validated completely before it is swapped in; a bad edit is
 //! logged and the previous identity or policy keeps serving.
+//!
+//! A policy file is loaded only once it is *settled*: replaced by a rename
+//! (a new inode, as editors, `kubectl` and `mv` do) and unchanged for one
+//! more poll, or — when written in place — unchanged for
+//! [`IN_PLACE_SETTLE`]. A half-written file can parse (a rule cut before
+//! its `http:` line is an L4 allow), so parsing is no proof of completeness.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -22,6 +28,10 @@ use super::{Shared, load_policy};
 use crate::identity::verify::TrustBundle;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a policy file written in place must stay unchanged before it
+/// is loaded.
+pub(super) const IN_PLACE_SETTLE: Duration = Duration::from_secs(3);
 
 /// Identity files to watch (when the identity comes from files).
 #[derive(Debug, Clone)]
@@ -65,6 +75,8 @@ pub(super) async fn watch_files(
     };
     let mut last_identity = identity_stamps(&identity);
     let mut last_policy = stamp(&policy);
+    // The change seen but not loaded yet: its stamp, and since when.
+    let mut pending_policy: Option<(Option<Stamp>, tokio::time::Instant)> = None;
     let shutdown = shared.shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -85,7 +97,23 @@ pub(super) async fn watch_files(
         }
 
         let now = stamp(&policy);
-        if now != last_policy {
+        let settled = match pending_policy {
+            _ if now == last_policy => {
+                pending_policy = None;
+                false
+            }
+            Some((seen, since)) if seen == now => {
+                let renamed = now.map(|s| s.inode) != last_policy.map(|s| s.inode);
+                renamed || since.elapsed() >= IN_PLACE_SETTLE
+            }
+            // New, or changed again since last seen: wait for it to settle.
+            _ => {
+                pending_policy = Some((now, tokio::time::Instant::now()));
+                false
+            }
+        };
+        if settled {
+            pending_policy = None;
             last_policy = now;
             match load_policy(&policy) {
                 Ok(new_policy) => {

@@ -106,7 +106,7 @@ where
         let request =
             match inspect_request(&down_buf[..head_len], authorizer.as_ref(), &peer_headers) {
                 Ok(request) => request,
-                Err(Refusal { status, message }) => {
+                Err(Rejected { status, message }) => {
                     local_response(&mut down_write, status, message, None).await;
                     return Err(HttpProxyError::Protocol(message));
                 }
@@ -228,7 +228,7 @@ struct InspectedRequest {
 }
 
 /// A request the proxy answers itself, then closes.
-struct Refusal {
+struct Rejected {
     status: u16,
     message: &'static str,
 }
@@ -237,10 +237,10 @@ fn inspect_request(
     head: &[u8],
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
-) -> Result<InspectedRequest, Refusal> {
+) -> Result<InspectedRequest, Rejected> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
-    let bad = |message| Refusal {
+    let bad = |message| Rejected {
         status: 400,
         message,
     };
@@ -277,7 +277,7 @@ fn inspect_request(
     match authorize_request(authorizer, method, target, &headers, false) {
         RequestDecision::Forward => {}
         RequestDecision::Refuse(refusal) => {
-            return Err(Refusal {
+            return Err(Rejected {
                 status: refusal.status(),
                 message: refusal.as_str(),
             });
