@@ -915,6 +915,61 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
     expect_closed(&mut again, Duration::from_secs(10)).await;
 }
 
+/// Hostile or unlucky policy edits never load: an alias bomb ("billion
+/// laughs", a few hundred bytes) is refused with the old policy serving, and
+/// a policy written in place in two parts is not loaded half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_bombs_and_half_written_policies_never_load() {
+    let echo = EchoServer::start().await;
+    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
+    let still_allowed = |when: &'static str| {
+        let address = mesh.outbound_addr();
+        let context = mesh.context();
+        async move {
+            connect_and_echo(address, b"ping\n")
+                .await
+                .unwrap_or_else(|e| panic!("{when}: {e}\n{context}"));
+        }
+    };
+    still_allowed("before").await;
+
+    // Nine levels of nine aliases: 9^9 scalars if expanded.
+    let mut bomb = String::from("version: 1\nx0: &x0 [a, a, a, a, a, a, a, a, a]\n");
+    for level in 1..9 {
+        let refs = vec![format!("*x{}", level - 1); 9].join(", ");
+        bomb.push_str(&format!("x{level}: &x{level} [{refs}]\n"));
+    }
+    replace_file(&mesh.server_policy, bomb.as_bytes());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    still_allowed("after the alias bomb").await;
+    assert!(
+        mesh.server.logs().contains("aliases in this file expand"),
+        "{}",
+        mesh.context()
+    );
+
+    // In place (same inode), in two parts 1.2 s apart: the first part alone
+    // is a valid policy that denies everything.
+    let complete = WEB_TO_API.to_string();
+    let first_part = "version: 1\ndefault: deny\nrules:\n";
+    assert!(complete.starts_with(first_part));
+    std::fs::write(&mesh.server_policy, first_part).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    still_allowed("between the two parts of an in-place write").await;
+    std::fs::write(&mesh.server_policy, &complete).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    still_allowed("after the in-place write").await;
+    assert!(
+        !mesh
+            .server
+            .audit_lines()
+            .iter()
+            .any(|l| is_deny(l, "default")),
+        "the half-written policy was applied\n{}",
+        mesh.context()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Limits and shutdown
 

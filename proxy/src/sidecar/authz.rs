@@ -320,8 +320,10 @@ impl ConnAuthz {
             peer_addr: Some(&peer_addr),
             claims,
             port: self.port,
-            method: request.map(|(m, _, _)| m),
-            path: request.map(|(_, p, _)| p),
+            // Bounded: a caller picks these, and must not pick the size of
+            // the audit log (a 60 KB path is a 60 KB line otherwise).
+            method: request.map(|(m, _, _)| truncate_utf8(m, AUDIT_FIELD_BYTES)),
+            path: request.map(|(_, p, _)| truncate_utf8(p, AUDIT_FIELD_BYTES)),
             reason,
             protocol: match request {
                 Some((_, _, true)) => "grpc",
@@ -381,8 +383,8 @@ impl ConnAuthz {
     }
 }
 
-/// The most of a refused request's method and target an audit line keeps.
-const AUDIT_TARGET_BYTES: usize = 256;
+/// The most of a request's method and path an audit line keeps (bytes).
+pub const AUDIT_FIELD_BYTES: usize = 1024;
 
 /// `text` cut to at most `max` bytes, on a character boundary.
 fn truncate_utf8(text: &str, max: usize) -> &str {
@@ -428,11 +430,8 @@ impl RequestAuthorizer for ConnAuthz {
     }
 
     /// A request refused before policy: one audit line (rule
-    /// `invalid-request`) with the reason, its target cut to
-    /// [`AUDIT_TARGET_BYTES`] (it was refused, so it may be anything).
+    /// `invalid-request`) with the reason and the raw target.
     fn refused(&self, method: &str, target: &str, refusal: Refusal, grpc: bool) {
-        let target = truncate_utf8(target, AUDIT_TARGET_BYTES);
-        let method = truncate_utf8(method, AUDIT_TARGET_BYTES);
         self.write_audit(
             "deny",
             false,
@@ -468,5 +467,19 @@ impl RequestAuthorizer for ConnAuthz {
                 reason: decision.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_fields_are_cut_on_character_boundaries() {
+        assert_eq!(truncate_utf8("/short", AUDIT_FIELD_BYTES), "/short");
+        let long = "/".to_string() + &"é".repeat(2000);
+        let cut = truncate_utf8(&long, AUDIT_FIELD_BYTES);
+        assert!(cut.len() <= AUDIT_FIELD_BYTES && cut.len() >= AUDIT_FIELD_BYTES - 1);
+        assert!(long.starts_with(cut));
     }
 }
