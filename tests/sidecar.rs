@@ -1030,6 +1030,78 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
     .await;
 }
 
+/// Decide before you dial: callers whose requests are all denied, or who
+/// send nothing but an HTTP/2 preface, never cost the app a connection; an
+/// HTTP/2 connection that carries no stream is closed at the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_is_dialled_for_the_first_allowed_request_only() {
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy(
+        "policy.yaml",
+        "\
+version: 1
+default: deny
+rules:
+  - name: plain-public
+    action: allow
+    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+",
+    );
+    let inbound = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, app.addr)
+        .limit("idle_timeout", "2s")
+        .limit("drain_timeout", "1s")
+        .start()
+        .await;
+    let address = local(inbound);
+
+    // HTTP/1.1: two denied requests on one connection.
+    let mut session = H1Session::connect(address).await;
+    for path in ["/admin/a", "/admin/b"] {
+        let (status, _) = session.get(path).await.unwrap();
+        assert_eq!(status, 403, "{}", sidecar.context());
+    }
+    // HTTP/2: connections that send the preface and SETTINGS, then nothing.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        silent.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.state.connections.load(Ordering::SeqCst),
+        0,
+        "the app was dialled before any request was allowed\n{}",
+        sidecar.context()
+    );
+    // Idle HTTP/2 connections get a GOAWAY and are gone by idle + drain.
+    let start = Instant::now();
+    for stream in &mut silent {
+        // The sidecar's SETTINGS and GOAWAY frames, then the end.
+        let mut frames = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut frames));
+        assert!(read.await.is_ok(), "still open after 10 s");
+    }
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(6), "closed after {waited:?}");
+
+    // The first allowed request dials the app, once (a new connection: the
+    // first one idled out too).
+    let mut session = H1Session::connect(address).await;
+    let (status, _) = session.get("/public/x").await.unwrap();
+    assert_eq!(status, 200, "{}", sidecar.context());
+    assert_eq!(app.state.connections.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_during_detection_is_dropped_at_detect_timeout() {
     let env = Env::new();

@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::Shared;
 use super::authz::{ConnAuthz, ConnVerdict};
 use super::http::{self as l7, AppSide, HttpVersion, PeerHeaders};
+use super::lazy::LazyUpstream;
 use super::prefixed::{self, Prefixed};
 use crate::detect::{self, Classification, FirstLine};
 use crate::metrics::Direction as MetricsDirection;
@@ -70,7 +71,8 @@ impl FirstBytes {
 /// One app connection, after detection: `downstream` is the calling side
 /// (with `prefix`, the bytes detection read from it), `connect` opens the
 /// called side (the local app inbound; the peer's stream outbound, already
-/// open). `app` says which side the local app is on.
+/// open) — for HTTP only at the first allowed request, for TCP only once the
+/// connection is allowed. `app` says which side the local app is on.
 #[allow(clippy::too_many_arguments)]
 pub async fn dispatch<D, U, F, Fut>(
     shared: &Arc<Shared>,
@@ -85,7 +87,7 @@ pub async fn dispatch<D, U, F, Fut>(
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Option<U>>,
+    Fut: Future<Output = Option<U>> + Send + 'static,
 {
     let conn = AppConnection {
         shared,
@@ -96,9 +98,8 @@ pub async fn dispatch<D, U, F, Fut>(
     let downstream = Prefixed::new(prefix, downstream);
     match first {
         FirstBytes::Http(version) => {
-            if let Some(upstream) = connect().await {
-                conn.http(downstream, upstream, version).await;
-            }
+            let upstream = LazyUpstream::new(connect());
+            conn.http(downstream, upstream, version).await;
         }
         FirstBytes::Opaque => conn.tcp(downstream, connect, Bytes::new()).await,
         FirstBytes::Silent => conn.silent(downstream, connect).await,
@@ -122,7 +123,7 @@ impl AppConnection<'_> {
     }
 
     /// HTTP: every request authorized.
-    async fn http<D, U>(mut self, downstream: D, upstream: U, version: HttpVersion)
+    async fn http<D, U>(mut self, downstream: D, upstream: LazyUpstream<U>, version: HttpVersion)
     where
         D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -155,7 +156,7 @@ impl AppConnection<'_> {
         D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Option<U>>,
+        Fut: Future<Output = Option<U>> + Send + 'static,
     {
         self.authz.set_protocol("tcp");
         if self.authz.decide_connection(Some(false)) != ConnVerdict::Allow {
@@ -203,7 +204,7 @@ impl AppConnection<'_> {
         D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Option<U>>,
+        Fut: Future<Output = Option<U>> + Send + 'static,
     {
         let idle = self.shared.limits.idle_timeout;
         if !self.authz.would_allow_tcp() && !self.authz.could_allow_http() {
@@ -221,9 +222,8 @@ impl AppConnection<'_> {
                     let downstream = Prefixed::new(prefix, downstream);
                     match FirstBytes::of(&class) {
                         FirstBytes::Http(version) => {
-                            if let Some(upstream) = connect().await {
-                                self.http(downstream, upstream, version).await;
-                            }
+                            let upstream = LazyUpstream::new(connect());
+                            self.http(downstream, upstream, version).await;
                         }
                         _ => self.tcp(downstream, connect, Bytes::new()).await,
                     }
@@ -239,7 +239,10 @@ impl AppConnection<'_> {
             FirstSpeaker::Client(class, prefix) => {
                 let downstream = Prefixed::new(prefix, downstream);
                 match FirstBytes::of(&class) {
-                    FirstBytes::Http(version) => self.http(downstream, upstream, version).await,
+                    FirstBytes::Http(version) => {
+                        let upstream = LazyUpstream::ready(upstream);
+                        self.http(downstream, upstream, version).await;
+                    }
                     _ => {
                         self.tcp(downstream, || async { Some(upstream) }, Bytes::new())
                             .await

@@ -393,7 +393,10 @@ async fn to_app<S>(
         authz,
         peer_headers,
         AppSide::Upstream,
-        || shared.connect(app),
+        {
+            let shared = shared.clone();
+            move || async move { shared.connect(app).await }
+        },
     )
     .await;
 }

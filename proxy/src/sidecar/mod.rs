@@ -20,6 +20,7 @@ mod dispatch;
 mod from_authority;
 pub mod http;
 pub mod inbound;
+mod lazy;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
@@ -146,6 +147,7 @@ impl Shared {
             // The wait for a request head, including between keep-alive
             // requests: it is the idle timeout.
             header_timeout: self.limits.idle_timeout,
+            drain_timeout: self.limits.drain_timeout,
             app,
         }
     }

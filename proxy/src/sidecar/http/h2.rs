@@ -13,10 +13,15 @@
 //! for `CONNECT`) on that stream. Request trailers reset the stream (gRPC
 //! requests never carry any); inbound, `x-appid-*` headers in the app's
 //! response heads and trailers are removed.
+//!
+//! Nothing is dialled before a request is allowed: the upstream connection
+//! (and its HTTP/2 handshake) is made for the first allowed request. A
+//! connection that has carried no stream for the idle timeout gets a GOAWAY,
+//! and is closed if it has not finished within the drain timeout.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -24,6 +29,8 @@ use h2::{RecvStream, SendStream};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::sidecar::tunnel::StreamCount;
 
 use super::{
     AppSide, DENIED_BY_HEADER, HeaderMapView, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER,
@@ -37,8 +44,10 @@ const MAX_STREAMS: u32 = 256;
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 4 << 20;
 
-/// Proxies one HTTP/2 connection until it ends or `shutdown` resolves (then
-/// GOAWAY, and in-flight streams finish).
+/// Proxies one HTTP/2 connection until it ends, idles out or `shutdown`
+/// resolves (then GOAWAY, in-flight streams finish, and the connection
+/// closes at the drain timeout at the latest). `upstream` is only used
+/// (and so, when it is lazy, only dialled) for the first allowed request.
 pub async fn proxy<D, U>(
     downstream: D,
     upstream: U,
@@ -51,14 +60,6 @@ where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, client_connection) = h2::client::Builder::new()
-        .enable_push(false)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .handshake::<_, Bytes>(upstream)
-        .await
-        .map_err(HttpProxyError::H2)?;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
         .initial_window_size(STREAM_WINDOW)
@@ -73,36 +74,100 @@ where
             ));
         }
     };
+    let upstream = Arc::new(Upstream::new(upstream, limits));
     let peer_headers = Arc::new(peer_headers);
-    let client_connection = async move {
-        if let Err(e) = client_connection.await {
-            tracing::debug!(error = %e, "upstream http/2 connection ended");
-        }
-    };
-    tokio::pin!(client_connection, shutdown);
-    let (mut upstream_closed, mut stopping) = (false, false);
+    let streams = StreamCount::new();
+    let idle = streams.idle(limits.header_timeout);
+    // Armed at GOAWAY: a client that never finishes loses the connection.
+    let drained = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(shutdown, idle, drained);
+    let mut stopping = false;
     loop {
         tokio::select! {
             accepted = server.accept() => match accepted {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(HttpProxyError::H2(e)),
                 Some(Ok((request, respond))) => {
-                    let client = client.clone();
+                    let upstream = upstream.clone();
                     let authorizer = authorizer.clone();
                     let peer_headers = peer_headers.clone();
+                    let stream = streams.open();
                     tokio::spawn(async move {
-                        forward(request, respond, client, &*authorizer, &peer_headers, limits.app).await;
+                        forward(request, respond, &upstream, &*authorizer, &peer_headers, limits.app).await;
+                        drop(stream);
                     });
                 }
             },
-            // Driven here, not in a task of its own; once it ends, new
-            // requests get a 502 from `forward`.
-            () = &mut client_connection, if !upstream_closed => upstream_closed = true,
+            () = &mut idle, if !stopping => {
+                tracing::debug!("http/2 connection idle: GOAWAY");
+                stopping = true;
+                server.graceful_shutdown();
+                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
+            }
             () = &mut shutdown, if !stopping => {
                 stopping = true;
                 server.graceful_shutdown();
+                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
+            }
+            () = &mut drained, if stopping => {
+                return Err(HttpProxyError::Protocol("not drained in time after GOAWAY"));
             }
         }
+    }
+}
+
+/// The upstream HTTP/2 connection, made when the first allowed request
+/// needs it. `None` once that failed (every request then gets a 502).
+struct Upstream {
+    io: std::sync::Mutex<Option<Box<dyn UpstreamIo>>>,
+    client: tokio::sync::OnceCell<Option<h2::client::SendRequest<Bytes>>>,
+    limits: HttpLimits,
+}
+
+/// What the upstream connection is, boxed so that [`Upstream`] is not
+/// generic (one `forward` for every transport).
+trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> UpstreamIo for T {}
+
+impl Upstream {
+    fn new<U: UpstreamIo>(io: U, limits: HttpLimits) -> Upstream {
+        Upstream {
+            io: std::sync::Mutex::new(Some(Box::new(io))),
+            client: tokio::sync::OnceCell::new(),
+            limits,
+        }
+    }
+
+    /// A handle for sending requests upstream (handshaking first, once).
+    async fn client(&self) -> Option<h2::client::SendRequest<Bytes>> {
+        self.client
+            .get_or_init(|| async {
+                let io = self.io.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+                let handshake = h2::client::Builder::new()
+                    .enable_push(false)
+                    .initial_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
+                    .max_header_list_size(self.limits.max_header_bytes as u32)
+                    .handshake::<_, Bytes>(io)
+                    .await;
+                let (client, connection) = match handshake {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream http/2 handshake failed");
+                        return None;
+                    }
+                };
+                // Ends when the upstream closes, or when every handle (this
+                // one included) is gone with the downstream connection.
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "upstream http/2 connection ended");
+                    }
+                });
+                Some(client)
+            })
+            .await
+            .clone()
     }
 }
 
@@ -110,7 +175,7 @@ where
 async fn forward(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    client: h2::client::SendRequest<Bytes>,
+    upstream: &Upstream,
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
     app: AppSide,
@@ -151,6 +216,17 @@ async fn forward(
     }
 
     let request_ends = body.is_end_stream();
+    // The app is dialled for the first allowed request, not before.
+    let Some(client) = upstream.client().await else {
+        send_local(
+            &mut respond,
+            StatusCode::BAD_GATEWAY,
+            "upstream unavailable\n",
+            None,
+        );
+        authorizer.observe(502, started.elapsed());
+        return;
+    };
     let sent = match client.ready().await {
         Ok(mut client) => client.send_request(Request::from_parts(parts, ()), request_ends),
         Err(e) => Err(e),

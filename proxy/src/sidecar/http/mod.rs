@@ -275,8 +275,11 @@ pub enum AppSide {
 pub struct HttpLimits {
     /// Largest request head (HTTP/1) or header list (HTTP/2) accepted.
     pub max_header_bytes: usize,
-    /// How long a client may take to send a request head.
+    /// How long a client may take to send a request head, and how long an
+    /// HTTP/2 connection may carry no stream before its GOAWAY.
     pub header_timeout: Duration,
+    /// How long a connection may take to finish after a GOAWAY.
+    pub drain_timeout: Duration,
     /// Where the local app is.
     pub app: AppSide,
 }

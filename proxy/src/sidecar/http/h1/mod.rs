@@ -829,6 +829,7 @@ mod tests {
         HttpLimits {
             max_header_bytes: 8 * 1024,
             header_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
             app: AppSide::Upstream,
         }
     }
