@@ -983,6 +983,9 @@ rules:
     to: { labels.app: api }
 ";
 
+/// `max_connections` is per direction, and callers outside the mesh get at
+/// most half of the inbound budget: with 4, two plaintext callers fit and a
+/// third is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_healthy() {
     let env = Env::new();
@@ -992,7 +995,7 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
     let sidecar = env
         .sidecar("server", &env.api, &policy)
         .inbound(inbound, echo.addr)
-        .limit("max_connections", "2")
+        .limit("max_connections", "4")
         .start()
         .await;
     let address = local(inbound);
@@ -1015,6 +1018,16 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
         net::http_status(sidecar.admin, "/live").await,
         Some(200),
         "/live while full"
+    );
+    assert_eq!(
+        sidecar
+            .metric(
+                "appid_connections_refused_total{direction=\"inbound\",reason=\"max_unauthenticated\"}"
+            )
+            .await,
+        1.0,
+        "{}",
+        sidecar.context()
     );
     echo_once(&mut second, b"still here\n", Duration::from_secs(10))
         .await

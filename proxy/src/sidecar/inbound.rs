@@ -97,6 +97,9 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
         other => {
             // Outside the mesh; the bytes were only peeked, so the stream
             // still starts at its first byte.
+            let Some(_slot) = shared.admit_unauthenticated() else {
+                return;
+            };
             let peer = Peer::Unauthenticated(peer_addr.ip());
             let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
             let first = other.as_ref().map_or(FirstBytes::Silent, FirstBytes::of);

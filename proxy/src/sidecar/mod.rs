@@ -103,20 +103,42 @@ pub struct Shared {
     pub claims_json: authz::ClaimsJson,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    connections: Arc<Semaphore>,
+    /// Connection slots, one budget per direction (so a flood of inbound
+    /// callers cannot refuse the workload's own outbound calls), and within
+    /// the inbound one, at most half for callers outside the mesh.
+    inbound_slots: Arc<Semaphore>,
+    outbound_slots: Arc<Semaphore>,
+    unauthenticated_slots: Arc<Semaphore>,
     /// Becomes `true` on SIGTERM.
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
     /// A connection slot, or `None` (counted, connection dropped) when the
-    /// sidecar is at `max_connections`: excess is refused, never queued.
+    /// direction is at `max_connections`: excess is refused, never queued.
     fn admit(&self, direction: MetricsDirection) -> Option<OwnedSemaphorePermit> {
-        match self.connections.clone().try_acquire_owned() {
+        let slots = match direction {
+            MetricsDirection::Inbound => &self.inbound_slots,
+            MetricsDirection::Outbound => &self.outbound_slots,
+        };
+        match slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 self.metrics
                     .connection_refused(direction, "max_connections");
+                None
+            }
+        }
+    }
+
+    /// A slot for a caller outside the mesh (on top of its inbound one), or
+    /// `None` (counted) when they hold half the inbound budget already.
+    fn admit_unauthenticated(&self) -> Option<OwnedSemaphorePermit> {
+        match self.unauthenticated_slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.metrics
+                    .connection_refused(MetricsDirection::Inbound, "max_unauthenticated");
                 None
             }
         }
@@ -381,7 +403,9 @@ pub async fn run_until(
         claims_json: authz::ClaimsJson::default(),
         metrics,
         limits,
-        connections: Arc::new(Semaphore::new(limits.max_connections)),
+        inbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
+        outbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
+        unauthenticated_slots: Arc::new(Semaphore::new((limits.max_connections / 2).max(1))),
         shutdown: shutdown_rx,
     });
 
@@ -437,12 +461,13 @@ pub async fn run_until(
     for task in background {
         task.abort();
     }
-    let drained = tokio::time::timeout(
-        limits.drain_timeout,
-        shared
-            .connections
-            .acquire_many(limits.max_connections as u32),
-    )
+    // Drained when every slot of both directions is free again.
+    let all = limits.max_connections as u32;
+    let drained = tokio::time::timeout(limits.drain_timeout, async {
+        let inbound = shared.inbound_slots.acquire_many(all).await;
+        let outbound = shared.outbound_slots.acquire_many(all).await;
+        (inbound, outbound)
+    })
     .await;
     if drained.is_err() {
         tracing::warn!("drain deadline passed with connections still open; closing them");
