@@ -1043,6 +1043,66 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
     .await;
 }
 
+/// The audit log under pressure: SIGHUP reopens it after a move (logrotate
+/// without `copytruncate`), and when lines cannot be written (here: a full
+/// disk, `/dev/full`) they are counted and `/ready` turns false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_reopens_on_sighup_and_a_full_disk_makes_the_sidecar_unready() {
+    let env = Env::new();
+    let echo = EchoServer::start().await;
+    let policy = env.policy("policy.yaml", LOCAL_PLAIN);
+    let inbound = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, echo.addr)
+        .start()
+        .await;
+    connect_and_echo(local(inbound), b"one\n").await.unwrap();
+    sidecar
+        .wait_audit("the first line", |l| has(l, "decision", "allow"))
+        .await;
+    let rotated = sidecar.audit.with_extension("jsonl.1");
+    std::fs::rename(&sidecar.audit, &rotated).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &sidecar.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connect_and_echo(local(inbound), b"two\n").await.unwrap();
+    sidecar
+        .wait_audit("a line in the reopened file", |l| {
+            has(l, "decision", "allow")
+        })
+        .await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+    drop(sidecar);
+
+    // A full disk.
+    let full = env.path("full-audit.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    let inbound = free_port();
+    let deny_all = env.policy("deny.yaml", "version: 1\ndefault: deny\nrules: []\n");
+    let sidecar = env
+        .sidecar("full", &env.api, &deny_all)
+        .inbound(inbound, echo.addr)
+        .start()
+        .await;
+    let mut denied = TcpStream::connect(local(inbound)).await.unwrap();
+    let _ = denied.write_all(b"hello\n").await;
+    expect_closed(&mut denied, Duration::from_secs(10)).await;
+    support::poll_until(
+        "/ready to turn false while the audit log cannot be written",
+        Duration::from_secs(10),
+        || sidecar.context(),
+        || async { (net::http_status(sidecar.admin, "/ready").await == Some(503)).then_some(()) },
+    )
+    .await;
+    assert!(sidecar.metric("appid_audit_lines_dropped_total").await >= 1.0);
+    assert_eq!(net::http_status(sidecar.admin, "/live").await, Some(200));
+}
+
 /// Decide before you dial: callers whose requests are all denied, or who
 /// send nothing but an HTTP/2 preface, never cost the app a connection; an
 /// HTTP/2 connection that carries no stream is closed at the idle timeout.

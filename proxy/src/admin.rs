@@ -49,6 +49,7 @@ struct ReadinessParts {
     policy: AtomicBool,
     listeners: AtomicBool,
     draining: AtomicBool,
+    audit_failing: AtomicBool,
 }
 
 /// What `/ready` reports. Cheap to clone; clones share state.
@@ -77,6 +78,13 @@ impl Readiness {
         self.0.draining.store(draining, Ordering::Release);
     }
 
+    /// Audit lines cannot be written: decisions would go unrecorded, so
+    /// report not ready (traffic is still served: fail open on traffic,
+    /// never silently).
+    pub fn set_audit_failing(&self, failing: bool) {
+        self.0.audit_failing.store(failing, Ordering::Release);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.missing().is_empty()
     }
@@ -89,6 +97,7 @@ impl Readiness {
             (!p.policy.load(Ordering::Acquire), "policy"),
             (!p.listeners.load(Ordering::Acquire), "listeners"),
             (p.draining.load(Ordering::Acquire), "draining"),
+            (p.audit_failing.load(Ordering::Acquire), "audit log"),
         ]
         .into_iter()
         .filter_map(|(bad, name)| bad.then_some(name))

@@ -142,6 +142,8 @@ impl State {
 
 struct Inner {
     state: Mutex<State>,
+    /// The last write failed (and none succeeded since).
+    failing: std::sync::atomic::AtomicBool,
     write_errors: AtomicU64,
     lines: AtomicU64,
     buffer_allows: std::sync::atomic::AtomicBool,
@@ -223,6 +225,7 @@ impl AuditLog {
                     pending: Vec::new(),
                     pending_lines: 0,
                 }),
+                failing: std::sync::atomic::AtomicBool::new(false),
                 write_errors: AtomicU64::new(0),
                 lines: AtomicU64::new(0),
                 buffer_allows: std::sync::atomic::AtomicBool::new(false),
@@ -291,7 +294,11 @@ impl AuditLog {
 
     fn written(&self, written: u64, lost: u64, error: Option<io::Error>) {
         self.inner.lines.fetch_add(written, Ordering::Relaxed);
+        if written > 0 {
+            self.inner.failing.store(false, Ordering::Relaxed);
+        }
         if let Some(e) = error {
+            self.inner.failing.store(true, Ordering::Relaxed);
             self.inner
                 .write_errors
                 .fetch_add(lost - 1, Ordering::Relaxed);
@@ -332,6 +339,12 @@ impl AuditLog {
             *file = open_append(path)?;
         }
         Ok(())
+    }
+
+    /// Whether the last write failed (no write has succeeded since): the
+    /// sidecar then reports not ready.
+    pub fn failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Relaxed)
     }
 
     /// Records that could not be written since start.

@@ -28,6 +28,7 @@
 //! | `appid_certificate_expiry_seconds` | gauge | — (absent until set) |
 //! | `appid_mesh_connections_total` | counter | `direction`, `alpn` (`appid/1`, `appid-mux/1`) |
 //! | `appid_tunnel_streams_total` | counter | `direction` |
+//! | `appid_audit_lines_dropped_total` | counter | — (audit lines that could not be written) |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -212,6 +213,7 @@ pub struct Metrics {
     http_requests: Family<CodeLabels, Counter>,
     mesh_connections: Family<AlpnLabels, Counter>,
     tunnel_streams: [Counter; 2],
+    audit_dropped: Counter,
     cert_not_after: Arc<AtomicI64>,
 }
 
@@ -298,6 +300,13 @@ impl Metrics {
         let latency = Direction::ALL
             .map(|direction| latency_family.get_or_create_owned(&DirLabels { direction }));
 
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_lines_dropped",
+            "Audit lines that could not be written (disk full, file gone)",
+            audit_dropped.clone(),
+        );
+
         let cert_not_after = Arc::new(AtomicI64::new(NO_DEADLINE));
         registry.register_collector(Box::new(CertExpiry {
             not_after: cert_not_after.clone(),
@@ -316,8 +325,14 @@ impl Metrics {
             http_requests,
             mesh_connections,
             tunnel_streams,
+            audit_dropped,
             cert_not_after,
         }
+    }
+
+    /// `lines` more audit lines could not be written.
+    pub fn audit_lines_dropped(&self, lines: u64) {
+        self.audit_dropped.inc_by(lines);
     }
 
     /// A connection was accepted: opened +1, active +1.

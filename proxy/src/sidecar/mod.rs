@@ -422,13 +422,37 @@ pub async fn run_until(
     }
     shared.audit.buffer_allows();
     let audit = shared.audit.clone();
+    let metrics = shared.metrics.clone();
+    let audit_readiness = readiness.clone();
     let mut background = vec![tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::audit::FLUSH_INTERVAL);
+        let mut dropped = 0;
         loop {
             tick.tick().await;
             audit.flush();
+            let now = audit.write_errors();
+            metrics.audit_lines_dropped(now - dropped);
+            dropped = now;
+            audit_readiness.set_audit_failing(audit.failing());
         }
     })];
+    // SIGHUP reopens the audit file (after logrotate moved it away).
+    let audit = shared.audit.clone();
+    background.push(tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match audit.reopen() {
+                Ok(()) => tracing::info!(audit_log = %audit.target(), "audit log reopened"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit log not reopened; still writing the old file")
+                }
+            }
+        }
+    }));
     background.push(tokio::spawn(reload::watch_files(
         shared.clone(),
         config.policy.clone(),
