@@ -19,6 +19,7 @@ pub mod authz;
 mod dispatch;
 mod from_authority;
 pub mod http;
+mod fd_budget;
 pub mod inbound;
 mod lazy;
 pub mod orig_dst;
@@ -309,7 +310,7 @@ pub async fn run_until(
         detect_timeout: config.limits.detect_timeout,
         idle_timeout: config.limits.idle_timeout,
         connect_timeout: config.limits.connect_timeout,
-        max_connections: config.limits.max_connections as usize,
+        max_connections: fd_budget::max_connections(config.limits.max_connections as usize),
         max_header_bytes: config.limits.max_header_bytes as usize,
         drain_timeout: config.limits.drain_timeout,
     };
