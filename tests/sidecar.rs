@@ -1103,6 +1103,63 @@ async fn the_audit_log_reopens_on_sighup_and_a_full_disk_makes_the_sidecar_unrea
     assert_eq!(net::http_status(sidecar.admin, "/live").await, Some(200));
 }
 
+/// An HTTP/2 control-frame flood (here: PINGs) from outside the mesh is
+/// closed, counted and audited; other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_ping_flood_is_closed_and_others_are_served() {
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy(
+        "policy.yaml",
+        "\
+version: 1
+default: deny
+rules:
+  - name: plain-public
+    action: allow
+    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+",
+    );
+    let inbound = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, app.addr)
+        .start()
+        .await;
+
+    let mut flood =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    for i in 0..5_000u64 {
+        flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
+        flood.extend_from_slice(&i.to_be_bytes());
+    }
+    let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
+    let _ = stream.write_all(&flood).await;
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answers));
+    assert!(read.await.is_ok(), "the flooding connection is still open");
+    sidecar
+        .wait_audit("the flood's audit line", |l| {
+            has(l, "decision", "deny") && l["reason"].as_str() == Some("HTTP/2 control frame flood")
+        })
+        .await;
+    assert_eq!(
+        sidecar
+            .metric("appid_h2_floods_closed_total{direction=\"inbound\"}")
+            .await,
+        1.0
+    );
+
+    let response = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{inbound}/public/x"),
+    ])
+    .await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
+}
+
 /// Decide before you dial: callers whose requests are all denied, or who
 /// send nothing but an HTTP/2 preface, never cost the app a connection; an
 /// HTTP/2 connection that carries no stream is closed at the idle timeout.

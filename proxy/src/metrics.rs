@@ -29,6 +29,7 @@
 //! | `appid_mesh_connections_total` | counter | `direction`, `alpn` (`appid/1`, `appid-mux/1`) |
 //! | `appid_tunnel_streams_total` | counter | `direction` |
 //! | `appid_audit_lines_dropped_total` | counter | — (audit lines that could not be written) |
+//! | `appid_h2_floods_closed_total` | counter | `direction` (connections closed for control-frame floods) |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -213,6 +214,7 @@ pub struct Metrics {
     http_requests: Family<CodeLabels, Counter>,
     mesh_connections: Family<AlpnLabels, Counter>,
     tunnel_streams: [Counter; 2],
+    h2_floods: [Counter; 2],
     audit_dropped: Counter,
     cert_not_after: Arc<AtomicI64>,
 }
@@ -289,6 +291,12 @@ impl Metrics {
             "App connections carried as streams in pooled appid-mux/1 connections",
         );
 
+        let h2_floods = per_dir_counter(
+            &mut registry,
+            "h2_floods_closed",
+            "HTTP/2 connections closed for sending more control frames than their budget",
+        );
+
         let latency_family: HistogramFamily =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register_with_unit(
@@ -325,9 +333,15 @@ impl Metrics {
             http_requests,
             mesh_connections,
             tunnel_streams,
+            h2_floods,
             audit_dropped,
             cert_not_after,
         }
+    }
+
+    /// An HTTP/2 connection was closed for a control-frame flood.
+    pub fn h2_flood_closed(&self, direction: Direction) {
+        self.h2_floods[direction.index()].inc();
     }
 
     /// `lines` more audit lines could not be written.

@@ -133,16 +133,21 @@ impl AppConnection<'_> {
             HttpVersion::Http2 => "http2",
         });
         let direction = self.direction();
+        let authz = Arc::new(self.authz);
         let result = l7::proxy(
             downstream,
             upstream,
             version,
-            Arc::new(self.authz),
+            authz.clone(),
             self.peer_headers,
             self.shared.http_limits(self.app),
             self.shared.shutdown_signal(),
         )
         .await;
+        if let Err(l7::HttpProxyError::Flood) = result {
+            authz.audit_closed("HTTP/2 control frame flood");
+            self.shared.metrics.h2_flood_closed(direction);
+        }
         if let Err(e) = result {
             tracing::debug!(error = %e, direction = direction.as_str(), "http connection ended with an error");
         }

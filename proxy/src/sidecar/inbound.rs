@@ -26,6 +26,7 @@ use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, Peer};
 use super::dispatch::{FirstBytes, dispatch};
+use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
 use super::prefixed;
 use super::read_ahead::ReadAhead;
@@ -230,6 +231,9 @@ async fn serve_tunnel(
     let limits = shared.limits;
     let identity = shared.tls.identity.load_full();
     let bundle = shared.tls.bundle.load_full();
+    // Control frames are budgeted like on any HTTP/2 connection.
+    let tls_stream = FrameBudget::new(tls_stream, true);
+    let flooded = tls_stream.tripped();
     let handshake = tunnel::server_builder().handshake::<_, Bytes>(tls_stream);
     let mut connection = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(connection)) => connection,
@@ -282,7 +286,12 @@ async fn serve_tunnel(
             None => break,
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
-                tracing::debug!(%peer_addr, error = %e, "tunnel ended");
+                if flooded.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(%peer_addr, "tunnel closed: HTTP/2 control frame flood");
+                    shared.metrics.h2_flood_closed(MetricsDirection::Inbound);
+                } else {
+                    tracing::debug!(%peer_addr, error = %e, "tunnel ended");
+                }
                 break;
             }
         };

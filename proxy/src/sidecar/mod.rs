@@ -17,9 +17,9 @@
 
 pub mod authz;
 mod dispatch;
+mod fd_budget;
 mod from_authority;
 pub mod http;
-mod fd_budget;
 pub mod inbound;
 mod lazy;
 pub mod orig_dst;

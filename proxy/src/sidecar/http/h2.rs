@@ -30,6 +30,7 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::flood::FrameBudget;
 use crate::sidecar::tunnel::StreamCount;
 
 use super::{
@@ -60,6 +61,8 @@ where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let downstream = FrameBudget::new(downstream, true);
+    let flooded = downstream.tripped();
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
         .initial_window_size(STREAM_WINDOW)
@@ -86,6 +89,9 @@ where
         tokio::select! {
             accepted = server.accept() => match accepted {
                 None => return Ok(()),
+                Some(Err(_)) if flooded.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(HttpProxyError::Flood);
+                }
                 Some(Err(e)) => return Err(HttpProxyError::H2(e)),
                 Some(Ok((request, respond))) => {
                     let upstream = upstream.clone();

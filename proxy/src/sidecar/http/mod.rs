@@ -27,6 +27,7 @@
 //! adds the verified peer's identity headers (inbound only) and forwards;
 //! inbound, it also strips `x-appid-*` from the app's responses.
 
+pub mod flood;
 pub mod h1;
 pub mod h2;
 pub mod path;
@@ -293,6 +294,10 @@ pub enum HttpProxyError {
     Io(std::io::Error),
     #[error("{0}")]
     Protocol(&'static str),
+    /// The client sent more HTTP/2 control frames than its budget
+    /// ([`flood`]); the connection was closed.
+    #[error("HTTP/2 control frame flood")]
+    Flood,
 }
 
 /// Proxies one HTTP connection until it ends or `shutdown` resolves (then

@@ -1,0 +1,305 @@
+//! A limit on HTTP/2 control frames per connection (flood protection).
+//!
+//! Design bias: *count frames, not guesses*. An HTTP/2 peer can make the
+//! other side work without sending any request: SETTINGS, PING, PRIORITY,
+//! RST_STREAM and WINDOW_UPDATE frames, and empty DATA frames, each cost a
+//! parse, often an answer, and never a decision (CVE-2019-9512/9515/9518,
+//! CVE-2023-44487). The h2 crate answers them all, so a flood held a core
+//! per attacking connection. [`FrameBudget`] reads the frame headers as the
+//! bytes pass (nothing is buffered or re-framed) and ends the connection
+//! when one second holds more than the budget:
+//! - [`CONTROL_PER_SECOND`] SETTINGS, PING, PRIORITY and empty non-final
+//!   DATA frames together (a well-behaved peer sends a handful);
+//! - RST_STREAM frames, [`CONTROL_PER_SECOND`] plus one per stream the peer
+//!   opened in that second (a pooled tunnel may end every stream with one;
+//!   rapid open-and-reset is bounded by h2 itself);
+//! - WINDOW_UPDATE frames, [`CONTROL_PER_SECOND`] plus one per
+//!   [`WINDOW_UPDATE_BYTES`] written to the peer in that second (a receiver
+//!   acknowledges what it was sent; Envoy bounds them the same way).
+//!
+//! Tripping sets a flag the owner reads to count and log the closure.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Control frames (other than WINDOW_UPDATE) allowed per second.
+pub const CONTROL_PER_SECOND: u32 = 1000;
+/// Each this many bytes sent to the peer allow it one more WINDOW_UPDATE.
+pub const WINDOW_UPDATE_BYTES: u64 = 4096;
+
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER: usize = 9;
+const WINDOW: Duration = Duration::from_secs(1);
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
+const END_STREAM: u8 = 0x1;
+
+/// Where the reader is in the frame stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// In the client preface: this many bytes left.
+    Preface(usize),
+    /// In a frame header: this many bytes of it seen.
+    Header(usize),
+    /// In a frame's payload: this many bytes left.
+    Payload(u32),
+}
+
+/// `inner`, the side an HTTP/2 peer writes to, with its control frames
+/// counted (see the module docs).
+pub struct FrameBudget<S> {
+    inner: S,
+    position: Position,
+    header: [u8; FRAME_HEADER],
+    window_start: Instant,
+    control: u32,
+    resets: u32,
+    opened: u32,
+    window_updates: u32,
+    written: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<S> FrameBudget<S> {
+    /// `preface`: the peer starts with the client connection preface (it is
+    /// the client).
+    pub fn new(inner: S, preface: bool) -> Self {
+        FrameBudget {
+            inner,
+            position: if preface {
+                Position::Preface(PREFACE_LEN)
+            } else {
+                Position::Header(0)
+            },
+            header: [0; FRAME_HEADER],
+            window_start: Instant::now(),
+            control: 0,
+            resets: 0,
+            opened: 0,
+            window_updates: 0,
+            written: 0,
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set once the budget was exceeded (the connection then fails).
+    pub fn tripped(&self) -> Arc<AtomicBool> {
+        self.tripped.clone()
+    }
+
+    /// Follows the frames in `bytes`; `false` when over budget.
+    fn account(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            match self.position {
+                Position::Preface(left) => {
+                    let n = left.min(bytes.len());
+                    bytes = &bytes[n..];
+                    self.position = if n == left {
+                        Position::Header(0)
+                    } else {
+                        Position::Preface(left - n)
+                    };
+                }
+                Position::Payload(left) => {
+                    let n = (left as usize).min(bytes.len());
+                    bytes = &bytes[n..];
+                    self.position = if n == left as usize {
+                        Position::Header(0)
+                    } else {
+                        Position::Payload(left - n as u32)
+                    };
+                }
+                Position::Header(seen) => {
+                    let n = (FRAME_HEADER - seen).min(bytes.len());
+                    self.header[seen..seen + n].copy_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    if seen + n < FRAME_HEADER {
+                        self.position = Position::Header(seen + n);
+                        continue;
+                    }
+                    let h = self.header;
+                    let length = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+                    if !self.count(h[3], h[4], length) {
+                        return false;
+                    }
+                    self.position = if length == 0 {
+                        Position::Header(0)
+                    } else {
+                        Position::Payload(length)
+                    };
+                }
+            }
+        }
+        true
+    }
+
+    /// Counts one frame; `false` when over budget.
+    fn count(&mut self, kind: u8, flags: u8, length: u32) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= WINDOW {
+            self.window_start = now;
+            self.control = 0;
+            self.resets = 0;
+            self.opened = 0;
+            self.window_updates = 0;
+            self.written = 0;
+        }
+        match kind {
+            PRIORITY | SETTINGS | PING => self.control += 1,
+            DATA if length == 0 && flags & END_STREAM == 0 => self.control += 1,
+            HEADERS => self.opened = self.opened.saturating_add(1),
+            RST_STREAM => self.resets += 1,
+            WINDOW_UPDATE => self.window_updates += 1,
+            _ => return true,
+        }
+        let window_update_budget =
+            u64::from(CONTROL_PER_SECOND) + self.written / WINDOW_UPDATE_BYTES;
+        self.control <= CONTROL_PER_SECOND
+            && self.resets <= CONTROL_PER_SECOND.saturating_add(self.opened)
+            && u64::from(self.window_updates) <= window_update_budget
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameBudget<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let within = self.account(&buf.filled()[before..]);
+        if !within {
+            buf.set_filled(before);
+            self.tripped.store(true, Ordering::Relaxed);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "HTTP/2 control frame flood",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBudget<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, 1]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_ping_flood_trips_the_budget() {
+        let mut budget = FrameBudget::new(tokio::io::empty(), true);
+        assert!(budget.account(PREFACE));
+        assert!(budget.account(&frame(SETTINGS, 0, &[])));
+        let ping = frame(PING, 0, &[0; 8]);
+        let mut flood = Vec::new();
+        for _ in 0..CONTROL_PER_SECOND {
+            flood.extend_from_slice(&ping);
+        }
+        // Split at an awkward place: headers may straddle reads.
+        let (a, b) = flood.split_at(4 + 17 * 100);
+        assert!(budget.account(a));
+        assert!(!budget.account(b));
+    }
+
+    #[tokio::test]
+    async fn requests_and_data_do_not_count_and_window_updates_follow_what_was_sent() {
+        let mut budget = FrameBudget::new(tokio::io::empty(), true);
+        assert!(budget.account(PREFACE));
+        for _ in 0..10 * CONTROL_PER_SECOND {
+            assert!(budget.account(&frame(HEADERS, 0x4, b"headers")));
+            assert!(budget.account(&frame(DATA, 0, &[7; 100])));
+            assert!(budget.account(&frame(DATA, END_STREAM, &[])));
+            // A pooled tunnel may end each stream with a reset.
+            assert!(budget.account(&frame(RST_STREAM, 0, &[0, 0, 0, 8])));
+        }
+        let reset = frame(RST_STREAM, 0, &[0, 0, 0, 8]);
+        for _ in 0..CONTROL_PER_SECOND {
+            assert!(budget.account(&reset));
+        }
+        assert!(
+            !budget.account(&reset),
+            "more resets than streams and budget"
+        );
+        let mut budget = FrameBudget::new(tokio::io::empty(), true);
+        assert!(budget.account(PREFACE));
+        let update = frame(WINDOW_UPDATE, 0, &[0, 0, 0x40, 0]);
+        for _ in 0..CONTROL_PER_SECOND {
+            assert!(budget.account(&update));
+        }
+        assert!(!budget.account(&update), "over budget without data sent");
+        let mut budget = FrameBudget::new(tokio::io::empty(), false);
+        budget.written = 64 * 1024 * 1024; // what a bulk download sends in a second
+        for _ in 0..(CONTROL_PER_SECOND + 10_000) {
+            assert!(budget.account(&update));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_per_second() {
+        tokio::time::pause();
+        let mut budget = FrameBudget::new(tokio::io::empty(), false);
+        let ping = frame(PING, 0, &[0; 8]);
+        for _ in 0..CONTROL_PER_SECOND {
+            assert!(budget.account(&ping));
+        }
+        tokio::time::advance(WINDOW).await;
+        assert!(budget.account(&ping));
+    }
+}
