@@ -1103,6 +1103,80 @@ async fn the_audit_log_reopens_on_sighup_and_a_full_disk_makes_the_sidecar_unrea
     assert_eq!(net::http_status(sidecar.admin, "/live").await, Some(200));
 }
 
+/// An audit flood: hundreds of denied requests with 60 KB paths from one
+/// caller write a few kilobytes of audit log, not tens of megabytes (paths
+/// are cut to 1 KiB, repeats within a second are counted into one line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_requests_with_huge_paths_cannot_flood_the_audit_log() {
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy(
+        "policy.yaml",
+        "\
+version: 1
+default: deny
+rules:
+  - name: plain-public
+    action: allow
+    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+",
+    );
+    let inbound = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, app.addr)
+        .start()
+        .await;
+    let request = format!(
+        "GET /admin/{} HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        "a".repeat(60_000)
+    );
+    let requests = 300;
+    let stream = TcpStream::connect(local(inbound)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..requests {
+            if write.write_all(request.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        write
+    });
+    let mut answers = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let counted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let denied = answers.windows(12).filter(|w| w == b"HTTP/1.1 403").count();
+            if denied >= requests {
+                return denied;
+            }
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => return denied,
+                Ok(n) => answers.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("answers within 30 s");
+    let _write = writer.await.unwrap();
+    assert_eq!(counted, requests, "{}", sidecar.context());
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the count line
+    let size = std::fs::metadata(&sidecar.audit).unwrap().len();
+    assert!(
+        size < 100_000,
+        "{size} bytes of audit log for {requests} denials"
+    );
+    let lines = sidecar.audit_lines();
+    let total: u64 = lines
+        .iter()
+        .map(|l| l["repeated"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(total, requests as u64, "every denial is accounted for");
+    assert_eq!(app.state.requests.load(Ordering::SeqCst), 0);
+}
+
 /// An HTTP/2 control-frame flood (here: PINGs) from outside the mesh is
 /// closed, counted and audited; other clients keep being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use appid_policy::claims::{Cloud, Vulns};
 use appid_policy::policy::{Direction, HttpRequest, Policy, Query};
 use appid_proxy::attest::{AwsSignature, GcpKeys, verify_iid, verify_iit};
 use appid_proxy::detect::{self, Classification, MAX_DETECT_BYTES};
-use appid_proxy::sidecar::http::h1::{self, BodyLength, Chunked};
+use appid_proxy::sidecar::http::h1::{self, Chunked};
 use appid_proxy::sidecar::http::path::{canonical_path, path_of};
 use appid_proxy::sidecar::http::{
     AppSide, HttpLimits, PeerHeaders, RequestAuthorizer, RequestFacts, RequestVerdict,
@@ -40,7 +40,6 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("detect", detect),
     ("http_path", http_path),
     ("h1_chunked", h1_chunked),
-    ("h1_framing", h1_framing),
     ("h1_proxy", h1_proxy),
     ("policy_load", policy_load),
     ("extension", extension),
@@ -70,18 +69,32 @@ pub fn detect(data: &[u8]) {
     let data = &data[..data.len().min(MAX_DETECT_BYTES + 64)];
     let verdict = detect::classify(data);
     let last = detect::classify_final(data);
-    assert_ne!(last, Classification::NeedMore, "classify_final said NeedMore");
+    assert_ne!(
+        last,
+        Classification::NeedMore,
+        "classify_final said NeedMore"
+    );
     if verdict != Classification::NeedMore {
         assert_eq!(last, verdict, "classify_final disagrees with classify");
     }
     if data.len() >= MAX_DETECT_BYTES {
-        assert_ne!(verdict, Classification::NeedMore, "NeedMore at the byte cap");
+        assert_ne!(
+            verdict,
+            Classification::NeedMore,
+            "NeedMore at the byte cap"
+        );
     }
     let _ = detect::first_line(data);
     if let Some(host) = detect::http_host(data) {
-        assert_eq!(verdict, Classification::Http1, "a Host from a non-HTTP/1 prefix");
+        assert_eq!(
+            verdict,
+            Classification::Http1,
+            "a Host from a non-HTTP/1 prefix"
+        );
         assert!(
-            !host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
+            !host
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
             "Host value {host:?}"
         );
     }
@@ -141,7 +154,11 @@ pub fn http_path(data: &[u8]) {
         );
     }
     if let Ok(path) = check_request(method, target) {
-        assert_eq!(Ok(&*path), canonical.as_deref(), "check_request path differs");
+        assert_eq!(
+            Ok(&*path),
+            canonical.as_deref(),
+            "check_request path differs"
+        );
     }
 }
 
@@ -195,59 +212,6 @@ pub fn h1_chunked(data: &[u8]) {
             assert_eq!(whole, split, "split ended in another state");
         }
         Err(e) => assert_eq!(error, Some(e), "split gave another answer"),
-    }
-}
-
-/// `sidecar::http::h1::body_length` over `name: value` lines. `data[0]`
-/// bit 0: a request (else a response).
-///
-/// Properties: a request is never read until close; repeated field lines
-/// mean what the same values on one line (comma-joined, RFC 9110 section
-/// 5.3) mean, except that the split form may be refused where the joined
-/// one is accepted.
-pub fn h1_framing(data: &[u8]) {
-    let [flags, rest @ ..] = data else {
-        return;
-    };
-    let request = flags & 1 == 1;
-    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
-    for line in rest.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let Ok(name) = std::str::from_utf8(&line[..colon]) else {
-            continue;
-        };
-        fields.push((name.to_string(), line[colon + 1..].trim_ascii().to_vec()));
-    }
-    let split = h1::body_length(
-        fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-        request,
-    );
-    if request {
-        assert_ne!(split, Ok(BodyLength::UntilClose));
-    }
-    // The same fields with repeated names joined into one line.
-    let mut joined: Vec<(String, Vec<u8>)> = Vec::new();
-    for (name, value) in &fields {
-        match joined.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some((_, v)) => {
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(value);
-            }
-            None => joined.push((name.clone(), value.clone())),
-        }
-    }
-    let one = h1::body_length(
-        joined.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-        request,
-    );
-    if split.is_ok() {
-        assert_eq!(
-            split, one,
-            "repeated field lines read differently from one joined line: {fields:?}"
-        );
     }
 }
 
@@ -356,11 +320,9 @@ pub fn h1_proxy(data: &[u8]) {
             let _ = client.write_all(&input).await;
             let _ = client.shutdown().await;
             let mut answer = Vec::new();
-            let read = tokio::time::timeout(
-                Duration::from_secs(120),
-                client.read_to_end(&mut answer),
-            )
-            .await;
+            let read =
+                tokio::time::timeout(Duration::from_secs(120), client.read_to_end(&mut answer))
+                    .await;
             assert!(read.is_ok(), "the proxy did not finish within 120 s");
             let _ = proxy.await;
             let heads = app.await.expect("the app task");
@@ -450,7 +412,12 @@ pub fn policy_load(data: &[u8]) {
             80,
         ));
         let public = IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34));
-        queries.push(Query::external(caller, public, Some("api.example.com"), 443));
+        queries.push(Query::external(
+            caller,
+            public,
+            Some("api.example.com"),
+            443,
+        ));
     }
     let headers: &[(&str, &str)] = &[("x-tenant", "acme"), ("X_Debug", "1")];
     let requests = [
@@ -553,7 +520,10 @@ pub fn scan_report(data: &[u8]) {
     let Ok(report) = parse_report(data) else {
         return;
     };
-    assert!(report.listed >= report.counts.total(), "fewer listings than counted");
+    assert!(
+        report.listed >= report.counts.total(),
+        "fewer listings than counted"
+    );
     for digest in &report.image_digests {
         assert!(is_sha256_digest(digest), "{digest:?}");
     }
@@ -593,7 +563,9 @@ fn signer() -> &'static Signer {
         let mut params =
             rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate params");
         params.serial_number = Some(rcgen::SerialNumber::from(0x0102_0304_u64));
-        let cert = params.self_signed(&rc_key).expect("a self-signed certificate");
+        let cert = params
+            .self_signed(&rc_key)
+            .expect("a self-signed certificate");
         let spki = key
             .public_key()
             .as_der()
@@ -674,12 +646,21 @@ fn dsa_cert_pem() -> &'static str {
             0x30,
             &[&der(
                 0x31,
-                &[&der(0x30, &[&der(0x06, &[&[0x55, 0x04, 0x03]]), &der(0x0c, &[b"fuzz dsa"])])],
+                &[&der(
+                    0x30,
+                    &[
+                        &der(0x06, &[&[0x55, 0x04, 0x03]]),
+                        &der(0x0c, &[b"fuzz dsa"]),
+                    ],
+                )],
             )],
         );
         let validity = der(
             0x30,
-            &[&der(0x17, &[b"250101000000Z"]), &der(0x17, &[b"350101000000Z"])],
+            &[
+                &der(0x17, &[b"250101000000Z"]),
+                &der(0x17, &[b"350101000000Z"]),
+            ],
         );
         let params = der(0x30, &[&int(&p), &int(&q), &int(&[2])]);
         let y = int(&[3]);
@@ -774,14 +755,7 @@ pub fn aws_pkcs7(data: &[u8]) {
         &signer().cert_pem
     };
     let document: &[u8] = if flags & 8 == 8 { SAMPLE_DOCUMENT } else { b"" };
-    if let Err(e) = verify_iid(
-        document,
-        signature,
-        cert.as_bytes(),
-        None,
-        None,
-        fuzz_now(),
-    ) {
+    if let Err(e) = verify_iid(document, signature, cert.as_bytes(), None, None, fuzz_now()) {
         let _ = (e.code(), e.to_string());
     }
 }
@@ -889,7 +863,10 @@ pub fn tunnel_authority(data: &[u8]) {
     };
     let _ = (authority.host(), authority.port_u16());
     if let Ok(target) = authority.as_str().parse::<SocketAddr>() {
-        let again: SocketAddr = target.to_string().parse().expect("a printed address parses");
+        let again: SocketAddr = target
+            .to_string()
+            .parse()
+            .expect("a printed address parses");
         assert_eq!(again, target);
     }
 }

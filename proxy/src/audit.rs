@@ -16,7 +16,17 @@
 //! rest. A write per allowed request was a third of the sidecar's syscalls
 //! on a keep-alive workload; the price is that a crash (not a shutdown) can
 //! lose up to one tick of allow lines. Denials and audit-only lines are
-//! always on disk before the caller moves on. A failed write is
+//! always on disk before the caller moves on.
+//!
+//! Under attack, denials are cheap to cause, so the sidecar also turns on
+//! [`AuditLog::coalesce_denials`]: within one second, the first
+//! [`FULL_DENIALS_PER_SECOND`] denials per (direction, rule, source — the
+//! peer's SPIFFE ID, or its IP address) are written as usual and the rest
+//! are counted; the count follows as one line with `"repeated": N` and no
+//! method or path once the second is over (at the next flush tick, or
+//! before the next denial of that key). At most
+//! [`MAX_COALESCED_KEYS`] keys are tracked; beyond them denials are written
+//! one by one, so nothing is lost, only compressed. A failed write is
 //! counted ([`AuditLog::write_errors`]) and reported through `tracing` at
 //! most once a minute; it never panics and never fails the caller.
 //!
@@ -52,6 +62,13 @@ const TIME_FORMAT: &[FormatItem<'static>] =
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Buffered allow lines written out at once when they reach this size.
 const BUFFER_BYTES: usize = 64 * 1024;
+
+/// Denials per (direction, rule, source) and second written in full before
+/// the rest of that second are only counted.
+pub const FULL_DENIALS_PER_SECOND: u64 = 10;
+
+/// Most (direction, rule, source) keys whose denials are coalesced at once.
+pub const MAX_COALESCED_KEYS: usize = 4096;
 
 /// At most one warning about failed writes per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
@@ -108,8 +125,44 @@ enum Sink {
     Failing,
 }
 
+/// Denials of one (direction, rule, source) in one second.
+struct Repeats {
+    second: i64,
+    /// Denials written in full this second.
+    written: u64,
+    /// Denials not written (counted instead).
+    suppressed: u64,
+    /// What the summary line shows (from the first denial).
+    peer_id: Option<String>,
+    peer_addr: Option<String>,
+    port: u16,
+    protocol: String,
+}
+
+/// The summary of coalesced denials, as one line.
+#[derive(Serialize)]
+struct RepeatedLine<'r> {
+    time: &'r str,
+    direction: &'r str,
+    decision: &'static str,
+    audit_only: bool,
+    rule: &'r str,
+    peer_id: Option<&'r str>,
+    peer_addr: Option<&'r str>,
+    port: u16,
+    protocol: &'r str,
+    reason: String,
+    repeated: u64,
+    claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// (direction, rule, source).
+type RepeatKey = (String, String, String);
+
 struct State {
     sink: Sink,
+    /// Denials being coalesced (see the module doc); empty unless enabled.
+    repeats: std::collections::HashMap<RepeatKey, Repeats>,
     last_warning: Option<Instant>,
     /// Complete lines not yet written, and how many (see the module doc).
     pending: Vec<u8>,
@@ -140,6 +193,111 @@ impl State {
     }
 }
 
+impl State {
+    /// Counts `record` into its second's repeats and returns `true` if it
+    /// is not to be written (a denial of a key already written this second).
+    fn coalesce(&mut self, record: &AuditRecord<'_>, at: OffsetDateTime) -> bool {
+        let source = match (record.peer_id, record.peer_addr) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(addr)) => addr
+                .parse::<std::net::SocketAddr>()
+                .map_or_else(|_| addr.to_string(), |a| a.ip().to_string()),
+            (None, None) => String::new(),
+        };
+        let key = (
+            record.direction.to_string(),
+            record.rule.to_string(),
+            source,
+        );
+        let second = at.unix_timestamp();
+        if let Some(repeats) = self.repeats.get_mut(&key) {
+            if repeats.second == second {
+                if repeats.written < FULL_DENIALS_PER_SECOND {
+                    repeats.written += 1;
+                    return false;
+                }
+                repeats.suppressed += 1;
+                return true;
+            }
+        }
+        // A new second (or key): the old count first, then this denial.
+        if let Some(old) = self.repeats.remove(&key) {
+            self.push_repeated(&key, &old, at);
+        }
+        if self.repeats.len() >= MAX_COALESCED_KEYS {
+            self.summarize_repeats(at, true);
+        }
+        if self.repeats.len() < MAX_COALESCED_KEYS {
+            self.repeats.insert(
+                key,
+                Repeats {
+                    second,
+                    written: 1,
+                    suppressed: 0,
+                    peer_id: record.peer_id.map(str::to_string),
+                    peer_addr: record.peer_addr.map(str::to_string),
+                    port: record.port,
+                    protocol: record.protocol.to_string(),
+                },
+            );
+        }
+        false
+    }
+
+    /// Queues the count lines of repeats whose second is over (`all`: every
+    /// one), and forgets them.
+    fn summarize_repeats(&mut self, now: OffsetDateTime, all: bool) {
+        if self.repeats.is_empty() {
+            return;
+        }
+        let second = now.unix_timestamp();
+        let done: Vec<RepeatKey> = self
+            .repeats
+            .iter()
+            .filter(|(_, r)| all || r.second < second)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            if let Some(repeats) = self.repeats.remove(&key) {
+                self.push_repeated(&key, &repeats, now);
+            }
+        }
+    }
+
+    /// Queues one count line, if anything was suppressed.
+    fn push_repeated(&mut self, key: &RepeatKey, repeats: &Repeats, now: OffsetDateTime) {
+        if repeats.suppressed == 0 {
+            return;
+        }
+        let time = now
+            .to_offset(time::UtcOffset::UTC)
+            .format(TIME_FORMAT)
+            .unwrap_or_default();
+        let line = RepeatedLine {
+            time: &time,
+            direction: &key.0,
+            decision: "deny",
+            audit_only: false,
+            rule: &key.1,
+            peer_id: repeats.peer_id.as_deref(),
+            peer_addr: repeats.peer_addr.as_deref(),
+            port: repeats.port,
+            protocol: &repeats.protocol,
+            reason: format!(
+                "{} more denials by this rule from this source in the same second (coalesced after {})",
+                repeats.suppressed, repeats.written
+            ),
+            repeated: repeats.suppressed,
+            claims: serde_json::Map::new(),
+        };
+        if let Ok(mut bytes) = serde_json::to_vec(&line) {
+            bytes.push(b'\n');
+            self.pending.extend_from_slice(&bytes);
+            self.pending_lines += 1;
+        }
+    }
+}
+
 struct Inner {
     state: Mutex<State>,
     /// The last write failed (and none succeeded since).
@@ -147,6 +305,8 @@ struct Inner {
     write_errors: AtomicU64,
     lines: AtomicU64,
     buffer_allows: std::sync::atomic::AtomicBool,
+    coalesce_denials: std::sync::atomic::AtomicBool,
+    coalesced: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -221,6 +381,7 @@ impl AuditLog {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     sink,
+                    repeats: std::collections::HashMap::new(),
                     last_warning: None,
                     pending: Vec::new(),
                     pending_lines: 0,
@@ -229,6 +390,8 @@ impl AuditLog {
                 write_errors: AtomicU64::new(0),
                 lines: AtomicU64::new(0),
                 buffer_allows: std::sync::atomic::AtomicBool::new(false),
+                coalesce_denials: std::sync::atomic::AtomicBool::new(false),
+                coalesced: AtomicU64::new(0),
             }),
         }
     }
@@ -268,8 +431,15 @@ impl AuditLog {
         let buffered = self.inner.buffer_allows.load(Ordering::Relaxed)
             && record.decision == "allow"
             && !record.audit_only;
+        let coalesce = self.inner.coalesce_denials.load(Ordering::Relaxed)
+            && record.decision == "deny"
+            && !record.audit_only;
         let (written, lost, error) = {
             let mut state = self.lock();
+            if coalesce && state.coalesce(record, at) {
+                self.inner.coalesced.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             state.pending.extend_from_slice(&line);
             state.pending_lines += 1;
             if buffered && state.pending.len() < BUFFER_BYTES {
@@ -286,9 +456,31 @@ impl AuditLog {
         self.inner.buffer_allows.store(true, Ordering::Relaxed);
     }
 
-    /// Writes out buffered lines, if any.
+    /// Coalesces repeated denials (see the module doc); the caller must
+    /// flush periodically.
+    pub fn coalesce_denials(&self) {
+        self.inner.coalesce_denials.store(true, Ordering::Relaxed);
+    }
+
+    /// Denials counted into a `repeated` line instead of written, since
+    /// start.
+    pub fn coalesced(&self) -> u64 {
+        self.inner.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// Writes out buffered lines, if any (and the counts of coalesced
+    /// denials whose second is over).
     pub fn flush(&self) {
-        let (written, lost, error) = self.lock().write_pending();
+        self.flush_at(OffsetDateTime::now_utc());
+    }
+
+    /// [`AuditLog::flush`] as of `now` (tests).
+    pub fn flush_at(&self, now: OffsetDateTime) {
+        let (written, lost, error) = {
+            let mut state = self.lock();
+            state.summarize_repeats(now, false);
+            state.write_pending()
+        };
         self.written(written, lost, error);
     }
 
@@ -413,6 +605,66 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn repeated_denials_are_coalesced_per_rule_source_and_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        log.coalesce_denials();
+        let c = claims();
+        let second = OffsetDateTime::from_unix_timestamp(1_795_341_600).unwrap();
+        let plain = |addr| AuditRecord {
+            peer_id: None,
+            peer_addr: Some(addr),
+            ..record(&c)
+        };
+        for i in 0..1000 {
+            let at = second + time::Duration::milliseconds(i % 900);
+            log.log_at(&record(&c), at);
+            // Another source: its own first line and count.
+            log.log_at(&plain("10.0.0.9:1234"), at);
+            log.log_at(&plain("10.0.0.9:5678"), at); // the same IP
+        }
+        // An allow is never coalesced.
+        let allow = AuditRecord {
+            decision: "allow",
+            ..record(&c)
+        };
+        log.log_at(&allow, second);
+        log.log_at(&allow, second);
+        let full = FULL_DENIALS_PER_SECOND as usize;
+        assert_eq!(
+            read_lines(&path).len(),
+            2 * full + 2,
+            "the first denials of each key, two allows"
+        );
+        assert_eq!(log.coalesced(), 3000 - 2 * FULL_DENIALS_PER_SECOND);
+
+        log.flush_at(second + time::Duration::seconds(1));
+        let lines = read_lines(&path);
+        assert_eq!(lines.len(), 2 * full + 4);
+        let mut counts: Vec<u64> = lines[2 * full + 2..]
+            .iter()
+            .map(|l| l["repeated"].as_u64().unwrap())
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                1000 - FULL_DENIALS_PER_SECOND,
+                2000 - FULL_DENIALS_PER_SECOND
+            ]
+        );
+        for l in &lines[2 * full + 2..] {
+            assert_eq!(l["decision"], "deny");
+            assert_eq!(l["rule"], "default");
+            assert!(l.get("path").is_none());
+        }
+        // A new second starts afresh: written, not counted.
+        log.log_at(&record(&c), second + time::Duration::seconds(2));
+        assert_eq!(read_lines(&path).len(), 2 * full + 5);
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! | `appid_mesh_connections_total` | counter | `direction`, `alpn` (`appid/1`, `appid-mux/1`) |
 //! | `appid_tunnel_streams_total` | counter | `direction` |
 //! | `appid_audit_lines_dropped_total` | counter | — (audit lines that could not be written) |
+//! | `appid_audit_denials_coalesced_total` | counter | — (denials counted into a `repeated` line) |
 //! | `appid_h2_floods_closed_total` | counter | `direction` (connections closed for control-frame floods) |
 
 use std::fmt::Write as _;
@@ -216,6 +217,7 @@ pub struct Metrics {
     tunnel_streams: [Counter; 2],
     h2_floods: [Counter; 2],
     audit_dropped: Counter,
+    audit_coalesced: Counter,
     cert_not_after: Arc<AtomicI64>,
 }
 
@@ -315,6 +317,13 @@ impl Metrics {
             audit_dropped.clone(),
         );
 
+        let audit_coalesced = Counter::default();
+        registry.register(
+            "audit_denials_coalesced",
+            "Repeated denials (same direction, rule and source within a second) counted into one audit line",
+            audit_coalesced.clone(),
+        );
+
         let cert_not_after = Arc::new(AtomicI64::new(NO_DEADLINE));
         registry.register_collector(Box::new(CertExpiry {
             not_after: cert_not_after.clone(),
@@ -335,6 +344,7 @@ impl Metrics {
             tunnel_streams,
             h2_floods,
             audit_dropped,
+            audit_coalesced,
             cert_not_after,
         }
     }
@@ -342,6 +352,11 @@ impl Metrics {
     /// An HTTP/2 connection was closed for a control-frame flood.
     pub fn h2_flood_closed(&self, direction: Direction) {
         self.h2_floods[direction.index()].inc();
+    }
+
+    /// `denials` more denials were coalesced.
+    pub fn audit_denials_coalesced(&self, denials: u64) {
+        self.audit_coalesced.inc_by(denials);
     }
 
     /// `lines` more audit lines could not be written.

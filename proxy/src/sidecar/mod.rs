@@ -422,18 +422,22 @@ pub async fn run_until(
         )));
     }
     shared.audit.buffer_allows();
+    shared.audit.coalesce_denials();
     let audit = shared.audit.clone();
     let metrics = shared.metrics.clone();
     let audit_readiness = readiness.clone();
     let mut background = vec![tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::audit::FLUSH_INTERVAL);
-        let mut dropped = 0;
+        let (mut dropped, mut coalesced) = (0, 0);
         loop {
             tick.tick().await;
             audit.flush();
             let now = audit.write_errors();
             metrics.audit_lines_dropped(now - dropped);
             dropped = now;
+            let now = audit.coalesced();
+            metrics.audit_denials_coalesced(now - coalesced);
+            coalesced = now;
             audit_readiness.set_audit_failing(audit.failing());
         }
     })];
