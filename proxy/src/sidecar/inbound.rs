@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::HeaderValue;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -73,8 +74,33 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     };
 
     let limits = shared.limits;
-    let class = match detect::detect(&stream, limits.detect_timeout, detect::MAX_DETECT_BYTES).await
-    {
+    // Until its first bytes say what it is, the connection may be evicted
+    // for a newcomer when the inbound budget is full.
+    // A connection that has sent bytes is not silent: it stays (and is
+    // queued again), only a silent one gives way.
+    let Some(source) = shared.detecting_from(peer_addr.ip()) else {
+        return;
+    };
+    let detection = {
+        let detect = detect::detect(&stream, limits.detect_timeout, detect::MAX_DETECT_BYTES);
+        tokio::pin!(detect);
+        loop {
+            let detecting = shared.detecting();
+            tokio::select! {
+                detection = &mut detect => break detection,
+                () = detecting.evicted() => {
+                    let mut byte = [0u8; 1];
+                    let sent = stream.peek(&mut byte).now_or_never();
+                    if !matches!(sent, Some(Ok(n)) if n > 0) {
+                        tracing::debug!(%peer_addr, "evicted during protocol detection for a newcomer");
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    drop(source);
+    let class = match detection {
         Detection::Classified { class, .. } => Some(class),
         // A silent client: a server-first protocol, or a late request.
         Detection::ReadTimeout { peeked: 0 } => None,
@@ -333,7 +359,7 @@ async fn serve_tunnel(
             let _ = respond.send_response(bad, true);
             continue;
         };
-        let Some(permit) = shared.admit(MetricsDirection::Inbound) else {
+        let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             continue;
         };

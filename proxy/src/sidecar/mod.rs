@@ -24,6 +24,7 @@ pub mod inbound;
 mod lazy;
 pub mod orig_dst;
 pub mod outbound;
+mod pending;
 pub mod pool;
 pub mod prefixed;
 pub mod read_ahead;
@@ -110,6 +111,9 @@ pub struct Shared {
     inbound_slots: Arc<Semaphore>,
     outbound_slots: Arc<Semaphore>,
     unauthenticated_slots: Arc<Semaphore>,
+    /// Inbound connections still in protocol detection (evicted, oldest
+    /// first, to make room when the inbound budget is full).
+    pending: pending::Pending,
     /// Becomes `true` on SIGTERM.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -117,19 +121,52 @@ pub struct Shared {
 impl Shared {
     /// A connection slot, or `None` (counted, connection dropped) when the
     /// direction is at `max_connections`: excess is refused, never queued.
-    fn admit(&self, direction: MetricsDirection) -> Option<OwnedSemaphorePermit> {
-        let slots = match direction {
-            MetricsDirection::Inbound => &self.inbound_slots,
-            MetricsDirection::Outbound => &self.outbound_slots,
-        };
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                self.metrics
-                    .connection_refused(direction, "max_connections");
-                None
+    /// Inbound, a full budget first evicts the longest-silent connection
+    /// still in detection ([`pending`]) and waits briefly for its slot.
+    async fn admit(&self, direction: MetricsDirection) -> Option<OwnedSemaphorePermit> {
+        if let Some(permit) = self.try_admit(direction) {
+            return Some(permit);
+        }
+        let slots = self.slots(direction);
+        if direction == MetricsDirection::Inbound && self.pending.evict_oldest(pending::EVICT_AFTER)
+        {
+            self.metrics.connection_refused(direction, "evicted_silent");
+            let freed = slots.clone().acquire_owned();
+            if let Ok(Ok(permit)) = tokio::time::timeout(Duration::from_millis(50), freed).await {
+                return Some(permit);
             }
         }
+        self.metrics
+            .connection_refused(direction, "max_connections");
+        None
+    }
+
+    /// A slot if one is free now (no eviction, not counted when none).
+    fn try_admit(&self, direction: MetricsDirection) -> Option<OwnedSemaphorePermit> {
+        self.slots(direction).clone().try_acquire_owned().ok()
+    }
+
+    fn slots(&self, direction: MetricsDirection) -> &Arc<Semaphore> {
+        match direction {
+            MetricsDirection::Inbound => &self.inbound_slots,
+            MetricsDirection::Outbound => &self.outbound_slots,
+        }
+    }
+
+    /// Registers an inbound connection entering detection.
+    fn detecting(&self) -> pending::PendingGuard {
+        self.pending.enter()
+    }
+
+    /// Counts an inbound connection from `ip` in detection, or `None`
+    /// (counted) when that source has its share in detection already.
+    fn detecting_from(&self, ip: std::net::IpAddr) -> Option<pending::SourceGuard> {
+        let guard = self.pending.source(ip);
+        if guard.is_none() {
+            self.metrics
+                .connection_refused(MetricsDirection::Inbound, "max_pending_per_source");
+        }
+        guard
     }
 
     /// A slot for a caller outside the mesh (on top of its inbound one), or
@@ -407,6 +444,9 @@ pub async fn run_until(
         inbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         outbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         unauthenticated_slots: Arc::new(Semaphore::new((limits.max_connections / 2).max(1))),
+        // In detection, one source address holds at most an eighth of
+        // the inbound budget.
+        pending: pending::Pending::new(limits.max_connections / 8),
         shutdown: shutdown_rx,
     });
 
@@ -532,12 +572,20 @@ async fn accept_loop<F, Fut>(
             },
             () = &mut shutdown => return,
         };
-        let Some(permit) = shared.admit(direction) else {
-            continue; // refused and counted; dropping the stream closes it
-        };
+        // The fast path here; a full budget is waited out (briefly, after
+        // an eviction) in the connection's own task, so accepting goes on.
+        let fast = shared.try_admit(direction);
         let connection = handle(shared.clone(), stream, peer_addr);
         let metrics = shared.metrics.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
+            let permit = match fast {
+                Some(permit) => permit,
+                None => match shared.admit(direction).await {
+                    Some(permit) => permit,
+                    None => return, // refused and counted; the stream closes
+                },
+            };
             metrics.connection_opened(direction);
             connection.await;
             metrics.connection_closed(direction);
