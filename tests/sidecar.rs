@@ -973,6 +973,18 @@ async fn alias_bombs_and_half_written_policies_never_load() {
 // ---------------------------------------------------------------------------
 // Limits and shutdown
 
+/// Callers outside the mesh (from loopback) may `GET /public/**` over HTTP.
+const PLAIN_PUBLIC: &str = "\
+version: 1
+default: deny
+rules:
+  - name: plain-public
+    action: allow
+    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+";
+
 const LOCAL_PLAIN: &str = "\
 version: 1
 default: deny
@@ -1110,19 +1122,7 @@ async fn the_audit_log_reopens_on_sighup_and_a_full_disk_makes_the_sidecar_unrea
 async fn denied_requests_with_huge_paths_cannot_flood_the_audit_log() {
     let env = Env::new();
     let app = HttpApp::start().await;
-    let policy = env.policy(
-        "policy.yaml",
-        "\
-version: 1
-default: deny
-rules:
-  - name: plain-public
-    action: allow
-    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
-    to: { labels.app: api }
-    http: { paths: [\"/public/**\"] }
-",
-    );
+    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
     let inbound = free_port();
     let sidecar = env
         .sidecar("server", &env.api, &policy)
@@ -1183,19 +1183,7 @@ rules:
 async fn an_http2_ping_flood_is_closed_and_others_are_served() {
     let env = Env::new();
     let app = HttpApp::start().await;
-    let policy = env.policy(
-        "policy.yaml",
-        "\
-version: 1
-default: deny
-rules:
-  - name: plain-public
-    action: allow
-    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
-    to: { labels.app: api }
-    http: { paths: [\"/public/**\"] }
-",
-    );
+    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
     let inbound = free_port();
     let sidecar = env
         .sidecar("server", &env.api, &policy)
@@ -1241,19 +1229,7 @@ rules:
 async fn the_app_is_dialled_for_the_first_allowed_request_only() {
     let env = Env::new();
     let app = HttpApp::start().await;
-    let policy = env.policy(
-        "policy.yaml",
-        "\
-version: 1
-default: deny
-rules:
-  - name: plain-public
-    action: allow
-    from: { unauthenticated: { cidrs: [\"127.0.0.0/8\"] } }
-    to: { labels.app: api }
-    http: { paths: [\"/public/**\"] }
-",
-    );
+    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
     let inbound = free_port();
     let sidecar = env
         .sidecar("server", &env.api, &policy)
