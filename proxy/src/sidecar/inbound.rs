@@ -29,6 +29,7 @@ use super::authz::{ConnAuthz, Peer};
 use super::dispatch::{FirstBytes, dispatch};
 use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
+use super::pending::SourceGuard;
 use super::prefixed;
 use super::read_ahead::ReadAhead;
 use super::tunnel::{self, StreamCount, TunnelStream};
@@ -99,7 +100,6 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
             }
         }
     };
-    drop(source);
     let class = match detection {
         Detection::Classified { class, .. } => Some(class),
         // A silent client: a server-first protocol, or a late request.
@@ -119,9 +119,15 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
             if hello.mesh_alpn() != MeshAlpn::NotOffered =>
         {
             // Boxed: the TLS handshake's state is large and short-lived.
-            Box::pin(from_peer(shared, stream, peer_addr, spec, port, app)).await;
+            // Still anonymous until the handshake proves who it is: the
+            // source's share stays taken until then.
+            Box::pin(from_peer(
+                shared, stream, peer_addr, spec, port, app, source,
+            ))
+            .await;
         }
         other => {
+            drop(source);
             // Outside the mesh; the bytes were only peeked, so the stream
             // still starts at its first byte.
             let Some(_slot) = shared.admit_unauthenticated() else {
@@ -144,6 +150,7 @@ async fn from_peer(
     spec: InboundSpec,
     port: u16,
     app: SocketAddr,
+    anonymous: SourceGuard,
 ) {
     let Some((mut tls_stream, verified)) = shared
         .mesh_handshake(
@@ -157,6 +164,7 @@ async fn from_peer(
     else {
         return;
     };
+    drop(anonymous);
     if tls_stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_APPID_MUX) {
         shared
             .metrics

@@ -10,10 +10,12 @@
 //! source address may have at most [`Pending::per_source`] connections in
 //! detection at once (beyond: `reason="max_pending_per_source"`), so a
 //! single attacker cannot fill the budget with connections that do send
-//! bytes. Idle connections then cannot lock the mesh out of a sidecar: they
-//! can only take each other's place. (Per source and only *in detection*: a
-//! peer sidecar leaves detection with its first record, so peers behind one
-//! NAT address are not limited as a group.)
+//! bytes, or with TLS handshakes it never finishes (a ClientHello counts
+//! against its source until the handshake proves who sent it). Idle
+//! connections then cannot lock the mesh out of a sidecar: they can only
+//! take each other's place. (Per source and only while anonymous: a peer
+//! sidecar's connection stops counting once its handshake completes, so
+//! peers behind one NAT address are not limited as a group.)
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
