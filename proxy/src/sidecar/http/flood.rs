@@ -102,6 +102,8 @@ impl<S> FrameBudget<S> {
 
     /// Follows the frames in `bytes`; `false` when over budget.
     fn account(&mut self, mut bytes: &[u8]) -> bool {
+        // One clock read per read, not per frame (a read may hold hundreds).
+        let mut now = None;
         while !bytes.is_empty() {
             match self.position {
                 Position::Preface(left) => {
@@ -132,7 +134,8 @@ impl<S> FrameBudget<S> {
                     }
                     let h = self.header;
                     let length = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-                    if !self.count(h[3], h[4], length) {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    if !self.count(h[3], h[4], length, now) {
                         return false;
                     }
                     self.position = if length == 0 {
@@ -147,8 +150,7 @@ impl<S> FrameBudget<S> {
     }
 
     /// Counts one frame; `false` when over budget.
-    fn count(&mut self, kind: u8, flags: u8, length: u32) -> bool {
-        let now = Instant::now();
+    fn count(&mut self, kind: u8, flags: u8, length: u32, now: Instant) -> bool {
         if now.duration_since(self.window_start) >= WINDOW {
             self.window_start = now;
             self.control = 0;
