@@ -222,26 +222,29 @@ impl ConnAuthz {
     /// Whether the connection would be allowed as plain TCP, without an
     /// audit line (nothing is decided yet: see `dispatch`, a silent client).
     pub fn would_allow_tcp(&self) -> bool {
-        if self.revoked_quietly() {
-            return false;
-        }
-        let policy = self.shared.policy.load();
-        policy.decide(&self.query(Some(false))).outcome == Outcome::Allow
+        self.quiet_outcome(Some(false)) == Some(Outcome::Allow)
     }
 
     /// Whether some HTTP request on this connection could be allowed,
     /// without an audit line: `false` when the connection is denied
     /// whatever it carries.
     pub fn could_allow_http(&self) -> bool {
-        if self.revoked_quietly() {
-            return false;
-        }
-        let policy = self.shared.policy.load();
-        policy.decide(&self.query(None)).outcome != Outcome::Deny
+        self.quiet_outcome(None).is_some_and(|o| o != Outcome::Deny)
     }
 
-    fn revoked_quietly(&self) -> bool {
-        matches!(&self.peer, Peer::Meshed(claims) if self.shared.tls.is_revoked(&claims.id))
+    /// The policy's outcome for the connection, unaudited; `None` when the
+    /// peer is revoked.
+    fn quiet_outcome(&self, is_http: Option<bool>) -> Option<Outcome> {
+        if matches!(&self.peer, Peer::Meshed(claims) if self.shared.tls.is_revoked(&claims.id)) {
+            return None;
+        }
+        Some(
+            self.shared
+                .policy
+                .load()
+                .decide(&self.query(is_http))
+                .outcome,
+        )
     }
 
     /// Re-decides an opaque TCP connection after a policy change, silently:
