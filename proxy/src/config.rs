@@ -105,6 +105,10 @@ pub struct Limits {
     pub max_header_bytes: u32,
     /// How long shutdown waits for open connections.
     pub drain_timeout: Duration,
+    /// Bytes the sidecar may hold for peers that have not read them yet
+    /// (tunnel send buffers, grown copy buffers); one peer identity may
+    /// hold an eighth (see `sidecar::memory`).
+    pub max_buffer_bytes: u64,
 }
 
 impl Default for Limits {
@@ -117,6 +121,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_header_bytes: 65_536,
             drain_timeout: Duration::from_secs(30),
+            max_buffer_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -370,6 +375,7 @@ impl ProxyConfig {
                 "max_connections": l.max_connections,
                 "max_header_bytes": l.max_header_bytes,
                 "drain_timeout": humantime::format_duration(l.drain_timeout).to_string(),
+                "max_buffer_bytes": l.max_buffer_bytes,
             },
         })
     }
@@ -560,6 +566,7 @@ struct RawLimits {
     max_connections: Option<S>,
     max_header_bytes: Option<S>,
     drain_timeout: Option<S>,
+    max_buffer_bytes: Option<S>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1187,6 +1194,16 @@ impl Cx<'_> {
                 )
                 .map(|n| n as u32),
         };
+        let max_buffer_bytes = match &r.max_buffer_bytes {
+            None => Some(d.max_buffer_bytes),
+            Some(s) => self.number(
+                s,
+                "limits.max_buffer_bytes",
+                8 * 1024 * 1024,
+                1 << 40,
+                "268435456",
+            ),
+        };
         Some(Limits {
             handshake_timeout: handshake_timeout?,
             detect_timeout: detect_timeout?,
@@ -1195,6 +1212,7 @@ impl Cx<'_> {
             max_connections: max_connections?,
             max_header_bytes: max_header_bytes?,
             drain_timeout: drain_timeout?,
+            max_buffer_bytes: max_buffer_bytes?,
         })
     }
 }

@@ -31,6 +31,7 @@
 //! | `appid_audit_lines_dropped_total` | counter | — (audit lines that could not be written) |
 //! | `appid_audit_denials_coalesced_total` | counter | — (denials counted into a `repeated` line) |
 //! | `appid_h2_floods_closed_total` | counter | `direction` (connections closed for control-frame floods) |
+//! | `appid_streams_shed_total` | counter | `direction`, `reason` (`memory`: tunnel streams refused while the byte budget is used up) |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -216,6 +217,7 @@ pub struct Metrics {
     mesh_connections: Family<AlpnLabels, Counter>,
     tunnel_streams: [Counter; 2],
     h2_floods: [Counter; 2],
+    shed: Family<ReasonLabels, Counter>,
     audit_dropped: Counter,
     audit_coalesced: Counter,
     cert_not_after: Arc<AtomicI64>,
@@ -299,6 +301,13 @@ impl Metrics {
             "HTTP/2 connections closed for sending more control frames than their budget",
         );
 
+        let shed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "streams_shed",
+            "Tunnel streams refused under load (reason=memory: the byte budget is used up)",
+            shed.clone(),
+        );
+
         let latency_family: HistogramFamily =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register_with_unit(
@@ -343,10 +352,21 @@ impl Metrics {
             mesh_connections,
             tunnel_streams,
             h2_floods,
+            shed,
             audit_dropped,
             audit_coalesced,
             cert_not_after,
         }
+    }
+
+    /// A tunnel stream was refused to shed load; `reason` is a fixed word.
+    pub fn stream_shed(&self, direction: Direction, reason: &str) {
+        self.shed
+            .get_or_create(&ReasonLabels {
+                direction,
+                reason: Text::new(reason),
+            })
+            .inc();
     }
 
     /// An HTTP/2 connection was closed for a control-frame flood.

@@ -142,6 +142,17 @@ impl ConnAuthz {
         &self.peer
     }
 
+    /// Whose share of the byte budget this connection's buffers count
+    /// against (see `sidecar::memory`): a peer sidecar's identity, or the
+    /// address of a caller outside the mesh.
+    pub fn budget_key(&self) -> String {
+        match &self.peer {
+            Peer::Meshed(claims) => claims.id.clone(),
+            Peer::Unauthenticated(ip) => format!("unauthenticated {ip}"),
+            Peer::External { ip, .. } => format!("external {ip}"),
+        }
+    }
+
     fn query<'q>(&'q self, policy_http: Option<bool>) -> Query<'q> {
         let local = &*self.local;
         let query = match (&self.peer, self.direction) {

@@ -179,11 +179,13 @@ impl AppConnection<'_> {
         let tripped = downstream.tripped.clone();
         let direction = self.direction();
         let revoked = self.shared.revoked(&self.authz);
+        let meter = self.shared.memory.meter(&self.authz.budget_key());
         let (end, copied) = super::splice::splice(
             downstream,
             upstream,
             &[],
             self.shared.limits.idle_timeout,
+            Some(&meter),
             revoked,
         )
         .await;

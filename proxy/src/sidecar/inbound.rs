@@ -33,7 +33,7 @@ use super::pending::SourceGuard;
 use super::prefixed;
 use super::read_ahead::ReadAhead;
 use super::tunnel::{self, StreamCount, TunnelStream};
-use super::{Shared, orig_dst, tls};
+use super::{PeerConnection, Shared, orig_dst, tls};
 use crate::detect::{self, Classification, Detection, MeshAlpn};
 use crate::identity::verify::{PeerRole, VerifiedPeer};
 use crate::metrics::Direction as MetricsDirection;
@@ -176,6 +176,9 @@ async fn from_peer(
     shared
         .metrics
         .mesh_connection(MetricsDirection::Inbound, "appid/1");
+    let Some(_peer_share) = shared.peer_connection(&verified.claims.id, PeerConnection::Tls) else {
+        return;
+    };
     let peer_headers = peer_headers(&verified);
     let peer = Peer::Meshed(Arc::new(verified.claims));
     let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
@@ -367,6 +370,20 @@ async fn serve_tunnel(
             let _ = respond.send_response(bad, true);
             continue;
         };
+        if shared.memory.is_exhausted() {
+            // Shed: the peer retries on a new connection, or later.
+            tracing::info!(%peer_addr, "tunnel stream refused: byte budget exhausted");
+            shared
+                .metrics
+                .stream_shed(MetricsDirection::Inbound, "memory");
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        let Some(peer_share) = shared.peer_connection(&peer.id, PeerConnection::TunnelStream)
+        else {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        };
         let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             continue;
@@ -375,7 +392,12 @@ async fn serve_tunnel(
             continue;
         };
         shared.metrics.tunnel_stream(MetricsDirection::Inbound);
-        let stream = TunnelStream::new(send, request.into_body(), Some(streams.open()));
+        let stream = TunnelStream::new(
+            send,
+            request.into_body(),
+            Some(streams.open()),
+            Some(shared.memory.meter(&peer.id)),
+        );
         let authz = ConnAuthz::new(
             shared.clone(),
             Direction::Inbound,
@@ -387,7 +409,7 @@ async fn serve_tunnel(
         let headers = headers.clone();
         tokio::spawn(async move {
             from_peer_to_app(&shared, stream, authz, headers, app).await;
-            drop(permit);
+            drop((permit, peer_share));
         });
     }
 }

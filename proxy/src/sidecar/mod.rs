@@ -65,6 +65,7 @@ mod from_authority;
 pub mod http;
 pub mod inbound;
 mod lazy;
+pub mod memory;
 pub mod orig_dst;
 pub mod outbound;
 mod pending;
@@ -72,6 +73,7 @@ pub mod pool;
 pub mod prefixed;
 pub mod read_ahead;
 mod reload;
+mod shares;
 pub mod splice;
 pub mod tls;
 pub mod tunnel;
@@ -132,6 +134,13 @@ pub struct Limits {
     pub drain_timeout: Duration,
 }
 
+/// What a peer's inbound app connection is carried in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerConnection {
+    TunnelStream,
+    Tls,
+}
+
 /// What every connection task shares.
 pub struct Shared {
     pub tls: Arc<TlsState>,
@@ -157,6 +166,11 @@ pub struct Shared {
     /// Inbound connections still in protocol detection (evicted, oldest
     /// first, to make room when the inbound budget is full).
     pending: pending::Pending,
+    /// Bytes held for peers that have not read them yet.
+    pub memory: Arc<memory::MemoryBudget>,
+    /// Inbound app connections per peer identity (tunnel streams and
+    /// `appid/1` connections): at most half of the inbound budget each.
+    peer_connections: shares::Shares<String>,
     /// Becomes `true` on SIGTERM.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -203,6 +217,28 @@ impl Shared {
 
     /// Counts an inbound connection from `ip` in detection, or `None`
     /// (counted) when that source has its share in detection already.
+    /// One of the peer's share of inbound app connections, or `None`
+    /// (counted) when it holds half of the inbound budget already.
+    fn peer_connection(
+        &self,
+        peer_id: &str,
+        what: PeerConnection,
+    ) -> Option<shares::ShareGuard<String>> {
+        let share = self.peer_connections.take(&peer_id.to_string());
+        if share.is_none() {
+            tracing::info!(peer = peer_id, "refused: the peer holds its share of inbound connections");
+            match what {
+                PeerConnection::TunnelStream => self
+                    .metrics
+                    .stream_shed(MetricsDirection::Inbound, "max_per_peer"),
+                PeerConnection::Tls => self
+                    .metrics
+                    .connection_refused(MetricsDirection::Inbound, "max_per_peer"),
+            }
+        }
+        share
+    }
+
     fn detecting_from(&self, ip: std::net::IpAddr) -> Option<pending::SourceGuard> {
         let guard = self.pending.source(ip);
         if guard.is_none() {
@@ -490,6 +526,10 @@ pub async fn run_until(
         // In detection, one source address holds at most an eighth of
         // the inbound budget.
         pending: pending::Pending::new(limits.max_connections / 8),
+        peer_connections: shares::Shares::new(limits.max_connections / 2),
+        memory: memory::MemoryBudget::new(
+            usize::try_from(config.limits.max_buffer_bytes).unwrap_or(usize::MAX),
+        ),
         shutdown: shutdown_rx,
     });
 

@@ -71,6 +71,7 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
                         upstream,
                         &[],
                         shared.limits.idle_timeout,
+                        Some(&shared.memory.meter(&format!("external {}", destination.ip()))),
                         std::future::pending(),
                     )
                     .await;

@@ -17,13 +17,15 @@
 //! sidecar's connection stops counting once its handshake completes, so
 //! peers behind one NAT address are not limited as a group.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use super::shares::{ShareGuard, Shares};
 
 /// How long a connection must have been in detection before it may be
 /// evicted for a newcomer.
@@ -33,28 +35,11 @@ pub const EVICT_AFTER: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub struct Pending {
     queue: Mutex<VecDeque<(Instant, Weak<Notify>)>>,
-    sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    per_source: usize,
+    sources: Shares<IpAddr>,
 }
 
 /// One source's connection in detection, counted until dropped.
-#[derive(Debug)]
-pub struct SourceGuard {
-    sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = sources.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                sources.remove(&self.ip);
-            }
-        }
-    }
-}
+pub type SourceGuard = ShareGuard<IpAddr>;
 
 /// One connection in detection; dropping it (detection over) leaves the
 /// queue.
@@ -73,24 +58,14 @@ impl Pending {
     pub fn new(per_source: usize) -> Pending {
         Pending {
             queue: Mutex::new(VecDeque::new()),
-            sources: Arc::new(Mutex::new(HashMap::new())),
-            per_source: per_source.max(1),
+            sources: Shares::new(per_source),
         }
     }
 
     /// Counts a connection from `ip` entering detection, or `None` when
     /// that source has [`Pending::new`]'s `per_source` in detection already.
     pub fn source(&self, ip: IpAddr) -> Option<SourceGuard> {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let count = sources.entry(ip).or_insert(0);
-        if *count >= self.per_source {
-            return None;
-        }
-        *count += 1;
-        Some(SourceGuard {
-            sources: self.sources.clone(),
-            ip,
-        })
+        self.sources.take(&ip)
     }
 
     /// Registers a connection entering (or still in) detection, at the end
@@ -151,18 +126,5 @@ mod tests {
             !pending.evict_oldest(EVICT_AFTER),
             "a finished one is not evicted"
         );
-    }
-
-    #[test]
-    fn one_source_holds_at_most_its_share() {
-        let pending = Pending::new(2);
-        let a: IpAddr = "127.0.0.2".parse().unwrap();
-        let b: IpAddr = "127.0.0.3".parse().unwrap();
-        let first = pending.source(a).unwrap();
-        let _second = pending.source(a).unwrap();
-        assert!(pending.source(a).is_none());
-        assert!(pending.source(b).is_some());
-        drop(first);
-        assert!(pending.source(a).is_some());
     }
 }

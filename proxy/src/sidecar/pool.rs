@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use appid_policy::AppIdClaims;
 
 use super::Shared;
+use super::memory::Meter;
 use super::read_ahead::ReadAhead;
 use super::tls::{self, LocalIdentity};
 use super::tunnel::{self, StreamCount, TunnelStream};
@@ -130,6 +131,7 @@ impl Tunnel {
         &self,
         destination: SocketAddr,
         timeout: Duration,
+        meter: Meter,
     ) -> Result<TunnelStream, StreamFailure> {
         let counted = self.streams.open();
         let ready = tokio::time::timeout(timeout, self.sender.clone().ready());
@@ -160,7 +162,12 @@ impl Tunnel {
                 response.status()
             )));
         }
-        Ok(TunnelStream::new(send, response.into_body(), Some(counted)))
+        Ok(TunnelStream::new(
+            send,
+            response.into_body(),
+            Some(counted),
+            Some(meter),
+        ))
     }
 }
 
@@ -189,6 +196,12 @@ impl TunnelPool {
     /// in a pooled tunnel when both sides speak `appid-mux/1`, else a TLS
     /// connection of its own. `None` after logging and counting why not.
     pub async fn dial(&self, shared: &Shared, destination: SocketAddr) -> Option<Dialed> {
+        if self.mode == TunnelMode::Pooled && shared.memory.is_exhausted() {
+            // Shed: no new stream while peers hold the whole byte budget.
+            tracing::info!(%destination, "outbound stream refused: byte budget exhausted");
+            shared.metrics.stream_shed(MetricsDirection::Outbound, "memory");
+            return None;
+        }
         if self.mode == TunnelMode::Strict {
             return match handshake(shared, destination).await? {
                 Negotiated::Strict(dialed) => Some(dialed),
@@ -206,7 +219,11 @@ impl TunnelPool {
                 Negotiated::Strict(dialed) => return Some(dialed),
             };
             match tunnel
-                .open_stream(destination, shared.limits.handshake_timeout)
+                .open_stream(
+                    destination,
+                    shared.limits.handshake_timeout,
+                    shared.memory.meter(&tunnel.peer.id),
+                )
                 .await
             {
                 Ok(stream) => {

@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::memory::Meter;
+
 /// Why a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpliceEnd {
@@ -37,7 +39,9 @@ pub struct Copied {
     pub to_downstream: u64,
 }
 
-/// Start small so an idle connection costs little; grow while data flows.
+/// Start small so an idle connection costs little; grow while data flows
+/// (and while the byte budget, when given, has room: see
+/// [`super::memory`]).
 const MIN_BUFFER: usize = 4 * 1024;
 const MAX_BUFFER: usize = 64 * 1024;
 
@@ -48,6 +52,7 @@ pub async fn splice<D, U>(
     upstream: U,
     initial: &[u8],
     idle_timeout: Duration,
+    memory: Option<&Meter>,
     revoked: impl Future<Output = ()>,
 ) -> (SpliceEnd, Copied)
 where
@@ -68,8 +73,8 @@ where
         to_downstream: 0,
     };
 
-    let up = copy_one_way(&mut down_read, &mut up_write, &last_activity, start);
-    let down = copy_one_way(&mut up_read, &mut down_write, &last_activity, start);
+    let up = copy_one_way(&mut down_read, &mut up_write, &last_activity, start, memory);
+    let down = copy_one_way(&mut up_read, &mut down_write, &last_activity, start, memory);
     let idle = watch_idle(&last_activity, start, idle_timeout);
     tokio::pin!(up, down, idle, revoked);
 
@@ -108,12 +113,15 @@ async fn copy_one_way<R, W>(
     writer: &mut W,
     last_activity: &AtomicU64,
     start: Instant,
+    memory: Option<&Meter>,
 ) -> OneWay
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buffer = vec![0u8; MIN_BUFFER];
+    // What the buffer's growth beyond MIN_BUFFER holds of the budget.
+    let mut grown = Vec::new();
     let mut bytes = 0u64;
     loop {
         let n = match reader.read(&mut buffer).await {
@@ -130,6 +138,14 @@ where
         bytes += n as u64;
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == buffer.len() && buffer.len() < MAX_BUFFER {
+            let charge = match memory {
+                None => None,
+                Some(memory) => match memory.try_grow(buffer.len()) {
+                    Some(charge) => Some(charge),
+                    None => continue, // no room: stay this size
+                },
+            };
+            grown.extend(charge);
             buffer.resize(buffer.len() * 2, 0);
         }
     }
@@ -161,6 +177,7 @@ mod tests {
             proxy_up,
             b"hello ",
             Duration::from_secs(5),
+            None,
             std::future::pending(),
         ));
         let (mut client_r, mut client_w) = tokio::io::split(client);
@@ -195,6 +212,7 @@ mod tests {
             proxy_up,
             b"",
             Duration::from_secs(30),
+            None,
             std::future::pending(),
         )
         .await;
@@ -210,6 +228,7 @@ mod tests {
             proxy_up,
             b"",
             Duration::from_secs(30),
+            None,
             tokio::time::sleep(Duration::from_millis(10)),
         )
         .await;

@@ -55,6 +55,8 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::memory::Meter;
+
 /// Concurrent streams the server allows per connection.
 pub const MAX_STREAMS: u32 = 1000;
 /// Flow-control window per stream: what a peer may send before we read it.
@@ -204,6 +206,9 @@ impl<F: Future + Unpin> Future for Coalesce<F> {
 /// peer's remaining data is read and discarded for at most [`LINGER`].
 pub struct TunnelStream {
     halves: Option<(SendStream<Bytes>, RecvStream)>,
+    /// Charges what we queue for the peer to its share of the byte budget
+    /// (`None` in tests that need no budget).
+    meter: Option<Meter>,
     /// Received and not yet read by the caller (at most one DATA frame).
     unread: Bytes,
     write_closed: bool,
@@ -214,9 +219,15 @@ pub struct TunnelStream {
 pub const LINGER: Duration = Duration::from_secs(5);
 
 impl TunnelStream {
-    pub fn new(send: SendStream<Bytes>, recv: RecvStream, counted: Option<StreamGuard>) -> Self {
+    pub fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        counted: Option<StreamGuard>,
+        meter: Option<Meter>,
+    ) -> Self {
         TunnelStream {
             halves: Some((send, recv)),
+            meter,
             unread: Bytes::new(),
             write_closed: false,
             counted,
@@ -321,14 +332,28 @@ impl AsyncWrite for TunnelStream {
         if this.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let (send, _) = this.halves();
+        let Some((send, _)) = this.halves.as_mut() else {
+            unreachable!("only taken by drop")
+        };
         send.reserve_capacity(buf.len());
         loop {
             let capacity = send.capacity();
             if capacity > 0 {
-                let n = capacity.min(buf.len());
-                send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(to_io)?;
+                let wanted = capacity.min(buf.len());
+                // Charged to the byte budget until h2 has written it out: a
+                // peer that does not read makes its own writers wait here.
+                let data = match &mut this.meter {
+                    None => Bytes::copy_from_slice(&buf[..wanted]),
+                    Some(meter) => match ready!(meter.poll_charge(cx, wanted)) {
+                        Some(charge) => {
+                            let n = charge.bytes();
+                            charge.attach(Bytes::copy_from_slice(&buf[..n]))
+                        }
+                        None => return Poll::Ready(Err(io::Error::other("byte budget closed"))),
+                    },
+                };
+                let n = data.len();
+                send.send_data(data, false).map_err(to_io)?;
                 return Poll::Ready(Ok(n));
             }
             match ready!(send.poll_capacity(cx)) {
@@ -372,7 +397,7 @@ mod tests {
             let send = respond
                 .send_response(http::Response::new(()), false)
                 .unwrap();
-            let stream = TunnelStream::new(send, request.into_body(), None);
+            let stream = TunnelStream::new(send, request.into_body(), None, None);
             tokio::spawn(async move { while conn.accept().await.is_some() {} });
             (stream, authority)
         });
@@ -383,7 +408,7 @@ mod tests {
         let (response, send) = sender.send_request(request, false).unwrap();
         let response = response.await.unwrap();
         assert_eq!(response.status(), 200);
-        let client = TunnelStream::new(send, response.into_body(), None);
+        let client = TunnelStream::new(send, response.into_body(), None, None);
         let (server, authority) = server.await.unwrap();
         (client, server, authority)
     }

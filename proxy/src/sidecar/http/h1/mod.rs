@@ -731,6 +731,9 @@ where
         upstream,
         &down_buf,
         limits.header_timeout,
+        // An upgraded connection's copy buffers are bounded per connection
+        // (2 × 64 KiB) but not charged to the process budget.
+        None,
         withdrawn,
     )
     .await;
