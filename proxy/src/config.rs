@@ -1449,6 +1449,24 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     }
 
     #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        // "Billion laughs": nine levels of ten aliases each, where a list is
+        // expected. The config's types are strict (no field takes arbitrary
+        // YAML), and serde-saphyr budgets aliases: a quick, clean error.
+        let mut text = String::from("trust_domains:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..=9 {
+            let prev = level - 1;
+            let refs = vec![format!("*a{prev}"); 10].join(", ");
+            text.push_str(&format!("  - &a{level} [{refs}]\n"));
+        }
+        text.push_str("policy: *a9\n");
+        let started = std::time::Instant::now();
+        let d = one_err(&text);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(d.to_string().starts_with("proxy.yaml:"), "{d}");
+    }
+
+    #[test]
     fn yaml_syntax_error_has_position() {
         let d = one_err("identity: { cert: a.pem\ntrust_domains: [x\n");
         assert!(d.at.line_col.is_some(), "{d}");

@@ -384,20 +384,11 @@ async fn serve_tunnel(
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             continue;
         };
-        let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
-            continue;
-        };
-        let Ok(send) = respond.send_response(http::Response::new(()), false) else {
-            continue;
-        };
-        shared.metrics.tunnel_stream(MetricsDirection::Inbound);
-        let stream = TunnelStream::new(
-            send,
-            request.into_body(),
-            Some(streams.open()),
-            Some(shared.memory.meter(&peer.id)),
-        );
+        // Admission may wait briefly (evicting a silent caller to make room):
+        // in the stream's own task, so the accept loop never waits.
+        let shared = shared.clone();
+        let headers = headers.clone();
+        let counted = streams.open();
         let authz = ConnAuthz::new(
             shared.clone(),
             Direction::Inbound,
@@ -405,9 +396,22 @@ async fn serve_tunnel(
             peer_addr,
             port,
         );
-        let shared = shared.clone();
-        let headers = headers.clone();
+        let meter = shared.memory.meter(&peer.id);
         tokio::spawn(async move {
+            let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            };
+            let Ok(send) = respond.send_response(http::Response::new(()), false) else {
+                return;
+            };
+            shared.metrics.tunnel_stream(MetricsDirection::Inbound);
+            let stream = TunnelStream::new(
+                send,
+                request.into_body(),
+                Some(counted),
+                Some(meter),
+            );
             from_peer_to_app(&shared, stream, authz, headers, app).await;
             drop((permit, peer_share));
         });
