@@ -30,6 +30,13 @@
 //! counted ([`AuditLog::write_errors`]) and reported through `tracing` at
 //! most once a minute; it never panics and never fails the caller.
 //!
+//! A file also has a size cap ([`Rotation`], `limits.audit_log_max_bytes`,
+//! default 100 MiB): when a write takes it past the cap, it is renamed to
+//! `<file>.1` (older ones to `.2` … up to `limits.audit_log_keep`, the
+//! oldest removed) and a new file is started, so a flood of decisions can
+//! fill at most `(keep + 1) × max_bytes` of disk. Rotation happens between
+//! lines; a line is never split across files.
+//!
 //! Line format (keys in this order; `method`/`path` only for L7 decisions,
 //! `reason` only when given, on denials and audit-only allows):
 //!
@@ -120,6 +127,9 @@ enum Sink {
     File {
         path: PathBuf,
         file: File,
+        /// Bytes in `file` (as far as we know: others may append too).
+        size: u64,
+        rotation: Rotation,
     },
     #[cfg(test)]
     Failing,
@@ -177,7 +187,19 @@ impl State {
         }
         let result = match &mut self.sink {
             Sink::Stderr => io::stderr().lock().write_all(&self.pending),
-            Sink::File { file, .. } => file.write_all(&self.pending),
+            Sink::File {
+                path,
+                file,
+                size,
+                rotation,
+            } => file.write_all(&self.pending).and_then(|()| {
+                *size += self.pending.len() as u64;
+                if rotation.is_due(*size) {
+                    *file = rotation.rotate(path)?;
+                    *size = 0;
+                }
+                Ok(())
+            }),
             #[cfg(test)]
             Sink::Failing => Err(io::Error::other("disk on fire")),
         };
@@ -332,6 +354,46 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// When and how far back an audit file is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the file reaches this many bytes; 0: never.
+    pub max_bytes: u64,
+    /// Rotated files kept: `<file>.1` (newest) … `<file>.<keep>`.
+    pub keep: u32,
+}
+
+impl Rotation {
+    /// No size cap (the file only grows, or an external tool rotates it).
+    pub const NEVER: Rotation = Rotation {
+        max_bytes: 0,
+        keep: 0,
+    };
+
+    fn is_due(&self, size: u64) -> bool {
+        self.max_bytes > 0 && size >= self.max_bytes
+    }
+
+    /// Shifts `<path>.N-1` → `<path>.N` (dropping the oldest), moves the
+    /// file to `<path>.1`, and opens a new one.
+    fn rotate(&self, path: &Path) -> io::Result<File> {
+        let numbered = |n: u32| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        let keep = self.keep.max(1);
+        for n in (1..keep).rev() {
+            match std::fs::rename(numbered(n), numbered(n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(path, numbered(1))?;
+        open_append(path)
+    }
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.append(true).create(true);
@@ -355,19 +417,27 @@ impl AuditLog {
     }
 
     /// Opens the target of a [`crate::config::ProxyConfig`].
-    pub fn open_target(target: &AuditTarget) -> io::Result<AuditLog> {
+    pub fn open_target(target: &AuditTarget, rotation: Rotation) -> io::Result<AuditLog> {
         match target {
             AuditTarget::Stderr => Ok(AuditLog::stderr()),
-            AuditTarget::File(p) => AuditLog::open_path(p),
+            AuditTarget::File(p) => AuditLog::open_rotated(p, rotation),
         }
     }
 
-    /// Appends to `path` (created 0640 if missing).
+    /// Appends to `path` (created 0640 if missing), never rotated.
     pub fn open_path(path: &Path) -> io::Result<AuditLog> {
+        AuditLog::open_rotated(path, Rotation::NEVER)
+    }
+
+    /// Appends to `path` (created 0640 if missing), rotated per `rotation`.
+    pub fn open_rotated(path: &Path, rotation: Rotation) -> io::Result<AuditLog> {
         let file = open_append(path)?;
+        let size = file.metadata()?.len();
         Ok(AuditLog::with_sink(Sink::File {
             path: path.to_owned(),
             file,
+            size,
+            rotation,
         }))
     }
 
@@ -527,8 +597,12 @@ impl AuditLog {
     pub fn reopen(&self) -> io::Result<()> {
         self.flush();
         let mut state = self.lock();
-        if let Sink::File { path, file } = &mut state.sink {
+        if let Sink::File {
+            path, file, size, ..
+        } = &mut state.sink
+        {
             *file = open_append(path)?;
+            *size = file.metadata()?.len();
         }
         Ok(())
     }
@@ -751,10 +825,45 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.jsonl");
-        let _log = AuditLog::open_target(&AuditTarget::File(path.clone())).unwrap();
+        let _log = AuditLog::open_target(&AuditTarget::File(path.clone()), Rotation::NEVER).unwrap();
         // The process umask can only remove bits.
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o640, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn rotates_at_the_size_cap_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let claims = claims();
+        let line_len = encode_line(&record(&claims), OffsetDateTime::UNIX_EPOCH)
+            .unwrap()
+            .len() as u64;
+        // Three lines per file: rotation when the third is written.
+        let log = AuditLog::open_rotated(
+            &path,
+            Rotation {
+                max_bytes: 3 * line_len,
+                keep: 2,
+            },
+        )
+        .unwrap();
+        for _ in 0..10 {
+            log.log_at(&record(&claims), OffsetDateTime::UNIX_EPOCH);
+        }
+        log.flush();
+        let lines = |name: &str| read_lines(&dir.path().join(name)).len();
+        // 10 lines: 3 rotated away (dropped), then .2 and .1 full, 1 current.
+        assert_eq!(lines("audit.jsonl"), 1);
+        assert_eq!(lines("audit.jsonl.1"), 3);
+        assert_eq!(lines("audit.jsonl.2"), 3);
+        assert!(!dir.path().join("audit.jsonl.3").exists());
+        assert_eq!(log.lines(), 10);
+        // Every file holds whole lines only.
+        for name in ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"] {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert!(text.ends_with('\n'));
+        }
     }
 
     #[test]

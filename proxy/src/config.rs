@@ -109,6 +109,11 @@ pub struct Limits {
     /// (tunnel send buffers, grown copy buffers); one peer identity may
     /// hold an eighth (see `sidecar::memory`).
     pub max_buffer_bytes: u64,
+    /// The audit file is rotated (renamed to `<file>.1`, older ones shifted
+    /// up) when it reaches this size; 0 turns rotation off.
+    pub audit_log_max_bytes: u64,
+    /// Rotated audit files kept (`<file>.1` … `<file>.N`).
+    pub audit_log_keep: u32,
 }
 
 impl Default for Limits {
@@ -122,6 +127,8 @@ impl Default for Limits {
             max_header_bytes: 65_536,
             drain_timeout: Duration::from_secs(30),
             max_buffer_bytes: 256 * 1024 * 1024,
+            audit_log_max_bytes: 100 * 1024 * 1024,
+            audit_log_keep: 5,
         }
     }
 }
@@ -376,6 +383,8 @@ impl ProxyConfig {
                 "max_header_bytes": l.max_header_bytes,
                 "drain_timeout": humantime::format_duration(l.drain_timeout).to_string(),
                 "max_buffer_bytes": l.max_buffer_bytes,
+                "audit_log_max_bytes": l.audit_log_max_bytes,
+                "audit_log_keep": l.audit_log_keep,
             },
         })
     }
@@ -567,6 +576,8 @@ struct RawLimits {
     max_header_bytes: Option<S>,
     drain_timeout: Option<S>,
     max_buffer_bytes: Option<S>,
+    audit_log_max_bytes: Option<S>,
+    audit_log_keep: Option<S>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1204,6 +1215,16 @@ impl Cx<'_> {
                 "268435456",
             ),
         };
+        let audit_log_max_bytes = match &r.audit_log_max_bytes {
+            None => Some(d.audit_log_max_bytes),
+            Some(s) => self.number(s, "limits.audit_log_max_bytes", 0, 1 << 50, "104857600"),
+        };
+        let audit_log_keep = match &r.audit_log_keep {
+            None => Some(d.audit_log_keep),
+            Some(s) => self
+                .number(s, "limits.audit_log_keep", 1, 1000, "5")
+                .map(|n| n as u32),
+        };
         Some(Limits {
             handshake_timeout: handshake_timeout?,
             detect_timeout: detect_timeout?,
@@ -1213,6 +1234,8 @@ impl Cx<'_> {
             max_header_bytes: max_header_bytes?,
             drain_timeout: drain_timeout?,
             max_buffer_bytes: max_buffer_bytes?,
+            audit_log_max_bytes: audit_log_max_bytes?,
+            audit_log_keep: audit_log_keep?,
         })
     }
 }

@@ -416,7 +416,11 @@ pub async fn run_until(
 ) -> Result<(), SidecarError> {
     tokio::pin!(stop);
     let policy = load_policy(&config.policy)?;
-    let audit = AuditLog::open_target(&config.audit_log).map_err(|error| SidecarError::Audit {
+    let rotation = crate::audit::Rotation {
+        max_bytes: config.limits.audit_log_max_bytes,
+        keep: config.limits.audit_log_keep,
+    };
+    let audit = AuditLog::open_target(&config.audit_log, rotation).map_err(|error| SidecarError::Audit {
         path: config.audit_log.display(),
         error,
     })?;
