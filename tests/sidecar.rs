@@ -1177,6 +1177,51 @@ async fn denied_requests_with_huge_paths_cannot_flood_the_audit_log() {
     assert_eq!(app.state.requests.load(Ordering::SeqCst), 0);
 }
 
+/// The audit file is rotated at `limits.audit_log_max_bytes`: at most
+/// `audit_log_keep` rotated files stay, each of whole lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_rotates_at_its_size_cap() {
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
+    let inbound = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, app.addr)
+        .limit("audit_log_max_bytes", "4096")
+        .limit("audit_log_keep", "2")
+        .start()
+        .await;
+    let mut session = H1Session::connect(local(inbound)).await;
+    for i in 0..100 {
+        let (status, _) = session.get(&format!("/public/{i}")).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let rotated = |n: u32| {
+        let mut name = sidecar.audit.clone().into_os_string();
+        name.push(format!(".{n}"));
+        std::path::PathBuf::from(name)
+    };
+    support::poll_until(
+        "two rotated audit files",
+        Duration::from_secs(10),
+        || sidecar.context(),
+        || async { rotated(2).exists().then_some(()) },
+    )
+    .await;
+    assert!(!rotated(3).exists(), "only audit_log_keep files are kept");
+    for path in [sidecar.audit.clone(), rotated(1), rotated(2)] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The cap is checked after each write; buffered allow lines are
+        // written up to 64 KiB at once.
+        assert!(text.len() < 4096 + 64 * 1024, "{}: {} bytes", path.display(), text.len());
+        for line in text.lines() {
+            let line: Value = serde_json::from_str(line).expect("whole JSON lines");
+            assert_eq!(line["decision"], "allow");
+        }
+    }
+}
+
 /// An HTTP/2 control-frame flood (here: PINGs) from outside the mesh is
 /// closed, counted and audited; other clients keep being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

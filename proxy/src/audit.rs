@@ -34,8 +34,10 @@
 //! default 100 MiB): when a write takes it past the cap, it is renamed to
 //! `<file>.1` (older ones to `.2` … up to `limits.audit_log_keep`, the
 //! oldest removed) and a new file is started, so a flood of decisions can
-//! fill at most `(keep + 1) × max_bytes` of disk. Rotation happens between
-//! lines; a line is never split across files.
+//! fill at most `(keep + 1) × (max_bytes + 64 KiB)` of disk (the cap is
+//! checked after each write, and buffered allow lines go out up to 64 KiB
+//! at once). Rotation happens between writes; a line is never split across
+//! files.
 //!
 //! Line format (keys in this order; `method`/`path` only for L7 decisions,
 //! `reason` only when given, on denials and audit-only allows):
