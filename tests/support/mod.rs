@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod net;
 pub mod pki;
 pub mod sidecar;
+pub mod soak;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
