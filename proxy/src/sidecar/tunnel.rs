@@ -40,8 +40,10 @@
 //!
 //! The server advertises [`MAX_STREAMS`] concurrent streams; windows are
 //! [`STREAM_WINDOW`] per stream and [`CONNECTION_WINDOW`] per connection;
-//! a stream buffers at most [`SEND_BUFFER`] unsent bytes. Every stream also
-//! takes one of the sidecar's `max_connections` slots.
+//! a stream buffers at most [`SEND_BUFFER`] unsent bytes, each charged to
+//! the peer's share of the byte budget ([`super::memory`]) until written
+//! out. Every stream also takes one of the sidecar's `max_connections`
+//! slots, and one peer identity at most half of them.
 
 use std::future::Future;
 use std::io;
@@ -61,9 +63,11 @@ use super::memory::Meter;
 pub const MAX_STREAMS: u32 = 1000;
 /// Flow-control window per stream: what a peer may send before we read it.
 pub const STREAM_WINDOW: u32 = 1 << 20;
-/// Flow-control window per connection: many streams' worth, so that a few
-/// streams whose apps read slowly cannot stall the others.
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Flow-control window per connection: several streams' worth, so that a
+/// few streams whose apps read slowly cannot stall the others. It is also
+/// what a peer can make us hold per connection when our app does not read
+/// (README "Memory").
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
 /// Unsent bytes buffered per stream before a writer waits.
 pub const SEND_BUFFER: usize = 256 * 1024;
 /// Largest DATA frame accepted: h2 writes (and flushes) every large DATA
