@@ -1269,7 +1269,8 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
 
 /// Decide before you dial: callers whose requests are all denied, or who
 /// send nothing but an HTTP/2 preface, never cost the app a connection; an
-/// HTTP/2 connection that carries no stream is closed at the idle timeout.
+/// HTTP/2 connection that carries no stream is closed at the HTTP idle
+/// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_is_dialled_for_the_first_allowed_request_only() {
     let env = Env::new();
@@ -1279,7 +1280,7 @@ async fn the_app_is_dialled_for_the_first_allowed_request_only() {
     let sidecar = env
         .sidecar("server", &env.api, &policy)
         .inbound(inbound, app.addr)
-        .limit("idle_timeout", "2s")
+        .limit("http_idle_timeout", "2s")
         .limit("drain_timeout", "1s")
         .start()
         .await;

@@ -17,6 +17,7 @@
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -95,8 +96,13 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Peeking at the first bytes to tell mTLS, TLS, HTTP and TCP apart.
     pub detect_timeout: Duration,
-    /// A connection with no traffic either way for this long is closed.
+    /// An opaque TCP connection with no traffic either way for this long is
+    /// closed (per port: `ports[].idle_timeout`).
     pub idle_timeout: Duration,
+    /// HTTP: how long a connection may wait for its next (or first)
+    /// request, and an HTTP/2 connection or pooled tunnel carry no stream,
+    /// before it is closed.
+    pub http_idle_timeout: Duration,
     /// Dialling the local app or the upstream.
     pub connect_timeout: Duration,
     /// Concurrent connections, inbound and outbound together.
@@ -121,7 +127,8 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             detect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(3600),
+            http_idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_header_bytes: 65_536,
@@ -154,7 +161,62 @@ pub struct ProxyConfig {
     pub tunnel: TunnelMode,
     /// OTLP endpoint for traces; `None` = export off.
     pub otlp_endpoint: Option<String>,
+    /// What is declared about app ports (`ports:`), by port.
+    pub ports: BTreeMap<u16, PortSettings>,
     pub limits: Limits,
+}
+
+/// What the config declares about one app port (`ports:` in the config):
+/// its protocol and, for opaque TCP, its idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortSettings {
+    pub protocol: PortProtocol,
+    /// Overrides `limits.idle_timeout` for opaque connections on the port.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The protocol of an app port, as declared (the way Istio names ports and
+/// Linkerd marks opaque ones). A declaration takes precedence over
+/// detection: a `tcp` or `tls` port is never waited on for its first bytes
+/// (server-first protocols get their banner at once); an `http`, `http2`
+/// or `grpc` port waits for a client's first request up to
+/// `limits.http_idle_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortProtocol {
+    /// Not declared: detected from the first bytes.
+    #[default]
+    Detect,
+    Tcp,
+    Tls,
+    Http,
+    Http2,
+    Grpc,
+}
+
+impl PortProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Detect => "detect",
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Tls => "tls",
+            PortProtocol::Http => "http",
+            PortProtocol::Http2 => "http2",
+            PortProtocol::Grpc => "grpc",
+        }
+    }
+
+    /// Opaque by declaration: no detection, no wait.
+    pub fn is_opaque(self) -> bool {
+        matches!(self, PortProtocol::Tcp | PortProtocol::Tls)
+    }
+
+    /// HTTP by declaration: a silent client is waited for.
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc
+        )
+    }
 }
 
 /// How app connections travel between sidecars (`tunnel:` in the config).
@@ -361,6 +423,17 @@ impl ProxyConfig {
             .iter()
             .map(|l| json!({"listen": l.listen.to_string(), "upstream": l.upstream.map(|a| a.to_string())}))
             .collect();
+        let ports: Vec<_> = self
+            .ports
+            .iter()
+            .map(|(port, p)| {
+                json!({
+                    "port": port,
+                    "protocol": p.protocol.as_str(),
+                    "idle_timeout": p.idle_timeout.map(|d| humantime::format_duration(d).to_string()),
+                })
+            })
+            .collect();
         let l = &self.limits;
         json!({
             "source": self.source,
@@ -374,10 +447,12 @@ impl ProxyConfig {
             "workers": self.workers,
             "tunnel": self.tunnel.as_str(),
             "otlp_endpoint": self.otlp_endpoint.as_deref().map(redact_url),
+            "ports": ports,
             "limits": {
                 "handshake_timeout": humantime::format_duration(l.handshake_timeout).to_string(),
                 "detect_timeout": humantime::format_duration(l.detect_timeout).to_string(),
                 "idle_timeout": humantime::format_duration(l.idle_timeout).to_string(),
+                "http_idle_timeout": humantime::format_duration(l.http_idle_timeout).to_string(),
                 "connect_timeout": humantime::format_duration(l.connect_timeout).to_string(),
                 "max_connections": l.max_connections,
                 "max_header_bytes": l.max_header_bytes,
@@ -531,7 +606,16 @@ struct RawConfig {
     workers: Option<S>,
     tunnel: Option<S>,
     otlp_endpoint: Option<S>,
+    ports: Option<Vec<Spanned<RawPort>>>,
     limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    port: Option<S>,
+    protocol: Option<S>,
+    idle_timeout: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -571,6 +655,7 @@ struct RawLimits {
     handshake_timeout: Option<S>,
     detect_timeout: Option<S>,
     idle_timeout: Option<S>,
+    http_idle_timeout: Option<S>,
     connect_timeout: Option<S>,
     max_connections: Option<S>,
     max_header_bytes: Option<S>,
@@ -768,6 +853,7 @@ impl Cx<'_> {
         };
 
         let limits = self.limits(raw.limits.as_ref());
+        let ports = self.ports(raw.ports.as_deref().unwrap_or_default());
 
         Some(ProxyConfig {
             source: self.file.to_owned(),
@@ -781,8 +867,74 @@ impl Cx<'_> {
             workers: workers?,
             tunnel: tunnel?,
             otlp_endpoint,
+            ports: ports?,
             limits: limits?,
         })
+    }
+
+    fn ports(&mut self, raw: &[Spanned<RawPort>]) -> Option<BTreeMap<u16, PortSettings>> {
+        let mut ports = BTreeMap::new();
+        let mut ok = true;
+        for (i, p) in raw.iter().enumerate() {
+            let field = format!("ports[{i}]");
+            let port = match &p.value.port {
+                None => {
+                    self.err(
+                        line_col(&p.referenced),
+                        &field,
+                        "missing `port`: write e.g. `- { port: 5432, protocol: tcp }`",
+                    );
+                    None
+                }
+                Some(s) => self
+                    .number(s, &format!("{field}.port"), 1, 65535, "5432")
+                    .map(|n| n as u16),
+            };
+            let protocol = match &p.value.protocol {
+                None => Some(PortProtocol::Detect),
+                Some(s) => match s.value.0.trim() {
+                    "tcp" => Some(PortProtocol::Tcp),
+                    "tls" => Some(PortProtocol::Tls),
+                    "http" => Some(PortProtocol::Http),
+                    "http2" => Some(PortProtocol::Http2),
+                    "grpc" => Some(PortProtocol::Grpc),
+                    other => {
+                        self.err_at(
+                            s,
+                            &format!("{field}.protocol"),
+                            format!(
+                                "`{other}` is not a port protocol: write tcp, tls, http, http2 or grpc (or leave it out to detect it)"
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            let idle_timeout = match &p.value.idle_timeout {
+                None => Some(None),
+                some => self
+                    .duration(some, &format!("{field}.idle_timeout"), Duration::from_secs(3600), false)
+                    .map(Some),
+            };
+            match (port, protocol, idle_timeout) {
+                (Some(port), Some(protocol), Some(idle_timeout)) => {
+                    let settings = PortSettings {
+                        protocol,
+                        idle_timeout,
+                    };
+                    if ports.insert(port, settings).is_some() {
+                        self.err(
+                            line_col(&p.referenced),
+                            &field,
+                            format!("port {port} is declared twice: keep one entry"),
+                        );
+                        ok = false;
+                    }
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(ports)
     }
 
     fn identity(&mut self, i: Spanned<RawIdentity>) -> Option<IdentitySource> {
@@ -1175,6 +1327,12 @@ impl Cx<'_> {
             d.idle_timeout,
             false,
         );
+        let http_idle_timeout = self.duration(
+            &r.http_idle_timeout,
+            "limits.http_idle_timeout",
+            d.http_idle_timeout,
+            false,
+        );
         let connect_timeout = self.duration(
             &r.connect_timeout,
             "limits.connect_timeout",
@@ -1229,6 +1387,7 @@ impl Cx<'_> {
             handshake_timeout: handshake_timeout?,
             detect_timeout: detect_timeout?,
             idle_timeout: idle_timeout?,
+            http_idle_timeout: http_idle_timeout?,
             connect_timeout: connect_timeout?,
             max_connections: max_connections?,
             max_header_bytes: max_header_bytes?,
@@ -1297,6 +1456,7 @@ mod tests {
             "workers",
             "tunnel",
             "otlp_endpoint",
+            "ports",
             "limits",
         ]
         .into_iter()
@@ -1381,13 +1541,39 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     }
 
     #[test]
+    fn ports_declare_protocols_and_idle_timeouts() {
+        let c = parse(&format!(
+            "{MINIMAL}ports:\n  - {{ port: 25, protocol: tcp }}\n  - {{ port: 5432, protocol: tcp, idle_timeout: 2h }}\n  - {{ port: 8080, protocol: http }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ports[&25].protocol, PortProtocol::Tcp);
+        assert_eq!(c.ports[&25].idle_timeout, None);
+        assert_eq!(c.ports[&5432].idle_timeout, Some(Duration::from_secs(7200)));
+        assert!(c.ports[&8080].protocol.is_http());
+        let j = c.effective_json();
+        assert_eq!(j["ports"][1]["idle_timeout"], "2h");
+
+        let d = one_err(&format!("{MINIMAL}ports:\n  - {{ port: 25, protocol: smtp }}\n"));
+        assert_eq!(d.field, "ports[0].protocol");
+        assert!(d.message.contains("tcp, tls, http, http2 or grpc"), "{d}");
+        let d = one_err(&format!(
+            "{MINIMAL}ports:\n  - {{ port: 25, protocol: tcp }}\n  - {{ port: 25 }}\n"
+        ));
+        assert_eq!(d.field, "ports[1]");
+        let d = one_err(&format!("{MINIMAL}ports:\n  - {{ protocol: tcp }}\n"));
+        assert!(d.message.contains("missing `port`"), "{d}");
+        let d = one_err(&format!("{MINIMAL}ports:\n  - {{ port: 70000 }}\n"));
+        assert_eq!(d.field, "ports[0].port");
+    }
+
+    #[test]
     fn defaults_filled() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.admin.to_string(), "127.0.0.1:15190");
         assert_eq!(c.audit_log, AuditTarget::Stderr);
         assert!(c.workers >= 1);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
-        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.limits.max_connections, 10_000);
         assert_eq!(c.limits.max_header_bytes, 65_536);
         assert_eq!(c.limits.drain_timeout, Duration::from_secs(30));
@@ -1804,7 +1990,8 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         assert_eq!(j["otlp_endpoint"], "https://REDACTED@otel:4317");
         assert_eq!(j["admin"], "127.0.0.1:15190");
         assert_eq!(j["audit_log"], "-");
-        assert_eq!(j["limits"]["idle_timeout"], "5m");
+        assert_eq!(j["limits"]["idle_timeout"], "1h");
+        assert_eq!(j["limits"]["http_idle_timeout"], "5m");
         assert_eq!(j["limits"]["max_connections"], 10000);
         assert_eq!(j["inbound"][0]["forward"], serde_json::Value::Null);
         assert_eq!(j["inbound"][1]["forward"], "127.0.0.1:8080");

@@ -142,6 +142,11 @@ impl ConnAuthz {
         &self.peer
     }
 
+    /// The app port policy sees.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Whose share of the byte budget this connection's buffers count
     /// against (see `sidecar::memory`): a peer sidecar's identity, or the
     /// address of a caller outside the mesh.

@@ -22,6 +22,17 @@
 //!   timeout, then classified;
 //! - if nothing could be allowed, it is denied (and audited) at once.
 //!
+//! Before any of that, [`plan`] says how long to wait for the first bytes
+//! at all: not at all on a port the config declares `tcp` or `tls`
+//! (`ports:`), nor when the connection would be allowed as TCP whatever it
+//! carries — then the server side is connected at once and whoever speaks
+//! first decides, so a server-first protocol's banner is not held back for
+//! the detection timeout; up to `limits.http_idle_timeout` on a port
+//! declared `http`/`http2`/`grpc` (a late first request is served); else
+//! up to the detection timeout. A client that closes its side before
+//! sending a byte is an empty TCP stream: decided, audited and proxied, so
+//! the server can still answer it.
+//!
 //! Last line of defence: when the client spoke first and its bytes went to
 //! opaque TCP, its first line is still watched as it passes
 //! ([`FirstLineGuard`]). Should it complete an HTTP/1 request line (a
@@ -46,6 +57,32 @@ use super::lazy::LazyUpstream;
 use super::prefixed::{self, Prefixed};
 use crate::detect::{self, Classification, FirstLine};
 use crate::metrics::Direction as MetricsDirection;
+
+/// How to find an app connection's protocol, before reading a byte of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Declared `tcp` or `tls`: opaque, no detection, no wait.
+    Opaque,
+    /// Allowed as TCP whatever it carries: no wait either
+    /// ([`FirstBytes::Silent`] races the client against the server).
+    Race,
+    /// Read the first bytes, waiting at most this long for them.
+    Detect(Duration),
+}
+
+/// How to find the protocol of `authz`'s connection (module docs).
+pub fn plan(shared: &Shared, authz: &ConnAuthz) -> Plan {
+    let declared = shared.port(authz.port()).protocol;
+    if declared.is_opaque() {
+        Plan::Opaque
+    } else if declared.is_http() {
+        Plan::Detect(shared.limits.http_idle_timeout)
+    } else if authz.would_allow_tcp() {
+        Plan::Race
+    } else {
+        Plan::Detect(shared.limits.detect_timeout)
+    }
+}
 
 /// What the first bytes of an app connection said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +221,7 @@ impl AppConnection<'_> {
             downstream,
             upstream,
             &[],
-            self.shared.limits.idle_timeout,
+            self.shared.tcp_idle_timeout(self.authz.port()),
             Some(&meter),
             revoked,
         )
@@ -205,7 +242,8 @@ impl AppConnection<'_> {
         );
     }
 
-    /// The client said nothing within the detection timeout (module docs).
+    /// The client said nothing yet: within the detection timeout, or
+    /// nothing was waited for ([`Plan::Race`]); see the module docs.
     async fn silent<D, U, F, Fut>(self, mut downstream: Prefixed<D>, connect: F)
     where
         D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -213,7 +251,12 @@ impl AppConnection<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Option<U>> + Send + 'static,
     {
-        let idle = self.shared.limits.idle_timeout;
+        let http_idle = self.shared.limits.http_idle_timeout;
+        if self.shared.port(self.authz.port()).protocol.is_http() {
+            // Declared HTTP, and silent for the HTTP idle timeout.
+            self.gave_up("silent client on a port declared HTTP");
+            return;
+        }
         if !self.authz.would_allow_tcp() && !self.authz.could_allow_http() {
             // Denied whatever it carries: decide (and audit) now, as TCP,
             // rather than hold the connection.
@@ -223,7 +266,7 @@ impl AppConnection<'_> {
         if !self.authz.would_allow_tcp() {
             // HTTP-only: wait for the client (as between keep-alive
             // requests, up to the idle timeout); connect nothing.
-            match prefixed::read_and_classify(&mut downstream, idle).await {
+            match prefixed::read_and_classify(&mut downstream, http_idle).await {
                 Ok((_, prefix)) if prefix.is_empty() => self.gave_up("silent client"),
                 Ok((class, prefix)) => {
                     let downstream = Prefixed::new(prefix, downstream);
@@ -242,7 +285,9 @@ impl AppConnection<'_> {
         let Some(mut upstream) = connect().await else {
             return;
         };
-        match first_speaker(&mut downstream, &mut upstream, idle).await {
+        let limits = &self.shared.limits;
+        let silence = self.shared.tcp_idle_timeout(self.authz.port());
+        match first_speaker(&mut downstream, &mut upstream, silence, limits.detect_timeout).await {
             FirstSpeaker::Client(class, prefix) => {
                 let downstream = Prefixed::new(prefix, downstream);
                 match FirstBytes::of(&class) {
@@ -345,25 +390,34 @@ enum FirstSpeaker {
     Nobody(&'static str),
 }
 
-/// Waits (up to `timeout`) for either side's first bytes. Reads are
-/// cancel-safe: the side that loses the race has lost no bytes.
-async fn first_speaker<C, S>(client: &mut C, server: &mut S, timeout: Duration) -> FirstSpeaker
+/// Waits (up to `silence`) for either side's first bytes; once the client
+/// has sent some, up to `detect` more for them to be classified. Reads are
+/// cancel-safe: the side that loses the race has lost no bytes. A client
+/// that closes its side first is an (empty) opaque client.
+async fn first_speaker<C, S>(
+    client: &mut C,
+    server: &mut S,
+    silence: Duration,
+    detect: Duration,
+) -> FirstSpeaker
 where
     C: AsyncRead + Unpin,
     S: AsyncRead + Unpin,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + silence;
     let mut from_client = BytesMut::with_capacity(1024);
     let mut from_server = BytesMut::with_capacity(1024);
     tokio::select! {
         read = client.read_buf(&mut from_client) => match read {
-            Ok(n) if n > 0 => {
+            Ok(0) => FirstSpeaker::Client(Classification::Opaque, Bytes::new()),
+            Ok(_) => {
+                let deadline = tokio::time::Instant::now() + detect;
                 match prefixed::classify_more(client, from_client, deadline).await {
                     Ok((class, prefix)) => FirstSpeaker::Client(class, prefix),
                     Err(_) => FirstSpeaker::Nobody("stalled during protocol detection"),
                 }
             }
-            _ => FirstSpeaker::Nobody("client closed"),
+            Err(_) => FirstSpeaker::Nobody("client failed"),
         },
         read = server.read_buf(&mut from_server) => match read {
             Ok(n) if n > 0 => FirstSpeaker::Server(from_server.freeze()),
@@ -390,7 +444,7 @@ mod tests {
             .write_all(b"GET /admin HTTP/1.1\r\nx-appid-peer-id: evil\r\n\r\n")
             .await
             .unwrap();
-        match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1)).await {
+        match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1), Duration::from_secs(1)).await {
             FirstSpeaker::Client(Classification::Http1, prefix) => {
                 assert!(prefix.starts_with(b"GET /admin"));
             }
@@ -406,7 +460,7 @@ mod tests {
             .write_all(b"220 smtp.example ESMTP\r\n")
             .await
             .unwrap();
-        match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1)).await {
+        match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1), Duration::from_secs(1)).await {
             FirstSpeaker::Server(banner) => assert_eq!(&banner[..], b"220 smtp.example ESMTP\r\n"),
             other => panic!("{other:?}"),
         }
@@ -467,6 +521,7 @@ mod tests {
         let got = first_speaker(
             &mut client_side,
             &mut server_side,
+            Duration::from_millis(50),
             Duration::from_millis(50),
         )
         .await;

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, Peer};
-use super::dispatch::{FirstBytes, dispatch};
+use super::dispatch::{self, FirstBytes, Plan, dispatch};
 use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
 use super::pending::SourceGuard;
@@ -111,7 +111,10 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
                 .connection_refused(MetricsDirection::Inbound, "detect_timeout");
             return;
         }
-        Detection::Closed | Detection::Error(_) => return,
+        // Closed before a byte: an empty TCP stream, still decided (as a
+        // caller outside the mesh: a peer sidecar starts with a ClientHello).
+        Detection::Closed => Some(Classification::Opaque),
+        Detection::Error(_) => return,
     };
 
     match class {
@@ -208,14 +211,18 @@ async fn from_peer_to_app<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (class, prefix) =
-        match prefixed::read_and_classify(&mut downstream, shared.limits.detect_timeout).await {
-            Ok(found) => found,
+    let (first, prefix) = match dispatch::plan(shared, &authz) {
+        Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
+        Plan::Race => (FirstBytes::Silent, Bytes::new()),
+        Plan::Detect(wait) => match prefixed::read_and_classify(&mut downstream, wait).await {
+            Ok((_, prefix)) if prefix.is_empty() => (FirstBytes::Silent, prefix),
+            Ok((class, prefix)) => (FirstBytes::of(&class), prefix),
+            // Closed before a byte: an empty TCP stream, still decided.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                (FirstBytes::Opaque, Bytes::new())
+            }
             Err(_) => return,
-        };
-    let first = match (&class, prefix.is_empty()) {
-        (_, true) => FirstBytes::Silent,
-        (class, false) => FirstBytes::of(class),
+        },
     };
     to_app(
         shared,
@@ -292,7 +299,7 @@ async fn serve_tunnel(
     let peer_not_after = verified.not_after;
     let peer = Arc::new(verified.claims);
     let streams = StreamCount::new();
-    let idle = streams.idle(limits.idle_timeout);
+    let idle = streams.idle(limits.http_idle_timeout);
     let shutdown = shared.shutdown_signal();
     // Armed at GOAWAY: a peer that never finishes (or never answers the
     // closing PING) loses the connection at the drain timeout.

@@ -78,6 +78,7 @@ pub mod splice;
 pub mod tls;
 pub mod tunnel;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,7 +95,7 @@ use appid_policy::Policy;
 use crate::admin::{self, AdminState, Readiness};
 use crate::audit::AuditLog;
 use crate::authority::client::AuthorityClient;
-use crate::config::{IdentitySource, ProxyConfig};
+use crate::config::{IdentitySource, PortSettings, ProxyConfig};
 use crate::identity::verify::{BundleError, PeerRole, TrustBundle, VerifiedPeer};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
@@ -128,6 +129,7 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     pub detect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub http_idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
@@ -168,6 +170,8 @@ pub struct Shared {
     pending: pending::Pending,
     /// Bytes held for peers that have not read them yet.
     pub memory: Arc<memory::MemoryBudget>,
+    /// What the config declares about app ports (`ports:`).
+    ports: BTreeMap<u16, PortSettings>,
     /// Inbound app connections per peer identity (tunnel streams and
     /// `appid/1` connections): at most half of the inbound budget each.
     peer_connections: shares::Shares<String>,
@@ -279,13 +283,25 @@ impl Shared {
         }
     }
 
+    /// What the config declares about app port `port`.
+    fn port(&self, port: u16) -> PortSettings {
+        self.ports.get(&port).copied().unwrap_or_default()
+    }
+
+    /// The idle timeout of an opaque TCP connection to app port `port`.
+    fn tcp_idle_timeout(&self, port: u16) -> Duration {
+        self.port(port)
+            .idle_timeout
+            .unwrap_or(self.limits.idle_timeout)
+    }
+
     /// Limits for an HTTP connection whose local app is on the `app` side.
     fn http_limits(&self, app: http::AppSide) -> http::HttpLimits {
         http::HttpLimits {
             max_header_bytes: self.limits.max_header_bytes,
             // The wait for a request head, including between keep-alive
-            // requests: it is the idle timeout.
-            header_timeout: self.limits.idle_timeout,
+            // requests: it is the HTTP idle timeout.
+            header_timeout: self.limits.http_idle_timeout,
             drain_timeout: self.limits.drain_timeout,
             app,
         }
@@ -429,6 +445,7 @@ pub async fn run_until(
         handshake_timeout: config.limits.handshake_timeout,
         detect_timeout: config.limits.detect_timeout,
         idle_timeout: config.limits.idle_timeout,
+        http_idle_timeout: config.limits.http_idle_timeout,
         connect_timeout: config.limits.connect_timeout,
         max_connections: fd_budget::max_connections(config.limits.max_connections as usize),
         max_header_bytes: config.limits.max_header_bytes as usize,
@@ -531,6 +548,7 @@ pub async fn run_until(
         // the inbound budget.
         pending: pending::Pending::new(limits.max_connections / 8),
         peer_connections: shares::Shares::new(limits.max_connections / 2),
+        ports: config.ports.clone(),
         memory: memory::MemoryBudget::new(
             usize::try_from(config.limits.max_buffer_bytes).unwrap_or(usize::MAX),
         ),

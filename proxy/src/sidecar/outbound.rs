@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, ExternalVerdict, Peer};
-use super::dispatch::{FirstBytes, dispatch};
+use super::dispatch::{self, FirstBytes, Plan, dispatch};
 use super::http::AppSide;
 use super::pool::Dialed;
 use super::{Shared, orig_dst};
@@ -70,7 +71,7 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
                         app,
                         upstream,
                         &[],
-                        shared.limits.idle_timeout,
+                        shared.tcp_idle_timeout(destination.port()),
                         Some(&shared.memory.meter(&format!("external {}", destination.ip()))),
                         std::future::pending(),
                     )
@@ -145,7 +146,6 @@ async fn to_peer(
     app_addr: SocketAddr,
     destination: SocketAddr,
 ) {
-    let limits = shared.limits;
     let Some(Dialed {
         upstream: tls_stream,
         peer,
@@ -164,18 +164,33 @@ async fn to_peer(
     // then authorized per request — a denied request is answered here and
     // never reaches the server; anything else gets one decision before a
     // single app byte moves ([`super::dispatch`]).
-    let first = match detect::detect(&app, limits.detect_timeout, detect::MAX_DETECT_BYTES).await {
-        Detection::Classified { class, .. } => FirstBytes::of(&class),
-        // A server-first protocol, or a late request.
-        Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
-        Detection::ReadTimeout { peeked } => {
-            tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
-            shared
-                .metrics
-                .connection_refused(MetricsDirection::Outbound, "detect_timeout");
-            return;
-        }
-        Detection::Closed | Detection::Error(_) => return,
+    let wait = match dispatch::plan(shared, &authz) {
+        Plan::Opaque => None,
+        Plan::Race => Some(Duration::ZERO),
+        Plan::Detect(wait) => Some(wait),
+    };
+    let first = match wait {
+        None => FirstBytes::Opaque,
+        Some(wait) => match detect::detect(&app, wait, detect::MAX_DETECT_BYTES).await {
+            Detection::Classified { class, .. } => FirstBytes::of(&class),
+            // A server-first protocol, or a late request.
+            Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
+            Detection::ReadTimeout { peeked } if wait.is_zero() => {
+                // Racing: bytes arrived but are not decided yet.
+                tracing::trace!(%app_addr, peeked, "racing with bytes buffered");
+                FirstBytes::Silent
+            }
+            Detection::ReadTimeout { peeked } => {
+                tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
+                shared
+                    .metrics
+                    .connection_refused(MetricsDirection::Outbound, "detect_timeout");
+                return;
+            }
+            // Closed before a byte: an empty TCP stream, still decided.
+            Detection::Closed => FirstBytes::Opaque,
+            Detection::Error(_) => return,
+        },
     };
     dispatch(
         shared,

@@ -373,7 +373,7 @@ async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiate
 
     let streams = StreamCount::new();
     let closed = Arc::new(AtomicBool::new(false));
-    let idle_timeout = shared.limits.idle_timeout;
+    let idle_timeout = shared.limits.http_idle_timeout;
     tokio::spawn({
         let streams = streams.clone();
         let closed = closed.clone();

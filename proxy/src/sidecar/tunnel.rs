@@ -57,7 +57,7 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::memory::Meter;
+use super::memory::{Charge, Meter};
 
 /// Concurrent streams the server allows per connection.
 pub const MAX_STREAMS: u32 = 1000;
@@ -205,11 +205,16 @@ impl<F: Future + Unpin> Future for Coalesce<F> {
 
 /// One app connection carried in one HTTP/2 stream: reads are the peer's
 /// DATA frames, writes become ours, shutdown is END_STREAM. Dropping it
-/// closes like a TCP socket would: END_STREAM after what was written (h2
-/// would otherwise reset the stream and discard queued data), then the
-/// peer's remaining data is read and discarded for at most [`LINGER`].
+/// closes like a TCP socket would: END_STREAM after what was written; if
+/// the peer has not finished its side, what we queued is still written out
+/// (for at most [`LINGER`], while the peer's data is read and discarded),
+/// then the stream is reset (`CANCEL`) — the way a socket closed with
+/// unread data sends RST — so the peer's app learns at once that nobody
+/// reads it any more.
 pub struct TunnelStream {
     halves: Option<(SendStream<Bytes>, RecvStream)>,
+    /// DATA handed to h2 and not yet written out.
+    unflushed: Arc<Unflushed>,
     /// Charges what we queue for the peer to its share of the byte budget
     /// (`None` in tests that need no budget).
     meter: Option<Meter>,
@@ -219,8 +224,60 @@ pub struct TunnelStream {
     counted: Option<StreamGuard>,
 }
 
-/// How long a dropped stream waits for the peer to finish its side.
+/// How long a dropped stream waits for what it queued to be written out.
 pub const LINGER: Duration = Duration::from_secs(5);
+
+/// Counts DATA chunks h2 still holds for one stream (each chunk carries an
+/// [`UnflushedChunk`] that gives its count back when h2 drops it).
+#[derive(Debug, Default)]
+struct Unflushed {
+    chunks: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl Unflushed {
+    fn track(self: &Arc<Self>) -> UnflushedChunk {
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        UnflushedChunk(self.clone())
+    }
+
+    /// Resolves once h2 holds no chunk of ours.
+    async fn flushed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.chunks.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UnflushedChunk(Arc<Unflushed>);
+
+impl Drop for UnflushedChunk {
+    fn drop(&mut self) {
+        if self.0.chunks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.notify.notify_waiters();
+        }
+    }
+}
+
+/// A chunk of DATA as handed to h2, with what it holds until written out.
+struct Queued {
+    data: Vec<u8>,
+    _charge: Option<Charge>,
+    _unflushed: UnflushedChunk,
+}
+
+impl AsRef<[u8]> for Queued {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
 
 impl TunnelStream {
     pub fn new(
@@ -231,6 +288,7 @@ impl TunnelStream {
     ) -> Self {
         TunnelStream {
             halves: Some((send, recv)),
+            unflushed: Arc::default(),
             meter,
             unread: Bytes::new(),
             write_closed: false,
@@ -260,14 +318,26 @@ impl Drop for TunnelStream {
             return;
         };
         let counted = self.counted.take();
+        let unflushed = self.unflushed.clone();
         runtime.spawn(async move {
             let drain = async {
                 while let Some(Ok(data)) = recv.data().await {
                     let _ = recv.flow_control().release_capacity(data.len());
                 }
             };
-            let _ = tokio::time::timeout(LINGER, drain).await;
-            drop((send, counted));
+            // Until the peer finishes too (a clean close), or all we queued
+            // is out; then dropping both halves resets the stream.
+            let _ = tokio::time::timeout(LINGER, async {
+                tokio::select! {
+                    () = drain => {}
+                    () = unflushed.flushed() => {}
+                }
+            })
+            .await;
+            if !recv.is_end_stream() {
+                send.send_reset(h2::Reason::CANCEL);
+            }
+            drop((send, recv, counted));
         });
     }
 }
@@ -346,17 +416,19 @@ impl AsyncWrite for TunnelStream {
                 let wanted = capacity.min(buf.len());
                 // Charged to the byte budget until h2 has written it out: a
                 // peer that does not read makes its own writers wait here.
-                let data = match &mut this.meter {
-                    None => Bytes::copy_from_slice(&buf[..wanted]),
+                let charge = match &mut this.meter {
+                    None => None,
                     Some(meter) => match ready!(meter.poll_charge(cx, wanted)) {
-                        Some(charge) => {
-                            let n = charge.bytes();
-                            charge.attach(Bytes::copy_from_slice(&buf[..n]))
-                        }
+                        Some(charge) => Some(charge),
                         None => return Poll::Ready(Err(io::Error::other("byte budget closed"))),
                     },
                 };
-                let n = data.len();
+                let n = charge.as_ref().map_or(wanted, Charge::bytes);
+                let data = Bytes::from_owner(Queued {
+                    data: buf[..n].to_vec(),
+                    _charge: charge,
+                    _unflushed: this.unflushed.track(),
+                });
                 send.send_data(data, false).map_err(to_io)?;
                 return Poll::Ready(Ok(n));
             }
