@@ -34,10 +34,9 @@
 //! default 100 MiB): when a write takes it past the cap, it is renamed to
 //! `<file>.1` (older ones to `.2` … up to `limits.audit_log_keep`, the
 //! oldest removed) and a new file is started, so a flood of decisions can
-//! fill at most `(keep + 1) × (max_bytes + 64 KiB)` of disk (the cap is
-//! checked after each write, and buffered allow lines go out up to 64 KiB
-//! at once). Rotation happens between writes; a line is never split across
-//! files.
+//! fill at most `(keep + 1) × (max_bytes + one line)` of disk. Rotation
+//! happens between lines (a batch of buffered lines is split at the cap);
+//! a line is never split across files.
 //!
 //! Line format (keys in this order; `method`/`path` only for L7 decisions,
 //! `reason` only when given, on denials and audit-only allows):
@@ -194,14 +193,25 @@ impl State {
                 file,
                 size,
                 rotation,
-            } => file.write_all(&self.pending).and_then(|()| {
-                *size += self.pending.len() as u64;
-                if rotation.is_due(*size) {
-                    *file = rotation.rotate(path)?;
-                    *size = 0;
+            } => {
+                // Whole lines up to the cap go to this file; the file is
+                // rotated there and the rest go to the next one.
+                let mut rest = &self.pending[..];
+                let mut result = Ok(());
+                while !rest.is_empty() && result.is_ok() {
+                    let n = rotation.fits(*size, rest);
+                    result = file.write_all(&rest[..n]).and_then(|()| {
+                        *size += n as u64;
+                        if rotation.is_due(*size) {
+                            *file = rotation.rotate(path)?;
+                            *size = 0;
+                        }
+                        Ok(())
+                    });
+                    rest = &rest[n..];
                 }
-                Ok(())
-            }),
+                result
+            }
             #[cfg(test)]
             Sink::Failing => Err(io::Error::other("disk on fire")),
         };
@@ -374,6 +384,28 @@ impl Rotation {
 
     fn is_due(&self, size: u64) -> bool {
         self.max_bytes > 0 && size >= self.max_bytes
+    }
+
+    /// How many bytes of `lines` (whole lines, at least one) go into a file
+    /// of `size` bytes before it is due.
+    fn fits(&self, size: u64, lines: &[u8]) -> usize {
+        if self.max_bytes == 0 {
+            return lines.len();
+        }
+        let room = self.max_bytes.saturating_sub(size) as usize;
+        let mut end = 0;
+        for (i, byte) in lines.iter().enumerate() {
+            if *byte == b'\n' {
+                if end > 0 && i + 1 > room {
+                    break;
+                }
+                end = i + 1;
+                if end >= room {
+                    break;
+                }
+            }
+        }
+        if end == 0 { lines.len() } else { end }
     }
 
     /// Shifts `<path>.N-1` → `<path>.N` (dropping the oldest), moves the

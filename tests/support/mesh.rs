@@ -88,6 +88,9 @@ pub struct MeshOptions {
     /// `tunnel:` of each sidecar (`None`: the default, pooled).
     pub server_tunnel: Option<&'static str>,
     pub client_tunnel: Option<&'static str>,
+    /// Declares the inbound port (what both sidecars' policies see) with
+    /// this protocol and idle timeout on both sidecars (`ports:`).
+    pub port: Option<(&'static str, Option<&'static str>)>,
 }
 
 impl Default for MeshOptions {
@@ -100,6 +103,7 @@ impl Default for MeshOptions {
             client_limits: Vec::new(),
             server_tunnel: None,
             client_tunnel: None,
+            port: None,
         }
     }
 }
@@ -139,6 +143,9 @@ impl Mesh {
         if let Some(mode) = options.server_tunnel {
             server = server.tunnel(mode);
         }
+        if let Some((protocol, idle)) = options.port {
+            server = server.port(inbound, protocol, idle);
+        }
         let server = server.start().await;
 
         let mut client = env
@@ -149,6 +156,9 @@ impl Mesh {
         }
         if let Some(mode) = options.client_tunnel {
             client = client.tunnel(mode);
+        }
+        if let Some((protocol, idle)) = options.port {
+            client = client.port(inbound, protocol, idle);
         }
         let client = client.start().await;
 

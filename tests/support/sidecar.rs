@@ -26,6 +26,8 @@ pub struct SidecarBuilder {
     outbound: Vec<(u16, Option<SocketAddr>)>,
     limits: Vec<(String, String)>,
     tunnel: Option<String>,
+    /// `ports:` entries, as YAML flow maps.
+    ports: Vec<String>,
 }
 
 impl SidecarBuilder {
@@ -55,7 +57,17 @@ impl SidecarBuilder {
                 ("drain_timeout".into(), "10s".into()),
             ],
             tunnel: None,
+            ports: Vec::new(),
         }
+    }
+
+    /// Declares app port `port` (`ports:`): `protocol` (`tcp`, `http`, …)
+    /// and, if given, its idle timeout.
+    pub fn port(mut self, port: u16, protocol: &str, idle_timeout: Option<&str>) -> Self {
+        let idle = idle_timeout.map_or(String::new(), |t| format!(", idle_timeout: {t}"));
+        self.ports
+            .push(format!("{{ port: {port}, protocol: {protocol}{idle} }}"));
+        self
     }
 
     /// Sets `tunnel:` (`pooled` | `strict`; unset: the default).
@@ -114,6 +126,12 @@ impl SidecarBuilder {
         writeln!(yaml, "workers: 2").unwrap();
         if let Some(mode) = &self.tunnel {
             writeln!(yaml, "tunnel: {mode}").unwrap();
+        }
+        if !self.ports.is_empty() {
+            writeln!(yaml, "ports:").unwrap();
+            for entry in &self.ports {
+                writeln!(yaml, "  - {entry}").unwrap();
+            }
         }
         writeln!(yaml, "limits:").unwrap();
         for (key, value) in &self.limits {

@@ -1,0 +1,497 @@
+//! Protocol fidelity through a sidecar pair, in both tunnel modes (issue
+//! 12): server-first protocols, half-close, aborts, idle timeouts, a late
+//! first request, and real third-party clients and servers (redis).
+//!
+//! ```text
+//! client ──▶ client sidecar ══ mTLS (pooled or strict) ══▶ server sidecar ──▶ app
+//! ```
+//!
+//! Time bounds here are functional, not performance: each one sits far
+//! below the wait it proves is gone (the detection timeout, the 5 s linger,
+//! an idle timeout), so a slow machine does not fail them.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::mesh::{Mesh, MeshOptions, WEB_TO_API};
+use support::sidecar::has;
+
+const MODES: [&str; 2] = ["pooled", "strict"];
+
+/// The detection timeout the pairs run with: long, so that waiting for it
+/// anywhere would show.
+const DETECT_TIMEOUT: &str = "10s";
+
+/// A pair in `mode` in front of `app`, with `policy` on both sides.
+async fn pair(app: SocketAddr, mode: &'static str, policy: &str) -> Mesh {
+    pair_with(app, mode, policy, None, Vec::new()).await
+}
+
+async fn pair_with(
+    app: SocketAddr,
+    mode: &'static str,
+    policy: &str,
+    port: Option<(&'static str, Option<&'static str>)>,
+    limits: Vec<(&'static str, &'static str)>,
+) -> Mesh {
+    let mut all_limits = vec![("detect_timeout", DETECT_TIMEOUT)];
+    all_limits.extend(limits);
+    Mesh::start(
+        app,
+        MeshOptions {
+            server_policy: policy.into(),
+            client_policy: policy.into(),
+            server_limits: all_limits.clone(),
+            client_limits: all_limits,
+            server_tunnel: Some(mode),
+            client_tunnel: Some(mode),
+            port,
+            ..MeshOptions::default()
+        },
+    )
+    .await
+}
+
+/// A server that speaks first: a banner on accept, then echoes lines.
+async fn banner_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if stream.write_all(b"220 banner.test ready\r\n").await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// How long until the first byte arrives on a new connection to `address`.
+async fn first_byte(address: SocketAddr) -> (Duration, Vec<u8>) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+        .await
+        .expect("a banner within 30 s")
+        .unwrap();
+    buf.truncate(n);
+    (started.elapsed(), buf)
+}
+
+/// A banner protocol gets its banner through the pair at once: with no
+/// config when no `http` rule applies to the port, and when one does but
+/// an allow rule says `to.protocol: tcp` (the connection is allowed as TCP
+/// whatever it carries: nothing to detect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_first_protocols_get_their_banner_without_waiting() {
+    let app = banner_server().await;
+    let (direct, _) = first_byte(app).await;
+    let with_http_rule = "\
+version: 1
+default: deny
+rules:
+  - name: web-http
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+  - name: web-tcp
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, protocol: tcp }
+";
+    for mode in MODES {
+        for (what, policy) in [("L4 policy", WEB_TO_API), ("http rule + tcp", with_http_rule)] {
+            let mesh = pair(app, mode, policy).await;
+            let (took, banner) = first_byte(mesh.outbound_addr()).await;
+            eprintln!("{mode}, {what}: banner after {took:?} (direct {direct:?})");
+            assert_eq!(banner, b"220 banner.test ready\r\n", "{}", mesh.context());
+            assert!(
+                took < Duration::from_secs(3),
+                "{mode}, {what}: the banner waited {took:?} (detection timeout {DETECT_TIMEOUT})\n{}",
+                mesh.context()
+            );
+        }
+    }
+}
+
+/// A port declared `tcp` is never waited on, whatever the policy (here a
+/// policy whose only allow rule for the port is `to.protocol: tcp`, next
+/// to an HTTP deny rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_declared_tcp_is_not_detected() {
+    let app = banner_server().await;
+    let policy = "\
+version: 1
+default: deny
+rules:
+  - name: no-admin
+    action: deny
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { paths: [\"/admin/**\"] }
+  - name: web-tcp
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, protocol: tcp }
+";
+    for mode in MODES {
+        let mesh = pair_with(app, mode, policy, Some(("tcp", None)), Vec::new()).await;
+        let (took, banner) = first_byte(mesh.outbound_addr()).await;
+        assert_eq!(banner, b"220 banner.test ready\r\n", "{}", mesh.context());
+        assert!(took < Duration::from_secs(3), "{mode}: {took:?}");
+        let line = mesh
+            .server
+            .wait_audit("the server's decision", |l| has(l, "direction", "inbound"))
+            .await;
+        assert_eq!(line["protocol"], "tcp");
+        assert_eq!(line["rule"], "web-tcp");
+    }
+}
+
+/// A server that reads its client to the end, then answers and closes.
+async fn answer_at_eof_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if stream.read_to_end(&mut got).await.is_ok() {
+                    let answer = format!("got {} bytes\n", got.len());
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `nc -N host port </dev/null`: a client that closes its side before
+/// sending a byte still reaches the server (which answers), and the
+/// connection is decided and audited on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_close_before_the_first_byte_is_proxied() {
+    let app = answer_at_eof_server().await;
+    for mode in MODES {
+        let mesh = pair(app, mode, WEB_TO_API).await;
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer within 30 s")
+            .unwrap();
+        assert_eq!(answer, b"got 0 bytes\n", "{mode}\n{}", mesh.context());
+        for (sidecar, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
+            let line = sidecar
+                .wait_audit("the decision", |l| has(l, "direction", direction))
+                .await;
+            assert_eq!(line["decision"], "allow");
+            assert_eq!(line["protocol"], "tcp");
+        }
+    }
+}
+
+/// A server that streams to its client until a write fails, and records
+/// when that was.
+async fn streaming_server(failed_at: Arc<AtomicU64>, epoch: Instant) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let failed_at = failed_at.clone();
+            tokio::spawn(async move {
+                let chunk = [b'x'; 1024];
+                loop {
+                    if stream.write_all(&chunk).await.is_err() {
+                        failed_at.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client that goes away mid-response is noticed by the app promptly
+/// (its writes fail), in both modes — not after the tunnel's 5 s linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_is_noticed_by_the_app_promptly() {
+    let epoch = Instant::now();
+    let failed_at = Arc::new(AtomicU64::new(0));
+    let app = streaming_server(failed_at.clone(), epoch).await;
+    for mode in MODES {
+        failed_at.store(0, Ordering::SeqCst);
+        let mesh = pair(app, mode, WEB_TO_API).await;
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = 0;
+        while got < 8192 {
+            got += stream.read(&mut buf).await.unwrap();
+        }
+        drop(stream);
+        let closed_at = epoch.elapsed();
+        let noticed = support::poll_until(
+            "the app's write to fail",
+            Duration::from_secs(15),
+            || mesh.context(),
+            || async {
+                let at = failed_at.load(Ordering::SeqCst);
+                (at > 0).then(|| Duration::from_millis(at))
+            },
+        )
+        .await;
+        let after = noticed.saturating_sub(closed_at);
+        eprintln!("{mode}: the app noticed {after:?} after the client closed");
+        assert!(
+            after < Duration::from_millis(2500),
+            "{mode}: the app noticed after {after:?}\n{}",
+            mesh.context()
+        );
+    }
+}
+
+/// Echoes until the client closes.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(message).await?;
+    let mut got = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(got)
+}
+
+/// An idle TCP session outlives the HTTP idle timeout (TCP has its own,
+/// 1 h by default); a port's own `idle_timeout` closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_sessions_idle_out_on_their_own_timeout() {
+    let app = echo_server().await;
+    for mode in MODES {
+        let short_http = vec![("http_idle_timeout", "1s")];
+        let mesh = pair_with(app, mode, WEB_TO_API, None, short_http.clone()).await;
+        let mut session = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        assert_eq!(echo(&mut session, b"ping\n").await.unwrap(), b"ping\n");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            echo(&mut session, b"still there?\n").await.unwrap(),
+            b"still there?\n",
+            "{mode}: an idle TCP session was cut at the HTTP idle timeout\n{}",
+            mesh.context()
+        );
+        drop(mesh);
+
+        let mesh = pair_with(app, mode, WEB_TO_API, Some(("tcp", Some("1s"))), short_http).await;
+        let mut session = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        assert_eq!(echo(&mut session, b"ping\n").await.unwrap(), b"ping\n");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), session.read_to_end(&mut rest));
+        assert!(
+            closed.await.is_ok(),
+            "{mode}: not closed at the port's idle timeout"
+        );
+    }
+}
+
+/// An HTTP client that connects first and sends its request later than the
+/// detection timeout (pre-warmed pools) is served, on a port where an
+/// `http` rule applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_first_request_is_served() {
+    let app = support::apps::HttpApp::start().await;
+    let policy = "\
+version: 1
+default: deny
+rules:
+  - name: web-public
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+";
+    for mode in MODES {
+        let mesh = pair_with(
+            app.addr,
+            mode,
+            policy,
+            None,
+            vec![("detect_timeout", "1s")],
+        )
+        .await;
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stream
+            .write_all(b"GET /public/late HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{mode}: {answer}\n{}",
+            mesh.context()
+        );
+    }
+}
+
+/// A local redis-server, killed on drop.
+struct Redis {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{tool}` is needed for this test: apt-get install -y {package} (.ci/run installs it)"
+    );
+}
+
+async fn redis_server() -> Redis {
+    need("redis-server", "redis-server");
+    let port = support::net::free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let addr = support::net::local(port);
+    let redis = Redis { child, addr };
+    support::poll_until(
+        "redis-server to listen",
+        Duration::from_secs(10),
+        String::new,
+        || async { TcpStream::connect(addr).await.ok().map(|_| ()) },
+    )
+    .await;
+    redis
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// redis-cli through the pair to a real redis-server: commands, a
+/// pipeline of 1 000, and a pub/sub subscriber that gets a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_through_the_pair() {
+    need("redis-cli", "redis-tools");
+    let redis = redis_server().await;
+    for mode in MODES {
+        let mesh = pair(redis.addr, mode, WEB_TO_API).await;
+        let port = mesh.outbound;
+        assert_eq!(redis_cli(port, &["SET", "k", mode]), "OK", "{}", mesh.context());
+        assert_eq!(redis_cli(port, &["GET", "k"]), mode);
+        let pipeline = format!("INCR n{mode}\n").repeat(1000);
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(pipeline.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.contains("errors: 0, replies: 1000"), "{out}");
+        assert_eq!(redis_cli(port, &["GET", &format!("n{mode}")]), "1000");
+
+        // Pub/sub: a long-lived subscriber through the pair.
+        let mut subscriber = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "SUBSCRIBE", "news"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut delivered = String::new();
+        let stdout = subscriber.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut stdout = stdout;
+            let mut buf = [0u8; 4096];
+            let mut all = String::new();
+            while !all.contains("hello") {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            all
+        });
+        support::poll_until(
+            "the subscriber to get the message",
+            Duration::from_secs(15),
+            || mesh.context(),
+            || async {
+                let receivers = redis_cli(port, &["PUBLISH", "news", "hello"]);
+                (receivers == "1").then_some(())
+            },
+        )
+        .await;
+        // The reader ends once it has seen the message.
+        delivered.push_str(&reader.join().unwrap());
+        let _ = subscriber.kill();
+        let _ = subscriber.wait();
+        assert!(delivered.contains("hello"), "{delivered}");
+    }
+}
