@@ -495,3 +495,116 @@ async fn redis_through_the_pair() {
         assert!(delivered.contains("hello"), "{delivered}");
     }
 }
+
+/// A PostgreSQL server of its own (initdb into a temp dir), stopped on drop.
+struct Postgres {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `program` as the `postgres` user when we are root (PostgreSQL
+/// refuses to run as root), else as ourselves.
+fn as_postgres(program: &std::path::Path) -> Command {
+    if rustix::process::geteuid().is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+async fn postgres_server() -> Postgres {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|versions| versions.flatten().map(|v| v.path().join("bin")).max())
+        .filter(|bin| bin.join("initdb").exists());
+    let Some(bin) = bin else {
+        panic!("PostgreSQL is needed for this test: apt-get install -y postgresql (.ci/run installs it)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    if rustix::process::geteuid().is_root() {
+        let uid = Command::new("id").args(["-u", "postgres"]).output().unwrap();
+        let uid: u32 = String::from_utf8_lossy(&uid.stdout).trim().parse().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    }
+    let data = dir.path().join("data");
+    let init = as_postgres(&bin.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+    let port = support::net::free_port();
+    let child = as_postgres(&bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-k")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = support::net::local(port);
+    let server = Postgres {
+        child,
+        addr,
+        _dir: dir,
+    };
+    support::poll_until(
+        "PostgreSQL to listen",
+        Duration::from_secs(30),
+        String::new,
+        || async { TcpStream::connect(addr).await.ok().map(|_| ()) },
+    )
+    .await;
+    server
+}
+
+/// psql through the pair to a real PostgreSQL: a query, and a session that
+/// idles past the HTTP idle timeout (1 s here) between two queries — TCP
+/// sessions idle out on their own timeout (1 h by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_through_the_pair() {
+    need("psql", "postgresql-client");
+    let postgres = postgres_server().await;
+    for mode in MODES {
+        let mesh = pair_with(
+            postgres.addr,
+            mode,
+            WEB_TO_API,
+            None,
+            vec![("http_idle_timeout", "1s")],
+        )
+        .await;
+        let port = mesh.outbound.to_string();
+        let psql = |script: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{script} | psql -X -At -h 127.0.0.1 -p {port} -U postgres -v ON_ERROR_STOP=1"
+                ))
+                .output()
+                .unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (out, err) = psql("echo 'select 40 + 2;'");
+        assert_eq!(out, "42", "{mode}: {err}\n{}", mesh.context());
+        let (out, err) = psql("(echo 'select 1;'; sleep 3; echo 'select 2;')");
+        assert_eq!(out, "1\n2", "{mode}: an idle session was cut: {err}\n{}", mesh.context());
+    }
+}
