@@ -366,3 +366,83 @@ async fn a_peer_that_stops_reading_holds_only_its_share_of_memory() {
     );
     drop(rogue);
 }
+
+// ---------------------------------------------------------------------------
+// Stalled handshakes from many sources.
+
+/// Sources of stalled handshakes: 127.0.0.10 …
+const HANDSHAKE_SOURCES: u8 = 40;
+/// Stalled handshakes per source: more than its share in detection allows
+/// (an eighth of `max_connections: 100`), so each source is at its cap.
+const HANDSHAKES_PER_SOURCE: usize = 15;
+
+/// A ClientHello offering `appid/1`, as a peer sidecar's would start.
+fn mesh_client_hello() -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"appid/1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// Many sources each send a mesh ClientHello and never go on, filling the
+/// inbound budget with handshakes no silent connection can be evicted for:
+/// the longest-stalled handshakes give way, and the mesh is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
+    soak::raise_fd_limit();
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_policy: soak::SERVER_POLICY.into(),
+            server_limits: vec![("max_connections", "100"), ("handshake_timeout", "30s")],
+            client_tunnel: Some("strict"),
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let hello = mesh_client_hello();
+    let mut stalled = Vec::new();
+    for source in 10..10 + HANDSHAKE_SOURCES {
+        for _ in 0..HANDSHAKES_PER_SOURCE {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
+                .unwrap();
+            if let Ok(mut stream) = socket.connect(mesh.inbound_addr()).await {
+                let _ = stream.write_all(&hello).await;
+                stalled.push(stream);
+            }
+        }
+    }
+    // Once they are old enough to give way, the mesh gets through (strict:
+    // a new handshake per request).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..20 {
+        let mut session = support::clients::H1Session::connect(mesh.outbound_addr()).await;
+        let answer = session.get("/v1/orders").await;
+        assert!(
+            matches!(answer, Ok((200, _))),
+            "request {i}: {answer:?}\n{}",
+            mesh.context()
+        );
+    }
+    assert!(
+        mesh.server
+            .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"evicted_handshake\"}")
+            .await
+            > 0.0,
+        "stalled handshakes were evicted\n{}",
+        mesh.context()
+    );
+    drop(stalled);
+}

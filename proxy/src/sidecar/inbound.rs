@@ -155,9 +155,21 @@ async fn from_peer(
     app: SocketAddr,
     anonymous: SourceGuard,
 ) {
+    // Until it proves who it is, a handshake that has been under way for a
+    // while may be evicted for a newcomer when the budget is full.
+    let in_handshake = shared.handshaking();
+    let handshake = async {
+        tokio::select! {
+            accepted = shared.acceptor.accept(ReadAhead::new(stream)) => accepted,
+            () = in_handshake.evicted() => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "handshake evicted for a newcomer",
+            )),
+        }
+    };
     let Some((mut tls_stream, verified)) = shared
         .mesh_handshake(
-            shared.acceptor.accept(ReadAhead::new(stream)),
+            handshake,
             MetricsDirection::Inbound,
             PeerRole::Client,
             peer_addr,
@@ -167,7 +179,7 @@ async fn from_peer(
     else {
         return;
     };
-    drop(anonymous);
+    drop((anonymous, in_handshake));
     if tls_stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_APPID_MUX) {
         shared
             .metrics

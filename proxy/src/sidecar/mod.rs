@@ -189,9 +189,13 @@ impl Shared {
             return Some(permit);
         }
         let slots = self.slots(direction);
-        if direction == MetricsDirection::Inbound && self.pending.evict_oldest(pending::EVICT_AFTER)
-        {
-            self.metrics.connection_refused(direction, "evicted_silent");
+        let evicted = match direction {
+            MetricsDirection::Inbound => self.pending.evict_oldest(),
+            MetricsDirection::Outbound => None,
+        };
+        if let Some(stage) = evicted {
+            self.metrics
+                .connection_refused(direction, stage.eviction_reason());
             let freed = slots.clone().acquire_owned();
             if let Ok(Ok(permit)) = tokio::time::timeout(Duration::from_millis(50), freed).await {
                 return Some(permit);
@@ -216,11 +220,14 @@ impl Shared {
 
     /// Registers an inbound connection entering detection.
     fn detecting(&self) -> pending::PendingGuard {
-        self.pending.enter()
+        self.pending.enter(pending::Stage::Detecting)
     }
 
-    /// Counts an inbound connection from `ip` in detection, or `None`
-    /// (counted) when that source has its share in detection already.
+    /// Registers an inbound connection whose TLS handshake has begun.
+    fn handshaking(&self) -> pending::PendingGuard {
+        self.pending.enter(pending::Stage::Handshaking)
+    }
+
     /// One of the peer's share of inbound app connections, or `None`
     /// (counted) when it holds half of the inbound budget already.
     fn peer_connection(
@@ -243,6 +250,8 @@ impl Shared {
         share
     }
 
+    /// Counts an inbound connection from `ip` in detection, or `None`
+    /// (counted) when that source has its share in detection already.
     fn detecting_from(&self, ip: std::net::IpAddr) -> Option<pending::SourceGuard> {
         let guard = self.pending.source(ip);
         if guard.is_none() {

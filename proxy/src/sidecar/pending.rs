@@ -1,4 +1,5 @@
-//! Connections still in protocol detection, and who gives way when full.
+//! Connections not yet known (in protocol detection or in a TLS handshake),
+//! and who gives way when full.
 //!
 //! Design bias: *a silent stranger yields to a newcomer*. Before detection
 //! a connection is anonymous: it may be a peer sidecar's ClientHello a
@@ -11,9 +12,13 @@
 //! detection at once (beyond: `reason="max_pending_per_source"`), so a
 //! single attacker cannot fill the budget with connections that do send
 //! bytes, or with TLS handshakes it never finishes (a ClientHello counts
-//! against its source until the handshake proves who sent it). Idle
-//! connections then cannot lock the mesh out of a sidecar: they can only
-//! take each other's place. (Per source and only while anonymous: a peer
+//! against its source until the handshake proves who sent it). Many
+//! sources can still send ClientHellos and stall: with no silent
+//! connection left to evict, the handshake under way the longest — at
+//! least [`HANDSHAKE_EVICT_AFTER`] — gives way (`reason="evicted_handshake"`).
+//! Idle connections and stalled handshakes then cannot lock the mesh out of
+//! a sidecar: they can only take each other's place. (Per source and only
+//! while anonymous: a peer
 //! sidecar's connection stops counting once its handshake completes, so
 //! peers behind one NAT address are not limited as a group.)
 
@@ -30,19 +35,51 @@ use super::shares::{ShareGuard, Shares};
 /// How long a connection must have been in detection before it may be
 /// evicted for a newcomer.
 pub const EVICT_AFTER: Duration = Duration::from_millis(200);
+/// How long a TLS handshake must have been under way before it may be
+/// evicted for a newcomer (a real one takes a few round trips).
+pub const HANDSHAKE_EVICT_AFTER: Duration = Duration::from_secs(1);
 
-/// The connections in detection, oldest first, and how many per source.
+/// Where an anonymous connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for its first bytes.
+    Detecting,
+    /// It sent a ClientHello; the handshake has not proved who it is yet.
+    Handshaking,
+}
+
+impl Stage {
+    /// The `reason` label of a connection evicted at this stage.
+    pub fn eviction_reason(self) -> &'static str {
+        match self {
+            Stage::Detecting => "evicted_silent",
+            Stage::Handshaking => "evicted_handshake",
+        }
+    }
+
+    fn evict_after(self) -> Duration {
+        match self {
+            Stage::Detecting => EVICT_AFTER,
+            Stage::Handshaking => HANDSHAKE_EVICT_AFTER,
+        }
+    }
+}
+
+type Queue = Mutex<VecDeque<(Instant, Weak<Notify>)>>;
+
+/// The anonymous connections, oldest first per stage, and how many per
+/// source.
 #[derive(Debug)]
 pub struct Pending {
-    queue: Mutex<VecDeque<(Instant, Weak<Notify>)>>,
+    detecting: Queue,
+    handshaking: Queue,
     sources: Shares<IpAddr>,
 }
 
 /// One source's connection in detection, counted until dropped.
 pub type SourceGuard = ShareGuard<IpAddr>;
 
-/// One connection in detection; dropping it (detection over) leaves the
-/// queue.
+/// One connection in a stage; dropping it (stage over) leaves the queue.
 #[derive(Debug)]
 pub struct PendingGuard(Arc<Notify>);
 
@@ -57,7 +94,8 @@ impl Pending {
     /// At most `per_source` connections in detection per source address.
     pub fn new(per_source: usize) -> Pending {
         Pending {
-            queue: Mutex::new(VecDeque::new()),
+            detecting: Mutex::new(VecDeque::new()),
+            handshaking: Mutex::new(VecDeque::new()),
             sources: Shares::new(per_source),
         }
     }
@@ -68,12 +106,19 @@ impl Pending {
         self.sources.take(&ip)
     }
 
-    /// Registers a connection entering (or still in) detection, at the end
-    /// of the eviction queue.
-    pub fn enter(&self) -> PendingGuard {
+    fn queue(&self, stage: Stage) -> &Queue {
+        match stage {
+            Stage::Detecting => &self.detecting,
+            Stage::Handshaking => &self.handshaking,
+        }
+    }
+
+    /// Registers a connection entering (or still in) `stage`, at the end of
+    /// its eviction queue.
+    pub fn enter(&self, stage: Stage) -> PendingGuard {
         let notify = Arc::new(Notify::new());
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget entries whose detection is over (their guard was dropped).
+        let mut queue = self.queue(stage).lock().unwrap_or_else(|e| e.into_inner());
+        // Forget entries whose stage is over (their guard was dropped).
         while queue.front().is_some_and(|(_, w)| w.strong_count() == 0) {
             queue.pop_front();
         }
@@ -81,10 +126,17 @@ impl Pending {
         PendingGuard(notify)
     }
 
-    /// Evicts the oldest connection still in detection, if it has been
-    /// there at least `older_than`. Returns whether one was.
-    pub fn evict_oldest(&self, older_than: Duration) -> bool {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+    /// Evicts the oldest silent connection in detection for at least
+    /// [`EVICT_AFTER`], else the oldest handshake under way for at least
+    /// [`HANDSHAKE_EVICT_AFTER`]. Returns the stage of the one evicted.
+    pub fn evict_oldest(&self) -> Option<Stage> {
+        [Stage::Detecting, Stage::Handshaking]
+            .into_iter()
+            .find(|stage| self.evict_oldest_in(*stage, stage.evict_after()))
+    }
+
+    fn evict_oldest_in(&self, stage: Stage, older_than: Duration) -> bool {
+        let mut queue = self.queue(stage).lock().unwrap_or_else(|e| e.into_inner());
         while let Some((since, weak)) = queue.front() {
             let Some(notify) = weak.upgrade() else {
                 queue.pop_front();
@@ -109,22 +161,34 @@ mod tests {
     async fn the_oldest_silent_connection_gives_way() {
         tokio::time::pause();
         let pending = Pending::new(10);
-        let first = pending.enter();
-        tokio::time::advance(Duration::from_millis(300)).await;
-        let second = pending.enter();
-        assert!(
-            !pending.evict_oldest(Duration::from_secs(1)),
-            "none old enough"
-        );
-        assert!(pending.evict_oldest(EVICT_AFTER));
+        let first = pending.enter(Stage::Detecting);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert_eq!(pending.evict_oldest(), None, "none old enough");
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let second = pending.enter(Stage::Detecting);
+        assert_eq!(pending.evict_oldest(), Some(Stage::Detecting));
         first.evicted().await; // resolves: it was told
         // The second is too young; a finished one is skipped.
-        assert!(!pending.evict_oldest(EVICT_AFTER));
+        assert_eq!(pending.evict_oldest(), None);
         drop(second);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(
-            !pending.evict_oldest(EVICT_AFTER),
-            "a finished one is not evicted"
-        );
+        assert_eq!(pending.evict_oldest(), None, "a finished one is not evicted");
+    }
+
+    #[tokio::test]
+    async fn silent_connections_give_way_before_handshakes_which_get_longer() {
+        tokio::time::pause();
+        let pending = Pending::new(10);
+        let handshake = pending.enter(Stage::Handshaking);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let silent = pending.enter(Stage::Detecting);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        // Both old enough for detection; the handshake (older) is not yet.
+        assert_eq!(pending.evict_oldest(), Some(Stage::Detecting));
+        silent.evicted().await;
+        assert_eq!(pending.evict_oldest(), None);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(pending.evict_oldest(), Some(Stage::Handshaking));
+        handshake.evicted().await;
     }
 }
