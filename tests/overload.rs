@@ -244,11 +244,13 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
     }
 }
 
-/// Opens `ROGUE_STREAMS` CONNECT streams over one `appid-mux/1` connection
-/// with the identity `cert`, grants the largest windows HTTP/2 allows, asks
-/// each stream's app for [`BULK_BYTES`], and stops reading. Returns what
-/// keeps the connection open.
-async fn rogue_peer(target: std::net::SocketAddr, cert: &support::pki::Cert) -> impl Drop {
+/// A TLS 1.3 connection to `target` with the client certificate `cert`,
+/// offering ALPN `alpn`; the server's certificate is not checked.
+async fn mesh_tls(
+    target: std::net::SocketAddr,
+    cert: &support::pki::Cert,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert)
@@ -263,13 +265,21 @@ async fn rogue_peer(target: std::net::SocketAddr, cert: &support::pki::Cert) -> 
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
         .with_client_auth_cert(chain, key)
         .unwrap();
-    config.alpn_protocols = vec![b"appid-mux/1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(target).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("the rogue peer's handshake");
+        .expect("the mesh handshake")
+}
+
+/// Opens `ROGUE_STREAMS` CONNECT streams over one `appid-mux/1` connection
+/// with the identity `cert`, grants the largest windows HTTP/2 allows, asks
+/// each stream's app for [`BULK_BYTES`], and stops reading. Returns what
+/// keeps the connection open.
+async fn rogue_peer(target: std::net::SocketAddr, cert: &support::pki::Cert) -> impl Drop {
+    let tls = mesh_tls(target, cert, b"appid-mux/1").await;
     let io = StopsReading {
         inner: tls,
         left: ROGUE_READS,
@@ -445,4 +455,44 @@ async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
         mesh.context()
     );
     drop(stalled);
+}
+
+/// A PING flood inside a pooled tunnel, from an authenticated peer, is
+/// closed and counted like one on any HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_inside_a_tunnel_is_closed() {
+    let env = support::mesh::Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
+    let port = net::free_port();
+    let server = env
+        .sidecar("api", &env.api, &policy)
+        .inbound(port, app.addr)
+        .start()
+        .await;
+    let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
+    let mut tls = mesh_tls(net::local(port), &web, b"appid-mux/1").await;
+    let mut flood =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    for i in 0..5_000u64 {
+        flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
+        flood.extend_from_slice(&i.to_be_bytes());
+    }
+    let _ = tls.write_all(&flood).await;
+    // The sidecar's answers, then the end of the connection.
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "the flooding tunnel is still open\n{}", server.context());
+    support::poll_until(
+        "the flood to be counted",
+        Duration::from_secs(10),
+        || server.context(),
+        || async {
+            let floods = server
+                .metric("appid_h2_floods_closed_total{direction=\"inbound\"}")
+                .await;
+            (floods >= 1.0).then_some(())
+        },
+    )
+    .await;
 }
