@@ -18,14 +18,8 @@ mod support;
 use std::time::Duration;
 
 use support::apps::HttpApp;
-use support::mesh::{Mesh, MeshOptions};
 use support::soak::{self, Attack, Report};
 
-const ATTACK: Attack = Attack {
-    idle: 10_000,
-    slowloris: 50,
-    flooders: 4,
-};
 const INTERVAL: Duration = Duration::from_millis(20);
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -42,21 +36,17 @@ fn ms(d: Duration) -> f64 {
 /// Median and (min, max) of `values`.
 fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    (values[values.len() / 2], values[0], values[values.len() - 1])
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
 }
 
 async fn phase(attack: Attack, seconds: u64) -> Report {
     // A fresh pair per phase: nothing one phase left behind weighs on the next.
     let app = HttpApp::start().await;
-    let mesh = Mesh::start(
-        app.addr,
-        MeshOptions {
-            server_policy: soak::SERVER_POLICY.into(),
-            server_limits: vec![("max_connections", "1000"), ("detect_timeout", "1s")],
-            ..MeshOptions::default()
-        },
-    )
-    .await;
+    let mesh = soak::mesh(app.addr).await;
     soak::run(&mesh, attack, Duration::from_secs(seconds), INTERVAL).await
 }
 
@@ -77,7 +67,7 @@ async fn main() {
     let (mut p50_ratios, mut p99_ratios, mut rss_ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let baseline = phase(Attack::NONE, seconds).await;
-        let attacked = phase(ATTACK, seconds).await;
+        let attacked = phase(soak::ATTACK, seconds).await;
         for (name, r) in [("baseline", &baseline), ("attack", &attacked)] {
             println!(
                 "| {round} | {name} | {} | {} | {:.2} | {:.2} | {} |",

@@ -33,15 +33,8 @@ use tokio::net::TcpStream;
 use support::apps::HttpApp;
 use support::mesh::{Mesh, MeshOptions};
 use support::net;
-use support::soak::{self, Attack, rss_kib};
+use support::soak::{self, rss_kib};
 
-/// Idle attacking connections opened: ten times the whole inbound budget
-/// (`max_connections: 1000`).
-const ATTACK: Attack = Attack {
-    idle: 10_000,
-    slowloris: 50,
-    flooders: 4,
-};
 const ATTACK_TIME: Duration = Duration::from_secs(10);
 /// The server sidecar's resident memory must stay under this (KiB).
 const RSS_CEILING_KIB: u64 = 256 * 1024;
@@ -50,17 +43,8 @@ const RSS_CEILING_KIB: u64 = 256 * 1024;
 async fn the_mesh_is_served_while_outsiders_attack() {
     soak::raise_fd_limit();
     let app = HttpApp::start().await;
-    let mesh = Mesh::start(
-        app.addr,
-        MeshOptions {
-            server_policy: soak::SERVER_POLICY.into(),
-            // Small enough that the attackers exceed their share.
-            server_limits: vec![("max_connections", "1000"), ("detect_timeout", "1s")],
-            ..MeshOptions::default()
-        },
-    )
-    .await;
-    let report = soak::run(&mesh, ATTACK, ATTACK_TIME, Duration::from_millis(100)).await;
+    let mesh = soak::mesh(app.addr).await;
+    let report = soak::run(&mesh, soak::ATTACK, ATTACK_TIME, Duration::from_millis(100)).await;
     let served = report.latencies.len();
     eprintln!(
         "served {served} meshed requests (p99 {:?}); {} idle attackers connected; {} flood connections ended; peak RSS {} KiB",
@@ -93,7 +77,10 @@ async fn the_mesh_is_served_while_outsiders_attack() {
     );
     // Only the meshed client's connection(s) reached the app.
     let dialled = app.state.connections.load(Ordering::SeqCst);
-    assert!(dialled <= served as u64, "the app was dialled {dialled} times");
+    assert!(
+        dialled <= served as u64,
+        "the app was dialled {dialled} times"
+    );
     assert!(
         mesh.server
             .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"max_pending_per_source\"}")
@@ -136,7 +123,9 @@ async fn bulk_app() -> std::net::SocketAddr {
                 };
                 if first[..n].starts_with(b"GET") {
                     let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
                         .await;
                     return;
                 }
@@ -346,7 +335,11 @@ async fn a_peer_that_stops_reading_holds_only_its_share_of_memory() {
             .ok()?;
         Some(String::from_utf8_lossy(&answer).into_owned())
     };
-    assert!(ask().await.is_some_and(|a| a.ends_with("ok")), "{}", server.logs());
+    assert!(
+        ask().await.is_some_and(|a| a.ends_with("ok")),
+        "{}",
+        server.logs()
+    );
     let before = rss_kib(server.pid());
 
     let rogue = rogue_peer(net::local(server_port), &web).await;
@@ -482,7 +475,11 @@ async fn a_ping_flood_inside_a_tunnel_is_closed() {
     // The sidecar's answers, then the end of the connection.
     let mut sink = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut sink)).await;
-    assert!(ended.is_ok(), "the flooding tunnel is still open\n{}", server.context());
+    assert!(
+        ended.is_ok(),
+        "the flooding tunnel is still open\n{}",
+        server.context()
+    );
     support::poll_until(
         "the flood to be counted",
         Duration::from_secs(10),

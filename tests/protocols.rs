@@ -68,7 +68,11 @@ async fn banner_server() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                if stream.write_all(b"220 banner.test ready\r\n").await.is_err() {
+                if stream
+                    .write_all(b"220 banner.test ready\r\n")
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let mut buf = [0u8; 1024];
@@ -119,7 +123,10 @@ rules:
     to: { labels.app: api, protocol: tcp }
 ";
     for mode in MODES {
-        for (what, policy) in [("L4 policy", WEB_TO_API), ("http rule + tcp", with_http_rule)] {
+        for (what, policy) in [
+            ("L4 policy", WEB_TO_API),
+            ("http rule + tcp", with_http_rule),
+        ] {
             let mesh = pair(app, mode, policy).await;
             let (took, banner) = first_byte(mesh.outbound_addr()).await;
             eprintln!("{mode}, {what}: banner after {took:?} (direct {direct:?})");
@@ -348,14 +355,7 @@ rules:
     http: { paths: [\"/public/**\"] }
 ";
     for mode in MODES {
-        let mesh = pair_with(
-            app.addr,
-            mode,
-            policy,
-            None,
-            vec![("detect_timeout", "1s")],
-        )
-        .await;
+        let mesh = pair_with(app.addr, mode, policy, None, vec![("detect_timeout", "1s")]).await;
         let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         stream
@@ -441,7 +441,12 @@ async fn redis_through_the_pair() {
     for mode in MODES {
         let mesh = pair(redis.addr, mode, WEB_TO_API).await;
         let port = mesh.outbound;
-        assert_eq!(redis_cli(port, &["SET", "k", mode]), "OK", "{}", mesh.context());
+        assert_eq!(
+            redis_cli(port, &["SET", "k", mode]),
+            "OK",
+            "{}",
+            mesh.context()
+        );
         assert_eq!(redis_cli(port, &["GET", "k"]), mode);
         let pipeline = format!("INCR n{mode}\n").repeat(1000);
         let mut child = Command::new("redis-cli")
@@ -451,7 +456,12 @@ async fn redis_through_the_pair() {
             .spawn()
             .unwrap();
         use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(pipeline.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pipeline.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         let out = String::from_utf8_lossy(&out.stdout);
         assert!(out.contains("errors: 0, replies: 1000"), "{out}");
@@ -459,7 +469,14 @@ async fn redis_through_the_pair() {
 
         // Pub/sub: a long-lived subscriber through the pair.
         let mut subscriber = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "SUBSCRIBE", "news"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "SUBSCRIBE",
+                "news",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -528,11 +545,16 @@ async fn postgres_server() -> Postgres {
         .and_then(|versions| versions.flatten().map(|v| v.path().join("bin")).max())
         .filter(|bin| bin.join("initdb").exists());
     let Some(bin) = bin else {
-        panic!("PostgreSQL is needed for this test: apt-get install -y postgresql (.ci/run installs it)");
+        panic!(
+            "PostgreSQL is needed for this test: apt-get install -y postgresql (.ci/run installs it)"
+        );
     };
     let dir = tempfile::tempdir().unwrap();
     if rustix::process::geteuid().is_root() {
-        let uid = Command::new("id").args(["-u", "postgres"]).output().unwrap();
+        let uid = Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .unwrap();
         let uid: u32 = String::from_utf8_lossy(&uid.stdout).trim().parse().unwrap();
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
     }
@@ -544,7 +566,11 @@ async fn postgres_server() -> Postgres {
         .stdout(Stdio::null())
         .output()
         .unwrap();
-    assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let port = support::net::free_port();
     let child = as_postgres(&bin.join("postgres"))
         .arg("-D")
@@ -605,7 +631,12 @@ async fn postgresql_through_the_pair() {
         let (out, err) = psql("echo 'select 40 + 2;'");
         assert_eq!(out, "42", "{mode}: {err}\n{}", mesh.context());
         let (out, err) = psql("(echo 'select 1;'; sleep 3; echo 'select 2;')");
-        assert_eq!(out, "1\n2", "{mode}: an idle session was cut: {err}\n{}", mesh.context());
+        assert_eq!(
+            out,
+            "1\n2",
+            "{mode}: an idle session was cut: {err}\n{}",
+            mesh.context()
+        );
     }
 }
 
@@ -622,7 +653,9 @@ fn python_with(module: &str, package: &str) -> &'static str {
             return python;
         }
     }
-    panic!("Python module `{module}` is needed: apt-get install -y {package} (.ci/run installs it)");
+    panic!(
+        "Python module `{module}` is needed: apt-get install -y {package} (.ci/run installs it)"
+    );
 }
 
 /// WebSocket with real clients and servers (Python `websockets`) through
@@ -673,13 +706,20 @@ async fn nghttp2_clients_through_the_pair() {
     let app = support::apps::HttpApp::start().await;
     for mode in MODES {
         let mesh = pair(app.addr, mode, WEB_TO_API).await;
-        let urls: Vec<String> = (0..10).map(|i| mesh.url(&format!("/v1/items/{i}"))).collect();
+        let urls: Vec<String> = (0..10)
+            .map(|i| mesh.url(&format!("/v1/items/{i}")))
+            .collect();
         let out = Command::new("nghttp")
             .args(["-n", "--stat"])
             .args(&urls)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{mode}: nghttp: {}\n{}", String::from_utf8_lossy(&out.stderr), mesh.context());
+        assert!(
+            out.status.success(),
+            "{mode}: nghttp: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            mesh.context()
+        );
         let out = Command::new("h2load")
             .args(["-n", "1000", "-c", "4", "-m", "10"])
             .arg(mesh.url("/v1/orders"))
@@ -687,7 +727,8 @@ async fn nghttp2_clients_through_the_pair() {
             .unwrap();
         let report = String::from_utf8_lossy(&out.stdout);
         assert!(
-            report.contains("1000 succeeded, 0 failed, 0 errored") && report.contains("status codes: 1000 2xx"),
+            report.contains("1000 succeeded, 0 failed, 0 errored")
+                && report.contains("status codes: 1000 2xx"),
             "{mode}: {report}\n{}",
             mesh.context()
         );

@@ -14,10 +14,10 @@
 //! secret: file paths yes, file contents never, and credentials embedded in
 //! URLs are redacted.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -913,7 +913,12 @@ impl Cx<'_> {
             let idle_timeout = match &p.value.idle_timeout {
                 None => Some(None),
                 some => self
-                    .duration(some, &format!("{field}.idle_timeout"), Duration::from_secs(3600), false)
+                    .duration(
+                        some,
+                        &format!("{field}.idle_timeout"),
+                        Duration::from_secs(3600),
+                        false,
+                    )
                     .map(Some),
             };
             match (port, protocol, idle_timeout) {
@@ -1553,7 +1558,9 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         let j = c.effective_json();
         assert_eq!(j["ports"][1]["idle_timeout"], "2h");
 
-        let d = one_err(&format!("{MINIMAL}ports:\n  - {{ port: 25, protocol: smtp }}\n"));
+        let d = one_err(&format!(
+            "{MINIMAL}ports:\n  - {{ port: 25, protocol: smtp }}\n"
+        ));
         assert_eq!(d.field, "ports[0].protocol");
         assert!(d.message.contains("tcp, tls, http, http2 or grpc"), "{d}");
         let d = one_err(&format!(

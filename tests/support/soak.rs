@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::clients::H1Session;
-use super::mesh::Mesh;
+use super::mesh::{Mesh, MeshOptions};
 use super::net;
 
 /// The server sidecar's policy: the meshed `web` may call `api`; callers
@@ -44,7 +44,33 @@ rules:
     http: { paths: [\"/public/**\"] }
 ";
 
-/// The attackers, and for how long the legitimate client measures.
+/// The server sidecar's limits: small enough that the attackers exceed
+/// their share (`max_connections: 1000`), a short detection timeout.
+pub const SERVER_LIMITS: [(&str, &str); 2] =
+    [("max_connections", "1000"), ("detect_timeout", "1s")];
+
+/// The attack both the test and the benchmark run: ten thousand idle
+/// connections (ten times the inbound budget), 50 slowloris, 4 floods.
+pub const ATTACK: Attack = Attack {
+    idle: 10_000,
+    slowloris: 50,
+    flooders: 4,
+};
+
+/// A pair in front of `app` whose server sidecar is set up for the soak.
+pub async fn mesh(app: SocketAddr) -> Mesh {
+    Mesh::start(
+        app,
+        MeshOptions {
+            server_policy: SERVER_POLICY.into(),
+            server_limits: SERVER_LIMITS.to_vec(),
+            ..MeshOptions::default()
+        },
+    )
+    .await
+}
+
+/// The attackers.
 #[derive(Debug, Clone, Copy)]
 pub struct Attack {
     pub idle: usize,

@@ -237,7 +237,10 @@ impl Shared {
     ) -> Option<shares::ShareGuard<String>> {
         let share = self.peer_connections.take(&peer_id.to_string());
         if share.is_none() {
-            tracing::info!(peer = peer_id, "refused: the peer holds its share of inbound connections");
+            tracing::info!(
+                peer = peer_id,
+                "refused: the peer holds its share of inbound connections"
+            );
             match what {
                 PeerConnection::TunnelStream => self
                     .metrics
@@ -445,9 +448,11 @@ pub async fn run_until(
         max_bytes: config.limits.audit_log_max_bytes,
         keep: config.limits.audit_log_keep,
     };
-    let audit = AuditLog::open_target(&config.audit_log, rotation).map_err(|error| SidecarError::Audit {
-        path: config.audit_log.display(),
-        error,
+    let audit = AuditLog::open_target(&config.audit_log, rotation).map_err(|error| {
+        SidecarError::Audit {
+            path: config.audit_log.display(),
+            error,
+        }
     })?;
     let metrics = Arc::new(Metrics::new());
     let limits = Limits {

@@ -172,7 +172,11 @@ mod tests {
         assert_eq!(pending.evict_oldest(), None);
         drop(second);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(pending.evict_oldest(), None, "a finished one is not evicted");
+        assert_eq!(
+            pending.evict_oldest(),
+            None,
+            "a finished one is not evicted"
+        );
     }
 
     #[tokio::test]
