@@ -721,8 +721,10 @@ trust_domains: [{TRUST_DOMAIN}]
 policy: policy.yaml
 inbound:
   - listen: "0.0.0.0:{INBOUND_PORT}"
+  - listen: "[::]:{INBOUND_PORT}"
 outbound:
   - listen: "127.0.0.1:{OUTBOUND_PORT}"
+  - listen: "[::1]:{OUTBOUND_PORT}"
 admin: "{ADMIN}"
 audit_log: audit.jsonl
 workers: 2
@@ -1391,6 +1393,46 @@ fn permissive_policies_still_speak_mtls_between_hosts() {
                    "audit_only": false, "peer_id": ids.web.id}),
         );
     }
+}
+
+/// Dual stack: with an IPv4 and an IPv6 listener per direction (IPv6
+/// listeners are IPv6 only), both families are captured, meshed and decided
+/// by AppID.
+#[test]
+fn both_address_families_are_captured_and_meshed() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let topology = Topology::direct(&ids, POLICY);
+    let (a, b) = (&topology.a, &topology.b);
+    a.ns.sh("ip -6 addr add fd77::1/64 dev veth-a nodad");
+    b.ns.sh("ip -6 addr add fd77::2/64 dev veth-b nodad");
+
+    let reply = a.ns.curl(&format!("http://[fd77::2]:{HTTP_PORT}/file"), 10);
+    assert!(
+        reply.is_ok_with(BODY),
+        "web GET /file over IPv6: {reply:?}\n{}",
+        topology.context()
+    );
+    expect_line(
+        &a.audit().pop().expect("an audit line in A"),
+        json!({"direction": "outbound", "decision": "allow", "rule": "web-to-api",
+               "peer_id": ids.api.id, "port": HTTP_PORT, "path": "/file"}),
+    );
+    expect_line(
+        &b.audit().pop().expect("an audit line in B"),
+        json!({"direction": "inbound", "decision": "allow", "rule": "web-to-api",
+               "peer_id": ids.web.id, "port": HTTP_PORT, "path": "/file",
+               "peer_ip": "[fd77::1]"}),
+    );
+    // And IPv4, side by side.
+    let reply = a.ns.curl(&topology.url(), 10);
+    assert!(reply.is_ok_with(BODY), "over IPv4: {reply:?}\n{}", topology.context());
+    expect_line(
+        &b.audit().pop().expect("an audit line in B"),
+        json!({"direction": "inbound", "decision": "allow", "peer_ip": "10.77.0.1"}),
+    );
 }
 
 #[test]

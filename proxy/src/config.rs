@@ -1415,8 +1415,9 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     if x == y {
         return true;
     }
-    let covers =
-        |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4());
+    // IPv6 listeners are IPv6 only (dual stack is two listeners), so a
+    // wildcard covers its own family.
+    let covers = |w: IpAddr, o: IpAddr| w.is_unspecified() && w.is_ipv4() == o.is_ipv4();
     covers(x, y) || covers(y, x)
 }
 
@@ -2022,7 +2023,8 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     fn overlap_rules() {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
-        assert!(overlaps(a("[::]:1"), a("127.0.0.1:1")));
+        assert!(!overlaps(a("[::]:1"), a("127.0.0.1:1")), "dual stack: two listeners");
+        assert!(overlaps(a("[::]:1"), a("[::1]:1")));
         assert!(!overlaps(a("0.0.0.0:1"), a("[::1]:1")));
         assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
         assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));

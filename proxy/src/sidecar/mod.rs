@@ -713,10 +713,27 @@ async fn accept_loop<F, Fut>(
     }
 }
 
+/// Binds a listener. An IPv6 address is IPv6 only (`IPV6_V6ONLY`), so that
+/// `0.0.0.0:p` and `[::]:p` can be listed side by side for dual stack, and
+/// every connection's addresses are of the family it arrived on (policy's
+/// CIDRs and the original-destination lookup need that).
 async fn bind(address: SocketAddr) -> Result<TcpListener, SidecarError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|error| SidecarError::Bind { address, error })
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if address.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().map_err(|error| SidecarError::Bind { address, error })
 }
 
 /// Resolves on SIGTERM or SIGINT.
