@@ -56,7 +56,7 @@ use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::flood::FrameBudget;
@@ -251,6 +251,10 @@ async fn forward(
     }
 
     let request_ends = body.is_end_stream();
+    let response_body = match parts.method {
+        Method::HEAD => ResponseBody::None,
+        _ => ResponseBody::Forwarded,
+    };
     // The app is dialled for the first allowed request, not before.
     let Some(client) = upstream.client().await else {
         send_local(
@@ -282,6 +286,7 @@ async fn forward(
         authorizer,
         started,
         app,
+        response_body,
     };
     exchange.run(response, request_ends).await;
 }
@@ -298,6 +303,17 @@ struct Exchange<'a> {
     authorizer: &'a dyn RequestAuthorizer,
     started: Instant,
     app: AppSide,
+    response_body: ResponseBody,
+}
+
+/// Whether a response has a body to forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseBody {
+    Forwarded,
+    /// A response to `HEAD` ends with its head (RFC 9110 §9.3.2): content
+    /// an app sends anyway is not forwarded (h2 would call it malformed
+    /// and reset the stream, taking the head with it).
+    None,
 }
 
 /// How the request direction (client → upstream) ended.
@@ -351,6 +367,7 @@ impl Exchange<'_> {
                 self.authorizer,
                 self.started,
                 self.app,
+                self.response_body,
             );
             tokio::pin!(request, response);
             loop {
@@ -434,6 +451,7 @@ async fn respond(
     authorizer: &dyn RequestAuthorizer,
     started: Instant,
     app: AppSide,
+    response_body: ResponseBody,
 ) -> ResponseEnd {
     let head = tokio::select! {
         head = response => head,
@@ -459,7 +477,7 @@ async fn respond(
         }
         AppSide::Downstream => Trailers::Pass,
     };
-    let ends = body.is_end_stream();
+    let ends = body.is_end_stream() || response_body == ResponseBody::None;
     let mut to_client = match respond.send_response(Response::from_parts(parts, ()), ends) {
         Ok(stream) => stream,
         Err(error) => return ResponseEnd::ClientGone(PipeError::Sink(error)),
@@ -1032,5 +1050,32 @@ mod tests {
         assert_eq!(grpc.headers()["grpc-status"], "7");
         assert_eq!(grpc.headers()[DENIED_BY_HEADER], "default");
         assert_eq!(body, None, "trailers-only");
+    }
+
+    /// A response to HEAD is its head, even from an app that sends content
+    /// anyway (which h2 calls malformed).
+    #[tokio::test]
+    async fn a_head_response_ends_with_its_head() {
+        let (client, mut app) = start().await;
+        let (response, _stream) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(Request::head("http://app/x").body(()).unwrap(), true)
+            .unwrap();
+        let (_request, mut respond) = within("the request at the app", app.recv()).await.unwrap();
+        let head = Response::builder()
+            .header("content-length", "4")
+            .body(())
+            .unwrap();
+        let mut answering = respond.send_response(head, false).unwrap();
+        answering
+            .send_data(Bytes::from_static(b"body"), true)
+            .unwrap();
+        let response = within("the response head", response)
+            .await
+            .expect("the head, not a reset");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.body().is_end_stream());
     }
 }
