@@ -267,8 +267,17 @@ async fn forward(
         return;
     };
     // Until `send_request` succeeds nothing was handed to the upstream: a
-    // failure here is a 502 (and safe for the client to retry).
-    let sent = match client.ready().await {
+    // failure here is a 502 (and safe for the client to retry). Waiting for
+    // a stream slot (the app's concurrency limit) ends if the client gives
+    // up: the app never hears of the request then.
+    let ready = tokio::select! {
+        ready = client.ready() => ready,
+        reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            tracing::debug!(?reset, "client reset its stream before it went upstream");
+            return;
+        }
+    };
+    let sent = match ready {
         Ok(mut client) => client.send_request(Request::from_parts(parts, ()), request_ends),
         Err(e) => Err(e),
     };
