@@ -14,6 +14,34 @@
 //! requests never carry any); inbound, `x-appid-*` headers in the app's
 //! response heads and trailers are removed.
 //!
+//! # Stream states (RFC 9113 §5.1, §8.1)
+//!
+//! Once a request's head is handed upstream, its stream is an [`Exchange`]
+//! of two directions that end on their own: the request (client → app)
+//! ends in a [`RequestEnd`], the response (app → client) in a
+//! [`ResponseEnd`]. Neither direction's failure is taken for the other's:
+//! - **The response always gets through.** An app may answer before the
+//!   request is complete (a client-streaming gRPC call it finishes early,
+//!   an upload rejected with 413) and then reset the request half with
+//!   `NO_ERROR`. The request direction then just stops, and the response
+//!   (head, DATA, trailers) is still passed on in full. Once it is, the
+//!   exchange is over: the app's stream is reset with `NO_ERROR` if the
+//!   request was still open, and so is the client's (h2 queues that reset
+//!   *after* the response; an explicit reset would drop response frames
+//!   not yet written).
+//! - **A reset is passed on at once, both ways.** Each direction watches
+//!   the side it writes to while it waits for the side it reads, so a
+//!   client's RST_STREAM (a cancelled call) resets the app's stream with
+//!   `CANCEL` whatever the stream is doing, and an app's reset reaches the
+//!   client with the app's reason.
+//! - **`502` only for what the app never got**: no upstream connection, a
+//!   request that could not be sent, or one the app refused unprocessed
+//!   (`REFUSED_STREAM`, or left out by its GOAWAY, §8.7). Once the app may
+//!   have acted on a request, a failure is a reset, never a `502` that
+//!   would invite the client to send it again.
+//! - END_STREAM stays on the DATA frame that carried it, so an app never
+//!   sees a complete request message on a stream that looks unfinished.
+//!
 //! Nothing is dialled before a request is allowed: the upstream connection
 //! (and its HTTP/2 handshake) is made for the first allowed request. A
 //! connection that has carried no stream for the idle timeout gets a GOAWAY,
@@ -24,10 +52,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::ResponseFuture;
 use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
+use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::flood::FrameBudget;
@@ -177,7 +206,7 @@ impl Upstream {
     }
 }
 
-/// One request: authorize, send upstream, pass the response back.
+/// One request: authorize, send upstream, then run the exchange.
 async fn forward(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
@@ -222,6 +251,10 @@ async fn forward(
     }
 
     let request_ends = body.is_end_stream();
+    let response_body = match parts.method {
+        Method::HEAD => ResponseBody::None,
+        _ => ResponseBody::Forwarded,
+    };
     // The app is dialled for the first allowed request, not before.
     let Some(client) = upstream.client().await else {
         send_local(
@@ -233,64 +266,253 @@ async fn forward(
         authorizer.observe(502, started.elapsed());
         return;
     };
-    let sent = match client.ready().await {
+    // Until `send_request` succeeds nothing was handed to the upstream: a
+    // failure here is a 502 (and safe for the client to retry). Waiting for
+    // a stream slot (the app's concurrency limit) ends if the client gives
+    // up: the app never hears of the request then.
+    let ready = tokio::select! {
+        ready = client.ready() => ready,
+        reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            tracing::debug!(?reset, "client reset its stream before it went upstream");
+            return;
+        }
+    };
+    let sent = match ready {
         Ok(mut client) => client.send_request(Request::from_parts(parts, ()), request_ends),
         Err(e) => Err(e),
     };
-    let (response, upstream_body) = match sent {
+    let (response, upstream_request) = match sent {
         Ok(pair) => pair,
         Err(e) => {
             bad_gateway(&mut respond, authorizer, started, &e);
             return;
         }
     };
-
-    let request_body = pipe(body, upstream_body, Trailers::Refuse);
-    let response = async {
-        let response = match response.await {
-            Ok(response) => response,
-            Err(e) => {
-                bad_gateway(&mut respond, authorizer, started, &e);
-                return Err(e);
-            }
-        };
-        authorizer.observe(response.status().as_u16(), started.elapsed());
-        let (mut parts, body) = response.into_parts();
-        let trailers = match app {
-            // The app's response: x-appid-* is not its to set.
-            AppSide::Upstream => {
-                strip_appid_headers(&mut parts.headers);
-                Trailers::StripAppid
-            }
-            AppSide::Downstream => Trailers::Pass,
-        };
-        let ends = body.is_end_stream();
-        let downstream_body = respond.send_response(Response::from_parts(parts, ()), ends)?;
-        if !ends {
-            pipe(body, downstream_body, trailers).await?;
-        }
-        Ok::<(), h2::Error>(())
+    let exchange = Exchange {
+        client_request: body,
+        upstream_request,
+        respond,
+        authorizer,
+        started,
+        app,
+        response_body,
     };
-    tokio::pin!(request_body, response);
-    let mut request_done = request_ends;
-    loop {
-        tokio::select! {
-            sent = &mut request_body, if !request_done => {
-                request_done = true;
-                if let Err(e) = sent {
-                    // The client reset or broke its stream: returning drops
-                    // the upstream stream too (RST_STREAM).
-                    tracing::debug!(error = %e, "request body not forwarded");
-                    return;
+    exchange.run(response, request_ends).await;
+}
+
+/// One stream in flight, once its head went upstream: the two directions
+/// of RFC 9113 §8.1, each with its own end.
+struct Exchange<'a> {
+    /// The client's request body (downstream, receiving).
+    client_request: RecvStream,
+    /// The request as sent to the upstream (upstream, sending).
+    upstream_request: SendStream<Bytes>,
+    /// The client's stream, for the response (downstream, sending).
+    respond: SendResponse<Bytes>,
+    authorizer: &'a dyn RequestAuthorizer,
+    started: Instant,
+    app: AppSide,
+    response_body: ResponseBody,
+}
+
+/// Whether a response has a body to forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseBody {
+    Forwarded,
+    /// A response to `HEAD` ends with its head (RFC 9110 §9.3.2): content
+    /// an app sends anyway is not forwarded (h2 would call it malformed
+    /// and reset the stream, taking the head with it).
+    None,
+}
+
+/// How the request direction (client → upstream) ended.
+#[derive(Debug)]
+enum RequestEnd {
+    /// END_STREAM was passed on: the upstream has the whole request.
+    Complete,
+    /// The upstream stopped taking the request: it reset its stream (with
+    /// `NO_ERROR` after a complete response, as §8.1 allows, or with an
+    /// error the response direction reports). The rest of the body is not
+    /// forwarded; the response still is.
+    UpstreamStopped,
+    /// The client reset or broke its stream: nobody is left to answer, and
+    /// the upstream must learn at once (RST_STREAM `CANCEL`).
+    ClientAborted(h2::Error),
+    /// The client sent request trailers: both streams are reset.
+    TrailersRefused,
+}
+
+/// How the response direction (upstream → client) ended.
+#[derive(Debug)]
+enum ResponseEnd {
+    /// END_STREAM was passed on: the client has the whole response.
+    Complete,
+    /// The upstream never processed the request (it refused the stream, or
+    /// a GOAWAY left it out): answered `502`, which is safe to retry.
+    NotProcessed,
+    /// The upstream reset or lost the stream after taking the request: the
+    /// client's stream is reset with the same reason (`INTERNAL_ERROR` when
+    /// there is none, e.g. the connection broke). Never a `502`: the app
+    /// may have acted on the request.
+    UpstreamFailed(Reason, h2::Error),
+    /// The client reset its stream: the upstream's is reset with `CANCEL`.
+    ClientGone(PipeError),
+}
+
+impl Exchange<'_> {
+    /// Runs both directions until the exchange is over, then closes what
+    /// is still open the way §8.1 says.
+    async fn run(mut self, response: ResponseFuture, request_ends: bool) {
+        let mut request_end = request_ends.then_some(RequestEnd::Complete);
+        let response_end = {
+            let request = pipe(
+                &mut self.client_request,
+                &mut self.upstream_request,
+                Trailers::Refuse,
+            );
+            let response = respond(
+                response,
+                &mut self.respond,
+                self.authorizer,
+                self.started,
+                self.app,
+                self.response_body,
+            );
+            tokio::pin!(request, response);
+            loop {
+                tokio::select! {
+                    // Biased: once the response has ended, a request error
+                    // that raced with it must not be what decides.
+                    biased;
+                    end = &mut response => break Some(end),
+                    piped = &mut request, if request_end.is_none() => {
+                        let end = RequestEnd::of(piped);
+                        let over = matches!(end, RequestEnd::ClientAborted(_) | RequestEnd::TrailersRefused);
+                        tracing::debug!(?end, "request direction ended");
+                        request_end = Some(end);
+                        if over {
+                            break None;
+                        }
+                    }
                 }
             }
-            answered = &mut response => {
-                if let Err(e) = answered {
-                    tracing::debug!(error = %e, "response not forwarded");
+        };
+        self.close(request_end, response_end);
+    }
+
+    /// What is left to say once either direction decided the exchange.
+    fn close(mut self, request_end: Option<RequestEnd>, response_end: Option<ResponseEnd>) {
+        match (request_end, response_end) {
+            (Some(RequestEnd::ClientAborted(error)), _) => {
+                tracing::debug!(%error, "client abandoned its stream: upstream reset (CANCEL)");
+                self.upstream_request.send_reset(Reason::CANCEL);
+            }
+            (Some(RequestEnd::TrailersRefused), _) => {
+                tracing::debug!("request trailers refused: both streams reset");
+                self.upstream_request.send_reset(Reason::PROTOCOL_ERROR);
+                self.respond.send_reset(Reason::PROTOCOL_ERROR);
+            }
+            (request_end, Some(ResponseEnd::Complete | ResponseEnd::NotProcessed)) => {
+                if !matches!(request_end, Some(RequestEnd::Complete)) {
+                    // §8.1: a complete response ends the exchange. The app
+                    // gets no more of the request (NO_ERROR: nothing went
+                    // wrong); the client gets RST_STREAM(NO_ERROR) from h2
+                    // when `self` drops below, queued *after* the response.
+                    // (An explicit `respond.send_reset` would discard
+                    // response frames not yet written.)
+                    self.upstream_request.send_reset(Reason::NO_ERROR);
                 }
-                return;
+            }
+            (_, Some(ResponseEnd::UpstreamFailed(reason, error))) => {
+                tracing::debug!(%error, ?reason, "upstream reset or lost the stream: client reset");
+                self.respond.send_reset(reason);
+            }
+            (_, Some(ResponseEnd::ClientGone(error))) => {
+                tracing::debug!(%error, "client reset its stream: upstream reset (CANCEL)");
+                self.upstream_request.send_reset(Reason::CANCEL);
+            }
+            // The loop above breaks without a response end only when the
+            // request direction ended the exchange (matched first).
+            (_, None) => {}
+        }
+    }
+}
+
+impl RequestEnd {
+    fn of(piped: Result<(), PipeError>) -> RequestEnd {
+        match piped {
+            Ok(()) => RequestEnd::Complete,
+            Err(PipeError::TrailersRefused) => RequestEnd::TrailersRefused,
+            Err(PipeError::Source(error)) => RequestEnd::ClientAborted(error),
+            Err(stopped @ (PipeError::SinkReset(_) | PipeError::Sink(_))) => {
+                tracing::debug!(%stopped, "upstream stopped taking the request body");
+                RequestEnd::UpstreamStopped
             }
         }
+    }
+}
+
+/// The response direction: waits for the upstream's head (watching for a
+/// client reset meanwhile), sends it on and pipes the body and trailers.
+async fn respond(
+    response: ResponseFuture,
+    respond: &mut SendResponse<Bytes>,
+    authorizer: &dyn RequestAuthorizer,
+    started: Instant,
+    app: AppSide,
+    response_body: ResponseBody,
+) -> ResponseEnd {
+    let head = tokio::select! {
+        head = response => head,
+        reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            return ResponseEnd::ClientGone(PipeError::reset(reset));
+        }
+    };
+    let response = match head {
+        Ok(response) => response,
+        Err(error) if never_processed(&error) => {
+            bad_gateway(respond, authorizer, started, &error);
+            return ResponseEnd::NotProcessed;
+        }
+        Err(error) => return ResponseEnd::UpstreamFailed(reset_reason(&error), error),
+    };
+    authorizer.observe(response.status().as_u16(), started.elapsed());
+    let (mut parts, mut body) = response.into_parts();
+    let trailers = match app {
+        // The app's response: x-appid-* is not its to set.
+        AppSide::Upstream => {
+            strip_appid_headers(&mut parts.headers);
+            Trailers::StripAppid
+        }
+        AppSide::Downstream => Trailers::Pass,
+    };
+    let ends = body.is_end_stream() || response_body == ResponseBody::None;
+    let mut to_client = match respond.send_response(Response::from_parts(parts, ()), ends) {
+        Ok(stream) => stream,
+        Err(error) => return ResponseEnd::ClientGone(PipeError::Sink(error)),
+    };
+    if ends {
+        return ResponseEnd::Complete;
+    }
+    match pipe(&mut body, &mut to_client, trailers).await {
+        Ok(()) => ResponseEnd::Complete,
+        Err(PipeError::Source(error)) => ResponseEnd::UpstreamFailed(reset_reason(&error), error),
+        Err(gone) => ResponseEnd::ClientGone(gone),
+    }
+}
+
+/// Whether an error on a stream whose head was queued upstream shows that
+/// the upstream never processed it (RFC 9113 §8.7): it refused the stream,
+/// or its GOAWAY's last stream ID left this one out.
+fn never_processed(error: &h2::Error) -> bool {
+    error.is_remote() && (error.is_go_away() || error.reason() == Some(Reason::REFUSED_STREAM))
+}
+
+/// The reason to reset the client's stream with when the upstream's failed.
+fn reset_reason(error: &h2::Error) -> Reason {
+    match error.reason() {
+        Some(reason) if error.is_reset() => reason,
+        _ => Reason::INTERNAL_ERROR,
     }
 }
 
@@ -301,55 +523,124 @@ enum Trailers {
     Pass,
     /// Pass them on without `x-appid-*` (responses from the local app).
     StripAppid,
-    /// Reset both streams (requests: trailers could carry headers past the
+    /// Refuse them (requests: trailers could carry headers past the
     /// authorizer, and gRPC requests never have any).
     Refuse,
 }
 
+/// Why [`pipe`] stopped before passing END_STREAM on.
+#[derive(Debug, thiserror::Error)]
+enum PipeError {
+    /// The sending side reset or broke its stream.
+    #[error("reading: {0}")]
+    Source(h2::Error),
+    /// The receiving side reset its stream (with this reason).
+    #[error("the receiving side reset its stream ({0:?})")]
+    SinkReset(Reason),
+    /// The receiving side's stream cannot be written any more.
+    #[error("writing: {0}")]
+    Sink(h2::Error),
+    /// Trailers, with [`Trailers::Refuse`].
+    #[error("request trailers refused")]
+    TrailersRefused,
+}
+
+impl PipeError {
+    /// From the outcome of `poll_reset` on the receiving side.
+    fn reset(polled: Result<Reason, h2::Error>) -> PipeError {
+        match polled {
+            Ok(reason) => PipeError::SinkReset(reason),
+            Err(error) => PipeError::Sink(error),
+        }
+    }
+}
+
 /// Passes DATA frames and trailers from `from` to `to`, handing each
-/// frame's window back to the sender once `to` has taken it.
+/// frame's window back to the sender once `to` has taken it. END_STREAM
+/// stays on the frame that carried it (a request's last message and its
+/// end arrive together, so the app never answers a request it sees as
+/// unfinished). Returns as soon as `to` is reset, even while waiting for
+/// `from`.
 async fn pipe(
-    mut from: RecvStream,
-    mut to: SendStream<Bytes>,
+    from: &mut RecvStream,
+    to: &mut SendStream<Bytes>,
     trailers: Trailers,
-) -> Result<(), h2::Error> {
+) -> Result<(), PipeError> {
     if from.is_end_stream() {
         return Ok(());
     }
-    while let Some(frame) = from.data().await {
-        let mut frame = frame?;
+    loop {
+        let frame = tokio::select! {
+            frame = from.data() => frame,
+            reset = std::future::poll_fn(|cx| to.poll_reset(cx)) => {
+                return Err(PipeError::reset(reset));
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(PipeError::Source)?;
         let taken = frame.len();
-        while !frame.is_empty() {
-            to.reserve_capacity(frame.len());
-            let capacity = loop {
-                let capacity = to.capacity();
-                if capacity > 0 {
-                    break capacity;
-                }
-                match std::future::poll_fn(|cx| to.poll_capacity(cx)).await {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(h2::Error::from(h2::Reason::CANCEL)),
-                }
-            };
-            let part = frame.split_to(capacity.min(frame.len()));
-            to.send_data(part, false)?;
-        }
+        // Nothing (no trailers) follows this frame: it ends the stream.
+        let ends = from.is_end_stream();
+        send_frame(to, frame, ends).await?;
         let _ = from.flow_control().release_capacity(taken);
-    }
-    match (from.trailers().await?, trailers) {
-        (None, _) => to.send_data(Bytes::new(), true),
-        (Some(_), Trailers::Refuse) => {
-            tracing::debug!("request trailers refused: stream reset");
-            to.send_reset(h2::Reason::PROTOCOL_ERROR);
-            Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR))
+        if ends {
+            return Ok(());
         }
+    }
+    let fields = tokio::select! {
+        fields = from.trailers() => fields.map_err(PipeError::Source)?,
+        reset = std::future::poll_fn(|cx| to.poll_reset(cx)) => {
+            return Err(PipeError::reset(reset));
+        }
+    };
+    let sent = match (fields, trailers) {
+        (None, _) => to.send_data(Bytes::new(), true),
+        (Some(_), Trailers::Refuse) => return Err(PipeError::TrailersRefused),
         (Some(mut fields), Trailers::StripAppid) => {
             strip_appid_headers(&mut fields);
             to.send_trailers(fields)
         }
         (Some(fields), Trailers::Pass) => to.send_trailers(fields),
+    };
+    sent.map_err(PipeError::Sink)
+}
+
+/// Sends one DATA frame's payload on `to`, in parts as `to`'s window
+/// allows; the last part carries END_STREAM if `ends`.
+async fn send_frame(
+    to: &mut SendStream<Bytes>,
+    mut frame: Bytes,
+    ends: bool,
+) -> Result<(), PipeError> {
+    if frame.is_empty() {
+        // An empty DATA frame only matters for its END_STREAM.
+        if ends {
+            to.send_data(frame, true).map_err(PipeError::Sink)?;
+        }
+        return Ok(());
     }
+    while !frame.is_empty() {
+        to.reserve_capacity(frame.len());
+        let capacity = loop {
+            let capacity = to.capacity();
+            if capacity > 0 {
+                break capacity;
+            }
+            match std::future::poll_fn(|cx| to.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(PipeError::Sink(e)),
+                // No longer open for sending: it was reset.
+                None => {
+                    let reset = std::future::poll_fn(|cx| to.poll_reset(cx)).await;
+                    return Err(PipeError::reset(reset));
+                }
+            }
+        };
+        let part = frame.split_to(capacity.min(frame.len()));
+        to.send_data(part, ends && frame.is_empty())
+            .map_err(PipeError::Sink)?;
+    }
+    Ok(())
 }
 
 /// The head of the local answer to a denied request (and its body, if
@@ -445,6 +736,305 @@ fn send(respond: &mut SendResponse<Bytes>, head: Response<()>, body: Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sidecar::http::{RequestFacts, RequestVerdict};
+    use tokio::io::DuplexStream;
+    use tokio::sync::mpsc;
+
+    /// Every request is allowed (authorization is not what these test).
+    struct AllowAll;
+
+    impl RequestAuthorizer for AllowAll {
+        fn authorize(&self, _request: &RequestFacts<'_>) -> RequestVerdict {
+            RequestVerdict::Allow
+        }
+    }
+
+    /// A request as the app got it, and its answer handle.
+    type AppRequest = (Request<RecvStream>, SendResponse<Bytes>);
+
+    /// Guards against a hang (a broken proxy never answers); never an
+    /// assertion about speed.
+    const HANG: Duration = Duration::from_secs(20);
+
+    async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(HANG, future)
+            .await
+            .unwrap_or_else(|_| panic!("still waiting after {HANG:?} for {what}"))
+    }
+
+    /// client ──h2── [`proxy`] ──h2── app, in memory: the client's request
+    /// handle and the requests the app receives (its connection is driven
+    /// in the background).
+    async fn start() -> (
+        h2::client::SendRequest<Bytes>,
+        mpsc::UnboundedReceiver<AppRequest>,
+    ) {
+        let (client_io, downstream) = tokio::io::duplex(1 << 16);
+        let (upstream, app_io) = tokio::io::duplex(1 << 16);
+        let limits = HttpLimits {
+            max_header_bytes: 16 * 1024,
+            header_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            app: AppSide::Upstream,
+        };
+        tokio::spawn(proxy(
+            downstream,
+            upstream,
+            Arc::new(AllowAll),
+            None,
+            limits,
+            std::future::pending(),
+        ));
+        let (requests, received) = mpsc::unbounded_channel();
+        tokio::spawn(serve_app(app_io, requests));
+        let (client, connection) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(connection);
+        (client, received)
+    }
+
+    async fn serve_app(io: DuplexStream, requests: mpsc::UnboundedSender<AppRequest>) {
+        let Ok(mut connection) = h2::server::handshake(io).await else {
+            return;
+        };
+        while let Some(Ok(request)) = connection.accept().await {
+            let _ = requests.send(request);
+        }
+    }
+
+    fn grpc_request() -> Request<()> {
+        Request::post("http://app/appid.test.Grpc/Upload")
+            .header(CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    }
+
+    fn grpc_response() -> Response<()> {
+        Response::builder()
+            .header(CONTENT_TYPE, "application/grpc")
+            .body(())
+            .unwrap()
+    }
+
+    /// Reads a whole body, releasing its window as it goes.
+    async fn read_body(body: &mut RecvStream) -> Result<Vec<u8>, h2::Error> {
+        let mut all = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all)
+    }
+
+    /// The gRPC pattern that was CANCELLED: the server answers (head,
+    /// DATA, trailers, then RST_STREAM(NO_ERROR) as h2 and gRPC servers
+    /// do) after the first message while the client is still sending.
+    #[tokio::test]
+    async fn a_response_completed_before_the_request_reaches_the_client() {
+        let (client, mut app) = start().await;
+        let (response, mut upload) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(grpc_request(), false)
+            .unwrap();
+        upload
+            .send_data(Bytes::from_static(b"first"), false)
+            .unwrap();
+
+        let (request, mut respond) = within("the request at the app", app.recv()).await.unwrap();
+        let mut received = request.into_body();
+        let first = within("the first message", received.data())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first[..], b"first");
+        // More than the client's window (64 KiB): the proxy must still be
+        // handing the response on when the client's next DATA arrives.
+        let answer = Bytes::from(vec![7u8; 256 * 1024]);
+        let mut answering = respond.send_response(grpc_response(), false).unwrap();
+        answering.send_data(answer.clone(), false).unwrap();
+        let mut status = http::HeaderMap::new();
+        status.insert("grpc-status", HeaderValue::from_static("0"));
+        answering.send_trailers(status).unwrap();
+        // Done with the stream: h2 sends RST_STREAM(NO_ERROR) after the
+        // response (the request is still open).
+        drop((received, respond, answering));
+
+        let response = within("the response head", response).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // The client goes on sending; whether the proxy still takes it
+        // does not matter, the response must not suffer.
+        for _ in 0..16 {
+            if upload
+                .send_data(Bytes::from(vec![1u8; 1024]), false)
+                .is_err()
+            {
+                break;
+            }
+        }
+        let mut body = response.into_body();
+        let got = within("the response body", read_body(&mut body))
+            .await
+            .expect("the whole response body, no reset");
+        assert_eq!(got.len(), answer.len());
+        let trailers = within("the trailers", body.trailers())
+            .await
+            .expect("trailers, no reset")
+            .expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    /// An app that answers an upload without reading it: the client gets
+    /// the answer (not a reset, not a 502), and the app gets
+    /// RST_STREAM(NO_ERROR) for the rest of the request (RFC 9113 §8.1).
+    /// Some rounds the app keeps its side open, some it drops it at once
+    /// (then h2 resets with NO_ERROR itself, racing the response).
+    #[tokio::test]
+    async fn an_app_that_does_not_read_the_body_still_answers() {
+        let (client, mut app) = start().await;
+        for round in 0..10 {
+            let app_keeps_the_stream = round % 2 == 0;
+            let (response, upload) = client
+                .clone()
+                .ready()
+                .await
+                .unwrap()
+                .send_request(Request::post("http://app/upload").body(()).unwrap(), false)
+                .unwrap();
+            tokio::spawn(upload_forever(upload));
+
+            let (request, mut respond) =
+                within("the request at the app", app.recv()).await.unwrap();
+            let mut answering = respond
+                .send_response(Response::builder().status(413).body(()).unwrap(), false)
+                .unwrap();
+            answering
+                .send_data(Bytes::from_static(b"too large"), true)
+                .unwrap();
+            if app_keeps_the_stream {
+                let reason = within(
+                    "the proxy's reset of the request",
+                    std::future::poll_fn(|cx| respond.poll_reset(cx)),
+                )
+                .await
+                .expect("a reset");
+                assert_eq!(reason, Reason::NO_ERROR, "round {round}");
+            }
+            drop((request, respond, answering));
+
+            let response = within("the response head", response).await.unwrap();
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let mut body = response.into_body();
+            let got = within("the response body", read_body(&mut body))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: the response was reset: {e}"));
+            assert_eq!(got, b"too large", "round {round}");
+        }
+    }
+
+    /// Sends DATA as fast as the windows allow until the stream is closed.
+    async fn upload_forever(mut upload: SendStream<Bytes>) {
+        loop {
+            upload.reserve_capacity(64 * 1024);
+            match std::future::poll_fn(|cx| upload.poll_capacity(cx)).await {
+                Some(Ok(n)) if n > 0 => {
+                    if upload.send_data(Bytes::from(vec![0u8; n]), false).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// A client's RST_STREAM reaches the app at once: while the app has
+    /// not answered yet, and while it streams its response.
+    #[tokio::test]
+    async fn a_client_reset_reaches_the_app() {
+        let (client, mut app) = start().await;
+
+        // Before the response head (the request itself is complete).
+        let (_response, mut stream) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(grpc_request(), false)
+            .unwrap();
+        stream.send_data(Bytes::from_static(b"call"), true).unwrap();
+        let (_request, mut respond) = within("the request at the app", app.recv()).await.unwrap();
+        stream.send_reset(Reason::CANCEL);
+        let reason = within(
+            "the reset at the app",
+            std::future::poll_fn(|cx| respond.poll_reset(cx)),
+        )
+        .await
+        .expect("a reset");
+        assert_eq!(reason, Reason::CANCEL);
+
+        // While the response streams (a server-streaming call).
+        let (response, mut stream) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(grpc_request(), false)
+            .unwrap();
+        stream.send_data(Bytes::from_static(b"call"), true).unwrap();
+        let (_request, mut respond) = within("the request at the app", app.recv()).await.unwrap();
+        let mut answering = respond.send_response(grpc_response(), false).unwrap();
+        answering
+            .send_data(Bytes::from_static(b"message 1"), false)
+            .unwrap();
+        let mut body = within("the response head", response)
+            .await
+            .unwrap()
+            .into_body();
+        within("the first message", body.data())
+            .await
+            .unwrap()
+            .unwrap();
+        stream.send_reset(Reason::CANCEL);
+        let reason = within(
+            "the reset at the app",
+            std::future::poll_fn(|cx| answering.poll_reset(cx)),
+        )
+        .await
+        .expect("a reset");
+        assert_eq!(reason, Reason::CANCEL);
+    }
+
+    /// The app resetting a stream it took is passed on as that reset (the
+    /// app may have acted: a 502 would invite a retry); only a stream it
+    /// refused unprocessed is a 502.
+    #[tokio::test]
+    async fn an_app_reset_is_passed_on_and_only_a_refusal_is_a_502() {
+        let (client, mut app) = start().await;
+        for (reset, expected) in [
+            (Reason::CANCEL, Err(Reason::CANCEL)),
+            (Reason::INTERNAL_ERROR, Err(Reason::INTERNAL_ERROR)),
+            (Reason::REFUSED_STREAM, Ok(StatusCode::BAD_GATEWAY)),
+        ] {
+            let (response, mut stream) = client
+                .clone()
+                .ready()
+                .await
+                .unwrap()
+                .send_request(grpc_request(), false)
+                .unwrap();
+            stream.send_data(Bytes::from_static(b"call"), true).unwrap();
+            let (_request, mut respond) =
+                within("the request at the app", app.recv()).await.unwrap();
+            respond.send_reset(reset);
+            let got = within("the answer", response)
+                .await
+                .map(|response| response.status())
+                .map_err(|e| e.reason().expect("a reset"));
+            assert_eq!(got, expected, "the app reset with {reset:?}");
+        }
+    }
 
     #[test]
     fn strips_only_appid_headers() {
@@ -469,5 +1059,32 @@ mod tests {
         assert_eq!(grpc.headers()["grpc-status"], "7");
         assert_eq!(grpc.headers()[DENIED_BY_HEADER], "default");
         assert_eq!(body, None, "trailers-only");
+    }
+
+    /// A response to HEAD is its head, even from an app that sends content
+    /// anyway (which h2 calls malformed).
+    #[tokio::test]
+    async fn a_head_response_ends_with_its_head() {
+        let (client, mut app) = start().await;
+        let (response, _stream) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(Request::head("http://app/x").body(()).unwrap(), true)
+            .unwrap();
+        let (_request, mut respond) = within("the request at the app", app.recv()).await.unwrap();
+        let head = Response::builder()
+            .header("content-length", "4")
+            .body(())
+            .unwrap();
+        let mut answering = respond.send_response(head, false).unwrap();
+        answering
+            .send_data(Bytes::from_static(b"body"), true)
+            .unwrap();
+        let response = within("the response head", response)
+            .await
+            .expect("the head, not a reset");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.body().is_end_stream());
     }
 }
