@@ -67,29 +67,10 @@ impl Tunnel {
     }
 }
 
-/// A Python interpreter that has the `grpc` module: `python3` from the
-/// PATH, else the system one (a pyenv or venv `python3` may shadow the
-/// Debian package). Panics, saying what to install, if neither has it.
+/// A Python interpreter that has the `grpc` module.
 fn python() -> &'static str {
     static PYTHON: OnceLock<&'static str> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        ["python3", "/usr/bin/python3"]
-            .into_iter()
-            .find(|python| {
-                Command::new(python)
-                    .args(["-c", "import grpc"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|status| status.success())
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "python3 cannot `import grpc`: these tests drive real gRPC clients and \
-                     servers; run `apt-get install python3-grpcio` (CI installs it)"
-                )
-            })
-    })
+    PYTHON.get_or_init(|| support::python_with("grpc", "python3-grpcio"))
 }
 
 /// `tests/grpc/server.py`, killed on drop.

@@ -493,3 +493,80 @@ async fn a_ping_flood_inside_a_tunnel_is_closed() {
     )
     .await;
 }
+
+/// Streams the HTTP/2 client opens and never reads.
+const UNREAD_STREAMS: usize = 60;
+
+/// A plaintext HTTP/2 client from outside the mesh that opens
+/// [`UNREAD_STREAMS`] streams for 4 MiB responses, grants the largest
+/// windows and stops reading holds only its address's share of the byte
+/// budget (here 4 MiB of 32): the sidecar stops taking the app's response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_policy: soak::SERVER_POLICY.into(),
+            // 32 MiB: an address's share is 4 MiB.
+            server_limits: vec![("max_buffer_bytes", "33554432")],
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let server = &mesh.server;
+    let before = rss_kib(server.pid());
+    let tcp = TcpStream::connect(mesh.inbound_addr()).await.unwrap();
+    let io = StopsReading {
+        inner: tcp,
+        left: ROGUE_READS,
+    };
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(i32::MAX as u32)
+        .initial_connection_window_size(i32::MAX as u32)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for _ in 0..UNREAD_STREAMS {
+        let mut sender = sender.clone().ready().await.unwrap();
+        let request = http::Request::get("http://api.test/public/big")
+            .body(())
+            .unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        streams.push(response);
+    }
+    let mut peak = before;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_kib(server.pid()));
+    }
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "server RSS {before} KiB before, peak {peak} KiB with {UNREAD_STREAMS} unread HTTP/2 streams"
+    );
+    assert!(
+        app.state.requests.load(Ordering::SeqCst) > 0,
+        "the requests reached the app\n{}",
+        mesh.context()
+    );
+    // What the app could hand over is what the sidecar took: its window
+    // on the app's connection (4 MiB), the client's share of the budget
+    // (4 MiB), and what the kernel buffers towards the client. Without the
+    // budget, 400 KiB more per stream (h2's send buffer).
+    let sent = app.state.big_bytes_sent.load(Ordering::SeqCst);
+    eprintln!("the app handed over {} KiB", sent / 1024);
+    assert!(
+        sent < (UNREAD_STREAMS as u64) * 400 * 1024 / 2 + (16 << 20),
+        "one client made the sidecar take {} KiB from the app\n{}",
+        sent / 1024,
+        mesh.context()
+    );
+    assert!(
+        growth < 64 * 1024,
+        "one client grew the sidecar by {growth} KiB\n{}",
+        mesh.context()
+    );
+    driver.abort();
+}

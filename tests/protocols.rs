@@ -640,30 +640,12 @@ async fn postgresql_through_the_pair() {
     }
 }
 
-/// The Python interpreter that has `module`: Debian's (where `apt-get
-/// install python3-…` puts modules) before whatever `python3` is on PATH.
-fn python_with(module: &str, package: &str) -> &'static str {
-    for python in ["/usr/bin/python3", "python3"] {
-        let has = Command::new(python)
-            .args(["-c", &format!("import {module}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if has {
-            return python;
-        }
-    }
-    panic!(
-        "Python module `{module}` is needed: apt-get install -y {package} (.ci/run installs it)"
-    );
-}
-
 /// WebSocket with real clients and servers (Python `websockets`) through
 /// the pair: an upgrade, text, a 4 MiB binary message, 100 small ones, and
 /// a clean close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_through_the_pair() {
-    let python = python_with("websockets", "python3-websockets");
+    let python = support::python_with("websockets", "python3-websockets");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/websocket");
     let mut server = Command::new(python)
         .arg(format!("{dir}/server.py"))

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
@@ -42,6 +43,9 @@ pub struct AppState {
     /// `(name, value)`, over all requests (what trailer tests check stays
     /// empty).
     pub trailers_seen: Mutex<Vec<(String, String)>>,
+    /// Bytes of `/big` responses taken by the server (hyper polls a body
+    /// only as its connection's flow control allows).
+    pub big_bytes_sent: AtomicU64,
 }
 
 /// HTTP app: for any path, answers `200` with a JSON echo of the request
@@ -113,6 +117,15 @@ async fn respond(request: Request<Incoming>, conn: u64, state: Arc<AppState>) ->
     let path = request.uri().path().to_string();
     if path.ends_with("/forge") {
         return forged();
+    }
+    if path.ends_with("/big") {
+        // 4 MiB in 64 KiB chunks, counted as hyper takes them: for tests of
+        // what a sidecar holds for a reader that does not read.
+        let chunks = futures_util::stream::iter(0..64).map(move |_| {
+            state.big_bytes_sent.fetch_add(64 * 1024, Ordering::SeqCst);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
+        });
+        return Response::new(StreamBody::new(chunks).boxed_unsync());
     }
     let mut headers = serde_json::Map::new();
     for (name, value) in request.headers() {

@@ -59,3 +59,25 @@ pub fn shared_fixtures() -> Option<std::path::PathBuf> {
         None
     }
 }
+
+/// The Python interpreter that can `import module`: `python3` from the PATH,
+/// else Debian's (a pyenv or venv `python3` may shadow the packages apt
+/// installs). Panics, saying what to install, if neither can.
+pub fn python_with(module: &str, package: &str) -> &'static str {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|python| {
+            std::process::Command::new(python)
+                .args(["-c", &format!("import {module}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "python3 cannot `import {module}`: this test drives real third-party clients and \
+                 servers; run `apt-get install {package}` (CI installs it)"
+            )
+        })
+}

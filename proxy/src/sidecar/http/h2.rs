@@ -60,6 +60,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::flood::FrameBudget;
+use crate::sidecar::memory::Meter;
 use crate::sidecar::tunnel::StreamCount;
 
 use super::{
@@ -369,6 +370,7 @@ impl Exchange<'_> {
                 &mut self.client_request,
                 &mut self.upstream_request,
                 Trailers::Refuse,
+                self.authorizer.meter(),
             );
             let response = respond(
                 response,
@@ -494,7 +496,7 @@ async fn respond(
     if ends {
         return ResponseEnd::Complete;
     }
-    match pipe(&mut body, &mut to_client, trailers).await {
+    match pipe(&mut body, &mut to_client, trailers, authorizer.meter()).await {
         Ok(()) => ResponseEnd::Complete,
         Err(PipeError::Source(error)) => ResponseEnd::UpstreamFailed(reset_reason(&error), error),
         Err(gone) => ResponseEnd::ClientGone(gone),
@@ -561,10 +563,12 @@ impl PipeError {
 /// end arrive together, so the app never answers a request it sees as
 /// unfinished). Returns as soon as `to` is reset, even while waiting for
 /// `from`.
+/// What `to` holds until written out is charged to `meter`, if any.
 async fn pipe(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
     trailers: Trailers,
+    mut meter: Option<Meter>,
 ) -> Result<(), PipeError> {
     if from.is_end_stream() {
         return Ok(());
@@ -581,7 +585,7 @@ async fn pipe(
         let taken = frame.len();
         // Nothing (no trailers) follows this frame: it ends the stream.
         let ends = from.is_end_stream();
-        send_frame(to, frame, ends).await?;
+        send_frame(to, frame, ends, meter.as_mut()).await?;
         let _ = from.flow_control().release_capacity(taken);
         if ends {
             return Ok(());
@@ -611,6 +615,7 @@ async fn send_frame(
     to: &mut SendStream<Bytes>,
     mut frame: Bytes,
     ends: bool,
+    mut meter: Option<&mut Meter>,
 ) -> Result<(), PipeError> {
     if frame.is_empty() {
         // An empty DATA frame only matters for its END_STREAM.
@@ -636,7 +641,23 @@ async fn send_frame(
                 }
             }
         };
-        let part = frame.split_to(capacity.min(frame.len()));
+        let mut part_len = capacity.min(frame.len());
+        let charge = match meter.as_deref_mut() {
+            None => None,
+            Some(meter) => {
+                let charge = std::future::poll_fn(|cx| meter.poll_charge(cx, part_len)).await;
+                // The budget never closes while the sidecar runs.
+                let charge = charge
+                    .ok_or_else(|| PipeError::Sink(h2::Error::from(Reason::INTERNAL_ERROR)))?;
+                part_len = charge.bytes();
+                Some(charge)
+            }
+        };
+        let part = frame.split_to(part_len);
+        let part = match charge {
+            Some(charge) => charge.attach(part),
+            None => part,
+        };
         to.send_data(part, ends && frame.is_empty())
             .map_err(PipeError::Sink)?;
     }

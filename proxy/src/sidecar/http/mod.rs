@@ -245,6 +245,13 @@ pub trait RequestAuthorizer: Send + Sync + 'static {
     fn withdrawn(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(std::future::pending())
     }
+
+    /// The meter that charges what an HTTP/2 stream holds for a reader that
+    /// has not taken it yet to the caller's share of the sidecar's byte
+    /// budget (`sidecar::memory`). None (nothing charged), by default.
+    fn meter(&self) -> Option<crate::sidecar::memory::Meter> {
+        None
+    }
 }
 
 /// Headers the inbound sidecar adds for an authenticated peer.
