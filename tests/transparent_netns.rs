@@ -1428,11 +1428,7 @@ fn both_address_families_are_captured_and_meshed() {
     );
     // And IPv4, side by side.
     let reply = a.ns.curl(&topology.url(), 10);
-    assert!(
-        reply.is_ok_with(BODY),
-        "over IPv4: {reply:?}\n{}",
-        topology.context()
-    );
+    assert!(reply.is_ok_with(BODY), "over IPv4: {reply:?}\n{}", topology.context());
     expect_line(
         &b.audit().pop().expect("an audit line in B"),
         json!({"direction": "inbound", "decision": "allow", "peer_ip": "10.77.0.1"}),

@@ -2023,10 +2023,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     fn overlap_rules() {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
-        assert!(
-            !overlaps(a("[::]:1"), a("127.0.0.1:1")),
-            "dual stack: two listeners"
-        );
+        assert!(!overlaps(a("[::]:1"), a("127.0.0.1:1")), "dual stack: two listeners");
         assert!(overlaps(a("[::]:1"), a("[::1]:1")));
         assert!(!overlaps(a("0.0.0.0:1"), a("[::1]:1")));
         assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
