@@ -8,6 +8,14 @@
 //! against another region's certificate is refused; the GCP token attests at
 //! a clock inside its validity and is refused as expired at the real clock.
 //! Without `../shared` these skip with a reason (fail under `CI=true`).
+//!
+//! Kubernetes (no fixtures needed: the test is the cluster): a key made here
+//! signs projected service-account tokens in the shape the API server
+//! issues; the authority gets its JWKS, issuer and audience. Two pods of one
+//! registered service account get the same SPIFFE ID with the registered
+//! labels and scan; a token redeemed twice, a token of an unregistered or
+//! join-token-only service account, and a token for another audience are
+//! refused with their reason; incomplete settings are refused at start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -332,4 +340,316 @@ fn the_gcp_token_attests_inside_its_validity_and_is_refused_after() {
     let now = start_authority(&[("spiffe://prod.example/gce/vm", registration)], &gcp);
     let expired = attest(&now, Proof::GcpIit { token }).unwrap_err();
     assert!(expired.to_lowercase().contains("expired"), "{expired}");
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes projected service-account tokens.
+
+const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const K8S_AUDIENCE: &str = "appid-authority";
+
+/// The test cluster's service-account issuer: an RSA key and its JWKS.
+struct Cluster {
+    key: aws_lc_rs::rsa::KeyPair,
+    jwks: String,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        use aws_lc_rs::signature::KeyPair as _;
+        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let public = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(key.public_key());
+        let jwks = serde_json::json!({"keys": [{
+            "use": "sig", "kty": "RSA", "kid": "cluster-key-1", "alg": "RS256",
+            "n": b64(&public.n), "e": b64(&public.e),
+        }]})
+        .to_string();
+        Cluster { key, jwks }
+    }
+
+    /// A token as the kubelet mounts it for pod `pod` of `ns`/`sa`, valid
+    /// ten minutes from now, for `audience`.
+    fn token(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
+        let iat = time::OffsetDateTime::now_utc().unix_timestamp() - 5;
+        let claims = serde_json::json!({
+            "aud": [audience],
+            "exp": iat + 600,
+            "iat": iat,
+            "iss": K8S_ISSUER,
+            "jti": format!("jti-{pod}-{iat}"),
+            "kubernetes.io": {
+                "namespace": ns,
+                "node": {"name": "node-1", "uid": "58456cb0-dd00-45ed-b797-5578fdceaced"},
+                "pod": {"name": pod, "uid": format!("uid-{pod}")},
+                "serviceaccount": {"name": sa, "uid": format!("uid-sa-{sa}")},
+                "warnafter": iat + 600 - 7
+            },
+            "nbf": iat,
+            "sub": format!("system:serviceaccount:{ns}:{sa}"),
+        });
+        let input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"RS256","kid":"cluster-key-1"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                input.as_bytes(),
+                &mut signature,
+            )
+            .unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `appid authority <args> --dir <the authority's CA dir>`.
+fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
+    appid()
+        .arg("authority")
+        .args(args)
+        .arg("--dir")
+        .arg(&authority.ca_dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
+    let cluster = Cluster::new();
+    let temp = tempfile::tempdir().unwrap();
+    let jwks = temp.path().join("jwks.json");
+    std::fs::write(&jwks, &cluster.jwks).unwrap();
+    let authority = start_authority(
+        &[],
+        &[
+            "--k8s-jwks",
+            jwks.to_str().unwrap(),
+            "--k8s-issuer",
+            K8S_ISSUER,
+            "--k8s-audience",
+            K8S_AUDIENCE,
+        ],
+    );
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let report = temp.path().join("trivy.json");
+    std::fs::write(
+        &report,
+        serde_json::json!({
+            "SchemaVersion": 2,
+            "ArtifactName": "registry.example/web:1.4",
+            "ArtifactType": "container_image",
+            "Results": [{"Target": "web", "Class": "os-pkgs", "Type": "alpine",
+                "Vulnerabilities": [{"VulnerabilityID": "CVE-2024-20001", "PkgName": "libexample",
+                    "InstalledVersion": "1.0", "Severity": "HIGH"}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = authority_cli(
+        &authority,
+        &[
+            "import-scan",
+            report.to_str().unwrap(),
+            "--image-digest",
+            &digest,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The service account is registered as such: no join token is printed.
+    let out = authority_cli(
+        &authority,
+        &[
+            "register",
+            "--k8s-namespace",
+            "shop",
+            "--k8s-service-account",
+            "web",
+            "--label",
+            "app=web",
+            "--image-digest",
+            &digest,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("spiffe://prod.example/ns/shop/sa/web"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("appid-jt-"), "{stdout}");
+    // A join-token-only registration under a service account's ID.
+    let out = authority_cli(
+        &authority,
+        &["register", "--id", "spiffe://prod.example/ns/shop/sa/batch"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Two pods of the Deployment: one identity, the registered claims.
+    let pod_a = cluster.token("shop", "web", "web-7d4b9c6f5-aaaaa", K8S_AUDIENCE);
+    let pod_b = cluster.token("shop", "web", "web-7d4b9c6f5-bbbbb", K8S_AUDIENCE);
+    for (token, pod) in [
+        (&pod_a, "web-7d4b9c6f5-aaaaa"),
+        (&pod_b, "web-7d4b9c6f5-bbbbb"),
+    ] {
+        let claims = attest(
+            &authority,
+            Proof::K8sPsat {
+                token: token.clone(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{pod}: {e}"));
+        assert_eq!(claims["id"], "spiffe://prod.example/ns/shop/sa/web");
+        assert_eq!(claims["attestation"], "k8s_psat");
+        assert_eq!(claims["labels"]["app"], "web");
+        assert_eq!(claims["image"]["digest"], digest.as_str());
+        assert_eq!(claims["vulns"]["high"], 1, "{claims}");
+        let cloud = &claims["cloud"];
+        assert_eq!(cloud["provider"], "kubernetes");
+        assert_eq!(cloud["tags"]["namespace"], "shop");
+        assert_eq!(cloud["tags"]["service_account"], "web");
+        assert_eq!(cloud["tags"]["pod"], pod);
+        assert_eq!(cloud["tags"]["node"], "node-1");
+    }
+
+    let replay = attest(&authority, Proof::K8sPsat { token: pod_a }).unwrap_err();
+    assert!(replay.contains("already redeemed"), "{replay}");
+
+    let unregistered = attest(
+        &authority,
+        Proof::K8sPsat {
+            token: cluster.token("shop", "api", "api-5f6d7c8b9-ccccc", K8S_AUDIENCE),
+        },
+    )
+    .unwrap_err();
+    assert!(unregistered.contains("403"), "{unregistered}");
+    assert!(
+        unregistered.contains("service account shop/api is not registered")
+            && unregistered.contains("--k8s-namespace shop --k8s-service-account api"),
+        "{unregistered}"
+    );
+
+    let join_token_only = attest(
+        &authority,
+        Proof::K8sPsat {
+            token: cluster.token("shop", "batch", "batch-1", K8S_AUDIENCE),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        join_token_only.contains("not for Kubernetes attestation"),
+        "{join_token_only}"
+    );
+
+    let other_audience = attest(
+        &authority,
+        Proof::K8sPsat {
+            token: cluster.token(
+                "shop",
+                "web",
+                "web-7d4b9c6f5-ddddd",
+                "https://kubernetes.default.svc.cluster.local",
+            ),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        other_audience.contains("audience") && other_audience.contains(K8S_AUDIENCE),
+        "{other_audience}"
+    );
+
+    let audit = std::fs::read_to_string(authority.ca_dir.join("audit.jsonl")).unwrap();
+    let k8s_lines: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"attestation\":\"k8s_psat\""))
+        .collect();
+    assert_eq!(
+        k8s_lines
+            .iter()
+            .filter(|l| l.contains("\"event\":\"issue\""))
+            .count(),
+        2,
+        "{audit}"
+    );
+    assert_eq!(
+        k8s_lines
+            .iter()
+            .filter(|l| l.contains("\"event\":\"refuse\""))
+            .count(),
+        4,
+        "{audit}"
+    );
+}
+
+#[test]
+fn kubernetes_settings_and_registrations_are_checked_with_a_way_out() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca = temp.path().join("ca");
+    let ca = ca.to_str().unwrap();
+    run_ok(appid().args([
+        "authority",
+        "init",
+        "--trust-domain",
+        "prod.example",
+        "--dir",
+        ca,
+    ]));
+
+    // Only some of the three flags: the missing one and how to get it.
+    let out = appid()
+        .args(["authority", "serve", "--dir", ca, "--listen", "127.0.0.1:0"])
+        .args(["--k8s-issuer", K8S_ISSUER, "--k8s-audience", K8S_AUDIENCE])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("missing: --k8s-jwks")
+            && stderr.contains("kubectl get --raw /openid/v1/jwks"),
+        "{stderr}"
+    );
+
+    // A JWKS file that is not there: how to fetch it.
+    let out = appid()
+        .args(["authority", "serve", "--dir", ca, "--listen", "127.0.0.1:0"])
+        .args(["--k8s-jwks", "/nonexistent/jwks.json"])
+        .args(["--k8s-issuer", K8S_ISSUER, "--k8s-audience", K8S_AUDIENCE])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("kubectl get --raw /openid/v1/jwks"),
+        "{stderr}"
+    );
+
+    // Names that are not Kubernetes names are not registered.
+    let out = appid()
+        .args(["authority", "register", "--dir", ca])
+        .args(["--k8s-namespace", "Shop", "--k8s-service-account", "web"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("namespace `Shop`"), "{stderr}");
 }

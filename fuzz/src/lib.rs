@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use appid_policy::AppIdClaims;
 use appid_policy::claims::{Cloud, Vulns};
 use appid_policy::policy::{Direction, HttpRequest, Policy, Query, Reason};
-use appid_proxy::attest::{AwsSignature, GcpKeys, verify_iid, verify_iit};
+use appid_proxy::attest::{
+    AwsSignature, GcpKeys, JwtKeys, K8sExpectations, verify_iid, verify_iit, verify_psat,
+};
 use appid_proxy::detect::{self, Classification, MAX_DETECT_BYTES};
 use appid_proxy::sidecar::http::h1::{self, Chunked};
 use appid_proxy::sidecar::http::path::{canonical_path, path_of};
@@ -52,6 +54,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("aws_pkcs7", aws_pkcs7),
     ("gcp_keys", gcp_keys),
     ("gcp_iit", gcp_iit),
+    ("k8s_psat", k8s_psat),
     ("config", config),
     ("tunnel_authority", tunnel_authority),
 ];
@@ -873,6 +876,23 @@ pub fn gcp_iit(data: &[u8]) {
     };
     let header = br#"{"alg":"RS256","kid":"fuzz","typ":"JWT"}"#;
     let payload = br#"{"iss":"https://accounts.google.com","aud":"https://authority.example:15170","iat":1795169000,"exp":1795172000,"google":{"compute_engine":{"project_id":"p","project_number":1,"zone":"us-central1-a","instance_id":"2","instance_name":"vm"}}}"#;
+    let token = jwt_input(*mode, rest, header, payload);
+    match verify_iit(&token, keys, GCP_AUDIENCE, fuzz_now()) {
+        Ok(identity) => {
+            assert!(!identity.project_id.is_empty() && !identity.zone.is_empty());
+            assert!(!identity.instance_id.is_empty());
+            let _ = (identity.region(), identity.to_cloud_claims());
+        }
+        Err(e) => {
+            let _ = (e.code(), e.to_string());
+        }
+    }
+}
+
+/// The token a JWT target checks: `mode % 3` 0, `rest` is the whole token;
+/// 1, it is the payload JSON, signed here with `header`; 2, it is the header
+/// JSON, signed here with `payload`.
+fn jwt_input(mode: u8, rest: &[u8], header: &[u8], payload: &[u8]) -> String {
     let signed = |header: &[u8], payload: &[u8]| {
         let mut token = URL_SAFE_NO_PAD.encode(header);
         token.push('.');
@@ -882,16 +902,41 @@ pub fn gcp_iit(data: &[u8]) {
         token.push_str(&URL_SAFE_NO_PAD.encode(sig));
         token
     };
-    let token = match mode % 3 {
+    match mode % 3 {
         0 => String::from_utf8_lossy(rest).into_owned(),
         1 => signed(header, rest),
         _ => signed(rest, payload),
+    }
+}
+
+/// `attest::verify_psat` (Kubernetes projected service-account tokens).
+/// `data[0] % 3`: 0, `data[1..]` is the whole token; 1, it is the payload
+/// JSON of a token signed here; 2, it is the header JSON of a token signed
+/// here (with a valid payload).
+///
+/// Property: an accepted token names a namespace, service account and pod
+/// that form a SPIFFE path of exactly four segments.
+pub fn k8s_psat(data: &[u8]) {
+    static KEYS: OnceLock<JwtKeys> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        JwtKeys::from_pem(signer().public_pem.as_bytes(), Some("fuzz")).expect("our key loads")
+    });
+    let expect = K8sExpectations {
+        issuer: "https://kubernetes.default.svc.cluster.local".into(),
+        audience: "appid-authority".into(),
+        max_lifetime: Duration::from_secs(3600),
     };
-    match verify_iit(&token, keys, GCP_AUDIENCE, fuzz_now()) {
+    let [mode, rest @ ..] = data else {
+        return;
+    };
+    let header = br#"{"alg":"RS256","kid":"fuzz"}"#;
+    let payload = br#"{"aud":["appid-authority"],"exp":1795172000,"iat":1795169000,"iss":"https://kubernetes.default.svc.cluster.local","jti":"j","kubernetes.io":{"namespace":"shop","pod":{"name":"web-1","uid":"u1"},"serviceaccount":{"name":"web","uid":"u2"}},"nbf":1795169000,"sub":"system:serviceaccount:shop:web"}"#;
+    let token = jwt_input(*mode, rest, header, payload);
+    match verify_psat(&token, keys, &expect, fuzz_now()) {
         Ok(identity) => {
-            assert!(!identity.project_id.is_empty() && !identity.zone.is_empty());
-            assert!(!identity.instance_id.is_empty());
-            let _ = (identity.region(), identity.to_cloud_claims());
+            assert!(!identity.pod_name.is_empty() && !identity.pod_uid.is_empty());
+            assert_eq!(identity.spiffe_path().split('/').count(), 4);
+            let _ = (identity.token_id(), identity.to_cloud_claims());
         }
         Err(e) => {
             let _ = (e.code(), e.to_string());

@@ -28,6 +28,8 @@ pub mod attestation {
     pub const AWS_IID: &str = "aws_iid";
     /// A signed GCP instance identity token.
     pub const GCP_IIT: &str = "gcp_iit";
+    /// A Kubernetes projected service-account token (as SPIRE's `k8s_psat`).
+    pub const K8S_PSAT: &str = "k8s_psat";
     /// Issued offline by `appid issue` (development and tests).
     pub const MANUAL: &str = "manual";
 }

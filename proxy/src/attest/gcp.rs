@@ -6,170 +6,36 @@
 //! Google's keys as the authority configured them (the JWKS from
 //! `https://www.googleapis.com/oauth2/v3/certs`, or one PEM key): RS256
 //! only, the `kid` must name a configured key, the signature must verify
-//! over the first two segments before any claim is read, then `iss`, `aud`,
-//! `exp`/`iat`/`nbf` are checked. The classic pitfalls are closed by
-//! construction: the algorithm is fixed (`none`, `HS256` with the public key
-//! as secret, and everything else are refused), and the header cannot supply
-//! a key (`jwk`/`jku`/`x5u` are ignored, never fetched).
+//! over the first two segments before any claim is read (all of that is the
+//! shared [`super::jws`]), then `iss`, `aud`, `exp`/`iat`/`nbf` are checked
+//! and the `google.compute_engine` facts read. The classic pitfalls are
+//! closed by construction: the algorithm is fixed (`none`, `HS256` with the
+//! public key as secret, and everything else are refused), and the header
+//! cannot supply a key (`jwk`/`jku`/`x5u` are ignored, never fetched).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
-use super::cms::{self, PublicKey};
-use super::{AttestError, CLOCK_SKEW};
+use super::AttestError;
+use super::jws::{self, Audience, Id, JwsAlg, JwtKeys, TokenKind};
 use appid_policy::claims::{Cloud, attestation};
 
-/// Tokens longer than this are refused unread (real ones are ~1 KiB).
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// JWKS documents larger than this are refused unread.
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+pub use super::jws::{MAX_JWKS_BYTES, MAX_TOKEN_BYTES};
 
 /// The issuers Google uses for identity tokens.
 pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
 
-/// Google's token signing keys, as configured on the authority.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcpKeys {
-    keys: Vec<RsaKey>,
-}
+/// Google's token signing keys, as configured on the authority: the shared
+/// JWT key set (the name is kept for the GCP configuration).
+pub type GcpKeys = JwtKeys;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RsaKey {
-    /// `None` for a key configured without an ID: it matches any `kid`.
-    kid: Option<String>,
-    n: Vec<u8>,
-    e: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct Jwks {
-    keys: Vec<Jwk>,
-}
-
-#[derive(Deserialize)]
-struct Jwk {
-    kty: Option<String>,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-}
-
-fn magnitude(bytes: Vec<u8>) -> Vec<u8> {
-    let zeros = bytes.iter().take_while(|&&b| b == 0).count();
-    bytes[zeros..].to_vec()
-}
-
-impl GcpKeys {
-    /// From a JWKS document (`{"keys":[{"kty":"RSA","kid":..,"n":..,"e":..}]}`).
-    /// Keys that are not RSA signing keys for RS256 are skipped; a malformed
-    /// RSA key, or a set with no usable key, is an error.
-    pub fn from_jwks_json(json: &[u8]) -> Result<Self, AttestError> {
-        let bad = |why: String| AttestError::BadTrustAnchor(format!("JWKS: {why}"));
-        if json.len() > MAX_JWKS_BYTES {
-            return Err(bad(format!("larger than {MAX_JWKS_BYTES} bytes")));
-        }
-        let jwks: Jwks = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
-        let mut keys = Vec::new();
-        for jwk in jwks.keys {
-            let usable = jwk.kty.as_deref() == Some("RSA")
-                && jwk.alg.as_deref().is_none_or(|a| a == "RS256")
-                && jwk.use_.as_deref().is_none_or(|u| u == "sig");
-            if !usable {
-                continue;
-            }
-            let kid = jwk.kid.ok_or_else(|| bad("an RSA key has no kid".into()))?;
-            let component = |value: Option<String>, name: &str| {
-                let value = value.ok_or_else(|| bad(format!("key {kid} has no {name}")))?;
-                let bytes = URL_SAFE_NO_PAD
-                    .decode(value.trim_end_matches('='))
-                    .map_err(|e| bad(format!("key {kid}: {name} is not base64url ({e})")))?;
-                let bytes = magnitude(bytes);
-                if bytes.is_empty() {
-                    return Err(bad(format!("key {kid}: {name} is zero")));
-                }
-                Ok(bytes)
-            };
-            let n = component(jwk.n, "n")?;
-            let e = component(jwk.e, "e")?;
-            keys.push(RsaKey {
-                kid: Some(kid),
-                n,
-                e,
-            });
-        }
-        if keys.is_empty() {
-            return Err(bad("no RSA RS256 signing key".into()));
-        }
-        Ok(GcpKeys { keys })
-    }
-
-    /// From one PEM RSA key: a `PUBLIC KEY` (SPKI) or a `CERTIFICATE` (as
-    /// in Google's `oauth2/v1/certs`). With `kid`, it only verifies tokens
-    /// naming that key; without, tokens naming any key.
-    pub fn from_pem(pem: &[u8], kid: Option<&str>) -> Result<Self, AttestError> {
-        let bad = |why: String| AttestError::BadTrustAnchor(format!("GCP key PEM: {why}"));
-        let (_, block) =
-            x509_parser::pem::parse_x509_pem(pem).map_err(|e| bad(format!("not PEM ({e})")))?;
-        let spki = match block.label.as_str() {
-            "PUBLIC KEY" => block.contents.clone(),
-            "CERTIFICATE" => {
-                let cert = block
-                    .parse_x509()
-                    .map_err(|e| bad(format!("not an X.509 certificate ({e})")))?;
-                cert.tbs_certificate.subject_pki.raw.to_vec()
-            }
-            other => {
-                return Err(bad(format!(
-                    "label {other}, expected PUBLIC KEY or CERTIFICATE"
-                )));
-            }
-        };
-        let PublicKey::Rsa(der) = cms::public_key(&spki)? else {
-            return Err(bad("not an RSA key".into()));
-        };
-        let (n, e) = cms::rsa_components(der).map_err(|e| bad(e.to_string()))?;
-        if n.is_empty() || e.is_empty() {
-            return Err(bad("zero modulus or exponent".into()));
-        }
-        Ok(GcpKeys {
-            keys: vec![RsaKey {
-                kid: kid.map(str::to_string),
-                n: n.to_vec(),
-                e: e.to_vec(),
-            }],
-        })
-    }
-
-    /// Adds the keys of `other` (e.g. keys from several JWKS fetches while
-    /// Google rotates).
-    pub fn extend(&mut self, other: GcpKeys) {
-        self.keys.extend(other.keys);
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// The configured key IDs, for messages.
-    pub fn kids(&self) -> Vec<&str> {
-        self.keys
-            .iter()
-            .map(|k| k.kid.as_deref().unwrap_or("(any)"))
-            .collect()
-    }
-}
+/// GCP identity tokens are RS256 only.
+const GCP_TOKENS: TokenKind = TokenKind {
+    name: "GCP identity tokens",
+    algs: &[JwsAlg::Rs256],
+    refresh_keys: "refresh Google's keys from https://www.googleapis.com/oauth2/v3/certs",
+};
 
 /// The verified facts of an instance identity token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,38 +86,6 @@ impl GcpIdentity {
 }
 
 #[derive(Deserialize)]
-struct Header {
-    alg: Option<String>,
-    kid: Option<String>,
-    crit: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// A JSON string or number, read as text (ids that are numbers in some
-/// tokens and strings in others).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Id {
-    Text(String),
-    Number(u64),
-}
-
-impl Id {
-    fn text(self) -> String {
-        match self {
-            Id::Text(s) => s,
-            Id::Number(n) => n.to_string(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
 struct Claims {
     iss: Option<String>,
     aud: Option<Audience>,
@@ -279,12 +113,6 @@ struct ComputeEngine {
     license_id: Option<Vec<String>>,
 }
 
-fn segment(part: &str, what: &str) -> Result<Vec<u8>, AttestError> {
-    URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|e| AttestError::BadEncoding(format!("token {what} is not base64url ({e})")))
-}
-
 /// Verifies an instance identity token and returns its facts.
 ///
 /// `expected_audience` is the `audience` the instance was told to request
@@ -295,102 +123,18 @@ pub fn verify_iit(
     expected_audience: &str,
     now: SystemTime,
 ) -> Result<GcpIdentity, AttestError> {
-    let token = token.trim();
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(AttestError::BadEncoding(format!(
-            "the token is {} bytes, more than {MAX_TOKEN_BYTES}",
-            token.len()
-        )));
-    }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AttestError::BadEncoding(
-            "the token is not a JWS compact serialization (three dot-separated parts)".into(),
-        ));
-    };
-    let header: Header = serde_json::from_slice(&segment(header_b64, "header")?)
-        .map_err(|e| AttestError::BadEncoding(format!("token header JSON ({e})")))?;
-    match header.alg.as_deref() {
-        Some("RS256") => {}
-        other => {
-            return Err(AttestError::UnsupportedAlgorithm(format!(
-                "token alg {}; GCP identity tokens are RS256",
-                other.map_or_else(|| "(missing)".to_string(), |a| format!("{a:?}"))
-            )));
-        }
-    }
-    if header.crit.is_some() {
-        return Err(AttestError::UnsupportedAlgorithm(
-            "token header has crit extensions, which are not understood".into(),
-        ));
-    }
-    let candidates: Vec<&RsaKey> = keys
-        .keys
-        .iter()
-        .filter(|k| k.kid.is_none() || k.kid == header.kid)
-        .collect();
-    if candidates.is_empty() {
-        return Err(AttestError::UnknownKid {
-            kid: header.kid.unwrap_or_else(|| "(none)".into()),
-            known: keys.kids().join(", "),
-        });
-    }
-    let signature = segment(sig_b64, "signature")?;
-    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    let verified = candidates.iter().any(|k| {
-        RsaPublicKeyComponents { n: &k.n, e: &k.e }
-            .verify(&RSA_PKCS1_2048_8192_SHA256, signed, &signature)
-            .is_ok()
-    });
-    if !verified {
-        return Err(AttestError::BadSignature(format!(
-            "the token signature does not verify with key {}: the token was altered, \
-             or the configured keys are stale (refresh the JWKS)",
-            header.kid.as_deref().unwrap_or("(none)")
-        )));
-    }
-
-    let claims: Claims = serde_json::from_slice(&segment(payload_b64, "payload")?)
+    let payload = jws::verify_signature(token.trim(), keys, &GCP_TOKENS)?;
+    let claims: Claims = serde_json::from_slice(&payload)
         .map_err(|e| AttestError::MalformedDocument(format!("token payload JSON ({e})")))?;
-    match claims.iss.as_deref() {
-        Some(iss) if GOOGLE_ISSUERS.contains(&iss) => {}
-        other => {
-            return Err(AttestError::WrongIssuer(
-                other.unwrap_or("(missing)").to_string(),
-            ));
-        }
-    }
-    if expected_audience.is_empty() {
-        return Err(AttestError::WrongAudience {
-            got: "(not checked)".into(),
-            expected: "(empty: configure the audience instances request)".into(),
-        });
-    }
-    let audience_ok = match &claims.aud {
-        Some(Audience::One(a)) => a == expected_audience,
-        Some(Audience::Many(all)) => all.iter().any(|a| a == expected_audience),
-        None => false,
-    };
-    if !audience_ok {
-        let got = match claims.aud {
-            Some(Audience::One(a)) => a,
-            Some(Audience::Many(all)) => all.join(","),
-            None => "(missing)".into(),
-        };
-        return Err(AttestError::WrongAudience {
-            got,
-            expected: expected_audience.to_string(),
-        });
-    }
+    jws::check_issuer(claims.iss.as_deref(), &GOOGLE_ISSUERS)?;
+    jws::check_audience(claims.aud.as_ref(), expected_audience)?;
     let exp = claims
         .exp
         .ok_or_else(|| AttestError::MalformedDocument("exp".into()))?;
     let iat = claims
         .iat
         .ok_or_else(|| AttestError::MalformedDocument("iat".into()))?;
-    check_times(now, iat, exp, claims.nbf)?;
+    jws::check_times(now, iat, exp, claims.nbf)?;
 
     let ce = claims
         .google
@@ -418,40 +162,7 @@ pub fn verify_iit(
         license_ids: ce.license_id.unwrap_or_default(),
         subject: claims.sub,
         email: claims.email,
-        issued_at: epoch(iat),
-        expires_at: epoch(exp),
+        issued_at: jws::epoch(iat),
+        expires_at: jws::epoch(exp),
     })
-}
-
-fn epoch(secs: i64) -> SystemTime {
-    let magnitude = Duration::from_secs(secs.unsigned_abs());
-    if secs >= 0 {
-        UNIX_EPOCH.checked_add(magnitude).unwrap_or(UNIX_EPOCH)
-    } else {
-        UNIX_EPOCH.checked_sub(magnitude).unwrap_or(UNIX_EPOCH)
-    }
-}
-
-fn check_times(now: SystemTime, iat: i64, exp: i64, nbf: Option<i64>) -> Result<(), AttestError> {
-    let now_secs: i64 = match now.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    let skew = CLOCK_SKEW.as_secs() as i64;
-    if exp < iat {
-        return Err(AttestError::MalformedDocument("exp (before iat)".into()));
-    }
-    if now_secs >= exp.saturating_add(skew) {
-        return Err(AttestError::Expired(format!(
-            "the token expired at {exp} (exp), the authority's clock says {now_secs}"
-        )));
-    }
-    for (name, at) in [("iat", Some(iat)), ("nbf", nbf)] {
-        if let Some(at) = at.filter(|&at| at > now_secs.saturating_add(skew)) {
-            return Err(AttestError::NotYetValid(format!(
-                "the token's {name} is {at}, after the authority's clock ({now_secs})"
-            )));
-        }
-    }
-    Ok(())
 }

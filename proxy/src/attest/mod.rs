@@ -6,6 +6,10 @@
 //!   against AWS's published certificate for the region.
 //! - [`gcp`]: Compute Engine instance identity tokens (RS256 JWTs) against
 //!   Google's keys.
+//! - [`k8s`]: Kubernetes projected service-account tokens (RS256 or ES256
+//!   JWTs) against the cluster issuer's keys.
+//! - [`jws`]: the JWT signature and registered-claim checks [`gcp`] and
+//!   [`k8s`] share, and their key set ([`JwtKeys`]).
 //!
 //! Everything here is pure and synchronous: bytes and a clock in, verified
 //! facts or a typed reason out. Fetching certificates and key sets, keeping
@@ -26,6 +30,8 @@ mod dsa;
 
 pub mod aws;
 pub mod gcp;
+pub mod jws;
+pub mod k8s;
 
 #[cfg(test)]
 mod tests;
@@ -34,9 +40,11 @@ use std::time::Duration;
 
 pub use aws::{AwsIdentity, AwsSignature, verify_iid};
 pub use gcp::{GcpIdentity, GcpKeys, verify_iit};
+pub use jws::JwtKeys;
+pub use k8s::{K8sExpectations, K8sIdentity, verify_psat};
 
-/// Clock difference tolerated between the authority and the cloud's signer
-/// (for `pendingTime`, `iat`, `nbf` and `exp`).
+/// Clock difference tolerated between the authority and the cloud's (or the
+/// cluster's) signer (for `pendingTime`, `iat`, `nbf` and `exp`).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Why a document or token was refused.
@@ -61,10 +69,13 @@ pub enum AttestError {
     #[error("signed by another key: {0}")]
     WrongKey(String),
     /// The token names a key that is not configured.
-    #[error(
-        "the token's key ID {kid} is not configured (known: {known}); refresh Google's keys from https://www.googleapis.com/oauth2/v3/certs"
-    )]
-    UnknownKid { kid: String, known: String },
+    #[error("the token's key ID {kid} is not configured (known: {known}); {refresh}")]
+    UnknownKid {
+        kid: String,
+        known: String,
+        /// Where to get the issuer's current keys.
+        refresh: &'static str,
+    },
     /// The document is for another region than the configured certificate.
     #[error(
         "the document is for region {document}, but region {expected} was expected; configure and select the certificate for {document} if the instance should be accepted"
@@ -86,9 +97,19 @@ pub enum AttestError {
         "the token's audience is {got}, expected {expected}; request the token with audience={expected}"
     )]
     WrongAudience { got: String, expected: String },
-    /// The token was not issued by Google.
-    #[error("the token's issuer is {0:?}, not https://accounts.google.com")]
-    WrongIssuer(String),
+    /// The token was issued by someone else than the configured issuer.
+    #[error("the token's issuer is {got:?}, expected {expected}")]
+    WrongIssuer { got: String, expected: String },
+    /// A Kubernetes service-account token that is not a projected one.
+    #[error(
+        "a legacy service-account token ({0}) is not accepted: it never expires and names no audience; mount a projected service-account token (a serviceAccountToken volume with audience and expirationSeconds) instead"
+    )]
+    LegacyToken(String),
+    /// The token is valid for longer than the authority accepts.
+    #[error(
+        "the token is valid for {lifetime}s (exp - iat), more than the {max}s this authority accepts; request it with expirationSeconds of at most {max}"
+    )]
+    LifetimeTooLong { lifetime: u64, max: u64 },
     /// An algorithm, signature kind or header this code does not accept.
     #[error("unsupported: {0}")]
     UnsupportedAlgorithm(String),
@@ -111,7 +132,9 @@ impl AttestError {
             AttestError::Expired(_) => "expired",
             AttestError::NotYetValid(_) => "not_yet_valid",
             AttestError::WrongAudience { .. } => "wrong_audience",
-            AttestError::WrongIssuer(_) => "wrong_issuer",
+            AttestError::WrongIssuer { .. } => "wrong_issuer",
+            AttestError::LegacyToken(_) => "legacy_token",
+            AttestError::LifetimeTooLong { .. } => "lifetime_too_long",
             AttestError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
             AttestError::MalformedDocument(_) => "malformed_document",
         }

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
-use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RSA_PKCS1_SHA256,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use proptest::prelude::*;
@@ -572,7 +574,7 @@ fn gcp_fixture_token_is_refused_when_expired_misdirected_or_altered() {
     jwks["keys"].as_array_mut().unwrap().remove(0);
     let keys = GcpKeys::from_jwks_json(jwks.to_string().as_bytes()).unwrap();
     let err = verify_iit(&token, &keys, "myaudience", inside).unwrap_err();
-    let AttestError::UnknownKid { kid, known } = &err else {
+    let AttestError::UnknownKid { kid, known, .. } = &err else {
         panic!("expected UnknownKid, got {err:?}")
     };
     assert_eq!(kid, "26fc4cd23d387cbc490f60db54a94a6dd1653998");
@@ -1021,10 +1023,25 @@ fn signature_kinds_map_from_metadata_paths() {
     }
 }
 
+/// A P-256 key for ES256 tokens, shared by the tests.
+fn ec_signer() -> &'static EcdsaKeyPair {
+    static SIGNER: OnceLock<EcdsaKeyPair> = OnceLock::new();
+    SIGNER.get_or_init(|| EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap())
+}
+
+/// The JWK of [`ec_signer`]'s public key, with `kid: ec`.
+fn ec_jwk() -> serde_json::Value {
+    let point = ec_signer().public_key().as_ref();
+    json!({"kty": "EC", "kid": "ec", "crv": "P-256", "use": "sig",
+           "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})
+}
+
+/// A JWKS with an ES256 key `ec` and an RS256 key `k1` (the [`signer`]).
 fn jwks() -> Vec<u8> {
     let components = PublicKeyComponents::<Vec<u8>>::from(signer().key.public_key());
     json!({"keys": [
-        {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
+        ec_jwk(),
+        {"kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA"},
         {"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
          "n": URL_SAFE_NO_PAD.encode(&components.n), "e": URL_SAFE_NO_PAD.encode(&components.e)}
     ]})
@@ -1075,7 +1092,7 @@ fn jwt_now() -> SystemTime {
 #[test]
 fn self_signed_jwt_verifies_and_checks_claims() {
     let keys = GcpKeys::from_jwks_json(&jwks()).unwrap();
-    assert_eq!(keys.kids(), ["k1"]);
+    assert_eq!(keys.kids(), ["ec", "k1"]);
     let token = jwt(&rs256(), &sample_claims());
     let id = verify_iit(&token, &keys, AUD, jwt_now()).unwrap();
     assert_eq!(id.project_id, "shop-prod");
@@ -1093,7 +1110,13 @@ fn self_signed_jwt_verifies_and_checks_claims() {
     let mut claims = sample_claims();
     claims["iss"] = json!("https://evil.example");
     let err = verify_iit(&jwt(&rs256(), &claims), &keys, AUD, jwt_now()).unwrap_err();
-    assert_eq!(err, AttestError::WrongIssuer("https://evil.example".into()));
+    assert_eq!(
+        err,
+        AttestError::WrongIssuer {
+            got: "https://evil.example".into(),
+            expected: "https://accounts.google.com or accounts.google.com".into()
+        }
+    );
 
     let mut claims = sample_claims();
     claims.as_object_mut().unwrap().remove("google");
@@ -1178,6 +1201,7 @@ fn error_messages_name_what_to_check() {
             AttestError::UnknownKid {
                 kid: "a".into(),
                 known: "b".into(),
+                refresh: "refresh Google's keys from https://www.googleapis.com/oauth2/v3/certs",
             },
             "oauth2/v3/certs",
         ),
@@ -1287,6 +1311,295 @@ proptest! {
         bytes[i] = c;
         let mutated = String::from_utf8(bytes).unwrap();
         let result = verify_iit(&mutated, &keys, AUD, jwt_now());
+        prop_assert_eq!(result.is_ok(), mutated == token);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (d) Kubernetes projected service-account tokens, signed here in the shape
+// the API server issues (see the example in `k8s.rs`).
+
+use super::k8s::{DEFAULT_MAX_LIFETIME, K8sExpectations, K8sIdentity, verify_psat};
+
+const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const K8S_AUD: &str = "https://appid-authority.appid-system.svc:15170";
+const K8S_IAT: u64 = 1_795_168_800;
+
+fn k8s_expect() -> K8sExpectations {
+    K8sExpectations {
+        issuer: K8S_ISSUER.into(),
+        audience: K8S_AUD.into(),
+        max_lifetime: DEFAULT_MAX_LIFETIME,
+    }
+}
+
+/// A projected token's payload: pod `web-7d4b9c6f5-x2x9q` of `shop/web`,
+/// valid one hour (`expirationSeconds: 3600`).
+fn psat_claims() -> serde_json::Value {
+    json!({
+        "aud": [K8S_AUD],
+        "exp": K8S_IAT + 3600,
+        "iat": K8S_IAT,
+        "iss": K8S_ISSUER,
+        "jti": "ea28ed49-2e11-4280-9ec5-bc3d1d84661a",
+        "kubernetes.io": {
+            "namespace": "shop",
+            "node": {"name": "node-1", "uid": "58456cb0-dd00-45ed-b797-5578fdceaced"},
+            "pod": {"name": "web-7d4b9c6f5-x2x9q", "uid": "778a530c-b3f4-47c0-9cd5-ab018fb64f33"},
+            "serviceaccount": {"name": "web", "uid": "a087d5a0-e1dd-43ec-93ac-f13d89cd13af"},
+            "warnafter": K8S_IAT + 3600 - 7
+        },
+        "nbf": K8S_IAT,
+        "sub": "system:serviceaccount:shop:web"
+    })
+}
+
+fn es256_jwt(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = ec_signer()
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+fn k8s_now() -> SystemTime {
+    secs(K8S_IAT + 60)
+}
+
+fn psat(claims: &serde_json::Value) -> Result<K8sIdentity, AttestError> {
+    let keys = JwtKeys::from_jwks_json(&jwks()).unwrap();
+    verify_psat(
+        &jwt(&json!({"alg": "RS256", "kid": "k1"}), claims),
+        &keys,
+        &k8s_expect(),
+        k8s_now(),
+    )
+}
+
+#[test]
+fn psat_in_the_shape_kubernetes_issues_verifies() {
+    let id = psat(&psat_claims()).unwrap();
+    assert_eq!(id.namespace, "shop");
+    assert_eq!(id.service_account, "web");
+    assert_eq!(
+        id.service_account_uid,
+        "a087d5a0-e1dd-43ec-93ac-f13d89cd13af"
+    );
+    assert_eq!(id.pod_name, "web-7d4b9c6f5-x2x9q");
+    assert_eq!(id.pod_uid, "778a530c-b3f4-47c0-9cd5-ab018fb64f33");
+    assert_eq!(id.node_name.as_deref(), Some("node-1"));
+    assert_eq!(id.spiffe_path(), "ns/shop/sa/web");
+    assert_eq!(id.token_id(), "jti:ea28ed49-2e11-4280-9ec5-bc3d1d84661a");
+    assert_eq!(id.attestation(), "k8s_psat");
+    assert_eq!(
+        serde_json::to_value(id.to_cloud_claims()).unwrap(),
+        json!({"provider": "kubernetes", "tags": {"namespace": "shop",
+               "service_account": "web", "pod": "web-7d4b9c6f5-x2x9q", "node": "node-1"}})
+    );
+
+    // Older clusters: no jti, no node; the pod uid and iat name the token.
+    let mut claims = psat_claims();
+    claims.as_object_mut().unwrap().remove("jti");
+    claims["kubernetes.io"]
+        .as_object_mut()
+        .unwrap()
+        .remove("node");
+    let id = psat(&claims).unwrap();
+    assert_eq!(id.node_name, None);
+    assert_eq!(
+        id.token_id(),
+        format!("pod:778a530c-b3f4-47c0-9cd5-ab018fb64f33@{K8S_IAT}")
+    );
+
+    // A one-string audience; a cluster with an EC issuer key (ES256).
+    let mut claims = psat_claims();
+    claims["aud"] = json!(K8S_AUD);
+    psat(&claims).unwrap();
+    let keys = JwtKeys::from_jwks_json(&jwks()).unwrap();
+    let token = es256_jwt(&json!({"alg": "ES256", "kid": "ec"}), &psat_claims());
+    let id = verify_psat(&token, &keys, &k8s_expect(), k8s_now()).unwrap();
+    assert_eq!(id.spiffe_path(), "ns/shop/sa/web");
+}
+
+#[test]
+fn psat_refusals_name_the_reason() {
+    let keys = JwtKeys::from_jwks_json(&jwks()).unwrap();
+    let verify = |token: &str| verify_psat(token, &keys, &k8s_expect(), k8s_now());
+    let good = jwt(&json!({"alg": "RS256", "kid": "k1"}), &psat_claims());
+
+    let mut claims = psat_claims();
+    claims["iss"] = json!("https://other-cluster.example");
+    let err = psat(&claims).unwrap_err();
+    assert_eq!(
+        err,
+        AttestError::WrongIssuer {
+            got: "https://other-cluster.example".into(),
+            expected: K8S_ISSUER.into()
+        }
+    );
+
+    // Minted for the API server, not for the authority.
+    let mut claims = psat_claims();
+    claims["aud"] = json!(["https://kubernetes.default.svc.cluster.local", "k3s"]);
+    let err = psat(&claims).unwrap_err();
+    assert!(matches!(err, AttestError::WrongAudience { .. }), "{err}");
+    assert!(err.to_string().contains(K8S_AUD), "{err}");
+
+    let late = secs(K8S_IAT + 3600 + 61);
+    let err = verify_psat(&good, &keys, &k8s_expect(), late).unwrap_err();
+    assert!(matches!(err, AttestError::Expired(_)), "{err}");
+    let mut claims = psat_claims();
+    claims["nbf"] = json!(K8S_IAT + 600);
+    let err = psat(&claims).unwrap_err();
+    assert!(matches!(err, AttestError::NotYetValid(_)), "{err}");
+
+    // Another pod's payload under this token's signature.
+    let mut claims = psat_claims();
+    claims["kubernetes.io"]["namespace"] = json!("admin");
+    claims["sub"] = json!("system:serviceaccount:admin:web");
+    let other = jwt(&json!({"alg": "RS256", "kid": "k1"}), &claims);
+    let parts: Vec<&str> = good.split('.').collect();
+    let spliced = format!(
+        "{}.{}.{}",
+        parts[0],
+        other.split('.').nth(1).unwrap(),
+        parts[2]
+    );
+    let err = verify(&spliced).unwrap_err();
+    assert!(matches!(err, AttestError::BadSignature(_)), "{err}");
+
+    let err = verify(&jwt(
+        &json!({"alg": "RS256", "kid": "rotated"}),
+        &psat_claims(),
+    ))
+    .unwrap_err();
+    let AttestError::UnknownKid { kid, refresh, .. } = &err else {
+        panic!("expected UnknownKid, got {err:?}")
+    };
+    assert_eq!(kid, "rotated");
+    assert!(refresh.contains("/openid/v1/jwks"), "{err}");
+
+    // alg none, HS256 with the public key as secret, and ES256 naming the RSA key.
+    let payload = URL_SAFE_NO_PAD.encode(psat_claims().to_string());
+    let none = format!(
+        "{}.{payload}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#)
+    );
+    let err = verify(&none).unwrap_err();
+    assert!(matches!(err, AttestError::UnsupportedAlgorithm(_)), "{err}");
+    assert!(err.to_string().contains("RS256 or ES256"), "{err}");
+    let input = format!(
+        "{}.{payload}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"k1"}"#)
+    );
+    let secret =
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, signer().cert_pem.as_bytes());
+    let mac = aws_lc_rs::hmac::sign(&secret, input.as_bytes());
+    let hs256 = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()));
+    let err = verify(&hs256).unwrap_err();
+    assert!(matches!(err, AttestError::UnsupportedAlgorithm(_)), "{err}");
+    let err = verify(&es256_jwt(
+        &json!({"alg": "ES256", "kid": "k1"}),
+        &psat_claims(),
+    ))
+    .unwrap_err();
+    assert!(matches!(err, AttestError::WrongKey(_)), "{err}");
+
+    let mut claims = psat_claims();
+    claims.as_object_mut().unwrap().remove("kubernetes.io");
+    let err = psat(&claims).unwrap_err();
+    assert_eq!(err, AttestError::MalformedDocument("kubernetes.io".into()));
+
+    // A token bound to a Secret, not a pod (`kubectl create token`).
+    let mut claims = psat_claims();
+    claims["kubernetes.io"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pod");
+    claims["kubernetes.io"]["secret"] = json!({"name": "s", "uid": "u"});
+    let err = psat(&claims).unwrap_err();
+    assert!(err.to_string().contains("pod-bound"), "{err}");
+
+    // The legacy, Secret-based token: signed by the same key, never expires.
+    let legacy = json!({
+        "iss": "kubernetes/serviceaccount",
+        "kubernetes.io/serviceaccount/namespace": "shop",
+        "kubernetes.io/serviceaccount/secret.name": "web-token-x7k2p",
+        "kubernetes.io/serviceaccount/service-account.name": "web",
+        "kubernetes.io/serviceaccount/service-account.uid": "a087d5a0-e1dd-43ec-93ac-f13d89cd13af",
+        "sub": "system:serviceaccount:shop:web"
+    });
+    let err = psat(&legacy).unwrap_err();
+    assert!(matches!(err, AttestError::LegacyToken(_)), "{err}");
+    assert!(err.to_string().contains("projected"), "{err}");
+    let mut claims = psat_claims();
+    claims.as_object_mut().unwrap().remove("exp");
+    let err = psat(&claims).unwrap_err();
+    assert!(matches!(err, AttestError::LegacyToken(_)), "{err}");
+
+    // `sub` must name the same namespace and service account.
+    let mut claims = psat_claims();
+    claims["sub"] = json!("system:serviceaccount:shop:admin");
+    let err = psat(&claims).unwrap_err();
+    assert!(matches!(err, AttestError::MalformedDocument(ref f) if f.starts_with("sub")));
+    let mut claims = psat_claims();
+    claims.as_object_mut().unwrap().remove("sub");
+    assert!(psat(&claims).is_err());
+
+    // Names that are not Kubernetes names never reach a SPIFFE ID.
+    for (ns, sa) in [
+        ("../admin", "web"),
+        ("shop", "web/../x"),
+        ("Shop", "web"),
+        ("shop", ""),
+    ] {
+        let mut claims = psat_claims();
+        claims["kubernetes.io"]["namespace"] = json!(ns);
+        claims["kubernetes.io"]["serviceaccount"]["name"] = json!(sa);
+        claims["sub"] = json!(format!("system:serviceaccount:{ns}:{sa}"));
+        let err = psat(&claims).unwrap_err();
+        assert!(
+            matches!(err, AttestError::MalformedDocument(_)),
+            "{ns}/{sa}: {err}"
+        );
+    }
+
+    // Longer-lived than the authority accepts (e.g. the API server's
+    // one-year extension of tokens for its own audience).
+    let mut claims = psat_claims();
+    claims["exp"] = json!(K8S_IAT + 365 * 24 * 3600);
+    let err = psat(&claims).unwrap_err();
+    assert_eq!(
+        err,
+        AttestError::LifetimeTooLong {
+            lifetime: 365 * 24 * 3600,
+            max: 3600
+        }
+    );
+    assert!(err.to_string().contains("expirationSeconds"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_psat_never_verifies(
+        at in any::<prop::sample::Index>(),
+        c in prop::sample::select(b"AQgw_-.x=".to_vec()),
+        junk in ".{0,300}",
+    ) {
+        let keys = JwtKeys::from_jwks_json(&jwks()).unwrap();
+        prop_assert!(verify_psat(&junk, &keys, &k8s_expect(), k8s_now()).is_err());
+        let token = jwt(&json!({"alg": "RS256", "kid": "k1"}), &psat_claims());
+        let mut bytes = token.clone().into_bytes();
+        let i = at.index(bytes.len());
+        bytes[i] = c;
+        let mutated = String::from_utf8(bytes).unwrap();
+        let result = verify_psat(&mutated, &keys, &k8s_expect(), k8s_now());
         prop_assert_eq!(result.is_ok(), mutated == token);
     }
 }

@@ -1,5 +1,6 @@
-//! The authority's cloud attestation: AWS instance identity documents and
-//! GCP instance identity tokens, verified with [`crate::attest`].
+//! The authority's cloud attestation: AWS instance identity documents, GCP
+//! instance identity tokens and Kubernetes projected service-account tokens,
+//! verified with [`crate::attest`].
 //!
 //! Design bias: *the document proves the instance, the region picks the key,
 //! and an instance attests once*. AWS publishes one certificate per region
@@ -10,6 +11,11 @@
 //! instance's whole life, anyone who reads it could replay it: the store
 //! remembers each attested instance and refuses a second first-attestation
 //! (the sidecar renews over mTLS instead), as SPIRE's AWS attestor does.
+//!
+//! Kubernetes is the exception to "attests once": pods come and go under one
+//! service account, each with short-lived tokens the kubelet refreshes, so
+//! the authority remembers redeemed *tokens* instead, and refuses tokens
+//! valid for longer than `--k8s-max-token-ttl` (see `service.rs`).
 
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use appid_policy::claims::Cloud;
 
 use super::service::{CloudVerifier, Proof};
-use crate::attest::{self, AwsSignature, GcpKeys};
+use crate::attest::{self, AwsSignature, GcpKeys, JwtKeys, K8sExpectations, K8sIdentity};
 
 /// What the authority was configured with.
 pub struct CloudAttestor {
@@ -26,6 +32,8 @@ pub struct CloudAttestor {
     pub aws_certs: Option<PathBuf>,
     /// GCP signing keys and the audience tokens must name.
     pub gcp: Option<(GcpKeys, String)>,
+    /// The cluster's service-account issuer keys and what tokens must say.
+    pub k8s: Option<(JwtKeys, K8sExpectations)>,
 }
 
 impl CloudVerifier for CloudAttestor {
@@ -82,6 +90,16 @@ impl CloudVerifier for CloudAttestor {
                 Ok(identity.to_cloud_claims())
             }
             Proof::JoinToken { .. } => Err("a join token is not a cloud document".into()),
+            Proof::K8sPsat { .. } => Err("a service-account token is not a cloud document".into()),
         }
+    }
+
+    fn verify_k8s(&self, token: &str, now: i64) -> Result<K8sIdentity, String> {
+        let (keys, expect) = self
+            .k8s
+            .as_ref()
+            .ok_or(super::service::K8S_NOT_CONFIGURED)?;
+        let now = UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
+        attest::verify_psat(token, keys, expect, now).map_err(|e| e.to_string())
     }
 }

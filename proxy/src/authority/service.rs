@@ -22,6 +22,7 @@ use appid_policy::AppIdClaims;
 use appid_policy::claims::{Cloud, Image, attestation};
 
 use super::store::{Redemption, Registration, Store, StoreError};
+use crate::attest::K8sIdentity;
 use crate::identity::ca::Ca;
 use crate::identity::spiffe::SpiffeId;
 
@@ -41,6 +42,21 @@ pub enum Proof {
     },
     /// A GCP instance identity token (JWT).
     GcpIit { token: String },
+    /// A Kubernetes projected service-account token (JWT), read by the
+    /// sidecar from its `serviceAccountToken` volume.
+    K8sPsat { token: String },
+}
+
+impl Proof {
+    /// The attestation method this proof stands for.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Proof::JoinToken { .. } => attestation::JOIN_TOKEN,
+            Proof::AwsIid { .. } => attestation::AWS_IID,
+            Proof::GcpIit { .. } => attestation::GCP_IIT,
+            Proof::K8sPsat { .. } => attestation::K8S_PSAT,
+        }
+    }
 }
 
 /// A request for a first certificate.
@@ -91,6 +107,9 @@ pub enum Refusal {
     Revoked(String),
     #[error("{0} is not registered")]
     NotRegistered(String),
+    /// The workload is not registered for the way it attested.
+    #[error("{id}: {reason}")]
+    NotAllowed { id: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -100,7 +119,7 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) => 400,
             Refusal::Unauthenticated(_) => 401,
-            Refusal::Revoked(_) | Refusal::NotRegistered(_) => 403,
+            Refusal::Revoked(_) | Refusal::NotRegistered(_) | Refusal::NotAllowed { .. } => 403,
             Refusal::Internal(_) => 500,
         }
     }
@@ -110,7 +129,7 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Revoked(_) => "revoked",
-            Refusal::NotRegistered(_) => "not_registered",
+            Refusal::NotRegistered(_) | Refusal::NotAllowed { .. } => "not_registered",
             Refusal::Internal(_) => "internal",
         }
     }
@@ -122,11 +141,35 @@ impl From<StoreError> for Refusal {
     }
 }
 
-/// Verifies cloud documents; provided by the attestation module.
+/// Verifies cloud documents and cluster tokens; provided by the
+/// attestation module.
 pub trait CloudVerifier: Send + Sync {
     /// Verified cloud facts (`provider`, `account`/`project`, `region`,
     /// `zone`, `instance`, ...) and their claims form, or why not.
     fn verify(&self, proof: &Proof, now: i64) -> Result<Cloud, String>;
+
+    /// The verified facts of a Kubernetes projected service-account token,
+    /// or why not.
+    fn verify_k8s(&self, token: &str, now: i64) -> Result<K8sIdentity, String> {
+        let _ = (token, now);
+        Err(K8S_NOT_CONFIGURED.into())
+    }
+}
+
+/// Why a PSAT is refused by an authority without a cluster configured.
+pub const K8S_NOT_CONFIGURED: &str = "Kubernetes attestation is not configured on this authority \
+     (serve --k8s-jwks FILE --k8s-issuer URL --k8s-audience AUD)";
+
+/// The `cloud_match` marker of a registration that Kubernetes pods of its
+/// service account may attest to (`register --k8s-namespace --k8s-service-account`).
+pub const K8S_PROVIDER: &str = "kubernetes";
+
+/// What the proof was verified into, before the database is touched.
+enum Verified {
+    /// A join token: checked against the database only.
+    Nothing,
+    Cloud(Cloud),
+    K8s(K8sIdentity),
 }
 
 /// The authority: CA, store, settings.
@@ -180,11 +223,7 @@ impl Authority {
 
     /// First issuance: check the proof, then issue.
     pub fn attest(&self, request: &AttestRequest, now: i64) -> Result<IssuedResponse, Refusal> {
-        let method = match request.proof {
-            Proof::JoinToken { .. } => attestation::JOIN_TOKEN,
-            Proof::AwsIid { .. } => attestation::AWS_IID,
-            Proof::GcpIit { .. } => attestation::GCP_IIT,
-        };
+        let method = request.proof.method();
         let result = self.attest_inner(request, now);
         match &result {
             Ok(issued) => self.event("issue", Some(&issued.id), method, None),
@@ -198,16 +237,28 @@ impl Authority {
     /// commit together, so a crash or a refusal in between consumes nothing.
     fn attest_inner(&self, request: &AttestRequest, now: i64) -> Result<IssuedResponse, Refusal> {
         let csr = parse_csr(&request.csr)?;
-        // Cloud documents are verified before taking the database lock.
-        let verified_cloud = match &request.proof {
-            Proof::JoinToken { .. } => None,
+        // Cloud documents and cluster tokens are verified before taking the
+        // database lock.
+        let verified = match &request.proof {
+            Proof::JoinToken { .. } => Verified::Nothing,
+            Proof::K8sPsat { token } => {
+                let verifier = self
+                    .cloud
+                    .as_ref()
+                    .ok_or_else(|| Refusal::Unauthenticated(K8S_NOT_CONFIGURED.into()))?;
+                Verified::K8s(
+                    verifier
+                        .verify_k8s(token, now)
+                        .map_err(Refusal::Unauthenticated)?,
+                )
+            }
             cloud_proof => {
                 let verifier = self.cloud.as_ref().ok_or_else(|| {
                     Refusal::Unauthenticated(
                         "cloud attestation is not configured on this authority".into(),
                     )
                 })?;
-                Some(
+                Verified::Cloud(
                     verifier
                         .verify(cloud_proof, now)
                         .map_err(Refusal::Unauthenticated)?,
@@ -217,7 +268,7 @@ impl Authority {
 
         let store = self.lock()?;
         let transaction = store.begin()?;
-        let (registration, cloud, method) = match (&request.proof, verified_cloud) {
+        let (registration, cloud, method) = match (&request.proof, verified) {
             (Proof::JoinToken { token }, _) => {
                 let id = match store.redeem_token(&hash_token(token), now)? {
                     Redemption::Redeemed { id } => id,
@@ -238,7 +289,15 @@ impl Authority {
                     .ok_or_else(|| Refusal::NotRegistered(id.clone()))?;
                 (registration, None, attestation::JOIN_TOKEN)
             }
-            (cloud_proof, Some(cloud)) => {
+            (_, Verified::K8s(identity)) => {
+                let registration = self.k8s_registration(&store, &identity, now)?;
+                (
+                    registration,
+                    Some(identity.to_cloud_claims()),
+                    attestation::K8S_PSAT,
+                )
+            }
+            (cloud_proof, Verified::Cloud(cloud)) => {
                 let facts = cloud_facts(&cloud);
                 let matching = store.registrations_matching_cloud(&facts)?;
                 let registration = match matching.as_slice() {
@@ -276,7 +335,9 @@ impl Authority {
                 }
                 (registration, Some(cloud), method)
             }
-            (_, None) => return Err(Refusal::Internal("cloud proof without verification".into())),
+            (_, Verified::Nothing) => {
+                return Err(Refusal::Internal("cloud proof without verification".into()));
+            }
         };
         let issued = self.issue(
             &store,
@@ -291,6 +352,62 @@ impl Authority {
         )?;
         transaction.commit().map_err(StoreError::from)?;
         Ok(issued)
+    }
+
+    /// The registration a verified service-account token attests to, with
+    /// the token recorded as redeemed (in the caller's transaction).
+    ///
+    /// The SPIFFE ID is derived from the token, never chosen by the pod:
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, and it
+    /// must be registered for Kubernetes attestation. Unlike a cloud
+    /// instance, a service account attests many times (every replica, every
+    /// restart, each with a fresh token), so what is remembered is the
+    /// token: the same token is never redeemed twice.
+    fn k8s_registration(
+        &self,
+        store: &Store,
+        identity: &K8sIdentity,
+        now: i64,
+    ) -> Result<Registration, Refusal> {
+        let id = format!(
+            "spiffe://{}/{}",
+            self.ca.trust_domain(),
+            identity.spiffe_path()
+        );
+        let register = format!(
+            "appid authority register --k8s-namespace {} --k8s-service-account {}",
+            identity.namespace, identity.service_account
+        );
+        let registration = store
+            .registration(&id)?
+            .ok_or_else(|| Refusal::NotAllowed {
+                id: id.clone(),
+                reason: format!(
+                    "service account {}/{} is not registered; register it with `{register}`",
+                    identity.namespace, identity.service_account
+                ),
+            })?;
+        if registration.cloud_match.get("provider").map(String::as_str) != Some(K8S_PROVIDER) {
+            return Err(Refusal::NotAllowed {
+                id,
+                reason: format!(
+                    "registered, but not for Kubernetes attestation (join token or cloud document only); \
+                     re-register it with `{register}`"
+                ),
+            });
+        }
+        let expires_at = identity
+            .expires_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if !store.redeem_k8s_token(&identity.token_id(), &id, expires_at, now)? {
+            return Err(Refusal::Unauthenticated(format!(
+                "this service-account token ({}) was already redeemed; a token attests once \
+                 (the kubelet refreshes it; a replayed token?)",
+                identity.token_id()
+            )));
+        }
+        Ok(registration)
     }
 
     /// Renewal for a peer that proved its identity with a valid certificate
@@ -463,4 +580,24 @@ pub fn new_token() -> Option<String> {
         "appid-jt-{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request a sidecar sends for a Kubernetes attestation.
+    #[test]
+    fn the_psat_proof_on_the_wire() {
+        let request: AttestRequest = serde_json::from_str(
+            r#"{"csr": "PEM", "proof": {"method": "k8s_psat", "token": "eyJ.x.y"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(&request.proof, Proof::K8sPsat { token } if token == "eyJ.x.y"));
+        assert_eq!(request.proof.method(), "k8s_psat");
+        assert_eq!(
+            serde_json::to_value(&request.proof).unwrap(),
+            serde_json::json!({"method": "k8s_psat", "token": "eyJ.x.y"})
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Design bias: *the database is the only truth, and every change is one
 //! transaction*. Registrations, join tokens (stored as SHA-256 hashes, never
-//! in clear), scan results, issued serials and revocations live in tables;
+//! in clear), scan results, issued serials, attested cloud instances,
+//! redeemed Kubernetes token IDs and revocations live in tables;
 //! WAL mode with `synchronous = FULL` means a `kill -9` at any point leaves
 //! either the old or the new state, never half of one. A join token is
 //! consumed by a single conditional `UPDATE ... WHERE consumed_at IS NULL`,
@@ -272,6 +273,31 @@ impl Store {
         Ok(added == 1)
     }
 
+    /// Records that a Kubernetes service-account token (by its
+    /// [`token_id`](crate::attest::K8sIdentity::token_id)) was redeemed for
+    /// `id`. `false` if it already was: a token attests once. Records of
+    /// tokens expired for longer than the clock skew are dropped first,
+    /// since such tokens are refused before reaching here anyway.
+    pub fn redeem_k8s_token(
+        &self,
+        token_id: &str,
+        id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let skew = crate::attest::CLOCK_SKEW.as_secs() as i64;
+        self.conn.execute(
+            "DELETE FROM k8s_tokens WHERE expires_at < ?1",
+            params![now.saturating_sub(2 * skew)],
+        )?;
+        let added = self.conn.execute(
+            "INSERT INTO k8s_tokens (token_id, id, expires_at, redeemed_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(token_id) DO NOTHING",
+            params![token_id, id, expires_at, now],
+        )?;
+        Ok(added == 1)
+    }
+
     /// Revokes a SPIFFE ID: no more certificates, and peers refuse it.
     pub fn revoke(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let added = self.conn.execute(
@@ -337,6 +363,12 @@ CREATE TABLE IF NOT EXISTS cloud_instances (
     instance TEXT PRIMARY KEY,
     id TEXT NOT NULL,
     attested_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS k8s_tokens (
+    token_id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    redeemed_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS revocations (
     id TEXT PRIMARY KEY,
@@ -440,6 +472,26 @@ mod tests {
             !store.revoke("spiffe://td/bad", 6).unwrap(),
             "already revoked"
         );
+    }
+
+    #[test]
+    fn a_k8s_token_is_redeemed_once_and_forgotten_after_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = "spiffe://td/ns/shop/sa/web";
+        assert!(store.redeem_k8s_token("jti:a", id, 1000, 400).unwrap());
+        assert!(!store.redeem_k8s_token("jti:a", id, 1000, 401).unwrap());
+        assert!(store.redeem_k8s_token("jti:b", id, 1000, 402).unwrap());
+        let count = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row("SELECT COUNT(*) FROM k8s_tokens", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&store), 2);
+        // Long after both expired, a redemption prunes them.
+        assert!(store.redeem_k8s_token("jti:c", id, 5000, 4000).unwrap());
+        assert_eq!(count(&store), 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow};
 
 use super::args::{self, KeyValue};
 use crate::authority::server;
-use crate::authority::service::{Authority, hash_token, new_token};
+use crate::authority::service::{Authority, K8S_PROVIDER, hash_token, new_token};
 use crate::authority::store::{Registration, Store};
 use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, KeyAlg};
 use crate::identity::spiffe::SpiffeId;
@@ -55,17 +55,51 @@ pub enum AuthorityCommand {
         /// The audience GCP tokens must be issued for
         #[arg(long, value_name = "AUD", requires = "gcp_jwks")]
         gcp_audience: Option<String>,
+        /// The cluster's service-account issuer keys (JWKS JSON, from
+        /// `kubectl get --raw /openid/v1/jwks`), for Kubernetes projected
+        /// service-account tokens
+        #[arg(long, value_name = "FILE")]
+        k8s_jwks: Option<PathBuf>,
+        /// The cluster's service-account issuer (`issuer` in
+        /// `kubectl get --raw /.well-known/openid-configuration`)
+        #[arg(long, value_name = "URL")]
+        k8s_issuer: Option<String>,
+        /// The audience pods request their projected token for
+        #[arg(long, value_name = "AUD")]
+        k8s_audience: Option<String>,
+        /// The longest validity (exp - iat) accepted for a service-account token
+        #[arg(long, value_name = "TTL", value_parser = args::duration, default_value = "1h")]
+        k8s_max_token_ttl: time::Duration,
         /// Fix the authority's clock (RFC 3339), to test expired documents
         #[arg(long, value_name = "TIME", hide = true)]
         clock: Option<String>,
     },
-    /// Record what the authority vouches for about a workload; prints a one-time join token
+    /// Record what the authority vouches for about a workload; prints a
+    /// one-time join token (none for a Kubernetes service account)
     Register {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// The workload's SPIFFE ID, in the CA's trust domain
-        #[arg(long, value_name = "SPIFFE_ID")]
-        id: String,
+        #[arg(
+            long,
+            value_name = "SPIFFE_ID",
+            required_unless_present = "k8s_namespace",
+            conflicts_with = "k8s_namespace"
+        )]
+        id: Option<String>,
+        /// Register the pods of a Kubernetes service account instead: the ID
+        /// is spiffe://<td>/ns/<NS>/sa/<SA>, attested with projected
+        /// service-account tokens (no join token)
+        #[arg(
+            long,
+            value_name = "NS",
+            requires = "k8s_service_account",
+            conflicts_with = "cloud_match"
+        )]
+        k8s_namespace: Option<String>,
+        /// The service account, with --k8s-namespace
+        #[arg(long, value_name = "SA", requires = "k8s_namespace")]
+        k8s_service_account: Option<String>,
         /// A label, key=value (repeatable)
         #[arg(long = "label", value_name = "K=V", value_parser = args::key_value)]
         labels: Vec<KeyValue>,
@@ -127,6 +161,10 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             aws_certs,
             gcp_jwks,
             gcp_audience,
+            k8s_jwks,
+            k8s_issuer,
+            k8s_audience,
+            k8s_max_token_ttl,
             clock,
         } => {
             let ca =
@@ -142,16 +180,18 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 }
                 _ => None,
             };
+            let k8s = k8s_settings(k8s_jwks, k8s_issuer, k8s_audience, k8s_max_token_ttl)?;
             if let Some(dir) = &aws_certs {
                 if !dir.is_dir() {
                     return Err(anyhow!("--aws-certs {}: not a directory", dir.display()));
                 }
             }
             let cloud: Option<Box<dyn crate::authority::service::CloudVerifier>> =
-                if aws_certs.is_some() || gcp.is_some() {
+                if aws_certs.is_some() || gcp.is_some() || k8s.is_some() {
                     Some(Box::new(crate::authority::cloud::CloudAttestor {
                         aws_certs,
                         gcp,
+                        k8s,
                     }))
                 } else {
                     None
@@ -186,6 +226,8 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         AuthorityCommand::Register {
             dir,
             id,
+            k8s_namespace,
+            k8s_service_account,
             labels,
             image_digest,
             ttl,
@@ -193,13 +235,37 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         } => {
             let ca =
                 Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
-            let id = checked_id(&ca, &id)?;
+            let k8s = k8s_namespace.zip(k8s_service_account);
+            let id = match (&id, &k8s) {
+                (_, Some((namespace, service_account))) => {
+                    crate::attest::k8s::check_names(namespace, service_account)
+                        .map_err(|e| anyhow!("--k8s-namespace/--k8s-service-account: {e}"))?;
+                    checked_id(
+                        &ca,
+                        &format!(
+                            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+                            ca.trust_domain()
+                        ),
+                    )?
+                }
+                (Some(id), None) => checked_id(&ca, id)?,
+                (None, None) => {
+                    return Err(anyhow!(
+                        "give --id SPIFFE_ID, or --k8s-namespace NS --k8s-service-account SA"
+                    ));
+                }
+            };
             let mut registration = Registration {
                 id: id.to_string(),
                 labels: BTreeMap::new(),
                 image_digest,
                 cloud_match: BTreeMap::new(),
             };
+            if k8s.is_some() {
+                registration
+                    .cloud_match
+                    .insert("provider".into(), K8S_PROVIDER.into());
+            }
             for KeyValue { key, value } in labels {
                 registration.labels.insert(key, value);
             }
@@ -225,6 +291,13 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 ));
             }
             store.register(&registration, now)?;
+            if let Some((namespace, service_account)) = k8s {
+                println!(
+                    "registered {id} for Kubernetes attestation: pods of service account \
+                     {namespace}/{service_account} attest with a projected service-account token"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let token = new_token().ok_or_else(|| anyhow!("no system randomness for a token"))?;
             store.add_token(&hash_token(&token), id.as_str(), now + ttl.whole_seconds())?;
             eprintln!(
@@ -290,6 +363,63 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The Kubernetes attestation settings of `serve`: all three of
+/// `--k8s-jwks`, `--k8s-issuer` and `--k8s-audience`, or none.
+fn k8s_settings(
+    jwks: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    max_token_ttl: time::Duration,
+) -> anyhow::Result<Option<(crate::attest::JwtKeys, crate::attest::K8sExpectations)>> {
+    const HOW: &str = "Kubernetes attestation needs --k8s-jwks FILE (`kubectl get --raw /openid/v1/jwks > FILE`), \
+         --k8s-issuer URL (`issuer` in `kubectl get --raw /.well-known/openid-configuration`) \
+         and --k8s-audience AUD (the audience of the pods' projected tokens) together";
+    let (jwks, issuer, audience) = match (jwks, issuer, audience) {
+        (None, None, None) => return Ok(None),
+        (Some(jwks), Some(issuer), Some(audience)) => (jwks, issuer, audience),
+        (jwks, issuer, audience) => {
+            let missing: Vec<&str> = [
+                (jwks.is_none(), "--k8s-jwks"),
+                (issuer.is_none(), "--k8s-issuer"),
+                (audience.is_none(), "--k8s-audience"),
+            ]
+            .into_iter()
+            .filter_map(|(missing, flag)| missing.then_some(flag))
+            .collect();
+            return Err(anyhow!("{HOW}; missing: {}", missing.join(", ")));
+        }
+    };
+    if issuer.trim().is_empty() || audience.trim().is_empty() {
+        return Err(anyhow!(
+            "--k8s-issuer and --k8s-audience must not be empty; {HOW}"
+        ));
+    }
+    if max_token_ttl <= time::Duration::ZERO {
+        return Err(anyhow!("--k8s-max-token-ttl must be positive, e.g. 1h"));
+    }
+    let bytes = std::fs::read(&jwks).with_context(|| {
+        format!(
+            "--k8s-jwks {}; fetch it with `kubectl get --raw /openid/v1/jwks > {}`",
+            jwks.display(),
+            jwks.display()
+        )
+    })?;
+    let keys = crate::attest::JwtKeys::from_jwks_json(&bytes).with_context(|| {
+        format!(
+            "--k8s-jwks {}: expected the cluster's JWKS (`kubectl get --raw /openid/v1/jwks`)",
+            jwks.display()
+        )
+    })?;
+    Ok(Some((
+        keys,
+        crate::attest::K8sExpectations {
+            issuer,
+            audience,
+            max_lifetime: std::time::Duration::from_secs(max_token_ttl.whole_seconds() as u64),
+        },
+    )))
 }
 
 fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {

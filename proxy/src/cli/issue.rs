@@ -24,6 +24,7 @@ pub enum Attestation {
     JoinToken,
     AwsIid,
     GcpIit,
+    K8sPsat,
 }
 
 impl Attestation {
@@ -33,6 +34,7 @@ impl Attestation {
             Attestation::JoinToken => attestation::JOIN_TOKEN,
             Attestation::AwsIid => attestation::AWS_IID,
             Attestation::GcpIit => attestation::GCP_IIT,
+            Attestation::K8sPsat => attestation::K8S_PSAT,
         }
     }
 }
