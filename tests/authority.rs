@@ -29,6 +29,10 @@
 //!   still work (so they use the renewed ones), until the renewed ones
 //!   expire too; then `/ready` answers 503 (within a few seconds of
 //!   notAfter; also checked alone with a 20 s TTL and no renewal at all).
+//! - Not ready means refuse: while a sidecar's authority accepts TCP but
+//!   never answers, connections to its outbound and inbound ports are reset
+//!   at once (counted as `not_ready`), not held; so are new connections
+//!   once its certificate has expired without renewal.
 //! - A scan with criticals imported for the registered digest: the next
 //!   renewal carries the new counts, and from the very next connections
 //!   the peer whose policy says `vulns.critical: {lte: 0}` refuses with 403
@@ -1118,14 +1122,88 @@ async fn ready_turns_503_when_the_certificate_expires_without_the_authority() {
     let mut server = AuthorityServer::start(&ca, "20s").await;
     let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
     let app = HttpApp::start().await;
+    let inbound = free_port();
     let sidecar = SidecarSpec::new("web", temp.path(), &ca, &server.url(), &token, &policy)
-        .inbound(free_port(), app.addr)
+        .inbound(inbound, app.addr)
         .start()
         .await;
     // Gone before the first renewal.
     server.kill();
     let not_after = sidecar.not_after().await;
     wait_not_ready_at_expiry(&sidecar, not_after).await;
+    // Expired: a new connection is refused at once, never held.
+    expect_refused_not_ready(&sidecar, inbound, "inbound").await;
+}
+
+/// Well below any timeout of the sidecar (handshake 5 s here, the authority
+/// client's 10 s, the backoff's 30 s): a refusal, not a wait.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(3);
+
+/// Connects to `127.0.0.1:port`, sends an HTTP request, and expects the
+/// connection closed or reset within [`REFUSAL_LIMIT`]; then expects the
+/// refusal counted as `not_ready` for `direction`.
+async fn expect_refused_not_ready(sidecar: &AuthoritySidecar, port: u16, direction: &str) {
+    // The reset may arrive before the connect even completes on our side.
+    match tokio::time::timeout(REFUSAL_LIMIT, TcpStream::connect(local(port))).await {
+        Ok(Ok(mut stream)) => {
+            // The write may already fail (reset); either way the read must end.
+            let _ = stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+                .await;
+            expect_closed(&mut stream, REFUSAL_LIMIT).await;
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(Err(e)) => panic!("connect to {} port {port}: {e}", sidecar.name),
+        Err(_) => panic!("connect to {} port {port} timed out", sidecar.name),
+    }
+    let (status, metrics) = admin_get(sidecar.admin, "/metrics")
+        .await
+        .unwrap_or_else(|| panic!("no answer from {} /metrics", sidecar.name));
+    assert_eq!(status, 200);
+    let series = format!(
+        "appid_connections_refused_total{{direction=\"{direction}\",reason=\"not_ready\"}} "
+    );
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a counter");
+    assert!(count >= 1, "{series}{count}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_refused_at_once_while_the_authority_does_not_answer() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let token = ca.register(&id("ns/shop/sa/web"), &["app=web"], None, None);
+    // An "authority" that accepts TCP (the kernel completes handshakes into
+    // its backlog) but never answers: the sidecar's bootstrap waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("https://{}", silent.local_addr().expect("address"));
+    let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
+    let (inbound, outbound) = (free_port(), free_port());
+    let mut sidecar = SidecarSpec::new("web", temp.path(), &ca, &url, &token, &policy)
+        .inbound(inbound, local(free_port()))
+        .outbound(outbound, local(free_port()))
+        .spawn();
+    // Up (admin answers) but not ready: no identity yet.
+    poll_until(
+        "/ready to answer 503",
+        READY_LIMIT,
+        || sidecar.context(),
+        || async { (http_status(sidecar.admin, "/ready").await == Some(503)).then_some(()) },
+    )
+    .await;
+    expect_refused_not_ready(&sidecar, outbound, "outbound").await;
+    expect_refused_not_ready(&sidecar, inbound, "inbound").await;
+    // Still waiting for the authority, not given up.
+    assert!(
+        sidecar.child.try_wait().expect("try_wait").is_none(),
+        "the sidecar exited\n{}",
+        sidecar.context()
+    );
 }
 
 // ---------------------------------------------------------------------------

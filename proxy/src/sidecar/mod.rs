@@ -66,6 +66,7 @@ pub mod http;
 pub mod inbound;
 mod lazy;
 pub mod memory;
+mod not_ready;
 pub mod orig_dst;
 pub mod outbound;
 mod pending;
@@ -515,8 +516,14 @@ pub async fn run_until(
             let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
             let client = AuthorityClient::new(url, trust.clone())
                 .map_err(|e| SidecarError::Authority(e.to_string()))?;
+            // Until the first certificate arrives, connections are refused
+            // at once rather than left waiting in the accept queue.
+            let waiting: Vec<_> = (inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound)))
+                .chain(outbound.iter().map(|(l, _)| (l, MetricsDirection::Outbound)))
+                .collect();
             let first = tokio::select! {
                 first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref()) => first?,
+                never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
             (first, trust, Some(client), None)
@@ -677,6 +684,11 @@ async fn accept_loop<F, Fut>(
             },
             () = &mut shutdown => return,
         };
+        // An expired certificate (renewal failing): refuse at once.
+        if !not_ready::still_valid(shared.tls.identity.load().not_after) {
+            not_ready::refuse(stream, peer_addr, direction, &shared.metrics);
+            continue;
+        }
         // The fast path here; a full budget is waited out (briefly, after
         // an eviction) in the connection's own task, so accepting goes on.
         let fast = shared.try_admit(direction);
