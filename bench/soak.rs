@@ -42,7 +42,11 @@ fn ms(d: Duration) -> f64 {
 /// Median and (min, max) of `values`.
 fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    (values[values.len() / 2], values[0], values[values.len() - 1])
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
 }
 
 async fn phase(attack: Attack, seconds: u64) -> Report {

@@ -93,7 +93,10 @@ async fn the_mesh_is_served_while_outsiders_attack() {
     );
     // Only the meshed client's connection(s) reached the app.
     let dialled = app.state.connections.load(Ordering::SeqCst);
-    assert!(dialled <= served as u64, "the app was dialled {dialled} times");
+    assert!(
+        dialled <= served as u64,
+        "the app was dialled {dialled} times"
+    );
     assert!(
         mesh.server
             .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"max_pending_per_source\"}")
@@ -136,7 +139,9 @@ async fn bulk_app() -> std::net::SocketAddr {
                 };
                 if first[..n].starts_with(b"GET") {
                     let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
                         .await;
                     return;
                 }
@@ -336,7 +341,11 @@ async fn a_peer_that_stops_reading_holds_only_its_share_of_memory() {
             .ok()?;
         Some(String::from_utf8_lossy(&answer).into_owned())
     };
-    assert!(ask().await.is_some_and(|a| a.ends_with("ok")), "{}", server.logs());
+    assert!(
+        ask().await.is_some_and(|a| a.ends_with("ok")),
+        "{}",
+        server.logs()
+    );
     let before = rss_kib(server.pid());
 
     let rogue = rogue_peer(net::local(server_port), &web).await;

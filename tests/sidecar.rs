@@ -1213,7 +1213,12 @@ async fn the_audit_log_rotates_at_its_size_cap() {
     for path in [sidecar.audit.clone(), rotated(1), rotated(2)] {
         let text = std::fs::read_to_string(&path).unwrap();
         // At most one line past the cap.
-        assert!(text.len() < 4096 + 2048, "{}: {} bytes", path.display(), text.len());
+        assert!(
+            text.len() < 4096 + 2048,
+            "{}: {} bytes",
+            path.display(),
+            text.len()
+        );
         for line in text.lines() {
             let line: Value = serde_json::from_str(line).expect("whole JSON lines");
             assert_eq!(line["decision"], "allow");

@@ -859,7 +859,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.jsonl");
-        let _log = AuditLog::open_target(&AuditTarget::File(path.clone()), Rotation::NEVER).unwrap();
+        let _log =
+            AuditLog::open_target(&AuditTarget::File(path.clone()), Rotation::NEVER).unwrap();
         // The process umask can only remove bits.
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o640, 0, "mode {mode:o}");

@@ -287,7 +287,14 @@ impl AppConnection<'_> {
         };
         let limits = &self.shared.limits;
         let silence = self.shared.tcp_idle_timeout(self.authz.port());
-        match first_speaker(&mut downstream, &mut upstream, silence, limits.detect_timeout).await {
+        match first_speaker(
+            &mut downstream,
+            &mut upstream,
+            silence,
+            limits.detect_timeout,
+        )
+        .await
+        {
             FirstSpeaker::Client(class, prefix) => {
                 let downstream = Prefixed::new(prefix, downstream);
                 match FirstBytes::of(&class) {
@@ -444,7 +451,14 @@ mod tests {
             .write_all(b"GET /admin HTTP/1.1\r\nx-appid-peer-id: evil\r\n\r\n")
             .await
             .unwrap();
-        match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1), Duration::from_secs(1)).await {
+        match first_speaker(
+            &mut client_side,
+            &mut server_side,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        {
             FirstSpeaker::Client(Classification::Http1, prefix) => {
                 assert!(prefix.starts_with(b"GET /admin"));
             }
@@ -460,7 +474,14 @@ mod tests {
             .write_all(b"220 smtp.example ESMTP\r\n")
             .await
             .unwrap();
-        match first_speaker(&mut client_side, &mut server_side, Duration::from_secs(1), Duration::from_secs(1)).await {
+        match first_speaker(
+            &mut client_side,
+            &mut server_side,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        {
             FirstSpeaker::Server(banner) => assert_eq!(&banner[..], b"220 smtp.example ESMTP\r\n"),
             other => panic!("{other:?}"),
         }

@@ -413,12 +413,7 @@ async fn serve_tunnel(
                 return;
             };
             shared.metrics.tunnel_stream(MetricsDirection::Inbound);
-            let stream = TunnelStream::new(
-                send,
-                request.into_body(),
-                Some(counted),
-                Some(meter),
-            );
+            let stream = TunnelStream::new(send, request.into_body(), Some(counted), Some(meter));
             from_peer_to_app(&shared, stream, authz, headers, app).await;
             drop((permit, peer_share));
         });

@@ -103,7 +103,6 @@ impl MemoryBudget {
             held_peer: None,
         }
     }
-
 }
 
 /// Charges one stream's writes to its peer's share and the process budget.
@@ -217,7 +216,11 @@ mod tests {
         let mut greedy = budget.meter("spiffe://t/greedy");
         let mut held = Vec::new();
         while held.iter().map(Charge::bytes).sum::<usize>() < share {
-            held.push(poll_fn(|cx| greedy.poll_charge(cx, MAX_CHARGE)).await.unwrap());
+            held.push(
+                poll_fn(|cx| greedy.poll_charge(cx, MAX_CHARGE))
+                    .await
+                    .unwrap(),
+            );
         }
         let blocked = tokio::time::timeout(
             Duration::from_millis(50),
@@ -234,7 +237,9 @@ mod tests {
         assert!(waiting.await.is_err());
         // Another peer is not affected.
         let mut other = budget.meter("spiffe://t/other");
-        let got = poll_fn(|cx| other.poll_charge(cx, MAX_CHARGE)).await.unwrap();
+        let got = poll_fn(|cx| other.poll_charge(cx, MAX_CHARGE))
+            .await
+            .unwrap();
         assert_eq!(got.bytes(), MAX_CHARGE);
         // Draining the greedy peer's bytes lets it write again.
         held.clear();
@@ -248,7 +253,11 @@ mod tests {
         let mut held = Vec::new();
         for i in 0..PEER_SHARE {
             let mut meter = budget.meter(&format!("spiffe://t/{i}"));
-            held.push(poll_fn(|cx| meter.poll_charge(cx, MAX_CHARGE)).await.unwrap());
+            held.push(
+                poll_fn(|cx| meter.poll_charge(cx, MAX_CHARGE))
+                    .await
+                    .unwrap(),
+            );
         }
         assert!(budget.is_exhausted());
         let copies = budget.meter("spiffe://t/copies");
@@ -272,7 +281,13 @@ mod tests {
         let charge = poll_fn(|cx| meter.poll_charge(cx, 500)).await.unwrap();
         drop(charge);
         // Simulate a held peer charge larger than the next ask.
-        meter.held_peer = Some(meter.peer.clone_inner().try_acquire_many_owned(900).unwrap());
+        meter.held_peer = Some(
+            meter
+                .peer
+                .clone_inner()
+                .try_acquire_many_owned(900)
+                .unwrap(),
+        );
         let charge = poll_fn(|cx| meter.poll_charge(cx, 100)).await.unwrap();
         assert_eq!(charge.bytes(), 100);
         drop(charge);

@@ -72,7 +72,11 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
                         upstream,
                         &[],
                         shared.tcp_idle_timeout(destination.port()),
-                        Some(&shared.memory.meter(&format!("external {}", destination.ip()))),
+                        Some(
+                            &shared
+                                .memory
+                                .meter(&format!("external {}", destination.ip())),
+                        ),
                         std::future::pending(),
                     )
                     .await;

@@ -199,7 +199,9 @@ impl TunnelPool {
         if self.mode == TunnelMode::Pooled && shared.memory.is_exhausted() {
             // Shed: no new stream while peers hold the whole byte budget.
             tracing::info!(%destination, "outbound stream refused: byte budget exhausted");
-            shared.metrics.stream_shed(MetricsDirection::Outbound, "memory");
+            shared
+                .metrics
+                .stream_shed(MetricsDirection::Outbound, "memory");
             return None;
         }
         if self.mode == TunnelMode::Strict {

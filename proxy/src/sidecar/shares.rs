@@ -69,6 +69,9 @@ mod tests {
         assert!(shares.take(&"b").is_some());
         drop(first);
         assert!(shares.take(&"a").is_some());
-        assert!(shares.counts.lock().unwrap().len() == 1, "empty keys are forgotten");
+        assert!(
+            shares.counts.lock().unwrap().len() == 1,
+            "empty keys are forgotten"
+        );
     }
 }
