@@ -33,6 +33,11 @@
 //!   never answers, connections to its outbound and inbound ports are reset
 //!   at once (counted as `not_ready`), not held; so are new connections
 //!   once its certificate has expired without renewal.
+//! - `state_dir`: a sidecar killed and started again with the same config
+//!   (its join token used) comes up ready with the same SPIFFE ID from its
+//!   kept key and certificate (mode 0600), renews with them at once, and
+//!   presents no token; another sidecar with the used token and an empty
+//!   state directory still exits with "already used".
 //! - A scan with criticals imported for the registered digest: the next
 //!   renewal carries the new counts, and from the very next connections
 //!   the peer whose policy says `vulns.critical: {lte: 0}` refuses with 403
@@ -392,6 +397,7 @@ struct SidecarSpec {
     policy: PathBuf,
     inbound: Vec<(u16, SocketAddr)>,
     outbound: Vec<(u16, SocketAddr)>,
+    state_dir: Option<PathBuf>,
 }
 
 impl SidecarSpec {
@@ -416,7 +422,14 @@ impl SidecarSpec {
             policy: policy.to_path_buf(),
             inbound: Vec::new(),
             outbound: Vec::new(),
+            state_dir: None,
         }
+    }
+
+    /// `identity.authority.state_dir`: where the identity is kept.
+    fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
     }
 
     /// Explicit inbound on `127.0.0.1:listen`, forwarded to `app`.
@@ -439,6 +452,9 @@ impl SidecarSpec {
         writeln!(yaml, "    url: \"{}\"", self.url).unwrap();
         writeln!(yaml, "    bundle: {}", q(&self.bundle)).unwrap();
         writeln!(yaml, "    join_token_file: {}", q(&self.token_file)).unwrap();
+        if let Some(dir) = &self.state_dir {
+            writeln!(yaml, "    state_dir: {}", q(dir)).unwrap();
+        }
         writeln!(yaml, "trust_domains: [{TRUST_DOMAIN}]").unwrap();
         writeln!(yaml, "policy: {}", q(&self.policy)).unwrap();
         for (section, listeners, key) in [
@@ -1203,6 +1219,116 @@ async fn connections_are_refused_at_once_while_the_authority_does_not_answer() {
         sidecar.child.try_wait().expect("try_wait").is_none(),
         "the sidecar exited\n{}",
         sidecar.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Identity that survives restarts (identity.authority.state_dir)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_keeps_its_identity_and_the_token_stays_one_time() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let web = id("ns/shop/sa/web");
+    let token = ca.register(&web, &["app=web"], None, None);
+    let server = AuthorityServer::start(&ca, "1h").await;
+    let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
+    let state = temp.path().join("web-state");
+    let inbound = free_port();
+    let spec = || {
+        SidecarSpec::new("web", temp.path(), &ca, &server.url(), &token, &policy)
+            .inbound(inbound, local(free_port()))
+            .state_dir(&state)
+    };
+
+    // First start: the join token is redeemed and the identity kept.
+    let mut first = spec().start().await;
+    assert_eq!(first.appid().await["id"], web.as_str());
+    let kept = state.join("identity.pem");
+    let mode = std::fs::metadata(&kept)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", kept.display(), first.context()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{} must be private", kept.display());
+    let text = std::fs::read_to_string(&kept).expect("read the kept identity");
+    assert!(
+        text.contains("-----BEGIN PRIVATE KEY-----")
+            && text.contains("-----BEGIN CERTIFICATE-----"),
+        "{} holds the key and the certificate",
+        kept.display()
+    );
+    assert_eq!(
+        ca.count_events("issue", Some(&web)),
+        1,
+        "{}",
+        ca.audit_text()
+    );
+
+    // Killed (no chance to clean up) and started again with the same config
+    // and the same, now used, token: ready with the same SPIFFE ID.
+    first.child.kill().expect("kill the sidecar");
+    first.exited = Some(first.child.wait().expect("reap the sidecar"));
+    let second = spec().start().await;
+    assert_eq!(second.appid().await["id"], web.as_str());
+    assert!(
+        second.logs().contains("starting with the kept identity"),
+        "{}",
+        second.context()
+    );
+    // It renewed with its kept certificate (over mTLS), at once; the token
+    // was not presented again, and the renewal was kept in turn.
+    poll_until(
+        "a renewal by the restarted sidecar",
+        READY_LIMIT,
+        || {
+            format!(
+                "{}\n--- authority audit:\n{}",
+                second.context(),
+                ca.audit_text()
+            )
+        },
+        || async { (ca.count_events("renew", Some(&web)) >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        ca.count_events("issue", Some(&web)),
+        1,
+        "{}",
+        ca.audit_text()
+    );
+    assert_eq!(ca.count_events("refuse", None), 0, "{}", ca.audit_text());
+    poll_until(
+        "the renewed certificate kept",
+        READY_LIMIT,
+        || second.context(),
+        || async { (std::fs::read_to_string(&kept).ok()? != text).then_some(()) },
+    )
+    .await;
+
+    // The token is still one-time: another sidecar with an empty state
+    // directory cannot use it.
+    let mut other = SidecarSpec::new(
+        "web-elsewhere",
+        temp.path(),
+        &ca,
+        &server.url(),
+        &token,
+        &policy,
+    )
+    .inbound(free_port(), local(free_port()))
+    .state_dir(&temp.path().join("empty-state"))
+    .spawn();
+    let status = other.wait_exit(READY_LIMIT).await;
+    assert!(
+        !status.success(),
+        "a used token must not bootstrap: {status}"
+    );
+    assert!(
+        other.logs().contains("already used"),
+        "the refusal reason is missing:\n{}",
+        other.logs()
     );
 }
 

@@ -164,8 +164,7 @@ impl Ca {
         params.serial_number = Some(serial);
         params.custom_extensions = leaf_constraint_extensions(subject_key).into();
         params.custom_extensions.extend(
-            leaf
-                .appid_extensions
+            leaf.appid_extensions
                 .iter()
                 .map(|value| oid_rewrite::appid_extension(value.clone())),
         );
@@ -295,10 +294,8 @@ mod tests {
 
         let ski: Vec<_> = exts.iter().filter(|e| e.0 == "2.5.29.14").collect();
         assert_eq!(ski.len(), 1, "{exts:?}");
-        let digest = aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            &key.subject_public_key_info(),
-        );
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info());
         assert_eq!(ski[0].2[2..], digest.as_ref()[..20]);
 
         // And x509-parser agrees it is not a CA.

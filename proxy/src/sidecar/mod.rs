@@ -76,6 +76,7 @@ pub mod read_ahead;
 mod reload;
 mod shares;
 pub mod splice;
+pub mod state_dir;
 pub mod tls;
 pub mod tunnel;
 
@@ -102,6 +103,7 @@ use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
 use rustls_pki_types::CertificateDer;
 use splice::Copied;
+use state_dir::StateDir;
 use tls::{IdentityError, LocalIdentity, TlsState};
 
 /// Why the sidecar could not start.
@@ -122,6 +124,8 @@ pub enum SidecarError {
     },
     #[error("identity from the authority: {0}")]
     Authority(String),
+    #[error(transparent)]
+    State(#[from] state_dir::StateError),
 }
 
 /// Data-plane limits (from the config's `limits:`).
@@ -231,7 +235,10 @@ impl Shared {
     ) -> Option<shares::ShareGuard<String>> {
         let share = self.peer_connections.take(&peer_id.to_string());
         if share.is_none() {
-            tracing::info!(peer = peer_id, "refused: the peer holds its share of inbound connections");
+            tracing::info!(
+                peer = peer_id,
+                "refused: the peer holds its share of inbound connections"
+            );
             match what {
                 PeerConnection::TunnelStream => self
                     .metrics
@@ -437,9 +444,11 @@ pub async fn run_until(
         max_bytes: config.limits.audit_log_max_bytes,
         keep: config.limits.audit_log_keep,
     };
-    let audit = AuditLog::open_target(&config.audit_log, rotation).map_err(|error| SidecarError::Audit {
-        path: config.audit_log.display(),
-        error,
+    let audit = AuditLog::open_target(&config.audit_log, rotation).map_err(|error| {
+        SidecarError::Audit {
+            path: config.audit_log.display(),
+            error,
+        }
     })?;
     let metrics = Arc::new(Metrics::new());
     let limits = Limits {
@@ -512,6 +521,7 @@ pub async fn run_until(
             url,
             bundle,
             join_token_file,
+            state_dir,
         } => {
             let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
             let client = AuthorityClient::new(url, trust.clone())
@@ -519,14 +529,24 @@ pub async fn run_until(
             // Until the first certificate arrives, connections are refused
             // at once rather than left waiting in the accept queue.
             let waiting: Vec<_> = (inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound)))
-                .chain(outbound.iter().map(|(l, _)| (l, MetricsDirection::Outbound)))
+                .chain(
+                    outbound
+                        .iter()
+                        .map(|(l, _)| (l, MetricsDirection::Outbound)),
+                )
                 .collect();
-            let first = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref()) => first?,
+            let state = state_dir.as_deref().map(StateDir::open).transpose()?;
+            let (first, how) = tokio::select! {
+                first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref(), state.as_ref()) => first?,
                 never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
-            (first, trust, Some(client), None)
+            let renewer = from_authority::Renewer {
+                client,
+                state,
+                renew_now: how == from_authority::Bootstrap::Kept,
+            };
+            (first, trust, Some(renewer), None)
         }
     };
     metrics.set_certificate_expiry(
@@ -616,10 +636,11 @@ pub async fn run_until(
         watched,
         identity_json.clone(),
     )));
-    if let Some(client) = authority {
+    if let Some(renewer) = authority {
+        let client = renewer.client.clone();
         background.push(tokio::spawn(from_authority::keep_renewed(
             shared.clone(),
-            client.clone(),
+            renewer,
             readiness.clone(),
             identity_json.clone(),
         )));

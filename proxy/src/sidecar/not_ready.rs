@@ -95,9 +95,10 @@ mod tests {
         }
         let text = metrics.encode();
         assert!(
-            text.lines().any(|l| l.starts_with("appid_connections_refused_total")
-                && l.contains("reason=\"not_ready\"")
-                && l.ends_with(" 1")),
+            text.lines()
+                .any(|l| l.starts_with("appid_connections_refused_total")
+                    && l.contains("reason=\"not_ready\"")
+                    && l.ends_with(" 1")),
             "{text}"
         );
     }
