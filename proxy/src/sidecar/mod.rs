@@ -528,13 +528,11 @@ pub async fn run_until(
                 .map_err(|e| SidecarError::Authority(e.to_string()))?;
             // Until the first certificate arrives, connections are refused
             // at once rather than left waiting in the accept queue.
-            let waiting: Vec<_> = (inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound)))
-                .chain(
-                    outbound
-                        .iter()
-                        .map(|(l, _)| (l, MetricsDirection::Outbound)),
-                )
-                .collect();
+            let refused_in = inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound));
+            let refused_out = outbound
+                .iter()
+                .map(|(l, _)| (l, MetricsDirection::Outbound));
+            let waiting: Vec<_> = refused_in.chain(refused_out).collect();
             let state = state_dir.as_deref().map(StateDir::open).transpose()?;
             let (first, how) = tokio::select! {
                 first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref(), state.as_ref()) => first?,
