@@ -38,6 +38,9 @@
 //!   kept key and certificate (mode 0600), renews with them at once, and
 //!   presents no token; another sidecar with the used token and an empty
 //!   state directory still exits with "already used".
+//! - Renewal needs a certificate this authority issued (its serial
+//!   recorded): one made offline with `appid issue` by the same CA is
+//!   refused (401).
 //! - A scan with criticals imported for the registered digest: the next
 //!   renewal carries the new counts, and from the very next connections
 //!   the peer whose policy says `vulns.critical: {lte: 0}` refuses with 403
@@ -74,6 +77,7 @@ use tokio::net::TcpStream;
 use appid_proxy::authority::client::{AuthorityClient, ClientError, new_key_and_csr};
 use appid_proxy::authority::service::{IssuedResponse, Proof};
 use appid_proxy::identity::verify::TrustBundle;
+use appid_proxy::sidecar::tls::LocalIdentity;
 
 use support::apps::{EchoServer, HttpApp};
 use support::clients::{H1Session, curl};
@@ -1330,6 +1334,62 @@ async fn a_restarted_sidecar_keeps_its_identity_and_the_token_stays_one_time() {
         "the refusal reason is missing:\n{}",
         other.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_needs_a_certificate_this_authority_issued() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let web = id("ns/shop/sa/web");
+    let token = ca.register(&web, &["app=web"], None, None);
+    let server = AuthorityServer::start(&ca, "1h").await;
+    let client = ca.client(&server.url());
+    let bundle =
+        TrustBundle::from_pem_file(&ca.bundle(), vec![TRUST_DOMAIN.into()]).expect("ca.pem");
+
+    // Issued by the authority: renews over mTLS with it.
+    let fresh = new_key_and_csr().expect("key and CSR");
+    let issued = client
+        .attest(&fresh.csr_pem, Proof::JoinToken { token })
+        .await
+        .expect("attest with the join token");
+    let current = LocalIdentity::from_pem(
+        "issued",
+        issued.certificate.as_bytes(),
+        "key",
+        fresh.key_pem.as_bytes(),
+        &bundle,
+    )
+    .expect("the issued certificate loads");
+    let next = new_key_and_csr().expect("key and CSR");
+    let renewed = client
+        .renew(&next.csr_pem, current.certified.clone())
+        .await
+        .expect("renewal with the authority's certificate");
+    assert_eq!(renewed.id, web);
+
+    // Signed by the same CA, but offline (`appid issue`): not renewed.
+    let (cert, key) = (
+        temp.path().join("offline.pem"),
+        temp.path().join("offline.key"),
+    );
+    appid(&[
+        "issue",
+        "--dir",
+        path_str(&ca.dir),
+        "--id",
+        &web,
+        "--label",
+        "app=web",
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ]);
+    let offline = LocalIdentity::load(&cert, &key, &bundle).expect("the offline certificate loads");
+    let next = new_key_and_csr().expect("key and CSR");
+    let refused = client.renew(&next.csr_pem, offline.certified.clone()).await;
+    assert_refused(&refused, 401, "not issued by this authority");
 }
 
 // ---------------------------------------------------------------------------
