@@ -29,6 +29,18 @@
 //!   still work (so they use the renewed ones), until the renewed ones
 //!   expire too; then `/ready` answers 503 (within a few seconds of
 //!   notAfter; also checked alone with a 20 s TTL and no renewal at all).
+//! - Not ready means refuse: while a sidecar's authority accepts TCP but
+//!   never answers, connections to its outbound and inbound ports are reset
+//!   at once (counted as `not_ready`), not held; so are new connections
+//!   once its certificate has expired without renewal.
+//! - `state_dir`: a sidecar killed and started again with the same config
+//!   (its join token used) comes up ready with the same SPIFFE ID from its
+//!   kept key and certificate (mode 0600), renews with them at once, and
+//!   presents no token; another sidecar with the used token and an empty
+//!   state directory still exits with "already used".
+//! - Renewal needs a certificate this authority issued (its serial
+//!   recorded): one made offline with `appid issue` by the same CA is
+//!   refused (401).
 //! - A scan with criticals imported for the registered digest: the next
 //!   renewal carries the new counts, and from the very next connections
 //!   the peer whose policy says `vulns.critical: {lte: 0}` refuses with 403
@@ -65,6 +77,7 @@ use tokio::net::TcpStream;
 use appid_proxy::authority::client::{AuthorityClient, ClientError, new_key_and_csr};
 use appid_proxy::authority::service::{IssuedResponse, Proof};
 use appid_proxy::identity::verify::TrustBundle;
+use appid_proxy::sidecar::tls::LocalIdentity;
 
 use support::apps::{EchoServer, HttpApp};
 use support::clients::{H1Session, curl};
@@ -388,6 +401,7 @@ struct SidecarSpec {
     policy: PathBuf,
     inbound: Vec<(u16, SocketAddr)>,
     outbound: Vec<(u16, SocketAddr)>,
+    state_dir: Option<PathBuf>,
 }
 
 impl SidecarSpec {
@@ -412,7 +426,14 @@ impl SidecarSpec {
             policy: policy.to_path_buf(),
             inbound: Vec::new(),
             outbound: Vec::new(),
+            state_dir: None,
         }
+    }
+
+    /// `identity.authority.state_dir`: where the identity is kept.
+    fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
     }
 
     /// Explicit inbound on `127.0.0.1:listen`, forwarded to `app`.
@@ -435,6 +456,9 @@ impl SidecarSpec {
         writeln!(yaml, "    url: \"{}\"", self.url).unwrap();
         writeln!(yaml, "    bundle: {}", q(&self.bundle)).unwrap();
         writeln!(yaml, "    join_token_file: {}", q(&self.token_file)).unwrap();
+        if let Some(dir) = &self.state_dir {
+            writeln!(yaml, "    state_dir: {}", q(dir)).unwrap();
+        }
         writeln!(yaml, "trust_domains: [{TRUST_DOMAIN}]").unwrap();
         writeln!(yaml, "policy: {}", q(&self.policy)).unwrap();
         for (section, listeners, key) in [
@@ -1118,14 +1142,254 @@ async fn ready_turns_503_when_the_certificate_expires_without_the_authority() {
     let mut server = AuthorityServer::start(&ca, "20s").await;
     let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
     let app = HttpApp::start().await;
+    let inbound = free_port();
     let sidecar = SidecarSpec::new("web", temp.path(), &ca, &server.url(), &token, &policy)
-        .inbound(free_port(), app.addr)
+        .inbound(inbound, app.addr)
         .start()
         .await;
     // Gone before the first renewal.
     server.kill();
     let not_after = sidecar.not_after().await;
     wait_not_ready_at_expiry(&sidecar, not_after).await;
+    // Expired: a new connection is refused at once, never held.
+    expect_refused_not_ready(&sidecar, inbound, "inbound").await;
+}
+
+/// Well below any timeout of the sidecar (handshake 5 s here, the authority
+/// client's 10 s, the backoff's 30 s): a refusal, not a wait.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(3);
+
+/// Connects to `127.0.0.1:port`, sends an HTTP request, and expects the
+/// connection closed or reset within [`REFUSAL_LIMIT`]; then expects the
+/// refusal counted as `not_ready` for `direction`.
+async fn expect_refused_not_ready(sidecar: &AuthoritySidecar, port: u16, direction: &str) {
+    // The reset may arrive before the connect even completes on our side.
+    match tokio::time::timeout(REFUSAL_LIMIT, TcpStream::connect(local(port))).await {
+        Ok(Ok(mut stream)) => {
+            // The write may already fail (reset); either way the read must end.
+            let _ = stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+                .await;
+            expect_closed(&mut stream, REFUSAL_LIMIT).await;
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(Err(e)) => panic!("connect to {} port {port}: {e}", sidecar.name),
+        Err(_) => panic!("connect to {} port {port} timed out", sidecar.name),
+    }
+    let (status, metrics) = admin_get(sidecar.admin, "/metrics")
+        .await
+        .unwrap_or_else(|| panic!("no answer from {} /metrics", sidecar.name));
+    assert_eq!(status, 200);
+    let series = format!(
+        "appid_connections_refused_total{{direction=\"{direction}\",reason=\"not_ready\"}} "
+    );
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a counter");
+    assert!(count >= 1, "{series}{count}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_refused_at_once_while_the_authority_does_not_answer() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let token = ca.register(&id("ns/shop/sa/web"), &["app=web"], None, None);
+    // An "authority" that accepts TCP (the kernel completes handshakes into
+    // its backlog) but never answers: the sidecar's bootstrap waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("https://{}", silent.local_addr().expect("address"));
+    let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
+    let (inbound, outbound) = (free_port(), free_port());
+    let mut sidecar = SidecarSpec::new("web", temp.path(), &ca, &url, &token, &policy)
+        .inbound(inbound, local(free_port()))
+        .outbound(outbound, local(free_port()))
+        .spawn();
+    // Up (admin answers) but not ready: no identity yet.
+    poll_until(
+        "/ready to answer 503",
+        READY_LIMIT,
+        || sidecar.context(),
+        || async { (http_status(sidecar.admin, "/ready").await == Some(503)).then_some(()) },
+    )
+    .await;
+    expect_refused_not_ready(&sidecar, outbound, "outbound").await;
+    expect_refused_not_ready(&sidecar, inbound, "inbound").await;
+    // Still waiting for the authority, not given up.
+    assert!(
+        sidecar.child.try_wait().expect("try_wait").is_none(),
+        "the sidecar exited\n{}",
+        sidecar.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Identity that survives restarts (identity.authority.state_dir)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_keeps_its_identity_and_the_token_stays_one_time() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let web = id("ns/shop/sa/web");
+    let token = ca.register(&web, &["app=web"], None, None);
+    let server = AuthorityServer::start(&ca, "1h").await;
+    let policy = write_policy(temp.path(), "policy.yaml", WEB_TO_API);
+    let state = temp.path().join("web-state");
+    let inbound = free_port();
+    let spec = || {
+        SidecarSpec::new("web", temp.path(), &ca, &server.url(), &token, &policy)
+            .inbound(inbound, local(free_port()))
+            .state_dir(&state)
+    };
+
+    // First start: the join token is redeemed and the identity kept.
+    let mut first = spec().start().await;
+    assert_eq!(first.appid().await["id"], web.as_str());
+    let kept = state.join("identity.pem");
+    let mode = std::fs::metadata(&kept)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", kept.display(), first.context()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{} must be private", kept.display());
+    let text = std::fs::read_to_string(&kept).expect("read the kept identity");
+    assert!(
+        text.contains("-----BEGIN PRIVATE KEY-----")
+            && text.contains("-----BEGIN CERTIFICATE-----"),
+        "{} holds the key and the certificate",
+        kept.display()
+    );
+    assert_eq!(
+        ca.count_events("issue", Some(&web)),
+        1,
+        "{}",
+        ca.audit_text()
+    );
+
+    // Killed (no chance to clean up) and started again with the same config
+    // and the same, now used, token: ready with the same SPIFFE ID.
+    first.child.kill().expect("kill the sidecar");
+    first.exited = Some(first.child.wait().expect("reap the sidecar"));
+    let second = spec().start().await;
+    assert_eq!(second.appid().await["id"], web.as_str());
+    assert!(
+        second.logs().contains("starting with the kept identity"),
+        "{}",
+        second.context()
+    );
+    // It renewed with its kept certificate (over mTLS), at once; the token
+    // was not presented again, and the renewal was kept in turn.
+    poll_until(
+        "a renewal by the restarted sidecar",
+        READY_LIMIT,
+        || {
+            format!(
+                "{}\n--- authority audit:\n{}",
+                second.context(),
+                ca.audit_text()
+            )
+        },
+        || async { (ca.count_events("renew", Some(&web)) >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        ca.count_events("issue", Some(&web)),
+        1,
+        "{}",
+        ca.audit_text()
+    );
+    assert_eq!(ca.count_events("refuse", None), 0, "{}", ca.audit_text());
+    poll_until(
+        "the renewed certificate kept",
+        READY_LIMIT,
+        || second.context(),
+        || async { (std::fs::read_to_string(&kept).ok()? != text).then_some(()) },
+    )
+    .await;
+
+    // The token is still one-time: another sidecar with an empty state
+    // directory cannot use it.
+    let mut other = SidecarSpec::new(
+        "web-elsewhere",
+        temp.path(),
+        &ca,
+        &server.url(),
+        &token,
+        &policy,
+    )
+    .inbound(free_port(), local(free_port()))
+    .state_dir(&temp.path().join("empty-state"))
+    .spawn();
+    let status = other.wait_exit(READY_LIMIT).await;
+    assert!(
+        !status.success(),
+        "a used token must not bootstrap: {status}"
+    );
+    assert!(
+        other.logs().contains("already used"),
+        "the refusal reason is missing:\n{}",
+        other.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_needs_a_certificate_this_authority_issued() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let web = id("ns/shop/sa/web");
+    let token = ca.register(&web, &["app=web"], None, None);
+    let server = AuthorityServer::start(&ca, "1h").await;
+    let client = ca.client(&server.url());
+    let bundle =
+        TrustBundle::from_pem_file(&ca.bundle(), vec![TRUST_DOMAIN.into()]).expect("ca.pem");
+
+    // Issued by the authority: renews over mTLS with it.
+    let fresh = new_key_and_csr().expect("key and CSR");
+    let issued = client
+        .attest(&fresh.csr_pem, Proof::JoinToken { token })
+        .await
+        .expect("attest with the join token");
+    let current = LocalIdentity::from_pem(
+        "issued",
+        issued.certificate.as_bytes(),
+        "key",
+        fresh.key_pem.as_bytes(),
+        &bundle,
+    )
+    .expect("the issued certificate loads");
+    let next = new_key_and_csr().expect("key and CSR");
+    let renewed = client
+        .renew(&next.csr_pem, current.certified.clone())
+        .await
+        .expect("renewal with the authority's certificate");
+    assert_eq!(renewed.id, web);
+
+    // Signed by the same CA, but offline (`appid issue`): not renewed.
+    let (cert, key) = (
+        temp.path().join("offline.pem"),
+        temp.path().join("offline.key"),
+    );
+    appid(&[
+        "issue",
+        "--dir",
+        path_str(&ca.dir),
+        "--id",
+        &web,
+        "--label",
+        "app=web",
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ]);
+    let offline = LocalIdentity::load(&cert, &key, &bundle).expect("the offline certificate loads");
+    let next = new_key_and_csr().expect("key and CSR");
+    let refused = client.renew(&next.csr_pem, offline.certified.clone()).await;
+    assert_refused(&refused, 401, "not issued by this authority");
 }
 
 // ---------------------------------------------------------------------------

@@ -51,6 +51,10 @@ pub enum IdentitySource {
         /// One-time join token. Absent: the sidecar attests by other means
         /// (cloud instance identity document).
         join_token_file: Option<PathBuf>,
+        /// Where the sidecar keeps its key and certificate, so a restart
+        /// with a still-valid certificate renews instead of needing a new
+        /// join token. Absent: the identity lives in memory only.
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -405,11 +409,13 @@ impl ProxyConfig {
                 url,
                 bundle,
                 join_token_file,
+                state_dir,
             } => json!({
                 "authority": {
                     "url": redact_url(url),
                     "bundle": bundle.display().to_string(),
                     "join_token_file": join_token_file.as_ref().map(|p| p.display().to_string()),
+                    "state_dir": state_dir.as_ref().map(|p| p.display().to_string()),
                 }
             }),
         };
@@ -633,6 +639,7 @@ struct RawAuthority {
     url: Option<S>,
     bundle: Option<S>,
     join_token_file: Option<S>,
+    state_dir: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -967,6 +974,7 @@ impl Cx<'_> {
                     url,
                     bundle,
                     join_token_file,
+                    state_dir,
                 } = a.value;
                 let url = match &url {
                     None => {
@@ -1007,10 +1015,15 @@ impl Cx<'_> {
                     None => Some(None),
                     Some(t) => self.path(t, "identity.authority.join_token_file").map(Some),
                 };
+                let state_dir = match &state_dir {
+                    None => Some(None),
+                    Some(d) => self.path(d, "identity.authority.state_dir").map(Some),
+                };
                 Some(IdentitySource::Authority {
                     url: url?,
                     bundle: bundle?,
                     join_token_file: join_token_file?,
+                    state_dir: state_dir?,
                 })
             }
             None => {
@@ -1590,7 +1603,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     #[test]
     fn authority_form_and_limits() {
         let c = parse(
-            "identity:\n  authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: /run/token }\n\
+            "identity:\n  authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: /run/token, state_dir: state }\n\
              trust_domains: [prod.example, dev_1.example-2]\npolicy: /p.yaml\n\
              outbound: [{ listen: \"[::1]:15101\" }]\n\
              audit_log: audit/decisions.jsonl\n\
@@ -1604,6 +1617,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
                 url: "https://authority:15170".into(),
                 bundle: "/etc/appid/ca.pem".into(),
                 join_token_file: Some("/run/token".into()),
+                state_dir: Some("/etc/appid/state".into()),
             }
         );
         assert_eq!(c.policy, PathBuf::from("/p.yaml"));
@@ -1867,6 +1881,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
             c.identity,
             IdentitySource::Authority {
                 join_token_file: None,
+                state_dir: None,
                 ..
             }
         ));

@@ -19,7 +19,7 @@
 //! | `appid_connections_opened_total` | counter | `direction` |
 //! | `appid_connections_closed_total` | counter | `direction` |
 //! | `appid_connections_active` | gauge | `direction` |
-//! | `appid_connections_refused_total` | counter | `direction`, `reason` |
+//! | `appid_connections_refused_total` | counter | `direction`, `reason` (e.g. `max_connections`; `not_ready`: no valid identity, before the first certificate or after expiry) |
 //! | `appid_authz_decisions_total` | counter | `direction`, `decision`, `rule` |
 //! | `appid_handshake_failures_total` | counter | `direction`, `reason` |
 //! | `appid_bytes_total` | counter | `direction` |

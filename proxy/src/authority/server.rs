@@ -6,7 +6,7 @@
 //! in the background), so a sidecar verifies the authority exactly as it
 //! verifies a peer. Client certificates are optional: bootstrap requests
 //! have none and prove themselves in the body; renewals must present the
-//! current, valid certificate.
+//! current, valid certificate, one this authority issued.
 //!
 //! | method, path | body | answer |
 //! |---|---|---|
@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use appid_policy::AppIdClaims;
 use appid_policy::claims::attestation;
 
-use super::service::{AttestRequest, Authority, Refusal, RenewRequest};
+use super::service::{AttestRequest, Authority, PresentedCert, Refusal, RenewRequest};
 use crate::identity::ca::KeyAlg;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::verify::{PeerRole, TrustBundle};
@@ -89,13 +89,11 @@ pub async fn serve(
                 return;
             };
             // A presented client certificate was verified in the handshake;
-            // read its claims for renewals.
-            let client = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| tls_state.verify(chain, PeerRole::Client).ok())
-                .map(|peer| Arc::new(peer.claims));
+            // read its claims and serial for renewals.
+            let client = stream.get_ref().1.peer_certificates().and_then(|chain| {
+                let peer = tls_state.verify(chain, PeerRole::Client).ok()?;
+                PresentedCert::new(chain.first()?, peer.claims).map(Arc::new)
+            });
             let service = hyper::service::service_fn(move |request| {
                 let authority = authority.clone();
                 let client = client.clone();
@@ -115,7 +113,7 @@ pub async fn serve(
 
 async fn route(
     authority: Arc<Authority>,
-    client: Option<Arc<AppIdClaims>>,
+    client: Option<Arc<PresentedCert>>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {

@@ -7,6 +7,11 @@
 //! and the verified cloud facts; what the workload says about itself goes
 //! under `reported`, never elsewhere. So importing a scan with criticals
 //! changes the very next certificate, and a revoked workload gets nothing.
+//!
+//! Renewal is authenticated by the current certificate over mTLS, which
+//! must be one this authority issued and recorded (its serial is in the
+//! database), not merely one its CA signed: a certificate made offline with
+//! `appid issue` cannot be turned into an authority-vouched one.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -76,6 +81,26 @@ pub struct RenewRequest {
     pub csr: String,
     #[serde(default)]
     pub reported: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The certificate a renewal is authenticated with: verified over mTLS
+/// (chain, validity, AppID extension) before the service sees it.
+#[derive(Debug, Clone)]
+pub struct PresentedCert {
+    pub claims: AppIdClaims,
+    /// Serial number, lowercase hex, as recorded at issuance.
+    pub serial: String,
+}
+
+impl PresentedCert {
+    /// Reads the serial of a verified certificate `der` with `claims`.
+    pub fn new(der: &[u8], claims: AppIdClaims) -> Option<PresentedCert> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(PresentedCert {
+            claims,
+            serial: hex::encode(cert.raw_serial()),
+        })
+    }
 }
 
 /// A certificate, as returned to the sidecar.
@@ -411,17 +436,24 @@ impl Authority {
     }
 
     /// Renewal for a peer that proved its identity with a valid certificate
-    /// over mTLS. The claims are re-derived; the old attestation method is
-    /// kept.
+    /// over mTLS, one this authority issued. The claims are re-derived; the
+    /// old attestation method is kept.
     pub fn renew(
         &self,
-        current: &AppIdClaims,
+        presented: &PresentedCert,
         request: &RenewRequest,
         now: i64,
     ) -> Result<IssuedResponse, Refusal> {
+        let current = &presented.claims;
         let result = (|| {
             let csr = parse_csr(&request.csr)?;
             let store = self.lock()?;
+            if !store.was_issued(&presented.serial)? {
+                return Err(Refusal::Unauthenticated(format!(
+                    "certificate serial {} was not issued by this authority (made offline, or before its database was replaced); bootstrap with a join token",
+                    presented.serial
+                )));
+            }
             let registration = store
                 .registration(&current.id)?
                 .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;

@@ -252,6 +252,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a certificate with `serial` (lowercase hex) was issued here.
+    pub fn was_issued(&self, serial: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM issued WHERE serial = ?1)",
+            params![serial],
+            |row| row.get::<_, bool>(0),
+        )?)
+    }
+
     /// How many certificates were issued for `id`.
     pub fn issued_count(&self, id: &str) -> Result<u64, StoreError> {
         Ok(self.conn.query_row(

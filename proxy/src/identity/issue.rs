@@ -5,10 +5,18 @@
 //! non-critical AppID extension. The same function serves offline issuance
 //! (`appid issue`, a fresh key) and the authority (a key from a CSR): it only
 //! needs the subject's public key.
+//!
+//! Strict DER: a DEFAULT value must be left out, never written out. rcgen's
+//! `IsCa::ExplicitNoCa` writes basicConstraints as `SEQUENCE { BOOLEAN
+//! FALSE }` (cA's DEFAULT spelled out), which strict parsers (Python
+//! `cryptography`, Go's x509 in places) refuse. So leaves are built with
+//! `IsCa::NoCa` and carry their own basicConstraints (`SEQUENCE {}`: cA
+//! absent means false, critical as SPIFFE tools expect) and
+//! subjectKeyIdentifier, see [`leaf_constraint_extensions`].
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
@@ -141,7 +149,8 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = leaf_subject(leaf.id);
         params.subject_alt_names = vec![SanType::URI(leaf.id.as_str().try_into()?)];
-        params.is_ca = IsCa::ExplicitNoCa;
+        // Not `ExplicitNoCa`: see the module doc (strict DER).
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -153,11 +162,12 @@ impl Ca {
         let serial = random_serial();
         let serial_hex = hex::encode(serial.as_ref());
         params.serial_number = Some(serial);
-        params.custom_extensions = leaf
-            .appid_extensions
-            .iter()
-            .map(|value| oid_rewrite::appid_extension(value.clone()))
-            .collect();
+        params.custom_extensions = leaf_constraint_extensions(subject_key).into();
+        params.custom_extensions.extend(
+            leaf.appid_extensions
+                .iter()
+                .map(|value| oid_rewrite::appid_extension(value.clone())),
+        );
 
         let signer = RewritingSigner { key: self.key() };
         let issuer = Issuer::from_ca_cert_der(self.cert_der(), signer)?;
@@ -180,6 +190,32 @@ pub(crate) struct LeafTemplate<'a> {
     pub appid_extensions: Vec<Vec<u8>>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+}
+
+/// `id-ce-basicConstraints` (2.5.29.19).
+const BASIC_CONSTRAINTS_OID: [u64; 4] = [2, 5, 29, 19];
+/// `id-ce-subjectKeyIdentifier` (2.5.29.14).
+const SUBJECT_KEY_IDENTIFIER_OID: [u64; 4] = [2, 5, 29, 14];
+
+/// The two extensions rcgen's `ExplicitNoCa` would write, in strict DER:
+/// subjectKeyIdentifier (non-critical; the first 20 bytes of SHA-256 over
+/// the SubjectPublicKeyInfo, as rcgen derives it) and basicConstraints
+/// (critical) as an empty `SEQUENCE`, which *is* `cA=false`: the DEFAULT
+/// is left out, as DER requires.
+fn leaf_constraint_extensions(subject_key: &impl PublicKeyData) -> [CustomExtension; 2] {
+    let spki_digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &subject_key.subject_public_key_info(),
+    );
+    // OCTET STRING (20 bytes) holding the key identifier.
+    let mut key_id = vec![0x04, 20];
+    key_id.extend_from_slice(&spki_digest.as_ref()[..20]);
+    let ski = CustomExtension::from_oid_content(&SUBJECT_KEY_IDENTIFIER_OID, key_id);
+    // `SEQUENCE {}`: cA absent (DEFAULT FALSE), no pathLenConstraint.
+    let mut basic_constraints =
+        CustomExtension::from_oid_content(&BASIC_CONSTRAINTS_OID, vec![0x30, 0x00]);
+    basic_constraints.set_criticality(true);
+    [ski, basic_constraints]
 }
 
 /// A readable subject. SPIFFE ignores it; people reading `openssl x509` don't.
@@ -225,4 +261,45 @@ pub fn pem_encode(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appid_policy::claims::attestation;
+
+    /// The leaf's extensions as (OID, critical, raw extnValue).
+    fn extensions(der: &[u8]) -> Vec<(String, bool, Vec<u8>)> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        cert.extensions()
+            .iter()
+            .map(|e| (e.oid.to_id_string(), e.critical, e.value.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn leaves_encode_ca_false_as_an_empty_critical_basic_constraints() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path(), "prod.example", KeyAlg::EcdsaP256).unwrap();
+        let id = SpiffeId::parse("spiffe://prod.example/web").unwrap();
+        let claims = AppIdClaims::new(id.as_str(), attestation::MANUAL);
+        let key = KeyAlg::EcdsaP256.generate().unwrap();
+        let issued = ca.issue(&id, &claims, &key, DEFAULT_TTL).unwrap();
+        let exts = extensions(&issued.der);
+
+        let bc: Vec<_> = exts.iter().filter(|e| e.0 == "2.5.29.19").collect();
+        assert_eq!(bc.len(), 1, "{exts:?}");
+        assert!(bc[0].1, "basicConstraints is critical");
+        assert_eq!(bc[0].2, [0x30, 0x00], "cA=false is the empty SEQUENCE");
+
+        let ski: Vec<_> = exts.iter().filter(|e| e.0 == "2.5.29.14").collect();
+        assert_eq!(ski.len(), 1, "{exts:?}");
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info());
+        assert_eq!(ski[0].2[2..], digest.as_ref()[..20]);
+
+        // And x509-parser agrees it is not a CA.
+        let (_, cert) = x509_parser::parse_x509_certificate(&issued.der).unwrap();
+        assert!(!cert.is_ca());
+    }
 }

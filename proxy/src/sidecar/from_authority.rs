@@ -7,6 +7,12 @@
 //! certificate keeps serving until it expires, and only then does `/ready`
 //! turn false. Renewal happens at half the remaining lifetime with jitter,
 //! with a new key each time. The join token file is read once.
+//!
+//! With `state_dir` ([`super::state_dir`]) every certificate obtained, first
+//! or renewed, is kept on disk with its key; a restarted sidecar whose kept
+//! certificate is still valid starts with it and renews at once, over mTLS
+//! with that certificate. The join token is only redeemed when nothing valid
+//! is kept.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,6 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::state_dir::{Kept, StateDir};
 use super::tls::LocalIdentity;
 use super::{Shared, SidecarError};
 use crate::admin::Readiness;
@@ -30,13 +37,57 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Gets the first certificate with the join token in `token_file`,
-/// retrying while the authority is unreachable. A refusal is final.
+/// Where the first certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bootstrap {
+    /// A valid certificate kept in the state directory by an earlier run.
+    Kept,
+    /// A new certificate for the join token.
+    JoinToken,
+}
+
+/// What keeps the identity renewed once the sidecar runs.
+pub(super) struct Renewer {
+    pub client: AuthorityClient,
+    /// Where each renewed certificate is kept, if configured.
+    pub state: Option<StateDir>,
+    /// Renew at once instead of at half life (after starting with a kept
+    /// certificate: its claims may be stale, and the authority may have
+    /// revoked it meanwhile).
+    pub renew_now: bool,
+}
+
+/// The first identity: the one kept in `state` if it is still valid,
+/// otherwise a certificate for the join token in `token_file` (then kept in
+/// `state`), retrying while the authority is unreachable. A refusal is
+/// final.
 pub(super) async fn first_certificate(
     client: &AuthorityClient,
     bundle: &TrustBundle,
     token_file: Option<&Path>,
-) -> Result<LocalIdentity, SidecarError> {
+    state: Option<&StateDir>,
+) -> Result<(LocalIdentity, Bootstrap), SidecarError> {
+    if let Some(state) = state {
+        match state.load(bundle) {
+            Kept::Valid(identity) => {
+                tracing::info!(
+                    id = %identity.id,
+                    not_after = identity.not_after,
+                    file = %state.identity_file().display(),
+                    "starting with the kept identity; renewing with it"
+                );
+                return Ok((identity, Bootstrap::Kept));
+            }
+            Kept::Nothing => tracing::info!(
+                file = %state.identity_file().display(),
+                "no kept identity yet; bootstrapping with the join token"
+            ),
+            Kept::Unusable(why) => tracing::warn!(
+                %why,
+                "the kept identity cannot be used; bootstrapping with the join token"
+            ),
+        }
+    }
     let token_file = token_file.ok_or_else(|| {
         SidecarError::Authority(
             "identity.authority needs join_token_file (cloud attestation from the sidecar is not supported yet)"
@@ -60,13 +111,28 @@ pub(super) async fn first_certificate(
             token: token.clone(),
         };
         match client.attest(&fresh.csr_pem, proof).await {
-            Ok(issued) => return identity_from(&issued, &fresh.key_pem, bundle),
+            Ok(issued) => {
+                let identity = identity_from(&issued, &fresh.key_pem, bundle)?;
+                keep(state, &fresh.key_pem, &issued);
+                return Ok((identity, Bootstrap::JoinToken));
+            }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "waiting for the authority");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => return Err(SidecarError::Authority(e.to_string())),
+        }
+    }
+}
+
+/// Keeps a new certificate and its key in `state`, if configured. A failure
+/// is logged, not fatal: the sidecar serves on, but would need a new join
+/// token after a restart.
+fn keep(state: Option<&StateDir>, key_pem: &str, issued: &IssuedResponse) {
+    if let Some(state) = state {
+        if let Err(e) = state.save(key_pem, &issued.certificate) {
+            tracing::error!(error = %e, "the new certificate is not kept");
         }
     }
 }
@@ -89,21 +155,28 @@ fn identity_from(
 /// Renews at half life (with jitter) until shutdown.
 pub(super) async fn keep_renewed(
     shared: Arc<Shared>,
-    client: AuthorityClient,
+    renewer: Renewer,
     readiness: Readiness,
     identity_json: Arc<ArcSwap<serde_json::Value>>,
 ) {
+    let Renewer {
+        client,
+        state,
+        mut renew_now,
+    } = renewer;
     loop {
-        let not_after = shared.tls.identity.load().not_after;
-        let remaining = (not_after - now()).max(0) as u64;
-        // Half of what is left, minus up to 10% jitter so a fleet spreads out.
-        let half = Duration::from_secs(remaining) / 2;
-        let jitter = half.mul_f64(jitter_fraction() * 0.1);
-        tokio::time::sleep(half.saturating_sub(jitter).max(Duration::from_secs(1))).await;
+        if !std::mem::take(&mut renew_now) {
+            let not_after = shared.tls.identity.load().not_after;
+            let remaining = (not_after - now()).max(0) as u64;
+            // Half of what is left, minus up to 10% jitter so a fleet spreads out.
+            let half = Duration::from_secs(remaining) / 2;
+            let jitter = half.mul_f64(jitter_fraction() * 0.1);
+            tokio::time::sleep(half.saturating_sub(jitter).max(Duration::from_secs(1))).await;
+        }
 
         let mut backoff = Duration::from_millis(500);
         loop {
-            match renew_once(&shared, &client).await {
+            match renew_once(&shared, &client, state.as_ref()).await {
                 Ok(identity) => {
                     tracing::info!(id = %identity.id, not_after = identity.not_after, "certificate renewed");
                     identity_json.store(Arc::new(identity.admin_json()));
@@ -136,14 +209,21 @@ pub(super) async fn keep_renewed(
     }
 }
 
-async fn renew_once(shared: &Shared, client: &AuthorityClient) -> Result<LocalIdentity, String> {
+async fn renew_once(
+    shared: &Shared,
+    client: &AuthorityClient,
+    state: Option<&StateDir>,
+) -> Result<LocalIdentity, String> {
     let fresh = new_key_and_csr().map_err(|e| e.to_string())?;
     let current = shared.tls.identity.load().certified.clone();
     let issued = client
         .renew(&fresh.csr_pem, current)
         .await
         .map_err(|e: ClientError| e.to_string())?;
-    identity_from(&issued, &fresh.key_pem, &shared.tls.bundle.load()).map_err(|e| e.to_string())
+    let identity = identity_from(&issued, &fresh.key_pem, &shared.tls.bundle.load())
+        .map_err(|e| e.to_string())?;
+    keep(state, &fresh.key_pem, &issued);
+    Ok(identity)
 }
 
 /// Fetches the revocation list every [`REVOCATION_POLL`]; a change makes

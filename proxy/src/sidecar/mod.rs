@@ -66,6 +66,7 @@ pub mod http;
 pub mod inbound;
 mod lazy;
 pub mod memory;
+mod not_ready;
 pub mod orig_dst;
 pub mod outbound;
 mod pending;
@@ -75,6 +76,7 @@ pub mod read_ahead;
 mod reload;
 mod shares;
 pub mod splice;
+pub mod state_dir;
 pub mod tls;
 pub mod tunnel;
 
@@ -101,6 +103,7 @@ use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
 use rustls_pki_types::CertificateDer;
 use splice::Copied;
+use state_dir::StateDir;
 use tls::{IdentityError, LocalIdentity, TlsState};
 
 /// Why the sidecar could not start.
@@ -121,6 +124,8 @@ pub enum SidecarError {
     },
     #[error("identity from the authority: {0}")]
     Authority(String),
+    #[error(transparent)]
+    State(#[from] state_dir::StateError),
 }
 
 /// Data-plane limits (from the config's `limits:`).
@@ -525,15 +530,30 @@ pub async fn run_until(
             url,
             bundle,
             join_token_file,
+            state_dir,
         } => {
             let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
             let client = AuthorityClient::new(url, trust.clone())
                 .map_err(|e| SidecarError::Authority(e.to_string()))?;
-            let first = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref()) => first?,
+            // Until the first certificate arrives, connections are refused
+            // at once rather than left waiting in the accept queue.
+            let refused_in = inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound));
+            let refused_out = outbound
+                .iter()
+                .map(|(l, _)| (l, MetricsDirection::Outbound));
+            let waiting: Vec<_> = refused_in.chain(refused_out).collect();
+            let state = state_dir.as_deref().map(StateDir::open).transpose()?;
+            let (first, how) = tokio::select! {
+                first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref(), state.as_ref()) => first?,
+                never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
-            (first, trust, Some(client), None)
+            let renewer = from_authority::Renewer {
+                client,
+                state,
+                renew_now: how == from_authority::Bootstrap::Kept,
+            };
+            (first, trust, Some(renewer), None)
         }
     };
     metrics.set_certificate_expiry(
@@ -623,10 +643,11 @@ pub async fn run_until(
         watched,
         identity_json.clone(),
     )));
-    if let Some(client) = authority {
+    if let Some(renewer) = authority {
+        let client = renewer.client.clone();
         background.push(tokio::spawn(from_authority::keep_renewed(
             shared.clone(),
-            client.clone(),
+            renewer,
             readiness.clone(),
             identity_json.clone(),
         )));
@@ -691,6 +712,11 @@ async fn accept_loop<F, Fut>(
             },
             () = &mut shutdown => return,
         };
+        // An expired certificate (renewal failing): refuse at once.
+        if !not_ready::still_valid(shared.tls.identity.load().not_after) {
+            not_ready::refuse(stream, peer_addr, direction, &shared.metrics);
+            continue;
+        }
         // The fast path here; a full budget is waited out (briefly, after
         // an eviction) in the connection's own task, so accepting goes on.
         let fast = shared.try_admit(direction);
