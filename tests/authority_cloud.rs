@@ -653,3 +653,184 @@ fn kubernetes_settings_and_registrations_are_checked_with_a_way_out() {
     assert!(!out.status.success());
     assert!(stderr.contains("namespace `Shop`"), "{stderr}");
 }
+
+/// `GET http://<admin><path>` (the sidecar's admin API): status and body.
+fn admin_get(admin: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(admin).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// `appid proxy` with identity from the authority, killed on drop.
+struct PodSidecar {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Drop for PodSidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PodSidecar {
+    /// Starts a sidecar whose config (in `dir`) bootstraps from the
+    /// projected token in `dir/token` and keeps its identity in
+    /// `dir/state`; waits for `/ready`.
+    fn start(authority: &Authority, dir: &Path) -> PodSidecar {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let admin = format!("127.0.0.1:{}", free());
+        let policy = dir.join("policy.yaml");
+        std::fs::write(&policy, "version: 1\ndefault: deny\nrules: []\n").unwrap();
+        let config = format!(
+            "identity:\n  authority:\n    url: \"{url}\"\n    bundle: \"{bundle}\"\n    \
+             k8s_token_file: \"{token}\"\n    state_dir: \"{state}\"\n\
+             trust_domains: [prod.example]\npolicy: \"{policy}\"\n\
+             inbound: [{{ listen: \"127.0.0.1:{port}\", forward: \"127.0.0.1:9\" }}]\n\
+             admin: \"{admin}\"\n",
+            url = authority.url,
+            bundle = authority.ca_dir.join("ca.pem").display(),
+            token = dir.join("token").display(),
+            state = dir.join("state").display(),
+            policy = policy.display(),
+            port = free(),
+        );
+        let config_path = dir.join("proxy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("sidecar.log");
+        let child = appid()
+            .args(["proxy", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut sidecar = PodSidecar { child, admin, log };
+        for _ in 0..200 {
+            if let Ok(Some(status)) = sidecar.child.try_wait() {
+                panic!("the sidecar exited ({status}): {}", sidecar.logs());
+            }
+            if admin_get(&sidecar.admin, "/ready").is_some_and(|(s, _)| s == 200) {
+                return sidecar;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the sidecar was not ready in 20 s: {}", sidecar.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The sidecar's identity (`/appid`): SPIFFE ID and claims.
+    fn identity(&self) -> serde_json::Value {
+        let (_, body) = admin_get(&self.admin, "/appid").expect("the admin API answers");
+        serde_json::from_str(&body).expect("JSON from /appid")
+    }
+}
+
+/// In a pod, the sidecar bootstraps from its projected service-account
+/// token (`identity.authority.k8s_token_file`), and a restart recovers the
+/// identity it kept (`state_dir`) without a new token — the one it had was
+/// redeemed already. A second pod of the same service account gets the same
+/// SPIFFE ID with its own certificate.
+#[test]
+fn a_pod_sidecar_bootstraps_from_its_projected_token_and_restarts_without_one() {
+    let cluster = Cluster::new();
+    let temp = tempfile::tempdir().unwrap();
+    let jwks = temp.path().join("jwks.json");
+    std::fs::write(&jwks, &cluster.jwks).unwrap();
+    let authority = start_authority(
+        &[],
+        &[
+            "--k8s-jwks",
+            jwks.to_str().unwrap(),
+            "--k8s-issuer",
+            K8S_ISSUER,
+            "--k8s-audience",
+            K8S_AUDIENCE,
+        ],
+    );
+    let out = authority_cli(
+        &authority,
+        &[
+            "register",
+            "--k8s-namespace",
+            "shop",
+            "--k8s-service-account",
+            "web",
+            "--label",
+            "app=web",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pod = |name: &str| {
+        let dir = temp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("token"),
+            cluster.token("shop", "web", name, K8S_AUDIENCE),
+        )
+        .unwrap();
+        dir
+    };
+    let first = pod("web-1");
+    let sidecar = PodSidecar::start(&authority, &first);
+    let identity = sidecar.identity();
+    assert_eq!(
+        identity["id"],
+        "spiffe://prod.example/ns/shop/sa/web",
+        "{}",
+        sidecar.logs()
+    );
+    assert_eq!(identity["claims"]["attestation"], "k8s_psat");
+    assert_eq!(identity["claims"]["labels"]["app"], "web");
+    assert!(first.join("state").join("identity.pem").exists());
+
+    // Killed and started again: the token was redeemed, the kept identity
+    // carries it.
+    drop(sidecar);
+    let restarted = PodSidecar::start(&authority, &first);
+    assert_eq!(
+        restarted.identity()["id"],
+        "spiffe://prod.example/ns/shop/sa/web"
+    );
+
+    // Another pod of the service account: its own token, its own key.
+    let second = pod("web-2");
+    let other = PodSidecar::start(&authority, &second);
+    assert_eq!(
+        other.identity()["id"],
+        "spiffe://prod.example/ns/shop/sa/web"
+    );
+    assert_ne!(
+        std::fs::read(first.join("state").join("identity.pem")).unwrap(),
+        std::fs::read(second.join("state").join("identity.pem")).unwrap(),
+        "each pod keeps its own key and certificate"
+    );
+}

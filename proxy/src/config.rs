@@ -51,6 +51,9 @@ pub enum IdentitySource {
         /// One-time join token. Absent: the sidecar attests by other means
         /// (cloud instance identity document).
         join_token_file: Option<PathBuf>,
+        /// A Kubernetes projected service-account token (audience: the
+        /// authority), read afresh for each attempt: the kubelet rotates it.
+        k8s_token_file: Option<PathBuf>,
         /// Where the sidecar keeps its key and certificate, so a restart
         /// with a still-valid certificate renews instead of needing a new
         /// join token. Absent: the identity lives in memory only.
@@ -409,12 +412,14 @@ impl ProxyConfig {
                 url,
                 bundle,
                 join_token_file,
+                k8s_token_file,
                 state_dir,
             } => json!({
                 "authority": {
                     "url": redact_url(url),
                     "bundle": bundle.display().to_string(),
                     "join_token_file": join_token_file.as_ref().map(|p| p.display().to_string()),
+                    "k8s_token_file": k8s_token_file.as_ref().map(|p| p.display().to_string()),
                     "state_dir": state_dir.as_ref().map(|p| p.display().to_string()),
                 }
             }),
@@ -639,6 +644,7 @@ struct RawAuthority {
     url: Option<S>,
     bundle: Option<S>,
     join_token_file: Option<S>,
+    k8s_token_file: Option<S>,
     state_dir: Option<S>,
 }
 
@@ -974,6 +980,7 @@ impl Cx<'_> {
                     url,
                     bundle,
                     join_token_file,
+                    k8s_token_file,
                     state_dir,
                 } = a.value;
                 let url = match &url {
@@ -1015,6 +1022,19 @@ impl Cx<'_> {
                     None => Some(None),
                     Some(t) => self.path(t, "identity.authority.join_token_file").map(Some),
                 };
+                let k8s_token_file = match &k8s_token_file {
+                    None => Some(None),
+                    Some(t) => self.path(t, "identity.authority.k8s_token_file").map(Some),
+                };
+                if let (Some(Some(_)), Some(Some(_))) = (&join_token_file, &k8s_token_file) {
+                    self.err(
+                        a_at,
+                        "identity.authority",
+                        "both `join_token_file` and `k8s_token_file` are given: keep the one this \
+                         workload bootstraps with (in a pod, the projected service-account token)",
+                    );
+                    return None;
+                }
                 let state_dir = match &state_dir {
                     None => Some(None),
                     Some(d) => self.path(d, "identity.authority.state_dir").map(Some),
@@ -1023,6 +1043,7 @@ impl Cx<'_> {
                     url: url?,
                     bundle: bundle?,
                     join_token_file: join_token_file?,
+                    k8s_token_file: k8s_token_file?,
                     state_dir: state_dir?,
                 })
             }
@@ -1601,6 +1622,34 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     }
 
     #[test]
+    fn a_pod_bootstraps_from_its_projected_token_file_not_both() {
+        let rest = "trust_domains: [prod.example]\npolicy: p.yaml\ninbound: [{ listen: \"0.0.0.0:15106\" }]\n";
+        let c = parse(&format!(
+            "identity:\n  authority: {{ url: \"https://authority:15170\", bundle: ca.pem, k8s_token_file: /var/run/secrets/appid/token }}\n{rest}"
+        ))
+        .unwrap();
+        match &c.identity {
+            IdentitySource::Authority {
+                k8s_token_file,
+                join_token_file,
+                ..
+            } => {
+                assert_eq!(
+                    k8s_token_file.as_deref(),
+                    Some(Path::new("/var/run/secrets/appid/token"))
+                );
+                assert_eq!(join_token_file, &None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = one_err(&format!(
+            "identity:\n  authority: {{ url: \"https://a:1\", bundle: ca.pem, join_token_file: t, k8s_token_file: k }}\n{rest}"
+        ));
+        assert_eq!(d.field, "identity.authority");
+        assert!(d.message.contains("keep the one"), "{d}");
+    }
+
+    #[test]
     fn authority_form_and_limits() {
         let c = parse(
             "identity:\n  authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: /run/token, state_dir: state }\n\
@@ -1617,6 +1666,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
                 url: "https://authority:15170".into(),
                 bundle: "/etc/appid/ca.pem".into(),
                 join_token_file: Some("/run/token".into()),
+                k8s_token_file: None,
                 state_dir: Some("/etc/appid/state".into()),
             }
         );
@@ -1881,6 +1931,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
             c.identity,
             IdentitySource::Authority {
                 join_token_file: None,
+                k8s_token_file: None,
                 state_dir: None,
                 ..
             }

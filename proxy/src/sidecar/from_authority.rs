@@ -6,7 +6,9 @@
 //! that an unreachable authority only delays renewal — the current
 //! certificate keeps serving until it expires, and only then does `/ready`
 //! turn false. Renewal happens at half the remaining lifetime with jitter,
-//! with a new key each time. The join token file is read once.
+//! with a new key each time. Without a kept identity the sidecar proves
+//! itself with a one-time join token or, in a pod, a Kubernetes projected
+//! service-account token ([`ProofSource`]), read at each attempt.
 //!
 //! With `state_dir` ([`super::state_dir`]) every certificate obtained, first
 //! or renewed, is kept on disk with its key; a restarted sidecar whose kept
@@ -44,6 +46,59 @@ pub(super) enum Bootstrap {
     Kept,
     /// A new certificate for the join token.
     JoinToken,
+    /// A new certificate for a Kubernetes projected service-account token.
+    K8sToken,
+}
+
+/// What the sidecar proves itself with when it has no kept identity.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ProofSource<'a> {
+    /// A one-time join token.
+    JoinToken(&'a Path),
+    /// A projected service-account token, read afresh for every attempt
+    /// (the kubelet rotates it, and the authority redeems each token once).
+    K8sToken(&'a Path),
+    /// Nothing configured: only a kept identity will do.
+    Nothing,
+}
+
+impl<'a> ProofSource<'a> {
+    pub(super) fn from_config(join_token: Option<&'a Path>, k8s_token: Option<&'a Path>) -> Self {
+        match (join_token, k8s_token) {
+            (Some(file), _) => ProofSource::JoinToken(file),
+            (None, Some(file)) => ProofSource::K8sToken(file),
+            (None, None) => ProofSource::Nothing,
+        }
+    }
+
+    /// The proof to send now.
+    fn proof(&self) -> Result<(Proof, Bootstrap), SidecarError> {
+        let (file, what) = match self {
+            ProofSource::JoinToken(file) => (file, "join token"),
+            ProofSource::K8sToken(file) => (file, "service-account token"),
+            ProofSource::Nothing => {
+                return Err(SidecarError::Authority(
+                    "no kept identity, and identity.authority has neither join_token_file nor \
+                     k8s_token_file: add the one this workload bootstraps with"
+                        .into(),
+                ));
+            }
+        };
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| SidecarError::Authority(format!("{}: {e}", file.display())))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(SidecarError::Authority(format!(
+                "{}: the {what} file is empty",
+                file.display()
+            )));
+        }
+        Ok(match self {
+            ProofSource::K8sToken(_) => (Proof::K8sPsat { token }, Bootstrap::K8sToken),
+            _ => (Proof::JoinToken { token }, Bootstrap::JoinToken),
+        })
+    }
 }
 
 /// What keeps the identity renewed once the sidecar runs.
@@ -58,13 +113,13 @@ pub(super) struct Renewer {
 }
 
 /// The first identity: the one kept in `state` if it is still valid,
-/// otherwise a certificate for the join token in `token_file` (then kept in
+/// otherwise a certificate for the proof from `source` (then kept in
 /// `state`), retrying while the authority is unreachable. A refusal is
 /// final.
 pub(super) async fn first_certificate(
     client: &AuthorityClient,
     bundle: &TrustBundle,
-    token_file: Option<&Path>,
+    source: ProofSource<'_>,
     state: Option<&StateDir>,
 ) -> Result<(LocalIdentity, Bootstrap), SidecarError> {
     if let Some(state) = state {
@@ -80,41 +135,25 @@ pub(super) async fn first_certificate(
             }
             Kept::Nothing => tracing::info!(
                 file = %state.identity_file().display(),
-                "no kept identity yet; bootstrapping with the join token"
+                "no kept identity yet; bootstrapping"
             ),
             Kept::Unusable(why) => tracing::warn!(
                 %why,
-                "the kept identity cannot be used; bootstrapping with the join token"
+                "the kept identity cannot be used; bootstrapping"
             ),
         }
     }
-    let token_file = token_file.ok_or_else(|| {
-        SidecarError::Authority(
-            "identity.authority needs join_token_file (cloud attestation from the sidecar is not supported yet)"
-                .into(),
-        )
-    })?;
-    let token = std::fs::read_to_string(token_file)
-        .map_err(|e| SidecarError::Authority(format!("{}: {e}", token_file.display())))?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        return Err(SidecarError::Authority(format!(
-            "{}: the join token file is empty",
-            token_file.display()
-        )));
-    }
+    // A missing or empty token file is an error now, not after a wait.
+    source.proof()?;
     let mut backoff = Duration::from_millis(500);
     loop {
         let fresh = new_key_and_csr().map_err(|e| SidecarError::Authority(e.to_string()))?;
-        let proof = Proof::JoinToken {
-            token: token.clone(),
-        };
+        let (proof, bootstrap) = source.proof()?;
         match client.attest(&fresh.csr_pem, proof).await {
             Ok(issued) => {
                 let identity = identity_from(&issued, &fresh.key_pem, bundle)?;
                 keep(state, &fresh.key_pem, &issued);
-                return Ok((identity, Bootstrap::JoinToken));
+                return Ok((identity, bootstrap));
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "waiting for the authority");

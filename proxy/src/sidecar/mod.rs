@@ -530,6 +530,7 @@ pub async fn run_until(
             url,
             bundle,
             join_token_file,
+            k8s_token_file,
             state_dir,
         } => {
             let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
@@ -544,7 +545,7 @@ pub async fn run_until(
             let waiting: Vec<_> = refused_in.chain(refused_out).collect();
             let state = state_dir.as_deref().map(StateDir::open).transpose()?;
             let (first, how) = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, join_token_file.as_deref(), state.as_ref()) => first?,
+                first = from_authority::first_certificate(&client, &trust, from_authority::ProofSource::from_config(join_token_file.as_deref(), k8s_token_file.as_deref()), state.as_ref()) => first?,
                 never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
