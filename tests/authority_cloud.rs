@@ -692,6 +692,17 @@ impl PodSidecar {
     /// projected token in `dir/token` and keeps its identity in
     /// `dir/state`; waits for `/ready`.
     fn start(authority: &Authority, dir: &Path) -> PodSidecar {
+        let token = dir.join("token");
+        PodSidecar::start_with(
+            authority,
+            dir,
+            &format!("k8s_token_file: \"{}\"", token.display()),
+        )
+    }
+
+    /// The same, proving itself with `proof` (a line of
+    /// `identity.authority`).
+    fn start_with(authority: &Authority, dir: &Path, proof: &str) -> PodSidecar {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -704,13 +715,12 @@ impl PodSidecar {
         std::fs::write(&policy, "version: 1\ndefault: deny\nrules: []\n").unwrap();
         let config = format!(
             "identity:\n  authority:\n    url: \"{url}\"\n    bundle: \"{bundle}\"\n    \
-             k8s_token_file: \"{token}\"\n    state_dir: \"{state}\"\n\
+             {proof}\n    state_dir: \"{state}\"\n\
              trust_domains: [prod.example]\npolicy: \"{policy}\"\n\
              inbound: [{{ listen: \"127.0.0.1:{port}\", forward: \"127.0.0.1:9\" }}]\n\
              admin: \"{admin}\"\n",
             url = authority.url,
             bundle = authority.ca_dir.join("ca.pem").display(),
-            token = dir.join("token").display(),
             state = dir.join("state").display(),
             policy = policy.display(),
             port = free(),
@@ -833,4 +843,94 @@ fn a_pod_sidecar_bootstraps_from_its_projected_token_and_restarts_without_one() 
         std::fs::read(second.join("state").join("identity.pem")).unwrap(),
         "each pod keeps its own key and certificate"
     );
+}
+
+/// A fake EC2 metadata service (IMDSv2 only: reads without the session
+/// token from `PUT /latest/api/token` get 401) serving the fixture
+/// instance identity document and signature. Returns its address.
+fn fake_imds(fixtures: &Path) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = fixtures.join("aws-iid/ap-southeast-2-2026");
+    let document = std::fs::read_to_string(dir.join("document.json")).unwrap();
+    let signature = std::fs::read_to_string(dir.join("signature.b64")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut token = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("x-aws-ec2-metadata-token") {
+                        token = Some(value.trim().to_string());
+                    }
+                }
+            }
+            let mut parts = request_line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, body) = match (method, path) {
+                ("PUT", "/latest/api/token") => ("200 OK", "session-token-1".to_string()),
+                (_, _) if token.as_deref() != Some("session-token-1") => {
+                    ("401 Unauthorized", String::new())
+                }
+                ("GET", "/latest/dynamic/instance-identity/document") => {
+                    ("200 OK", document.clone())
+                }
+                ("GET", "/latest/dynamic/instance-identity/signature") => {
+                    ("200 OK", signature.clone())
+                }
+                _ => ("404 Not Found", String::new()),
+            };
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}
+
+/// On a VM, the sidecar fetches its instance identity document from the
+/// metadata service itself (IMDSv2) and redeems it; killed and restarted,
+/// it comes back with the identity it kept — the document, attested once,
+/// would be refused as a replay.
+#[test]
+fn a_vm_sidecar_bootstraps_from_the_metadata_service_and_restarts_without_it() {
+    let Some(fixtures) = fixtures() else { return };
+    let certs = fixtures.join("aws-iid/certs");
+    let authority = start_authority(
+        &[("spiffe://prod.example/vm/web", AWS_MATCH)],
+        &["--aws-certs", certs.to_str().unwrap()],
+    );
+    let imds = fake_imds(&fixtures);
+    let temp = tempfile::tempdir().unwrap();
+    let proof = format!("cloud: aws\n    metadata_endpoint: \"http://{imds}\"");
+    let sidecar = PodSidecar::start_with(&authority, temp.path(), &proof);
+    let identity = sidecar.identity();
+    assert_eq!(
+        identity["id"],
+        "spiffe://prod.example/vm/web",
+        "{}",
+        sidecar.logs()
+    );
+    assert_eq!(identity["claims"]["attestation"], "aws_iid");
+    assert_eq!(
+        identity["claims"]["cloud"]["instance"],
+        "i-0c5541936caf78c12"
+    );
+    drop(sidecar);
+    let restarted = PodSidecar::start_with(&authority, temp.path(), &proof);
+    assert_eq!(restarted.identity()["id"], "spiffe://prod.example/vm/web");
+    let audit = std::fs::read_to_string(authority.ca_dir.join("audit.jsonl")).unwrap();
+    assert_eq!(audit.matches("\"event\":\"issue\"").count(), 1, "{audit}");
 }

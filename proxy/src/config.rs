@@ -54,6 +54,11 @@ pub enum IdentitySource {
         /// A Kubernetes projected service-account token (audience: the
         /// authority), read afresh for each attempt: the kubelet rotates it.
         k8s_token_file: Option<PathBuf>,
+        /// On a cloud VM: the instance proves itself with the document (AWS)
+        /// or token (GCP) the sidecar fetches from the metadata service.
+        cloud: Option<CloudAttestation>,
+        /// The metadata service (default `http://169.254.169.254`).
+        metadata_endpoint: Option<String>,
         /// Where the sidecar keeps its key and certificate, so a restart
         /// with a still-valid certificate renews instead of needing a new
         /// join token. Absent: the identity lives in memory only.
@@ -92,6 +97,25 @@ impl AuditTarget {
         match self {
             AuditTarget::Stderr => "-".to_owned(),
             AuditTarget::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Which cloud's instance identity the sidecar fetches and redeems
+/// (`identity.authority.cloud`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudAttestation {
+    /// The EC2 instance identity document and its signature (IMDSv2).
+    Aws,
+    /// The Compute Engine instance identity token (audience: the authority).
+    Gcp,
+}
+
+impl CloudAttestation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloudAttestation::Aws => "aws",
+            CloudAttestation::Gcp => "gcp",
         }
     }
 }
@@ -413,6 +437,8 @@ impl ProxyConfig {
                 bundle,
                 join_token_file,
                 k8s_token_file,
+                cloud,
+                metadata_endpoint,
                 state_dir,
             } => json!({
                 "authority": {
@@ -420,6 +446,8 @@ impl ProxyConfig {
                     "bundle": bundle.display().to_string(),
                     "join_token_file": join_token_file.as_ref().map(|p| p.display().to_string()),
                     "k8s_token_file": k8s_token_file.as_ref().map(|p| p.display().to_string()),
+                    "cloud": cloud.map(CloudAttestation::as_str),
+                    "metadata_endpoint": metadata_endpoint,
                     "state_dir": state_dir.as_ref().map(|p| p.display().to_string()),
                 }
             }),
@@ -645,6 +673,8 @@ struct RawAuthority {
     bundle: Option<S>,
     join_token_file: Option<S>,
     k8s_token_file: Option<S>,
+    cloud: Option<S>,
+    metadata_endpoint: Option<S>,
     state_dir: Option<S>,
 }
 
@@ -981,6 +1011,8 @@ impl Cx<'_> {
                     bundle,
                     join_token_file,
                     k8s_token_file,
+                    cloud,
+                    metadata_endpoint,
                     state_dir,
                 } = a.value;
                 let url = match &url {
@@ -1026,12 +1058,50 @@ impl Cx<'_> {
                     None => Some(None),
                     Some(t) => self.path(t, "identity.authority.k8s_token_file").map(Some),
                 };
-                if let (Some(Some(_)), Some(Some(_))) = (&join_token_file, &k8s_token_file) {
+                let cloud = match &cloud {
+                    None => Some(None),
+                    Some(c) => match c.value.0.trim() {
+                        "aws" => Some(Some(CloudAttestation::Aws)),
+                        "gcp" => Some(Some(CloudAttestation::Gcp)),
+                        other => {
+                            self.err_at(
+                                c,
+                                "identity.authority.cloud",
+                                format!("`{other}` is not a cloud the sidecar attests on: write `cloud: aws` or `cloud: gcp`"),
+                            );
+                            None
+                        }
+                    },
+                };
+                let metadata_endpoint = match &metadata_endpoint {
+                    None => Some(None),
+                    Some(m)
+                        if crate::sidecar::metadata::Endpoint::parse(m.value.0.trim())
+                            .is_some() =>
+                    {
+                        Some(Some(m.value.0.trim().to_owned()))
+                    }
+                    Some(m) => {
+                        self.err_at(
+                            m,
+                            "identity.authority.metadata_endpoint",
+                            format!("`{}` is not a metadata service address: write e.g. `metadata_endpoint: \"http://169.254.169.254\"` (plain http, no path)", m.value.0),
+                        );
+                        None
+                    }
+                };
+                let proofs = [
+                    matches!(join_token_file, Some(Some(_))),
+                    matches!(k8s_token_file, Some(Some(_))),
+                    matches!(cloud, Some(Some(_))),
+                ];
+                if proofs.iter().filter(|given| **given).count() > 1 {
                     self.err(
                         a_at,
                         "identity.authority",
-                        "both `join_token_file` and `k8s_token_file` are given: keep the one this \
-                         workload bootstraps with (in a pod, the projected service-account token)",
+                        "more than one of `join_token_file`, `k8s_token_file` and `cloud` is given: keep \
+                         the one this workload bootstraps with (in a pod, the projected service-account \
+                         token; on a cloud VM, `cloud`)",
                     );
                     return None;
                 }
@@ -1044,6 +1114,8 @@ impl Cx<'_> {
                     bundle: bundle?,
                     join_token_file: join_token_file?,
                     k8s_token_file: k8s_token_file?,
+                    cloud: cloud?,
+                    metadata_endpoint: metadata_endpoint?,
                     state_dir: state_dir?,
                 })
             }
@@ -1647,6 +1719,31 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         ));
         assert_eq!(d.field, "identity.authority");
         assert!(d.message.contains("keep the one"), "{d}");
+
+        let c = parse(&format!(
+            "identity:\n  authority: {{ url: \"https://a:1\", bundle: ca.pem, cloud: aws, state_dir: /var/lib/appid }}\n{rest}"
+        ))
+        .unwrap();
+        let IdentitySource::Authority {
+            cloud,
+            metadata_endpoint,
+            ..
+        } = &c.identity
+        else {
+            panic!("{:?}", c.identity)
+        };
+        assert_eq!(
+            (*cloud, metadata_endpoint.as_deref()),
+            (Some(CloudAttestation::Aws), None)
+        );
+        let d = one_err(&format!(
+            "identity:\n  authority: {{ url: \"https://a:1\", bundle: ca.pem, cloud: azure }}\n{rest}"
+        ));
+        assert_eq!(d.field, "identity.authority.cloud");
+        let d = one_err(&format!(
+            "identity:\n  authority: {{ url: \"https://a:1\", bundle: ca.pem, cloud: gcp, metadata_endpoint: \"https://m\" }}\n{rest}"
+        ));
+        assert_eq!(d.field, "identity.authority.metadata_endpoint");
     }
 
     #[test]
@@ -1667,6 +1764,8 @@ workers: 2                     # data-plane threads; default: the number of CPUs
                 bundle: "/etc/appid/ca.pem".into(),
                 join_token_file: Some("/run/token".into()),
                 k8s_token_file: None,
+                cloud: None,
+                metadata_endpoint: None,
                 state_dir: Some("/etc/appid/state".into()),
             }
         );
@@ -1932,6 +2031,8 @@ workers: 2                     # data-plane threads; default: the number of CPUs
             IdentitySource::Authority {
                 join_token_file: None,
                 k8s_token_file: None,
+                cloud: None,
+                metadata_endpoint: None,
                 state_dir: None,
                 ..
             }

@@ -7,8 +7,9 @@
 //! certificate keeps serving until it expires, and only then does `/ready`
 //! turn false. Renewal happens at half the remaining lifetime with jitter,
 //! with a new key each time. Without a kept identity the sidecar proves
-//! itself with a one-time join token or, in a pod, a Kubernetes projected
-//! service-account token ([`ProofSource`]), read at each attempt.
+//! itself with a one-time join token, in a pod a Kubernetes projected
+//! service-account token, or on a cloud VM the instance identity it fetches
+//! from the metadata service ([`ProofSource`]), afresh at each attempt.
 //!
 //! With `state_dir` ([`super::state_dir`]) every certificate obtained, first
 //! or renewed, is kept on disk with its key; a restarted sidecar whose kept
@@ -23,12 +24,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::metadata::{self, Endpoint};
 use super::state_dir::{Kept, StateDir};
 use super::tls::LocalIdentity;
 use super::{Shared, SidecarError};
 use crate::admin::Readiness;
 use crate::authority::client::{AuthorityClient, ClientError, new_key_and_csr};
 use crate::authority::service::{IssuedResponse, Proof};
+use crate::config::CloudAttestation;
 use crate::identity::verify::TrustBundle;
 
 /// How often the revocation list is fetched.
@@ -48,48 +51,97 @@ pub(super) enum Bootstrap {
     JoinToken,
     /// A new certificate for a Kubernetes projected service-account token.
     K8sToken,
+    /// A new certificate for the cloud's instance identity document or token.
+    Cloud,
 }
 
 /// What the sidecar proves itself with when it has no kept identity.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum ProofSource<'a> {
     /// A one-time join token.
     JoinToken(&'a Path),
     /// A projected service-account token, read afresh for every attempt
     /// (the kubelet rotates it, and the authority redeems each token once).
     K8sToken(&'a Path),
+    /// The cloud's statement about this instance, from the metadata
+    /// service ([`super::metadata`]); GCP tokens name `audience`.
+    Cloud {
+        cloud: CloudAttestation,
+        endpoint: Endpoint,
+        audience: &'a str,
+    },
     /// Nothing configured: only a kept identity will do.
     Nothing,
 }
 
+/// Why no proof is at hand.
+enum ProofError {
+    /// Try again later (the metadata service is not answering yet).
+    Transient(String),
+    Fatal(SidecarError),
+}
+
 impl<'a> ProofSource<'a> {
-    pub(super) fn from_config(join_token: Option<&'a Path>, k8s_token: Option<&'a Path>) -> Self {
-        match (join_token, k8s_token) {
-            (Some(file), _) => ProofSource::JoinToken(file),
-            (None, Some(file)) => ProofSource::K8sToken(file),
-            (None, None) => ProofSource::Nothing,
-        }
+    pub(super) fn from_config(
+        join_token: Option<&'a Path>,
+        k8s_token: Option<&'a Path>,
+        cloud: Option<CloudAttestation>,
+        metadata_endpoint: Option<&str>,
+        audience: &'a str,
+    ) -> Result<Self, SidecarError> {
+        Ok(match (join_token, k8s_token, cloud) {
+            (Some(file), _, _) => ProofSource::JoinToken(file),
+            (None, Some(file), _) => ProofSource::K8sToken(file),
+            (None, None, Some(cloud)) => {
+                let url = metadata_endpoint.unwrap_or(metadata::DEFAULT_ENDPOINT);
+                let endpoint = Endpoint::parse(url).ok_or_else(|| {
+                    SidecarError::Authority(format!("`{url}` is not a metadata service address"))
+                })?;
+                ProofSource::Cloud {
+                    cloud,
+                    endpoint,
+                    audience,
+                }
+            }
+            (None, None, None) => ProofSource::Nothing,
+        })
     }
 
     /// The proof to send now.
-    fn proof(&self) -> Result<(Proof, Bootstrap), SidecarError> {
+    async fn proof(&self) -> Result<(Proof, Bootstrap), ProofError> {
         let (file, what) = match self {
             ProofSource::JoinToken(file) => (file, "join token"),
             ProofSource::K8sToken(file) => (file, "service-account token"),
+            ProofSource::Cloud {
+                cloud,
+                endpoint,
+                audience,
+            } => {
+                let fetched = match cloud {
+                    CloudAttestation::Aws => metadata::aws_iid(endpoint).await,
+                    CloudAttestation::Gcp => metadata::gcp_iit(endpoint, audience).await,
+                };
+                return match fetched {
+                    Ok(proof) => Ok((proof, Bootstrap::Cloud)),
+                    Err(e) if e.is_transient() => Err(ProofError::Transient(e.to_string())),
+                    Err(e) => Err(ProofError::Fatal(SidecarError::Authority(e.to_string()))),
+                };
+            }
             ProofSource::Nothing => {
-                return Err(SidecarError::Authority(
-                    "no kept identity, and identity.authority has neither join_token_file nor \
-                     k8s_token_file: add the one this workload bootstraps with"
+                return Err(ProofError::Fatal(SidecarError::Authority(
+                    "no kept identity, and identity.authority has none of join_token_file, \
+                     k8s_token_file and cloud: add the one this workload bootstraps with"
                         .into(),
-                ));
+                )));
             }
         };
+        let fatal = |message: String| ProofError::Fatal(SidecarError::Authority(message));
         let token = std::fs::read_to_string(file)
-            .map_err(|e| SidecarError::Authority(format!("{}: {e}", file.display())))?
+            .map_err(|e| fatal(format!("{}: {e}", file.display())))?
             .trim()
             .to_string();
         if token.is_empty() {
-            return Err(SidecarError::Authority(format!(
+            return Err(fatal(format!(
                 "{}: the {what} file is empty",
                 file.display()
             )));
@@ -143,12 +195,19 @@ pub(super) async fn first_certificate(
             ),
         }
     }
-    // A missing or empty token file is an error now, not after a wait.
-    source.proof()?;
     let mut backoff = Duration::from_millis(500);
     loop {
         let fresh = new_key_and_csr().map_err(|e| SidecarError::Authority(e.to_string()))?;
-        let (proof, bootstrap) = source.proof()?;
+        let (proof, bootstrap) = match source.proof().await {
+            Ok(found) => found,
+            Err(ProofError::Fatal(e)) => return Err(e),
+            Err(ProofError::Transient(why)) => {
+                tracing::warn!(%why, retry_in = ?backoff, "waiting for the metadata service");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
         match client.attest(&fresh.csr_pem, proof).await {
             Ok(issued) => {
                 let identity = identity_from(&issued, &fresh.key_pem, bundle)?;

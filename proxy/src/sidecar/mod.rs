@@ -66,6 +66,7 @@ pub mod http;
 pub mod inbound;
 mod lazy;
 pub mod memory;
+pub mod metadata;
 mod not_ready;
 pub mod orig_dst;
 pub mod outbound;
@@ -531,6 +532,8 @@ pub async fn run_until(
             bundle,
             join_token_file,
             k8s_token_file,
+            cloud,
+            metadata_endpoint,
             state_dir,
         } => {
             let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
@@ -544,8 +547,15 @@ pub async fn run_until(
                 .map(|(l, _)| (l, MetricsDirection::Outbound));
             let waiting: Vec<_> = refused_in.chain(refused_out).collect();
             let state = state_dir.as_deref().map(StateDir::open).transpose()?;
+            let source = from_authority::ProofSource::from_config(
+                join_token_file.as_deref(),
+                k8s_token_file.as_deref(),
+                *cloud,
+                metadata_endpoint.as_deref(),
+                url,
+            )?;
             let (first, how) = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, from_authority::ProofSource::from_config(join_token_file.as_deref(), k8s_token_file.as_deref()), state.as_ref()) => first?,
+                first = from_authority::first_certificate(&client, &trust, source, state.as_ref()) => first?,
                 never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
