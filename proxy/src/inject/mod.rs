@@ -19,8 +19,10 @@
 //!   init containers, so they and the app start after the proxy is ready
 //!   (its startup probe passed); it runs as the excluded uid 1337;
 //! - the volumes `appid-config` (ConfigMap `appid-sidecar`, holding
-//!   `proxy.yaml` and the policy), `appid-identity` (Secret
-//!   `appid-identity`, the identity bootstrap) and `appid-run` (emptyDir).
+//!   `proxy.yaml` and the policy), `appid-identity` (a projected
+//!   service-account token for the authority, audience `appid-authority`:
+//!   each pod proves itself, no token is shared) and `appid-run` (emptyDir,
+//!   where the sidecar keeps its identity across container restarts).
 //!
 //! Idempotent by construction: existing `appid-init`/`appid-proxy`
 //! containers and `appid-*` volumes are recognized by name and replaced by
@@ -66,8 +68,6 @@ pub const VOLUME_IDENTITY: &str = "appid-identity";
 pub const VOLUME_RUN: &str = "appid-run";
 /// The ConfigMap mounted at `/etc/appid`.
 pub const CONFIG_MAP: &str = "appid-sidecar";
-/// The Secret mounted at `/var/run/appid/identity`.
-pub const IDENTITY_SECRET: &str = "appid-identity";
 /// Where the sidecar reads its configuration.
 pub const CONFIG_PATH: &str = "/etc/appid/proxy.yaml";
 

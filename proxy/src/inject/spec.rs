@@ -3,13 +3,19 @@
 
 use super::emit::{Value, s};
 use super::{
-    ADMIN_PORT, CONFIG_MAP, CONFIG_PATH, IDENTITY_SECRET, INBOUND_PORT, INIT_CONTAINER,
+    ADMIN_PORT, CONFIG_MAP, CONFIG_PATH, INBOUND_PORT, INIT_CONTAINER,
     OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN,
 };
 
 const CONFIG_DIR: &str = "/etc/appid";
 const IDENTITY_DIR: &str = "/var/run/appid/identity";
 const RUN_DIR: &str = "/var/run/appid/run";
+/// The audience of the projected token: what the authority's
+/// `--k8s-audience` must be.
+pub const TOKEN_AUDIENCE: &str = "appid-authority";
+/// The projected token's lifetime (at most the authority's
+/// `--k8s-max-token-ttl`, 1 h by default).
+const TOKEN_SECONDS: u16 = 3600;
 
 /// What varies between workloads.
 pub(crate) struct Params<'a> {
@@ -196,14 +202,24 @@ pub(crate) fn volumes() -> Vec<Value> {
             ("name", s(VOLUME_CONFIG)),
             ("configMap", Value::Map(vec![("name", s(CONFIG_MAP))])),
         ]),
+        // The pod's own proof of identity: a projected service-account
+        // token for the authority (Kubernetes rotates it; the sidecar reads
+        // it at bootstrap), never a token shared by every pod.
         Value::Map(vec![
             ("name", s(VOLUME_IDENTITY)),
             (
-                "secret",
-                Value::Map(vec![
-                    ("secretName", s(IDENTITY_SECRET)),
-                    ("optional", Value::Bool(false)),
-                ]),
+                "projected",
+                Value::Map(vec![(
+                    "sources",
+                    Value::Seq(vec![Value::Map(vec![(
+                        "serviceAccountToken",
+                        Value::Map(vec![
+                            ("audience", s(TOKEN_AUDIENCE)),
+                            ("expirationSeconds", int(TOKEN_SECONDS)),
+                            ("path", s("token")),
+                        ]),
+                    )])]),
+                )]),
             ),
         ]),
         Value::Map(vec![

@@ -351,7 +351,8 @@ fn generated_containers_in_full() {
         spec["volumes"],
         serde_json::json!([
             {"name": "appid-config", "configMap": {"name": "appid-sidecar"}},
-            {"name": "appid-identity", "secret": {"secretName": "appid-identity", "optional": false}},
+            {"name": "appid-identity", "projected": {"sources": [{"serviceAccountToken":
+                {"audience": "appid-authority", "expirationSeconds": 3600, "path": "token"}}]}},
             {"name": "appid-run", "emptyDir": {}}
         ])
     );
