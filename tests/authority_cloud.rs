@@ -421,13 +421,12 @@ fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
-    let cluster = Cluster::new();
-    let temp = tempfile::tempdir().unwrap();
-    let jwks = temp.path().join("jwks.json");
+/// An authority that accepts `cluster`'s projected tokens (its JWKS is
+/// written into `dir`).
+fn start_k8s_authority(cluster: &Cluster, dir: &Path) -> Authority {
+    let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, &cluster.jwks).unwrap();
-    let authority = start_authority(
+    start_authority(
         &[],
         &[
             "--k8s-jwks",
@@ -437,7 +436,14 @@ fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
             "--k8s-audience",
             K8S_AUDIENCE,
         ],
-    );
+    )
+}
+
+#[test]
+fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
+    let cluster = Cluster::new();
+    let temp = tempfile::tempdir().unwrap();
+    let authority = start_k8s_authority(&cluster, temp.path());
     let digest = format!("sha256:{}", "c".repeat(64));
     let report = temp.path().join("trivy.json");
     std::fs::write(
@@ -768,19 +774,7 @@ impl PodSidecar {
 fn a_pod_sidecar_bootstraps_from_its_projected_token_and_restarts_without_one() {
     let cluster = Cluster::new();
     let temp = tempfile::tempdir().unwrap();
-    let jwks = temp.path().join("jwks.json");
-    std::fs::write(&jwks, &cluster.jwks).unwrap();
-    let authority = start_authority(
-        &[],
-        &[
-            "--k8s-jwks",
-            jwks.to_str().unwrap(),
-            "--k8s-issuer",
-            K8S_ISSUER,
-            "--k8s-audience",
-            K8S_AUDIENCE,
-        ],
-    );
+    let authority = start_k8s_authority(&cluster, temp.path());
     let out = authority_cli(
         &authority,
         &[

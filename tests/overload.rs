@@ -191,6 +191,31 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StopsReading<S>
     }
 }
 
+/// An HTTP/2 client over `io` that grants the largest windows HTTP/2
+/// allows and stops reading after [`ROGUE_READS`] bytes; its connection
+/// runs in the returned task.
+async fn never_reading_h2<S>(
+    io: S,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = StopsReading {
+        inner: io,
+        left: ROGUE_READS,
+    };
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(i32::MAX as u32)
+        .initial_connection_window_size(i32::MAX as u32)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
 /// The rogue peer does not check the server's certificate: it only needs
 /// the server to accept its own.
 #[derive(Debug)]
@@ -269,17 +294,7 @@ async fn mesh_tls(
 /// keeps the connection open.
 async fn rogue_peer(target: std::net::SocketAddr, cert: &support::pki::Cert) -> impl Drop {
     let tls = mesh_tls(target, cert, b"appid-mux/1").await;
-    let io = StopsReading {
-        inner: tls,
-        left: ROGUE_READS,
-    };
-    let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(i32::MAX as u32)
-        .initial_connection_window_size(i32::MAX as u32)
-        .handshake::<_, bytes::Bytes>(io)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
+    let (sender, driver) = never_reading_h2(tls).await;
     let mut streams = Vec::new();
     for _ in 0..ROGUE_STREAMS {
         let mut sender = sender.clone().ready().await.unwrap();
@@ -517,17 +532,7 @@ async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
     let server = &mesh.server;
     let before = rss_kib(server.pid());
     let tcp = TcpStream::connect(mesh.inbound_addr()).await.unwrap();
-    let io = StopsReading {
-        inner: tcp,
-        left: ROGUE_READS,
-    };
-    let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(i32::MAX as u32)
-        .initial_connection_window_size(i32::MAX as u32)
-        .handshake::<_, bytes::Bytes>(io)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
+    let (sender, driver) = never_reading_h2(tcp).await;
     let mut streams = Vec::new();
     for _ in 0..UNREAD_STREAMS {
         let mut sender = sender.clone().ready().await.unwrap();
