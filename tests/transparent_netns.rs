@@ -45,6 +45,12 @@
 //! - dialling a capture port directly (outbound: loopback and the host's own
 //!   address; inbound: under audit mode, where policy stops nothing) fails
 //!   fast instead of looping.
+//! - a VM namespace with a fake IMDSv2 at 169.254.169.254 serving the real
+//!   signed document (`../shared/fixtures`) and the authority on its
+//!   loopback: the sidecar bootstraps from its own metadata fetch while the
+//!   app is refused the metadata service, and restarts on its kept identity
+//!   without attesting again; both address families are captured and meshed
+//!   (dual-stack listeners).
 //!
 //! Everything is owned by guards: sidecars and apps are killed, namespaces
 //! (with their veths and iptables rules) deleted, even when a test fails
@@ -1584,4 +1590,168 @@ fn the_inbound_capture_port_dialled_directly_is_not_forwarded_to_itself() {
         a.context()
     );
     assert_eq!(a.admin("/live").0, 200, "{}", a.context());
+}
+
+/// A fake EC2 metadata service (IMDSv2 only) for `python3 -c`: argv is the
+/// address, the document and the signature file.
+const FAKE_IMDS: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+ip, document, signature = sys.argv[1], open(sys.argv[2], 'rb').read(), open(sys.argv[3], 'rb').read().strip()
+TOKEN = b'imds-session-token'
+class Imds(BaseHTTPRequestHandler):
+    def answer(self, status, body=b''):
+        self.send_response(status)
+        self.send_header('content-length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_PUT(self):
+        if self.path == '/latest/api/token' and self.headers.get('x-aws-ec2-metadata-token-ttl-seconds'):
+            return self.answer(200, TOKEN)
+        self.answer(400)
+    def do_GET(self):
+        if self.headers.get('x-aws-ec2-metadata-token', '').encode() != TOKEN:
+            return self.answer(401)
+        pages = {'/latest/dynamic/instance-identity/document': document,
+                 '/latest/dynamic/instance-identity/signature': signature}
+        self.answer(200, pages[self.path]) if self.path in pages else self.answer(404)
+HTTPServer((ip, 80), Imds).serve_forever()
+"#;
+
+/// A VM with transparent capture bootstraps its identity from its own
+/// metadata service (the sidecar, uid 1337, is the only process that may
+/// reach it: the app is refused), and after a restart comes back on the
+/// identity it kept — the authority would refuse the same document again.
+#[test]
+fn a_vm_bootstraps_from_its_own_metadata_service_and_restarts_on_its_kept_identity() {
+    if !should_run() {
+        return;
+    }
+    let Some(fixtures) = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|dir| PathBuf::from(dir).join("../../shared/fixtures/aws-iid"))
+        .filter(|dir| dir.is_dir())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "../shared/fixtures is missing under CI"
+        );
+        eprintln!("skipping: ../shared/fixtures not found");
+        return;
+    };
+    let ids = Identities::new();
+    let mut vm = Host::new("vm", &ids, &ids.web, POLICY);
+    vm.ns.sh(&format!("ip addr add {METADATA_IP}/32 dev lo"));
+    let document = fixtures.join("ap-southeast-2-2026/document.json");
+    let signature = fixtures.join("ap-southeast-2-2026/signature.b64");
+    vm.start_app(
+        "imds",
+        &[
+            "-c",
+            FAKE_IMDS,
+            METADATA_IP,
+            path_str(&document),
+            path_str(&signature),
+        ],
+        80,
+    );
+
+    // The authority, on the VM's loopback (its port is never captured).
+    let ca = vm.path("authority");
+    let ca_dir = path_str(&ca);
+    let out = appid(&[
+        "authority",
+        "init",
+        "--trust-domain",
+        TRUST_DOMAIN,
+        "--dir",
+        ca_dir,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = format!("spiffe://{TRUST_DOMAIN}/vm/web");
+    let out = appid(&[
+        "authority",
+        "register",
+        "--dir",
+        ca_dir,
+        "--id",
+        &id,
+        "--label",
+        "app=web",
+        "--cloud-match",
+        "provider=aws",
+        "--cloud-match",
+        "account=189292791360",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let certs = fixtures.join("certs");
+    let authority = vm.ns.spawn(
+        "authority",
+        APPID,
+        &[
+            "authority",
+            "serve",
+            "--dir",
+            ca_dir,
+            "--listen",
+            "127.0.0.1:15170",
+            "--aws-certs",
+            path_str(&certs),
+        ],
+        &vm.path("authority.log"),
+    );
+    vm.ns.wait_listening(15170);
+    vm.put(
+        "authority-ca.pem",
+        &fs::read(ca.join("ca.pem")).expect("read CA"),
+    );
+    let config = format!(
+        r#"identity:
+  authority:
+    url: "https://127.0.0.1:15170"
+    bundle: authority-ca.pem
+    cloud: aws
+    state_dir: state
+trust_domains: [{TRUST_DOMAIN}]
+policy: policy.yaml
+inbound:
+  - listen: "0.0.0.0:{INBOUND_PORT}"
+outbound:
+  - listen: "127.0.0.1:{OUTBOUND_PORT}"
+admin: "{ADMIN}"
+audit_log: audit.jsonl
+"#
+    );
+    vm.put("proxy.yaml", config.as_bytes());
+    vm.start_sidecar();
+    vm.install_redirect();
+    let identity = |vm: &Host| -> Value {
+        serde_json::from_str(&vm.admin("/appid").1).expect("JSON from /appid")
+    };
+    let json = identity(&vm);
+    assert_eq!(json["id"], id.as_str(), "{}", vm.context());
+    assert_eq!(json["claims"]["attestation"], "aws_iid");
+    assert_eq!(json["claims"]["cloud"]["instance"], "i-0c5541936caf78c12");
+
+    // The app (root, captured) does not get to the metadata service.
+    let reply = vm.ns.curl(
+        &format!("http://{METADATA_IP}/latest/dynamic/instance-identity/document"),
+        5,
+    );
+    assert!(
+        reply.status.is_none() && !reply.body.contains("instanceId"),
+        "the app reached the metadata service: {reply:?}\n{}",
+        vm.context()
+    );
+
+    // Restarted: ready again on the kept identity, with no second attestation.
+    vm.sidecar = None;
+    vm.start_sidecar();
+    assert_eq!(identity(&vm)["id"], id.as_str(), "{}", vm.context());
+    let audit = fs::read_to_string(ca.join("audit.jsonl")).unwrap_or_default();
+    assert_eq!(
+        audit.matches("\"event\":\"issue\"").count(),
+        1,
+        "{audit}\n{}",
+        authority.log()
+    );
 }
