@@ -221,3 +221,41 @@ fn bad_input_exits_2_naming_the_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--image"));
 }
+
+/// The CLI's edges: `appid` alone prints its usage (exit 2); a reader that
+/// goes away (`appid inject big.yaml | head`) ends the command quietly
+/// (exit 0, nothing on stderr); `appid probe` on a sidecar that does not
+/// answer exits 1 (not ready), as documented, not 2 (bad input).
+#[test]
+fn usage_broken_pipes_and_probe_exit_codes() {
+    let bare = Command::new(env!("CARGO_BIN_EXE_appid")).output().unwrap();
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(
+        text(&bare.stderr).contains("Usage: appid <COMMAND>"),
+        "{}",
+        text(&bare.stderr)
+    );
+
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: { name: p }\nspec:\n  containers:\n    - { name: app, image: nginx }\n---\n";
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, pod.repeat(2000)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_appid"))
+        .args(["inject", big.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take()); // `head` is done
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "a broken pipe ends quietly");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let probe = appid(&["probe", "ready", "--admin", &admin], None);
+    assert_eq!(probe.status.code(), Some(1), "{}", text(&probe.stdout));
+}

@@ -134,7 +134,13 @@ where
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(env!("CARGO_PKG_NAME"))));
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(writer))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                // Colour codes only for a person at a terminal, never into
+                // a file or a collector.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(otel);
     Ok((subscriber, TelemetryGuard { provider }))
 }

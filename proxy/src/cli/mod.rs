@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The authority: create the CA (more to come: serve, register, revoke)
+    /// The authority: its CA, its API, registrations, scans and revocations
     Authority {
         #[command(subcommand)]
         command: authority::AuthorityCommand,
@@ -59,12 +59,20 @@ enum Command {
 
 /// Runs the `appid` command and returns its exit status.
 pub fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version: print as clap formats them.
             let _ = error.print();
             return ExitCode::SUCCESS;
+        }
+        Err(error)
+            if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // `appid` (or `appid cert`) alone: the usage, on stderr.
+            let _ = error.print();
+            return ExitCode::from(2);
         }
         Err(error) => {
             eprintln!("appid: error: {}", one_line(&error.to_string()));
@@ -83,11 +91,41 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("appid: error: {error:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `appid redirect show | head`: when the reader goes away, stop quietly
+/// (exit 0) instead of panicking on the failed print. Rust ignores SIGPIPE,
+/// and restoring it would take `unsafe`; the standard output macros report
+/// the broken pipe as a panic, which this hook turns into a quiet exit.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// Folds clap's multi-line usage error into one line, without the usage

@@ -10,8 +10,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Check {
     /// The process is alive (`/live`)
@@ -37,8 +35,18 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         Check::Live => "/live",
         Check::Ready => "/ready",
     };
-    let mut stream = TcpStream::connect_timeout(&args.admin, timeout)
-        .with_context(|| format!("admin API at {}", args.admin))?;
+    // A sidecar that does not answer is not live or ready: exit 1, as for
+    // any answer but 200 (2 is for bad arguments).
+    let mut stream = match TcpStream::connect_timeout(&args.admin, timeout) {
+        Ok(stream) => stream,
+        Err(e) => {
+            println!(
+                "{path}: no answer from the admin API at {}: {e}",
+                args.admin
+            );
+            return Ok(super::denied());
+        }
+    };
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
