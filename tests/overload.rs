@@ -371,6 +371,14 @@ async fn a_peer_that_stops_reading_holds_only_its_share_of_memory() {
     }
     let growth = peak.saturating_sub(before);
     eprintln!("server RSS {before} KiB before, peak {peak} KiB with {ROGUE_STREAMS} rogue streams");
+    // What it holds is visible: its whole share (an eighth of 256 MiB),
+    // no more.
+    let held = server.metric("appid_buffer_bytes").await;
+    assert!(
+        held > 0.0 && held <= (32 << 20) as f64,
+        "appid_buffer_bytes {held}\n{}",
+        server.logs()
+    );
     assert!(
         answer.as_deref().is_some_and(|a| a.ends_with("ok")),
         "another peer was not served: {answer:?}\n{}\n{}",

@@ -31,6 +31,7 @@
 //! | `appid_audit_lines_dropped_total` | counter | — (audit lines that could not be written) |
 //! | `appid_audit_denials_coalesced_total` | counter | — (denials counted into a `repeated` line) |
 //! | `appid_h2_floods_closed_total` | counter | `direction` (connections closed for control-frame floods) |
+//! | `appid_buffer_bytes` | gauge | — (bytes held for peers now, of `limits.max_buffer_bytes`; absent until the sidecar runs) |
 //! | `appid_streams_shed_total` | counter | `direction`, `reason` (`memory`: tunnel streams refused while the byte budget is used up) |
 
 use std::fmt::Write as _;
@@ -194,6 +195,33 @@ impl Collector for CertExpiry {
     }
 }
 
+/// Where the byte budget's use is read at scrape time (set once the
+/// sidecar's budget exists; nothing is exported before).
+#[derive(Clone, Default)]
+struct BufferUse(Arc<std::sync::OnceLock<Arc<dyn Fn() -> i64 + Send + Sync>>>);
+
+impl std::fmt::Debug for BufferUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BufferUse")
+    }
+}
+
+impl Collector for BufferUse {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(read) = self.0.get() else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(read());
+        let metric = encoder.encode_descriptor(
+            "buffer",
+            "Bytes held now for peers that have not read them (of limits.max_buffer_bytes)",
+            Some(&Unit::Bytes),
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 fn unix_now() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -221,6 +249,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     audit_coalesced: Counter,
     cert_not_after: Arc<AtomicI64>,
+    buffer_use: BufferUse,
 }
 
 impl Default for Metrics {
@@ -337,6 +366,8 @@ impl Metrics {
         registry.register_collector(Box::new(CertExpiry {
             not_after: cert_not_after.clone(),
         }));
+        let buffer_use = BufferUse::default();
+        registry.register_collector(Box::new(buffer_use.clone()));
 
         Metrics {
             registry,
@@ -356,7 +387,14 @@ impl Metrics {
             audit_dropped,
             audit_coalesced,
             cert_not_after,
+            buffer_use,
         }
+    }
+
+    /// Reports `read()` (bytes held now) as `appid_buffer_bytes` at every
+    /// scrape. Only the first call counts.
+    pub fn watch_buffer(&self, read: impl Fn() -> i64 + Send + Sync + 'static) {
+        let _ = self.buffer_use.0.set(Arc::new(read));
     }
 
     /// A tunnel stream was refused to shed load; `reason` is a fixed word.

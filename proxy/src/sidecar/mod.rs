@@ -600,6 +600,13 @@ pub async fn run_until(
         shutdown: shutdown_rx,
     });
 
+    let memory = Arc::downgrade(&shared.memory);
+    shared.metrics.watch_buffer(move || {
+        memory
+            .upgrade()
+            .map_or(0, |m| i64::try_from(m.used()).unwrap_or(i64::MAX))
+    });
+
     let mut tasks = Vec::new();
     for (listener, spec) in inbound {
         tasks.push(tokio::spawn(inbound::serve(shared.clone(), listener, spec)));
