@@ -1399,3 +1399,38 @@ async fn sigterm_lets_an_in_flight_request_complete_then_exits_0() {
         );
     }
 }
+
+/// A file the config names that cannot be used is reported with the config
+/// file and the key that named it, and nothing is left running.
+#[test]
+fn a_missing_identity_file_names_the_config_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "version: 1\ndefault: deny\nrules: []\n",
+    )
+    .unwrap();
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity: {{ cert: web.pem, key: web.key, bundle: ca.pem }}\ntrust_domains: [prod.example]\n\
+             policy: policy.yaml\ninbound: [{{ listen: \"127.0.0.1:{}\", forward: \"127.0.0.1:9\" }}]\n\
+             admin: \"127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::pki::APPID)
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("proxy.yaml: identity.bundle: ") && stderr.contains("ca.pem"),
+        "{stderr}"
+    );
+}

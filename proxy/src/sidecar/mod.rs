@@ -127,6 +127,25 @@ pub enum SidecarError {
     Authority(String),
     #[error(transparent)]
     State(#[from] state_dir::StateError),
+    /// A file the config names could not be used: says which config file
+    /// and which key named it.
+    #[error("{config}: {field}: {error}")]
+    Configured {
+        config: String,
+        field: &'static str,
+        error: Box<SidecarError>,
+    },
+}
+
+impl SidecarError {
+    /// This error, as caused by the file at `field` in the config `config`.
+    fn named(self, config: &str, field: &'static str) -> SidecarError {
+        SidecarError::Configured {
+            config: config.to_owned(),
+            field,
+            error: Box::new(self),
+        }
+    }
 }
 
 /// Data-plane limits (from the config's `limits:`).
@@ -517,8 +536,10 @@ pub async fn run_until(
     // Identity and trust.
     let (identity, bundle, authority, watched) = match &config.identity {
         IdentitySource::Files { cert, key, bundle } => {
-            let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
-            let identity = LocalIdentity::load(cert, key, &trust)?;
+            let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())
+                .map_err(|e| SidecarError::from(e).named(&config.source, "identity.bundle"))?;
+            let identity = LocalIdentity::load(cert, key, &trust)
+                .map_err(|e| SidecarError::from(e).named(&config.source, "identity.cert/key"))?;
             let watched = reload::Watched {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -536,7 +557,10 @@ pub async fn run_until(
             metadata_endpoint,
             state_dir,
         } => {
-            let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())?;
+            let trust =
+                TrustBundle::from_pem_file(bundle, config.trust_domains.clone()).map_err(|e| {
+                    SidecarError::from(e).named(&config.source, "identity.authority.bundle")
+                })?;
             let client = AuthorityClient::new(url, trust.clone())
                 .map_err(|e| SidecarError::Authority(e.to_string()))?;
             // Until the first certificate arrives, connections are refused
