@@ -726,3 +726,51 @@ async fn nghttp2_clients_through_the_pair() {
         );
     }
 }
+
+/// A port declared `http` is waited on as HTTP: a client that connects and
+/// says nothing costs the app no connection (undeclared, with a policy
+/// that allows TCP, the sidecar would connect at once to let a
+/// server-first protocol speak), and its late request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_declared_http_waits_for_the_request_before_dialling() {
+    for (declared, dialled_early) in [(Some(("http", None)), false), (None, true)] {
+        let app = support::apps::HttpApp::start().await;
+        let mesh = pair_with(app.addr, "strict", WEB_TO_API, declared, Vec::new()).await;
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        let dialled = support::poll_until(
+            "the app to be dialled, or a second to pass",
+            Duration::from_secs(5),
+            || mesh.context(),
+            || async {
+                let n = app.state.connections.load(Ordering::SeqCst);
+                (n > 0 || !dialled_early).then_some(n > 0)
+            },
+        )
+        .await;
+        if !dialled_early {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(
+                app.state.connections.load(Ordering::SeqCst),
+                0,
+                "declared http: the app was dialled for a silent client\n{}",
+                mesh.context()
+            );
+        } else {
+            assert!(dialled, "undeclared: the server side is connected at once");
+        }
+        stream
+            .write_all(b"GET /late HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+            "{}",
+            mesh.context()
+        );
+    }
+}
