@@ -583,3 +583,38 @@ async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
     );
     driver.abort();
 }
+
+/// One peer identity holds at most half of the inbound connections
+/// (tunnel streams included): with `max_connections: 4`, a third long-lived
+/// stream from the same peer is refused and counted, while two are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holds_at_most_half_of_the_inbound_connections() {
+    let echo = support::apps::EchoServer::start().await;
+    let mesh = Mesh::start(
+        echo.addr,
+        MeshOptions {
+            server_limits: vec![("max_connections", "4")],
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let stream = support::net::connect_and_echo(mesh.outbound_addr(), b"hello\n")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", mesh.context()));
+        held.push(stream);
+    }
+    let third = support::net::connect_and_echo(mesh.outbound_addr(), b"hello\n").await;
+    assert!(
+        third.is_err(),
+        "a third stream from one peer was served\n{}",
+        mesh.context()
+    );
+    let shed = mesh
+        .server
+        .metric("appid_streams_shed_total{direction=\"inbound\",reason=\"max_per_peer\"}")
+        .await;
+    assert!(shed >= 1.0, "not counted\n{}", mesh.context());
+    drop(held);
+}
