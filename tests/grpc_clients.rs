@@ -7,7 +7,8 @@
 //! Every test runs in both tunnel modes (`tunnel: strict`, and the default
 //! pooled one). What real clients found and these tests pin down:
 //! - every kind of call passes: unary, server streaming, client streaming,
-//!   bidirectional; a deadline is reported as DEADLINE_EXCEEDED, a failed
+//!   bidirectional; a deadline is reported as DEADLINE_EXCEEDED (and its
+//!   cancellation reaches the server's handler at once), a failed
 //!   call keeps its details and trailing metadata, and a method the policy
 //!   denies is PERMISSION_DENIED (and never reaches the app);
 //! - a server that finishes a client-streaming call after the first
@@ -211,8 +212,18 @@ async fn every_kind_of_call(tunnel: Tunnel) {
     let expected: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
     assert_eq!(echoed["replies"], serde_json::json!(expected));
 
+    // The client's RST_STREAM at its deadline reaches the app: its handler
+    // sees the call cancelled well before the two seconds it would
+    // otherwise run (printed: the ~300 ms deadline plus what the pair adds).
     let late = setup.client("deadline", None).await;
     expect_code(&setup, &late, "DEADLINE_EXCEEDED");
+    let cancelled_after = late["server_cancelled_after_ms"].as_u64();
+    eprintln!("{tunnel:?}: the server saw the cancellation after {cancelled_after:?} ms");
+    assert!(
+        cancelled_after.is_some_and(|ms| ms < 1500),
+        "the app never saw the client's cancellation in time: {late}\n{}",
+        setup.mesh.context()
+    );
 
     let failed = setup.client("status", None).await;
     expect_code(&setup, &failed, "FAILED_PRECONDITION");

@@ -12,7 +12,9 @@ Scenarios:
   the first message while the client still has 4 MiB to send.
 - fresh_channels [n]: n unary calls, each on a new channel (and so a new
   connection), 16 at a time.
-- deadline: a call that takes longer than its 300 ms deadline.
+- deadline: a call that takes longer than its 300 ms deadline; also reports
+  after how many milliseconds the server saw the cancellation (the
+  RST_STREAM the client sends at its deadline), or null if it never did.
 - status: a call that fails with details and trailing metadata.
 - denied: a call the sidecar's policy denies.
 """
@@ -20,6 +22,7 @@ Scenarios:
 import collections
 import json
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -57,8 +60,18 @@ def bidi(channel):
 
 
 def deadline(channel):
-    channel.unary_unary(SERVICE + "Slow")(b"late", timeout=0.3)
-    return {"code": "OK"}
+    try:
+        channel.unary_unary(SERVICE + "Slow")(b"late", timeout=0.3)
+        code = "OK"
+    except grpc.RpcError as error:
+        code = code_of(error)
+    seen = []
+    waited = time.monotonic()
+    while not seen and time.monotonic() - waited < 3:
+        reply = channel.unary_unary(SERVICE + "Cancellations")(b"", timeout=TIMEOUT)
+        seen = json.loads(reply.decode())
+        time.sleep(0.05)
+    return {"code": code, "server_cancelled_after_ms": seen[0] if seen else None}
 
 
 def status(channel):

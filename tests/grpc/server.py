@@ -11,13 +11,18 @@ Service `appid.test.Grpc`:
 - `Bidi`: echoes each message as it arrives.
 - `EarlyFinish` (client streaming): answers `early` after the FIRST
   message, while the client is still sending.
-- `Slow`: answers after two seconds (callers set a shorter deadline).
+- `Slow`: answers after two seconds (callers set a shorter deadline);
+  when the caller cancels first, records after how many milliseconds the
+  cancellation reached it instead.
+- `Cancellations`: the milliseconds recorded by `Slow` so far, as JSON.
 - `Status`: fails with FAILED_PRECONDITION, details `precondition`, and
   trailing metadata `x-detail: kept`.
 - `Admin`: echoes (the test's policy denies it; it must never be called).
 """
 
+import json
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -49,9 +54,23 @@ def early_finish(request_iterator, context):
     return b"early"
 
 
+CANCELLATIONS = []
+CANCELLATIONS_LOCK = threading.Lock()
+
+
 def slow(request, context):
-    time.sleep(2)
+    started = time.monotonic()
+    ended = threading.Event()
+    context.add_callback(ended.set)  # runs when the call ends, cancelled or not
+    if ended.wait(2):  # ended before we answered: the caller cancelled
+        with CANCELLATIONS_LOCK:
+            CANCELLATIONS.append(round((time.monotonic() - started) * 1000))
     return request
+
+
+def cancellations(request, context):
+    with CANCELLATIONS_LOCK:
+        return json.dumps(CANCELLATIONS).encode()
 
 
 def status(request, context):
@@ -70,6 +89,7 @@ def main():
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "EarlyFinish": grpc.stream_unary_rpc_method_handler(early_finish),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Cancellations": grpc.unary_unary_rpc_method_handler(cancellations),
         "Status": grpc.unary_unary_rpc_method_handler(status),
         "Admin": grpc.unary_unary_rpc_method_handler(unary),
     }

@@ -1,5 +1,6 @@
-//! The local apps behind the server sidecar: an HTTP/1.1 + h2c + gRPC app
-//! and a TCP echo. Both run on the test's runtime and stop on drop.
+//! The local apps behind the server sidecar: an HTTP/1.1 + h2c + gRPC app,
+//! a TCP echo and a server-first (banner) protocol. All run on the test's
+//! runtime and stop on drop.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -322,4 +323,30 @@ impl Drop for EchoServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A server that speaks first: a banner on accept, then echoes lines.
+pub async fn banner_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if stream
+                    .write_all(b"220 banner.test ready\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

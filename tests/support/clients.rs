@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
@@ -205,4 +205,17 @@ impl Drop for H1Session {
     fn drop(&mut self) {
         self.conn.abort();
     }
+}
+
+/// How long until the first byte arrives on a new connection to `address`.
+pub async fn first_byte(address: SocketAddr) -> (Duration, Vec<u8>) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+        .await
+        .expect("a banner within 30 s")
+        .unwrap();
+    buf.truncate(n);
+    (started.elapsed(), buf)
 }

@@ -152,7 +152,11 @@ impl SidecarBuilder {
             .arg("proxy")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            // APPID_TEST_LOG=debug shows more when a test needs explaining.
+            .env(
+                "RUST_LOG",
+                std::env::var("APPID_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

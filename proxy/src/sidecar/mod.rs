@@ -127,6 +127,8 @@ pub enum SidecarError {
     Authority(String),
     #[error(transparent)]
     State(#[from] state_dir::StateError),
+    #[error("the system's random number generator failed; TLS cannot work without it")]
+    Entropy,
     /// A file the config names could not be used: says which config file
     /// and which key named it.
     #[error("{config}: {field}: {error}")]
@@ -468,6 +470,7 @@ pub async fn run_until(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), SidecarError> {
     tokio::pin!(stop);
+    tls::warm_up().map_err(|_| SidecarError::Entropy)?;
     let policy = load_policy(&config.policy)?;
     let rotation = crate::audit::Rotation {
         max_bytes: config.limits.audit_log_max_bytes,
