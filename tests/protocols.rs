@@ -262,7 +262,7 @@ async fn aborting_server(aborted_at: Arc<AtomicU64>, epoch: Instant) -> SocketAd
             tokio::spawn(async move {
                 let _ = stream.write_all(&[b'x'; 8192]).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = stream.set_linger(Some(Duration::ZERO));
+                let _ = stream.set_zero_linger();
                 aborted_at.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
                 drop(stream);
             });
