@@ -447,3 +447,31 @@ fn bad_input_gives_exit_2_one_line_and_writes_nothing() {
     let out = appid(&["cert", "inspect", &report]);
     assert_fails(&out, 2, "not-a-report.json");
 }
+
+/// `issue` never replaces a certificate or key silently: an existing file
+/// is an error that names it and the way out (`--force`), and nothing is
+/// written; with `--force` both are replaced.
+#[test]
+fn issue_refuses_to_overwrite_without_force() {
+    let ws = Workspace::new("prod.example", "ecdsa-p256");
+    let id = ["--id", "spiffe://prod.example/ns/shop/sa/web"];
+    let first = ws.issue("web", &id);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let (cert, key) = (ws.path("web.pem"), ws.path("web.key"));
+    let before = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+
+    let again = ws.issue("web", &id);
+    assert_fails(&again, 2, "--force");
+    assert!(
+        text(&again.stderr).contains("web.key"),
+        "{}",
+        text(&again.stderr)
+    );
+    let unchanged = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    assert!(before == unchanged, "nothing is written when refused");
+
+    let forced = ws.issue("web", &[id[0], id[1], "--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_ne!(std::fs::read(&key).unwrap(), before.1, "a new key");
+    assert_ne!(std::fs::read(&cert).unwrap(), before.0, "a new certificate");
+}

@@ -14,6 +14,8 @@ use appid_policy::claims::{Cloud, Image, attestation};
 
 use super::args::{self, KeyValue};
 use crate::identity::ca::{Ca, KeyAlg};
+use crate::identity::files::FileError;
+use crate::identity::issue::IssueError;
 use crate::identity::spiffe::SpiffeId;
 use crate::scan;
 
@@ -77,6 +79,9 @@ pub struct IssueArgs {
     /// Where to write the private key (PEM, mode 0600)
     #[arg(long, value_name = "OUT.pem")]
     key: PathBuf,
+    /// Replace --cert and --key if they exist (otherwise that is an error and nothing is written)
+    #[arg(long)]
+    force: bool,
 }
 
 fn parse_spiffe_id(input: &str) -> Result<SpiffeId, String> {
@@ -97,8 +102,14 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
             args.ttl,
             &args.cert,
             &args.key,
+            args.force,
         )
-        .with_context(|| format!("issuing a certificate for {}", args.id))?;
+        .map_err(|e| match e {
+            IssueError::File(e @ FileError::AlreadyExists { .. }) => {
+                anyhow!("{e} (pass --force to replace it)")
+            }
+            e => anyhow::Error::new(e).context(format!("issuing a certificate for {}", args.id)),
+        })?;
     println!(
         "issued {} (serial {}, expires {}) -> {}, key {}",
         args.id,

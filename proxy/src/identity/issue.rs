@@ -104,7 +104,9 @@ impl Ca {
     }
 
     /// Issues a certificate with a fresh key of `key_alg` and writes both,
-    /// all or nothing (key mode 0600; existing files are replaced).
+    /// all or nothing (key mode 0600). An existing file is replaced only
+    /// with `overwrite`; otherwise nothing is written.
+    #[allow(clippy::too_many_arguments)]
     pub fn issue_to_files(
         &self,
         id: &SpiffeId,
@@ -113,6 +115,7 @@ impl Ca {
         ttl: Duration,
         cert_path: &Path,
         key_path: &Path,
+        overwrite: bool,
     ) -> Result<IssuedCert, IssueError> {
         let key = key_alg.generate().map_err(|e| match e {
             CaError::Crypto(e) => IssueError::Crypto(e),
@@ -133,7 +136,7 @@ impl Ca {
                     mode: 0o644,
                 },
             ],
-            true,
+            overwrite,
         )?;
         Ok(issued)
     }
