@@ -184,6 +184,7 @@ fn issue(ca: &Ca, root: &Path, name: &str, app: &str, report: Option<&Path>) -> 
         time::Duration::hours(1),
         &root.join(format!("{name}.pem")),
         &root.join(format!("{name}.key")),
+        false, // a fresh temporary directory: nothing to replace
     )?;
     if let Some(vulns) = &claims.vulns {
         println!(
