@@ -272,7 +272,8 @@ async fn aborting_server(aborted_at: Arc<AtomicU64>, epoch: Instant) -> SocketAd
 }
 
 /// An app that aborts mid-response is seen by the client promptly, in both
-/// modes (today as a clean end, not a reset: see the issue notes).
+/// modes, as a reset rather than a clean end (so it can tell the response
+/// was cut short), after every byte the app sent before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_aborts_is_seen_by_the_client_promptly() {
     let epoch = Instant::now();
@@ -303,8 +304,64 @@ async fn an_app_that_aborts_is_seen_by_the_client_promptly() {
             mesh.context()
         );
         assert!(
+            ended.is_err(),
+            "{mode}: the abort reached the client as a clean end\n{}",
+            mesh.context()
+        );
+        assert!(
             after < Duration::from_millis(2500),
             "{mode}: the client saw the abort after {after:?}\n{}",
+            mesh.context()
+        );
+    }
+}
+
+/// A server that reads until its client's end and reports what it saw:
+/// the bytes, and whether the end was a reset.
+async fn end_reporting_server() -> (SocketAddr, tokio::sync::mpsc::Receiver<(usize, bool)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = 0;
+                let reset = loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => break false,
+                        Ok(n) => got += n,
+                        Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+                    }
+                };
+                let _ = tx.send((got, reset)).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client that aborts its connection: the app sees a reset too, after
+/// every byte the client sent before it, in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_is_seen_by_the_app_as_a_reset() {
+    let (app, mut ends) = end_reporting_server().await;
+    for mode in MODES {
+        let mesh = pair(app, mode, WEB_TO_API).await;
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        stream.write_all(&[b'x'; 8192]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+        let (got, reset) = tokio::time::timeout(Duration::from_secs(15), ends.recv())
+            .await
+            .expect("the app to see the end within 15 s")
+            .unwrap();
+        assert_eq!(got, 8192, "{mode}\n{}", mesh.context());
+        assert!(
+            reset,
+            "{mode}: the client's abort reached the app as a clean end\n{}",
             mesh.context()
         );
     }

@@ -55,6 +55,7 @@ use super::authz::{ConnAuthz, ConnVerdict};
 use super::http::{self as l7, AppSide, HttpVersion, PeerHeaders};
 use super::lazy::LazyUpstream;
 use super::prefixed::{self, Prefixed};
+use super::splice::Abort;
 use crate::detect::{self, Classification, FirstLine};
 use crate::metrics::Direction as MetricsDirection;
 
@@ -121,8 +122,8 @@ pub async fn dispatch<D, U, F, Fut>(
     app: AppSide,
     connect: F,
 ) where
-    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<U>> + Send + 'static,
 {
@@ -195,8 +196,8 @@ impl AppConnection<'_> {
     /// `server_first`: bytes the server already sent, for the client.
     async fn tcp<D, U, F, Fut>(mut self, downstream: D, connect: F, server_first: Bytes)
     where
-        D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Option<U>> + Send + 'static,
     {
@@ -217,15 +218,17 @@ impl AppConnection<'_> {
         let direction = self.direction();
         let revoked = self.shared.revoked(&self.authz);
         let meter = self.shared.memory.meter(&self.authz.budget_key());
+        let mut upstream = upstream;
         let (end, copied) = super::splice::splice(
-            downstream,
-            upstream,
+            &mut downstream,
+            &mut upstream,
             &[],
             self.shared.tcp_idle_timeout(self.authz.port()),
             Some(&meter),
             revoked,
         )
         .await;
+        super::splice::forward_reset(end, &mut downstream, &mut upstream);
         self.shared.count_bytes(direction, copied);
         if tripped.load(Ordering::Relaxed) {
             self.authz
@@ -246,8 +249,8 @@ impl AppConnection<'_> {
     /// nothing was waited for ([`Plan::Race`]); see the module docs.
     async fn silent<D, U, F, Fut>(self, mut downstream: Prefixed<D>, connect: F)
     where
-        D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Option<U>> + Send + 'static,
     {
@@ -385,6 +388,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstLineGuard<S> {
 
 // Writes go to the client unchanged.
 super::forward_async_write!(FirstLineGuard, inner);
+
+impl<S: Abort> Abort for FirstLineGuard<S> {
+    fn abort(&mut self) {
+        self.inner.abort();
+    }
+}
 
 /// Who sent bytes first on a connection where the client was silent.
 #[derive(Debug)]

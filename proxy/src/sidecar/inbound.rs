@@ -32,6 +32,7 @@ use super::http::{AppSide, PeerHeaders};
 use super::pending::SourceGuard;
 use super::prefixed;
 use super::read_ahead::ReadAhead;
+use super::splice::Abort;
 use super::tunnel::{self, StreamCount, TunnelStream};
 use super::{PeerConnection, Shared, orig_dst, tls};
 use crate::detect::{self, Classification, Detection, MeshAlpn};
@@ -221,7 +222,7 @@ async fn from_peer_to_app<S>(
     peer_headers: PeerHeaders,
     app: SocketAddr,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
     let (first, prefix) = match dispatch::plan(shared, &authz) {
         Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
@@ -469,7 +470,7 @@ async fn to_app<S>(
     app: SocketAddr,
     prefix: Bytes,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
     dispatch(
         shared,

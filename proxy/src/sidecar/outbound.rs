@@ -66,10 +66,11 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
     if spec.upstream.is_none() {
         match Box::pin(external(shared, &app, app_addr, destination)).await {
             External::PassThrough => {
-                if let Some(upstream) = shared.connect(destination).await {
-                    let (_, copied) = super::splice::splice(
-                        app,
-                        upstream,
+                if let Some(mut upstream) = shared.connect(destination).await {
+                    let mut app = app;
+                    let (end, copied) = super::splice::splice(
+                        &mut app,
+                        &mut upstream,
                         &[],
                         shared.tcp_idle_timeout(destination.port()),
                         Some(
@@ -80,6 +81,7 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
                         std::future::pending(),
                     )
                     .await;
+                    super::splice::forward_reset(end, &mut app, &mut upstream);
                     shared.count_bytes(MetricsDirection::Outbound, copied);
                 }
                 return;

@@ -61,6 +61,15 @@ pub enum Upstream {
     Tls(Box<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>>),
 }
 
+impl super::splice::Abort for Upstream {
+    fn abort(&mut self) {
+        match self {
+            Upstream::Tunnel(s) => s.abort(),
+            Upstream::Tls(s) => s.abort(),
+        }
+    }
+}
+
 /// A connection to a peer sidecar, with the peer's verified claims.
 pub struct Dialed {
     pub upstream: Upstream,

@@ -32,6 +32,12 @@ impl<S> Prefixed<S> {
     }
 }
 
+impl<S: super::splice::Abort> super::splice::Abort for Prefixed<S> {
+    fn abort(&mut self) {
+        self.inner.abort();
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

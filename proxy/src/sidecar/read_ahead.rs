@@ -50,6 +50,12 @@ impl<S> ReadAhead<S> {
     }
 }
 
+impl<S: super::splice::Abort> super::splice::Abort for ReadAhead<S> {
+    fn abort(&mut self) {
+        self.inner.abort();
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
     fn poll_read(
         self: Pin<&mut Self>,

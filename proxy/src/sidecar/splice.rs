@@ -6,6 +6,11 @@
 //! for the idle timeout, or when the caller's `revoked` future resolves —
 //! which the sidecar uses to close a live connection that a new policy no
 //! longer allows. The outcome says which, as an enum, for the audit log.
+//!
+//! A reset is news too: when one side resets its connection, the splice
+//! says which ([`SpliceEnd::Reset`]) and [`forward_reset`] resets the other,
+//! so an abort reaches the other party as an abort, not as a clean end.
+//! Streams are taken by value; pass `&mut stream` to keep them for that.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,8 +31,63 @@ pub enum SpliceEnd {
     IdleTimeout,
     /// The `revoked` future resolved: authorization was withdrawn.
     Revoked,
-    /// A read or write failed.
+    /// One side reset its connection (a read failed with
+    /// `ConnectionReset`): the other side should learn that the stream was
+    /// cut short, not that it ended ([`forward_reset`]).
+    Reset(Side),
+    /// Another read or write failure.
     Error,
+}
+
+/// One of the two connections of a splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The side that connected to us.
+    Downstream,
+    /// The side we connected to.
+    Upstream,
+}
+
+/// A connection that can be closed abortively: how the other party is told
+/// "this was cut short" rather than "this is the end" (for a protocol that
+/// ends its messages at the close, the difference between a truncated
+/// response and a complete one).
+pub trait Abort {
+    /// Makes the close that follows (when the connection is dropped) an
+    /// abortive one: a TCP RST, or an HTTP/2 RST_STREAM. What was already
+    /// written still goes first, as far as the transport allows.
+    fn abort(&mut self);
+}
+
+impl Abort for tokio::net::TcpStream {
+    /// `SO_LINGER` 0: the close sends RST. Bytes still in our send buffer
+    /// are discarded, as the resetting party's were; on loopback (where the
+    /// app always is) what we wrote is already in the app's receive queue,
+    /// and the app reads it before the reset.
+    fn abort(&mut self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl<S: Abort> Abort for tokio_rustls::server::TlsStream<S> {
+    fn abort(&mut self) {
+        self.get_mut().0.abort();
+    }
+}
+
+impl<S: Abort> Abort for tokio_rustls::client::TlsStream<S> {
+    fn abort(&mut self) {
+        self.get_mut().0.abort();
+    }
+}
+
+/// After a splice that ended because one side was reset, resets the other.
+pub fn forward_reset(end: SpliceEnd, downstream: &mut impl Abort, upstream: &mut impl Abort) {
+    match end {
+        SpliceEnd::Reset(Side::Downstream) => upstream.abort(),
+        SpliceEnd::Reset(Side::Upstream) => downstream.abort(),
+        _ => {}
+    }
 }
 
 /// Bytes copied, per direction.
@@ -78,21 +138,29 @@ where
     let idle = watch_idle(&last_activity, start, idle_timeout);
     tokio::pin!(up, down, idle, revoked);
 
-    let mut up_done = None;
-    let mut down_done = None;
+    let mut up_done = false;
+    let mut down_done = false;
     let end = loop {
         tokio::select! {
-            result = &mut up, if up_done.is_none() => {
+            result = &mut up, if !up_done => {
                 copied.to_upstream += result.bytes;
-                up_done = Some(result.ok);
-                if !result.ok { break SpliceEnd::Error; }
-                if down_done.is_some() { break SpliceEnd::Done; }
+                up_done = true;
+                match result.outcome {
+                    Outcome::Eof if down_done => break SpliceEnd::Done,
+                    Outcome::Eof => {}
+                    Outcome::ReadReset => break SpliceEnd::Reset(Side::Downstream),
+                    Outcome::Failed => break SpliceEnd::Error,
+                }
             }
-            result = &mut down, if down_done.is_none() => {
+            result = &mut down, if !down_done => {
                 copied.to_downstream += result.bytes;
-                down_done = Some(result.ok);
-                if !result.ok { break SpliceEnd::Error; }
-                if up_done.is_some() { break SpliceEnd::Done; }
+                down_done = true;
+                match result.outcome {
+                    Outcome::Eof if up_done => break SpliceEnd::Done,
+                    Outcome::Eof => {}
+                    Outcome::ReadReset => break SpliceEnd::Reset(Side::Upstream),
+                    Outcome::Failed => break SpliceEnd::Error,
+                }
             }
             () = &mut idle => break SpliceEnd::IdleTimeout,
             () = &mut revoked => break SpliceEnd::Revoked,
@@ -103,7 +171,17 @@ where
 
 struct OneWay {
     bytes: u64,
-    ok: bool,
+    outcome: Outcome,
+}
+
+/// How one direction ended.
+enum Outcome {
+    /// EOF read, and passed on as a half close.
+    Eof,
+    /// The reader's connection was reset.
+    ReadReset,
+    /// Any other failure, or the half close could not be passed on.
+    Failed,
 }
 
 /// Copies until EOF, then half-closes the writer (TCP FIN) so the other side
@@ -126,14 +204,31 @@ where
     loop {
         let n = match reader.read(&mut buffer).await {
             Ok(0) => {
-                let ok = writer.shutdown().await.is_ok();
-                return OneWay { bytes, ok };
+                let outcome = match writer.shutdown().await {
+                    Ok(()) => Outcome::Eof,
+                    Err(_) => Outcome::Failed,
+                };
+                return OneWay { bytes, outcome };
             }
             Ok(n) => n,
-            Err(_) => return OneWay { bytes, ok: false },
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return OneWay {
+                    bytes,
+                    outcome: Outcome::ReadReset,
+                };
+            }
+            Err(_) => {
+                return OneWay {
+                    bytes,
+                    outcome: Outcome::Failed,
+                };
+            }
         };
         if writer.write_all(&buffer[..n]).await.is_err() {
-            return OneWay { bytes, ok: false };
+            return OneWay {
+                bytes,
+                outcome: Outcome::Failed,
+            };
         }
         bytes += n as u64;
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);

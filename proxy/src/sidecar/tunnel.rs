@@ -58,6 +58,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::memory::{Charge, Meter};
+use super::splice::Abort;
 
 /// Concurrent streams the server allows per connection.
 pub const MAX_STREAMS: u32 = 1000;
@@ -210,7 +211,8 @@ impl<F: Future + Unpin> Future for Coalesce<F> {
 /// (for at most [`LINGER`], while the peer's data is read and discarded),
 /// then the stream is reset (`CANCEL`) — the way a socket closed with
 /// unread data sends RST — so the peer's app learns at once that nobody
-/// reads it any more.
+/// reads it any more. After [`Abort::abort`] dropping sends no END_STREAM:
+/// the stream is reset once what was queued is out.
 pub struct TunnelStream {
     halves: Option<(SendStream<Bytes>, RecvStream)>,
     /// DATA handed to h2 and not yet written out.
@@ -221,6 +223,8 @@ pub struct TunnelStream {
     /// Received and not yet read by the caller (at most one DATA frame).
     unread: Bytes,
     write_closed: bool,
+    /// Set by [`Abort::abort`]: dropping resets instead of ending.
+    aborted: bool,
     counted: Option<StreamGuard>,
 }
 
@@ -292,6 +296,7 @@ impl TunnelStream {
             meter,
             unread: Bytes::new(),
             write_closed: false,
+            aborted: false,
             counted,
         }
     }
@@ -308,10 +313,10 @@ impl Drop for TunnelStream {
         let Some((mut send, mut recv)) = self.halves.take() else {
             return;
         };
-        if !self.write_closed {
+        if !self.write_closed && !self.aborted {
             let _ = send.send_data(Bytes::new(), true);
         }
-        if recv.is_end_stream() {
+        if recv.is_end_stream() && (self.write_closed || !self.aborted) {
             return; // closed both ways: nothing is reset or lost
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -319,26 +324,45 @@ impl Drop for TunnelStream {
         };
         let counted = self.counted.take();
         let unflushed = self.unflushed.clone();
+        let aborted = self.aborted;
         runtime.spawn(async move {
             let drain = async {
                 while let Some(Ok(data)) = recv.data().await {
                     let _ = recv.flow_control().release_capacity(data.len());
                 }
             };
-            // Until the peer finishes too (a clean close), or all we queued
-            // is out; then dropping both halves resets the stream.
+            // Until all we queued is out, or (a clean close) the peer
+            // finishes too; then dropping both halves resets the stream.
+            // The peer's data is read and discarded meanwhile.
             let _ = tokio::time::timeout(LINGER, async {
-                tokio::select! {
-                    () = drain => {}
-                    () = unflushed.flushed() => {}
+                tokio::pin!(drain);
+                let mut peer_done = false;
+                loop {
+                    tokio::select! {
+                        () = &mut drain, if !peer_done => {
+                            peer_done = true;
+                            if !aborted {
+                                return;
+                            }
+                        }
+                        () = unflushed.flushed() => return,
+                    }
                 }
             })
             .await;
-            if !recv.is_end_stream() {
+            if aborted || !recv.is_end_stream() {
                 send.send_reset(h2::Reason::CANCEL);
             }
             drop((send, recv, counted));
         });
+    }
+}
+
+impl Abort for TunnelStream {
+    /// The stream ends with RST_STREAM (`CANCEL`) instead of END_STREAM,
+    /// once what was queued is written out (at most [`LINGER`] later).
+    fn abort(&mut self) {
+        self.aborted = true;
     }
 }
 
