@@ -75,7 +75,7 @@ pub mod pool;
 pub mod prefixed;
 pub mod read_ahead;
 mod reload;
-mod shares;
+pub(crate) mod shares;
 pub mod splice;
 pub mod state_dir;
 pub mod tls;
