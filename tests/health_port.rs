@@ -186,9 +186,14 @@ async fn a_bad_app_probes_variable_stops_the_sidecar_with_the_json_path() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            r#"APPID_APP_PROBES: $["/app-health/web/livez"].httpGet.port: `http` is a named port"#
+            r#"appid: error: APPID_APP_PROBES: $["/app-health/web/livez"].httpGet.port: `http` is a named port"#
         ),
         "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("APPID_APP_PROBES").count(),
+        1,
+        "said once: {stderr}"
     );
 
     let (status, stderr) = start("not-json", true, "livez=8080");

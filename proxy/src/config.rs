@@ -357,7 +357,7 @@ pub enum ConfigError {
     TooLarge { path: PathBuf },
     #[error("{0}")]
     Invalid(Diagnostics),
-    #[error("{0}")]
+    #[error(transparent)]
     AppProbes(#[from] ProbesError),
     #[error(
         "{file}: {APP_PROBES_ENV} declares {count} app probe(s) but the config has no `health:` address to \
