@@ -198,6 +198,33 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
 }
 
 #[test]
+fn the_health_port_is_left_to_the_sidecar() {
+    if !should_run() {
+        return;
+    }
+    let ns = Netns::new();
+    // (iptables-save adds `-m tcp` before `--dport`.)
+    let rule = |port: &str| {
+        format!("--dport {port} -m comment --comment \"appid: health port\" -j RETURN")
+    };
+    let out = ns.run(appid_path(), &["redirect", "install", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(printed.contains(&rule("15191")), "{printed}");
+
+    let out = ns.run(
+        appid_path(),
+        &["redirect", "install", "--health-port", "16000"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (v4, v6) = ns.saved();
+    for saved in [&v4, &v6] {
+        assert!(saved.contains(&rule("16000")), "{saved}");
+        assert!(!saved.contains("15191"), "{saved}");
+    }
+}
+
+#[test]
 fn bad_flags_are_exit_2_with_one_line() {
     // Needs no root: flags are checked before iptables is touched.
     for (args, needle) in [
@@ -213,6 +240,10 @@ fn bad_flags_are_exit_2_with_one_line() {
                 "10.0.0.0/33",
             ],
             "CIDR",
+        ),
+        (
+            vec!["redirect", "install", "--health-port", "x"],
+            "--health-port",
         ),
         (vec!["redirect", "sideways"], "sideways"),
     ] {

@@ -9,13 +9,17 @@
 //! arrive within [`HEADER_READ_TIMEOUT`], a connection lives at most
 //! [`CONNECTION_LIFETIME`], at most [`MAX_CONNECTIONS`] are served at once
 //! (the rest wait in the kernel's backlog), and request heads are capped at
-//! [`MAX_HEAD_BYTES`].
+//! [`MAX_HEAD_BYTES`] (the server itself is [`crate::bounded_http`]).
+//!
+//! What kubelet and Prometheus need from the network (`/live`, `/ready`,
+//! `/metrics`) the optional health port ([`crate::health`]) serves on the
+//! pod IP, from the same [`probe_endpoint`]; `/config` and `/appid` never
+//! leave loopback.
 //!
 //! `/ready` is 200 only when identity, policy and listeners are all up and
 //! the sidecar is not draining; otherwise 503 with what is missing
 //! (`not ready: identity, listeners`).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,15 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
 
+use crate::bounded_http::{self, Body, ServerLimits, respond, text};
 use crate::metrics::{self, Metrics};
 
 /// Time allowed for a request head to arrive.
@@ -125,6 +125,17 @@ pub enum AdminError {
     LocalAddr(#[source] std::io::Error),
 }
 
+/// The admin server's bounds.
+const LIMITS: ServerLimits = ServerLimits {
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    connection_lifetime: CONNECTION_LIFETIME,
+    max_connections: MAX_CONNECTIONS,
+    // Loopback only: every caller is local, none is held to a share.
+    max_per_source: MAX_CONNECTIONS,
+    max_head_bytes: MAX_HEAD_BYTES,
+    keep_alive: true,
+};
+
 /// Serves the admin API on `listener` until `shutdown` resolves, then stops
 /// accepting and lets in-flight requests finish (bounded by the header
 /// timeout and connection lifetime). Returns an error only if the listener
@@ -140,89 +151,12 @@ pub async fn serve(
         return Err(AdminError::NotLoopback(local));
     }
     tracing::info!(%local, "admin API listening");
-
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(64);
-    let builder = Arc::new(builder);
-
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break, // the semaphore is never closed
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let state = state.clone();
-        let builder = builder.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &req)) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
-            tokio::pin!(lifetime);
-            // Past its lifetime or at shutdown, a connection finishes the
-            // request in flight and closes; one that does not within the
-            // grace period is dropped.
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stop.wait_for(|s| *s), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
-                    }
-                    () = &mut lifetime => {
-                        if closing {
-                            break;
-                        }
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
-                    }
-                }
-            }
-        });
-    }
-    let _ = stop_tx.send(true);
-    tracing::info!(%local, "admin API stopped accepting");
+    let handler = move |req: Request<Incoming>| {
+        let response = handle(&state, &req);
+        async move { response }
+    };
+    bounded_http::serve(listener, "admin API", LIMITS, handler, shutdown).await;
     Ok(())
-}
-
-type Body = Full<Bytes>;
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    respond(status, "text/plain; charset=utf-8", body.into())
 }
 
 fn json(value: &serde_json::Value) -> Response<Body> {
@@ -238,17 +172,35 @@ fn json(value: &serde_json::Value) -> Response<Body> {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    r
+/// `/live`, `/ready` and `/metrics`: the answers the admin API and the
+/// health port ([`crate::health`]) share, so both always say the same (one
+/// check, one place). `None` for any other path. The method is the
+/// caller's to check.
+pub fn probe_endpoint(
+    path: &str,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) -> Option<Response<Body>> {
+    Some(match path {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            let missing = readiness.missing();
+            if missing.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", missing.join(", ")),
+                )
+            }
+        }
+        "/metrics" => respond(
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            metrics.encode().into(),
+        ),
+        _ => return None,
+    })
 }
 
 /// Routes one request. Pure apart from reading `state`.
@@ -262,44 +214,22 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Body> {
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed: use GET\n",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return bounded_http::method_not_allowed();
     }
-    match path {
-        "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" => {
-            let missing = state.readiness.missing();
-            if missing.is_empty() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {}\n", missing.join(", ")),
-                )
-            }
-        }
-        "/metrics" => respond(
-            StatusCode::OK,
-            metrics::CONTENT_TYPE,
-            state.metrics.encode().into(),
-        ),
-        "/config" => json(&state.config_json),
-        _ => {
-            let identity = state.identity_json.load();
-            if identity.is_null() {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no identity loaded yet\n",
-                )
-            } else {
-                json(&identity)
-            }
-        }
+    if let Some(response) = probe_endpoint(path, &state.readiness, &state.metrics) {
+        return response;
+    }
+    if path == "/config" {
+        return json(&state.config_json);
+    }
+    let identity = state.identity_json.load();
+    if identity.is_null() {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no identity loaded yet\n",
+        )
+    } else {
+        json(&identity)
     }
 }
 

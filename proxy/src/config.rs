@@ -10,9 +10,12 @@
 //! IP literals parsed at load: nothing here resolves names or touches the
 //! network, and relative paths are resolved against the config file's
 //! directory, never the working directory. The admin API may only listen on
-//! a loopback address. [`ProxyConfig::effective_json`] never contains a
-//! secret: file paths yes, file contents never, and credentials embedded in
-//! URLs are redacted.
+//! a loopback address; the health port (`health:`) may listen anywhere, as
+//! it serves only what kubelet and Prometheus need. The app's probes come
+//! from the environment, not the file (`APPID_APP_PROBES`, read once by
+//! [`ProxyConfig::load`]). [`ProxyConfig::effective_json`] never contains a
+//! secret: file paths yes, file contents never, probe header values never,
+//! and credentials embedded in URLs are redacted.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,8 +29,18 @@ use serde::de::{self, Deserializer, Visitor};
 use serde_json::json;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
+use crate::health::probes::{AppProbes, ProbeAction, ProbesError};
+
 /// The default admin address (DESIGN "Ports").
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15190);
+
+/// The health port's usual port (`health: "0.0.0.0:15191"`; off unless
+/// configured). `appid redirect` never captures it inbound.
+pub const DEFAULT_HEALTH_PORT: u16 = 15191;
+
+/// The environment variable holding the app's probes for the health port
+/// (JSON; see [`crate::health::probes`]).
+pub const APP_PROBES_ENV: &str = "APPID_APP_PROBES";
 
 /// A config file larger than this is refused before parsing.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -185,6 +198,12 @@ pub struct ProxyConfig {
     pub outbound: Vec<OutboundListener>,
     /// Always a loopback address.
     pub admin: SocketAddr,
+    /// The health port (`/live`, `/ready`, `/metrics`, `/app-health/...`);
+    /// `None` = off. May be any address.
+    pub health: Option<SocketAddr>,
+    /// The app's probes, from `APPID_APP_PROBES` (empty unless
+    /// [`ProxyConfig::load`] found the variable set).
+    pub app_probes: AppProbes,
     pub audit_log: AuditTarget,
     /// Data-plane threads (default: the number of CPUs).
     pub workers: usize,
@@ -338,6 +357,14 @@ pub enum ConfigError {
     TooLarge { path: PathBuf },
     #[error("{0}")]
     Invalid(Diagnostics),
+    #[error(transparent)]
+    AppProbes(#[from] ProbesError),
+    #[error(
+        "{file}: {APP_PROBES_ENV} declares {count} app probe(s) but the config has no `health:` address to \
+         serve them on: add `health: \"0.0.0.0:{DEFAULT_HEALTH_PORT}\"` (the port `appid inject` points \
+         kubelet at), or unset {APP_PROBES_ENV}"
+    )]
+    ProbesWithoutHealth { file: String, count: usize },
 }
 
 impl ConfigError {
@@ -378,7 +405,59 @@ impl ProxyConfig {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        ProxyConfig::from_yaml(&path.display().to_string(), base, &text)
+        let config = ProxyConfig::from_yaml(&path.display().to_string(), base, &text)?;
+        let probes = match std::env::var(APP_PROBES_ENV) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ProbesError {
+                    path: "$".to_owned(),
+                    message: "not UTF-8 text: set it to a JSON object of probes, or unset it"
+                        .to_owned(),
+                }
+                .into());
+            }
+        };
+        config.with_app_probes(probes.as_deref())
+    }
+
+    /// Sets the app's probes from the value of `APPID_APP_PROBES` (`None`:
+    /// unset). Refused: a value that does not parse, probes without a
+    /// `health:` address to serve them, and a probe aimed at the health
+    /// port itself.
+    pub fn with_app_probes(mut self, value: Option<&str>) -> Result<ProxyConfig, ConfigError> {
+        let probes = AppProbes::parse(value.unwrap_or_default())?;
+        if probes.is_empty() {
+            return Ok(self);
+        }
+        let Some(health) = self.health else {
+            return Err(ConfigError::ProbesWithoutHealth {
+                file: self.source.clone(),
+                count: probes.len(),
+            });
+        };
+        for (path, probe) in probes.iter() {
+            let target = probe.action.target();
+            let ours = target.port() == health.port()
+                && (health.ip().is_unspecified() || health.ip() == target.ip());
+            if ours {
+                let kind = match probe.action {
+                    ProbeAction::Http(_) => "httpGet",
+                    ProbeAction::Tcp { .. } => "tcpSocket",
+                };
+                return Err(ProbesError {
+                    path: format!("$[{}].{kind}.port", serde_json::Value::from(path)),
+                    message: format!(
+                        "{target} is this sidecar's own health port ({} `health:`): the probe would \
+                         call itself; point it at the app's port",
+                        self.source
+                    ),
+                }
+                .into());
+            }
+        }
+        self.app_probes = probes;
+        Ok(self)
     }
 
     /// Parses and validates config text. `file_name` is used in messages
@@ -473,6 +552,17 @@ impl ProxyConfig {
                 })
             })
             .collect();
+        let app_probes: serde_json::Map<String, serde_json::Value> = self
+            .app_probes
+            .iter()
+            .map(|(path, p)| {
+                let timeout = humantime::format_duration(p.timeout);
+                (
+                    path.to_owned(),
+                    json!(format!("{} ({timeout})", p.action.describe())),
+                )
+            })
+            .collect();
         let l = &self.limits;
         json!({
             "source": self.source,
@@ -482,6 +572,8 @@ impl ProxyConfig {
             "inbound": inbound,
             "outbound": outbound,
             "admin": self.admin.to_string(),
+            "health": self.health.map(|a| a.to_string()),
+            "app_probes": app_probes,
             "audit_log": self.audit_log.display(),
             "workers": self.workers,
             "tunnel": self.tunnel.as_str(),
@@ -641,6 +733,7 @@ struct RawConfig {
     inbound: Option<Vec<Spanned<RawInbound>>>,
     outbound: Option<Vec<Spanned<RawOutbound>>>,
     admin: Option<S>,
+    health: Option<S>,
     audit_log: Option<S>,
     workers: Option<S>,
     tunnel: Option<S>,
@@ -784,6 +877,10 @@ impl Cx<'_> {
             }
             Some(a) => self.admin(a, &mut bound),
         };
+        let health = match &raw.health {
+            None => Some(None),
+            Some(h) => self.health(h, &mut bound).map(Some),
+        };
         let mut inbound = Vec::new();
         for (i, l) in raw.inbound.iter().flatten().enumerate() {
             let field = format!("inbound[{i}]");
@@ -906,6 +1003,8 @@ impl Cx<'_> {
             inbound,
             outbound,
             admin: admin?,
+            health: health?,
+            app_probes: AppProbes::default(),
             audit_log: audit_log?,
             workers: workers?,
             tunnel: tunnel?,
@@ -1296,15 +1395,54 @@ impl Cx<'_> {
         Some(addr)
     }
 
+    /// The health port: any address (it serves only what kubelet and
+    /// Prometheus need). `[::]:p` is bound dual stack, so it also holds
+    /// the IPv4 port.
+    fn health(&mut self, h: &S, bound: &mut Vec<Bound>) -> Option<SocketAddr> {
+        let addr = self.socket_addr(h, "health", "0.0.0.0:15191")?;
+        let at = line_col(&h.referenced);
+        let collided = self.claim(addr, "health", at, bound);
+        if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            let label = "health (`[::]` serves IPv4 too)";
+            if collided {
+                bound.push(Bound {
+                    addr: v4,
+                    field: label.to_owned(),
+                    at,
+                });
+            } else {
+                self.claim_as(v4, addr, "health", label, at, bound);
+            }
+        }
+        Some(addr)
+    }
+
     /// Records a listening address, refusing one that collides with an
-    /// earlier one (port 0, "any free port", never collides).
+    /// earlier one (port 0, "any free port", never collides). True when it
+    /// collided.
     fn claim(
         &mut self,
         addr: SocketAddr,
         field: &str,
         at: Option<(u64, u64)>,
         bound: &mut Vec<Bound>,
-    ) {
+    ) -> bool {
+        self.claim_as(addr, addr, field, field, at, bound)
+    }
+
+    /// [`Cx::claim`] of `addr`, reported as `written` at `field` (what the
+    /// file says), and named `label` to later listeners.
+    fn claim_as(
+        &mut self,
+        addr: SocketAddr,
+        written: SocketAddr,
+        field: &str,
+        label: &str,
+        at: Option<(u64, u64)>,
+        bound: &mut Vec<Bound>,
+    ) -> bool {
+        let mut collided = false;
         if addr.port() != 0
             && let Some(prev) = bound.iter().find(|b| overlaps(b.addr, addr))
         {
@@ -1313,16 +1451,18 @@ impl Cx<'_> {
                 None => String::new(),
             };
             let msg = format!(
-                "`{addr}` is already used by {}{prev_at}: give each listener its own address",
+                "`{written}` is already used by {}{prev_at}: give each listener its own address",
                 prev.field
             );
             self.err(at, field, msg);
+            collided = true;
         }
         bound.push(Bound {
             addr,
-            field: field.to_owned(),
+            field: label.to_owned(),
             at,
         });
+        collided
     }
 
     fn dial_addr(&mut self, s: &S, field: &str, example: &str) -> Option<SocketAddr> {
@@ -1564,6 +1704,7 @@ mod tests {
             "inbound",
             "outbound",
             "admin",
+            "health",
             "audit_log",
             "workers",
             "tunnel",
@@ -1936,6 +2077,117 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         assert!(d.message.contains("127.0.0.1:15190"), "{d}");
         let c = parse(&format!("{MINIMAL}admin: \"[::1]:15190\"\n")).unwrap();
         assert!(c.admin.ip().is_loopback());
+    }
+
+    #[test]
+    fn health_is_optional_any_address_and_never_shared() {
+        assert_eq!(parse(MINIMAL).unwrap().health, None);
+        let c = parse(&format!("{MINIMAL}health: \"0.0.0.0:15191\"\n")).unwrap();
+        assert_eq!(c.health, Some("0.0.0.0:15191".parse().unwrap()));
+        assert_eq!(c.health.map(|a| a.port()), Some(DEFAULT_HEALTH_PORT));
+        assert_eq!(c.effective_json()["health"], "0.0.0.0:15191");
+        let c = parse(&format!("{MINIMAL}health: \"[::]:15191\"\n")).unwrap();
+        assert_eq!(c.health, Some("[::]:15191".parse().unwrap()));
+
+        let d = one_err(&format!("{MINIMAL}health: \"15191\"\n"));
+        assert_eq!((d.field.as_str(), d.at.line_col), ("health", Some((5, 9))));
+        assert!(d.to_string().starts_with("proxy.yaml:5:9: health: "), "{d}");
+        assert!(d.message.contains("0.0.0.0:15191"), "{d}");
+
+        let d = one_err(&format!("{MINIMAL}health: \"127.0.0.1:15190\"\n"));
+        assert_eq!(d.field, "health");
+        assert!(d.message.contains("already used by admin (default)"), "{d}");
+        // `[::]` is bound dual stack: it takes the IPv4 port as well.
+        let d = one_err(&format!("{MINIMAL}health: \"[::]:15190\"\n"));
+        assert_eq!(d.field, "health");
+        assert!(
+            d.message.contains("`[::]:15190` is already used by admin"),
+            "{d}"
+        );
+        let d = one_err(&format!("{MINIMAL}health: \"[::]:15106\"\n"));
+        assert_eq!(d.field, "inbound[0].listen");
+        assert!(
+            d.message
+                .contains("already used by health (`[::]` serves IPv4 too) (line 5, column 9)"),
+            "{d}"
+        );
+        let d = one_err(&format!(
+            "{MINIMAL}health: \"0.0.0.0:9000\"\noutbound: [{{ listen: \"127.0.0.1:9001\", upstream: \"10.0.0.2:8443\" }}, {{ listen: \"127.0.0.1:9000\" }}]\n"
+        ));
+        assert_eq!(d.field, "outbound[1].listen");
+        assert!(d.message.contains("already used by health"), "{d}");
+        let d = one_err(&MINIMAL.replace(
+            "inbound: [{ listen: \"0.0.0.0:15106\" }]",
+            "inbound: [{ listen: \"0.0.0.0:8443\", forward: \"127.0.0.1:15191\" }]\nhealth: \"[::]:15191\"",
+        ));
+        assert_eq!(d.field, "inbound[0].forward");
+        assert!(d.message.contains("loop"), "{d}");
+    }
+
+    #[test]
+    fn app_probes_need_a_health_port_and_never_name_it() {
+        const PROBES: &str = r#"{"/app-health/web/livez": {"httpGet": {"path": "/healthz", "port": 8080,
+            "httpHeaders": [{"name": "Authorization", "value": "Bearer s3cret"}]}, "timeoutSeconds": 2},
+            "/app-health/web/readyz": {"tcpSocket": {"port": 8080}}}"#;
+        let with_health = parse(&format!("{MINIMAL}health: \"0.0.0.0:15191\"\n")).unwrap();
+        let c = with_health.clone().with_app_probes(Some(PROBES)).unwrap();
+        assert_eq!(c.app_probes.len(), 2);
+        let j = c.effective_json();
+        assert_eq!(
+            j["app_probes"]["/app-health/web/livez"],
+            "GET http://127.0.0.1:8080/healthz (2s)"
+        );
+        assert_eq!(
+            j["app_probes"]["/app-health/web/readyz"],
+            "tcp connect 127.0.0.1:8080 (1s)"
+        );
+        assert!(!j.to_string().contains("s3cret"), "{j}");
+
+        // Unset, empty or `{}`: no probes, health or not.
+        for value in [None, Some(""), Some("{}")] {
+            let c = parse(MINIMAL).unwrap().with_app_probes(value).unwrap();
+            assert!(c.app_probes.is_empty());
+        }
+
+        let e = parse(MINIMAL)
+            .unwrap()
+            .with_app_probes(Some(PROBES))
+            .unwrap_err();
+        assert!(
+            matches!(e, ConfigError::ProbesWithoutHealth { count: 2, .. }),
+            "{e}"
+        );
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("proxy.yaml: APPID_APP_PROBES declares 2 app probe(s)"),
+            "{shown}"
+        );
+        assert!(shown.contains("health: \"0.0.0.0:15191\""), "{shown}");
+
+        let e = with_health
+            .clone()
+            .with_app_probes(Some(
+                r#"{"/app-health/web/livez": {"httpGet": {"port": "http"}}}"#,
+            ))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(r#"APPID_APP_PROBES: $["/app-health/web/livez"].httpGet.port: "#),
+            "{e}"
+        );
+
+        let e = with_health
+            .with_app_probes(Some(
+                r#"{"/app-health/web/livez": {"tcpSocket": {"port": 15191}}}"#,
+            ))
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(
+                r#"APPID_APP_PROBES: $["/app-health/web/livez"].tcpSocket.port: 127.0.0.1:15191 is this sidecar's own health port"#
+            ),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -14,9 +14,12 @@ pub mod inject;
 pub mod redirect;
 pub mod scan;
 pub mod sidecar;
-// Sidecar surroundings: configuration, audit log, metrics, admin API.
+// Sidecar surroundings: configuration, audit log, metrics, admin API and
+// health port (both served by `bounded_http`).
 pub mod admin;
 pub mod audit;
+pub mod bounded_http;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod telemetry;

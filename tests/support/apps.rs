@@ -52,7 +52,8 @@ pub struct AppState {
 /// HTTP app: for any path, answers `200` with a JSON echo of the request
 /// (`method`, `path`, `version`, `conn` — the number of the connection it
 /// came on — and `headers`, name → list of values). `/slow` answers the
-/// same after one second. A path ending in `/echo-trailers` first reads
+/// same after one second; `/status/<code>` answers the same with that
+/// status code. A path ending in `/echo-trailers` first reads
 /// the whole request body with its trailers, records the trailer fields in
 /// [`AppState::trailers_seen`] and adds them to the echo (`trailers`). A
 /// path ending in `/forge` answers with forged `x-appid-*` headers (and
@@ -165,6 +166,13 @@ async fn respond(request: Request<Incoming>, conn: u64, state: Arc<AppState>) ->
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mut response = Response::new(full(echo.to_string()));
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        *response.status_mut() = code;
+    }
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

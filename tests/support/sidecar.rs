@@ -28,6 +28,10 @@ pub struct SidecarBuilder {
     tunnel: Option<String>,
     /// `ports:` entries, as YAML flow maps.
     ports: Vec<String>,
+    /// `health:` (`127.0.0.1:<port>`).
+    health: Option<u16>,
+    /// Environment variables of the process.
+    env: Vec<(String, String)>,
 }
 
 impl SidecarBuilder {
@@ -58,7 +62,21 @@ impl SidecarBuilder {
             ],
             tunnel: None,
             ports: Vec::new(),
+            health: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Serves the health port on `127.0.0.1:port` (`health:`).
+    pub fn health(mut self, port: u16) -> Self {
+        self.health = Some(port);
+        self
+    }
+
+    /// Sets an environment variable of the `appid proxy` process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Declares app port `port` (`ports:`): `protocol` (`tcp`, `http`, …)
@@ -122,6 +140,9 @@ impl SidecarBuilder {
             }
         }
         writeln!(yaml, "admin: \"{admin}\"").unwrap();
+        if let Some(port) = self.health {
+            writeln!(yaml, "health: \"127.0.0.1:{port}\"").unwrap();
+        }
         writeln!(yaml, "audit_log: {}", q(audit)).unwrap();
         writeln!(yaml, "workers: 2").unwrap();
         if let Some(mode) = &self.tunnel {
@@ -157,6 +178,7 @@ impl SidecarBuilder {
                 "RUST_LOG",
                 std::env::var("APPID_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -173,6 +195,49 @@ impl SidecarBuilder {
         };
         sidecar.wait_ready().await;
         sidecar
+    }
+}
+
+impl SidecarBuilder {
+    /// Runs `appid proxy --config` expecting it to refuse to start: waits
+    /// (up to `limit`) for it to exit on its own and returns its status and
+    /// stderr; panics if it is still running then.
+    pub fn run_to_exit(self, limit: Duration) -> (ExitStatus, String) {
+        let admin = local(free_port());
+        let audit = self.dir.join(format!("{}-audit.jsonl", self.name));
+        let config_path = self.dir.join(format!("{}-proxy.yaml", self.name));
+        let stderr_path = self.dir.join(format!("{}-stderr.log", self.name));
+        std::fs::write(&config_path, self.config(admin, &audit)).expect("write config");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let mut child = Command::new(APPID)
+            .arg("proxy")
+            .arg("--config")
+            .arg(&config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn appid proxy");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return (
+                    status,
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                );
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sidecar {} still running after {limit:?}; expected it to refuse to start\nstderr:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct RedirectArgs {
     /// The sidecar's transparent outbound port
     #[arg(long, value_name = "N", default_value_t = 15101)]
     outbound_port: u16,
+    /// The sidecar's health port (config `health:`), never captured inbound
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_HEALTH_PORT)]
+    health_port: u16,
     /// Inbound ports left alone, comma-separated (e.g. 22,8081)
     #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
     exclude_inbound_ports: Vec<u16>,
@@ -75,6 +78,7 @@ pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
         proxy_gid: args.proxy_gid,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
+        health_port: args.health_port,
         exclude_inbound_ports: args.exclude_inbound_ports.clone(),
         exclude_outbound_ports: args.exclude_outbound_ports.clone(),
         exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),

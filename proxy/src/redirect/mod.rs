@@ -12,7 +12,7 @@
 //! and every rule carries an `appid:` comment.
 //!
 //! ```text
-//!  peer ──► PREROUTING ─► APPID_INBOUND ─┬─ excluded port ─► RETURN (app)
+//!  peer ──► PREROUTING ─► APPID_INBOUND ─┬─ admin/health/authority/excluded port ─► RETURN
 //!                                        └─► APPID_IN_REDIRECT ─► REDIRECT :15106
 //!  app ───► OUTPUT ─────► APPID_OUTPUT ──┬─ proxy uid/gid, loopback,
 //!                                        │  excluded port/CIDR ─► RETURN
@@ -49,6 +49,9 @@ pub struct RedirectOptions {
     pub outbound_port: u16,
     /// The admin port (never captured inbound).
     pub admin_port: u16,
+    /// The health port, which the sidecar serves itself on the pod IP
+    /// (never captured inbound: kubelet must reach it, not the app).
+    pub health_port: u16,
     /// The authority port (never captured either way).
     pub authority_port: u16,
     pub exclude_inbound_ports: Vec<u16>,
@@ -64,6 +67,7 @@ impl Default for RedirectOptions {
             inbound_port: 15106,
             outbound_port: 15101,
             admin_port: 15190,
+            health_port: crate::config::DEFAULT_HEALTH_PORT,
             authority_port: 15170,
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
@@ -142,6 +146,7 @@ pub fn rules(options: &RedirectOptions, family: Family) -> Vec<Rule> {
     // Inbound: everything to the app, except the ports that must stay direct.
     let mut inbound_exclusions = vec![
         (options.admin_port, "admin port"),
+        (options.health_port, "health port"),
         (options.authority_port, "authority port"),
     ];
     inbound_exclusions.extend(
@@ -433,6 +438,38 @@ mod tests {
         // Exactly one jump per built-in chain gets added back.
         assert_eq!(script.matches("-A PREROUTING").count(), 1);
         assert_eq!(script.matches("-A OUTPUT").count(), 1);
+    }
+
+    #[test]
+    fn the_health_port_is_never_captured_inbound() {
+        let inbound_returns = |options: &RedirectOptions| -> Vec<String> {
+            rules(options, Family::V4)
+                .into_iter()
+                .filter(|r| r.chain == "APPID_INBOUND" && r.spec.ends_with("-j RETURN"))
+                .map(|r| format!("{} ({})", r.spec, r.comment))
+                .collect()
+        };
+        let default = inbound_returns(&RedirectOptions::default());
+        assert!(
+            default.contains(&"-p tcp --dport 15191 -j RETURN (health port)".to_owned()),
+            "{default:?}"
+        );
+        let moved = inbound_returns(&RedirectOptions {
+            health_port: 16000,
+            ..RedirectOptions::default()
+        });
+        assert!(
+            moved.contains(&"-p tcp --dport 16000 -j RETURN (health port)".to_owned()),
+            "{moved:?}"
+        );
+        assert!(!moved.iter().any(|r| r.contains("15191")), "{moved:?}");
+        // Outbound, the app may still call other pods' health ports through
+        // the sidecar: only the inbound side is excluded.
+        assert!(
+            !rules(&RedirectOptions::default(), Family::V4)
+                .iter()
+                .any(|r| r.chain == "APPID_OUTPUT" && r.spec.contains("15191"))
+        );
     }
 
     #[test]

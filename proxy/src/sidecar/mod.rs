@@ -12,7 +12,8 @@
 //! - [`prefixed`], [`orig_dst`]: small helpers.
 //!
 //! [`run`] wires them: load identity, trust and policy (refusing to start on
-//! any error), bind every listener, serve admin, poll the files for changes,
+//! any error), bind every listener, serve admin (and the health port when
+//! configured), poll the files for changes,
 //! and on SIGTERM stop accepting, drain, exit.
 
 /// `AsyncWrite` for a wrapper `$type<S>` whose writes go to its field
@@ -75,7 +76,7 @@ pub mod pool;
 pub mod prefixed;
 pub mod read_ahead;
 mod reload;
-mod shares;
+pub(crate) mod shares;
 pub mod splice;
 pub mod state_dir;
 pub mod tls;
@@ -99,6 +100,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::audit::AuditLog;
 use crate::authority::client::AuthorityClient;
 use crate::config::{IdentitySource, PortSettings, ProxyConfig};
+use crate::health;
 use crate::identity::verify::{BundleError, PeerRole, TrustBundle, VerifiedPeer};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
@@ -498,6 +500,12 @@ pub async fn run_until(
     // half-running sidecar.
     let admin_listener = bind(config.admin).await?;
     let admin_address = admin_listener.local_addr().unwrap_or(config.admin);
+    let health_listener = match config.health {
+        Some(address) => {
+            Some(health::bind(address).map_err(|error| SidecarError::Bind { address, error })?)
+        }
+        None => None,
+    };
     let mut inbound = Vec::new();
     for spec in &config.inbound {
         let listener = bind(spec.listen).await?;
@@ -534,6 +542,17 @@ pub async fn run_until(
     tokio::spawn(admin::serve(admin_listener, admin_state, async move {
         let _ = admin_stop.wait_for(|stop| *stop).await;
     }));
+    if let Some(listener) = health_listener {
+        let state = Arc::new(health::HealthState::new(
+            readiness.clone(),
+            metrics.clone(),
+            config.app_probes.clone(),
+        ));
+        let mut health_stop = shutdown_rx.clone();
+        tokio::spawn(health::serve(listener, state, async move {
+            let _ = health_stop.wait_for(|stop| *stop).await;
+        }));
+    }
     readiness.set_policy_ready(true);
 
     // Identity and trust.
@@ -789,22 +808,26 @@ async fn accept_loop<F, Fut>(
 /// every connection's addresses are of the family it arrived on (policy's
 /// CIDRs and the original-destination lookup need that).
 async fn bind(address: SocketAddr) -> Result<TcpListener, SidecarError> {
-    let bind = || -> std::io::Result<TcpListener> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(address),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        if address.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(1024)?;
-        TcpListener::from_std(socket.into())
-    };
-    bind().map_err(|error| SidecarError::Bind { address, error })
+    bind_socket(address, true).map_err(|error| SidecarError::Bind { address, error })
+}
+
+/// Binds a listening socket; `v6only` sets `IPV6_V6ONLY` on an IPv6 one
+/// (off: `[::]` also takes IPv4, as `::ffff:a.b.c.d`). Must run inside the
+/// runtime.
+pub(crate) fn bind_socket(address: SocketAddr, v6only: bool) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(v6only)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,0 +1,177 @@
+//! The small HTTP/1.1 server under the admin API and the health port.
+//!
+//! Design bias: *bounded in every dimension, the same way for both*. Request
+//! heads must arrive within a time limit and fit a size limit, a connection
+//! lives at most a fixed time, a fixed number are served at once (the rest
+//! wait in the kernel's backlog), and one source address may hold only a
+//! share of them (its excess is closed at once). No request body is ever
+//! read. What is served is the caller's business: a handler turns a request
+//! head into a response.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::sidecar::shares::Shares;
+
+/// The response body of both servers: small and complete.
+pub type Body = Full<Bytes>;
+
+/// The bounds of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Time allowed for a request head to arrive (also the grace period a
+    /// closing connection gets to finish its request).
+    pub header_read_timeout: Duration,
+    /// A connection is closed after this long.
+    pub connection_lifetime: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Connections one source address may hold at once.
+    pub max_per_source: usize,
+    /// Largest request head accepted.
+    pub max_head_bytes: usize,
+    /// Several requests per connection (otherwise one, then close).
+    pub keep_alive: bool,
+}
+
+/// Serves `handler` on `listener` within `limits` until `shutdown`
+/// resolves, then stops accepting and lets in-flight requests finish
+/// (bounded by the header timeout and the connection lifetime). `what`
+/// names the server in logs.
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    limits: ServerLimits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let sources: Shares<IpAddr> = Shares::new(limits.max_per_source);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes)
+        .max_headers(64)
+        .keep_alive(limits.keep_alive);
+    let builder = Arc::new(builder);
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(share) = sources.take(&peer.ip()) else {
+            tracing::debug!(%peer, "{what}: the source holds its share of connections; closed");
+            continue;
+        };
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _held = (permit, share);
+            let service = service_fn(move |req| {
+                let response = handler(req);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let lifetime = tokio::time::sleep(limits.connection_lifetime);
+            tokio::pin!(lifetime);
+            // Past its lifetime or at shutdown, a connection finishes the
+            // request in flight and closes; one that does not within the
+            // grace period is dropped.
+            let grace = limits.header_read_timeout;
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "{what}: connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|s| *s), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        lifetime.as_mut().reset(tokio::time::Instant::now() + grace);
+                    }
+                    () = &mut lifetime => {
+                        if closing {
+                            break;
+                        }
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        lifetime.as_mut().reset(tokio::time::Instant::now() + grace);
+                    }
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    let local = listener.local_addr().ok();
+    tracing::info!(local = ?local, "{what} stopped accepting");
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    respond(status, "text/plain; charset=utf-8", body.into())
+}
+
+/// A response that is never cached nor sniffed.
+pub fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// `405` for a path that exists but is only read (`GET`, `HEAD`).
+pub fn method_not_allowed() -> Response<Body> {
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: use GET\n",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}

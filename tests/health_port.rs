@@ -1,0 +1,217 @@
+//! The health port (README "Health port and kubelet probes"), end to end:
+//! the real `appid proxy` with `health:` on loopback and `APPID_APP_PROBES`
+//! set, in front of a real local HTTP app, under a default-deny policy, and
+//! real `curl` in kubelet's and Prometheus's place.
+//!
+//! Covered:
+//! - `/live`, `/ready`, `/metrics` answer as the admin API's do; `/config`
+//!   and `/appid` (which the admin API serves) are 404 on the health port.
+//! - `httpGet` probes: 200 when the app answers 200 (with the declared
+//!   headers, and kubelet's `User-Agent`, reaching the app), the app's 500
+//!   when it answers 500; the policy never sees them (no audit line).
+//! - `tcpSocket` probes: 200 with a listener, 503 without.
+//! - A probe to an app that never answers: 503 after `timeoutSeconds`.
+//! - An `/app-health/` path nobody declared: 404.
+//! - A bad `APPID_APP_PROBES` (or probes without `health:`) and `appid
+//!   proxy` exits 2 naming the variable and the JSON path.
+//!
+//! Needs `curl` on the PATH (CI installs it).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use support::apps::HttpApp;
+use support::clients::curl;
+use support::mesh::Env;
+use support::net::{free_port, local};
+
+const DENY_ALL: &str = "version: 1\ndefault: deny\nrules: []\n";
+
+/// The `# TYPE` lines of a Prometheus exposition: which metrics it has.
+fn metric_families(body: &str) -> BTreeSet<String> {
+    body.lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
+    let app = HttpApp::start().await;
+    // A listener for the passing tcpSocket probe, one that accepts and
+    // never answers, and a port nobody listens on.
+    let tcp_up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let closed_port = free_port();
+
+    let probes = json!({
+        "/app-health/web/livez": {"httpGet": {"path": "/status/200", "port": app.addr.port(),
+            "scheme": "HTTP", "httpHeaders": [{"name": "x-probe", "value": "live"}]}, "timeoutSeconds": 1},
+        "/app-health/web/readyz": {"httpGet": {"path": "/status/500", "port": app.addr.port()}},
+        "/app-health/web/startupz": {"httpGet": {"path": "/healthz", "port": silent_port}, "timeoutSeconds": 2},
+        "/app-health/db/livez": {"tcpSocket": {"port": tcp_up.local_addr().unwrap().port()}},
+        "/app-health/db/readyz": {"tcpSocket": {"port": closed_port}}
+    });
+    let env = Env::new();
+    let policy = env.policy("policy.yaml", DENY_ALL);
+    let health_port = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(free_port(), app.addr)
+        .health(health_port)
+        .env("APPID_APP_PROBES", &probes.to_string())
+        .start()
+        .await;
+    let health = |path: &str| format!("http://127.0.0.1:{health_port}{path}");
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
+
+    // What the admin API answers, the health port answers.
+    for path in ["/live", "/ready"] {
+        let on_health = curl(&[&health(path)]).await;
+        let on_admin = curl(&[&admin(path)]).await;
+        assert_eq!(
+            (on_health.status, &on_health.body),
+            (on_admin.status, &on_admin.body),
+            "{path}"
+        );
+        assert_eq!(on_health.status, 200, "{path}: {}", sidecar.context());
+    }
+    let on_health = curl(&[&health("/metrics")]).await;
+    let on_admin = curl(&[&admin("/metrics")]).await;
+    assert_eq!(on_health.status, 200);
+    assert_eq!(
+        on_health.header("content-type"),
+        on_admin.header("content-type")
+    );
+    assert!(on_health.body.ends_with("# EOF\n"), "{}", on_health.body);
+    let families = metric_families(&on_health.body);
+    assert!(
+        families.iter().any(|f| f.starts_with("# TYPE appid_")),
+        "{families:?}"
+    );
+    assert_eq!(families, metric_families(&on_admin.body));
+
+    // What only the local operator may see stays on loopback's admin API.
+    for path in ["/config", "/appid"] {
+        assert_eq!(curl(&[&admin(path)]).await.status, 200, "{path} on admin");
+        let r = curl(&[&health(path)]).await;
+        assert_eq!(r.status, 404, "{path} on the health port: {r:?}");
+        assert!(!r.body.contains("spiffe://"), "{r:?}");
+    }
+    assert_eq!(curl(&[&health("/app-health/web/nope")]).await.status, 404);
+    assert_eq!(curl(&[&health("/app-health/api/livez")]).await.status, 404);
+
+    // httpGet: the app's 200, with the declared header and kubelet's
+    // User-Agent; the body is the app's (its JSON echo of the request).
+    let r = curl(&["-A", "kube-probe/1.31", &health("/app-health/web/livez")]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", sidecar.context());
+    let seen = r.json();
+    assert_eq!(seen["path"], "/status/200");
+    assert_eq!(seen["headers"]["x-probe"], json!(["live"]));
+    assert_eq!(seen["headers"]["user-agent"], json!(["kube-probe/1.31"]));
+    assert_eq!(
+        seen["headers"]["host"],
+        json!([format!("127.0.0.1:{}", app.addr.port())])
+    );
+    // ...and the app's 500, which kubelet counts as a failure.
+    let r = curl(&[&health("/app-health/web/readyz")]).await;
+    assert_eq!(r.status, 500, "{r:?}");
+
+    // tcpSocket: connected or not.
+    let r = curl(&[&health("/app-health/db/livez")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&[&health("/app-health/db/readyz")]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.starts_with("probe failed: tcp connect"), "{r:?}");
+
+    // An app that never answers: 503 once timeoutSeconds (2) have passed.
+    let started = Instant::now();
+    let r = curl(&[&health("/app-health/web/startupz")]).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.body,
+        format!("probe timed out after 2s: GET http://127.0.0.1:{silent_port}/healthz\n")
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    // Probes never touch the data path: the deny-all policy decided
+    // nothing (allow lines are batched for 100 ms; wait past that).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sidecar.audit_lines().is_empty(), "{}", sidecar.context());
+    // The app was asked by the probes only.
+    assert_eq!(
+        app.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_app_probes_variable_stops_the_sidecar_with_the_json_path() {
+    let env = Env::new();
+    let policy = env.policy("policy.yaml", DENY_ALL);
+    let start = |name: &str, health: bool, probes: &str| {
+        let mut builder = env
+            .sidecar(name, &env.api, &policy)
+            .inbound(free_port(), local(free_port()))
+            .env("APPID_APP_PROBES", probes);
+        if health {
+            builder = builder.health(free_port());
+        }
+        builder.run_to_exit(Duration::from_secs(20))
+    };
+
+    let (status, stderr) = start(
+        "bad-port",
+        true,
+        r#"{"/app-health/web/livez": {"httpGet": {"path": "/healthz", "port": "http"}}}"#,
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            r#"appid: error: APPID_APP_PROBES: $["/app-health/web/livez"].httpGet.port: `http` is a named port"#
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("APPID_APP_PROBES").count(),
+        1,
+        "said once: {stderr}"
+    );
+
+    let (status, stderr) = start("not-json", true, "livez=8080");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("APPID_APP_PROBES: $: not valid JSON"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = start(
+        "no-health",
+        false,
+        r#"{"/app-health/web/livez": {"tcpSocket": {"port": 8080}}}"#,
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("APPID_APP_PROBES declares 1 app probe(s) but the config has no `health:`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no-health-proxy.yaml"), "{stderr}");
+}
