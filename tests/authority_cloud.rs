@@ -17,6 +17,9 @@
 //! join-token-only service account, and a token for another audience are
 //! refused with their reason; incomplete settings are refused at start.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,6 +29,7 @@ use appid_proxy::authority::service::Proof;
 use appid_proxy::identity::files;
 use appid_proxy::identity::inspect::CertInfo;
 use appid_proxy::identity::verify::TrustBundle;
+use support::k8s::{Cluster, K8S_AUDIENCE, K8S_ISSUER};
 
 fn appid() -> Command {
     Command::new(env!("CARGO_BIN_EXE_appid"))
@@ -345,71 +349,6 @@ fn the_gcp_token_attests_inside_its_validity_and_is_refused_after() {
 // ---------------------------------------------------------------------------
 // Kubernetes projected service-account tokens.
 
-const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const K8S_AUDIENCE: &str = "appid-authority";
-
-/// The test cluster's service-account issuer: an RSA key and its JWKS.
-struct Cluster {
-    key: aws_lc_rs::rsa::KeyPair,
-    jwks: String,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        use aws_lc_rs::signature::KeyPair as _;
-        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let public = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(key.public_key());
-        let jwks = serde_json::json!({"keys": [{
-            "use": "sig", "kty": "RSA", "kid": "cluster-key-1", "alg": "RS256",
-            "n": b64(&public.n), "e": b64(&public.e),
-        }]})
-        .to_string();
-        Cluster { key, jwks }
-    }
-
-    /// A token as the kubelet mounts it for pod `pod` of `ns`/`sa`, valid
-    /// ten minutes from now, for `audience`.
-    fn token(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
-        let iat = time::OffsetDateTime::now_utc().unix_timestamp() - 5;
-        let claims = serde_json::json!({
-            "aud": [audience],
-            "exp": iat + 600,
-            "iat": iat,
-            "iss": K8S_ISSUER,
-            "jti": format!("jti-{pod}-{iat}"),
-            "kubernetes.io": {
-                "namespace": ns,
-                "node": {"name": "node-1", "uid": "58456cb0-dd00-45ed-b797-5578fdceaced"},
-                "pod": {"name": pod, "uid": format!("uid-{pod}")},
-                "serviceaccount": {"name": sa, "uid": format!("uid-sa-{sa}")},
-                "warnafter": iat + 600 - 7
-            },
-            "nbf": iat,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-        });
-        let input = format!(
-            "{}.{}",
-            b64(br#"{"alg":"RS256","kid":"cluster-key-1"}"#),
-            b64(claims.to_string().as_bytes())
-        );
-        let mut signature = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                input.as_bytes(),
-                &mut signature,
-            )
-            .unwrap();
-        format!("{input}.{}", b64(&signature))
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// `appid authority <args> --dir <the authority's CA dir>`.
 fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
     appid()
@@ -426,17 +365,9 @@ fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
 fn start_k8s_authority(cluster: &Cluster, dir: &Path) -> Authority {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, &cluster.jwks).unwrap();
-    start_authority(
-        &[],
-        &[
-            "--k8s-jwks",
-            jwks.to_str().unwrap(),
-            "--k8s-issuer",
-            K8S_ISSUER,
-            "--k8s-audience",
-            K8S_AUDIENCE,
-        ],
-    )
+    let args = support::k8s::authority_args(&jwks);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_authority(&[], &args)
 }
 
 #[test]

@@ -59,37 +59,23 @@
 //! Without root or the tools the tests skip with a printed reason; under
 //! `CI=true` a skip is a failure.
 
-use std::cell::RefCell;
-use std::fs;
-use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+#[path = "support/mod.rs"]
+mod support;
 
-/// Three ticks of the sidecar's audit flush (allow lines are buffered).
-const AUDIT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const APPID: &str = env!("CARGO_BIN_EXE_appid");
+use support::host::{ADMIN, Host, context};
+use support::netns::{Netns, WAIT, path_str, python, should_run, temp_dir, text, wait_for};
+use support::pki::{APPID, appid};
 
-/// The sidecar's uid and gid: excluded from capture by the redirect.
-const PROXY_UID: u32 = 1337;
-/// Namespace names: `<prefix><pid>-<n>-<role>`.
-const NS_PREFIX: &str = "appid-tn-";
 const TRUST_DOMAIN: &str = "netns.example";
-/// Every wait in this file is bounded by this, unless said otherwise.
-const WAIT: Duration = Duration::from_secs(10);
-/// A debug-build sidecar on a busy CI machine may take a while to start.
-const READY_WAIT: Duration = Duration::from_secs(20);
 
 const INBOUND_PORT: u16 = 15106;
 const OUTBOUND_PORT: u16 = 15101;
-const ADMIN: &str = "127.0.0.1:15190";
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 9000;
 
@@ -184,424 +170,6 @@ sys.exit(0 if got == want else 1)
 "#;
 
 // ---------------------------------------------------------------------------
-// Skipping
-
-/// Returns true when the test should go on; prints why not otherwise
-/// (under `CI=true`, a reason to skip is a failure).
-fn should_run() -> bool {
-    static REASON: OnceLock<Option<String>> = OnceLock::new();
-    static SWEPT: OnceLock<()> = OnceLock::new();
-    match REASON.get_or_init(cannot_run) {
-        None => {
-            SWEPT.get_or_init(sweep_stale);
-            true
-        }
-        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("network-namespace tests cannot run in CI: {reason}")
-        }
-        Some(reason) => {
-            eprintln!("skipping network-namespace test: {reason}");
-            false
-        }
-    }
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn cannot_run() -> Option<String> {
-    match fs::metadata("/proc/self") {
-        Ok(meta) if meta.uid() == 0 => {}
-        _ => return Some("not root (namespaces and iptables rules need it)".into()),
-    }
-    for tool in [
-        "ip",
-        "iptables",
-        "iptables-save",
-        "python3",
-        "setpriv",
-        "curl",
-        "ss",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!("`{tool}` not installed"));
-        }
-    }
-    // Root in a container without CAP_SYS_ADMIN cannot make namespaces.
-    let probe = format!("{NS_PREFIX}{}-probe", std::process::id());
-    let out = Command::new("ip").args(["netns", "add", &probe]).output();
-    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-    match out {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "cannot create a network namespace: {}",
-            text(&o.stderr).trim()
-        )),
-        Err(e) => Some(format!("cannot run `ip`: {e}")),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `command` to completion within `limit`, killing it (and failing the
-/// test) when it takes longer.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    let shown = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or fails the test
-/// after `limit`, printing `context()`.
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    context: impl Fn() -> String,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if start.elapsed() > limit {
-            panic!(
-                "timed out after {limit:?} waiting for {what}\n{}",
-                context()
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A long-running child (sidecar, app), killed when dropped.
-struct Proc {
-    what: String,
-    child: RefCell<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// `Some(status)` when it has already exited.
-    fn exited(&self) -> Option<ExitStatus> {
-        self.child.borrow_mut().try_wait().ok().flatten()
-    }
-
-    fn log(&self) -> String {
-        let log = fs::read_to_string(&self.log).unwrap_or_default();
-        // The end is what matters; keep failure messages readable.
-        let start = log.len().saturating_sub(4000);
-        let start = (start..log.len())
-            .find(|&i| log.is_char_boundary(i))
-            .unwrap_or(0);
-        format!(
-            "--- {} ({}) ---\n{}",
-            self.what,
-            self.log.display(),
-            &log[start..]
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Namespaces
-
-/// A network namespace that is deleted when dropped, even on panic, with
-/// everything in it: veths, addresses, iptables rules.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "{NS_PREFIX}{}-{}-{role}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut add = Command::new("ip");
-        add.args(["netns", "add", &name]);
-        let out = output_within(add, WAIT);
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            text(&out.stderr)
-        );
-        let ns = Netns { name };
-        ns.sh("ip link set lo up");
-        ns
-    }
-
-    /// `program args` inside the namespace (as root).
-    fn command(&self, program: &str, args: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.name, program])
-            .args(args);
-        command
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        output_within(self.command(program, args), WAIT)
-    }
-
-    /// A shell script inside the namespace that must succeed; its stdout.
-    fn sh(&self, script: &str) -> String {
-        let out = self.run("sh", &["-c", script]);
-        assert!(
-            out.status.success(),
-            "in {}: {script}: {}",
-            self.name,
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    /// Starts a long-running `program args`, output to `log`.
-    fn spawn(&self, what: &str, program: &str, args: &[&str], log: &Path) -> Proc {
-        let file = fs::File::create(log).expect("create log file");
-        let child = self
-            .command(program, args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log file"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Proc {
-            what: format!("{what} in {}", self.name),
-            child: RefCell::new(child),
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// Waits until something listens on TCP `port` (any address).
-    fn wait_listening(&self, port: u16) {
-        let filter = format!("sport = :{port}");
-        wait_for(
-            &format!("a listener on port {port} in {}", self.name),
-            WAIT,
-            || self.sh("ss -Hltnp"),
-            || {
-                let out = self.run("ss", &["-Hltn", &filter]);
-                (out.status.success() && !out.stdout.is_empty()).then_some(())
-            },
-        );
-    }
-
-    /// `curl` from inside the namespace (as root, so it is captured).
-    fn curl(&self, url: &str, max_secs: u32) -> Reply {
-        let max = max_secs.to_string();
-        let start = Instant::now();
-        let out = output_within(
-            self.command("curl", &["-sS", "-i", "-m", &max, url]),
-            Duration::from_secs(u64::from(max_secs) + 5),
-        );
-        Reply::parse(&out, start.elapsed())
-    }
-
-    /// The echo client from inside the namespace: `Ok(echoed)` or
-    /// `Err(what happened)`.
-    fn echo(&self, ip: &str, port: u16, payload: &str) -> Result<String, String> {
-        let port = port.to_string();
-        let out = self.run(python(), &["-c", ECHO_CLIENT, ip, &port, payload]);
-        if out.status.success() {
-            Ok(text(&out.stdout))
-        } else {
-            Err(format!(
-                "echo got {:?}; {}",
-                text(&out.stdout),
-                text(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        remove_namespace(&self.name);
-    }
-}
-
-/// Kills whatever still runs inside (it would keep the namespace, and its
-/// veths, alive after `ip netns del`), then deletes it.
-fn remove_namespace(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in text(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).output();
-        }
-    }
-    let _ = Command::new("ip").args(["netns", "del", name]).output();
-}
-
-/// Whether `name` (a namespace or temp dir) is ours, left by a test process
-/// that no longer exists (a run killed by a signal never got to its guards).
-fn is_stale(name: &str) -> bool {
-    name.strip_prefix(NS_PREFIX)
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| {
-            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-        })
-}
-
-/// Deletes stale namespaces (and what runs in them) and temp dirs.
-fn sweep_stale() {
-    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-        for line in text(&out.stdout).lines() {
-            match line.split_whitespace().next() {
-                Some(name) if is_stale(name) => {
-                    eprintln!("removing stale namespace {name}");
-                    remove_namespace(name);
-                }
-                _ => {}
-            }
-        }
-    }
-    for entry in fs::read_dir(std::env::temp_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if entry.file_name().to_str().is_some_and(is_stale) {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// A temp dir named after this process, so a later run can sweep it.
-fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("{NS_PREFIX}{}-", std::process::id()))
-        .tempdir()
-        .expect("temp dir")
-}
-
-/// The real interpreter behind `python3` (pyenv shims and the like are
-/// slow to start, and some resolve per directory).
-fn python() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .ok()
-            .map(|o| text(&o.stdout).trim().to_string())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "python3".into())
-    })
-}
-
-// ---------------------------------------------------------------------------
-// HTTP replies
-
-/// What `curl -i` got.
-#[derive(Debug)]
-struct Reply {
-    /// curl's exit code (0 ok, 7 refused, 28 timeout, 52 empty reply, 56
-    /// connection reset, ...).
-    exit: Option<i32>,
-    status: Option<u16>,
-    /// Lowercased names.
-    headers: Vec<(String, String)>,
-    body: String,
-    took: Duration,
-    /// Shown in failure messages (through `Debug`).
-    #[allow(dead_code)]
-    stderr: String,
-}
-
-impl Reply {
-    fn parse(out: &Output, took: Duration) -> Reply {
-        let raw = text(&out.stdout);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok());
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Reply {
-            exit: out.status.code(),
-            status,
-            headers,
-            body: body.to_string(),
-            took,
-            stderr: text(&out.stderr),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn is_ok_with(&self, body: &str) -> bool {
-        self.exit == Some(0) && self.status == Some(200) && self.body == body
-    }
-
-    /// Refused by `rule`: a 403 naming it, or a connection closed without
-    /// a response (a denial found before the protocol was known).
-    fn is_refused_by(&self, rule: &str) -> bool {
-        match self.status {
-            Some(403) => self.header("x-appid-denied-by") == Some(rule),
-            Some(_) => false,
-            None => self.exit != Some(0) && self.exit != Some(28),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Identities
 
 /// A CA and the three workloads, issued with the real CLI.
@@ -618,23 +186,6 @@ struct Cert {
     id: String,
     cert: PathBuf,
     key: PathBuf,
-}
-
-fn appid(args: &[&str]) -> Output {
-    let mut command = Command::new(APPID);
-    command.args(args);
-    let out = output_within(command, WAIT);
-    assert!(
-        out.status.success(),
-        "appid {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    out
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
 }
 
 impl Identities {
@@ -692,37 +243,16 @@ impl Identities {
 // ---------------------------------------------------------------------------
 // Hosts
 
-/// One "host": a namespace with a transparent sidecar (uid 1337) and apps.
-/// Field order is drop order: processes first, then files, then the
-/// namespace.
-struct Host {
-    sidecar: Option<Proc>,
-    apps: Vec<Proc>,
-    dir: tempfile::TempDir,
-    ns: Netns,
-}
-
-impl Host {
-    /// The namespace and the sidecar's files (identity `cert`, `policy`);
-    /// nothing started yet.
-    fn new(role: &str, ids: &Identities, cert: &Cert, policy: &str) -> Host {
-        let ns = Netns::new(role);
-        let dir = temp_dir();
-        // The sidecar runs as uid 1337: it must read its files and write
-        // its audit log.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::os::unix::fs::chown(dir.path(), Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
-        let host = Host {
-            sidecar: None,
-            apps: Vec::new(),
-            dir,
-            ns,
-        };
-        host.put("ca.pem", &fs::read(&ids.bundle).expect("read bundle"));
-        host.set_identity_files(cert);
-        host.put("policy.yaml", policy.as_bytes());
-        let config = format!(
-            r#"identity: {{ cert: cert.pem, key: key.pem, bundle: ca.pem }}
+/// One host of these tests: a namespace with a transparent sidecar
+/// (uid 1337) whose identity is `cert` (files), enforcing `policy`; nothing
+/// started yet.
+fn host(role: &str, ids: &Identities, cert: &Cert, policy: &str) -> Host {
+    let host = Host::new(role);
+    host.put("ca.pem", &fs::read(&ids.bundle).expect("read bundle"));
+    host.set_identity_files(cert);
+    host.put("policy.yaml", policy.as_bytes());
+    let config = format!(
+        r#"identity: {{ cert: cert.pem, key: key.pem, bundle: ca.pem }}
 trust_domains: [{TRUST_DOMAIN}]
 policy: policy.yaml
 inbound:
@@ -740,115 +270,22 @@ limits:
   connect_timeout: 3s
   drain_timeout: 1s
 "#
-        );
-        host.put("proxy.yaml", config.as_bytes());
-        host
-    }
+    );
+    host.put("proxy.yaml", config.as_bytes());
+    host
+}
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
+/// What these tests do with a host beyond the shared [`Host`].
+trait TestHost {
+    fn set_identity_files(&self, cert: &Cert);
+    fn swap_identity(&self, cert: &Cert);
+    fn start_api_apps(&mut self);
+}
 
-    /// Writes `name` atomically (temp file + rename, as config management
-    /// does), owned by the sidecar's uid, private.
-    fn put(&self, name: &str, contents: &[u8]) {
-        let temp = self.path(&format!(".{name}.tmp"));
-        fs::write(&temp, contents).expect("write file");
-        fs::set_permissions(&temp, fs::Permissions::from_mode(0o600)).expect("chmod");
-        std::os::unix::fs::chown(&temp, Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
-        fs::rename(&temp, self.path(name)).expect("rename into place");
-    }
-
+impl TestHost for Host {
     fn set_identity_files(&self, cert: &Cert) {
         self.put("key.pem", &fs::read(&cert.key).expect("read key"));
         self.put("cert.pem", &fs::read(&cert.cert).expect("read cert"));
-    }
-
-    /// Starts `appid proxy` as uid 1337 and waits until `/ready`.
-    fn start_sidecar(&mut self) {
-        let config = self.path("proxy.yaml");
-        let uid = PROXY_UID.to_string();
-        let proc = self.ns.spawn(
-            "sidecar",
-            "setpriv",
-            &[
-                "--reuid",
-                &uid,
-                "--regid",
-                &uid,
-                "--clear-groups",
-                APPID,
-                "proxy",
-                "--config",
-                path_str(&config),
-            ],
-            &self.path("sidecar.log"),
-        );
-        self.sidecar = Some(proc);
-        wait_for(
-            &format!("the sidecar in {} to be ready", self.ns.name),
-            READY_WAIT,
-            || self.context(),
-            || {
-                if let Some(status) = self.sidecar.as_ref().and_then(Proc::exited) {
-                    panic!("the sidecar exited ({status})\n{}", self.context());
-                }
-                (self.admin("/ready").0 == 200).then_some(())
-            },
-        );
-    }
-
-    /// `GET` on the admin API: (status, body); status 0 when unreachable.
-    fn admin(&self, path: &str) -> (u16, String) {
-        let reply = self.ns.curl(&format!("http://{ADMIN}{path}"), 2);
-        (reply.status.unwrap_or(0), reply.body)
-    }
-
-    /// A numeric metric from `/metrics` (0 when absent).
-    fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.admin("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn redirect(&self, action: &str) -> Output {
-        let uid = PROXY_UID.to_string();
-        let args: Vec<&str> = if action == "install" {
-            vec!["redirect", "install", "--proxy-uid", &uid]
-        } else {
-            vec!["redirect", action]
-        };
-        self.ns.run(APPID, &args)
-    }
-
-    fn install_redirect(&self) {
-        let out = self.redirect("install");
-        assert!(
-            out.status.success(),
-            "redirect install: {}",
-            text(&out.stderr)
-        );
-    }
-
-    /// `appid redirect remove`, checked: `show` then finds nothing, and no
-    /// chain of ours is left.
-    fn remove_redirect(&self) {
-        let out = self.redirect("remove");
-        assert!(
-            out.status.success(),
-            "redirect remove: {}",
-            text(&out.stderr)
-        );
-        let show = self.redirect("show");
-        assert_eq!(
-            show.status.code(),
-            Some(1),
-            "show after remove: {}",
-            text(&show.stdout)
-        );
-        let saved = self.ns.sh("iptables-save -t nat");
-        assert!(!saved.contains("APPID_"), "left after remove:\n{saved}");
     }
 
     /// Replaces the identity files and waits until the sidecar serves the
@@ -865,26 +302,6 @@ limits:
                 (status == 200 && json["id"] == cert.id.as_str()).then_some(())
             },
         );
-    }
-
-    /// The audit log so far, one JSON value per line.
-    /// The audit lines so far. The sidecar writes allow lines out on a
-    /// 100 ms tick (denials at once), so this first waits out a few ticks.
-    fn audit(&self) -> Vec<Value> {
-        std::thread::sleep(AUDIT_FLUSH_WAIT);
-        fs::read_to_string(self.path("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
-            .collect()
-    }
-
-    /// Starts `python3 args` (an app) and waits for it to listen on `port`.
-    fn start_app(&mut self, what: &str, args: &[&str], port: u16) {
-        let log = self.path(&format!("{what}.log"));
-        let proc = self.ns.spawn(what, python(), args, &log);
-        self.apps.push(proc);
-        self.ns.wait_listening(port);
     }
 
     /// B's apps: `GET /file` on `:8080`, an echo server on `:9000`.
@@ -909,27 +326,21 @@ limits:
         let port = ECHO_PORT.to_string();
         self.start_app("echo", &["-c", ECHO_SERVER, "0.0.0.0", &port], ECHO_PORT);
     }
-
-    /// The sidecar's and apps' logs and the audit log, for failure messages.
-    fn context(&self) -> String {
-        let mut out = format!("=== {} ===\n", self.ns.name);
-        for proc in self.sidecar.iter().chain(&self.apps) {
-            out.push_str(&proc.log());
-            out.push('\n');
-        }
-        out.push_str("--- audit ---\n");
-        out.push_str(&fs::read_to_string(self.path("audit.jsonl")).unwrap_or_default());
-        out
-    }
 }
 
-/// Context from several hosts.
-fn context(hosts: &[&Host]) -> String {
-    hosts
-        .iter()
-        .map(|h| h.context())
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The echo client from inside `ns`: `Ok(echoed)` or `Err(what happened)`.
+fn echo(ns: &Netns, ip: &str, port: u16, payload: &str) -> Result<String, String> {
+    let port = port.to_string();
+    let out = ns.run(python(), &["-c", ECHO_CLIENT, ip, &port, payload]);
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(format!(
+            "echo got {:?}; {}",
+            text(&out.stdout),
+            text(&out.stderr).trim()
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1013,8 +424,8 @@ struct Topology {
 impl Topology {
     /// A 10.77.0.1/24 —veth— B 10.77.0.2/24.
     fn direct(ids: &Identities, policy: &str) -> Topology {
-        let a = Host::new("a", ids, &ids.web, policy);
-        let b = Host::new("b", ids, &ids.api, policy);
+        let a = host("a", ids, &ids.web, policy);
+        let b = host("b", ids, &ids.api, policy);
         a.ns.sh(&format!(
             "ip link add veth-a type veth peer name veth-b netns {b}
              ip addr add 10.77.0.1/24 dev veth-a && ip link set veth-a up",
@@ -1026,8 +437,8 @@ impl Topology {
 
     /// A 10.78.1.2 — GW (10.78.1.1 | 10.78.2.1, MASQUERADE) — B 10.78.2.2.
     fn nat(ids: &Identities, policy: &str) -> Topology {
-        let a = Host::new("a", ids, &ids.web, policy);
-        let b = Host::new("b", ids, &ids.api, policy);
+        let a = host("a", ids, &ids.web, policy);
+        let b = host("b", ids, &ids.api, policy);
         let gateway = Netns::new("gw");
         gateway.sh(&format!(
             "ip link add gw-a type veth peer name veth-a netns {a}
@@ -1150,7 +561,7 @@ impl Topology {
         );
 
         // Opaque TCP: one decision per connection on each side.
-        let echoed = a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        let echoed = echo(&a.ns, self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
         assert_eq!(echoed.as_deref(), Ok(ECHO_PAYLOAD), "{}", self.context());
         let a_audit = a.audit();
         assert_eq!(a_audit.len(), 2, "{}", self.context());
@@ -1188,7 +599,7 @@ impl Topology {
             json!({"direction": "outbound", "decision": "deny", "rule": "no-critical-vulns",
                    "port": HTTP_PORT}),
         );
-        let echoed = a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        let echoed = echo(&a.ns, self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
         assert!(echoed.is_err(), "legacy echo: {echoed:?}");
         expect_line(
             &a.audit().pop().expect("an audit line in A"),
@@ -1237,7 +648,7 @@ impl Topology {
         );
 
         let b_before = b.audit().len();
-        let echoed = a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        let echoed = echo(&a.ns, self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
         assert!(
             echoed.is_err(),
             "legacy echo with A not enforcing: {echoed:?}"
@@ -1271,7 +682,7 @@ impl Topology {
 
         let reply = self.a.ns.curl(&self.url(), 10);
         assert!(reply.is_ok_with(BODY), "direct GET /file: {reply:?}");
-        let echoed = self.a.ns.echo(self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
+        let echoed = echo(&self.a.ns, self.server_ip, ECHO_PORT, ECHO_PAYLOAD);
         assert_eq!(echoed.as_deref(), Ok(ECHO_PAYLOAD));
 
         for ((needle, was), (_, now)) in before.iter().zip(probe.counts()) {
@@ -1451,7 +862,7 @@ fn the_metadata_api_is_refused_until_a_rule_names_it() {
         return;
     }
     let ids = Identities::new();
-    let mut a = Host::new("meta", &ids, &ids.web, POLICY);
+    let mut a = host("meta", &ids, &ids.web, POLICY);
     a.ns.sh(&format!("ip addr add {METADATA_IP}/32 dev lo"));
     let www = a.path("metadata");
     let role_dir = www.join("latest/meta-data/iam/security-credentials");
@@ -1526,7 +937,7 @@ fn the_outbound_capture_port_dialled_directly_fails_fast_without_a_loop() {
         return;
     }
     let ids = Identities::new();
-    let mut a = Host::new("loop", &ids, &ids.web, POLICY);
+    let mut a = host("loop", &ids, &ids.web, POLICY);
     // An address of the host's own (not loopback, so captured).
     a.ns.sh("ip link add own0 type veth peer name own1
          ip addr add 10.79.0.1/24 dev own0 && ip link set own0 up && ip link set own1 up");
@@ -1573,7 +984,7 @@ fn the_inbound_capture_port_dialled_directly_is_not_forwarded_to_itself() {
     let ids = Identities::new();
     // Audit mode (a typical rollout): denials are logged and let through,
     // so only the sidecar itself can stop a loop.
-    let mut a = Host::new("inloop", &ids, &ids.api, &audit_mode(POLICY));
+    let mut a = host("inloop", &ids, &ids.api, &audit_mode(POLICY));
     a.start_sidecar();
     a.install_redirect();
 
@@ -1639,7 +1050,7 @@ fn a_vm_bootstraps_from_its_own_metadata_service_and_restarts_on_its_kept_identi
         return;
     };
     let ids = Identities::new();
-    let mut vm = Host::new("vm", &ids, &ids.web, POLICY);
+    let mut vm = host("vm", &ids, &ids.web, POLICY);
     vm.ns.sh(&format!("ip addr add {METADATA_IP}/32 dev lo"));
     let document = fixtures.join("ap-southeast-2-2026/document.json");
     let signature = fixtures.join("ap-southeast-2-2026/signature.b64");
