@@ -4,106 +4,29 @@
 //! Without root (or without `ip`/`iptables`) the tests skip with a printed
 //! reason; under `CI=true` a skip is a failure, because CI runs as root.
 
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
+
+use support::netns::{Netns, should_run, text};
 
 fn appid_path() -> &'static str {
     env!("CARGO_BIN_EXE_appid")
 }
 
-/// Why these tests cannot run here, if they cannot.
-fn cannot_run() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "iptables-save", "ip6tables-save"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("`{tool}` not installed"));
-        }
-    }
-    None
-}
-
-/// Returns true when the test should go on; prints why not otherwise.
-fn should_run() -> bool {
-    match cannot_run() {
-        None => true,
-        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("network-namespace tests cannot run in CI: {reason}")
-        }
-        Some(reason) => {
-            eprintln!("skipping network-namespace test: {reason}");
-            false
-        }
-    }
-}
-
-/// A network namespace that is deleted when dropped, even on panic.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "appid-rt-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip netns add: {}", text(&out.stderr));
-        Netns { name }
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn sh(&self, script: &str) -> String {
-        let out = self.run("sh", &["-c", script]);
-        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
-        text(&out.stdout)
-    }
-
-    /// The rule sets, without the timestamped comment lines.
-    fn saved(&self) -> (String, String) {
-        let strip = |s: String| {
-            s.lines()
-                .filter(|l| !l.starts_with('#'))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        (
-            strip(self.sh("iptables-save")),
-            strip(self.sh("ip6tables-save")),
-        )
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// The rule sets of `ns`, without the timestamped comment lines.
+fn saved(ns: &Netns) -> (String, String) {
+    let strip = |s: String| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    (
+        strip(ns.sh("iptables-save")),
+        strip(ns.sh("ip6tables-save")),
+    )
 }
 
 #[test]
@@ -111,13 +34,13 @@ fn install_twice_then_remove_leaves_iptables_exactly_as_before() {
     if !should_run() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("redirect");
     // Someone else's rules, in the same table and chains we use.
     ns.sh("iptables -t nat -A OUTPUT -p udp --dport 53 -m comment --comment dns -j RETURN");
     ns.sh("iptables -t nat -N OTHER && iptables -t nat -A PREROUTING -p tcp --dport 80 -j OTHER");
     ns.sh("ip6tables -t nat -A OUTPUT -p udp --dport 53 -j RETURN");
     ns.sh("iptables -t filter -A INPUT -p tcp --dport 22 -j ACCEPT");
-    let before = ns.saved();
+    let before = saved(&ns);
 
     let install = [
         "redirect",
@@ -133,7 +56,7 @@ fn install_twice_then_remove_leaves_iptables_exactly_as_before() {
         let out = ns.run(appid_path(), &install);
         assert!(out.status.success(), "install: {}", text(&out.stderr));
     }
-    let (v4, v6) = ns.saved();
+    let (v4, v6) = saved(&ns);
     // Installed once: exactly one jump from each built-in chain.
     assert_eq!(v4.matches("-j APPID_INBOUND").count(), 1, "{v4}");
     assert_eq!(v4.matches("-j APPID_OUTPUT").count(), 1, "{v4}");
@@ -156,12 +79,12 @@ fn install_twice_then_remove_leaves_iptables_exactly_as_before() {
 
     let out = ns.run(appid_path(), &["redirect", "remove"]);
     assert!(out.status.success(), "remove: {}", text(&out.stderr));
-    assert_eq!(ns.saved(), before);
+    assert_eq!(saved(&ns), before);
 
     // Removing again is a no-op; show now reports nothing (exit 1).
     let out = ns.run(appid_path(), &["redirect", "remove"]);
     assert!(out.status.success(), "second remove: {}", text(&out.stderr));
-    assert_eq!(ns.saved(), before);
+    assert_eq!(saved(&ns), before);
     let show = ns.run(appid_path(), &["redirect", "show"]);
     assert_eq!(show.status.code(), Some(1));
 }
@@ -171,9 +94,9 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     if !should_run() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("redirect");
     ns.sh("iptables -t nat -A OUTPUT -p udp -j RETURN");
-    let before = ns.saved();
+    let before = saved(&ns);
     let out = ns.run(
         appid_path(),
         &[
@@ -194,7 +117,7 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
         printed.contains("# ipv4") && printed.contains("COMMIT"),
         "{printed}"
     );
-    assert_eq!(ns.saved(), before);
+    assert_eq!(saved(&ns), before);
 }
 
 #[test]
@@ -202,7 +125,7 @@ fn the_health_port_is_left_to_the_sidecar() {
     if !should_run() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("redirect");
     // (iptables-save adds `-m tcp` before `--dport`.)
     let rule = |port: &str| {
         format!("--dport {port} -m comment --comment \"appid: health port\" -j RETURN")
@@ -217,7 +140,7 @@ fn the_health_port_is_left_to_the_sidecar() {
         &["redirect", "install", "--health-port", "16000"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let (v4, v6) = ns.saved();
+    let (v4, v6) = saved(&ns);
     for saved in [&v4, &v6] {
         assert!(saved.contains(&rule("16000")), "{saved}");
         assert!(!saved.contains("15191"), "{saved}");

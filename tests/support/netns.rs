@@ -62,6 +62,7 @@ fn cannot_run() -> Option<String> {
         "ip",
         "iptables",
         "iptables-save",
+        "ip6tables-save",
         "python3",
         "setpriv",
         "curl",
