@@ -59,7 +59,7 @@ impl Host {
         }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: impl AsRef<Path>) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -69,18 +69,23 @@ impl Host {
     pub fn put(&self, name: &str, contents: &[u8]) {
         let path = self.path(name);
         let parent = path.parent().expect("a parent directory");
-        for dir in parent.ancestors().take_while(|d| *d != self.dir.path()) {
-            if !dir.exists() {
-                fs::create_dir_all(dir).expect("mkdir");
-            }
-            std::os::unix::fs::chown(dir, Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
-        }
+        self.make_dir(parent);
         let file_name = path.file_name().and_then(|n| n.to_str()).expect("a name");
         let temp = parent.join(format!(".{file_name}.tmp"));
         fs::write(&temp, contents).expect("write file");
         fs::set_permissions(&temp, fs::Permissions::from_mode(0o600)).expect("chmod");
         std::os::unix::fs::chown(&temp, Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
         fs::rename(&temp, &path).expect("rename into place");
+    }
+
+    /// Makes `name` (a directory under [`Host::dir`]) and its missing
+    /// parents, owned by the sidecar's uid.
+    pub fn make_dir(&self, name: impl AsRef<Path>) {
+        let path = self.path(name);
+        fs::create_dir_all(&path).expect("mkdir");
+        for dir in path.ancestors().take_while(|d| *d != self.dir.path()) {
+            std::os::unix::fs::chown(dir, Some(PROXY_UID), Some(PROXY_UID)).expect("chown");
+        }
     }
 
     /// Starts `appid proxy --config proxy.yaml` as uid 1337 and waits
@@ -197,7 +202,7 @@ impl Host {
     /// Starts `python3 args` (an app, as root) and waits for it to listen
     /// on `port`.
     pub fn start_app(&mut self, what: &str, args: &[&str], port: u16) {
-        let log = self.path(&format!("{what}.log"));
+        let log = self.path(format!("{what}.log"));
         let proc = self.ns.spawn(what, python(), args, &log);
         self.apps.push(proc);
         self.ns.wait_listening(port);
