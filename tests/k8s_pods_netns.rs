@@ -59,7 +59,7 @@ use serde_json::{Value, json};
 use support::host::Host;
 use support::k8s::{Cluster, K8S_AUDIENCE, Pod as TokenPod, authority_args};
 use support::netns::{Netns, Proc, Reply, path_str, should_run, temp_dir};
-use support::pki::{APPID, appid};
+use support::pki::{APPID, Ca, appid};
 
 const TRUST_DOMAIN: &str = "k8s.example";
 const NAMESPACE: &str = "shop";
@@ -269,16 +269,8 @@ impl Node {
             cluster: Cluster::new(),
             veths: std::cell::Cell::new(0),
         };
-        let ca = node.ca_dir();
+        let ca = Ca::init(&node.ca_dir(), TRUST_DOMAIN).dir;
         let ca = path_str(&ca);
-        appid(&[
-            "authority",
-            "init",
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--dir",
-            ca,
-        ]);
         appid(&[
             "authority",
             "register",
@@ -558,30 +550,16 @@ fn assert_mesh_call(deployment: &Deployment, from: &Pod, to: &Pod) {
     let reply = from.host.ns.curl(&to.url(APP_PORT, "/hello"), 10);
     let context = || deployment.context(&[from, to]);
     assert!(reply.is_ok_with(HELLO), "{reply:?}\n{}", context());
-    let outbound = from
-        .host
-        .audit()
-        .into_iter()
-        .rev()
-        .find(|l| l["path"] == "/hello");
-    let outbound = outbound.unwrap_or_else(|| panic!("no outbound line\n{}", context()));
-    expect_line(
-        &outbound,
-        json!({"direction": "outbound", "decision": "allow", "rule": "web-to-web",
-               "peer_id": SPIFFE_ID, "port": APP_PORT}),
-    );
-    let inbound = to
-        .host
-        .audit()
-        .into_iter()
-        .rev()
-        .find(|l| l["path"] == "/hello");
-    let inbound = inbound.unwrap_or_else(|| panic!("no inbound line\n{}", context()));
-    expect_line(
-        &inbound,
-        json!({"direction": "inbound", "decision": "allow", "rule": "web-to-web",
-               "peer_id": SPIFFE_ID, "port": APP_PORT}),
-    );
+    for (pod, direction) in [(from, "outbound"), (to, "inbound")] {
+        let audit = pod.host.audit();
+        let line = audit.iter().rev().find(|l| l["path"] == "/hello");
+        let line = line.unwrap_or_else(|| panic!("no {direction} line\n{}", context()));
+        expect_line(
+            line,
+            json!({"direction": direction, "decision": "allow", "rule": "web-to-web",
+                   "peer_id": SPIFFE_ID, "port": APP_PORT}),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
