@@ -147,7 +147,7 @@ impl Injected {
                 .collect()
         };
         let proxy = container("initContainers", "appid-proxy");
-        let proxy_env = proxy["env"]
+        let mut proxy_env: Vec<(String, String)> = proxy["env"]
             .as_array()
             .map(|env| {
                 env.iter()
@@ -158,7 +158,6 @@ impl Injected {
                     .collect()
             })
             .unwrap_or_default();
-        let mut proxy_env: Vec<(String, String)> = proxy_env;
         if !proxy_env.iter().any(|(k, _)| k == "APPID_APP_PROBES") {
             proxy_env.push(("APPID_APP_PROBES".into(), by_hand::app_probes()));
         }
