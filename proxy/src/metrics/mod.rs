@@ -49,8 +49,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
+pub mod exposition;
+
 /// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = exposition::OPENMETRICS_CONTENT_TYPE;
 
 /// Which way a connection goes, as seen from this sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -527,6 +529,14 @@ impl Metrics {
             out.push_str("# EOF\n");
         }
         out
+    }
+
+    /// The exposition in `format` ([`exposition`]).
+    pub fn encode_as(&self, format: exposition::Format) -> String {
+        match format {
+            exposition::Format::OpenMetrics => self.encode(),
+            exposition::Format::PrometheusText => exposition::to_prometheus_text(&self.encode()),
+        }
     }
 }
 
