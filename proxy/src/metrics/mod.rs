@@ -486,6 +486,12 @@ impl Metrics {
         self.bytes[direction.index()].inc_by(n);
     }
 
+    /// The `appid_bytes_total` counter of `direction`, for a connection to
+    /// count into as its bytes move (a shared atomic: no lookup per read).
+    pub fn bytes_counter(&self, direction: Direction) -> Counter {
+        self.bytes[direction.index()].clone()
+    }
+
     /// One HTTP request finished with `status` after `elapsed`.
     pub fn http_request(&self, direction: Direction, status: u16, elapsed: Duration) {
         self.http_requests

@@ -60,6 +60,7 @@ macro_rules! forward_async_write {
 pub(crate) use forward_async_write;
 
 pub mod authz;
+mod counted;
 mod dispatch;
 mod fd_budget;
 mod from_authority;
@@ -105,7 +106,6 @@ use crate::identity::verify::{BundleError, PeerRole, TrustBundle, VerifiedPeer};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
 use rustls_pki_types::CertificateDer;
-use splice::Copied;
 use state_dir::StateDir;
 use tls::{IdentityError, LocalIdentity, TlsState};
 
@@ -413,11 +413,6 @@ impl Shared {
     /// a policy reload or a revocation-list change).
     fn authorization_changed(&self) {
         self.policy_version.send_modify(|v| *v += 1);
-    }
-
-    fn count_bytes(&self, direction: MetricsDirection, copied: Copied) {
-        self.metrics
-            .bytes(direction, copied.to_upstream + copied.to_downstream);
     }
 }
 
