@@ -63,6 +63,7 @@ pub mod authz;
 mod counted;
 mod dispatch;
 mod fd_budget;
+pub mod fingerprint;
 mod from_authority;
 pub mod http;
 pub mod inbound;
@@ -573,6 +574,7 @@ pub async fn run_until(
             cloud,
             metadata_endpoint,
             state_dir,
+            workload,
         } => {
             let trust =
                 TrustBundle::from_pem_file(bundle, config.trust_domains.clone()).map_err(|e| {
@@ -595,8 +597,11 @@ pub async fn run_until(
                 metadata_endpoint.as_deref(),
                 url,
             )?;
+            let fingerprint = workload
+                .clone()
+                .map(|w| Arc::new(fingerprint::Fingerprinter::new(w)));
             let (first, how) = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, source, state.as_ref()) => first?,
+                first = from_authority::first_certificate(&client, &trust, source, state.as_ref(), fingerprint.as_deref()) => first?,
                 never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
@@ -604,6 +609,7 @@ pub async fn run_until(
                 client,
                 state,
                 renew_now: how == from_authority::Bootstrap::Kept,
+                fingerprint,
             };
             (first, trust, Some(renewer), None)
         }
