@@ -424,3 +424,45 @@ fn the_image_runs_what_inject_emits() {
     let uid = proxy["securityContext"]["runAsUser"].as_u64().unwrap();
     assert_eq!(instruction("USER"), format!("USER {uid}:{uid}"));
 }
+
+/// The README's walk-through (`examples/kubernetes`): the manifests it
+/// injects and the ConfigMap it makes are valid, and the api's probe goes
+/// through the sidecar.
+#[test]
+fn the_walk_through_is_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
+    let shop = examples.join("shop.yaml");
+    let yaml = ok(&["inject", shop.to_str().unwrap()]);
+    assert_valid("shop.yaml", &yaml, 5);
+    let docs: Vec<Json> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let api = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "api");
+    let spec = &api.unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"],
+        serde_json::json!({"path": "/app-health/api/readyz", "port": 15191})
+    );
+    let env = &spec["initContainers"][1]["env"][0];
+    assert_eq!(env["name"], "APPID_APP_PROBES");
+    let probes: Json = serde_json::from_str(env["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        probes["/app-health/api/readyz"]["httpGet"]["port"], 8080,
+        "the named port is resolved"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::init(&dir.path().join("ca"), "prod.example");
+    let policy = examples.join("policy.yaml");
+    let config = ok(&[
+        "inject",
+        "config",
+        "--namespace",
+        "shop",
+        "--bundle",
+        ca.bundle().to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_valid("configmap.yaml", &config, 1);
+}
