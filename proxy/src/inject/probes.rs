@@ -12,7 +12,9 @@
 //! from where the sidecar runs it against the app inside the pod. Every
 //! other field of the probe (delays, periods, thresholds, `timeoutSeconds`)
 //! stays as it is. Named ports are resolved from the container's `ports`;
-//! one that cannot be leaves the probe alone, with a warning. `exec` probes
+//! one that cannot be leaves the probe alone, with a warning (so does a
+//! `tcpSocket` probe of another `host`: kubelet dials that host, not the
+//! pod). `exec` probes
 //! run inside the container and need nothing; `grpc` probes cannot be
 //! rewritten (kubelet itself speaks the gRPC health protocol to the port)
 //! and are left with a warning.
@@ -215,6 +217,9 @@ impl Run<'_> {
                 }
                 Ok(())
             }
+            // A TCP probe of another host is not the pod's traffic: kubelet
+            // dials that host, the redirect never sees it.
+            Some("tcpSocket") if handler.get_all("host").next().is_some() => Ok(()),
             Some("httpGet" | "tcpSocket") if self.enabled => {
                 self.original(probe, container, hkey, handler, &health, timeout)
             }
@@ -248,7 +253,8 @@ impl Run<'_> {
             ));
         };
         if !self.enabled {
-            let (name, body) = original_handler(&target).unwrap_or(("tcpSocket", Vec::new()));
+            let (name, body) =
+                original_handler(&target).ok_or("its recorded target is not a probe")?;
             let edit = self.replace(probe, hkey, handler, name, body)?;
             self.out.edits.push(edit);
             return Ok(());
@@ -459,4 +465,61 @@ fn original_handler(target: &Json) -> Option<(&'static str, Vec<(&'static str, V
     }
     let tcp = target.get("tcpSocket")?;
     Some(("tcpSocket", vec![("port", port(tcp)?)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tree;
+    use super::*;
+
+    fn container(yaml: &str) -> Node {
+        tree::parse(yaml).unwrap().remove(0).root
+    }
+
+    #[test]
+    fn ports_are_numbers_or_names_of_the_container() {
+        let c = container(
+            "name: c\nports:\n- {name: http, containerPort: 8080}\n- {name: bad, containerPort: 0}\n",
+        );
+        let port = |text: &str| {
+            let doc = container(&format!("port: {text}\n"));
+            let (_, node) = doc.get_all("port").next().unwrap();
+            resolve_port(&c, node)
+        };
+        assert_eq!(port("80"), Ok(80));
+        assert_eq!(port("http"), Ok(8080));
+        assert!(port("0").unwrap_err().contains("not a port number"));
+        assert!(port("70000").unwrap_err().contains("not a port number"));
+        // Quoted digits are a name to Kubernetes, and no port is named so.
+        assert!(port("\"8080\"").unwrap_err().contains("`8080`"));
+        assert!(
+            port("metrics")
+                .unwrap_err()
+                .contains("`metrics` is not among")
+        );
+        assert!(port("bad").is_err());
+        assert!(port("[1]").is_err());
+    }
+
+    #[test]
+    fn recorded_targets_are_checked_before_they_are_restored() {
+        let ok = serde_json::json!({"httpGet": {"path": "/h", "port": 80, "scheme": "HTTPS",
+            "httpHeaders": [{"name": "a", "value": "b"}]}, "timeoutSeconds": 1});
+        let (name, body) = original_handler(&ok).unwrap();
+        assert_eq!(name, "httpGet");
+        let keys: Vec<&str> = body.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["path", "port", "scheme", "httpHeaders"]);
+        let tcp = serde_json::json!({"tcpSocket": {"port": 5432}});
+        assert_eq!(original_handler(&tcp).unwrap().0, "tcpSocket");
+        for bad in [
+            serde_json::json!({"httpGet": {"path": "/h"}}),
+            serde_json::json!({"httpGet": {"port": 0}}),
+            serde_json::json!({"tcpSocket": {"port": "x"}}),
+            serde_json::json!({"exec": {}}),
+            serde_json::json!("text"),
+            serde_json::json!({"httpGet": {"port": 1, "httpHeaders": [{"name": 1}]}}),
+        ] {
+            assert!(original_handler(&bad).is_none(), "{bad}");
+        }
+    }
 }

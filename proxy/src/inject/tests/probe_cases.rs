@@ -309,6 +309,22 @@ fn a_lost_original_is_warned_and_the_probe_left() {
 }
 
 #[test]
+fn a_tcp_probe_of_another_host_is_left_alone() {
+    let input = manifest("Pod").replace(
+        "    image: example/app:1\n",
+        "    image: example/app:1\n    livenessProbe:\n      tcpSocket: {host: db.example, port: 5432}\n",
+    );
+    let out = run_twice(&input);
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
+    assert_eq!(
+        spec["containers"][0]["livenessProbe"],
+        json!({"tcpSocket": {"host": "db.example", "port": 5432}})
+    );
+    assert!(app_probes(&spec).is_empty());
+}
+
+#[test]
 fn native_sidecars_of_the_app_are_rewritten_too() {
     let input = "\
 apiVersion: v1
