@@ -1036,8 +1036,9 @@ fn arb_manifest() -> impl Strategy<Value = String> {
     );
     let style = prop::sample::select(vec!["block", "flow", "absent", "null"]);
     let comments = any::<bool>();
-    (kind, offset, init, vols, style.clone(), style, comments).prop_map(
-        |(kind, offset, init, vols, istyle, vstyle, comments)| {
+    let probe = prop::sample::select(vec!["none", "http", "http-flow", "tcp", "exec"]);
+    (kind, offset, init, vols, style.clone(), style, comments, probe).prop_map(
+        |(kind, offset, init, vols, istyle, vstyle, comments, probe)| {
             let base = manifest(kind);
             // Find the pod spec's `containers:` line and its indentation.
             let line = base
@@ -1086,8 +1087,19 @@ fn arb_manifest() -> impl Strategy<Value = String> {
             );
             let source = format!("{line}\n{pad}- name: app\n{pad}  image: example/app:1\n");
             assert!(base.contains(&source), "{base}");
-            let target =
-                format!("{extra}{line}\n{dash}- name: app\n{dash}  image: example/app:1\n");
+            let p = format!("{dash}  ");
+            let probe = match probe {
+                "http" => format!(
+                    "{p}livenessProbe:\n{p}  periodSeconds: 3\n{p}  httpGet:\n{p}    path: /h\n{p}    port: 8080\n"
+                ),
+                "http-flow" => format!("{p}readinessProbe: {{httpGet: {{path: /r, port: 8080}}}}\n"),
+                "tcp" => format!("{p}startupProbe:\n{p}  tcpSocket: {{port: 5432}}\n{p}  timeoutSeconds: 2\n"),
+                "exec" => format!("{p}livenessProbe:\n{p}  exec:\n{p}    command: [true]\n"),
+                _ => String::new(),
+            };
+            let target = format!(
+                "{extra}{line}\n{dash}- name: app\n{dash}  image: example/app:1\n{probe}"
+            );
             base.replacen(&source, &target, 1)
         },
     )
@@ -1124,6 +1136,9 @@ proptest! {
         let before = docs(&input);
         let after = docs(&out.yaml);
         assert_injected(&pod_spec(&after[0]).unwrap());
+        assert_annotated(&after[0]);
+        let rewritable = input.matches("httpGet").count() + input.matches("tcpSocket").count();
+        prop_assert_eq!(app_probes(&pod_spec(&after[0]).unwrap()).len(), rewritable);
         let mut expected = strip(before[0].clone());
         if let Some(spec) = pod_spec_mut(&mut expected).and_then(Json::as_object_mut) {
             spec.retain(|_, v| !v.is_null());

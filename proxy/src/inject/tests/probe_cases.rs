@@ -140,6 +140,19 @@ fn http_and_tcp_probes_go_through_the_sidecar() {
 }
 
 #[test]
+fn crlf_manifests_stay_crlf() {
+    let input = PROBED.replace('\n', "\r\n");
+    let out = run_twice(&input);
+    assert!(
+        !out.yaml.replace("\r\n", "").contains('\n'),
+        "a bare LF slipped in"
+    );
+    let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
+    assert_eq!(app_probes(&spec).len(), 2);
+    assert_annotated(&docs(&out.yaml)[0]);
+}
+
+#[test]
 fn flow_probes_and_json_manifests_stay_flow() {
     let input = "\
 apiVersion: v1
