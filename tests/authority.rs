@@ -749,6 +749,7 @@ async fn attest(client: &AuthorityClient, token: &str) -> Result<IssuedResponse,
             Proof::JoinToken {
                 token: token.to_string(),
             },
+            None,
         )
         .await
 }
@@ -914,7 +915,7 @@ async fn fifty_concurrent_redemptions_of_one_token_issue_one_certificate() {
                 let fresh = new_key_and_csr().expect("key and CSR");
                 barrier.wait().await;
                 client
-                    .attest(&fresh.csr_pem, Proof::JoinToken { token })
+                    .attest(&fresh.csr_pem, Proof::JoinToken { token }, None)
                     .await
             })
         })
@@ -1350,7 +1351,7 @@ async fn renewal_needs_a_certificate_this_authority_issued() {
     // Issued by the authority: renews over mTLS with it.
     let fresh = new_key_and_csr().expect("key and CSR");
     let issued = client
-        .attest(&fresh.csr_pem, Proof::JoinToken { token })
+        .attest(&fresh.csr_pem, Proof::JoinToken { token }, None)
         .await
         .expect("attest with the join token");
     let current = LocalIdentity::from_pem(
@@ -1363,7 +1364,7 @@ async fn renewal_needs_a_certificate_this_authority_issued() {
     .expect("the issued certificate loads");
     let next = new_key_and_csr().expect("key and CSR");
     let renewed = client
-        .renew(&next.csr_pem, current.certified.clone())
+        .renew(&next.csr_pem, current.certified.clone(), None)
         .await
         .expect("renewal with the authority's certificate");
     assert_eq!(renewed.id, web);
@@ -1388,7 +1389,9 @@ async fn renewal_needs_a_certificate_this_authority_issued() {
     ]);
     let offline = LocalIdentity::load(&cert, &key, &bundle).expect("the offline certificate loads");
     let next = new_key_and_csr().expect("key and CSR");
-    let refused = client.renew(&next.csr_pem, offline.certified.clone()).await;
+    let refused = client
+        .renew(&next.csr_pem, offline.certified.clone(), None)
+        .await;
     assert_refused(&refused, 401, "not issued by this authority");
 }
 

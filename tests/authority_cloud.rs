@@ -146,7 +146,7 @@ fn attest(authority: &Authority, proof: Proof) -> Result<serde_json::Value, Stri
         .unwrap();
     let fresh = new_key_and_csr().unwrap();
     let issued = runtime
-        .block_on(client(authority).attest(&fresh.csr_pem, proof))
+        .block_on(client(authority).attest(&fresh.csr_pem, proof, None))
         .map_err(|e| e.to_string())?;
     let der = files::parse_certs(Path::new("issued"), issued.certificate.as_bytes()).unwrap();
     let claims = CertInfo::from_der("issued", &der[0])

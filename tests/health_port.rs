@@ -96,7 +96,28 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
         on_health.header("content-type"),
         on_admin.header("content-type")
     );
-    assert!(on_health.body.ends_with("# EOF\n"), "{}", on_health.body);
+    // What curl gets (no Accept for OpenMetrics) is Prometheus' classic
+    // text format, and it passes promtool; Prometheus itself asks for
+    // OpenMetrics and gets it.
+    promtool_check_metrics(&on_health.body);
+    let openmetrics = curl(&[
+        "-H",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        &health("/metrics"),
+    ])
+    .await;
+    assert!(
+        openmetrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        openmetrics.header("content-type")
+    );
+    assert!(
+        openmetrics.body.ends_with("# EOF\n"),
+        "{}",
+        openmetrics.body
+    );
     let families = metric_families(&on_health.body);
     assert!(
         families.iter().any(|f| f.starts_with("# TYPE appid_")),
@@ -214,4 +235,30 @@ async fn a_bad_app_probes_variable_stops_the_sidecar_with_the_json_path() {
         "{stderr}"
     );
     assert!(stderr.contains("no-health-proxy.yaml"), "{stderr}");
+}
+
+/// Runs `promtool check metrics` (Debian: `apt-get install prometheus`;
+/// CI installs it) on `exposition`; fails with its complaints.
+fn promtool_check_metrics(exposition: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- exposition:\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -263,6 +263,44 @@ async fn http2_prior_knowledge_reaches_the_app_with_the_callers_spiffe_id() {
     assert_eq!(line["protocol"], "http2");
 }
 
+/// `appid_bytes_total` counts HTTP traffic too, both HTTP/1.1 and HTTP/2,
+/// on both sidecars, while the connection is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_counted_for_http_as_they_move() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(app.addr, MeshOptions::default()).await;
+    let counted = || async {
+        (
+            mesh.client
+                .metric("appid_bytes_total{direction=\"outbound\"}")
+                .await,
+            mesh.server
+                .metric("appid_bytes_total{direction=\"inbound\"}")
+                .await,
+        )
+    };
+    assert_eq!(counted().await, (0.0, 0.0));
+
+    let mut session = H1Session::connect(mesh.outbound_addr()).await;
+    let (status, _) = session.get("/v1/counted").await.unwrap();
+    assert_eq!(status, 200, "{}", mesh.context());
+    let (client, server) = counted().await;
+    assert!(
+        client > 100.0 && server > 100.0,
+        "HTTP/1.1, session still open: client {client}, server {server}\n{}",
+        mesh.context()
+    );
+
+    let url = mesh.url("/v1/counted-h2");
+    let response = curl(&["--http2-prior-knowledge", &url]).await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
+    let (client_after, server_after) = counted().await;
+    assert!(
+        client_after > client + 100.0 && server_after > server + 100.0,
+        "HTTP/2: client {client} -> {client_after}, server {server} -> {server_after}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_server_streaming_calls_pass_through() {
     let app = HttpApp::start().await;
@@ -1210,8 +1248,23 @@ async fn the_audit_log_rotates_at_its_size_cap() {
     )
     .await;
     assert!(!rotated(3).exists(), "only audit_log_keep files are kept");
-    for path in [sidecar.audit.clone(), rotated(1), rotated(2)] {
-        let text = std::fs::read_to_string(&path).unwrap();
+    let paths = [sidecar.audit.clone(), rotated(1), rotated(2)];
+    // A rotation renames the current file before it opens the next one: a
+    // read that falls in between finds no current file, so read all three
+    // again until none is missing.
+    let texts = support::poll_until(
+        "the current and both rotated audit files",
+        Duration::from_secs(10),
+        || sidecar.context(),
+        || async {
+            paths
+                .iter()
+                .map(|p| std::fs::read_to_string(p).ok())
+                .collect::<Option<Vec<String>>>()
+        },
+    )
+    .await;
+    for (path, text) in paths.iter().zip(texts) {
         // At most one line past the cap.
         assert!(
             text.len() < 4096 + 2048,

@@ -209,7 +209,7 @@ async fn authority_issued_and_serving_certificates_parse_strictly() {
     // A leaf for a join token, as a sidecar gets it.
     let fresh = new_key_and_csr().unwrap();
     let issued = client
-        .attest(&fresh.csr_pem, Proof::JoinToken { token })
+        .attest(&fresh.csr_pem, Proof::JoinToken { token }, None)
         .await
         .expect("attest with the join token");
     assert_eq!(issued.id, id);

@@ -175,9 +175,11 @@ fn json(value: &serde_json::Value) -> Response<Body> {
 /// `/live`, `/ready` and `/metrics`: the answers the admin API and the
 /// health port ([`crate::health`]) share, so both always say the same (one
 /// check, one place). `None` for any other path. The method is the
-/// caller's to check.
+/// caller's to check; `accept` (the request's `Accept`) picks the metrics
+/// format ([`metrics::exposition`]).
 pub fn probe_endpoint(
     path: &str,
+    accept: Option<&str>,
     readiness: &Readiness,
     metrics: &Metrics,
 ) -> Option<Response<Body>> {
@@ -194,11 +196,14 @@ pub fn probe_endpoint(
                 )
             }
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            metrics::CONTENT_TYPE,
-            metrics.encode().into(),
-        ),
+        "/metrics" => {
+            let format = metrics::exposition::Format::negotiate(accept);
+            respond(
+                StatusCode::OK,
+                format.content_type(),
+                metrics.encode_as(format).into(),
+            )
+        }
         _ => return None,
     })
 }
@@ -216,7 +221,11 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return bounded_http::method_not_allowed();
     }
-    if let Some(response) = probe_endpoint(path, &state.readiness, &state.metrics) {
+    let accept = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if let Some(response) = probe_endpoint(path, accept, &state.readiness, &state.metrics) {
         return response;
     }
     if path == "/config" {
@@ -315,9 +324,9 @@ mod tests {
         let r = request(addr, "GET", "/metrics").await;
         assert_eq!(r.status, 200);
         assert!(
-            r.headers.contains(
-                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
-            ),
+            // No `Accept: application/openmetrics-text`: the classic format.
+            r.headers
+                .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
             "{}",
             r.headers
         );
@@ -327,7 +336,7 @@ mod tests {
             "{}",
             r.body
         );
-        assert!(r.body.ends_with("# EOF\n"));
+        assert!(!r.body.contains("# EOF"), "OpenMetrics only on request");
 
         let r = request(addr, "GET", "/config").await;
         assert_eq!(r.status, 200);

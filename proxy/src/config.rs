@@ -76,6 +76,9 @@ pub enum IdentitySource {
         /// with a still-valid certificate renews instead of needing a new
         /// join token. Absent: the identity lives in memory only.
         state_dir: Option<PathBuf>,
+        /// The process whose runtime fingerprint is sent as `reported`.
+        /// Absent: nothing is reported.
+        workload: Option<crate::sidecar::fingerprint::Workload>,
     },
 }
 
@@ -519,6 +522,7 @@ impl ProxyConfig {
                 cloud,
                 metadata_endpoint,
                 state_dir,
+                workload,
             } => json!({
                 "authority": {
                     "url": redact_url(url),
@@ -528,6 +532,7 @@ impl ProxyConfig {
                     "cloud": cloud.map(CloudAttestation::as_str),
                     "metadata_endpoint": metadata_endpoint,
                     "state_dir": state_dir.as_ref().map(|p| p.display().to_string()),
+                    "workload": workload.as_ref().map(workload_json),
                 }
             }),
         };
@@ -598,6 +603,18 @@ impl ProxyConfig {
 
 fn invalid(diags: Vec<Diagnostic>) -> ConfigError {
     ConfigError::Invalid(Diagnostics(diags))
+}
+
+/// `identity.authority.workload` as shown on `/config`.
+fn workload_json(workload: &crate::sidecar::fingerprint::Workload) -> serde_json::Value {
+    use crate::sidecar::fingerprint::Workload;
+    match workload {
+        Workload::PidFile(p) => json!({"pid_file": p.display().to_string()}),
+        Workload::SystemdUnit(u) => json!({"systemd_unit": u}),
+        Workload::Cgroup(p) => json!({"cgroup": p.display().to_string()}),
+        Workload::Command(p) => json!({"command": p.display().to_string()}),
+        Workload::SelfOnly => json!({"self": true}),
+    }
 }
 
 /// Strips `user:password@` and `?query` / `#fragment` from a URL for display.
@@ -769,6 +786,19 @@ struct RawAuthority {
     cloud: Option<S>,
     metadata_endpoint: Option<S>,
     state_dir: Option<S>,
+    workload: Option<Spanned<RawWorkload>>,
+}
+
+/// `identity.authority.workload`: exactly one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    pid_file: Option<S>,
+    systemd_unit: Option<S>,
+    cgroup: Option<S>,
+    command: Option<S>,
+    #[serde(rename = "self")]
+    self_only: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1113,6 +1143,7 @@ impl Cx<'_> {
                     cloud,
                     metadata_endpoint,
                     state_dir,
+                    workload,
                 } = a.value;
                 let url = match &url {
                     None => {
@@ -1208,6 +1239,10 @@ impl Cx<'_> {
                     None => Some(None),
                     Some(d) => self.path(d, "identity.authority.state_dir").map(Some),
                 };
+                let workload = match workload {
+                    None => Some(None),
+                    Some(w) => self.workload(w, a_at).map(Some),
+                };
                 Some(IdentitySource::Authority {
                     url: url?,
                     bundle: bundle?,
@@ -1216,6 +1251,7 @@ impl Cx<'_> {
                     cloud: cloud?,
                     metadata_endpoint: metadata_endpoint?,
                     state_dir: state_dir?,
+                    workload: workload?,
                 })
             }
             None => {
@@ -1303,6 +1339,108 @@ impl Cx<'_> {
     }
 
     /// A path, resolved against the config file's directory.
+    /// `identity.authority.workload`: exactly one of its keys.
+    fn workload(
+        &mut self,
+        w: Spanned<RawWorkload>,
+        outer: Option<(u64, u64)>,
+    ) -> Option<crate::sidecar::fingerprint::Workload> {
+        use crate::sidecar::fingerprint::Workload;
+        const FIELD: &str = "identity.authority.workload";
+        const CHOICES: &str = "`pid_file: /run/web.pid`, `systemd_unit: web.service`, \
+             `cgroup: /sys/fs/cgroup/…`, `command: /usr/bin/web` or `self: true`";
+        let at = line_col(&w.referenced).or(outer);
+        let RawWorkload {
+            pid_file,
+            systemd_unit,
+            cgroup,
+            command,
+            self_only,
+        } = w.value;
+        let given = [
+            ("pid_file", pid_file),
+            ("systemd_unit", systemd_unit),
+            ("cgroup", cgroup),
+            ("command", command),
+            ("self", self_only),
+        ];
+        let named: Vec<_> = given
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        let (key, value) = match named.as_slice() {
+            [one] => one,
+            [] => {
+                self.err(at, FIELD, format!("empty: write one of {CHOICES}"));
+                return None;
+            }
+            many => {
+                let keys: Vec<_> = many.iter().map(|(k, _)| format!("`{k}`")).collect();
+                self.err(
+                    at,
+                    FIELD,
+                    format!(
+                        "{} are given: the workload is one process; keep one of {CHOICES}",
+                        keys.join(" and ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let field = format!("{FIELD}.{key}");
+        let text = value.value.0.trim();
+        let absolute = |cx: &mut Self, example: &str| {
+            if Path::new(text).is_absolute() {
+                Some(PathBuf::from(text))
+            } else {
+                cx.err_at(
+                    value,
+                    &field,
+                    format!("`{text}` is not an absolute path: write e.g. `{key}: {example}`"),
+                );
+                None
+            }
+        };
+        match *key {
+            "pid_file" => self.path(value, &field).map(Workload::PidFile),
+            "cgroup" => {
+                absolute(self, "/sys/fs/cgroup/system.slice/web.service").map(Workload::Cgroup)
+            }
+            "command" => absolute(self, "/usr/bin/web").map(Workload::Command),
+            "systemd_unit" => {
+                let valid = !text.is_empty()
+                    && !text.starts_with('.')
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@\\".contains(&b));
+                if !valid {
+                    self.err_at(
+                        value,
+                        &field,
+                        format!("`{text}` is not a systemd unit name: write e.g. `systemd_unit: web.service` (a unit in system.slice; elsewhere, use `cgroup:`)"),
+                    );
+                    return None;
+                }
+                Some(Workload::SystemdUnit(if text.contains('.') {
+                    text.to_owned()
+                } else {
+                    format!("{text}.service")
+                }))
+            }
+            _ => match text {
+                "true" => Some(Workload::SelfOnly),
+                other => {
+                    self.err_at(
+                        value,
+                        &field,
+                        format!("`self` can only be `true` (found `{other}`): to report nothing, remove `workload`"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
     fn path(&mut self, s: &S, field: &str) -> Option<PathBuf> {
         let v = s.value.0.as_str();
         if v.trim().is_empty() {
@@ -1908,6 +2046,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
                 cloud: None,
                 metadata_endpoint: None,
                 state_dir: Some("/etc/appid/state".into()),
+                workload: None,
             }
         );
         assert_eq!(c.policy, PathBuf::from("/p.yaml"));
@@ -2289,6 +2428,100 @@ workers: 2                     # data-plane threads; default: the number of CPUs
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn authority_workload_names_one_process() {
+        use crate::sidecar::fingerprint::Workload;
+        let rest = "trust_domains: [prod.example]\npolicy: p.yaml\ninbound: [{ listen: \"0.0.0.0:15106\" }]\n";
+        let with = |w: &str| {
+            format!(
+                "identity:\n  authority:\n    url: \"https://a:1\"\n    bundle: ca.pem\n    workload: {w}\n{rest}"
+            )
+        };
+        let workload = |w: &str| match parse(&with(w)).unwrap().identity {
+            IdentitySource::Authority { workload, .. } => workload,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            workload("{ pid_file: run/app.pid }"),
+            Some(Workload::PidFile("/etc/appid/run/app.pid".into()))
+        );
+        assert_eq!(
+            workload("{ systemd_unit: web }"),
+            Some(Workload::SystemdUnit("web.service".into()))
+        );
+        assert_eq!(
+            workload("{ systemd_unit: web@1.service }"),
+            Some(Workload::SystemdUnit("web@1.service".into()))
+        );
+        assert_eq!(
+            workload("{ cgroup: /sys/fs/cgroup/app.slice }"),
+            Some(Workload::Cgroup("/sys/fs/cgroup/app.slice".into()))
+        );
+        assert_eq!(
+            workload("{ command: /usr/bin/web }"),
+            Some(Workload::Command("/usr/bin/web".into()))
+        );
+        assert_eq!(workload("{ self: true }"), Some(Workload::SelfOnly));
+        let absent = parse(&format!(
+            "identity:\n  authority: {{ url: \"https://a:1\", bundle: ca.pem }}\n{rest}"
+        ))
+        .unwrap();
+        assert!(matches!(
+            absent.identity,
+            IdentitySource::Authority { workload: None, .. }
+        ));
+        let shown = parse(&with("{ pid_file: /run/app.pid }"))
+            .unwrap()
+            .effective_json();
+        assert_eq!(
+            shown["identity"]["authority"]["workload"],
+            json!({"pid_file": "/run/app.pid"})
+        );
+
+        for (w, field, says) in [
+            ("{}", "identity.authority.workload", "empty: write one of"),
+            (
+                "{ pid_file: /run/a.pid, command: /usr/bin/a }",
+                "identity.authority.workload",
+                "`pid_file` and `command` are given",
+            ),
+            (
+                "{ command: web }",
+                "identity.authority.workload.command",
+                "not an absolute path",
+            ),
+            (
+                "{ cgroup: app.slice }",
+                "identity.authority.workload.cgroup",
+                "not an absolute path",
+            ),
+            (
+                "{ systemd_unit: ../../etc }",
+                "identity.authority.workload.systemd_unit",
+                "not a systemd unit name",
+            ),
+            (
+                "{ self: false }",
+                "identity.authority.workload.self",
+                "remove `workload`",
+            ),
+            (
+                "{ pid_file: \"\" }",
+                "identity.authority.workload.pid_file",
+                "empty path",
+            ),
+        ] {
+            let d = one_err(&with(w));
+            assert_eq!(d.field, field, "{w}: {d}");
+            assert!(d.message.contains(says), "{w}: {d}");
+            assert_eq!(d.at.line_col.map(|(line, _)| line), Some(5), "{w}: {d}");
+        }
+        // An unknown key is refused by name, at its line.
+        let text = with("{ pidfile: /run/a.pid }");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("pidfile") && err.contains(":5:"), "{err}");
     }
 
     #[test]

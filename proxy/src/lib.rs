@@ -11,6 +11,7 @@ pub mod cli;
 pub mod detect;
 pub mod identity;
 pub mod inject;
+pub mod k8s;
 pub mod redirect;
 pub mod scan;
 pub mod sidecar;

@@ -1180,6 +1180,61 @@ fn claim_paths_reach_every_part_of_the_claims() {
     }
 }
 
+/// The runtime fingerprint a sidecar reports (`reported.process`,
+/// `reported.host`, `reported.container`) is selectable like any claim, by
+/// its `reported.*` path only: the same names inside `reported` never
+/// answer for vouched claims.
+#[test]
+fn the_reported_fingerprint_is_selectable_only_as_reported() {
+    let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let mut c = web();
+    c.reported = serde_json::from_value(serde_json::json!({
+        "process": {"sha256": sha, "path": "/usr/bin/web", "uid": 1000, "user": "web", "gid": 1000,
+                    "libraries": [{"path": "/usr/lib/libc.so.6", "sha256": sha}],
+                    "libraries_sha256": sha},
+        "host": {"kernel": "6.1.0-18-amd64", "os": {"id": "debian", "version_id": "12"}},
+        "container": {"id": "ab", "image_digest": format!("sha256:{sha}")},
+        "labels": {"app": "admin"}
+    }))
+    .ok();
+    let callee = api();
+    let allows = |sel: &str| {
+        let p = load(&format!(
+            "version: 1\nrules:\n  - name: r\n    action: allow\n    from: {{ {sel} }}\n"
+        ));
+        decide(&p, &Query::meshed(Direction::Inbound, &c, &callee, 1)).outcome == Outcome::Allow
+    };
+    for sel in [
+        format!("reported.process.sha256: \"{sha}\""),
+        format!("reported.process.sha256: [\"00\", \"{sha}\"]"),
+        "reported.process.user: web".to_owned(),
+        "reported.process.uid: { gte: 1000 }".to_owned(),
+        "reported.process.path: { glob: \"/usr/bin/*\" }".to_owned(),
+        format!("reported.process.libraries_sha256: \"{sha}\""),
+        "reported.process.libraries: { exists: true }".to_owned(),
+        "reported.process.libraries_truncated: { exists: false }".to_owned(),
+        "reported.host.kernel: { glob: \"6.1.*\" }".to_owned(),
+        "reported.host.os.id: debian".to_owned(),
+        "reported.host.os.version_id: \"12\"".to_owned(),
+        format!("reported.container.image_digest: \"sha256:{sha}\""),
+        "reported.labels.app: admin".to_owned(),
+    ] {
+        assert!(allows(&sel), "{sel}");
+    }
+    for sel in [
+        "reported.process.sha256: \"00\"",
+        "reported.process.user: root",
+        "reported.process.uid: 0",
+        "reported.host.os.id: alpine",
+        // `reported.labels.app` is not `labels.app`, and nothing under
+        // `reported` is an image digest the authority vouched for.
+        "labels.app: admin",
+        "image.digest: { exists: true }",
+    ] {
+        assert!(!allows(sel), "{sel}");
+    }
+}
+
 #[test]
 fn explain_lists_matches_and_near_misses() {
     let p = load(BASE);

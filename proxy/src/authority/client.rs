@@ -28,6 +28,9 @@ use crate::identity::ca::KeyAlg;
 use crate::identity::verify::TrustBundle;
 use crate::sidecar::tls::{self, PeerVerifier};
 
+/// Self-reported facts, as sent (the claims' `reported` object).
+pub type Reported = serde_json::Map<String, serde_json::Value>;
+
 /// Largest response accepted from the authority.
 const MAX_RESPONSE: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,26 +118,34 @@ impl AuthorityClient {
         })
     }
 
-    /// First certificate, proven by `proof`.
-    pub async fn attest(&self, csr_pem: &str, proof: Proof) -> Result<IssuedResponse, ClientError> {
+    /// First certificate, proven by `proof`; `reported` is what the
+    /// sidecar says about its workload (the claims' `reported`).
+    pub async fn attest(
+        &self,
+        csr_pem: &str,
+        proof: Proof,
+        reported: Option<Reported>,
+    ) -> Result<IssuedResponse, ClientError> {
         let body = AttestRequest {
             csr: csr_pem.to_string(),
             proof,
-            reported: None,
+            reported,
         };
         self.call(Method::POST, "/v1/attest", Some(&body), None)
             .await
     }
 
-    /// A new certificate, authenticating with the current one.
+    /// A new certificate, authenticating with the current one; `reported`
+    /// as for [`Self::attest`].
     pub async fn renew(
         &self,
         csr_pem: &str,
         current: Arc<CertifiedKey>,
+        reported: Option<Reported>,
     ) -> Result<IssuedResponse, ClientError> {
         let body = RenewRequest {
             csr: csr_pem.to_string(),
-            reported: None,
+            reported,
         };
         self.call(Method::POST, "/v1/renew", Some(&body), Some(current))
             .await

@@ -4,11 +4,13 @@
 //!   issued serials, revocations);
 //! - [`service`]: attestation, claim derivation, issuance, audit lines;
 //! - [`cloud`]: AWS and GCP instance documents (via [`crate::attest`]);
+//! - [`reported`]: bounds on the workload's self-reported facts;
 //! - [`server`]: the HTTPS API (`appid authority serve`);
 //! - [`client`]: the sidecar's side (bootstrap, renewal, revocations).
 
 pub mod client;
 pub mod cloud;
+pub mod reported;
 pub mod server;
 pub mod service;
 pub mod store;

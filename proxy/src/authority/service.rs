@@ -26,6 +26,7 @@ use thiserror::Error;
 use appid_policy::AppIdClaims;
 use appid_policy::claims::{Cloud, Image, attestation};
 
+use super::reported::{self, Fit};
 use super::store::{Redemption, Registration, Store, StoreError};
 use crate::attest::K8sIdentity;
 use crate::identity::ca::Ca;
@@ -261,6 +262,7 @@ impl Authority {
     /// the instance's first-use record) and the issued certificate's record
     /// commit together, so a crash or a refusal in between consumes nothing.
     fn attest_inner(&self, request: &AttestRequest, now: i64) -> Result<IssuedResponse, Refusal> {
+        check_reported(request.reported.as_ref())?;
         let csr = parse_csr(&request.csr)?;
         // Cloud documents and cluster tokens are verified before taking the
         // database lock.
@@ -446,6 +448,7 @@ impl Authority {
     ) -> Result<IssuedResponse, Refusal> {
         let current = &presented.claims;
         let result = (|| {
+            check_reported(request.reported.as_ref())?;
             let csr = parse_csr(&request.csr)?;
             let store = self.lock()?;
             if !store.was_issued(&presented.serial)? {
@@ -512,7 +515,13 @@ impl Authority {
             }
         }
         claims.cloud = cloud;
+        // Self-reported facts go under `reported` and nowhere else; what
+        // does not fit the extension is cut, never a reason to refuse.
         claims.reported = reported.filter(|r| !r.is_empty());
+        match reported::fit(&mut claims) {
+            Fit::Whole => {}
+            fit => tracing::info!(id = %id, ?fit, "reported facts cut to fit the certificate"),
+        }
         let issued = self
             .ca
             .issue(&id, &claims, &csr.public_key, self.cert_ttl)
@@ -589,6 +598,16 @@ pub fn cloud_facts(cloud: &Cloud) -> BTreeMap<String, String> {
     facts
 }
 
+/// Refuses a `reported` object that is too large or too deep (400).
+fn check_reported(
+    reported: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<(), Refusal> {
+    match reported {
+        Some(r) => reported::check(r).map_err(Refusal::BadRequest),
+        None => Ok(()),
+    }
+}
+
 fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, Refusal> {
     if pem.len() > 16 * 1024 {
         return Err(Refusal::BadRequest("CSR larger than 16 KiB".into()));
@@ -617,6 +636,130 @@ pub fn new_token() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authority::client::new_key_and_csr;
+    use crate::identity::ca::KeyAlg;
+    use serde_json::json;
+
+    const WEB: &str = "spiffe://td.example/web";
+
+    /// An authority in `dir` with `web` registered (label app=web) and a
+    /// join token `t1` for it.
+    fn authority(dir: &Path) -> Authority {
+        let ca = Ca::init(dir, "td.example", KeyAlg::EcdsaP256).unwrap();
+        let store = Store::open(dir).unwrap();
+        store
+            .register(
+                &Registration {
+                    id: WEB.into(),
+                    labels: BTreeMap::from([("app".into(), "web".into())]),
+                    image_digest: None,
+                    cloud_match: BTreeMap::new(),
+                },
+                0,
+            )
+            .unwrap();
+        store.add_token(&hash_token("t1"), WEB, i64::MAX).unwrap();
+        let log = dir.join("audit.jsonl");
+        Authority::new(ca, store, time::Duration::minutes(5), Some(&log), None).unwrap()
+    }
+
+    fn claims_and_der(issued: &IssuedResponse) -> (AppIdClaims, Vec<u8>) {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(issued.certificate.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let claims = crate::identity::verify::appid_claims_of(&cert).unwrap();
+        (claims, pem.contents.clone())
+    }
+
+    /// A workload can only ever add to `reported`: claims it sends at the
+    /// top level of the request are ignored, and the same names inside
+    /// `reported` stay there, where no vouched-claim selector looks.
+    #[test]
+    fn nothing_outside_reported_comes_from_the_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = authority(dir.path());
+        let csr = new_key_and_csr().unwrap().csr_pem;
+        let reported = json!({
+            "process": {"sha256": "a".repeat(64), "uid": 1000},
+            "labels": {"app": "admin"},
+            "id": "spiffe://td.example/admin",
+            "attestation": "aws_iid"
+        });
+        let request: AttestRequest = serde_json::from_value(json!({
+            "csr": csr,
+            "proof": {"method": "join_token", "token": "t1"},
+            "reported": reported,
+            "labels": {"app": "admin"},
+            "id": "spiffe://td.example/admin",
+            "image": {"digest": format!("sha256:{}", "f".repeat(64))},
+            "vulns": {"critical": 0},
+            "cloud": {"provider": "aws"},
+            "attestation": "aws_iid",
+            "claims": {"labels": {"app": "admin"}}
+        }))
+        .unwrap();
+        let issued = authority.attest(&request, 10).unwrap();
+        let (claims, der) = claims_and_der(&issued);
+        assert_eq!(claims.id, WEB);
+        assert_eq!(claims.labels["app"], "web");
+        assert_eq!(claims.attestation, "join_token");
+        assert_eq!(
+            (
+                claims.image.as_ref(),
+                claims.vulns.as_ref(),
+                claims.cloud.as_ref()
+            ),
+            (None, None, None)
+        );
+        assert_eq!(claims.reported, reported.as_object().cloned());
+
+        // Renewal: the facts are replaced by the new report, the rest
+        // re-derived from the registration.
+        let presented = PresentedCert::new(&der, claims).unwrap();
+        let renew = RenewRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            reported: json!({"process": {"uid": 0}}).as_object().cloned(),
+        };
+        let (renewed, _) = claims_and_der(&authority.renew(&presented, &renew, 20).unwrap());
+        assert_eq!(renewed.labels["app"], "web");
+        assert_eq!(renewed.reported.unwrap()["process"]["uid"], 0);
+        // No report: no `reported` at all.
+        let bare = RenewRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            reported: None,
+        };
+        let (bare, _) = claims_and_der(&authority.renew(&presented, &bare, 30).unwrap());
+        assert_eq!(bare.reported, None);
+    }
+
+    #[test]
+    fn oversized_or_deep_reports_are_refused_with_400_and_consume_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = authority(dir.path());
+        let request = |reported: serde_json::Value| AttestRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            proof: Proof::JoinToken { token: "t1".into() },
+            reported: reported.as_object().cloned(),
+        };
+        let big = request(json!({"blob": "x".repeat(17 * 1024)}));
+        let refusal = authority.attest(&big, 10).unwrap_err();
+        assert_eq!(refusal.status(), 400);
+        assert!(refusal.to_string().contains("at most 16384"), "{refusal}");
+        let deep = request(json!({"a": {"b": {"c": {"d": {"e": 1}}}}}));
+        let refusal = authority.attest(&deep, 10).unwrap_err();
+        assert_eq!(refusal.status(), 400);
+        assert!(refusal.to_string().contains("levels deep"), "{refusal}");
+        // The token was not spent on them; a report that fits the request
+        // but not the certificate is cut, not refused.
+        let libraries: Vec<_> = (0..60)
+            .map(|i| json!({"path": format!("/usr/lib/lib{i}.so"), "sha256": "b".repeat(64)}))
+            .collect();
+        let long = request(json!({"process": {"uid": 7, "libraries": libraries}}));
+        let (claims, _) = claims_and_der(&authority.attest(&long, 10).unwrap());
+        let process = &claims.reported.unwrap()["process"];
+        assert_eq!(process["uid"], 7);
+        assert_eq!(process["libraries_truncated"], true);
+        assert!(process["libraries"].as_array().unwrap().len() < 60);
+    }
 
     /// The request a sidecar sends for a Kubernetes attestation.
     #[test]

@@ -125,6 +125,9 @@ pub enum AuthorityCommand {
         #[arg(long, value_name = "D", value_parser = args::image_digest)]
         image_digest: Option<String>,
     },
+    /// Print the Kubernetes manifests that run the authority in a cluster
+    /// (Namespace, ServiceAccount, Service, StatefulSet with its volume)
+    Manifests(super::k8s::ManifestsArgs),
     /// Revoke a workload: no more certificates, and peers refuse it
     Revoke {
         #[arg(long, value_name = "DIR")]
@@ -345,6 +348,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        AuthorityCommand::Manifests(args) => super::k8s::manifests(args),
         AuthorityCommand::Revoke { dir, id } => {
             let ca = Ca::load(&dir).context("loading the CA")?;
             let id = checked_id(&ca, &id)?;

@@ -2,7 +2,8 @@
 //!
 //! Claims print as flattened `path = value` lines, the same dotted paths a
 //! policy uses (`labels.app`, `vulns.critical`), so what you read is what you
-//! can write in a rule.
+//! can write in a rule. Self-reported facts (`reported.*`, the runtime
+//! fingerprint) are listed apart from the claims the authority vouches for.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,13 +67,18 @@ pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
     }
     match &info.claims {
         Ok(claims) => {
-            println!("AppID claims:");
-            let value = serde_json::to_value(claims).context("claims to JSON")?;
-            let mut lines = Vec::new();
-            flatten("", &value, &mut lines);
-            let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-            for (path, value) in lines {
-                println!("  {path:width$} = {value}");
+            let mut value = serde_json::to_value(claims).context("claims to JSON")?;
+            let reported = value
+                .as_object_mut()
+                .and_then(|claims| claims.remove("reported"));
+            println!("AppID claims (vouched for by the authority):");
+            print_flat("", &value);
+            if let Some(reported) = reported {
+                println!(
+                    "Self-reported (not vouched for: what the workload's sidecar said; \
+                     only as trustworthy as its host):"
+                );
+                print_flat("reported", &reported);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -92,7 +98,18 @@ fn describe_expiry(secs: i64) -> String {
     }
 }
 
-/// Flattens JSON into `(dotted.path, rendered value)` pairs, in order.
+/// Prints `value` as aligned `path = value` lines under `prefix`.
+fn print_flat(prefix: &str, value: &serde_json::Value) {
+    let mut lines = Vec::new();
+    flatten(prefix, value, &mut lines);
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (path, value) in lines {
+        println!("  {path:width$} = {value}");
+    }
+}
+
+/// Flattens JSON into `(dotted.path, rendered value)` pairs, in order; a
+/// list of objects (`reported.process.libraries`) as `path[i].key`.
 fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
     match value {
         serde_json::Value::Object(map) => {
@@ -103,6 +120,11 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
                     format!("{prefix}.{key}")
                 };
                 flatten(&path, child, out);
+            }
+        }
+        serde_json::Value::Array(items) if items.iter().any(serde_json::Value::is_object) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), item, out);
             }
         }
         serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
@@ -125,6 +147,21 @@ mod tests {
                 ("labels.app".to_string(), "web".to_string()),
                 ("v".to_string(), "1".to_string()),
                 ("vulns.critical".to_string(), "2".to_string()),
+            ]
+        );
+        let reported = serde_json::json!({"process":{"uid":0,"libraries":[{"path":"/l.so","sha256":"ab"}]},
+                                          "host":{"os":{"id":"debian"}},"tags":["a","b"]});
+        let mut out = Vec::new();
+        flatten("reported", &reported, &mut out);
+        let paths: Vec<_> = out.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            paths,
+            [
+                "reported.host.os.id=debian",
+                "reported.process.libraries[0].path=/l.so",
+                "reported.process.libraries[0].sha256=ab",
+                "reported.process.uid=0",
+                "reported.tags=[\"a\",\"b\"]",
             ]
         );
     }

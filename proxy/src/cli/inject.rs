@@ -1,5 +1,12 @@
 //! `appid inject [FILE|-]`: Kubernetes YAML in, the same YAML with the
-//! sidecar injected out (on stdout).
+//! sidecar injected out (on stdout). `appid inject config …` prints the
+//! namespace's ConfigMap the injected pods mount (see [`super::k8s`]).
+//!
+//! One command with both a subcommand and a positional file: clap takes
+//! `config` as the subcommand (`args_conflicts_with_subcommands`), so a
+//! manifest file literally named `config` is given as `./config`. That
+//! keeps the ConfigMap next to the command that relies on it, rather than
+//! a separate `inject-config`.
 //!
 //! See [`crate::inject`] for what is added and what is preserved. Warnings
 //! (a workload left alone, and why) and a one-line summary go to stderr, so
@@ -18,7 +25,10 @@ use anyhow::Context;
 use crate::inject::{InjectOptions, default_image, inject};
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct InjectArgs {
+    #[command(subcommand)]
+    command: Option<InjectCommand>,
     /// The manifest (multi-document YAML or JSON); `-` or nothing reads stdin
     #[arg(value_name = "FILE|-")]
     file: Option<PathBuf>,
@@ -27,7 +37,17 @@ pub struct InjectArgs {
     image: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum InjectCommand {
+    /// Print the namespace's ConfigMap `appid-sidecar` (proxy.yaml, the
+    /// policy, ca.pem) that injected pods mount
+    Config(super::k8s::ConfigArgs),
+}
+
 pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
+    if let Some(InjectCommand::Config(config)) = args.command {
+        return super::k8s::config(config);
+    }
     let (name, input) = match args.file.as_deref() {
         None => read_stdin()?,
         Some(path) if path.as_os_str() == "-" => read_stdin()?,

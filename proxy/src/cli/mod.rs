@@ -14,6 +14,7 @@ mod authority;
 mod cert;
 mod inject;
 mod issue;
+mod k8s;
 mod policy;
 mod probe;
 mod proxy;
@@ -160,4 +161,13 @@ fn one_line(rendered: &str) -> String {
 /// Exit status 1: a denial or a failed check the user asked about.
 pub(crate) fn denied() -> ExitCode {
     ExitCode::from(1)
+}
+
+/// Whether `appid <args>` parses: for tests of the command lines appid
+/// writes into manifests.
+#[cfg(test)]
+pub(crate) fn parses(args: &[&str]) -> Result<(), String> {
+    Cli::try_parse_from(std::iter::once("appid").chain(args.iter().copied()))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

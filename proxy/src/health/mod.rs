@@ -156,7 +156,12 @@ async fn handle(state: Arc<HealthState>, req: Request<Incoming>) -> Response<Bod
             bounded_http::text(outcome.status, outcome.body)
         }
         _ => {
-            admin::probe_endpoint(path, &state.readiness, &state.metrics).unwrap_or_else(not_found)
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            admin::probe_endpoint(path, accept, &state.readiness, &state.metrics)
+                .unwrap_or_else(not_found)
         }
     }
 }

@@ -140,7 +140,7 @@ async fn shared_endpoints_answer_as_the_admin_api_and_nothing_else_is_served() {
     assert_eq!(r.status, 200);
     assert!(
         r.headers
-            .contains("content-type: application/openmetrics-text")
+            .contains("content-type: text/plain; version=0.0.4")
     );
     assert!(
         r.body

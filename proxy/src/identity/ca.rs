@@ -206,7 +206,10 @@ fn root_params(trust_domain: &str) -> Result<CertificateParams, CaError> {
 }
 
 /// Reads the trust domain from the root's `spiffe://<td>` URI SAN.
-fn trust_domain_of_root(path: &Path, der: &CertificateDer<'_>) -> Result<String, CaError> {
+pub(crate) fn trust_domain_of_root(
+    path: &Path,
+    der: &CertificateDer<'_>,
+) -> Result<String, CaError> {
     let not_ours = |detail: &str| CaError::NotOurCa {
         path: path.to_path_buf(),
         detail: detail.to_string(),

@@ -48,7 +48,7 @@ pub(crate) fn disjoint(edits: &[Edit]) -> bool {
     sorted.windows(2).all(|w| w[0].1 <= w[1].0) && sorted.iter().all(|(s, e)| s <= e)
 }
 
-fn line_start(input: &str, pos: usize) -> usize {
+pub(crate) fn line_start(input: &str, pos: usize) -> usize {
     input
         .get(..pos)
         .and_then(|head| head.rfind(['\n', '\r']))
@@ -56,7 +56,7 @@ fn line_start(input: &str, pos: usize) -> usize {
 }
 
 /// The end of the line `pos` is on (the position of its line break).
-fn line_end(input: &str, pos: usize) -> usize {
+pub(crate) fn line_end(input: &str, pos: usize) -> usize {
     input
         .get(pos..)
         .and_then(|tail| tail.find(['\n', '\r']))
@@ -70,7 +70,7 @@ fn is_comment_line(line: &str) -> bool {
 /// Walks up from the line starting at `ls` over the comment lines right
 /// above it (not past `floor`, not over blank lines): those comments belong
 /// to what follows, and new text goes before them.
-fn lead(input: &str, ls: usize, floor: usize) -> usize {
+pub(crate) fn lead(input: &str, ls: usize, floor: usize) -> usize {
     let mut cur = ls;
     while cur > floor {
         let prev = line_start(input, cur.saturating_sub(1));
@@ -123,7 +123,7 @@ fn dash_of(input: &str, start: usize) -> Option<usize> {
 }
 
 /// The column (in spaces) of `pos`, if only spaces precede it on its line.
-fn indent_of(input: &str, pos: usize) -> Option<usize> {
+pub(crate) fn indent_of(input: &str, pos: usize) -> Option<usize> {
     let ls = line_start(input, pos);
     let prefix = input.get(ls..pos)?;
     prefix.chars().all(|c| c == ' ').then_some(prefix.len())

@@ -7,6 +7,10 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
     Str(String),
+    /// A string always written quoted: single quotes in block context when
+    /// it holds a `"` (JSON text reads better that way), else double quotes
+    /// with JSON escapes; always JSON in flow context.
+    Quoted(String),
     Int(i64),
     Bool(bool),
     Map(Vec<(&'static str, Value)>),
@@ -19,7 +23,10 @@ pub(crate) fn s(text: impl Into<String>) -> Value {
 
 impl Value {
     fn is_scalar(&self) -> bool {
-        matches!(self, Value::Str(_) | Value::Int(_) | Value::Bool(_))
+        matches!(
+            self,
+            Value::Str(_) | Value::Quoted(_) | Value::Int(_) | Value::Bool(_)
+        )
     }
 }
 
@@ -70,7 +77,18 @@ fn plain_ok(text: &str, block: bool) -> bool {
     !ambiguous && (word || quantity)
 }
 
-fn json_string(text: &str) -> String {
+/// A string as a quoted YAML scalar: single-quoted when it holds a `"` and
+/// nothing that needs an escape (so JSON inside stays readable), else
+/// double-quoted with JSON escapes.
+pub(crate) fn quoted(text: &str) -> String {
+    if text.contains('"') && !text.chars().any(|c| c.is_control() || c == '\u{feff}') {
+        format!("'{}'", text.replace('\'', "''"))
+    } else {
+        json_string(text)
+    }
+}
+
+pub(crate) fn json_string(text: &str) -> String {
     // Serializing a str cannot fail; the fallback keeps this panic-free.
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
@@ -78,6 +96,8 @@ fn json_string(text: &str) -> String {
 fn scalar(value: &Value, block: bool) -> String {
     match value {
         Value::Str(text) => scalar_text(text, block),
+        Value::Quoted(text) if block => quoted(text),
+        Value::Quoted(text) => json_string(text),
         Value::Int(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Map(_) | Value::Seq(_) => json(value),
@@ -101,6 +121,18 @@ pub(crate) fn block_items(items: &[Value], dash: usize, layout: Layout<'_>) -> S
             other => out.push_str(&scalar(other, true)),
         }
     }
+    out
+}
+
+/// Block-style `key: value` lines of a mapping, the first at the current
+/// position, later ones indented by `indent` columns, no final line break.
+pub(crate) fn block_map(
+    entries: &[(&'static str, Value)],
+    indent: usize,
+    layout: Layout<'_>,
+) -> String {
+    let mut out = String::new();
+    map_body(&mut out, entries, indent, layout);
     out
 }
 
@@ -136,6 +168,7 @@ fn map_body(
                 // quoted all alike if any needs it.
                 let all_plain = items.iter().all(|v| match v {
                     Value::Str(text) => plain_ok(text, false),
+                    Value::Quoted(_) => false,
                     _ => true,
                 });
                 let inline: Vec<String> = items
@@ -160,7 +193,7 @@ fn push_spaces(out: &mut String, n: usize) {
 /// Compact JSON (`{"a": 1, "b": [2]}`): valid in any YAML flow context.
 pub(crate) fn json(value: &Value) -> String {
     match value {
-        Value::Str(text) => json_string(text),
+        Value::Str(text) | Value::Quoted(text) => json_string(text),
         Value::Int(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Seq(items) => {
@@ -203,6 +236,20 @@ mod tests {
         assert_eq!(block("No"), "\"No\"");
         assert_eq!(block(""), "\"\"");
         assert_eq!(block("a\"b\n"), "\"a\\\"b\\n\"");
+    }
+
+    #[test]
+    fn quoted_strings_prefer_single_quotes_around_json() {
+        assert_eq!(quoted("true"), "\"true\"");
+        assert_eq!(quoted(r#"{"a":"it's"}"#), r#"'{"a":"it''s"}'"#);
+        assert_eq!(quoted("{\"a\":\"\n\"}"), r#""{\"a\":\"\n\"}""#);
+        let layout = Layout {
+            nl: "\n",
+            seq_offset: 0,
+        };
+        let map = [("k", Value::Quoted(r#"{"x":1}"#.into()))];
+        assert_eq!(block_map(&map, 0, layout), r#"k: '{"x":1}'"#);
+        assert_eq!(json(&Value::Map(map.to_vec())), r#"{"k": "{\"x\":1}"}"#);
     }
 
     #[test]

@@ -17,12 +17,23 @@
 //! - `appid-proxy`: the sidecar as a *native sidecar* (an init container
 //!   with `restartPolicy: Always`) right after it and before the pod's own
 //!   init containers, so they and the app start after the proxy is ready
-//!   (its startup probe passed); it runs as the excluded uid 1337;
+//!   (its startup probe passed); it runs as the excluded uid 1337, and its
+//!   probes are `httpGet` on its health listener (port 15191, the pod IP);
 //! - the volumes `appid-config` (ConfigMap `appid-sidecar`, holding
 //!   `proxy.yaml` and the policy), `appid-identity` (a projected
 //!   service-account token for the authority, audience `appid-authority`:
 //!   each pod proves itself, no token is shared) and `appid-run` (emptyDir,
 //!   where the sidecar keeps its identity across container restarts).
+//!
+//! - on the pod template's metadata, the annotations `appid.dev/status`
+//!   (what was injected, by which appid version) and Prometheus's
+//!   `prometheus.io/scrape|port|path` for the health listener's `/metrics`
+//!   (unless the pod has `prometheus.io/*` annotations of its own: those are
+//!   left alone, with a warning).
+//!
+//! The app containers' `httpGet` and `tcpSocket` probes are pointed at the
+//! health listener, their targets handed to the sidecar in its environment
+//! (see `probes.rs`; `appid.dev/rewrite-probes: "false"` turns that off).
 //!
 //! Idempotent by construction: existing `appid-init`/`appid-proxy`
 //! containers and `appid-*` volumes are recognized by name and replaced by
@@ -37,8 +48,10 @@
 //! its layout cannot be edited safely (an alias or merge key in the pod
 //! spec, say); the latter two with a warning.
 
+mod annotate;
 mod edit;
 mod emit;
+mod probes;
 mod spec;
 mod tree;
 
@@ -56,6 +69,11 @@ pub const INBOUND_PORT: u16 = 15106;
 pub const OUTBOUND_PORT: u16 = 15101;
 /// The sidecar's admin API (loopback only).
 pub const ADMIN_PORT: u16 = 15190;
+/// The sidecar's health listener on the pod IP: `/live`, `/ready`,
+/// `/metrics` and the app's rewritten probes, `/app-health/...`.
+pub const HEALTH_PORT: u16 = 15191;
+/// The authority's API port (the redirect leaves it alone).
+pub const AUTHORITY_PORT: u16 = 15170;
 /// The init container that installs the redirect.
 pub const INIT_CONTAINER: &str = "appid-init";
 /// The sidecar (a native sidecar init container).
@@ -68,8 +86,27 @@ pub const VOLUME_IDENTITY: &str = "appid-identity";
 pub const VOLUME_RUN: &str = "appid-run";
 /// The ConfigMap mounted at `/etc/appid`.
 pub const CONFIG_MAP: &str = "appid-sidecar";
-/// Where the sidecar reads its configuration.
+/// Where the ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/appid";
+/// Where the sidecar reads its configuration (ConfigMap key `proxy.yaml`).
 pub const CONFIG_PATH: &str = "/etc/appid/proxy.yaml";
+/// The policy (ConfigMap key `policy.yaml`).
+pub const POLICY_PATH: &str = "/etc/appid/policy.yaml";
+/// The trust bundle (ConfigMap key `ca.pem`).
+pub const BUNDLE_PATH: &str = "/etc/appid/ca.pem";
+/// Where the projected service-account token volume is mounted.
+pub const IDENTITY_DIR: &str = "/var/run/appid/identity";
+/// The projected token itself.
+pub const TOKEN_PATH: &str = "/var/run/appid/identity/token";
+/// The `emptyDir` for the sidecar's runtime state.
+pub const RUN_DIR: &str = "/var/run/appid/run";
+/// Where the sidecar keeps its identity across container restarts.
+pub const STATE_DIR: &str = "/var/run/appid/run/state";
+/// The audience of the projected token: what the authority's
+/// `--k8s-audience` must be.
+pub const TOKEN_AUDIENCE: &str = "appid-authority";
+/// The sidecar's environment variable with the app's original probes.
+pub const APP_PROBES_ENV: &str = "APPID_APP_PROBES";
 
 /// `"false"` turns injection off for a workload.
 pub const ANNOTATION_INJECT: &str = "appid.dev/inject";
@@ -77,6 +114,17 @@ pub const ANNOTATION_INJECT: &str = "appid.dev/inject";
 pub const ANNOTATION_EXCLUDE_INBOUND: &str = "appid.dev/exclude-inbound-ports";
 /// Outbound destination ports left alone by the redirect, comma-separated.
 pub const ANNOTATION_EXCLUDE_OUTBOUND: &str = "appid.dev/exclude-outbound-ports";
+/// `"false"` leaves the app's probes as they are.
+pub const ANNOTATION_REWRITE_PROBES: &str = "appid.dev/rewrite-probes";
+/// What appid injected (JSON), on the pod template.
+pub const ANNOTATION_STATUS: &str = "appid.dev/status";
+/// The Prometheus scrape annotations put on the pod template, pointing at
+/// the health listener's `/metrics` (unless the pod already has its own).
+pub const PROMETHEUS_ANNOTATIONS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "15191"),
+    ("prometheus.io/path", "/metrics"),
+];
 
 /// The image both containers run, by default: `appid/appid:<version>`.
 pub fn default_image() -> String {
@@ -394,25 +442,31 @@ impl Run<'_> {
                 _ => {}
             }
         }
-        for a in &annotations {
-            if let Some(value) = annotation(a, ANNOTATION_INJECT, location)? {
-                match value.0.trim().to_ascii_lowercase().as_str() {
-                    "false" => return Ok(Verdict::Skip(None)),
-                    "true" => {}
-                    _ => {
-                        return Err(InjectError::Annotation {
+        // `"true"` or `"false"`: every source must be valid; each returned
+        // in order (the pod template's first).
+        let switch = |name: &str| -> Result<Vec<bool>, InjectError> {
+            let mut found = Vec::new();
+            for a in &annotations {
+                if let Some((text, line)) = annotation(a, name, location)? {
+                    found.push(
+                        parse_switch(&text).map_err(|reason| InjectError::Annotation {
                             location: location.clone(),
-                            line: value.1,
-                            annotation: ANNOTATION_INJECT.into(),
-                            reason: format!(
-                                "`{}` is neither \"true\" nor \"false\"; write one of those",
-                                value.0.escape_debug()
-                            ),
-                        });
-                    }
+                            line,
+                            annotation: name.into(),
+                            reason,
+                        })?,
+                    );
                 }
             }
+            Ok(found)
+        };
+        if switch(ANNOTATION_INJECT)?.contains(&false) {
+            return Ok(Verdict::Skip(None));
         }
+        let rewrite_probes = switch(ANNOTATION_REWRITE_PROBES)?
+            .first()
+            .copied()
+            .unwrap_or(true);
         let exclude = |name: &str| -> Result<Vec<u16>, InjectError> {
             // The first source that has it (the pod template's) wins, but
             // every source must be valid.
@@ -466,23 +520,22 @@ impl Run<'_> {
             nl: self.nl,
             seq_offset,
         };
+        let probes = probes::rewrite(self.input, layout, pod, rewrite_probes);
+        let app_probes = probes.env_value();
         let params = spec::Params {
             image: self.image,
             exclude_inbound: &exclude_inbound,
             exclude_outbound: &exclude_outbound,
+            app_probes: app_probes.as_deref(),
         };
         let containers = [
             spec::init_container(&params),
             spec::proxy_container(&params),
         ];
         let volumes = spec::volumes();
-        let ours_container = |n: &Node| {
-            named(n).is_some_and(|name| name == INIT_CONTAINER || name == PROXY_CONTAINER)
-        };
-        let ours_volume = |n: &Node| {
-            named(n)
-                .is_some_and(|name| [VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN].contains(&name))
-        };
+        let ours_container =
+            |n: &Node| named(n).is_some_and(|name| spec::INIT_CONTAINERS.contains(&name));
+        let ours_volume = |n: &Node| named(n).is_some_and(|name| spec::VOLUMES.contains(&name));
         let slots = [
             Slot {
                 key: "volumes",
@@ -495,12 +548,23 @@ impl Run<'_> {
                 is_ours: &ours_container,
             },
         ];
-        let mut edits = Vec::new();
+        let mut edits = probes.edits;
+        let mut warnings: Vec<String> = probes
+            .warnings
+            .into_iter()
+            .map(|w| format!("{location}: {w}"))
+            .collect();
         for slot in &slots {
             match edit::slot_edits(self.input, layout, pod, anchor, slot) {
                 Ok(more) => edits.extend(more),
                 Err(reason) => return Ok(Verdict::Skip(Some(reason))),
             }
+        }
+        let (values, warning) = pod_annotations(template);
+        warnings.extend(warning.map(|w| format!("{location}: {w}")));
+        match annotate::set(self.input, layout, template, &values) {
+            Ok(more) => edits.extend(more),
+            Err(reason) => return Ok(Verdict::Skip(Some(reason))),
         }
         if !edit::disjoint(&edits) {
             return Ok(Verdict::Skip(Some(
@@ -508,7 +572,50 @@ impl Run<'_> {
             )));
         }
         self.edits.extend(edits);
+        self.warnings.extend(warnings);
         Ok(Verdict::Inject)
+    }
+}
+
+/// What goes on the pod template: the status, always (it is ours); the
+/// Prometheus annotations unless the pod already has its own (a warning
+/// then says that appid's metrics are not scraped through them).
+fn pod_annotations(template: &Node) -> (Vec<(&'static str, String)>, Option<String>) {
+    let mut values = vec![(ANNOTATION_STATUS, spec::status())];
+    let existing = annotate::existing(template);
+    let theirs: Vec<&(String, String)> = existing
+        .iter()
+        .filter(|(k, _)| k.starts_with("prometheus.io/"))
+        .collect();
+    let ours = theirs.len() == PROMETHEUS_ANNOTATIONS.len()
+        && PROMETHEUS_ANNOTATIONS
+            .iter()
+            .all(|(k, v)| theirs.iter().any(|(tk, tv)| tk == k && tv == v));
+    if theirs.is_empty() {
+        values.extend(PROMETHEUS_ANNOTATIONS.map(|(k, v)| (k, v.to_owned())));
+        return (values, None);
+    }
+    if ours {
+        return (values, None);
+    }
+    let listed: Vec<String> = theirs.iter().map(|(k, v)| format!("{k}: {v:?}")).collect();
+    let warning = format!(
+        "the pod already has Prometheus annotations ({}); left as they are, so appid's \
+         metrics (port {HEALTH_PORT}, /metrics) are not scraped through them",
+        listed.join(", ")
+    );
+    (values, Some(warning))
+}
+
+/// `"true"` or `"false"` (any case, spaces around allowed).
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!(
+            "`{}` is neither \"true\" nor \"false\"; write one of those",
+            text.escape_debug()
+        )),
     }
 }
 

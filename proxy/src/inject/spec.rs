@@ -1,18 +1,13 @@
 //! What gets injected: the `appid-init` redirect container, the
-//! `appid-proxy` native sidecar and their volumes, as values.
+//! `appid-proxy` native sidecar, their volumes and the status annotation,
+//! as values.
 
 use super::emit::{Value, s};
 use super::{
-    ADMIN_PORT, CONFIG_MAP, CONFIG_PATH, INBOUND_PORT, INIT_CONTAINER, OUTBOUND_PORT,
-    PROXY_CONTAINER, PROXY_UID, VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN,
+    APP_PROBES_ENV, CONFIG_DIR, CONFIG_MAP, CONFIG_PATH, HEALTH_PORT, IDENTITY_DIR, INBOUND_PORT,
+    INIT_CONTAINER, OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, RUN_DIR, TOKEN_AUDIENCE,
+    VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN,
 };
-
-const CONFIG_DIR: &str = "/etc/appid";
-const IDENTITY_DIR: &str = "/var/run/appid/identity";
-const RUN_DIR: &str = "/var/run/appid/run";
-/// The audience of the projected token: what the authority's
-/// `--k8s-audience` must be.
-pub const TOKEN_AUDIENCE: &str = "appid-authority";
 /// The projected token's lifetime (at most the authority's
 /// `--k8s-max-token-ttl`, 1 h by default).
 const TOKEN_SECONDS: u16 = 3600;
@@ -22,6 +17,9 @@ pub(crate) struct Params<'a> {
     pub image: &'a str,
     pub exclude_inbound: &'a [u16],
     pub exclude_outbound: &'a [u16],
+    /// `APPID_APP_PROBES`: the app's probe targets the health listener
+    /// runs (JSON), when any probe was rewritten.
+    pub app_probes: Option<&'a str>,
 }
 
 fn int(n: impl Into<i64>) -> Value {
@@ -47,14 +45,14 @@ fn mount(name: &str, path: &str, read_only: bool) -> Value {
     Value::Map(entries)
 }
 
-/// `appid probe ready|live`: the admin API listens on loopback only, which
-/// kubelet's `httpGet` (it dials the pod IP) cannot reach; an exec probe
-/// inside the container can.
-fn probe(check: &str, period: i64, failures: i64) -> Value {
+/// kubelet's `httpGet` on the health listener (the pod IP, port 15191),
+/// which serves `/live` and `/ready` but nothing else of the admin API (that
+/// stays on loopback).
+fn probe(path: &str, period: i64, failures: i64) -> Value {
     Value::Map(vec![
         (
-            "exec",
-            Value::Map(vec![("command", strs(&["appid", "probe", check]))]),
+            "httpGet",
+            Value::Map(vec![("path", s(path)), ("port", int(HEALTH_PORT))]),
         ),
         ("periodSeconds", int(period)),
         ("timeoutSeconds", int(3)),
@@ -136,29 +134,39 @@ pub(crate) fn init_container(params: &Params<'_>) -> Value {
 /// The proxy as a native sidecar (`restartPolicy: Always`): it starts
 /// before the containers after it, and they only start once its startup
 /// probe (`/ready`) has passed.
+///
+/// Its one declared port is the health listener (kubelet's probes, the
+/// app's rewritten probes, Prometheus). The inbound port is reached through
+/// the redirect on the app's own ports, never dialled as such, and the
+/// admin API listens on loopback: declaring either would only mislead.
 pub(crate) fn proxy_container(params: &Params<'_>) -> Value {
-    let port = |name: &str, number: u16| {
-        Value::Map(vec![
-            ("name", s(name)),
-            ("containerPort", int(number)),
-            ("protocol", s("TCP")),
-        ])
-    };
-    Value::Map(vec![
+    let mut entries = vec![
         ("name", s(PROXY_CONTAINER)),
         ("image", s(params.image)),
         ("args", strs(&["proxy", "--config", CONFIG_PATH])),
         ("restartPolicy", s("Always")),
         (
             "ports",
-            Value::Seq(vec![
-                port("appid-inbound", INBOUND_PORT),
-                port("appid-admin", ADMIN_PORT),
-            ]),
+            Value::Seq(vec![Value::Map(vec![
+                ("name", s("appid-health")),
+                ("containerPort", int(HEALTH_PORT)),
+                ("protocol", s("TCP")),
+            ])]),
         ),
-        ("startupProbe", probe("ready", 1, 120)),
-        ("readinessProbe", probe("ready", 5, 3)),
-        ("livenessProbe", probe("live", 10, 3)),
+    ];
+    if let Some(probes) = params.app_probes {
+        entries.push((
+            "env",
+            Value::Seq(vec![Value::Map(vec![
+                ("name", s(APP_PROBES_ENV)),
+                ("value", Value::Quoted(probes.to_owned())),
+            ])]),
+        ));
+    }
+    entries.extend([
+        ("startupProbe", probe("/ready", 1, 120)),
+        ("readinessProbe", probe("/ready", 5, 3)),
+        ("livenessProbe", probe("/live", 10, 3)),
         (
             "resources",
             Value::Map(vec![
@@ -193,7 +201,25 @@ pub(crate) fn proxy_container(params: &Params<'_>) -> Value {
                 mount(VOLUME_RUN, RUN_DIR, false),
             ]),
         ),
-    ])
+    ]);
+    Value::Map(entries)
+}
+
+/// The names of what injection adds, as `appid.dev/status` records them.
+pub(crate) const INIT_CONTAINERS: [&str; 2] = [INIT_CONTAINER, PROXY_CONTAINER];
+pub(crate) const VOLUMES: [&str; 3] = [VOLUME_CONFIG, VOLUME_IDENTITY, VOLUME_RUN];
+
+/// The `appid.dev/status` annotation: which appid injected the pod and what
+/// it added (as Istio's `sidecar.istio.io/status`), compact JSON in a fixed
+/// key order.
+pub(crate) fn status() -> String {
+    let list = |names: &[&str]| serde_json::Value::from(names.to_vec()).to_string();
+    format!(
+        r#"{{"version":{},"initContainers":{},"volumes":{}}}"#,
+        serde_json::Value::from(env!("CARGO_PKG_VERSION")),
+        list(&INIT_CONTAINERS),
+        list(&VOLUMES)
+    )
 }
 
 pub(crate) fn volumes() -> Vec<Value> {

@@ -115,8 +115,106 @@ fn assert_injected(spec: &Json) {
     );
 }
 
-/// The document minus what injection adds.
+/// The pod template (the Pod itself for a Pod).
+fn template_mut(doc: &mut Json) -> Option<&mut Json> {
+    let kind = doc.get("kind")?.as_str()?.to_owned();
+    match kind.as_str() {
+        "Pod" => Some(doc),
+        "CronJob" => doc
+            .get_mut("spec")?
+            .get_mut("jobTemplate")?
+            .get_mut("spec")?
+            .get_mut("template"),
+        _ => doc.get_mut("spec")?.get_mut("template"),
+    }
+}
+
+/// The pod template's annotations (empty when there are none).
+fn pod_annotations(doc: &Json) -> serde_json::Map<String, Json> {
+    template_mut(&mut doc.clone())
+        .and_then(|t| t.get("metadata"))
+        .and_then(|m| m.get("annotations"))
+        .and_then(Json::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `APPID_APP_PROBES` of the injected sidecar, parsed (empty without).
+fn app_probes(spec: &Json) -> serde_json::Map<String, Json> {
+    spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"] == PROXY_CONTAINER)
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == APP_PROBES_ENV)
+        .map(|e| {
+            serde_json::from_str(e["value"].as_str().unwrap()).expect("APPID_APP_PROBES is JSON")
+        })
+        .unwrap_or_default()
+}
+
+/// Puts the original probe handlers back, from `APPID_APP_PROBES`.
+fn unrewrite_probes(spec: &mut Json) {
+    let targets = app_probes(spec);
+    for list in ["containers", "initContainers"] {
+        let Some(items) = spec.get_mut(list).and_then(Json::as_array_mut) else {
+            continue;
+        };
+        for container in items {
+            for key in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let Some(probe) = container.get_mut(key).and_then(Json::as_object_mut) else {
+                    continue;
+                };
+                let Some(path) = probe
+                    .get("httpGet")
+                    .and_then(|g| g["path"].as_str())
+                    .filter(|p| p.starts_with("/app-health/"))
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                let target = targets
+                    .get(&path)
+                    .unwrap_or_else(|| panic!("no target for {path}"));
+                probe.remove("httpGet");
+                if let Some(get) = target.get("httpGet") {
+                    let mut get = get.as_object().unwrap().clone();
+                    if get.get("scheme").is_some_and(|s| s == "HTTP") {
+                        get.remove("scheme");
+                    }
+                    probe.insert("httpGet".into(), Json::Object(get));
+                } else {
+                    probe.insert("tcpSocket".into(), target["tcpSocket"].clone());
+                }
+            }
+        }
+    }
+}
+
+/// The status and Prometheus annotations are on the pod template.
+fn assert_annotated(doc: &Json) {
+    let annotations = pod_annotations(doc);
+    let status: Json = serde_json::from_str(annotations[ANNOTATION_STATUS].as_str().unwrap())
+        .expect("the status is JSON");
+    assert_eq!(
+        status,
+        serde_json::json!({"version": env!("CARGO_PKG_VERSION"),
+            "initContainers": ["appid-init", "appid-proxy"],
+            "volumes": ["appid-config", "appid-identity", "appid-run"]})
+    );
+    for (k, v) in PROMETHEUS_ANNOTATIONS {
+        assert_eq!(annotations[k], v, "{k}");
+    }
+}
+
+/// The document minus what injection adds: our init containers and
+/// volumes, our pod annotations, and the probe rewrites (undone from
+/// `APPID_APP_PROBES`).
 fn strip(mut doc: Json) -> Json {
+    if let Some(spec) = pod_spec_mut(&mut doc) {
+        unrewrite_probes(spec);
+    }
     if let Some(spec) = pod_spec_mut(&mut doc).and_then(Json::as_object_mut) {
         for key in ["initContainers", "volumes"] {
             if let Some(list) = spec.get_mut(key).and_then(Json::as_array_mut) {
@@ -125,6 +223,24 @@ fn strip(mut doc: Json) -> Json {
                     spec.remove(key);
                 }
             }
+        }
+    }
+    if let Some(template) = template_mut(&mut doc).and_then(Json::as_object_mut)
+        && let Some(meta) = template.get_mut("metadata").and_then(Json::as_object_mut)
+    {
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Json::as_object_mut) {
+            annotations.remove(ANNOTATION_STATUS);
+            for (k, v) in PROMETHEUS_ANNOTATIONS {
+                if annotations.get(k).is_some_and(|x| x == v) {
+                    annotations.remove(k);
+                }
+            }
+            if annotations.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+        if meta.is_empty() {
+            template.remove("metadata");
         }
     }
     doc
@@ -161,13 +277,44 @@ fn doc_texts(yaml: &str) -> Vec<(String, String)> {
 /// The input's lines appear in the output, in order (injection only adds
 /// lines on a first run).
 fn assert_lines_kept(input: &str, output: &str) {
+    let handlers = probe_handler_lines(input);
     let mut out = output.lines();
-    for line in input.lines() {
+    for (i, line) in input.lines().enumerate() {
+        if handlers.contains(&i) {
+            continue;
+        }
+        // A flow mapping on one line may get entries added at its end.
+        let extended = |o: &str| {
+            line.strip_suffix('}')
+                .is_some_and(|head| o.starts_with(head) && o.ends_with('}'))
+        };
         assert!(
-            out.any(|o| o == line),
+            out.any(|o| o == line || extended(o)),
             "input line {line:?} is missing or out of order in:\n{output}"
         );
     }
+}
+
+/// The lines of block `httpGet:`/`tcpSocket:` probe handlers (which the
+/// probe rewrite replaces), by index.
+fn probe_handler_lines(input: &str) -> std::collections::HashSet<usize> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = input.lines().collect();
+    let mut found = std::collections::HashSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim();
+        if t != "httpGet:" && t != "tcpSocket:" {
+            continue;
+        }
+        found.insert(i);
+        for (j, next) in lines.iter().enumerate().skip(i + 1) {
+            if next.trim().is_empty() || indent(next) <= indent(line) {
+                break;
+            }
+            found.insert(j);
+        }
+    }
+    found
 }
 
 fn fixtures_dir() -> Option<PathBuf> {
@@ -197,7 +344,22 @@ fn every_fixture_manifest() {
         let input = std::fs::read_to_string(file).unwrap();
         let out = run_twice(&input);
         let name = file.display();
-        assert!(out.warnings.is_empty(), "{name}: {:?}", out.warnings);
+        // Only gRPC probes are worth a warning in these manifests: one per
+        // container and port.
+        let grpc_containers = input.matches("grpc:").count() / 2;
+        assert_eq!(
+            out.warnings.len(),
+            grpc_containers,
+            "{name}: {:?}",
+            out.warnings
+        );
+        for w in &out.warnings {
+            assert!(
+                w.contains("livenessProbe and readinessProbe: gRPC probes")
+                    && w.contains("appid.dev/exclude-inbound-ports"),
+                "{w}"
+            );
+        }
         assert_eq!(out.skipped, 0, "{name}");
 
         let before = docs(&input);
@@ -213,6 +375,7 @@ fn every_fixture_manifest() {
         for (b, a) in before.iter().zip(&after) {
             if let Some(spec) = pod_spec(a) {
                 assert_injected(&spec);
+                assert_annotated(a);
                 // The pod's own init containers come after ours, in order.
                 let mine = names(pod_spec(b).unwrap().get("initContainers"));
                 assert_eq!(names(spec.get("initContainers"))[2..], mine[..], "{name}");
@@ -318,23 +481,21 @@ fn generated_containers_in_full() {
     );
     assert_eq!(
         proxy["ports"],
-        serde_json::json!([
-            {"name": "appid-inbound", "containerPort": 15106, "protocol": "TCP"},
-            {"name": "appid-admin", "containerPort": 15190, "protocol": "TCP"}
-        ])
+        serde_json::json!([{"name": "appid-health", "containerPort": 15191, "protocol": "TCP"}])
     );
-    assert_eq!(
-        proxy["readinessProbe"]["exec"]["command"],
-        serde_json::json!(["appid", "probe", "ready"])
-    );
-    assert_eq!(
-        proxy["startupProbe"]["exec"]["command"],
-        serde_json::json!(["appid", "probe", "ready"])
-    );
-    assert_eq!(
-        proxy["livenessProbe"]["exec"]["command"],
-        serde_json::json!(["appid", "probe", "live"])
-    );
+    for (probe, path, period, failures) in [
+        ("startupProbe", "/ready", 1, 120),
+        ("readinessProbe", "/ready", 5, 3),
+        ("livenessProbe", "/live", 10, 3),
+    ] {
+        assert_eq!(
+            proxy[probe],
+            serde_json::json!({"httpGet": {"path": path, "port": 15191}, "periodSeconds": period,
+                "timeoutSeconds": 3, "failureThreshold": failures}),
+            "{probe}"
+        );
+    }
+    assert!(proxy.get("env").is_none(), "no app probes, no env");
     assert_eq!(
         proxy["resources"],
         serde_json::json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
@@ -875,8 +1036,9 @@ fn arb_manifest() -> impl Strategy<Value = String> {
     );
     let style = prop::sample::select(vec!["block", "flow", "absent", "null"]);
     let comments = any::<bool>();
-    (kind, offset, init, vols, style.clone(), style, comments).prop_map(
-        |(kind, offset, init, vols, istyle, vstyle, comments)| {
+    let probe = prop::sample::select(vec!["none", "http", "http-flow", "tcp", "exec"]);
+    (kind, offset, init, vols, style.clone(), style, comments, probe).prop_map(
+        |(kind, offset, init, vols, istyle, vstyle, comments, probe)| {
             let base = manifest(kind);
             // Find the pod spec's `containers:` line and its indentation.
             let line = base
@@ -925,8 +1087,19 @@ fn arb_manifest() -> impl Strategy<Value = String> {
             );
             let source = format!("{line}\n{pad}- name: app\n{pad}  image: example/app:1\n");
             assert!(base.contains(&source), "{base}");
-            let target =
-                format!("{extra}{line}\n{dash}- name: app\n{dash}  image: example/app:1\n");
+            let p = format!("{dash}  ");
+            let probe = match probe {
+                "http" => format!(
+                    "{p}livenessProbe:\n{p}  periodSeconds: 3\n{p}  httpGet:\n{p}    path: /h\n{p}    port: 8080\n"
+                ),
+                "http-flow" => format!("{p}readinessProbe: {{httpGet: {{path: /r, port: 8080}}}}\n"),
+                "tcp" => format!("{p}startupProbe:\n{p}  tcpSocket: {{port: 5432}}\n{p}  timeoutSeconds: 2\n"),
+                "exec" => format!("{p}livenessProbe:\n{p}  exec:\n{p}    command: [true]\n"),
+                _ => String::new(),
+            };
+            let target = format!(
+                "{extra}{line}\n{dash}- name: app\n{dash}  image: example/app:1\n{probe}"
+            );
             base.replacen(&source, &target, 1)
         },
     )
@@ -963,6 +1136,9 @@ proptest! {
         let before = docs(&input);
         let after = docs(&out.yaml);
         assert_injected(&pod_spec(&after[0]).unwrap());
+        assert_annotated(&after[0]);
+        let rewritable = input.matches("httpGet").count() + input.matches("tcpSocket").count();
+        prop_assert_eq!(app_probes(&pod_spec(&after[0]).unwrap()).len(), rewritable);
         let mut expected = strip(before[0].clone());
         if let Some(spec) = pod_spec_mut(&mut expected).and_then(Json::as_object_mut) {
             spec.retain(|_, v| !v.is_null());
@@ -970,3 +1146,6 @@ proptest! {
         prop_assert_eq!(strip(after[0].clone()), expected, "{}\n=>\n{}", input, out.yaml);
     }
 }
+
+mod annotation_cases;
+mod probe_cases;

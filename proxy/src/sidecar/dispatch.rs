@@ -52,6 +52,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Shared;
 use super::authz::{ConnAuthz, ConnVerdict};
+use super::counted::Counted;
 use super::http::{self as l7, AppSide, HttpVersion, PeerHeaders};
 use super::lazy::LazyUpstream;
 use super::prefixed::{self, Prefixed};
@@ -133,7 +134,9 @@ pub async fn dispatch<D, U, F, Fut>(
         peer_headers,
         app,
     };
-    let downstream = Prefixed::new(prefix, downstream);
+    let counter = shared.metrics.bytes_counter(conn.direction());
+    counter.inc_by(prefix.len() as u64);
+    let downstream = Prefixed::new(prefix, Counted::new(downstream, counter));
     match first {
         FirstBytes::Http(version) => {
             let upstream = LazyUpstream::new(connect());
@@ -229,7 +232,6 @@ impl AppConnection<'_> {
         )
         .await;
         super::splice::forward_reset(end, &mut downstream, &mut upstream);
-        self.shared.count_bytes(direction, copied);
         if tripped.load(Ordering::Relaxed) {
             self.authz
                 .audit_closed("an HTTP request line on a connection decided as TCP");

@@ -16,6 +16,11 @@
 //! certificate is still valid starts with it and renews at once, over mTLS
 //! with that certificate. The join token is only redeemed when nothing valid
 //! is kept.
+//!
+//! With `workload` configured, every attestation and renewal carries the
+//! runtime fingerprint ([`super::fingerprint`]) as `reported`, mined just
+//! before the request; a failure to mine sends the last good facts and
+//! never delays the request.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,6 +29,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::fingerprint::Fingerprinter;
 use super::metadata::{self, Endpoint};
 use super::state_dir::{Kept, StateDir};
 use super::tls::LocalIdentity;
@@ -162,6 +168,18 @@ pub(super) struct Renewer {
     /// certificate: its claims may be stale, and the authority may have
     /// revoked it meanwhile).
     pub renew_now: bool,
+    /// Mines the facts sent as `reported`, if `workload` is configured.
+    pub fingerprint: Option<Arc<Fingerprinter>>,
+}
+
+/// The facts to send as `reported` now.
+async fn reported(
+    fingerprint: Option<&Fingerprinter>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match fingerprint {
+        Some(f) => f.reported().await,
+        None => None,
+    }
 }
 
 /// The first identity: the one kept in `state` if it is still valid,
@@ -173,6 +191,7 @@ pub(super) async fn first_certificate(
     bundle: &TrustBundle,
     source: ProofSource<'_>,
     state: Option<&StateDir>,
+    fingerprint: Option<&Fingerprinter>,
 ) -> Result<(LocalIdentity, Bootstrap), SidecarError> {
     if let Some(state) = state {
         match state.load(bundle) {
@@ -208,7 +227,10 @@ pub(super) async fn first_certificate(
                 continue;
             }
         };
-        match client.attest(&fresh.csr_pem, proof).await {
+        match client
+            .attest(&fresh.csr_pem, proof, reported(fingerprint).await)
+            .await
+        {
             Ok(issued) => {
                 let identity = identity_from(&issued, &fresh.key_pem, bundle)?;
                 keep(state, &fresh.key_pem, &issued);
@@ -261,6 +283,7 @@ pub(super) async fn keep_renewed(
         client,
         state,
         mut renew_now,
+        fingerprint,
     } = renewer;
     loop {
         if !std::mem::take(&mut renew_now) {
@@ -274,7 +297,7 @@ pub(super) async fn keep_renewed(
 
         let mut backoff = Duration::from_millis(500);
         loop {
-            match renew_once(&shared, &client, state.as_ref()).await {
+            match renew_once(&shared, &client, state.as_ref(), fingerprint.as_deref()).await {
                 Ok(identity) => {
                     tracing::info!(id = %identity.id, not_after = identity.not_after, "certificate renewed");
                     identity_json.store(Arc::new(identity.admin_json()));
@@ -311,11 +334,13 @@ async fn renew_once(
     shared: &Shared,
     client: &AuthorityClient,
     state: Option<&StateDir>,
+    fingerprint: Option<&Fingerprinter>,
 ) -> Result<LocalIdentity, String> {
     let fresh = new_key_and_csr().map_err(|e| e.to_string())?;
+    let reported = reported(fingerprint).await;
     let current = shared.tls.identity.load().certified.clone();
     let issued = client
-        .renew(&fresh.csr_pem, current)
+        .renew(&fresh.csr_pem, current, reported)
         .await
         .map_err(|e: ClientError| e.to_string())?;
     let identity = identity_from(&issued, &fresh.key_pem, &shared.tls.bundle.load())

@@ -60,8 +60,10 @@ macro_rules! forward_async_write {
 pub(crate) use forward_async_write;
 
 pub mod authz;
+mod counted;
 mod dispatch;
 mod fd_budget;
+pub mod fingerprint;
 mod from_authority;
 pub mod http;
 pub mod inbound;
@@ -105,7 +107,6 @@ use crate::identity::verify::{BundleError, PeerRole, TrustBundle, VerifiedPeer};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
 use rustls_pki_types::CertificateDer;
-use splice::Copied;
 use state_dir::StateDir;
 use tls::{IdentityError, LocalIdentity, TlsState};
 
@@ -414,11 +415,6 @@ impl Shared {
     fn authorization_changed(&self) {
         self.policy_version.send_modify(|v| *v += 1);
     }
-
-    fn count_bytes(&self, direction: MetricsDirection, copied: Copied) {
-        self.metrics
-            .bytes(direction, copied.to_upstream + copied.to_downstream);
-    }
 }
 
 /// Loads a policy file into a compiled policy.
@@ -578,6 +574,7 @@ pub async fn run_until(
             cloud,
             metadata_endpoint,
             state_dir,
+            workload,
         } => {
             let trust =
                 TrustBundle::from_pem_file(bundle, config.trust_domains.clone()).map_err(|e| {
@@ -600,8 +597,11 @@ pub async fn run_until(
                 metadata_endpoint.as_deref(),
                 url,
             )?;
+            let fingerprint = workload
+                .clone()
+                .map(|w| Arc::new(fingerprint::Fingerprinter::new(w)));
             let (first, how) = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, source, state.as_ref()) => first?,
+                first = from_authority::first_certificate(&client, &trust, source, state.as_ref(), fingerprint.as_deref()) => first?,
                 never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
@@ -609,6 +609,7 @@ pub async fn run_until(
                 client,
                 state,
                 renew_now: how == from_authority::Bootstrap::Kept,
+                fingerprint,
             };
             (first, trust, Some(renewer), None)
         }

@@ -67,8 +67,11 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
         match Box::pin(external(shared, &app, app_addr, destination)).await {
             External::PassThrough => {
                 if let Some(mut upstream) = shared.connect(destination).await {
-                    let mut app = app;
-                    let (end, copied) = super::splice::splice(
+                    let mut app = super::counted::Counted::new(
+                        app,
+                        shared.metrics.bytes_counter(MetricsDirection::Outbound),
+                    );
+                    let (end, _) = super::splice::splice(
                         &mut app,
                         &mut upstream,
                         &[],
@@ -82,7 +85,6 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
                     )
                     .await;
                     super::splice::forward_reset(end, &mut app, &mut upstream);
-                    shared.count_bytes(MetricsDirection::Outbound, copied);
                 }
                 return;
             }

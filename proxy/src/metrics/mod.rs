@@ -49,8 +49,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
+pub mod exposition;
+
 /// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = exposition::OPENMETRICS_CONTENT_TYPE;
 
 /// Which way a connection goes, as seen from this sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -484,6 +486,12 @@ impl Metrics {
         self.bytes[direction.index()].inc_by(n);
     }
 
+    /// The `appid_bytes_total` counter of `direction`, for a connection to
+    /// count into as its bytes move (a shared atomic: no lookup per read).
+    pub fn bytes_counter(&self, direction: Direction) -> Counter {
+        self.bytes[direction.index()].clone()
+    }
+
     /// One HTTP request finished with `status` after `elapsed`.
     pub fn http_request(&self, direction: Direction, status: u16, elapsed: Duration) {
         self.http_requests
@@ -527,6 +535,14 @@ impl Metrics {
             out.push_str("# EOF\n");
         }
         out
+    }
+
+    /// The exposition in `format` ([`exposition`]).
+    pub fn encode_as(&self, format: exposition::Format) -> String {
+        match format {
+            exposition::Format::OpenMetrics => self.encode(),
+            exposition::Format::PrometheusText => exposition::to_prometheus_text(&self.encode()),
+        }
     }
 }
 

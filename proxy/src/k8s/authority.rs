@@ -1,0 +1,344 @@
+//! `appid authority manifests`: the authority in the cluster.
+//!
+//! A Namespace (Pod Security `restricted`), a ServiceAccount that mounts no
+//! API token (the authority never calls the Kubernetes API, so no RBAC), a
+//! Service on 15170 (`https://appid-authority.<namespace>:15170`, the URL
+//! `appid inject config` defaults to), and a one-replica StatefulSet: the
+//! authority is a single writer of one SQLite file, kept on a
+//! PersistentVolumeClaim, and a StatefulSet never runs two pods of the same
+//! identity at once (a Deployment's rolling update would). Two things are
+//! the user's to create, because they come from outside the cluster's YAML:
+//! the Secret `appid-ca` (the CA from `appid authority init`) and the
+//! ConfigMap `appid-k8s-jwks` (the cluster's service-account issuer keys
+//! from `kubectl get --raw /openid/v1/jwks`); the header comment says how.
+//!
+//! The authority wants `ca.pem`, `ca.key` and `authority.db` in one
+//! `--dir`: the state volume is that directory, and the Secret's two files
+//! are mounted into it one by one (`subPath`), read-only, group-readable by
+//! the pod's `fsGroup` only.
+
+use super::yaml::quote;
+use crate::identity::spiffe;
+use crate::inject::{AUTHORITY_PORT, PROXY_UID, TOKEN_AUDIENCE, default_image};
+
+/// The Service, StatefulSet and ServiceAccount name.
+pub const NAME: &str = "appid-authority";
+/// Where the authority runs unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "appid-system";
+/// The Secret with `ca.pem` and `ca.key`.
+pub const CA_SECRET: &str = "appid-ca";
+/// The ConfigMap with the cluster's JWKS, key `jwks.json`.
+pub const JWKS_CONFIG_MAP: &str = "appid-k8s-jwks";
+/// The service-account issuer of most clusters (`issuer` in
+/// `kubectl get --raw /.well-known/openid-configuration`).
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The authority's `--dir` (the state volume).
+pub const STATE_DIR: &str = "/var/lib/appid";
+/// Where the JWKS ConfigMap is mounted.
+const JWKS_DIR: &str = "/etc/appid-k8s";
+
+/// What varies.
+#[derive(Debug, Clone)]
+pub struct Options<'a> {
+    pub trust_domain: &'a str,
+    pub namespace: &'a str,
+    pub image: &'a str,
+    pub k8s_issuer: &'a str,
+    /// The state volume's size, a Kubernetes quantity (`1Gi`).
+    pub storage: &'a str,
+    /// The state volume's StorageClass; the cluster's default when absent.
+    pub storage_class: Option<&'a str>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            trust_domain: "",
+            namespace: DEFAULT_NAMESPACE,
+            image: "",
+            k8s_issuer: DEFAULT_ISSUER,
+            storage: "1Gi",
+            storage_class: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{flag} `{value}`: {reason}")]
+pub struct ManifestsError {
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> ManifestsError {
+    ManifestsError {
+        flag,
+        value: value.escape_debug().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The manifests, one YAML stream.
+pub fn manifests(options: &Options<'_>) -> Result<String, ManifestsError> {
+    let Options {
+        trust_domain: td,
+        namespace: ns,
+        image,
+        k8s_issuer: issuer,
+        storage,
+        storage_class,
+    } = *options;
+    spiffe::validate_trust_domain(td).map_err(|e| {
+        bad(
+            "--trust-domain",
+            td,
+            format!("{e}; write e.g. prod.example"),
+        )
+    })?;
+    super::check_namespace(ns).map_err(|e| bad("--namespace", ns, e))?;
+    let image = if image.is_empty() {
+        default_image()
+    } else {
+        image.to_owned()
+    };
+    super::check_image(&image).map_err(|e| bad("--image", &image, e))?;
+    if !issuer.starts_with("https://")
+        || issuer.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            "--k8s-issuer",
+            issuer,
+            "not an https:// URL; copy `issuer` from `kubectl get --raw /.well-known/openid-configuration`",
+        ));
+    }
+    if !is_quantity(storage) {
+        return Err(bad(
+            "--storage",
+            storage,
+            "not a Kubernetes quantity; write e.g. 1Gi",
+        ));
+    }
+    let storage_class = match storage_class {
+        Some(class) if !is_dns_subdomain(class) => {
+            return Err(bad(
+                "--storage-class",
+                class,
+                "not a StorageClass name (lowercase letters, digits, '-' and '.')",
+            ));
+        }
+        Some(class) => format!("\n      storageClassName: {class}"),
+        None => String::new(),
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let uid = PROXY_UID;
+    let port = AUTHORITY_PORT;
+    let labels = "app.kubernetes.io/name: appid-authority\n    app.kubernetes.io/part-of: appid";
+    Ok(format!(
+        r#"# The appid authority for trust domain {td}, in namespace {ns}.
+# Generated by `appid authority manifests` (appid {version}). Then:
+#
+#   appid authority init --trust-domain {td} --dir ca     # once; keep ca/ca.key safe
+#   kubectl apply -f THIS_FILE                             # the pod waits for the two below
+#   kubectl -n {ns} create secret generic {CA_SECRET} \
+#       --from-file=ca.pem=ca/ca.pem --from-file=ca.key=ca/ca.key
+#   kubectl get --raw /openid/v1/jwks > cluster-jwks.json
+#   kubectl -n {ns} create configmap {JWKS_CONFIG_MAP} --from-file=jwks.json=cluster-jwks.json
+#
+# When the cluster rotates its service-account keys, re-create the ConfigMap
+# and `kubectl -n {ns} rollout restart statefulset/{NAME}`. Registrations:
+#   kubectl -n {ns} exec {NAME}-0 -- appid authority register --dir {STATE_DIR} \
+#       --k8s-namespace NS --k8s-service-account SA --label app=...
+# The authority never calls the Kubernetes API: no RBAC, no API token.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+  labels:
+    app.kubernetes.io/part-of: appid
+    pod-security.kubernetes.io/enforce: restricted
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {NAME}
+  namespace: {ns}
+  labels:
+    {labels}
+automountServiceAccountToken: false
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {NAME}
+  namespace: {ns}
+  labels:
+    {labels}
+spec:
+  selector:
+    app.kubernetes.io/name: appid-authority
+  ports:
+  - name: https
+    port: {port}
+    targetPort: authority
+    protocol: TCP
+    appProtocol: https
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {NAME}
+  namespace: {ns}
+  labels:
+    {labels}
+spec:
+  serviceName: {NAME}
+  # One SQLite file, one writer: never more than one replica.
+  replicas: 1
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: appid-authority
+  template:
+    metadata:
+      labels:
+        {labels_pod}
+      annotations:
+        appid.dev/inject: "false"
+        appid.dev/trust-domain: {td_quoted}
+    spec:
+      serviceAccountName: {NAME}
+      automountServiceAccountToken: false
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: {uid}
+        runAsGroup: {uid}
+        fsGroup: {uid}
+        seccompProfile:
+          type: RuntimeDefault
+      containers:
+      - name: authority
+        image: {image_quoted}
+        args:
+        - authority
+        - serve
+        - --dir
+        - {STATE_DIR}
+        - --listen
+        - "0.0.0.0:{port}"
+        - --k8s-jwks
+        - {JWKS_DIR}/jwks.json
+        - --k8s-issuer
+        - {issuer_quoted}
+        - --k8s-audience
+        - {TOKEN_AUDIENCE}
+        ports:
+        - name: authority
+          containerPort: {port}
+          protocol: TCP
+        readinessProbe:
+          httpGet:
+            path: /healthz
+            port: authority
+            scheme: HTTPS
+          periodSeconds: 5
+        livenessProbe:
+          httpGet:
+            path: /healthz
+            port: authority
+            scheme: HTTPS
+          periodSeconds: 10
+          failureThreshold: 6
+        resources:
+          requests:
+            cpu: 50m
+            memory: 64Mi
+          limits:
+            memory: 256Mi
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities:
+            drop: [ALL]
+        env:
+        # SQLite's temporary files.
+        - name: TMPDIR
+          value: /tmp
+        volumeMounts:
+        - name: state
+          mountPath: {STATE_DIR}
+        # The CA's two files, into the same directory as the database.
+        - name: ca
+          mountPath: {STATE_DIR}/ca.pem
+          subPath: ca.pem
+          readOnly: true
+        - name: ca
+          mountPath: {STATE_DIR}/ca.key
+          subPath: ca.key
+          readOnly: true
+        - name: jwks
+          mountPath: {JWKS_DIR}
+          readOnly: true
+        - name: tmp
+          mountPath: /tmp
+      volumes:
+      - name: ca
+        secret:
+          secretName: {CA_SECRET}
+          # 0440: the key is readable by the pod's group (fsGroup) only.
+          defaultMode: 288
+      - name: jwks
+        configMap:
+          name: {JWKS_CONFIG_MAP}
+      - name: tmp
+        emptyDir: {{}}
+  volumeClaimTemplates:
+  - metadata:
+      name: state
+      labels:
+        app.kubernetes.io/name: appid-authority
+    spec:
+      accessModes: [ReadWriteOnce]{storage_class}
+      resources:
+        requests:
+          storage: {storage}
+"#,
+        labels_pod = labels.replace("\n    ", "\n        "),
+        td_quoted = quote(td),
+        image_quoted = quote(&image),
+        issuer_quoted = quote(issuer),
+    ))
+}
+
+/// A Kubernetes quantity as people write storage sizes: digits, an optional
+/// fraction, an optional binary or decimal suffix.
+fn is_quantity(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &text[digits.len()..];
+    let number = digits.split_once('.').map_or(
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()),
+        |(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+        },
+    );
+    number
+        && matches!(
+            suffix,
+            "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "k" | "M" | "G" | "T" | "P" | "E"
+        )
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests;

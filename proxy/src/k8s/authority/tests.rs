@@ -1,0 +1,240 @@
+use serde_json::{Value as Json, json};
+
+use super::*;
+use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE};
+
+fn options(td: &str) -> Options<'_> {
+    Options {
+        trust_domain: td,
+        ..Options::default()
+    }
+}
+
+fn docs(yaml: &str) -> Vec<Json> {
+    serde_saphyr::from_multiple::<Json>(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn find<'j>(list: &'j Json, name: &str) -> &'j Json {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+#[test]
+fn the_authority_deployment() {
+    let yaml = manifests(&options("prod.example")).unwrap();
+    let docs = docs(&yaml);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Namespace", "ServiceAccount", "Service", "StatefulSet"]
+    );
+    for doc in &docs[1..] {
+        assert_eq!(doc["metadata"]["namespace"], DEFAULT_NAMESPACE);
+        assert_eq!(doc["metadata"]["name"], NAME);
+    }
+    assert_eq!(docs[0]["metadata"]["name"], DEFAULT_NAMESPACE);
+    assert_eq!(docs[1]["automountServiceAccountToken"], false);
+
+    let service = &docs[2]["spec"];
+    assert_eq!(service["ports"][0]["port"], AUTHORITY_PORT);
+    let set = &docs[3]["spec"];
+    assert_eq!(set["replicas"], 1);
+    assert_eq!(set["serviceName"], NAME);
+    assert_eq!(service["selector"], set["selector"]["matchLabels"]);
+    let pod = &set["template"];
+    assert_eq!(pod["metadata"]["annotations"]["appid.dev/inject"], "false");
+    assert_eq!(
+        pod["metadata"]["annotations"]["appid.dev/trust-domain"],
+        "prod.example"
+    );
+    for (k, v) in set["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k], v);
+    }
+    let spec = &pod["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["securityContext"]["fsGroup"], PROXY_UID);
+    let container = &spec["containers"][0];
+    assert_eq!(container["image"], default_image());
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "authority",
+            "serve",
+            "--dir",
+            STATE_DIR,
+            "--listen",
+            "0.0.0.0:15170",
+            "--k8s-jwks",
+            "/etc/appid-k8s/jwks.json",
+            "--k8s-issuer",
+            DEFAULT_ISSUER,
+            "--k8s-audience",
+            TOKEN_AUDIENCE,
+        ]
+    );
+    // The real command line parses them.
+    crate::cli::parses(&args).unwrap();
+    assert_eq!(
+        find(&container["ports"], "authority")["containerPort"],
+        AUTHORITY_PORT
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "authority", "scheme": "HTTPS"})
+    );
+
+    // The state volume is the authority's --dir; the CA's two files are
+    // mounted into it under the names the authority reads.
+    let mounts = &container["volumeMounts"];
+    let state = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "state")
+        .unwrap();
+    assert_eq!(state["mountPath"], STATE_DIR);
+    let ca: Vec<(&str, &str)> = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "ca")
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap(),
+                m["subPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ca,
+        [
+            (format!("{STATE_DIR}/{CA_CERT_FILE}").as_str(), CA_CERT_FILE),
+            (format!("{STATE_DIR}/{CA_KEY_FILE}").as_str(), CA_KEY_FILE)
+        ]
+    );
+    let jwks = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "jwks")
+        .unwrap();
+    assert_eq!(
+        format!("{}/jwks.json", jwks["mountPath"].as_str().unwrap()),
+        args[7]
+    );
+    assert_eq!(
+        find(&spec["volumes"], "ca")["secret"],
+        json!({"secretName": CA_SECRET, "defaultMode": 0o440})
+    );
+    assert_eq!(
+        find(&spec["volumes"], "jwks")["configMap"]["name"],
+        JWKS_CONFIG_MAP
+    );
+    let claim = &set["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "state");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert!(claim["spec"].get("storageClassName").is_none());
+
+    // The header says how to make the Secret and the ConfigMap.
+    for needle in [
+        "appid authority init --trust-domain prod.example",
+        "create secret generic appid-ca",
+        "--from-file=ca.pem=ca/ca.pem --from-file=ca.key=ca/ca.key",
+        "kubectl get --raw /openid/v1/jwks",
+        "create configmap appid-k8s-jwks --from-file=jwks.json=",
+        "no RBAC",
+    ] {
+        assert!(yaml.contains(needle), "{needle:?} not in the header");
+    }
+}
+
+#[test]
+fn options_reach_the_manifests() {
+    let yaml = manifests(&Options {
+        trust_domain: "prod.example",
+        namespace: "security",
+        image: "registry.example/appid:2.0",
+        k8s_issuer: "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC",
+        storage: "500Mi",
+        storage_class: Some("fast-ssd"),
+    })
+    .unwrap();
+    let docs = docs(&yaml);
+    assert_eq!(docs[0]["metadata"]["name"], "security");
+    let set = &docs[3]["spec"];
+    let container = &set["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/appid:2.0");
+    assert_eq!(
+        container["args"][9],
+        "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC"
+    );
+    let claim = &set["volumeClaimTemplates"][0]["spec"];
+    assert_eq!(claim["storageClassName"], "fast-ssd");
+    assert_eq!(claim["resources"]["requests"]["storage"], "500Mi");
+}
+
+#[test]
+fn bad_options_name_the_flag() {
+    let base = options("prod.example");
+    for (options, flag) in [
+        (options("Prod Example"), "--trust-domain"),
+        (
+            Options {
+                namespace: "Appid",
+                ..base.clone()
+            },
+            "--namespace",
+        ),
+        (
+            Options {
+                image: "a b",
+                ..base.clone()
+            },
+            "--image",
+        ),
+        (
+            Options {
+                k8s_issuer: "http://kubernetes",
+                ..base.clone()
+            },
+            "--k8s-issuer",
+        ),
+        (
+            Options {
+                storage: "lots",
+                ..base.clone()
+            },
+            "--storage",
+        ),
+        (
+            Options {
+                storage: "1GB",
+                ..base.clone()
+            },
+            "--storage",
+        ),
+        (
+            Options {
+                storage_class: Some("Fast_SSD"),
+                ..base.clone()
+            },
+            "--storage-class",
+        ),
+    ] {
+        let err = manifests(&options).unwrap_err();
+        assert_eq!(err.flag, flag, "{err}");
+        assert!(err.to_string().starts_with(flag), "{err}");
+    }
+    for good in ["1Gi", "10G", "1.5Gi", "512", "100k"] {
+        assert!(is_quantity(good), "{good}");
+    }
+}
