@@ -15,22 +15,29 @@
 //!     ├── veth ── ns pod-b 10.80.0.3    web-7d4b9c6f5-bbbbb
 //!     └── veth ── ns pod-b 10.80.0.4    web-7d4b9c6f5-ccccc (pod-b recreated)
 //!
-//!  each pod: app (python http.server :8080, /healthz)          as root
-//!            appid-init's args from `appid inject`: redirect install
-//!            appid-proxy's args from `appid inject`            as uid 1337
+//!  each pod: app (python http.server :8080, /healthz)         as root
+//!            appid-init: its args and env                       as root
+//!            appid-proxy: its args, env (APPID_APP_PROBES)      as uid 1337
 //!            /etc/appid/{proxy,policy}.yaml, ca.pem      the ConfigMap
 //!            /var/run/appid/identity/token               the projected token
 //!            /var/run/appid/run/                         the emptyDir
 //! ```
 //!
-//! The pods' paths live under each pod's own directory: the config's
-//! absolute `/etc/appid/…` and `/var/run/appid/…` are read there.
+//! What the pods run is what `appid inject` makes of one Deployment (a web
+//! container with an `httpGet` readiness probe on a named port): the init
+//! container's and the sidecar's args and env, and kubelet's probes (the
+//! sidecar's, and the app's as rewritten to the health port); their config
+//! is the ConfigMap `appid inject config` prints. So a change to inject's
+//! output that does not work in a pod fails here. The absolute volume
+//! paths (`/etc/appid/…`, `/var/run/appid/…`) in that output are read
+//! under each pod's own directory.
 //!
 //! Covered:
-//! - both pods become ready (the health port's `/ready`, as the injected
-//!   startup probe asks) with `spiffe://k8s.example/ns/shop/sa/web`, each
-//!   from its own token (`cloud.tags.pod` names it), with its own key and
-//!   serial; the authority logs exactly two k8s redemptions;
+//! - both pods pass kubelet's probes from the node (the sidecar's
+//!   startup, readiness and liveness, the app's readiness) and are
+//!   `spiffe://k8s.example/ns/shop/sa/web`, each from its own token
+//!   (`cloud.tags.pod` names it), with its own key and serial; the
+//!   authority logs exactly two k8s redemptions;
 //! - pod-a's app reaches pod-b's app through both sidecars, allowed by the
 //!   policy's rule and audited on both sides with the SPIFFE ID;
 //! - pod-b's sidecar, SIGKILLed and restarted over an expired token, comes
@@ -111,16 +118,18 @@ rules:
 // ---------------------------------------------------------------------------
 // What `appid inject` makes of the Deployment
 
-/// The injected pod template: what the pods run.
+/// The injected pod template: what the pods run, and what kubelet asks.
 struct Injected {
-    /// `appid-init`'s args (`redirect install …`).
+    /// `appid-init`'s args (`redirect install …`) and environment.
     init_args: Vec<String>,
-    /// `appid-proxy`'s args (`proxy --config /etc/appid/proxy.yaml`).
+    init_env: Vec<(String, String)>,
+    /// `appid-proxy`'s args (`proxy --config /etc/appid/proxy.yaml`) and
+    /// environment (`APPID_APP_PROBES`).
     proxy_args: Vec<String>,
-    /// `appid-proxy`'s environment.
     proxy_env: Vec<(String, String)>,
-    /// Where the app container's readiness probe points: (path, port).
-    readiness: (String, u16),
+    /// kubelet's `httpGet` probes of the pod, (path, port): appid-proxy's
+    /// startup, readiness and liveness probes, then the app's readiness.
+    probes: Vec<(String, u16)>,
 }
 
 impl Injected {
@@ -140,86 +149,53 @@ impl Injected {
                 .unwrap_or_else(|| panic!("no {list} {name} in\n{yaml}"))
         };
         let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .unwrap_or_else(|| panic!("a list: {v}"))
-                .iter()
+            let all = v.as_array().unwrap_or_else(|| panic!("a list: {v}"));
+            all.iter()
                 .map(|s| s.as_str().expect("a string").to_owned())
                 .collect()
         };
+        let env = |c: &Value| -> Vec<(String, String)> {
+            let all = c["env"].as_array().into_iter().flatten();
+            all.filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+                .collect()
+        };
+        let http_get = |c: &Value, probe: &str| -> (String, u16) {
+            let get = &c[probe]["httpGet"];
+            let path = get["path"].as_str().map(str::to_owned);
+            let port = get["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+            let (Some(path), Some(port)) = (path, port) else {
+                panic!(
+                    "{} {probe} is not httpGet on a port number:\n{yaml}",
+                    c["name"]
+                );
+            };
+            (path, port)
+        };
+        let init = container("initContainers", "appid-init");
         let proxy = container("initContainers", "appid-proxy");
-        let mut proxy_env: Vec<(String, String)> = proxy["env"]
-            .as_array()
-            .map(|env| {
-                env.iter()
-                    .map(|e| {
-                        let value = e["value"].as_str().expect("a value");
-                        (e["name"].as_str().expect("a name").into(), value.into())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !proxy_env.iter().any(|(k, _)| k == "APPID_APP_PROBES") {
-            proxy_env.push(("APPID_APP_PROBES".into(), by_hand::app_probes()));
-        }
-        let probe = &container("containers", "web")["readinessProbe"]["httpGet"];
+        let app = container("containers", "web");
+        let proxy_env = env(&proxy);
+        assert!(
+            proxy_env.iter().any(|(name, _)| name == "APPID_APP_PROBES"),
+            "inject gave appid-proxy no APPID_APP_PROBES:\n{yaml}"
+        );
+        let mut probes: Vec<(String, u16)> = ["startupProbe", "readinessProbe", "livenessProbe"]
+            .into_iter()
+            .map(|probe| http_get(&proxy, probe))
+            .collect();
+        probes.push(http_get(&app, "readinessProbe"));
         Injected {
-            init_args: strings(&container("initContainers", "appid-init")["args"]),
+            init_args: strings(&init["args"]),
+            init_env: env(&init),
             proxy_args: strings(&proxy["args"]),
             proxy_env,
-            readiness: by_hand::readiness(probe),
+            probes,
         }
     }
-}
 
-/// What the injected pods need that `appid inject` (on this branch) does
-/// not write yet: the ConfigMap `appid-sidecar`, the app probes the sidecar
-/// runs, and the app's readiness probe rewritten to the health port. Written
-/// here as README "Kubernetes: `appid inject`" and "Health port and kubelet
-/// probes" describe them.
-mod by_hand {
-    use super::*;
-
-    /// `proxy.yaml` of the ConfigMap, for an authority at `url`.
-    pub fn proxy_yaml(url: &str) -> String {
-        format!(
-            r#"identity:
-  authority:
-    url: "{url}"
-    bundle: /etc/appid/ca.pem
-    k8s_token_file: /var/run/appid/identity/token
-    state_dir: /var/run/appid/run/state
-trust_domains: ["{TRUST_DOMAIN}"]
-policy: /etc/appid/policy.yaml
-inbound:
-  - listen: "0.0.0.0:15106"
-  - listen: "[::]:15106"
-outbound:
-  - listen: "127.0.0.1:15101"
-  - listen: "[::1]:15101"
-admin: "127.0.0.1:15190"
-health: "[::]:{HEALTH_PORT}"
-audit_log: "-"
-"#
-        )
-    }
-
-    /// `APPID_APP_PROBES` for the Deployment's readiness probe.
-    pub fn app_probes() -> String {
-        json!({"/app-health/web/readyz": {"httpGet": {"path": "/healthz", "port": APP_PORT,
-                                                       "scheme": "HTTP"}}})
-        .to_string()
-    }
-
-    /// The readiness probe as kubelet runs it: rewritten to the health port
-    /// when inject did so, else as injection will rewrite it.
-    pub fn readiness(probe: &Value) -> (String, u16) {
-        match probe["port"].as_u64() {
-            Some(port) => (
-                probe["path"].as_str().expect("a path").into(),
-                u16::try_from(port).expect("a port"),
-            ),
-            None => ("/app-health/web/readyz".into(), HEALTH_PORT),
-        }
+    /// The app container's readiness probe, as kubelet runs it.
+    fn app_readiness(&self) -> &(String, u16) {
+        self.probes.last().expect("the app's readiness probe")
     }
 }
 
@@ -231,12 +207,41 @@ struct ConfigMap {
 }
 
 impl ConfigMap {
-    /// The namespace's ConfigMap for the node's authority.
+    /// `appid inject config` for namespace shop, the node's authority, the
+    /// policy and the CA's bundle: the ConfigMap's `data`.
     fn new(node: &Node) -> ConfigMap {
+        let policy = node.dir.path().join("policy.yaml");
+        fs::write(&policy, POLICY).expect("write policy");
+        let url = node.authority_url();
+        let bundle = node.ca_dir().join("ca.pem");
+        let out = appid(&[
+            "inject",
+            "config",
+            "--namespace",
+            NAMESPACE,
+            "--authority-url",
+            &url,
+            "--bundle",
+            path_str(&bundle),
+            "--policy",
+            path_str(&policy),
+        ]);
+        let yaml = String::from_utf8(out.stdout).expect("UTF-8 YAML");
+        let doc: Value = serde_saphyr::from_str(&yaml)
+            .unwrap_or_else(|e| panic!("inject config's output is not YAML: {e}\n{yaml}"));
+        assert_eq!(doc["kind"], "ConfigMap", "{yaml}");
+        assert_eq!(doc["metadata"]["name"], "appid-sidecar", "{yaml}");
+        assert_eq!(doc["metadata"]["namespace"], NAMESPACE, "{yaml}");
+        let file = |key: &str| -> String {
+            let value = doc["data"][key].as_str();
+            value
+                .unwrap_or_else(|| panic!("no data.{key} in\n{yaml}"))
+                .to_owned()
+        };
         ConfigMap {
-            proxy_yaml: by_hand::proxy_yaml(&node.authority_url()),
-            policy_yaml: POLICY.into(),
-            ca_pem: fs::read(node.ca_dir().join("ca.pem")).expect("read ca.pem"),
+            proxy_yaml: file("proxy.yaml"),
+            policy_yaml: file("policy.yaml"),
+            ca_pem: file("ca.pem").into_bytes(),
         }
     }
 }
@@ -383,7 +388,8 @@ impl Pod {
         let mut pod = pod;
         pod.start_app();
         let init: Vec<&str> = injected.init_args.iter().map(String::as_str).collect();
-        pod.host.install_redirect_with(&init);
+        let env = pod.rooted_env(&injected.init_env);
+        pod.host.install_redirect_with(&init, &pairs(&env));
         pod.start_sidecar(injected);
         pod
     }
@@ -427,12 +433,14 @@ impl Pod {
     fn start_sidecar(&mut self, injected: &Injected) {
         assert_eq!(injected.proxy_args[..2], ["proxy", "--config"]);
         let config = PathBuf::from(self.rooted(&injected.proxy_args[2]));
-        let env: Vec<(&str, &str)> = injected
-            .proxy_env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.host.start_sidecar_with(&config, &env);
+        let env = self.rooted_env(&injected.proxy_env);
+        self.host.start_sidecar_with(&config, &pairs(&env));
+    }
+
+    /// An environment with the volumes' paths moved into this pod's dir.
+    fn rooted_env(&self, env: &[(String, String)]) -> Vec<(String, String)> {
+        let rooted = |(k, v): &(String, String)| (k.clone(), self.rooted(v));
+        env.iter().map(rooted).collect()
     }
 
     /// The identity kept in the emptyDir: (certificate serial, private
@@ -457,6 +465,11 @@ impl Pod {
     fn url(&self, port: u16, path: &str) -> String {
         format!("http://{}:{port}{path}", self.ip)
     }
+}
+
+/// `(&str, &str)` views of owned pairs.
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// The serial of the (first) certificate in `pem` (`appid cert inspect`).
@@ -512,16 +525,14 @@ fn expect_line(line: &Value, expected: Value) {
     }
 }
 
-/// Kubelet sees the pod ready: the sidecar's `/ready` on the health port
-/// (the injected startup probe) and the app's readiness probe as rewritten.
+/// kubelet sees the pod started, ready and live: every `httpGet` probe of
+/// the injected template, from the node, answers 200.
 fn assert_ready(deployment: &Deployment, pod: &Pod) {
-    let context = || deployment.context(&[pod]);
-    let ready = deployment.node.curl(&pod.url(HEALTH_PORT, "/ready"));
-    assert_eq!(ready.status, Some(200), "{ready:?}\n{}", context());
-    let (path, port) = &deployment.injected.readiness;
-    let probe = deployment.node.curl(&pod.url(*port, path));
-    assert_eq!(probe.status, Some(200), "{path}: {probe:?}\n{}", context());
-    assert_eq!(probe.body, "ok\n", "{probe:?}");
+    for (path, port) in &deployment.injected.probes {
+        let probe = deployment.node.curl(&pod.url(*port, path));
+        let context = || deployment.context(&[pod]);
+        assert_eq!(probe.status, Some(200), "{path}: {probe:?}\n{}", context());
+    }
 }
 
 /// The pod's identity is shop/web's, from its own token.
@@ -646,7 +657,7 @@ fn kubelet_probes_from_the_node_pass_a_default_deny_policy_only_through_the_heal
 
     // kubelet's readiness probe, as `appid inject` rewrote it: the sidecar
     // runs the app's own probe and answers with its status.
-    let (path, port) = &deployment.injected.readiness;
+    let (path, port) = deployment.injected.app_readiness();
     assert_eq!(
         (path.as_str(), *port),
         ("/app-health/web/readyz", HEALTH_PORT)

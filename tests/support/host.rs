@@ -14,7 +14,8 @@ use std::process::Output;
 use serde_json::Value;
 
 use super::netns::{
-    Netns, PROXY_UID, Proc, READY_WAIT, path_str, python, temp_dir, text, wait_for,
+    Netns, PROXY_UID, Proc, READY_WAIT, WAIT, output_within, path_str, python, temp_dir, text,
+    wait_for,
 };
 use super::pki::APPID;
 
@@ -151,13 +152,15 @@ impl Host {
     /// `appid redirect install --proxy-uid 1337`.
     pub fn install_redirect(&self) {
         let uid = PROXY_UID.to_string();
-        self.install_redirect_with(&["redirect", "install", "--proxy-uid", &uid]);
+        self.install_redirect_with(&["redirect", "install", "--proxy-uid", &uid], &[]);
     }
 
-    /// `appid <args>` (an init container's: `redirect install ...`), which
-    /// must succeed.
-    pub fn install_redirect_with(&self, args: &[&str]) {
-        let out = self.ns.run(APPID, args);
+    /// `appid <args>` as root with `env` added (an init container's:
+    /// `redirect install ...`), which must succeed.
+    pub fn install_redirect_with(&self, args: &[&str], env: &[(&str, &str)]) {
+        let mut command = self.ns.command(APPID, args);
+        command.envs(env.iter().copied());
+        let out = output_within(command, WAIT);
         assert!(
             out.status.success(),
             "appid {}: {}",
