@@ -16,6 +16,7 @@ pub mod net;
 pub mod pki;
 pub mod sidecar;
 pub mod soak;
+pub mod stats;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
