@@ -57,7 +57,7 @@
 //! (32 hex digits) of the SHA-256 of the compact claims JSON, and the
 //! documents themselves ride in `appids` (digest → document) on the first
 //! line of each file that names them — about 0.5–2 KB once per identity per
-//! file, and 80 bytes a line after that. Only a document whose digest the
+//! file, and about 100 bytes a line after that. Only a document whose digest the
 //! current file has not carried yet is added, so a file stands on its own;
 //! after rotation the new file carries them again (a line encoded before a
 //! rotation and written after it may name a document only the older file
