@@ -27,6 +27,9 @@ use appid_proxy::identity::files;
 use appid_proxy::identity::inspect::CertInfo;
 use appid_proxy::identity::verify::TrustBundle;
 
+#[path = "k8s_cluster.rs"]
+mod k8s_cluster;
+
 fn appid() -> Command {
     Command::new(env!("CARGO_BIN_EXE_appid"))
 }
@@ -136,13 +139,26 @@ fn client(authority: &Authority) -> AuthorityClient {
 
 /// Asks for a certificate with `proof`; the claims, or the refusal text.
 fn attest(authority: &Authority, proof: Proof) -> Result<serde_json::Value, String> {
+    attest_reporting(authority, proof, None)
+}
+
+/// [`attest`], with self-reported facts.
+fn attest_reporting(
+    authority: &Authority,
+    proof: Proof,
+    reported: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let fresh = new_key_and_csr().unwrap();
     let issued = runtime
-        .block_on(client(authority).attest(&fresh.csr_pem, proof, None))
+        .block_on(client(authority).attest(
+            &fresh.csr_pem,
+            proof,
+            reported.and_then(|r| r.as_object().cloned()),
+        ))
         .map_err(|e| e.to_string())?;
     let der = files::parse_certs(Path::new("issued"), issued.certificate.as_bytes()).unwrap();
     let claims = CertInfo::from_der("issued", &der[0])
@@ -187,7 +203,13 @@ fn aws_documents_attest_once_and_bad_ones_are_refused_with_a_reason() {
         "ap-southeast-2",
     );
 
-    let claims = attest(&authority, good.clone()).expect("the valid document attests");
+    // What the sidecar reports stays under `reported`, even under vouched
+    // names; everything the document says is under `cloud`.
+    let reported = serde_json::json!({"host": {"kernel": "6.1.0"},
+        "cloud": {"instance_type": "m7.metal", "account": "000000000000"}});
+    let claims = attest_reporting(&authority, good.clone(), Some(reported.clone()))
+        .expect("the valid document attests");
+    assert_eq!(claims["reported"], reported);
     assert_eq!(claims["id"], "spiffe://prod.example/vm/web");
     assert_eq!(claims["attestation"], "aws_iid");
     assert_eq!(claims["labels"]["app"], "vm");
@@ -198,6 +220,7 @@ fn aws_documents_attest_once_and_bad_ones_are_refused_with_a_reason() {
     assert_eq!(cloud["zone"], "ap-southeast-2a");
     assert_eq!(cloud["instance"], "i-0c5541936caf78c12");
     assert_eq!(cloud["image"], "ami-0cbde744623b7506b");
+    assert_eq!(cloud["instance_type"], "t4g.small");
 
     let replay = attest(&authority, good).unwrap_err();
     assert!(replay.contains("already attested"), "{replay}");
@@ -345,70 +368,7 @@ fn the_gcp_token_attests_inside_its_validity_and_is_refused_after() {
 // ---------------------------------------------------------------------------
 // Kubernetes projected service-account tokens.
 
-const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const K8S_AUDIENCE: &str = "appid-authority";
-
-/// The test cluster's service-account issuer: an RSA key and its JWKS.
-struct Cluster {
-    key: aws_lc_rs::rsa::KeyPair,
-    jwks: String,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        use aws_lc_rs::signature::KeyPair as _;
-        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let public = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(key.public_key());
-        let jwks = serde_json::json!({"keys": [{
-            "use": "sig", "kty": "RSA", "kid": "cluster-key-1", "alg": "RS256",
-            "n": b64(&public.n), "e": b64(&public.e),
-        }]})
-        .to_string();
-        Cluster { key, jwks }
-    }
-
-    /// A token as the kubelet mounts it for pod `pod` of `ns`/`sa`, valid
-    /// ten minutes from now, for `audience`.
-    fn token(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
-        let iat = time::OffsetDateTime::now_utc().unix_timestamp() - 5;
-        let claims = serde_json::json!({
-            "aud": [audience],
-            "exp": iat + 600,
-            "iat": iat,
-            "iss": K8S_ISSUER,
-            "jti": format!("jti-{pod}-{iat}"),
-            "kubernetes.io": {
-                "namespace": ns,
-                "node": {"name": "node-1", "uid": "58456cb0-dd00-45ed-b797-5578fdceaced"},
-                "pod": {"name": pod, "uid": format!("uid-{pod}")},
-                "serviceaccount": {"name": sa, "uid": format!("uid-sa-{sa}")},
-                "warnafter": iat + 600 - 7
-            },
-            "nbf": iat,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-        });
-        let input = format!(
-            "{}.{}",
-            b64(br#"{"alg":"RS256","kid":"cluster-key-1"}"#),
-            b64(claims.to_string().as_bytes())
-        );
-        let mut signature = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                input.as_bytes(),
-                &mut signature,
-            )
-            .unwrap();
-        format!("{input}.{}", b64(&signature))
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+use k8s_cluster::{Cluster, K8S_AUDIENCE, K8S_ISSUER};
 
 /// `appid authority <args> --dir <the authority's CA dir>`.
 fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
@@ -530,12 +490,15 @@ fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
         assert_eq!(claims["labels"]["app"], "web");
         assert_eq!(claims["image"]["digest"], digest.as_str());
         assert_eq!(claims["vulns"]["high"], 1, "{claims}");
-        let cloud = &claims["cloud"];
-        assert_eq!(cloud["provider"], "kubernetes");
-        assert_eq!(cloud["tags"]["namespace"], "shop");
-        assert_eq!(cloud["tags"]["service_account"], "web");
-        assert_eq!(cloud["tags"]["pod"], pod);
-        assert_eq!(cloud["tags"]["node"], "node-1");
+        // What the token vouches for, under `k8s` (no API lookup here).
+        assert_eq!(claims["cloud"], serde_json::Value::Null, "{claims}");
+        let k8s = &claims["k8s"];
+        assert_eq!(k8s["namespace"], "shop");
+        assert_eq!(k8s["service_account"], "web");
+        assert_eq!(k8s["pod"], pod);
+        assert_eq!(k8s["pod_uid"], format!("uid-{pod}"));
+        assert_eq!(k8s["node"], "node-1");
+        assert_eq!(k8s["labels"], serde_json::Value::Null);
     }
 
     let replay = attest(&authority, Proof::K8sPsat { token: pod_a }).unwrap_err();
