@@ -22,28 +22,8 @@ mod support;
 use std::time::Duration;
 
 use support::mesh::{Mesh, MeshOptions, WEB_TO_API};
+use support::stats::{env_number, median_spread, ms};
 use support::{apps, clients};
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and (min, max) of `values`.
-fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
-}
 
 fn median(values: Vec<Duration>) -> Duration {
     let mut values = values;

@@ -19,29 +19,9 @@ use std::time::Duration;
 
 use support::apps::HttpApp;
 use support::soak::{self, Attack, Report};
+use support::stats::{env_number, median_spread, ms};
 
 const INTERVAL: Duration = Duration::from_millis(20);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and (min, max) of `values`.
-fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
-}
 
 async fn phase(attack: Attack, seconds: u64) -> Report {
     // A fresh pair per phase: nothing one phase left behind weighs on the next.

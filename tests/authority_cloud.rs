@@ -17,9 +17,6 @@
 //! join-token-only service account, and a token for another audience are
 //! refused with their reason; incomplete settings are refused at start.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,7 +26,9 @@ use appid_proxy::authority::service::Proof;
 use appid_proxy::identity::files;
 use appid_proxy::identity::inspect::CertInfo;
 use appid_proxy::identity::verify::TrustBundle;
-use support::k8s::{Cluster, K8S_AUDIENCE, K8S_ISSUER};
+
+#[path = "k8s_cluster.rs"]
+mod k8s_cluster;
 
 fn appid() -> Command {
     Command::new(env!("CARGO_BIN_EXE_appid"))
@@ -140,13 +139,26 @@ fn client(authority: &Authority) -> AuthorityClient {
 
 /// Asks for a certificate with `proof`; the claims, or the refusal text.
 fn attest(authority: &Authority, proof: Proof) -> Result<serde_json::Value, String> {
+    attest_reporting(authority, proof, None)
+}
+
+/// [`attest`], with self-reported facts.
+fn attest_reporting(
+    authority: &Authority,
+    proof: Proof,
+    reported: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let fresh = new_key_and_csr().unwrap();
     let issued = runtime
-        .block_on(client(authority).attest(&fresh.csr_pem, proof, None))
+        .block_on(client(authority).attest(
+            &fresh.csr_pem,
+            proof,
+            reported.and_then(|r| r.as_object().cloned()),
+        ))
         .map_err(|e| e.to_string())?;
     let der = files::parse_certs(Path::new("issued"), issued.certificate.as_bytes()).unwrap();
     let claims = CertInfo::from_der("issued", &der[0])
@@ -191,7 +203,13 @@ fn aws_documents_attest_once_and_bad_ones_are_refused_with_a_reason() {
         "ap-southeast-2",
     );
 
-    let claims = attest(&authority, good.clone()).expect("the valid document attests");
+    // What the sidecar reports stays under `reported`, even under vouched
+    // names; everything the document says is under `cloud`.
+    let reported = serde_json::json!({"host": {"kernel": "6.1.0"},
+        "cloud": {"instance_type": "m7.metal", "account": "000000000000"}});
+    let claims = attest_reporting(&authority, good.clone(), Some(reported.clone()))
+        .expect("the valid document attests");
+    assert_eq!(claims["reported"], reported);
     assert_eq!(claims["id"], "spiffe://prod.example/vm/web");
     assert_eq!(claims["attestation"], "aws_iid");
     assert_eq!(claims["labels"]["app"], "vm");
@@ -202,6 +220,7 @@ fn aws_documents_attest_once_and_bad_ones_are_refused_with_a_reason() {
     assert_eq!(cloud["zone"], "ap-southeast-2a");
     assert_eq!(cloud["instance"], "i-0c5541936caf78c12");
     assert_eq!(cloud["image"], "ami-0cbde744623b7506b");
+    assert_eq!(cloud["instance_type"], "t4g.small");
 
     let replay = attest(&authority, good).unwrap_err();
     assert!(replay.contains("already attested"), "{replay}");
@@ -349,6 +368,8 @@ fn the_gcp_token_attests_inside_its_validity_and_is_refused_after() {
 // ---------------------------------------------------------------------------
 // Kubernetes projected service-account tokens.
 
+use k8s_cluster::{Cluster, K8S_AUDIENCE, K8S_ISSUER};
+
 /// `appid authority <args> --dir <the authority's CA dir>`.
 fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
     appid()
@@ -365,9 +386,17 @@ fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
 fn start_k8s_authority(cluster: &Cluster, dir: &Path) -> Authority {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, &cluster.jwks).unwrap();
-    let args = support::k8s::authority_args(&jwks);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start_authority(&[], &args)
+    start_authority(
+        &[],
+        &[
+            "--k8s-jwks",
+            jwks.to_str().unwrap(),
+            "--k8s-issuer",
+            K8S_ISSUER,
+            "--k8s-audience",
+            K8S_AUDIENCE,
+        ],
+    )
 }
 
 #[test]
@@ -461,12 +490,15 @@ fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
         assert_eq!(claims["labels"]["app"], "web");
         assert_eq!(claims["image"]["digest"], digest.as_str());
         assert_eq!(claims["vulns"]["high"], 1, "{claims}");
-        let cloud = &claims["cloud"];
-        assert_eq!(cloud["provider"], "kubernetes");
-        assert_eq!(cloud["tags"]["namespace"], "shop");
-        assert_eq!(cloud["tags"]["service_account"], "web");
-        assert_eq!(cloud["tags"]["pod"], pod);
-        assert_eq!(cloud["tags"]["node"], "node-1");
+        // What the token vouches for, under `k8s` (no API lookup here).
+        assert_eq!(claims["cloud"], serde_json::Value::Null, "{claims}");
+        let k8s = &claims["k8s"];
+        assert_eq!(k8s["namespace"], "shop");
+        assert_eq!(k8s["service_account"], "web");
+        assert_eq!(k8s["pod"], pod);
+        assert_eq!(k8s["pod_uid"], format!("uid-{pod}"));
+        assert_eq!(k8s["node"], "node-1");
+        assert_eq!(k8s["labels"], serde_json::Value::Null);
     }
 
     let replay = attest(&authority, Proof::K8sPsat { token: pod_a }).unwrap_err();

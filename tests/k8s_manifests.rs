@@ -289,6 +289,9 @@ fn the_authority_manifests_are_valid() {
         "fast",
     ]);
     assert_valid("authority-custom.yaml", &custom, 4);
+    // With the pod lookup: its ClusterRole and binding too.
+    let lookup = authority_manifests(&["--k8s-pod-lookup", "--k8s-trust-labels", "app,version"]);
+    assert_valid("authority-pod-lookup.yaml", &lookup, 6);
 
     let out = appid(
         &[

@@ -36,7 +36,7 @@
 //! - both pods pass kubelet's probes from the node (the sidecar's
 //!   startup, readiness and liveness, the app's readiness) and are
 //!   `spiffe://k8s.example/ns/shop/sa/web`, each from its own token
-//!   (`cloud.tags.pod` names it), with its own key and serial; the
+//!   (its `k8s.pod` and `k8s.pod_uid` claims name it), with its own key and serial; the
 //!   authority logs exactly two k8s redemptions;
 //! - pod-a's app reaches pod-b's app through both sidecars, allowed by the
 //!   policy's rule and audited on both sides with the SPIFFE ID;
@@ -55,6 +55,8 @@
 //! when a step fails; without root or the tools the tests skip with a
 //! printed reason, and under `CI=true` a skip is a failure.
 
+#[path = "k8s_cluster.rs"]
+mod k8s_cluster;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -63,8 +65,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use k8s_cluster::{Cluster, K8S_AUDIENCE, authority_args};
+
 use support::host::Host;
-use support::k8s::{Cluster, K8S_AUDIENCE, Pod as TokenPod, authority_args};
 use support::netns::{Netns, Proc, Reply, path_str, should_run, temp_dir};
 use support::pki::{APPID, Ca, appid};
 
@@ -401,19 +404,22 @@ impl Pod {
             .replace("/var/run/appid/", &format!("{root}/var/run/appid/"))
     }
 
+    /// The pod's UID, as the API server gives each pod its own.
+    fn uid(&self) -> String {
+        let suffix = &self.name[self.name.len() - 5..];
+        format!("4f1c0c1e-0000-4000-8000-0000000{suffix}")
+    }
+
     /// The kubelet writes the pod's projected token, issued at `iat`.
     fn put_token(&self, node: &Node, iat: i64) {
-        let uid = format!(
-            "4f1c0c1e-0000-4000-8000-{:0>12}",
-            &self.name[self.name.len() - 5..]
+        let token = node.cluster.token_issued_at(
+            NAMESPACE,
+            SERVICE_ACCOUNT,
+            &self.name,
+            &self.uid(),
+            K8S_AUDIENCE,
+            iat,
         );
-        let pod = TokenPod {
-            namespace: NAMESPACE,
-            service_account: SERVICE_ACCOUNT,
-            name: &self.name,
-            uid: &uid,
-        };
-        let token = node.cluster.token_for(&pod, K8S_AUDIENCE, iat);
         self.host
             .put("var/run/appid/identity/token", token.as_bytes());
     }
@@ -543,15 +549,10 @@ fn assert_identity(deployment: &Deployment, pod: &Pod) {
     let claims = &identity["claims"];
     assert_eq!(claims["attestation"], "k8s_psat", "{identity}");
     assert_eq!(claims["labels"]["app"], "web", "{identity}");
-    assert_eq!(
-        claims["cloud"]["tags"]["pod"],
-        pod.name.as_str(),
-        "{identity}"
-    );
-    assert_eq!(
-        claims["cloud"]["tags"]["namespace"], NAMESPACE,
-        "{identity}"
-    );
+    let k8s = &claims["k8s"];
+    let expected = json!({"namespace": NAMESPACE, "service_account": SERVICE_ACCOUNT,
+                          "pod": pod.name, "pod_uid": pod.uid(), "node": "node-1"});
+    assert_eq!(k8s, &expected, "{identity}");
 }
 
 /// `from`'s app calls `to`'s app: allowed by `web-to-web` on both sides,

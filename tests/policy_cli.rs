@@ -1,4 +1,5 @@
-//! End-to-end tests of `appid policy check` and `appid policy explain`,
+//! End-to-end tests of `appid policy check` and `appid policy explain`
+//! (text, and `-o json|yaml` with `cert inspect -o`),
 //! driving the real binary on certificates issued by `appid issue`.
 //!
 //! The vulnerability cases issue certificates from real Trivy reports in
@@ -446,4 +447,93 @@ fn explain_outside_the_mesh_and_bad_input() {
         stderr.contains("policy.yaml:4:13: `action` cannot be `alow`; did you mean `allow`?"),
         "{stderr}"
     );
+}
+
+/// `-o json|yaml`: the same decision as a document, the same exit status;
+/// `cert inspect -o json` is `--json`, and `-o yaml` the same claims.
+#[test]
+fn explain_and_cert_inspect_print_json_and_yaml() {
+    let env = Env::new();
+    let web = env.issue(
+        "web",
+        "spiffe://prod.example/ns/shop/sa/web",
+        &["app=web"],
+        None,
+    );
+    let search = env.issue(
+        "search",
+        "spiffe://prod.example/ns/shop/sa/search",
+        &["app=search"],
+        None,
+    );
+
+    let (code, stdout, stderr) = env.explain(
+        &web,
+        &search,
+        443,
+        &["--method", "GET", "--path", "/v1/x", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(v["decision"]["outcome"], "allow");
+    assert_eq!(v["decision"]["rule"], "search-read");
+    assert_eq!(v["query"]["direction"], "inbound");
+    assert_eq!(v["query"]["port"], 443);
+    assert_eq!(v["query"]["path"], "/v1/x");
+    let rules = v["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 5);
+    let search_rule = rules.iter().find(|r| r["name"] == "search-read").unwrap();
+    assert_eq!(search_rule["status"], "matched");
+    let web_rule = rules.iter().find(|r| r["name"] == "web-to-api").unwrap();
+    assert_eq!(web_rule["status"], "failed");
+    assert_eq!(web_rule["line"], 5);
+
+    // Refused before policy: still a document, exit 1.
+    let (code, stdout, _) = env.explain(
+        &web,
+        &search,
+        443,
+        &["--method", "GET", "--path", "/v1/x/../y", "-o", "json"],
+    );
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["decision"]["outcome"], "refused");
+    assert_eq!(v["decision"]["rule"], "invalid-request");
+
+    // A deferred connection: exit 1, and the note says what to give.
+    let (code, stdout, _) = env.explain(&web, &search, 443, &["-o", "json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["decision"]["outcome"], "defer to L7");
+    assert!(v["note"].as_str().unwrap().contains("--method"));
+
+    let (code, stdout, _) = env.explain(&search, &web, 8080, &["-o", "yaml"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("outcome: deny"), "{stdout}");
+    assert!(stdout.contains("rule: default"), "{stdout}");
+
+    let (code, _, stderr) = env.explain(&web, &search, 443, &["-o", "xml"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("xml"), "{stderr}");
+
+    // cert inspect: --json and -o json print the same claims document.
+    let inspect = |extra: &[&str]| {
+        let mut args = vec!["cert", "inspect", path(&web)];
+        args.extend(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).0
+    };
+    let old = inspect(&["--json"]);
+    assert_eq!(inspect(&["-o", "json"]), old);
+    let claims: serde_json::Value = serde_json::from_str(&old).unwrap();
+    assert_eq!(claims["labels"]["app"], "web");
+    let yaml = inspect(&["-o", "yaml"]);
+    assert!(
+        yaml.contains("id: spiffe://prod.example/ns/shop/sa/web"),
+        "{yaml}"
+    );
+    assert!(inspect(&[]).contains("SPIFFE ID:"));
+    let out = run(&["cert", "inspect", path(&web), "--json", "-o", "yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
 }

@@ -936,7 +936,7 @@ pub fn k8s_psat(data: &[u8]) {
         Ok(identity) => {
             assert!(!identity.pod_name.is_empty() && !identity.pod_uid.is_empty());
             assert_eq!(identity.spiffe_path().split('/').count(), 4);
-            let _ = (identity.token_id(), identity.to_cloud_claims());
+            let _ = (identity.token_id(), identity.to_k8s_claims());
         }
         Err(e) => {
             let _ = (e.code(), e.to_string());

@@ -53,6 +53,10 @@ pub struct AppIdClaims {
     /// Cloud facts from a verified instance identity document, or tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<Cloud>,
+    /// Kubernetes facts: from the pod's projected service-account token,
+    /// and (when the authority looks the pod up) from the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8s>,
     /// How the identity was attested (see [`attestation`]).
     pub attestation: String,
     /// Unverified, self-reported facts. Policy must name them `reported.*`.
@@ -108,8 +112,43 @@ pub struct Cloud {
     /// Machine image (AWS AMI) when attested from a cloud document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Machine type (AWS `instanceType`, e.g. `m5.large`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+}
+
+/// Kubernetes facts of an attested pod (`k8s.*` in policy).
+///
+/// `namespace`, `service_account`, `pod`, `pod_uid` and (Kubernetes 1.30+)
+/// `node` come from the projected service-account token the cluster signed.
+/// `labels` (only the keys the authority is told to trust) and `images`
+/// come from the pod object the authority read from the API server; `node`
+/// too when the token has none. Compact on purpose: the whole claims
+/// document fits in 2048 bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8s {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The pod's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's `metadata.uid`: which pod of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The node the pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The pod's labels whose keys the authority trusts (`--k8s-trust-labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Container name to image digest (`sha256:<64 hex>`), for the pod's
+    /// app containers (not appid's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
 }
 
 impl AppIdClaims {
@@ -122,6 +161,7 @@ impl AppIdClaims {
             image: None,
             vulns: None,
             cloud: None,
+            k8s: None,
             attestation: attestation.into(),
             reported: None,
         }
@@ -158,11 +198,22 @@ mod tests {
  "reported":{"process":{"sha256":"ab","uid":1000}}}"#;
         let claims: AppIdClaims = serde_json::from_str(json).unwrap();
         assert_eq!(claims.labels["team"], "shop");
+        assert_eq!(claims.k8s, None);
         assert_eq!(claims.vulns.as_ref().unwrap().high, 2);
         assert_eq!(claims.cloud.as_ref().unwrap().tags["env"], "prod");
         assert_eq!(claims.reported.as_ref().unwrap()["process"]["uid"], 1000);
         let again: AppIdClaims = serde_json::from_str(&claims.to_json()).unwrap();
         assert_eq!(again, claims);
+    }
+
+    #[test]
+    fn k8s_facts_round_trip_compactly() {
+        let json = r#"{"v":1,"id":"spiffe://td/ns/shop/sa/web","k8s":{"namespace":"shop","service_account":"web","pod":"web-1","pod_uid":"u-1","node":"n1","labels":{"app":"web"},"images":{"web":"sha256:aa"}},"attestation":"k8s_psat"}"#;
+        let claims: AppIdClaims = serde_json::from_str(json).unwrap();
+        let k8s = claims.k8s.as_ref().unwrap();
+        assert_eq!(k8s.labels["app"], "web");
+        assert_eq!(k8s.images["web"], "sha256:aa");
+        assert_eq!(claims.to_json(), json);
     }
 
     #[test]

@@ -45,8 +45,30 @@
 //! {"time":"2026-11-20T10:00:00.123Z","direction":"inbound","decision":"deny",
 //!  "audit_only":false,"rule":"default","peer_id":"spiffe://prod.example/ns/shop/sa/web",
 //!  "peer_addr":"10.0.0.7:41234","port":8080,"protocol":"http1","method":"GET",
-//!  "path":"/v1/x","reason":"no rule matched","claims":{"from.labels.app":"web"}}
+//!  "path":"/v1/x","reason":"no rule matched","claims":{"from.labels.app":"web"},
+//!  "peer_appid":"5f0c…32 hex","local_appid":"9ab1…32 hex",
+//!  "appids":{"5f0c…":{"v":1,"id":"spiffe://prod.example/ns/shop/sa/web",…}}}
 //! ```
+//!
+//! **Enough to decide again** (`appid policy replay`). `claims` holds only
+//! what the deciding rule looked at, which is not what another policy looks
+//! at. So every line also names the *full* claims of both sides by digest:
+//! `peer_appid` (meshed peers only) and `local_appid` are the first 128 bits
+//! (32 hex digits) of the SHA-256 of the compact claims JSON, and the
+//! documents themselves ride in `appids` (digest → document) on the first
+//! line of each file that names them — about 0.5–2 KB once per identity per
+//! file, and about 100 bytes a line after that. Only a document whose digest the
+//! current file has not carried yet is added, so a file stands on its own;
+//! after rotation the new file carries them again (a line encoded before a
+//! rotation and written after it may name a document only the older file
+//! holds: give replay the rotated files too). Alternatives we did not take:
+//! the full claims on every line (up to 4 KB a line, on the hot path), or
+//! recovering claims at replay time from certificates (they are not the
+//! claims that were decided on: vulnerability counts change at renewal).
+//! An outbound decision about a destination outside the mesh also records
+//! `external` (`{"ip":…,"host":…}`), since `peer_addr` is the local app
+//! there. Request headers are not recorded (size, secrets): replay reports
+//! a request whose new decision would read headers as not re-decidable.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -113,7 +135,70 @@ pub struct AuditRecord<'a> {
     pub reason: Option<&'a str>,
     /// Attribute path → value, for the attributes the rule looked at.
     pub claims: &'a serde_json::Map<String, serde_json::Value>,
+    /// A destination outside the mesh (outbound): its address and the host
+    /// the app named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalDest<'a>>,
+    /// The peer's full claims (a meshed peer), written as its digest.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "digest_only"
+    )]
+    pub peer_appid: Option<&'a AppIdDoc>,
+    /// The local workload's full claims, written as its digest.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "digest_only"
+    )]
+    pub local_appid: Option<&'a AppIdDoc>,
 }
+
+/// A destination outside the mesh, as an audit line records it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ExternalDest<'a> {
+    pub ip: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
+}
+
+/// A full claims document and its digest (see the module doc): made once
+/// per identity, shared by every line that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppIdDoc {
+    /// 32 lowercase hex digits: the first 128 bits of the SHA-256 of `json`.
+    pub digest: String,
+    /// The claims as a JSON value (what audit values are read from).
+    pub value: serde_json::Value,
+}
+
+impl AppIdDoc {
+    pub fn new(claims: &appid_policy::AppIdClaims) -> AppIdDoc {
+        let value = claims.to_value();
+        AppIdDoc {
+            digest: appid_digest(&value),
+            value,
+        }
+    }
+}
+
+/// The digest audit lines name a claims document by: the first 128 bits of
+/// the SHA-256 of its compact JSON, in hex.
+pub fn appid_digest(value: &serde_json::Value) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    hex::encode(&sum.as_ref()[..16])
+}
+
+fn digest_only<S: serde::Serializer>(doc: &Option<&AppIdDoc>, s: S) -> Result<S::Ok, S::Error> {
+    match doc {
+        Some(doc) => s.serialize_str(&doc.digest),
+        None => s.serialize_none(),
+    }
+}
+
+/// Most digests a file is remembered to carry; beyond, the set starts
+/// over (documents are then written again: larger, never wrong).
+const MAX_APPIDS_PER_FILE: usize = 4096;
 
 /// The serialized line: `time` first, then the record's fields.
 #[derive(Serialize)]
@@ -121,6 +206,9 @@ struct Line<'r, 'a> {
     time: &'r str,
     #[serde(flatten)]
     record: &'r AuditRecord<'a>,
+    /// Documents named by this line that the file does not carry yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    appids: Option<std::collections::BTreeMap<&'r str, &'r serde_json::Value>>,
 }
 
 enum Sink {
@@ -178,6 +266,8 @@ struct State {
     /// Complete lines not yet written, and how many (see the module doc).
     pending: Vec<u8>,
     pending_lines: u64,
+    /// Digests of the claims documents the current file carries.
+    appids: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -205,6 +295,8 @@ impl State {
                         if rotation.is_due(*size) {
                             *file = rotation.rotate(path)?;
                             *size = 0;
+                            // The new file carries its documents afresh.
+                            self.appids.clear();
                         }
                         Ok(())
                     });
@@ -489,6 +581,7 @@ impl AuditLog {
                     last_warning: None,
                     pending: Vec::new(),
                     pending_lines: 0,
+                    appids: std::collections::HashSet::new(),
                 }),
                 failing: std::sync::atomic::AtomicBool::new(false),
                 write_errors: AtomicU64::new(0),
@@ -523,7 +616,7 @@ impl AuditLog {
 
     /// Writes one decision with the given time (tests, replays).
     pub fn log_at(&self, record: &AuditRecord<'_>, at: OffsetDateTime) {
-        let line = match encode_line(record, at) {
+        let line = match encode_line(record, at, None) {
             Ok(line) => line,
             Err(e) => {
                 // Serializing borrowed strings and a JSON map cannot fail in
@@ -544,7 +637,21 @@ impl AuditLog {
                 self.inner.coalesced.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            state.pending.extend_from_slice(&line);
+            let new_docs = state.new_appids(record);
+            if new_docs.is_empty() {
+                state.pending.extend_from_slice(&line);
+            } else {
+                // Rare (once per identity per file): encode again, with the
+                // documents the file does not carry yet.
+                let docs = new_docs
+                    .iter()
+                    .map(|d| (d.digest.as_str(), &d.value))
+                    .collect();
+                match encode_line(record, at, Some(docs)) {
+                    Ok(full) => state.pending.extend_from_slice(&full),
+                    Err(_) => state.pending.extend_from_slice(&line),
+                }
+            }
             state.pending_lines += 1;
             if buffered && state.pending.len() < BUFFER_BYTES {
                 return;
@@ -638,6 +745,7 @@ impl AuditLog {
             *file = open_append(path)?;
             *size = file.metadata()?.len();
         }
+        state.appids.clear();
         Ok(())
     }
 
@@ -658,8 +766,38 @@ impl AuditLog {
     }
 }
 
-/// The full line, newline included.
-fn encode_line(record: &AuditRecord<'_>, at: OffsetDateTime) -> Result<Vec<u8>, String> {
+impl State {
+    /// The documents `record` names that the current file does not carry
+    /// yet, now counted as carried.
+    fn new_appids<'a>(&mut self, record: &AuditRecord<'a>) -> Vec<&'a AppIdDoc> {
+        let mut new = Vec::new();
+        for doc in [record.peer_appid, record.local_appid]
+            .into_iter()
+            .flatten()
+        {
+            if self.appids.contains(&doc.digest)
+                || new.iter().any(|d: &&AppIdDoc| d.digest == doc.digest)
+            {
+                continue;
+            }
+            new.push(doc);
+        }
+        if !new.is_empty() {
+            if self.appids.len() + new.len() > MAX_APPIDS_PER_FILE {
+                self.appids.clear();
+            }
+            self.appids.extend(new.iter().map(|d| d.digest.clone()));
+        }
+        new
+    }
+}
+
+/// The full line, newline included, with `appids` when given.
+fn encode_line(
+    record: &AuditRecord<'_>,
+    at: OffsetDateTime,
+    appids: Option<std::collections::BTreeMap<&str, &serde_json::Value>>,
+) -> Result<Vec<u8>, String> {
     let time = at
         .to_offset(time::UtcOffset::UTC)
         .format(TIME_FORMAT)
@@ -670,6 +808,7 @@ fn encode_line(record: &AuditRecord<'_>, at: OffsetDateTime) -> Result<Vec<u8>, 
         &Line {
             time: &time,
             record,
+            appids,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -704,6 +843,9 @@ mod tests {
             path: Some("/v1/\"quoted\"\n"),
             reason: Some("no rule matched"),
             claims,
+            external: None,
+            peer_appid: None,
+            local_appid: None,
         }
     }
 
@@ -779,7 +921,7 @@ mod tests {
     fn line_format_and_fields() {
         let c = claims();
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_341_600_123_456_789).unwrap();
-        let line = encode_line(&record(&c), at).unwrap();
+        let line = encode_line(&record(&c), at, None).unwrap();
         let text = String::from_utf8(line).unwrap();
         assert!(
             text.ends_with('\n') && text.matches('\n').count() == 1,
@@ -819,9 +961,13 @@ mod tests {
             path: None,
             reason: None,
             claims: &c,
+            external: None,
+            peer_appid: None,
+            local_appid: None,
         };
         let v: Value =
-            serde_json::from_slice(&encode_line(&r, OffsetDateTime::UNIX_EPOCH).unwrap()).unwrap();
+            serde_json::from_slice(&encode_line(&r, OffsetDateTime::UNIX_EPOCH, None).unwrap())
+                .unwrap();
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["peer_id"], Value::Null);
         assert_eq!(v["peer_addr"], Value::Null);
@@ -871,7 +1017,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let claims = claims();
-        let line_len = encode_line(&record(&claims), OffsetDateTime::UNIX_EPOCH)
+        let line_len = encode_line(&record(&claims), OffsetDateTime::UNIX_EPOCH, None)
             .unwrap()
             .len() as u64;
         // Three lines per file: rotation when the third is written.
@@ -1006,6 +1152,9 @@ mod tests {
                             path: None,
                             reason: None,
                             claims: &c,
+                            external: None,
+                            peer_appid: None,
+                            local_appid: None,
                         });
                     }
                 });
@@ -1023,5 +1172,75 @@ mod tests {
             seen[t] += 1;
         }
         assert_eq!(log.lines(), (THREADS * PER) as u64);
+    }
+
+    fn doc(id: &str) -> AppIdDoc {
+        let claims: appid_policy::AppIdClaims = serde_json::from_value(json!({
+            "v": 1, "id": id, "labels": {"app": "web"}, "attestation": "manual"
+        }))
+        .unwrap();
+        AppIdDoc::new(&claims)
+    }
+
+    #[test]
+    fn claims_documents_ride_once_per_file_and_again_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let peer = doc("spiffe://t/peer");
+        let local = doc("spiffe://t/local");
+        assert_eq!(peer.digest.len(), 32);
+        assert_ne!(peer.digest, local.digest);
+        assert_eq!(peer, doc("spiffe://t/peer"), "the digest is stable");
+        let c = claims();
+        let with = |peer_appid| AuditRecord {
+            peer_appid,
+            local_appid: Some(&local),
+            ..record(&c)
+        };
+        let probe = encode_line(&with(Some(&peer)), OffsetDateTime::UNIX_EPOCH, None).unwrap();
+        // Rotation after about four plain lines.
+        let log = AuditLog::open_rotated(
+            &path,
+            Rotation {
+                max_bytes: 4 * probe.len() as u64 + 1,
+                keep: 1,
+            },
+        )
+        .unwrap();
+        log.log(&with(Some(&peer)));
+        log.log(&with(Some(&peer)));
+        log.log(&with(None));
+        let lines = read_lines(&path);
+        assert_eq!(lines[0]["peer_appid"], peer.digest.as_str());
+        assert_eq!(lines[0]["local_appid"], local.digest.as_str());
+        assert_eq!(lines[0]["appids"][&peer.digest]["id"], "spiffe://t/peer");
+        assert_eq!(lines[0]["appids"][&local.digest]["id"], "spiffe://t/local");
+        assert!(lines[1].get("appids").is_none(), "{}", lines[1]);
+        assert!(lines[2].get("peer_appid").is_none());
+        // The first line was larger than the cap allows for: rotated now,
+        // and the next line carries the documents again.
+        for _ in 0..3 {
+            log.log(&with(Some(&peer)));
+        }
+        let rotated = read_lines(&dir.path().join("audit.jsonl.1"));
+        let current = read_lines(&path);
+        assert!(!current.is_empty() && !rotated.is_empty());
+        assert!(
+            current[0]["appids"][&peer.digest].is_object(),
+            "{}",
+            current[0]
+        );
+        // reopen starts afresh too.
+        let other = dir.path().join("other.jsonl");
+        let log = AuditLog::open_path(&other).unwrap();
+        log.log(&with(Some(&peer)));
+        log.log(&with(Some(&peer)));
+        log.reopen().unwrap();
+        log.log(&with(Some(&peer)));
+        let carried: Vec<bool> = read_lines(&other)
+            .iter()
+            .map(|l| l["appids"][&local.digest].is_object())
+            .collect();
+        assert_eq!(carried, [true, false, true]);
     }
 }

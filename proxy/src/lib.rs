@@ -13,6 +13,7 @@ pub mod identity;
 pub mod inject;
 pub mod k8s;
 pub mod redirect;
+pub mod replay;
 pub mod scan;
 pub mod sidecar;
 // Sidecar surroundings: configuration, audit log, metrics, admin API and

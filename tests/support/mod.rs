@@ -2,8 +2,7 @@
 //! real `appid` CLI, `appid proxy` processes that are killed on drop, small
 //! backends (HTTP/1.1 + h2c + gRPC app, TCP echo) and clients (curl,
 //! openssl, a hand-framed gRPC client, raw TCP); for the tests that need
-//! root, network namespaces ([`netns`]) with hosts in them ([`host`]); a
-//! stand-in Kubernetes token issuer ([`k8s`]).
+//! root, network namespaces ([`netns`]) with hosts in them ([`host`]).
 //!
 //! Everything a test starts is owned by a guard: a panic anywhere still
 //! kills every sidecar and stops every backend.
@@ -14,13 +13,13 @@ pub mod apps;
 pub mod clients;
 pub mod grpc;
 pub mod host;
-pub mod k8s;
 pub mod mesh;
 pub mod net;
 pub mod netns;
 pub mod pki;
 pub mod sidecar;
 pub mod soak;
+pub mod stats;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@
 //! decision time reading an attribute is a field access or a map lookup by a
 //! borrowed key: no JSON is built, nothing is flattened, nothing allocated.
 //!
-//! `labels.<key>` and `cloud.tags.<key>` take the whole rest of the path as
-//! the key, so Kubernetes-style keys with dots work
+//! `labels.<key>`, `cloud.tags.<key>`, `k8s.labels.<key>` and
+//! `k8s.images.<container>` take the whole rest of the path as the key, so Kubernetes-style keys with dots work
 //! (`labels.app.kubernetes.io/name`). `reported.<a>.<b>` walks the
 //! self-reported JSON object by dots.
 
@@ -35,6 +35,17 @@ pub(crate) enum CloudField {
     Zone,
     Instance,
     Image,
+    InstanceType,
+}
+
+/// A string field of `k8s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum K8sField {
+    Namespace,
+    ServiceAccount,
+    Pod,
+    PodUid,
+    Node,
 }
 
 /// A compiled claim path.
@@ -57,6 +68,12 @@ pub(crate) enum Attr {
     CloudField(CloudField),
     CloudTags,
     CloudTag(Box<str>),
+    K8s,
+    K8sField(K8sField),
+    K8sLabels,
+    K8sLabel(Box<str>),
+    K8sImages,
+    K8sImage(Box<str>),
     /// `reported` (empty) or a path inside it.
     Reported(Box<[Box<str>]>),
 }
@@ -94,7 +111,15 @@ const TOP: &[&str] = &[
     "cloud.zone",
     "cloud.instance",
     "cloud.image",
+    "cloud.instance_type",
     "cloud.tags.<key>",
+    "k8s.namespace",
+    "k8s.service_account",
+    "k8s.pod",
+    "k8s.pod_uid",
+    "k8s.node",
+    "k8s.labels.<key>",
+    "k8s.images.<container>",
     "reported.<path>",
 ];
 
@@ -138,7 +163,23 @@ impl Attr {
                     "zone" => CloudField::Zone,
                     "instance" => CloudField::Instance,
                     "image" => CloudField::Image,
+                    "instance_type" => CloudField::InstanceType,
                     _ => return Err(field_hint("cloud", f, TOP)),
+                }),
+            },
+            ("k8s", None) => Attr::K8s,
+            ("k8s", Some("labels")) => Attr::K8sLabels,
+            ("k8s", Some("images")) => Attr::K8sImages,
+            ("k8s", Some(f)) => match f.split_once('.') {
+                Some(("labels", key)) if !key.is_empty() => Attr::K8sLabel(key.into()),
+                Some(("images", key)) if !key.is_empty() => Attr::K8sImage(key.into()),
+                _ => Attr::K8sField(match f {
+                    "namespace" => K8sField::Namespace,
+                    "service_account" => K8sField::ServiceAccount,
+                    "pod" => K8sField::Pod,
+                    "pod_uid" => K8sField::PodUid,
+                    "node" => K8sField::Node,
+                    _ => return Err(field_hint("k8s", f, TOP)),
                 }),
             },
             ("reported", None) => Attr::Reported(Box::new([])),
@@ -168,7 +209,14 @@ impl Attr {
     pub fn is_section(&self) -> bool {
         matches!(
             self,
-            Attr::Labels | Attr::Image | Attr::Vulns | Attr::Cloud | Attr::CloudTags
+            Attr::Labels
+                | Attr::Image
+                | Attr::Vulns
+                | Attr::Cloud
+                | Attr::CloudTags
+                | Attr::K8s
+                | Attr::K8sLabels
+                | Attr::K8sImages
         ) || matches!(self, Attr::Reported(p) if p.is_empty())
     }
 
@@ -187,6 +235,9 @@ impl Attr {
                 | Attr::VulnsScannedAt
                 | Attr::CloudField(_)
                 | Attr::CloudTag(_)
+                | Attr::K8sField(_)
+                | Attr::K8sLabel(_)
+                | Attr::K8sImage(_)
         )
     }
 
@@ -227,9 +278,22 @@ impl Attr {
                 CloudField::Zone => cl.zone.as_ref(),
                 CloudField::Instance => cl.instance.as_ref(),
                 CloudField::Image => cl.image.as_ref(),
+                CloudField::InstanceType => cl.instance_type.as_ref(),
             })),
             Attr::CloudTags => present(c.cloud.as_ref().is_some_and(|cl| !cl.tags.is_empty())),
             Attr::CloudTag(k) => opt(c.cloud.as_ref().and_then(|cl| cl.tags.get(&**k))),
+            Attr::K8s => present(c.k8s.is_some()),
+            Attr::K8sField(f) => opt(c.k8s.as_ref().and_then(|k| match f {
+                K8sField::Namespace => k.namespace.as_ref(),
+                K8sField::ServiceAccount => k.service_account.as_ref(),
+                K8sField::Pod => k.pod.as_ref(),
+                K8sField::PodUid => k.pod_uid.as_ref(),
+                K8sField::Node => k.node.as_ref(),
+            })),
+            Attr::K8sLabels => present(c.k8s.as_ref().is_some_and(|k| !k.labels.is_empty())),
+            Attr::K8sLabel(key) => opt(c.k8s.as_ref().and_then(|k| k.labels.get(&**key))),
+            Attr::K8sImages => present(c.k8s.as_ref().is_some_and(|k| !k.images.is_empty())),
+            Attr::K8sImage(key) => opt(c.k8s.as_ref().and_then(|k| k.images.get(&**key))),
             Attr::Reported(path) => {
                 let Some(map) = c.reported.as_ref() else {
                     return Missing;
@@ -303,9 +367,22 @@ impl fmt::Display for Attr {
             Attr::VulnsReport => f.write_str("vulns.report"),
             Attr::VulnsScannedAt => f.write_str("vulns.scanned_at"),
             Attr::Cloud => f.write_str("cloud"),
+            Attr::CloudField(CloudField::InstanceType) => f.write_str("cloud.instance_type"),
             Attr::CloudField(c) => write!(f, "cloud.{}", format!("{c:?}").to_ascii_lowercase()),
             Attr::CloudTags => f.write_str("cloud.tags"),
             Attr::CloudTag(k) => write!(f, "cloud.tags.{k}"),
+            Attr::K8s => f.write_str("k8s"),
+            Attr::K8sField(k) => f.write_str(match k {
+                K8sField::Namespace => "k8s.namespace",
+                K8sField::ServiceAccount => "k8s.service_account",
+                K8sField::Pod => "k8s.pod",
+                K8sField::PodUid => "k8s.pod_uid",
+                K8sField::Node => "k8s.node",
+            }),
+            Attr::K8sLabels => f.write_str("k8s.labels"),
+            Attr::K8sLabel(k) => write!(f, "k8s.labels.{k}"),
+            Attr::K8sImages => f.write_str("k8s.images"),
+            Attr::K8sImage(k) => write!(f, "k8s.images.{k}"),
             Attr::Reported(p) => {
                 f.write_str("reported")?;
                 for s in p {
@@ -320,7 +397,7 @@ impl fmt::Display for Attr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::{Cloud, Vulns};
+    use crate::claims::{Cloud, K8s, Vulns};
 
     fn claims() -> AppIdClaims {
         let mut c = AppIdClaims::new("spiffe://td/ns/a/sa/web", "join_token");
@@ -339,7 +416,17 @@ mod tests {
             ..Cloud::default()
         };
         cloud.tags.insert("env".into(), "prod".into());
+        cloud.instance_type = Some("m5.large".into());
         c.cloud = Some(cloud);
+        c.k8s = Some(K8s {
+            namespace: Some("shop".into()),
+            service_account: Some("web".into()),
+            pod: Some("web-7d4b9c6f5-aaaaa".into()),
+            pod_uid: Some("0f4e1a2b".into()),
+            node: Some("node-1".into()),
+            labels: [("app.kubernetes.io/version".into(), "1.4".into())].into(),
+            images: [("web".into(), "sha256:cc".into())].into(),
+        });
         c.reported =
             serde_json::from_str(r#"{"process":{"uid":1000,"root":false,"name":"x"}}"#).ok();
         c
@@ -366,6 +453,22 @@ mod tests {
             ("cloud.region", AttrValue::Missing),
             ("cloud.tags", AttrValue::Compound),
             ("cloud.tags.env", AttrValue::Str("prod")),
+            ("cloud.instance_type", AttrValue::Str("m5.large")),
+            ("k8s", AttrValue::Compound),
+            ("k8s.namespace", AttrValue::Str("shop")),
+            ("k8s.service_account", AttrValue::Str("web")),
+            ("k8s.pod", AttrValue::Str("web-7d4b9c6f5-aaaaa")),
+            ("k8s.pod_uid", AttrValue::Str("0f4e1a2b")),
+            ("k8s.node", AttrValue::Str("node-1")),
+            ("k8s.labels", AttrValue::Compound),
+            (
+                "k8s.labels.app.kubernetes.io/version",
+                AttrValue::Str("1.4"),
+            ),
+            ("k8s.labels.app", AttrValue::Missing),
+            ("k8s.images", AttrValue::Compound),
+            ("k8s.images.web", AttrValue::Str("sha256:cc")),
+            ("k8s.images.sidecar", AttrValue::Missing),
             ("reported", AttrValue::Compound),
             ("reported.process", AttrValue::Compound),
             ("reported.process.uid", AttrValue::Num(1000.0)),
@@ -390,5 +493,14 @@ mod tests {
         assert!(Attr::parse("labels.").is_err());
         assert!(Attr::parse("reported..x").is_err());
         assert!(Attr::parse("cloud.nope").is_err());
+        let e = Attr::parse("k8s.namespaces").unwrap_err();
+        assert!(e.contains("`k8s.namespace`"), "{e}");
+        assert!(Attr::parse("k8s.labels.").is_err());
+        assert!(Attr::parse("k8s.images.").is_err());
+        // A claims document without `k8s` matches no `k8s.*` path.
+        let bare = AppIdClaims::new("spiffe://td/x", "join_token");
+        for path in ["k8s", "k8s.namespace", "k8s.labels.app", "k8s.images.web"] {
+            assert_eq!(Attr::parse(path).unwrap().get(&bare), AttrValue::Missing);
+        }
     }
 }

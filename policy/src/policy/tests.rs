@@ -1180,6 +1180,74 @@ fn claim_paths_reach_every_part_of_the_claims() {
     }
 }
 
+/// What the authority vouches for about a pod (`k8s.*`: the token and the
+/// API server) and an instance (`cloud.instance_type`) is selectable, by
+/// those paths; the same names under `reported` never answer for them.
+#[test]
+fn vouched_kubernetes_and_cloud_facts_are_selectable() {
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let mut c = web();
+    c.attestation = "k8s_psat".into();
+    c.k8s = Some(crate::claims::K8s {
+        namespace: Some("shop".into()),
+        service_account: Some("web".into()),
+        pod: Some("web-7d4b9c6f5-aaaaa".into()),
+        pod_uid: Some("8a1c7f3e-5b2d-4c1e-9f0a-3d2b1c0e9f8a".into()),
+        node: Some("node-1".into()),
+        labels: [
+            ("app".into(), "web".into()),
+            ("version".into(), "v2".into()),
+        ]
+        .into(),
+        images: [("web".into(), digest.clone())].into(),
+    });
+    c.cloud = Some(Cloud {
+        provider: Some("aws".into()),
+        instance_type: Some("m5.large".into()),
+        ..Cloud::default()
+    });
+    c.reported = serde_json::from_value(serde_json::json!({
+        "k8s": {"namespace": "kube-system", "labels": {"app": "admin"}}
+    }))
+    .ok();
+    let callee = api();
+    let allows = |sel: &str| {
+        let p = load(&format!(
+            "version: 1\nrules:\n  - name: r\n    action: allow\n    from: {{ {sel} }}\n"
+        ));
+        decide(&p, &Query::meshed(Direction::Inbound, &c, &callee, 1)).outcome == Outcome::Allow
+    };
+    for sel in [
+        "k8s.namespace: shop".to_owned(),
+        "k8s.service_account: [web, api]".to_owned(),
+        "k8s.pod: { glob: \"web-*\" }".to_owned(),
+        "k8s.pod_uid: { exists: true }".to_owned(),
+        "k8s.node: node-1".to_owned(),
+        "k8s.labels.app: web".to_owned(),
+        "k8s.labels.version: { in: [v1, v2] }".to_owned(),
+        format!("k8s.images.web: \"{digest}\""),
+        "k8s.images: { exists: true }".to_owned(),
+        "k8s: { exists: true }".to_owned(),
+        "cloud.instance_type: { glob: \"m5.*\" }".to_owned(),
+        "reported.k8s.namespace: kube-system".to_owned(),
+    ] {
+        assert!(allows(&sel), "{sel}");
+    }
+    for sel in [
+        "k8s.namespace: kube-system",
+        "k8s.labels.app: admin",
+        "k8s.labels.team: { exists: true }",
+        "k8s.images.sidecar: { exists: true }",
+        "cloud.instance_type: t3.micro",
+    ] {
+        assert!(!allows(sel), "{sel}");
+    }
+    // Unknown `k8s` fields are load errors that list the valid ones.
+    let e =
+        errors("version: 1\nrules:\n  - name: r\n    action: allow\n    from: { k8s.nodes: n }\n");
+    assert!(e.iter().any(|e| e.contains("`k8s.node`")), "{e:?}");
+}
+
 /// The runtime fingerprint a sidecar reports (`reported.process`,
 /// `reported.host`, `reported.container`) is selectable like any claim, by
 /// its `reported.*` path only: the same names inside `reported` never

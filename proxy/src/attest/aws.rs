@@ -115,6 +115,7 @@ impl AwsIdentity {
             zone: Some(self.availability_zone.clone()),
             instance: Some(self.instance_id.clone()),
             image: Some(self.image_id.clone()),
+            instance_type: Some(self.instance_type.clone()),
             tags: Default::default(),
         }
     }

@@ -75,6 +75,7 @@ impl GcpIdentity {
             zone: Some(self.zone.clone()),
             instance: Some(self.instance_id.clone()),
             image: None,
+            instance_type: None,
             tags: Default::default(),
         }
     }

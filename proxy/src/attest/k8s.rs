@@ -44,7 +44,7 @@ use serde::Deserialize;
 
 use super::AttestError;
 use super::jws::{self, Audience, JwsAlg, JwtKeys, TokenKind};
-use appid_policy::claims::{Cloud, attestation};
+use appid_policy::claims::{K8s, attestation};
 
 /// The issuer of legacy, Secret-based service-account tokens.
 pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
@@ -111,21 +111,27 @@ impl K8sIdentity {
         }
     }
 
-    /// The `cloud.*` claims these facts vouch for: provider `kubernetes`,
-    /// and the namespace, service account, pod and node as tags.
-    pub fn to_cloud_claims(&self) -> Cloud {
-        let mut tags = std::collections::BTreeMap::from([
-            ("namespace".to_string(), self.namespace.clone()),
-            ("service_account".to_string(), self.service_account.clone()),
-            ("pod".to_string(), self.pod_name.clone()),
-        ]);
-        if let Some(node) = &self.node_name {
-            tags.insert("node".into(), node.clone());
+    /// The `k8s.*` claims the token vouches for: namespace, service
+    /// account, pod, its uid and (when the token names it) the node.
+    pub fn to_k8s_claims(&self) -> K8s {
+        K8s {
+            namespace: Some(self.namespace.clone()),
+            service_account: Some(self.service_account.clone()),
+            pod: Some(self.pod_name.clone()),
+            pod_uid: Some(self.pod_uid.clone()),
+            node: self.node_name.clone(),
+            ..K8s::default()
         }
-        Cloud {
-            provider: Some("kubernetes".into()),
-            tags,
-            ..Cloud::default()
+    }
+
+    /// What the API server must confirm about the token's pod.
+    pub fn pod_ref(&self) -> super::k8s_pod::PodRef<'_> {
+        super::k8s_pod::PodRef {
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+            pod: &self.pod_name,
+            pod_uid: &self.pod_uid,
+            node: self.node_name.as_deref(),
         }
     }
 
@@ -250,6 +256,11 @@ pub fn verify_psat(
         )
     })?;
     let pod_name = required(pod.name, "pod.name")?;
+    if !is_dns_subdomain(&pod_name) {
+        return Err(AttestError::MalformedDocument(format!(
+            "kubernetes.io.pod.name ({pod_name:?} is not a Kubernetes pod name)"
+        )));
+    }
     let pod_uid = required(pod.uid, "pod.uid")?;
     let (node_name, node_uid) = match k8s.node {
         Some(node) => (

@@ -8,6 +8,8 @@
 //!   Google's keys.
 //! - [`k8s`]: Kubernetes projected service-account tokens (RS256 or ES256
 //!   JWTs) against the cluster issuer's keys.
+//! - [`k8s_pod`]: the pod object the API server returns for a token's pod
+//!   (`appid authority serve --k8s-api`): the checks and the `k8s.*` facts.
 //! - [`jws`]: the JWT signature and registered-claim checks [`gcp`] and
 //!   [`k8s`] share, and their key set ([`JwtKeys`]).
 //!
@@ -32,6 +34,7 @@ pub mod aws;
 pub mod gcp;
 pub mod jws;
 pub mod k8s;
+pub mod k8s_pod;
 
 #[cfg(test)]
 mod tests;

@@ -102,7 +102,7 @@ fn aws_signature_fixture_attests() {
         serde_json::to_value(&cloud).unwrap(),
         json!({"provider":"aws","account":"189292791360","region":"ap-southeast-2",
                "zone":"ap-southeast-2a","instance":"i-0c5541936caf78c12",
-               "image":"ami-0cbde744623b7506b"})
+               "image":"ami-0cbde744623b7506b","instance_type":"t4g.small"})
     );
 
     // The real clock is fine too: pendingTime is in the past.
@@ -1396,9 +1396,9 @@ fn psat_in_the_shape_kubernetes_issues_verifies() {
     assert_eq!(id.token_id(), "jti:ea28ed49-2e11-4280-9ec5-bc3d1d84661a");
     assert_eq!(id.attestation(), "k8s_psat");
     assert_eq!(
-        serde_json::to_value(id.to_cloud_claims()).unwrap(),
-        json!({"provider": "kubernetes", "tags": {"namespace": "shop",
-               "service_account": "web", "pod": "web-7d4b9c6f5-x2x9q", "node": "node-1"}})
+        serde_json::to_value(id.to_k8s_claims()).unwrap(),
+        json!({"namespace": "shop", "service_account": "web", "pod": "web-7d4b9c6f5-x2x9q",
+               "pod_uid": "778a530c-b3f4-47c0-9cd5-ab018fb64f33", "node": "node-1"})
     );
 
     // Older clusters: no jti, no node; the pod uid and iat name the token.

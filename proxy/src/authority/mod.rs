@@ -4,12 +4,14 @@
 //!   issued serials, revocations);
 //! - [`service`]: attestation, claim derivation, issuance, audit lines;
 //! - [`cloud`]: AWS and GCP instance documents (via [`crate::attest`]);
+//! - [`k8s_api`]: the pod lookup at the Kubernetes API (`serve --k8s-api`);
 //! - [`reported`]: bounds on the workload's self-reported facts;
 //! - [`server`]: the HTTPS API (`appid authority serve`);
 //! - [`client`]: the sidecar's side (bootstrap, renewal, revocations).
 
 pub mod client;
 pub mod cloud;
+pub mod k8s_api;
 pub mod reported;
 pub mod server;
 pub mod service;

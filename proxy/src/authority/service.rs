@@ -8,6 +8,12 @@
 //! under `reported`, never elsewhere. So importing a scan with criticals
 //! changes the very next certificate, and a revoked workload gets nothing.
 //!
+//! With a pod lookup configured (`serve --k8s-api`), a Kubernetes
+//! attestation also reads the token's pod from the API server and vouches
+//! for what it says under `k8s.*` ([`crate::attest::k8s_pod`]); so does
+//! every renewal of a certificate that names its pod's uid, so a deleted
+//! pod's certificate is not renewed and labels and images stay current.
+//!
 //! Renewal is authenticated by the current certificate over mTLS, which
 //! must be one this authority issued and recorded (its serial is in the
 //! database), not merely one its CA signed: a certificate made offline with
@@ -24,11 +30,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use appid_policy::AppIdClaims;
-use appid_policy::claims::{Cloud, Image, attestation};
+use appid_policy::claims::{Cloud, Image, K8s, attestation};
 
 use super::reported::{self, Fit};
 use super::store::{Redemption, Registration, Store, StoreError};
 use crate::attest::K8sIdentity;
+use crate::attest::k8s_pod::{self, PodFacts, PodRef};
 use crate::identity::ca::Ca;
 use crate::identity::spiffe::SpiffeId;
 
@@ -136,6 +143,10 @@ pub enum Refusal {
     /// The workload is not registered for the way it attested.
     #[error("{id}: {reason}")]
     NotAllowed { id: String, reason: String },
+    /// Something the authority depends on (the Kubernetes API) is down:
+    /// worth retrying.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -147,6 +158,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Revoked(_) | Refusal::NotRegistered(_) | Refusal::NotAllowed { .. } => 403,
             Refusal::Internal(_) => 500,
+            Refusal::Unavailable(_) => 503,
         }
     }
 
@@ -157,6 +169,7 @@ impl Refusal {
             Refusal::Revoked(_) => "revoked",
             Refusal::NotRegistered(_) | Refusal::NotAllowed { .. } => "not_registered",
             Refusal::Internal(_) => "internal",
+            Refusal::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -190,12 +203,38 @@ pub const K8S_NOT_CONFIGURED: &str = "Kubernetes attestation is not configured o
 /// service account may attest to (`register --k8s-namespace --k8s-service-account`).
 pub const K8S_PROVIDER: &str = "kubernetes";
 
+/// Why the API server did not give the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct PodLookupError {
+    /// The API server is unreachable or failing (5xx, timeout): worth
+    /// retrying. Otherwise it answered, and the answer is a refusal.
+    pub transient: bool,
+    /// What went wrong, naming the pod.
+    pub message: String,
+}
+
+/// Reads a pod object from the Kubernetes API (`GET
+/// /api/v1/namespaces/<ns>/pods/<name>`): its JSON, at most
+/// [`k8s_pod::MAX_POD_BYTES`].
+pub trait PodSource: Send + Sync {
+    fn get(&self, namespace: &str, pod: &str) -> Result<Vec<u8>, PodLookupError>;
+}
+
+/// The pod lookup of `serve --k8s-api`.
+pub struct PodLookup {
+    pub source: Box<dyn PodSource>,
+    /// The pod label keys vouched for as `k8s.labels.*`.
+    pub trust_labels: Vec<String>,
+}
+
 /// What the proof was verified into, before the database is touched.
 enum Verified {
     /// A join token: checked against the database only.
     Nothing,
     Cloud(Cloud),
-    K8s(K8sIdentity),
+    /// The token's facts, and the pod's when the lookup is configured.
+    K8s(K8sIdentity, Option<PodFacts>),
 }
 
 /// The authority: CA, store, settings.
@@ -205,6 +244,7 @@ pub struct Authority {
     cert_ttl: time::Duration,
     events: Mutex<Option<File>>,
     cloud: Option<Box<dyn CloudVerifier>>,
+    pods: Option<PodLookup>,
     /// A fixed "now" (seconds since the epoch), for testing expired documents.
     clock: Option<i64>,
 }
@@ -227,6 +267,7 @@ impl Authority {
             cert_ttl,
             events: Mutex::new(events),
             cloud,
+            pods: None,
             clock: None,
         })
     }
@@ -235,6 +276,31 @@ impl Authority {
     pub fn with_clock(mut self, now: Option<i64>) -> Self {
         self.clock = now;
         self
+    }
+
+    /// Looks up the pod of every Kubernetes attestation (and renewal).
+    pub fn with_pod_lookup(mut self, pods: Option<PodLookup>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// The pod's facts from the API server, when the lookup is configured.
+    /// Any failure refuses (fail closed): 503 when the API server is
+    /// unreachable or failing, 401 when it does not back the token.
+    fn look_up_pod(&self, pod: &PodRef<'_>) -> Result<Option<PodFacts>, Refusal> {
+        let Some(lookup) = &self.pods else {
+            return Ok(None);
+        };
+        let body = lookup
+            .source
+            .get(pod.namespace, pod.pod)
+            .map_err(|e| match e.transient {
+                true => Refusal::Unavailable(e.message),
+                false => Refusal::Unauthenticated(e.message),
+            })?;
+        k8s_pod::check_pod(&body, pod, &lookup.trust_labels)
+            .map(Some)
+            .map_err(|e| Refusal::Unauthenticated(e.to_string()))
     }
 
     /// The authority's notion of now, seconds since the epoch.
@@ -273,11 +339,11 @@ impl Authority {
                     .cloud
                     .as_ref()
                     .ok_or_else(|| Refusal::Unauthenticated(K8S_NOT_CONFIGURED.into()))?;
-                Verified::K8s(
-                    verifier
-                        .verify_k8s(token, now)
-                        .map_err(Refusal::Unauthenticated)?,
-                )
+                let identity = verifier
+                    .verify_k8s(token, now)
+                    .map_err(Refusal::Unauthenticated)?;
+                let pod = self.look_up_pod(&identity.pod_ref())?;
+                Verified::K8s(identity, pod)
             }
             cloud_proof => {
                 let verifier = self.cloud.as_ref().ok_or_else(|| {
@@ -295,6 +361,7 @@ impl Authority {
 
         let store = self.lock()?;
         let transaction = store.begin()?;
+        let mut k8s = None;
         let (registration, cloud, method) = match (&request.proof, verified) {
             (Proof::JoinToken { token }, _) => {
                 let id = match store.redeem_token(&hash_token(token), now)? {
@@ -316,13 +383,15 @@ impl Authority {
                     .ok_or_else(|| Refusal::NotRegistered(id.clone()))?;
                 (registration, None, attestation::JOIN_TOKEN)
             }
-            (_, Verified::K8s(identity)) => {
+            (_, Verified::K8s(identity, pod)) => {
                 let registration = self.k8s_registration(&store, &identity, now)?;
-                (
-                    registration,
-                    Some(identity.to_cloud_claims()),
-                    attestation::K8S_PSAT,
-                )
+                k8s = Some(vouch_pod(
+                    &registration,
+                    &identity.pod_ref(),
+                    identity.to_k8s_claims(),
+                    pod,
+                )?);
+                (registration, None, attestation::K8S_PSAT)
             }
             (cloud_proof, Verified::Cloud(cloud)) => {
                 let facts = cloud_facts(&cloud);
@@ -373,6 +442,7 @@ impl Authority {
                 csr: &csr,
                 method,
                 cloud,
+                k8s,
                 reported: request.reported.clone(),
             },
             now,
@@ -450,6 +520,16 @@ impl Authority {
         let result = (|| {
             check_reported(request.reported.as_ref())?;
             let csr = parse_csr(&request.csr)?;
+            // A pod-attested certificate that names its pod is renewed only
+            // while the API server still has that pod (looked up before the
+            // database lock). Certificates from before the lookup (no
+            // `k8s.pod_uid`) keep their claims.
+            let pod = match (&current.k8s, current.attestation.as_str()) {
+                (Some(k8s), attestation::K8S_PSAT) => pod_ref_of(k8s)
+                    .map(|pod| Ok::<_, Refusal>((pod, self.look_up_pod(&pod)?)))
+                    .transpose()?,
+                _ => None,
+            };
             let store = self.lock()?;
             if !store.was_issued(&presented.serial)? {
                 return Err(Refusal::Unauthenticated(format!(
@@ -460,6 +540,15 @@ impl Authority {
             let registration = store
                 .registration(&current.id)?
                 .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
+            let k8s = match pod {
+                Some((pod, facts)) => Some(vouch_pod(
+                    &registration,
+                    &pod,
+                    token_facts(current.k8s.as_ref()),
+                    facts,
+                )?),
+                None => current.k8s.clone(),
+            };
             self.issue(
                 &store,
                 Issuance {
@@ -467,6 +556,7 @@ impl Authority {
                     csr: &csr,
                     method: &current.attestation,
                     cloud: current.cloud.clone(),
+                    k8s,
                     reported: request.reported.clone(),
                 },
                 now,
@@ -496,6 +586,7 @@ impl Authority {
             csr,
             method,
             cloud,
+            k8s,
             reported,
         } = what;
         if store.is_revoked(&registration.id)? {
@@ -505,7 +596,13 @@ impl Authority {
             .map_err(|e| Refusal::Internal(format!("stored registration: {e}")))?;
         let mut claims = AppIdClaims::new(id.as_str(), method);
         claims.labels = registration.labels.clone();
-        if let Some(digest) = &registration.image_digest {
+        // The registered digest; else, for a pod, the digest of its one app
+        // container as the API server reported it.
+        let digest = registration.image_digest.as_ref().or_else(|| {
+            k8s.as_ref()
+                .and_then(|k| PodFacts::single_digest(&k.images))
+        });
+        if let Some(digest) = digest {
             claims.image = Some(Image {
                 digest: Some(digest.clone()),
                 name: None,
@@ -515,6 +612,7 @@ impl Authority {
             }
         }
         claims.cloud = cloud;
+        claims.k8s = k8s;
         // Self-reported facts go under `reported` and nowhere else; what
         // does not fit the extension is cut, never a reason to refuse.
         claims.reported = reported.filter(|r| !r.is_empty());
@@ -576,8 +674,52 @@ struct Issuance<'a> {
     method: &'a str,
     /// Verified cloud facts, if the workload attested with a cloud document.
     cloud: Option<Cloud>,
+    /// Verified pod facts, if the workload attested with a pod's token.
+    k8s: Option<K8s>,
     /// What the workload says about itself (lands under `reported`).
     reported: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The `k8s` claims of a pod: the token's facts, plus the API server's when
+/// the lookup ran, checked against the digest the registration pins.
+fn vouch_pod(
+    registration: &Registration,
+    pod: &PodRef<'_>,
+    mut claims: K8s,
+    facts: Option<PodFacts>,
+) -> Result<K8s, Refusal> {
+    if let Some(facts) = facts {
+        if let Some(pinned) = &registration.image_digest {
+            k8s_pod::check_pinned(&facts, pod, pinned).map_err(|e| Refusal::NotAllowed {
+                id: registration.id.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        facts.vouch(&mut claims);
+    }
+    Ok(claims)
+}
+
+/// The pod a certificate's `k8s` claims name, if they name it fully.
+fn pod_ref_of(k8s: &K8s) -> Option<PodRef<'_>> {
+    Some(PodRef {
+        namespace: k8s.namespace.as_deref()?,
+        service_account: k8s.service_account.as_deref()?,
+        pod: k8s.pod.as_deref()?,
+        pod_uid: k8s.pod_uid.as_deref()?,
+        node: k8s.node.as_deref(),
+    })
+}
+
+/// The token's part of earlier `k8s` claims (what the API server's facts
+/// are added to again).
+fn token_facts(k8s: Option<&K8s>) -> K8s {
+    k8s.map(|k| K8s {
+        labels: BTreeMap::new(),
+        images: BTreeMap::new(),
+        ..k.clone()
+    })
+    .unwrap_or_default()
 }
 
 /// The facts a cloud registration can match on.
@@ -595,6 +737,7 @@ pub fn cloud_facts(cloud: &Cloud) -> BTreeMap<String, String> {
     put("zone", &cloud.zone);
     put("instance", &cloud.instance);
     put("image", &cloud.image);
+    put("instance_type", &cloud.instance_type);
     facts
 }
 
@@ -759,6 +902,179 @@ mod tests {
         assert_eq!(process["uid"], 7);
         assert_eq!(process["libraries_truncated"], true);
         assert!(process["libraries"].as_array().unwrap().len() < 60);
+    }
+
+    /// A cluster whose every token is pod `web-1` (uid `uid-1`) of
+    /// `shop/web`, and an API server that answers with `pod`.
+    struct FakeCluster;
+    impl CloudVerifier for FakeCluster {
+        fn verify(&self, _: &Proof, _: i64) -> Result<Cloud, String> {
+            Err("no cloud".into())
+        }
+        fn verify_k8s(&self, token: &str, _: i64) -> Result<K8sIdentity, String> {
+            Ok(K8sIdentity {
+                namespace: "shop".into(),
+                service_account: "web".into(),
+                service_account_uid: "sa-uid".into(),
+                pod_name: "web-1".into(),
+                pod_uid: "uid-1".into(),
+                node_name: Some("node-1".into()),
+                node_uid: None,
+                jti: Some(token.into()),
+                issued_at: std::time::UNIX_EPOCH,
+                expires_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 40),
+            })
+        }
+    }
+
+    struct FakeApi(std::sync::Arc<Mutex<Result<serde_json::Value, PodLookupError>>>);
+    impl PodSource for FakeApi {
+        fn get(&self, namespace: &str, pod: &str) -> Result<Vec<u8>, PodLookupError> {
+            assert_eq!((namespace, pod), ("shop", "web-1"));
+            self.0
+                .lock()
+                .unwrap()
+                .clone()
+                .map(|v| v.to_string().into_bytes())
+        }
+    }
+
+    fn pod_json(uid: &str, digest: &str) -> serde_json::Value {
+        json!({"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": uid,
+                         "labels": {"app": "web", "team": "shop"}},
+            "spec": {"serviceAccountName": "web", "nodeName": "node-1",
+                     "containers": [{"name": "web", "image": "registry.example/web:1"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "web", "imageID": format!("registry.example/web@{digest}")}]}})
+    }
+
+    type Answer = std::sync::Arc<Mutex<Result<serde_json::Value, PodLookupError>>>;
+
+    /// An authority with `shop/web` registered for Kubernetes attestation
+    /// (pinning `pinned`, if given) and the fake pod lookup.
+    fn k8s_authority(dir: &Path, pinned: Option<&str>) -> (Authority, Answer) {
+        let ca = Ca::init(dir, "td.example", KeyAlg::EcdsaP256).unwrap();
+        let store = Store::open(dir).unwrap();
+        store
+            .register(
+                &Registration {
+                    id: "spiffe://td.example/ns/shop/sa/web".into(),
+                    labels: BTreeMap::from([("app".into(), "web".into())]),
+                    image_digest: pinned.map(str::to_owned),
+                    cloud_match: BTreeMap::from([("provider".into(), K8S_PROVIDER.into())]),
+                },
+                0,
+            )
+            .unwrap();
+        let answer: Answer = std::sync::Arc::new(Mutex::new(Ok(pod_json(
+            "uid-1",
+            &format!("sha256:{}", "a".repeat(64)),
+        ))));
+        let authority = Authority::new(
+            ca,
+            store,
+            time::Duration::minutes(5),
+            Some(&dir.join("audit.jsonl")),
+            Some(Box::new(FakeCluster)),
+        )
+        .unwrap()
+        .with_pod_lookup(Some(PodLookup {
+            source: Box::new(FakeApi(answer.clone())),
+            trust_labels: vec!["app".into()],
+        }));
+        (authority, answer)
+    }
+
+    fn psat(token: &str) -> AttestRequest {
+        AttestRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            proof: Proof::K8sPsat {
+                token: token.into(),
+            },
+            reported: None,
+        }
+    }
+
+    #[test]
+    fn a_looked_up_pod_is_vouched_for_and_rechecked_at_renewal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (authority, answer) = k8s_authority(dir.path(), None);
+        let running = format!("sha256:{}", "a".repeat(64));
+        let (claims, der) = claims_and_der(&authority.attest(&psat("t1"), 10).unwrap());
+        let k8s = claims.k8s.as_ref().unwrap();
+        assert_eq!(
+            (k8s.namespace.as_deref(), k8s.service_account.as_deref()),
+            (Some("shop"), Some("web"))
+        );
+        assert_eq!(
+            (k8s.pod.as_deref(), k8s.pod_uid.as_deref()),
+            (Some("web-1"), Some("uid-1"))
+        );
+        assert_eq!(k8s.node.as_deref(), Some("node-1"));
+        // Only the trusted label.
+        assert_eq!(k8s.labels, BTreeMap::from([("app".into(), "web".into())]));
+        assert_eq!(k8s.images["web"], running);
+        // Unpinned registration, one app container: its digest is the image.
+        assert_eq!(
+            claims.image.as_ref().unwrap().digest.as_ref(),
+            Some(&running)
+        );
+        assert_eq!(
+            (claims.cloud.as_ref(), claims.reported.as_ref()),
+            (None, None)
+        );
+
+        // Renewal reads the pod again: a new image shows up...
+        let newer = format!("sha256:{}", "b".repeat(64));
+        *answer.lock().unwrap() = Ok(pod_json("uid-1", &newer));
+        let presented = PresentedCert::new(&der, claims).unwrap();
+        let renew = || RenewRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            reported: None,
+        };
+        let (renewed, _) = claims_and_der(&authority.renew(&presented, &renew(), 20).unwrap());
+        assert_eq!(renewed.k8s.as_ref().unwrap().images["web"], newer);
+        assert_eq!(
+            renewed.k8s.as_ref().unwrap().pod_uid.as_deref(),
+            Some("uid-1")
+        );
+        // ...and a deleted (or re-created) pod's certificate is not renewed.
+        *answer.lock().unwrap() = Ok(pod_json("uid-2", &newer));
+        let refusal = authority.renew(&presented, &renew(), 30).unwrap_err();
+        assert_eq!(refusal.status(), 401, "{refusal}");
+        assert!(refusal.to_string().contains("pod shop/web-1"), "{refusal}");
+        // The API server down: 503, so the sidecar retries.
+        *answer.lock().unwrap() = Err(PodLookupError {
+            transient: true,
+            message: "looking up pod shop/web-1 at the Kubernetes API: connection refused".into(),
+        });
+        let refusal = authority.renew(&presented, &renew(), 40).unwrap_err();
+        assert_eq!(refusal.status(), 503, "{refusal}");
+        let refusal = authority.attest(&psat("t2"), 40).unwrap_err();
+        assert_eq!(refusal.status(), 503, "{refusal}");
+        assert!(refusal.to_string().contains("pod shop/web-1"), "{refusal}");
+    }
+
+    #[test]
+    fn a_pod_that_runs_another_image_than_registered_is_refused_and_keeps_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = format!("sha256:{}", "c".repeat(64));
+        let (authority, answer) = k8s_authority(dir.path(), Some(&pinned));
+        let refusal = authority.attest(&psat("t1"), 10).unwrap_err();
+        assert_eq!(refusal.status(), 403, "{refusal}");
+        let text = refusal.to_string();
+        assert!(
+            text.contains("pod shop/web-1") && text.contains(&pinned),
+            "{text}"
+        );
+        // The refusal consumed nothing: once the pod runs the registered
+        // image, the same token attests.
+        *answer.lock().unwrap() = Ok(pod_json("uid-1", &pinned));
+        let (claims, _) = claims_and_der(&authority.attest(&psat("t1"), 10).unwrap());
+        assert_eq!(claims.image.unwrap().digest, Some(pinned));
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("\"refusal\":\"not_registered\""), "{audit}");
     }
 
     /// The request a sidecar sends for a Kubernetes attestation.

@@ -1,7 +1,75 @@
-//! Value parsers shared by several commands (`k=v`, digests, durations).
+//! Value parsers shared by several commands (`k=v`, digests, durations),
+//! and the `-o/--output` flag of every command that prints a report.
 //!
-//! Each returns a message clap prints as `invalid value '…' for '--flag': …`,
-//! so the user sees the flag, the value and what to write instead.
+//! Each parser returns a message clap prints as `invalid value '…' for
+//! '--flag': …`, so the user sees the flag, the value and what to write
+//! instead.
+
+use serde::Serialize;
+
+/// How a report is printed: `-o text` (default, for people), `-o json`,
+/// `-o yaml` (for machines; the same document in both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+    Yaml,
+}
+
+/// `-o/--output text|json|yaml`, flattened into a command's arguments.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct Output {
+    /// Output format: text (for people), json or yaml (for machines)
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = OutputFormat::Text
+    )]
+    pub format: OutputFormat,
+}
+
+impl Output {
+    /// Whether the report is for people.
+    pub fn is_text(&self) -> bool {
+        self.format == OutputFormat::Text
+    }
+
+    /// Prints `report` as JSON (pretty) or YAML; `Text` prints nothing and
+    /// returns `false` (the caller prints its own text).
+    pub fn print<T: Serialize>(&self, report: &T) -> anyhow::Result<bool> {
+        let text = self.render(report)?;
+        match text {
+            Some(text) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The report as it would be printed; `None` for `Text`.
+    pub fn render<T: Serialize>(&self, report: &T) -> anyhow::Result<Option<String>> {
+        Ok(match self.format {
+            OutputFormat::Text => None,
+            OutputFormat::Json => Some(serde_json::to_string_pretty(report)? + "\n"),
+            OutputFormat::Yaml => {
+                let yaml = serde_saphyr::to_string(report)
+                    .map_err(|e| anyhow::anyhow!("cannot write the report as YAML: {e}"))?;
+                Some(if yaml.ends_with('\n') {
+                    yaml
+                } else {
+                    yaml + "\n"
+                })
+            }
+        })
+    }
+}
 
 /// A `key=value` pair, as given to `--label` and `--cloud-tag`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +129,37 @@ pub fn duration(input: &str) -> Result<time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_renders_json_and_yaml() {
+        #[derive(Serialize)]
+        struct R {
+            name: &'static str,
+            count: u32,
+        }
+        let r = R {
+            name: "x",
+            count: 2,
+        };
+        let json = Output {
+            format: OutputFormat::Json,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&json.render(&r).unwrap().unwrap()).unwrap();
+        assert_eq!(v["count"], 2);
+        let yaml = Output {
+            format: OutputFormat::Yaml,
+        }
+        .render(&r)
+        .unwrap()
+        .unwrap();
+        assert!(
+            yaml.contains("name: x") && yaml.contains("count: 2"),
+            "{yaml}"
+        );
+        assert!(Output::default().render(&r).unwrap().is_none());
+        assert!(Output::default().is_text());
+    }
 
     #[test]
     fn key_values() {

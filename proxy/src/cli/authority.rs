@@ -70,6 +70,24 @@ pub enum AuthorityCommand {
         /// The longest validity (exp - iat) accepted for a service-account token
         #[arg(long, value_name = "TTL", value_parser = args::duration, default_value = "1h")]
         k8s_max_token_ttl: time::Duration,
+        /// Also look up each attesting pod at the Kubernetes API server
+        /// (https only; in a pod: https://kubernetes.default.svc) and vouch
+        /// for its node, trusted labels and image digests as `k8s.*`; any
+        /// failure of the lookup refuses the attestation
+        #[arg(long, value_name = "URL", requires = "k8s_jwks")]
+        k8s_api: Option<String>,
+        /// The bearer token for --k8s-api, read for every request [default:
+        /// /var/run/secrets/kubernetes.io/serviceaccount/token]
+        #[arg(long, value_name = "FILE", requires = "k8s_api")]
+        k8s_api_token_file: Option<PathBuf>,
+        /// The CA that signed the API server's certificate [default:
+        /// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt]
+        #[arg(long, value_name = "FILE", requires = "k8s_api")]
+        k8s_api_ca: Option<PathBuf>,
+        /// Pod label keys to vouch for as `k8s.labels.<key>`, comma-separated
+        /// (e.g. app,version); other labels are not vouched for
+        #[arg(long, value_name = "KEYS", value_delimiter = ',', requires = "k8s_api")]
+        k8s_trust_labels: Vec<String>,
         /// Fix the authority's clock (RFC 3339), to test expired documents
         #[arg(long, value_name = "TIME", hide = true)]
         clock: Option<String>,
@@ -111,7 +129,7 @@ pub enum AuthorityCommand {
         ttl: time::Duration,
         /// A cloud fact an attestation document must match instead of a
         /// token, key=value (repeatable; keys: provider, account, project,
-        /// region, zone, instance, image)
+        /// region, zone, instance, image, instance_type)
         #[arg(long = "cloud-match", value_name = "K=V", value_parser = args::key_value)]
         cloud_match: Vec<KeyValue>,
     },
@@ -168,6 +186,10 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             k8s_issuer,
             k8s_audience,
             k8s_max_token_ttl,
+            k8s_api,
+            k8s_api_token_file,
+            k8s_api_ca,
+            k8s_trust_labels,
             clock,
         } => {
             let ca =
@@ -206,9 +228,11 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow!("--clock {t}: {e}; write e.g. 2019-04-26T00:00:00Z"))
                 })
                 .transpose()?;
+            let pods = pod_lookup(k8s_api, k8s_api_token_file, k8s_api_ca, k8s_trust_labels)?;
             let authority = Authority::new(ca, store, cert_ttl, Some(&audit_log), cloud)
                 .with_context(|| format!("audit log {}", audit_log.display()))?
-                .with_clock(clock);
+                .with_clock(clock)
+                .with_pod_lookup(pods);
             let _telemetry = crate::telemetry::init(None, "appid-authority")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
@@ -273,8 +297,15 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 registration.labels.insert(key, value);
             }
             for KeyValue { key, value } in cloud_match {
-                const KEYS: [&str; 7] = [
-                    "provider", "account", "project", "region", "zone", "instance", "image",
+                const KEYS: [&str; 8] = [
+                    "provider",
+                    "account",
+                    "project",
+                    "region",
+                    "zone",
+                    "instance",
+                    "image",
+                    "instance_type",
                 ];
                 if !KEYS.contains(&key.as_str()) {
                     return Err(anyhow!(
@@ -424,6 +455,30 @@ fn k8s_settings(
             max_lifetime: std::time::Duration::from_secs(max_token_ttl.whole_seconds() as u64),
         },
     )))
+}
+
+/// The pod lookup of `serve --k8s-api`, with the in-cluster defaults.
+fn pod_lookup(
+    url: Option<String>,
+    token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    trust_labels: Vec<String>,
+) -> anyhow::Result<Option<crate::authority::service::PodLookup>> {
+    use crate::authority::k8s_api::{IN_CLUSTER_CA, IN_CLUSTER_TOKEN, K8sApi};
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    for key in &trust_labels {
+        crate::attest::k8s_pod::check_label_key(key)
+            .map_err(|e| anyhow!("--k8s-trust-labels: {e}"))?;
+    }
+    let token_file = token_file.unwrap_or_else(|| IN_CLUSTER_TOKEN.into());
+    let ca = ca.unwrap_or_else(|| IN_CLUSTER_CA.into());
+    let api = K8sApi::new(&url, &ca, &token_file)?;
+    Ok(Some(crate::authority::service::PodLookup {
+        source: Box::new(api),
+        trust_labels,
+    }))
 }
 
 fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {

@@ -1,4 +1,6 @@
-//! `appid cert inspect`: what a certificate says, readable or as JSON.
+//! `appid cert inspect`: what a certificate says, readable, or the AppID
+//! claims document alone with `-o json` / `-o yaml` (`--json` is kept as
+//! the older spelling of `-o json`).
 //!
 //! Claims print as flattened `path = value` lines, the same dotted paths a
 //! policy uses (`labels.app`, `vulns.critical`), so what you read is what you
@@ -10,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use super::args::{Output, OutputFormat};
 use crate::identity::files;
 use crate::identity::inspect::CertInfo;
 
@@ -19,22 +22,33 @@ pub enum CertCommand {
     Inspect {
         /// A PEM file; the first certificate is inspected
         file: PathBuf,
-        /// Print only the AppID claims document, as JSON
-        #[arg(long)]
+        /// The same as `-o json` (kept for scripts that use it)
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// text: everything, readable; json or yaml: only the AppID claims
+        /// document
+        #[command(flatten)]
+        output: Output,
     },
 }
 
 pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
-    let CertCommand::Inspect { file, json } = command;
+    let CertCommand::Inspect {
+        file,
+        json,
+        mut output,
+    } = command;
+    if json {
+        output.format = OutputFormat::Json;
+    }
     let certs = files::read_certs(&file)?;
     let name = file.display().to_string();
     let info = CertInfo::from_der(&name, &certs[0])?;
 
-    if json {
+    if !output.is_text() {
         return match &info.claims {
             Ok(claims) => {
-                println!("{}", serde_json::to_string_pretty(claims)?);
+                output.print(claims)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(problem) => {

@@ -58,6 +58,20 @@ pub struct ManifestsArgs {
     /// The StorageClass of that volume [default: the cluster's default]
     #[arg(long, value_name = "CLASS")]
     storage_class: Option<String>,
+    /// Let the authority look up attesting pods at the API server (`serve
+    /// --k8s-api`): mounts its service-account token and adds a ClusterRole
+    /// with `get` on pods and its binding
+    #[arg(long)]
+    k8s_pod_lookup: bool,
+    /// Pod label keys the authority vouches for as `k8s.labels.<key>`,
+    /// comma-separated (with --k8s-pod-lookup)
+    #[arg(
+        long,
+        value_name = "KEYS",
+        value_delimiter = ',',
+        requires = "k8s_pod_lookup"
+    )]
+    k8s_trust_labels: Vec<String>,
 }
 
 pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
@@ -98,6 +112,8 @@ pub fn manifests(args: ManifestsArgs) -> anyhow::Result<ExitCode> {
         k8s_issuer: &args.k8s_issuer,
         storage: &args.storage,
         storage_class: args.storage_class.as_deref(),
+        pod_lookup: args.k8s_pod_lookup,
+        trust_labels: &args.k8s_trust_labels,
     })?;
     print(&yaml)?;
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,4 @@
-//! `appid policy check` and `appid policy explain`.
+//! `appid policy check`, `appid policy explain` and `appid policy replay`.
 //!
 //! Design bias: *the same engine the sidecar runs, with the evidence shown*.
 //! `check` loads the policy exactly as the sidecar would and prints either a
@@ -8,9 +8,17 @@
 //! asks the engine, and prints the decision, the deciding rule, and the
 //! rules that almost matched with the one clause that failed.
 //!
+//! `replay` re-decides the decisions recorded in audit logs under a new
+//! policy and reports what would change (see [`crate::replay`]).
+//!
 //! Exit status: 0 valid / allowed; 1 denied (or, without `--method` and
 //! `--path`, a connection whose rules inspect HTTP, so it is not allowed
 //! as such); 2 bad input: an unreadable file, a policy with errors.
+//! `replay`, like `diff`: 0 nothing would change, 1 some decision would
+//! (newly denied or newly allowed; with `--fail-undecidable`, also a line
+//! that cannot be re-decided), 2 bad input (an unreadable file, a line that
+//! is not an audit line: the report is still printed, naming `file:line`).
+//! `explain` and `replay` print text, or `-o json` / `-o yaml`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,9 +27,13 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 
 use appid_policy::AppIdClaims;
-use appid_policy::policy::{Callee, Caller, Direction, Http, HttpRequest, Outcome, Policy, Query};
+use appid_policy::policy::{
+    Callee, Caller, Direction, Http, HttpRequest, Outcome, Policy, Query, RuleStatus,
+};
 
-use super::args::{self, KeyValue};
+use serde::Serialize;
+
+use super::args::{self, KeyValue, Output};
 use crate::identity::claims_from_pem_file;
 
 #[derive(Debug, clap::Subcommand)]
@@ -34,6 +46,25 @@ pub enum PolicyCommand {
     },
     /// Decide one connection or request and show why (exit 0 allow, 1 deny)
     Explain(ExplainArgs),
+    /// Re-decide the decisions in audit logs under a new policy and report
+    /// what would change (exit 0 nothing, 1 something, 2 bad input)
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The new policy file (YAML, `version: 1`)
+    #[arg(value_name = "NEW_POLICY.yaml")]
+    policy: PathBuf,
+    /// Audit logs (JSON lines); rotated files (audit.jsonl.1 …) are more
+    /// arguments, in any order
+    #[arg(value_name = "AUDIT.jsonl", required = true)]
+    audit: Vec<PathBuf>,
+    /// Exit 1 also when some line cannot be re-decided
+    #[arg(long)]
+    fail_undecidable: bool,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +102,8 @@ pub struct ExplainArgs {
     /// when --to is an IP address (an external destination)
     #[arg(long, value_enum)]
     direction: Option<DirectionArg>,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,7 +116,78 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { policy } => check(&policy),
         PolicyCommand::Explain(args) => explain(&args),
+        PolicyCommand::Replay(args) => replay(&args),
     }
+}
+
+fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let Some(policy) = load(&args.policy)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let report = crate::replay::replay(&policy, &args.audit)?;
+    if !args.output.print(&report)? {
+        print!("{report}");
+    }
+    for bad in &report.bad_lines {
+        eprintln!(
+            "appid: {}: {}; fix or remove the line, or leave the file out",
+            bad.at, bad.error
+        );
+    }
+    Ok(if !report.bad_lines.is_empty() {
+        ExitCode::from(2)
+    } else if report.changes() > 0 || (args.fail_undecidable && report.undecidable_count() > 0) {
+        super::denied()
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `policy explain -o json|yaml`.
+#[derive(Serialize)]
+struct ExplainReport<'a> {
+    policy: String,
+    query: QueryReport<'a>,
+    decision: DecisionReport<'a>,
+    rules: Vec<RuleReport<'a>>,
+    /// For a decision deferred to HTTP: what to give to decide a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct QueryReport<'a> {
+    direction: &'static str,
+    from: String,
+    to: String,
+    port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canonical_path: Option<&'a str>,
+    not_http: bool,
+}
+
+#[derive(Serialize)]
+struct DecisionReport<'a> {
+    /// `allow`, `deny`, `defer to L7`, or `refused` (before policy).
+    outcome: &'a str,
+    rule: &'a str,
+    audit_only: bool,
+    /// The decision in words, as `explain` prints it.
+    summary: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct RuleReport<'a> {
+    name: &'a str,
+    action: String,
+    line: usize,
+    status: &'static str,
+    failed: &'a [&'a str],
 }
 
 /// Loads a policy file; on policy errors prints them all and returns `None`.
@@ -209,12 +313,37 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         (Some(method), Some(path)) => match crate::sidecar::http::check_request(method, path) {
             Ok(canonical) => Some(canonical),
             Err(refusal) => {
-                println!("policy: {}", policy.summary());
-                println!(
-                    "decision: refused before policy ({} {}): {refusal}",
-                    refusal.status(),
-                    crate::sidecar::http::INVALID_REQUEST_RULE
-                );
+                let reason = refusal.to_string();
+                let report = ExplainReport {
+                    policy: policy.summary().to_string(),
+                    query: QueryReport {
+                        direction: direction.as_str(),
+                        from: from.describe(),
+                        to: to.describe(),
+                        port: args.port,
+                        method: Some(method.as_str()),
+                        path: Some(path.as_str()),
+                        canonical_path: None,
+                        not_http: false,
+                    },
+                    decision: DecisionReport {
+                        outcome: "refused",
+                        rule: crate::sidecar::http::INVALID_REQUEST_RULE,
+                        audit_only: false,
+                        summary: format!("refused before policy ({}): {reason}", refusal.status()),
+                        reason,
+                    },
+                    rules: Vec::new(),
+                    note: None,
+                };
+                if !args.output.print(&report)? {
+                    println!("policy: {}", policy.summary());
+                    println!(
+                        "decision: refused before policy ({} {}): {refusal}",
+                        refusal.status(),
+                        crate::sidecar::http::INVALID_REQUEST_RULE
+                    );
+                }
                 return Ok(super::denied());
             }
         },
@@ -238,6 +367,62 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     };
 
     let explanation = policy.explain(&query);
+    let decision = &explanation.decision;
+    let note = (decision.outcome == Outcome::DeferToL7).then(|| {
+        format!(
+            "rule {} inspects HTTP requests; give --method and --path to decide a request, or --not-http",
+            decision.rule
+        )
+    });
+    let code = match decision.outcome {
+        Outcome::Allow => ExitCode::SUCCESS,
+        Outcome::Deny | Outcome::DeferToL7 => super::denied(),
+    };
+    if !args.output.is_text() {
+        let report = ExplainReport {
+            policy: policy.summary().to_string(),
+            query: QueryReport {
+                direction: direction.as_str(),
+                from: from.describe(),
+                to: to.describe(),
+                port: args.port,
+                method: args.method.as_deref(),
+                path: args.path.as_deref(),
+                canonical_path: canonical.as_deref(),
+                not_http: args.not_http,
+            },
+            decision: DecisionReport {
+                outcome: if decision.audit_only {
+                    "allow"
+                } else {
+                    decision.outcome.as_str()
+                },
+                rule: decision.rule,
+                audit_only: decision.audit_only,
+                summary: decision.to_string(),
+                reason: decision.why().to_string(),
+            },
+            rules: explanation
+                .rules
+                .iter()
+                .map(|r| RuleReport {
+                    name: r.name,
+                    action: r.action.to_string(),
+                    line: r.line,
+                    status: match r.status {
+                        RuleStatus::Matched => "matched",
+                        RuleStatus::NeedsHttp => "needs_http",
+                        RuleStatus::NotHttp => "not_http",
+                        RuleStatus::Failed => "failed",
+                    },
+                    failed: &r.failed,
+                })
+                .collect(),
+            note,
+        };
+        args.output.print(&report)?;
+        return Ok(code);
+    }
     println!("policy: {}", policy.summary());
     let request = match (&args.method, &args.path, &canonical) {
         (Some(m), Some(p), Some(c)) if p != c => format!(", {m} {p} (canonical path {c})"),
@@ -252,16 +437,8 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         args.port
     );
     print!("{explanation}");
-    let decision = &explanation.decision;
-    Ok(match decision.outcome {
-        Outcome::Allow => ExitCode::SUCCESS,
-        Outcome::Deny => super::denied(),
-        Outcome::DeferToL7 => {
-            println!(
-                "note: rule {} inspects HTTP requests; give --method and --path to decide a request, or --not-http",
-                decision.rule
-            );
-            super::denied()
-        }
-    })
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
+    Ok(code)
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use ipnet::IpNet;
 
+use super::args::Output;
 use crate::redirect::{self, Backend, Family, Installed, RedirectOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,6 +57,18 @@ pub struct RedirectArgs {
     /// Print the exact iptables-restore input instead of applying it
     #[arg(long)]
     dry_run: bool,
+    /// For show: text (iptables-save lines), json or yaml
+    #[command(flatten)]
+    output: Output,
+}
+
+/// `redirect show -o json|yaml`: one entry per address family.
+#[derive(serde::Serialize)]
+struct ShowReport<'a> {
+    family: &'static str,
+    backend: &'static str,
+    installed: bool,
+    rules: &'a [String],
 }
 
 fn parse_port(input: &str) -> Result<u16, String> {
@@ -138,6 +151,23 @@ pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Show => {
             let installed = redirect::show(backend, &families).context("reading the rules")?;
+            if !args.output.is_text() {
+                let report: Vec<ShowReport<'_>> = installed
+                    .iter()
+                    .map(|(family, found)| ShowReport {
+                        family: family.as_str(),
+                        backend: backend.as_str(),
+                        installed: !found.is_empty(),
+                        rules: &found.lines,
+                    })
+                    .collect();
+                args.output.print(&report)?;
+                return Ok(if report.iter().any(|r| r.installed) {
+                    ExitCode::SUCCESS
+                } else {
+                    super::denied()
+                });
+            }
             let mut any = false;
             for (family, found) in installed {
                 println!("# {} ({} backend)", family.as_str(), backend.as_str());

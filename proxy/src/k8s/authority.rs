@@ -1,7 +1,10 @@
 //! `appid authority manifests`: the authority in the cluster.
 //!
 //! A Namespace (Pod Security `restricted`), a ServiceAccount that mounts no
-//! API token (the authority never calls the Kubernetes API, so no RBAC), a
+//! API token (by default the authority never calls the Kubernetes API, so
+//! no RBAC; with `--k8s-pod-lookup` it reads the pods that attest: then the
+//! token is mounted, and a ClusterRole with `get` on pods and its binding
+//! follow the StatefulSet), a
 //! Service on 15170 (`https://appid-authority.<namespace>:15170`, the URL
 //! `appid inject config` defaults to), and a one-replica StatefulSet: the
 //! authority is a single writer of one SQLite file, kept on a
@@ -48,6 +51,11 @@ pub struct Options<'a> {
     pub storage: &'a str,
     /// The state volume's StorageClass; the cluster's default when absent.
     pub storage_class: Option<&'a str>,
+    /// Look up attesting pods at the API server (`serve --k8s-api`).
+    pub pod_lookup: bool,
+    /// Pod label keys vouched for (`serve --k8s-trust-labels`); needs
+    /// `pod_lookup`.
+    pub trust_labels: &'a [String],
 }
 
 impl Default for Options<'_> {
@@ -59,6 +67,8 @@ impl Default for Options<'_> {
             k8s_issuer: DEFAULT_ISSUER,
             storage: "1Gi",
             storage_class: None,
+            pod_lookup: false,
+            trust_labels: &[],
         }
     }
 }
@@ -88,6 +98,8 @@ pub fn manifests(options: &Options<'_>) -> Result<String, ManifestsError> {
         k8s_issuer: issuer,
         storage,
         storage_class,
+        pod_lookup,
+        trust_labels,
     } = *options;
     spiffe::validate_trust_domain(td).map_err(|e| {
         bad(
@@ -130,6 +142,43 @@ pub fn manifests(options: &Options<'_>) -> Result<String, ManifestsError> {
         Some(class) => format!("\n      storageClassName: {class}"),
         None => String::new(),
     };
+    if !trust_labels.is_empty() && !pod_lookup {
+        return Err(bad(
+            "--k8s-trust-labels",
+            &trust_labels.join(","),
+            "labels are read from the API server: add --k8s-pod-lookup",
+        ));
+    }
+    for key in trust_labels {
+        crate::attest::k8s_pod::check_label_key(key)
+            .map_err(|e| bad("--k8s-trust-labels", key, e))?;
+    }
+    let (automount, api_note, lookup_args, rbac) = if pod_lookup {
+        let mut args = format!(
+            "\n        - --k8s-api\n        - {}",
+            crate::authority::k8s_api::IN_CLUSTER_URL
+        );
+        if !trust_labels.is_empty() {
+            args.push_str(&format!(
+                "\n        - --k8s-trust-labels\n        - {}",
+                quote(&trust_labels.join(","))
+            ));
+        }
+        (
+            "true",
+            "# The authority reads each attesting pod from the API server (--k8s-api):\n\
+             # its service account token is mounted, and may only `get` pods.",
+            args,
+            pod_reader_rbac(ns),
+        )
+    } else {
+        (
+            "false",
+            "# The authority never calls the Kubernetes API: no RBAC, no API token.",
+            String::new(),
+            String::new(),
+        )
+    };
     let version = env!("CARGO_PKG_VERSION");
     let uid = PROXY_UID;
     let port = AUTHORITY_PORT;
@@ -149,7 +198,7 @@ pub fn manifests(options: &Options<'_>) -> Result<String, ManifestsError> {
 # and `kubectl -n {ns} rollout restart statefulset/{NAME}`. Registrations:
 #   kubectl -n {ns} exec {NAME}-0 -- appid authority register --dir {STATE_DIR} \
 #       --k8s-namespace NS --k8s-service-account SA --label app=...
-# The authority never calls the Kubernetes API: no RBAC, no API token.
+{api_note}
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -165,7 +214,7 @@ metadata:
   namespace: {ns}
   labels:
     {labels}
-automountServiceAccountToken: false
+automountServiceAccountToken: {automount}
 ---
 apiVersion: v1
 kind: Service
@@ -207,7 +256,7 @@ spec:
         appid.dev/trust-domain: {td_quoted}
     spec:
       serviceAccountName: {NAME}
-      automountServiceAccountToken: false
+      automountServiceAccountToken: {automount}
       securityContext:
         runAsNonRoot: true
         runAsUser: {uid}
@@ -230,7 +279,7 @@ spec:
         - --k8s-issuer
         - {issuer_quoted}
         - --k8s-audience
-        - {TOKEN_AUDIENCE}
+        - {TOKEN_AUDIENCE}{lookup_args}
         ports:
         - name: authority
           containerPort: {port}
@@ -301,12 +350,48 @@ spec:
       resources:
         requests:
           storage: {storage}
-"#,
+{rbac}"#,
         labels_pod = labels.replace("\n    ", "\n        "),
         td_quoted = quote(td),
         image_quoted = quote(&image),
         issuer_quoted = quote(issuer),
     ))
+}
+
+/// What `--k8s-pod-lookup` needs: `get` on pods, cluster-wide (pods of
+/// every namespace attest), for the authority's service account only.
+fn pod_reader_rbac(ns: &str) -> String {
+    format!(
+        r#"---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {NAME}-{ns}
+  labels:
+    app.kubernetes.io/name: appid-authority
+    app.kubernetes.io/part-of: appid
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {NAME}-{ns}
+  labels:
+    app.kubernetes.io/name: appid-authority
+    app.kubernetes.io/part-of: appid
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {NAME}-{ns}
+subjects:
+- kind: ServiceAccount
+  name: {NAME}
+  namespace: {ns}
+"#
+    )
 }
 
 /// A Kubernetes quantity as people write storage sizes: digits, an optional

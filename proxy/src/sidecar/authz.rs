@@ -20,7 +20,7 @@ use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reaso
 
 use super::Shared;
 use super::http::{INVALID_REQUEST_RULE, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict};
-use crate::audit::AuditRecord;
+use crate::audit::{AppIdDoc, AuditRecord, ExternalDest};
 
 /// The rule name audit lines and `x-appid-denied-by` carry for a peer the
 /// authority revoked.
@@ -69,11 +69,12 @@ pub struct ConnAuthz {
     peer_addr: SocketAddr,
     port: u16,
     protocol: &'static str,
-    /// The claims as JSON, for the values audit lines show
-    /// (`from.labels.app: web`); shared by every connection with the same
-    /// claims (see [`ClaimsJson`]).
-    local_json: OnceLock<Arc<serde_json::Value>>,
-    peer_json: OnceLock<Arc<serde_json::Value>>,
+    /// The claims as JSON with their digest, for the values audit lines
+    /// show (`from.labels.app: web`) and the full claims they name
+    /// (`peer_appid`, `local_appid`); shared by every connection with the
+    /// same claims (see [`ClaimsJson`]).
+    local_json: OnceLock<Arc<AppIdDoc>>,
+    peer_json: OnceLock<Arc<AppIdDoc>>,
 }
 
 /// Claims documents as JSON, made once per claims `Arc` (our identity; a
@@ -86,13 +87,13 @@ pub struct ClaimsJson {
     by_claims: std::sync::Mutex<HashMap<usize, CachedJson>>,
 }
 
-type CachedJson = (Weak<AppIdClaims>, Arc<serde_json::Value>);
+type CachedJson = (Weak<AppIdClaims>, Arc<AppIdDoc>);
 
 impl ClaimsJson {
     /// Entries kept before dead ones are swept.
     const SWEEP_ABOVE: usize = 1024;
 
-    pub fn get(&self, claims: &Arc<AppIdClaims>) -> Arc<serde_json::Value> {
+    pub fn get(&self, claims: &Arc<AppIdClaims>) -> Arc<AppIdDoc> {
         let key = Arc::as_ptr(claims) as usize;
         let mut map = self.by_claims.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((weak, json)) = map.get(&key)
@@ -105,7 +106,7 @@ impl ClaimsJson {
         if map.len() >= Self::SWEEP_ABOVE {
             map.retain(|_, (weak, _)| weak.strong_count() > 0);
         }
-        let json = Arc::new(claims.to_value());
+        let json = Arc::new(AppIdDoc::new(claims));
         map.insert(key, (Arc::downgrade(claims), json.clone()));
         json
     }
@@ -330,7 +331,32 @@ impl ConnAuthz {
             _ => None,
         };
         let peer_addr = self.peer_addr.to_string();
+        let peer_appid = match &self.peer {
+            Peer::Meshed(claims) => Some(
+                &**self
+                    .peer_json
+                    .get_or_init(|| self.shared.claims_json.get(claims)),
+            ),
+            _ => None,
+        };
+        let local_appid = self
+            .local_json
+            .get_or_init(|| self.shared.claims_json.get(&self.local));
+        let external_ip;
+        let external = match &self.peer {
+            Peer::External { ip, host } => {
+                external_ip = ip.to_string();
+                Some(ExternalDest {
+                    ip: &external_ip,
+                    host: host.as_deref().map(|h| truncate_utf8(h, AUDIT_FIELD_BYTES)),
+                })
+            }
+            _ => None,
+        };
         self.shared.audit.log(&AuditRecord {
+            external,
+            peer_appid,
+            local_appid: Some(local_appid),
             direction: self.direction.as_str(),
             decision,
             audit_only,
@@ -387,7 +413,7 @@ impl ConnAuthz {
                 .get_or_init(|| self.shared.claims_json.get(&self.local)),
             _ => return None,
         };
-        let mut node: &serde_json::Value = value;
+        let mut node: &serde_json::Value = &value.value;
         let mut remaining = rest;
         // Label and tag keys may themselves contain dots.
         while let Some(object) = node.as_object() {

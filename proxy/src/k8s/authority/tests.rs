@@ -166,6 +166,8 @@ fn options_reach_the_manifests() {
         k8s_issuer: "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC",
         storage: "500Mi",
         storage_class: Some("fast-ssd"),
+        pod_lookup: false,
+        trust_labels: &[],
     })
     .unwrap();
     let docs = docs(&yaml);
@@ -180,6 +182,81 @@ fn options_reach_the_manifests() {
     let claim = &set["volumeClaimTemplates"][0]["spec"];
     assert_eq!(claim["storageClassName"], "fast-ssd");
     assert_eq!(claim["resources"]["requests"]["storage"], "500Mi");
+}
+
+#[test]
+fn the_pod_lookup_gets_a_token_and_may_only_get_pods() {
+    let keys = ["app".to_owned(), "app.kubernetes.io/version".to_owned()];
+    let yaml = manifests(&Options {
+        pod_lookup: true,
+        trust_labels: &keys,
+        ..options("prod.example")
+    })
+    .unwrap();
+    let docs = docs(&yaml);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "Service",
+            "StatefulSet",
+            "ClusterRole",
+            "ClusterRoleBinding"
+        ]
+    );
+    assert_eq!(docs[1]["automountServiceAccountToken"], true);
+    let spec = &docs[3]["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], true);
+    let args: Vec<&str> = spec["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let tail = &args[args.len() - 4..];
+    assert_eq!(
+        tail,
+        [
+            "--k8s-api",
+            "https://kubernetes.default.svc",
+            "--k8s-trust-labels",
+            "app,app.kubernetes.io/version"
+        ]
+    );
+    let role = &docs[4];
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}])
+    );
+    let binding = &docs[5];
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": NAME, "namespace": DEFAULT_NAMESPACE}])
+    );
+    assert!(yaml.contains("may only `get` pods"), "{yaml}");
+
+    // Without the lookup: no token, no RBAC, no --k8s-api.
+    let plain = manifests(&options("prod.example")).unwrap();
+    assert!(!plain.contains("ClusterRole") && !plain.contains("--k8s-api\n"));
+    // Labels come from the API server: not without the lookup; and they
+    // must be label keys.
+    let err = manifests(&Options {
+        trust_labels: &keys,
+        ..options("prod.example")
+    })
+    .unwrap_err();
+    assert_eq!(err.flag, "--k8s-trust-labels");
+    let bad = ["Bad Key".to_owned()];
+    let err = manifests(&Options {
+        pod_lookup: true,
+        trust_labels: &bad,
+        ..options("prod.example")
+    })
+    .unwrap_err();
+    assert_eq!(err.flag, "--k8s-trust-labels", "{err}");
 }
 
 #[test]

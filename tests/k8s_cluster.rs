@@ -1,26 +1,16 @@
-//! A stand-in for a Kubernetes cluster's service-account issuer: an RSA key
-//! made here, its JWKS (what `kubectl get --raw /openid/v1/jwks` prints),
-//! and projected service-account tokens signed with it in the shape the API
-//! server issues them, so the real `appid authority serve --k8s-*` can be
-//! tested without a cluster.
+//! The test cluster's service-account issuer, shared by the Kubernetes
+//! attestation tests (`#[path = "k8s_cluster.rs"] mod k8s_cluster;`): an RSA
+//! key, its JWKS, and projected tokens in the shape the API server issues.
 
-/// The `iss` of the tokens (most clusters' default).
+#![allow(dead_code)]
+
 pub const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-/// The audience `appid inject` asks the kubelet for.
 pub const K8S_AUDIENCE: &str = "appid-authority";
 
 /// The test cluster's service-account issuer: an RSA key and its JWKS.
 pub struct Cluster {
     key: aws_lc_rs::rsa::KeyPair,
     pub jwks: String,
-}
-
-/// One pod a token is bound to.
-pub struct Pod<'a> {
-    pub namespace: &'a str,
-    pub service_account: &'a str,
-    pub name: &'a str,
-    pub uid: &'a str,
 }
 
 impl Cluster {
@@ -36,41 +26,51 @@ impl Cluster {
         Cluster { key, jwks }
     }
 
-    /// A token as the kubelet mounts it for pod `pod` of `ns`/`sa`, valid
-    /// ten minutes from now, for `audience`.
+    /// A token as the kubelet mounts it for pod `pod` (uid `uid-<pod>`) of
+    /// `ns`/`sa`, valid ten minutes from now, for `audience`.
     pub fn token(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
-        let uid = format!("uid-{pod}");
-        let pod = Pod {
-            namespace: ns,
-            service_account: sa,
-            name: pod,
-            uid: &uid,
-        };
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        self.token_for(&pod, audience, now - 5)
+        self.token_for_uid(ns, sa, pod, &format!("uid-{pod}"), audience)
     }
 
-    /// A ten-minute token for `pod` and `audience` issued at `iat` (Unix
-    /// seconds: one in the past makes an expired token).
-    pub fn token_for(&self, pod: &Pod<'_>, audience: &str, iat: i64) -> String {
+    /// [`Self::token`] for a pod with uid `uid`.
+    pub fn token_for_uid(
+        &self,
+        ns: &str,
+        sa: &str,
+        pod: &str,
+        uid: &str,
+        audience: &str,
+    ) -> String {
+        let iat = time::OffsetDateTime::now_utc().unix_timestamp() - 5;
+        self.token_issued_at(ns, sa, pod, uid, audience, iat)
+    }
+
+    /// [`Self::token_for_uid`], issued at `iat` (Unix seconds; an hour ago
+    /// makes an expired token).
+    pub fn token_issued_at(
+        &self,
+        ns: &str,
+        sa: &str,
+        pod: &str,
+        uid: &str,
+        audience: &str,
+        iat: i64,
+    ) -> String {
         let claims = serde_json::json!({
             "aud": [audience],
             "exp": iat + 600,
             "iat": iat,
             "iss": K8S_ISSUER,
-            "jti": format!("jti-{}-{iat}", pod.name),
+            "jti": format!("jti-{pod}-{iat}"),
             "kubernetes.io": {
-                "namespace": pod.namespace,
+                "namespace": ns,
                 "node": {"name": "node-1", "uid": "58456cb0-dd00-45ed-b797-5578fdceaced"},
-                "pod": {"name": pod.name, "uid": pod.uid},
-                "serviceaccount": {
-                    "name": pod.service_account,
-                    "uid": format!("uid-sa-{}", pod.service_account),
-                },
+                "pod": {"name": pod, "uid": uid},
+                "serviceaccount": {"name": sa, "uid": format!("uid-sa-{sa}")},
                 "warnafter": iat + 600 - 7
             },
             "nbf": iat,
-            "sub": format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account),
+            "sub": format!("system:serviceaccount:{ns}:{sa}"),
         });
         let input = format!(
             "{}.{}",
@@ -91,19 +91,22 @@ impl Cluster {
 }
 
 /// The `--k8s-jwks`, `--k8s-issuer`, `--k8s-audience` arguments of `appid
-/// authority serve` for a cluster whose JWKS is in `jwks`.
+/// authority serve` for a cluster whose JWKS is in the file `jwks`.
 pub fn authority_args(jwks: &std::path::Path) -> Vec<String> {
-    vec![
-        "--k8s-jwks".into(),
-        jwks.to_str().expect("UTF-8 path").into(),
-        "--k8s-issuer".into(),
-        K8S_ISSUER.into(),
-        "--k8s-audience".into(),
-        K8S_AUDIENCE.into(),
+    let jwks = jwks.to_str().expect("UTF-8 path");
+    [
+        "--k8s-jwks",
+        jwks,
+        "--k8s-issuer",
+        K8S_ISSUER,
+        "--k8s-audience",
+        K8S_AUDIENCE,
     ]
+    .map(String::from)
+    .to_vec()
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

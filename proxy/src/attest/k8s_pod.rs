@@ -1,0 +1,423 @@
+//! The pod behind a projected service-account token, as the API server
+//! describes it: what the authority checks and vouches for when it is run
+//! with `--k8s-api` (SPIRE's `k8s_psat` attestor does the same lookup).
+//!
+//! The token says "pod P (uid U) of service account S in namespace N"; the
+//! authority then reads `GET /api/v1/namespaces/N/pods/P` and checks, in
+//! order: the answer is at most [`MAX_POD_BYTES`] and a Pod; its name and
+//! namespace are P and N; `metadata.uid` is U (a pod deleted and re-created
+//! under the same name is another pod); `spec.serviceAccountName` is S;
+//! `spec.nodeName` is the token's node, when the token names one; and
+//! `status.phase` is `Pending` or `Running` (a finished pod needs no
+//! certificate). Then it vouches for:
+//!
+//! - `k8s.node`: `spec.nodeName`;
+//! - `k8s.labels.<key>`: the pod's labels whose keys the authority was told
+//!   to trust (`--k8s-trust-labels`; whoever may create pods in the
+//!   namespace chooses every label, so trust is opt-in, key by key);
+//! - `k8s.images.<container>`: the image digest of each app container (not
+//!   appid's own `appid-proxy`/`appid-init`): the digest in
+//!   `status.containerStatuses[].imageID` (`<repo>@sha256:<hex>`, what the
+//!   kubelet pulled), or, for a container that has not started yet, the
+//!   digest of `spec.containers[].image` when the spec pins one
+//!   (`<repo>@sha256:<hex>`: the kubelet will run exactly that). The sidecar
+//!   is a native sidecar and attests before the app containers start, so at
+//!   first attestation only a digest-pinned spec gives a digest; renewals
+//!   see the running ones. A bare `sha256:<hex>` imageID (a local image
+//!   without a registry digest) and a tag-only spec give none.
+//!
+//! Pure: bytes and expectations in, facts or a typed reason naming the pod
+//! out; the HTTP request is the authority's business.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use appid_policy::claims::K8s;
+
+/// The largest pod object accepted from the API server. Real pods are a
+/// few KiB (most of it `managedFields`); this leaves room for large ones
+/// while bounding what a misbehaving server can make the authority hold.
+pub const MAX_POD_BYTES: usize = 512 * 1024;
+
+/// appid's own containers: never an app container.
+const APPID_CONTAINERS: [&str; 2] = [
+    crate::inject::PROXY_CONTAINER,
+    crate::inject::INIT_CONTAINER,
+];
+
+/// What the token says the pod is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodRef<'a> {
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub pod: &'a str,
+    pub pod_uid: &'a str,
+    /// The token's node (Kubernetes 1.30+), or the one vouched for before.
+    pub node: Option<&'a str>,
+}
+
+impl PodRef<'_> {
+    /// `namespace/name`, as errors name the pod.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod)
+    }
+}
+
+/// The facts of a checked pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    pub node: Option<String>,
+    /// Only the trusted keys.
+    pub labels: BTreeMap<String, String>,
+    /// App container name to `sha256:<64 hex>`.
+    pub images: BTreeMap<String, String>,
+    /// App containers for which no digest is known yet.
+    pub without_digest: Vec<String>,
+}
+
+/// Why the pod does not back the token (each names the pod).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PodError {
+    #[error(
+        "pod {pod}: the API server's answer is larger than {max} bytes; the authority refuses it (is --k8s-api the cluster's API server?)"
+    )]
+    TooLarge { pod: String, max: usize },
+    #[error(
+        "pod {pod}: the API server's answer is not a usable Pod: {field} ({detail}); is --k8s-api the cluster's API server?"
+    )]
+    Malformed {
+        pod: String,
+        field: &'static str,
+        detail: String,
+    },
+    #[error(
+        "pod {pod}: its metadata.uid is {api}, but the token was issued to pod uid {token}: the pod was deleted and re-created under the same name; the new pod's sidecar must attest with its own token"
+    )]
+    UidMismatch {
+        pod: String,
+        api: String,
+        token: String,
+    },
+    #[error(
+        "pod {pod}: its spec.serviceAccountName is {api:?}, but the token is for service account {token}"
+    )]
+    ServiceAccountMismatch {
+        pod: String,
+        api: String,
+        token: String,
+    },
+    #[error("pod {pod}: its spec.nodeName is {api:?}, but the token was issued on node {token}")]
+    NodeMismatch {
+        pod: String,
+        api: String,
+        token: String,
+    },
+    #[error(
+        "pod {pod}: its status.phase is {phase:?}; only Pending or Running pods get certificates"
+    )]
+    Phase { pod: String, phase: String },
+    #[error(
+        "pod {pod}: the registration pins image {pinned}, but the pod runs {running}; deploy the registered image, or re-register with --image-digest of the image it should run"
+    )]
+    DigestMismatch {
+        pod: String,
+        pinned: String,
+        running: String,
+    },
+    #[error(
+        "pod {pod}: the registration pins image {pinned}, but no image digest is known for container(s) {containers}: they have not started and their spec names the image by tag; reference the image by digest (image: <repo>@{pinned})"
+    )]
+    NoDigest {
+        pod: String,
+        pinned: String,
+        containers: String,
+    },
+}
+
+impl PodError {
+    /// A short stable code for audit lines.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PodError::TooLarge { .. } => "pod_too_large",
+            PodError::Malformed { .. } => "pod_malformed",
+            PodError::UidMismatch { .. } => "pod_uid_mismatch",
+            PodError::ServiceAccountMismatch { .. } => "pod_service_account_mismatch",
+            PodError::NodeMismatch { .. } => "pod_node_mismatch",
+            PodError::Phase { .. } => "pod_phase",
+            PodError::DigestMismatch { .. } => "pod_image_mismatch",
+            PodError::NoDigest { .. } => "pod_no_image_digest",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Kind {
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Pod {
+    metadata: Option<Metadata>,
+    spec: Option<Spec>,
+    status: Option<Status>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    service_account_name: Option<String>,
+    node_name: Option<String>,
+    #[serde(default)]
+    containers: Vec<SpecContainer>,
+}
+
+#[derive(Deserialize)]
+struct SpecContainer {
+    name: String,
+    image: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    phase: Option<String>,
+    #[serde(default)]
+    container_statuses: Option<Vec<ContainerStatus>>,
+}
+
+#[derive(Deserialize)]
+struct ContainerStatus {
+    name: String,
+    #[serde(rename = "imageID", default)]
+    image_id: String,
+}
+
+/// `sha256:<64 lowercase hex>` from an image reference or imageID that
+/// names a registry digest (`…@sha256:<hex>`).
+pub fn registry_digest(reference: &str) -> Option<String> {
+    let (_, hex) = reference.rsplit_once("@sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| format!("sha256:{hex}"))
+}
+
+/// Checks the API server's answer for the pod `expect` names; the facts to
+/// vouch for, with only the labels in `trust_labels`.
+pub fn check_pod(
+    body: &[u8],
+    expect: &PodRef<'_>,
+    trust_labels: &[String],
+) -> Result<PodFacts, PodError> {
+    let pod = || expect.display();
+    if body.len() > MAX_POD_BYTES {
+        return Err(PodError::TooLarge {
+            pod: pod(),
+            max: MAX_POD_BYTES,
+        });
+    }
+    let malformed = |field: &'static str, detail: String| PodError::Malformed {
+        pod: pod(),
+        field,
+        detail,
+    };
+    // The kind first: a `Status` (an error answer) is not a Pod-shaped object.
+    let kind: Kind = serde_json::from_slice(body).map_err(|e| malformed("JSON", e.to_string()))?;
+    if kind.kind.as_deref() != Some("Pod") {
+        return Err(malformed(
+            "kind",
+            format!("{:?}, expected \"Pod\"", kind.kind.as_deref().unwrap_or("")),
+        ));
+    }
+    let object: Pod = serde_json::from_slice(body).map_err(|e| malformed("JSON", e.to_string()))?;
+    let metadata = object
+        .metadata
+        .ok_or_else(|| malformed("metadata", "missing".into()))?;
+    if metadata.name.as_deref() != Some(expect.pod)
+        || metadata.namespace.as_deref() != Some(expect.namespace)
+    {
+        return Err(malformed(
+            "metadata.name/namespace",
+            format!(
+                "{}/{}, not the pod asked for",
+                metadata.namespace.as_deref().unwrap_or("?"),
+                metadata.name.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    let uid = metadata
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| malformed("metadata.uid", "missing".into()))?;
+    if uid != expect.pod_uid {
+        return Err(PodError::UidMismatch {
+            pod: pod(),
+            api: uid,
+            token: expect.pod_uid.to_owned(),
+        });
+    }
+    let spec = object
+        .spec
+        .ok_or_else(|| malformed("spec", "missing".into()))?;
+    let account = spec.service_account_name.unwrap_or_default();
+    if account != expect.service_account {
+        return Err(PodError::ServiceAccountMismatch {
+            pod: pod(),
+            api: account,
+            token: expect.service_account.to_owned(),
+        });
+    }
+    let node = spec.node_name.filter(|n| !n.is_empty());
+    if let (Some(token), Some(api)) = (expect.node, node.as_deref()) {
+        if token != api {
+            return Err(PodError::NodeMismatch {
+                pod: pod(),
+                api: api.to_owned(),
+                token: token.to_owned(),
+            });
+        }
+    }
+    let status = object
+        .status
+        .ok_or_else(|| malformed("status", "missing".into()))?;
+    match status.phase.as_deref() {
+        Some("Pending" | "Running") => {}
+        other => {
+            return Err(PodError::Phase {
+                pod: pod(),
+                phase: other.unwrap_or("(none)").to_owned(),
+            });
+        }
+    }
+
+    let running: BTreeMap<&str, String> = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|s| Some((s.name.as_str(), registry_digest(&s.image_id)?)))
+        .collect();
+    let mut facts = PodFacts {
+        node: node.or_else(|| expect.node.map(str::to_owned)),
+        ..PodFacts::default()
+    };
+    for container in &spec.containers {
+        if APPID_CONTAINERS.contains(&container.name.as_str()) {
+            continue;
+        }
+        let digest = running
+            .get(container.name.as_str())
+            .cloned()
+            .or_else(|| container.image.as_deref().and_then(registry_digest));
+        match digest {
+            Some(digest) => {
+                facts.images.insert(container.name.clone(), digest);
+            }
+            None => facts.without_digest.push(container.name.clone()),
+        }
+    }
+    let labels = metadata.labels.unwrap_or_default();
+    for key in trust_labels {
+        if let Some(value) = labels.get(key) {
+            facts.labels.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(facts)
+}
+
+/// Refuses a pod that does not run the digest its registration pins: the
+/// pinned digest must be one of its app containers' (a pod with several
+/// app containers lists them all under `k8s.images`, for policy to pin).
+pub fn check_pinned(facts: &PodFacts, pod: &PodRef<'_>, pinned: &str) -> Result<(), PodError> {
+    if facts.images.values().any(|d| d == pinned) {
+        return Ok(());
+    }
+    if !facts.without_digest.is_empty() {
+        return Err(PodError::NoDigest {
+            pod: pod.display(),
+            pinned: pinned.to_owned(),
+            containers: facts.without_digest.join(", "),
+        });
+    }
+    let running = if facts.images.is_empty() {
+        "no app container".to_owned()
+    } else {
+        facts
+            .images
+            .iter()
+            .map(|(name, digest)| format!("{name}={digest}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(PodError::DigestMismatch {
+        pod: pod.display(),
+        pinned: pinned.to_owned(),
+        running,
+    })
+}
+
+impl PodFacts {
+    /// Adds the API server's facts to the token's `k8s` claims.
+    pub fn vouch(self, claims: &mut K8s) {
+        if self.node.is_some() {
+            claims.node = self.node;
+        }
+        claims.labels = self.labels;
+        claims.images = self.images;
+    }
+
+    /// The one app container's digest, when there is exactly one app
+    /// container and its digest is known: what `image.digest` vouches for
+    /// when the registration pins none.
+    pub fn single_digest(images: &BTreeMap<String, String>) -> Option<&String> {
+        match images.values().collect::<Vec<_>>().as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a `--k8s-trust-labels` key as Kubernetes writes label keys
+/// (`[prefix/]name`); the reason, if it is not one.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+    });
+    if name_ok && prefix_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{key}` is not a Kubernetes label key ([prefix/]name: name of letters, digits, '-', '_', '.', at most 63)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

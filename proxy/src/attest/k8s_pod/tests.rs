@@ -1,0 +1,364 @@
+//! The pod checks against pod objects in the shape `kubectl get pod -o
+//! json` (and `GET /api/v1/namespaces/NS/pods/NAME`) returns.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+const UID: &str = "8a1c7f3e-5b2d-4c1e-9f0a-3d2b1c0e9f8a";
+const APP: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904c3c3f4a5ee1a5d4b5d3c8e21";
+const SIDECAR: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+fn expect() -> PodRef<'static> {
+    PodRef {
+        namespace: "shop",
+        service_account: "web",
+        pod: "web-7d4b9c6f5-x2x9q",
+        pod_uid: UID,
+        node: Some("node-1"),
+    }
+}
+
+/// A running, injected pod: appid's containers are native sidecars (init
+/// containers), the app is `web`.
+fn pod() -> Value {
+    json!({
+      "kind": "Pod",
+      "apiVersion": "v1",
+      "metadata": {
+        "name": "web-7d4b9c6f5-x2x9q",
+        "generateName": "web-7d4b9c6f5-",
+        "namespace": "shop",
+        "uid": UID,
+        "resourceVersion": "48213",
+        "creationTimestamp": "2026-01-12T09:30:11Z",
+        "labels": {"app": "web", "pod-template-hash": "7d4b9c6f5", "version": "v2", "team": "shop"},
+        "annotations": {"appid.dev/status": "{\"version\":\"0.1.0\"}"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c6f5",
+          "uid": "0b9d0c5e-1f4a-4bb1-8a44-5b1f9c2e7d10", "controller": true, "blockOwnerDeletion": true}],
+        "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+          "time": "2026-01-12T09:30:11Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]
+      },
+      "spec": {
+        "volumes": [{"name": "appid-identity", "projected": {"sources": [{"serviceAccountToken":
+          {"audience": "appid-authority", "expirationSeconds": 3600, "path": "token"}}]}}],
+        "initContainers": [
+          {"name": "appid-init", "image": "registry.example/appid:0.1.0", "args": ["redirect", "install"]},
+          {"name": "appid-proxy", "image": "registry.example/appid:0.1.0", "restartPolicy": "Always"}
+        ],
+        "containers": [{"name": "web", "image": "registry.example/web:1.4",
+          "ports": [{"containerPort": 8080, "protocol": "TCP"}], "imagePullPolicy": "IfNotPresent"}],
+        "restartPolicy": "Always",
+        "serviceAccountName": "web",
+        "serviceAccount": "web",
+        "nodeName": "node-1",
+        "schedulerName": "default-scheduler"
+      },
+      "status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-12T09:30:19Z"}],
+        "hostIP": "10.0.0.11",
+        "podIP": "10.244.1.23",
+        "startTime": "2026-01-12T09:30:11Z",
+        "initContainerStatuses": [
+          {"name": "appid-init", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+           "ready": true, "restartCount": 0, "image": "registry.example/appid:0.1.0",
+           "imageID": format!("registry.example/appid@sha256:{SIDECAR}"), "containerID": "containerd://aa"},
+          {"name": "appid-proxy", "state": {"running": {"startedAt": "2026-01-12T09:30:13Z"}},
+           "ready": true, "restartCount": 0, "image": "registry.example/appid:0.1.0",
+           "imageID": format!("registry.example/appid@sha256:{SIDECAR}"), "containerID": "containerd://bb",
+           "started": true}
+        ],
+        "containerStatuses": [
+          {"name": "web", "state": {"running": {"startedAt": "2026-01-12T09:30:18Z"}}, "ready": true,
+           "restartCount": 0, "image": "registry.example/web:1.4",
+           "imageID": format!("registry.example/web@sha256:{APP}"), "containerID": "containerd://cc",
+           "started": true}
+        ],
+        "qosClass": "BestEffort"
+      }
+    })
+}
+
+fn trust(keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| (*k).to_owned()).collect()
+}
+
+fn check(pod: &Value, keys: &[&str]) -> Result<PodFacts, PodError> {
+    check_pod(pod.to_string().as_bytes(), &expect(), &trust(keys))
+}
+
+#[test]
+fn a_running_pod_gives_its_node_trusted_labels_and_app_image() {
+    let facts = check(&pod(), &["app", "version", "absent"]).unwrap();
+    assert_eq!(facts.node.as_deref(), Some("node-1"));
+    // Only trusted keys; `team` and `pod-template-hash` are not.
+    assert_eq!(
+        facts.labels,
+        BTreeMap::from([
+            ("app".into(), "web".into()),
+            ("version".into(), "v2".into())
+        ])
+    );
+    // The app container only: appid's own (init) containers are not listed.
+    let digest = format!("sha256:{APP}");
+    assert_eq!(
+        facts.images,
+        BTreeMap::from([("web".into(), digest.clone())])
+    );
+    assert!(facts.without_digest.is_empty());
+    assert_eq!(PodFacts::single_digest(&facts.images), Some(&digest));
+    check_pinned(&facts, &expect(), &digest).unwrap();
+
+    let mut claims = K8s {
+        namespace: Some("shop".into()),
+        ..K8s::default()
+    };
+    facts.vouch(&mut claims);
+    assert_eq!(claims.node.as_deref(), Some("node-1"));
+    assert_eq!(claims.labels["app"], "web");
+    assert_eq!(claims.images["web"], digest);
+    // Nothing trusted: no labels at all.
+    assert!(check(&pod(), &[]).unwrap().labels.is_empty());
+}
+
+#[test]
+fn a_re_created_pod_of_the_same_name_is_refused() {
+    let mut p = pod();
+    p["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+    let err = check(&p, &[]).unwrap_err();
+    assert!(matches!(err, PodError::UidMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("pod shop/web-7d4b9c6f5-x2x9q"), "{text}");
+    assert!(text.contains(UID) && text.contains("re-created"), "{text}");
+    assert_eq!(err.code(), "pod_uid_mismatch");
+}
+
+#[test]
+fn another_service_account_is_refused() {
+    let mut p = pod();
+    p["spec"]["serviceAccountName"] = json!("admin");
+    let err = check(&p, &[]).unwrap_err();
+    assert!(
+        matches!(err, PodError::ServiceAccountMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"admin\""), "{err}");
+    p["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serviceAccountName");
+    let err = check(&p, &[]).unwrap_err();
+    assert!(
+        matches!(err, PodError::ServiceAccountMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_pending_and_running_pods_are_accepted() {
+    for phase in ["Pending", "Running"] {
+        let mut p = pod();
+        p["status"]["phase"] = json!(phase);
+        check(&p, &[]).unwrap();
+    }
+    for phase in [
+        json!("Succeeded"),
+        json!("Failed"),
+        json!("Unknown"),
+        Value::Null,
+    ] {
+        let mut p = pod();
+        p["status"]["phase"] = phase.clone();
+        let err = check(&p, &[]).unwrap_err();
+        assert!(matches!(err, PodError::Phase { .. }), "{phase}: {err}");
+        assert!(err.to_string().contains("only Pending or Running"), "{err}");
+    }
+}
+
+#[test]
+fn another_node_is_refused_and_a_token_without_node_takes_the_pods() {
+    let mut p = pod();
+    p["spec"]["nodeName"] = json!("node-2");
+    let err = check(&p, &[]).unwrap_err();
+    assert!(matches!(err, PodError::NodeMismatch { .. }), "{err}");
+    let older = PodRef {
+        node: None,
+        ..expect()
+    };
+    let facts = check_pod(p.to_string().as_bytes(), &older, &[]).unwrap();
+    assert_eq!(facts.node.as_deref(), Some("node-2"));
+}
+
+#[test]
+fn a_pinned_digest_the_pod_does_not_run_is_refused() {
+    let facts = check(&pod(), &[]).unwrap();
+    let pinned = format!("sha256:{}", "e".repeat(64));
+    let err = check_pinned(&facts, &expect(), &pinned).unwrap_err();
+    assert!(matches!(err, PodError::DigestMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&pinned) && text.contains(&format!("web=sha256:{APP}")),
+        "{text}"
+    );
+    assert!(text.contains("--image-digest"), "{text}");
+    // The sidecar's own image never counts as the app's.
+    let err = check_pinned(&facts, &expect(), &format!("sha256:{SIDECAR}")).unwrap_err();
+    assert!(matches!(err, PodError::DigestMismatch { .. }), "{err}");
+}
+
+#[test]
+fn before_the_app_starts_only_a_digest_pinned_spec_gives_a_digest() {
+    // First attestation: the native sidecar runs, the app waits.
+    let mut p = pod();
+    p["status"]["phase"] = json!("Pending");
+    p["status"]["containerStatuses"] = json!([{"name": "web", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "PodInitializing"}}, "image": "registry.example/web:1.4",
+        "imageID": ""}]);
+    let facts = check(&p, &[]).unwrap();
+    assert!(facts.images.is_empty());
+    assert_eq!(facts.without_digest, ["web"]);
+    let pinned = format!("sha256:{APP}");
+    let err = check_pinned(&facts, &expect(), &pinned).unwrap_err();
+    assert!(matches!(err, PodError::NoDigest { .. }), "{err}");
+    assert!(err.to_string().contains("container(s) web"), "{err}");
+    assert!(err.to_string().contains("by digest"), "{err}");
+    // No status for it at all: the same.
+    p["status"]
+        .as_object_mut()
+        .unwrap()
+        .remove("containerStatuses");
+    assert_eq!(check(&p, &[]).unwrap().without_digest, ["web"]);
+
+    // The spec pins the digest: the kubelet will run exactly that.
+    p["spec"]["containers"][0]["image"] = json!(format!("registry.example/web:1.4@sha256:{APP}"));
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.images["web"], pinned);
+    check_pinned(&facts, &expect(), &pinned).unwrap();
+}
+
+#[test]
+fn image_ids_without_a_registry_digest_give_none() {
+    for image_id in [
+        format!("sha256:{APP}"), // a local image's config ID
+        format!("registry.example/web@sha256:{}", &APP[..63]), // short
+        format!("registry.example/web@sha256:{}", APP.to_uppercase()),
+        "registry.example/web:1.4".to_owned(),
+    ] {
+        let mut p = pod();
+        p["status"]["containerStatuses"][0]["imageID"] = json!(image_id);
+        let facts = check(&p, &[]).unwrap();
+        assert!(facts.images.is_empty(), "{image_id}");
+        assert_eq!(facts.without_digest, ["web"], "{image_id}");
+    }
+    assert_eq!(
+        registry_digest(&format!("docker-pullable://web@sha256:{APP}")),
+        Some(format!("sha256:{APP}"))
+    );
+}
+
+#[test]
+fn several_app_containers_are_listed_and_the_pin_must_be_one_of_them() {
+    let mut p = pod();
+    let other = "2".repeat(64);
+    p["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "log-shipper", "image": "registry.example/fluent-bit:3"}));
+    p["status"]["containerStatuses"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+        "name": "log-shipper", "ready": true, "restartCount": 0,
+        "image": "registry.example/fluent-bit:3",
+        "imageID": format!("registry.example/fluent-bit@sha256:{other}")}));
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.images.len(), 2);
+    assert_eq!(PodFacts::single_digest(&facts.images), None);
+    check_pinned(&facts, &expect(), &format!("sha256:{APP}")).unwrap();
+}
+
+#[test]
+fn oversized_or_foreign_answers_are_refused() {
+    let mut p = pod();
+    p["metadata"]["annotations"]["big"] = json!("x".repeat(MAX_POD_BYTES));
+    let err = check(&p, &[]).unwrap_err();
+    assert!(matches!(err, PodError::TooLarge { .. }), "{err}");
+    assert!(
+        err.to_string().contains("pod shop/web-7d4b9c6f5-x2x9q"),
+        "{err}"
+    );
+
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "pods \"web\" is forbidden", "reason": "Forbidden", "code": 403});
+    let err = check(&status, &[]).unwrap_err();
+    assert!(
+        matches!(err, PodError::Malformed { field: "kind", .. }),
+        "{err}"
+    );
+
+    let mut other = pod();
+    other["metadata"]["name"] = json!("api-0");
+    let err = check(&other, &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PodError::Malformed {
+                field: "metadata.name/namespace",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    for (path, field) in [
+        ("metadata", "metadata"),
+        ("spec", "spec"),
+        ("status", "status"),
+    ] {
+        let mut p = pod();
+        p.as_object_mut().unwrap().remove(path);
+        let err = check(&p, &[]).unwrap_err();
+        assert!(
+            matches!(err, PodError::Malformed { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+    let mut p = pod();
+    p["metadata"].as_object_mut().unwrap().remove("uid");
+    assert!(matches!(
+        check(&p, &[]).unwrap_err(),
+        PodError::Malformed {
+            field: "metadata.uid",
+            ..
+        }
+    ));
+    assert!(matches!(
+        check_pod(b"not json", &expect(), &[]).unwrap_err(),
+        PodError::Malformed { field: "JSON", .. }
+    ));
+}
+
+#[test]
+fn label_keys_are_checked_as_kubernetes_writes_them() {
+    for key in [
+        "app",
+        "version",
+        "app.kubernetes.io/name",
+        "example.com/team_a",
+    ] {
+        check_label_key(key).unwrap();
+    }
+    for key in [
+        "",
+        "-app",
+        "app-",
+        "a b",
+        "Example.com/x",
+        "/x",
+        "x/",
+        "a,b",
+    ] {
+        assert!(check_label_key(key).is_err(), "{key:?}");
+    }
+}
