@@ -35,9 +35,9 @@
 //! Covered:
 //! - both pods pass kubelet's probes from the node (the sidecar's
 //!   startup, readiness and liveness, the app's readiness) and are
-//!   `spiffe://k8s.example/ns/shop/sa/web`, each from its own token
-//!   (its `k8s.pod` and `k8s.pod_uid` claims name it), with its own key and serial; the
-//!   authority logs exactly two k8s redemptions;
+//!   `spiffe://k8s.example/ns/shop/sa/web`, each from its own token (its
+//!   `k8s.pod` and `k8s.pod_uid` claims name it), with its own key and
+//!   serial; the authority logs exactly two k8s redemptions;
 //! - pod-a's app reaches pod-b's app through both sidecars, allowed by the
 //!   policy's rule and audited on both sides with the SPIFFE ID;
 //! - pod-b's sidecar, SIGKILLed and restarted over an expired token, comes
