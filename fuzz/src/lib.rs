@@ -55,6 +55,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gcp_keys", gcp_keys),
     ("gcp_iit", gcp_iit),
     ("k8s_psat", k8s_psat),
+    ("k8s_pod", k8s_pod),
     ("config", config),
     ("tunnel_authority", tunnel_authority),
 ];
@@ -941,6 +942,39 @@ pub fn k8s_psat(data: &[u8]) {
         Err(e) => {
             let _ = (e.code(), e.to_string());
         }
+    }
+}
+
+/// `attest::k8s_pod::{check_pod, check_pinned}`: the Kubernetes API
+/// server's answer for the pod a token names (the authority's pod lookup).
+///
+/// Property: a pod that passes has the token's node (when the token names
+/// one) and only trusted label keys, and every image it vouches for is a
+/// `sha256:<64 hex>` digest; a refused one has a message naming the pod.
+pub fn k8s_pod(data: &[u8]) {
+    use appid_proxy::attest::k8s_pod::{PodRef, check_pinned, check_pod};
+    let expect = PodRef {
+        namespace: "shop",
+        service_account: "web",
+        pod: "web-1",
+        pod_uid: "u1",
+        node: Some("node-1"),
+    };
+    let trusted = ["app".to_owned()];
+    match check_pod(data, &expect, &trusted) {
+        Ok(facts) => {
+            assert_eq!(facts.node.as_deref(), Some("node-1"));
+            assert!(facts.labels.keys().all(|k| k == "app"));
+            for digest in facts.images.values() {
+                let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+                assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            let pinned = format!("sha256:{}", "a".repeat(64));
+            if let Err(e) = check_pinned(&facts, &expect, &pinned) {
+                assert!(e.to_string().contains("shop/web-1"), "{e}");
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("shop/web-1"), "{e}"),
     }
 }
 
