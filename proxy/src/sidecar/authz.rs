@@ -500,6 +500,8 @@ impl RequestAuthorizer for ConnAuthz {
     }
 
     fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        // The request span, when the codec runs the request inside it.
+        super::trace::record_status(&tracing::Span::current(), status);
         self.shared
             .metrics
             .http_request(metrics_direction(self.direction), status, elapsed);
@@ -531,6 +533,7 @@ impl RequestAuthorizer for ConnAuthz {
             headers: request.headers,
         });
         let decision = policy.decide(&query);
+        tracing::Span::current().record("url.path", request.path);
         self.audit(
             &policy,
             &decision,
