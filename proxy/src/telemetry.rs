@@ -1,12 +1,15 @@
 //! Logging and trace export: the process-wide `tracing` subscriber.
 //!
 //! Design bias: **export is off unless asked for, and never in the way of the
-//! data plane.** Without an `otlp_endpoint` the subscriber is exactly the old
-//! one (an [`EnvFilter`] from `RUST_LOG`, default `info`, and human-readable
-//! lines on stderr) and no OpenTelemetry code runs. With one, a
-//! `tracing-opentelemetry` layer turns spans into OpenTelemetry spans and
-//! the SDK's batch span processor ships them as OTLP/HTTP protobuf to
-//! `<endpoint>/v1/traces`:
+//! data plane.** Without an `otlp_endpoint` the subscriber is human-readable
+//! lines on stderr filtered by an [`EnvFilter`] from `RUST_LOG` (default
+//! `info`), which leaves the sidecar's own spans ([`SPAN_TARGET`]) out unless
+//! it names them, and no OpenTelemetry code runs. With one, a
+//! `tracing-opentelemetry` layer with a filter of its own (only
+//! `appid_proxy` targets, INFO and above: library spans are never exported)
+//! turns spans into OpenTelemetry spans, sampled parent-based with a ratio
+//! for new traces, and the SDK's batch span processor ships them as
+//! OTLP/HTTP protobuf to `<endpoint>/v1/traces`:
 //!
 //! - Spans are queued in a bounded queue (2048 by default) and exported from
 //!   the processor's own thread every 5 s; when the collector is slow or down
