@@ -214,9 +214,34 @@ pub struct ProxyConfig {
     pub tunnel: TunnelMode,
     /// OTLP endpoint for traces; `None` = export off.
     pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans; `None` = from the identity (see
+    /// `cli::proxy`).
+    pub otlp_service_name: Option<String>,
+    /// The ratio of new traces sampled (0 to 1, default 1); spans with a
+    /// sampled or unsampled parent follow it.
+    pub otlp_sampling_ratio: SamplingRatio,
     /// What is declared about app ports (`ports:`), by port.
     pub ports: BTreeMap<u16, PortSettings>,
     pub limits: Limits,
+}
+
+/// A sampling ratio from 0 to 1 (never NaN, so it is `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct SamplingRatio(f64);
+
+impl Eq for SamplingRatio {}
+
+impl SamplingRatio {
+    pub const ALL: SamplingRatio = SamplingRatio(1.0);
+
+    /// `Some` for a number from 0 to 1.
+    pub fn new(ratio: f64) -> Option<SamplingRatio> {
+        (0.0..=1.0).contains(&ratio).then_some(SamplingRatio(ratio))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
 }
 
 /// What the config declares about one app port (`ports:` in the config):
@@ -583,6 +608,8 @@ impl ProxyConfig {
             "workers": self.workers,
             "tunnel": self.tunnel.as_str(),
             "otlp_endpoint": self.otlp_endpoint.as_deref().map(redact_url),
+            "otlp_service_name": self.otlp_service_name,
+            "otlp_sampling_ratio": self.otlp_sampling_ratio.get(),
             "ports": ports,
             "limits": {
                 "handshake_timeout": humantime::format_duration(l.handshake_timeout).to_string(),
@@ -755,6 +782,8 @@ struct RawConfig {
     workers: Option<S>,
     tunnel: Option<S>,
     otlp_endpoint: Option<S>,
+    otlp_service_name: Option<S>,
+    otlp_sampling_ratio: Option<S>,
     ports: Option<Vec<Spanned<RawPort>>>,
     limits: Option<RawLimits>,
 }
@@ -1022,6 +1051,48 @@ impl Cx<'_> {
             }
         };
 
+        let otlp_service_name = match &raw.otlp_service_name {
+            None => Some(None),
+            Some(n) => {
+                let v = n.value.0.trim();
+                if v.is_empty() || v.len() > 255 || v.chars().any(char::is_control) {
+                    self.err_at(
+                        n,
+                        "otlp_service_name",
+                        "is not a service name: write e.g. `otlp_service_name: web` (1 to 255 printable characters), or remove the line to use the workload's SPIFFE ID",
+                    );
+                    None
+                } else {
+                    Some(Some(v.to_owned()))
+                }
+            }
+        };
+
+        let otlp_sampling_ratio = match &raw.otlp_sampling_ratio {
+            None => Some(SamplingRatio::ALL),
+            Some(r) => match r
+                .value
+                .0
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(SamplingRatio::new)
+            {
+                Some(v) => Some(v),
+                None => {
+                    self.err_at(
+                        r,
+                        "otlp_sampling_ratio",
+                        format!(
+                            "`{}` is not a ratio: write a number from 0 to 1, e.g. `otlp_sampling_ratio: 0.1` (one new trace in ten; 1, the default, samples all)",
+                            r.value.0
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
         let limits = self.limits(raw.limits.as_ref());
         let ports = self.ports(raw.ports.as_deref().unwrap_or_default());
 
@@ -1039,6 +1110,8 @@ impl Cx<'_> {
             workers: workers?,
             tunnel: tunnel?,
             otlp_endpoint,
+            otlp_service_name: otlp_service_name?,
+            otlp_sampling_ratio: otlp_sampling_ratio?,
             ports: ports?,
             limits: limits?,
         })
@@ -1847,6 +1920,8 @@ mod tests {
             "workers",
             "tunnel",
             "otlp_endpoint",
+            "otlp_service_name",
+            "otlp_sampling_ratio",
             "ports",
             "limits",
         ]
@@ -2571,6 +2646,35 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         assert!(d.message.contains("from 1 to 1024"), "{d}");
         let d = one_err(&format!("{MINIMAL}otlp_endpoint: collector\n"));
         assert_eq!(d.field, "otlp_endpoint");
+    }
+
+    #[test]
+    fn otlp_service_name_and_sampling_ratio() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.otlp_service_name, None);
+        assert_eq!(c.otlp_sampling_ratio.get(), 1.0);
+        let c = parse(&format!(
+            "{MINIMAL}otlp_service_name: web.shop\notlp_sampling_ratio: 0.25\n"
+        ))
+        .unwrap();
+        assert_eq!(c.otlp_service_name.as_deref(), Some("web.shop"));
+        assert_eq!(c.otlp_sampling_ratio.get(), 0.25);
+        assert_eq!(
+            parse(&format!("{MINIMAL}otlp_sampling_ratio: 0\n"))
+                .unwrap()
+                .otlp_sampling_ratio
+                .get(),
+            0.0
+        );
+        for bad in ["1.5", "-0.1", "half", "NaN"] {
+            let d = one_err(&format!("{MINIMAL}otlp_sampling_ratio: {bad}\n"));
+            assert_eq!(d.field, "otlp_sampling_ratio");
+            assert!(d.message.contains("from 0 to 1"), "{d}");
+            assert!(d.at.line_col.is_some(), "{d}");
+        }
+        let d = one_err(&format!("{MINIMAL}otlp_service_name: \"\"\n"));
+        assert_eq!(d.field, "otlp_service_name");
+        assert!(d.at.line_col.is_some(), "{d}");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Logging and trace export: the process-wide `tracing` subscriber.
 //!
 //! Design bias: **export is off unless asked for, and never in the way of the
-//! data plane.** Without an `otlp_endpoint` the subscriber is exactly the old
-//! one (an [`EnvFilter`] from `RUST_LOG`, default `info`, and human-readable
-//! lines on stderr) and no OpenTelemetry code runs. With one, a
-//! `tracing-opentelemetry` layer turns spans into OpenTelemetry spans and
-//! the SDK's batch span processor ships them as OTLP/HTTP protobuf to
-//! `<endpoint>/v1/traces`:
+//! data plane.** Without an `otlp_endpoint` the subscriber is human-readable
+//! lines on stderr filtered by an [`EnvFilter`] from `RUST_LOG` (default
+//! `info`), which leaves the sidecar's own spans ([`SPAN_TARGET`]) out unless
+//! it names them, and no OpenTelemetry code runs. With one, a
+//! `tracing-opentelemetry` layer with a filter of its own (only
+//! `appid_proxy` targets, INFO and above: library spans are never exported)
+//! turns spans into OpenTelemetry spans, sampled parent-based with a ratio
+//! for new traces, and the SDK's batch span processor ships them as
+//! OTLP/HTTP protobuf to `<endpoint>/v1/traces`:
 //!
 //! - Spans are queued in a bounded queue (2048 by default) and exported from
 //!   the processor's own thread every 5 s; when the collector is slow or down
@@ -32,11 +35,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
 
 /// What to write in the configuration, used in every endpoint error.
@@ -97,59 +101,98 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// The target of the sidecar's own connection and request spans
+/// (`crate::sidecar::trace`). Logs leave it out unless `RUST_LOG` names it:
+/// without export, those spans then cost no more than a disabled callsite.
+pub const SPAN_TARGET: &str = "appid_proxy::spans";
+
+/// What trace export needs besides the subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct Export<'a> {
+    /// `otlp_endpoint`: `http://host[:port][/prefix]`.
+    pub endpoint: &'a str,
+    /// The `service.name` resource attribute.
+    pub service_name: &'a str,
+    /// The ratio of new traces sampled (`otlp_sampling_ratio`, 0 to 1);
+    /// a span with a parent follows its parent's decision.
+    pub sampling_ratio: f64,
+}
+
 /// Installs the global `tracing` subscriber: `RUST_LOG` filtering (default
 /// `info`), logs to stderr, and OTLP/HTTP trace export to
-/// `<otlp_endpoint>/v1/traces` when `otlp_endpoint` is `Some`.
+/// `<endpoint>/v1/traces` when `export` is `Some`.
 ///
-/// `service_name` becomes the `service.name` resource attribute. Calling it
-/// again (or after anything else installed a global subscriber) returns
+/// Export has a filter of its own: only `appid_proxy` spans and events at
+/// INFO and above, whatever `RUST_LOG` says (library internals such as h2,
+/// hyper and rustls are never exported). Calling it again (or after
+/// anything else installed a global subscriber) returns
 /// [`TelemetryError::AlreadyInstalled`] and changes nothing.
-pub fn init(
-    otlp_endpoint: Option<&str>,
-    service_name: &str,
-) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (subscriber, guard) = subscriber(otlp_endpoint, service_name, filter, std::io::stderr)?;
+pub fn init(export: Option<Export<'_>>) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = log_filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
+    let (subscriber, guard) = subscriber(export, filter, std::io::stderr)?;
     // On failure `guard` is dropped here, shutting down the unused exporter.
     subscriber.try_init()?;
     Ok(guard)
 }
 
+/// The log filter: `RUST_LOG` (default `info`), with the sidecar's spans
+/// ([`SPAN_TARGET`]) left out unless it names them.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let mut filter = rust_log
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if !rust_log.is_some_and(|d| d.contains(SPAN_TARGET)) {
+        filter = filter.add_directive(
+            format!("{SPAN_TARGET}=off")
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
+    filter
+}
+
+/// What export admits: our own targets at INFO and above, nothing else.
+fn export_filter() -> Targets {
+    Targets::new().with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
+}
+
 /// Builds the subscriber [`init`] installs, without installing it (tests use
 /// it with `tracing::subscriber::with_default`).
 fn subscriber<W>(
-    otlp_endpoint: Option<&str>,
-    service_name: &str,
+    export: Option<Export<'_>>,
     filter: EnvFilter,
     writer: W,
 ) -> Result<(impl Subscriber + Send + Sync + 'static, TelemetryGuard), TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let provider = otlp_endpoint
-        .map(|endpoint| tracer_provider(endpoint, service_name))
-        .transpose()?;
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(env!("CARGO_PKG_NAME"))));
+    let provider = export.map(tracer_provider).transpose()?;
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(env!("CARGO_PKG_NAME")))
+            .with_filter(export_filter())
+    });
     let subscriber = tracing_subscriber::registry()
-        .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(writer)
                 // Colour codes only for a person at a terminal, never into
                 // a file or a collector.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter),
         )
         .with(otel);
     Ok((subscriber, TelemetryGuard { provider }))
 }
 
-/// The SDK tracer provider: batch span processor -> OTLP/HTTP protobuf.
-fn tracer_provider(
-    endpoint: &str,
-    service_name: &str,
-) -> Result<SdkTracerProvider, TelemetryError> {
+/// The SDK tracer provider: parent-based ratio sampling, batch span
+/// processor -> OTLP/HTTP protobuf.
+fn tracer_provider(export: Export<'_>) -> Result<SdkTracerProvider, TelemetryError> {
+    let Export {
+        endpoint,
+        service_name,
+        sampling_ratio,
+    } = export;
     let url = traces_url(endpoint)?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -159,6 +202,9 @@ fn tracer_provider(
         .with_http_client(ExportClient::new()?)
         .build()?;
     Ok(SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            sampling_ratio.clamp(0.0, 1.0),
+        ))))
         .with_resource(
             Resource::builder()
                 .with_service_name(service_name.to_owned())
@@ -301,6 +347,14 @@ mod tests {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
 
+    fn export(endpoint: &str) -> Export<'_> {
+        Export {
+            endpoint,
+            service_name: "appid-test",
+            sampling_ratio: 1.0,
+        }
+    }
+
     /// One request as the fake collector saw it.
     #[derive(Debug, Clone)]
     struct Seen {
@@ -368,8 +422,7 @@ mod tests {
 
         let endpoint = format!("http://{addr}");
         let (subscriber, guard) = subscriber(
-            Some(&endpoint),
-            "appid-test",
+            Some(export(&endpoint)),
             EnvFilter::new("info"),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -394,14 +447,44 @@ mod tests {
     }
 
     #[test]
+    fn library_spans_are_never_exported_and_logs_leave_ours_out() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (addr, seen) = fake_collector(&rt);
+        let endpoint = format!("http://{addr}");
+        let (subscriber, guard) = subscriber(
+            Some(export(&endpoint)),
+            log_filter(Some("trace")),
+            tracing_subscriber::fmt::TestWriter::new(),
+        )
+        .expect("telemetry");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!(target: "h2::codec", "h2.internal").in_scope(|| {});
+            tracing::info_span!(target: "hyper::proto", "hyper.internal").in_scope(|| {});
+            tracing::info_span!(target: SPAN_TARGET, "appid.ours").in_scope(|| {});
+        });
+        drop(guard);
+        let seen = seen.lock().expect("lock").clone();
+        let body: Vec<u8> = seen.iter().flat_map(|s| s.body.to_vec()).collect();
+        let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"appid.ours"));
+        assert!(!has(b"h2.internal") && !has(b"hyper.internal"));
+
+        // Logs: RUST_LOG, minus our spans unless it names them.
+        let off = format!("{SPAN_TARGET}=off");
+        assert!(log_filter(Some("trace")).to_string().contains(&off));
+        assert!(log_filter(None).to_string().contains(&off));
+        let named = format!("info,{SPAN_TARGET}=info");
+        assert!(!log_filter(Some(&named)).to_string().contains(&off));
+    }
+
+    #[test]
     fn a_collector_that_is_down_costs_no_more_than_the_flush() {
         // A port nothing listens on: every export is refused at once.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let (subscriber, guard) = subscriber(
-            Some(&format!("http://{addr}")),
-            "appid-test",
+            Some(export(&format!("http://{addr}"))),
             EnvFilter::new("info"),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -424,7 +507,6 @@ mod tests {
     fn without_an_endpoint_nothing_is_exported() {
         let (subscriber, guard) = subscriber(
             None,
-            "appid-test",
             EnvFilter::new("info"),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -459,12 +541,8 @@ mod tests {
             ("https://otel:4318", "https"),
             ("http://otel:4318/?x=1", "query"),
         ] {
-            let Err(e) = subscriber(
-                Some(given),
-                "appid-test",
-                EnvFilter::new("off"),
-                std::io::sink,
-            ) else {
+            let Err(e) = subscriber(Some(export(given)), EnvFilter::new("off"), std::io::sink)
+            else {
                 panic!("{given:?} was accepted");
             };
             assert!(matches!(e, TelemetryError::BadEndpoint { .. }), "{e:?}");

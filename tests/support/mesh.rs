@@ -91,6 +91,10 @@ pub struct MeshOptions {
     /// Declares the inbound port (what both sidecars' policies see) with
     /// this protocol and idle timeout on both sidecars (`ports:`).
     pub port: Option<(&'static str, Option<&'static str>)>,
+    /// Top-level settings for both sidecars (YAML values as written).
+    pub settings: Vec<(&'static str, String)>,
+    /// Environment variables of both sidecars (e.g. `RUST_LOG`).
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for MeshOptions {
@@ -104,6 +108,8 @@ impl Default for MeshOptions {
             server_tunnel: None,
             client_tunnel: None,
             port: None,
+            settings: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -146,6 +152,12 @@ impl Mesh {
         if let Some((protocol, idle)) = options.port {
             server = server.port(inbound, protocol, idle);
         }
+        for (key, value) in &options.settings {
+            server = server.setting(key, value);
+        }
+        for (key, value) in &options.env {
+            server = server.env(key, value);
+        }
         let server = server.start().await;
 
         let mut client = env
@@ -159,6 +171,12 @@ impl Mesh {
         }
         if let Some((protocol, idle)) = options.port {
             client = client.port(inbound, protocol, idle);
+        }
+        for (key, value) in &options.settings {
+            client = client.setting(key, value);
+        }
+        for (key, value) in &options.env {
+            client = client.env(key, value);
         }
         let client = client.start().await;
 

@@ -32,6 +32,8 @@ pub struct SidecarBuilder {
     health: Option<u16>,
     /// Environment variables of the process.
     env: Vec<(String, String)>,
+    /// Further top-level settings (`otlp_endpoint: ...`).
+    settings: Vec<(String, String)>,
 }
 
 impl SidecarBuilder {
@@ -64,12 +66,20 @@ impl SidecarBuilder {
             ports: Vec::new(),
             health: None,
             env: Vec::new(),
+            settings: Vec::new(),
         }
     }
 
     /// Serves the health port on `127.0.0.1:port` (`health:`).
     pub fn health(mut self, port: u16) -> Self {
         self.health = Some(port);
+        self
+    }
+
+    /// Adds a top-level setting, e.g. `("otlp_endpoint", "\"http://...\"")`
+    /// (the value is written as given: YAML).
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -153,6 +163,9 @@ impl SidecarBuilder {
             for entry in &self.ports {
                 writeln!(yaml, "  - {entry}").unwrap();
             }
+        }
+        for (key, value) in &self.settings {
+            writeln!(yaml, "{key}: {value}").unwrap();
         }
         writeln!(yaml, "limits:").unwrap();
         for (key, value) in &self.limits {

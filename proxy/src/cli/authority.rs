@@ -233,7 +233,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("audit log {}", audit_log.display()))?
                 .with_clock(clock)
                 .with_pod_lookup(pods);
-            let _telemetry = crate::telemetry::init(None, "appid-authority")?;
+            let _telemetry = crate::telemetry::init(None)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)

@@ -69,6 +69,8 @@ pub struct ConnAuthz {
     peer_addr: SocketAddr,
     port: u16,
     protocol: &'static str,
+    /// How the connection reaches the peer sidecar (for its span).
+    transport: Option<super::trace::Transport>,
     /// The claims as JSON with their digest, for the values audit lines
     /// show (`from.labels.app: web`) and the full claims they name
     /// (`peer_appid`, `local_appid`); shared by every connection with the
@@ -129,14 +131,38 @@ impl ConnAuthz {
             peer_addr,
             port,
             protocol: "unknown",
+            transport: None,
             local_json: OnceLock::new(),
             peer_json: OnceLock::new(),
         }
     }
 
-    /// Records the application protocol for the audit lines that follow.
+    /// Records the application protocol for the audit lines that follow
+    /// (and on the connection span, when there is one).
     pub fn set_protocol(&mut self, protocol: &'static str) {
         self.protocol = protocol;
+        tracing::Span::current().record("network.protocol.name", protocol);
+    }
+
+    /// Says how the connection reaches the peer sidecar (for its span).
+    pub fn with_transport(mut self, transport: super::trace::Transport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The `appid.connection` span for this connection.
+    pub fn connection_span(&self) -> tracing::Span {
+        let peer_id = match &self.peer {
+            Peer::Meshed(claims) => Some(claims.id.as_str()),
+            _ => None,
+        };
+        super::trace::connection_span(
+            self.direction.as_str(),
+            peer_id,
+            self.peer_addr,
+            self.port,
+            self.transport,
+        )
     }
 
     pub fn peer(&self) -> &Peer {
@@ -353,6 +379,7 @@ impl ConnAuthz {
             }
             _ => None,
         };
+        super::trace::record_decision(decision, rule);
         self.shared.audit.log(&AuditRecord {
             external,
             peer_appid,
@@ -473,6 +500,8 @@ impl RequestAuthorizer for ConnAuthz {
     }
 
     fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        // The request span, when the codec runs the request inside it.
+        super::trace::record_status(&tracing::Span::current(), status);
         self.shared
             .metrics
             .http_request(metrics_direction(self.direction), status, elapsed);
@@ -504,6 +533,7 @@ impl RequestAuthorizer for ConnAuthz {
             headers: request.headers,
         });
         let decision = policy.decide(&query);
+        tracing::Span::current().record("url.path", request.path);
         self.audit(
             &policy,
             &decision,

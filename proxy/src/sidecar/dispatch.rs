@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tracing::Instrument as _;
 
 use super::Shared;
 use super::authz::{ConnAuthz, ConnVerdict};
@@ -128,6 +129,7 @@ pub async fn dispatch<D, U, F, Fut>(
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<U>> + Send + 'static,
 {
+    let span = authz.connection_span();
     let conn = AppConnection {
         shared,
         authz,
@@ -137,14 +139,17 @@ pub async fn dispatch<D, U, F, Fut>(
     let counter = shared.metrics.bytes_counter(conn.direction());
     counter.inc_by(prefix.len() as u64);
     let downstream = Prefixed::new(prefix, Counted::new(downstream, counter));
-    match first {
-        FirstBytes::Http(version) => {
-            let upstream = LazyUpstream::new(connect());
-            conn.http(downstream, upstream, version).await;
+    let connection = async move {
+        match first {
+            FirstBytes::Http(version) => {
+                let upstream = LazyUpstream::new(connect());
+                conn.http(downstream, upstream, version).await;
+            }
+            FirstBytes::Opaque => conn.tcp(downstream, connect, Bytes::new()).await,
+            FirstBytes::Silent => conn.silent(downstream, connect).await,
         }
-        FirstBytes::Opaque => conn.tcp(downstream, connect, Bytes::new()).await,
-        FirstBytes::Silent => conn.silent(downstream, connect).await,
-    }
+    };
+    connection.instrument(span).await
 }
 
 /// What every path below needs.

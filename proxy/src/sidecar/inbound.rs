@@ -33,6 +33,7 @@ use super::pending::SourceGuard;
 use super::prefixed;
 use super::read_ahead::ReadAhead;
 use super::splice::Abort;
+use super::trace::Transport;
 use super::tunnel::{self, StreamCount, TunnelStream};
 use super::{PeerConnection, Shared, orig_dst, tls};
 use crate::detect::{self, Classification, Detection, MeshAlpn};
@@ -197,7 +198,8 @@ async fn from_peer(
     };
     let peer_headers = peer_headers(&verified);
     let peer = Peer::Meshed(Arc::new(verified.claims));
-    let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
+    let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port)
+        .with_transport(Transport::Strict);
     from_peer_to_app(shared, tls_stream, authz, peer_headers, app).await;
 }
 
@@ -415,7 +417,8 @@ async fn serve_tunnel(
             Peer::Meshed(peer.clone()),
             peer_addr,
             port,
-        );
+        )
+        .with_transport(Transport::Pooled);
         let meter = shared.memory.meter(&peer.id);
         tokio::spawn(async move {
             let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {

@@ -82,6 +82,7 @@ pub(crate) mod shares;
 pub mod splice;
 pub mod state_dir;
 pub mod tls;
+pub mod trace;
 pub mod tunnel;
 
 use std::collections::BTreeMap;

@@ -167,7 +167,11 @@ async fn to_peer(
         Peer::Meshed(peer),
         app_addr,
         destination.port(),
-    );
+    )
+    .with_transport(match &tls_stream {
+        super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,
+        super::pool::Upstream::Tls(_) => super::trace::Transport::Strict,
+    });
     // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
     // then authorized per request — a denied request is answered here and
     // never reaches the server; anything else gets one decision before a

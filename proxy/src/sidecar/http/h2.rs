@@ -61,7 +61,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::flood::FrameBudget;
 use crate::sidecar::memory::Meter;
+use crate::sidecar::trace::{self, TRACEPARENT, TRACESTATE};
 use crate::sidecar::tunnel::StreamCount;
+use tracing::Instrument as _;
 
 use super::{
     AppSide, DENIED_BY_HEADER, HeaderMapView, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER,
@@ -128,10 +130,11 @@ where
                     let authorizer = authorizer.clone();
                     let peer_headers = peer_headers.clone();
                     let stream = streams.open();
+                    let span = request_span(&request, limits.app);
                     tokio::spawn(async move {
                         forward(request, respond, &upstream, &*authorizer, &peer_headers, limits.app).await;
                         drop(stream);
-                    });
+                    }.instrument(span));
                 }
             },
             () = &mut idle, if !stopping => {
@@ -207,6 +210,14 @@ impl Upstream {
     }
 }
 
+/// The stream's `appid.request` span, a child of its `traceparent` (if
+/// valid) or of the connection span.
+fn request_span(request: &Request<RecvStream>, app: AppSide) -> tracing::Span {
+    trace::request_span(app, request.method().as_str(), |name| {
+        request.headers().get(name).and_then(|v| v.to_str().ok())
+    })
+}
+
 /// One request: authorize, send upstream, then run the exchange.
 async fn forward(
     request: Request<RecvStream>,
@@ -241,6 +252,16 @@ async fn forward(
         }
     }
     strip_appid_headers(&mut parts.headers);
+    // Ours replaces theirs: the next hop's parent is this request's span.
+    if let Some(context) = trace::outgoing(&tracing::Span::current()) {
+        parts.headers.remove(TRACEPARENT);
+        parts.headers.remove(TRACESTATE);
+        for (name, value) in context.headers() {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                parts.headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+    }
     if let Some(peer) = peer_headers {
         parts
             .headers

@@ -44,6 +44,7 @@ use super::{
     PeerHeaders, RequestAuthorizer, RequestDecision, authorize_request, is_appid_header,
     visit_header_values,
 };
+use crate::sidecar::trace;
 
 /// Headers parsed per message at most (more: 431).
 const MAX_HEADERS: usize = 128;
@@ -103,14 +104,18 @@ where
         };
         let started = Instant::now();
 
-        let request =
-            match inspect_request(&down_buf[..head_len], authorizer.as_ref(), &peer_headers) {
-                Ok(request) => request,
-                Err(Rejected { status, message }) => {
-                    local_response(&mut down_write, status, message, None).await;
-                    return Err(HttpProxyError::Protocol(message));
-                }
-            };
+        let request = match inspect_request(
+            &down_buf[..head_len],
+            authorizer.as_ref(),
+            &peer_headers,
+            limits.app,
+        ) {
+            Ok(request) => request,
+            Err(Rejected { status, message }) => {
+                local_response(&mut down_write, status, message, None).await;
+                return Err(HttpProxyError::Protocol(message));
+            }
+        };
         down_buf.advance(head_len);
 
         if let Some((rule, reason)) = request.denied {
@@ -119,6 +124,7 @@ where
             let body = format!("appid: {reason}\n");
             let written = local_response(&mut down_write, 403, &body, Some((&rule, close))).await;
             authorizer.observe(403, started.elapsed());
+            trace::record_status(&request.span, 403);
             if close || !written {
                 let _ = down_write.shutdown().await;
                 return Ok(());
@@ -137,8 +143,10 @@ where
             down_buf.advance(n as usize);
             body = BodyLength::Empty;
         }
+        let span = request.span;
         if let Err(e) = write_flush(&mut up_write, &out).await {
             tracing::debug!(error = %e, "upstream closed before the request");
+            trace::record_status(&span, 502);
             local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
             return Err(HttpProxyError::Io(e));
         }
@@ -182,6 +190,7 @@ where
             Err(Relay::Failed { answered, error }) => {
                 if !answered {
                     local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+                    trace::record_status(&span, 502);
                 }
                 return Err(error);
             }
@@ -190,6 +199,8 @@ where
             response.status,
             response.head_after.saturating_duration_since(started),
         );
+        trace::record_status(&span, response.status);
+        drop(span);
 
         if response.status == 101 {
             let downstream = down_read.unsplit(down_write);
@@ -225,6 +236,8 @@ struct InspectedRequest {
     head: bool,
     /// It asks for a protocol upgrade (a `101` answer is only accepted then).
     upgrade: bool,
+    /// Its `appid.request` span (disabled when spans are off).
+    span: tracing::Span,
 }
 
 /// A request the proxy answers itself, then closes.
@@ -237,6 +250,7 @@ fn inspect_request(
     head: &[u8],
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
+    app: AppSide,
 ) -> Result<InspectedRequest, Rejected> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
@@ -274,9 +288,16 @@ fn inspect_request(
         v.split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
     });
-    match authorize_request(authorizer, method, target, &headers, false) {
+    let span = trace::request_span(app, method, |name| {
+        headers
+            .all(name)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    });
+    match span.in_scope(|| authorize_request(authorizer, method, target, &headers, false)) {
         RequestDecision::Forward => {}
         RequestDecision::Refuse(refusal) => {
+            trace::record_status(&span, refusal.status());
             return Err(Rejected {
                 status: refusal.status(),
                 message: refusal.as_str(),
@@ -290,10 +311,12 @@ fn inspect_request(
                 keep_alive,
                 head: false,
                 upgrade: false,
+                span,
             });
         }
     }
     let upgrade = !h2c && headers.has("upgrade");
+    let trace_context = trace::outgoing(&span);
 
     let mut out = Vec::with_capacity(head.len() + 512);
     out.extend_from_slice(method.as_bytes());
@@ -307,6 +330,10 @@ fn inspect_request(
     for header in headers.0 {
         // Only this sidecar may set x-appid-* headers.
         if is_appid_header(header.name) {
+            continue;
+        }
+        // Replaced by ours, naming this request's span.
+        if trace_context.is_some() && trace::is_trace_header(header.name) {
             continue;
         }
         if h2c
@@ -331,6 +358,12 @@ fn inspect_request(
             out.extend_from_slice(b"\r\n");
         }
     }
+    for (name, value) in trace_context.iter().flat_map(trace::Outgoing::headers) {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     Ok(InspectedRequest {
         denied: None,
@@ -339,6 +372,7 @@ fn inspect_request(
         keep_alive,
         head: method == "HEAD",
         upgrade,
+        span,
     })
 }
 
