@@ -366,14 +366,14 @@ async fn the_fingerprint_reaches_the_certificate_follows_the_binary_and_survives
     assert!(process["libraries_sha256"].is_string(), "{claims:#}");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     assert_eq!(reported["host"]["kernel"], kernel.trim(), "{claims:#}");
-    if let Ok(os) = std::fs::read_to_string("/etc/os-release") {
-        if let Some(id) = os.lines().find_map(|l| l.strip_prefix("ID=")) {
-            assert_eq!(
-                reported["host"]["os"]["id"],
-                id.trim_matches('"'),
-                "{claims:#}"
-            );
-        }
+    if let Ok(os) = std::fs::read_to_string("/etc/os-release")
+        && let Some(id) = os.lines().find_map(|l| l.strip_prefix("ID="))
+    {
+        assert_eq!(
+            reported["host"]["os"]["id"],
+            id.trim_matches('"'),
+            "{claims:#}"
+        );
     }
     assert_eq!(
         reported["container"]["image"],

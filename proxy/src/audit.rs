@@ -336,15 +336,15 @@ impl State {
             source,
         );
         let second = at.unix_timestamp();
-        if let Some(repeats) = self.repeats.get_mut(&key) {
-            if repeats.second == second {
-                if repeats.written < FULL_DENIALS_PER_SECOND {
-                    repeats.written += 1;
-                    return false;
-                }
-                repeats.suppressed += 1;
-                return true;
+        if let Some(repeats) = self.repeats.get_mut(&key)
+            && repeats.second == second
+        {
+            if repeats.written < FULL_DENIALS_PER_SECOND {
+                repeats.written += 1;
+                return false;
             }
+            repeats.suppressed += 1;
+            return true;
         }
         // A new second (or key): the old count first, then this denial.
         if let Some(old) = self.repeats.remove(&key) {

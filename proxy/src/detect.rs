@@ -440,14 +440,14 @@ fn classify_tls(prefix: &[u8]) -> Classification {
         let handshake: &[u8] = if records == 1 { first_body } else { &joined };
 
         // The handshake header: type and 24-bit length.
-        if let Some(&kind) = handshake.first() {
-            if kind != HANDSHAKE_CLIENT_HELLO {
-                return if records == 1 {
-                    Classification::Opaque
-                } else {
-                    Classification::TlsUnreadable(TlsUnreadable::Malformed)
-                };
-            }
+        if let Some(&kind) = handshake.first()
+            && kind != HANDSHAKE_CLIENT_HELLO
+        {
+            return if records == 1 {
+                Classification::Opaque
+            } else {
+                Classification::TlsUnreadable(TlsUnreadable::Malformed)
+            };
         }
         if let [_, a, b, c, ..] = *handshake {
             let body_len = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);

@@ -184,13 +184,13 @@ pub fn verify_iid(
         }
     };
     let identity = parse_document(&verified, signature.kind())?;
-    if let Some(expected) = expected_region {
-        if identity.region != expected {
-            return Err(AttestError::RegionMismatch {
-                document: identity.region,
-                expected: expected.to_string(),
-            });
-        }
+    if let Some(expected) = expected_region
+        && identity.region != expected
+    {
+        return Err(AttestError::RegionMismatch {
+            document: identity.region,
+            expected: expected.to_string(),
+        });
     }
     check_clock(&identity, max_age, now)?;
     Ok(identity)
@@ -463,14 +463,14 @@ fn check_clock(
 ) -> Result<(), AttestError> {
     match now.duration_since(identity.pending_time) {
         Ok(age) => {
-            if let Some(max) = max_age {
-                if age > max {
-                    return Err(AttestError::Expired(format!(
-                        "the instance started (pendingTime) {}s ago, more than the allowed {}s",
-                        age.as_secs(),
-                        max.as_secs()
-                    )));
-                }
+            if let Some(max) = max_age
+                && age > max
+            {
+                return Err(AttestError::Expired(format!(
+                    "the instance started (pendingTime) {}s ago, more than the allowed {}s",
+                    age.as_secs(),
+                    max.as_secs()
+                )));
             }
             Ok(())
         }

@@ -279,14 +279,14 @@ pub fn check_pod(
         });
     }
     let node = spec.node_name.filter(|n| !n.is_empty());
-    if let (Some(token), Some(api)) = (expect.node, node.as_deref()) {
-        if token != api {
-            return Err(PodError::NodeMismatch {
-                pod: pod(),
-                api: api.to_owned(),
-                token: token.to_owned(),
-            });
-        }
+    if let (Some(token), Some(api)) = (expect.node, node.as_deref())
+        && token != api
+    {
+        return Err(PodError::NodeMismatch {
+            pod: pod(),
+            api: api.to_owned(),
+            token: token.to_owned(),
+        });
     }
     let status = object
         .status

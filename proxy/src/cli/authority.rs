@@ -206,10 +206,10 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 _ => None,
             };
             let k8s = k8s_settings(k8s_jwks, k8s_issuer, k8s_audience, k8s_max_token_ttl)?;
-            if let Some(dir) = &aws_certs {
-                if !dir.is_dir() {
-                    return Err(anyhow!("--aws-certs {}: not a directory", dir.display()));
-                }
+            if let Some(dir) = &aws_certs
+                && !dir.is_dir()
+            {
+                return Err(anyhow!("--aws-certs {}: not a directory", dir.display()));
             }
             let cloud: Option<Box<dyn crate::authority::service::CloudVerifier>> =
                 if aws_certs.is_some() || gcp.is_some() || k8s.is_some() {

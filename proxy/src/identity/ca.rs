@@ -221,11 +221,11 @@ pub(crate) fn trust_domain_of_root(
         .map_err(|e| not_ours(&e.to_string()))?
         .ok_or_else(|| not_ours("no spiffe://<trust-domain> URI SAN"))?;
     for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if let Some(domain) = uri.strip_prefix("spiffe://") {
-                spiffe::validate_trust_domain(domain)?;
-                return Ok(domain.to_string());
-            }
+        if let x509_parser::extensions::GeneralName::URI(uri) = name
+            && let Some(domain) = uri.strip_prefix("spiffe://")
+        {
+            spiffe::validate_trust_domain(domain)?;
+            return Ok(domain.to_string());
         }
     }
     Err(not_ours("no spiffe://<trust-domain> URI SAN"))

@@ -106,12 +106,10 @@ pub struct NewFile<'a> {
 /// final mode from the start (a private key is never world-readable, not even
 /// for a moment), synced, then all are renamed into place.
 pub fn write_all_or_nothing(files: &[NewFile<'_>], overwrite: bool) -> Result<(), FileError> {
-    if !overwrite {
-        if let Some(existing) = files.iter().find(|f| f.path.exists()) {
-            return Err(FileError::AlreadyExists {
-                path: existing.path.to_path_buf(),
-            });
-        }
+    if !overwrite && let Some(existing) = files.iter().find(|f| f.path.exists()) {
+        return Err(FileError::AlreadyExists {
+            path: existing.path.to_path_buf(),
+        });
     }
     let mut written: Vec<(PathBuf, &Path)> = Vec::new();
     let result = (|| {

@@ -250,10 +250,10 @@ pub(super) async fn first_certificate(
 /// is logged, not fatal: the sidecar serves on, but would need a new join
 /// token after a restart.
 fn keep(state: Option<&StateDir>, key_pem: &str, issued: &IssuedResponse) {
-    if let Some(state) = state {
-        if let Err(e) = state.save(key_pem, &issued.certificate) {
-            tracing::error!(error = %e, "the new certificate is not kept");
-        }
+    if let Some(state) = state
+        && let Err(e) = state.save(key_pem, &issued.certificate)
+    {
+        tracing::error!(error = %e, "the new certificate is not kept");
     }
 }
 
