@@ -30,6 +30,7 @@ use serde_json::json;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
 use crate::health::probes::{AppProbes, ProbeAction, ProbesError};
+use crate::telemetry::LogFormat;
 
 /// The default admin address (DESIGN "Ports").
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15190);
@@ -212,6 +213,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// How app connections travel to peer sidecars (default: pooled).
     pub tunnel: TunnelMode,
+    /// How logs on stderr are written (`log_format`, default text).
+    pub log_format: LogFormat,
     /// OTLP endpoint for traces; `None` = export off.
     pub otlp_endpoint: Option<String>,
     /// `service.name` of exported spans; `None` = from the identity (see
@@ -607,6 +610,7 @@ impl ProxyConfig {
             "audit_log": self.audit_log.display(),
             "workers": self.workers,
             "tunnel": self.tunnel.as_str(),
+            "log_format": self.log_format.as_str(),
             "otlp_endpoint": self.otlp_endpoint.as_deref().map(redact_url),
             "otlp_service_name": self.otlp_service_name,
             "otlp_sampling_ratio": self.otlp_sampling_ratio.get(),
@@ -781,6 +785,7 @@ struct RawConfig {
     audit_log: Option<S>,
     workers: Option<S>,
     tunnel: Option<S>,
+    log_format: Option<S>,
     otlp_endpoint: Option<S>,
     otlp_service_name: Option<S>,
     otlp_sampling_ratio: Option<S>,
@@ -1031,6 +1036,24 @@ impl Cx<'_> {
             },
         };
 
+        let log_format = match &raw.log_format {
+            None => Some(LogFormat::Text),
+            Some(f) => match f.value.0.trim() {
+                "text" => Some(LogFormat::Text),
+                "json" => Some(LogFormat::Json),
+                other => {
+                    self.err_at(
+                        f,
+                        "log_format",
+                        format!(
+                            "`{other}` is not a log format: write `log_format: text` (the default: one readable line per event) or `log_format: json` (one JSON object per line, for files and collectors)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
         let otlp_endpoint = match &raw.otlp_endpoint {
             None => None,
             Some(o) => {
@@ -1109,6 +1132,7 @@ impl Cx<'_> {
             audit_log: audit_log?,
             workers: workers?,
             tunnel: tunnel?,
+            log_format: log_format?,
             otlp_endpoint,
             otlp_service_name: otlp_service_name?,
             otlp_sampling_ratio: otlp_sampling_ratio?,
@@ -1919,6 +1943,7 @@ mod tests {
             "audit_log",
             "workers",
             "tunnel",
+            "log_format",
             "otlp_endpoint",
             "otlp_service_name",
             "otlp_sampling_ratio",
@@ -2674,6 +2699,18 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         }
         let d = one_err(&format!("{MINIMAL}otlp_service_name: \"\"\n"));
         assert_eq!(d.field, "otlp_service_name");
+        assert!(d.at.line_col.is_some(), "{d}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(parse(MINIMAL).unwrap().log_format, LogFormat::Text);
+        let c = parse(&format!("{MINIMAL}log_format: json\n")).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.effective_json()["log_format"], "json");
+        let d = one_err(&format!("{MINIMAL}log_format: xml\n"));
+        assert_eq!(d.field, "log_format");
+        assert!(d.message.contains("`log_format: json`"), "{d}");
         assert!(d.at.line_col.is_some(), "{d}");
     }
 

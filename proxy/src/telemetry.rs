@@ -106,6 +106,26 @@ impl Drop for TelemetryGuard {
 /// without export, those spans then cost no more than a disabled callsite.
 pub const SPAN_TARGET: &str = "appid_proxy::spans";
 
+/// How log events are written to stderr (`log_format:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`,
+    /// the current spans), for files and log collectors.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// What trace export needs besides the subscriber.
 #[derive(Debug, Clone, Copy)]
 pub struct Export<'a> {
@@ -127,9 +147,12 @@ pub struct Export<'a> {
 /// hyper and rustls are never exported). Calling it again (or after
 /// anything else installed a global subscriber) returns
 /// [`TelemetryError::AlreadyInstalled`] and changes nothing.
-pub fn init(export: Option<Export<'_>>) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    export: Option<Export<'_>>,
+    format: LogFormat,
+) -> Result<TelemetryGuard, TelemetryError> {
     let filter = log_filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
-    let (subscriber, guard) = subscriber(export, filter, std::io::stderr)?;
+    let (subscriber, guard) = subscriber(export, format, filter, std::io::stderr)?;
     // On failure `guard` is dropped here, shutting down the unused exporter.
     subscriber.try_init()?;
     Ok(guard)
@@ -160,6 +183,7 @@ fn export_filter() -> Targets {
 /// it with `tracing::subscriber::with_default`).
 fn subscriber<W>(
     export: Option<Export<'_>>,
+    format: LogFormat,
     filter: EnvFilter,
     writer: W,
 ) -> Result<(impl Subscriber + Send + Sync + 'static, TelemetryGuard), TelemetryError>
@@ -172,15 +196,32 @@ where
             .with_tracer(p.tracer(env!("CARGO_PKG_NAME")))
             .with_filter(export_filter())
     });
+    // One of the two log layers, by `format` (an absent layer is a no-op).
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    // Colour codes only for a person at a terminal, never
+                    // into a file or a collector.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_filter(filter),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(writer)
+                    .with_filter(filter),
+            ),
+        ),
+    };
     let subscriber = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                // Colour codes only for a person at a terminal, never into
-                // a file or a collector.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(filter),
-        )
+        .with(text)
+        .with(json)
         .with(otel);
     Ok((subscriber, TelemetryGuard { provider }))
 }
@@ -423,6 +464,7 @@ mod tests {
         let endpoint = format!("http://{addr}");
         let (subscriber, guard) = subscriber(
             Some(export(&endpoint)),
+            LogFormat::Text,
             EnvFilter::new("info"),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -453,6 +495,7 @@ mod tests {
         let endpoint = format!("http://{addr}");
         let (subscriber, guard) = subscriber(
             Some(export(&endpoint)),
+            LogFormat::Text,
             log_filter(Some("trace")),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -485,6 +528,7 @@ mod tests {
             .expect("a free port");
         let (subscriber, guard) = subscriber(
             Some(export(&format!("http://{addr}"))),
+            LogFormat::Text,
             EnvFilter::new("info"),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -503,10 +547,60 @@ mod tests {
         );
     }
 
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line_and_text_logs_are_not() {
+        for (format, json) in [(LogFormat::Json, true), (LogFormat::Text, false)] {
+            let out = Captured::default();
+            let (subscriber, _guard) =
+                subscriber(None, format, EnvFilter::new("info"), out.clone()).expect("telemetry");
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!(peer = "spiffe://t/x", "first");
+                tracing::warn!("second");
+            });
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            let parsed: Vec<Option<serde_json::Value>> =
+                lines.iter().map(|l| serde_json::from_str(l).ok()).collect();
+            if json {
+                let first = parsed[0].as_ref().expect("a JSON line");
+                assert_eq!(first["level"], "INFO");
+                assert_eq!(first["fields"]["message"], "first");
+                assert_eq!(first["fields"]["peer"], "spiffe://t/x");
+                assert_eq!(parsed[1].as_ref().expect("a JSON line")["level"], "WARN");
+            } else {
+                assert!(parsed.iter().all(Option::is_none), "{text}");
+                assert!(!text.contains('\u{1b}'), "no colour into a writer: {text}");
+            }
+        }
+    }
+
     #[test]
     fn without_an_endpoint_nothing_is_exported() {
         let (subscriber, guard) = subscriber(
             None,
+            LogFormat::Text,
             EnvFilter::new("info"),
             tracing_subscriber::fmt::TestWriter::new(),
         )
@@ -541,8 +635,12 @@ mod tests {
             ("https://otel:4318", "https"),
             ("http://otel:4318/?x=1", "query"),
         ] {
-            let Err(e) = subscriber(Some(export(given)), EnvFilter::new("off"), std::io::sink)
-            else {
+            let Err(e) = subscriber(
+                Some(export(given)),
+                LogFormat::Text,
+                EnvFilter::new("off"),
+                std::io::sink,
+            ) else {
                 panic!("{given:?} was accepted");
             };
             assert!(matches!(e, TelemetryError::BadEndpoint { .. }), "{e:?}");

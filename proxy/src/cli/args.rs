@@ -190,3 +190,12 @@ mod tests {
         assert!(duration("soon").is_err());
     }
 }
+
+/// `--log-format`: `text` or `json`.
+pub fn log_format(input: &str) -> Result<crate::telemetry::LogFormat, String> {
+    match input {
+        "text" => Ok(crate::telemetry::LogFormat::Text),
+        "json" => Ok(crate::telemetry::LogFormat::Json),
+        other => Err(format!("`{other}`: write `text` or `json`")),
+    }
+}

@@ -4,6 +4,7 @@
 //! `import-scan` and `revoke` change the authority's database directly (run
 //! them on the authority host, like `spire-server entry create`).
 
+use crate::telemetry::LogFormat;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ pub enum AuthorityCommand {
         /// (e.g. app,version); other labels are not vouched for
         #[arg(long, value_name = "KEYS", value_delimiter = ',', requires = "k8s_api")]
         k8s_trust_labels: Vec<String>,
+        /// How logs on stderr are written: text, or json (one object per line)
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = super::args::log_format)]
+        log_format: LogFormat,
         /// Fix the authority's clock (RFC 3339), to test expired documents
         #[arg(long, value_name = "TIME", hide = true)]
         clock: Option<String>,
@@ -190,6 +194,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             k8s_api_token_file,
             k8s_api_ca,
             k8s_trust_labels,
+            log_format,
             clock,
         } => {
             let ca =
@@ -233,7 +238,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("audit log {}", audit_log.display()))?
                 .with_clock(clock)
                 .with_pod_lookup(pods);
-            let _telemetry = crate::telemetry::init(None)?;
+            let _telemetry = crate::telemetry::init(None, log_format)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)

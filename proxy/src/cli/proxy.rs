@@ -24,13 +24,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = ProxyConfig::load(&args.config)?;
     // Held for the whole run: dropping it flushes pending spans at exit.
     let service_name = service_name(&config);
-    let _telemetry = crate::telemetry::init(config.otlp_endpoint.as_deref().map(|endpoint| {
-        crate::telemetry::Export {
-            endpoint,
-            service_name: &service_name,
-            sampling_ratio: config.otlp_sampling_ratio.get(),
-        }
-    }))?;
+    let _telemetry = crate::telemetry::init(
+        config
+            .otlp_endpoint
+            .as_deref()
+            .map(|endpoint| crate::telemetry::Export {
+                endpoint,
+                service_name: &service_name,
+                sampling_ratio: config.otlp_sampling_ratio.get(),
+            }),
+        config.log_format,
+    )?;
     // One worker: a single-threaded scheduler, which skips the work-stealing
     // machinery (atomics, cross-thread wake-ups) a lone worker cannot use.
     let mut builder = if config.workers <= 1 {
