@@ -126,6 +126,15 @@ pub fn duration(input: &str) -> Result<time::Duration, String> {
     time::Duration::try_from(std).map_err(|_| "duration out of range".to_string())
 }
 
+/// `--log-format`: `text` or `json`.
+pub fn log_format(input: &str) -> Result<crate::telemetry::LogFormat, String> {
+    match input {
+        "text" => Ok(crate::telemetry::LogFormat::Text),
+        "json" => Ok(crate::telemetry::LogFormat::Json),
+        other => Err(format!("`{other}`: write `text` or `json`")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,14 +197,5 @@ mod tests {
         assert_eq!(duration("1h").unwrap(), time::Duration::hours(1));
         assert_eq!(duration("2h30m").unwrap(), time::Duration::minutes(150));
         assert!(duration("soon").is_err());
-    }
-}
-
-/// `--log-format`: `text` or `json`.
-pub fn log_format(input: &str) -> Result<crate::telemetry::LogFormat, String> {
-    match input {
-        "text" => Ok(crate::telemetry::LogFormat::Text),
-        "json" => Ok(crate::telemetry::LogFormat::Json),
-        other => Err(format!("`{other}`: write `text` or `json`")),
     }
 }
