@@ -232,6 +232,12 @@ async fn http1_reaches_the_app_with_the_callers_spiffe_id_and_no_spoofed_header(
         line["port"], mesh.inbound,
         "outbound sees the upstream port"
     );
+    // Outbound, `peer_addr` is where the app called (the server sidecar)
+    // and `app_addr` the app itself (curl, on loopback).
+    assert_eq!(line["peer_addr"], mesh.inbound_addr().to_string(), "{line}");
+    let app_addr = line["app_addr"].as_str().unwrap_or_default();
+    assert!(app_addr.starts_with("127.0.0.1:"), "{line}");
+    assert_ne!(app_addr, line["peer_addr"].as_str().unwrap_or_default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

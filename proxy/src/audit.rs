@@ -66,8 +66,9 @@
 //! recovering claims at replay time from certificates (they are not the
 //! claims that were decided on: vulnerability counts change at renewal).
 //! An outbound decision about a destination outside the mesh also records
-//! `external` (`{"ip":…,"host":…}`), since `peer_addr` is the local app
-//! there. Request headers are not recorded (size, secrets): replay reports
+//! `external` (`{"ip":…,"host":…}`, with the host the app named).
+//! Outbound lines say where the app called in `peer_addr` and who called
+//! in `app_addr`. Request headers are not recorded (size, secrets): replay reports
 //! a request whose new decision would read headers as not re-decidable.
 
 use std::fs::{File, OpenOptions};
@@ -118,7 +119,12 @@ pub struct AuditRecord<'a> {
     /// The peer's SPIFFE ID; `None` for a peer outside the mesh.
     pub peer_id: Option<&'a str>,
     /// The peer's socket address: informational only, never used to decide.
+    /// Inbound, who connected; outbound, the destination the app dialled.
     pub peer_addr: Option<&'a str>,
+    /// Outbound: the local app's own address (the caller; `peer_addr` is
+    /// where it called). Informational only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_addr: Option<&'a str>,
     /// The port policy saw (the one the caller dialled).
     pub port: u16,
     /// `tcp` | `http1` | `http2` | `grpc`.
@@ -837,6 +843,7 @@ mod tests {
             rule: "default",
             peer_id: Some("spiffe://prod.example/ns/shop/sa/web"),
             peer_addr: Some("10.0.0.7:41234"),
+            app_addr: None,
             port: 8080,
             protocol: "http1",
             method: Some("GET"),
@@ -955,6 +962,7 @@ mod tests {
             rule: "api-to-stripe",
             peer_id: None,
             peer_addr: None,
+            app_addr: None,
             port: 443,
             protocol: "tcp",
             method: None,
@@ -1146,6 +1154,7 @@ mod tests {
                             rule: &rule,
                             peer_id: None,
                             peer_addr: Some("127.0.0.1:1"),
+                            app_addr: None,
                             port: 1,
                             protocol: "tcp",
                             method: None,

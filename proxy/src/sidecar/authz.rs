@@ -67,6 +67,8 @@ pub struct ConnAuthz {
     local: Arc<AppIdClaims>,
     peer: Peer,
     peer_addr: SocketAddr,
+    /// Outbound: the local app's own address (see [`ConnAuthz::with_app_addr`]).
+    app_addr: Option<SocketAddr>,
     port: u16,
     protocol: &'static str,
     /// How the connection reaches the peer sidecar (for its span).
@@ -129,6 +131,7 @@ impl ConnAuthz {
             local,
             peer,
             peer_addr,
+            app_addr: None,
             port,
             protocol: "unknown",
             transport: None,
@@ -142,6 +145,13 @@ impl ConnAuthz {
     pub fn set_protocol(&mut self, protocol: &'static str) {
         self.protocol = protocol;
         tracing::Span::current().record("network.protocol.name", protocol);
+    }
+
+    /// Outbound: the local app's own address, recorded beside `peer_addr`
+    /// (the destination) in audit lines.
+    pub fn with_app_addr(mut self, app_addr: SocketAddr) -> Self {
+        self.app_addr = Some(app_addr);
+        self
     }
 
     /// Says how the connection reaches the peer sidecar (for its span).
@@ -357,6 +367,7 @@ impl ConnAuthz {
             _ => None,
         };
         let peer_addr = self.peer_addr.to_string();
+        let app_addr = self.app_addr.map(|a| a.to_string());
         let peer_appid = match &self.peer {
             Peer::Meshed(claims) => Some(
                 &**self
@@ -390,6 +401,7 @@ impl ConnAuthz {
             rule,
             peer_id,
             peer_addr: Some(&peer_addr),
+            app_addr: app_addr.as_deref(),
             claims,
             port: self.port,
             // Bounded: a caller picks these, and must not pick the size of

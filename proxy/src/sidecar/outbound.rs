@@ -136,9 +136,10 @@ async fn external(
         shared.clone(),
         Direction::Outbound,
         peer,
-        app_addr,
+        destination,
         destination.port(),
-    );
+    )
+    .with_app_addr(app_addr);
     match authz.decide_external() {
         ExternalVerdict::Allow => External::PassThrough,
         ExternalVerdict::Refused => External::Refused,
@@ -165,9 +166,10 @@ async fn to_peer(
         shared.clone(),
         Direction::Outbound,
         Peer::Meshed(peer),
-        app_addr,
+        destination,
         destination.port(),
     )
+    .with_app_addr(app_addr)
     .with_transport(match &tls_stream {
         super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,
         super::pool::Upstream::Tls(_) => super::trace::Transport::Strict,
