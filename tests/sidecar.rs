@@ -307,6 +307,37 @@ async fn bytes_are_counted_for_http_as_they_move() {
     );
 }
 
+/// The operator's metrics besides traffic: handshake and decision latency
+/// histograms fill with traffic, the process's own facts and the build are
+/// exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_decision_process_and_build_metrics_are_exported() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(app.addr, MeshOptions::default()).await;
+    let response = curl(&[&mesh.url("/v1/metrics")]).await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
+    for (sidecar, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
+        for histogram in [
+            "appid_handshake_duration_seconds",
+            "appid_authz_decision_duration_seconds",
+        ] {
+            let count = sidecar
+                .metric(&format!("{histogram}_count{{direction=\"{direction}\"}}"))
+                .await;
+            assert!(count >= 1.0, "{histogram} {direction}: {count}");
+        }
+        assert!(sidecar.metric("appid_process_resident_memory_bytes").await > 1e6);
+        assert!(sidecar.metric("appid_process_open_fds").await > 3.0);
+        assert!(sidecar.metric("appid_process_max_fds").await > 0.0);
+        assert!(sidecar.metric("appid_process_cpu_seconds_total").await > 0.0);
+        let version = format!(
+            "appid_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(sidecar.metric(&version).await, 1.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_server_streaming_calls_pass_through() {
     let app = HttpApp::start().await;

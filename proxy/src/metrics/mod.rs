@@ -32,6 +32,10 @@
 //! | `appid_audit_denials_coalesced_total` | counter | — (denials counted into a `repeated` line) |
 //! | `appid_h2_floods_closed_total` | counter | `direction` (connections closed for control-frame floods) |
 //! | `appid_buffer_bytes` | gauge | — (bytes held for peers now, of `limits.max_buffer_bytes`; absent until the sidecar runs) |
+//! | `appid_handshake_duration_seconds` | histogram | `direction` (successful mesh TLS handshakes) |
+//! | `appid_authz_decision_duration_seconds` | histogram | `direction` (policy decisions, connection and request) |
+//! | `appid_build_info` | gauge | `version` (always 1) |
+//! | `appid_process_cpu_seconds_total`, `appid_process_resident_memory_bytes`, `appid_process_open_fds`, `appid_process_max_fds`, `appid_process_start_time_seconds` | counter, gauges | — (read from `/proc/self` at scrape time: [`process`]) |
 //! | `appid_streams_shed_total` | counter | `direction`, `reason` (`memory`: tunnel streams refused while the byte budget is used up) |
 
 use std::fmt::Write as _;
@@ -50,6 +54,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
 pub mod exposition;
+pub mod process;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = exposition::OPENMETRICS_CONTENT_TYPE;
@@ -130,6 +135,11 @@ impl EncodeLabelValue for Text {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirLabels {
     direction: Direction,
 }
@@ -168,6 +178,23 @@ const LATENCY_BUCKETS: [f64; 15] = [
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Policy decisions take microseconds: 1 µs to 10 ms.
+const DECISION_BUCKETS: [f64; 9] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.001,
+    0.01,
+];
+
+fn decision_histogram() -> Histogram {
+    Histogram::new(DECISION_BUCKETS)
 }
 
 /// Unset marker for the certificate deadline.
@@ -252,6 +279,8 @@ pub struct Metrics {
     audit_coalesced: Counter,
     cert_not_after: Arc<AtomicI64>,
     buffer_use: BufferUse,
+    handshake_latency: [Histogram; 2],
+    decision_latency: [Histogram; 2],
 }
 
 impl Default for Metrics {
@@ -370,6 +399,41 @@ impl Metrics {
         }));
         let buffer_use = BufferUse::default();
         registry.register_collector(Box::new(buffer_use.clone()));
+        registry.register_collector(Box::new(process::ProcessCollector));
+
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the running appid's version",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        let handshake_family: HistogramFamily =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "handshake_duration",
+            "Successful mTLS handshakes with peer sidecars: how long the TLS handshake took",
+            Unit::Seconds,
+            handshake_family.clone(),
+        );
+        let handshake_latency = Direction::ALL
+            .map(|direction| handshake_family.get_or_create_owned(&DirLabels { direction }));
+
+        let decision_family: HistogramFamily =
+            Family::new_with_constructor(decision_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "authz_decision_duration",
+            "How long policy took to decide a connection or request",
+            Unit::Seconds,
+            decision_family.clone(),
+        );
+        let decision_latency = Direction::ALL
+            .map(|direction| decision_family.get_or_create_owned(&DirLabels { direction }));
 
         Metrics {
             registry,
@@ -390,6 +454,8 @@ impl Metrics {
             audit_coalesced,
             cert_not_after,
             buffer_use,
+            handshake_latency,
+            decision_latency,
         }
     }
 
@@ -501,6 +567,16 @@ impl Metrics {
             })
             .inc();
         self.latency[direction.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// A mesh TLS handshake of `direction` succeeded after `elapsed`.
+    pub fn handshake_done(&self, direction: Direction, elapsed: Duration) {
+        self.handshake_latency[direction.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// Policy decided in `elapsed`.
+    pub fn decision_took(&self, direction: Direction, elapsed: Duration) {
+        self.decision_latency[direction.index()].observe(elapsed.as_secs_f64());
     }
 
     /// Our own certificate expires in `seconds_left` seconds from now. Kept

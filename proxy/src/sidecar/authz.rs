@@ -218,13 +218,28 @@ impl ConnAuthz {
     /// Decides the connection. `is_http`: `None` before the protocol is
     /// known, `Some(false)` for opaque TCP, `Some(true)` for HTTP (then
     /// rules with `http` defer to per-request decisions).
+    /// Asks `policy` about `query`. Every decision goes through here, so
+    /// `appid_authz_decision_duration_seconds` times them all.
+    fn decide<'p>(
+        &self,
+        policy: &'p Policy,
+        query: &Query<'_>,
+    ) -> appid_policy::policy::Decision<'p> {
+        let started = std::time::Instant::now();
+        let decision = policy.decide(query);
+        self.shared
+            .metrics
+            .decision_took(self.direction.into(), started.elapsed());
+        decision
+    }
+
     pub fn decide_connection(&self, is_http: Option<bool>) -> ConnVerdict {
         if let Some((rule, reason)) = self.revoked(None) {
             return ConnVerdict::Deny { rule, reason };
         }
         let policy = self.shared.policy.load();
         let query = self.query(is_http);
-        let decision = policy.decide(&query);
+        let decision = self.decide(&policy, &query);
         let verdict = match decision.outcome {
             Outcome::Allow => ConnVerdict::Allow,
             Outcome::DeferToL7 if is_http != Some(false) => ConnVerdict::PerRequest,
@@ -244,7 +259,7 @@ impl ConnAuthz {
     /// it allows or refuses; silent when the destination is not external.
     pub fn decide_external(&self) -> ExternalVerdict {
         let policy = self.shared.policy.load();
-        let decision = policy.decide(&self.query(None));
+        let decision = self.decide(&policy, &self.query(None));
         let verdict = match (decision.outcome, decision.reason) {
             // Only a rule can make a destination external: `default: allow`
             // or audit mode must not turn meshed traffic into plaintext.
@@ -291,13 +306,8 @@ impl ConnAuthz {
         if matches!(&self.peer, Peer::Meshed(claims) if self.shared.tls.is_revoked(&claims.id)) {
             return None;
         }
-        Some(
-            self.shared
-                .policy
-                .load()
-                .decide(&self.query(is_http))
-                .outcome,
-        )
+        let policy = self.shared.policy.load();
+        Some(self.decide(&policy, &self.query(is_http)).outcome)
     }
 
     /// Re-decides an opaque TCP connection after a policy change, silently:
@@ -307,7 +317,7 @@ impl ConnAuthz {
             return ConnVerdict::Deny { rule, reason };
         }
         let policy = self.shared.policy.load();
-        let decision = policy.decide(&self.query(Some(false)));
+        let decision = self.decide(&policy, &self.query(Some(false)));
         match decision.outcome {
             Outcome::Allow => ConnVerdict::Allow,
             _ => {
@@ -544,7 +554,7 @@ impl RequestAuthorizer for ConnAuthz {
             path: request.path,
             headers: request.headers,
         });
-        let decision = policy.decide(&query);
+        let decision = self.decide(&policy, &query);
         tracing::Span::current().record("url.path", request.path);
         self.audit(
             &policy,

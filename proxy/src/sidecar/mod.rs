@@ -385,8 +385,12 @@ impl Shared {
         peer: SocketAddr,
         peer_chain: fn(&S) -> Option<&[CertificateDer<'static>]>,
     ) -> Option<(S, VerifiedPeer)> {
+        let started = std::time::Instant::now();
         let stream = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(stream)) => {
+                self.metrics.handshake_done(direction, started.elapsed());
+                stream
+            }
             Ok(Err(e)) => {
                 let reason = tls::handshake_failure_reason(&e);
                 tracing::info!(%peer, %reason, error = %e, direction = direction.as_str(), "handshake refused");
