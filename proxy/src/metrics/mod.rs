@@ -804,6 +804,58 @@ mod tests {
         assert_eq!(m.active_connections(Direction::Inbound), 1);
     }
 
+    /// The shipped Grafana dashboard (`examples/grafana`) uses only metrics
+    /// the sidecar exports (every family recorded once, so labelled
+    /// families have a series).
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_metrics() {
+        let m = Metrics::new();
+        for d in Direction::ALL {
+            m.connection_opened(d);
+            m.connection_refused(d, "max_connections");
+            m.handshake_failure(d, "bad_certificate");
+            m.handshake_done(d, Duration::from_millis(2));
+            m.authz_decision(d, "allow", "r");
+            m.decision_took(d, Duration::from_micros(3));
+            m.http_request(d, 200, Duration::from_millis(1));
+            m.mesh_connection(d, "appid-mux/1");
+            m.tunnel_stream(d);
+            m.stream_shed(d, "memory");
+        }
+        m.audit_lines_dropped(1);
+        m.set_certificate_expiry(60);
+        m.watch_buffer(|| 0);
+        let text = m.encode_as(exposition::Format::PrometheusText);
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../examples/grafana/appid-dashboard.json"
+        ))
+        .unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(panels.len() > 10);
+        for panel in panels {
+            let expr = panel["targets"][0]["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("appid_"));
+            for name in names {
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                assert!(
+                    families.contains(&family),
+                    "panel {} uses {name}, which /metrics does not export:\n{text}",
+                    panel["title"]
+                );
+            }
+        }
+    }
+
     #[test]
     fn certificate_expiry_is_computed_at_scrape() {
         let m = Metrics::new();
