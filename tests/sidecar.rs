@@ -338,6 +338,34 @@ async fn handshake_decision_process_and_build_metrics_are_exported() {
     }
 }
 
+/// `log_format: json` reaches the running sidecar: every line it writes to
+/// stderr is a JSON object (the default is text, which is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_makes_every_log_line_json() {
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy("policy.yaml", WEB_TO_API);
+    for (format, json) in [("json", true), ("text", false)] {
+        let sidecar = env
+            .sidecar(&format!("logs-{format}"), &env.api, &policy)
+            .inbound(free_port(), app.addr)
+            .setting("log_format", format)
+            .start()
+            .await;
+        let stderr = std::fs::read_to_string(&sidecar.stderr).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(!lines.is_empty(), "{format}: the sidecar logged nothing");
+        for line in lines {
+            let parsed = serde_json::from_str::<Value>(line).ok();
+            assert_eq!(
+                parsed.as_ref().is_some_and(Value::is_object),
+                json,
+                "{format}: {line}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_server_streaming_calls_pass_through() {
     let app = HttpApp::start().await;
