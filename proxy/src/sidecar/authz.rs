@@ -88,7 +88,14 @@ pub struct ConnAuthz {
 pub struct ClaimsJson {
     /// By the claims' address; the `Weak` tells a live entry from a reused
     /// address.
-    by_claims: std::sync::Mutex<HashMap<usize, CachedJson>>,
+    by_claims: std::sync::Mutex<CachedDocs>,
+}
+
+/// The cache and the size at which dead entries are next swept.
+#[derive(Default)]
+struct CachedDocs {
+    map: HashMap<usize, CachedJson>,
+    sweep_at: usize,
 }
 
 type CachedJson = (Weak<AppIdClaims>, Arc<AppIdDoc>);
@@ -99,19 +106,26 @@ impl ClaimsJson {
 
     pub fn get(&self, claims: &Arc<AppIdClaims>) -> Arc<AppIdDoc> {
         let key = Arc::as_ptr(claims) as usize;
-        let mut map = self.by_claims.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((weak, json)) = map.get(&key)
+        let mut cache = self.by_claims.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((weak, json)) = cache.map.get(&key)
             && weak
                 .upgrade()
                 .is_some_and(|live| Arc::ptr_eq(&live, claims))
         {
             return json.clone();
         }
-        if map.len() >= Self::SWEEP_ABOVE {
-            map.retain(|_, (weak, _)| weak.strong_count() > 0);
+        // Sweep when the map has doubled since the last sweep, not at every
+        // insert past a size: with many live entries (strict mode makes one
+        // claims `Arc` per connection) a sweep per connection would cost
+        // O(live connections) under this lock.
+        if cache.map.len() >= cache.sweep_at.max(Self::SWEEP_ABOVE) {
+            cache.map.retain(|_, (weak, _)| weak.strong_count() > 0);
+            cache.sweep_at = 2 * cache.map.len();
         }
         let json = Arc::new(AppIdDoc::new(claims));
-        map.insert(key, (Arc::downgrade(claims), json.clone()));
+        cache
+            .map
+            .insert(key, (Arc::downgrade(claims), json.clone()));
         json
     }
 }
@@ -582,5 +596,29 @@ mod tests {
         let cut = truncate_utf8(&long, AUDIT_FIELD_BYTES);
         assert!(cut.len() <= AUDIT_FIELD_BYTES && cut.len() >= AUDIT_FIELD_BYTES - 1);
         assert!(long.starts_with(cut));
+    }
+
+    #[test]
+    fn claims_documents_are_shared_and_dead_ones_swept_without_a_sweep_per_insert() {
+        let cache = ClaimsJson::default();
+        let claims = |i: usize| Arc::new(AppIdClaims::new(&format!("spiffe://t/w{i}"), "manual"));
+        let one = claims(0);
+        assert!(Arc::ptr_eq(&cache.get(&one), &cache.get(&one)), "shared");
+        // Many live entries: they all stay; the next sweep waits until the
+        // map has doubled.
+        let live: Vec<_> = (1..3000).map(claims).collect();
+        for c in &live {
+            cache.get(c);
+        }
+        let locked = cache.by_claims.lock().unwrap();
+        assert_eq!(locked.map.len(), 3000);
+        assert!(locked.sweep_at >= 2 * ClaimsJson::SWEEP_ABOVE);
+        drop(locked);
+        // Once they are gone, their entries go at the next sweep.
+        drop(live);
+        for i in 0..5000 {
+            cache.get(&claims(10_000 + i));
+        }
+        assert!(cache.by_claims.lock().unwrap().map.len() < 5000);
     }
 }
