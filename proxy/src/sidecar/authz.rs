@@ -601,7 +601,7 @@ mod tests {
     #[test]
     fn claims_documents_are_shared_and_dead_ones_swept_without_a_sweep_per_insert() {
         let cache = ClaimsJson::default();
-        let claims = |i: usize| Arc::new(AppIdClaims::new(&format!("spiffe://t/w{i}"), "manual"));
+        let claims = |i: usize| Arc::new(AppIdClaims::new(format!("spiffe://t/w{i}"), "manual"));
         let one = claims(0);
         assert!(Arc::ptr_eq(&cache.get(&one), &cache.get(&one)), "shared");
         // Many live entries: they all stay; the next sweep waits until the
