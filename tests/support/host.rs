@@ -108,6 +108,38 @@ impl Host {
             &self.path("sidecar.log"),
         );
         self.sidecar = Some(proc);
+        self.wait_sidecar_ready();
+    }
+
+    /// Starts `appid proxy --config <config>` as uid 1337 with the ambient
+    /// capability `cap` (e.g. `sys_ptrace`: a systemd unit's
+    /// `AmbientCapabilities=CAP_SYS_PTRACE`), and waits until `/ready`.
+    pub fn start_sidecar_with_capability(&mut self, config: &Path, cap: &str) {
+        let uid = PROXY_UID.to_string();
+        let cap = format!("+{cap}");
+        let args = [
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            "--inh-caps",
+            &cap,
+            "--ambient-caps",
+            &cap,
+            APPID,
+            "proxy",
+            "--config",
+            path_str(config),
+        ];
+        let proc = self
+            .ns
+            .spawn("sidecar", "setpriv", &args, &self.path("sidecar.log"));
+        self.sidecar = Some(proc);
+        self.wait_sidecar_ready();
+    }
+
+    fn wait_sidecar_ready(&self) {
         wait_for(
             &format!("the sidecar in {} to be ready", self.ns.name),
             READY_WAIT,

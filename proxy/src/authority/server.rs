@@ -91,7 +91,7 @@ pub async fn serve(
             // A presented client certificate was verified in the handshake;
             // read its claims and serial for renewals.
             let client = stream.get_ref().1.peer_certificates().and_then(|chain| {
-                let peer = tls_state.verify(chain, PeerRole::Client).ok()?;
+                let peer = tls_state.trust.verify(chain, PeerRole::Client).ok()?;
                 PresentedCert::new(chain.first()?, peer.claims).map(Arc::new)
             });
             let service = hyper::service::service_fn(move |request| {

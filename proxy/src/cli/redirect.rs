@@ -48,6 +48,10 @@ pub struct RedirectArgs {
     /// Outbound destination CIDRs left alone, comma-separated
     #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
     exclude_outbound_cidrs: Vec<IpNet>,
+    /// A sidecar config whose `services:` get their own outbound capture
+    /// (each service's uid, user or cgroup to its own outbound listener)
+    #[arg(long, value_name = "PROXY.yaml")]
+    services_from: Option<std::path::PathBuf>,
     /// Which iptables to drive
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
@@ -86,7 +90,22 @@ fn parse_cidr(input: &str) -> Result<IpNet, String> {
 }
 
 pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
+    let services = match &args.services_from {
+        None => Vec::new(),
+        Some(path) => {
+            let config = crate::config::ProxyConfig::load(path)
+                .map_err(|e| anyhow::anyhow!("--services-from: {e}"))?;
+            if config.services.is_empty() {
+                anyhow::bail!(
+                    "--services-from {}: the config has no `services:`; remove the option, or add the services",
+                    path.display()
+                );
+            }
+            redirect::ServiceRedirect::from_config(&config)
+        }
+    };
     let options = RedirectOptions {
+        services,
         proxy_uid: args.proxy_uid,
         proxy_gid: args.proxy_gid,
         inbound_port: args.inbound_port,

@@ -16,8 +16,16 @@
 //!                                        └─► APPID_IN_REDIRECT ─► REDIRECT :15106
 //!  app ───► OUTPUT ─────► APPID_OUTPUT ──┬─ proxy uid/gid, loopback,
 //!                                        │  excluded port/CIDR ─► RETURN
-//!                                        └─► APPID_REDIRECT ─► REDIRECT :15101
+//!                                        └─► APPID_REDIRECT ─┬─ a service's uid/user/cgroup
+//!                                                            │    ─► REDIRECT :<its outbound>
+//!                                                            └─► REDIRECT :15101
 //! ```
+//!
+//! With several services on one host (`services:` in the sidecar config,
+//! read by `--services-from`), each service's sockets — told apart by the
+//! kernel, by owner uid (`-m owner`) or cgroup v2 path (`-m cgroup`) — go
+//! to that service's own outbound listener, so the sidecar calls out with
+//! that service's identity; everything else goes to the sidecar's.
 
 pub mod iptables;
 
@@ -57,6 +65,44 @@ pub struct RedirectOptions {
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_outbound_cidrs: Vec<IpNet>,
+    /// Services whose sockets go to their own outbound listener.
+    pub services: Vec<ServiceRedirect>,
+}
+
+/// One service's outbound capture: its owner's TCP to its listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRedirect {
+    pub name: String,
+    pub owner: crate::config::Owner,
+    pub port: u16,
+}
+
+impl ServiceRedirect {
+    /// The services of a sidecar config that have an outbound listener.
+    pub fn from_config(config: &crate::config::ProxyConfig) -> Vec<ServiceRedirect> {
+        config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let out = s.outbound.as_ref()?;
+                Some(ServiceRedirect {
+                    name: s.name.clone(),
+                    owner: out.owner.clone(),
+                    port: out.listen.port(),
+                })
+            })
+            .collect()
+    }
+
+    /// The iptables match for the service's sockets.
+    fn matcher(&self) -> String {
+        use crate::config::Owner;
+        match &self.owner {
+            Owner::Uid(uid) => format!("-m owner --uid-owner {uid}"),
+            Owner::User(user) => format!("-m owner --uid-owner {user}"),
+            Owner::Cgroup(path) => format!("-m cgroup --path {path}"),
+        }
+    }
 }
 
 impl Default for RedirectOptions {
@@ -72,6 +118,7 @@ impl Default for RedirectOptions {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
+            services: Vec::new(),
         }
     }
 }
@@ -223,6 +270,17 @@ pub fn rules(options: &RedirectOptions, family: Family) -> Vec<Rule> {
         "-p tcp -j APPID_REDIRECT",
         "to the sidecar outbound",
     ));
+    for service in &options.services {
+        rules.push(Rule::new(
+            "APPID_REDIRECT",
+            format!(
+                "-p tcp {} -j REDIRECT --to-ports {}",
+                service.matcher(),
+                service.port
+            ),
+            format!("service {}", service.name),
+        ));
+    }
     rules.push(Rule::new(
         "APPID_REDIRECT",
         format!("-p tcp -j REDIRECT --to-ports {}", options.outbound_port),
@@ -369,6 +427,23 @@ mod tests {
             exclude_outbound_cidrs: vec![
                 "10.96.0.0/12".parse().unwrap(),
                 "fd00::/8".parse().unwrap(),
+            ],
+            services: vec![
+                ServiceRedirect {
+                    name: "billing".into(),
+                    owner: crate::config::Owner::Uid(1001),
+                    port: 15111,
+                },
+                ServiceRedirect {
+                    name: "reports".into(),
+                    owner: crate::config::Owner::User("reports".into()),
+                    port: 15112,
+                },
+                ServiceRedirect {
+                    name: "batch".into(),
+                    owner: crate::config::Owner::Cgroup("/system.slice/batch.service".into()),
+                    port: 15113,
+                },
             ],
             ..RedirectOptions::default()
         }

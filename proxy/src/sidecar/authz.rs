@@ -131,14 +131,16 @@ impl ClaimsJson {
 }
 
 impl ConnAuthz {
+    /// The authorization of one connection made or served as `local`.
     pub fn new(
         shared: Arc<Shared>,
+        local: &super::local::Local,
         direction: Direction,
         peer: Peer,
         peer_addr: SocketAddr,
         port: u16,
     ) -> Self {
-        let local = shared.tls.identity.load().claims.clone();
+        let local = local.tls.identity.load().claims.clone();
         ConnAuthz {
             shared,
             direction,
@@ -317,7 +319,7 @@ impl ConnAuthz {
     /// The policy's outcome for the connection, unaudited; `None` when the
     /// peer is revoked.
     fn quiet_outcome(&self, is_http: Option<bool>) -> Option<Outcome> {
-        if matches!(&self.peer, Peer::Meshed(claims) if self.shared.tls.is_revoked(&claims.id)) {
+        if matches!(&self.peer, Peer::Meshed(claims) if self.shared.trust.is_revoked(&claims.id)) {
             return None;
         }
         let policy = self.shared.policy.load();
@@ -448,7 +450,7 @@ impl ConnAuthz {
         let Peer::Meshed(claims) = &self.peer else {
             return None;
         };
-        if !self.shared.tls.is_revoked(&claims.id) {
+        if !self.shared.trust.is_revoked(&claims.id) {
             return None;
         }
         let reason = format!("{} was revoked by the authority", claims.id);

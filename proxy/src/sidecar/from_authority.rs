@@ -30,6 +30,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::fingerprint::Fingerprinter;
+use super::local::Local;
 use super::metadata::{self, Endpoint};
 use super::state_dir::{Kept, StateDir};
 use super::tls::LocalIdentity;
@@ -159,9 +160,47 @@ impl<'a> ProofSource<'a> {
     }
 }
 
-/// What keeps the identity renewed once the sidecar runs.
+/// One identity to bootstrap: the sidecar's own or a service's.
+pub(super) struct Bootstrapping<'a> {
+    /// `None`: the sidecar's own; `Some(name)`: the service's.
+    pub service: Option<String>,
+    pub source: ProofSource<'a>,
+    pub state: Option<StateDir>,
+    pub fingerprint: Option<Arc<Fingerprinter>>,
+}
+
+/// The first certificate of `b` ([`first_certificate`]), and what keeps it
+/// renewed from then on.
+pub(super) async fn bootstrap(
+    client: &AuthorityClient,
+    bundle: &TrustBundle,
+    b: Bootstrapping<'_>,
+) -> Result<(LocalIdentity, Renewer), SidecarError> {
+    let (identity, how) = first_certificate(
+        client,
+        bundle,
+        b.source,
+        b.state.as_ref(),
+        b.fingerprint.as_deref(),
+    )
+    .await
+    .map_err(|e| match &b.service {
+        None => e,
+        Some(name) => SidecarError::Authority(format!("service `{name}`: {e}")),
+    })?;
+    let renewer = Renewer {
+        service: b.service,
+        state: b.state,
+        renew_now: how == Bootstrap::Kept,
+        fingerprint: b.fingerprint,
+    };
+    Ok((identity, renewer))
+}
+
+/// What keeps one identity renewed once the sidecar runs.
 pub(super) struct Renewer {
-    pub client: AuthorityClient,
+    /// Whose identity: `None` the sidecar's own, `Some(name)` the service's.
+    pub service: Option<String>,
     /// Where each renewed certificate is kept, if configured.
     pub state: Option<StateDir>,
     /// Renew at once instead of at half life (after starting with a kept
@@ -272,22 +311,38 @@ fn identity_from(
     .map_err(SidecarError::Identity)
 }
 
-/// Renews at half life (with jitter) until shutdown.
+/// Renews at half life (with jitter) until shutdown. Only the sidecar's
+/// own identity moves readiness: a service whose certificate expired
+/// fails its own handshakes (peers refuse an expired certificate), and its
+/// outbound listener refuses at once.
 pub(super) async fn keep_renewed(
     shared: Arc<Shared>,
+    client: AuthorityClient,
     renewer: Renewer,
     readiness: Readiness,
     identity_json: Arc<ArcSwap<serde_json::Value>>,
 ) {
     let Renewer {
-        client,
+        service,
         state,
         mut renew_now,
         fingerprint,
     } = renewer;
+    let local = match &service {
+        None => shared.locals.own().clone(),
+        Some(name) => match shared.locals.service(name) {
+            Some(local) => local.clone(),
+            None => {
+                tracing::error!(service = %name, "no such service; its identity is not renewed");
+                return;
+            }
+        },
+    };
+    let readiness = service.is_none().then_some(readiness);
+    let label = local.label().to_owned();
     loop {
         if !std::mem::take(&mut renew_now) {
-            let not_after = shared.tls.identity.load().not_after;
+            let not_after = local.tls.identity.load().not_after;
             let remaining = (not_after - now()).max(0) as u64;
             // Half of what is left, minus up to 10% jitter so a fleet spreads out.
             let half = Duration::from_secs(remaining) / 2;
@@ -297,23 +352,35 @@ pub(super) async fn keep_renewed(
 
         let mut backoff = Duration::from_millis(500);
         loop {
-            match renew_once(&shared, &client, state.as_ref(), fingerprint.as_deref()).await {
+            match renew_once(
+                &shared,
+                &local,
+                &client,
+                state.as_ref(),
+                fingerprint.as_deref(),
+            )
+            .await
+            {
                 Ok(identity) => {
-                    tracing::info!(id = %identity.id, not_after = identity.not_after, "certificate renewed");
-                    identity_json.store(Arc::new(identity.admin_json()));
+                    tracing::info!(id = %identity.id, identity = %label, not_after = identity.not_after, "certificate renewed");
+                    local.tls.identity.store(Arc::new(identity));
+                    identity_json.store(Arc::new(shared.locals.admin_json()));
                     shared
                         .metrics
-                        .set_certificate_expiry(identity.not_after - now());
-                    shared.tls.identity.store(Arc::new(identity));
-                    readiness.set_identity_ready(true);
+                        .set_certificate_expiry(shared.locals.soonest_not_after() - now());
+                    if let Some(readiness) = &readiness {
+                        readiness.set_identity_ready(true);
+                    }
                     break;
                 }
                 Err(e) => {
-                    let left = shared.tls.identity.load().not_after - now();
-                    if left <= 0 {
+                    let left = local.tls.identity.load().not_after - now();
+                    if left <= 0
+                        && let Some(readiness) = &readiness
+                    {
                         readiness.set_identity_ready(false);
                     }
-                    tracing::warn!(error = %e, seconds_left = left, "renewal failed; retrying");
+                    tracing::warn!(error = %e, identity = %label, seconds_left = left, "renewal failed; retrying");
                     // Never sleep past the expiry: readiness must turn
                     // false when the certificate does, not a backoff later.
                     let until_expiry = Duration::from_secs(left.max(0) as u64 + 1);
@@ -332,18 +399,19 @@ pub(super) async fn keep_renewed(
 
 async fn renew_once(
     shared: &Shared,
+    local: &Local,
     client: &AuthorityClient,
     state: Option<&StateDir>,
     fingerprint: Option<&Fingerprinter>,
 ) -> Result<LocalIdentity, String> {
     let fresh = new_key_and_csr().map_err(|e| e.to_string())?;
     let reported = reported(fingerprint).await;
-    let current = shared.tls.identity.load().certified.clone();
+    let current = local.tls.identity.load().certified.clone();
     let issued = client
         .renew(&fresh.csr_pem, current, reported)
         .await
         .map_err(|e: ClientError| e.to_string())?;
-    let identity = identity_from(&issued, &fresh.key_pem, &shared.tls.bundle.load())
+    let identity = identity_from(&issued, &fresh.key_pem, &shared.trust.bundle.load())
         .map_err(|e| e.to_string())?;
     keep(state, &fresh.key_pem, &issued);
     Ok(identity)
@@ -356,9 +424,9 @@ pub(super) async fn follow_revocations(shared: Arc<Shared>, client: AuthorityCli
         match client.revocations().await {
             Ok(list) => {
                 let revoked: HashSet<String> = list.revoked.into_iter().collect();
-                if **shared.tls.revoked.load() != revoked {
+                if **shared.trust.revoked.load() != revoked {
                     tracing::info!(count = revoked.len(), "revocation list changed");
-                    shared.tls.revoked.store(Arc::new(revoked));
+                    shared.trust.revoked.store(Arc::new(revoked));
                     shared.authorization_changed();
                 }
             }

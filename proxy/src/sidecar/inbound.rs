@@ -29,6 +29,7 @@ use super::authz::{ConnAuthz, Peer};
 use super::dispatch::{self, FirstBytes, Plan, dispatch};
 use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
+use super::local::Local;
 use super::pending::SourceGuard;
 use super::prefixed;
 use super::read_ahead::ReadAhead;
@@ -49,12 +50,16 @@ pub struct InboundSpec {
     pub forward: Option<SocketAddr>,
 }
 
-/// Accepts until shutdown.
+/// Accepts until shutdown. Connections are refused at once while the
+/// sidecar's own certificate is expired; each is then served as the
+/// identity of its app port ([`super::local`]).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, spec: InboundSpec) {
+    let own = shared.locals.own().clone();
     super::accept_loop(
         shared,
         listener,
         MetricsDirection::Inbound,
+        own,
         move |shared, stream, peer_addr| async move { handle(&shared, stream, peer_addr, spec).await },
     )
     .await;
@@ -139,7 +144,15 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
                 return;
             };
             let peer = Peer::Unauthenticated(peer_addr.ip());
-            let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port);
+            let local = shared.locals.for_inbound_port(port);
+            let authz = ConnAuthz::new(
+                shared.clone(),
+                local,
+                Direction::Inbound,
+                peer,
+                peer_addr,
+                port,
+            );
             let first = other.as_ref().map_or(FirstBytes::Silent, FirstBytes::of);
             to_app(shared, stream, authz, first, None, app, Bytes::new()).await;
         }
@@ -157,12 +170,15 @@ async fn from_peer(
     app: SocketAddr,
     anonymous: SourceGuard,
 ) {
+    // We answer as the service listening on the app port (the stream's
+    // port is always the connection's, see `stream_target`), or ourselves.
+    let local = shared.locals.for_inbound_port(port).clone();
     // Until it proves who it is, a handshake that has been under way for a
     // while may be evicted for a newcomer when the budget is full.
     let in_handshake = shared.handshaking();
     let handshake = async {
         tokio::select! {
-            accepted = shared.acceptor.accept(ReadAhead::new(stream)) => accepted,
+            accepted = local.acceptor.accept(ReadAhead::new(stream)) => accepted,
             () = in_handshake.evicted() => Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "handshake evicted for a newcomer",
@@ -187,7 +203,7 @@ async fn from_peer(
             .metrics
             .mesh_connection(MetricsDirection::Inbound, "appid-mux/1");
         tls_stream.get_mut().0.enable();
-        serve_tunnel(shared, tls_stream, verified, peer_addr, spec, port).await;
+        serve_tunnel(shared, &local, tls_stream, verified, peer_addr, spec, port).await;
         return;
     }
     shared
@@ -198,8 +214,15 @@ async fn from_peer(
     };
     let peer_headers = peer_headers(&verified);
     let peer = Peer::Meshed(Arc::new(verified.claims));
-    let authz = ConnAuthz::new(shared.clone(), Direction::Inbound, peer, peer_addr, port)
-        .with_transport(Transport::Strict);
+    let authz = ConnAuthz::new(
+        shared.clone(),
+        &local,
+        Direction::Inbound,
+        peer,
+        peer_addr,
+        port,
+    )
+    .with_transport(Transport::Strict);
     from_peer_to_app(shared, tls_stream, authz, peer_headers, app).await;
 }
 
@@ -281,6 +304,7 @@ impl StreamRefusal {
 /// streams finish (GOAWAY first).
 async fn serve_tunnel(
     shared: &Arc<Shared>,
+    local: &Local,
     tls_stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
     verified: VerifiedPeer,
     peer_addr: SocketAddr,
@@ -288,8 +312,8 @@ async fn serve_tunnel(
     connection_port: u16,
 ) {
     let limits = shared.limits;
-    let identity = shared.tls.identity.load_full();
-    let bundle = shared.tls.bundle.load_full();
+    let identity = local.tls.identity.load_full();
+    let bundle = shared.trust.bundle.load_full();
     // Control frames are budgeted like on any HTTP/2 connection.
     let tls_stream = FrameBudget::new(tls_stream, true);
     let flooded = tls_stream.tripped();
@@ -356,13 +380,11 @@ async fn serve_tunnel(
         };
 
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let refusal = if !Arc::ptr_eq(&identity, &shared.tls.identity.load())
-            || !Arc::ptr_eq(&bundle, &shared.tls.bundle.load())
-        {
+        let refusal = if !local.tls.is_current(&identity, &bundle) {
             Some(StreamRefusal::IdentityChanged)
         } else if now >= peer_not_after {
             Some(StreamRefusal::PeerExpired)
-        } else if shared.tls.is_revoked(&peer.id) {
+        } else if shared.trust.is_revoked(&peer.id) {
             Some(StreamRefusal::PeerRevoked)
         } else {
             None
@@ -413,6 +435,7 @@ async fn serve_tunnel(
         let counted = streams.open();
         let authz = ConnAuthz::new(
             shared.clone(),
+            local,
             Direction::Inbound,
             Peer::Meshed(peer.clone()),
             peer_addr,

@@ -68,6 +68,7 @@ mod from_authority;
 pub mod http;
 pub mod inbound;
 mod lazy;
+pub mod local;
 pub mod memory;
 pub mod metadata;
 mod not_ready;
@@ -95,7 +96,6 @@ use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use appid_policy::Policy;
 
@@ -107,9 +107,10 @@ use crate::health;
 use crate::identity::verify::{BundleError, PeerRole, TrustBundle, VerifiedPeer};
 use crate::metrics::{Direction as MetricsDirection, Metrics};
 use authz::{ConnAuthz, ConnVerdict};
+use local::{Local, Locals};
 use rustls_pki_types::CertificateDer;
 use state_dir::StateDir;
-use tls::{IdentityError, LocalIdentity, TlsState};
+use tls::{IdentityError, LocalIdentity, Trust};
 
 /// Why the sidecar could not start.
 #[derive(Debug, Error)]
@@ -176,12 +177,11 @@ enum PeerConnection {
 
 /// What every connection task shares.
 pub struct Shared {
-    pub tls: Arc<TlsState>,
-    pub acceptor: TlsAcceptor,
-    pub connector: TlsConnector,
-    /// Outbound connections to peer sidecars (pooled or one per app
-    /// connection, per the config's `tunnel:`).
-    pub tunnels: pool::TunnelPool,
+    /// Whom we trust (the bundle, revocations), for every identity.
+    pub trust: Arc<Trust>,
+    /// The identities we speak as ([`local`]): each with its certificate,
+    /// TLS configs and tunnels to peer sidecars.
+    pub locals: Locals,
     pub policy: ArcSwap<Policy>,
     /// Bumped on every successful policy reload.
     policy_version: watch::Sender<u64>,
@@ -405,7 +405,7 @@ impl Shared {
         // The handshake verifier already checked this chain; verifying again
         // yields the claims (and catches a revocation in between).
         let chain = peer_chain(&stream).unwrap_or_default();
-        match self.tls.verify(chain, role) {
+        match self.trust.verify(chain, role) {
             Ok(verified) => Some((stream, verified)),
             Err(rejection) => {
                 self.metrics
@@ -518,16 +518,25 @@ pub async fn run_until(
             },
         ));
     }
+    // Each with the service whose connections it takes (`None`: ours).
     let mut outbound = Vec::new();
     for spec in &config.outbound {
         let listener = bind(spec.listen).await?;
-        outbound.push((
-            listener,
-            outbound::OutboundSpec {
-                listen: spec.listen,
-                upstream: spec.upstream,
-            },
-        ));
+        let spec = outbound::OutboundSpec {
+            listen: spec.listen,
+            upstream: spec.upstream,
+        };
+        outbound.push((listener, spec, None));
+    }
+    for service in &config.services {
+        if let Some(out) = &service.outbound {
+            let listener = bind(out.listen).await?;
+            let spec = outbound::OutboundSpec {
+                listen: out.listen,
+                upstream: None,
+            };
+            outbound.push((listener, spec, Some(service.name.clone())));
+        }
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -563,6 +572,9 @@ pub async fn run_until(
                 .map_err(|e| SidecarError::from(e).named(&config.source, "identity.bundle"))?;
             let identity = LocalIdentity::load(cert, key, &trust)
                 .map_err(|e| SidecarError::from(e).named(&config.source, "identity.cert/key"))?;
+            // Files carry one identity; `services:` needs the authority
+            // (the config refuses it otherwise).
+            let identity = (identity, Vec::new());
             let watched = reload::Watched {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -592,7 +604,7 @@ pub async fn run_until(
             let refused_in = inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound));
             let refused_out = outbound
                 .iter()
-                .map(|(l, _)| (l, MetricsDirection::Outbound));
+                .map(|(l, _, _)| (l, MetricsDirection::Outbound));
             let waiting: Vec<_> = refused_in.chain(refused_out).collect();
             let state = state_dir.as_deref().map(StateDir::open).transpose()?;
             let source = from_authority::ProofSource::from_config(
@@ -605,33 +617,84 @@ pub async fn run_until(
             let fingerprint = workload
                 .clone()
                 .map(|w| Arc::new(fingerprint::Fingerprinter::new(w)));
-            let (first, how) = tokio::select! {
-                first = from_authority::first_certificate(&client, &trust, source, state.as_ref(), fingerprint.as_deref()) => first?,
+            let own = from_authority::Bootstrapping {
+                service: None,
+                source,
+                state,
+                fingerprint,
+            };
+            // The services' identities (`services:`), each from its own
+            // token, kept in its own directory under the state directory.
+            let mut services = Vec::new();
+            for service in &config.services {
+                let source = from_authority::ProofSource::from_config(
+                    service.join_token_file.as_deref(),
+                    None,
+                    None,
+                    None,
+                    url,
+                )?;
+                let state = state_dir
+                    .as_deref()
+                    .map(|dir| StateDir::open(&dir.join("services").join(&service.name)))
+                    .transpose()?;
+                let fingerprint = service
+                    .workload
+                    .clone()
+                    .map(|w| Arc::new(fingerprint::Fingerprinter::new(w)));
+                services.push(from_authority::Bootstrapping {
+                    service: Some(service.name.clone()),
+                    source,
+                    state,
+                    fingerprint,
+                });
+            }
+            let everyone = std::iter::once(own).chain(services);
+            let firsts = futures_util::future::try_join_all(
+                everyone.map(|b| from_authority::bootstrap(&client, &trust, b)),
+            );
+            let mut firsts = tokio::select! {
+                firsts = firsts => firsts?,
                 never = not_ready::refuse_all(&waiting, &metrics) => match never {},
                 () = &mut stop => return Ok(()),
             };
-            let renewer = from_authority::Renewer {
-                client,
-                state,
-                renew_now: how == from_authority::Bootstrap::Kept,
-                fingerprint,
-            };
-            (first, trust, Some(renewer), None)
+            let (own_identity, own_renewer) = firsts.remove(0);
+            let (service_identities, service_renewers): (Vec<_>, Vec<_>) =
+                firsts.into_iter().unzip();
+            let renewers = std::iter::once(own_renewer).chain(service_renewers);
+            let identities = (own_identity, service_identities);
+            let renewers: Vec<_> = renewers.collect();
+            (identities, trust, Some((client, renewers)), None)
         }
     };
+    let trust = Trust::new(bundle);
+    let (own_identity, service_identities) = identity;
+    let own = Local::new(None, own_identity, trust.clone(), config.tunnel);
+    let services = config
+        .services
+        .iter()
+        .zip(service_identities)
+        .map(|(service, identity)| {
+            let local = Local::new(
+                Some(service.name.clone()),
+                identity,
+                trust.clone(),
+                config.tunnel,
+            );
+            (local, service.inbound_ports.clone())
+        })
+        .collect();
+    let locals = Locals::new(own, services);
     metrics.set_certificate_expiry(
-        identity.not_after - time::OffsetDateTime::now_utc().unix_timestamp(),
+        locals.soonest_not_after() - time::OffsetDateTime::now_utc().unix_timestamp(),
     );
-    identity_json.store(Arc::new(identity.admin_json()));
-    let tls_state = TlsState::new(identity, bundle);
+    identity_json.store(Arc::new(locals.admin_json()));
     readiness.set_identity_ready(true);
 
     let (policy_version, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(tls::server_config(tls_state.clone(), config.tunnel)),
-        connector: TlsConnector::from(tls::client_config(tls_state.clone(), config.tunnel)),
-        tunnels: pool::TunnelPool::new(config.tunnel),
-        tls: tls_state,
+        trust,
+        locals,
         policy: ArcSwap::from_pointee(policy),
         policy_version,
         audit,
@@ -663,11 +726,18 @@ pub async fn run_until(
     for (listener, spec) in inbound {
         tasks.push(tokio::spawn(inbound::serve(shared.clone(), listener, spec)));
     }
-    for (listener, spec) in outbound {
+    for (listener, spec, service) in outbound {
+        let local = match &service {
+            None => shared.locals.own().clone(),
+            Some(name) => shared.locals.service(name).cloned().ok_or_else(|| {
+                SidecarError::Authority(format!("service `{name}` has no identity"))
+            })?,
+        };
         tasks.push(tokio::spawn(outbound::serve(
             shared.clone(),
             listener,
             spec,
+            local,
         )));
     }
     shared.audit.buffer_allows();
@@ -713,14 +783,16 @@ pub async fn run_until(
         watched,
         identity_json.clone(),
     )));
-    if let Some(renewer) = authority {
-        let client = renewer.client.clone();
-        background.push(tokio::spawn(from_authority::keep_renewed(
-            shared.clone(),
-            renewer,
-            readiness.clone(),
-            identity_json.clone(),
-        )));
+    if let Some((client, renewers)) = authority {
+        for renewer in renewers {
+            background.push(tokio::spawn(from_authority::keep_renewed(
+                shared.clone(),
+                client.clone(),
+                renewer,
+                readiness.clone(),
+                identity_json.clone(),
+            )));
+        }
         background.push(tokio::spawn(from_authority::follow_revocations(
             shared.clone(),
             client,
@@ -762,6 +834,7 @@ async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
     direction: MetricsDirection,
+    local: Arc<Local>,
     handle: F,
 ) where
     F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
@@ -783,7 +856,7 @@ async fn accept_loop<F, Fut>(
             () = &mut shutdown => return,
         };
         // An expired certificate (renewal failing): refuse at once.
-        if !not_ready::still_valid(shared.tls.identity.load().not_after) {
+        if !not_ready::still_valid(local.tls.identity.load().not_after) {
             not_ready::refuse(stream, peer_addr, direction, &shared.metrics);
             continue;
         }

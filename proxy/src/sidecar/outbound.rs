@@ -25,6 +25,7 @@ use appid_policy::policy::Direction;
 use super::authz::{ConnAuthz, ExternalVerdict, Peer};
 use super::dispatch::{self, FirstBytes, Plan, dispatch};
 use super::http::AppSide;
+use super::local::Local;
 use super::pool::Dialed;
 use super::{Shared, orig_dst};
 use crate::detect::{self, Classification, Detection};
@@ -39,18 +40,35 @@ pub struct OutboundSpec {
     pub upstream: Option<SocketAddr>,
 }
 
-/// Accepts until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, spec: OutboundSpec) {
+/// Accepts until shutdown; every connection is made as `local` (the
+/// sidecar's own identity, or the service whose sockets the capture rules
+/// send to this listener).
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    spec: OutboundSpec,
+    local: Arc<Local>,
+) {
     super::accept_loop(
         shared,
         listener,
         MetricsDirection::Outbound,
-        move |shared, stream, app_addr| async move { handle(&shared, stream, app_addr, spec).await },
+        local.clone(),
+        move |shared, stream, app_addr| {
+            let local = local.clone();
+            async move { handle(&shared, &local, stream, app_addr, spec).await }
+        },
     )
     .await;
 }
 
-async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec: OutboundSpec) {
+async fn handle(
+    shared: &Arc<Shared>,
+    local: &Arc<Local>,
+    app: TcpStream,
+    app_addr: SocketAddr,
+    spec: OutboundSpec,
+) {
     let _ = app.set_nodelay(true);
     let destination = match spec.upstream {
         Some(upstream) => upstream,
@@ -64,7 +82,7 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
     };
 
     if spec.upstream.is_none() {
-        match Box::pin(external(shared, &app, app_addr, destination)).await {
+        match Box::pin(external(shared, local, &app, app_addr, destination)).await {
             External::PassThrough => {
                 if let Some(mut upstream) = shared.connect(destination).await {
                     let mut app = super::counted::Counted::new(
@@ -92,7 +110,7 @@ async fn handle(shared: &Arc<Shared>, app: TcpStream, app_addr: SocketAddr, spec
             External::Meshed => {}
         }
     }
-    to_peer(shared, app, app_addr, destination).await;
+    to_peer(shared, local, app, app_addr, destination).await;
 }
 
 enum External {
@@ -104,6 +122,7 @@ enum External {
 /// Transparent mode: is this destination outside the mesh, and allowed?
 async fn external(
     shared: &Arc<Shared>,
+    local: &Local,
     app: &TcpStream,
     app_addr: SocketAddr,
     destination: SocketAddr,
@@ -134,6 +153,7 @@ async fn external(
     };
     let authz = ConnAuthz::new(
         shared.clone(),
+        local,
         Direction::Outbound,
         peer,
         destination,
@@ -151,6 +171,7 @@ async fn external(
 /// or a TLS connection of its own), authorize the server, proxy.
 async fn to_peer(
     shared: &Arc<Shared>,
+    local: &Local,
     app: TcpStream,
     app_addr: SocketAddr,
     destination: SocketAddr,
@@ -158,12 +179,13 @@ async fn to_peer(
     let Some(Dialed {
         upstream: tls_stream,
         peer,
-    }) = Box::pin(shared.tunnels.dial(shared, destination)).await
+    }) = Box::pin(local.tunnels.dial(shared, local, destination)).await
     else {
         return;
     };
     let authz = ConnAuthz::new(
         shared.clone(),
+        local,
         Direction::Outbound,
         Peer::Meshed(peer),
         destination,

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use appid_policy::AppIdClaims;
 
 use super::Shared;
+use super::local::Local;
 use super::memory::Meter;
 use super::read_ahead::ReadAhead;
 use super::tls::{self, LocalIdentity};
@@ -129,10 +130,9 @@ impl Tunnel {
     /// Whether a new app connection may use this tunnel (see the module doc).
     fn usable(&self, tls: &tls::TlsState, now: i64) -> bool {
         !self.closed.load(Ordering::Relaxed)
-            && Arc::ptr_eq(&self.identity, &tls.identity.load())
-            && Arc::ptr_eq(&self.bundle, &tls.bundle.load())
+            && tls.is_current(&self.identity, &self.bundle)
             && now < self.peer_not_after
-            && !tls.is_revoked(&self.peer.id)
+            && !tls.trust.is_revoked(&self.peer.id)
     }
 
     /// Opens one CONNECT stream to `destination`.
@@ -201,10 +201,16 @@ impl TunnelPool {
         }
     }
 
-    /// A verified connection to the peer sidecar at `destination`: a stream
-    /// in a pooled tunnel when both sides speak `appid-mux/1`, else a TLS
-    /// connection of its own. `None` after logging and counting why not.
-    pub async fn dial(&self, shared: &Shared, destination: SocketAddr) -> Option<Dialed> {
+    /// A verified connection to the peer sidecar at `destination`, made as
+    /// `local` (whose pool this is): a stream in a pooled tunnel when both
+    /// sides speak `appid-mux/1`, else a TLS connection of its own. `None`
+    /// after logging and counting why not.
+    pub async fn dial(
+        &self,
+        shared: &Shared,
+        local: &Local,
+        destination: SocketAddr,
+    ) -> Option<Dialed> {
         if self.mode == TunnelMode::Pooled && shared.memory.is_exhausted() {
             // Shed: no new stream while peers hold the whole byte budget.
             tracing::info!(%destination, "outbound stream refused: byte budget exhausted");
@@ -214,7 +220,7 @@ impl TunnelPool {
             return None;
         }
         if self.mode == TunnelMode::Strict {
-            return match handshake(shared, destination).await? {
+            return match handshake(shared, local, destination).await? {
                 Negotiated::Strict(dialed) => Some(dialed),
                 Negotiated::Mux(_) => None, // not offered; cannot happen
             };
@@ -225,7 +231,7 @@ impl TunnelPool {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             let fresh = attempt == ATTEMPTS;
-            let tunnel = match self.tunnel_for(shared, destination, fresh).await? {
+            let tunnel = match self.tunnel_for(shared, local, destination, fresh).await? {
                 Negotiated::Mux(tunnel) => tunnel,
                 Negotiated::Strict(dialed) => return Some(dialed),
             };
@@ -261,13 +267,14 @@ impl TunnelPool {
     async fn tunnel_for(
         &self,
         shared: &Shared,
+        local: &Local,
         destination: SocketAddr,
         fresh: bool,
     ) -> Option<Negotiated> {
         let slot = self.slot(destination);
         let mut peer = slot.lock().await;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        peer.tunnels.retain(|t| t.usable(&shared.tls, now));
+        peer.tunnels.retain(|t| t.usable(&local.tls, now));
         if !fresh {
             // First fit, not least busy: packing streams onto the oldest
             // tunnel keeps their frames batched together, and lets the
@@ -298,7 +305,7 @@ impl TunnelPool {
             // A strict peer: don't make every app connection queue for
             // the lock while one handshake runs.
             drop(peer);
-            let negotiated = handshake(shared, destination).await?;
+            let negotiated = handshake(shared, local, destination).await?;
             if let Negotiated::Mux(tunnel) = &negotiated {
                 let mut peer = slot.lock().await;
                 peer.strict_until = None;
@@ -308,7 +315,7 @@ impl TunnelPool {
             }
             return Some(negotiated);
         }
-        let Some(negotiated) = handshake(shared, destination).await else {
+        let Some(negotiated) = handshake(shared, local, destination).await else {
             peer.failed_at = Some(Instant::now());
             // Tunnels that still work are better than nothing.
             return peer.least_busy().map(Negotiated::Mux);
@@ -334,15 +341,15 @@ impl TunnelPool {
 /// TCP, TLS and AppID verification to `destination`; then, when the server
 /// selected `appid-mux/1`, the HTTP/2 handshake and a task that drives the
 /// connection until it fails, is told to go away, or idles out.
-async fn handshake(shared: &Shared, destination: SocketAddr) -> Option<Negotiated> {
+async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> Option<Negotiated> {
     // Loaded before the handshake uses them: a swap during the handshake
     // makes the tunnel stale at once rather than mislabelled.
-    let identity = shared.tls.identity.load_full();
-    let bundle = shared.tls.bundle.load_full();
+    let identity = local.tls.identity.load_full();
+    let bundle = shared.trust.bundle.load_full();
     let tcp = ReadAhead::new(shared.connect(destination).await?);
     let (mut tls_stream, verified) = shared
         .mesh_handshake(
-            shared.connector.connect(tls::peer_server_name(), tcp),
+            local.connector.connect(tls::peer_server_name(), tcp),
             MetricsDirection::Outbound,
             PeerRole::Server,
             destination,

@@ -127,7 +127,7 @@ pub(super) async fn watch_files(
             }
         }
 
-        let expiry = shared.tls.identity.load().not_after;
+        let expiry = shared.locals.soonest_not_after();
         shared
             .metrics
             .set_certificate_expiry(expiry - time::OffsetDateTime::now_utc().unix_timestamp());
@@ -150,7 +150,7 @@ fn reload_identity(shared: &Shared, files: &Watched, identity_json: &ArcSwap<ser
         }
     };
     tracing::info!(id = %identity.id, "certificate reloaded");
-    identity_json.store(Arc::new(identity.admin_json()));
-    shared.tls.bundle.store(Arc::new(bundle));
-    shared.tls.identity.store(Arc::new(identity));
+    shared.trust.bundle.store(Arc::new(bundle));
+    shared.locals.own().tls.identity.store(Arc::new(identity));
+    identity_json.store(Arc::new(shared.locals.admin_json()));
 }

@@ -130,19 +130,50 @@ impl LocalIdentity {
     }
 }
 
-/// What the TLS layer reads at every handshake; swapped on reload.
+/// Whom the sidecar trusts: the bundle and the authority's revocations.
+/// One per sidecar, shared by every identity it holds ([`TlsState`]).
 #[derive(Debug)]
-pub struct TlsState {
-    pub identity: ArcSwap<LocalIdentity>,
+pub struct Trust {
     pub bundle: ArcSwap<TrustBundle>,
     /// SPIFFE IDs the authority revoked: refused at every handshake.
     pub revoked: ArcSwap<HashSet<String>>,
 }
 
+/// What the TLS layer reads at every handshake of one local identity: its
+/// certificate (swapped on renewal or reload) and the sidecar's trust.
+#[derive(Debug)]
+pub struct TlsState {
+    pub identity: ArcSwap<LocalIdentity>,
+    pub trust: Arc<Trust>,
+}
+
 impl TlsState {
+    /// A local identity with a trust of its own (the authority's server,
+    /// a sidecar with one identity).
     pub fn new(identity: LocalIdentity, bundle: TrustBundle) -> Arc<Self> {
+        TlsState::sharing(identity, Trust::new(bundle))
+    }
+
+    /// A local identity verifying peers with `trust` (a sidecar holding
+    /// several identities shares one trust between them).
+    pub fn sharing(identity: LocalIdentity, trust: Arc<Trust>) -> Arc<Self> {
         Arc::new(TlsState {
             identity: ArcSwap::from_pointee(identity),
+            trust,
+        })
+    }
+
+    /// Whether a connection set up with `identity` and `bundle` still
+    /// presents what a new handshake would (compared by pointer).
+    pub fn is_current(&self, identity: &Arc<LocalIdentity>, bundle: &Arc<TrustBundle>) -> bool {
+        Arc::ptr_eq(identity, &self.identity.load())
+            && Arc::ptr_eq(bundle, &self.trust.bundle.load())
+    }
+}
+
+impl Trust {
+    pub fn new(bundle: TrustBundle) -> Arc<Self> {
+        Arc::new(Trust {
             bundle: ArcSwap::from_pointee(bundle),
             revoked: ArcSwap::from_pointee(HashSet::new()),
         })
@@ -311,7 +342,7 @@ pub trait PeerTrust: Send + Sync + std::fmt::Debug {
 }
 
 /// The sidecar's swappable bundle, with revocations.
-impl PeerTrust for TlsState {
+impl PeerTrust for Trust {
     fn verify_peer(
         &self,
         chain: &[CertificateDer<'_>],
@@ -319,6 +350,17 @@ impl PeerTrust for TlsState {
         now: UnixTime,
     ) -> Result<VerifiedPeer, PeerRejection> {
         self.verify_at(chain, role, now)
+    }
+}
+
+impl PeerTrust for TlsState {
+    fn verify_peer(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, PeerRejection> {
+        self.trust.verify_at(chain, role, now)
     }
 }
 

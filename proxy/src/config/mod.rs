@@ -32,6 +32,9 @@ use serde_saphyr::{Location, MessageFormatter, Spanned};
 use crate::health::probes::{AppProbes, ProbeAction, ProbesError};
 use crate::telemetry::LogFormat;
 
+mod services;
+pub use services::{Owner, ServiceConfig, ServiceOutbound};
+
 /// The default admin address (DESIGN "Ports").
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15190);
 
@@ -225,6 +228,9 @@ pub struct ProxyConfig {
     pub otlp_sampling_ratio: SamplingRatio,
     /// What is declared about app ports (`ports:`), by port.
     pub ports: BTreeMap<u16, PortSettings>,
+    /// Services on this host with identities of their own (`services:`,
+    /// see [`services`]); empty: the sidecar's identity serves everything.
+    pub services: Vec<ServiceConfig>,
     pub limits: Limits,
 }
 
@@ -585,6 +591,11 @@ impl ProxyConfig {
                 })
             })
             .collect();
+        let services: Vec<_> = self
+            .services
+            .iter()
+            .map(ServiceConfig::effective_json)
+            .collect();
         let app_probes: serde_json::Map<String, serde_json::Value> = self
             .app_probes
             .iter()
@@ -615,6 +626,7 @@ impl ProxyConfig {
             "otlp_service_name": self.otlp_service_name,
             "otlp_sampling_ratio": self.otlp_sampling_ratio.get(),
             "ports": ports,
+            "services": services,
             "limits": {
                 "handshake_timeout": humantime::format_duration(l.handshake_timeout).to_string(),
                 "detect_timeout": humantime::format_duration(l.detect_timeout).to_string(),
@@ -637,7 +649,7 @@ fn invalid(diags: Vec<Diagnostic>) -> ConfigError {
 }
 
 /// `identity.authority.workload` as shown on `/config`.
-fn workload_json(workload: &crate::sidecar::fingerprint::Workload) -> serde_json::Value {
+pub(crate) fn workload_json(workload: &crate::sidecar::fingerprint::Workload) -> serde_json::Value {
     use crate::sidecar::fingerprint::Workload;
     match workload {
         Workload::PidFile(p) => json!({"pid_file": p.display().to_string()}),
@@ -790,6 +802,7 @@ struct RawConfig {
     otlp_service_name: Option<S>,
     otlp_sampling_ratio: Option<S>,
     ports: Option<Vec<Spanned<RawPort>>>,
+    services: Option<Spanned<Vec<Spanned<services::RawService>>>>,
     limits: Option<RawLimits>,
 }
 
@@ -824,7 +837,7 @@ struct RawAuthority {
 }
 
 /// `identity.authority.workload`: exactly one key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkload {
     pid_file: Option<S>,
@@ -972,8 +985,18 @@ impl Cx<'_> {
                 outbound.push((i, OutboundListener { listen, upstream }));
             }
         }
-        let n_listeners =
-            raw.inbound.as_ref().map_or(0, Vec::len) + raw.outbound.as_ref().map_or(0, Vec::len);
+        let authority = matches!(identity, Some(IdentitySource::Authority { .. }));
+        let services = match &raw.services {
+            None => Some(Vec::new()),
+            Some(list) => self.services(list, authority, &mut bound),
+        };
+        let n_listeners = raw.inbound.as_ref().map_or(0, Vec::len)
+            + raw.outbound.as_ref().map_or(0, Vec::len)
+            + services
+                .iter()
+                .flatten()
+                .filter(|s| s.outbound.is_some())
+                .count();
         if n_listeners == 0 {
             self.err(
                 None,
@@ -1137,6 +1160,7 @@ impl Cx<'_> {
             otlp_service_name: otlp_service_name?,
             otlp_sampling_ratio: otlp_sampling_ratio?,
             ports: ports?,
+            services: services?,
             limits: limits?,
         })
     }
@@ -1338,7 +1362,9 @@ impl Cx<'_> {
                 };
                 let workload = match workload {
                     None => Some(None),
-                    Some(w) => self.workload(w, a_at).map(Some),
+                    Some(w) => self
+                        .workload(w, a_at, "identity.authority.workload")
+                        .map(Some),
                 };
                 Some(IdentitySource::Authority {
                     url: url?,
@@ -1437,13 +1463,15 @@ impl Cx<'_> {
 
     /// A path, resolved against the config file's directory.
     /// `identity.authority.workload`: exactly one of its keys.
+    /// (`FIELD` is where it is: `identity.authority.workload` or
+    /// `services[i].workload`.)
     fn workload(
         &mut self,
         w: Spanned<RawWorkload>,
         outer: Option<(u64, u64)>,
+        at_field: &str,
     ) -> Option<crate::sidecar::fingerprint::Workload> {
         use crate::sidecar::fingerprint::Workload;
-        const FIELD: &str = "identity.authority.workload";
         const CHOICES: &str = "`pid_file: /run/web.pid`, `systemd_unit: web.service`, \
              `cgroup: /sys/fs/cgroup/…`, `command: /usr/bin/web` or `self: true`";
         let at = line_col(&w.referenced).or(outer);
@@ -1468,14 +1496,14 @@ impl Cx<'_> {
         let (key, value) = match named.as_slice() {
             [one] => one,
             [] => {
-                self.err(at, FIELD, format!("empty: write one of {CHOICES}"));
+                self.err(at, at_field, format!("empty: write one of {CHOICES}"));
                 return None;
             }
             many => {
                 let keys: Vec<_> = many.iter().map(|(k, _)| format!("`{k}`")).collect();
                 self.err(
                     at,
-                    FIELD,
+                    at_field,
                     format!(
                         "{} are given: the workload is one process; keep one of {CHOICES}",
                         keys.join(" and ")
@@ -1484,7 +1512,7 @@ impl Cx<'_> {
                 return None;
             }
         };
-        let field = format!("{FIELD}.{key}");
+        let field = format!("{at_field}.{key}");
         let text = value.value.0.trim();
         let absolute = |cx: &mut Self, example: &str| {
             if Path::new(text).is_absolute() {
@@ -1948,6 +1976,7 @@ mod tests {
             "otlp_service_name",
             "otlp_sampling_ratio",
             "ports",
+            "services",
             "limits",
         ]
         .into_iter()
