@@ -377,3 +377,187 @@ impl Cx<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{ConfigError, Diagnostic, ProxyConfig};
+
+    const HEAD: &str = "identity:
+  authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: host.token, state_dir: /var/lib/appid }
+trust_domains: [prod.example]
+policy: policy.yaml
+inbound: [{ listen: \"0.0.0.0:15106\" }]
+outbound: [{ listen: \"127.0.0.1:15101\" }]
+";
+
+    fn parse(services: &str) -> Result<ProxyConfig, ConfigError> {
+        let text = format!("{HEAD}services:\n{services}");
+        ProxyConfig::from_yaml("proxy.yaml", Path::new("/etc/appid"), &text)
+    }
+
+    fn errors(services: &str) -> Vec<Diagnostic> {
+        parse(services)
+            .expect_err("config should be refused")
+            .diagnostics()
+            .to_vec()
+    }
+
+    #[test]
+    fn services_parse_with_their_owners_ports_and_workloads() {
+        let config = parse(
+            "  - name: billing
+    join_token_file: billing.token
+    workload: { pid_file: /run/billing.pid }
+    inbound_ports: [8081, 9090]
+    outbound: { listen: \"127.0.0.1:15111\", owner: { uid: 1001 } }
+  - name: reports
+    outbound: { listen: \"127.0.0.1:15112\", owner: { user: reports } }
+  - name: batch
+    outbound: { listen: \"127.0.0.1:15113\", owner: { cgroup: /system.slice/batch.service } }
+  - name: web
+    inbound_ports: [8080]
+",
+        )
+        .expect("valid");
+        let s = &config.services;
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0].name, "billing");
+        assert_eq!(
+            s[0].join_token_file.as_deref(),
+            Some(Path::new("/etc/appid/billing.token"))
+        );
+        assert_eq!(
+            s[0].workload,
+            Some(Workload::PidFile("/run/billing.pid".into()))
+        );
+        assert_eq!(s[0].inbound_ports, vec![8081, 9090]);
+        let out = |i: usize| s[i].outbound.clone().expect("outbound");
+        assert_eq!(out(0).listen, "127.0.0.1:15111".parse().unwrap());
+        assert_eq!(out(0).owner, Owner::Uid(1001));
+        assert_eq!(out(1).owner, Owner::User("reports".into()));
+        assert_eq!(
+            out(2).owner,
+            Owner::Cgroup("/system.slice/batch.service".into())
+        );
+        assert_eq!(s[3].outbound, None);
+        // Shown on /config.
+        let shown = config.effective_json();
+        assert_eq!(shown["services"][0]["outbound"]["owner"]["uid"], 1001);
+        assert_eq!(
+            shown["services"][2]["outbound"]["owner"]["cgroup"],
+            "/system.slice/batch.service"
+        );
+    }
+
+    #[test]
+    fn every_mistake_names_its_field_and_what_to_write() {
+        let cases: [(&str, &str, &str); 9] = [
+            ("  - inbound_ports: [8080]\n", "services[0].name", "missing"),
+            (
+                "  - { name: Billing, inbound_ports: [8080] }\n",
+                "services[0].name",
+                "not a service name",
+            ),
+            (
+                "  - { name: billing }\n",
+                "services[0]",
+                "neither `inbound_ports` nor `outbound`",
+            ),
+            (
+                "  - { name: billing, inbound_ports: [0] }\n",
+                "services[0].inbound_ports[0]",
+                "",
+            ),
+            (
+                "  - { name: billing, outbound: { listen: \"127.0.0.1:15111\" } }\n",
+                "services[0].outbound.owner",
+                "missing",
+            ),
+            (
+                "  - { name: billing, outbound: { listen: \"127.0.0.1:15111\", owner: { uid: 1, user: x } } }\n",
+                "services[0].outbound.owner",
+                "more than one owner",
+            ),
+            (
+                "  - { name: billing, outbound: { listen: \"127.0.0.1:15111\", owner: { cgroup: /sys/fs/cgroup/x } } }\n",
+                "services[0].outbound.owner.cgroup",
+                "relative to the cgroup root",
+            ),
+            (
+                "  - { name: billing, outbound: { listen: \"10.0.0.1:15111\", owner: { uid: 1 } } }\n",
+                "services[0].outbound.listen",
+                "not a loopback address",
+            ),
+            (
+                "  - { name: billing, outbound: { listen: \"127.0.0.1:15101\", owner: { uid: 1 } } }\n",
+                "services[0].outbound.listen",
+                "already used by outbound[0].listen",
+            ),
+        ];
+        for (yaml, field, says) in cases {
+            let errors = errors(yaml);
+            assert!(
+                errors
+                    .iter()
+                    .any(|d| d.field == field && d.message.contains(says)),
+                "{yaml}: expected {field}: …{says}…, got {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_ports_belong_to_one_service() {
+        let e = errors(
+            "  - { name: billing, inbound_ports: [8080] }
+  - { name: billing, inbound_ports: [8081] }
+",
+        );
+        assert!(e.iter().any(|d| d.field == "services[1].name"), "{e:#?}");
+        let e = errors(
+            "  - { name: billing, inbound_ports: [8080] }
+  - { name: reports, inbound_ports: [8080] }
+",
+        );
+        assert!(
+            e.iter()
+                .any(|d| d.field == "services[1].inbound_ports" && d.message.contains("`billing`")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn services_need_the_authority() {
+        let text = "identity: { cert: a.pem, key: a.key, bundle: ca.pem }
+trust_domains: [prod.example]
+policy: policy.yaml
+inbound: [{ listen: \"0.0.0.0:15106\" }]
+services:
+  - { name: billing, inbound_ports: [8080] }
+";
+        let e = ProxyConfig::from_yaml("proxy.yaml", Path::new("/etc/appid"), text)
+            .expect_err("refused");
+        assert!(
+            e.diagnostics()
+                .iter()
+                .any(|d| d.field == "services" && d.message.contains("authority")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_service_listener_alone_is_a_listener() {
+        let text = "identity:
+  authority: { url: \"https://authority:15170\", bundle: ca.pem, join_token_file: t }
+trust_domains: [prod.example]
+policy: policy.yaml
+services:
+  - { name: billing, outbound: { listen: \"127.0.0.1:15111\", owner: { uid: 1001 } } }
+";
+        let config = ProxyConfig::from_yaml("proxy.yaml", Path::new("/etc/appid"), text)
+            .expect("a service's outbound listener is a listener");
+        assert_eq!(config.services.len(), 1);
+    }
+}

@@ -134,3 +134,86 @@ impl Locals {
             .unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ca::{Ca, KeyAlg};
+    use crate::identity::spiffe::SpiffeId;
+    use crate::identity::verify::TrustBundle;
+    use appid_policy::AppIdClaims;
+    use appid_policy::claims::attestation;
+
+    fn identity(ca: &Ca, bundle: &TrustBundle, path: &str) -> LocalIdentity {
+        let id = SpiffeId::parse(&format!("spiffe://prod.example/{path}")).unwrap();
+        let claims = AppIdClaims::new(id.as_str(), attestation::JOIN_TOKEN);
+        let key = KeyAlg::EcdsaP256.generate().unwrap();
+        let issued = ca
+            .issue(&id, &claims, &key, time::Duration::hours(1))
+            .unwrap();
+        LocalIdentity::from_pem(
+            "cert",
+            issued.pem.as_bytes(),
+            "key",
+            key.serialize_pem().as_bytes(),
+            bundle,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn inbound_ports_pick_their_service_and_the_rest_is_ours() {
+        let temp = tempfile::tempdir().unwrap();
+        let ca = Ca::init(&temp.path().join("ca"), "prod.example", KeyAlg::EcdsaP256).unwrap();
+        let bundle = TrustBundle::new(
+            "ca",
+            std::slice::from_ref(ca.cert_der()),
+            vec!["prod.example".into()],
+        )
+        .unwrap();
+        let trust = Trust::new(bundle.clone());
+        let local = |service: Option<&str>, path: &str| {
+            Local::new(
+                service.map(str::to_owned),
+                identity(&ca, &bundle, path),
+                trust.clone(),
+                TunnelMode::Pooled,
+            )
+        };
+        let locals = Locals::new(
+            local(None, "vm1"),
+            vec![
+                (local(Some("billing"), "vm1/billing"), vec![8081, 9090]),
+                (local(Some("reports"), "vm1/reports"), vec![8082]),
+            ],
+        );
+        let id = |l: &Arc<Local>| l.identity().id.to_string();
+        assert_eq!(
+            id(locals.for_inbound_port(8081)),
+            "spiffe://prod.example/vm1/billing"
+        );
+        assert_eq!(
+            id(locals.for_inbound_port(9090)),
+            "spiffe://prod.example/vm1/billing"
+        );
+        assert_eq!(
+            id(locals.for_inbound_port(8082)),
+            "spiffe://prod.example/vm1/reports"
+        );
+        assert_eq!(id(locals.for_inbound_port(22)), "spiffe://prod.example/vm1");
+        assert!(locals.service("reports").is_some());
+        assert!(locals.service("nope").is_none());
+        let all: Vec<_> = locals.all().map(|l| l.label().to_owned()).collect();
+        assert_eq!(all, ["sidecar", "billing", "reports"]);
+        let json = locals.admin_json();
+        assert_eq!(json["id"], "spiffe://prod.example/vm1");
+        assert_eq!(
+            json["services"]["billing"]["id"],
+            "spiffe://prod.example/vm1/billing"
+        );
+        // One trust for all: a revocation is everyone's.
+        for l in locals.all() {
+            assert!(Arc::ptr_eq(&l.tls.trust, &trust));
+        }
+    }
+}
