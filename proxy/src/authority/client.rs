@@ -6,8 +6,17 @@
 //! configured bundle whose SPIFFE ID is `spiffe://<td>/appid/authority`.
 //! Renewals authenticate with the current certificate over mTLS, so no
 //! long-lived secret exists after the one-time join token.
+//!
+//! **Replicas.** The client may know several authority URLs (replicas over
+//! one database), and each host name may resolve to several addresses.
+//! A request goes to the replica that answered last; when it cannot be
+//! reached, times out or answers 5xx, the same request goes to the next
+//! address, then the next replica, each once, before the call fails
+//! (transient: the caller retries with backoff). A refusal (4xx) is final
+//! at once: replicas share one database, so another would say the same.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +42,11 @@ pub type Reported = serde_json::Map<String, serde_json::Value>;
 
 /// Largest response accepted from the authority.
 const MAX_RESPONSE: usize = 1024 * 1024;
+/// One attempt at one address, from connect to the last response byte.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Name lookup, and the TCP connect of one attempt: a dead replica whose
+/// packets are dropped must not cost the whole request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a call to the authority failed.
 #[derive(Debug, Error)]
@@ -83,18 +96,15 @@ pub fn new_key_and_csr() -> Result<KeyAndCsr, ClientError> {
     })
 }
 
-/// A client for one authority.
-#[derive(Clone)]
-pub struct AuthorityClient {
+/// One replica's address, as configured.
+#[derive(Debug, Clone)]
+struct Replica {
     host: String,
     port: u16,
-    bundle: Arc<TrustBundle>,
-    expected_id: String,
 }
 
-impl AuthorityClient {
-    /// `url` is `https://host[:port]`; `bundle` verifies the authority.
-    pub fn new(url: &str, bundle: TrustBundle) -> Result<Self, ClientError> {
+impl Replica {
+    fn parse(url: &str) -> Result<Replica, ClientError> {
         let uri: http::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.into()))?;
         if uri.scheme_str() != Some("https") {
             return Err(ClientError::BadUrl(url.into()));
@@ -105,14 +115,43 @@ impl AuthorityClient {
             .trim_matches(['[', ']'])
             .to_string();
         let port = uri.port_u16().unwrap_or(super::DEFAULT_PORT);
+        Ok(Replica { host, port })
+    }
+}
+
+/// A client for the authority (one or several replicas).
+#[derive(Clone)]
+pub struct AuthorityClient {
+    replicas: Arc<[Replica]>,
+    /// The replica that answered last: tried first.
+    preferred: Arc<AtomicUsize>,
+    bundle: Arc<TrustBundle>,
+    expected_id: String,
+}
+
+impl AuthorityClient {
+    /// `url` is `https://host[:port]`; `bundle` verifies the authority.
+    pub fn new(url: &str, bundle: TrustBundle) -> Result<Self, ClientError> {
+        Self::with_replicas(&[url.to_owned()], bundle)
+    }
+
+    /// The same for several replicas, tried in turn (see the module doc).
+    pub fn with_replicas(urls: &[String], bundle: TrustBundle) -> Result<Self, ClientError> {
+        let replicas: Vec<Replica> = urls
+            .iter()
+            .map(|u| Replica::parse(u))
+            .collect::<Result<_, _>>()?;
+        if replicas.is_empty() {
+            return Err(ClientError::BadUrl("no authority URL".into()));
+        }
         let trust_domain = bundle
             .trust_domains()
             .first()
             .cloned()
             .ok_or_else(|| ClientError::BadUrl("no trust domain".into()))?;
         Ok(AuthorityClient {
-            host,
-            port,
+            replicas: replicas.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             bundle: Arc::new(bundle),
             expected_id: authority_id(&trust_domain),
         })
@@ -157,6 +196,8 @@ impl AuthorityClient {
             .await
     }
 
+    /// Sends the request to each replica's addresses in turn, starting
+    /// with the one that answered last, until one answers (or refuses).
     async fn call<B: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         method: Method,
@@ -164,13 +205,80 @@ impl AuthorityClient {
         body: Option<&B>,
         client_cert: Option<Arc<CertifiedKey>>,
     ) -> Result<R, ClientError> {
+        let payload = match body {
+            Some(body) => {
+                serde_json::to_vec(body).map_err(|e| ClientError::BadResponse(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let first = self.preferred.load(Ordering::Relaxed) % self.replicas.len();
+        let mut failures = Vec::new();
+        for turn in 0..self.replicas.len() {
+            let index = (first + turn) % self.replicas.len();
+            let replica = &self.replicas[index];
+            let addresses = match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio::net::lookup_host((replica.host.as_str(), replica.port)),
+            )
+            .await
+            {
+                Ok(Ok(found)) => found.collect::<Vec<_>>(),
+                Ok(Err(e)) => {
+                    failures.push(format!("{}: {e}", replica.host));
+                    continue;
+                }
+                Err(_) => {
+                    failures.push(format!("{}: name lookup timed out", replica.host));
+                    continue;
+                }
+            };
+            for address in addresses {
+                let attempt = self.call_at(
+                    replica,
+                    address,
+                    method.clone(),
+                    path,
+                    payload.clone(),
+                    client_cert.clone(),
+                );
+                match attempt.await {
+                    Err(e) if e.is_transient() => {
+                        failures.push(format!(
+                            "{}:{} ({address}): {e}",
+                            replica.host, replica.port
+                        ));
+                    }
+                    result => {
+                        if turn > 0 {
+                            tracing::info!(replica = %replica.host, port = replica.port, "authority replica answered; using it from now on");
+                        }
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return result;
+                    }
+                }
+            }
+        }
+        Err(ClientError::Unreachable(failures.join("; ")))
+    }
+
+    /// One attempt at one address of one replica.
+    async fn call_at<R: serde::de::DeserializeOwned>(
+        &self,
+        replica: &Replica,
+        address: std::net::SocketAddr,
+        method: Method,
+        path: &str,
+        payload: Vec<u8>,
+        client_cert: Option<Arc<CertifiedKey>>,
+    ) -> Result<R, ClientError> {
         let work = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
                 .await
+                .map_err(|_| ClientError::Unreachable("connect timed out".into()))?
                 .map_err(|e| ClientError::Unreachable(e.to_string()))?;
             let config = self.tls_config(client_cert);
-            let server_name =
-                ServerName::try_from(self.host.clone()).unwrap_or_else(|_| tls::peer_server_name());
+            let server_name = ServerName::try_from(replica.host.clone())
+                .unwrap_or_else(|_| tls::peer_server_name());
             let stream = TlsConnector::from(config)
                 .connect(server_name, tcp)
                 .await
@@ -180,16 +288,10 @@ impl AuthorityClient {
                     .await
                     .map_err(|e| ClientError::Unreachable(e.to_string()))?;
             tokio::spawn(connection);
-            let payload = match body {
-                Some(body) => {
-                    serde_json::to_vec(body).map_err(|e| ClientError::BadResponse(e.to_string()))?
-                }
-                None => Vec::new(),
-            };
             let request = Request::builder()
                 .method(method)
                 .uri(path)
-                .header("host", &self.host)
+                .header("host", &replica.host)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(payload)))
                 .map_err(|e| ClientError::BadResponse(e.to_string()))?;

@@ -61,8 +61,11 @@ pub enum IdentitySource {
     },
     /// Certificates issued by the authority.
     Authority {
-        /// `https://` URL of the authority API.
-        url: String,
+        /// `https://` URLs of the authority API's replicas (`url:` or
+        /// `urls:`), tried in turn: a request that fails to reach one (or
+        /// is answered 5xx) goes to the next. Never empty; the first is the
+        /// audience of a GCP identity token.
+        urls: Vec<String>,
         /// Trust anchors used to verify the authority and peers.
         bundle: PathBuf,
         /// One-time join token. Absent: the sidecar attests by other means
@@ -549,7 +552,7 @@ impl ProxyConfig {
                 "bundle": bundle.display().to_string(),
             }),
             IdentitySource::Authority {
-                url,
+                urls,
                 bundle,
                 join_token_file,
                 k8s_token_file,
@@ -559,7 +562,7 @@ impl ProxyConfig {
                 workload,
             } => json!({
                 "authority": {
-                    "url": redact_url(url),
+                    "urls": urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
                     "bundle": bundle.display().to_string(),
                     "join_token_file": join_token_file.as_ref().map(|p| p.display().to_string()),
                     "k8s_token_file": k8s_token_file.as_ref().map(|p| p.display().to_string()),
@@ -827,6 +830,7 @@ struct RawIdentity {
 #[serde(deny_unknown_fields)]
 struct RawAuthority {
     url: Option<S>,
+    urls: Option<Spanned<Vec<S>>>,
     bundle: Option<S>,
     join_token_file: Option<S>,
     k8s_token_file: Option<S>,
@@ -1258,6 +1262,7 @@ impl Cx<'_> {
                 let a_at = line_col(&a.referenced).or(at);
                 let RawAuthority {
                     url,
+                    urls,
                     bundle,
                     join_token_file,
                     k8s_token_file,
@@ -1266,28 +1271,55 @@ impl Cx<'_> {
                     state_dir,
                     workload,
                 } = a.value;
-                let url = match &url {
-                    None => {
+                let mut check_url = |u: &S, field: &str| {
+                    let v = u.value.0.trim();
+                    let host = v.strip_prefix("https://").unwrap_or("");
+                    if host.is_empty() || host.starts_with('/') {
+                        self.err_at(
+                            u,
+                            field,
+                            format!("`{}` is not an https:// URL: write e.g. `url: \"https://authority:15170\"` (the join token is sent over it, so plain http is refused)", u.value.0),
+                        );
+                        None
+                    } else {
+                        Some(v.to_owned())
+                    }
+                };
+                let urls = match (&url, &urls) {
+                    (None, None) => {
                         self.err(
                             a_at,
                             "identity.authority.url",
-                            "missing: write e.g. `url: \"https://authority:15170\"`",
+                            "missing: write e.g. `url: \"https://authority:15170\"` (or, for replicas, \
+                             `urls: [\"https://authority-a:15170\", \"https://authority-b:15170\"]`)",
                         );
                         None
                     }
-                    Some(u) => {
-                        let v = u.value.0.trim();
-                        let host = v.strip_prefix("https://").unwrap_or("");
-                        if host.is_empty() || host.starts_with('/') {
-                            self.err_at(
-                                u,
-                                "identity.authority.url",
-                                format!("`{}` is not an https:// URL: write e.g. `url: \"https://authority:15170\"` (the join token is sent over it, so plain http is refused)", u.value.0),
-                            );
-                            None
-                        } else {
-                            Some(v.to_owned())
-                        }
+                    (Some(_), Some(list)) => {
+                        self.err(
+                            line_col(&list.referenced).or(a_at),
+                            "identity.authority.urls",
+                            "both `url` and `urls` are given: keep one (`urls` lists every replica)",
+                        );
+                        None
+                    }
+                    (Some(u), None) => check_url(u, "identity.authority.url").map(|u| vec![u]),
+                    (None, Some(list)) if list.value.is_empty() => {
+                        self.err(
+                            line_col(&list.referenced).or(a_at),
+                            "identity.authority.urls",
+                            "empty: list the replicas, e.g. `urls: [\"https://authority-a:15170\", \"https://authority-b:15170\"]`",
+                        );
+                        None
+                    }
+                    (None, Some(list)) => {
+                        let checked: Vec<_> = list
+                            .value
+                            .iter()
+                            .enumerate()
+                            .map(|(i, u)| check_url(u, &format!("identity.authority.urls[{i}]")))
+                            .collect();
+                        checked.into_iter().collect::<Option<Vec<_>>>()
                     }
                 };
                 let bundle = match &bundle {
@@ -1367,7 +1399,7 @@ impl Cx<'_> {
                         .map(Some),
                 };
                 Some(IdentitySource::Authority {
-                    url: url?,
+                    urls: urls?,
                     bundle: bundle?,
                     join_token_file: join_token_file?,
                     k8s_token_file: k8s_token_file?,
@@ -2168,7 +2200,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         assert_eq!(
             c.identity,
             IdentitySource::Authority {
-                url: "https://authority:15170".into(),
+                urls: vec!["https://authority:15170".into()],
                 bundle: "/etc/appid/ca.pem".into(),
                 join_token_file: Some("/run/token".into()),
                 k8s_token_file: None,
@@ -2189,6 +2221,37 @@ workers: 2                     # data-plane threads; default: the number of CPUs
         assert_eq!(c.limits.drain_timeout, Duration::ZERO);
         assert_eq!(c.limits.detect_timeout, Duration::from_secs(5));
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    }
+
+    #[test]
+    fn replicas_are_listed_with_urls_never_both_forms() {
+        let with = |authority: &str| {
+            format!(
+                "identity:\n  authority: {{ {authority}, bundle: ca.pem, join_token_file: t }}\n\
+                 trust_domains: [prod.example]\npolicy: p.yaml\noutbound: [{{ listen: \"127.0.0.1:15101\" }}]\n"
+            )
+        };
+        let c = parse(&with(
+            "urls: [\"https://authority-a:15170\", \"https://authority-b\"]",
+        ))
+        .unwrap();
+        let IdentitySource::Authority { urls, .. } = &c.identity else {
+            panic!("{:?}", c.identity)
+        };
+        assert_eq!(urls, &["https://authority-a:15170", "https://authority-b"]);
+        assert_eq!(
+            c.effective_json()["identity"]["authority"]["urls"][1],
+            "https://authority-b"
+        );
+        let d = one_err(&with(
+            "url: \"https://a:15170\", urls: [\"https://b:15170\"]",
+        ));
+        assert_eq!(d.field, "identity.authority.urls");
+        assert!(d.message.contains("keep one"), "{d}");
+        let d = one_err(&with("urls: []"));
+        assert!(d.message.contains("empty"), "{d}");
+        let d = one_err(&with("urls: [\"https://a:1\", \"http://b:1\"]"));
+        assert_eq!(d.field, "identity.authority.urls[1]");
     }
 
     #[test]
@@ -2810,7 +2873,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
             "{text}"
         );
         assert_eq!(
-            j["identity"]["authority"]["url"],
+            j["identity"]["authority"]["urls"][0],
             "https://REDACTED@authority:15170/v1?REDACTED"
         );
         assert_eq!(

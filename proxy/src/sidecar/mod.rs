@@ -584,7 +584,7 @@ pub async fn run_until(
             (identity, trust, None, Some(watched))
         }
         IdentitySource::Authority {
-            url,
+            urls,
             bundle,
             join_token_file,
             k8s_token_file,
@@ -597,8 +597,10 @@ pub async fn run_until(
                 TrustBundle::from_pem_file(bundle, config.trust_domains.clone()).map_err(|e| {
                     SidecarError::from(e).named(&config.source, "identity.authority.bundle")
                 })?;
-            let client = AuthorityClient::new(url, trust.clone())
+            let client = AuthorityClient::with_replicas(urls, trust.clone())
                 .map_err(|e| SidecarError::Authority(e.to_string()))?;
+            // A GCP identity token names one audience: the first URL.
+            let audience = urls.first().map_or("", String::as_str);
             // Until the first certificate arrives, connections are refused
             // at once rather than left waiting in the accept queue.
             let refused_in = inbound.iter().map(|(l, _)| (l, MetricsDirection::Inbound));
@@ -612,7 +614,7 @@ pub async fn run_until(
                 k8s_token_file.as_deref(),
                 *cloud,
                 metadata_endpoint.as_deref(),
-                url,
+                audience,
             )?;
             let fingerprint = workload
                 .clone()
@@ -632,7 +634,7 @@ pub async fn run_until(
                     None,
                     None,
                     None,
-                    url,
+                    audience,
                 )?;
                 let state = state_dir
                     .as_deref()

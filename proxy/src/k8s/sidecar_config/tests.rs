@@ -94,7 +94,7 @@ fn the_config_map_holds_what_injected_pods_mount() {
     );
     match &config.identity {
         IdentitySource::Authority {
-            url,
+            urls,
             bundle,
             join_token_file,
             k8s_token_file,
@@ -102,7 +102,7 @@ fn the_config_map_holds_what_injected_pods_mount() {
             cloud,
             ..
         } => {
-            assert_eq!(url, "https://appid-authority.appid-system:15170");
+            assert_eq!(urls, &["https://appid-authority.appid-system:15170"]);
             assert_eq!(bundle, Path::new(BUNDLE_PATH));
             assert_eq!(k8s_token_file.as_deref(), Some(Path::new(TOKEN_PATH)));
             assert_eq!(state_dir.as_deref(), Some(Path::new(STATE_DIR)));
