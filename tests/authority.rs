@@ -323,6 +323,11 @@ impl AuthorityServer {
     /// Starts `serve` on a free loopback port and waits until it answers
     /// `GET /v1/revocations` over verified TLS.
     async fn start(dir: &AuthorityDir, cert_ttl: &str) -> AuthorityServer {
+        Self::start_with(dir, cert_ttl, &[]).await
+    }
+
+    /// [`Self::start`] with further `serve` flags.
+    async fn start_with(dir: &AuthorityDir, cert_ttl: &str, extra: &[&str]) -> AuthorityServer {
         let port = free_port();
         let stderr = dir.dir.join(format!("serve-{port}.log"));
         let child = Command::new(APPID)
@@ -333,6 +338,7 @@ impl AuthorityServer {
                 "--cert-ttl",
                 cert_ttl,
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1802,4 +1808,30 @@ async fn kill_9_mid_issuance_keeps_the_database_intact() {
         .await
         .expect("registered while down");
     assert_eq!(response.id, id("after"));
+}
+
+/// `authority serve --log-format json` reaches the running authority: every
+/// line it writes to stderr (after serving an attestation) is a JSON
+/// object; with the default (text) none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_log_format_json_makes_every_log_line_json() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    for (flags, json) in [(&["--log-format", "json"][..], true), (&[][..], false)] {
+        let token = ca.register(&id("ns/shop/sa/web"), &["app=web"], None, None);
+        let server = AuthorityServer::start_with(&ca, "1h", flags).await;
+        let client = ca.client(&server.url());
+        attest(&client, &token).await.expect("attested");
+        let logs = server.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        assert!(!lines.is_empty(), "{flags:?}: nothing logged");
+        for line in lines {
+            let parsed = serde_json::from_str::<serde_json::Value>(line).ok();
+            assert_eq!(
+                parsed.as_ref().is_some_and(serde_json::Value::is_object),
+                json,
+                "{flags:?}: {line}"
+            );
+        }
+    }
 }

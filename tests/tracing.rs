@@ -341,3 +341,220 @@ async fn spans_from_both_sidecars_continue_the_callers_trace() {
         .unwrap_or_else(|| panic!("the denied call's parent was not exported\n{}", context()));
     assert_eq!(connection_of_denied.span.name, "appid.connection");
 }
+
+/// Starts a pair exporting to a fresh receiver.
+async fn traced_mesh(
+    app: SocketAddr,
+    server_policy: &str,
+    tunnel: Option<&'static str>,
+    extra: Vec<(&'static str, String)>,
+) -> (Mesh, Arc<Mutex<Vec<Received>>>) {
+    let (collector, received) = receiver().await;
+    let mut settings = vec![("otlp_endpoint", format!("\"http://{collector}\""))];
+    settings.extend(extra);
+    let mesh = Mesh::start(
+        app,
+        MeshOptions {
+            server_policy: server_policy.into(),
+            client_policy: WEB_TO_API.into(),
+            server_tunnel: tunnel,
+            client_tunnel: tunnel,
+            settings,
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    (mesh, received)
+}
+
+/// SIGTERM to both sidecars (they flush their spans on the way out), then
+/// what the receiver got.
+async fn finish(mesh: &mut Mesh, received: &Arc<Mutex<Vec<Received>>>) -> Vec<Received> {
+    mesh.server.terminate();
+    mesh.client.terminate();
+    for sidecar in [&mut mesh.server, &mut mesh.client] {
+        let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+        assert!(status.success(), "{status}");
+    }
+    received.lock().unwrap().clone()
+}
+
+fn describe(spans: &[Received]) -> String {
+    spans
+        .iter()
+        .map(|r| {
+            let attrs: Vec<String> = r
+                .span
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={:?}", kv.key, attr(std::slice::from_ref(kv), &kv.key)))
+                .collect();
+            format!(
+                "{} {} {} {}",
+                r.service,
+                r.span.name,
+                r.trace_id(),
+                attrs.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The connection span of `service` with the peer `peer`.
+fn connection_of<'a>(spans: &'a [Received], service: &str, peer: &str) -> &'a Received {
+    spans
+        .iter()
+        .find(|r| {
+            r.service == service
+                && r.span.name == "appid.connection"
+                && r.attr("appid.peer.id").as_deref() == Some(peer)
+        })
+        .unwrap_or_else(|| panic!("no connection span from {service}\n{}", describe(spans)))
+}
+
+/// The same spans whatever carries the call: a strict TLS connection, a
+/// pooled tunnel, HTTP/2 inside it, or opaque TCP (decided once, on the
+/// connection span).
+#[tokio::test]
+async fn every_transport_and_protocol_exports_its_spans() {
+    let web = format!("spiffe://{TRUST_DOMAIN}/{WEB_PATH}");
+    let api = format!("spiffe://{TRUST_DOMAIN}/{API_PATH}");
+
+    // HTTP/1.1 over strict tunnels, HTTP/2 over pooled ones.
+    let app = HttpApp::start().await;
+    for (tunnel, alpn, mode, curl_flag, protocol) in [
+        (Some("strict"), "appid/1", "strict", "--http1.1", "http1"),
+        (
+            None,
+            "appid-mux/1",
+            "pooled",
+            "--http2-prior-knowledge",
+            "http2",
+        ),
+    ] {
+        let (mut mesh, received) = traced_mesh(app.addr, SERVER_POLICY, tunnel, Vec::new()).await;
+        let traceparent = format!("traceparent: 00-{TRACE_ID}-{CURL_SPAN_ID}-01");
+        let reply = clients::curl(&[curl_flag, "-H", &traceparent, &mesh.url("/allowed/x")]).await;
+        assert_eq!(reply.status, 200, "{mode}: {reply:?}\n{}", mesh.context());
+        let spans = finish(&mut mesh, &received).await;
+        for (service, peer, direction, kind) in [
+            (&web, &api, "outbound", SpanKind::Client),
+            (&api, &web, "inbound", SpanKind::Server),
+        ] {
+            let connection = connection_of(&spans, service, peer);
+            let shown = describe(&spans);
+            assert_eq!(
+                connection.attr("appid.direction").as_deref(),
+                Some(direction),
+                "{shown}"
+            );
+            assert_eq!(
+                connection.attr("appid.mesh.alpn").as_deref(),
+                Some(alpn),
+                "{shown}"
+            );
+            assert_eq!(
+                connection.attr("appid.tunnel").as_deref(),
+                Some(mode),
+                "{shown}"
+            );
+            assert_eq!(
+                connection.attr("network.protocol.name").as_deref(),
+                Some(protocol),
+                "{shown}"
+            );
+            let request = spans
+                .iter()
+                .find(|r| r.service == *service && r.span.name == "appid.request")
+                .unwrap_or_else(|| panic!("{mode}: no request span from {service}\n{shown}"));
+            assert_eq!(request.trace_id(), TRACE_ID, "{shown}");
+            assert_eq!(request.span.kind, kind as i32, "{shown}");
+            assert_eq!(
+                request.attr("appid.decision").as_deref(),
+                Some("allow"),
+                "{shown}"
+            );
+            assert_eq!(
+                request.attr("url.path").as_deref(),
+                Some("/allowed/x"),
+                "{shown}"
+            );
+        }
+    }
+
+    // Opaque TCP: no request span; the connection span carries the one
+    // decision, on both sides (both allow it by `web-to-api`).
+    let echo = support::apps::EchoServer::start().await;
+    let (mut mesh, received) = traced_mesh(echo.addr, WEB_TO_API, None, Vec::new()).await;
+    support::net::connect_and_echo(mesh.outbound_addr(), b"\x00\x01 not http\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    let spans = finish(&mut mesh, &received).await;
+    let shown = describe(&spans);
+    assert!(
+        spans.iter().all(|r| r.span.name == "appid.connection"),
+        "{shown}"
+    );
+    for (service, peer) in [(&web, &api), (&api, &web)] {
+        let connection = connection_of(&spans, service, peer);
+        assert_eq!(
+            connection.attr("network.protocol.name").as_deref(),
+            Some("tcp"),
+            "{shown}"
+        );
+        assert_eq!(
+            connection.attr("appid.decision").as_deref(),
+            Some("allow"),
+            "{shown}"
+        );
+        assert_eq!(
+            connection.attr("appid.rule").as_deref(),
+            Some("web-to-api"),
+            "{shown}"
+        );
+    }
+}
+
+/// `otlp_sampling_ratio` at run time: at 0 no new trace is sampled, while
+/// a caller's sampled trace is still followed (parent-based) and an
+/// unsampled one is not.
+#[tokio::test]
+async fn the_sampling_ratio_applies_to_new_traces_and_parents_decide_theirs() {
+    let app = HttpApp::start().await;
+    let (mut mesh, received) = traced_mesh(
+        app.addr,
+        SERVER_POLICY,
+        None,
+        vec![("otlp_sampling_ratio", "0".into())],
+    )
+    .await;
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    for header in [
+        None,
+        Some(format!(
+            "traceparent: 00-{unsampled_trace}-{CURL_SPAN_ID}-00"
+        )),
+        Some(format!("traceparent: 00-{TRACE_ID}-{CURL_SPAN_ID}-01")),
+    ] {
+        let url = mesh.url("/allowed/x");
+        let mut args = vec![url.as_str()];
+        if let Some(header) = &header {
+            args.extend(["-H", header.as_str()]);
+        }
+        let reply = clients::curl(&args).await;
+        assert_eq!(reply.status, 200, "{reply:?}\n{}", mesh.context());
+    }
+    let spans = finish(&mut mesh, &received).await;
+    let shown = describe(&spans);
+    // Only the sampled caller's trace: its request span on each side.
+    assert!(
+        spans.iter().all(|r| r.trace_id() == TRACE_ID),
+        "spans of an unsampled or new trace were exported at ratio 0\n{shown}"
+    );
+    let requests = spans
+        .iter()
+        .filter(|r| r.span.name == "appid.request")
+        .count();
+    assert_eq!(requests, 2, "{shown}");
+}
