@@ -69,8 +69,32 @@ rules:
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let root = dir.path();
+    // `--keep DIR`: work in DIR (new) and leave everything there (the CA,
+    // certificates, configs, audit logs); otherwise a temporary directory.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let kept = match args.as_slice() {
+        [] => None,
+        [flag, dir] if flag == "--keep" => {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir(&dir).with_context(|| {
+                format!(
+                    "--keep {}: cannot create it (it must not exist yet)",
+                    dir.display()
+                )
+            })?;
+            Some(dir)
+        }
+        _ => bail!("usage: quickstart [--keep DIR]  (DIR: a new directory to leave everything in)"),
+    };
+    let temp = match &kept {
+        None => Some(tempfile::tempdir().context("creating a temporary directory")?),
+        Some(_) => None,
+    };
+    let root = match (&kept, &temp) {
+        (Some(dir), _) => dir.as_path(),
+        (None, Some(temp)) => temp.path(),
+        (None, None) => bail!("no working directory"),
+    };
     println!("appid quickstart, working in {}\n", root.display());
 
     // 1. A CA, and a certificate per workload.
@@ -156,10 +180,16 @@ async fn main() -> Result<()> {
     if outcomes != [200, 403, 403] {
         bail!("unexpected outcomes {outcomes:?}; expected 200, 403, 403");
     }
-    println!(
-        "\nOK: one allowed and two denied calls. Cleaning up {}.",
-        root.display()
-    );
+    match &kept {
+        Some(dir) => println!(
+            "\nOK: one allowed and two denied calls. Everything is kept in {}.",
+            dir.display()
+        ),
+        None => println!(
+            "\nOK: one allowed and two denied calls. Cleaning up {}.",
+            root.display()
+        ),
+    }
     Ok(())
 }
 
