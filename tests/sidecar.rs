@@ -217,6 +217,7 @@ async fn http1_reaches_the_app_with_the_callers_spiffe_id_and_no_spoofed_header(
     assert_eq!(line["method"], "GET");
     assert_eq!(line["protocol"], "http1");
     assert_eq!(line["port"], mesh.inbound);
+    let inbound_app_addr = line["app_addr"].clone();
     let line = mesh
         .client
         .wait_audit("outbound allow of GET /v1/hello", |l| {
@@ -238,6 +239,9 @@ async fn http1_reaches_the_app_with_the_callers_spiffe_id_and_no_spoofed_header(
     let app_addr = line["app_addr"].as_str().unwrap_or_default();
     assert!(app_addr.starts_with("127.0.0.1:"), "{line}");
     assert_ne!(app_addr, line["peer_addr"].as_str().unwrap_or_default());
+    // Inbound (a pooled tunnel stream), `peer_addr` is the client sidecar
+    // and `app_addr` the calling app, as that sidecar reported it.
+    assert_eq!(inbound_app_addr, app_addr, "inbound app_addr");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

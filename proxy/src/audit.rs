@@ -68,7 +68,8 @@
 //! An outbound decision about a destination outside the mesh also records
 //! `external` (`{"ip":…,"host":…}`, with the host the app named).
 //! Outbound lines say where the app called in `peer_addr` and who called
-//! in `app_addr`. Request headers are not recorded (size, secrets): replay reports
+//! in `app_addr`; inbound lines of a pooled tunnel stream also carry the
+//! calling app's address in `app_addr`, as the peer sidecar reports it. Request headers are not recorded (size, secrets): replay reports
 //! a request whose new decision would read headers as not re-decidable.
 
 use std::fs::{File, OpenOptions};
@@ -121,8 +122,10 @@ pub struct AuditRecord<'a> {
     /// The peer's socket address: informational only, never used to decide.
     /// Inbound, who connected; outbound, the destination the app dialled.
     pub peer_addr: Option<&'a str>,
-    /// Outbound: the local app's own address (the caller; `peer_addr` is
-    /// where it called). Informational only.
+    /// The calling app's own address: outbound, the local app (`peer_addr`
+    /// is where it called); inbound over a pooled tunnel, the peer's app as
+    /// its sidecar reports it (`peer_addr` is that sidecar). Informational
+    /// only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_addr: Option<&'a str>,
     /// The port policy saw (the one the caller dialled).

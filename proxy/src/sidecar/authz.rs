@@ -67,7 +67,7 @@ pub struct ConnAuthz {
     local: Arc<AppIdClaims>,
     peer: Peer,
     peer_addr: SocketAddr,
-    /// Outbound: the local app's own address (see [`ConnAuthz::with_app_addr`]).
+    /// The calling app's address (see [`ConnAuthz::with_app_addr`]).
     app_addr: Option<SocketAddr>,
     port: u16,
     protocol: &'static str,
@@ -163,8 +163,9 @@ impl ConnAuthz {
         tracing::Span::current().record("network.protocol.name", protocol);
     }
 
-    /// Outbound: the local app's own address, recorded beside `peer_addr`
-    /// (the destination) in audit lines.
+    /// The calling app's address, recorded beside `peer_addr` in audit
+    /// lines: outbound the local app (`peer_addr` is the destination),
+    /// inbound over a tunnel the peer's app as its sidecar reports it.
     pub fn with_app_addr(mut self, app_addr: SocketAddr) -> Self {
         self.app_addr = Some(app_addr);
         self

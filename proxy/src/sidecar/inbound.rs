@@ -442,6 +442,11 @@ async fn serve_tunnel(
             port,
         )
         .with_transport(Transport::Pooled);
+        // The calling app's address, as its sidecar reports it.
+        let authz = match tunnel::forwarded_app(request.headers()) {
+            Some(app_addr) => authz.with_app_addr(app_addr),
+            None => authz,
+        };
         let meter = shared.memory.meter(&peer.id);
         tokio::spawn(async move {
             let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {

@@ -179,7 +179,12 @@ async fn to_peer(
     let Some(Dialed {
         upstream: tls_stream,
         peer,
-    }) = Box::pin(local.tunnels.dial(shared, local, destination)).await
+    }) = Box::pin(
+        local
+            .tunnels
+            .dial(shared, local, destination, Some(app_addr)),
+    )
+    .await
     else {
         return;
     };

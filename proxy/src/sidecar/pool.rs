@@ -135,10 +135,11 @@ impl Tunnel {
             && !tls.trust.is_revoked(&self.peer.id)
     }
 
-    /// Opens one CONNECT stream to `destination`.
+    /// Opens one CONNECT stream to `destination` for the app at `app_addr`.
     async fn open_stream(
         &self,
         destination: SocketAddr,
+        app_addr: Option<SocketAddr>,
         timeout: Duration,
         meter: Meter,
     ) -> Result<TunnelStream, StreamFailure> {
@@ -149,7 +150,11 @@ impl Tunnel {
             Ok(Err(e)) => return Err(StreamFailure::Tunnel(format!("not ready: {e}"))),
             Err(_) => return Err(StreamFailure::Tunnel("not ready in time".into())),
         };
-        let request = http::Request::connect(destination.to_string())
+        let mut request = http::Request::connect(destination.to_string());
+        if let Some(app_addr) = app_addr {
+            request = request.header(http::header::FORWARDED, tunnel::forwarded_for(app_addr));
+        }
+        let request = request
             .body(())
             .map_err(|e| StreamFailure::Stream(e.to_string()))?;
         let (response, send) = sender
@@ -210,6 +215,7 @@ impl TunnelPool {
         shared: &Shared,
         local: &Local,
         destination: SocketAddr,
+        app_addr: Option<SocketAddr>,
     ) -> Option<Dialed> {
         if self.mode == TunnelMode::Pooled && shared.memory.is_exhausted() {
             // Shed: no new stream while peers hold the whole byte budget.
@@ -238,6 +244,7 @@ impl TunnelPool {
             match tunnel
                 .open_stream(
                     destination,
+                    app_addr,
                     shared.limits.handshake_timeout,
                     shared.memory.meter(&tunnel.peer.id),
                 )

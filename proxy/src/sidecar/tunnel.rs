@@ -23,6 +23,10 @@
 //!   the app dialed, `ip:port` (transparent mode: the original destination;
 //!   explicit mode: the configured upstream). No other pseudo-headers, no
 //!   other headers are needed; any are ignored.
+//! - The client may add `Forwarded: for="ip:port"` (RFC 7239): the
+//!   address of the app that made the connection, which the server
+//!   records in audit lines as `app_addr` (informational: it is only what
+//!   the authenticated peer sidecar says; nothing is decided on it).
 //! - The server answers `200` and from then on the stream's DATA frames are
 //!   the app connection's bytes, both ways. END_STREAM is a half close (TCP
 //!   FIN); RST_STREAM is an abort (TCP RST). `400` refuses a malformed
@@ -480,8 +484,73 @@ impl AsyncWrite for TunnelStream {
     }
 }
 
+/// The `Forwarded` header value naming the calling app (RFC 7239: an
+/// address with a port is quoted, an IPv6 one bracketed).
+pub fn forwarded_for(app_addr: std::net::SocketAddr) -> http::HeaderValue {
+    let value = format!("for=\"{app_addr}\"");
+    http::HeaderValue::from_str(&value).unwrap_or(http::HeaderValue::from_static("for=unknown"))
+}
+
+/// The calling app's address from a `Forwarded` header, if it names one
+/// as [`forwarded_for`] writes it (anything else is ignored).
+pub fn forwarded_app(headers: &http::HeaderMap) -> Option<std::net::SocketAddr> {
+    let value = headers.get(http::header::FORWARDED)?.to_str().ok()?;
+    let for_part = value.split([';', ',']).map(str::trim).find_map(|part| {
+        part.strip_prefix("for=")
+            .or_else(|| part.strip_prefix("FOR="))
+    })?;
+    for_part.trim_matches('"').parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        /// Whatever a peer sends in `Forwarded`, parsing never panics, and
+        /// what we write always reads back.
+        #[test]
+        fn forwarded_parses_anything_and_round_trips(
+            junk in ".{0,200}",
+            ip in proptest::prelude::any::<std::net::IpAddr>(),
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            let mut headers = http::HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_str(&junk) {
+                headers.insert(http::header::FORWARDED, value);
+                let _ = forwarded_app(&headers);
+            }
+            let addr = std::net::SocketAddr::new(ip, port);
+            headers.insert(http::header::FORWARDED, forwarded_for(addr));
+            proptest::prop_assert_eq!(forwarded_app(&headers), Some(addr));
+        }
+    }
+
+    #[test]
+    fn forwarded_names_the_calling_app_both_families() {
+        for addr in ["10.0.0.7:41234", "[fd00::7]:41234"] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::FORWARDED, forwarded_for(addr));
+            assert_eq!(forwarded_app(&headers), Some(addr));
+        }
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(forwarded_app(&headers), None);
+        for junk in ["for=unknown", "by=1.2.3.4", "for=\"not an address\"", ""] {
+            headers.insert(
+                http::header::FORWARDED,
+                http::HeaderValue::from_static(junk),
+            );
+            assert_eq!(forwarded_app(&headers), None, "{junk}");
+        }
+        headers.insert(
+            http::header::FORWARDED,
+            http::HeaderValue::from_static("proto=https;for=\"192.0.2.1:80\""),
+        );
+        assert_eq!(
+            forwarded_app(&headers),
+            Some("192.0.2.1:80".parse().unwrap())
+        );
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
