@@ -262,3 +262,70 @@ fn promtool_check_metrics(exposition: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `promtool check metrics` passes on both sidecars' live `/metrics` after
+/// traffic of every protocol (HTTP/1.1, HTTP/2, gRPC, opaque TCP), with
+/// every series those calls create in the exposition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_after_traffic_of_every_protocol() {
+    use support::mesh::{Mesh, MeshOptions};
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(app.addr, MeshOptions::default()).await;
+    let h1 = curl(&["--http1.1", &mesh.url("/v1/h1")]).await;
+    assert_eq!(h1.status, 200, "{h1:?}\n{}", mesh.context());
+    let h2 = curl(&["--http2-prior-knowledge", &mesh.url("/v1/h2")]).await;
+    assert_eq!(h2.status, 200, "{h2:?}\n{}", mesh.context());
+    let mut grpc = support::grpc::GrpcClient::connect(mesh.outbound_addr()).await;
+    let reply = grpc.call(support::apps::GRPC_UNARY, b"ping", |_| {}).await;
+    assert_eq!(
+        reply.grpc_status(),
+        Some("0"),
+        "{reply:?}\n{}",
+        mesh.context()
+    );
+    // Not HTTP: one TCP decision, bytes spliced (the app answers them
+    // however it likes; what matters is that they crossed).
+    let mut tcp = tokio::net::TcpStream::connect(mesh.outbound_addr())
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"\x16\x00 not http\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await;
+    drop(tcp);
+
+    for sidecar in [&mesh.client, &mesh.server] {
+        let metrics = curl(&[&format!("http://{}/metrics", sidecar.admin)]).await;
+        assert_eq!(metrics.status, 200);
+        promtool_check_metrics(&metrics.body);
+        for series in [
+            "appid_authz_decisions_total{",
+            "appid_bytes_total{",
+            "appid_handshake_duration_seconds_bucket{",
+            "appid_authz_decision_duration_seconds_bucket{",
+            "appid_process_resident_memory_bytes ",
+            "appid_build_info{",
+        ] {
+            assert!(
+                metrics.body.contains(series),
+                "{}: no {series}\n{}",
+                sidecar.name,
+                metrics.body
+            );
+        }
+    }
+    let decisions = mesh.server.metric(
+        "appid_authz_decisions_total{direction=\"inbound\",decision=\"allow\",rule=\"web-to-api\"}",
+    )
+    .await;
+    assert!(
+        decisions >= 4.0,
+        "inbound allows: {decisions}\n{}",
+        mesh.context()
+    );
+}
