@@ -266,9 +266,7 @@ impl Node {
     /// cluster's tokens, with shop/web registered.
     fn start() -> Node {
         let ns = Netns::new("node");
-        ns.sh(&format!(
-            "ip link add br0 type bridge && ip addr add {NODE_IP}/24 dev br0 && ip link set br0 up"
-        ));
+        ns.make_bridge(NODE_IP);
         let mut node = Node {
             authority: None,
             ns,
@@ -314,15 +312,7 @@ impl Node {
     fn attach(&self, pod: &Netns, ip: &str) {
         let n = self.veths.get();
         self.veths.set(n + 1);
-        self.ns.sh(&format!(
-            "ip link add veth{n} type veth peer name eth0 netns {pod}
-             ip link set veth{n} master br0 && ip link set veth{n} up",
-            pod = pod.name
-        ));
-        pod.sh(&format!(
-            "ip addr add {ip}/24 dev eth0 && ip link set eth0 up
-             ip route add default via {NODE_IP}"
-        ));
+        self.ns.attach(pod, ip, NODE_IP, n);
     }
 
     /// kubelet (or Prometheus) on the node: `GET url`.

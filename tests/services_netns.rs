@@ -223,9 +223,7 @@ struct Lan {
 impl Lan {
     fn start() -> Lan {
         let ns = Netns::new("lan");
-        ns.sh(&format!(
-            "ip link add br0 type bridge && ip addr add {LAN_IP}/24 dev br0 && ip link set br0 up"
-        ));
+        ns.make_bridge(LAN_IP);
         let dir = temp_dir();
         let ca = Ca::init(&dir.path().join("ca"), TRUST_DOMAIN);
         let listen = format!("{LAN_IP}:{AUTHORITY_PORT}");
@@ -262,15 +260,7 @@ impl Lan {
 
     /// Plugs `host` into the bridge as `ip`.
     fn attach(&self, host: &Netns, ip: &str, n: usize) {
-        self.ns.sh(&format!(
-            "ip link add veth{n} type veth peer name eth0 netns {host}
-             ip link set veth{n} master br0 && ip link set veth{n} up",
-            host = host.name
-        ));
-        host.sh(&format!(
-            "ip addr add {ip}/24 dev eth0 && ip link set eth0 up
-             ip route add default via {LAN_IP}"
-        ));
+        self.ns.attach(host, ip, LAN_IP, n);
     }
 
     fn context(&self) -> String {
@@ -389,6 +379,19 @@ fn audited(api: &Host, peer_id: &str) -> Vec<(Value, Value)> {
             (l, doc)
         })
         .collect()
+}
+
+/// The api's last audit line about `peer_id` says `decision` by `rule`, and
+/// the claims it decided on report the binary `sha256` run by `uid`.
+fn assert_last_seen(api: &Host, peer_id: &str, decision: &str, rule: &str, sha256: &str, uid: u32) {
+    let (line, doc) = audited(api, peer_id)
+        .pop()
+        .unwrap_or_else(|| panic!("no audit line about {peer_id}"));
+    assert_eq!(line["decision"], decision, "{line}");
+    assert_eq!(line["rule"], rule, "{line}");
+    let process = &doc["reported"]["process"];
+    assert_eq!(process["sha256"], sha256, "{doc:#}");
+    assert_eq!(process["uid"], uid, "{doc:#}");
 }
 
 /// Every log, for failure messages.
@@ -565,26 +568,15 @@ fn two_services_on_one_vm_call_and_answer_as_themselves() {
         everything(&lan, &vm, &api)
     );
 
-    let alpha_lines = audited(&api, ALPHA_ID);
-    let (line, doc) = alpha_lines.last().expect("an audit line about alpha");
-    assert_eq!(line["decision"], "allow", "{line}");
-    assert_eq!(line["rule"], "alpha-binary-to-api", "{line}");
-    assert_eq!(
-        doc["reported"]["process"]["sha256"],
-        alpha_v1.as_str(),
-        "{doc:#}"
+    assert_last_seen(
+        &api,
+        ALPHA_ID,
+        "allow",
+        "alpha-binary-to-api",
+        &alpha_v1,
+        40101,
     );
-    assert_eq!(doc["reported"]["process"]["uid"], 40101, "{doc:#}");
-    let beta_lines = audited(&api, BETA_ID);
-    let (line, doc) = beta_lines.last().expect("an audit line about beta");
-    assert_eq!(line["decision"], "deny", "{line}");
-    assert_eq!(line["rule"], "default", "{line}");
-    assert_eq!(
-        doc["reported"]["process"]["sha256"],
-        beta_v1.as_str(),
-        "{doc:#}"
-    );
-    assert_eq!(doc["reported"]["process"]["uid"], 40102, "{doc:#}");
+    assert_last_seen(&api, BETA_ID, "deny", "default", &beta_v1, 40102);
     let host_lines = audited(&api, HOST_ID);
     assert!(
         host_lines.iter().any(|(l, _)| l["decision"] == "deny"),
@@ -642,13 +634,7 @@ fn two_services_on_one_vm_call_and_answer_as_themselves() {
         "{got}\n{}",
         everything(&lan, &vm, &api)
     );
-    let (line, doc) = audited(&api, ALPHA_ID).pop().expect("a line about alpha");
-    assert_eq!(line["decision"], "deny", "{line}");
-    assert_eq!(
-        doc["reported"]["process"]["sha256"],
-        alpha_v2.as_str(),
-        "{doc:#}"
-    );
+    assert_last_seen(&api, ALPHA_ID, "deny", "default", &alpha_v2, 40101);
 
     api.remove_redirect();
     vm.remove_redirect();

@@ -232,6 +232,29 @@ impl Netns {
         ns
     }
 
+    /// Makes this namespace a switch: a bridge `br0` with `ip`/24 on it,
+    /// the gateway of the hosts [`Netns::attach`]ed to it.
+    pub fn make_bridge(&self, ip: &str) {
+        self.sh(&format!(
+            "ip link add br0 type bridge && ip addr add {ip}/24 dev br0 && ip link set br0 up"
+        ));
+    }
+
+    /// Plugs `host` into this namespace's bridge (see [`Netns::make_bridge`],
+    /// whose address `gateway` is) as `ip`/24 on its `eth0`, through the
+    /// veth `veth<n>` (`n`: unique per bridge).
+    pub fn attach(&self, host: &Netns, ip: &str, gateway: &str, n: usize) {
+        self.sh(&format!(
+            "ip link add veth{n} type veth peer name eth0 netns {host}
+             ip link set veth{n} master br0 && ip link set veth{n} up",
+            host = host.name
+        ));
+        host.sh(&format!(
+            "ip addr add {ip}/24 dev eth0 && ip link set eth0 up
+             ip route add default via {gateway}"
+        ));
+    }
+
     /// `program args` inside the namespace (as root).
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ip");
