@@ -258,7 +258,7 @@ pub fn server_config_with(
     alpn: Vec<Vec<u8>>,
 ) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(provider());
-    let mut verifier = PeerVerifier::new(state.clone(), &provider);
+    let mut verifier = PeerVerifier::new(state.trust.clone(), &provider);
     verifier.mandatory = client_auth == ClientAuth::Required;
     let verifier = Arc::new(verifier);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -285,7 +285,7 @@ fn disable_resumption_server(config: &mut rustls::ServerConfig) {
 /// Client side of sidecar mTLS.
 pub fn client_config(state: Arc<TlsState>, mode: TunnelMode) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(provider());
-    let verifier = Arc::new(PeerVerifier::new(state.clone(), &provider));
+    let verifier = Arc::new(PeerVerifier::new(state.trust.clone(), &provider));
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.3"))
@@ -350,17 +350,6 @@ impl PeerTrust for Trust {
         now: UnixTime,
     ) -> Result<VerifiedPeer, PeerRejection> {
         self.verify_at(chain, role, now)
-    }
-}
-
-impl PeerTrust for TlsState {
-    fn verify_peer(
-        &self,
-        chain: &[CertificateDer<'_>],
-        role: PeerRole,
-        now: UnixTime,
-    ) -> Result<VerifiedPeer, PeerRejection> {
-        self.trust.verify_at(chain, role, now)
     }
 }
 
