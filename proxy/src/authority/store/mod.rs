@@ -277,7 +277,7 @@ fn registration_from_columns(
 
 enum Backend {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PostgresStore),
+    Postgres(Box<postgres::PostgresStore>),
 }
 
 /// An open authority database.
@@ -296,7 +296,9 @@ impl Store {
     pub fn open_database(database: &Database) -> Result<Store, StoreError> {
         let backend = match database {
             Database::Sqlite(dir) => Backend::Sqlite(sqlite::SqliteStore::open(dir)?),
-            Database::Postgres(url) => Backend::Postgres(postgres::PostgresStore::open(url)?),
+            Database::Postgres(url) => {
+                Backend::Postgres(Box::new(postgres::PostgresStore::open(url)?))
+            }
         };
         Ok(Store {
             backend,

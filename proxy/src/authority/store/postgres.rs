@@ -66,7 +66,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// password replaced by `***`, so it can go into errors and logs.
 #[derive(Clone)]
 pub struct DatabaseUrl {
-    config: postgres::Config,
+    config: Box<postgres::Config>,
     redacted: String,
 }
 
@@ -100,7 +100,10 @@ impl DatabaseUrl {
         if config.get_application_name().is_none() {
             config.application_name("appid-authority");
         }
-        Ok(DatabaseUrl { config, redacted })
+        Ok(DatabaseUrl {
+            config: Box::new(config),
+            redacted,
+        })
     }
 
     /// The URL with its password replaced by `***`.

@@ -14,7 +14,7 @@
 //! from before versioning (version 0, tables present) are adopted: the
 //! first migration only creates what is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -66,7 +66,7 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection, path: &PathBuf) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
