@@ -19,6 +19,8 @@
 //!   (`../shared/fixtures`; skipped without, required under `CI=true`),
 //!   each sent 12 times at once over the three replicas, attest exactly
 //!   once.
+//! - A replica whose database session is ended by the server (as by a
+//!   restart or failover) answers the next request on a new connection.
 //! - `--database` errors: a non-PostgreSQL URL, an unreachable server and a
 //!   missing database each fail with a message naming the flag and what to
 //!   do, and the password never shows (nor in the replicas' logs).
@@ -509,6 +511,48 @@ async fn one_cloud_instance_attests_once_over_three_replicas() {
     let outcomes = attest_at_once(&setup, &replicas, 12, proof).await;
     assert_exactly_once(&outcomes, &id("vm/web"), "already attested", &replicas);
     assert_eq!(setup.count("SELECT COUNT(*) FROM cloud_instances").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_rides_out_the_loss_of_its_database_connection() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let token = setup.register("ns/shop/sa/web");
+    let replica = Replica::start(&setup, "replica", &[]).await;
+    let client = replica.client(&setup);
+    for round in 0..2 {
+        // The server ends the replica's session, as a restart or a
+        // failover of the database does.
+        let ended = setup
+            .count(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'appid-authority' AND datname = current_database()) AS t",
+            )
+            .await;
+        assert_eq!(ended, 1, "round {round}: the replica holds one connection");
+        // The next request goes through on a new connection: no 503.
+        if round == 0 {
+            let fresh = new_key_and_csr().expect("key and CSR");
+            let issued = client
+                .attest(
+                    &fresh.csr_pem,
+                    Proof::JoinToken {
+                        token: token.clone(),
+                    },
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("attest after the loss: {e}\n{}", replica.logs()));
+            assert_eq!(issued.id, id("ns/shop/sa/web"));
+        } else {
+            client
+                .revocations()
+                .await
+                .unwrap_or_else(|e| panic!("revocations after the loss: {e}\n{}", replica.logs()));
+        }
+    }
+    assert_eq!(setup.count("SELECT COUNT(*) FROM issued").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,10 @@
 //! The client is the synchronous `postgres` crate: the authority calls its
 //! store from `spawn_blocking` already, one connection per process behind
 //! the service's mutex, so an async client would only add a second way of
-//! blocking. A closed connection (the database restarted) is opened again
-//! at the next transaction.
+//! blocking. A transaction whose connection broke before its commit (the
+//! database restarted, or failed over) is run once more on a new
+//! connection; one that broke during the commit is not (it may have
+//! committed): the caller gets a 503 and the sidecar retries.
 //!
 //! Migrations (`migrations/postgres/*.sql`) are applied at open, under a
 //! session advisory lock, each in its own transaction with its row in
@@ -195,6 +197,11 @@ enum Conflict {
     /// again, it sees the row. A true duplicate fails every time, so only
     /// a few retries.
     UniqueViolation,
+    /// The connection broke (the server restarted or ended the session)
+    /// before the commit was sent, so the server rolled the transaction
+    /// back: run it once more on a new connection, so one failover or
+    /// restart of the database costs a request nothing.
+    Lost,
 }
 
 /// The runs of one transaction so far.
@@ -202,6 +209,7 @@ enum Conflict {
 struct Retries {
     total: usize,
     unique: usize,
+    lost: usize,
 }
 
 impl Retries {
@@ -215,12 +223,19 @@ impl Retries {
                 self.unique += 1;
                 self.unique < MAX_UNIQUE_ATTEMPTS && self.total < MAX_ATTEMPTS
             }
+            Some(Conflict::Lost) => {
+                self.lost += 1;
+                self.lost < 2 && self.total < MAX_ATTEMPTS
+            }
             None => false,
         }
     }
 }
 
 fn conflict_of(error: &postgres::Error) -> Option<Conflict> {
+    if is_lost(error) {
+        return Some(Conflict::Lost);
+    }
     let code = error.code()?;
     if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
         Some(Conflict::Serialization)
@@ -231,10 +246,10 @@ fn conflict_of(error: &postgres::Error) -> Option<Conflict> {
     }
 }
 
-/// Whether the database may answer later: the connection is gone, the
-/// server is shutting down or starting, or the transaction conflicted.
-pub(super) fn is_transient(error: &postgres::Error) -> bool {
-    if error.is_closed() || conflict_of(error) == Some(Conflict::Serialization) {
+/// The connection is gone: closed, ended by the server (shutdown,
+/// `pg_terminate_backend`), a connection-class error, or an I/O error.
+fn is_lost(error: &postgres::Error) -> bool {
+    if error.is_closed() {
         return true;
     }
     match error.code() {
@@ -246,6 +261,15 @@ pub(super) fn is_transient(error: &postgres::Error) -> bool {
         }
         None => std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>()),
     }
+}
+
+/// Whether the database may answer later: the connection is gone, or the
+/// transaction kept conflicting.
+pub(super) fn is_transient(error: &postgres::Error) -> bool {
+    matches!(
+        conflict_of(error),
+        Some(Conflict::Lost | Conflict::Serialization)
+    )
 }
 
 pub(super) struct PostgresStore {
@@ -271,27 +295,41 @@ impl PostgresStore {
         E: From<StoreError>,
     {
         let mut retries = Retries::default();
+        let mut reconnect = false;
         loop {
-            if self.client.is_closed() {
+            if reconnect || self.client.is_closed() {
                 self.client = self.url.connect()?;
             }
-            let tx = self
+            let started = self
                 .client
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
-                .start()
-                .map_err(StoreError::from)?;
+                .start();
+            let tx = match started {
+                Ok(tx) => tx,
+                Err(error) if retries.again(conflict_of(&error)) => {
+                    reconnect = true;
+                    continue;
+                }
+                Err(error) => return Err(StoreError::from(error).into()),
+            };
             let mut pg = PgTx { tx, conflict: None };
-            match steps(&mut pg) {
+            let outcome = steps(&mut pg);
+            let conflict = pg.conflict;
+            match outcome {
                 Ok(value) => match pg.tx.commit() {
                     Ok(()) => return Ok(value),
-                    Err(error) if retries.again(conflict_of(&error)) => {}
+                    // Lost during COMMIT, it may have committed: not run
+                    // again (the caller gets the error, a 503).
+                    Err(error)
+                        if retries.again(conflict_of(&error).filter(|c| *c != Conflict::Lost)) => {}
                     Err(error) => return Err(StoreError::from(error).into()),
                 },
                 // Dropping the transaction rolls it back.
-                Err(_) if retries.again(pg.conflict) => {}
+                Err(_) if retries.again(conflict) => {}
                 Err(error) => return Err(error),
             }
+            reconnect = conflict == Some(Conflict::Lost);
             backoff(retries.total);
         }
     }
