@@ -12,8 +12,8 @@
 //!   one row in `issued`.
 //! - A revocation made with `appid authority revoke --database` is enforced
 //!   by a replica that was running (renewal refused with 403, the ID in its
-//!   revocation list) and by one started after it; `register` refuses the
-//!   revoked ID.
+//!   revocation list) and by one started after it (connected through the
+//!   unix socket); `register` refuses the revoked ID.
 //! - Trust on first use across replicas: one Kubernetes service-account
 //!   token (no fixtures needed) and one AWS instance identity document
 //!   (`../shared/fixtures`; skipped without, required under `CI=true`),
@@ -74,16 +74,27 @@ struct Setup {
     ca_dir: PathBuf,
     /// The database URL, with the password.
     url: String,
+    /// The same database through the cluster's unix socket.
+    socket_url: String,
 }
 
 impl Setup {
     async fn new() -> Option<Setup> {
         // The cluster's own client blocks: not on a runtime thread.
-        let url = tokio::task::spawn_blocking(|| {
-            Postgres::shared().map(|cluster| cluster.create_database("authority"))
+        let (url, socket_dir, port) = tokio::task::spawn_blocking(|| {
+            Postgres::shared().map(|cluster| {
+                let url = cluster.create_database("authority");
+                (url, cluster.socket_dir().to_path_buf(), cluster.port())
+            })
         })
         .await
         .expect("create the database")?;
+        let database = url.rsplit('/').next().expect("a database name").to_string();
+        // The socket is `<dir>/.s.PGSQL.<port>`.
+        let socket_url = format!(
+            "postgres://postgres@{}:{port}/{database}",
+            path_str(&socket_dir).replace('/', "%2F")
+        );
         let url = url.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
         let temp = tempfile::tempdir().expect("temp dir");
         let ca_dir = temp.path().join("ca");
@@ -93,7 +104,12 @@ impl Setup {
             .output()
             .expect("run appid");
         assert!(out.status.success(), "{}", text(&out.stderr));
-        Some(Setup { temp, ca_dir, url })
+        Some(Setup {
+            temp,
+            ca_dir,
+            url,
+            socket_url,
+        })
     }
 
     /// `appid authority <args> --dir CA --database URL`, to completion.
@@ -207,7 +223,7 @@ impl Replica {
         let logs = self.logs();
         assert!(!logs.contains(PASSWORD), "password in the log:\n{logs}");
         assert!(
-            logs.contains("postgres://postgres:***@127.0.0.1"),
+            logs.contains("database=PostgreSQL postgres://postgres"),
             "the log does not say which database:\n{logs}"
         );
     }
@@ -407,8 +423,15 @@ async fn a_revocation_through_the_cli_reaches_running_and_new_replicas() {
         vec![web.clone()]
     );
 
-    // A replica started after it: the same.
-    let later = Replica::start(&setup, "later", &[]).await;
+    // A replica started after it (on the same database through the
+    // cluster's unix socket; `--database` wins over the environment): the
+    // same.
+    let later = Replica::start(&setup, "later", &["--database", &setup.socket_url]).await;
+    assert!(
+        later.logs().contains("%2F"),
+        "not on the socket:\n{}",
+        later.logs()
+    );
     let later_client = later.client(&setup);
     match renew(later_client.clone()).await {
         Err(ClientError::Refused {
