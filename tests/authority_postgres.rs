@@ -19,6 +19,9 @@
 //!   (`../shared/fixtures`; skipped without, required under `CI=true`),
 //!   each sent 12 times at once over the three replicas, attest exactly
 //!   once.
+//! - TLS to the database (`sslmode=require&sslrootcert=…`, a cluster of
+//!   its own with `ssl=on`): the session is encrypted (`pg_stat_ssl`), and
+//!   a server certificate from another CA is refused.
 //! - A replica whose database session is ended by the server (as by a
 //!   restart or failover) answers the next request on a new connection.
 //! - `--database` errors: a non-PostgreSQL URL, an unreachable server and a
@@ -95,6 +98,11 @@ impl Setup {
             "postgres://postgres@{}:{port}/{database}",
             path_str(&socket_dir).replace('/', "%2F")
         );
+        Some(Setup::on(&url, socket_url))
+    }
+
+    /// A CA directory for the database at `url` (the password is added).
+    fn on(url: &str, socket_url: String) -> Setup {
         let url = url.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
         let temp = tempfile::tempdir().expect("temp dir");
         let ca_dir = temp.path().join("ca");
@@ -104,12 +112,12 @@ impl Setup {
             .output()
             .expect("run appid");
         assert!(out.status.success(), "{}", text(&out.stderr));
-        Some(Setup {
+        Setup {
             temp,
             ca_dir,
             url,
             socket_url,
-        })
+        }
     }
 
     /// `appid authority <args> --dir CA --database URL`, to completion.
@@ -576,6 +584,88 @@ async fn a_replica_rides_out_the_loss_of_its_database_connection() {
         }
     }
     assert_eq!(setup.count("SELECT COUNT(*) FROM issued").await, 1);
+}
+
+/// A CA certificate and key (PEM), and a server certificate for 127.0.0.1
+/// it signed with its key.
+fn tls_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    (ca_cert.pem(), server.pem(), server_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_its_database_over_verified_tls() {
+    let (ca_pem, cert_pem, key_pem) = tls_pki();
+    let (other_ca, _, _) = tls_pki();
+    // A cluster of its own, serving TLS.
+    let Some((cluster, url)) = tokio::task::spawn_blocking(move || {
+        let cluster = Postgres::start_with_tls(&cert_pem, &key_pem)?;
+        let url = cluster.create_database("tls");
+        Some((cluster, url))
+    })
+    .await
+    .expect("start the TLS cluster") else {
+        return;
+    };
+    let mut setup = Setup::on(&url, String::new());
+    let (ca_file, other_file) = (
+        setup.temp.path().join("db-ca.pem"),
+        setup.temp.path().join("other-ca.pem"),
+    );
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    std::fs::write(&other_file, other_ca).unwrap();
+    let plain = setup.url.clone();
+    let with =
+        |mode: &str, ca: &Path| format!("{plain}?sslmode={mode}&sslrootcert={}", path_str(ca));
+
+    // Verified against another CA: refused, saying why.
+    setup.url = with("verify-full", &other_file);
+    let out = setup.cli(&["register", "--id", &id("web")]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "connected with the wrong CA");
+    assert!(
+        stderr.contains("cannot connect") && stderr.contains("TLS"),
+        "{stderr}"
+    );
+
+    // With the right one: registration, a replica, an attestation.
+    setup.url = with("require", &ca_file);
+    let token = setup.register("ns/shop/sa/web");
+    let replica = Replica::start(&setup, "replica", &[]).await;
+    let fresh = new_key_and_csr().expect("key and CSR");
+    let issued = replica
+        .client(&setup)
+        .attest(&fresh.csr_pem, Proof::JoinToken { token }, None)
+        .await
+        .unwrap_or_else(|e| panic!("attest over TLS: {e}\n{}", replica.logs()));
+    assert_eq!(issued.id, id("ns/shop/sa/web"));
+    // The server saw the replica's session encrypted (asked in plain).
+    setup.url = plain;
+    assert_eq!(
+        setup
+            .count(
+                "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+                 WHERE application_name = 'appid-authority' AND ssl"
+            )
+            .await,
+        1,
+        "{}",
+        cluster.log()
+    );
+    drop(replica);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

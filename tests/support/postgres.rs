@@ -88,10 +88,10 @@ fn free_port() -> u16 {
 
 /// Stops the server when stdin closes, then removes the directory.
 const KEEPER: &str = r#"
-bin="$1"; root="$2"; port="$3"
+bin="$1"; root="$2"; port="$3"; shift 3
 "$bin/postgres" -D "$root/data" -p "$port" -k "$root" \
     -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-    -c full_page_writes=off -c max_connections=200 >"$root/postgres.log" 2>&1 &
+    -c full_page_writes=off -c max_connections=200 "$@" >"$root/postgres.log" 2>&1 &
 pid=$!
 cat >/dev/null
 kill -QUIT "$pid" 2>/dev/null
@@ -103,6 +103,16 @@ impl Postgres {
     /// Starts a cluster. `None` (saying why) when PostgreSQL is not
     /// installed, except under `CI=true`, where it must be.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(None)
+    }
+
+    /// [`Self::start`], serving TLS too (`ssl=on`) with this certificate
+    /// and key (PEM); plain connections are still accepted.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Option<Postgres> {
+        Postgres::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<Postgres> {
         let Some(bin) = server_bin() else {
             let why = "PostgreSQL's server is not installed (no /usr/lib/postgresql/*/bin/initdb): \
                        apt-get install -y postgresql (.ci/run installs it)";
@@ -117,10 +127,33 @@ impl Postgres {
             .tempdir()
             .expect("temp dir")
             .keep();
-        if rustix::process::geteuid().is_root() {
+        let owner = rustix::process::geteuid().is_root().then(|| {
             let user = server_user();
-            std::os::unix::fs::chown(&dir, Some(id_of("-u", user)), Some(id_of("-g", user)))
-                .expect("chown the cluster dir");
+            (id_of("-u", user), id_of("-g", user))
+        });
+        let give = |path: &Path| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+            }
+        };
+        give(&dir);
+        let mut settings = Vec::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt as _;
+            let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert_file, cert).expect("write the server certificate");
+            std::fs::write(&key_file, key).expect("write the server key");
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod the server key");
+            give(&cert_file);
+            give(&key_file);
+            for setting in [
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", cert_file.display()),
+                format!("ssl_key_file={}", key_file.display()),
+            ] {
+                settings.extend(["-c".to_string(), setting]);
+            }
         }
         let init = as_server_user(bin.join("initdb").to_str().expect("UTF-8 path"))
             .arg("-D")
@@ -151,6 +184,7 @@ impl Postgres {
             .arg(&bin)
             .arg(&dir)
             .arg(port.to_string())
+            .args(&settings)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

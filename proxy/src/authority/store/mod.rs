@@ -58,10 +58,7 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// A `--database` value that is not a usable PostgreSQL URL; `url` is
     /// redacted.
-    #[error(
-        "--database {url}: {reason}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE \
-         (or leave --database out to use SQLite in --dir)"
-    )]
+    #[error("--database {url}: {reason}")]
     BadUrl { url: String, reason: String },
     /// PostgreSQL could not be reached or refused the login; `url` is
     /// redacted.

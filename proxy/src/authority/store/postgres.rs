@@ -27,8 +27,11 @@
 //! session advisory lock, each in its own transaction with its row in
 //! `appid_schema_migrations`: replicas starting at once apply each exactly
 //! once, and one that finds a version it does not know refuses to start.
-//! Connections are plain TCP or a unix socket: `sslmode=require` is refused
-//! as unsupported rather than silently not met.
+//! Connections are plain (TCP or a unix socket) unless the URL says
+//! `sslmode=require` (or `verify-full`/`verify-ca`) with `sslrootcert=FILE`:
+//! then TLS (rustls, aws-lc-rs), and the server's certificate must chain
+//! to that CA and name the host — always verified, unlike libpq's
+//! `require`. `require` without a CA to verify with is refused.
 
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use appid_policy::claims::Vulns;
 
@@ -70,6 +74,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DatabaseUrl {
     config: Box<postgres::Config>,
     redacted: String,
+    /// TLS, verifying the server with `sslrootcert`; `None`: plain.
+    tls: Option<MakeRustlsConnect>,
 }
 
 impl DatabaseUrl {
@@ -80,22 +86,39 @@ impl DatabaseUrl {
             url: redacted.clone(),
             reason: reason.to_string(),
         };
+        // What a URL looks like, for the reasons that are about its form.
+        let form = |reason: &str| {
+            bad(&format!(
+                "{reason}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE \
+                 (or leave --database out to use SQLite in --dir)"
+            ))
+        };
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(bad("not a PostgreSQL URL"));
+            return Err(form("not a PostgreSQL URL"));
         }
-        let mut config: postgres::Config = url.parse().map_err(|e| bad(&describe(&e)))?;
+        let (url, root_cert) = split_tls_params(url);
+        let mut config: postgres::Config = url.parse().map_err(|e| form(&describe(&e)))?;
         if config.get_hosts().is_empty() {
-            return Err(bad("no host"));
+            return Err(form("no host"));
         }
         if config.get_user().is_none() {
-            return Err(bad("no user"));
+            return Err(form("no user"));
         }
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(bad(
-                "sslmode=require is not supported (appid connects without TLS); reach the \
-                 database over a trusted network or a unix socket, or leave sslmode out",
-            ));
-        }
+        let tls = match (config.get_ssl_mode(), root_cert) {
+            (SslMode::Require, Some(path)) => Some(tls_connector(&path).map_err(|e| bad(&e))?),
+            (SslMode::Require, None) => {
+                return Err(bad(
+                    "sslmode=require needs sslrootcert=FILE, the CA certificate (PEM) that \
+                     signed the server's (appid always verifies the server's certificate and name)",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(bad(
+                    "sslrootcert is only used with sslmode=require (or verify-full)",
+                ));
+            }
+            (_, None) => None,
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -105,6 +128,7 @@ impl DatabaseUrl {
         Ok(DatabaseUrl {
             config: Box::new(config),
             redacted,
+            tls,
         })
     }
 
@@ -120,12 +144,14 @@ impl DatabaseUrl {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        self.config
-            .connect(NoTls)
-            .map_err(|error| StoreError::Connect {
-                url: self.redacted.clone(),
-                error,
-            })
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        connected.map_err(|error| StoreError::Connect {
+            url: self.redacted.clone(),
+            error,
+        })
     }
 }
 
@@ -139,6 +165,80 @@ impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DatabaseUrl({})", self.redacted)
     }
+}
+
+/// `url` without libpq's `sslrootcert=FILE` (which the client library does
+/// not know), and with `sslmode=verify-full`/`verify-ca` as `require`
+/// (appid verifies fully whenever it uses TLS); and the `sslrootcert` path.
+fn split_tls_params(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for param in query.split('&') {
+        match param.split_once('=') {
+            Some(("sslrootcert", path)) => root_cert = Some(percent_decode(path)),
+            Some(("sslmode", "verify-full" | "verify-ca")) => kept.push("sslmode=require"),
+            _ => kept.push(param),
+        }
+    }
+    let url = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    (url, root_cert)
+}
+
+/// `%XX` escapes decoded (a URL's query value); invalid ones kept as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TLS connector that trusts only the CA certificates in `path` (PEM).
+fn tls_connector(path: &str) -> Result<MakeRustlsConnect, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = std::fs::read(path).map_err(|e| format!("sslrootcert={path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| {
+            format!("sslrootcert={path}: not PEM certificates (-----BEGIN CERTIFICATE-----)")
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("sslrootcert={path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("sslrootcert={path}: no PEM certificate in it"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// `url` with any password replaced by `***`: the one in the user info
@@ -658,6 +758,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_are_taken_out_for_the_client_library() {
+        assert_eq!(
+            split_tls_params("postgres://a@h/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"),
+            (
+                "postgres://a@h/d?sslmode=require".to_string(),
+                Some("/etc/ca.pem".to_string())
+            )
+        );
+        assert_eq!(
+            split_tls_params("postgres://a@h/d?sslrootcert=/ca.pem"),
+            ("postgres://a@h/d".to_string(), Some("/ca.pem".to_string()))
+        );
+        assert_eq!(
+            split_tls_params("postgres://a@h/d?connect_timeout=3"),
+            ("postgres://a@h/d?connect_timeout=3".to_string(), None)
+        );
+        assert_eq!(percent_decode("%2Fa%zz%4"), "/a%zz%4");
+    }
+
+    #[test]
     fn bad_urls_name_the_flag_and_hide_the_password() {
         for (url, why) in [
             ("mysql://appid:s3cret@db/appid", "not a PostgreSQL URL"),
@@ -665,7 +785,15 @@ mod tests {
             ("postgres://:s3cret@/appid", "no host"),
             (
                 "postgres://appid:s3cret@db/appid?sslmode=require",
-                "sslmode=require",
+                "needs sslrootcert",
+            ),
+            (
+                "postgres://appid:s3cret@db/appid?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "sslrootcert=/nonexistent/ca.pem: No such file",
+            ),
+            (
+                "postgres://appid:s3cret@db/appid?sslrootcert=%2Fetc%2Fca.pem",
+                "only used with sslmode=require",
             ),
         ] {
             let error = DatabaseUrl::parse(url).unwrap_err().to_string();
