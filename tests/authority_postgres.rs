@@ -14,6 +14,8 @@
 //!   by a replica that was running (renewal refused with 403, the ID in its
 //!   revocation list) and by one started after it (connected through the
 //!   unix socket); `register` refuses the revoked ID.
+//! - A certificate issued by one replica renews at another, with the counts
+//!   of a scan imported meanwhile with `import-scan --database`.
 //! - Trust on first use across replicas: one Kubernetes service-account
 //!   token (no fixtures needed) and one AWS instance identity document
 //!   (`../shared/fixtures`; skipped without, required under `CI=true`),
@@ -584,6 +586,95 @@ async fn a_replica_rides_out_the_loss_of_its_database_connection() {
         }
     }
     assert_eq!(setup.count("SELECT COUNT(*) FROM issued").await, 1);
+}
+
+/// The `vulns` claims of an issued certificate.
+fn vulns_of(issued: &IssuedResponse) -> Value {
+    use appid_proxy::identity::{files, inspect::CertInfo};
+    let der =
+        files::parse_certs(Path::new("issued"), issued.certificate.as_bytes()).expect("issued PEM");
+    let claims = CertInfo::from_der("issued", &der[0])
+        .expect("issued certificate")
+        .claims
+        .expect("AppID claims");
+    serde_json::to_value(claims).expect("claims JSON")["vulns"].clone()
+}
+
+/// Writes a Trivy report with `high` HIGH and `critical` CRITICAL findings.
+fn trivy_report(path: &Path, high: usize, critical: usize) {
+    let findings: Vec<Value> = (0..high + critical)
+        .map(|n| {
+            serde_json::json!({"VulnerabilityID": format!("CVE-2024-{:05}", 20000 + n),
+                "PkgName": format!("lib{n}"), "InstalledVersion": "1.0",
+                "Severity": if n < high { "HIGH" } else { "CRITICAL" }})
+        })
+        .collect();
+    let report = serde_json::json!({
+        "SchemaVersion": 2,
+        "ArtifactName": "registry.example/web:1.4",
+        "ArtifactType": "container_image",
+        "Results": [{"Target": "web", "Class": "os-pkgs", "Type": "alpine",
+            "Vulnerabilities": findings}]
+    });
+    std::fs::write(path, report.to_string()).expect("write the report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_one_replica_renews_at_another_with_the_newest_scan() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let report = setup.temp.path().join("trivy.json");
+    trivy_report(&report, 1, 0);
+    setup.cli_ok(&["import-scan", path_str(&report), "--image-digest", &digest]);
+    let token = setup.cli_ok(&[
+        "register",
+        "--id",
+        &id("ns/shop/sa/web"),
+        "--label",
+        "app=web",
+        "--image-digest",
+        &digest,
+    ]);
+    let replicas = [
+        Replica::start(&setup, "first", &[]).await,
+        Replica::start(&setup, "second", &[]).await,
+    ];
+    let fresh = new_key_and_csr().expect("key and CSR");
+    let issued = replicas[0]
+        .client(&setup)
+        .attest(
+            &fresh.csr_pem,
+            Proof::JoinToken {
+                token: token.trim().to_string(),
+            },
+            None,
+        )
+        .await
+        .expect("attest at the first replica");
+    assert_eq!(vulns_of(&issued)["high"], 1, "{}", vulns_of(&issued));
+
+    // A new scan, imported through the CLI; the renewal at the other
+    // replica knows the serial the first one recorded, and the new counts.
+    trivy_report(&report, 1, 2);
+    setup.cli_ok(&["import-scan", path_str(&report), "--image-digest", &digest]);
+    let current = LocalIdentity::from_pem(
+        "issued",
+        issued.certificate.as_bytes(),
+        "key",
+        fresh.key_pem.as_bytes(),
+        &setup.bundle(),
+    )
+    .expect("the issued certificate loads");
+    let next = new_key_and_csr().expect("key and CSR");
+    let renewed = replicas[1]
+        .client(&setup)
+        .renew(&next.csr_pem, current.certified.clone(), None)
+        .await
+        .unwrap_or_else(|e| panic!("renew at the second replica: {e}\n{}", logs(&replicas)));
+    assert_eq!(vulns_of(&renewed)["critical"], 2, "{}", vulns_of(&renewed));
+    assert_eq!(setup.count("SELECT COUNT(*) FROM issued").await, 2);
 }
 
 /// A CA certificate and key (PEM), and a server certificate for 127.0.0.1
