@@ -1,8 +1,9 @@
 //! Harness for the sidecar end-to-end tests: identities issued with the
 //! real `appid` CLI, `appid proxy` processes that are killed on drop, small
 //! backends (HTTP/1.1 + h2c + gRPC app, TCP echo) and clients (curl,
-//! openssl, a hand-framed gRPC client, raw TCP); for the tests that need
-//! root, network namespaces ([`netns`]) with hosts in them ([`host`]).
+//! openssl, a hand-framed gRPC client, raw TCP); a throw-away PostgreSQL
+//! cluster ([`postgres`]); for the tests that need root, network namespaces
+//! ([`netns`]) with hosts in them ([`host`]).
 //!
 //! Everything a test starts is owned by a guard: a panic anywhere still
 //! kills every sidecar and stops every backend.
@@ -17,6 +18,7 @@ pub mod mesh;
 pub mod net;
 pub mod netns;
 pub mod pki;
+pub mod postgres;
 pub mod sidecar;
 pub mod soak;
 pub mod stats;

@@ -1,7 +1,7 @@
 //! The authority: attests workloads and issues their AppID certificates.
 //!
-//! - [`store`]: the SQLite database (registrations, one-time tokens, scans,
-//!   issued serials, revocations);
+//! - [`store`]: the database, SQLite or PostgreSQL (registrations, one-time
+//!   tokens, scans, issued serials, revocations);
 //! - [`service`]: attestation, claim derivation, issuance, audit lines;
 //! - [`cloud`]: AWS and GCP instance documents (via [`crate::attest`]);
 //! - [`k8s_api`]: the pod lookup at the Kubernetes API (`serve --k8s-api`);

@@ -33,7 +33,7 @@ use appid_policy::AppIdClaims;
 use appid_policy::claims::{Cloud, Image, K8s, attestation};
 
 use super::reported::{self, Fit};
-use super::store::{Redemption, Registration, Store, StoreError};
+use super::store::{Redemption, Registration, Store, StoreError, Tx, registrations_matching_cloud};
 use crate::attest::K8sIdentity;
 use crate::attest::k8s_pod::{self, PodFacts, PodRef};
 use crate::identity::ca::Ca;
@@ -175,8 +175,14 @@ impl Refusal {
 }
 
 impl From<StoreError> for Refusal {
+    /// A database that is down or too busy is worth retrying (503);
+    /// anything else is the authority's fault (500).
     fn from(error: StoreError) -> Self {
-        Refusal::Internal(error.to_string())
+        if error.is_transient() {
+            Refusal::Unavailable(error.to_string())
+        } else {
+            Refusal::Internal(error.to_string())
+        }
     }
 }
 
@@ -359,12 +365,27 @@ impl Authority {
             }
         };
 
-        let store = self.lock()?;
-        let transaction = store.begin()?;
+        // One transaction: on PostgreSQL it may run more than once (a
+        // serialization failure), so nothing in it acts outside the
+        // database; the audit line is written after the commit.
+        self.lock()?
+            .transaction(|tx| self.attest_steps(tx, request, &csr, &verified, now))
+    }
+
+    /// The database part of [`Self::attest_inner`]: redeem the proof, find
+    /// the registration, issue and record.
+    fn attest_steps(
+        &self,
+        tx: &mut dyn Tx,
+        request: &AttestRequest,
+        csr: &CertificateSigningRequestParams,
+        verified: &Verified,
+        now: i64,
+    ) -> Result<IssuedResponse, Refusal> {
         let mut k8s = None;
         let (registration, cloud, method) = match (&request.proof, verified) {
             (Proof::JoinToken { token }, _) => {
-                let id = match store.redeem_token(&hash_token(token), now)? {
+                let id = match tx.redeem_token(&hash_token(token), now)? {
                     Redemption::Redeemed { id } => id,
                     Redemption::Unknown => {
                         return Err(Refusal::Unauthenticated("unknown join token".into()));
@@ -378,24 +399,24 @@ impl Authority {
                         return Err(Refusal::Unauthenticated("join token expired".into()));
                     }
                 };
-                let registration = store
+                let registration = tx
                     .registration(&id)?
                     .ok_or_else(|| Refusal::NotRegistered(id.clone()))?;
                 (registration, None, attestation::JOIN_TOKEN)
             }
             (_, Verified::K8s(identity, pod)) => {
-                let registration = self.k8s_registration(&store, &identity, now)?;
+                let registration = self.k8s_registration(tx, identity, now)?;
                 k8s = Some(vouch_pod(
                     &registration,
                     &identity.pod_ref(),
                     identity.to_k8s_claims(),
-                    pod,
+                    pod.clone(),
                 )?);
                 (registration, None, attestation::K8S_PSAT)
             }
             (cloud_proof, Verified::Cloud(cloud)) => {
-                let facts = cloud_facts(&cloud);
-                let matching = store.registrations_matching_cloud(&facts)?;
+                let facts = cloud_facts(cloud);
+                let matching = registrations_matching_cloud(tx, &facts)?;
                 let registration = match matching.as_slice() {
                     [one] => one.clone(),
                     [] => {
@@ -424,31 +445,29 @@ impl Authority {
                         .unwrap_or("?"),
                     cloud.instance.as_deref().unwrap_or("?")
                 );
-                if !store.claim_instance(&instance, &registration.id, now)? {
+                if !tx.claim_instance(&instance, &registration.id, now)? {
                     return Err(Refusal::Unauthenticated(format!(
                         "instance {instance} already attested once; it renews with its certificate (a replayed document?)"
                     )));
                 }
-                (registration, Some(cloud), method)
+                (registration, Some(cloud.clone()), method)
             }
             (_, Verified::Nothing) => {
                 return Err(Refusal::Internal("cloud proof without verification".into()));
             }
         };
-        let issued = self.issue(
-            &store,
+        self.issue(
+            tx,
             Issuance {
                 registration: &registration,
-                csr: &csr,
+                csr,
                 method,
                 cloud,
                 k8s,
                 reported: request.reported.clone(),
             },
             now,
-        )?;
-        transaction.commit().map_err(StoreError::from)?;
-        Ok(issued)
+        )
     }
 
     /// The registration a verified service-account token attests to, with
@@ -462,7 +481,7 @@ impl Authority {
     /// token: the same token is never redeemed twice.
     fn k8s_registration(
         &self,
-        store: &Store,
+        tx: &mut dyn Tx,
         identity: &K8sIdentity,
         now: i64,
     ) -> Result<Registration, Refusal> {
@@ -475,15 +494,13 @@ impl Authority {
             "appid authority register --k8s-namespace {} --k8s-service-account {}",
             identity.namespace, identity.service_account
         );
-        let registration = store
-            .registration(&id)?
-            .ok_or_else(|| Refusal::NotAllowed {
-                id: id.clone(),
-                reason: format!(
-                    "service account {}/{} is not registered; register it with `{register}`",
-                    identity.namespace, identity.service_account
-                ),
-            })?;
+        let registration = tx.registration(&id)?.ok_or_else(|| Refusal::NotAllowed {
+            id: id.clone(),
+            reason: format!(
+                "service account {}/{} is not registered; register it with `{register}`",
+                identity.namespace, identity.service_account
+            ),
+        })?;
         if registration.cloud_match.get("provider").map(String::as_str) != Some(K8S_PROVIDER) {
             return Err(Refusal::NotAllowed {
                 id,
@@ -497,7 +514,7 @@ impl Authority {
             .expires_at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        if !store.redeem_k8s_token(&identity.token_id(), &id, expires_at, now)? {
+        if !tx.redeem_k8s_token(&identity.token_id(), &id, expires_at, now)? {
             return Err(Refusal::Unauthenticated(format!(
                 "this service-account token ({}) was already redeemed; a token attests once \
                  (the kubelet refreshes it; a replayed token?)",
@@ -530,37 +547,38 @@ impl Authority {
                     .transpose()?,
                 _ => None,
             };
-            let store = self.lock()?;
-            if !store.was_issued(&presented.serial)? {
-                return Err(Refusal::Unauthenticated(format!(
-                    "certificate serial {} was not issued by this authority (made offline, or before its database was replaced); bootstrap with a join token",
-                    presented.serial
-                )));
-            }
-            let registration = store
-                .registration(&current.id)?
-                .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
-            let k8s = match pod {
-                Some((pod, facts)) => Some(vouch_pod(
-                    &registration,
-                    &pod,
-                    token_facts(current.k8s.as_ref()),
-                    facts,
-                )?),
-                None => current.k8s.clone(),
-            };
-            self.issue(
-                &store,
-                Issuance {
-                    registration: &registration,
-                    csr: &csr,
-                    method: &current.attestation,
-                    cloud: current.cloud.clone(),
-                    k8s,
-                    reported: request.reported.clone(),
-                },
-                now,
-            )
+            self.lock()?.transaction(|tx| {
+                if !tx.was_issued(&presented.serial)? {
+                    return Err(Refusal::Unauthenticated(format!(
+                        "certificate serial {} was not issued by this authority (made offline, or before its database was replaced); bootstrap with a join token",
+                        presented.serial
+                    )));
+                }
+                let registration = tx
+                    .registration(&current.id)?
+                    .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
+                let k8s = match &pod {
+                    Some((pod, facts)) => Some(vouch_pod(
+                        &registration,
+                        pod,
+                        token_facts(current.k8s.as_ref()),
+                        facts.clone(),
+                    )?),
+                    None => current.k8s.clone(),
+                };
+                self.issue(
+                    tx,
+                    Issuance {
+                        registration: &registration,
+                        csr: &csr,
+                        method: &current.attestation,
+                        cloud: current.cloud.clone(),
+                        k8s,
+                        reported: request.reported.clone(),
+                    },
+                    now,
+                )
+            })
         })();
         match &result {
             Ok(issued) => self.event("renew", Some(&issued.id), &current.attestation, None),
@@ -571,13 +589,13 @@ impl Authority {
 
     pub fn revocations(&self) -> Result<RevocationList, Refusal> {
         Ok(RevocationList {
-            revoked: self.lock()?.revoked()?,
+            revoked: self.lock()?.transaction(|tx| tx.revoked())?,
         })
     }
 
     fn issue(
         &self,
-        store: &Store,
+        tx: &mut dyn Tx,
         what: Issuance<'_>,
         now: i64,
     ) -> Result<IssuedResponse, Refusal> {
@@ -589,7 +607,7 @@ impl Authority {
             k8s,
             reported,
         } = what;
-        if store.is_revoked(&registration.id)? {
+        if tx.is_revoked(&registration.id)? {
             return Err(Refusal::Revoked(registration.id.clone()));
         }
         let id = SpiffeId::parse(&registration.id)
@@ -607,7 +625,7 @@ impl Authority {
                 digest: Some(digest.clone()),
                 name: None,
             });
-            if let Some(scan) = store.latest_scan(digest)? {
+            if let Some(scan) = tx.latest_scan(digest)? {
                 claims.vulns = Some(scan.vulns);
             }
         }
@@ -625,7 +643,7 @@ impl Authority {
             .issue(&id, &claims, &csr.public_key, self.cert_ttl)
             .map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let not_after = issued.not_after.unix_timestamp();
-        store.record_issued(&issued.serial, id.as_str(), not_after, method, now)?;
+        tx.record_issued(&issued.serial, id.as_str(), not_after, method, now)?;
         Ok(IssuedResponse {
             id: id.to_string(),
             certificate: issued.pem,
@@ -789,7 +807,7 @@ mod tests {
     /// join token `t1` for it.
     fn authority(dir: &Path) -> Authority {
         let ca = Ca::init(dir, "td.example", KeyAlg::EcdsaP256).unwrap();
-        let store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir).unwrap();
         store
             .register(
                 &Registration {
@@ -955,7 +973,7 @@ mod tests {
     /// (pinning `pinned`, if given) and the fake pod lookup.
     fn k8s_authority(dir: &Path, pinned: Option<&str>) -> (Authority, Answer) {
         let ca = Ca::init(dir, "td.example", KeyAlg::EcdsaP256).unwrap();
-        let store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir).unwrap();
         store
             .register(
                 &Registration {

@@ -2,7 +2,10 @@
 //!
 //! `init` creates the CA; `serve` runs the HTTPS API; `register`,
 //! `import-scan` and `revoke` change the authority's database directly (run
-//! them on the authority host, like `spire-server entry create`).
+//! them on the authority host, like `spire-server entry create`). The
+//! database is SQLite in `--dir` unless `--database postgres://…` (or
+//! `APPID_AUTHORITY_DATABASE`) names a PostgreSQL database that several
+//! `serve` replicas share; the CA stays in `--dir` either way.
 
 use crate::telemetry::LogFormat;
 use std::collections::BTreeMap;
@@ -15,7 +18,7 @@ use anyhow::{Context, anyhow};
 use super::args::{self, KeyValue};
 use crate::authority::server;
 use crate::authority::service::{Authority, K8S_PROVIDER, hash_token, new_token};
-use crate::authority::store::{Registration, Store};
+use crate::authority::store::{Database, Registration, Store};
 use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, KeyAlg};
 use crate::identity::spiffe::SpiffeId;
 use crate::scan;
@@ -36,8 +39,20 @@ pub enum AuthorityCommand {
     },
     /// Serve the authority's HTTPS API
     Serve {
+        /// Directory with ca.pem and ca.key (and authority.db, for SQLite)
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+        /// replica (the password is better given in the environment variable
+        /// than on the command line)
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "APPID_AUTHORITY_DATABASE",
+            hide_env_values = true
+        )]
+        database: Option<String>,
         /// Address to listen on
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15170")]
         listen: SocketAddr,
@@ -101,6 +116,17 @@ pub enum AuthorityCommand {
     Register {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+        /// replica (the password is better given in the environment variable
+        /// than on the command line)
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "APPID_AUTHORITY_DATABASE",
+            hide_env_values = true
+        )]
+        database: Option<String>,
         /// The workload's SPIFFE ID, in the CA's trust domain
         #[arg(
             long,
@@ -141,6 +167,17 @@ pub enum AuthorityCommand {
     ImportScan {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+        /// replica (the password is better given in the environment variable
+        /// than on the command line)
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "APPID_AUTHORITY_DATABASE",
+            hide_env_values = true
+        )]
+        database: Option<String>,
         /// The report (format detected from the content)
         report: PathBuf,
         /// The digest to file it under (default: the digests in the report)
@@ -154,6 +191,17 @@ pub enum AuthorityCommand {
     Revoke {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+        /// replica (the password is better given in the environment variable
+        /// than on the command line)
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "APPID_AUTHORITY_DATABASE",
+            hide_env_values = true
+        )]
+        database: Option<String>,
         #[arg(long, value_name = "SPIFFE_ID")]
         id: String,
     },
@@ -180,6 +228,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Serve {
             dir,
+            database,
             listen,
             cert_ttl,
             audit_log,
@@ -199,7 +248,8 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         } => {
             let ca =
                 Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
-            let store = Store::open(&dir)?;
+            let store = open_store(&dir, database.as_deref())?;
+            let database = store.database().to_string();
             let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
             let gcp = match (gcp_jwks, gcp_audience) {
                 (Some(path), Some(audience)) => {
@@ -244,7 +294,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
-                tracing::info!(%listen, "appid authority serving");
+                tracing::info!(%listen, %database, "appid authority serving");
                 server::serve(
                     std::sync::Arc::new(authority),
                     listener,
@@ -257,6 +307,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Register {
             dir,
+            database,
             id,
             k8s_namespace,
             k8s_service_account,
@@ -323,13 +374,28 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             if ttl <= time::Duration::ZERO {
                 return Err(anyhow!("--ttl must be positive"));
             }
-            let store = Store::open(&dir)?;
-            if store.is_revoked(id.as_str())? {
-                return Err(anyhow!(
-                    "{id} is revoked, and a revoked identity stays revoked; register the workload under a new SPIFFE ID"
-                ));
-            }
-            store.register(&registration, now)?;
+            let mut store = open_store(&dir, database.as_deref())?;
+            // A Kubernetes service account attests with its pods' tokens.
+            let token = match k8s.is_some() {
+                true => None,
+                false => {
+                    Some(new_token().ok_or_else(|| anyhow!("no system randomness for a token"))?)
+                }
+            };
+            // One transaction: a revocation committed meanwhile (by another
+            // replica's operator) is either seen here or comes after.
+            store.transaction(|tx| {
+                if tx.is_revoked(id.as_str())? {
+                    return Err(anyhow!(
+                        "{id} is revoked, and a revoked identity stays revoked; register the workload under a new SPIFFE ID"
+                    ));
+                }
+                tx.register(&registration, now)?;
+                if let Some(token) = &token {
+                    tx.add_token(&hash_token(token), id.as_str(), now + ttl.whole_seconds())?;
+                }
+                Ok(())
+            })?;
             if let Some((namespace, service_account)) = k8s {
                 println!(
                     "registered {id} for Kubernetes attestation: pods of service account \
@@ -337,8 +403,9 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let token = new_token().ok_or_else(|| anyhow!("no system randomness for a token"))?;
-            store.add_token(&hash_token(&token), id.as_str(), now + ttl.whole_seconds())?;
+            let Some(token) = token else {
+                return Err(anyhow!("no token made"));
+            };
             eprintln!(
                 "registered {id}; one-time join token (valid {}):",
                 humantime::format_duration(std::time::Duration::from_secs(
@@ -350,6 +417,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::ImportScan {
             dir,
+            database,
             report,
             image_digest,
         } => {
@@ -366,11 +434,13 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                     ));
                 }
             };
-            let store = Store::open(&dir)?;
+            let mut store = open_store(&dir, database.as_deref())?;
             let vulns = parsed.to_vulns();
-            for digest in &digests {
-                store.import_scan(digest, &vulns, now)?;
-            }
+            store.transaction(|tx| {
+                digests
+                    .iter()
+                    .try_for_each(|digest| tx.import_scan(digest, &vulns, now))
+            })?;
             println!(
                 "imported {} report {} for {}: critical {} high {} medium {} low {} unknown {}",
                 parsed.scanner.as_str(),
@@ -385,10 +455,10 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AuthorityCommand::Manifests(args) => super::k8s::manifests(args),
-        AuthorityCommand::Revoke { dir, id } => {
+        AuthorityCommand::Revoke { dir, database, id } => {
             let ca = Ca::load(&dir).context("loading the CA")?;
             let id = checked_id(&ca, &id)?;
-            let store = Store::open(&dir)?;
+            let mut store = open_store(&dir, database.as_deref())?;
             if store.revoke(id.as_str(), now)? {
                 let line = serde_json::json!({
                     "time": crate::identity::inspect::rfc3339(now),
@@ -484,6 +554,13 @@ fn pod_lookup(
         source: Box::new(api),
         trust_labels,
     }))
+}
+
+/// The store of `--dir DIR [--database URL]`. Its errors name the flag and
+/// never show the password.
+fn open_store(dir: &std::path::Path, database: Option<&str>) -> anyhow::Result<Store> {
+    let database = Database::from_flags(dir, database)?;
+    Ok(Store::open_database(&database)?)
 }
 
 fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {
