@@ -807,3 +807,103 @@ async fn database_errors_name_the_flag_and_never_the_password() {
     );
     assert!(stderr.contains("createdb"), "{stderr}");
 }
+
+/// While 200 workloads renew through three replicas on one database (the
+/// sidecar's own client, with every replica's URL, real TLS), one replica
+/// is killed with SIGKILL: every renewal succeeds through another and no
+/// certificate expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_renewing_workloads_lose_nothing_when_a_replica_is_killed() {
+    const WORKLOADS: usize = 200;
+    const ROUNDS: usize = 3;
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let mut replicas = three_replicas(&setup, &["--cert-ttl", "1h"]).await;
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("https://127.0.0.1:{}", r.port))
+        .collect();
+    let bundle = setup.bundle();
+
+    // 200 workloads, each with its first certificate.
+    let mut workloads = Vec::new();
+    for i in 0..WORKLOADS {
+        let token = setup.register(&format!("w/{i}"));
+        let client = AuthorityClient::with_replicas(&urls, bundle.clone()).expect("client");
+        let fresh = new_key_and_csr().expect("key");
+        let issued = client
+            .attest(&fresh.csr_pem, Proof::JoinToken { token }, None)
+            .await
+            .unwrap_or_else(|e| panic!("attest w/{i}: {e}"));
+        let identity = LocalIdentity::from_pem(
+            "cert",
+            issued.certificate.as_bytes(),
+            "key",
+            fresh.key_pem.as_bytes(),
+            &bundle,
+        )
+        .expect("issued identity");
+        workloads.push((client, identity));
+    }
+
+    // Each renews ROUNDS times, spread out; replica a (the one every client
+    // tries first) dies during the first round.
+    let bundle = Arc::new(bundle);
+    let mut tasks = Vec::new();
+    for (n, (client, mut identity)) in workloads.into_iter().enumerate() {
+        let bundle = bundle.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let spread = Duration::from_millis((n as u64 * 7 + round as u64 * 13) % 400);
+                tokio::time::sleep(spread).await;
+                let fresh = new_key_and_csr().map_err(|e| e.to_string())?;
+                let issued = client
+                    .renew(&fresh.csr_pem, identity.certified.clone(), None)
+                    .await
+                    .map_err(|e| format!("workload {n}, round {round}: {e}"))?;
+                identity = LocalIdentity::from_pem(
+                    "cert",
+                    issued.certificate.as_bytes(),
+                    "key",
+                    fresh.key_pem.as_bytes(),
+                    &bundle,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Ok::<i64, String>(identity.not_after)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let _ = replicas[0].child.kill();
+    let _ = replicas[0].child.wait();
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut failures = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(not_after) => assert!(not_after > now, "an expired certificate"),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {WORKLOADS} workloads failed a renewal:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        logs(&replicas[1..])
+    );
+    let renewed: usize = replicas.iter().map(|r| r.count_events("renew")).sum();
+    assert!(
+        renewed >= WORKLOADS * ROUNDS,
+        "the replicas recorded {renewed} renewals\n{}",
+        logs(&replicas[1..])
+    );
+    // The next replica in the list took over.
+    assert!(
+        replicas[1].count_events("renew") >= WORKLOADS,
+        "{} took over only {} renewals",
+        replicas[1].name,
+        replicas[1].count_events("renew")
+    );
+}
