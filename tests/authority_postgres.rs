@@ -428,10 +428,17 @@ async fn a_revocation_through_the_cli_reaches_running_and_new_replicas() {
             running.logs()
         ),
     }
-    assert_eq!(
-        client.revocations().await.unwrap().revoked,
-        vec![web.clone()]
-    );
+    // Its revocation list (what sidecars poll) says so within the
+    // replica's cache time (`REVOCATIONS_CACHE`, 1 s).
+    let polled = Instant::now();
+    while client.revocations().await.unwrap().revoked != vec![web.clone()] {
+        assert!(
+            polled.elapsed() < Duration::from_secs(3),
+            "the revocation list did not follow\n{}",
+            running.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A replica started after it (on the same database through the
     // cluster's unix socket; `--database` wins over the environment): the

@@ -243,10 +243,20 @@ enum Verified {
     K8s(K8sIdentity, Option<PodFacts>),
 }
 
+/// How long a replica answers revocation polls from its last read of the
+/// database. Every sidecar polls every 2 s; without this, each poll would
+/// be a serializable transaction on the replica's one connection. A
+/// revocation made through any replica (or the CLI) reaches every sidecar
+/// within this plus the sidecars' poll interval. Issuance never uses it:
+/// whether an identity is revoked is read in the issuing transaction.
+pub const REVOCATIONS_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The authority: CA, store, settings.
 pub struct Authority {
     ca: Ca,
     store: Mutex<Store>,
+    /// The revocation list as last read, and when ([`REVOCATIONS_CACHE`]).
+    revocations: Mutex<Option<(std::time::Instant, RevocationList)>>,
     cert_ttl: time::Duration,
     events: Mutex<Option<File>>,
     cloud: Option<Box<dyn CloudVerifier>>,
@@ -270,6 +280,7 @@ impl Authority {
         Ok(Authority {
             ca,
             store: Mutex::new(store),
+            revocations: Mutex::new(None),
             cert_ttl,
             events: Mutex::new(events),
             cloud,
@@ -587,10 +598,22 @@ impl Authority {
         result
     }
 
+    /// The revoked SPIFFE IDs, as read at most [`REVOCATIONS_CACHE`] ago.
     pub fn revocations(&self) -> Result<RevocationList, Refusal> {
-        Ok(RevocationList {
+        let mut cached = self
+            .revocations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((read_at, list)) = cached.as_ref()
+            && read_at.elapsed() < REVOCATIONS_CACHE
+        {
+            return Ok(list.clone());
+        }
+        let list = RevocationList {
             revoked: self.lock()?.transaction(|tx| tx.revoked())?,
-        })
+        };
+        *cached = Some((std::time::Instant::now(), list.clone()));
+        Ok(list)
     }
 
     fn issue(
