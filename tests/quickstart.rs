@@ -71,8 +71,11 @@ fn replaying_the_quickstarts_audit_logs_under_a_tighter_policy_names_exactly_the
         String::from_utf8_lossy(&replay.stderr)
     );
     let report: Value = serde_json::from_slice(&replay.stdout).expect("JSON report");
-    assert_eq!(report["lines"], 4, "{report:#}");
-    assert_eq!(report["unchanged"], 2, "{report:#}");
+    // (How many lines the sidecars wrote varies a little with timing, e.g.
+    // a connection-level line; every one but the two below is unchanged.)
+    let lines = report["lines"].as_u64().expect("lines");
+    assert!(lines >= 4, "{report:#}");
+    assert_eq!(report["unchanged"].as_u64(), Some(lines - 2), "{report:#}");
     assert_eq!(report["newly_allowed"], serde_json::json!([]), "{report:#}");
     let denied = report["newly_denied"].as_array().expect("newly_denied");
     let mut changed: Vec<(String, String, String, String)> = denied

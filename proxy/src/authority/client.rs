@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -32,7 +33,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::server::authority_id;
-use super::service::{AttestRequest, IssuedResponse, Proof, RenewRequest, RevocationList};
+use super::service::{
+    AttestRequest, BundleResponse, IssuedResponse, Proof, RenewRequest, RevocationList,
+};
 use crate::identity::ca::KeyAlg;
 use crate::identity::verify::TrustBundle;
 use crate::sidecar::tls::{self, PeerVerifier};
@@ -125,7 +128,9 @@ pub struct AuthorityClient {
     replicas: Arc<[Replica]>,
     /// The replica that answered last: tried first.
     preferred: Arc<AtomicUsize>,
-    bundle: Arc<TrustBundle>,
+    /// Verifies the authority; follows the bundle it hands out (a CA
+    /// rotation), shared by every clone.
+    bundle: Arc<ArcSwap<TrustBundle>>,
     expected_id: String,
 }
 
@@ -152,7 +157,7 @@ impl AuthorityClient {
         Ok(AuthorityClient {
             replicas: replicas.into(),
             preferred: Arc::new(AtomicUsize::new(0)),
-            bundle: Arc::new(bundle),
+            bundle: Arc::new(ArcSwap::from_pointee(bundle)),
             expected_id: authority_id(&trust_domain),
         })
     }
@@ -188,6 +193,18 @@ impl AuthorityClient {
         };
         self.call(Method::POST, "/v1/renew", Some(&body), Some(current))
             .await
+    }
+
+    /// The trust bundle the authority hands out now (PEM): its CA, and
+    /// during a rotation the prepared or the previous one.
+    pub async fn bundle(&self) -> Result<BundleResponse, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/bundle", None, None)
+            .await
+    }
+
+    /// Verifies the authority with `bundle` from now on.
+    pub fn set_bundle(&self, bundle: TrustBundle) {
+        self.bundle.store(Arc::new(bundle));
     }
 
     /// The revoked SPIFFE IDs.
@@ -323,7 +340,8 @@ impl AuthorityClient {
         let provider = Arc::new(tls::provider());
         // The authority is verified like a peer, and must be the authority.
         let verifier = Arc::new(
-            PeerVerifier::new(self.bundle.clone(), &provider).expecting(self.expected_id.clone()),
+            PeerVerifier::new(self.bundle.load_full(), &provider)
+                .expecting(self.expected_id.clone()),
         );
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])

@@ -32,8 +32,11 @@ use tokio_rustls::TlsAcceptor;
 use appid_policy::AppIdClaims;
 use appid_policy::claims::attestation;
 
-use super::service::{AttestRequest, Authority, PresentedCert, Refusal, RenewRequest};
-use crate::identity::ca::KeyAlg;
+use super::service::{
+    AttestRequest, Authority, BundleResponse, PresentedCert, Refusal, RenewRequest,
+};
+use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaError, KeyAlg};
+use crate::identity::ca_rotation;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::verify::{PeerRole, TrustBundle};
 use crate::sidecar::tls::{self, ClientAuth, LocalIdentity, TlsState};
@@ -50,13 +53,24 @@ pub fn authority_id(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}/appid/authority")
 }
 
-/// Serves until `stop` resolves.
+/// How often a replica looks at its CA directory for a rotation step.
+pub const CA_WATCH: Duration = Duration::from_secs(1);
+
+/// Serves until `stop` resolves. With `ca_dir`, follows CA rotation steps
+/// made in that directory (by `appid authority ca rotate`, or a secret
+/// updated under every replica) within [`CA_WATCH`].
 pub async fn serve(
     authority: Arc<Authority>,
     listener: TcpListener,
+    ca_dir: Option<std::path::PathBuf>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), std::io::Error> {
+    if let Some(dir) = &ca_dir {
+        load_ca(&authority, dir).map_err(std::io::Error::other)?;
+    }
     let tls_state = TlsState::new(serving_identity(&authority)?, bundle(&authority)?);
+    let watcher =
+        ca_dir.map(|dir| tokio::spawn(watch_ca(authority.clone(), tls_state.clone(), dir)));
     let acceptor = TlsAcceptor::from(tls::server_config_with(
         tls_state.clone(),
         ClientAuth::Optional,
@@ -108,7 +122,73 @@ pub async fn serve(
         });
     }
     renewer.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     Ok(())
+}
+
+/// Loads the signing CA and the trust bundle of `dir` into `authority`.
+fn load_ca(authority: &Authority, dir: &std::path::Path) -> Result<(), CaError> {
+    let ca = Ca::load(dir)?;
+    let bundle_pem = ca_rotation::bundle_pem(dir)?;
+    authority.set_ca(ca, bundle_pem);
+    Ok(())
+}
+
+/// What the CA files look like (names, sizes, times), to notice a step.
+fn ca_files_signature(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+    [
+        CA_CERT_FILE,
+        CA_KEY_FILE,
+        ca_rotation::NEXT_CERT_FILE,
+        ca_rotation::NEXT_KEY_FILE,
+        ca_rotation::PREVIOUS_CERT_FILE,
+    ]
+    .iter()
+    .filter_map(|name| {
+        let meta = std::fs::metadata(dir.join(name)).ok()?;
+        Some((name.to_string(), meta.len(), meta.modified().ok()))
+    })
+    .collect()
+}
+
+/// Follows rotation steps in `dir`: the signing CA, the bundle handed out
+/// and trusted for renewals, and (after an activation) the authority's own
+/// serving certificate, from the new CA.
+async fn watch_ca(authority: Arc<Authority>, state: Arc<TlsState>, dir: std::path::PathBuf) {
+    let mut seen = ca_files_signature(&dir);
+    loop {
+        tokio::time::sleep(CA_WATCH).await;
+        let now = ca_files_signature(&dir);
+        if now == seen {
+            continue;
+        }
+        let signing = authority.ca().cert_der().clone();
+        if let Err(e) = load_ca(&authority, &dir) {
+            // Mid-step (files being renamed) or broken: keep what works,
+            // look again next tick.
+            tracing::warn!(error = %e, "the CA directory changed but does not load; keeping the current CA");
+            continue;
+        }
+        seen = now;
+        match bundle(&authority) {
+            Ok(trust) => state.trust.bundle.store(Arc::new(trust)),
+            Err(e) => tracing::error!(error = %e, "the new trust bundle does not load"),
+        }
+        let roots = authority.bundle_pem().matches("BEGIN CERTIFICATE").count();
+        if authority.ca().cert_der() != &signing {
+            match serving_identity(&authority) {
+                Ok(identity) => state.identity.store(Arc::new(identity)),
+                Err(e) => {
+                    tracing::error!(error = %e, "re-issuing the authority's serving certificate")
+                }
+            }
+            tracing::info!(roots, "signing with a new CA");
+        } else {
+            tracing::info!(roots, "trust bundle changed");
+        }
+    }
 }
 
 async fn route(
@@ -125,6 +205,9 @@ async fn route(
         (Method::GET, "/v1/revocations") => {
             blocking(move || authority.revocations().and_then(|list| to_json(&list))).await
         }
+        (Method::GET, "/v1/bundle") => to_json(&BundleResponse {
+            bundle: authority.bundle_pem().to_string(),
+        }),
         (Method::POST, "/v1/attest") => match body::<AttestRequest>(request).await {
             Ok(body) => {
                 blocking(move || authority.attest(&body, now).and_then(|r| to_json(&r))).await
@@ -149,7 +232,7 @@ async fn route(
                 Err(refusal) => Err(refusal),
             }
         }
-        (_, "/healthz" | "/v1/revocations" | "/v1/attest" | "/v1/renew") => {
+        (_, "/healthz" | "/v1/revocations" | "/v1/bundle" | "/v1/attest" | "/v1/renew") => {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
         _ => return text(StatusCode::NOT_FOUND, "not found\n"),
@@ -210,10 +293,15 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// The trust bundle (every CA of a rotation), for verifying renewals.
 fn bundle(authority: &Authority) -> std::io::Result<TrustBundle> {
+    let pem = authority.bundle_pem();
+    let roots =
+        crate::identity::files::parse_certs(std::path::Path::new("trust bundle"), pem.as_bytes())
+            .map_err(std::io::Error::other)?;
     TrustBundle::new(
         "authority CA",
-        std::slice::from_ref(authority.ca().cert_der()),
+        &roots,
         vec![authority.ca().trust_domain().to_string()],
     )
     .map_err(std::io::Error::other)

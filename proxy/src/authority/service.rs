@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use rcgen::CertificateSigningRequestParams;
 use serde::{Deserialize, Serialize};
@@ -121,6 +123,13 @@ pub struct IssuedResponse {
     pub bundle: String,
     /// Seconds since the epoch.
     pub not_after: i64,
+}
+
+/// The trust bundle sidecars verify peers with (`GET /v1/bundle`): every
+/// CA of a rotation under way, PEM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleResponse {
+    pub bundle: String,
 }
 
 /// The revocation list.
@@ -253,7 +262,12 @@ pub const REVOCATIONS_CACHE: std::time::Duration = std::time::Duration::from_sec
 
 /// The authority: CA, store, settings.
 pub struct Authority {
-    ca: Ca,
+    /// The signing CA; swapped when a rotation step lands
+    /// ([`crate::identity::ca_rotation`]).
+    ca: ArcSwap<Ca>,
+    /// The trust bundle as PEM: the signing CA, and during a rotation the
+    /// prepared or the previous one too.
+    bundle_pem: ArcSwap<String>,
     store: Mutex<Store>,
     /// The revocation list as last read, and when ([`REVOCATIONS_CACHE`]).
     revocations: Mutex<Option<(std::time::Instant, RevocationList)>>,
@@ -277,8 +291,10 @@ impl Authority {
             Some(path) => Some(OpenOptions::new().create(true).append(true).open(path)?),
             None => None,
         };
+        let bundle_pem = ca.cert_pem().to_owned();
         Ok(Authority {
-            ca,
+            ca: ArcSwap::from_pointee(ca),
+            bundle_pem: ArcSwap::from_pointee(bundle_pem),
             store: Mutex::new(store),
             revocations: Mutex::new(None),
             cert_ttl,
@@ -326,8 +342,21 @@ impl Authority {
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp())
     }
 
-    pub fn ca(&self) -> &Ca {
-        &self.ca
+    /// The signing CA now.
+    pub fn ca(&self) -> Arc<Ca> {
+        self.ca.load_full()
+    }
+
+    /// The trust bundle now (PEM).
+    pub fn bundle_pem(&self) -> Arc<String> {
+        self.bundle_pem.load_full()
+    }
+
+    /// A rotation step landed: sign with `ca` from now on, and hand out
+    /// `bundle_pem`.
+    pub fn set_ca(&self, ca: Ca, bundle_pem: String) {
+        self.ca.store(Arc::new(ca));
+        self.bundle_pem.store(Arc::new(bundle_pem));
     }
 
     /// First issuance: check the proof, then issue.
@@ -498,7 +527,7 @@ impl Authority {
     ) -> Result<Registration, Refusal> {
         let id = format!(
             "spiffe://{}/{}",
-            self.ca.trust_domain(),
+            self.ca.load().trust_domain(),
             identity.spiffe_path()
         );
         let register = format!(
@@ -663,6 +692,7 @@ impl Authority {
         }
         let issued = self
             .ca
+            .load()
             .issue(&id, &claims, &csr.public_key, self.cert_ttl)
             .map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let not_after = issued.not_after.unix_timestamp();
@@ -670,7 +700,7 @@ impl Authority {
         Ok(IssuedResponse {
             id: id.to_string(),
             certificate: issued.pem,
-            bundle: self.ca.cert_pem().to_string(),
+            bundle: self.bundle_pem.load().to_string(),
             not_after,
         })
     }

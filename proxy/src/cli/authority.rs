@@ -187,6 +187,10 @@ pub enum AuthorityCommand {
     /// Print the Kubernetes manifests that run the authority in a cluster
     /// (Namespace, ServiceAccount, Service, StatefulSet with its volume)
     Manifests(super::k8s::ManifestsArgs),
+    /// Rotate the CA without an outage (prepare, activate, retire), or show
+    /// where a rotation stands
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Revoke a workload: no more certificates, and peers refuse it
     Revoke {
         #[arg(long, value_name = "DIR")]
@@ -205,6 +209,118 @@ pub enum AuthorityCommand {
         #[arg(long, value_name = "SPIFFE_ID")]
         id: String,
     },
+}
+
+/// `appid authority ca ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CaCommand {
+    /// Take the next step: prepare a new CA (published in the trust
+    /// bundle, not signing), then activate it (signing; the old one still
+    /// trusted), then retire the old one. Run it three times, waiting as
+    /// it says in between
+    Rotate {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// How long sidecars need to fetch a new bundle before the new CA
+        /// may sign (they poll every 5 s)
+        #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "30s")]
+        propagation: time::Duration,
+        /// The longest certificate life any replica issues (`serve
+        /// --cert-ttl`): the old CA is retired only after it has passed
+        #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "1h")]
+        max_cert_ttl: time::Duration,
+        /// Take the step now, without waiting
+        #[arg(long)]
+        force: bool,
+        /// Key algorithm of the new CA
+        #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
+        key_alg: KeyAlg,
+    },
+    /// Where a rotation stands, and the CAs in the trust bundle
+    Status {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
+    use crate::identity::ca_rotation::{self, Phase, Step};
+    let positive =
+        |d: time::Duration| std::time::Duration::from_secs(d.whole_seconds().max(0) as u64);
+    match command {
+        CaCommand::Rotate {
+            dir,
+            propagation,
+            max_cert_ttl,
+            force,
+            key_alg,
+        } => {
+            let step = ca_rotation::rotate(
+                &dir,
+                key_alg,
+                positive(propagation),
+                positive(max_cert_ttl),
+                force,
+            )
+            .with_context(|| format!("rotating the CA in {}", dir.display()))?;
+            let next = match step {
+                Step::Prepared => format!(
+                    "prepared a new CA ({}); it is in the trust bundle but does not sign yet. \
+                     Every replica hands it out within a second and sidecars fetch it within 5 s: \
+                     run `appid authority ca rotate --dir {}` again in {} to make it sign",
+                    ca_rotation::NEXT_CERT_FILE,
+                    dir.display(),
+                    humantime::format_duration(positive(propagation))
+                ),
+                Step::Activated => format!(
+                    "the new CA signs from now on; the previous one ({}) stays trusted while its \
+                     certificates live: run `appid authority ca rotate --dir {}` again in {} to retire it",
+                    ca_rotation::PREVIOUS_CERT_FILE,
+                    dir.display(),
+                    humantime::format_duration(positive(max_cert_ttl))
+                ),
+                Step::Retired => {
+                    "retired the previous CA; the trust bundle holds the new one only".to_owned()
+                }
+            };
+            println!("{next}");
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::Status { dir } => {
+            let phase = ca_rotation::phase(&dir).with_context(|| dir.display().to_string())?;
+            let roots = ca_rotation::bundle(&dir).with_context(|| dir.display().to_string())?;
+            let ago = |since: std::time::SystemTime| {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(since)
+                    .unwrap_or_default()
+                    .as_secs();
+                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+            };
+            match phase {
+                Phase::Steady => println!("steady: one CA signs and is the whole trust bundle"),
+                Phase::Prepared { since } => println!(
+                    "prepared {} ago: a new CA is in the trust bundle, not signing yet (next: activate)",
+                    ago(since)
+                ),
+                Phase::Activated { since } => println!(
+                    "activated {} ago: the new CA signs, the previous one is still trusted (next: retire)",
+                    ago(since)
+                ),
+            }
+            for (i, der) in roots.iter().enumerate() {
+                let role = match (i, &phase) {
+                    (0, _) => "signing",
+                    (_, Phase::Prepared { .. }) => "prepared",
+                    _ => "previous",
+                };
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+                let fingerprint: String =
+                    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                println!("  {role:9} sha256:{fingerprint}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
@@ -298,6 +414,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 server::serve(
                     std::sync::Arc::new(authority),
                     listener,
+                    Some(dir.clone()),
                     crate::sidecar::wait_for_signal(),
                 )
                 .await
@@ -455,6 +572,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AuthorityCommand::Manifests(args) => super::k8s::manifests(args),
+        AuthorityCommand::Ca(command) => ca_command(command),
         AuthorityCommand::Revoke { dir, database, id } => {
             let ca = Ca::load(&dir).context("loading the CA")?;
             let id = checked_id(&ca, &id)?;

@@ -76,6 +76,11 @@ pub enum CaError {
     BadKey { path: PathBuf, error: rcgen::Error },
     #[error("certificate generation failed: {0}")]
     Crypto(rcgen::Error),
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// A loaded CA: its certificate, key and trust domain.
@@ -145,8 +150,10 @@ impl Ca {
         })
     }
 
-    /// Loads the CA in `dir`.
+    /// Loads the CA in `dir` (the signing one, during a rotation: see
+    /// [`super::ca_rotation`], whose interrupted step this finishes).
     pub fn load(dir: &Path) -> Result<Ca, CaError> {
+        super::ca_rotation::finish_interrupted(dir)?;
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let cert_der = files::read_certs(&cert_path)?.remove(0);

@@ -8,6 +8,7 @@
 //! - [`files`]: PEM input and all-or-nothing output.
 
 pub mod ca;
+pub mod ca_rotation;
 pub mod files;
 pub mod inspect;
 pub mod issue;

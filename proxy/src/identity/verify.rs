@@ -91,6 +91,22 @@ impl TrustBundle {
     pub fn trust_domains(&self) -> &[String] {
         &self.trust_domains
     }
+
+    /// Whether `other` trusts exactly the same roots (in any order) for
+    /// the same trust domains.
+    pub fn same_roots(&self, other: &TrustBundle) -> bool {
+        let key = |a: &TrustAnchor<'_>| {
+            (
+                a.subject.as_ref().to_vec(),
+                a.subject_public_key_info.as_ref().to_vec(),
+            )
+        };
+        let mut mine: Vec<_> = self.anchors.iter().map(key).collect();
+        let mut theirs: Vec<_> = other.anchors.iter().map(key).collect();
+        mine.sort();
+        theirs.sort();
+        mine == theirs && self.trust_domains == other.trust_domains
+    }
 }
 
 /// Which side of the handshake the peer is on (its certificate's EKU).

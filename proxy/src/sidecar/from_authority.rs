@@ -436,6 +436,63 @@ pub(super) async fn follow_revocations(shared: Arc<Shared>, client: AuthorityCli
     }
 }
 
+/// How often the trust bundle is fetched from the authority.
+pub const BUNDLE_POLL: Duration = Duration::from_secs(5);
+
+/// Fetches the trust bundle every [`BUNDLE_POLL`] and trusts what the
+/// authority hands out (a CA rotation: the prepared CA before it signs,
+/// the previous one until it is retired). The bundle comes over a
+/// connection verified with the current one. Tunnels opened under the old
+/// bundle take no new streams (`TlsState::is_current`); live connections
+/// stay up.
+pub(super) async fn follow_bundle(shared: Arc<Shared>, client: AuthorityClient) {
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(BUNDLE_POLL).await;
+        let pem = match client.bundle().await {
+            Ok(response) => response.bundle,
+            Err(e) => {
+                tracing::debug!(error = %e, "bundle poll failed");
+                continue;
+            }
+        };
+        if pem == last {
+            continue;
+        }
+        let trust_domains = shared.trust.bundle.load().trust_domains().to_vec();
+        let roots = match crate::identity::files::parse_certs(
+            std::path::Path::new("the authority's trust bundle"),
+            pem.as_bytes(),
+        ) {
+            Ok(roots) if !roots.is_empty() => roots,
+            Ok(_) => {
+                tracing::warn!("the authority handed out an empty trust bundle; keeping ours");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the authority's trust bundle does not parse; keeping ours");
+                continue;
+            }
+        };
+        match TrustBundle::new("the authority's trust bundle", &roots, trust_domains) {
+            Ok(bundle) => {
+                last = pem;
+                // The same roots as now (the first poll, usually): nothing
+                // changes, no tunnel is retired.
+                if bundle.same_roots(&shared.trust.bundle.load()) {
+                    continue;
+                }
+                tracing::info!(roots = roots.len(), "trust bundle changed");
+                shared.trust.bundle.store(Arc::new(bundle.clone()));
+                client.set_bundle(bundle);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the authority's trust bundle is unusable; keeping ours")
+            }
+        }
+    }
+}
+
 /// A uniform fraction in [0, 1).
 fn jitter_fraction() -> f64 {
     let mut byte = [0u8; 1];

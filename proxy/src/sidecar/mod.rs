@@ -795,6 +795,10 @@ pub async fn run_until(
                 identity_json.clone(),
             )));
         }
+        background.push(tokio::spawn(from_authority::follow_bundle(
+            shared.clone(),
+            client.clone(),
+        )));
         background.push(tokio::spawn(from_authority::follow_revocations(
             shared.clone(),
             client,

@@ -1,0 +1,363 @@
+//! CA rotation under traffic (`appid authority ca rotate`, three steps),
+//! with the real authority and two real sidecars whose certificates live
+//! 4 s: not one request fails, no handshake is refused, and at the end the
+//! sidecars hold certificates of the new CA only and trust nothing else.
+//!
+//! ```text
+//!  client (new connection every 25 ms) ─▶ web sidecar ══ mTLS ══▶ api sidecar ─▶ app
+//!                                             │                      │
+//!                                             └── renew, bundle ─────┴──▶ appid authority serve --dir ca
+//!  appid authority ca rotate --dir ca   ×3: prepare, activate, retire
+//! ```
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::apps::HttpApp;
+use support::net::{free_port, http_get, http_status, local};
+use support::pki::{APPID, Ca, appid};
+
+const TRUST_DOMAIN: &str = "prod.example";
+const CERT_TTL: &str = "4s";
+const READY_LIMIT: Duration = Duration::from_secs(20);
+const POLICY: &str = "version: 1
+default: deny
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api }
+";
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// A child killed on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let child = Command::new(APPID)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("spawn appid");
+        Proc { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(what)).count()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An authority-issued sidecar with one explicit listener.
+fn sidecar(dir: &Path, ca: &Ca, url: &str, name: &str, listener: &str) -> (Proc, SocketAddr) {
+    let q = |p: &Path| serde_json::to_string(path_str(p)).expect("JSON");
+    let token = appid(&[
+        "authority",
+        "register",
+        "--dir",
+        path_str(&ca.dir),
+        "--id",
+        &format!("spiffe://{TRUST_DOMAIN}/{name}"),
+        "--label",
+        &format!("app={name}"),
+    ])
+    .stdout;
+    let token_file = dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, token).expect("token");
+    let admin = local(free_port());
+    let mut yaml = String::new();
+    writeln!(yaml, "identity:").unwrap();
+    writeln!(yaml, "  authority:").unwrap();
+    writeln!(yaml, "    url: \"{url}\"").unwrap();
+    writeln!(yaml, "    bundle: {}", q(&ca.bundle())).unwrap();
+    writeln!(yaml, "    join_token_file: {}", q(&token_file)).unwrap();
+    writeln!(
+        yaml,
+        "    state_dir: {}",
+        q(&dir.join(format!("{name}-state")))
+    )
+    .unwrap();
+    writeln!(yaml, "trust_domains: [{TRUST_DOMAIN}]").unwrap();
+    writeln!(yaml, "policy: {}", q(&dir.join("policy.yaml"))).unwrap();
+    writeln!(yaml, "{listener}").unwrap();
+    writeln!(yaml, "admin: \"{admin}\"").unwrap();
+    writeln!(
+        yaml,
+        "audit_log: {}",
+        q(&dir.join(format!("{name}-audit.jsonl")))
+    )
+    .unwrap();
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml).expect("config");
+    let proc = Proc::spawn(
+        &["proxy", "--config", path_str(&config)],
+        dir.join(format!("{name}.log")),
+    );
+    (proc, admin)
+}
+
+async fn wait_ready(admin: SocketAddr, proc: &Proc) {
+    let start = Instant::now();
+    while http_status(admin, "/ready").await != Some(200) {
+        assert!(start.elapsed() < READY_LIMIT, "not ready:\n{}", proc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `check` holds, or fails with `context`.
+async fn wait_until(
+    what: &str,
+    limit: Duration,
+    context: impl Fn() -> String,
+    check: impl Fn() -> bool,
+) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `appid authority ca rotate --dir ca <flags>`: what it printed.
+fn rotate(ca: &Ca, flags: &[&str]) -> String {
+    let mut args = vec!["authority", "ca", "rotate", "--dir", path_str(&ca.dir)];
+    args.extend_from_slice(flags);
+    String::from_utf8(appid(&args).stdout).expect("UTF-8")
+}
+
+/// One request on a new connection: whether it got a 200.
+async fn one_request(address: SocketAddr) -> Result<(), String> {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(b"GET /v1/x HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .map_err(|_| "no reply in 10 s".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    let head = String::from_utf8_lossy(&reply[..reply.len().min(200)]).into_owned();
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("got: {head}"))
+    }
+}
+
+/// `openssl verify -CAfile ca -partial_chain cert` of the certificate in a
+/// kept `identity.pem` (key, then certificate).
+fn verifies_with(ca_pem: &Path, identity: &Path) -> bool {
+    let text = std::fs::read_to_string(identity).unwrap_or_default();
+    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
+        return false;
+    };
+    let cert = identity.with_extension("cert.pem");
+    std::fs::write(&cert, &text[start..]).expect("write cert");
+    Command::new("openssl")
+        .args(["verify", "-CAfile", path_str(ca_pem), path_str(&cert)])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_rotates_under_traffic_without_one_failed_request() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let ca = Ca::init(&dir.join("ca"), TRUST_DOMAIN);
+    let first_ca = std::fs::read(ca.bundle()).expect("ca.pem");
+    std::fs::write(dir.join("policy.yaml"), POLICY).expect("policy");
+    let port = free_port();
+    let authority = Proc::spawn(
+        &[
+            "authority",
+            "serve",
+            "--dir",
+            path_str(&ca.dir),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cert-ttl",
+            CERT_TTL,
+        ],
+        dir.join("authority.log"),
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(local(port)).is_err() {
+        assert!(start.elapsed() < READY_LIMIT, "{}", authority.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let app = HttpApp::start().await;
+    let api_in = free_port();
+    let web_out = free_port();
+    let (api, api_admin) = sidecar(
+        dir,
+        &ca,
+        &url,
+        "api",
+        &format!(
+            "inbound: [{{ listen: \"127.0.0.1:{api_in}\", forward: \"{}\" }}]",
+            app.addr
+        ),
+    );
+    let (web, web_admin) = sidecar(
+        dir,
+        &ca,
+        &url,
+        "web",
+        &format!(
+            "outbound: [{{ listen: \"127.0.0.1:{web_out}\", upstream: \"127.0.0.1:{api_in}\" }}]"
+        ),
+    );
+    wait_ready(api_admin, &api).await;
+    wait_ready(web_admin, &web).await;
+    let context = || {
+        format!(
+            "--- authority ---\n{}\n--- web ---\n{}\n--- api ---\n{}",
+            authority.log(),
+            web.log(),
+            api.log()
+        )
+    };
+
+    // Traffic the whole time: a new app connection every 25 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let traffic = tokio::spawn({
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match one_request(local(web_out)).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failed.lock().unwrap().push(e);
+                        0
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. Prepare: both sidecars come to trust the new CA too.
+    let said = rotate(&ca, &[]);
+    assert!(said.contains("prepared a new CA"), "{said}");
+    wait_until(
+        "both sidecars to fetch the two-CA bundle",
+        Duration::from_secs(15),
+        context,
+        || web.count("trust bundle changed") >= 1 && api.count("trust bundle changed") >= 1,
+    )
+    .await;
+
+    // 2. Activate: the new CA signs; the sidecars renew onto it.
+    let said = rotate(&ca, &["--propagation", "1s"]);
+    assert!(said.contains("the new CA signs"), "{said}");
+    let new_ca = dir.join("new-ca.pem");
+    std::fs::copy(ca.bundle(), &new_ca).expect("copy the new ca.pem");
+    assert_ne!(
+        std::fs::read(&new_ca).unwrap(),
+        first_ca,
+        "ca.pem is the new CA"
+    );
+    wait_until(
+        "both sidecars to hold a certificate of the new CA",
+        Duration::from_secs(20),
+        context,
+        || {
+            ["web", "api"]
+                .iter()
+                .all(|name| verifies_with(&new_ca, &dir.join(format!("{name}-state/identity.pem"))))
+        },
+    )
+    .await;
+
+    // 3. Retire, once the old CA's last certificate has expired.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let said = rotate(&ca, &["--max-cert-ttl", CERT_TTL]);
+    assert!(said.contains("retired the previous CA"), "{said}");
+    wait_until(
+        "both sidecars to drop the old CA",
+        Duration::from_secs(15),
+        context,
+        || web.count("trust bundle changed") >= 2 && api.count("trust bundle changed") >= 2,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.expect("traffic task");
+
+    let failed = failed.lock().unwrap().clone();
+    let ok = ok.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {:?}\n{}",
+        failed.len(),
+        failed.len() + ok,
+        &failed[..failed.len().min(5)],
+        context()
+    );
+    assert!(ok > 100, "only {ok} requests made");
+    for (name, admin) in [("web", web_admin), ("api", api_admin)] {
+        let metrics = http_get(admin, "/metrics").await.expect("metrics");
+        let refused: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("appid_handshake_failures_total{"))
+            .filter(|l| !l.trim_end().ends_with(" 0"))
+            .collect();
+        assert!(refused.is_empty(), "{name}: {refused:?}\n{}", context());
+        assert!(
+            verifies_with(&new_ca, &dir.join(format!("{name}-state/identity.pem"))),
+            "{name} does not hold a certificate of the new CA"
+        );
+    }
+    // The authority is steady again, with one CA in its bundle.
+    let status = Command::new(APPID)
+        .args(["authority", "ca", "status", "--dir", path_str(&ca.dir)])
+        .output()
+        .expect("ca status");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.starts_with("steady"), "{status}");
+    assert_eq!(status.matches("sha256:").count(), 1, "{status}");
+}
