@@ -42,17 +42,8 @@ pub enum AuthorityCommand {
         /// Directory with ca.pem and ca.key (and authority.db, for SQLite)
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
-        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
-        /// replica (the password is better given in the environment variable
-        /// than on the command line)
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "APPID_AUTHORITY_DATABASE",
-            hide_env_values = true
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArg,
         /// Address to listen on
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15170")]
         listen: SocketAddr,
@@ -116,17 +107,8 @@ pub enum AuthorityCommand {
     Register {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
-        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
-        /// replica (the password is better given in the environment variable
-        /// than on the command line)
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "APPID_AUTHORITY_DATABASE",
-            hide_env_values = true
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArg,
         /// The workload's SPIFFE ID, in the CA's trust domain
         #[arg(
             long,
@@ -167,17 +149,8 @@ pub enum AuthorityCommand {
     ImportScan {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
-        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
-        /// replica (the password is better given in the environment variable
-        /// than on the command line)
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "APPID_AUTHORITY_DATABASE",
-            hide_env_values = true
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArg,
         /// The report (format detected from the content)
         report: PathBuf,
         /// The digest to file it under (default: the digests in the report)
@@ -195,20 +168,27 @@ pub enum AuthorityCommand {
     Revoke {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
-        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
-        /// replica (the password is better given in the environment variable
-        /// than on the command line)
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "APPID_AUTHORITY_DATABASE",
-            hide_env_values = true
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArg,
         #[arg(long, value_name = "SPIFFE_ID")]
         id: String,
     },
+}
+
+/// `--database URL`, on every command that reads or writes the store.
+#[derive(Debug, clap::Args)]
+pub struct DatabaseArg {
+    /// The authority's database when not SQLite in DIR: a PostgreSQL URL,
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+    /// replica (the password is better given in the environment variable
+    /// than on the command line)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "APPID_AUTHORITY_DATABASE",
+        hide_env_values = true
+    )]
+    database: Option<String>,
 }
 
 /// `appid authority ca ...`.
@@ -364,7 +344,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         } => {
             let ca =
                 Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
-            let store = open_store(&dir, database.as_deref())?;
+            let store = open_store(&dir, database.database.as_deref())?;
             let database = store.database().to_string();
             let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
             let gcp = match (gcp_jwks, gcp_audience) {
@@ -491,7 +471,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             if ttl <= time::Duration::ZERO {
                 return Err(anyhow!("--ttl must be positive"));
             }
-            let mut store = open_store(&dir, database.as_deref())?;
+            let mut store = open_store(&dir, database.database.as_deref())?;
             // A Kubernetes service account attests with its pods' tokens.
             let token = match k8s.is_some() {
                 true => None,
@@ -551,7 +531,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                     ));
                 }
             };
-            let mut store = open_store(&dir, database.as_deref())?;
+            let mut store = open_store(&dir, database.database.as_deref())?;
             let vulns = parsed.to_vulns();
             store.transaction(|tx| {
                 digests
@@ -576,7 +556,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         AuthorityCommand::Revoke { dir, database, id } => {
             let ca = Ca::load(&dir).context("loading the CA")?;
             let id = checked_id(&ca, &id)?;
-            let mut store = open_store(&dir, database.as_deref())?;
+            let mut store = open_store(&dir, database.database.as_deref())?;
             if store.revoke(id.as_str(), now)? {
                 let line = serde_json::json!({
                     "time": crate::identity::inspect::rfc3339(now),
