@@ -153,7 +153,19 @@ pub fn rotate(
             })?;
             rename(&keep, &dir.join(PREVIOUS_CERT_FILE))?;
             rename(&dir.join(NEXT_KEY_FILE), &dir.join(CA_KEY_FILE))?;
-            rename(&dir.join(NEXT_CERT_FILE), &dir.join(CA_CERT_FILE))?;
+            match std::fs::rename(dir.join(NEXT_CERT_FILE), dir.join(CA_CERT_FILE)) {
+                Ok(()) => {}
+                // A replica loading the directory right now finished the
+                // step for us (`finish_interrupted`).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(CaError::Io {
+                        path: dir.join(CA_CERT_FILE),
+                        error,
+                    }
+                    .into());
+                }
+            }
             Ok(Step::Activated)
         }
         Phase::Activated { since } => {
