@@ -360,4 +360,17 @@ async fn the_ca_rotates_under_traffic_without_one_failed_request() {
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.starts_with("steady"), "{status}");
     assert_eq!(status.matches("sha256:").count(), 1, "{status}");
+    let json = appid(&[
+        "authority",
+        "ca",
+        "status",
+        "--dir",
+        path_str(&ca.dir),
+        "-o",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
+    assert_eq!(json["phase"], "steady", "{json:#}");
+    assert_eq!(json["cas"].as_array().map(Vec::len), Some(1), "{json:#}");
+    assert_eq!(json["cas"][0]["role"], "signing", "{json:#}");
 }

@@ -220,6 +220,8 @@ pub enum CaCommand {
     Status {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        #[command(flatten)]
+        output: args::Output,
     },
 }
 
@@ -266,16 +268,46 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
             println!("{next}");
             Ok(ExitCode::SUCCESS)
         }
-        CaCommand::Status { dir } => {
+        CaCommand::Status { dir, output } => {
             let phase = ca_rotation::phase(&dir).with_context(|| dir.display().to_string())?;
             let roots = ca_rotation::bundle(&dir).with_context(|| dir.display().to_string())?;
-            let ago = |since: std::time::SystemTime| {
-                let secs = std::time::SystemTime::now()
+            let seconds_since = |since: std::time::SystemTime| {
+                std::time::SystemTime::now()
                     .duration_since(since)
                     .unwrap_or_default()
-                    .as_secs();
-                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+                    .as_secs()
             };
+            let ago = |since: std::time::SystemTime| {
+                humantime::format_duration(std::time::Duration::from_secs(seconds_since(since)))
+                    .to_string()
+            };
+            let sha256 = |der: &[u8]| -> String {
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+                digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+            };
+            let role = |i: usize| match (i, &phase) {
+                (0, _) => "signing",
+                (_, Phase::Prepared { .. }) => "prepared",
+                _ => "previous",
+            };
+            if !output.is_text() {
+                let (name, since) = match phase {
+                    Phase::Steady => ("steady", None),
+                    Phase::Prepared { since } => ("prepared", Some(seconds_since(since))),
+                    Phase::Activated { since } => ("activated", Some(seconds_since(since))),
+                };
+                let cas: Vec<_> = roots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, der)| serde_json::json!({"role": role(i), "sha256": sha256(der.as_ref())}))
+                    .collect();
+                output.print(&serde_json::json!({
+                    "phase": name,
+                    "seconds_in_phase": since,
+                    "cas": cas,
+                }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             match phase {
                 Phase::Steady => println!("steady: one CA signs and is the whole trust bundle"),
                 Phase::Prepared { since } => println!(
@@ -288,15 +320,7 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
                 ),
             }
             for (i, der) in roots.iter().enumerate() {
-                let role = match (i, &phase) {
-                    (0, _) => "signing",
-                    (_, Phase::Prepared { .. }) => "prepared",
-                    _ => "previous",
-                };
-                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
-                let fingerprint: String =
-                    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-                println!("  {role:9} sha256:{fingerprint}");
+                println!("  {:9} sha256:{}", role(i), sha256(der.as_ref()));
             }
             Ok(ExitCode::SUCCESS)
         }
