@@ -1239,7 +1239,10 @@ mod tests {
         }
 
         /// A verdict never changes when more bytes arrive: it is safe to act
-        /// on the first decisive peek.
+        /// on the first decisive peek. The one designed exception: a bare
+        /// token that is no method's prefix (`PROPF`, `*`) is opaque *for
+        /// now*; more bytes may make it a request line, which the opaque
+        /// path's first-line guard catches ([`first_line`]).
         #[test]
         fn detect_verdicts_are_stable_under_more_bytes(
             start in prop::collection::vec(any::<u8>(), 0..64),
@@ -1248,8 +1251,24 @@ mod tests {
         ) {
             let start = if use_hello { real_hello().to_vec() } else { start };
             let first = classify(&start);
-            if first != Classification::NeedMore {
+            let opaque_for_now = first == Classification::Opaque
+                && request_line(skip_empty_lines(&start))
+                    == RequestLine::Partial { past_method: false };
+            if first != Classification::NeedMore && !opaque_for_now {
                 prop_assert_eq!(classify(&[start, more].concat()), first);
+            }
+        }
+
+        /// The exception above, pinned: what was opaque for now and became
+        /// a request line is one the first-line guard recognizes.
+        #[test]
+        fn an_opaque_for_now_token_that_becomes_a_request_line_is_caught(
+            token in "[!#$%&'*+.^_`|~0-9a-zA-Z-]{1,8}",
+        ) {
+            let bare = token.as_bytes();
+            if classify(bare) == Classification::Opaque {
+                let line = [bare, b" /x HTTP/1.1\r\n"].concat();
+                prop_assert_eq!(first_line(&line), FirstLine::RequestLine);
             }
         }
     }
