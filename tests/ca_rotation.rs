@@ -13,23 +13,22 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::apps::HttpApp;
-use support::net::{free_port, http_get, http_status, local};
+use support::authority::{self, sidecar, wait_ready, wait_until};
+use support::net::{free_port, http_get, local};
 use support::pki::{APPID, Ca, appid};
 
 const TRUST_DOMAIN: &str = "prod.example";
 const CERT_TTL: &str = "4s";
-const READY_LIMIT: Duration = Duration::from_secs(20);
 const POLICY: &str = "version: 1
 default: deny
 rules:
@@ -41,115 +40,6 @@ rules:
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
-}
-
-/// A child killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], log: PathBuf) -> Proc {
-        let child = Command::new(APPID)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create log"))
-            .spawn()
-            .expect("spawn appid");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn count(&self, what: &str) -> usize {
-        self.log().lines().filter(|l| l.contains(what)).count()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An authority-issued sidecar with one explicit listener.
-fn sidecar(dir: &Path, ca: &Ca, url: &str, name: &str, listener: &str) -> (Proc, SocketAddr) {
-    let q = |p: &Path| serde_json::to_string(path_str(p)).expect("JSON");
-    let token = appid(&[
-        "authority",
-        "register",
-        "--dir",
-        path_str(&ca.dir),
-        "--id",
-        &format!("spiffe://{TRUST_DOMAIN}/{name}"),
-        "--label",
-        &format!("app={name}"),
-    ])
-    .stdout;
-    let token_file = dir.join(format!("{name}.token"));
-    std::fs::write(&token_file, token).expect("token");
-    let admin = local(free_port());
-    let mut yaml = String::new();
-    writeln!(yaml, "identity:").unwrap();
-    writeln!(yaml, "  authority:").unwrap();
-    writeln!(yaml, "    url: \"{url}\"").unwrap();
-    writeln!(yaml, "    bundle: {}", q(&ca.bundle())).unwrap();
-    writeln!(yaml, "    join_token_file: {}", q(&token_file)).unwrap();
-    writeln!(
-        yaml,
-        "    state_dir: {}",
-        q(&dir.join(format!("{name}-state")))
-    )
-    .unwrap();
-    writeln!(yaml, "trust_domains: [{TRUST_DOMAIN}]").unwrap();
-    writeln!(yaml, "policy: {}", q(&dir.join("policy.yaml"))).unwrap();
-    writeln!(yaml, "{listener}").unwrap();
-    writeln!(yaml, "admin: \"{admin}\"").unwrap();
-    writeln!(
-        yaml,
-        "audit_log: {}",
-        q(&dir.join(format!("{name}-audit.jsonl")))
-    )
-    .unwrap();
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(&config, yaml).expect("config");
-    let proc = Proc::spawn(
-        &["proxy", "--config", path_str(&config)],
-        dir.join(format!("{name}.log")),
-    );
-    (proc, admin)
-}
-
-async fn wait_ready(admin: SocketAddr, proc: &Proc) {
-    let start = Instant::now();
-    while http_status(admin, "/ready").await != Some(200) {
-        assert!(start.elapsed() < READY_LIMIT, "not ready:\n{}", proc.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until `check` holds, or fails with `context`.
-async fn wait_until(
-    what: &str,
-    limit: Duration,
-    context: impl Fn() -> String,
-    check: impl Fn() -> bool,
-) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting for {what}\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `appid authority ca rotate --dir ca <flags>`: what it printed.
@@ -202,27 +92,10 @@ async fn the_ca_rotates_under_traffic_without_one_failed_request() {
     let dir = temp.path();
     let ca = Ca::init(&dir.join("ca"), TRUST_DOMAIN);
     let first_ca = std::fs::read(ca.bundle()).expect("ca.pem");
-    std::fs::write(dir.join("policy.yaml"), POLICY).expect("policy");
-    let port = free_port();
-    let authority = Proc::spawn(
-        &[
-            "authority",
-            "serve",
-            "--dir",
-            path_str(&ca.dir),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cert-ttl",
-            CERT_TTL,
-        ],
-        dir.join("authority.log"),
-    );
-    let url = format!("https://127.0.0.1:{port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(local(port)).is_err() {
-        assert!(start.elapsed() < READY_LIMIT, "{}", authority.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let (authority, url) =
+        authority::serve(&ca, &["--cert-ttl", CERT_TTL], dir.join("authority.log"));
 
     let app = HttpApp::start().await;
     let api_in = free_port();
@@ -236,6 +109,7 @@ async fn the_ca_rotates_under_traffic_without_one_failed_request() {
             "inbound: [{{ listen: \"127.0.0.1:{api_in}\", forward: \"{}\" }}]",
             app.addr
         ),
+        &policy,
     );
     let (web, web_admin) = sidecar(
         dir,
@@ -245,6 +119,7 @@ async fn the_ca_rotates_under_traffic_without_one_failed_request() {
         &format!(
             "outbound: [{{ listen: \"127.0.0.1:{web_out}\", upstream: \"127.0.0.1:{api_in}\" }}]"
         ),
+        &policy,
     );
     wait_ready(api_admin, &api).await;
     wait_ready(web_admin, &web).await;

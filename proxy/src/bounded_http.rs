@@ -23,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::sidecar::shares::Shares;
 
@@ -53,6 +54,36 @@ pub struct ServerLimits {
 /// names the server in logs.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
+    what: &'static str,
+    limits: ServerLimits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_maybe_tls(listener, None, what, limits, handler, shutdown).await;
+}
+
+/// [`serve`] over TLS: the handshake must finish within the header read
+/// timeout, and counts against the same limits.
+pub async fn serve_tls<H, Fut>(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    what: &'static str,
+    limits: ServerLimits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_maybe_tls(listener, Some(tls), what, limits, handler, shutdown).await;
+}
+
+async fn serve_maybe_tls<H, Fut>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     what: &'static str,
     limits: ServerLimits,
     handler: H,
@@ -100,50 +131,76 @@ pub async fn serve<H, Fut>(
         };
         let handler = handler.clone();
         let builder = builder.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _held = (permit, share);
-            let service = service_fn(move |req| {
-                let response = handler(req);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let lifetime = tokio::time::sleep(limits.connection_lifetime);
-            tokio::pin!(lifetime);
-            // Past its lifetime or at shutdown, a connection finishes the
-            // request in flight and closes; one that does not within the
-            // grace period is dropped.
-            let grace = limits.header_read_timeout;
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "{what}: connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stop.wait_for(|s| *s), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + grace);
-                    }
-                    () = &mut lifetime => {
-                        if closing {
-                            break;
-                        }
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + grace);
-                    }
-                }
+            let Some(tls) = tls else {
+                return drive(&builder, stream, handler, limits, stop, peer, what).await;
+            };
+            match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => drive(&builder, stream, handler, limits, stop, peer, what).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "{what}: TLS handshake timed out"),
             }
         });
     }
     let _ = stop_tx.send(true);
     let local = listener.local_addr().ok();
     tracing::info!(local = ?local, "{what} stopped accepting");
+}
+
+/// Serves one connection until it ends, its lifetime is over, or the
+/// server stops.
+async fn drive<I, H, Fut>(
+    builder: &http1::Builder,
+    io: I,
+    handler: H,
+    limits: ServerLimits,
+    mut stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+    what: &'static str,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let response = handler(req);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(limits.connection_lifetime);
+    tokio::pin!(lifetime);
+    // Past its lifetime or at shutdown, a connection finishes the
+    // request in flight and closes; one that does not within the
+    // grace period is dropped.
+    let grace = limits.header_read_timeout;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "{what}: connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.wait_for(|s| *s), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + grace);
+            }
+            () = &mut lifetime => {
+                if closing {
+                    break;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + grace);
+            }
+        }
+    }
 }
 
 /// A plain-text response.

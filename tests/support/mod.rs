@@ -11,6 +11,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod apps;
+pub mod authority;
 pub mod clients;
 pub mod grpc;
 pub mod host;

@@ -53,6 +53,9 @@ pub(crate) enum K8sField {
 pub(crate) enum Attr {
     V,
     Id,
+    /// The trust domain of `id` (`spiffe://<trust domain>/...`): which
+    /// authority vouches for the peer, e.g. a federated cloud's.
+    TrustDomain,
     Attestation,
     Labels,
     Label(Box<str>),
@@ -91,6 +94,7 @@ pub(crate) enum AttrValue<'a> {
 
 const TOP: &[&str] = &[
     "id",
+    "trust_domain",
     "v",
     "attestation",
     "labels.<key>",
@@ -133,6 +137,7 @@ impl Attr {
         let attr = match (head, rest) {
             ("v", None) => Attr::V,
             ("id", None) => Attr::Id,
+            ("trust_domain", None) => Attr::TrustDomain,
             ("attestation", None) => Attr::Attestation,
             ("labels", None) => Attr::Labels,
             ("labels", Some(key)) if !key.is_empty() => Attr::Label(key.into()),
@@ -226,6 +231,7 @@ impl Attr {
         matches!(
             self,
             Attr::Id
+                | Attr::TrustDomain
                 | Attr::Attestation
                 | Attr::Label(_)
                 | Attr::ImageDigest
@@ -248,6 +254,7 @@ impl Attr {
         match self {
             Attr::V => Num(f64::from(c.v)),
             Attr::Id => Str(&c.id),
+            Attr::TrustDomain => trust_domain_of(&c.id).map_or(Missing, Str),
             Attr::Attestation => Str(&c.attestation),
             Attr::Labels => present(!c.labels.is_empty()),
             Attr::Label(k) => opt(c.labels.get(&**k)),
@@ -350,11 +357,20 @@ fn field_hint(section: &str, field: &str, all: &[&str]) -> String {
     )
 }
 
+/// `td` of `spiffe://td/path`; `None` for anything else (claims are only
+/// ever verified with a SPIFFE ID, so that is a claim set built by hand).
+fn trust_domain_of(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let domain = rest.split('/').next()?;
+    (!domain.is_empty()).then_some(domain)
+}
+
 impl fmt::Display for Attr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Attr::V => f.write_str("v"),
             Attr::Id => f.write_str("id"),
+            Attr::TrustDomain => f.write_str("trust_domain"),
             Attr::Attestation => f.write_str("attestation"),
             Attr::Labels => f.write_str("labels"),
             Attr::Label(k) => write!(f, "labels.{k}"),
@@ -438,6 +454,7 @@ mod tests {
         let cases: &[(&str, AttrValue<'_>)] = &[
             ("v", AttrValue::Num(1.0)),
             ("id", AttrValue::Str("spiffe://td/ns/a/sa/web")),
+            ("trust_domain", AttrValue::Str("td")),
             ("attestation", AttrValue::Str("join_token")),
             ("labels", AttrValue::Compound),
             ("labels.app", AttrValue::Str("web")),

@@ -7,10 +7,12 @@
 //! - [`k8s_api`]: the pod lookup at the Kubernetes API (`serve --k8s-api`);
 //! - [`reported`]: bounds on the workload's self-reported facts;
 //! - [`server`]: the HTTPS API (`appid authority serve`);
+//! - [`federation`]: other trust domains' bundles, and our bundle endpoint;
 //! - [`client`]: the sidecar's side (bootstrap, renewal, revocations).
 
 pub mod client;
 pub mod cloud;
+pub mod federation;
 pub mod k8s_api;
 pub mod reported;
 pub mod server;

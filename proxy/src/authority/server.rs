@@ -13,8 +13,10 @@
 //! | `POST /v1/attest` | [`AttestRequest`] | [`IssuedResponse`] |
 //! | `POST /v1/renew` (mTLS) | [`RenewRequest`] | [`IssuedResponse`] |
 //! | `GET /v1/revocations` | | [`RevocationList`] |
+//! | `GET /v1/bundle` | | [`BundleResponse`]: our CAs, federated roots |
 //! | `GET /healthz` | | `ok` |
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,6 +209,7 @@ async fn route(
         }
         (Method::GET, "/v1/bundle") => to_json(&BundleResponse {
             bundle: authority.bundle_pem().to_string(),
+            federated: BTreeMap::clone(&authority.federated().pems()),
         }),
         (Method::POST, "/v1/attest") => match body::<AttestRequest>(request).await {
             Ok(body) => {

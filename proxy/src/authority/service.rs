@@ -34,6 +34,7 @@ use thiserror::Error;
 use appid_policy::AppIdClaims;
 use appid_policy::claims::{Cloud, Image, K8s, attestation};
 
+use super::federation::FederatedBundles;
 use super::reported::{self, Fit};
 use super::store::{Redemption, Registration, Store, StoreError, Tx, registrations_matching_cloud};
 use crate::attest::K8sIdentity;
@@ -126,10 +127,14 @@ pub struct IssuedResponse {
 }
 
 /// The trust bundle sidecars verify peers with (`GET /v1/bundle`): every
-/// CA of a rotation under way, PEM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// CA of a rotation under way, PEM; and the roots of each federated trust
+/// domain, trusted for that domain only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleResponse {
     pub bundle: String,
+    /// Trust domain → its authority's roots (PEM), from its bundle endpoint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub federated: BTreeMap<String, String>,
 }
 
 /// The revocation list.
@@ -277,6 +282,8 @@ pub struct Authority {
     pods: Option<PodLookup>,
     /// A fixed "now" (seconds since the epoch), for testing expired documents.
     clock: Option<i64>,
+    /// Other trust domains' roots, as last fetched ([`super::federation`]).
+    federated: Arc<FederatedBundles>,
 }
 
 impl Authority {
@@ -302,7 +309,13 @@ impl Authority {
             cloud,
             pods: None,
             clock: None,
+            federated: Arc::default(),
         })
+    }
+
+    /// The federated bundles this authority hands out with its own.
+    pub fn federated(&self) -> &Arc<FederatedBundles> {
+        &self.federated
     }
 
     /// Fixes the authority's clock (tests of expired documents).

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 
 use super::args::{self, KeyValue};
+use crate::authority::federation::{self, FederationConfig};
 use crate::authority::server;
 use crate::authority::service::{Authority, K8S_PROVIDER, hash_token, new_token};
 use crate::authority::store::{Database, Registration, Store};
@@ -23,6 +24,8 @@ use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, KeyAlg};
 use crate::identity::spiffe::SpiffeId;
 use crate::scan;
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum AuthorityCommand {
     /// Create a new CA in DIR (refuses to overwrite an existing one)
@@ -95,6 +98,11 @@ pub enum AuthorityCommand {
         /// (e.g. app,version); other labels are not vouched for
         #[arg(long, value_name = "KEYS", value_delimiter = ',', requires = "k8s_api")]
         k8s_trust_labels: Vec<String>,
+        /// Federation with other trust domains (YAML): the SPIFFE bundle
+        /// endpoint we serve and the trust domains whose bundles we fetch
+        /// and hand to our sidecars (see the README, "Federation")
+        #[arg(long, value_name = "FILE")]
+        federation: Option<PathBuf>,
         /// How logs on stderr are written: text, or json (one object per line)
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = super::args::log_format)]
         log_format: LogFormat,
@@ -363,11 +371,15 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             k8s_api_token_file,
             k8s_api_ca,
             k8s_trust_labels,
+            federation,
             log_format,
             clock,
         } => {
             let ca =
                 Ca::load(&dir).context("loading the CA (run `appid authority init` first?)")?;
+            let federation = federation
+                .map(|path| FederationConfig::load(&path, ca.trust_domain()))
+                .transpose()?;
             let store = open_store(&dir, database.database.as_deref())?;
             let database = store.database().to_string();
             let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
@@ -415,14 +427,34 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::info!(%listen, %database, "appid authority serving");
-                server::serve(
-                    std::sync::Arc::new(authority),
+                let authority = std::sync::Arc::new(authority);
+                let mut federation_tasks = Vec::new();
+                if let Some(federation) = federation {
+                    for foreign in federation.foreign {
+                        federation_tasks.push(tokio::spawn(federation::follow(
+                            foreign,
+                            authority.federated().clone(),
+                        )));
+                    }
+                    if let Some(endpoint) = federation.endpoint {
+                        let endpoint = federation::BundleEndpoint::bind(endpoint).await?;
+                        federation_tasks.push(tokio::spawn(
+                            endpoint.serve(authority.clone(), std::future::pending()),
+                        ));
+                    }
+                }
+                let served = server::serve(
+                    authority,
                     listener,
                     Some(dir.clone()),
                     crate::sidecar::wait_for_signal(),
                 )
                 .await
-                .context("authority")
+                .context("authority");
+                for task in federation_tasks {
+                    task.abort();
+                }
+                served
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1963,7 +1963,8 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_`.
-fn valid_trust_domain(s: &str) -> bool {
+/// Whether `s` is a trust domain name as SPIFFE allows it.
+pub(crate) fn valid_trust_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.bytes().all(|b| {

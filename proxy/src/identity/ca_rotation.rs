@@ -91,23 +91,9 @@ pub fn bundle(dir: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
 pub fn bundle_pem(dir: &Path) -> Result<String, CaError> {
     Ok(bundle(dir)?
         .iter()
-        .map(|der| pem_of(der))
+        .map(|der| super::issue::pem_encode(der))
         .collect::<Vec<_>>()
         .join(""))
-}
-
-fn pem_of(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap_or_default())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
 }
 
 /// Takes the next step in `dir`: prepare (none under way), activate (one

@@ -7,14 +7,22 @@
 //! separate, later step.
 //!
 //! Order of checks, each one failing closed:
-//! 1. the chain: signatures up to a trust anchor, validity window, EKU
-//!    (rustls-webpki, the same code rustls itself uses);
-//! 2. the leaf is a SPIFFE X509-SVID leaf: not a CA, exactly one URI SAN,
-//!    a `spiffe://` ID in one of the configured trust domains;
+//! 1. the trust domain: the leaf is not a CA, and its one URI SAN is a `spiffe://` ID of a
+//!    trust domain we trust, which picks the roots to check it with: our
+//!    own trust domains share the roots of our authority, and each
+//!    federated trust domain has the roots its own authority published, for
+//!    it alone (SPIFFE Trust Domain and Bundle, §5). Until step 2 the ID is
+//!    only a claim; it chooses the anchors, it is believed after the chain.
+//!    So another authority's CA can never vouch for an ID in our trust
+//!    domain, or in a third one;
+//! 2. the chain: signatures up to one of those anchors, validity window,
+//!    EKU (rustls-webpki, the same code rustls itself uses);
 //! 3. exactly one AppID extension, non-critical, decoding strictly, whose
 //!    `id` equals the SAN.
 //!
 //! Host names and IP addresses are never consulted.
+
+use std::collections::BTreeMap;
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use thiserror::Error;
@@ -31,8 +39,12 @@ use super::spiffe::{SpiffeId, SpiffeIdError};
 /// The certificates a peer must chain to, and the trust domains it may be in.
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
+    /// Our authority's roots, for every one of `trust_domains`.
     anchors: Vec<TrustAnchor<'static>>,
     trust_domains: Vec<String>,
+    /// Federated trust domains, each with only the roots its authority
+    /// published.
+    federated: BTreeMap<String, Vec<TrustAnchor<'static>>>,
 }
 
 /// Why a bundle could not be built.
@@ -48,6 +60,31 @@ pub enum BundleError {
     },
     #[error("no trust domains configured; list at least one (e.g. trust_domains: [prod.example])")]
     NoTrustDomains,
+    #[error(
+        "{0} is one of our own trust domains; a federated bundle can only be for another authority's"
+    )]
+    FederatedIsLocal(String),
+    #[error("the federated bundle of {0} holds no root certificate")]
+    FederatedEmpty(String),
+}
+
+fn anchors_of(
+    file: &str,
+    roots: &[CertificateDer<'_>],
+) -> Result<Vec<TrustAnchor<'static>>, BundleError> {
+    roots
+        .iter()
+        .enumerate()
+        .map(|(index, der)| {
+            webpki::anchor_from_trusted_cert(der)
+                .map(|anchor| anchor.to_owned())
+                .map_err(|e| BundleError::BadAnchor {
+                    file: file.to_string(),
+                    index: index + 1,
+                    detail: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 impl TrustBundle {
@@ -60,23 +97,54 @@ impl TrustBundle {
         if trust_domains.is_empty() {
             return Err(BundleError::NoTrustDomains);
         }
-        let anchors = roots
-            .iter()
-            .enumerate()
-            .map(|(index, der)| {
-                webpki::anchor_from_trusted_cert(der)
-                    .map(|anchor| anchor.to_owned())
-                    .map_err(|e| BundleError::BadAnchor {
-                        file: file.to_string(),
-                        index: index + 1,
-                        detail: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(TrustBundle {
-            anchors,
+            anchors: anchors_of(file, roots)?,
             trust_domains,
+            federated: BTreeMap::new(),
         })
+    }
+
+    /// This bundle, also trusting `roots` for `trust_domain` (and for
+    /// nothing else). Replaces what it trusted for that domain before.
+    pub fn with_federated(
+        mut self,
+        trust_domain: &str,
+        roots: &[CertificateDer<'_>],
+    ) -> Result<Self, BundleError> {
+        if self.trust_domains.iter().any(|td| td == trust_domain) {
+            return Err(BundleError::FederatedIsLocal(trust_domain.to_string()));
+        }
+        if roots.is_empty() {
+            return Err(BundleError::FederatedEmpty(trust_domain.to_string()));
+        }
+        let anchors = anchors_of(&format!("the bundle of {trust_domain}"), roots)?;
+        self.federated.insert(trust_domain.to_string(), anchors);
+        Ok(self)
+    }
+
+    /// The federated trust domains, in order.
+    pub fn federated_domains(&self) -> impl Iterator<Item = &str> {
+        self.federated.keys().map(String::as_str)
+    }
+
+    /// The roots a leaf claiming `trust_domain` must chain to, if we trust
+    /// that domain at all.
+    fn anchors_for(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
+        if self.trust_domains.iter().any(|td| td == trust_domain) {
+            Some(&self.anchors)
+        } else {
+            self.federated.get(trust_domain).map(Vec::as_slice)
+        }
+    }
+
+    /// Every trust domain we accept peers of, for messages.
+    fn accepted_domains(&self) -> String {
+        self.trust_domains
+            .iter()
+            .map(String::as_str)
+            .chain(self.federated_domains())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Reads a bundle from a PEM file of one or more root certificates.
@@ -93,19 +161,29 @@ impl TrustBundle {
     }
 
     /// Whether `other` trusts exactly the same roots (in any order) for
-    /// the same trust domains.
+    /// the same trust domains, federated ones included.
     pub fn same_roots(&self, other: &TrustBundle) -> bool {
-        let key = |a: &TrustAnchor<'_>| {
-            (
-                a.subject.as_ref().to_vec(),
-                a.subject_public_key_info.as_ref().to_vec(),
-            )
-        };
-        let mut mine: Vec<_> = self.anchors.iter().map(key).collect();
-        let mut theirs: Vec<_> = other.anchors.iter().map(key).collect();
-        mine.sort();
-        theirs.sort();
-        mine == theirs && self.trust_domains == other.trust_domains
+        fn keys(anchors: &[TrustAnchor<'_>]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut keys: Vec<_> = anchors
+                .iter()
+                .map(|a| {
+                    (
+                        a.subject.as_ref().to_vec(),
+                        a.subject_public_key_info.as_ref().to_vec(),
+                    )
+                })
+                .collect();
+            keys.sort();
+            keys
+        }
+        keys(&self.anchors) == keys(&other.anchors)
+            && self.trust_domains == other.trust_domains
+            && self.federated.len() == other.federated.len()
+            && self
+                .federated
+                .iter()
+                .zip(&other.federated)
+                .all(|((d1, a1), (d2, a2))| d1 == d2 && keys(a1) == keys(a2))
     }
 }
 
@@ -195,7 +273,22 @@ pub fn verify_peer(
 ) -> Result<VerifiedPeer, PeerRejection> {
     let (leaf_der, intermediates) = chain.split_first().ok_or(PeerRejection::NoCertificate)?;
 
-    // 1. The chain.
+    // 1. The trust domain the leaf claims picks the roots.
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf_der)
+        .map_err(|e| PeerRejection::Malformed(e.to_string()))?;
+    if cert.is_ca() {
+        return Err(PeerRejection::NotALeaf);
+    }
+    let id = spiffe_id_of(&cert)?;
+    let anchors =
+        bundle
+            .anchors_for(id.trust_domain())
+            .ok_or_else(|| PeerRejection::WrongTrustDomain {
+                id: id.to_string(),
+                allowed: bundle.accepted_domains(),
+            })?;
+
+    // 2. The chain, to those roots only.
     let leaf = webpki::EndEntityCert::try_from(leaf_der).map_err(|e| map_webpki(e, now))?;
     let usage = match role {
         PeerRole::Client => KeyUsage::client_auth(),
@@ -204,34 +297,8 @@ pub fn verify_peer(
     let algorithms = rustls::crypto::aws_lc_rs::default_provider()
         .signature_verification_algorithms
         .all;
-    leaf.verify_for_usage(
-        algorithms,
-        &bundle.anchors,
-        intermediates,
-        now,
-        usage,
-        None,
-        None,
-    )
-    .map_err(|e| map_webpki(e, now))?;
-
-    // 2. The SPIFFE leaf.
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf_der)
-        .map_err(|e| PeerRejection::Malformed(e.to_string()))?;
-    if cert.is_ca() {
-        return Err(PeerRejection::NotALeaf);
-    }
-    let id = spiffe_id_of(&cert)?;
-    if !bundle
-        .trust_domains
-        .iter()
-        .any(|td| td == id.trust_domain())
-    {
-        return Err(PeerRejection::WrongTrustDomain {
-            id: id.to_string(),
-            allowed: bundle.trust_domains.join(", "),
-        });
-    }
+    leaf.verify_for_usage(algorithms, anchors, intermediates, now, usage, None, None)
+        .map_err(|e| map_webpki(e, now))?;
 
     // 3. The AppID claims.
     let claims = appid_claims_of(&cert)?;
@@ -376,6 +443,83 @@ mod tests {
             not_after: now + to,
         };
         f.ca.sign_leaf(&template, &key).unwrap().der
+    }
+
+    /// A leaf for `id` signed by `ca`, whatever trust domain `id` is in
+    /// (a CA that tries to speak for another domain).
+    fn leaf_by(ca: &Ca, id: &str) -> CertificateDer<'static> {
+        let key = KeyAlg::EcdsaP256.generate().unwrap();
+        let id = SpiffeId::parse(id).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let claims = claims(id.as_str());
+        let template = LeafTemplate {
+            id: &id,
+            appid_extensions: vec![appid_policy::extension::encode(&claims).unwrap()],
+            not_before: now - Duration::minutes(1),
+            not_after: now + Duration::hours(1),
+        };
+        ca.sign_leaf(&template, &key).unwrap().der
+    }
+
+    #[test]
+    fn a_federated_domain_is_trusted_with_its_own_roots_only() {
+        let ours = fixture(KeyAlg::EcdsaP256);
+        let dir = tempfile::tempdir().unwrap();
+        let gcp = Ca::init(dir.path(), "gcp.example", KeyAlg::EcdsaP256).unwrap();
+        let bundle = ours
+            .bundle
+            .clone()
+            .with_federated("gcp.example", std::slice::from_ref(gcp.cert_der()))
+            .unwrap();
+        let verify = |der: &CertificateDer<'static>| {
+            verify_peer(std::slice::from_ref(der), &bundle, PeerRole::Client, now())
+        };
+        // Each authority for its own domain: trusted.
+        let peer = verify(&leaf_by(&gcp, "spiffe://gcp.example/api")).unwrap();
+        assert_eq!(peer.id.trust_domain(), "gcp.example");
+        verify(&leaf_by(&ours.ca, "spiffe://prod.example/web")).unwrap();
+        // Each authority for the other's domain: the chain does not reach
+        // the roots of the domain it claims.
+        for der in [
+            leaf_by(&gcp, "spiffe://prod.example/web"),
+            leaf_by(&ours.ca, "spiffe://gcp.example/api"),
+        ] {
+            assert!(matches!(verify(&der), Err(PeerRejection::BadChain(_))));
+        }
+        // A third domain: no roots at all.
+        let err = verify(&leaf_by(&gcp, "spiffe://aws.example/x")).unwrap_err();
+        assert_eq!(err.reason(), "wrong_trust_domain");
+        assert!(
+            err.to_string().contains("prod.example, gcp.example"),
+            "{err}"
+        );
+        // Without the federated bundle, the gcp peer is refused.
+        assert_eq!(
+            verify_peer(
+                &[leaf_by(&gcp, "spiffe://gcp.example/api")],
+                &ours.bundle,
+                PeerRole::Client,
+                now()
+            )
+            .unwrap_err()
+            .reason(),
+            "wrong_trust_domain"
+        );
+        // Our own domain cannot be federated; roots compare per domain.
+        assert!(matches!(
+            ours.bundle
+                .clone()
+                .with_federated("prod.example", std::slice::from_ref(gcp.cert_der())),
+            Err(BundleError::FederatedIsLocal(_))
+        ));
+        assert!(!bundle.same_roots(&ours.bundle));
+        assert!(bundle.same_roots(&bundle.clone()));
+        let swapped = ours
+            .bundle
+            .clone()
+            .with_federated("gcp.example", std::slice::from_ref(ours.ca.cert_der()))
+            .unwrap();
+        assert!(!bundle.same_roots(&swapped));
     }
 
     #[test]

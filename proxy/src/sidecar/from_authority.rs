@@ -37,7 +37,7 @@ use super::tls::LocalIdentity;
 use super::{Shared, SidecarError};
 use crate::admin::Readiness;
 use crate::authority::client::{AuthorityClient, ClientError, new_key_and_csr};
-use crate::authority::service::{IssuedResponse, Proof};
+use crate::authority::service::{BundleResponse, IssuedResponse, Proof};
 use crate::config::CloudAttestation;
 use crate::identity::verify::TrustBundle;
 
@@ -439,58 +439,71 @@ pub(super) async fn follow_revocations(shared: Arc<Shared>, client: AuthorityCli
 /// How often the trust bundle is fetched from the authority.
 pub const BUNDLE_POLL: Duration = Duration::from_secs(5);
 
-/// Fetches the trust bundle every [`BUNDLE_POLL`] and trusts what the
-/// authority hands out (a CA rotation: the prepared CA before it signs,
-/// the previous one until it is retired). The bundle comes over a
-/// connection verified with the current one. Tunnels opened under the old
-/// bundle take no new streams (`TlsState::is_current`); live connections
-/// stay up.
+/// Fetches the trust bundle at start and every [`BUNDLE_POLL`], and trusts
+/// what the authority hands out: its CAs (a CA rotation: the prepared CA
+/// before it signs, the previous one until it is retired) and the roots of
+/// each federated trust domain, for that domain only. The bundle comes over
+/// a connection verified with the current one. Tunnels opened under the
+/// old bundle take no new streams (`TlsState::is_current`); live
+/// connections stay up.
 pub(super) async fn follow_bundle(shared: Arc<Shared>, client: AuthorityClient) {
-    let mut last = String::new();
+    let mut last = None;
     loop {
-        tokio::time::sleep(BUNDLE_POLL).await;
-        let pem = match client.bundle().await {
-            Ok(response) => response.bundle,
-            Err(e) => {
-                tracing::debug!(error = %e, "bundle poll failed");
-                continue;
-            }
-        };
-        if pem == last {
-            continue;
-        }
-        let trust_domains = shared.trust.bundle.load().trust_domains().to_vec();
-        let roots = match crate::identity::files::parse_certs(
-            std::path::Path::new("the authority's trust bundle"),
-            pem.as_bytes(),
-        ) {
-            Ok(roots) if !roots.is_empty() => roots,
-            Ok(_) => {
-                tracing::warn!("the authority handed out an empty trust bundle; keeping ours");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the authority's trust bundle does not parse; keeping ours");
-                continue;
-            }
-        };
-        match TrustBundle::new("the authority's trust bundle", &roots, trust_domains) {
-            Ok(bundle) => {
-                last = pem;
-                // The same roots as now (the first poll, usually): nothing
-                // changes, no tunnel is retired.
-                if bundle.same_roots(&shared.trust.bundle.load()) {
-                    continue;
+        match client.bundle().await {
+            Ok(response) if last.as_ref() != Some(&response) => {
+                let trust_domains = shared.trust.bundle.load().trust_domains().to_vec();
+                match bundle_from_response(&response, trust_domains) {
+                    Ok(bundle) => {
+                        last = Some(response);
+                        // The same roots as now (the first poll, usually):
+                        // nothing changes, no tunnel is retired.
+                        if !bundle.same_roots(&shared.trust.bundle.load()) {
+                            tracing::info!(
+                                federated = ?bundle.federated_domains().collect::<Vec<_>>(),
+                                "trust bundle changed"
+                            );
+                            shared.trust.bundle.store(Arc::new(bundle.clone()));
+                            client.set_bundle(bundle);
+                        }
+                    }
+                    Err(e) => tracing::warn!("{e}; keeping ours"),
                 }
-                tracing::info!(roots = roots.len(), "trust bundle changed");
-                shared.trust.bundle.store(Arc::new(bundle.clone()));
-                client.set_bundle(bundle);
             }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "bundle poll failed"),
+        }
+        tokio::time::sleep(BUNDLE_POLL).await;
+    }
+}
+
+/// The bundle a `/v1/bundle` answer describes. Our own roots must be
+/// there; a federated trust domain whose roots are unusable is left out
+/// (logged), the others still count.
+fn bundle_from_response(
+    response: &BundleResponse,
+    trust_domains: Vec<String>,
+) -> Result<TrustBundle, String> {
+    let what = "the authority's trust bundle";
+    let roots = crate::identity::files::parse_certs(Path::new(what), response.bundle.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut bundle = TrustBundle::new(what, &roots, trust_domains).map_err(|e| e.to_string())?;
+    for (trust_domain, pem) in &response.federated {
+        let federated = crate::identity::files::parse_certs(Path::new(what), pem.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|roots| {
+                bundle
+                    .clone()
+                    .with_federated(trust_domain, &roots)
+                    .map_err(|e| e.to_string())
+            });
+        match federated {
+            Ok(with) => bundle = with,
             Err(e) => {
-                tracing::warn!(error = %e, "the authority's trust bundle is unusable; keeping ours")
+                tracing::warn!(%trust_domain, error = %e, "federated roots unusable; left out")
             }
         }
     }
+    Ok(bundle)
 }
 
 /// A uniform fraction in [0, 1).

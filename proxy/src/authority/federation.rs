@@ -1,0 +1,632 @@
+//! Federation: trusting the workloads of another trust domain, through its
+//! own authority (SPIFFE Trust Domain and Bundle, §5 and §6).
+//!
+//! Design bias: *each authority speaks only for its own trust domain*. An
+//! AWS trust domain and a GCP trust domain each keep their authority and
+//! CA; neither signs for the other. Each publishes its bundle (its CA
+//! certificates, as a JWK Set: [`crate::identity::spiffe_bundle`]) at a
+//! **bundle endpoint**, and fetches the other's on a refresh interval. The
+//! foreign roots reach this authority's sidecars with the rest of the trust
+//! bundle (`GET /v1/bundle`, `federated`), and the sidecars trust them for
+//! that trust domain and nothing else ([`crate::identity::verify`]). Policy
+//! then decides what a foreign workload may do (`from: { trust_domain: ... }`).
+//!
+//! The bundle endpoint implements the `https_web` profile: it is served
+//! over TLS with a Web PKI certificate for its DNS name (the operator's, from
+//! files), and a fetcher authenticates it as any HTTPS client would: against
+//! web roots (the system's, or a file of them). Failures are survivable: a
+//! fetch that fails or returns a bad bundle leaves the last good one in
+//! place, and is retried sooner than the refresh interval.
+//!
+//! Configured by one file, `appid authority serve --federation FILE`:
+//!
+//! ```yaml
+//! bundle_endpoint:                 # what we publish; off when absent
+//!   listen: "0.0.0.0:8443"
+//!   cert: web.pem                  # Web PKI certificate chain, leaf first
+//!   key: web.key
+//!   refresh_hint: 60s              # spiffe_refresh_hint we publish
+//! federates_with:                  # whose bundles we fetch
+//!   - trust_domain: gcp.example
+//!     url: https://bundle.gcp.example:8443
+//!     web_roots: /etc/ssl/certs/ca-certificates.crt   # the default
+//!     refresh: 60s                 # optional: instead of the publisher's hint
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::service::Authority;
+use crate::bounded_http::{self, ServerLimits};
+use crate::identity::files;
+use crate::identity::issue::pem_encode;
+use crate::identity::spiffe_bundle::{self, MAX_BUNDLE_BYTES, SpiffeBundle};
+use crate::sidecar::tls;
+
+/// The web roots a fetcher uses when `web_roots` is not given (Debian,
+/// Ubuntu, Alpine; the `ca-certificates` package).
+pub const SYSTEM_WEB_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// `refresh_hint` when the endpoint's configuration names none.
+pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(60);
+/// Refresh intervals are kept within these bounds, whatever a publisher
+/// suggests.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+const MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// A failed fetch is retried after at most this long.
+const RETRY: Duration = Duration::from_secs(10);
+/// One fetch: connect, TLS, request and body.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The federation file, checked.
+#[derive(Debug)]
+pub struct FederationConfig {
+    pub endpoint: Option<EndpointConfig>,
+    pub foreign: Vec<Foreign>,
+}
+
+/// The bundle endpoint we serve (`https_web`).
+#[derive(Debug)]
+pub struct EndpointConfig {
+    pub listen: SocketAddr,
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    pub refresh_hint: Duration,
+}
+
+/// A trust domain we federate with.
+#[derive(Debug, Clone)]
+pub struct Foreign {
+    pub trust_domain: String,
+    pub url: http::Uri,
+    /// Roots that authenticate the endpoint's Web PKI certificate.
+    pub web_roots: Arc<RootCertStore>,
+    /// Overrides the publisher's `spiffe_refresh_hint`.
+    pub refresh: Option<Duration>,
+}
+
+/// A mistake in the federation file: which file, which field, what to do.
+#[derive(Debug, Error)]
+#[error("{file}: {field}: {message}")]
+pub struct FederationConfigError {
+    pub file: String,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    bundle_endpoint: Option<RawEndpoint>,
+    #[serde(default)]
+    federates_with: Vec<RawForeign>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    listen: String,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    refresh_hint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForeign {
+    trust_domain: String,
+    url: String,
+    #[serde(default)]
+    web_roots: Option<PathBuf>,
+    #[serde(default)]
+    refresh: Option<String>,
+}
+
+impl FederationConfig {
+    /// Reads and checks `path`; `own_trust_domain` may not be federated.
+    /// Relative paths in it are relative to the file's directory.
+    pub fn load(path: &Path, own_trust_domain: &str) -> Result<Self, FederationConfigError> {
+        let file = path.display().to_string();
+        let error = |field: &str, message: String| FederationConfigError {
+            file: file.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error("(file)", format!("cannot read it: {e}")))?;
+        let raw: RawFile = serde_saphyr::from_str(&text).map_err(|e| {
+            error(
+                "(syntax)",
+                format!("{e}; the file holds `bundle_endpoint:` and/or `federates_with:`"),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let duration = |field: &str, text: &str| {
+            humantime::parse_duration(text)
+                .map_err(|e| error(field, format!("{e}; write e.g. 30s, 5m or 1h")))
+                .and_then(|d| {
+                    if (MIN_REFRESH..=MAX_REFRESH).contains(&d) {
+                        Ok(d)
+                    } else {
+                        Err(error(field, "must be between 1s and 1h".into()))
+                    }
+                })
+        };
+
+        let endpoint = match raw.bundle_endpoint {
+            None => None,
+            Some(e) => {
+                let listen = e.listen.parse().map_err(|_| {
+                    error(
+                        "bundle_endpoint.listen",
+                        format!(
+                            "`{}` is not an address; write e.g. \"0.0.0.0:8443\"",
+                            e.listen
+                        ),
+                    )
+                })?;
+                let cert_path = resolve(&e.cert);
+                let cert_chain = files::read_certs(&cert_path)
+                    .map_err(|err| error("bundle_endpoint.cert", err.to_string()))?;
+                let key_path = resolve(&e.key);
+                let key_pem = files::read_private_key_pem(&key_path)
+                    .map_err(|err| error("bundle_endpoint.key", err.to_string()))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|err| {
+                    error(
+                        "bundle_endpoint.key",
+                        format!("{}: not a PEM private key: {err}", key_path.display()),
+                    )
+                })?;
+                let refresh_hint = match &e.refresh_hint {
+                    Some(t) => duration("bundle_endpoint.refresh_hint", t)?,
+                    None => DEFAULT_REFRESH_HINT,
+                };
+                Some(EndpointConfig {
+                    listen,
+                    cert_chain,
+                    key: Arc::new(key),
+                    refresh_hint,
+                })
+            }
+        };
+
+        let mut foreign = Vec::new();
+        for (i, f) in raw.federates_with.into_iter().enumerate() {
+            let at = |name: &str| format!("federates_with[{i}].{name}");
+            if !crate::config::valid_trust_domain(&f.trust_domain) {
+                return Err(error(
+                    &at("trust_domain"),
+                    format!(
+                        "`{}` is not a trust domain name (lowercase letters, digits, '.', '-', '_')",
+                        f.trust_domain
+                    ),
+                ));
+            }
+            if f.trust_domain == own_trust_domain {
+                return Err(error(
+                    &at("trust_domain"),
+                    format!(
+                        "{own_trust_domain} is this authority's own trust domain; federate with another"
+                    ),
+                ));
+            }
+            if foreign
+                .iter()
+                .any(|other: &Foreign| other.trust_domain == f.trust_domain)
+            {
+                return Err(error(
+                    &at("trust_domain"),
+                    format!("{} is listed twice", f.trust_domain),
+                ));
+            }
+            let url: http::Uri = f
+                .url
+                .parse()
+                .ok()
+                .filter(|u: &http::Uri| u.scheme_str() == Some("https") && u.host().is_some())
+                .ok_or_else(|| {
+                    error(
+                        &at("url"),
+                        format!(
+                            "`{}`: write the https:// URL of the trust domain's bundle endpoint",
+                            f.url
+                        ),
+                    )
+                })?;
+            let roots_path = f
+                .web_roots
+                .as_deref()
+                .map_or_else(|| PathBuf::from(SYSTEM_WEB_ROOTS), resolve);
+            let certs = files::read_certs(&roots_path).map_err(|err| {
+                error(
+                    &at("web_roots"),
+                    format!("{err} (the roots that sign the endpoint's web certificate)"),
+                )
+            })?;
+            let mut web_roots = RootCertStore::empty();
+            let (added, _ignored) = web_roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(error(
+                    &at("web_roots"),
+                    format!("{}: no usable root certificate", roots_path.display()),
+                ));
+            }
+            let refresh = f
+                .refresh
+                .as_deref()
+                .map(|t| duration(&at("refresh"), t))
+                .transpose()?;
+            foreign.push(Foreign {
+                trust_domain: f.trust_domain,
+                url,
+                web_roots: Arc::new(web_roots),
+                refresh,
+            });
+        }
+        if endpoint.is_none() && foreign.is_empty() {
+            return Err(error(
+                "(file)",
+                "neither `bundle_endpoint` nor `federates_with`: nothing to do".into(),
+            ));
+        }
+        Ok(FederationConfig { endpoint, foreign })
+    }
+}
+
+/// The foreign roots this authority holds now: trust domain → PEM.
+#[derive(Debug, Default)]
+pub struct FederatedBundles {
+    pems: ArcSwap<BTreeMap<String, String>>,
+}
+
+impl FederatedBundles {
+    pub fn pems(&self) -> Arc<BTreeMap<String, String>> {
+        self.pems.load_full()
+    }
+
+    /// Records `roots` for `trust_domain`: whether anything changed.
+    fn set(&self, trust_domain: &str, roots: &[CertificateDer<'_>]) -> bool {
+        let pem: String = roots.iter().map(|der| pem_encode(der)).collect();
+        let current = self.pems.load();
+        if current.get(trust_domain) == Some(&pem) {
+            return false;
+        }
+        let mut next = BTreeMap::clone(&current);
+        next.insert(trust_domain.to_string(), pem);
+        self.pems.store(Arc::new(next));
+        true
+    }
+}
+
+/// Why one fetch of a foreign bundle failed.
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    #[error("the endpoint answered {0}")]
+    Status(StatusCode),
+    #[error(transparent)]
+    Bundle(#[from] spiffe_bundle::BundleFormatError),
+    #[error("timed out after {FETCH_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Fetches `foreign`'s bundle once.
+pub async fn fetch(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_unbounded(foreign))
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+async fn fetch_unbounded(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> {
+    let url = &foreign.url;
+    let host = url.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = url.port_u16().unwrap_or(443);
+    let unreachable = |what: &str, e: &dyn std::fmt::Display| {
+        FetchError::Unreachable(format!("{url} ({what}: {e})"))
+    };
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| unreachable("connect", &e))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(tls::provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unreachable("TLS", &e))?
+        .with_root_certificates(foreign.web_roots.clone())
+        .with_no_client_auth();
+    let server_name =
+        ServerName::try_from(host.to_string()).map_err(|e| unreachable("server name", &e))?;
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unreachable("TLS", &e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable("HTTP", &e))?;
+    let driver = tokio::spawn(connection);
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header("host", url.authority().map_or(host, |a| a.as_str()))
+        .header("accept", "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| unreachable("request", &e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| unreachable("HTTP", &e))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BUNDLE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| unreachable("body", &e))?
+        .to_bytes();
+    driver.abort();
+    if status != StatusCode::OK {
+        return Err(FetchError::Status(status));
+    }
+    Ok(spiffe_bundle::decode(&body)?)
+}
+
+/// Keeps `foreign`'s roots in `bundles` fresh, forever: fetch, then wait
+/// for the refresh interval (the configured one, else the publisher's
+/// hint); after a failure, retry sooner, keeping the last good roots.
+pub async fn follow(foreign: Foreign, bundles: Arc<FederatedBundles>) {
+    let td = foreign.trust_domain.as_str();
+    let mut interval = foreign.refresh.unwrap_or(DEFAULT_REFRESH_HINT);
+    loop {
+        let wait = match fetch(&foreign).await {
+            Ok(bundle) => {
+                let roots = bundle.x509_authorities.len();
+                if bundles.set(td, &bundle.x509_authorities) {
+                    tracing::info!(trust_domain = td, roots, url = %foreign.url, "federated bundle updated");
+                }
+                interval = foreign.refresh.unwrap_or_else(|| {
+                    bundle
+                        .refresh_hint
+                        .map_or(DEFAULT_REFRESH_HINT, Duration::from_secs)
+                        .clamp(MIN_REFRESH, MAX_REFRESH)
+                });
+                interval
+            }
+            Err(e) => {
+                tracing::warn!(trust_domain = td, url = %foreign.url, error = %e, "federated bundle fetch failed; keeping the last good one");
+                interval.min(RETRY)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Our bundle endpoint, bound and ready to serve.
+pub struct BundleEndpoint {
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    refresh_hint: Duration,
+}
+
+impl BundleEndpoint {
+    /// Binds `config.listen` and loads the web certificate: a mistake in
+    /// either stops the authority at start, not later.
+    pub async fn bind(config: EndpointConfig) -> std::io::Result<BundleEndpoint> {
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(tls::provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(config.cert_chain, config.key.clone_key())
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "bundle_endpoint: the certificate and key do not make a TLS identity: {e}"
+                ))
+            })?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("bundle_endpoint: cannot listen on {}: {e}", config.listen),
+                )
+            })?;
+        Ok(BundleEndpoint {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            refresh_hint: config.refresh_hint,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop`: `GET /` answers the trust domain's bundle
+    /// (every CA of a rotation under way) as a SPIFFE bundle.
+    pub async fn serve(
+        self,
+        authority: Arc<Authority>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        serve_endpoint(self, authority, stop).await;
+    }
+}
+
+async fn serve_endpoint(
+    endpoint: BundleEndpoint,
+    authority: Arc<Authority>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tracing::info!(listen = ?endpoint.local_addr().ok(), "SPIFFE bundle endpoint (https_web) serving");
+    let hint = endpoint.refresh_hint.as_secs();
+    let handler = move |request: Request<hyper::body::Incoming>| {
+        let authority = authority.clone();
+        async move {
+            if request.method() != Method::GET {
+                return bounded_http::method_not_allowed();
+            }
+            if request.uri().path() != "/" {
+                return bounded_http::text(StatusCode::NOT_FOUND, "the bundle is at /\n");
+            }
+            match bundle_document(&authority, hint) {
+                Ok(json) => bounded_http::respond(StatusCode::OK, "application/json", json.into()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write our SPIFFE bundle");
+                    bounded_http::text(StatusCode::INTERNAL_SERVER_ERROR, "bundle unavailable\n")
+                }
+            }
+        }
+    };
+    bounded_http::serve_tls(
+        endpoint.listener,
+        endpoint.acceptor,
+        "bundle endpoint",
+        ENDPOINT_LIMITS,
+        handler,
+        stop,
+    )
+    .await;
+}
+
+/// The bundle endpoint's bounds: small answers to anyone, few at a time.
+const ENDPOINT_LIMITS: ServerLimits = ServerLimits {
+    header_read_timeout: Duration::from_secs(10),
+    connection_lifetime: Duration::from_secs(60),
+    max_connections: 256,
+    max_per_source: 16,
+    max_head_bytes: 16 * 1024,
+    keep_alive: true,
+};
+
+/// Our trust bundle as a SPIFFE bundle document.
+fn bundle_document(authority: &Authority, refresh_hint: u64) -> Result<String, String> {
+    let pem = authority.bundle_pem();
+    let roots =
+        files::parse_certs(Path::new("trust bundle"), pem.as_bytes()).map_err(|e| e.to_string())?;
+    spiffe_bundle::encode(&roots, Some(refresh_hint), None).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<FederationConfig, FederationConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = rcgen::generate_simple_self_signed(vec!["web-ca".into()]).unwrap();
+        std::fs::write(dir.path().join("roots.pem"), roots.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("web.pem"), roots.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("web.key"),
+            roots.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let path = dir.path().join("federation.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        FederationConfig::load(&path, "aws.example")
+    }
+
+    #[test]
+    fn a_good_file_loads_with_paths_relative_to_it() {
+        let config = load(
+            "bundle_endpoint: { listen: \"127.0.0.1:8443\", cert: web.pem, key: web.key, refresh_hint: 5s }
+federates_with:
+  - { trust_domain: gcp.example, url: \"https://bundle.gcp.example:8443\", web_roots: roots.pem }
+  - { trust_domain: azure.example, url: \"https://b.azure.example/bundle\", web_roots: roots.pem, refresh: 2m }
+",
+        )
+        .unwrap();
+        let endpoint = config.endpoint.unwrap();
+        assert_eq!(endpoint.refresh_hint, Duration::from_secs(5));
+        assert_eq!(config.foreign.len(), 2);
+        assert_eq!(config.foreign[0].trust_domain, "gcp.example");
+        assert_eq!(config.foreign[0].refresh, None);
+        assert_eq!(config.foreign[1].refresh, Some(Duration::from_secs(120)));
+        assert_eq!(config.foreign[1].url.path(), "/bundle");
+    }
+
+    #[test]
+    fn mistakes_name_the_field_and_the_fix() {
+        let cases = [
+            (
+                "federates_with: [{ trust_domain: aws.example, url: \"https://x\", web_roots: roots.pem }]",
+                "federates_with[0].trust_domain",
+                "own trust domain",
+            ),
+            (
+                "federates_with: [{ trust_domain: GCP, url: \"https://x\", web_roots: roots.pem }]",
+                "federates_with[0].trust_domain",
+                "not a trust domain",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"http://x\", web_roots: roots.pem }]",
+                "federates_with[0].url",
+                "https://",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", web_roots: nope.pem }]",
+                "federates_with[0].web_roots",
+                "nope.pem",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", web_roots: roots.pem, refresh: 0s }]",
+                "federates_with[0].refresh",
+                "between 1s and 1h",
+            ),
+            (
+                "federates_with:\n  - { trust_domain: gcp.example, url: \"https://x\", web_roots: roots.pem }\n  - { trust_domain: gcp.example, url: \"https://y\", web_roots: roots.pem }",
+                "federates_with[1].trust_domain",
+                "twice",
+            ),
+            (
+                "bundle_endpoint: { listen: nowhere, cert: web.pem, key: web.key }",
+                "bundle_endpoint.listen",
+                "not an address",
+            ),
+            (
+                "bundle_endpoint: { listen: \"127.0.0.1:1\", cert: web.pem, key: missing.key }",
+                "bundle_endpoint.key",
+                "missing.key",
+            ),
+            ("federates_wiht: []", "(syntax)", "federates_wiht"),
+            ("{}", "(file)", "nothing to do"),
+        ];
+        for (yaml, field, says) in cases {
+            let err = load(yaml).expect_err(yaml);
+            assert_eq!(err.field, field, "{yaml}: {err}");
+            assert!(err.to_string().contains(says), "{yaml}: {err}");
+            assert!(err.to_string().contains("federation.yaml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_refetched_bundle_changes_nothing_unless_its_roots_change() {
+        let bundles = FederatedBundles::default();
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap();
+        assert!(bundles.set("gcp.example", &[a.cert.der().clone()]));
+        assert!(!bundles.set("gcp.example", &[a.cert.der().clone()]));
+        assert!(bundles.set("gcp.example", &[b.cert.der().clone()]));
+        assert_eq!(bundles.pems().len(), 1);
+    }
+}

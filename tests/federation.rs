@@ -1,0 +1,492 @@
+//! Federation across trust domains, end to end: two authorities (an "AWS"
+//! and a "GCP" trust domain), each publishing its bundle at a SPIFFE bundle
+//! endpoint (`https_web`, a Web PKI certificate made with openssl) and
+//! fetching the other's; their sidecars call each other both ways, and
+//! policy selects peers by `trust_domain`.
+//!
+//! ```text
+//!   aws.example                                   gcp.example
+//!   web ─────────────── mTLS ───────────────────▶ api   (rule foreign-web-to-api)
+//!   api ◀────────────── mTLS ──────────────────── web
+//!   authority ◀── bundle endpoints (JWKS) ──────▶ authority
+//!
+//!   other.example: trusts gcp.example, but nobody trusts it
+//!   web ─────────────── mTLS ──────── refused ──▶ gcp api (wrong_trust_domain)
+//! ```
+//!
+//! Then the AWS CA rotates: the GCP sidecars learn the new AWS root through
+//! the two authorities' bundle endpoints, and traffic both ways goes on
+//! with AWS certificates of the new CA.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use support::apps::HttpApp;
+use support::authority::{self, Proc, sidecar, wait_ready, wait_until};
+use support::net::{free_port, http_get, http_status, local};
+use support::pki::{Ca, appid};
+
+const CERT_TTL: &str = "6s";
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A web CA and a `localhost` server certificate it signed (openssl), as a
+/// public CA would issue for a bundle endpoint's DNS name.
+fn web_pki(dir: &Path) {
+    let p = |name: &str| dir.join(name).to_str().expect("UTF-8").to_string();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("webca.key"),
+            "-out",
+            &p("webca.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=federation test web CA",
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("web.key"),
+            "-out",
+            &p("web.csr"),
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("web.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("web.csr"),
+            "-CA",
+            &p("webca.pem"),
+            "-CAkey",
+            &p("webca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("web.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &p("web.ext"),
+        ],
+    );
+}
+
+/// Policy of one trust domain: its web may call the other domain's api,
+/// and the other domain's web may call its api. Nothing else.
+fn policy(dir: &Path, name: &str, foreign: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}-policy.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1
+default: deny
+rules:
+  - name: web-calls-foreign-api
+    action: allow
+    from: {{ labels.app: web }}
+    to: {{ trust_domain: {foreign}, labels.app: api }}
+  - name: foreign-web-to-api
+    action: allow
+    from: {{ trust_domain: {foreign}, labels.app: web }}
+    to: {{ labels.app: api }}
+"
+        ),
+    )
+    .expect("policy");
+    path
+}
+
+/// The status of `GET /v1/x` through an outbound listener (`None`: the
+/// connection was refused or closed without an answer).
+async fn status_through(outbound: SocketAddr) -> Option<u16> {
+    http_status(outbound, "/v1/x").await
+}
+
+/// `openssl verify` of the certificate kept in `<state>/identity.pem`
+/// against `ca_pem`.
+fn verifies_with(ca_pem: &Path, state: &Path) -> bool {
+    let text = std::fs::read_to_string(state.join("identity.pem")).unwrap_or_default();
+    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
+        return false;
+    };
+    let cert = state.join("current.cert.pem");
+    std::fs::write(&cert, &text[start..]).expect("write cert");
+    Command::new("openssl")
+        .args(["verify", "-CAfile", path_str(ca_pem), path_str(&cert)])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trust_domains_call_each_other_through_federated_bundles() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    web_pki(dir);
+    let aws_ca = Ca::init(&dir.join("aws-ca"), "aws.example");
+    let gcp_ca = Ca::init(&dir.join("gcp-ca"), "gcp.example");
+    let other_ca = Ca::init(&dir.join("other-ca"), "other.example");
+
+    // Each authority publishes its bundle and fetches the other's.
+    let (aws_endpoint, gcp_endpoint) = (free_port(), free_port());
+    let federation = |endpoint: Option<u16>, foreign: &str, foreign_port: u16| {
+        let mut yaml = String::new();
+        if let Some(port) = endpoint {
+            yaml += &format!(
+                "bundle_endpoint: {{ listen: \"127.0.0.1:{port}\", cert: web.pem, key: web.key, refresh_hint: 1s }}\n"
+            );
+        }
+        yaml += &format!(
+            "federates_with:\n  - {{ trust_domain: {foreign}, url: \"https://localhost:{foreign_port}\", web_roots: webca.pem }}\n"
+        );
+        yaml
+    };
+    for (name, yaml) in [
+        (
+            "aws",
+            federation(Some(aws_endpoint), "gcp.example", gcp_endpoint),
+        ),
+        (
+            "gcp",
+            federation(Some(gcp_endpoint), "aws.example", aws_endpoint),
+        ),
+        // other.example trusts gcp.example; nobody trusts other.example.
+        ("other", federation(None, "gcp.example", gcp_endpoint)),
+    ] {
+        std::fs::write(dir.join(format!("{name}-federation.yaml")), yaml).expect("federation");
+    }
+    let serve = |ca: &Ca, name: &str| {
+        let file = dir.join(format!("{name}-federation.yaml"));
+        authority::serve(
+            ca,
+            &["--cert-ttl", CERT_TTL, "--federation", path_str(&file)],
+            dir.join(format!("{name}-authority.log")),
+        )
+    };
+    let (aws, aws_url) = serve(&aws_ca, "aws");
+    let (gcp, gcp_url) = serve(&gcp_ca, "gcp");
+    let (other, other_url) = serve(&other_ca, "other");
+
+    // The bundle endpoint, as any HTTPS client sees it: a SPIFFE bundle
+    // (JWKS) holding the AWS CA.
+    let jwks = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--cacert",
+            path_str(&dir.join("webca.pem")),
+            &format!("https://localhost:{aws_endpoint}/"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        jwks.status.success(),
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&jwks.stderr),
+        aws.log()
+    );
+    let jwks: serde_json::Value = serde_json::from_slice(&jwks.stdout).expect("JSON");
+    assert_eq!(jwks["spiffe_refresh_hint"], 1, "{jwks}");
+    assert_eq!(jwks["keys"][0]["use"], "x509-svid", "{jwks}");
+    assert_eq!(jwks["keys"][0]["kty"], "EC", "{jwks}");
+    let x5c = base64::engine::general_purpose::STANDARD
+        .decode(jwks["keys"][0]["x5c"][0].as_str().expect("x5c"))
+        .expect("base64");
+    let aws_pem = std::fs::read_to_string(aws_ca.bundle()).expect("ca.pem");
+    assert_eq!(
+        x5c,
+        rustls_pki_types::pem::PemObject::from_pem_slice(aws_pem.as_bytes())
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+            .expect("PEM"),
+        "the endpoint serves the AWS CA"
+    );
+
+    // Apps and sidecars.
+    let aws_app = HttpApp::start().await;
+    let gcp_app = HttpApp::start().await;
+    let aws_policy = policy(dir, "aws", "gcp.example");
+    let gcp_policy = policy(dir, "gcp", "aws.example");
+    let other_policy = policy(dir, "other", "gcp.example");
+    let (aws_api_in, gcp_api_in) = (free_port(), free_port());
+    let (aws_web_out, gcp_web_out, gcp_web_home, other_web_out) =
+        (free_port(), free_port(), free_port(), free_port());
+    let inbound = |port: u16, app: SocketAddr| {
+        format!("inbound: [{{ listen: \"127.0.0.1:{port}\", forward: \"{app}\" }}]")
+    };
+    let outbound = |pairs: &[(u16, u16)]| {
+        let entries: Vec<String> = pairs
+            .iter()
+            .map(|(from, to)| {
+                format!("{{ listen: \"127.0.0.1:{from}\", upstream: \"127.0.0.1:{to}\" }}")
+            })
+            .collect();
+        format!("outbound: [{}]", entries.join(", "))
+    };
+    // One directory per trust domain: sidecar files are named by service.
+    let aws_dir = dir.join("aws");
+    let gcp_dir = dir.join("gcp");
+    let other_dir = dir.join("other");
+    for d in [&aws_dir, &gcp_dir, &other_dir] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let (aws_api, aws_api_admin) = sidecar(
+        &aws_dir,
+        &aws_ca,
+        &aws_url,
+        "api",
+        &inbound(aws_api_in, aws_app.addr),
+        &aws_policy,
+    );
+    let (aws_web, aws_web_admin) = sidecar(
+        &aws_dir,
+        &aws_ca,
+        &aws_url,
+        "web",
+        &outbound(&[(aws_web_out, gcp_api_in)]),
+        &aws_policy,
+    );
+    let (gcp_api, gcp_api_admin) = sidecar(
+        &gcp_dir,
+        &gcp_ca,
+        &gcp_url,
+        "api",
+        &inbound(gcp_api_in, gcp_app.addr),
+        &gcp_policy,
+    );
+    // The GCP web calls the AWS api, and (to show the trust domain rule
+    // at work) its own domain's api.
+    let (gcp_web, gcp_web_admin) = sidecar(
+        &gcp_dir,
+        &gcp_ca,
+        &gcp_url,
+        "web",
+        &outbound(&[(gcp_web_out, aws_api_in), (gcp_web_home, gcp_api_in)]),
+        &gcp_policy,
+    );
+    let (other_web, other_web_admin) = sidecar(
+        &other_dir,
+        &other_ca,
+        &other_url,
+        "web",
+        &outbound(&[(other_web_out, gcp_api_in)]),
+        &other_policy,
+    );
+    let sidecars: [(&str, &Proc, SocketAddr); 5] = [
+        ("aws api", &aws_api, aws_api_admin),
+        ("aws web", &aws_web, aws_web_admin),
+        ("gcp api", &gcp_api, gcp_api_admin),
+        ("gcp web", &gcp_web, gcp_web_admin),
+        ("other web", &other_web, other_web_admin),
+    ];
+    for (_, proc, admin) in &sidecars {
+        wait_ready(*admin, proc).await;
+    }
+    let context = || {
+        let mut text = String::new();
+        for (name, proc) in [("aws authority", &aws), ("gcp authority", &gcp)] {
+            text += &format!("--- {name} ---\n{}\n", proc.log());
+        }
+        for (name, proc, _) in &sidecars {
+            text += &format!("--- {name} ---\n{}\n", proc.log());
+        }
+        text
+    };
+
+    // Every sidecar comes to trust the federated domain (the authority
+    // fetched it; the sidecar's bundle poll brought it).
+    wait_until(
+        "every sidecar to trust its federated trust domain",
+        Duration::from_secs(20),
+        context,
+        || {
+            sidecars
+                .iter()
+                .all(|(_, proc, _)| proc.count("trust bundle changed") >= 1)
+        },
+    )
+    .await;
+
+    // Both ways across the trust domains: allowed, by the trust domain rule.
+    assert_eq!(
+        status_through(local(aws_web_out)).await,
+        Some(200),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        status_through(local(gcp_web_out)).await,
+        Some(200),
+        "{}",
+        context()
+    );
+    // The api sides' audit lines name the peer and the trust domain rule.
+    let audit_has = |path: std::path::PathBuf, peer: &'static str| {
+        move || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(peer) && l.contains("foreign-web-to-api"))
+        }
+    };
+    wait_until(
+        "the GCP api's audit line for the AWS web",
+        Duration::from_secs(10),
+        context,
+        audit_has(
+            gcp_dir.join("api-audit.jsonl"),
+            "\"spiffe://aws.example/web\"",
+        ),
+    )
+    .await;
+    wait_until(
+        "the AWS api's audit line for the GCP web",
+        Duration::from_secs(10),
+        context,
+        audit_has(
+            aws_dir.join("api-audit.jsonl"),
+            "\"spiffe://gcp.example/web\"",
+        ),
+    )
+    .await;
+
+    // Inside GCP: the rule names the AWS trust domain, so GCP's web may
+    // not call GCP's api; denied by default.
+    assert_eq!(
+        status_through(local(gcp_web_home)).await,
+        Some(403),
+        "{}",
+        context()
+    );
+
+    // other.example: it trusts GCP, GCP does not trust it. GCP's api
+    // refuses the handshake for the trust domain.
+    assert_ne!(status_through(local(other_web_out)).await, Some(200));
+    let metrics = http_get(gcp_api_admin, "/metrics").await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("appid_handshake_failures_total")
+                && l.contains("reason=\"wrong_trust_domain\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        !std::fs::read_to_string(gcp_dir.join("api-audit.jsonl"))
+            .unwrap_or_default()
+            .contains("spiffe://other.example"),
+        "no decision is made for an untrusted domain: the handshake fails first"
+    );
+
+    // The AWS CA rotates. GCP's sidecars learn the prepared AWS root from
+    // the GCP authority (which fetched it from the AWS bundle endpoint)
+    // before it signs anything.
+    let gcp_changes = |proc: &Proc| proc.count("trust bundle changed");
+    let (api_before, web_before) = (gcp_changes(&gcp_api), gcp_changes(&gcp_web));
+    let said = String::from_utf8(
+        appid(&["authority", "ca", "rotate", "--dir", path_str(&aws_ca.dir)]).stdout,
+    )
+    .expect("UTF-8");
+    assert!(said.contains("prepared a new CA"), "{said}");
+    wait_until(
+        "GCP's sidecars to trust the prepared AWS CA",
+        Duration::from_secs(20),
+        context,
+        || gcp_changes(&gcp_api) > api_before && gcp_changes(&gcp_web) > web_before,
+    )
+    .await;
+    let said = String::from_utf8(
+        appid(&[
+            "authority",
+            "ca",
+            "rotate",
+            "--dir",
+            path_str(&aws_ca.dir),
+            "--propagation",
+            "1s",
+        ])
+        .stdout,
+    )
+    .expect("UTF-8");
+    assert!(said.contains("the new CA signs"), "{said}");
+    let new_aws_ca = dir.join("aws-new-ca.pem");
+    std::fs::copy(aws_ca.bundle(), &new_aws_ca).expect("copy");
+    assert_ne!(
+        std::fs::read(&new_aws_ca).unwrap(),
+        aws_pem.as_bytes(),
+        "the activation changed ca.pem"
+    );
+    wait_until(
+        "both AWS sidecars to renew onto the new AWS CA",
+        Duration::from_secs(20),
+        context,
+        || {
+            verifies_with(&new_aws_ca, &aws_dir.join("web-state"))
+                && verifies_with(&new_aws_ca, &aws_dir.join("api-state"))
+        },
+    )
+    .await;
+    // New connections both ways, with AWS certificates of the new CA.
+    for _ in 0..3 {
+        assert_eq!(
+            status_through(local(aws_web_out)).await,
+            Some(200),
+            "{}",
+            context()
+        );
+        assert_eq!(
+            status_through(local(gcp_web_out)).await,
+            Some(200),
+            "{}",
+            context()
+        );
+    }
+    drop(other);
+}
