@@ -45,6 +45,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use serde::Deserialize;
 use thiserror::Error;
@@ -83,8 +84,12 @@ pub struct FederationConfig {
 #[derive(Debug)]
 pub struct EndpointConfig {
     pub listen: SocketAddr,
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    pub key: Arc<PrivateKeyDer<'static>>,
+    /// Where the web certificate chain and key are read from (and re-read
+    /// when they change: a public CA's certificates live weeks).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The certificate and key as read at load, checked to match.
+    pub web_cert: Arc<CertifiedKey>,
     pub refresh_hint: Duration,
 }
 
@@ -188,26 +193,19 @@ impl FederationConfig {
                         ),
                     )
                 })?;
-                let cert_path = resolve(&e.cert);
-                let cert_chain = files::read_certs(&cert_path)
-                    .map_err(|err| error("bundle_endpoint.cert", err.to_string()))?;
-                let key_path = resolve(&e.key);
-                let key_pem = files::read_private_key_pem(&key_path)
-                    .map_err(|err| error("bundle_endpoint.key", err.to_string()))?;
-                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|err| {
-                    error(
-                        "bundle_endpoint.key",
-                        format!("{}: not a PEM private key: {err}", key_path.display()),
-                    )
-                })?;
+                let cert_file = resolve(&e.cert);
+                let key_file = resolve(&e.key);
+                let web_cert = load_web_cert(&cert_file, &key_file)
+                    .map_err(|(field, message)| error(field, message))?;
                 let refresh_hint = match &e.refresh_hint {
                     Some(t) => duration("bundle_endpoint.refresh_hint", t)?,
                     None => DEFAULT_REFRESH_HINT,
                 };
                 Some(EndpointConfig {
                     listen,
-                    cert_chain,
-                    key: Arc::new(key),
+                    cert_file,
+                    key_file,
+                    web_cert,
                     refresh_hint,
                 })
             }
@@ -425,6 +423,7 @@ pub async fn follow(foreign: Foreign, bundles: Arc<FederatedBundles>) {
 pub struct BundleEndpoint {
     listener: tokio::net::TcpListener,
     acceptor: TlsAcceptor,
+    web_cert: Arc<WebCert>,
     refresh_hint: Duration,
 }
 
@@ -432,16 +431,16 @@ impl BundleEndpoint {
     /// Binds `config.listen` and loads the web certificate: a mistake in
     /// either stops the authority at start, not later.
     pub async fn bind(config: EndpointConfig) -> std::io::Result<BundleEndpoint> {
+        let web_cert = Arc::new(WebCert {
+            cert_file: config.cert_file,
+            key_file: config.key_file,
+            current: ArcSwap::new(config.web_cert),
+        });
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(tls::provider()))
             .with_safe_default_protocol_versions()
             .map_err(std::io::Error::other)?
             .with_no_client_auth()
-            .with_single_cert(config.cert_chain, config.key.clone_key())
-            .map_err(|e| {
-                std::io::Error::other(format!(
-                    "bundle_endpoint: the certificate and key do not make a TLS identity: {e}"
-                ))
-            })?;
+            .with_cert_resolver(web_cert.clone());
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -454,6 +453,7 @@ impl BundleEndpoint {
         Ok(BundleEndpoint {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            web_cert,
             refresh_hint: config.refresh_hint,
         })
     }
@@ -479,6 +479,7 @@ async fn serve_endpoint(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tracing::info!(listen = ?endpoint.local_addr().ok(), "SPIFFE bundle endpoint (https_web) serving");
+    let reloader = tokio::spawn(endpoint.web_cert.clone().follow_files());
     let hint = endpoint.refresh_hint.as_secs();
     let handler = move |request: Request<hyper::body::Incoming>| {
         let authority = authority.clone();
@@ -507,6 +508,92 @@ async fn serve_endpoint(
         stop,
     )
     .await;
+    reloader.abort();
+}
+
+/// How often the web certificate's files are looked at.
+const WEB_CERT_CHECK: Duration = Duration::from_secs(5);
+
+/// Reads the endpoint's certificate chain and key; a mistake names the
+/// field (`bundle_endpoint.cert` or `.key`) and says what is wrong.
+fn load_web_cert(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+    let chain =
+        files::read_certs(cert_file).map_err(|e| ("bundle_endpoint.cert", e.to_string()))?;
+    let key_pem = files::read_private_key_pem(key_file)
+        .map_err(|e| ("bundle_endpoint.key", e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+        (
+            "bundle_endpoint.key",
+            format!("{}: not a PEM private key: {e}", key_file.display()),
+        )
+    })?;
+    CertifiedKey::from_der(chain, key, &tls::provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            (
+                "bundle_endpoint.key",
+                format!(
+                    "{} is not the key of {}: {e}",
+                    key_file.display(),
+                    cert_file.display()
+                ),
+            )
+        })
+}
+
+/// The endpoint's web certificate: served at every handshake, replaced
+/// when its files change (a renewal by cert-manager or an ACME client);
+/// files that do not load leave the current one in place.
+#[derive(Debug)]
+struct WebCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for WebCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl WebCert {
+    /// What identifies the files' current contents.
+    fn signature(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        [&self.cert_file, &self.key_file]
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
+            .collect()
+    }
+
+    async fn follow_files(self: Arc<Self>) {
+        let mut seen = self.signature();
+        loop {
+            tokio::time::sleep(WEB_CERT_CHECK).await;
+            let now = self.signature();
+            if now == seen {
+                continue;
+            }
+            match load_web_cert(&self.cert_file, &self.key_file) {
+                Ok(cert) => {
+                    seen = now;
+                    self.current.store(cert);
+                    tracing::info!(cert = %self.cert_file.display(), "bundle endpoint: web certificate reloaded");
+                }
+                // Half-written (the key renamed before the certificate):
+                // look again next time.
+                Err((field, e)) => {
+                    tracing::warn!(field, error = %e, "bundle endpoint: web certificate not reloaded; serving the previous one")
+                }
+            }
+        }
+    }
 }
 
 /// The bundle endpoint's bounds: small answers to anyone, few at a time.
@@ -617,6 +704,89 @@ federates_with:
             assert!(err.to_string().contains(says), "{yaml}: {err}");
             assert!(err.to_string().contains("federation.yaml"), "{err}");
         }
+    }
+
+    /// A self-signed `localhost` web certificate in `<name>.pem`/`.key`.
+    fn web_cert(dir: &Path, name: &str) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), c.cert.pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            c.signing_key.serialize_pem(),
+        )
+        .unwrap();
+    }
+
+    fn foreign(dir: &Path, port: u16, roots: &str) -> Foreign {
+        let mut store = RootCertStore::empty();
+        store.add_parsable_certificates(files::read_certs(&dir.join(roots)).unwrap());
+        Foreign {
+            trust_domain: "prod.example".into(),
+            url: format!("https://localhost:{port}/").parse().unwrap(),
+            web_roots: Arc::new(store),
+            refresh: None,
+        }
+    }
+
+    /// The endpoint serves our CA as a bundle a fetcher reads back; a new
+    /// web certificate written over the files is served without a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_endpoint_serves_our_bundle_and_follows_its_web_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::identity::ca::Ca::init(
+            &dir.path().join("ca"),
+            "prod.example",
+            crate::identity::ca::KeyAlg::EcdsaP256,
+        )
+        .unwrap();
+        let ca_der = ca.cert_der().clone();
+        let store = super::super::store::Store::open(&dir.path().join("ca")).unwrap();
+        let authority =
+            Arc::new(Authority::new(ca, store, time::Duration::minutes(5), None, None).unwrap());
+        web_cert(dir.path(), "first");
+        web_cert(dir.path(), "second");
+        let (cert_file, key_file) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+        std::fs::copy(dir.path().join("first.pem"), &cert_file).unwrap();
+        std::fs::copy(dir.path().join("first.key"), &key_file).unwrap();
+        let endpoint = BundleEndpoint::bind(EndpointConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            web_cert: load_web_cert(&cert_file, &key_file).unwrap(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            refresh_hint: Duration::from_secs(7),
+        })
+        .await
+        .unwrap();
+        let port = endpoint.local_addr().unwrap().port();
+        let server = tokio::spawn(endpoint.serve(authority, std::future::pending()));
+
+        let bundle = fetch(&foreign(dir.path(), port, "first.pem"))
+            .await
+            .unwrap();
+        assert_eq!(bundle.x509_authorities, vec![ca_der]);
+        assert_eq!(bundle.refresh_hint, Some(7));
+        // A fetcher that trusts other web roots refuses the endpoint.
+        let refused = fetch(&foreign(dir.path(), port, "second.pem")).await;
+        assert!(
+            matches!(refused, Err(FetchError::Unreachable(_))),
+            "{refused:?}"
+        );
+
+        // Renewed on disk: served within the check interval.
+        std::fs::copy(dir.path().join("second.key"), &key_file).unwrap();
+        std::fs::copy(dir.path().join("second.pem"), &cert_file).unwrap();
+        let start = std::time::Instant::now();
+        while fetch(&foreign(dir.path(), port, "second.pem"))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < WEB_CERT_CHECK * 3,
+                "the new web certificate is not served"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server.abort();
     }
 
     #[test]
