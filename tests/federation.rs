@@ -1,8 +1,9 @@
 //! Federation across trust domains, end to end: two authorities (an "AWS"
 //! and a "GCP" trust domain), each publishing its bundle at a SPIFFE bundle
-//! endpoint (`https_web`, a Web PKI certificate made with openssl) and
-//! fetching the other's; their sidecars call each other both ways, and
-//! policy selects peers by `trust_domain`.
+//! endpoint (GCP: `https_web`, a Web PKI certificate made with openssl;
+//! AWS: `https_spiffe`, its own SVID) and fetching the other's; their
+//! sidecars call each other both ways, and policy selects peers by
+//! `trust_domain`.
 //!
 //! ```text
 //!   aws.example                                   gcp.example
@@ -14,9 +15,10 @@
 //!   web ─────────────── mTLS ──────── refused ──▶ gcp api (wrong_trust_domain)
 //! ```
 //!
-//! Then the AWS CA rotates: the GCP sidecars learn the new AWS root through
-//! the two authorities' bundle endpoints, and traffic both ways goes on
-//! with AWS certificates of the new CA.
+//! Then the AWS CA rotates (prepare, activate, retire): the GCP sidecars
+//! learn the new AWS root through the two authorities, traffic both ways
+//! goes on with AWS certificates of the new CA, and GCP's `https_spiffe`
+//! fetches follow the AWS endpoint onto its new SVID.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -175,32 +177,26 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     let gcp_ca = Ca::init(&dir.join("gcp-ca"), "gcp.example");
     let other_ca = Ca::init(&dir.join("other-ca"), "other.example");
 
-    // Each authority publishes its bundle and fetches the other's.
+    // Each authority publishes its bundle and fetches the other's. GCP's
+    // endpoint is `https_web` (a web certificate for `localhost`); AWS's
+    // is `https_spiffe` (its own SVID), which GCP authenticates with a
+    // bundle fetched once out of band.
     let (aws_endpoint, gcp_endpoint) = (free_port(), free_port());
-    let federation = |endpoint: Option<u16>, foreign: &str, foreign_port: u16| {
-        let mut yaml = String::new();
-        if let Some(port) = endpoint {
-            yaml += &format!(
-                "bundle_endpoint: {{ listen: \"127.0.0.1:{port}\", cert: web.pem, key: web.key, refresh_hint: 1s }}\n"
-            );
-        }
-        yaml += &format!(
-            "federates_with:\n  - {{ trust_domain: {foreign}, url: \"https://localhost:{foreign_port}\", web_roots: webca.pem }}\n"
-        );
-        yaml
-    };
-    for (name, yaml) in [
-        (
-            "aws",
-            federation(Some(aws_endpoint), "gcp.example", gcp_endpoint),
-        ),
-        (
-            "gcp",
-            federation(Some(gcp_endpoint), "aws.example", aws_endpoint),
-        ),
-        // other.example trusts gcp.example; nobody trusts other.example.
-        ("other", federation(None, "gcp.example", gcp_endpoint)),
-    ] {
+    let fetch_gcp = format!(
+        "  - {{ trust_domain: gcp.example, url: \"https://localhost:{gcp_endpoint}\", web_roots: webca.pem }}\n"
+    );
+    let aws_yaml = format!(
+        "bundle_endpoint: {{ listen: \"127.0.0.1:{aws_endpoint}\", profile: https_spiffe, refresh_hint: 1s }}\n\
+         federates_with:\n{fetch_gcp}"
+    );
+    let gcp_yaml = format!(
+        "bundle_endpoint: {{ listen: \"127.0.0.1:{gcp_endpoint}\", cert: web.pem, key: web.key, refresh_hint: 1s }}\n\
+         federates_with:\n  - {{ trust_domain: aws.example, url: \"https://127.0.0.1:{aws_endpoint}\", \
+         profile: https_spiffe, bundle: aws-bundle.json }}\n"
+    );
+    // other.example trusts gcp.example; nobody trusts other.example.
+    let other_yaml = format!("federates_with:\n{fetch_gcp}");
+    for (name, yaml) in [("aws", aws_yaml), ("gcp", gcp_yaml), ("other", other_yaml)] {
         std::fs::write(dir.join(format!("{name}-federation.yaml")), yaml).expect("federation");
     }
     let serve = |ca: &Ca, name: &str| {
@@ -212,41 +208,80 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
         )
     };
     let (aws, aws_url) = serve(&aws_ca, "aws");
+
+    // The out-of-band step of https_spiffe: GCP's operator fetches AWS's
+    // bundle once (here `curl -k`, as over a trusted path) for the file.
+    let curl = |args: &[&str]| Command::new("curl").args(args).output().expect("curl");
+    let aws_jwks = {
+        let url = format!("https://127.0.0.1:{aws_endpoint}/");
+        let mut tries = 0;
+        loop {
+            let out = curl(&["-sS", "--fail", "-k", &url]);
+            if out.status.success() {
+                break out.stdout;
+            }
+            tries += 1;
+            assert!(
+                tries < 100,
+                "curl -k {url}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                aws.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(dir.join("aws-bundle.json"), &aws_jwks).expect("bootstrap bundle");
     let (gcp, gcp_url) = serve(&gcp_ca, "gcp");
     let (other, other_url) = serve(&other_ca, "other");
 
-    // The bundle endpoint, as any HTTPS client sees it: a SPIFFE bundle
-    // (JWKS) holding the AWS CA.
-    let jwks = Command::new("curl")
+    // The bundle endpoints, as any HTTPS client sees them: SPIFFE bundles
+    // (JWKS) holding each domain's CA.
+    let gcp_jwks = curl(&[
+        "-sS",
+        "--fail",
+        "--cacert",
+        path_str(&dir.join("webca.pem")),
+        &format!("https://localhost:{gcp_endpoint}/"),
+    ]);
+    assert!(
+        gcp_jwks.status.success(),
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&gcp_jwks.stderr),
+        gcp.log()
+    );
+    let aws_pem = std::fs::read_to_string(aws_ca.bundle()).expect("ca.pem");
+    let gcp_pem = std::fs::read_to_string(gcp_ca.bundle()).expect("ca.pem");
+    for (jwks, pem) in [(&aws_jwks, &aws_pem), (&gcp_jwks.stdout, &gcp_pem)] {
+        let jwks: serde_json::Value = serde_json::from_slice(jwks).expect("JSON");
+        assert_eq!(jwks["spiffe_refresh_hint"], 1, "{jwks}");
+        assert_eq!(jwks["keys"][0]["use"], "x509-svid", "{jwks}");
+        assert_eq!(jwks["keys"][0]["kty"], "EC", "{jwks}");
+        let x5c = base64::engine::general_purpose::STANDARD
+            .decode(jwks["keys"][0]["x5c"][0].as_str().expect("x5c"))
+            .expect("base64");
+        assert_eq!(
+            x5c,
+            rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+                .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+                .expect("PEM"),
+            "the endpoint serves its domain's CA"
+        );
+    }
+    // https_spiffe: the AWS endpoint presents the AWS authority's SVID.
+    let presented = Command::new("bash")
         .args([
-            "-sS",
-            "--fail",
-            "--cacert",
-            path_str(&dir.join("webca.pem")),
-            &format!("https://localhost:{aws_endpoint}/"),
+            "-c",
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{aws_endpoint} </dev/null 2>/dev/null \
+                 | openssl x509 -noout -ext subjectAltName"
+            ),
         ])
         .output()
-        .expect("curl");
+        .expect("openssl");
+    let presented = String::from_utf8_lossy(&presented.stdout).into_owned();
     assert!(
-        jwks.status.success(),
-        "curl: {}\n{}",
-        String::from_utf8_lossy(&jwks.stderr),
-        aws.log()
-    );
-    let jwks: serde_json::Value = serde_json::from_slice(&jwks.stdout).expect("JSON");
-    assert_eq!(jwks["spiffe_refresh_hint"], 1, "{jwks}");
-    assert_eq!(jwks["keys"][0]["use"], "x509-svid", "{jwks}");
-    assert_eq!(jwks["keys"][0]["kty"], "EC", "{jwks}");
-    let x5c = base64::engine::general_purpose::STANDARD
-        .decode(jwks["keys"][0]["x5c"][0].as_str().expect("x5c"))
-        .expect("base64");
-    let aws_pem = std::fs::read_to_string(aws_ca.bundle()).expect("ca.pem");
-    assert_eq!(
-        x5c,
-        rustls_pki_types::pem::PemObject::from_pem_slice(aws_pem.as_bytes())
-            .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
-            .expect("PEM"),
-        "the endpoint serves the AWS CA"
+        presented.contains("URI:spiffe://aws.example/appid/authority"),
+        "{presented}"
     );
 
     // Apps and sidecars.
@@ -474,19 +509,53 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     )
     .await;
     // New connections both ways, with AWS certificates of the new CA.
-    for _ in 0..3 {
-        assert_eq!(
-            status_through(local(aws_web_out)).await,
-            Some(200),
-            "{}",
-            context()
-        );
-        assert_eq!(
-            status_through(local(gcp_web_out)).await,
-            Some(200),
-            "{}",
-            context()
-        );
-    }
+    let both_ways = || async {
+        for _ in 0..3 {
+            assert_eq!(
+                status_through(local(aws_web_out)).await,
+                Some(200),
+                "{}",
+                context()
+            );
+            assert_eq!(
+                status_through(local(gcp_web_out)).await,
+                Some(200),
+                "{}",
+                context()
+            );
+        }
+    };
+    both_ways().await;
+
+    // Retire the old AWS CA. GCP's authority goes on fetching over
+    // https_spiffe: the AWS endpoint's SVID was re-issued by the new CA,
+    // and GCP authenticates it with the bundle it fetched last.
+    let fetch_failures = || gcp.count("federated bundle fetch failed");
+    let failures_before = fetch_failures();
+    let said = String::from_utf8(
+        appid(&[
+            "authority",
+            "ca",
+            "rotate",
+            "--dir",
+            path_str(&aws_ca.dir),
+            "--force",
+        ])
+        .stdout,
+    )
+    .expect("UTF-8");
+    assert!(said.contains("retired"), "{said}");
+    let fetched = || gcp.count("federated bundle updated");
+    let fetched_before = fetched();
+    wait_until(
+        "GCP's authority to fetch the one-CA AWS bundle",
+        Duration::from_secs(20),
+        context,
+        || fetched() > fetched_before,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fetch_failures(), failures_before, "{}", gcp.log());
+    both_ways().await;
     drop(other);
 }

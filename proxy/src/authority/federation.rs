@@ -11,26 +11,40 @@
 //! that trust domain and nothing else ([`crate::identity::verify`]). Policy
 //! then decides what a foreign workload may do (`from: { trust_domain: ... }`).
 //!
-//! The bundle endpoint implements the `https_web` profile: it is served
-//! over TLS with a Web PKI certificate for its DNS name (the operator's, from
-//! files), and a fetcher authenticates it as any HTTPS client would: against
-//! web roots (the system's, or a file of them). Failures are survivable: a
-//! fetch that fails or returns a bad bundle leaves the last good one in
-//! place, and is retried sooner than the refresh interval.
+//! Both profiles of the spec are implemented, for serving and fetching:
+//! - `https_web`: the endpoint is served with a Web PKI certificate for its
+//!   DNS name (the operator's, from files, re-read when they change), and a
+//!   fetcher authenticates it as any HTTPS client would: against web roots
+//!   (the system's, or a file of them) and the URL's host name;
+//! - `https_spiffe`: the endpoint is served with an X509-SVID of its trust
+//!   domain (ours: `spiffe://<td>/appid/authority`, from our CA), and a
+//!   fetcher authenticates it by that SPIFFE ID against the trust domain's
+//!   bundle: first one fetched out of band (`bundle:`), then each one it
+//!   fetched, so a CA rotation on the far side is followed.
+//!
+//! Failures are survivable: a fetch that fails or returns a bad bundle
+//! leaves the last good one in place, and is retried sooner than the
+//! refresh interval.
 //!
 //! Configured by one file, `appid authority serve --federation FILE`:
 //!
 //! ```yaml
 //! bundle_endpoint:                 # what we publish; off when absent
 //!   listen: "0.0.0.0:8443"
-//!   cert: web.pem                  # Web PKI certificate chain, leaf first
+//!   profile: https_web             # the default; or https_spiffe (no cert/key)
+//!   cert: web.pem                  # https_web: Web PKI certificate chain, leaf first
 //!   key: web.key
 //!   refresh_hint: 60s              # spiffe_refresh_hint we publish
 //! federates_with:                  # whose bundles we fetch
 //!   - trust_domain: gcp.example
 //!     url: https://bundle.gcp.example:8443
-//!     web_roots: /etc/ssl/certs/ca-certificates.crt   # the default
+//!     web_roots: /etc/ssl/certs/ca-certificates.crt   # https_web; the default
 //!     refresh: 60s                 # optional: instead of the publisher's hint
+//!   - trust_domain: azure.example
+//!     url: https://10.2.0.5:8443
+//!     profile: https_spiffe
+//!     bundle: azure-bundle.json    # fetched once out of band (JWKS or PEM)
+//!     endpoint_spiffe_id: spiffe://azure.example/appid/authority   # the default
 //! ```
 
 use std::collections::BTreeMap;
@@ -57,6 +71,7 @@ use crate::bounded_http::{self, ServerLimits};
 use crate::identity::files;
 use crate::identity::issue::pem_encode;
 use crate::identity::spiffe_bundle::{self, MAX_BUNDLE_BYTES, SpiffeBundle};
+use crate::identity::verify::TrustBundle;
 use crate::sidecar::tls;
 
 /// The web roots a fetcher uses when `web_roots` is not given (Debian,
@@ -84,13 +99,23 @@ pub struct FederationConfig {
 #[derive(Debug)]
 pub struct EndpointConfig {
     pub listen: SocketAddr,
-    /// Where the web certificate chain and key are read from (and re-read
-    /// when they change: a public CA's certificates live weeks).
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// The certificate and key as read at load, checked to match.
-    pub web_cert: Arc<CertifiedKey>,
+    pub profile: ServeProfile,
     pub refresh_hint: Duration,
+}
+
+/// What the bundle endpoint presents.
+#[derive(Debug)]
+pub enum ServeProfile {
+    /// A Web PKI certificate from files, re-read when they change (a public
+    /// CA's certificates live weeks).
+    HttpsWeb {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        /// As read at load, checked to match.
+        web_cert: Arc<CertifiedKey>,
+    },
+    /// An X509-SVID of our trust domain from our CA.
+    HttpsSpiffe,
 }
 
 /// A trust domain we federate with.
@@ -98,10 +123,23 @@ pub struct EndpointConfig {
 pub struct Foreign {
     pub trust_domain: String,
     pub url: http::Uri,
-    /// Roots that authenticate the endpoint's Web PKI certificate.
-    pub web_roots: Arc<RootCertStore>,
+    /// How the endpoint is authenticated.
+    pub profile: FetchProfile,
     /// Overrides the publisher's `spiffe_refresh_hint`.
     pub refresh: Option<Duration>,
+}
+
+/// How a fetcher authenticates a bundle endpoint.
+#[derive(Debug, Clone)]
+pub enum FetchProfile {
+    /// Web PKI: these roots, and the URL's host name.
+    HttpsWeb { web_roots: Arc<RootCertStore> },
+    /// An X509-SVID with `endpoint_id`, chaining to the foreign trust
+    /// domain's bundle as last known (bootstrap, then each fetch).
+    HttpsSpiffe {
+        endpoint_id: String,
+        roots: Arc<ArcSwap<Vec<CertificateDer<'static>>>>,
+    },
 }
 
 /// A mistake in the federation file: which file, which field, what to do.
@@ -126,8 +164,12 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
     listen: String,
-    cert: PathBuf,
-    key: PathBuf,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
     #[serde(default)]
     refresh_hint: Option<String>,
 }
@@ -138,10 +180,19 @@ struct RawForeign {
     trust_domain: String,
     url: String,
     #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
     web_roots: Option<PathBuf>,
+    #[serde(default)]
+    bundle: Option<PathBuf>,
+    #[serde(default)]
+    endpoint_spiffe_id: Option<String>,
     #[serde(default)]
     refresh: Option<String>,
 }
+
+const HTTPS_WEB: &str = "https_web";
+const HTTPS_SPIFFE: &str = "https_spiffe";
 
 impl FederationConfig {
     /// Reads and checks `path`; `own_trust_domain` may not be federated.
@@ -193,19 +244,48 @@ impl FederationConfig {
                         ),
                     )
                 })?;
-                let cert_file = resolve(&e.cert);
-                let key_file = resolve(&e.key);
-                let web_cert = load_web_cert(&cert_file, &key_file)
-                    .map_err(|(field, message)| error(field, message))?;
+                let profile = match (e.profile.as_deref().unwrap_or(HTTPS_WEB), e.cert, e.key) {
+                    (HTTPS_WEB, Some(cert), Some(key)) => {
+                        let cert_file = resolve(&cert);
+                        let key_file = resolve(&key);
+                        let web_cert = load_web_cert(&cert_file, &key_file)
+                            .map_err(|(field, message)| error(field, message))?;
+                        ServeProfile::HttpsWeb {
+                            cert_file,
+                            key_file,
+                            web_cert,
+                        }
+                    }
+                    (HTTPS_WEB, _, _) => {
+                        return Err(error(
+                            "bundle_endpoint",
+                            "https_web needs `cert` and `key` (a Web PKI certificate for the \
+                             endpoint's DNS name); or write `profile: https_spiffe`"
+                                .into(),
+                        ));
+                    }
+                    (HTTPS_SPIFFE, None, None) => ServeProfile::HttpsSpiffe,
+                    (HTTPS_SPIFFE, _, _) => {
+                        return Err(error(
+                            "bundle_endpoint",
+                            "https_spiffe serves our own SPIFFE certificate: remove `cert` and `key`"
+                                .into(),
+                        ));
+                    }
+                    (other, _, _) => {
+                        return Err(error(
+                            "bundle_endpoint.profile",
+                            format!("`{other}`: write https_web or https_spiffe"),
+                        ));
+                    }
+                };
                 let refresh_hint = match &e.refresh_hint {
                     Some(t) => duration("bundle_endpoint.refresh_hint", t)?,
                     None => DEFAULT_REFRESH_HINT,
                 };
                 Some(EndpointConfig {
                     listen,
-                    cert_file,
-                    key_file,
-                    web_cert,
+                    profile,
                     refresh_hint,
                 })
             }
@@ -254,24 +334,86 @@ impl FederationConfig {
                         ),
                     )
                 })?;
-            let roots_path = f
-                .web_roots
-                .as_deref()
-                .map_or_else(|| PathBuf::from(SYSTEM_WEB_ROOTS), resolve);
-            let certs = files::read_certs(&roots_path).map_err(|err| {
-                error(
-                    &at("web_roots"),
-                    format!("{err} (the roots that sign the endpoint's web certificate)"),
-                )
-            })?;
-            let mut web_roots = RootCertStore::empty();
-            let (added, _ignored) = web_roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(error(
-                    &at("web_roots"),
-                    format!("{}: no usable root certificate", roots_path.display()),
-                ));
-            }
+            let profile = match f.profile.as_deref().unwrap_or(HTTPS_WEB) {
+                HTTPS_WEB => {
+                    if f.bundle.is_some() || f.endpoint_spiffe_id.is_some() {
+                        return Err(error(
+                            &at("profile"),
+                            "`bundle` and `endpoint_spiffe_id` are for https_spiffe: write \
+                             `profile: https_spiffe`, or remove them"
+                                .into(),
+                        ));
+                    }
+                    let roots_path = f
+                        .web_roots
+                        .as_deref()
+                        .map_or_else(|| PathBuf::from(SYSTEM_WEB_ROOTS), resolve);
+                    let certs = files::read_certs(&roots_path).map_err(|err| {
+                        error(
+                            &at("web_roots"),
+                            format!("{err} (the roots that sign the endpoint's web certificate)"),
+                        )
+                    })?;
+                    let mut web_roots = RootCertStore::empty();
+                    let (added, _ignored) = web_roots.add_parsable_certificates(certs);
+                    if added == 0 {
+                        return Err(error(
+                            &at("web_roots"),
+                            format!("{}: no usable root certificate", roots_path.display()),
+                        ));
+                    }
+                    FetchProfile::HttpsWeb {
+                        web_roots: Arc::new(web_roots),
+                    }
+                }
+                HTTPS_SPIFFE => {
+                    if f.web_roots.is_some() {
+                        return Err(error(
+                            &at("web_roots"),
+                            "https_spiffe checks the endpoint's SPIFFE ID against `bundle`, not \
+                             web roots: remove `web_roots`"
+                                .into(),
+                        ));
+                    }
+                    let Some(bundle) = f.bundle.as_deref().map(resolve) else {
+                        return Err(error(
+                            &at("bundle"),
+                            format!(
+                                "missing: https_spiffe needs {}'s bundle once, fetched out of \
+                                 band (e.g. `curl -k {}` on a trusted path), as JWKS or PEM",
+                                f.trust_domain, f.url
+                            ),
+                        ));
+                    };
+                    let roots = read_bootstrap_bundle(&bundle)
+                        .map_err(|message| error(&at("bundle"), message))?;
+                    let endpoint_id = f
+                        .endpoint_spiffe_id
+                        .unwrap_or_else(|| super::server::authority_id(&f.trust_domain));
+                    let in_domain = crate::identity::spiffe::SpiffeId::parse(&endpoint_id)
+                        .is_ok_and(|id| id.trust_domain() == f.trust_domain);
+                    if !in_domain {
+                        return Err(error(
+                            &at("endpoint_spiffe_id"),
+                            format!(
+                                "`{endpoint_id}`: write the SPIFFE ID of the endpoint's server, \
+                                 in {} (e.g. spiffe://{}/spire/server)",
+                                f.trust_domain, f.trust_domain
+                            ),
+                        ));
+                    }
+                    FetchProfile::HttpsSpiffe {
+                        endpoint_id,
+                        roots: Arc::new(ArcSwap::from_pointee(roots)),
+                    }
+                }
+                other => {
+                    return Err(error(
+                        &at("profile"),
+                        format!("`{other}`: write https_web or https_spiffe"),
+                    ));
+                }
+            };
             let refresh = f
                 .refresh
                 .as_deref()
@@ -280,7 +422,7 @@ impl FederationConfig {
             foreign.push(Foreign {
                 trust_domain: f.trust_domain,
                 url,
-                web_roots: Arc::new(web_roots),
+                profile,
                 refresh,
             });
         }
@@ -291,6 +433,19 @@ impl FederationConfig {
             ));
         }
         Ok(FederationConfig { endpoint, foreign })
+    }
+}
+
+/// A trust domain's bundle as fetched out of band: a SPIFFE bundle (JWKS,
+/// what the endpoint serves) or PEM certificates.
+fn read_bootstrap_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = files::read_small(path).map_err(|e| e.to_string())?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        spiffe_bundle::decode(&bytes)
+            .map(|b| b.x509_authorities)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    } else {
+        files::parse_certs(path, &bytes).map_err(|e| e.to_string())
     }
 }
 
@@ -349,11 +504,34 @@ async fn fetch_unbounded(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> 
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| unreachable("connect", &e))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(tls::provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreachable("TLS", &e))?
-        .with_root_certificates(foreign.web_roots.clone())
-        .with_no_client_auth();
+    let provider = Arc::new(tls::provider());
+    let config = match &foreign.profile {
+        FetchProfile::HttpsWeb { web_roots } => {
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| unreachable("TLS", &e))?
+                .with_root_certificates(web_roots.clone())
+                .with_no_client_auth()
+        }
+        FetchProfile::HttpsSpiffe { endpoint_id, roots } => {
+            let bundle = TrustBundle::new(
+                "the last known bundle",
+                &roots.load(),
+                vec![foreign.trust_domain.clone()],
+            )
+            .map_err(|e| unreachable("bundle", &e))?;
+            let verifier = tls::PeerVerifier::new(Arc::new(tls::SvidOnly(bundle)), &provider)
+                .expecting(endpoint_id.clone());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| unreachable("TLS", &e))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
+    // https_spiffe ignores the name (the SPIFFE ID is checked instead);
+    // https_web checks it as any browser would.
     let server_name =
         ServerName::try_from(host.to_string()).map_err(|e| unreachable("server name", &e))?;
     let stream = TlsConnector::from(Arc::new(config))
@@ -399,6 +577,10 @@ pub async fn follow(foreign: Foreign, bundles: Arc<FederatedBundles>) {
         let wait = match fetch(&foreign).await {
             Ok(bundle) => {
                 let roots = bundle.x509_authorities.len();
+                if let FetchProfile::HttpsSpiffe { roots: known, .. } = &foreign.profile {
+                    // The next fetch is authenticated with what this one said.
+                    known.store(Arc::new(bundle.x509_authorities.clone()));
+                }
                 if bundles.set(td, &bundle.x509_authorities) {
                     tracing::info!(trust_domain = td, roots, url = %foreign.url, "federated bundle updated");
                 }
@@ -423,24 +605,41 @@ pub async fn follow(foreign: Foreign, bundles: Arc<FederatedBundles>) {
 pub struct BundleEndpoint {
     listener: tokio::net::TcpListener,
     acceptor: TlsAcceptor,
-    web_cert: Arc<WebCert>,
+    cert: Arc<EndpointCert>,
+    authority: Arc<Authority>,
     refresh_hint: Duration,
 }
 
 impl BundleEndpoint {
-    /// Binds `config.listen` and loads the web certificate: a mistake in
-    /// either stops the authority at start, not later.
-    pub async fn bind(config: EndpointConfig) -> std::io::Result<BundleEndpoint> {
-        let web_cert = Arc::new(WebCert {
-            cert_file: config.cert_file,
-            key_file: config.key_file,
-            current: ArcSwap::new(config.web_cert),
+    /// Binds `config.listen` with its certificate (the web one loaded at
+    /// config time, or an SVID issued now): a mistake stops the authority
+    /// at start, not later.
+    pub async fn bind(
+        config: EndpointConfig,
+        authority: Arc<Authority>,
+    ) -> std::io::Result<BundleEndpoint> {
+        let cert = Arc::new(match config.profile {
+            ServeProfile::HttpsWeb {
+                cert_file,
+                key_file,
+                web_cert,
+            } => EndpointCert {
+                source: CertSource::Files {
+                    cert_file,
+                    key_file,
+                },
+                current: ArcSwap::new(web_cert),
+            },
+            ServeProfile::HttpsSpiffe => EndpointCert {
+                source: CertSource::OurCa,
+                current: ArcSwap::new(super::server::serving_identity(&authority)?.certified),
+            },
         });
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(tls::provider()))
             .with_safe_default_protocol_versions()
             .map_err(std::io::Error::other)?
             .with_no_client_auth()
-            .with_cert_resolver(web_cert.clone());
+            .with_cert_resolver(cert.clone());
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -453,7 +652,8 @@ impl BundleEndpoint {
         Ok(BundleEndpoint {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            web_cert,
+            cert,
+            authority,
             refresh_hint: config.refresh_hint,
         })
     }
@@ -464,55 +664,56 @@ impl BundleEndpoint {
 
     /// Serves until `stop`: `GET /` answers the trust domain's bundle
     /// (every CA of a rotation under way) as a SPIFFE bundle.
-    pub async fn serve(
-        self,
-        authority: Arc<Authority>,
-        stop: impl std::future::Future<Output = ()>,
-    ) {
-        serve_endpoint(self, authority, stop).await;
+    pub async fn serve(self, stop: impl std::future::Future<Output = ()>) {
+        let profile = match self.cert.source {
+            CertSource::Files { .. } => HTTPS_WEB,
+            CertSource::OurCa => HTTPS_SPIFFE,
+        };
+        tracing::info!(listen = ?self.local_addr().ok(), profile, "SPIFFE bundle endpoint serving");
+        let renewer = tokio::spawn(self.cert.clone().follow(self.authority.clone()));
+        let hint = self.refresh_hint.as_secs();
+        let authority = self.authority;
+        let handler = move |request: Request<hyper::body::Incoming>| {
+            let authority = authority.clone();
+            async move {
+                if request.method() != Method::GET {
+                    return bounded_http::method_not_allowed();
+                }
+                if request.uri().path() != "/" {
+                    return bounded_http::text(StatusCode::NOT_FOUND, "the bundle is at /\n");
+                }
+                match bundle_document(&authority, hint) {
+                    Ok(json) => {
+                        bounded_http::respond(StatusCode::OK, "application/json", json.into())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot write our SPIFFE bundle");
+                        bounded_http::text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "bundle unavailable\n",
+                        )
+                    }
+                }
+            }
+        };
+        bounded_http::serve_tls(
+            self.listener,
+            self.acceptor,
+            "bundle endpoint",
+            ENDPOINT_LIMITS,
+            handler,
+            stop,
+        )
+        .await;
+        renewer.abort();
     }
 }
 
-async fn serve_endpoint(
-    endpoint: BundleEndpoint,
-    authority: Arc<Authority>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tracing::info!(listen = ?endpoint.local_addr().ok(), "SPIFFE bundle endpoint (https_web) serving");
-    let reloader = tokio::spawn(endpoint.web_cert.clone().follow_files());
-    let hint = endpoint.refresh_hint.as_secs();
-    let handler = move |request: Request<hyper::body::Incoming>| {
-        let authority = authority.clone();
-        async move {
-            if request.method() != Method::GET {
-                return bounded_http::method_not_allowed();
-            }
-            if request.uri().path() != "/" {
-                return bounded_http::text(StatusCode::NOT_FOUND, "the bundle is at /\n");
-            }
-            match bundle_document(&authority, hint) {
-                Ok(json) => bounded_http::respond(StatusCode::OK, "application/json", json.into()),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write our SPIFFE bundle");
-                    bounded_http::text(StatusCode::INTERNAL_SERVER_ERROR, "bundle unavailable\n")
-                }
-            }
-        }
-    };
-    bounded_http::serve_tls(
-        endpoint.listener,
-        endpoint.acceptor,
-        "bundle endpoint",
-        ENDPOINT_LIMITS,
-        handler,
-        stop,
-    )
-    .await;
-    reloader.abort();
-}
-
-/// How often the web certificate's files are looked at.
-const WEB_CERT_CHECK: Duration = Duration::from_secs(5);
+/// How often the endpoint's certificate source is looked at.
+const CERT_CHECK: Duration = Duration::from_secs(5);
+/// The endpoint's SVID is re-issued after this long (it lives 24 h), and
+/// at once when our CA changes (a rotation's activation).
+const SVID_REISSUE: Duration = Duration::from_secs(12 * 3600);
 
 /// Reads the endpoint's certificate chain and key; a mistake names the
 /// field (`bundle_endpoint.cert` or `.key`) and says what is wrong.
@@ -544,52 +745,89 @@ fn load_web_cert(
         })
 }
 
-/// The endpoint's web certificate: served at every handshake, replaced
-/// when its files change (a renewal by cert-manager or an ACME client);
-/// files that do not load leave the current one in place.
+/// The endpoint's certificate: served at every handshake, replaced when
+/// its source changes. A web certificate is re-read when its files change
+/// (a renewal by cert-manager or an ACME client); files that do not load
+/// leave the current one in place. An SVID is re-issued by our CA.
 #[derive(Debug)]
-struct WebCert {
-    cert_file: PathBuf,
-    key_file: PathBuf,
+struct EndpointCert {
+    source: CertSource,
     current: ArcSwap<CertifiedKey>,
 }
 
-impl rustls::server::ResolvesServerCert for WebCert {
+#[derive(Debug)]
+enum CertSource {
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    OurCa,
+}
+
+impl rustls::server::ResolvesServerCert for EndpointCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
 }
 
-impl WebCert {
-    /// What identifies the files' current contents.
-    fn signature(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
-        [&self.cert_file, &self.key_file]
-            .iter()
-            .map(|p| {
-                let m = std::fs::metadata(p).ok()?;
-                Some((m.modified().ok()?, m.len()))
-            })
-            .collect()
-    }
+/// What identifies two files' current contents.
+fn files_signature(paths: [&Path; 2]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
 
-    async fn follow_files(self: Arc<Self>) {
-        let mut seen = self.signature();
-        loop {
-            tokio::time::sleep(WEB_CERT_CHECK).await;
-            let now = self.signature();
-            if now == seen {
-                continue;
-            }
-            match load_web_cert(&self.cert_file, &self.key_file) {
-                Ok(cert) => {
-                    seen = now;
-                    self.current.store(cert);
-                    tracing::info!(cert = %self.cert_file.display(), "bundle endpoint: web certificate reloaded");
+impl EndpointCert {
+    async fn follow(self: Arc<Self>, authority: Arc<Authority>) {
+        match &self.source {
+            CertSource::Files {
+                cert_file,
+                key_file,
+            } => {
+                let mut seen = files_signature([cert_file, key_file]);
+                loop {
+                    tokio::time::sleep(CERT_CHECK).await;
+                    let now = files_signature([cert_file, key_file]);
+                    if now == seen {
+                        continue;
+                    }
+                    match load_web_cert(cert_file, key_file) {
+                        Ok(cert) => {
+                            seen = now;
+                            self.current.store(cert);
+                            tracing::info!(cert = %cert_file.display(), "bundle endpoint: web certificate reloaded");
+                        }
+                        // Half-written (the key renamed before the
+                        // certificate): look again next time.
+                        Err((field, e)) => {
+                            tracing::warn!(field, error = %e, "bundle endpoint: web certificate not reloaded; serving the previous one")
+                        }
+                    }
                 }
-                // Half-written (the key renamed before the certificate):
-                // look again next time.
-                Err((field, e)) => {
-                    tracing::warn!(field, error = %e, "bundle endpoint: web certificate not reloaded; serving the previous one")
+            }
+            CertSource::OurCa => {
+                let mut signer = authority.ca();
+                let mut issued = std::time::Instant::now();
+                loop {
+                    tokio::time::sleep(CERT_CHECK).await;
+                    let ca = authority.ca();
+                    if Arc::ptr_eq(&ca, &signer) && issued.elapsed() < SVID_REISSUE {
+                        continue;
+                    }
+                    match super::server::serving_identity(&authority) {
+                        Ok(identity) => {
+                            self.current.store(identity.certified);
+                            signer = ca;
+                            issued = std::time::Instant::now();
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "bundle endpoint: cannot re-issue its SVID")
+                        }
+                    }
                 }
             }
         }
@@ -640,12 +878,21 @@ mod tests {
 federates_with:
   - { trust_domain: gcp.example, url: \"https://bundle.gcp.example:8443\", web_roots: roots.pem }
   - { trust_domain: azure.example, url: \"https://b.azure.example/bundle\", web_roots: roots.pem, refresh: 2m }
+  - { trust_domain: other.example, url: \"https://10.0.0.1:8443\", profile: https_spiffe, bundle: roots.pem }
 ",
         )
         .unwrap();
         let endpoint = config.endpoint.unwrap();
         assert_eq!(endpoint.refresh_hint, Duration::from_secs(5));
-        assert_eq!(config.foreign.len(), 2);
+        assert!(matches!(endpoint.profile, ServeProfile::HttpsWeb { .. }));
+        assert_eq!(config.foreign.len(), 3);
+        match &config.foreign[2].profile {
+            FetchProfile::HttpsSpiffe { endpoint_id, roots } => {
+                assert_eq!(endpoint_id, "spiffe://other.example/appid/authority");
+                assert_eq!(roots.load().len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(config.foreign[0].trust_domain, "gcp.example");
         assert_eq!(config.foreign[0].refresh, None);
         assert_eq!(config.foreign[1].refresh, Some(Duration::from_secs(120)));
@@ -695,6 +942,41 @@ federates_with:
                 "bundle_endpoint.key",
                 "missing.key",
             ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", profile: https_spiffe }]",
+                "federates_with[0].bundle",
+                "missing",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", profile: https_spiffe, bundle: roots.pem, endpoint_spiffe_id: \"spiffe://aws.example/x\" }]",
+                "federates_with[0].endpoint_spiffe_id",
+                "in gcp.example",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", profile: https_spiffe, bundle: roots.pem, web_roots: roots.pem }]",
+                "federates_with[0].web_roots",
+                "remove",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", bundle: roots.pem }]",
+                "federates_with[0].profile",
+                "https_spiffe",
+            ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", profile: mtls }]",
+                "federates_with[0].profile",
+                "https_web or https_spiffe",
+            ),
+            (
+                "bundle_endpoint: { listen: \"127.0.0.1:1\" }",
+                "bundle_endpoint",
+                "cert",
+            ),
+            (
+                "bundle_endpoint: { listen: \"127.0.0.1:1\", profile: https_spiffe, cert: web.pem, key: web.key }",
+                "bundle_endpoint",
+                "remove",
+            ),
             ("federates_wiht: []", "(syntax)", "federates_wiht"),
             ("{}", "(file)", "nothing to do"),
         ];
@@ -723,7 +1005,9 @@ federates_with:
         Foreign {
             trust_domain: "prod.example".into(),
             url: format!("https://localhost:{port}/").parse().unwrap(),
-            web_roots: Arc::new(store),
+            profile: FetchProfile::HttpsWeb {
+                web_roots: Arc::new(store),
+            },
             refresh: None,
         }
     }
@@ -748,17 +1032,22 @@ federates_with:
         let (cert_file, key_file) = (dir.path().join("web.pem"), dir.path().join("web.key"));
         std::fs::copy(dir.path().join("first.pem"), &cert_file).unwrap();
         std::fs::copy(dir.path().join("first.key"), &key_file).unwrap();
-        let endpoint = BundleEndpoint::bind(EndpointConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            web_cert: load_web_cert(&cert_file, &key_file).unwrap(),
-            cert_file: cert_file.clone(),
-            key_file: key_file.clone(),
-            refresh_hint: Duration::from_secs(7),
-        })
+        let endpoint = BundleEndpoint::bind(
+            EndpointConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                profile: ServeProfile::HttpsWeb {
+                    web_cert: load_web_cert(&cert_file, &key_file).unwrap(),
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                },
+                refresh_hint: Duration::from_secs(7),
+            },
+            authority,
+        )
         .await
         .unwrap();
         let port = endpoint.local_addr().unwrap().port();
-        let server = tokio::spawn(endpoint.serve(authority, std::future::pending()));
+        let server = tokio::spawn(endpoint.serve(std::future::pending()));
 
         let bundle = fetch(&foreign(dir.path(), port, "first.pem"))
             .await
@@ -781,10 +1070,67 @@ federates_with:
             .is_err()
         {
             assert!(
-                start.elapsed() < WEB_CERT_CHECK * 3,
+                start.elapsed() < CERT_CHECK * 3,
                 "the new web certificate is not served"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server.abort();
+    }
+
+    /// `https_spiffe`: the endpoint presents our authority's SVID; a
+    /// fetcher accepts it only with the right bundle and the right ID.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spiffe_profile_authenticates_the_endpoint_by_its_spiffe_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let new_ca = |name: &str| {
+            crate::identity::ca::Ca::init(
+                &dir.path().join(name),
+                "prod.example",
+                crate::identity::ca::KeyAlg::EcdsaP256,
+            )
+            .unwrap()
+        };
+        let ca = new_ca("ca");
+        let stranger = new_ca("stranger").cert_der().clone();
+        let ca_der = ca.cert_der().clone();
+        let store = super::super::store::Store::open(&dir.path().join("ca")).unwrap();
+        let authority =
+            Arc::new(Authority::new(ca, store, time::Duration::minutes(5), None, None).unwrap());
+        let endpoint = BundleEndpoint::bind(
+            EndpointConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                profile: ServeProfile::HttpsSpiffe,
+                refresh_hint: Duration::from_secs(9),
+            },
+            authority,
+        )
+        .await
+        .unwrap();
+        let port = endpoint.local_addr().unwrap().port();
+        let server = tokio::spawn(endpoint.serve(std::future::pending()));
+        let foreign = |roots: &CertificateDer<'static>, id: &str| Foreign {
+            trust_domain: "prod.example".into(),
+            url: format!("https://127.0.0.1:{port}/").parse().unwrap(),
+            profile: FetchProfile::HttpsSpiffe {
+                endpoint_id: id.into(),
+                roots: Arc::new(ArcSwap::from_pointee(vec![roots.clone()])),
+            },
+            refresh: None,
+        };
+        let authority_id = super::super::server::authority_id("prod.example");
+        let bundle = fetch(&foreign(&ca_der, &authority_id)).await.unwrap();
+        assert_eq!(bundle.x509_authorities, vec![ca_der.clone()]);
+        assert_eq!(bundle.refresh_hint, Some(9));
+        for (roots, id) in [
+            (&stranger, authority_id.as_str()),
+            (&ca_der, "spiffe://prod.example/somebody-else"),
+        ] {
+            let refused = fetch(&foreign(roots, id)).await;
+            assert!(
+                matches!(refused, Err(FetchError::Unreachable(_))),
+                "{refused:?}"
+            );
         }
         server.abort();
     }

@@ -311,7 +311,7 @@ fn bundle(authority: &Authority) -> std::io::Result<TrustBundle> {
 }
 
 /// A fresh serving certificate for the authority itself.
-fn serving_identity(authority: &Authority) -> std::io::Result<LocalIdentity> {
+pub(super) fn serving_identity(authority: &Authority) -> std::io::Result<LocalIdentity> {
     let ca = authority.ca();
     let id = SpiffeId::parse(&authority_id(ca.trust_domain())).map_err(std::io::Error::other)?;
     let claims = AppIdClaims::new(id.as_str(), attestation::MANUAL);

@@ -437,10 +437,9 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                         )));
                     }
                     if let Some(endpoint) = federation.endpoint {
-                        let endpoint = federation::BundleEndpoint::bind(endpoint).await?;
-                        federation_tasks.push(tokio::spawn(
-                            endpoint.serve(authority.clone(), std::future::pending()),
-                        ));
+                        let endpoint =
+                            federation::BundleEndpoint::bind(endpoint, authority.clone()).await?;
+                        federation_tasks.push(tokio::spawn(endpoint.serve(std::future::pending())));
                     }
                 }
                 let served = server::serve(

@@ -271,6 +271,41 @@ pub fn verify_peer(
     role: PeerRole,
     now: UnixTime,
 ) -> Result<VerifiedPeer, PeerRejection> {
+    let (id, cert) = verify_svid_leaf(chain, bundle, role, now)?;
+
+    // 3. The AppID claims.
+    let claims = appid_claims_of(&cert)?;
+    if claims.id != id.as_str() {
+        return Err(PeerRejection::ClaimsIdMismatch {
+            san: id.to_string(),
+            claims_id: claims.id,
+        });
+    }
+    Ok(VerifiedPeer {
+        id,
+        claims,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Steps 1 and 2 only: a SPIFFE X509-SVID of a trusted trust domain,
+/// with or without AppID claims. For servers that are SPIFFE but not
+/// appid (another trust domain's bundle endpoint, `https_spiffe`).
+pub fn verify_svid(
+    chain: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    role: PeerRole,
+    now: UnixTime,
+) -> Result<SpiffeId, PeerRejection> {
+    verify_svid_leaf(chain, bundle, role, now).map(|(id, _)| id)
+}
+
+fn verify_svid_leaf<'a>(
+    chain: &'a [CertificateDer<'_>],
+    bundle: &TrustBundle,
+    role: PeerRole,
+    now: UnixTime,
+) -> Result<(SpiffeId, X509Certificate<'a>), PeerRejection> {
     let (leaf_der, intermediates) = chain.split_first().ok_or(PeerRejection::NoCertificate)?;
 
     // 1. The trust domain the leaf claims picks the roots.
@@ -299,20 +334,7 @@ pub fn verify_peer(
         .all;
     leaf.verify_for_usage(algorithms, anchors, intermediates, now, usage, None, None)
         .map_err(|e| map_webpki(e, now))?;
-
-    // 3. The AppID claims.
-    let claims = appid_claims_of(&cert)?;
-    if claims.id != id.as_str() {
-        return Err(PeerRejection::ClaimsIdMismatch {
-            san: id.to_string(),
-            claims_id: claims.id,
-        });
-    }
-    Ok(VerifiedPeer {
-        id,
-        claims,
-        not_after: cert.validity().not_after.timestamp(),
-    })
+    Ok((id, cert))
 }
 
 /// The single URI SAN of a leaf, as a SPIFFE ID.

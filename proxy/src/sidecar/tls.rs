@@ -331,37 +331,54 @@ pub fn handshake_failure_reason(error: &std::io::Error) -> String {
     }
 }
 
-/// Where a [`PeerVerifier`] gets its trust from.
+/// Where a [`PeerVerifier`] gets its trust from: the verified peer's
+/// SPIFFE ID, or why not.
 pub trait PeerTrust: Send + Sync + std::fmt::Debug {
-    fn verify_peer(
+    fn verify_id(
         &self,
         chain: &[CertificateDer<'_>],
         role: PeerRole,
         now: UnixTime,
-    ) -> Result<VerifiedPeer, PeerRejection>;
+    ) -> Result<SpiffeId, PeerRejection>;
 }
 
 /// The sidecar's swappable bundle, with revocations.
 impl PeerTrust for Trust {
-    fn verify_peer(
+    fn verify_id(
         &self,
         chain: &[CertificateDer<'_>],
         role: PeerRole,
         now: UnixTime,
-    ) -> Result<VerifiedPeer, PeerRejection> {
-        self.verify_at(chain, role, now)
+    ) -> Result<SpiffeId, PeerRejection> {
+        self.verify_at(chain, role, now).map(|peer| peer.id)
     }
 }
 
 /// A fixed bundle (e.g. to verify the authority before we have an identity).
 impl PeerTrust for TrustBundle {
-    fn verify_peer(
+    fn verify_id(
         &self,
         chain: &[CertificateDer<'_>],
         role: PeerRole,
         now: UnixTime,
-    ) -> Result<VerifiedPeer, PeerRejection> {
-        verify::verify_peer(chain, self, role, now)
+    ) -> Result<SpiffeId, PeerRejection> {
+        verify::verify_peer(chain, self, role, now).map(|peer| peer.id)
+    }
+}
+
+/// A fixed bundle for SPIFFE servers that carry no AppID claims (another
+/// trust domain's bundle endpoint): the chain and the SPIFFE ID only.
+#[derive(Debug)]
+pub struct SvidOnly(pub TrustBundle);
+
+impl PeerTrust for SvidOnly {
+    fn verify_id(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<SpiffeId, PeerRejection> {
+        verify::verify_svid(chain, &self.0, role, now)
     }
 }
 
@@ -403,16 +420,16 @@ impl PeerVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        let peer = self
+        let peer_id = self
             .trust
-            .verify_peer(&chain, role, now)
+            .verify_id(&chain, role, now)
             .map_err(|rejection| {
                 rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
                     Arc::new(rejection),
                 )))
             })?;
         match &self.expected_id {
-            Some(expected) if peer.id.as_str() != expected => Err(
+            Some(expected) if peer_id.as_str() != expected => Err(
                 rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
             ),
             _ => Ok(()),
