@@ -559,3 +559,89 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     both_ways().await;
     drop(other);
 }
+
+/// Sidecars with certificate files take federated roots from files
+/// (`identity.federated`), here as `appid authority ca bundle` writes
+/// them, and follow a change of those files without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_identities_trust_federated_bundle_files_and_follow_them() {
+    use support::sidecar::SidecarBuilder;
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let aws_ca = Ca::init(&dir.join("aws-ca"), "aws.example");
+    let gcp_ca = Ca::init(&dir.join("gcp-ca"), "gcp.example");
+    let stranger_ca = Ca::init(&dir.join("stranger-ca"), "aws.example");
+    let bundle_of = |ca: &Ca, format: &str, file: &str| {
+        let out = appid(&[
+            "authority",
+            "ca",
+            "bundle",
+            "--dir",
+            path_str(&ca.dir),
+            "--format",
+            format,
+        ]);
+        let path = dir.join(file);
+        std::fs::write(&path, out.stdout).expect("bundle");
+        path
+    };
+    // GCP's api trusts, for aws.example, a CA that is not AWS's (a stale
+    // or wrong file); AWS's web trusts GCP's real CA, as PEM.
+    let aws_for_gcp = bundle_of(&stranger_ca, "spiffe", "aws-for-gcp.json");
+    let gcp_for_aws = bundle_of(&gcp_ca, "pem", "gcp-for-aws.pem");
+    let web_cert = aws_ca.issue(&dir.join("web"), "web", &["app=web"], &[]);
+    let api_cert = gcp_ca.issue(&dir.join("api"), "api", &["app=api"], &[]);
+    let app = HttpApp::start().await;
+    let (api_in, web_out) = (free_port(), free_port());
+    let api = SidecarBuilder::new(
+        "api",
+        dir,
+        &api_cert,
+        &gcp_ca.bundle(),
+        "gcp.example",
+        &policy(dir, "gcp", "aws.example"),
+    )
+    .federated("aws.example", &aws_for_gcp)
+    .inbound(api_in, app.addr)
+    .start()
+    .await;
+    let web = SidecarBuilder::new(
+        "web",
+        dir,
+        &web_cert,
+        &aws_ca.bundle(),
+        "aws.example",
+        &policy(dir, "aws", "gcp.example"),
+    )
+    .federated("gcp.example", &gcp_for_aws)
+    .outbound(web_out, local(api_in))
+    .start()
+    .await;
+
+    // The api's roots for aws.example are not the ones AWS's web chains
+    // to: refused at the handshake.
+    assert_ne!(status_through(local(web_out)).await, Some(200));
+    assert!(
+        api.metric("appid_handshake_failures_total{direction=\"inbound\",reason=\"bad_chain\"}")
+            .await
+            >= 1.0,
+        "{}",
+        api.context()
+    );
+
+    // The right bundle, renamed over the file: trusted within a poll.
+    let fresh = bundle_of(&aws_ca, "spiffe", "aws-fresh.json");
+    std::fs::rename(&fresh, &aws_for_gcp).expect("rename");
+    support::poll_until(
+        "the api to trust AWS's real CA",
+        Duration::from_secs(10),
+        || format!("{}\n{}", api.context(), web.context()),
+        || async { (status_through(local(web_out)).await == Some(200)).then_some(()) },
+    )
+    .await;
+    api.wait_audit("the AWS web allowed by the trust domain rule", |line| {
+        line.to_string().contains("spiffe://aws.example/web")
+            && line.to_string().contains("foreign-web-to-api")
+    })
+    .await;
+}

@@ -34,6 +34,8 @@ pub struct SidecarBuilder {
     env: Vec<(String, String)>,
     /// Further top-level settings (`otlp_endpoint: ...`).
     settings: Vec<(String, String)>,
+    /// `identity.federated`: trust domain → bundle file.
+    federated: Vec<(String, PathBuf)>,
 }
 
 impl SidecarBuilder {
@@ -67,7 +69,15 @@ impl SidecarBuilder {
             health: None,
             env: Vec::new(),
             settings: Vec::new(),
+            federated: Vec::new(),
         }
+    }
+
+    /// Trusts `bundle` (SPIFFE bundle JSON or PEM) for `trust_domain`.
+    pub fn federated(mut self, trust_domain: &str, bundle: &Path) -> Self {
+        self.federated
+            .push((trust_domain.to_string(), bundle.to_path_buf()));
+        self
     }
 
     /// Serves the health port on `127.0.0.1:port` (`health:`).
@@ -132,6 +142,12 @@ impl SidecarBuilder {
         writeln!(yaml, "  cert: {}", q(&self.cert.cert)).unwrap();
         writeln!(yaml, "  key: {}", q(&self.cert.key)).unwrap();
         writeln!(yaml, "  bundle: {}", q(&self.bundle)).unwrap();
+        if !self.federated.is_empty() {
+            writeln!(yaml, "  federated:").unwrap();
+            for (trust_domain, bundle) in &self.federated {
+                writeln!(yaml, "    {trust_domain}: {}", q(bundle)).unwrap();
+            }
+        }
         writeln!(yaml, "trust_domains: [{}]", self.trust_domain).unwrap();
         writeln!(yaml, "policy: {}", q(&self.policy)).unwrap();
         for (section, listeners, key) in [

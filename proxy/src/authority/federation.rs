@@ -385,7 +385,7 @@ impl FederationConfig {
                             ),
                         ));
                     };
-                    let roots = read_bootstrap_bundle(&bundle)
+                    let roots = spiffe_bundle::read_roots_file(&bundle)
                         .map_err(|message| error(&at("bundle"), message))?;
                     let endpoint_id = f
                         .endpoint_spiffe_id
@@ -433,19 +433,6 @@ impl FederationConfig {
             ));
         }
         Ok(FederationConfig { endpoint, foreign })
-    }
-}
-
-/// A trust domain's bundle as fetched out of band: a SPIFFE bundle (JWKS,
-/// what the endpoint serves) or PEM certificates.
-fn read_bootstrap_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = files::read_small(path).map_err(|e| e.to_string())?;
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        spiffe_bundle::decode(&bytes)
-            .map(|b| b.x509_authorities)
-            .map_err(|e| format!("{}: {e}", path.display()))
-    } else {
-        files::parse_certs(path, &bytes).map_err(|e| e.to_string())
     }
 }
 

@@ -224,6 +224,16 @@ pub enum CaCommand {
         #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
         key_alg: KeyAlg,
     },
+    /// Print the trust bundle (every CA of a rotation under way): as a
+    /// SPIFFE bundle (JWKS, what the bundle endpoint serves; for another
+    /// trust domain's `bundle:` or `identity.federated`) or PEM
+    Bundle {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// spiffe (JWKS) or pem
+        #[arg(long, value_name = "FORMAT", default_value = "spiffe", value_parser = ["spiffe", "pem"])]
+        format: String,
+    },
     /// Where a rotation stands, and the CAs in the trust bundle
     Status {
         #[arg(long, value_name = "DIR")]
@@ -274,6 +284,19 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             println!("{next}");
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::Bundle { dir, format } => {
+            let roots = ca_rotation::bundle(&dir).with_context(|| dir.display().to_string())?;
+            if format == "pem" {
+                for der in &roots {
+                    print!("{}", crate::identity::issue::pem_encode(der));
+                }
+            } else {
+                let json = crate::identity::spiffe_bundle::encode(&roots, None, None)
+                    .with_context(|| dir.display().to_string())?;
+                println!("{json}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Status { dir, output } => {

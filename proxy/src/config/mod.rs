@@ -58,6 +58,9 @@ pub enum IdentitySource {
         cert: PathBuf,
         key: PathBuf,
         bundle: PathBuf,
+        /// Other trust domains' bundles (SPIFFE bundle JSON or PEM), each
+        /// trusted for its trust domain only (`identity.federated`).
+        federated: BTreeMap<String, PathBuf>,
     },
     /// Certificates issued by the authority.
     Authority {
@@ -546,10 +549,19 @@ impl ProxyConfig {
     /// `user:password@` and query string redacted.
     pub fn effective_json(&self) -> serde_json::Value {
         let identity = match &self.identity {
-            IdentitySource::Files { cert, key, bundle } => json!({
+            IdentitySource::Files {
+                cert,
+                key,
+                bundle,
+                federated,
+            } => json!({
                 "cert": cert.display().to_string(),
                 "key": key.display().to_string(),
                 "bundle": bundle.display().to_string(),
+                "federated": federated
+                    .iter()
+                    .map(|(td, path)| (td.clone(), path.display().to_string()))
+                    .collect::<BTreeMap<_, _>>(),
             }),
             IdentitySource::Authority {
                 urls,
@@ -823,6 +835,7 @@ struct RawIdentity {
     cert: Option<S>,
     key: Option<S>,
     bundle: Option<S>,
+    federated: Option<Spanned<BTreeMap<String, S>>>,
     authority: Option<Spanned<RawAuthority>>,
 }
 
@@ -1245,9 +1258,23 @@ impl Cx<'_> {
             cert,
             key,
             bundle,
+            federated,
             authority,
         } = i.value;
         let any_file = cert.is_some() || key.is_some() || bundle.is_some();
+        if let (Some(f), Some(_)) = (&federated, &authority) {
+            self.err(
+                line_col(&f.referenced).or(at),
+                "identity.federated",
+                "with `authority`, federation is the authority's to configure \
+                 (`appid authority serve --federation`); its sidecars get the bundles with its own: remove it here",
+            );
+            return None;
+        }
+        let federated = match federated {
+            None => Some(BTreeMap::new()),
+            Some(f) => self.federated_bundles(f),
+        };
         match authority {
             Some(a) if any_file => {
                 self.err(
@@ -1436,9 +1463,38 @@ impl Cx<'_> {
                     cert: cert?,
                     key: key?,
                     bundle: bundle?,
+                    federated: federated?,
                 })
             }
         }
+    }
+
+    /// `identity.federated`: trust domain → bundle file.
+    fn federated_bundles(
+        &mut self,
+        f: Spanned<BTreeMap<String, S>>,
+    ) -> Option<BTreeMap<String, PathBuf>> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (td, path) in &f.value {
+            let field = format!("identity.federated.{td}");
+            if !valid_trust_domain(td) {
+                self.err_at(
+                    path,
+                    &field,
+                    format!(
+                        "`{td}` is not a trust domain: use lowercase letters, digits, `.`, `-` and `_` only, e.g. `{}`",
+                        suggest_trust_domain(td)
+                    ),
+                );
+                ok = false;
+            } else if let Some(p) = self.path(path, &field) {
+                out.insert(td.clone(), p);
+            } else {
+                ok = false;
+            }
+        }
+        ok.then_some(out)
     }
 
     fn trust_domains(&mut self, t: Option<Spanned<Vec<S>>>) -> Option<Vec<String>> {
@@ -2055,6 +2111,40 @@ workers: 2                     # data-plane threads; default: the number of CPUs
     }
 
     #[test]
+    fn federated_bundles_go_with_file_identities_only() {
+        let c = parse(&MINIMAL.replace(
+            "bundle: ca.pem }",
+            "bundle: ca.pem, federated: { gcp.example: gcp.json, azure.example: /b/az.pem } }",
+        ))
+        .unwrap();
+        let IdentitySource::Files { federated, .. } = &c.identity else {
+            panic!("{:?}", c.identity)
+        };
+        assert_eq!(
+            federated,
+            &BTreeMap::from([
+                ("azure.example".to_string(), PathBuf::from("/b/az.pem")),
+                (
+                    "gcp.example".to_string(),
+                    PathBuf::from("/etc/appid/gcp.json")
+                ),
+            ])
+        );
+        let d = one_err(&MINIMAL.replace(
+            "bundle: ca.pem }",
+            "bundle: ca.pem, federated: { GCP: gcp.json } }",
+        ));
+        assert_eq!(d.field, "identity.federated.GCP");
+        assert!(d.message.contains("e.g. `gcp`"), "{}", d.message);
+        let d = one_err(&MINIMAL.replace(
+            "identity: { cert: a.pem, key: a.key, bundle: ca.pem }",
+            "identity: { federated: { gcp.example: g.json }, authority: { url: \"https://a\", bundle: ca.pem, join_token_file: t } }",
+        ));
+        assert_eq!(d.field, "identity.federated");
+        assert!(d.message.contains("--federation"), "{}", d.message);
+    }
+
+    #[test]
     fn design_example_parses() {
         let c = parse(DESIGN_EXAMPLE).unwrap();
         assert_eq!(
@@ -2063,6 +2153,7 @@ workers: 2                     # data-plane threads; default: the number of CPUs
                 cert: "/etc/appid/web.pem".into(),
                 key: "/etc/appid/web.key".into(),
                 bundle: "/etc/appid/ca.pem".into(),
+                federated: BTreeMap::new(),
             }
         );
         assert_eq!(c.trust_domains, vec!["prod.example"]);

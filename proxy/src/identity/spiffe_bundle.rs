@@ -175,6 +175,19 @@ fn key_params(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Ke
     }
 }
 
+/// A trust domain's roots from a file: a SPIFFE bundle (JWKS, what a
+/// bundle endpoint serves) or PEM certificates. The error names the file.
+pub fn read_roots_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = super::files::read_small(path).map_err(|e| e.to_string())?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        decode(&bytes)
+            .map(|b| b.x509_authorities)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    } else {
+        super::files::parse_certs(path, &bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// Writes `roots` as a SPIFFE bundle.
 pub fn encode(
     roots: &[CertificateDer<'_>],

@@ -66,6 +66,11 @@ pub enum BundleError {
     FederatedIsLocal(String),
     #[error("the federated bundle of {0} holds no root certificate")]
     FederatedEmpty(String),
+    #[error("the bundle of {trust_domain}: {detail}")]
+    FederatedFile {
+        trust_domain: String,
+        detail: String,
+    },
 }
 
 fn anchors_of(
@@ -119,6 +124,24 @@ impl TrustBundle {
         }
         let anchors = anchors_of(&format!("the bundle of {trust_domain}"), roots)?;
         self.federated.insert(trust_domain.to_string(), anchors);
+        Ok(self)
+    }
+
+    /// This bundle, also trusting the roots in each of `files` (trust
+    /// domain → SPIFFE bundle JSON or PEM) for that trust domain only.
+    pub fn with_federated_files(
+        mut self,
+        files: &BTreeMap<String, std::path::PathBuf>,
+    ) -> Result<Self, BundleError> {
+        for (trust_domain, path) in files {
+            let roots = super::spiffe_bundle::read_roots_file(path).map_err(|detail| {
+                BundleError::FederatedFile {
+                    trust_domain: trust_domain.clone(),
+                    detail,
+                }
+            })?;
+            self = self.with_federated(trust_domain, &roots)?;
+        }
         Ok(self)
     }
 

@@ -567,9 +567,16 @@ pub async fn run_until(
 
     // Identity and trust.
     let (identity, bundle, authority, watched) = match &config.identity {
-        IdentitySource::Files { cert, key, bundle } => {
+        IdentitySource::Files {
+            cert,
+            key,
+            bundle,
+            federated,
+        } => {
             let trust = TrustBundle::from_pem_file(bundle, config.trust_domains.clone())
-                .map_err(|e| SidecarError::from(e).named(&config.source, "identity.bundle"))?;
+                .map_err(|e| SidecarError::from(e).named(&config.source, "identity.bundle"))?
+                .with_federated_files(federated)
+                .map_err(|e| SidecarError::from(e).named(&config.source, "identity.federated"))?;
             let identity = LocalIdentity::load(cert, key, &trust)
                 .map_err(|e| SidecarError::from(e).named(&config.source, "identity.cert/key"))?;
             // Files carry one identity; `services:` needs the authority
@@ -579,6 +586,7 @@ pub async fn run_until(
                 cert: cert.clone(),
                 key: key.clone(),
                 bundle: bundle.clone(),
+                federated: federated.clone(),
                 trust_domains: config.trust_domains.clone(),
             };
             (identity, trust, None, Some(watched))

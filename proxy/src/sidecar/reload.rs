@@ -14,6 +14,7 @@
 //! [`IN_PLACE_SETTLE`]. A half-written file can parse (a rule cut before
 //! its `http:` line is an L4 allow), so parsing is no proof of completeness.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub(super) struct Watched {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub bundle: PathBuf,
+    /// `identity.federated`: other trust domains' bundle files.
+    pub federated: BTreeMap<String, PathBuf>,
     pub trust_domains: Vec<String>,
 }
 
@@ -70,8 +73,13 @@ pub(super) async fn watch_files(
     identity_json: Arc<ArcSwap<serde_json::Value>>,
 ) {
     let identity_stamps = |f: &Option<Watched>| {
-        f.as_ref()
-            .map(|f| [stamp(&f.cert), stamp(&f.key), stamp(&f.bundle)])
+        f.as_ref().map(|f| {
+            [&f.cert, &f.key, &f.bundle]
+                .into_iter()
+                .chain(f.federated.values())
+                .map(|path| stamp(path))
+                .collect::<Vec<_>>()
+        })
     };
     let mut last_identity = identity_stamps(&identity);
     let mut last_policy = stamp(&policy);
@@ -135,7 +143,9 @@ pub(super) async fn watch_files(
 }
 
 fn reload_identity(shared: &Shared, files: &Watched, identity_json: &ArcSwap<serde_json::Value>) {
-    let bundle = match TrustBundle::from_pem_file(&files.bundle, files.trust_domains.clone()) {
+    let bundle = TrustBundle::from_pem_file(&files.bundle, files.trust_domains.clone())
+        .and_then(|bundle| bundle.with_federated_files(&files.federated));
+    let bundle = match bundle {
         Ok(bundle) => bundle,
         Err(e) => {
             tracing::error!(error = %e, "trust bundle reload refused; keeping the previous one");
