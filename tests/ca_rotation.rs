@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::apps::HttpApp;
-use support::authority::{self, sidecar, wait_ready, wait_until};
+use support::authority::{self, sidecar, verifies_with, wait_ready, wait_until};
 use support::net::{free_port, http_get, local};
 use support::pki::{APPID, Ca, appid};
 
@@ -69,21 +69,6 @@ async fn one_request(address: SocketAddr) -> Result<(), String> {
     } else {
         Err(format!("got: {head}"))
     }
-}
-
-/// `openssl verify -CAfile ca -partial_chain cert` of the certificate in a
-/// kept `identity.pem` (key, then certificate).
-fn verifies_with(ca_pem: &Path, identity: &Path) -> bool {
-    let text = std::fs::read_to_string(identity).unwrap_or_default();
-    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
-        return false;
-    };
-    let cert = identity.with_extension("cert.pem");
-    std::fs::write(&cert, &text[start..]).expect("write cert");
-    Command::new("openssl")
-        .args(["verify", "-CAfile", path_str(ca_pem), path_str(&cert)])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

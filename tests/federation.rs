@@ -31,7 +31,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use support::apps::HttpApp;
-use support::authority::{self, Proc, sidecar, wait_ready, wait_until};
+use support::authority::{self, Proc, sidecar, verifies_with, wait_ready, wait_until};
 use support::net::{free_port, http_get, http_status, local};
 use support::pki::{Ca, appid};
 
@@ -151,21 +151,6 @@ rules:
 /// connection was refused or closed without an answer).
 async fn status_through(outbound: SocketAddr) -> Option<u16> {
     http_status(outbound, "/v1/x").await
-}
-
-/// `openssl verify` of the certificate kept in `<state>/identity.pem`
-/// against `ca_pem`.
-fn verifies_with(ca_pem: &Path, state: &Path) -> bool {
-    let text = std::fs::read_to_string(state.join("identity.pem")).unwrap_or_default();
-    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
-        return false;
-    };
-    let cert = state.join("current.cert.pem");
-    std::fs::write(&cert, &text[start..]).expect("write cert");
-    Command::new("openssl")
-        .args(["verify", "-CAfile", path_str(ca_pem), path_str(&cert)])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,8 +488,8 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
         Duration::from_secs(20),
         context,
         || {
-            verifies_with(&new_aws_ca, &aws_dir.join("web-state"))
-                && verifies_with(&new_aws_ca, &aws_dir.join("api-state"))
+            verifies_with(&new_aws_ca, &aws_dir.join("web-state/identity.pem"))
+                && verifies_with(&new_aws_ca, &aws_dir.join("api-state/identity.pem"))
         },
     )
     .await;

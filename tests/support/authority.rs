@@ -159,3 +159,18 @@ pub async fn wait_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `openssl verify -CAfile ca_pem` of the certificate in a kept
+/// `identity.pem` (key, then certificate).
+pub fn verifies_with(ca_pem: &Path, identity: &Path) -> bool {
+    let text = std::fs::read_to_string(identity).unwrap_or_default();
+    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
+        return false;
+    };
+    let cert = identity.with_extension("cert.pem");
+    std::fs::write(&cert, &text[start..]).expect("write cert");
+    Command::new("openssl")
+        .args(["verify", "-CAfile", path_str(ca_pem), path_str(&cert)])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
