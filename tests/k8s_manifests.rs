@@ -292,6 +292,27 @@ fn the_authority_manifests_are_valid() {
     // With the pod lookup: its ClusterRole and binding too.
     let lookup = authority_manifests(&["--k8s-pod-lookup", "--k8s-trust-labels", "app,version"]);
     assert_valid("authority-pod-lookup.yaml", &lookup, 6);
+    // PostgreSQL: a Deployment of stateless replicas, no volume.
+    let postgres = authority_manifests(&["--database-secret", "appid-db", "--replicas", "3"]);
+    assert_valid("authority-postgres.yaml", &postgres, 4);
+    for (flags, says) in [
+        (&["--replicas", "2"][..], "required"),
+        (
+            &["--database-secret", "Not_A_Name"][..],
+            "--database-secret `Not_A_Name`",
+        ),
+        (
+            &["--database-secret", "db", "--replicas", "0"][..],
+            "--replicas `0`",
+        ),
+    ] {
+        let mut args = vec!["authority", "manifests", "--trust-domain", "prod.example"];
+        args.extend_from_slice(flags);
+        let out = appid(&args, None);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
 
     let out = appid(
         &[
@@ -322,28 +343,39 @@ fn jwks() -> String {
     .to_string()
 }
 
-#[test]
-fn the_authority_runs_with_its_manifest_arguments() {
-    let docs: Vec<Json> = serde_saphyr::from_multiple(&authority_manifests(&[])).unwrap();
-    let set = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+/// Runs the authority container of `yaml` (its `kind`) as the manifest
+/// says, on this machine: the mounts become temporary directories (the CA
+/// from `appid authority init`, the JWKS ConfigMap), the environment is
+/// `env` (what the Secrets would give). Returns the CA directory once the
+/// authority served.
+fn run_the_manifest(
+    yaml: &str,
+    kind: &str,
+    env: &[(&str, String)],
+) -> (tempfile::TempDir, PathBuf) {
+    let docs: Vec<Json> = serde_saphyr::from_multiple(yaml).unwrap();
+    let set = docs.iter().find(|d| d["kind"] == kind).unwrap();
     let container = &set["spec"]["template"]["spec"]["containers"][0];
     let mounts = container["volumeMounts"].as_array().unwrap();
     let mount_of = |name: &str| {
         mounts
             .iter()
-            .find(|m| m["name"] == name)
+            .find(|m| m["name"] == name && m.get("subPath").is_none())
             .and_then(|m| m["mountPath"].as_str())
             .unwrap()
             .to_owned()
     };
-    let (state_dir, jwks_dir) = (mount_of("state"), mount_of("jwks"));
-
-    // The pod's file system, in a temporary directory: the state volume
-    // with the CA's files in it (what the Secret's subPath mounts give),
-    // the JWKS ConfigMap as a directory.
+    // SQLite: the state volume, with the CA's files in it (what the
+    // Secret's subPath mounts give); PostgreSQL: the CA Secret itself.
+    let ca_dir = if kind == "StatefulSet" {
+        mount_of("state")
+    } else {
+        mount_of("ca")
+    };
+    let jwks_dir = mount_of("jwks");
     let temp = tempfile::tempdir().unwrap();
-    let state = temp.path().join("state");
-    Ca::init(&state, "prod.example");
+    let ca = temp.path().join("ca");
+    Ca::init(&ca, "prod.example");
     let jwks_path = temp.path().join("jwks");
     std::fs::create_dir(&jwks_path).unwrap();
     std::fs::write(jwks_path.join("jwks.json"), jwks()).unwrap();
@@ -354,7 +386,7 @@ fn the_authority_runs_with_its_manifest_arguments() {
         .iter()
         .map(|a| {
             let a = a.as_str().unwrap();
-            a.replace(&state_dir, state.to_str().unwrap())
+            a.replace(&ca_dir, ca.to_str().unwrap())
                 .replace(&jwks_dir, jwks_path.to_str().unwrap())
                 .replace("0.0.0.0:15170", &format!("127.0.0.1:{port}"))
         })
@@ -366,6 +398,7 @@ fn the_authority_runs_with_its_manifest_arguments() {
     );
     let mut child = Command::new(APPID)
         .args(&args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -388,9 +421,61 @@ fn the_authority_runs_with_its_manifest_arguments() {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    (temp, ca)
+}
+
+#[test]
+fn the_authority_runs_with_its_manifest_arguments() {
+    let (_temp, ca) = run_the_manifest(&authority_manifests(&[]), "StatefulSet", &[]);
     assert!(
-        state.join("authority.db").is_file(),
+        ca.join("authority.db").is_file(),
         "the database is in --dir"
+    );
+}
+
+/// With `--database-secret`: stateless replicas whose state is in
+/// PostgreSQL; the CA directory (a read-only Secret in the pod) gets no
+/// file.
+#[test]
+fn the_postgres_authority_runs_with_its_manifest_arguments() {
+    let yaml = authority_manifests(&["--database-secret", "appid-db", "--replicas", "3"]);
+    let Some(postgres) = support::postgres::Postgres::start() else {
+        return;
+    };
+    let url = postgres.create_database("manifests");
+    let (_temp, ca) = run_the_manifest(
+        &yaml,
+        "Deployment",
+        &[("APPID_AUTHORITY_DATABASE", url.clone())],
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&ca)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["ca.key", "ca.pem"],
+        "nothing written into the CA Secret"
+    );
+    // The authority migrated the database: a registration lands in it.
+    let out = appid(
+        &[
+            "authority",
+            "register",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--database",
+            &url,
+            "--id",
+            "spiffe://prod.example/web",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -72,6 +72,15 @@ pub struct ManifestsArgs {
         requires = "k8s_pod_lookup"
     )]
     k8s_trust_labels: Vec<String>,
+    /// Keep the authority's state in PostgreSQL: the Secret (in the
+    /// authority's namespace) whose key `url` holds the database URL. The
+    /// authority then runs as a Deployment of stateless replicas with no
+    /// volume
+    #[arg(long, value_name = "SECRET")]
+    database_secret: Option<String>,
+    /// Replicas, with --database-secret [default: 2]
+    #[arg(long, value_name = "N", requires = "database_secret")]
+    replicas: Option<u32>,
 }
 
 pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
@@ -114,6 +123,10 @@ pub fn manifests(args: ManifestsArgs) -> anyhow::Result<ExitCode> {
         storage_class: args.storage_class.as_deref(),
         pod_lookup: args.k8s_pod_lookup,
         trust_labels: &args.k8s_trust_labels,
+        database_secret: args.database_secret.as_deref(),
+        replicas: args
+            .replicas
+            .unwrap_or(if args.database_secret.is_some() { 2 } else { 1 }),
     })?;
     print(&yaml)?;
     Ok(ExitCode::SUCCESS)

@@ -168,6 +168,8 @@ fn options_reach_the_manifests() {
         storage_class: Some("fast-ssd"),
         pod_lookup: false,
         trust_labels: &[],
+        database_secret: None,
+        replicas: 1,
     })
     .unwrap();
     let docs = docs(&yaml);
@@ -314,4 +316,58 @@ fn bad_options_name_the_flag() {
     for good in ["1Gi", "10G", "1.5Gi", "512", "100k"] {
         assert!(is_quantity(good), "{good}");
     }
+}
+
+#[test]
+fn with_a_database_secret_the_authority_is_a_deployment_of_stateless_replicas() {
+    let yaml = manifests(&Options {
+        database_secret: Some("appid-db"),
+        replicas: 3,
+        ..options("prod.example")
+    })
+    .unwrap();
+    let docs = docs(&yaml);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Namespace", "ServiceAccount", "Service", "Deployment"]
+    );
+    let spec = &docs[3]["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert!(spec.get("volumeClaimTemplates").is_none(), "no volume");
+    assert!(spec.get("serviceName").is_none());
+    let pod = &spec["template"]["spec"];
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    let container = &pod["containers"][0];
+    let env = find(&container["env"], "APPID_AUTHORITY_DATABASE");
+    assert_eq!(
+        env["valueFrom"]["secretKeyRef"],
+        json!({"name": "appid-db", "key": "url"})
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[2..4], ["--dir", CA_DIR]);
+    assert_eq!(&args[args.len() - 2..], ["--audit-log", "/dev/stdout"]);
+    crate::cli::parses(&args).unwrap();
+    // The whole CA Secret is the directory, so its updates reach the pods.
+    let ca = find(&container["volumeMounts"], "ca");
+    assert_eq!(ca["mountPath"], CA_DIR);
+    assert!(ca.get("subPath").is_none());
+    assert!(yaml.contains("rollout restart deployment/appid-authority"));
+    assert!(yaml.contains("exec deploy/appid-authority"));
+
+    // Several replicas need PostgreSQL.
+    let err = manifests(&Options {
+        replicas: 2,
+        ..options("prod.example")
+    })
+    .unwrap_err();
+    assert_eq!(err.flag, "--replicas");
 }
