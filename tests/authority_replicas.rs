@@ -17,77 +17,28 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use support::authority::{self, Proc, READY_LIMIT};
 use support::net::{free_port, http_status, local};
-use support::pki::{APPID, Ca, appid};
+use support::pki::{Ca, appid};
 
 const TRUST_DOMAIN: &str = "prod.example";
 const CERT_TTL: &str = "4s";
-const READY_LIMIT: Duration = Duration::from_secs(20);
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
 }
 
-/// A child process killed (SIGKILL) on drop, its output in `log`.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut command: Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).expect("create log");
-        let child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn appid");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// `appid authority serve --dir <ca>` on `port`, once it accepts.
 fn replica(ca: &Ca, port: u16, name: &str) -> Proc {
-    let mut command = Command::new(APPID);
-    command.args(["authority", "serve", "--dir", path_str(&ca.dir)]);
-    command.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--cert-ttl",
-        CERT_TTL,
-    ]);
-    let proc = Proc::spawn(command, ca.dir.join(format!("{name}.log")));
-    let start = Instant::now();
-    while std::net::TcpStream::connect(local(port)).is_err() {
-        assert!(
-            start.elapsed() < READY_LIMIT,
-            "replica {name} not listening:\n{}",
-            proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    proc
+    authority::serve_on(
+        ca,
+        port,
+        &["--cert-ttl", CERT_TTL],
+        ca.dir.join(format!("{name}.log")),
+    )
 }
 
 /// The lines of `log` that say a certificate was renewed.
@@ -147,9 +98,10 @@ async fn renewals_fail_over_to_another_replica_and_the_sidecar_stays_ready() {
     writeln!(yaml, "audit_log: {}", q(&dir.join("audit.jsonl"))).unwrap();
     let config = dir.join("proxy.yaml");
     std::fs::write(&config, yaml).expect("write config");
-    let mut command = Command::new(APPID);
-    command.arg("proxy").arg("--config").arg(&config);
-    let sidecar = Proc::spawn(command, dir.join("sidecar.log"));
+    let sidecar = Proc::spawn(
+        &["proxy", "--config", path_str(&config)],
+        dir.join("sidecar.log"),
+    );
     let context = |sidecar: &Proc| {
         format!(
             "--- sidecar ---\n{}\n--- replica b ---\n{}",

@@ -40,6 +40,12 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Lines of the log that contain `what`.
     pub fn count(&self, what: &str) -> usize {
         self.log().lines().filter(|l| l.contains(what)).count()
@@ -48,8 +54,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -57,6 +62,14 @@ impl Drop for Proc {
 /// once it accepts connections; and its URL.
 pub fn serve(ca: &Ca, extra: &[&str], log: PathBuf) -> (Proc, String) {
     let port = free_port();
+    (
+        serve_on(ca, port, extra, log),
+        format!("https://127.0.0.1:{port}"),
+    )
+}
+
+/// [`serve`] on a given port.
+pub fn serve_on(ca: &Ca, port: u16, extra: &[&str], log: PathBuf) -> Proc {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec![
         "authority",
@@ -70,10 +83,14 @@ pub fn serve(ca: &Ca, extra: &[&str], log: PathBuf) -> (Proc, String) {
     let proc = Proc::spawn(&args, log);
     let start = Instant::now();
     while std::net::TcpStream::connect(local(port)).is_err() {
-        assert!(start.elapsed() < READY_LIMIT, "{}", proc.log());
+        assert!(
+            start.elapsed() < READY_LIMIT,
+            "not listening:\n{}",
+            proc.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (proc, format!("https://127.0.0.1:{port}"))
+    proc
 }
 
 /// A sidecar whose identity `spiffe://<td>/<name>` (label `app=<name>`)
