@@ -167,6 +167,8 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     // is `https_spiffe` (its own SVID), which GCP authenticates with a
     // bundle fetched once out of band.
     let (aws_endpoint, gcp_endpoint) = (free_port(), free_port());
+    // The AWS authority's API: GCP's also follows its revocations.
+    let aws_port = free_port();
     let fetch_gcp = format!(
         "  - {{ trust_domain: gcp.example, url: \"https://localhost:{gcp_endpoint}\", web_roots: webca.pem }}\n"
     );
@@ -177,7 +179,8 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     let gcp_yaml = format!(
         "bundle_endpoint: {{ listen: \"127.0.0.1:{gcp_endpoint}\", cert: web.pem, key: web.key, refresh_hint: 1s }}\n\
          federates_with:\n  - {{ trust_domain: aws.example, url: \"https://127.0.0.1:{aws_endpoint}\", \
-         profile: https_spiffe, bundle: aws-bundle.json }}\n"
+         profile: https_spiffe, bundle: aws-bundle.json, \
+         revocations_url: \"https://127.0.0.1:{aws_port}\" }}\n"
     );
     // other.example trusts gcp.example; nobody trusts other.example.
     let other_yaml = format!("federates_with:\n{fetch_gcp}");
@@ -192,7 +195,14 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
             dir.join(format!("{name}-authority.log")),
         )
     };
-    let (aws, aws_url) = serve(&aws_ca, "aws");
+    let aws_file = dir.join("aws-federation.yaml");
+    let aws = authority::serve_on(
+        &aws_ca,
+        aws_port,
+        &["--cert-ttl", CERT_TTL, "--federation", path_str(&aws_file)],
+        dir.join("aws-authority.log"),
+    );
+    let aws_url = format!("https://127.0.0.1:{aws_port}");
 
     // The out-of-band step of https_spiffe: GCP's operator fetches AWS's
     // bundle once (here `curl -k`, as over a trusted path) for the file.
@@ -542,6 +552,38 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(fetch_failures(), failures_before, "{}", gcp.log());
     both_ways().await;
+
+    // AWS revokes its web. GCP's authority follows AWS's revocations
+    // (`revocations_url`), so GCP's api refuses it too, within a few polls;
+    // GCP's web calling AWS's api is not affected.
+    appid(&[
+        "authority",
+        "revoke",
+        "--dir",
+        path_str(&aws_ca.dir),
+        "--id",
+        "spiffe://aws.example/web",
+    ]);
+    support::poll_until(
+        "GCP's api to refuse the revoked AWS web",
+        Duration::from_secs(20),
+        context,
+        || async { (status_through(local(aws_web_out)).await != Some(200)).then_some(()) },
+    )
+    .await;
+    wait_until(
+        "GCP's api to refuse it as revoked",
+        Duration::from_secs(10),
+        context,
+        || gcp_api.count("reason=revoked") > 0,
+    )
+    .await;
+    assert_eq!(
+        status_through(local(gcp_web_out)).await,
+        Some(200),
+        "{}",
+        context()
+    );
     drop(other);
 }
 

@@ -127,6 +127,9 @@ pub struct Foreign {
     pub profile: FetchProfile,
     /// Overrides the publisher's `spiffe_refresh_hint`.
     pub refresh: Option<Duration>,
+    /// The domain's appid authority, whose revocations we enforce too
+    /// (`revocations_url`); none when absent.
+    pub revocations: Option<http::Uri>,
 }
 
 /// How a fetcher authenticates a bundle endpoint.
@@ -189,6 +192,8 @@ struct RawForeign {
     endpoint_spiffe_id: Option<String>,
     #[serde(default)]
     refresh: Option<String>,
+    #[serde(default)]
+    revocations_url: Option<String>,
 }
 
 const HTTPS_WEB: &str = "https_web";
@@ -419,11 +424,30 @@ impl FederationConfig {
                 .as_deref()
                 .map(|t| duration(&at("refresh"), t))
                 .transpose()?;
+            let revocations = f
+                .revocations_url
+                .as_deref()
+                .map(|text| {
+                    text.parse::<http::Uri>()
+                        .ok()
+                        .filter(|u| u.scheme_str() == Some("https") && u.host().is_some())
+                        .ok_or_else(|| {
+                            error(
+                                &at("revocations_url"),
+                                format!(
+                                    "`{text}`: write the https:// URL of {}'s appid authority, e.g. https://authority.{}:15170",
+                                    f.trust_domain, f.trust_domain
+                                ),
+                            )
+                        })
+                })
+                .transpose()?;
             foreign.push(Foreign {
                 trust_domain: f.trust_domain,
                 url,
                 profile,
                 refresh,
+                revocations,
             });
         }
         if endpoint.is_none() && foreign.is_empty() {
@@ -440,11 +464,24 @@ impl FederationConfig {
 #[derive(Debug, Default)]
 pub struct FederatedBundles {
     pems: ArcSwap<BTreeMap<String, String>>,
+    roots: ArcSwap<BTreeMap<String, Vec<CertificateDer<'static>>>>,
+    /// Trust domain → the IDs its authority revoked (`revocations_url`).
+    revoked: ArcSwap<BTreeMap<String, Vec<String>>>,
 }
 
 impl FederatedBundles {
     pub fn pems(&self) -> Arc<BTreeMap<String, String>> {
         self.pems.load_full()
+    }
+
+    /// The roots last fetched for `trust_domain`.
+    fn roots(&self, trust_domain: &str) -> Option<Vec<CertificateDer<'static>>> {
+        self.roots.load().get(trust_domain).cloned()
+    }
+
+    /// Every foreign revoked ID, for our own revocation list.
+    pub fn revoked(&self) -> Vec<String> {
+        self.revoked.load().values().flatten().cloned().collect()
     }
 
     /// Records `roots` for `trust_domain`: whether anything changed.
@@ -457,6 +494,26 @@ impl FederatedBundles {
         let mut next = BTreeMap::clone(&current);
         next.insert(trust_domain.to_string(), pem);
         self.pems.store(Arc::new(next));
+        let mut roots_next = BTreeMap::clone(&self.roots.load());
+        roots_next.insert(
+            trust_domain.to_string(),
+            roots.iter().map(|der| der.clone().into_owned()).collect(),
+        );
+        self.roots.store(Arc::new(roots_next));
+        true
+    }
+
+    /// Records `trust_domain`'s revoked IDs: whether anything changed.
+    fn set_revoked(&self, trust_domain: &str, mut ids: Vec<String>) -> bool {
+        ids.sort();
+        ids.dedup();
+        let current = self.revoked.load();
+        if current.get(trust_domain) == Some(&ids) {
+            return false;
+        }
+        let mut next = BTreeMap::clone(&current);
+        next.insert(trust_domain.to_string(), ids);
+        self.revoked.store(Arc::new(next));
         true
     }
 }
@@ -483,14 +540,9 @@ pub async fn fetch(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> {
 
 async fn fetch_unbounded(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> {
     let url = &foreign.url;
-    let host = url.host().unwrap_or_default().trim_matches(['[', ']']);
-    let port = url.port_u16().unwrap_or(443);
     let unreachable = |what: &str, e: &dyn std::fmt::Display| {
         FetchError::Unreachable(format!("{url} ({what}: {e})"))
     };
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| unreachable("connect", &e))?;
     let provider = Arc::new(tls::provider());
     let config = match &foreign.profile {
         FetchProfile::HttpsWeb { web_roots } => {
@@ -517,8 +569,26 @@ async fn fetch_unbounded(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> 
                 .with_no_client_auth()
         }
     };
-    // https_spiffe ignores the name (the SPIFFE ID is checked instead);
-    // https_web checks it as any browser would.
+    let body = https_get(url, config, MAX_BUNDLE_BYTES).await?;
+    Ok(spiffe_bundle::decode(&body)?)
+}
+
+/// `GET url` over TLS with `config`; the body of a 200, at most `limit`
+/// bytes. (https_spiffe ignores the server name, the SPIFFE ID is checked
+/// instead; https_web checks it as any browser would.)
+async fn https_get(
+    url: &http::Uri,
+    config: rustls::ClientConfig,
+    limit: usize,
+) -> Result<Bytes, FetchError> {
+    let host = url.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = url.port_u16().unwrap_or(443);
+    let unreachable = |what: &str, e: &dyn std::fmt::Display| {
+        FetchError::Unreachable(format!("{url} ({what}: {e})"))
+    };
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| unreachable("connect", &e))?;
     let server_name =
         ServerName::try_from(host.to_string()).map_err(|e| unreachable("server name", &e))?;
     let stream = TlsConnector::from(Arc::new(config))
@@ -542,7 +612,7 @@ async fn fetch_unbounded(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> 
         .await
         .map_err(|e| unreachable("HTTP", &e))?;
     let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_BUNDLE_BYTES)
+    let body = Limited::new(response.into_body(), limit)
         .collect()
         .await
         .map_err(|e| unreachable("body", &e))?
@@ -551,7 +621,86 @@ async fn fetch_unbounded(foreign: &Foreign) -> Result<SpiffeBundle, FetchError> 
     if status != StatusCode::OK {
         return Err(FetchError::Status(status));
     }
-    Ok(spiffe_bundle::decode(&body)?)
+    Ok(body)
+}
+
+/// How often a foreign authority's revocation list is fetched (as our
+/// sidecars poll ours).
+pub const FOREIGN_REVOCATION_POLL: Duration = Duration::from_secs(2);
+/// Largest revocation list accepted from a foreign authority.
+const MAX_REVOCATIONS_BYTES: usize = 4 * 1024 * 1024;
+
+/// Fetches `foreign`'s revocation list once, from its authority at
+/// `api` (an appid authority: `GET /v1/revocations`), authenticated as
+/// `spiffe://<td>/appid/authority` with the roots last fetched for the
+/// domain. Only IDs of that trust domain are kept: an authority revokes
+/// for its own domain, never for another.
+pub async fn fetch_revocations(
+    foreign: &Foreign,
+    api: &http::Uri,
+    bundles: &FederatedBundles,
+) -> Result<Vec<String>, FetchError> {
+    let td = &foreign.trust_domain;
+    let roots = bundles
+        .roots(td)
+        .ok_or_else(|| FetchError::Unreachable(format!("{api}: no bundle of {td} yet")))?;
+    let provider = Arc::new(tls::provider());
+    let bundle = TrustBundle::new("the federated bundle", &roots, vec![td.clone()])
+        .map_err(|e| FetchError::Unreachable(format!("{api}: {e}")))?;
+    let verifier = tls::PeerVerifier::new(Arc::new(tls::SvidOnly(bundle)), &provider)
+        .expecting(super::server::authority_id(td));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| FetchError::Unreachable(format!("{api}: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let url: http::Uri = format!(
+        "https://{}/v1/revocations",
+        api.authority().map_or("", |a| a.as_str())
+    )
+    .parse()
+    .map_err(|e| FetchError::Unreachable(format!("{api}: {e}")))?;
+    let body = tokio::time::timeout(
+        FETCH_TIMEOUT,
+        https_get(&url, config, MAX_REVOCATIONS_BYTES),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout)??;
+    let list: super::service::RevocationList = serde_json::from_slice(&body)
+        .map_err(|e| FetchError::Unreachable(format!("{url}: not a revocation list: {e}")))?;
+    let (mine, strays): (Vec<String>, Vec<String>) = list.revoked.into_iter().partition(|id| {
+        crate::identity::spiffe::SpiffeId::parse(id).is_ok_and(|id| id.trust_domain() == td)
+    });
+    if !strays.is_empty() {
+        tracing::warn!(trust_domain = %td, ignored = strays.len(), "a foreign authority revoked IDs outside its trust domain; ignored");
+    }
+    Ok(mine)
+}
+
+/// Keeps `foreign`'s revocations in `bundles` fresh, forever; a failed
+/// fetch keeps the last list.
+pub async fn follow_revocations(foreign: Foreign, api: http::Uri, bundles: Arc<FederatedBundles>) {
+    let td = foreign.trust_domain.clone();
+    let mut failing = false;
+    loop {
+        match fetch_revocations(&foreign, &api, &bundles).await {
+            Ok(revoked) => {
+                failing = false;
+                if bundles.set_revoked(&td, revoked) {
+                    tracing::info!(trust_domain = %td, "federated revocation list changed");
+                }
+            }
+            Err(e) => {
+                // Logged once per outage, not every poll.
+                if !failing {
+                    tracing::warn!(trust_domain = %td, url = %api, error = %e, "federated revocation fetch failed; keeping the last list");
+                }
+                failing = true;
+            }
+        }
+        tokio::time::sleep(FOREIGN_REVOCATION_POLL).await;
+    }
 }
 
 /// Keeps `foreign`'s roots in `bundles` fresh, forever: fetch, then wait
@@ -964,6 +1113,11 @@ federates_with:
                 "bundle_endpoint",
                 "remove",
             ),
+            (
+                "federates_with: [{ trust_domain: gcp.example, url: \"https://x\", web_roots: roots.pem, revocations_url: \"http://a:15170\" }]",
+                "federates_with[0].revocations_url",
+                "https://authority.gcp.example:15170",
+            ),
             ("federates_wiht: []", "(syntax)", "federates_wiht"),
             ("{}", "(file)", "nothing to do"),
         ];
@@ -996,6 +1150,7 @@ federates_with:
                 web_roots: Arc::new(store),
             },
             refresh: None,
+            revocations: None,
         }
     }
 
@@ -1104,6 +1259,7 @@ federates_with:
                 roots: Arc::new(ArcSwap::from_pointee(vec![roots.clone()])),
             },
             refresh: None,
+            revocations: None,
         };
         let authority_id = super::super::server::authority_id("prod.example");
         let bundle = fetch(&foreign(&ca_der, &authority_id)).await.unwrap();

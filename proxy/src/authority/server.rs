@@ -205,7 +205,15 @@ async fn route(
     let result: Result<serde_json::Value, Refusal> = match (method, path.as_str()) {
         (Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (Method::GET, "/v1/revocations") => {
-            blocking(move || authority.revocations().and_then(|list| to_json(&list))).await
+            // Ours, and those of federated domains whose authority we
+            // follow (`revocations_url`).
+            blocking(move || {
+                authority.revocations().and_then(|mut list| {
+                    list.revoked.extend(authority.federated().revoked());
+                    to_json(&list)
+                })
+            })
+            .await
         }
         (Method::GET, "/v1/bundle") => to_json(&BundleResponse {
             bundle: authority.bundle_pem().to_string(),

@@ -454,6 +454,13 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 let mut federation_tasks = Vec::new();
                 if let Some(federation) = federation {
                     for foreign in federation.foreign {
+                        if let Some(api) = foreign.revocations.clone() {
+                            federation_tasks.push(tokio::spawn(federation::follow_revocations(
+                                foreign.clone(),
+                                api,
+                                authority.federated().clone(),
+                            )));
+                        }
                         federation_tasks.push(tokio::spawn(federation::follow(
                             foreign,
                             authority.federated().clone(),
