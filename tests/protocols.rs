@@ -367,6 +367,125 @@ async fn a_client_that_aborts_is_seen_by_the_app_as_a_reset() {
     }
 }
 
+const UPGRADE_REQUEST: &[u8] =
+    b"GET /ws HTTP/1.1\r\nhost: api\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+
+/// Reads up to the end of an HTTP head.
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    head
+}
+
+/// After a `101`, an abort is passed on as an abort both ways, as on a
+/// plain TCP connection (a WebSocket cut short is not a clean close): the
+/// app aborting reaches the client as a reset after every byte before it,
+/// and the client aborting reaches the app as a reset. Both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_cross_an_upgraded_connection_as_resets() {
+    // The app: answers the upgrade; on `/ws` sends 8 KiB then aborts, and
+    // reports what it saw of the client's end.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (tx, mut ends) = tokio::sync::mpsc::channel::<(usize, bool)>(4);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await;
+                stream.write_all(SWITCHING).await.unwrap();
+                if head.starts_with(b"GET /ws ") {
+                    let _ = stream.write_all(&[b'x'; 8192]).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = stream.set_zero_linger();
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                let mut got = 0;
+                let reset = loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => break false,
+                        Ok(n) => got += n,
+                        Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+                    }
+                };
+                let _ = tx.send((got, reset)).await;
+            });
+        }
+    });
+    for mode in MODES {
+        let mesh = pair(app, mode, WEB_TO_API).await;
+
+        // The app aborts.
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        stream.write_all(UPGRADE_REQUEST).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{mode}: {}",
+            String::from_utf8_lossy(&head)
+        );
+        let mut buf = [0u8; 4096];
+        let mut got = 0;
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
+                .await
+                .expect("the connection to end within 15 s")
+            {
+                Ok(0) => break Ok(()),
+                Ok(n) => got += n,
+                Err(e) => break Err(e),
+            }
+        };
+        assert_eq!(
+            got,
+            8192,
+            "{mode}: everything before the abort\n{}",
+            mesh.context()
+        );
+        assert!(
+            ended.is_err(),
+            "{mode}: the app's abort reached the client as a clean end\n{}",
+            mesh.context()
+        );
+
+        // The client aborts (on `/in`, where the app listens).
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        stream
+            .write_all(&[b"GET /in ", &UPGRADE_REQUEST[8..]].concat())
+            .await
+            .unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{mode}: {}",
+            String::from_utf8_lossy(&head)
+        );
+        stream.write_all(&[b'y'; 4096]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+        let (got, reset) = tokio::time::timeout(Duration::from_secs(15), ends.recv())
+            .await
+            .expect("the app to see the end within 15 s")
+            .unwrap();
+        assert_eq!(got, 4096, "{mode}\n{}", mesh.context());
+        assert!(
+            reset,
+            "{mode}: the client's abort reached the app as a clean end\n{}",
+            mesh.context()
+        );
+    }
+}
+
 /// Echoes until the client closes.
 async fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

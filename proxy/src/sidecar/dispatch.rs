@@ -171,8 +171,8 @@ impl AppConnection<'_> {
     /// HTTP: every request authorized.
     async fn http<D, U>(mut self, downstream: D, upstream: LazyUpstream<U>, version: HttpVersion)
     where
-        D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
     {
         self.authz.set_protocol(match version {
             HttpVersion::Http1 => "http1",

@@ -65,6 +65,15 @@ impl<U> LazyUpstream<U> {
     }
 }
 
+/// A connection never dialled has nothing to reset.
+impl<U: super::splice::Abort> super::splice::Abort for LazyUpstream<U> {
+    fn abort(&mut self) {
+        if let State::Ready(upstream) = &mut self.state {
+            upstream.abort();
+        }
+    }
+}
+
 impl<U: AsyncRead + Unpin> AsyncRead for LazyUpstream<U> {
     fn poll_read(
         mut self: Pin<&mut Self>,

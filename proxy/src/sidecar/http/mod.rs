@@ -41,6 +41,8 @@ use http::HeaderMap;
 use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::sidecar::splice::Abort;
+
 /// The HTTP version detected on the downstream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpVersion {
@@ -320,8 +322,8 @@ pub async fn proxy<D, U>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HttpProxyError>
 where
-    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
 {
     match version {
         HttpVersion::Http1 => {

@@ -35,6 +35,8 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::sidecar::splice::Abort;
+
 use appid_policy::policy::Headers;
 
 pub use framing::{BodyLength, Chunked, FramingError};
@@ -67,8 +69,8 @@ pub async fn proxy<D, U>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HttpProxyError>
 where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin + Abort,
+    U: AsyncRead + AsyncWrite + Unpin + Abort,
 {
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
@@ -747,22 +749,24 @@ fn without_appid_headers(head: &[u8], headers: &HeaderList<'_, '_>) -> Vec<u8> {
 /// connection's authorization is `withdrawn`.
 async fn switch_protocols<D, U>(
     mut downstream: D,
-    upstream: U,
+    mut upstream: U,
     down_buf: BytesMut,
     up_buf: BytesMut,
     limits: HttpLimits,
     withdrawn: impl Future<Output = ()>,
 ) -> Result<(), HttpProxyError>
 where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin + Abort,
+    U: AsyncRead + AsyncWrite + Unpin + Abort,
 {
     write_flush(&mut downstream, &up_buf)
         .await
         .map_err(HttpProxyError::Io)?;
-    crate::sidecar::splice::splice(
-        downstream,
-        upstream,
+    // A reset on one side is passed on as a reset (a WebSocket cut short
+    // is not a clean close).
+    let (end, _) = crate::sidecar::splice::splice(
+        &mut downstream,
+        &mut upstream,
         &down_buf,
         limits.header_timeout,
         // An upgraded connection's copy buffers are bounded per connection
@@ -771,6 +775,7 @@ where
         withdrawn,
     )
     .await;
+    crate::sidecar::splice::forward_reset(end, &mut downstream, &mut upstream);
     Ok(())
 }
 
