@@ -81,6 +81,12 @@ impl<S: Abort> Abort for tokio_rustls::client::TlsStream<S> {
     }
 }
 
+/// In-memory pipes (the unit tests', the fuzz targets') have no abortive
+/// close: dropping one is all they can do.
+impl Abort for tokio::io::DuplexStream {
+    fn abort(&mut self) {}
+}
+
 /// After a splice that ended because one side was reset, resets the other.
 pub fn forward_reset(end: SpliceEnd, downstream: &mut impl Abort, upstream: &mut impl Abort) {
     match end {
