@@ -399,7 +399,14 @@ fn everything(lan: &Lan, vm: &Host, api: &Host) -> String {
     format!("{}\n{}", lan.context(), context(&[vm, api]))
 }
 
-fn vm_config(vm: &Host, lan: &Lan, alpha: &Service, beta: &Service, beta_cgroup: &str) -> String {
+fn vm_config(
+    vm: &Host,
+    lan: &Lan,
+    alpha: &Service,
+    beta: &Service,
+    beta_cgroup: &str,
+    tunnel: &str,
+) -> String {
     let q = |p: &Path| serde_json::to_string(path_str(p)).expect("JSON string");
     let service = |s: &Service, owner: String| {
         format!(
@@ -430,6 +437,7 @@ outbound: [{{ listen: \"127.0.0.1:15101\" }}]
 services:
 {alpha}{beta}admin: \"127.0.0.1:15190\"
 audit_log: {audit}
+tunnel: {tunnel}
 ",
         alpha = service(alpha, format!("{{ uid: {} }}", alpha.uid)),
         beta = service(beta, format!("{{ cgroup: {beta_cgroup} }}")),
@@ -438,7 +446,7 @@ audit_log: {audit}
     )
 }
 
-fn api_config(lan: &Lan) -> String {
+fn api_config(lan: &Lan, tunnel: &str) -> String {
     format!(
         "identity:
   authority:
@@ -451,16 +459,26 @@ inbound: [{{ listen: \"0.0.0.0:15106\" }}]
 outbound: [{{ listen: \"127.0.0.1:15101\" }}]
 admin: \"127.0.0.1:15190\"
 audit_log: audit.jsonl
+tunnel: {tunnel}
 ",
         bundle = path_str(&lan.ca.bundle()),
     )
 }
 
+/// Both tunnel modes: each service's identity is chosen in one place
+/// (`Locals`), whichever way its connections travel.
 #[test]
 fn two_services_on_one_vm_call_and_answer_as_themselves() {
     if !should_run() {
         return;
     }
+    for tunnel in ["pooled", "strict"] {
+        eprintln!("--- tunnel: {tunnel} ---");
+        scenario(tunnel);
+    }
+}
+
+fn scenario(tunnel: &str) {
     let lan = Lan::start();
     let host_token = lan.register(HOST_ID, &["vm=vm1"]);
     let alpha_token = lan.register(ALPHA_ID, &["vm=vm1", "svc=alpha"]);
@@ -472,7 +490,7 @@ fn two_services_on_one_vm_call_and_answer_as_themselves() {
     lan.attach(&api.ns, PEER_IP, 0);
     api.put("api.py", API_APP.as_bytes());
     api.put("api.token", api_token.as_bytes());
-    api.put("proxy.yaml", api_config(&lan).as_bytes());
+    api.put("proxy.yaml", api_config(&lan, tunnel).as_bytes());
 
     // The VM: two services, their binaries and users, one sidecar.
     // (The cgroup outlives the VM's processes: declared first, dropped last.)
@@ -489,7 +507,7 @@ fn two_services_on_one_vm_call_and_answer_as_themselves() {
     vm.put("policy.yaml", VM_POLICY.as_bytes());
     vm.put(
         "proxy.yaml",
-        vm_config(&vm, &lan, &alpha, &beta, &beta_cgroup.path).as_bytes(),
+        vm_config(&vm, &lan, &alpha, &beta, &beta_cgroup.path, tunnel).as_bytes(),
     );
     let (alpha_proc, _) = alpha.start(&vm);
     vm.apps.push(alpha_proc);
