@@ -29,6 +29,9 @@ use super::{
 /// The schema, one file per version (version = position + 1).
 const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_initial.sql")];
 
+/// How long a locked database is waited for.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(super) struct SqliteStore {
     conn: Connection,
 }
@@ -41,8 +44,23 @@ impl SqliteStore {
             error,
         };
         let mut conn = Connection::open(&path).map_err(opened)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Switching to WAL takes an exclusive lock, and SQLite answers
+        // "database is locked" at once, without its busy handler, when
+        // another connection opens the same new file at that moment (seen
+        // with a dozen concurrent opens): wait for it as for any lock.
+        let start = std::time::Instant::now();
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && start.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                result => break result?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn, &path)?;
