@@ -766,10 +766,19 @@ impl BundleEndpoint {
                 },
                 current: ArcSwap::new(web_cert),
             },
-            ServeProfile::HttpsSpiffe => EndpointCert {
-                source: CertSource::OurCa,
-                current: ArcSwap::new(super::server::serving_identity(&authority)?.certified),
-            },
+            ServeProfile::HttpsSpiffe => {
+                let signer = authority.ca();
+                EndpointCert {
+                    current: ArcSwap::new(super::server::serving_identity(&authority)?.certified),
+                    source: CertSource::OurCa {
+                        authority: authority.clone(),
+                        signed: std::sync::Mutex::new(Signed {
+                            signer,
+                            at: std::time::Instant::now(),
+                        }),
+                    },
+                }
+            }
         });
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(tls::provider()))
             .with_safe_default_protocol_versions()
@@ -803,10 +812,10 @@ impl BundleEndpoint {
     pub async fn serve(self, stop: impl std::future::Future<Output = ()>) {
         let profile = match self.cert.source {
             CertSource::Files { .. } => HTTPS_WEB,
-            CertSource::OurCa => HTTPS_SPIFFE,
+            CertSource::OurCa { .. } => HTTPS_SPIFFE,
         };
         tracing::info!(listen = ?self.local_addr().ok(), profile, "SPIFFE bundle endpoint serving");
-        let renewer = tokio::spawn(self.cert.clone().follow(self.authority.clone()));
+        let renewer = tokio::spawn(self.cert.clone().follow());
         let hint = self.refresh_hint.as_secs();
         let authority = self.authority;
         let handler = move |request: Request<hyper::body::Incoming>| {
@@ -845,10 +854,10 @@ impl BundleEndpoint {
     }
 }
 
-/// How often the endpoint's certificate source is looked at.
+/// How often the endpoint's web certificate files are looked at.
 const CERT_CHECK: Duration = Duration::from_secs(5);
 /// The endpoint's SVID is re-issued after this long (it lives 24 h), and
-/// at once when our CA changes (a rotation's activation).
+/// when our CA changes (a rotation's activation).
 const SVID_REISSUE: Duration = Duration::from_secs(12 * 3600);
 
 /// Reads the endpoint's certificate chain and key; a mistake names the
@@ -884,24 +893,52 @@ fn load_web_cert(
 /// The endpoint's certificate: served at every handshake, replaced when
 /// its source changes. A web certificate is re-read when its files change
 /// (a renewal by cert-manager or an ACME client); files that do not load
-/// leave the current one in place. An SVID is re-issued by our CA.
-#[derive(Debug)]
+/// leave the current one in place. An SVID is re-issued by our CA at the
+/// first handshake after the CA changed or the SVID aged: checked at every
+/// handshake rather than on a timer, so that a fetcher which has just
+/// learnt that the old CA is retired is never shown an SVID of it.
 struct EndpointCert {
     source: CertSource,
     current: ArcSwap<CertifiedKey>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for EndpointCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            CertSource::Files { cert_file, .. } => {
+                format!("web certificate {}", cert_file.display())
+            }
+            CertSource::OurCa { .. } => "SVID of our CA".to_string(),
+        };
+        f.debug_struct("EndpointCert")
+            .field("source", &source)
+            .finish()
+    }
+}
+
 enum CertSource {
     Files {
         cert_file: PathBuf,
         key_file: PathBuf,
     },
-    OurCa,
+    OurCa {
+        authority: Arc<Authority>,
+        signed: std::sync::Mutex<Signed>,
+    },
+}
+
+/// Which CA signed the endpoint's current SVID, and when.
+#[derive(Debug)]
+struct Signed {
+    signer: Arc<crate::identity::ca::Ca>,
+    at: std::time::Instant,
 }
 
 impl rustls::server::ResolvesServerCert for EndpointCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let CertSource::OurCa { authority, signed } = &self.source {
+            self.reissue_if_stale(authority, signed);
+        }
         Some(self.current.load_full())
     }
 }
@@ -918,7 +955,34 @@ fn files_signature(paths: [&Path; 2]) -> Vec<Option<(std::time::SystemTime, u64)
 }
 
 impl EndpointCert {
-    async fn follow(self: Arc<Self>, authority: Arc<Authority>) {
+    /// Re-issues the SVID if our CA is no longer the one that signed it,
+    /// or it is old; on failure the current one goes on being served.
+    fn reissue_if_stale(&self, authority: &Authority, signed: &std::sync::Mutex<Signed>) {
+        let ca = authority.ca();
+        let mut signed = signed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if Arc::ptr_eq(&ca, &signed.signer) && signed.at.elapsed() < SVID_REISSUE {
+            return;
+        }
+        match super::server::serving_identity(authority) {
+            Ok(identity) => {
+                self.current.store(identity.certified);
+                *signed = Signed {
+                    signer: ca,
+                    at: std::time::Instant::now(),
+                };
+                tracing::info!("bundle endpoint: SVID re-issued");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "bundle endpoint: cannot re-issue its SVID")
+            }
+        }
+    }
+
+    /// Follows the web certificate's files (the SPIFFE profile needs no
+    /// loop: its SVID is checked at each handshake).
+    async fn follow(self: Arc<Self>) {
         match &self.source {
             CertSource::Files {
                 cert_file,
@@ -945,27 +1009,7 @@ impl EndpointCert {
                     }
                 }
             }
-            CertSource::OurCa => {
-                let mut signer = authority.ca();
-                let mut issued = std::time::Instant::now();
-                loop {
-                    tokio::time::sleep(CERT_CHECK).await;
-                    let ca = authority.ca();
-                    if Arc::ptr_eq(&ca, &signer) && issued.elapsed() < SVID_REISSUE {
-                        continue;
-                    }
-                    match super::server::serving_identity(&authority) {
-                        Ok(identity) => {
-                            self.current.store(identity.certified);
-                            signer = ca;
-                            issued = std::time::Instant::now();
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "bundle endpoint: cannot re-issue its SVID")
-                        }
-                    }
-                }
-            }
+            CertSource::OurCa { .. } => {}
         }
     }
 }
@@ -1245,7 +1289,7 @@ federates_with:
                 profile: ServeProfile::HttpsSpiffe,
                 refresh_hint: Duration::from_secs(9),
             },
-            authority,
+            authority.clone(),
         )
         .await
         .unwrap();
@@ -1275,6 +1319,15 @@ federates_with:
                 "{refused:?}"
             );
         }
+
+        // A new signing CA: the very next handshake shows an SVID of it,
+        // so a fetcher that already trusts only the new CA gets through.
+        let next = new_ca("next");
+        let next_der = next.cert_der().clone();
+        let next_pem = std::fs::read_to_string(dir.path().join("next/ca.pem")).unwrap();
+        authority.set_ca(next, next_pem);
+        let bundle = fetch(&foreign(&next_der, &authority_id)).await.unwrap();
+        assert_eq!(bundle.x509_authorities, vec![next_der]);
         server.abort();
     }
 
