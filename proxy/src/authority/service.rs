@@ -725,12 +725,15 @@ impl Authority {
             "refusal": refusal.map(Refusal::short),
             "reason": refusal.map(ToString::to_string),
         });
+        // One write per line: formatting straight into the file would
+        // write each JSON token with a system call of its own.
+        let line = format!("{line}\n");
         if let Ok(mut guard) = self.events.lock() {
             match guard.as_mut() {
                 Some(file) => {
-                    let _ = writeln!(file, "{line}");
+                    let _ = file.write_all(line.as_bytes());
                 }
-                None => eprintln!("{line}"),
+                None => eprint!("{line}"),
             }
         }
     }

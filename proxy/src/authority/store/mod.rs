@@ -518,13 +518,17 @@ impl std::ops::Deref for PooledStore<'_> {
     type Target = Store;
 
     fn deref(&self) -> &Store {
-        self.store.as_ref().unwrap_or_else(|| unreachable!("taken only on drop"))
+        self.store
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
     }
 }
 
 impl std::ops::DerefMut for PooledStore<'_> {
     fn deref_mut(&mut self) -> &mut Store {
-        self.store.as_mut().unwrap_or_else(|| unreachable!("taken only on drop"))
+        self.store
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
     }
 }
 

@@ -625,11 +625,18 @@ impl Tx for PgTx<'_> {
     }
 
     fn redeem_token(&mut self, token_hash: &str, now: i64) -> Result<Redemption, StoreError> {
-        let consumed = self.execute(
+        // The common case in one round trip: the token was consumed now.
+        if let Some(row) = self.query_opt(
             "UPDATE join_tokens SET consumed_at = $2
-             WHERE token_hash = $1 AND consumed_at IS NULL AND expires_at > $2",
+             WHERE token_hash = $1 AND consumed_at IS NULL AND expires_at > $2
+             RETURNING id",
             &[&token_hash, &now],
-        )?;
+        )? {
+            return Ok(Redemption::Redeemed {
+                id: row.try_get(0)?,
+            });
+        }
+        let consumed = 0;
         let row = self
             .query_opt(
                 "SELECT id, consumed_at FROM join_tokens WHERE token_hash = $1",
