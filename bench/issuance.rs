@@ -9,7 +9,9 @@
 //!
 //! Environment: `ISSUANCE_SECONDS` per phase (default 10),
 //! `ISSUANCE_ROUNDS` (default 3), `ISSUANCE_WORKERS` concurrent clients
-//! (default 32), `ISSUANCE_CONFIGS` (default `sqlite,pg1,pg2,pg3`), and
+//! (default 32), `ISSUANCE_CONFIGS` (default `sqlite,pg1,pg2,pg3`),
+//! `ISSUANCE_TOKENS` join tokens made per configuration and round (default
+//! 1 500 per second of phase; running out is reported), and
 //! `ISSUANCE_JSON=FILE` to also write every figure as JSON.
 //!
 //! For each round and configuration, in that order (so configurations
@@ -31,7 +33,10 @@
 //! `synchronous_commit` and `full_page_writes` on. Everything — load
 //! generator, authority replicas, PostgreSQL — shares this machine's cores.
 //!
-//! Prints per-round figures, then per configuration the median and spread
+//! Prints per-round figures, with the CPU time per certificate of the
+//! authority replicas, PostgreSQL and the load generator (from `/proc`)
+//! and the share of the CPU other processes took meanwhile (a round with
+//! more than 10% is flagged); then per configuration the median and spread
 //! (min–max) over the rounds, and each as a ratio to the SQLite figure of
 //! the same round.
 
@@ -114,6 +119,13 @@ struct Figures {
     renew_p50_ms: f64,
     renew_p99_ms: f64,
     failed: usize,
+    /// CPU time per certificate (issued or renewed), in ms: the authority
+    /// replicas, PostgreSQL's processes, this load generator.
+    authority_cpu_ms: f64,
+    postgres_cpu_ms: f64,
+    load_cpu_ms: f64,
+    /// The share of the machine's CPU that other processes used meanwhile.
+    others_cpu_percent: f64,
 }
 
 /// `appid authority serve` processes on one CA and database; killed on drop.
@@ -292,6 +304,100 @@ fn quantile(latencies: &mut [Duration], q: f64) -> f64 {
     ms(latencies[index])
 }
 
+/// CPU time (user + system) used so far by process `pid` ("self" for
+/// this one), from `/proc/PID/stat` (clock ticks of 10 ms).
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// CPU time used so far by every process named `postgres` (the cluster's).
+fn postgres_cpu() -> Duration {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| process_cpu(&pid))
+        .sum()
+}
+
+/// CPU time the whole machine spent busy so far (`/proc/stat`).
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle, iowait.
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Duration::from_millis(busy * 10)
+}
+
+/// Where the CPU went during a measurement.
+#[derive(Clone, Copy)]
+struct Cpu {
+    authority: Duration,
+    postgres: Duration,
+    load: Duration,
+    machine: Duration,
+}
+
+impl Cpu {
+    fn now(authority: &Authority) -> Cpu {
+        Cpu {
+            authority: authority
+                .replicas
+                .iter()
+                .map(|(child, _)| process_cpu(&child.id().to_string()))
+                .sum(),
+            postgres: postgres_cpu(),
+            load: process_cpu("self"),
+            machine: machine_busy(),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            authority: self.authority.saturating_sub(before.authority),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            load: self.load.saturating_sub(before.load),
+            machine: self.machine.saturating_sub(before.machine),
+        }
+    }
+
+    /// What other processes of the machine used.
+    fn others(self) -> Duration {
+        self.machine
+            .saturating_sub(self.authority + self.postgres + self.load)
+    }
+}
+
 /// One configuration, one round.
 async fn measure(
     config: Config,
@@ -313,6 +419,8 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
 
     // Attest: each worker redeems tokens until the deadline.
+    let cpu_before = Cpu::now(&authority);
+    let wall = Instant::now();
     let deadline = Instant::now() + settings.phase;
     let (attest_time, attested) = phase(settings.workers, |n| {
         let (client, bundle) = (authority.client(n), authority.bundle());
@@ -391,6 +499,8 @@ async fn measure(
     })
     .await;
 
+    let cpu = Cpu::now(&authority).since(cpu_before);
+    let wall = wall.elapsed();
     let failures: Vec<String> = attested
         .iter_mut()
         .chain(&mut renewed)
@@ -408,6 +518,8 @@ async fn measure(
     }
     let mut attest: Vec<Duration> = attested.into_iter().flat_map(|w| w.latencies).collect();
     let mut renew: Vec<Duration> = renewed.into_iter().flat_map(|w| w.latencies).collect();
+    let certificates = (attest.len() + renew.len()).max(1) as f64;
+    let per_certificate = |d: Duration| ms(d) / certificates;
     Figures {
         round,
         config: config.name(),
@@ -420,7 +532,16 @@ async fn measure(
         renew_p50_ms: quantile(&mut renew, 0.5),
         renew_p99_ms: quantile(&mut renew, 0.99),
         failed: failures.len(),
+        authority_cpu_ms: per_certificate(cpu.authority),
+        postgres_cpu_ms: per_certificate(cpu.postgres),
+        load_cpu_ms: per_certificate(cpu.load),
+        others_cpu_percent: 100.0 * cpu.others().as_secs_f64()
+            / (wall.as_secs_f64() * cores() as f64),
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `median (min–max)` of `values`, with `digits` decimals.
@@ -443,7 +564,7 @@ async fn main() {
     let settings = Settings {
         phase: Duration::from_secs(seconds),
         workers: env_number("ISSUANCE_WORKERS", 32).max(1) as usize,
-        tokens: env_number("ISSUANCE_TOKENS", seconds * 3000) as usize,
+        tokens: env_number("ISSUANCE_TOKENS", seconds * 1500) as usize,
     };
     let rounds = env_number("ISSUANCE_ROUNDS", 3).max(1);
     let mut configs: Vec<Config> = std::env::var("ISSUANCE_CONFIGS")
@@ -466,19 +587,19 @@ async fn main() {
     println!(
         "{} workers, {seconds} s per phase, {rounds} rounds, {} cores",
         settings.workers,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        cores()
     );
     println!();
     println!(
-        "| round | configuration | issued | issuances/s | attest p50 ms | attest p99 ms | renewed | renewals/s | renew p50 ms | renew p99 ms | failed |"
+        "| round | configuration | issued | issuances/s | attest p50 ms | attest p99 ms | renewed | renewals/s | renew p50 ms | renew p99 ms | failed | CPU ms/cert: authority, PostgreSQL, load | others' CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all: Vec<Figures> = Vec::new();
     for round in 1..=rounds {
         for config in &configs {
             let f = measure(*config, round, &settings, cluster.as_ref()).await;
             println!(
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2}, {:.2}, {:.2} | {:.0}% |",
                 f.round,
                 f.config,
                 f.issued,
@@ -489,8 +610,18 @@ async fn main() {
                 f.renewals_per_s,
                 f.renew_p50_ms,
                 f.renew_p99_ms,
-                f.failed
+                f.failed,
+                f.authority_cpu_ms,
+                f.postgres_cpu_ms,
+                f.load_cpu_ms,
+                f.others_cpu_percent,
             );
+            if f.others_cpu_percent > 10.0 {
+                println!(
+                    "  (other processes used {:.0}% of the CPU meanwhile: this round's figures are low)",
+                    f.others_cpu_percent
+                );
+            }
             all.push(f);
         }
     }
@@ -507,9 +638,9 @@ async fn main() {
     );
     println!();
     println!(
-        "| configuration | issuances/s | × SQLite | renewals/s | × SQLite | renew p50 ms | renew p99 ms |"
+        "| configuration | issuances/s | × SQLite | renewals/s | × SQLite | renew p50 ms | renew p99 ms | authority CPU ms/cert |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut summaries = Vec::new();
     for config in &configs {
         let mine: Vec<&Figures> = all.iter().filter(|f| f.config == config.name()).collect();
@@ -526,7 +657,7 @@ async fn main() {
             false => format!("{}×", summary(values, 2)),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             config.name(),
             summary(column(|f| f.issuances_per_s), 0),
             show_ratio(issuance_ratio.clone()),
@@ -534,6 +665,7 @@ async fn main() {
             show_ratio(renewal_ratio.clone()),
             summary(column(|f| f.renew_p50_ms), 2),
             summary(column(|f| f.renew_p99_ms), 2),
+            summary(column(|f| f.authority_cpu_ms), 2),
         );
         summaries.push(serde_json::json!({
             "config": config.name(),
@@ -543,6 +675,7 @@ async fn main() {
             "renewals_vs_sqlite": (!renewal_ratio.is_empty()).then(|| median_spread(renewal_ratio)),
             "renew_p50_ms": median_spread(column(|f| f.renew_p50_ms)),
             "renew_p99_ms": median_spread(column(|f| f.renew_p99_ms)),
+            "authority_cpu_ms_per_certificate": median_spread(column(|f| f.authority_cpu_ms)),
         }));
     }
     if let Ok(path) = std::env::var("ISSUANCE_JSON") {
