@@ -546,8 +546,13 @@ fn cores() -> usize {
 
 /// `median (min–max)` of `values`, with `digits` decimals.
 fn summary(values: Vec<f64>, digits: usize) -> String {
+    summary_in(values, digits, "")
+}
+
+/// [`summary`] with a unit after each number.
+fn summary_in(values: Vec<f64>, digits: usize, unit: &str) -> String {
     let (median, low, high) = median_spread(values);
-    format!("{median:.digits$} ({low:.digits$}–{high:.digits$})")
+    format!("{median:.digits$}{unit} ({low:.digits$}{unit}–{high:.digits$}{unit})")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -638,9 +643,9 @@ async fn main() {
     );
     println!();
     println!(
-        "| configuration | issuances/s | × SQLite | renewals/s | × SQLite | renew p50 ms | renew p99 ms | authority CPU ms/cert |"
+        "| configuration | issuances/s | × SQLite | renewals/s | × SQLite | renew p50 ms | renew p99 ms | authority CPU ms/cert | others' CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut summaries = Vec::new();
     for config in &configs {
         let mine: Vec<&Figures> = all.iter().filter(|f| f.config == config.name()).collect();
@@ -654,10 +659,10 @@ async fn main() {
         let renewal_ratio = ratio(|f| f.renewals_per_s);
         let show_ratio = |values: Vec<f64>| match values.is_empty() {
             true => "–".to_string(),
-            false => format!("{}×", summary(values, 2)),
+            false => summary_in(values, 2, "×"),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             config.name(),
             summary(column(|f| f.issuances_per_s), 0),
             show_ratio(issuance_ratio.clone()),
@@ -666,6 +671,7 @@ async fn main() {
             summary(column(|f| f.renew_p50_ms), 2),
             summary(column(|f| f.renew_p99_ms), 2),
             summary(column(|f| f.authority_cpu_ms), 2),
+            summary_in(column(|f| f.others_cpu_percent), 0, "%"),
         );
         summaries.push(serde_json::json!({
             "config": config.name(),
