@@ -112,7 +112,24 @@ impl Postgres {
         Postgres::start_with(Some((cert_pem, key_pem)))
     }
 
+    /// [`Self::start`] with the durability a production server has:
+    /// `fsync`, `synchronous_commit` and `full_page_writes` on (every commit
+    /// is on disk before it is acknowledged). For benchmarks; tests keep
+    /// them off for speed.
+    pub fn start_durable() -> Option<Postgres> {
+        Postgres::start_with_settings(
+            None,
+            &["fsync=on", "synchronous_commit=on", "full_page_writes=on"],
+        )
+    }
+
     fn start_with(tls: Option<(&str, &str)>) -> Option<Postgres> {
+        Postgres::start_with_settings(tls, &[])
+    }
+
+    /// Starts a cluster; each of `extra` (`name=value`) is given as `-c`
+    /// after the defaults, so it overrides them.
+    fn start_with_settings(tls: Option<(&str, &str)>, extra: &[&str]) -> Option<Postgres> {
         let Some(bin) = server_bin() else {
             let why = "PostgreSQL's server is not installed (no /usr/lib/postgresql/*/bin/initdb): \
                        apt-get install -y postgresql (.ci/run installs it)";
@@ -154,6 +171,9 @@ impl Postgres {
             ] {
                 settings.extend(["-c".to_string(), setting]);
             }
+        }
+        for setting in extra {
+            settings.extend(["-c".to_string(), setting.to_string()]);
         }
         let init = as_server_user(bin.join("initdb").to_str().expect("UTF-8 path"))
             .arg("-D")

@@ -36,7 +36,10 @@ use appid_policy::claims::{Cloud, Image, K8s, attestation};
 
 use super::federation::FederatedBundles;
 use super::reported::{self, Fit};
-use super::store::{Redemption, Registration, Store, StoreError, Tx, registrations_matching_cloud};
+use super::store::{
+    PooledStore, Redemption, Registration, Store, StoreError, StorePool, Tx,
+    registrations_matching_cloud,
+};
 use crate::attest::K8sIdentity;
 use crate::attest::k8s_pod::{self, PodFacts, PodRef};
 use crate::identity::ca::Ca;
@@ -259,7 +262,7 @@ enum Verified {
 
 /// How long a replica answers revocation polls from its last read of the
 /// database. Every sidecar polls every 2 s; without this, each poll would
-/// be a serializable transaction on the replica's one connection. A
+/// be a serializable transaction on one of the replica's connections. A
 /// revocation made through any replica (or the CLI) reaches every sidecar
 /// within this plus the sidecars' poll interval. Issuance never uses it:
 /// whether an identity is revoked is read in the issuing transaction.
@@ -273,7 +276,9 @@ pub struct Authority {
     /// The trust bundle as PEM: the signing CA, and during a rotation the
     /// prepared or the previous one too.
     bundle_pem: ArcSwap<String>,
-    store: Mutex<Store>,
+    /// The database connections: one per transaction in flight
+    /// ([`StorePool`]).
+    store: StorePool,
     /// The revocation list as last read, and when ([`REVOCATIONS_CACHE`]).
     revocations: Mutex<Option<(std::time::Instant, RevocationList)>>,
     cert_ttl: time::Duration,
@@ -302,7 +307,7 @@ impl Authority {
         Ok(Authority {
             ca: ArcSwap::from_pointee(ca),
             bundle_pem: ArcSwap::from_pointee(bundle_pem),
-            store: Mutex::new(store),
+            store: StorePool::new(store),
             revocations: Mutex::new(None),
             cert_ttl,
             events: Mutex::new(events),
@@ -718,10 +723,9 @@ impl Authority {
         })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, Refusal> {
-        self.store
-            .lock()
-            .map_err(|_| Refusal::Internal("store lock poisoned".into()))
+    /// A database connection of this process's own, for one transaction.
+    fn lock(&self) -> Result<PooledStore<'_>, Refusal> {
+        Ok(self.store.get()?)
     }
 
     /// One JSON line per attestation, issuance, renewal, refusal.
@@ -734,12 +738,15 @@ impl Authority {
             "refusal": refusal.map(Refusal::short),
             "reason": refusal.map(ToString::to_string),
         });
+        // One write per line: formatting straight into the file would
+        // write each JSON token with a system call of its own.
+        let line = format!("{line}\n");
         if let Ok(mut guard) = self.events.lock() {
             match guard.as_mut() {
                 Some(file) => {
-                    let _ = writeln!(file, "{line}");
+                    let _ = file.write_all(line.as_bytes());
                 }
-                None => eprintln!("{line}"),
+                None => eprint!("{line}"),
             }
         }
     }

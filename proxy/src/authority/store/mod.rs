@@ -422,6 +422,125 @@ impl Store {
     }
 }
 
+/// How many connections one authority process opens to PostgreSQL, at
+/// most: transactions of concurrent requests run side by side on them
+/// (and PostgreSQL flushes their commits together). Opened as needed, so
+/// an idle replica holds one.
+pub const POSTGRES_CONNECTIONS: usize = 8;
+
+/// An authority process's connections to its database, each used by one
+/// transaction at a time: up to [`POSTGRES_CONNECTIONS`] on PostgreSQL,
+/// one on SQLite (which runs one writer at a time anyway; a second
+/// connection would only wait on the file lock).
+pub struct StorePool {
+    state: std::sync::Mutex<PoolState>,
+    /// Signalled when a connection is handed back (or failed to open).
+    returned: std::sync::Condvar,
+    database: Database,
+    size: usize,
+}
+
+struct PoolState {
+    idle: Vec<Store>,
+    /// Open connections, idle or in use (or being opened).
+    open: usize,
+}
+
+impl StorePool {
+    /// A pool that starts with `store`, and opens more of the same
+    /// database as concurrent requests need them.
+    pub fn new(store: Store) -> StorePool {
+        let size = match store.database() {
+            Database::Sqlite(_) => 1,
+            Database::Postgres(_) => POSTGRES_CONNECTIONS,
+        };
+        StorePool {
+            database: store.database().clone(),
+            state: std::sync::Mutex::new(PoolState {
+                idle: vec![store],
+                open: 1,
+            }),
+            returned: std::sync::Condvar::new(),
+            size,
+        }
+    }
+
+    /// An idle connection, else a new one while fewer than the pool's size
+    /// are open, else the next one handed back. Blocks: call it from
+    /// `spawn_blocking`, as every store call is.
+    pub fn get(&self) -> Result<PooledStore<'_>, StoreError> {
+        let mut state = self.lock_state();
+        loop {
+            if let Some(store) = state.idle.pop() {
+                return Ok(PooledStore {
+                    store: Some(store),
+                    pool: self,
+                });
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                return match Store::open_database(&self.database) {
+                    Ok(store) => Ok(PooledStore {
+                        store: Some(store),
+                        pool: self,
+                    }),
+                    Err(error) => {
+                        self.lock_state().open -= 1;
+                        self.returned.notify_one();
+                        Err(error)
+                    }
+                };
+            }
+            state = self
+                .returned
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // The state is a list and a count, consistent at every unlock.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A connection taken from a [`StorePool`]; handed back on drop (a
+/// transaction interrupted by a panic was rolled back by then).
+pub struct PooledStore<'a> {
+    store: Option<Store>,
+    pool: &'a StorePool,
+}
+
+impl std::ops::Deref for PooledStore<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        self.store
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl std::ops::DerefMut for PooledStore<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        self.store
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for PooledStore<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            self.pool.lock_state().idle.push(store);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
 /// Registrations whose every `cloud_match` fact equals the given facts,
 /// inside a transaction.
 pub fn registrations_matching_cloud(

@@ -16,9 +16,11 @@
 //! revoked?", "which registration?" — consistent with the write.)
 //!
 //! The client is the synchronous `postgres` crate: the authority calls its
-//! store from `spawn_blocking` already, one connection per process behind
-//! the service's mutex, so an async client would only add a second way of
-//! blocking. A transaction whose connection broke before its commit (the
+//! store from `spawn_blocking` already, each transaction on a connection of
+//! its own from the process's [`super::StorePool`], so an async client
+//! would only add a second way of blocking. Each connection prepares a
+//! statement once and keeps it (a statement is then one round trip, not
+//! two). A transaction whose connection broke before its commit (the
 //! database restarted, or failed over) is run once more on a new
 //! connection; one that broke during the commit is not (it may have
 //! committed): the caller gets a 503 and the sidecar retries.
@@ -33,12 +35,13 @@
 //! to that CA and name the host — always verified, unlike libpq's
 //! `require`. `require` without a CA to verify with is refused.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, NoTls, Row};
+use postgres::{Client, IsolationLevel, NoTls, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use appid_policy::claims::Vulns;
@@ -375,6 +378,8 @@ pub(super) fn is_transient(error: &postgres::Error) -> bool {
 pub(super) struct PostgresStore {
     client: Client,
     url: DatabaseUrl,
+    /// The statements prepared on `client`, by their SQL.
+    statements: HashMap<&'static str, Statement>,
 }
 
 impl PostgresStore {
@@ -384,6 +389,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             client,
             url: url.clone(),
+            statements: HashMap::new(),
         })
     }
 
@@ -398,6 +404,7 @@ impl PostgresStore {
         let mut reconnect = false;
         loop {
             if reconnect || self.client.is_closed() {
+                self.statements.clear();
                 self.client = self.url.connect()?;
             }
             let started = self
@@ -413,7 +420,11 @@ impl PostgresStore {
                 }
                 Err(error) => return Err(StoreError::from(error).into()),
             };
-            let mut pg = PgTx { tx, conflict: None };
+            let mut pg = PgTx {
+                tx,
+                statements: &mut self.statements,
+                conflict: None,
+            };
             let outcome = steps(&mut pg);
             let conflict = pg.conflict;
             match outcome {
@@ -499,10 +510,14 @@ fn apply_migrations(client: &mut Client, url: &DatabaseUrl) -> Result<(), StoreE
 /// the caller turned that error into: the transaction is then run again.
 struct PgTx<'a> {
     tx: postgres::Transaction<'a>,
+    /// The connection's prepared statements (they outlive transactions).
+    statements: &'a mut HashMap<&'static str, Statement>,
     conflict: Option<Conflict>,
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+/// SQL text: always a literal of this file, so it can key the statements.
+type Sql = &'static str;
 
 impl PgTx<'_> {
     fn checked<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StoreError> {
@@ -514,23 +529,38 @@ impl PgTx<'_> {
         })
     }
 
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        let result = self.tx.execute(sql, params);
+    /// `sql`, prepared on this connection: at its first use, then kept.
+    fn statement(&mut self, sql: Sql) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let result = self.tx.prepare(sql);
+        let statement = self.checked(result)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn execute(&mut self, sql: Sql, params: Params<'_>) -> Result<u64, StoreError> {
+        let statement = self.statement(sql)?;
+        let result = self.tx.execute(&statement, params);
         self.checked(result)
     }
 
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        let result = self.tx.query(sql, params);
+    fn query(&mut self, sql: Sql, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statement(sql)?;
+        let result = self.tx.query(&statement, params);
         self.checked(result)
     }
 
-    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        let result = self.tx.query_opt(sql, params);
+    fn query_opt(&mut self, sql: Sql, params: Params<'_>) -> Result<Option<Row>, StoreError> {
+        let statement = self.statement(sql)?;
+        let result = self.tx.query_opt(&statement, params);
         self.checked(result)
     }
 
-    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        let result = self.tx.query_one(sql, params);
+    fn query_one(&mut self, sql: Sql, params: Params<'_>) -> Result<Row, StoreError> {
+        let statement = self.statement(sql)?;
+        let result = self.tx.query_one(&statement, params);
         self.checked(result)
     }
 }
@@ -595,11 +625,18 @@ impl Tx for PgTx<'_> {
     }
 
     fn redeem_token(&mut self, token_hash: &str, now: i64) -> Result<Redemption, StoreError> {
-        let consumed = self.execute(
+        // The common case in one round trip: the token was consumed now.
+        if let Some(row) = self.query_opt(
             "UPDATE join_tokens SET consumed_at = $2
-             WHERE token_hash = $1 AND consumed_at IS NULL AND expires_at > $2",
+             WHERE token_hash = $1 AND consumed_at IS NULL AND expires_at > $2
+             RETURNING id",
             &[&token_hash, &now],
-        )?;
+        )? {
+            return Ok(Redemption::Redeemed {
+                id: row.try_get(0)?,
+            });
+        }
+        let consumed = 0;
         let row = self
             .query_opt(
                 "SELECT id, consumed_at FROM join_tokens WHERE token_hash = $1",

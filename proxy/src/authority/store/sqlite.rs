@@ -6,7 +6,9 @@
 //! IMMEDIATE`: the write lock is taken at the start, so two writers (two
 //! threads, or `appid authority register` beside a running `serve`) never
 //! deadlock upgrading a read lock; a busy database is waited for (10 s).
-//! SQLite serializes writers, so nothing is ever retried here.
+//! SQLite serializes writers, so nothing is ever retried here. The
+//! statements of issuance and renewal are prepared once per connection
+//! (`prepare_cached`).
 //!
 //! The schema version is `PRAGMA user_version`; the migrations
 //! (`migrations/sqlite/*.sql`) are applied in one IMMEDIATE transaction, so
@@ -132,11 +134,12 @@ impl Tx for SqliteTx<'_> {
     fn registration(&mut self, id: &str) -> Result<Option<Registration>, StoreError> {
         let row = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT id, labels, image_digest, cloud_match FROM registrations WHERE id = ?1",
-                params![id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
+            )?
+            .query_row(params![id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .optional()?;
         row.map(
             |(id, labels, image_digest, cloud_match): (String, String, _, String)| {
@@ -172,11 +175,20 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn redeem_token(&mut self, token_hash: &str, now: i64) -> Result<Redemption, StoreError> {
-        let consumed = self.conn.execute(
-            "UPDATE join_tokens SET consumed_at = ?2
-             WHERE token_hash = ?1 AND consumed_at IS NULL AND expires_at > ?2",
-            params![token_hash, now],
-        )?;
+        // The common case in one statement: the token was consumed now.
+        let redeemed = self
+            .conn
+            .prepare_cached(
+                "UPDATE join_tokens SET consumed_at = ?2
+                 WHERE token_hash = ?1 AND consumed_at IS NULL AND expires_at > ?2
+                 RETURNING id",
+            )?
+            .query_row(params![token_hash, now], |row| row.get::<_, String>(0))
+            .optional()?;
+        if let Some(id) = redeemed {
+            return Ok(Redemption::Redeemed { id });
+        }
+        let consumed = 0;
         let row = self
             .conn
             .query_row(
@@ -224,20 +236,20 @@ impl Tx for SqliteTx<'_> {
         attestation: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO issued (serial, id, not_after, attestation, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![serial, id, not_after, attestation, now],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO issued (serial, id, not_after, attestation, issued_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![serial, id, not_after, attestation, now])?;
         Ok(())
     }
 
     fn was_issued(&mut self, serial: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM issued WHERE serial = ?1)",
-            params![serial],
-            |row| row.get::<_, bool>(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM issued WHERE serial = ?1)")?
+            .query_row(params![serial], |row| row.get::<_, bool>(0))?)
     }
 
     fn issued_count(&mut self, id: &str) -> Result<u64, StoreError> {
@@ -288,11 +300,8 @@ impl Tx for SqliteTx<'_> {
     fn is_revoked(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT 1 FROM revocations WHERE id = ?1",
-                params![id],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM revocations WHERE id = ?1")?
+            .query_row(params![id], |_| Ok(()))
             .optional()?
             .is_some())
     }
