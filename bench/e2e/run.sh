@@ -13,7 +13,8 @@
 # and for load generator + backend, BENCH_OUT (results JSON path),
 # BENCH_RESUMPTION=1 turns TLS session resumption on for haproxy and nginx
 # (it is off by default, as the issue asks; appid never resumes),
-# BENCH_KEEP=1 keeps the scratch directory. Raw tool output lands in
+# BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
+# appid binary instead of building the checkout (to compare two builds). Raw tool output lands in
 # bench/e2e/raw/. Installs missing tools with apt-get when run as root.
 set -euo pipefail
 
@@ -479,9 +480,15 @@ run_workloads() {
 main() {
     [[ $(nproc) -gt $PROXY_CPU && $(nproc) -gt $LOAD_CPU ]] || die "needs CPUs $LOAD_CPU and $PROXY_CPU"
     install_missing
-    log "building appid (release)"
-    (cd "$ROOT" && cargo build --release -q -p appid-proxy)
-    local built=${CARGO_TARGET_DIR:-$ROOT/target}/release/appid
+    local built
+    if [[ -n ${BENCH_APPID_BIN:-} ]]; then
+        built=$BENCH_APPID_BIN
+        log "appid: $built (BENCH_APPID_BIN, not rebuilt)"
+    else
+        log "building appid (release)"
+        (cd "$ROOT" && cargo build --release -q -p appid-proxy)
+        built=${CARGO_TARGET_DIR:-$ROOT/target}/release/appid
+    fi
     [[ -x $built ]] || die "no $built"
     CLK_TCK=$(getconf CLK_TCK)
     NCPU=$(nproc)

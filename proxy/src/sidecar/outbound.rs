@@ -89,18 +89,18 @@ async fn handle(
                         app,
                         shared.metrics.bytes_counter(MetricsDirection::Outbound),
                     );
-                    let (end, _) = super::splice::splice(
+                    let meter = shared
+                        .memory
+                        .meter(&format!("external {}", destination.ip()));
+                    // Boxed: only passed-through connections carry its state.
+                    let (end, _) = Box::pin(super::splice::splice(
                         &mut app,
                         &mut upstream,
                         &[],
                         shared.tcp_idle_timeout(destination.port()),
-                        Some(
-                            &shared
-                                .memory
-                                .meter(&format!("external {}", destination.ip())),
-                        ),
+                        Some(&meter),
                         std::future::pending(),
-                    )
+                    ))
                     .await;
                     super::splice::forward_reset(end, &mut app, &mut upstream);
                 }

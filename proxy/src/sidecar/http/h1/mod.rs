@@ -157,7 +157,10 @@ where
         // The request body and the response move at the same time (a server
         // may answer before it has read the whole body).
         let mut body_sent = body == BodyLength::Empty;
-        let response = {
+        // Boxed, as is `switch_protocols`: this state lives only while a
+        // request is in flight, and unboxed it would be allocated for the
+        // connection's whole (mostly idle) life.
+        let response = Box::pin(async {
             // Request trailers are refused: they could carry headers
             // (`x-appid-peer-id`, what a rule looks at) past the authorizer.
             let send = copy_body(
@@ -183,10 +186,11 @@ where
                         Ok(()) => body_sent = true,
                         Err(e) => return Err(e),
                     },
-                    response = &mut relay => break response,
+                    response = &mut relay => break Ok(response),
                 }
             }
-        };
+        })
+        .await?;
         let response = match response {
             Ok(response) => response,
             Err(Relay::Failed { answered, error }) => {
@@ -207,14 +211,14 @@ where
         if response.status == 101 {
             let downstream = down_read.unsplit(down_write);
             let upstream = up_read.unsplit(up_write);
-            return switch_protocols(
+            return Box::pin(switch_protocols(
                 downstream,
                 upstream,
                 down_buf,
                 up_buf,
                 limits,
                 authorizer.withdrawn(),
-            )
+            ))
             .await;
         }
         // Bytes after a response that nobody asked for would be taken as
