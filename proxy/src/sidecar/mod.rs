@@ -877,7 +877,10 @@ async fn accept_loop<F, Fut>(
         // The fast path here; a full budget is waited out (briefly, after
         // an eviction) in the connection's own task, so accepting goes on.
         let fast = shared.try_admit(direction);
-        let connection = handle(shared.clone(), stream, peer_addr);
+        // Boxed: captured by the task below and then awaited, an unboxed
+        // connection future would be held twice in the task (the capture
+        // and the awaited copy: rustc keeps both), 2.4 KiB each.
+        let connection = Box::pin(handle(shared.clone(), stream, peer_addr));
         let metrics = shared.metrics.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
