@@ -11,23 +11,31 @@
 //! `ISSUANCE_ROUNDS` (default 3), `ISSUANCE_WORKERS` concurrent clients
 //! (default 32), `ISSUANCE_CONFIGS` (default `sqlite,pg1,pg2,pg3`),
 //! `ISSUANCE_TOKENS` join tokens made per configuration and round (default
-//! 1 500 per second of phase; running out is reported), and
-//! `ISSUANCE_JSON=FILE` to also write every figure as JSON.
+//! 1 500 per second of phase; running out is reported),
+//! `ISSUANCE_JSON=FILE` to also write every figure as JSON, and
+//! `ISSUANCE_APPID_BIN=PATH` to measure another build of `appid` (say, the
+//! commit before a change) with this load generator.
 //!
 //! For each round and configuration, in that order (so configurations
 //! interleave across rounds), on a fresh CA and a fresh database:
 //!
 //! 1. One-time join tokens, one registration each, are written beforehand
-//!    through the store API (not counted).
+//!    through the store API (not counted). Keys and CSRs for every request
+//!    are made once, before the first round: each sidecar makes its own on
+//!    its machine, not on the authority's.
 //! 2. Attest phase: `ISSUANCE_WORKERS` tasks, each with the sidecar's own
 //!    [`AuthorityClient`] (workers spread over the replicas by their first
-//!    URL), redeem one token after the other for `ISSUANCE_SECONDS`: a
-//!    fresh key and CSR, then `POST /v1/attest` on a new TLS connection,
-//!    as a sidecar's bootstrap does. Issuances/s = certificates / phase time.
-//! 3. Renew phase: the same workers each renew the certificate they got
-//!    last, over mTLS (`POST /v1/renew`), again and again with the newest,
-//!    for `ISSUANCE_SECONDS`. Renewals/s and the renewal latency (request
-//!    sent to certificate received, key generation excluded).
+//!    URL), redeem one token after the other for `ISSUANCE_SECONDS`, each
+//!    with a key of its own: `POST /v1/attest` on a new TLS connection, as
+//!    a sidecar's bootstrap does. Issuances/s = certificates / phase time.
+//! 3. Renew phase: the same workers renew over mTLS (`POST /v1/renew`),
+//!    presenting the last certificate each got in the attest phase, a new
+//!    key each time, for `ISSUANCE_SECONDS`. Renewals/s and the renewal
+//!    latency (request sent to certificate received).
+//! 4. Every certificate of both phases is then loaded as a sidecar loads
+//!    it (chain, AppID extension, key match): one that does not verify is
+//!    a failure. Like key generation, this is the sidecars' work on their
+//!    machines, so it is not done while the CPU is measured.
 //!
 //! PostgreSQL runs as a production server would: `fsync`,
 //! `synchronous_commit` and `full_page_writes` on. Everything — load
@@ -49,11 +57,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use appid_proxy::authority::client::{AuthorityClient, new_key_and_csr};
+use appid_proxy::authority::client::{AuthorityClient, KeyAndCsr, new_key_and_csr};
 use appid_proxy::authority::service::{Proof, hash_token, new_token};
 use appid_proxy::authority::store::{Database, Registration, Store, StoreError};
 use appid_proxy::identity::verify::TrustBundle;
 use appid_proxy::sidecar::tls::LocalIdentity;
+use rustls::sign::CertifiedKey;
 
 use support::net::free_port;
 use support::pki::{APPID, appid};
@@ -180,7 +189,7 @@ impl Authority {
         for n in 0..replicas {
             let port = free_port();
             let log = authority._temp.path().join(format!("replica-{n}.log"));
-            let mut command = Command::new(APPID);
+            let mut command = Command::new(appid_bin());
             command
                 .args(["authority", "serve", "--dir"])
                 .arg(&authority.ca_dir)
@@ -275,8 +284,55 @@ fn register(
 struct Work {
     latencies: Vec<Duration>,
     failures: Vec<String>,
-    /// The newest certificate and its key.
-    identity: Option<LocalIdentity>,
+    /// Each certificate it got (PEM), with the index of its key.
+    issued: Vec<(usize, String)>,
+}
+
+/// Keys and CSRs for every request of a round, made before the run: a
+/// sidecar makes its own on its machine, so the load generator (which
+/// shares this machine with the authority) does not make them while it
+/// measures. One of each per token for the attest phase, as many again for
+/// renewals. The same for every configuration and round.
+struct Keys {
+    attest: Arc<Vec<KeyAndCsr>>,
+    renew: Arc<Vec<KeyAndCsr>>,
+}
+
+impl Keys {
+    /// `count` of each, made on every core.
+    async fn make(count: usize) -> Keys {
+        let threads = cores();
+        let share = count * 2 / threads + 1;
+        let made: Vec<KeyAndCsr> = futures_util::future::join_all((0..threads).map(|_| {
+            tokio::task::spawn_blocking(move || {
+                (0..share)
+                    .map(|_| new_key_and_csr().expect("key and CSR"))
+                    .collect::<Vec<_>>()
+            })
+        }))
+        .await
+        .into_iter()
+        .flat_map(|made| made.expect("key generation"))
+        .collect();
+        let mut made = made.into_iter();
+        Keys {
+            attest: Arc::new(made.by_ref().take(count).collect()),
+            renew: Arc::new(made.take(count).collect()),
+        }
+    }
+}
+
+/// The certificate `pem` (with `key`'s private key) as a sidecar loads
+/// it: verified against `bundle`.
+fn verified(bundle: &TrustBundle, pem: &str, key: &KeyAndCsr) -> Result<LocalIdentity, String> {
+    LocalIdentity::from_pem(
+        "issued",
+        pem.as_bytes(),
+        "key",
+        key.key_pem.as_bytes(),
+        bundle,
+    )
+    .map_err(|e| format!("an issued certificate does not verify: {e}"))
 }
 
 /// Runs `workers` tasks until `deadline`; the phase's length (until the
@@ -403,6 +459,7 @@ async fn measure(
     config: Config,
     round: u64,
     settings: &Settings,
+    keys: &Keys,
     cluster: Option<&Postgres>,
 ) -> Figures {
     let database = match config {
@@ -417,39 +474,33 @@ async fn measure(
     let (authority, tokens) = Authority::start(database, config.replicas(), settings.tokens).await;
     let tokens = Arc::new(tokens);
     let next = Arc::new(AtomicUsize::new(0));
+    let bundle = authority.bundle();
 
-    // Attest: each worker redeems tokens until the deadline.
+    // Attest: each worker redeems tokens until the deadline, each with a
+    // key and CSR of its own (made beforehand, as each sidecar makes its
+    // own on its machine).
     let cpu_before = Cpu::now(&authority);
     let wall = Instant::now();
     let deadline = Instant::now() + settings.phase;
     let (attest_time, attested) = phase(settings.workers, |n| {
-        let (client, bundle) = (authority.client(n), authority.bundle());
-        let (tokens, next) = (tokens.clone(), next.clone());
+        let client = authority.client(n);
+        let (tokens, next, keys) = (tokens.clone(), next.clone(), keys.attest.clone());
         async move {
             let mut work = Work::default();
             while Instant::now() < deadline {
-                let Some(token) = tokens.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let (Some(token), Some(key)) = (tokens.get(i), keys.get(i)) else {
                     work.failures.push("out of join tokens".into());
                     break;
                 };
-                let fresh = new_key_and_csr().expect("key and CSR");
                 let proof = Proof::JoinToken {
                     token: token.clone(),
                 };
                 let sent = Instant::now();
-                match client.attest(&fresh.csr_pem, proof, None).await {
+                match client.attest(&key.csr_pem, proof, None).await {
                     Ok(issued) => {
                         work.latencies.push(sent.elapsed());
-                        work.identity = Some(
-                            LocalIdentity::from_pem(
-                                "issued",
-                                issued.certificate.as_bytes(),
-                                "key",
-                                fresh.key_pem.as_bytes(),
-                                &bundle,
-                            )
-                            .expect("the issued certificate verifies"),
-                        );
+                        work.issued.push((i, issued.certificate));
                     }
                     Err(e) => work.failures.push(e.to_string()),
                 }
@@ -459,37 +510,38 @@ async fn measure(
     })
     .await;
 
-    // Renew: each worker renews its newest certificate until the deadline.
+    // Renew: each worker renews over mTLS with a certificate of the attest
+    // phase (its last), a fresh key and CSR each time, until the deadline.
     let mut attested = attested;
-    let mut identities: Vec<Option<LocalIdentity>> =
-        attested.iter_mut().map(|w| w.identity.take()).collect();
+    let current: Vec<Option<Arc<CertifiedKey>>> = attested
+        .iter()
+        .map(|work| {
+            let (i, pem) = work.issued.last()?;
+            Some(verified(&bundle, pem, &keys.attest[*i]).ok()?.certified)
+        })
+        .collect();
+    let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + settings.phase;
     let (renew_time, mut renewed) = phase(settings.workers, |n| {
-        let (client, bundle) = (authority.client(n), authority.bundle());
-        let identity = identities[n].take();
+        let client = authority.client(n);
+        let (current, next, keys) = (current[n].clone(), next.clone(), keys.renew.clone());
         async move {
             let mut work = Work::default();
-            let Some(mut identity) = identity else {
+            let Some(current) = current else {
                 work.failures.push("no certificate to renew".into());
                 return work;
             };
             while Instant::now() < deadline {
-                let fresh = new_key_and_csr().expect("key and CSR");
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(key) = keys.get(i) else {
+                    work.failures.push("out of keys for renewals".into());
+                    break;
+                };
                 let sent = Instant::now();
-                match client
-                    .renew(&fresh.csr_pem, identity.certified.clone(), None)
-                    .await
-                {
+                match client.renew(&key.csr_pem, current.clone(), None).await {
                     Ok(issued) => {
                         work.latencies.push(sent.elapsed());
-                        identity = LocalIdentity::from_pem(
-                            "renewed",
-                            issued.certificate.as_bytes(),
-                            "key",
-                            fresh.key_pem.as_bytes(),
-                            &bundle,
-                        )
-                        .expect("the renewed certificate verifies");
+                        work.issued.push((i, issued.certificate));
                     }
                     Err(e) => work.failures.push(e.to_string()),
                 }
@@ -501,10 +553,26 @@ async fn measure(
 
     let cpu = Cpu::now(&authority).since(cpu_before);
     let wall = wall.elapsed();
+    // Every certificate must verify (chain to the CA, carry the AppID
+    // extension, match its key), checked after the phases: a sidecar
+    // checks its own on its machine.
+    let unverified = tokio::task::block_in_place(|| {
+        let check = |works: &[Work], keys: &[KeyAndCsr]| {
+            works
+                .iter()
+                .flat_map(|work| &work.issued)
+                .filter_map(|(i, pem)| verified(&bundle, pem, &keys[*i]).err())
+                .collect::<Vec<_>>()
+        };
+        let mut all = check(&attested, &keys.attest);
+        all.extend(check(&renewed, &keys.renew));
+        all
+    });
     let failures: Vec<String> = attested
         .iter_mut()
         .chain(&mut renewed)
         .flat_map(|w| std::mem::take(&mut w.failures))
+        .chain(unverified)
         .collect();
     if let Some(first) = failures.first() {
         eprintln!(
@@ -555,6 +623,12 @@ fn summary_in(values: Vec<f64>, digits: usize, unit: &str) -> String {
     format!("{median:.digits$}{unit} ({low:.digits$}{unit}–{high:.digits$}{unit})")
 }
 
+/// The `appid` whose authority is measured: this build's, or
+/// `ISSUANCE_APPID_BIN`.
+fn appid_bin() -> String {
+    std::env::var("ISSUANCE_APPID_BIN").unwrap_or_else(|_| APPID.to_string())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter that is not ours skips us.
@@ -589,6 +663,7 @@ async fn main() {
     if cluster.is_none() {
         configs.retain(|c| *c == Config::Sqlite);
     }
+    let keys = Keys::make(settings.tokens).await;
     println!(
         "{} workers, {seconds} s per phase, {rounds} rounds, {} cores",
         settings.workers,
@@ -602,7 +677,7 @@ async fn main() {
     let mut all: Vec<Figures> = Vec::new();
     for round in 1..=rounds {
         for config in &configs {
-            let f = measure(*config, round, &settings, cluster.as_ref()).await;
+            let f = measure(*config, round, &settings, &keys, cluster.as_ref()).await;
             println!(
                 "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2}, {:.2}, {:.2} | {:.0}% |",
                 f.round,

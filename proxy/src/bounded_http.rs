@@ -125,6 +125,8 @@ async fn serve_maybe_tls<H, Fut>(
                 }
             },
         };
+        // Small request-response exchanges: no Nagle delay.
+        let _ = stream.set_nodelay(true);
         let Some(share) = sources.take(&peer.ip()) else {
             tracing::debug!(%peer, "{what}: the source holds its share of connections; closed");
             continue;

@@ -589,6 +589,7 @@ async fn https_get(
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| unreachable("connect", &e))?;
+    let _ = tcp.set_nodelay(true); // small request and response: no Nagle delay
     let server_name =
         ServerName::try_from(host.to_string()).map_err(|e| unreachable("server name", &e))?;
     let stream = TlsConnector::from(Arc::new(config))

@@ -151,6 +151,7 @@ impl K8sApi {
                 .map_err(|e| {
                     transient(format!("connecting to {}:{}: {e}", self.host, self.port))
                 })?;
+            let _ = tcp.set_nodelay(true); // small request and response: no Nagle delay
             let tls = self
                 .tls
                 .connect(self.server_name.clone(), tcp)

@@ -37,8 +37,7 @@ use appid_policy::claims::{Cloud, Image, K8s, attestation};
 use super::federation::FederatedBundles;
 use super::reported::{self, Fit};
 use super::store::{
-    PooledStore, Redemption, Registration, Store, StoreError, StorePool, Tx,
-    registrations_matching_cloud,
+    Redemption, Registration, Store, StoreError, StorePool, Tx, registrations_matching_cloud,
 };
 use crate::attest::K8sIdentity;
 use crate::attest::k8s_pod::{self, PodFacts, PodRef};
@@ -426,7 +425,7 @@ impl Authority {
         // One transaction: on PostgreSQL it may run more than once (a
         // serialization failure), so nothing in it acts outside the
         // database; the audit line is written after the commit.
-        self.lock()?
+        self.store
             .transaction(|tx| self.attest_steps(tx, request, &csr, &verified, now))
     }
 
@@ -605,7 +604,7 @@ impl Authority {
                     .transpose()?,
                 _ => None,
             };
-            self.lock()?.transaction(|tx| {
+            self.store.transaction(|tx| {
                 if !tx.was_issued(&presented.serial)? {
                     return Err(Refusal::Unauthenticated(format!(
                         "certificate serial {} was not issued by this authority (made offline, or before its database was replaced); bootstrap with a join token",
@@ -657,7 +656,7 @@ impl Authority {
             return Ok(list.clone());
         }
         let list = RevocationList {
-            revoked: self.lock()?.transaction(|tx| tx.revoked())?,
+            revoked: self.store.transaction(|tx| tx.revoked())?,
         };
         *cached = Some((std::time::Instant::now(), list.clone()));
         Ok(list)
@@ -721,11 +720,6 @@ impl Authority {
             bundle: self.bundle_pem.load().to_string(),
             not_after,
         })
-    }
-
-    /// A database connection of this process's own, for one transaction.
-    fn lock(&self) -> Result<PooledStore<'_>, Refusal> {
-        Ok(self.store.get()?)
     }
 
     /// One JSON line per attestation, issuance, renewal, refusal.

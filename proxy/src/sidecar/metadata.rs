@@ -104,6 +104,7 @@ impl Endpoint {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
+            let _ = tcp.set_nodelay(true); // small request and response: no Nagle delay
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;

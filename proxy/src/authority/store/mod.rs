@@ -31,6 +31,7 @@
 //! The schema is versioned: SQL files under `store/migrations/<backend>/`,
 //! applied at open (see each backend for how concurrent openers agree).
 
+mod group_commit;
 mod postgres;
 mod sqlite;
 
@@ -41,6 +42,7 @@ use thiserror::Error;
 
 use appid_policy::claims::Vulns;
 
+pub use self::group_commit::GroupCommit;
 pub use self::postgres::DatabaseUrl;
 
 /// File name of the SQLite database inside the authority directory.
@@ -79,6 +81,10 @@ pub enum StoreError {
          ({known}); run the same (or a newer) appid on every replica"
     )]
     TooNew { url: String, found: i64, known: i64 },
+    /// The SQLite transaction this one was batched with did not commit
+    /// ([`group_commit`]): nothing of it was kept.
+    #[error("authority database: the transaction did not commit: {0}")]
+    NotCommitted(String),
     #[error("authority database: stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -428,11 +434,40 @@ impl Store {
 /// an idle replica holds one.
 pub const POSTGRES_CONNECTIONS: usize = 8;
 
-/// An authority process's connections to its database, each used by one
-/// transaction at a time: up to [`POSTGRES_CONNECTIONS`] on PostgreSQL,
-/// one on SQLite (which runs one writer at a time anyway; a second
-/// connection would only wait on the file lock).
-pub struct StorePool {
+/// An authority process's way to its database, for transactions of
+/// concurrent requests: up to [`POSTGRES_CONNECTIONS`] connections on
+/// PostgreSQL, each used by one transaction at a time; on SQLite, which
+/// runs one writer at a time anyway, one connection whose transactions
+/// share commits ([`group_commit`]).
+pub enum StorePool {
+    Postgres(Connections),
+    Sqlite(GroupCommit),
+}
+
+impl StorePool {
+    /// The pool of `store`'s database, starting with `store`.
+    pub fn new(store: Store) -> StorePool {
+        match store.backend {
+            Backend::Sqlite(sqlite) => StorePool::Sqlite(GroupCommit::new(sqlite)),
+            Backend::Postgres(_) => StorePool::Postgres(Connections::new(store)),
+        }
+    }
+
+    /// Runs `steps` as one transaction, as [`Store::transaction`] does.
+    /// Blocks: call it from `spawn_blocking`, as every store call is.
+    pub fn transaction<T, E>(&self, steps: impl FnMut(&mut dyn Tx) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        match self {
+            StorePool::Postgres(connections) => connections.get()?.transaction(steps),
+            StorePool::Sqlite(group) => group.transaction(steps),
+        }
+    }
+}
+
+/// Connections to PostgreSQL, each used by one transaction at a time.
+pub struct Connections {
     state: std::sync::Mutex<PoolState>,
     /// Signalled when a connection is handed back (or failed to open).
     returned: std::sync::Condvar,
@@ -446,15 +481,15 @@ struct PoolState {
     open: usize,
 }
 
-impl StorePool {
-    /// A pool that starts with `store`, and opens more of the same
+impl Connections {
+    /// Connections that start with `store`, and open more of the same
     /// database as concurrent requests need them.
-    pub fn new(store: Store) -> StorePool {
+    fn new(store: Store) -> Connections {
         let size = match store.database() {
             Database::Sqlite(_) => 1,
             Database::Postgres(_) => POSTGRES_CONNECTIONS,
         };
-        StorePool {
+        Connections {
             database: store.database().clone(),
             state: std::sync::Mutex::new(PoolState {
                 idle: vec![store],
@@ -468,7 +503,7 @@ impl StorePool {
     /// An idle connection, else a new one while fewer than the pool's size
     /// are open, else the next one handed back. Blocks: call it from
     /// `spawn_blocking`, as every store call is.
-    pub fn get(&self) -> Result<PooledStore<'_>, StoreError> {
+    fn get(&self) -> Result<PooledStore<'_>, StoreError> {
         let mut state = self.lock_state();
         loop {
             if let Some(store) = state.idle.pop() {
@@ -507,11 +542,11 @@ impl StorePool {
     }
 }
 
-/// A connection taken from a [`StorePool`]; handed back on drop (a
+/// A connection taken from [`Connections`]; handed back on drop (a
 /// transaction interrupted by a panic was rolled back by then).
 pub struct PooledStore<'a> {
     store: Option<Store>,
-    pool: &'a StorePool,
+    pool: &'a Connections,
 }
 
 impl std::ops::Deref for PooledStore<'_> {

@@ -8,7 +8,11 @@
 //! deadlock upgrading a read lock; a busy database is waited for (10 s).
 //! SQLite serializes writers, so nothing is ever retried here. The
 //! statements of issuance and renewal are prepared once per connection
-//! (`prepare_cached`).
+//! (`prepare_cached`). A serving authority does not commit each
+//! transaction by itself: concurrent ones share a commit and its `fsync`
+//! ([`super::group_commit`], through [`SqliteStore::begin`],
+//! [`SqliteStore::savepoint`] and [`SqliteStore::commit`]); the CLI's
+//! one-off commands use [`SqliteStore::transaction`].
 //!
 //! The schema version is `PRAGMA user_version`; the migrations
 //! (`migrations/sqlite/*.sql`) are applied in one IMMEDIATE transaction, so
@@ -83,6 +87,52 @@ impl SqliteStore {
         let value = steps(&mut SqliteTx { conn: &tx })?;
         tx.commit().map_err(StoreError::from)?;
         Ok(value)
+    }
+
+    /// Opens a batch of [`super::group_commit`]: `BEGIN IMMEDIATE` (the
+    /// write lock, waited for up to [`BUSY_TIMEOUT`]).
+    pub(super) fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Runs one member of the open batch in a savepoint: kept when `steps`
+    /// returned `Ok`, rolled back to when it returned `Err` or panicked.
+    /// `Err` here: the savepoint could not be made or ended, and the
+    /// connection's state is unknown (the batch must not commit).
+    pub(super) fn savepoint<T, E>(
+        &mut self,
+        steps: impl FnOnce(&mut dyn Tx) -> std::thread::Result<Result<T, E>>,
+    ) -> Result<std::thread::Result<Result<T, E>>, StoreError> {
+        self.conn.execute_batch("SAVEPOINT member")?;
+        let ran = steps(&mut SqliteTx { conn: &self.conn });
+        let end = match &ran {
+            Ok(Ok(_)) => "RELEASE member",
+            _ => "ROLLBACK TO member; RELEASE member",
+        };
+        self.conn.execute_batch(end)?;
+        Ok(ran)
+    }
+
+    /// Whether a transaction is open (SQLite rolls one back by itself
+    /// after some errors: a full disk, an I/O error).
+    pub(super) fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    /// Commits the open batch (one `fsync`).
+    pub(super) fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Ends the open batch without keeping anything, if one is open.
+    pub(super) fn rollback(&mut self) {
+        if self.in_transaction()
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(%error, "authority database: ROLLBACK failed");
+        }
     }
 }
 
