@@ -153,9 +153,9 @@ impl GroupCommit {
         Ok((store, batch.outcome.clone()))
     }
 
-    /// Hands the connection on to a waiting thread, or, when nobody waits
-    /// or the batch is full, ends the batch: commit (or roll back a doomed
-    /// one) and tell every member.
+    /// Hands the connection on to a waiting thread, or, when nobody waits,
+    /// the batch is full or it is doomed, ends the batch: commit (or roll
+    /// back a doomed one) and tell every member.
     fn leave(&self, mut store: SqliteStore, doomed: Option<String>) {
         let mut state = self.lock();
         let waiting = state.waiting;
@@ -165,7 +165,9 @@ impl GroupCommit {
         if batch.doomed.is_none() {
             batch.doomed = doomed;
         }
-        if waiting > 0 && batch.members < MAX_BATCH {
+        // A doomed batch ends now: a member joining it would run outside
+        // any transaction (its writes committed on their own).
+        if waiting > 0 && batch.members < MAX_BATCH && batch.doomed.is_none() {
             state.store = Some(store);
             self.available.notify_one();
             return;
@@ -303,6 +305,31 @@ mod tests {
         let mut other = super::super::Store::open(dir.path()).unwrap();
         assert!(other.registration("spiffe://td/7").unwrap().is_some());
         assert!(other.registration("spiffe://td/3").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_sqlite_rolled_back_fails_its_members_and_the_next_caller_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = &group(dir.path());
+        let (mut store, outcome) = group.join().unwrap();
+        std::thread::scope(|scope| {
+            let next = scope.spawn(|| group.transaction(|tx| register(tx, "spiffe://td/next")));
+            until_waiting(group, 1);
+            // What SQLite does by itself after a full disk or an I/O error.
+            store.rollback();
+            let doomed = (!store.in_transaction()).then(|| "rolled back".to_string());
+            group.leave(store, doomed);
+            // The waiting caller does not join the dead batch (its writes
+            // would commit outside it): it opens its own, and it commits.
+            next.join().unwrap().unwrap();
+        });
+        assert!(matches!(
+            group.wait(&outcome),
+            Err(StoreError::NotCommitted(_))
+        ));
+        let mut other = super::super::Store::open(dir.path()).unwrap();
+        assert!(other.registration("spiffe://td/next").unwrap().is_some());
+        assert_eq!(group.committed(), 1);
     }
 
     #[test]

@@ -104,6 +104,13 @@ impl SqliteStore {
         &mut self,
         steps: impl FnOnce(&mut dyn Tx) -> std::thread::Result<Result<T, E>>,
     ) -> Result<std::thread::Result<Result<T, E>>, StoreError> {
+        // Outside a transaction, SAVEPOINT would start one of its own and
+        // RELEASE commit it: never run a member there.
+        if !self.in_transaction() {
+            return Err(StoreError::NotCommitted(
+                "no batch transaction is open".into(),
+            ));
+        }
         self.conn.execute_batch("SAVEPOINT member")?;
         let ran = steps(&mut SqliteTx { conn: &self.conn });
         let end = match &ran {
