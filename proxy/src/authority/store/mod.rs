@@ -42,7 +42,6 @@ use thiserror::Error;
 
 use appid_policy::claims::Vulns;
 
-pub use self::group_commit::GroupCommit;
 pub use self::postgres::DatabaseUrl;
 
 /// File name of the SQLite database inside the authority directory.
@@ -439,18 +438,20 @@ pub const POSTGRES_CONNECTIONS: usize = 8;
 /// PostgreSQL, each used by one transaction at a time; on SQLite, which
 /// runs one writer at a time anyway, one connection whose transactions
 /// share commits ([`group_commit`]).
-pub enum StorePool {
+pub struct StorePool(Pool);
+
+enum Pool {
     Postgres(Connections),
-    Sqlite(GroupCommit),
+    Sqlite(group_commit::GroupCommit),
 }
 
 impl StorePool {
     /// The pool of `store`'s database, starting with `store`.
     pub fn new(store: Store) -> StorePool {
-        match store.backend {
-            Backend::Sqlite(sqlite) => StorePool::Sqlite(GroupCommit::new(sqlite)),
-            Backend::Postgres(_) => StorePool::Postgres(Connections::new(store)),
-        }
+        StorePool(match store.backend {
+            Backend::Sqlite(sqlite) => Pool::Sqlite(group_commit::GroupCommit::new(sqlite)),
+            Backend::Postgres(_) => Pool::Postgres(Connections::new(store)),
+        })
     }
 
     /// Runs `steps` as one transaction, as [`Store::transaction`] does.
@@ -459,20 +460,19 @@ impl StorePool {
     where
         E: From<StoreError>,
     {
-        match self {
-            StorePool::Postgres(connections) => connections.get()?.transaction(steps),
-            StorePool::Sqlite(group) => group.transaction(steps),
+        match &self.0 {
+            Pool::Postgres(connections) => connections.get()?.transaction(steps),
+            Pool::Sqlite(group) => group.transaction(steps),
         }
     }
 }
 
 /// Connections to PostgreSQL, each used by one transaction at a time.
-pub struct Connections {
+struct Connections {
     state: std::sync::Mutex<PoolState>,
     /// Signalled when a connection is handed back (or failed to open).
     returned: std::sync::Condvar,
     database: Database,
-    size: usize,
 }
 
 struct PoolState {
@@ -483,12 +483,9 @@ struct PoolState {
 
 impl Connections {
     /// Connections that start with `store`, and open more of the same
-    /// database as concurrent requests need them.
+    /// database, up to [`POSTGRES_CONNECTIONS`], as concurrent requests
+    /// need them.
     fn new(store: Store) -> Connections {
-        let size = match store.database() {
-            Database::Sqlite(_) => 1,
-            Database::Postgres(_) => POSTGRES_CONNECTIONS,
-        };
         Connections {
             database: store.database().clone(),
             state: std::sync::Mutex::new(PoolState {
@@ -496,7 +493,6 @@ impl Connections {
                 open: 1,
             }),
             returned: std::sync::Condvar::new(),
-            size,
         }
     }
 
@@ -512,7 +508,7 @@ impl Connections {
                     pool: self,
                 });
             }
-            if state.open < self.size {
+            if state.open < POSTGRES_CONNECTIONS {
                 state.open += 1;
                 drop(state);
                 return match Store::open_database(&self.database) {
@@ -544,7 +540,7 @@ impl Connections {
 
 /// A connection taken from [`Connections`]; handed back on drop (a
 /// transaction interrupted by a panic was rolled back by then).
-pub struct PooledStore<'a> {
+struct PooledStore<'a> {
     store: Option<Store>,
     pool: &'a Connections,
 }
