@@ -53,8 +53,10 @@
 //!   every certificate answered before the kill is recorded, registrations
 //!   work (even while it is down), `PRAGMA integrity_check` is `ok` (when
 //!   `sqlite3` is installed), and the authority serves again.
+//! - The authority's TLS server picks AES-128-GCM/SHA-256 even when the
+//!   client prefers AES-256-GCM/SHA-384 (`openssl s_client`'s default order).
 //!
-//! Needs `curl` on the PATH (CI installs it). The 30 s TTL test dominates
+//! Needs `curl` and `openssl` on the PATH (CI installs them). The 30 s TTL test dominates
 //! the run time (about a minute) and sorts first, so it starts at once;
 //! the others run beside it.
 
@@ -1340,6 +1342,28 @@ async fn a_restarted_sidecar_keeps_its_identity_and_the_token_stays_one_time() {
         other.logs().contains("already used"),
         "the refusal reason is missing:\n{}",
         other.logs()
+    );
+}
+
+/// SHA-384 has no instructions of its own on x86 (SHA-256 has), so the
+/// authority's handshakes prefer TLS 1.3's mandatory AES-128/SHA-256 suite
+/// over whatever the client lists first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authority_picks_aes_128_gcm_sha256_over_the_clients_first_choice() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let server = AuthorityServer::start(&ca, "1h").await;
+    // openssl lists TLS_AES_256_GCM_SHA384 first.
+    let out = Command::new("openssl")
+        .args(["s_client", "-tls1_3", "-connect"])
+        .arg(format!("127.0.0.1:{}", server.port))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Cipher is TLS_AES_128_GCM_SHA256"),
+        "the authority negotiated another suite:\n{said}"
     );
 }
 
