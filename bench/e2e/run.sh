@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# End-to-end benchmark (issue 7): load generator -> client sidecar (plaintext)
-# -> mTLS -> server sidecar -> backend, all on 127.0.0.1, for these peers
-# side by side: direct (no proxies), haproxy, nginx and appid.
+# End-to-end benchmark (issues 7 and 17): load generator -> client sidecar
+# (plaintext) -> mTLS -> server sidecar -> backend, all on 127.0.0.1, for
+# these peers side by side: direct (no proxies), haproxy, nginx and appid,
+# with one worker each, and haproxy and appid again with two.
 #
-#   bench/e2e/run.sh                      # ~4 peers x 5 workloads x 10 s
+#   bench/e2e/run.sh                      # one round: 7 peers x 9 workloads x 10 s
+#   bench/e2e/run.sh --repeat 3           # 3 interleaved rounds: medians and spread
 #   BENCH_SECONDS=5 bench/e2e/run.sh      # shorter
 #   BENCH_PEERS="direct appid-strict" BENCH_WORKLOADS="h1 tcp" bench/e2e/run.sh
 #
+# --repeat N (or BENCH_REPEAT) runs every peer N times, rounds interleaved
+# (peer a, b, c, then a, b, c again), so that a slow minute of the machine
+# hits every peer alike; every figure is then the median of the rounds with
+# its min-max, and a ratio is taken within each round before its median.
+#
 # Environment: BENCH_SECONDS (per workload, default 10), BENCH_PEERS,
-# BENCH_WORKLOADS (idle h1 h1close h2 tcp), BENCH_IDLE_CONNS (1000),
+# BENCH_WORKLOADS (idle h1 h1close h2 tcp rate), BENCH_RATES (the fixed
+# request rates of the `rate` workload, default "1000 10000" req/s, each over
+# HTTP/1.1 and over gRPC-like HTTP/2), BENCH_IDLE_CONNS (1000),
 # BENCH_PROXY_CPU (1) / BENCH_LOAD_CPU (0): the cores for the two sidecars
-# and for load generator + backend, BENCH_OUT (results JSON path),
+# and for load generator + backend (peers with two workers get every core),
+# BENCH_OUT (results JSON path),
 # BENCH_RESUMPTION=1 turns TLS session resumption on for haproxy and nginx
 # (it is off by default, as the issue asks; appid never resumes),
 # BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
@@ -26,17 +36,28 @@ PROXY_CPU=${BENCH_PROXY_CPU:-1}
 LOAD_CPU=${BENCH_LOAD_CPU:-0}
 OUT=${BENCH_OUT:-$HERE/results.json}
 RAW=$HERE/raw
-WORKLOADS=${BENCH_WORKLOADS:-idle h1 h1close h2 tcp}
+WORKLOADS=${BENCH_WORKLOADS:-idle h1 h1close h2 tcp rate}
+RATES=${BENCH_RATES:-1000 10000}
+# Connections of the fixed-rate client, each sending rate/connections req/s:
+# HTTP/1.1 has one request in flight per connection, so it gets one
+# connection per 100 req/s (a connection is never asked for more than one
+# request per 10 ms); HTTP/2 multiplexes, as gRPC clients do, on 10.
+RATE_H1_PER_CONN=100
+RATE_H2_CONNS=10
 RESUMPTION=${BENCH_RESUMPTION:-0}
+REPEAT=${BENCH_REPEAT:-1}
 
 # appid configurations, one entry each: "key|label|extra sidecar YAML" (the
-# YAML, with \n for newlines, is appended to both sidecars' configs). The
-# peer is named appid-<key>. `default` is what a user gets (pooled
-# appid-mux/1 tunnels); `strict` is one TLS connection per app connection,
-# like the haproxy and nginx pairs.
+# YAML, with \n for newlines, is appended to both sidecars' configs; without
+# a `workers:` line the sidecars get `workers: 1`). The peer is named
+# appid-<key>. `default` is what a user gets (pooled appid-mux/1 tunnels);
+# `strict` is one TLS connection per app connection, like the haproxy and
+# nginx pairs. A key ending in -w2 runs with two workers on every core, and
+# its ratios are taken to haproxy-w2 (two threads, every core).
 APPID_CONFIGS=(
     "default|appid (default)|"
     "strict|appid (strict)|tunnel: strict"
+    "default-w2|appid (default, 2 workers)|workers: 2"
 )
 
 # Ports. Load generator -> CLIENT_* (client sidecar, plaintext) ->
@@ -143,14 +164,51 @@ tree() {
     for child in $(pgrep -P "$pid" || true); do tree "$child"; done
 }
 
-# CPU clock ticks (utime + stime, all threads) of a pid and its descendants.
+# CPU clock ticks (utime + stime, all threads) of a pid and its
+# descendants; with a second argument `sys`, stime only (the kernel's part).
 ticks() {
     local total=0 p stat rest f
     for p in $(tree "$1"); do
         stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         rest=${stat##*) }                      # after "pid (comm) "
         read -r -a f <<<"$rest"                # f[0] is field 3 (state)
-        total=$((total + f[11] + f[12]))       # fields 14, 15
+        if [[ ${2:-} == sys ]]; then
+            total=$((total + f[12]))           # field 15
+        else
+            total=$((total + f[11] + f[12]))   # fields 14, 15
+        fi
+    done
+    echo "$total"
+}
+
+# BENCH_SYSCALLS=1: count the sidecars' system calls and context switches
+# during each workload (perf stat on software events; it costs each
+# syscall a little, so it is off for the figures that matter).
+count_start() { # OUTFILE PID...
+    local out=$1
+    shift
+    PERF_PID=""
+    [[ ${BENCH_SYSCALLS:-0} == 1 ]] || return 0
+    command -v perf >/dev/null || die "BENCH_SYSCALLS=1 needs perf (apt-get install linux-perf)"
+    local pids
+    pids=$(for p in "$@"; do tree "$p"; done | paste -sd,)
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$out" &
+    PERF_PID=$!
+}
+
+count_stop() {
+    [[ -n $PERF_PID ]] || return 0
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    PERF_PID=""
+}
+
+# Resident memory (KiB) of a pid and its descendants.
+rss_kib() {
+    local total=0 p kib
+    for p in $(tree "$1"); do
+        kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || continue
+        total=$((total + ${kib:-0}))
     done
     echo "$total"
 }
@@ -191,7 +249,7 @@ wait_quiet() {
     done
 }
 
-record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW/measure.tsv"; }
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$ROUND_RAW/measure.tsv"; }
 
 # --- certificates, backend -------------------------------------------------
 
@@ -253,13 +311,13 @@ start_direct() {
     DIAL_H1=$BACKEND_H1 DIAL_H2=$BACKEND_H2 DIAL_TCP=$BACKEND_TCP
 }
 
-start_haproxy() {
-    local dir=$1 side cache=0 reuse=no-ssl-reuse tickets=no-tls-tickets
+start_haproxy() { # DIR THREADS
+    local dir=$1 threads=$2 side cache=0 reuse=no-ssl-reuse tickets=no-tls-tickets
     [[ $RESUMPTION == 1 ]] && { cache=20000 reuse="" tickets=""; }
     for side in client server; do
         cat >"$dir/$side.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $threads
     maxconn 8000
     tune.ssl.cachesize $cache
     ssl-server-verify required
@@ -288,9 +346,9 @@ EOF
     for side in client server; do
         haproxy -c -q -f "$dir/$side.cfg" || die "haproxy $side config"
     done
-    start "$PROXY_CPU" haproxy-server haproxy -db -f "$dir/server.cfg"
+    start "$PEER_CPUS" haproxy-server haproxy -db -f "$dir/server.cfg"
     SERVER_PID=$LAST_PID
-    start "$PROXY_CPU" haproxy-client haproxy -db -f "$dir/client.cfg"
+    start "$PEER_CPUS" haproxy-client haproxy -db -f "$dir/client.cfg"
     CLIENT_PID=$LAST_PID
 }
 
@@ -345,9 +403,9 @@ EOF
     for side in client server; do
         nginx -q -t -e "$dir/$side.error.log" -p "$dir" -c "$dir/$side.conf" || die "nginx $side config"
     done
-    start "$PROXY_CPU" nginx-server nginx -e "$dir/server.error.log" -p "$dir" -c "$dir/server.conf"
+    start "$PEER_CPUS" nginx-server nginx -e "$dir/server.error.log" -p "$dir" -c "$dir/server.conf"
     SERVER_PID=$LAST_PID
-    start "$PROXY_CPU" nginx-client nginx -e "$dir/client.error.log" -p "$dir" -c "$dir/client.conf"
+    start "$PEER_CPUS" nginx-client nginx -e "$dir/client.error.log" -p "$dir" -c "$dir/client.conf"
     CLIENT_PID=$LAST_PID
 }
 
@@ -363,6 +421,11 @@ rules:
     from: { labels.app: loadgen }
     to: { labels.app: backend, ports: [$SERVER_H1, $SERVER_H2] }
     http: { methods: [GET] }
+  - name: loadgen-grpc          # L7: the fixed-rate gRPC-like calls
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$SERVER_H2] }
+    http: { methods: [POST], paths: ["/bench.Echo/*"] }
   - name: loadgen-tcp           # L4: iperf3
     action: allow
     from: { labels.app: loadgen }
@@ -379,7 +442,6 @@ inbound:
   - { listen: "127.0.0.1:$SERVER_TCP", forward: "127.0.0.1:$BACKEND_TCP" }
 admin: "127.0.0.1:$ADMIN_SERVER"
 audit_log: $WORK/audit-server.jsonl
-workers: 1
 EOF
     cat >"$dir/client.yaml" <<EOF
 identity: { cert: $WORK/client.pem, key: $WORK/client.key, bundle: $WORK/ca.pem }
@@ -391,16 +453,16 @@ outbound:
   - { listen: "127.0.0.1:$CLIENT_TCP", upstream: "127.0.0.1:$SERVER_TCP" }
 admin: "127.0.0.1:$ADMIN_CLIENT"
 audit_log: $WORK/audit-client.jsonl
-workers: 1
 EOF
+    [[ $extra == *workers:* ]] || extra="workers: 1${extra:+\n$extra}"
     if [[ -n $extra ]]; then
         printf '%b\n' "$extra" | tee -a "$dir/server.yaml" >>"$dir/client.yaml"
     fi
     : >"$WORK/audit-server.jsonl"
     : >"$WORK/audit-client.jsonl"
-    start "$PROXY_CPU" appid-server env RUST_LOG=warn "$APPID" proxy --config "$dir/server.yaml"
+    start "$PEER_CPUS" appid-server env RUST_LOG=warn "$APPID" proxy --config "$dir/server.yaml"
     SERVER_PID=$LAST_PID
-    start "$PROXY_CPU" appid-client env RUST_LOG=warn "$APPID" proxy --config "$dir/client.yaml"
+    start "$PEER_CPUS" appid-client env RUST_LOG=warn "$APPID" proxy --config "$dir/client.yaml"
     CLIENT_PID=$LAST_PID
 }
 
@@ -409,10 +471,14 @@ EOF
 # measure PEER WORKLOAD OUTFILE CMD...: runs CMD (bounded by timeout) with
 # the sidecars' CPU ticks before/after; stdout to OUTFILE.
 measure() {
-    local peer=$1 wl=$2 out=$3 rc=0 c0=0 s0=0 c1=0 s1=0 t0 t1 b0 b1 k0 k1 g0 g1
+    local peer=$1 wl=$2 out=$3 rc=0 c0=0 s0=0 c1=0 s1=0 t0 t1 b0 b1 k0 k1 g0 g1 y0=0 y1=0
     shift 3
     wait_quiet
-    [[ -n $CLIENT_PID ]] && { c0=$(ticks "$CLIENT_PID"); s0=$(ticks "$SERVER_PID"); }
+    [[ -n $CLIENT_PID ]] && {
+        c0=$(ticks "$CLIENT_PID") s0=$(ticks "$SERVER_PID")
+        y0=$(($(ticks "$CLIENT_PID" sys) + $(ticks "$SERVER_PID" sys)))
+        count_start "$out.counts" "$CLIENT_PID" "$SERVER_PID"
+    }
     k0=$(($(ticks "$BACKEND_HTTP_PID") + $(ticks "$BACKEND_TCP_PID")))
     g0=$(children_ticks)
     b0=$(sys_busy)
@@ -422,7 +488,11 @@ measure() {
     b1=$(sys_busy)
     g1=$(children_ticks)
     k1=$(($(ticks "$BACKEND_HTTP_PID") + $(ticks "$BACKEND_TCP_PID")))
-    [[ -n $CLIENT_PID ]] && { c1=$(ticks "$CLIENT_PID"); s1=$(ticks "$SERVER_PID"); }
+    [[ -n $CLIENT_PID ]] && {
+        count_stop
+        c1=$(ticks "$CLIENT_PID") s1=$(ticks "$SERVER_PID")
+        y1=$(($(ticks "$CLIENT_PID" sys) + $(ticks "$SERVER_PID" sys)))
+    }
     record "$peer" "$wl" exit_code "$rc"
     record "$peer" "$wl" machine_busy_ticks $((b1 - b0))
     record "$peer" "$wl" own_ticks $((c1 - c0 + s1 - s0 + k1 - k0 + g1 - g0))
@@ -430,6 +500,9 @@ measure() {
     if [[ -n $CLIENT_PID ]]; then
         record "$peer" "$wl" cpu_ticks_client $((c1 - c0))
         record "$peer" "$wl" cpu_ticks_server $((s1 - s0))
+        record "$peer" "$wl" cpu_ticks_sys $((y1 - y0))
+        record "$peer" "$wl" rss_kib_client "$(rss_kib "$CLIENT_PID")"
+        record "$peer" "$wl" rss_kib_server "$(rss_kib "$SERVER_PID")"
     fi
     if [[ $peer == appid-* ]]; then
         record "$peer" "$wl" audit_bytes "$(($(stat -c %s "$WORK/audit-client.jsonl") + $(stat -c %s "$WORK/audit-server.jsonl")))"
@@ -442,7 +515,7 @@ measure() {
 }
 
 run_workloads() {
-    local peer=$1 wl dir=$RAW/$1
+    local peer=$1 wl dir=$ROUND_RAW/$1 rate conns
     mkdir -p "$dir"
     for wl in $WORKLOADS; do
         case $wl in
@@ -470,14 +543,46 @@ run_workloads() {
             log "$peer: bulk TCP, iperf3 -P1, ${DURATION}s"
             measure "$peer" tcp "$dir/tcp.json" iperf3 -c 127.0.0.1 -p "$DIAL_TCP" -P 1 -t "$DURATION" -J
             ;;
-        *) die "unknown workload $wl (idle h1 h1close h2 tcp)" ;;
+        rate)
+            # Latency at a fixed load (a set rate, not as fast as possible):
+            # h2load spreads the rate over its connections and logs every
+            # request's latency; report.py takes p50/p99/p99.9 and subtracts
+            # direct's of the same round.
+            for rate in $RATES; do
+                conns=$(((rate + RATE_H1_PER_CONN - 1) / RATE_H1_PER_CONN))
+                log "$peer: HTTP/1.1 at $rate req/s on $conns connections, ${DURATION}s"
+                measure "$peer" "rate-h1-$rate" "$dir/rate-h1-$rate.txt" h2load --h1 -t1 -c"$conns" \
+                    --rps "$(awk -v r="$rate" -v c="$conns" 'BEGIN { print r / c }')" -D "$DURATION" \
+                    --log-file "$dir/rate-h1-$rate.log" "http://127.0.0.1:$DIAL_H1/"
+                log "$peer: gRPC-like HTTP/2 at $rate req/s on $RATE_H2_CONNS connections, ${DURATION}s"
+                measure "$peer" "rate-h2-$rate" "$dir/rate-h2-$rate.txt" h2load -t1 -c"$RATE_H2_CONNS" -m16 \
+                    --rps "$(awk -v r="$rate" -v c="$RATE_H2_CONNS" 'BEGIN { print r / c }')" -D "$DURATION" \
+                    --log-file "$dir/rate-h2-$rate.log" \
+                    -d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+                    "http://127.0.0.1:$DIAL_H2/bench.Echo/Say"
+            done
+            ;;
+        *) die "unknown workload $wl (idle h1 h1close h2 tcp rate)" ;;
         esac
     done
 }
 
 # --- main ------------------------------------------------------------------
 
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+}
+
 main() {
+    while (($#)); do
+        case $1 in
+        --repeat) REPEAT=${2:-}; shift 2 || die "--repeat needs a number" ;;
+        --repeat=*) REPEAT=${1#--repeat=}; shift ;;
+        -h | --help) usage; return 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+        esac
+    done
+    [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat wants a whole number of rounds >= 1, not '$REPEAT'"
     [[ $(nproc) -gt $PROXY_CPU && $(nproc) -gt $LOAD_CPU ]] || die "needs CPUs $LOAD_CPU and $PROXY_CPU"
     install_missing
     local built
@@ -507,9 +612,10 @@ main() {
     cp "$built" "$APPID"
     rm -rf "$RAW"
     mkdir -p "$RAW"
-    : >"$RAW/measure.tsv"
+    printf '\0\0\0\0\5hello' >"$WORK/grpc-request.bin" # one gRPC message, 5 bytes
 
-    declare -A labels=([direct]="direct" [haproxy]="haproxy" [nginx]="nginx")
+    declare -A labels=([direct]="direct" [haproxy]="haproxy" [nginx]="nginx"
+        [haproxy-w2]="haproxy (2 threads)")
     declare -A extras=()
     local all=(direct haproxy nginx) entry key label extra
     for entry in "${APPID_CONFIGS[@]}"; do
@@ -518,11 +624,16 @@ main() {
         labels[appid-$key]=$label
         extras[appid-$key]=$extra
     done
+    all+=(haproxy-w2)
     local peers
     read -r -a peers <<<"${BENCH_PEERS:-${all[*]}}"
 
     {
         echo "seconds=$DURATION"
+        echo "repeat=$REPEAT"
+        echo "rates=$RATES"
+        echo "rate_h1_per_conn=$RATE_H1_PER_CONN"
+        echo "rate_h2_conns=$RATE_H2_CONNS"
         echo "idle_conns=$IDLE_CONNS"
         echo "peer_resumption=$RESUMPTION"
         echo "proxy_cpu=$PROXY_CPU"
@@ -545,30 +656,42 @@ main() {
     start_backend
     log "backend up (nginx :$BACKEND_H1 h1, :$BACKEND_H2 h2c; iperf3 :$BACKEND_TCP), load on CPU $LOAD_CPU, proxies on CPU $PROXY_CPU"
 
-    local peer dir
+    local peer dir round
     for peer in "${peers[@]}"; do
         [[ -n ${labels[$peer]+x} ]] || die "unknown peer $peer (known: ${all[*]})"
         printf '%s\t%s\n' "$peer" "${labels[$peer]}" >>"$RAW/peers.tsv"
-        dir=$WORK/$peer
-        mkdir -p "$dir"
-        case $peer in
-        direct) start_direct ;;
-        haproxy) start_haproxy "$dir" ;;
-        nginx) start_nginx "$dir" ;;
-        appid-*) start_appid "$dir" "${extras[$peer]}" ;;
-        esac
-        if [[ -n $CLIENT_PID ]]; then
-            wait_ports "${peer%%-*}-server" "$SERVER_PID" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP"
-            wait_ports "${peer%%-*}-client" "$CLIENT_PID" "$CLIENT_H1" "$CLIENT_H2" "$CLIENT_TCP"
-            DIAL_H1=$CLIENT_H1 DIAL_H2=$CLIENT_H2 DIAL_TCP=$CLIENT_TCP
-        fi
-        log "== $peer (${labels[$peer]}) =="
-        run_workloads "$peer"
-        if [[ -n $CLIENT_PID ]]; then
-            cp "$WORK/${peer%%-*}-client.log" "$RAW/$peer/client.log" 2>/dev/null || true
-            cp "$WORK/${peer%%-*}-server.log" "$RAW/$peer/server.log" 2>/dev/null || true
-            stop "$CLIENT_PID" "$SERVER_PID"
-        fi
+    done
+    for ((round = 1; round <= REPEAT; round++)); do
+        ROUND_RAW=$RAW/round-$round
+        mkdir -p "$ROUND_RAW"
+        : >"$ROUND_RAW/measure.tsv"
+        for peer in "${peers[@]}"; do
+            dir=$WORK/$peer
+            rm -rf "$dir"
+            mkdir -p "$dir"
+            # Two workers (threads) get every core; one gets PROXY_CPU.
+            PEER_CPUS=$PROXY_CPU
+            [[ $peer == *-w2 ]] && PEER_CPUS=0-$((NCPU - 1))
+            case $peer in
+            direct) start_direct ;;
+            haproxy) start_haproxy "$dir" 1 ;;
+            haproxy-w2) start_haproxy "$dir" 2 ;;
+            nginx) start_nginx "$dir" ;;
+            appid-*) start_appid "$dir" "${extras[$peer]}" ;;
+            esac
+            if [[ -n $CLIENT_PID ]]; then
+                wait_ports "${peer%%-*}-server" "$SERVER_PID" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP"
+                wait_ports "${peer%%-*}-client" "$CLIENT_PID" "$CLIENT_H1" "$CLIENT_H2" "$CLIENT_TCP"
+                DIAL_H1=$CLIENT_H1 DIAL_H2=$CLIENT_H2 DIAL_TCP=$CLIENT_TCP
+            fi
+            log "== round $round of $REPEAT: $peer (${labels[$peer]}) =="
+            run_workloads "$peer"
+            if [[ -n $CLIENT_PID ]]; then
+                cp "$WORK/${peer%%-*}-client.log" "$ROUND_RAW/$peer/client.log" 2>/dev/null || true
+                cp "$WORK/${peer%%-*}-server.log" "$ROUND_RAW/$peer/server.log" 2>/dev/null || true
+                stop "$CLIENT_PID" "$SERVER_PID"
+            fi
+        done
     done
 
     local rc=0

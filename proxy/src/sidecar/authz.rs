@@ -79,6 +79,30 @@ pub struct ConnAuthz {
     /// same claims (see [`ClaimsJson`]).
     local_json: OnceLock<Arc<AppIdDoc>>,
     peer_json: OnceLock<Arc<AppIdDoc>>,
+    /// The addresses as audit lines show them, formatted at the first
+    /// decision rather than at each (an HTTP connection has many).
+    audit_addrs: OnceLock<AuditAddrs>,
+}
+
+/// A connection's addresses as text, for its audit lines.
+struct AuditAddrs {
+    peer_addr: Box<str>,
+    app_addr: Option<Box<str>>,
+    /// The destination's IP, for a peer outside the mesh (outbound).
+    external_ip: Option<Box<str>>,
+}
+
+impl AuditAddrs {
+    fn new(peer_addr: SocketAddr, app_addr: Option<SocketAddr>, peer: &Peer) -> AuditAddrs {
+        AuditAddrs {
+            peer_addr: peer_addr.to_string().into(),
+            app_addr: app_addr.map(|a| a.to_string().into()),
+            external_ip: match peer {
+                Peer::External { ip, .. } => Some(ip.to_string().into()),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// Claims documents as JSON, made once per claims `Arc` (our identity; a
@@ -153,6 +177,7 @@ impl ConnAuthz {
             transport: None,
             local_json: OnceLock::new(),
             peer_json: OnceLock::new(),
+            audit_addrs: OnceLock::new(),
         }
     }
 
@@ -168,6 +193,8 @@ impl ConnAuthz {
     /// inbound over a tunnel the peer's app as its sidecar reports it.
     pub fn with_app_addr(mut self, app_addr: SocketAddr) -> Self {
         self.app_addr = Some(app_addr);
+        // Nothing is audited before this, but the text must follow.
+        self.audit_addrs = OnceLock::new();
         self
     }
 
@@ -393,8 +420,9 @@ impl ConnAuthz {
             Peer::Meshed(claims) => Some(claims.id.as_str()),
             _ => None,
         };
-        let peer_addr = self.peer_addr.to_string();
-        let app_addr = self.app_addr.map(|a| a.to_string());
+        let addrs = self
+            .audit_addrs
+            .get_or_init(|| AuditAddrs::new(self.peer_addr, self.app_addr, &self.peer));
         let peer_appid = match &self.peer {
             Peer::Meshed(claims) => Some(
                 &**self
@@ -406,15 +434,11 @@ impl ConnAuthz {
         let local_appid = self
             .local_json
             .get_or_init(|| self.shared.claims_json.get(&self.local));
-        let external_ip;
-        let external = match &self.peer {
-            Peer::External { ip, host } => {
-                external_ip = ip.to_string();
-                Some(ExternalDest {
-                    ip: &external_ip,
-                    host: host.as_deref().map(|h| truncate_utf8(h, AUDIT_FIELD_BYTES)),
-                })
-            }
+        let external = match (&self.peer, &addrs.external_ip) {
+            (Peer::External { host, .. }, Some(ip)) => Some(ExternalDest {
+                ip,
+                host: host.as_deref().map(|h| truncate_utf8(h, AUDIT_FIELD_BYTES)),
+            }),
             _ => None,
         };
         super::trace::record_decision(decision, rule);
@@ -427,8 +451,8 @@ impl ConnAuthz {
             audit_only,
             rule,
             peer_id,
-            peer_addr: Some(&peer_addr),
-            app_addr: app_addr.as_deref(),
+            peer_addr: Some(&addrs.peer_addr),
+            app_addr: addrs.app_addr.as_deref(),
             claims,
             port: self.port,
             // Bounded: a caller picks these, and must not pick the size of
@@ -599,6 +623,25 @@ mod tests {
         let cut = truncate_utf8(&long, AUDIT_FIELD_BYTES);
         assert!(cut.len() <= AUDIT_FIELD_BYTES && cut.len() >= AUDIT_FIELD_BYTES - 1);
         assert!(long.starts_with(cut));
+    }
+
+    #[test]
+    fn audit_addresses_are_the_addresses_as_text() {
+        let peer_addr: SocketAddr = "[2001:db8::7%3]:41234".parse().unwrap();
+        let app_addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let external = Peer::External {
+            ip,
+            host: Some("api.example".into()),
+        };
+        let addrs = AuditAddrs::new(peer_addr, Some(app_addr), &external);
+        assert_eq!(&*addrs.peer_addr, peer_addr.to_string());
+        assert_eq!(addrs.app_addr.as_deref(), Some(&*app_addr.to_string()));
+        assert_eq!(addrs.external_ip.as_deref(), Some("2001:db8::1"));
+        let unauthenticated = Peer::Unauthenticated(ip);
+        let addrs = AuditAddrs::new(app_addr, None, &unauthenticated);
+        assert_eq!(&*addrs.peer_addr, "127.0.0.1:5000");
+        assert!(addrs.app_addr.is_none() && addrs.external_ip.is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::copy_buf::ReadBuffer;
 use super::memory::Meter;
 
 /// Why a splice ended.
@@ -203,12 +204,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; MIN_BUFFER];
+    // Its bytes may go into TLS: see `copy_buf` for where they start.
+    let mut buffer = ReadBuffer::new(MIN_BUFFER);
     // What the buffer's growth beyond MIN_BUFFER holds of the budget.
     let mut grown = Vec::new();
     let mut bytes = 0u64;
     loop {
-        let n = match reader.read(&mut buffer).await {
+        let n = match reader.read(buffer.bytes()).await {
             Ok(0) => {
                 let outcome = match writer.shutdown().await {
                     Ok(()) => Outcome::Eof,
@@ -230,7 +232,7 @@ where
                 };
             }
         };
-        if writer.write_all(&buffer[..n]).await.is_err() {
+        if writer.write_all(&buffer.bytes()[..n]).await.is_err() {
             return OneWay {
                 bytes,
                 outcome: Outcome::Failed,
@@ -247,7 +249,7 @@ where
                 },
             };
             grown.extend(charge);
-            buffer.resize(buffer.len() * 2, 0);
+            buffer.resize(buffer.len() * 2);
         }
     }
 }

@@ -61,6 +61,7 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::copy_buf::Led;
 use super::memory::{Charge, Meter};
 use super::splice::Abort;
 
@@ -275,15 +276,16 @@ impl Drop for UnflushedChunk {
 }
 
 /// A chunk of DATA as handed to h2, with what it holds until written out.
+/// The bytes are [`Led`]: rustls copies them into its records.
 struct Queued {
-    data: Vec<u8>,
+    data: Led,
     _charge: Option<Charge>,
     _unflushed: UnflushedChunk,
 }
 
 impl AsRef<[u8]> for Queued {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        self.data.as_ref()
     }
 }
 
@@ -453,7 +455,7 @@ impl AsyncWrite for TunnelStream {
                 };
                 let n = charge.as_ref().map_or(wanted, Charge::bytes);
                 let data = Bytes::from_owner(Queued {
-                    data: buf[..n].to_vec(),
+                    data: Led::copy_of(&buf[..n]),
                     _charge: charge,
                     _unflushed: this.unflushed.track(),
                 });
