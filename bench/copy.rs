@@ -25,7 +25,7 @@ const HEADER: usize = 5; // the TLS record header rustls writes first
 
 /// A page-aligned slice of `len` bytes at `offset` into a buffer that lives
 /// as long as `storage`.
-fn at(storage: &mut Vec<u8>, offset: usize, len: usize) -> &mut [u8] {
+fn at(storage: &mut [u8], offset: usize, len: usize) -> &mut [u8] {
     let start = storage.as_ptr() as usize;
     let aligned = start.next_multiple_of(PAGE) - start;
     &mut storage[aligned + offset..aligned + offset + len]
