@@ -38,7 +38,8 @@ OTHER_LOAD_LIMIT = 0.10
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 PROTOS = {"h1": "HTTP/1.1", "h2": "gRPC-like HTTP/2"}
-PERCENTILES = (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))
+# Percentiles in thousandths (integers: 99.9 has no exact float).
+PERCENTILES = (("p50", 500), ("p99", 990), ("p999", 999))
 
 
 def metric_list(rates):
@@ -153,12 +154,12 @@ def parse_h2load(text):
     return out
 
 
-def percentile(sorted_values, pct):
-    """Nearest-rank percentile of an ascending list."""
+def percentile(sorted_values, permille):
+    """Nearest-rank percentile (in thousandths) of an ascending list."""
     if not sorted_values:
         return None
-    rank = max(1, -(-len(sorted_values) * pct // 100))  # ceil
-    return sorted_values[int(rank) - 1]
+    rank = max(1, -(-len(sorted_values) * permille // 1000))  # ceil, in integers
+    return sorted_values[rank - 1]
 
 
 def parse_h2load_log(text):

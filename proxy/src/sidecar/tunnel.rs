@@ -83,10 +83,31 @@ pub const MAX_FRAME: u32 = 64 * 1024;
 /// Largest HEADERS block accepted (a CONNECT request or its answer is tiny).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
+/// Streams we reset whose id h2 remembers, and for how long, so that the
+/// peer's frames already on their way are ignored, as RFC 9113 §5.4.2 asks.
+/// Every stream a sidecar drops before the peer finished ends in a reset
+/// (see [`TunnelStream`]'s drop), and the peer's END_STREAM often crosses
+/// it. h2 remembered 10 (and remembers none beyond its limit until the
+/// oldest expire), took a frame on a forgotten stream for the peer's
+/// error and answered it with a reset of its own. Enough for 2 000 such
+/// closes a second per tunnel; each costs a few hundred bytes meanwhile.
+const REMEMBERED_RESETS: usize = 4 * MAX_STREAMS as usize;
+const RESET_MEMORY: Duration = Duration::from_secs(2);
+
 /// The client side's HTTP/2 settings.
 pub fn client_builder() -> h2::client::Builder {
     let mut builder = h2::client::Builder::new();
     builder
+        .max_concurrent_reset_streams(REMEMBERED_RESETS)
+        .reset_stream_duration(RESET_MEMORY)
+        // No lifetime cap on the resets h2 sends for a peer's errors: at
+        // 1 024 (its default) in a tunnel's whole life it sent
+        // GOAWAY(ENHANCE_YOUR_CALM) and failed every stream on the tunnel,
+        // which a few thousand short connections a second reached in
+        // under a second. The peer is an authenticated sidecar, and
+        // a reset answers a frame it sent (the server side's
+        // `FrameBudget` bounds the cheap ones).
+        .max_local_error_reset_streams(None)
         .enable_push(false)
         .max_frame_size(MAX_FRAME)
         .initial_window_size(STREAM_WINDOW)
@@ -100,6 +121,9 @@ pub fn client_builder() -> h2::client::Builder {
 pub fn server_builder() -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();
     builder
+        .max_concurrent_reset_streams(REMEMBERED_RESETS)
+        .reset_stream_duration(RESET_MEMORY)
+        .max_local_error_reset_streams(None) // see `client_builder`
         .max_concurrent_streams(MAX_STREAMS)
         .max_frame_size(MAX_FRAME)
         .initial_window_size(STREAM_WINDOW)
@@ -506,6 +530,132 @@ pub fn forwarded_app(headers: &http::HeaderMap) -> Option<std::net::SocketAddr> 
 
 #[cfg(test)]
 mod tests {
+    /// One HTTP/2 frame: length, type, flags, stream id, payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend(stream.to_be_bytes());
+        out.extend(payload);
+        out
+    }
+
+    /// A `CONNECT 127.0.0.1:1` request head, HPACK without Huffman coding:
+    /// `:method` (static index 2) and `:authority` (1), literals.
+    fn connect_head(stream: u32) -> Vec<u8> {
+        let mut block = vec![0x02, 7];
+        block.extend(b"CONNECT");
+        block.extend([0x01, 11]);
+        block.extend(b"127.0.0.1:1");
+        frame(0x1, 0x4, stream, &block) // HEADERS, END_HEADERS
+    }
+
+    /// The server's frames as (type, stream id, first 4 payload bytes: a
+    /// RST_STREAM's error code) until `until` holds or the connection ends.
+    async fn read_frames(
+        io: &mut (impl AsyncRead + Unpin),
+        mut until: impl FnMut(u8, u32) -> bool,
+    ) -> Vec<(u8, u32, u32)> {
+        let mut seen = Vec::new();
+        let mut header = [0u8; 9];
+        while io.read_exact(&mut header).await.is_ok() {
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if io.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let stream = u32::from_be_bytes(header[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            let code = payload
+                .get(..4)
+                .map_or(0, |c| u32::from_be_bytes(c.try_into().unwrap()));
+            seen.push((header[3], stream, code));
+            if until(header[3], stream) {
+                break;
+            }
+        }
+        seen
+    }
+
+    /// A peer's END_STREAM that crosses our reset of the stream is ignored,
+    /// however many streams we reset: 2 000 streams, each reset by the
+    /// server (as a dropped [`TunnelStream`] does) before the client's last
+    /// DATA frame reaches it. With h2's defaults the server answered those
+    /// frames with resets of its own (STREAM_CLOSED) and, after 1 024,
+    /// closed the connection with GOAWAY(ENHANCE_YOUR_CALM).
+    #[tokio::test]
+    async fn late_frames_on_streams_we_reset_never_close_the_tunnel() {
+        const STREAMS: u32 = 2_000;
+        const BATCH: u32 = 500; // below the concurrent stream limit
+        let (mut client, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut connection = server_builder().handshake::<_, Bytes>(server_io).await?;
+            while let Some(accepted) = connection.accept().await {
+                let (_request, mut respond) = accepted?;
+                let response = http::Response::new(());
+                let mut send = respond.send_response(response, false)?;
+                send.send_reset(h2::Reason::CANCEL);
+            }
+            Ok::<(), h2::Error>(())
+        });
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        client.write_all(&frame(0x4, 0, 0, &[])).await.unwrap(); // SETTINGS
+        let mut next = 1u32;
+        while next < 2 * STREAMS {
+            let batch: Vec<u32> = (0..BATCH).map(|i| next + 2 * i).collect();
+            next += 2 * BATCH;
+            for &stream in &batch {
+                client.write_all(&connect_head(stream)).await.unwrap();
+            }
+            // Wait until the server has reset every stream of the batch ...
+            let last = *batch.last().unwrap();
+            let seen = read_frames(&mut client, |kind, stream| {
+                kind == 0x7 || (kind == 0x3 && stream == last)
+            })
+            .await;
+            assert!(
+                !seen.iter().any(|&(kind, _, _)| kind == 0x7),
+                "GOAWAY before stream {last}"
+            );
+            let answered: Vec<u32> = seen
+                .iter()
+                .filter(|&&(kind, stream, code)| kind == 0x3 && (code != 0x8 || stream < batch[0]))
+                .map(|&(_, stream, _)| stream)
+                .collect();
+            assert!(
+                answered.is_empty(),
+                "late frames answered with resets on {} streams, e.g. {:?}",
+                answered.len(),
+                &answered[..answered.len().min(5)]
+            );
+            // ... then finish each: frames that crossed the reset.
+            for &stream in &batch {
+                if client
+                    .write_all(&frame(0x0, 0x1, stream, b"x"))
+                    .await
+                    .is_err()
+                {
+                    panic!("the server hung up at {stream}: {:?}", server.await);
+                }
+            }
+        }
+        // A PING answered means every late DATA frame before it was read
+        // and the connection is still up.
+        client
+            .write_all(&frame(0x6, 0, 0, b"late-end"))
+            .await
+            .unwrap();
+        let seen = read_frames(&mut client, |kind, _| kind == 0x6 || kind == 0x7).await;
+        assert_eq!(seen.last().map(|&(kind, _, _)| kind), Some(0x6), "{seen:?}");
+        assert!(
+            !seen.iter().any(|&(kind, _, _)| kind == 0x3 || kind == 0x7),
+            "the server answered late frames with resets or GOAWAY: {seen:?}"
+        );
+        drop(client);
+        server.await.unwrap().ok();
+    }
+
     proptest::proptest! {
         /// Whatever a peer sends in `Forwarded`, parsing never panics, and
         /// what we write always reads back.

@@ -1,0 +1,180 @@
+//! `bench/e2e/report.py` on rounds we write ourselves: what the README's
+//! performance table is made of must be computed as it says (medians of
+//! the rounds, ratios taken within each round, fixed-rate latency added
+//! over direct of the same round, issue 17's targets judged on medians).
+//! The real tools' output formats are reproduced (wrk --latency, h2load and
+//! its --log-file).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn wrk(rps: f64, p50_ms: f64, p99_ms: f64) -> String {
+    format!(
+        "Running 5s test @ http://127.0.0.1:20080/\n  1 threads and 32 connections\n\
+         \x20 Latency Distribution\n     50%  {p50_ms:.2}ms\n     75%  {p50_ms:.2}ms\n     90%  {p99_ms:.2}ms\n     99%  {p99_ms:.2}ms\n\
+         \x20 {} requests in 5.00s, 1.00MB read\nRequests/sec: {rps:.2}\nTransfer/sec:  200.00KB\n",
+        (rps * 5.0) as u64
+    )
+}
+
+fn h2load(rps: f64) -> String {
+    let n = (rps * 5.0) as u64;
+    format!(
+        "finished in 5.00s, {rps:.2} req/s, 80.14KB/s\n\
+         requests: {n} total, {n} started, {n} done, {n} succeeded, 0 failed, 0 errored, 0 timeout\n\
+         status codes: {n} 2xx, 0 3xx, 0 4xx, 0 5xx\n\
+         \x20                    min         max         mean         sd        +/- sd\n\
+         time for request:      193us      2.57ms       573us       219us    85.03%\n"
+    )
+}
+
+/// An h2load --log-file with 1000 requests: 989 at `base_us`, 9 at
+/// `slow_us` and 2 at `slowest_us` (nearest rank: p50 is the 500th, p99
+/// the 990th and p99.9 the 999th, so they are those three).
+fn rate_log(base_us: u64, slow_us: u64, slowest_us: u64) -> String {
+    let mut log = String::new();
+    for i in 0..1000u64 {
+        let latency = match i {
+            0..989 => base_us,
+            989..998 => slow_us,
+            _ => slowest_us,
+        };
+        log.push_str(&format!(
+            "{}\t200\t{latency}\n",
+            1_796_291_706_649_969 + i * 1000
+        ));
+    }
+    log
+}
+
+fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
+    let raw = tempfile::tempdir().unwrap();
+    let raw = raw.path();
+    write(
+        &raw.join("env.txt"),
+        "seconds=5\nrepeat=3\nrates=1000\nclk_tck=100\nnproc=2\n",
+    );
+    write(
+        &raw.join("peers.tsv"),
+        "direct\tdirect\nhaproxy\thaproxy\nappid-default\tappid (default)\n",
+    );
+    // Per round: haproxy's and appid's keep-alive rate. Round 3 is a slow
+    // minute for everyone: appid's ratio is 2.0 in every round, while the
+    // median of appid's own figures (20k) over haproxy's (10k) would say
+    // the same here, the ratios' spread must be 2.0-2.0.
+    let rounds = [
+        (10_000.0, 20_000.0),
+        (12_000.0, 24_000.0),
+        (5_000.0, 10_000.0),
+    ];
+    for (n, (haproxy, appid)) in rounds.iter().enumerate() {
+        let round = raw.join(format!("round-{}", n + 1));
+        let mut measure = String::new();
+        for (peer, rps) in [
+            ("direct", 40_000.0),
+            ("haproxy", *haproxy),
+            ("appid-default", *appid),
+        ] {
+            write(&round.join(peer).join("h1.txt"), &wrk(rps, 1.0, 2.0));
+            measure.push_str(&format!("{peer}\th1\texit_code\t0\n"));
+            // Fixed rate: direct answers in 100 µs; haproxy adds 200 µs at
+            // p50; appid 100 µs at p50, 1 ms at p99 and 3 ms at p99.9.
+            let log = match peer {
+                "direct" => rate_log(100, 100, 100),
+                "haproxy" => rate_log(300, 400, 500),
+                _ => rate_log(200, 1_100, 3_100),
+            };
+            write(&round.join(peer).join("rate-h1-1000.log"), &log);
+            write(&round.join(peer).join("rate-h1-1000.txt"), &h2load(1000.0));
+            measure.push_str(&format!("{peer}\trate-h1-1000\texit_code\t0\n"));
+            measure.push_str(&format!("{peer}\trate-h1-1000\twall_seconds\t5.0\n"));
+            if peer != "direct" {
+                // 0.25 s of CPU over 5 s at 1000 req/s: 0.05 vCPU per 1000.
+                for wl in ["h1", "rate-h1-1000"] {
+                    measure.push_str(&format!("{peer}\t{wl}\tcpu_ticks_client\t10\n"));
+                    measure.push_str(&format!("{peer}\t{wl}\tcpu_ticks_server\t15\n"));
+                    measure.push_str(&format!("{peer}\t{wl}\tcpu_ticks_sys\t5\n"));
+                    measure.push_str(&format!("{peer}\t{wl}\trss_kib_client\t8192\n"));
+                    measure.push_str(&format!("{peer}\t{wl}\trss_kib_server\t8192\n"));
+                }
+            }
+        }
+        write(&round.join("measure.tsv"), &measure);
+    }
+    let json = raw.join("results.json");
+    let report = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/e2e/report.py"))
+        .arg(raw)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("python3 runs");
+    let table = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "report.py failed: {table}\n{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc["rounds"], 3);
+    let appid = &doc["results"]["appid-default"];
+
+    let rps = &appid["metrics"]["h1_rps"];
+    assert_eq!(rps["median"], 20_000.0);
+    assert_eq!(rps["min"], 10_000.0);
+    assert_eq!(rps["max"], 24_000.0);
+    let ratio = &appid["ratios"]["h1_rps"]["vs_haproxy"];
+    assert_eq!(
+        (
+            ratio["median"].as_f64(),
+            ratio["min"].as_f64(),
+            ratio["max"].as_f64()
+        ),
+        (Some(2.0), Some(2.0), Some(2.0)),
+        "ratios are taken within each round"
+    );
+
+    let added = |key: &str| appid["metrics"][key]["median"].as_f64().unwrap();
+    assert!((added("rate_h1_1000_p50_added_ms") - 0.1).abs() < 1e-9);
+    assert!((added("rate_h1_1000_p99_added_ms") - 1.0).abs() < 1e-9);
+    assert!((added("rate_h1_1000_p999_added_ms") - 3.0).abs() < 1e-9);
+    assert!((added("rate_h1_1000_vcpu_per_krps") - 0.05).abs() < 1e-9);
+    assert!((added("rate_h1_1000_rss_mb") - 16.0).abs() < 1e-9);
+    // Direct keeps its own latency; haproxy's p50 added is 0.2 ms, so
+    // appid's is half of it.
+    let direct_p50 = &doc["results"]["direct"]["metrics"]["rate_h1_1000_p50_added_ms"];
+    assert!((direct_p50["median"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+    let vs = appid["ratios"]["rate_h1_1000_p50_added_ms"]["vs_haproxy"]["median"].as_f64();
+    assert!((vs.unwrap() - 0.5).abs() < 1e-9);
+
+    // Targets: 2.0x keep-alive is met (>= 1.3x); p99 added 1.0 ms is not
+    // (< 0.298 ms); 0.05 vCPU per 1000 req/s is (< 0.06).
+    let target = |metric: &str| {
+        doc["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["metric"] == metric)
+            .unwrap_or_else(|| panic!("no target on {metric}"))["met"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(target("h1_rps"));
+    assert!(!target("rate_h1_1000_p99_added_ms"));
+    assert!(target("rate_h1_1000_vcpu_per_krps"));
+    assert!(
+        table.contains("NOT MET  added p99 at 1000 req/s"),
+        "{table}"
+    );
+    assert!(
+        table.contains("20.0k (10.0k–24.0k)  h×2.00 (2.00–2.00)"),
+        "{table}"
+    );
+}
