@@ -18,9 +18,10 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
+use appid_proxy::sidecar::copy_buf::LEAD;
+
 const RECORD: usize = 16 * 1024;
 const PAGE: usize = 4096;
-const LEAD: usize = 64; // copy_buf::LEAD (the module is private to the sidecar)
 const HEADER: usize = 5; // the TLS record header rustls writes first
 
 /// A page-aligned slice of `len` bytes at `offset` into a buffer that lives

@@ -24,7 +24,7 @@ pub const LEAD: usize = 64;
 
 /// `data` copied into a new buffer that starts [`LEAD`] bytes into its
 /// allocation; [`Led::as_ref`] gives back exactly `data`.
-pub struct Led {
+pub(crate) struct Led {
     buf: Vec<u8>,
 }
 
@@ -45,7 +45,7 @@ impl AsRef<[u8]> for Led {
 
 /// A read buffer of `len` usable bytes that start [`LEAD`] bytes into the
 /// allocation: read into and write out of [`ReadBuffer::bytes`].
-pub struct ReadBuffer {
+pub(crate) struct ReadBuffer {
     buf: Vec<u8>,
 }
 

@@ -60,7 +60,7 @@ macro_rules! forward_async_write {
 pub(crate) use forward_async_write;
 
 pub mod authz;
-mod copy_buf;
+pub mod copy_buf;
 mod counted;
 mod dispatch;
 mod fd_budget;
