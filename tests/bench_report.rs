@@ -1,9 +1,10 @@
 //! `bench/e2e/report.py` on rounds we write ourselves: what the README's
-//! performance table is made of must be computed as it says (medians of
+//! performance tables are made of must be computed as they say (medians of
 //! the rounds, ratios taken within each round, fixed-rate latency added
-//! over direct of the same round, issue 17's targets judged on medians).
-//! The real tools' output formats are reproduced (wrk --latency, h2load and
-//! its --log-file).
+//! over direct of the same round, issue 17's targets on loopback and issue
+//! 19's in the mesh, against ztunnel, judged on medians). The real tools'
+//! output formats are reproduced (wrk --latency, h2load and its
+//! --log-file, idle.py's JSON line).
 
 use std::fs;
 use std::path::Path;
@@ -108,21 +109,7 @@ fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
         }
         write(&round.join("measure.tsv"), &measure);
     }
-    let json = raw.join("results.json");
-    let report = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/e2e/report.py"))
-        .arg(raw)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("python3 runs");
-    let table = String::from_utf8_lossy(&report.stdout);
-    assert!(
-        report.status.success(),
-        "report.py failed: {table}\n{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    let (table, doc) = report(raw);
     assert_eq!(doc["rounds"], 3);
     let appid = &doc["results"]["appid-default"];
 
@@ -130,7 +117,7 @@ fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
     assert_eq!(rps["median"], 20_000.0);
     assert_eq!(rps["min"], 10_000.0);
     assert_eq!(rps["max"], 24_000.0);
-    let ratio = &appid["ratios"]["h1_rps"]["vs_haproxy"];
+    let ratio = &appid["ratios"]["h1_rps"]["vs_reference"];
     assert_eq!(
         (
             ratio["median"].as_f64(),
@@ -151,24 +138,14 @@ fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
     // appid's is half of it.
     let direct_p50 = &doc["results"]["direct"]["metrics"]["rate_h1_1000_p50_added_ms"];
     assert!((direct_p50["median"].as_f64().unwrap() - 0.1).abs() < 1e-9);
-    let vs = appid["ratios"]["rate_h1_1000_p50_added_ms"]["vs_haproxy"]["median"].as_f64();
+    let vs = appid["ratios"]["rate_h1_1000_p50_added_ms"]["vs_reference"]["median"].as_f64();
     assert!((vs.unwrap() - 0.5).abs() < 1e-9);
 
     // Targets: 2.0x keep-alive is met (>= 1.3x); p99 added 1.0 ms is not
     // (< 0.298 ms); 0.05 vCPU per 1000 req/s is (< 0.06).
-    let target = |metric: &str| {
-        doc["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["metric"] == metric)
-            .unwrap_or_else(|| panic!("no target on {metric}"))["met"]
-            .as_bool()
-            .unwrap()
-    };
-    assert!(target("h1_rps"));
-    assert!(!target("rate_h1_1000_p99_added_ms"));
-    assert!(target("rate_h1_1000_vcpu_per_krps"));
+    assert!(target(&doc, "h1_rps", "appid-default"));
+    assert!(!target(&doc, "rate_h1_1000_p99_added_ms", "appid-default"));
+    assert!(target(&doc, "rate_h1_1000_vcpu_per_krps", "appid-default"));
     assert!(
         table.contains("NOT MET  added p99 at 1000 req/s"),
         "{table}"
@@ -177,4 +154,108 @@ fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
         table.contains("20.0k (10.0k–24.0k)  h×2.00 (2.00–2.00)"),
         "{table}"
     );
+}
+
+#[test]
+fn the_mesh_is_judged_against_ztunnel_with_issue_19s_targets() {
+    let raw = tempfile::tempdir().unwrap();
+    let raw = raw.path();
+    write(
+        &raw.join("env.txt"),
+        "topology=mesh\nreference=ztunnel\nseconds=5\nrepeat=1\nrates=\nclk_tck=100\nnproc=2\n",
+    );
+    write(
+        &raw.join("peers.tsv"),
+        "direct\tdirect\nappid-l7\tappid, L7 policy\nappid-l4\tappid, L4 policy\n\
+         ztunnel\tztunnel (L4 policy)\n",
+    );
+    // Keep-alive: appid L7 1.1x ztunnel (met, >= 1.0), L4 1.1x (not met,
+    // >= 1.2). Idle: 10 KiB per connection for appid, 8 for ztunnel (1.25x,
+    // not met). RSS at start: the larger of appid's two sidecars, 19 MB
+    // (met, <= 20 MB).
+    let round = raw.join("round-1");
+    let mut measure = String::new();
+    for (peer, rps, idle_kib, start_mb) in [
+        ("direct", 40_000.0, 0, (0, 0)),
+        ("appid-l7", 22_000.0, 10, (18, 19)),
+        ("appid-l4", 22_000.0, 10, (18, 19)),
+        ("ztunnel", 20_000.0, 8, (14, 14)),
+    ] {
+        write(&round.join(peer).join("h1.txt"), &wrk(rps, 1.0, 2.0));
+        measure.push_str(&format!("{peer}\th1\texit_code\t0\n"));
+        if peer == "direct" {
+            continue;
+        }
+        let conns = 1000;
+        write(
+            &round.join(peer).join("idle.json"),
+            &format!(
+                "{{\"conns\": {conns}, \"established\": {conns}, \"alive\": {conns}, \"errors\": 0, \
+                 \"rss_before_kib\": 30000, \"rss_after_kib\": {}}}\n",
+                30_000 + idle_kib * conns
+            ),
+        );
+        measure.push_str(&format!("{peer}\tidle\texit_code\t0\n"));
+        measure.push_str(&format!(
+            "{peer}\tstart\trss_kib_client\t{}\n",
+            start_mb.0 * 1024
+        ));
+        measure.push_str(&format!(
+            "{peer}\tstart\trss_kib_server\t{}\n",
+            start_mb.1 * 1024
+        ));
+    }
+    write(&round.join("measure.tsv"), &measure);
+
+    let (table, doc) = report(raw);
+    let l7 = &doc["results"]["appid-l7"];
+    assert_eq!(l7["reference"], "ztunnel");
+    let vs = |peer: &str, metric: &str| {
+        doc["results"][peer]["ratios"][metric]["vs_reference"]["median"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((vs("appid-l7", "h1_rps") - 1.1).abs() < 1e-9);
+    assert!((vs("appid-l7", "idle_kib_per_conn") - 1.25).abs() < 1e-9);
+    assert_eq!(l7["metrics"]["start_rss_mb"]["median"], 19.0);
+
+    assert!(target(&doc, "h1_rps", "appid-l7"));
+    assert!(!target(&doc, "h1_rps", "appid-l4"));
+    assert!(!target(&doc, "idle_kib_per_conn", "appid-l7"));
+    assert!(target(&doc, "start_rss_mb", "appid-l7"));
+    assert!(table.contains("Issue 19 targets"), "{table}");
+    assert!(table.contains("22.0k  z×1.10  d×0.55"), "{table}");
+    assert!(!table.contains("Issue 17"), "{table}");
+}
+
+/// Runs report.py on `raw`: its table and its JSON.
+fn report(raw: &Path) -> (String, serde_json::Value) {
+    let json = raw.join("results.json");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/e2e/report.py"))
+        .arg(raw)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("python3 runs");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "report.py failed: {table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    (table, doc)
+}
+
+/// Whether the target on `metric` for `peer` was met.
+fn target(doc: &serde_json::Value, metric: &str, peer: &str) -> bool {
+    doc["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["metric"] == metric && t["peer"] == peer)
+        .unwrap_or_else(|| panic!("no target on {metric} for {peer}"))["met"]
+        .as_bool()
+        .unwrap()
 }

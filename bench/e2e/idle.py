@@ -2,13 +2,14 @@
 """Memory per idle connection, for bench/e2e/run.sh.
 
 Reads the RSS of the given processes (and their children), opens N
-connections to 127.0.0.1:PORT, sends one HTTP/1.1 keep-alive GET on each and
-reads its response (so every connection is established end to end: load
-generator -> client sidecar -> mTLS -> server sidecar -> backend), waits for
-the processes to settle, reads the RSS again, prints one JSON object, and
-closes everything. Python 3 standard library only.
+connections to HOST:PORT (127.0.0.1 unless --host says otherwise), sends
+one HTTP/1.1 keep-alive GET on each and reads its response (so every
+connection is established end to end: load generator -> client sidecar ->
+mTLS -> server sidecar -> backend), waits for the processes to settle,
+reads the RSS again, prints one JSON object, and closes everything.
+Python 3 standard library only.
 
-    idle.py --port 20080 --conns 1000 --settle 2 PID [PID...]
+    idle.py [--host 10.79.0.2] --port 20080 --conns 1000 --settle 2 PID [PID...]
 """
 
 import argparse
@@ -77,13 +78,14 @@ def read_response(sock):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--settle", type=float, default=2.0)
     ap.add_argument("pids", type=int, nargs="*")
     args = ap.parse_args()
 
-    before = rss_kib(args.pids)
+    before = [rss_kib([p]) for p in args.pids]
     socks, errors, statuses = [], 0, {}
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     started = time.monotonic()
@@ -91,7 +93,7 @@ def main():
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.settimeout(10)
         try:
-            s.connect(("127.0.0.1", args.port))
+            s.connect((args.host, args.port))
             s.sendall(request)
             status = read_response(s).decode(errors="replace")
             statuses[status] = statuses.get(status, 0) + 1
@@ -113,7 +115,7 @@ def main():
             alive += 1
         except OSError:
             pass
-    after = rss_kib(args.pids)
+    after = [rss_kib([p]) for p in args.pids]
     print(json.dumps({
         "conns": args.conns,
         "established": len(socks),
@@ -121,8 +123,11 @@ def main():
         "errors": errors,
         "statuses": statuses,
         "open_seconds": round(opened, 3),
-        "rss_before_kib": before,
-        "rss_after_kib": after,
+        "rss_before_kib": sum(before),
+        "rss_after_kib": sum(after),
+        # Per process, in the order given (run.sh: client sidecar, server).
+        "rss_before_kib_each": before,
+        "rss_after_kib_each": after,
     }))
     for s in socks:
         s.close()

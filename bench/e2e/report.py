@@ -14,14 +14,16 @@ read as one round (what run.sh wrote before --repeat).
 
 Every figure is first computed per round. The table shows, for each peer,
 the median over the rounds with its min-max when there are several, and its
-ratio to haproxy (h×) and to direct (d×) taken within each round (peer value
-/ reference value of the same round) before the median: > 1 is more of it
-(better for req/s and Gbit/s; worse for latency, CPU and memory). Peers
-with two workers (key ending in -w2) are compared with haproxy-w2.
+ratio to the reference peer (env.txt `reference`: haproxy, h×, on loopback;
+ztunnel, z×, in the mesh) and to direct (d×) taken within each round (peer
+value / reference value of the same round) before the median: > 1 is more
+of it (better for req/s and Gbit/s; worse for latency, CPU and memory).
+Peers with two workers (key ending in -w2) are compared with haproxy-w2.
 
 Latency at a fixed rate is shown as added over direct in the same round
 (peer's percentile minus direct's); direct's own column shows its latency.
-The targets of issue 17 are checked at the end (and in the JSON).
+The targets of issue 17 (loopback) or issue 19 (env.txt `topology=mesh`)
+are checked at the end (and in the JSON).
 """
 
 import argparse
@@ -59,6 +61,7 @@ def metric_list(rates):
         ("tcp_gbps", "bulk TCP (iperf3, 1 stream)", "Gbit/s", "higher"),
         ("tcp_cpu_s_per_gb", "  sidecar CPU per GB", "s/GB", "lower"),
         ("idle_kib_per_conn", "idle connection (RSS, both sidecars)", "KiB", "lower"),
+        ("start_rss_mb", "RSS at start, the larger sidecar", "MB", "lower"),
     ]
     for rate in rates:
         for proto, name in PROTOS.items():
@@ -74,10 +77,10 @@ def metric_list(rates):
     return out
 
 
-# Issue 17's targets: (metric, peer, compared with, op, bound, what it is).
-# "ratio" compares the peer's ratio to the reference (median of the rounds);
-# "value" compares the peer's own median.
-TARGETS = [
+# Targets: (metric, peer, compared with, op, bound, what it is). "ratio"
+# compares the peer's ratio to the reference (median of the rounds); "value"
+# compares the peer's own median. Issue 17's, on loopback:
+TARGETS_LOOPBACK = [
     ("h2_rps", "appid-default", "ratio", ">=", 1.0, "HTTP/2, L7 authorization on every request: ≥ 1.0× haproxy"),
     ("h1_rps", "appid-default", "ratio", ">=", 1.3, "HTTP/1.1 keep-alive, L7 authorization: ≥ 1.3× haproxy"),
     ("tcp_gbps", "appid-default", "ratio", ">=", 1.3, "bulk TCP: ≥ 1.3× haproxy"),
@@ -87,6 +90,16 @@ TARGETS = [
      "added p99 at 1000 req/s (HTTP/1.1): < Istio's +0.298 ms"),
     ("rate_h1_1000_vcpu_per_krps", "appid-default", "value", "<", 0.06,
      "CPU per 1000 req/s, both sidecars (HTTP/1.1): < ztunnel's 0.06 vCPU"),
+]
+
+# Issue 19's, in the mesh, against the ztunnel pair.
+TARGETS_MESH = [
+    ("h1_rps", "appid-l7", "ratio", ">=", 1.0,
+     "HTTP/1.1 keep-alive, appid authorizing every request at L7: ≥ 1.0× ztunnel"),
+    ("h1_rps", "appid-l4", "ratio", ">=", 1.2, "HTTP/1.1 keep-alive, appid with an L4 policy: ≥ 1.2× ztunnel"),
+    ("tcp_gbps", "appid-l7", "ratio", ">=", 1.0, "bulk TCP: ≥ 1.0× ztunnel"),
+    ("idle_kib_per_conn", "appid-l7", "ratio", "<=", 1.0, "idle memory per connection, both sides: ≤ ztunnel's"),
+    ("start_rss_mb", "appid-l7", "value", "<=", 20.0, "base RSS: ≤ 20 MB per sidecar"),
 ]
 
 
@@ -349,6 +362,9 @@ def collect(rdir, env, peer, measure):
         elif d:
             problems.append(f"idle: only {d.get('alive')} of {d.get('conns')} connections stayed up "
                             f"({d.get('errors')} failed)")
+    start = m.get("start", {})
+    if "rss_kib_client" in start:
+        metrics["start_rss_mb"] = max(start["rss_kib_client"], start["rss_kib_server"]) / 1024
     ncpu = float(env.get("nproc") or 1)
     for wl, w in m.items():
         if "machine_busy_ticks" in w and w.get("wall_seconds"):
@@ -396,12 +412,13 @@ def add_latency_over_direct(round_metrics, rates):
                         metrics[f"rate_{proto}_{rate}_{name}_added_ms"] = own - base
 
 
-def reference_of(peer, peers):
-    """Whom a peer's h× is taken against."""
+def reference_of(peer, peers, env):
+    """Whom a peer's ratio (h× or z×) is taken against."""
+    reference = env.get("reference") or "haproxy"
     keys = {p["key"] for p in peers}
-    if peer.endswith("-w2") and "haproxy-w2" in keys:
+    if reference == "haproxy" and peer.endswith("-w2") and "haproxy-w2" in keys:
         return "haproxy-w2"
-    return "haproxy"
+    return reference
 
 
 def summary(values):
@@ -473,7 +490,7 @@ def main():
 
     results = {}
     for p in peers:
-        key, ref = p["key"], reference_of(p["key"], peers)
+        key, ref = p["key"], reference_of(p["key"], peers, env)
         r = {"label": p["label"], "reference": ref, "metrics": {}, "ratios": {}, "detail": details[key]}
         for mkey, *_ in metrics_table:
             s = summary([rm.get(key, {}).get(mkey) for rm in per_round])
@@ -481,7 +498,7 @@ def main():
                 continue
             r["metrics"][mkey] = s
             ratios = {}
-            for name, other in (("vs_haproxy", ref), ("vs_direct", "direct")):
+            for name, other in (("vs_reference", ref), ("vs_direct", "direct")):
                 if other == key or (key == "direct" and mkey.endswith("_added_ms")):
                     continue
                 rs = summary([ratio(rm.get(key, {}).get(mkey), rm.get(other, {}).get(mkey),
@@ -492,6 +509,8 @@ def main():
         results[key] = r
 
     several = len(rounds) > 1
+    reference = env.get("reference") or "haproxy"
+    mark = f"{reference[0]}×"
     cells = []
     for mkey, label, unit, _ in metrics_table:
         row = [f"{label} [{unit}]"]
@@ -504,9 +523,9 @@ def main():
             any_value = True
             cell = fmt(s["median"]) + (f" ({spread(s)})" if several else "")
             ratios = results[p["key"]]["ratios"].get(mkey, {})
-            h, d = ratios.get("vs_haproxy"), ratios.get("vs_direct")
+            h, d = ratios.get("vs_reference"), ratios.get("vs_direct")
             if h is not None:
-                cell += f"  h×{h['median']:.2f}" + (f" ({spread(h, lambda v: f'{v:.2f}')})" if several else "")
+                cell += f"  {mark}{h['median']:.2f}" + (f" ({spread(h, lambda v: f'{v:.2f}')})" if several else "")
             if d is not None:
                 cell += f"  d×{d['median']:.2f}"
             row.append(cell)
@@ -518,28 +537,37 @@ def main():
     def line(r):
         return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
 
-    print(f"appid {env.get('appid', '?')}, haproxy {env.get('haproxy', '?')}, nginx {env.get('nginx', '?')}, "
-          f"OpenSSL {env.get('openssl', '?')}; {env.get('nproc', '?')} CPUs ({env.get('cpu_model', '?')}), "
-          f"sidecars on CPU {env.get('proxy_cpu', '?')} (two-worker peers: every CPU), load generator + backend "
-          f"on CPU {env.get('load_cpu', '?')}; {env.get('seconds', '?')} s per workload, "
-          f"{len(rounds)} round{'s' if several else ''}")
-    resumption = "on" if env.get("peer_resumption") == "1" else "off"
-    print(f"TLS 1.3, ECDSA P-256, X25519, AES-256-GCM; session resumption: haproxy/nginx {resumption}, "
-          f"appid off (its sidecars never resume: every connection verifies the current certificate)")
-    print("h× = ratio to haproxy (two-worker peers: to haproxy with 2 threads), d× = ratio to direct "
-          "(value / reference in the same round: > 1 is more)" +
-          ("; median of the rounds (min–max)" if several else ""))
+    rounds_said = f"{len(rounds)} round{'s' if several else ''}"
+    if env.get("topology") == "mesh":
+        print(f"appid {env.get('appid', '?')}, ztunnel {env.get('ztunnel', 'not run')}; {env.get('nproc', '?')} CPUs "
+              f"({env.get('cpu_model', '?')}); mesh: two network namespaces joined by a veth, iptables capture, "
+              f"{env.get('workers', '?')} worker threads per proxy, every process on every CPU; "
+              f"{env.get('seconds', '?')} s per workload, {rounds_said}")
+        print(f"{mark} = ratio to {reference}, d× = ratio to direct (value / reference in the same round: > 1 is more)" +
+              ("; median of the rounds (min–max)" if several else ""))
+    else:
+        print(f"appid {env.get('appid', '?')}, haproxy {env.get('haproxy', '?')}, nginx {env.get('nginx', '?')}, "
+              f"OpenSSL {env.get('openssl', '?')}; {env.get('nproc', '?')} CPUs ({env.get('cpu_model', '?')}), "
+              f"sidecars on CPU {env.get('proxy_cpu', '?')} (two-worker peers: every CPU), load generator + backend "
+              f"on CPU {env.get('load_cpu', '?')}; {env.get('seconds', '?')} s per workload, {rounds_said}")
+        resumption = "on" if env.get("peer_resumption") == "1" else "off"
+        print(f"TLS 1.3, ECDSA P-256, X25519, AES-256-GCM; session resumption: haproxy/nginx {resumption}, "
+              f"appid off (its sidecars never resume: every connection verifies the current certificate)")
+        print(f"{mark} = ratio to {reference} (two-worker peers: to haproxy with 2 threads), d× = ratio to direct "
+              "(value / reference in the same round: > 1 is more)" +
+              ("; median of the rounds (min–max)" if several else ""))
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells:
         print(line(r))
 
     targets = []
-    for mkey, peer, kind, op, bound, what in TARGETS:
+    mesh = env.get("topology") == "mesh"
+    for mkey, peer, kind, op, bound, what in TARGETS_MESH if mesh else TARGETS_LOOPBACK:
         if peer not in results:
             continue
         if kind == "ratio":
-            s = results[peer]["ratios"].get(mkey, {}).get("vs_haproxy")
+            s = results[peer]["ratios"].get(mkey, {}).get("vs_reference")
         else:
             s = results[peer]["metrics"].get(mkey)
         if s is None:
@@ -549,7 +577,7 @@ def main():
                         "met": check(op, s["median"], bound)})
     if targets:
         print()
-        print("Issue 17 targets (appid (default), median of the rounds):")
+        print(f"Issue {19 if mesh else 17} targets (median of the rounds):")
         for t in targets:
             unit = "×" if t["kind"] == "ratio" else ""
             got = f"{fmt(t['median'])}{unit}" + (f" ({fmt(t['min'])}–{fmt(t['max'])})" if several else "")

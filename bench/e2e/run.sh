@@ -26,6 +26,24 @@
 # BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
 # appid binary instead of building the checkout (to compare two builds). Raw tool output lands in
 # bench/e2e/raw/. Installs missing tools with apt-get when run as root.
+#
+# --mesh (issue 19, root): the topology of a mesh instead of loopback ports.
+# Two network namespaces joined by a veth, the load generator and the client
+# sidecar in one (10.79.0.1), the backend and the server sidecar in the
+# other (10.79.0.2); the load generator dials the backend's own address and
+# iptables captures it on both sides (`appid redirect install`; the sidecars
+# run as uid 1337 in transparent mode). Peers: direct, appid-l7 (the same
+# L7 policy as above: every request authorized), appid-l4 (a policy on
+# identities and ports only) and, when BENCH_ZTUNNEL_BIN names a ztunnel
+# binary, Istio's ztunnel pair (HBONE, its fake CA, a local XDS file listing
+# both workloads, an L4 ALLOW policy on the client's identity, capture with
+# the REDIRECT to :15001 its docs give); ratios (r×) are then to ztunnel.
+# Every proxy gets BENCH_MESH_WORKERS (2) worker threads and every process
+# every core; BENCH_RATES defaults to "1000". ztunnel is not built here: a
+# binary of istio/ztunnel built with its `testing` feature (the fake CA).
+#
+#   bench/e2e/run.sh --mesh --repeat 3
+#   BENCH_ZTUNNEL_BIN=/path/to/ztunnel bench/e2e/run.sh --mesh --repeat 3
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,6 +64,19 @@ RATE_H1_PER_CONN=100
 RATE_H2_CONNS=10
 RESUMPTION=${BENCH_RESUMPTION:-0}
 REPEAT=${BENCH_REPEAT:-1}
+
+# Topology (--mesh switches it). In the mesh the load generator runs in
+# IN_CLIENT's namespace and dials DIAL_ADDR; the backend runs in IN_SERVER's
+# and listens on BACKEND_BIND. On loopback both prefixes are empty.
+TOPOLOGY=loopback
+MESH_NS_CLIENT=appid-bench-client MESH_NS_SERVER=appid-bench-server
+MESH_IP_CLIENT=10.79.0.1 MESH_IP_SERVER=10.79.0.2
+MESH_WORKERS=${BENCH_MESH_WORKERS:-2}
+MESH_PROXY_UID=1337 # the uid `appid redirect install` never captures
+IN_CLIENT=() IN_SERVER=() WAIT_CLIENT=() WAIT_SERVER=()
+DIAL_ADDR=127.0.0.1 BACKEND_BIND=127.0.0.1
+ZTUNNEL=${BENCH_ZTUNNEL_BIN:-}
+ZTUNNEL_ALLOWED=loadgen # the service account its policy allows
 
 # appid configurations, one entry each: "key|label|extra sidecar YAML" (the
 # YAML, with \n for newlines, is appended to both sidecars' configs; without
@@ -106,6 +137,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     STARTED=()
+    [[ $TOPOLOGY == mesh ]] && mesh_down
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ ${BENCH_KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     fi
@@ -141,14 +173,22 @@ stop() {
     STARTED=("${keep[@]}")
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { # PORT [NETNS]
+    if [[ -n ${2:-} ]]; then
+        ip netns exec "$2" bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
 
-wait_ports() { # NAME PID PORT...
-    local name=$1 pid=$2 port i
+wait_ports() { # [--in NETNS] NAME PID PORT...
+    local ns="" name pid port i
+    [[ $1 == --in ]] && { ns=$2; shift 2; }
+    name=$1 pid=$2
     shift 2
     for port in "$@"; do
         for ((i = 0; i < 200; i++)); do
-            port_open "$port" && continue 2
+            port_open "$port" "$ns" && continue 2
             kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited"; }
             sleep 0.05
         done
@@ -285,21 +325,22 @@ http {
     keepalive_timeout 600s;
     keepalive_requests 100000000;
     server {
-        listen 127.0.0.1:$BACKEND_H1 backlog=4096;
+        listen $BACKEND_BIND:$BACKEND_H1 backlog=4096;
         location / { return 200 "hello from the backend\n"; }
     }
     server {
-        listen 127.0.0.1:$BACKEND_H2 http2 backlog=4096;
+        listen $BACKEND_BIND:$BACKEND_H2 http2 backlog=4096;
         location / { return 200 "hello from the backend\n"; }
     }
 }
 EOF
-    start "$LOAD_CPU" backend-http nginx -e "$WORK/backend/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf"
+    start "$LOAD_CPU" backend-http "${IN_SERVER[@]}" nginx -e "$WORK/backend/error.log" -p "$WORK/backend" \
+        -c "$WORK/backend/nginx.conf"
     BACKEND_HTTP_PID=$LAST_PID
-    wait_ports backend-http "$LAST_PID" "$BACKEND_H1" "$BACKEND_H2"
-    start "$LOAD_CPU" backend-tcp iperf3 -s -B 127.0.0.1 -p "$BACKEND_TCP"
+    wait_ports "${WAIT_SERVER[@]}" backend-http "$LAST_PID" "$BACKEND_H1" "$BACKEND_H2"
+    start "$LOAD_CPU" backend-tcp "${IN_SERVER[@]}" iperf3 -s -B "$BACKEND_BIND" -p "$BACKEND_TCP"
     BACKEND_TCP_PID=$LAST_PID
-    wait_ports backend-tcp "$LAST_PID" "$BACKEND_TCP"
+    wait_ports "${WAIT_SERVER[@]}" backend-tcp "$LAST_PID" "$BACKEND_TCP"
 }
 
 # --- peers -----------------------------------------------------------------
@@ -409,29 +450,68 @@ EOF
     CLIENT_PID=$LAST_PID
 }
 
-# start_appid DIR EXTRA_YAML
-start_appid() {
-    local dir=$1 extra=$2
-    cat >"$dir/policy.yaml" <<EOF
+# appid_policy FILE H1_PORT H2_PORT TCP_PORT LAYER: the sidecars' policy.
+# LAYER l7: every HTTP request is authorized (method, and path for the
+# gRPC-like calls), the TCP port at L4; l4: identities and ports only.
+appid_policy() {
+    local file=$1 h1=$2 h2=$3 tcp=$4 layer=$5
+    if [[ $layer == l4 ]]; then
+        cat >"$file" <<EOF
+version: 1
+default: deny
+rules:
+  - name: loadgen-l4            # L4: identities and ports, no request read
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$h1, $h2, $tcp] }
+EOF
+    else
+        cat >"$file" <<EOF
 version: 1
 default: deny
 rules:
   - name: loadgen-http          # L7: every request is authorized
     action: allow
     from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$SERVER_H1, $SERVER_H2] }
+    to: { labels.app: backend, ports: [$h1, $h2] }
     http: { methods: [GET] }
   - name: loadgen-grpc          # L7: the fixed-rate gRPC-like calls
     action: allow
     from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$SERVER_H2] }
+    to: { labels.app: backend, ports: [$h2] }
     http: { methods: [POST], paths: ["/bench.Echo/*"] }
   - name: loadgen-tcp           # L4: iperf3
     action: allow
     from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$SERVER_TCP] }
+    to: { labels.app: backend, ports: [$tcp] }
 EOF
-    "$APPID" policy check "$dir/policy.yaml" >/dev/null
+    fi
+    "$APPID" policy check "$file" >/dev/null
+}
+
+# appid_start_pair DIR EXTRA_YAML: appends EXTRA_YAML (and `workers: 1`
+# unless it sets workers) to both configs and starts both sidecars (in the
+# mesh: in their namespaces, as the uid the capture excludes).
+appid_start_pair() {
+    local dir=$1 extra=$2 as=()
+    [[ $extra == *workers:* ]] || extra="workers: 1${extra:+\n$extra}"
+    printf '%b\n' "$extra" | tee -a "$dir/server.yaml" >>"$dir/client.yaml"
+    : >"$WORK/audit-server.jsonl"
+    : >"$WORK/audit-client.jsonl"
+    if [[ $TOPOLOGY == mesh ]]; then
+        chown -R "$MESH_PROXY_UID:$MESH_PROXY_UID" "$dir" "$WORK/audit-server.jsonl" "$WORK/audit-client.jsonl"
+        as=(setpriv --reuid "$MESH_PROXY_UID" --regid "$MESH_PROXY_UID" --clear-groups)
+    fi
+    start "$PEER_CPUS" appid-server "${IN_SERVER[@]}" "${as[@]}" env RUST_LOG=warn "$APPID" proxy --config "$dir/server.yaml"
+    SERVER_PID=$LAST_PID
+    start "$PEER_CPUS" appid-client "${IN_CLIENT[@]}" "${as[@]}" env RUST_LOG=warn "$APPID" proxy --config "$dir/client.yaml"
+    CLIENT_PID=$LAST_PID
+}
+
+# start_appid DIR EXTRA_YAML: the loopback pair, one listener per service.
+start_appid() {
+    local dir=$1 extra=$2
+    appid_policy "$dir/policy.yaml" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP" l7
     cat >"$dir/server.yaml" <<EOF
 identity: { cert: $WORK/server.pem, key: $WORK/server.key, bundle: $WORK/ca.pem }
 trust_domains: [bench.example]
@@ -454,16 +534,140 @@ outbound:
 admin: "127.0.0.1:$ADMIN_CLIENT"
 audit_log: $WORK/audit-client.jsonl
 EOF
-    [[ $extra == *workers:* ]] || extra="workers: 1${extra:+\n$extra}"
-    if [[ -n $extra ]]; then
-        printf '%b\n' "$extra" | tee -a "$dir/server.yaml" >>"$dir/client.yaml"
-    fi
-    : >"$WORK/audit-server.jsonl"
-    : >"$WORK/audit-client.jsonl"
-    start "$PEER_CPUS" appid-server env RUST_LOG=warn "$APPID" proxy --config "$dir/server.yaml"
-    SERVER_PID=$LAST_PID
-    start "$PEER_CPUS" appid-client env RUST_LOG=warn "$APPID" proxy --config "$dir/client.yaml"
-    CLIENT_PID=$LAST_PID
+    appid_start_pair "$dir" "$extra"
+}
+
+# --- the mesh topology (--mesh) ----------------------------------------------
+
+mesh_up() {
+    [[ $(id -u) == 0 ]] || die "--mesh needs root (network namespaces, iptables)"
+    local tool
+    for tool in ip iptables setpriv; do
+        command -v "$tool" >/dev/null || die "--mesh needs $tool (apt-get install -y iproute2 iptables util-linux)"
+    done
+    mesh_down
+    ip netns add "$MESH_NS_CLIENT"
+    ip netns add "$MESH_NS_SERVER"
+    ip link add appid-bench-c type veth peer name appid-bench-s
+    ip link set appid-bench-c netns "$MESH_NS_CLIENT"
+    ip link set appid-bench-s netns "$MESH_NS_SERVER"
+    ip -n "$MESH_NS_CLIENT" addr add "$MESH_IP_CLIENT/24" dev appid-bench-c
+    ip -n "$MESH_NS_SERVER" addr add "$MESH_IP_SERVER/24" dev appid-bench-s
+    ip -n "$MESH_NS_CLIENT" link set appid-bench-c up
+    ip -n "$MESH_NS_SERVER" link set appid-bench-s up
+    ip -n "$MESH_NS_CLIENT" link set lo up
+    ip -n "$MESH_NS_SERVER" link set lo up
+    IN_CLIENT=(ip netns exec "$MESH_NS_CLIENT") IN_SERVER=(ip netns exec "$MESH_NS_SERVER")
+    WAIT_CLIENT=(--in "$MESH_NS_CLIENT") WAIT_SERVER=(--in "$MESH_NS_SERVER")
+    DIAL_ADDR=$MESH_IP_SERVER BACKEND_BIND=0.0.0.0
+    # The sidecars (uid 1337) read their keys and write their audit logs here.
+    chmod 755 "$WORK"
+    chown "$MESH_PROXY_UID:$MESH_PROXY_UID" "$WORK"/*.pem "$WORK"/*.key
+}
+
+# Deleting a namespace deletes its veth end and its iptables rules.
+mesh_down() {
+    ip netns del "$MESH_NS_CLIENT" 2>/dev/null || true
+    ip netns del "$MESH_NS_SERVER" 2>/dev/null || true
+}
+
+# The client ztunnel's capture, as its docs give it: everything to the
+# server's address but HBONE itself goes to :15001.
+ZTUNNEL_CAPTURE=(OUTPUT -p tcp -d "$MESH_IP_SERVER" ! --dport 15008 -m comment --comment "bench: ztunnel capture"
+    -j REDIRECT --to-ports 15001)
+
+# mesh_capture on|off PEER: the iptables capture of a mesh peer.
+mesh_capture() {
+    local what=$1 peer=$2
+    case $peer in
+    appid-*)
+        local verb=install
+        [[ $what == off ]] && verb=remove
+        "${IN_CLIENT[@]}" "$APPID" redirect "$verb" --proxy-uid "$MESH_PROXY_UID" >/dev/null
+        "${IN_SERVER[@]}" "$APPID" redirect "$verb" --proxy-uid "$MESH_PROXY_UID" >/dev/null
+        ;;
+    ztunnel)
+        local op=-A
+        [[ $what == off ]] && op=-D
+        "${IN_CLIENT[@]}" iptables -t nat "$op" "${ZTUNNEL_CAPTURE[@]}"
+        ;;
+    esac
+}
+
+# start_appid_mesh DIR LAYER EXTRA_YAML: transparent sidecars (the capture
+# is mesh_capture's).
+start_appid_mesh() {
+    local dir=$1 layer=$2 extra=$3
+    appid_policy "$dir/policy.yaml" "$BACKEND_H1" "$BACKEND_H2" "$BACKEND_TCP" "$layer"
+    cat >"$dir/server.yaml" <<EOF
+identity: { cert: $WORK/server.pem, key: $WORK/server.key, bundle: $WORK/ca.pem }
+trust_domains: [bench.example]
+policy: $dir/policy.yaml
+inbound:
+  - listen: "0.0.0.0:15106"     # redirected inbound; the backend is reached on 127.0.0.1:<port>
+admin: "127.0.0.1:$ADMIN_SERVER"
+audit_log: $WORK/audit-server.jsonl
+EOF
+    cat >"$dir/client.yaml" <<EOF
+identity: { cert: $WORK/client.pem, key: $WORK/client.key, bundle: $WORK/ca.pem }
+trust_domains: [bench.example]
+policy: $dir/policy.yaml
+outbound:
+  - listen: "127.0.0.1:15101"   # redirected outbound; destination from SO_ORIGINAL_DST
+admin: "127.0.0.1:$ADMIN_CLIENT"
+audit_log: $WORK/audit-client.jsonl
+EOF
+    appid_start_pair "$dir" "$extra"
+    READY_CLIENT=15101 READY_SERVER=15106
+}
+
+# start_ztunnel DIR: Istio's ztunnel pair, each in dedicated mode (one
+# workload per proxy) with its fake CA and a local XDS file naming both
+# workloads and an L4 ALLOW policy on the client's identity (so every
+# connection is authorized, as appid's are). ztunnel logs one access line
+# per connection at its default level, as appid audits.
+start_ztunnel() {
+    local dir=$1 side ns name
+    cat >"$dir/xds.yaml" <<EOF
+workloads:
+- uid: bench//v1/Pod/bench/loadgen
+  name: loadgen
+  namespace: bench
+  serviceAccount: loadgen
+  trustDomain: cluster.local
+  workloadIps: ["$MESH_IP_CLIENT"]
+  protocol: HBONE
+  node: client
+  network: ""
+  services: {}
+- uid: bench//v1/Pod/bench/backend
+  name: backend
+  namespace: bench
+  serviceAccount: backend
+  trustDomain: cluster.local
+  workloadIps: ["$MESH_IP_SERVER"]
+  protocol: HBONE
+  node: server
+  network: ""
+  services: {}
+policies:
+- name: loadgen-to-backend
+  namespace: bench
+  scope: Namespace
+  action: Allow
+  rules:
+  - - - principals: [!Exact "cluster.local/ns/bench/sa/$ZTUNNEL_ALLOWED"]
+  dryRun: false
+EOF
+    for side in client server; do
+        ns=$MESH_NS_CLIENT name=loadgen
+        [[ $side == server ]] && ns=$MESH_NS_SERVER name=backend
+        start "$PEER_CPUS" "ztunnel-$side" ip netns exec "$ns" env FAKE_CA=true XDS_ADDRESS= \
+            LOCAL_XDS_PATH="$dir/xds.yaml" PROXY_MODE=dedicated PROXY_WORKLOAD_INFO="bench/$name/$name" \
+            ENABLE_ORIG_SRC=false ZTUNNEL_WORKER_THREADS="$MESH_WORKERS" "$ZTUNNEL"
+        if [[ $side == client ]]; then CLIENT_PID=$LAST_PID; else SERVER_PID=$LAST_PID; fi
+    done
+    READY_CLIENT=15001 READY_SERVER=15008
 }
 
 # --- workloads -------------------------------------------------------------
@@ -483,7 +687,7 @@ measure() {
     g0=$(children_ticks)
     b0=$(sys_busy)
     t0=$(date +%s.%N)
-    timeout -k 5 $((DURATION + 60)) taskset -c "$LOAD_CPU" "$@" >"$out" 2>"$out.err" || rc=$?
+    timeout -k 5 $((DURATION + 60)) taskset -c "$LOAD_CPU" "${IN_CLIENT[@]}" "$@" >"$out" 2>"$out.err" || rc=$?
     t1=$(date +%s.%N)
     b1=$(sys_busy)
     g1=$(children_ticks)
@@ -522,26 +726,26 @@ run_workloads() {
         idle)
             [[ -n $CLIENT_PID ]] || continue # no sidecars: nothing to weigh
             log "$peer: $IDLE_CONNS idle connections"
-            measure "$peer" idle "$dir/idle.json" python3 "$HERE/idle.py" --port "$DIAL_H1" \
+            measure "$peer" idle "$dir/idle.json" python3 "$HERE/idle.py" --host "$DIAL_ADDR" --port "$DIAL_H1" \
                 --conns "$IDLE_CONNS" --settle 2 "$CLIENT_PID" "$SERVER_PID"
             sleep 1
             ;;
         h1)
             log "$peer: HTTP/1.1 keep-alive, wrk -t1 -c32, ${DURATION}s"
-            measure "$peer" h1 "$dir/h1.txt" wrk -t1 -c32 -d"${DURATION}s" --latency "http://127.0.0.1:$DIAL_H1/"
+            measure "$peer" h1 "$dir/h1.txt" wrk -t1 -c32 -d"${DURATION}s" --latency "http://$DIAL_ADDR:$DIAL_H1/"
             ;;
         h1close)
             log "$peer: HTTP/1.1 one connection per request, ${DURATION}s"
             measure "$peer" h1close "$dir/h1close.txt" wrk -t1 -c32 -d"${DURATION}s" --latency \
-                -H 'Connection: close' "http://127.0.0.1:$DIAL_H1/"
+                -H 'Connection: close' "http://$DIAL_ADDR:$DIAL_H1/"
             ;;
         h2)
             log "$peer: HTTP/2, h2load -t1 -c32 -m10, ${DURATION}s"
-            measure "$peer" h2 "$dir/h2.txt" h2load -t1 -c32 -m10 -D "$DURATION" "http://127.0.0.1:$DIAL_H2/"
+            measure "$peer" h2 "$dir/h2.txt" h2load -t1 -c32 -m10 -D "$DURATION" "http://$DIAL_ADDR:$DIAL_H2/"
             ;;
         tcp)
             log "$peer: bulk TCP, iperf3 -P1, ${DURATION}s"
-            measure "$peer" tcp "$dir/tcp.json" iperf3 -c 127.0.0.1 -p "$DIAL_TCP" -P 1 -t "$DURATION" -J
+            measure "$peer" tcp "$dir/tcp.json" iperf3 -c "$DIAL_ADDR" -p "$DIAL_TCP" -P 1 -t "$DURATION" -J
             ;;
         rate)
             # Latency at a fixed load (a set rate, not as fast as possible):
@@ -553,18 +757,54 @@ run_workloads() {
                 log "$peer: HTTP/1.1 at $rate req/s on $conns connections, ${DURATION}s"
                 measure "$peer" "rate-h1-$rate" "$dir/rate-h1-$rate.txt" h2load --h1 -t1 -c"$conns" \
                     --rps "$(awk -v r="$rate" -v c="$conns" 'BEGIN { print r / c }')" -D "$DURATION" \
-                    --log-file "$dir/rate-h1-$rate.log" "http://127.0.0.1:$DIAL_H1/"
+                    --log-file "$dir/rate-h1-$rate.log" "http://$DIAL_ADDR:$DIAL_H1/"
                 log "$peer: gRPC-like HTTP/2 at $rate req/s on $RATE_H2_CONNS connections, ${DURATION}s"
                 measure "$peer" "rate-h2-$rate" "$dir/rate-h2-$rate.txt" h2load -t1 -c"$RATE_H2_CONNS" -m16 \
                     --rps "$(awk -v r="$rate" -v c="$RATE_H2_CONNS" 'BEGIN { print r / c }')" -D "$DURATION" \
                     --log-file "$dir/rate-h2-$rate.log" \
                     -d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-                    "http://127.0.0.1:$DIAL_H2/bench.Echo/Say"
+                    "http://$DIAL_ADDR:$DIAL_H2/bench.Echo/Say"
             done
             ;;
         *) die "unknown workload $wl (idle h1 h1close h2 tcp rate)" ;;
         esac
     done
+}
+
+# start_loopback_peer PEER DIR EXTRA: starts it and waits for its ports;
+# sets DIAL_*.
+start_loopback_peer() {
+    local peer=$1 dir=$2 extra=$3
+    case $peer in
+    direct) start_direct ;;
+    haproxy) start_haproxy "$dir" 1 ;;
+    haproxy-w2) start_haproxy "$dir" 2 ;;
+    nginx) start_nginx "$dir" ;;
+    appid-*) start_appid "$dir" "$extra" ;;
+    esac
+    if [[ -n $CLIENT_PID ]]; then
+        wait_ports "${peer%%-*}-server" "$SERVER_PID" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP"
+        wait_ports "${peer%%-*}-client" "$CLIENT_PID" "$CLIENT_H1" "$CLIENT_H2" "$CLIENT_TCP"
+        DIAL_H1=$CLIENT_H1 DIAL_H2=$CLIENT_H2 DIAL_TCP=$CLIENT_TCP
+    fi
+}
+
+# start_mesh_peer PEER DIR: the same in the mesh, where the load generator
+# always dials the backend's own address and ports, captured or not.
+start_mesh_peer() {
+    local peer=$1 dir=$2
+    case $peer in
+    direct) start_direct ;;
+    appid-l7) start_appid_mesh "$dir" l7 "workers: $MESH_WORKERS" ;;
+    appid-l4) start_appid_mesh "$dir" l4 "workers: $MESH_WORKERS" ;;
+    ztunnel) start_ztunnel "$dir" ;;
+    esac
+    if [[ -n $CLIENT_PID ]]; then
+        wait_ports "${WAIT_SERVER[@]}" "${peer%%-*}-server" "$SERVER_PID" "$READY_SERVER"
+        wait_ports "${WAIT_CLIENT[@]}" "${peer%%-*}-client" "$CLIENT_PID" "$READY_CLIENT"
+        mesh_capture on "$peer"
+    fi
+    DIAL_H1=$BACKEND_H1 DIAL_H2=$BACKEND_H2 DIAL_TCP=$BACKEND_TCP
 }
 
 # --- main ------------------------------------------------------------------
@@ -578,12 +818,24 @@ main() {
         case $1 in
         --repeat) REPEAT=${2:-}; shift 2 || die "--repeat needs a number" ;;
         --repeat=*) REPEAT=${1#--repeat=}; shift ;;
+        --mesh) TOPOLOGY=mesh; shift ;;
         -h | --help) usage; return 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
         esac
     done
     [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat wants a whole number of rounds >= 1, not '$REPEAT'"
     [[ $(nproc) -gt $PROXY_CPU && $(nproc) -gt $LOAD_CPU ]] || die "needs CPUs $LOAD_CPU and $PROXY_CPU"
+    if [[ $TOPOLOGY == mesh ]]; then
+        # Every process on every core, as in a pod; the fixed-rate run at
+        # 1 000 req/s only, unless BENCH_RATES says otherwise.
+        LOAD_CPU=0-$(($(nproc) - 1)) PROXY_CPU=$LOAD_CPU
+        RATES=${BENCH_RATES:-1000}
+        if [[ -n $ZTUNNEL ]]; then
+            [[ -x $ZTUNNEL ]] || die "BENCH_ZTUNNEL_BIN=$ZTUNNEL is not an executable"
+        else
+            log "no BENCH_ZTUNNEL_BIN: the mesh runs without ztunnel (ratios are then to no one)"
+        fi
+    fi
     install_missing
     local built
     if [[ -n ${BENCH_APPID_BIN:-} ]]; then
@@ -610,6 +862,10 @@ main() {
     WORK=$(mktemp -d "$base/appid-bench.XXXXXX")
     APPID=$WORK/appid # a copy: a concurrent `cargo build` cannot swap it mid-run
     cp "$built" "$APPID"
+    if [[ -n $ZTUNNEL ]]; then
+        cp "$ZTUNNEL" "$WORK/ztunnel.bin" # not $WORK/ztunnel: that is the peer's directory
+        ZTUNNEL=$WORK/ztunnel.bin
+    fi
     rm -rf "$RAW"
     mkdir -p "$RAW"
     printf '\0\0\0\0\5hello' >"$WORK/grpc-request.bin" # one gRPC message, 5 bytes
@@ -617,7 +873,7 @@ main() {
     declare -A labels=([direct]="direct" [haproxy]="haproxy" [nginx]="nginx"
         [haproxy-w2]="haproxy (2 threads)")
     declare -A extras=()
-    local all=(direct haproxy nginx) entry key label extra
+    local all=(direct haproxy nginx) entry key label extra reference=haproxy
     for entry in "${APPID_CONFIGS[@]}"; do
         IFS='|' read -r key label extra <<<"$entry"
         all+=("appid-$key")
@@ -625,10 +881,20 @@ main() {
         extras[appid-$key]=$extra
     done
     all+=(haproxy-w2)
+    if [[ $TOPOLOGY == mesh ]]; then
+        labels=([direct]="direct" [appid-l7]="appid, L7 policy" [appid-l4]="appid, L4 policy"
+            [ztunnel]="ztunnel (L4 policy)")
+        all=(direct appid-l7 appid-l4)
+        [[ -n $ZTUNNEL ]] && all+=(ztunnel)
+        reference=ztunnel
+    fi
     local peers
     read -r -a peers <<<"${BENCH_PEERS:-${all[*]}}"
 
     {
+        echo "topology=$TOPOLOGY"
+        echo "reference=$reference"
+        echo "workers=$([[ $TOPOLOGY == mesh ]] && echo "$MESH_WORKERS" || echo 1)"
         echo "seconds=$DURATION"
         echo "repeat=$REPEAT"
         echo "rates=$RATES"
@@ -649,10 +915,12 @@ main() {
         echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
         echo "h2load=$(h2load --version | awk '{print $2}')"
         echo "iperf3=$(iperf3 --version | head -1 | awk '{print $2}')"
+        [[ -n $ZTUNNEL ]] && echo "ztunnel=$("$ZTUNNEL" version 2>/dev/null | head -1 || echo unknown)"
     } >"$RAW/env.txt"
     : >"$RAW/peers.tsv"
 
     setup_pki
+    [[ $TOPOLOGY == mesh ]] && mesh_up
     start_backend
     log "backend up (nginx :$BACKEND_H1 h1, :$BACKEND_H2 h2c; iperf3 :$BACKEND_TCP), load on CPU $LOAD_CPU, proxies on CPU $PROXY_CPU"
 
@@ -672,17 +940,14 @@ main() {
             # Two workers (threads) get every core; one gets PROXY_CPU.
             PEER_CPUS=$PROXY_CPU
             [[ $peer == *-w2 ]] && PEER_CPUS=0-$((NCPU - 1))
-            case $peer in
-            direct) start_direct ;;
-            haproxy) start_haproxy "$dir" 1 ;;
-            haproxy-w2) start_haproxy "$dir" 2 ;;
-            nginx) start_nginx "$dir" ;;
-            appid-*) start_appid "$dir" "${extras[$peer]}" ;;
-            esac
+            if [[ $TOPOLOGY == mesh ]]; then
+                start_mesh_peer "$peer" "$dir"
+            else
+                start_loopback_peer "$peer" "$dir" "${extras[$peer]:-}"
+            fi
             if [[ -n $CLIENT_PID ]]; then
-                wait_ports "${peer%%-*}-server" "$SERVER_PID" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP"
-                wait_ports "${peer%%-*}-client" "$CLIENT_PID" "$CLIENT_H1" "$CLIENT_H2" "$CLIENT_TCP"
-                DIAL_H1=$CLIENT_H1 DIAL_H2=$CLIENT_H2 DIAL_TCP=$CLIENT_TCP
+                record "$peer" start rss_kib_client "$(rss_kib "$CLIENT_PID")"
+                record "$peer" start rss_kib_server "$(rss_kib "$SERVER_PID")"
             fi
             log "== round $round of $REPEAT: $peer (${labels[$peer]}) =="
             run_workloads "$peer"
@@ -690,6 +955,7 @@ main() {
                 cp "$WORK/${peer%%-*}-client.log" "$ROUND_RAW/$peer/client.log" 2>/dev/null || true
                 cp "$WORK/${peer%%-*}-server.log" "$ROUND_RAW/$peer/server.log" 2>/dev/null || true
                 stop "$CLIENT_PID" "$SERVER_PID"
+                [[ $TOPOLOGY == mesh ]] && mesh_capture off "$peer"
             fi
         done
     done
