@@ -165,7 +165,7 @@ struct AppConnection<'s> {
     app: AppSide,
 }
 
-impl AppConnection<'_> {
+impl<'s> AppConnection<'s> {
     fn direction(&self) -> MetricsDirection {
         match self.app {
             AppSide::Upstream => MetricsDirection::Inbound,
@@ -174,7 +174,17 @@ impl AppConnection<'_> {
     }
 
     /// HTTP: every request authorized.
-    async fn http<D, U>(mut self, downstream: D, upstream: LazyUpstream<U>, version: HttpVersion)
+    ///
+    /// Not an `async fn`: one keeps its arguments (`self`, both streams)
+    /// beside the future it awaits, and an idle HTTP connection sits in
+    /// that await for its whole life. The setup runs here; the future
+    /// returned holds only the proxy and what is needed once it ends.
+    fn http<D, U>(
+        mut self,
+        downstream: D,
+        upstream: LazyUpstream<U>,
+        version: HttpVersion,
+    ) -> impl Future<Output = ()> + Send + 's
     where
         D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
@@ -184,23 +194,26 @@ impl AppConnection<'_> {
             HttpVersion::Http2 => "http2",
         });
         let direction = self.direction();
+        let shared = self.shared;
         let authz = Arc::new(self.authz);
-        let result = l7::proxy(
+        let proxy = l7::proxy(
             downstream,
             upstream,
             version,
             authz.clone(),
             self.peer_headers,
-            self.shared.http_limits(self.app),
-            self.shared.shutdown_signal(),
-        )
-        .await;
-        if let Err(l7::HttpProxyError::Flood) = result {
-            authz.audit_closed("HTTP/2 control frame flood");
-            self.shared.metrics.h2_flood_closed(direction);
-        }
-        if let Err(e) = result {
-            tracing::debug!(error = %e, direction = direction.as_str(), "http connection ended with an error");
+            shared.http_limits(self.app),
+            shared.shutdown_signal(),
+        );
+        async move {
+            let result = proxy.await;
+            if let Err(l7::HttpProxyError::Flood) = result {
+                authz.audit_closed("HTTP/2 control frame flood");
+                shared.metrics.h2_flood_closed(direction);
+            }
+            if let Err(e) = result {
+                tracing::debug!(error = %e, direction = direction.as_str(), "http connection ended with an error");
+            }
         }
     }
 

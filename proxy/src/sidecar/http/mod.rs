@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appid_policy::policy::Headers;
+use futures_util::future::Either;
 use http::HeaderMap;
 use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -312,43 +313,41 @@ pub enum HttpProxyError {
 /// Proxies one HTTP connection until it ends or `shutdown` resolves (then
 /// in-flight requests finish and the connection closes gracefully).
 /// HTTP/1.x goes through [`h1`], HTTP/2 and gRPC through [`h2`].
-pub async fn proxy<D, U>(
+///
+/// Not an `async fn`, which would keep its arguments beside the proxy it
+/// awaits for the connection's whole life: the future returned is the
+/// proxy itself.
+pub fn proxy<D, U>(
     downstream: D,
     upstream: U,
     version: HttpVersion,
     authorizer: Arc<dyn RequestAuthorizer>,
     peer_headers: Option<PeerHeaders>,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), HttpProxyError>
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = Result<(), HttpProxyError>> + Send
 where
     D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
 {
     match version {
-        HttpVersion::Http1 => {
-            h1::proxy(
-                downstream,
-                upstream,
-                authorizer,
-                peer_headers,
-                limits,
-                shutdown,
-            )
-            .await
-        }
+        HttpVersion::Http1 => Either::Left(h1::proxy(
+            downstream,
+            upstream,
+            authorizer,
+            peer_headers,
+            limits,
+            shutdown,
+        )),
         // Boxed: the HTTP/2 state is large, and an HTTP/1 connection's task
         // would otherwise carry its size for its whole (mostly idle) life.
-        HttpVersion::Http2 => {
-            Box::pin(h2::proxy(
-                downstream,
-                upstream,
-                authorizer,
-                peer_headers,
-                limits,
-                shutdown,
-            ))
-            .await
-        }
+        HttpVersion::Http2 => Either::Right(Box::pin(h2::proxy(
+            downstream,
+            upstream,
+            authorizer,
+            peer_headers,
+            limits,
+            shutdown,
+        ))),
     }
 }

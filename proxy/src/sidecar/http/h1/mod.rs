@@ -60,172 +60,179 @@ const MAX_BODY_BUFFER: usize = 64 * 1024;
 
 /// Proxies one HTTP/1.x connection until it ends, an error, or `shutdown`
 /// (which is only noticed between requests: one in flight completes).
-pub async fn proxy<D, U>(
+///
+/// The streams are split here, before the future starts: as an `async fn`
+/// its arguments would stay in the connection's state beside what was made
+/// of them, for the connection's whole (mostly idle) life.
+pub fn proxy<D, U>(
     downstream: D,
     upstream: U,
     authorizer: Arc<dyn RequestAuthorizer>,
     peer_headers: Option<PeerHeaders>,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), HttpProxyError>
+) -> impl Future<Output = Result<(), HttpProxyError>>
 where
     D: AsyncRead + AsyncWrite + Unpin + Abort,
     U: AsyncRead + AsyncWrite + Unpin + Abort,
 {
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
-    let mut down_buf = BytesMut::new();
-    let mut up_buf = BytesMut::new();
     let shutdown = shutdown.fuse();
-    tokio::pin!(shutdown);
+    async move {
+        let mut down_buf = BytesMut::new();
+        let mut up_buf = BytesMut::new();
+        tokio::pin!(shutdown);
 
-    loop {
-        // Idle between requests: free the buffers, wait for a head.
-        if down_buf.is_empty() {
-            down_buf = BytesMut::new();
-        }
-        if up_buf.is_empty() {
-            up_buf = BytesMut::new();
-        }
-        let head = tokio::select! {
-            head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
-            () = &mut shutdown => return Ok(()),
-        };
-        let head_len = match head {
-            HeadRead::Complete(n) => n,
-            HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
-            HeadRead::TooLarge => {
-                local_response(&mut down_write, 431, "request head too large", None).await;
-                return Err(HttpProxyError::Protocol("request head too large"));
+        loop {
+            // Idle between requests: free the buffers, wait for a head.
+            if down_buf.is_empty() {
+                down_buf = BytesMut::new();
             }
-            HeadRead::Invalid(what) => {
-                local_response(&mut down_write, 400, what, None).await;
-                return Err(HttpProxyError::Protocol(what));
+            if up_buf.is_empty() {
+                up_buf = BytesMut::new();
             }
-            HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
-        };
-        let started = Instant::now();
+            let head = tokio::select! {
+                head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
+                () = &mut shutdown => return Ok(()),
+            };
+            let head_len = match head {
+                HeadRead::Complete(n) => n,
+                HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
+                HeadRead::TooLarge => {
+                    local_response(&mut down_write, 431, "request head too large", None).await;
+                    return Err(HttpProxyError::Protocol("request head too large"));
+                }
+                HeadRead::Invalid(what) => {
+                    local_response(&mut down_write, 400, what, None).await;
+                    return Err(HttpProxyError::Protocol(what));
+                }
+                HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
+            };
+            let started = Instant::now();
 
-        let request = match inspect_request(
-            &down_buf[..head_len],
-            authorizer.as_ref(),
-            &peer_headers,
-            limits.app,
-        ) {
-            Ok(request) => request,
-            Err(Rejected { status, message }) => {
-                local_response(&mut down_write, status, message, None).await;
-                return Err(HttpProxyError::Protocol(message));
-            }
-        };
-        down_buf.advance(head_len);
+            let request = match inspect_request(
+                &down_buf[..head_len],
+                authorizer.as_ref(),
+                &peer_headers,
+                limits.app,
+            ) {
+                Ok(request) => request,
+                Err(Rejected { status, message }) => {
+                    local_response(&mut down_write, status, message, None).await;
+                    return Err(HttpProxyError::Protocol(message));
+                }
+            };
+            down_buf.advance(head_len);
 
-        if let Some((rule, reason)) = request.denied {
-            // The body (if any) is never read: close after the answer.
-            let close = !request.keep_alive || request.body != BodyLength::Empty;
-            let body = format!("appid: {reason}\n");
-            let written = local_response(&mut down_write, 403, &body, Some((&rule, close))).await;
-            authorizer.observe(403, started.elapsed());
-            trace::record_status(&request.span, 403);
-            if close || !written {
+            if let Some((rule, reason)) = request.denied {
+                // The body (if any) is never read: close after the answer.
+                let close = !request.keep_alive || request.body != BodyLength::Empty;
+                let body = format!("appid: {reason}\n");
+                let written =
+                    local_response(&mut down_write, 403, &body, Some((&rule, close))).await;
+                authorizer.observe(403, started.elapsed());
+                trace::record_status(&request.span, 403);
+                if close || !written {
+                    let _ = down_write.shutdown().await;
+                    return Ok(());
+                }
+                continue;
+            }
+
+            // Allowed: the rewritten head, with the body bytes already here
+            // when the whole (fixed-length) body is.
+            let mut out = request.upstream_head;
+            let mut body = request.body;
+            if let BodyLength::Length(n) = body
+                && n <= down_buf.len() as u64
+            {
+                out.extend_from_slice(&down_buf[..n as usize]);
+                down_buf.advance(n as usize);
+                body = BodyLength::Empty;
+            }
+            let span = request.span;
+            if let Err(e) = write_flush(&mut up_write, &out).await {
+                tracing::debug!(error = %e, "upstream closed before the request");
+                trace::record_status(&span, 502);
+                local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+                return Err(HttpProxyError::Io(e));
+            }
+            drop(out);
+
+            // The request body and the response move at the same time (a server
+            // may answer before it has read the whole body).
+            let mut body_sent = body == BodyLength::Empty;
+            // Boxed, as is `switch_protocols`: this state lives only while a
+            // request is in flight, and unboxed it would be allocated for the
+            // connection's whole (mostly idle) life.
+            let response = Box::pin(async {
+                // Request trailers are refused: they could carry headers
+                // (`x-appid-peer-id`, what a rule looks at) past the authorizer.
+                let send = copy_body(
+                    &mut down_read,
+                    &mut down_buf,
+                    &mut up_write,
+                    body,
+                    (body == BodyLength::Chunked).then(Chunked::for_request),
+                    limits,
+                );
+                let relay = relay_response(
+                    &mut up_read,
+                    &mut up_buf,
+                    &mut down_write,
+                    request.head,
+                    request.upgrade,
+                    limits,
+                );
+                tokio::pin!(send, relay);
+                loop {
+                    tokio::select! {
+                        sent = &mut send, if !body_sent => match sent {
+                            Ok(()) => body_sent = true,
+                            Err(e) => return Err(e),
+                        },
+                        response = &mut relay => break Ok(response),
+                    }
+                }
+            })
+            .await?;
+            let response = match response {
+                Ok(response) => response,
+                Err(Relay::Failed { answered, error }) => {
+                    if !answered {
+                        local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+                        trace::record_status(&span, 502);
+                    }
+                    return Err(error);
+                }
+            };
+            authorizer.observe(
+                response.status,
+                response.head_after.saturating_duration_since(started),
+            );
+            trace::record_status(&span, response.status);
+            drop(span);
+
+            if response.status == 101 {
+                let downstream = down_read.unsplit(down_write);
+                let upstream = up_read.unsplit(up_write);
+                return Box::pin(switch_protocols(
+                    downstream,
+                    upstream,
+                    down_buf,
+                    up_buf,
+                    limits,
+                    authorizer.withdrawn(),
+                ))
+                .await;
+            }
+            // Bytes after a response that nobody asked for would be taken as
+            // the next response: close instead.
+            if !(request.keep_alive && response.keep_alive && body_sent && up_buf.is_empty()) {
                 let _ = down_write.shutdown().await;
                 return Ok(());
             }
-            continue;
-        }
-
-        // Allowed: the rewritten head, with the body bytes already here
-        // when the whole (fixed-length) body is.
-        let mut out = request.upstream_head;
-        let mut body = request.body;
-        if let BodyLength::Length(n) = body
-            && n <= down_buf.len() as u64
-        {
-            out.extend_from_slice(&down_buf[..n as usize]);
-            down_buf.advance(n as usize);
-            body = BodyLength::Empty;
-        }
-        let span = request.span;
-        if let Err(e) = write_flush(&mut up_write, &out).await {
-            tracing::debug!(error = %e, "upstream closed before the request");
-            trace::record_status(&span, 502);
-            local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
-            return Err(HttpProxyError::Io(e));
-        }
-        drop(out);
-
-        // The request body and the response move at the same time (a server
-        // may answer before it has read the whole body).
-        let mut body_sent = body == BodyLength::Empty;
-        // Boxed, as is `switch_protocols`: this state lives only while a
-        // request is in flight, and unboxed it would be allocated for the
-        // connection's whole (mostly idle) life.
-        let response = Box::pin(async {
-            // Request trailers are refused: they could carry headers
-            // (`x-appid-peer-id`, what a rule looks at) past the authorizer.
-            let send = copy_body(
-                &mut down_read,
-                &mut down_buf,
-                &mut up_write,
-                body,
-                (body == BodyLength::Chunked).then(Chunked::for_request),
-                limits,
-            );
-            let relay = relay_response(
-                &mut up_read,
-                &mut up_buf,
-                &mut down_write,
-                request.head,
-                request.upgrade,
-                limits,
-            );
-            tokio::pin!(send, relay);
-            loop {
-                tokio::select! {
-                    sent = &mut send, if !body_sent => match sent {
-                        Ok(()) => body_sent = true,
-                        Err(e) => return Err(e),
-                    },
-                    response = &mut relay => break Ok(response),
-                }
-            }
-        })
-        .await?;
-        let response = match response {
-            Ok(response) => response,
-            Err(Relay::Failed { answered, error }) => {
-                if !answered {
-                    local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
-                    trace::record_status(&span, 502);
-                }
-                return Err(error);
-            }
-        };
-        authorizer.observe(
-            response.status,
-            response.head_after.saturating_duration_since(started),
-        );
-        trace::record_status(&span, response.status);
-        drop(span);
-
-        if response.status == 101 {
-            let downstream = down_read.unsplit(down_write);
-            let upstream = up_read.unsplit(up_write);
-            return Box::pin(switch_protocols(
-                downstream,
-                upstream,
-                down_buf,
-                up_buf,
-                limits,
-                authorizer.withdrawn(),
-            ))
-            .await;
-        }
-        // Bytes after a response that nobody asked for would be taken as
-        // the next response: close instead.
-        if !(request.keep_alive && response.keep_alive && body_sent && up_buf.is_empty()) {
-            let _ = down_write.shutdown().await;
-            return Ok(());
         }
     }
 }
@@ -878,6 +885,36 @@ mod tests {
             drain_timeout: Duration::from_secs(5),
             app: AppSide::Upstream,
         }
+    }
+
+    /// An idle connection carries this future for its whole life: the
+    /// layer that picks HTTP/1 or HTTP/2 must add nothing to it. As an
+    /// `async fn` it kept its own copy of every argument beside the h1
+    /// future it awaited (2 416 bytes around h1's 1 848, release build).
+    #[test]
+    fn choosing_the_protocol_adds_nothing_to_an_http1_connection() {
+        let h1 = proxy(
+            duplex(64).0,
+            duplex(64).0,
+            Arc::new(Recorder::default()),
+            None,
+            limits(),
+            std::future::pending::<()>(),
+        );
+        let chosen = super::super::proxy(
+            duplex(64).0,
+            duplex(64).0,
+            super::super::HttpVersion::Http1,
+            Arc::new(Recorder::default()),
+            None,
+            limits(),
+            std::future::pending::<()>(),
+        );
+        let (h1, chosen) = (std::mem::size_of_val(&h1), std::mem::size_of_val(&chosen));
+        assert!(
+            chosen <= h1 + 8,
+            "http::proxy's future is {chosen} bytes around h1's {h1}"
+        );
     }
 
     /// Runs the proxy between a client pipe and an upstream pipe; the
