@@ -113,9 +113,14 @@ impl FirstBytes {
 /// called side (the local app inbound; the peer's stream outbound, already
 /// open) — for HTTP only at the first allowed request, for TCP only once the
 /// connection is allowed. `app` says which side the local app is on.
+///
+/// Not an `async fn`: the future it returns is what an idle connection's
+/// task holds for the connection's whole life, and an `async fn` would keep
+/// its arguments there beside what was made of them (as would its callers
+/// that only pass them on: `inbound::to_app` returns this future too).
 #[allow(clippy::too_many_arguments)]
-pub async fn dispatch<D, U, F, Fut>(
-    shared: &Arc<Shared>,
+pub fn dispatch<'s, D, U, F, Fut>(
+    shared: &'s Arc<Shared>,
     downstream: D,
     prefix: Bytes,
     first: FirstBytes,
@@ -123,10 +128,11 @@ pub async fn dispatch<D, U, F, Fut>(
     peer_headers: Option<PeerHeaders>,
     app: AppSide,
     connect: F,
-) where
+) -> impl Future<Output = ()> + Send + 's
+where
     D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-    F: FnOnce() -> Fut,
+    F: FnOnce() -> Fut + Send + 's,
     Fut: Future<Output = Option<U>> + Send + 'static,
 {
     let span = authz.connection_span();
@@ -154,7 +160,7 @@ pub async fn dispatch<D, U, F, Fut>(
             FirstBytes::Silent => Box::pin(conn.silent(downstream, connect)).await,
         }
     };
-    connection.instrument(span).await
+    connection.instrument(span)
 }
 
 /// What every path below needs.

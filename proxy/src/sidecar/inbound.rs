@@ -240,38 +240,45 @@ fn peer_headers(verified: &VerifiedPeer) -> PeerHeaders {
 
 /// One app connection from a verified peer (a TLS connection or a tunnel
 /// stream): find its protocol, then authorize and forward.
-async fn from_peer_to_app<S>(
-    shared: &Arc<Shared>,
+///
+/// An async block, not an `async fn`, which would keep a second copy of
+/// its arguments for the connection's whole life (see `dispatch`).
+#[allow(clippy::manual_async_fn)] // on purpose: the layout, not the syntax
+fn from_peer_to_app<'s, S>(
+    shared: &'s Arc<Shared>,
     mut downstream: S,
     authz: ConnAuthz,
     peer_headers: PeerHeaders,
     app: SocketAddr,
-) where
+) -> impl Future<Output = ()> + Send + 's
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
-    let (first, prefix) = match dispatch::plan(shared, &authz) {
-        Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
-        Plan::Race => (FirstBytes::Silent, Bytes::new()),
-        Plan::Detect(wait) => match prefixed::read_and_classify(&mut downstream, wait).await {
-            Ok((_, prefix)) if prefix.is_empty() => (FirstBytes::Silent, prefix),
-            Ok((class, prefix)) => (FirstBytes::of(&class), prefix),
-            // Closed before a byte: an empty TCP stream, still decided.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                (FirstBytes::Opaque, Bytes::new())
-            }
-            Err(_) => return,
-        },
-    };
-    to_app(
-        shared,
-        downstream,
-        authz,
-        first,
-        Some(peer_headers),
-        app,
-        prefix,
-    )
-    .await;
+    async move {
+        let (first, prefix) = match dispatch::plan(shared, &authz) {
+            Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
+            Plan::Race => (FirstBytes::Silent, Bytes::new()),
+            Plan::Detect(wait) => match prefixed::read_and_classify(&mut downstream, wait).await {
+                Ok((_, prefix)) if prefix.is_empty() => (FirstBytes::Silent, prefix),
+                Ok((class, prefix)) => (FirstBytes::of(&class), prefix),
+                // Closed before a byte: an empty TCP stream, still decided.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    (FirstBytes::Opaque, Bytes::new())
+                }
+                Err(_) => return,
+            },
+        };
+        to_app(
+            shared,
+            downstream,
+            authz,
+            first,
+            Some(peer_headers),
+            app,
+            prefix,
+        )
+        .await;
+    }
 }
 
 /// Why a tunnel stream was not taken.
@@ -448,6 +455,9 @@ async fn serve_tunnel(
             None => authz,
         };
         let meter = shared.memory.meter(&peer.id);
+        // Only the body goes on: the CONNECT request's head (its header map
+        // on the heap) is not kept for the stream's whole life.
+        let body = request.into_body();
         tokio::spawn(async move {
             let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
@@ -457,7 +467,7 @@ async fn serve_tunnel(
                 return;
             };
             shared.metrics.tunnel_stream(MetricsDirection::Inbound);
-            let stream = TunnelStream::new(send, request.into_body(), Some(counted), Some(meter));
+            let stream = TunnelStream::new(send, body, Some(counted), Some(meter));
             from_peer_to_app(&shared, stream, authz, headers, app).await;
             drop((permit, peer_share));
         });
@@ -491,16 +501,18 @@ fn stream_target(
 }
 
 /// Authorizes and forwards to the local app: per request for HTTP, once
-/// (and again on policy changes) for opaque TCP.
-async fn to_app<S>(
-    shared: &Arc<Shared>,
+/// (and again on policy changes) for opaque TCP. Returns `dispatch`'s
+/// future itself (see there why this is no `async fn`).
+fn to_app<'s, S>(
+    shared: &'s Arc<Shared>,
     downstream: S,
     authz: ConnAuthz,
     first: FirstBytes,
     peer_headers: Option<PeerHeaders>,
     app: SocketAddr,
     prefix: Bytes,
-) where
+) -> impl Future<Output = ()> + Send + 's
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
     dispatch(
@@ -516,7 +528,6 @@ async fn to_app<S>(
             move || async move { shared.connect(app).await }
         },
     )
-    .await;
 }
 
 #[cfg(test)]

@@ -176,72 +176,78 @@ async fn to_peer(
     app_addr: SocketAddr,
     destination: SocketAddr,
 ) {
-    let Some(Dialed {
-        upstream: tls_stream,
-        peer,
-    }) = Box::pin(
-        local
-            .tunnels
-            .dial(shared, local, destination, Some(app_addr)),
-    )
-    .await
-    else {
-        return;
+    // Everything up to the choice of a way on lives in this block, so that
+    // none of it (the stream, the authorization context: both borrowed on
+    // the way, which keeps them in the future's state until their scope
+    // ends) stays in an idle connection's task beside `dispatch`'s future.
+    let connection = {
+        let Some(Dialed {
+            upstream: tls_stream,
+            peer,
+        }) = Box::pin(
+            local
+                .tunnels
+                .dial(shared, local, destination, Some(app_addr)),
+        )
+        .await
+        else {
+            return;
+        };
+        let authz = ConnAuthz::new(
+            shared.clone(),
+            local,
+            Direction::Outbound,
+            Peer::Meshed(peer),
+            destination,
+            destination.port(),
+        )
+        .with_app_addr(app_addr)
+        .with_transport(match &tls_stream {
+            super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,
+            super::pool::Upstream::Tls(_) => super::trace::Transport::Strict,
+        });
+        // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
+        // then authorized per request — a denied request is answered here and
+        // never reaches the server; anything else gets one decision before a
+        // single app byte moves ([`super::dispatch`]).
+        let wait = match dispatch::plan(shared, &authz) {
+            Plan::Opaque => None,
+            Plan::Race => Some(Duration::ZERO),
+            Plan::Detect(wait) => Some(wait),
+        };
+        let first = match wait {
+            None => FirstBytes::Opaque,
+            Some(wait) => match detect::detect(&app, wait, detect::MAX_DETECT_BYTES).await {
+                Detection::Classified { class, .. } => FirstBytes::of(&class),
+                // A server-first protocol, or a late request.
+                Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
+                Detection::ReadTimeout { peeked } if wait.is_zero() => {
+                    // Racing: bytes arrived but are not decided yet.
+                    tracing::trace!(%app_addr, peeked, "racing with bytes buffered");
+                    FirstBytes::Silent
+                }
+                Detection::ReadTimeout { peeked } => {
+                    tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
+                    shared
+                        .metrics
+                        .connection_refused(MetricsDirection::Outbound, "detect_timeout");
+                    return;
+                }
+                // Closed before a byte: an empty TCP stream, still decided.
+                Detection::Closed => FirstBytes::Opaque,
+                Detection::Error(_) => return,
+            },
+        };
+        dispatch(
+            shared,
+            app,
+            Bytes::new(),
+            first,
+            authz,
+            None,
+            AppSide::Downstream,
+            || async { Some(tls_stream) },
+        )
     };
-    let authz = ConnAuthz::new(
-        shared.clone(),
-        local,
-        Direction::Outbound,
-        Peer::Meshed(peer),
-        destination,
-        destination.port(),
-    )
-    .with_app_addr(app_addr)
-    .with_transport(match &tls_stream {
-        super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,
-        super::pool::Upstream::Tls(_) => super::trace::Transport::Strict,
-    });
-    // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
-    // then authorized per request — a denied request is answered here and
-    // never reaches the server; anything else gets one decision before a
-    // single app byte moves ([`super::dispatch`]).
-    let wait = match dispatch::plan(shared, &authz) {
-        Plan::Opaque => None,
-        Plan::Race => Some(Duration::ZERO),
-        Plan::Detect(wait) => Some(wait),
-    };
-    let first = match wait {
-        None => FirstBytes::Opaque,
-        Some(wait) => match detect::detect(&app, wait, detect::MAX_DETECT_BYTES).await {
-            Detection::Classified { class, .. } => FirstBytes::of(&class),
-            // A server-first protocol, or a late request.
-            Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
-            Detection::ReadTimeout { peeked } if wait.is_zero() => {
-                // Racing: bytes arrived but are not decided yet.
-                tracing::trace!(%app_addr, peeked, "racing with bytes buffered");
-                FirstBytes::Silent
-            }
-            Detection::ReadTimeout { peeked } => {
-                tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
-                shared
-                    .metrics
-                    .connection_refused(MetricsDirection::Outbound, "detect_timeout");
-                return;
-            }
-            // Closed before a byte: an empty TCP stream, still decided.
-            Detection::Closed => FirstBytes::Opaque,
-            Detection::Error(_) => return,
-        },
-    };
-    dispatch(
-        shared,
-        app,
-        Bytes::new(),
-        first,
-        authz,
-        None,
-        AppSide::Downstream,
-        || async { Some(tls_stream) },
-    )
-    .await;
+    connection.await;
 }
