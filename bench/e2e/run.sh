@@ -37,7 +37,7 @@
 # identities and ports only) and, when BENCH_ZTUNNEL_BIN names a ztunnel
 # binary, Istio's ztunnel pair (HBONE, its fake CA, a local XDS file listing
 # both workloads, an L4 ALLOW policy on the client's identity, capture with
-# the REDIRECT to :15001 its docs give); ratios (r×) are then to ztunnel.
+# the REDIRECT to :15001 its docs give); ratios (z×) are then to ztunnel.
 # Every proxy gets BENCH_MESH_WORKERS (2) worker threads and every process
 # every core; BENCH_RATES defaults to "1000". ztunnel is not built here: a
 # binary of istio/ztunnel built with its `testing` feature (the fake CA).
