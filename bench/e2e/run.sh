@@ -508,32 +508,36 @@ appid_start_pair() {
     CLIENT_PID=$LAST_PID
 }
 
+# appid_config SIDE DIR SECTION LISTENER...: writes DIR/SIDE.yaml (SIDE
+# server or client) with its identity, the shared policy, its admin port
+# and audit log, and SECTION (inbound or outbound) listing the listeners.
+appid_config() {
+    local side=$1 dir=$2 section=$3 admin=$ADMIN_SERVER
+    shift 3
+    [[ $side == client ]] && admin=$ADMIN_CLIENT
+    {
+        echo "identity: { cert: $WORK/$side.pem, key: $WORK/$side.key, bundle: $WORK/ca.pem }"
+        echo "trust_domains: [bench.example]"
+        echo "policy: $dir/policy.yaml"
+        echo "$section:"
+        printf '  - %s\n' "$@"
+        echo "admin: \"127.0.0.1:$admin\""
+        echo "audit_log: $WORK/audit-$side.jsonl"
+    } >"$dir/$side.yaml"
+}
+
 # start_appid DIR EXTRA_YAML: the loopback pair, one listener per service.
 start_appid() {
     local dir=$1 extra=$2
     appid_policy "$dir/policy.yaml" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP" l7
-    cat >"$dir/server.yaml" <<EOF
-identity: { cert: $WORK/server.pem, key: $WORK/server.key, bundle: $WORK/ca.pem }
-trust_domains: [bench.example]
-policy: $dir/policy.yaml
-inbound:
-  - { listen: "127.0.0.1:$SERVER_H1", forward: "127.0.0.1:$BACKEND_H1" }
-  - { listen: "127.0.0.1:$SERVER_H2", forward: "127.0.0.1:$BACKEND_H2" }
-  - { listen: "127.0.0.1:$SERVER_TCP", forward: "127.0.0.1:$BACKEND_TCP" }
-admin: "127.0.0.1:$ADMIN_SERVER"
-audit_log: $WORK/audit-server.jsonl
-EOF
-    cat >"$dir/client.yaml" <<EOF
-identity: { cert: $WORK/client.pem, key: $WORK/client.key, bundle: $WORK/ca.pem }
-trust_domains: [bench.example]
-policy: $dir/policy.yaml
-outbound:
-  - { listen: "127.0.0.1:$CLIENT_H1", upstream: "127.0.0.1:$SERVER_H1" }
-  - { listen: "127.0.0.1:$CLIENT_H2", upstream: "127.0.0.1:$SERVER_H2" }
-  - { listen: "127.0.0.1:$CLIENT_TCP", upstream: "127.0.0.1:$SERVER_TCP" }
-admin: "127.0.0.1:$ADMIN_CLIENT"
-audit_log: $WORK/audit-client.jsonl
-EOF
+    appid_config server "$dir" inbound \
+        "{ listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }" \
+        "{ listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }" \
+        "{ listen: \"127.0.0.1:$SERVER_TCP\", forward: \"127.0.0.1:$BACKEND_TCP\" }"
+    appid_config client "$dir" outbound \
+        "{ listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }" \
+        "{ listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }" \
+        "{ listen: \"127.0.0.1:$CLIENT_TCP\", upstream: \"127.0.0.1:$SERVER_TCP\" }"
     appid_start_pair "$dir" "$extra"
 }
 
@@ -599,24 +603,10 @@ mesh_capture() {
 start_appid_mesh() {
     local dir=$1 layer=$2 extra=$3
     appid_policy "$dir/policy.yaml" "$BACKEND_H1" "$BACKEND_H2" "$BACKEND_TCP" "$layer"
-    cat >"$dir/server.yaml" <<EOF
-identity: { cert: $WORK/server.pem, key: $WORK/server.key, bundle: $WORK/ca.pem }
-trust_domains: [bench.example]
-policy: $dir/policy.yaml
-inbound:
-  - listen: "0.0.0.0:15106"     # redirected inbound; the backend is reached on 127.0.0.1:<port>
-admin: "127.0.0.1:$ADMIN_SERVER"
-audit_log: $WORK/audit-server.jsonl
-EOF
-    cat >"$dir/client.yaml" <<EOF
-identity: { cert: $WORK/client.pem, key: $WORK/client.key, bundle: $WORK/ca.pem }
-trust_domains: [bench.example]
-policy: $dir/policy.yaml
-outbound:
-  - listen: "127.0.0.1:15101"   # redirected outbound; destination from SO_ORIGINAL_DST
-admin: "127.0.0.1:$ADMIN_CLIENT"
-audit_log: $WORK/audit-client.jsonl
-EOF
+    # Redirected inbound (the backend is reached on 127.0.0.1:<port>) and
+    # outbound (the destination from SO_ORIGINAL_DST).
+    appid_config server "$dir" inbound 'listen: "0.0.0.0:15106"'
+    appid_config client "$dir" outbound 'listen: "127.0.0.1:15101"'
     appid_start_pair "$dir" "$extra"
     READY_CLIENT=15101 READY_SERVER=15106
 }
