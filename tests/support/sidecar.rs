@@ -170,7 +170,10 @@ impl SidecarBuilder {
             writeln!(yaml, "health: \"127.0.0.1:{port}\"").unwrap();
         }
         writeln!(yaml, "audit_log: {}", q(audit)).unwrap();
-        writeln!(yaml, "workers: 2").unwrap();
+        // Two data-plane threads unless the test sets its own.
+        if !self.settings.iter().any(|(key, _)| key == "workers") {
+            writeln!(yaml, "workers: 2").unwrap();
+        }
         if let Some(mode) = &self.tunnel {
             writeln!(yaml, "tunnel: {mode}").unwrap();
         }

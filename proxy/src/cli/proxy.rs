@@ -1,9 +1,9 @@
 //! `appid proxy --config PROXY.yaml`: run the sidecar.
 //!
 //! The config is parsed and validated once, here, before anything starts;
-//! a bad file is exit 2 with every problem listed. Then the runtime is built
-//! with the configured number of worker threads and the sidecar runs until
-//! SIGTERM or SIGINT, drains, and exits 0.
+//! a bad file is exit 2 with every problem listed. Then the sidecar runs
+//! (with the configured number of data-plane threads) until SIGTERM or
+//! SIGINT, drains, and exits 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,17 +35,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             }),
         config.log_format,
     )?;
-    // One worker: a single-threaded scheduler, which skips the work-stealing
-    // machinery (atomics, cross-thread wake-ups) a lone worker cannot use.
-    let mut builder = if config.workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(config.workers);
-        builder
-    };
-    let runtime = builder
-        .thread_name("appid-worker")
+    // A single-threaded runtime: with `workers: 1` it carries everything;
+    // with more, the sidecar starts its data-plane threads (each a runtime
+    // of its own, see `sidecar::workers`) and this one keeps the control
+    // plane (admin, reloads, the authority client).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

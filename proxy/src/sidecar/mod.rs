@@ -86,6 +86,7 @@ pub mod state_dir;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -135,6 +136,8 @@ pub enum SidecarError {
     State(#[from] state_dir::StateError),
     #[error("the system's random number generator failed; TLS cannot work without it")]
     Entropy,
+    #[error("cannot start the data-plane worker threads (`workers`): {0}")]
+    Workers(std::io::Error),
     /// A file the config names could not be used: says which config file
     /// and which key named it.
     #[error("{config}: {field}: {error}")]
@@ -733,9 +736,20 @@ pub async fn run_until(
             .map_or(0, |m| i64::try_from(m.used()).unwrap_or(i64::MAX))
     });
 
+    // With `workers: N` the data plane runs on N threads of its own, each
+    // accepting from every listener (see `workers`); with 1, here.
+    let workers = match config.workers {
+        0 | 1 => None,
+        n => Some(workers::Workers::start(n).map_err(SidecarError::Workers)?),
+    };
     let mut tasks = Vec::new();
     for (listener, spec) in inbound {
-        tasks.push(tokio::spawn(inbound::serve(shared.clone(), listener, spec)));
+        let shared = shared.clone();
+        tasks.extend(serve_listener(
+            workers.as_ref(),
+            listener,
+            move |listener| inbound::serve(shared.clone(), listener, spec),
+        )?);
     }
     for (listener, spec, service) in outbound {
         let local = match &service {
@@ -744,12 +758,12 @@ pub async fn run_until(
                 SidecarError::Authority(format!("service `{name}` has no identity"))
             })?,
         };
-        tasks.push(tokio::spawn(outbound::serve(
-            shared.clone(),
+        let shared = shared.clone();
+        tasks.extend(serve_listener(
+            workers.as_ref(),
             listener,
-            spec,
-            local,
-        )));
+            move |listener| outbound::serve(shared.clone(), listener, spec, local.clone()),
+        )?);
     }
     shared.audit.buffer_allows();
     shared.audit.coalesce_denials();
@@ -838,8 +852,39 @@ pub async fn run_until(
     if drained.is_err() {
         tracing::warn!("drain deadline passed with connections still open; closing them");
     }
+    // Stops the worker threads, closing what is still open on them.
+    drop(workers);
     shared.audit.flush();
     Ok(())
+}
+
+/// Serves one data-plane listener with `serve`: on every worker, each from
+/// its own registration of the socket (whichever accepts a connection
+/// keeps it), or on this runtime when there are no workers.
+fn serve_listener<F, Fut>(
+    workers: Option<&workers::Workers>,
+    listener: TcpListener,
+    serve: F,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, SidecarError>
+where
+    F: Fn(TcpListener) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(workers) = workers else {
+        return Ok(vec![tokio::spawn(serve(listener))]);
+    };
+    let address = listener.local_addr().map_err(SidecarError::Workers)?;
+    let bind_error = |error| SidecarError::Bind { address, error };
+    let listener = listener.into_std().map_err(bind_error)?;
+    let mut tasks = Vec::with_capacity(workers.handles().len());
+    for handle in workers.handles() {
+        let registered = {
+            let _on_worker = handle.enter();
+            TcpListener::from_std(listener.try_clone().map_err(bind_error)?).map_err(bind_error)?
+        };
+        tasks.push(handle.spawn(serve(registered)));
+    }
+    Ok(tasks)
 }
 
 /// Accepts connections until shutdown, admitting each against the

@@ -7,7 +7,8 @@
 //! our certificate and trust bundle are still the ones it was opened with,
 //! and the peer's certificate has neither expired nor been revoked;
 //! otherwise it is left to finish its streams and a new one is dialed. Per
-//! peer address, new streams go to the first tunnel carrying fewer than
+//! peer address (and data-plane worker: each keeps its own tunnels, see
+//! [`super::workers`]), new streams go to the first tunnel carrying fewer than
 //! [`SOFT_STREAMS`]; when all are that busy another is dialed, up to
 //! [`MAX_TUNNELS_PER_PEER`]. Dialing happens
 //! under the peer's lock, so a burst of app connections waits for one
@@ -77,11 +78,16 @@ pub struct Dialed {
     pub peer: Arc<AppIdClaims>,
 }
 
-/// Tunnels by peer address.
+/// Tunnels by data-plane worker and peer address: a worker's app
+/// connections use only tunnels its own thread drives (see
+/// [`super::workers`]), so a stream never wakes another thread.
 pub struct TunnelPool {
     mode: TunnelMode,
-    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerTunnels>>>>,
+    peers: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<PeerTunnels>>>>,
 }
+
+/// A data-plane worker ([`super::workers::current`]) and a peer address.
+type PoolKey = (usize, SocketAddr);
 
 #[derive(Default)]
 struct PeerTunnels {
@@ -341,7 +347,10 @@ impl TunnelPool {
             // Forget peers with nothing open (transparent mode can see many).
             peers.retain(|_, slot| slot.try_lock().map_or(true, |p| !p.is_forgettable()));
         }
-        peers.entry(destination).or_default().clone()
+        peers
+            .entry((super::workers::current(), destination))
+            .or_default()
+            .clone()
     }
 }
 
