@@ -699,10 +699,15 @@ measure() {
         record "$peer" "$wl" rss_kib_server "$(rss_kib "$SERVER_PID")"
     fi
     if [[ $peer == appid-* ]]; then
-        record "$peer" "$wl" audit_bytes "$(($(stat -c %s "$WORK/audit-client.jsonl") + $(stat -c %s "$WORK/audit-server.jsonl")))"
-        record "$peer" "$wl" audit_lines "$(($(wc -l <"$WORK/audit-client.jsonl") + $(wc -l <"$WORK/audit-server.jsonl")))"
+        # With the files the sidecars rotated away at their size cap
+        # (`<log>.1`, ...): at tens of thousands of requests a second a run
+        # writes past the default 100 MiB.
+        local logs=("$WORK"/audit-client.jsonl* "$WORK"/audit-server.jsonl*)
+        record "$peer" "$wl" audit_bytes "$(cat "${logs[@]}" | wc -c)"
+        record "$peer" "$wl" audit_lines "$(cat "${logs[@]}" | wc -l)"
         : >"$WORK/audit-client.jsonl" # O_APPEND: truncation is safe
         : >"$WORK/audit-server.jsonl"
+        rm -f "$WORK"/audit-client.jsonl.* "$WORK"/audit-server.jsonl.*
     fi
     ((rc == 0)) || log "$peer $wl: exit $rc (see $out.err)"
     sleep 1
