@@ -496,10 +496,12 @@ appid_start_pair() {
     local dir=$1 extra=$2 as=()
     [[ $extra == *workers:* ]] || extra="workers: 1${extra:+\n$extra}"
     printf '%b\n' "$extra" | tee -a "$dir/server.yaml" >>"$dir/client.yaml"
-    : >"$WORK/audit-server.jsonl"
-    : >"$WORK/audit-client.jsonl"
+    # Their own directory: rotating a log at its size cap renames it there.
+    mkdir -p "$WORK/audit"
+    : >"$WORK/audit/server.jsonl"
+    : >"$WORK/audit/client.jsonl"
     if [[ $TOPOLOGY == mesh ]]; then
-        chown -R "$MESH_PROXY_UID:$MESH_PROXY_UID" "$dir" "$WORK/audit-server.jsonl" "$WORK/audit-client.jsonl"
+        chown -R "$MESH_PROXY_UID:$MESH_PROXY_UID" "$dir" "$WORK/audit"
         as=(setpriv --reuid "$MESH_PROXY_UID" --regid "$MESH_PROXY_UID" --clear-groups)
     fi
     start "$PEER_CPUS" appid-server "${IN_SERVER[@]}" "${as[@]}" env RUST_LOG=warn "$APPID" proxy --config "$dir/server.yaml"
@@ -522,7 +524,7 @@ appid_config() {
         echo "$section:"
         printf '  - %s\n' "$@"
         echo "admin: \"127.0.0.1:$admin\""
-        echo "audit_log: $WORK/audit-$side.jsonl"
+        echo "audit_log: $WORK/audit/$side.jsonl"
     } >"$dir/$side.yaml"
 }
 
@@ -702,12 +704,12 @@ measure() {
         # With the files the sidecars rotated away at their size cap
         # (`<log>.1`, ...): at tens of thousands of requests a second a run
         # writes past the default 100 MiB.
-        local logs=("$WORK"/audit-client.jsonl* "$WORK"/audit-server.jsonl*)
+        local logs=("$WORK"/audit/client.jsonl* "$WORK"/audit/server.jsonl*)
         record "$peer" "$wl" audit_bytes "$(cat "${logs[@]}" | wc -c)"
         record "$peer" "$wl" audit_lines "$(cat "${logs[@]}" | wc -l)"
-        : >"$WORK/audit-client.jsonl" # O_APPEND: truncation is safe
-        : >"$WORK/audit-server.jsonl"
-        rm -f "$WORK"/audit-client.jsonl.* "$WORK"/audit-server.jsonl.*
+        : >"$WORK/audit/client.jsonl" # O_APPEND: truncation is safe
+        : >"$WORK/audit/server.jsonl"
+        rm -f "$WORK"/audit/client.jsonl.* "$WORK"/audit/server.jsonl.*
     fi
     ((rc == 0)) || log "$peer $wl: exit $rc (see $out.err)"
     sleep 1
