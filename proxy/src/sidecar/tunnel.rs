@@ -5,8 +5,9 @@
 //! costs far more than the few bytes most app connections carry, and every
 //! sidecar-to-sidecar TCP segment costs a trip through the kernel on both
 //! ends. So, by default, the client sidecar keeps a small pool of mTLS
-//! connections per peer sidecar ([`super::pool`]) and carries each app
-//! connection as one HTTP/2 stream, the way Istio's HBONE does.
+//! connections per peer sidecar (per data-plane worker: [`super::pool`])
+//! and carries each app connection as one HTTP/2 stream, the way Istio's
+//! HBONE does.
 //!
 //! # Wire format
 //!
