@@ -36,7 +36,11 @@
 //! oldest removed) and a new file is started, so a flood of decisions can
 //! fill at most `(keep + 1) × (max_bytes + one line)` of disk. Rotation
 //! happens between lines (a batch of buffered lines is split at the cap);
-//! a line is never split across files.
+//! a line is never split across files. A rotation that fails (e.g. the
+//! sidecar may write its log but not rename files in the log's directory)
+//! is logged, and the lines go on into the same file, rotation being tried
+//! again a cap's worth of bytes later: the cap bounds disk only while
+//! rotation works, and no decision is dropped for it.
 //!
 //! Line format (keys in this order; `method`/`path` only for L7 decisions,
 //! `reason` only when given, on denials and audit-only allows):
@@ -289,15 +293,27 @@ impl State {
                 let mut result = Ok(());
                 while !rest.is_empty() && result.is_ok() {
                     let n = rotation.fits(*size, rest);
-                    result = file.write_all(&rest[..n]).and_then(|()| {
+                    result = file.write_all(&rest[..n]).map(|()| {
                         *size += n as u64;
                         if rotation.is_due(*size) {
-                            *file = rotation.rotate(path)?;
+                            match rotation.rotate(path) {
+                                Ok(next) => {
+                                    *file = next;
+                                    // The new file carries its documents afresh.
+                                    self.appids.clear();
+                                }
+                                // Decisions are worth more than the cap: the
+                                // lines go on into this file, and rotation is
+                                // tried again a cap's worth of bytes later.
+                                Err(e) => tracing::warn!(
+                                    path = %path.display(),
+                                    error = %e,
+                                    "audit log not rotated at its size cap; \
+                                     still writing it (check the directory's permissions)"
+                                ),
+                            }
                             *size = 0;
-                            // The new file carries its documents afresh.
-                            self.appids.clear();
                         }
-                        Ok(())
                     });
                     rest = &rest[n..];
                 }
@@ -1162,6 +1178,35 @@ mod tests {
             let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
             assert!(text.ends_with('\n'));
         }
+    }
+
+    #[test]
+    fn a_rotation_that_fails_loses_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // `<log>.1` is a directory with a file in it: renaming the log onto
+        // it fails, for root too.
+        std::fs::create_dir(dir.path().join("audit.jsonl.1")).unwrap();
+        std::fs::write(dir.path().join("audit.jsonl.1/x"), b"x").unwrap();
+        let claims = claims();
+        let line_len = encode_line(&record(&claims), OffsetDateTime::UNIX_EPOCH, None)
+            .unwrap()
+            .len() as u64;
+        let log = AuditLog::open_rotated(
+            &path,
+            Rotation {
+                max_bytes: 3 * line_len,
+                keep: 1, // nothing to shift first: the one rename fails
+            },
+        )
+        .unwrap();
+        for _ in 0..10 {
+            log.log_at(&record(&claims), OffsetDateTime::UNIX_EPOCH);
+            log.flush();
+        }
+        assert_eq!(read_lines(&path).len(), 10, "every line in the log");
+        assert_eq!(log.write_errors(), 0);
+        assert_eq!(log.lines(), 10);
     }
 
     #[test]
