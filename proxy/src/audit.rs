@@ -1145,23 +1145,25 @@ mod tests {
         assert_eq!(mode & !0o640, 0, "mode {mode:o}");
     }
 
+    /// A log at `path` that rotates when the third line of `record` is
+    /// written to a file, keeping `keep` rotated files.
+    fn rotated_every_three_lines(path: &Path, record: &AuditRecord<'_>, keep: u32) -> AuditLog {
+        let line_len = encode_line(record, OffsetDateTime::UNIX_EPOCH, None)
+            .unwrap()
+            .len() as u64;
+        let rotation = Rotation {
+            max_bytes: 3 * line_len,
+            keep,
+        };
+        AuditLog::open_rotated(path, rotation).unwrap()
+    }
+
     #[test]
     fn rotates_at_the_size_cap_and_keeps_the_newest_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let claims = claims();
-        let line_len = encode_line(&record(&claims), OffsetDateTime::UNIX_EPOCH, None)
-            .unwrap()
-            .len() as u64;
-        // Three lines per file: rotation when the third is written.
-        let log = AuditLog::open_rotated(
-            &path,
-            Rotation {
-                max_bytes: 3 * line_len,
-                keep: 2,
-            },
-        )
-        .unwrap();
+        let log = rotated_every_three_lines(&path, &record(&claims), 2);
         for _ in 0..10 {
             log.log_at(&record(&claims), OffsetDateTime::UNIX_EPOCH);
         }
@@ -1189,17 +1191,8 @@ mod tests {
         std::fs::create_dir(dir.path().join("audit.jsonl.1")).unwrap();
         std::fs::write(dir.path().join("audit.jsonl.1/x"), b"x").unwrap();
         let claims = claims();
-        let line_len = encode_line(&record(&claims), OffsetDateTime::UNIX_EPOCH, None)
-            .unwrap()
-            .len() as u64;
-        let log = AuditLog::open_rotated(
-            &path,
-            Rotation {
-                max_bytes: 3 * line_len,
-                keep: 1, // nothing to shift first: the one rename fails
-            },
-        )
-        .unwrap();
+        // Keeping one: nothing to shift first, the one rename fails.
+        let log = rotated_every_three_lines(&path, &record(&claims), 1);
         for _ in 0..10 {
             log.log_at(&record(&claims), OffsetDateTime::UNIX_EPOCH);
             log.flush();
