@@ -747,6 +747,7 @@ pub async fn run_until(
         let shared = shared.clone();
         tasks.extend(serve_listener(
             workers.as_ref(),
+            spec.listen,
             listener,
             move |listener| inbound::serve(shared.clone(), listener, spec),
         )?);
@@ -761,6 +762,7 @@ pub async fn run_until(
         let shared = shared.clone();
         tasks.extend(serve_listener(
             workers.as_ref(),
+            spec.listen,
             listener,
             move |listener| outbound::serve(shared.clone(), listener, spec, local.clone()),
         )?);
@@ -858,11 +860,13 @@ pub async fn run_until(
     Ok(())
 }
 
-/// Serves one data-plane listener with `serve`: on every worker, each from
-/// its own registration of the socket (whichever accepts a connection
-/// keeps it), or on this runtime when there are no workers.
+/// Serves one data-plane listener (bound at `address`, as configured) with
+/// `serve`: on every worker, each from its own registration of the socket
+/// (whichever accepts a connection keeps it), or on this runtime when there
+/// are no workers.
 fn serve_listener<F, Fut>(
     workers: Option<&workers::Workers>,
+    address: SocketAddr,
     listener: TcpListener,
     serve: F,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, SidecarError>
@@ -873,7 +877,6 @@ where
     let Some(workers) = workers else {
         return Ok(vec![tokio::spawn(serve(listener))]);
     };
-    let address = listener.local_addr().map_err(SidecarError::Workers)?;
     let bind_error = |error| SidecarError::Bind { address, error };
     let listener = listener.into_std().map_err(bind_error)?;
     let mut tasks = Vec::with_capacity(workers.handles().len());
