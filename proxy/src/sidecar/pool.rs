@@ -493,3 +493,36 @@ impl AsyncWrite for Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::workers::Workers;
+
+    #[test]
+    fn each_worker_has_its_own_tunnels_to_a_peer() {
+        let pool = Arc::new(TunnelPool::new(TunnelMode::Pooled));
+        let peer: SocketAddr = "10.0.0.2:15006".parse().unwrap();
+        let workers = Workers::start(2).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let slots: Vec<_> = runtime.block_on(async {
+            let mut slots = Vec::new();
+            for handle in workers.handles() {
+                // Twice on each worker: the same slot both times.
+                for _ in 0..2 {
+                    let pool = pool.clone();
+                    slots.push(handle.spawn(async move { pool.slot(peer) }).await.unwrap());
+                }
+            }
+            slots
+        });
+        assert!(Arc::ptr_eq(&slots[0], &slots[1]), "one worker, one slot");
+        assert!(Arc::ptr_eq(&slots[2], &slots[3]), "one worker, one slot");
+        assert!(
+            !Arc::ptr_eq(&slots[0], &slots[2]),
+            "two workers never share a tunnel"
+        );
+    }
+}
