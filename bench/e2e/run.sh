@@ -23,6 +23,7 @@
 # BENCH_OUT (results JSON path),
 # BENCH_RESUMPTION=1 turns TLS session resumption on for haproxy and nginx
 # (it is off by default, as the issue asks; appid never resumes),
+# BENCH_PROFILE=1 records the sidecars' stacks per workload (raw/…/<workload>.*.perf),
 # BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
 # appid binary instead of building the checkout (to compare two builds). Raw tool output lands in
 # bench/e2e/raw/. Installs missing tools with apt-get when run as root.
@@ -241,6 +242,29 @@ count_stop() {
     kill -INT "$PERF_PID" 2>/dev/null || true
     wait "$PERF_PID" 2>/dev/null || true
     PERF_PID=""
+}
+
+# BENCH_PROFILE=1: sample the sidecars' stacks during each workload
+# (`perf record --call-graph dwarf`, 499 Hz) into OUTFILE, for
+# `perf report -i OUTFILE --no-children --sort sym`. Like BENCH_SYSCALLS it
+# costs the sidecars CPU, so figures taken with it are not comparable.
+profile_start() { # OUTFILE PID...
+    local out=$1
+    shift
+    PROFILE_PID=""
+    [[ ${BENCH_PROFILE:-0} == 1 ]] || return 0
+    command -v perf >/dev/null || die "BENCH_PROFILE=1 needs perf (apt-get install linux-perf)"
+    local pids
+    pids=$(for p in "$@"; do tree "$p"; done | paste -sd,)
+    perf record -q -F 499 --call-graph dwarf,16384 -p "$pids" -o "$out" 2>/dev/null &
+    PROFILE_PID=$!
+}
+
+profile_stop() {
+    [[ -n $PROFILE_PID ]] || return 0
+    kill -INT "$PROFILE_PID" 2>/dev/null || true
+    wait "$PROFILE_PID" 2>/dev/null || true
+    PROFILE_PID=""
 }
 
 # Resident memory (KiB) of a pid and its descendants.
@@ -674,6 +698,7 @@ measure() {
         c0=$(ticks "$CLIENT_PID") s0=$(ticks "$SERVER_PID")
         y0=$(($(ticks "$CLIENT_PID" sys) + $(ticks "$SERVER_PID" sys)))
         count_start "$out.counts" "$CLIENT_PID" "$SERVER_PID"
+        profile_start "$out.perf" "$CLIENT_PID" "$SERVER_PID"
     }
     k0=$(($(ticks "$BACKEND_HTTP_PID") + $(ticks "$BACKEND_TCP_PID")))
     g0=$(children_ticks)
@@ -686,6 +711,7 @@ measure() {
     k1=$(($(ticks "$BACKEND_HTTP_PID") + $(ticks "$BACKEND_TCP_PID")))
     [[ -n $CLIENT_PID ]] && {
         count_stop
+        profile_stop
         c1=$(ticks "$CLIENT_PID") s1=$(ticks "$SERVER_PID")
         y1=$(($(ticks "$CLIENT_PID" sys) + $(ticks "$SERVER_PID" sys)))
     }
