@@ -26,7 +26,7 @@ use appid_proxy::detect::{self, Classification, MAX_DETECT_BYTES};
 use appid_proxy::sidecar::http::h1::{self, Chunked};
 use appid_proxy::sidecar::http::path::{canonical_path, path_of};
 use appid_proxy::sidecar::http::{
-    AppSide, HttpLimits, PeerHeaders, RequestAuthorizer, RequestFacts, RequestVerdict,
+    AppSide, HttpLimits, PeerHeaders, RequestAuthorizer, RequestFacts, RequestVerdict, Shutdown,
     check_request,
 };
 use aws_lc_rs::encoding::AsDer;
@@ -390,7 +390,7 @@ pub fn h1_proxy(data: &[u8]) {
                 authorizer.clone(),
                 peer,
                 limits,
-                std::future::pending(),
+                Shutdown::never(),
             ));
             let app = tokio::spawn(answer_heads(app));
             let _ = client.write_all(&input).await;

@@ -48,8 +48,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
 
 use super::Shared;
 use super::authz::{ConnAuthz, ConnVerdict};
@@ -114,13 +116,16 @@ impl FirstBytes {
 /// open) — for HTTP only at the first allowed request, for TCP only once the
 /// connection is allowed. `app` says which side the local app is on.
 ///
-/// Not an `async fn`: the future it returns is what an idle connection's
-/// task holds for the connection's whole life, and an `async fn` would keep
-/// its arguments there beside what was made of them (as would its callers
-/// that only pass them on: `inbound::to_app` returns this future too).
+/// Not an `async fn`, and no `async` block either: the future it returns
+/// is what an idle connection's task holds for the connection's whole life.
+/// An `async fn` would keep its arguments there beside what was made of
+/// them, and an `async` block keeps each value it captures beside the
+/// future that value was moved into (rustc does not overlap the two), so
+/// the way on is chosen here and the future returned is one pointer to it
+/// and the connection's span ([`Connection`]).
 #[allow(clippy::too_many_arguments)]
-pub fn dispatch<'s, D, U, F, Fut>(
-    shared: &'s Arc<Shared>,
+pub fn dispatch<D, U, F, Fut>(
+    shared: &Arc<Shared>,
     downstream: D,
     prefix: Bytes,
     first: FirstBytes,
@@ -128,16 +133,16 @@ pub fn dispatch<'s, D, U, F, Fut>(
     peer_headers: Option<PeerHeaders>,
     app: AppSide,
     connect: F,
-) -> impl Future<Output = ()> + Send + 's
+) -> Connection
 where
     D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-    F: FnOnce() -> Fut + Send + 's,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Option<U>> + Send + 'static,
 {
     let span = authz.connection_span();
     let conn = AppConnection {
-        shared,
+        shared: shared.clone(),
         authz,
         peer_headers,
         app,
@@ -145,33 +150,58 @@ where
     let counter = shared.metrics.bytes_counter(conn.direction());
     counter.inc_by(prefix.len() as u64);
     let downstream = Prefixed::new(prefix, Counted::new(downstream, counter));
-    // Each way on is boxed, here and below: a task is allocated once, at
-    // the size of its largest state, so unboxed, every idle HTTP/1
-    // connection would carry the TCP and silent-client states too, for its
-    // whole life (`bench/e2e` idle: 36 KiB per connection for both sidecars
-    // before this and the boxing in `http::h1`, about 20 KiB after).
-    let connection = async move {
+    // Each way on is boxed: a task is allocated once, at the size of its
+    // largest state, so unboxed, every idle HTTP/1 connection would carry
+    // the TCP and silent-client states too, for its whole life (`bench/e2e`
+    // idle: 36 KiB per connection for both sidecars before this and the
+    // boxing in `http::h1`, about 20 KiB after).
+    // In the connection's span: the setup records on it (the protocol).
+    let way_on = span.in_scope(|| -> WayOn {
         match first {
             FirstBytes::Http(version) => {
-                let upstream = LazyUpstream::new(connect());
-                Box::pin(conn.http(downstream, upstream, version)).await;
+                Box::pin(conn.http(downstream, LazyUpstream::new(connect()), version))
             }
-            FirstBytes::Opaque => Box::pin(conn.tcp(downstream, connect, Bytes::new())).await,
-            FirstBytes::Silent => Box::pin(conn.silent(downstream, connect)).await,
+            FirstBytes::Opaque => Box::pin(conn.tcp(downstream, connect, Bytes::new())),
+            FirstBytes::Silent => Box::pin(set_up_then_run(conn.silent(downstream, connect))),
         }
-    };
-    connection.instrument(span)
+    });
+    way_on.instrument(span)
+}
+
+/// An app connection once its way on is chosen ([`dispatch`]): what its
+/// task holds for the rest of its life, a pointer and a span.
+pub type Connection = Instrumented<WayOn>;
+
+/// One way on (HTTP, TCP), boxed.
+type WayOn = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs a connection's setup, then the connection it returns (`None`:
+/// closed during setup). Boxed, so that the setup's state (detection,
+/// dialing, admission: over a kilobyte) is freed once it is done; a task
+/// spawned with this holds only a pointer to what follows for the
+/// connection's whole (mostly idle) life. A setup that borrowed from an
+/// `async` block around it instead would keep that block's captures
+/// beside it, for the same life.
+pub fn set_up_then_run<S, C>(setup: S) -> impl Future<Output = ()> + Send + 'static
+where
+    S: Future<Output = Option<C>> + Send + 'static,
+    C: Future<Output = ()> + Send + 'static,
+{
+    Box::pin(setup).then(|connection| match connection {
+        Some(connection) => futures_util::future::Either::Left(connection),
+        None => futures_util::future::Either::Right(std::future::ready(())),
+    })
 }
 
 /// What every path below needs.
-struct AppConnection<'s> {
-    shared: &'s Arc<Shared>,
+struct AppConnection {
+    shared: Arc<Shared>,
     authz: ConnAuthz,
     peer_headers: Option<PeerHeaders>,
     app: AppSide,
 }
 
-impl<'s> AppConnection<'s> {
+impl AppConnection {
     fn direction(&self) -> MetricsDirection {
         match self.app {
             AppSide::Upstream => MetricsDirection::Inbound,
@@ -190,7 +220,7 @@ impl<'s> AppConnection<'s> {
         downstream: D,
         upstream: LazyUpstream<U>,
         version: HttpVersion,
-    ) -> impl Future<Output = ()> + Send + 's
+    ) -> impl Future<Output = ()> + Send + 'static
     where
         D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
@@ -209,10 +239,12 @@ impl<'s> AppConnection<'s> {
             authz.clone(),
             self.peer_headers,
             shared.http_limits(self.app),
-            shared.shutdown_signal(),
+            l7::Shutdown::new(shared.shutdown.clone()),
         );
-        async move {
-            let result = proxy.await;
+        // `map`, not `async move { proxy.await; … }`: the block would keep
+        // the captured `proxy` beside the awaited one (1.4 KiB per idle
+        // HTTP/1 connection, measured with `-Zprint-type-sizes`).
+        proxy.map(move |result| {
             if let Err(l7::HttpProxyError::Flood) = result {
                 authz.audit_closed("HTTP/2 control frame flood");
                 shared.metrics.h2_flood_closed(direction);
@@ -220,7 +252,7 @@ impl<'s> AppConnection<'s> {
             if let Err(e) = result {
                 tracing::debug!(error = %e, direction = direction.as_str(), "http connection ended with an error");
             }
-        }
+        })
     }
 
     /// Not HTTP: one decision (audited), then bytes both ways until either
@@ -277,48 +309,52 @@ impl<'s> AppConnection<'s> {
     }
 
     /// The client said nothing yet: within the detection timeout, or
-    /// nothing was waited for ([`Plan::Race`]); see the module docs.
-    async fn silent<D, U, F, Fut>(self, mut downstream: Prefixed<D>, connect: F)
+    /// nothing was waited for ([`Plan::Race`]); see the module docs. A
+    /// setup ([`set_up_then_run`]): it returns the way on once someone
+    /// spoke, so that the wait's state is not kept beside it.
+    async fn silent<D, U, F, Fut>(self, mut downstream: Prefixed<D>, connect: F) -> Option<WayOn>
     where
         D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Option<U>> + Send + 'static,
     {
         let http_idle = self.shared.limits.http_idle_timeout;
         if self.shared.port(self.authz.port()).protocol.is_http() {
             // Declared HTTP, and silent for the HTTP idle timeout.
             self.gave_up("silent client on a port declared HTTP");
-            return;
+            return None;
         }
         if !self.authz.would_allow_tcp() && !self.authz.could_allow_http() {
             // Denied whatever it carries: decide (and audit) now, as TCP,
             // rather than hold the connection.
-            Box::pin(self.tcp(downstream, connect, Bytes::new())).await;
-            return;
+            return Some(Box::pin(self.tcp(downstream, connect, Bytes::new())));
         }
         if !self.authz.would_allow_tcp() {
             // HTTP-only: wait for the client (as between keep-alive
             // requests, up to the idle timeout); connect nothing.
-            match prefixed::read_and_classify(&mut downstream, http_idle).await {
-                Ok((_, prefix)) if prefix.is_empty() => self.gave_up("silent client"),
+            return match prefixed::read_and_classify(&mut downstream, http_idle).await {
+                Ok((_, prefix)) if prefix.is_empty() => {
+                    self.gave_up("silent client");
+                    None
+                }
                 Ok((class, prefix)) => {
                     let downstream = Prefixed::new(prefix, downstream);
-                    match FirstBytes::of(&class) {
+                    Some(match FirstBytes::of(&class) {
                         FirstBytes::Http(version) => {
                             let upstream = LazyUpstream::new(connect());
-                            Box::pin(self.http(downstream, upstream, version)).await;
+                            Box::pin(self.http(downstream, upstream, version))
                         }
-                        _ => Box::pin(self.tcp(downstream, connect, Bytes::new())).await,
-                    }
+                        _ => Box::pin(self.tcp(downstream, connect, Bytes::new())),
+                    })
                 }
-                Err(_) => self.gave_up("stalled during protocol detection"),
-            }
-            return;
+                Err(_) => {
+                    self.gave_up("stalled during protocol detection");
+                    None
+                }
+            };
         }
-        let Some(mut upstream) = connect().await else {
-            return;
-        };
+        let mut upstream = connect().await?;
         let limits = &self.shared.limits;
         let silence = self.shared.tcp_idle_timeout(self.authz.port());
         match first_speaker(
@@ -331,21 +367,23 @@ impl<'s> AppConnection<'s> {
         {
             FirstSpeaker::Client(class, prefix) => {
                 let downstream = Prefixed::new(prefix, downstream);
-                match FirstBytes::of(&class) {
+                Some(match FirstBytes::of(&class) {
                     FirstBytes::Http(version) => {
                         let upstream = LazyUpstream::ready(upstream);
-                        Box::pin(self.http(downstream, upstream, version)).await;
+                        Box::pin(self.http(downstream, upstream, version))
                     }
-                    _ => {
-                        Box::pin(self.tcp(downstream, || async { Some(upstream) }, Bytes::new()))
-                            .await
-                    }
-                }
+                    _ => Box::pin(self.tcp(downstream, || async { Some(upstream) }, Bytes::new())),
+                })
             }
-            FirstSpeaker::Server(banner) => {
-                Box::pin(self.tcp(downstream, || async { Some(upstream) }, banner)).await
+            FirstSpeaker::Server(banner) => Some(Box::pin(self.tcp(
+                downstream,
+                || async { Some(upstream) },
+                banner,
+            ))),
+            FirstSpeaker::Nobody(why) => {
+                self.gave_up(why);
+                None
             }
-            FirstSpeaker::Nobody(why) => self.gave_up(why),
         }
     }
 
@@ -481,6 +519,30 @@ async fn write_flush<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a connection's task holds for its life must not grow with its
+    /// setup: the setup's state (here 4 KiB, kept across an await) is
+    /// boxed and freed once the connection it returns starts.
+    #[tokio::test]
+    async fn a_connection_does_not_keep_its_setup() {
+        let (ran_tx, ran_rx) = tokio::sync::oneshot::channel();
+        let setup = async move {
+            let scratch = [7u8; 4096];
+            tokio::task::yield_now().await;
+            let sum: u64 = scratch.iter().map(|&b| u64::from(b)).sum();
+            Some(async move {
+                let _ = ran_tx.send(sum);
+            })
+        };
+        assert!(std::mem::size_of_val(&setup) >= 4096);
+        let task = set_up_then_run(setup);
+        let held = std::mem::size_of_val(&task);
+        assert!(held <= 64, "a connection's task holds {held} bytes");
+        task.await;
+        assert_eq!(ran_rx.await.unwrap(), 7 * 4096);
+        // Closed during setup: nothing runs after it.
+        set_up_then_run(async { None::<std::future::Ready<()>> }).await;
+    }
 
     #[tokio::test]
     async fn a_late_client_request_is_classified() {

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, Peer};
-use super::dispatch::{self, FirstBytes, Plan, dispatch};
+use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
 use super::local::Local;
@@ -223,7 +223,9 @@ async fn from_peer(
         port,
     )
     .with_transport(Transport::Strict);
-    from_peer_to_app(shared, tls_stream, authz, peer_headers, app).await;
+    if let Some(connection) = from_peer_to_app(shared, tls_stream, authz, peer_headers, app).await {
+        connection.await;
+    }
 }
 
 /// The headers the app sees for an authenticated peer.
@@ -239,46 +241,40 @@ fn peer_headers(verified: &VerifiedPeer) -> PeerHeaders {
 }
 
 /// One app connection from a verified peer (a TLS connection or a tunnel
-/// stream): find its protocol, then authorize and forward.
-///
-/// An async block, not an `async fn`, which would keep a second copy of
-/// its arguments for the connection's whole life (see `dispatch`).
-#[allow(clippy::manual_async_fn)] // on purpose: the layout, not the syntax
-fn from_peer_to_app<'s, S>(
-    shared: &'s Arc<Shared>,
+/// stream): find its protocol, then the way on ([`dispatch`]). A setup:
+/// `None` when the connection closed or failed during detection.
+async fn from_peer_to_app<S>(
+    shared: &Arc<Shared>,
     mut downstream: S,
     authz: ConnAuthz,
     peer_headers: PeerHeaders,
     app: SocketAddr,
-) -> impl Future<Output = ()> + Send + 's
+) -> Option<Connection>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
-    async move {
-        let (first, prefix) = match dispatch::plan(shared, &authz) {
-            Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
-            Plan::Race => (FirstBytes::Silent, Bytes::new()),
-            Plan::Detect(wait) => match prefixed::read_and_classify(&mut downstream, wait).await {
-                Ok((_, prefix)) if prefix.is_empty() => (FirstBytes::Silent, prefix),
-                Ok((class, prefix)) => (FirstBytes::of(&class), prefix),
-                // Closed before a byte: an empty TCP stream, still decided.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    (FirstBytes::Opaque, Bytes::new())
-                }
-                Err(_) => return,
-            },
-        };
-        to_app(
-            shared,
-            downstream,
-            authz,
-            first,
-            Some(peer_headers),
-            app,
-            prefix,
-        )
-        .await;
-    }
+    let (first, prefix) = match dispatch::plan(shared, &authz) {
+        Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
+        Plan::Race => (FirstBytes::Silent, Bytes::new()),
+        Plan::Detect(wait) => match prefixed::read_and_classify(&mut downstream, wait).await {
+            Ok((_, prefix)) if prefix.is_empty() => (FirstBytes::Silent, prefix),
+            Ok((class, prefix)) => (FirstBytes::of(&class), prefix),
+            // Closed before a byte: an empty TCP stream, still decided.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                (FirstBytes::Opaque, Bytes::new())
+            }
+            Err(_) => return None,
+        },
+    };
+    Some(to_app(
+        shared,
+        downstream,
+        authz,
+        first,
+        Some(peer_headers),
+        app,
+        prefix,
+    ))
 }
 
 /// Why a tunnel stream was not taken.
@@ -458,19 +454,19 @@ async fn serve_tunnel(
         // Only the body goes on: the CONNECT request's head (its header map
         // on the heap) is not kept for the stream's whole life.
         let body = request.into_body();
-        tokio::spawn(async move {
+        let set_up = async move {
             let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
-                return;
+                return None;
             };
-            let Ok(send) = respond.send_response(http::Response::new(()), false) else {
-                return;
-            };
+            let send = respond.send_response(http::Response::new(()), false).ok()?;
             shared.metrics.tunnel_stream(MetricsDirection::Inbound);
             let stream = TunnelStream::new(send, body, Some(counted), Some(meter));
-            from_peer_to_app(&shared, stream, authz, headers, app).await;
-            drop((permit, peer_share));
-        });
+            let connection = from_peer_to_app(&shared, stream, authz, headers, app).await?;
+            // The admission and the peer's share are held until it ends.
+            Some(connection.map(move |()| drop((permit, peer_share))))
+        };
+        tokio::spawn(dispatch::set_up_then_run(set_up));
     }
 }
 
@@ -503,15 +499,15 @@ fn stream_target(
 /// Authorizes and forwards to the local app: per request for HTTP, once
 /// (and again on policy changes) for opaque TCP. Returns `dispatch`'s
 /// future itself (see there why this is no `async fn`).
-fn to_app<'s, S>(
-    shared: &'s Arc<Shared>,
+fn to_app<S>(
+    shared: &Arc<Shared>,
     downstream: S,
     authz: ConnAuthz,
     first: FirstBytes,
     peer_headers: Option<PeerHeaders>,
     app: SocketAddr,
     prefix: Bytes,
-) -> impl Future<Output = ()> + Send + 's
+) -> Connection
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {

@@ -355,7 +355,7 @@ impl Shared {
     }
 
     /// Resolves when shutdown starts.
-    fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+    fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
         let mut shutdown = self.shutdown.clone();
         async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

@@ -13,17 +13,20 @@
 //! 4. then the app protocol: HTTP requests are authorized one by one, opaque
 //!    TCP is spliced (and closed if a policy change withdraws it).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
 
 use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, ExternalVerdict, Peer};
-use super::dispatch::{self, FirstBytes, Plan, dispatch};
+use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::AppSide;
 use super::local::Local;
 use super::pool::Dialed;
@@ -56,19 +59,22 @@ pub async fn serve(
         local.clone(),
         move |shared, stream, app_addr| {
             let local = local.clone();
-            async move { handle(&shared, &local, stream, app_addr, spec).await }
+            dispatch::set_up_then_run(set_up(shared, local, stream, app_addr, spec))
         },
     )
     .await;
 }
 
-async fn handle(
-    shared: &Arc<Shared>,
-    local: &Arc<Local>,
+/// Everything before the connection's long wait: its destination, whether
+/// it leaves the mesh, the peer it goes to. `None`: closed.
+async fn set_up(
+    shared: Arc<Shared>,
+    local: Arc<Local>,
     app: TcpStream,
     app_addr: SocketAddr,
     spec: OutboundSpec,
-) {
+) -> Option<Connection> {
+    let (shared, local) = (&shared, &local);
     let _ = app.set_nodelay(true);
     let destination = match spec.upstream {
         Some(upstream) => upstream,
@@ -76,7 +82,7 @@ async fn handle(
             Ok(dst) if !orig_dst::is_self(dst, spec.listen) => dst,
             _ => {
                 tracing::debug!(%app_addr, "transparent outbound without an original destination");
-                return;
+                return None;
             }
         },
     };
@@ -84,33 +90,35 @@ async fn handle(
     if spec.upstream.is_none() {
         match Box::pin(external(shared, local, &app, app_addr, destination)).await {
             External::PassThrough => {
-                if let Some(mut upstream) = shared.connect(destination).await {
-                    let mut app = super::counted::Counted::new(
-                        app,
-                        shared.metrics.bytes_counter(MetricsDirection::Outbound),
-                    );
-                    let meter = shared
-                        .memory
-                        .meter(&format!("external {}", destination.ip()));
-                    // Boxed: only passed-through connections carry its state.
-                    let (end, _) = Box::pin(super::splice::splice(
+                let mut upstream = shared.connect(destination).await?;
+                let mut app = super::counted::Counted::new(
+                    app,
+                    shared.metrics.bytes_counter(MetricsDirection::Outbound),
+                );
+                let meter = shared
+                    .memory
+                    .meter(&format!("external {}", destination.ip()));
+                let idle_timeout = shared.tcp_idle_timeout(destination.port());
+                let pass_through = async move {
+                    let (end, _) = super::splice::splice(
                         &mut app,
                         &mut upstream,
                         &[],
-                        shared.tcp_idle_timeout(destination.port()),
+                        idle_timeout,
                         Some(&meter),
                         std::future::pending(),
-                    ))
+                    )
                     .await;
                     super::splice::forward_reset(end, &mut app, &mut upstream);
-                }
-                return;
+                };
+                let pass_through: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(pass_through);
+                return Some(pass_through.in_current_span());
             }
-            External::Refused => return,
+            External::Refused => return None,
             External::Meshed => {}
         }
     }
-    to_peer(shared, local, app, app_addr, destination).await;
+    to_peer(shared, local, app, app_addr, destination).await
 }
 
 enum External {
@@ -175,79 +183,69 @@ async fn to_peer(
     app: TcpStream,
     app_addr: SocketAddr,
     destination: SocketAddr,
-) {
-    // Everything up to the choice of a way on lives in this block, so that
-    // none of it (the stream, the authorization context: both borrowed on
-    // the way, which keeps them in the future's state until their scope
-    // ends) stays in an idle connection's task beside `dispatch`'s future.
-    let connection = {
-        let Some(Dialed {
-            upstream: tls_stream,
-            peer,
-        }) = Box::pin(
-            local
-                .tunnels
-                .dial(shared, local, destination, Some(app_addr)),
-        )
-        .await
-        else {
-            return;
-        };
-        let authz = ConnAuthz::new(
-            shared.clone(),
-            local,
-            Direction::Outbound,
-            Peer::Meshed(peer),
-            destination,
-            destination.port(),
-        )
-        .with_app_addr(app_addr)
-        .with_transport(match &tls_stream {
-            super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,
-            super::pool::Upstream::Tls(_) => super::trace::Transport::Strict,
-        });
-        // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
-        // then authorized per request — a denied request is answered here and
-        // never reaches the server; anything else gets one decision before a
-        // single app byte moves ([`super::dispatch`]).
-        let wait = match dispatch::plan(shared, &authz) {
-            Plan::Opaque => None,
-            Plan::Race => Some(Duration::ZERO),
-            Plan::Detect(wait) => Some(wait),
-        };
-        let first = match wait {
-            None => FirstBytes::Opaque,
-            Some(wait) => match detect::detect(&app, wait, detect::MAX_DETECT_BYTES).await {
-                Detection::Classified { class, .. } => FirstBytes::of(&class),
-                // A server-first protocol, or a late request.
-                Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
-                Detection::ReadTimeout { peeked } if wait.is_zero() => {
-                    // Racing: bytes arrived but are not decided yet.
-                    tracing::trace!(%app_addr, peeked, "racing with bytes buffered");
-                    FirstBytes::Silent
-                }
-                Detection::ReadTimeout { peeked } => {
-                    tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
-                    shared
-                        .metrics
-                        .connection_refused(MetricsDirection::Outbound, "detect_timeout");
-                    return;
-                }
-                // Closed before a byte: an empty TCP stream, still decided.
-                Detection::Closed => FirstBytes::Opaque,
-                Detection::Error(_) => return,
-            },
-        };
-        dispatch(
-            shared,
-            app,
-            Bytes::new(),
-            first,
-            authz,
-            None,
-            AppSide::Downstream,
-            || async { Some(tls_stream) },
-        )
+) -> Option<Connection> {
+    let Dialed {
+        upstream: tls_stream,
+        peer,
+    } = Box::pin(
+        local
+            .tunnels
+            .dial(shared, local, destination, Some(app_addr)),
+    )
+    .await?;
+    let authz = ConnAuthz::new(
+        shared.clone(),
+        local,
+        Direction::Outbound,
+        Peer::Meshed(peer),
+        destination,
+        destination.port(),
+    )
+    .with_app_addr(app_addr)
+    .with_transport(match &tls_stream {
+        super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,
+        super::pool::Upstream::Tls(_) => super::trace::Transport::Strict,
+    });
+    // The app's protocol, peeked (nothing is consumed or sent yet). HTTP is
+    // then authorized per request — a denied request is answered here and
+    // never reaches the server; anything else gets one decision before a
+    // single app byte moves ([`super::dispatch`]).
+    let wait = match dispatch::plan(shared, &authz) {
+        Plan::Opaque => None,
+        Plan::Race => Some(Duration::ZERO),
+        Plan::Detect(wait) => Some(wait),
     };
-    connection.await;
+    let first = match wait {
+        None => FirstBytes::Opaque,
+        Some(wait) => match detect::detect(&app, wait, detect::MAX_DETECT_BYTES).await {
+            Detection::Classified { class, .. } => FirstBytes::of(&class),
+            // A server-first protocol, or a late request.
+            Detection::ReadTimeout { peeked: 0 } => FirstBytes::Silent,
+            Detection::ReadTimeout { peeked } if wait.is_zero() => {
+                // Racing: bytes arrived but are not decided yet.
+                tracing::trace!(%app_addr, peeked, "racing with bytes buffered");
+                FirstBytes::Silent
+            }
+            Detection::ReadTimeout { peeked } => {
+                tracing::debug!(%app_addr, peeked, "dropped: stalled during protocol detection");
+                shared
+                    .metrics
+                    .connection_refused(MetricsDirection::Outbound, "detect_timeout");
+                return None;
+            }
+            // Closed before a byte: an empty TCP stream, still decided.
+            Detection::Closed => FirstBytes::Opaque,
+            Detection::Error(_) => return None,
+        },
+    };
+    Some(dispatch(
+        shared,
+        app,
+        Bytes::new(),
+        first,
+        authz,
+        None,
+        AppSide::Downstream,
+        || async { Some(tls_stream) },
+    ))
 }

@@ -47,7 +47,6 @@
 //! connection that has carried no stream for the idle timeout gets a GOAWAY,
 //! and is closed if it has not finished within the drain timeout.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,7 +66,7 @@ use tracing::Instrument as _;
 
 use super::{
     AppSide, DENIED_BY_HEADER, HeaderMapView, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER,
-    PEER_ID_HEADER, PeerHeaders, RequestAuthorizer, RequestDecision, authorize_request,
+    PEER_ID_HEADER, PeerHeaders, RequestAuthorizer, RequestDecision, Shutdown, authorize_request,
     strip_appid_headers,
 };
 
@@ -87,7 +86,7 @@ pub async fn proxy<D, U>(
     authorizer: Arc<dyn RequestAuthorizer>,
     peer_headers: Option<PeerHeaders>,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()>,
+    mut shutdown: Shutdown,
 ) -> Result<(), HttpProxyError>
 where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -115,6 +114,7 @@ where
     let idle = streams.idle(limits.header_timeout);
     // Armed at GOAWAY: a client that never finishes loses the connection.
     let drained = tokio::time::sleep(Duration::MAX);
+    let shutdown = shutdown.started();
     tokio::pin!(shutdown, idle, drained);
     let mut stopping = false;
     loop {
@@ -825,7 +825,7 @@ mod tests {
             Arc::new(AllowAll),
             None,
             limits,
-            std::future::pending(),
+            Shutdown::never(),
         ));
         let (requests, received) = mpsc::unbounded_channel();
         tokio::spawn(serve_app(app_io, requests));

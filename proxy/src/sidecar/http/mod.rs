@@ -281,6 +281,35 @@ pub enum AppSide {
     Downstream,
 }
 
+/// Tells an HTTP proxy that the sidecar is shutting down. A handle rather
+/// than a future: an idle HTTP/1 connection keeps it for its whole life,
+/// and the future that waits (a waiter node, some 150 bytes) then exists
+/// only while the proxy waits between requests. (A future passed in and
+/// pinned inside the proxy's `async` block was kept twice: once captured,
+/// once pinned.)
+#[derive(Debug, Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Shutdown starts when `signal` turns `true` (or its sender is gone).
+    pub fn new(signal: tokio::sync::watch::Receiver<bool>) -> Self {
+        Shutdown(signal)
+    }
+
+    /// Resolves once shutdown has started.
+    pub async fn started(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// Never starts: for tests and fuzz harnesses that drive a proxy
+    /// alone. (Its sender is leaked: a dropped one would mean shutdown.)
+    pub fn never() -> Self {
+        let (sender, signal) = tokio::sync::watch::channel(false);
+        Box::leak(Box::new(sender));
+        Shutdown(signal)
+    }
+}
+
 /// Limits for one proxied HTTP connection.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -324,7 +353,7 @@ pub fn proxy<D, U>(
     authorizer: Arc<dyn RequestAuthorizer>,
     peer_headers: Option<PeerHeaders>,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> impl Future<Output = Result<(), HttpProxyError>> + Send
 where
     D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,

@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -43,7 +42,7 @@ pub use framing::{BodyLength, Chunked, FramingError};
 
 use super::{
     AppSide, DENIED_BY_HEADER, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER, PEER_ID_HEADER,
-    PeerHeaders, RequestAuthorizer, RequestDecision, authorize_request, is_appid_header,
+    PeerHeaders, RequestAuthorizer, RequestDecision, Shutdown, authorize_request, is_appid_header,
     visit_header_values,
 };
 use crate::sidecar::trace;
@@ -70,7 +69,7 @@ pub fn proxy<D, U>(
     authorizer: Arc<dyn RequestAuthorizer>,
     peer_headers: Option<PeerHeaders>,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()>,
+    mut shutdown: Shutdown,
 ) -> impl Future<Output = Result<(), HttpProxyError>>
 where
     D: AsyncRead + AsyncWrite + Unpin + Abort,
@@ -78,11 +77,9 @@ where
 {
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
-    let shutdown = shutdown.fuse();
     async move {
         let mut down_buf = BytesMut::new();
         let mut up_buf = BytesMut::new();
-        tokio::pin!(shutdown);
 
         loop {
             // Idle between requests: free the buffers, wait for a head.
@@ -94,7 +91,7 @@ where
             }
             let head = tokio::select! {
                 head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
-                () = &mut shutdown => return Ok(()),
+                () = shutdown.started() => return Ok(()),
             };
             let head_len = match head {
                 HeadRead::Complete(n) => n,
@@ -899,7 +896,7 @@ mod tests {
             Arc::new(Recorder::default()),
             None,
             limits(),
-            std::future::pending::<()>(),
+            Shutdown::never(),
         );
         let chosen = super::super::proxy(
             duplex(64).0,
@@ -908,7 +905,7 @@ mod tests {
             Arc::new(Recorder::default()),
             None,
             limits(),
-            std::future::pending::<()>(),
+            Shutdown::never(),
         );
         let (h1, chosen) = (std::mem::size_of_val(&h1), std::mem::size_of_val(&chosen));
         assert!(
@@ -937,7 +934,7 @@ mod tests {
             recorder.clone(),
             peer,
             limits(),
-            std::future::pending(),
+            Shutdown::never(),
         ));
         let app_task = tokio::spawn(upstream(app));
         client.write_all(client_sends).await.unwrap();
