@@ -222,49 +222,46 @@ ticks() {
     echo "$total"
 }
 
+# The given pids and their descendants, comma-separated (for `perf -p`).
+pid_list() {
+    local p
+    for p in "$@"; do tree "$p"; done | paste -sd,
+}
+
+# Stops a perf running in the background (SIGINT: it writes its output).
+perf_stop() { # PID (empty: none)
+    [[ -n $1 ]] || return 0
+    kill -INT "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
 # BENCH_SYSCALLS=1: count the sidecars' system calls and context switches
 # during each workload (perf stat on software events; it costs each
 # syscall a little, so it is off for the figures that matter).
-count_start() { # OUTFILE PID...
-    local out=$1
+# BENCH_PROFILE=1: sample their stacks (`perf record --call-graph dwarf`,
+# 499 Hz) into OUTFILE.perf, for `perf report -i FILE --no-children --sort
+# sym`; it costs the sidecars CPU too.
+perf_start() { # OUTFILE PID...
+    local out=$1 pids
     shift
-    PERF_PID=""
-    [[ ${BENCH_SYSCALLS:-0} == 1 ]] || return 0
-    command -v perf >/dev/null || die "BENCH_SYSCALLS=1 needs perf (apt-get install linux-perf)"
-    local pids
-    pids=$(for p in "$@"; do tree "$p"; done | paste -sd,)
-    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$out" &
-    PERF_PID=$!
+    PERF_PID="" PROFILE_PID=""
+    [[ ${BENCH_SYSCALLS:-0} == 1 || ${BENCH_PROFILE:-0} == 1 ]] || return 0
+    command -v perf >/dev/null || die "BENCH_SYSCALLS and BENCH_PROFILE need perf (apt-get install linux-perf)"
+    pids=$(pid_list "$@")
+    if [[ ${BENCH_SYSCALLS:-0} == 1 ]]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$out.counts" &
+        PERF_PID=$!
+    fi
+    if [[ ${BENCH_PROFILE:-0} == 1 ]]; then
+        perf record -q -F 499 --call-graph dwarf,16384 -p "$pids" -o "$out.perf" 2>/dev/null &
+        PROFILE_PID=$!
+    fi
 }
 
-count_stop() {
-    [[ -n $PERF_PID ]] || return 0
-    kill -INT "$PERF_PID" 2>/dev/null || true
-    wait "$PERF_PID" 2>/dev/null || true
-    PERF_PID=""
-}
-
-# BENCH_PROFILE=1: sample the sidecars' stacks during each workload
-# (`perf record --call-graph dwarf`, 499 Hz) into OUTFILE, for
-# `perf report -i OUTFILE --no-children --sort sym`. Like BENCH_SYSCALLS it
-# costs the sidecars CPU, so figures taken with it are not comparable.
-profile_start() { # OUTFILE PID...
-    local out=$1
-    shift
-    PROFILE_PID=""
-    [[ ${BENCH_PROFILE:-0} == 1 ]] || return 0
-    command -v perf >/dev/null || die "BENCH_PROFILE=1 needs perf (apt-get install linux-perf)"
-    local pids
-    pids=$(for p in "$@"; do tree "$p"; done | paste -sd,)
-    perf record -q -F 499 --call-graph dwarf,16384 -p "$pids" -o "$out" 2>/dev/null &
-    PROFILE_PID=$!
-}
-
-profile_stop() {
-    [[ -n $PROFILE_PID ]] || return 0
-    kill -INT "$PROFILE_PID" 2>/dev/null || true
-    wait "$PROFILE_PID" 2>/dev/null || true
-    PROFILE_PID=""
+perf_stop_all() {
+    perf_stop "$PERF_PID"
+    perf_stop "$PROFILE_PID"
+    PERF_PID="" PROFILE_PID=""
 }
 
 # Resident memory (KiB) of a pid and its descendants.
@@ -697,8 +694,7 @@ measure() {
     [[ -n $CLIENT_PID ]] && {
         c0=$(ticks "$CLIENT_PID") s0=$(ticks "$SERVER_PID")
         y0=$(($(ticks "$CLIENT_PID" sys) + $(ticks "$SERVER_PID" sys)))
-        count_start "$out.counts" "$CLIENT_PID" "$SERVER_PID"
-        profile_start "$out.perf" "$CLIENT_PID" "$SERVER_PID"
+        perf_start "$out" "$CLIENT_PID" "$SERVER_PID"
     }
     k0=$(($(ticks "$BACKEND_HTTP_PID") + $(ticks "$BACKEND_TCP_PID")))
     g0=$(children_ticks)
@@ -710,8 +706,7 @@ measure() {
     g1=$(children_ticks)
     k1=$(($(ticks "$BACKEND_HTTP_PID") + $(ticks "$BACKEND_TCP_PID")))
     [[ -n $CLIENT_PID ]] && {
-        count_stop
-        profile_stop
+        perf_stop_all
         c1=$(ticks "$CLIENT_PID") s1=$(ticks "$SERVER_PID")
         y1=$(($(ticks "$CLIENT_PID" sys) + $(ticks "$SERVER_PID" sys)))
     }
