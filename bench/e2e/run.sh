@@ -24,6 +24,8 @@
 # BENCH_RESUMPTION=1 turns TLS session resumption on for haproxy and nginx
 # (it is off by default, as the issue asks; appid never resumes),
 # BENCH_PROFILE=1 records the sidecars' stacks per workload (raw/…/<workload>.*.perf),
+# BENCH_RUST_LOG: the sidecars' RUST_LOG (default warn; `info` is what a sidecar runs
+# with when RUST_LOG is unset),
 # BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
 # appid binary instead of building the checkout (to compare two builds). Raw tool output lands in
 # bench/e2e/raw/. Installs missing tools with apt-get when run as root.
@@ -50,6 +52,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 DURATION=${BENCH_SECONDS:-10}
+SIDECAR_LOG=${BENCH_RUST_LOG:-warn}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
 LOAD_CPU=${BENCH_LOAD_CPU:-0}
@@ -525,9 +528,9 @@ appid_start_pair() {
         chown -R "$MESH_PROXY_UID:$MESH_PROXY_UID" "$dir" "$WORK/audit"
         as=(setpriv --reuid "$MESH_PROXY_UID" --regid "$MESH_PROXY_UID" --clear-groups)
     fi
-    start "$PEER_CPUS" appid-server "${IN_SERVER[@]}" "${as[@]}" env RUST_LOG=warn "$APPID" proxy --config "$dir/server.yaml"
+    start "$PEER_CPUS" appid-server "${IN_SERVER[@]}" "${as[@]}" env RUST_LOG="$SIDECAR_LOG" "$APPID" proxy --config "$dir/server.yaml"
     SERVER_PID=$LAST_PID
-    start "$PEER_CPUS" appid-client "${IN_CLIENT[@]}" "${as[@]}" env RUST_LOG=warn "$APPID" proxy --config "$dir/client.yaml"
+    start "$PEER_CPUS" appid-client "${IN_CLIENT[@]}" "${as[@]}" env RUST_LOG="$SIDECAR_LOG" "$APPID" proxy --config "$dir/client.yaml"
     CLIENT_PID=$LAST_PID
 }
 

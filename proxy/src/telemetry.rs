@@ -38,9 +38,10 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Registry;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::layer::{Layer, SubscriberExt as _};
 use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
 
 /// What to write in the configuration, used in every endpoint error.
@@ -191,38 +192,37 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let provider = export.map(tracer_provider).transpose()?;
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(env!("CARGO_PKG_NAME")))
-            .with_filter(export_filter())
+    // Only the layers in use, in a `Vec`: an absent layer written as
+    // `Option::None` declares an interest in *every* callsite
+    // (tracing-subscriber 0.3), so each of our spans would be made — and
+    // each request's trace context read and written — with no exporter to
+    // send them to, at the default `RUST_LOG=info`. In a `Vec`, a callsite
+    // no layer wants stays disabled (`Span::is_disabled`).
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::with_capacity(2);
+    // Logs, by `format`.
+    layers.push(match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            // Colour codes only for a person at a terminal, never into a
+            // file or a collector.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
     });
-    // One of the two log layers, by `format` (an absent layer is a no-op).
-    let (text, json) = match format {
-        LogFormat::Text => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
-                    // Colour codes only for a person at a terminal, never
-                    // into a file or a collector.
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_filter(filter),
-            ),
-            None,
-        ),
-        LogFormat::Json => (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(writer)
-                    .with_filter(filter),
-            ),
-        ),
-    };
-    let subscriber = tracing_subscriber::registry()
-        .with(text)
-        .with(json)
-        .with(otel);
+    if let Some(p) = &provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(env!("CARGO_PKG_NAME")))
+                .with_filter(export_filter())
+                .boxed(),
+        );
+    }
+    let subscriber = tracing_subscriber::registry().with(layers);
     Ok((subscriber, TelemetryGuard { provider }))
 }
 
@@ -594,6 +594,42 @@ mod tests {
                 assert!(!text.contains('\u{1b}'), "no colour into a writer: {text}");
             }
         }
+    }
+
+    /// At the default log level and without export, our spans are not made
+    /// at all (what `sidecar::trace` and the client sidecar's choice to
+    /// decide an HTTP connection once rely on); with export they are.
+    /// Asked of the subscriber itself (`register_callsite`): `tracing`
+    /// caches a callsite's interest across every subscriber alive in the
+    /// test process, so a span's `is_disabled` would depend on other tests.
+    #[test]
+    fn our_spans_are_made_only_when_exported_or_named_by_rust_log() {
+        // Made under a subscriber that wants everything, for their metadata.
+        let (ours, other) =
+            tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+                (
+                    tracing::info_span!(target: SPAN_TARGET, "appid.ours"),
+                    tracing::info_span!("appid.other"),
+                )
+            });
+        let wanted = |export: bool, rust_log: Option<&str>, span: &tracing::Span| {
+            let (subscriber, _guard) = subscriber(
+                export.then(|| super::tests::export("http://127.0.0.1:9")),
+                LogFormat::Text,
+                log_filter(rust_log),
+                tracing_subscriber::fmt::TestWriter::new(),
+            )
+            .expect("telemetry");
+            !subscriber
+                .register_callsite(span.metadata().expect("a span's metadata"))
+                .is_never()
+        };
+        assert!(!wanted(false, None, &ours), "RUST_LOG unset (info)");
+        assert!(!wanted(false, Some("debug"), &ours));
+        assert!(wanted(false, None, &other), "logs see other INFO spans");
+        let named = format!("info,{SPAN_TARGET}=info");
+        assert!(wanted(false, Some(&named), &ours));
+        assert!(wanted(true, None, &ours), "exported");
     }
 
     #[test]
