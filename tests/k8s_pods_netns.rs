@@ -553,7 +553,12 @@ fn assert_mesh_call(deployment: &Deployment, from: &Pod, to: &Pod) {
     assert!(reply.is_ok_with(HELLO), "{reply:?}\n{}", context());
     for (pod, direction) in [(from, "outbound"), (to, "inbound")] {
         let audit = pod.host.audit();
-        let line = audit.iter().rev().find(|l| l["path"] == "/hello");
+        // Inbound, the request's line; outbound, under this L4 policy, the
+        // connection's (the client sidecar decides HTTP once there).
+        let line = audit.iter().rev().find(|l| match direction {
+            "inbound" => l["path"] == "/hello",
+            _ => l["direction"] == "outbound" && l["protocol"] == "http1",
+        });
         let line = line.unwrap_or_else(|| panic!("no {direction} line\n{}", context()));
         expect_line(
             line,

@@ -26,7 +26,9 @@
 //! - Certificate swap on disk: an open HTTP/1.1 keep-alive session goes on
 //!   on the same connection; the next handshake presents the new cert.
 //! - Policy reload withdrawing a live opaque TCP connection closes it (and
-//!   audits it).
+//!   audits it). Under an L4 policy the client sidecar decides an HTTP
+//!   connection once and the server still every request; a reload that
+//!   adds an `http` rule closes the connection decided once.
 //! - `limits.max_connections`: excess refused, `/live` still answers, a new
 //!   connection is admitted once an old one closes; a client that sends one
 //!   byte and stalls is dropped at `limits.detect_timeout`.
@@ -1020,6 +1022,90 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
     let mut again = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
     again.write_all(b"ping\n").await.unwrap();
     expect_closed(&mut again, Duration::from_secs(10)).await;
+}
+
+/// Under a policy with no `http` rule for the call, the client sidecar
+/// decides an outbound HTTP connection once (one audit line, no method) and
+/// passes its bytes through; the server sidecar still decides, audits and
+/// rewrites every request. A reload that gives the client's policy an
+/// `http` rule for the call closes the live connection (audited), and the
+/// next connection's requests are decided one by one on the client too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l4_policy_decides_outbound_http_once_until_an_http_rule_applies() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(app.addr, MeshOptions::default()).await;
+    let mut session = H1Session::connect(mesh.outbound_addr()).await;
+    for i in 0..3 {
+        let (status, echo) = session
+            .get(&format!("/v1/once/{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+        assert_eq!(status, 200, "{echo}");
+        assert_peer_headers(&echo, &mesh.web);
+    }
+
+    let per_request = with_rule(
+        "  - name: no-admin
+    action: deny
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { paths: [\"/admin/**\"] }
+",
+    );
+    replace_file(&mesh.client_policy, per_request.as_bytes());
+    support::poll_until(
+        "the client sidecar to close the connection decided once",
+        Duration::from_secs(10),
+        || mesh.client.context(),
+        || async { session.is_closed().then_some(()) },
+    )
+    .await;
+    let closed = mesh
+        .client
+        .wait_audit("the closure of the connection decided once", |l| {
+            is_deny(l, "no-admin")
+        })
+        .await;
+    assert_eq!(closed["protocol"], "http1", "{closed}");
+
+    // A new connection: its requests are decided one by one on both sides.
+    let response = get(&mesh, "/admin/users").await;
+    assert_denied(&response, "no-admin");
+    let response = get(&mesh, "/v1/after").await;
+    assert_eq!(response.status, 200, "{response:?}");
+    mesh.client
+        .wait_audit("GET /v1/after, outbound", |l| has(l, "path", "/v1/after"))
+        .await;
+    mesh.server
+        .wait_audit("GET /v1/after, inbound", |l| has(l, "path", "/v1/after"))
+        .await;
+
+    let lines = |sidecar: &Sidecar| -> Vec<Value> {
+        sidecar
+            .audit_lines()
+            .into_iter()
+            .filter(|l| {
+                l["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/v1/once/"))
+            })
+            .collect()
+    };
+    assert_eq!(lines(&mesh.server).len(), 3, "every request, inbound");
+    assert!(lines(&mesh.client).is_empty(), "no request line outbound");
+    let client = mesh.client.audit_lines();
+    let once: Vec<_> = client
+        .iter()
+        .filter(|l| has(l, "decision", "allow") && l.get("path").is_none())
+        .collect();
+    assert_eq!(
+        once.len(),
+        1,
+        "one decision for the connection: {client:#?}"
+    );
+    assert_eq!(once[0]["rule"], "web-to-api");
+    assert_eq!(once[0]["protocol"], "http1");
+    assert_eq!(once[0]["direction"], "outbound");
 }
 
 /// Hostile or unlucky policy edits never load: an alias bomb ("billion

@@ -532,7 +532,9 @@ impl Topology {
         );
 
         // A: exactly one decision, outbound — its own upstream connection
-        // went out directly (uid 1337), not back into its capture port.
+        // went out directly (uid 1337), not back into its capture port. The
+        // connection's: under this L4 policy the client sidecar decides an
+        // HTTP connection once (B still decides the request).
         let a_audit = a.audit();
         assert_eq!(
             a_audit.len(),
@@ -543,7 +545,7 @@ impl Topology {
         expect_line(
             &a_audit[0],
             json!({"direction": "outbound", "decision": "allow", "rule": "web-to-api",
-                   "peer_id": ids.api.id, "port": HTTP_PORT, "method": "GET", "path": "/file"}),
+                   "peer_id": ids.api.id, "port": HTTP_PORT, "protocol": "http1", "method": null}),
         );
         // B: the request came from web's sidecar, decided by AppID.
         let b_audit = b.audit();
@@ -835,7 +837,7 @@ fn both_address_families_are_captured_and_meshed() {
     expect_line(
         &a.audit().pop().expect("an audit line in A"),
         json!({"direction": "outbound", "decision": "allow", "rule": "web-to-api",
-               "peer_id": ids.api.id, "port": HTTP_PORT, "path": "/file"}),
+               "peer_id": ids.api.id, "port": HTTP_PORT, "protocol": "http1"}),
     );
     expect_line(
         &b.audit().pop().expect("an audit line in B"),

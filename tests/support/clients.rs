@@ -172,6 +172,11 @@ impl H1Session {
         }
     }
 
+    /// Whether the connection is gone (closed by the other side).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// `GET path` on this connection; `Err` if the connection is gone.
     pub async fn get(&mut self, path: &str) -> Result<(u16, serde_json::Value), String> {
         self.sender

@@ -340,6 +340,32 @@ impl ConnAuthz {
         self.quiet_outcome(None).is_some_and(|o| o != Outcome::Deny)
     }
 
+    /// Whether every HTTP request on this connection would be decided as
+    /// the connection is, allowed, so that deciding them one by one could
+    /// only repeat the connection's decision: outbound to a peer sidecar,
+    /// allowed by a rule (or `default: allow`) that no rule with `http`
+    /// could overturn ([`Outcome::Allow`] for a connection that may be
+    /// HTTP), and not a would-be denial of audit mode. Unaudited.
+    ///
+    /// Only outbound: inbound, the sidecar must still parse every request
+    /// to remove `x-appid-*` headers and add the verified ones (DESIGN.md),
+    /// and outbound to a destination outside the mesh, `external.hosts`
+    /// may match the `Host` of each request.
+    pub fn allows_every_request(&self) -> bool {
+        if self.direction != Direction::Outbound {
+            return false;
+        }
+        let Peer::Meshed(claims) = &self.peer else {
+            return false;
+        };
+        if self.shared.trust.is_revoked(&claims.id) {
+            return false;
+        }
+        let policy = self.shared.policy.load();
+        let decision = self.decide(&policy, &self.query(Some(true)));
+        decision.outcome == Outcome::Allow && !decision.audit_only
+    }
+
     /// The policy's outcome for the connection, unaudited; `None` when the
     /// peer is revoked.
     fn quiet_outcome(&self, is_http: Option<bool>) -> Option<Outcome> {
@@ -350,14 +376,17 @@ impl ConnAuthz {
         Some(self.decide(&policy, &self.query(is_http)).outcome)
     }
 
-    /// Re-decides an opaque TCP connection after a policy change, silently:
-    /// the caller audits the closure if the answer is no.
-    pub fn still_allowed(&self) -> ConnVerdict {
+    /// Re-decides a connection decided once (opaque TCP, or HTTP that
+    /// [`Self::allows_every_request`]: `is_http`) after a policy change;
+    /// audits the closure if the answer is no. For HTTP, a policy that now
+    /// has a rule with `http` for it says no ([`Outcome::DeferToL7`]): the
+    /// client's next connection has its requests decided one by one.
+    pub fn still_allowed(&self, is_http: bool) -> ConnVerdict {
         if let Some((rule, reason)) = self.revoked(None) {
             return ConnVerdict::Deny { rule, reason };
         }
         let policy = self.shared.policy.load();
-        let decision = self.decide(&policy, &self.query(Some(false)));
+        let decision = self.decide(&policy, &self.query(Some(is_http)));
         match decision.outcome {
             Outcome::Allow => ConnVerdict::Allow,
             _ => {

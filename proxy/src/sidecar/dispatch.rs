@@ -146,6 +146,8 @@ where
         authz,
         peer_headers,
         app,
+        // Request spans are on exactly when connection spans are.
+        request_spans: !span.is_disabled(),
     };
     let counter = shared.metrics.bytes_counter(conn.direction());
     counter.inc_by(prefix.len() as u64);
@@ -159,7 +161,7 @@ where
     let way_on = span.in_scope(|| -> WayOn {
         match first {
             FirstBytes::Http(version) => {
-                Box::pin(conn.http(downstream, LazyUpstream::new(connect()), version))
+                conn.http(downstream, LazyUpstream::new(connect()), version)
             }
             FirstBytes::Opaque => Box::pin(conn.tcp(downstream, connect, Bytes::new())),
             FirstBytes::Silent => Box::pin(set_up_then_run(conn.silent(downstream, connect))),
@@ -199,6 +201,8 @@ struct AppConnection {
     authz: ConnAuthz,
     peer_headers: Option<PeerHeaders>,
     app: AppSide,
+    /// Whether `appid.request` spans are collected (`crate::sidecar::trace`).
+    request_spans: bool,
 }
 
 impl AppConnection {
@@ -209,18 +213,14 @@ impl AppConnection {
         }
     }
 
-    /// HTTP: every request authorized.
+    /// HTTP: every request authorized — unless the connection is
+    /// [decided once](Self::decided_once).
     ///
     /// Not an `async fn`: one keeps its arguments (`self`, both streams)
     /// beside the future it awaits, and an idle HTTP connection sits in
     /// that await for its whole life. The setup runs here; the future
     /// returned holds only the proxy and what is needed once it ends.
-    fn http<D, U>(
-        mut self,
-        downstream: D,
-        upstream: LazyUpstream<U>,
-        version: HttpVersion,
-    ) -> impl Future<Output = ()> + Send + 'static
+    fn http<D, U>(mut self, downstream: D, upstream: LazyUpstream<U>, version: HttpVersion) -> WayOn
     where
         D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
@@ -229,6 +229,9 @@ impl AppConnection {
             HttpVersion::Http1 => "http1",
             HttpVersion::Http2 => "http2",
         });
+        if self.decided_once() {
+            return Box::pin(self.http_decided_once(downstream, upstream));
+        }
         let direction = self.direction();
         let shared = self.shared;
         let authz = Arc::new(self.authz);
@@ -244,7 +247,7 @@ impl AppConnection {
         // `map`, not `async move { proxy.await; … }`: the block would keep
         // the captured `proxy` beside the awaited one (1.4 KiB per idle
         // HTTP/1 connection, measured with `-Zprint-type-sizes`).
-        proxy.map(move |result| {
+        Box::pin(proxy.map(move |result| {
             if let Err(l7::HttpProxyError::Flood) = result {
                 authz.audit_closed("HTTP/2 control frame flood");
                 shared.metrics.h2_flood_closed(direction);
@@ -252,7 +255,45 @@ impl AppConnection {
             if let Err(e) = result {
                 tracing::debug!(error = %e, direction = direction.as_str(), "http connection ended with an error");
             }
-        })
+        }))
+    }
+
+    /// Whether this HTTP connection is decided once, as a whole, instead of
+    /// request by request: outbound to a peer sidecar under a policy whose
+    /// every request decision could only repeat the connection's
+    /// ([`ConnAuthz::allows_every_request`]: no rule with `http` applies,
+    /// the connection is allowed), and nobody collects per-request spans
+    /// (no `otlp_endpoint`). Then parsing the requests here would only
+    /// write the same audit line again and again: the connection gets one,
+    /// the bytes go through unparsed, and the peer's sidecar, which must
+    /// parse them anyway (it removes `x-appid-*` headers and adds the
+    /// verified ones), still authorizes and audits each request against
+    /// its own policy. ztunnel decides such a connection once too.
+    ///
+    /// What the client side gives up then: its per-request metrics
+    /// (`appid_http_requests_total` outbound) and a `502` for a peer that
+    /// cannot be reached (the app's connection is closed instead).
+    fn decided_once(&self) -> bool {
+        self.app == AppSide::Downstream && !self.request_spans && self.authz.allows_every_request()
+    }
+
+    /// An HTTP connection [decided once](Self::decided_once): one audited
+    /// decision, then bytes both ways until either side ends or a policy
+    /// change makes its requests need deciding one by one.
+    async fn http_decided_once<D, U>(self, mut downstream: D, mut upstream: LazyUpstream<U>)
+    where
+        D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+    {
+        match self.authz.decide_connection(Some(true)) {
+            ConnVerdict::Allow => {}
+            // Audited; or, the policy changed since `decided_once`: the
+            // client's next connection is decided afresh.
+            ConnVerdict::Deny { .. } | ConnVerdict::PerRequest => return,
+        }
+        let idle = self.shared.limits.http_idle_timeout;
+        self.forward(&mut downstream, &mut upstream, true, idle)
+            .await;
     }
 
     /// Not HTTP: one decision (audited), then bytes both ways until either
@@ -279,32 +320,50 @@ impl AppConnection {
             return;
         }
         let tripped = downstream.tripped.clone();
-        let direction = self.direction();
-        let revoked = self.shared.revoked(&self.authz);
-        let meter = self.shared.memory.meter(&self.authz.budget_key());
         let mut upstream = upstream;
-        let (end, copied) = super::splice::splice(
-            &mut downstream,
-            &mut upstream,
-            &[],
-            self.shared.tcp_idle_timeout(self.authz.port()),
-            Some(&meter),
-            revoked,
-        )
-        .await;
-        super::splice::forward_reset(end, &mut downstream, &mut upstream);
+        let idle = self.shared.tcp_idle_timeout(self.authz.port());
+        self.forward(&mut downstream, &mut upstream, false, idle)
+            .await;
         if tripped.load(Ordering::Relaxed) {
             self.authz
                 .audit_closed("an HTTP request line on a connection decided as TCP");
             self.shared
                 .metrics
-                .connection_refused(direction, "request_line_on_tcp");
+                .connection_refused(self.direction(), "request_line_on_tcp");
         }
+    }
+
+    /// Bytes both ways, for a connection decided once (`is_http`: as HTTP),
+    /// until either side ends, `idle` passes without a byte, or a policy
+    /// change withdraws the connection.
+    async fn forward<D, U>(
+        &self,
+        downstream: &mut D,
+        upstream: &mut U,
+        is_http: bool,
+        idle: Duration,
+    ) where
+        D: AsyncRead + AsyncWrite + Abort + Unpin + Send,
+        U: AsyncRead + AsyncWrite + Abort + Unpin + Send,
+    {
+        let revoked = self.shared.revoked(&self.authz, is_http);
+        let meter = self.shared.memory.meter(&self.authz.budget_key());
+        let (end, copied) = super::splice::splice(
+            &mut *downstream,
+            &mut *upstream,
+            &[],
+            idle,
+            Some(&meter),
+            revoked,
+        )
+        .await;
+        super::splice::forward_reset(end, downstream, upstream);
         tracing::debug!(
             ?end,
             ?copied,
-            direction = direction.as_str(),
-            "tcp connection ended"
+            is_http,
+            direction = self.direction().as_str(),
+            "connection decided once ended"
         );
     }
 
@@ -342,8 +401,7 @@ impl AppConnection {
                     let downstream = Prefixed::new(prefix, downstream);
                     Some(match FirstBytes::of(&class) {
                         FirstBytes::Http(version) => {
-                            let upstream = LazyUpstream::new(connect());
-                            Box::pin(self.http(downstream, upstream, version))
+                            self.http(downstream, LazyUpstream::new(connect()), version)
                         }
                         _ => Box::pin(self.tcp(downstream, connect, Bytes::new())),
                     })
@@ -369,8 +427,7 @@ impl AppConnection {
                 let downstream = Prefixed::new(prefix, downstream);
                 Some(match FirstBytes::of(&class) {
                     FirstBytes::Http(version) => {
-                        let upstream = LazyUpstream::ready(upstream);
-                        Box::pin(self.http(downstream, upstream, version))
+                        self.http(downstream, LazyUpstream::ready(upstream), version)
                     }
                     _ => Box::pin(self.tcp(downstream, || async { Some(upstream) }, Bytes::new())),
                 })

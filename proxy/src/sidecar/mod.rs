@@ -364,11 +364,11 @@ impl Shared {
 
     /// Resolves when a policy reload no longer allows `authz`'s connection
     /// (the denial is audited by [`ConnAuthz::still_allowed`]).
-    fn revoked<'a>(&self, authz: &'a ConnAuthz) -> impl Future<Output = ()> + 'a {
+    fn revoked<'a>(&self, authz: &'a ConnAuthz, is_http: bool) -> impl Future<Output = ()> + 'a {
         let mut versions = self.policy_version.subscribe();
         async move {
             while versions.changed().await.is_ok() {
-                if let ConnVerdict::Deny { reason, .. } = authz.still_allowed() {
+                if let ConnVerdict::Deny { reason, .. } = authz.still_allowed(is_http) {
                     tracing::info!(%reason, "closing a live connection");
                     return;
                 }
