@@ -106,10 +106,14 @@ pub struct Copied {
     pub to_downstream: u64,
 }
 
-/// Start small so an idle connection costs little; grow while data flows
-/// (and while the byte budget, when given, has room: see
-/// [`super::memory`]).
-const MIN_BUFFER: usize = 4 * 1024;
+/// Start small so an idle connection costs little (ztunnel's copy starts
+/// at 1 KiB too); double while reads fill the buffer (and while the byte
+/// budget, when given, has room: see [`super::memory`]). It never shrinks:
+/// a rule that shrank it after a small read (a connection between small
+/// messages) also fired on the remnant of every tunnel DATA frame the
+/// doubling had not yet caught up with, and made bulk transfers re-grow
+/// from 1 KiB frame after frame.
+const MIN_BUFFER: usize = 1024;
 /// The largest chunk: 64 KiB less the 9 bytes of an HTTP/2 frame head, so
 /// that a chunk written into a tunnel stream goes out as one DATA frame
 /// that fills rustls's 64 KiB write exactly. At 64 KiB the last 9 bytes
@@ -246,15 +250,16 @@ where
         bytes += n as u64;
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == buffer.len() && buffer.len() < MAX_BUFFER {
+            let len = (buffer.len() * 2).min(MAX_BUFFER);
             let charge = match memory {
                 None => None,
-                Some(memory) => match memory.try_grow(buffer.len()) {
+                Some(memory) => match memory.try_grow(len - buffer.len()) {
                     Some(charge) => Some(charge),
                     None => continue, // no room: stay this size
                 },
             };
             grown.extend(charge);
-            buffer.resize((buffer.len() * 2).min(MAX_BUFFER));
+            buffer.resize(len);
         }
     }
 }
