@@ -28,7 +28,8 @@
 //! - Policy reload withdrawing a live opaque TCP connection closes it (and
 //!   audits it). Under an L4 policy the client sidecar decides an HTTP
 //!   connection once and the server still every request; a reload that
-//!   adds an `http` rule closes the connection decided once.
+//!   adds an `http` rule closes the connection decided once, and such a
+//!   connection outlasts the client's `http_idle_timeout` on a slow response.
 //! - `limits.max_connections`: excess refused, `/live` still answers, a new
 //!   connection is admitted once an old one closes; a client that sends one
 //!   byte and stalls is dropped at `limits.detect_timeout`.
@@ -1106,6 +1107,30 @@ async fn an_l4_policy_decides_outbound_http_once_until_an_http_rule_applies() {
     assert_eq!(once[0]["rule"], "web-to-api");
     assert_eq!(once[0]["protocol"], "http1");
     assert_eq!(once[0]["direction"], "outbound");
+}
+
+/// A connection the client sidecar decided once idles out as opaque TCP
+/// (`idle_timeout`), not at `http_idle_timeout`, which is for the wait
+/// between requests: a response the app takes longer than that to start
+/// still arrives (the server's sidecar, parsing, is not waiting for a
+/// request then either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_outlasts_the_client_sides_http_idle_timeout_when_decided_once() {
+    let app = HttpApp::start().await;
+    let options = MeshOptions {
+        client_limits: vec![("http_idle_timeout", "300ms")],
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start(app.addr, options).await;
+    let response = get(&mesh, "/slow").await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
+    let line = mesh
+        .client
+        .wait_audit("the connection's decision", |l| {
+            has(l, "direction", "outbound")
+        })
+        .await;
+    assert!(line.get("path").is_none(), "decided once: {line}");
 }
 
 /// Hostile or unlucky policy edits never load: an alias bomb ("billion

@@ -291,7 +291,11 @@ impl AppConnection {
             // client's next connection is decided afresh.
             ConnVerdict::Deny { .. } | ConnVerdict::PerRequest => return,
         }
-        let idle = self.shared.limits.http_idle_timeout;
+        // Not `http_idle_timeout`, which is for the wait between requests
+        // (the server's sidecar still enforces it, and closes its side): an
+        // HTTP/2 stream or a response body may be quiet for longer. What
+        // the client side sees is bytes, so it idles out as opaque TCP does.
+        let idle = self.shared.tcp_idle_timeout(self.authz.port());
         self.forward(&mut downstream, &mut upstream, true, idle)
             .await;
     }
