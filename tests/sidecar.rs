@@ -274,6 +274,13 @@ async fn http2_prior_knowledge_reaches_the_app_with_the_callers_spiffe_id() {
         .await;
     assert_eq!(line["decision"], "allow");
     assert_eq!(line["protocol"], "http2");
+    // Under this L4 policy the client sidecar decided the connection once.
+    let line = mesh
+        .client
+        .wait_audit("the outbound decision", |l| has(l, "direction", "outbound"))
+        .await;
+    assert_eq!(line["protocol"], "http2", "{line}");
+    assert!(line.get("path").is_none(), "one line, no request: {line}");
 }
 
 /// `appid_bytes_total` counts HTTP traffic too, both HTTP/1.1 and HTTP/2,
@@ -1107,6 +1114,45 @@ async fn an_l4_policy_decides_outbound_http_once_until_an_http_rule_applies() {
     assert_eq!(once[0]["rule"], "web-to-api");
     assert_eq!(once[0]["protocol"], "http1");
     assert_eq!(once[0]["direction"], "outbound");
+}
+
+/// The same with `tunnel: strict` on the client (one mTLS connection per
+/// app connection, ALPN `appid/1`): one outbound line for the connection,
+/// one inbound line per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_client_decides_outbound_http_once_too() {
+    let app = HttpApp::start().await;
+    let options = MeshOptions {
+        client_tunnel: Some("strict"),
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start(app.addr, options).await;
+    let mut session = H1Session::connect(mesh.outbound_addr()).await;
+    for i in 0..2 {
+        let (status, echo) = session
+            .get(&format!("/v1/strict/{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+        assert_eq!(status, 200, "{echo}");
+        assert_peer_headers(&echo, &mesh.web);
+    }
+    mesh.server
+        .wait_audit("the second request, inbound", |l| {
+            has(l, "path", "/v1/strict/1")
+        })
+        .await;
+    mesh.client
+        .wait_audit("the outbound decision", |l| has(l, "direction", "outbound"))
+        .await;
+    let outbound: Vec<Value> = mesh
+        .client
+        .audit_lines()
+        .into_iter()
+        .filter(|l| has(l, "direction", "outbound"))
+        .collect();
+    assert_eq!(outbound.len(), 1, "{outbound:#?}");
+    assert!(outbound[0].get("path").is_none(), "{outbound:#?}");
+    assert_eq!(outbound[0]["protocol"], "http1");
 }
 
 /// A connection the client sidecar decided once idles out as opaque TCP

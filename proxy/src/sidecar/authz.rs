@@ -352,28 +352,26 @@ impl ConnAuthz {
     /// and outbound to a destination outside the mesh, `external.hosts`
     /// may match the `Host` of each request.
     pub fn allows_every_request(&self) -> bool {
-        if self.direction != Direction::Outbound {
-            return false;
-        }
-        let Peer::Meshed(claims) = &self.peer else {
-            return false;
-        };
-        if self.shared.trust.is_revoked(&claims.id) {
-            return false;
-        }
-        let policy = self.shared.policy.load();
-        let decision = self.decide(&policy, &self.query(Some(true)));
-        decision.outcome == Outcome::Allow && !decision.audit_only
+        self.direction == Direction::Outbound
+            && matches!(self.peer, Peer::Meshed(_))
+            && self.quiet_decision(Some(true)) == Some((Outcome::Allow, false))
     }
 
     /// The policy's outcome for the connection, unaudited; `None` when the
     /// peer is revoked.
     fn quiet_outcome(&self, is_http: Option<bool>) -> Option<Outcome> {
+        self.quiet_decision(is_http).map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::quiet_outcome`], and whether it is a would-be denial that
+    /// audit mode allows.
+    fn quiet_decision(&self, is_http: Option<bool>) -> Option<(Outcome, bool)> {
         if matches!(&self.peer, Peer::Meshed(claims) if self.shared.trust.is_revoked(&claims.id)) {
             return None;
         }
         let policy = self.shared.policy.load();
-        Some(self.decide(&policy, &self.query(is_http)).outcome)
+        let decision = self.decide(&policy, &self.query(is_http));
+        Some((decision.outcome, decision.audit_only))
     }
 
     /// Re-decides a connection decided once (opaque TCP, or HTTP that
