@@ -131,10 +131,13 @@ where
                     let peer_headers = peer_headers.clone();
                     let stream = streams.open();
                     let span = request_span(&request, limits.app);
-                    tokio::spawn(async move {
+                    // Boxed: the task then holds a pointer, not the
+                    // stream's ~2.5 KB future, which tokio would otherwise
+                    // copy in at spawn and over again as the task ends.
+                    tokio::spawn(Box::pin(async move {
                         forward(request, respond, &upstream, &*authorizer, &peer_headers, limits.app).await;
                         drop(stream);
-                    }.instrument(span));
+                    }.instrument(span)));
                 }
             },
             () = &mut idle, if !stopping => {
