@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 
-use appid_proxy::audit::{AppIdDoc, AuditRecord};
+use appid_proxy::audit::{AppIdDoc, AuditRecord, Claims};
 
 const TIME_FORMAT: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
@@ -68,9 +68,9 @@ fn doc(digest: &str) -> AppIdDoc {
 fn audit_line(c: &mut Criterion) {
     let peer = doc("5f0c0123456789abcdef0123456789ab");
     let local = doc("9ab10123456789abcdef0123456789ab");
-    let mut claims = serde_json::Map::new();
-    claims.insert("from.labels.app".into(), "web".into());
-    let no_claims = serde_json::Map::new();
+    let web = serde_json::Value::from("web");
+    let mut claims = vec![("from.labels.app", &web)];
+    let claims = Claims::new(&mut claims);
     // What the HTTP/2 load writes: an allowed request, as each sidecar
     // logs it (inbound; outbound with the app's address).
     let allow = AuditRecord {
@@ -86,7 +86,7 @@ fn audit_line(c: &mut Criterion) {
         method: Some("GET"),
         path: Some("/v1/orders/42"),
         reason: None,
-        claims: &claims,
+        claims,
         external: None,
         peer_appid: Some(&peer),
         local_appid: Some(&local),
@@ -103,7 +103,7 @@ fn audit_line(c: &mut Criterion) {
         rule: "default",
         reason: Some("no rule matched"),
         path: Some("/admin/\"x\"\n"),
-        claims: &no_claims,
+        claims: Claims::NONE,
         ..allow
     };
     let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_341_600_123_456_789).unwrap();

@@ -156,7 +156,7 @@ pub struct AuditRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     /// Attribute path → value, for the attributes the rule looked at.
-    pub claims: &'a serde_json::Map<String, serde_json::Value>,
+    pub claims: Claims<'a>,
     /// A destination outside the mesh (outbound): its address and the host
     /// the app named.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +173,45 @@ pub struct AuditRecord<'a> {
         serialize_with = "digest_only"
     )]
     pub local_appid: Option<&'a AppIdDoc>,
+}
+
+/// The attributes a decision looked at, path → value: a JSON object on the
+/// line, its keys in order (as `serde_json::Map` writes them), each once.
+/// Borrowed pairs rather than a map: a sidecar writes one per HTTP request,
+/// and building a map (a node, a key and a value copied) cost more than
+/// encoding it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claims<'a>(&'a [(&'a str, &'a serde_json::Value)]);
+
+impl<'a> Claims<'a> {
+    /// No attributes: `{}`.
+    pub const NONE: Claims<'static> = Claims(&[]);
+
+    /// Puts `pairs` in key order and keeps the first value of each key.
+    pub fn new(pairs: &'a mut Vec<(&'a str, &'a serde_json::Value)>) -> Claims<'a> {
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        pairs.dedup_by(|later, earlier| later.0 == earlier.0);
+        Claims(pairs)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Claims<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (path, value) in self.0 {
+            map.serialize_entry(path, value)?;
+        }
+        map.end()
+    }
 }
 
 impl AuditRecord<'_> {
@@ -479,17 +518,21 @@ impl Rotation {
         if self.max_bytes == 0 {
             return lines.len();
         }
-        let room = self.max_bytes.saturating_sub(size) as usize;
+        let room = usize::try_from(self.max_bytes.saturating_sub(size)).unwrap_or(usize::MAX);
+        // Nearly always: the whole batch fits under the cap. Only a batch
+        // that crosses it is searched for line ends (the scan below costs
+        // a few instructions per byte, more than encoding the line did).
+        if lines.len() < room && lines.last() == Some(&b'\n') {
+            return lines.len();
+        }
         let mut end = 0;
-        for (i, byte) in lines.iter().enumerate() {
-            if *byte == b'\n' {
-                if end > 0 && i + 1 > room {
-                    break;
-                }
-                end = i + 1;
-                if end >= room {
-                    break;
-                }
+        for i in memchr::memchr_iter(b'\n', lines) {
+            if end > 0 && i + 1 > room {
+                break;
+            }
+            end = i + 1;
+            if end >= room {
+                break;
             }
         }
         if end == 0 { lines.len() } else { end }
@@ -837,36 +880,46 @@ fn write_record_fields(
     record: &AuditRecord<'_>,
     appids: Option<&std::collections::BTreeMap<&str, &serde_json::Value>>,
 ) -> serde_json::Result<()> {
-    field(buf, "direction", record.direction)?;
-    field(buf, "decision", record.decision)?;
+    field_str(buf, "direction", record.direction);
+    field_str(buf, "decision", record.decision);
     field(buf, "audit_only", &record.audit_only)?;
-    field(buf, "rule", record.rule)?;
-    field(buf, "peer_id", &record.peer_id)?;
-    field(buf, "peer_addr", &record.peer_addr)?;
+    field_str(buf, "rule", record.rule);
+    field_opt_str(buf, "peer_id", record.peer_id);
+    field_opt_str(buf, "peer_addr", record.peer_addr);
     if let Some(app_addr) = record.app_addr {
-        field(buf, "app_addr", app_addr)?;
+        field_str(buf, "app_addr", app_addr);
     }
     field(buf, "port", &record.port)?;
-    field(buf, "protocol", record.protocol)?;
+    field_str(buf, "protocol", record.protocol);
     if let Some(method) = record.method {
-        field(buf, "method", method)?;
+        field_str(buf, "method", method);
     }
     if let Some(path) = record.path {
-        field(buf, "path", path)?;
+        field_str(buf, "path", path);
     }
     if let Some(reason) = record.reason {
-        field(buf, "reason", reason)?;
+        field_str(buf, "reason", reason);
     }
-    field(buf, "claims", record.claims)?;
+    write_key(buf, "claims");
+    buf.push(b'{');
+    for (i, (path, value)) in record.claims.0.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_json_str(buf, path);
+        buf.push(b':');
+        serde_json::to_writer(&mut *buf, value)?;
+    }
+    buf.push(b'}');
     if let Some(external) = &record.external {
         field(buf, "external", external)?;
     }
     // `digest_only`: the digest, not the document.
     if let Some(doc) = record.peer_appid {
-        field(buf, "peer_appid", doc.digest.as_str())?;
+        field_str(buf, "peer_appid", &doc.digest);
     }
     if let Some(doc) = record.local_appid {
-        field(buf, "local_appid", doc.digest.as_str())?;
+        field_str(buf, "local_appid", &doc.digest);
     }
     if let Some(appids) = appids {
         field(buf, "appids", appids)?;
@@ -907,6 +960,26 @@ fn encode_repeated_into(
 /// Appends `,"key":` and `value` as JSON; `key` is a literal that needs no
 /// escaping.
 fn field<T: Serialize + ?Sized>(buf: &mut Vec<u8>, key: &str, value: &T) -> serde_json::Result<()> {
+    write_key(buf, key);
+    serde_json::to_writer(&mut *buf, value)
+}
+
+/// [`field`] for a string.
+fn field_str(buf: &mut Vec<u8>, key: &str, value: &str) {
+    write_key(buf, key);
+    write_json_str(buf, value);
+}
+
+/// [`field`] for an optional string (`null` when absent).
+fn field_opt_str(buf: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    write_key(buf, key);
+    match value {
+        Some(value) => write_json_str(buf, value),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+fn write_key(buf: &mut Vec<u8>, key: &str) {
     debug_assert!(
         key.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
@@ -914,7 +987,47 @@ fn field<T: Serialize + ?Sized>(buf: &mut Vec<u8>, key: &str, value: &T) -> serd
     buf.extend_from_slice(b",\"");
     buf.extend_from_slice(key.as_bytes());
     buf.extend_from_slice(b"\":");
-    serde_json::to_writer(&mut *buf, value)
+}
+
+/// Appends `text` as a JSON string, byte for byte as serde_json writes it.
+/// Nearly every audit field has nothing to escape (identities, addresses,
+/// rule names, digests): those are checked eight bytes at a time and copied
+/// whole, where serde_json walks its escape table a byte at a time (that
+/// walk was 6% of a sidecar's instructions per HTTP/1.1 request:
+/// `bench/e2e/instructions.sh`).
+fn write_json_str(buf: &mut Vec<u8>, text: &str) {
+    if !needs_escaping(text.as_bytes()) {
+        buf.reserve(text.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(text.as_bytes());
+        buf.push(b'"');
+    } else {
+        // Writing a `str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, text);
+    }
+}
+
+/// Whether `bytes` hold a byte JSON strings escape: a control character
+/// (below 0x20), `"` or `\`. Eight bytes at a time: for a word `x`,
+/// `(x - 0x0101…·n) & !x & 0x8080…` is non-zero exactly when some byte of
+/// `x` is below `n` (n ≤ 0x80), and a byte equal to `c` is a zero byte of
+/// `x ^ 0x0101…·c`.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
+    let mut words = bytes.chunks_exact(8);
+    let mut found = 0;
+    for word in &mut words {
+        let x = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+        found |= below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1);
+        found |= below(x ^ (ONES * u64::from(b'\\')), 1);
+    }
+    found & HIGH != 0
+        || words
+            .remainder()
+            .iter()
+            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// Appends `at` in UTC as [`TIME_FORMAT`] writes it
@@ -960,7 +1073,18 @@ mod tests {
         m
     }
 
-    fn record<'a>(claims: &'a serde_json::Map<String, Value>) -> AuditRecord<'a> {
+    /// `map` as a record's claims (leaked: tests only).
+    fn leaked(map: serde_json::Map<String, Value>) -> Claims<'static> {
+        let map: &'static serde_json::Map<String, Value> = Box::leak(Box::new(map));
+        Claims::new(Box::leak(Box::new(pairs(map))))
+    }
+
+    /// `map`'s entries, in its (key) order, for [`Claims::new`].
+    fn pairs(map: &serde_json::Map<String, Value>) -> Vec<(&str, &Value)> {
+        map.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    fn record(claims: Claims<'_>) -> AuditRecord<'_> {
         AuditRecord {
             direction: "inbound",
             decision: "deny",
@@ -995,16 +1119,16 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open_path(&path).unwrap();
         log.coalesce_denials();
-        let c = claims();
+        let c = leaked(claims());
         let second = OffsetDateTime::from_unix_timestamp(1_795_341_600).unwrap();
         let plain = |addr| AuditRecord {
             peer_id: None,
             peer_addr: Some(addr),
-            ..record(&c)
+            ..record(c)
         };
         for i in 0..1000 {
             let at = second + time::Duration::milliseconds(i % 900);
-            log.log_at(&record(&c), at);
+            log.log_at(&record(c), at);
             // Another source: its own first line and count.
             log.log_at(&plain("10.0.0.9:1234"), at);
             log.log_at(&plain("10.0.0.9:5678"), at); // the same IP
@@ -1012,7 +1136,7 @@ mod tests {
         // An allow is never coalesced.
         let allow = AuditRecord {
             decision: "allow",
-            ..record(&c)
+            ..record(c)
         };
         log.log_at(&allow, second);
         log.log_at(&allow, second);
@@ -1045,15 +1169,15 @@ mod tests {
             assert!(l.get("path").is_none());
         }
         // A new second starts afresh: written, not counted.
-        log.log_at(&record(&c), second + time::Duration::seconds(2));
+        log.log_at(&record(c), second + time::Duration::seconds(2));
         assert_eq!(read_lines(&path).len(), 2 * full + 5);
     }
 
     #[test]
     fn line_format_and_fields() {
-        let c = claims();
+        let c = leaked(claims());
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_341_600_123_456_789).unwrap();
-        let line = encode_line(&record(&c), at, None).unwrap();
+        let line = encode_line(&record(c), at, None).unwrap();
         let text = String::from_utf8(line).unwrap();
         assert!(
             text.ends_with('\n') && text.matches('\n').count() == 1,
@@ -1079,7 +1203,7 @@ mod tests {
 
     #[test]
     fn l4_allow_omits_l7_fields_and_keeps_null_peer() {
-        let c = serde_json::Map::new();
+        let c = Claims::NONE;
         let r = AuditRecord {
             direction: "outbound",
             decision: "allow",
@@ -1093,7 +1217,7 @@ mod tests {
             method: None,
             path: None,
             reason: None,
-            claims: &c,
+            claims: c,
             external: None,
             peer_appid: None,
             local_appid: None,
@@ -1115,12 +1239,12 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
         let log = AuditLog::open(path.to_str().unwrap()).unwrap();
-        let c = claims();
-        log.log(&record(&c));
+        let c = leaked(claims());
+        log.log(&record(c));
         log.clone().log(&AuditRecord {
             decision: "allow",
             audit_only: true,
-            ..record(&c)
+            ..record(c)
         });
         let lines = read_lines(&path);
         assert_eq!(lines.len(), 3);
@@ -1162,10 +1286,10 @@ mod tests {
     fn rotates_at_the_size_cap_and_keeps_the_newest_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let claims = claims();
-        let log = rotated_every_three_lines(&path, &record(&claims), 2);
+        let claims = leaked(claims());
+        let log = rotated_every_three_lines(&path, &record(claims), 2);
         for _ in 0..10 {
-            log.log_at(&record(&claims), OffsetDateTime::UNIX_EPOCH);
+            log.log_at(&record(claims), OffsetDateTime::UNIX_EPOCH);
         }
         log.flush();
         let lines = |name: &str| read_lines(&dir.path().join(name)).len();
@@ -1190,11 +1314,11 @@ mod tests {
         // it fails, for root too.
         std::fs::create_dir(dir.path().join("audit.jsonl.1")).unwrap();
         std::fs::write(dir.path().join("audit.jsonl.1/x"), b"x").unwrap();
-        let claims = claims();
+        let claims = leaked(claims());
         // Keeping one: nothing to shift first, the one rename fails.
-        let log = rotated_every_three_lines(&path, &record(&claims), 1);
+        let log = rotated_every_three_lines(&path, &record(claims), 1);
         for _ in 0..10 {
-            log.log_at(&record(&claims), OffsetDateTime::UNIX_EPOCH);
+            log.log_at(&record(claims), OffsetDateTime::UNIX_EPOCH);
             log.flush();
         }
         assert_eq!(read_lines(&path).len(), 10, "every line in the log");
@@ -1207,11 +1331,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let log = AuditLog::open_path(&path).unwrap();
-        let c = claims();
-        log.log(&record(&c));
+        let c = leaked(claims());
+        log.log(&record(c));
         std::fs::rename(&path, dir.path().join("a.jsonl.1")).unwrap();
         log.reopen().unwrap();
-        log.log(&record(&c));
+        log.log(&record(c));
         assert_eq!(read_lines(&path).len(), 1);
         assert_eq!(read_lines(&dir.path().join("a.jsonl.1")).len(), 1);
     }
@@ -1228,23 +1352,23 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open_path(&path).unwrap();
         log.buffer_allows();
-        let c = claims();
+        let c = leaked(claims());
         let allow = |rule| AuditRecord {
             decision: "allow",
             rule,
-            ..record(&c)
+            ..record(c)
         };
         log.log(&allow("a1"));
         log.log(&allow("a2"));
         assert_eq!(read_lines(&path).len(), 0, "allows are buffered");
         assert_eq!(log.lines(), 0);
         // A denial goes out at once, after the allows it follows.
-        log.log(&record(&c));
+        log.log(&record(c));
         let rules: Vec<_> = read_lines(&path)
             .iter()
             .map(|l| l["rule"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(rules, ["a1", "a2", record(&c).rule]);
+        assert_eq!(rules, ["a1", "a2", record(c).rule]);
         // So does an audit-only allow.
         log.log(&AuditRecord {
             audit_only: true,
@@ -1265,9 +1389,9 @@ mod tests {
     #[test]
     fn write_errors_are_counted_not_fatal() {
         let log = AuditLog::with_sink(Sink::Failing);
-        let c = claims();
+        let c = leaked(claims());
         for _ in 0..5 {
-            log.log(&record(&c));
+            log.log(&record(c));
         }
         assert_eq!(log.write_errors(), 5);
         assert_eq!(log.lines(), 0);
@@ -1307,7 +1431,7 @@ mod tests {
                             method: None,
                             path: None,
                             reason: None,
-                            claims: &c,
+                            claims: Claims::new(&mut pairs(&c)),
                             external: None,
                             peer_appid: None,
                             local_appid: None,
@@ -1347,11 +1471,11 @@ mod tests {
         assert_eq!(peer.digest.len(), 32);
         assert_ne!(peer.digest, local.digest);
         assert_eq!(peer, doc("spiffe://t/peer"), "the digest is stable");
-        let c = claims();
+        let c = leaked(claims());
         let with = |peer_appid| AuditRecord {
             peer_appid,
             local_appid: Some(&local),
-            ..record(&c)
+            ..record(c)
         };
         let probe = encode_line(&with(Some(&peer)), OffsetDateTime::UNIX_EPOCH, None).unwrap();
         // Rotation after about four plain lines.
@@ -1410,6 +1534,11 @@ mod encoder_tests {
     use proptest::prelude::*;
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
+
+    /// `map`'s entries, in its (key) order, for [`Claims::new`].
+    fn pairs(map: &serde_json::Map<String, Value>) -> Vec<(&str, &Value)> {
+        map.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
 
     /// The encoders as they were before they were written by hand.
     mod old {
@@ -1548,7 +1677,8 @@ mod encoder_tests {
             "from.cloud.tags".into(),
             json!({"env": "prod", "n": [1.5, -2]}),
         );
-        let no_claims = serde_json::Map::new();
+        let mut claims_pairs = pairs(&claims);
+        let claims = Claims::new(&mut claims_pairs);
         let peer = doc("5f0c0123456789abcdef0123456789ab", "spiffe://t/peer");
         let local = doc("9ab10123456789abcdef0123456789ab", "spiffe://t/\"local\"");
         let times = [
@@ -1585,7 +1715,7 @@ mod encoder_tests {
                 method: on(6).then(|| s(3)),
                 path: on(6).then(|| s(4)),
                 reason: on(7).then(|| s(5)),
-                claims: if on(10) { &claims } else { &no_claims },
+                claims: if on(10) { claims } else { Claims::NONE },
                 external,
                 peer_appid: on(11).then_some(&peer),
                 local_appid: on(12).then_some(&local),
@@ -1617,6 +1747,7 @@ mod encoder_tests {
         for (i, a) in NASTY.iter().enumerate() {
             for b in NASTY {
                 let claims = claims_of(b);
+                let mut claims_pairs = pairs(&claims);
                 let record = AuditRecord {
                     direction: a,
                     decision: b,
@@ -1630,7 +1761,7 @@ mod encoder_tests {
                     method: Some(b),
                     path: Some(a),
                     reason: Some(b),
-                    claims: &claims,
+                    claims: Claims::new(&mut claims_pairs),
                     external: Some(ExternalDest {
                         ip: a,
                         host: Some(b),
@@ -1747,6 +1878,8 @@ mod encoder_tests {
         let local = doc("9ab10123456789abcdef0123456789ab", "spiffe://t/local");
         let mut claims = serde_json::Map::new();
         claims.insert("from.labels.app".into(), json!("web"));
+        let mut claims_pairs = pairs(&claims);
+        let claims = Claims::new(&mut claims_pairs);
         let long = "/x".repeat(20_000);
         let record = |path: &'static str| AuditRecord {
             direction: "inbound",
@@ -1761,7 +1894,7 @@ mod encoder_tests {
             method: Some("GET"),
             path: Some(path),
             reason: None,
-            claims: &claims,
+            claims,
             external: None,
             peer_appid: Some(&peer),
             local_appid: Some(&local),
@@ -1825,6 +1958,7 @@ mod encoder_tests {
             let on = |i: usize| options[i];
             let opt = |i: usize| on(i).then_some(strings[i].as_str());
             let claims: serde_json::Map<String, Value> = claims.into_iter().collect();
+            let mut claims_pairs = pairs(&claims);
             let peer = AppIdDoc { digest: strings[10].clone(), value: json!(strings[11]) };
             let local = AppIdDoc { digest: strings[11].clone(), value: json!({"v": 1}) };
             let record = AuditRecord {
@@ -1840,7 +1974,7 @@ mod encoder_tests {
                 method: opt(7),
                 path: opt(8),
                 reason: opt(9),
-                claims: &claims,
+                claims: Claims::new(&mut claims_pairs),
                 external: on(0).then(|| ExternalDest { ip: &strings[10], host: opt(1) }),
                 peer_appid: on(10).then_some(&peer),
                 local_appid: on(11).then_some(&local),
@@ -1857,6 +1991,93 @@ mod encoder_tests {
                 [(strings[2].as_str(), &peer.value), (strings[11].as_str(), &local.value)].into();
             let want = text(old::encode_line(&record, at, Some(appids.clone())).unwrap());
             prop_assert_eq!(text(encode_line(&record, at, Some(appids)).unwrap()), want);
+        }
+
+        #[test]
+        fn escaping_is_needed_exactly_for_controls_quotes_and_backslashes(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), 0u8..0x20, 0x1eu8..0x24],
+                0..40,
+            ),
+        ) {
+            let want = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(needs_escaping(&bytes), want);
+        }
+
+        /// A decision's attributes come in rule order, a path maybe twice
+        /// (two clauses on one attribute, the same value both times): on the
+        /// line they are the object a map of them makes.
+        #[test]
+        fn claims_are_written_as_the_map_of_them(paths in proptest::collection::vec(text(), 0..6)) {
+            let values: Vec<Value> = paths.iter().map(|p| json!([p, p.len()])).collect();
+            let mut pairs: Vec<(&str, &Value)> =
+                paths.iter().map(String::as_str).zip(&values).collect();
+            let map: serde_json::Map<String, Value> =
+                pairs.iter().map(|(p, v)| (p.to_string(), (*v).clone())).collect();
+            let claims = Claims::new(&mut pairs);
+            prop_assert_eq!(serde_json::to_string(&claims).unwrap(), serde_json::to_string(&map).unwrap());
+            let record = AuditRecord {
+                direction: "inbound",
+                decision: "allow",
+                audit_only: false,
+                rule: "r",
+                peer_id: None,
+                peer_addr: None,
+                app_addr: None,
+                port: 1,
+                protocol: "http1",
+                method: None,
+                path: None,
+                reason: None,
+                claims,
+                external: None,
+                peer_appid: None,
+                local_appid: None,
+            };
+            let line = String::from_utf8(encode_line(&record, utc(0), None).unwrap()).unwrap();
+            let want = format!("\"claims\":{}", serde_json::to_string(&map).unwrap());
+            prop_assert!(line.contains(&want), "{} lacks {}", line, want);
+        }
+
+        #[test]
+        fn a_json_string_is_what_serde_json_writes(text in text()) {
+            let mut buf = b"x".to_vec();
+            write_json_str(&mut buf, &text);
+            let want = format!("x{}", serde_json::to_string(&text).unwrap());
+            prop_assert_eq!(String::from_utf8(buf).unwrap(), want);
+        }
+
+        /// `fits`'s shortcut for a batch under the cap answers what the
+        /// scan for line ends answers.
+        #[test]
+        fn whole_lines_fit_as_the_scan_says(
+            lengths in proptest::collection::vec(0usize..40, 1..12),
+            max_bytes in 0u64..400,
+            size in 0u64..400,
+        ) {
+            let lines: Vec<u8> = lengths
+                .iter()
+                .flat_map(|&n| std::iter::repeat_n(b'a', n).chain([b'\n']))
+                .collect();
+            let rotation = Rotation { max_bytes, keep: 1 };
+            // The scan alone, as `fits` did it for every batch before.
+            let scanned = {
+                let room = max_bytes.saturating_sub(size) as usize;
+                let mut end = 0;
+                for (i, byte) in lines.iter().enumerate() {
+                    if *byte == b'\n' {
+                        if end > 0 && i + 1 > room {
+                            break;
+                        }
+                        end = i + 1;
+                        if end >= room {
+                            break;
+                        }
+                    }
+                }
+                if max_bytes == 0 || end == 0 { lines.len() } else { end }
+            };
+            prop_assert_eq!(rotation.fits(size, &lines), scanned);
         }
     }
 }

@@ -157,6 +157,11 @@ struct DecisionLabels {
     rule: Text,
 }
 
+/// Rule name → the (direction, decision) counters made for it: a handful
+/// per rule, as many rules as the policies had.
+type DecisionCounters =
+    std::sync::RwLock<std::collections::HashMap<Box<str>, Vec<(Direction, Box<str>, Counter)>>>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct AlpnLabels {
     direction: Direction,
@@ -270,7 +275,12 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    /// `decisions`' counters already made, by rule: see [`Self::authz_decision`].
+    decision_counters: DecisionCounters,
     http_requests: Family<CodeLabels, Counter>,
+    /// `http_requests`' counters, by direction and status class, once made
+    /// (made on first use: a series appears when it is first counted).
+    request_counters: [[std::sync::OnceLock<Counter>; STATUS_CLASSES.len()]; 2],
     mesh_connections: Family<AlpnLabels, Counter>,
     tunnel_streams: [Counter; 2],
     h2_floods: [Counter; 2],
@@ -445,7 +455,9 @@ impl Metrics {
             refused,
             handshake_failures,
             decisions,
+            decision_counters: DecisionCounters::default(),
             http_requests,
+            request_counters: Default::default(),
             mesh_connections,
             tunnel_streams,
             h2_floods,
@@ -537,14 +549,48 @@ impl Metrics {
     }
 
     /// One authorization decision (`allow` | `deny`) by `rule` (or `default`).
+    ///
+    /// Every decision counts here (one per HTTP request), so the counter is
+    /// found by the rule's name as borrowed, in a map of the counters made
+    /// so far; the family's own lookup needs an owned label set (two
+    /// allocations) and hashes all three labels (together 1.7% of a
+    /// sidecar's instructions per HTTP/1.1 request before).
     pub fn authz_decision(&self, direction: Direction, decision: &str, rule: &str) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                direction,
-                decision: Text::new(decision),
-                rule: Text::new(rule),
+        let found = {
+            let by_rule = self
+                .decision_counters
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            by_rule.get(rule).and_then(|made| {
+                made.iter()
+                    .find(|(d, what, _)| *d == direction && &**what == decision)
+                    .map(|(_, _, counter)| counter.clone())
             })
-            .inc();
+        };
+        let counter = match found {
+            Some(counter) => counter,
+            None => {
+                let counter = self.decisions.get_or_create_owned(&DecisionLabels {
+                    direction,
+                    decision: Text::new(decision),
+                    rule: Text::new(rule),
+                });
+                let mut by_rule = self
+                    .decision_counters
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                let made = by_rule.entry(rule.into()).or_default();
+                // Another thread may have made it meanwhile (the same counter).
+                if !made
+                    .iter()
+                    .any(|(d, what, _)| *d == direction && &**what == decision)
+                {
+                    made.push((direction, decision.into(), counter.clone()));
+                }
+                counter
+            }
+        };
+        counter.inc();
     }
 
     /// Bytes carried (both ways) on a connection of `direction`.
@@ -559,11 +605,17 @@ impl Metrics {
     }
 
     /// One HTTP request finished with `status` after `elapsed`.
+    /// The counter is kept once made (per direction and status class), so
+    /// a request costs no label hashing.
     pub fn http_request(&self, direction: Direction, status: u16, elapsed: Duration) {
-        self.http_requests
-            .get_or_create(&CodeLabels {
-                direction,
-                code: status_class(status),
+        let class = status_class(status);
+        let slot = STATUS_CLASSES.iter().position(|c| *c == class).unwrap_or(0);
+        self.request_counters[direction.index()][slot]
+            .get_or_init(|| {
+                self.http_requests.get_or_create_owned(&CodeLabels {
+                    direction,
+                    code: class,
+                })
             })
             .inc();
         self.latency[direction.index()].observe(elapsed.as_secs_f64());
@@ -623,6 +675,9 @@ impl Metrics {
 }
 
 /// `2xx`-style class of an HTTP status; bounded to six values.
+/// Every class [`status_class`] names.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -714,6 +769,11 @@ mod tests {
         m.authz_decision(Direction::Inbound, "allow", "web-to-api");
         m.authz_decision(Direction::Inbound, "allow", "web-to-api");
         m.authz_decision(Direction::Outbound, "deny", "default");
+        // One rule, other directions and decisions: counters of their own.
+        m.authz_decision(Direction::Inbound, "deny", "web-to-api");
+        m.authz_decision(Direction::Outbound, "allow", "web-to-api");
+        m.authz_decision(Direction::Outbound, "allow", "web-to-api");
+        m.authz_decision(Direction::Outbound, "allow", "web-to-api");
         m.http_request(Direction::Inbound, 200, Duration::from_millis(3));
         m.http_request(Direction::Inbound, 403, Duration::from_millis(1));
         m.http_request(Direction::Inbound, 204, Duration::from_secs(60));
@@ -765,6 +825,20 @@ mod tests {
                 "appid_authz_decisions_total{direction=\"outbound\",decision=\"deny\",rule=\"default\"}"
             ),
             1.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_authz_decisions_total{direction=\"inbound\",decision=\"deny\",rule=\"web-to-api\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &t,
+                "appid_authz_decisions_total{direction=\"outbound\",decision=\"allow\",rule=\"web-to-api\"}"
+            ),
+            3.0
         );
         assert_eq!(
             value(
@@ -910,6 +984,10 @@ mod tests {
         assert_eq!(status_class(503), "5xx");
         assert_eq!(status_class(42), "other");
         assert_eq!(status_class(600), "other");
+        // Each has its own kept counter.
+        for status in 0..=u16::MAX {
+            assert!(STATUS_CLASSES.contains(&status_class(status)), "{status}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reaso
 
 use super::Shared;
 use super::http::{INVALID_REQUEST_RULE, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict};
-use crate::audit::{AppIdDoc, AuditRecord, ExternalDest};
+use crate::audit::{AppIdDoc, AuditRecord, Claims, ExternalDest};
 
 /// The rule name audit lines and `x-appid-denied-by` carry for a peer the
 /// authority revoked.
@@ -377,7 +377,7 @@ impl ConnAuthz {
             "deny",
             false,
             INVALID_REQUEST_RULE,
-            &serde_json::Map::new(),
+            Claims::NONE,
             Some(reason),
             None,
         );
@@ -460,12 +460,11 @@ impl ConnAuthz {
         decision: &appid_policy::policy::Decision<'_>,
         request: Option<(&str, &str, bool)>,
     ) {
-        let mut claims = serde_json::Map::new();
-        for path in decision.attributes() {
-            if let Some(value) = self.attribute_value(path) {
-                claims.insert(path.to_string(), value);
-            }
-        }
+        let mut pairs: Vec<(&str, &serde_json::Value)> = decision
+            .attributes()
+            .filter_map(|path| Some((path, self.attribute_value(path)?)))
+            .collect();
+        let claims = Claims::new(&mut pairs);
         let reason = if decision.outcome == Outcome::Allow && !decision.audit_only {
             None
         } else {
@@ -479,7 +478,7 @@ impl ConnAuthz {
             label,
             decision.audit_only,
             decision.rule,
-            &claims,
+            claims,
             reason.as_deref(),
             request,
         );
@@ -491,7 +490,7 @@ impl ConnAuthz {
         decision: &str,
         audit_only: bool,
         rule: &str,
-        claims: &serde_json::Map<String, serde_json::Value>,
+        claims: Claims<'_>,
         reason: Option<&str>,
         request: Option<(&str, &str, bool)>,
     ) {
@@ -560,7 +559,7 @@ impl ConnAuthz {
             "deny",
             false,
             REVOKED_RULE,
-            &serde_json::Map::new(),
+            Claims::NONE,
             Some(&reason),
             request,
         );
@@ -568,8 +567,8 @@ impl ConnAuthz {
     }
 
     /// The value behind an audit path like `from.labels.app`.
-    fn attribute_value(&self, path: &str) -> Option<serde_json::Value> {
-        let (side, rest) = path.split_once('.')?;
+    fn attribute_value(&self, path: &str) -> Option<&serde_json::Value> {
+        let (side, rest) = split_dot(path)?;
         let value = match (side, self.direction, &self.peer) {
             ("from", Direction::Inbound, Peer::Meshed(peer))
             | ("to", Direction::Outbound, Peer::Meshed(peer)) => self
@@ -585,14 +584,22 @@ impl ConnAuthz {
         // Label and tag keys may themselves contain dots.
         while let Some(object) = node.as_object() {
             if let Some(found) = object.get(remaining) {
-                return Some(found.clone());
+                return Some(found);
             }
-            let (head, tail) = remaining.split_once('.')?;
+            let (head, tail) = split_dot(remaining)?;
             node = object.get(head)?;
             remaining = tail;
         }
         None
     }
+}
+
+/// `path` split at its first `.` (a byte search: attribute paths are short,
+/// and `str::split_once` set up a general searcher for each, several times
+/// per audit line).
+fn split_dot(path: &str) -> Option<(&str, &str)> {
+    let dot = path.bytes().position(|b| b == b'.')?;
+    Some((&path[..dot], &path[dot + 1..]))
 }
 
 /// The most of a request's method and path an audit line keeps (bytes).
@@ -654,7 +661,7 @@ impl RequestAuthorizer for ConnAuthz {
             "deny",
             false,
             INVALID_REQUEST_RULE,
-            &serde_json::Map::new(),
+            Claims::NONE,
             Some(refusal.as_str()),
             Some((method, target, grpc)),
         );

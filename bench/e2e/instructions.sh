@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Instructions per request through the appid pair, by function: a CPU figure
+# that does not move with the machine (callgrind counts instructions, not
+# time), for comparing two builds on a noisy VM where `run.sh`'s rates move
+# by ±25% between runs of one binary.
+#
+#   bench/e2e/instructions.sh                       # HTTP/1.1 keep-alive and HTTP/2
+#   BENCH_APPID_BIN=/path/to/appid bench/e2e/instructions.sh
+#   BENCH_IC_WORKLOADS="h1" BENCH_IC_LAYER=l4 bench/e2e/instructions.sh
+#
+# The pair is `run.sh`'s loopback pair (pooled tunnels, `workers: 1`, its L7
+# policy: every request authorized and audited on both sides; BENCH_IC_LAYER=l4
+# for its L4 policy), each sidecar under `valgrind --tool=callgrind` with
+# instrumentation off until the connections are warm. For each workload, h2load
+# sends N1 and then N2 requests on 4 connections (HTTP/2: 10 streams each), the
+# counters zeroed before each and dumped after it; the figure is the
+# difference over N2 - N1 requests, so connection setup and the tunnel's
+# handshake cancel out. Prints instructions per request for each sidecar and
+# their sum, and writes callgrind files for `callgrind_annotate` to
+# bench/e2e/raw/instructions/.
+#
+# Needs: valgrind, nginx, h2load (nghttp2-client); installs the last two with
+# apt-get when run as root. Takes about two minutes per workload.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+WORKLOADS=${BENCH_IC_WORKLOADS:-h1 h2}
+LAYER=${BENCH_IC_LAYER:-l7}
+N1=${BENCH_IC_N1:-2000}
+N2=${BENCH_IC_N2:-10000}
+OUT=$HERE/raw/instructions
+BACKEND_H1=18080 BACKEND_H2=18081
+CLIENT_H1=20080 CLIENT_H2=20081
+SERVER_H1=21080 SERVER_H2=21081
+
+log() { printf '%s [instructions] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v valgrind >/dev/null || die "needs valgrind (apt-get install -y valgrind)"
+if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null; then
+    [[ $(id -u) == 0 ]] || die "needs nginx and h2load; as root run: apt-get install -y nginx nghttp2-client"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx nghttp2-client >&2
+fi
+if [[ -n ${BENCH_APPID_BIN:-} ]]; then
+    APPID=$BENCH_APPID_BIN
+else
+    log "building appid (release)"
+    (cd "$ROOT" && cargo build --release -q -p appid-proxy --bin appid)
+    APPID=$ROOT/target/release/appid
+fi
+
+WORK=$(mktemp -d /tmp/appid-instructions.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() { # PORT PID NAME
+    local i
+    for ((i = 0; i < 600; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        kill -0 "$2" 2>/dev/null || { cat "$WORK/$3.log" >&2; die "$3 exited"; }
+        sleep 0.1
+    done
+    cat "$WORK/$3.log" >&2
+    die "$3: nothing listens on $1"
+}
+
+# PKI and policy: the same identities and rules as run.sh's pair.
+"$APPID" authority init --trust-domain bench.example --dir "$WORK/ca" >/dev/null
+"$APPID" issue --dir "$WORK/ca" --id spiffe://bench.example/loadgen --label app=loadgen \
+    --ttl 4h --cert "$WORK/client.pem" --key "$WORK/client.key" >/dev/null
+"$APPID" issue --dir "$WORK/ca" --id spiffe://bench.example/backend --label app=backend \
+    --ttl 4h --cert "$WORK/server.pem" --key "$WORK/server.key" >/dev/null
+if [[ $LAYER == l4 ]]; then
+    cat >"$WORK/policy.yaml" <<EOF
+version: 1
+default: deny
+rules:
+  - name: loadgen-l4
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$SERVER_H1, $SERVER_H2] }
+EOF
+else
+    cat >"$WORK/policy.yaml" <<EOF
+version: 1
+default: deny
+rules:
+  - name: loadgen-http
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$SERVER_H1, $SERVER_H2] }
+    http: { methods: [GET] }
+EOF
+fi
+for side in server client; do
+    {
+        echo "identity: { cert: $WORK/$side.pem, key: $WORK/$side.key, bundle: $WORK/ca/ca.pem }"
+        echo "trust_domains: [bench.example]"
+        echo "policy: $WORK/policy.yaml"
+        if [[ $side == server ]]; then
+            echo "inbound:"
+            echo "  - { listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }"
+            echo "  - { listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }"
+            echo "admin: \"127.0.0.1:15191\""
+        else
+            echo "outbound:"
+            echo "  - { listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }"
+            echo "  - { listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }"
+            echo "admin: \"127.0.0.1:15190\""
+        fi
+        echo "audit_log: $WORK/$side.jsonl"
+        echo "workers: 1"
+    } >"$WORK/$side.yaml"
+done
+
+mkdir -p "$WORK/backend" "$OUT"
+cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/backend;
+    proxy_temp_path $WORK/backend;
+    fastcgi_temp_path $WORK/backend;
+    uwsgi_temp_path $WORK/backend;
+    scgi_temp_path $WORK/backend;
+    keepalive_requests 100000000;
+    server { listen 127.0.0.1:$BACKEND_H1; location / { return 200 "hello from the backend\n"; } }
+    server { listen 127.0.0.1:$BACKEND_H2 http2; location / { return 200 "hello from the backend\n"; } }
+}
+EOF
+nginx -e "$WORK/backend/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" >"$WORK/backend.log" 2>&1 &
+PIDS+=($!)
+wait_port "$BACKEND_H1" "$!" backend
+
+declare -A SIDECAR
+for side in server client; do
+    RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$WORK/$side.%p.callgrind" \
+        "$APPID" proxy --config "$WORK/$side.yaml" >"$WORK/$side.log" 2>&1 &
+    SIDECAR[$side]=$!
+    PIDS+=($!)
+done
+wait_port "$SERVER_H1" "${SIDECAR[server]}" server
+wait_port "$CLIENT_H1" "${SIDECAR[client]}" client
+
+# h2load ARGS for a workload and a request count.
+load() { # WORKLOAD N
+    case $1 in
+        h1) h2load --h1 -n "$2" -c4 -t1 "http://127.0.0.1:$CLIENT_H1/" ;;
+        h2) h2load -n "$2" -c4 -m10 -t1 "http://127.0.0.1:$CLIENT_H2/" ;;
+        *) die "unknown workload $1 (h1 h2)" ;;
+    esac
+}
+
+# Instructions of SIDE's last dump (the `summary:` line).
+last_total() { # SIDE
+    local file
+    file=$(ls -t "$WORK/$1".*.callgrind* | head -1)
+    awk '/^summary:/ { print $2 }' "$file"
+}
+
+# measure WORKLOAD N: zero both sidecars' counters, send N requests, dump;
+# prints "server client" instructions.
+measure() {
+    local side succeeded
+    for side in server client; do callgrind_control -z "${SIDECAR[$side]}" >/dev/null 2>&1; done
+    succeeded=$(load "$1" "$2" | awk '/^requests:/ { print $8 }')
+    [[ $succeeded == "$2" ]] || die "$1: $succeeded of $2 requests succeeded"
+    for side in server client; do callgrind_control -d "$1-$2" "${SIDECAR[$side]}" >/dev/null 2>&1; done
+    echo "$(last_total server) $(last_total client)"
+}
+
+for side in server client; do callgrind_control -i on "${SIDECAR[$side]}" >/dev/null 2>&1; done
+printf '%-4s %14s %14s %14s\n' "" "server" "client" "both"
+for wl in $WORKLOADS; do
+    log "$wl: warming up, then $N1 and $N2 requests"
+    load "$wl" 200 >/dev/null
+    read -r s1 c1 < <(measure "$wl" "$N1")
+    read -r s2 c2 < <(measure "$wl" "$N2")
+    for side in server client; do
+        cp "$(ls -t "$WORK/$side".*.callgrind* | head -1)" "$OUT/$wl-$LAYER.$side.callgrind"
+    done
+    awk -v s1="$s1" -v s2="$s2" -v c1="$c1" -v c2="$c2" -v n="$((N2 - N1))" -v wl="$wl" 'BEGIN {
+        s = (s2 - s1) / n; c = (c2 - c1) / n
+        printf "%-4s %14.0f %14.0f %14.0f\n", wl, s, c, s + c
+    }'
+done
+log "per-function profiles (of the $N2-request run): callgrind_annotate $OUT/<workload>-$LAYER.<side>.callgrind"
