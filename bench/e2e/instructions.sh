@@ -13,7 +13,8 @@
 # for its L4 policy), each sidecar under `valgrind --tool=callgrind` with
 # instrumentation off until the connections are warm. For each workload, h2load
 # sends N1 and then N2 requests on 4 connections (HTTP/2: 10 streams each), the
-# counters zeroed before each and dumped after it; the figure is the
+# counters zeroed before each and dumped after it (instrumentation is on
+# from the warm-up, whose counts are zeroed); the figure is the
 # difference over N2 - N1 requests, so connection setup and the tunnel's
 # handshake cancel out. Prints instructions per request for each sidecar and
 # their sum, and writes callgrind files for `callgrind_annotate` to
@@ -22,6 +23,7 @@
 # Needs: valgrind, nginx, h2load (nghttp2-client); installs the last two with
 # apt-get when run as root. Takes about two minutes per workload.
 set -euo pipefail
+shopt -s inherit_errexit
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -29,6 +31,7 @@ WORKLOADS=${BENCH_IC_WORKLOADS:-h1 h2}
 LAYER=${BENCH_IC_LAYER:-l7}
 N1=${BENCH_IC_N1:-2000}
 N2=${BENCH_IC_N2:-10000}
+((N2 > N1)) || { echo "BENCH_IC_N2 ($N2) must be larger than BENCH_IC_N1 ($N1)" >&2; exit 1; }
 OUT=$HERE/raw/instructions
 BACKEND_H1=18080 BACKEND_H2=18081
 CLIENT_H1=20080 CLIENT_H2=20081
@@ -163,22 +166,38 @@ load() { # WORKLOAD N
     esac
 }
 
-# Instructions of SIDE's last dump (the `summary:` line).
-last_total() { # SIDE
-    local file
+# The dump SIDE wrote for TAG (its newest file, which must be new: a
+# callgrind_control that reached nothing exits 0 all the same).
+dump_of() { # SIDE TAG DUMPS_BEFORE
+    local file count
+    count=$(find "$WORK" -maxdepth 1 -name "$1.*.callgrind*" | wc -l)
+    ((count > $3)) || die "$1: no callgrind dump for $2 (is valgrind still running?)"
     file=$(ls -t "$WORK/$1".*.callgrind* | head -1)
-    awk '/^summary:/ { print $2 }' "$file"
+    grep -qxF "desc: Trigger: dump $2" "$file" || die "$1: the newest dump ($file) is not the one for $2"
+    echo "$file"
+}
+
+# Instructions in a dump (its `summary:` line).
+total_of() { # FILE
+    local total
+    total=$(awk '/^summary:/ { print $2 }' "$1")
+    [[ $total =~ ^[0-9]+$ ]] || die "no instruction total in $1"
+    echo "$total"
 }
 
 # measure WORKLOAD N: zero both sidecars' counters, send N requests, dump;
-# prints "server client" instructions.
+# prints "server client" instructions and sets nothing else.
 measure() {
-    local side succeeded
+    local side succeeded tag=$1-$2 before totals=()
     for side in server client; do callgrind_control -z "${SIDECAR[$side]}" >/dev/null 2>&1; done
     succeeded=$(load "$1" "$2" | awk '/^requests:/ { print $8 }')
     [[ $succeeded == "$2" ]] || die "$1: $succeeded of $2 requests succeeded"
-    for side in server client; do callgrind_control -d "$1-$2" "${SIDECAR[$side]}" >/dev/null 2>&1; done
-    echo "$(last_total server) $(last_total client)"
+    for side in server client; do
+        before=$(find "$WORK" -maxdepth 1 -name "$side.*.callgrind*" | wc -l)
+        callgrind_control -d "$tag" "${SIDECAR[$side]}" >/dev/null 2>&1
+        totals+=("$(total_of "$(dump_of "$side" "$tag" "$before")")")
+    done
+    echo "${totals[*]}"
 }
 
 for side in server client; do callgrind_control -i on "${SIDECAR[$side]}" >/dev/null 2>&1; done
@@ -186,8 +205,10 @@ printf '%-4s %14s %14s %14s\n' "" "server" "client" "both"
 for wl in $WORKLOADS; do
     log "$wl: warming up, then $N1 and $N2 requests"
     load "$wl" 200 >/dev/null
-    read -r s1 c1 < <(measure "$wl" "$N1")
-    read -r s2 c2 < <(measure "$wl" "$N2")
+    first=$(measure "$wl" "$N1")
+    second=$(measure "$wl" "$N2")
+    read -r s1 c1 <<<"$first"
+    read -r s2 c2 <<<"$second"
     for side in server client; do
         cp "$(ls -t "$WORK/$side".*.callgrind* | head -1)" "$OUT/$wl-$LAYER.$side.callgrind"
     done

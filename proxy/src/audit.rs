@@ -187,8 +187,12 @@ impl<'a> Claims<'a> {
     /// No attributes: `{}`.
     pub const NONE: Claims<'static> = Claims(&[]);
 
-    /// Puts `pairs` in key order and keeps the first value of each key.
+    /// Puts `pairs` in key order and keeps the last value of each key (as
+    /// inserting them into a map in turn would).
     pub fn new(pairs: &'a mut Vec<(&'a str, &'a serde_json::Value)>) -> Claims<'a> {
+        // Reversed, then a stable sort: of equal keys the last comes first,
+        // and `dedup_by` keeps the first of a run.
+        pairs.reverse();
         pairs.sort_by(|a, b| a.0.cmp(b.0));
         pairs.dedup_by(|later, earlier| later.0 == earlier.0);
         Claims(pairs)
@@ -1925,6 +1929,25 @@ mod encoder_tests {
         assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 
+    #[test]
+    fn whole_lines_fit_at_the_edges_of_the_cap() {
+        let rotation = |max_bytes| Rotation { max_bytes, keep: 1 };
+        let lines = b"aaaa\nbbbb\ncc\n"; // 13 bytes, lines end at 5, 10, 13
+        // Room for all of it, exactly all of it, one byte less, one more.
+        assert_eq!(rotation(100).fits(0, lines), 13);
+        assert_eq!(rotation(113).fits(100, lines), 13);
+        assert_eq!(rotation(112).fits(100, lines), 10);
+        assert_eq!(rotation(114).fits(100, lines), 13);
+        // No cap; a full file (still one whole line); room inside the first.
+        assert_eq!(rotation(0).fits(1 << 40, lines), 13);
+        assert_eq!(rotation(100).fits(100, lines), 5);
+        assert_eq!(rotation(103).fits(100, lines), 5);
+        // A batch that does not end with a line end, and an empty one.
+        assert_eq!(rotation(100).fits(0, b"aaaa\nbb"), 5);
+        assert_eq!(rotation(100).fits(0, b"aaaa"), 4);
+        assert_eq!(rotation(100).fits(0, b""), 0);
+    }
+
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
             any::<String>(),
@@ -2004,12 +2027,38 @@ mod encoder_tests {
             prop_assert_eq!(needs_escaping(&bytes), want);
         }
 
+        /// Clean words (what the eight-byte loop mostly sees), with bytes
+        /// near the special ones (`0x20`, `0xa2` and `0xdc`: `"` and `\`
+        /// with the high bit set), and at most one special byte anywhere.
+        #[test]
+        fn clean_words_need_no_escaping_and_one_special_byte_does(
+            mut bytes in proptest::collection::vec(
+                prop_oneof![
+                    (0x20u8..=0xff).prop_filter("clean", |b| *b != b'"' && *b != b'\\'),
+                    Just(0x20u8), Just(0x21), Just(0x23), Just(0x5b), Just(0x5d),
+                    Just(0xa2), Just(0xdc), Just(0x80), Just(0xff),
+                ],
+                8..40,
+            ),
+            special in proptest::option::of((any::<prop::sample::Index>(), prop_oneof![0u8..0x20, Just(b'"'), Just(b'\\')])),
+        ) {
+            prop_assert!(!needs_escaping(&bytes));
+            if let Some((at, byte)) = special {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+                prop_assert!(needs_escaping(&bytes), "{:?} at {}", byte, at);
+            }
+        }
+
         /// A decision's attributes come in rule order, a path maybe twice
         /// (two clauses on one attribute, the same value both times): on the
         /// line they are the object a map of them makes.
         #[test]
-        fn claims_are_written_as_the_map_of_them(paths in proptest::collection::vec(text(), 0..6)) {
-            let values: Vec<Value> = paths.iter().map(|p| json!([p, p.len()])).collect();
+        fn claims_are_written_as_the_map_of_them(
+            paths in proptest::collection::vec(prop_oneof![text(), Just("from.labels.app".to_string())], 0..6),
+        ) {
+            // A value per occurrence: which of a repeated path's wins shows.
+            let values: Vec<Value> = paths.iter().enumerate().map(|(i, p)| json!([p, i])).collect();
             let mut pairs: Vec<(&str, &Value)> =
                 paths.iter().map(String::as_str).zip(&values).collect();
             let map: serde_json::Map<String, Value> =
