@@ -33,9 +33,11 @@ N1=${BENCH_IC_N1:-2000}
 N2=${BENCH_IC_N2:-10000}
 ((N2 > N1)) || { echo "BENCH_IC_N2 ($N2) must be larger than BENCH_IC_N1 ($N1)" >&2; exit 1; }
 OUT=$HERE/raw/instructions
-BACKEND_H1=18080 BACKEND_H2=18081
+# run.sh's ports (the TCP ones only for the policy); lib.sh reads these.
+BACKEND_BIND=127.0.0.1 BACKEND_H1=18080 BACKEND_H2=18081
 CLIENT_H1=20080 CLIENT_H2=20081
-SERVER_H1=21080 SERVER_H2=21081
+SERVER_H1=21080 SERVER_H2=21081 SERVER_TCP=21201
+ADMIN_CLIENT=15190 ADMIN_SERVER=15191
 
 log() { printf '%s [instructions] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,74 +76,21 @@ wait_port() { # PORT PID NAME
     die "$3: nothing listens on $1"
 }
 
-# PKI and policy: the same identities and rules as run.sh's pair.
-"$APPID" authority init --trust-domain bench.example --dir "$WORK/ca" >/dev/null
-"$APPID" issue --dir "$WORK/ca" --id spiffe://bench.example/loadgen --label app=loadgen \
-    --ttl 4h --cert "$WORK/client.pem" --key "$WORK/client.key" >/dev/null
-"$APPID" issue --dir "$WORK/ca" --id spiffe://bench.example/backend --label app=backend \
-    --ttl 4h --cert "$WORK/server.pem" --key "$WORK/server.key" >/dev/null
-if [[ $LAYER == l4 ]]; then
-    cat >"$WORK/policy.yaml" <<EOF
-version: 1
-default: deny
-rules:
-  - name: loadgen-l4
-    action: allow
-    from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$SERVER_H1, $SERVER_H2] }
-EOF
-else
-    cat >"$WORK/policy.yaml" <<EOF
-version: 1
-default: deny
-rules:
-  - name: loadgen-http
-    action: allow
-    from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$SERVER_H1, $SERVER_H2] }
-    http: { methods: [GET] }
-EOF
-fi
-for side in server client; do
-    {
-        echo "identity: { cert: $WORK/$side.pem, key: $WORK/$side.key, bundle: $WORK/ca/ca.pem }"
-        echo "trust_domains: [bench.example]"
-        echo "policy: $WORK/policy.yaml"
-        if [[ $side == server ]]; then
-            echo "inbound:"
-            echo "  - { listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }"
-            echo "  - { listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }"
-            echo "admin: \"127.0.0.1:15191\""
-        else
-            echo "outbound:"
-            echo "  - { listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }"
-            echo "  - { listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }"
-            echo "admin: \"127.0.0.1:15190\""
-        fi
-        echo "audit_log: $WORK/$side.jsonl"
-        echo "workers: 1"
-    } >"$WORK/$side.yaml"
-done
-
-mkdir -p "$WORK/backend" "$OUT"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/backend;
-    proxy_temp_path $WORK/backend;
-    fastcgi_temp_path $WORK/backend;
-    uwsgi_temp_path $WORK/backend;
-    scgi_temp_path $WORK/backend;
-    keepalive_requests 100000000;
-    server { listen 127.0.0.1:$BACKEND_H1; location / { return 200 "hello from the backend\n"; } }
-    server { listen 127.0.0.1:$BACKEND_H2 http2; location / { return 200 "hello from the backend\n"; } }
-}
-EOF
+# The pair run.sh measures: its certificates, policy, sidecar configs
+# (`workers: 1`) and backend (bench/e2e/lib.sh).
+# shellcheck source=bench/e2e/lib.sh
+source "$HERE/lib.sh"
+mkdir -p "$WORK/audit" "$OUT"
+setup_pki
+appid_policy "$WORK/policy.yaml" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP" "$LAYER"
+appid_config server "$WORK" inbound \
+    "{ listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }" \
+    "{ listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }"
+appid_config client "$WORK" outbound \
+    "{ listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }" \
+    "{ listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }"
+for side in server client; do echo "workers: 1" >>"$WORK/$side.yaml"; done
+write_backend_conf
 nginx -e "$WORK/backend/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" >"$WORK/backend.log" 2>&1 &
 PIDS+=($!)
 wait_port "$BACKEND_H1" "$!" backend

@@ -104,6 +104,11 @@ ADMIN_CLIENT=15190 ADMIN_SERVER=15191
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 CIPHERSUITE=TLS_AES_256_GCM_SHA384 # what rustls (appid) negotiates by default
 
+# Certificates, the backend's nginx.conf, the sidecars' policy and configs:
+# shared with instructions.sh.
+# shellcheck source=bench/e2e/lib.sh
+source "$HERE/lib.sh"
+
 log() { printf '%s [bench] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -317,47 +322,8 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$ROUND_RAW/measure.t
 
 # --- certificates, backend -------------------------------------------------
 
-setup_pki() {
-    local ca=$WORK/ca
-    "$APPID" authority init --trust-domain bench.example --dir "$ca" >/dev/null
-    "$APPID" issue --dir "$ca" --id spiffe://bench.example/loadgen --label app=loadgen \
-        --ttl 4h --cert "$WORK/client.pem" --key "$WORK/client.key" >/dev/null
-    "$APPID" issue --dir "$ca" --id spiffe://bench.example/backend --label app=backend \
-        --ttl 4h --cert "$WORK/server.pem" --key "$WORK/server.key" >/dev/null
-    cp "$ca/ca.pem" "$WORK/ca.pem"
-    cat "$WORK/client.pem" "$WORK/client.key" >"$WORK/client.combined.pem" # haproxy: cert + key
-    cat "$WORK/server.pem" "$WORK/server.key" >"$WORK/server.combined.pem"
-}
-
 start_backend() {
-    mkdir -p "$WORK/backend"
-    cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 16000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/backend;
-    proxy_temp_path $WORK/backend;
-    fastcgi_temp_path $WORK/backend;
-    uwsgi_temp_path $WORK/backend;
-    scgi_temp_path $WORK/backend;
-    default_type text/plain;
-    keepalive_timeout 600s;
-    keepalive_requests 100000000;
-    server {
-        listen $BACKEND_BIND:$BACKEND_H1 backlog=4096;
-        location / { return 200 "hello from the backend\n"; }
-    }
-    server {
-        listen $BACKEND_BIND:$BACKEND_H2 http2 backlog=4096;
-        location / { return 200 "hello from the backend\n"; }
-    }
-}
-EOF
+    write_backend_conf
     start "$LOAD_CPU" backend-http "${IN_SERVER[@]}" nginx -e "$WORK/backend/error.log" -p "$WORK/backend" \
         -c "$WORK/backend/nginx.conf"
     BACKEND_HTTP_PID=$LAST_PID
@@ -474,45 +440,6 @@ EOF
     CLIENT_PID=$LAST_PID
 }
 
-# appid_policy FILE H1_PORT H2_PORT TCP_PORT LAYER: the sidecars' policy.
-# LAYER l7: every HTTP request is authorized (method, and path for the
-# gRPC-like calls), the TCP port at L4; l4: identities and ports only.
-appid_policy() {
-    local file=$1 h1=$2 h2=$3 tcp=$4 layer=$5
-    if [[ $layer == l4 ]]; then
-        cat >"$file" <<EOF
-version: 1
-default: deny
-rules:
-  - name: loadgen-l4            # L4: identities and ports, no request read
-    action: allow
-    from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$h1, $h2, $tcp] }
-EOF
-    else
-        cat >"$file" <<EOF
-version: 1
-default: deny
-rules:
-  - name: loadgen-http          # L7: every request is authorized
-    action: allow
-    from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$h1, $h2] }
-    http: { methods: [GET] }
-  - name: loadgen-grpc          # L7: the fixed-rate gRPC-like calls
-    action: allow
-    from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$h2] }
-    http: { methods: [POST], paths: ["/bench.Echo/*"] }
-  - name: loadgen-tcp           # L4: iperf3
-    action: allow
-    from: { labels.app: loadgen }
-    to: { labels.app: backend, ports: [$tcp] }
-EOF
-    fi
-    "$APPID" policy check "$file" >/dev/null
-}
-
 # appid_start_pair DIR EXTRA_YAML: appends EXTRA_YAML (and `workers: 1`
 # unless it sets workers) to both configs and starts both sidecars (in the
 # mesh: in their namespaces, as the uid the capture excludes).
@@ -532,24 +459,6 @@ appid_start_pair() {
     SERVER_PID=$LAST_PID
     start "$PEER_CPUS" appid-client "${IN_CLIENT[@]}" "${as[@]}" env RUST_LOG="$SIDECAR_LOG" "$APPID" proxy --config "$dir/client.yaml"
     CLIENT_PID=$LAST_PID
-}
-
-# appid_config SIDE DIR SECTION LISTENER...: writes DIR/SIDE.yaml (SIDE
-# server or client) with its identity, the shared policy, its admin port
-# and audit log, and SECTION (inbound or outbound) listing the listeners.
-appid_config() {
-    local side=$1 dir=$2 section=$3 admin=$ADMIN_SERVER
-    shift 3
-    [[ $side == client ]] && admin=$ADMIN_CLIENT
-    {
-        echo "identity: { cert: $WORK/$side.pem, key: $WORK/$side.key, bundle: $WORK/ca.pem }"
-        echo "trust_domains: [bench.example]"
-        echo "policy: $dir/policy.yaml"
-        echo "$section:"
-        printf '  - %s\n' "$@"
-        echo "admin: \"127.0.0.1:$admin\""
-        echo "audit_log: $WORK/audit/$side.jsonl"
-    } >"$dir/$side.yaml"
 }
 
 # start_appid DIR EXTRA_YAML: the loopback pair, one listener per service.

@@ -1,0 +1,109 @@
+# Pieces bench/e2e/run.sh and bench/e2e/instructions.sh share, so that both
+# measure the same pair: its certificates, the backend, the sidecars' policy
+# and configs. Sourced; the functions read the caller's globals WORK, APPID,
+# BACKEND_BIND, BACKEND_H1, BACKEND_H2, ADMIN_CLIENT and ADMIN_SERVER.
+
+# setup_pki: a CA in $WORK/ca, the load generator's (client) and the
+# backend's (server) certificates and keys in $WORK, the CA certificate as
+# $WORK/ca.pem, and cert+key files for haproxy.
+setup_pki() {
+    local ca=$WORK/ca
+    "$APPID" authority init --trust-domain bench.example --dir "$ca" >/dev/null
+    "$APPID" issue --dir "$ca" --id spiffe://bench.example/loadgen --label app=loadgen \
+        --ttl 4h --cert "$WORK/client.pem" --key "$WORK/client.key" >/dev/null
+    "$APPID" issue --dir "$ca" --id spiffe://bench.example/backend --label app=backend \
+        --ttl 4h --cert "$WORK/server.pem" --key "$WORK/server.key" >/dev/null
+    cp "$ca/ca.pem" "$WORK/ca.pem"
+    cat "$WORK/client.pem" "$WORK/client.key" >"$WORK/client.combined.pem" # haproxy: cert + key
+    cat "$WORK/server.pem" "$WORK/server.key" >"$WORK/server.combined.pem"
+}
+
+# write_backend_conf: $WORK/backend/nginx.conf, `return 200` on
+# $BACKEND_BIND:$BACKEND_H1 (HTTP/1.1) and :$BACKEND_H2 (h2c).
+write_backend_conf() {
+    mkdir -p "$WORK/backend"
+    cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log warn;
+events { worker_connections 16000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/backend;
+    proxy_temp_path $WORK/backend;
+    fastcgi_temp_path $WORK/backend;
+    uwsgi_temp_path $WORK/backend;
+    scgi_temp_path $WORK/backend;
+    default_type text/plain;
+    keepalive_timeout 600s;
+    keepalive_requests 100000000;
+    server {
+        listen $BACKEND_BIND:$BACKEND_H1 backlog=4096;
+        location / { return 200 "hello from the backend\n"; }
+    }
+    server {
+        listen $BACKEND_BIND:$BACKEND_H2 http2 backlog=4096;
+        location / { return 200 "hello from the backend\n"; }
+    }
+}
+EOF
+}
+
+# appid_policy FILE H1_PORT H2_PORT TCP_PORT LAYER: the sidecars' policy.
+# LAYER l7: every HTTP request is authorized (method, and path for the
+# gRPC-like calls), the TCP port at L4; l4: identities and ports only.
+appid_policy() {
+    local file=$1 h1=$2 h2=$3 tcp=$4 layer=$5
+    if [[ $layer == l4 ]]; then
+        cat >"$file" <<EOF
+version: 1
+default: deny
+rules:
+  - name: loadgen-l4            # L4: identities and ports, no request read
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$h1, $h2, $tcp] }
+EOF
+    else
+        cat >"$file" <<EOF
+version: 1
+default: deny
+rules:
+  - name: loadgen-http          # L7: every request is authorized
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$h1, $h2] }
+    http: { methods: [GET] }
+  - name: loadgen-grpc          # L7: the fixed-rate gRPC-like calls
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$h2] }
+    http: { methods: [POST], paths: ["/bench.Echo/*"] }
+  - name: loadgen-tcp           # L4: iperf3
+    action: allow
+    from: { labels.app: loadgen }
+    to: { labels.app: backend, ports: [$tcp] }
+EOF
+    fi
+    "$APPID" policy check "$file" >/dev/null
+}
+
+# appid_config SIDE DIR SECTION LISTENER...: writes DIR/SIDE.yaml (SIDE
+# server or client) with its identity, the shared policy, its admin port
+# and audit log, and SECTION (inbound or outbound) listing the listeners.
+appid_config() {
+    local side=$1 dir=$2 section=$3 admin=$ADMIN_SERVER
+    shift 3
+    [[ $side == client ]] && admin=$ADMIN_CLIENT
+    {
+        echo "identity: { cert: $WORK/$side.pem, key: $WORK/$side.key, bundle: $WORK/ca.pem }"
+        echo "trust_domains: [bench.example]"
+        echo "policy: $dir/policy.yaml"
+        echo "$section:"
+        printf '  - %s\n' "$@"
+        echo "admin: \"127.0.0.1:$admin\""
+        echo "audit_log: $WORK/audit/$side.jsonl"
+    } >"$dir/$side.yaml"
+}
