@@ -38,7 +38,7 @@ fn serde_flatten(record: &AuditRecord<'_>, at: OffsetDateTime) -> Vec<u8> {
         .to_offset(time::UtcOffset::UTC)
         .format(TIME_FORMAT)
         .unwrap();
-    let mut buf = Vec::with_capacity(256 + 64 * record.claims.len());
+    let mut buf = Vec::with_capacity(512);
     serde_json::to_writer(
         &mut buf,
         &Line {
@@ -53,7 +53,7 @@ fn serde_flatten(record: &AuditRecord<'_>, at: OffsetDateTime) -> Vec<u8> {
 }
 
 fn hand_written(record: &AuditRecord<'_>, at: OffsetDateTime) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256 + 64 * record.claims.len());
+    let mut buf = Vec::with_capacity(512);
     record.write_line(&mut buf, at).unwrap();
     buf
 }

@@ -938,7 +938,26 @@ async fn presented_claims(inbound: u16, client: &Cert, scratch: &Path) -> Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_swap_keeps_live_sessions_and_applies_to_new_handshakes() {
     let app = HttpApp::start().await;
-    let mesh = Mesh::start(app.addr, MeshOptions::default()).await;
+    // The rule looks at the server's `labels.version` (which v1 lacks), so
+    // its audit lines show the claims each connection was made with; one
+    // data-plane thread, so that both connections' lines come from one
+    // thread's kept claims objects (`sidecar::audit_claims`).
+    let policy = "\
+version: 1
+default: deny
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, labels.version: { not: v9 } }
+";
+    let options = MeshOptions {
+        server_policy: policy.into(),
+        client_policy: policy.into(),
+        settings: vec![("workers", "1".into())],
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start(app.addr, options).await;
     let scratch = mesh.env.path("scratch");
     std::fs::create_dir(&scratch).unwrap();
     let before = presented_claims(mesh.inbound, &mesh.web, &scratch).await;
@@ -990,6 +1009,33 @@ async fn a_certificate_swap_keeps_live_sessions_and_applies_to_new_handshakes() 
     let response = get(&mesh, "/v1/new").await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_ne!(response.json()["conn"], conn, "a new connection");
+
+    // Each connection's audit lines show the claims it was made with: the
+    // live session the old ones, the new connection the new ones.
+    let line_of = |path: &'static str| {
+        let server = &mesh.server;
+        async move {
+            server
+                .wait_audit(path, |l| l["path"] == path && l["decision"] == "allow")
+                .await
+        }
+    };
+    for (path, version) in [
+        ("/v1/before", None),
+        ("/v1/after/2", None),
+        ("/v1/new", Some("v2")),
+    ] {
+        let line = line_of(path).await;
+        assert_eq!(
+            line["claims"]
+                .get("to.labels.version")
+                .and_then(Value::as_str),
+            version,
+            "{line}"
+        );
+        assert_eq!(line["claims"]["to.labels.app"], "api", "{line}");
+        assert_eq!(line["claims"]["from.labels.app"], "web", "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

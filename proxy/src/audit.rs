@@ -179,13 +179,27 @@ pub struct AuditRecord<'a> {
 /// line, its keys in order (as `serde_json::Map` writes them), each once.
 /// Borrowed pairs rather than a map: a sidecar writes one per HTTP request,
 /// and building a map (a node, a key and a value copied) cost more than
-/// encoding it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Claims<'a>(&'a [(&'a str, &'a serde_json::Value)]);
+/// encoding it. Or the object already encoded by [`Claims::write_json`]
+/// (the sidecar keeps those it writes again and again: `sidecar::audit_claims`).
+#[derive(Debug, Clone, Copy)]
+pub struct Claims<'a>(ClaimsForm<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum ClaimsForm<'a> {
+    Pairs(&'a [(&'a str, &'a serde_json::Value)]),
+    /// What [`Claims::write_json`] wrote.
+    Json(&'a [u8]),
+}
+
+impl Default for Claims<'_> {
+    fn default() -> Self {
+        Claims::NONE
+    }
+}
 
 impl<'a> Claims<'a> {
     /// No attributes: `{}`.
-    pub const NONE: Claims<'static> = Claims(&[]);
+    pub const NONE: Claims<'static> = Claims(ClaimsForm::Pairs(&[]));
 
     /// Puts `pairs` in key order and keeps the last value of each key (as
     /// inserting them into a map in turn would).
@@ -195,26 +209,61 @@ impl<'a> Claims<'a> {
         pairs.reverse();
         pairs.sort_by(|a, b| a.0.cmp(b.0));
         pairs.dedup_by(|later, earlier| later.0 == earlier.0);
-        Claims(pairs)
+        Claims(ClaimsForm::Pairs(pairs))
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
+    /// Claims as [`Claims::write_json`] wrote them (nothing else: the bytes
+    /// go into the line as they are).
+    pub(crate) fn from_json(json: &'a [u8]) -> Claims<'a> {
+        Claims(ClaimsForm::Json(json))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// Appends the JSON object, `{"path":value,...}`.
+    pub fn write_json(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self.0 {
+            ClaimsForm::Json(json) => buf.extend_from_slice(json),
+            ClaimsForm::Pairs(pairs) => {
+                buf.push(b'{');
+                for (i, (path, value)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    write_json_str(buf, path);
+                    buf.push(b':');
+                    serde_json::to_writer(&mut *buf, value)?;
+                }
+                buf.push(b'}');
+            }
+        }
+        Ok(())
+    }
+
+    /// About how many bytes [`Claims::write_json`] writes.
+    fn size_hint(&self) -> usize {
+        match self.0 {
+            ClaimsForm::Pairs(pairs) => 2 + 64 * pairs.len(),
+            ClaimsForm::Json(json) => json.len(),
+        }
     }
 }
 
 impl Serialize for Claims<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (path, value) in self.0 {
-            map.serialize_entry(path, value)?;
+        match self.0 {
+            ClaimsForm::Pairs(pairs) => {
+                let mut map = s.serialize_map(Some(pairs.len()))?;
+                for (path, value) in pairs {
+                    map.serialize_entry(path, value)?;
+                }
+                map.end()
+            }
+            ClaimsForm::Json(json) => {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(json).map_err(serde::ser::Error::custom)?;
+                map.serialize(s)
+            }
         }
-        map.end()
     }
 }
 
@@ -312,8 +361,50 @@ struct State {
     /// Complete lines not yet written, and how many (see the module doc).
     pending: Vec<u8>,
     pending_lines: u64,
-    /// Digests of the claims documents the current file carries.
-    appids: std::collections::HashSet<String>,
+    /// The claims documents the current file carries.
+    appids: CarriedDocs,
+}
+
+/// The digests of the claims documents a file carries. Line after line a
+/// sidecar names the same few documents (its own, its peer's), so the last
+/// [`CarriedDocs::RECENT`] found are compared first, as they are, before the
+/// set is hashed into (two SipHashes per line otherwise).
+#[derive(Default)]
+struct CarriedDocs {
+    digests: std::collections::HashSet<String>,
+    /// Found in `digests` lately (empty: none). Cleared with it.
+    recent: [String; CarriedDocs::RECENT],
+}
+
+impl CarriedDocs {
+    const RECENT: usize = 4;
+
+    fn contains(&mut self, digest: &str) -> bool {
+        if self.recent.iter().any(|recent| recent == digest) {
+            return true;
+        }
+        if !self.digests.contains(digest) {
+            return false;
+        }
+        // The oldest slot takes it, keeping its capacity.
+        self.recent.rotate_right(1);
+        self.recent[0].clear();
+        self.recent[0].push_str(digest);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    fn insert(&mut self, digest: String) {
+        self.digests.insert(digest);
+    }
+
+    fn clear(&mut self) {
+        self.digests.clear();
+        self.recent.iter_mut().for_each(String::clear);
+    }
 }
 
 impl State {
@@ -623,7 +714,7 @@ impl AuditLog {
                     last_warning: None,
                     pending: Vec::new(),
                     pending_lines: 0,
-                    appids: std::collections::HashSet::new(),
+                    appids: CarriedDocs::default(),
                 }),
                 failing: std::sync::atomic::AtomicBool::new(false),
                 write_errors: AtomicU64::new(0),
@@ -837,7 +928,9 @@ impl State {
             if self.appids.len() + new.len() > MAX_APPIDS_PER_FILE {
                 self.appids.clear();
             }
-            self.appids.extend(new.iter().map(|d| d.digest.clone()));
+            for doc in &new {
+                self.appids.insert(doc.digest.clone());
+            }
         }
         new
     }
@@ -849,7 +942,7 @@ fn encode_line(
     at: OffsetDateTime,
     appids: Option<std::collections::BTreeMap<&str, &serde_json::Value>>,
 ) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::with_capacity(256 + 64 * record.claims.len());
+    let mut buf = Vec::with_capacity(256 + record.claims.size_hint());
     encode_line_into(&mut buf, record, at, appids.as_ref())?;
     Ok(buf)
 }
@@ -905,16 +998,7 @@ fn write_record_fields(
         field_str(buf, "reason", reason);
     }
     write_key(buf, "claims");
-    buf.push(b'{');
-    for (i, (path, value)) in record.claims.0.iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        write_json_str(buf, path);
-        buf.push(b':');
-        serde_json::to_writer(&mut *buf, value)?;
-    }
-    buf.push(b'}');
+    record.claims.write_json(buf)?;
     if let Some(external) = &record.external {
         field(buf, "external", external)?;
     }
@@ -1115,6 +1199,29 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn carried_documents_are_found_until_cleared() {
+        let mut carried = CarriedDocs::default();
+        assert!(!carried.contains("a"));
+        let all = ["a", "b", "c", "d", "e", "f"];
+        for digest in all {
+            carried.insert(digest.to_string());
+        }
+        // More than `RECENT` of them, in turn and repeated.
+        for _ in 0..3 {
+            for digest in all {
+                assert!(carried.contains(digest), "{digest}");
+            }
+        }
+        assert!(!carried.contains("g"));
+        assert_eq!(carried.len(), all.len());
+        carried.clear();
+        for digest in all {
+            assert!(!carried.contains(digest), "{digest} after clear");
+        }
+        assert_eq!(carried.len(), 0);
     }
 
     #[test]
@@ -1569,7 +1676,7 @@ mod encoder_tests {
                 .to_offset(time::UtcOffset::UTC)
                 .format(TIME_FORMAT)
                 .map_err(|e| e.to_string())?;
-            let mut buf = Vec::with_capacity(256 + 64 * record.claims.len());
+            let mut buf = Vec::with_capacity(256 + record.claims.size_hint());
             serde_json::to_writer(
                 &mut buf,
                 &Line {
@@ -2086,6 +2193,18 @@ mod encoder_tests {
             let line = String::from_utf8(encode_line(&record, utc(0), None).unwrap()).unwrap();
             let want = format!("\"claims\":{}", serde_json::to_string(&map).unwrap());
             prop_assert!(line.contains(&want), "{} lacks {}", line, want);
+
+            // Kept as JSON (`sidecar::audit_claims`): the same line, the
+            // same serialization.
+            let mut json = Vec::new();
+            claims.write_json(&mut json).unwrap();
+            let kept = AuditRecord { claims: Claims::from_json(&json), ..record };
+            let kept_line = String::from_utf8(encode_line(&kept, utc(0), None).unwrap()).unwrap();
+            prop_assert_eq!(&kept_line, &line);
+            prop_assert_eq!(
+                serde_json::to_string(&kept.claims).unwrap(),
+                serde_json::to_string(&map).unwrap()
+            );
         }
 
         #[test]

@@ -107,6 +107,16 @@ impl<'p> Decision<'p> {
         }
     }
 
+    /// Which rule decided, as an identity that is the same for every
+    /// decision that rule makes while its policy lives (its address):
+    /// what [`Self::attributes`] yields depends on nothing else, so a
+    /// caller can keep what it made of them under this key (with the policy
+    /// kept from being freed, so that no other rule can take the address).
+    /// `None` when no rule decided (`default`, the metadata API).
+    pub fn rule_identity(&self) -> Option<usize> {
+        self.matched.map(|rule| std::ptr::from_ref(rule) as usize)
+    }
+
     /// The attribute paths the deciding rule looked at (`from.labels.app`,
     /// `to.ports`, `http.paths`, ...), for the audit log. Empty for
     /// `default`.

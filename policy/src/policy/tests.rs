@@ -262,6 +262,7 @@ fn decisions_explain_themselves() {
     );
     assert_eq!(d.reason, Reason::Rule);
     assert_eq!(d.attributes().collect::<Vec<_>>(), ["from.vulns.critical"]);
+    let no_criticals = d.rule_identity();
     assert_eq!(
         d.to_string(),
         "deny by rule no-criticals (from.vulns.critical: {gt: 0})"
@@ -292,6 +293,22 @@ fn decisions_explain_themselves() {
         d.attributes().collect::<Vec<_>>(),
         ["to.ports", "from.labels.app", "to.labels.app"]
     );
+
+    // A rule's identity: the same for each of its decisions, another
+    // rule's differs, and `default` has none.
+    assert!(no_criticals.is_some());
+    assert_ne!(d.rule_identity(), no_criticals);
+    let again = decide(
+        &p,
+        &Query::meshed(Direction::Inbound, &dirty, &callee, 9000),
+    );
+    assert_eq!(again.rule, "no-criticals");
+    assert_eq!(again.rule_identity(), no_criticals);
+    let by_default = decide(
+        &p,
+        &Query::meshed(Direction::Inbound, &clean, &callee, 8081),
+    );
+    assert_eq!(by_default.rule_identity(), None);
 }
 
 #[test]

@@ -456,15 +456,38 @@ impl ConnAuthz {
     /// Writes the audit line and counts the decision.
     fn audit(
         &self,
-        _policy: &Policy,
+        policy: &Arc<Policy>,
         decision: &appid_policy::policy::Decision<'_>,
         request: Option<(&str, &str, bool)>,
     ) {
-        let mut pairs: Vec<(&str, &serde_json::Value)> = decision
-            .attributes()
-            .filter_map(|path| Some((path, self.attribute_value(path)?)))
-            .collect();
-        let claims = Claims::new(&mut pairs);
+        let pairs = || -> Vec<(&str, &serde_json::Value)> {
+            decision
+                .attributes()
+                .filter_map(|path| Some((path, self.attribute_value(path)?)))
+                .collect()
+        };
+        // Kept per rule and identities (`audit_claims`), made if not.
+        let kept = decision.rule_identity().and_then(|rule| {
+            let key = super::audit_claims::Key {
+                policy,
+                rule,
+                direction: self.direction,
+                peer: match &self.peer {
+                    Peer::Meshed(peer) => Some(peer),
+                    _ => None,
+                },
+                local: &self.local,
+            };
+            super::audit_claims::claims_json(&key, |buf| Claims::new(&mut pairs()).write_json(buf))
+        });
+        let mut made;
+        let claims = match &kept {
+            Some(json) => Claims::from_json(json),
+            None => {
+                made = pairs();
+                Claims::new(&mut made)
+            }
+        };
         let reason = if decision.outcome == Outcome::Allow && !decision.audit_only {
             None
         } else {

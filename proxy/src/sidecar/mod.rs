@@ -59,6 +59,7 @@ macro_rules! forward_async_write {
 }
 pub(crate) use forward_async_write;
 
+mod audit_claims;
 pub mod authz;
 pub mod copy_buf;
 mod counted;
