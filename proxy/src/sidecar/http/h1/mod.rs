@@ -89,12 +89,24 @@ where
             if up_buf.is_empty() {
                 up_buf = BytesMut::new();
             }
+            // The head is parsed once, and inspected (authorized) as parsed.
+            let inspect = RequestHead(|request: &httparse::Request<'_, '_>, head: &[u8]| {
+                let started = Instant::now();
+                let inspected = inspect_request(
+                    request,
+                    head,
+                    authorizer.as_ref(),
+                    &peer_headers,
+                    limits.app,
+                );
+                (started, inspected)
+            });
             let head = tokio::select! {
-                head = read_head(&mut down_read, &mut down_buf, limits, HeadKind::Request) => head,
+                head = read_head(&mut down_read, &mut down_buf, limits, inspect) => head,
                 () = shutdown.started() => return Ok(()),
             };
-            let head_len = match head {
-                HeadRead::Complete(n) => n,
+            let (head_len, (started, inspected)) = match head {
+                HeadRead::Complete(n, inspected) => (n, inspected),
                 HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
                 HeadRead::TooLarge => {
                     local_response(&mut down_write, 431, "request head too large", None).await;
@@ -106,14 +118,7 @@ where
                 }
                 HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
             };
-            let started = Instant::now();
-
-            let request = match inspect_request(
-                &down_buf[..head_len],
-                authorizer.as_ref(),
-                &peer_headers,
-                limits.app,
-            ) {
+            let request = match inspected {
                 Ok(request) => request,
                 Err(Rejected { status, message }) => {
                     local_response(&mut down_write, status, message, None).await;
@@ -256,28 +261,24 @@ struct Rejected {
     message: &'static str,
 }
 
+/// Checks and authorizes `request`, parsed from `head` (the head's bytes).
 fn inspect_request(
+    request: &httparse::Request<'_, '_>,
     head: &[u8],
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
     app: AppSide,
 ) -> Result<InspectedRequest, Rejected> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut slots);
     let bad = |message| Rejected {
         status: 400,
         message,
     };
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad("invalid request head")),
-    }
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
         return Err(bad("invalid request head"));
     };
-    let headers = HeaderList(request.headers);
+    let headers = HeaderList(&*request.headers);
     // HTTP/1.0 has no chunked coding; some servers (Go) ignore the header
     // there and would read the "chunks" as the next request.
     if version == 0 && headers.has("transfer-encoding") {
@@ -423,17 +424,12 @@ impl Headers for HeaderList<'_, '_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HeadKind {
-    Request,
-    Response,
-}
-
 /// How reading a message head went.
 #[derive(Debug)]
-enum HeadRead {
-    /// The head is the first this many bytes of the buffer.
-    Complete(usize),
+enum HeadRead<T> {
+    /// The head is the first this many bytes of the buffer, and this is
+    /// what the caller made of it ([`HeadParser`]).
+    Complete(usize, T),
     /// Clean EOF before any byte.
     Closed,
     /// No complete request head within the idle timeout.
@@ -444,14 +440,93 @@ enum HeadRead {
     Io(io::Error),
 }
 
-/// Reads until `buf` starts with a complete head. Request heads must arrive
-/// within the idle timeout; response heads may take as long as the app does.
-async fn read_head<R: AsyncRead + Unpin>(
+/// One parse of what a head buffer holds so far.
+enum Parse<T, P> {
+    /// A complete head of this many bytes, and what the caller made of it.
+    Complete(usize, T),
+    /// Not complete yet: the parser back, for the next try.
+    Partial(P),
+    TooLarge,
+    Invalid,
+}
+
+/// A kind of message head, and what to do with one once it is complete.
+/// The caller's function gets the head as httparse parsed it, so a head
+/// is parsed once (its tries while incomplete aside), not once to find its
+/// end and again to use it.
+trait HeadParser: Sized {
+    type Output;
+    /// Request heads must arrive within the idle timeout; response heads
+    /// may take as long as the app does.
+    const DEADLINE: bool;
+    fn parse(self, buf: &[u8], max_bytes: usize) -> Parse<Self::Output, Self>;
+}
+
+/// A request head, handed to the function once complete.
+struct RequestHead<F>(F);
+
+/// A response head, handed to the function once complete.
+struct ResponseHead<F>(F);
+
+impl<T, F: FnOnce(&httparse::Request<'_, '_>, &[u8]) -> T> HeadParser for RequestHead<F> {
+    type Output = T;
+    const DEADLINE: bool = true;
+
+    fn parse(self, buf: &[u8], max_bytes: usize) -> Parse<T, Self> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut slots);
+        let parsed = request.parse(buf);
+        Parse::of(parsed, max_bytes, self, |Self(use_head), n| {
+            use_head(&request, &buf[..n])
+        })
+    }
+}
+
+impl<T, F: FnOnce(&httparse::Response<'_, '_>, &[u8]) -> T> HeadParser for ResponseHead<F> {
+    type Output = T;
+    const DEADLINE: bool = false;
+
+    fn parse(self, buf: &[u8], max_bytes: usize) -> Parse<T, Self> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let parsed = response.parse(buf);
+        Parse::of(parsed, max_bytes, self, |Self(use_head), n| {
+            use_head(&response, &buf[..n])
+        })
+    }
+}
+
+impl<T, P> Parse<T, P> {
+    /// What httparse's answer means: a complete head within `max_bytes`
+    /// goes to `complete` (with the parser and its length).
+    fn of(
+        parsed: httparse::Result<usize>,
+        max_bytes: usize,
+        parser: P,
+        complete: impl FnOnce(P, usize) -> T,
+    ) -> Parse<T, P> {
+        match parsed {
+            Ok(httparse::Status::Complete(n)) if n <= max_bytes => {
+                Parse::Complete(n, complete(parser, n))
+            }
+            Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+                Parse::TooLarge
+            }
+            Ok(httparse::Status::Partial) => Parse::Partial(parser),
+            Err(_) => Parse::Invalid,
+        }
+    }
+}
+
+/// Reads until `buf` starts with a complete head, and hands it to
+/// `parser`'s function. Request heads must arrive within the idle timeout;
+/// response heads may take as long as the app does.
+async fn read_head<R: AsyncRead + Unpin, P: HeadParser>(
     reader: &mut R,
     buf: &mut BytesMut,
     limits: HttpLimits,
-    kind: HeadKind,
-) -> HeadRead {
+    mut parser: P,
+) -> HeadRead<P::Output> {
     // One deadline for the whole head: a client trickling a byte at a time
     // cannot hold the connection longer than a silent one.
     let deadline = tokio::time::Instant::now() + limits.header_timeout;
@@ -460,21 +535,12 @@ async fn read_head<R: AsyncRead + Unpin>(
     let mut parse = !buf.is_empty();
     loop {
         if parse {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let parsed = match kind {
-                HeadKind::Request => httparse::Request::new(&mut slots).parse(buf),
-                HeadKind::Response => httparse::Response::new(&mut slots).parse(buf),
+            parser = match parser.parse(buf, limits.max_header_bytes) {
+                Parse::Complete(n, output) => return HeadRead::Complete(n, output),
+                Parse::Partial(parser) => parser,
+                Parse::TooLarge => return HeadRead::TooLarge,
+                Parse::Invalid => return HeadRead::Invalid("invalid message head"),
             };
-            match parsed {
-                Ok(httparse::Status::Complete(n)) if n <= limits.max_header_bytes => {
-                    return HeadRead::Complete(n);
-                }
-                Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-                    return HeadRead::TooLarge;
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return HeadRead::Invalid("invalid message head"),
-            }
         }
         if buf.len() >= limits.max_header_bytes {
             return HeadRead::TooLarge;
@@ -486,12 +552,13 @@ async fn read_head<R: AsyncRead + Unpin>(
         }
         let before = buf.len();
         let read = reader.read_buf(buf);
-        let result = match kind {
-            HeadKind::Request => match tokio::time::timeout_at(deadline, read).await {
+        let result = if P::DEADLINE {
+            match tokio::time::timeout_at(deadline, read).await {
                 Ok(result) => result,
                 Err(_) => return HeadRead::TimedOut,
-            },
-            HeadKind::Response => read.await,
+            }
+        } else {
+            read.await
         };
         match result {
             Ok(0) if buf.is_empty() => return HeadRead::Closed,
@@ -609,34 +676,11 @@ where
     let mut answered = false;
     let fail = |answered, error| Relay::Failed { answered, error };
     loop {
-        let head_len = match read_head(reader, buf, limits, HeadKind::Response).await {
-            HeadRead::Complete(n) => n,
-            HeadRead::Io(e) => return Err(fail(answered, HttpProxyError::Io(e))),
-            HeadRead::Closed => {
-                return Err(fail(answered, HttpProxyError::Protocol("upstream closed")));
-            }
-            _ => {
-                return Err(fail(
-                    answered,
-                    HttpProxyError::Protocol("invalid response head"),
-                ));
-            }
-        };
-        let head_after = Instant::now();
-        let (status, keep_alive, length, rewritten) = {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut slots);
-            if !matches!(
-                response.parse(&buf[..head_len]),
-                Ok(httparse::Status::Complete(_))
-            ) {
-                return Err(fail(
-                    answered,
-                    HttpProxyError::Protocol("invalid response head"),
-                ));
-            }
+        // The head is parsed once, and read as parsed.
+        let read = ResponseHead(|response: &httparse::Response<'_, '_>, head: &[u8]| {
+            let head_after = Instant::now();
             let status = response.code.unwrap_or(0);
-            let headers = HeaderList(response.headers);
+            let headers = HeaderList(&*response.headers);
             let keep_alive = match response.version {
                 Some(1) => !headers.connection_has("close"),
                 _ => headers.connection_has("keep-alive"),
@@ -645,24 +689,32 @@ where
                 if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
                     BodyLength::Empty
                 } else {
-                    match framing::body_length(headers.pairs(), false) {
-                        Ok(length) => length,
-                        Err(_) => {
-                            return Err(fail(
-                                answered,
-                                HttpProxyError::Protocol("ambiguous response framing"),
-                            ));
-                        }
-                    }
+                    framing::body_length(headers.pairs(), false)
+                        .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?
                 };
             // Inbound, the response is the app's: `x-appid-*` is not its
             // to set (a forged `x-appid-denied-by`, say). Rewritten only when
             // present; otherwise the head goes on as it came.
             let rewritten = (limits.app == AppSide::Upstream
                 && headers.0.iter().any(|h| is_appid_header(h.name)))
-            .then(|| without_appid_headers(&buf[..head_len], &headers));
-            (status, keep_alive, length, rewritten)
-        };
+            .then(|| without_appid_headers(head, &headers));
+            Ok((head_after, status, keep_alive, length, rewritten))
+        });
+        let (head_len, (head_after, status, keep_alive, length, rewritten)) =
+            match read_head(reader, buf, limits, read).await {
+                HeadRead::Complete(n, Ok(response)) => (n, response),
+                HeadRead::Complete(_, Err(error)) => return Err(fail(answered, error)),
+                HeadRead::Io(e) => return Err(fail(answered, HttpProxyError::Io(e))),
+                HeadRead::Closed => {
+                    return Err(fail(answered, HttpProxyError::Protocol("upstream closed")));
+                }
+                _ => {
+                    return Err(fail(
+                        answered,
+                        HttpProxyError::Protocol("invalid response head"),
+                    ));
+                }
+            };
         if status == 101 && !upgrade_requested {
             // Switching to a protocol nobody asked for would take the rest
             // of the connection out of authorization.
@@ -1157,6 +1209,70 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&got)
         );
+    }
+
+    /// A head that arrives in pieces is handed over once, complete, as
+    /// parsed; what follows it stays in the buffer. Bad heads are told
+    /// apart as before.
+    #[tokio::test]
+    async fn a_head_is_handed_over_once_as_parsed() {
+        let (mut client, mut server) = duplex(1 << 16);
+        let head = b"GET /v1/x HTTP/1.1\r\nHost: a\r\nX-Tenant: acme\r\n\r\n";
+        let sender = tokio::spawn(async move {
+            for piece in [&head[..3], &head[3..20], &head[20..30], &head[30..]] {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            client.write_all(b"body").await.unwrap();
+            client
+        });
+        let calls = std::cell::Cell::new(0);
+        let parser = RequestHead(|request: &httparse::Request<'_, '_>, bytes: &[u8]| {
+            calls.set(calls.get() + 1);
+            let tenant = HeaderList(&*request.headers).first_value("x-tenant");
+            (
+                request.method.map(str::to_owned),
+                request.path.map(str::to_owned),
+                tenant,
+                bytes.len(),
+            )
+        });
+        let mut buf = BytesMut::new();
+        let read = read_head(&mut server, &mut buf, limits(), parser).await;
+        let HeadRead::Complete(n, (method, path, tenant, seen)) = read else {
+            panic!("{read:?}");
+        };
+        assert_eq!((n, seen), (head.len(), head.len()));
+        assert_eq!(method.as_deref(), Some("GET"));
+        assert_eq!(path.as_deref(), Some("/v1/x"));
+        assert_eq!(tenant.as_deref(), Some("acme"));
+        assert_eq!(calls.get(), 1);
+        drop(sender.await.unwrap());
+
+        let cases: [(&[u8], &str); 3] = [
+            (b"\x01\x02 not http\r\n", "invalid"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", "closed inside"),
+            (&[b'x'; 20_000], "too large"),
+        ];
+        for (bytes, want) in cases {
+            let (mut client, mut server) = duplex(1 << 16);
+            client.write_all(bytes).await.unwrap();
+            drop(client);
+            let parser = ResponseHead(|_: &httparse::Response<'_, '_>, _: &[u8]| ());
+            let read = read_head(&mut server, &mut BytesMut::new(), limits(), parser).await;
+            let got = match read {
+                HeadRead::Invalid("invalid message head") => "invalid",
+                HeadRead::Invalid("connection closed inside a message head") => "closed inside",
+                HeadRead::TooLarge => "too large",
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                got,
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(20)])
+            );
+        }
     }
 
     #[tokio::test]
