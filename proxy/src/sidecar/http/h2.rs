@@ -110,6 +110,9 @@ where
     };
     let upstream = Arc::new(Upstream::new(upstream, limits));
     let peer_headers = Arc::new(peer_headers);
+    // The peer's share of the byte budget, looked up once: each stream's
+    // two directions get meters of their own from it.
+    let meter = Arc::new(authorizer.meter());
     let streams = StreamCount::new();
     let idle = streams.idle(limits.header_timeout);
     // Armed at GOAWAY: a client that never finishes loses the connection.
@@ -129,13 +132,15 @@ where
                     let upstream = upstream.clone();
                     let authorizer = authorizer.clone();
                     let peer_headers = peer_headers.clone();
+                    let meter = meter.clone();
                     let stream = streams.open();
                     let span = request_span(&request, limits.app);
                     // Boxed: the task then holds a pointer, not the
                     // stream's ~2.5 KB future, which tokio would otherwise
                     // copy in at spawn and over again as the task ends.
                     tokio::spawn(Box::pin(async move {
-                        forward(request, respond, &upstream, &*authorizer, &peer_headers, limits.app).await;
+                        let meter = meter.as_ref().as_ref();
+                        forward(request, respond, &upstream, &*authorizer, meter, &peer_headers, limits.app).await;
                         drop(stream);
                     }.instrument(span)));
                 }
@@ -227,6 +232,7 @@ async fn forward(
     mut respond: SendResponse<Bytes>,
     upstream: &Upstream,
     authorizer: &dyn RequestAuthorizer,
+    meter: Option<&Meter>,
     peer_headers: &Option<PeerHeaders>,
     app: AppSide,
 ) {
@@ -318,6 +324,7 @@ async fn forward(
         upstream_request,
         respond,
         authorizer,
+        meter,
         started,
         app,
         response_body,
@@ -335,6 +342,8 @@ struct Exchange<'a> {
     /// The client's stream, for the response (downstream, sending).
     respond: SendResponse<Bytes>,
     authorizer: &'a dyn RequestAuthorizer,
+    /// The connection's meter, which each direction's is made from.
+    meter: Option<&'a Meter>,
     started: Instant,
     app: AppSide,
     response_body: ResponseBody,
@@ -394,12 +403,13 @@ impl Exchange<'_> {
                 &mut self.client_request,
                 &mut self.upstream_request,
                 Trailers::Refuse,
-                self.authorizer.meter(),
+                self.meter.map(Meter::another),
             );
             let response = respond(
                 response,
                 &mut self.respond,
                 self.authorizer,
+                self.meter,
                 self.started,
                 self.app,
                 self.response_body,
@@ -484,6 +494,7 @@ async fn respond(
     response: ResponseFuture,
     respond: &mut SendResponse<Bytes>,
     authorizer: &dyn RequestAuthorizer,
+    meter: Option<&Meter>,
     started: Instant,
     app: AppSide,
     response_body: ResponseBody,
@@ -520,7 +531,14 @@ async fn respond(
     if ends {
         return ResponseEnd::Complete;
     }
-    match pipe(&mut body, &mut to_client, trailers, authorizer.meter()).await {
+    match pipe(
+        &mut body,
+        &mut to_client,
+        trailers,
+        meter.map(Meter::another),
+    )
+    .await
+    {
         Ok(()) => ResponseEnd::Complete,
         Err(PipeError::Source(error)) => ResponseEnd::UpstreamFailed(reset_reason(&error), error),
         Err(gone) => ResponseEnd::ClientGone(gone),

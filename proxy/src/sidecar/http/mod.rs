@@ -251,7 +251,9 @@ pub trait RequestAuthorizer: Send + Sync + 'static {
 
     /// The meter that charges what an HTTP/2 stream holds for a reader that
     /// has not taken it yet to the caller's share of the sidecar's byte
-    /// budget (`sidecar::memory`). None (nothing charged), by default.
+    /// budget (`sidecar::memory`); asked once per HTTP/2 connection, whose
+    /// streams get meters of their own from it (`Meter::another`). None
+    /// (nothing charged), by default.
     fn meter(&self) -> Option<crate::sidecar::memory::Meter> {
         None
     }
