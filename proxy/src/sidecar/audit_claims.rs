@@ -88,15 +88,17 @@ pub fn claims_json(
     key: &Key<'_>,
     encode: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
 ) -> Option<Rc<[u8]>> {
-    let found = CACHE.with_borrow(|cache| {
+    // A thread whose locals are being torn down has no cache: made, not kept.
+    let found = CACHE.try_with(|cache| {
         cache
+            .borrow()
             .entries
             .iter()
             .find(|entry| entry.is_for(key))
             .map(|entry| entry.json.clone())
     });
-    if found.is_some() {
-        return found;
+    if let Ok(Some(json)) = found {
+        return Some(json);
     }
     let mut json = Vec::new();
     encode(&mut json).ok()?;
@@ -109,7 +111,8 @@ pub fn claims_json(
         local: Arc::downgrade(key.local),
         json: json.clone(),
     };
-    CACHE.with_borrow_mut(|cache| {
+    let _ = CACHE.try_with(|cache| {
+        let mut cache = cache.borrow_mut();
         if cache.entries.len() < ENTRIES {
             cache.entries.push(entry);
         } else {
@@ -228,6 +231,31 @@ mod tests {
             drop(p);
         }
         assert_eq!(encoded.get(), 50);
+    }
+
+    #[test]
+    fn renewed_or_new_claims_never_meet_an_object_of_freed_ones() {
+        // Claims freed (a renewal, a peer gone) and new ones made: the
+        // entries' `Weak`s keep the old addresses taken, on both sides.
+        let p = policy("a");
+        let local = claims("spiffe://t/l");
+        let encoded = Cell::new(0);
+        for round in 0..50 {
+            let peer = claims("spiffe://t/p");
+            let renewed = claims("spiffe://t/l");
+            let tag = format!("round {round}");
+            for (peer, local) in [(Some(&peer), &local), (None, &renewed)] {
+                let key = Key {
+                    policy: &p,
+                    rule: 7,
+                    direction: Direction::Inbound,
+                    peer,
+                    local,
+                };
+                assert_eq!(get(&key, &encoded, &tag), tag.as_bytes());
+            }
+        }
+        assert_eq!(encoded.get(), 100);
     }
 
     #[test]

@@ -1254,6 +1254,27 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", "closed inside"),
             (&[b'x'; 20_000], "too large"),
         ];
+        // A complete head over the limits (bytes, fields) is refused and
+        // never handed over: nothing authorizes or audits it.
+        let many = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect::<String>();
+        let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let too_long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200));
+        let small = HttpLimits {
+            max_header_bytes: 128,
+            ..limits()
+        };
+        for (bytes, limits) in [(too_many, limits()), (too_long, small)] {
+            let (mut client, mut server) = duplex(1 << 16);
+            client.write_all(bytes.as_bytes()).await.unwrap();
+            let handed = std::cell::Cell::new(false);
+            let parser = RequestHead(|_: &httparse::Request<'_, '_>, _: &[u8]| handed.set(true));
+            let read = read_head(&mut server, &mut BytesMut::new(), limits, parser).await;
+            assert!(matches!(read, HeadRead::TooLarge), "{read:?}");
+            assert!(!handed.get());
+        }
+
         for (bytes, want) in cases {
             let (mut client, mut server) = duplex(1 << 16);
             client.write_all(bytes).await.unwrap();
