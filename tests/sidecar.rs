@@ -942,18 +942,14 @@ async fn a_certificate_swap_keeps_live_sessions_and_applies_to_new_handshakes() 
     // its audit lines show the claims each connection was made with; one
     // data-plane thread, so that both connections' lines come from one
     // thread's kept claims objects (`sidecar::audit_claims`).
-    let policy = "\
-version: 1
-default: deny
-rules:
-  - name: web-to-api
-    action: allow
-    from: { labels.app: web }
-    to: { labels.app: api, labels.version: { not: v9 } }
-";
+    let policy = WEB_TO_API.replace(
+        "to: { labels.app: api }",
+        "to: { labels.app: api, labels.version: { not: v9 } }",
+    );
+    assert_ne!(policy, WEB_TO_API);
     let options = MeshOptions {
-        server_policy: policy.into(),
-        client_policy: policy.into(),
+        server_policy: policy.clone(),
+        client_policy: policy,
         settings: vec![("workers", "1".into())],
         ..MeshOptions::default()
     };
