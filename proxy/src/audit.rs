@@ -34,9 +34,14 @@
 //! default 100 MiB): when a write takes it past the cap, it is renamed to
 //! `<file>.1` (older ones to `.2` … up to `limits.audit_log_keep`, the
 //! oldest removed) and a new file is started, so a flood of decisions can
-//! fill at most `(keep + 1) × (max_bytes + one line)` of disk. Rotation
-//! happens between lines (a batch of buffered lines is split at the cap);
-//! a line is never split across files. A rotation that fails (e.g. the
+//! fill at most `(keep + 1) × (max_bytes + one line)` of disk (plus, per
+//! file, the count lines of coalesced denials queued with its last line:
+//! at most [`MAX_COALESCED_KEYS`]). Rotation happens between lines and is
+//! decided as each line is queued: the line that brings the file, with the
+//! lines queued before it, to the cap is the file's last; everything queued
+//! is written out, the file is rotated, and the next line is encoded for
+//! the new file (so it carries the documents it names; below). A line is
+//! never split across files. A rotation that fails (e.g. the
 //! sidecar may write its log but not rename files in the log's directory)
 //! is logged, and the lines go on into the same file, rotation being tried
 //! again a cap's worth of bytes later: the cap bounds disk only while
@@ -63,9 +68,9 @@
 //! line of each file that names them — about 0.5–2 KB once per identity per
 //! file, and about 100 bytes a line after that. Only a document whose digest the
 //! current file has not carried yet is added, so a file stands on its own;
-//! after rotation the new file carries them again (a line encoded before a
-//! rotation and written after it may name a document only the older file
-//! holds: give replay the rotated files too). Alternatives we did not take:
+//! after rotation the new file carries them again (no line is queued across
+//! a rotation: the test `a_batch_that_crosses_the_cap_…` reads each file
+//! alone). Alternatives we did not take:
 //! the full claims on every line (up to 4 KB a line, on the hot path), or
 //! recovering claims at replay time from certificates (they are not the
 //! claims that were decided on: vulnerability counts change at renewal).
@@ -421,37 +426,34 @@ impl State {
                 size,
                 rotation,
             } => {
-                // Whole lines up to the cap go to this file; the file is
-                // rotated there and the rest go to the next one.
-                let mut rest = &self.pending[..];
-                let mut result = Ok(());
-                while !rest.is_empty() && result.is_ok() {
-                    let n = rotation.fits(*size, rest);
-                    result = file.write_all(&rest[..n]).map(|()| {
-                        *size += n as u64;
-                        if rotation.is_due(*size) {
-                            match rotation.rotate(path) {
-                                Ok(next) => {
-                                    *file = next;
-                                    // The new file carries its documents afresh.
-                                    self.appids.clear();
-                                }
-                                // Decisions are worth more than the cap: the
-                                // lines go on into this file, and rotation is
-                                // tried again a cap's worth of bytes later.
-                                Err(e) => tracing::warn!(
-                                    path = %path.display(),
-                                    error = %e,
-                                    "audit log not rotated at its size cap; \
-                                     still writing it (check the directory's permissions)"
-                                ),
+                // All of it goes to this file: the lines were encoded for
+                // it (they may lean on documents an earlier line of it
+                // carries), and queueing stops at the line that reaches
+                // the cap (`reaches_cap`). Only the count lines of
+                // coalesced denials, which name no documents, may take a
+                // file a few lines past it.
+                file.write_all(&self.pending).map(|()| {
+                    *size += self.pending.len() as u64;
+                    if rotation.is_due(*size) {
+                        match rotation.rotate(path) {
+                            Ok(next) => {
+                                *file = next;
+                                // The new file carries its documents afresh.
+                                self.appids.clear();
                             }
-                            *size = 0;
+                            // Decisions are worth more than the cap: the
+                            // lines go on into this file, and rotation is
+                            // tried again a cap's worth of bytes later.
+                            Err(e) => tracing::warn!(
+                                path = %path.display(),
+                                error = %e,
+                                "audit log not rotated at its size cap; \
+                                 still writing it (check the directory's permissions)"
+                            ),
                         }
-                    });
-                    rest = &rest[n..];
-                }
-                result
+                        *size = 0;
+                    }
+                })
             }
             #[cfg(test)]
             Sink::Failing => Err(io::Error::other("disk on fire")),
@@ -469,6 +471,18 @@ impl State {
 }
 
 impl State {
+    /// Whether the file reaches its size cap once the queued lines are
+    /// written: they are then written out at once (and the file rotated)
+    /// before another line is encoded.
+    fn reaches_cap(&self) -> bool {
+        match &self.sink {
+            Sink::File { size, rotation, .. } => {
+                rotation.is_due(size.saturating_add(self.pending.len() as u64))
+            }
+            _ => false,
+        }
+    }
+
     /// Counts `record` into its second's repeats and returns `true` if it
     /// is not to be written (a denial of a key already written this second).
     fn coalesce(&mut self, record: &AuditRecord<'_>, at: OffsetDateTime) -> bool {
@@ -605,32 +619,6 @@ impl Rotation {
 
     fn is_due(&self, size: u64) -> bool {
         self.max_bytes > 0 && size >= self.max_bytes
-    }
-
-    /// How many bytes of `lines` (whole lines, at least one) go into a file
-    /// of `size` bytes before it is due.
-    fn fits(&self, size: u64, lines: &[u8]) -> usize {
-        if self.max_bytes == 0 {
-            return lines.len();
-        }
-        let room = usize::try_from(self.max_bytes.saturating_sub(size)).unwrap_or(usize::MAX);
-        // Nearly always: the whole batch fits under the cap. Only a batch
-        // that crosses it is searched for line ends (the scan below costs
-        // a few instructions per byte, more than encoding the line did).
-        if lines.len() < room && lines.last() == Some(&b'\n') {
-            return lines.len();
-        }
-        let mut end = 0;
-        for i in memchr::memchr_iter(b'\n', lines) {
-            if end > 0 && i + 1 > room {
-                break;
-            }
-            end = i + 1;
-            if end >= room {
-                break;
-            }
-        }
-        if end == 0 { lines.len() } else { end }
     }
 
     /// Shifts `<path>.N-1` → `<path>.N` (dropping the oldest), moves the
@@ -795,7 +783,7 @@ impl AuditLog {
                 }
             }
             state.pending_lines += 1;
-            if buffered && state.pending.len() < BUFFER_BYTES {
+            if buffered && state.pending.len() < BUFFER_BYTES && !state.reaches_cap() {
                 return;
             }
             state.write_pending()
@@ -1634,6 +1622,128 @@ mod tests {
             .collect();
         assert_eq!(carried, [true, false, true]);
     }
+
+    /// Every file, read on its own, carries the document of every digest
+    /// its lines name, in a line at or before the first that names it.
+    fn each_file_carries_its_documents(dir: &Path, names: &[&str]) -> usize {
+        let mut lines_read = 0;
+        for name in names {
+            let mut carried = std::collections::HashSet::new();
+            for line in read_lines(&dir.join(name)) {
+                if let Some(docs) = line.get("appids").and_then(Value::as_object) {
+                    carried.extend(docs.keys().cloned());
+                }
+                for field in ["peer_appid", "local_appid"] {
+                    if let Some(digest) = line.get(field).and_then(Value::as_str) {
+                        assert!(
+                            carried.contains(digest),
+                            "{name}: {field} {digest} without its document in that file: {line}"
+                        );
+                    }
+                }
+                lines_read += 1;
+            }
+        }
+        lines_read
+    }
+
+    #[test]
+    fn a_batch_that_crosses_the_cap_leaves_each_file_carrying_its_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let peers = [doc("spiffe://t/a"), doc("spiffe://t/b")];
+        let local = doc("spiffe://t/local");
+        let c = leaked(claims());
+        let with = |peer| AuditRecord {
+            decision: "allow",
+            peer_appid: Some(peer),
+            local_appid: Some(&local),
+            ..record(c)
+        };
+        let plain = encode_line(&with(&peers[0]), OffsetDateTime::UNIX_EPOCH, None).unwrap();
+        // Allow lines are buffered and written out in one batch that is
+        // several caps long: the file is rotated inside it, more than once.
+        let log = AuditLog::open_rotated(
+            &path,
+            Rotation {
+                max_bytes: 5 * plain.len() as u64 + 7,
+                keep: 8,
+            },
+        )
+        .unwrap();
+        log.buffer_allows();
+        for i in 0..20 {
+            log.log(&with(&peers[i % 2]));
+        }
+        log.flush();
+        let files: Vec<String> = std::iter::once("audit.jsonl".to_owned())
+            .chain((1..=8).map(|n| format!("audit.jsonl.{n}")))
+            .filter(|name| dir.path().join(name).exists())
+            .collect();
+        assert!(files.len() >= 4, "rotated several times: {files:?}");
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        assert_eq!(each_file_carries_its_documents(dir.path(), &files), 20);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the cap, the mix of buffered allows and denials, and
+        /// when they are flushed: no line is lost or split, each file read
+        /// alone carries the documents its lines name, and none holds more
+        /// than one line past its cap.
+        #[test]
+        fn rotated_files_stand_on_their_own(
+            // (which peer, allow or deny, flush after it)
+            steps in proptest::collection::vec((0usize..3, proptest::bool::ANY, proptest::bool::ANY), 1..40),
+            cap_in_lines in 1u64..7,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let peers = [doc("spiffe://t/a"), doc("spiffe://t/b"), doc("spiffe://t/c")];
+            let local = doc("spiffe://t/local");
+            let c = leaked(claims());
+            let with = |peer: usize, allow: bool| AuditRecord {
+                decision: if allow { "allow" } else { "deny" },
+                peer_appid: Some(&peers[peer]),
+                local_appid: Some(&local),
+                ..record(c)
+            };
+            let plain = encode_line(&with(0, true), OffsetDateTime::UNIX_EPOCH, None).unwrap();
+            let max_bytes = cap_in_lines * plain.len() as u64;
+            let log = AuditLog::open_rotated(&path, Rotation { max_bytes, keep: 64 }).unwrap();
+            log.buffer_allows();
+            let mut longest = 0;
+            for &(peer, allow, flush) in &steps {
+                let full = encode_line(
+                    &with(peer, allow),
+                    OffsetDateTime::UNIX_EPOCH,
+                    Some([&peers[peer], &local].iter().map(|d| (d.digest.as_str(), &d.value)).collect()),
+                ).unwrap();
+                longest = longest.max(full.len() as u64);
+                log.log(&with(peer, allow));
+                if flush {
+                    log.flush();
+                }
+            }
+            log.flush();
+            let files: Vec<String> = std::iter::once("audit.jsonl".to_owned())
+                .chain((1..=64).map(|n| format!("audit.jsonl.{n}")))
+                .filter(|name| dir.path().join(name).exists())
+                .collect();
+            for name in &files {
+                let text = std::fs::read(dir.path().join(name)).unwrap();
+                proptest::prop_assert!(text.is_empty() || text.ends_with(b"\n"), "{}", name);
+                proptest::prop_assert!(
+                    (text.len() as u64) < max_bytes + longest,
+                    "{}: {} bytes, cap {}", name, text.len(), max_bytes
+                );
+            }
+            let files: Vec<&str> = files.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(each_file_carries_its_documents(dir.path(), &files), steps.len());
+            proptest::prop_assert_eq!(log.lines(), steps.len() as u64);
+        }
+    }
 }
 
 /// The hand-written encoders against the serde encoders they replaced
@@ -2036,25 +2146,6 @@ mod encoder_tests {
         assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 
-    #[test]
-    fn whole_lines_fit_at_the_edges_of_the_cap() {
-        let rotation = |max_bytes| Rotation { max_bytes, keep: 1 };
-        let lines = b"aaaa\nbbbb\ncc\n"; // 13 bytes, lines end at 5, 10, 13
-        // Room for all of it, exactly all of it, one byte less, one more.
-        assert_eq!(rotation(100).fits(0, lines), 13);
-        assert_eq!(rotation(113).fits(100, lines), 13);
-        assert_eq!(rotation(112).fits(100, lines), 10);
-        assert_eq!(rotation(114).fits(100, lines), 13);
-        // No cap; a full file (still one whole line); room inside the first.
-        assert_eq!(rotation(0).fits(1 << 40, lines), 13);
-        assert_eq!(rotation(100).fits(100, lines), 5);
-        assert_eq!(rotation(103).fits(100, lines), 5);
-        // A batch that does not end with a line end, and an empty one.
-        assert_eq!(rotation(100).fits(0, b"aaaa\nbb"), 5);
-        assert_eq!(rotation(100).fits(0, b"aaaa"), 4);
-        assert_eq!(rotation(100).fits(0, b""), 0);
-    }
-
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
             any::<String>(),
@@ -2215,37 +2306,5 @@ mod encoder_tests {
             prop_assert_eq!(String::from_utf8(buf).unwrap(), want);
         }
 
-        /// `fits`'s shortcut for a batch under the cap answers what the
-        /// scan for line ends answers.
-        #[test]
-        fn whole_lines_fit_as_the_scan_says(
-            lengths in proptest::collection::vec(0usize..40, 1..12),
-            max_bytes in 0u64..400,
-            size in 0u64..400,
-        ) {
-            let lines: Vec<u8> = lengths
-                .iter()
-                .flat_map(|&n| std::iter::repeat_n(b'a', n).chain([b'\n']))
-                .collect();
-            let rotation = Rotation { max_bytes, keep: 1 };
-            // The scan alone, as `fits` did it for every batch before.
-            let scanned = {
-                let room = max_bytes.saturating_sub(size) as usize;
-                let mut end = 0;
-                for (i, byte) in lines.iter().enumerate() {
-                    if *byte == b'\n' {
-                        if end > 0 && i + 1 > room {
-                            break;
-                        }
-                        end = i + 1;
-                        if end >= room {
-                            break;
-                        }
-                    }
-                }
-                if max_bytes == 0 || end == 0 { lines.len() } else { end }
-            };
-            prop_assert_eq!(rotation.fits(size, &lines), scanned);
-        }
     }
 }
