@@ -5,8 +5,9 @@
 //! then written with a single `write_all` under a mutex, so lines from many
 //! connections never interleave and a reader never sees half a line from us.
 //! The file is opened `O_APPEND` (so `logrotate`'s `copytruncate` and
-//! concurrent appenders are safe, and [`AuditLog::reopen`] supports
-//! move-and-reopen rotation). Writes are synchronous: a slow disk slows
+//! concurrent appenders are safe — a truncation is noticed at the next
+//! flush tick, after which the file carries its documents afresh — and
+//! [`AuditLog::reopen`] supports move-and-reopen rotation). Writes are synchronous: a slow disk slows
 //! decisions down rather than dropping records.
 //!
 //! The sidecar turns on [`AuditLog::buffer_allows`]: plain *allow* lines
@@ -471,6 +472,23 @@ impl State {
 }
 
 impl State {
+    /// A file truncated by someone else (`logrotate`'s `copytruncate`) no
+    /// longer carries the documents its earlier lines did, and holds fewer
+    /// bytes than counted: both start over, so the lines after carry their
+    /// documents again and rotation comes a full cap later. Checked at each
+    /// flush tick (one `fstat`), not per line: the lines written within one
+    /// tick after the truncation may name documents only the copy holds
+    /// (give replay the copy too).
+    fn notice_truncation(&mut self) {
+        if let Sink::File { file, size, .. } = &mut self.sink
+            && let Ok(meta) = file.metadata()
+            && meta.len() < *size
+        {
+            *size = meta.len();
+            self.appids.clear();
+        }
+    }
+
     /// Whether the file reaches its size cap once the queued lines are
     /// written: they are then written out at once (and the file rotated)
     /// before another line is encoded.
@@ -820,7 +838,9 @@ impl AuditLog {
         let (written, lost, error) = {
             let mut state = self.lock();
             state.summarize_repeats(now, false);
-            state.write_pending()
+            let written = state.write_pending();
+            state.notice_truncation();
+            written
         };
         self.written(written, lost, error);
     }
@@ -1683,6 +1703,52 @@ mod tests {
         assert!(files.len() >= 4, "rotated several times: {files:?}");
         let files: Vec<&str> = files.iter().map(String::as_str).collect();
         assert_eq!(each_file_carries_its_documents(dir.path(), &files), 20);
+    }
+
+    #[test]
+    fn a_file_truncated_by_copytruncate_carries_its_documents_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let peer = doc("spiffe://t/peer");
+        let local = doc("spiffe://t/local");
+        let c = leaked(claims());
+        let line = AuditRecord {
+            decision: "allow",
+            peer_appid: Some(&peer),
+            local_appid: Some(&local),
+            ..record(c)
+        };
+        let plain = encode_line(&line, OffsetDateTime::UNIX_EPOCH, None).unwrap();
+        // The cap is 8 lines: counted from the truncation, not from start.
+        let max_bytes = 8 * plain.len() as u64;
+        let log = AuditLog::open_rotated(&path, Rotation { max_bytes, keep: 1 }).unwrap();
+        log.buffer_allows();
+        for _ in 0..6 {
+            log.log(&line);
+        }
+        log.flush();
+        // logrotate's copytruncate: the lines so far go to a copy, the file
+        // is emptied under the sidecar's open descriptor.
+        std::fs::copy(&path, dir.path().join("audit.jsonl.copy")).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        log.flush(); // the next tick notices
+        for _ in 0..4 {
+            log.log(&line);
+        }
+        log.flush();
+        assert_eq!(
+            each_file_carries_its_documents(dir.path(), &["audit.jsonl"]),
+            4
+        );
+        assert!(
+            !dir.path().join("audit.jsonl.1").exists(),
+            "not rotated early"
+        );
     }
 
     proptest::proptest! {
