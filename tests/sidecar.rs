@@ -1074,6 +1074,47 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
     expect_closed(&mut again, Duration::from_secs(10)).await;
 }
 
+/// The same reload as a dry run (`mode: audit`): the live connection stays
+/// open, and the denial it would have met is audited once as audit-only
+/// (a dry run shows the live connections a policy would cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_into_audit_mode_keeps_a_live_connection_and_audits_its_would_be_denial() {
+    let echo = EchoServer::start().await;
+    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
+    let mut stream = connect_and_echo(mesh.outbound_addr(), b"ping\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+
+    let dry_run = format!(
+        "{}mode: audit\n",
+        with_rule(
+            "  - name: cut-off
+    action: deny
+    from: { labels.app: web }
+    to: { labels.app: api }
+",
+        )
+    );
+    replace_file(&mesh.server_policy, dry_run.as_bytes());
+    let line = mesh
+        .server
+        .wait_audit("the cut-off would-be denial of the live connection", |l| {
+            l["rule"] == "cut-off" && l["audit_only"] == true
+        })
+        .await;
+    assert_eq!(line["decision"], "allow", "{line}");
+    assert_eq!(line["protocol"], "tcp", "{line}");
+    assert_eq!(line["peer_id"], mesh.web.id.as_str(), "{line}");
+    // Still open, still carrying bytes.
+    stream.write_all(b"pong\n").await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+        .await
+        .expect("the live connection still echoes")
+        .unwrap();
+    assert_eq!(&back, b"pong\n");
+}
+
 /// Under a policy with no `http` rule for the call, the client sidecar
 /// decides an outbound HTTP connection once (one audit line, no method) and
 /// passes its bytes through; the server sidecar still decides, audits and

@@ -434,7 +434,10 @@ impl ConnAuthz {
     /// [`Self::allows_every_request`]: `is_http`) after a policy change;
     /// audits the closure if the answer is no. For HTTP, a policy that now
     /// has a rule with `http` for it says no ([`Outcome::DeferToL7`]): the
-    /// client's next connection has its requests decided one by one.
+    /// client's next connection has its requests decided one by one. Under
+    /// `mode: audit`, a connection the new policy would deny stays open and
+    /// gets its audit-only line, as a new connection would: a dry run of a
+    /// policy shows the live connections it would cut, not only new ones.
     pub fn still_allowed(&self, is_http: bool) -> ConnVerdict {
         if let Some((rule, reason)) = self.revoked(None) {
             return ConnVerdict::Deny { rule, reason };
@@ -442,7 +445,12 @@ impl ConnAuthz {
         let policy = self.shared.policy.load();
         let decision = self.decide(&policy, &self.query(Some(is_http)));
         match decision.outcome {
-            Outcome::Allow => ConnVerdict::Allow,
+            Outcome::Allow => {
+                if decision.audit_only {
+                    self.audit(&policy, &decision, None);
+                }
+                ConnVerdict::Allow
+            }
             _ => {
                 self.audit(&policy, &decision, None);
                 ConnVerdict::Deny {
