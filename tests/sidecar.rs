@@ -1074,6 +1074,49 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
     expect_closed(&mut again, Duration::from_secs(10)).await;
 }
 
+/// A pooled connection that once carried a burst gives its grown copy
+/// buffers (and their bytes of the budget, `appid_buffer_bytes`) back once
+/// it is quiet, and still carries bytes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_gives_back_the_buffers_a_burst_grew() {
+    let echo = EchoServer::start().await;
+    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
+    let mut stream = connect_and_echo(mesh.outbound_addr(), b"ping\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    let burst: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = stream.split();
+    let mut back = vec![0u8; burst.len()];
+    let (sent, got) = tokio::join!(write.write_all(&burst), read.read_exact(&mut back));
+    sent.unwrap();
+    got.unwrap();
+    assert!(back == burst, "the burst came back intact");
+    let held = |who: &'static str| {
+        let sidecar = if who == "client" {
+            &mesh.client
+        } else {
+            &mesh.server
+        };
+        async move { sidecar.metric("appid_buffer_bytes").await }
+    };
+    let during = held("client").await + held("server").await;
+    assert!(
+        during > 0.0,
+        "the burst grew the copy buffers\n{}",
+        mesh.context()
+    );
+    support::poll_until(
+        "the quiet connection's buffers to be given back",
+        Duration::from_secs(10),
+        || mesh.context(),
+        || async { (held("client").await + held("server").await == 0.0).then_some(()) },
+    )
+    .await;
+    echo_once(&mut stream, b"still here\n", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+}
+
 /// The same reload as a dry run (`mode: audit`): the live connection stays
 /// open, and the denial it would have met is audited once as audit-only
 /// (a dry run shows the live connections a policy would cut).

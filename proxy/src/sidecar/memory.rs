@@ -17,8 +17,9 @@
 //!   up, writers wait and new tunnel streams are refused
 //!   (`appid_streams_shed_total{reason="memory"}`) until bytes drain.
 //!
-//! Copy buffers of opaque connections grow from 4 KiB to 64 KiB only while
-//! the peer's share and the process budget have room ([`Meter::try_grow`]).
+//! Copy buffers of opaque connections grow from 1 KiB to 64 KiB only while
+//! the peer's share and the process budget have room ([`Meter::try_grow`]),
+//! and give the growth back once their direction is quiet (`splice`).
 //! Callers outside the mesh are charged by source address
 //! ([`MemoryBudget::meter`] takes any key).
 //!

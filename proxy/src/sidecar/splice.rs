@@ -108,12 +108,21 @@ pub struct Copied {
 
 /// Start small so an idle connection costs little (ztunnel's copy starts
 /// at 1 KiB too); double while reads fill the buffer (and while the byte
-/// budget, when given, has room: see [`super::memory`]). It never shrinks:
-/// a rule that shrank it after a small read (a connection between small
-/// messages) also fired on the remnant of every tunnel DATA frame the
-/// doubling had not yet caught up with, and made bulk transfers re-grow
-/// from 1 KiB frame after frame.
+/// budget, when given, has room: see [`super::memory`]). A grown buffer
+/// goes back to this size, and its growth back to the budget, once its
+/// direction has been quiet for [`QUIET`]: a pooled connection that once
+/// carried a burst (a database pool, a keep-alive HTTP connection decided
+/// once) would otherwise hold up to 128 KiB while idle, for its whole life,
+/// and, charged to its peer's share of the budget, could leave that peer's
+/// live writers waiting on bytes nobody uses. Not after a small read: that
+/// rule also fired on the remnant of every tunnel DATA frame the doubling
+/// had not yet caught up with, and made bulk transfers re-grow from 1 KiB
+/// frame after frame.
 const MIN_BUFFER: usize = 1024;
+/// How long a direction with a grown buffer waits for bytes before the
+/// buffer shrinks back to [`MIN_BUFFER`] (see there). Only a grown buffer
+/// keeps a timer; a transfer never pauses this long between reads.
+const QUIET: Duration = Duration::from_secs(2);
 /// The largest chunk: 64 KiB less the 9 bytes of an HTTP/2 frame head, so
 /// that a chunk written into a tunnel stream goes out as one DATA frame
 /// that fills rustls's 64 KiB write exactly. At 64 KiB the last 9 bytes
@@ -219,7 +228,20 @@ where
     let mut grown = Vec::new();
     let mut bytes = 0u64;
     loop {
-        let n = match reader.read(buffer.bytes()).await {
+        let read = if buffer.len() == MIN_BUFFER {
+            reader.read(buffer.bytes()).await
+        } else {
+            // `read` is cancel-safe: if the quiet timer wins, nothing was read.
+            match tokio::time::timeout(QUIET, reader.read(buffer.bytes())).await {
+                Ok(read) => read,
+                Err(_quiet) => {
+                    buffer = ReadBuffer::new(MIN_BUFFER);
+                    grown = Vec::new(); // the budget's bytes given back
+                    continue;
+                }
+            }
+        };
+        let n = match read {
             Ok(0) => {
                 let outcome = match writer.shutdown().await {
                     Ok(()) => Outcome::Eof,
@@ -314,6 +336,42 @@ mod tests {
                 to_downstream: 5
             }
         );
+    }
+
+    /// A burst grows the buffer (and charges the budget); a quiet spell
+    /// gives both back; bytes after it still go through.
+    #[tokio::test(start_paused = true)]
+    async fn a_grown_buffer_is_given_back_once_its_direction_is_quiet() {
+        let budget = crate::sidecar::memory::MemoryBudget::new(64 << 20);
+        let meter = budget.meter("spiffe://t/peer");
+        let (client, proxy_down) = duplex(1 << 20);
+        let (proxy_up, server) = duplex(1 << 20);
+        let splice = tokio::spawn(async move {
+            splice(
+                proxy_down,
+                proxy_up,
+                b"",
+                Duration::from_secs(3600),
+                Some(&meter),
+                std::future::pending(),
+            )
+            .await
+        });
+        let (_client_r, mut client_w) = tokio::io::split(client);
+        let (mut server_r, _server_w) = tokio::io::split(server);
+        let burst = vec![7u8; 512 * 1024];
+        let mut got = vec![0u8; burst.len()];
+        client_w.write_all(&burst).await.unwrap();
+        server_r.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, burst);
+        assert!(budget.used() > 0, "the burst grew the buffer");
+        tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
+        assert_eq!(budget.used(), 0, "given back after {QUIET:?} of quiet");
+        client_w.write_all(b"after").await.unwrap();
+        let mut after = [0u8; 5];
+        server_r.read_exact(&mut after).await.unwrap();
+        assert_eq!(&after, b"after");
+        splice.abort();
     }
 
     #[tokio::test(start_paused = true)]
