@@ -227,16 +227,27 @@ where
     // What the buffer's growth beyond MIN_BUFFER holds of the budget.
     let mut grown = Vec::new();
     let mut bytes = 0u64;
+    // Polled only while the buffer is grown: one timer for the direction's
+    // life, moved on once per QUIET (not a timer per read).
+    let quiet = tokio::time::sleep(QUIET);
+    tokio::pin!(quiet);
+    let mut last_read = Instant::now();
     loop {
         let read = if buffer.len() == MIN_BUFFER {
             reader.read(buffer.bytes()).await
         } else {
-            // `read` is cancel-safe: if the quiet timer wins, nothing was read.
-            match tokio::time::timeout(QUIET, reader.read(buffer.bytes())).await {
-                Ok(read) => read,
-                Err(_quiet) => {
-                    buffer = ReadBuffer::new(MIN_BUFFER);
-                    grown = Vec::new(); // the budget's bytes given back
+            tokio::select! {
+                biased;
+                // Cancel-safe: when the timer wins, nothing was read.
+                read = reader.read(buffer.bytes()) => read,
+                () = &mut quiet => {
+                    let due = last_read + QUIET;
+                    if Instant::now() < due {
+                        quiet.as_mut().reset(due); // bytes came meanwhile
+                    } else {
+                        buffer = ReadBuffer::new(MIN_BUFFER);
+                        grown = Vec::new(); // the budget's bytes given back
+                    }
                     continue;
                 }
             }
@@ -270,7 +281,9 @@ where
             };
         }
         bytes += n as u64;
-        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        last_read = Instant::now();
+        let since_start = last_read.saturating_duration_since(start);
+        last_activity.store(since_start.as_millis() as u64, Ordering::Relaxed);
         if n == buffer.len() && buffer.len() < MAX_BUFFER {
             let len = (buffer.len() * 2).min(MAX_BUFFER);
             let charge = match memory {
