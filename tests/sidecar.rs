@@ -1118,8 +1118,9 @@ async fn an_idle_connection_gives_back_the_buffers_a_burst_grew() {
 }
 
 /// The same reload as a dry run (`mode: audit`): the live connection stays
-/// open, and the denial it would have met is audited once as audit-only
-/// (a dry run shows the live connections a policy would cut).
+/// open, and the denial it would have met is audited as audit-only (a dry
+/// run shows the live connections a policy would cut) — once: another
+/// reload with the same would-be denial writes no second line for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_into_audit_mode_keeps_a_live_connection_and_audits_its_would_be_denial() {
     let echo = EchoServer::start().await;
@@ -1148,6 +1149,8 @@ async fn a_reload_into_audit_mode_keeps_a_live_connection_and_audits_its_would_b
     assert_eq!(line["decision"], "allow", "{line}");
     assert_eq!(line["protocol"], "tcp", "{line}");
     assert_eq!(line["peer_id"], mesh.web.id.as_str(), "{line}");
+    let this_connection = line["app_addr"].clone();
+    assert!(this_connection.is_string(), "{line}");
     // Still open, still carrying bytes.
     stream.write_all(b"pong\n").await.unwrap();
     let mut back = [0u8; 5];
@@ -1156,6 +1159,40 @@ async fn a_reload_into_audit_mode_keeps_a_live_connection_and_audits_its_would_b
         .expect("the live connection still echoes")
         .unwrap();
     assert_eq!(&back, b"pong\n");
+
+    // The same dry run again (a comment more): reloaded, re-checked, and
+    // nothing new to say about this connection. A new connection, decided
+    // after the reload, marks when its re-check is over.
+    let reloads = || mesh.server.logs().matches("policy reloaded").count();
+    let before = reloads();
+    replace_file(
+        &mesh.server_policy,
+        format!("# again\n{dry_run}").as_bytes(),
+    );
+    support::poll_until(
+        "the second reload",
+        Duration::from_secs(10),
+        || mesh.context(),
+        || async { (reloads() > before).then_some(()) },
+    )
+    .await;
+    let marker = connect_and_echo(mesh.outbound_addr(), b"mark\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    let marker_addr = marker.local_addr().unwrap().to_string();
+    mesh.server
+        .wait_audit("the marker connection's decision", |l| {
+            l["app_addr"] == marker_addr.as_str()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines_for_it = mesh
+        .server
+        .audit_lines()
+        .iter()
+        .filter(|l| l["rule"] == "cut-off" && l["app_addr"] == this_connection)
+        .count();
+    assert_eq!(lines_for_it, 1, "{}", mesh.context());
 }
 
 /// Under a policy with no `http` rule for the call, the client sidecar

@@ -37,7 +37,7 @@
 //! oldest removed) and a new file is started, so a flood of decisions can
 //! fill at most `(keep + 1) × (max_bytes + one line)` of disk (plus, per
 //! file, the count lines of coalesced denials queued with its last line:
-//! at most [`MAX_COALESCED_KEYS`]). Rotation happens between lines and is
+//! at most [`MAX_COALESCED_KEYS`] + 1). Rotation happens between lines and is
 //! decided as each line is queued: the line that brings the file, with the
 //! lines queued before it, to the cap is the file's last; everything queued
 //! is written out, the file is rotated, and the next line is encoded for
@@ -336,6 +336,9 @@ enum Sink {
         file: File,
         /// Bytes in `file` (as far as we know: others may append too).
         size: u64,
+        /// The size at which `file` is rotated: the cap, or a cap past
+        /// where a rotation failed ([`Rotation::first_due`]).
+        rotate_at: u64,
         rotation: Rotation,
     },
     #[cfg(test)]
@@ -425,6 +428,7 @@ impl State {
                 path,
                 file,
                 size,
+                rotate_at,
                 rotation,
             } => {
                 // All of it goes to this file: the lines were encoded for
@@ -432,33 +436,42 @@ impl State {
                 // carries), and queueing stops at the line that reaches
                 // the cap (`reaches_cap`). Only the count lines of
                 // coalesced denials, which name no documents, may take a
-                // file a few lines past it.
+                // file past it (at most `MAX_COALESCED_KEYS` + 1 of them).
                 file.write_all(&self.pending).map(|()| {
                     *size += self.pending.len() as u64;
-                    if rotation.is_due(*size) {
+                    if *size >= *rotate_at {
                         match rotation.rotate(path) {
                             Ok(next) => {
                                 *file = next;
+                                *size = 0;
+                                *rotate_at = rotation.first_due();
                                 // The new file carries its documents afresh.
                                 self.appids.clear();
                             }
                             // Decisions are worth more than the cap: the
                             // lines go on into this file, and rotation is
                             // tried again a cap's worth of bytes later.
-                            Err(e) => tracing::warn!(
-                                path = %path.display(),
-                                error = %e,
-                                "audit log not rotated at its size cap; \
-                                 still writing it (check the directory's permissions)"
-                            ),
+                            Err(e) => {
+                                tracing::warn!(
+                                    path = %path.display(),
+                                    error = %e,
+                                    "audit log not rotated at its size cap; \
+                                     still writing it (check the directory's permissions)"
+                                );
+                                *rotate_at = size.saturating_add(rotation.max_bytes);
+                            }
                         }
-                        *size = 0;
                     }
                 })
             }
             #[cfg(test)]
             Sink::Failing => Err(io::Error::other("disk on fire")),
         };
+        if result.is_err() {
+            // What the lost lines carried is not in the file: the next
+            // lines carry it again (larger, never wrong).
+            self.appids.clear();
+        }
         let lines = std::mem::take(&mut self.pending_lines);
         self.pending.clear();
         if self.pending.capacity() > BUFFER_BYTES * 2 {
@@ -480,13 +493,41 @@ impl State {
     /// tick after the truncation may name documents only the copy holds
     /// (give replay the copy too).
     fn notice_truncation(&mut self) {
-        if let Sink::File { file, size, .. } = &mut self.sink
+        if let Sink::File {
+            file,
+            size,
+            rotate_at,
+            rotation,
+            ..
+        } = &mut self.sink
             && let Ok(meta) = file.metadata()
             && meta.len() < *size
         {
             *size = meta.len();
+            *rotate_at = rotation.first_due();
             self.appids.clear();
         }
+    }
+
+    /// Switches to a newly opened file at the path (after a move-style
+    /// rotation by someone else). On error the old file stays in use.
+    fn reopen_file(&mut self) -> io::Result<()> {
+        if let Sink::File {
+            path,
+            file,
+            size,
+            rotate_at,
+            rotation,
+        } = &mut self.sink
+        {
+            let next = open_append(path)?;
+            let next_size = next.metadata()?.len();
+            *file = next;
+            *size = next_size;
+            *rotate_at = rotation.first_due();
+        }
+        self.appids.clear();
+        Ok(())
     }
 
     /// Whether the file reaches its size cap once the queued lines are
@@ -494,9 +535,9 @@ impl State {
     /// before another line is encoded.
     fn reaches_cap(&self) -> bool {
         match &self.sink {
-            Sink::File { size, rotation, .. } => {
-                rotation.is_due(size.saturating_add(self.pending.len() as u64))
-            }
+            Sink::File {
+                size, rotate_at, ..
+            } => size.saturating_add(self.pending.len() as u64) >= *rotate_at,
             _ => false,
         }
     }
@@ -635,8 +676,13 @@ impl Rotation {
         keep: 0,
     };
 
-    fn is_due(&self, size: u64) -> bool {
-        self.max_bytes > 0 && size >= self.max_bytes
+    /// The size at which a new file is rotated (never, without a cap).
+    fn first_due(&self) -> u64 {
+        if self.max_bytes == 0 {
+            u64::MAX
+        } else {
+            self.max_bytes
+        }
     }
 
     /// Shifts `<path>.N-1` → `<path>.N` (dropping the oldest), moves the
@@ -702,6 +748,7 @@ impl AuditLog {
             path: path.to_owned(),
             file,
             size,
+            rotate_at: rotation.first_due(),
             rotation,
         }))
     }
@@ -886,17 +933,17 @@ impl AuditLog {
     /// Closes and reopens the file (after a move-style log rotation). On
     /// error the old file stays in use. No-op for stderr.
     pub fn reopen(&self) -> io::Result<()> {
-        self.flush();
-        let mut state = self.lock();
-        if let Sink::File {
-            path, file, size, ..
-        } = &mut state.sink
-        {
-            *file = open_append(path)?;
-            *size = file.metadata()?.len();
-        }
-        state.appids.clear();
-        Ok(())
+        let now = OffsetDateTime::now_utc();
+        // One lock for both: a line queued between the old file's last
+        // write and the switch would name documents only the old file has.
+        let ((written, lost, error), reopened) = {
+            let mut state = self.lock();
+            state.summarize_repeats(now, false);
+            let flushed = state.write_pending();
+            (flushed, state.reopen_file())
+        };
+        self.written(written, lost, error);
+        reopened
     }
 
     /// Whether the last write failed (no write has succeeded since): the
@@ -1760,6 +1807,41 @@ mod tests {
         assert!(
             !dir.path().join("audit.jsonl.1").exists(),
             "not rotated early"
+        );
+    }
+
+    /// A rotation that failed leaves the file past its cap; a truncation
+    /// right after it (before another write) is still noticed.
+    #[test]
+    fn a_truncation_after_a_failed_rotation_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // `<log>.1` is a directory with a file in it: the rotation fails.
+        std::fs::create_dir(dir.path().join("audit.jsonl.1")).unwrap();
+        std::fs::write(dir.path().join("audit.jsonl.1/x"), b"x").unwrap();
+        let peer = doc("spiffe://t/peer");
+        let local = doc("spiffe://t/local");
+        let c = leaked(claims());
+        let line = AuditRecord {
+            peer_appid: Some(&peer),
+            local_appid: Some(&local),
+            ..record(c)
+        };
+        let log = rotated_every_three_lines(&path, &line, 1);
+        for _ in 0..3 {
+            log.log(&line); // denials: written at once; the third fails to rotate
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        log.flush();
+        log.log(&line);
+        assert_eq!(
+            each_file_carries_its_documents(dir.path(), &["audit.jsonl"]),
+            1
         );
     }
 

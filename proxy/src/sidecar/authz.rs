@@ -79,6 +79,12 @@ pub struct ConnAuthz {
     /// same claims (see [`ClaimsJson`]).
     local_json: OnceLock<Arc<AppIdDoc>>,
     peer_json: OnceLock<Arc<AppIdDoc>>,
+    /// The rule of the would-be denial (`mode: audit`) last audited for
+    /// this connection as a whole, so that a re-check after an
+    /// authorization change ([`Self::still_allowed`]) audits it only when
+    /// it starts or its rule changes, not again on every policy reload or
+    /// revocation-list update.
+    would_deny: std::sync::Mutex<Option<Box<str>>>,
 }
 
 /// A connection's addresses as text, for one audit line. Made per decision:
@@ -232,6 +238,7 @@ impl ConnAuthz {
             transport: None,
             local_json: OnceLock::new(),
             peer_json: OnceLock::new(),
+            would_deny: std::sync::Mutex::new(None),
         }
     }
 
@@ -347,8 +354,26 @@ impl ConnAuthz {
         // A deferral is not a decision yet: the requests will be audited.
         if verdict != ConnVerdict::PerRequest {
             self.audit(&policy, &decision, None);
+            if decision.audit_only {
+                self.would_deny_is(Some(decision.rule));
+            }
         }
         verdict
+    }
+
+    /// Records the rule of this connection's would-be denial (`None`: it
+    /// is allowed outright); true if that is news (not what was last
+    /// audited).
+    fn would_deny_is(&self, rule: Option<&str>) -> bool {
+        let mut last = self
+            .would_deny
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref() == rule {
+            return false;
+        }
+        *last = rule.map(Box::from);
+        true
     }
 
     /// Decides a transparent outbound destination as external. Audited when
@@ -436,8 +461,10 @@ impl ConnAuthz {
     /// has a rule with `http` for it says no ([`Outcome::DeferToL7`]): the
     /// client's next connection has its requests decided one by one. Under
     /// `mode: audit`, a connection the new policy would deny stays open and
-    /// gets its audit-only line, as a new connection would: a dry run of a
-    /// policy shows the live connections it would cut, not only new ones.
+    /// gets an audit-only line for it: a dry run of a policy shows the live
+    /// connections it would cut, not only new ones. Once per would-be
+    /// denial: again only if its rule changes, or after a policy that
+    /// allowed the connection outright.
     pub fn still_allowed(&self, is_http: bool) -> ConnVerdict {
         if let Some((rule, reason)) = self.revoked(None) {
             return ConnVerdict::Deny { rule, reason };
@@ -446,7 +473,8 @@ impl ConnAuthz {
         let decision = self.decide(&policy, &self.query(Some(is_http)));
         match decision.outcome {
             Outcome::Allow => {
-                if decision.audit_only {
+                let would_deny = decision.audit_only.then_some(decision.rule);
+                if self.would_deny_is(would_deny) && decision.audit_only {
                     self.audit(&policy, &decision, None);
                 }
                 ConnVerdict::Allow
