@@ -80,11 +80,19 @@ pub struct ConnAuthz {
     local_json: OnceLock<Arc<AppIdDoc>>,
     peer_json: OnceLock<Arc<AppIdDoc>>,
     /// The rule of the would-be denial (`mode: audit`) last audited for
-    /// this connection as a whole, so that a re-check after an
-    /// authorization change ([`Self::still_allowed`]) audits it only when
-    /// it starts or its rule changes, not again on every policy reload or
-    /// revocation-list update.
-    would_deny: std::sync::Mutex<Option<Box<str>>>,
+    /// this connection as a whole ([`rule_digest`]; 0: none), so that a
+    /// re-check after an authorization change ([`Self::still_allowed`])
+    /// audits it only when it starts or its rule changes, not again on
+    /// every policy reload or revocation-list update. A digest, not the
+    /// name: 8 bytes on every connection, no lock, no allocation.
+    would_deny: std::sync::atomic::AtomicU64,
+}
+
+/// A rule's name as 64 bits, never 0 (SipHash with the standard library's
+/// fixed keys: the same name, the same digest, within the process).
+fn rule_digest(rule: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(rule) | 1
 }
 
 /// A connection's addresses as text, for one audit line. Made per decision:
@@ -238,7 +246,7 @@ impl ConnAuthz {
             transport: None,
             local_json: OnceLock::new(),
             peer_json: OnceLock::new(),
-            would_deny: std::sync::Mutex::new(None),
+            would_deny: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -365,15 +373,10 @@ impl ConnAuthz {
     /// is allowed outright); true if that is news (not what was last
     /// audited).
     fn would_deny_is(&self, rule: Option<&str>) -> bool {
-        let mut last = self
-            .would_deny
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.as_deref() == rule {
-            return false;
-        }
-        *last = rule.map(Box::from);
-        true
+        let digest = rule.map_or(0, rule_digest);
+        self.would_deny
+            .swap(digest, std::sync::atomic::Ordering::Relaxed)
+            != digest
     }
 
     /// Decides a transparent outbound destination as external. Audited when
