@@ -1034,13 +1034,20 @@ async fn a_certificate_swap_keeps_live_sessions_and_applies_to_new_handshakes() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
+/// An echo app behind a mesh of two sidecars (default options), and one
+/// TCP connection through it that has carried a line.
+async fn live_tcp_connection() -> (EchoServer, Mesh, TcpStream) {
     let echo = EchoServer::start().await;
     let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
-    let mut stream = connect_and_echo(mesh.outbound_addr(), b"ping\n")
+    let stream = connect_and_echo(mesh.outbound_addr(), b"ping\n")
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    (echo, mesh, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
+    let (_echo, mesh, mut stream) = live_tcp_connection().await;
 
     let cut_off = with_rule(
         "  - name: cut-off
@@ -1079,11 +1086,7 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
 /// it is quiet, and still carries bytes after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_gives_back_the_buffers_a_burst_grew() {
-    let echo = EchoServer::start().await;
-    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
-    let mut stream = connect_and_echo(mesh.outbound_addr(), b"ping\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    let (_echo, mesh, mut stream) = live_tcp_connection().await;
     let burst: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let (mut read, mut write) = stream.split();
     let mut back = vec![0u8; burst.len()];
@@ -1123,11 +1126,7 @@ async fn an_idle_connection_gives_back_the_buffers_a_burst_grew() {
 /// reload with the same would-be denial writes no second line for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_into_audit_mode_keeps_a_live_connection_and_audits_its_would_be_denial() {
-    let echo = EchoServer::start().await;
-    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
-    let mut stream = connect_and_echo(mesh.outbound_addr(), b"ping\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    let (_echo, mesh, mut stream) = live_tcp_connection().await;
 
     let dry_run = format!(
         "{}mode: audit\n",

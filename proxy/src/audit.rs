@@ -1488,10 +1488,7 @@ mod tests {
     fn a_rotation_that_fails_loses_no_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        // `<log>.1` is a directory with a file in it: renaming the log onto
-        // it fails, for root too.
-        std::fs::create_dir(dir.path().join("audit.jsonl.1")).unwrap();
-        std::fs::write(dir.path().join("audit.jsonl.1/x"), b"x").unwrap();
+        block_rotation(dir.path());
         let claims = leaked(claims());
         // Keeping one: nothing to shift first, the one rename fails.
         let log = rotated_every_three_lines(&path, &record(claims), 1);
@@ -1704,9 +1701,9 @@ mod tests {
 
     /// Every file, read on its own, carries the document of every digest
     /// its lines name, in a line at or before the first that names it.
-    fn each_file_carries_its_documents(dir: &Path, names: &[&str]) -> usize {
+    fn each_file_carries_its_documents(dir: &Path, names: &[impl AsRef<str>]) -> usize {
         let mut lines_read = 0;
-        for name in names {
+        for name in names.iter().map(AsRef::as_ref) {
             let mut carried = std::collections::HashSet::new();
             for line in read_lines(&dir.join(name)) {
                 if let Some(docs) = line.get("appids").and_then(Value::as_object) {
@@ -1726,6 +1723,48 @@ mod tests {
         lines_read
     }
 
+    /// `record(claims)` as `decision`, naming both sides' documents.
+    fn naming<'a>(
+        claims: Claims<'a>,
+        decision: &'a str,
+        peer: &'a AppIdDoc,
+        local: &'a AppIdDoc,
+    ) -> AuditRecord<'a> {
+        AuditRecord {
+            decision,
+            peer_appid: Some(peer),
+            local_appid: Some(local),
+            ..record(claims)
+        }
+    }
+
+    /// The log in `dir` and those of its rotated files (`.1` … `.keep`)
+    /// that exist.
+    fn log_files(dir: &Path, keep: u32) -> Vec<String> {
+        std::iter::once("audit.jsonl".to_owned())
+            .chain((1..=keep).map(|n| format!("audit.jsonl.{n}")))
+            .filter(|name| dir.join(name).exists())
+            .collect()
+    }
+
+    /// What `logrotate`'s copytruncate does last: empties the file under
+    /// the sidecar's open descriptor.
+    fn truncate(path: &Path) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
+    /// Makes renaming `<dir>/audit.jsonl` to `.1` fail, for root too:
+    /// `.1` is a directory with a file in it.
+    fn block_rotation(dir: &Path) {
+        std::fs::create_dir(dir.join("audit.jsonl.1")).unwrap();
+        std::fs::write(dir.join("audit.jsonl.1/x"), b"x").unwrap();
+    }
+
     #[test]
     fn a_batch_that_crosses_the_cap_leaves_each_file_carrying_its_documents() {
         let dir = tempfile::tempdir().unwrap();
@@ -1733,12 +1772,7 @@ mod tests {
         let peers = [doc("spiffe://t/a"), doc("spiffe://t/b")];
         let local = doc("spiffe://t/local");
         let c = leaked(claims());
-        let with = |peer| AuditRecord {
-            decision: "allow",
-            peer_appid: Some(peer),
-            local_appid: Some(&local),
-            ..record(c)
-        };
+        let with = |peer| naming(c, "allow", peer, &local);
         let plain = encode_line(&with(&peers[0]), OffsetDateTime::UNIX_EPOCH, None).unwrap();
         // Allow lines are buffered and written out in one batch that is
         // several caps long: the file is rotated inside it, more than once.
@@ -1755,12 +1789,8 @@ mod tests {
             log.log(&with(&peers[i % 2]));
         }
         log.flush();
-        let files: Vec<String> = std::iter::once("audit.jsonl".to_owned())
-            .chain((1..=8).map(|n| format!("audit.jsonl.{n}")))
-            .filter(|name| dir.path().join(name).exists())
-            .collect();
+        let files = log_files(dir.path(), 8);
         assert!(files.len() >= 4, "rotated several times: {files:?}");
-        let files: Vec<&str> = files.iter().map(String::as_str).collect();
         assert_eq!(each_file_carries_its_documents(dir.path(), &files), 20);
     }
 
@@ -1770,13 +1800,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let peer = doc("spiffe://t/peer");
         let local = doc("spiffe://t/local");
-        let c = leaked(claims());
-        let line = AuditRecord {
-            decision: "allow",
-            peer_appid: Some(&peer),
-            local_appid: Some(&local),
-            ..record(c)
-        };
+        let line = naming(leaked(claims()), "allow", &peer, &local);
         let plain = encode_line(&line, OffsetDateTime::UNIX_EPOCH, None).unwrap();
         // The cap is 8 lines: counted from the truncation, not from start.
         let max_bytes = 8 * plain.len() as u64;
@@ -1789,12 +1813,7 @@ mod tests {
         // logrotate's copytruncate: the lines so far go to a copy, the file
         // is emptied under the sidecar's open descriptor.
         std::fs::copy(&path, dir.path().join("audit.jsonl.copy")).unwrap();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&path);
         log.flush(); // the next tick notices
         for _ in 0..4 {
             log.log(&line);
@@ -1816,27 +1835,15 @@ mod tests {
     fn a_truncation_after_a_failed_rotation_is_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        // `<log>.1` is a directory with a file in it: the rotation fails.
-        std::fs::create_dir(dir.path().join("audit.jsonl.1")).unwrap();
-        std::fs::write(dir.path().join("audit.jsonl.1/x"), b"x").unwrap();
+        block_rotation(dir.path());
         let peer = doc("spiffe://t/peer");
         let local = doc("spiffe://t/local");
-        let c = leaked(claims());
-        let line = AuditRecord {
-            peer_appid: Some(&peer),
-            local_appid: Some(&local),
-            ..record(c)
-        };
+        let line = naming(leaked(claims()), "deny", &peer, &local);
         let log = rotated_every_three_lines(&path, &line, 1);
         for _ in 0..3 {
             log.log(&line); // denials: written at once; the third fails to rotate
         }
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&path);
         log.flush();
         log.log(&line);
         assert_eq!(
@@ -1863,11 +1870,8 @@ mod tests {
             let peers = [doc("spiffe://t/a"), doc("spiffe://t/b"), doc("spiffe://t/c")];
             let local = doc("spiffe://t/local");
             let c = leaked(claims());
-            let with = |peer: usize, allow: bool| AuditRecord {
-                decision: if allow { "allow" } else { "deny" },
-                peer_appid: Some(&peers[peer]),
-                local_appid: Some(&local),
-                ..record(c)
+            let with = |peer: usize, allow: bool| {
+                naming(c, if allow { "allow" } else { "deny" }, &peers[peer], &local)
             };
             let plain = encode_line(&with(0, true), OffsetDateTime::UNIX_EPOCH, None).unwrap();
             let max_bytes = cap_in_lines * plain.len() as u64;
@@ -1887,10 +1891,7 @@ mod tests {
                 }
             }
             log.flush();
-            let files: Vec<String> = std::iter::once("audit.jsonl".to_owned())
-                .chain((1..=64).map(|n| format!("audit.jsonl.{n}")))
-                .filter(|name| dir.path().join(name).exists())
-                .collect();
+            let files = log_files(dir.path(), 64);
             for name in &files {
                 let text = std::fs::read(dir.path().join(name)).unwrap();
                 proptest::prop_assert!(text.is_empty() || text.ends_with(b"\n"), "{}", name);
@@ -1899,7 +1900,6 @@ mod tests {
                     "{}: {} bytes, cap {}", name, text.len(), max_bytes
                 );
             }
-            let files: Vec<&str> = files.iter().map(String::as_str).collect();
             proptest::prop_assert_eq!(each_file_carries_its_documents(dir.path(), &files), steps.len());
             proptest::prop_assert_eq!(log.lines(), steps.len() as u64);
         }
