@@ -522,8 +522,10 @@ const UNREAD_STREAMS: usize = 60;
 
 /// A plaintext HTTP/2 client from outside the mesh that opens
 /// [`UNREAD_STREAMS`] streams for 4 MiB responses, grants the largest
-/// windows and stops reading holds only its address's share of the byte
-/// budget (here 4 MiB of 32): the sidecar stops taking the app's response.
+/// windows and stops reading holds little of the sidecar's memory: flow
+/// control is end to end, so what the client does not take waits at the app
+/// (whose HTTP/2 library took it under the client's huge windows), and the
+/// sidecar stops reading the app once 64 KiB wait for the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
     let app = HttpApp::start().await;
@@ -564,20 +566,14 @@ async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
         "the requests reached the app\n{}",
         mesh.context()
     );
-    // What the app could hand over is what the sidecar took: its window
-    // on the app's connection (4 MiB), the client's share of the budget
-    // (4 MiB), and what the kernel buffers towards the client. Without the
-    // budget, 400 KiB more per stream (h2's send buffer).
+    // The app's library takes what the client's windows allow (it holds
+    // it); the sidecar holds at most 64 KiB and a frame per direction, plus
+    // its allocator's slack. A sidecar that buffered per stream (h2's send
+    // buffer, 400 KiB a stream here) would grow by more than 20 MiB.
     let sent = app.state.big_bytes_sent.load(Ordering::SeqCst);
-    eprintln!("the app handed over {} KiB", sent / 1024);
+    eprintln!("the app's library took {} KiB", sent / 1024);
     assert!(
-        sent < (UNREAD_STREAMS as u64) * 400 * 1024 / 2 + (16 << 20),
-        "one client made the sidecar take {} KiB from the app\n{}",
-        sent / 1024,
-        mesh.context()
-    );
-    assert!(
-        growth < 64 * 1024,
+        growth < 12 * 1024,
         "one client grew the sidecar by {growth} KiB\n{}",
         mesh.context()
     );

@@ -25,6 +25,7 @@ use appid_proxy::attest::{
 use appid_proxy::detect::{self, Classification, MAX_DETECT_BYTES};
 use appid_proxy::sidecar::http::h1::{self, Chunked};
 use appid_proxy::sidecar::http::path::{canonical_path, path_of};
+use appid_proxy::sidecar::http::relay;
 use appid_proxy::sidecar::http::{
     AppSide, HttpLimits, PeerHeaders, RequestAuthorizer, RequestFacts, RequestVerdict, Shutdown,
     check_request,
@@ -46,6 +47,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_path", http_path),
     ("h1_chunked", h1_chunked),
     ("h1_proxy", h1_proxy),
+    ("h2_relay", h2_relay),
     ("policy_load", policy_load),
     ("extension", extension),
     ("spiffe_id", spiffe_id),
@@ -409,6 +411,81 @@ pub fn h1_proxy(data: &[u8]) {
         app_heads <= authorized,
         "{app_heads} heads reached the app, {authorized} were authorized"
     );
+}
+
+/// `sidecar::http::relay::proxy` (HTTP/2 frames, HPACK, stream states,
+/// SETTINGS and window bookkeeping) with `data` as the client's frames
+/// after a valid preface, an h2-crate app behind it that answers every
+/// request, and a paused tokio clock.
+///
+/// Properties: it finishes; every request the app got was authorized
+/// first, and none the authorizer denied (`/admin…`) reached it.
+pub fn h2_relay(data: &[u8]) {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = paused_runtime();
+    }
+    let input = data.to_vec();
+    let (app_requests, authorized) = RUNTIME.with(|rt| {
+        rt.block_on(async move {
+            let (mut client, proxy_down) = tokio::io::duplex(1 << 20);
+            let (proxy_up, app) = tokio::io::duplex(1 << 20);
+            let authorizer = Arc::new(CountingAuthorizer::default());
+            let limits = HttpLimits {
+                max_header_bytes: 8 * 1024,
+                header_timeout: Duration::from_secs(5),
+                drain_timeout: Duration::from_secs(5),
+                app: AppSide::Upstream,
+            };
+            let proxy = tokio::spawn(relay::proxy(
+                proxy_down,
+                proxy_up,
+                authorizer.clone(),
+                None,
+                limits,
+                Shutdown::never(),
+            ));
+            let app = tokio::spawn(answer_h2(app));
+            let _ = client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let _ = client.write_all(&input).await;
+            let mut answer = Vec::new();
+            // The client keeps its side open, so the relay works through
+            // every frame (and its timers) before it ends.
+            let read =
+                tokio::time::timeout(Duration::from_secs(120), client.read_to_end(&mut answer))
+                    .await;
+            assert!(read.is_ok(), "the relay did not finish within 120 s");
+            let _ = proxy.await;
+            let requests = app.await.expect("the app task");
+            (requests, authorized_count(&authorizer))
+        })
+    });
+    assert!(
+        app_requests <= authorized,
+        "{app_requests} requests reached the app, {authorized} were authorized"
+    );
+}
+
+fn authorized_count(authorizer: &CountingAuthorizer) -> usize {
+    authorizer.authorized.load(Ordering::SeqCst)
+}
+
+/// An HTTP/2 app that answers every request `200` at once; the number of
+/// requests it got. A denied path reaching it fails the target.
+async fn answer_h2(app: tokio::io::DuplexStream) -> usize {
+    let Ok(mut connection) = h2::server::handshake(app).await else {
+        return 0;
+    };
+    let mut requests = 0;
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        requests += 1;
+        assert!(
+            !request.uri().path().starts_with("/admin"),
+            "a denied request reached the app: {}",
+            request.uri()
+        );
+        let _ = respond.send_response(http::Response::new(()), true);
+    }
+    requests
 }
 
 // ---------------------------------------------------------------------------

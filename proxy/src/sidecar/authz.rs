@@ -688,10 +688,6 @@ pub fn metrics_direction(direction: Direction) -> crate::metrics::Direction {
 }
 
 impl RequestAuthorizer for ConnAuthz {
-    fn meter(&self) -> Option<super::memory::Meter> {
-        Some(self.shared.memory.meter(&self.budget_key()))
-    }
-
     /// An upgraded connection ends when its peer is revoked. A policy
     /// reload does not end it: the request that upgraded it was decided by
     /// an L7 rule, which an L4 re-check could not match.

@@ -116,17 +116,6 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// A meter of its own (nothing held) charging the same peer share and
-    /// process budget: for each stream of a connection whose meter was made
-    /// once (no look-up of the peer's share per stream).
-    pub fn another(&self) -> Meter {
-        Meter {
-            process: PollSemaphore::new(self.process.clone_inner()),
-            peer: PollSemaphore::new(self.peer.clone_inner()),
-            held_peer: None,
-        }
-    }
-
     /// `n` bytes for a copy buffer if the peer's share and the process
     /// budget have room now (never waits: a buffer that cannot grow just
     /// stays small).
@@ -247,13 +236,6 @@ mod tests {
             poll_fn(|cx| same.poll_charge(cx, 1)),
         );
         assert!(waiting.await.is_err());
-        // So does a meter made from one of its meters (an HTTP/2 stream's).
-        let mut another = greedy.another();
-        let waiting = tokio::time::timeout(
-            Duration::from_millis(50),
-            poll_fn(|cx| another.poll_charge(cx, 1)),
-        );
-        assert!(waiting.await.is_err(), "another meter shares the share");
         // Another peer is not affected.
         let mut other = budget.meter("spiffe://t/other");
         let got = poll_fn(|cx| other.poll_charge(cx, MAX_CHARGE))
@@ -264,9 +246,8 @@ mod tests {
         held.clear();
         let again = poll_fn(|cx| greedy.poll_charge(cx, 10)).await.unwrap();
         assert_eq!(again.bytes(), 10);
-        let from_another = poll_fn(|cx| another.poll_charge(cx, 10)).await.unwrap();
-        assert_eq!(budget.used(), MAX_CHARGE + 20);
-        drop((again, from_another, got));
+        assert_eq!(budget.used(), MAX_CHARGE + 10);
+        drop((again, got));
         assert_eq!(budget.used(), 0);
     }
 

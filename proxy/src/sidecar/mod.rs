@@ -6,8 +6,8 @@
 //! - [`tunnel`] / [`pool`]: `appid-mux/1`, app connections as HTTP/2 streams
 //!   in pooled mTLS connections (the default), and its client-side pool;
 //! - [`authz`]: the only place that asks the policy and writes audit lines;
-//! - [`http`], [`h1`], [`http2`]: the L7 proxies (HTTP/1.x parsing heads
-//!   only; HTTP/2 and gRPC frame by frame on the h2 crate);
+//! - [`http`]: the L7 proxies (HTTP/1.x parsing heads only; HTTP/2 and
+//!   gRPC relayed frame by frame, header blocks through HPACK);
 //! - [`splice`]: opaque TCP with idle timeout and revocation;
 //! - [`prefixed`], [`orig_dst`]: small helpers.
 //!

@@ -1,7 +1,7 @@
 //! L7: proxy HTTP/1.1, HTTP/2 and gRPC, authorizing every request.
 //!
 //! Design bias: *one request model, two codecs*. The codecs ([`h1`] for
-//! HTTP/1.x, [`h2`] for HTTP/2 and gRPC) parse and frame messages; neither
+//! HTTP/1.x, [`relay`] for HTTP/2 and gRPC) parse and frame messages; neither
 //! decides anything about a request on its own. Each hands the request
 //! head to [`authorize_request`], which is the only place that:
 //! - checks the method (tokens; a lower-case letter is refused, so `delete`
@@ -29,8 +29,8 @@
 
 pub mod flood;
 pub mod h1;
-pub mod h2;
 pub mod path;
+pub mod relay;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -248,15 +248,6 @@ pub trait RequestAuthorizer: Send + Sync + 'static {
     fn withdrawn(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(std::future::pending())
     }
-
-    /// The meter that charges what an HTTP/2 stream holds for a reader that
-    /// has not taken it yet to the caller's share of the sidecar's byte
-    /// budget (`sidecar::memory`); asked once per HTTP/2 connection, whose
-    /// streams get meters of their own from it (`Meter::another`). None
-    /// (nothing charged), by default.
-    fn meter(&self) -> Option<crate::sidecar::memory::Meter> {
-        None
-    }
 }
 
 /// Headers the inbound sidecar adds for an authenticated peer.
@@ -343,7 +334,7 @@ pub enum HttpProxyError {
 
 /// Proxies one HTTP connection until it ends or `shutdown` resolves (then
 /// in-flight requests finish and the connection closes gracefully).
-/// HTTP/1.x goes through [`h1`], HTTP/2 and gRPC through [`h2`].
+/// HTTP/1.x goes through [`h1`], HTTP/2 and gRPC through [`relay`].
 ///
 /// Not an `async fn`, which would keep its arguments beside the proxy it
 /// awaits for the connection's whole life: the future returned is the
@@ -372,7 +363,7 @@ where
         )),
         // Boxed: the HTTP/2 state is large, and an HTTP/1 connection's task
         // would otherwise carry its size for its whole (mostly idle) life.
-        HttpVersion::Http2 => Either::Right(Box::pin(h2::proxy(
+        HttpVersion::Http2 => Either::Right(Box::pin(relay::proxy(
             downstream,
             upstream,
             authorizer,
@@ -380,5 +371,22 @@ where
             limits,
             shutdown,
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_only_appid_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-appid-peer-id", HeaderValue::from_static("spoofed"));
+        headers.insert("x_appid_peer_id", HeaderValue::from_static("spoofed"));
+        headers.insert("x-appid-anything", HeaderValue::from_static("spoofed"));
+        headers.insert("x-other", HeaderValue::from_static("kept"));
+        strip_appid_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-other"], "kept");
     }
 }

@@ -1,0 +1,375 @@
+//! The relay's frame-level promises, checked with raw HTTP/2 on both sides
+//! (the h2 crate's client cannot pad, interleave or skip; its server
+//! cannot be told which GOAWAY to send).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use h2::Reason;
+use h2::frame::{Headers, Pseudo, StreamId};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::frame::{self, Head};
+use super::hpack::{Decoded, HeaderBlocks};
+use crate::sidecar::http::{
+    AppSide, HttpLimits, RequestAuthorizer, RequestFacts, RequestVerdict, Shutdown,
+};
+
+/// Denies `/admin…`, allows the rest.
+struct NoAdmin;
+
+impl RequestAuthorizer for NoAdmin {
+    fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
+        if request.path.starts_with("/admin") {
+            RequestVerdict::Deny {
+                rule: "no-admin".into(),
+                reason: "path /admin".into(),
+            }
+        } else {
+            RequestVerdict::Allow
+        }
+    }
+}
+
+/// Guards against a hang; never an assertion about speed.
+const HANG: Duration = Duration::from_secs(20);
+
+/// One end of a raw HTTP/2 connection.
+struct Peer {
+    io: DuplexStream,
+    input: BytesMut,
+    blocks: HeaderBlocks,
+}
+
+/// A frame as read, its header block decoded.
+#[derive(Debug)]
+struct Got {
+    head: Head,
+    payload: Bytes,
+    block: Option<(Pseudo, HeaderMap)>,
+}
+
+impl Peer {
+    fn new(io: DuplexStream) -> Peer {
+        Peer {
+            io,
+            input: BytesMut::new(),
+            blocks: HeaderBlocks::new(64 * 1024),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("write");
+    }
+
+    async fn send_head(&mut self, stream: u32, pseudo: Pseudo, end: bool) {
+        let mut head = Headers::new(StreamId::from(stream), pseudo, HeaderMap::new());
+        if end {
+            head.set_end_stream();
+        }
+        let mut out = BytesMut::new();
+        self.blocks.encode(head, &mut out);
+        self.send(&out).await;
+    }
+
+    async fn request(&mut self, stream: u32, method: Method, path: &str, end: bool) {
+        let uri: Uri = format!("http://api.test{path}").parse().unwrap();
+        self.send_head(stream, Pseudo::request(method, uri, None), end)
+            .await;
+    }
+
+    /// The next frame; `None` at the end of the connection.
+    async fn frame(&mut self) -> Option<Got> {
+        loop {
+            if let Some(head) = Head::parse(&self.input)
+                && self.input.len() >= frame::HEADER_LEN + head.len
+            {
+                let bytes = self.input.split_to(frame::HEADER_LEN + head.len).freeze();
+                let block = if matches!(head.kind, frame::HEADERS | frame::CONTINUATION) {
+                    match self.blocks.decode(&bytes) {
+                        Ok(Decoded::Block(headers)) => Some(headers.into_parts()),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                return Some(Got {
+                    head,
+                    payload: bytes.slice(frame::HEADER_LEN..),
+                    block,
+                });
+            }
+            let read = tokio::time::timeout(HANG, self.io.read_buf(&mut self.input))
+                .await
+                .expect("a frame in time");
+            if read.expect("read") == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Frames up to and including the first that `stop` picks.
+    async fn until(&mut self, what: &str, stop: impl Fn(&Got) -> bool) -> Vec<Got> {
+        let mut seen = Vec::new();
+        loop {
+            let Some(got) = self.frame().await else {
+                panic!("connection closed before {what}; saw {seen:?}");
+            };
+            let done = stop(&got);
+            seen.push(got);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// client ──raw── relay ──raw── app. The client has sent its preface and
+/// SETTINGS; the app side is connected but silent until it reads.
+fn start() -> (Peer, Peer) {
+    let (client, downstream) = tokio::io::duplex(1 << 20);
+    let (upstream, app) = tokio::io::duplex(1 << 20);
+    let limits = HttpLimits {
+        max_header_bytes: 16 * 1024,
+        header_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(30),
+        app: AppSide::Upstream,
+    };
+    tokio::spawn(super::proxy(
+        downstream,
+        upstream,
+        Arc::new(NoAdmin),
+        None,
+        limits,
+        Shutdown::never(),
+    ));
+    (Peer::new(client), Peer::new(app))
+}
+
+async fn client_preface(client: &mut Peer) {
+    let mut out = BytesMut::from(&frame::PREFACE[..]);
+    frame::put_settings(&mut out, &[]);
+    client.send(&out).await;
+}
+
+/// The app reads the relay's preface and SETTINGS and answers with its own.
+async fn app_handshake(app: &mut Peer) {
+    let mut preface = [0u8; 24];
+    app.io.read_exact(&mut preface).await.unwrap();
+    assert_eq!(&preface, frame::PREFACE);
+    app.until("the relay's SETTINGS", |g| g.head.kind == frame::SETTINGS)
+        .await;
+    let mut out = BytesMut::new();
+    frame::put_settings(&mut out, &[]);
+    frame::put_settings_ack(&mut out);
+    app.send(&out).await;
+}
+
+fn is_headers_on(stream: u32) -> impl Fn(&Got) -> bool {
+    move |g| g.head.kind == frame::HEADERS && g.head.stream == stream
+}
+
+fn status(got: &Got) -> Option<StatusCode> {
+    got.block.as_ref().and_then(|(pseudo, _)| pseudo.status)
+}
+
+fn window_updates(frames: &[Got], stream: u32) -> u32 {
+    frames
+        .iter()
+        .filter(|g| g.head.kind == frame::WINDOW_UPDATE && g.head.stream == stream)
+        .map(|g| frame::parse_u32(&g.payload).unwrap())
+        .sum()
+}
+
+/// A denied request's body never reaches the app, and the client's
+/// connection window it used comes back; the app sees the next allowed
+/// stream with the denied one's ID skipped.
+#[tokio::test]
+async fn a_denied_stream_gives_back_its_window_and_its_id_is_skipped() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::POST, "/admin/x", false).await;
+    let mut body = BytesMut::new();
+    for _ in 0..3 {
+        frame::put_data(&mut body, 1, &[b'x'; 16_384], false);
+    }
+    client.send(&body).await;
+    let seen = client
+        .until("the refund", |g| {
+            g.head.kind == frame::WINDOW_UPDATE && g.head.stream == 0
+        })
+        .await;
+    let answer = seen.iter().find(|g| is_headers_on(1)(g)).expect("403");
+    assert_eq!(status(answer), Some(StatusCode::FORBIDDEN));
+    let (_, fields) = answer.block.as_ref().unwrap();
+    assert_eq!(fields["x-appid-denied-by"], "no-admin");
+    let mut refunded = window_updates(&seen, 0);
+    while refunded < 3 * 16_384 {
+        let got = client.frame().await.expect("more refunds");
+        refunded += window_updates(std::slice::from_ref(&got), 0);
+    }
+    assert_eq!(refunded, 3 * 16_384);
+
+    client.request(3, Method::GET, "/ok", true).await;
+    app_handshake(&mut app).await;
+    let at_app = app.until("the allowed request", is_headers_on(3)).await;
+    assert!(
+        !at_app
+            .iter()
+            .any(|g| g.head.stream == 1 || g.head.kind == frame::DATA),
+        "the denied stream reached the app: {at_app:?}"
+    );
+    let (pseudo, _) = at_app.last().unwrap().block.as_ref().unwrap();
+    assert_eq!(pseudo.path.as_deref(), Some("/ok"));
+    app.send_head(3, Pseudo::response(StatusCode::OK), true)
+        .await;
+    let seen = client.until("the answer", is_headers_on(3)).await;
+    assert_eq!(status(seen.last().unwrap()), Some(StatusCode::OK));
+}
+
+/// Padding is the relay's to remove, and the window it used is handed back
+/// at once (the app only acknowledges what it got).
+#[tokio::test]
+async fn padded_data_reaches_the_app_unpadded_and_its_padding_is_refunded() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::POST, "/upload", false).await;
+    let mut padded = BytesMut::new();
+    frame::put_head(&mut padded, 1 + 5 + 10, frame::DATA, frame::PADDED, 1);
+    padded.extend_from_slice(&[10]);
+    padded.extend_from_slice(b"hello");
+    padded.extend_from_slice(&[0; 10]);
+    frame::put_data(&mut padded, 1, b"", true);
+    client.send(&padded).await;
+    app_handshake(&mut app).await;
+    let at_app = app
+        .until("the body's end", |g| {
+            g.head.kind == frame::DATA && g.head.has(frame::END_STREAM)
+        })
+        .await;
+    let data: Vec<u8> = at_app
+        .iter()
+        .filter(|g| g.head.kind == frame::DATA)
+        .flat_map(|g| g.payload.to_vec())
+        .collect();
+    assert_eq!(data, b"hello");
+    assert!(
+        at_app
+            .iter()
+            .all(|g| g.head.kind != frame::DATA || !g.head.has(frame::PADDED))
+    );
+    let seen = client
+        .until("the padding's refund", |g| {
+            g.head.kind == frame::WINDOW_UPDATE && g.head.stream == 0
+        })
+        .await;
+    assert_eq!(window_updates(&seen, 0), 11);
+}
+
+/// A header block must be followed by its CONTINUATIONs and nothing else
+/// (RFC 9113 §6.10): anything between is a connection error.
+#[tokio::test]
+async fn a_frame_inside_a_header_block_ends_the_connection() {
+    let (mut client, _app) = start();
+    client_preface(&mut client).await;
+    let mut out = BytesMut::new();
+    // HEADERS without END_HEADERS (`:method GET`, static index 2), then a PING.
+    frame::put_head(&mut out, 1, frame::HEADERS, 0, 1);
+    out.extend_from_slice(&[0x82]);
+    frame::put_head(&mut out, 8, frame::PING, 0, 0);
+    out.extend_from_slice(&[0; 8]);
+    client.send(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    let goaway = seen.last().unwrap();
+    let reason = frame::parse_u32(&goaway.payload[4..8]).unwrap();
+    assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
+}
+
+/// The client's SETTINGS reach the app (after the dial) and the app's ACK
+/// reaches the client; the relay's own SETTINGS are acknowledged by it.
+#[tokio::test]
+async fn settings_and_their_acks_pass_through_in_order() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    // Before the app is dialled, the relay acknowledges.
+    client
+        .until("the ACK of the first SETTINGS", |g| {
+            g.head.kind == frame::SETTINGS && g.head.has(frame::ACK)
+        })
+        .await;
+    client.request(1, Method::GET, "/ok", false).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut out = BytesMut::new();
+    frame::put_settings(&mut out, &[(frame::INITIAL_WINDOW_SIZE, 1000)]);
+    client.send(&out).await;
+    let at_app = app
+        .until("the client's SETTINGS", |g| {
+            g.head.kind == frame::SETTINGS && !g.head.has(frame::ACK)
+        })
+        .await;
+    let settings = frame::parse_settings(&at_app.last().unwrap().payload).unwrap();
+    assert_eq!(settings, vec![(frame::INITIAL_WINDOW_SIZE, 1000)]);
+    let mut ack = BytesMut::new();
+    frame::put_settings_ack(&mut ack);
+    app.send(&ack).await;
+    // The app's own (empty) SETTINGS came first; then the ACK is the app's.
+    client
+        .until("the app's ACK", |g| {
+            g.head.kind == frame::SETTINGS && g.head.has(frame::ACK)
+        })
+        .await;
+}
+
+/// The app's GOAWAY: what it never processed is answered `502` (safe to
+/// retry), what it did still gets its answer, and the client is told.
+#[tokio::test]
+async fn the_apps_goaway_answers_what_it_never_processed_with_502() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/one", true).await;
+    client.request(3, Method::GET, "/two", true).await;
+    app_handshake(&mut app).await;
+    app.until("the second request", is_headers_on(3)).await;
+    let mut out = BytesMut::new();
+    frame::put_go_away(&mut out, 1, Reason::NO_ERROR);
+    app.send(&out).await;
+    let seen = client
+        .until("the GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    let bad_gateway = seen.iter().find(|g| is_headers_on(3)(g)).expect("a 502");
+    assert_eq!(status(bad_gateway), Some(StatusCode::BAD_GATEWAY));
+    app.send_head(1, Pseudo::response(StatusCode::OK), true)
+        .await;
+    let seen = client.until("the answer", is_headers_on(1)).await;
+    assert_eq!(status(seen.last().unwrap()), Some(StatusCode::OK));
+    // Nothing is left open: the connection ends.
+    while client.frame().await.is_some() {}
+}
+
+/// Request trailers never reach the app: both sides of the stream reset.
+#[tokio::test]
+async fn request_trailers_reset_the_stream_on_both_sides() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::POST, "/upload", false).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    client.send_head(1, Pseudo::default(), true).await;
+    let at_app = app
+        .until("a reset", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    assert!(
+        !at_app.iter().any(|g| g.head.kind == frame::HEADERS),
+        "trailers reached the app"
+    );
+    let seen = client
+        .until("a reset", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    let reason = frame::parse_u32(&seen.last().unwrap().payload).unwrap();
+    assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
+}
