@@ -2,10 +2,11 @@
 //! and written, and the small frames the relay writes itself.
 //!
 //! Design bias: *bytes in, bytes out*. The relay passes most frames on
-//! unchanged, so a frame here is its header and a `Bytes` payload, not a
-//! parsed struct; only the header blocks go through HPACK ([`super::hpack`]).
+//! unchanged, so a frame here is its header and the payload where it was
+//! read, not a parsed struct; only header blocks go through HPACK
+//! ([`super::hpack`] in, [`super::encode`] out).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use h2::Reason;
 
 /// The frame header's length.
@@ -29,7 +30,6 @@ pub const CONTINUATION: u8 = 0x9;
 
 pub const END_STREAM: u8 = 0x1;
 pub const ACK: u8 = 0x1;
-#[cfg(test)]
 pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 
@@ -66,14 +66,24 @@ impl Head {
         })
     }
 
+    /// The whole frame's length, header included.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.len
+    }
+
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
 }
 
 /// Writes a frame header.
+///
+/// Every caller writes at most [`MAX_PAYLOAD`] bytes of payload (the frames
+/// the relay writes itself are small, and what it passes on was read under
+/// that limit); a longer length would not fit the header's 24 bits
+/// unharmed, so it is refused outright.
 pub fn put_head(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
-    debug_assert!(len <= MAX_PAYLOAD);
+    assert!(len <= MAX_PAYLOAD, "a {len}-byte frame payload");
     out.reserve(HEADER_LEN + len);
     out.put_slice(&(len as u32).to_be_bytes()[1..]);
     out.put_u8(kind);
@@ -156,7 +166,7 @@ pub fn parse_settings(payload: &[u8]) -> Result<Vec<(u16, u32)>, Reason> {
 }
 
 /// A DATA frame's content without its padding (RFC 9113 §6.1).
-pub fn unpad(head: &Head, payload: Bytes) -> Result<Bytes, Reason> {
+pub fn unpad<'p>(head: &Head, payload: &'p [u8]) -> Result<&'p [u8], Reason> {
     if !head.has(PADDED) {
         return Ok(payload);
     }
@@ -164,7 +174,7 @@ pub fn unpad(head: &Head, payload: Bytes) -> Result<Bytes, Reason> {
     if pad >= payload.len() {
         return Err(Reason::PROTOCOL_ERROR);
     }
-    Ok(payload.slice(1..payload.len() - pad))
+    Ok(&payload[1..payload.len() - pad])
 }
 
 /// A 4-byte payload as a number (WINDOW_UPDATE, RST_STREAM), reserved bit
@@ -209,11 +219,9 @@ mod tests {
             flags: PADDED,
             stream: 1,
         };
-        let payload = Bytes::from_static(b"\x02abc\0\0");
-        assert_eq!(&unpad(&head, payload).unwrap()[..], b"abc");
-        let too_much = Bytes::from_static(b"\x06abc\0\0");
-        assert_eq!(unpad(&head, too_much), Err(Reason::PROTOCOL_ERROR));
-        assert_eq!(unpad(&head, Bytes::new()), Err(Reason::FRAME_SIZE_ERROR));
+        assert_eq!(unpad(&head, b"\x02abc\0\0"), Ok(&b"abc"[..]));
+        assert_eq!(unpad(&head, b"\x06abc\0\0"), Err(Reason::PROTOCOL_ERROR));
+        assert_eq!(unpad(&head, b""), Err(Reason::FRAME_SIZE_ERROR));
     }
 
     #[test]

@@ -1,27 +1,27 @@
-//! Header blocks in and out: the h2 crate's frame codec, fed one header
-//! frame at a time from memory.
+//! Header blocks in: the h2 crate's frame codec, fed one header frame at a
+//! time from memory.
 //!
-//! Design bias: *borrow the HPACK that is already fuzzed*. HPACK is state
-//! shared by every stream of a connection (a dynamic table each way), the
-//! most intricate parser in HTTP/2 and the one most often got wrong. The
-//! h2 crate's codec (exposed by its `unstable` feature, pinned in
+//! Design bias: *borrow the HPACK decoder that is already fuzzed*. HPACK is
+//! state shared by every stream of a connection (a dynamic table each way),
+//! the most intricate parser in HTTP/2 and the one most often got wrong.
+//! The h2 crate's codec (exposed by its `unstable` feature, pinned in
 //! `Cargo.lock`) decodes a HEADERS frame and its CONTINUATIONs into a
 //! pseudo-header set and an `http::HeaderMap` with the same checks hyper's
 //! HTTP/2 server makes (header list size, connection-specific fields,
-//! pseudo-fields after regular ones, …), and encodes one back. Here it
-//! reads from and writes to a buffer in memory, so it never waits: the
-//! relay hands it exactly the header frames it read from the wire, and
-//! takes back exactly the frames it encoded. Every other frame type the
-//! relay reads and writes itself ([`super::frame`]).
+//! pseudo-fields after regular ones, …). Here it reads from a buffer in
+//! memory, so it never waits: the relay hands it exactly the header frames
+//! it read from the wire. Every other frame type the relay reads itself
+//! ([`super::frame`]); what it writes, it writes without a table
+//! ([`super::encode`]).
 //!
 //! One [`HeaderBlocks`] per side of the relay: its decoder mirrors that
-//! side's encoder, its encoder writes for that side's decoder.
+//! side's encoder.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream as _;
 use h2::Reason;
 use h2::frame::{Frame, Headers};
@@ -90,7 +90,10 @@ impl HeaderBlocks {
         decoded
     }
 
-    /// Encodes `headers` as a HEADERS frame (and CONTINUATIONs) onto `out`.
+    /// Encodes `headers` with the h2 crate's (stateful) encoder: stands
+    /// for a peer's encoder in tests. The relay itself writes with
+    /// [`super::encode`].
+    #[cfg(test)]
     pub fn encode(&mut self, headers: Headers, out: &mut BytesMut) {
         let mut cx = Context::from_waker(Waker::noop());
         // Memory never refuses a write, so the codec is always ready and
@@ -104,17 +107,6 @@ impl HeaderBlocks {
         let written = &mut self.codec.get_mut().output;
         out.extend_from_slice(written);
         written.clear();
-    }
-
-    /// The other side's `SETTINGS_HEADER_TABLE_SIZE`: the table our
-    /// encoder may use.
-    pub fn set_encoder_table_size(&mut self, size: usize) {
-        self.codec.set_send_header_table_size(size);
-    }
-
-    /// The other side's `SETTINGS_MAX_FRAME_SIZE`.
-    pub fn set_max_frame_size(&mut self, size: usize) {
-        self.codec.set_max_send_frame_size(size);
     }
 }
 
@@ -136,7 +128,8 @@ impl AsyncRead for Memory {
             return Poll::Pending;
         }
         let n = self.input.len().min(buf.remaining());
-        buf.put_slice(&self.input.split_to(n));
+        buf.put_slice(&self.input[..n]);
+        self.input.advance(n);
         Poll::Ready(Ok(()))
     }
 }

@@ -44,6 +44,7 @@
 //! the header timeout gets a GOAWAY, as does every client at shutdown, and
 //! is closed if not finished within the drain timeout.
 
+mod encode;
 mod frame;
 mod hpack;
 
@@ -54,14 +55,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use h2::Reason;
-use h2::frame::{Headers, Pseudo, StreamId};
+use h2::frame::{Headers, Pseudo};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use self::encode::BlockWriter;
 use self::frame::Head;
 use self::hpack::{BlockError, Decoded, HeaderBlocks};
 use super::flood::FrameBudget;
@@ -76,6 +78,11 @@ use crate::sidecar::trace::{self, TRACEPARENT, TRACESTATE};
 pub const MAX_STREAMS: u32 = 256;
 /// Bytes waiting for one side above which the relay stops reading.
 pub const HIGH_WATER: usize = 64 * 1024;
+/// SETTINGS sent to a side and not yet acknowledged, at most.
+const MAX_UNACKED_SETTINGS: usize = 16;
+/// Streams passed to the app before its SETTINGS say how many it takes
+/// (RFC 9113 §6.5.2 recommends no fewer than 100).
+const STREAMS_BEFORE_APP_SETTINGS: u32 = 100;
 /// Frames handled in one turn before the task yields to others.
 const FRAMES_PER_TURN: usize = 64;
 
@@ -156,8 +163,12 @@ struct Relay<D, U> {
     to_app: BytesMut,
     client_out: Writer,
     app_out: Writer,
+    /// Each side's HPACK decoder (the state its encoder writes for).
     client_blocks: HeaderBlocks,
     app_blocks: HeaderBlocks,
+    /// What we write to each side ([`encode`]: no table).
+    client_writer: BlockWriter,
+    app_writer: BlockWriter,
     /// Bytes of the client preface still to come.
     preface_left: usize,
     /// The client's first SETTINGS arrived (it must come first).
@@ -169,7 +180,7 @@ struct Relay<D, U> {
     client_acks: VecDeque<Origin>,
     app_acks: VecDeque<Origin>,
     /// The client's settings the app gets when it is dialled.
-    dial_settings: Vec<(u16, u32)>,
+    dial_window: Option<u32>,
     /// Connection window the client granted before the app was dialled.
     pre_dial_window: u64,
     streams: HashMap<u32, Stream>,
@@ -177,6 +188,8 @@ struct Relay<D, U> {
     last_stream: u32,
     /// Streams the app accepts, from its SETTINGS (at most ours).
     max_streams: u32,
+    /// The app's first SETTINGS arrived.
+    app_settled: bool,
     /// Our GOAWAY went out with this last stream ID.
     going_away: Option<u32>,
     /// Some bytes reached the app (a failure after that is no `502`).
@@ -228,17 +241,20 @@ where
             app_out: Writer::default(),
             client_blocks: HeaderBlocks::new(limits.max_header_bytes),
             app_blocks: HeaderBlocks::new(limits.max_header_bytes),
+            client_writer: BlockWriter::default(),
+            app_writer: BlockWriter::default(),
             preface_left: frame::PREFACE.len(),
             client_settled: false,
             client_block: None,
             app_block: None,
             client_acks: VecDeque::from([Origin::Relay]),
             app_acks: VecDeque::new(),
-            dial_settings: Vec::new(),
+            dial_window: None,
             pre_dial_window: 0,
             streams: HashMap::new(),
             last_stream: 0,
-            max_streams: MAX_STREAMS,
+            max_streams: STREAMS_BEFORE_APP_SETTINGS,
+            app_settled: false,
             going_away: None,
             app_delivered: false,
             idle_since: Some(now),
@@ -267,6 +283,14 @@ where
                 continue;
             }
             if self.finished() {
+                // Closed in an orderly way (a TLS close_notify, a FIN), so
+                // the client reads the GOAWAY and the last answers first.
+                if self.poll_close(cx).is_pending() {
+                    if let Err(e) = self.poll_timer(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Pending;
+                }
                 return Poll::Ready(Ok(()));
             }
             if !progress {
@@ -295,6 +319,18 @@ where
     /// Writes what is queued for the client, handles what it sent. `Err`
     /// when the client's connection is over (`Ok(())` for a clean close).
     fn poll_client(&mut self, cx: &mut Context<'_>) -> Result<bool, Result<(), HttpProxyError>> {
+        // Frames are handled where they were read: the buffer is lent out.
+        let mut input = std::mem::take(&mut self.client_in);
+        let polled = self.poll_client_from(&mut input, cx);
+        self.client_in = input;
+        polled
+    }
+
+    fn poll_client_from(
+        &mut self,
+        input: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Result<bool, Result<(), HttpProxyError>> {
         let client_io = |e| Err(Err(HttpProxyError::Io(e)));
         let mut progress = match self
             .client_out
@@ -304,10 +340,12 @@ where
             Err(e) => return client_io(e),
         };
         while self.to_client.len() < HIGH_WATER && self.to_app.len() < HIGH_WATER {
-            match self.next_client_frame() {
-                Ok(Some((head, frame))) => {
+            match self.next_client_frame(input) {
+                Ok(Some(head)) => {
                     progress = true;
-                    if let Err(reason) = self.client_frame(head, frame) {
+                    let handled = self.client_frame(head, &input[..head.frame_len()]);
+                    input.advance(head.frame_len());
+                    if let Err(reason) = handled {
                         self.connection_error(reason);
                         return Ok(true);
                     }
@@ -319,7 +357,7 @@ where
                     return Ok(true);
                 }
             }
-            match read_in(&mut self.client, &mut self.client_in, cx) {
+            match read_in(&mut self.client, input, cx) {
                 Poll::Ready(Ok(0)) => return Err(Ok(())),
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return client_io(e),
@@ -337,15 +375,24 @@ where
 
     /// Writes what is queued for the app, handles what it sent.
     fn poll_app(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut input = std::mem::take(&mut self.app_in);
+        let progress = self.poll_app_from(&mut input, cx);
+        self.app_in = input;
+        progress
+    }
+
+    fn poll_app_from(&mut self, input: &mut BytesMut, cx: &mut Context<'_>) -> bool {
         let mut progress = match self.write_app(cx) {
             Some(wrote) => wrote,
             None => return true,
         };
         while self.to_client.len() < HIGH_WATER && self.to_app.len() < HIGH_WATER {
-            match next_frame(&mut self.app_in) {
-                Ok(Some((head, frame))) => {
+            match next_frame(input) {
+                Ok(Some(head)) => {
                     progress = true;
-                    if let Err(reason) = self.app_frame(head, frame) {
+                    let handled = self.app_frame(head, &input[..head.frame_len()]);
+                    input.advance(head.frame_len());
+                    if let Err(reason) = handled {
                         tracing::debug!(?reason, "the app broke HTTP/2");
                         self.app_gone();
                         return true;
@@ -362,7 +409,7 @@ where
             let App::Open(app) = &mut self.app else {
                 return progress;
             };
-            match read_in(app, &mut self.app_in, cx) {
+            match read_in(app, input, cx) {
                 Poll::Ready(Ok(0)) => {
                     tracing::debug!("the app closed its connection");
                     self.app_gone();
@@ -403,20 +450,20 @@ where
     }
 
     /// The next whole frame from the client, after its preface.
-    fn next_client_frame(&mut self) -> Result<Option<(Head, Bytes)>, Reason> {
+    fn next_client_frame(&mut self, input: &mut BytesMut) -> Result<Option<Head>, Reason> {
         if self.preface_left > 0 {
             let seen = frame::PREFACE.len() - self.preface_left;
-            let n = self.preface_left.min(self.client_in.len());
-            if self.client_in[..n] != frame::PREFACE[seen..seen + n] {
+            let n = self.preface_left.min(input.len());
+            if input[..n] != frame::PREFACE[seen..seen + n] {
                 return Err(Reason::PROTOCOL_ERROR);
             }
-            let _ = self.client_in.split_to(n);
+            input.advance(n);
             self.preface_left -= n;
             if self.preface_left > 0 {
                 return Ok(None);
             }
         }
-        next_frame(&mut self.client_in)
+        next_frame(input)
     }
 
     /// Timers: the idle GOAWAY, the drain deadline, a client that never
@@ -487,7 +534,7 @@ where
             Ok(_) => self.client_out.idle(&self.to_client),
             Err(_) => true,
         };
-        if !written && self.poll_timer(cx).is_ok() {
+        if (!written || self.poll_close(cx).is_pending()) && self.poll_timer(cx).is_ok() {
             return Poll::Pending;
         }
         Poll::Ready(Err(self
@@ -496,10 +543,15 @@ where
             .unwrap_or(HttpProxyError::Protocol("http/2 connection error"))))
     }
 
+    /// Shuts the client's side down (bounded by the drain deadline).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.client).poll_shutdown(cx).map(|_| ())
+    }
+
     // ----- client → app -------------------------------------------------
 
     /// One frame from the client. `Err`: a connection error.
-    fn client_frame(&mut self, head: Head, frame: Bytes) -> Result<(), Reason> {
+    fn client_frame(&mut self, head: Head, frame: &[u8]) -> Result<(), Reason> {
         if let Some(stream) = self.client_block
             && (head.kind != frame::CONTINUATION || head.stream != stream)
         {
@@ -508,7 +560,7 @@ where
         if !self.client_settled && head.kind != frame::SETTINGS {
             return Err(Reason::PROTOCOL_ERROR);
         }
-        let payload = frame.slice(frame::HEADER_LEN..);
+        let payload = &frame[frame::HEADER_LEN..];
         match head.kind {
             frame::DATA => self.client_data(head, payload),
             frame::HEADERS | frame::CONTINUATION => {
@@ -518,7 +570,7 @@ where
                 if head.kind == frame::CONTINUATION && self.client_block != Some(head.stream) {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
-                match self.client_blocks.decode(&frame) {
+                match self.client_blocks.decode(frame) {
                     Ok(Decoded::Continues) => {
                         self.client_block = Some(head.stream);
                         Ok(())
@@ -542,7 +594,7 @@ where
                 Ok(())
             }
             frame::RST_STREAM => {
-                let reason = Reason::from(frame::parse_u32(&payload)?);
+                let reason = Reason::from(frame::parse_u32(payload)?);
                 if head.stream == 0 || self.is_idle(head.stream) {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
@@ -553,7 +605,7 @@ where
                 }
                 Ok(())
             }
-            frame::SETTINGS => self.client_settings(head, &payload),
+            frame::SETTINGS => self.client_settings(head, payload),
             frame::PING => {
                 if head.stream != 0 {
                     return Err(Reason::PROTOCOL_ERROR);
@@ -562,7 +614,7 @@ where
                     return Err(Reason::FRAME_SIZE_ERROR);
                 }
                 if !head.has(frame::ACK) {
-                    frame::put_ping_ack(&mut self.to_client, &payload);
+                    frame::put_ping_ack(&mut self.to_client, payload);
                 }
                 Ok(())
             }
@@ -574,17 +626,26 @@ where
                 Ok(())
             }
             frame::WINDOW_UPDATE => {
-                let increment = frame::parse_u32(&payload)? & frame::MAX_WINDOW;
+                let increment = frame::parse_u32(payload)? & frame::MAX_WINDOW;
                 if head.stream == 0 {
                     if increment == 0 {
                         return Err(Reason::PROTOCOL_ERROR);
                     }
                     match self.app {
                         App::Open(_) => frame::put_window_update(&mut self.to_app, 0, increment),
-                        _ => self.pre_dial_window += u64::from(increment),
+                        _ => {
+                            self.pre_dial_window += u64::from(increment);
+                            // The window may not pass 2^31 - 1 (§6.9.1).
+                            if self.pre_dial_window > u64::from(frame::MAX_WINDOW - 65_535) {
+                                return Err(Reason::FLOW_CONTROL_ERROR);
+                            }
+                        }
                     }
                 } else if self.is_idle(head.stream) {
                     return Err(Reason::PROTOCOL_ERROR);
+                } else if increment == 0 {
+                    // A stream error (§6.9): that stream ends, on both sides.
+                    self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
                 } else if self.streams.contains_key(&head.stream) {
                     frame::put_window_update(&mut self.to_app, head.stream, increment);
                 }
@@ -602,7 +663,7 @@ where
         stream > self.last_stream
     }
 
-    fn client_data(&mut self, head: Head, payload: Bytes) -> Result<(), Reason> {
+    fn client_data(&mut self, head: Head, payload: &[u8]) -> Result<(), Reason> {
         if head.stream == 0 || self.is_idle(head.stream) {
             return Err(Reason::PROTOCOL_ERROR);
         }
@@ -619,7 +680,7 @@ where
             frame::put_refund(&mut self.to_client, head.stream, flow, false);
             return Ok(());
         }
-        frame::put_data(&mut self.to_app, head.stream, &content, end);
+        frame::put_data(&mut self.to_app, head.stream, content, end);
         frame::put_refund(
             &mut self.to_client,
             head.stream,
@@ -650,26 +711,34 @@ where
         }
         let settings = frame::parse_settings(payload)?;
         self.client_settled = true;
-        let mut kept = Vec::new();
+        // Settings apply in order: of several values, the last one counts.
+        let mut window = None;
         for (id, value) in settings {
             match id {
-                frame::HEADER_TABLE_SIZE => {
-                    self.client_blocks.set_encoder_table_size(value as usize)
-                }
-                frame::MAX_FRAME_SIZE => self.client_blocks.set_max_frame_size(value as usize),
-                frame::INITIAL_WINDOW_SIZE => kept.push((id, value)),
+                frame::HEADER_TABLE_SIZE => self.client_writer.table_size_changed(),
+                frame::INITIAL_WINDOW_SIZE => window = Some(value),
                 _ => {}
             }
         }
         match self.app {
             App::Open(_) => {
+                if self.app_acks.len() >= MAX_UNACKED_SETTINGS {
+                    // The app does not acknowledge: it cannot be followed.
+                    self.app_gone();
+                    return Ok(());
+                }
+                let kept: Vec<_> = window
+                    .map(|w| (frame::INITIAL_WINDOW_SIZE, w))
+                    .into_iter()
+                    .collect();
                 frame::put_settings(&mut self.to_app, &kept);
                 self.app_acks.push_back(Origin::Forwarded);
             }
-            _ => {
-                self.dial_settings.extend(kept);
+            App::NotDialled(_) => {
+                self.dial_window = window.or(self.dial_window);
                 frame::put_settings_ack(&mut self.to_client);
             }
+            App::Gone => frame::put_settings_ack(&mut self.to_client),
         }
         Ok(())
     }
@@ -690,16 +759,17 @@ where
             self.reset_both(id, reason);
             return Ok(());
         }
+        if id % 2 == 0 {
+            return Err(Reason::PROTOCOL_ERROR);
+        }
         if !self.is_idle(id) {
             // A stream we answered or reset: its frames are ignored (its
             // block was decoded, so HPACK stays in step).
             return Ok(());
         }
-        if id % 2 == 0 {
-            return Err(Reason::PROTOCOL_ERROR);
-        }
         self.last_stream = id;
         if self.going_away.is_some() || self.streams.len() >= self.max_streams as usize {
+            // Not processed: the client may retry it (§8.7).
             frame::put_reset(&mut self.to_client, id, Reason::REFUSED_STREAM);
             return Ok(());
         }
@@ -795,11 +865,8 @@ where
             span.in_scope(|| self.authorizer.observe(502, started.elapsed()));
             return;
         }
-        let mut head = Headers::new(StreamId::from(id), pseudo, fields);
-        if end {
-            head.set_end_stream();
-        }
-        self.app_blocks.encode(head, &mut self.to_app);
+        self.app_writer
+            .write(&mut self.to_app, id, &pseudo, &fields, end);
         self.streams.insert(
             id,
             Stream {
@@ -834,7 +901,9 @@ where
                 self.limits.max_header_bytes as u32,
             ),
         ];
-        settings.append(&mut self.dial_settings);
+        if let Some(window) = self.dial_window.take() {
+            settings.push((frame::INITIAL_WINDOW_SIZE, window));
+        }
         frame::put_settings(&mut self.to_app, &settings);
         self.app_acks.push_back(Origin::Relay);
         let mut window = std::mem::take(&mut self.pre_dial_window);
@@ -875,9 +944,13 @@ where
             map.insert(name.clone(), value.clone());
         }
         map.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let mut head = Headers::new(StreamId::from(id), Pseudo::response(status), map);
-        head.set_end_stream();
-        self.client_blocks.encode(head, &mut self.to_client);
+        self.client_writer.write(
+            &mut self.to_client,
+            id,
+            &Pseudo::response(status),
+            &map,
+            true,
+        );
         if request_open {
             frame::put_reset(&mut self.to_client, id, Reason::NO_ERROR);
         }
@@ -890,13 +963,13 @@ where
     // ----- app → client -------------------------------------------------
 
     /// One frame from the app. `Err`: the app broke the protocol.
-    fn app_frame(&mut self, head: Head, frame: Bytes) -> Result<(), Reason> {
+    fn app_frame(&mut self, head: Head, frame: &[u8]) -> Result<(), Reason> {
         if let Some(stream) = self.app_block
             && (head.kind != frame::CONTINUATION || head.stream != stream)
         {
             return Err(Reason::PROTOCOL_ERROR);
         }
-        let payload = frame.slice(frame::HEADER_LEN..);
+        let payload = &frame[frame::HEADER_LEN..];
         match head.kind {
             frame::DATA => self.app_data(head, payload),
             frame::HEADERS | frame::CONTINUATION => {
@@ -905,7 +978,7 @@ where
                 {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
-                match self.app_blocks.decode(&frame) {
+                match self.app_blocks.decode(frame) {
                     Ok(Decoded::Continues) => {
                         self.app_block = Some(head.stream);
                         Ok(())
@@ -924,7 +997,7 @@ where
                 }
             }
             frame::RST_STREAM => {
-                let reason = Reason::from(frame::parse_u32(&payload)?);
+                let reason = Reason::from(frame::parse_u32(payload)?);
                 if head.stream == 0 {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
@@ -948,17 +1021,23 @@ where
                 }
                 Ok(())
             }
-            frame::SETTINGS => self.app_settings(head, &payload),
+            frame::SETTINGS => self.app_settings(head, payload),
             frame::PING => {
+                if head.stream != 0 {
+                    return Err(Reason::PROTOCOL_ERROR);
+                }
                 if payload.len() != 8 {
                     return Err(Reason::FRAME_SIZE_ERROR);
                 }
                 if !head.has(frame::ACK) {
-                    frame::put_ping_ack(&mut self.to_app, &payload);
+                    frame::put_ping_ack(&mut self.to_app, payload);
                 }
                 Ok(())
             }
             frame::GOAWAY => {
+                if head.stream != 0 {
+                    return Err(Reason::PROTOCOL_ERROR);
+                }
                 if payload.len() < 8 {
                     return Err(Reason::FRAME_SIZE_ERROR);
                 }
@@ -967,9 +1046,14 @@ where
                 Ok(())
             }
             frame::WINDOW_UPDATE => {
-                let increment = frame::parse_u32(&payload)? & frame::MAX_WINDOW;
+                let increment = frame::parse_u32(payload)? & frame::MAX_WINDOW;
                 if head.stream == 0 {
+                    if increment == 0 {
+                        return Err(Reason::PROTOCOL_ERROR);
+                    }
                     frame::put_window_update(&mut self.to_client, 0, increment);
+                } else if increment == 0 {
+                    self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
                 } else if self.streams.contains_key(&head.stream) {
                     frame::put_window_update(&mut self.to_client, head.stream, increment);
                 }
@@ -981,7 +1065,7 @@ where
         }
     }
 
-    fn app_data(&mut self, head: Head, payload: Bytes) -> Result<(), Reason> {
+    fn app_data(&mut self, head: Head, payload: &[u8]) -> Result<(), Reason> {
         if head.stream == 0 {
             return Err(Reason::PROTOCOL_ERROR);
         }
@@ -997,7 +1081,7 @@ where
             self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
-        frame::put_data(&mut self.to_client, head.stream, &content, end);
+        frame::put_data(&mut self.to_client, head.stream, content, end);
         frame::put_refund(
             &mut self.to_app,
             head.stream,
@@ -1023,11 +1107,15 @@ where
             return Ok(());
         }
         let settings = frame::parse_settings(payload)?;
+        if !self.app_settled {
+            // Without a limit of its own, the app takes ours.
+            self.app_settled = true;
+            self.max_streams = MAX_STREAMS;
+        }
         let mut kept = Vec::new();
         for (id, value) in settings {
             match id {
-                frame::HEADER_TABLE_SIZE => self.app_blocks.set_encoder_table_size(value as usize),
-                frame::MAX_FRAME_SIZE => self.app_blocks.set_max_frame_size(value as usize),
+                frame::HEADER_TABLE_SIZE => self.app_writer.table_size_changed(),
                 frame::INITIAL_WINDOW_SIZE => kept.push((id, value)),
                 frame::MAX_CONCURRENT_STREAMS => {
                     self.max_streams = value.min(MAX_STREAMS);
@@ -1035,6 +1123,11 @@ where
                 }
                 _ => {}
             }
+        }
+        if self.client_acks.len() >= MAX_UNACKED_SETTINGS {
+            // The client does not acknowledge SETTINGS (§6.5.3).
+            self.connection_error(Reason::SETTINGS_TIMEOUT);
+            return Ok(());
         }
         frame::put_settings(&mut self.to_client, &kept);
         self.client_acks.push_back(Origin::Forwarded);
@@ -1052,6 +1145,12 @@ where
         let (responded, head_request) = (stream.responded, stream.head);
         if !stream.response_open {
             self.reset_both(id, Reason::STREAM_CLOSED);
+            return;
+        }
+        if headers.is_over_size() {
+            // Past the header list limit the decoder kept only part of it.
+            tracing::debug!(stream = id, "the app's header list is too large");
+            self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
         let (pseudo, mut fields) = headers.into_parts();
@@ -1088,11 +1187,8 @@ where
         // A response to HEAD ends with its final head (RFC 9110 §9.3.2):
         // content an app sends anyway is not wanted, so its stream is reset.
         let head_only = head_request && final_head && !end;
-        let mut head = Headers::new(StreamId::from(id), pseudo, fields);
-        if end || head_only {
-            head.set_end_stream();
-        }
-        self.client_blocks.encode(head, &mut self.to_client);
+        self.client_writer
+            .write(&mut self.to_client, id, &pseudo, &fields, end || head_only);
         if head_only {
             frame::put_reset(&mut self.to_app, id, Reason::NO_ERROR);
             if let Some(stream) = self.streams.get_mut(&id) {
@@ -1244,9 +1340,10 @@ fn grpc_message() -> HeaderName {
     HeaderName::from_static("grpc-message")
 }
 
-/// Splits the next whole frame off `input`: `None` until all of it is
-/// there. A frame larger than the relay accepts is a connection error.
-fn next_frame(input: &mut BytesMut) -> Result<Option<(Head, Bytes)>, Reason> {
+/// The header of the next frame in `input` once all of it is there
+/// (`None` until then). A frame larger than the relay accepts is a
+/// connection error.
+fn next_frame(input: &mut BytesMut) -> Result<Option<Head>, Reason> {
     let Some(head) = Head::parse(input) else {
         return Ok(None);
     };
@@ -1258,7 +1355,7 @@ fn next_frame(input: &mut BytesMut) -> Result<Option<(Head, Bytes)>, Reason> {
         input.reserve(total - input.len());
         return Ok(None);
     }
-    Ok(Some((head, input.split_to(total).freeze())))
+    Ok(Some(head))
 }
 
 /// Reads what `io` has into `input`.
@@ -1294,7 +1391,7 @@ impl Writer {
             match Pin::new(&mut *io).poll_write(cx, output) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
-                    let _ = output.split_to(n);
+                    output.advance(n);
                     wrote = true;
                     self.flush_pending = true;
                 }

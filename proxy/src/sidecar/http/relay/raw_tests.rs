@@ -373,3 +373,61 @@ async fn request_trailers_reset_the_stream_on_both_sides() {
     let reason = frame::parse_u32(&seen.last().unwrap().payload).unwrap();
     assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
 }
+
+/// SETTINGS before the app is dialled are acknowledged by the relay and
+/// only their last window is kept: however many a client sends, the app's
+/// preface carries one small SETTINGS frame.
+#[tokio::test]
+async fn settings_before_the_dial_keep_only_their_last_window() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    let entries: Vec<(u16, u32)> = (0..2_000)
+        .map(|i| (frame::INITIAL_WINDOW_SIZE, 1_000 + i))
+        .collect();
+    let mut out = BytesMut::new();
+    for _ in 0..50 {
+        frame::put_settings(&mut out, &entries);
+    }
+    client.send(&out).await;
+    let mut acks = 0;
+    while acks < 51 {
+        let got = client.frame().await.expect("the ACKs");
+        if got.head.kind == frame::SETTINGS && got.head.has(frame::ACK) {
+            acks += 1;
+        }
+    }
+    client.request(1, Method::GET, "/ok", true).await;
+    let mut preface = [0u8; 24];
+    app.io.read_exact(&mut preface).await.unwrap();
+    let seen = app
+        .until("the relay's SETTINGS", |g| g.head.kind == frame::SETTINGS)
+        .await;
+    let settings = frame::parse_settings(&seen.last().unwrap().payload).unwrap();
+    assert_eq!(settings.len(), 3, "{settings:?}");
+    assert_eq!(settings[2], (frame::INITIAL_WINDOW_SIZE, 2_999));
+}
+
+/// A response head over the header list limit is not passed on cut short:
+/// the stream is reset on both sides.
+#[tokio::test]
+async fn an_app_header_list_over_the_limit_resets_the_stream() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/ok", true).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut fields = HeaderMap::new();
+    fields.insert("x-big", "v".repeat(20_000).parse().unwrap());
+    let mut head = Headers::new(StreamId::from(1), Pseudo::response(StatusCode::OK), fields);
+    head.set_end_stream();
+    let mut out = BytesMut::new();
+    app.blocks.encode(head, &mut out);
+    app.send(&out).await;
+    let seen = client
+        .until("a reset", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    assert!(
+        !seen.iter().any(|g| g.head.kind == frame::HEADERS),
+        "a cut head reached the client: {seen:?}"
+    );
+}

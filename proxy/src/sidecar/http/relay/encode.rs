@@ -1,0 +1,359 @@
+//! Header blocks written without HPACK's dynamic table (RFC 7541 §6.1,
+//! §6.2.2, §6.2.3).
+//!
+//! Design bias: *write, don't search*. A stateful HPACK encoder looks every
+//! field up in its dynamic table and inserts what it did not find: on the
+//! relay's profile that search was the largest single cost of a request.
+//! Here a field is either a whole static-table entry (`:method GET` is one
+//! byte) or a literal *without indexing* whose name, when the static table
+//! has it, is an index: one pass, no table, no Huffman. The other side's
+//! decoder table then stays empty, so its `SETTINGS_HEADER_TABLE_SIZE`
+//! never matters to us; when it changes, the next block starts with a size
+//! update to 0, which every size allows (RFC 7541 §4.2, §6.3). The cost is
+//! bytes on the wire: names and values that a table would have shortened
+//! are sent in full each time.
+
+use bytes::{BufMut, BytesMut};
+use h2::frame::Pseudo;
+use http::HeaderMap;
+
+use super::frame::{self, CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
+
+/// One side's encoder: no table, only whether a size update is owed.
+#[derive(Debug, Default)]
+pub struct BlockWriter {
+    size_update_owed: bool,
+}
+
+impl BlockWriter {
+    /// The other side changed `SETTINGS_HEADER_TABLE_SIZE`.
+    pub fn table_size_changed(&mut self) {
+        self.size_update_owed = true;
+    }
+
+    /// Writes a HEADERS frame (and CONTINUATIONs past
+    /// [`frame::MAX_PAYLOAD`]) for `stream` onto `out`.
+    pub fn write(
+        &mut self,
+        out: &mut BytesMut,
+        stream: u32,
+        pseudo: &Pseudo,
+        fields: &HeaderMap,
+        end_stream: bool,
+    ) {
+        let start = out.len();
+        // The frame header is written once the block's length is known.
+        out.put_bytes(0, frame::HEADER_LEN);
+        if std::mem::take(&mut self.size_update_owed) {
+            // Dynamic table size update, 0 (§6.3).
+            out.put_u8(0x20);
+        }
+        encode_pseudo(out, pseudo);
+        for (name, value) in fields {
+            let flags = if value.is_sensitive() { 0x10 } else { 0x00 };
+            match static_name(name.as_str()) {
+                Some(index) => put_int(out, flags, 4, index),
+                None => {
+                    out.put_u8(flags);
+                    put_string(out, name.as_str().as_bytes());
+                }
+            }
+            put_string(out, value.as_bytes());
+        }
+        let block_len = out.len() - start - frame::HEADER_LEN;
+        let stream_flag = if end_stream { END_STREAM } else { 0 };
+        if block_len <= frame::MAX_PAYLOAD {
+            let head = frame_head(block_len, HEADERS, stream_flag | END_HEADERS, stream);
+            out[start..start + frame::HEADER_LEN].copy_from_slice(&head);
+            return;
+        }
+        // Rare: split into HEADERS and CONTINUATIONs, each with its header.
+        let block = out.split_off(start + frame::HEADER_LEN);
+        out.truncate(start);
+        let mut chunks = block.chunks(frame::MAX_PAYLOAD).peekable();
+        let mut kind = HEADERS;
+        let mut flags = stream_flag;
+        while let Some(chunk) = chunks.next() {
+            if chunks.peek().is_none() {
+                flags |= END_HEADERS;
+            }
+            out.put_slice(&frame_head(chunk.len(), kind, flags, stream));
+            out.put_slice(chunk);
+            kind = CONTINUATION;
+            flags = 0;
+        }
+    }
+}
+
+fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; frame::HEADER_LEN] {
+    let len = (len as u32).to_be_bytes();
+    let id = stream.to_be_bytes();
+    [
+        len[1], len[2], len[3], kind, flags, id[0], id[1], id[2], id[3],
+    ]
+}
+
+/// The pseudo-fields, in the order RFC 9113 §8.3 lists them.
+fn encode_pseudo(out: &mut BytesMut, pseudo: &Pseudo) {
+    if let Some(method) = &pseudo.method {
+        match method.as_str() {
+            "GET" => out.put_u8(0x82),
+            "POST" => out.put_u8(0x83),
+            other => literal(out, 2, other.as_bytes()),
+        }
+    }
+    if let Some(scheme) = &pseudo.scheme {
+        match &**scheme {
+            "http" => out.put_u8(0x86),
+            "https" => out.put_u8(0x87),
+            other => literal(out, 6, other.as_bytes()),
+        }
+    }
+    if let Some(authority) = &pseudo.authority {
+        literal(out, 1, authority.as_bytes());
+    }
+    if let Some(path) = &pseudo.path {
+        match &**path {
+            "/" => out.put_u8(0x84),
+            other => literal(out, 4, other.as_bytes()),
+        }
+    }
+    if let Some(status) = pseudo.status {
+        match status.as_u16() {
+            200 => out.put_u8(0x88),
+            204 => out.put_u8(0x89),
+            206 => out.put_u8(0x8a),
+            304 => out.put_u8(0x8b),
+            400 => out.put_u8(0x8c),
+            404 => out.put_u8(0x8d),
+            500 => out.put_u8(0x8e),
+            _ => literal(out, 8, status.as_str().as_bytes()),
+        }
+    }
+}
+
+/// A literal without indexing, its name a static-table index (§6.2.2).
+fn literal(out: &mut BytesMut, name_index: usize, value: &[u8]) {
+    put_int(out, 0x00, 4, name_index);
+    put_string(out, value);
+}
+
+/// A string literal, not Huffman-coded (§5.2).
+fn put_string(out: &mut BytesMut, bytes: &[u8]) {
+    put_int(out, 0x00, 7, bytes.len());
+    out.put_slice(bytes);
+}
+
+/// An integer with an `prefix_bits`-bit prefix, the first byte's other bits
+/// `flags` (§5.1).
+fn put_int(out: &mut BytesMut, flags: u8, prefix_bits: u32, value: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.put_u8(flags | value as u8);
+        return;
+    }
+    out.put_u8(flags | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.put_u8((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.put_u8(rest as u8);
+}
+
+/// The static table's index of a (regular) field name (RFC 7541
+/// Appendix A), for names the table holds.
+fn static_name(name: &str) -> Option<usize> {
+    Some(match name {
+        "accept-charset" => 15,
+        "accept-encoding" => 16,
+        "accept-language" => 17,
+        "accept-ranges" => 18,
+        "accept" => 19,
+        "access-control-allow-origin" => 20,
+        "age" => 21,
+        "allow" => 22,
+        "authorization" => 23,
+        "cache-control" => 24,
+        "content-disposition" => 25,
+        "content-encoding" => 26,
+        "content-language" => 27,
+        "content-length" => 28,
+        "content-location" => 29,
+        "content-range" => 30,
+        "content-type" => 31,
+        "cookie" => 32,
+        "date" => 33,
+        "etag" => 34,
+        "expect" => 35,
+        "expires" => 36,
+        "from" => 37,
+        "host" => 38,
+        "if-match" => 39,
+        "if-modified-since" => 40,
+        "if-none-match" => 41,
+        "if-range" => 42,
+        "if-unmodified-since" => 43,
+        "last-modified" => 44,
+        "link" => 45,
+        "location" => 46,
+        "max-forwards" => 47,
+        "proxy-authenticate" => 48,
+        "proxy-authorization" => 49,
+        "range" => 50,
+        "referer" => 51,
+        "refresh" => 52,
+        "retry-after" => 53,
+        "server" => 54,
+        "set-cookie" => 55,
+        "strict-transport-security" => 56,
+        "transfer-encoding" => 57,
+        "user-agent" => 58,
+        "vary" => 59,
+        "via" => 60,
+        "www-authenticate" => 61,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::hpack::{Decoded, HeaderBlocks};
+    use super::*;
+    use h2::frame::Headers;
+    use http::header::{HeaderName, HeaderValue};
+    use http::{Method, StatusCode, Uri};
+    use proptest::prelude::*;
+
+    /// Decodes with the h2 crate's decoder: what any peer would read.
+    fn decode(blocks: &mut HeaderBlocks, wire: &[u8]) -> Headers {
+        let mut rest = wire;
+        loop {
+            let head = frame::Head::parse(rest).expect("a frame");
+            let (one, after) = rest.split_at(frame::HEADER_LEN + head.len);
+            rest = after;
+            match blocks.decode(one) {
+                Ok(Decoded::Block(headers)) => {
+                    assert!(rest.is_empty(), "bytes after the block");
+                    return headers;
+                }
+                Ok(Decoded::Continues) => {}
+                Err(e) => panic!("the decoder refused the block: {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn static_entries_are_one_byte_and_the_rest_literals() {
+        let uri: Uri = "https://api.test/".parse().unwrap();
+        let pseudo = Pseudo::request(Method::GET, uri, None);
+        let mut wire = BytesMut::new();
+        BlockWriter::default().write(&mut wire, 1, &pseudo, &HeaderMap::new(), true);
+        let block = &wire[frame::HEADER_LEN..];
+        // :method GET, :scheme https, :authority literal, :path /.
+        assert_eq!(block[..2], [0x82, 0x87]);
+        assert_eq!(block[2..4], [0x01, 8]);
+        assert_eq!(&block[4..12], b"api.test");
+        assert_eq!(block[12..], [0x84]);
+        let head = frame::Head::parse(&wire).unwrap();
+        assert_eq!(head.flags, END_STREAM | END_HEADERS);
+        let decoded = decode(&mut HeaderBlocks::new(1 << 16), &wire);
+        assert_eq!(decoded.into_parts().0, pseudo);
+    }
+
+    #[test]
+    fn a_large_block_is_split_into_continuations() {
+        let mut fields = HeaderMap::new();
+        fields.insert("x-big", "b".repeat(40_000).parse().unwrap());
+        let mut wire = BytesMut::new();
+        let status = Pseudo::response(StatusCode::IM_A_TEAPOT);
+        BlockWriter::default().write(&mut wire, 3, &status, &fields, false);
+        let first = frame::Head::parse(&wire).unwrap();
+        assert_eq!((first.kind, first.flags), (HEADERS, 0));
+        let decoded = decode(&mut HeaderBlocks::new(1 << 17), &wire);
+        assert!(!decoded.is_end_stream());
+        let (pseudo, got) = decoded.into_parts();
+        assert_eq!(pseudo.status, Some(StatusCode::IM_A_TEAPOT));
+        assert_eq!(got, fields);
+    }
+
+    #[test]
+    fn a_size_update_is_owed_once_after_a_change() {
+        let mut writer = BlockWriter::default();
+        writer.table_size_changed();
+        let status = Pseudo::response(StatusCode::OK);
+        let mut wire = BytesMut::new();
+        writer.write(&mut wire, 1, &status, &HeaderMap::new(), true);
+        assert_eq!(wire[frame::HEADER_LEN..], [0x20, 0x88]);
+        let mut decoder = HeaderBlocks::new(1 << 16);
+        decode(&mut decoder, &wire);
+        let mut wire = BytesMut::new();
+        writer.write(&mut wire, 3, &status, &HeaderMap::new(), true);
+        assert_eq!(wire[frame::HEADER_LEN..], [0x88]);
+        decode(&mut decoder, &wire);
+    }
+
+    #[test]
+    fn a_sensitive_value_is_never_indexed() {
+        let mut fields = HeaderMap::new();
+        let mut secret = HeaderValue::from_static("Bearer x");
+        secret.set_sensitive(true);
+        fields.insert(http::header::AUTHORIZATION, secret);
+        let mut wire = BytesMut::new();
+        let status = Pseudo::response(StatusCode::OK);
+        BlockWriter::default().write(&mut wire, 1, &status, &fields, true);
+        // :status 200, then "literal never indexed", name index 15 + 8.
+        assert_eq!(
+            wire[frame::HEADER_LEN..frame::HEADER_LEN + 3],
+            [0x88, 0x1f, 8]
+        );
+    }
+
+    fn field() -> impl Strategy<Value = (HeaderName, HeaderValue, bool)> {
+        let names = prop_oneof![
+            Just("content-type".to_string()),
+            Just("www-authenticate".to_string()),
+            Just("accept-charset".to_string()),
+            "[a-z][a-z0-9-]{0,40}",
+        ];
+        let value = proptest::collection::vec(
+            prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')],
+            0..300,
+        );
+        (names, value, any::<bool>()).prop_map(|(name, value, sensitive)| {
+            let mut value = HeaderValue::from_bytes(&value).unwrap();
+            value.set_sensitive(sensitive);
+            (name.parse().unwrap(), value, sensitive)
+        })
+    }
+
+    proptest! {
+        /// Whatever the fields, h2's decoder reads back exactly what was
+        /// written, over many blocks on one connection (its table stays
+        /// empty).
+        #[test]
+        fn any_fields_decode_back_unchanged(
+            blocks in proptest::collection::vec(proptest::collection::vec(field(), 0..12), 1..6),
+            status in 100u16..600,
+        ) {
+            let mut writer = BlockWriter::default();
+            let mut decoder = HeaderBlocks::new(1 << 20);
+            let status = StatusCode::from_u16(status).unwrap();
+            for (i, block) in blocks.iter().enumerate() {
+                let mut fields = HeaderMap::new();
+                for (name, value, _) in block {
+                    fields.append(name.clone(), value.clone());
+                }
+                let mut wire = BytesMut::new();
+                let stream = 2 * i as u32 + 1;
+                writer.write(&mut wire, stream, &Pseudo::response(status), &fields, i % 2 == 0);
+                let decoded = decode(&mut decoder, &wire);
+                prop_assert_eq!(u32::from(decoded.stream_id()), stream);
+                prop_assert_eq!(decoded.is_end_stream(), i % 2 == 0);
+                let (pseudo, got) = decoded.into_parts();
+                prop_assert_eq!(pseudo.status, Some(status));
+                prop_assert_eq!(&got, &fields);
+            }
+        }
+    }
+}
