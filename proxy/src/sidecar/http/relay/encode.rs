@@ -50,7 +50,11 @@ impl BlockWriter {
         }
         encode_pseudo(out, pseudo);
         for (name, value) in fields {
-            let flags = if value.is_sensitive() { 0x10 } else { 0x00 };
+            let flags = if value.is_sensitive() || is_secret(name.as_str()) {
+                0x10
+            } else {
+                0x00
+            };
             match static_name(name.as_str()) {
                 Some(index) => put_int(out, flags, 4, index),
                 None => {
@@ -83,6 +87,16 @@ impl BlockWriter {
             flags = 0;
         }
     }
+}
+
+/// Fields written "never indexed" (§6.2.3) whatever their value says:
+/// a decoder drops that mark (h2's does), so a relay that forwards what it
+/// decoded must set it again for the fields that carry secrets.
+fn is_secret(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    )
 }
 
 fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; frame::HEADER_LEN] {

@@ -199,6 +199,8 @@ struct Relay<D, U> {
     /// After our GOAWAY: when the connection is closed regardless.
     drain_deadline: Option<Instant>,
     timer: Pin<Box<Sleep>>,
+    /// Drained after our GOAWAY: only the close is left.
+    closing: bool,
     /// The connection failed: what is left for the client is written, then
     /// this is returned.
     failed: Option<HttpProxyError>,
@@ -260,6 +262,7 @@ where
             idle_since: Some(now),
             drain_deadline: None,
             timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
+            closing: false,
             failed: None,
             authorizer,
             peer_headers,
@@ -273,6 +276,9 @@ where
             if self.failed.is_some() {
                 return self.poll_failed(cx);
             }
+            if self.closing {
+                return self.poll_closing(cx);
+            }
             let mut progress = false;
             match self.poll_client(cx) {
                 Ok(moved) => progress |= moved,
@@ -283,15 +289,8 @@ where
                 continue;
             }
             if self.finished() {
-                // Closed in an orderly way (a TLS close_notify, a FIN), so
-                // the client reads the GOAWAY and the last answers first.
-                if self.poll_close(cx).is_pending() {
-                    if let Err(e) = self.poll_timer(cx) {
-                        return Poll::Ready(Err(e));
-                    }
-                    return Poll::Pending;
-                }
-                return Poll::Ready(Ok(()));
+                self.closing = true;
+                return self.poll_closing(cx);
             }
             if !progress {
                 if let Err(e) = self.poll_timer(cx) {
@@ -375,9 +374,15 @@ where
 
     /// Writes what is queued for the app, handles what it sent.
     fn poll_app(&mut self, cx: &mut Context<'_>) -> bool {
+        if !matches!(self.app, App::Open(_)) {
+            return false;
+        }
         let mut input = std::mem::take(&mut self.app_in);
         let progress = self.poll_app_from(&mut input, cx);
-        self.app_in = input;
+        if matches!(self.app, App::Open(_)) {
+            self.app_in = input;
+        }
+        // (Else what a gone app sent last is dropped with it.)
         progress
     }
 
@@ -543,6 +548,30 @@ where
             .unwrap_or(HttpProxyError::Protocol("http/2 connection error"))))
     }
 
+    /// Drained: the client's side is closed in an orderly way (a TLS
+    /// close_notify, a FIN), so that it reads the GOAWAY and the last
+    /// answers; nothing more is handled or written. Bounded by the drain
+    /// deadline.
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpProxyError>> {
+        if self.poll_close(cx).is_pending() {
+            if let Err(e) = self.poll_timer(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Pending;
+        }
+        // What the client sent last (a WINDOW_UPDATE for the last DATA) is
+        // read and dropped where it is already here: unread bytes at close
+        // would make the kernel reset the connection, losing the answers.
+        for _ in 0..4 {
+            self.client_in.clear();
+            match read_in(&mut self.client, &mut self.client_in, cx) {
+                Poll::Ready(Ok(n)) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Shuts the client's side down (bounded by the drain deadline).
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         Pin::new(&mut self.client).poll_shutdown(cx).map(|_| ())
@@ -578,6 +607,10 @@ where
                     Ok(Decoded::Block(headers)) => {
                         self.client_block = None;
                         self.client_headers(headers)
+                    }
+                    // A stream the client may not use: a connection error.
+                    Err(BlockError::Stream(stream, _)) if stream % 2 == 0 => {
+                        Err(Reason::PROTOCOL_ERROR)
                     }
                     Err(BlockError::Stream(stream, reason)) => {
                         self.client_block = None;
@@ -633,7 +666,8 @@ where
                     }
                     match self.app {
                         App::Open(_) => frame::put_window_update(&mut self.to_app, 0, increment),
-                        _ => {
+                        App::Gone => {}
+                        App::NotDialled(_) => {
                             self.pre_dial_window += u64::from(increment);
                             // The window may not pass 2^31 - 1 (§6.9.1).
                             if self.pre_dial_window > u64::from(frame::MAX_WINDOW - 65_535) {
@@ -659,8 +693,10 @@ where
     }
 
     /// A stream ID the client has not opened yet.
+    /// (Even IDs are the server's: the client never opens them, so they
+    /// stay idle for it, RFC 9113 §5.1.1.)
     fn is_idle(&self, stream: u32) -> bool {
-        stream > self.last_stream
+        stream > self.last_stream || stream % 2 == 0
     }
 
     fn client_data(&mut self, head: Head, payload: &[u8]) -> Result<(), Reason> {
@@ -723,9 +759,8 @@ where
         match self.app {
             App::Open(_) => {
                 if self.app_acks.len() >= MAX_UNACKED_SETTINGS {
-                    // The app does not acknowledge: it cannot be followed.
-                    self.app_gone();
-                    return Ok(());
+                    // More SETTINGS than the app has acknowledged yet.
+                    return Err(Reason::ENHANCE_YOUR_CALM);
                 }
                 let kept: Vec<_> = window
                     .map(|w| (frame::INITIAL_WINDOW_SIZE, w))
@@ -920,7 +955,7 @@ where
     /// reset (and the app's, if the request had reached it).
     fn malformed_request(&mut self, id: u32, reason: Reason) {
         tracing::debug!(stream = id, ?reason, "malformed header block");
-        if self.is_idle(id) && id % 2 == 1 {
+        if self.is_idle(id) {
             self.last_stream = id;
         }
         if self.streams.remove(&id).is_some() {
@@ -1154,6 +1189,16 @@ where
             return;
         }
         let (pseudo, mut fields) = headers.into_parts();
+        if pseudo.method.is_some()
+            || pseudo.scheme.is_some()
+            || pseudo.authority.is_some()
+            || pseudo.path.is_some()
+            || pseudo.protocol.is_some()
+        {
+            // Request pseudo-fields in a response: malformed (§8.3).
+            self.reset_both(id, Reason::PROTOCOL_ERROR);
+            return;
+        }
         let final_head = match pseudo.status {
             _ if responded => {
                 if pseudo.status.is_some() || !end {
@@ -1252,6 +1297,13 @@ where
     fn app_gone(&mut self) {
         self.app = App::Gone;
         self.to_app.clear();
+        // The client's SETTINGS the app will never acknowledge are, in
+        // order, so that the client's later ones pair with theirs.
+        for origin in std::mem::take(&mut self.app_acks) {
+            if origin == Origin::Forwarded {
+                frame::put_settings_ack(&mut self.to_client);
+            }
+        }
         for (id, stream) in std::mem::take(&mut self.streams) {
             if self.app_delivered {
                 frame::put_reset(&mut self.to_client, id, Reason::INTERNAL_ERROR);

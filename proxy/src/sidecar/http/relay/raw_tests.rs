@@ -431,3 +431,41 @@ async fn an_app_header_list_over_the_limit_resets_the_stream() {
         "a cut head reached the client: {seen:?}"
     );
 }
+
+/// Even stream IDs are the server's: the client's frames on one are a
+/// connection error, however low the ID.
+#[tokio::test]
+async fn a_client_frame_on_an_even_stream_ends_the_connection() {
+    let (mut client, _app) = start();
+    client_preface(&mut client).await;
+    client.request(3, Method::GET, "/admin", true).await;
+    let mut out = BytesMut::new();
+    frame::put_window_update(&mut out, 2, 100);
+    client.send(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    let reason = frame::parse_u32(&seen.last().unwrap().payload[4..8]).unwrap();
+    assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
+}
+
+/// A response head with request pseudo-fields is malformed: not passed on.
+#[tokio::test]
+async fn a_response_with_request_pseudo_fields_resets_the_stream() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/ok", true).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut pseudo = Pseudo::response(StatusCode::OK);
+    pseudo.path = Pseudo::request(Method::GET, "/x".parse().unwrap(), None).path;
+    app.send_head(1, pseudo, true).await;
+    let seen = client
+        .until("a reset", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|g| g.head.kind == frame::HEADERS && g.head.stream == 1)
+    );
+}
