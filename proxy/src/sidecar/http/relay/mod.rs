@@ -609,7 +609,7 @@ where
                         self.client_headers(headers)
                     }
                     // A stream the client may not use: a connection error.
-                    Err(BlockError::Stream(stream, _)) if stream % 2 == 0 => {
+                    Err(BlockError::Stream(stream, _)) if stream.is_multiple_of(2) => {
                         Err(Reason::PROTOCOL_ERROR)
                     }
                     Err(BlockError::Stream(stream, reason)) => {
@@ -696,7 +696,7 @@ where
     /// (Even IDs are the server's: the client never opens them, so they
     /// stay idle for it, RFC 9113 §5.1.1.)
     fn is_idle(&self, stream: u32) -> bool {
-        stream > self.last_stream || stream % 2 == 0
+        stream > self.last_stream || stream.is_multiple_of(2)
     }
 
     fn client_data(&mut self, head: Head, payload: &[u8]) -> Result<(), Reason> {
@@ -794,7 +794,7 @@ where
             self.reset_both(id, reason);
             return Ok(());
         }
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return Err(Reason::PROTOCOL_ERROR);
         }
         if !self.is_idle(id) {
