@@ -132,6 +132,20 @@ pub fn put_ping_ack(out: &mut BytesMut, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// A PING (§6.7): checked, and answered unless it is itself an answer.
+pub fn answer_ping(head: &Head, payload: &[u8], out: &mut BytesMut) -> Result<(), Reason> {
+    if head.stream != 0 {
+        return Err(Reason::PROTOCOL_ERROR);
+    }
+    if payload.len() != 8 {
+        return Err(Reason::FRAME_SIZE_ERROR);
+    }
+    if !head.has(ACK) {
+        put_ping_ack(out, payload);
+    }
+    Ok(())
+}
+
 pub fn put_settings(out: &mut BytesMut, settings: &[(u16, u32)]) {
     put_head(out, settings.len() * 6, SETTINGS, 0, 0);
     for &(id, value) in settings {

@@ -639,18 +639,8 @@ where
                 Ok(())
             }
             frame::SETTINGS => self.client_settings(head, payload),
-            frame::PING => {
-                if head.stream != 0 {
-                    return Err(Reason::PROTOCOL_ERROR);
-                }
-                if payload.len() != 8 {
-                    return Err(Reason::FRAME_SIZE_ERROR);
-                }
-                if !head.has(frame::ACK) {
-                    frame::put_ping_ack(&mut self.to_client, payload);
-                }
-                Ok(())
-            }
+            // Each hop answers PINGs itself.
+            frame::PING => frame::answer_ping(&head, payload, &mut self.to_client),
             frame::GOAWAY => {
                 // The client opens nothing more; streams in flight finish.
                 if head.stream != 0 || payload.len() < 8 {
@@ -738,12 +728,7 @@ where
             if !payload.is_empty() {
                 return Err(Reason::FRAME_SIZE_ERROR);
             }
-            match self.client_acks.pop_front() {
-                Some(Origin::Relay) => {}
-                Some(Origin::Forwarded) => frame::put_settings_ack(&mut self.to_app),
-                None => return Err(Reason::PROTOCOL_ERROR),
-            }
-            return Ok(());
+            return settings_acked(&mut self.client_acks, &mut self.to_app);
         }
         let settings = frame::parse_settings(payload)?;
         self.client_settled = true;
@@ -1038,16 +1023,7 @@ where
                 }
                 if let Some(stream) = self.streams.remove(&head.stream) {
                     if reason == Reason::REFUSED_STREAM && !stream.responded {
-                        // Never processed (§8.7): a 502 is safe to retry.
-                        self.answer(
-                            head.stream,
-                            StatusCode::BAD_GATEWAY,
-                            &[],
-                            stream.request_open,
-                        );
-                        stream
-                            .span
-                            .in_scope(|| self.authorizer.observe(502, stream.started.elapsed()));
+                        self.never_processed(head.stream, &stream);
                     } else {
                         tracing::debug!(parent: &stream.span, ?reason, "the app reset the stream");
                         frame::put_reset(&mut self.to_client, head.stream, reason);
@@ -1057,18 +1033,8 @@ where
                 Ok(())
             }
             frame::SETTINGS => self.app_settings(head, payload),
-            frame::PING => {
-                if head.stream != 0 {
-                    return Err(Reason::PROTOCOL_ERROR);
-                }
-                if payload.len() != 8 {
-                    return Err(Reason::FRAME_SIZE_ERROR);
-                }
-                if !head.has(frame::ACK) {
-                    frame::put_ping_ack(&mut self.to_app, payload);
-                }
-                Ok(())
-            }
+            // Each hop answers PINGs itself.
+            frame::PING => frame::answer_ping(&head, payload, &mut self.to_app),
             frame::GOAWAY => {
                 if head.stream != 0 {
                     return Err(Reason::PROTOCOL_ERROR);
@@ -1134,12 +1100,7 @@ where
             return Err(Reason::PROTOCOL_ERROR);
         }
         if head.has(frame::ACK) {
-            match self.app_acks.pop_front() {
-                Some(Origin::Relay) => {}
-                Some(Origin::Forwarded) => frame::put_settings_ack(&mut self.to_client),
-                None => return Err(Reason::PROTOCOL_ERROR),
-            }
-            return Ok(());
+            return settings_acked(&mut self.app_acks, &mut self.to_client);
         }
         let settings = frame::parse_settings(payload)?;
         if !self.app_settled {
@@ -1270,6 +1231,14 @@ where
         }
     }
 
+    /// `502` for a stream the app never processed (safe to retry, §8.7).
+    fn never_processed(&mut self, id: u32, stream: &Stream) {
+        self.answer(id, StatusCode::BAD_GATEWAY, &[], stream.request_open);
+        stream
+            .span
+            .in_scope(|| self.authorizer.observe(502, stream.started.elapsed()));
+    }
+
     /// The app's GOAWAY: streams above `last` were never processed (`502`);
     /// the client is told to go elsewhere for new ones.
     fn app_going_away(&mut self, last: u32) {
@@ -1281,10 +1250,7 @@ where
             .collect();
         for id in unprocessed {
             if let Some(stream) = self.streams.remove(&id) {
-                self.answer(id, StatusCode::BAD_GATEWAY, &[], stream.request_open);
-                stream
-                    .span
-                    .in_scope(|| self.authorizer.observe(502, stream.started.elapsed()));
+                self.never_processed(id, &stream);
             }
         }
         self.note_closed();
@@ -1308,10 +1274,7 @@ where
             if self.app_delivered {
                 frame::put_reset(&mut self.to_client, id, Reason::INTERNAL_ERROR);
             } else {
-                self.answer(id, StatusCode::BAD_GATEWAY, &[], stream.request_open);
-                stream
-                    .span
-                    .in_scope(|| self.authorizer.observe(502, stream.started.elapsed()));
+                self.never_processed(id, &stream);
             }
         }
         self.note_closed();
@@ -1337,6 +1300,19 @@ where
         if self.streams.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(Instant::now());
         }
+    }
+}
+
+/// A SETTINGS ACK from one side: the oldest SETTINGS sent to it was ours
+/// (the ACK stops here) or the other side's (the ACK goes on to it).
+fn settings_acked(sent: &mut VecDeque<Origin>, other: &mut BytesMut) -> Result<(), Reason> {
+    match sent.pop_front() {
+        Some(Origin::Relay) => Ok(()),
+        Some(Origin::Forwarded) => {
+            frame::put_settings_ack(other);
+            Ok(())
+        }
+        None => Err(Reason::PROTOCOL_ERROR),
     }
 }
 
