@@ -323,6 +323,33 @@ mod tests {
         );
     }
 
+    /// Credentials and cookies are marked never-indexed even when their
+    /// value was not flagged sensitive (h2's decoder drops the mark).
+    #[test]
+    fn credential_and_cookie_fields_are_never_indexed_whatever_their_flag() {
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+        ] {
+            let mut fields = HeaderMap::new();
+            fields.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+            let mut wire = BytesMut::new();
+            let status = Pseudo::response(StatusCode::OK);
+            BlockWriter::default().write(&mut wire, 1, &status, &fields, true);
+            // After `:status 200` (0x88): the 4-bit pattern 0001 (§6.2.3).
+            assert_eq!(wire[frame::HEADER_LEN + 1] & 0xf0, 0x10, "{name}");
+        }
+        let mut fields = HeaderMap::new();
+        fields.insert("x-plain", HeaderValue::from_static("v"));
+        let mut wire = BytesMut::new();
+        let status = Pseudo::response(StatusCode::OK);
+        BlockWriter::default().write(&mut wire, 1, &status, &fields, true);
+        // Without indexing (0000), not never-indexed.
+        assert_eq!(wire[frame::HEADER_LEN + 1] & 0xf0, 0x00);
+    }
+
     fn field() -> impl Strategy<Value = (HeaderName, HeaderValue, bool)> {
         let names = prop_oneof![
             Just("content-type".to_string()),

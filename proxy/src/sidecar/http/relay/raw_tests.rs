@@ -469,3 +469,133 @@ async fn a_response_with_request_pseudo_fields_resets_the_stream() {
             .any(|g| g.head.kind == frame::HEADERS && g.head.stream == 1)
     );
 }
+
+fn go_away_reason(got: &Got) -> Reason {
+    Reason::from(frame::parse_u32(&got.payload[4..8]).unwrap())
+}
+
+/// Until the app's SETTINGS say how many streams it takes, the relay
+/// forwards at most 100 (RFC 9113 §6.5.2's recommended floor); beyond that,
+/// a stream is refused (safe to retry), and once the app has spoken its own
+/// limit (or ours) counts.
+#[tokio::test]
+async fn before_the_apps_settings_at_most_100_streams_are_forwarded() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    for i in 0..101 {
+        client.request(2 * i + 1, Method::GET, "/ok", true).await;
+    }
+    let seen = client
+        .until("a refusal", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    let refused = seen.last().unwrap();
+    assert_eq!(refused.head.stream, 201, "the 101st stream is refused");
+    assert_eq!(
+        Reason::from(frame::parse_u32(&refused.payload).unwrap()),
+        Reason::REFUSED_STREAM
+    );
+    app_handshake(&mut app).await;
+    let at_app = app.until("the 100th request", is_headers_on(199)).await;
+    let heads = at_app
+        .iter()
+        .filter(|g| g.head.kind == frame::HEADERS)
+        .count();
+    assert_eq!(heads, 100);
+    // The app named no limit: ours (256) counts once its SETTINGS are read
+    // (the relay passes them on).
+    client
+        .until("the app's SETTINGS", |g| {
+            g.head.kind == frame::SETTINGS && !g.head.has(frame::ACK)
+        })
+        .await;
+    client.request(203, Method::GET, "/ok", true).await;
+    app.until("the request after the app's SETTINGS", is_headers_on(203))
+        .await;
+}
+
+/// A client that sends SETTINGS faster than the app acknowledges them
+/// would grow the relay's queue of owed ACKs: past 16, a connection error.
+#[tokio::test]
+async fn a_client_over_16_unacknowledged_settings_ends_the_connection() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/ok", false).await;
+    // The app reads, sends its SETTINGS, and never acknowledges one.
+    let mut preface = [0u8; 24];
+    app.io.read_exact(&mut preface).await.unwrap();
+    let mut out = BytesMut::new();
+    frame::put_settings(&mut out, &[]);
+    app.send(&out).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut out = BytesMut::new();
+    for _ in 0..20 {
+        frame::put_settings(&mut out, &[(frame::INITIAL_WINDOW_SIZE, 1000)]);
+    }
+    client.send(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    assert_eq!(
+        go_away_reason(seen.last().unwrap()),
+        Reason::ENHANCE_YOUR_CALM
+    );
+}
+
+/// The other way: an app whose SETTINGS the client never acknowledges
+/// cannot queue more than 16 ACKs owed; the client is in breach of §6.5.3.
+#[tokio::test]
+async fn a_client_that_leaves_16_settings_unacknowledged_is_timed_out() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/ok", false).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut out = BytesMut::new();
+    for _ in 0..20 {
+        frame::put_settings(&mut out, &[(frame::INITIAL_WINDOW_SIZE, 1000)]);
+    }
+    app.send(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    assert_eq!(
+        go_away_reason(seen.last().unwrap()),
+        Reason::SETTINGS_TIMEOUT
+    );
+    let settings = seen
+        .iter()
+        .filter(|g| g.head.kind == frame::SETTINGS && !g.head.has(frame::ACK))
+        .count();
+    assert!(settings <= 16, "{settings} SETTINGS reached the client");
+}
+
+/// An app that announces a frame larger than it may send is gone: what it
+/// had been sent is reset (it may have acted on it), the client is told to
+/// reconnect, and the connection ends rather than spinning on the bytes
+/// the app left behind.
+#[tokio::test]
+async fn an_app_frame_too_large_ends_the_apps_side_and_the_connection() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/ok", true).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut out = BytesMut::new();
+    frame::put_head(&mut out, frame::MAX_PAYLOAD, frame::DATA, 0, 1);
+    // Over the limit: the length field says 16 385 bytes follow.
+    out[2] += 1;
+    out.extend_from_slice(&[0; 100]);
+    app.send(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    let reset = seen
+        .iter()
+        .find(|g| g.head.kind == frame::RST_STREAM && g.head.stream == 1)
+        .expect("the stream the app had is reset");
+    assert_eq!(
+        Reason::from(frame::parse_u32(&reset.payload).unwrap()),
+        Reason::INTERNAL_ERROR
+    );
+    while client.frame().await.is_some() {}
+}
