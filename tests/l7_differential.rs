@@ -328,6 +328,16 @@ fn table() -> Vec<Row> {
         get("tenant acme then x_tenant evil", b"/tenant/a", Denied("default"))
             .header(b"x-tenant", b"acme")
             .header(b"x_tenant", b"evil"),
+        // Whitespace around a value: HTTP/1 syntax trims it (policy sees
+        // `1`); in HTTP/2 it is part of the value and malformed (RFC 9113
+        // §8.2.1), so the stream is reset rather than forwarded to an app
+        // that might trim it.
+        get("x-debug padded", b"/public/x", Denied("no-debug"))
+            .header(b"x-debug", b" 1\t")
+            .h1_only("HTTP/1 trims whitespace around a value"),
+        get("padded value", b"/tenant/a", Closed)
+            .header(b"x-tenant", b"acme ")
+            .h2_only(),
         get("tenant list acme, evil", b"/tenant/a", Denied("default"))
             .header(b"x-tenant", b"acme, evil"),
         // --- Spoofed identity headers: stripped, request allowed.

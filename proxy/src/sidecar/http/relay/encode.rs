@@ -373,7 +373,13 @@ mod tests {
         let value = proptest::collection::vec(
             prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')],
             0..300,
-        );
+        )
+        // Padded values are malformed (§8.2.1): the decoder refuses them,
+        // so the relay never has one to write.
+        .prop_filter("a value with leading or trailing whitespace", |v| {
+            let padded = |b: &u8| *b == b' ' || *b == b'\t';
+            !v.first().is_some_and(padded) && !v.last().is_some_and(padded)
+        });
         (names, value, any::<bool>()).prop_map(|(name, value, sensitive)| {
             let mut value = HeaderValue::from_bytes(&value).unwrap();
             value.set_sensitive(sensitive);

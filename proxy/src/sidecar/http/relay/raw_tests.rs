@@ -599,3 +599,94 @@ async fn an_app_frame_too_large_ends_the_apps_side_and_the_connection() {
     );
     while client.frame().await.is_some() {}
 }
+
+/// RFC 9113 §8.2.1 and §8.1.1: an intermediary must not forward a request
+/// whose field names have upper-case letters or whose values have leading
+/// or trailing whitespace; its stream is reset and the app never sees it.
+#[tokio::test]
+async fn malformed_fields_are_not_forwarded() {
+    let cases: [(&[u8], &[u8]); 4] = [
+        (b"x-pad", b"v "),
+        (b"x-pad", b" v"),
+        (b"x-pad", b"v\t"),
+        (b"x-ok", b"v"),
+    ];
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    for (i, (name, value)) in cases.iter().enumerate() {
+        let stream = 2 * i as u32 + 1;
+        // :method GET, :scheme http, :path /, :authority literal, then the
+        // field as a literal without indexing with a new name.
+        let mut block = vec![0x82, 0x86, 0x84, 0x01, 6];
+        block.extend_from_slice(b"a.test");
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value);
+        let mut out = BytesMut::new();
+        frame::put_head(
+            &mut out,
+            block.len(),
+            frame::HEADERS,
+            frame::END_HEADERS | frame::END_STREAM,
+            stream,
+        );
+        out.extend_from_slice(&block);
+        client.send(&out).await;
+    }
+    app_handshake(&mut app).await;
+    let at_app = app.until("the well-formed request", is_headers_on(7)).await;
+    let heads: Vec<u32> = at_app
+        .iter()
+        .filter(|g| g.head.kind == frame::HEADERS)
+        .map(|g| g.head.stream)
+        .collect();
+    assert_eq!(heads, [7], "malformed requests reached the app");
+    let mut reset = Vec::new();
+    while reset.len() < 3 {
+        let got = client.frame().await.expect("the resets");
+        if got.head.kind == frame::RST_STREAM {
+            let reason = Reason::from(frame::parse_u32(&got.payload).unwrap());
+            assert_eq!(reason, Reason::PROTOCOL_ERROR);
+            reset.push(got.head.stream);
+        }
+    }
+    assert_eq!(reset, [1, 3, 5]);
+    // A padded value in the app's answer is not passed on either.
+    let mut fields = HeaderMap::new();
+    fields.insert("x-pad", "v ".parse().unwrap());
+    let mut head = Headers::new(StreamId::from(7), Pseudo::response(StatusCode::OK), fields);
+    head.set_end_stream();
+    let mut out = BytesMut::new();
+    app.blocks.encode(head, &mut out);
+    app.send(&out).await;
+    let seen = client
+        .until("a reset", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    assert_eq!(seen.last().unwrap().head.stream, 7);
+    assert!(!seen.iter().any(|g| g.head.kind == frame::HEADERS));
+}
+
+/// An upper-case field name is refused by h2's decoder as a connection
+/// error (as hyper's server does): stricter than §8.2.1's stream error,
+/// never forwarded.
+#[tokio::test]
+async fn an_upper_case_field_name_ends_the_connection() {
+    let (mut client, _app) = start();
+    client_preface(&mut client).await;
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 6];
+    block.extend_from_slice(b"a.test");
+    block.extend_from_slice(&[0x00, 4]);
+    block.extend_from_slice(b"X-Up");
+    block.extend_from_slice(&[1, b'v']);
+    let mut out = BytesMut::new();
+    let flags = frame::END_HEADERS | frame::END_STREAM;
+    frame::put_head(&mut out, block.len(), frame::HEADERS, flags, 1);
+    out.extend_from_slice(&block);
+    client.send(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    assert_eq!(go_away_reason(seen.last().unwrap()), Reason::PROTOCOL_ERROR);
+}
