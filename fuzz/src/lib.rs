@@ -259,16 +259,6 @@ impl RequestAuthorizer for CountingAuthorizer {
 
 /// A current-thread runtime with the clock paused: timers fire as soon as
 /// every task waits, so a stall costs no real time.
-/// A shutdown that never starts, made once per thread: `Shutdown::never`
-/// leaks its sender by design, which millions of executions would turn
-/// into gigabytes.
-fn never_shutdown() -> Shutdown {
-    thread_local! {
-        static NEVER: Shutdown = Shutdown::never();
-    }
-    NEVER.with(Shutdown::clone)
-}
-
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -402,7 +392,7 @@ pub fn h1_proxy(data: &[u8]) {
                 authorizer.clone(),
                 peer,
                 limits,
-                never_shutdown(),
+                Shutdown::never(),
             ));
             let app = tokio::spawn(answer_heads(app));
             let _ = client.write_all(&input).await;
@@ -452,7 +442,7 @@ pub fn h2_relay(data: &[u8]) {
                 authorizer.clone(),
                 None,
                 limits,
-                never_shutdown(),
+                Shutdown::never(),
             ));
             let app = tokio::spawn(answer_h2(app));
             let _ = client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;

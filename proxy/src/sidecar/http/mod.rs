@@ -295,11 +295,14 @@ impl Shutdown {
     }
 
     /// Never starts: for tests and fuzz harnesses that drive a proxy
-    /// alone. (Its sender is leaked: a dropped one would mean shutdown.)
+    /// alone. Every such handle listens to one sender that lives as long
+    /// as the process (a dropped sender would mean shutdown), so making
+    /// millions of them costs nothing that stays.
     pub fn never() -> Self {
-        let (sender, signal) = tokio::sync::watch::channel(false);
-        Box::leak(Box::new(sender));
-        Shutdown(signal)
+        static NEVER: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> =
+            std::sync::OnceLock::new();
+        let sender = NEVER.get_or_init(|| tokio::sync::watch::channel(false).0);
+        Shutdown(sender.subscribe())
     }
 }
 
