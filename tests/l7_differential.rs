@@ -271,6 +271,12 @@ fn table() -> Vec<Row> {
         get("encoded unreserved allowed", b"/public/%61bc", Allowed),
         get("encoded first segment allowed", b"/%70ublic/x", Allowed),
         get("query is not the path", b"/public/x?y=/../admin", Allowed),
+        // A request target has no fragment; Go's servers read `#` as part
+        // of the path (`/public#/../admin` is `/admin` to them).
+        get("fragment", b"/public#/../admin", Refused(400))
+            .h1_only("http::Uri drops a fragment: the h2 client cannot send one"),
+        get("fragment after a query", b"/public/x?y#/../admin", Refused(400))
+            .h1_only("http::Uri drops a fragment: the h2 client cannot send one"),
         get("encoded query is not the path", b"/public/x?%2e%2e%2fadmin", Allowed),
         get("three dots is a name", b"/public/.../x", Allowed),
         get("dot-leading name", b"/public/.well-known/x", Allowed),

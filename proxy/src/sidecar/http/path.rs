@@ -11,11 +11,12 @@
 //! forwarded byte for byte: only policy sees the canonical form.
 //!
 //! The rules, in `docs/what-policy-sees.md`:
-//! 1. the path is the target up to `?`/`#` (after the authority in absolute
+//! 1. the path is the target up to `?` (after the authority in absolute
 //!    form); `*` is its own path (the caller allows it only for `OPTIONS`);
 //! 2. refused: `\`, `%2F`, `%5C`, `%25`, `%3B`, NUL and control bytes (raw or
 //!    encoded), malformed `%`, `.`/`..` segments (raw, encoded, or with
-//!    `;params`), a path that does not start with `/`;
+//!    `;params`), a path that does not start with `/`, a `#` anywhere in
+//!    the target (a request has no fragment);
 //! 3. `%XX` of an unreserved character is decoded; other encodings are kept
 //!    with upper-case hex;
 //! 4. in each segment, everything from the first `;` is dropped;
@@ -49,6 +50,11 @@ pub enum PathError {
     BadPercentEncoding,
     /// A `.` or `..` segment: servers resolve them or not.
     DotSegment,
+    /// A `#` anywhere in the target. A request target has no fragment
+    /// (RFC 9112 §3.2, RFC 9113 §8.3.1); a server that takes `#` as part
+    /// of the path (Go's `url.ParseRequestURI` does) would route
+    /// `/public#/../admin` where policy saw `/public`.
+    Fragment,
 }
 
 impl PathError {
@@ -62,6 +68,7 @@ impl PathError {
             PathError::ControlCharacter => "control character in the request path",
             PathError::BadPercentEncoding => "malformed percent-encoding in the request path",
             PathError::DotSegment => "dot segment (. or ..) in the request path",
+            PathError::Fragment => "fragment (#) in the request target",
         }
     }
 }
@@ -92,6 +99,9 @@ pub fn path_of(target: &str) -> &str {
 
 /// The canonical path of a request target (see the module docs).
 pub fn canonical_path(target: &str) -> Result<Cow<'_, str>, PathError> {
+    if target.contains('#') {
+        return Err(PathError::Fragment);
+    }
     let raw = path_of(target);
     if raw == "*" {
         return Ok(Cow::Borrowed(raw));
@@ -210,7 +220,6 @@ mod tests {
         for (target, want) in [
             ("/", "/"),
             ("/v1/orders?x=1", "/v1/orders"),
-            ("/a#frag", "/a"),
             ("*", "*"),
             ("http://h:80/v1/x?q", "/v1/x"),
             ("http://h", "/"),
@@ -267,6 +276,11 @@ mod tests {
             ("a/b", PathError::NotAbsolute),
             ("", PathError::NotAbsolute),
             ("?x", PathError::NotAbsolute),
+            ("/a#frag", PathError::Fragment),
+            ("/public#/../admin", PathError::Fragment),
+            ("/ok?q#\r\nx: y", PathError::Fragment),
+            ("http://h/a#b", PathError::Fragment),
+            ("http://h#b", PathError::Fragment),
         ] {
             assert_eq!(canonical_path(target), Err(why), "{target}");
         }

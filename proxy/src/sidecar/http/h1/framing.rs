@@ -51,7 +51,7 @@ impl fmt::Display for FramingError {
 /// The framing of a message from its headers. `request`: requests without
 /// either header have no body; responses are then read until close.
 pub fn body_length<'h>(
-    headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     request: bool,
 ) -> Result<BodyLength, FramingError> {
     let mut transfer_encoding: Option<bool> = None; // Some(ends in chunked)

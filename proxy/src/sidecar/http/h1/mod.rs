@@ -23,7 +23,7 @@
 //! are removed. A `101 Switching Protocols` answer turns the connection
 //! into opaque TCP.
 
-mod framing;
+pub(super) mod framing;
 
 use std::future::Future;
 use std::io;

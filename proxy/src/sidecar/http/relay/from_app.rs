@@ -3,11 +3,15 @@
 
 use h2::Reason;
 use h2::frame::Headers;
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Head};
 use super::hpack::{BlockError, Decoded};
-use super::{App, MAX_STREAMS, MAX_UNACKED_SETTINGS, Origin, Relay, settings_acked};
+use super::{
+    App, MAX_STREAMS, MAX_UNACKED_SETTINGS, Origin, Relay, declared_length, padded_value,
+    settings_acked, within_declared,
+};
 use crate::sidecar::http::{AppSide, strip_appid_headers};
 
 impl<D, U> Relay<D, U>
@@ -106,12 +110,18 @@ where
         let flow = payload.len() as u32;
         let content = frame::unpad(&head, payload)?;
         let end = head.has(frame::END_STREAM);
-        let Some(stream) = self.streams.get(&head.stream) else {
+        let Some(stream) = self.streams.get_mut(&head.stream) else {
             frame::put_refund(&mut self.to_app, head.stream, flow, false);
             return Ok(());
         };
         if !stream.responded || !stream.response_open {
             // DATA before a response head, or after its end.
+            self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if !within_declared(&mut stream.response_left, content.len(), end) {
+            tracing::debug!(stream = head.stream, "response body not its content-length");
+            frame::put_refund(&mut self.to_app, head.stream, flow, false);
             self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
@@ -183,6 +193,11 @@ where
             return;
         }
         let (pseudo, mut fields) = headers.into_parts();
+        if let Some(name) = padded_value(&fields) {
+            tracing::debug!(stream = id, %name, "the app sent a field value with leading or trailing whitespace");
+            self.reset_both(id, Reason::PROTOCOL_ERROR);
+            return;
+        }
         if pseudo.method.is_some()
             || pseudo.scheme.is_some()
             || pseudo.authority.is_some()
@@ -190,6 +205,35 @@ where
             || pseudo.protocol.is_some()
         {
             // Request pseudo-fields in a response: malformed (§8.3).
+            self.reset_both(id, Reason::PROTOCOL_ERROR);
+            return;
+        }
+        // The body a final head promises (none after HEAD, 204 or 304,
+        // whatever `content-length` says); trailers end it, so all it
+        // promised must have come.
+        let informational = pseudo.status.is_some_and(|s| s.is_informational());
+        let no_body = head_request
+            || matches!(
+                pseudo.status,
+                Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+            );
+        let declared = if responded {
+            Ok(stream.response_left)
+        } else if informational || no_body {
+            Ok(None)
+        } else {
+            declared_length(&fields)
+        };
+        let Ok(mut declared) = declared else {
+            tracing::debug!(stream = id, "the app's content-length is malformed");
+            self.reset_both(id, Reason::PROTOCOL_ERROR);
+            return;
+        };
+        if !informational && !within_declared(&mut declared, 0, end) {
+            tracing::debug!(
+                stream = id,
+                "the app's response ends short of its content-length"
+            );
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
@@ -218,6 +262,9 @@ where
         };
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.responded |= final_head;
+            if final_head {
+                stream.response_left = declared.take();
+            }
         }
         if self.limits.app == AppSide::Upstream {
             // The app's response: x-appid-* is not its to set.

@@ -1,8 +1,8 @@
 //! Client → app: the client's frames, and every request head authorized
 //! on its way (the one check HTTP/1 shares,
 //! [`crate::sidecar::http::authorize_request`]).
-//! A denied or malformed request is answered here and never reaches the
-//! app; an allowed one is re-encoded to it.
+//! A denied request is answered here (a malformed one reset) and never
+//! reaches the app; an allowed one is re-encoded to it.
 
 use h2::Reason;
 use h2::frame::{Headers, Pseudo};
@@ -13,7 +13,10 @@ use tokio::time::Instant;
 
 use super::frame::{self, Head};
 use super::hpack::{BlockError, Decoded};
-use super::{App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, settings_acked};
+use super::{
+    App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, declared_length, padded_value,
+    settings_acked, within_declared,
+};
 use crate::sidecar::http::{
     DENIED_BY_HEADER, HeaderMapView, PEER_CLAIMS_HEADER, PEER_ID_HEADER, RequestDecision,
     authorize_request, strip_appid_headers,
@@ -152,6 +155,16 @@ where
             frame::put_refund(&mut self.to_client, head.stream, flow, false);
             return Ok(());
         }
+        let within = self
+            .streams
+            .get_mut(&head.stream)
+            .is_some_and(|s| within_declared(&mut s.request_left, content.len(), end));
+        if !within {
+            tracing::debug!(stream = head.stream, "request body not its content-length");
+            frame::put_refund(&mut self.to_client, head.stream, flow, false);
+            self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
         frame::put_data(&mut self.to_app, head.stream, content, end);
         frame::put_refund(
             &mut self.to_client,
@@ -244,12 +257,33 @@ where
             return Ok(());
         }
         let (pseudo, fields) = headers.into_parts();
+        if let Some(name) = padded_value(&fields) {
+            tracing::debug!(stream = id, %name, "a field value with leading or trailing whitespace");
+            self.malformed_request(id, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
         if let Err(why) = check_request_pseudo(&pseudo) {
             tracing::debug!(stream = id, why, "malformed request head");
             frame::put_reset(&mut self.to_client, id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
+        let mut declared = match declared_length(&fields) {
+            Ok(declared) => declared,
+            Err(why) => {
+                tracing::debug!(stream = id, %why, "malformed request head");
+                self.malformed_request(id, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
+        };
+        if !within_declared(&mut declared, 0, end) {
+            // A head that ends the stream but promises a body.
+            self.malformed_request(id, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
         self.request(id, pseudo, fields, end);
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.request_left = declared;
+        }
         Ok(())
     }
 
@@ -340,6 +374,8 @@ where
                 response_open: true,
                 responded: false,
                 head: method == Method::HEAD,
+                request_left: None,
+                response_left: None,
                 started,
                 span,
             },
@@ -463,8 +499,13 @@ fn check_request_pseudo(pseudo: &Pseudo) -> Result<(), &'static str> {
     }
 }
 
+/// Policy text (a rule name, a reason) as a header value of our own:
+/// trimmed, since HTTP/2 calls a padded value malformed.
 fn header_value(text: &str, fallback: &'static str) -> HeaderValue {
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(fallback))
+    match text.trim() {
+        "" => HeaderValue::from_static(fallback),
+        text => HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(fallback)),
+    }
 }
 
 fn denied_by() -> HeaderName {

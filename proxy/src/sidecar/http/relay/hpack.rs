@@ -70,18 +70,7 @@ impl HeaderBlocks {
         let decoded = match Pin::new(&mut self.codec).poll_next(&mut cx) {
             // The frame was taken; its block needs more frames.
             Poll::Pending => Ok(Decoded::Continues),
-            Poll::Ready(Some(Ok(Frame::Headers(headers)))) => match padded_value(&headers) {
-                // Malformed (RFC 9113 §8.2.1), which an intermediary must
-                // not forward (§8.1.1); h2's decoder lets it through.
-                Some(name) => {
-                    tracing::debug!(%name, "a field value with leading or trailing whitespace");
-                    Err(BlockError::Stream(
-                        headers.stream_id().into(),
-                        Reason::PROTOCOL_ERROR,
-                    ))
-                }
-                None => Ok(Decoded::Block(headers)),
-            },
+            Poll::Ready(Some(Ok(Frame::Headers(headers)))) => Ok(Decoded::Block(headers)),
             // Only header frames are fed in.
             Poll::Ready(Some(Ok(_))) => Err(BlockError::Connection(Reason::PROTOCOL_ERROR)),
             Poll::Ready(Some(Err(h2::proto::Error::Reset(stream, reason, _)))) => {
@@ -119,17 +108,6 @@ impl HeaderBlocks {
         out.extend_from_slice(written);
         written.clear();
     }
-}
-
-/// The first field whose value starts or ends with whitespace (space or
-/// tab): HTTP/1 parsers trim it as syntax, HTTP/2 carries it verbatim and
-/// calls it malformed, and an app may read `" admin"` as `admin`.
-fn padded_value(headers: &Headers) -> Option<&http::HeaderName> {
-    let padded = |b: &u8| *b == b' ' || *b == b'\t';
-    headers.fields().iter().find_map(|(name, value)| {
-        let bytes = value.as_bytes();
-        (bytes.first().is_some_and(padded) || bytes.last().is_some_and(padded)).then_some(name)
-    })
 }
 
 /// The codec's "connection": bytes handed in, bytes written out.

@@ -47,7 +47,7 @@
 //! Files: this one holds the connection (its state, the poll loop, timers,
 //! closing) and what both directions share; [`from_client`] handles the
 //! client's frames and authorizes each request; [`from_app`] handles the
-//! app's frames and answers for an app that refuses or goes; [`frame`],
+//! app's frames, its GOAWAY and its going; [`frame`],
 //! [`hpack`] (in) and [`encode`] (out) are the wire.
 
 mod encode;
@@ -65,7 +65,8 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use h2::Reason;
-use http::StatusCode;
+use http::header::{CONTENT_LENGTH, HeaderName};
+use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
@@ -73,6 +74,7 @@ use self::encode::BlockWriter;
 use self::frame::Head;
 use self::hpack::HeaderBlocks;
 use super::flood::FrameBudget;
+use super::h1::framing::{BodyLength, FramingError, body_length};
 use super::{HttpLimits, HttpProxyError, PeerHeaders, RequestAuthorizer, Shutdown};
 
 /// Concurrent streams accepted from the client.
@@ -151,6 +153,11 @@ struct Stream {
     responded: bool,
     /// A `HEAD` request: the response has no content.
     head: bool,
+    /// Request body bytes its `content-length` still promises (`None`: no
+    /// length declared).
+    request_left: Option<u64>,
+    /// The same for the response.
+    response_left: Option<u64>,
     started: std::time::Instant,
     span: tracing::Span,
 }
@@ -522,7 +529,12 @@ where
     /// The client broke the protocol: GOAWAY with `reason`, then close.
     fn connection_error(&mut self, reason: Reason) {
         tracing::debug!(?reason, "http/2 connection error");
-        frame::put_go_away(&mut self.to_client, self.last_stream, reason);
+        // A later GOAWAY may not raise the last stream ID of an earlier one
+        // (§6.8): streams refused after it were never processed.
+        let last = self
+            .going_away
+            .map_or(self.last_stream, |sent| sent.min(self.last_stream));
+        frame::put_go_away(&mut self.to_client, last, reason);
         self.failed = Some(HttpProxyError::H2(h2::Error::from(reason)));
         if self.drain_deadline.is_none() {
             let deadline = Instant::now() + self.limits.drain_timeout;
@@ -614,6 +626,48 @@ where
             self.idle_since = Some(Instant::now());
         }
     }
+}
+
+/// The first field whose value starts or ends with whitespace (space or
+/// tab). HTTP/1 parsers trim it as syntax; HTTP/2 carries it verbatim and
+/// calls such a message malformed (RFC 9113 §8.2.1), which an intermediary
+/// must not forward (§8.1.1) — an app that trims would act on a value the
+/// client spelled differently. h2's decoder lets it through.
+fn padded_value(fields: &HeaderMap) -> Option<&HeaderName> {
+    let padded = |b: &u8| *b == b' ' || *b == b'\t';
+    fields.iter().find_map(|(name, value)| {
+        let bytes = value.as_bytes();
+        (bytes.first().is_some_and(padded) || bytes.last().is_some_and(padded)).then_some(name)
+    })
+}
+
+/// The body length a message declares in `content-length` (HTTP/1's
+/// parser: one integer, repeated values equal), `None` without one.
+fn declared_length(fields: &HeaderMap) -> Result<Option<u64>, FramingError> {
+    let values = fields
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .map(|value| ("content-length", value.as_bytes()));
+    // (`transfer-encoding` never gets here: h2's decoder refuses it.)
+    match body_length(values, false)? {
+        BodyLength::Length(n) => Ok(Some(n)),
+        BodyLength::Empty => Ok(Some(0)),
+        BodyLength::Chunked | BodyLength::UntilClose => Ok(None),
+    }
+}
+
+/// Counts `n` body bytes against what a message declared: `false` when
+/// they go past it, or fall short of it at the end — a malformed message
+/// (RFC 9113 §8.1.1) that is reset rather than passed on.
+fn within_declared(left: &mut Option<u64>, n: usize, end: bool) -> bool {
+    let Some(rest) = left else {
+        return true;
+    };
+    let Some(after) = rest.checked_sub(n as u64) else {
+        return false;
+    };
+    *rest = after;
+    !(end && after != 0)
 }
 
 /// A SETTINGS ACK from one side: the oldest SETTINGS sent to it was ours

@@ -601,8 +601,8 @@ async fn an_app_frame_too_large_ends_the_apps_side_and_the_connection() {
 }
 
 /// RFC 9113 §8.2.1 and §8.1.1: an intermediary must not forward a request
-/// whose field names have upper-case letters or whose values have leading
-/// or trailing whitespace; its stream is reset and the app never sees it.
+/// whose field values have leading or trailing whitespace; its stream is
+/// reset and the app never sees it (nor such an answer from the app).
 #[tokio::test]
 async fn malformed_fields_are_not_forwarded() {
     let cases: [(&[u8], &[u8]); 4] = [
@@ -689,4 +689,178 @@ async fn an_upper_case_field_name_ends_the_connection() {
         .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
         .await;
     assert_eq!(go_away_reason(seen.last().unwrap()), Reason::PROTOCOL_ERROR);
+}
+
+/// A padded value refused after it entered the HPACK table (h2's encoder
+/// indexes it) leaves both sides' tables in step: the same field sent again
+/// by reference is refused again, and the next well-formed request passes.
+#[tokio::test]
+async fn a_refused_padded_value_keeps_hpack_in_step() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    for (stream, value) in [(1, "v "), (3, "v "), (5, "v")] {
+        let mut fields = HeaderMap::new();
+        fields.insert("x-pad", value.parse().unwrap());
+        let uri: Uri = "http://api.test/ok".parse().unwrap();
+        let pseudo = Pseudo::request(Method::GET, uri, None);
+        let mut head = Headers::new(StreamId::from(stream), pseudo, fields);
+        head.set_end_stream();
+        let mut out = BytesMut::new();
+        client.blocks.encode(head, &mut out);
+        client.send(&out).await;
+    }
+    app_handshake(&mut app).await;
+    let at_app = app.until("the well-formed request", is_headers_on(5)).await;
+    let (_, fields) = at_app.last().unwrap().block.as_ref().unwrap();
+    assert_eq!(fields["x-pad"], "v");
+    assert_eq!(
+        at_app
+            .iter()
+            .filter(|g| g.head.kind == frame::HEADERS)
+            .count(),
+        1
+    );
+    let mut reset = Vec::new();
+    while reset.len() < 2 {
+        let got = client.frame().await.expect("the resets");
+        if got.head.kind == frame::RST_STREAM {
+            reset.push(got.head.stream);
+        }
+    }
+    assert_eq!(reset, [1, 3]);
+}
+
+/// A `:path` with a fragment is refused (400) before policy: `http`'s
+/// parser stops at `#`, so what follows (here CR LF) would otherwise reach
+/// the app unchecked.
+#[tokio::test]
+async fn a_path_with_a_fragment_is_refused() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    let path = b"/ok#\r\nx-injected: 1";
+    // :method GET, :scheme http, :authority a.test, :path literal.
+    let mut block = vec![0x82, 0x86, 0x01, 6];
+    block.extend_from_slice(b"a.test");
+    block.extend_from_slice(&[0x04, path.len() as u8]);
+    block.extend_from_slice(path);
+    let mut out = BytesMut::new();
+    let flags = frame::END_HEADERS | frame::END_STREAM;
+    frame::put_head(&mut out, block.len(), frame::HEADERS, flags, 1);
+    out.extend_from_slice(&block);
+    client.send(&out).await;
+    let seen = client.until("the answer", is_headers_on(1)).await;
+    assert_eq!(status(seen.last().unwrap()), Some(StatusCode::BAD_REQUEST));
+    client.request(3, Method::GET, "/ok", true).await;
+    app_handshake(&mut app).await;
+    let at_app = app.until("the next request", is_headers_on(3)).await;
+    assert!(!at_app.iter().any(|g| g.head.stream == 1));
+}
+
+/// A request head with these extra fields on `stream`, not ending it.
+async fn request_with(client: &mut Peer, stream: u32, path: &str, fields: &[(&str, &str)]) {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields {
+        map.append(
+            http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let uri: Uri = format!("http://api.test{path}").parse().unwrap();
+    let pseudo = Pseudo::request(Method::POST, uri, None);
+    let head = Headers::new(StreamId::from(stream), pseudo, map);
+    let mut out = BytesMut::new();
+    client.blocks.encode(head, &mut out);
+    client.send(&out).await;
+}
+
+fn reset_reason(got: &Got) -> Reason {
+    Reason::from(frame::parse_u32(&got.payload).unwrap())
+}
+
+/// A request body that is not the length its `content-length` declares is
+/// malformed (RFC 9113 §8.1.1): reset both ways, never passed on whole.
+/// Too long: the frame that goes past it never reaches the app. Too short:
+/// the frame that ends it early does not either (the app sees a reset, not
+/// END_STREAM).
+#[tokio::test]
+async fn a_request_body_not_its_content_length_is_reset() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    request_with(&mut client, 1, "/long", &[("content-length", "5")]).await;
+    request_with(&mut client, 3, "/short", &[("content-length", "5")]).await;
+    request_with(&mut client, 5, "/bad", &[("content-length", "5, 6")]).await;
+    let mut out = BytesMut::new();
+    frame::put_data(&mut out, 1, b"hello!", false);
+    frame::put_data(&mut out, 3, b"hel", true);
+    client.send(&out).await;
+    let mut resets = std::collections::BTreeMap::new();
+    while resets.len() < 3 {
+        let got = client.frame().await.expect("the resets");
+        if got.head.kind == frame::RST_STREAM {
+            resets.insert(got.head.stream, reset_reason(&got));
+        }
+    }
+    assert!(
+        resets.values().all(|r| *r == Reason::PROTOCOL_ERROR),
+        "{resets:?}"
+    );
+    app_handshake(&mut app).await;
+    let at_app = app
+        .until("both resets", |g| {
+            g.head.kind == frame::RST_STREAM && g.head.stream == 3
+        })
+        .await;
+    assert!(
+        !at_app.iter().any(|g| g.head.kind == frame::DATA),
+        "body bytes reached the app: {at_app:?}"
+    );
+    assert!(!at_app.iter().any(|g| g.head.stream == 5));
+}
+
+/// The same for the app's answer; a `HEAD` answer and a `304` may declare a
+/// length they carry no body for.
+#[tokio::test]
+async fn a_response_body_not_its_content_length_is_reset() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/long", true).await;
+    client.request(3, Method::HEAD, "/head", true).await;
+    client.request(5, Method::GET, "/cached", true).await;
+    app_handshake(&mut app).await;
+    app.until("the last request", is_headers_on(5)).await;
+    let mut out = BytesMut::new();
+    for (stream, status, end) in [
+        (1, StatusCode::OK, false),
+        (3, StatusCode::OK, true),
+        (5, StatusCode::NOT_MODIFIED, true),
+    ] {
+        let mut fields = HeaderMap::new();
+        fields.insert("content-length", "2".parse().unwrap());
+        let mut head = Headers::new(StreamId::from(stream), Pseudo::response(status), fields);
+        if end {
+            head.set_end_stream();
+        }
+        app.blocks.encode(head, &mut out);
+    }
+    frame::put_data(&mut out, 1, b"abc", true);
+    app.send(&out).await;
+    let seen = client
+        .until("the reset", |g| g.head.kind == frame::RST_STREAM)
+        .await;
+    assert_eq!(seen.last().unwrap().head.stream, 1);
+    assert_eq!(reset_reason(seen.last().unwrap()), Reason::PROTOCOL_ERROR);
+    assert!(!seen.iter().any(|g| g.head.kind == frame::DATA));
+    let answered: Vec<(u32, Option<StatusCode>)> = seen
+        .iter()
+        .filter(|g| g.head.kind == frame::HEADERS)
+        .map(|g| (g.head.stream, status(g)))
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            (1, Some(StatusCode::OK)),
+            (3, Some(StatusCode::OK)),
+            (5, Some(StatusCode::NOT_MODIFIED))
+        ]
+    );
 }
