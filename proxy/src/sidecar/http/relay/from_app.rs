@@ -116,6 +116,7 @@ where
         };
         if !stream.responded || !stream.response_open {
             // DATA before a response head, or after its end.
+            frame::put_refund(&mut self.to_app, head.stream, flow, false);
             self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
@@ -208,18 +209,26 @@ where
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
-        // The body a final head promises (none after HEAD, 204 or 304,
-        // whatever `content-length` says); trailers end it, so all it
-        // promised must have come.
+        // The body a final head promises; trailers end it, so all it
+        // promised must have come. A 204 or 304 has none, whatever its
+        // `content-length` says (RFC 9110 §15.3.5, §15.4.5); nor has the
+        // answer to HEAD (cut off at its head, below). A 1xx head never
+        // ends a stream (RFC 9113 §8.1).
         let informational = pseudo.status.is_some_and(|s| s.is_informational());
-        let no_body = head_request
-            || matches!(
-                pseudo.status,
-                Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-            );
+        if informational && end {
+            tracing::debug!(stream = id, "the app ended a stream with a 1xx head");
+            self.reset_both(id, Reason::PROTOCOL_ERROR);
+            return;
+        }
+        let no_content = matches!(
+            pseudo.status,
+            Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        );
         let declared = if responded {
             Ok(stream.response_left)
-        } else if informational || no_body {
+        } else if no_content {
+            Ok(Some(0))
+        } else if informational || head_request {
             Ok(None)
         } else {
             declared_length(&fields)

@@ -535,6 +535,8 @@ where
             .going_away
             .map_or(self.last_stream, |sent| sent.min(self.last_stream));
         frame::put_go_away(&mut self.to_client, last, reason);
+        // No GOAWAY(NO_ERROR) may follow this one.
+        self.going_away = Some(last);
         self.failed = Some(HttpProxyError::H2(h2::Error::from(reason)));
         if self.drain_deadline.is_none() {
             let deadline = Instant::now() + self.limits.drain_timeout;
@@ -758,6 +760,28 @@ impl Writer {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::within_declared;
+
+    #[test]
+    fn a_body_must_be_what_its_length_declares() {
+        // No length declared: anything goes.
+        assert!(within_declared(&mut None, 1 << 20, true));
+        let mut left = Some(5);
+        assert!(within_declared(&mut left, 2, false));
+        assert!(within_declared(&mut left, 3, false));
+        // Exactly at the length, then an empty frame that ends it.
+        assert!(within_declared(&mut left, 0, true));
+        // Past it.
+        assert!(!within_declared(&mut Some(5), 6, false));
+        // Short of it at the end.
+        assert!(!within_declared(&mut Some(5), 4, true));
+        // A head that ends the stream but promises a body.
+        assert!(!within_declared(&mut Some(1), 0, true));
+        assert!(within_declared(&mut Some(0), 0, true));
+    }
+}
 #[cfg(test)]
 mod h2_tests;
 #[cfg(test)]

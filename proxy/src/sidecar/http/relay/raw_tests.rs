@@ -864,3 +864,44 @@ async fn a_response_body_not_its_content_length_is_reset() {
         ]
     );
 }
+
+/// A `204` carries no content whatever follows it (RFC 9110 §15.3.5), and a
+/// 1xx head never ends a stream (RFC 9113 §8.1): both malformed, reset.
+#[tokio::test]
+async fn content_after_204_and_a_1xx_that_ends_the_stream_are_reset() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/none", true).await;
+    client.request(3, Method::GET, "/early", true).await;
+    app_handshake(&mut app).await;
+    app.until("the last request", is_headers_on(3)).await;
+    let mut out = BytesMut::new();
+    let no_content = Headers::new(
+        StreamId::from(1),
+        Pseudo::response(StatusCode::NO_CONTENT),
+        HeaderMap::new(),
+    );
+    app.blocks.encode(no_content, &mut out);
+    frame::put_data(&mut out, 1, b"x", true);
+    let mut early = Headers::new(
+        StreamId::from(3),
+        Pseudo::response(StatusCode::EARLY_HINTS),
+        HeaderMap::new(),
+    );
+    early.set_end_stream();
+    app.blocks.encode(early, &mut out);
+    app.send(&out).await;
+    let mut resets = Vec::new();
+    let mut seen = Vec::new();
+    while resets.len() < 2 {
+        let got = client.frame().await.expect("the resets");
+        if got.head.kind == frame::RST_STREAM {
+            assert_eq!(reset_reason(&got), Reason::PROTOCOL_ERROR);
+            resets.push(got.head.stream);
+        }
+        seen.push(got);
+    }
+    assert_eq!(resets, [1, 3]);
+    assert!(!seen.iter().any(|g| g.head.kind == frame::DATA));
+    assert!(!seen.iter().any(|g| is_headers_on(3)(g)), "{seen:?}");
+}
