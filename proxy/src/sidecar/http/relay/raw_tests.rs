@@ -126,6 +126,56 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// A hand-written header block, whole, as one HEADERS frame that also
+    /// ends the stream.
+    async fn send_block(&mut self, stream: u32, block: &[u8]) {
+        let mut out = BytesMut::new();
+        let flags = frame::END_HEADERS | frame::END_STREAM;
+        frame::put_head(&mut out, block.len(), frame::HEADERS, flags, stream);
+        out.extend_from_slice(block);
+        self.send(&out).await;
+    }
+
+    /// Frames up to the `n`th RST_STREAM: the resets as (stream, reason),
+    /// and every frame seen on the way.
+    async fn resets(&mut self, n: usize) -> (Vec<(u32, Reason)>, Vec<Got>) {
+        let mut resets = Vec::new();
+        let mut seen = Vec::new();
+        while resets.len() < n {
+            let got = self.frame().await.expect("the resets");
+            if got.head.kind == frame::RST_STREAM {
+                resets.push((got.head.stream, reset_reason(&got)));
+            }
+            seen.push(got);
+        }
+        (resets, seen)
+    }
+}
+
+/// A GET request's header block written by hand (so it can say what
+/// encoders refuse to): `:method GET`, `:scheme http`, `:authority a.test`,
+/// `:path` (`/` when `None`), then `fields` as literals with new names.
+fn get_block(path: Option<&[u8]>, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x01, 6];
+    block.extend_from_slice(b"a.test");
+    match path {
+        None => block.push(0x84),
+        Some(path) => {
+            // A literal without indexing, name `:path` (static entry 4).
+            block.extend_from_slice(&[0x04, path.len() as u8]);
+            block.extend_from_slice(path);
+        }
+    }
+    for (name, value) in fields {
+        block.extend_from_slice(&[0x00, name.len() as u8]);
+        block.extend_from_slice(name);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value);
+    }
+    block
+}
+
 /// client ──raw── relay ──raw── app. The client has sent its preface and
 /// SETTINGS; the app side is connected but silent until it reads.
 fn start() -> (Peer, Peer) {
@@ -614,26 +664,8 @@ async fn malformed_fields_are_not_forwarded() {
     let (mut client, mut app) = start();
     client_preface(&mut client).await;
     for (i, (name, value)) in cases.iter().enumerate() {
-        let stream = 2 * i as u32 + 1;
-        // :method GET, :scheme http, :path /, :authority literal, then the
-        // field as a literal without indexing with a new name.
-        let mut block = vec![0x82, 0x86, 0x84, 0x01, 6];
-        block.extend_from_slice(b"a.test");
-        block.push(0x00);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name);
-        block.push(value.len() as u8);
-        block.extend_from_slice(value);
-        let mut out = BytesMut::new();
-        frame::put_head(
-            &mut out,
-            block.len(),
-            frame::HEADERS,
-            frame::END_HEADERS | frame::END_STREAM,
-            stream,
-        );
-        out.extend_from_slice(&block);
-        client.send(&out).await;
+        let block = get_block(None, &[(name, value)]);
+        client.send_block(2 * i as u32 + 1, &block).await;
     }
     app_handshake(&mut app).await;
     let at_app = app.until("the well-formed request", is_headers_on(7)).await;
@@ -643,16 +675,16 @@ async fn malformed_fields_are_not_forwarded() {
         .map(|g| g.head.stream)
         .collect();
     assert_eq!(heads, [7], "malformed requests reached the app");
-    let mut reset = Vec::new();
-    while reset.len() < 3 {
-        let got = client.frame().await.expect("the resets");
-        if got.head.kind == frame::RST_STREAM {
-            let reason = Reason::from(frame::parse_u32(&got.payload).unwrap());
-            assert_eq!(reason, Reason::PROTOCOL_ERROR);
-            reset.push(got.head.stream);
-        }
-    }
-    assert_eq!(reset, [1, 3, 5]);
+    let (resets, _) = client.resets(3).await;
+    let protocol_error = Reason::PROTOCOL_ERROR;
+    assert_eq!(
+        resets,
+        [
+            (1, protocol_error),
+            (3, protocol_error),
+            (5, protocol_error)
+        ]
+    );
     // A padded value in the app's answer is not passed on either.
     let mut fields = HeaderMap::new();
     fields.insert("x-pad", "v ".parse().unwrap());
@@ -675,16 +707,8 @@ async fn malformed_fields_are_not_forwarded() {
 async fn an_upper_case_field_name_ends_the_connection() {
     let (mut client, _app) = start();
     client_preface(&mut client).await;
-    let mut block = vec![0x82, 0x86, 0x84, 0x01, 6];
-    block.extend_from_slice(b"a.test");
-    block.extend_from_slice(&[0x00, 4]);
-    block.extend_from_slice(b"X-Up");
-    block.extend_from_slice(&[1, b'v']);
-    let mut out = BytesMut::new();
-    let flags = frame::END_HEADERS | frame::END_STREAM;
-    frame::put_head(&mut out, block.len(), frame::HEADERS, flags, 1);
-    out.extend_from_slice(&block);
-    client.send(&out).await;
+    let block = get_block(None, &[(b"X-Up", b"v")]);
+    client.send_block(1, &block).await;
     let seen = client
         .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
         .await;
@@ -720,14 +744,9 @@ async fn a_refused_padded_value_keeps_hpack_in_step() {
             .count(),
         1
     );
-    let mut reset = Vec::new();
-    while reset.len() < 2 {
-        let got = client.frame().await.expect("the resets");
-        if got.head.kind == frame::RST_STREAM {
-            reset.push(got.head.stream);
-        }
-    }
-    assert_eq!(reset, [1, 3]);
+    let (resets, _) = client.resets(2).await;
+    let streams: Vec<u32> = resets.iter().map(|(stream, _)| *stream).collect();
+    assert_eq!(streams, [1, 3]);
 }
 
 /// A `:path` with a fragment is refused (400) before policy: `http`'s
@@ -737,17 +756,8 @@ async fn a_refused_padded_value_keeps_hpack_in_step() {
 async fn a_path_with_a_fragment_is_refused() {
     let (mut client, mut app) = start();
     client_preface(&mut client).await;
-    let path = b"/ok#\r\nx-injected: 1";
-    // :method GET, :scheme http, :authority a.test, :path literal.
-    let mut block = vec![0x82, 0x86, 0x01, 6];
-    block.extend_from_slice(b"a.test");
-    block.extend_from_slice(&[0x04, path.len() as u8]);
-    block.extend_from_slice(path);
-    let mut out = BytesMut::new();
-    let flags = frame::END_HEADERS | frame::END_STREAM;
-    frame::put_head(&mut out, block.len(), frame::HEADERS, flags, 1);
-    out.extend_from_slice(&block);
-    client.send(&out).await;
+    let block = get_block(Some(b"/ok#\r\nx-injected: 1"), &[]);
+    client.send_block(1, &block).await;
     let seen = client.until("the answer", is_headers_on(1)).await;
     assert_eq!(status(seen.last().unwrap()), Some(StatusCode::BAD_REQUEST));
     client.request(3, Method::GET, "/ok", true).await;
@@ -793,16 +803,16 @@ async fn a_request_body_not_its_content_length_is_reset() {
     frame::put_data(&mut out, 1, b"hello!", false);
     frame::put_data(&mut out, 3, b"hel", true);
     client.send(&out).await;
-    let mut resets = std::collections::BTreeMap::new();
-    while resets.len() < 3 {
-        let got = client.frame().await.expect("the resets");
-        if got.head.kind == frame::RST_STREAM {
-            resets.insert(got.head.stream, reset_reason(&got));
-        }
-    }
-    assert!(
-        resets.values().all(|r| *r == Reason::PROTOCOL_ERROR),
-        "{resets:?}"
+    let (mut resets, _) = client.resets(3).await;
+    resets.sort_by_key(|(stream, _)| *stream);
+    let protocol_error = Reason::PROTOCOL_ERROR;
+    assert_eq!(
+        resets,
+        [
+            (1, protocol_error),
+            (3, protocol_error),
+            (5, protocol_error)
+        ]
     );
     app_handshake(&mut app).await;
     let at_app = app
@@ -891,17 +901,9 @@ async fn content_after_204_and_a_1xx_that_ends_the_stream_are_reset() {
     early.set_end_stream();
     app.blocks.encode(early, &mut out);
     app.send(&out).await;
-    let mut resets = Vec::new();
-    let mut seen = Vec::new();
-    while resets.len() < 2 {
-        let got = client.frame().await.expect("the resets");
-        if got.head.kind == frame::RST_STREAM {
-            assert_eq!(reset_reason(&got), Reason::PROTOCOL_ERROR);
-            resets.push(got.head.stream);
-        }
-        seen.push(got);
-    }
-    assert_eq!(resets, [1, 3]);
+    let (resets, seen) = client.resets(2).await;
+    let protocol_error = Reason::PROTOCOL_ERROR;
+    assert_eq!(resets, [(1, protocol_error), (3, protocol_error)]);
     assert!(!seen.iter().any(|g| g.head.kind == frame::DATA));
     assert!(!seen.iter().any(|g| is_headers_on(3)(g)), "{seen:?}");
 }
