@@ -114,14 +114,13 @@ where
             frame::put_refund(&mut self.to_app, head.stream, flow, false);
             return Ok(());
         };
-        if !stream.responded || !stream.response_open {
-            // DATA before a response head, or after its end.
-            frame::put_refund(&mut self.to_app, head.stream, flow, false);
-            self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
-            return Ok(());
-        }
-        if !within_declared(&mut stream.response_left, content.len(), end) {
-            tracing::debug!(stream = head.stream, "response body not its content-length");
+        // DATA before a response head, after its end, or not the length
+        // its head declared: malformed, not passed on.
+        if !stream.responded
+            || !stream.response_open
+            || !within_declared(&mut stream.response_left, content.len(), end)
+        {
+            tracing::debug!(stream = head.stream, "malformed response body");
             frame::put_refund(&mut self.to_app, head.stream, flow, false);
             self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
             return Ok(());
