@@ -137,6 +137,9 @@ struct Row {
     raw_h1: Option<&'static [u8]>,
     /// `None`: both protocols.
     only: Option<Proto>,
+    /// Over HTTP/2, sent by the hand-written client ([`h2raw`]) instead of
+    /// the h2 crate's.
+    h2_raw: bool,
     expect: Verdict,
 }
 
@@ -150,6 +153,7 @@ fn req(name: &'static str, method: &'static str, target: &'static [u8], expect: 
         trailers: Vec::new(),
         raw_h1: None,
         only: None,
+        h2_raw: false,
         expect,
     }
 }
@@ -191,6 +195,14 @@ impl Row {
 
     fn h2_only(mut self) -> Row {
         self.only = Some(Proto::H2);
+        self
+    }
+
+    /// Over HTTP/2, send the row with the hand-written client ([`h2raw`]):
+    /// its `:path`, fields and body go on the wire exactly as written, for
+    /// requests the h2 crate's client cannot send.
+    fn h2_raw(mut self) -> Row {
+        self.h2_raw = true;
         self
     }
 
@@ -272,11 +284,16 @@ fn table() -> Vec<Row> {
         get("encoded first segment allowed", b"/%70ublic/x", Allowed),
         get("query is not the path", b"/public/x?y=/../admin", Allowed),
         // A request target has no fragment; Go's servers read `#` as part
-        // of the path (`/public#/../admin` is `/admin` to them).
-        get("fragment", b"/public#/../admin", Refused(400))
-            .h1_only("http::Uri drops a fragment: the h2 client cannot send one"),
-        get("fragment after a query", b"/public/x?y#/../admin", Refused(400))
-            .h1_only("http::Uri drops a fragment: the h2 client cannot send one"),
+        // of the path (`/public#/../admin` is `/admin` to them). Over
+        // HTTP/2 it is sent in `:path` by the raw client (http::Uri drops a
+        // fragment, so the h2 crate's client cannot send one).
+        get("fragment", b"/public#/../admin", Refused(400)).h2_raw(),
+        get("fragment after a query", b"/public/x?y#/../admin", Refused(400)).h2_raw(),
+        // CR LF after the `#`: an app that writes `:path` into an HTTP/1
+        // request line would get an extra header line.
+        get("fragment with CR LF", b"/public/x#\r\nx-injected: 1", Refused(400))
+            .h2_only()
+            .h2_raw(),
         get("encoded query is not the path", b"/public/x?%2e%2e%2fadmin", Allowed),
         get("three dots is a name", b"/public/.../x", Allowed),
         get("dot-leading name", b"/public/.well-known/x", Allowed),
@@ -483,6 +500,30 @@ fn table() -> Vec<Row> {
               0\r\nx-debug: 1\r\n\r\n",
             Closed,
         ),
+        // --- HTTP/2 bodies that are not their `content-length`: malformed
+        // (RFC 9113 §8.1.1), the stream is reset and the offending DATA
+        // never passed on. (In HTTP/1 extra bytes are the next request.)
+        // To a handler that reads the body, like "PUT with body".
+        req("h2 body of its content-length", "POST", b"/public/echo-trailers", Allowed)
+            .header(b"content-length", b"3")
+            .body(b"abc")
+            .h2_only()
+            .h2_raw(),
+        req("h2 body longer than content-length", "POST", b"/public/echo-trailers", Closed)
+            .header(b"content-length", b"3")
+            .body(b"abcdef")
+            .h2_only()
+            .h2_raw(),
+        req("h2 body shorter than content-length", "POST", b"/public/echo-trailers", Closed)
+            .header(b"content-length", b"10")
+            .body(b"abc")
+            .h2_only()
+            .h2_raw(),
+        req("h2 conflicting content-lengths", "POST", b"/public/echo-trailers", Closed)
+            .header(b"content-length", b"3, 4")
+            .body(b"abc")
+            .h2_only()
+            .h2_raw(),
         // --- Limits.
         get("oversized head", b"/public/x", Refused(431))
             .header(b"x-big", BIG)
@@ -516,6 +557,9 @@ enum Outcome {
     Answer(Answer),
     /// Closed or reset without an answer (what happened).
     Closed(String),
+    /// The sidecar broke HTTP/2 itself (what [`h2raw`] found): never a
+    /// verdict.
+    Broken(String),
     /// Nothing within [`ROW_LIMIT`].
     Timeout,
 }
@@ -535,6 +579,7 @@ fn describe(outcome: &Outcome) -> String {
             text
         }
         Outcome::Closed(how) => format!("closed ({how})"),
+        Outcome::Broken(what) => format!("broken HTTP/2 ({what})"),
         Outcome::Timeout => format!("no answer within {ROW_LIMIT:?}"),
     }
 }
@@ -872,6 +917,458 @@ mod h2c {
 }
 
 // ---------------------------------------------------------------------------
+// HTTP/2 by hand (requests the h2 crate's client will not send)
+
+/// A small HTTP/2 client written frame by frame, for rows marked
+/// [`Row::h2_raw`]. It exists because the h2 crate's client cannot send
+/// some hostile requests: it builds `:path` from an `http::Uri`, which
+/// drops a fragment, so `#` (and whatever follows it) never goes out. It
+/// is also used for bodies that are not their `content-length`, so that
+/// the frames are exactly what the row says (one HEADERS, one DATA),
+/// whatever the h2 crate would check or split.
+///
+/// It speaks prior-knowledge cleartext HTTP/2: the preface, an empty
+/// SETTINGS, one request on stream 1 (a HEADERS frame with a plain HPACK
+/// block, then the body as one DATA frame), then reads frames until the
+/// answer ends or the stream or connection dies. Only the answer's header
+/// blocks are decoded by the h2 crate ([`Blocks`]). It sends no trailers
+/// and no CONNECT ([`check`]).
+mod h2raw {
+    use super::*;
+    use futures_util::StreamExt as _;
+    use h2::Reason;
+    use h2::frame::Pseudo;
+    use http::HeaderMap;
+    use tokio::io::DuplexStream;
+
+    /// The client connection preface (RFC 9113 §3.4).
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// Every frame starts with 9 bytes: payload length (24 bits), type,
+    /// flags, stream ID (31 bits).
+    const FRAME_HEADER_LEN: usize = 9;
+    /// SETTINGS_MAX_FRAME_SIZE's default, which this client never raises.
+    const MAX_FRAME_LEN: usize = 16_384;
+    /// The largest answer header block (all its frames) this client takes.
+    const MAX_BLOCK: usize = 256 * 1024;
+    /// The largest answer body this client takes.
+    const MAX_BODY: usize = 1024 * 1024;
+
+    // Frame types (RFC 9113 §6).
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const PUSH_PROMISE: u8 = 0x5;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const CONTINUATION: u8 = 0x9;
+
+    // Flags.
+    const END_STREAM: u8 = 0x1;
+    const ACK: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const PADDED: u8 = 0x8;
+
+    /// The one stream this client opens.
+    const STREAM: u32 = 1;
+
+    /// `Err` when the row needs something this client does not send.
+    pub fn check(row: &Row) -> Result<(), String> {
+        if !row.trailers.is_empty() {
+            return Err("h2raw sends no trailers".into());
+        }
+        if row.method == "CONNECT" {
+            return Err("h2raw sends no CONNECT (it always sends :scheme and :path)".into());
+        }
+        let body = row.body.unwrap_or_default();
+        if request_block(row).len() > MAX_FRAME_LEN || body.len() > MAX_FRAME_LEN {
+            return Err(format!(
+                "h2raw sends one HEADERS and one DATA frame, each at most {MAX_FRAME_LEN} bytes"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends the row on a new connection; reads the whole answer.
+    pub async fn send(address: SocketAddr, row: &Row) -> Outcome {
+        if let Err(e) = check(row) {
+            panic!("row {:?} cannot be sent by h2raw: {e}", row.name);
+        }
+        tokio::time::timeout(ROW_LIMIT, exchange(address, row))
+            .await
+            .unwrap_or(Outcome::Timeout)
+    }
+
+    async fn exchange(address: SocketAddr, row: &Row) -> Outcome {
+        let tcp = match TcpStream::connect(address).await {
+            Ok(tcp) => tcp,
+            Err(e) => return Outcome::Closed(format!("connect: {e}")),
+        };
+        let mut connection = Connection {
+            tcp,
+            input: Vec::new(),
+        };
+        let answer = async {
+            connection.write(&request(row)).await?;
+            read_answer(&mut connection).await
+        };
+        match answer.await {
+            Ok(answer) => Outcome::Answer(answer),
+            Err(outcome) => outcome,
+        }
+    }
+
+    // --- Writing
+
+    /// One frame: the 9-byte header, then the payload.
+    fn encode_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = payload.len() as u32;
+        let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+        out.extend_from_slice(&length.to_be_bytes()[1..]); // 24 bits
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// An HPACK integer (RFC 7541 §5.1): `value` in the low `prefix_bits`
+    /// bits of a first byte whose high bits are `first`. A value that does
+    /// not fit fills the prefix with ones and the rest follows in 7-bit
+    /// groups, least significant first, each but the last with its high
+    /// bit set.
+    pub fn put_integer(out: &mut Vec<u8>, first: u8, prefix_bits: u32, value: usize) {
+        let max = (1usize << prefix_bits) - 1;
+        if value < max {
+            out.push(first | value as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        let mut rest = value - max;
+        while rest >= 0x80 {
+            out.push(0x80 | (rest & 0x7f) as u8);
+            rest >>= 7;
+        }
+        out.push(rest as u8);
+    }
+
+    /// An HPACK string literal, not Huffman-coded (RFC 7541 §5.2): the H
+    /// bit clear, the length as a 7-bit-prefix integer, then the bytes.
+    fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+        put_integer(out, 0x00, 7, bytes.len());
+        out.extend_from_slice(bytes);
+    }
+
+    /// One field as a "literal header field without indexing — new name"
+    /// (RFC 7541 §6.2.2, first byte 0x00): name and value exactly as
+    /// written, and nothing added to the sidecar's dynamic table.
+    fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        out.push(0x00);
+        put_string(out, name);
+        put_string(out, value);
+    }
+
+    /// The request's header block: the pseudo-header fields, then the
+    /// row's fields in order.
+    pub fn request_block(row: &Row) -> Vec<u8> {
+        let mut block = Vec::new();
+        put_field(&mut block, b":method", row.method.as_bytes());
+        put_field(&mut block, b":scheme", b"http");
+        put_field(&mut block, b":authority", b"api.test");
+        put_field(&mut block, b":path", row.target);
+        for (name, value) in &row.headers {
+            put_field(&mut block, name, value);
+        }
+        block
+    }
+
+    /// All this client sends: the preface, SETTINGS, HEADERS (ending the
+    /// stream if there is no body) and the body in one DATA frame (ending
+    /// it).
+    fn request(row: &Row) -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        out.extend(encode_frame(SETTINGS, 0, 0, &[]));
+        let end = if row.body.is_none() { END_STREAM } else { 0 };
+        let block = request_block(row);
+        out.extend(encode_frame(HEADERS, END_HEADERS | end, STREAM, &block));
+        if let Some(body) = row.body {
+            out.extend(encode_frame(DATA, END_STREAM, STREAM, body));
+        }
+        out
+    }
+
+    // --- Reading
+
+    /// A frame as read: its header's fields and all its bytes.
+    struct Frame {
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        bytes: Vec<u8>,
+    }
+
+    impl Frame {
+        fn payload(&self) -> &[u8] {
+            &self.bytes[FRAME_HEADER_LEN..]
+        }
+
+        fn has(&self, flag: u8) -> bool {
+            self.flags & flag != 0
+        }
+
+        /// The error code at `at` in the payload (RST_STREAM: 0, GOAWAY: 4).
+        fn reason(&self, at: usize) -> Result<Reason, Outcome> {
+            let bytes = self.payload().get(at..at + 4).ok_or_else(|| {
+                Outcome::Broken(format!(
+                    "a {}-byte frame of type {}",
+                    self.payload().len(),
+                    self.kind
+                ))
+            })?;
+            Ok(Reason::from(u32::from_be_bytes(bytes.try_into().unwrap())))
+        }
+
+        /// A DATA frame's content: the payload without its padding (PADDED:
+        /// a pad-length byte first, that many bytes of padding last).
+        fn unpadded(&self) -> Result<&[u8], Outcome> {
+            let payload = self.payload();
+            if !self.has(PADDED) {
+                return Ok(payload);
+            }
+            let bad = || Outcome::Broken("padding longer than its DATA frame".into());
+            let (&pad, rest) = payload.split_first().ok_or_else(bad)?;
+            let end = rest.len().checked_sub(pad as usize).ok_or_else(bad)?;
+            Ok(&rest[..end])
+        }
+    }
+
+    /// The connection: frames out, frames in.
+    struct Connection {
+        tcp: TcpStream,
+        /// Bytes read that are not a whole frame yet.
+        input: Vec<u8>,
+    }
+
+    impl Connection {
+        async fn write(&mut self, bytes: &[u8]) -> Result<(), Outcome> {
+            self.tcp
+                .write_all(bytes)
+                .await
+                .map_err(|e| Outcome::Closed(format!("write: {:?}", e.kind())))
+        }
+
+        /// The next whole frame; `Err` (the outcome) when the connection
+        /// ends first.
+        async fn frame(&mut self) -> Result<Frame, Outcome> {
+            loop {
+                if self.input.len() >= FRAME_HEADER_LEN {
+                    let length =
+                        u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]);
+                    let length = length as usize;
+                    if length > MAX_FRAME_LEN {
+                        return Err(Outcome::Broken(format!("a {length}-byte frame")));
+                    }
+                    if self.input.len() >= FRAME_HEADER_LEN + length {
+                        let bytes: Vec<u8> =
+                            self.input.drain(..FRAME_HEADER_LEN + length).collect();
+                        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
+                        return Ok(Frame {
+                            kind: bytes[3],
+                            flags: bytes[4],
+                            stream: stream & 0x7fff_ffff,
+                            bytes,
+                        });
+                    }
+                }
+                let mut chunk = [0u8; 16_384];
+                match self.tcp.read(&mut chunk).await {
+                    Ok(0) if self.input.is_empty() => return Err(Outcome::Closed("eof".into())),
+                    Ok(0) => return Err(Outcome::Closed("eof inside a frame".into())),
+                    Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(Outcome::Closed(format!("{:?}", e.kind()))),
+                }
+            }
+        }
+    }
+
+    /// Reads frames until the answer on stream 1 ends (`Ok`), or the
+    /// stream or the connection does first (`Err`, the outcome).
+    async fn read_answer(connection: &mut Connection) -> Result<Answer, Outcome> {
+        let broken = |what: &str| Outcome::Broken(what.to_string());
+        let mut blocks = Blocks::new();
+        let mut answer: Option<Answer> = None;
+        loop {
+            let frame = connection.frame().await?;
+            match frame.kind {
+                SETTINGS if !frame.has(ACK) => {
+                    connection
+                        .write(&encode_frame(SETTINGS, ACK, 0, &[]))
+                        .await?;
+                }
+                PING if !frame.has(ACK) => {
+                    let pong = encode_frame(PING, ACK, 0, frame.payload());
+                    connection.write(&pong).await?;
+                }
+                RST_STREAM if frame.stream == STREAM => {
+                    let reason = frame.reason(0)?;
+                    return Err(Outcome::Closed(format!("RST_STREAM {reason:?}")));
+                }
+                GOAWAY => {
+                    let last = frame
+                        .payload()
+                        .get(..4)
+                        .ok_or_else(|| broken("a short GOAWAY"))?;
+                    let last = u32::from_be_bytes(last.try_into().unwrap()) & 0x7fff_ffff;
+                    let reason = frame.reason(4)?;
+                    // Only a graceful GOAWAY that covers stream 1 lets its
+                    // answer still come.
+                    if reason != Reason::NO_ERROR || last < STREAM {
+                        return Err(Outcome::Closed(format!(
+                            "GOAWAY {reason:?}, last stream {last}"
+                        )));
+                    }
+                }
+                HEADERS if frame.stream == STREAM => {
+                    // END_STREAM is on the HEADERS frame, END_HEADERS on
+                    // the block's last frame (it or a CONTINUATION).
+                    let end = frame.has(END_STREAM);
+                    let mut frames = frame.bytes.clone();
+                    let mut last = frame;
+                    while !last.has(END_HEADERS) {
+                        last = connection.frame().await?;
+                        if last.kind != CONTINUATION || last.stream != STREAM {
+                            return Err(broken("a header block cut by another frame"));
+                        }
+                        frames.extend_from_slice(&last.bytes);
+                        if frames.len() > MAX_BLOCK {
+                            return Err(broken("a header block over MAX_BLOCK"));
+                        }
+                    }
+                    let (status, fields) = blocks.decode(&frames).await?;
+                    match (answer.as_mut(), status) {
+                        // An interim (1xx) answer: the final one follows.
+                        (None, Some(status)) if status < 200 => {}
+                        (None, Some(status)) => {
+                            answer = Some(Answer {
+                                status,
+                                headers: fields,
+                                body: Vec::new(),
+                                trailers: Vec::new(),
+                            });
+                        }
+                        // A second block: the trailers.
+                        (Some(answer), None) => answer.trailers = fields,
+                        (None, None) => return Err(broken("a response head without :status")),
+                        (Some(_), Some(_)) => return Err(broken("a second response head")),
+                    }
+                    if end {
+                        return answer.ok_or_else(|| broken("an interim answer ended the stream"));
+                    }
+                }
+                DATA if frame.stream == STREAM => {
+                    let Some(so_far) = answer.as_mut() else {
+                        return Err(broken("DATA before the response head"));
+                    };
+                    so_far.body.extend_from_slice(frame.unpadded()?);
+                    if so_far.body.len() > MAX_BODY {
+                        return Err(broken("a response body over MAX_BODY"));
+                    }
+                    if frame.has(END_STREAM) {
+                        return Ok(answer.take().unwrap());
+                    }
+                    // Give the flow-control window back, to the connection
+                    // and to the stream.
+                    let taken = (frame.payload().len() as u32).to_be_bytes();
+                    if !frame.payload().is_empty() {
+                        let mut updates = encode_frame(WINDOW_UPDATE, 0, 0, &taken);
+                        updates.extend(encode_frame(WINDOW_UPDATE, 0, STREAM, &taken));
+                        connection.write(&updates).await?;
+                    }
+                }
+                // A pushed stream's block would have to be decoded to keep
+                // HPACK in step; the sidecar has no reason to push.
+                PUSH_PROMISE => return Err(broken("a PUSH_PROMISE")),
+                HEADERS | CONTINUATION | DATA => {
+                    return Err(Outcome::Broken(format!(
+                        "frame type {} on stream {}",
+                        frame.kind, frame.stream
+                    )));
+                }
+                // WINDOW_UPDATE (this client's one DATA frame fits the
+                // initial window), PRIORITY, acknowledgements, resets of
+                // other streams, unknown types (RFC 9113 §5.5).
+                _ => {}
+            }
+        }
+    }
+
+    /// The answer's header blocks, decoded by the h2 crate's HPACK decoder.
+    /// That decoder is not public on its own (`h2::hpack` is a private
+    /// module), but the frame codec around it is (h2's `unstable` feature;
+    /// the sidecar's relay uses it the same way in
+    /// `proxy/src/sidecar/http/relay/hpack.rs`): the header frames, as read,
+    /// go into one end of an in-memory pipe, and the codec reads them from
+    /// the other end, strips their padding and priority, joins the
+    /// CONTINUATIONs and decodes the block. One per connection, like
+    /// HPACK's dynamic table.
+    pub struct Blocks {
+        /// This client writes header frames here.
+        feed: DuplexStream,
+        /// The codec reads them from the other end (and never writes).
+        codec: h2::Codec<DuplexStream, Bytes>,
+    }
+
+    impl Blocks {
+        pub fn new() -> Blocks {
+            let (feed, other_end) = tokio::io::duplex(MAX_BLOCK);
+            Blocks {
+                feed,
+                codec: h2::Codec::new(other_end),
+            }
+        }
+
+        /// One whole header block (a HEADERS frame and its CONTINUATIONs,
+        /// as read) as its pseudo-header fields and its other fields.
+        pub async fn decode_parts(&mut self, frames: &[u8]) -> Result<(Pseudo, HeaderMap), String> {
+            self.feed
+                .write_all(frames)
+                .await
+                .map_err(|e| format!("{e}"))?;
+            match self.codec.next().await {
+                Some(Ok(h2::frame::Frame::Headers(headers))) => Ok(headers.into_parts()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+
+        /// One whole header block as its `:status` (if any) and its fields.
+        async fn decode(
+            &mut self,
+            frames: &[u8],
+        ) -> Result<(Option<u16>, Vec<(String, String)>), Outcome> {
+            let (pseudo, fields) = self
+                .decode_parts(frames)
+                .await
+                .map_err(|e| Outcome::Broken(format!("an undecodable header block: {e}")))?;
+            let fields = fields
+                .iter()
+                .map(|(n, v)| {
+                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (n.as_str().to_string(), value)
+                })
+                .collect();
+            Ok((pseudo.status.map(|s| s.as_u16()), fields))
+        }
+    }
+
+    /// The request's HEADERS frame alone, for [`Blocks`] tests.
+    pub fn request_headers_frame(row: &Row) -> Vec<u8> {
+        encode_frame(HEADERS, END_HEADERS, STREAM, &request_block(row))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Judging a row
 
 /// Where a combination sends its requests, and what the app behind it
@@ -1035,6 +1532,7 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
         let trailers_before = state.trailers_seen.lock().unwrap().len();
         let outcome = match proto {
             Proto::H1 => h1::send(target.address, h1::bytes(row), row.method == "HEAD").await,
+            Proto::H2 if row.h2_raw => h2raw::send(target.address, row).await,
             Proto::H2 => h2c::send(target.address, row).await,
         };
         if matches!(row.expect, Closed) {
@@ -1173,10 +1671,53 @@ fn the_table_is_big_enough_and_names_are_unique() {
     }
     // Every row that claims HTTP/2 can be expressed there.
     for row in rows.iter().filter(|r| r.applies_to(Proto::H2)) {
-        if let Err(e) = h2c::request(row) {
+        let sendable = if row.h2_raw {
+            h2raw::check(row)
+        } else {
+            h2c::request(row).map(drop)
+        };
+        if let Err(e) = sendable {
             panic!("row {:?} cannot be sent over HTTP/2: {e}", row.name);
         }
     }
+}
+
+/// The raw HTTP/2 client's HPACK: RFC 7541's integer examples (C.1) and
+/// the prefix boundary, then a request block that the h2 crate's decoder
+/// reads back byte for byte (a `#` with CR LF in `:path`, a value long
+/// enough for a two-byte length).
+#[tokio::test]
+async fn the_raw_h2_client_writes_hpack_the_h2_crate_reads() {
+    for (first, bits, value, expect) in [
+        (0x00, 5, 10, &[0x0a][..]),
+        (0x00, 5, 1337, &[0x1f, 0x9a, 0x0a][..]),
+        (0x00, 8, 42, &[0x2a][..]),
+        (0x00, 7, 126, &[0x7e][..]),
+        (0x00, 7, 127, &[0x7f, 0x00][..]),
+        (0x80, 7, 300, &[0xff, 0xad, 0x01][..]),
+    ] {
+        let mut out = Vec::new();
+        h2raw::put_integer(&mut out, first, bits, value);
+        assert_eq!(out, expect, "{value} with a {bits}-bit prefix");
+    }
+    const LONG: &[u8] = &[b'v'; 300];
+    let row = req("round trip", "POST", b"/public/x#\r\nx-injected: 1", Closed)
+        .header(b"x-long", LONG)
+        .header(b"content-length", b"3, 4");
+    let mut blocks = h2raw::Blocks::new();
+    let (pseudo, fields) = blocks
+        .decode_parts(&h2raw::request_headers_frame(&row))
+        .await
+        .expect("decodes");
+    assert_eq!(pseudo.method.as_ref().map(|m| m.as_str()), Some("POST"));
+    assert_eq!(pseudo.scheme.as_deref(), Some("http"));
+    assert_eq!(pseudo.authority.as_deref(), Some("api.test"));
+    assert_eq!(pseudo.path.as_deref(), Some("/public/x#\r\nx-injected: 1"));
+    assert_eq!(fields.get("x-long").map(|v| v.as_bytes()), Some(LONG));
+    assert_eq!(
+        fields.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"3, 4"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
