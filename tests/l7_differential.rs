@@ -206,6 +206,17 @@ impl Row {
         self
     }
 
+    /// The rule of the audit line (`decision: deny`) a sidecar must write
+    /// for this row, if any: every denial, and every refusal (rule
+    /// `invalid-request`: for its path, method, framing, syntax or size).
+    fn audited_rule(&self, target: &Target<'_>) -> Option<String> {
+        match self.expect {
+            Allowed => None,
+            Denied(rule) => Some(rule_name(target, rule)),
+            Refused(_) | Closed => Some("invalid-request".into()),
+        }
+    }
+
     /// A gRPC call (`content-type: application/grpc`): a denial is a
     /// trailers-only answer with `grpc-status: 7`.
     fn grpc(self) -> Row {
@@ -861,12 +872,17 @@ mod h2c {
             let (response, mut stream) = client
                 .send_request(request, end)
                 .map_err(|e| closed("send", e))?;
+            // A sidecar may answer (a denial) before the body is sent, and
+            // end the stream (RFC 9113 §8.1): the body then cannot be sent,
+            // and the answer is what counts.
+            let mut unsent = None;
             if !end {
                 let body = Bytes::from_static(row.body.unwrap_or_default());
-                stream
+                let sent = stream
                     .send_data(body, row.trailers.is_empty())
-                    .map_err(|e| closed("send body", e))?;
-                if !row.trailers.is_empty() {
+                    .map_err(|e| closed("send body", e));
+                unsent = sent.err();
+                if unsent.is_none() && !row.trailers.is_empty() {
                     let mut trailers = HeaderMap::new();
                     for (name, value) in &row.trailers {
                         trailers.append(
@@ -874,12 +890,16 @@ mod h2c {
                             HeaderValue::from_static(value),
                         );
                     }
-                    stream
+                    unsent = stream
                         .send_trailers(trailers)
-                        .map_err(|e| closed("send trailers", e))?;
+                        .map_err(|e| closed("send trailers", e))
+                        .err();
                 }
             }
-            let response = response.await.map_err(|e| closed("response", e))?;
+            let response = match response.await {
+                Ok(response) => response,
+                Err(e) => return Err(unsent.unwrap_or_else(|| closed("response", e))),
+            };
             let status = response.status().as_u16();
             let headers = pairs(response.headers());
             if row.method == "HEAD" {
@@ -1383,6 +1403,8 @@ struct Target<'a> {
     caller: Option<String>,
     /// `plain-` for callers outside the mesh (their rules' names).
     rule_prefix: &'static str,
+    /// The two sidecars of the mesh (either may decide, or refuse).
+    sidecars: [&'a Sidecar; 2],
 }
 
 /// The rule name a denial must carry on this target.
@@ -1528,6 +1550,7 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
         .filter(|r| r.applies_to(proto))
         .collect();
     for row in &rows {
+        let audited_before = target.sidecars.map(|s| s.audit_lines().len());
         let requests_before = state.requests.load(Ordering::SeqCst);
         let trailers_before = state.trailers_seen.lock().unwrap().len();
         let outcome = match proto {
@@ -1542,7 +1565,11 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
         }
         let app_requests = state.requests.load(Ordering::SeqCst) - requests_before;
         let new_trailers = state.trailers_seen.lock().unwrap()[trailers_before..].to_vec();
-        if let Err(why) = judge(row, target, &outcome, app_requests, &new_trailers) {
+        let judged = match judge(row, target, &outcome, app_requests, &new_trailers) {
+            Ok(()) => audited(row, target, audited_before).await,
+            Err(why) => Err(why),
+        };
+        if let Err(why) = judged {
             let expected = match row.expect {
                 Denied(rule) => format!("Denied({})", rule_name(target, rule)),
                 other => format!("{other:?}"),
@@ -1565,6 +1592,30 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
         eprintln!("  FAIL {failure}");
     }
     failures
+}
+
+/// Whether the row's audit line ([`Row::audited_rule`]) was written by
+/// either sidecar since each had `before` lines (waits up to 3 s: lines are
+/// flushed every 100 ms).
+async fn audited(row: &Row, target: &Target<'_>, before: [usize; 2]) -> Result<(), String> {
+    let Some(rule) = row.audited_rule(target) else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let found = target.sidecars.iter().zip(before).any(|(sidecar, before)| {
+            sidecar.audit_lines().iter().skip(before).any(|line| {
+                line["decision"] == "deny" && line["rule"].as_str() == Some(rule.as_str())
+            })
+        });
+        if found {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no audit line with decision deny, rule {rule}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (at most a second) until the app's request count has not moved
@@ -1628,6 +1679,7 @@ async fn differential(proto: Proto, mode: &'static str) {
             app: &app_a,
             caller: Some(mesh_a.web.id.clone()),
             rule_prefix: "",
+            sidecars: [&mesh_a.client, &mesh_a.server],
         },
         Target {
             label: format!("{proto_name} {mode} (b) inbound decides"),
@@ -1635,6 +1687,7 @@ async fn differential(proto: Proto, mode: &'static str) {
             app: &app_b,
             caller: Some(mesh_b.web.id.clone()),
             rule_prefix: "",
+            sidecars: [&mesh_b.client, &mesh_b.server],
         },
         Target {
             label: format!("{proto_name} {mode} (c) plaintext to inbound"),
@@ -1642,6 +1695,7 @@ async fn differential(proto: Proto, mode: &'static str) {
             app: &app_a,
             caller: None,
             rule_prefix: "plain-",
+            sidecars: [&mesh_a.client, &mesh_a.server],
         },
     ];
     let mut failures = Vec::new();

@@ -19,7 +19,9 @@ use appid_policy::AppIdClaims;
 use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reason};
 
 use super::Shared;
-use super::http::{INVALID_REQUEST_RULE, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict};
+use super::http::{
+    INVALID_REQUEST_RULE, Malformed, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict,
+};
 use crate::audit::{AppIdDoc, AuditRecord, Claims, ExternalDest};
 
 /// The rule name audit lines and `x-appid-denied-by` carry for a peer the
@@ -722,6 +724,21 @@ impl RequestAuthorizer for ConnAuthz {
             Claims::NONE,
             Some(refusal.as_str()),
             Some((method, target, grpc)),
+        );
+    }
+
+    /// A request refused for its form with no method and target to name
+    /// (a head that does not parse, or one already decided and cut off: its
+    /// own line came before and names them): one audit line (rule
+    /// `invalid-request`) with the reason.
+    fn malformed(&self, why: Malformed) {
+        self.write_audit(
+            "deny",
+            false,
+            INVALID_REQUEST_RULE,
+            Claims::NONE,
+            Some(why.as_str()),
+            None,
         );
     }
 

@@ -77,6 +77,8 @@ pub enum Refusal {
     AsteriskTarget,
     /// A path the sidecar cannot put into canonical form without guessing.
     Path(path::PathError),
+    /// A head whose framing is malformed (see [`Malformed`]).
+    Malformed(Malformed),
 }
 
 impl Refusal {
@@ -95,6 +97,74 @@ impl Refusal {
             Refusal::Connect => "CONNECT is not proxied",
             Refusal::AsteriskTarget => "`*` is a target only for OPTIONS",
             Refusal::Path(e) => e.as_str(),
+            Refusal::Malformed(m) => m.as_str(),
+        }
+    }
+}
+
+/// A request refused for its form rather than for what it asks: its
+/// syntax, its size, its length, its trailers, whitespace around a value.
+/// Such a request is either broken or trying to make two parsers disagree
+/// (request smuggling), and either way the operator should hear of it: both
+/// codecs audit it as a refusal (rule `invalid-request`, this reason),
+/// through [`RequestAuthorizer::refused`] when the head names a method and
+/// target, [`RequestAuthorizer::malformed`] when it does not (or the request
+/// was already on its way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// A `content-length` that is not one integer, or values that differ.
+    BadContentLength,
+    /// Both `Transfer-Encoding` and `Content-Length` (HTTP/1).
+    BothLengths,
+    /// A `Transfer-Encoding` that does not end in `chunked` (HTTP/1).
+    NotChunked,
+    /// `Transfer-Encoding` on an HTTP/1.0 request, which has no chunked
+    /// coding (some servers would read the chunks as the next request).
+    TransferEncodingOnHttp10,
+    /// A malformed chunked body; request trailers are refused this way
+    /// (HTTP/1).
+    BadChunk,
+    /// A field value with leading or trailing whitespace (HTTP/2: HTTP/1's
+    /// syntax trims it).
+    PaddedValue,
+    /// A body longer or shorter than its `content-length` (HTTP/2; in
+    /// HTTP/1 bytes past it are the next request).
+    BodyNotItsLength,
+    /// Request trailers (HTTP/2): they could carry fields past the
+    /// authorizer.
+    Trailers,
+    /// A head that does not parse as a request (HTTP/1: httparse refused
+    /// it; HTTP/2: a header block or pseudo-headers no request may have).
+    InvalidHead,
+    /// A head over `max_header_bytes` (answered 431).
+    HeadTooLarge,
+}
+
+impl Malformed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Malformed::BadContentLength => "invalid Content-Length",
+            Malformed::BothLengths => "both Transfer-Encoding and Content-Length",
+            Malformed::NotChunked => "Transfer-Encoding does not end in chunked",
+            Malformed::TransferEncodingOnHttp10 => "Transfer-Encoding on an HTTP/1.0 request",
+            Malformed::BadChunk => "malformed chunked body",
+            Malformed::PaddedValue => "a field value with leading or trailing whitespace",
+            Malformed::BodyNotItsLength => "a body longer or shorter than its content-length",
+            Malformed::Trailers => "request trailers",
+            Malformed::InvalidHead => "invalid message head",
+            Malformed::HeadTooLarge => "request head too large",
+        }
+    }
+}
+
+impl From<h1::framing::FramingError> for Malformed {
+    fn from(error: h1::framing::FramingError) -> Self {
+        use h1::framing::FramingError;
+        match error {
+            FramingError::BothLengths => Malformed::BothLengths,
+            FramingError::BadContentLength => Malformed::BadContentLength,
+            FramingError::NotChunked => Malformed::NotChunked,
+            FramingError::BadChunk => Malformed::BadChunk,
         }
     }
 }
@@ -238,6 +308,12 @@ pub trait RequestAuthorizer: Send + Sync + 'static {
     /// audit it. Nothing, by default.
     fn refused(&self, _method: &str, _target: &str, _refusal: Refusal, _grpc: bool) {}
 
+    /// Called for a request refused for its form where no method and target
+    /// can be named: a head that does not parse or is too large, or a
+    /// request already decided and cut off for its body or trailers. Audit
+    /// it. Nothing, by default.
+    fn malformed(&self, _why: Malformed) {}
+
     /// Called once per request with its response status and how long the
     /// proxy took to get the response head (for metrics).
     fn observe(&self, _status: u16, _elapsed: Duration) {}
@@ -329,6 +405,9 @@ pub enum HttpProxyError {
     Io(std::io::Error),
     #[error("{0}")]
     Protocol(&'static str),
+    /// A message whose framing is malformed ([`Malformed`]).
+    #[error("{}", .0.as_str())]
+    Malformed(Malformed),
     /// The client sent more HTTP/2 control frames than its budget
     /// ([`flood`]); the connection was closed.
     #[error("HTTP/2 control frame flood")]

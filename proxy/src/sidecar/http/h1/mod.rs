@@ -41,9 +41,9 @@ use appid_policy::policy::Headers;
 pub use framing::{BodyLength, Chunked, FramingError};
 
 use super::{
-    AppSide, DENIED_BY_HEADER, HttpLimits, HttpProxyError, PEER_CLAIMS_HEADER, PEER_ID_HEADER,
-    PeerHeaders, RequestAuthorizer, RequestDecision, Shutdown, authorize_request, is_appid_header,
-    visit_header_values,
+    AppSide, DENIED_BY_HEADER, HttpLimits, HttpProxyError, Malformed, PEER_CLAIMS_HEADER,
+    PEER_ID_HEADER, PeerHeaders, Refusal, RequestAuthorizer, RequestDecision, Shutdown,
+    authorize_request, is_appid_header, visit_header_values,
 };
 use crate::sidecar::trace;
 
@@ -108,11 +108,21 @@ where
             let (head_len, (started, inspected)) = match head {
                 HeadRead::Complete(n, inspected) => (n, inspected),
                 HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
+                // Refused with no method or target to name: audited so.
                 HeadRead::TooLarge => {
+                    authorizer.malformed(Malformed::HeadTooLarge);
                     local_response(&mut down_write, 431, "request head too large", None).await;
-                    return Err(HttpProxyError::Protocol("request head too large"));
+                    return Err(HttpProxyError::Malformed(Malformed::HeadTooLarge));
                 }
-                HeadRead::Invalid(what) => {
+                HeadRead::Invalid => {
+                    authorizer.malformed(Malformed::InvalidHead);
+                    let what = Malformed::InvalidHead.as_str();
+                    local_response(&mut down_write, 400, what, None).await;
+                    return Err(HttpProxyError::Malformed(Malformed::InvalidHead));
+                }
+                // The client went away mid-head: nothing was refused.
+                HeadRead::Truncated => {
+                    let what = "connection closed inside a message head";
                     local_response(&mut down_write, 400, what, None).await;
                     return Err(HttpProxyError::Protocol(what));
                 }
@@ -192,7 +202,13 @@ where
                     tokio::select! {
                         sent = &mut send, if !body_sent => match sent {
                             Ok(()) => body_sent = true,
-                            Err(e) => return Err(e),
+                            Err(e) => {
+                                // Request trailers among them: audited.
+                                if let HttpProxyError::Malformed(why) = e {
+                                    authorizer.malformed(why);
+                                }
+                                return Err(e);
+                            }
                         },
                         response = &mut relay => break Ok(response),
                     }
@@ -279,16 +295,22 @@ fn inspect_request(
         return Err(bad("invalid request head"));
     };
     let headers = HeaderList(&*request.headers);
+    // Refused for its framing before policy is asked, and audited as such.
+    let malformed = |why: Malformed| {
+        let refusal = Refusal::Malformed(why);
+        authorizer.refused(method, target, refusal, false);
+        Rejected {
+            status: refusal.status(),
+            message: refusal.as_str(),
+        }
+    };
     // HTTP/1.0 has no chunked coding; some servers (Go) ignore the header
     // there and would read the "chunks" as the next request.
     if version == 0 && headers.has("transfer-encoding") {
-        return Err(bad("Transfer-Encoding on an HTTP/1.0 request"));
+        return Err(malformed(Malformed::TransferEncodingOnHttp10));
     }
-    let body = framing::body_length(headers.pairs(), true).map_err(|e| match e {
-        FramingError::BothLengths => bad("both Transfer-Encoding and Content-Length"),
-        FramingError::NotChunked => bad("Transfer-Encoding does not end in chunked"),
-        _ => bad("invalid Content-Length"),
-    })?;
+    let body =
+        framing::body_length(headers.pairs(), true).map_err(|e| malformed(Malformed::from(e)))?;
     let keep_alive = match version {
         1 => !headers.connection_has("close"),
         _ => headers.connection_has("keep-alive"),
@@ -436,7 +458,10 @@ enum HeadRead<T> {
     TimedOut,
     /// Over `max_header_bytes` or [`MAX_HEADERS`].
     TooLarge,
-    Invalid(&'static str),
+    /// Not a message head (httparse refused it).
+    Invalid,
+    /// EOF inside the head.
+    Truncated,
     Io(io::Error),
 }
 
@@ -539,7 +564,7 @@ async fn read_head<R: AsyncRead + Unpin, P: HeadParser>(
                 Parse::Complete(n, output) => return HeadRead::Complete(n, output),
                 Parse::Partial(parser) => parser,
                 Parse::TooLarge => return HeadRead::TooLarge,
-                Parse::Invalid => return HeadRead::Invalid("invalid message head"),
+                Parse::Invalid => return HeadRead::Invalid,
             };
         }
         if buf.len() >= limits.max_header_bytes {
@@ -562,7 +587,7 @@ async fn read_head<R: AsyncRead + Unpin, P: HeadParser>(
         };
         match result {
             Ok(0) if buf.is_empty() => return HeadRead::Closed,
-            Ok(0) => return HeadRead::Invalid("connection closed inside a message head"),
+            Ok(0) => return HeadRead::Truncated,
             Ok(_) => parse = buf[before..].contains(&b'\n'),
             Err(e) => return HeadRead::Io(e),
         }
@@ -596,7 +621,7 @@ where
             let take = match &mut chunked {
                 Some(c) => c
                     .advance(buf)
-                    .map_err(|_| HttpProxyError::Protocol("malformed chunked body"))?,
+                    .map_err(|e| HttpProxyError::Malformed(e.into()))?,
                 None => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
             };
             writer
@@ -898,14 +923,26 @@ mod tests {
     use std::sync::Mutex;
     use tokio::io::duplex;
 
-    /// Denies paths under `/admin` (rule `no-admin`), records what it saw.
+    /// Denies paths under `/admin` (rule `no-admin`), records what it saw
+    /// and what it was asked to audit as refused or malformed.
     #[derive(Default)]
     struct Recorder {
         seen: Mutex<Vec<(String, String, Option<String>)>>,
         observed: Mutex<Vec<u16>>,
+        audited: Mutex<Vec<String>>,
     }
 
     impl RequestAuthorizer for Recorder {
+        fn refused(&self, method: &str, target: &str, refusal: Refusal, _grpc: bool) {
+            let line = format!("refused {method} {target}: {refusal}");
+            self.audited.lock().unwrap().push(line);
+        }
+
+        fn malformed(&self, why: Malformed) {
+            let line = format!("malformed: {}", why.as_str());
+            self.audited.lock().unwrap().push(line);
+        }
+
         fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
             self.seen.lock().unwrap().push((
                 request.method.to_string(),
@@ -1109,14 +1146,35 @@ mod tests {
         );
     }
 
+    /// Each is refused before the app, and audited as a refusal (a head
+    /// that does not parse as a request names no method or target).
     #[tokio::test]
     async fn smuggling_shapes_are_refused_before_the_app() {
-        for request in [
-            &b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
-            b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n",
-            b"GET / HTTP/1.1\r\nho st: a\r\n\r\n",
-            b"CONNECT a:443 HTTP/1.1\r\nhost: a\r\n\r\n",
+        for (request, audited) in [
+            (
+                &b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+                "refused POST /: both Transfer-Encoding and Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                "refused POST /: invalid Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n",
+                "refused POST /: Transfer-Encoding does not end in chunked",
+            ),
+            (
+                b"POST / HTTP/1.0\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n",
+                "refused POST /: Transfer-Encoding on an HTTP/1.0 request",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nho st: a\r\n\r\n",
+                "malformed: invalid message head",
+            ),
+            (
+                b"CONNECT a:443 HTTP/1.1\r\nhost: a\r\n\r\n",
+                "refused CONNECT a:443: CONNECT is not proxied",
+            ),
         ] {
             let (got, recorder) = run(request, |mut app| async move {
                 let mut seen = Vec::new();
@@ -1127,7 +1185,31 @@ mod tests {
             let text = String::from_utf8_lossy(&got);
             assert!(text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 405"), "{text}");
             assert!(recorder.seen.lock().unwrap().is_empty());
+            assert_eq!(*recorder.audited.lock().unwrap(), [audited]);
         }
+    }
+
+    /// Request trailers (a place to hide fields from the authorizer) cut
+    /// the request off at the trailer, the connection closed, and are
+    /// audited: the request's own decision came first.
+    #[tokio::test]
+    async fn request_trailers_are_cut_off_and_audited() {
+        let (got, recorder) = run(
+            b"POST /x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-tenant: evil\r\n\r\n",
+            |mut app| async move {
+                let mut seen = Vec::new();
+                let _ = app.read_to_end(&mut seen).await;
+                let seen = String::from_utf8_lossy(&seen).into_owned();
+                assert!(!seen.contains("evil"), "the app saw {seen}");
+            },
+        )
+        .await;
+        assert!(!String::from_utf8_lossy(&got).contains("200"));
+        assert_eq!(recorder.seen.lock().unwrap().len(), 1);
+        assert_eq!(
+            *recorder.audited.lock().unwrap(),
+            ["malformed: malformed chunked body"]
+        );
     }
 
     #[tokio::test]
@@ -1282,8 +1364,8 @@ mod tests {
             let parser = ResponseHead(|_: &httparse::Response<'_, '_>, _: &[u8]| ());
             let read = read_head(&mut server, &mut BytesMut::new(), limits(), parser).await;
             let got = match read {
-                HeadRead::Invalid("invalid message head") => "invalid",
-                HeadRead::Invalid("connection closed inside a message head") => "closed inside",
+                HeadRead::Invalid => "invalid",
+                HeadRead::Truncated => "closed inside",
                 HeadRead::TooLarge => "too large",
                 other => panic!("{other:?}"),
             };

@@ -18,8 +18,8 @@ use super::{
     settings_acked, within_declared,
 };
 use crate::sidecar::http::{
-    DENIED_BY_HEADER, HeaderMapView, PEER_CLAIMS_HEADER, PEER_ID_HEADER, RequestDecision,
-    authorize_request, strip_appid_headers,
+    DENIED_BY_HEADER, HeaderMapView, Malformed, PEER_CLAIMS_HEADER, PEER_ID_HEADER, Refusal,
+    RequestDecision, authorize_request, strip_appid_headers,
 };
 use crate::sidecar::trace::{self, TRACEPARENT, TRACESTATE};
 
@@ -63,6 +63,7 @@ where
                     }
                     Err(BlockError::Stream(stream, reason)) => {
                         self.client_block = None;
+                        self.authorizer.malformed(Malformed::InvalidHead);
                         self.malformed_request(stream, reason);
                         Ok(())
                     }
@@ -161,6 +162,7 @@ where
             .is_some_and(|s| within_declared(&mut s.request_left, content.len(), end));
         if !within {
             tracing::debug!(stream = head.stream, "request body not its content-length");
+            self.authorizer.malformed(Malformed::BodyNotItsLength);
             frame::put_refund(&mut self.to_client, head.stream, flow, false);
             self.reset_both(head.stream, Reason::PROTOCOL_ERROR);
             return Ok(());
@@ -231,6 +233,7 @@ where
             // stream whose request is over. Either way, both sides reset.
             let reason = if request_open {
                 tracing::debug!(stream = id, "request trailers refused: both streams reset");
+                self.authorizer.malformed(Malformed::Trailers);
                 Reason::PROTOCOL_ERROR
             } else {
                 Reason::STREAM_CLOSED
@@ -253,17 +256,19 @@ where
             return Ok(());
         }
         if headers.is_over_size() {
+            self.authorizer.malformed(Malformed::HeadTooLarge);
             self.answer(id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &[], !end);
             return Ok(());
         }
         let (pseudo, fields) = headers.into_parts();
         if let Some(name) = padded_value(&fields) {
             tracing::debug!(stream = id, %name, "a field value with leading or trailing whitespace");
-            self.malformed_request(id, Reason::PROTOCOL_ERROR);
+            self.refuse_malformed(id, &pseudo, &fields, Malformed::PaddedValue);
             return Ok(());
         }
         if let Err(why) = check_request_pseudo(&pseudo) {
             tracing::debug!(stream = id, why, "malformed request head");
+            self.authorizer.malformed(Malformed::InvalidHead);
             frame::put_reset(&mut self.to_client, id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
@@ -271,13 +276,13 @@ where
             Ok(declared) => declared,
             Err(why) => {
                 tracing::debug!(stream = id, %why, "malformed request head");
-                self.malformed_request(id, Reason::PROTOCOL_ERROR);
+                self.refuse_malformed(id, &pseudo, &fields, why.into());
                 return Ok(());
             }
         };
         if !within_declared(&mut declared, 0, end) {
             // A head that ends the stream but promises a body.
-            self.malformed_request(id, Reason::PROTOCOL_ERROR);
+            self.refuse_malformed(id, &pseudo, &fields, Malformed::BodyNotItsLength);
             return Ok(());
         }
         self.request(id, pseudo, fields, end);
@@ -295,10 +300,7 @@ where
         let span = trace::request_span(self.limits.app, method.as_str(), |name| {
             fields.get(name).and_then(|v| v.to_str().ok())
         });
-        let grpc = fields
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let grpc = is_grpc(&fields);
         // `:path` as sent; a CONNECT has none (and is refused).
         let target = pseudo.path.as_deref().unwrap_or("");
         let decision = span.in_scope(|| {
@@ -420,6 +422,16 @@ where
 
     /// A client header block HPACK found malformed (§8.1.1): its stream is
     /// reset (and the app's, if the request had reached it).
+    /// A request head refused for its framing: audited as a refusal (as
+    /// HTTP/1 audits its own), then reset both ways.
+    fn refuse_malformed(&mut self, id: u32, pseudo: &Pseudo, fields: &HeaderMap, why: Malformed) {
+        let method = pseudo.method.as_ref().map_or("", Method::as_str);
+        let target = pseudo.path.as_deref().unwrap_or("");
+        self.authorizer
+            .refused(method, target, Refusal::Malformed(why), is_grpc(fields));
+        self.malformed_request(id, Reason::PROTOCOL_ERROR);
+    }
+
     fn malformed_request(&mut self, id: u32, reason: Reason) {
         tracing::debug!(stream = id, ?reason, "malformed header block");
         if self.is_idle(id) {
@@ -518,4 +530,13 @@ fn grpc_status() -> HeaderName {
 
 fn grpc_message() -> HeaderName {
     HeaderName::from_static("grpc-message")
+}
+
+/// A gRPC request (`content-type: application/grpc…`): denials are answered
+/// the gRPC way, and audit lines say `grpc`.
+fn is_grpc(fields: &HeaderMap) -> bool {
+    fields
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }

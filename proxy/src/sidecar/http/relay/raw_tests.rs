@@ -14,13 +14,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::frame::{self, Head};
 use super::hpack::{Decoded, HeaderBlocks};
 use crate::sidecar::http::{
-    AppSide, HttpLimits, RequestAuthorizer, RequestFacts, RequestVerdict, Shutdown,
+    AppSide, HttpLimits, Malformed, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict,
+    Shutdown,
 };
 
-/// Denies `/admin…`, allows the rest.
-struct NoAdmin;
+/// Denies `/admin…`, allows the rest; keeps what it was asked to audit as
+/// refused (`"refused <method> <target>: <why>"`) or malformed (`"malformed: <why>"`).
+#[derive(Default)]
+struct NoAdmin {
+    audited: std::sync::Mutex<Vec<String>>,
+}
+
+impl NoAdmin {
+    fn audited(&self) -> Vec<String> {
+        self.audited.lock().unwrap().clone()
+    }
+}
 
 impl RequestAuthorizer for NoAdmin {
+    fn refused(&self, method: &str, target: &str, refusal: Refusal, _grpc: bool) {
+        let line = format!("refused {method} {target}: {refusal}");
+        self.audited.lock().unwrap().push(line);
+    }
+
+    fn malformed(&self, why: Malformed) {
+        let line = format!("malformed: {}", why.as_str());
+        self.audited.lock().unwrap().push(line);
+    }
+
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
         if request.path.starts_with("/admin") {
             RequestVerdict::Deny {
@@ -179,6 +200,13 @@ fn get_block(path: Option<&[u8]>, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
 /// client ──raw── relay ──raw── app. The client has sent its preface and
 /// SETTINGS; the app side is connected but silent until it reads.
 fn start() -> (Peer, Peer) {
+    let (client, app, _) = start_audited();
+    (client, app)
+}
+
+/// [`start`], with the authorizer (what it audited).
+fn start_audited() -> (Peer, Peer, Arc<NoAdmin>) {
+    let authorizer = Arc::new(NoAdmin::default());
     let (client, downstream) = tokio::io::duplex(1 << 20);
     let (upstream, app) = tokio::io::duplex(1 << 20);
     let limits = HttpLimits {
@@ -190,12 +218,12 @@ fn start() -> (Peer, Peer) {
     tokio::spawn(super::proxy(
         downstream,
         upstream,
-        Arc::new(NoAdmin),
+        authorizer.clone(),
         None,
         limits,
         Shutdown::never(),
     ));
-    (Peer::new(client), Peer::new(app))
+    (Peer::new(client), Peer::new(app), authorizer)
 }
 
 async fn client_preface(client: &mut Peer) {
@@ -404,7 +432,7 @@ async fn the_apps_goaway_answers_what_it_never_processed_with_502() {
 /// Request trailers never reach the app: both sides of the stream reset.
 #[tokio::test]
 async fn request_trailers_reset_the_stream_on_both_sides() {
-    let (mut client, mut app) = start();
+    let (mut client, mut app, authorizer) = start_audited();
     client_preface(&mut client).await;
     client.request(1, Method::POST, "/upload", false).await;
     app_handshake(&mut app).await;
@@ -422,6 +450,7 @@ async fn request_trailers_reset_the_stream_on_both_sides() {
         .await;
     let reason = frame::parse_u32(&seen.last().unwrap().payload).unwrap();
     assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
+    assert_eq!(authorizer.audited(), ["malformed: request trailers"]);
 }
 
 /// SETTINGS before the app is dialled are acknowledged by the relay and
@@ -720,7 +749,7 @@ async fn an_upper_case_field_name_ends_the_connection() {
 /// by reference is refused again, and the next well-formed request passes.
 #[tokio::test]
 async fn a_refused_padded_value_keeps_hpack_in_step() {
-    let (mut client, mut app) = start();
+    let (mut client, mut app, authorizer) = start_audited();
     client_preface(&mut client).await;
     for (stream, value) in [(1, "v "), (3, "v "), (5, "v")] {
         let mut fields = HeaderMap::new();
@@ -747,6 +776,8 @@ async fn a_refused_padded_value_keeps_hpack_in_step() {
     let (resets, _) = client.resets(2).await;
     let streams: Vec<u32> = resets.iter().map(|(stream, _)| *stream).collect();
     assert_eq!(streams, [1, 3]);
+    let padded = "refused GET /ok: a field value with leading or trailing whitespace";
+    assert_eq!(authorizer.audited(), [padded, padded]);
 }
 
 /// A `:path` with a fragment is refused (400) before policy: `http`'s
@@ -794,7 +825,7 @@ fn reset_reason(got: &Got) -> Reason {
 /// END_STREAM).
 #[tokio::test]
 async fn a_request_body_not_its_content_length_is_reset() {
-    let (mut client, mut app) = start();
+    let (mut client, mut app, authorizer) = start_audited();
     client_preface(&mut client).await;
     request_with(&mut client, 1, "/long", &[("content-length", "5")]).await;
     request_with(&mut client, 3, "/short", &[("content-length", "5")]).await;
@@ -825,6 +856,18 @@ async fn a_request_body_not_its_content_length_is_reset() {
         "body bytes reached the app: {at_app:?}"
     );
     assert!(!at_app.iter().any(|g| g.head.stream == 5));
+    // Each is audited as a refusal: the conflicting head before policy,
+    // the two bodies as cut off once decided.
+    let mut audited = authorizer.audited();
+    audited.sort();
+    assert_eq!(
+        audited,
+        [
+            "malformed: a body longer or shorter than its content-length",
+            "malformed: a body longer or shorter than its content-length",
+            "refused POST /bad: invalid Content-Length",
+        ]
+    );
 }
 
 /// The same for the app's answer; a `HEAD` answer and a `304` may declare a
@@ -906,4 +949,48 @@ async fn content_after_204_and_a_1xx_that_ends_the_stream_are_reset() {
     assert_eq!(resets, [(1, protocol_error), (3, protocol_error)]);
     assert!(!seen.iter().any(|g| g.head.kind == frame::DATA));
     assert!(!seen.iter().any(|g| is_headers_on(3)(g)), "{seen:?}");
+}
+
+/// A head that names no request (no `:scheme`) and one over
+/// `max_header_bytes` are refused (reset, 431) and audited as malformed:
+/// neither names a method and target to audit.
+#[tokio::test]
+async fn heads_that_name_no_request_are_audited() {
+    let (mut client, _app, authorizer) = start_audited();
+    client_preface(&mut client).await;
+    // `:method GET`, `:path /`, nothing else.
+    client.send_block(1, &[0x82, 0x84]).await;
+    let mut fields = HeaderMap::new();
+    fields.insert("x-big", "v".repeat(20 * 1024).parse().unwrap());
+    let uri: Uri = "http://api.test/ok".parse().unwrap();
+    let mut head = Headers::new(
+        StreamId::from(3),
+        Pseudo::request(Method::GET, uri, None),
+        fields,
+    );
+    head.set_end_stream();
+    let mut out = BytesMut::new();
+    client.blocks.encode(head, &mut out);
+    client.send(&out).await;
+    let seen = client
+        .until("the 431", |g| {
+            g.head.kind == frame::HEADERS && g.head.stream == 3
+        })
+        .await;
+    assert!(
+        seen.iter()
+            .any(|g| g.head.kind == frame::RST_STREAM && g.head.stream == 1)
+    );
+    let (pseudo, _) = seen.last().unwrap().block.as_ref().unwrap();
+    assert_eq!(
+        pseudo.status,
+        Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    );
+    assert_eq!(
+        authorizer.audited(),
+        [
+            "malformed: invalid message head",
+            "malformed: request head too large"
+        ]
+    );
 }
