@@ -332,10 +332,12 @@ impl Sidecar {
     }
 
     /// Every audit line so far, parsed (panics on a line that is not JSON).
+    /// Only whole lines: a read while the sidecar appends may end inside
+    /// one (the file grows a page at a time).
     pub fn audit_lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
+        text.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| {
                     panic!("audit line of {} is not JSON ({e}): {l}", self.name)
