@@ -1595,8 +1595,10 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
 }
 
 /// Whether the row's audit line ([`Row::audited_rule`]) was written by
-/// either sidecar since each had `before` lines (waits up to 3 s: lines are
-/// flushed every 100 ms).
+/// either sidecar since each had `before` lines. Waits up to 3 s: past ten
+/// denials a second from one source the log counts the rest into a
+/// `"repeated"` line written when that second ends, which qualifies (it
+/// carries the rule, not the request).
 async fn audited(row: &Row, target: &Target<'_>, before: [usize; 2]) -> Result<(), String> {
     let Some(rule) = row.audited_rule(target) else {
         return Ok(());

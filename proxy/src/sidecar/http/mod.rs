@@ -82,10 +82,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The status both codecs answer with.
+    /// The status of the answer: HTTP/1 always answers, HTTP/2 answers
+    /// refusals before policy and resets a stream refused for its framing.
     pub fn status(self) -> u16 {
         match self {
             Refusal::Connect => 405,
+            Refusal::Malformed(Malformed::HeadTooLarge) => 431,
             _ => 400,
         }
     }
@@ -121,8 +123,7 @@ pub enum Malformed {
     /// `Transfer-Encoding` on an HTTP/1.0 request, which has no chunked
     /// coding (some servers would read the chunks as the next request).
     TransferEncodingOnHttp10,
-    /// A malformed chunked body; request trailers are refused this way
-    /// (HTTP/1).
+    /// A malformed chunked body (HTTP/1).
     BadChunk,
     /// A field value with leading or trailing whitespace (HTTP/2: HTTP/1's
     /// syntax trims it).
@@ -130,8 +131,7 @@ pub enum Malformed {
     /// A body longer or shorter than its `content-length` (HTTP/2; in
     /// HTTP/1 bytes past it are the next request).
     BodyNotItsLength,
-    /// Request trailers (HTTP/2): they could carry fields past the
-    /// authorizer.
+    /// Request trailers: they could carry fields past the authorizer.
     Trailers,
     /// A head that does not parse as a request (HTTP/1: httparse refused
     /// it; HTTP/2: a header block or pseudo-headers no request may have).
@@ -165,6 +165,7 @@ impl From<h1::framing::FramingError> for Malformed {
             FramingError::BadContentLength => Malformed::BadContentLength,
             FramingError::NotChunked => Malformed::NotChunked,
             FramingError::BadChunk => Malformed::BadChunk,
+            FramingError::Trailers => Malformed::Trailers,
         }
     }
 }
@@ -405,7 +406,8 @@ pub enum HttpProxyError {
     Io(std::io::Error),
     #[error("{0}")]
     Protocol(&'static str),
-    /// A message whose framing is malformed ([`Malformed`]).
+    /// A message (request or response) malformed in its form
+    /// ([`Malformed`]); a request's is audited where it is refused.
     #[error("{}", .0.as_str())]
     Malformed(Malformed),
     /// The client sent more HTTP/2 control frames than its budget

@@ -9,6 +9,7 @@
 //! `chunked`, chunk lines must end in CRLF, sizes are plain hex of at most
 //! 15 digits.
 
+use super::super::Malformed;
 use std::fmt;
 
 /// How a message's body is delimited.
@@ -35,16 +36,14 @@ pub enum FramingError {
     NotChunked,
     /// A malformed chunk size line, chunk end or trailer.
     BadChunk,
+    /// Trailer fields after a request's last chunk (none are allowed).
+    Trailers,
 }
 
+/// In the words of the audit line ([`Malformed`]: one text per reason).
 impl fmt::Display for FramingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FramingError::BothLengths => "both Transfer-Encoding and Content-Length",
-            FramingError::BadContentLength => "invalid Content-Length",
-            FramingError::NotChunked => "Transfer-Encoding does not end in chunked",
-            FramingError::BadChunk => "malformed chunked body",
-        })
+        f.write_str(Malformed::from(*self).as_str())
     }
 }
 
@@ -271,7 +270,9 @@ impl Chunked {
             State::DataCr if b == b'\r' => State::DataLf,
             State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
             State::TrailerStart if b == b'\r' => State::EndLf,
-            State::TrailerStart if self.trailers == TrailerFields::None => return bad,
+            State::TrailerStart if self.trailers == TrailerFields::None => {
+                return Err(FramingError::Trailers);
+            }
             State::TrailerStart | State::Trailer => {
                 if self.state == State::TrailerStart {
                     self.appid_so_far = self.trailers == TrailerFields::NotAppid;
@@ -380,7 +381,7 @@ mod tests {
     fn request_bodies_refuse_trailers_and_extensions_stay_strict() {
         assert_eq!(
             Chunked::for_request().advance(b"0\r\nX-Appid-Peer-Id: evil\r\n\r\n"),
-            Err(FramingError::BadChunk)
+            Err(FramingError::Trailers)
         );
         let mut c = Chunked::for_request();
         assert_eq!(c.advance(b"3 ; name=\"v\"\r\nabc\r\n0\r\n\r\n"), Ok(24));

@@ -109,16 +109,15 @@ where
                 HeadRead::Complete(n, inspected) => (n, inspected),
                 HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
                 // Refused with no method or target to name: audited so.
-                HeadRead::TooLarge => {
-                    authorizer.malformed(Malformed::HeadTooLarge);
-                    local_response(&mut down_write, 431, "request head too large", None).await;
-                    return Err(HttpProxyError::Malformed(Malformed::HeadTooLarge));
-                }
-                HeadRead::Invalid => {
-                    authorizer.malformed(Malformed::InvalidHead);
-                    let what = Malformed::InvalidHead.as_str();
-                    local_response(&mut down_write, 400, what, None).await;
-                    return Err(HttpProxyError::Malformed(Malformed::InvalidHead));
+                HeadRead::TooLarge | HeadRead::Invalid => {
+                    let why = match head {
+                        HeadRead::TooLarge => Malformed::HeadTooLarge,
+                        _ => Malformed::InvalidHead,
+                    };
+                    authorizer.malformed(why);
+                    let status = Refusal::Malformed(why).status();
+                    local_response(&mut down_write, status, why.as_str(), None).await;
+                    return Err(HttpProxyError::Malformed(why));
                 }
                 // The client went away mid-head: nothing was refused.
                 HeadRead::Truncated => {
@@ -285,14 +284,15 @@ fn inspect_request(
     peer_headers: &Option<PeerHeaders>,
     app: AppSide,
 ) -> Result<InspectedRequest, Rejected> {
-    let bad = |message| Rejected {
-        status: 400,
-        message,
-    };
+    // httparse fills all three in a complete head.
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
-        return Err(bad("invalid request head"));
+        authorizer.malformed(Malformed::InvalidHead);
+        return Err(Rejected {
+            status: 400,
+            message: Malformed::InvalidHead.as_str(),
+        });
     };
     let headers = HeaderList(&*request.headers);
     // Refused for its framing before policy is asked, and audited as such.
@@ -772,7 +772,7 @@ where
                 let Ok(k) = state.advance(available) else {
                     return Err(fail(
                         answered,
-                        HttpProxyError::Protocol("malformed chunked body"),
+                        HttpProxyError::Malformed(Malformed::BadChunk),
                     ));
                 };
                 if state.is_done() {
@@ -1208,7 +1208,7 @@ mod tests {
         assert_eq!(recorder.seen.lock().unwrap().len(), 1);
         assert_eq!(
             *recorder.audited.lock().unwrap(),
-            ["malformed: malformed chunked body"]
+            ["malformed: request trailers"]
         );
     }
 

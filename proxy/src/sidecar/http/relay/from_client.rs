@@ -63,7 +63,14 @@ where
                     }
                     Err(BlockError::Stream(stream, reason)) => {
                         self.client_block = None;
-                        self.authorizer.malformed(Malformed::InvalidHead);
+                        // Audited as what it was meant to be: a request
+                        // head, or trailers of an open request (a block on
+                        // a stream already answered is not news).
+                        if self.is_idle(stream) {
+                            self.authorizer.malformed(Malformed::InvalidHead);
+                        } else if self.streams.get(&stream).is_some_and(|s| s.request_open) {
+                            self.authorizer.malformed(Malformed::Trailers);
+                        }
                         self.malformed_request(stream, reason);
                         Ok(())
                     }
@@ -268,7 +275,7 @@ where
         }
         if let Err(why) = check_request_pseudo(&pseudo) {
             tracing::debug!(stream = id, why, "malformed request head");
-            self.authorizer.malformed(Malformed::InvalidHead);
+            self.audit_malformed(&pseudo, &fields, Malformed::InvalidHead);
             frame::put_reset(&mut self.to_client, id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
@@ -422,16 +429,24 @@ where
 
     /// A client header block HPACK found malformed (§8.1.1): its stream is
     /// reset (and the app's, if the request had reached it).
-    /// A request head refused for its framing: audited as a refusal (as
-    /// HTTP/1 audits its own), then reset both ways.
+    /// A request head refused for its form: audited as a refusal (as
+    /// HTTP/1 audits its own), then reset ([`Self::malformed_request`]).
     fn refuse_malformed(&mut self, id: u32, pseudo: &Pseudo, fields: &HeaderMap, why: Malformed) {
+        self.audit_malformed(pseudo, fields, why);
+        self.malformed_request(id, Reason::PROTOCOL_ERROR);
+    }
+
+    /// The audit line of a request head refused for its form, naming the
+    /// method and `:path` it has (empty when it has none).
+    fn audit_malformed(&self, pseudo: &Pseudo, fields: &HeaderMap, why: Malformed) {
         let method = pseudo.method.as_ref().map_or("", Method::as_str);
         let target = pseudo.path.as_deref().unwrap_or("");
         self.authorizer
             .refused(method, target, Refusal::Malformed(why), is_grpc(fields));
-        self.malformed_request(id, Reason::PROTOCOL_ERROR);
     }
 
+    /// Resets a malformed request's stream for the client (`reason`) and,
+    /// if the app already has it, for the app (`CANCEL`).
     fn malformed_request(&mut self, id: u32, reason: Reason) {
         tracing::debug!(stream = id, ?reason, "malformed header block");
         if self.is_idle(id) {

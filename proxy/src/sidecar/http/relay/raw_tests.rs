@@ -951,20 +951,25 @@ async fn content_after_204_and_a_1xx_that_ends_the_stream_are_reset() {
     assert!(!seen.iter().any(|g| is_headers_on(3)(g)), "{seen:?}");
 }
 
-/// A head that names no request (no `:scheme`) and one over
-/// `max_header_bytes` are refused (reset, 431) and audited as malformed:
-/// neither names a method and target to audit.
+/// Heads that are no request are refused and audited: one without
+/// `:scheme` (reset; the line names the method and path it has), one with
+/// a connection-specific field h2's decoder refuses for the stream (reset),
+/// one over `max_header_bytes` (431; neither of the last two names a method
+/// and target).
 #[tokio::test]
-async fn heads_that_name_no_request_are_audited() {
+async fn heads_that_are_no_request_are_audited() {
     let (mut client, _app, authorizer) = start_audited();
     client_preface(&mut client).await;
     // `:method GET`, `:path /`, nothing else.
     client.send_block(1, &[0x82, 0x84]).await;
+    client
+        .send_block(3, &get_block(None, &[(b"connection", b"close")]))
+        .await;
     let mut fields = HeaderMap::new();
     fields.insert("x-big", "v".repeat(20 * 1024).parse().unwrap());
     let uri: Uri = "http://api.test/ok".parse().unwrap();
     let mut head = Headers::new(
-        StreamId::from(3),
+        StreamId::from(5),
         Pseudo::request(Method::GET, uri, None),
         fields,
     );
@@ -974,13 +979,14 @@ async fn heads_that_name_no_request_are_audited() {
     client.send(&out).await;
     let seen = client
         .until("the 431", |g| {
-            g.head.kind == frame::HEADERS && g.head.stream == 3
+            g.head.kind == frame::HEADERS && g.head.stream == 5
         })
         .await;
-    assert!(
+    let reset = |id| {
         seen.iter()
-            .any(|g| g.head.kind == frame::RST_STREAM && g.head.stream == 1)
-    );
+            .any(|g| g.head.kind == frame::RST_STREAM && g.head.stream == id)
+    };
+    assert!(reset(1) && reset(3));
     let (pseudo, _) = seen.last().unwrap().block.as_ref().unwrap();
     assert_eq!(
         pseudo.status,
@@ -989,6 +995,7 @@ async fn heads_that_name_no_request_are_audited() {
     assert_eq!(
         authorizer.audited(),
         [
+            "refused GET /: invalid message head",
             "malformed: invalid message head",
             "malformed: request head too large"
         ]
