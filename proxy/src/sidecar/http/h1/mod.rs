@@ -108,16 +108,13 @@ where
             let (head_len, (started, inspected)) = match head {
                 HeadRead::Complete(n, inspected) => (n, inspected),
                 HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
-                // Refused with no method or target to name: audited so.
-                HeadRead::TooLarge | HeadRead::Invalid => {
-                    let why = match head {
-                        HeadRead::TooLarge => Malformed::HeadTooLarge,
-                        _ => Malformed::InvalidHead,
-                    };
-                    authorizer.malformed(why);
-                    let status = Refusal::Malformed(why).status();
-                    local_response(&mut down_write, status, why.as_str(), None).await;
-                    return Err(HttpProxyError::Malformed(why));
+                HeadRead::TooLarge => {
+                    let why = Malformed::HeadTooLarge;
+                    return Err(refuse_head(&mut down_write, authorizer.as_ref(), why).await);
+                }
+                HeadRead::Invalid => {
+                    let why = Malformed::InvalidHead;
+                    return Err(refuse_head(&mut down_write, authorizer.as_ref(), why).await);
                 }
                 // The client went away mid-head: nothing was refused.
                 HeadRead::Truncated => {
@@ -871,6 +868,19 @@ async fn write_flush<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io:
 
 /// Writes a response the proxy makes itself; `denied`: the rule for
 /// `x-appid-denied-by` and whether to close. Returns whether it was written.
+/// A request head refused with no method or target to name (too large, or
+/// not a head at all): audited with the reason, then answered; the caller
+/// closes the connection.
+async fn refuse_head<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    authorizer: &dyn RequestAuthorizer,
+    why: Malformed,
+) -> HttpProxyError {
+    authorizer.malformed(why);
+    local_response(writer, Refusal::Malformed(why).status(), why.as_str(), None).await;
+    HttpProxyError::Malformed(why)
+}
+
 async fn local_response<W: AsyncWrite + Unpin>(
     writer: &mut W,
     status: u16,
