@@ -458,6 +458,30 @@ where
     }
 }
 
+/// What a test's authorizer was asked to audit as refused
+/// (`"refused <method> <target>: <why>"`) or malformed
+/// (`"malformed: <why>"`), in order: one text for both codecs' tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct AuditRecorder(std::sync::Mutex<Vec<String>>);
+
+#[cfg(test)]
+impl AuditRecorder {
+    pub(crate) fn refused(&self, method: &str, target: &str, refusal: Refusal) {
+        let line = format!("refused {method} {target}: {refusal}");
+        self.0.lock().unwrap().push(line);
+    }
+
+    pub(crate) fn malformed(&self, why: Malformed) {
+        let line = format!("malformed: {}", why.as_str());
+        self.0.lock().unwrap().push(line);
+    }
+
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

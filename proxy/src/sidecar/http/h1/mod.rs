@@ -939,18 +939,16 @@ mod tests {
     struct Recorder {
         seen: Mutex<Vec<(String, String, Option<String>)>>,
         observed: Mutex<Vec<u16>>,
-        audited: Mutex<Vec<String>>,
+        audited: super::super::AuditRecorder,
     }
 
     impl RequestAuthorizer for Recorder {
         fn refused(&self, method: &str, target: &str, refusal: Refusal, _grpc: bool) {
-            let line = format!("refused {method} {target}: {refusal}");
-            self.audited.lock().unwrap().push(line);
+            self.audited.refused(method, target, refusal);
         }
 
         fn malformed(&self, why: Malformed) {
-            let line = format!("malformed: {}", why.as_str());
-            self.audited.lock().unwrap().push(line);
+            self.audited.malformed(why);
         }
 
         fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
@@ -1195,7 +1193,7 @@ mod tests {
             let text = String::from_utf8_lossy(&got);
             assert!(text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 405"), "{text}");
             assert!(recorder.seen.lock().unwrap().is_empty());
-            assert_eq!(*recorder.audited.lock().unwrap(), [audited]);
+            assert_eq!(recorder.audited.lines(), [audited]);
         }
     }
 
@@ -1216,10 +1214,7 @@ mod tests {
         .await;
         assert!(!String::from_utf8_lossy(&got).contains("200"));
         assert_eq!(recorder.seen.lock().unwrap().len(), 1);
-        assert_eq!(
-            *recorder.audited.lock().unwrap(),
-            ["malformed: request trailers"]
-        );
+        assert_eq!(recorder.audited.lines(), ["malformed: request trailers"]);
     }
 
     #[tokio::test]

@@ -14,32 +14,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::frame::{self, Head};
 use super::hpack::{Decoded, HeaderBlocks};
 use crate::sidecar::http::{
-    AppSide, HttpLimits, Malformed, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict,
-    Shutdown,
+    AppSide, AuditRecorder, HttpLimits, Malformed, Refusal, RequestAuthorizer, RequestFacts,
+    RequestVerdict, Shutdown,
 };
 
-/// Denies `/admin…`, allows the rest; keeps what it was asked to audit as
-/// refused (`"refused <method> <target>: <why>"`) or malformed (`"malformed: <why>"`).
+/// Denies `/admin…`, allows the rest; keeps what it was asked to audit
+/// ([`AuditRecorder`]).
 #[derive(Default)]
 struct NoAdmin {
-    audited: std::sync::Mutex<Vec<String>>,
+    audited: AuditRecorder,
 }
 
 impl NoAdmin {
     fn audited(&self) -> Vec<String> {
-        self.audited.lock().unwrap().clone()
+        self.audited.lines()
     }
 }
 
 impl RequestAuthorizer for NoAdmin {
     fn refused(&self, method: &str, target: &str, refusal: Refusal, _grpc: bool) {
-        let line = format!("refused {method} {target}: {refusal}");
-        self.audited.lock().unwrap().push(line);
+        self.audited.refused(method, target, refusal);
     }
 
     fn malformed(&self, why: Malformed) {
-        let line = format!("malformed: {}", why.as_str());
-        self.audited.lock().unwrap().push(line);
+        self.audited.malformed(why);
     }
 
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
