@@ -427,8 +427,6 @@ where
         true
     }
 
-    /// A client header block HPACK found malformed (§8.1.1): its stream is
-    /// reset (and the app's, if the request had reached it).
     /// A request head refused for its form: audited as a refusal (as
     /// HTTP/1 audits its own), then reset ([`Self::malformed_request`]).
     fn refuse_malformed(&mut self, id: u32, pseudo: &Pseudo, fields: &HeaderMap, why: Malformed) {
@@ -445,8 +443,8 @@ where
             .refused(method, target, Refusal::Malformed(why), is_grpc(fields));
     }
 
-    /// Resets a malformed request's stream for the client (`reason`) and,
-    /// if the app already has it, for the app (`CANCEL`).
+    /// A malformed request (§8.1.1): its stream is reset for the client
+    /// (`reason`) and, if the app already has it, for the app (`CANCEL`).
     fn malformed_request(&mut self, id: u32, reason: Reason) {
         tracing::debug!(stream = id, ?reason, "malformed header block");
         if self.is_idle(id) {
