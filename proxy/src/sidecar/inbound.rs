@@ -21,11 +21,12 @@ use base64::Engine;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::HeaderValue;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, Peer};
+use super::balance::Acceptor;
 use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
@@ -53,11 +54,11 @@ pub struct InboundSpec {
 /// Accepts until shutdown. Connections are refused at once while the
 /// sidecar's own certificate is expired; each is then served as the
 /// identity of its app port ([`super::local`]).
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, spec: InboundSpec) {
+pub async fn serve(shared: Arc<Shared>, acceptor: Acceptor, spec: InboundSpec) {
     let own = shared.locals.own().clone();
     super::accept_loop(
         shared,
-        listener,
+        acceptor,
         MetricsDirection::Inbound,
         own,
         move |shared, stream, peer_addr| async move { handle(&shared, stream, peer_addr, spec).await },

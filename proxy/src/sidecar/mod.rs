@@ -61,6 +61,7 @@ pub(crate) use forward_async_write;
 
 mod audit_claims;
 pub mod authz;
+pub mod balance;
 pub mod copy_buf;
 mod counted;
 mod dispatch;
@@ -862,8 +863,8 @@ pub async fn run_until(
 }
 
 /// Serves one data-plane listener (bound at `address`, as configured) with
-/// `serve`: on every worker, each from its own registration of the socket
-/// (whichever accepts a connection keeps it), or on this runtime when there
+/// `serve`: on every worker, each from its own registration of the socket,
+/// their connections kept even ([`balance`]), or on this runtime when there
 /// are no workers.
 fn serve_listener<F, Fut>(
     workers: Option<&workers::Workers>,
@@ -872,21 +873,25 @@ fn serve_listener<F, Fut>(
     serve: F,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, SidecarError>
 where
-    F: Fn(TcpListener) -> Fut,
+    F: Fn(balance::Acceptor) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(workers) = workers else {
-        return Ok(vec![tokio::spawn(serve(listener))]);
+        return Ok(vec![tokio::spawn(serve(balance::Acceptor::alone(
+            listener,
+        )))]);
     };
     let bind_error = |error| SidecarError::Bind { address, error };
     let listener = listener.into_std().map_err(bind_error)?;
+    let (balance, inboxes) = balance::Balance::new(workers.handles().len());
     let mut tasks = Vec::with_capacity(workers.handles().len());
-    for handle in workers.handles() {
+    for (me, (handle, inbox)) in workers.handles().iter().zip(inboxes).enumerate() {
         let registered = {
             let _on_worker = handle.enter();
             TcpListener::from_std(listener.try_clone().map_err(bind_error)?).map_err(bind_error)?
         };
-        tasks.push(handle.spawn(serve(registered)));
+        let acceptor = balance::Acceptor::shared(registered, me, balance.clone(), inbox);
+        tasks.push(handle.spawn(serve(acceptor)));
     }
     Ok(tasks)
 }
@@ -896,7 +901,7 @@ where
 /// Shared by the inbound and outbound listeners.
 async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    mut acceptor: balance::Acceptor,
     direction: MetricsDirection,
     local: Arc<Local>,
     handle: F,
@@ -907,9 +912,9 @@ async fn accept_loop<F, Fut>(
     let shutdown = shared.shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+        let (stream, peer_addr, ticket) = tokio::select! {
+            accepted = acceptor.accept() => match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // E.g. out of file descriptors: back off, don't spin.
                     tracing::warn!(error = %e, direction = direction.as_str(), "accept failed");
@@ -945,6 +950,7 @@ async fn accept_loop<F, Fut>(
             connection.await;
             metrics.connection_closed(direction);
             drop(permit);
+            drop(ticket);
         });
     }
 }

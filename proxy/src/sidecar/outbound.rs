@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use appid_policy::policy::Direction;
 
 use super::authz::{ConnAuthz, ExternalVerdict, Peer};
+use super::balance::Acceptor;
 use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::AppSide;
 use super::local::Local;
@@ -46,15 +47,10 @@ pub struct OutboundSpec {
 /// Accepts until shutdown; every connection is made as `local` (the
 /// sidecar's own identity, or the service whose sockets the capture rules
 /// send to this listener).
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    spec: OutboundSpec,
-    local: Arc<Local>,
-) {
+pub async fn serve(shared: Arc<Shared>, acceptor: Acceptor, spec: OutboundSpec, local: Arc<Local>) {
     super::accept_loop(
         shared,
-        listener,
+        acceptor,
         MetricsDirection::Outbound,
         local.clone(),
         move |shared, stream, app_addr| {

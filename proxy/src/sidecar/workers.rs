@@ -16,10 +16,12 @@
 //! So `workers: N` (N ≥ 2) starts N threads here, each running a
 //! current-thread runtime, and every data-plane listener is served on each
 //! of them from its own registration of the same socket: the kernel wakes
-//! every worker's epoll on a new connection and whichever accepts it owns
-//! it for its whole life — its task, the app connection, the tunnel stream
-//! and the tunnel itself (the pool keeps tunnels per worker, see
-//! [`current`]). That is the model of Envoy's workers: nothing of one
+//! every worker's epoll on a new connection, whichever accepts it keeps it
+//! unless another worker holds fewer of the listener's connections (then
+//! it is handed to that one, [`super::balance`]), and the worker that
+//! keeps it owns it for its whole life — its task, the app connection, the
+//! tunnel stream and the tunnel itself (the pool keeps tunnels per worker,
+//! see [`current`]). That is the model of Envoy's workers: nothing of one
 //! connection crosses threads except the shared state every connection
 //! reads (policy, identity, metrics, budgets), which is `Arc`s and atomics.
 //! The control plane (admin, health, reloads, the authority client) stays

@@ -1,0 +1,354 @@
+//! A listener's connections kept even across the data-plane workers.
+//!
+//! Design bias: *a worker never keeps a connection while another worker of
+//! the same listener holds fewer*. With `workers: N` every worker accepts
+//! from its own registration of the listening socket ([`super::workers`]),
+//! and the kernel wakes them all on a new connection: whichever gets to
+//! `accept` first owns the connection for its whole life. Left to that
+//! race, connections pile up on one thread. A burst of app connections
+//! often lands on one worker of the client's sidecar; that worker's pool
+//! then opens one tunnel, and the server's sidecar, which sees only
+//! tunnels (one per client worker), runs every request of every stream on
+//! the one worker that accepted it. Measured in the mesh benchmark
+//! (HTTP/1.1 keep-alive, `workers: 2` on both sidecars): in two of three
+//! rounds one worker per sidecar did all the work while the other slept,
+//! and the round whose server split its two tunnels unevenly carried 16%
+//! less than the round whose four workers were even.
+//!
+//! So each listener's workers share a count of the connections each holds
+//! ([`Balance`]). The worker that accepts a connection keeps it if no
+//! other worker holds fewer (ties stay: a hand-off is not free), and
+//! otherwise hands it to the one that holds the fewest, through that
+//! worker's inbox: the socket leaves this worker's reactor
+//! (`into_std`) and joins the other's, which then serves it exactly as if
+//! it had accepted it. Envoy's `exact_balance` does the same with a lock;
+//! here the counts are atomics read without one, so two workers accepting
+//! at the same instant may both pick the same one and the counts drift by
+//! one until the next connection, never further.
+//!
+//! A connection's count is given back when its [`Ticket`] drops: with the
+//! connection's task, after the connection ends. A tunnel counts as one
+//! connection however many streams it carries (streams are not accepted).
+//! With one worker there is nothing to balance and nothing is shared.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// At most this many connections wait in one worker's inbox; a worker
+/// whose inbox is full (it is not getting to run) is skipped: the
+/// acceptor keeps the connection itself.
+const INBOX_CAPACITY: usize = 64;
+
+/// A connection handed from one worker to another.
+type Handed = (std::net::TcpStream, SocketAddr);
+
+/// The connections each worker of one listener holds, and their inboxes.
+pub struct Balance {
+    workers: Vec<Slot>,
+}
+
+struct Slot {
+    live: AtomicUsize,
+    inbox: mpsc::Sender<Handed>,
+}
+
+impl Balance {
+    /// A balance for `count` workers and, in order, each one's end of its
+    /// inbox (to make its [`Acceptor`] with).
+    pub fn new(count: usize) -> (Arc<Balance>, Vec<mpsc::Receiver<Handed>>) {
+        let (workers, inboxes) = (0..count)
+            .map(|_| {
+                let (inbox, receiver) = mpsc::channel(INBOX_CAPACITY);
+                let slot = Slot {
+                    live: AtomicUsize::new(0),
+                    inbox,
+                };
+                (slot, receiver)
+            })
+            .unzip();
+        (Arc::new(Balance { workers }), inboxes)
+    }
+
+    /// The worker that should hold a connection `me` accepted: `me` unless
+    /// another holds fewer, then the one that holds the fewest (the first
+    /// of equals).
+    fn choose(&self, me: usize) -> usize {
+        let mut fewest = (self.live(me), me);
+        for (worker, slot) in self.workers.iter().enumerate() {
+            let live = slot.live.load(Ordering::Relaxed);
+            if live < fewest.0 {
+                fewest = (live, worker);
+            }
+        }
+        fewest.1
+    }
+
+    fn live(&self, worker: usize) -> usize {
+        self.workers[worker].live.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection for `worker`, to be given back by the
+    /// [`Ticket`] of whoever serves it.
+    fn count(&self, worker: usize) {
+        self.workers[worker].live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn uncount(&self, worker: usize) {
+        self.workers[worker].live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection `worker` keeps.
+    fn ticket(self: &Arc<Self>, worker: usize) -> Ticket {
+        self.count(worker);
+        Ticket(Some((self.clone(), worker)))
+    }
+}
+
+/// A worker's count for one connection it holds, given back on drop.
+#[must_use = "the connection is counted until its ticket drops"]
+pub struct Ticket(Option<(Arc<Balance>, usize)>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some((balance, worker)) = self.0.take() {
+            balance.uncount(worker);
+        }
+    }
+}
+
+/// One worker's accepts from one listener: what it accepts and keeps, and
+/// what other workers hand it.
+pub struct Acceptor {
+    listener: TcpListener,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    /// This worker's index in `balance`.
+    me: usize,
+    balance: Arc<Balance>,
+    inbox: mpsc::Receiver<Handed>,
+}
+
+impl Acceptor {
+    /// The only worker of `listener`: keeps everything it accepts.
+    pub fn alone(listener: TcpListener) -> Acceptor {
+        Acceptor {
+            listener,
+            shared: None,
+        }
+    }
+
+    /// Worker `me` of `balance`, with its inbox; `listener` must be
+    /// registered with this worker's runtime.
+    pub fn shared(
+        listener: TcpListener,
+        me: usize,
+        balance: Arc<Balance>,
+        inbox: mpsc::Receiver<Handed>,
+    ) -> Acceptor {
+        Acceptor {
+            listener,
+            shared: Some(Shared { me, balance, inbox }),
+        }
+    }
+
+    /// The next connection for this worker: one it accepted and keeps, or
+    /// one another worker handed it. An error is the listener's (`accept`
+    /// failed); a connection lost on its way between workers is logged and
+    /// skipped.
+    pub async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr, Ticket)> {
+        let Some(shared) = &mut self.shared else {
+            let (stream, addr) = self.listener.accept().await?;
+            return Ok((stream, addr, Ticket(None)));
+        };
+        loop {
+            let (stream, addr) = tokio::select! {
+                // Handed connections first: they have waited already.
+                biased;
+                Some((stream, addr)) = shared.inbox.recv() => {
+                    // Counted by the worker that handed it over.
+                    let ticket = Ticket(Some((shared.balance.clone(), shared.me)));
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => return Ok((stream, addr, ticket)),
+                        Err(error) => {
+                            tracing::warn!(%error, peer = %addr, "a connection handed between workers could not be registered; closed");
+                            continue;
+                        }
+                    }
+                }
+                accepted = self.listener.accept() => accepted?,
+            };
+            let worker = shared.balance.choose(shared.me);
+            if worker == shared.me {
+                return Ok((stream, addr, shared.balance.ticket(worker)));
+            }
+            // Counted for `worker` before it is sent, so that the next
+            // accept (here or on another worker) already sees it there.
+            shared.balance.count(worker);
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    shared.balance.uncount(worker);
+                    tracing::warn!(%error, peer = %addr, "a connection to hand to another worker could not leave this one; closed");
+                    continue;
+                }
+            };
+            if let Err(refused) = shared.balance.workers[worker]
+                .inbox
+                .try_send((stream, addr))
+            {
+                // That worker's inbox is full (it is not getting to run) or
+                // gone (shutting down): this one keeps the connection.
+                shared.balance.uncount(worker);
+                let (stream, addr) = refused.into_inner();
+                let stream = TcpStream::from_std(stream)?;
+                return Ok((stream, addr, shared.balance.ticket(shared.me)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::workers::{self, Workers};
+
+    /// Accepts on every worker of `workers` from one listener, like the
+    /// sidecar does; each connection accepted is reported with the worker
+    /// that holds it, and held (with its ticket) until the test ends.
+    async fn serve_on(workers: &Workers) -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (balance, inboxes) = Balance::new(workers.handles().len());
+        let (seen, accepted) = mpsc::unbounded_channel();
+        for (me, (handle, inbox)) in workers.handles().iter().zip(inboxes).enumerate() {
+            let registered = {
+                let _on_worker = handle.enter();
+                TcpListener::from_std(listener.try_clone().unwrap()).unwrap()
+            };
+            let mut acceptor = Acceptor::shared(registered, me, balance.clone(), inbox);
+            let seen = seen.clone();
+            handle.spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((stream, _, ticket)) = acceptor.accept().await {
+                    let _ = seen.send(workers::current());
+                    held.push((stream, ticket));
+                }
+            });
+        }
+        (address, accepted)
+    }
+
+    #[tokio::test]
+    async fn connections_held_open_are_spread_evenly_whoever_accepts_them() {
+        let workers = Workers::start(2).unwrap();
+        let (address, mut accepted) = serve_on(&workers).await;
+        let mut clients = Vec::new();
+        let mut held = [0usize; 2];
+        for _ in 0..10 {
+            clients.push(tokio::net::TcpStream::connect(address).await.unwrap());
+            // One at a time: each is counted before the next arrives.
+            let worker = accepted.recv().await.unwrap();
+            held[worker - 1] += 1;
+            assert!(held[0].abs_diff(held[1]) <= 1, "{held:?}");
+        }
+        assert_eq!(held, [5, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_handed_connection_carries_its_bytes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let workers = Workers::start(2).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (balance, mut inboxes) = Balance::new(2);
+        // Only worker 1 accepts. It keeps the first connection; holding
+        // one while worker 2 holds none, it hands the second over.
+        let (seen, mut served) = mpsc::unbounded_channel();
+        let second = inboxes.pop().unwrap();
+        let first = inboxes.pop().unwrap();
+        for (me, (handle, inbox)) in workers.handles().iter().zip([first, second]).enumerate() {
+            let registered = {
+                let _on_worker = handle.enter();
+                let listener = if me == 0 {
+                    listener.try_clone().unwrap()
+                } else {
+                    // Worker 2 only receives: a listener nobody connects to.
+                    let idle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    idle.set_nonblocking(true).unwrap();
+                    idle
+                };
+                TcpListener::from_std(listener).unwrap()
+            };
+            let mut acceptor = Acceptor::shared(registered, me, balance.clone(), inbox);
+            let seen = seen.clone();
+            handle.spawn(async move {
+                while let Ok((mut stream, _, ticket)) = acceptor.accept().await {
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let _ticket = ticket;
+                        let mut line = [0u8; 5];
+                        stream.read_exact(&mut line).await.unwrap();
+                        stream.write_all(&line).await.unwrap();
+                        let _ = seen.send(workers::current());
+                        let _ = stream.read(&mut line).await;
+                    });
+                }
+            });
+        }
+        let mut on = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            client.write_all(b"hello").await.unwrap();
+            let mut echo = [0u8; 5];
+            client.read_exact(&mut echo).await.unwrap();
+            assert_eq!(&echo, b"hello");
+            on.push(served.recv().await.unwrap());
+            clients.push(client);
+        }
+        assert_eq!(
+            on,
+            [1, 2],
+            "the second connection is served by the worker holding none"
+        );
+        drop(clients);
+        // Both given back once their connections end.
+        for _ in 0..100 {
+            if balance.live(0) == 0 && balance.live(1) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!(
+            "counts not given back: {} and {}",
+            balance.live(0),
+            balance.live(1)
+        );
+    }
+
+    #[test]
+    fn the_acceptor_keeps_a_tie_and_otherwise_picks_the_fewest() {
+        let (balance, _inboxes) = Balance::new(3);
+        assert_eq!(balance.choose(1), 1);
+        let a = balance.ticket(1);
+        assert_eq!(balance.choose(1), 0);
+        let b = balance.ticket(0);
+        assert_eq!(balance.choose(1), 2);
+        let c = balance.ticket(2);
+        assert_eq!(balance.choose(0), 0);
+        drop((a, b, c));
+        assert_eq!(
+            (balance.live(0), balance.live(1), balance.live(2)),
+            (0, 0, 0)
+        );
+    }
+}
