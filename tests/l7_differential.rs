@@ -372,6 +372,12 @@ fn table() -> Vec<Row> {
         get("padded value", b"/tenant/a", Closed)
             .header(b"x-tenant", b"acme ")
             .h2_only(),
+        // An upper-case field name is not HTTP/2 (§8.2.1): the decoder
+        // ends the whole connection (GOAWAY), and that closure is audited.
+        get("upper-case field name", b"/public/x", Closed)
+            .header(b"X-Debug", b"1")
+            .h2_only()
+            .h2_raw(),
         get("tenant list acme, evil", b"/tenant/a", Denied("default"))
             .header(b"x-tenant", b"acme, evil"),
         // --- Spoofed identity headers: stripped, request allowed.

@@ -248,9 +248,19 @@ impl AppConnection {
         // the captured `proxy` beside the awaited one (1.4 KiB per idle
         // HTTP/1 connection, measured with `-Zprint-type-sizes`).
         Box::pin(proxy.map(move |result| {
-            if let Err(l7::HttpProxyError::Flood) = result {
-                authz.audit_closed("HTTP/2 control frame flood");
-                shared.metrics.h2_flood_closed(direction);
+            // The two ways a client can end a whole connection, audited:
+            // no request of theirs is the one refused.
+            match &result {
+                Err(l7::HttpProxyError::Flood) => {
+                    authz.audit_closed("HTTP/2 control frame flood");
+                    shared.metrics.h2_flood_closed(direction);
+                }
+                Err(l7::HttpProxyError::ClientBrokeHttp2(reason)) => {
+                    authz.audit_closed(&format!(
+                        "the client broke HTTP/2 ({reason:?}): connection closed"
+                    ));
+                }
+                _ => {}
             }
             if let Err(e) = result {
                 tracing::debug!(error = %e, direction = direction.as_str(), "http connection ended with an error");

@@ -400,8 +400,11 @@ pub struct HttpLimits {
 /// Why an HTTP proxy connection ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpProxyError {
-    #[error("http/2: {0}")]
-    H2(::h2::Error),
+    /// The client broke HTTP/2 (RFC 9113 §5.4.1): a GOAWAY with this
+    /// reason was sent and the connection closed. Audited by the caller,
+    /// which knows the connection.
+    #[error("http/2 connection error by the client: {0:?}")]
+    ClientBrokeHttp2(::h2::Reason),
     #[error("i/o: {0}")]
     Io(std::io::Error),
     #[error("{0}")]

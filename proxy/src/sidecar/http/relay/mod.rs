@@ -537,7 +537,7 @@ where
         frame::put_go_away(&mut self.to_client, last, reason);
         // No GOAWAY(NO_ERROR) may follow this one.
         self.going_away = Some(last);
-        self.failed = Some(HttpProxyError::H2(h2::Error::from(reason)));
+        self.failed = Some(HttpProxyError::ClientBrokeHttp2(reason));
         if self.drain_deadline.is_none() {
             let deadline = Instant::now() + self.limits.drain_timeout;
             self.drain_deadline = Some(deadline);
