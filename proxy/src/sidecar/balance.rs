@@ -22,14 +22,18 @@
 //! worker's inbox: the socket leaves this worker's reactor
 //! (`into_std`) and joins the other's, which then serves it exactly as if
 //! it had accepted it. Envoy's `exact_balance` does the same with a lock;
-//! here the counts are atomics read without one, so two workers accepting
-//! at the same instant may both pick the same one and the counts drift by
-//! one until the next connection, never further.
+//! here the counts are atomics read without one, so workers accepting at
+//! the same instant may all pick the same one (the counts then differ by
+//! up to the number of workers less one, until later connections even them
+//! out). Nothing is moved once it is served: connections that end leave
+//! their worker with fewer, and the next ones go there.
 //!
-//! A connection's count is given back when its [`Ticket`] drops: with the
-//! connection's task, after the connection ends. A tunnel counts as one
-//! connection however many streams it carries (streams are not accepted).
-//! With one worker there is nothing to balance and nothing is shared.
+//! A connection's count travels with it as a [`Ticket`], given back when
+//! the ticket drops: with the connection's task, after the connection
+//! ends, or wherever the connection is dropped unserved. A tunnel counts
+//! as one connection however many streams it carries (streams are not
+//! accepted). With one worker there is nothing to balance and nothing is
+//! shared.
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,8 +48,9 @@ use tokio::sync::mpsc;
 /// acceptor keeps the connection itself.
 const INBOX_CAPACITY: usize = 64;
 
-/// A connection handed from one worker to another.
-type Handed = (std::net::TcpStream, SocketAddr);
+/// A connection handed from one worker to another, already counted for
+/// the receiver.
+type Handed = (std::net::TcpStream, SocketAddr, Ticket);
 
 /// The connections each worker of one listener holds, and their inboxes.
 pub struct Balance {
@@ -92,19 +97,9 @@ impl Balance {
         self.workers[worker].live.load(Ordering::Relaxed)
     }
 
-    /// Counts a connection for `worker`, to be given back by the
-    /// [`Ticket`] of whoever serves it.
-    fn count(&self, worker: usize) {
-        self.workers[worker].live.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn uncount(&self, worker: usize) {
-        self.workers[worker].live.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Counts a connection `worker` keeps.
+    /// Counts a connection for `worker`, until the ticket drops.
     fn ticket(self: &Arc<Self>, worker: usize) -> Ticket {
-        self.count(worker);
+        self.workers[worker].live.fetch_add(1, Ordering::Relaxed);
         Ticket(Some((self.clone(), worker)))
     }
 }
@@ -116,7 +111,7 @@ pub struct Ticket(Option<(Arc<Balance>, usize)>);
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some((balance, worker)) = self.0.take() {
-            balance.uncount(worker);
+            balance.workers[worker].live.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -125,10 +120,11 @@ impl Drop for Ticket {
 /// what other workers hand it.
 pub struct Acceptor {
     listener: TcpListener,
-    shared: Option<Shared>,
+    balanced: Option<Balanced>,
 }
 
-struct Shared {
+/// An acceptor's place among the listener's workers.
+struct Balanced {
     /// This worker's index in `balance`.
     me: usize,
     balance: Arc<Balance>,
@@ -140,7 +136,7 @@ impl Acceptor {
     pub fn alone(listener: TcpListener) -> Acceptor {
         Acceptor {
             listener,
-            shared: None,
+            balanced: None,
         }
     }
 
@@ -154,16 +150,17 @@ impl Acceptor {
     ) -> Acceptor {
         Acceptor {
             listener,
-            shared: Some(Shared { me, balance, inbox }),
+            balanced: Some(Balanced { me, balance, inbox }),
         }
     }
 
     /// The next connection for this worker: one it accepted and keeps, or
     /// one another worker handed it. An error is the listener's (`accept`
     /// failed); a connection lost on its way between workers is logged and
-    /// skipped.
+    /// skipped. Cancel safe: nothing is held across its one `await` (both
+    /// of whose branches are cancel safe).
     pub async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr, Ticket)> {
-        let Some(shared) = &mut self.shared else {
+        let Some(balanced) = &mut self.balanced else {
             let (stream, addr) = self.listener.accept().await?;
             return Ok((stream, addr, Ticket(None)));
         };
@@ -171,45 +168,69 @@ impl Acceptor {
             let (stream, addr) = tokio::select! {
                 // Handed connections first: they have waited already.
                 biased;
-                Some((stream, addr)) = shared.inbox.recv() => {
-                    // Counted by the worker that handed it over.
-                    let ticket = Ticket(Some((shared.balance.clone(), shared.me)));
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => return Ok((stream, addr, ticket)),
-                        Err(error) => {
-                            tracing::warn!(%error, peer = %addr, "a connection handed between workers could not be registered; closed");
-                            continue;
-                        }
-                    }
-                }
+                Some(handed) = balanced.inbox.recv() => match register(handed) {
+                    Some(connection) => return Ok(connection),
+                    None => continue,
+                },
                 accepted = self.listener.accept() => accepted?,
             };
-            let worker = shared.balance.choose(shared.me);
-            if worker == shared.me {
-                return Ok((stream, addr, shared.balance.ticket(worker)));
+            let worker = balanced.balance.choose(balanced.me);
+            if worker == balanced.me {
+                return Ok((stream, addr, balanced.balance.ticket(worker)));
             }
             // Counted for `worker` before it is sent, so that the next
             // accept (here or on another worker) already sees it there.
-            shared.balance.count(worker);
+            let ticket = balanced.balance.ticket(worker);
             let stream = match stream.into_std() {
                 Ok(stream) => stream,
                 Err(error) => {
-                    shared.balance.uncount(worker);
                     tracing::warn!(%error, peer = %addr, "a connection to hand to another worker could not leave this one; closed");
                     continue;
                 }
             };
-            if let Err(refused) = shared.balance.workers[worker]
+            let Err(refused) = balanced.balance.workers[worker]
                 .inbox
-                .try_send((stream, addr))
-            {
-                // That worker's inbox is full (it is not getting to run) or
-                // gone (shutting down): this one keeps the connection.
-                shared.balance.uncount(worker);
-                let (stream, addr) = refused.into_inner();
-                let stream = TcpStream::from_std(stream)?;
-                return Ok((stream, addr, shared.balance.ticket(shared.me)));
+                .try_send((stream, addr, ticket))
+            else {
+                continue;
+            };
+            // That worker's inbox is full (it is not getting to run) or
+            // gone (shutting down): this one keeps the connection.
+            let (stream, addr, ticket) = refused.into_inner();
+            drop(ticket);
+            let kept = (stream, addr, balanced.balance.ticket(balanced.me));
+            if let Some(connection) = register(kept) {
+                return Ok(connection);
             }
+        }
+    }
+
+    /// Stops taking connections from other workers and returns those they
+    /// handed over that were not served yet (at shutdown: served like the
+    /// ones this worker accepted before it, not dropped).
+    pub fn close(mut self) -> Vec<(TcpStream, SocketAddr, Ticket)> {
+        let Some(balanced) = &mut self.balanced else {
+            return Vec::new();
+        };
+        balanced.inbox.close();
+        let mut waiting = Vec::new();
+        while let Ok(handed) = balanced.inbox.try_recv() {
+            waiting.extend(register(handed));
+        }
+        waiting
+    }
+}
+
+/// A handed connection registered with this thread's reactor; `None` (and
+/// a warning) if it cannot be: the connection is closed, its ticket given
+/// back.
+fn register(handed: Handed) -> Option<(TcpStream, SocketAddr, Ticket)> {
+    let (stream, addr, ticket) = handed;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => Some((stream, addr, ticket)),
+        Err(error) => {
+            tracing::warn!(%error, peer = %addr, "a connection moved between workers could not be registered; closed");
+            None
         }
     }
 }
@@ -243,6 +264,7 @@ mod tests {
                 }
             });
         }
+        drop(seen); // the workers' tasks hold the others
         (address, accepted)
     }
 
@@ -255,7 +277,7 @@ mod tests {
         for _ in 0..10 {
             clients.push(tokio::net::TcpStream::connect(address).await.unwrap());
             // One at a time: each is counted before the next arrives.
-            let worker = accepted.recv().await.unwrap();
+            let worker = accepted.recv().await.expect("an accepting task failed");
             held[worker - 1] += 1;
             assert!(held[0].abs_diff(held[1]) <= 1, "{held:?}");
         }
@@ -304,6 +326,7 @@ mod tests {
                 }
             });
         }
+        drop(seen); // a task that panics ends the wait below
         let mut on = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..2 {
@@ -312,7 +335,7 @@ mod tests {
             let mut echo = [0u8; 5];
             client.read_exact(&mut echo).await.unwrap();
             assert_eq!(&echo, b"hello");
-            on.push(served.recv().await.unwrap());
+            on.push(served.recv().await.expect("a serving task failed"));
             clients.push(client);
         }
         assert_eq!(
@@ -333,6 +356,62 @@ mod tests {
             balance.live(0),
             balance.live(1)
         );
+    }
+
+    /// Worker 0's acceptor on this runtime, its listener's address, and
+    /// worker 1's inbox (nobody accepts for worker 1).
+    fn two_workers_one_accepting() -> (Acceptor, SocketAddr, Arc<Balance>, mpsc::Receiver<Handed>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (balance, mut inboxes) = Balance::new(2);
+        let second = inboxes.pop().unwrap();
+        let first = inboxes.pop().unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let acceptor = Acceptor::shared(listener, 0, balance.clone(), first);
+        (acceptor, address, balance, second)
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_cannot_take_a_connection_leaves_it_with_the_acceptor() {
+        let (mut acceptor, address, balance, second) = two_workers_one_accepting();
+        drop(second); // worker 1 is gone (its loop ended)
+        let _clients = (
+            tokio::net::TcpStream::connect(address).await.unwrap(),
+            tokio::net::TcpStream::connect(address).await.unwrap(),
+        );
+        let first = acceptor.accept().await.unwrap();
+        let second = acceptor.accept().await.unwrap();
+        assert_eq!((balance.live(0), balance.live(1)), (2, 0));
+        drop((first, second));
+        assert_eq!((balance.live(0), balance.live(1)), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn connections_waiting_in_an_inbox_at_shutdown_are_returned_not_dropped() {
+        let (mut acceptor, address, balance, second) = two_workers_one_accepting();
+        let _first_client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let _kept = acceptor.accept().await.unwrap();
+        // The second goes to worker 1, which is not accepting; the accept
+        // below waits for a third that never comes.
+        let _second_client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(200), acceptor.accept()).await;
+        assert!(
+            waited.is_err(),
+            "the second connection was handed over, not kept"
+        );
+        assert_eq!((balance.live(0), balance.live(1)), (1, 1));
+        let worker_1 = Acceptor::shared(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            1,
+            balance.clone(),
+            second,
+        );
+        let waiting = worker_1.close();
+        assert_eq!(waiting.len(), 1, "returned to be served");
+        drop(waiting);
+        assert_eq!((balance.live(0), balance.live(1)), (1, 0));
     }
 
     #[test]

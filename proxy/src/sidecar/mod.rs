@@ -909,25 +909,11 @@ async fn accept_loop<F, Fut>(
     F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let shutdown = shared.shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer_addr, ticket) = tokio::select! {
-            accepted = acceptor.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // E.g. out of file descriptors: back off, don't spin.
-                    tracing::warn!(error = %e, direction = direction.as_str(), "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+    let serve = |stream: TcpStream, peer_addr: SocketAddr, ticket: balance::Ticket| {
         // An expired certificate (renewal failing): refuse at once.
         if !not_ready::still_valid(local.tls.identity.load().not_after) {
             not_ready::refuse(stream, peer_addr, direction, &shared.metrics);
-            continue;
+            return;
         }
         // The fast path here; a full budget is waited out (briefly, after
         // an eviction) in the connection's own task, so accepting goes on.
@@ -952,6 +938,27 @@ async fn accept_loop<F, Fut>(
             drop(permit);
             drop(ticket);
         });
+    };
+    let shutdown = shared.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, peer_addr, ticket)) => serve(stream, peer_addr, ticket),
+            Err(e) => {
+                // E.g. out of file descriptors: back off, don't spin.
+                tracing::warn!(error = %e, direction = direction.as_str(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Connections another worker handed over just before the shutdown are
+    // served like those accepted before it (and drain with them).
+    for (stream, peer_addr, ticket) in acceptor.close() {
+        serve(stream, peer_addr, ticket);
     }
 }
 

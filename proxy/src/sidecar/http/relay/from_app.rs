@@ -12,7 +12,7 @@ use super::{
     App, MAX_STREAMS, MAX_UNACKED_SETTINGS, Origin, Relay, declared_length, padded_value,
     settings_acked, within_declared,
 };
-use crate::sidecar::http::{AppSide, strip_appid_headers};
+use crate::sidecar::http::{AppSide, HttpProxyError, strip_appid_headers};
 
 impl<D, U> Relay<D, U>
 where
@@ -164,8 +164,13 @@ where
             }
         }
         if self.client_acks.len() >= MAX_UNACKED_SETTINGS {
-            // The client does not acknowledge SETTINGS (§6.5.3).
-            self.connection_error(Reason::SETTINGS_TIMEOUT);
+            // The client does not acknowledge SETTINGS (§6.5.3) — or the
+            // app sent a burst of them faster than any client could: not
+            // audited as the client's error.
+            self.end_connection(
+                Reason::SETTINGS_TIMEOUT,
+                HttpProxyError::Protocol("http/2: SETTINGS not acknowledged in time"),
+            );
             return Ok(());
         }
         frame::put_settings(&mut self.to_client, &kept);

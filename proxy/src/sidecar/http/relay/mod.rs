@@ -526,8 +526,20 @@ where
         self.timer.as_mut().reset(deadline);
     }
 
-    /// The client broke the protocol: GOAWAY with `reason`, then close.
+    /// The client broke the protocol: GOAWAY with `reason`, then close
+    /// (the caller audits [`HttpProxyError::ClientBrokeHttp2`]).
+    /// `INTERNAL_ERROR` is the decoder's own failure, not the client's.
     fn connection_error(&mut self, reason: Reason) {
+        let error = if reason == Reason::INTERNAL_ERROR {
+            HttpProxyError::Protocol("http/2: the header block decoder failed")
+        } else {
+            HttpProxyError::ClientBrokeHttp2(reason)
+        };
+        self.end_connection(reason, error);
+    }
+
+    /// GOAWAY with `reason`, then close, ending with `error`.
+    fn end_connection(&mut self, reason: Reason, error: HttpProxyError) {
         tracing::debug!(?reason, "http/2 connection error");
         // A later GOAWAY may not raise the last stream ID of an earlier one
         // (§6.8): streams refused after it were never processed.
@@ -537,7 +549,7 @@ where
         frame::put_go_away(&mut self.to_client, last, reason);
         // No GOAWAY(NO_ERROR) may follow this one.
         self.going_away = Some(last);
-        self.failed = Some(HttpProxyError::ClientBrokeHttp2(reason));
+        self.failed = Some(error);
         if self.drain_deadline.is_none() {
             let deadline = Instant::now() + self.limits.drain_timeout;
             self.drain_deadline = Some(deadline);

@@ -10,12 +10,13 @@ use h2::Reason;
 use h2::frame::{Headers, Pseudo, StreamId};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
 
 use super::frame::{self, Head};
 use super::hpack::{Decoded, HeaderBlocks};
 use crate::sidecar::http::{
-    AppSide, AuditRecorder, HttpLimits, Malformed, Refusal, RequestAuthorizer, RequestFacts,
-    RequestVerdict, Shutdown,
+    AppSide, AuditRecorder, HttpLimits, HttpProxyError, Malformed, Refusal, RequestAuthorizer,
+    RequestFacts, RequestVerdict, Shutdown,
 };
 
 /// Denies `/admin…`, allows the rest; keeps what it was asked to audit
@@ -204,6 +205,23 @@ fn start() -> (Peer, Peer) {
 
 /// [`start`], with the authorizer (what it audited).
 fn start_audited() -> (Peer, Peer, Arc<NoAdmin>) {
+    let (client, app, authorizer, _) = start_relay();
+    (client, app, authorizer)
+}
+
+/// [`start`], with how the relay ended (the error the sidecar audits a
+/// connection's closure by).
+fn start_ending() -> (Peer, Peer, JoinHandle<Result<(), HttpProxyError>>) {
+    let (client, app, _, ended) = start_relay();
+    (client, app, ended)
+}
+
+fn start_relay() -> (
+    Peer,
+    Peer,
+    Arc<NoAdmin>,
+    JoinHandle<Result<(), HttpProxyError>>,
+) {
     let authorizer = Arc::new(NoAdmin::default());
     let (client, downstream) = tokio::io::duplex(1 << 20);
     let (upstream, app) = tokio::io::duplex(1 << 20);
@@ -213,7 +231,7 @@ fn start_audited() -> (Peer, Peer, Arc<NoAdmin>) {
         drain_timeout: Duration::from_secs(30),
         app: AppSide::Upstream,
     };
-    tokio::spawn(super::proxy(
+    let ended = tokio::spawn(super::proxy(
         downstream,
         upstream,
         authorizer.clone(),
@@ -221,7 +239,17 @@ fn start_audited() -> (Peer, Peer, Arc<NoAdmin>) {
         limits,
         Shutdown::never(),
     ));
-    (Peer::new(client), Peer::new(app), authorizer)
+    (Peer::new(client), Peer::new(app), authorizer, ended)
+}
+
+/// How the relay ended, once the client has read its GOAWAY and closed.
+async fn ended(client: Peer, ended: JoinHandle<Result<(), HttpProxyError>>) -> HttpProxyError {
+    drop(client);
+    let result = tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the relay ends once the client is gone")
+        .expect("the relay does not panic");
+    result.expect_err("a connection error")
 }
 
 async fn client_preface(client: &mut Peer) {
@@ -622,7 +650,7 @@ async fn a_client_over_16_unacknowledged_settings_ends_the_connection() {
 /// cannot queue more than 16 ACKs owed; the client is in breach of §6.5.3.
 #[tokio::test]
 async fn a_client_that_leaves_16_settings_unacknowledged_is_timed_out() {
-    let (mut client, mut app) = start();
+    let (mut client, mut app, relay) = start_ending();
     client_preface(&mut client).await;
     client.request(1, Method::GET, "/ok", false).await;
     app_handshake(&mut app).await;
@@ -644,6 +672,13 @@ async fn a_client_that_leaves_16_settings_unacknowledged_is_timed_out() {
         .filter(|g| g.head.kind == frame::SETTINGS && !g.head.has(frame::ACK))
         .count();
     assert!(settings <= 16, "{settings} SETTINGS reached the client");
+    // Not audited as the client's error: the app may have sent them faster
+    // than any client could answer.
+    let error = ended(client, relay).await;
+    assert!(
+        !matches!(error, HttpProxyError::ClientBrokeHttp2(_)),
+        "{error}"
+    );
 }
 
 /// An app that announces a frame larger than it may send is gone: what it
@@ -732,7 +767,7 @@ async fn malformed_fields_are_not_forwarded() {
 /// never forwarded.
 #[tokio::test]
 async fn an_upper_case_field_name_ends_the_connection() {
-    let (mut client, _app) = start();
+    let (mut client, _app, relay) = start_ending();
     client_preface(&mut client).await;
     let block = get_block(None, &[(b"X-Up", b"v")]);
     client.send_block(1, &block).await;
@@ -740,6 +775,11 @@ async fn an_upper_case_field_name_ends_the_connection() {
         .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
         .await;
     assert_eq!(go_away_reason(seen.last().unwrap()), Reason::PROTOCOL_ERROR);
+    // The client's error: the sidecar audits the closure.
+    assert!(matches!(
+        ended(client, relay).await,
+        HttpProxyError::ClientBrokeHttp2(Reason::PROTOCOL_ERROR)
+    ));
 }
 
 /// A padded value refused after it entered the HPACK table (h2's encoder
