@@ -866,8 +866,6 @@ async fn write_flush<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io:
     writer.flush().await
 }
 
-/// Writes a response the proxy makes itself; `denied`: the rule for
-/// `x-appid-denied-by` and whether to close. Returns whether it was written.
 /// A request head refused with no method or target to name (too large, or
 /// not a head at all): audited with the reason, then answered; the caller
 /// closes the connection.
@@ -881,6 +879,8 @@ async fn refuse_head<W: AsyncWrite + Unpin>(
     HttpProxyError::Malformed(why)
 }
 
+/// Writes a response the proxy makes itself; `denied`: the rule for
+/// `x-appid-denied-by` and whether to close. Returns whether it was written.
 async fn local_response<W: AsyncWrite + Unpin>(
     writer: &mut W,
     status: u16,
