@@ -304,3 +304,37 @@ async fn after_a_server_certificate_swap_new_streams_get_a_new_tunnel() {
         );
     }
 }
+
+/// With `workers: 2` on both sidecars, app connections opened one after
+/// another are kept even across the client's workers whichever accepts
+/// them, and so are the tunnels the server sees (one per client worker):
+/// without it a burst often lands on one thread of each side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_tunnels_are_spread_over_the_workers() {
+    let echo = EchoServer::start().await;
+    let mesh = Mesh::start(echo.addr, MeshOptions::default()).await;
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let stream = support::net::connect_and_echo(mesh.outbound_addr(), b"hello\n")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", mesh.context()));
+        held.push(stream);
+    }
+    for (side, sidecar) in [("client", &mesh.client), ("server", &mesh.server)] {
+        let one = sidecar
+            .metric("appid_worker_connections{worker=\"1\"}")
+            .await;
+        let two = sidecar
+            .metric("appid_worker_connections{worker=\"2\"}")
+            .await;
+        assert!(
+            one >= 1.0 && two >= 1.0 && (one - two).abs() <= 1.0,
+            "the {side}'s workers hold {one} and {two} connections\n{}",
+            mesh.context()
+        );
+        if side == "client" {
+            assert_eq!(one + two, 8.0, "{}", mesh.context());
+        }
+    }
+    drop(held);
+}

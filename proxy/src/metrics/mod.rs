@@ -37,6 +37,7 @@
 //! | `appid_build_info` | gauge | `version` (always 1) |
 //! | `appid_process_cpu_seconds_total`, `appid_process_resident_memory_bytes`, `appid_process_open_fds`, `appid_process_max_fds`, `appid_process_start_time_seconds` | counter, gauges | — (read from `/proc/self` at scrape time: [`process`]) |
 //! | `appid_streams_shed_total` | counter | `direction`, `reason` (`memory`: tunnel streams refused while the byte budget is used up) |
+//! | `appid_worker_connections` | gauge | `worker` (`1`…`N`: connections each data-plane worker holds now, all listeners; only with `workers` ≥ 2) |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -137,6 +138,11 @@ impl EncodeLabelValue for Text {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -289,6 +295,7 @@ pub struct Metrics {
     audit_coalesced: Counter,
     cert_not_after: Arc<AtomicI64>,
     buffer_use: BufferUse,
+    worker_connections: Family<WorkerLabels, Gauge>,
     handshake_latency: [Histogram; 2],
     decision_latency: [Histogram; 2],
 }
@@ -411,6 +418,13 @@ impl Metrics {
         registry.register_collector(Box::new(buffer_use.clone()));
         registry.register_collector(Box::new(process::ProcessCollector));
 
+        let worker_connections = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "worker_connections",
+            "Connections each data-plane worker holds now (workers >= 2; kept even across them)",
+            worker_connections.clone(),
+        );
+
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -466,6 +480,7 @@ impl Metrics {
             audit_coalesced,
             cert_not_after,
             buffer_use,
+            worker_connections,
             handshake_latency,
             decision_latency,
         }
@@ -475,6 +490,16 @@ impl Metrics {
     /// scrape. Only the first call counts.
     pub fn watch_buffer(&self, read: impl Fn() -> i64 + Send + Sync + 'static) {
         let _ = self.buffer_use.0.set(Arc::new(read));
+    }
+
+    /// The count of connections data-plane worker `worker` (1-based)
+    /// holds: the one [`crate::sidecar::balance`] keeps even, exported.
+    pub fn worker_connections(&self, worker: usize) -> Gauge {
+        self.worker_connections
+            .get_or_create(&WorkerLabels {
+                worker: worker as u64,
+            })
+            .clone()
     }
 
     /// A tunnel stream was refused to shed load; `reason` is a fixed word.

@@ -15,9 +15,10 @@
 //! and the round whose server split its two tunnels unevenly carried 16%
 //! less than the round whose four workers were even.
 //!
-//! So each listener's workers share a count of the connections each holds
-//! ([`Balance`]). The worker that accepts a connection keeps it if no
-//! other worker holds fewer (ties stay: a hand-off is not free), and
+//! So the workers share a count of the connections each holds, all
+//! listeners together ([`Balance`], one per listener over the same counts,
+//! exported as `appid_worker_connections`). The worker that accepts a
+//! connection keeps it if no other worker holds fewer (ties stay: a hand-off is not free), and
 //! otherwise hands it to the one that holds the fewest, through that
 //! worker's inbox: the socket leaves this worker's reactor
 //! (`into_std`) and joins the other's, which then serves it exactly as if
@@ -38,8 +39,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -52,28 +53,29 @@ const INBOX_CAPACITY: usize = 64;
 /// the receiver.
 type Handed = (std::net::TcpStream, SocketAddr, Ticket);
 
-/// The connections each worker of one listener holds, and their inboxes.
+/// The connections each worker holds, and the workers' inboxes for one
+/// listener.
 pub struct Balance {
     workers: Vec<Slot>,
 }
 
 struct Slot {
-    live: AtomicUsize,
+    /// The connections the worker holds, of every listener (each
+    /// listener's `Balance` is given the same gauges).
+    live: Gauge,
     inbox: mpsc::Sender<Handed>,
 }
 
 impl Balance {
-    /// A balance for `count` workers and, in order, each one's end of its
-    /// inbox (to make its [`Acceptor`] with).
-    pub fn new(count: usize) -> (Arc<Balance>, Vec<mpsc::Receiver<Handed>>) {
-        let (workers, inboxes) = (0..count)
-            .map(|_| {
+    /// A balance over the workers whose counts are `live` (in order, one
+    /// per worker) and, in the same order, each one's end of its inbox
+    /// (to make its [`Acceptor`] with).
+    pub fn new(live: Vec<Gauge>) -> (Arc<Balance>, Vec<mpsc::Receiver<Handed>>) {
+        let (workers, inboxes) = live
+            .into_iter()
+            .map(|live| {
                 let (inbox, receiver) = mpsc::channel(INBOX_CAPACITY);
-                let slot = Slot {
-                    live: AtomicUsize::new(0),
-                    inbox,
-                };
-                (slot, receiver)
+                (Slot { live, inbox }, receiver)
             })
             .unzip();
         (Arc::new(Balance { workers }), inboxes)
@@ -85,7 +87,7 @@ impl Balance {
     fn choose(&self, me: usize) -> usize {
         let mut fewest = (self.live(me), me);
         for (worker, slot) in self.workers.iter().enumerate() {
-            let live = slot.live.load(Ordering::Relaxed);
+            let live = slot.live.get();
             if live < fewest.0 {
                 fewest = (live, worker);
             }
@@ -93,13 +95,13 @@ impl Balance {
         fewest.1
     }
 
-    fn live(&self, worker: usize) -> usize {
-        self.workers[worker].live.load(Ordering::Relaxed)
+    fn live(&self, worker: usize) -> i64 {
+        self.workers[worker].live.get()
     }
 
     /// Counts a connection for `worker`, until the ticket drops.
     fn ticket(self: &Arc<Self>, worker: usize) -> Ticket {
-        self.workers[worker].live.fetch_add(1, Ordering::Relaxed);
+        self.workers[worker].live.inc();
         Ticket(Some((self.clone(), worker)))
     }
 }
@@ -111,7 +113,7 @@ pub struct Ticket(Option<(Arc<Balance>, usize)>);
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some((balance, worker)) = self.0.take() {
-            balance.workers[worker].live.fetch_sub(1, Ordering::Relaxed);
+            balance.workers[worker].live.dec();
         }
     }
 }
@@ -240,6 +242,11 @@ mod tests {
     use super::*;
     use crate::sidecar::workers::{self, Workers};
 
+    /// A count per worker, each its own.
+    fn counts(workers: usize) -> Vec<Gauge> {
+        (0..workers).map(|_| Gauge::default()).collect()
+    }
+
     /// Accepts on every worker of `workers` from one listener, like the
     /// sidecar does; each connection accepted is reported with the worker
     /// that holds it, and held (with its ticket) until the test ends.
@@ -247,7 +254,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
-        let (balance, inboxes) = Balance::new(workers.handles().len());
+        let (balance, inboxes) = Balance::new(counts(workers.handles().len()));
         let (seen, accepted) = mpsc::unbounded_channel();
         for (me, (handle, inbox)) in workers.handles().iter().zip(inboxes).enumerate() {
             let registered = {
@@ -291,7 +298,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
-        let (balance, mut inboxes) = Balance::new(2);
+        let (balance, mut inboxes) = Balance::new(counts(2));
         // Only worker 1 accepts. It keeps the first connection; holding
         // one while worker 2 holds none, it hands the second over.
         let (seen, mut served) = mpsc::unbounded_channel();
@@ -364,7 +371,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
-        let (balance, mut inboxes) = Balance::new(2);
+        let (balance, mut inboxes) = Balance::new(counts(2));
         let second = inboxes.pop().unwrap();
         let first = inboxes.pop().unwrap();
         let listener = TcpListener::from_std(listener).unwrap();
@@ -416,7 +423,7 @@ mod tests {
 
     #[test]
     fn the_acceptor_keeps_a_tie_and_otherwise_picks_the_fewest() {
-        let (balance, _inboxes) = Balance::new(3);
+        let (balance, _inboxes) = Balance::new(counts(3));
         assert_eq!(balance.choose(1), 1);
         let a = balance.ticket(1);
         assert_eq!(balance.choose(1), 0);

@@ -746,9 +746,11 @@ pub async fn run_until(
     };
     let mut tasks = Vec::new();
     for (listener, spec) in inbound {
+        let metrics = shared.metrics.clone();
         let shared = shared.clone();
         tasks.extend(serve_listener(
             workers.as_ref(),
+            &metrics,
             spec.listen,
             listener,
             move |listener| inbound::serve(shared.clone(), listener, spec),
@@ -761,9 +763,11 @@ pub async fn run_until(
                 SidecarError::Authority(format!("service `{name}` has no identity"))
             })?,
         };
+        let metrics = shared.metrics.clone();
         let shared = shared.clone();
         tasks.extend(serve_listener(
             workers.as_ref(),
+            &metrics,
             spec.listen,
             listener,
             move |listener| outbound::serve(shared.clone(), listener, spec, local.clone()),
@@ -864,10 +868,12 @@ pub async fn run_until(
 
 /// Serves one data-plane listener (bound at `address`, as configured) with
 /// `serve`: on every worker, each from its own registration of the socket,
-/// their connections kept even ([`balance`]), or on this runtime when there
-/// are no workers.
+/// their connections kept even ([`balance`]; the counts are `metrics`'
+/// `appid_worker_connections`, shared by every listener), or on this
+/// runtime when there are no workers.
 fn serve_listener<F, Fut>(
     workers: Option<&workers::Workers>,
+    metrics: &crate::metrics::Metrics,
     address: SocketAddr,
     listener: TcpListener,
     serve: F,
@@ -883,7 +889,10 @@ where
     };
     let bind_error = |error| SidecarError::Bind { address, error };
     let listener = listener.into_std().map_err(bind_error)?;
-    let (balance, inboxes) = balance::Balance::new(workers.handles().len());
+    let live = (1..=workers.handles().len())
+        .map(|worker| metrics.worker_connections(worker))
+        .collect();
+    let (balance, inboxes) = balance::Balance::new(live);
     let mut tasks = Vec::with_capacity(workers.handles().len());
     for (me, (handle, inbox)) in workers.handles().iter().zip(inboxes).enumerate() {
         let registered = {
