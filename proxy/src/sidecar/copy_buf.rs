@@ -19,28 +19,28 @@
 //! `rep movsb` runs at full speed. On CPUs without the penalty this costs 64
 //! bytes per buffer and nothing else.
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
 /// Bytes left unused at the front of a buffer (see the module doc).
 pub const LEAD: usize = 64;
 
 /// `data` copied into a new buffer that starts [`LEAD`] bytes into its
-/// allocation; [`Led::as_ref`] gives back exactly `data`.
-pub(crate) struct Led {
-    buf: Vec<u8>,
+/// allocation.
+pub(crate) fn led_copy(data: &[u8]) -> Bytes {
+    let mut room = led_room(data.len());
+    room.put_slice(data);
+    room.freeze()
 }
 
-impl Led {
-    pub fn copy_of(data: &[u8]) -> Led {
-        let mut buf = Vec::with_capacity(LEAD + data.len());
-        buf.resize(LEAD, 0);
-        buf.extend_from_slice(data);
-        Led { buf }
-    }
-}
-
-impl AsRef<[u8]> for Led {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[LEAD..]
-    }
+/// An empty buffer with room for `len` bytes that start [`LEAD`] bytes into
+/// its allocation: read into it, then split what was read off as [`Bytes`]
+/// to be handed on without a copy (the rest of the room stays behind for
+/// the next read).
+pub(crate) fn led_room(len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(LEAD + len);
+    buf.put_bytes(0, LEAD);
+    buf.advance(LEAD);
+    buf
 }
 
 /// A read buffer of `len` usable bytes that start [`LEAD`] bytes into the
@@ -75,16 +75,36 @@ impl ReadBuffer {
 mod tests {
     use super::*;
 
+    /// How far into its allocation `bytes` starts.
+    fn lead_of(bytes: &[u8], allocation_start: usize) -> usize {
+        bytes.as_ptr() as usize - allocation_start
+    }
+
     #[test]
-    fn a_copy_holds_the_data_and_starts_lead_bytes_in() {
+    fn a_copy_holds_the_data() {
         let data: Vec<u8> = (0..=255).cycle().take(70_000).collect();
-        let led = Led::copy_of(&data);
-        assert_eq!(led.as_ref(), &data[..]);
+        assert_eq!(&led_copy(&data)[..], &data[..]);
+        assert!(led_copy(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_room_starts_lead_bytes_in_and_keeps_its_rest_for_the_next_read() {
+        let mut room = led_room(8192);
+        let start = room.as_ptr() as usize - LEAD;
+        assert!(room.is_empty());
+        assert!(room.capacity() >= 8192);
+        room.put_slice(b"first");
+        let first = room.split().freeze();
+        assert_eq!(&first[..], b"first");
+        assert_eq!(lead_of(&first, start), LEAD);
+        room.put_slice(b"second");
+        let second = room.split().freeze();
         assert_eq!(
-            led.as_ref().as_ptr() as usize - led.buf.as_ptr() as usize,
-            LEAD
+            lead_of(&second, start),
+            LEAD + 5,
+            "the same allocation, no copy"
         );
-        assert!(Led::copy_of(&[]).as_ref().is_empty());
+        assert!(room.capacity() >= 8192 - 11);
     }
 
     #[test]

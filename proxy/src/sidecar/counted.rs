@@ -13,10 +13,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::splice::Abort;
+use super::splice::{Abort, Chunks};
 
 /// `inner`, counting every byte read from or written to it into `counter`.
 pub struct Counted<S> {
@@ -83,6 +84,31 @@ impl<S: Abort> Abort for Counted<S> {
     }
 }
 
+impl<S: Chunks> Chunks for Counted<S> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        let read = self.inner.poll_read_chunk(cx)?;
+        if let Poll::Ready(Ok(chunk)) = &read {
+            self.counter.inc_by(chunk.len() as u64);
+        }
+        Some(read)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        self.inner.takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let before = chunk.len();
+        ready!(self.inner.poll_write_chunk(cx, chunk))?;
+        self.counter.inc_by((before - chunk.len()) as u64);
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +125,26 @@ mod tests {
         let n = counted.read(&mut buf).await.unwrap();
         assert_eq!(n, 3);
         assert_eq!(counter.get(), 8);
+    }
+
+    /// Chunks the splice hands through are counted like reads and writes.
+    #[tokio::test]
+    async fn counts_chunks_both_ways() {
+        let (near, mut far) = duplex(1024);
+        let counter = Counter::default();
+        let prefixed = crate::sidecar::prefixed::Prefixed::new(Bytes::from_static(b"abcd"), near);
+        let mut counted = Counted::new(prefixed, counter.clone());
+        let read = std::future::poll_fn(|cx| counted.poll_read_chunk(cx).unwrap()).await;
+        assert_eq!(&read.unwrap()[..], b"abcd");
+        let mut chunk = Bytes::from_static(b"hello");
+        while !chunk.is_empty() {
+            std::future::poll_fn(|cx| counted.poll_write_chunk(cx, &mut chunk))
+                .await
+                .unwrap();
+        }
+        let mut buf = [0u8; 5];
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        assert_eq!(counter.get(), 9);
     }
 }

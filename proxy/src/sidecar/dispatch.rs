@@ -59,7 +59,7 @@ use super::counted::Counted;
 use super::http::{self as l7, AppSide, HttpVersion, PeerHeaders};
 use super::lazy::LazyUpstream;
 use super::prefixed::{self, Prefixed};
-use super::splice::Abort;
+use super::splice::{Abort, Chunks};
 use crate::detect::{self, Classification, FirstLine};
 use crate::metrics::Direction as MetricsDirection;
 
@@ -135,8 +135,8 @@ pub fn dispatch<D, U, F, Fut>(
     connect: F,
 ) -> Connection
 where
-    D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+    D: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Option<U>> + Send + 'static,
 {
@@ -222,8 +222,8 @@ impl AppConnection {
     /// returned holds only the proxy and what is needed once it ends.
     fn http<D, U>(mut self, downstream: D, upstream: LazyUpstream<U>, version: HttpVersion) -> WayOn
     where
-        D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
-        U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+        D: AsyncRead + AsyncWrite + Unpin + Send + Abort + Chunks + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + Abort + Chunks + 'static,
     {
         self.authz.set_protocol(match version {
             HttpVersion::Http1 => "http1",
@@ -292,8 +292,8 @@ impl AppConnection {
     /// change makes its requests need deciding one by one.
     async fn http_decided_once<D, U>(self, mut downstream: D, mut upstream: LazyUpstream<U>)
     where
-        D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
-        U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+        D: AsyncRead + AsyncWrite + Unpin + Send + Abort + Chunks + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + Abort + Chunks + 'static,
     {
         match self.authz.decide_connection(Some(true)) {
             ConnVerdict::Allow => {}
@@ -315,8 +315,8 @@ impl AppConnection {
     /// `server_first`: bytes the server already sent, for the client.
     async fn tcp<D, U, F, Fut>(mut self, downstream: D, connect: F, server_first: Bytes)
     where
-        D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-        U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+        D: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Option<U>> + Send + 'static,
     {
@@ -357,8 +357,8 @@ impl AppConnection {
         is_http: bool,
         idle: Duration,
     ) where
-        D: AsyncRead + AsyncWrite + Abort + Unpin + Send,
-        U: AsyncRead + AsyncWrite + Abort + Unpin + Send,
+        D: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send,
+        U: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send,
     {
         let revoked = self.shared.revoked(&self.authz, is_http);
         let meter = self.shared.memory.meter(&self.authz.budget_key());
@@ -387,8 +387,8 @@ impl AppConnection {
     /// spoke, so that the wait's state is not kept beside it.
     async fn silent<D, U, F, Fut>(self, mut downstream: Prefixed<D>, connect: F) -> Option<WayOn>
     where
-        D: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-        U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+        D: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Option<U>> + Send + 'static,
     {
@@ -531,6 +531,29 @@ super::forward_async_write!(FirstLineGuard, inner);
 impl<S: Abort> Abort for FirstLineGuard<S> {
     fn abort(&mut self) {
         self.inner.abort();
+    }
+}
+
+/// While the first line is watched, reads go through `poll_read`, which
+/// watches them; after, chunks pass.
+impl<S: Chunks> Chunks for FirstLineGuard<S> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        match self.line {
+            Some(_) => None,
+            None => self.inner.poll_read_chunk(cx),
+        }
+    }
+
+    fn takes_chunks(&self) -> bool {
+        self.inner.takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_write_chunk(cx, chunk)
     }
 }
 
@@ -692,6 +715,33 @@ mod tests {
         let (passed, tripped) = through_guard(&[b"de", b"lete /admin HTTP/1.1\r\n"]).await;
         assert!(tripped);
         assert_eq!(passed, b"de");
+    }
+
+    /// Through the splice, which takes a stream's own chunks where it has
+    /// them: the detection bytes replayed ahead of the stream ([`Prefixed`]
+    /// hands them out as a chunk) are still watched with the rest.
+    #[tokio::test]
+    async fn the_guard_watches_replayed_bytes_through_the_splice() {
+        let (mut client, client_side) = tokio::io::duplex(1 << 16);
+        let (upstream, mut server) = tokio::io::duplex(1 << 16);
+        let prefixed = Prefixed::new(Bytes::from_static(b"PROPFIND /admin"), client_side);
+        let mut guard = FirstLineGuard::new(prefixed, true);
+        client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+        let (end, copied) = crate::sidecar::splice::splice(
+            &mut guard,
+            upstream,
+            b"",
+            Duration::from_secs(5),
+            None,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(end, crate::sidecar::splice::SpliceEnd::Error);
+        assert!(guard.tripped.load(Ordering::Relaxed));
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), "PROPFIND /admin");
+        assert_eq!(copied.to_upstream, 15, "the start of the line, not its end");
     }
 
     #[tokio::test]

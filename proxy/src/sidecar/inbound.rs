@@ -34,7 +34,7 @@ use super::local::Local;
 use super::pending::SourceGuard;
 use super::prefixed;
 use super::read_ahead::ReadAhead;
-use super::splice::Abort;
+use super::splice::{Abort, Chunks};
 use super::trace::Transport;
 use super::tunnel::{self, StreamCount, TunnelStream};
 use super::{PeerConnection, Shared, orig_dst, tls};
@@ -252,7 +252,7 @@ async fn from_peer_to_app<S>(
     app: SocketAddr,
 ) -> Option<Connection>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
 {
     let (first, prefix) = match dispatch::plan(shared, &authz) {
         Plan::Opaque => (FirstBytes::Opaque, Bytes::new()),
@@ -510,7 +510,7 @@ fn to_app<S>(
     prefix: Bytes,
 ) -> Connection
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Chunks + Unpin + Send + 'static,
 {
     dispatch(
         shared,

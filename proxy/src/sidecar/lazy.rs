@@ -74,6 +74,32 @@ impl<U: super::splice::Abort> super::splice::Abort for LazyUpstream<U> {
     }
 }
 
+/// Until dialled, reads and writes go the ordinary way (which dials).
+impl<U: super::splice::Chunks> super::splice::Chunks for LazyUpstream<U> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<bytes::Bytes>>> {
+        match &mut self.state {
+            State::Ready(upstream) => upstream.poll_read_chunk(cx),
+            _ => None,
+        }
+    }
+
+    fn takes_chunks(&self) -> bool {
+        match &self.state {
+            State::Ready(upstream) => upstream.takes_chunks(),
+            _ => false,
+        }
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut bytes::Bytes,
+    ) -> Poll<io::Result<()>> {
+        let upstream = ready!(self.poll_connected(cx))?;
+        upstream.poll_write_chunk(cx, chunk)
+    }
+}
+
 impl<U: AsyncRead + Unpin> AsyncRead for LazyUpstream<U> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -72,6 +72,36 @@ impl super::splice::Abort for Upstream {
     }
 }
 
+impl super::splice::Chunks for Upstream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<std::task::Poll<std::io::Result<bytes::Bytes>>> {
+        match self {
+            Upstream::Tunnel(s) => s.poll_read_chunk(cx),
+            Upstream::Tls(s) => s.poll_read_chunk(cx),
+        }
+    }
+
+    fn takes_chunks(&self) -> bool {
+        match self {
+            Upstream::Tunnel(s) => s.takes_chunks(),
+            Upstream::Tls(s) => s.takes_chunks(),
+        }
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        chunk: &mut bytes::Bytes,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self {
+            Upstream::Tunnel(s) => s.poll_write_chunk(cx, chunk),
+            Upstream::Tls(s) => s.poll_write_chunk(cx, chunk),
+        }
+    }
+}
+
 /// A connection to a peer sidecar, with the peer's verified claims.
 pub struct Dialed {
     pub upstream: Upstream,

@@ -38,6 +38,28 @@ impl<S: super::splice::Abort> super::splice::Abort for Prefixed<S> {
     }
 }
 
+/// The prefix is a chunk already.
+impl<S: super::splice::Chunks> super::splice::Chunks for Prefixed<S> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        if !self.prefix.is_empty() {
+            return Some(Poll::Ready(Ok(std::mem::take(&mut self.prefix))));
+        }
+        self.inner.poll_read_chunk(cx)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        self.inner.takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_write_chunk(cx, chunk)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

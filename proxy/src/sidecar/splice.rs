@@ -11,16 +11,26 @@
 //! says which ([`SpliceEnd::Reset`]) and [`forward_reset`] resets the other,
 //! so an abort reaches the other party as an abort, not as a clean end.
 //! Streams are taken by value; pass `&mut stream` to keep them for that.
+//!
+//! Copies are the cost of a bulk transfer, so where a stream already holds
+//! its bytes as [`Bytes`] (a tunnel stream's DATA frames) or queues what it
+//! sends as `Bytes` (a tunnel stream's send side), the splice hands chunks
+//! over instead of copying them through its buffer: [`Chunks`]. Through a
+//! tunnel, neither sidecar copies a byte in user space outside rustls.
 
-use std::future::Future;
-use std::sync::Arc;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::copy_buf::ReadBuffer;
+use super::copy_buf::{ReadBuffer, led_room};
 use super::memory::Meter;
 
 /// Why a splice ended.
@@ -88,6 +98,69 @@ impl Abort for tokio::io::DuplexStream {
     fn abort(&mut self) {}
 }
 
+/// The splice's zero-copy paths (see the module doc). A stream that holds
+/// what it received as [`Bytes`] hands them out as they are; one that
+/// queues what it sends as `Bytes` takes them as they are. Every other
+/// stream keeps the defaults, and the splice reads into its buffer and
+/// writes from it. A wrapper passes both on to what it wraps, doing to a
+/// chunk what it does to a read or a write (counting it, watching it).
+pub trait Chunks: AsyncWrite + Unpin {
+    /// The next received bytes the stream already holds, as they are (an
+    /// empty chunk is EOF), or `None` when it has none to hand out this way
+    /// now: the splice then reads with `poll_read`. A stream may answer
+    /// either way from one read to the next; the bytes stay in order.
+    fn poll_read_chunk(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        None
+    }
+
+    /// Whether the stream keeps what it is given by
+    /// [`Chunks::poll_write_chunk`] instead of copying it: the splice then
+    /// reads into buffers it can give away.
+    fn takes_chunks(&self) -> bool {
+        false
+    }
+
+    /// Sends a prefix of `chunk` (at least a byte) and takes it off, as
+    /// `poll_write` sends a prefix of a slice; by default with `poll_write`.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let n = ready!(Pin::new(&mut *self).poll_write(cx, chunk))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        chunk.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: Chunks + ?Sized> Chunks for &mut T {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        (**self).poll_read_chunk(cx)
+    }
+
+    fn takes_chunks(&self) -> bool {
+        (**self).takes_chunks()
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        (**self).poll_write_chunk(cx, chunk)
+    }
+}
+
+/// Sockets and TLS streams copy what they send into the kernel or into
+/// TLS records anyway, and read into the caller's buffer.
+impl Chunks for tokio::net::TcpStream {}
+impl<S: AsyncRead + AsyncWrite + Unpin> Chunks for tokio_rustls::server::TlsStream<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin> Chunks for tokio_rustls::client::TlsStream<S> {}
+impl Chunks for tokio::io::DuplexStream {}
+
 /// After a splice that ended because one side was reset, resets the other.
 pub fn forward_reset(end: SpliceEnd, downstream: &mut impl Abort, upstream: &mut impl Abort) {
     match end {
@@ -141,16 +214,16 @@ pub async fn splice<D, U>(
     revoked: impl Future<Output = ()>,
 ) -> (SpliceEnd, Copied)
 where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + Chunks,
+    U: AsyncRead + Chunks,
 {
-    let (mut down_read, mut down_write) = tokio::io::split(downstream);
-    let (mut up_read, mut up_write) = tokio::io::split(upstream);
+    let downstream = End::new(downstream);
+    let upstream = End::new(upstream);
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, either way.
     let last_activity = Arc::new(AtomicU64::new(0));
 
-    if !initial.is_empty() && up_write.write_all(initial).await.is_err() {
+    if !initial.is_empty() && write_all(&upstream, initial).await.is_err() {
         return (SpliceEnd::Error, Copied::default());
     }
     let mut copied = Copied {
@@ -158,8 +231,8 @@ where
         to_downstream: 0,
     };
 
-    let up = copy_one_way(&mut down_read, &mut up_write, &last_activity, start, memory);
-    let down = copy_one_way(&mut up_read, &mut down_write, &last_activity, start, memory);
+    let up = copy_one_way(&downstream, &upstream, &last_activity, start, memory);
+    let down = copy_one_way(&upstream, &downstream, &last_activity, start, memory);
     let idle = watch_idle(&last_activity, start, idle_timeout);
     tokio::pin!(up, down, idle, revoked);
 
@@ -209,21 +282,141 @@ enum Outcome {
     Failed,
 }
 
+/// One end of the splice, shared by its two directions: each locks it for
+/// one poll at a time. Both directions are polled by the splice's one
+/// task, so the lock is never contended; unlike tokio's `split`, it leaves
+/// the stream's [`Chunks`] within reach.
+struct End<S>(Mutex<S>);
+
+impl<S: AsyncRead + Chunks> End<S> {
+    fn new(stream: S) -> Self {
+        End(Mutex::new(stream))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut S) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+async fn write_all<S: AsyncRead + Chunks>(end: &End<S>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| end.with(|s| Pin::new(s).poll_write(cx, data))).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+async fn write_chunk<S: AsyncRead + Chunks>(end: &End<S>, mut chunk: Bytes) -> io::Result<()> {
+    while !chunk.is_empty() {
+        poll_fn(|cx| end.with(|s| s.poll_write_chunk(cx, &mut chunk))).await?;
+    }
+    Ok(())
+}
+
+/// Where one direction reads when its reader hands out no chunk of its own.
+/// Its size starts at [`MIN_BUFFER`] and doubles while reads fill it.
+enum Buffer {
+    /// Kept for the direction's life and written from: the writer copies
+    /// what it is given anyway. Allocated at the first read into it.
+    Kept(Option<ReadBuffer>),
+    /// Read into and split off: what was read is handed to the writer,
+    /// which keeps it ([`Chunks::takes_chunks`]); the room left behind is
+    /// read into next, until less than half a read is left. So a buffer is
+    /// at least half used before the next is made: small reads queued for
+    /// a slow peer (charged to the budget by their length) cannot each
+    /// hold a whole buffer alive.
+    Given(BytesMut),
+}
+
+/// What one read brought.
+enum Read {
+    /// The reader's own chunk (an empty one is EOF).
+    Chunk(Bytes),
+    /// This many bytes at the start of [`Buffer::Kept`].
+    Kept(usize),
+}
+
+impl Buffer {
+    fn new(writer_takes_chunks: bool) -> Self {
+        if writer_takes_chunks {
+            Buffer::Given(BytesMut::new())
+        } else {
+            Buffer::Kept(None)
+        }
+    }
+
+    /// Reads up to `size` bytes from `reader`: its own chunk if it has one,
+    /// else into this buffer (as a chunk when the buffer is `Given`).
+    fn poll_read<R: AsyncRead + Chunks>(
+        &mut self,
+        reader: &mut R,
+        cx: &mut Context<'_>,
+        size: usize,
+    ) -> Poll<io::Result<Read>> {
+        if let Some(chunk) = reader.poll_read_chunk(cx) {
+            return chunk.map_ok(Read::Chunk);
+        }
+        match self {
+            Buffer::Kept(kept) => {
+                let kept = kept.get_or_insert_with(|| ReadBuffer::new(size));
+                if kept.len() != size {
+                    kept.resize(size);
+                }
+                let mut read = ReadBuf::new(kept.bytes());
+                ready!(Pin::new(reader).poll_read(cx, &mut read))?;
+                Poll::Ready(Ok(Read::Kept(read.filled().len())))
+            }
+            Buffer::Given(room) => {
+                if room.capacity() < size / 2 || room.capacity() == 0 {
+                    *room = led_room(size);
+                }
+                let mut limited = (&mut *room).limit(size);
+                ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(reader),
+                    cx,
+                    &mut limited
+                ))?;
+                Poll::Ready(Ok(Read::Chunk(room.split().freeze())))
+            }
+        }
+    }
+
+    /// The bytes a [`Read::Kept`] of `n` brought.
+    fn kept(&mut self, n: usize) -> &[u8] {
+        match self {
+            Buffer::Kept(Some(kept)) => &kept.bytes()[..n],
+            _ => &[],
+        }
+    }
+
+    /// Back to the smallest size (what a quiet direction holds).
+    fn shrink(&mut self) {
+        match self {
+            Buffer::Kept(kept) => *kept = None,
+            Buffer::Given(room) => *room = BytesMut::new(),
+        }
+    }
+}
+
 /// Copies until EOF, then half-closes the writer (TCP FIN) so the other side
 /// sees the end of this direction while the other keeps flowing.
 async fn copy_one_way<R, W>(
-    reader: &mut R,
-    writer: &mut W,
+    reader: &End<R>,
+    writer: &End<W>,
     last_activity: &AtomicU64,
     start: Instant,
     memory: Option<&Meter>,
 ) -> OneWay
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Chunks,
+    W: AsyncRead + Chunks,
 {
     // Its bytes may go into TLS: see `copy_buf` for where they start.
-    let mut buffer = ReadBuffer::new(MIN_BUFFER);
+    let mut buffer = Buffer::new(writer.with(|w| w.takes_chunks()));
+    let mut size = MIN_BUFFER;
     // What the buffer's growth beyond MIN_BUFFER holds of the budget.
     let mut grown = Vec::new();
     let mut bytes = 0u64;
@@ -233,35 +426,44 @@ where
     tokio::pin!(quiet);
     let mut last_read = Instant::now();
     loop {
-        let read = if buffer.len() == MIN_BUFFER {
-            reader.read(buffer.bytes()).await
+        let mut read = poll_fn(|cx| reader.with(|r| buffer.poll_read(r, cx, size)));
+        let read = if size == MIN_BUFFER {
+            read.await
         } else {
             tokio::select! {
                 biased;
                 // Cancel-safe: when the timer wins, nothing was read.
-                read = reader.read(buffer.bytes()) => read,
+                read = &mut read => read,
                 () = &mut quiet => {
                     let due = last_read + QUIET;
                     if Instant::now() < due {
                         quiet.as_mut().reset(due); // bytes came meanwhile
                     } else {
-                        buffer = ReadBuffer::new(MIN_BUFFER);
+                        drop(read);
+                        buffer.shrink();
+                        size = MIN_BUFFER;
                         grown = Vec::new(); // the budget's bytes given back
                     }
                     continue;
                 }
             }
         };
-        let n = match read {
-            Ok(0) => {
-                let outcome = match writer.shutdown().await {
-                    Ok(()) => Outcome::Eof,
-                    Err(_) => Outcome::Failed,
+        let (n, written) = match read {
+            Ok(Read::Chunk(chunk)) if chunk.is_empty() => {
+                return OneWay {
+                    bytes,
+                    outcome: end_of_reads(writer).await,
                 };
-                return OneWay { bytes, outcome };
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Ok(Read::Kept(0)) => {
+                return OneWay {
+                    bytes,
+                    outcome: end_of_reads(writer).await,
+                };
+            }
+            Ok(Read::Chunk(chunk)) => (chunk.len(), write_chunk(writer, chunk).await),
+            Ok(Read::Kept(n)) => (n, write_all(writer, buffer.kept(n)).await),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return OneWay {
                     bytes,
                     outcome: Outcome::ReadReset,
@@ -274,7 +476,7 @@ where
                 };
             }
         };
-        if writer.write_all(&buffer.bytes()[..n]).await.is_err() {
+        if written.is_err() {
             return OneWay {
                 bytes,
                 outcome: Outcome::Failed,
@@ -284,18 +486,26 @@ where
         last_read = Instant::now();
         let since_start = last_read.saturating_duration_since(start);
         last_activity.store(since_start.as_millis() as u64, Ordering::Relaxed);
-        if n == buffer.len() && buffer.len() < MAX_BUFFER {
-            let len = (buffer.len() * 2).min(MAX_BUFFER);
+        if n == size && size < MAX_BUFFER {
+            let len = (size * 2).min(MAX_BUFFER);
             let charge = match memory {
                 None => None,
-                Some(memory) => match memory.try_grow(len - buffer.len()) {
+                Some(memory) => match memory.try_grow(len - size) {
                     Some(charge) => Some(charge),
                     None => continue, // no room: stay this size
                 },
             };
             grown.extend(charge);
-            buffer.resize(len);
+            size = len;
         }
+    }
+}
+
+/// EOF read: passed on as a half close.
+async fn end_of_reads<W: AsyncRead + Chunks>(writer: &End<W>) -> Outcome {
+    match poll_fn(|cx| writer.with(|w| Pin::new(w).poll_shutdown(cx))).await {
+        Ok(()) => Outcome::Eof,
+        Err(_) => Outcome::Failed,
     }
 }
 
@@ -314,7 +524,204 @@ async fn watch_idle(last_activity: &AtomicU64, start: Instant, idle_timeout: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use std::collections::VecDeque;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    /// A stream for the chunk paths: it reads `to_read` (as its own chunks
+    /// when `reads_chunks`, else copied through `poll_read`), then EOF; it
+    /// keeps what it is given to write, chunks as they are (when
+    /// `takes_chunks`), slices copied.
+    #[derive(Default)]
+    struct ChunkStream {
+        to_read: VecDeque<Bytes>,
+        reads_chunks: bool,
+        takes_chunks: bool,
+        written: Vec<Bytes>,
+        shut: bool,
+    }
+
+    impl AsyncRead for ChunkStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut next) = self.to_read.pop_front() {
+                let n = next.len().min(buf.remaining());
+                buf.put_slice(&next.split_to(n));
+                if !next.is_empty() {
+                    self.to_read.push_front(next);
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for ChunkStream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.push(Bytes::copy_from_slice(buf));
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Chunks for ChunkStream {
+        fn poll_read_chunk(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+            self.reads_chunks
+                .then(|| Poll::Ready(Ok(self.to_read.pop_front().unwrap_or_default())))
+        }
+
+        fn takes_chunks(&self) -> bool {
+            self.takes_chunks
+        }
+
+        fn poll_write_chunk(
+            &mut self,
+            cx: &mut Context<'_>,
+            chunk: &mut Bytes,
+        ) -> Poll<io::Result<()>> {
+            if !self.takes_chunks {
+                let n = ready!(Pin::new(&mut *self).poll_write(cx, chunk))?;
+                chunk.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            self.written.push(std::mem::take(chunk));
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn splice_one_way(downstream: &mut ChunkStream, upstream: &mut ChunkStream) -> Copied {
+        let (end, copied) = splice(
+            &mut *downstream,
+            &mut *upstream,
+            b"",
+            Duration::from_secs(5),
+            None,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(end, SpliceEnd::Done);
+        assert!(upstream.shut, "EOF passed on");
+        copied
+    }
+
+    fn joined(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    /// A tunnel stream's DATA frames reach a tunnel stream's send side as
+    /// the same buffers: no copy in between.
+    #[tokio::test]
+    async fn chunks_pass_from_reader_to_writer_as_they_are() {
+        let sent = [Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 70_000])];
+        let mut downstream = ChunkStream {
+            to_read: sent.iter().cloned().collect(),
+            reads_chunks: true,
+            ..Default::default()
+        };
+        let mut upstream = ChunkStream {
+            takes_chunks: true,
+            ..Default::default()
+        };
+        let copied = splice_one_way(&mut downstream, &mut upstream).await;
+        assert_eq!(copied.to_upstream, 71_000);
+        assert_eq!(upstream.written.len(), 2);
+        for (given, got) in sent.iter().zip(&upstream.written) {
+            assert_eq!(got.as_ptr(), given.as_ptr(), "the same buffer, not a copy");
+            assert_eq!(got, given);
+        }
+    }
+
+    /// Reads for a writer that keeps its chunks go into one buffer after
+    /// another, each split off as it is read: small reads share one
+    /// allocation (a trickle of small writes cannot make every byte hold a
+    /// buffer of its own while queued), and a read that fills the buffer
+    /// doubles the next.
+    #[tokio::test]
+    async fn reads_for_a_writer_that_keeps_chunks_share_their_buffer() {
+        let sent: Vec<Bytes> = (0..60u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        let mut downstream = ChunkStream {
+            to_read: sent.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mut upstream = ChunkStream {
+            takes_chunks: true,
+            ..Default::default()
+        };
+        splice_one_way(&mut downstream, &mut upstream).await;
+        assert_eq!(joined(&upstream.written), joined(&sent));
+        assert_eq!(upstream.written.len(), 60, "one chunk per read");
+        let new_buffers = upstream
+            .written
+            .windows(2)
+            .filter(|w| w[1].as_ptr() as usize != w[0].as_ptr() as usize + w[0].len())
+            .count();
+        // 6 000 bytes read 100 at a time into 1 KiB buffers, a new one once
+        // less than half is left: about one per 500 bytes.
+        assert!(
+            new_buffers <= 6000 / (MIN_BUFFER / 2),
+            "{new_buffers} buffers"
+        );
+        assert!(
+            new_buffers >= 6,
+            "{new_buffers} buffers: a buffer is not kept past half"
+        );
+
+        // Bulk: full reads grow the size, each read into a fresh buffer.
+        let big = Bytes::from(vec![9u8; 512 * 1024]);
+        let mut downstream = ChunkStream {
+            to_read: [big.clone()].into(),
+            ..Default::default()
+        };
+        let mut upstream = ChunkStream {
+            takes_chunks: true,
+            ..Default::default()
+        };
+        splice_one_way(&mut downstream, &mut upstream).await;
+        assert_eq!(joined(&upstream.written), big);
+        let sizes: Vec<usize> = upstream.written.iter().map(Bytes::len).collect();
+        assert_eq!(&sizes[..4], &[1024, 2048, 4096, 8192]);
+        assert!(sizes.iter().all(|&n| n <= MAX_BUFFER));
+        assert!(sizes.contains(&MAX_BUFFER));
+    }
+
+    /// A reader that hands out chunks only sometimes (a prefix first, a
+    /// watched first line) and a writer that copies: every byte, in order.
+    #[tokio::test]
+    async fn chunks_and_copies_mix_in_order() {
+        let mut inner = ChunkStream {
+            to_read: [Bytes::from_static(b" world"), Bytes::from_static(b"!")].into(),
+            reads_chunks: true,
+            ..Default::default()
+        };
+        let mut downstream =
+            crate::sidecar::prefixed::Prefixed::new(Bytes::from_static(b"hello"), &mut inner);
+        let mut upstream = ChunkStream::default();
+        let (end, copied) = splice(
+            &mut downstream,
+            &mut upstream,
+            b">",
+            Duration::from_secs(5),
+            None,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(end, SpliceEnd::Done);
+        assert_eq!(copied.to_upstream, 13);
+        assert_eq!(joined(&upstream.written), b">hello world!");
+    }
 
     #[tokio::test]
     async fn copies_both_ways_and_ends_on_eof() {

@@ -42,7 +42,7 @@ use http::HeaderMap;
 use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::sidecar::splice::Abort;
+use crate::sidecar::splice::{Abort, Chunks};
 
 /// The HTTP version detected on the downstream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,8 +436,8 @@ pub fn proxy<D, U>(
     shutdown: Shutdown,
 ) -> impl Future<Output = Result<(), HttpProxyError>> + Send
 where
-    D: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + Abort + 'static,
+    D: AsyncRead + AsyncWrite + Unpin + Send + Abort + Chunks + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + Abort + Chunks + 'static,
 {
     match version {
         HttpVersion::Http1 => Either::Left(h1::proxy(

@@ -34,7 +34,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::sidecar::splice::Abort;
+use crate::sidecar::splice::{Abort, Chunks};
 
 use appid_policy::policy::Headers;
 
@@ -72,8 +72,8 @@ pub fn proxy<D, U>(
     mut shutdown: Shutdown,
 ) -> impl Future<Output = Result<(), HttpProxyError>>
 where
-    D: AsyncRead + AsyncWrite + Unpin + Abort,
-    U: AsyncRead + AsyncWrite + Unpin + Abort,
+    D: AsyncRead + AsyncWrite + Unpin + Abort + Chunks,
+    U: AsyncRead + AsyncWrite + Unpin + Abort + Chunks,
 {
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
@@ -838,8 +838,8 @@ async fn switch_protocols<D, U>(
     withdrawn: impl Future<Output = ()>,
 ) -> Result<(), HttpProxyError>
 where
-    D: AsyncRead + AsyncWrite + Unpin + Abort,
-    U: AsyncRead + AsyncWrite + Unpin + Abort,
+    D: AsyncRead + AsyncWrite + Unpin + Abort + Chunks,
+    U: AsyncRead + AsyncWrite + Unpin + Abort + Chunks,
 {
     write_flush(&mut downstream, &up_buf)
         .await
