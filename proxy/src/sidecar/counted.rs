@@ -128,6 +128,8 @@ mod tests {
     }
 
     /// Chunks the splice hands through are counted like reads and writes.
+    /// (In the sidecar `Counted` is inside `Prefixed`; here it wraps one,
+    /// as a stream that hands out a chunk.)
     #[tokio::test]
     async fn counts_chunks_both_ways() {
         let (near, mut far) = duplex(1024);

@@ -719,17 +719,82 @@ mod tests {
 
     /// Through the splice, which takes a stream's own chunks where it has
     /// them: the detection bytes replayed ahead of the stream ([`Prefixed`]
-    /// hands them out as a chunk) are still watched with the rest.
+    /// hands them out as a chunk) are still watched with the rest, whether
+    /// the splice copies for its writer or reads into buffers it gives
+    /// away (a tunnel stream's).
     #[tokio::test]
     async fn the_guard_watches_replayed_bytes_through_the_splice() {
+        guard_through_the_splice(false).await;
+        guard_through_the_splice(true).await;
+    }
+
+    /// An upstream that keeps what it is given, as chunks (as a tunnel
+    /// stream does) or copied (as a socket does), and sends nothing.
+    #[derive(Default)]
+    struct Recording {
+        takes_chunks: bool,
+        got: Vec<u8>,
+        chunks: usize,
+    }
+
+    impl AsyncRead for Recording {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(())) // EOF
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.got.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Chunks for Recording {
+        fn takes_chunks(&self) -> bool {
+            self.takes_chunks
+        }
+
+        fn poll_write_chunk(
+            &mut self,
+            _cx: &mut Context<'_>,
+            chunk: &mut Bytes,
+        ) -> Poll<io::Result<()>> {
+            self.got.extend_from_slice(chunk);
+            self.chunks += 1;
+            chunk.clear();
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn guard_through_the_splice(takes_chunks: bool) {
         let (mut client, client_side) = tokio::io::duplex(1 << 16);
-        let (upstream, mut server) = tokio::io::duplex(1 << 16);
+        let mut upstream = Recording {
+            takes_chunks,
+            ..Default::default()
+        };
         let prefixed = Prefixed::new(Bytes::from_static(b"PROPFIND /admin"), client_side);
         let mut guard = FirstLineGuard::new(prefixed, true);
         client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
         let (end, copied) = crate::sidecar::splice::splice(
             &mut guard,
-            upstream,
+            &mut upstream,
             b"",
             Duration::from_secs(5),
             None,
@@ -738,10 +803,13 @@ mod tests {
         .await;
         assert_eq!(end, crate::sidecar::splice::SpliceEnd::Error);
         assert!(guard.tripped.load(Ordering::Relaxed));
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(String::from_utf8_lossy(&got), "PROPFIND /admin");
+        assert_eq!(String::from_utf8_lossy(&upstream.got), "PROPFIND /admin");
         assert_eq!(copied.to_upstream, 15, "the start of the line, not its end");
+        assert_eq!(
+            upstream.chunks,
+            usize::from(takes_chunks),
+            "given as a chunk"
+        );
     }
 
     #[tokio::test]

@@ -16,8 +16,11 @@
 //! its bytes as [`Bytes`] (a tunnel stream's DATA frames) or queues what it
 //! sends as `Bytes` (a tunnel stream's send side), the splice hands chunks
 //! over instead of copying them through its buffer: [`Chunks`]. Through a
-//! tunnel, neither sidecar copies a byte in user space outside rustls.
+//! tunnel, a bulk transfer's bytes are copied in user space only by rustls
+//! (into and out of its records); h2 still copies DATA too small to be
+//! worth chaining into its write buffer.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
@@ -108,7 +111,10 @@ pub trait Chunks: AsyncWrite + Unpin {
     /// The next received bytes the stream already holds, as they are (an
     /// empty chunk is EOF), or `None` when it has none to hand out this way
     /// now: the splice then reads with `poll_read`. A stream may answer
-    /// either way from one read to the next; the bytes stay in order.
+    /// either way from one read to the next; the bytes stay in order. EOF
+    /// and errors must be answered again when asked again: the splice asks
+    /// for more chunks after one it got, and leaves anything else for its
+    /// next read.
     fn poll_read_chunk(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
         None
     }
@@ -316,8 +322,92 @@ async fn write_chunk<S: AsyncRead + Chunks>(end: &End<S>, mut chunk: Bytes) -> i
     Ok(())
 }
 
-/// Where one direction reads when its reader hands out no chunk of its own.
-/// Its size starts at [`MIN_BUFFER`] and doubles while reads fill it.
+/// Writes out what was gathered: chunk by chunk to a writer that keeps
+/// them, else with vectored writes (one system call for many small frames,
+/// as one read of a copy buffer would have been).
+async fn write_gathered<S: AsyncRead + Chunks>(
+    end: &End<S>,
+    gathered: &mut Gathered,
+) -> io::Result<()> {
+    if end.with(|s| s.takes_chunks()) {
+        while let Some(chunk) = gathered.pop() {
+            write_chunk(end, chunk).await?;
+        }
+        return Ok(());
+    }
+    while gathered.has_remaining() {
+        let n = poll_fn(|cx| {
+            end.with(|s| tokio_util::io::poll_write_buf(Pin::new(s), cx, &mut *gathered))
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+    }
+    Ok(())
+}
+
+/// Chunks a direction gathers from a reader that has several ready, at
+/// most: small DATA frames that arrived together are written with one
+/// vectored write.
+const GATHER_CHUNKS: usize = 64;
+
+/// Chunks taken from the reader, not yet written.
+#[derive(Default)]
+struct Gathered {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let chunk = self.chunks.pop_front()?;
+        self.len -= chunk.len();
+        Some(chunk)
+    }
+}
+
+impl Buf for Gathered {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |chunk| chunk)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            let step = n.min(front.len());
+            front.advance(step);
+            self.len -= step;
+            n -= step;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, slices: &mut [io::IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        for (slice, chunk) in slices.iter_mut().zip(&self.chunks) {
+            *slice = io::IoSlice::new(chunk);
+            filled += 1;
+        }
+        filled
+    }
+}
+
+/// Where one direction reads when its reader hands out no chunk of its
+/// own. Its size starts at [`MIN_BUFFER`] and doubles while reads fill it.
 enum Buffer {
     /// Kept for the direction's life and written from: the writer copies
     /// what it is given anyway. Allocated at the first read into it.
@@ -327,16 +417,23 @@ enum Buffer {
     /// read into next, until less than half a read is left. So a buffer is
     /// at least half used before the next is made: small reads queued for
     /// a slow peer (charged to the budget by their length) cannot each
-    /// hold a whole buffer alive.
+    /// hold a whole buffer alive. (One exception: when a quiet direction
+    /// shrinks, its room may still be pinned by chunks queued from it;
+    /// at most one buffer per direction.)
     Given(BytesMut),
 }
 
 /// What one read brought.
 enum Read {
-    /// The reader's own chunk (an empty one is EOF).
-    Chunk(Bytes),
+    /// The reader's own chunks, now in the direction's [`Gathered`]: this
+    /// many bytes.
+    Chunks(usize),
     /// This many bytes at the start of [`Buffer::Kept`].
     Kept(usize),
+    /// Bytes read into [`Buffer::Given`], split off.
+    Given(Bytes),
+    /// End of file.
+    Eof,
 }
 
 impl Buffer {
@@ -348,18 +445,40 @@ impl Buffer {
         }
     }
 
-    /// Reads up to `size` bytes from `reader`: its own chunk if it has one,
-    /// else into this buffer (as a chunk when the buffer is `Given`).
+    /// The kind of buffer the writer wants now: a connection dialled late
+    /// ([`super::lazy::LazyUpstream`]) starts out taking no chunks.
+    fn fit(&mut self, writer_takes_chunks: bool) {
+        if writer_takes_chunks != matches!(self, Buffer::Given(_)) {
+            *self = Buffer::new(writer_takes_chunks);
+        }
+    }
+
+    /// Reads up to `size` bytes from `reader`: the chunks it has ready, if
+    /// it hands out its own (into `gathered`), else into this buffer.
     fn poll_read<R: AsyncRead + Chunks>(
         &mut self,
         reader: &mut R,
         cx: &mut Context<'_>,
         size: usize,
+        gathered: &mut Gathered,
     ) -> Poll<io::Result<Read>> {
-        if let Some(chunk) = reader.poll_read_chunk(cx) {
-            return chunk.map_ok(Read::Chunk);
+        if let Some(first) = reader.poll_read_chunk(cx) {
+            let first = ready!(first)?;
+            if first.is_empty() {
+                return Poll::Ready(Ok(Read::Eof));
+            }
+            gathered.push(first);
+            // More already here? EOF or an error after them is answered
+            // again on the next read (see `Chunks::poll_read_chunk`).
+            while gathered.len < MAX_BUFFER && gathered.chunks.len() < GATHER_CHUNKS {
+                match reader.poll_read_chunk(cx) {
+                    Some(Poll::Ready(Ok(chunk))) if !chunk.is_empty() => gathered.push(chunk),
+                    _ => break,
+                }
+            }
+            return Poll::Ready(Ok(Read::Chunks(gathered.len)));
         }
-        match self {
+        let n = match self {
             Buffer::Kept(kept) => {
                 let kept = kept.get_or_insert_with(|| ReadBuffer::new(size));
                 if kept.len() != size {
@@ -367,7 +486,7 @@ impl Buffer {
                 }
                 let mut read = ReadBuf::new(kept.bytes());
                 ready!(Pin::new(reader).poll_read(cx, &mut read))?;
-                Poll::Ready(Ok(Read::Kept(read.filled().len())))
+                read.filled().len()
             }
             Buffer::Given(room) => {
                 if room.capacity() < size / 2 || room.capacity() == 0 {
@@ -379,9 +498,13 @@ impl Buffer {
                     cx,
                     &mut limited
                 ))?;
-                Poll::Ready(Ok(Read::Chunk(room.split().freeze())))
+                return Poll::Ready(Ok(match room.is_empty() {
+                    true => Read::Eof,
+                    false => Read::Given(room.split().freeze()),
+                }));
             }
-        }
+        };
+        Poll::Ready(Ok(if n == 0 { Read::Eof } else { Read::Kept(n) }))
     }
 
     /// The bytes a [`Read::Kept`] of `n` brought.
@@ -416,6 +539,7 @@ where
 {
     // Its bytes may go into TLS: see `copy_buf` for where they start.
     let mut buffer = Buffer::new(writer.with(|w| w.takes_chunks()));
+    let mut gathered = Gathered::default();
     let mut size = MIN_BUFFER;
     // What the buffer's growth beyond MIN_BUFFER holds of the budget.
     let mut grown = Vec::new();
@@ -426,7 +550,8 @@ where
     tokio::pin!(quiet);
     let mut last_read = Instant::now();
     loop {
-        let mut read = poll_fn(|cx| reader.with(|r| buffer.poll_read(r, cx, size)));
+        buffer.fit(writer.with(|w| w.takes_chunks()));
+        let mut read = poll_fn(|cx| reader.with(|r| buffer.poll_read(r, cx, size, &mut gathered)));
         let read = if size == MIN_BUFFER {
             read.await
         } else {
@@ -448,21 +573,18 @@ where
                 }
             }
         };
-        let (n, written) = match read {
-            Ok(Read::Chunk(chunk)) if chunk.is_empty() => {
+        // Only reads into our own buffer size it: a reader's own chunks
+        // (DATA frames as the peer cut them) cost us no buffer.
+        let (n, into_buffer, written) = match read {
+            Ok(Read::Eof) => {
                 return OneWay {
                     bytes,
                     outcome: end_of_reads(writer).await,
                 };
             }
-            Ok(Read::Kept(0)) => {
-                return OneWay {
-                    bytes,
-                    outcome: end_of_reads(writer).await,
-                };
-            }
-            Ok(Read::Chunk(chunk)) => (chunk.len(), write_chunk(writer, chunk).await),
-            Ok(Read::Kept(n)) => (n, write_all(writer, buffer.kept(n)).await),
+            Ok(Read::Chunks(n)) => (n, false, write_gathered(writer, &mut gathered).await),
+            Ok(Read::Kept(n)) => (n, true, write_all(writer, buffer.kept(n)).await),
+            Ok(Read::Given(chunk)) => (chunk.len(), true, write_chunk(writer, chunk).await),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return OneWay {
                     bytes,
@@ -486,7 +608,7 @@ where
         last_read = Instant::now();
         let since_start = last_read.saturating_duration_since(start);
         last_activity.store(since_start.as_millis() as u64, Ordering::Relaxed);
-        if n == size && size < MAX_BUFFER {
+        if into_buffer && n == size && size < MAX_BUFFER {
             let len = (size * 2).min(MAX_BUFFER);
             let charge = match memory {
                 None => None,
@@ -524,18 +646,29 @@ async fn watch_idle(last_activity: &AtomicU64, start: Instant, idle_timeout: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     /// A stream for the chunk paths: it reads `to_read` (as its own chunks
-    /// when `reads_chunks`, else copied through `poll_read`), then EOF; it
-    /// keeps what it is given to write, chunks as they are (when
-    /// `takes_chunks`), slices copied.
+    /// when `reads_chunks`, else copied through `poll_read`), then EOF (or
+    /// nothing more, when `then_pending`); it keeps what it is given to
+    /// write, chunks as they are (when `takes_chunks`), slices copied, one
+    /// entry per call.
     #[derive(Default)]
     struct ChunkStream {
         to_read: VecDeque<Bytes>,
         reads_chunks: bool,
+        /// Every second item of `to_read` only through `poll_read`.
+        every_other_copied: bool,
+        /// One chunk per read: asked again at once, it is not ready.
+        one_chunk_per_read: bool,
+        then_pending: bool,
         takes_chunks: bool,
+        /// Takes chunks once something was written (as a connection
+        /// dialled at its first write does).
+        takes_once_written: bool,
+        vectored: bool,
+        taken: usize,
+        handed: bool,
         written: Vec<Bytes>,
         shut: bool,
     }
@@ -546,12 +679,17 @@ mod tests {
             _cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            if let Some(mut next) = self.to_read.pop_front() {
-                let n = next.len().min(buf.remaining());
-                buf.put_slice(&next.split_to(n));
-                if !next.is_empty() {
-                    self.to_read.push_front(next);
-                }
+            let Some(mut next) = self.to_read.pop_front() else {
+                return match self.then_pending {
+                    true => Poll::Pending,
+                    false => Poll::Ready(Ok(())),
+                };
+            };
+            let n = next.len().min(buf.remaining());
+            buf.put_slice(&next.split_to(n));
+            match next.is_empty() {
+                true => self.taken += 1,
+                false => self.to_read.push_front(next),
             }
             Poll::Ready(Ok(()))
         }
@@ -567,6 +705,21 @@ mod tests {
             Poll::Ready(Ok(buf.len()))
         }
 
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len();
+            self.written.push(all.into());
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
@@ -578,13 +731,27 @@ mod tests {
     }
 
     impl Chunks for ChunkStream {
-        fn poll_read_chunk(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
-            self.reads_chunks
-                .then(|| Poll::Ready(Ok(self.to_read.pop_front().unwrap_or_default())))
+        fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+            if !self.reads_chunks || (self.every_other_copied && self.taken % 2 == 1) {
+                return None;
+            }
+            if self.one_chunk_per_read && std::mem::take(&mut self.handed) {
+                cx.waker().wake_by_ref();
+                return Some(Poll::Pending);
+            }
+            match self.to_read.pop_front() {
+                Some(chunk) => {
+                    self.taken += 1;
+                    self.handed = true;
+                    Some(Poll::Ready(Ok(chunk)))
+                }
+                None if self.then_pending => Some(Poll::Pending),
+                None => Some(Poll::Ready(Ok(Bytes::new()))),
+            }
         }
 
         fn takes_chunks(&self) -> bool {
-            self.takes_chunks
+            self.takes_chunks || (self.takes_once_written && !self.written.is_empty())
         }
 
         fn poll_write_chunk(
@@ -592,7 +759,7 @@ mod tests {
             cx: &mut Context<'_>,
             chunk: &mut Bytes,
         ) -> Poll<io::Result<()>> {
-            if !self.takes_chunks {
+            if !self.takes_chunks() {
                 let n = ready!(Pin::new(&mut *self).poll_write(cx, chunk))?;
                 chunk.advance(n);
                 return Poll::Ready(Ok(()));
@@ -695,6 +862,113 @@ mod tests {
         assert_eq!(&sizes[..4], &[1024, 2048, 4096, 8192]);
         assert!(sizes.iter().all(|&n| n <= MAX_BUFFER));
         assert!(sizes.contains(&MAX_BUFFER));
+    }
+
+    /// A writer that starts taking chunks later (dialled at its first
+    /// write) gets them from then on.
+    #[tokio::test]
+    async fn a_writer_that_starts_taking_chunks_gets_them() {
+        let sent: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        let mut downstream = ChunkStream {
+            to_read: sent.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mut upstream = ChunkStream {
+            takes_once_written: true,
+            ..Default::default()
+        };
+        splice_one_way(&mut downstream, &mut upstream).await;
+        assert_eq!(joined(&upstream.written), joined(&sent));
+        // The first read was copied; the next five were split off one room.
+        let w = &upstream.written;
+        assert!(
+            w[1..]
+                .windows(2)
+                .all(|p| p[1].as_ptr() as usize == p[0].as_ptr() as usize + p[0].len()),
+            "one room, given away"
+        );
+    }
+
+    /// Small chunks that are ready together are written together: one
+    /// vectored write for a writer that copies, each as it is for one that
+    /// keeps them.
+    #[tokio::test]
+    async fn ready_chunks_are_gathered_into_one_write() {
+        let sent: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        for takes_chunks in [false, true] {
+            let mut downstream = ChunkStream {
+                to_read: sent.iter().cloned().collect(),
+                reads_chunks: true,
+                ..Default::default()
+            };
+            let mut upstream = ChunkStream {
+                vectored: true,
+                takes_chunks,
+                ..Default::default()
+            };
+            splice_one_way(&mut downstream, &mut upstream).await;
+            assert_eq!(joined(&upstream.written), joined(&sent));
+            let writes = upstream.written.len();
+            assert_eq!(
+                writes,
+                if takes_chunks { 10 } else { 1 },
+                "takes_chunks {takes_chunks}"
+            );
+        }
+    }
+
+    /// Reads that alternate between the reader's own chunks and `poll_read`
+    /// keep every byte in order, whatever the writer takes.
+    #[tokio::test]
+    async fn chunks_and_reads_alternate_in_order() {
+        let sent: Vec<Bytes> = (0..9u8).map(|i| Bytes::from(vec![b'a' + i; 700])).collect();
+        for takes_chunks in [false, true] {
+            let mut downstream = ChunkStream {
+                to_read: sent.iter().cloned().collect(),
+                reads_chunks: true,
+                every_other_copied: true,
+                ..Default::default()
+            };
+            let mut upstream = ChunkStream {
+                takes_chunks,
+                ..Default::default()
+            };
+            let copied = splice_one_way(&mut downstream, &mut upstream).await;
+            assert_eq!(copied.to_upstream, 6300);
+            assert_eq!(joined(&upstream.written), joined(&sent));
+        }
+    }
+
+    /// A reader's own chunks do not grow the direction's buffer, nor charge
+    /// the budget for it: even chunks the size of each doubling (a bulk
+    /// sender's DATA frames are cut by its reads: 1, 2, 4 … 64 KiB).
+    #[tokio::test]
+    async fn a_readers_own_chunks_charge_no_buffer() {
+        let budget = crate::sidecar::memory::MemoryBudget::new(64 << 20);
+        let meter = budget.meter("spiffe://t/peer");
+        let sizes = [1024, 2048, 4096, 8192, 16384, 32768, MAX_BUFFER];
+        let mut downstream = ChunkStream {
+            to_read: sizes.iter().map(|&n| Bytes::from(vec![1u8; n])).collect(),
+            reads_chunks: true,
+            one_chunk_per_read: true,
+            then_pending: true,
+            ..Default::default()
+        };
+        let mut upstream = ChunkStream::default();
+        let splice = splice(
+            &mut downstream,
+            &mut upstream,
+            b"",
+            Duration::from_secs(5),
+            Some(&meter),
+            std::future::pending(),
+        );
+        let mut splice = Box::pin(splice);
+        let moved = tokio::time::timeout(Duration::from_millis(200), &mut splice).await;
+        assert!(moved.is_err(), "still running: the reader never ends");
+        assert_eq!(budget.used(), 0, "while the splice runs");
+        drop(splice);
+        assert_eq!(upstream.written.len(), sizes.len(), "one write per chunk");
     }
 
     /// A reader that hands out chunks only sometimes (a prefix first, a

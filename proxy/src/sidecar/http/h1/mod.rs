@@ -852,7 +852,8 @@ where
         &down_buf,
         limits.header_timeout,
         // An upgraded connection's copy buffers are bounded per connection
-        // (2 × 64 KiB) but not charged to the process budget.
+        // (2 × 64 KiB, and what a tunnel stream queues: its send buffer)
+        // but not charged to the process budget.
         None,
         withdrawn,
     )
