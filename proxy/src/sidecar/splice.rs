@@ -304,47 +304,54 @@ impl<S: AsyncRead + Chunks> End<S> {
     }
 }
 
-async fn write_all<S: AsyncRead + Chunks>(end: &End<S>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let n = poll_fn(|cx| end.with(|s| Pin::new(s).poll_write(cx, data))).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-    }
-    Ok(())
+// The writes below are each one `poll_fn` looping inside a poll: their
+// state is two references and what is left to write, where an `async fn`
+// with an inner `.await` per piece kept a future of each nested one. They
+// sit in every spliced connection's task, whose size is what an idle
+// connection costs (README, "Memory").
+
+/// Writes all of `data`.
+fn write_all<'a, S: AsyncRead + Chunks>(
+    end: &'a End<S>,
+    mut data: &'a [u8],
+) -> impl Future<Output = io::Result<()>> + 'a {
+    poll_fn(move |cx| {
+        end.with(|s| {
+            while !data.is_empty() {
+                let n = ready!(Pin::new(&mut *s).poll_write(cx, data))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                data = &data[n..];
+            }
+            Poll::Ready(Ok(()))
+        })
+    })
 }
 
-async fn write_chunk<S: AsyncRead + Chunks>(end: &End<S>, mut chunk: Bytes) -> io::Result<()> {
-    while !chunk.is_empty() {
-        poll_fn(|cx| end.with(|s| s.poll_write_chunk(cx, &mut chunk))).await?;
-    }
-    Ok(())
+/// Writes all of `chunk`, as a chunk ([`Chunks::poll_write_chunk`]).
+fn write_chunk<S: AsyncRead + Chunks>(
+    end: &End<S>,
+    mut chunk: Bytes,
+) -> impl Future<Output = io::Result<()>> + '_ {
+    poll_fn(move |cx| {
+        end.with(|s| {
+            while !chunk.is_empty() {
+                ready!(s.poll_write_chunk(cx, &mut chunk))?;
+            }
+            Poll::Ready(Ok(()))
+        })
+    })
 }
 
 /// Writes out what was gathered: chunk by chunk to a writer that keeps
 /// them, else with vectored writes (one system call for many small frames,
 /// as one read of a copy buffer would have been).
-async fn write_gathered<S: AsyncRead + Chunks>(
-    end: &End<S>,
-    gathered: &mut Gathered,
-) -> io::Result<()> {
-    if end.with(|s| s.takes_chunks()) {
-        while let Some(chunk) = gathered.pop() {
-            write_chunk(end, chunk).await?;
-        }
-        return Ok(());
-    }
-    while gathered.has_remaining() {
-        let n = poll_fn(|cx| {
-            end.with(|s| tokio_util::io::poll_write_buf(Pin::new(s), cx, &mut *gathered))
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-    }
-    Ok(())
+fn write_gathered<'a, S: AsyncRead + Chunks>(
+    end: &'a End<S>,
+    gathered: &'a mut Gathered,
+) -> impl Future<Output = io::Result<()>> + 'a {
+    poll_fn(move |cx| end.with(|s| gathered.poll_write_to(s, cx)))
 }
 
 /// Chunks a direction gathers from a reader that has several ready, at
@@ -365,10 +372,35 @@ impl Gathered {
         self.chunks.push_back(chunk);
     }
 
-    fn pop(&mut self) -> Option<Bytes> {
-        let chunk = self.chunks.pop_front()?;
-        self.len -= chunk.len();
-        Some(chunk)
+    /// Writes everything out to `writer`.
+    fn poll_write_to<S: Chunks>(
+        &mut self,
+        writer: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if writer.takes_chunks() {
+            while let Some(front) = self.chunks.front_mut() {
+                let before = front.len();
+                let written = writer.poll_write_chunk(cx, front);
+                self.len -= before - front.len();
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                ready!(written)?;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        while self.has_remaining() {
+            let n = ready!(tokio_util::io::poll_write_buf(
+                Pin::new(&mut *writer),
+                cx,
+                self
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
