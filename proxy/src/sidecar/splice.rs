@@ -337,16 +337,32 @@ fn write_chunk<S: AsyncRead + Chunks>(
     poll_fn(move |cx| {
         end.with(|s| {
             while !chunk.is_empty() {
-                ready!(s.poll_write_chunk(cx, &mut chunk))?;
+                ready!(poll_write_some(s, cx, &mut chunk))?;
             }
             Poll::Ready(Ok(()))
         })
     })
 }
 
+/// [`Chunks::poll_write_chunk`], with a write that takes nothing made an
+/// error (`WriteZero`), as `write_all` does: the loops above would spin.
+fn poll_write_some<S: Chunks>(
+    writer: &mut S,
+    cx: &mut Context<'_>,
+    chunk: &mut Bytes,
+) -> Poll<io::Result<()>> {
+    let before = chunk.len();
+    ready!(writer.poll_write_chunk(cx, chunk))?;
+    if chunk.len() == before {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// Writes out what was gathered: chunk by chunk to a writer that keeps
-/// them, else with vectored writes (one system call for many small frames,
-/// as one read of a copy buffer would have been).
+/// them, else with vectored writes where the writer has them (sockets, TLS
+/// streams and the wrappers around them do: one system call for many small
+/// frames, as one read of a copy buffer would have been).
 fn write_gathered<'a, S: AsyncRead + Chunks>(
     end: &'a End<S>,
     gathered: &'a mut Gathered,
@@ -355,8 +371,9 @@ fn write_gathered<'a, S: AsyncRead + Chunks>(
 }
 
 /// Chunks a direction gathers from a reader that has several ready, at
-/// most: small DATA frames that arrived together are written with one
-/// vectored write.
+/// most; it also stops once it holds [`MAX_BUFFER`] bytes or more (so at
+/// most that and one chunk). Small DATA frames that arrived together are
+/// written with one vectored write.
 const GATHER_CHUNKS: usize = 64;
 
 /// Chunks taken from the reader, not yet written.
@@ -381,7 +398,7 @@ impl Gathered {
         if writer.takes_chunks() {
             while let Some(front) = self.chunks.front_mut() {
                 let before = front.len();
-                let written = writer.poll_write_chunk(cx, front);
+                let written = poll_write_some(writer, cx, front);
                 self.len -= before - front.len();
                 if front.is_empty() {
                     self.chunks.pop_front();
@@ -414,6 +431,7 @@ impl Buf for Gathered {
     }
 
     fn advance(&mut self, mut n: usize) {
+        debug_assert!(n <= self.len, "advanced past what was gathered");
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 return;
@@ -485,8 +503,9 @@ impl Buffer {
         }
     }
 
-    /// Reads up to `size` bytes from `reader`: the chunks it has ready, if
-    /// it hands out its own (into `gathered`), else into this buffer.
+    /// Reads from `reader`: the chunks it has ready, if it hands out its
+    /// own (into `gathered`, as they are), else up to `size` bytes into
+    /// this buffer.
     fn poll_read<R: AsyncRead + Chunks>(
         &mut self,
         reader: &mut R,
@@ -699,6 +718,11 @@ mod tests {
         /// dialled at its first write does).
         takes_once_written: bool,
         vectored: bool,
+        /// Takes at most this many bytes a write (0: all).
+        write_limit: usize,
+        /// Every other write is not ready (and wakes the task at once).
+        stalls: bool,
+        stalled: bool,
         taken: usize,
         handed: bool,
         written: Vec<Bytes>,
@@ -727,24 +751,42 @@ mod tests {
         }
     }
 
+    impl ChunkStream {
+        /// Whether this write stalls; else how much of `len` it takes.
+        fn poll_take(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<usize> {
+            if self.stalls {
+                self.stalled = !self.stalled;
+                if self.stalled {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(match self.write_limit {
+                0 => len,
+                limit => len.min(limit),
+            })
+        }
+    }
+
     impl AsyncWrite for ChunkStream {
         fn poll_write(
             mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.written.push(Bytes::copy_from_slice(buf));
-            Poll::Ready(Ok(buf.len()))
+            let n = ready!(self.poll_take(cx, buf.len()));
+            self.written.push(Bytes::copy_from_slice(&buf[..n]));
+            Poll::Ready(Ok(n))
         }
 
         fn poll_write_vectored(
             mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            cx: &mut Context<'_>,
             bufs: &[io::IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
             let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            let n = all.len();
-            self.written.push(all.into());
+            let n = ready!(self.poll_take(cx, all.len()));
+            self.written.push(Bytes::copy_from_slice(&all[..n]));
             Poll::Ready(Ok(n))
         }
 
@@ -796,7 +838,8 @@ mod tests {
                 chunk.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            self.written.push(std::mem::take(chunk));
+            let n = ready!(self.poll_take(cx, chunk.len()));
+            self.written.push(chunk.split_to(n));
             Poll::Ready(Ok(()))
         }
     }
@@ -913,6 +956,8 @@ mod tests {
         assert_eq!(joined(&upstream.written), joined(&sent));
         // The first read was copied; the next five were split off one room.
         let w = &upstream.written;
+        assert_eq!(w.len(), 6);
+        assert_ne!(w[0].as_ptr(), sent[0].as_ptr());
         assert!(
             w[1..]
                 .windows(2)
@@ -940,12 +985,43 @@ mod tests {
             };
             splice_one_way(&mut downstream, &mut upstream).await;
             assert_eq!(joined(&upstream.written), joined(&sent));
-            let writes = upstream.written.len();
+            if takes_chunks {
+                assert_eq!(upstream.written.len(), 10);
+                for (given, got) in sent.iter().zip(&upstream.written) {
+                    assert_eq!(got.as_ptr(), given.as_ptr(), "each chunk as it is");
+                }
+            } else {
+                assert_eq!(upstream.written.len(), 1, "one vectored write");
+            }
+        }
+    }
+
+    /// A writer that takes a little at a time and is often not ready gets
+    /// every gathered byte once, in order, whichever way it takes them.
+    #[tokio::test]
+    async fn gathered_chunks_survive_partial_and_stalled_writes() {
+        let sent: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        for (vectored, takes_chunks) in [(true, false), (false, false), (false, true)] {
+            let mut downstream = ChunkStream {
+                to_read: sent.iter().cloned().collect(),
+                reads_chunks: true,
+                ..Default::default()
+            };
+            let mut upstream = ChunkStream {
+                vectored,
+                takes_chunks,
+                write_limit: 37,
+                stalls: true,
+                ..Default::default()
+            };
+            let copied = splice_one_way(&mut downstream, &mut upstream).await;
+            assert_eq!(copied.to_upstream, 1000);
             assert_eq!(
-                writes,
-                if takes_chunks { 10 } else { 1 },
-                "takes_chunks {takes_chunks}"
+                joined(&upstream.written),
+                joined(&sent),
+                "{vectored} {takes_chunks}"
             );
+            assert!(upstream.written.iter().all(|w| w.len() <= 37));
         }
     }
 
@@ -1000,7 +1076,12 @@ mod tests {
         assert!(moved.is_err(), "still running: the reader never ends");
         assert_eq!(budget.used(), 0, "while the splice runs");
         drop(splice);
-        assert_eq!(upstream.written.len(), sizes.len(), "one write per chunk");
+        let written: usize = upstream.written.iter().map(Bytes::len).sum();
+        assert_eq!(
+            written,
+            sizes.iter().sum::<usize>(),
+            "every chunk went through"
+        );
     }
 
     /// A reader that hands out chunks only sometimes (a prefix first, a

@@ -253,6 +253,9 @@ pub struct TunnelStream {
     /// Received and not yet read by the caller (at most one DATA frame).
     unread: Bytes,
     write_closed: bool,
+    /// END_STREAM was read: every read after answers EOF again (h2 may
+    /// turn a stream that ended into an error once the connection fails).
+    read_eof: bool,
     /// Set by [`Abort::abort`]: dropping resets instead of ending.
     aborted: bool,
     counted: Option<StreamGuard>,
@@ -328,6 +331,7 @@ impl TunnelStream {
             meter,
             unread: Bytes::new(),
             write_closed: false,
+            read_eof: false,
             aborted: false,
             counted,
         }
@@ -408,14 +412,22 @@ fn to_io(error: h2::Error) -> io::Error {
 }
 
 impl TunnelStream {
-    /// The next non-empty DATA frame, `None` at END_STREAM. Its window is
-    /// handed back at once: we hold at most this one frame, so what a peer
-    /// can make us buffer stays bounded.
+    /// The next non-empty DATA frame, `None` at END_STREAM (and at every
+    /// call after). Its window is handed back at once: what a peer can
+    /// make us buffer is what the caller holds (`poll_read`: this one
+    /// frame; the splice: what it gathered, at most
+    /// [`super::splice`]'s largest read and a frame).
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if self.read_eof {
+            return Poll::Ready(Ok(None));
+        }
         let (_, recv) = self.halves();
         loop {
             match ready!(recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(None)),
+                None => {
+                    self.read_eof = true;
+                    return Poll::Ready(Ok(None));
+                }
                 Some(Ok(data)) => {
                     let _ = recv.flow_control().release_capacity(data.len());
                     if !data.is_empty() {

@@ -851,9 +851,10 @@ where
         &mut upstream,
         &down_buf,
         limits.header_timeout,
-        // An upgraded connection's copy buffers are bounded per connection
-        // (2 × 64 KiB, and what a tunnel stream queues: its send buffer)
-        // but not charged to the process budget.
+        // What an upgraded connection holds is bounded per connection (a
+        // copy buffer or what it gathered from a tunnel stream, up to
+        // 64 KiB and a frame, each way; what a tunnel stream queues: its
+        // send buffer) but not charged to the process budget.
         None,
         withdrawn,
     )
