@@ -544,17 +544,7 @@ impl<S: Chunks> Chunks for FirstLineGuard<S> {
         }
     }
 
-    fn takes_chunks(&self) -> bool {
-        self.inner.takes_chunks()
-    }
-
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        self.inner.poll_write_chunk(cx, chunk)
-    }
+    super::forward_chunk_writes!(inner);
 }
 
 /// Who sent bytes first on a connection where the client was silent.

@@ -59,6 +59,25 @@ macro_rules! forward_async_write {
 }
 pub(crate) use forward_async_write;
 
+/// The write side of [`splice::Chunks`] for the same wrappers (their
+/// writes go to `$field` unchanged); written inside their `impl Chunks`.
+macro_rules! forward_chunk_writes {
+    ($field:ident) => {
+        fn takes_chunks(&self) -> bool {
+            self.$field.takes_chunks()
+        }
+
+        fn poll_write_chunk(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+            chunk: &mut bytes::Bytes,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.$field.poll_write_chunk(cx, chunk)
+        }
+    };
+}
+pub(crate) use forward_chunk_writes;
+
 mod audit_claims;
 pub mod authz;
 pub mod balance;

@@ -47,17 +47,7 @@ impl<S: super::splice::Chunks> super::splice::Chunks for Prefixed<S> {
         self.inner.poll_read_chunk(cx)
     }
 
-    fn takes_chunks(&self) -> bool {
-        self.inner.takes_chunks()
-    }
-
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        self.inner.poll_write_chunk(cx, chunk)
-    }
+    super::forward_chunk_writes!(inner);
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

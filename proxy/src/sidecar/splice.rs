@@ -126,17 +126,16 @@ pub trait Chunks: AsyncWrite + Unpin {
         false
     }
 
-    /// Sends a prefix of `chunk` (at least a byte) and takes it off, as
-    /// `poll_write` sends a prefix of a slice; by default with `poll_write`.
+    /// Sends a prefix of `chunk` and takes it off, as `poll_write` sends a
+    /// prefix of a slice; by default with `poll_write`. A write that is
+    /// ready and takes nothing is the splice's `WriteZero` error
+    /// (`poll_write_some`), as a `poll_write` of 0 bytes is `write_all`'s.
     fn poll_write_chunk(
         &mut self,
         cx: &mut Context<'_>,
         chunk: &mut Bytes,
     ) -> Poll<io::Result<()>> {
         let n = ready!(Pin::new(&mut *self).poll_write(cx, chunk))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
         chunk.advance(n);
         Poll::Ready(Ok(()))
     }
@@ -588,8 +587,9 @@ where
     R: AsyncRead + Chunks,
     W: AsyncRead + Chunks,
 {
-    // Its bytes may go into TLS: see `copy_buf` for where they start.
-    let mut buffer = Buffer::new(writer.with(|w| w.takes_chunks()));
+    // Its bytes may go into TLS: see `copy_buf` for where they start. Its
+    // kind follows the writer, decided before each read (`fit`).
+    let mut buffer = Buffer::Kept(None);
     let mut gathered = Gathered::default();
     let mut size = MIN_BUFFER;
     // What the buffer's growth beyond MIN_BUFFER holds of the budget.
@@ -722,6 +722,8 @@ mod tests {
         write_limit: usize,
         /// Every other write is not ready (and wakes the task at once).
         stalls: bool,
+        /// Every write is ready and takes nothing.
+        takes_nothing: bool,
         stalled: bool,
         taken: usize,
         handed: bool,
@@ -760,6 +762,9 @@ mod tests {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+            }
+            if self.takes_nothing {
+                return Poll::Ready(0);
             }
             Poll::Ready(match self.write_limit {
                 0 => len,
@@ -1082,6 +1087,57 @@ mod tests {
             sizes.iter().sum::<usize>(),
             "every chunk went through"
         );
+    }
+
+    /// A writer that is ready but takes nothing ends the splice with an
+    /// error, whichever way it is written to; it never spins. (On a thread
+    /// of its own: a spin inside one poll would never let a timer fire.)
+    #[test]
+    fn a_writer_that_takes_nothing_is_an_error() {
+        for (vectored, takes_chunks, reads_chunks) in [
+            (true, false, true),
+            (false, true, true),
+            (false, false, false),
+            (false, true, false),
+        ] {
+            let (done, ended) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut downstream = ChunkStream {
+                    to_read: [Bytes::from_static(b"data")].into(),
+                    reads_chunks,
+                    then_pending: true,
+                    ..Default::default()
+                };
+                let mut upstream = ChunkStream {
+                    vectored,
+                    takes_chunks,
+                    takes_nothing: true,
+                    then_pending: true,
+                    ..Default::default()
+                };
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (end, _) = runtime.block_on(splice(
+                    &mut downstream,
+                    &mut upstream,
+                    b"",
+                    Duration::from_secs(5),
+                    None,
+                    std::future::pending(),
+                ));
+                let _ = done.send(end);
+            });
+            let end = ended
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the splice spun or hung");
+            assert_eq!(
+                end,
+                SpliceEnd::Error,
+                "{vectored} {takes_chunks} {reads_chunks}"
+            );
+        }
     }
 
     /// A reader that hands out chunks only sometimes (a prefix first, a

@@ -572,10 +572,8 @@ impl Chunks for TunnelStream {
         cx: &mut Context<'_>,
         chunk: &mut Bytes,
     ) -> Poll<io::Result<()>> {
-        match ready!(self.poll_send(cx, chunk.len(), |n| chunk.split_to(n)))? {
-            0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            _ => Poll::Ready(Ok(())),
-        }
+        ready!(self.poll_send(cx, chunk.len(), |n| chunk.split_to(n)))?;
+        Poll::Ready(Ok(()))
     }
 }
 
