@@ -40,6 +40,17 @@ OTHER_LOAD_LIMIT = 0.10
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 PROTOS = {"h1": "HTTP/1.1", "h2": "gRPC-like HTTP/2"}
+# How run.sh placed and paced the fixed-rate runs (env.txt rate_layout,
+# rate_arrivals; runs before they were recorded: the same cores, bursts).
+RATE_LAYOUTS = {
+    "pods": "each sidecar on its app's CPU (client sidecar with the load generator, server sidecar with "
+            "the backend; direct crosses the same two CPUs)",
+    "apart": "the cores above (direct crosses no CPU, the pair four times a request)",
+}
+RATE_ARRIVALS = {
+    "burst": "h2load --rps: every connection sends in the same instant",
+    "spread": "connections opened a request period apart: requests arrive evenly spaced",
+}
 # Percentiles in thousandths (integers: 99.9 has no exact float).
 PERCENTILES = (("p50", 500), ("p99", 990), ("p999", 999))
 
@@ -550,6 +561,9 @@ def main():
               f"OpenSSL {env.get('openssl', '?')}; {env.get('nproc', '?')} CPUs ({env.get('cpu_model', '?')}), "
               f"sidecars on CPU {env.get('proxy_cpu', '?')} (two-worker peers: every CPU), load generator + backend "
               f"on CPU {env.get('load_cpu', '?')}; {env.get('seconds', '?')} s per workload, {rounds_said}")
+        if env.get("rates"):
+            print(f"fixed rates: {RATE_LAYOUTS.get(env.get('rate_layout'), 'the same cores')}; "
+                  f"{RATE_ARRIVALS.get(env.get('rate_arrivals'), 'h2load --rps')}")
         resumption = "on" if env.get("peer_resumption") == "1" else "off"
         print(f"TLS 1.3, ECDSA P-256, X25519, AES-256-GCM; session resumption: haproxy/nginx {resumption}, "
               f"appid off (its sidecars never resume: every connection verifies the current certificate)")

@@ -17,7 +17,11 @@
 # Environment: BENCH_SECONDS (per workload, default 10), BENCH_PEERS,
 # BENCH_WORKLOADS (idle h1 h1close h2 tcp rate), BENCH_RATES (the fixed
 # request rates of the `rate` workload, default "1000 10000" req/s, each over
-# HTTP/1.1 and over gRPC-like HTTP/2), BENCH_IDLE_CONNS (1000),
+# HTTP/1.1 and over gRPC-like HTTP/2), BENCH_RATE_ARRIVALS (spread: the
+# fixed-rate client's connections send in turn; burst: all at once) and
+# BENCH_RATE_LAYOUT (pods: during the fixed-rate runs each sidecar shares a
+# core with its app, as on two nodes; apart: the cores of the other
+# workloads), BENCH_IDLE_CONNS (1000),
 # BENCH_PROXY_CPU (1) / BENCH_LOAD_CPU (0): the cores for the two sidecars
 # and for load generator + backend (peers with two workers get every core),
 # BENCH_OUT (results JSON path),
@@ -60,6 +64,8 @@ OUT=${BENCH_OUT:-$HERE/results.json}
 RAW=$HERE/raw
 WORKLOADS=${BENCH_WORKLOADS:-idle h1 h1close h2 tcp rate}
 RATES=${BENCH_RATES:-1000 10000}
+RATE_LAYOUT=${BENCH_RATE_LAYOUT:-pods}
+RATE_ARRIVALS=${BENCH_RATE_ARRIVALS:-burst}
 # Connections of the fixed-rate client, each sending rate/connections req/s:
 # HTTP/1.1 has one request in flight per connection, so it gets one
 # connection per 100 req/s (a connection is never asked for more than one
@@ -228,6 +234,60 @@ ticks() {
         fi
     done
     echo "$total"
+}
+
+# pin CPUS PID...: moves every thread of the processes and of their
+# descendants to CPUS.
+pin() {
+    local cpus=$1 p
+    shift
+    for p in $(pid_list "$@" | tr , ' '); do
+        taskset -a -p -c "$cpus" "$p" >/dev/null
+    done
+}
+
+# rate_layout on|off: where the processes run during the fixed-rate
+# workload (BENCH_RATE_LAYOUT). `pods` (the default on loopback): as in a
+# deployment of two pods on two nodes, the load generator and the client
+# sidecar share LOAD_CPU, the backend and the server sidecar PROXY_CPU;
+# direct then crosses between the two CPUs as the pair does, so the
+# latency added over direct is what the sidecars add. `apart`: the layout
+# of the throughput workloads (the sidecars on PROXY_CPU, load generator and
+# backend on LOAD_CPU), where direct crosses no CPU and the pair four times.
+# Two-worker peers keep every core either way.
+rate_layout() {
+    [[ $TOPOLOGY == loopback && $RATE_LAYOUT == pods ]] || return 0
+    if [[ $1 == on ]]; then
+        pin "$PROXY_CPU" "$BACKEND_HTTP_PID"
+        [[ -n $CLIENT_PID && $PEER_CPUS == "$PROXY_CPU" ]] && {
+            pin "$LOAD_CPU" "$CLIENT_PID"
+            pin "$PROXY_CPU" "$SERVER_PID"
+        }
+    else
+        pin "$LOAD_CPU" "$BACKEND_HTTP_PID"
+        [[ -n $CLIENT_PID ]] && pin "$PEER_CPUS" "$CLIENT_PID" "$SERVER_PID"
+    fi
+    return 0
+}
+
+# rate_spread RATE CONNS: h2load's options for how long a fixed-rate run
+# lasts and when its connections start. `spread`: one connection every
+# millisecond (RATE/1000 of them when there are more; -r and -D exclude each
+# other, so the run is RATE x DURATION requests), like fortio's -uniform
+# and -jitter in Istio's own latency runs (istio/tools,
+# perf/benchmark/configs/istio/*/latency.yaml): connection i then sends at
+# i ms into each request period, and at 1 000 req/s on 10 connections one
+# request arrives every millisecond. At 10 000 req/s the period of a
+# gRPC-like connection is 1 ms, so its 10 connections send in step either
+# way (h2load's rate period is whole milliseconds). `burst`: -D, every
+# connection opened at once.
+rate_spread() {
+    local rate=$1 conns=$2
+    if [[ $RATE_ARRIVALS == burst ]]; then
+        echo "-D $DURATION"
+    else
+        echo "-r $(((rate + 999) / 1000 < conns ? (rate + 999) / 1000 : conns)) --rate-period 1ms -n $((rate * DURATION))"
+    fi
 }
 
 # The given pids and their descendants, comma-separated (for `perf -p`).
@@ -678,23 +738,31 @@ run_workloads() {
             measure "$peer" tcp "$dir/tcp.json" iperf3 -c "$DIAL_ADDR" -p "$DIAL_TCP" -P 1 -t "$DURATION" -J
             ;;
         rate)
+            rate_layout on
             # Latency at a fixed load (a set rate, not as fast as possible):
             # h2load spreads the rate over its connections and logs every
             # request's latency; report.py takes p50/p99/p99.9 and subtracts
-            # direct's of the same round.
+            # direct's of the same round. Arrivals (BENCH_RATE_ARRIVALS):
+            # `spread` opens the connections one after another, a request
+            # period apart in all (-r/--rate-period: `rate_spread`), so that
+            # their requests interleave; `burst` opens them at once, and
+            # every connection then sends in the same instant.
             for rate in $RATES; do
                 conns=$(((rate + RATE_H1_PER_CONN - 1) / RATE_H1_PER_CONN))
-                log "$peer: HTTP/1.1 at $rate req/s on $conns connections, ${DURATION}s"
+                log "$peer: HTTP/1.1 at $rate req/s on $conns connections, ${DURATION}s, $RATE_ARRIVALS"
                 measure "$peer" "rate-h1-$rate" "$dir/rate-h1-$rate.txt" h2load --h1 -t1 -c"$conns" \
-                    --rps "$(awk -v r="$rate" -v c="$conns" 'BEGIN { print r / c }')" -D "$DURATION" \
+                    --rps "$(awk -v r="$rate" -v c="$conns" 'BEGIN { print r / c }')" \
+                    $(rate_spread "$rate" "$conns") \
                     --log-file "$dir/rate-h1-$rate.log" "http://$DIAL_ADDR:$DIAL_H1/"
-                log "$peer: gRPC-like HTTP/2 at $rate req/s on $RATE_H2_CONNS connections, ${DURATION}s"
+                log "$peer: gRPC-like HTTP/2 at $rate req/s on $RATE_H2_CONNS connections, ${DURATION}s, $RATE_ARRIVALS"
                 measure "$peer" "rate-h2-$rate" "$dir/rate-h2-$rate.txt" h2load -t1 -c"$RATE_H2_CONNS" -m16 \
-                    --rps "$(awk -v r="$rate" -v c="$RATE_H2_CONNS" 'BEGIN { print r / c }')" -D "$DURATION" \
+                    --rps "$(awk -v r="$rate" -v c="$RATE_H2_CONNS" 'BEGIN { print r / c }')" \
+                    $(rate_spread "$rate" "$RATE_H2_CONNS") \
                     --log-file "$dir/rate-h2-$rate.log" \
                     -d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
                     "http://$DIAL_ADDR:$DIAL_H2/bench.Echo/Say"
             done
+            rate_layout off
             ;;
         *) die "unknown workload $wl (idle h1 h1close h2 tcp rate)" ;;
         esac
@@ -754,6 +822,10 @@ main() {
         esac
     done
     [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat wants a whole number of rounds >= 1, not '$REPEAT'"
+    [[ $RATE_LAYOUT == pods || $RATE_LAYOUT == apart ]] ||
+        die "BENCH_RATE_LAYOUT is pods or apart, not '$RATE_LAYOUT'"
+    [[ $RATE_ARRIVALS == spread || $RATE_ARRIVALS == burst ]] ||
+        die "BENCH_RATE_ARRIVALS is spread or burst, not '$RATE_ARRIVALS'"
     [[ $(nproc) -gt $PROXY_CPU && $(nproc) -gt $LOAD_CPU ]] || die "needs CPUs $LOAD_CPU and $PROXY_CPU"
     if [[ $TOPOLOGY == mesh ]]; then
         # Every process on every core, as in a pod; the fixed-rate run at
@@ -830,6 +902,8 @@ main() {
         echo "rates=$RATES"
         echo "rate_h1_per_conn=$RATE_H1_PER_CONN"
         echo "rate_h2_conns=$RATE_H2_CONNS"
+        echo "rate_layout=$([[ $TOPOLOGY == loopback ]] && echo "$RATE_LAYOUT" || echo mesh)"
+        echo "rate_arrivals=$RATE_ARRIVALS"
         echo "idle_conns=$IDLE_CONNS"
         echo "peer_resumption=$RESUMPTION"
         echo "proxy_cpu=$PROXY_CPU"

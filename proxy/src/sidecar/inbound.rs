@@ -15,6 +15,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use base64::Engine;
@@ -28,6 +29,7 @@ use appid_policy::policy::Direction;
 use super::authz::{ConnAuthz, Peer};
 use super::balance::Acceptor;
 use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
+use super::eager::DrivenConnection;
 use super::http::flood::FrameBudget;
 use super::http::{AppSide, PeerHeaders};
 use super::local::Local;
@@ -322,8 +324,8 @@ async fn serve_tunnel(
     let tls_stream = FrameBudget::new(tls_stream, true);
     let flooded = tls_stream.tripped();
     let handshake = tunnel::server_builder().handshake::<_, Bytes>(tls_stream);
-    let mut connection = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(connection)) => connection,
+    let connection = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(connection)) => DrivenConnection::new(connection),
         Ok(Err(e)) => {
             tracing::info!(%peer_addr, error = %e, "tunnel handshake failed");
             shared
@@ -348,18 +350,29 @@ async fn serve_tunnel(
     // closing PING) loses the connection at the drain timeout.
     let drained = tokio::time::sleep(Duration::MAX);
     tokio::pin!(idle, shutdown, drained);
+    let nudge = connection.nudge();
+    // The next stream; `None` once the connection has ended.
+    let accept = || {
+        std::future::poll_fn(
+            |cx| match connection.poll_with(cx, |c, cx| c.poll_accept(cx)) {
+                Ok(poll) => poll,
+                // A stream's nudge saw it end (see `eager`).
+                Err(ended) => Poll::Ready(ended.err().map(Err)),
+            },
+        )
+    };
     let mut going_away = false;
     loop {
         let accepted = tokio::select! {
-            accepted = tunnel::Coalesce::new(Box::pin(connection.accept())) => accepted,
+            accepted = tunnel::Coalesce::new(accept()) => accepted,
             () = &mut idle, if !going_away => {
-                connection.graceful_shutdown();
+                connection.with(|c| c.graceful_shutdown());
                 going_away = true;
                 drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
                 continue;
             }
             () = &mut shutdown, if !going_away => {
-                connection.graceful_shutdown();
+                connection.with(|c| c.graceful_shutdown());
                 going_away = true;
                 drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
                 continue;
@@ -400,7 +413,7 @@ async fn serve_tunnel(
                 .connection_refused(MetricsDirection::Inbound, refusal.as_str());
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             if !going_away {
-                connection.graceful_shutdown();
+                connection.with(|c| c.graceful_shutdown());
                 going_away = true;
                 drained
                     .as_mut()
@@ -455,14 +468,16 @@ async fn serve_tunnel(
         // Only the body goes on: the CONNECT request's head (its header map
         // on the heap) is not kept for the stream's whole life.
         let body = request.into_body();
+        let nudge = nudge.clone();
         let set_up = async move {
             let Some(permit) = shared.admit(MetricsDirection::Inbound).await else {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
                 return None;
             };
             let send = respond.send_response(http::Response::new(()), false).ok()?;
+            nudge.queued();
             shared.metrics.tunnel_stream(MetricsDirection::Inbound);
-            let stream = TunnelStream::new(send, body, Some(counted), Some(meter));
+            let stream = TunnelStream::new(send, body, Some(counted), Some(meter), Some(nudge));
             let connection = from_peer_to_app(&shared, stream, authz, headers, app).await?;
             // The admission and the peer's share are held until it ends.
             Some(connection.map(move |()| drop((permit, peer_share))))

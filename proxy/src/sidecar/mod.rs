@@ -84,6 +84,7 @@ pub mod balance;
 pub mod copy_buf;
 mod counted;
 mod dispatch;
+pub mod eager;
 mod fd_budget;
 pub mod fingerprint;
 mod from_authority;

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use appid_policy::AppIdClaims;
 
 use super::Shared;
+use super::eager::{DrivenConnection, Nudge};
 use super::local::Local;
 use super::memory::Meter;
 use super::read_ahead::ReadAhead;
@@ -160,6 +161,8 @@ struct Tunnel {
     streams: Arc<StreamCount>,
     /// Set when the connection task ended (error, GOAWAY, idle close).
     closed: Arc<AtomicBool>,
+    /// Sends the first frame queued on a quiet connection at once.
+    nudge: Arc<dyn Nudge>,
 }
 
 impl Tunnel {
@@ -196,6 +199,7 @@ impl Tunnel {
         let (response, send) = sender
             .send_request(request, false)
             .map_err(|e| StreamFailure::Tunnel(format!("CONNECT not sent: {e}")))?;
+        self.nudge.queued();
         let response = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => response,
             // A refused stream (e.g. the server is at its connection limit)
@@ -217,6 +221,7 @@ impl Tunnel {
             response.into_body(),
             Some(counted),
             Some(meter),
+            Some(self.nudge.clone()),
         ))
     }
 }
@@ -438,6 +443,8 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
     let streams = StreamCount::new();
     let closed = Arc::new(AtomicBool::new(false));
     let idle_timeout = shared.limits.http_idle_timeout;
+    let connection = DrivenConnection::new(connection);
+    let nudge = connection.nudge();
     tokio::spawn({
         let streams = streams.clone();
         let closed = closed.clone();
@@ -463,6 +470,7 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
         bundle,
         streams,
         closed,
+        nudge,
     })))
 }
 

@@ -63,6 +63,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::copy_buf::led_copy;
+use super::eager::Nudge;
 use super::memory::{Charge, Meter};
 use super::splice::{Abort, Chunks};
 
@@ -259,6 +260,9 @@ pub struct TunnelStream {
     /// Set by [`Abort::abort`]: dropping resets instead of ending.
     aborted: bool,
     counted: Option<StreamGuard>,
+    /// Told of every frame queued, so that the first on a quiet connection
+    /// goes out at once ([`super::eager`]; `None` in tests).
+    nudge: Option<Arc<dyn Nudge>>,
 }
 
 /// How long a dropped stream waits for what it queued to be written out.
@@ -324,6 +328,7 @@ impl TunnelStream {
         recv: RecvStream,
         counted: Option<StreamGuard>,
         meter: Option<Meter>,
+        nudge: Option<Arc<dyn Nudge>>,
     ) -> Self {
         TunnelStream {
             halves: Some((send, recv)),
@@ -334,6 +339,13 @@ impl TunnelStream {
             read_eof: false,
             aborted: false,
             counted,
+            nudge,
+        }
+    }
+
+    fn nudge(&self) {
+        if let Some(nudge) = &self.nudge {
+            nudge.queued();
         }
     }
 
@@ -349,8 +361,8 @@ impl Drop for TunnelStream {
         let Some((mut send, mut recv)) = self.halves.take() else {
             return;
         };
-        if !self.write_closed && !self.aborted {
-            let _ = send.send_data(Bytes::new(), true);
+        if !self.write_closed && !self.aborted && send.send_data(Bytes::new(), true).is_ok() {
+            self.nudge();
         }
         if recv.is_end_stream() && (self.write_closed || !self.aborted) {
             return; // closed both ways: nothing is reset or lost
@@ -478,6 +490,7 @@ impl TunnelStream {
                     _unflushed: self.unflushed.track(),
                 });
                 send.send_data(data, false).map_err(to_io)?;
+                self.nudge();
                 return Poll::Ready(Ok(n));
             }
             match ready!(send.poll_capacity(cx)) {
@@ -545,6 +558,7 @@ impl AsyncWrite for TunnelStream {
             this.write_closed = true;
             let (send, _) = this.halves();
             send.send_data(Bytes::new(), true).map_err(to_io)?;
+            this.nudge();
         }
         Poll::Ready(Ok(()))
     }
@@ -785,7 +799,7 @@ mod tests {
             let send = respond
                 .send_response(http::Response::new(()), false)
                 .unwrap();
-            let stream = TunnelStream::new(send, request.into_body(), None, None);
+            let stream = TunnelStream::new(send, request.into_body(), None, None, None);
             tokio::spawn(async move { while conn.accept().await.is_some() {} });
             (stream, authority)
         });
@@ -796,7 +810,7 @@ mod tests {
         let (response, send) = sender.send_request(request, false).unwrap();
         let response = response.await.unwrap();
         assert_eq!(response.status(), 200);
-        let client = TunnelStream::new(send, response.into_body(), None, None);
+        let client = TunnelStream::new(send, response.into_body(), None, None, None);
         let (server, authority) = server.await.unwrap();
         (client, server, authority)
     }
