@@ -282,6 +282,19 @@ impl Unflushed {
         UnflushedChunk(self.clone())
     }
 
+    /// The empty payload of END_STREAM, counted like a chunk: a stream that
+    /// lingers to reset waits until its END_STREAM is out too, so that the
+    /// reset leaves after it, not in the same record (the peer would then
+    /// read the reset instead of the end). Not nudged ([`super::eager`]):
+    /// it leaves with the connection task, as it always did.
+    fn end_of_stream(self: &Arc<Self>) -> Bytes {
+        Bytes::from_owner(Queued {
+            data: Bytes::new(),
+            _charge: None,
+            _unflushed: self.track(),
+        })
+    }
+
     /// Resolves once h2 holds no chunk of ours.
     async fn flushed(&self) {
         loop {
@@ -361,8 +374,8 @@ impl Drop for TunnelStream {
         let Some((mut send, mut recv)) = self.halves.take() else {
             return;
         };
-        if !self.write_closed && !self.aborted && send.send_data(Bytes::new(), true).is_ok() {
-            self.nudge();
+        if !self.write_closed && !self.aborted {
+            let _ = send.send_data(self.unflushed.end_of_stream(), true);
         }
         if recv.is_end_stream() && (self.write_closed || !self.aborted) {
             return; // closed both ways: nothing is reset or lost
@@ -556,9 +569,9 @@ impl AsyncWrite for TunnelStream {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
+            let end = this.unflushed.end_of_stream();
             let (send, _) = this.halves();
-            send.send_data(Bytes::new(), true).map_err(to_io)?;
-            this.nudge();
+            send.send_data(end, true).map_err(to_io)?;
         }
         Poll::Ready(Ok(()))
     }
@@ -902,6 +915,150 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         assert!(got == expected);
         drop(writer.await.unwrap());
+    }
+
+    /// Records what is written through it, one entry per write.
+    struct Recorder<T> {
+        inner: T,
+        writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for Recorder<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Recorder<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            self.writes.lock().unwrap().push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        /// One write for all the slices, as a socket's `writev` is.
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &joined)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// (index of the write it started in, type, flags, stream id).
+    type Written = (usize, u8, u8, u32);
+
+    /// Every frame written.
+    fn frames_written(writes: &[Vec<u8>]) -> Vec<Written> {
+        let mut starts = Vec::new(); // (offset, write index)
+        let mut all = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            starts.push((all.len(), i));
+            all.extend_from_slice(w);
+        }
+        let write_at = |offset: usize| starts.iter().rev().find(|s| s.0 <= offset).unwrap().1;
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while all.len() >= at + 9 {
+            let h = &all[at..at + 9];
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let stream = u32::from_be_bytes(h[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            frames.push((write_at(at), h[3], h[4], stream));
+            at += 9 + len;
+        }
+        frames
+    }
+
+    /// A stream ended and dropped while the peer has not finished lingers,
+    /// then resets; the reset leaves in a later write than its END_STREAM
+    /// even when its data went out before (a quiet tunnel writes a frame at
+    /// once, `super::eager`). Written together, the peer's h2 reports the
+    /// reset instead of the end, and its app sees a reset connection where
+    /// a socket would have seen EOF.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lingering_reset_leaves_after_the_end_of_stream() {
+        let (mut client, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server_io = Recorder {
+            inner: server_io,
+            writes: writes.clone(),
+        };
+        let client = tokio::spawn(async move {
+            client
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            client.write_all(&frame(0x4, 0, 0, &[])).await.unwrap(); // SETTINGS
+            client.write_all(&connect_head(1)).await.unwrap();
+            read_frames(&mut client, |kind, stream| kind == 0x3 && stream == 1).await
+        });
+        let mut connection = server_builder()
+            .handshake::<_, Bytes>(server_io)
+            .await
+            .unwrap();
+        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+        // Driven as a sidecar drives it: after the tick's other tasks.
+        tokio::spawn(async move {
+            while Coalesce::new(Box::pin(connection.accept())).await.is_some() {}
+        });
+        let send = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        let mut stream = TunnelStream::new(send, request.into_body(), None, None, None);
+        stream.write_all(b"response").await.unwrap();
+        let data_out = || {
+            let writes = writes.lock().unwrap();
+            frames_written(&writes)
+                .iter()
+                .any(|f| (f.1, f.3) == (0x0, 1))
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !data_out() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the data is written out");
+        stream.shutdown().await.unwrap();
+        drop(stream); // the client has not ended its side: linger, then reset
+        let seen = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .expect("the reset comes")
+            .unwrap();
+        assert!(seen.iter().any(|f| (f.0, f.1) == (0x3, 1)), "{seen:?}");
+        // The server writes no preface of its own: its first frame is SETTINGS.
+        let frames = frames_written(&writes.lock().unwrap());
+        let write_of =
+            |wanted: &dyn Fn(&Written) -> bool| frames.iter().find(|f| wanted(f)).map(|f| f.0);
+        let end = write_of(&|f| f.1 == 0x0 && f.2 & 0x1 != 0 && f.3 == 1)
+            .expect("END_STREAM is written (h2 drops it when a reset is queued first)");
+        let reset = write_of(&|f| f.1 == 0x3 && f.3 == 1).expect("the reset");
+        assert!(
+            reset > end,
+            "END_STREAM in write {end}, the reset in write {reset}: {frames:?}"
+        );
     }
 
     #[tokio::test]
