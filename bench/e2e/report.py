@@ -44,12 +44,12 @@ PROTOS = {"h1": "HTTP/1.1", "h2": "gRPC-like HTTP/2"}
 # rate_arrivals; runs before they were recorded: the same cores, bursts).
 RATE_LAYOUTS = {
     "pods": "each sidecar on its app's CPU (client sidecar with the load generator, server sidecar with "
-            "the backend; direct crosses the same two CPUs)",
+            "the backend; direct crosses the same two CPUs; two-worker peers keep every CPU)",
     "apart": "the cores above (direct crosses no CPU, the pair four times a request)",
 }
 RATE_ARRIVALS = {
     "burst": "h2load --rps: every connection sends in the same instant",
-    "spread": "connections opened a request period apart: requests arrive evenly spaced",
+    "spread": "connections opened a millisecond apart (at 1000 req/s: a request every millisecond)",
 }
 # Percentiles in thousandths (integers: 99.9 has no exact float).
 PERCENTILES = (("p50", 500), ("p99", 990), ("p999", 999))

@@ -242,7 +242,9 @@ pin() {
     local cpus=$1 p
     shift
     for p in $(pid_list "$@" | tr , ' '); do
-        taskset -a -p -c "$cpus" "$p" >/dev/null
+        # A process or thread that ended since it was listed is not an error.
+        taskset -a -p -c "$cpus" "$p" >/dev/null 2>&1 || ! kill -0 "$p" 2>/dev/null ||
+            log "could not move $p to CPU $cpus"
     done
 }
 

@@ -123,7 +123,8 @@ impl<C: Drive> Nudge for Shared<C> {
         let Some(waker) = lock(&self.task).clone() else {
             return; // the task has not run yet: it writes soon anyway
         };
-        // Never waits: held only while the task (or another nudge) polls.
+        // A nudge never waits: the lock is held only while the task (or
+        // another nudge) polls, and then that poll writes this frame out.
         let Ok(mut connection) = self.connection.try_lock() else {
             return;
         };
@@ -178,6 +179,8 @@ impl<C: Drive + 'static> DrivenConnection<C> {
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut C, &mut Context<'_>) -> Poll<R>,
     ) -> Result<Poll<R>, Result<(), h2::Error>> {
+        // The connection first: a nudge sets `ended` while it holds it.
+        let mut connection = lock(&self.shared.connection);
         if let Some(result) = lock(&self.shared.ended).take() {
             return Err(result);
         }
@@ -187,7 +190,6 @@ impl<C: Drive + 'static> DrivenConnection<C> {
                 *task = Some(cx.waker().clone());
             }
         }
-        let mut connection = lock(&self.shared.connection);
         let connection = connection
             .as_mut()
             .unwrap_or_else(|| unreachable!("only taken by drop"));

@@ -283,10 +283,13 @@ impl Unflushed {
     }
 
     /// The empty payload of END_STREAM, counted like a chunk: a stream that
-    /// lingers to reset waits until its END_STREAM is out too, so that the
-    /// reset leaves after it, not in the same record (the peer would then
-    /// read the reset instead of the end). Not nudged ([`super::eager`]):
-    /// it leaves with the connection task, as it always did.
+    /// lingers to reset waits until its END_STREAM is out too. h2's reset
+    /// drops what the stream still has queued, END_STREAM included, so a
+    /// reset queued before it was written replaced it: the peer's app saw a
+    /// reset where a socket would have seen EOF (once a quiet tunnel wrote
+    /// the data at once, [`super::eager`], the linger no longer waited for
+    /// anything). Not nudged: it leaves with the connection task, as it
+    /// always did.
     fn end_of_stream(self: &Arc<Self>) -> Bytes {
         Bytes::from_owner(Queued {
             data: Bytes::new(),
@@ -992,13 +995,18 @@ mod tests {
     }
 
     /// A stream ended and dropped while the peer has not finished lingers,
-    /// then resets; the reset leaves in a later write than its END_STREAM
-    /// even when its data went out before (a quiet tunnel writes a frame at
-    /// once, `super::eager`). Written together, the peer's h2 reports the
-    /// reset instead of the end, and its app sees a reset connection where
-    /// a socket would have seen EOF.
+    /// then resets; its END_STREAM is written before the reset, even when
+    /// its data went out before (a quiet tunnel writes a frame at once,
+    /// `super::eager`), and whether it ended by `shutdown` or by its drop.
+    /// h2's reset drops an END_STREAM still queued: the peer's app would see
+    /// a reset connection where a socket would have seen EOF.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_lingering_reset_leaves_after_the_end_of_stream() {
+    async fn a_lingering_reset_comes_after_the_end_of_stream() {
+        lingering_reset_after_end(true).await;
+        lingering_reset_after_end(false).await;
+    }
+
+    async fn lingering_reset_after_end(shut_down_first: bool) {
         let (mut client, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let server_io = Recorder {
@@ -1041,24 +1049,22 @@ mod tests {
         })
         .await
         .expect("the data is written out");
-        stream.shutdown().await.unwrap();
+        if shut_down_first {
+            stream.shutdown().await.unwrap();
+        }
         drop(stream); // the client has not ended its side: linger, then reset
         let seen = tokio::time::timeout(Duration::from_secs(10), client)
             .await
             .expect("the reset comes")
             .unwrap();
         assert!(seen.iter().any(|f| (f.0, f.1) == (0x3, 1)), "{seen:?}");
-        // The server writes no preface of its own: its first frame is SETTINGS.
         let frames = frames_written(&writes.lock().unwrap());
-        let write_of =
-            |wanted: &dyn Fn(&Written) -> bool| frames.iter().find(|f| wanted(f)).map(|f| f.0);
-        let end = write_of(&|f| f.1 == 0x0 && f.2 & 0x1 != 0 && f.3 == 1)
+        let end = frames
+            .iter()
+            .position(|f| f.1 == 0x0 && f.2 & 0x1 != 0 && f.3 == 1)
             .expect("END_STREAM is written (h2 drops it when a reset is queued first)");
-        let reset = write_of(&|f| f.1 == 0x3 && f.3 == 1).expect("the reset");
-        assert!(
-            reset > end,
-            "END_STREAM in write {end}, the reset in write {reset}: {frames:?}"
-        );
+        let reset = frames.iter().position(|f| f.1 == 0x3 && f.3 == 1).unwrap();
+        assert!(reset > end, "{frames:?}");
     }
 
     #[tokio::test]
