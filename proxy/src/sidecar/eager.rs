@@ -234,9 +234,10 @@ mod tests {
 
     use bytes::Bytes;
     use futures_util::FutureExt;
-    use tokio::io::{AsyncWriteExt, ReadBuf};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
+    use crate::sidecar::test_io::{Recorder, frames_written};
     use crate::sidecar::tunnel::{self, TunnelStream};
 
     /// A connection that counts its polls, remembers the wakers it was
@@ -405,47 +406,6 @@ mod tests {
         );
     }
 
-    /// An I/O end that counts the bytes written through it.
-    struct Counting<T> {
-        inner: T,
-        written: Arc<AtomicUsize>,
-    }
-
-    impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-            self.written.fetch_add(written, Ordering::SeqCst);
-            Poll::Ready(Ok(written))
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
-    use std::task::ready;
-
     /// Through a real HTTP/2 tunnel on one thread: the first write on a
     /// quiet connection has reached the socket when the stream's write
     /// returns, before the connection task has run again; the next one,
@@ -471,10 +431,14 @@ mod tests {
                 });
             }
         });
-        let written = Arc::new(AtomicUsize::new(0));
-        let client_io = Counting {
-            inner: client_io,
-            written: written.clone(),
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let client_io = Recorder::new(client_io, writes.clone());
+        // DATA frames of stream 1 written so far.
+        let data_frames = || {
+            frames_written(&lock(&writes))
+                .iter()
+                .filter(|f| (f.1, f.3) == (0x0, 1))
+                .count()
         };
         let (sender, connection) = tunnel::client_builder()
             .handshake::<_, Bytes>(client_io)
@@ -492,23 +456,22 @@ mod tests {
             .unwrap();
         let mut stream = TunnelStream::new(send, response.into_body(), None, None, Some(nudge));
 
-        let before = written.load(Ordering::SeqCst);
         let first = stream.write(b"first").now_or_never();
         assert!(matches!(first, Some(Ok(5))), "{first:?}");
-        assert!(
-            written.load(Ordering::SeqCst) > before,
+        assert_eq!(
+            data_frames(),
+            1,
             "the first write on a quiet tunnel is written out at once"
         );
-        let before = written.load(Ordering::SeqCst);
         let second = stream.write(b"second").now_or_never();
         assert!(matches!(second, Some(Ok(6))), "{second:?}");
         assert_eq!(
-            written.load(Ordering::SeqCst),
-            before,
+            data_frames(),
+            1,
             "the next one, right after, waits for the connection task"
         );
         tokio::time::timeout(Duration::from_secs(10), async {
-            while written.load(Ordering::SeqCst) == before {
+            while data_frames() < 2 {
                 tokio::task::yield_now().await;
             }
         })

@@ -105,6 +105,8 @@ mod reload;
 pub(crate) mod shares;
 pub mod splice;
 pub mod state_dir;
+#[cfg(test)]
+pub mod test_io;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;
