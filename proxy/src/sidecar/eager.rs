@@ -30,12 +30,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::tunnel::monotonic_us;
 
 /// How long a connection must have had nothing queued for the next write
 /// to be sent at once rather than with the connection task's batch. Far
@@ -90,7 +92,7 @@ pub struct Shared<C> {
     /// Set with `ended`, and never cleared: an ended connection is not
     /// polled again.
     finished: AtomicBool,
-    /// When a stream last queued data, in µs since [`clock_us`]'s start
+    /// When a stream last queued data, in µs on [`monotonic_us`]'s clock
     /// ([`NEVER`] before the first).
     last_queued_us: AtomicU64,
     /// [`QUIET`], in µs (tests set their own).
@@ -107,15 +109,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Microseconds since the first call in this process.
-fn clock_us() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
-}
-
 impl<C: Drive> Nudge for Shared<C> {
     fn queued(&self) {
-        let now = clock_us();
+        let now = monotonic_us();
         let before = self.last_queued_us.swap(now, Ordering::Relaxed);
         if before != NEVER && now.saturating_sub(before) < self.quiet_us {
             return; // the write before it has not gone out yet, or just did
@@ -181,7 +177,9 @@ impl<C: Drive + 'static> DrivenConnection<C> {
     ) -> Result<Poll<R>, Result<(), h2::Error>> {
         // The connection first: a nudge sets `ended` while it holds it.
         let mut connection = lock(&self.shared.connection);
-        if let Some(result) = lock(&self.shared.ended).take() {
+        if self.shared.finished.load(Ordering::Relaxed)
+            && let Some(result) = lock(&self.shared.ended).take()
+        {
             return Err(result);
         }
         {

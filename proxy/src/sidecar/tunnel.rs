@@ -190,12 +190,17 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Milliseconds since the first call in this process (tokio's clock, so
-/// paused-time tests see it move).
-fn monotonic_ms() -> u64 {
+/// Microseconds since the first call in this process (tokio's clock, so
+/// paused-time tests see it move): the tunnels' idle times and
+/// [`super::eager`]'s quiet spells.
+pub(super) fn monotonic_us() -> u64 {
     static START: OnceLock<tokio::time::Instant> = OnceLock::new();
     let start = *START.get_or_init(tokio::time::Instant::now);
-    start.elapsed().as_millis() as u64
+    start.elapsed().as_micros() as u64
+}
+
+fn monotonic_ms() -> u64 {
+    monotonic_us() / 1000
 }
 
 /// Polls the connection future only after yielding once per wake-up, so
