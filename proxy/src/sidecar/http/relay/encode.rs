@@ -90,8 +90,9 @@ impl BlockWriter {
 }
 
 /// Fields written "never indexed" (§6.2.3) whatever their value says:
-/// a decoder drops that mark (h2's does), so a relay that forwards what it
-/// decoded must set it again for the fields that carry secrets.
+/// the relay's decoder keeps the mark a peer set ([`super::hpack`]), but a
+/// peer that sends a credential indexable should not make the next hop
+/// index it either.
 fn is_secret(name: &str) -> bool {
     matches!(
         name,
@@ -247,9 +248,9 @@ mod tests {
             let (one, after) = rest.split_at(frame::HEADER_LEN + head.len);
             rest = after;
             match blocks.decode(one) {
-                Ok(Decoded::Block(headers)) => {
+                Ok(Decoded::Block(block)) => {
                     assert!(rest.is_empty(), "bytes after the block");
-                    return headers;
+                    return block.headers;
                 }
                 Ok(Decoded::Continues) => {}
                 Err(e) => panic!("the decoder refused the block: {e:?}"),

@@ -2,12 +2,11 @@
 //! the client when the app refuses, goes away or is gone.
 
 use h2::Reason;
-use h2::frame::Headers;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Head};
-use super::hpack::{BlockError, Decoded};
+use super::hpack::{Block, BlockError, Decoded};
 use super::{
     App, MAX_STREAMS, MAX_UNACKED_SETTINGS, Origin, Relay, declared_length, padded_value,
     settings_acked, within_declared,
@@ -40,9 +39,9 @@ where
                         self.app_block = Some(head.stream);
                         Ok(())
                     }
-                    Ok(Decoded::Block(headers)) => {
+                    Ok(Decoded::Block(block)) => {
                         self.app_block = None;
-                        self.app_headers(headers);
+                        self.app_headers(block);
                         Ok(())
                     }
                     Err(BlockError::Stream(id, reason)) => {
@@ -179,7 +178,8 @@ where
     }
 
     /// A response head, 1xx head or trailers from the app.
-    fn app_headers(&mut self, headers: Headers) {
+    fn app_headers(&mut self, block: Block) {
+        let Block { headers, over_size } = block;
         let id = u32::from(headers.stream_id());
         let end = headers.is_end_stream();
         let Some(stream) = self.streams.get(&id) else {
@@ -191,7 +191,7 @@ where
             self.reset_both(id, Reason::STREAM_CLOSED);
             return;
         }
-        if headers.is_over_size() {
+        if over_size {
             // Past the header list limit the decoder kept only part of it.
             tracing::debug!(stream = id, "the app's header list is too large");
             self.reset_both(id, Reason::PROTOCOL_ERROR);

@@ -5,14 +5,14 @@
 //! reaches the app; an allowed one is re-encoded to it.
 
 use h2::Reason;
-use h2::frame::{Headers, Pseudo};
+use h2::frame::Pseudo;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::frame::{self, Head};
-use super::hpack::{BlockError, Decoded};
+use super::hpack::{Block, BlockError, Decoded};
 use super::{
     App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, declared_length, padded_value,
     settings_acked, within_declared,
@@ -53,9 +53,9 @@ where
                         self.client_block = Some(head.stream);
                         Ok(())
                     }
-                    Ok(Decoded::Block(headers)) => {
+                    Ok(Decoded::Block(block)) => {
                         self.client_block = None;
-                        self.client_headers(headers)
+                        self.client_headers(block)
                     }
                     // A stream the client may not use: a connection error.
                     Err(BlockError::Stream(stream, _)) if stream.is_multiple_of(2) => {
@@ -232,7 +232,8 @@ where
     }
 
     /// A whole request head (or trailers) from the client.
-    fn client_headers(&mut self, headers: Headers) -> Result<(), Reason> {
+    fn client_headers(&mut self, block: Block) -> Result<(), Reason> {
+        let Block { headers, over_size } = block;
         let id = u32::from(headers.stream_id());
         let end = headers.is_end_stream();
         if let Some(request_open) = self.streams.get(&id).map(|s| s.request_open) {
@@ -262,7 +263,7 @@ where
             frame::put_reset(&mut self.to_client, id, Reason::REFUSED_STREAM);
             return Ok(());
         }
-        if headers.is_over_size() {
+        if over_size {
             self.authorizer.malformed(Malformed::HeadTooLarge);
             self.answer(id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &[], !end);
             return Ok(());

@@ -55,6 +55,7 @@ mod frame;
 mod from_app;
 mod from_client;
 mod hpack;
+mod huffman;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -191,7 +192,9 @@ struct Relay<D, U> {
     dial_window: Option<u32>,
     /// Connection window the client granted before the app was dialled.
     pre_dial_window: u64,
-    streams: HashMap<u32, Stream>,
+    /// By stream ID, with a seeded fast hash (the IDs are the client's
+    /// choice; at most [`MAX_STREAMS`] of them live).
+    streams: HashMap<u32, Stream, foldhash::fast::RandomState>,
     /// The highest stream ID the client opened.
     last_stream: u32,
     /// Streams the app accepts, from its SETTINGS (at most ours).
@@ -261,7 +264,7 @@ where
             app_acks: VecDeque::new(),
             dial_window: None,
             pre_dial_window: 0,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             last_stream: 0,
             max_streams: STREAMS_BEFORE_APP_SETTINGS,
             app_settled: false,
