@@ -278,7 +278,7 @@ impl AuditRecord<'_> {
     /// to a file that already carries the documents it names (no
     /// `appids`), newline included. On error `buf` may hold part of it.
     pub fn write_line(&self, buf: &mut Vec<u8>, at: OffsetDateTime) -> Result<(), String> {
-        encode_line_into(buf, self, at, None)
+        encode_line_into(buf, self, at, None, None)
     }
 }
 
@@ -800,13 +800,29 @@ impl AuditLog {
         self.log_at(record, OffsetDateTime::now_utc());
     }
 
+    /// [`AuditLog::log`] for a connection whose fields were encoded once
+    /// (`connection`, made by [`ConnectionFields::new`] from a record of
+    /// the same connection): the same line, the fields copied, not encoded.
+    pub fn log_on_connection(&self, record: &AuditRecord<'_>, connection: &ConnectionFields) {
+        self.log_encoded(record, OffsetDateTime::now_utc(), Some(connection));
+    }
+
     /// Writes one decision with the given time (tests, replays).
     pub fn log_at(&self, record: &AuditRecord<'_>, at: OffsetDateTime) {
+        self.log_encoded(record, at, None);
+    }
+
+    fn log_encoded(
+        &self,
+        record: &AuditRecord<'_>,
+        at: OffsetDateTime,
+        connection: Option<&ConnectionFields>,
+    ) {
         // Encoded outside the lock, into this thread's buffer (not a new
         // one per line).
         let mut line = LINE_BUFFER.try_with(Cell::take).unwrap_or_default();
         line.clear();
-        match encode_line_into(&mut line, record, at, None) {
+        match encode_line_into(&mut line, record, at, None, connection) {
             Ok(()) => self.push_line(record, at, &line),
             // Serializing borrowed strings and a JSON map cannot fail in
             // practice; if it ever does, it is a lost record: count it.
@@ -998,7 +1014,7 @@ fn encode_line(
     appids: Option<std::collections::BTreeMap<&str, &serde_json::Value>>,
 ) -> Result<Vec<u8>, String> {
     let mut buf = Vec::with_capacity(256 + record.claims.size_hint());
-    encode_line_into(&mut buf, record, at, appids.as_ref())?;
+    encode_line_into(&mut buf, record, at, appids.as_ref(), None)?;
     Ok(buf)
 }
 
@@ -1016,21 +1032,52 @@ fn encode_line_into(
     record: &AuditRecord<'_>,
     at: OffsetDateTime,
     appids: Option<&std::collections::BTreeMap<&str, &serde_json::Value>>,
+    connection: Option<&ConnectionFields>,
 ) -> Result<(), String> {
     buf.extend_from_slice(b"{\"time\":\"");
     write_time(buf, at).map_err(|e| e.to_string())?;
     buf.push(b'"');
-    write_record_fields(buf, record, appids).map_err(|e| e.to_string())?;
+    write_record_fields(buf, record, appids, connection).map_err(|e| e.to_string())?;
     buf.extend_from_slice(b"}\n");
     Ok(())
 }
 
+/// The fields of an audit line that every decision on one connection
+/// shares (`peer_id` to `port`, and `external` to `local_appid`), encoded
+/// once for the connection. Those are 5 of a request line's 11 strings
+/// and both of its addresses: encoding them again for every request was a
+/// third of the cost of its line (`bench/e2e/instructions.sh`).
+#[derive(Debug)]
+pub struct ConnectionFields {
+    /// From `,"peer_id":` to the port's digits.
+    peer: Box<[u8]>,
+    /// From `external` (or `peer_appid`, or nothing) to the end of
+    /// `local_appid`.
+    identities: Box<[u8]>,
+}
+
+impl ConnectionFields {
+    /// `record`'s connection fields, as [`AuditLog::log`] would write them.
+    pub fn new(record: &AuditRecord<'_>) -> serde_json::Result<ConnectionFields> {
+        let mut peer = Vec::new();
+        write_peer_fields(&mut peer, record);
+        let mut identities = Vec::new();
+        write_identity_fields(&mut identities, record)?;
+        Ok(ConnectionFields {
+            peer: peer.into(),
+            identities: identities.into(),
+        })
+    }
+}
+
 /// `record`'s fields after `time`, in [`AuditRecord`]'s order, skipping
-/// what its `skip_serializing_if`s skip, then `appids`.
+/// what its `skip_serializing_if`s skip, then `appids`; the connection's
+/// fields copied from `connection` when given.
 fn write_record_fields(
     buf: &mut Vec<u8>,
     record: &AuditRecord<'_>,
     appids: Option<&std::collections::BTreeMap<&str, &serde_json::Value>>,
+    connection: Option<&ConnectionFields>,
 ) -> serde_json::Result<()> {
     field_str(buf, key!("direction"), record.direction);
     field_str(buf, key!("decision"), record.decision);
@@ -1040,13 +1087,10 @@ fn write_record_fields(
         key!("audit_only", "false")
     });
     field_str(buf, key!("rule"), record.rule);
-    field_opt_str(buf, key!("peer_id"), record.peer_id);
-    field_opt_str(buf, key!("peer_addr"), record.peer_addr);
-    if let Some(app_addr) = record.app_addr {
-        field_str(buf, key!("app_addr"), app_addr);
+    match connection {
+        Some(connection) => buf.extend_from_slice(&connection.peer),
+        None => write_peer_fields(buf, record),
     }
-    buf.extend_from_slice(key!("port"));
-    buf.extend_from_slice(itoa::Buffer::new().format(record.port).as_bytes());
     field_str(buf, key!("protocol"), record.protocol);
     if let Some(method) = record.method {
         field_str(buf, key!("method"), method);
@@ -1059,6 +1103,29 @@ fn write_record_fields(
     }
     buf.extend_from_slice(key!("claims"));
     record.claims.write_json(buf)?;
+    match connection {
+        Some(connection) => buf.extend_from_slice(&connection.identities),
+        None => write_identity_fields(buf, record)?,
+    }
+    if let Some(appids) = appids {
+        field(buf, key!("appids"), appids)?;
+    }
+    Ok(())
+}
+
+/// `peer_id`, `peer_addr`, `app_addr` and `port`.
+fn write_peer_fields(buf: &mut Vec<u8>, record: &AuditRecord<'_>) {
+    field_opt_str(buf, key!("peer_id"), record.peer_id);
+    field_opt_str(buf, key!("peer_addr"), record.peer_addr);
+    if let Some(app_addr) = record.app_addr {
+        field_str(buf, key!("app_addr"), app_addr);
+    }
+    buf.extend_from_slice(key!("port"));
+    buf.extend_from_slice(itoa::Buffer::new().format(record.port).as_bytes());
+}
+
+/// `external`, `peer_appid` and `local_appid`.
+fn write_identity_fields(buf: &mut Vec<u8>, record: &AuditRecord<'_>) -> serde_json::Result<()> {
     if let Some(external) = &record.external {
         field(buf, key!("external"), external)?;
     }
@@ -1068,9 +1135,6 @@ fn write_record_fields(
     }
     if let Some(doc) = record.local_appid {
         field_str(buf, key!("local_appid"), &doc.digest);
-    }
-    if let Some(appids) = appids {
-        field(buf, key!("appids"), appids)?;
     }
     Ok(())
 }
@@ -2032,13 +2096,19 @@ mod encoder_tests {
         appids: Option<BTreeMap<&str, &Value>>,
     ) {
         let want = old::encode_line(record, at, appids.clone()).unwrap();
-        let got = encode_line(record, at, appids).unwrap();
+        let got = encode_line(record, at, appids.clone()).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&want),
             "{record:?}"
         );
         assert_eq!(got, want);
+        // And with the connection's fields encoded once, as a keep-alive
+        // connection's lines are.
+        let connection = ConnectionFields::new(record).unwrap();
+        let mut kept = Vec::new();
+        encode_line_into(&mut kept, record, at, appids.as_ref(), Some(&connection)).unwrap();
+        assert_eq!(kept, want, "with ConnectionFields: {record:?}");
     }
 
     fn doc(digest: &str, id: &str) -> AppIdDoc {

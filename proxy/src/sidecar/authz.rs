@@ -22,7 +22,7 @@ use super::Shared;
 use super::http::{
     INVALID_REQUEST_RULE, Malformed, Refusal, RequestAuthorizer, RequestFacts, RequestVerdict,
 };
-use crate::audit::{AppIdDoc, AuditRecord, Claims, ExternalDest};
+use crate::audit::{AppIdDoc, AuditRecord, Claims, ConnectionFields, ExternalDest};
 
 /// The rule name audit lines and `x-appid-denied-by` carry for a peer the
 /// authority revoked.
@@ -88,6 +88,12 @@ pub struct ConnAuthz {
     /// every policy reload or revocation-list update. A digest, not the
     /// name: 8 bytes on every connection, no lock, no allocation.
     would_deny: std::sync::atomic::AtomicU64,
+    /// What every audit line of this connection shares, kept from its
+    /// second request on ([`KeptAuditFields`]); a connection that carries
+    /// one request (or none) keeps nothing.
+    audit_fields: OnceLock<Box<KeptAuditFields>>,
+    /// A request was audited on this connection.
+    request_audited: std::sync::atomic::AtomicBool,
 }
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
@@ -97,9 +103,11 @@ fn rule_digest(rule: &str) -> u64 {
     std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(rule) | 1
 }
 
-/// A connection's addresses as text, for one audit line. Made per decision:
-/// keeping them on the connection cost 1.1 KiB per idle connection (both
-/// sidecars, `bench/e2e` idle workload), more than the formatting saves.
+/// A connection's addresses as text, for one audit line. Made per decision
+/// until the connection's second request, then kept ([`KeptAuditFields`]):
+/// keeping them on every connection cost 1.1 KiB per idle connection (both
+/// sidecars, `bench/e2e` idle workload), more than the formatting saves on
+/// a connection that carries one request.
 struct AuditAddrs {
     peer_addr: AddrText,
     app_addr: Option<AddrText>,
@@ -118,6 +126,17 @@ impl AuditAddrs {
             },
         }
     }
+}
+
+/// A keep-alive connection's audit fields, made once: its addresses as
+/// text, and the fields every line of it shares encoded
+/// ([`ConnectionFields`]; `None` if they could not be, when every line is
+/// encoded whole).
+struct KeptAuditFields {
+    peer_addr: Box<str>,
+    app_addr: Option<Box<str>>,
+    external_ip: Option<Box<str>>,
+    encoded: OnceLock<Option<ConnectionFields>>,
 }
 
 /// A socket address as text, on the stack. `SocketAddr`'s `Display` goes
@@ -249,6 +268,8 @@ impl ConnAuthz {
             local_json: OnceLock::new(),
             peer_json: OnceLock::new(),
             would_deny: std::sync::atomic::AtomicU64::new(0),
+            audit_fields: OnceLock::new(),
+            request_audited: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -562,7 +583,23 @@ impl ConnAuthz {
             Peer::Meshed(claims) => Some(claims.id.as_str()),
             _ => None,
         };
-        let addrs = &AuditAddrs::new(self.peer_addr, self.app_addr, &self.peer);
+        let kept = self.kept_audit_fields(request.is_some());
+        let made;
+        let (peer_addr, app_addr, external_ip) = match kept {
+            Some(kept) => (
+                &*kept.peer_addr,
+                kept.app_addr.as_deref(),
+                kept.external_ip.as_deref(),
+            ),
+            None => {
+                made = AuditAddrs::new(self.peer_addr, self.app_addr, &self.peer);
+                (
+                    made.peer_addr.as_str(),
+                    made.app_addr.as_ref().map(AddrText::as_str),
+                    made.external_ip.as_deref(),
+                )
+            }
+        };
         let peer_appid = match &self.peer {
             Peer::Meshed(claims) => Some(
                 &**self
@@ -574,7 +611,7 @@ impl ConnAuthz {
         let local_appid = self
             .local_json
             .get_or_init(|| self.shared.claims_json.get(&self.local));
-        let external = match (&self.peer, &addrs.external_ip) {
+        let external = match (&self.peer, external_ip) {
             (Peer::External { host, .. }, Some(ip)) => Some(ExternalDest {
                 ip,
                 host: host.as_deref().map(|h| truncate_utf8(h, AUDIT_FIELD_BYTES)),
@@ -582,7 +619,7 @@ impl ConnAuthz {
             _ => None,
         };
         super::trace::record_decision(decision, rule);
-        self.shared.audit.log(&AuditRecord {
+        let record = AuditRecord {
             external,
             peer_appid,
             local_appid: Some(local_appid),
@@ -591,8 +628,8 @@ impl ConnAuthz {
             audit_only,
             rule,
             peer_id,
-            peer_addr: Some(addrs.peer_addr.as_str()),
-            app_addr: addrs.app_addr.as_ref().map(AddrText::as_str),
+            peer_addr: Some(peer_addr),
+            app_addr,
             claims,
             port: self.port,
             // Bounded: a caller picks these, and must not pick the size of
@@ -604,10 +641,42 @@ impl ConnAuthz {
                 Some((_, _, true)) => "grpc",
                 _ => self.protocol,
             },
+        };
+        let encoded = kept.and_then(|kept| {
+            kept.encoded
+                .get_or_init(|| ConnectionFields::new(&record).ok())
+                .as_ref()
         });
+        match encoded {
+            Some(fields) => self.shared.audit.log_on_connection(&record, fields),
+            None => self.shared.audit.log(&record),
+        }
         self.shared
             .metrics
             .authz_decision(metrics_direction(self.direction), decision, rule);
+    }
+
+    /// The connection's kept audit fields: made at its second request
+    /// decision, `None` before (and for decisions that are no request's
+    /// until then).
+    fn kept_audit_fields(&self, for_request: bool) -> Option<&KeptAuditFields> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(kept) = self.audit_fields.get() {
+            return Some(kept);
+        }
+        if !for_request || !self.request_audited.swap(true, Relaxed) {
+            return None;
+        }
+        let kept = self.audit_fields.get_or_init(|| {
+            let addrs = AuditAddrs::new(self.peer_addr, self.app_addr, &self.peer);
+            Box::new(KeptAuditFields {
+                peer_addr: addrs.peer_addr.as_str().into(),
+                app_addr: addrs.app_addr.as_ref().map(|a| a.as_str().into()),
+                external_ip: addrs.external_ip,
+                encoded: OnceLock::new(),
+            })
+        });
+        Some(kept)
     }
 
     /// A denial because the authority revoked the peer, if it did.
