@@ -205,7 +205,7 @@ impl HeaderBlocks {
                 // Indexed field (§6.1).
                 let index = integer(&mut src, 7)?;
                 let (name, value) = table.get(index)?;
-                head.field(name, value, false)?;
+                head.field(name, static_name(index), value, false)?;
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update (§6.3): only before the first
                 // field.
@@ -231,7 +231,7 @@ impl HeaderBlocks {
                     table.get(index)?.0
                 };
                 let value = string(&mut src, value_text)?.unwrap_or(value_text);
-                head.field(name, value, never)?;
+                head.field(name, static_name(index), value, never)?;
                 if indexing {
                     let entry = Entry {
                         name: name.into(),
@@ -412,12 +412,22 @@ impl HeadBuilder {
         }
     }
 
-    fn field(&mut self, name: &[u8], value: &[u8], never_indexed: bool) -> Result<(), BlockError> {
+    /// One field; `known`: its name made already (a static table entry's).
+    fn field(
+        &mut self,
+        name: &[u8],
+        known: Option<&HeaderName>,
+        value: &[u8],
+        never_indexed: bool,
+    ) -> Result<(), BlockError> {
         if let Some(pseudo) = name.strip_prefix(b":") {
             return self.pseudo_field(pseudo, value);
         }
-        // HTTP/2 names are lower case (§8.2.1); this refuses others.
-        let name = HeaderName::from_lowercase(name).map_err(|_| PROTOCOL)?;
+        let name = match known {
+            Some(name) => name.clone(),
+            // HTTP/2 names are lower case (§8.2.1); this refuses others.
+            None => HeaderName::from_lowercase(name).map_err(|_| PROTOCOL)?,
+        };
         let mut value = HeaderValue::from_bytes(value).map_err(|_| PROTOCOL)?;
         if is_connection_specific(&name) || (name == header::TE && value != "trailers") {
             self.malformed = true;
@@ -528,6 +538,20 @@ fn is_connection_specific(name: &HeaderName) -> bool {
         || name == header::UPGRADE
         || name == "keep-alive"
         || name == "proxy-connection"
+}
+
+/// The name of static table entry `index` as a `HeaderName`, for the
+/// regular ones (15–61); `None` for a pseudo-field's or a dynamic entry's.
+fn static_name(index: usize) -> Option<&'static HeaderName> {
+    /// Made once, where `from_lowercase` would check and look up each
+    /// name again at every use.
+    static NAMES: std::sync::LazyLock<[Option<HeaderName>; 61]> = std::sync::LazyLock::new(|| {
+        std::array::from_fn(|i| {
+            let name = STATIC_TABLE[i].0;
+            (!name.starts_with(':')).then(|| HeaderName::from_static(name))
+        })
+    });
+    NAMES.get(index.checked_sub(1)?)?.as_ref()
 }
 
 /// RFC 7541 Appendix A: index 1 is the first entry.
