@@ -59,6 +59,18 @@ use support::sidecar::{Sidecar, has};
 
 const SPOOFED_ID: &str = "spiffe://test.example/spoofed";
 
+/// `web` may GET `/v1/**` from `api`, and nothing else.
+const WEB_READS_V1: &str = "\
+version: 1
+default: deny
+rules:
+  - name: web-reads-v1
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { methods: [GET], paths: [\"/v1/**\"] }
+";
+
 // ---------------------------------------------------------------------------
 // Helpers
 
@@ -256,16 +268,7 @@ async fn http1_reaches_the_app_with_the_callers_spiffe_id_and_no_spoofed_header(
 async fn every_request_of_a_keep_alive_connection_is_audited_alike() {
     // HTTP rules on both sides: each request is decided (and audited) by
     // the client's sidecar as well as the server's.
-    let policy = "\
-version: 1
-default: deny
-rules:
-  - name: web-reads-v1
-    action: allow
-    from: { labels.app: web }
-    to: { labels.app: api }
-    http: { methods: [GET], paths: [\"/v1/**\"] }
-";
+    let policy = WEB_READS_V1;
     let app = HttpApp::start().await;
     let mesh = Mesh::start(
         app.addr,
@@ -730,16 +733,8 @@ async fn a_denied_port_closes_tcp_and_answers_http_with_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_paths_and_grpc_methods_are_authorized_per_request() {
-    let server_policy = "\
-version: 1
-default: deny
-rules:
-  - name: web-reads-v1
-    action: allow
-    from: { labels.app: web }
-    to: { labels.app: api }
-    http: { methods: [GET], paths: [\"/v1/**\"] }
-  - name: grpc-unary-only
+    let server_policy = WEB_READS_V1.to_owned()
+        + "  - name: grpc-unary-only
     action: allow
     from: { labels.app: web }
     to: { labels.app: api }
