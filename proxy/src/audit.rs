@@ -804,6 +804,21 @@ impl AuditLog {
     /// (`connection`, made by [`ConnectionFields::new`] from a record of
     /// the same connection): the same line, the fields copied, not encoded.
     pub fn log_on_connection(&self, record: &AuditRecord<'_>, connection: &ConnectionFields) {
+        // Debug builds (every test) check the kept fields against the
+        // record's: a line from them that differs is a bug (stale or
+        // another connection's fields).
+        #[cfg(debug_assertions)]
+        {
+            let at = OffsetDateTime::UNIX_EPOCH;
+            let (mut whole, mut kept) = (Vec::new(), Vec::new());
+            let _ = encode_line_into(&mut whole, record, at, None, None);
+            let _ = encode_line_into(&mut kept, record, at, None, Some(connection));
+            assert_eq!(
+                String::from_utf8_lossy(&kept),
+                String::from_utf8_lossy(&whole),
+                "an audit line from a connection's kept fields differs from the record's"
+            );
+        }
         self.log_encoded(record, OffsetDateTime::now_utc(), Some(connection));
     }
 

@@ -325,7 +325,7 @@ mod tests {
     }
 
     /// Credentials and cookies are marked never-indexed even when their
-    /// value was not flagged sensitive (h2's decoder drops the mark).
+    /// value was not flagged sensitive (a peer may send them indexable).
     #[test]
     fn credential_and_cookie_fields_are_never_indexed_whatever_their_flag() {
         for name in [

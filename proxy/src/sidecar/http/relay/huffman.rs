@@ -190,8 +190,11 @@ mod tests {
     use super::*;
 
     /// The encoder the spec implies: each symbol's canonical code, bit by
-    /// bit, then padding with ones. (For tests: decoding what it writes
-    /// checks the decoder against the same lengths from the other side.)
+    /// bit, then padding with ones. Built from the same tables, so decoding
+    /// what it writes checks the decoder's walk (every length, the end of
+    /// input), not the tables: those are checked by the spec's examples
+    /// here and by the differential tests in `hpack.rs` against h2's
+    /// encoder.
     fn encode(text: &[u8]) -> Vec<u8> {
         let t = &TABLES;
         let code_of = |symbol: u16| {
@@ -263,7 +266,7 @@ mod tests {
             decode(&[0b0000_0000], &mut Vec::new()),
             Err(HuffmanError::BadPadding)
         );
-        // A whole byte of ones after a symbol: 8 bits of padding.
+        // 11 bits of ones after a symbol: padding longer than 7 bits.
         assert_eq!(
             decode(&[0b0000_0111, 0xff], &mut Vec::new()),
             Err(HuffmanError::BadPadding)
@@ -273,7 +276,7 @@ mod tests {
             decode(&[0xff, 0xff, 0xff, 0xff], &mut Vec::new()),
             Err(HuffmanError::Eos)
         );
-        // Padding alone (up to 7 ones) is an empty string.
+        // A symbol, then 3 bits of padding; and the empty string.
         let mut out = Vec::new();
         decode(&[0b0000_0111], &mut out).unwrap();
         assert_eq!(out, b"0");
