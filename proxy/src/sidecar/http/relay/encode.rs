@@ -233,7 +233,7 @@ fn static_name(name: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::hpack::{Decoded, HeaderBlocks};
+    use super::super::hpack::{Decoded, HeaderBlocks, STATIC_TABLE};
     use super::*;
     use h2::frame::Headers;
     use http::header::{HeaderName, HeaderValue};
@@ -322,6 +322,39 @@ mod tests {
             wire[frame::HEADER_LEN..frame::HEADER_LEN + 3],
             [0x88, 0x1f, 8]
         );
+    }
+
+    /// The encoder's name lookup (a `match`, what the hot path wants) and
+    /// the decoder's table (`hpack::STATIC_TABLE`) are two listings of RFC
+    /// 7541 Appendix A: they must agree entry for entry.
+    #[test]
+    fn the_encoders_static_names_are_the_decoders_table() {
+        for (i, (name, _)) in STATIC_TABLE.iter().enumerate() {
+            let index = i + 1;
+            if name.starts_with(':') {
+                assert_eq!(static_name(name), None, "{name}");
+            } else if STATIC_TABLE[..i].iter().all(|(n, _)| n != name) {
+                assert_eq!(static_name(name), Some(index), "{name}");
+            }
+        }
+        // And the whole entries `encode_pseudo` writes by index.
+        let whole = [
+            (0x82u8, ":method", "GET"),
+            (0x83, ":method", "POST"),
+            (0x84, ":path", "/"),
+            (0x86, ":scheme", "http"),
+            (0x87, ":scheme", "https"),
+            (0x88, ":status", "200"),
+            (0x89, ":status", "204"),
+            (0x8a, ":status", "206"),
+            (0x8b, ":status", "304"),
+            (0x8c, ":status", "400"),
+            (0x8d, ":status", "404"),
+            (0x8e, ":status", "500"),
+        ];
+        for (byte, name, value) in whole {
+            assert_eq!(STATIC_TABLE[usize::from(byte & 0x7f) - 1], (name, value));
+        }
     }
 
     /// Credentials and cookies are marked never-indexed even when their
