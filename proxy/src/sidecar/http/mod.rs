@@ -265,19 +265,6 @@ pub fn visit_header_values<'f>(
     }
 }
 
-/// Header lookup over an `http::HeaderMap` (HTTP/2).
-pub struct HeaderMapView<'a>(pub &'a HeaderMap);
-
-impl Headers for HeaderMapView<'_> {
-    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
-        visit_header_values(
-            self.0.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-            name,
-            visit,
-        )
-    }
-}
-
 /// Removes every `x-appid-*` header (either spelling): only sidecars set
 /// them. Used on requests from callers and, inbound, on the app's responses.
 pub fn strip_appid_headers(headers: &mut HeaderMap) {

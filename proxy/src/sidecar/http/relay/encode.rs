@@ -14,10 +14,9 @@
 //! are sent in full each time.
 
 use bytes::{BufMut, BytesMut};
-use h2::frame::Pseudo;
-use http::HeaderMap;
 
 use super::frame::{self, CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
+use super::header_list::HeaderList;
 
 /// One side's encoder: no table, only whether a size update is owed.
 #[derive(Debug, Default)]
@@ -37,8 +36,7 @@ impl BlockWriter {
         &mut self,
         out: &mut BytesMut,
         stream: u32,
-        pseudo: &Pseudo,
-        fields: &HeaderMap,
+        fields: &HeaderList,
         end_stream: bool,
     ) {
         let start = out.len();
@@ -48,21 +46,25 @@ impl BlockWriter {
             // Dynamic table size update, 0 (§6.3).
             out.put_u8(0x20);
         }
-        encode_pseudo(out, pseudo);
-        for (name, value) in fields {
-            let flags = if value.is_sensitive() || is_secret(name.as_str()) {
+        encode_pseudo(out, fields);
+        for field in fields.fields() {
+            let flags = if field.sensitive || is_secret(field.name) {
                 0x10
             } else {
                 0x00
             };
-            match static_name(name.as_str()) {
+            let index = field
+                .static_index
+                .map(usize::from)
+                .or_else(|| static_name(field.name));
+            match index {
                 Some(index) => put_int(out, flags, 4, index),
                 None => {
                     out.put_u8(flags);
-                    put_string(out, name.as_str().as_bytes());
+                    put_string(out, field.name.as_bytes());
                 }
             }
-            put_string(out, value.as_bytes());
+            put_string(out, field.value);
         }
         let block_len = out.len() - start - frame::HEADER_LEN;
         let stream_flag = if end_stream { END_STREAM } else { 0 };
@@ -109,31 +111,31 @@ fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; frame::HEADE
 }
 
 /// The pseudo-fields, in the order RFC 9113 §8.3 lists them.
-fn encode_pseudo(out: &mut BytesMut, pseudo: &Pseudo) {
-    if let Some(method) = &pseudo.method {
+fn encode_pseudo(out: &mut BytesMut, pseudo: &HeaderList) {
+    if let Some(method) = pseudo.method() {
         match method.as_str() {
             "GET" => out.put_u8(0x82),
             "POST" => out.put_u8(0x83),
             other => literal(out, 2, other.as_bytes()),
         }
     }
-    if let Some(scheme) = &pseudo.scheme {
-        match &**scheme {
+    if let Some(scheme) = pseudo.scheme() {
+        match scheme {
             "http" => out.put_u8(0x86),
             "https" => out.put_u8(0x87),
             other => literal(out, 6, other.as_bytes()),
         }
     }
-    if let Some(authority) = &pseudo.authority {
+    if let Some(authority) = pseudo.authority() {
         literal(out, 1, authority.as_bytes());
     }
-    if let Some(path) = &pseudo.path {
-        match &**path {
+    if let Some(path) = pseudo.path() {
+        match path {
             "/" => out.put_u8(0x84),
             other => literal(out, 4, other.as_bytes()),
         }
     }
-    if let Some(status) = pseudo.status {
+    if let Some(status) = pseudo.status() {
         match status.as_u16() {
             200 => out.put_u8(0x88),
             204 => out.put_u8(0x89),
@@ -233,24 +235,24 @@ fn static_name(name: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::hpack::{Decoded, HeaderBlocks, STATIC_TABLE};
+    use super::super::hpack::{Block, Decoded, HeaderBlocks, STATIC_TABLE};
     use super::*;
-    use h2::frame::Headers;
+    use h2::frame::Pseudo;
     use http::header::{HeaderName, HeaderValue};
-    use http::{Method, StatusCode, Uri};
+    use http::{HeaderMap, Method, StatusCode, Uri};
     use proptest::prelude::*;
 
     /// Decodes with the h2 crate's decoder: what any peer would read.
-    fn decode(blocks: &mut HeaderBlocks, wire: &[u8]) -> Headers {
+    fn decode(blocks: &mut HeaderBlocks, wire: &[u8]) -> Block {
         let mut rest = wire;
         loop {
             let head = frame::Head::parse(rest).expect("a frame");
             let (one, after) = rest.split_at(frame::HEADER_LEN + head.len);
             rest = after;
-            match blocks.decode(one) {
+            match blocks.decode_with_h2(one) {
                 Ok(Decoded::Block(block)) => {
                     assert!(rest.is_empty(), "bytes after the block");
-                    return block.headers;
+                    return block;
                 }
                 Ok(Decoded::Continues) => {}
                 Err(e) => panic!("the decoder refused the block: {e:?}"),
@@ -263,7 +265,12 @@ mod tests {
         let uri: Uri = "https://api.test/".parse().unwrap();
         let pseudo = Pseudo::request(Method::GET, uri, None);
         let mut wire = BytesMut::new();
-        BlockWriter::default().write(&mut wire, 1, &pseudo, &HeaderMap::new(), true);
+        BlockWriter::default().write(
+            &mut wire,
+            1,
+            &HeaderList::from_h2(&pseudo, &HeaderMap::new()),
+            true,
+        );
         let block = &wire[frame::HEADER_LEN..];
         // :method GET, :scheme https, :authority literal, :path /.
         assert_eq!(block[..2], [0x82, 0x87]);
@@ -273,7 +280,7 @@ mod tests {
         let head = frame::Head::parse(&wire).unwrap();
         assert_eq!(head.flags, END_STREAM | END_HEADERS);
         let decoded = decode(&mut HeaderBlocks::new(1 << 16), &wire);
-        assert_eq!(decoded.into_parts().0, pseudo);
+        assert_eq!(decoded.fields.to_h2().0, pseudo);
     }
 
     #[test]
@@ -282,12 +289,12 @@ mod tests {
         fields.insert("x-big", "b".repeat(40_000).parse().unwrap());
         let mut wire = BytesMut::new();
         let status = Pseudo::response(StatusCode::IM_A_TEAPOT);
-        BlockWriter::default().write(&mut wire, 3, &status, &fields, false);
+        BlockWriter::default().write(&mut wire, 3, &HeaderList::from_h2(&status, &fields), false);
         let first = frame::Head::parse(&wire).unwrap();
         assert_eq!((first.kind, first.flags), (HEADERS, 0));
         let decoded = decode(&mut HeaderBlocks::new(1 << 17), &wire);
-        assert!(!decoded.is_end_stream());
-        let (pseudo, got) = decoded.into_parts();
+        assert!(!decoded.end_stream);
+        let (pseudo, got) = decoded.fields.to_h2();
         assert_eq!(pseudo.status, Some(StatusCode::IM_A_TEAPOT));
         assert_eq!(got, fields);
     }
@@ -298,12 +305,22 @@ mod tests {
         writer.table_size_changed();
         let status = Pseudo::response(StatusCode::OK);
         let mut wire = BytesMut::new();
-        writer.write(&mut wire, 1, &status, &HeaderMap::new(), true);
+        writer.write(
+            &mut wire,
+            1,
+            &HeaderList::from_h2(&status, &HeaderMap::new()),
+            true,
+        );
         assert_eq!(wire[frame::HEADER_LEN..], [0x20, 0x88]);
         let mut decoder = HeaderBlocks::new(1 << 16);
         decode(&mut decoder, &wire);
         let mut wire = BytesMut::new();
-        writer.write(&mut wire, 3, &status, &HeaderMap::new(), true);
+        writer.write(
+            &mut wire,
+            3,
+            &HeaderList::from_h2(&status, &HeaderMap::new()),
+            true,
+        );
         assert_eq!(wire[frame::HEADER_LEN..], [0x88]);
         decode(&mut decoder, &wire);
     }
@@ -316,7 +333,7 @@ mod tests {
         fields.insert(http::header::AUTHORIZATION, secret);
         let mut wire = BytesMut::new();
         let status = Pseudo::response(StatusCode::OK);
-        BlockWriter::default().write(&mut wire, 1, &status, &fields, true);
+        BlockWriter::default().write(&mut wire, 1, &HeaderList::from_h2(&status, &fields), true);
         // :status 200, then "literal never indexed", name index 15 + 8.
         assert_eq!(
             wire[frame::HEADER_LEN..frame::HEADER_LEN + 3],
@@ -371,7 +388,12 @@ mod tests {
             fields.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
             let mut wire = BytesMut::new();
             let status = Pseudo::response(StatusCode::OK);
-            BlockWriter::default().write(&mut wire, 1, &status, &fields, true);
+            BlockWriter::default().write(
+                &mut wire,
+                1,
+                &HeaderList::from_h2(&status, &fields),
+                true,
+            );
             // After `:status 200` (0x88): the 4-bit pattern 0001 (§6.2.3).
             assert_eq!(wire[frame::HEADER_LEN + 1] & 0xf0, 0x10, "{name}");
         }
@@ -379,7 +401,7 @@ mod tests {
         fields.insert("x-plain", HeaderValue::from_static("v"));
         let mut wire = BytesMut::new();
         let status = Pseudo::response(StatusCode::OK);
-        BlockWriter::default().write(&mut wire, 1, &status, &fields, true);
+        BlockWriter::default().write(&mut wire, 1, &HeaderList::from_h2(&status, &fields), true);
         // Without indexing (0000), not never-indexed.
         assert_eq!(wire[frame::HEADER_LEN + 1] & 0xf0, 0x00);
     }
@@ -440,11 +462,12 @@ mod tests {
                 }
                 let mut wire = BytesMut::new();
                 let stream = 2 * i as u32 + 1;
-                writer.write(&mut wire, stream, &Pseudo::response(status), &fields, i % 2 == 0);
+                let list = HeaderList::from_h2(&Pseudo::response(status), &fields);
+                writer.write(&mut wire, stream, &list, i % 2 == 0);
                 let decoded = decode(&mut decoder, &wire);
-                prop_assert_eq!(u32::from(decoded.stream_id()), stream);
-                prop_assert_eq!(decoded.is_end_stream(), i % 2 == 0);
-                let (pseudo, got) = decoded.into_parts();
+                prop_assert_eq!(decoded.stream, stream);
+                prop_assert_eq!(decoded.end_stream, i % 2 == 0);
+                let (pseudo, got) = decoded.fields.to_h2();
                 prop_assert_eq!(pseudo.status, Some(status));
                 prop_assert_eq!(&got, &fields);
             }

@@ -11,7 +11,7 @@ use super::{
     App, MAX_STREAMS, MAX_UNACKED_SETTINGS, Origin, Relay, declared_length, padded_value,
     settings_acked, within_declared,
 };
-use crate::sidecar::http::{AppSide, HttpProxyError, strip_appid_headers};
+use crate::sidecar::http::{AppSide, HttpProxyError, is_appid_header};
 
 impl<D, U> Relay<D, U>
 where
@@ -179,9 +179,12 @@ where
 
     /// A response head, 1xx head or trailers from the app.
     fn app_headers(&mut self, block: Block) {
-        let Block { headers, over_size } = block;
-        let id = u32::from(headers.stream_id());
-        let end = headers.is_end_stream();
+        let Block {
+            stream: id,
+            end_stream: end,
+            mut fields,
+            over_size,
+        } = block;
         let Some(stream) = self.streams.get(&id) else {
             // Not a stream the app was given (or one already over).
             return;
@@ -197,18 +200,12 @@ where
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
-        let (pseudo, mut fields) = headers.into_parts();
         if let Some(name) = padded_value(&fields) {
             tracing::debug!(stream = id, %name, "the app sent a field value with leading or trailing whitespace");
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
-        if pseudo.method.is_some()
-            || pseudo.scheme.is_some()
-            || pseudo.authority.is_some()
-            || pseudo.path.is_some()
-            || pseudo.protocol.is_some()
-        {
+        if fields.has_request_pseudo() {
             // Request pseudo-fields in a response: malformed (§8.3).
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
@@ -218,14 +215,15 @@ where
         // `content-length` says (RFC 9110 §15.3.5, §15.4.5); nor has the
         // answer to HEAD (cut off at its head, below). A 1xx head never
         // ends a stream (RFC 9113 §8.1).
-        let informational = pseudo.status.is_some_and(|s| s.is_informational());
+        let status = fields.status();
+        let informational = status.is_some_and(|s| s.is_informational());
         if informational && end {
             tracing::debug!(stream = id, "the app ended a stream with a 1xx head");
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
         let no_content = matches!(
-            pseudo.status,
+            status,
             Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
         );
         let declared = if responded {
@@ -250,9 +248,9 @@ where
             self.reset_both(id, Reason::PROTOCOL_ERROR);
             return;
         }
-        let final_head = match pseudo.status {
+        let final_head = match status {
             _ if responded => {
-                if pseudo.status.is_some() || !end {
+                if status.is_some() || !end {
                     // Trailers end the stream and carry no pseudo-fields.
                     self.reset_both(id, Reason::PROTOCOL_ERROR);
                     return;
@@ -281,13 +279,13 @@ where
         }
         if self.limits.app == AppSide::Upstream {
             // The app's response: x-appid-* is not its to set.
-            strip_appid_headers(&mut fields);
+            fields.retain(|name| !is_appid_header(name));
         }
         // A response to HEAD ends with its final head (RFC 9110 §9.3.2):
         // content an app sends anyway is not wanted, so its stream is reset.
         let head_only = head_request && final_head && !end;
         self.client_writer
-            .write(&mut self.to_client, id, &pseudo, &fields, end || head_only);
+            .write(&mut self.to_client, id, &fields, end || head_only);
         if head_only {
             frame::put_reset(&mut self.to_app, id, Reason::NO_ERROR);
             if let Some(stream) = self.streams.get_mut(&id) {

@@ -5,21 +5,21 @@
 //! reaches the app; an allowed one is re-encoded to it.
 
 use h2::Reason;
-use h2::frame::Pseudo;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::frame::{self, Head};
+use super::header_list::{HeaderList, is_field_value, visible_ascii};
 use super::hpack::{Block, BlockError, Decoded};
 use super::{
     App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, declared_length, padded_value,
     settings_acked, within_declared,
 };
 use crate::sidecar::http::{
-    DENIED_BY_HEADER, HeaderMapView, Malformed, PEER_CLAIMS_HEADER, PEER_ID_HEADER, Refusal,
-    RequestDecision, authorize_request, strip_appid_headers,
+    DENIED_BY_HEADER, Malformed, PEER_CLAIMS_HEADER, PEER_ID_HEADER, Refusal, RequestDecision,
+    authorize_request, is_appid_header,
 };
 use crate::sidecar::trace::{self, TRACEPARENT, TRACESTATE};
 
@@ -233,9 +233,12 @@ where
 
     /// A whole request head (or trailers) from the client.
     fn client_headers(&mut self, block: Block) -> Result<(), Reason> {
-        let Block { headers, over_size } = block;
-        let id = u32::from(headers.stream_id());
-        let end = headers.is_end_stream();
+        let Block {
+            stream: id,
+            end_stream: end,
+            fields,
+            over_size,
+        } = block;
         if let Some(request_open) = self.streams.get(&id).map(|s| s.request_open) {
             // A second header block: request trailers, or a block on a
             // stream whose request is over. Either way, both sides reset.
@@ -268,15 +271,14 @@ where
             self.answer(id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &[], !end);
             return Ok(());
         }
-        let (pseudo, fields) = headers.into_parts();
         if let Some(name) = padded_value(&fields) {
             tracing::debug!(stream = id, %name, "a field value with leading or trailing whitespace");
-            self.refuse_malformed(id, &pseudo, &fields, Malformed::PaddedValue);
+            self.refuse_malformed(id, &fields, Malformed::PaddedValue);
             return Ok(());
         }
-        if let Err(why) = check_request_pseudo(&pseudo) {
+        if let Err(why) = check_request_pseudo(&fields) {
             tracing::debug!(stream = id, why, "malformed request head");
-            self.audit_malformed(&pseudo, &fields, Malformed::InvalidHead);
+            self.audit_malformed(&fields, Malformed::InvalidHead);
             frame::put_reset(&mut self.to_client, id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
@@ -284,16 +286,16 @@ where
             Ok(declared) => declared,
             Err(why) => {
                 tracing::debug!(stream = id, %why, "malformed request head");
-                self.refuse_malformed(id, &pseudo, &fields, why.into());
+                self.refuse_malformed(id, &fields, why.into());
                 return Ok(());
             }
         };
         if !within_declared(&mut declared, 0, end) {
             // A head that ends the stream but promises a body.
-            self.refuse_malformed(id, &pseudo, &fields, Malformed::BodyNotItsLength);
+            self.refuse_malformed(id, &fields, Malformed::BodyNotItsLength);
             return Ok(());
         }
-        self.request(id, pseudo, fields, end);
+        self.request(id, fields, end);
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.request_left = declared;
         }
@@ -302,23 +304,17 @@ where
 
     /// A request head that came through HPACK: authorize, then forward or
     /// answer.
-    fn request(&mut self, id: u32, pseudo: Pseudo, mut fields: HeaderMap, end: bool) {
+    fn request(&mut self, id: u32, mut fields: HeaderList, end: bool) {
         let started = std::time::Instant::now();
-        let method = pseudo.method.clone().unwrap_or(Method::GET);
+        let method = fields.method().cloned().unwrap_or(Method::GET);
         let span = trace::request_span(self.limits.app, method.as_str(), |name| {
-            fields.get(name).and_then(|v| v.to_str().ok())
+            fields.get(name).and_then(visible_ascii)
         });
         let grpc = is_grpc(&fields);
         // `:path` as sent; a CONNECT has none (and is refused).
-        let target = pseudo.path.as_deref().unwrap_or("");
+        let target = fields.path().unwrap_or("");
         let decision = span.in_scope(|| {
-            authorize_request(
-                &*self.authorizer,
-                method.as_str(),
-                target,
-                &HeaderMapView(&fields),
-                grpc,
-            )
+            authorize_request(&*self.authorizer, method.as_str(), target, &fields, grpc)
         });
         let status = match decision {
             RequestDecision::Forward => None,
@@ -351,24 +347,24 @@ where
             span.in_scope(|| self.authorizer.observe(status.as_u16(), started.elapsed()));
             return;
         }
-        strip_appid_headers(&mut fields);
+        // x-appid-* is the sidecars' to set (as HTTP/1's
+        // `strip_appid_headers`).
+        fields.retain(|name| !is_appid_header(name));
         // Ours replaces theirs: the next hop's parent is this request's span.
         if let Some(context) = trace::outgoing(&span) {
             fields.remove(TRACEPARENT);
             fields.remove(TRACESTATE);
             for (name, value) in context.headers() {
-                if let Ok(value) = HeaderValue::from_str(value) {
-                    fields.insert(HeaderName::from_static(name), value);
+                if is_field_value(value.as_bytes()) {
+                    fields.insert(name, value.as_bytes(), false);
                 }
             }
         }
         if let Some(peer) = &self.peer_headers {
-            // Made at compile time (`from_static` checks the name when it
-            // runs: 130 instructions a name, per request).
-            const PEER_ID: HeaderName = HeaderName::from_static(PEER_ID_HEADER);
-            const PEER_CLAIMS: HeaderName = HeaderName::from_static(PEER_CLAIMS_HEADER);
-            fields.insert(PEER_ID, peer.id.clone());
-            fields.insert(PEER_CLAIMS, peer.claims.clone());
+            let id = &peer.id;
+            fields.insert(PEER_ID_HEADER, id.as_bytes(), id.is_sensitive());
+            let claims = &peer.claims;
+            fields.insert(PEER_CLAIMS_HEADER, claims.as_bytes(), claims.is_sensitive());
         }
         // The app is dialled for the first allowed request, not before.
         if !self.dial_app() {
@@ -376,8 +372,7 @@ where
             span.in_scope(|| self.authorizer.observe(502, started.elapsed()));
             return;
         }
-        self.app_writer
-            .write(&mut self.to_app, id, &pseudo, &fields, end);
+        self.app_writer.write(&mut self.to_app, id, &fields, end);
         self.streams.insert(
             id,
             Stream {
@@ -431,16 +426,16 @@ where
 
     /// A request head refused for its form: audited as a refusal (as
     /// HTTP/1 audits its own), then reset ([`Self::malformed_request`]).
-    fn refuse_malformed(&mut self, id: u32, pseudo: &Pseudo, fields: &HeaderMap, why: Malformed) {
-        self.audit_malformed(pseudo, fields, why);
+    fn refuse_malformed(&mut self, id: u32, fields: &HeaderList, why: Malformed) {
+        self.audit_malformed(fields, why);
         self.malformed_request(id, Reason::PROTOCOL_ERROR);
     }
 
     /// The audit line of a request head refused for its form, naming the
     /// method and `:path` it has (empty when it has none).
-    fn audit_malformed(&self, pseudo: &Pseudo, fields: &HeaderMap, why: Malformed) {
-        let method = pseudo.method.as_ref().map_or("", Method::as_str);
-        let target = pseudo.path.as_deref().unwrap_or("");
+    fn audit_malformed(&self, fields: &HeaderList, why: Malformed) {
+        let method = fields.method().map_or("", Method::as_str);
+        let target = fields.path().unwrap_or("");
         self.authorizer
             .refused(method, target, Refusal::Malformed(why), is_grpc(fields));
     }
@@ -468,18 +463,13 @@ where
         fields: &[(HeaderName, HeaderValue)],
         request_open: bool,
     ) {
-        let mut map = HeaderMap::with_capacity(fields.len() + 1);
+        let mut answer = HeaderList::response(status);
         for (name, value) in fields {
-            map.insert(name.clone(), value.clone());
+            answer.append(name.as_str(), value.as_bytes(), value.is_sensitive());
         }
-        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        self.client_writer.write(
-            &mut self.to_client,
-            id,
-            &Pseudo::response(status),
-            &map,
-            true,
-        );
+        answer.append("content-length", b"0", false);
+        self.client_writer
+            .write(&mut self.to_client, id, &answer, true);
         if request_open {
             frame::put_reset(&mut self.to_client, id, Reason::NO_ERROR);
         }
@@ -492,24 +482,24 @@ where
 
 /// The request pseudo-fields as hyper's HTTP/2 server checks them (RFC
 /// 9113 §8.3.1): a malformed head resets its stream.
-fn check_request_pseudo(pseudo: &Pseudo) -> Result<(), &'static str> {
-    let Some(method) = &pseudo.method else {
+fn check_request_pseudo(pseudo: &HeaderList) -> Result<(), &'static str> {
+    let Some(method) = pseudo.method() else {
         return Err("missing :method");
     };
     let connect = method == Method::CONNECT;
-    if pseudo.protocol.is_some() {
+    if pseudo.protocol().is_some() {
         // Extended CONNECT is not offered.
         return Err(":protocol");
     }
-    if pseudo.status.is_some() {
+    if pseudo.status().is_some() {
         return Err(":status in a request");
     }
-    if let Some(authority) = &pseudo.authority
-        && http::uri::Authority::try_from(&**authority).is_err()
+    if let Some(authority) = pseudo.authority()
+        && http::uri::Authority::try_from(authority).is_err()
     {
         return Err("malformed :authority");
     }
-    match &pseudo.scheme {
+    match pseudo.scheme() {
         Some(_) if connect => return Err(":scheme in CONNECT"),
         Some(scheme) if scheme.parse::<http::uri::Scheme>().is_err() => {
             return Err("malformed :scheme");
@@ -517,10 +507,10 @@ fn check_request_pseudo(pseudo: &Pseudo) -> Result<(), &'static str> {
         None if !connect => return Err("missing :scheme"),
         _ => {}
     }
-    match &pseudo.path {
+    match pseudo.path() {
         Some(_) if connect => Err(":path in CONNECT"),
-        Some(path) if path.is_empty() => Err("empty :path"),
-        Some(path) if http::uri::PathAndQuery::try_from(&**path).is_err() => Err("malformed :path"),
+        Some("") => Err("empty :path"),
+        Some(path) if http::uri::PathAndQuery::try_from(path).is_err() => Err("malformed :path"),
         None if !connect => Err("missing :path"),
         _ => Ok(()),
     }
@@ -549,9 +539,9 @@ fn grpc_message() -> HeaderName {
 
 /// A gRPC request (`content-type: application/grpc…`): denials are answered
 /// the gRPC way, and audit lines say `grpc`.
-fn is_grpc(fields: &HeaderMap) -> bool {
+fn is_grpc(fields: &HeaderList) -> bool {
     fields
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+        .get(CONTENT_TYPE.as_str())
+        .and_then(visible_ascii)
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }

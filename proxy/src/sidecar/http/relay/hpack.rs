@@ -1,5 +1,6 @@
 //! Header blocks in: HEADERS and CONTINUATION frames, reassembled and
-//! HPACK-decoded (RFC 7541) into a request or response head.
+//! HPACK-decoded (RFC 7541) into a request or response head
+//! ([`HeaderList`]).
 //!
 //! Design bias: *decode once, from the bytes where they lie*. Every request
 //! through the HTTP/2 relay has two header blocks decoded on each sidecar,
@@ -10,7 +11,8 @@
 //! parsed. Here a block that fits one frame (nearly all do) is decoded
 //! from that frame's payload, strings are borrowed from it or Huffman-
 //! decoded into a scratch buffer ([`super::huffman`]), and the dynamic
-//! table keeps bytes. The checks are the ones the h2 crate made, with the
+//! table keeps bytes; the head it makes is bytes too, not the h2 crate's
+//! `Pseudo` and `HeaderMap` ([`super::header_list`]). The checks are the ones the h2 crate made, with the
 //! same outcomes, so that a request is refused alike whichever code reads
 //! it: the h2 codec stays as the oracle of the differential tests below.
 //!
@@ -37,14 +39,13 @@
 
 use std::collections::VecDeque;
 
+#[cfg(test)]
 use bytes::Bytes;
 use h2::Reason;
-use h2::ext::Protocol;
-use h2::frame::{BytesStr, Headers, Pseudo, StreamId};
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 
 use super::frame::{self, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, Head, PADDED};
+use super::header_list::{HeaderList, PseudoText, is_field_name, is_field_value};
 use super::huffman;
 
 /// The dynamic table's size: the protocol's default, which the relay never
@@ -84,7 +85,10 @@ pub enum Decoded {
 
 /// A decoded header block.
 pub struct Block {
-    pub headers: Headers,
+    pub stream: u32,
+    /// Its HEADERS frame had END_STREAM.
+    pub end_stream: bool,
+    pub fields: HeaderList,
     /// The header list passed `max_header_list`: what was decoded up to
     /// there is kept, the rest dropped.
     pub over_size: bool,
@@ -422,8 +426,7 @@ impl Default for Table {
 /// A head as its fields come: pseudo-fields, then regular ones, checked
 /// as the module doc says.
 struct HeadBuilder {
-    pseudo: Pseudo,
-    fields: HeaderMap,
+    list: HeaderList,
     regular_seen: bool,
     malformed: bool,
     /// The header list's size so far (§4.1's count, as for the table).
@@ -432,11 +435,14 @@ struct HeadBuilder {
     over_size: bool,
 }
 
+/// The most fields a head keeps (an `http::HeaderMap`'s own limit, which
+/// h2's decoder met as over size).
+const MAX_FIELDS: usize = 24_576;
+
 impl HeadBuilder {
     fn new(max: usize) -> Self {
         HeadBuilder {
-            pseudo: Pseudo::default(),
-            fields: HeaderMap::new(),
+            list: HeaderList::with_room(),
             regular_seen: false,
             malformed: false,
             size: 0,
@@ -445,63 +451,62 @@ impl HeadBuilder {
         }
     }
 
-    /// One field; `known`: its name made already (a static table entry's).
+    /// One field; `static_index`: its name is that static table entry's.
     fn field(
         &mut self,
         name: &[u8],
-        known: Option<&HeaderName>,
+        static_index: Option<u8>,
         value: &[u8],
         never_indexed: bool,
     ) -> Result<(), BlockError> {
         if let Some(pseudo) = name.strip_prefix(b":") {
             return self.pseudo_field(pseudo, value);
         }
-        let name = match known {
-            Some(name) => name.clone(),
-            // HTTP/2 names are lower case (§8.2.1); this refuses others.
-            None => HeaderName::from_lowercase(name).map_err(|_| PROTOCOL)?,
-        };
-        let mut value = HeaderValue::from_bytes(value).map_err(|_| PROTOCOL)?;
-        if is_connection_specific(&name) || (name == header::TE && value != "trailers") {
+        // HTTP/2 names are lower case (§8.2.1): this refuses others.
+        if (static_index.is_none() && !is_field_name(name)) || !is_field_value(value) {
+            return Err(PROTOCOL);
+        }
+        if is_connection_specific(name) || (name == b"te" && value != b"trailers") {
             self.malformed = true;
             return Ok(());
         }
         self.regular_seen = true;
-        self.count(name.as_str().len() + value.len())?;
-        if !self.over_size {
-            value.set_sensitive(never_indexed);
-            if self.fields.try_append(name, value).is_err() {
-                // The map's own limit (24 576 fields): as over size.
-                self.over_size = true;
+        self.count(name.len() + value.len())?;
+        if self.over_size {
+            return Ok(());
+        }
+        if self.list.len() >= MAX_FIELDS {
+            self.over_size = true;
+            return Ok(());
+        }
+        match static_index {
+            Some(index) => self.list.push_static(index, value, never_indexed),
+            // Checked above: a token is ASCII.
+            None => {
+                let name = std::str::from_utf8(name).map_err(|_| PROTOCOL)?;
+                self.list.append(name, value, never_indexed);
             }
         }
         Ok(())
     }
 
     fn pseudo_field(&mut self, name: &[u8], value: &[u8]) -> Result<(), BlockError> {
-        let text = || BytesStr::try_from(Bytes::copy_from_slice(value)).map_err(|_| PROTOCOL);
+        let text = || std::str::from_utf8(value).map_err(|_| PROTOCOL);
         // Parsed first: a value that does not parse ends the connection,
         // malformed or not (as with h2's decoder).
         let field = match name {
             b"method" => PseudoField::Method(Method::from_bytes(value).map_err(|_| PROTOCOL)?),
-            b"scheme" => PseudoField::Scheme(text()?),
-            b"authority" => PseudoField::Authority(text()?),
-            b"path" => PseudoField::Path(text()?),
-            b"protocol" => {
-                let text = std::str::from_utf8(value).map_err(|_| PROTOCOL)?;
-                PseudoField::Protocol(Protocol::from(text))
-            }
+            b"scheme" => PseudoField::Text(PseudoText::Scheme, text()?),
+            b"authority" => PseudoField::Text(PseudoText::Authority, text()?),
+            b"path" => PseudoField::Text(PseudoText::Path, text()?),
+            b"protocol" => PseudoField::Text(PseudoText::Protocol, text()?),
             b"status" => PseudoField::Status(StatusCode::from_bytes(value).map_err(|_| PROTOCOL)?),
             _ => return Err(PROTOCOL),
         };
-        let p = &self.pseudo;
-        let already = match field {
-            PseudoField::Method(_) => p.method.is_some(),
-            PseudoField::Scheme(_) => p.scheme.is_some(),
-            PseudoField::Authority(_) => p.authority.is_some(),
-            PseudoField::Path(_) => p.path.is_some(),
-            PseudoField::Protocol(_) => p.protocol.is_some(),
-            PseudoField::Status(_) => p.status.is_some(),
+        let already = match &field {
+            PseudoField::Method(_) => self.list.method().is_some(),
+            PseudoField::Text(which, _) => self.list.has_text(*which),
+            PseudoField::Status(_) => self.list.status().is_some(),
         };
         if self.regular_seen || already {
             // After a regular field, or twice (§8.3).
@@ -512,14 +517,10 @@ impl HeadBuilder {
         if self.over_size {
             return Ok(());
         }
-        let p = &mut self.pseudo;
         match field {
-            PseudoField::Method(v) => p.method = Some(v),
-            PseudoField::Scheme(v) => p.scheme = Some(v),
-            PseudoField::Authority(v) => p.authority = Some(v),
-            PseudoField::Path(v) => p.path = Some(v),
-            PseudoField::Protocol(v) => p.protocol = Some(v),
-            PseudoField::Status(v) => p.status = Some(v),
+            PseudoField::Method(method) => self.list.set_method(method),
+            PseudoField::Text(which, text) => self.list.set_text(which, text),
+            PseudoField::Status(status) => self.list.set_status(status),
         }
         Ok(())
     }
@@ -541,50 +542,37 @@ impl HeadBuilder {
         if self.malformed {
             return Err(BlockError::Stream(stream, Reason::PROTOCOL_ERROR));
         }
-        let mut headers = Headers::new(StreamId::from(stream), self.pseudo, self.fields);
-        headers.set_end_headers();
-        if end_stream {
-            headers.set_end_stream();
-        }
         Ok(Block {
-            headers,
+            stream,
+            end_stream,
+            fields: self.list,
             over_size: self.over_size,
         })
     }
 }
 
 /// A pseudo-field, parsed.
-enum PseudoField {
+enum PseudoField<'v> {
     Method(Method),
-    Scheme(BytesStr),
-    Authority(BytesStr),
-    Path(BytesStr),
-    Protocol(Protocol),
+    Text(PseudoText, &'v str),
     Status(StatusCode),
 }
 
 /// Fields that name a property of one connection, not of the message: an
 /// HTTP/2 head carrying one is malformed (RFC 9113 §8.2.2).
-fn is_connection_specific(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == "keep-alive"
-        || name == "proxy-connection"
+fn is_connection_specific(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection" | b"transfer-encoding" | b"upgrade" | b"keep-alive" | b"proxy-connection"
+    )
 }
 
-/// The name of static table entry `index` as a `HeaderName`, for the
-/// regular ones (15–61); `None` for a pseudo-field's or a dynamic entry's.
-fn static_name(index: usize) -> Option<&'static HeaderName> {
-    /// Made once, where `from_lowercase` would check and look up each
-    /// name again at every use.
-    static NAMES: std::sync::LazyLock<[Option<HeaderName>; 61]> = std::sync::LazyLock::new(|| {
-        std::array::from_fn(|i| {
-            let name = STATIC_TABLE[i].0;
-            (!name.starts_with(':')).then(|| HeaderName::from_static(name))
-        })
-    });
-    NAMES.get(index.checked_sub(1)?)?.as_ref()
+/// `index` when it is a regular field's static table entry (15–61);
+/// `None` for a pseudo-field's or a dynamic entry's.
+fn static_name(index: usize) -> Option<u8> {
+    (15..=STATIC_TABLE.len())
+        .contains(&index)
+        .then_some(index as u8)
 }
 
 /// RFC 7541 Appendix A: index 1 is the first entry.
@@ -667,7 +655,7 @@ mod oracle {
     use h2::frame::{Frame, Headers};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-    use super::{Block, BlockError, Decoded, HeaderBlocks};
+    use super::{Block, BlockError, Decoded, HeaderBlocks, HeaderList};
 
     pub fn codec(max_header_list: usize) -> h2::Codec<Memory, Bytes> {
         let mut codec = h2::Codec::new(Memory::default());
@@ -700,8 +688,13 @@ mod oracle {
             let decoded = match Pin::new(&mut self.codec).poll_next(&mut cx) {
                 Poll::Pending => Ok(Decoded::Continues),
                 Poll::Ready(Some(Ok(Frame::Headers(headers)))) => Ok(Decoded::Block(Block {
+                    stream: headers.stream_id().into(),
+                    end_stream: headers.is_end_stream(),
                     over_size: headers.is_over_size(),
-                    headers,
+                    fields: {
+                        let (pseudo, fields) = headers.into_parts();
+                        HeaderList::from_h2(&pseudo, &fields)
+                    },
                 })),
                 Poll::Ready(Some(Ok(_))) => Err(BlockError::Connection(Reason::PROTOCOL_ERROR)),
                 Poll::Ready(Some(Err(h2::proto::Error::Reset(stream, reason, _)))) => {
@@ -766,7 +759,9 @@ mod oracle {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use http::Uri;
+    use h2::frame::{Headers, Pseudo, StreamId};
+    use http::header::{HeaderName, HeaderValue};
+    use http::{HeaderMap, Uri};
     use proptest::prelude::*;
 
     fn request(stream: u32, path: &str, extra: usize) -> Headers {
@@ -787,14 +782,13 @@ mod tests {
         for stream in [1u32, 3, 5] {
             let mut wire = BytesMut::new();
             sender.encode(request(stream, "/a?b", 10), &mut wire);
-            let Ok(Decoded::Block(Block { headers, .. })) = receiver.decode(&wire) else {
+            let Ok(Decoded::Block(block)) = receiver.decode(&wire) else {
                 panic!("one whole block");
             };
-            assert_eq!(u32::from(headers.stream_id()), stream);
-            assert!(headers.is_end_stream());
-            let (pseudo, fields) = headers.into_parts();
-            assert_eq!(pseudo.path.as_deref(), Some("/a?b"));
-            assert_eq!(fields["x-long"], "vvvvvvvvvv");
+            assert_eq!(block.stream, stream);
+            assert!(block.end_stream);
+            assert_eq!(block.fields.path(), Some("/a?b"));
+            assert_eq!(block.fields.get("x-long"), Some(&b"vvvvvvvvvv"[..]));
         }
     }
 
@@ -814,11 +808,11 @@ mod tests {
         for frame in &frames[..frames.len() - 1] {
             assert!(matches!(receiver.decode(frame), Ok(Decoded::Continues)));
         }
-        let Ok(Decoded::Block(Block { headers, .. })) = receiver.decode(frames[frames.len() - 1])
+        let Ok(Decoded::Block(Block { fields, .. })) = receiver.decode(frames[frames.len() - 1])
         else {
             panic!("the block at its last frame");
         };
-        assert_eq!(headers.fields()["x-long"].len(), 40_000);
+        assert_eq!(fields.get("x-long").unwrap().len(), 40_000);
     }
 
     #[test]
@@ -861,10 +855,10 @@ mod tests {
     }
 
     fn decoded(result: Result<Decoded, BlockError>) -> Vec<(String, String)> {
-        let Ok(Decoded::Block(Block { headers, .. })) = result else {
+        let Ok(Decoded::Block(Block { fields, .. })) = result else {
             panic!("a block");
         };
-        let (pseudo, fields) = headers.into_parts();
+        let (pseudo, fields) = fields.to_h2();
         let mut out: Vec<(String, String)> = Vec::new();
         if let Some(status) = pseudo.status {
             out.push((":status".into(), status.as_str().into()));
@@ -1018,11 +1012,12 @@ mod tests {
         let mut frame = BytesMut::new();
         super::super::frame::put_head(&mut frame, block.len(), HEADERS, END_HEADERS, 2);
         frame.extend_from_slice(&block);
-        let Ok(Decoded::Block(Block { headers, .. })) = receiver.decode(&frame) else {
+        let Ok(Decoded::Block(Block { fields, .. })) = receiver.decode(&frame) else {
             panic!("a block");
         };
-        assert!(headers.fields()["x-secret"].is_sensitive());
-        assert!(!headers.fields()["x-public"].is_sensitive());
+        let sensitive = |name: &str| fields.fields().find(|f| f.name == name).unwrap().sensitive;
+        assert!(sensitive("x-secret"));
+        assert!(!sensitive("x-public"));
     }
 
     #[test]
@@ -1045,10 +1040,10 @@ mod tests {
             (Ok(Decoded::Continues), Ok(Decoded::Continues)) => {}
             (Ok(Decoded::Block(a)), Ok(Decoded::Block(b))) => {
                 assert_eq!(a.over_size, b.over_size, "over size");
-                assert_eq!(a.headers.stream_id(), b.headers.stream_id());
-                assert_eq!(a.headers.is_end_stream(), b.headers.is_end_stream());
-                let (pseudo_a, fields_a) = a.headers.into_parts();
-                let (pseudo_b, fields_b) = b.headers.into_parts();
+                assert_eq!(a.stream, b.stream);
+                assert_eq!(a.end_stream, b.end_stream);
+                let (pseudo_a, fields_a) = a.fields.to_h2();
+                let (pseudo_b, fields_b) = b.fields.to_h2();
                 assert_eq!(format!("{pseudo_a:?}"), format!("{pseudo_b:?}"));
                 let fields = |map: HeaderMap| -> Vec<_> { map.into_iter().collect() };
                 assert_eq!(fields(fields_a), fields(fields_b));

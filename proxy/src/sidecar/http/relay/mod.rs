@@ -8,7 +8,8 @@
 //! whose only change is its head. Here one task reads frames from both
 //! sides and passes them on, with the same stream IDs on both connections:
 //! - **Header blocks** are decoded ([`hpack`], one decoder per side, the
-//!   state HPACK requires), and a request head goes through
+//!   state HPACK requires) into a [`header_list::HeaderList`] (the fields'
+//!   bytes where they came, in order), and a request head goes through
 //!   [`super::authorize_request`], the check HTTP/1 shares. An allowed one
 //!   is re-encoded to the app with `x-appid-*` replaced; a denied one never
 //!   reaches the app — its stream ID is skipped there (a later, higher ID
@@ -48,12 +49,14 @@
 //! closing) and what both directions share; [`from_client`] handles the
 //! client's frames and authorizes each request; [`from_app`] handles the
 //! app's frames, its GOAWAY and its going; [`frame`],
-//! [`hpack`] (in) and [`encode`] (out) are the wire.
+//! [`hpack`] (in) and [`encode`] (out) are the wire, [`header_list`] what
+//! a decoded head is between them.
 
 mod encode;
 mod frame;
 mod from_app;
 mod from_client;
+mod header_list;
 mod hpack;
 mod huffman;
 
@@ -66,13 +69,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use h2::Reason;
-use http::header::{CONTENT_LENGTH, HeaderName};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
+use http::header::CONTENT_LENGTH;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use self::encode::BlockWriter;
 use self::frame::Head;
+use self::header_list::HeaderList;
 use self::hpack::HeaderBlocks;
 use super::flood::FrameBudget;
 use super::h1::framing::{BodyLength, FramingError, body_length};
@@ -650,21 +654,21 @@ where
 /// calls such a message malformed (RFC 9113 §8.2.1), which an intermediary
 /// must not forward (§8.1.1) — an app that trims would act on a value the
 /// client spelled differently. h2's decoder lets it through.
-fn padded_value(fields: &HeaderMap) -> Option<&HeaderName> {
+fn padded_value(fields: &HeaderList) -> Option<&str> {
     let padded = |b: &u8| *b == b' ' || *b == b'\t';
-    fields.iter().find_map(|(name, value)| {
-        let bytes = value.as_bytes();
-        (bytes.first().is_some_and(padded) || bytes.last().is_some_and(padded)).then_some(name)
+    fields.fields().find_map(|field| {
+        let bytes = field.value;
+        (bytes.first().is_some_and(padded) || bytes.last().is_some_and(padded))
+            .then_some(field.name)
     })
 }
 
 /// The body length a message declares in `content-length` (HTTP/1's
 /// parser: one integer, repeated values equal), `None` without one.
-fn declared_length(fields: &HeaderMap) -> Result<Option<u64>, FramingError> {
+fn declared_length(fields: &HeaderList) -> Result<Option<u64>, FramingError> {
     let values = fields
-        .get_all(CONTENT_LENGTH)
-        .iter()
-        .map(|value| ("content-length", value.as_bytes()));
+        .get_all(CONTENT_LENGTH.as_str())
+        .map(|value| ("content-length", value));
     // (`transfer-encoding` never gets here: h2's decoder refuses it.)
     match body_length(values, false)? {
         BodyLength::Length(n) => Ok(Some(n)),

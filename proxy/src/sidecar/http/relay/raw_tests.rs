@@ -109,7 +109,7 @@ impl Peer {
                 let bytes = self.input.split_to(frame::HEADER_LEN + head.len).freeze();
                 let block = if matches!(head.kind, frame::HEADERS | frame::CONTINUATION) {
                     match self.blocks.decode(&bytes) {
-                        Ok(Decoded::Block(block)) => Some(block.headers.into_parts()),
+                        Ok(Decoded::Block(block)) => Some(block.fields.to_h2()),
                         _ => None,
                     }
                 } else {
