@@ -104,26 +104,41 @@ const VALUE_ROOM: usize = 1024;
 const TEXT_ROOM: usize = 256;
 const FIELD_ROOM: usize = 24;
 
+/// Buffers of lists that were dropped, kept for the next head decoded on
+/// the same thread (a worker's connections take turns on it): four
+/// allocations a block fewer. At most [`KEPT_BUFFERS`] sets, and only
+/// buffers that did not grow past twice their room.
+type Buffers = (String, Vec<u8>, Vec<Field>);
+const KEPT_BUFFERS: usize = 8;
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl HeaderList {
     /// An empty list with room for a typical head.
     pub fn with_room() -> HeaderList {
+        let kept = KEPT.with(|kept| kept.borrow_mut().pop());
+        let (text, values, fields) = kept.unwrap_or_else(|| {
+            (
+                String::with_capacity(TEXT_ROOM),
+                Vec::with_capacity(VALUE_ROOM),
+                Vec::with_capacity(FIELD_ROOM),
+            )
+        });
         HeaderList {
-            text: String::with_capacity(TEXT_ROOM),
-            values: Vec::with_capacity(VALUE_ROOM),
+            text,
+            values,
             pseudo: Pseudo::default(),
-            fields: Vec::with_capacity(FIELD_ROOM),
+            fields,
         }
     }
 
     /// A response head with `status` and no fields.
     pub fn response(status: StatusCode) -> HeaderList {
-        HeaderList {
-            pseudo: Pseudo {
-                status: Some(status),
-                ..Pseudo::default()
-            },
-            ..HeaderList::default()
-        }
+        let mut list = HeaderList::default();
+        list.pseudo.status = Some(status);
+        list
     }
 
     pub fn method(&self) -> Option<&Method> {
@@ -302,6 +317,35 @@ fn push_bytes(bytes: &mut Vec<u8>, more: &[u8]) -> Span {
     span
 }
 
+impl Drop for HeaderList {
+    fn drop(&mut self) {
+        let usual = self.text.capacity() <= 2 * TEXT_ROOM
+            && self.values.capacity() <= 2 * VALUE_ROOM
+            && self.fields.capacity() <= 2 * FIELD_ROOM
+            && self.values.capacity() >= VALUE_ROOM;
+        if !usual {
+            return;
+        }
+        let mut buffers = (
+            std::mem::take(&mut self.text),
+            std::mem::take(&mut self.values),
+            std::mem::take(&mut self.fields),
+        );
+        buffers.0.clear();
+        buffers.1.clear();
+        buffers.2.clear();
+        // `try_with`: a list dropped while the thread itself ends keeps
+        // nothing.
+        let _ = KEPT.try_with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut()
+                && kept.len() < KEPT_BUFFERS
+            {
+                kept.push(buffers);
+            }
+        });
+    }
+}
+
 /// A policy's header lookups (the check HTTP/1 shares).
 impl Headers for HeaderList {
     fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
@@ -464,6 +508,19 @@ mod tests {
 
     #[test]
     fn field_values_are_what_the_http_crate_accepts() {
+        // Every byte at every place of a value long enough for whole
+        // words and a remainder.
+        for b in 0..=255u8 {
+            for at in 0..19 {
+                let mut value = *b"abcdefghijklmnopqrs";
+                value[at] = b;
+                assert_eq!(
+                    is_field_value(&value),
+                    HeaderValue::from_bytes(&value).is_ok(),
+                    "{b} at {at}"
+                );
+            }
+        }
         for b in 0..=255u8 {
             let value = [b'a', b, b'z'];
             assert_eq!(
@@ -476,6 +533,25 @@ mod tests {
                 .and_then(|v| v.to_str().ok().map(str::to_owned));
             assert_eq!(visible_ascii(&value).map(str::to_owned), expected, "{b}");
         }
+    }
+
+    #[test]
+    fn a_kept_lists_buffers_come_back_empty() {
+        for _ in 0..2 * KEPT_BUFFERS {
+            let mut list = HeaderList::with_room();
+            assert_eq!(list.len(), 0);
+            assert_eq!(list.get("x-old"), None);
+            assert_eq!((list.path(), list.status()), (None, None));
+            list.set_text(PseudoText::Path, "/old");
+            list.set_status(StatusCode::OK);
+            list.append("x-old", b"stale", false);
+            assert_eq!(list.get("x-old"), Some(&b"stale"[..]));
+        }
+        // One that grew past its room is not kept, and takes none.
+        let mut big = HeaderList::with_room();
+        big.append("x-big", &[b'b'; 4 * VALUE_ROOM], false);
+        drop(big);
+        assert_eq!(HeaderList::with_room().len(), 0);
     }
 
     #[test]

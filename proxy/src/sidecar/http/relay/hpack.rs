@@ -273,11 +273,7 @@ impl HeaderBlocks {
                 let value = string(&mut src, value_text)?.unwrap_or(value_text);
                 head.field(name, static_name(index), value, never)?;
                 if indexing {
-                    let entry = Entry {
-                        name: name.into(),
-                        value: value.into(),
-                    };
-                    table.insert(entry);
+                    table.insert(Entry::new(name, value));
                 }
             }
             fields_seen = true;
@@ -360,15 +356,27 @@ struct Table {
     max: usize,
 }
 
+/// A table entry: its name, then its value, in one allocation.
 struct Entry {
-    name: Box<[u8]>,
-    value: Box<[u8]>,
+    bytes: Box<[u8]>,
+    name_len: usize,
 }
 
 impl Entry {
+    fn new(name: &[u8], value: &[u8]) -> Entry {
+        Entry {
+            bytes: [name, value].concat().into(),
+            name_len: name.len(),
+        }
+    }
+
+    fn name_value(&self) -> (&[u8], &[u8]) {
+        self.bytes.split_at(self.name_len)
+    }
+
     /// Its size as §4.1 counts it.
     fn size(&self) -> usize {
-        self.name.len() + self.value.len() + 32
+        self.bytes.len() + 32
     }
 }
 
@@ -382,7 +390,7 @@ impl Table {
             .checked_sub(STATIC_TABLE.len() + 1)
             .and_then(|i| self.entries.get(i))
             .ok_or(COMPRESSION)?;
-        Ok((&entry.name, &entry.value))
+        Ok(entry.name_value())
     }
 
     fn insert(&mut self, entry: Entry) {

@@ -6,8 +6,9 @@
 //! so Appendix B's column of code lengths determines every code; the
 //! tables here are derived from it at compile time. Codes of up to 8 bits
 //! (lower-case letters, digits and the usual punctuation: most of what a
-//! header holds) decode with one lookup of the next 8 bits; longer ones
-//! walk the lengths from 9 up. A string ends in at most 7 bits of padding,
+//! header holds) decode with one lookup of the next 8 bits, and two of
+//! them that fit in 12 bits (most pairs of those) with one lookup of the
+//! next 12; longer ones walk the lengths from 9 up. A string ends in at most 7 bits of padding,
 //! all ones (the start of EOS); anything else, and EOS itself, is an
 //! error (§5.2).
 
@@ -50,6 +51,10 @@ struct Tables {
     /// By the next 8 bits: the symbol whose code of at most 8 bits they
     /// begin with, and that code's length; length 0 for a longer code.
     short: [(u8, u8); 256],
+    /// By the next 12 bits: the one or two symbols whose codes (each of at
+    /// most 8 bits) they begin with, packed as `first | second << 8 |
+    /// bits << 16 | symbols << 24`; 0 symbols when the first code is longer.
+    pairs: [u32; 4096],
 }
 
 static TABLES: Tables = build();
@@ -61,6 +66,7 @@ const fn build() -> Tables {
         count: [0; MAX_LEN + 1],
         symbols: [0; 257],
         short: [(0, 0); 256],
+        pairs: [0; 4096],
     };
     let mut s = 0;
     while s < 257 {
@@ -102,6 +108,23 @@ const fn build() -> Tables {
         }
         len += 1;
     }
+    let mut v = 0;
+    while v < 4096 {
+        let (first, first_len) = t.short[v >> 4];
+        if first_len != 0 {
+            // The bits after the first code, as the top of an 8-bit window
+            // (a code found there counts only if it fits in what is left).
+            let after = (v << first_len) & 0xfff;
+            let (second, second_len) = t.short[after >> 4];
+            let (count, used) = if second_len != 0 && first_len + second_len <= 12 {
+                (2, first_len + second_len)
+            } else {
+                (1, first_len)
+            };
+            t.pairs[v] = first as u32 | (second as u32) << 8 | (used as u32) << 16 | count << 24;
+        }
+        v += 1;
+    }
     t
 }
 
@@ -132,6 +155,18 @@ pub fn decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
                     bits += 8;
                     rest = after;
                 }
+            }
+        }
+        if bits >= 12 {
+            let pair = t.pairs[((acc >> (bits - 12)) & 0xfff) as usize];
+            let count = pair >> 24;
+            if count != 0 {
+                out.push(pair as u8);
+                if count == 2 {
+                    out.push((pair >> 8) as u8);
+                }
+                bits -= (pair >> 16) & 0xff;
+                continue;
             }
         }
         if bits >= 8 {
