@@ -83,8 +83,14 @@ impl fmt::Display for PathError {
 /// absolute form (`http://host/p`) after the authority (`/` when there is
 /// no path); `*` as is.
 pub fn path_of(target: &str) -> &str {
-    let path = match target.find("://") {
-        Some(scheme_end) if !target.starts_with('/') => {
+    // Origin form (nearly every request) first: no search for `://`.
+    let found = if target.starts_with('/') {
+        None
+    } else {
+        target.find("://")
+    };
+    let path = match found {
+        Some(scheme_end) => {
             // The authority ends at the first `/`, `?` or `#`.
             let rest = &target[scheme_end + 3..];
             match rest.find(['/', '?', '#']) {
@@ -94,7 +100,7 @@ pub fn path_of(target: &str) -> &str {
         }
         _ => target,
     };
-    path.split(['?', '#']).next().unwrap_or(path)
+    path.find(['?', '#']).map_or(path, |end| &path[..end])
 }
 
 /// The canonical path of a request target (see the module docs).

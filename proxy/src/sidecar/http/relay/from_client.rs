@@ -495,6 +495,7 @@ fn check_request_pseudo(pseudo: &HeaderList) -> Result<(), &'static str> {
         return Err(":status in a request");
     }
     if let Some(authority) = pseudo.authority()
+        && !plain_authority(authority)
         && http::uri::Authority::try_from(authority).is_err()
     {
         return Err("malformed :authority");
@@ -510,10 +511,31 @@ fn check_request_pseudo(pseudo: &HeaderList) -> Result<(), &'static str> {
     match pseudo.path() {
         Some(_) if connect => Err(":path in CONNECT"),
         Some("") => Err("empty :path"),
-        Some(path) if http::uri::PathAndQuery::try_from(path).is_err() => Err("malformed :path"),
+        Some(path) if !plain_path(path) && http::uri::PathAndQuery::try_from(path).is_err() => {
+            Err("malformed :path")
+        }
         None if !connect => Err("missing :path"),
         _ => Ok(()),
     }
+}
+
+/// An `:authority` so plain (`host` or `host:port` of letters, digits,
+/// dots and dashes) that the `http` crate's parser, which the others go
+/// through, surely takes it: that parser copies what it reads into an
+/// allocation of its own, which the relay would drop at once.
+fn plain_authority(authority: &str) -> bool {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-');
+    let (host, port) = authority.split_once(':').unwrap_or((authority, ""));
+    (1..=255).contains(&authority.len())
+        && host.bytes().all(|b| plain(&b))
+        && port.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A `:path` so plain (`/` then letters, digits and `/._~-?=&+`) that the
+/// `http` crate's parser surely takes it (as [`plain_authority`]).
+fn plain_path(path: &str) -> bool {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/._~-?=&+".contains(&b);
+    path.starts_with('/') && path.len() <= 4096 && path.bytes().all(plain)
 }
 
 /// Policy text (a rule name, a reason) as a header value of our own:
@@ -544,4 +566,49 @@ fn is_grpc(fields: &HeaderList) -> bool {
         .get(CONTENT_TYPE.as_str())
         .and_then(visible_ascii)
         .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{plain_authority, plain_path};
+
+    #[test]
+    fn usual_authorities_and_paths_are_plain() {
+        for authority in ["api.test", "api.test:8443", "10.0.0.1:80", "localhost"] {
+            assert!(plain_authority(authority), "{authority}");
+        }
+        for authority in ["", "a:1:2", "[::1]:80", "user@host", "a_b", "h:x"] {
+            assert!(!plain_authority(authority), "{authority}");
+        }
+        for path in ["/", "/bench.Echo/Call", "/a/b?x=1&y=2+3", "/~u/v-w_x"] {
+            assert!(plain_path(path), "{path}");
+        }
+        for path in ["", "*", "a", "/a#f", "/a b", "/%41", "/é"] {
+            assert!(!plain_path(path), "{path}");
+        }
+    }
+
+    proptest! {
+        /// The shortcut only ever takes what the `http` crate's parsers
+        /// take (what is not plain still goes through them).
+        #[test]
+        fn what_is_plain_the_http_crate_takes(
+            text in prop_oneof![
+                "[a-zA-Z0-9./:@%?#&=+~_\\-\\[\\] é]{0,40}",
+                // Mostly plain: the shortcut's own alphabets.
+                "[a-zA-Z0-9.:\\-]{0,30}",
+                "/[a-zA-Z0-9/._~?=&+\\-]{0,40}",
+            ],
+        ) {
+            if plain_authority(&text) {
+                prop_assert!(http::uri::Authority::try_from(text.as_str()).is_ok(), "{}", text);
+            }
+            if plain_path(&text) {
+                let parsed = http::uri::PathAndQuery::try_from(text.as_str());
+                prop_assert_eq!(parsed.map(|p| p.as_str().to_owned()).ok(), Some(text.clone()));
+            }
+        }
+    }
 }

@@ -364,8 +364,11 @@ struct Entry {
 
 impl Entry {
     fn new(name: &[u8], value: &[u8]) -> Entry {
+        let mut bytes = Vec::with_capacity(name.len() + value.len());
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(value);
         Entry {
-            bytes: [name, value].concat().into(),
+            bytes: bytes.into_boxed_slice(),
             name_len: name.len(),
         }
     }
