@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use appid_policy::policy::Headers;
 use futures_util::future::Either;
-use http::HeaderMap;
 use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -265,22 +264,6 @@ pub fn visit_header_values<'f>(
     }
 }
 
-/// Removes every `x-appid-*` header (either spelling): only sidecars set
-/// them. Used on requests from callers and, inbound, on the app's responses.
-pub fn strip_appid_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| is_appid_header(name.as_str())) {
-        return;
-    }
-    let spoofed: Vec<http::header::HeaderName> = headers
-        .keys()
-        .filter(|name| is_appid_header(name.as_str()))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
 /// The answer for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestVerdict {
@@ -477,14 +460,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_only_appid_headers() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("x-appid-peer-id", HeaderValue::from_static("spoofed"));
-        headers.insert("x_appid_peer_id", HeaderValue::from_static("spoofed"));
-        headers.insert("x-appid-anything", HeaderValue::from_static("spoofed"));
-        headers.insert("x-other", HeaderValue::from_static("kept"));
-        strip_appid_headers(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert_eq!(headers["x-other"], "kept");
+    fn appid_headers_in_either_spelling_and_any_case() {
+        for name in [
+            "x-appid-peer-id",
+            "x_appid_peer_id",
+            "X-AppID-Anything",
+            "x-appid-",
+        ] {
+            assert!(is_appid_header(name), "{name}");
+        }
+        for name in ["x-other", "x-appid", "appid-peer-id", "x-appidpeer"] {
+            assert!(!is_appid_header(name), "{name}");
+        }
     }
 }

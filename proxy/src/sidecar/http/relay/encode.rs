@@ -237,7 +237,7 @@ fn static_name(name: &str) -> Option<usize> {
 mod tests {
     use super::super::hpack::{Block, Decoded, HeaderBlocks, STATIC_TABLE};
     use super::*;
-    use h2::frame::Pseudo;
+    use h2::frame::{Headers, Pseudo, StreamId};
     use http::header::{HeaderName, HeaderValue};
     use http::{HeaderMap, Method, StatusCode, Uri};
     use proptest::prelude::*;
@@ -339,6 +339,44 @@ mod tests {
             wire[frame::HEADER_LEN..frame::HEADER_LEN + 3],
             [0x88, 0x1f, 8]
         );
+    }
+
+    /// Fields our decoder read with a static-table name come out with that
+    /// index (and a never-indexed one still marked): decoded by our
+    /// decoder from h2's encoding, written, read back by h2's decoder.
+    #[test]
+    fn fields_decoded_with_a_static_name_are_written_with_it() {
+        let mut fields = HeaderMap::new();
+        fields.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        let mut secret = HeaderValue::from_static("Bearer x");
+        secret.set_sensitive(true);
+        fields.insert(http::header::AUTHORIZATION, secret);
+        fields.insert("x-custom", HeaderValue::from_static("1"));
+        let head = Headers::new(
+            StreamId::from(1),
+            Pseudo::response(StatusCode::OK),
+            fields.clone(),
+        );
+        let mut wire = BytesMut::new();
+        HeaderBlocks::new(1 << 16).encode(head, &mut wire);
+        let Ok(Decoded::Block(block)) = HeaderBlocks::new(1 << 16).decode(&wire) else {
+            panic!("one whole block");
+        };
+        let indexes: Vec<_> = block.fields.fields().map(|f| f.static_index).collect();
+        assert_eq!(indexes, [Some(31), Some(23), None]);
+        let mut out = BytesMut::new();
+        BlockWriter::default().write(&mut out, 1, &block.fields, true);
+        // :status 200; content-type: name index 31 (0x0f, 31 - 15), plain
+        // value; authorization: never indexed, name index 23.
+        let written = &out[frame::HEADER_LEN..];
+        assert_eq!(written[..3], [0x88, 0x0f, 31 - 15]);
+        let at = 3 + 1 + "text/plain".len();
+        assert_eq!(written[at..at + 2], [0x1f, 23 - 15]);
+        let back = decode(&mut HeaderBlocks::new(1 << 16), &out);
+        assert_eq!(back.fields.to_h2().1, fields);
     }
 
     /// The encoder's name lookup (a `match`, what the hot path wants) and

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::frame::{self, Head};
-use super::header_list::{HeaderList, is_field_value, visible_ascii};
+use super::header_list::{HeaderList, visible_ascii};
 use super::hpack::{Block, BlockError, Decoded};
 use super::{
     App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, declared_length, padded_value,
@@ -347,15 +347,16 @@ where
             span.in_scope(|| self.authorizer.observe(status.as_u16(), started.elapsed()));
             return;
         }
-        // x-appid-* is the sidecars' to set (as HTTP/1's
-        // `strip_appid_headers`).
+        // x-appid-* is the sidecars' to set (`is_appid_header`, as HTTP/1
+        // drops them).
         fields.retain(|name| !is_appid_header(name));
         // Ours replaces theirs: the next hop's parent is this request's span.
         if let Some(context) = trace::outgoing(&span) {
             fields.remove(TRACEPARENT);
             fields.remove(TRACESTATE);
             for (name, value) in context.headers() {
-                if is_field_value(value.as_bytes()) {
+                // As `HeaderValue::from_str` took them: visible ASCII.
+                if visible_ascii(value.as_bytes()).is_some() {
                     fields.insert(name, value.as_bytes(), false);
                 }
             }
@@ -520,9 +521,10 @@ fn check_request_pseudo(pseudo: &HeaderList) -> Result<(), &'static str> {
 }
 
 /// An `:authority` so plain (`host` or `host:port` of letters, digits,
-/// dots and dashes) that the `http` crate's parser, which the others go
-/// through, surely takes it: that parser copies what it reads into an
-/// allocation of its own, which the relay would drop at once.
+/// dots and dashes; either part may be empty, as the `http` crate allows)
+/// that the `http` crate's parser, which the others go through, surely
+/// takes it: that parser copies what it reads into an allocation of its
+/// own, which the relay would drop at once.
 fn plain_authority(authority: &str) -> bool {
     let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-');
     let (host, port) = authority.split_once(':').unwrap_or((authority, ""));

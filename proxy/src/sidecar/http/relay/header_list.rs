@@ -118,7 +118,10 @@ thread_local! {
 impl HeaderList {
     /// An empty list with room for a typical head.
     pub fn with_room() -> HeaderList {
-        let kept = KEPT.with(|kept| kept.borrow_mut().pop());
+        let kept = KEPT
+            .try_with(|kept| kept.try_borrow_mut().ok().and_then(|mut kept| kept.pop()))
+            .ok()
+            .flatten();
         let (text, values, fields) = kept.unwrap_or_else(|| {
             (
                 String::with_capacity(TEXT_ROOM),
@@ -206,7 +209,9 @@ impl HeaderList {
             .map(|field| field.value)
     }
 
-    /// Keeps the fields whose name `keep` says yes to.
+    /// Keeps the fields whose name `keep` says yes to. (The bytes of the
+    /// others stay in the buffers until the list is dropped: a head loses
+    /// a few fields, never many.)
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         let HeaderList { text, fields, .. } = self;
         fields.retain(|field| keep(name_of(text, field.name)));
@@ -299,7 +304,10 @@ fn name_of(text: &str, name: Name) -> &str {
     }
 }
 
+/// Spans are `u32`: a head's buffers are bounded by the header list
+/// limit (4 times it at most, `hpack::ABUSE_FACTOR`), far under 4 GiB.
 fn push_text(text: &mut String, more: &str) -> Span {
+    debug_assert!(text.len() + more.len() <= u32::MAX as usize);
     let span = Span {
         start: text.len() as u32,
         len: more.len() as u32,
@@ -309,6 +317,7 @@ fn push_text(text: &mut String, more: &str) -> Span {
 }
 
 fn push_bytes(bytes: &mut Vec<u8>, more: &[u8]) -> Span {
+    debug_assert!(bytes.len() + more.len() <= u32::MAX as usize);
     let span = Span {
         start: bytes.len() as u32,
         len: more.len() as u32,

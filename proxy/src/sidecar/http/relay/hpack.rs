@@ -12,9 +12,10 @@
 //! from that frame's payload, strings are borrowed from it or Huffman-
 //! decoded into a scratch buffer ([`super::huffman`]), and the dynamic
 //! table keeps bytes; the head it makes is bytes too, not the h2 crate's
-//! `Pseudo` and `HeaderMap` ([`super::header_list`]). The checks are the ones the h2 crate made, with the
-//! same outcomes, so that a request is refused alike whichever code reads
-//! it: the h2 codec stays as the oracle of the differential tests below.
+//! `Pseudo` and `HeaderMap` ([`super::header_list`]). The checks are the
+//! ones the h2 crate made, with the same outcomes, so that a request is
+//! refused alike whichever code reads it: the h2 codec stays as the oracle
+//! of the differential tests below.
 //!
 //! What is checked, and what it costs:
 //! - **HPACK itself** (bad integers, indexes, strings, Huffman padding, a
@@ -446,8 +447,12 @@ struct HeadBuilder {
     over_size: bool,
 }
 
-/// The most fields a head keeps (an `http::HeaderMap`'s own limit, which
-/// h2's decoder met as over size).
+/// The most fields a head keeps; past it, the list is over size. A bound
+/// of our own, at least h2's (an `http::HeaderMap` holds 24 576 distinct
+/// names, any number of values). Under the default header list limit
+/// (`limits.max_header_bytes`, 64 KiB, at least 32 bytes a field) it is
+/// never met; under the largest (16 MiB) a list of more fields is answered
+/// as one over size.
 const MAX_FIELDS: usize = 24_576;
 
 impl HeadBuilder {
@@ -1042,8 +1047,8 @@ mod tests {
         ));
     }
     /// The h2 crate's decoder and this one, fed the same frames: the same
-    /// heads (pseudo-fields, fields in order; h2's drops the never-indexed
-    /// mark, this one keeps it), the
+    /// heads (pseudo-fields; fields by name, each name's values in order;
+    /// h2's drops the never-indexed mark, this one keeps it), the
     /// same over-size mark; a refusal by one is a refusal by the other,
     /// of the same kind (stream or connection).
     fn same_outcome(ours: Result<Decoded, BlockError>, theirs: Result<Decoded, BlockError>) {
@@ -1056,6 +1061,8 @@ mod tests {
                 let (pseudo_a, fields_a) = a.fields.to_h2();
                 let (pseudo_b, fields_b) = b.fields.to_h2();
                 assert_eq!(format!("{pseudo_a:?}"), format!("{pseudo_b:?}"));
+                // As h2's map holds them: by name, each name's values in
+                // order (ours keep the wire order across names too).
                 let fields = |map: HeaderMap| -> Vec<_> { map.into_iter().collect() };
                 assert_eq!(fields(fields_a), fields(fields_b));
             }

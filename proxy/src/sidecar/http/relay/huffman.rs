@@ -8,9 +8,9 @@
 //! (lower-case letters, digits and the usual punctuation: most of what a
 //! header holds) decode with one lookup of the next 8 bits, and two of
 //! them that fit in 12 bits (most pairs of those) with one lookup of the
-//! next 12; longer ones walk the lengths from 9 up. A string ends in at most 7 bits of padding,
-//! all ones (the start of EOS); anything else, and EOS itself, is an
-//! error (§5.2).
+//! next 12; longer ones walk the lengths from 9 up. A string ends in at
+//! most 7 bits of padding, all ones (the start of EOS); anything else, and
+//! EOS itself, is an error (§5.2).
 
 /// Bits in each symbol's code: symbols 0–255 are bytes, 256 is EOS
 /// (RFC 7541 Appendix B, the "len in bits" column).
@@ -319,7 +319,43 @@ mod tests {
         assert_eq!(out, b"0");
     }
 
+    /// Every entry of the 12-bit table is what two lookups of the 8-bit
+    /// one give: the first code's symbol, then the next code's when it ends
+    /// within the 12 bits.
+    #[test]
+    fn the_pairs_table_is_two_short_lookups() {
+        let t = &TABLES;
+        for v in 0..4096usize {
+            let pair = t.pairs[v];
+            let (first, first_len) = t.short[v >> 4];
+            if first_len == 0 {
+                assert_eq!(pair, 0, "{v:012b}");
+                continue;
+            }
+            assert_eq!(pair as u8, first);
+            let after = (v << first_len) & 0xfff;
+            let (second, second_len) = t.short[after >> 4];
+            let both = second_len != 0 && first_len + second_len <= 12;
+            assert_eq!(pair >> 24, if both { 2 } else { 1 }, "{v:012b}");
+            if both {
+                assert_eq!((pair >> 8) as u8, second);
+                assert_eq!((pair >> 16) & 0xff, u32::from(first_len + second_len));
+            } else {
+                assert_eq!((pair >> 16) & 0xff, u32::from(first_len));
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// Text of short codes (what headers mostly hold): the 12-bit
+        /// path's pairs, and its hand-over to the 8-bit path at the end.
+        #[test]
+        fn short_code_text_round_trips(text in "[a-z0-9 %./:=_-]{0,80}") {
+            let mut out = Vec::new();
+            decode(&encode(text.as_bytes()), &mut out).unwrap();
+            proptest::prop_assert_eq!(out, text.as_bytes());
+        }
+
         #[test]
         fn any_bytes_round_trip(text in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let mut out = Vec::new();

@@ -653,7 +653,8 @@ where
 /// tab). HTTP/1 parsers trim it as syntax; HTTP/2 carries it verbatim and
 /// calls such a message malformed (RFC 9113 §8.2.1), which an intermediary
 /// must not forward (§8.1.1) — an app that trims would act on a value the
-/// client spelled differently. h2's decoder lets it through.
+/// client spelled differently. HPACK decoding does not refuse it (neither
+/// h2's decoder nor ours), so the relay does.
 fn padded_value(fields: &HeaderList) -> Option<&str> {
     let padded = |b: &u8| *b == b' ' || *b == b'\t';
     fields.fields().find_map(|field| {
@@ -669,7 +670,8 @@ fn declared_length(fields: &HeaderList) -> Result<Option<u64>, FramingError> {
     let values = fields
         .get_all(CONTENT_LENGTH.as_str())
         .map(|value| ("content-length", value));
-    // (`transfer-encoding` never gets here: h2's decoder refuses it.)
+    // (`transfer-encoding` never gets here: the decoder refuses it,
+    // `hpack::is_connection_specific`.)
     match body_length(values, false)? {
         BodyLength::Length(n) => Ok(Some(n)),
         BodyLength::Empty => Ok(Some(0)),
