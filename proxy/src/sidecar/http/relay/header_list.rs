@@ -33,6 +33,17 @@ struct Span {
 }
 
 impl Span {
+    /// `len` bytes after the buffer's first `start`. Spans are `u32`: a
+    /// head's buffers are bounded by the header list limit (4 times it at
+    /// most, `hpack::ABUSE_FACTOR`), far under 4 GiB.
+    fn after(start: usize, len: usize) -> Span {
+        debug_assert!(start + len <= u32::MAX as usize);
+        Span {
+            start: start as u32,
+            len: len as u32,
+        }
+    }
+
     fn range(self) -> std::ops::Range<usize> {
         let start = self.start as usize;
         start..start + self.len as usize
@@ -304,24 +315,14 @@ fn name_of(text: &str, name: Name) -> &str {
     }
 }
 
-/// Spans are `u32`: a head's buffers are bounded by the header list
-/// limit (4 times it at most, `hpack::ABUSE_FACTOR`), far under 4 GiB.
 fn push_text(text: &mut String, more: &str) -> Span {
-    debug_assert!(text.len() + more.len() <= u32::MAX as usize);
-    let span = Span {
-        start: text.len() as u32,
-        len: more.len() as u32,
-    };
+    let span = Span::after(text.len(), more.len());
     text.push_str(more);
     span
 }
 
 fn push_bytes(bytes: &mut Vec<u8>, more: &[u8]) -> Span {
-    debug_assert!(bytes.len() + more.len() <= u32::MAX as usize);
-    let span = Span {
-        start: bytes.len() as u32,
-        len: more.len() as u32,
-    };
+    let span = Span::after(bytes.len(), more.len());
     bytes.extend_from_slice(more);
     span
 }
