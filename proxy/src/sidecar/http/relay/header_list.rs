@@ -6,15 +6,15 @@
 //! `content-type`, the ones a policy names), drops or adds a few, and
 //! writes the rest on unchanged. Building the h2 crate's `Pseudo` and an
 //! `http::HeaderMap` for that (an allocation per value and per pseudo
-//! string, a hash per name, a name parsed into a `HeaderName`) was half of
-//! what decoding a block cost (`bench/e2e/instructions.sh`). Here a head is
+//! string, a hash per name, a name parsed into a `HeaderName`) was about
+//! half of what decoding a block cost (`bench/e2e/instructions.sh`). Here a head is
 //! two buffers and a list: names and pseudo-field texts in one `String`,
 //! values in one byte buffer, each field a pair of spans into them, in the
 //! order they came. Lookups walk the list: a head has tens of fields, not
 //! thousands (the header list limit bounds it).
 //!
-//! What a `HeaderList` holds was checked on the way in, as the h2 crate checked
-//! it (names: lower-case tokens; values: no CR, LF, NUL or other control
+//! What a `HeaderList` holds was checked on the way in, as the h2 crate
+//! checked it (names: lower-case tokens; values: no CR, LF, NUL or other control
 //! byte but tab; pseudo-field texts: UTF-8, a method and status that
 //! parse). Fields added later come from the relay itself.
 
@@ -116,9 +116,9 @@ const TEXT_ROOM: usize = 256;
 const FIELD_ROOM: usize = 24;
 
 /// Buffers of lists that were dropped, kept for the next head decoded on
-/// the same thread (a worker's connections take turns on it): four
-/// allocations a block fewer. At most [`KEPT_BUFFERS`] sets, and only
-/// buffers that did not grow past twice their room.
+/// the same thread (a worker's connections take turns on it): three
+/// allocations and three frees a block fewer. At most [`KEPT_BUFFERS`]
+/// sets, and only buffers made with room that did not grow past twice it.
 type Buffers = (String, Vec<u8>, Vec<Field>);
 const KEPT_BUFFERS: usize = 8;
 
