@@ -1242,26 +1242,11 @@ fn write_json_str(buf: &mut Vec<u8>, text: &str) {
 }
 
 /// Whether `bytes` hold a byte JSON strings escape: a control character
-/// (below 0x20), `"` or `\`. Eight bytes at a time: for a word `x`,
-/// `(x - 0x0101…·n) & !x & 0x8080…` is non-zero exactly when some byte of
-/// `x` is below `n` (n ≤ 0x80), and a byte equal to `c` is a zero byte of
-/// `x ^ 0x0101…·c`.
+/// (below 0x20), `"` or `\`; eight bytes at a time ([`crate::swar`]).
 fn needs_escaping(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
-    let mut words = bytes.chunks_exact(8);
-    let mut found = 0;
-    for word in &mut words {
-        let x = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-        found |= below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1);
-        found |= below(x ^ (ONES * u64::from(b'\\')), 1);
-    }
-    found & HIGH != 0
-        || words
-            .remainder()
-            .iter()
-            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    let (mut words, rest) = crate::swar::words(bytes);
+    words.any(|word| crate::swar::has_byte_below_or(word, 0x20, b"\"\\"))
+        || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// Appends `at` in UTC as [`TIME_FORMAT`] writes it

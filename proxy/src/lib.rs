@@ -16,6 +16,7 @@ pub mod redirect;
 pub mod replay;
 pub mod scan;
 pub mod sidecar;
+pub mod swar;
 // Sidecar surroundings: configuration, audit log, metrics, admin API and
 // health port (both served by `bounded_http`).
 pub mod admin;

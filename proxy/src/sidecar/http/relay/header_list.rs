@@ -393,21 +393,14 @@ pub fn is_field_value(value: &[u8]) -> bool {
             .iter()
             .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
     };
-    // Eight bytes at a time while no byte is below 0x20 or DEL (for a word
-    // `x`, `(x - 0x0101…·n) & !x & 0x8080…` is non-zero exactly when some
-    // byte is below `n`; a DEL is a zero byte of `x ^ 0x7f7f…`): a value
-    // with a tab, or a bad byte, is then checked byte by byte.
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
-    let mut words = value.chunks_exact(8);
-    for word in &mut words {
-        let x = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-        if (below(x, 0x20) | below(x ^ (ONES * 0x7f), 1)) & HIGH != 0 {
-            return byte_by_byte(value);
-        }
+    // Eight bytes at a time ([`crate::swar`]) while no byte is below 0x20
+    // or DEL: a value with a tab, or a bad byte, is then checked byte by
+    // byte.
+    let (mut words, rest) = crate::swar::words(value);
+    if words.any(|word| crate::swar::has_byte_below_or(word, 0x20, b"\x7f")) {
+        return byte_by_byte(value);
     }
-    byte_by_byte(words.remainder())
+    byte_by_byte(rest)
 }
 
 /// `value` as text when it is visible ASCII (and tab), as
