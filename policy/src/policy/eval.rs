@@ -68,17 +68,22 @@ impl Tally {
 
     /// Looks at one rule (which must apply to the query's kinds).
     pub fn consider(&mut self, id: u32, rule: &Rule, q: &Query<'_>) {
+        if !self.passes_over(id, rule) {
+            self.record(id, rule, rule.eval(q));
+        }
+    }
+
+    /// Whether rule `id` cannot change what is recorded so far, or must not
+    /// be looked at: then [`Tally::record`] is not called for it.
+    pub fn passes_over(&self, id: u32, rule: &Rule) -> bool {
         match rule.action {
             // A smaller deny already decides.
-            Action::Deny if self.deny.is_some_and(|d| d < id) => return,
+            Action::Deny => self.deny.is_some_and(|d| d < id),
             // Once a deny matched, allows cannot change the outcome.
-            Action::Allow if self.deny.is_some() => return,
+            Action::Allow if self.deny.is_some() => true,
             // The metadata API only opens to rules that name it.
-            Action::Allow if self.metadata && !rule.names_metadata => return,
-            _ => {}
+            Action::Allow => self.metadata && !rule.names_metadata,
         }
-        let eval = rule.eval(q);
-        self.record(id, rule, eval);
     }
 
     /// Records how rule `id` relates to the query.

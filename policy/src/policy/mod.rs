@@ -117,9 +117,12 @@
 //! - `rule`: one rule and how its clauses are checked.
 //! - `index`: which rules a query could match.
 //! - `eval`, `decision`: the semantics above and their result.
+//! - `connection`: per-request decisions that reuse what a connection
+//!   settled (the index's answer, every clause before `http`).
 //! - `explain`: every rule against one query, for people.
 
 mod attr;
+mod connection;
 mod decision;
 mod error;
 mod eval;
@@ -137,6 +140,7 @@ mod tests;
 
 use std::fmt;
 
+pub use connection::ConnectionRules;
 pub use decision::{DEFAULT_RULE, Decision, Miss, NOT_HTTP_CLAUSE, Outcome, Reason, Why};
 pub use error::{PolicyError, PolicyErrors};
 pub use explain::{Explanation, RuleCheck, RuleStatus};
@@ -170,6 +174,8 @@ pub struct Policy {
     rules: Box<[Rule]>,
     /// One per caller/callee kind: see `eval::partition`.
     index: [Index; 3],
+    /// Unique per load ([`ConnectionRules`] tell policies apart by it).
+    generation: u64,
 }
 
 impl Policy {
@@ -222,6 +228,7 @@ impl Policy {
             paths_case_insensitive: loaded.paths_case_insensitive,
             rules: rules.into(),
             index,
+            generation: connection::next_generation(),
         })
     }
 

@@ -170,12 +170,22 @@ impl Rule {
     /// Checks the rule's clauses in order, stopping at the first failure.
     /// The caller has checked [`Rule::applies_to`]. No allocation.
     pub fn eval(&self, q: &Query<'_>) -> Eval {
-        let (l4, l7) = self.clauses.split_at(self.l7_from);
-        for (i, clause) in l4.iter().enumerate() {
-            if !clause.test.holds(q, None, self.action) {
-                return Eval::Fail(i);
-            }
+        match self.failed_l4_clause(q) {
+            Some(i) => Eval::Fail(i),
+            None => self.eval_after_l4(q),
         }
+    }
+
+    /// The first clause before `http` that fails, if one does: what a
+    /// connection's caller, callee and port settle for all its requests.
+    pub fn failed_l4_clause(&self, q: &Query<'_>) -> Option<usize> {
+        self.clauses[..self.l7_from]
+            .iter()
+            .position(|clause| !clause.test.holds(q, None, self.action))
+    }
+
+    /// [`Rule::eval`] for a query that passed every clause before `http`.
+    pub fn eval_after_l4(&self, q: &Query<'_>) -> Eval {
         if !self.is_l7 {
             return Eval::Match;
         }
@@ -184,7 +194,7 @@ impl Rule {
             Http::NotHttp => return Eval::NotHttp,
             Http::Request(r) => r,
         };
-        for (i, clause) in l7.iter().enumerate() {
+        for (i, clause) in self.clauses[self.l7_from..].iter().enumerate() {
             if !clause.test.holds(q, Some(request), self.action) {
                 return Eval::Fail(self.l7_from + i);
             }

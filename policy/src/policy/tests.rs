@@ -1888,6 +1888,11 @@ mod props {
                     let (a, b) = (p.decide(q), p.decide_by_scan(q));
                     assert_eq!(summarize(&a), summarize(&b), "{qs:?}");
                     assert_eq!(a.reason == Reason::MetadataApi, b.reason == Reason::MetadataApi);
+                    // Rules settled once for the connection (made with
+                    // any `http`: they do not look at it) decide alike.
+                    let c = p.connection_rules(&Query { http: Http::Unknown, ..*q }).decide(&p, q);
+                    assert_eq!(summarize(&a), summarize(&c), "{qs:?}");
+                    assert_eq!(a.reason, c.reason, "{qs:?}");
                 });
             }
         }

@@ -7,16 +7,20 @@
 //! count in `appid_authz_decisions_total`.
 //!
 //! The policy is read from an `ArcSwap` at every decision, so a reload
-//! applies to the next request of a live HTTP connection at once, and
+//! applies to the next request of a live HTTP connection at once (what a
+//! connection settled about the rules is kept per policy, and made again
+//! for a new one: [`ConnAuthz::decide_request`]), and
 //! [`ConnAuthz::still_allowed`] lets an opaque TCP connection re-check
 //! itself when the policy changes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, PoisonError, Weak};
 
 use appid_policy::AppIdClaims;
-use appid_policy::policy::{Direction, HttpRequest, Outcome, Policy, Query, Reason};
+use appid_policy::policy::{
+    ConnectionRules, Direction, HttpRequest, Outcome, Policy, Query, Reason,
+};
 
 use super::Shared;
 use super::http::{
@@ -94,6 +98,9 @@ pub struct ConnAuthz {
     audit_fields: OnceLock<Box<KeptAuditFields>>,
     /// A request was audited on this connection.
     request_audited: std::sync::atomic::AtomicBool,
+    /// What the connection settled about the policy's rules, kept from its
+    /// second request on ([`Self::decide_request`]).
+    request_rules: std::sync::Mutex<Option<ConnectionRules>>,
 }
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
@@ -270,6 +277,7 @@ impl ConnAuthz {
             would_deny: std::sync::atomic::AtomicU64::new(0),
             audit_fields: OnceLock::new(),
             request_audited: std::sync::atomic::AtomicBool::new(false),
+            request_rules: std::sync::Mutex::new(None),
         }
     }
 
@@ -361,6 +369,39 @@ impl ConnAuthz {
     ) -> appid_policy::policy::Decision<'p> {
         let started = std::time::Instant::now();
         let decision = policy.decide(query);
+        self.shared
+            .metrics
+            .decision_took(self.direction.into(), started.elapsed());
+        decision
+    }
+
+    /// [`Self::decide`] for a request. From a connection's second request
+    /// on, with the rules it settled ([`ConnectionRules`]: the index's
+    /// answer and every clause before `http` are the same for all its
+    /// requests), made again when the policy is not theirs.
+    fn decide_request<'p>(
+        &self,
+        policy: &'p Policy,
+        query: &Query<'_>,
+    ) -> appid_policy::policy::Decision<'p> {
+        if !self
+            .request_audited
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return self.decide(policy, query);
+        }
+        let started = std::time::Instant::now();
+        let mut kept = self
+            .request_rules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !kept.as_ref().is_some_and(|rules| rules.are_from(policy)) {
+            *kept = Some(policy.connection_rules(query));
+        }
+        let decision = match kept.as_ref() {
+            Some(rules) => rules.decide(policy, query),
+            None => policy.decide(query),
+        };
         self.shared
             .metrics
             .decision_took(self.direction.into(), started.elapsed());
@@ -823,7 +864,7 @@ impl RequestAuthorizer for ConnAuthz {
             path: request.path,
             headers: request.headers,
         });
-        let decision = self.decide(&policy, &query);
+        let decision = self.decide_request(&policy, &query);
         tracing::Span::current().record("url.path", request.path);
         self.audit(
             &policy,

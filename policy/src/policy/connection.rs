@@ -1,0 +1,172 @@
+//! Per-request decisions on one connection, without checking again what
+//! the connection settled.
+//!
+//! Design bias: *what cannot change within a connection is checked once*.
+//! A connection's caller, callee and port are fixed for its life, so which
+//! rules the index offers and every clause before a rule's `http` part
+//! come out the same for each of its requests. [`Policy::connection_rules`]
+//! does that work once; [`ConnectionRules::decide`] then checks only the
+//! `http` clauses of the rules that passed and fills the same tally as
+//! [`Policy::decide`] (a property test checks that the two agree on every
+//! query). Rules are made from one policy and decide only with it: given
+//! another (a reload), they decide from scratch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Policy;
+use super::decision::Decision;
+use super::eval::{Tally, partition, targets_metadata_api};
+use super::query::Query;
+use super::rule::Eval;
+
+/// Tells policies apart: each [`Policy::load`] takes the next number.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What one connection settled about the rules of one policy: the rules
+/// the index offers for its caller, callee and port, each with the first
+/// of its clauses before `http` that fails (`None`: they all hold).
+#[derive(Debug)]
+pub struct ConnectionRules {
+    /// The policy's [`Policy::generation`].
+    generation: u64,
+    /// The callee is the cloud metadata API.
+    metadata: bool,
+    candidates: Box<[(u32, Option<usize>)]>,
+}
+
+impl ConnectionRules {
+    /// Whether these rules were made from `policy`.
+    pub fn are_from(&self, policy: &Policy) -> bool {
+        self.generation == policy.generation
+    }
+
+    /// The decision [`Policy::decide`] makes for `q`, which must have the
+    /// caller, callee and port these rules were made for (its `http` may
+    /// differ). With a policy they were not made from, `policy.decide(q)`.
+    pub fn decide<'p>(&self, policy: &'p Policy, q: &Query<'_>) -> Decision<'p> {
+        if !self.are_from(policy) {
+            return policy.decide(q);
+        }
+        let mut tally = Tally::new(self.metadata);
+        for &(id, failed) in &self.candidates {
+            let rule = &policy.rules[id as usize];
+            if tally.passes_over(id, rule) {
+                continue;
+            }
+            let eval = match failed {
+                Some(clause) => Eval::Fail(clause),
+                None => rule.eval_after_l4(q),
+            };
+            tally.record(id, rule, eval);
+        }
+        tally.finish(policy)
+    }
+}
+
+impl Policy {
+    /// The rules that could decide a request on a connection with `q`'s
+    /// caller, callee and port, checked up to their `http` part (`q.http`
+    /// is not looked at): see [`ConnectionRules::decide`].
+    pub fn connection_rules(&self, q: &Query<'_>) -> ConnectionRules {
+        let mut candidates = Vec::new();
+        if let Some(p) = partition(q) {
+            self.index[p].candidates(q, |id| {
+                let failed = self.rules[id as usize].failed_l4_clause(q);
+                candidates.push((id, failed));
+            });
+        }
+        ConnectionRules {
+            generation: self.generation,
+            metadata: targets_metadata_api(q),
+            candidates: candidates.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AppIdClaims;
+    use crate::policy::{Direction, HttpRequest, NoHeaders, Outcome};
+
+    fn claims(id: &str, app: &str) -> AppIdClaims {
+        let mut c = AppIdClaims::new(id, "join_token");
+        c.labels.insert("app".into(), app.into());
+        c
+    }
+
+    const POLICY: &str = r#"version: 1
+rules:
+  - name: get-only
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, ports: [80] }
+    http: { methods: [GET] }
+  - name: no-admin
+    action: deny
+    from: { labels.app: web }
+    http: { paths: ["/admin/**"] }
+"#;
+
+    #[test]
+    fn requests_are_decided_as_policy_decides_them() {
+        let p = Policy::load("p.yaml", POLICY).unwrap();
+        let (web, api) = (
+            claims("spiffe://t/web", "web"),
+            claims("spiffe://t/api", "api"),
+        );
+        for port in [80, 81] {
+            let q = Query::meshed(Direction::Inbound, &web, &api, port);
+            let rules = p.connection_rules(&q);
+            assert!(rules.are_from(&p));
+            for (method, path) in [("GET", "/x"), ("POST", "/x"), ("GET", "/admin/a")] {
+                let q = q.with_request(HttpRequest {
+                    method,
+                    path,
+                    headers: &NoHeaders,
+                });
+                let (a, b) = (rules.decide(&p, &q), p.decide(&q));
+                assert_eq!(
+                    (a.outcome, a.rule, &a.reason),
+                    (b.outcome, b.rule, &b.reason)
+                );
+            }
+        }
+        let q = Query::meshed(Direction::Inbound, &web, &api, 80);
+        let get = q.with_request(HttpRequest {
+            method: "GET",
+            path: "/x",
+            headers: &NoHeaders,
+        });
+        assert_eq!(
+            p.connection_rules(&q).decide(&p, &get).outcome,
+            Outcome::Allow
+        );
+    }
+
+    #[test]
+    fn rules_of_another_policy_decide_from_scratch() {
+        // After a reload the allow rule is about another callee: rules made
+        // from the old policy would still pass its `to` clause.
+        let old = Policy::load("p.yaml", POLICY).unwrap();
+        let new = Policy::load("p.yaml", &POLICY.replace("app: api", "app: db")).unwrap();
+        let (web, api) = (
+            claims("spiffe://t/web", "web"),
+            claims("spiffe://t/api", "api"),
+        );
+        let q = Query::meshed(Direction::Inbound, &web, &api, 80);
+        let rules = old.connection_rules(&q);
+        assert!(!rules.are_from(&new));
+        let get = q.with_request(HttpRequest {
+            method: "GET",
+            path: "/x",
+            headers: &NoHeaders,
+        });
+        assert_eq!(rules.decide(&old, &get).outcome, Outcome::Allow);
+        assert_eq!(rules.decide(&new, &get).outcome, Outcome::Deny);
+    }
+}
