@@ -201,12 +201,24 @@ const MIN_BUFFER: usize = 1024;
 /// buffer shrinks back to [`MIN_BUFFER`] (see there). Only a grown buffer
 /// keeps a timer; a transfer never pauses this long between reads.
 const QUIET: Duration = Duration::from_secs(2);
-/// The largest chunk: 64 KiB less the 9 bytes of an HTTP/2 frame head, so
-/// that a chunk written into a tunnel stream goes out as one DATA frame
-/// that fills rustls's 64 KiB write exactly. At 64 KiB the last 9 bytes
-/// of every frame went out as a TLS record and a `writev` of their own
-/// (docs/performance.md: 100 → 88 syscalls per MiB of bulk in a tunnel).
-const MAX_BUFFER: usize = 64 * 1024 - 9;
+/// The largest chunk, sized so that one written anywhere leaves in one
+/// TCP segment of the largest kind, 64 KiB (loopback's MTU; the largest
+/// segment the kernel builds for a NIC to split, elsewhere). A write that
+/// is a little larger than a segment becomes a full segment and a
+/// sliver, and every segment costs both kernels the same: at 64 KiB − 9
+/// bytes (which fitted rustls's 64 KiB write exactly, with the frame head)
+/// a chunk in TLS records (88 bytes more: 4 records' heads and tags) or a
+/// chunk written to the app left as 65 483 + a few bytes, and bulk through
+/// the pair made twice the segments it needs (docs/performance.md,
+/// "Segments"). Now a chunk as a DATA frame in TLS records is at most
+/// [`LARGEST_SEGMENT`] bytes (a test checks the sum).
+const MAX_BUFFER: usize = 64 * 1024 - 256;
+
+/// The largest TCP segment's payload the sums above must fit: a 64 KiB
+/// loopback MTU less IPv6's header (40 bytes), TCP's (20) and its
+/// timestamps option (12).
+#[cfg(test)]
+const LARGEST_SEGMENT: usize = 64 * 1024 - 40 - 20 - 12;
 
 /// Copies between `downstream` and `upstream`. `initial` is data already read
 /// from downstream (a peeked prefix) that must be sent upstream first.
@@ -698,6 +710,68 @@ async fn watch_idle(last_activity: &AtomicU64, start: Instant, idle_timeout: Dur
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    /// The TLS bytes rustls (TLS 1.3, AES-256-GCM, as the sidecars use it)
+    /// writes for one write of `plaintext` bytes, measured.
+    fn tls_bytes_for(plaintext: usize) -> usize {
+        use std::sync::Arc;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["peer.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("peer.test").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let mut wire = Vec::new();
+        while client.is_handshaking() || server.is_handshaking() {
+            wire.clear();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut &wire[..]).unwrap();
+            server.process_new_packets().unwrap();
+            wire.clear();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut &wire[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        wire.clear();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap(); // what the handshake left
+        }
+        std::io::Write::write_all(&mut client.writer(), &vec![7u8; plaintext]).unwrap();
+        let mut records = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut records).unwrap();
+        }
+        records.len()
+    }
+
+    #[test]
+    fn a_largest_chunk_leaves_in_one_tcp_segment() {
+        // Through a tunnel: a DATA frame (9-byte head) in TLS records.
+        assert!(tls_bytes_for(MAX_BUFFER + 9) <= LARGEST_SEGMENT);
+        // Strict: the chunk in TLS records; to the app: the chunk alone.
+        assert!(tls_bytes_for(MAX_BUFFER) <= LARGEST_SEGMENT);
+        // What the sum was before (64 KiB - 9 per chunk): over by a sliver.
+        assert!(tls_bytes_for(64 * 1024) > LARGEST_SEGMENT);
+    }
 
     /// A stream for the chunk paths: it reads `to_read` (as its own chunks
     /// when `reads_chunks`, else copied through `poll_read`), then EOF (or
