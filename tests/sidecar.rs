@@ -25,6 +25,8 @@
 //!   does not), and then the app sees no `x-appid-*` header at all.
 //! - Certificate swap on disk: an open HTTP/1.1 keep-alive session goes on
 //!   on the same connection; the next handshake presents the new cert.
+//! - A reload decides the next request of a live HTTP connection afresh,
+//!   also what the connection settled about the rules (its `from`/`to`).
 //! - Policy reload withdrawing a live opaque TCP connection closes it (and
 //!   audits it). Under an L4 policy the client sidecar decides an HTTP
 //!   connection once and the server still every request; a reload that
@@ -1187,6 +1189,82 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
     let mut again = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
     again.write_all(b"ping\n").await.unwrap();
     expect_closed(&mut again, Duration::from_secs(10)).await;
+}
+
+/// A reload applies to the next request of a live HTTP connection, also
+/// where it changes what the connection settled: from its second request
+/// on, the server sidecar keeps which rules passed their `from`/`to`
+/// clauses for the connection (`ConnectionRules`), and a reload that makes
+/// the allowing rule's `from` fail must be decided afresh. (Kept from the
+/// old policy, the rule — its id unchanged — would still pass.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_decides_the_next_request_on_a_live_connection_afresh() {
+    let rule = |from: &str| {
+        format!(
+            "version: 1
+default: deny
+rules:
+  - name: a-v1
+    action: allow
+    from: {{ {from} }}
+    to: {{ labels.app: api }}
+    http: {{ paths: [\"/v1/**\"] }}
+  - name: b-other
+    action: allow
+    from: {{ labels.app: web }}
+    to: {{ labels.app: api }}
+    http: {{ paths: [\"/other/**\"] }}
+"
+        )
+    };
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_policy: rule("labels.app: web"),
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let mut session = H1Session::connect(mesh.outbound_addr()).await;
+    for i in 0..3 {
+        let (status, echo) = session
+            .get(&format!("/v1/before/{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+        assert_eq!(status, 200, "{echo}");
+    }
+
+    let reloads = || mesh.server.logs().matches("policy reloaded").count();
+    let before = reloads();
+    replace_file(
+        &mesh.server_policy,
+        rule("labels.app: web, labels.team: payments").as_bytes(),
+    );
+    support::poll_until(
+        "the reload",
+        Duration::from_secs(10),
+        || mesh.context(),
+        || async { (reloads() > before).then_some(()) },
+    )
+    .await;
+
+    // The same connection: `b-other` still applies to it, so it stays.
+    let (status, body) = session
+        .get("/v1/after")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    assert_eq!(status, 403, "{body}\n{}", mesh.context());
+    let line = mesh
+        .server
+        .wait_audit("the denial of /v1/after", |l| has(l, "path", "/v1/after"))
+        .await;
+    assert!(is_deny(&line, "default"), "{line}");
+    let (status, body) = session
+        .get("/other/x")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
+    assert_eq!(status, 200, "{body}");
 }
 
 /// A pooled connection that once carried a burst gives its grown copy
