@@ -1265,6 +1265,23 @@ rules:
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", mesh.context()));
     assert_eq!(status, 200, "{body}");
+    // One connection's requests met three rules; each counted under its own
+    // (the connection keeps the counter it counted into last).
+    for (decision, rule, count) in [
+        ("allow", "a-v1", 3.0),
+        ("deny", "default", 1.0),
+        ("allow", "b-other", 1.0),
+    ] {
+        let sample = format!(
+            "appid_authz_decisions_total{{direction=\"inbound\",decision=\"{decision}\",rule=\"{rule}\"}}"
+        );
+        assert_eq!(
+            mesh.server.metric(&sample).await,
+            count,
+            "{sample}\n{}",
+            mesh.context()
+        );
+    }
 }
 
 /// A pooled connection that once carried a burst gives its grown copy

@@ -21,6 +21,7 @@ use appid_policy::AppIdClaims;
 use appid_policy::policy::{
     ConnectionRules, Direction, HttpRequest, Outcome, Policy, Query, Reason,
 };
+use prometheus_client::metrics::counter::Counter;
 
 use super::Shared;
 use super::http::{
@@ -101,7 +102,14 @@ pub struct ConnAuthz {
     /// What the connection settled about the policy's rules, kept from its
     /// second request on ([`Self::decide_request`]).
     request_rules: std::sync::Mutex<Option<ConnectionRules>>,
+    /// The decision counter counted into last, by decision and rule
+    /// ([`Self::count_decision`]).
+    decision_counter: std::sync::Mutex<Option<KeptCounter>>,
 }
+
+/// A decision counter kept by a connection: its decision, its rule, the
+/// counter ([`ConnAuthz::count_decision`]).
+type KeptCounter = (Box<str>, Box<str>, Counter);
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
 /// fixed keys: the same name, the same digest, within the process).
@@ -278,6 +286,7 @@ impl ConnAuthz {
             audit_fields: OnceLock::new(),
             request_audited: std::sync::atomic::AtomicBool::new(false),
             request_rules: std::sync::Mutex::new(None),
+            decision_counter: std::sync::Mutex::new(None),
         }
     }
 
@@ -692,9 +701,37 @@ impl ConnAuthz {
             Some(fields) => self.shared.audit.log_on_connection(&record, fields),
             None => self.shared.audit.log(&record),
         }
-        self.shared
-            .metrics
-            .authz_decision(metrics_direction(self.direction), decision, rule);
+        self.count_decision(decision, rule, request.is_some());
+    }
+
+    /// Counts a decision in `appid_authz_decisions_total`. A connection's
+    /// requests mostly meet one rule, so from its second request on it
+    /// keeps the counter it counted into last: no lookup by name then.
+    fn count_decision(&self, decision: &str, rule: &str, for_request: bool) {
+        let direction = metrics_direction(self.direction);
+        if !for_request || self.audit_fields.get().is_none() {
+            return self
+                .shared
+                .metrics
+                .authz_decision(direction, decision, rule);
+        }
+        let mut kept = self
+            .decision_counter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*kept {
+            Some((d, r, counter)) if **d == *decision && **r == *rule => {
+                counter.inc();
+            }
+            _ => {
+                let counter = self
+                    .shared
+                    .metrics
+                    .decision_counter(direction, decision, rule);
+                counter.inc();
+                *kept = Some((decision.into(), rule.into(), counter));
+            }
+        }
     }
 
     /// The connection's kept audit fields: made at its second request
@@ -818,7 +855,9 @@ impl RequestAuthorizer for ConnAuthz {
 
     fn observe(&self, status: u16, elapsed: std::time::Duration) {
         // The request span, when the codec runs the request inside it.
-        super::trace::record_status(&tracing::Span::current(), status);
+        if super::trace::spans_on() {
+            super::trace::record_status(&tracing::Span::current(), status);
+        }
         self.shared
             .metrics
             .http_request(metrics_direction(self.direction), status, elapsed);
@@ -865,7 +904,9 @@ impl RequestAuthorizer for ConnAuthz {
             headers: request.headers,
         });
         let decision = self.decide_request(&policy, &query);
-        tracing::Span::current().record("url.path", request.path);
+        if super::trace::spans_on() {
+            tracing::Span::current().record("url.path", request.path);
+        }
         self.audit(
             &policy,
             &decision,
