@@ -69,6 +69,8 @@ pub struct HeaderBlocks {
     /// Huffman-decoded strings: a field's name and its value.
     name_text: Vec<u8>,
     value_text: Vec<u8>,
+    /// Values decoded lately, by their coded bytes.
+    recent_values: huffman::Recent,
     /// The peer's encoder in tests, and the old decoder as their oracle.
     #[cfg(test)]
     codec: h2::Codec<oracle::Memory, Bytes>,
@@ -129,6 +131,7 @@ impl HeaderBlocks {
             pending: None,
             name_text: Vec::new(),
             value_text: Vec::new(),
+            recent_values: huffman::Recent::default(),
             #[cfg(test)]
             codec: oracle::codec(max_header_list),
         }
@@ -237,6 +240,7 @@ impl HeaderBlocks {
             max_header_list,
             name_text,
             value_text,
+            recent_values,
             ..
         } = self;
         let mut head = HeadBuilder::new(*max_header_list);
@@ -267,11 +271,12 @@ impl HeaderBlocks {
                 let never = first & 0xf0 == 0x10;
                 let index = integer(&mut src, prefix)?;
                 let name = if index == 0 {
-                    string(&mut src, name_text)?.unwrap_or(name_text)
+                    string(&mut src, name_text, None)?.unwrap_or(name_text)
                 } else {
                     table.get(index)?.0
                 };
-                let value = string(&mut src, value_text)?.unwrap_or(value_text);
+                let value =
+                    string(&mut src, value_text, Some(recent_values))?.unwrap_or(value_text);
                 head.field(name, static_name(index), value, never)?;
                 if indexing {
                     table.insert(Entry::new(name, value));
@@ -332,8 +337,13 @@ fn integer(src: &mut &[u8], prefix: u32) -> Result<usize, BlockError> {
 }
 
 /// A string literal (§5.2): `Some` of its bytes in `src`, or `None` when
-/// it was Huffman-coded and is now decoded in `text`.
-fn string<'a>(src: &mut &'a [u8], text: &mut Vec<u8>) -> Result<Option<&'a [u8]>, BlockError> {
+/// it was Huffman-coded and is now decoded in `text` (through `recent`
+/// when given).
+fn string<'a>(
+    src: &mut &'a [u8],
+    text: &mut Vec<u8>,
+    recent: Option<&mut huffman::Recent>,
+) -> Result<Option<&'a [u8]>, BlockError> {
     let huffman = src.first().is_some_and(|&b| b & 0x80 != 0);
     let len = integer(src, 7)?;
     if len > src.len() {
@@ -344,8 +354,14 @@ fn string<'a>(src: &mut &'a [u8], text: &mut Vec<u8>) -> Result<Option<&'a [u8]>
     if !huffman {
         return Ok(Some(raw));
     }
-    text.clear();
-    huffman::decode(raw, text).map_err(|_| COMPRESSION)?;
+    match recent {
+        Some(recent) => recent.decode(raw, text),
+        None => {
+            text.clear();
+            huffman::decode(raw, text)
+        }
+    }
+    .map_err(|_| COMPRESSION)?;
     Ok(None)
 }
 

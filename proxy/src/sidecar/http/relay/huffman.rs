@@ -11,6 +11,11 @@
 //! next 12; longer ones walk the lengths from 9 up. A string ends in at
 //! most 7 bits of padding, all ones (the start of EOS); anything else, and
 //! EOS itself, is an error (§5.2).
+//!
+//! [`Recent`] keeps the last few short strings decoded, by their coded
+//! bytes: an encoder that does not index its fields (nginx's, for every
+//! response) sends the same coded `content-type` or `date` again and
+//! again, and comparing its bytes is cheaper than walking its bits.
 
 /// Bits in each symbol's code: symbols 0–255 are bytes, 256 is EOS
 /// (RFC 7541 Appendix B, the "len in bits" column).
@@ -126,6 +131,47 @@ const fn build() -> Tables {
         v += 1;
     }
     t
+}
+
+/// Strings [`Recent`] keeps, at most.
+const RECENT: usize = 8;
+/// The longest coded string [`Recent`] keeps (a `date` is 22 bytes coded,
+/// an `etag` about 15): so it holds at most about 1 KiB.
+const RECENT_CODED: usize = 48;
+
+/// The last [`RECENT`] short strings decoded, each with its coded bytes,
+/// replaced oldest first; empty until the first. Its buffers are reused.
+#[derive(Default)]
+pub struct Recent {
+    kept: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The entry to replace next, once all are made.
+    next: usize,
+}
+
+impl Recent {
+    /// [`decode`]s `src` into `out` (cleared first), or copies what it
+    /// decoded to the last time these bytes came.
+    pub fn decode(&mut self, src: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
+        out.clear();
+        if let Some((_, text)) = self.kept.iter().find(|(coded, _)| coded == src) {
+            out.extend_from_slice(text);
+            return Ok(());
+        }
+        decode(src, out)?;
+        if src.len() <= RECENT_CODED {
+            if self.kept.len() < RECENT {
+                self.kept.push((src.to_vec(), out.clone()));
+            } else {
+                let (coded, text) = &mut self.kept[self.next];
+                coded.clear();
+                coded.extend_from_slice(src);
+                text.clear();
+                text.extend_from_slice(out);
+                self.next = (self.next + 1) % RECENT;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Appends the decoding of `src` to `out`.
@@ -366,6 +412,38 @@ mod tests {
         #[test]
         fn arbitrary_input_never_panics(wire in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let _ = decode(&wire, &mut Vec::new());
+        }
+
+        /// Kept strings decode as `decode` does, errors included, whatever
+        /// repeats and evictions a sequence of strings brings (a few
+        /// distinct ones, some long, some not Huffman at all).
+        #[test]
+        fn recent_decodes_as_decode_does(
+            picks in proptest::collection::vec(0..12usize, 1..60),
+            texts in proptest::collection::vec("[ -~]{0,70}", 12),
+        ) {
+            let wires: Vec<Vec<u8>> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match i {
+                    // Not a Huffman string: a byte of EOS (an error).
+                    0 => vec![0xff, 0xff, 0xff, 0xff],
+                    _ => encode(t.as_bytes()),
+                })
+                .collect();
+            let mut recent = Recent::default();
+            let mut out = b"left over".to_vec();
+            for &i in &picks {
+                let mut want = Vec::new();
+                let expected = decode(&wires[i], &mut want);
+                let got = recent.decode(&wires[i], &mut out);
+                proptest::prop_assert_eq!(got.is_ok(), expected.is_ok());
+                if got.is_ok() {
+                    proptest::prop_assert_eq!(&out, &want);
+                }
+                proptest::prop_assert!(recent.kept.len() <= RECENT);
+                proptest::prop_assert!(recent.kept.iter().all(|(c, _)| c.len() <= RECENT_CODED));
+            }
         }
     }
 }
