@@ -1192,7 +1192,7 @@ async fn a_policy_reload_closes_a_live_tcp_connection_it_no_longer_allows() {
 }
 
 /// A reload applies to the next request of a live HTTP connection, also
-/// where it changes what the connection settled: from its second request
+/// where it changes what the connection settled: from its third request
 /// on, the server sidecar keeps which rules passed their `from`/`to`
 /// clauses for the connection (`ConnectionRules`), and a reload that makes
 /// the allowing rule's `from` fail must be decided afresh. (Kept from the

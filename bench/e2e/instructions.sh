@@ -24,8 +24,8 @@
 # their sum, and writes callgrind files for `callgrind_annotate` to
 # bench/e2e/raw/instructions/.
 #
-# Needs: valgrind, nginx, h2load (nghttp2-client); installs the last two with
-# apt-get when run as root. Takes about two minutes per workload.
+# Needs: valgrind, nginx, h2load (nghttp2-client), and iperf3 for `tcp`;
+# installs nginx and h2load with apt-get when run as root. Takes about two minutes per workload.
 set -euo pipefail
 shopt -s inherit_errexit
 

@@ -29,6 +29,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -139,6 +140,28 @@ pub struct Export<'a> {
     pub sampling_ratio: f64,
 }
 
+/// False only once [`init`] has installed a subscriber under which the
+/// sidecar's spans ([`SPAN_TARGET`]) are surely off: no export, and
+/// `RUST_LOG` neither names them nor has span directives (`[...]`).
+/// (Asking `tracing::enabled!` instead would be wrong here: with per-layer
+/// filters an interest check that no event follows leaves a layer's
+/// "disabled" mark for the next event, tokio-rs/tracing#2519, and a log
+/// line goes missing.)
+static SPANS_MAY_BE_ON: AtomicBool = AtomicBool::new(true);
+
+/// Whether the sidecar's spans may be on: see [`SPANS_MAY_BE_ON`]. True
+/// until [`init`] (tests that install a subscriber of their own).
+pub fn spans_may_be_on() -> bool {
+    SPANS_MAY_BE_ON.load(Ordering::Relaxed)
+}
+
+/// Whether spans may be on under `export` and `RUST_LOG` ([`log_filter`]
+/// leaves them out of logs unless `RUST_LOG` names them; a span directive
+/// may match them by name).
+fn spans_possible(exporting: bool, rust_log: Option<&str>) -> bool {
+    exporting || rust_log.is_some_and(|d| d.contains(SPAN_TARGET) || d.contains('['))
+}
+
 /// Installs the global `tracing` subscriber: `RUST_LOG` filtering (default
 /// `info`), logs to stderr, and OTLP/HTTP trace export to
 /// `<endpoint>/v1/traces` when `export` is `Some`.
@@ -152,10 +175,13 @@ pub fn init(
     export: Option<Export<'_>>,
     format: LogFormat,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = log_filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let possible = spans_possible(export.is_some(), rust_log.as_deref());
+    let filter = log_filter(rust_log.as_deref());
     let (subscriber, guard) = subscriber(export, format, filter, std::io::stderr)?;
     // On failure `guard` is dropped here, shutting down the unused exporter.
     subscriber.try_init()?;
+    SPANS_MAY_BE_ON.store(possible, Ordering::Relaxed);
     Ok(guard)
 }
 
@@ -454,6 +480,26 @@ mod tests {
             }
         });
         (addr, seen)
+    }
+
+    #[test]
+    fn spans_are_surely_off_only_without_export_or_a_directive_for_them() {
+        for (exporting, rust_log, possible) in [
+            (false, None, false),
+            (false, Some("info"), false),
+            (false, Some("appid_proxy=trace,h2=debug"), false),
+            (true, None, true),
+            (true, Some("warn"), true),
+            (false, Some("info,appid_proxy::spans=info"), true),
+            (false, Some("[appid.request]"), true),
+            (false, Some("info,[{appid.rule=x}]=debug"), true),
+        ] {
+            assert_eq!(
+                spans_possible(exporting, rust_log),
+                possible,
+                "export {exporting}, RUST_LOG {rust_log:?}"
+            );
+        }
     }
 
     #[test]

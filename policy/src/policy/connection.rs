@@ -5,7 +5,7 @@
 //! A connection's caller, callee and port are fixed for its life, so which
 //! rules the index offers and every clause before a rule's `http` part
 //! come out the same for each of its requests. [`Policy::connection_rules`]
-//! does that work once; [`ConnectionRules::decide`] then checks only the
+//! does that work once and keeps what can still matter; [`ConnectionRules::decide`] then checks only the
 //! `http` clauses of the rules that passed and fills the same tally as
 //! [`Policy::decide`] (a property test checks that the two agree on every
 //! query). Rules are made from one policy and decide only with it: given
@@ -17,7 +17,7 @@ use super::Policy;
 use super::decision::Decision;
 use super::eval::{Tally, partition, targets_metadata_api};
 use super::query::Query;
-use super::rule::Eval;
+use super::rule::{Action, Eval};
 
 /// Tells policies apart: each [`Policy::load`] takes the next number.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
@@ -26,16 +26,24 @@ pub(crate) fn next_generation() -> u64 {
     GENERATIONS.fetch_add(1, Ordering::Relaxed)
 }
 
-/// What one connection settled about the rules of one policy: the rules
-/// the index offers for its caller, callee and port, each with the first
-/// of its clauses before `http` that fails (`None`: they all hold).
+/// What one connection settled about the rules of one policy: which of
+/// the rules the index offers for its caller, callee and port pass every
+/// clause before `http`, and the one failure among the rest that a
+/// decision could still name. Small whatever the policy's size: rules that
+/// failed are not kept one by one.
 #[derive(Debug)]
 pub struct ConnectionRules {
     /// The policy's [`Policy::generation`].
     generation: u64,
     /// The callee is the cloud metadata API.
-    metadata: bool,
-    candidates: Box<[(u32, Option<usize>)]>,
+    targets_metadata_api: bool,
+    /// The rules whose clauses before `http` all hold.
+    passed: Box<[u32]>,
+    /// Of the allow rules that failed before `http`, the one that got
+    /// furthest (then the smallest id) with its failed clause: the only
+    /// one of them a decision can name (the closest miss of a default
+    /// denial, [`Tally::record`]). A deny rule that fails is never named.
+    closest_miss: Option<(u32, usize)>,
 }
 
 impl ConnectionRules {
@@ -51,17 +59,18 @@ impl ConnectionRules {
         if !self.are_from(policy) {
             return policy.decide(q);
         }
-        let mut tally = Tally::new(self.metadata);
-        for &(id, failed) in &self.candidates {
+        let mut tally = Tally::new(self.targets_metadata_api);
+        for &id in &self.passed {
             let rule = &policy.rules[id as usize];
-            if tally.passes_over(id, rule) {
-                continue;
+            if !tally.passes_over(id, rule) {
+                tally.record(id, rule, rule.eval_after_l4(q));
             }
-            let eval = match failed {
-                Some(clause) => Eval::Fail(clause),
-                None => rule.eval_after_l4(q),
-            };
-            tally.record(id, rule, eval);
+        }
+        if let Some((id, clause)) = self.closest_miss {
+            let rule = &policy.rules[id as usize];
+            if !tally.passes_over(id, rule) {
+                tally.record(id, rule, Eval::Fail(clause));
+            }
         }
         tally.finish(policy)
     }
@@ -72,17 +81,34 @@ impl Policy {
     /// caller, callee and port, checked up to their `http` part (`q.http`
     /// is not looked at): see [`ConnectionRules::decide`].
     pub fn connection_rules(&self, q: &Query<'_>) -> ConnectionRules {
-        let mut candidates = Vec::new();
+        let targets_metadata_api = targets_metadata_api(q);
+        let mut passed = Vec::new();
+        let mut closest_miss: Option<(u32, usize)> = None;
         if let Some(p) = partition(q) {
             self.index[p].candidates(q, |id| {
-                let failed = self.rules[id as usize].failed_l4_clause(q);
-                candidates.push((id, failed));
+                let rule = &self.rules[id as usize];
+                match rule.failed_l4_clause(q) {
+                    None => passed.push(id),
+                    // Recorded as nothing ([`Tally::record`]).
+                    Some(_) if rule.action == Action::Deny => {}
+                    // Never looked at for this callee ([`Tally::passes_over`]).
+                    Some(_) if targets_metadata_api && !rule.names_metadata => {}
+                    Some(clause) => {
+                        let further = closest_miss.is_none_or(|(best, best_clause)| {
+                            clause > best_clause || (clause == best_clause && id < best)
+                        });
+                        if further {
+                            closest_miss = Some((id, clause));
+                        }
+                    }
+                }
             });
         }
         ConnectionRules {
             generation: self.generation,
-            metadata: targets_metadata_api(q),
-            candidates: candidates.into(),
+            targets_metadata_api,
+            passed: passed.into(),
+            closest_miss,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Turning the rules that match into one decision.
 //!
-//! Design bias: *one tally, two ways to fill it*. [`Tally`] is the whole of
-//! the semantics (deny wins, then allow, then default; L7 deferral;
+//! Design bias: *one tally, several ways to fill it*. [`Tally`] is the whole
+//! of the semantics (deny wins, then allow, then default; L7 deferral;
 //! HTTP-only connections; the metadata API; audit mode). The data plane
-//! fills it from the index's candidates; tests and `explain` fill it from a
-//! scan of every rule; the property tests check the two agree. Among several matching rules of the
+//! fills it from the index's candidates (per request, from what the
+//! connection settled about them: `super::connection`); tests and
+//! `explain` fill it from a scan of every rule; the property tests check
+//! that all agree. Among several matching rules of the
 //! winning kind the one whose name sorts first is named (rule ids are ranks
 //! by name), so no decision depends on the order rules are written in.
 

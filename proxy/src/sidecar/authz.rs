@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use appid_policy::AppIdClaims;
 use appid_policy::policy::{
@@ -99,17 +99,7 @@ pub struct ConnAuthz {
     audit_fields: OnceLock<Box<KeptAuditFields>>,
     /// A request was audited on this connection.
     request_audited: std::sync::atomic::AtomicBool,
-    /// What the connection settled about the policy's rules, kept from its
-    /// second request on ([`Self::decide_request`]).
-    request_rules: std::sync::Mutex<Option<ConnectionRules>>,
-    /// The decision counter counted into last, by decision and rule
-    /// ([`Self::count_decision`]).
-    decision_counter: std::sync::Mutex<Option<KeptCounter>>,
 }
-
-/// A decision counter kept by a connection: its decision, its rule, the
-/// counter ([`ConnAuthz::count_decision`]).
-type KeptCounter = (Box<str>, Box<str>, Counter);
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
 /// fixed keys: the same name, the same digest, within the process).
@@ -143,15 +133,28 @@ impl AuditAddrs {
     }
 }
 
-/// A keep-alive connection's audit fields, made once: its addresses as
-/// text, and the fields every line of it shares encoded
-/// ([`ConnectionFields`]; `None` if they could not be, when every line is
-/// encoded whole).
+/// What a keep-alive connection keeps for its requests, made at its second
+/// request: its addresses as text, and the fields every audit line of it
+/// shares encoded ([`ConnectionFields`]; `None` if they could not be, when
+/// every line is encoded whole); from its third request on, what it
+/// settled about the policy's rules and the decision counter it counted
+/// into last ([`ConnAuthz::decide_request`], [`ConnAuthz::count_decision`]).
+/// A connection that carries one request keeps none of it.
 struct KeptAuditFields {
     peer_addr: Box<str>,
     app_addr: Option<Box<str>>,
     external_ip: Option<Box<str>>,
     encoded: OnceLock<Option<ConnectionFields>>,
+    rules: Mutex<Option<ConnectionRules>>,
+    decision_counter: Mutex<Option<KeptCounter>>,
+}
+
+/// A decision counter a connection keeps, with the decision and rule it
+/// counts (buffers reused when they change).
+struct KeptCounter {
+    decision: String,
+    rule: String,
+    counter: Counter,
 }
 
 /// A socket address as text, on the stack. `SocketAddr`'s `Display` goes
@@ -285,8 +288,6 @@ impl ConnAuthz {
             would_deny: std::sync::atomic::AtomicU64::new(0),
             audit_fields: OnceLock::new(),
             request_audited: std::sync::atomic::AtomicBool::new(false),
-            request_rules: std::sync::Mutex::new(None),
-            decision_counter: std::sync::Mutex::new(None),
         }
     }
 
@@ -384,33 +385,24 @@ impl ConnAuthz {
         decision
     }
 
-    /// [`Self::decide`] for a request. From a connection's second request
-    /// on, with the rules it settled ([`ConnectionRules`]: the index's
-    /// answer and every clause before `http` are the same for all its
-    /// requests), made again when the policy is not theirs.
+    /// [`Self::decide`] for a request. Once the connection keeps fields
+    /// (its third request on), with the rules it settled
+    /// ([`ConnectionRules`]: the index's answer and every clause before
+    /// `http` are the same for all its requests), made again when the
+    /// policy is not theirs.
     fn decide_request<'p>(
         &self,
         policy: &'p Policy,
         query: &Query<'_>,
     ) -> appid_policy::policy::Decision<'p> {
-        if !self
-            .request_audited
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let Some(kept) = self.audit_fields.get() else {
             return self.decide(policy, query);
-        }
-        let started = std::time::Instant::now();
-        let mut kept = self
-            .request_rules
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !kept.as_ref().is_some_and(|rules| rules.are_from(policy)) {
-            *kept = Some(policy.connection_rules(query));
-        }
-        let decision = match kept.as_ref() {
-            Some(rules) => rules.decide(policy, query),
-            None => policy.decide(query),
         };
+        let started = std::time::Instant::now();
+        let mut rules = kept.rules.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = rules.take().filter(|rules| rules.are_from(policy));
+        let rules = rules.insert(current.unwrap_or_else(|| policy.connection_rules(query)));
+        let decision = rules.decide(policy, query);
         self.shared
             .metrics
             .decision_took(self.direction.into(), started.elapsed());
@@ -701,35 +693,50 @@ impl ConnAuthz {
             Some(fields) => self.shared.audit.log_on_connection(&record, fields),
             None => self.shared.audit.log(&record),
         }
-        self.count_decision(decision, rule, request.is_some());
+        self.count_decision(decision, rule, kept);
     }
 
     /// Counts a decision in `appid_authz_decisions_total`. A connection's
-    /// requests mostly meet one rule, so from its second request on it
-    /// keeps the counter it counted into last: no lookup by name then.
-    fn count_decision(&self, decision: &str, rule: &str, for_request: bool) {
+    /// requests mostly meet one rule, so once it keeps fields it keeps the
+    /// counter it counted into last: no lookup by name then.
+    fn count_decision(&self, decision: &str, rule: &str, kept: Option<&KeptAuditFields>) {
         let direction = metrics_direction(self.direction);
-        if !for_request || self.audit_fields.get().is_none() {
+        let Some(kept) = kept else {
             return self
                 .shared
                 .metrics
                 .authz_decision(direction, decision, rule);
-        }
-        let mut kept = self
+        };
+        let mut last = kept
             .decision_counter
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match &*kept {
-            Some((d, r, counter)) if **d == *decision && **r == *rule => {
-                counter.inc();
+        match &mut *last {
+            Some(last) if last.decision == decision && last.rule == rule => {
+                last.counter.inc();
             }
-            _ => {
+            Some(last) => {
+                last.counter = self
+                    .shared
+                    .metrics
+                    .decision_counter(direction, decision, rule);
+                last.counter.inc();
+                last.decision.clear();
+                last.decision.push_str(decision);
+                last.rule.clear();
+                last.rule.push_str(rule);
+            }
+            None => {
                 let counter = self
                     .shared
                     .metrics
                     .decision_counter(direction, decision, rule);
                 counter.inc();
-                *kept = Some((decision.into(), rule.into(), counter));
+                *last = Some(KeptCounter {
+                    decision: decision.into(),
+                    rule: rule.into(),
+                    counter,
+                });
             }
         }
     }
@@ -752,6 +759,8 @@ impl ConnAuthz {
                 app_addr: addrs.app_addr.as_ref().map(|a| a.as_str().into()),
                 external_ip: addrs.external_ip,
                 encoded: OnceLock::new(),
+                rules: Mutex::new(None),
+                decision_counter: Mutex::new(None),
             })
         });
         Some(kept)

@@ -210,8 +210,9 @@ const QUIET: Duration = Duration::from_secs(2);
 /// a chunk in TLS records (88 bytes more: 4 records' heads and tags) or a
 /// chunk written to the app left as 65 483 + a few bytes, and bulk through
 /// the pair made twice the segments it needs (docs/performance.md,
-/// "Segments"). Now a chunk as a DATA frame in TLS records is at most
-/// [`LARGEST_SEGMENT`] bytes (a test checks the sum).
+/// "A chunk that leaves in one TCP segment"). Now a chunk as a DATA frame
+/// in TLS records fits `LARGEST_SEGMENT` (a test measures rustls's
+/// records).
 const MAX_BUFFER: usize = 64 * 1024 - 256;
 
 /// The largest TCP segment's payload the sums above must fit: a 64 KiB
@@ -711,8 +712,8 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
-    /// The TLS bytes rustls (TLS 1.3, AES-256-GCM, as the sidecars use it)
-    /// writes for one write of `plaintext` bytes, measured.
+    /// The TLS bytes rustls (TLS 1.3, AES-GCM: 22 bytes a record more with
+    /// either key size) writes for one write of `plaintext` bytes, measured.
     fn tls_bytes_for(plaintext: usize) -> usize {
         use std::sync::Arc;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

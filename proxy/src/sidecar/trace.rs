@@ -149,12 +149,11 @@ pub fn request_span<'h>(
     span
 }
 
-/// Whether this sidecar's spans are on (an `otlp_endpoint`, or `RUST_LOG`
-/// naming [`SPAN_TARGET`]). Off, it costs a load of the callsite's cached
-/// interest, where `Span::current()` looks the subscriber up: a check to
-/// make before asking for the current span on every request.
+/// Whether this sidecar's spans may be on ([`crate::telemetry::spans_may_be_on`]):
+/// a load of a flag, where `Span::current()` looks the subscriber up — a
+/// check to make before asking for the current span on every request.
 pub fn spans_on() -> bool {
-    tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO)
+    crate::telemetry::spans_may_be_on()
 }
 
 /// Records the response status on a request span (an error status for 5xx).

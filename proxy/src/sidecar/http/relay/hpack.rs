@@ -275,8 +275,10 @@ impl HeaderBlocks {
                 } else {
                     table.get(index)?.0
                 };
-                let value =
-                    string(&mut src, value_text, Some(recent_values))?.unwrap_or(value_text);
+                // A never-indexed value (a credential, by the encoder's
+                // word) is not kept past its block.
+                let recent = (!never).then_some(&mut *recent_values);
+                let value = string(&mut src, value_text, recent)?.unwrap_or(value_text);
                 head.field(name, static_name(index), value, never)?;
                 if indexing {
                     table.insert(Entry::new(name, value));

@@ -15,7 +15,8 @@
 //! [`Recent`] keeps the last few short strings decoded, by their coded
 //! bytes: an encoder that does not index its fields (nginx's, for every
 //! response) sends the same coded `content-type` or `date` again and
-//! again, and comparing its bytes is cheaper than walking its bits.
+//! again, and comparing its bytes is cheaper than walking its bits. (The
+//! caller leaves never-indexed values out of it.)
 
 /// Bits in each symbol's code: symbols 0–255 are bytes, 256 is EOS
 /// (RFC 7541 Appendix B, the "len in bits" column).
