@@ -146,15 +146,16 @@ struct KeptAuditFields {
     external_ip: Option<Box<str>>,
     encoded: OnceLock<Option<ConnectionFields>>,
     rules: Mutex<Option<ConnectionRules>>,
-    decision_counter: Mutex<Option<KeptCounter>>,
+    decision_counter: Mutex<KeptCounter>,
 }
 
 /// A decision counter a connection keeps, with the decision and rule it
-/// counts (buffers reused when they change).
+/// counts (buffers reused when they change; no counter until the first).
+#[derive(Default)]
 struct KeptCounter {
     decision: String,
     rule: String,
-    counter: Counter,
+    counter: Option<Counter>,
 }
 
 /// A socket address as text, on the stack. `SocketAddr`'s `Display` goes
@@ -377,8 +378,13 @@ impl ConnAuthz {
         policy: &'p Policy,
         query: &Query<'_>,
     ) -> appid_policy::policy::Decision<'p> {
+        self.timed(|| policy.decide(query))
+    }
+
+    /// `decide`, timed into `appid_authz_decision_duration_seconds`.
+    fn timed<T>(&self, decide: impl FnOnce() -> T) -> T {
         let started = std::time::Instant::now();
-        let decision = policy.decide(query);
+        let decision = decide();
         self.shared
             .metrics
             .decision_took(self.direction.into(), started.elapsed());
@@ -398,15 +404,12 @@ impl ConnAuthz {
         let Some(kept) = self.audit_fields.get() else {
             return self.decide(policy, query);
         };
-        let started = std::time::Instant::now();
-        let mut rules = kept.rules.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = rules.take().filter(|rules| rules.are_from(policy));
-        let rules = rules.insert(current.unwrap_or_else(|| policy.connection_rules(query)));
-        let decision = rules.decide(policy, query);
-        self.shared
-            .metrics
-            .decision_took(self.direction.into(), started.elapsed());
-        decision
+        self.timed(|| {
+            let mut rules = kept.rules.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = rules.take().filter(|rules| rules.are_from(policy));
+            let rules = rules.insert(current.unwrap_or_else(|| policy.connection_rules(query)));
+            rules.decide(policy, query)
+        })
     }
 
     pub fn decide_connection(&self, is_http: Option<bool>) -> ConnVerdict {
@@ -711,34 +714,22 @@ impl ConnAuthz {
             .decision_counter
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match &mut *last {
-            Some(last) if last.decision == decision && last.rule == rule => {
-                last.counter.inc();
-            }
-            Some(last) => {
-                last.counter = self
-                    .shared
-                    .metrics
-                    .decision_counter(direction, decision, rule);
-                last.counter.inc();
+        let same = last.decision == decision && last.rule == rule;
+        let counter = match &last.counter {
+            Some(counter) if same => counter,
+            _ => {
                 last.decision.clear();
                 last.decision.push_str(decision);
                 last.rule.clear();
                 last.rule.push_str(rule);
-            }
-            None => {
                 let counter = self
                     .shared
                     .metrics
                     .decision_counter(direction, decision, rule);
-                counter.inc();
-                *last = Some(KeptCounter {
-                    decision: decision.into(),
-                    rule: rule.into(),
-                    counter,
-                });
+                last.counter.insert(counter)
             }
-        }
+        };
+        counter.inc();
     }
 
     /// The connection's kept audit fields: made at its second request
@@ -760,7 +751,7 @@ impl ConnAuthz {
                 external_ip: addrs.external_ip,
                 encoded: OnceLock::new(),
                 rules: Mutex::new(None),
-                decision_counter: Mutex::new(None),
+                decision_counter: Mutex::new(KeptCounter::default()),
             })
         });
         Some(kept)
