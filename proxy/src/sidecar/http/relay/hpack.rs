@@ -880,6 +880,29 @@ mod tests {
         assert!(matches!(receiver.decode(&wire), Ok(Decoded::Block(_))));
     }
 
+    /// A Huffman-coded value is kept for the blocks after (`huffman::Recent`),
+    /// unless the encoder marked it never-indexed: a credential is not kept
+    /// past its block.
+    #[test]
+    fn never_indexed_values_are_not_kept_past_their_block() {
+        // `:status: 200`, then `cache-control` (static 24) with the value
+        // "private" Huffman-coded (RFC 7541 C.6.1): without indexing
+        // (0000), then never indexed (0001).
+        let private = [0x85, 0xae, 0xc3, 0x77, 0x1a, 0x4b];
+        for (first, kept) in [(0x0f, 1), (0x1f, 0)] {
+            let mut block = vec![0x88, first, 24 - 15];
+            block.extend_from_slice(&private);
+            let mut receiver = HeaderBlocks::new(64 * 1024);
+            let fields =
+                decoded(receiver.decode(&headers_frame(1, END_HEADERS | END_STREAM, &block)));
+            assert!(
+                fields.contains(&("cache-control".into(), "private".into())),
+                "{fields:?}"
+            );
+            assert_eq!(receiver.recent_values.len(), kept, "first byte {first:#x}");
+        }
+    }
+
     /// A HEADERS frame with END_HEADERS carrying `block` on `stream`.
     fn headers_frame(stream: u32, flags: u8, block: &[u8]) -> BytesMut {
         let mut frame = BytesMut::new();

@@ -150,6 +150,12 @@ pub struct Recent {
 }
 
 impl Recent {
+    /// How many strings it keeps.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
     /// [`decode`]s `src` into `out` (cleared first), or copies what it
     /// decoded to the last time these bytes came.
     pub fn decode(&mut self, src: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
