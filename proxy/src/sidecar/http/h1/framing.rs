@@ -63,15 +63,8 @@ pub fn body_length<'h>(
                 .rfind(|coding| !coding.is_empty());
             transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if name.eq_ignore_ascii_case("content-length") {
-            for item in value.split(|&b| b == b',') {
-                let item = item.trim_ascii();
-                if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                    return Err(FramingError::BadContentLength);
-                }
-                let n: u64 = std::str::from_utf8(item)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(FramingError::BadContentLength)?;
+            for n in content_lengths(value) {
+                let n = n?;
                 if content_length.is_some_and(|seen| seen != n) {
                     return Err(FramingError::BadContentLength);
                 }
@@ -89,6 +82,31 @@ pub fn body_length<'h>(
         (None, None) if request => Ok(BodyLength::Empty),
         (None, None) => Ok(BodyLength::UntilClose),
     }
+}
+
+/// The lengths one `content-length` value lists: comma-separated items of
+/// 1 to 19 digits, blanks around them allowed; an error for anything else.
+/// A plain number (every response carries one) is read in one pass.
+fn content_lengths(value: &[u8]) -> impl Iterator<Item = Result<u64, FramingError>> + '_ {
+    let plain = plain_length(value);
+    let items = plain.is_none().then(|| value.split(|&b| b == b','));
+    plain.map(Ok).into_iter().chain(
+        items
+            .into_iter()
+            .flatten()
+            .map(|item| plain_length(item.trim_ascii()).ok_or(FramingError::BadContentLength)),
+    )
+}
+
+/// `digits` as a number when they are 1 to 19 ASCII digits (no sign, no
+/// blank); 19 digits cannot overflow a `u64`.
+fn plain_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// What an `x-appid-*` field name starts with (`_` read as `-`).
@@ -497,6 +515,36 @@ mod tests {
 
         /// Arbitrary bytes never panic; they end the body, need more, or
         /// are refused.
+        /// The one-pass reading of a plain number and the item-by-item
+        /// one agree with `str::parse` on any value: the lengths listed,
+        /// or an error exactly when an item is not 1 to 19 digits.
+        #[test]
+        fn content_lengths_are_read_as_the_items_parse(
+            value in prop_oneof![
+                "[0-9]{0,21}",
+                "[0-9 ,\t]{0,24}",
+                proptest::collection::vec(any::<u8>(), 0..24)
+                    .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ]
+        ) {
+            let want: Result<Vec<u64>, FramingError> = value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(|item| {
+                    let item = item.trim_ascii();
+                    if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                        return Err(FramingError::BadContentLength);
+                    }
+                    std::str::from_utf8(item)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(FramingError::BadContentLength)
+                })
+                .collect();
+            let got: Result<Vec<u64>, FramingError> = content_lengths(value.as_bytes()).collect();
+            prop_assert_eq!(got, want);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut c = Chunked::new();

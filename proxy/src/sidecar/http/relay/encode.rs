@@ -180,7 +180,7 @@ fn put_int(out: &mut BytesMut, flags: u8, prefix_bits: u32, value: usize) {
 
 /// The static table's index of a (regular) field name (RFC 7541
 /// Appendix A), for names the table holds.
-fn static_name(name: &str) -> Option<usize> {
+pub(super) fn static_name(name: &str) -> Option<usize> {
     Some(match name {
         "accept-charset" => 15,
         "accept-encoding" => 16,

@@ -362,10 +362,12 @@ where
             }
         }
         if let Some(peer) = &self.peer_headers {
+            // Appended, not inserted: the `retain` above left no x-appid-*
+            // field to replace (one pass over the fields, not three).
             let id = &peer.id;
-            fields.insert(PEER_ID_HEADER, id.as_bytes(), id.is_sensitive());
+            fields.append(PEER_ID_HEADER, id.as_bytes(), id.is_sensitive());
             let claims = &peer.claims;
-            fields.insert(PEER_CLAIMS_HEADER, claims.as_bytes(), claims.is_sensitive());
+            fields.append(PEER_CLAIMS_HEADER, claims.as_bytes(), claims.is_sensitive());
         }
         // The app is dialled for the first allowed request, not before.
         if !self.dial_app() {

@@ -20,6 +20,7 @@
 
 use http::{Method, StatusCode};
 
+use super::encode::static_name;
 use super::hpack::STATIC_TABLE;
 use appid_policy::policy::Headers;
 
@@ -208,16 +209,30 @@ impl HeaderList {
 
     /// The first value of the field `name` (lower case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.fields()
-            .find(|field| field.name == name)
-            .map(|field| field.value)
+        let index = static_name(name);
+        let field = self.fields.iter().find(|f| self.is_named(f, name, index))?;
+        Some(self.value(field.value))
     }
 
     /// Every value of the field `name` (lower case), in order.
     pub fn get_all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
-        self.fields()
-            .filter(move |field| field.name == name)
-            .map(|field| field.value)
+        let index = static_name(name);
+        self.fields
+            .iter()
+            .filter(move |field| self.is_named(field, name, index))
+            .map(|field| self.value(field.value))
+    }
+
+    /// Whether `field` is named `name`, whose static-table index is
+    /// `index` ([`static_name`]). A name the decoder took from the static
+    /// table compares as its index, without a look at the table or the
+    /// text: regular names are there once each (15–61), so the indexes are
+    /// equal exactly when the names are.
+    fn is_named(&self, field: &Field, name: &str, index: Option<usize>) -> bool {
+        match field.name {
+            Name::Static(own) => index == Some(usize::from(own)),
+            Name::Text(span) => self.text(span) == name,
+        }
     }
 
     /// Keeps the fields whose name `keep` says yes to. (The bytes of the
@@ -598,5 +613,31 @@ mod tests {
         );
         assert_eq!(head.len(), 3);
         assert_eq!(head.fields().next().unwrap().static_index, Some(58));
+    }
+
+    /// A name finds its fields whether the decoder stored it as a static
+    /// index or as text (a dynamic-table or literal name), and finds no
+    /// field of another static name.
+    #[test]
+    fn lookups_match_static_and_spelled_names_alike() {
+        let index = |name: &str| {
+            let i = STATIC_TABLE.iter().position(|(n, _)| *n == name).unwrap() + 1;
+            u8::try_from(i).unwrap()
+        };
+        let mut head = HeaderList::default();
+        head.push_static(index("content-length"), b"5", false);
+        head.push_static(index("content-type"), b"text/plain", false);
+        head.append("content-length", b"5", false);
+        head.append("x-a", b"1", false);
+        head.push_static(index("content-location"), b"/x", false);
+        let all = |name| head.get_all(name).collect::<Vec<_>>();
+        assert_eq!(all("content-length"), [b"5", b"5"]);
+        assert_eq!(all("content-type"), [&b"text/plain"[..]]);
+        assert_eq!(all("content-location"), [&b"/x"[..]]);
+        assert_eq!(all("x-a"), [b"1"]);
+        assert!(all("content-encoding").is_empty());
+        assert!(all("x-b").is_empty());
+        assert_eq!(head.get("content-length"), Some(&b"5"[..]));
+        assert_eq!(head.get("accept"), None);
     }
 }
