@@ -123,7 +123,8 @@ thread_local! {
     /// Where [`AuditLog::log_at`] encodes a line before queueing it.
     static LINE_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     /// The last second [`write_time`] wrote on this thread: its Unix time
-    /// and its text up to the point (`i64::MIN`: none yet).
+    /// and its text up to and including the `.` before the milliseconds
+    /// (`i64::MIN`: none yet).
     static LAST_SECOND: Cell<(i64, [u8; 20])> = const { Cell::new((i64::MIN, [0; 20])) };
 }
 
@@ -1321,7 +1322,7 @@ fn write_time(buf: &mut Vec<u8>, at: OffsetDateTime) -> Result<(), time::error::
     let up_to_second = match kept {
         Some((_, text)) => text,
         None => {
-            let Some(text) = second_text(at) else {
+            let Some(text) = text_up_to_second(at) else {
                 buf.extend_from_slice(at.format(TIME_FORMAT)?.as_bytes());
                 return Ok(());
             };
@@ -1340,9 +1341,9 @@ fn write_time(buf: &mut Vec<u8>, at: OffsetDateTime) -> Result<(), time::error::
     Ok(())
 }
 
-/// `at` (UTC) up to its second and the point, `2026-11-20T10:00:00.`;
-/// `None` outside the years 0 to 9999.
-fn second_text(at: OffsetDateTime) -> Option<[u8; 20]> {
+/// `at` (UTC) up to and including the `.` before the milliseconds,
+/// `2026-11-20T10:00:00.`; `None` outside the years 0 to 9999.
+fn text_up_to_second(at: OffsetDateTime) -> Option<[u8; 20]> {
     let (year, month, day) = at.to_calendar_date();
     let year @ 0..=9999 = u16::try_from(year).ok()? else {
         return None;

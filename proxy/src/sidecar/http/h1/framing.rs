@@ -63,13 +63,13 @@ pub fn body_length<'h>(
                 .rfind(|coding| !coding.is_empty());
             transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if name.eq_ignore_ascii_case("content-length") {
-            for n in content_lengths(value) {
-                let n = n?;
+            content_lengths(value, |n| {
                 if content_length.is_some_and(|seen| seen != n) {
                     return Err(FramingError::BadContentLength);
                 }
                 content_length = Some(n);
-            }
+                Ok(())
+            })?;
         }
     }
     match (transfer_encoding, content_length) {
@@ -84,18 +84,21 @@ pub fn body_length<'h>(
     }
 }
 
-/// The lengths one `content-length` value lists: comma-separated items of
-/// 1 to 19 digits, blanks around them allowed; an error for anything else.
-/// A plain number (every response carries one) is read in one pass.
-fn content_lengths(value: &[u8]) -> impl Iterator<Item = Result<u64, FramingError>> + '_ {
-    let plain = plain_length(value);
-    let items = plain.is_none().then(|| value.split(|&b| b == b','));
-    plain.map(Ok).into_iter().chain(
-        items
-            .into_iter()
-            .flatten()
-            .map(|item| plain_length(item.trim_ascii()).ok_or(FramingError::BadContentLength)),
-    )
+/// Hands each length one `content-length` value lists to `each`, in
+/// order: comma-separated items of 1 to 19 digits, blanks around them
+/// allowed; an error for anything else. A plain number, the usual case, is
+/// read in one pass.
+fn content_lengths(
+    value: &[u8],
+    mut each: impl FnMut(u64) -> Result<(), FramingError>,
+) -> Result<(), FramingError> {
+    if let Some(n) = plain_length(value) {
+        return each(n);
+    }
+    for item in value.split(|&b| b == b',') {
+        each(plain_length(item.trim_ascii()).ok_or(FramingError::BadContentLength)?)?;
+    }
+    Ok(())
 }
 
 /// `digits` as a number when they are 1 to 19 ASCII digits (no sign, no
@@ -513,8 +516,6 @@ mod tests {
             prop_assert_eq!(consumed, body.len());
         }
 
-        /// Arbitrary bytes never panic; they end the body, need more, or
-        /// are refused.
         /// The one-pass reading of a plain number and the item-by-item
         /// one agree with `str::parse` on any value: the lengths listed,
         /// or an error exactly when an item is not 1 to 19 digits.
@@ -522,7 +523,7 @@ mod tests {
         fn content_lengths_are_read_as_the_items_parse(
             value in prop_oneof![
                 "[0-9]{0,21}",
-                "[0-9 ,\t]{0,24}",
+                "[0-9 ,\t\r\n\x0b\x0c]{0,24}",
                 proptest::collection::vec(any::<u8>(), 0..24)
                     .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
             ]
@@ -541,10 +542,17 @@ mod tests {
                         .ok_or(FramingError::BadContentLength)
                 })
                 .collect();
-            let got: Result<Vec<u64>, FramingError> = content_lengths(value.as_bytes()).collect();
+            let mut lengths = Vec::new();
+            let got = content_lengths(value.as_bytes(), |n| {
+                lengths.push(n);
+                Ok(())
+            })
+            .map(|()| lengths);
             prop_assert_eq!(got, want);
         }
 
+        /// Arbitrary bytes never panic; they end the body, need more, or
+        /// are refused.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut c = Chunked::new();

@@ -20,7 +20,7 @@
 
 use http::{Method, StatusCode};
 
-use super::encode::static_name;
+use super::encode::static_index_of;
 use super::hpack::STATIC_TABLE;
 use appid_policy::policy::Headers;
 
@@ -209,14 +209,14 @@ impl HeaderList {
 
     /// The first value of the field `name` (lower case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let index = static_name(name);
+        let index = static_index_of(name);
         let field = self.fields.iter().find(|f| self.is_named(f, name, index))?;
         Some(self.value(field.value))
     }
 
     /// Every value of the field `name` (lower case), in order.
     pub fn get_all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
-        let index = static_name(name);
+        let index = static_index_of(name);
         self.fields
             .iter()
             .filter(move |field| self.is_named(field, name, index))
@@ -224,7 +224,7 @@ impl HeaderList {
     }
 
     /// Whether `field` is named `name`, whose static-table index is
-    /// `index` ([`static_name`]). A name the decoder took from the static
+    /// `index` ([`static_index_of`]). A name the decoder took from the static
     /// table compares as its index, without a look at the table or the
     /// text: regular names are there once each (15–61), so the indexes are
     /// equal exactly when the names are.
@@ -299,6 +299,7 @@ impl HeaderList {
 
     /// A field whose name is static table entry `index` (15–61).
     pub(super) fn push_static(&mut self, index: u8, value: &[u8], sensitive: bool) {
+        debug_assert!((15..=61).contains(&index), "not a regular name: {index}");
         let value = push_bytes(&mut self.values, value);
         self.fields.push(Field {
             name: Name::Static(index),
@@ -627,11 +628,11 @@ mod tests {
         let mut head = HeaderList::default();
         head.push_static(index("content-length"), b"5", false);
         head.push_static(index("content-type"), b"text/plain", false);
-        head.append("content-length", b"5", false);
+        head.append("content-length", b"6", false);
         head.append("x-a", b"1", false);
         head.push_static(index("content-location"), b"/x", false);
         let all = |name| head.get_all(name).collect::<Vec<_>>();
-        assert_eq!(all("content-length"), [b"5", b"5"]);
+        assert_eq!(all("content-length"), [b"5", b"6"]);
         assert_eq!(all("content-type"), [&b"text/plain"[..]]);
         assert_eq!(all("content-location"), [&b"/x"[..]]);
         assert_eq!(all("x-a"), [b"1"]);
