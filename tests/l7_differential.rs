@@ -444,6 +444,18 @@ fn table() -> Vec<Row> {
             b"POST /public/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1, 2\r\n\r\nab",
             Refused(400),
         ),
+        // Equal values are accepted (RFC 9112 §6.3) and reach the app as
+        // one plain value (`check_echo`).
+        raw(
+            "CL list of equal values",
+            b"POST /public/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2, 2\r\n\r\nab",
+            Allowed,
+        ),
+        raw(
+            "two equal CLs",
+            b"POST /public/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+            Allowed,
+        ),
         raw(
             "TE gzip",
             b"POST /public/x HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: gzip\r\n\r\n",
@@ -538,6 +550,11 @@ fn table() -> Vec<Row> {
             .h2_raw(),
         req("h2 conflicting content-lengths", "POST", b"/public/echo-trailers", Closed)
             .header(b"content-length", b"3, 4")
+            .body(b"abc")
+            .h2_only()
+            .h2_raw(),
+        req("h2 content-length list of equal values", "POST", b"/public/echo-trailers", Allowed)
+            .header(b"content-length", b"3, 3")
             .body(b"abc")
             .h2_only()
             .h2_raw(),
@@ -1532,6 +1549,18 @@ fn check_echo(row: &Row, target: &Target<'_>, echo: &Value) -> Result<(), String
     }
     if target.caller.is_some() && !headers.contains_key("x-appid-peer-id") {
         return Err("the app did not get x-appid-peer-id".into());
+    }
+    // A length the sidecar accepted reaches the app as one plain value
+    // (`5, 5` would be read differently by different parsers).
+    if let Some(values) = headers.get("content-length") {
+        let values: Vec<&str> = values
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let plain = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        if !matches!(values.as_slice(), [one] if plain(one)) {
+            return Err(format!("the app saw content-length {values:?}"));
+        }
     }
     Ok(())
 }

@@ -84,6 +84,27 @@ pub fn body_length<'h>(
     }
 }
 
+/// Whether a message whose framing [`body_length`] accepted must have its
+/// `content-length` fields replaced by one plain value before it is
+/// forwarded: true for a list of equal values (`5, 5`), repeated fields, or
+/// blanks around the number. RFC 9112 §6.3 lets a recipient accept those,
+/// and then requires it to forward a single valid value, so that the next
+/// hop, which may read them differently, never sees them.
+pub fn content_length_needs_rewrite<'h>(
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+) -> bool {
+    let mut seen = false;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-length") {
+            if seen || plain_length(value).is_none() {
+                return true;
+            }
+            seen = true;
+        }
+    }
+    false
+}
+
 /// Hands each length one `content-length` value lists to `each`, in
 /// order: comma-separated items of 1 to 19 digits, blanks around them
 /// allowed; an error for anything else. A plain number, the usual case, is
@@ -370,6 +391,22 @@ mod tests {
             length(&[("Transfer-Encoding", "gzip")], false),
             Ok(BodyLength::UntilClose)
         );
+    }
+
+    #[test]
+    fn only_a_single_plain_content_length_goes_on_as_it_came() {
+        let needs = |list: &[(&'static str, &'static str)]| {
+            content_length_needs_rewrite(headers(list).into_iter())
+        };
+        assert!(!needs(&[]));
+        assert!(!needs(&[("Content-Length", "12"), ("Host", "a")]));
+        assert!(!needs(&[("content-length", "0")]));
+        assert!(needs(&[("Content-Length", "7, 7")]));
+        assert!(needs(&[("Content-Length", "7"), ("content-length", "7")]));
+        assert!(needs(&[("Content-Length", " 7")]));
+        assert!(needs(&[("Content-Length", "7,")]));
+        // Not a content-length: left alone.
+        assert!(!needs(&[("X-Content-Length", "7, 7")]));
     }
 
     #[test]

@@ -347,6 +347,9 @@ fn inspect_request(
     }
     let upgrade = !h2c && headers.has("upgrade");
     let trace_context = trace::outgoing(&span);
+    // `Content-Length: 5, 5` (or twice 5) is forwarded as one `5`.
+    let own_length =
+        framing::content_length_needs_rewrite(headers.pairs()).then(|| declared_length(body));
 
     let mut out = Vec::with_capacity(head.len() + 512);
     out.extend_from_slice(method.as_bytes());
@@ -372,10 +375,16 @@ fn inspect_request(
         {
             continue;
         }
+        if own_length.is_some() && header.name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
         out.extend_from_slice(header.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(header.value);
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = own_length {
+        push_content_length(&mut out, length);
     }
     if let Some(peer) = peer_headers {
         for (name, value) in [
@@ -707,19 +716,29 @@ where
                 Some(1) => !headers.connection_has("close"),
                 _ => headers.connection_has("keep-alive"),
             };
-            let length =
-                if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-                    BodyLength::Empty
-                } else {
-                    framing::body_length(headers.pairs(), false)
-                        .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?
-                };
+            let bodiless =
+                head_request || (100..200).contains(&status) || status == 204 || status == 304;
+            let length = if bodiless {
+                BodyLength::Empty
+            } else {
+                framing::body_length(headers.pairs(), false)
+                    .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?
+            };
             // Inbound, the response is the app's: `x-appid-*` is not its
-            // to set (a forged `x-appid-denied-by`, say). Rewritten only when
-            // present; otherwise the head goes on as it came.
-            let rewritten = (limits.app == AppSide::Upstream
-                && headers.0.iter().any(|h| is_appid_header(h.name)))
-            .then(|| without_appid_headers(head, &headers));
+            // to set (a forged `x-appid-denied-by`, say). A framing
+            // `Content-Length: 5, 5` goes on as one `5`. Rewritten only
+            // when needed; otherwise the head goes on as it came.
+            let drop_appid = limits.app == AppSide::Upstream
+                && headers.0.iter().any(|h| is_appid_header(h.name));
+            let own_length = !bodiless && framing::content_length_needs_rewrite(headers.pairs());
+            let rewritten = (drop_appid || own_length).then(|| {
+                rewritten_response_head(
+                    head,
+                    &headers,
+                    drop_appid,
+                    own_length.then(|| declared_length(length)),
+                )
+            });
             Ok((head_after, status, keep_alive, length, rewritten))
         });
         let (head_len, (head_after, status, keep_alive, length, rewritten)) =
@@ -807,14 +826,22 @@ where
     }
 }
 
-/// A response head without its `x-appid-*` fields: the status line as it
-/// came, then every other field.
-fn without_appid_headers(head: &[u8], headers: &HeaderList<'_, '_>) -> Vec<u8> {
+/// A response head rewritten: the status line as it came, then every
+/// field but the `x-appid-*` ones (when `drop_appid`) and, when `length`
+/// is given, the `content-length` ones, which become one of that value.
+fn rewritten_response_head(
+    head: &[u8],
+    headers: &HeaderList<'_, '_>,
+    drop_appid: bool,
+    length: Option<u64>,
+) -> Vec<u8> {
     let status_line_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut out = Vec::with_capacity(head.len());
     out.extend_from_slice(&head[..status_line_end]);
     for header in headers.0 {
-        if is_appid_header(header.name) {
+        if (drop_appid && is_appid_header(header.name))
+            || (length.is_some() && header.name.eq_ignore_ascii_case("content-length"))
+        {
             continue;
         }
         out.extend_from_slice(header.name.as_bytes());
@@ -822,8 +849,26 @@ fn without_appid_headers(head: &[u8], headers: &HeaderList<'_, '_>) -> Vec<u8> {
         out.extend_from_slice(header.value);
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(length) = length {
+        push_content_length(&mut out, length);
+    }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// The length a `content-length` framing declared (`Empty`: 0).
+fn declared_length(body: BodyLength) -> u64 {
+    match body {
+        BodyLength::Length(n) => n,
+        _ => 0,
+    }
+}
+
+/// Appends `content-length: <length>` and its line end.
+fn push_content_length(out: &mut Vec<u8>, length: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// After `101 Switching Protocols`: opaque bytes both ways, including what
@@ -1154,6 +1199,62 @@ mod tests {
                 || text.ends_with("twoHTTP/1.1 204 No Content\r\n\r\n"),
             "{text}"
         );
+    }
+
+    /// A `content-length` list of equal values, or the field twice, is
+    /// accepted (RFC 9112 §6.3) and forwarded as one plain value, both
+    /// ways, so that the next hop never reads it differently; a single
+    /// plain one goes on in its place.
+    #[tokio::test]
+    async fn a_repeated_content_length_is_forwarded_as_one_value() {
+        let app = |mut app: tokio::io::DuplexStream| async move {
+            let mut all = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let answers: [(&[u8], &[u8]); 2] = [
+                (
+                    b"\r\n\r\nab",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nx-kept: 1\r\n\r\nabc",
+                ),
+                (
+                    b"\r\n\r\ncd",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nxy",
+                ),
+            ];
+            for (until, answer) in answers {
+                while !all.ends_with(until) {
+                    let n = app.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "app saw: {}", String::from_utf8_lossy(&all));
+                    all.extend_from_slice(&chunk[..n]);
+                }
+                app.write_all(answer).await.unwrap();
+            }
+            let text = String::from_utf8_lossy(&all).into_owned();
+            assert_eq!(text.matches("content-length: 2\r\n").count(), 2, "{text}");
+            assert_eq!(
+                text.to_ascii_lowercase().matches("content-length").count(),
+                2,
+                "{text}"
+            );
+            assert!(text.contains("x-order: 1\r\n"), "{text}");
+            let mut rest = Vec::new();
+            let _ = app.read_to_end(&mut rest).await;
+        };
+        let (got, _) = run(
+            b"POST /one HTTP/1.1\r\nhost: a\r\nContent-Length: 2, 2\r\nx-order: 1\r\n\r\nab\
+              POST /two HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nContent-Length: 2\r\n\r\ncd",
+            app,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-kept: 1\r\ncontent-length: 3\r\n\r\nabc"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nxy"),
+            "{text}"
+        );
+        assert!(!text.contains(", "), "{text}");
     }
 
     /// Each is refused before the app, and audited as a refusal (a head

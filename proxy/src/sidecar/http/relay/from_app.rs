@@ -9,7 +9,7 @@ use super::frame::{self, Head};
 use super::hpack::{Block, BlockError, Decoded};
 use super::{
     App, MAX_STREAMS, MAX_UNACKED_SETTINGS, Origin, Relay, declared_length, padded_value,
-    settings_acked, within_declared,
+    settings_acked, settle_content_length, within_declared,
 };
 use crate::sidecar::http::{AppSide, HttpProxyError, is_appid_header};
 
@@ -233,7 +233,11 @@ where
         } else if informational || head_request {
             Ok(None)
         } else {
-            declared_length(&fields)
+            let declared = declared_length(&fields);
+            if let Ok(declared) = declared {
+                settle_content_length(&mut fields, declared);
+            }
+            declared
         };
         let Ok(mut declared) = declared else {
             tracing::debug!(stream = id, "the app's content-length is malformed");

@@ -15,7 +15,7 @@ use super::header_list::{HeaderList, visible_ascii};
 use super::hpack::{Block, BlockError, Decoded};
 use super::{
     App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, declared_length, padded_value,
-    settings_acked, within_declared,
+    settings_acked, settle_content_length, within_declared,
 };
 use crate::sidecar::http::{
     DENIED_BY_HEADER, Malformed, PEER_CLAIMS_HEADER, PEER_ID_HEADER, Refusal, RequestDecision,
@@ -236,7 +236,7 @@ where
         let Block {
             stream: id,
             end_stream: end,
-            fields,
+            mut fields,
             over_size,
         } = block;
         if let Some(request_open) = self.streams.get(&id).map(|s| s.request_open) {
@@ -290,6 +290,7 @@ where
                 return Ok(());
             }
         };
+        settle_content_length(&mut fields, declared);
         if !within_declared(&mut declared, 0, end) {
             // A head that ends the stream but promises a body.
             self.refuse_malformed(id, &fields, Malformed::BodyNotItsLength);

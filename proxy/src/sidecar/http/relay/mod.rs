@@ -79,7 +79,7 @@ use self::frame::Head;
 use self::header_list::HeaderList;
 use self::hpack::HeaderBlocks;
 use super::flood::FrameBudget;
-use super::h1::framing::{BodyLength, FramingError, body_length};
+use super::h1::framing::{BodyLength, FramingError, body_length, content_length_needs_rewrite};
 use super::{HttpLimits, HttpProxyError, PeerHeaders, RequestAuthorizer, Shutdown};
 
 /// Concurrent streams accepted from the client.
@@ -676,6 +676,20 @@ fn declared_length(fields: &HeaderList) -> Result<Option<u64>, FramingError> {
         BodyLength::Length(n) => Ok(Some(n)),
         BodyLength::Empty => Ok(Some(0)),
         BodyLength::Chunked | BodyLength::UntilClose => Ok(None),
+    }
+}
+
+/// A `content-length: 5, 5` (or the field twice) as one `5`, the value
+/// `declared_length` read from it: what the next hop is given (RFC 9112
+/// §6.3 asks a recipient that accepts such a message to forward one value).
+fn settle_content_length(fields: &mut HeaderList, declared: Option<u64>) {
+    let Some(length) = declared else {
+        return;
+    };
+    if content_length_needs_rewrite(fields.fields().map(|field| (field.name, field.value))) {
+        fields.remove(CONTENT_LENGTH.as_str());
+        let length = itoa::Buffer::new().format(length).as_bytes().to_vec();
+        fields.append(CONTENT_LENGTH.as_str(), &length, false);
     }
 }
 

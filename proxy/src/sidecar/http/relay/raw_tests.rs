@@ -908,6 +908,42 @@ async fn a_request_body_not_its_content_length_is_reset() {
     );
 }
 
+/// A `content-length` of equal values (`2, 2`) is accepted and passed on
+/// as one plain value, both ways (RFC 9112 §6.3): the next hop never sees
+/// the list, which parsers read differently (hyper resets the stream).
+#[tokio::test]
+async fn a_content_length_list_of_equal_values_goes_on_as_one_value() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    request_with(&mut client, 1, "/upload", &[("content-length", "2, 2")]).await;
+    let mut out = BytesMut::new();
+    frame::put_data(&mut out, 1, b"ab", true);
+    client.send(&out).await;
+    app_handshake(&mut app).await;
+    let at_app = app.until("the request", is_headers_on(1)).await;
+    let (_, fields) = at_app.last().unwrap().block.as_ref().expect("a head");
+    let lengths: Vec<_> = fields.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["2"]);
+    app.until("its body", |g| g.head.kind == frame::DATA).await;
+
+    let mut fields = HeaderMap::new();
+    fields.append("content-length", "3".parse().unwrap());
+    fields.append("content-length", "3".parse().unwrap());
+    let head = Headers::new(StreamId::from(1), Pseudo::response(StatusCode::OK), fields);
+    let mut out = BytesMut::new();
+    app.blocks.encode(head, &mut out);
+    frame::put_data(&mut out, 1, b"abc", true);
+    app.send(&out).await;
+    let seen = client.until("the answer", is_headers_on(1)).await;
+    let (_, fields) = seen.last().unwrap().block.as_ref().expect("a head");
+    let lengths: Vec<_> = fields.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["3"]);
+    let data = client
+        .until("its body", |g| g.head.kind == frame::DATA)
+        .await;
+    assert_eq!(&data.last().unwrap().payload[..], b"abc");
+}
+
 /// The same for the app's answer; a `HEAD` answer and a `304` may declare a
 /// length they carry no body for.
 #[tokio::test]
