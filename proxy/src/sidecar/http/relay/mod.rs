@@ -686,7 +686,10 @@ fn settle_content_length(fields: &mut HeaderList, declared: Option<u64>) {
     let Some(length) = declared else {
         return;
     };
-    if content_length_needs_rewrite(fields.fields().map(|field| (field.name, field.value))) {
+    let values = fields
+        .get_all(CONTENT_LENGTH.as_str())
+        .map(|value| ("content-length", value));
+    if content_length_needs_rewrite(values) {
         fields.remove(CONTENT_LENGTH.as_str());
         let length = itoa::Buffer::new().format(length).as_bytes().to_vec();
         fields.append(CONTENT_LENGTH.as_str(), &length, false);
