@@ -54,7 +54,7 @@ pub fn body_length<'h>(
     request: bool,
 ) -> Result<BodyLength, FramingError> {
     let mut transfer_encoding: Option<bool> = None; // Some(ends in chunked)
-    let mut content_length: Option<u64> = None;
+    let mut content_length = ContentLength::default();
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("transfer-encoding") {
             let last = value
@@ -63,16 +63,10 @@ pub fn body_length<'h>(
                 .rfind(|coding| !coding.is_empty());
             transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if name.eq_ignore_ascii_case("content-length") {
-            content_lengths(value, |n| {
-                if content_length.is_some_and(|seen| seen != n) {
-                    return Err(FramingError::BadContentLength);
-                }
-                content_length = Some(n);
-                Ok(())
-            })?;
+            content_length.add(value)?;
         }
     }
-    match (transfer_encoding, content_length) {
+    match (transfer_encoding, content_length.length()) {
         (Some(_), Some(_)) => Err(FramingError::BothLengths),
         (Some(true), None) => Ok(BodyLength::Chunked),
         (Some(false), None) if request => Err(FramingError::NotChunked),
@@ -86,40 +80,68 @@ pub fn body_length<'h>(
 
 /// Whether a message whose framing [`body_length`] accepted must have its
 /// `content-length` fields replaced by one plain value before it is
-/// forwarded: true for a list of equal values (`5, 5`), repeated fields, or
-/// blanks around the number. RFC 9112 §6.3 lets a recipient accept those,
-/// and then requires it to forward a single valid value, so that the next
-/// hop, which may read them differently, never sees them.
+/// forwarded ([`ContentLength::needs_rewrite`]).
 pub fn content_length_needs_rewrite<'h>(
     headers: impl Iterator<Item = (&'h str, &'h [u8])>,
 ) -> bool {
-    let mut seen = false;
+    let mut content_length = ContentLength::default();
     for (name, value) in headers {
-        if name.eq_ignore_ascii_case("content-length") {
-            if seen || plain_length(value).is_none() {
-                return true;
-            }
-            seen = true;
+        if name.eq_ignore_ascii_case("content-length") && content_length.add(value).is_err() {
+            return false; // not accepted: never forwarded
         }
     }
-    false
+    content_length.needs_rewrite()
 }
 
-/// Hands each length one `content-length` value lists to `each`, in
-/// order: comma-separated items of 1 to 19 digits, blanks around them
-/// allowed; an error for anything else. A plain number, the usual case, is
-/// read in one pass.
-fn content_lengths(
-    value: &[u8],
-    mut each: impl FnMut(u64) -> Result<(), FramingError>,
-) -> Result<(), FramingError> {
-    if let Some(n) = plain_length(value) {
-        return each(n);
+/// What a message's `content-length` fields declare, read one field value
+/// at a time ([`ContentLength::add`]): the length, and whether the fields
+/// must be replaced by one plain value before the message goes on. RFC
+/// 9112 §6.3 lets a recipient accept a list of equal values (`5, 5`), the
+/// field repeated, or blanks around the number, and then requires it to
+/// forward a single valid value: the next hop, which may read them
+/// differently, never sees them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ContentLength {
+    length: Option<u64>,
+    fields: u32,
+    /// A value that was not one plain number (a list, blanks).
+    listed: bool,
+}
+
+impl ContentLength {
+    /// Reads one field value: comma-separated items of 1 to 19 digits,
+    /// blanks around them allowed, each equal to every length read so far;
+    /// an error for anything else. A plain number, the usual case, is read
+    /// in one pass.
+    pub fn add(&mut self, value: &[u8]) -> Result<(), FramingError> {
+        self.fields = self.fields.saturating_add(1);
+        if let Some(n) = plain_length(value) {
+            return self.take(n);
+        }
+        self.listed = true;
+        for item in value.split(|&b| b == b',') {
+            self.take(plain_length(item.trim_ascii()).ok_or(FramingError::BadContentLength)?)?;
+        }
+        Ok(())
     }
-    for item in value.split(|&b| b == b',') {
-        each(plain_length(item.trim_ascii()).ok_or(FramingError::BadContentLength)?)?;
+
+    fn take(&mut self, n: u64) -> Result<(), FramingError> {
+        if self.length.is_some_and(|seen| seen != n) {
+            return Err(FramingError::BadContentLength);
+        }
+        self.length = Some(n);
+        Ok(())
     }
-    Ok(())
+
+    /// The length declared; `None` without a field.
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether the fields read are anything but one plain number.
+    pub fn needs_rewrite(&self) -> bool {
+        self.fields > 1 || self.listed
+    }
 }
 
 /// `digits` as a number when they are 1 to 19 ASCII digits (no sign, no
@@ -404,7 +426,10 @@ mod tests {
         assert!(needs(&[("Content-Length", "7, 7")]));
         assert!(needs(&[("Content-Length", "7"), ("content-length", "7")]));
         assert!(needs(&[("Content-Length", " 7")]));
-        assert!(needs(&[("Content-Length", "7,")]));
+        assert!(needs(&[("Content-Length", "7 ,7")]));
+        // Refused by `body_length`, so never forwarded either way.
+        assert!(length(&[("Content-Length", "7,")], true).is_err());
+        assert!(!needs(&[("Content-Length", "7,")]));
         // Not a content-length: left alone.
         assert!(!needs(&[("X-Content-Length", "7, 7")]));
     }
@@ -565,7 +590,7 @@ mod tests {
                     .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
             ]
         ) {
-            let want: Result<Vec<u64>, FramingError> = value
+            let items: Result<Vec<u64>, FramingError> = value
                 .as_bytes()
                 .split(|&b| b == b',')
                 .map(|item| {
@@ -579,13 +604,18 @@ mod tests {
                         .ok_or(FramingError::BadContentLength)
                 })
                 .collect();
-            let mut lengths = Vec::new();
-            let got = content_lengths(value.as_bytes(), |n| {
-                lengths.push(n);
-                Ok(())
-            })
-            .map(|()| lengths);
-            prop_assert_eq!(got, want);
+            let want = items.and_then(|items| match items.split_first() {
+                Some((first, rest)) if rest.iter().all(|n| n == first) => Ok(*first),
+                _ => Err(FramingError::BadContentLength),
+            });
+            let mut got = ContentLength::default();
+            let read = got.add(value.as_bytes());
+            prop_assert_eq!(read.map(|()| got.length()), want.map(Some));
+            if let Ok(n) = want {
+                // One field: a rewrite exactly when it is not plain digits.
+                let plain = value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit());
+                prop_assert_eq!(got.needs_rewrite(), !plain, "{:?} ({})", value, n);
+            }
         }
 
         /// Arbitrary bytes never panic; they end the body, need more, or

@@ -233,11 +233,10 @@ where
         } else if informational || head_request {
             Ok(None)
         } else {
-            let declared = declared_length(&fields);
-            if let Ok(declared) = declared {
-                settle_content_length(&mut fields, declared);
-            }
-            declared
+            declared_length(&fields).map(|declared| {
+                settle_content_length(&mut fields, &declared);
+                declared.length()
+            })
         };
         let Ok(mut declared) = declared else {
             tracing::debug!(stream = id, "the app's content-length is malformed");

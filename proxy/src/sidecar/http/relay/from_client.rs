@@ -283,14 +283,16 @@ where
             return Ok(());
         }
         let mut declared = match declared_length(&fields) {
-            Ok(declared) => declared,
+            Ok(declared) => {
+                settle_content_length(&mut fields, &declared);
+                declared.length()
+            }
             Err(why) => {
                 tracing::debug!(stream = id, %why, "malformed request head");
                 self.refuse_malformed(id, &fields, why.into());
                 return Ok(());
             }
         };
-        settle_content_length(&mut fields, declared);
         if !within_declared(&mut declared, 0, end) {
             // A head that ends the stream but promises a body.
             self.refuse_malformed(id, &fields, Malformed::BodyNotItsLength);

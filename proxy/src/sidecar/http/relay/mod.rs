@@ -79,7 +79,7 @@ use self::frame::Head;
 use self::header_list::HeaderList;
 use self::hpack::HeaderBlocks;
 use super::flood::FrameBudget;
-use super::h1::framing::{BodyLength, FramingError, body_length, content_length_needs_rewrite};
+use super::h1::framing::{ContentLength, FramingError};
 use super::{HttpLimits, HttpProxyError, PeerHeaders, RequestAuthorizer, Shutdown};
 
 /// Concurrent streams accepted from the client.
@@ -664,32 +664,24 @@ fn padded_value(fields: &HeaderList) -> Option<&str> {
     })
 }
 
-/// The body length a message declares in `content-length` (HTTP/1's
-/// parser: one integer, repeated values equal), `None` without one.
-fn declared_length(fields: &HeaderList) -> Result<Option<u64>, FramingError> {
-    let values = fields
-        .get_all(CONTENT_LENGTH.as_str())
-        .map(|value| ("content-length", value));
-    // (`transfer-encoding` never gets here: the decoder refuses it,
-    // `hpack::is_connection_specific`.)
-    match body_length(values, false)? {
-        BodyLength::Length(n) => Ok(Some(n)),
-        BodyLength::Empty => Ok(Some(0)),
-        BodyLength::Chunked | BodyLength::UntilClose => Ok(None),
+/// What a message's `content-length` fields declare (HTTP/1's reading:
+/// one integer, repeated values equal; [`ContentLength`]), read in one
+/// pass. (`transfer-encoding` never gets here: the decoder refuses it,
+/// `hpack::is_connection_specific`.)
+fn declared_length(fields: &HeaderList) -> Result<ContentLength, FramingError> {
+    let mut declared = ContentLength::default();
+    for value in fields.get_all(CONTENT_LENGTH.as_str()) {
+        declared.add(value)?;
     }
+    Ok(declared)
 }
 
-/// A `content-length: 5, 5` (or the field twice) as one `5`, the value
-/// `declared_length` read from it: what the next hop is given (RFC 9112
-/// §6.3 asks a recipient that accepts such a message to forward one value).
-fn settle_content_length(fields: &mut HeaderList, declared: Option<u64>) {
-    let Some(length) = declared else {
-        return;
-    };
-    let values = fields
-        .get_all(CONTENT_LENGTH.as_str())
-        .map(|value| ("content-length", value));
-    if content_length_needs_rewrite(values) {
+/// A `content-length: 5, 5` (or the field twice) as one `5`: what the next
+/// hop is given ([`ContentLength::needs_rewrite`]).
+fn settle_content_length(fields: &mut HeaderList, declared: &ContentLength) {
+    if let Some(length) = declared.length()
+        && declared.needs_rewrite()
+    {
         fields.remove(CONTENT_LENGTH.as_str());
         let length = itoa::Buffer::new().format(length).as_bytes().to_vec();
         fields.append(CONTENT_LENGTH.as_str(), &length, false);
