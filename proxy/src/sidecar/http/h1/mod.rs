@@ -306,8 +306,8 @@ fn inspect_request(
     if version == 0 && headers.has("transfer-encoding") {
         return Err(malformed(Malformed::TransferEncodingOnHttp10));
     }
-    let body =
-        framing::body_length(headers.pairs(), true).map_err(|e| malformed(Malformed::from(e)))?;
+    let (body, content_length) =
+        framing::framing(headers.pairs(), true).map_err(|e| malformed(Malformed::from(e)))?;
     let keep_alive = match version {
         1 => !headers.connection_has("close"),
         _ => headers.connection_has("keep-alive"),
@@ -348,8 +348,9 @@ fn inspect_request(
     let upgrade = !h2c && headers.has("upgrade");
     let trace_context = trace::outgoing(&span);
     // `Content-Length: 5, 5` (or twice 5) is forwarded as one `5`.
-    let own_length =
-        framing::content_length_needs_rewrite(headers.pairs()).then(|| declared_length(body));
+    let own_length = content_length
+        .needs_rewrite()
+        .then(|| declared_length(body));
 
     let mut out = Vec::with_capacity(head.len() + 512);
     out.extend_from_slice(method.as_bytes());
@@ -718,10 +719,10 @@ where
             };
             let bodiless =
                 head_request || (100..200).contains(&status) || status == 204 || status == 304;
-            let length = if bodiless {
-                BodyLength::Empty
+            let (length, content_length) = if bodiless {
+                (BodyLength::Empty, framing::ContentLength::default())
             } else {
-                framing::body_length(headers.pairs(), false)
+                framing::framing(headers.pairs(), false)
                     .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?
             };
             // Inbound, the response is the app's: `x-appid-*` is not its
@@ -730,7 +731,7 @@ where
             // when needed; otherwise the head goes on as it came.
             let drop_appid = limits.app == AppSide::Upstream
                 && headers.0.iter().any(|h| is_appid_header(h.name));
-            let own_length = !bodiless && framing::content_length_needs_rewrite(headers.pairs());
+            let own_length = content_length.needs_rewrite();
             let rewritten = (drop_appid || own_length).then(|| {
                 rewritten_response_head(
                     head,
