@@ -348,9 +348,7 @@ fn inspect_request(
     let upgrade = !h2c && headers.has("upgrade");
     let trace_context = trace::outgoing(&span);
     // `Content-Length: 5, 5` (or twice 5) is forwarded as one `5`.
-    let own_length = content_length
-        .needs_rewrite()
-        .then(|| declared_length(body));
+    let own_length = content_length.rewrite();
 
     let mut out = Vec::with_capacity(head.len() + 512);
     out.extend_from_slice(method.as_bytes());
@@ -719,27 +717,27 @@ where
             };
             let bodiless =
                 head_request || (100..200).contains(&status) || status == 204 || status == 304;
-            let (length, content_length) = if bodiless {
-                (BodyLength::Empty, framing::ContentLength::default())
+            let (length, own_length) = if bodiless {
+                // Its `content-length` frames nothing: only a clean list
+                // of one value is made one value; anything else goes on.
+                let mut declared = framing::ContentLength::default();
+                let clean = headers
+                    .all("content-length")
+                    .all(|value| declared.add(value).is_ok());
+                (BodyLength::Empty, declared.rewrite().filter(|_| clean))
             } else {
-                framing::framing(headers.pairs(), false)
-                    .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?
+                let (length, declared) = framing::framing(headers.pairs(), false)
+                    .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?;
+                (length, declared.rewrite())
             };
             // Inbound, the response is the app's: `x-appid-*` is not its
-            // to set (a forged `x-appid-denied-by`, say). A framing
-            // `Content-Length: 5, 5` goes on as one `5`. Rewritten only
-            // when needed; otherwise the head goes on as it came.
+            // to set (a forged `x-appid-denied-by`, say). `Content-Length:
+            // 5, 5` goes on as one `5`. Rewritten only when needed;
+            // otherwise the head goes on as it came.
             let drop_appid = limits.app == AppSide::Upstream
                 && headers.0.iter().any(|h| is_appid_header(h.name));
-            let own_length = content_length.needs_rewrite();
-            let rewritten = (drop_appid || own_length).then(|| {
-                rewritten_response_head(
-                    head,
-                    &headers,
-                    drop_appid,
-                    own_length.then(|| declared_length(length)),
-                )
-            });
+            let rewritten = (drop_appid || own_length.is_some())
+                .then(|| rewritten_response_head(head, &headers, drop_appid, own_length));
             Ok((head_after, status, keep_alive, length, rewritten))
         });
         let (head_len, (head_after, status, keep_alive, length, rewritten)) =
@@ -855,14 +853,6 @@ fn rewritten_response_head(
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-/// The length a `content-length` framing declared (`Empty`: 0).
-fn declared_length(body: BodyLength) -> u64 {
-    match body {
-        BodyLength::Length(n) => n,
-        _ => 0,
-    }
 }
 
 /// Appends `content-length: <length>` and its line end.
@@ -1204,14 +1194,15 @@ mod tests {
 
     /// A `content-length` list of equal values, or the field twice, is
     /// accepted (RFC 9112 §6.3) and forwarded as one plain value, both
-    /// ways, so that the next hop never reads it differently; a single
-    /// plain one goes on in its place.
+    /// ways, so that the next hop never reads it differently (a `HEAD`
+    /// answer's too, though it frames nothing); a single plain one goes on
+    /// as it came, in its place.
     #[tokio::test]
     async fn a_repeated_content_length_is_forwarded_as_one_value() {
         let app = |mut app: tokio::io::DuplexStream| async move {
             let mut all = Vec::new();
             let mut chunk = [0u8; 4096];
-            let answers: [(&[u8], &[u8]); 2] = [
+            let answers: [(&[u8], &[u8]); 4] = [
                 (
                     b"\r\n\r\nab",
                     b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nx-kept: 1\r\n\r\nabc",
@@ -1219,6 +1210,14 @@ mod tests {
                 (
                     b"\r\n\r\ncd",
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nxy",
+                ),
+                (
+                    b"\r\n\r\nef",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-z: 1\r\n\r\nzz",
+                ),
+                (
+                    b"\r\n\r\n", // the HEAD request's head
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n",
                 ),
             ];
             for (until, answer) in answers {
@@ -1230,32 +1229,36 @@ mod tests {
                 app.write_all(answer).await.unwrap();
             }
             let text = String::from_utf8_lossy(&all).into_owned();
+            // The first two as one plain value, the third as it came.
             assert_eq!(text.matches("content-length: 2\r\n").count(), 2, "{text}");
-            assert_eq!(
-                text.to_ascii_lowercase().matches("content-length").count(),
-                2,
+            assert!(
+                text.contains(
+                    "POST /three HTTP/1.1\r\nhost: a\r\nContent-Length: 2\r\nx-after: 1\r\n"
+                ),
                 "{text}"
             );
-            assert!(text.contains("x-order: 1\r\n"), "{text}");
+            assert_eq!(
+                text.to_ascii_lowercase().matches("content-length").count(),
+                3,
+                "{text}"
+            );
             let mut rest = Vec::new();
             let _ = app.read_to_end(&mut rest).await;
         };
         let (got, _) = run(
             b"POST /one HTTP/1.1\r\nhost: a\r\nContent-Length: 2, 2\r\nx-order: 1\r\n\r\nab\
-              POST /two HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nContent-Length: 2\r\n\r\ncd",
+              POST /two HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nContent-Length: 2\r\n\r\ncd\
+              POST /three HTTP/1.1\r\nhost: a\r\nContent-Length: 2\r\nx-after: 1\r\n\r\nef\
+              HEAD /four HTTP/1.1\r\nhost: a\r\n\r\n",
             app,
         )
         .await;
         let text = String::from_utf8_lossy(&got);
-        assert!(
-            text.starts_with("HTTP/1.1 200 OK\r\nx-kept: 1\r\ncontent-length: 3\r\n\r\nabc"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nxy"),
-            "{text}"
-        );
-        assert!(!text.contains(", "), "{text}");
+        let want = "HTTP/1.1 200 OK\r\nx-kept: 1\r\ncontent-length: 3\r\n\r\nabc\
+                    HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nxy\
+                    HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-z: 1\r\n\r\nzz\
+                    HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n";
+        assert_eq!(text, want);
     }
 
     /// Each is refused before the app, and audited as a refusal (a head

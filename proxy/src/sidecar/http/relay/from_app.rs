@@ -226,6 +226,15 @@ where
             status,
             Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
         );
+        let bodiless = no_content || informational || head_request;
+        if !responded
+            && bodiless
+            && let Ok(declared) = declared_length(&fields)
+        {
+            // Its content-length frames nothing: a clean list of one value
+            // is made one value; anything else goes on as it came.
+            settle_content_length(&mut fields, &declared);
+        }
         let declared = if responded {
             Ok(stream.response_left)
         } else if no_content {

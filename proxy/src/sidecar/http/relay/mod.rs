@@ -679,12 +679,9 @@ fn declared_length(fields: &HeaderList) -> Result<ContentLength, FramingError> {
 /// A `content-length: 5, 5` (or the field twice) as one `5`: what the next
 /// hop is given ([`ContentLength::needs_rewrite`]).
 fn settle_content_length(fields: &mut HeaderList, declared: &ContentLength) {
-    if let Some(length) = declared.length()
-        && declared.needs_rewrite()
-    {
-        fields.remove(CONTENT_LENGTH.as_str());
+    if let Some(length) = declared.rewrite() {
         let length = itoa::Buffer::new().format(length).as_bytes().to_vec();
-        fields.append(CONTENT_LENGTH.as_str(), &length, false);
+        fields.insert(CONTENT_LENGTH.as_str(), &length, false);
     }
 }
 

@@ -911,6 +911,7 @@ async fn a_request_body_not_its_content_length_is_reset() {
 /// A `content-length` of equal values (`2, 2`) is accepted and passed on
 /// as one plain value, both ways (RFC 9112 §6.3): the next hop never sees
 /// the list, which parsers read differently (hyper resets the stream).
+/// A `HEAD` answer's too, though it frames nothing.
 #[tokio::test]
 async fn a_content_length_list_of_equal_values_goes_on_as_one_value() {
     let (mut client, mut app) = start();
@@ -942,6 +943,21 @@ async fn a_content_length_list_of_equal_values_goes_on_as_one_value() {
         .until("its body", |g| g.head.kind == frame::DATA)
         .await;
     assert_eq!(&data.last().unwrap().payload[..], b"abc");
+
+    // A `HEAD` answer's frames nothing, and is made one value all the same.
+    client.request(3, Method::HEAD, "/head", true).await;
+    app.until("the HEAD request", is_headers_on(3)).await;
+    let mut fields = HeaderMap::new();
+    fields.insert("content-length", "4, 4".parse().unwrap());
+    let mut head = Headers::new(StreamId::from(3), Pseudo::response(StatusCode::OK), fields);
+    head.set_end_stream();
+    let mut out = BytesMut::new();
+    app.blocks.encode(head, &mut out);
+    app.send(&out).await;
+    let seen = client.until("the HEAD answer", is_headers_on(3)).await;
+    let (_, fields) = seen.last().unwrap().block.as_ref().expect("a head");
+    let lengths: Vec<_> = fields.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["4"]);
 }
 
 /// The same for the app's answer; a `HEAD` answer and a `304` may declare a
