@@ -1142,13 +1142,30 @@ mod tests {
         assert_eq!(*recorder.observed.lock().unwrap(), [200, 403, 200]);
     }
 
+    /// A scripted app: for each `(until, answer)`, reads until what it has
+    /// read ends with `until`, then writes `answer`; returns all it read.
+    async fn answer_in_turn(
+        app: &mut tokio::io::DuplexStream,
+        answers: &[(&[u8], &[u8])],
+    ) -> String {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        for (until, answer) in answers {
+            while !all.ends_with(until) {
+                let n = app.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "app saw: {}", String::from_utf8_lossy(&all));
+                all.extend_from_slice(&chunk[..n]);
+            }
+            app.write_all(answer).await.unwrap();
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
     #[tokio::test]
     async fn bodies_are_framed_by_length_and_by_chunks() {
         let app = |mut app: tokio::io::DuplexStream| async move {
             // One request at a time: each is answered before the next one
             // reaches the app.
-            let mut all = Vec::new();
-            let mut chunk = [0u8; 4096];
             let answers: [(&[u8], &[u8]); 3] = [
                 (
                     b"\r\n\r\nhello",
@@ -1163,15 +1180,7 @@ mod tests {
                     b"HTTP/1.1 204 No Content\r\n\r\n",
                 ),
             ];
-            for (until, answer) in answers {
-                while !all.ends_with(until) {
-                    let n = app.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "app saw: {}", String::from_utf8_lossy(&all));
-                    all.extend_from_slice(&chunk[..n]);
-                }
-                app.write_all(answer).await.unwrap();
-            }
-            let text = String::from_utf8_lossy(&all).into_owned();
+            let text = answer_in_turn(&mut app, &answers).await;
             assert!(text.contains("GET /three HTTP/1.1\r\n"), "{text}");
             let mut rest = Vec::new();
             let _ = app.read_to_end(&mut rest).await;
@@ -1200,8 +1209,6 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_content_length_is_forwarded_as_one_value() {
         let app = |mut app: tokio::io::DuplexStream| async move {
-            let mut all = Vec::new();
-            let mut chunk = [0u8; 4096];
             let answers: [(&[u8], &[u8]); 4] = [
                 (
                     b"\r\n\r\nab",
@@ -1220,15 +1227,7 @@ mod tests {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n",
                 ),
             ];
-            for (until, answer) in answers {
-                while !all.ends_with(until) {
-                    let n = app.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "app saw: {}", String::from_utf8_lossy(&all));
-                    all.extend_from_slice(&chunk[..n]);
-                }
-                app.write_all(answer).await.unwrap();
-            }
-            let text = String::from_utf8_lossy(&all).into_owned();
+            let text = answer_in_turn(&mut app, &answers).await;
             // The first two as one plain value, the third as it came.
             assert_eq!(text.matches("content-length: 2\r\n").count(), 2, "{text}");
             assert!(
