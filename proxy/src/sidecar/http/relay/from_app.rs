@@ -226,26 +226,20 @@ where
             status,
             Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
         );
-        let bodiless = no_content || informational || head_request;
-        if !responded
-            && bodiless
-            && let Ok(declared) = declared_length(&fields)
-        {
-            // Its content-length frames nothing: a clean list of one value
-            // is made one value; anything else goes on as it came.
-            settle_content_length(&mut fields, &declared);
+        // A head's `content-length`, read once (trailers carry none that
+        // counts). Read cleanly, a list of one value goes on as one value,
+        // whether or not it frames a body; a malformed one is refused
+        // where it frames one, and goes on as it came where it frames
+        // nothing.
+        let content_length = (!responded).then(|| declared_length(&fields));
+        if let Some(Ok(read)) = &content_length {
+            settle_content_length(&mut fields, read);
         }
-        let declared = if responded {
-            Ok(stream.response_left)
-        } else if no_content {
-            Ok(Some(0))
-        } else if informational || head_request {
-            Ok(None)
-        } else {
-            declared_length(&fields).map(|declared| {
-                settle_content_length(&mut fields, &declared);
-                declared.length()
-            })
+        let declared = match content_length {
+            None => Ok(stream.response_left),
+            Some(_) if no_content => Ok(Some(0)),
+            Some(_) if informational || head_request => Ok(None),
+            Some(read) => read.map(|read| read.length()),
         };
         let Ok(mut declared) = declared else {
             tracing::debug!(stream = id, "the app's content-length is malformed");

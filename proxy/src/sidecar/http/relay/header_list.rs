@@ -209,13 +209,11 @@ impl HeaderList {
 
     /// The first value of the field `name` (lower case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let index = static_index_of(name);
-        let field = self.fields.iter().find(|f| self.is_named(f, name, index))?;
-        Some(self.value(field.value))
+        self.get_all(name).next()
     }
 
     /// Every value of the field `name` (lower case), in order.
-    pub fn get_all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
+    pub fn get_all<'h>(&'h self, name: &str) -> impl Iterator<Item = &'h [u8]> {
         let index = static_index_of(name);
         self.fields
             .iter()
