@@ -72,16 +72,18 @@ pub const MAX_STREAMS: u32 = 1000;
 /// Flow-control window per stream: what a peer may send before we read it.
 ///
 /// It caps one transfer's rate at a window per round trip of a
-/// WINDOW_UPDATE (h2 sends one when half the window has been read), and
-/// that round trip crosses both sidecars' schedulers. At 1 MiB a bulk
-/// transfer on 2 vCPUs waited for window: 4 MiB (ztunnel's) carried
-/// 1.32–1.35× haproxy's rate against 1.17–1.31×, at 10% less CPU per GB
-/// (docs/performance.md, "A bulk stream waited for its window").
+/// WINDOW_UPDATE (h2 sends one once about a third of the window has been
+/// read, as we hand window back at once), and that round trip goes through
+/// both sidecars. At 1 MiB a bulk transfer waited for window: 4 MiB
+/// (ztunnel's) carried 1.29–1.36× haproxy's rate against 1.17–1.31×, at
+/// about 8% less CPU per GB (docs/performance.md, "A bulk stream waited
+/// for its window").
 pub const STREAM_WINDOW: u32 = 4 << 20;
-/// Flow-control window per connection: several streams' worth, so that a
-/// few streams whose apps read slowly (four, each holding its whole
-/// window) cannot stall the others. It is also what a peer can make us hold
-/// per connection when our app does not read (README "Memory").
+/// Flow-control window per connection: four streams' worth, so that up to
+/// three streams whose apps do not read (each holding its whole window)
+/// leave the others room; a fourth would stall them. It is also what a
+/// peer can make us hold per connection while our apps do not read (README
+/// "Memory under load").
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 const _: () = assert!(
     CONNECTION_WINDOW >= 4 * STREAM_WINDOW,
@@ -872,10 +874,12 @@ mod tests {
             .collect()
     }
 
-    /// A stream whose app stops reading holds its whole window of the
-    /// connection's; the connection window leaves room for the others
-    /// until four such streams (else the stream read here would stall:
-    /// the time limit).
+    /// Streams whose apps stop reading, each holding its whole window
+    /// unread: how many of them a tunnel's connection window takes.
+    const STALLED: usize = 3;
+
+    /// Three such streams leave room for the others (else the stream read
+    /// here would stall: the time limit).
     #[tokio::test]
     async fn streams_whose_readers_stop_leave_the_tunnel_to_the_others() {
         tokio::time::timeout(Duration::from_secs(20), stalled_streams_leave_room())
@@ -884,19 +888,9 @@ mod tests {
     }
 
     async fn stalled_streams_leave_room() {
-        let stalled = (CONNECTION_WINDOW / STREAM_WINDOW - 1) as usize;
-        let mut streams = streams(stalled + 1).await;
+        let mut streams = streams(STALLED + 1).await;
         let (mut client, mut server, _) = streams.pop().unwrap();
-        let mut unread = Vec::new();
-        for (mut client, server, _) in streams {
-            // Returns once h2 has granted the whole window: the peer never
-            // hands it back, as `server` is never read.
-            client
-                .write_all(&vec![1u8; STREAM_WINDOW as usize])
-                .await
-                .unwrap();
-            unread.push((client, server));
-        }
+        let unread = fill_windows(streams).await;
         let payload: Vec<u8> = (0..2 * STREAM_WINDOW as usize).map(|i| i as u8).collect();
         let expected = payload.clone();
         let writer = tokio::spawn(async move {
@@ -909,6 +903,38 @@ mod tests {
         assert!(got == expected);
         drop(writer.await.unwrap());
         drop(unread);
+    }
+
+    /// And one more takes it all: what a peer can make a tunnel hold while
+    /// its apps do not read is the connection window (README "Memory under load"),
+    /// four streams' worth; a fifth stream gets no window for one byte.
+    #[tokio::test]
+    async fn a_tunnel_holds_at_most_its_connection_window_unread() {
+        let mut streams = streams(STALLED + 2).await;
+        let (mut last, _last_server, _) = streams.pop().unwrap();
+        let unread = tokio::time::timeout(Duration::from_secs(20), fill_windows(streams))
+            .await
+            .expect("four streams' windows fit the connection's");
+        let sent = tokio::time::timeout(Duration::from_millis(300), last.write_all(b"x")).await;
+        assert!(sent.is_err(), "a fifth stream was given window");
+        drop(unread);
+    }
+
+    /// Writes a whole window into each stream, none of them read: h2
+    /// grants each write only once it has the window for it, and the peer
+    /// never hands it back.
+    async fn fill_windows(
+        streams: Vec<(TunnelStream, TunnelStream, http::uri::Authority)>,
+    ) -> Vec<(TunnelStream, TunnelStream)> {
+        let mut unread = Vec::new();
+        for (mut client, server, _) in streams {
+            client
+                .write_all(&vec![1u8; STREAM_WINDOW as usize])
+                .await
+                .unwrap();
+            unread.push((client, server));
+        }
+        unread
     }
 
     #[tokio::test]
