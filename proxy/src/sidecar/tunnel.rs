@@ -889,19 +889,9 @@ mod tests {
 
     async fn stalled_streams_leave_room() {
         let mut streams = streams(STALLED + 1).await;
-        let (mut client, mut server, _) = streams.pop().unwrap();
+        let (client, server, _) = streams.pop().unwrap();
         let unread = fill_windows(streams).await;
-        let payload: Vec<u8> = (0..2 * STREAM_WINDOW as usize).map(|i| i as u8).collect();
-        let expected = payload.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&payload).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert!(got == expected);
-        drop(writer.await.unwrap());
+        carry_windows(client, server, 2).await;
         drop(unread);
     }
 
@@ -1010,9 +1000,17 @@ mod tests {
 
     #[tokio::test]
     async fn large_transfers_respect_flow_control() {
-        let (mut client, mut server, _) = pair().await;
+        let (client, server, _) = pair().await;
         // Several windows' worth: only works if reads hand capacity back.
-        let payload: Vec<u8> = (0..5 * STREAM_WINDOW as usize).map(|i| i as u8).collect();
+        carry_windows(client, server, 5).await;
+    }
+
+    /// Writes `windows` stream windows' worth of numbered bytes on `client`,
+    /// then its end, and checks that `server` reads exactly them.
+    async fn carry_windows(mut client: TunnelStream, mut server: TunnelStream, windows: usize) {
+        let payload: Vec<u8> = (0..windows * STREAM_WINDOW as usize)
+            .map(|i| i as u8)
+            .collect();
         let expected = payload.clone();
         let writer = tokio::spawn(async move {
             client.write_all(&payload).await.unwrap();
