@@ -14,7 +14,9 @@
 //!               mirror the meshed ones (named `plain-<rule>`)
 //! ```
 //!
-//! The verdict must be the same everywhere, and the app must never see a
+//! The verdict must be the same everywhere, and so must the audited
+//! reason for a refusal (and for a policy denial, wherever the caller is
+//! the same kind: meshed or plaintext), and the app must never see a
 //! denied or refused request (its request counter does not move), nor a
 //! request trailer (the `/echo-trailers` handler records every one), nor an
 //! `x-appid-*` header other than the sidecar's own identity headers.
@@ -1577,9 +1579,13 @@ fn peer_claims_id(value: &str) -> Option<String> {
 
 /// Runs every row that applies to `proto` against `target`; returns one
 /// line per row that did not get its verdict.
-async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
+/// The table over one target: the rows that did not get their verdict,
+/// and for each row that was audited as a denial, the reason its line
+/// gave (`None`: a `"repeated"` count line, which names no request).
+async fn run_table(proto: Proto, target: &Target<'_>) -> (Vec<String>, Vec<(Row, Option<String>)>) {
     let state = &target.app.state;
     let mut failures = Vec::new();
+    let mut reasons = Vec::new();
     let rows: Vec<Row> = table()
         .into_iter()
         .filter(|r| r.applies_to(proto))
@@ -1604,6 +1610,9 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
             Ok(()) => audited(row, target, audited_before).await,
             Err(why) => Err(why),
         };
+        if let Ok(Some(reason)) = &judged {
+            reasons.push((row.clone(), reason.clone()));
+        }
         if let Err(why) = judged {
             let expected = match row.expect {
                 Denied(rule) => format!("Denied({})", rule_name(target, rule)),
@@ -1626,27 +1635,41 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> Vec<String> {
     for failure in &failures {
         eprintln!("  FAIL {failure}");
     }
-    failures
+    (failures, reasons)
 }
 
 /// Whether the row's audit line ([`Row::audited_rule`]) was written by
-/// either sidecar since each had `before` lines. Waits up to 3 s: past ten
-/// denials a second from one source the log counts the rest into a
+/// either sidecar since each had `before` lines, and the reason it gives
+/// (`Ok(None)`: the row is not audited as a denial). Waits up to 3 s: past
+/// ten denials a second from one source the log counts the rest into a
 /// `"repeated"` line written when that second ends, which qualifies (it
-/// carries the rule, not the request).
-async fn audited(row: &Row, target: &Target<'_>, before: [usize; 2]) -> Result<(), String> {
+/// carries the rule, not the request, so its reason is not the row's:
+/// `Some(None)`).
+async fn audited(
+    row: &Row,
+    target: &Target<'_>,
+    before: [usize; 2],
+) -> Result<Option<Option<String>>, String> {
     let Some(rule) = row.audited_rule(target) else {
-        return Ok(());
+        return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let found = target.sidecars.iter().zip(before).any(|(sidecar, before)| {
-            sidecar.audit_lines().iter().skip(before).any(|line| {
-                line["decision"] == "deny" && line["rule"].as_str() == Some(rule.as_str())
-            })
-        });
-        if found {
-            return Ok(());
+        let found = target
+            .sidecars
+            .iter()
+            .zip(before)
+            .find_map(|(sidecar, before)| {
+                sidecar.audit_lines().into_iter().skip(before).find(|line| {
+                    line["decision"] == "deny" && line["rule"].as_str() == Some(rule.as_str())
+                })
+            });
+        if let Some(line) = found {
+            let reason = match line.get("repeated") {
+                Some(_) => None,
+                None => Some(line["reason"].as_str().unwrap_or_default().to_owned()),
+            };
+            return Ok(Some(reason));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!("no audit line with decision deny, rule {rule}"));
@@ -1736,9 +1759,13 @@ async fn differential(proto: Proto, mode: &'static str) {
         },
     ];
     let mut failures = Vec::new();
+    let mut reasons = Vec::new();
     for target in &targets {
-        failures.extend(run_table(proto, target).await);
+        let (failed, given) = run_table(proto, target).await;
+        failures.extend(failed);
+        reasons.push((target, given));
     }
+    failures.extend(differing_reasons(&reasons));
     assert!(
         failures.is_empty(),
         "{} rows did not get their verdict:\n{}\n\n--- mesh (a)/(c):\n{}\n\n--- mesh (b):\n{}",
@@ -1747,6 +1774,45 @@ async fn differential(proto: Proto, mode: &'static str) {
         tail(mesh_a.context(), 30_000),
         tail(mesh_b.context(), 30_000),
     );
+}
+
+/// One check, one place, down to its words: a row refused on every target
+/// is refused for the same reason on every one, and a row denied by policy
+/// is denied for the same reason wherever the caller is the same (a
+/// meshed caller's reason names the rule's meshed conditions, a plaintext
+/// caller's its `plain-` twin's). Rows whose line on some target was a
+/// `"repeated"` count are left out.
+fn differing_reasons(reasons: &[(&Target<'_>, Vec<(Row, Option<String>)>)]) -> Vec<String> {
+    type Given<'t> = Vec<(&'t str, String)>;
+    let mut by_row: std::collections::BTreeMap<(&str, &str), Given<'_>> =
+        std::collections::BTreeMap::new();
+    for (target, given) in reasons {
+        for (row, reason) in given {
+            let Some(reason) = reason else { continue };
+            let caller = match row.expect {
+                Denied(_) => target.rule_prefix,
+                _ => "",
+            };
+            by_row
+                .entry((row.name, caller))
+                .or_default()
+                .push((target.label.as_str(), reason.clone()));
+        }
+    }
+    let mut failures = Vec::new();
+    for ((row, _), given) in by_row {
+        if given.iter().any(|(_, reason)| *reason != given[0].1) {
+            let each: Vec<String> = given
+                .iter()
+                .map(|(label, reason)| format!("  [{label}] {reason}"))
+                .collect();
+            failures.push(format!(
+                "{row:?}: refused or denied for different reasons:\n{}",
+                each.join("\n")
+            ));
+        }
+    }
+    failures
 }
 
 #[test]
