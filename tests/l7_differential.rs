@@ -1579,10 +1579,13 @@ fn peer_claims_id(value: &str) -> Option<String> {
 
 /// Runs every row that applies to `proto` against `target`; returns one
 /// line per row that did not get its verdict.
+/// The rows audited as denials on one target, each with the reason its
+/// line gave (`None`: a `"repeated"` count line, which names no request).
+type Reasons = Vec<(Row, Option<String>)>;
+
 /// The table over one target: the rows that did not get their verdict,
-/// and for each row that was audited as a denial, the reason its line
-/// gave (`None`: a `"repeated"` count line, which names no request).
-async fn run_table(proto: Proto, target: &Target<'_>) -> (Vec<String>, Vec<(Row, Option<String>)>) {
+/// and the reasons of the rows audited as denials.
+async fn run_table(proto: Proto, target: &Target<'_>) -> (Vec<String>, Reasons) {
     let state = &target.app.state;
     let mut failures = Vec::new();
     let mut reasons = Vec::new();
@@ -1782,7 +1785,7 @@ async fn differential(proto: Proto, mode: &'static str) {
 /// meshed caller's reason names the rule's meshed conditions, a plaintext
 /// caller's its `plain-` twin's). Rows whose line on some target was a
 /// `"repeated"` count are left out.
-fn differing_reasons(reasons: &[(&Target<'_>, Vec<(Row, Option<String>)>)]) -> Vec<String> {
+fn differing_reasons(reasons: &[(&Target<'_>, Reasons)]) -> Vec<String> {
     type Given<'t> = Vec<(&'t str, String)>;
     let mut by_row: std::collections::BTreeMap<(&str, &str), Given<'_>> =
         std::collections::BTreeMap::new();
