@@ -44,6 +44,21 @@ pub struct ConnectionRules {
     /// one of them a decision can name (the closest miss of a default
     /// denial, [`Tally::record`]). A deny rule that fails is never named.
     closest_miss: Option<(u32, usize)>,
+    /// Debug builds: what of the connection's query a later query must
+    /// repeat ([`ConnectionRules::decide`]'s precondition), as far as it is
+    /// cheap to compare.
+    #[cfg(debug_assertions)]
+    made_for: MadeFor,
+}
+
+/// The direction, kind of caller and callee, and port of the query
+/// [`ConnectionRules`] were made for.
+#[cfg(debug_assertions)]
+type MadeFor = (super::query::Direction, Option<usize>, u16);
+
+#[cfg(debug_assertions)]
+fn made_for(q: &Query<'_>) -> MadeFor {
+    (q.direction, partition(q), q.port)
 }
 
 impl ConnectionRules {
@@ -56,6 +71,12 @@ impl ConnectionRules {
     /// caller, callee and port these rules were made for (its `http` may
     /// differ). With a policy they were not made from, `policy.decide(q)`.
     pub fn decide<'p>(&self, policy: &'p Policy, q: &Query<'_>) -> Decision<'p> {
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            made_for(q),
+            self.made_for,
+            "a request decided with rules made for another connection"
+        );
         if !self.are_from(policy) {
             return policy.decide(q);
         }
@@ -109,6 +130,8 @@ impl Policy {
             targets_metadata_api,
             passed: passed.into(),
             closest_miss,
+            #[cfg(debug_assertions)]
+            made_for: made_for(q),
         }
     }
 }
@@ -172,6 +195,20 @@ rules:
             p.connection_rules(&q).decide(&p, &get).outcome,
             Outcome::Allow
         );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "rules made for another connection")]
+    fn rules_of_one_connection_refuse_another_connections_requests() {
+        let p = Policy::load("p.yaml", POLICY).unwrap();
+        let (web, api) = (
+            claims("spiffe://t/web", "web"),
+            claims("spiffe://t/api", "api"),
+        );
+        let rules = p.connection_rules(&Query::meshed(Direction::Inbound, &web, &api, 80));
+        let other_port = Query::meshed(Direction::Inbound, &web, &api, 81);
+        rules.decide(&p, &other_port);
     }
 
     #[test]
