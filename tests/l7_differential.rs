@@ -15,8 +15,9 @@
 //! ```
 //!
 //! The verdict must be the same everywhere, and so must the audited
-//! reason for a refusal (and for a policy denial, wherever the caller is
-//! the same kind: meshed or plaintext), and the app must never see a
+//! reason for a refusal (for a policy denial, wherever the caller is
+//! meshed: a plaintext caller's reason names other conditions), and the
+//! app must never see a
 //! denied or refused request (its request counter does not move), nor a
 //! request trailer (the `/echo-trailers` handler records every one), nor an
 //! `x-appid-*` header other than the sidecar's own identity headers.
@@ -1577,14 +1578,13 @@ fn peer_claims_id(value: &str) -> Option<String> {
     claims["id"].as_str().map(str::to_string)
 }
 
-/// Runs every row that applies to `proto` against `target`; returns one
-/// line per row that did not get its verdict.
 /// The rows audited as denials on one target, each with the reason its
 /// line gave (`None`: a `"repeated"` count line, which names no request).
 type Reasons = Vec<(Row, Option<String>)>;
 
-/// The table over one target: the rows that did not get their verdict,
-/// and the reasons of the rows audited as denials.
+/// Runs every row that applies to `proto` against `target`; returns one
+/// line per row that did not get its verdict, and the reasons of the rows
+/// audited as denials.
 async fn run_table(proto: Proto, target: &Target<'_>) -> (Vec<String>, Reasons) {
     let state = &target.app.state;
     let mut failures = Vec::new();
@@ -1647,7 +1647,7 @@ async fn run_table(proto: Proto, target: &Target<'_>) -> (Vec<String>, Reasons) 
 /// ten denials a second from one source the log counts the rest into a
 /// `"repeated"` line written when that second ends, which qualifies (it
 /// carries the rule, not the request, so its reason is not the row's:
-/// `Some(None)`).
+/// `Ok(Some(None))`). A line for the request itself must give a reason.
 async fn audited(
     row: &Row,
     target: &Target<'_>,
@@ -1668,11 +1668,13 @@ async fn audited(
                 })
             });
         if let Some(line) = found {
-            let reason = match line.get("repeated") {
-                Some(_) => None,
-                None => Some(line["reason"].as_str().unwrap_or_default().to_owned()),
+            if line.get("repeated").is_some() {
+                return Ok(Some(None));
+            }
+            return match line["reason"].as_str() {
+                Some(reason) if !reason.is_empty() => Ok(Some(Some(reason.to_owned()))),
+                _ => Err(format!("the audit line gives no reason: {line}")),
             };
-            return Ok(Some(reason));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!("no audit line with decision deny, rule {rule}"));
@@ -1771,7 +1773,7 @@ async fn differential(proto: Proto, mode: &'static str) {
     failures.extend(differing_reasons(&reasons));
     assert!(
         failures.is_empty(),
-        "{} rows did not get their verdict:\n{}\n\n--- mesh (a)/(c):\n{}\n\n--- mesh (b):\n{}",
+        "{} rows did not get their verdict or their reason:\n{}\n\n--- mesh (a)/(c):\n{}\n\n--- mesh (b):\n{}",
         failures.len(),
         failures.join("\n"),
         tail(mesh_a.context(), 30_000),
@@ -1781,30 +1783,41 @@ async fn differential(proto: Proto, mode: &'static str) {
 
 /// One check, one place, down to its words: a row refused on every target
 /// is refused for the same reason on every one, and a row denied by policy
-/// is denied for the same reason wherever the caller is the same (a
-/// meshed caller's reason names the rule's meshed conditions, a plaintext
-/// caller's its `plain-` twin's). Rows whose line on some target was a
-/// `"repeated"` count are left out.
+/// for the same reason on both meshed targets (a plaintext caller's reason
+/// names its `plain-` rule's conditions, which differ). Rows whose line on
+/// a target was a `"repeated"` count are compared on the others; most rows
+/// must be compared on two targets at least, so that the check cannot
+/// shrink to nothing.
 fn differing_reasons(reasons: &[(&Target<'_>, Reasons)]) -> Vec<String> {
     type Given<'t> = Vec<(&'t str, String)>;
     let mut by_row: std::collections::BTreeMap<(&str, &str), Given<'_>> =
         std::collections::BTreeMap::new();
     for (target, given) in reasons {
         for (row, reason) in given {
-            let Some(reason) = reason else { continue };
             let caller = match row.expect {
                 Denied(_) => target.rule_prefix,
                 _ => "",
             };
-            by_row
-                .entry((row.name, caller))
-                .or_default()
-                .push((target.label.as_str(), reason.clone()));
+            let row = by_row.entry((row.name, caller)).or_default();
+            if let Some(reason) = reason {
+                row.push((target.label.as_str(), reason.clone()));
+            }
         }
     }
     let mut failures = Vec::new();
+    let meshed_or_refused = by_row
+        .keys()
+        .filter(|(_, caller)| caller.is_empty())
+        .count();
+    let compared = by_row.values().filter(|given| given.len() >= 2).count();
+    if compared * 2 < meshed_or_refused {
+        failures.push(format!(
+            "reasons compared for {compared} of {meshed_or_refused} rows: too few"
+        ));
+    }
     for ((row, _), given) in by_row {
         if given.iter().any(|(_, reason)| *reason != given[0].1) {
+            // (`any` over no reasons is false: `given[0]` is read only when there is one.)
             let each: Vec<String> = given
                 .iter()
                 .map(|(label, reason)| format!("  [{label}] {reason}"))
