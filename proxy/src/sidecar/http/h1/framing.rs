@@ -99,6 +99,16 @@ pub struct ContentLength {
 }
 
 impl ContentLength {
+    /// Reads every value of a message's `content-length` fields, in order
+    /// ([`ContentLength::add`]).
+    pub fn read<'v>(values: impl Iterator<Item = &'v [u8]>) -> Result<Self, FramingError> {
+        let mut declared = ContentLength::default();
+        for value in values {
+            declared.add(value)?;
+        }
+        Ok(declared)
+    }
+
     /// Reads one field value: comma-separated items of 1 to 19 digits,
     /// blanks around them allowed, each equal to every length read so far;
     /// an error for anything else. A plain number, the usual case, is read

@@ -720,11 +720,8 @@ where
             let (length, own_length) = if bodiless {
                 // Its `content-length` frames nothing: only a clean list
                 // of one value is made one value; anything else goes on.
-                let mut declared = framing::ContentLength::default();
-                let clean = headers
-                    .all("content-length")
-                    .all(|value| declared.add(value).is_ok());
-                (BodyLength::Empty, declared.rewrite().filter(|_| clean))
+                let declared = framing::ContentLength::read(headers.all("content-length"));
+                (BodyLength::Empty, declared.ok().and_then(|d| d.rewrite()))
             } else {
                 let (length, declared) = framing::framing(headers.pairs(), false)
                     .map_err(|_| HttpProxyError::Protocol("ambiguous response framing"))?;

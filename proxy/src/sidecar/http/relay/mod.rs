@@ -669,19 +669,19 @@ fn padded_value(fields: &HeaderList) -> Option<&str> {
 /// pass. (`transfer-encoding` never gets here: the decoder refuses it,
 /// `hpack::is_connection_specific`.)
 fn declared_length(fields: &HeaderList) -> Result<ContentLength, FramingError> {
-    let mut declared = ContentLength::default();
-    for value in fields.get_all(CONTENT_LENGTH.as_str()) {
-        declared.add(value)?;
-    }
-    Ok(declared)
+    ContentLength::read(fields.get_all(CONTENT_LENGTH.as_str()))
 }
 
 /// A `content-length: 5, 5` (or the field twice) as one `5`: what the next
-/// hop is given ([`ContentLength::needs_rewrite`]).
+/// hop is given ([`ContentLength::rewrite`]).
 fn settle_content_length(fields: &mut HeaderList, declared: &ContentLength) {
     if let Some(length) = declared.rewrite() {
-        let length = itoa::Buffer::new().format(length).as_bytes().to_vec();
-        fields.insert(CONTENT_LENGTH.as_str(), &length, false);
+        let mut text = itoa::Buffer::new();
+        fields.insert(
+            CONTENT_LENGTH.as_str(),
+            text.format(length).as_bytes(),
+            false,
+        );
     }
 }
 
