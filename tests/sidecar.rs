@@ -402,7 +402,9 @@ async fn http2_prior_knowledge_reaches_the_app_with_the_callers_spiffe_id() {
 }
 
 /// `appid_bytes_total` counts HTTP traffic too, both HTTP/1.1 and HTTP/2,
-/// on both sidecars, while the connection is still open.
+/// on both sidecars, while the connection is still open. (A sidecar counts
+/// bytes once it has written them, which may be just after the caller read
+/// them: each check waits up to 5 s for the counts to get there.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_are_counted_for_http_as_they_move() {
     let app = HttpApp::start().await;
@@ -417,12 +419,23 @@ async fn bytes_are_counted_for_http_as_they_move() {
                 .await,
         )
     };
+    // The counts once both are above `floor` (or as they are after 5 s).
+    let counted_past = |floor: (f64, f64)| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = counted().await;
+            if (now.0 > floor.0 && now.1 > floor.1) || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     assert_eq!(counted().await, (0.0, 0.0));
 
     let mut session = H1Session::connect(mesh.outbound_addr()).await;
     let (status, _) = session.get("/v1/counted").await.unwrap();
     assert_eq!(status, 200, "{}", mesh.context());
-    let (client, server) = counted().await;
+    let (client, server) = counted_past((100.0, 100.0)).await;
     assert!(
         client > 100.0 && server > 100.0,
         "HTTP/1.1, session still open: client {client}, server {server}\n{}",
@@ -432,7 +445,7 @@ async fn bytes_are_counted_for_http_as_they_move() {
     let url = mesh.url("/v1/counted-h2");
     let response = curl(&["--http2-prior-knowledge", &url]).await;
     assert_eq!(response.status, 200, "{response:?}\n{}", mesh.context());
-    let (client_after, server_after) = counted().await;
+    let (client_after, server_after) = counted_past((client + 100.0, server + 100.0)).await;
     assert!(
         client_after > client + 100.0 && server_after > server + 100.0,
         "HTTP/2: client {client} -> {client_after}, server {server} -> {server_after}"
