@@ -104,10 +104,10 @@ rules:
 const READY_LIMIT: Duration = Duration::from_secs(20);
 /// The sidecar polls revocations every 2 s; a peer must act on a revocation
 /// within a few polls.
-const REVOCATION_LIMIT: Duration = Duration::from_secs(6);
+const REVOCATION_LIMIT: Duration = Duration::from_secs(10);
 /// After its certificate's notAfter, how long a sidecar may still say it is
 /// ready (polling and second-granularity rounding; nothing to wait for).
-const EXPIRY_GRACE: Duration = Duration::from_secs(3);
+const EXPIRY_GRACE: Duration = Duration::from_secs(5);
 /// Once a sidecar shows a renewed certificate on `/appid`, how long until
 /// its new connections present it (only the swap itself is in between).
 const NEW_CERT_LIMIT: Duration = Duration::from_secs(3);
@@ -284,13 +284,7 @@ impl AuthorityDir {
     /// The authority's audit log (`DIR/audit.jsonl`), parsed.
     fn events(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.dir.join("audit.jsonl")).unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("authority audit line is not JSON ({e}): {l}"))
-            })
-            .collect()
+        support::json_lines(&text, "the authority's audit log")
     }
 
     /// Audit lines with `event` (and `id`, when given).
@@ -566,16 +560,8 @@ impl AuthoritySidecar {
     }
 
     fn audit_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| {
-                    panic!("audit line of {} is not JSON ({e}): {l}", self.name)
-                })
-            })
-            .collect()
+        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+        support::json_lines(&text, &format!("{}'s audit log", self.name))
     }
 
     fn context(&self) -> String {

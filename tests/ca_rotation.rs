@@ -1,6 +1,6 @@
 //! CA rotation under traffic (`appid authority ca rotate`, three steps),
 //! with the real authority and two real sidecars whose certificates live
-//! 4 s: not one request fails, no handshake is refused, and at the end the
+//! 8 s: not one request fails, no handshake is refused, and at the end the
 //! sidecars hold certificates of the new CA only and trust nothing else.
 //!
 //! ```text
@@ -28,7 +28,11 @@ use support::net::{free_port, http_get, local};
 use support::pki::{APPID, Ca, appid};
 
 const TRUST_DOMAIN: &str = "prod.example";
-const CERT_TTL: &str = "4s";
+/// Certificates live this long (`CERT_TTL_SECS`); sidecars renew at
+/// half-life, so each renewal has half of it to finish before a
+/// certificate expires under traffic that must not see one failure.
+const CERT_TTL: &str = "8s";
+const CERT_TTL_SECS: u64 = 8;
 const POLICY: &str = "version: 1
 default: deny
 rules:
@@ -174,7 +178,7 @@ async fn the_ca_rotates_under_traffic_without_one_failed_request() {
     .await;
 
     // 3. Retire, once the old CA's last certificate has expired.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(CERT_TTL_SECS)).await;
     let said = rotate(&ca, &["--max-cert-ttl", CERT_TTL]);
     assert!(said.contains("retired the previous CA"), "{said}");
     wait_until(

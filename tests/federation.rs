@@ -439,15 +439,25 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     // other.example: it trusts GCP, GCP does not trust it. GCP's api
     // refuses the handshake for the trust domain.
     assert_ne!(status_through(local(other_web_out)).await, Some(200));
-    let metrics = http_get(gcp_api_admin, "/metrics").await.expect("metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("appid_handshake_failures_total")
-                && l.contains("reason=\"wrong_trust_domain\"")
-                && !l.ends_with(" 0")),
-        "{metrics}"
-    );
+    // The sidecar counts the failure after its alert is sent: the caller
+    // can see the refusal first.
+    support::poll_until(
+        "GCP's api to count the wrong trust domain",
+        Duration::from_secs(5),
+        context,
+        || async {
+            let metrics = http_get(gcp_api_admin, "/metrics").await?;
+            metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("appid_handshake_failures_total")
+                        && l.contains("reason=\"wrong_trust_domain\"")
+                        && !l.ends_with(" 0")
+                })
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         !std::fs::read_to_string(gcp_dir.join("api-audit.jsonl"))
             .unwrap_or_default()
@@ -527,6 +537,10 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     // and GCP authenticates it with the bundle it fetched last.
     let fetch_failures = || gcp.count("federated bundle fetch failed");
     let failures_before = fetch_failures();
+    // Read before the rotation: GCP may fetch the new bundle before
+    // `rotate` returns.
+    let fetched = || gcp.count("federated bundle updated");
+    let fetched_before = fetched();
     let said = String::from_utf8(
         appid(&[
             "authority",
@@ -540,8 +554,6 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
     )
     .expect("UTF-8");
     assert!(said.contains("retired"), "{said}");
-    let fetched = || gcp.count("federated bundle updated");
-    let fetched_before = fetched();
     wait_until(
         "GCP's authority to fetch the one-CA AWS bundle",
         Duration::from_secs(20),
@@ -657,13 +669,21 @@ async fn file_identities_trust_federated_bundle_files_and_follow_them() {
     // The api's roots for aws.example are not the ones AWS's web chains
     // to: refused at the handshake.
     assert_ne!(status_through(local(web_out)).await, Some(200));
-    assert!(
-        api.metric("appid_handshake_failures_total{direction=\"inbound\",reason=\"bad_chain\"}")
+    // Counted after the alert is sent: the caller can see the refusal first.
+    support::poll_until(
+        "the api to count the bad chain",
+        Duration::from_secs(5),
+        || api.context(),
+        || async {
+            (api.metric(
+                "appid_handshake_failures_total{direction=\"inbound\",reason=\"bad_chain\"}",
+            )
             .await
-            >= 1.0,
-        "{}",
-        api.context()
-    );
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
 
     // The right bundle, renamed over the file: trusted within a poll.
     let fresh = bundle_of(&aws_ca, "spiffe", "aws-fresh.json");

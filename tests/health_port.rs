@@ -59,8 +59,10 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
 
     let probes = json!({
         "/app-health/web/livez": {"httpGet": {"path": "/status/200", "port": app.addr.port(),
-            "scheme": "HTTP", "httpHeaders": [{"name": "x-probe", "value": "live"}]}, "timeoutSeconds": 1},
-        "/app-health/web/readyz": {"httpGet": {"path": "/status/500", "port": app.addr.port()}},
+            "scheme": "HTTP", "httpHeaders": [{"name": "x-probe", "value": "live"}]}, "timeoutSeconds": 10},
+        // Generous timeouts where an answer is expected (a loaded machine
+        // must not turn them into timeouts); `startupz` tests the timeout.
+        "/app-health/web/readyz": {"httpGet": {"path": "/status/500", "port": app.addr.port()}, "timeoutSeconds": 10},
         "/app-health/web/startupz": {"httpGet": {"path": "/healthz", "port": silent_port}, "timeoutSeconds": 2},
         "/app-health/db/livez": {"tcpSocket": {"port": tcp_up.local_addr().unwrap().port()}},
         "/app-health/db/readyz": {"tcpSocket": {"port": closed_port}}

@@ -1379,6 +1379,16 @@ async fn a_reload_into_audit_mode_keeps_a_live_connection_and_audits_its_would_b
     // nothing new to say about this connection. A new connection, decided
     // after the reload, marks when its re-check is over.
     let reloads = || mesh.server.logs().matches("policy reloaded").count();
+    // "policy reloaded" is logged after the re-check it starts, which
+    // wrote the line above: wait for the first reload's log line, or the
+    // second reload's wait below could be met by the first.
+    support::poll_until(
+        "the first reload to be logged",
+        Duration::from_secs(10),
+        || mesh.context(),
+        || async { (reloads() >= 1).then_some(()) },
+    )
+    .await;
     let before = reloads();
     replace_file(
         &mesh.server_policy,
@@ -1582,13 +1592,21 @@ async fn alias_bombs_and_half_written_policies_never_load() {
         bomb.push_str(&format!("x{level}: &x{level} [{refs}]\n"));
     }
     replace_file(&mesh.server_policy, bomb.as_bytes());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Refused once read (the second poll after a rename), then the old
+    // policy still holds.
+    support::poll_until(
+        "the alias bomb to be refused",
+        Duration::from_secs(10),
+        || mesh.context(),
+        || async {
+            mesh.server
+                .logs()
+                .contains("aliases in this file expand")
+                .then_some(())
+        },
+    )
+    .await;
     still_allowed("after the alias bomb").await;
-    assert!(
-        mesh.server.logs().contains("aliases in this file expand"),
-        "{}",
-        mesh.context()
-    );
 
     // In place (same inode), in two parts 1.2 s apart: the first part alone
     // is a valid policy that denies everything.
@@ -1722,7 +1740,13 @@ async fn the_audit_log_reopens_on_sighup_and_a_full_disk_makes_the_sidecar_unrea
         .status()
         .unwrap();
     assert!(hup.success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::poll_until(
+        "the audit log to be reopened",
+        Duration::from_secs(10),
+        || sidecar.context(),
+        || async { sidecar.logs().contains("audit log reopened").then_some(()) },
+    )
+    .await;
     connect_and_echo(local(inbound), b"two\n").await.unwrap();
     sidecar
         .wait_audit("a line in the reopened file", |l| {
@@ -1804,18 +1828,28 @@ async fn denied_requests_with_huge_paths_cannot_flood_the_audit_log() {
     .expect("answers within 30 s");
     let _write = writer.await.unwrap();
     assert_eq!(counted, requests, "{}", sidecar.context());
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the count line
+    // The `repeated` count line is written at the first flush after its
+    // second ends: wait for every denial to be accounted for.
+    let accounted = || -> u64 {
+        sidecar
+            .audit_lines()
+            .iter()
+            .map(|l| l["repeated"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    support::poll_until(
+        "every denial to be accounted for in the audit log",
+        Duration::from_secs(10),
+        || format!("{} of {requests}\n{}", accounted(), sidecar.context()),
+        || async { (accounted() >= requests as u64).then_some(()) },
+    )
+    .await;
+    assert_eq!(accounted(), requests as u64, "every denial, once");
     let size = std::fs::metadata(&sidecar.audit).unwrap().len();
     assert!(
         size < 100_000,
         "{size} bytes of audit log for {requests} denials"
     );
-    let lines = sidecar.audit_lines();
-    let total: u64 = lines
-        .iter()
-        .map(|l| l["repeated"].as_u64().unwrap_or(1))
-        .sum();
-    assert_eq!(total, requests as u64, "every denial is accounted for");
     assert_eq!(app.state.requests.load(Ordering::SeqCst), 0);
 }
 

@@ -226,12 +226,14 @@ impl Host {
     /// once), so this first waits out a few ticks.
     pub fn audit(&self) -> Vec<Value> {
         std::thread::sleep(AUDIT_FLUSH_WAIT);
-        fs::read_to_string(&self.audit_file)
-            .unwrap_or_default()
-            .lines()
+        let text = fs::read_to_string(&self.audit_file).unwrap_or_default();
+        // The sidecar's own log may hold the audit lines (`audit_log: "-"`)
+        // among its other lines: only the JSON ones.
+        let json: String = text
+            .split_inclusive('\n')
             .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
-            .collect()
+            .collect();
+        super::json_lines(&json, "the audit log")
     }
 
     /// Starts `python3 args` (an app, as root) and waits for it to listen

@@ -27,6 +27,20 @@ pub mod stats;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The JSON lines of an append-only log read while it may be written:
+/// each line that ends in a newline, parsed (an unterminated last line is
+/// still being written and is left for the next read). `whose` names the
+/// log in the panic for a line that is not JSON.
+pub fn json_lines(text: &str, whose: &str) -> Vec<serde_json::Value> {
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("a line of {whose} is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics with
 /// `what` (and whatever `context` says then) after `limit`.
 pub async fn poll_until<T, F, Fut>(

@@ -336,14 +336,7 @@ impl Sidecar {
     /// one (the file grows a page at a time).
     pub fn audit_lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
-        text.split_inclusive('\n')
-            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| {
-                    panic!("audit line of {} is not JSON ({e}): {l}", self.name)
-                })
-            })
-            .collect()
+        super::json_lines(&text, &format!("{}'s audit log", self.name))
     }
 
     /// Everything a failure message should show about this sidecar.
