@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::apps::HttpApp;
+use support::apps::{EchoServer, HttpApp};
 use support::mesh::{Mesh, MeshOptions, WEB_TO_API};
 use support::sidecar::Sidecar;
 
@@ -1949,9 +1949,14 @@ rules:
 }
 
 async fn l4_mesh(app: &HttpApp, mode: &'static str, l4_extra: &str) -> Mesh {
+    l4_mesh_to(app.addr, mode, l4_extra).await
+}
+
+/// [`l4_mesh`] in front of the app at `app`.
+async fn l4_mesh_to(app: SocketAddr, mode: &'static str, l4_extra: &str) -> Mesh {
     let policy = l4_plus_http_deny(l4_extra);
     Mesh::start(
-        app.addr,
+        app,
         MeshOptions {
             server_policy: policy.clone(),
             client_policy: policy,
@@ -2224,6 +2229,83 @@ async fn a_request_line_split_past_detection_never_reaches_the_app() {
         }
     }
     report("split request line", failures);
+}
+
+/// What lenient HTTP/1 servers read as a request, though it is no valid
+/// request line, is HTTP to the sidecar too, never opaque TCP: a lone CR
+/// first (llhttp, Tomcat), a leading space (Python's `http.server`), tabs
+/// as delimiters (Tomcat), and more blank lines than detection looks at
+/// (httparse, hence hyper, skips any number). Each is parsed here and
+/// refused (or denied by `no-admin`), so the app, although the port allows
+/// opaque TCP, never gets the request or its spoofed identity. The app is
+/// an echo server: whatever reached it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_lenient_servers_read_are_never_passed_as_tcp() {
+    let head =
+        format!("/admin/x HTTP/1.1\r\nHost: api.test\r\nx-appid-peer-id: {SPOOFED_ID}\r\n\r\n");
+    let cases: [(&str, String); 4] = [
+        ("a lone CR first", format!("\rGET {head}")),
+        ("a leading space", format!(" GET {head}")),
+        (
+            "tabs as delimiters",
+            format!("GET\t{}", head.replacen(' ', "\t", 1)),
+        ),
+        (
+            "16 KiB of blank lines first",
+            format!("{}GET {head}", "\r\n".repeat(8 * 1024)),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for mode in ["pooled", "strict"] {
+        let app = EchoServer::start().await;
+        let mesh = l4_mesh_to(app.addr, mode, ", protocol: tcp").await;
+        for (who, address, _, _) in entry_points(&mesh) {
+            for (case, request) in &cases {
+                let combination = format!("{mode} {who}, {case}");
+                let back = match exchange_raw(address, request.as_bytes()).await {
+                    Ok(back) => back,
+                    Err(e) => {
+                        failures.push((format!("[{combination}] {e}"), mesh.context()));
+                        continue;
+                    }
+                };
+                let back = String::from_utf8_lossy(&back);
+                let why = if back.contains(SPOOFED_ID) {
+                    "the app got the request (it came back)".to_string()
+                } else if !(back.is_empty() || back.starts_with("HTTP/1.1 4")) {
+                    format!("not refused: {:?}", tail(back.into_owned(), 200))
+                } else {
+                    continue;
+                };
+                failures.push((format!("[{combination}] {why}"), mesh.context()));
+            }
+        }
+    }
+    report("requests lenient servers read", failures);
+}
+
+/// Sends `bytes` on a new connection; what came back until the far side
+/// closed or went quiet for 2 s (a refusal with an empty body keeps the
+/// connection open). `Err`: nothing came back and it stayed open.
+async fn exchange_raw(address: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    // A refusal may close before all is written: what came back says.
+    let _ = stream.write_all(bytes).await;
+    let mut back = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let limit = if back.is_empty() { 10 } else { 2 };
+        match tokio::time::timeout(Duration::from_secs(limit), stream.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return Ok(back), // EOF or reset
+            Ok(Ok(n)) => back.extend_from_slice(&chunk[..n]),
+            Err(_) if back.is_empty() => {
+                return Err("nothing came back in 10 s, and it is still open".into());
+            }
+            Err(_) => return Ok(back),
+        }
+    }
 }
 
 /// Sends `PROPF`, waits past what detection looks at, then the rest of

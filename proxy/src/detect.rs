@@ -62,8 +62,9 @@ pub enum Classification {
     TlsClientHello(ClientHelloInfo),
     /// A TLS handshake record whose ClientHello could not be read.
     TlsUnreadable(TlsUnreadable),
-    /// An HTTP/1 request line: a known method and a space, or any token,
-    /// a target and `HTTP/` (after any leading empty lines).
+    /// An HTTP/1 request line: a known method and a space (or tab), or any
+    /// token, a target and `HTTP/` (after any leading CR, LF, spaces and
+    /// tabs).
     Http1,
     /// The HTTP/2 connection preface (prior knowledge, cleartext).
     Http2Preface,
@@ -152,11 +153,22 @@ pub fn classify_final(prefix: &[u8]) -> Classification {
             Classification::TlsUnreadable(TlsUnreadable::Truncated)
         }
         // Fail closed: a request line cut short after its method is still
-        // parsed as HTTP (and refused by the parser), not passed as TCP.
-        Classification::NeedMore => match request_line(skip_empty_lines(prefix)) {
-            RequestLine::Partial { past_method: true } => Classification::Http1,
-            _ => Classification::Opaque,
-        },
+        // parsed as HTTP (and refused by the parser), not passed as TCP;
+        // so are blank lines alone, which servers skip while they wait for
+        // a request line (nothing at all, a server-first protocol, stays
+        // opaque).
+        Classification::NeedMore => {
+            let line = skip_blanks(prefix);
+            match request_line(line) {
+                RequestLine::Partial { past_method: true } => Classification::Http1,
+                RequestLine::Partial { past_method: false }
+                    if line.is_empty() && !prefix.is_empty() =>
+                {
+                    Classification::Http1
+                }
+                _ => Classification::Opaque,
+            }
+        }
         decided => decided,
     }
 }
@@ -165,8 +177,9 @@ pub fn classify_final(prefix: &[u8]) -> Classification {
 ///
 /// Fails closed: whatever a lenient HTTP/1 server would take as a request
 /// is HTTP/1 here (and then parsed, and refused if malformed), so no request
-/// reaches an app as opaque bytes past the authorizer: leading empty lines
-/// (which servers skip), any token as the method (`PROPFIND`, `PURGE`).
+/// reaches an app as opaque bytes past the authorizer: leading blanks
+/// (which servers skip, [`skip_blanks`]), tabs as delimiters, any token as
+/// the method (`PROPFIND`, `PURGE`).
 fn classify_plain(prefix: &[u8]) -> Classification {
     if prefix.starts_with(H2_PREFACE) {
         return Classification::Http2Preface;
@@ -175,7 +188,7 @@ fn classify_plain(prefix: &[u8]) -> Classification {
     if H2_PREFACE.starts_with(prefix) {
         return Classification::NeedMore;
     }
-    let line = skip_empty_lines(prefix);
+    let line = skip_blanks(prefix);
     match request_line(line) {
         RequestLine::Yes => Classification::Http1,
         RequestLine::Partial { past_method: true } => Classification::NeedMore,
@@ -185,8 +198,7 @@ fn classify_plain(prefix: &[u8]) -> Classification {
         // line and cuts the connection if it turns out to be a request line
         // ([`first_line`]).
         RequestLine::Partial { past_method: false } => {
-            if line.is_empty() || line == b"\r" || HTTP1_METHODS.iter().any(|m| m.starts_with(line))
-            {
+            if line.is_empty() || HTTP1_METHODS.iter().any(|m| m.starts_with(line)) {
                 Classification::NeedMore
             } else {
                 Classification::Opaque
@@ -210,33 +222,33 @@ pub enum FirstLine {
 
 /// Judges the bytes a client sent first on a connection classified as
 /// opaque: could a server read them as an HTTP/1 request line? At
-/// [`MAX_DETECT_BYTES`] a line that is past its method is taken as one.
+/// [`MAX_DETECT_BYTES`] a line still consistent with one is taken as one
+/// (fail closed): blank lines up to the cap, or a token that long, would
+/// otherwise end the watch and let the request after them pass unparsed.
 #[must_use]
 pub fn first_line(prefix: &[u8]) -> FirstLine {
-    match request_line(skip_empty_lines(prefix)) {
+    match request_line(skip_blanks(prefix)) {
         RequestLine::Yes => FirstLine::RequestLine,
         RequestLine::No => FirstLine::NotRequestLine,
-        RequestLine::Partial { past_method } if prefix.len() >= MAX_DETECT_BYTES => {
-            if past_method {
-                FirstLine::RequestLine
-            } else {
-                FirstLine::NotRequestLine
-            }
-        }
+        RequestLine::Partial { .. } if prefix.len() >= MAX_DETECT_BYTES => FirstLine::RequestLine,
         RequestLine::Partial { .. } => FirstLine::Undecided,
     }
 }
 
-/// `prefix` after any leading empty lines (`\r\n` or `\n`), as HTTP/1
-/// servers (and httparse) skip them (RFC 9112 section 2.2). A trailing
-/// lone `\r` is kept: it may be the start of one more.
-fn skip_empty_lines(mut prefix: &[u8]) -> &[u8] {
-    loop {
-        prefix = match prefix {
-            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
-            _ => return prefix,
-        };
-    }
+/// `prefix` after any leading run of CR, LF, spaces and tabs. RFC 9112
+/// section 2.2 lets a server skip empty lines before a request line
+/// (httparse skips `\r\n` and `\n`); lenient servers skip more: llhttp
+/// (Node) and Tomcat any CR or LF, a lone CR included; Python's
+/// `http.server` splits the line on any whitespace, so a leading space is
+/// nothing to it. What any of them would skip is skipped here, so such a
+/// request is classified as HTTP/1 (and refused by our stricter parser),
+/// never passed as opaque bytes.
+fn skip_blanks(prefix: &[u8]) -> &[u8] {
+    let n = prefix
+        .iter()
+        .take_while(|&&b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+        .count();
+    &prefix[n..]
 }
 
 /// How far `line` goes as an HTTP/1 request line.
@@ -252,15 +264,16 @@ enum RequestLine {
     No,
 }
 
-/// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of spaces count as
-/// one (a lenient server's view); the target is any run of bytes other than
-/// spaces and control bytes.
+/// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of spaces and
+/// tabs count as one delimiter (a lenient server's view: Tomcat takes a
+/// tab); the target is any run of bytes other than spaces and control
+/// bytes.
 fn request_line(line: &[u8]) -> RequestLine {
-    if line.is_empty() || line == b"\r" {
+    if line.is_empty() {
         return RequestLine::Partial { past_method: false };
     }
     for method in HTTP1_METHODS {
-        if let Some([b' ', ..]) = line.strip_prefix(method) {
+        if let Some([b' ' | b'\t', ..]) = line.strip_prefix(method) {
             return RequestLine::Yes;
         }
     }
@@ -300,9 +313,13 @@ fn request_line(line: &[u8]) -> RequestLine {
     }
 }
 
-/// `bytes` without its leading spaces, if it starts with at least one.
+/// `bytes` without its leading spaces and tabs, if it starts with at
+/// least one.
 fn strip_spaces(bytes: &[u8]) -> Option<&[u8]> {
-    let n = bytes.iter().take_while(|&&b| b == b' ').count();
+    let n = bytes
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
     (n > 0).then_some(&bytes[n..])
 }
 
@@ -329,7 +346,7 @@ pub fn http_host(prefix: &[u8]) -> Option<&str> {
     if classify(prefix) != Classification::Http1 {
         return None;
     }
-    let mut lines = skip_empty_lines(prefix).split_inclusive(|&b| b == b'\n');
+    let mut lines = skip_blanks(prefix).split_inclusive(|&b| b == b'\n');
     lines.next()?; // the request line
     let mut host: Option<&[u8]> = None;
     for line in lines {
@@ -1028,12 +1045,10 @@ mod tests {
             }
         }
         for not_http in [
-            &b"GET\t/"[..],
-            b"EHLO mail.example\r\n",
+            &b"EHLO mail.example\r\n"[..],
             b"FOO bar baz\r\n",
-            b" GET / HTTP/1.1\r\n",
-            b"\rGET / HTTP/1.1",
             b"FOO \r\n",
+            b"\x00GET / HTTP/1.1\r\n",
         ] {
             let class = classify(not_http);
             let class = if class == Classification::NeedMore {
@@ -1052,6 +1067,14 @@ mod tests {
         for http in [
             &b"\r\nGET /admin HTTP/1.1\r\n"[..],
             b"\n\r\n\nGET / HTTP/1.1\r\n",
+            // What lenient servers skip or split on (llhttp and Tomcat: a
+            // lone CR; Python's http.server: leading blanks; Tomcat: tabs).
+            b"\rGET /admin/x HTTP/1.1\r\n",
+            b" GET / HTTP/1.1\r\n",
+            b"\t\r \nDELETE /x HTTP/1.1\r\n",
+            b"GET\t/admin\tHTTP/1.1\r\n",
+            b"GET\t/",
+            b"PROPFIND\t/x\tHTTP/1.1\r\n",
             b"PROPFIND /x HTTP/1.1\r\n",
             b"PURGE /cache HTTP/1.0\r\n",
             b"get / HTTP/1.1\r\n",
@@ -1097,9 +1120,33 @@ mod tests {
             FirstLine::NotRequestLine
         );
         assert_eq!(first_line(b"\x00\x01"), FirstLine::NotRequestLine);
+        assert_eq!(first_line(b"\r PROPFIND\t/x"), FirstLine::Undecided);
+        assert_eq!(
+            first_line(b"\r PROPFIND\t/x\tHTTP/1.1"),
+            FirstLine::RequestLine
+        );
+        // At the cap, what is still consistent with a request line is
+        // taken as one: blank lines that long, then a request, or a
+        // request after them cut at the cap inside its method, would
+        // otherwise pass once the watch ends.
+        let blanks = b"\r\n".repeat(MAX_DETECT_BYTES / 2);
+        assert_eq!(first_line(&blanks[..100]), FirstLine::Undecided);
+        assert_eq!(first_line(&blanks), FirstLine::RequestLine);
+        let mut cut_in_method = blanks[..MAX_DETECT_BYTES - 3].to_vec();
+        cut_in_method.extend_from_slice(b"GET");
+        assert_eq!(first_line(&cut_in_method), FirstLine::RequestLine);
+        let mut long_token = vec![b'A'; MAX_DETECT_BYTES];
+        assert_eq!(first_line(&long_token), FirstLine::RequestLine);
+        long_token[MAX_DETECT_BYTES - 1] = 0;
+        assert_eq!(first_line(&long_token), FirstLine::NotRequestLine);
         assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
         assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
         assert_eq!(classify_final(b"PROPFIND"), Classification::Opaque);
+        assert_eq!(classify_final(b""), Classification::Opaque);
+        assert_eq!(classify_final(b"\r\n \t\r"), Classification::Http1);
+        let blanks = b"\r\n".repeat(MAX_DETECT_BYTES / 2);
+        assert_eq!(classify(&blanks), Classification::NeedMore);
+        assert_eq!(classify_final(&blanks), Classification::Http1);
         let mut long = b"PROPFIND /".to_vec();
         long.resize(MAX_DETECT_BYTES, b'a');
         assert_eq!(classify(&long), Classification::NeedMore);
@@ -1252,7 +1299,7 @@ mod tests {
             let start = if use_hello { real_hello().to_vec() } else { start };
             let first = classify(&start);
             let opaque_for_now = first == Classification::Opaque
-                && request_line(skip_empty_lines(&start))
+                && request_line(skip_blanks(&start))
                     == RequestLine::Partial { past_method: false };
             if first != Classification::NeedMore && !opaque_for_now {
                 prop_assert_eq!(classify(&[start, more].concat()), first);
