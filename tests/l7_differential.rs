@@ -285,7 +285,10 @@ fn table() -> Vec<Row> {
         // --- Paths that canonicalize onto a denied one.
         get("double slash", b"/public//secret/x", Denied("no-secret")),
         get("triple slashes", b"/public///secret///x", Denied("no-secret")),
-        get("leading double slash", b"//public/secret/x", Denied("no-secret")),
+        // A URL parser (Node's `new URL(req.url, base)`) reads `//x/…` as
+        // host `x`: refused, whatever the path below it.
+        get("leading double slash", b"//public/secret/x", Refused(400)),
+        get("leading double slash, allowed below", b"//public/x", Refused(400)),
         get("jsessionid parameter", b"/public/secret;jsessionid=1/x", Denied("no-secret")),
         get("segment parameter", b"/public/secret;x/y", Denied("no-secret")),
         get("parameter on first segment", b"/public;x/secret/x", Denied("no-secret")),
@@ -319,6 +322,13 @@ fn table() -> Vec<Row> {
         get("absolute form denied", b"http://api.test/public/secret/x", Denied("no-secret"))
             .h1_only("absolute form"),
         get("absolute form dot-dot", b"http://api.test/public/../admin", Refused(400))
+            .h1_only("absolute form"),
+        // Its path is `/` by RFC 3986; Fastify's router routes what
+        // follows the first `/`.
+        get("absolute form, query after the authority", b"http://api.test?/public/secret/x", Refused(400))
+            .h1_only("absolute form"),
+        // `://` inside the query is no absolute form: no leading `/`.
+        get("scheme inside the target", b"secret?x=http://api.test/public/x", Refused(400))
             .h1_only("absolute form"),
         req("asterisk with OPTIONS", "OPTIONS", b"*", Denied("default")),
         // --- Methods: case-sensitive tokens; lower case refused.

@@ -12,15 +12,18 @@
 //!
 //! The rules, in `docs/what-policy-sees.md`:
 //! 1. the path is the target up to `?` (after the authority in absolute
-//!    form); `*` is its own path (the caller allows it only for `OPTIONS`);
+//!    form, `scheme://` at the start); `*` is its own path (the caller
+//!    allows it only for `OPTIONS`);
 //! 2. refused: `\`, `%2F`, `%5C`, `%25`, `%3B`, NUL and control bytes (raw or
 //!    encoded), malformed `%`, `.`/`..` segments (raw, encoded, or with
 //!    `;params`), a path that does not start with `/`, a `#` anywhere in
-//!    the target (a request has no fragment);
+//!    the target (a request has no fragment), an origin-form path that
+//!    starts with `//` (a URL parser reads a host there), an absolute form
+//!    whose authority is followed by anything but a path or holds a `\`;
 //! 3. `%XX` of an unreserved character is decoded; other encodings are kept
 //!    with upper-case hex;
 //! 4. in each segment, everything from the first `;` is dropped;
-//! 5. empty segments are merged (`//` is `/`).
+//! 5. empty segments are merged (`/a//b` is `/a/b`).
 //!
 //! [`canonical_path`] is pure and total: any string gives a path or a
 //! [`PathError`], without panicking. It does not allocate for a path that
@@ -55,6 +58,17 @@ pub enum PathError {
     /// of the path (Go's `url.ParseRequestURI` does) would route
     /// `/public#/../admin` where policy saw `/public`.
     Fragment,
+    /// An origin-form path that starts with `//`. Policy would see
+    /// `//public/admin` as `/public/admin`, but an app that resolves the
+    /// target as a URL reference (Node's `new URL(req.url, base)`, Python's
+    /// `urlsplit`) reads a network-path reference: host `public`, path
+    /// `/admin`.
+    LeadingDoubleSlash,
+    /// Absolute form whose authority is not followed by `/` or the end of
+    /// the target (`http://h?/admin`), or holds a backslash: its path is
+    /// `/` by RFC 3986, but routers that match the raw target (Fastify's
+    /// find-my-way) route what follows the first `/`.
+    AbsoluteFormWithoutPath,
 }
 
 impl PathError {
@@ -69,6 +83,10 @@ impl PathError {
             PathError::BadPercentEncoding => "malformed percent-encoding in the request path",
             PathError::DotSegment => "dot segment (. or ..) in the request path",
             PathError::Fragment => "fragment (#) in the request target",
+            PathError::LeadingDoubleSlash => "request path starts with //",
+            PathError::AbsoluteFormWithoutPath => {
+                "absolute-form target whose authority is not followed by a path"
+            }
         }
     }
 }
@@ -80,27 +98,44 @@ impl fmt::Display for PathError {
 }
 
 /// The path part of a request target: origin form up to `?` or `#`;
-/// absolute form (`http://host/p`) after the authority (`/` when there is
-/// no path); `*` as is.
-pub fn path_of(target: &str) -> &str {
+/// absolute form (`scheme://authority/p`, the scheme at the start) after
+/// the authority (`/` when nothing follows it; refused when something
+/// other than a path does, or the authority holds a `\`); anything else
+/// (`*`, or a target a caller must refuse) as is.
+fn path_of(target: &str) -> Result<&str, PathError> {
     // Origin form (nearly every request) first: no search for `://`.
-    let found = if target.starts_with('/') {
-        None
-    } else {
-        target.find("://")
-    };
-    let path = match found {
-        Some(scheme_end) => {
+    let path = match absolute_form(target) {
+        None => target,
+        Some(after_scheme) => {
             // The authority ends at the first `/`, `?` or `#`.
-            let rest = &target[scheme_end + 3..];
-            match rest.find(['/', '?', '#']) {
-                Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
-                _ => "/",
+            let end = after_scheme
+                .find(['/', '?', '#'])
+                .unwrap_or(after_scheme.len());
+            if after_scheme[..end].contains('\\') {
+                return Err(PathError::AbsoluteFormWithoutPath);
+            }
+            match after_scheme.as_bytes().get(end) {
+                None => "/",
+                Some(b'/') => &after_scheme[end..],
+                Some(_) => return Err(PathError::AbsoluteFormWithoutPath),
             }
         }
-        _ => target,
     };
-    path.find(['?', '#']).map_or(path, |end| &path[..end])
+    Ok(path.find(['?', '#']).map_or(path, |end| &path[..end]))
+}
+
+/// What follows `scheme://` when `target` starts with an RFC 3986 scheme
+/// (a letter, then letters, digits, `+`, `-` or `.`) and `://`.
+fn absolute_form(target: &str) -> Option<&str> {
+    let bytes = target.as_bytes();
+    if !bytes.first().is_some_and(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    let scheme = bytes
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        .count();
+    target[scheme..].strip_prefix("://")
 }
 
 /// The canonical path of a request target (see the module docs).
@@ -108,12 +143,16 @@ pub fn canonical_path(target: &str) -> Result<Cow<'_, str>, PathError> {
     if target.contains('#') {
         return Err(PathError::Fragment);
     }
-    let raw = path_of(target);
+    let raw = path_of(target)?;
     if raw == "*" {
         return Ok(Cow::Borrowed(raw));
     }
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    // Only in origin form: in absolute form the authority came first.
+    if target.starts_with("//") {
+        return Err(PathError::LeadingDoubleSlash);
     }
     // Refusals first, over the raw bytes; remember whether anything needs
     // rewriting so the common path is returned borrowed.
@@ -229,7 +268,7 @@ mod tests {
             ("*", "*"),
             ("http://h:80/v1/x?q", "/v1/x"),
             ("http://h", "/"),
-            ("http://h?/public", "/"),
+            ("HTTPS://h:443/x", "/x"),
             ("/%61dmin/users", "/admin/users"),
             ("/%70ublic/x", "/public/x"),
             ("/public/%73ecret/x", "/public/secret/x"),
@@ -238,10 +277,10 @@ mod tests {
             ("/a%2ab", "/a%2Ab"),
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/public//secret/x", "/public/secret/x"),
-            ("//admin///x", "/admin/x"),
+            ("/admin///x", "/admin/x"),
             ("/a/", "/a/"),
             ("/a//", "/a/"),
-            ("//", "/"),
+            ("http://h//public/x", "/public/x"),
             ("/public/secret;jsessionid=1/x", "/public/secret/x"),
             ("/a;x=1/b;y", "/a/b"),
             ("/a/;x/b", "/a/b"),
@@ -287,6 +326,17 @@ mod tests {
             ("/ok?q#\r\nx: y", PathError::Fragment),
             ("http://h/a#b", PathError::Fragment),
             ("http://h#b", PathError::Fragment),
+            ("//public/admin", PathError::LeadingDoubleSlash),
+            ("//", PathError::LeadingDoubleSlash),
+            ("//admin///x", PathError::LeadingDoubleSlash),
+            ("http://h?/admin/users", PathError::AbsoluteFormWithoutPath),
+            ("http://h?q", PathError::AbsoluteFormWithoutPath),
+            ("http://h\\admin?", PathError::AbsoluteFormWithoutPath),
+            ("http://h\\admin/x", PathError::AbsoluteFormWithoutPath),
+            // `://` later in the target is no absolute form.
+            ("admin?x=http://h/public", PathError::NotAbsolute),
+            ("1http://h/public", PathError::NotAbsolute),
+            ("://h/public", PathError::NotAbsolute),
         ] {
             assert_eq!(canonical_path(target), Err(why), "{target}");
         }
