@@ -17,14 +17,14 @@ const TARGETS: [(&str, &str); 4] = [
     ("canonical", "/v1/orders/42"),
     ("with_query", "/api/v2/search?q=shoes&page=3&sort=price"),
     ("encoded", "/v1/%6frders/caf%c3%a9"),
-    ("parameters", "//v1/orders;jsessionid=0123456789abcdef/42"),
+    ("parameters", "/v1//orders;jsessionid=0123456789abcdef/42"),
 ];
 
 fn request_check(c: &mut Criterion) {
     let mut group = c.benchmark_group("request_check");
     for (name, target) in TARGETS {
         group.bench_function(format!("path_of/{name}"), |b| {
-            b.iter(|| black_box(path::path_of(black_box(target))).len())
+            b.iter(|| black_box(path::path_of(black_box(target))).map_or(0, str::len))
         });
         group.bench_function(format!("check_request/{name}"), |b| {
             b.iter(|| {

@@ -102,7 +102,7 @@ impl fmt::Display for PathError {
 /// the authority (`/` when nothing follows it; refused when something
 /// other than a path does, or the authority holds a `\`); anything else
 /// (`*`, or a target a caller must refuse) as is.
-fn path_of(target: &str) -> Result<&str, PathError> {
+pub fn path_of(target: &str) -> Result<&str, PathError> {
     // Origin form (nearly every request) first: no search for `://`.
     let path = match absolute_form(target) {
         None => target,
