@@ -473,6 +473,62 @@ async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
     drop(stalled);
 }
 
+/// Many sources each send the first bytes of something (half a mesh
+/// ClientHello, or the start of a method) and never finish them, filling
+/// the inbound budget with connections that are not silent and not in a
+/// handshake: the longest-unfinished give way, and the mesh is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_first_bytes_from_many_sources_give_way_to_the_mesh() {
+    soak::raise_fd_limit();
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_policy: soak::SERVER_POLICY.into(),
+            server_limits: vec![("max_connections", "100"), ("detect_timeout", "30s")],
+            client_tunnel: Some("strict"),
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let hello = mesh_client_hello();
+    let starts: [&[u8]; 2] = [&hello[..hello.len() / 2], b"GE"];
+    let mut stalled = Vec::new();
+    for source in 10..10 + HANDSHAKE_SOURCES {
+        for i in 0..HANDSHAKES_PER_SOURCE {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
+                .unwrap();
+            if let Ok(mut stream) = socket.connect(mesh.inbound_addr()).await {
+                let _ = stream.write_all(starts[i % 2]).await;
+                stalled.push(stream);
+            }
+        }
+    }
+    // Once they are old enough to give way, the mesh gets through (strict:
+    // a new connection per request).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..20 {
+        let mut session = support::clients::H1Session::connect(mesh.outbound_addr()).await;
+        let answer = session.get("/v1/orders").await;
+        assert!(
+            matches!(answer, Ok((200, _))),
+            "request {i}: {answer:?}\n{}",
+            mesh.context()
+        );
+    }
+    assert!(
+        mesh.server
+            .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"evicted_unfinished\"}")
+            .await
+            > 0.0,
+        "unfinished connections were evicted\n{}",
+        mesh.context()
+    );
+    drop(stalled);
+}
+
 /// A PING flood inside a pooled tunnel, from an authenticated peer, is
 /// closed and counted like one on any HTTP/2 connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,16 +636,84 @@ async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
     driver.abort();
 }
 
+/// A tunnel is one of its peer's connections even with no stream in it:
+/// one identity that opens `appid-mux/1` connections and nothing inside
+/// them holds at most half of the inbound budget (`max_per_peer`), and
+/// another peer identity still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_tunnels_from_one_peer_hold_at_most_half_of_the_inbound_connections() {
+    let env = support::mesh::Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
+    let port = net::free_port();
+    let server = env
+        .sidecar("api", &env.api, &policy)
+        .inbound(port, app.addr)
+        .limit("max_connections", "4")
+        .start()
+        .await;
+    let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
+    let other = env.issue("other", "ns/shop/sa/other", &["app=other"], &[]);
+    // Two empty tunnels: half of four.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let (tunnel, served) = open_tunnel(port, &web).await;
+        assert!(served, "tunnel {i} was not served\n{}", server.context());
+        held.push(tunnel);
+    }
+    // A third from the same identity: closed after the handshake.
+    let (_third, served) = open_tunnel(port, &web).await;
+    assert!(
+        !served,
+        "a third empty tunnel from one peer was served\n{}",
+        server.context()
+    );
+    let refused = server
+        .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"max_per_peer\"}")
+        .await;
+    assert!(refused >= 1.0, "not counted\n{}", server.context());
+    // Another peer is served.
+    let (_fourth, served) = open_tunnel(port, &other).await;
+    assert!(
+        served,
+        "another peer's tunnel was refused\n{}",
+        server.context()
+    );
+    drop(held);
+}
+
+/// A mesh TLS connection with ALPN `appid-mux/1`, the HTTP/2 preface sent,
+/// and whether the sidecar served it: its first frame (SETTINGS) came back,
+/// rather than the end of the connection. (The SETTINGS also says the
+/// sidecar is done with the handshake, whose last message the client sends
+/// without waiting.)
+async fn open_tunnel(
+    port: u16,
+    cert: &support::pki::Cert,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, bool) {
+    let mut tls = mesh_tls(net::local(port), cert, b"appid-mux/1").await;
+    let _ = tls
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await;
+    let mut head = [0u8; 9];
+    let first = tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut head)).await;
+    let served = matches!(first, Ok(Ok(_))) && head[3] == 0x4;
+    (tls, served)
+}
+
 /// One peer identity holds at most half of the inbound connections
-/// (tunnel streams included): with `max_connections: 4`, a third long-lived
-/// stream from the same peer is refused and counted, while two are served.
+/// (tunnels and their streams included): with `max_connections: 6`, the
+/// tunnel and two long-lived streams from one peer are served, and a third
+/// stream is refused and counted. (The client runs one worker, so one
+/// tunnel: each worker keeps its own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_holds_at_most_half_of_the_inbound_connections() {
     let echo = support::apps::EchoServer::start().await;
     let mesh = Mesh::start(
         echo.addr,
         MeshOptions {
-            server_limits: vec![("max_connections", "4")],
+            server_limits: vec![("max_connections", "6")],
+            settings: vec![("workers", "1".into())],
             ..MeshOptions::default()
         },
     )

@@ -386,7 +386,7 @@ fn explain_http_rules_need_a_request() {
         &web,
         &search,
         80,
-        &["--method", "GET", "--path", "//v1/%71;x=1"],
+        &["--method", "GET", "--path", "/v1//%71;x=1"],
     );
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("(canonical path /v1/q)"), "{stdout}");

@@ -48,10 +48,15 @@ const HTTP1_METHODS: [&[u8]; 9] = [
     b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
 ];
 
-/// How long to wait before peeking again when a peek saw no new bytes.
-/// `peek` leaves the socket readable, so without a pause a client that sends
-/// half a ClientHello and stalls would spin a core until the timeout.
+/// How long to wait before peeking again when a peek saw no new bytes, at
+/// first; each further look that sees nothing new waits twice as long, up
+/// to [`MAX_REPEEK_PAUSE`]. `peek` leaves the socket readable, so without a
+/// pause a client that sends half a ClientHello and stalls would spin a
+/// core until the timeout; with a fixed pause, thousands of such clients
+/// would still cost each a 16 KiB peek 200 times a second.
 const REPEEK_PAUSE: Duration = Duration::from_millis(5);
+/// The longest pause between two looks at a stalled client's bytes.
+const MAX_REPEEK_PAUSE: Duration = Duration::from_millis(160);
 
 /// What a byte prefix of a connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -654,6 +659,7 @@ pub async fn detect(stream: &TcpStream, timeout: Duration, max_peek: usize) -> D
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; max_peek.clamp(1, MAX_DETECT_BYTES)];
     let mut seen = 0;
+    let mut pause = REPEEK_PAUSE;
     loop {
         let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Err(_) => return Detection::ReadTimeout { peeked: seen },
@@ -674,11 +680,14 @@ pub async fn detect(stream: &TcpStream, timeout: Duration, max_peek: usize) -> D
         }
         if peeked <= seen {
             // Nothing new since the last look: pause, bounded by the deadline.
-            let wake = deadline.min(Instant::now() + REPEEK_PAUSE);
+            let wake = deadline.min(Instant::now() + pause);
             tokio::time::sleep_until(wake).await;
             if Instant::now() >= deadline {
                 return Detection::ReadTimeout { peeked };
             }
+            pause = (pause * 2).min(MAX_REPEEK_PAUSE);
+        } else {
+            pause = REPEEK_PAUSE;
         }
         seen = peeked;
         // Readiness stays set while bytes are buffered, so this usually

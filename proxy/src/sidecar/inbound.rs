@@ -86,26 +86,35 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
 
     let limits = shared.limits;
     // Until its first bytes say what it is, the connection may be evicted
-    // for a newcomer when the inbound budget is full.
-    // A connection that has sent bytes is not silent: it stays (and is
-    // queued again), only a silent one gives way.
+    // for a newcomer when the inbound budget is full: while silent, after
+    // a short while; once bytes came that do not say yet what it is, after
+    // longer (`pending::Stage::Unfinished`).
     let Some(source) = shared.detecting_from(peer_addr.ip()) else {
         return;
     };
     let detection = {
         let detect = detect::detect(&stream, limits.detect_timeout, detect::MAX_DETECT_BYTES);
         tokio::pin!(detect);
+        let mut pending = shared.detecting();
+        let mut spoke = false;
         loop {
-            let detecting = shared.detecting();
             tokio::select! {
                 detection = &mut detect => break detection,
-                () = detecting.evicted() => {
+                // The first bytes (or the end): no longer silent.
+                Ok(()) = stream.readable(), if !spoke => {
+                    spoke = true;
+                    pending = shared.unfinished();
+                }
+                () = pending.evicted() => {
                     let mut byte = [0u8; 1];
                     let sent = stream.peek(&mut byte).now_or_never();
-                    if !matches!(sent, Some(Ok(n)) if n > 0) {
-                        tracing::debug!(%peer_addr, "evicted during protocol detection for a newcomer");
+                    if spoke || !matches!(sent, Some(Ok(n)) if n > 0) {
+                        tracing::debug!(%peer_addr, unfinished = spoke, "evicted during protocol detection for a newcomer");
                         return;
                     }
+                    // Bytes came just now: it gets an unfinished one's time.
+                    spoke = true;
+                    pending = shared.unfinished();
                 }
             }
         }
@@ -201,6 +210,13 @@ async fn from_peer(
         return;
     };
     drop((anonymous, in_handshake));
+    // The TLS connection is one of the peer's share, a tunnel too (its
+    // streams take one each besides): it holds an inbound slot, and a peer
+    // that opened tunnels and no streams in them could otherwise take them
+    // all.
+    let Some(_peer_share) = shared.peer_connection(&verified.claims.id, PeerConnection::Tls) else {
+        return;
+    };
     if tls_stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_APPID_MUX) {
         shared
             .metrics
@@ -212,9 +228,6 @@ async fn from_peer(
     shared
         .metrics
         .mesh_connection(MetricsDirection::Inbound, "appid/1");
-    let Some(_peer_share) = shared.peer_connection(&verified.claims.id, PeerConnection::Tls) else {
-        return;
-    };
     let peer_headers = peer_headers(&verified);
     let peer = Peer::Meshed(Arc::new(verified.claims));
     let authz = ConnAuthz::new(

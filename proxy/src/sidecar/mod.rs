@@ -282,6 +282,12 @@ impl Shared {
         self.pending.enter(pending::Stage::Detecting)
     }
 
+    /// Registers an inbound connection in detection whose first bytes are
+    /// there but do not say yet what it is.
+    fn unfinished(&self) -> pending::PendingGuard {
+        self.pending.enter(pending::Stage::Unfinished)
+    }
+
     /// Registers an inbound connection whose TLS handshake has begun.
     fn handshaking(&self) -> pending::PendingGuard {
         self.pending.enter(pending::Stage::Handshaking)

@@ -13,9 +13,11 @@
 //! single attacker cannot fill the budget with connections that do send
 //! bytes, or with TLS handshakes it never finishes (a ClientHello counts
 //! against its source until the handshake proves who sent it). Many
-//! sources can still send ClientHellos and stall: with no silent
-//! connection left to evict, the handshake under way the longest — at
-//! least [`HANDSHAKE_EVICT_AFTER`] — gives way (`reason="evicted_handshake"`).
+//! sources can still send a few bytes, or ClientHellos, and stall: with no
+//! silent connection left to evict, the one whose first bytes have stayed
+//! unfinished the longest gives way (`reason="evicted_unfinished"`), then
+//! the handshake under way the longest (`reason="evicted_handshake"`), each
+//! after at least [`HANDSHAKE_EVICT_AFTER`].
 //! Idle connections and stalled handshakes then cannot lock the mesh out of
 //! a sidecar: they can only take each other's place. (Per source and only
 //! while anonymous: a peer
@@ -44,6 +46,11 @@ pub const HANDSHAKE_EVICT_AFTER: Duration = Duration::from_secs(1);
 pub enum Stage {
     /// Waiting for its first bytes.
     Detecting,
+    /// It sent bytes that do not say yet what it is (a first line or a
+    /// ClientHello cut short). A real client finishes them within a round
+    /// trip; one that stops there would otherwise hold its slot until the
+    /// detection timeout, unevictable.
+    Unfinished,
     /// It sent a ClientHello; the handshake has not proved who it is yet.
     Handshaking,
 }
@@ -53,6 +60,7 @@ impl Stage {
     pub fn eviction_reason(self) -> &'static str {
         match self {
             Stage::Detecting => "evicted_silent",
+            Stage::Unfinished => "evicted_unfinished",
             Stage::Handshaking => "evicted_handshake",
         }
     }
@@ -60,7 +68,7 @@ impl Stage {
     fn evict_after(self) -> Duration {
         match self {
             Stage::Detecting => EVICT_AFTER,
-            Stage::Handshaking => HANDSHAKE_EVICT_AFTER,
+            Stage::Unfinished | Stage::Handshaking => HANDSHAKE_EVICT_AFTER,
         }
     }
 }
@@ -72,6 +80,7 @@ type Queue = Mutex<VecDeque<(Instant, Weak<Notify>)>>;
 #[derive(Debug)]
 pub struct Pending {
     detecting: Queue,
+    unfinished: Queue,
     handshaking: Queue,
     sources: Shares<IpAddr>,
 }
@@ -95,6 +104,7 @@ impl Pending {
     pub fn new(per_source: usize) -> Pending {
         Pending {
             detecting: Mutex::new(VecDeque::new()),
+            unfinished: Mutex::new(VecDeque::new()),
             handshaking: Mutex::new(VecDeque::new()),
             sources: Shares::new(per_source),
         }
@@ -109,6 +119,7 @@ impl Pending {
     fn queue(&self, stage: Stage) -> &Queue {
         match stage {
             Stage::Detecting => &self.detecting,
+            Stage::Unfinished => &self.unfinished,
             Stage::Handshaking => &self.handshaking,
         }
     }
@@ -127,10 +138,11 @@ impl Pending {
     }
 
     /// Evicts the oldest silent connection in detection for at least
-    /// [`EVICT_AFTER`], else the oldest handshake under way for at least
+    /// [`EVICT_AFTER`], else the oldest with unfinished first bytes, else
+    /// the oldest handshake under way, each for at least
     /// [`HANDSHAKE_EVICT_AFTER`]. Returns the stage of the one evicted.
     pub fn evict_oldest(&self) -> Option<Stage> {
-        [Stage::Detecting, Stage::Handshaking]
+        [Stage::Detecting, Stage::Unfinished, Stage::Handshaking]
             .into_iter()
             .find(|stage| self.evict_oldest_in(*stage, stage.evict_after()))
     }
@@ -177,6 +189,25 @@ mod tests {
             None,
             "a finished one is not evicted"
         );
+    }
+
+    #[tokio::test]
+    async fn unfinished_first_bytes_give_way_after_silence_and_before_handshakes() {
+        tokio::time::pause();
+        let pending = Pending::new(10);
+        let handshake = pending.enter(Stage::Handshaking);
+        let unfinished = pending.enter(Stage::Unfinished);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let silent = pending.enter(Stage::Detecting);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(pending.evict_oldest(), Some(Stage::Detecting));
+        silent.evicted().await;
+        assert_eq!(pending.evict_oldest(), None, "none unfinished for 1 s");
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(pending.evict_oldest(), Some(Stage::Unfinished));
+        unfinished.evicted().await;
+        assert_eq!(pending.evict_oldest(), Some(Stage::Handshaking));
+        handshake.evicted().await;
     }
 
     #[tokio::test]
