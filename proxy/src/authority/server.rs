@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,12 +41,24 @@ use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaError, KeyAlg};
 use crate::identity::ca_rotation;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::verify::{PeerRole, TrustBundle};
+use crate::sidecar::shares::Shares;
 use crate::sidecar::tls::{self, ClientAuth, LocalIdentity, TlsState};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
+/// Time allowed for the TLS handshake, for a request head, and for a
+/// request body once its head is in: a client that stalls in any of them
+/// gives its connection back.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed (gracefully, after the request under way) this
+/// long after it was accepted, however busy: no client holds one forever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Concurrent connections served.
 const MAX_CONNECTIONS: usize = 1024;
+/// Concurrent connections one source address may hold: an eighth, so one
+/// client cannot take them all (sidecars behind one NAT address still get
+/// 128 at once; each holds one only for a renewal's round trips).
+const MAX_PER_SOURCE: usize = MAX_CONNECTIONS / 8;
 /// The authority's own serving certificate lifetime; renewed at half.
 const SERVING_TTL: time::Duration = time::Duration::hours(24);
 
@@ -81,6 +93,7 @@ pub async fn serve(
     ));
     let renewer = tokio::spawn(renew_serving_cert(authority.clone(), tls_state.clone()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources: Shares<IpAddr> = Shares::new(MAX_PER_SOURCE);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -97,6 +110,10 @@ pub async fn serve(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue; // over the limit: refused
         };
+        let Some(share) = sources.take(&peer.ip()) else {
+            tracing::debug!(%peer, "the source holds its share of connections; closed");
+            continue;
+        };
         // Responses are small writes after a TLS handshake: without this,
         // Nagle and the client's delayed ACK cost 40 ms a request.
         let _ = stream.set_nodelay(true);
@@ -104,7 +121,8 @@ pub async fn serve(
         let authority = authority.clone();
         let tls_state = tls_state.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+            let _held = (permit, share);
+            let handshake = tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream));
             let Ok(Ok(stream)) = handshake.await else {
                 return;
             };
@@ -119,12 +137,18 @@ pub async fn serve(
                 let client = client.clone();
                 async move { Ok::<_, Infallible>(route(authority, client, peer, request).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            drop(permit);
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = lifetime => connection.as_mut().graceful_shutdown(),
+            }
+            // The request under way (if any) finishes, within a read timeout.
+            let _ = tokio::time::timeout(READ_TIMEOUT, connection).await;
         });
     }
     renewer.abort();
@@ -269,9 +293,15 @@ async fn route(
 }
 
 async fn body<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Refusal> {
-    let collected = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
+    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
+    let collected = tokio::time::timeout(READ_TIMEOUT, collect)
         .await
+        .map_err(|_| {
+            Refusal::BadRequest(format!(
+                "request body: not complete within {}s",
+                READ_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| Refusal::BadRequest(format!("request body: {e} (limit {MAX_BODY} bytes)")))?;
     serde_json::from_slice(&collected.to_bytes())
         .map_err(|e| Refusal::BadRequest(format!("request JSON: {e}")))
