@@ -124,3 +124,67 @@ async fn a_request_body_that_stops_coming_gives_the_connection_back() {
         "answered before the body timeout: {answer:?}"
     );
 }
+
+/// Refusals are the lines anyone can cause without a credential: at most
+/// 100 are written per second, the rest counted in one `repeated` line once
+/// the second is over, so every refusal is accounted for and no caller
+/// fills the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_fill_the_audit_log_at_a_bounded_rate_and_are_all_accounted_for() {
+    const REQUESTS: usize = 400;
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::init(&temp.path().join("ca"), TRUST_DOMAIN);
+    let (proc, url) = authority::serve(&ca, &[], temp.path().join("authority.log"));
+    // One curl, one connection, many attestations with a token nobody
+    // registered (refused inside the service, so audited).
+    let body = r#"{"csr":"not a CSR","proof":{"method":"join_token","token":"not-a-token"}}"#;
+    let mut args: Vec<String> = ["-sk", "--max-time", "60", "-o", "/dev/null"]
+        .map(String::from)
+        .to_vec();
+    for i in 0..REQUESTS {
+        if i > 0 {
+            args.push("--next".into());
+            args.extend(["-sk", "-o", "/dev/null"].map(String::from));
+        }
+        args.extend(["-X", "POST", "-d", body].map(String::from));
+        args.push(format!("{url}/v1/attest"));
+    }
+    let out = Command::new("curl").args(&args).output().expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = ca.dir.join("audit.jsonl");
+    let lines = || {
+        support::json_lines(
+            &std::fs::read_to_string(&audit).unwrap_or_default(),
+            "the authority's audit log",
+        )
+    };
+    let accounted = || -> u64 {
+        lines()
+            .iter()
+            .filter(|l| l["event"] == "refuse")
+            .map(|l| l["repeated"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    support::poll_until(
+        "every refusal to be accounted for",
+        Duration::from_secs(10),
+        || format!("{} of {REQUESTS}\n{}", accounted(), proc.log()),
+        || async { (accounted() >= REQUESTS as u64).then_some(()) },
+    )
+    .await;
+    assert_eq!(accounted(), REQUESTS as u64);
+    let mut per_second = std::collections::HashMap::new();
+    for line in lines() {
+        if line["event"] == "refuse" && line["repeated"].is_null() {
+            *per_second
+                .entry(line["time"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    let most = per_second.values().max().copied().unwrap_or(0);
+    assert!(most <= 100, "{most} refusal lines in one second");
+}

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod cloud;
+pub mod event_log;
 pub mod federation;
 pub mod k8s_api;
 pub mod reported;

@@ -92,6 +92,17 @@ pub async fn serve(
         vec![b"http/1.1".to_vec()],
     ));
     let renewer = tokio::spawn(renew_serving_cert(authority.clone(), tls_state.clone()));
+    // Refusals counted rather than written (`event_log`) go out once their
+    // second is over, not with the next event.
+    let events = tokio::spawn({
+        let authority = authority.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                authority.flush_events();
+            }
+        }
+    });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let sources: Shares<IpAddr> = Shares::new(MAX_PER_SOURCE);
     tokio::pin!(stop);
@@ -152,6 +163,8 @@ pub async fn serve(
         });
     }
     renewer.abort();
+    events.abort();
+    authority.finish_events();
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -20,8 +20,7 @@
 //! `appid issue` cannot be turned into an authority-vouched one.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -178,7 +177,7 @@ impl Refusal {
         }
     }
 
-    fn short(&self) -> &'static str {
+    pub(super) fn short(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::Unauthenticated(_) => "unauthenticated",
@@ -281,7 +280,7 @@ pub struct Authority {
     /// The revocation list as last read, and when ([`REVOCATIONS_CACHE`]).
     revocations: Mutex<Option<(std::time::Instant, RevocationList)>>,
     cert_ttl: time::Duration,
-    events: Mutex<Option<File>>,
+    events: super::event_log::EventLog,
     cloud: Option<Box<dyn CloudVerifier>>,
     pods: Option<PodLookup>,
     /// A fixed "now" (seconds since the epoch), for testing expired documents.
@@ -309,7 +308,7 @@ impl Authority {
             store: StorePool::new(store),
             revocations: Mutex::new(None),
             cert_ttl,
-            events: Mutex::new(events),
+            events: super::event_log::EventLog::new(events),
             cloud,
             pods: None,
             clock: None,
@@ -722,27 +721,22 @@ impl Authority {
         })
     }
 
-    /// One JSON line per attestation, issuance, renewal, refusal.
+    /// One JSON line per attestation, issuance, renewal, refusal
+    /// ([`super::event_log`]: refusals past a rate are counted).
     fn event(&self, event: &str, id: Option<&str>, method: &str, refusal: Option<&Refusal>) {
-        let line = serde_json::json!({
-            "time": crate::identity::inspect::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
-            "event": event,
-            "id": id,
-            "attestation": method,
-            "refusal": refusal.map(Refusal::short),
-            "reason": refusal.map(ToString::to_string),
-        });
-        // One write per line: formatting straight into the file would
-        // write each JSON token with a system call of its own.
-        let line = format!("{line}\n");
-        if let Ok(mut guard) = self.events.lock() {
-            match guard.as_mut() {
-                Some(file) => {
-                    let _ = file.write_all(line.as_bytes());
-                }
-                None => eprint!("{line}"),
-            }
-        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.events.event(now, event, id, method, refusal);
+    }
+
+    /// Writes out the refusals counted in a second that is over.
+    pub fn flush_events(&self) {
+        self.events
+            .flush(time::OffsetDateTime::now_utc().unix_timestamp());
+    }
+
+    /// Writes out every refusal counted so far (at shutdown).
+    pub fn finish_events(&self) {
+        self.events.finish();
     }
 
     /// Writes a revocation event (the CLI revokes through the store).
