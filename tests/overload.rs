@@ -636,6 +636,74 @@ async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
     driver.abort();
 }
 
+/// One source address outside the mesh holds at most an eighth of the
+/// inbound budget after detection too: with `max_connections: 16`, two
+/// keep-alive connections from 127.0.0.5 are served and a third is refused
+/// (`max_unauthenticated_per_source`), while 127.0.0.6 is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_outside_the_mesh_holds_at_most_an_eighth_of_the_inbound_connections() {
+    let app = HttpApp::start().await;
+    let mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_policy: soak::SERVER_POLICY.into(),
+            server_limits: vec![("max_connections", "16")],
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let (stream, answer) = get_public_from(5, mesh.inbound_addr()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i}: {answer:?}\n{}",
+            mesh.context()
+        );
+        held.push(stream);
+    }
+    let (_third, answer) = get_public_from(5, mesh.inbound_addr()).await;
+    assert!(
+        answer.is_empty(),
+        "a third connection from one source was served: {answer:?}\n{}",
+        mesh.context()
+    );
+    let refused = mesh
+        .server
+        .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"max_unauthenticated_per_source\"}")
+        .await;
+    assert!(refused >= 1.0, "not counted\n{}", mesh.context());
+    let (_other, answer) = get_public_from(6, mesh.inbound_addr()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another source was refused: {answer:?}\n{}",
+        mesh.context()
+    );
+    drop(held);
+}
+
+/// `GET /public/x` (keep-alive) from `127.0.0.<source>` to `inbound`: the
+/// connection, and the head of the answer (empty: closed without one).
+async fn get_public_from(source: u8, inbound: std::net::SocketAddr) -> (TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
+        .unwrap();
+    let mut stream = socket.connect(inbound).await.expect("connect");
+    let _ = stream
+        .write_all(b"GET /public/x HTTP/1.1\r\nhost: api.test\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&answer).into_owned())
+}
+
 /// A tunnel is one of its peer's connections even with no stream in it:
 /// one identity that opens `appid-mux/1` connections and nothing inside
 /// them holds at most half of the inbound budget (`max_per_peer`), and

@@ -55,7 +55,10 @@ use support::apps::{EchoServer, GRPC_STREAM, GRPC_UNARY, HttpApp};
 use support::clients::{CurlResponse, H1Session, curl, first_pem_cert, s_client};
 use support::grpc::GrpcClient;
 use support::mesh::{Env, Mesh, MeshOptions, TRUST_DOMAIN, WEB_PATH, WEB_TO_API};
-use support::net::{self, Closed, connect_and_echo, echo_once, expect_closed, free_port, local};
+use support::net::{
+    self, Closed, connect_and_echo, connect_from_and_echo, echo_once, expect_closed, free_port,
+    local,
+};
 use support::pki::{Ca, Cert, claims_of, replace_file};
 use support::sidecar::{Sidecar, has};
 
@@ -1656,8 +1659,9 @@ rules:
 ";
 
 /// `max_connections` is per direction, and callers outside the mesh get at
-/// most half of the inbound budget: with 4, two plaintext callers fit and a
-/// third is refused.
+/// most half of the inbound budget: with 4, two plaintext callers (from two
+/// addresses: one address holds an eighth, at least one) fit and a third is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_healthy() {
     let env = Env::new();
@@ -1672,12 +1676,18 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
         .await;
     let address = local(inbound);
 
-    let first = connect_and_echo(address, b"one\n")
+    let first = connect_from_and_echo(1, address, b"one\n")
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sidecar.context()));
-    let mut second = connect_and_echo(address, b"two\n").await.unwrap();
+    let mut second = connect_from_and_echo(2, address, b"two\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sidecar.context()));
 
-    let mut third = TcpStream::connect(address).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 3], 0)))
+        .unwrap();
+    let mut third = socket.connect(address).await.unwrap();
     let _ = third.write_all(b"three\n").await;
     expect_closed(&mut third, Duration::from_secs(10)).await;
     assert_eq!(

@@ -133,3 +133,21 @@ pub async fn connect_and_echo(address: SocketAddr, message: &[u8]) -> Result<Tcp
     echo_once(&mut stream, message, Duration::from_secs(10)).await?;
     Ok(stream)
 }
+
+/// [`connect_and_echo`] from the loopback address `127.0.0.<source>`.
+pub async fn connect_from_and_echo(
+    source: u8,
+    address: SocketAddr,
+    message: &[u8],
+) -> Result<TcpStream, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, source], 0)))
+        .map_err(|e| format!("bind 127.0.0.{source}: {e}"))?;
+    let mut stream = socket
+        .connect(address)
+        .await
+        .map_err(|e| format!("connect {address} from 127.0.0.{source}: {e}"))?;
+    echo_once(&mut stream, message, Duration::from_secs(10)).await?;
+    Ok(stream)
+}

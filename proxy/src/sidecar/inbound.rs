@@ -95,16 +95,14 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     let detection = {
         let detect = detect::detect(&stream, limits.detect_timeout, detect::MAX_DETECT_BYTES);
         tokio::pin!(detect);
-        let mut pending = shared.detecting();
+        let mut pending = shared.silent();
         let mut spoke = false;
         loop {
             tokio::select! {
+                // Detection first: its answer makes the rest moot, and an
+                // eviction notice must not be lost to `readable`.
+                biased;
                 detection = &mut detect => break detection,
-                // The first bytes (or the end): no longer silent.
-                Ok(()) = stream.readable(), if !spoke => {
-                    spoke = true;
-                    pending = shared.unfinished();
-                }
                 () = pending.evicted() => {
                     let mut byte = [0u8; 1];
                     let sent = stream.peek(&mut byte).now_or_never();
@@ -113,6 +111,11 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
                         return;
                     }
                     // Bytes came just now: it gets an unfinished one's time.
+                    spoke = true;
+                    pending = shared.unfinished();
+                }
+                // The first bytes (or the end): no longer silent.
+                Ok(()) = stream.readable(), if !spoke => {
                     spoke = true;
                     pending = shared.unfinished();
                 }
@@ -152,7 +155,7 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
             drop(source);
             // Outside the mesh; the bytes were only peeked, so the stream
             // still starts at its first byte.
-            let Some(_slot) = shared.admit_unauthenticated() else {
+            let Some(_slot) = shared.admit_unauthenticated(peer_addr.ip()) else {
                 return;
             };
             let peer = Peer::Unauthenticated(peer_addr.ip());

@@ -224,6 +224,10 @@ pub struct Shared {
     inbound_slots: Arc<Semaphore>,
     outbound_slots: Arc<Semaphore>,
     unauthenticated_slots: Arc<Semaphore>,
+    /// Callers outside the mesh per source address: at most an eighth of
+    /// the inbound budget each, so one address cannot hold all of their
+    /// half (as in detection, [`pending::Pending`]).
+    unauthenticated_sources: shares::Shares<std::net::IpAddr>,
     /// Inbound connections still in protocol detection (evicted, oldest
     /// first, to make room when the inbound budget is full).
     pending: pending::Pending,
@@ -277,9 +281,9 @@ impl Shared {
         }
     }
 
-    /// Registers an inbound connection entering detection.
-    fn detecting(&self) -> pending::PendingGuard {
-        self.pending.enter(pending::Stage::Detecting)
+    /// Registers an inbound connection entering detection, silent so far.
+    fn silent(&self) -> pending::PendingGuard {
+        self.pending.enter(pending::Stage::Silent)
     }
 
     /// Registers an inbound connection in detection whose first bytes are
@@ -329,11 +333,20 @@ impl Shared {
         guard
     }
 
-    /// A slot for a caller outside the mesh (on top of its inbound one), or
-    /// `None` (counted) when they hold half the inbound budget already.
-    fn admit_unauthenticated(&self) -> Option<OwnedSemaphorePermit> {
+    /// A slot for a caller outside the mesh at `ip` (on top of its inbound
+    /// one), or `None` (counted) when that source holds its share of them
+    /// already, or they all hold half the inbound budget.
+    fn admit_unauthenticated(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Option<(OwnedSemaphorePermit, shares::ShareGuard<std::net::IpAddr>)> {
+        let Some(share) = self.unauthenticated_sources.take(&ip) else {
+            self.metrics
+                .connection_refused(MetricsDirection::Inbound, "max_unauthenticated_per_source");
+            return None;
+        };
         match self.unauthenticated_slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
+            Ok(permit) => Some((permit, share)),
             Err(_) => {
                 self.metrics
                     .connection_refused(MetricsDirection::Inbound, "max_unauthenticated");
@@ -748,6 +761,7 @@ pub async fn run_until(
         inbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         outbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         unauthenticated_slots: Arc::new(Semaphore::new((limits.max_connections / 2).max(1))),
+        unauthenticated_sources: shares::Shares::new(limits.max_connections / 8),
         // In detection, one source address holds at most an eighth of
         // the inbound budget.
         pending: pending::Pending::new(limits.max_connections / 8),

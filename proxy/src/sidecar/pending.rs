@@ -44,8 +44,8 @@ pub const HANDSHAKE_EVICT_AFTER: Duration = Duration::from_secs(1);
 /// Where an anonymous connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Waiting for its first bytes.
-    Detecting,
+    /// In detection, waiting for its first bytes.
+    Silent,
     /// It sent bytes that do not say yet what it is (a first line or a
     /// ClientHello cut short). A real client finishes them within a round
     /// trip; one that stops there would otherwise hold its slot until the
@@ -59,7 +59,7 @@ impl Stage {
     /// The `reason` label of a connection evicted at this stage.
     pub fn eviction_reason(self) -> &'static str {
         match self {
-            Stage::Detecting => "evicted_silent",
+            Stage::Silent => "evicted_silent",
             Stage::Unfinished => "evicted_unfinished",
             Stage::Handshaking => "evicted_handshake",
         }
@@ -67,7 +67,7 @@ impl Stage {
 
     fn evict_after(self) -> Duration {
         match self {
-            Stage::Detecting => EVICT_AFTER,
+            Stage::Silent => EVICT_AFTER,
             Stage::Unfinished | Stage::Handshaking => HANDSHAKE_EVICT_AFTER,
         }
     }
@@ -79,7 +79,7 @@ type Queue = Mutex<VecDeque<(Instant, Weak<Notify>)>>;
 /// source.
 #[derive(Debug)]
 pub struct Pending {
-    detecting: Queue,
+    silent: Queue,
     unfinished: Queue,
     handshaking: Queue,
     sources: Shares<IpAddr>,
@@ -103,7 +103,7 @@ impl Pending {
     /// At most `per_source` connections in detection per source address.
     pub fn new(per_source: usize) -> Pending {
         Pending {
-            detecting: Mutex::new(VecDeque::new()),
+            silent: Mutex::new(VecDeque::new()),
             unfinished: Mutex::new(VecDeque::new()),
             handshaking: Mutex::new(VecDeque::new()),
             sources: Shares::new(per_source),
@@ -118,7 +118,7 @@ impl Pending {
 
     fn queue(&self, stage: Stage) -> &Queue {
         match stage {
-            Stage::Detecting => &self.detecting,
+            Stage::Silent => &self.silent,
             Stage::Unfinished => &self.unfinished,
             Stage::Handshaking => &self.handshaking,
         }
@@ -142,7 +142,7 @@ impl Pending {
     /// the oldest handshake under way, each for at least
     /// [`HANDSHAKE_EVICT_AFTER`]. Returns the stage of the one evicted.
     pub fn evict_oldest(&self) -> Option<Stage> {
-        [Stage::Detecting, Stage::Unfinished, Stage::Handshaking]
+        [Stage::Silent, Stage::Unfinished, Stage::Handshaking]
             .into_iter()
             .find(|stage| self.evict_oldest_in(*stage, stage.evict_after()))
     }
@@ -173,12 +173,12 @@ mod tests {
     async fn the_oldest_silent_connection_gives_way() {
         tokio::time::pause();
         let pending = Pending::new(10);
-        let first = pending.enter(Stage::Detecting);
+        let first = pending.enter(Stage::Silent);
         tokio::time::advance(Duration::from_millis(150)).await;
         assert_eq!(pending.evict_oldest(), None, "none old enough");
         tokio::time::advance(Duration::from_millis(150)).await;
-        let second = pending.enter(Stage::Detecting);
-        assert_eq!(pending.evict_oldest(), Some(Stage::Detecting));
+        let second = pending.enter(Stage::Silent);
+        assert_eq!(pending.evict_oldest(), Some(Stage::Silent));
         first.evicted().await; // resolves: it was told
         // The second is too young; a finished one is skipped.
         assert_eq!(pending.evict_oldest(), None);
@@ -198,9 +198,9 @@ mod tests {
         let handshake = pending.enter(Stage::Handshaking);
         let unfinished = pending.enter(Stage::Unfinished);
         tokio::time::advance(Duration::from_millis(500)).await;
-        let silent = pending.enter(Stage::Detecting);
+        let silent = pending.enter(Stage::Silent);
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!(pending.evict_oldest(), Some(Stage::Detecting));
+        assert_eq!(pending.evict_oldest(), Some(Stage::Silent));
         silent.evicted().await;
         assert_eq!(pending.evict_oldest(), None, "none unfinished for 1 s");
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -216,10 +216,10 @@ mod tests {
         let pending = Pending::new(10);
         let handshake = pending.enter(Stage::Handshaking);
         tokio::time::advance(Duration::from_millis(500)).await;
-        let silent = pending.enter(Stage::Detecting);
+        let silent = pending.enter(Stage::Silent);
         tokio::time::advance(Duration::from_millis(300)).await;
         // Both old enough for detection; the handshake (older) is not yet.
-        assert_eq!(pending.evict_oldest(), Some(Stage::Detecting));
+        assert_eq!(pending.evict_oldest(), Some(Stage::Silent));
         silent.evicted().await;
         assert_eq!(pending.evict_oldest(), None);
         tokio::time::advance(Duration::from_millis(300)).await;
