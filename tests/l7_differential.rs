@@ -2270,6 +2270,15 @@ async fn requests_lenient_servers_read_are_never_passed_as_tcp() {
         let app = EchoServer::start().await;
         let mesh = l4_mesh_to(app.addr, mode, ", protocol: tcp").await;
         for (who, address, _, _) in entry_points(&mesh) {
+            // The control: what no server reads as HTTP is still carried as
+            // TCP (a refusal of everything would pass the cases below).
+            match exchange_raw(address, b"PING\r\n").await {
+                Ok(back) if back == b"PING\r\n" => {}
+                other => failures.push((
+                    format!("[{mode} {who}, control] PING was not echoed: {other:?}"),
+                    mesh.context(),
+                )),
+            }
             for (case, request) in &cases {
                 let combination = format!("{mode} {who}, {case}");
                 let back = match exchange_raw(address, request.as_bytes()).await {

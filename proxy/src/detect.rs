@@ -159,15 +159,16 @@ pub fn classify_final(prefix: &[u8]) -> Classification {
         }
         // Fail closed: a request line cut short after its method is still
         // parsed as HTTP (and refused by the parser), not passed as TCP;
-        // so are blank lines alone, which servers skip while they wait for
-        // a request line (nothing at all, a server-first protocol, stays
-        // opaque).
+        // so are blank lines that fill what detection looks at, which
+        // servers skip while they wait for a request line. (Fewer, then
+        // the end or a stall: nothing follows them, or the opaque path's
+        // guard watches what does.)
         Classification::NeedMore => {
             let line = skip_blanks(prefix);
             match request_line(line) {
                 RequestLine::Partial { past_method: true } => Classification::Http1,
                 RequestLine::Partial { past_method: false }
-                    if line.is_empty() && !prefix.is_empty() =>
+                    if line.is_empty() && prefix.len() >= MAX_DETECT_BYTES =>
                 {
                     Classification::Http1
                 }
@@ -1152,7 +1153,7 @@ mod tests {
         assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
         assert_eq!(classify_final(b"PROPFIND"), Classification::Opaque);
         assert_eq!(classify_final(b""), Classification::Opaque);
-        assert_eq!(classify_final(b"\r\n \t\r"), Classification::Http1);
+        assert_eq!(classify_final(b"\r\n \t\r"), Classification::Opaque);
         let blanks = b"\r\n".repeat(MAX_DETECT_BYTES / 2);
         assert_eq!(classify(&blanks), Classification::NeedMore);
         assert_eq!(classify_final(&blanks), Classification::Http1);

@@ -7,8 +7,9 @@
 //! [`REFUSALS_PER_SECOND`] of them are written per second; the rest of
 //! that second's refusals are counted, and written as one line once the
 //! second is over (`"event": "refuse"`, `"repeated": N`: the sidecar's
-//! audit log counts repeated denials the same way). Issuances, renewals
-//! and revocations are always written.
+//! audit log counts repeated denials the same way). Issuances, renewals,
+//! revocations and refusals of a caller the authority knows (a renewal
+//! refused to a certificate it issued) are always written.
 
 use std::fs::File;
 use std::io::Write;
@@ -47,8 +48,9 @@ impl EventLog {
         }
     }
 
-    /// Writes one event at `now` (Unix time), unless it is a refusal past
-    /// this second's [`REFUSALS_PER_SECOND`]: then it is counted.
+    /// Writes one event at `now` (Unix time), unless it is a refusal of an
+    /// unknown caller (no `id`) past this second's [`REFUSALS_PER_SECOND`]:
+    /// then it is counted.
     pub fn event(
         &self,
         now: i64,
@@ -59,7 +61,7 @@ impl EventLog {
     ) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.roll(now);
-        if refusal.is_some() {
+        if refusal.is_some() && id.is_none() {
             if state.written >= REFUSALS_PER_SECOND {
                 state.held_back += 1;
                 return;
@@ -97,9 +99,11 @@ impl EventLog {
 
 impl State {
     /// Moves on to `now`'s second, first writing what the last one held
-    /// back.
+    /// back. Time only moves forward here: an event stamped with an
+    /// earlier second (a thread that read the clock, then waited for the
+    /// lock) is counted in the current one.
     fn roll(&mut self, now: i64) {
-        if now == self.second {
+        if now <= self.second {
             return;
         }
         if self.held_back > 0 {
@@ -183,5 +187,33 @@ mod tests {
         }
         log.finish();
         assert_eq!(lines(&path).last().unwrap()["repeated"], 1);
+    }
+
+    #[test]
+    fn a_late_event_does_not_turn_the_clock_back_and_known_callers_are_always_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = EventLog::new(Some(File::create(&path).unwrap()));
+        let refusal = Refusal::BadRequest("request JSON: EOF".into());
+        for _ in 0..REFUSALS_PER_SECOND {
+            log.event(2_000, "refuse", None, "join_token", Some(&refusal));
+        }
+        // Stamped a second earlier (read the clock, then waited for the
+        // lock): it counts in 2 000, which is full, and starts no new second.
+        log.event(1_999, "refuse", None, "join_token", Some(&refusal));
+        log.event(2_000, "refuse", None, "join_token", Some(&refusal));
+        assert_eq!(lines(&path).len(), REFUSALS_PER_SECOND as usize);
+        // A renewal refused to an identity the authority issued is written
+        // even in a full second.
+        log.event(
+            2_000,
+            "refuse",
+            Some("spiffe://t/web"),
+            "renewal",
+            Some(&refusal),
+        );
+        assert_eq!(lines(&path).len(), REFUSALS_PER_SECOND as usize + 1);
+        log.flush(2_001);
+        assert_eq!(lines(&path).last().unwrap()["repeated"], 2);
     }
 }

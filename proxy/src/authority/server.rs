@@ -133,6 +133,7 @@ pub async fn serve(
         let tls_state = tls_state.clone();
         tokio::spawn(async move {
             let _held = (permit, share);
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
             let handshake = tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream));
             let Ok(Ok(stream)) = handshake.await else {
                 return;
@@ -153,7 +154,6 @@ pub async fn serve(
                 .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
             tokio::select! {
                 _ = connection.as_mut() => return,
                 () = lifetime => connection.as_mut().graceful_shutdown(),

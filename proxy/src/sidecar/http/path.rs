@@ -65,7 +65,8 @@ pub enum PathError {
     /// `/admin`.
     LeadingDoubleSlash,
     /// Absolute form whose authority is not followed by `/` or the end of
-    /// the target (`http://h?/admin`), or holds a backslash: its path is
+    /// the target (`http://h?/admin`; a backslash in the authority is
+    /// [`PathError::Backslash`]): its path is
     /// `/` by RFC 3986, but routers that match the raw target (Fastify's
     /// find-my-way) route what follows the first `/`.
     AbsoluteFormWithoutPath,
@@ -112,7 +113,7 @@ pub fn path_of(target: &str) -> Result<&str, PathError> {
                 .find(['/', '?', '#'])
                 .unwrap_or(after_scheme.len());
             if after_scheme[..end].contains('\\') {
-                return Err(PathError::AbsoluteFormWithoutPath);
+                return Err(PathError::Backslash);
             }
             match after_scheme.as_bytes().get(end) {
                 None => "/",
@@ -331,8 +332,8 @@ mod tests {
             ("//admin///x", PathError::LeadingDoubleSlash),
             ("http://h?/admin/users", PathError::AbsoluteFormWithoutPath),
             ("http://h?q", PathError::AbsoluteFormWithoutPath),
-            ("http://h\\admin?", PathError::AbsoluteFormWithoutPath),
-            ("http://h\\admin/x", PathError::AbsoluteFormWithoutPath),
+            ("http://h\\admin?", PathError::Backslash),
+            ("http://h\\admin/x", PathError::Backslash),
             // `://` later in the target is no absolute form.
             ("admin?x=http://h/public", PathError::NotAbsolute),
             ("1http://h/public", PathError::NotAbsolute),
