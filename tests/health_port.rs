@@ -186,6 +186,72 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
     hold.abort();
 }
 
+/// Connections that ask nothing cannot lock kubelet out: with every slot of
+/// the health port held (four addresses, each with its share of idle
+/// connections, one of each half-way through a request head), a probe is
+/// answered at once by closing the idle connection open longest, however
+/// often the attacker fills the slot again (before: the probe waited in the
+/// backlog for the 5 s header timeout, past kubelet's probe timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_holding_every_slot_give_way_to_probes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = HttpApp::start().await;
+    let env = Env::new();
+    let policy = env.policy("policy.yaml", DENY_ALL);
+    let health_port = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(free_port(), app.addr)
+        .health(health_port)
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for source in 2..=5u8 {
+        for i in 0..8 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
+                .unwrap();
+            let mut stream = socket.connect(local(health_port)).await.unwrap();
+            if i == 0 {
+                stream.write_all(b"GET /live HTTP/1.1\r\n").await.unwrap();
+            }
+            held.push(stream);
+        }
+    }
+    let url = format!("http://127.0.0.1:{health_port}/live");
+    for round in 0..3 {
+        // Older than a real client ever waits before its request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let live = curl(&["--max-time", "3", &url]).await;
+        assert_eq!(live.status, 200, "round {round}\n{}", sidecar.context());
+        // The one open longest gave way (closed before the probe got its
+        // slot), and no other (checked without waiting: every one of them
+        // meets the 5 s header timeout soon).
+        let mut byte = [0u8; 1];
+        let oldest = tokio::time::timeout(Duration::from_secs(2), held[round].read(&mut byte));
+        let read = oldest.await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "round {round}: the oldest is still open: {read:?}"
+        );
+        for (i, stream) in held.iter_mut().enumerate().skip(round + 1) {
+            let read = stream.try_read(&mut byte);
+            assert!(
+                read.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+                "round {round}, connection {i} was closed too: {read:?}"
+            );
+        }
+        // The attacker fills the slot again (the probe's is free by now).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
+            .unwrap();
+        held.push(socket.connect(local(health_port)).await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_app_probes_variable_stops_the_sidecar_with_the_json_path() {
     let env = Env::new();
