@@ -42,6 +42,9 @@
 //!   on the wire, decided by rule), not passed through as external;
 //! - the cloud metadata API is refused (audited as "metadata API") until a
 //!   policy rule names it, then reachable;
+//! - a host outside the mesh allowed by name (`external.hosts`) is reached
+//!   where the name resolves (the namespace's own `/etc/hosts`), even by
+//!   an app that dials another address with that name in its `Host`;
 //! - dialling a capture port directly (outbound: loopback and the host's own
 //!   address; inbound: under audit mode, where policy stops nothing) fails
 //!   fast instead of looping.
@@ -930,6 +933,98 @@ fn the_metadata_api_is_refused_until_a_rule_names_it() {
         &a.audit().pop().expect("an audit line"),
         json!({"direction": "outbound", "decision": "allow", "rule": "web-reads-metadata",
                "port": 80}),
+    );
+}
+
+/// Added to [`POLICY`]: `web` may call `allowed.test` on port 80, by name.
+const EXTERNAL_BY_NAME_RULE: &str = r#"  - name: web-to-allowed-test
+    action: allow
+    from: { labels.app: web }
+    to: { external: { hosts: [allowed.test], ports: [80] } }
+"#;
+
+#[test]
+fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let policy = format!("{POLICY}{EXTERNAL_BY_NAME_RULE}");
+    let mut a = host("named", &ids, &ids.web, &policy);
+    // Two servers outside the mesh on port 80: the one `allowed.test`
+    // names, and one elsewhere; each says which it is.
+    let (named, elsewhere) = ("192.0.2.10", "192.0.2.20");
+    a.ns.sh(&format!(
+        "ip addr add {named}/32 dev lo && ip addr add {elsewhere}/32 dev lo"
+    ));
+    a.ns.set_hosts_file(&format!(
+        "127.0.0.1 localhost\n::1 localhost\n{named} allowed.test\n"
+    ));
+    for (what, address) in [("named", named), ("elsewhere", elsewhere)] {
+        let www = a.path(what);
+        fs::create_dir_all(&www).expect("mkdir");
+        fs::write(www.join("who"), format!("{what}\n")).expect("write");
+        a.start_app(
+            what,
+            &[
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                address,
+                "--directory",
+                path_str(&www),
+            ],
+            80,
+        );
+    }
+    // An app that lies: `allowed.test` in its Host, the other address dialled.
+    let lie = format!("allowed.test:80:{elsewhere}");
+    let lying = |a: &Host| {
+        a.ns.curl_with(&["--resolve", &lie], "http://allowed.test/who", 5)
+    };
+    // Without capture, the lie reaches the other server: what follows is
+    // the sidecar. (Waited for: the second server may still be starting.)
+    wait_for(
+        "both servers to answer without capture",
+        WAIT,
+        || a.context(),
+        || {
+            (a.ns
+                .curl("http://allowed.test/who", 5)
+                .is_ok_with("named\n")
+                && lying(&a).is_ok_with("elsewhere\n"))
+            .then_some(())
+        },
+    );
+
+    a.start_sidecar();
+    a.install_redirect();
+    let honest = a.ns.curl("http://allowed.test/who", 5);
+    assert!(honest.is_ok_with("named\n"), "{honest:?}\n{}", a.context());
+    expect_line(
+        &a.audit().pop().expect("an audit line"),
+        json!({"direction": "outbound", "decision": "allow", "rule": "web-to-allowed-test",
+               "peer_ip": named, "port": 80}),
+    );
+    // The lie is carried where the name resolves, and audited there.
+    let lied = lying(&a);
+    assert!(
+        lied.is_ok_with("named\n"),
+        "the app reached another address by naming an allowed host: {lied:?}\n{}",
+        a.context()
+    );
+    expect_line(
+        &a.audit().pop().expect("an audit line"),
+        json!({"direction": "outbound", "decision": "allow", "rule": "web-to-allowed-test",
+               "peer_ip": named, "port": 80}),
+    );
+    // The other address under its own name is no destination a rule allows.
+    let direct = a.ns.curl(&format!("http://{elsewhere}/who"), 5);
+    assert!(
+        !direct.body.contains("elsewhere"),
+        "{direct:?}\n{}",
+        a.context()
     );
 }
 

@@ -335,13 +335,30 @@ impl Netns {
 
     /// `curl` from inside the namespace (as root, so it is captured).
     pub fn curl(&self, url: &str, max_secs: u32) -> Reply {
+        self.curl_with(&[], url, max_secs)
+    }
+
+    /// [`Netns::curl`] with more of curl's options (`--resolve`, ...).
+    pub fn curl_with(&self, options: &[&str], url: &str, max_secs: u32) -> Reply {
         let max = max_secs.to_string();
+        let mut args = vec!["-sS", "-i", "-m", &max];
+        args.extend_from_slice(options);
+        args.push(url);
         let start = Instant::now();
         let out = output_within(
-            self.command("curl", &["-sS", "-i", "-m", &max, url]),
+            self.command("curl", &args),
             Duration::from_secs(u64::from(max_secs) + 5),
         );
         Reply::parse(&out, start.elapsed())
+    }
+
+    /// What `/etc/hosts` holds for every program started in the namespace
+    /// from now on (`ip netns exec` mounts `/etc/netns/<name>/hosts` over
+    /// it); removed with the namespace.
+    pub fn set_hosts_file(&self, contents: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        fs::create_dir_all(&dir).expect("mkdir /etc/netns/<name>");
+        fs::write(dir.join("hosts"), contents).expect("write /etc/netns/<name>/hosts");
     }
 }
 
@@ -360,6 +377,8 @@ fn remove_namespace(name: &str) {
         }
     }
     let _ = Command::new("ip").args(["netns", "del", name]).output();
+    // Its files (`Netns::set_hosts_file`), if any.
+    let _ = fs::remove_dir_all(Path::new("/etc/netns").join(name));
 }
 
 /// Whether `name` (a namespace or temp dir) is ours, left by a test process

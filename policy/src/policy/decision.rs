@@ -117,6 +117,20 @@ impl<'p> Decision<'p> {
         self.matched.map(|rule| std::ptr::from_ref(rule) as usize)
     }
 
+    /// Whether the deciding rule let a connection out of the mesh by the
+    /// name the app gave (`to.external.hosts`). The address the app
+    /// dialled proves nothing about that name (an app can send any SNI or
+    /// `Host` to any address), so such a connection must go where the name
+    /// resolves, not where it was dialled; a `to.external.cidrs` beside the
+    /// hosts then holds for the address resolved.
+    pub fn trusts_external_name(&self) -> bool {
+        self.matched.is_some_and(|rule| {
+            rule.clauses
+                .iter()
+                .any(|c| matches!(c.test, super::rule::Test::ExternalHosts(_)))
+        })
+    }
+
     /// The attribute paths the deciding rule looked at (`from.labels.app`,
     /// `to.ports`, `http.paths`, ...), for the audit log. Empty for
     /// `default`.

@@ -147,6 +147,7 @@ pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
 pub use query::{
     Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, header_name_matches,
+    normalize_host,
 };
 pub use rule::Action;
 

@@ -253,7 +253,7 @@ impl<'q> Query<'q> {
 }
 
 /// A host name as rules see it: no `:port`, no trailing dot, no IPv6 brackets.
-pub(crate) fn normalize_host(host: &str) -> &str {
+pub fn normalize_host(host: &str) -> &str {
     let h = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {

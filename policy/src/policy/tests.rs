@@ -1119,6 +1119,16 @@ rules:
             assert!(d.why().to_string().starts_with("metadata API"));
         }
     }
+    // Allowed by name, the connection goes where the name resolves; by
+    // address, where it was dialled.
+    let by_name = decide(
+        &p,
+        &Query::external(&api, ip("1.2.3.4"), Some("api.stripe.com"), 443),
+    );
+    assert!(by_name.trusts_external_name());
+    let by_address = decide(&p, &Query::external(&web, ip("1.2.3.4"), Some("x.com"), 80));
+    assert_eq!(by_address.rule, "anywhere-https");
+    assert!(!by_address.trusts_external_name());
 
     // default allow does not open the metadata API either.
     let p = load(&src.replace("version: 1\n", "version: 1\ndefault: allow\n"));

@@ -466,6 +466,25 @@ impl ConnAuthz {
         verdict
     }
 
+    /// Outbound outside the mesh: the name the app gave, when the rule that
+    /// would allow the connection allows it by that name
+    /// ([`Decision::trusts_external_name`]): then it must go where the name
+    /// resolves. Unaudited (the decision on the address it goes to is).
+    ///
+    /// [`Decision::trusts_external_name`]: appid_policy::policy::Decision::trusts_external_name
+    pub fn external_name(&self) -> Option<&str> {
+        let Peer::External {
+            host: Some(host), ..
+        } = &self.peer
+        else {
+            return None;
+        };
+        let policy = self.shared.policy.load();
+        let decision = self.decide(&policy, &self.query(None));
+        (decision.outcome == Outcome::Allow && decision.trusts_external_name())
+            .then_some(host.as_str())
+    }
+
     /// Audits the closure of a connection that was allowed, for `reason`
     /// (rule `invalid-request`).
     pub fn audit_closed(&self, reason: &str) {

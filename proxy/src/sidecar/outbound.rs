@@ -85,16 +85,14 @@ async fn set_up(
 
     if spec.upstream.is_none() {
         match Box::pin(external(shared, local, &app, app_addr, destination)).await {
-            External::PassThrough => {
-                let mut upstream = shared.connect(destination).await?;
+            External::PassThrough(to) => {
+                let mut upstream = shared.connect(to).await?;
                 let mut app = super::counted::Counted::new(
                     app,
                     shared.metrics.bytes_counter(MetricsDirection::Outbound),
                 );
-                let meter = shared
-                    .memory
-                    .meter(&format!("external {}", destination.ip()));
-                let idle_timeout = shared.tcp_idle_timeout(destination.port());
+                let meter = shared.memory.meter(&format!("external {}", to.ip()));
+                let idle_timeout = shared.tcp_idle_timeout(to.port());
                 let pass_through = async move {
                     let (end, _) = super::splice::splice(
                         &mut app,
@@ -118,18 +116,24 @@ async fn set_up(
 }
 
 enum External {
-    PassThrough,
+    /// Allowed: pass through, untouched, to this address.
+    PassThrough(SocketAddr),
     Refused,
     Meshed,
 }
 
 /// Transparent mode: is this destination outside the mesh, and allowed?
+///
+/// Allowed by the name the app gave (`external.hosts`), the connection
+/// goes where that name resolves ([`address_of`]), and policy decides on
+/// that address: the app's name is all that was checked, and an app can
+/// send any name to any address.
 async fn external(
     shared: &Arc<Shared>,
     local: &Local,
     app: &TcpStream,
     app_addr: SocketAddr,
-    destination: SocketAddr,
+    dialled: SocketAddr,
 ) -> External {
     // The host the app names (TLS SNI or HTTP Host), for `external.hosts`.
     let host =
@@ -151,24 +155,87 @@ async fn external(
             }
             _ => None,
         };
-    let peer = Peer::External {
-        ip: destination.ip(),
-        host,
+    let authz = |to: SocketAddr| {
+        let peer = Peer::External {
+            ip: to.ip(),
+            host: host.clone(),
+        };
+        ConnAuthz::new(
+            shared.clone(),
+            local,
+            Direction::Outbound,
+            peer,
+            to,
+            to.port(),
+        )
+        .with_app_addr(app_addr)
     };
-    let authz = ConnAuthz::new(
-        shared.clone(),
-        local,
-        Direction::Outbound,
-        peer,
-        destination,
-        destination.port(),
-    )
-    .with_app_addr(app_addr);
-    match authz.decide_external() {
-        ExternalVerdict::Allow => External::PassThrough,
-        ExternalVerdict::Refused => External::Refused,
-        ExternalVerdict::NotExternal => External::Meshed,
+    let mut to = dialled;
+    let mut decided = authz(dialled);
+    if let Some(name) = decided.external_name() {
+        match address_of(name, dialled, shared.limits.connect_timeout).await {
+            Ok(resolved) => {
+                if resolved != dialled {
+                    tracing::debug!(%dialled, %resolved, name, "external: to where the name resolves");
+                    to = resolved;
+                    decided = authz(resolved);
+                }
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .connection_refused(MetricsDirection::Outbound, "external_unresolved");
+                decided.audit_closed(&e);
+                return External::Refused;
+            }
+        }
     }
+    match decided.decide_external() {
+        ExternalVerdict::Allow => External::PassThrough(to),
+        ExternalVerdict::Refused => External::Refused,
+        ExternalVerdict::NotExternal if to == dialled => External::Meshed,
+        // The address the name resolves to is no destination outside the
+        // mesh a rule allows (a deny rule's cidrs, say): not there.
+        ExternalVerdict::NotExternal => {
+            decided.audit_closed(&format!(
+                "{} resolves to {}, which no external rule allows",
+                host.as_deref().unwrap_or_default(),
+                to.ip()
+            ));
+            External::Refused
+        }
+    }
+}
+
+/// Where an external connection allowed by `name` goes: the address the
+/// app dialled when `name` resolves to it (an honest app: nothing
+/// changes), else the first address `name` resolves to, on the port the
+/// app dialled. Resolved as the app would (the pod's resolver), within
+/// `limit`.
+async fn address_of(
+    name: &str,
+    dialled: SocketAddr,
+    limit: Duration,
+) -> Result<SocketAddr, String> {
+    let name = appid_policy::policy::normalize_host(name);
+    let lookup = tokio::net::lookup_host((name, dialled.port()));
+    let resolved: Vec<SocketAddr> = match tokio::time::timeout(limit, lookup).await {
+        Ok(Ok(addresses)) => addresses.collect(),
+        Ok(Err(e)) => return Err(format!("external host {name} did not resolve: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "external host {name} did not resolve within {limit:?}"
+            ));
+        }
+    };
+    let same = |a: &SocketAddr| a.ip().to_canonical() == dialled.ip().to_canonical();
+    if resolved.iter().any(same) {
+        return Ok(dialled);
+    }
+    resolved
+        .first()
+        .copied()
+        .ok_or_else(|| format!("external host {name} resolved to no address"))
 }
 
 /// A meshed destination: mTLS to its sidecar (a stream in a pooled tunnel,
@@ -244,4 +311,31 @@ async fn to_peer(
         AppSide::Downstream,
         || async { Some(tls_stream) },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_external_name_is_reached_where_it_resolves() {
+        let limit = Duration::from_secs(2);
+        // Resolving to the dialled address: nothing changes.
+        let dialled: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(address_of("localhost", dialled, limit).await, Ok(dialled));
+        assert_eq!(
+            address_of("LOCALHOST.:8080", dialled, limit).await,
+            Ok(dialled),
+            "the name as rules see it"
+        );
+        // Dialled elsewhere: to the name's address, on the dialled port.
+        let elsewhere: SocketAddr = "192.0.2.20:8080".parse().unwrap();
+        let to = address_of("localhost", elsewhere, limit).await.unwrap();
+        assert!(to.ip().is_loopback() && to.port() == 8080, "{to}");
+        // A name that resolves to nothing is an error, not the dialled address.
+        let error = address_of("no-such-host.invalid", elsewhere, limit)
+            .await
+            .unwrap_err();
+        assert!(error.contains("no-such-host.invalid"), "{error}");
+    }
 }
