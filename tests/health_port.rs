@@ -189,9 +189,10 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
 /// Connections that ask nothing cannot lock kubelet out: with every slot of
 /// the health port held (four addresses, each with its share of idle
 /// connections, one of each half-way through a request head), a probe is
-/// answered at once by closing the idle connection open longest, however
-/// often the attacker fills the slot again (before: the probe waited in the
-/// backlog for the 5 s header timeout, past kubelet's probe timeout).
+/// answered at once: the oldest connection of an address holding the most
+/// gives way, however often the attacker fills the slot again (before: the
+/// probe waited in the backlog for the 5 s header timeout, past kubelet's
+/// probe timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_holding_every_slot_give_way_to_probes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -250,6 +251,67 @@ async fn idle_connections_holding_every_slot_give_way_to_probes() {
             .unwrap();
         held.push(socket.connect(local(health_port)).await.unwrap());
     }
+}
+
+/// Nor can requests that are under way: four addresses each hold their
+/// share of slots with app probes that hang (the app never answers, the
+/// probe's timeout is 20 s), and kubelet's `/live` is still answered at
+/// once, one of theirs closed for it (before: it waited for a slot past
+/// its timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_probes_holding_every_slot_give_way_to_probes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = HttpApp::start().await;
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let probes = json!({
+        "/app-health/web/livez": {"httpGet": {"path": "/healthz", "port": silent_port},
+            "timeoutSeconds": 20}
+    });
+    let env = Env::new();
+    let policy = env.policy("policy.yaml", DENY_ALL);
+    let health_port = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(free_port(), app.addr)
+        .health(health_port)
+        .env("APPID_APP_PROBES", &probes.to_string())
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for source in 2..=5u8 {
+        for _ in 0..8 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
+                .unwrap();
+            let mut stream = socket.connect(local(health_port)).await.unwrap();
+            stream
+                .write_all(b"GET /app-health/web/livez HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            held.push(stream);
+        }
+    }
+    // Every one of them is under way (no answer comes for 20 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = format!("http://127.0.0.1:{health_port}/live");
+    let live = curl(&["--max-time", "3", &url]).await;
+    assert_eq!(live.status, 200, "{}", sidecar.context());
+    let mut byte = [0u8; 1];
+    let oldest = tokio::time::timeout(Duration::from_secs(2), held[0].read(&mut byte));
+    let read = oldest.await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the oldest of an address holding the most gave way: {read:?}"
+    );
+    hold.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,8 +130,9 @@ const LIMITS: ServerLimits = ServerLimits {
     header_read_timeout: HEADER_READ_TIMEOUT,
     connection_lifetime: CONNECTION_LIFETIME,
     max_connections: MAX_CONNECTIONS,
-    // Loopback only: every caller is local, none is held to a share.
-    max_per_source: MAX_CONNECTIONS,
+    // Loopback only: every caller is local, none is held to a share (as
+    // many as are served, and as many waiting).
+    max_per_source: 2 * MAX_CONNECTIONS,
     max_head_bytes: MAX_HEAD_BYTES,
     keep_alive: true,
 };
@@ -424,24 +425,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connection_limit_queues_rather_than_fails() {
+    async fn at_the_connection_limit_an_idle_connection_gives_way() {
         let (addr, _state, _stop, _task) = start().await;
         // Hold every slot with an idle connection...
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
             idle.push(TcpStream::connect(addr).await.unwrap());
         }
-        // ...the next request waits in the backlog, and is served once one
-        // slot frees.
+        // ...the next request waits (none has been idle long enough to
+        // give way yet), then the oldest gives way, and it is served.
         let pending = tokio::spawn(request(addr, "GET", "/live"));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(crate::bounded_http::EVICT_AFTER / 2).await;
         assert!(!pending.is_finished());
-        drop(idle.pop());
         let r = tokio::time::timeout(Duration::from_secs(5), pending)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(r.status, 200);
+        let mut byte = [0u8; 1];
+        let oldest = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut byte));
+        assert!(
+            matches!(oldest.await, Ok(Ok(0) | Err(_))),
+            "the oldest was closed"
+        );
     }
 
     #[tokio::test]

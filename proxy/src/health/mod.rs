@@ -26,11 +26,10 @@
 //! Bounds: plain HTTP/1.1, one request per connection, request heads of at
 //! most [`MAX_HEAD_BYTES`] within [`HEADER_READ_TIMEOUT`], at most
 //! [`MAX_CONNECTIONS`] served at once and [`MAX_PER_SOURCE`] from one
-//! address (its excess is closed); when all are held, the one waiting
-//! longest for a request head gives way to a newcomer
-//! ([`bounded_http::EVICT_AFTER`]). So a scanner on the pod network can
-//! neither hold the port against kubelet nor turn it into a flood against
-//! the app's health endpoint.
+//! address (its excess is closed); when all are held, one gives way to a
+//! newcomer, fairly by address first (see `bounded_http`). So a scanner on
+//! the pod network can neither hold the port against kubelet nor turn it
+//! into a flood against the app's health endpoint.
 
 pub mod prober;
 pub mod probes;

@@ -8,21 +8,19 @@
 //! once). No request body is ever read. What is served is the caller's
 //! business: a handler turns a request head into a response.
 //!
-//! When every slot is held, a newcomer does not wait behind connections
-//! that ask nothing: the one that has waited longest for a request head
-//! (at least [`EVICT_AFTER`], far longer than a real client takes to send
-//! one) is closed to make room. Without this, a few addresses holding
-//! their shares of idle connections locked kubelet's probes out until the
-//! header timeout, again and again. Only when every connection is in the
-//! middle of a request does the newcomer wait for a slot (at most as many
-//! wait as are served, each at most the header timeout; beyond, closed).
+//! When every slot is held, a newcomer does not simply wait in the backlog
+//! behind connections that may ask nothing: one of them gives way, fairly
+//! by source first, then the one idle longest, and hands its slot to the
+//! newcomer ([`held`]). Without this, a few addresses holding their shares
+//! of idle connections locked kubelet's probes out of the health port
+//! until the header timeout, again and again.
 
-use std::collections::VecDeque;
+mod held;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,18 +31,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::time::Instant;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::sidecar::shares::Shares;
+use held::{Admission, Admitted, Connection, InRequest, Phase};
+pub use held::{EVICT_AFTER, HANDSHAKE_EVICT_AFTER};
 
 /// The response body of both servers: small and complete.
 pub type Body = Full<Bytes>;
-
-/// How long a connection must have waited for a request head before it
-/// may be closed for a newcomer.
-pub const EVICT_AFTER: Duration = Duration::from_millis(200);
 
 /// The bounds of one server.
 #[derive(Debug, Clone, Copy)]
@@ -108,10 +103,7 @@ async fn serve_maybe_tls<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    // Newcomers waiting for a slot while every connection is mid-request.
-    let waiting = Arc::new(Semaphore::new(limits.max_connections));
-    let held = Arc::new(Held::default());
+    let admission = Arc::new(Admission::new(limits.max_connections));
     let sources: Shares<IpAddr> = Shares::new(limits.max_per_source);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = http1::Builder::new();
@@ -143,41 +135,32 @@ async fn serve_maybe_tls<H, Fut>(
             tracing::debug!(%peer, "{what}: the source holds its share of connections; closed");
             continue;
         };
-        let slot = match permits.clone().try_acquire_owned() {
-            // Registered here, in the order accepted: the oldest gives way.
-            Ok(permit) => Slot::Now(permit, held.register()),
-            // Full: make room, then wait for the slot it gives back.
-            Err(_) => match waiting.clone().try_acquire_owned() {
-                Ok(wait) => {
-                    if held.evict_oldest_waiting(EVICT_AFTER) {
-                        tracing::debug!(%peer, "{what}: full; an idle connection gave way");
-                    }
-                    Slot::Later(wait)
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "{what}: full, and as many waiting; closed");
-                    continue;
-                }
-            },
+        let phase = match tls {
+            Some(_) => Phase::Handshake,
+            None => Phase::AwaitingHead,
+        };
+        let Some(admitted) = admission.admit(peer.ip(), phase) else {
+            tracing::debug!(%peer, "{what}: full, none may give way, as many waiting; closed");
+            continue;
         };
         let handler = handler.clone();
         let builder = builder.clone();
         let stop = stop_rx.clone();
         let tls = tls.clone();
-        let permits = permits.clone();
-        let held = held.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            let (permit, me) = match slot {
-                Slot::Now(permit, me) => (permit, me),
-                Slot::Later(_wait) => {
-                    let wait = permits.acquire_owned();
-                    match tokio::time::timeout(limits.header_read_timeout, wait).await {
-                        Ok(Ok(permit)) => (permit, held.register()),
-                        _ => return tracing::debug!(%peer, "{what}: no slot in time; closed"),
+            let slot = match admitted {
+                Admitted::Now(slot) => slot,
+                Admitted::Later(later) => {
+                    match admission.slot_for(later, limits.header_read_timeout).await {
+                        Some(slot) => slot,
+                        None => return tracing::debug!(%peer, "{what}: no slot in time; closed"),
                     }
                 }
             };
-            let _held = (permit, share);
+            let _held = share;
+            let me = slot.connection().clone();
+            let _slot = slot;
             let Some(tls) = tls else {
                 return drive(&builder, stream, handler, limits, stop, &me, peer, what).await;
             };
@@ -185,12 +168,13 @@ async fn serve_maybe_tls<H, Fut>(
             tokio::select! {
                 done = handshake => match done {
                     Ok(Ok(stream)) => {
+                        me.enter(Phase::AwaitingHead);
                         drive(&builder, stream, handler, limits, stop, &me, peer, what).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "{what}: TLS handshake timed out"),
                 },
-                () = me.evict.notified() => tracing::debug!(%peer, "{what}: evicted in its handshake"),
+                _ = me.evicted() => tracing::debug!(%peer, "{what}: closed in its handshake for a newcomer"),
             }
         });
     }
@@ -199,77 +183,8 @@ async fn serve_maybe_tls<H, Fut>(
     tracing::info!(local = ?local, "{what} stopped accepting");
 }
 
-/// How a newcomer gets its slot.
-enum Slot {
-    Now(tokio::sync::OwnedSemaphorePermit, Arc<Connection>),
-    /// Once one is given back; holds a place among those waiting.
-    Later(tokio::sync::OwnedSemaphorePermit),
-}
-
-/// The connections a server holds, oldest first.
-#[derive(Debug, Default)]
-struct Held {
-    connections: Mutex<VecDeque<Weak<Connection>>>,
-}
-
-/// One held connection: since when, whether a request is under way, and
-/// how it is told to give way.
-#[derive(Debug)]
-struct Connection {
-    since: Instant,
-    in_request: AtomicBool,
-    evict: Notify,
-}
-
-impl Held {
-    /// Registers a new connection, the newest; it leaves when dropped.
-    fn register(&self) -> Arc<Connection> {
-        let connection = Arc::new(Connection {
-            since: Instant::now(),
-            in_request: AtomicBool::new(false),
-            evict: Notify::new(),
-        });
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        connections.retain(|c| c.strong_count() > 0);
-        connections.push_back(Arc::downgrade(&connection));
-        connection
-    }
-
-    /// Tells the oldest connection that is waiting for a request head, and
-    /// has been open at least `older_than`, to close. `false`: none is.
-    fn evict_oldest_waiting(&self, older_than: Duration) -> bool {
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let oldest = connections.iter().position(|c| {
-            c.upgrade().is_some_and(|c| {
-                c.since.elapsed() >= older_than && !c.in_request.load(Ordering::Acquire)
-            })
-        });
-        let Some(connection) = oldest.and_then(|i| connections.remove(i)?.upgrade()) else {
-            return false;
-        };
-        connection.evict.notify_one();
-        true
-    }
-}
-
-/// Marks a connection's request under way until dropped.
-struct InRequest(Arc<Connection>);
-
-impl InRequest {
-    fn new(connection: Arc<Connection>) -> InRequest {
-        connection.in_request.store(true, Ordering::Release);
-        InRequest(connection)
-    }
-}
-
-impl Drop for InRequest {
-    fn drop(&mut self) {
-        self.0.in_request.store(false, Ordering::Release);
-    }
-}
-
 /// Serves one connection until it ends, its lifetime is over, the server
-/// stops, or it is evicted for a newcomer while waiting for a request.
+/// stops, or it gives way to a newcomer ([`held`]).
 #[allow(clippy::too_many_arguments)]
 async fn drive<I, H, Fut>(
     builder: &http1::Builder,
@@ -297,6 +212,8 @@ async fn drive<I, H, Fut>(
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let evicted = me.evicted();
+    tokio::pin!(evicted);
     let lifetime = tokio::time::sleep(limits.connection_lifetime);
     tokio::pin!(lifetime);
     // Past its lifetime or at shutdown, a connection finishes the
@@ -312,11 +229,8 @@ async fn drive<I, H, Fut>(
                 }
                 break;
             }
-            () = me.evict.notified() => {
-                if me.in_request.load(Ordering::Acquire) {
-                    continue; // a request came in meanwhile: it finishes
-                }
-                tracing::debug!(%peer, "{what}: idle connection closed for a newcomer");
+            why = &mut evicted => {
+                tracing::debug!(%peer, ?why, "{what}: closed for a newcomer");
                 break;
             }
             _ = stop.wait_for(|s| *s), if !closing => {
@@ -364,35 +278,4 @@ pub fn method_not_allowed() -> Response<Body> {
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_oldest_connection_waiting_for_a_request_gives_way() {
-        tokio::time::pause();
-        let held = Held::default();
-        let first = held.register();
-        let second = held.register();
-        assert!(
-            !held.evict_oldest_waiting(EVICT_AFTER),
-            "none has waited long enough"
-        );
-        tokio::time::advance(EVICT_AFTER).await;
-        // The first is mid-request: the second gives way.
-        let request = InRequest::new(first.clone());
-        assert!(held.evict_oldest_waiting(EVICT_AFTER));
-        second.evict.notified().await; // resolves: it was told
-        assert!(!held.evict_oldest_waiting(EVICT_AFTER), "told once only");
-        // Its request over, the first may be evicted; a closed one never is.
-        drop(request);
-        let third = held.register();
-        drop(third);
-        tokio::time::advance(EVICT_AFTER).await;
-        assert!(held.evict_oldest_waiting(EVICT_AFTER));
-        first.evict.notified().await;
-        assert!(!held.evict_oldest_waiting(EVICT_AFTER));
-    }
 }
