@@ -1026,6 +1026,18 @@ fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() 
         "{direct:?}\n{}",
         a.context()
     );
+    // Once a rule allows that address itself (a forward proxy's, say), a
+    // connection dialled there stays there, whatever name it gives.
+    let by_address = format!(
+        "{policy}  - name: web-to-elsewhere\n    action: allow\n    from: {{ labels.app: web }}\n    to: {{ external: {{ cidrs: [\"{elsewhere}/32\"], ports: [80] }} }}\n"
+    );
+    a.put("policy.yaml", by_address.as_bytes());
+    wait_for(
+        "a connection allowed by its address to stay there",
+        WAIT,
+        || a.context(),
+        || lying(&a).is_ok_with("elsewhere\n").then_some(()),
+    );
 }
 
 #[test]

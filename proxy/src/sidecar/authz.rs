@@ -472,14 +472,26 @@ impl ConnAuthz {
     /// resolves. Unaudited (the decision on the address it goes to is).
     ///
     /// [`Decision::trusts_external_name`]: appid_policy::policy::Decision::trusts_external_name
+    ///
+    /// A connection a rule allows by the dialled address alone (a rule
+    /// without `hosts`: a forward proxy's `cidrs`, say) stays there.
     pub fn external_name(&self) -> Option<&str> {
         let Peer::External {
-            host: Some(host), ..
+            ip,
+            host: Some(host),
         } = &self.peer
         else {
             return None;
         };
         let policy = self.shared.policy.load();
+        let by_address = Query::external(&self.local, *ip, None, self.port);
+        let by_address = self.decide(&policy, &by_address);
+        if by_address.outcome == Outcome::Allow
+            && by_address.reason == Reason::Rule
+            && !by_address.audit_only
+        {
+            return None;
+        }
         let decision = self.decide(&policy, &self.query(None));
         (decision.outcome == Outcome::Allow && decision.trusts_external_name())
             .then_some(host.as_str())

@@ -224,6 +224,8 @@ pub struct Shared {
     inbound_slots: Arc<Semaphore>,
     outbound_slots: Arc<Semaphore>,
     unauthenticated_slots: Arc<Semaphore>,
+    /// Name lookups for external hosts under way ([`outbound::MAX_NAME_LOOKUPS`]).
+    name_lookups: Arc<Semaphore>,
     /// Callers outside the mesh per source address: at most an eighth of
     /// the inbound budget each, so one address cannot hold all of their
     /// half (as in detection, [`pending::Pending`]).
@@ -761,6 +763,7 @@ pub async fn run_until(
         inbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         outbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         unauthenticated_slots: Arc::new(Semaphore::new((limits.max_connections / 2).max(1))),
+        name_lookups: Arc::new(Semaphore::new(outbound::MAX_NAME_LOOKUPS)),
         unauthenticated_sources: shares::Shares::new(limits.max_connections / 8),
         // In detection, one source address holds at most an eighth of
         // the inbound budget.

@@ -14,13 +14,14 @@
 //!    TCP is spliced (and closed if a policy change withdraws it).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use appid_policy::policy::Direction;
@@ -173,7 +174,8 @@ async fn external(
     let mut to = dialled;
     let mut decided = authz(dialled);
     if let Some(name) = decided.external_name() {
-        match address_of(name, dialled, shared.limits.connect_timeout).await {
+        let limit = shared.limits.connect_timeout;
+        match address_of(name, dialled, limit, &shared.name_lookups).await {
             Ok(resolved) => {
                 if resolved != dialled {
                     tracing::debug!(%dialled, %resolved, name, "external: to where the name resolves");
@@ -207,22 +209,44 @@ async fn external(
     }
 }
 
+/// Name lookups under way at once, per sidecar. Each holds a thread of
+/// the blocking pool until the system resolver answers, whatever our own
+/// timeout, so an app opening connections to names that never resolve
+/// could otherwise tie up hundreds of threads.
+pub const MAX_NAME_LOOKUPS: usize = 16;
+
 /// Where an external connection allowed by `name` goes: the address the
 /// app dialled when `name` resolves to it (an honest app: nothing
-/// changes), else the first address `name` resolves to, on the port the
-/// app dialled. Resolved as the app would (the pod's resolver), within
-/// `limit`.
+/// changes), else the first address `name` resolves to in the dialled
+/// address's family (else the first), on the port the app dialled. Resolved as the app would (the system resolver: the pod's
+/// `/etc/hosts` and DNS), at most [`MAX_NAME_LOOKUPS`] at once (a permit
+/// of `lookups` each, held until the resolver answers), within `limit`
+/// in all.
 async fn address_of(
     name: &str,
     dialled: SocketAddr,
     limit: Duration,
+    lookups: &Arc<Semaphore>,
 ) -> Result<SocketAddr, String> {
-    let name = appid_policy::policy::normalize_host(name);
-    let lookup = tokio::net::lookup_host((name, dialled.port()));
-    let resolved: Vec<SocketAddr> = match tokio::time::timeout(limit, lookup).await {
-        Ok(Ok(addresses)) => addresses.collect(),
-        Ok(Err(e)) => return Err(format!("external host {name} did not resolve: {e}")),
-        Err(_) => {
+    let name = appid_policy::policy::normalize_host(name).to_string();
+    let port = dialled.port();
+    let lookup = {
+        let name = name.clone();
+        async move {
+            let permit = lookups.clone().acquire_owned().await.ok()?;
+            let resolve = tokio::task::spawn_blocking(move || {
+                let _held = permit;
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect::<Vec<SocketAddr>>)
+            });
+            resolve.await.ok()
+        }
+    };
+    let resolved = match tokio::time::timeout(limit, lookup).await {
+        Ok(Some(Ok(resolved))) => resolved,
+        Ok(Some(Err(e))) => return Err(format!("external host {name} did not resolve: {e}")),
+        Ok(None) | Err(_) => {
             return Err(format!(
                 "external host {name} did not resolve within {limit:?}"
             ));
@@ -232,8 +256,13 @@ async fn address_of(
     if resolved.iter().any(same) {
         return Ok(dialled);
     }
+    // The dialled address's family first: an IPv4-only app's connection
+    // must not go to an IPv6 address it could not have dialled.
+    let family = |a: &&SocketAddr| a.is_ipv4() == dialled.ip().to_canonical().is_ipv4();
     resolved
-        .first()
+        .iter()
+        .find(family)
+        .or(resolved.first())
         .copied()
         .ok_or_else(|| format!("external host {name} resolved to no address"))
 }
@@ -320,6 +349,10 @@ mod tests {
     #[tokio::test]
     async fn an_external_name_is_reached_where_it_resolves() {
         let limit = Duration::from_secs(2);
+        let lookups = Arc::new(Semaphore::new(MAX_NAME_LOOKUPS));
+        let address_of = |name: &'static str, dialled: SocketAddr, limit: Duration| {
+            address_of(name, dialled, limit, &lookups)
+        };
         // Resolving to the dialled address: nothing changes.
         let dialled: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(address_of("localhost", dialled, limit).await, Ok(dialled));
@@ -337,5 +370,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.contains("no-such-host.invalid"), "{error}");
+        // With every lookup slot taken, none starts: refused in time.
+        let none = Arc::new(Semaphore::new(0));
+        let error = super::address_of("localhost", dialled, Duration::from_millis(50), &none)
+            .await
+            .unwrap_err();
+        assert!(error.contains("within"), "{error}");
     }
 }
