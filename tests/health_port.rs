@@ -195,7 +195,6 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
 /// probe timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_holding_every_slot_give_way_to_probes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = HttpApp::start().await;
     let env = Env::new();
     let policy = env.policy("policy.yaml", DENY_ALL);
@@ -206,20 +205,11 @@ async fn idle_connections_holding_every_slot_give_way_to_probes() {
         .health(health_port)
         .start()
         .await;
-    let mut held = Vec::new();
-    for source in 2..=5u8 {
-        for i in 0..8 {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
-                .unwrap();
-            let mut stream = socket.connect(local(health_port)).await.unwrap();
-            if i == 0 {
-                stream.write_all(b"GET /live HTTP/1.1\r\n").await.unwrap();
-            }
-            held.push(stream);
-        }
-    }
+    let mut held = fill_every_slot(health_port, |i| match i % 8 {
+        0 => b"GET /live HTTP/1.1\r\n",
+        _ => b"",
+    })
+    .await;
     let url = format!("http://127.0.0.1:{health_port}/live");
     for round in 0..3 {
         // Older than a real client ever waits before its request.
@@ -229,13 +219,8 @@ async fn idle_connections_holding_every_slot_give_way_to_probes() {
         // The one open longest gave way (closed before the probe got its
         // slot), and no other (checked without waiting: every one of them
         // meets the 5 s header timeout soon).
+        expect_closed(&mut held[round], &format!("round {round}: the oldest")).await;
         let mut byte = [0u8; 1];
-        let oldest = tokio::time::timeout(Duration::from_secs(2), held[round].read(&mut byte));
-        let read = oldest.await;
-        assert!(
-            matches!(read, Ok(Ok(0) | Err(_))),
-            "round {round}: the oldest is still open: {read:?}"
-        );
         for (i, stream) in held.iter_mut().enumerate().skip(round + 1) {
             let read = stream.try_read(&mut byte);
             assert!(
@@ -245,11 +230,11 @@ async fn idle_connections_holding_every_slot_give_way_to_probes() {
             );
         }
         // The attacker fills the slot again (the probe's is free by now).
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
-            .unwrap();
-        held.push(socket.connect(local(health_port)).await.unwrap());
+        held.push(
+            support::net::connect_from(2, local(health_port))
+                .await
+                .unwrap(),
+        );
     }
 }
 
@@ -260,7 +245,6 @@ async fn idle_connections_holding_every_slot_give_way_to_probes() {
 /// its timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_probes_holding_every_slot_give_way_to_probes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = HttpApp::start().await;
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_port = silent.local_addr().unwrap().port();
@@ -284,34 +268,48 @@ async fn slow_probes_holding_every_slot_give_way_to_probes() {
         .env("APPID_APP_PROBES", &probes.to_string())
         .start()
         .await;
-    let mut held = Vec::new();
-    for source in 2..=5u8 {
-        for _ in 0..8 {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
-                .unwrap();
-            let mut stream = socket.connect(local(health_port)).await.unwrap();
-            stream
-                .write_all(b"GET /app-health/web/livez HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .unwrap();
-            held.push(stream);
-        }
-    }
+    let mut held = fill_every_slot(health_port, |_| {
+        b"GET /app-health/web/livez HTTP/1.1\r\nhost: x\r\n\r\n"
+    })
+    .await;
     // Every one of them is under way (no answer comes for 20 s).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let url = format!("http://127.0.0.1:{health_port}/live");
     let live = curl(&["--max-time", "3", &url]).await;
     assert_eq!(live.status, 200, "{}", sidecar.context());
+    expect_closed(&mut held[0], "the oldest of an address holding the most").await;
+    hold.abort();
+}
+
+/// Every slot of the health port (32) held by four addresses, 127.0.0.2
+/// to .5, eight each (their share), oldest first; connection `i` sent
+/// `first_bytes(i)`.
+async fn fill_every_slot(
+    health_port: u16,
+    first_bytes: impl Fn(usize) -> &'static [u8],
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for source in 2..=5u8 {
+        for _ in 0..8 {
+            let address = local(health_port);
+            let mut stream = support::net::connect_from(source, address).await.unwrap();
+            stream.write_all(first_bytes(held.len())).await.unwrap();
+            held.push(stream);
+        }
+    }
+    held
+}
+
+/// `stream` is closed by the far side within 2 s (`what` gave way).
+async fn expect_closed(stream: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
     let mut byte = [0u8; 1];
-    let oldest = tokio::time::timeout(Duration::from_secs(2), held[0].read(&mut byte));
-    let read = oldest.await;
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await;
     assert!(
         matches!(read, Ok(Ok(0) | Err(_))),
-        "the oldest of an address holding the most gave way: {read:?}"
+        "{what} should have given way: {read:?}"
     );
-    hold.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -440,36 +440,13 @@ async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
     let mut stalled = Vec::new();
     for source in 10..10 + HANDSHAKE_SOURCES {
         for _ in 0..HANDSHAKES_PER_SOURCE {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
-                .unwrap();
-            if let Ok(mut stream) = socket.connect(mesh.inbound_addr()).await {
+            if let Ok(mut stream) = support::net::connect_from(source, mesh.inbound_addr()).await {
                 let _ = stream.write_all(&hello).await;
                 stalled.push(stream);
             }
         }
     }
-    // Once they are old enough to give way, the mesh gets through (strict:
-    // a new handshake per request).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    for i in 0..20 {
-        let mut session = support::clients::H1Session::connect(mesh.outbound_addr()).await;
-        let answer = session.get("/v1/orders").await;
-        assert!(
-            matches!(answer, Ok((200, _))),
-            "request {i}: {answer:?}\n{}",
-            mesh.context()
-        );
-    }
-    assert!(
-        mesh.server
-            .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"evicted_handshake\"}")
-            .await
-            > 0.0,
-        "stalled handshakes were evicted\n{}",
-        mesh.context()
-    );
+    the_mesh_gets_through(&mesh, "evicted_handshake").await;
     drop(stalled);
 }
 
@@ -496,36 +473,13 @@ async fn unfinished_first_bytes_from_many_sources_give_way_to_the_mesh() {
     let mut stalled = Vec::new();
     for source in 10..10 + HANDSHAKE_SOURCES {
         for i in 0..HANDSHAKES_PER_SOURCE {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
-                .unwrap();
-            if let Ok(mut stream) = socket.connect(mesh.inbound_addr()).await {
+            if let Ok(mut stream) = support::net::connect_from(source, mesh.inbound_addr()).await {
                 let _ = stream.write_all(starts[i % 2]).await;
                 stalled.push(stream);
             }
         }
     }
-    // Once they are old enough to give way, the mesh gets through (strict:
-    // a new connection per request).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    for i in 0..20 {
-        let mut session = support::clients::H1Session::connect(mesh.outbound_addr()).await;
-        let answer = session.get("/v1/orders").await;
-        assert!(
-            matches!(answer, Ok((200, _))),
-            "request {i}: {answer:?}\n{}",
-            mesh.context()
-        );
-    }
-    assert!(
-        mesh.server
-            .metric("appid_connections_refused_total{direction=\"inbound\",reason=\"evicted_unfinished\"}")
-            .await
-            > 0.0,
-        "unfinished connections were evicted\n{}",
-        mesh.context()
-    );
+    the_mesh_gets_through(&mesh, "evicted_unfinished").await;
     drop(stalled);
 }
 
@@ -682,14 +636,35 @@ async fn one_source_outside_the_mesh_holds_at_most_an_eighth_of_the_inbound_conn
     drop(held);
 }
 
+/// Once the connections that stall are old enough to give way, the mesh
+/// gets through (strict: a new connection and handshake per request), and
+/// some were evicted for `reason`.
+async fn the_mesh_gets_through(mesh: &Mesh, reason: &str) {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..20 {
+        let mut session = support::clients::H1Session::connect(mesh.outbound_addr()).await;
+        let answer = session.get("/v1/orders").await;
+        assert!(
+            matches!(answer, Ok((200, _))),
+            "request {i}: {answer:?}\n{}",
+            mesh.context()
+        );
+    }
+    let evicted =
+        format!("appid_connections_refused_total{{direction=\"inbound\",reason=\"{reason}\"}}");
+    assert!(
+        mesh.server.metric(&evicted).await > 0.0,
+        "none was evicted ({reason})\n{}",
+        mesh.context()
+    );
+}
+
 /// `GET /public/x` (keep-alive) from `127.0.0.<source>` to `inbound`: the
 /// connection, and the head of the answer (empty: closed without one).
 async fn get_public_from(source: u8, inbound: std::net::SocketAddr) -> (TcpStream, String) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
-        .unwrap();
-    let mut stream = socket.connect(inbound).await.expect("connect");
+    let mut stream = support::net::connect_from(source, inbound)
+        .await
+        .expect("connect");
     let _ = stream
         .write_all(b"GET /public/x HTTP/1.1\r\nhost: api.test\r\n\r\n")
         .await;

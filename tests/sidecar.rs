@@ -1683,11 +1683,7 @@ async fn connections_beyond_max_connections_are_refused_and_the_sidecar_stays_he
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sidecar.context()));
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::from(([127, 0, 0, 3], 0)))
-        .unwrap();
-    let mut third = socket.connect(address).await.unwrap();
+    let mut third = support::net::connect_from(3, address).await.unwrap();
     let _ = third.write_all(b"three\n").await;
     expect_closed(&mut third, Duration::from_secs(10)).await;
     assert_eq!(

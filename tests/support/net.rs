@@ -134,18 +134,21 @@ pub async fn connect_and_echo(address: SocketAddr, message: &[u8]) -> Result<Tcp
     Ok(stream)
 }
 
+/// A connection to `address` from the loopback address `127.0.0.<source>`
+/// (Linux routes all of 127/8 to `lo`): one more source address.
+pub async fn connect_from(source: u8, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
+    socket.connect(address).await
+}
+
 /// [`connect_and_echo`] from the loopback address `127.0.0.<source>`.
 pub async fn connect_from_and_echo(
     source: u8,
     address: SocketAddr,
     message: &[u8],
 ) -> Result<TcpStream, String> {
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(SocketAddr::from(([127, 0, 0, source], 0)))
-        .map_err(|e| format!("bind 127.0.0.{source}: {e}"))?;
-    let mut stream = socket
-        .connect(address)
+    let mut stream = connect_from(source, address)
         .await
         .map_err(|e| format!("connect {address} from 127.0.0.{source}: {e}"))?;
     echo_once(&mut stream, message, Duration::from_secs(10)).await?;

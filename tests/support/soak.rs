@@ -120,9 +120,7 @@ impl Report {
 /// A connection from the attackers' own address, 127.0.0.2 (the meshed
 /// client comes from 127.0.0.1).
 pub async fn attacker_connect(target: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind("127.0.0.2:0".parse().expect("an address"))?;
-    socket.connect(target).await
+    super::net::connect_from(2, target).await
 }
 
 /// The resident set of process `pid`, in KiB.

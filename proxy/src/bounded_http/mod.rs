@@ -103,7 +103,10 @@ async fn serve_maybe_tls<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let admission = Arc::new(Admission::new(limits.max_connections));
+    let admission = Arc::new(Admission::new(
+        limits.max_connections,
+        limits.max_per_source,
+    ));
     let sources: Shares<IpAddr> = Shares::new(limits.max_per_source);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = http1::Builder::new();
@@ -152,7 +155,8 @@ async fn serve_maybe_tls<H, Fut>(
             let slot = match admitted {
                 Admitted::Now(slot) => slot,
                 Admitted::Later(later) => {
-                    match admission.slot_for(later, limits.header_read_timeout).await {
+                    let limit = limits.header_read_timeout;
+                    match admission.slot_for(later, limit, stop.clone()).await {
                         Some(slot) => slot,
                         None => return tracing::debug!(%peer, "{what}: no slot in time; closed"),
                     }
