@@ -68,15 +68,7 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
         "/app-health/db/readyz": {"tcpSocket": {"port": closed_port}}
     });
     let env = Env::new();
-    let policy = env.policy("policy.yaml", DENY_ALL);
-    let health_port = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(free_port(), app.addr)
-        .health(health_port)
-        .env("APPID_APP_PROBES", &probes.to_string())
-        .start()
-        .await;
+    let (sidecar, health_port) = with_health_port(&env, app.addr, &probes).await;
     let health = |path: &str| format!("http://127.0.0.1:{health_port}{path}");
     let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
 
@@ -197,14 +189,7 @@ async fn serves_what_kubelet_and_prometheus_need_and_runs_the_apps_probes() {
 async fn idle_connections_holding_every_slot_give_way_to_probes() {
     let app = HttpApp::start().await;
     let env = Env::new();
-    let policy = env.policy("policy.yaml", DENY_ALL);
-    let health_port = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(free_port(), app.addr)
-        .health(health_port)
-        .start()
-        .await;
+    let (sidecar, health_port) = with_health_port(&env, app.addr, &json!({})).await;
     let mut held = fill_every_slot(health_port, |i| match i % 8 {
         0 => b"GET /live HTTP/1.1\r\n",
         _ => b"",
@@ -259,15 +244,7 @@ async fn slow_probes_holding_every_slot_give_way_to_probes() {
             "timeoutSeconds": 20}
     });
     let env = Env::new();
-    let policy = env.policy("policy.yaml", DENY_ALL);
-    let health_port = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(free_port(), app.addr)
-        .health(health_port)
-        .env("APPID_APP_PROBES", &probes.to_string())
-        .start()
-        .await;
+    let (sidecar, health_port) = with_health_port(&env, app.addr, &probes).await;
     let mut held = fill_every_slot(health_port, |_| {
         b"GET /app-health/web/livez HTTP/1.1\r\nhost: x\r\n\r\n"
     })
@@ -279,6 +256,25 @@ async fn slow_probes_holding_every_slot_give_way_to_probes() {
     assert_eq!(live.status, 200, "{}", sidecar.context());
     expect_closed(&mut held[0], "the oldest of an address holding the most").await;
     hold.abort();
+}
+
+/// A sidecar in front of `app` under a default-deny policy, with a health
+/// port and `APPID_APP_PROBES` set to `probes`; and the port.
+async fn with_health_port(
+    env: &Env,
+    app: std::net::SocketAddr,
+    probes: &serde_json::Value,
+) -> (support::sidecar::Sidecar, u16) {
+    let policy = env.policy("policy.yaml", DENY_ALL);
+    let health_port = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(free_port(), app)
+        .health(health_port)
+        .env("APPID_APP_PROBES", &probes.to_string())
+        .start()
+        .await;
+    (sidecar, health_port)
 }
 
 /// Every slot of the health port (32) held by four addresses, 127.0.0.2

@@ -424,30 +424,10 @@ fn mesh_client_hello() -> Vec<u8> {
 /// the longest-stalled handshakes give way, and the mesh is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
-    soak::raise_fd_limit();
-    let app = HttpApp::start().await;
-    let mesh = Mesh::start(
-        app.addr,
-        MeshOptions {
-            server_policy: soak::SERVER_POLICY.into(),
-            server_limits: vec![("max_connections", "100"), ("handshake_timeout", "30s")],
-            client_tunnel: Some("strict"),
-            ..MeshOptions::default()
-        },
-    )
-    .await;
     let hello = mesh_client_hello();
-    let mut stalled = Vec::new();
-    for source in 10..10 + HANDSHAKE_SOURCES {
-        for _ in 0..HANDSHAKES_PER_SOURCE {
-            if let Ok(mut stream) = support::net::connect_from(source, mesh.inbound_addr()).await {
-                let _ = stream.write_all(&hello).await;
-                stalled.push(stream);
-            }
-        }
-    }
-    the_mesh_gets_through(&mesh, "evicted_handshake").await;
-    drop(stalled);
+    let stall = |_: usize| hello.clone();
+    stalls_from_many_sources_give_way(("handshake_timeout", "30s"), stall, "evicted_handshake")
+        .await;
 }
 
 /// Many sources each send the first bytes of something (half a mesh
@@ -456,30 +436,44 @@ async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
 /// handshake: the longest-unfinished give way, and the mesh is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_first_bytes_from_many_sources_give_way_to_the_mesh() {
+    let hello = mesh_client_hello();
+    let stall = |i: usize| match i % 2 {
+        0 => hello[..hello.len() / 2].to_vec(),
+        _ => b"GE".to_vec(),
+    };
+    stalls_from_many_sources_give_way(("detect_timeout", "30s"), stall, "evicted_unfinished").await;
+}
+
+/// A mesh whose server holds 100 inbound connections (and `limit`), filled
+/// by many sources, each connection sending `stall(i)` and no more; then
+/// [`the_mesh_gets_through`].
+async fn stalls_from_many_sources_give_way(
+    limit: (&'static str, &'static str),
+    stall: impl Fn(usize) -> Vec<u8>,
+    reason: &str,
+) {
     soak::raise_fd_limit();
     let app = HttpApp::start().await;
     let mesh = Mesh::start(
         app.addr,
         MeshOptions {
             server_policy: soak::SERVER_POLICY.into(),
-            server_limits: vec![("max_connections", "100"), ("detect_timeout", "30s")],
+            server_limits: vec![("max_connections", "100"), limit],
             client_tunnel: Some("strict"),
             ..MeshOptions::default()
         },
     )
     .await;
-    let hello = mesh_client_hello();
-    let starts: [&[u8]; 2] = [&hello[..hello.len() / 2], b"GE"];
     let mut stalled = Vec::new();
     for source in 10..10 + HANDSHAKE_SOURCES {
         for i in 0..HANDSHAKES_PER_SOURCE {
             if let Ok(mut stream) = support::net::connect_from(source, mesh.inbound_addr()).await {
-                let _ = stream.write_all(starts[i % 2]).await;
+                let _ = stream.write_all(&stall(i)).await;
                 stalled.push(stream);
             }
         }
     }
-    the_mesh_gets_through(&mesh, "evicted_unfinished").await;
+    the_mesh_gets_through(&mesh, reason).await;
     drop(stalled);
 }
 
