@@ -444,6 +444,14 @@ async fn unfinished_first_bytes_from_many_sources_give_way_to_the_mesh() {
     stalls_from_many_sources_give_way(("detect_timeout", "30s"), stall, "evicted_unfinished").await;
 }
 
+/// Many sources each open connections and send nothing, filling the
+/// inbound budget: the longest-silent give way, and the mesh is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_many_sources_give_way_to_the_mesh() {
+    let silent = |_: usize| Vec::new();
+    stalls_from_many_sources_give_way(("detect_timeout", "30s"), silent, "evicted_silent").await;
+}
+
 /// A mesh whose server holds 100 inbound connections (and `limit`), filled
 /// by many sources, each connection sending `stall(i)` and no more; then
 /// [`the_mesh_gets_through`].

@@ -45,6 +45,9 @@
 //! - a host outside the mesh allowed by name (`external.hosts`) is reached
 //!   where the name resolves (the namespace's own `/etc/hosts`), even by
 //!   an app that dials another address with that name in its `Host`;
+//! - a server-first protocol outside the mesh (a banner on accept) gets
+//!   its banner without the sidecar waiting for a name the client never
+//!   sends (only where a rule by name could decide is the name awaited);
 //! - dialling a capture port directly (outbound: loopback and the host's own
 //!   address; inbound: under audit mode, where policy stops nothing) fails
 //!   fast instead of looping.
@@ -1037,6 +1040,66 @@ fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() 
         WAIT,
         || a.context(),
         || lying(&a).is_ok_with("elsewhere\n").then_some(()),
+    );
+}
+
+/// Speaks first, as SSH, SMTP and MySQL servers do: a banner on accept.
+const BANNER_SERVER: &str = r#"
+import socketserver, sys
+class Banner(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(b"SSH-2.0-appid-netns-banner\r\n")
+        self.request.recv(1)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server((sys.argv[1], int(sys.argv[2])), Banner).serve_forever()
+"#;
+
+/// Connects and prints the first line the server sends, sending nothing;
+/// gives up after 10 s.
+const BANNER_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print(s.recv(100).decode(errors="replace").strip())
+"#;
+
+#[test]
+fn a_server_first_protocol_outside_the_mesh_gets_its_banner_without_waiting() {
+    if !should_run() {
+        return;
+    }
+    let ids = Identities::new();
+    let banner = "192.0.2.30";
+    // The banner server is allowed by its address; a rule by name exists
+    // too, for another port (so the sidecar only looks for a name where
+    // one could decide).
+    let policy = format!(
+        "{POLICY}{EXTERNAL_BY_NAME_RULE}  - name: web-to-banner\n    action: allow\n    from: {{ labels.app: web }}\n    to: {{ external: {{ cidrs: [\"{banner}/32\"], ports: [2222] }} }}\n"
+    );
+    let mut a = host("banner", &ids, &ids.web, &policy);
+    // Detection would wait 30 s for a name the client never sends: longer
+    // than the client waits for its banner.
+    let config = fs::read_to_string(a.path("proxy.yaml")).expect("read proxy.yaml");
+    let config = config.replace("detect_timeout: 2s", "detect_timeout: 30s");
+    assert!(config.contains("detect_timeout: 30s"));
+    a.put("proxy.yaml", config.as_bytes());
+    a.ns.sh(&format!("ip addr add {banner}/32 dev lo"));
+    a.start_app("banner", &["-c", BANNER_SERVER, banner, "2222"], 2222);
+    a.start_sidecar();
+    a.install_redirect();
+    let out = a.ns.run(python(), &["-c", BANNER_CLIENT, banner, "2222"]);
+    assert!(
+        text(&out.stdout).contains("SSH-2.0-appid-netns-banner"),
+        "no banner within 10 s: {} {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        a.context()
+    );
+    expect_line(
+        &a.audit().pop().expect("an audit line"),
+        json!({"direction": "outbound", "decision": "allow", "rule": "web-to-banner",
+               "peer_ip": banner, "port": 2222}),
     );
 }
 

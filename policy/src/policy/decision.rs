@@ -124,11 +124,7 @@ impl<'p> Decision<'p> {
     /// resolves, not where it was dialled; a `to.external.cidrs` beside the
     /// hosts then holds for the address resolved.
     pub fn trusts_external_name(&self) -> bool {
-        self.matched.is_some_and(|rule| {
-            rule.clauses
-                .iter()
-                .any(|c| matches!(c.test, super::rule::Test::ExternalHosts(_)))
-        })
+        self.matched.is_some_and(|rule| rule.names_external_hosts())
     }
 
     /// The attribute paths the deciding rule looked at (`from.labels.app`,

@@ -177,6 +177,8 @@ pub struct Policy {
     index: [Index; 3],
     /// Unique per load ([`ConnectionRules`] tell policies apart by it).
     generation: u64,
+    /// The rules with `to.external.hosts` (ids into `rules`).
+    external_host_rules: Box<[usize]>,
 }
 
 impl Policy {
@@ -222,6 +224,9 @@ impl Policy {
             members[p].push(eval::id_of(id));
         }
         let index = members.map(|m| Index::build(&rules, &m));
+        let external_host_rules = (0..rules.len())
+            .filter(|&id| rules[id].names_external_hosts())
+            .collect();
         Ok(Policy {
             file: file_name.into(),
             default: loaded.default,
@@ -230,6 +235,20 @@ impl Policy {
             rules: rules.into(),
             index,
             generation: connection::next_generation(),
+            external_host_rules,
+        })
+    }
+
+    /// Whether the name an app gives for a connection outside the mesh
+    /// (its SNI or `Host`) could change the decision on `query` (the
+    /// connection without it): some rule with `to.external.hosts` is about
+    /// this caller and callee, and all its other connection clauses hold.
+    /// When none is, the sidecar need not wait for the app's first bytes
+    /// to learn the name (a server-first protocol would wait for nothing).
+    pub fn external_name_could_matter(&self, query: &Query<'_>) -> bool {
+        self.external_host_rules.iter().any(|&id| {
+            let rule = &self.rules[id];
+            rule.applies_to(query) && rule.holds_but_for_external_hosts(query)
         })
     }
 

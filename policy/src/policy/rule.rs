@@ -167,6 +167,21 @@ impl Rule {
         self.caller == caller && self.callee == callee
     }
 
+    /// Has a `to.external.hosts` clause.
+    pub fn names_external_hosts(&self) -> bool {
+        self.clauses
+            .iter()
+            .any(|c| matches!(c.test, Test::ExternalHosts(_)))
+    }
+
+    /// Every connection clause but `to.external.hosts` holds for `q`.
+    pub fn holds_but_for_external_hosts(&self, q: &Query<'_>) -> bool {
+        self.clauses[..self.l7_from]
+            .iter()
+            .filter(|c| !matches!(c.test, Test::ExternalHosts(_)))
+            .all(|c| c.test.holds(q, None, self.action))
+    }
+
     /// Checks the rule's clauses in order, stopping at the first failure.
     /// The caller has checked [`Rule::applies_to`]. No allocation.
     pub fn eval(&self, q: &Query<'_>) -> Eval {

@@ -1129,6 +1129,15 @@ rules:
     let by_address = decide(&p, &Query::external(&web, ip("1.2.3.4"), Some("x.com"), 80));
     assert_eq!(by_address.rule, "anywhere-https");
     assert!(!by_address.trusts_external_name());
+    // Before the name is known: only where a rule by name could decide
+    // does the name matter (its caller and ports hold).
+    let nameless = |caller, port| Query::external(caller, ip("1.2.3.4"), None, port);
+    assert!(p.external_name_could_matter(&nameless(&api, 443)));
+    assert!(!p.external_name_could_matter(&nameless(&api, 80)), "ports");
+    assert!(
+        !p.external_name_could_matter(&nameless(&web, 443)),
+        "caller"
+    );
 
     // default allow does not open the metadata API either.
     let p = load(&src.replace("version: 1\n", "version: 1\ndefault: allow\n"));

@@ -28,7 +28,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use appid_policy::AppIdClaims;
@@ -37,6 +36,7 @@ use appid_policy::claims::attestation;
 use super::service::{
     AttestRequest, Authority, BundleResponse, PresentedCert, Refusal, RenewRequest,
 };
+use crate::bounded_http::held::{Admission, Admitted, InRequest, Phase};
 use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaError, KeyAlg};
 use crate::identity::ca_rotation;
 use crate::identity::spiffe::SpiffeId;
@@ -103,8 +103,13 @@ pub async fn serve(
             }
         }
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Admission as on the health port: when full, an address holding a
+    // lot, else a connection idle long enough, gives way to a newcomer
+    // (`bounded_http::held`), so silent handshakes from a few addresses
+    // cannot keep sidecars from renewing.
+    let admission = Arc::new(Admission::new(MAX_CONNECTIONS, MAX_PER_SOURCE));
     let sources: Shares<IpAddr> = Shares::new(MAX_PER_SOURCE);
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -118,11 +123,12 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // over the limit: refused
-        };
         let Some(share) = sources.take(&peer.ip()) else {
             tracing::debug!(%peer, "the source holds its share of connections; closed");
+            continue;
+        };
+        let Some(admitted) = admission.admit(peer.ip(), Phase::Handshake) else {
+            tracing::debug!(%peer, "full, none may give way, as many waiting; closed");
             continue;
         };
         // Responses are small writes after a TLS handshake: without this,
@@ -131,37 +137,64 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let authority = authority.clone();
         let tls_state = tls_state.clone();
+        let admission = admission.clone();
+        let stopped = stopped.clone();
         tokio::spawn(async move {
-            let _held = (permit, share);
             let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
-            let handshake = tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream));
-            let Ok(Ok(stream)) = handshake.await else {
-                return;
+            let slot = match admitted {
+                Admitted::Now(slot) => slot,
+                Admitted::Later(later) => {
+                    match admission.slot_for(later, READ_TIMEOUT, stopped).await {
+                        Some(slot) => slot,
+                        None => return,
+                    }
+                }
             };
+            let me = slot.connection().clone();
+            let _held = (slot, share);
+            let handshake = tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    _ => return,
+                },
+                _ = me.evicted() => return,
+            };
+            me.enter(Phase::AwaitingHead);
             // A presented client certificate was verified in the handshake;
             // read its claims and serial for renewals.
             let client = stream.get_ref().1.peer_certificates().and_then(|chain| {
                 let peer = tls_state.trust.verify(chain, PeerRole::Client).ok()?;
                 PresentedCert::new(chain.first()?, peer.claims).map(Arc::new)
             });
+            let connection = me.clone();
             let service = hyper::service::service_fn(move |request| {
+                let in_request = InRequest::new(connection.clone());
                 let authority = authority.clone();
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(route(authority, client, peer, request).await) }
+                async move {
+                    let response = route(authority, client, peer, request).await;
+                    drop(in_request);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
+            let evicted = me.evicted();
+            tokio::pin!(evicted);
             tokio::select! {
                 _ = connection.as_mut() => return,
+                _ = &mut evicted => return,
                 () = lifetime => connection.as_mut().graceful_shutdown(),
             }
             // The request under way (if any) finishes, within a read timeout.
             let _ = tokio::time::timeout(READ_TIMEOUT, connection).await;
         });
     }
+    let _ = stopping.send(true);
     renewer.abort();
     events.abort();
     authority.finish_events();

@@ -15,7 +15,7 @@
 //! of idle connections locked kubelet's probes out of the health port
 //! until the header timeout, again and again.
 
-mod held;
+pub(crate) mod held;
 
 use std::convert::Infallible;
 use std::future::Future;

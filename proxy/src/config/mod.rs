@@ -162,7 +162,8 @@ pub struct Limits {
     pub http_idle_timeout: Duration,
     /// Dialling the local app or the upstream.
     pub connect_timeout: Duration,
-    /// Concurrent connections, inbound and outbound together.
+    /// Concurrent connections, in each direction (inbound and outbound
+    /// each have this many).
     pub max_connections: u32,
     /// Largest HTTP request/response head accepted.
     pub max_header_bytes: u32,

@@ -466,6 +466,14 @@ impl ConnAuthz {
         verdict
     }
 
+    /// Outbound outside the mesh, before the app's name is known: whether
+    /// that name could change the decision (a rule with `external.hosts`
+    /// could decide it). Unaudited.
+    pub fn external_name_could_matter(&self) -> bool {
+        let policy = self.shared.policy.load();
+        policy.external_name_could_matter(&self.query(None))
+    }
+
     /// Outbound outside the mesh: the name the app gave, when the rule that
     /// would allow the connection allows it by that name
     /// ([`Decision::trusts_external_name`]): then it must go where the name

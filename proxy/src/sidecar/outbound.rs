@@ -136,31 +136,8 @@ async fn external(
     app_addr: SocketAddr,
     dialled: SocketAddr,
 ) -> External {
-    // The host the app names (TLS SNI or HTTP Host), for `external.hosts`.
-    let host =
-        match detect::detect(app, shared.limits.detect_timeout, detect::MAX_DETECT_BYTES).await {
-            Detection::Classified {
-                class: Classification::TlsClientHello(hello),
-                ..
-            } => hello.sni,
-            Detection::Classified {
-                class: Classification::Http1,
-                ..
-            } => {
-                // `detect` stops at the method; the Host line is further on.
-                let mut buffer = vec![0u8; detect::MAX_DETECT_BYTES];
-                match app.peek(&mut buffer).await {
-                    Ok(n) => detect::http_host(&buffer[..n]).map(str::to_string),
-                    Err(_) => None,
-                }
-            }
-            _ => None,
-        };
-    let authz = |to: SocketAddr| {
-        let peer = Peer::External {
-            ip: to.ip(),
-            host: host.clone(),
-        };
+    let authz = |to: SocketAddr, host: Option<String>| {
+        let peer = Peer::External { ip: to.ip(), host };
         ConnAuthz::new(
             shared.clone(),
             local,
@@ -171,6 +148,16 @@ async fn external(
         )
         .with_app_addr(app_addr)
     };
+    // The host the app names (TLS SNI or HTTP Host), for `external.hosts`;
+    // looked for only when such a rule could decide this connection: a
+    // server-first protocol (SSH, SMTP, MySQL) sends nothing until the
+    // server speaks, and would wait for `detect_timeout` for nothing.
+    let host = if authz(dialled, None).external_name_could_matter() {
+        name_of(shared, app).await
+    } else {
+        None
+    };
+    let authz = |to: SocketAddr| authz(to, host.clone());
     let mut to = dialled;
     let mut decided = authz(dialled);
     if let Some(name) = decided.external_name() {
@@ -206,6 +193,31 @@ async fn external(
             ));
             External::Refused
         }
+    }
+}
+
+/// The name the app gives for its connection: the SNI of its TLS
+/// ClientHello, or the `Host` of its first HTTP/1 request; waited for at
+/// most `detect_timeout`.
+async fn name_of(shared: &Shared, app: &TcpStream) -> Option<String> {
+    let detected = detect::detect(app, shared.limits.detect_timeout, detect::MAX_DETECT_BYTES);
+    match detected.await {
+        Detection::Classified {
+            class: Classification::TlsClientHello(hello),
+            ..
+        } => hello.sni,
+        Detection::Classified {
+            class: Classification::Http1,
+            ..
+        } => {
+            // `detect` stops at the method; the Host line is further on.
+            let mut buffer = vec![0u8; detect::MAX_DETECT_BYTES];
+            match app.peek(&mut buffer).await {
+                Ok(n) => detect::http_host(&buffer[..n]).map(str::to_string),
+                Err(_) => None,
+            }
+        }
+        _ => None,
     }
 }
 
