@@ -20,7 +20,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -74,65 +73,6 @@ async fn read_until_closed(
     }
 }
 
-/// A TLS 1.3 ClientHello offering `appid/1`, as a peer sidecar's starts
-/// (the same as tests/overload.rs builds).
-fn mesh_client_hello() -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"appid/1".to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
-    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut hello = Vec::new();
-    connection.write_tls(&mut hello).unwrap();
-    hello
-}
-
-/// The stalled client never gets as far as checking the server.
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.3 only".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// `limits.handshake_timeout: 1s`: a client that sends a whole mesh
 /// ClientHello (so detection is done at once and the TLS handshake starts)
 /// and then nothing is closed after about a second, well before the
@@ -153,7 +93,10 @@ async fn a_stalled_mesh_handshake_is_closed_at_handshake_timeout() {
         .await;
 
     let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
-    stream.write_all(&mesh_client_hello()).await.unwrap();
+    stream
+        .write_all(&support::rogue::mesh_client_hello())
+        .await
+        .unwrap();
     let start = Instant::now();
     // The server's first flight arrives, then (once the timeout passes)
     // the close.

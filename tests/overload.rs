@@ -216,48 +216,6 @@ where
     (sender, tokio::spawn(connection))
 }
 
-/// The rogue peer does not check the server's certificate: it only needs
-/// the server to accept its own.
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.3 only".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS 1.3 connection to `target` with the client certificate `cert`,
 /// offering ALPN `alpn`; the server's certificate is not checked.
 async fn mesh_tls(
@@ -276,7 +234,7 @@ async fn mesh_tls(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_custom_certificate_verifier(Arc::new(support::rogue::AcceptAnyServer(provider)))
         .with_client_auth_cert(chain, key)
         .unwrap();
     config.alpn_protocols = vec![alpn.to_vec()];
@@ -402,29 +360,12 @@ const HANDSHAKE_SOURCES: u8 = 40;
 /// (an eighth of `max_connections: 100`), so each source is at its cap.
 const HANDSHAKES_PER_SOURCE: usize = 15;
 
-/// A ClientHello offering `appid/1`, as a peer sidecar's would start.
-fn mesh_client_hello() -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"appid/1".to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
-    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut hello = Vec::new();
-    connection.write_tls(&mut hello).unwrap();
-    hello
-}
-
 /// Many sources each send a mesh ClientHello and never go on, filling the
 /// inbound budget with handshakes no silent connection can be evicted for:
 /// the longest-stalled handshakes give way, and the mesh is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
-    let hello = mesh_client_hello();
+    let hello = support::rogue::mesh_client_hello();
     let stall = |_: usize| hello.clone();
     stalls_from_many_sources_give_way(("handshake_timeout", "30s"), stall, "evicted_handshake")
         .await;
@@ -436,7 +377,7 @@ async fn stalled_handshakes_from_many_sources_give_way_to_the_mesh() {
 /// handshake: the longest-unfinished give way, and the mesh is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_first_bytes_from_many_sources_give_way_to_the_mesh() {
-    let hello = mesh_client_hello();
+    let hello = support::rogue::mesh_client_hello();
     let stall = |i: usize| match i % 2 {
         0 => hello[..hello.len() / 2].to_vec(),
         _ => b"GE".to_vec(),

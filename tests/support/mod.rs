@@ -20,6 +20,7 @@ pub mod net;
 pub mod netns;
 pub mod pki;
 pub mod postgres;
+pub mod rogue;
 pub mod sidecar;
 pub mod soak;
 pub mod stats;
