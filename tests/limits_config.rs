@@ -30,6 +30,20 @@ use support::apps::{EchoServer, HttpApp};
 use support::mesh::{Env, Mesh, MeshOptions, WEB_TO_API};
 use support::net::{free_port, local};
 
+/// `ended` came at a key set to 1 s: not before it, and well before the
+/// key's `default` (3 s of slack for a loaded machine).
+fn closed_at_one_second(ended: &Ended, key: &str, default: &str, context: &str) {
+    assert!(
+        ended.after >= Duration::from_millis(900),
+        "closed before {key} (1s): {ended:?}\n{context}"
+    );
+    assert!(
+        ended.after < Duration::from_secs(4),
+        "closed after {:?}: not at {key} 1s (the default is {default})\n{context}",
+        ended.after
+    );
+}
+
 /// What a read until the far side closes saw.
 #[derive(Debug)]
 struct Ended {
@@ -119,17 +133,7 @@ async fn a_stalled_mesh_handshake_is_closed_at_handshake_timeout() {
         "the handshake never started (no ServerHello): {ended:?}\n{}",
         sidecar.context()
     );
-    assert!(
-        ended.after >= Duration::from_millis(900),
-        "closed before the handshake timeout: {ended:?}\n{}",
-        sidecar.context()
-    );
-    assert!(
-        ended.after < Duration::from_secs(4),
-        "closed after {:?}: not at handshake_timeout 1s (the default is 10s)\n{}",
-        ended.after,
-        sidecar.context()
-    );
+    closed_at_one_second(&ended, "handshake_timeout", "10s", &sidecar.context());
     let timeouts = sidecar
         .metric(r#"appid_handshake_failures_total{direction="inbound",reason="timeout"}"#)
         .await;
@@ -240,17 +244,7 @@ async fn a_hanging_upstream_connect_gives_up_at_connect_timeout() {
         || async { sidecar.logs().contains("connect timed out").then_some(()) },
     )
     .await;
-    assert!(
-        ended.after >= Duration::from_millis(900),
-        "closed before the connect timeout: {ended:?}\n{}",
-        sidecar.context()
-    );
-    assert!(
-        ended.after < Duration::from_secs(4),
-        "closed after {:?}: not at connect_timeout 1s (the default is 5s)\n{}",
-        ended.after,
-        sidecar.context()
-    );
+    closed_at_one_second(&ended, "connect_timeout", "5s", &sidecar.context());
 }
 
 /// `GET /head-<filler>` with a `x-filler` header of `filler` bytes, on a
