@@ -46,8 +46,10 @@
 //!   where the name resolves (the namespace's own `/etc/hosts`), even by
 //!   an app that dials another address with that name in its `Host`;
 //! - a server-first protocol outside the mesh (a banner on accept) gets
-//!   its banner without the sidecar waiting for a name the client never
-//!   sends (only where a rule by name could decide is the name awaited);
+//!   its banner without the sidecar waiting `detect_timeout` for a name the
+//!   client never sends (only where a rule by name could decide is the name
+//!   awaited that long), while a client that names the metadata API to the
+//!   same address is refused by that name;
 //! - dialling a capture port directly (outbound: loopback and the host's own
 //!   address; inbound: under audit mode, where policy stops nothing) fails
 //!   fast instead of looping.
@@ -1100,6 +1102,26 @@ fn a_server_first_protocol_outside_the_mesh_gets_its_banner_without_waiting() {
         &a.audit().pop().expect("an audit line"),
         json!({"direction": "outbound", "decision": "allow", "rule": "web-to-banner",
                "peer_ip": banner, "port": 2222}),
+    );
+    // A client that names the metadata API (as through a forward proxy the
+    // same rule allows) is still refused by that name.
+    let reply = a.ns.curl_with(
+        &["-H", "Host: metadata.google.internal"],
+        &format!("http://{banner}:2222/computeMetadata/v1/"),
+        5,
+    );
+    assert!(!reply.body.contains("SSH-2.0"), "{reply:?}");
+    let line = a.audit().pop().expect("an audit line");
+    expect_line(
+        &line,
+        json!({"direction": "outbound", "decision": "deny", "port": 2222}),
+    );
+    assert!(
+        line["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("metadata API")),
+        "{line}\n{}",
+        a.context()
     );
 }
 

@@ -127,6 +127,16 @@ impl<'p> Decision<'p> {
         self.matched.is_some_and(|rule| rule.names_external_hosts())
     }
 
+    /// Whether a name the app gave could still turn this allow into a
+    /// refusal as the cloud metadata API (`metadata.google.internal` as a
+    /// `Host`, through a forward proxy a rule allows by address): allowed
+    /// by a rule that does not name the metadata API.
+    pub fn name_could_be_metadata_api(&self) -> bool {
+        self.outcome == Outcome::Allow
+            && self.reason == Reason::Rule
+            && self.matched.is_some_and(|rule| !rule.names_metadata)
+    }
+
     /// The attribute paths the deciding rule looked at (`from.labels.app`,
     /// `to.ports`, `http.paths`, ...), for the audit log. Empty for
     /// `default`.

@@ -1129,6 +1129,10 @@ rules:
     let by_address = decide(&p, &Query::external(&web, ip("1.2.3.4"), Some("x.com"), 80));
     assert_eq!(by_address.rule, "anywhere-https");
     assert!(!by_address.trusts_external_name());
+    assert!(
+        by_address.name_could_be_metadata_api(),
+        "a Host could still name the metadata API"
+    );
     // Before the name is known: only where a rule by name could decide
     // does the name matter (its caller and ports hold).
     let nameless = |caller, port| Query::external(caller, ip("1.2.3.4"), None, port);
@@ -1162,6 +1166,7 @@ rules:
         let host = host.or(named.contains("hosts").then_some("169.254.169.254"));
         let d = decide(&p, &Query::external(&web, ip("169.254.169.254"), host, 80));
         assert_eq!((d.outcome, d.rule), (Outcome::Allow, "imds"), "{named}");
+        assert!(!d.name_could_be_metadata_api(), "{named}: named already");
     }
 }
 

@@ -190,8 +190,13 @@ pub async fn serve(
                 _ = &mut evicted => return,
                 () = lifetime => connection.as_mut().graceful_shutdown(),
             }
-            // The request under way (if any) finishes, within a read timeout.
-            let _ = tokio::time::timeout(READ_TIMEOUT, connection).await;
+            // The request under way (if any) finishes, within a read
+            // timeout, unless the connection is told to give way meanwhile.
+            let drain = tokio::time::timeout(READ_TIMEOUT, connection);
+            tokio::select! {
+                _ = drain => {}
+                _ = &mut evicted => {}
+            }
         });
     }
     let _ = stopping.send(true);

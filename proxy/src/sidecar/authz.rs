@@ -67,6 +67,18 @@ pub enum ExternalVerdict {
     NotExternal,
 }
 
+/// Whether the name an app gives for a connection outside the mesh could
+/// change its decision ([`ConnAuthz::external_name_could_matter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameMatters {
+    /// A rule with `external.hosts` could decide it.
+    ForRules,
+    /// Only as the metadata API's name: a client that sends a `Host` or an
+    /// SNI sends it at once.
+    ForTheMetadataApi,
+    No,
+}
+
 /// One connection's authorization context.
 pub struct ConnAuthz {
     shared: Arc<Shared>,
@@ -468,10 +480,17 @@ impl ConnAuthz {
 
     /// Outbound outside the mesh, before the app's name is known: whether
     /// that name could change the decision (a rule with `external.hosts`
-    /// could decide it). Unaudited.
-    pub fn external_name_could_matter(&self) -> bool {
+    /// could decide it, or it could name the metadata API). Unaudited.
+    pub fn external_name_could_matter(&self) -> NameMatters {
         let policy = self.shared.policy.load();
-        policy.external_name_could_matter(&self.query(None))
+        let query = self.query(None);
+        if policy.external_name_could_matter(&query) {
+            NameMatters::ForRules
+        } else if self.decide(&policy, &query).name_could_be_metadata_api() {
+            NameMatters::ForTheMetadataApi
+        } else {
+            NameMatters::No
+        }
     }
 
     /// Outbound outside the mesh: the name the app gave, when the rule that

@@ -26,13 +26,14 @@ use tracing::Instrument as _;
 
 use appid_policy::policy::Direction;
 
-use super::authz::{ConnAuthz, ExternalVerdict, Peer};
+use super::authz::{ConnAuthz, ExternalVerdict, NameMatters, Peer};
 use super::balance::Acceptor;
 use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::AppSide;
 use super::local::Local;
 use super::pool::Dialed;
 use super::{Shared, orig_dst};
+use crate::config::PortProtocol;
 use crate::detect::{self, Classification, Detection};
 use crate::metrics::Direction as MetricsDirection;
 
@@ -148,14 +149,24 @@ async fn external(
         )
         .with_app_addr(app_addr)
     };
-    // The host the app names (TLS SNI or HTTP Host), for `external.hosts`;
-    // looked for only when such a rule could decide this connection: a
+    // The host the app names (TLS SNI or HTTP Host), waited for as long as
+    // a rule with `external.hosts` could need it; only briefly where it
+    // could only name the metadata API (an HTTP or TLS client sends it at
+    // once); not at all otherwise, nor on a port declared `tcp`: a
     // server-first protocol (SSH, SMTP, MySQL) sends nothing until the
-    // server speaks, and would wait for `detect_timeout` for nothing.
-    let host = if authz(dialled, None).external_name_could_matter() {
-        name_of(shared, app).await
-    } else {
-        None
+    // server speaks, and would wait for nothing.
+    let detect_timeout = shared.limits.detect_timeout;
+    let declared_tcp = shared.port(dialled.port()).protocol == PortProtocol::Tcp;
+    let wait = match authz(dialled, None).external_name_could_matter() {
+        NameMatters::ForRules => Some(detect_timeout),
+        NameMatters::ForTheMetadataApi if !declared_tcp => {
+            Some(METADATA_NAME_WAIT.min(detect_timeout))
+        }
+        _ => None,
+    };
+    let host = match wait {
+        Some(wait) => name_of(app, wait).await,
+        None => None,
     };
     let authz = |to: SocketAddr| authz(to, host.clone());
     let mut to = dialled;
@@ -196,11 +207,16 @@ async fn external(
     }
 }
 
+/// How long a connection that only the metadata API's name could refuse
+/// waits for that name: a client that sends one sends it with its first
+/// write, right after connecting.
+const METADATA_NAME_WAIT: Duration = Duration::from_millis(100);
+
 /// The name the app gives for its connection: the SNI of its TLS
 /// ClientHello, or the `Host` of its first HTTP/1 request; waited for at
-/// most `detect_timeout`.
-async fn name_of(shared: &Shared, app: &TcpStream) -> Option<String> {
-    let detected = detect::detect(app, shared.limits.detect_timeout, detect::MAX_DETECT_BYTES);
+/// most `wait`.
+async fn name_of(app: &TcpStream, wait: Duration) -> Option<String> {
+    let detected = detect::detect(app, wait, detect::MAX_DETECT_BYTES);
     match detected.await {
         Detection::Classified {
             class: Classification::TlsClientHello(hello),
