@@ -55,6 +55,20 @@ struct Ended {
     error: Option<std::io::ErrorKind>,
 }
 
+/// [`read_until_closed`] within 10 s of `start`, or a panic naming `what`
+/// is still open, with `context`.
+async fn closed_within_10s(
+    stream: &mut TcpStream,
+    start: Instant,
+    what: &str,
+    context: impl Fn() -> String,
+) -> Ended {
+    match read_until_closed(stream, start, Duration::from_secs(10)).await {
+        Some(ended) => ended,
+        None => panic!("{what}\n{}", context()),
+    }
+}
+
 /// Reads (keeping what arrives) until the peer closes or resets; `None` if
 /// it has not within `limit` of `start`.
 async fn read_until_closed(
@@ -114,14 +128,13 @@ async fn a_stalled_mesh_handshake_is_closed_at_handshake_timeout() {
     let start = Instant::now();
     // The server's first flight arrives, then (once the timeout passes)
     // the close.
-    let ended = read_until_closed(&mut stream, start, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "a stalled handshake still open after 10 s\n{}",
-                sidecar.context()
-            )
-        });
+    let ended = closed_within_10s(
+        &mut stream,
+        start,
+        "a stalled handshake still open after 10 s",
+        || sidecar.context(),
+    )
+    .await;
     eprintln!(
         "stalled handshake closed after {:.2?} ({} bytes first, {:?})",
         ended.after,
@@ -167,14 +180,13 @@ async fn an_idle_tcp_connection_is_closed_at_the_global_idle_timeout() {
         .await
         .unwrap_or_else(|e| panic!("no echo through the pair: {e}\n{}", mesh.context()));
     let start = Instant::now();
-    let ended = read_until_closed(&mut session, start, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "an idle TCP session still open after 10 s (idle_timeout 1s)\n{}",
-                mesh.context()
-            )
-        });
+    let ended = closed_within_10s(
+        &mut session,
+        start,
+        "an idle TCP session still open after 10 s (idle_timeout 1s)",
+        || mesh.context(),
+    )
+    .await;
     eprintln!(
         "idle session closed after {:.2?} ({:?})",
         ended.after, ended.error
@@ -223,14 +235,13 @@ async fn a_hanging_upstream_connect_gives_up_at_connect_timeout() {
 
     let start = Instant::now();
     let mut stream = TcpStream::connect(local(outbound)).await.unwrap();
-    let ended = read_until_closed(&mut stream, start, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the app's connection still open after 10 s\n{}",
-                sidecar.context()
-            )
-        });
+    let ended = closed_within_10s(
+        &mut stream,
+        start,
+        "the app's connection still open after 10 s",
+        || sidecar.context(),
+    )
+    .await;
     eprintln!(
         "connection to a hanging upstream closed after {:.2?} ({:?})",
         ended.after, ended.error

@@ -403,14 +403,10 @@ async fn stalls_from_many_sources_give_way(
 ) {
     soak::raise_fd_limit();
     let app = HttpApp::start().await;
-    let mesh = Mesh::start(
+    let mesh = soak_mesh(
         app.addr,
-        MeshOptions {
-            server_policy: soak::SERVER_POLICY.into(),
-            server_limits: vec![("max_connections", "100"), limit],
-            client_tunnel: Some("strict"),
-            ..MeshOptions::default()
-        },
+        vec![("max_connections", "100"), limit],
+        Some("strict"),
     )
     .await;
     let mut stalled = Vec::new();
@@ -482,16 +478,8 @@ const UNREAD_STREAMS: usize = 60;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
     let app = HttpApp::start().await;
-    let mesh = Mesh::start(
-        app.addr,
-        MeshOptions {
-            server_policy: soak::SERVER_POLICY.into(),
-            // 32 MiB: an address's share is 4 MiB.
-            server_limits: vec![("max_buffer_bytes", "33554432")],
-            ..MeshOptions::default()
-        },
-    )
-    .await;
+    // 32 MiB: an address's share is 4 MiB.
+    let mesh = soak_mesh(app.addr, vec![("max_buffer_bytes", "33554432")], None).await;
     let server = &mesh.server;
     let before = rss_kib(server.pid());
     let tcp = TcpStream::connect(mesh.inbound_addr()).await.unwrap();
@@ -540,15 +528,7 @@ async fn an_http2_client_that_stops_reading_holds_only_its_share_of_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_outside_the_mesh_holds_at_most_an_eighth_of_the_inbound_connections() {
     let app = HttpApp::start().await;
-    let mesh = Mesh::start(
-        app.addr,
-        MeshOptions {
-            server_policy: soak::SERVER_POLICY.into(),
-            server_limits: vec![("max_connections", "16")],
-            ..MeshOptions::default()
-        },
-    )
-    .await;
+    let mesh = soak_mesh(app.addr, vec![("max_connections", "16")], None).await;
     let mut held = Vec::new();
     for i in 0..2 {
         let (stream, answer) = get_public_from(5, mesh.inbound_addr()).await;
@@ -577,6 +557,26 @@ async fn one_source_outside_the_mesh_holds_at_most_an_eighth_of_the_inbound_conn
         mesh.context()
     );
     drop(held);
+}
+
+/// A mesh in front of `app` whose server runs the soak policy with
+/// `server_limits`; the client's tunnel mode `client_tunnel` (default:
+/// pooled).
+async fn soak_mesh(
+    app: std::net::SocketAddr,
+    server_limits: Vec<(&'static str, &'static str)>,
+    client_tunnel: Option<&'static str>,
+) -> Mesh {
+    Mesh::start(
+        app,
+        MeshOptions {
+            server_policy: soak::SERVER_POLICY.into(),
+            server_limits,
+            client_tunnel,
+            ..MeshOptions::default()
+        },
+    )
+    .await
 }
 
 /// Once the connections that stall are old enough to give way, the mesh
