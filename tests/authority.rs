@@ -48,6 +48,8 @@
 //! - `appid authority revoke`: the peer closes a live opaque TCP connection
 //!   and refuses new ones within a few revocation polls (2 s each), audited
 //!   with rule `revoked`; `register` refuses to hand the revoked ID a new token.
+//!   Its audit line goes to `--audit-log` (the file `serve` was given), and
+//!   an audit log it cannot open stops it before anything is revoked.
 //! - `kill -9` of the authority during a burst of attestations, restart on
 //!   the same directory: tokens redeemed before the kill stay consumed,
 //!   every certificate answered before the kill is recorded, registrations
@@ -1563,6 +1565,59 @@ rules:
 
 // ---------------------------------------------------------------------------
 // Revocation
+
+/// `revoke --audit-log PATH` audits where `serve --audit-log PATH` does (it
+/// used to write DIR/audit.jsonl whatever `serve` was given, and to drop
+/// the line silently when it could not write it); an audit log it cannot
+/// open stops it before the revocation is made.
+#[test]
+fn revoke_audits_to_the_log_it_is_given_or_revokes_nothing() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let web = id("ns/shop/sa/web");
+    ca.register(&web, &["app=web"], None, None);
+    let revoke = |audit_log: &Path| {
+        Command::new(APPID)
+            .args([
+                "authority",
+                "revoke",
+                "--dir",
+                path_str(&ca.dir),
+                "--id",
+                &web,
+            ])
+            .args(["--audit-log", path_str(audit_log)])
+            .output()
+            .expect("run appid authority revoke")
+    };
+
+    let unwritable = temp.path().join("no-such-dir").join("audit.jsonl");
+    let out = revoke(&unwritable);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "revoke succeeded: {stderr}");
+    assert!(
+        stderr.contains(path_str(&unwritable)) && stderr.contains("--audit-log"),
+        "the error names the file and the flag: {stderr}"
+    );
+
+    let kept = temp.path().join("kept-audit.jsonl");
+    let out = revoke(&kept);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("revoked {web}")),
+        "the failed attempt revoked nothing, this one does: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = support::json_lines(
+        &std::fs::read_to_string(&kept).expect("the given audit log"),
+        "the given audit log",
+    );
+    assert!(
+        lines.len() == 1 && lines[0]["event"] == "revoke" && lines[0]["id"] == web.as_str(),
+        "{lines:?}"
+    );
+    assert_eq!(ca.count_events("revoke", None), 0, "{}", ca.audit_text());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_workload_is_refused_by_its_peers_within_a_few_polls() {

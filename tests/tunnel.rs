@@ -9,6 +9,8 @@
 //!   TLS connection, each as one stream; the app still sees the caller's
 //!   SPIFFE ID, each request is still authorized and audited on its own,
 //!   and a denial is still a 403 naming the rule.
+//! - A request the client sidecar denies leaves no trace at the server
+//!   sidecar: it audits only what the client let through.
 //! - `tunnel: strict` on either side: every app connection gets its own
 //!   `appid/1` TLS connection, and strict and pooled sidecars interoperate
 //!   both ways.
@@ -159,6 +161,59 @@ async fn by_default_app_connections_are_streams_of_one_pooled_tls_connection_per
         has(l, "decision", "deny") && has(l, "rule", "no-admin")
     })
     .await;
+}
+
+/// A request the client sidecar's policy denies is answered there and
+/// leaves no trace at the server sidecar, pooled or strict: the stream (or
+/// TLS connection) it was going to take is reset unused, and the server
+/// takes that as withdrawn (a pooled server used to see a clean close
+/// before a byte and audit a denial of "not HTTP" that no one had sent; a
+/// strict one never did, and is checked alike). On a keep-alive
+/// connection whose first request is denied, the next, allowed one goes on
+/// that same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_client_denies_leaves_no_trace_at_the_server() {
+    let app = HttpApp::start().await;
+    for tunnel in [None, Some("strict")] {
+        let mesh = Mesh::start(
+            app.addr,
+            MeshOptions {
+                client_policy: no_admin_policy(),
+                client_tunnel: tunnel,
+                ..MeshOptions::default()
+            },
+        )
+        .await;
+        let case = tunnel.unwrap_or("pooled");
+        let denied = get(&mesh, "/admin").await;
+        assert_eq!(denied.status, 403, "{case}: {denied:?}\n{}", mesh.context());
+        assert_eq!(denied.header("x-appid-denied-by"), Some("no-admin"));
+        let mut session = H1Session::connect(mesh.outbound_addr()).await;
+        let (status, _) = session.get("/admin").await.expect("denied request");
+        assert_eq!(status, 403, "{case}\n{}", mesh.context());
+        let (status, echo) = session.get("/v1/items").await.expect("allowed request");
+        assert_eq!(status, 200, "{case}: {echo}\n{}", mesh.context());
+        assert_eq!(seen_peer(&echo), mesh.web.id);
+        drop(session);
+        // Once more after the session: the server's log is complete.
+        let allowed = get(&mesh, "/v1/items").await;
+        assert_eq!(allowed.status, 200, "{case}: {allowed:?}");
+
+        wait_audit_count(&mesh.client, 2, |l| {
+            has(l, "decision", "deny") && has(l, "rule", "no-admin")
+        })
+        .await;
+        wait_audit_count(&mesh.server, 2, |l| {
+            has(l, "decision", "allow") && has(l, "path", "/v1/items")
+        })
+        .await;
+        let server_lines = mesh.server.audit_lines();
+        assert_eq!(
+            server_lines.len(),
+            2,
+            "{case}: the server audited only what reached it\n{server_lines:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

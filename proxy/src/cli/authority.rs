@@ -180,6 +180,10 @@ pub enum AuthorityCommand {
         database: DatabaseArg,
         #[arg(long, value_name = "SPIFFE_ID")]
         id: String,
+        /// Where the revocation is audited: the authority's audit log, as
+        /// given to `serve --audit-log`; default DIR/audit.jsonl
+        #[arg(long, value_name = "PATH")]
+        audit_log: Option<PathBuf>,
     },
 }
 
@@ -638,9 +642,18 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Manifests(args) => super::k8s::manifests(args),
         AuthorityCommand::Ca(command) => ca_command(command),
-        AuthorityCommand::Revoke { dir, database, id } => {
+        AuthorityCommand::Revoke {
+            dir,
+            database,
+            id,
+            audit_log,
+        } => {
             let ca = Ca::load(&dir).context("loading the CA")?;
             let id = checked_id(&ca, &id)?;
+            // Opened first: a revocation that could not be audited is not
+            // made.
+            let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
+            let mut audit = open_audit_log(&audit_log)?;
             let mut store = open_store(&dir, database.database.as_deref())?;
             if store.revoke(id.as_str(), now)? {
                 let line = serde_json::json!({
@@ -648,7 +661,12 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                     "event": "revoke",
                     "id": id.as_str(),
                 });
-                append_audit(&dir.join("audit.jsonl"), &line.to_string());
+                append_line(&mut audit, &line.to_string()).with_context(|| {
+                    format!(
+                        "{id} is revoked, but its audit line could not be written to {}",
+                        audit_log.display()
+                    )
+                })?;
                 println!("revoked {id}; sidecars refuse it from their next revocation poll");
             } else {
                 println!("{id} was already revoked");
@@ -757,13 +775,28 @@ fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {
     Ok(id)
 }
 
-fn append_audit(path: &std::path::Path, line: &str) {
-    use std::io::Write;
-    if let Ok(mut file) = std::fs::OpenOptions::new()
+/// The authority's audit log, opened for appending (as `serve` writes it).
+fn open_audit_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-    {
-        let _ = writeln!(file, "{line}");
-    }
+        .with_context(|| {
+            format!(
+                "cannot open the audit log {} for appending; give the one the authority \
+                 serves with (`--audit-log PATH`), in a directory that exists and is writable",
+                path.display()
+            )
+        })
+}
+
+/// Appends `line` in one write: `serve` may be appending to the same file,
+/// and a line written in two parts could be split by one of its own.
+fn append_line(file: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    file.write_all(&bytes)?;
+    file.sync_data()
 }

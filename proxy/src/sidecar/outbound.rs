@@ -31,7 +31,7 @@ use super::balance::Acceptor;
 use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::AppSide;
 use super::local::Local;
-use super::pool::Dialed;
+use super::pool::{Dialed, Upstream};
 use super::{Shared, orig_dst};
 use crate::config::PortProtocol;
 use crate::detect::{self, Classification, Detection};
@@ -366,8 +366,30 @@ async fn to_peer(
         authz,
         None,
         AppSide::Downstream,
-        || async { Some(tls_stream) },
+        {
+            let mut unused = Unused(Some(tls_stream));
+            move || async move { unused.0.take() }
+        },
     ))
+}
+
+/// The way to the peer until the app's first allowed bytes take it. It is
+/// opened before the first decision (the decision needs the peer's claims,
+/// and only the stream's answer proves the tunnel still reaches that peer);
+/// when the connection ends without using it (every request denied here,
+/// or none sent) it is closed abortively — RST_STREAM, or a TCP reset for a
+/// TLS connection of its own — which the peer sidecar takes as withdrawn
+/// (a read error before the first byte: nothing decided, nothing audited).
+/// A clean close would be an empty connection, decided and audited there
+/// as a denial of "not HTTP" that no one sent.
+struct Unused(Option<Upstream>);
+
+impl Drop for Unused {
+    fn drop(&mut self) {
+        if let Some(upstream) = self.0.as_mut() {
+            super::splice::Abort::abort(upstream);
+        }
+    }
 }
 
 #[cfg(test)]
