@@ -1,5 +1,6 @@
 //! The `appid` command line as a shell user meets it: completion scripts
-//! that real shells load and that complete real subcommands and flags.
+//! that real shells load and that complete real subcommands and flags;
+//! `appid probe` against an admin API that never answers.
 
 use std::process::Command;
 
@@ -52,4 +53,41 @@ fn completion_scripts_complete_subcommands_and_flags() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+}
+
+/// `appid probe ready --timeout T` against an admin address that accepts
+/// (the kernel completes the handshake) but never answers: it waits the
+/// whole `T` — at least 3.5 s of a 4 s timeout, where the 2 s default
+/// would have given up — then exits 1 ("not ready", as for any answer but
+/// 200), saying so. It used to exit 2 (bad arguments) with "Resource
+/// temporarily unavailable" when the answer did not come in time.
+#[test]
+fn probe_waits_its_timeout_for_a_silent_admin_then_exits_1() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = silent.local_addr().unwrap().to_string();
+    let probe = |extra: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_appid"))
+            .args(["probe", "ready", "--admin", &admin])
+            .args(extra)
+            .output()
+            .expect("run appid probe");
+        (out, start.elapsed())
+    };
+
+    let (out, took) = probe(&["--timeout", "4s"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("/ready: no answer from the admin API") && stdout.contains("within 4s"),
+        "{stdout}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(3500),
+        "gave up after {took:?}, not at --timeout 4s"
+    );
+
+    let (out, _) = probe(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    drop(silent);
 }

@@ -15,6 +15,9 @@
 //! - `max_header_bytes`: a request head over the limit (2 KiB) is refused
 //!   (431) and never reaches the app, one under it is served; the 64 KiB
 //!   default would let both through.
+//! - `drain_timeout`: after SIGTERM, a live opaque TCP session through the
+//!   server sidecar is closed at the configured deadline (1 s, not 30 s)
+//!   and the sidecar exits 0.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -318,4 +321,43 @@ async fn a_request_head_over_max_header_bytes_is_refused() {
         served,
         "the 4 KiB request reached the app"
     );
+}
+
+/// `limits.drain_timeout: 1s`: SIGTERM lets live connections finish for at
+/// most the drain timeout. An opaque TCP session (which has no idle point
+/// between requests to close at) stays open through the drain and is
+/// closed at about 1 s, and the server sidecar exits 0; with the default
+/// 30 s both would still be waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_is_closed_at_drain_timeout_after_sigterm() {
+    let app = EchoServer::start().await;
+    let mut mesh = Mesh::start(
+        app.addr,
+        MeshOptions {
+            server_limits: vec![("drain_timeout", "1s")],
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    let mut session = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+    support::net::echo_once(&mut session, b"before\n", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("no echo through the pair: {e}\n{}", mesh.context()));
+
+    let start = Instant::now();
+    mesh.server.terminate();
+    // Still carried while the server drains.
+    support::net::echo_once(&mut session, b"draining\n", Duration::from_millis(500))
+        .await
+        .unwrap_or_else(|e| panic!("no echo while draining: {e}\n{}", mesh.context()));
+    let ended = closed_within_10s(
+        &mut session,
+        start,
+        "a live session still open 10 s after SIGTERM (drain_timeout 1s)",
+        || mesh.context(),
+    )
+    .await;
+    closed_at_one_second(&ended, "drain_timeout", "30s", &mesh.context());
+    let status = mesh.server.wait_exit(Duration::from_secs(3)).await;
+    assert_eq!(status.code(), Some(0), "{}", mesh.context());
 }

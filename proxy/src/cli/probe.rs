@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Check {
@@ -35,28 +35,19 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         Check::Live => "/live",
         Check::Ready => "/ready",
     };
-    // A sidecar that does not answer is not live or ready: exit 1, as for
-    // any answer but 200 (2 is for bad arguments).
-    let mut stream = match TcpStream::connect_timeout(&args.admin, timeout) {
-        Ok(stream) => stream,
+    // A sidecar that does not answer (in time) is not live or ready: exit
+    // 1, as for any answer but 200 (2 is for bad arguments).
+    let response = match ask(args.admin, path, timeout) {
+        Ok(response) => response,
         Err(e) => {
             println!(
-                "{path}: no answer from the admin API at {}: {e}",
-                args.admin
+                "{path}: no answer from the admin API at {} within {}: {e}",
+                args.admin,
+                humantime::format_duration(timeout)
             );
             return Ok(super::denied());
         }
     };
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        args.admin
-    )?;
-    let mut response = Vec::new();
-    // The admin answers are tiny; cap what we read anyway.
-    stream.take(16 * 1024).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
     let status_ok = text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
@@ -73,4 +64,46 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     } else {
         super::denied()
     })
+}
+
+/// `GET path` from the admin API at `admin`, the whole exchange (connect,
+/// request, the answer up to its close) within `timeout`: a sidecar that
+/// answers a byte at a time does not stretch it.
+fn ask(admin: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    };
+    let mut stream = TcpStream::connect_timeout(&admin, timeout)?;
+    stream.set_write_timeout(Some(left()?))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    // The admin answers are tiny; cap what we read anyway.
+    const MAX_ANSWER: usize = 16 * 1024;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        stream.set_read_timeout(Some(left()?))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A read timeout is WouldBlock on Linux: say what it means.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(response);
+        }
+        response.extend_from_slice(&chunk[..n.min(MAX_ANSWER - response.len())]);
+        if response.len() == MAX_ANSWER {
+            return Ok(response);
+        }
+    }
 }
