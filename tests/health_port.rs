@@ -14,6 +14,9 @@
 //! - An `/app-health/` path nobody declared: 404.
 //! - A bad `APPID_APP_PROBES` (or probes without `health:`) and `appid
 //!   proxy` exits 2 naming the variable and the JSON path.
+//! - Its bounds: a request head over 8 KiB is refused (431), one under it
+//!   served; one request per connection (a second, pipelined, is not
+//!   answered); a head that never finishes is closed at 5 s.
 //!
 //! Needs `curl` on the PATH (CI installs it).
 
@@ -256,6 +259,76 @@ async fn slow_probes_holding_every_slot_give_way_to_probes() {
     assert_eq!(live.status, 200, "{}", sidecar.context());
     expect_closed(&mut held[0], "the oldest of an address holding the most").await;
     hold.abort();
+}
+
+/// What the health port takes from one connection: a request head of at
+/// most 8 KiB (a 12 KiB one is refused with 431; hyper's default would take
+/// it), one request (a second one pipelined behind it gets no answer: the
+/// connection closes after the first), and a head within 5 s (hyper's
+/// default is 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_small_request_per_connection_within_five_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = HttpApp::start().await;
+    let env = Env::new();
+    let (sidecar, health_port) = with_health_port(&env, app.addr, &json!({})).await;
+    let exchange = |request: Vec<u8>| async move {
+        let mut stream = tokio::net::TcpStream::connect(local(health_port))
+            .await
+            .unwrap();
+        stream.write_all(&request).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+        assert!(
+            read.await.is_ok(),
+            "the connection was not closed within 10 s"
+        );
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let with_filler = |bytes: usize| {
+        format!(
+            "GET /live HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+            "a".repeat(bytes)
+        )
+        .into_bytes()
+    };
+
+    let small = exchange(with_filler(6 * 1024)).await;
+    assert!(
+        small.starts_with("HTTP/1.1 200"),
+        "{small}\n{}",
+        sidecar.context()
+    );
+    let large = exchange(with_filler(12 * 1024)).await;
+    assert!(
+        large.starts_with("HTTP/1.1 431"),
+        "{large}\n{}",
+        sidecar.context()
+    );
+
+    let two = b"GET /live HTTP/1.1\r\nhost: x\r\n\r\nGET /ready HTTP/1.1\r\nhost: x\r\n\r\n";
+    let answered = exchange(two.to_vec()).await;
+    assert_eq!(
+        answered.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer per connection: {answered}"
+    );
+
+    let mut slow = tokio::net::TcpStream::connect(local(health_port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut answer)).await;
+    let took = start.elapsed();
+    assert!(read.is_ok(), "an unfinished head still open after 15 s");
+    assert!(
+        (Duration::from_millis(4500)..Duration::from_secs(12)).contains(&took),
+        "an unfinished head closed after {took:?}, not at 5 s"
+    );
 }
 
 /// A sidecar in front of `app` under a default-deny policy, with a health
