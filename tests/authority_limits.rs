@@ -1,7 +1,8 @@
 //! The authority's API under clients that hold connections without using
 //! them: one source address holds at most an eighth of its connections,
-//! eight addresses holding all of them give way to a ninth, and a request
-//! body that stops coming gives the connection back.
+//! eight addresses holding all of them give way to a ninth, a request
+//! body that stops coming gives the connection back, and one over 64 KiB
+//! is refused (413) without being read to its end.
 //!
 //! ```text
 //!  128 silent TCP connections from 127.0.0.1 ─┐
@@ -161,6 +162,44 @@ async fn a_request_body_that_stops_coming_gives_the_connection_back() {
     assert!(
         started.elapsed() >= Duration::from_secs(9),
         "answered before the body timeout: {answer:?}"
+    );
+}
+
+/// A request body over the authority's 64 KiB is refused with 413, naming
+/// the limit, before it is parsed; one just under it is read and judged on
+/// what it says (here: no such token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_over_64_kib_is_refused_with_413() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::init(&temp.path().join("ca"), TRUST_DOMAIN);
+    let (proc, url) = authority::serve(&ca, &[], temp.path().join("authority.log"));
+    let attest = |padding: usize| {
+        let body = format!(
+            "{{\"token\":\"appid-jt-{}\",\"csr\":\"x\"}}",
+            "a".repeat(padding)
+        );
+        let path = temp.path().join(format!("body-{padding}.json"));
+        std::fs::write(&path, body).unwrap();
+        let out = Command::new("curl")
+            .args(["-sS", "-k", "--max-time", "20", "-w", "\n%{http_code}"])
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", path.display()))
+            .arg(format!("{url}/v1/attest"))
+            .output()
+            .expect("curl must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let over = attest(100 * 1024);
+    assert!(
+        over.ends_with("\n413") && over.contains("over 65536 bytes"),
+        "{over}\n{}",
+        proc.log()
+    );
+    let under = attest(60 * 1024);
+    assert!(
+        !under.ends_with("\n413") && under.contains("error"),
+        "{under}\n{}",
+        proc.log()
     );
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -353,7 +353,13 @@ async fn body<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Res
                 READ_TIMEOUT.as_secs()
             ))
         })?
-        .map_err(|e| Refusal::BadRequest(format!("request body: {e} (limit {MAX_BODY} bytes)")))?;
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                Refusal::TooLarge(format!("the body is over {MAX_BODY} bytes"))
+            } else {
+                Refusal::BadRequest(format!("request body: {e}"))
+            }
+        })?;
     serde_json::from_slice(&collected.to_bytes())
         .map_err(|e| Refusal::BadRequest(format!("request JSON: {e}")))
 }

@@ -149,6 +149,9 @@ pub struct RevocationList {
 pub enum Refusal {
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request body over the authority's limit (413).
+    #[error("request too large: {0}")]
+    TooLarge(String),
     #[error("attestation refused: {0}")]
     Unauthenticated(String),
     #[error("{0} is revoked")]
@@ -170,6 +173,7 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::BadRequest(_) => 400,
+            Refusal::TooLarge(_) => 413,
             Refusal::Unauthenticated(_) => 401,
             Refusal::Revoked(_) | Refusal::NotRegistered(_) | Refusal::NotAllowed { .. } => 403,
             Refusal::Internal(_) => 500,
@@ -180,6 +184,7 @@ impl Refusal {
     pub(super) fn short(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::TooLarge(_) => "too_large",
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Revoked(_) => "revoked",
             Refusal::NotRegistered(_) | Refusal::NotAllowed { .. } => "not_registered",
