@@ -238,3 +238,28 @@ async fn the_ca_rotates_under_traffic_without_one_failed_request() {
     assert_eq!(json["cas"].as_array().map(Vec::len), Some(1), "{json:#}");
     assert_eq!(json["cas"][0]["role"], "signing", "{json:#}");
 }
+
+/// `ca rotate --key-alg ed25519` prepares the next CA with an Ed25519 key
+/// (the CA it replaces is ECDSA P-256); without the flag it would be P-256.
+#[test]
+fn the_next_ca_gets_the_key_algorithm_asked_for() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::init(&temp.path().join("ca"), "prod.example");
+    let printed = rotate(&ca, &["--key-alg", "ed25519"]);
+    assert!(printed.contains("prepared a new CA"), "{printed}");
+    let algorithm = |file: &str| {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(ca.dir.join(file))
+            .output()
+            .expect("openssl must be installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.contains("Public Key Algorithm"))
+            .unwrap_or_else(|| panic!("no key algorithm in {file}: {text}"))
+            .trim()
+            .to_owned()
+    };
+    assert!(algorithm("ca.pem").contains("id-ecPublicKey"));
+    assert_eq!(algorithm("ca-next.pem"), "Public Key Algorithm: ED25519");
+}

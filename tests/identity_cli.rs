@@ -190,6 +190,35 @@ fn issued_certificate_is_a_spiffe_svid_that_openssl_verifies() {
     }
 }
 
+/// `--image-name` and `--attestation` land in the claims as given (the
+/// name beside the digest; the attestation instead of `manual`).
+#[test]
+fn issue_records_the_image_name_and_the_attestation_given() {
+    let ws = Workspace::new("prod.example", "ecdsa-p256");
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let out = ws.issue(
+        "api",
+        &[
+            "--id",
+            "spiffe://prod.example/ns/shop/sa/api",
+            "--image-digest",
+            &digest,
+            "--image-name",
+            "registry.example/api:2.1",
+            "--attestation",
+            "join-token",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let claims = claims_via_openssl(&ws.path("api.pem"));
+    assert_eq!(
+        claims["image"],
+        serde_json::json!({"digest": digest, "name": "registry.example/api:2.1"}),
+        "{claims}"
+    );
+    assert_eq!(claims["attestation"], "join_token", "{claims}");
+}
+
 #[test]
 fn inspect_shows_identity_and_claims() {
     let ws = Workspace::new("prod.example", "ecdsa-p256");

@@ -558,3 +558,30 @@ async fn the_sampling_ratio_applies_to_new_traces_and_parents_decide_theirs() {
         .count();
     assert_eq!(requests, 2, "{shown}");
 }
+
+/// `otlp_service_name` names the `service.name` of every span a sidecar
+/// exports (without it: the workload's SPIFFE ID, as the other tests see).
+#[tokio::test]
+async fn otlp_service_name_names_every_exported_span() {
+    let app = HttpApp::start().await;
+    let (mut mesh, received) = traced_mesh(
+        app.addr,
+        SERVER_POLICY,
+        None,
+        vec![("otlp_service_name", "\"shop-mesh\"".into())],
+    )
+    .await;
+    let reply = clients::curl(&[&mesh.url("/allowed/x")]).await;
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", mesh.context());
+    let spans = finish(&mut mesh, &received).await;
+    let shown = describe(&spans);
+    let requests = spans
+        .iter()
+        .filter(|r| r.span.name == "appid.request")
+        .count();
+    assert_eq!(requests, 2, "a request span from each sidecar\n{shown}");
+    assert!(
+        spans.iter().all(|r| r.service == "shop-mesh"),
+        "every span under otlp_service_name\n{shown}"
+    );
+}
