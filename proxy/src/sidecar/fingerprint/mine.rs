@@ -205,20 +205,32 @@ fn container_of(pid: u32) -> Container {
                 .ok()
                 .and_then(|t| container::id_from_mountinfo(&t))
         });
-    let image = std::env::var(IMAGE_ENV)
-        .ok()
-        .map(|i| capped(i.trim()))
-        .filter(|i| !i.is_empty());
-    let image_digest = std::env::var(IMAGE_DIGEST_ENV)
-        .ok()
-        .or_else(|| Some(image.as_deref()?.split_once('@')?.1.to_owned()))
-        .map(|d| d.trim().to_owned())
-        .filter(|d| is_digest(d));
+    let (image, image_digest) = image_of(
+        std::env::var(IMAGE_ENV).ok().as_deref(),
+        std::env::var(IMAGE_DIGEST_ENV).ok().as_deref(),
+    );
     Container {
         id,
         image,
         image_digest,
     }
+}
+
+/// The image reference and digest from [`IMAGE_ENV`] and
+/// [`IMAGE_DIGEST_ENV`]: the digest variable when it is a digest, else the
+/// one a `…@sha256:` reference carries; anything else is left out.
+fn image_of(image: Option<&str>, digest: Option<&str>) -> (Option<String>, Option<String>) {
+    let image = image.map(|i| capped(i.trim())).filter(|i| !i.is_empty());
+    let digest = [
+        digest,
+        image.as_deref().and_then(|i| Some(i.split_once('@')?.1)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::trim)
+    .find(|d| is_digest(d))
+    .map(str::to_owned);
+    (image, digest)
 }
 
 /// `sha256:<64 lowercase hex>`.
@@ -238,6 +250,30 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(30)
+    }
+
+    #[test]
+    fn the_image_digest_variable_wins_over_the_references_digest() {
+        let by_ref = format!("registry.example/web@sha256:{}", "e".repeat(64));
+        let given = format!("sha256:{}", "f".repeat(64));
+        let of = |image: Option<&str>, digest: Option<&str>| image_of(image, digest);
+        assert_eq!(
+            of(Some("registry.example/web:1.4"), Some(&given)),
+            (Some("registry.example/web:1.4".into()), Some(given.clone()))
+        );
+        assert_eq!(of(Some(&by_ref), Some(&given)).1, Some(given.clone()));
+        assert_eq!(
+            of(Some(&by_ref), None).1,
+            Some(format!("sha256:{}", "e".repeat(64)))
+        );
+        // Not a digest: the reference's, else none.
+        assert_eq!(
+            of(Some(&by_ref), Some("sha256:short")).1,
+            Some(format!("sha256:{}", "e".repeat(64)))
+        );
+        assert_eq!(of(Some("web:1.4"), Some("latest")).1, None);
+        assert_eq!(of(Some("  "), None), (None, None));
+        assert_eq!(of(None, Some(&format!(" {given} "))), (None, Some(given)));
     }
 
     /// Mines this test process itself, from the real `/proc`.
