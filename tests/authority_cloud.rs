@@ -570,6 +570,51 @@ fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
     );
 }
 
+/// `serve --k8s-max-token-ttl 5m`: a projected token valid for ten minutes
+/// (what the test cluster issues; the default 1h takes it, as the test
+/// above shows) is refused, the reason naming both lifetimes.
+#[test]
+fn a_token_living_longer_than_k8s_max_token_ttl_is_refused() {
+    let cluster = Cluster::new();
+    let temp = tempfile::tempdir().unwrap();
+    let jwks = temp.path().join("jwks.json");
+    std::fs::write(&jwks, &cluster.jwks).unwrap();
+    let authority = start_authority(
+        &[],
+        &[
+            "--k8s-jwks",
+            jwks.to_str().unwrap(),
+            "--k8s-issuer",
+            K8S_ISSUER,
+            "--k8s-audience",
+            K8S_AUDIENCE,
+            "--k8s-max-token-ttl",
+            "5m",
+        ],
+    );
+    let out = authority_cli(
+        &authority,
+        &[
+            "register",
+            "--k8s-namespace",
+            "shop",
+            "--k8s-service-account",
+            "web",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = cluster.token("shop", "web", "web-7d4b9c6f5-aaaaa", K8S_AUDIENCE);
+    let refused = attest(&authority, Proof::K8sPsat { token }).unwrap_err();
+    assert!(
+        refused.contains("600") && refused.contains("300"),
+        "the reason names the token's lifetime and the limit: {refused}"
+    );
+}
+
 #[test]
 fn kubernetes_settings_and_registrations_are_checked_with_a_way_out() {
     let temp = tempfile::tempdir().unwrap();
