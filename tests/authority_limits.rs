@@ -166,8 +166,9 @@ async fn a_request_body_that_stops_coming_gives_the_connection_back() {
 }
 
 /// A request body over the authority's 64 KiB is refused with 413, naming
-/// the limit, before it is parsed; one just under it is read and judged on
-/// what it says (here: no such token).
+/// the limit, before it is read (its `content-length` says so; a client
+/// that waits for `100 Continue` never sends it); one just under it is read
+/// and judged on what it says (here: no such token).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_over_64_kib_is_refused_with_413() {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -182,7 +183,10 @@ async fn a_request_body_over_64_kib_is_refused_with_413() {
         std::fs::write(&path, body).unwrap();
         let out = Command::new("curl")
             .args(["-sS", "-k", "--max-time", "20", "-w", "\n%{http_code}"])
-            .args(["-H", "content-type: application/json", "--data-binary"])
+            .args(["-H", "content-type: application/json"])
+            // Waits for the go-ahead: a refused body is never sent, so the
+            // answer cannot be lost to a reset of a body left unread.
+            .args(["-H", "expect: 100-continue", "--data-binary"])
             .arg(format!("@{}", path.display()))
             .arg(format!("{url}/v1/attest"))
             .output()

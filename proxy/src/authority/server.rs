@@ -344,6 +344,19 @@ async fn route(
 }
 
 async fn body<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Refusal> {
+    // Refused before a byte of it is read when its length says so: a
+    // client that waits for `100 Continue` then sends nothing (one that
+    // does not may lose this answer to the reset that closing on its
+    // unread body causes; a bigger body is no request of ours).
+    let announced = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(Refusal::TooLarge(format!(
+            "the body is over {MAX_BODY} bytes"
+        )));
+    }
     let collect = Limited::new(request.into_body(), MAX_BODY).collect();
     let collected = tokio::time::timeout(READ_TIMEOUT, collect)
         .await
