@@ -382,28 +382,27 @@ fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
 }
 
 /// An authority that accepts `cluster`'s projected tokens (its JWKS is
-/// written into `dir`).
-fn start_k8s_authority(cluster: &Cluster, dir: &Path) -> Authority {
+/// written into `dir`), with `extra` flags.
+fn start_k8s_authority(cluster: &Cluster, dir: &Path, extra: &[&str]) -> Authority {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, &cluster.jwks).unwrap();
-    start_authority(
-        &[],
-        &[
-            "--k8s-jwks",
-            jwks.to_str().unwrap(),
-            "--k8s-issuer",
-            K8S_ISSUER,
-            "--k8s-audience",
-            K8S_AUDIENCE,
-        ],
-    )
+    let mut flags = vec![
+        "--k8s-jwks",
+        jwks.to_str().unwrap(),
+        "--k8s-issuer",
+        K8S_ISSUER,
+        "--k8s-audience",
+        K8S_AUDIENCE,
+    ];
+    flags.extend_from_slice(extra);
+    start_authority(&[], &flags)
 }
 
 #[test]
 fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
     let cluster = Cluster::new();
     let temp = tempfile::tempdir().unwrap();
-    let authority = start_k8s_authority(&cluster, temp.path());
+    let authority = start_k8s_authority(&cluster, temp.path(), &[]);
     let digest = format!("sha256:{}", "c".repeat(64));
     let report = temp.path().join("trivy.json");
     std::fs::write(
@@ -577,21 +576,7 @@ fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
 fn a_token_living_longer_than_k8s_max_token_ttl_is_refused() {
     let cluster = Cluster::new();
     let temp = tempfile::tempdir().unwrap();
-    let jwks = temp.path().join("jwks.json");
-    std::fs::write(&jwks, &cluster.jwks).unwrap();
-    let authority = start_authority(
-        &[],
-        &[
-            "--k8s-jwks",
-            jwks.to_str().unwrap(),
-            "--k8s-issuer",
-            K8S_ISSUER,
-            "--k8s-audience",
-            K8S_AUDIENCE,
-            "--k8s-max-token-ttl",
-            "5m",
-        ],
-    );
+    let authority = start_k8s_authority(&cluster, temp.path(), &["--k8s-max-token-ttl", "5m"]);
     let out = authority_cli(
         &authority,
         &[
@@ -782,7 +767,7 @@ impl PodSidecar {
 fn a_pod_sidecar_bootstraps_from_its_projected_token_and_restarts_without_one() {
     let cluster = Cluster::new();
     let temp = tempfile::tempdir().unwrap();
-    let authority = start_k8s_authority(&cluster, temp.path());
+    let authority = start_k8s_authority(&cluster, temp.path(), &[]);
     let out = authority_cli(
         &authority,
         &[
