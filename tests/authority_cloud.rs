@@ -381,6 +381,26 @@ fn authority_cli(authority: &Authority, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `appid authority register --k8s-namespace shop --k8s-service-account
+/// web <extra>`: what it printed (it must succeed).
+fn register_shop_web(authority: &Authority, extra: &[&str]) -> String {
+    let mut args = vec![
+        "register",
+        "--k8s-namespace",
+        "shop",
+        "--k8s-service-account",
+        "web",
+    ];
+    args.extend_from_slice(extra);
+    let out = authority_cli(authority, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An authority that accepts `cluster`'s projected tokens (its JWKS is
 /// written into `dir`), with `extra` flags.
 fn start_k8s_authority(cluster: &Cluster, dir: &Path, extra: &[&str]) -> Authority {
@@ -434,25 +454,9 @@ fn pods_of_a_registered_service_account_attest_with_projected_tokens() {
     );
 
     // The service account is registered as such: no join token is printed.
-    let out = authority_cli(
+    let stdout = register_shop_web(
         &authority,
-        &[
-            "register",
-            "--k8s-namespace",
-            "shop",
-            "--k8s-service-account",
-            "web",
-            "--label",
-            "app=web",
-            "--image-digest",
-            &digest,
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--label", "app=web", "--image-digest", &digest],
     );
     assert!(
         stdout.contains("spiffe://prod.example/ns/shop/sa/web"),
@@ -577,21 +581,7 @@ fn a_token_living_longer_than_k8s_max_token_ttl_is_refused() {
     let cluster = Cluster::new();
     let temp = tempfile::tempdir().unwrap();
     let authority = start_k8s_authority(&cluster, temp.path(), &["--k8s-max-token-ttl", "5m"]);
-    let out = authority_cli(
-        &authority,
-        &[
-            "register",
-            "--k8s-namespace",
-            "shop",
-            "--k8s-service-account",
-            "web",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_shop_web(&authority, &[]);
     let token = cluster.token("shop", "web", "web-7d4b9c6f5-aaaaa", K8S_AUDIENCE);
     let refused = attest(&authority, Proof::K8sPsat { token }).unwrap_err();
     assert!(
@@ -768,23 +758,7 @@ fn a_pod_sidecar_bootstraps_from_its_projected_token_and_restarts_without_one() 
     let cluster = Cluster::new();
     let temp = tempfile::tempdir().unwrap();
     let authority = start_k8s_authority(&cluster, temp.path(), &[]);
-    let out = authority_cli(
-        &authority,
-        &[
-            "register",
-            "--k8s-namespace",
-            "shop",
-            "--k8s-service-account",
-            "web",
-            "--label",
-            "app=web",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_shop_web(&authority, &["--label", "app=web"]);
 
     let pod = |name: &str| {
         let dir = temp.path().join(name);

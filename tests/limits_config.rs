@@ -33,6 +33,15 @@ use support::apps::{EchoServer, HttpApp};
 use support::mesh::{Env, Mesh, MeshOptions, WEB_TO_API};
 use support::net::{free_port, local};
 
+/// An opaque TCP session through `mesh` that has echoed `message` once.
+async fn echoing_session(mesh: &Mesh, message: &[u8]) -> TcpStream {
+    let mut session = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+    support::net::echo_once(&mut session, message, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("no echo through the pair: {e}\n{}", mesh.context()));
+    session
+}
+
 /// `ended` came at a key set to 1 s: not before it, and well before the
 /// key's `default` (3 s of slack for a loaded machine).
 fn closed_at_one_second(ended: &Ended, key: &str, default: &str, context: &str) {
@@ -178,10 +187,7 @@ async fn an_idle_tcp_connection_is_closed_at_the_global_idle_timeout() {
     )
     .await;
 
-    let mut session = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
-    support::net::echo_once(&mut session, b"ping\n", Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("no echo through the pair: {e}\n{}", mesh.context()));
+    let mut session = echoing_session(&mesh, b"ping\n").await;
     let start = Instant::now();
     let ended = closed_within_10s(
         &mut session,
@@ -339,10 +345,7 @@ async fn a_live_session_is_closed_at_drain_timeout_after_sigterm() {
         },
     )
     .await;
-    let mut session = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
-    support::net::echo_once(&mut session, b"before\n", Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("no echo through the pair: {e}\n{}", mesh.context()));
+    let mut session = echoing_session(&mesh, b"before\n").await;
 
     let start = Instant::now();
     mesh.server.terminate();

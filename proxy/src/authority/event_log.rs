@@ -76,7 +76,24 @@ impl EventLog {
             "refusal": refusal.map(Refusal::short),
             "reason": refusal.map(ToString::to_string),
         });
-        state.write(&line);
+        let _ = state.write(&line);
+    }
+
+    /// Writes the revocation of `id` at `now` (`appid authority revoke`),
+    /// on disk before it returns: unlike the server's lines, a failure is
+    /// the caller's to report.
+    pub fn revoked(&self, now: i64, id: &str) -> std::io::Result<()> {
+        let line = serde_json::json!({
+            "time": crate::identity::inspect::rfc3339(now),
+            "event": "revoke",
+            "id": id,
+        });
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.write(&line)?;
+        match state.file.as_ref() {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
     }
 
     /// Writes the count of refusals held back in a second that is over
@@ -115,7 +132,7 @@ impl State {
                     "refusals past {REFUSALS_PER_SECOND} in one second, counted rather than written"
                 ),
             });
-            self.write(&line);
+            let _ = self.write(&line);
         }
         self.second = now;
         self.written = 0;
@@ -123,14 +140,17 @@ impl State {
     }
 
     /// One write per line: formatting straight into the file would write
-    /// each JSON token with a system call of its own.
-    fn write(&mut self, line: &serde_json::Value) {
+    /// each JSON token with a system call of its own, and a line written in
+    /// parts could be split by another process appending to the same file
+    /// (`revoke` beside `serve`).
+    fn write(&mut self, line: &serde_json::Value) -> std::io::Result<()> {
         let line = format!("{line}\n");
         match self.file.as_mut() {
-            Some(file) => {
-                let _ = file.write_all(line.as_bytes());
+            Some(file) => file.write_all(line.as_bytes()),
+            None => {
+                eprint!("{line}");
+                Ok(())
             }
-            None => eprint!("{line}"),
         }
     }
 }

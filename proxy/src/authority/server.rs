@@ -352,10 +352,9 @@ async fn body<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Res
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || Refusal::TooLarge(format!("the body is over {MAX_BODY} bytes"));
     if announced.is_some_and(|length| length > MAX_BODY as u64) {
-        return Err(Refusal::TooLarge(format!(
-            "the body is over {MAX_BODY} bytes"
-        )));
+        return Err(too_large());
     }
     let collect = Limited::new(request.into_body(), MAX_BODY).collect();
     let collected = tokio::time::timeout(READ_TIMEOUT, collect)
@@ -368,7 +367,7 @@ async fn body<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Res
         })?
         .map_err(|e| {
             if e.is::<LengthLimitError>() {
-                Refusal::TooLarge(format!("the body is over {MAX_BODY} bytes"))
+                too_large()
             } else {
                 Refusal::BadRequest(format!("request body: {e}"))
             }

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 
 use super::args::{self, KeyValue};
+use crate::authority::event_log::EventLog;
 use crate::authority::federation::{self, FederationConfig};
 use crate::authority::server;
 use crate::authority::service::{Authority, K8S_PROVIDER, hash_token, new_token};
@@ -653,15 +654,10 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             // Opened first: a revocation that could not be audited is not
             // made.
             let audit_log = audit_log.unwrap_or_else(|| dir.join("audit.jsonl"));
-            let mut audit = open_audit_log(&audit_log)?;
+            let audit = EventLog::new(Some(open_audit_log(&audit_log)?));
             let mut store = open_store(&dir, database.database.as_deref())?;
             if store.revoke(id.as_str(), now)? {
-                let line = serde_json::json!({
-                    "time": crate::identity::inspect::rfc3339(now),
-                    "event": "revoke",
-                    "id": id.as_str(),
-                });
-                append_line(&mut audit, &line.to_string()).with_context(|| {
+                audit.revoked(now, id.as_str()).with_context(|| {
                     format!(
                         "{id} is revoked, but its audit line could not be written to {}",
                         audit_log.display()
@@ -788,15 +784,4 @@ fn open_audit_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
                 path.display()
             )
         })
-}
-
-/// Appends `line` in one write: `serve` may be appending to the same file,
-/// and a line written in two parts could be split by one of its own.
-fn append_line(file: &mut std::fs::File, line: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    file.write_all(&bytes)?;
-    file.sync_data()
 }
