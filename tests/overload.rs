@@ -466,6 +466,83 @@ async fn a_ping_flood_inside_a_tunnel_is_closed() {
     .await;
 }
 
+/// The same flood from the other end: a peer that answers the client
+/// sidecar's tunnel with PINGs has the tunnel closed and counted, as its
+/// client end would (one budget, both ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_from_a_tunnels_server_is_closed() {
+    let env = support::mesh::Env::new();
+    let listener = tokio::net::TcpListener::bind(net::local(0)).await.unwrap();
+    let rogue_addr = listener.local_addr().unwrap();
+    let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
+    let policy = env.policy("web-policy.yaml", support::mesh::WEB_TO_API);
+    let outbound = net::free_port();
+    let client = env
+        .sidecar("web", &web, &policy)
+        .outbound(outbound, rogue_addr)
+        .start()
+        .await;
+    // The rogue server holds a real `api` certificate: the flood comes
+    // from a verified peer, after the client chose it.
+    let acceptor = mesh_acceptor(&env.api, b"appid-mux/1");
+    let rogue = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.expect("the mesh handshake");
+        let mut flood = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+        for i in 0..5_000u64 {
+            flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
+            flood.extend_from_slice(&i.to_be_bytes());
+        }
+        let _ = tls.write_all(&flood).await;
+        // The client's answers, then the end of the connection.
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    });
+    let mut app = TcpStream::connect(net::local(outbound)).await.unwrap();
+    app.write_all(b"GET / HTTP/1.1\r\nhost: api\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        rogue.await.unwrap(),
+        "the flooded tunnel is still open\n{}",
+        client.context()
+    );
+    support::poll_until(
+        "the flood to be counted",
+        Duration::from_secs(10),
+        || client.context(),
+        || async {
+            let floods = client
+                .metric("appid_h2_floods_closed_total{direction=\"outbound\"}")
+                .await;
+            (floods >= 1.0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A TLS 1.3 server with the certificate `cert`, selecting ALPN `alpn`; it
+/// asks for no client certificate.
+fn mesh_acceptor(cert: &support::pki::Cert, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 /// Streams the HTTP/2 client opens and never reads.
 const UNREAD_STREAMS: usize = 60;
 

@@ -34,6 +34,7 @@ use appid_policy::AppIdClaims;
 
 use super::Shared;
 use super::eager::{DrivenConnection, Nudge};
+use super::http::flood::FrameBudget;
 use super::local::Local;
 use super::memory::Meter;
 use super::read_ahead::ReadAhead;
@@ -418,6 +419,10 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
         }));
     }
     tls_stream.get_mut().0.enable();
+    // The server end of a tunnel is as able to flood control frames as the
+    // client end, and is budgeted alike (the server sends no preface).
+    let tls_stream = FrameBudget::new(tls_stream, false);
+    let flooded = tls_stream.tripped();
     let h2_handshake = tunnel::client_builder().handshake::<_, Bytes>(tls_stream);
     let (sender, connection) =
         match tokio::time::timeout(shared.limits.handshake_timeout, h2_handshake).await {
@@ -448,10 +453,14 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
     tokio::spawn({
         let streams = streams.clone();
         let closed = closed.clone();
+        let metrics = shared.metrics.clone();
         async move {
             tokio::select! {
                 result = tunnel::Coalesce::new(connection) => {
-                    if let Err(e) = result {
+                    if flooded.load(Ordering::Relaxed) {
+                        tracing::info!(%destination, "tunnel closed: HTTP/2 control frame flood");
+                        metrics.h2_flood_closed(MetricsDirection::Outbound);
+                    } else if let Err(e) = result {
                         tracing::debug!(%destination, error = %e, "tunnel closed");
                     }
                 }

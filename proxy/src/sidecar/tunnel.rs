@@ -120,8 +120,8 @@ pub fn client_builder() -> h2::client::Builder {
         // GOAWAY(ENHANCE_YOUR_CALM) and failed every stream on the tunnel,
         // which a few thousand short connections a second reached in
         // under a second. The peer is an authenticated sidecar, and
-        // a reset answers a frame it sent (the server side's
-        // `FrameBudget` bounds the cheap ones).
+        // a reset answers a frame it sent (each end's `FrameBudget`
+        // bounds the cheap ones).
         .max_local_error_reset_streams(None)
         .enable_push(false)
         .max_frame_size(MAX_FRAME)

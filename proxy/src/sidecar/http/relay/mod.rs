@@ -28,7 +28,7 @@
 //!   describe the relay's own codecs (HPACK tables, frame and header list
 //!   sizes), which it announces itself. PING is answered by each hop.
 //! - **Limits**: at most [`MAX_STREAMS`] streams, the header list limit,
-//!   the control-frame budget ([`super::flood`]), and at most
+//!   the control-frame budget ([`super::flood`], on both sides), and at most
 //!   [`HIGH_WATER`] bytes (plus one frame) waiting for each side: the relay
 //!   reads a side only while what it has for the other is under that, so
 //!   memory per connection is bounded without a per-stream buffer.
@@ -112,6 +112,11 @@ where
 {
     let downstream = FrameBudget::new(downstream, true);
     let flooded = downstream.tripped();
+    // The app's side is budgeted alike: outbound it is the peer (a sidecar,
+    // or whoever holds a certificate the policy allows). Over budget it is
+    // gone like an app that broke HTTP/2 (its streams answered, the client
+    // told to reconnect); the client did nothing to be audited for.
+    let upstream = FrameBudget::new(upstream, false);
     let mut relay = Relay::new(downstream, upstream, authorizer, peer_headers, limits);
     let stop = shutdown.started();
     tokio::pin!(stop);

@@ -712,6 +712,38 @@ async fn an_app_frame_too_large_ends_the_apps_side_and_the_connection() {
     while client.frame().await.is_some() {}
 }
 
+/// An app (outbound: the peer) that floods PINGs is cut off like one that
+/// broke HTTP/2, under the budget every client has: what it had is reset,
+/// the client is told to reconnect, and far fewer PINGs are answered than
+/// were sent.
+#[tokio::test]
+async fn an_app_that_floods_pings_is_gone() {
+    let (mut client, mut app) = start();
+    client_preface(&mut client).await;
+    client.request(1, Method::GET, "/ok", true).await;
+    app_handshake(&mut app).await;
+    app.until("the request", is_headers_on(1)).await;
+    let mut flood = BytesMut::new();
+    for i in 0..5_000u64 {
+        frame::put_head(&mut flood, 8, frame::PING, 0, 0);
+        flood.extend_from_slice(&i.to_be_bytes());
+    }
+    app.send(&flood).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    assert!(
+        seen.iter()
+            .any(|g| g.head.kind == frame::RST_STREAM && g.head.stream == 1),
+        "the stream the app had is reset: {seen:?}"
+    );
+    let mut answered = 0;
+    while let Some(got) = app.frame().await {
+        answered += usize::from(got.head.kind == frame::PING);
+    }
+    assert!(answered <= 1_000, "{answered} PINGs answered");
+}
+
 /// RFC 9113 §8.2.1 and §8.1.1: an intermediary must not forward a request
 /// whose field values have leading or trailing whitespace; its stream is
 /// reset and the app never sees it (nor such an answer from the app).
