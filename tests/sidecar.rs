@@ -1968,6 +1968,117 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
     assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
 }
 
+/// A client that pings after DATA it receives, as gRPC-Go measures its
+/// bandwidth-delay product (one PING per round trip in which DATA came), is
+/// not a flood however fast it goes: thousands of PINGs a second on a busy
+/// connection, each after DATA the sidecar sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_that_follow_data_are_not_a_flood() {
+    const PINGS: usize = 3_000;
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
+    let inbound = free_port();
+    let sidecar = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, app.addr)
+        .start()
+        .await;
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE 16 MiB; the connection's window alike.
+    hello.extend(frame(0x4, 0, 0, &[0, 4, 1, 0, 0, 0]));
+    hello.extend(frame(0x8, 0, 0, &(16u32 << 20).to_be_bytes()));
+    stream.write_all(&hello).await.unwrap();
+    // GET http://127.0.0.1/public/big (4 MiB: 256 DATA frames or more):
+    // `:method GET`, `:scheme http` from the static table, `:path` and
+    // `:authority` as literals.
+    let mut block = vec![0x82, 0x86, 0x04, 11];
+    block.extend_from_slice(b"/public/big");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"127.0.0.1");
+
+    let started = Instant::now();
+    let (mut pinged, mut next_stream, mut input) = (0usize, 1u32, Vec::new());
+    let mut in_first_second = None;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while pinged < PINGS {
+        stream
+            .write_all(&frame(0x1, 0x5, next_stream, &block))
+            .await
+            .unwrap();
+        next_stream += 2;
+        loop {
+            let whole = input.len() >= 9
+                && input.len()
+                    >= 9 + u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if !whole {
+                let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                    .await
+                    .expect("an answer in time")
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "the sidecar closed the connection after {pinged} PINGs\n{}",
+                    sidecar.context()
+                );
+                input.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            let length = u32::from_be_bytes([0, input[0], input[1], input[2]]);
+            let (kind, flags) = (input[3], input[4]);
+            let on = u32::from_be_bytes([input[5], input[6], input[7], input[8]]);
+            input.drain(..9 + length as usize);
+            assert_ne!(
+                kind,
+                0x7,
+                "GOAWAY after {pinged} PINGs\n{}",
+                sidecar.context()
+            );
+            let mut out = Vec::new();
+            if kind == 0x4 && flags & 0x1 == 0 {
+                out.extend(frame(0x4, 0x1, 0, &[]));
+            }
+            if kind == 0x0 && length > 0 {
+                // The window back, and a PING: at most what a BDP probe sends.
+                out.extend(frame(0x8, 0, 0, &length.to_be_bytes()));
+                out.extend(frame(0x8, 0, on, &length.to_be_bytes()));
+                out.extend(frame(0x6, 0, 0, &(pinged as u64).to_be_bytes()));
+                pinged += 1;
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await.unwrap();
+            }
+            if in_first_second.is_none() && started.elapsed() >= Duration::from_secs(1) {
+                in_first_second = Some(pinged);
+            }
+            if matches!(kind, 0x0 | 0x1) && flags & 0x1 != 0 {
+                break;
+            }
+        }
+    }
+    // Only a test of the budget if the budget alone (1 000 a second) would
+    // have been crossed within the connection's first second.
+    let in_first_second = in_first_second.unwrap_or(pinged);
+    assert!(
+        in_first_second > 1_000,
+        "only {in_first_second} PINGs in the first second: too slow to test the budget"
+    );
+    assert_eq!(
+        sidecar
+            .metric("appid_h2_floods_closed_total{direction=\"inbound\"}")
+            .await,
+        0.0
+    );
+}
+
 /// Decide before you dial: callers whose requests are all denied, or who
 /// send nothing but an HTTP/2 preface, never cost the app a connection; an
 /// HTTP/2 connection that carries no stream is closed at the HTTP idle

@@ -8,8 +8,13 @@
 //! per attacking connection. [`FrameBudget`] reads the frame headers as the
 //! bytes pass (nothing is buffered or re-framed) and ends the connection
 //! when one second holds more than the budget:
-//! - [`CONTROL_PER_SECOND`] SETTINGS, PING, PRIORITY and empty non-final
-//!   DATA frames together (a well-behaved peer sends a handful);
+//! - [`CONTROL_PER_SECOND`] SETTINGS, PRIORITY and empty non-final DATA
+//!   frames together (a well-behaved peer sends a handful);
+//! - PING frames, [`CONTROL_PER_SECOND`] plus one per DATA frame with a
+//!   payload written to the peer in that second: an HTTP/2 library that
+//!   measures the bandwidth-delay product (gRPC-Go's, hyper's adaptive
+//!   window) pings after DATA it receives, once per round trip, which on a
+//!   busy loopback connection is thousands of times a second;
 //! - RST_STREAM frames, [`CONTROL_PER_SECOND`] plus one per stream the peer
 //!   opened in that second (a pooled tunnel may end every stream with one;
 //!   rapid open-and-reset is bounded by h2 itself);
@@ -47,7 +52,7 @@ const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 const END_STREAM: u8 = 0x1;
 
-/// Where the reader is in the frame stream.
+/// Where a walk through one direction's frames is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Position {
     /// In the client preface: this many bytes left.
@@ -58,52 +63,38 @@ enum Position {
     Payload(u32),
 }
 
-/// `inner`, the side an HTTP/2 peer writes to, with its control frames
-/// counted (see the module docs).
-pub struct FrameBudget<S> {
-    inner: S,
+/// Follows one direction's frames as its bytes pass, whatever the chunks
+/// (a frame header may straddle two reads).
+#[derive(Debug)]
+struct FrameWalk {
     position: Position,
     header: [u8; FRAME_HEADER],
-    window_start: Instant,
-    control: u32,
-    resets: u32,
-    opened: u32,
-    window_updates: u32,
-    written: u64,
-    tripped: Arc<AtomicBool>,
 }
 
-impl<S> FrameBudget<S> {
-    /// `preface`: the peer starts with the client connection preface (it is
-    /// the client).
-    pub fn new(inner: S, preface: bool) -> Self {
-        FrameBudget {
-            inner,
+/// A frame header as [`FrameWalk`] found it.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    length: u32,
+}
+
+impl FrameWalk {
+    /// `preface`: this direction starts with the client connection preface.
+    fn new(preface: bool) -> Self {
+        FrameWalk {
             position: if preface {
                 Position::Preface(PREFACE_LEN)
             } else {
                 Position::Header(0)
             },
             header: [0; FRAME_HEADER],
-            window_start: Instant::now(),
-            control: 0,
-            resets: 0,
-            opened: 0,
-            window_updates: 0,
-            written: 0,
-            tripped: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Set once the budget was exceeded (the connection then fails).
-    pub fn tripped(&self) -> Arc<AtomicBool> {
-        self.tripped.clone()
-    }
-
-    /// Follows the frames in `bytes`; `false` when over budget.
-    fn account(&mut self, mut bytes: &[u8]) -> bool {
-        // One clock read per read, not per frame (a read may hold hundreds).
-        let mut now = None;
+    /// Calls `each` for every frame header completed in `bytes`, until it
+    /// returns `false` (then so does this).
+    fn walk(&mut self, mut bytes: &[u8], mut each: impl FnMut(Frame) -> bool) -> bool {
         while !bytes.is_empty() {
             match self.position {
                 Position::Preface(left) => {
@@ -134,8 +125,11 @@ impl<S> FrameBudget<S> {
                     }
                     let h = self.header;
                     let length = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-                    let now = *now.get_or_insert_with(Instant::now);
-                    if !self.count(h[3], h[4], length, now) {
+                    if !each(Frame {
+                        kind: h[3],
+                        flags: h[4],
+                        length,
+                    }) {
                         return false;
                     }
                     self.position = if length == 0 {
@@ -148,20 +142,92 @@ impl<S> FrameBudget<S> {
         }
         true
     }
+}
 
-    /// Counts one frame; `false` when over budget.
-    fn count(&mut self, kind: u8, flags: u8, length: u32, now: Instant) -> bool {
-        if now.duration_since(self.window_start) >= WINDOW {
-            self.window_start = now;
-            self.control = 0;
-            self.resets = 0;
-            self.opened = 0;
-            self.window_updates = 0;
-            self.written = 0;
+/// What the peer sent, and what it was sent, in the current second.
+#[derive(Debug, Default)]
+struct Counts {
+    control: u32,
+    pings: u32,
+    resets: u32,
+    opened: u32,
+    window_updates: u32,
+    /// DATA frames with a payload written to the peer.
+    data_sent: u32,
+    written: u64,
+}
+
+/// `inner`, the side an HTTP/2 peer writes to, with its control frames
+/// counted (see the module docs).
+pub struct FrameBudget<S> {
+    inner: S,
+    read: FrameWalk,
+    write: FrameWalk,
+    window_start: Instant,
+    counts: Counts,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<S> FrameBudget<S> {
+    /// `preface`: the peer starts with the client connection preface (it is
+    /// the client; else we are, and our first bytes are the preface).
+    pub fn new(inner: S, preface: bool) -> Self {
+        FrameBudget {
+            inner,
+            read: FrameWalk::new(preface),
+            write: FrameWalk::new(!preface),
+            window_start: Instant::now(),
+            counts: Counts::default(),
+            tripped: Arc::new(AtomicBool::new(false)),
         }
-        match kind {
-            PRIORITY | SETTINGS | PING => self.control += 1,
-            DATA if length == 0 && flags & END_STREAM == 0 => self.control += 1,
+    }
+
+    /// Set once the budget was exceeded (the connection then fails).
+    pub fn tripped(&self) -> Arc<AtomicBool> {
+        self.tripped.clone()
+    }
+
+    /// Follows the frames the peer sent in `bytes`; `false` when over
+    /// budget.
+    fn account(&mut self, bytes: &[u8]) -> bool {
+        // One clock read per read, not per frame (a read may hold hundreds).
+        let mut now = None;
+        let FrameBudget {
+            read,
+            window_start,
+            counts,
+            ..
+        } = self;
+        read.walk(bytes, |frame| {
+            let now = *now.get_or_insert_with(Instant::now);
+            if now.duration_since(*window_start) >= WINDOW {
+                *window_start = now;
+                *counts = Counts::default();
+            }
+            counts.count(frame)
+        })
+    }
+
+    /// Follows the frames written to the peer in `bytes` (credited to the
+    /// current second without a clock read: at worst to one just over).
+    fn account_written(&mut self, bytes: &[u8]) {
+        let mut data = 0u32;
+        self.write.walk(bytes, |frame| {
+            data += u32::from(frame.kind == DATA && frame.length > 0);
+            true
+        });
+        self.counts.written += bytes.len() as u64;
+        self.counts.data_sent = self.counts.data_sent.saturating_add(data);
+    }
+}
+
+impl Counts {
+    /// Counts one frame the peer sent; `false` when over budget.
+    fn count(&mut self, frame: Frame) -> bool {
+        match frame.kind {
+            PRIORITY | SETTINGS => self.control += 1,
+            DATA if frame.length == 0 && frame.flags & END_STREAM == 0 => self.control += 1,
+            PING => self.pings += 1,
             HEADERS => self.opened = self.opened.saturating_add(1),
             RST_STREAM => self.resets += 1,
             WINDOW_UPDATE => self.window_updates += 1,
@@ -170,6 +236,7 @@ impl<S> FrameBudget<S> {
         let window_update_budget =
             u64::from(CONTROL_PER_SECOND) + self.written / WINDOW_UPDATE_BYTES;
         self.control <= CONTROL_PER_SECOND
+            && self.pings <= CONTROL_PER_SECOND.saturating_add(self.data_sent)
             && self.resets <= CONTROL_PER_SECOND.saturating_add(self.opened)
             && u64::from(self.window_updates) <= window_update_budget
     }
@@ -203,7 +270,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBudget<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
-        self.written += n as u64;
+        self.account_written(&data[..n]);
         Poll::Ready(Ok(n))
     }
 
@@ -213,7 +280,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBudget<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        self.written += n as u64;
+        let mut left = n;
+        for buf in bufs {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(buf.len());
+            self.account_written(&buf[..take]);
+            left -= take;
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -251,13 +326,37 @@ mod tests {
         assert!(budget.account(&frame(SETTINGS, 0, &[])));
         let ping = frame(PING, 0, &[0; 8]);
         let mut flood = Vec::new();
-        for _ in 0..CONTROL_PER_SECOND {
+        for _ in 0..=CONTROL_PER_SECOND {
             flood.extend_from_slice(&ping);
         }
         // Split at an awkward place: headers may straddle reads.
-        let (a, b) = flood.split_at(4 + 17 * 100);
+        let (a, b) = flood.split_at(17 * CONTROL_PER_SECOND as usize + 4);
         assert!(budget.account(a));
         assert!(!budget.account(b));
+    }
+
+    /// gRPC-Go pings once for each round trip in which it received DATA:
+    /// at most one PING per DATA frame it was sent, beyond the budget.
+    #[tokio::test]
+    async fn pings_may_follow_the_data_sent() {
+        // We are the client here: what we write starts with the preface.
+        let mut budget = FrameBudget::new(tokio::io::empty(), false);
+        budget.account_written(PREFACE);
+        let data = frame(DATA, 0, &[1; 20]);
+        let ping = frame(PING, 0, &[0; 8]);
+        for _ in 0..CONTROL_PER_SECOND {
+            assert!(budget.account(&ping));
+        }
+        for _ in 0..3 * CONTROL_PER_SECOND {
+            // A frame written in two pieces counts once.
+            let (a, b) = data.split_at(5);
+            budget.account_written(a);
+            budget.account_written(b);
+            // Empty DATA (an end of stream) earns no PING.
+            budget.account_written(&frame(DATA, END_STREAM, &[]));
+            assert!(budget.account(&ping));
+        }
+        assert!(!budget.account(&ping), "a PING beyond the DATA sent");
     }
 
     #[tokio::test]
@@ -287,7 +386,7 @@ mod tests {
         }
         assert!(!budget.account(&update), "over budget without data sent");
         let mut budget = FrameBudget::new(tokio::io::empty(), false);
-        budget.written = 64 * 1024 * 1024; // what a bulk download sends in a second
+        budget.counts.written = 64 * 1024 * 1024; // what a bulk download sends in a second
         for _ in 0..(CONTROL_PER_SECOND + 10_000) {
             assert!(budget.account(&update));
         }

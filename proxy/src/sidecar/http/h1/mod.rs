@@ -80,6 +80,10 @@ where
     async move {
         let mut down_buf = BytesMut::new();
         let mut up_buf = BytesMut::new();
+        // Made once: listening anew for every request cost more than a
+        // request's policy decision (a waiter added and removed each time).
+        let stop = shutdown.started();
+        tokio::pin!(stop);
 
         loop {
             // Idle between requests: free the buffers, wait for a head.
@@ -103,7 +107,7 @@ where
             });
             let head = tokio::select! {
                 head = read_head(&mut down_read, &mut down_buf, limits, inspect) => head,
-                () = shutdown.started() => return Ok(()),
+                () = &mut stop => return Ok(()),
             };
             let (head_len, (started, inspected)) = match head {
                 HeadRead::Complete(n, inspected) => (n, inspected),
