@@ -250,11 +250,20 @@ async fn mesh_tls(
 /// with the identity `cert`, grants the largest windows HTTP/2 allows, asks
 /// each stream's app for [`BULK_BYTES`], and stops reading. Returns what
 /// keeps the connection open.
-async fn rogue_peer(target: std::net::SocketAddr, cert: &support::pki::Cert) -> impl Drop {
+async fn rogue_peer(target: std::net::SocketAddr, cert: &support::pki::Cert) -> impl Drop + use<> {
+    rogue_peer_with(target, cert, ROGUE_STREAMS).await
+}
+
+/// [`rogue_peer`] with `streams` streams.
+async fn rogue_peer_with(
+    target: std::net::SocketAddr,
+    cert: &support::pki::Cert,
+    streams_wanted: usize,
+) -> impl Drop + use<> {
     let tls = mesh_tls(target, cert, b"appid-mux/1").await;
     let (sender, driver) = never_reading_h2(tls).await;
     let mut streams = Vec::new();
-    for _ in 0..ROGUE_STREAMS {
+    for _ in 0..streams_wanted {
         let mut sender = sender.clone().ready().await.unwrap();
         let request = http::Request::connect("127.0.0.1:1").body(()).unwrap();
         let (response, mut send) = sender.send_request(request, false).unwrap();
@@ -349,6 +358,112 @@ async fn a_peer_that_stops_reading_holds_only_its_share_of_memory() {
         server.logs()
     );
     drop(rogue);
+}
+
+/// Rogue identities in [`the_byte_budget_is_max_buffer_bytes`]: more than
+/// [`PEER_SHARES`] of them, so that their shares together ask for more
+/// than the budget.
+const ROGUE_PEERS: usize = 16;
+/// The fraction of `max_buffer_bytes` one peer may hold (the sidecar's
+/// `PEER_SHARE`).
+const PEER_SHARES: usize = 8;
+
+/// `limits.max_buffer_bytes` is the budget: with 8 MiB (its least),
+/// sixteen peers that stop reading hold at most that together (each at most
+/// an eighth), new tunnel streams are then refused (`reason="memory"`), and
+/// once they are gone the sidecar serves again. At the default (256 MiB)
+/// the same peers (16 MiB asked each) would exhaust nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_budget_is_max_buffer_bytes() {
+    const BUDGET: usize = 8 << 20;
+    soak::raise_fd_limit();
+    let env = support::mesh::Env::new();
+    let app = bulk_app().await;
+    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
+    let server_port = net::free_port();
+    let server = env
+        .sidecar("api", &env.api, &policy)
+        .inbound(server_port, app)
+        .limit("max_buffer_bytes", &BUDGET.to_string())
+        .start()
+        .await;
+    let mut rogues = Vec::new();
+    for i in 0..ROGUE_PEERS {
+        let cert = env.issue(
+            &format!("rogue{i}"),
+            &format!("ns/shop/sa/rogue{i}"),
+            &["app=web"],
+            &[],
+        );
+        rogues.push(rogue_peer_with(net::local(server_port), &cert, 4).await);
+    }
+    // A peer of its own asks for a stream while the budget is spent.
+    let other = env.issue("other", "ns/shop/sa/other", &["app=web"], &[]);
+    support::poll_until(
+        "a stream refused for memory",
+        Duration::from_secs(20),
+        || server.context(),
+        || async {
+            let tls = mesh_tls(net::local(server_port), &other, b"appid-mux/1").await;
+            let (sender, driver) = h2::client::handshake(tls).await.ok()?;
+            let driver = tokio::spawn(driver);
+            let request = http::Request::connect("127.0.0.1:1").body(()).unwrap();
+            let refused = match sender.ready().await {
+                Ok(mut sender) => match sender.send_request(request, true) {
+                    Ok((response, _)) => response
+                        .await
+                        .err()
+                        .and_then(|e| e.reason())
+                        .is_some_and(|r| r == h2::Reason::REFUSED_STREAM),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            driver.abort();
+            let shed = server
+                .metric("appid_streams_shed_total{direction=\"inbound\",reason=\"memory\"}")
+                .await;
+            (refused && shed >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let held = server.metric("appid_buffer_bytes").await;
+    assert!(
+        held > (BUDGET - BUDGET / PEER_SHARES) as f64 && held <= BUDGET as f64,
+        "appid_buffer_bytes {held} with a budget of {BUDGET}\n{}",
+        server.context()
+    );
+    // Gone, they give it back: a new stream is served.
+    drop(rogues);
+    let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
+    support::poll_until(
+        "the budget given back",
+        Duration::from_secs(20),
+        || server.context(),
+        || async {
+            let held = server.metric("appid_buffer_bytes").await;
+            (held == 0.0).then_some(())
+        },
+    )
+    .await;
+    let tls = mesh_tls(net::local(server_port), &web, b"appid-mux/1").await;
+    let (sender, driver) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(driver);
+    let request = http::Request::connect("127.0.0.1:1").body(()).unwrap();
+    let (response, mut body) = sender
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    body.send_data(bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"), false)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer in time")
+        .expect("the stream is served");
+    assert_eq!(response.status(), 200, "{}", server.context());
+    driver.abort();
 }
 
 // ---------------------------------------------------------------------------
