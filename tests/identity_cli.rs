@@ -191,7 +191,8 @@ fn issued_certificate_is_a_spiffe_svid_that_openssl_verifies() {
 }
 
 /// `--image-name` and `--attestation` land in the claims as given (the
-/// name beside the digest; the attestation instead of `manual`).
+/// name beside the digest; the attestation instead of `manual`, with a
+/// warning that nothing was attested).
 #[test]
 fn issue_records_the_image_name_and_the_attestation_given() {
     let ws = Workspace::new("prod.example", "ecdsa-p256");
@@ -217,6 +218,19 @@ fn issue_records_the_image_name_and_the_attestation_given() {
         "{claims}"
     );
     assert_eq!(claims["attestation"], "join_token", "{claims}");
+    // Recorded, not performed: the holder of the CA key is told so.
+    let warning = text(&out.stderr);
+    assert!(
+        warning.contains("warning: the certificate says `attestation: join_token`, but this command attested nothing"),
+        "{warning}"
+    );
+    let manual = ws.issue("web", &["--id", "spiffe://prod.example/ns/shop/sa/web"]);
+    assert!(manual.status.success(), "{}", text(&manual.stderr));
+    assert!(
+        !text(&manual.stderr).contains("attested nothing"),
+        "{}",
+        text(&manual.stderr)
+    );
 }
 
 #[test]

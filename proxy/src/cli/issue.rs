@@ -64,7 +64,8 @@ pub struct IssueArgs {
     /// A cloud tag, key=value (repeatable)
     #[arg(long = "cloud-tag", value_name = "K=V", value_parser = args::key_value)]
     cloud_tags: Vec<KeyValue>,
-    /// How the identity was attested
+    /// How the identity was attested: recorded as given, not performed (the authority's
+    /// `serve` attests for real)
     #[arg(long, value_enum, default_value_t = Attestation::Manual)]
     attestation: Attestation,
     /// Certificate lifetime, e.g. 30s, 15m, 1h
@@ -122,6 +123,15 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
     );
     if args.ttl > time::Duration::days(1) {
         eprintln!("appid: warning: a TTL over a day defeats short-lived credentials");
+    }
+    if args.attestation != Attestation::Manual {
+        // Policy on `from.attestation` trusts the issuer; this one checked
+        // nothing but the CA key's file permissions.
+        eprintln!(
+            "appid: warning: the certificate says `attestation: {}`, but this command attested nothing; \
+             rules on `from.attestation` trust whoever holds the CA key (`appid authority serve` attests for real)",
+            args.attestation.as_str()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

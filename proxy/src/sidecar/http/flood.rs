@@ -15,9 +15,10 @@
 //!   measures the bandwidth-delay product (gRPC-Go's, hyper's adaptive
 //!   window) pings after DATA it receives, once per round trip, which on a
 //!   busy loopback connection is thousands of times a second;
-//! - RST_STREAM frames, [`CONTROL_PER_SECOND`] plus one per stream the peer
-//!   opened in that second (a pooled tunnel may end every stream with one;
-//!   rapid open-and-reset is bounded by h2 itself);
+//! - RST_STREAM frames: one per HEADERS frame either side sent in the
+//!   connection's life (a pooled tunnel may end every stream with one, however
+//!   late: a stream lingers up to seconds before its reset), and beyond those
+//!   [`CONTROL_PER_SECOND`] (rapid open-and-reset is bounded by h2 itself);
 //! - WINDOW_UPDATE frames, [`CONTROL_PER_SECOND`] plus one per
 //!   [`WINDOW_UPDATE_BYTES`] written to the peer in that second (a receiver
 //!   acknowledges what it was sent; Envoy bounds them the same way).
@@ -149,12 +150,21 @@ impl FrameWalk {
 struct Counts {
     control: u32,
     pings: u32,
-    resets: u32,
-    opened: u32,
+    /// RST_STREAMs beyond [`Lifetime::headers`].
+    resets_over: u32,
     window_updates: u32,
     /// DATA frames with a payload written to the peer.
     data_sent: u32,
     written: u64,
+}
+
+/// What the connection carried over its whole life.
+#[derive(Debug, Default)]
+struct Lifetime {
+    /// HEADERS frames, both ways: every stream has at least one.
+    headers: u64,
+    /// RST_STREAM frames the peer sent.
+    resets: u64,
 }
 
 /// `inner`, the side an HTTP/2 peer writes to, with its control frames
@@ -165,6 +175,7 @@ pub struct FrameBudget<S> {
     write: FrameWalk,
     window_start: Instant,
     counts: Counts,
+    lifetime: Lifetime,
     tripped: Arc<AtomicBool>,
 }
 
@@ -178,6 +189,7 @@ impl<S> FrameBudget<S> {
             write: FrameWalk::new(!preface),
             window_start: Instant::now(),
             counts: Counts::default(),
+            lifetime: Lifetime::default(),
             tripped: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -196,6 +208,7 @@ impl<S> FrameBudget<S> {
             read,
             window_start,
             counts,
+            lifetime,
             ..
         } = self;
         read.walk(bytes, |frame| {
@@ -204,18 +217,20 @@ impl<S> FrameBudget<S> {
                 *window_start = now;
                 *counts = Counts::default();
             }
-            counts.count(frame)
+            counts.count(frame, lifetime)
         })
     }
 
     /// Follows the frames written to the peer in `bytes` (credited to the
     /// current second without a clock read: at worst to one just over).
     fn account_written(&mut self, bytes: &[u8]) {
-        let mut data = 0u32;
+        let (mut data, mut headers) = (0u32, 0u64);
         self.write.walk(bytes, |frame| {
             data += u32::from(frame.kind == DATA && frame.length > 0);
+            headers += u64::from(frame.kind == HEADERS);
             true
         });
+        self.lifetime.headers += headers;
         self.counts.written += bytes.len() as u64;
         self.counts.data_sent = self.counts.data_sent.saturating_add(data);
     }
@@ -223,13 +238,18 @@ impl<S> FrameBudget<S> {
 
 impl Counts {
     /// Counts one frame the peer sent; `false` when over budget.
-    fn count(&mut self, frame: Frame) -> bool {
+    fn count(&mut self, frame: Frame, lifetime: &mut Lifetime) -> bool {
         match frame.kind {
             PRIORITY | SETTINGS => self.control += 1,
             DATA if frame.length == 0 && frame.flags & END_STREAM == 0 => self.control += 1,
             PING => self.pings += 1,
-            HEADERS => self.opened = self.opened.saturating_add(1),
-            RST_STREAM => self.resets += 1,
+            HEADERS => lifetime.headers += 1,
+            RST_STREAM => {
+                lifetime.resets += 1;
+                if lifetime.resets > lifetime.headers {
+                    self.resets_over += 1;
+                }
+            }
             WINDOW_UPDATE => self.window_updates += 1,
             _ => return true,
         }
@@ -237,7 +257,7 @@ impl Counts {
             u64::from(CONTROL_PER_SECOND) + self.written / WINDOW_UPDATE_BYTES;
         self.control <= CONTROL_PER_SECOND
             && self.pings <= CONTROL_PER_SECOND.saturating_add(self.data_sent)
-            && self.resets <= CONTROL_PER_SECOND.saturating_add(self.opened)
+            && self.resets_over <= CONTROL_PER_SECOND
             && u64::from(self.window_updates) <= window_update_budget
     }
 }
@@ -357,6 +377,31 @@ mod tests {
             assert!(budget.account(&ping));
         }
         assert!(!budget.account(&ping), "a PING beyond the DATA sent");
+    }
+
+    /// A stream may be reset long after it was opened (a pooled tunnel's
+    /// stream lingers before its reset), and whichever side opened it: each
+    /// HEADERS frame, either way, earns one reset for the connection's life.
+    #[tokio::test]
+    async fn resets_may_come_late_for_streams_opened_either_way() {
+        tokio::time::pause();
+        let mut budget = FrameBudget::new(tokio::io::empty(), false);
+        budget.account_written(PREFACE);
+        for _ in 0..5 * CONTROL_PER_SECOND {
+            budget.account_written(&frame(HEADERS, 0x4, b"connect"));
+        }
+        tokio::time::advance(WINDOW).await;
+        let reset = frame(RST_STREAM, 0, &[0, 0, 0, 8]);
+        for _ in 0..5 * CONTROL_PER_SECOND {
+            assert!(budget.account(&reset));
+        }
+        for _ in 0..CONTROL_PER_SECOND {
+            assert!(budget.account(&reset));
+        }
+        assert!(
+            !budget.account(&reset),
+            "more resets than streams and budget"
+        );
     }
 
     #[tokio::test]
