@@ -701,3 +701,108 @@ async fn file_identities_trust_federated_bundle_files_and_follow_them() {
     })
     .await;
 }
+
+/// An HTTPS bundle endpoint of our own on `localhost` (the web certificate
+/// of [`web_pki`]) that serves `jwks` and counts the requests it answers.
+async fn counting_bundle_endpoint(
+    dir: &Path,
+    jwks: String,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(dir.join("web.pem"))
+        .expect("web.pem")
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("web.key")).expect("web.key");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count, jwks) = (acceptor.clone(), count.clone(), jwks.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    match tls.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                if tls.write_all(response.as_bytes()).await.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, served)
+}
+
+/// `federates_with[].refresh` is the interval when given: of two endpoints
+/// whose bundles both say "come back in an hour" (`spiffe_refresh_hint`),
+/// the one with `refresh: 1s` is fetched every second, the other once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_is_the_fetch_interval_whatever_the_hint() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    web_pki(dir);
+    let aws_ca = Ca::init(&dir.join("aws-ca"), "aws.example");
+    let mut endpoints = Vec::new();
+    for domain in ["gcp.example", "azure.example"] {
+        let ca = Ca::init(&dir.join(domain), domain);
+        let out = appid(&["authority", "ca", "bundle", "--dir", path_str(&ca.dir)]);
+        let mut jwks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JWKS");
+        jwks["spiffe_refresh_hint"] = serde_json::json!(3600);
+        endpoints.push(counting_bundle_endpoint(dir, jwks.to_string()).await);
+    }
+    let (refreshed, hinted) = (&endpoints[0], &endpoints[1]);
+    let yaml = format!(
+        "federates_with:\n\
+         \x20 - {{ trust_domain: gcp.example, url: \"https://localhost:{}\", web_roots: webca.pem, refresh: 1s }}\n\
+         \x20 - {{ trust_domain: azure.example, url: \"https://localhost:{}\", web_roots: webca.pem }}\n",
+        refreshed.0, hinted.0
+    );
+    let file = dir.join("aws-federation.yaml");
+    std::fs::write(&file, yaml).expect("federation");
+    let (aws, _) = authority::serve(
+        &aws_ca,
+        &["--federation", path_str(&file)],
+        dir.join("aws-authority.log"),
+    );
+    let count =
+        |served: &std::sync::atomic::AtomicUsize| served.load(std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    while count(&refreshed.1) < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the `refresh: 1s` endpoint was fetched {} times\n{}",
+            count(&refreshed.1),
+            aws.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(&hinted.1),
+        1,
+        "the endpoint without `refresh` follows its hour-long hint\n{}",
+        aws.log()
+    );
+}
