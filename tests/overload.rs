@@ -223,13 +223,8 @@ async fn mesh_tls(
     cert: &support::pki::Cert,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    let (chain, key) = chain_and_key(cert);
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -283,17 +278,26 @@ async fn rogue_peer_with(
     Held((sender, streams), driver)
 }
 
+/// The `api` sidecar of `env` in front of a [`bulk_app`], allowing `web`,
+/// with `limits`; and its inbound port.
+async fn bulk_server(
+    env: &support::mesh::Env,
+    limits: &[(&str, &str)],
+) -> (support::sidecar::Sidecar, u16) {
+    let app = bulk_app().await;
+    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
+    let port = net::free_port();
+    let mut builder = env.sidecar("api", &env.api, &policy).inbound(port, app);
+    for (key, value) in limits {
+        builder = builder.limit(key, value);
+    }
+    (builder.start().await, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_holds_only_its_share_of_memory() {
     let env = support::mesh::Env::new();
-    let app = bulk_app().await;
-    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
-    let server_port = net::free_port();
-    let server = env
-        .sidecar("api", &env.api, &policy)
-        .inbound(server_port, app)
-        .start()
-        .await;
+    let (server, server_port) = bulk_server(&env, &[]).await;
     // Another workload allowed to call the same app, with its own identity.
     let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
     let other = env.issue("other", "ns/shop/sa/other", &["app=web"], &[]);
@@ -378,15 +382,8 @@ async fn the_byte_budget_is_max_buffer_bytes() {
     const BUDGET: usize = 8 << 20;
     soak::raise_fd_limit();
     let env = support::mesh::Env::new();
-    let app = bulk_app().await;
-    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
-    let server_port = net::free_port();
-    let server = env
-        .sidecar("api", &env.api, &policy)
-        .inbound(server_port, app)
-        .limit("max_buffer_bytes", &BUDGET.to_string())
-        .start()
-        .await;
+    let budget = BUDGET.to_string();
+    let (server, server_port) = bulk_server(&env, &[("max_buffer_bytes", &budget)]).await;
     let mut rogues = Vec::new();
     for i in 0..ROGUE_PEERS {
         let cert = env.issue(
@@ -552,13 +549,7 @@ async fn a_ping_flood_inside_a_tunnel_is_closed() {
         .await;
     let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
     let mut tls = mesh_tls(net::local(port), &web, b"appid-mux/1").await;
-    let mut flood =
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
-    for i in 0..5_000u64 {
-        flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
-        flood.extend_from_slice(&i.to_be_bytes());
-    }
-    let _ = tls.write_all(&flood).await;
+    let _ = tls.write_all(&support::rogue::ping_flood(true)).await;
     // The sidecar's answers, then the end of the connection.
     let mut sink = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut sink)).await;
@@ -567,18 +558,7 @@ async fn a_ping_flood_inside_a_tunnel_is_closed() {
         "the flooding tunnel is still open\n{}",
         server.context()
     );
-    support::poll_until(
-        "the flood to be counted",
-        Duration::from_secs(10),
-        || server.context(),
-        || async {
-            let floods = server
-                .metric("appid_h2_floods_closed_total{direction=\"inbound\"}")
-                .await;
-            (floods >= 1.0).then_some(())
-        },
-    )
-    .await;
+    flood_counted(&server, "inbound").await;
 }
 
 /// The same flood from the other end: a peer that answers the client
@@ -603,12 +583,7 @@ async fn a_ping_flood_from_a_tunnels_server_is_closed() {
     let rogue = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut tls = acceptor.accept(tcp).await.expect("the mesh handshake");
-        let mut flood = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
-        for i in 0..5_000u64 {
-            flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
-            flood.extend_from_slice(&i.to_be_bytes());
-        }
-        let _ = tls.write_all(&flood).await;
+        let _ = tls.write_all(&support::rogue::ping_flood(false)).await;
         // The client's answers, then the end of the connection.
         let mut sink = Vec::new();
         tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut sink))
@@ -624,30 +599,43 @@ async fn a_ping_flood_from_a_tunnels_server_is_closed() {
         "the flooded tunnel is still open\n{}",
         client.context()
     );
+    flood_counted(&client, "outbound").await;
+}
+
+/// Waits for `sidecar` to count a connection closed for a flood in
+/// `direction`.
+async fn flood_counted(sidecar: &support::sidecar::Sidecar, direction: &str) {
+    let sample = format!("appid_h2_floods_closed_total{{direction=\"{direction}\"}}");
     support::poll_until(
         "the flood to be counted",
         Duration::from_secs(10),
-        || client.context(),
-        || async {
-            let floods = client
-                .metric("appid_h2_floods_closed_total{direction=\"outbound\"}")
-                .await;
-            (floods >= 1.0).then_some(())
-        },
+        || sidecar.context(),
+        || async { (sidecar.metric(&sample).await >= 1.0).then_some(()) },
     )
     .await;
+}
+
+/// `cert`'s certificate chain and private key, as rustls takes them.
+fn chain_and_key(
+    cert: &support::pki::Cert,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    (chain, key)
 }
 
 /// A TLS 1.3 server with the certificate `cert`, selecting ALPN `alpn`; it
 /// asks for no client certificate.
 fn mesh_acceptor(cert: &support::pki::Cert, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    let (chain, key) = chain_and_key(cert);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

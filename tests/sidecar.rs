@@ -1648,6 +1648,25 @@ rules:
     http: { paths: [\"/public/**\"] }
 ";
 
+/// A server sidecar for `api` in front of an [`HttpApp`] on an explicit
+/// inbound port, under [`PLAIN_PUBLIC`], with `limits`; returns the
+/// environment (its directory outlives the sidecar), the app, the sidecar
+/// and the port.
+async fn public_server(limits: &[(&str, &str)]) -> (Env, HttpApp, Sidecar, u16) {
+    let env = Env::new();
+    let app = HttpApp::start().await;
+    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
+    let inbound = free_port();
+    let mut builder = env
+        .sidecar("server", &env.api, &policy)
+        .inbound(inbound, app.addr);
+    for (key, value) in limits {
+        builder = builder.limit(key, value);
+    }
+    let sidecar = builder.start().await;
+    (env, app, sidecar, inbound)
+}
+
 const LOCAL_PLAIN: &str = "\
 version: 1
 default: deny
@@ -1792,15 +1811,7 @@ async fn the_audit_log_reopens_on_sighup_and_a_full_disk_makes_the_sidecar_unrea
 /// are cut to 1 KiB, repeats within a second are counted into one line).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_requests_with_huge_paths_cannot_flood_the_audit_log() {
-    let env = Env::new();
-    let app = HttpApp::start().await;
-    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
-    let inbound = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(inbound, app.addr)
-        .start()
-        .await;
+    let (_env, app, sidecar, inbound) = public_server(&[]).await;
     let request = format!(
         "GET /admin/{} HTTP/1.1\r\nHost: api.test\r\n\r\n",
         "a".repeat(60_000)
@@ -1863,17 +1874,8 @@ async fn denied_requests_with_huge_paths_cannot_flood_the_audit_log() {
 /// `audit_log_keep` rotated files stay, each of whole lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_rotates_at_its_size_cap() {
-    let env = Env::new();
-    let app = HttpApp::start().await;
-    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
-    let inbound = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(inbound, app.addr)
-        .limit("audit_log_max_bytes", "4096")
-        .limit("audit_log_keep", "2")
-        .start()
-        .await;
+    let (_env, _app, sidecar, inbound) =
+        public_server(&[("audit_log_max_bytes", "4096"), ("audit_log_keep", "2")]).await;
     let mut session = H1Session::connect(local(inbound)).await;
     for i in 0..100 {
         let (status, _) = session.get(&format!("/public/{i}")).await.unwrap();
@@ -1927,22 +1929,9 @@ async fn the_audit_log_rotates_at_its_size_cap() {
 /// closed, counted and audited; other clients keep being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_ping_flood_is_closed_and_others_are_served() {
-    let env = Env::new();
-    let app = HttpApp::start().await;
-    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
-    let inbound = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(inbound, app.addr)
-        .start()
-        .await;
+    let (_env, _app, sidecar, inbound) = public_server(&[]).await;
 
-    let mut flood =
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
-    for i in 0..5_000u64 {
-        flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
-        flood.extend_from_slice(&i.to_be_bytes());
-    }
+    let flood = support::rogue::ping_flood(true);
     let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
     let _ = stream.write_all(&flood).await;
     let mut answers = Vec::new();
@@ -1975,15 +1964,7 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_that_follow_data_are_not_a_flood() {
     const PINGS: usize = 3_000;
-    let env = Env::new();
-    let app = HttpApp::start().await;
-    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
-    let inbound = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(inbound, app.addr)
-        .start()
-        .await;
+    let (_env, _app, sidecar, inbound) = public_server(&[]).await;
     let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
         let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         f.extend_from_slice(&[kind, flags]);
@@ -2085,17 +2066,8 @@ async fn pings_that_follow_data_are_not_a_flood() {
 /// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_is_dialled_for_the_first_allowed_request_only() {
-    let env = Env::new();
-    let app = HttpApp::start().await;
-    let policy = env.policy("policy.yaml", PLAIN_PUBLIC);
-    let inbound = free_port();
-    let sidecar = env
-        .sidecar("server", &env.api, &policy)
-        .inbound(inbound, app.addr)
-        .limit("http_idle_timeout", "2s")
-        .limit("drain_timeout", "1s")
-        .start()
-        .await;
+    let (_env, app, sidecar, inbound) =
+        public_server(&[("http_idle_timeout", "2s"), ("drain_timeout", "1s")]).await;
     let address = local(inbound);
 
     // HTTP/1.1: two denied requests on one connection.

@@ -61,3 +61,19 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// An HTTP/2 control-frame flood: an empty SETTINGS and 5 000 PINGs, after
+/// the client connection preface when `preface` (the flooder is the
+/// client).
+pub fn ping_flood(preface: bool) -> Vec<u8> {
+    let mut flood = Vec::new();
+    if preface {
+        flood.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    }
+    flood.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    for i in 0..5_000u64 {
+        flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
+        flood.extend_from_slice(&i.to_be_bytes());
+    }
+    flood
+}
