@@ -125,8 +125,8 @@ pub fn run(args: IssueArgs) -> anyhow::Result<ExitCode> {
         eprintln!("appid: warning: a TTL over a day defeats short-lived credentials");
     }
     if args.attestation != Attestation::Manual {
-        // Policy on `from.attestation` trusts the issuer; this one checked
-        // nothing but the CA key's file permissions.
+        // Policy on `from.attestation` trusts the issuer, and an offline
+        // issue attests nothing.
         eprintln!(
             "appid: warning: the certificate says `attestation: {}`, but this command attested nothing; \
              rules on `from.attestation` trust whoever holds the CA key (`appid authority serve` attests for real)",

@@ -117,6 +117,7 @@ where
     // gone like an app that broke HTTP/2 (its streams answered, the client
     // told to reconnect); the client did nothing to be audited for.
     let upstream = FrameBudget::new(upstream, false);
+    let app_flooded = upstream.tripped();
     let mut relay = Relay::new(downstream, upstream, authorizer, peer_headers, limits);
     let stop = shutdown.started();
     tokio::pin!(stop);
@@ -129,6 +130,11 @@ where
         relay.poll(cx)
     })
     .await;
+    if app_flooded.load(Ordering::Relaxed) {
+        tracing::info!(
+            "the side requests were relayed to sent an HTTP/2 control frame flood: cut off"
+        );
+    }
     match ended {
         Err(_) if flooded.load(Ordering::Relaxed) => Err(HttpProxyError::Flood),
         ended => ended,
