@@ -1078,17 +1078,8 @@ mod h2raw {
 
     // --- Writing
 
-    /// One frame: the 9-byte header, then the payload.
-    fn encode_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let length = payload.len() as u32;
-        let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-        out.extend_from_slice(&length.to_be_bytes()[1..]); // 24 bits
-        out.push(kind);
-        out.push(flags);
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
+    // One frame: the 9-byte header, then the payload.
+    use crate::support::rogue::h2_frame as encode_frame;
 
     /// An HPACK integer (RFC 7541 §5.1): `value` in the low `prefix_bits`
     /// bits of a first byte whose high bits are `first`. A value that does

@@ -1965,13 +1965,7 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
 async fn pings_that_follow_data_are_not_a_flood() {
     const PINGS: usize = 3_000;
     let (_env, _app, sidecar, inbound) = public_server(&[]).await;
-    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.extend_from_slice(&[kind, flags]);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    };
+    let frame = support::rogue::h2_frame;
     let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE 16 MiB; the connection's window alike.

@@ -62,6 +62,19 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
     }
 }
 
+/// One raw HTTP/2 frame: the 9-byte header (24-bit length, type, flags,
+/// stream), then the payload.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = payload.len() as u32;
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&length.to_be_bytes()[1..]); // 24 bits
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// An HTTP/2 control-frame flood: an empty SETTINGS and 5 000 PINGs, after
 /// the client connection preface when `preface` (the flooder is the
 /// client).
@@ -70,10 +83,9 @@ pub fn ping_flood(preface: bool) -> Vec<u8> {
     if preface {
         flood.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     }
-    flood.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    flood.extend(h2_frame(0x4, 0, 0, &[]));
     for i in 0..5_000u64 {
-        flood.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
-        flood.extend_from_slice(&i.to_be_bytes());
+        flood.extend(h2_frame(0x6, 0, 0, &i.to_be_bytes()));
     }
     flood
 }

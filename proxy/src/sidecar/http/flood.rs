@@ -18,7 +18,10 @@
 //! - RST_STREAM frames: one per HEADERS frame either side sent in the
 //!   connection's life (a pooled tunnel may end every stream with one, however
 //!   late: a stream lingers up to seconds before its reset), and beyond those
-//!   [`CONTROL_PER_SECOND`] (rapid open-and-reset is bounded by h2 itself);
+//!   [`CONTROL_PER_SECOND`]. Opening a stream to reset it is bounded where
+//!   streams are opened, not here: on a tunnel by h2's limits, in the relay
+//!   only by [`super::relay::MAX_STREAMS`] at a time (each such request is
+//!   authorized, audited and forwarded);
 //! - WINDOW_UPDATE frames, [`CONTROL_PER_SECOND`] plus one per
 //!   [`WINDOW_UPDATE_BYTES`] written to the peer in that second (a receiver
 //!   acknowledges what it was sent; Envoy bounds them the same way).
