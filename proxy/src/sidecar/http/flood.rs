@@ -18,10 +18,11 @@
 //! - RST_STREAM frames: one per HEADERS frame either side sent in the
 //!   connection's life (a pooled tunnel may end every stream with one, however
 //!   late: a stream lingers up to seconds before its reset), and beyond those
-//!   [`CONTROL_PER_SECOND`]. Opening a stream to reset it is bounded where
-//!   streams are opened, not here: on a tunnel by h2's limits, in the relay
-//!   only by [`super::relay::MAX_STREAMS`] at a time (each such request is
-//!   authorized, audited and forwarded);
+//!   [`CONTROL_PER_SECOND`]. Opening a stream to reset it is judged where
+//!   streams are opened, not here: on a tunnel by h2's limits (a stream
+//!   reset before its first byte is withdrawn: nothing reaches the app), in
+//!   the relay by its rapid reset rule (`relay::rapid_reset`: most
+//!   requests cancelled as soon as sent end the connection);
 //! - WINDOW_UPDATE frames, [`CONTROL_PER_SECOND`] plus one per
 //!   [`WINDOW_UPDATE_BYTES`] written to the peer in that second (a receiver
 //!   acknowledges what it was sent; Envoy bounds them the same way).

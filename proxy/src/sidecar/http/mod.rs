@@ -387,6 +387,11 @@ pub enum HttpProxyError {
     /// ([`flood`]); the connection was closed.
     #[error("HTTP/2 control frame flood")]
     Flood,
+    /// The client cancelled most of its requests as soon as it sent them
+    /// ([`relay`]'s rapid reset rule, CVE-2023-44487); the connection was
+    /// closed.
+    #[error("HTTP/2 rapid reset")]
+    RapidReset,
 }
 
 /// Proxies one HTTP connection until it ends or `shutdown` resolves (then

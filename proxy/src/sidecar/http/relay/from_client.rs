@@ -13,13 +13,14 @@ use tokio::time::Instant;
 use super::frame::{self, Head};
 use super::header_list::{HeaderList, visible_ascii};
 use super::hpack::{Block, BlockError, Decoded};
+use super::rapid_reset::Verdict;
 use super::{
     App, MAX_UNACKED_SETTINGS, Origin, Relay, Stream, declared_length, padded_value,
     settings_acked, settle_content_length, within_declared,
 };
 use crate::sidecar::http::{
-    DENIED_BY_HEADER, Malformed, PEER_CLAIMS_HEADER, PEER_ID_HEADER, Refusal, RequestDecision,
-    authorize_request, is_appid_header,
+    DENIED_BY_HEADER, HttpProxyError, Malformed, PEER_CLAIMS_HEADER, PEER_ID_HEADER, Refusal,
+    RequestDecision, authorize_request, is_appid_header,
 };
 use crate::sidecar::trace::{self, TRACEPARENT, TRACESTATE};
 
@@ -92,6 +93,15 @@ where
                     tracing::debug!(parent: &stream.span, ?reason, "client reset its stream");
                     frame::put_reset(&mut self.to_app, head.stream, reason);
                     self.note_closed();
+                    if self.rapid_reset.reset(stream.started.elapsed()) == Verdict::RapidReset {
+                        let (forwarded, cancelled) = self.rapid_reset.counts();
+                        tracing::info!(
+                            forwarded,
+                            cancelled,
+                            "HTTP/2 rapid reset: most requests cancelled as soon as sent; connection closed"
+                        );
+                        self.end_connection(Reason::ENHANCE_YOUR_CALM, HttpProxyError::RapidReset);
+                    }
                 }
                 Ok(())
             }
@@ -379,6 +389,7 @@ where
             return;
         }
         self.app_writer.write(&mut self.to_app, id, &fields, end);
+        self.rapid_reset.forwarded();
         self.streams.insert(
             id,
             Stream {

@@ -59,6 +59,7 @@ mod from_client;
 mod header_list;
 mod hpack;
 mod huffman;
+mod rapid_reset;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -78,6 +79,7 @@ use self::encode::BlockWriter;
 use self::frame::Head;
 use self::header_list::HeaderList;
 use self::hpack::HeaderBlocks;
+use self::rapid_reset::RapidReset;
 use super::flood::FrameBudget;
 use super::h1::framing::{ContentLength, FramingError};
 use super::{HttpLimits, HttpProxyError, PeerHeaders, RequestAuthorizer, Shutdown};
@@ -212,6 +214,9 @@ struct Relay<D, U> {
     streams: HashMap<u32, Stream, foldhash::fast::RandomState>,
     /// The highest stream ID the client opened.
     last_stream: u32,
+    /// Requests passed to the app and how many the client cancelled at
+    /// once ([`rapid_reset`]).
+    rapid_reset: RapidReset,
     /// Streams the app accepts, from its SETTINGS (at most ours).
     max_streams: u32,
     /// The app's first SETTINGS arrived.
@@ -281,6 +286,7 @@ where
             pre_dial_window: 0,
             streams: HashMap::default(),
             last_stream: 0,
+            rapid_reset: RapidReset::default(),
             max_streams: STREAMS_BEFORE_APP_SETTINGS,
             app_settled: false,
             going_away: None,
@@ -372,6 +378,11 @@ where
                     input.advance(head.frame_len());
                     if let Err(reason) = handled {
                         self.connection_error(reason);
+                        return Ok(true);
+                    }
+                    if self.failed.is_some() {
+                        // The frame ended the connection itself (a rapid
+                        // reset): nothing after it is read.
                         return Ok(true);
                     }
                     continue;

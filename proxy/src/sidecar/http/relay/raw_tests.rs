@@ -85,19 +85,35 @@ impl Peer {
     }
 
     async fn send_head(&mut self, stream: u32, pseudo: Pseudo, end: bool) {
+        let mut out = BytesMut::new();
+        self.encode_head(stream, pseudo, end, &mut out);
+        self.send(&out).await;
+    }
+
+    fn encode_head(&mut self, stream: u32, pseudo: Pseudo, end: bool, out: &mut BytesMut) {
         let mut head = Headers::new(StreamId::from(stream), pseudo, HeaderMap::new());
         if end {
             head.set_end_stream();
         }
-        let mut out = BytesMut::new();
-        self.blocks.encode(head, &mut out);
-        self.send(&out).await;
+        self.blocks.encode(head, out);
     }
 
     async fn request(&mut self, stream: u32, method: Method, path: &str, end: bool) {
+        let mut out = BytesMut::new();
+        self.encode_request(stream, method, path, end, &mut out);
+        self.send(&out).await;
+    }
+
+    fn encode_request(
+        &mut self,
+        stream: u32,
+        method: Method,
+        path: &str,
+        end: bool,
+        out: &mut BytesMut,
+    ) {
         let uri: Uri = format!("http://api.test{path}").parse().unwrap();
-        self.send_head(stream, Pseudo::request(method, uri, None), end)
-            .await;
+        self.encode_head(stream, Pseudo::request(method, uri, None), end, out);
     }
 
     /// The next frame; `None` at the end of the connection.
@@ -1122,4 +1138,101 @@ async fn heads_that_are_no_request_are_audited() {
             "malformed: request head too large"
         ]
     );
+}
+
+/// The raw app for the rapid reset tests: its handshake, then a `200` with
+/// END_STREAM for every request head (a reset may cross it: the relay
+/// drops answers on streams it no longer has); returns how many heads it
+/// got once the relay closes its connection.
+fn answering_app(mut app: Peer) -> JoinHandle<usize> {
+    tokio::spawn(async move {
+        // The handshake of `app_handshake`, but the relay may close the
+        // connection before the app has written its part.
+        let mut preface = [0u8; 24];
+        app.io.read_exact(&mut preface).await.unwrap();
+        let mut out = BytesMut::new();
+        frame::put_settings(&mut out, &[]);
+        frame::put_settings_ack(&mut out);
+        let _ = app.io.write_all(&out).await;
+        let mut heads = 0;
+        while let Some(got) = app.frame().await {
+            if got.head.kind == frame::HEADERS {
+                heads += 1;
+                let mut out = BytesMut::new();
+                let ok = Pseudo::response(StatusCode::OK);
+                app.encode_head(got.head.stream, ok, true, &mut out);
+                // The relay may have closed the connection already.
+                if app.io.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        }
+        heads
+    })
+}
+
+/// Rapid reset (CVE-2023-44487): a client that cancels every request as
+/// soon as it sent it is cut off once it has made the app start
+/// `MIN_REQUESTS` of them, however few were open at a time.
+#[tokio::test]
+async fn requests_reset_as_soon_as_sent_end_the_connection() {
+    use super::rapid_reset::MIN_REQUESTS;
+    let (mut client, app, relay) = start_ending();
+    let app = answering_app(app);
+    client_preface(&mut client).await;
+    // In one write: the relay may close the connection before it is all read.
+    let mut out = BytesMut::new();
+    for i in 0..2 * MIN_REQUESTS as u32 {
+        let stream = 2 * i + 1;
+        client.encode_request(stream, Method::GET, "/ok", true, &mut out);
+        frame::put_reset(&mut out, stream, Reason::CANCEL);
+    }
+    let _ = client.io.write_all(&out).await;
+    let seen = client
+        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
+        .await;
+    assert_eq!(
+        go_away_reason(seen.last().unwrap()),
+        Reason::ENHANCE_YOUR_CALM
+    );
+    let error = ended(client, relay).await;
+    assert!(matches!(error, HttpProxyError::RapidReset), "{error}");
+    let heads = tokio::time::timeout(HANG, app).await.unwrap().unwrap();
+    assert!(
+        (1..=MIN_REQUESTS as usize).contains(&heads),
+        "{heads} requests reached the app"
+    );
+}
+
+/// What a rapid reset is not: a client that cancels one request for each
+/// that runs (a hedged call's loser), on and on, keeps its connection.
+#[tokio::test]
+async fn one_request_cancelled_for_each_that_runs_is_carried() {
+    use super::rapid_reset::MIN_REQUESTS;
+    let (mut client, app, relay) = start_ending();
+    let app = answering_app(app);
+    client_preface(&mut client).await;
+    let pairs = 2 * MIN_REQUESTS as u32;
+    for i in 0..pairs {
+        let (runs, cancelled) = (4 * i + 1, 4 * i + 3);
+        client.request(runs, Method::GET, "/ok", true).await;
+        let mut out = BytesMut::new();
+        client.encode_request(cancelled, Method::GET, "/ok", true, &mut out);
+        frame::put_reset(&mut out, cancelled, Reason::CANCEL);
+        client.send(&out).await;
+    }
+    let last = 4 * pairs + 1;
+    client.request(last, Method::GET, "/ok", true).await;
+    let seen = client
+        .until("the last answer", |g| is_headers_on(last)(g))
+        .await;
+    assert!(
+        !seen.iter().any(|g| g.head.kind == frame::GOAWAY),
+        "GOAWAY before the last answer"
+    );
+    assert_eq!(status(seen.last().unwrap()), Some(StatusCode::OK));
+    assert!(!relay.is_finished());
+    drop(client);
+    let heads = tokio::time::timeout(HANG, app).await.unwrap().unwrap();
+    assert_eq!(heads, 2 * pairs as usize + 1);
 }
