@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaError, KeyAlg};
 use crate::identity::ca_rotation;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::verify::{PeerRole, TrustBundle};
-use crate::sidecar::shares::Shares;
+use crate::sidecar::shares::{Shares, Source};
 use crate::sidecar::tls::{self, ClientAuth, LocalIdentity, TlsState};
 
 /// Largest request body accepted.
@@ -108,7 +108,7 @@ pub async fn serve(
     // (`bounded_http::held`), so silent handshakes from a few addresses
     // cannot keep sidecars from renewing.
     let admission = Arc::new(Admission::new(MAX_CONNECTIONS, MAX_PER_SOURCE));
-    let sources: Shares<IpAddr> = Shares::new(MAX_PER_SOURCE);
+    let sources: Shares<Source> = Shares::new(MAX_PER_SOURCE);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(stop);
     loop {
@@ -123,11 +123,12 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let Some(share) = sources.take(&peer.ip()) else {
+        let source = Source::of(peer.ip());
+        let Some(share) = sources.take(&source) else {
             tracing::debug!(%peer, "the source holds its share of connections; closed");
             continue;
         };
-        let Some(admitted) = admission.admit(peer.ip(), Phase::Handshake) else {
+        let Some(admitted) = admission.admit(source, Phase::Handshake) else {
             tracing::debug!(%peer, "full, none may give way, as many waiting; closed");
             continue;
         };

@@ -30,8 +30,8 @@
 //! Many addresses holding a few connections each can still crowd a server
 //! (as any service on a network they reach): that is for a network policy.
 
+use crate::sidecar::shares::Source;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -66,7 +66,7 @@ pub enum Eviction {
 /// One held connection.
 #[derive(Debug)]
 pub struct Connection {
-    source: IpAddr,
+    source: Source,
     state: Mutex<(Phase, Instant)>,
     fate: Mutex<Fate>,
     notice: Notify,
@@ -76,7 +76,7 @@ pub struct Connection {
 /// goes; all set at once, under [`Held`]'s lock.
 #[derive(Debug, Default)]
 struct Fate {
-    told: Option<(Eviction, IpAddr)>,
+    told: Option<(Eviction, Source)>,
     handoff: Option<oneshot::Sender<OwnedSemaphorePermit>>,
     /// Its slot is given up already: never chosen.
     gone: bool,
@@ -134,7 +134,7 @@ pub enum Admitted {
 /// A newcomer waiting for a slot: handed one by the connection that gives
 /// way to it, or queued (holding a place among those waiting).
 pub struct Later {
-    source: IpAddr,
+    source: Source,
     phase: Phase,
     handed: Option<oneshot::Receiver<OwnedSemaphorePermit>>,
     queued: Option<OwnedSemaphorePermit>,
@@ -154,7 +154,7 @@ impl Admission {
 
     /// A newcomer from `source`, starting in `phase`: a slot now, a place
     /// to wait for one, or `None` (close it).
-    pub fn admit(&self, source: IpAddr, phase: Phase) -> Option<Admitted> {
+    pub fn admit(&self, source: Source, phase: Phase) -> Option<Admitted> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(Admitted::Now(self.slot(permit, source, phase)));
         }
@@ -214,7 +214,7 @@ impl Admission {
         }
     }
 
-    fn slot(&self, permit: OwnedSemaphorePermit, source: IpAddr, phase: Phase) -> Slot {
+    fn slot(&self, permit: OwnedSemaphorePermit, source: Source, phase: Phase) -> Slot {
         Slot {
             permit: Some(permit),
             connection: self.held.register(source, phase),
@@ -225,7 +225,7 @@ impl Admission {
 impl Held {
     /// Registers a new connection from `source`, the newest, in `phase`;
     /// it leaves when dropped.
-    fn register(&self, source: IpAddr, phase: Phase) -> Arc<Connection> {
+    fn register(&self, source: Source, phase: Phase) -> Arc<Connection> {
         let connection = Arc::new(Connection {
             source,
             state: Mutex::new((phase, Instant::now())),
@@ -244,7 +244,7 @@ impl Held {
     /// Chosen and told under one lock: two newcomers never pick the same.
     fn make_room(
         &self,
-        source: IpAddr,
+        source: Source,
         big: usize,
     ) -> Option<oneshot::Receiver<OwnedSemaphorePermit>> {
         let mut connections = lock(&self.connections);
@@ -252,7 +252,7 @@ impl Held {
         let live: Vec<Arc<Connection>> = connections.iter().filter_map(Weak::upgrade).collect();
         // What each address holds: a connection told to give way counts for
         // the address it gives way to.
-        let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+        let mut counts: HashMap<Source, usize> = HashMap::new();
         let mut candidates = Vec::with_capacity(live.len());
         for connection in &live {
             let fate = lock(&connection.fate);
@@ -376,8 +376,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([10, 0, 0, last])
+    fn ip(last: u8) -> Source {
+        Source::of(std::net::IpAddr::from([10, 0, 0, last]))
     }
 
     /// Rule 1 for addresses holding at least 2 (a share of 4).

@@ -19,7 +19,6 @@ pub(crate) mod held;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::sidecar::shares::Shares;
+use crate::sidecar::shares::{Shares, Source};
 use held::{Admission, Admitted, Connection, InRequest, Phase};
 pub use held::{EVICT_AFTER, HANDSHAKE_EVICT_AFTER};
 
@@ -107,7 +106,7 @@ async fn serve_maybe_tls<H, Fut>(
         limits.max_connections,
         limits.max_per_source,
     ));
-    let sources: Shares<IpAddr> = Shares::new(limits.max_per_source);
+    let sources: Shares<Source> = Shares::new(limits.max_per_source);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
@@ -134,7 +133,8 @@ async fn serve_maybe_tls<H, Fut>(
         };
         // Small request-response exchanges: no Nagle delay.
         let _ = stream.set_nodelay(true);
-        let Some(share) = sources.take(&peer.ip()) else {
+        let source = Source::of(peer.ip());
+        let Some(share) = sources.take(&source) else {
             tracing::debug!(%peer, "{what}: the source holds its share of connections; closed");
             continue;
         };
@@ -142,7 +142,7 @@ async fn serve_maybe_tls<H, Fut>(
             Some(_) => Phase::Handshake,
             None => Phase::AwaitingHead,
         };
-        let Some(admitted) = admission.admit(peer.ip(), phase) else {
+        let Some(admitted) = admission.admit(source, phase) else {
             tracing::debug!(%peer, "{what}: full, none may give way, as many waiting; closed");
             continue;
         };

@@ -229,7 +229,7 @@ pub struct Shared {
     /// Callers outside the mesh per source address: at most an eighth of
     /// the inbound budget each, so one address cannot hold all of their
     /// half (as in detection, [`pending::Pending`]).
-    unauthenticated_sources: shares::Shares<std::net::IpAddr>,
+    unauthenticated_sources: shares::Shares<shares::Source>,
     /// Inbound connections still in protocol detection (evicted, oldest
     /// first, to make room when the inbound budget is full).
     pending: pending::Pending,
@@ -341,8 +341,8 @@ impl Shared {
     fn admit_unauthenticated(
         &self,
         ip: std::net::IpAddr,
-    ) -> Option<(OwnedSemaphorePermit, shares::ShareGuard<std::net::IpAddr>)> {
-        let Some(share) = self.unauthenticated_sources.take(&ip) else {
+    ) -> Option<(OwnedSemaphorePermit, shares::ShareGuard<shares::Source>)> {
+        let Some(share) = self.unauthenticated_sources.take(&shares::Source::of(ip)) else {
             self.metrics
                 .connection_refused(MetricsDirection::Inbound, "max_unauthenticated_per_source");
             return None;

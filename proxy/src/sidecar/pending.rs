@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::shares::{ShareGuard, Shares};
+use super::shares::{ShareGuard, Shares, Source};
 
 /// How long a connection must have been in detection before it may be
 /// evicted for a newcomer.
@@ -82,11 +82,11 @@ pub struct Pending {
     silent: Queue,
     unfinished: Queue,
     handshaking: Queue,
-    sources: Shares<IpAddr>,
+    sources: Shares<Source>,
 }
 
 /// One source's connection in detection, counted until dropped.
-pub type SourceGuard = ShareGuard<IpAddr>;
+pub type SourceGuard = ShareGuard<Source>;
 
 /// One connection in a stage; dropping it (stage over) leaves the queue.
 #[derive(Debug)]
@@ -113,7 +113,7 @@ impl Pending {
     /// Counts a connection from `ip` entering detection, or `None` when
     /// that source has [`Pending::new`]'s `per_source` in detection already.
     pub fn source(&self, ip: IpAddr) -> Option<SourceGuard> {
-        self.sources.take(&ip)
+        self.sources.take(&Source::of(ip))
     }
 
     fn queue(&self, stage: Stage) -> &Queue {
