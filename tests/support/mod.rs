@@ -24,6 +24,7 @@ pub mod rogue;
 pub mod sidecar;
 pub mod soak;
 pub mod stats;
+pub mod workload;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

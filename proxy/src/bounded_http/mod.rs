@@ -50,7 +50,8 @@ pub struct ServerLimits {
     pub connection_lifetime: Duration,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Connections one source address may hold at once.
+    /// Connections one source ([`crate::sidecar::shares::Source`]: an IPv4
+    /// address or an IPv6 /64) may hold at once.
     pub max_per_source: usize,
     /// Largest request head accepted.
     pub max_head_bytes: usize,

@@ -26,7 +26,7 @@
 //! Bounds: plain HTTP/1.1, one request per connection, request heads of at
 //! most [`MAX_HEAD_BYTES`] within [`HEADER_READ_TIMEOUT`], at most
 //! [`MAX_CONNECTIONS`] served at once and [`MAX_PER_SOURCE`] from one
-//! address (its excess is closed); when all are held, one gives way to a
+//! source, an IPv4 address or IPv6 /64 (its excess is closed); when all are held, one gives way to a
 //! newcomer, fairly by address first (see `bounded_http`). So a scanner on
 //! the pod network can neither hold the port against kubelet nor turn it
 //! into a flood against the app's health endpoint.
@@ -53,7 +53,7 @@ use probes::{AppProbe, AppProbes};
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
-/// Connections one source address may hold at once.
+/// Connections one source (an IPv4 address or an IPv6 /64, [`crate::sidecar::shares::Source`]) may hold at once.
 pub const MAX_PER_SOURCE: usize = 8;
 /// Largest request head accepted.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;

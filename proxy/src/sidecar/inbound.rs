@@ -379,14 +379,11 @@ async fn serve_tunnel(
     };
     let mut going_away = false;
     loop {
+        // `biased`: no random start per poll (the connection is polled
+        // for every frame); the timers first, so a peer whose streams keep
+        // coming still meets them.
         let accepted = tokio::select! {
-            accepted = tunnel::Coalesce::new(accept()) => accepted,
-            () = &mut idle, if !going_away => {
-                connection.with(|c| c.graceful_shutdown());
-                going_away = true;
-                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
-                continue;
-            }
+            biased;
             () = &mut shutdown, if !going_away => {
                 connection.with(|c| c.graceful_shutdown());
                 going_away = true;
@@ -397,6 +394,13 @@ async fn serve_tunnel(
                 tracing::debug!(%peer_addr, "tunnel not drained in time; closing it");
                 break;
             }
+            () = &mut idle, if !going_away => {
+                connection.with(|c| c.graceful_shutdown());
+                going_away = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
+                continue;
+            }
+            accepted = tunnel::Coalesce::new(accept()) => accepted,
         };
         let (request, mut respond) = match accepted {
             None => break,

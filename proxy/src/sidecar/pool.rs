@@ -455,7 +455,10 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
         let closed = closed.clone();
         let metrics = shared.metrics.clone();
         async move {
+            // `biased`: no random start per poll (the connection is
+            // polled for every frame); it ends at most once.
             tokio::select! {
+                biased;
                 result = tunnel::Coalesce::new(connection) => {
                     if flooded.load(Ordering::Relaxed) {
                         tracing::info!(%destination, "tunnel closed: HTTP/2 control frame flood");

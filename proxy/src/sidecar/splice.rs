@@ -257,7 +257,11 @@ where
     let mut up_done = false;
     let mut down_done = false;
     let end = loop {
+        // `biased`: no random start per poll (one per chunk); each
+        // direction ends once, so none can starve the others.
         tokio::select! {
+            biased;
+            () = &mut revoked => break SpliceEnd::Revoked,
             result = &mut up, if !up_done => {
                 copied.to_upstream += result.bytes;
                 up_done = true;
@@ -279,7 +283,6 @@ where
                 }
             }
             () = &mut idle => break SpliceEnd::IdleTimeout,
-            () = &mut revoked => break SpliceEnd::Revoked,
         }
     };
     (end, copied)

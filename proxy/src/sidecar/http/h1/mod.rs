@@ -105,9 +105,15 @@ where
                 );
                 (started, inspected)
             });
+            // `biased` (here and in the other selects a request or a chunk
+            // passes through): polled in the order written, without the
+            // random start `select!` draws from a thread-local generator
+            // at every poll. Shutdown first, so a client whose requests keep
+            // coming still sees it.
             let head = tokio::select! {
-                head = read_head(&mut down_read, &mut down_buf, limits, inspect) => head,
+                biased;
                 () = &mut stop => return Ok(()),
+                head = read_head(&mut down_read, &mut down_buf, limits, inspect) => head,
             };
             let (head_len, (started, inspected)) = match head {
                 HeadRead::Complete(n, inspected) => (n, inspected),
@@ -200,6 +206,7 @@ where
                 tokio::pin!(send, relay);
                 loop {
                     tokio::select! {
+                        biased;
                         sent = &mut send, if !body_sent => match sent {
                             Ok(()) => body_sent = true,
                             Err(e) => {
