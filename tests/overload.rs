@@ -904,3 +904,309 @@ async fn one_peer_holds_at_most_half_of_the_inbound_connections() {
     assert!(shed >= 1.0, "not counted\n{}", mesh.context());
     drop(held);
 }
+
+// ---------------------------------------------------------------------------
+// A peer that ignores SETTINGS_MAX_CONCURRENT_STREAMS.
+
+/// Concurrent streams the server takes on one tunnel (the sidecar's
+/// `tunnel::MAX_STREAMS`; docs/appid-mux.md "Limits").
+const TUNNEL_MAX_STREAMS: u32 = 1000;
+/// HTTP/2 frame types and flags the rogue peer sends or reads.
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+/// RST_STREAM error codes.
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+
+/// A tunnel's server holds its peer to 1 000 concurrent streams even when
+/// the peer ignores SETTINGS_MAX_CONCURRENT_STREAMS: over one
+/// `appid-mux/1` connection, a rogue peer (a real `web` certificate) sends
+/// 1 001 CONNECTs at once, each of the first 1 000 with a few bytes for an
+/// echo app. The server advertised 1 000; the first 1 000 are answered
+/// `200` and echoed, the 1 001st is refused with
+/// RST_STREAM(REFUSED_STREAM) and never reaches the app (the app saw 1 000
+/// connections), and the tunnel stays open: once the peer resets one
+/// stream, a new one is answered. (The default `max_connections` leaves
+/// one peer identity room for all of them: checked first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_takes_at_most_1000_concurrent_streams_from_a_peer_that_ignores_the_limit() {
+    let frame = support::rogue::h2_frame;
+    soak::raise_fd_limit();
+    // The sidecar caps `max_connections` (default 10 000) at an eighth of
+    // its descriptor limit, and one peer holds half of that: the tunnel and
+    // 1 001 streams (one of them ending) must fit, or the peer's share
+    // refuses streams before the stream limit does.
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let per_peer = (nofile / 8).min(10_000) / 2;
+    assert!(
+        per_peer >= u64::from(TUNNEL_MAX_STREAMS) + 2,
+        "RLIMIT_NOFILE {nofile} leaves one peer {per_peer} connections: too few to test the stream limit"
+    );
+    let env = support::mesh::Env::new();
+    let echo = support::apps::EchoServer::start().await;
+    let policy = env.policy("api-policy.yaml", support::mesh::WEB_TO_API);
+    let port = net::free_port();
+    let server = env
+        .sidecar("api", &env.api, &policy)
+        .inbound(port, echo.addr)
+        .start()
+        .await;
+    let web = env.issue("web", support::mesh::WEB_PATH, &["app=web"], &[]);
+    let tls = mesh_tls(net::local(port), &web, b"appid-mux/1").await;
+    let (read, mut write) = tokio::io::split(tls);
+    let mut frames = read_frames(read);
+
+    // The preface, then the server's SETTINGS, acknowledged: it advertises
+    // the limit the peer is about to ignore.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    write_in_time(&mut write, &hello).await;
+    let settings = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), frames.recv())
+            .await
+            .expect("the server's SETTINGS in time")
+            .unwrap_or_else(|| panic!("the tunnel closed\n{}", server.logs()));
+        if frame.kind == SETTINGS && frame.flags & ACK == 0 {
+            break frame;
+        }
+    };
+    let advertised = settings
+        .payload
+        .chunks_exact(6)
+        .find(|setting| setting[..2] == [0, 0x3])
+        .map(|setting| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]));
+    assert_eq!(
+        advertised,
+        Some(TUNNEL_MAX_STREAMS),
+        "SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
+    write_in_time(&mut write, &frame(SETTINGS, ACK, 0, &[])).await;
+
+    // 1 000 streams with a few bytes each, and one more, all at once.
+    let block = connect_block(echo.addr);
+    let held: Vec<u32> = (0..TUNNEL_MAX_STREAMS).map(|i| 2 * i + 1).collect();
+    let over = 2 * TUNNEL_MAX_STREAMS + 1;
+    let mut burst = Vec::new();
+    for &stream in &held {
+        burst.extend(frame(HEADERS, END_HEADERS, stream, &block));
+        burst.extend(frame(DATA, 0, stream, b"ping\n"));
+    }
+    burst.extend(frame(HEADERS, END_HEADERS, over, &block));
+    write_in_time(&mut write, &burst).await;
+    let mut answers = TunnelAnswers::default();
+    answers
+        .wait(&mut frames, Duration::from_secs(60), |a| {
+            held.iter().all(|s| a.echoed.contains(s) || a.ended(*s)) && a.decided(over)
+        })
+        .await;
+    assert_eq!(answers.goaway, None, "GOAWAY\n{}", server.logs());
+    assert_eq!(
+        answers.reset.get(&over),
+        Some(&REFUSED_STREAM),
+        "stream {over}, beyond the limit: answered {:?}, reset {:?}\n{}",
+        answers.status.get(&over).map(|b| format!("{b:#04x}")),
+        answers.reset.get(&over),
+        server.logs()
+    );
+    let served = held
+        .iter()
+        .filter(|&s| answers.status.get(s) == Some(&STATUS_200) && answers.echoed.contains(s))
+        .count();
+    assert_eq!(
+        served,
+        held.len(),
+        "streams within the limit not served: {} answered 200, {} echoed, resets {:?}\n{}",
+        answers
+            .status
+            .values()
+            .filter(|&&b| b == STATUS_200)
+            .count(),
+        answers.echoed.len(),
+        answers.reset,
+        server.logs()
+    );
+    let dialled = echo.connections.load(Ordering::SeqCst);
+    assert_eq!(
+        dialled,
+        u64::from(TUNNEL_MAX_STREAMS),
+        "the app's connections"
+    );
+    // The stream limit refused it, not the peer's share of connections.
+    let shed = server
+        .metric("appid_streams_shed_total{direction=\"inbound\",reason=\"max_per_peer\"}")
+        .await;
+    assert_eq!(shed, 0.0, "streams shed for the peer's share");
+
+    // One stream ends (reset): the next one is served on the same tunnel.
+    let next = over + 2;
+    let mut more = frame(RST_STREAM, 0, held[0], &CANCEL.to_be_bytes());
+    more.extend(frame(HEADERS, END_HEADERS, next, &block));
+    more.extend(frame(DATA, 0, next, b"ping\n"));
+    write_in_time(&mut write, &more).await;
+    answers
+        .wait(&mut frames, Duration::from_secs(20), |a| {
+            a.echoed.contains(&next) || a.ended(next)
+        })
+        .await;
+    assert!(
+        answers.status.get(&next) == Some(&STATUS_200) && answers.echoed.contains(&next),
+        "stream {next}, after one ended: answered {:?}, reset {:?}, GOAWAY {:?}\n{}",
+        answers.status.get(&next).map(|b| format!("{b:#04x}")),
+        answers.reset.get(&next),
+        answers.goaway,
+        server.logs()
+    );
+    assert_eq!(
+        echo.connections.load(Ordering::SeqCst),
+        u64::from(TUNNEL_MAX_STREAMS) + 1,
+        "the app's connections"
+    );
+}
+
+/// The first byte of a response header block that starts with `:status
+/// 200` (static table index 8, indexed).
+const STATUS_200: u8 = 0x88;
+
+/// The header block of `CONNECT {target}`, by hand (RFC 7541, no Huffman,
+/// no dynamic table): `:method CONNECT` and `:authority` as literals
+/// without indexing, named by the static table (indexes 2 and 1).
+fn connect_block(target: std::net::SocketAddr) -> Vec<u8> {
+    let authority = target.to_string();
+    let mut block = vec![0x02, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x01, authority.len() as u8]);
+    block.extend_from_slice(authority.as_bytes());
+    block
+}
+
+/// Writes `bytes`, failing the test if that takes more than 10 s.
+async fn write_in_time<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        write.write_all(bytes).await?;
+        write.flush().await
+    })
+    .await
+    .expect("written in time")
+    .expect("written");
+}
+
+/// One HTTP/2 frame as read.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// The frames `read` carries, in order, read by a task of their own until
+/// the connection ends (then the channel closes).
+fn read_frames<R>(mut read: R) -> tokio::sync::mpsc::UnboundedReceiver<Frame>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let (sender, frames) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut head = [0u8; 9];
+        while read.read_exact(&mut head).await.is_ok() {
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+            let mut payload = vec![0u8; length as usize];
+            if read.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let frame = Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+                payload,
+            };
+            if sender.send(frame).is_err() {
+                break;
+            }
+        }
+    });
+    frames
+}
+
+/// What a tunnel's server said, per stream.
+#[derive(Default)]
+struct TunnelAnswers {
+    /// The first byte of each stream's response header block ([`STATUS_200`]:
+    /// `:status 200`).
+    status: std::collections::HashMap<u32, u8>,
+    /// Streams on which bytes came back.
+    echoed: std::collections::HashSet<u32>,
+    /// RST_STREAM error codes.
+    reset: std::collections::HashMap<u32, u32>,
+    /// A GOAWAY's error code.
+    goaway: Option<u32>,
+    /// Whether the connection ended.
+    closed: bool,
+}
+
+impl TunnelAnswers {
+    fn note(&mut self, frame: &Frame) {
+        let code = |at: usize| {
+            frame
+                .payload
+                .get(at..at + 4)
+                .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        match frame.kind {
+            HEADERS => {
+                let first = frame.payload.first().copied().unwrap_or(0);
+                self.status.entry(frame.stream).or_insert(first);
+            }
+            DATA if !frame.payload.is_empty() => {
+                self.echoed.insert(frame.stream);
+            }
+            RST_STREAM => {
+                self.reset.insert(frame.stream, code(0));
+            }
+            GOAWAY => self.goaway = Some(code(4)),
+            _ => {}
+        }
+    }
+
+    /// Whether `stream` was answered with anything but `200`, reset, or
+    /// can hear no more (GOAWAY, the connection's end).
+    fn ended(&self, stream: u32) -> bool {
+        self.status.get(&stream).is_some_and(|&s| s != STATUS_200)
+            || self.reset.contains_key(&stream)
+            || self.goaway.is_some()
+            || self.closed
+    }
+
+    /// Whether the server said anything at all about `stream`, or can no
+    /// longer.
+    fn decided(&self, stream: u32) -> bool {
+        self.status.contains_key(&stream) || self.ended(stream)
+    }
+
+    /// Notes `frames` until `done` holds, the connection ends or `limit`
+    /// passes (the caller's assertions then say what is missing).
+    async fn wait(
+        &mut self,
+        frames: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
+        limit: Duration,
+        done: impl Fn(&TunnelAnswers) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(self) {
+            match tokio::time::timeout_at(deadline, frames.recv()).await {
+                Ok(Some(frame)) => self.note(&frame),
+                Ok(None) => {
+                    self.closed = true;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
