@@ -1925,21 +1925,33 @@ async fn the_audit_log_rotates_at_its_size_cap() {
     }
 }
 
-/// An HTTP/2 control-frame flood (here: PINGs) from outside the mesh is
-/// closed, counted and audited; other clients keep being served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_ping_flood_is_closed_and_others_are_served() {
-    let (_env, _app, sidecar, inbound) = public_server(&[]).await;
-
-    let flood = support::rogue::ping_flood(true);
+/// Sends `bytes` on a new connection to the sidecar's `inbound` port and
+/// reads what comes back until the sidecar closes it (within 10 s).
+async fn sent_until_closed(inbound: u16, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
-    let _ = stream.write_all(&flood).await;
+    let _ = stream.write_all(bytes).await;
     let mut answers = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answers));
-    assert!(read.await.is_ok(), "the flooding connection is still open");
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answers));
+    assert!(read.await.is_ok(), "the connection is still open");
+    answers
+}
+
+/// Another client is served meanwhile: an HTTP/2 `GET /public/x`, `200`.
+async fn others_are_served(sidecar: &Sidecar, inbound: u16) {
+    let response = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{inbound}/public/x"),
+    ])
+    .await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
+}
+
+/// The one inbound HTTP/2 connection was closed as a flood: audited as a
+/// denial whose reason starts with `why`, and counted once.
+async fn closed_as_flood(sidecar: &Sidecar, why: &str) {
     sidecar
         .wait_audit("the flood's audit line", |l| {
-            has(l, "decision", "deny") && l["reason"].as_str() == Some("HTTP/2 control frame flood")
+            has(l, "decision", "deny") && l["reason"].as_str().is_some_and(|r| r.starts_with(why))
         })
         .await;
     assert_eq!(
@@ -1948,13 +1960,17 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
             .await,
         1.0
     );
+}
 
-    let response = curl(&[
-        "--http2-prior-knowledge",
-        &format!("http://127.0.0.1:{inbound}/public/x"),
-    ])
-    .await;
-    assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
+/// An HTTP/2 control-frame flood (here: PINGs) from outside the mesh is
+/// closed, counted and audited; other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_ping_flood_is_closed_and_others_are_served() {
+    let (_env, _app, sidecar, inbound) = public_server(&[]).await;
+
+    sent_until_closed(inbound, &support::rogue::ping_flood(true)).await;
+    closed_as_flood(&sidecar, "HTTP/2 control frame flood").await;
+    others_are_served(&sidecar, inbound).await;
 }
 
 /// Rapid reset (CVE-2023-44487): a client that cancels every request as
@@ -1965,13 +1981,8 @@ async fn an_http2_ping_flood_is_closed_and_others_are_served() {
 async fn an_http2_rapid_reset_is_closed_and_others_are_served() {
     let (_env, app, sidecar, inbound) = public_server(&[]).await;
 
-    let mut stream = TcpStream::connect(local(inbound)).await.unwrap();
-    let _ = stream
-        .write_all(&support::rogue::rapid_reset("/public/x", 5_000))
-        .await;
-    let mut answers = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answers));
-    assert!(read.await.is_ok(), "the connection is still open");
+    let answers =
+        sent_until_closed(inbound, &support::rogue::rapid_reset("/public/x", 5_000)).await;
     // GOAWAY (type 7) whose error code (after the last stream ID) is
     // ENHANCE_YOUR_CALM (0xb).
     let mut goaway = None;
@@ -1987,29 +1998,10 @@ async fn an_http2_rapid_reset_is_closed_and_others_are_served() {
         rest = &rest[9 + length..];
     }
     assert_eq!(goaway, Some(0xb), "{}", sidecar.context());
-    sidecar
-        .wait_audit("the rapid reset's audit line", |l| {
-            has(l, "decision", "deny")
-                && l["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("HTTP/2 rapid reset"))
-        })
-        .await;
-    assert_eq!(
-        sidecar
-            .metric("appid_h2_floods_closed_total{direction=\"inbound\"}")
-            .await,
-        1.0
-    );
+    closed_as_flood(&sidecar, "HTTP/2 rapid reset").await;
     let reached = app.state.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert!(reached <= 500, "{reached} requests reached the app");
-
-    let response = curl(&[
-        "--http2-prior-knowledge",
-        &format!("http://127.0.0.1:{inbound}/public/x"),
-    ])
-    .await;
-    assert_eq!(response.status, 200, "{response:?}\n{}", sidecar.context());
+    others_are_served(&sidecar, inbound).await;
 }
 
 /// A client that pings after DATA it receives, as gRPC-Go measures its

@@ -104,6 +104,20 @@ pub fn sidecar(
     listener: &str,
     policy: &Path,
 ) -> (Proc, SocketAddr) {
+    sidecar_with_workload(dir, ca, url, name, listener, policy, None)
+}
+
+/// [`sidecar`], its runtime fingerprint mined from `workload` (the YAML
+/// flow mapping of `identity.authority.workload`) when given.
+pub fn sidecar_with_workload(
+    dir: &Path,
+    ca: &Ca,
+    url: &str,
+    name: &str,
+    listener: &str,
+    policy: &Path,
+    workload: Option<&str>,
+) -> (Proc, SocketAddr) {
     let q = |p: &Path| serde_json::to_string(path_str(p)).expect("JSON");
     let token = appid(&[
         "authority",
@@ -131,6 +145,9 @@ pub fn sidecar(
         q(&dir.join(format!("{name}-state")))
     )
     .unwrap();
+    if let Some(workload) = workload {
+        writeln!(yaml, "    workload: {workload}").unwrap();
+    }
     writeln!(yaml, "trust_domains: [{}]", ca.trust_domain).unwrap();
     writeln!(yaml, "policy: {}", q(policy)).unwrap();
     writeln!(yaml, "{listener}").unwrap();

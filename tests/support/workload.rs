@@ -2,15 +2,14 @@
 //! told where its workload is (`identity.authority.workload`), for
 //! `tests/workload_cgroup.rs`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::authority::Proc;
-use super::net::{free_port, http_get, local};
-use super::pki::{Ca, appid};
+use super::net::{free_port, http_get};
+use super::pki::Ca;
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
@@ -93,47 +92,17 @@ impl Drop for Confined {
 }
 
 /// `appid proxy` with a fresh identity `spiffe://<td>/web` from the
-/// authority at `url` and `workload: <workload>` (a YAML flow mapping);
-/// files in `dir`. Not waited for: see
+/// authority at `url`, a deny-all policy and `workload: <workload>` (a YAML
+/// flow mapping); files in `dir`. Not waited for: see
 /// [`super::authority::wait_ready`].
 pub fn sidecar(dir: &Path, ca: &Ca, url: &str, workload: &str) -> (Proc, SocketAddr) {
-    let q = |p: &Path| serde_json::to_string(path_str(p)).expect("JSON");
-    let token = appid(&[
-        "authority",
-        "register",
-        "--dir",
-        path_str(&ca.dir),
-        "--id",
-        &format!("spiffe://{}/web", ca.trust_domain),
-    ])
-    .stdout;
-    let token_file = dir.join("web.token");
-    std::fs::write(&token_file, token).expect("token");
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, "version: 1\ndefault: deny\nrules: []\n").expect("policy");
-    let admin = local(free_port());
-    let mut yaml = String::new();
-    writeln!(yaml, "identity:").unwrap();
-    writeln!(yaml, "  authority:").unwrap();
-    writeln!(yaml, "    url: \"{url}\"").unwrap();
-    writeln!(yaml, "    bundle: {}", q(&ca.bundle())).unwrap();
-    writeln!(yaml, "    join_token_file: {}", q(&token_file)).unwrap();
-    writeln!(yaml, "    state_dir: {}", q(&dir.join("state"))).unwrap();
-    writeln!(yaml, "    workload: {workload}").unwrap();
-    writeln!(yaml, "trust_domains: [{}]", ca.trust_domain).unwrap();
-    writeln!(yaml, "policy: {}", q(&policy)).unwrap();
-    writeln!(yaml, "inbound:").unwrap();
-    writeln!(yaml, "  - listen: \"127.0.0.1:{}\"", free_port()).unwrap();
-    writeln!(yaml, "    forward: \"127.0.0.1:9\"").unwrap();
-    writeln!(yaml, "admin: \"{admin}\"").unwrap();
-    writeln!(yaml, "audit_log: {}", q(&dir.join("audit.jsonl"))).unwrap();
-    let config = dir.join("proxy.yaml");
-    std::fs::write(&config, yaml).expect("config");
-    let proc = Proc::spawn(
-        &["proxy", "--config", path_str(&config)],
-        dir.join("sidecar.log"),
+    let listener = format!(
+        "inbound: [{{ listen: \"127.0.0.1:{}\", forward: \"127.0.0.1:9\" }}]",
+        free_port()
     );
-    (proc, admin)
+    super::authority::sidecar_with_workload(dir, ca, url, "web", &listener, &policy, Some(workload))
 }
 
 /// The claims of the certificate the sidecar at `admin` serves with now

@@ -163,6 +163,13 @@ impl Peer {
 }
 
 impl Peer {
+    /// Frames up to the GOAWAY, and its error code.
+    async fn go_away(&mut self) -> (Vec<Got>, Reason) {
+        let seen = self.until("GOAWAY", |g| g.head.kind == frame::GOAWAY).await;
+        let reason = go_away_reason(seen.last().unwrap());
+        (seen, reason)
+    }
+
     /// A hand-written header block, whole, as one HEADERS frame that also
     /// ends the stream.
     async fn send_block(&mut self, stream: u32, block: &[u8]) {
@@ -401,12 +408,7 @@ async fn a_frame_inside_a_header_block_ends_the_connection() {
     frame::put_head(&mut out, 8, frame::PING, 0, 0);
     out.extend_from_slice(&[0; 8]);
     client.send(&out).await;
-    let seen = client
-        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
-        .await;
-    let goaway = seen.last().unwrap();
-    let reason = frame::parse_u32(&goaway.payload[4..8]).unwrap();
-    assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
+    assert_eq!(client.go_away().await.1, Reason::PROTOCOL_ERROR);
 }
 
 /// The client's SETTINGS reach the app (after the dial) and the app's ACK
@@ -563,11 +565,7 @@ async fn a_client_frame_on_an_even_stream_ends_the_connection() {
     let mut out = BytesMut::new();
     frame::put_window_update(&mut out, 2, 100);
     client.send(&out).await;
-    let seen = client
-        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
-        .await;
-    let reason = frame::parse_u32(&seen.last().unwrap().payload[4..8]).unwrap();
-    assert_eq!(Reason::from(reason), Reason::PROTOCOL_ERROR);
+    assert_eq!(client.go_away().await.1, Reason::PROTOCOL_ERROR);
 }
 
 /// A response head with request pseudo-fields is malformed: not passed on.
@@ -653,13 +651,7 @@ async fn a_client_over_16_unacknowledged_settings_ends_the_connection() {
         frame::put_settings(&mut out, &[(frame::INITIAL_WINDOW_SIZE, 1000)]);
     }
     client.send(&out).await;
-    let seen = client
-        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
-        .await;
-    assert_eq!(
-        go_away_reason(seen.last().unwrap()),
-        Reason::ENHANCE_YOUR_CALM
-    );
+    assert_eq!(client.go_away().await.1, Reason::ENHANCE_YOUR_CALM);
 }
 
 /// The other way: an app whose SETTINGS the client never acknowledges
@@ -676,13 +668,8 @@ async fn a_client_that_leaves_16_settings_unacknowledged_is_timed_out() {
         frame::put_settings(&mut out, &[(frame::INITIAL_WINDOW_SIZE, 1000)]);
     }
     app.send(&out).await;
-    let seen = client
-        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
-        .await;
-    assert_eq!(
-        go_away_reason(seen.last().unwrap()),
-        Reason::SETTINGS_TIMEOUT
-    );
+    let (seen, reason) = client.go_away().await;
+    assert_eq!(reason, Reason::SETTINGS_TIMEOUT);
     let settings = seen
         .iter()
         .filter(|g| g.head.kind == frame::SETTINGS && !g.head.has(frame::ACK))
@@ -1188,13 +1175,7 @@ async fn requests_reset_as_soon_as_sent_end_the_connection() {
         frame::put_reset(&mut out, stream, Reason::CANCEL);
     }
     let _ = client.io.write_all(&out).await;
-    let seen = client
-        .until("GOAWAY", |g| g.head.kind == frame::GOAWAY)
-        .await;
-    assert_eq!(
-        go_away_reason(seen.last().unwrap()),
-        Reason::ENHANCE_YOUR_CALM
-    );
+    assert_eq!(client.go_away().await.1, Reason::ENHANCE_YOUR_CALM);
     let error = ended(client, relay).await;
     assert!(matches!(error, HttpProxyError::RapidReset), "{error}");
     let heads = tokio::time::timeout(HANG, app).await.unwrap().unwrap();
