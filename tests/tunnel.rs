@@ -213,6 +213,14 @@ async fn a_request_the_client_denies_leaves_no_trace_at_the_server() {
             2,
             "{case}: the server audited only what reached it\n{server_lines:#?}"
         );
+        // Nor counted: a client that withdrew is no detection that timed out.
+        let refused = mesh
+            .server
+            .metric(
+                "appid_connections_refused_total{direction=\"inbound\",reason=\"detect_timeout\"}",
+            )
+            .await;
+        assert_eq!(refused, 0.0, "{case}\n{}", mesh.context());
     }
 }
 

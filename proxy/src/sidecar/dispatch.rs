@@ -424,8 +424,13 @@ impl AppConnection {
                         _ => Box::pin(self.tcp(downstream, connect, Bytes::new())),
                     })
                 }
-                Err(_) => {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     self.gave_up("stalled during protocol detection");
+                    None
+                }
+                // Closed or reset before a byte (a withdrawn stream).
+                Err(_) => {
+                    self.gone("client gone before its first bytes");
                     None
                 }
             };
@@ -459,7 +464,21 @@ impl AppConnection {
                 self.gave_up(why);
                 None
             }
+            FirstSpeaker::Gone(why) => {
+                self.gone(why);
+                None
+            }
         }
+    }
+
+    /// A side went away before anyone spoke: nothing was decided, and no
+    /// limit refused it (not counted in `appid_connections_refused_total`).
+    fn gone(&self, why: &'static str) {
+        tracing::debug!(
+            reason = why,
+            direction = self.direction().as_str(),
+            "connection gone before a decision"
+        );
     }
 
     fn gave_up(&self, why: &'static str) {
@@ -558,8 +577,12 @@ enum FirstSpeaker {
     Client(Classification, Bytes),
     /// The server (a banner), with what it sent.
     Server(Bytes),
-    /// Neither within the idle timeout, or one side closed or failed.
+    /// Neither within the idle timeout, or the client stalled in detection.
     Nobody(&'static str),
+    /// A side went away before anyone spoke: the client failed (a pooled
+    /// stream withdrawn: reset before its first byte) or the app closed.
+    /// Nothing to decide and no timeout: not counted as refused.
+    Gone(&'static str),
 }
 
 /// Waits (up to `silence`) for either side's first bytes; once the client
@@ -589,11 +612,11 @@ where
                     Err(_) => FirstSpeaker::Nobody("stalled during protocol detection"),
                 }
             }
-            Err(_) => FirstSpeaker::Nobody("client failed"),
+            Err(_) => FirstSpeaker::Gone("client failed"),
         },
         read = server.read_buf(&mut from_server) => match read {
             Ok(n) if n > 0 => FirstSpeaker::Server(from_server.freeze()),
-            _ => FirstSpeaker::Nobody("server closed"),
+            _ => FirstSpeaker::Gone("server closed"),
         },
         () = tokio::time::sleep_until(deadline) => FirstSpeaker::Nobody("silent until the idle timeout"),
     }
