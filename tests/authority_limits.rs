@@ -1,8 +1,9 @@
 //! The authority's API under clients that hold connections without using
 //! them: one source address holds at most an eighth of its connections,
 //! eight addresses holding all of them give way to a ninth, a request
-//! body that stops coming gives the connection back, and one over 64 KiB
-//! is refused (413) without being read to its end.
+//! head or body that stops coming gives the connection back, a head over
+//! 16 KiB is refused (431), and a body over 64 KiB is refused (413)
+//! without being read to its end.
 //!
 //! ```text
 //!  128 silent TCP connections from 127.0.0.1 ─┐
@@ -117,8 +118,86 @@ async fn a_request_body_that_stops_coming_gives_the_connection_back() {
     let address = url.trim_start_matches("https://").to_string();
 
     // A POST that announces 60 000 bytes and sends ten, then waits.
+    let (answer, after) = send_and_stall(
+        &address,
+        b"POST /v1/attest HTTP/1.1\r\nhost: authority\r\ncontent-type: application/json\r\n\
+          content-length: 60000\r\n\r\n{\"token\":",
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "the stalled body still holds its connection after 30 s\n{}",
+            proc.log()
+        )
+    });
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("not complete within"),
+        "{answer:?}\n{}",
+        proc.log()
+    );
+    assert!(
+        after >= Duration::from_secs(9),
+        "answered before the body timeout: {answer:?}"
+    );
+}
+
+/// A request head that stops coming gives its connection back at the
+/// authority's 10 s header timeout (`bounded_http`, the same code as the
+/// health port's and the admin API's), however little it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_stops_coming_gives_the_connection_back() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::init(&temp.path().join("ca"), TRUST_DOMAIN);
+    let (proc, url) = authority::serve(&ca, &[], temp.path().join("authority.log"));
+    let address = url.trim_start_matches("https://").to_string();
+    let (answer, after) = send_and_stall(&address, b"GET /v1/bundle HTTP/1.1\r\nhost: auth")
+        .unwrap_or_else(|| {
+            panic!(
+                "the stalled head still holds its connection after 30 s\n{}",
+                proc.log()
+            )
+        });
+    assert!(
+        after >= Duration::from_secs(9),
+        "closed before the header timeout: {answer:?}"
+    );
+    assert!(!answer.contains("BEGIN CERTIFICATE"), "{answer:?}");
+}
+
+/// A request head over the authority's 16 KiB is refused with 431 (before:
+/// hyper's default of about 400 KiB per connection); one of 12 KiB is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_16_kib_is_refused_with_431() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::init(&temp.path().join("ca"), TRUST_DOMAIN);
+    let (proc, url) = authority::serve(&ca, &[], temp.path().join("authority.log"));
+    let bundle_with_header = |bytes: usize| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-k",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", &format!("x-padding: {}", "a".repeat(bytes))])
+            .arg(format!("{url}/v1/bundle"))
+            .output()
+            .expect("curl must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(bundle_with_header(20 * 1024), "431", "{}", proc.log());
+    assert_eq!(bundle_with_header(12 * 1024), "200", "{}", proc.log());
+}
+
+/// Writes `bytes` to the authority at `address` over TLS (openssl) and
+/// waits for it to end the connection: what came back, and after how long;
+/// `None` if the connection still stood after 30 s.
+fn send_and_stall(address: &str, bytes: &[u8]) -> Option<(String, Duration)> {
     let mut client = Command::new("openssl")
-        .args(["s_client", "-quiet", "-connect", &address])
+        .args(["s_client", "-quiet", "-connect", address])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -126,16 +205,11 @@ async fn a_request_body_that_stops_coming_gives_the_connection_back() {
         .expect("openssl must be installed");
     let mut stdin = client.stdin.take().expect("stdin");
     let mut stdout = client.stdout.take().expect("stdout");
-    stdin
-        .write_all(
-            b"POST /v1/attest HTTP/1.1\r\nhost: authority\r\ncontent-type: application/json\r\n\
-              content-length: 60000\r\n\r\n{\"token\":",
-        )
-        .expect("write");
+    stdin.write_all(bytes).expect("write");
     stdin.flush().expect("flush");
     let started = Instant::now();
-    // The answer (a 400 naming the body) and the end of the connection:
-    // read on a thread, bounded by a kill.
+    // The answer, if any, and the end of the connection: read on a thread,
+    // bounded by a kill.
     let reader = std::thread::spawn(move || {
         let mut answer = Vec::new();
         let _ = stdout.read_to_end(&mut answer);
@@ -145,24 +219,12 @@ async fn a_request_body_that_stops_coming_gives_the_connection_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let finished = reader.is_finished();
+    let after = started.elapsed();
     let _ = client.kill();
     let _ = client.wait();
     let answer = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
     drop(stdin);
-    assert!(
-        finished,
-        "the stalled body still holds its connection after 30 s\n{}",
-        proc.log()
-    );
-    assert!(
-        answer.starts_with("HTTP/1.1 400") && answer.contains("not complete within"),
-        "{answer:?}\n{}",
-        proc.log()
-    );
-    assert!(
-        started.elapsed() >= Duration::from_secs(9),
-        "answered before the body timeout: {answer:?}"
-    );
+    finished.then_some((answer, after))
 }
 
 /// A request body over the authority's 64 KiB is refused with 413, naming

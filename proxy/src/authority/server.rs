@@ -17,7 +17,6 @@
 //! | `GET /healthz` | | `ok` |
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -36,12 +34,11 @@ use appid_policy::claims::attestation;
 use super::service::{
     AttestRequest, Authority, BundleResponse, PresentedCert, Refusal, RenewRequest,
 };
-use crate::bounded_http::held::{Admission, Admitted, InRequest, Phase};
+use crate::bounded_http::{self, Accepted, ServerLimits};
 use crate::identity::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaError, KeyAlg};
 use crate::identity::ca_rotation;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::verify::{PeerRole, TrustBundle};
-use crate::sidecar::shares::{Shares, Source};
 use crate::sidecar::tls::{self, ClientAuth, LocalIdentity, TlsState};
 
 /// Largest request body accepted.
@@ -51,14 +48,24 @@ const MAX_BODY: usize = 64 * 1024;
 /// gives its connection back.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection is closed (gracefully, after the request under way) this
-/// long after it was accepted, however busy: no client holds one forever.
+/// long after its handshake, however busy: no client holds one forever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Concurrent connections served.
 const MAX_CONNECTIONS: usize = 1024;
-/// Concurrent connections one source address may hold: an eighth, so one
-/// client cannot take them all (sidecars behind one NAT address still get
-/// 128 at once; each holds one only for a renewal's round trips).
-const MAX_PER_SOURCE: usize = MAX_CONNECTIONS / 8;
+/// Largest request head: a sidecar's are a few hundred bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The API's bounds. One source (an IPv4 address or an IPv6 /64) may hold
+/// an eighth of the connections, so one client cannot take them all
+/// (sidecars behind one NAT address still get 128 at once; each holds one
+/// only for a renewal's round trips).
+const LIMITS: ServerLimits = ServerLimits {
+    header_read_timeout: READ_TIMEOUT,
+    connection_lifetime: CONNECTION_LIFETIME,
+    max_connections: MAX_CONNECTIONS,
+    max_per_source: MAX_CONNECTIONS / 8,
+    max_head_bytes: MAX_HEAD_BYTES,
+    keep_alive: true,
+};
 /// The authority's own serving certificate lifetime; renewed at half.
 const SERVING_TTL: time::Duration = time::Duration::hours(24);
 
@@ -103,104 +110,36 @@ pub async fn serve(
             }
         }
     });
-    // Admission as on the health port: when full, an address holding a
-    // lot, else a connection idle long enough, gives way to a newcomer
-    // (`bounded_http::held`), so silent handshakes from a few addresses
-    // cannot keep sidecars from renewing.
-    let admission = Arc::new(Admission::new(MAX_CONNECTIONS, MAX_PER_SOURCE));
-    let sources: Shares<Source> = Shares::new(MAX_PER_SOURCE);
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "authority accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        let source = Source::of(peer.ip());
-        let Some(share) = sources.take(&source) else {
-            tracing::debug!(%peer, "the source holds its share of connections; closed");
-            continue;
-        };
-        let Some(admitted) = admission.admit(source, Phase::Handshake) else {
-            tracing::debug!(%peer, "full, none may give way, as many waiting; closed");
-            continue;
-        };
-        // Responses are small writes after a TLS handshake: without this,
-        // Nagle and the client's delayed ACK cost 40 ms a request.
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+    // Bounded as the health port and the admin API are, by the same code:
+    // when full, an address holding a lot, else a connection idle long
+    // enough, gives way to a newcomer (`bounded_http::held`), so silent
+    // handshakes from a few addresses cannot keep sidecars from renewing.
+    let handler_for = {
         let authority = authority.clone();
-        let tls_state = tls_state.clone();
-        let admission = admission.clone();
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
-            let slot = match admitted {
-                Admitted::Now(slot) => slot,
-                Admitted::Later(later) => {
-                    match admission.slot_for(later, READ_TIMEOUT, stopped).await {
-                        Some(slot) => slot,
-                        None => return,
-                    }
-                }
-            };
-            let me = slot.connection().clone();
-            let _held = (slot, share);
-            let handshake = tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream));
-            let stream = tokio::select! {
-                done = handshake => match done {
-                    Ok(Ok(stream)) => stream,
-                    _ => return,
-                },
-                _ = me.evicted() => return,
-            };
-            me.enter(Phase::AwaitingHead);
+        move |accepted: Accepted<'_>| {
             // A presented client certificate was verified in the handshake;
             // read its claims and serial for renewals.
-            let client = stream.get_ref().1.peer_certificates().and_then(|chain| {
-                let peer = tls_state.trust.verify(chain, PeerRole::Client).ok()?;
-                PresentedCert::new(chain.first()?, peer.claims).map(Arc::new)
-            });
-            let connection = me.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let in_request = InRequest::new(connection.clone());
-                let authority = authority.clone();
-                let client = client.clone();
-                async move {
-                    let response = route(authority, client, peer, request).await;
-                    drop(in_request);
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let evicted = me.evicted();
-            tokio::pin!(evicted);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = &mut evicted => return,
-                () = lifetime => connection.as_mut().graceful_shutdown(),
-            }
-            // The request under way (if any) finishes, within a read
-            // timeout, unless the connection is told to give way meanwhile.
-            let drain = tokio::time::timeout(READ_TIMEOUT, connection);
-            tokio::select! {
-                _ = drain => {}
-                _ = &mut evicted => {}
-            }
-        });
-    }
-    let _ = stopping.send(true);
+            let client = accepted
+                .tls
+                .and_then(|tls| tls.peer_certificates())
+                .and_then(|chain| {
+                    let peer = tls_state.trust.verify(chain, PeerRole::Client).ok()?;
+                    PresentedCert::new(chain.first()?, peer.claims).map(Arc::new)
+                });
+            let authority = authority.clone();
+            let peer = accepted.peer;
+            move |request| route(authority.clone(), client.clone(), peer, request)
+        }
+    };
+    bounded_http::serve_tls_per_connection(
+        listener,
+        acceptor,
+        "authority API",
+        LIMITS,
+        handler_for,
+        stop,
+    )
+    .await;
     renewer.abort();
     events.abort();
     authority.finish_events();

@@ -1,12 +1,15 @@
-//! The small HTTP/1.1 server under the admin API and the health port.
+//! The small HTTP/1.1 server under the admin API, the health port, the
+//! authority's API and the federation bundle endpoint.
 //!
-//! Design bias: *bounded in every dimension, the same way for both, and
+//! Design bias: *bounded in every dimension, the same way for all, and
 //! an idle connection gives way to a caller with a question*. Request
 //! heads must arrive within a time limit and fit a size limit, a connection
 //! lives at most a fixed time, a fixed number are served at once, and one
 //! source address may hold only a share of them (its excess is closed at
-//! once). No request body is ever read. What is served is the caller's
-//! business: a handler turns a request head into a response.
+//! once). What is served is the caller's business: a handler turns a
+//! request into a response. The server reads no request body itself; a
+//! handler that takes one reads it within bounds of its own (the
+//! authority's: 64 KiB, within its header timeout).
 //!
 //! When every slot is held, a newcomer does not simply wait in the backlog
 //! behind connections that may ask nothing: one of them gives way, fairly
@@ -19,6 +22,7 @@ pub(crate) mod held;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConnection;
 
 use crate::sidecar::shares::{Shares, Source};
 use held::{Admission, Admitted, Connection, InRequest, Phase};
@@ -39,6 +44,16 @@ pub use held::{EVICT_AFTER, HANDSHAKE_EVICT_AFTER};
 
 /// The response body of both servers: small and complete.
 pub type Body = Full<Bytes>;
+
+/// A connection whose handshake is done, as its handler is made for it.
+#[derive(Clone, Copy)]
+pub struct Accepted<'a> {
+    /// The caller's address.
+    pub peer: SocketAddr,
+    /// Its TLS session (with the client certificate it presented, if any),
+    /// on a TLS server.
+    pub tls: Option<&'a ServerConnection>,
+}
 
 /// The bounds of one server.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +88,8 @@ pub async fn serve<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    serve_maybe_tls(listener, None, what, limits, handler, shutdown).await;
+    let handler_for = move |_: Accepted<'_>| handler.clone();
+    serve_maybe_tls(listener, None, what, limits, handler_for, shutdown).await;
 }
 
 /// [`serve`] over TLS: the handshake must finish within the header read
@@ -89,20 +105,42 @@ pub async fn serve_tls<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    serve_maybe_tls(listener, Some(tls), what, limits, handler, shutdown).await;
+    let handler_for = move |_: Accepted<'_>| handler.clone();
+    serve_tls_per_connection(listener, tls, what, limits, handler_for, shutdown).await;
 }
 
-async fn serve_maybe_tls<H, Fut>(
+/// [`serve_tls`] for a server whose answers depend on the connection: once
+/// a connection's handshake is done, `handler_for` is told who it is
+/// ([`Accepted`]: the caller's address, the client certificate it
+/// presented, if any) and returns the handler of its requests.
+pub async fn serve_tls_per_connection<F, H, Fut>(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    what: &'static str,
+    limits: ServerLimits,
+    handler_for: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(Accepted<'_>) -> H + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_maybe_tls(listener, Some(tls), what, limits, handler_for, shutdown).await;
+}
+
+async fn serve_maybe_tls<F, H, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     what: &'static str,
     limits: ServerLimits,
-    handler: H,
+    handler_for: F,
     shutdown: impl Future<Output = ()>,
 ) where
+    F: Fn(Accepted<'_>) -> H + Send + Sync + 'static,
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let handler_for = Arc::new(handler_for);
     let admission = Arc::new(Admission::new(
         limits.max_connections,
         limits.max_per_source,
@@ -147,7 +185,7 @@ async fn serve_maybe_tls<H, Fut>(
             tracing::debug!(%peer, "{what}: full, none may give way, as many waiting; closed");
             continue;
         };
-        let handler = handler.clone();
+        let handler_for = handler_for.clone();
         let builder = builder.clone();
         let stop = stop_rx.clone();
         let tls = tls.clone();
@@ -167,6 +205,7 @@ async fn serve_maybe_tls<H, Fut>(
             let me = slot.connection().clone();
             let _slot = slot;
             let Some(tls) = tls else {
+                let handler = handler_for(Accepted { peer, tls: None });
                 return drive(&builder, stream, handler, limits, stop, &me, peer, what).await;
             };
             let handshake = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
@@ -174,6 +213,8 @@ async fn serve_maybe_tls<H, Fut>(
                 done = handshake => match done {
                     Ok(Ok(stream)) => {
                         me.enter(Phase::AwaitingHead);
+                        let tls = Some(stream.get_ref().1);
+                        let handler = handler_for(Accepted { peer, tls });
                         drive(&builder, stream, handler, limits, stop, &me, peer, what).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed"),
@@ -198,7 +239,7 @@ async fn drive<I, H, Fut>(
     limits: ServerLimits,
     mut stop: watch::Receiver<bool>,
     me: &Arc<Connection>,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     what: &'static str,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
