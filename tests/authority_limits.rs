@@ -3,7 +3,8 @@
 //! eight addresses holding all of them give way to a ninth, a request
 //! head or body that stops coming gives the connection back, a head over
 //! 16 KiB is refused (431), and a body over 64 KiB is refused (413)
-//! without being read to its end.
+//! without being read to its end. The federation bundle endpoint, bounded
+//! by the same code, keeps its own per-source share (16).
 //!
 //! ```text
 //!  128 silent TCP connections from 127.0.0.1 ─┐
@@ -36,16 +37,58 @@ async fn one_source_holds_at_most_an_eighth_of_the_authoritys_connections() {
     let (proc, url) = authority::serve(&ca, &[], temp.path().join("authority.log"));
     let address: std::net::SocketAddr = url.trim_start_matches("https://").parse().unwrap();
 
-    // Silent connections: each waits in its TLS handshake (10 s at most).
+    let bundle = format!("{url}/v1/bundle");
+    source_share_is_kept(address, PER_SOURCE, &bundle, "BEGIN CERTIFICATE", &proc).await;
+}
+
+/// The federation bundle endpoint (`bundle_endpoint`, open to anyone) is
+/// bounded by the same code with its own limits: one source holds at most
+/// 16 of its 256 connections; another is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_at_most_16_of_the_bundle_endpoints_connections() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::init(&temp.path().join("ca"), TRUST_DOMAIN);
+    let endpoint = support::net::local(support::net::free_port());
+    let federation = temp.path().join("federation.yaml");
+    std::fs::write(
+        &federation,
+        format!("bundle_endpoint: {{ listen: \"{endpoint}\", profile: https_spiffe }}\n"),
+    )
+    .expect("federation file");
+    let args = ["--federation", federation.to_str().expect("utf-8 path")];
+    let (proc, _) = authority::serve(&ca, &args, temp.path().join("authority.log"));
+    let url = format!("https://{endpoint}/");
+    let ready = Instant::now();
+    while get_from("127.0.0.1", &url, 2, "\"keys\"").is_err() {
+        assert!(
+            ready.elapsed() < Duration::from_secs(20),
+            "no bundle endpoint\n{}",
+            proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    source_share_is_kept(endpoint, 16, &url, "\"keys\"", &proc).await;
+}
+
+/// `share` silent connections from 127.0.0.1 to `address` (each waiting in
+/// its TLS handshake) hold that source's share: one more is closed at once,
+/// not left to the handshake timeout, while a GET of `url` from 127.0.0.2
+/// is served (its body contains `served`).
+async fn source_share_is_kept(
+    address: std::net::SocketAddr,
+    share: usize,
+    url: &str,
+    served: &str,
+    proc: &authority::Proc,
+) {
     let mut silent = Vec::new();
-    for _ in 0..PER_SOURCE {
+    for _ in 0..share {
         silent.push(
             tokio::net::TcpStream::connect(address)
                 .await
                 .expect("connect"),
         );
     }
-    // Past the share: closed at once, not left to the handshake timeout.
     let mut one_more = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
@@ -53,11 +96,10 @@ async fn one_source_holds_at_most_an_eighth_of_the_authoritys_connections() {
     let closed = tokio::time::timeout(Duration::from_secs(3), one_more.read(&mut byte)).await;
     assert!(
         matches!(closed, Ok(Ok(0) | Err(_))),
-        "a connection past the source's share was not closed: {closed:?}\n{}",
+        "a connection past the source's share of {share} was not closed: {closed:?}\n{}",
         proc.log()
     );
-    // Another source is served meanwhile.
-    if let Err(e) = bundle_from("127.0.0.2", &url, 10) {
+    if let Err(e) = get_from("127.0.0.2", url, 10, served) {
         panic!("another source was not served: {e}\n{}", proc.log());
     }
     drop(silent);
@@ -90,6 +132,17 @@ async fn silent_handshakes_holding_every_connection_give_way_to_a_sidecar() {
 /// `GET /v1/bundle` with curl from `source`, within `seconds`: `Err` with
 /// what curl said unless the bundle came back.
 fn bundle_from(source: &str, url: &str, seconds: u32) -> Result<(), String> {
+    get_from(
+        source,
+        &format!("{url}/v1/bundle"),
+        seconds,
+        "BEGIN CERTIFICATE",
+    )
+}
+
+/// `GET url` with curl from `source`, within `seconds`: `Err` with what
+/// curl said unless it succeeded with a body containing `served`.
+fn get_from(source: &str, url: &str, seconds: u32, served: &str) -> Result<(), String> {
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -99,11 +152,11 @@ fn bundle_from(source: &str, url: &str, seconds: u32) -> Result<(), String> {
             "--interface",
             source,
         ])
-        .arg(format!("{url}/v1/bundle"))
+        .arg(url)
         .output()
         .expect("curl must be installed");
     let body = String::from_utf8_lossy(&out.stdout);
-    if out.status.success() && body.contains("BEGIN CERTIFICATE") {
+    if out.status.success() && body.contains(served) {
         Ok(())
     } else {
         Err(format!("{} {body}", String::from_utf8_lossy(&out.stderr)))
