@@ -44,7 +44,8 @@
 //!   policy rule names it, then reachable;
 //! - a host outside the mesh allowed by name (`external.hosts`) is reached
 //!   where the name resolves (the namespace's own `/etc/hosts`), even by
-//!   an app that dials another address with that name in its `Host`;
+//!   an app that dials another address with that name in its `Host`, and
+//!   where it moved to while the sidecar still keeps its old answer;
 //! - a server-first protocol outside the mesh (a banner on accept) gets
 //!   its banner without the sidecar waiting `detect_timeout` for a name the
 //!   client never sends (only where a rule by name could decide is the name
@@ -1024,6 +1025,27 @@ fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() 
         json!({"direction": "outbound", "decision": "allow", "rule": "web-to-allowed-test",
                "peer_ip": named, "port": 80}),
     );
+    // DNS moves the name (here: the namespace's hosts file) and the app
+    // follows at once, while the sidecar still keeps the old answer (5 s):
+    // the connection goes to the new address, not where the kept answer
+    // says (an address it lacks is checked against a fresh lookup).
+    let hosts =
+        |address: &str| format!("127.0.0.1 localhost\n::1 localhost\n{address} allowed.test\n");
+    let kept = a.ns.curl("http://allowed.test/who", 5);
+    assert!(kept.is_ok_with("named\n"), "{kept:?}\n{}", a.context());
+    a.ns.set_hosts_file(&hosts(elsewhere));
+    let moved = a.ns.curl("http://allowed.test/who", 5);
+    assert!(
+        moved.is_ok_with("elsewhere\n"),
+        "a connection to where the name moved was sent to its old address: {moved:?}\n{}",
+        a.context()
+    );
+    expect_line(
+        &a.audit().pop().expect("an audit line"),
+        json!({"direction": "outbound", "decision": "allow", "rule": "web-to-allowed-test",
+               "peer_ip": elsewhere, "port": 80}),
+    );
+    a.ns.set_hosts_file(&hosts(named));
     // The other address under its own name is no destination a rule allows.
     let direct = a.ns.curl(&format!("http://{elsewhere}/who"), 5);
     assert!(

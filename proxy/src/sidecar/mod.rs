@@ -94,6 +94,7 @@ mod lazy;
 pub mod local;
 pub mod memory;
 pub mod metadata;
+mod names;
 mod not_ready;
 pub mod orig_dst;
 pub mod outbound;
@@ -224,8 +225,8 @@ pub struct Shared {
     inbound_slots: Arc<Semaphore>,
     outbound_slots: Arc<Semaphore>,
     unauthenticated_slots: Arc<Semaphore>,
-    /// Name lookups for external hosts under way ([`outbound::MAX_NAME_LOOKUPS`]).
-    name_lookups: Arc<Semaphore>,
+    /// External hosts' addresses by name: lookups bounded, recent answers kept.
+    names: names::Names,
     /// Callers outside the mesh per source address: at most an eighth of
     /// the inbound budget each, so one address cannot hold all of their
     /// half (as in detection, [`pending::Pending`]).
@@ -763,7 +764,7 @@ pub async fn run_until(
         inbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         outbound_slots: Arc::new(Semaphore::new(limits.max_connections)),
         unauthenticated_slots: Arc::new(Semaphore::new((limits.max_connections / 2).max(1))),
-        name_lookups: Arc::new(Semaphore::new(outbound::MAX_NAME_LOOKUPS)),
+        names: names::Names::default(),
         unauthenticated_sources: shares::Shares::new(limits.max_connections / 8),
         // In detection, one source address holds at most an eighth of
         // the inbound budget.

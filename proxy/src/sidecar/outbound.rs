@@ -14,14 +14,13 @@
 //!    TCP is spliced (and closed if a policy change withdraws it).
 
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use appid_policy::policy::Direction;
@@ -127,7 +126,7 @@ enum External {
 /// Transparent mode: is this destination outside the mesh, and allowed?
 ///
 /// Allowed by the name the app gave (`external.hosts`), the connection
-/// goes where that name resolves ([`address_of`]), and policy decides on
+/// goes where that name resolves ([`super::names`]), and policy decides on
 /// that address: the app's name is all that was checked, and an app can
 /// send any name to any address.
 async fn external(
@@ -173,7 +172,7 @@ async fn external(
     let mut decided = authz(dialled);
     if let Some(name) = decided.external_name() {
         let limit = shared.limits.connect_timeout;
-        match address_of(name, dialled, limit, &shared.name_lookups).await {
+        match shared.names.address_of(name, dialled, limit).await {
             Ok(resolved) => {
                 if resolved != dialled {
                     tracing::debug!(%dialled, %resolved, name, "external: to where the name resolves");
@@ -235,64 +234,6 @@ async fn name_of(app: &TcpStream, wait: Duration) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// Name lookups under way at once, per sidecar. Each holds a thread of
-/// the blocking pool until the system resolver answers, whatever our own
-/// timeout, so an app opening connections to names that never resolve
-/// could otherwise tie up hundreds of threads.
-pub const MAX_NAME_LOOKUPS: usize = 16;
-
-/// Where an external connection allowed by `name` goes: the address the
-/// app dialled when `name` resolves to it (an honest app: nothing
-/// changes), else the first address `name` resolves to in the dialled
-/// address's family (else the first), on the port the app dialled. Resolved as the app would (the system resolver: the pod's
-/// `/etc/hosts` and DNS), at most [`MAX_NAME_LOOKUPS`] at once (a permit
-/// of `lookups` each, held until the resolver answers), within `limit`
-/// in all.
-async fn address_of(
-    name: &str,
-    dialled: SocketAddr,
-    limit: Duration,
-    lookups: &Arc<Semaphore>,
-) -> Result<SocketAddr, String> {
-    let name = appid_policy::policy::normalize_host(name).to_string();
-    let port = dialled.port();
-    let lookup = {
-        let name = name.clone();
-        async move {
-            let permit = lookups.clone().acquire_owned().await.ok()?;
-            let resolve = tokio::task::spawn_blocking(move || {
-                let _held = permit;
-                (name.as_str(), port)
-                    .to_socket_addrs()
-                    .map(Iterator::collect::<Vec<SocketAddr>>)
-            });
-            resolve.await.ok()
-        }
-    };
-    let resolved = match tokio::time::timeout(limit, lookup).await {
-        Ok(Some(Ok(resolved))) => resolved,
-        Ok(Some(Err(e))) => return Err(format!("external host {name} did not resolve: {e}")),
-        Ok(None) | Err(_) => {
-            return Err(format!(
-                "external host {name} did not resolve within {limit:?}"
-            ));
-        }
-    };
-    let same = |a: &SocketAddr| a.ip().to_canonical() == dialled.ip().to_canonical();
-    if resolved.iter().any(same) {
-        return Ok(dialled);
-    }
-    // The dialled address's family first: an IPv4-only app's connection
-    // must not go to an IPv6 address it could not have dialled.
-    let family = |a: &&SocketAddr| a.is_ipv4() == dialled.ip().to_canonical().is_ipv4();
-    resolved
-        .iter()
-        .find(family)
-        .or(resolved.first())
-        .copied()
-        .ok_or_else(|| format!("external host {name} resolved to no address"))
 }
 
 /// A meshed destination: mTLS to its sidecar (a stream in a pooled tunnel,
@@ -389,42 +330,5 @@ impl Drop for Unused {
         if let Some(upstream) = self.0.as_mut() {
             super::splice::Abort::abort(upstream);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_external_name_is_reached_where_it_resolves() {
-        let limit = Duration::from_secs(2);
-        let lookups = Arc::new(Semaphore::new(MAX_NAME_LOOKUPS));
-        let address_of = |name: &'static str, dialled: SocketAddr, limit: Duration| {
-            address_of(name, dialled, limit, &lookups)
-        };
-        // Resolving to the dialled address: nothing changes.
-        let dialled: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert_eq!(address_of("localhost", dialled, limit).await, Ok(dialled));
-        assert_eq!(
-            address_of("LOCALHOST.:8080", dialled, limit).await,
-            Ok(dialled),
-            "the name as rules see it"
-        );
-        // Dialled elsewhere: to the name's address, on the dialled port.
-        let elsewhere: SocketAddr = "192.0.2.20:8080".parse().unwrap();
-        let to = address_of("localhost", elsewhere, limit).await.unwrap();
-        assert!(to.ip().is_loopback() && to.port() == 8080, "{to}");
-        // A name that resolves to nothing is an error, not the dialled address.
-        let error = address_of("no-such-host.invalid", elsewhere, limit)
-            .await
-            .unwrap_err();
-        assert!(error.contains("no-such-host.invalid"), "{error}");
-        // With every lookup slot taken, none starts: refused in time.
-        let none = Arc::new(Semaphore::new(0));
-        let error = super::address_of("localhost", dialled, Duration::from_millis(50), &none)
-            .await
-            .unwrap_err();
-        assert!(error.contains("within"), "{error}");
     }
 }
