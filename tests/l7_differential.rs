@@ -2235,8 +2235,10 @@ async fn a_request_line_split_past_detection_never_reaches_the_app() {
 /// What lenient HTTP/1 servers read as a request, though it is no valid
 /// request line, is HTTP to the sidecar too, never opaque TCP: a lone CR
 /// first (llhttp, Tomcat), a leading space (Python's `http.server`), tabs
-/// as delimiters (Tomcat), and more blank lines than detection looks at
-/// (httparse, hence hyper, skips any number). Each is parsed here and
+/// as delimiters (Tomcat), any other byte Python's `http.server` splits the
+/// line on (VT, FF, CR, 0x1C–0x1F, NEL, NBSP) as the delimiters or first,
+/// and more blank lines than detection looks at (httparse, hence hyper,
+/// skips any number). Each is parsed here and
 /// refused (or denied by `no-admin`), so the app, although the port allows
 /// opaque TCP, never gets the request or its spoofed identity. The app is
 /// an echo server: whatever reached it comes back.
@@ -2244,18 +2246,38 @@ async fn a_request_line_split_past_detection_never_reaches_the_app() {
 async fn requests_lenient_servers_read_are_never_passed_as_tcp() {
     let head =
         format!("/admin/x HTTP/1.1\r\nHost: api.test\r\nx-appid-peer-id: {SPOOFED_ID}\r\n\r\n");
-    let cases: [(&str, String); 4] = [
-        ("a lone CR first", format!("\rGET {head}")),
-        ("a leading space", format!(" GET {head}")),
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
         (
-            "tabs as delimiters",
-            format!("GET\t{}", head.replacen(' ', "\t", 1)),
+            "a lone CR first".into(),
+            format!("\rGET {head}").into_bytes(),
         ),
         (
-            "16 KiB of blank lines first",
-            format!("{}GET {head}", "\r\n".repeat(8 * 1024)),
+            "a leading space".into(),
+            format!(" GET {head}").into_bytes(),
+        ),
+        (
+            "tabs as delimiters".into(),
+            format!("GET\t{}", head.replacen(' ', "\t", 1)).into_bytes(),
+        ),
+        (
+            "16 KiB of blank lines first".into(),
+            format!("{}GET {head}", "\r\n".repeat(8 * 1024)).into_bytes(),
         ),
     ];
+    // Python's http.server splits the request line on every whitespace of
+    // ISO-8859-1 (`str.split()`): each as the delimiters, and first.
+    for space in [0x0b, 0x0c, 0x1c, 0x1f, 0x85, 0xa0, b'\r'] {
+        let (target, rest) = head.split_once(' ').expect("a target, then the version");
+        let mut request = b"GET".to_vec();
+        request.push(space);
+        request.extend(target.as_bytes());
+        request.push(space);
+        request.extend(rest.as_bytes());
+        cases.push((format!("{space:#04x} as the delimiters"), request));
+        let mut leading = vec![space];
+        leading.extend(format!("GET {head}").as_bytes());
+        cases.push((format!("{space:#04x} first"), leading));
+    }
     let mut failures = Vec::new();
     for mode in ["pooled", "strict"] {
         let app = EchoServer::start().await;
@@ -2272,7 +2294,7 @@ async fn requests_lenient_servers_read_are_never_passed_as_tcp() {
             }
             for (case, request) in &cases {
                 let combination = format!("{mode} {who}, {case}");
-                let back = match exchange_raw(address, request.as_bytes()).await {
+                let back = match exchange_raw(address, request).await {
                     Ok(back) => back,
                     Err(e) => {
                         failures.push((format!("[{combination}] {e}"), mesh.context()));

@@ -241,20 +241,34 @@ pub fn first_line(prefix: &[u8]) -> FirstLine {
     }
 }
 
-/// `prefix` after any leading run of CR, LF, spaces and tabs. RFC 9112
-/// section 2.2 lets a server skip empty lines before a request line
-/// (httparse skips `\r\n` and `\n`); lenient servers skip more: llhttp
-/// (Node) and Tomcat any CR or LF, a lone CR included; Python's
-/// `http.server` splits the line on any whitespace, so a leading space is
-/// nothing to it. What any of them would skip is skipped here, so such a
-/// request is classified as HTTP/1 (and refused by our stricter parser),
-/// never passed as opaque bytes.
+/// `prefix` after any leading run of blanks: LFs and [`line_space`]s.
+/// RFC 9112 section 2.2 lets a server skip empty lines before a request
+/// line (httparse skips `\r\n` and `\n`); lenient servers skip more:
+/// llhttp (Node) and Tomcat any CR or LF, a lone CR included; Python's
+/// `http.server` splits the line on any whitespace, so a leading space or
+/// form feed is nothing to it. What any of them would skip is skipped
+/// here, so such a request is classified as HTTP/1 (and refused by our
+/// stricter parser), never passed as opaque bytes.
 fn skip_blanks(prefix: &[u8]) -> &[u8] {
     let n = prefix
         .iter()
-        .take_while(|&&b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+        .take_while(|&&b| b == b'\n' || line_space(b))
         .count();
     &prefix[n..]
+}
+
+/// Whether some HTTP/1 server splits a request line on `b`: space and tab
+/// (RFC 9112, Tomcat), and everything Python's `http.server` splits the
+/// line on (`str.split()` of the line read as ISO-8859-1: also VT, FF, CR,
+/// the separators 0x1C–0x1F, NEL 0x85 and NBSP 0xA0; Ruby's WEBrick splits
+/// on VT and FF too). Detection takes every one as a delimiter, so that no
+/// server's request line is passed as opaque bytes because ours would not
+/// read it as one. (LF ends the line.)
+fn line_space(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | 0x85 | 0xa0
+    )
 }
 
 /// How far `line` goes as an HTTP/1 request line.
@@ -270,16 +284,21 @@ enum RequestLine {
     No,
 }
 
-/// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of spaces and
-/// tabs count as one delimiter (a lenient server's view: Tomcat takes a
-/// tab); the target is any run of bytes other than spaces and control
-/// bytes.
+/// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of
+/// [`line_space`]s count as one delimiter (a lenient server's view:
+/// Tomcat takes a tab, Python a form feed); the target is any run of bytes
+/// other than those and control bytes.
 fn request_line(line: &[u8]) -> RequestLine {
     if line.is_empty() {
         return RequestLine::Partial { past_method: false };
     }
     for method in HTTP1_METHODS {
-        if let Some([b' ' | b'\t', ..]) = line.strip_prefix(method) {
+        // A known method and a delimiter (a CR may end a line instead:
+        // `GET\r\n` is no request; the general case below decides it).
+        if let Some([next, ..]) = line.strip_prefix(method)
+            && line_space(*next)
+            && *next != b'\r'
+        {
             return RequestLine::Yes;
         }
     }
@@ -297,7 +316,7 @@ fn request_line(line: &[u8]) -> RequestLine {
     let partial = RequestLine::Partial { past_method: true };
     let target_len = rest
         .iter()
-        .take_while(|&&b| b != b' ' && !b.is_ascii_control())
+        .take_while(|&&b| !line_space(b) && !b.is_ascii_control())
         .count();
     let after_target = &rest[target_len..];
     if after_target.is_empty() {
@@ -319,13 +338,10 @@ fn request_line(line: &[u8]) -> RequestLine {
     }
 }
 
-/// `bytes` without its leading spaces and tabs, if it starts with at
+/// `bytes` without its leading [`line_space`]s, if it starts with at
 /// least one.
 fn strip_spaces(bytes: &[u8]) -> Option<&[u8]> {
-    let n = bytes
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
+    let n = bytes.iter().take_while(|&&b| line_space(b)).count();
     (n > 0).then_some(&bytes[n..])
 }
 
@@ -1094,6 +1110,18 @@ mod tests {
             b"PRI * HTTP/1.1\r\n",
             b"PRI * HTTP/2.0\r\n\r\nXX",
             b"M-SEARCH * HTTP/1.1\r\n",
+            // Python's http.server splits on any whitespace of ISO-8859-1:
+            // each of these between the parts, or first, is a request to it.
+            b"GET\x0b/admin\x0bHTTP/1.1\r\n",
+            b"GET\x0c/admin\x0cHTTP/1.1\r\n",
+            b"GET\x1c/admin\x1fHTTP/1.1\r\n",
+            b"GET\x85/admin\x85HTTP/1.1\r\n",
+            b"GET\xa0/admin\xa0HTTP/1.1\r\n",
+            b"GET\r/admin\rHTTP/1.1\r\n",
+            b"PROPFIND\xa0/x\x0bHTTP/1.1\r\n",
+            b"FOO /admin\xa0HTTP/1.1\r\n",
+            b"\x0cGET /admin HTTP/1.1\r\n",
+            b"\xa0\x85\x1dGET /admin HTTP/1.1\r\n",
         ] {
             assert_eq!(
                 classify(http),
@@ -1125,6 +1153,13 @@ mod tests {
             FirstLine::RequestLine
         );
         assert_eq!(first_line(b"PING\r\n"), FirstLine::NotRequestLine);
+        assert_eq!(first_line(b"PING\r\nPING\r\n"), FirstLine::NotRequestLine);
+        assert_eq!(classify_final(b"PING\r\n"), Classification::Opaque);
+        assert_eq!(classify(b"GET\r\n"), Classification::Opaque);
+        assert_eq!(
+            first_line(b"PROPFIND\x0c/x\xa0HTTP/1.1"),
+            FirstLine::RequestLine
+        );
         assert_eq!(
             first_line(b"EHLO mail.example\r\n"),
             FirstLine::NotRequestLine
