@@ -73,6 +73,11 @@ const RULES: &[(&str, &str, &str)] = &[
     ("no-secret", "deny", "{ paths: [\"/public/secret/**\"] }"),
     ("no-debug", "deny", "{ headers: { x-debug: \"1\" } }"),
     ("no-delete", "deny", "{ methods: [DELETE] }"),
+    (
+        "no-internal",
+        "deny",
+        "{ headers: { host: internal.test } }",
+    ),
 ];
 
 const MESHED_FROM: &str = "{ labels.app: web }";
@@ -143,6 +148,8 @@ struct Row {
     /// Over HTTP/2, sent by the hand-written client ([`h2raw`]) instead of
     /// the h2 crate's.
     h2_raw: bool,
+    /// The HTTP/2 `:authority` (`api.test` unless set).
+    authority: &'static str,
     expect: Verdict,
 }
 
@@ -157,6 +164,7 @@ fn req(name: &'static str, method: &'static str, target: &'static [u8], expect: 
         raw_h1: None,
         only: None,
         h2_raw: false,
+        authority: "api.test",
         expect,
     }
 }
@@ -201,6 +209,12 @@ impl Row {
         self
     }
 
+    /// Over HTTP/2 only, with this `:authority`.
+    fn authority(mut self, authority: &'static str) -> Row {
+        self.authority = authority;
+        self.h2_only()
+    }
+
     /// Over HTTP/2, send the row with the hand-written client ([`h2raw`]):
     /// its `:path`, fields and body go on the wire exactly as written, for
     /// requests the h2 crate's client cannot send.
@@ -243,7 +257,8 @@ impl Row {
 /// Every hostile request and its verdict. Paths under `/public/**` are
 /// allowed (GET, HEAD, POST, PUT, PROPFIND, PURGE, OPTIONS), except
 /// `/public/secret/**` (`no-secret`), anything with `x-debug: 1`
-/// (`no-debug`) and `DELETE` (`no-delete`); `/tenant/**` needs
+/// (`no-debug`), `DELETE` (`no-delete`) and host `internal.test`
+/// (`no-internal`); `/tenant/**` needs
 /// `x-tenant: acme` and nothing else; everything else is `default`.
 fn table() -> Vec<Row> {
     const BIG: &[u8] = &[b'a'; 70_000]; // > max_header_bytes (64 KiB)
@@ -327,6 +342,47 @@ fn table() -> Vec<Row> {
         // follows the first `/`.
         get("absolute form, query after the authority", b"http://api.test?/public/secret/x", Refused(400))
             .h1_only("absolute form"),
+        // --- One host per request: the authority the app routes on. A
+        // `Host` that differs from it is refused; policy's `host` is it.
+        raw(
+            "Host naming a denied host",
+            b"GET /public/x HTTP/1.1\r\nHost: internal.test\r\n\r\n",
+            Denied("no-internal"),
+        ),
+        raw(
+            "absolute form naming another host than Host",
+            b"GET http://internal.test/public/x HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Refused(400),
+        ),
+        raw(
+            "absolute form and Host naming a denied host",
+            b"GET http://INTERNAL.test/public/x HTTP/1.1\r\nHost: internal.test\r\n\r\n",
+            Denied("no-internal"),
+        ),
+        raw(
+            "absolute form naming a denied host, no Host (HTTP/1.0)",
+            b"GET http://internal.test/public/x HTTP/1.0\r\n\r\n",
+            Denied("no-internal"),
+        ),
+        raw(
+            "absolute form with userinfo",
+            b"GET http://user@api.test/public/x HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            Refused(400),
+        ),
+        get("authority naming a denied host", b"/public/x", Denied("no-internal"))
+            .authority("internal.test"),
+        get("authority and host naming a denied host", b"/public/x", Denied("no-internal"))
+            .header(b"host", b"internal.test")
+            .authority("internal.test"),
+        get("host naming another host than the authority", b"/public/x", Refused(400))
+            .header(b"host", b"internal.test")
+            .h2_only(),
+        get("host saying what the authority says", b"/public/x", Allowed)
+            .header(b"host", b"api.test")
+            .h2_only(),
+        get("authority with userinfo", b"/public/x", Refused(400))
+            .authority("user@api.test")
+            .h2_raw(),
         // `://` inside the query is no absolute form: no leading `/`.
         get("scheme inside the target", b"secret?x=http://api.test/public/x", Refused(400))
             .h1_only("absolute form"),
@@ -848,7 +904,7 @@ mod h2c {
             );
         } else {
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(Authority::from_static("api.test"));
+            parts.authority = Some(Authority::from_static(row.authority));
             parts.path_and_query = Some(
                 PathAndQuery::from_maybe_shared(Bytes::from_static(row.target))
                     .map_err(|e| format!("{e}"))?,
@@ -1123,7 +1179,7 @@ mod h2raw {
         let mut block = Vec::new();
         put_field(&mut block, b":method", row.method.as_bytes());
         put_field(&mut block, b":scheme", b"http");
-        put_field(&mut block, b":authority", b"api.test");
+        put_field(&mut block, b":authority", row.authority.as_bytes());
         put_field(&mut block, b":path", row.target);
         for (name, value) in &row.headers {
             put_field(&mut block, name, value);

@@ -779,11 +779,18 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
                         continue;
                     }
                     seen.insert(name.clone(), (h.key, h.key_node.mark));
+                    // `host` is a host name: matched as `external.hosts`
+                    // are (ASCII case ignored, `*` within one label), on
+                    // the request's host without its port or trailing dot.
+                    let glob = |text: &str| match name.as_str() {
+                        "host" => Glob::host(text),
+                        _ => Glob::path(text),
+                    };
                     let globs = scalars(h.value, "a header value", diags).and_then(|items| {
                         collect_all(
                             items
                                 .into_iter()
-                                .map(|(text, mark)| glob_or_report(Glob::path(text), mark, diags)),
+                                .map(|(text, mark)| glob_or_report(glob(text), mark, diags)),
                         )
                     });
                     if let Some(globs) = globs {

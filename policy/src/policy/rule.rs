@@ -276,11 +276,21 @@ impl Test {
 /// deny); in an allow rule only when there is at least one element and
 /// every element matches (an extra `x-tenant: evil` cannot ride along on an
 /// allowed `acme`).
+///
+/// `host` is a host name (its globs ignore case): its elements are matched
+/// without a `:port`, a trailing dot or IPv6 brackets ([`normalize_host`]),
+/// so `Host: Internal.test.:80` meets `deny host: internal.test`.
 fn header_holds(headers: &dyn Headers, name: &str, globs: &[Glob], action: Action) -> bool {
+    let is_host = name == "host";
     let matches = |value: &[u8]| {
         // Borrowed unless the value is not UTF-8.
         let text = String::from_utf8_lossy(value);
-        globs.iter().any(|g| g.matches(&text))
+        let text = if is_host {
+            normalize_host(&text)
+        } else {
+            &text
+        };
+        globs.iter().any(|g| g.matches(text))
     };
     match action {
         Action::Deny => {

@@ -584,6 +584,43 @@ rules:
 }
 
 #[test]
+fn host_clauses_match_host_names_as_hosts() {
+    let p = load(
+        r#"version: 1
+default: allow
+rules:
+  - name: no-internal
+    action: deny
+    http: { headers: { host: [internal.test, "*.corp.test"] } }
+  - name: only-public
+    action: deny
+    http: { headers: { x-path: "internal.test" } }
+"#,
+    );
+    type Case<'a> = (&'a [(&'a str, &'a str)], Outcome);
+    let cases: &[Case<'_>] = &[
+        (&[("host", "internal.test")], Outcome::Deny),
+        // Host names ignore case; the port, a trailing dot, brackets are
+        // no part of the name an app routes on.
+        (&[("Host", "INTERNAL.Test")], Outcome::Deny),
+        (&[("host", "internal.test:8080")], Outcome::Deny),
+        (&[("host", "internal.test.")], Outcome::Deny),
+        (&[("host", "Internal.test.:80")], Outcome::Deny),
+        (&[("host", "a.corp.test")], Outcome::Deny),
+        // `*` is one label of a host, as in `external.hosts`.
+        (&[("host", "a.b.corp.test")], Outcome::Allow),
+        (&[("host", "internal.test.evil")], Outcome::Allow),
+        (&[("host", "public.test")], Outcome::Allow),
+        // Other headers keep comparing values as written.
+        (&[("x-path", "INTERNAL.test")], Outcome::Allow),
+    ];
+    for (headers, want) in cases {
+        let d = decide_with_headers(&p, headers);
+        assert_eq!(d.outcome, *want, "{headers:?}");
+    }
+}
+
+#[test]
 fn allow_header_clauses_need_every_element() {
     let p = load(
         r#"version: 1

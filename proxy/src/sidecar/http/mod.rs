@@ -78,6 +78,34 @@ pub enum Refusal {
     Path(path::PathError),
     /// A head whose framing is malformed (see [`Malformed`]).
     Malformed(Malformed),
+    /// An authority the app could route on that policy would not see as
+    /// the request's host (see [`check_authority`]).
+    Authority(AuthorityError),
+}
+
+/// Why a request's authority (the HTTP/2 `:authority`, or the authority of
+/// an HTTP/1 absolute-form target) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorityError {
+    /// A `Host` field names another host (RFC 9113 §8.3.1: malformed; RFC
+    /// 9112 §3.2.2: an origin server routes on the target's authority and
+    /// ignores `Host`, while many apps read `Host`).
+    DiffersFromHost,
+    /// `user@host`: userinfo a request must not carry (RFC 9110 §4.2.4),
+    /// which parsers split differently.
+    Userinfo,
+    /// An empty authority.
+    Empty,
+}
+
+impl AuthorityError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorityError::DiffersFromHost => "Host differs from the request's authority",
+            AuthorityError::Userinfo => "userinfo in the request's authority",
+            AuthorityError::Empty => "an empty authority",
+        }
+    }
 }
 
 impl Refusal {
@@ -99,6 +127,7 @@ impl Refusal {
             Refusal::AsteriskTarget => "`*` is a target only for OPTIONS",
             Refusal::Path(e) => e.as_str(),
             Refusal::Malformed(m) => m.as_str(),
+            Refusal::Authority(e) => e.as_str(),
         }
     }
 }
@@ -186,22 +215,38 @@ pub enum RequestDecision {
     Refuse(Refusal),
 }
 
-/// The one request check every codec calls: method, canonical path, header
-/// view, policy. `target` is the HTTP/1 request target or the HTTP/2
-/// `:path`. Refusals and decisions are audited (by `authorizer`).
+/// The one request check every codec calls: method, canonical path,
+/// authority, header view, policy. `target` is the HTTP/1 request target
+/// or the HTTP/2 `:path`; `authority` the HTTP/2 `:authority` (`None` in
+/// HTTP/1, whose absolute-form target carries its own). Refusals and
+/// decisions are audited (by `authorizer`).
 pub fn authorize_request(
     authorizer: &dyn RequestAuthorizer,
     method: &str,
     target: &str,
+    authority: Option<&str>,
     headers: &dyn Headers,
     grpc: bool,
 ) -> RequestDecision {
-    match check_request(method, target) {
+    let checked = check_request(method, target).and_then(|path| {
+        let authority = authority.or_else(|| path::authority_of(target));
+        check_authority(authority, headers)?;
+        Ok((path, authority))
+    });
+    match checked {
         Err(refusal) => {
             authorizer.refused(method, target, refusal, grpc);
             RequestDecision::Refuse(refusal)
         }
-        Ok(path) => {
+        Ok((path, authority)) => {
+            let with_host;
+            let headers = match authority {
+                Some(authority) => {
+                    with_host = AuthorityAsHost { headers, authority };
+                    &with_host as &dyn Headers
+                }
+                None => headers,
+            };
             let facts = RequestFacts {
                 method,
                 path: &path,
@@ -212,6 +257,50 @@ pub fn authorize_request(
                 RequestVerdict::Allow => RequestDecision::Forward,
                 RequestVerdict::Deny { rule, reason } => RequestDecision::Deny { rule, reason },
             }
+        }
+    }
+}
+
+/// One host per request, the one the app routes on: a request that names
+/// an authority (the HTTP/2 `:authority`, an HTTP/1 absolute-form target)
+/// may carry `Host` only to say the same (ASCII case aside), and no
+/// userinfo. Otherwise policy would match `host` rules against a `Host`
+/// the app ignores (or, in HTTP/2, against no `host` at all) while the app
+/// routes on the authority.
+pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result<(), Refusal> {
+    let Some(authority) = authority else {
+        return Ok(());
+    };
+    if authority.is_empty() {
+        return Err(Refusal::Authority(AuthorityError::Empty));
+    }
+    if authority.contains('@') {
+        return Err(Refusal::Authority(AuthorityError::Userinfo));
+    }
+    let mut differs = false;
+    headers.each_value("host", &mut |host| {
+        differs |= !host.eq_ignore_ascii_case(authority.as_bytes());
+    });
+    if differs {
+        return Err(Refusal::Authority(AuthorityError::DiffersFromHost));
+    }
+    Ok(())
+}
+
+/// The header view policy gets for a request that names an authority: its
+/// `host` is that authority (any `Host` field says the same, see
+/// [`check_authority`]); every other header is the codec's.
+struct AuthorityAsHost<'a> {
+    headers: &'a dyn Headers,
+    authority: &'a str,
+}
+
+impl Headers for AuthorityAsHost<'_> {
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        if name == "host" {
+            visit(self.authority.as_bytes());
+        } else {
+            self.headers.each_value(name, visit);
         }
     }
 }
@@ -477,5 +566,75 @@ mod tests {
         for name in ["x-other", "x-appid", "appid-peer-id", "x-appidpeer"] {
             assert!(!is_appid_header(name), "{name}");
         }
+    }
+
+    /// Records what policy saw of `host` and answers allow.
+    struct SeesHost(std::sync::Mutex<Vec<String>>);
+
+    impl RequestAuthorizer for SeesHost {
+        fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
+            let mut seen = Vec::new();
+            request.headers.each_value("host", &mut |v| {
+                seen.push(String::from_utf8_lossy(v).into_owned());
+            });
+            *self.0.lock().unwrap() = seen;
+            RequestVerdict::Allow
+        }
+    }
+
+    #[test]
+    fn one_host_per_request_the_authority_the_app_routes_on() {
+        let decide = |target: &str, authority: Option<&str>, host: &[&str]| {
+            let seen = SeesHost(Default::default());
+            let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+            let decision = authorize_request(&seen, "GET", target, authority, &&fields[..], false);
+            (decision, seen.0.into_inner().unwrap())
+        };
+        let refused = |e| (RequestDecision::Refuse(Refusal::Authority(e)), Vec::new());
+        let allowed = |hosts: &[&str]| {
+            let hosts = hosts.iter().map(|h| h.to_string()).collect();
+            (RequestDecision::Forward, hosts)
+        };
+        // Origin form: `Host` is the host.
+        assert_eq!(decide("/x", None, &["a.test"]), allowed(&["a.test"]));
+        assert_eq!(decide("/x", None, &[]), allowed(&[]));
+        // Absolute form: its authority, which `Host` may only repeat.
+        assert_eq!(
+            decide("http://a.test/x", None, &["A.test"]),
+            allowed(&["a.test"])
+        );
+        assert_eq!(decide("http://a.test/x", None, &[]), allowed(&["a.test"]));
+        assert_eq!(
+            decide("http://b.test/x", None, &["a.test"]),
+            refused(AuthorityError::DiffersFromHost)
+        );
+        assert_eq!(
+            decide("http://a.test/x", None, &["a.test", "b.test"]),
+            refused(AuthorityError::DiffersFromHost)
+        );
+        assert_eq!(
+            decide("http://u@a.test/x", None, &["a.test"]),
+            refused(AuthorityError::Userinfo)
+        );
+        assert_eq!(
+            decide("http:///x", None, &[]),
+            refused(AuthorityError::Empty)
+        );
+        // HTTP/2: `:authority` is the host, `host` may only repeat it.
+        assert_eq!(decide("/x", Some("a.test"), &[]), allowed(&["a.test"]));
+        assert_eq!(
+            decide("/x", Some("a.test"), &["a.test"]),
+            allowed(&["a.test"])
+        );
+        assert_eq!(
+            decide("/x", Some("a.test"), &["b.test"]),
+            refused(AuthorityError::DiffersFromHost)
+        );
+        assert_eq!(decide("/x", Some(""), &[]), refused(AuthorityError::Empty));
+        assert_eq!(
+            path::authority_of("https://a.test:8443?q"),
+            Some("a.test:8443")
+        );
+        assert_eq!(path::authority_of("/http://a.test/"), None);
     }
 }

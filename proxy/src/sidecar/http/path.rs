@@ -108,21 +108,33 @@ pub fn path_of(target: &str) -> Result<&str, PathError> {
     let path = match absolute_form(target) {
         None => target,
         Some(after_scheme) => {
-            // The authority ends at the first `/`, `?` or `#`.
-            let end = after_scheme
-                .find(['/', '?', '#'])
-                .unwrap_or(after_scheme.len());
-            if after_scheme[..end].contains('\\') {
+            let (authority, rest) = split_authority(after_scheme);
+            if authority.contains('\\') {
                 return Err(PathError::Backslash);
             }
-            match after_scheme.as_bytes().get(end) {
+            match rest.as_bytes().first() {
                 None => "/",
-                Some(b'/') => &after_scheme[end..],
+                Some(b'/') => rest,
                 Some(_) => return Err(PathError::AbsoluteFormWithoutPath),
             }
         }
     };
     Ok(path.find(['?', '#']).map_or(path, |end| &path[..end]))
+}
+
+/// The authority of an absolute-form target (`http://api.test/p`:
+/// `api.test`), or `None` for any other form.
+pub fn authority_of(target: &str) -> Option<&str> {
+    absolute_form(target).map(|after_scheme| split_authority(after_scheme).0)
+}
+
+/// What follows `scheme://`, split where the authority ends: at the first
+/// `/`, `?` or `#`.
+fn split_authority(after_scheme: &str) -> (&str, &str) {
+    let end = after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len());
+    after_scheme.split_at(end)
 }
 
 /// What follows `scheme://` when `target` starts with an RFC 3986 scheme

@@ -335,7 +335,7 @@ fn inspect_request(
             .next()
             .and_then(|v| std::str::from_utf8(v).ok())
     });
-    match span.in_scope(|| authorize_request(authorizer, method, target, &headers, false)) {
+    match span.in_scope(|| authorize_request(authorizer, method, target, None, &headers, false)) {
         RequestDecision::Forward => {}
         RequestDecision::Refuse(refusal) => {
             trace::record_status(&span, refusal.status());

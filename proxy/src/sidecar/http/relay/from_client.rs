@@ -327,7 +327,14 @@ where
         // `:path` as sent; a CONNECT has none (and is refused).
         let target = fields.path().unwrap_or("");
         let decision = span.in_scope(|| {
-            authorize_request(&*self.authorizer, method.as_str(), target, &fields, grpc)
+            authorize_request(
+                &*self.authorizer,
+                method.as_str(),
+                target,
+                fields.authority(),
+                &fields,
+                grpc,
+            )
         });
         let status = match decision {
             RequestDecision::Forward => None,
