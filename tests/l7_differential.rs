@@ -78,6 +78,7 @@ const RULES: &[(&str, &str, &str)] = &[
         "deny",
         "{ headers: { host: internal.test } }",
     ),
+    ("no-naive", "deny", "{ paths: [\"/public/naïve/**\"] }"),
 ];
 
 const MESHED_FROM: &str = "{ labels.app: web }";
@@ -257,8 +258,8 @@ impl Row {
 /// Every hostile request and its verdict. Paths under `/public/**` are
 /// allowed (GET, HEAD, POST, PUT, PROPFIND, PURGE, OPTIONS), except
 /// `/public/secret/**` (`no-secret`), anything with `x-debug: 1`
-/// (`no-debug`), `DELETE` (`no-delete`) and host `internal.test`
-/// (`no-internal`); `/tenant/**` needs
+/// (`no-debug`), `DELETE` (`no-delete`), host `internal.test`
+/// (`no-internal`) and `/public/naïve/**` (`no-naive`); `/tenant/**` needs
 /// `x-tenant: acme` and nothing else; everything else is `default`.
 fn table() -> Vec<Row> {
     const BIG: &[u8] = &[b'a'; 70_000]; // > max_header_bytes (64 KiB)
@@ -342,6 +343,14 @@ fn table() -> Vec<Row> {
         // follows the first `/`.
         get("absolute form, query after the authority", b"http://api.test?/public/secret/x", Refused(400))
             .h1_only("absolute form"),
+        // --- Non-ASCII: raw or encoded, one spelling (`no-naive` is written
+        // raw in the policy).
+        get("non-ASCII encoded", b"/public/na%C3%AFve/x", Denied("no-naive")),
+        get("non-ASCII encoded, lower-case hex", b"/public/na%c3%afve/x", Denied("no-naive")),
+        get("non-ASCII raw", "/public/naïve/x".as_bytes(), Denied("no-naive")).h1_only("raw UTF-8"),
+        get("non-ASCII raw over HTTP/2", "/public/naïve/x".as_bytes(), Denied("no-naive"))
+            .h2_only()
+            .h2_raw(),
         // --- One host per request: the authority the app routes on. A
         // `Host` that differs from it is refused; policy's `host` is it.
         raw(

@@ -735,6 +735,8 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
                             );
                             return None;
                         }
+                        // Spelled as the sidecar spells request paths.
+                        let text = &*canonical_spelling(text);
                         let glob = match paths {
                             PathCase::Sensitive => Glob::path(text),
                             PathCase::Insensitive => Glob::path_ignoring_case(text),
@@ -805,6 +807,49 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
             _ => unknown_key(e, HTTP_KEYS, "`http`", diags),
         }
     }
+}
+
+/// A path pattern spelled as the sidecar spells a canonical request path
+/// (`docs/what-policy-sees.md`): `%XX` of an unreserved character decoded,
+/// other `%XX` with upper-case hex, and raw non-ASCII bytes encoded so. A
+/// pattern written `/café/**` then meets the request `/caf%c3%a9/x`, and
+/// `/caf%c3%a9/**` the request `/café/x`, as the app routes both.
+fn canonical_spelling(pattern: &str) -> std::borrow::Cow<'_, str> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = pattern.as_bytes();
+    if !bytes.iter().any(|b| !b.is_ascii() || *b == b'%') {
+        return std::borrow::Cow::Borrowed(pattern);
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let push_encoded = |out: &mut String, byte: u8| {
+        out.push('%');
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    };
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let encoded = match (b, bytes.get(i + 1..i + 3)) {
+            (b'%', Some(&[h, l])) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        if let Some(decoded) = encoded {
+            i += 3;
+            if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(decoded));
+            } else {
+                push_encoded(&mut out, decoded);
+            }
+        } else if !b.is_ascii() {
+            i += 1;
+            push_encoded(&mut out, b);
+        } else {
+            i += 1;
+            out.push(char::from(b));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// An HTTP token character (RFC 9110 `tchar`), as in header names.

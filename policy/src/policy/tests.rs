@@ -899,6 +899,35 @@ fn protocol_http_and_empty_http_make_a_rule_http_only_without_conditions() {
 // ---------------------------------------------------------------- paths
 
 #[test]
+fn path_patterns_are_spelled_as_canonical_paths() {
+    let p = load(
+        r#"version: 1
+default: allow
+rules:
+  - name: no-cafe
+    action: deny
+    http: { paths: ["/café/**", "/%61dmin/**", "/b%c3%a9/*"] }
+"#,
+    );
+    let (caller, callee) = (web(), api());
+    let q = Query::meshed(Direction::Inbound, &caller, &callee, 80);
+    let outcome = |path: &str| {
+        let r = HttpRequest {
+            method: "GET",
+            path,
+            headers: &NoHeaders,
+        };
+        decide(&p, &q.with_request(r)).outcome
+    };
+    // Canonical request paths (the sidecar encodes raw non-ASCII, decodes
+    // unreserved characters, upper-cases hex).
+    assert_eq!(outcome("/caf%C3%A9/x"), Outcome::Deny);
+    assert_eq!(outcome("/admin/x"), Outcome::Deny);
+    assert_eq!(outcome("/b%C3%A9/x"), Outcome::Deny);
+    assert_eq!(outcome("/cafe/x"), Outcome::Allow);
+}
+
+#[test]
 fn paths_can_be_case_insensitive() {
     let src = r#"version: 1
 default: allow

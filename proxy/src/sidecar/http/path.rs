@@ -21,7 +21,8 @@
 //!    starts with `//` (a URL parser reads a host there), an absolute form
 //!    whose authority is followed by anything but a path or holds a `\`;
 //! 3. `%XX` of an unreserved character is decoded; other encodings are kept
-//!    with upper-case hex;
+//!    with upper-case hex, and raw non-ASCII bytes are encoded so
+//!    (`/café` is `/caf%C3%A9`, as `/caf%c3%a9` is);
 //! 4. in each segment, everything from the first `;` is dropped;
 //! 5. empty segments are merged (`/a//b` is `/a/b`).
 //!
@@ -196,6 +197,8 @@ pub fn canonical_path(target: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b';' => rewrite = true,
             b'/' if bytes.get(i + 1) == Some(&b'/') => rewrite = true,
+            // Raw non-ASCII (UTF-8): spelled `%XX`, as its encoding is.
+            b if !b.is_ascii() => rewrite = true,
             _ => {}
         }
         i += 1;
@@ -240,9 +243,15 @@ fn rewritten(raw: &str) -> String {
                     out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
                 }
                 i += 3;
+            } else if !bytes[i].is_ascii() {
+                push_encoded(&mut out, bytes[i]);
+                i += 1;
             } else {
-                // Copy up to the next `%` as a whole: it may be UTF-8.
-                let end = name[i..].find('%').map_or(name.len(), |n| i + n);
+                // Copy the ASCII up to the next `%` or non-ASCII byte.
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'%' || !b.is_ascii())
+                    .map_or(name.len(), |n| i + n);
                 out.push_str(&name[i..end]);
                 i = end;
             }
@@ -254,6 +263,14 @@ fn rewritten(raw: &str) -> String {
         out.push('/');
     }
     out
+}
+
+/// `%XX` for `byte`, upper-case hex.
+fn push_encoded(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0xf)]));
 }
 
 /// The byte `%XX` at `at` encodes, if two hex digits follow.
@@ -285,7 +302,10 @@ mod tests {
             ("/%61dmin/users", "/admin/users"),
             ("/%70ublic/x", "/public/x"),
             ("/public/%73ecret/x", "/public/secret/x"),
-            ("/caf\u{e9}/%61b?q", "/caf\u{e9}/ab"),
+            ("/caf\u{e9}/%61b?q", "/caf%C3%A9/ab"),
+            // Raw or encoded, non-ASCII is one spelling.
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/\u{1f600}/a\u{e9}b", "/%F0%9F%98%80/a%C3%A9b"),
             ("/x%20y", "/x%20y"),
             ("/a%2ab", "/a%2Ab"),
             ("/caf%c3%a9", "/caf%C3%A9"),
