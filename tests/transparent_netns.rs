@@ -45,7 +45,8 @@
 //! - a host outside the mesh allowed by name (`external.hosts`) is reached
 //!   where the name resolves (the namespace's own `/etc/hosts`), even by
 //!   an app that dials another address with that name in its `Host`, and
-//!   where it moved to while the sidecar still keeps its old answer;
+//!   where it moved to while the sidecar still keeps its old answer; a
+//!   request naming another host on that connection is refused (421);
 //! - a server-first protocol outside the mesh (a banner on accept) gets
 //!   its banner without the sidecar waiting `detect_timeout` for a name the
 //!   client never sends (only where a rule by name could decide is the name
@@ -976,6 +977,9 @@ fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() 
                 "-m",
                 "http.server",
                 "80",
+                // Keep-alive, as a CDN's servers are.
+                "--protocol",
+                "HTTP/1.1",
                 "--bind",
                 address,
                 "--directory",
@@ -1046,6 +1050,24 @@ fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() 
                "peer_ip": elsewhere, "port": 80}),
     );
     a.ns.set_hosts_file(&hosts(named));
+    // A name allowed once carries no request for another host: on the
+    // same keep-alive connection (to a server that would answer any host,
+    // as a CDN's does), a request naming another host is refused with 421
+    // by the sidecar and never reaches the server.
+    let out = a.ns.run(python(), &["-c", TWO_HOSTS_CLIENT, named]);
+    let answers = text(&out.stdout);
+    assert!(
+        answers.starts_with("200 named\n|421 "),
+        "{answers:?} {}\n{}",
+        text(&out.stderr),
+        a.context()
+    );
+    let misdirected = a.audit().pop().expect("an audit line");
+    expect_line(
+        &misdirected,
+        json!({"direction": "outbound", "decision": "deny", "rule": "invalid-request",
+               "peer_ip": named, "port": 80}),
+    );
     // The other address under its own name is no destination a rule allows.
     let direct = a.ns.curl(&format!("http://{elsewhere}/who"), 5);
     assert!(
@@ -1066,6 +1088,30 @@ fn an_external_host_allowed_by_name_is_reached_whatever_address_the_app_dials() 
         || lying(&a).is_ok_with("elsewhere\n").then_some(()),
     );
 }
+
+/// Two requests on one keep-alive connection to port 80 of `argv[1]`, the
+/// first for `allowed.test`, the second for `other.test`; prints each
+/// answer's status and body, `|`-separated.
+const TWO_HOSTS_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+f = s.makefile("rb")
+def ask(host):
+    s.sendall(b"GET /who HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    status = f.readline().split(b" ")[1].decode()
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    return status + " " + f.read(length).decode(errors="replace")
+out = [ask(b"allowed.test")]
+out.append(ask(b"other.test"))
+print("|".join(out))
+"#;
 
 /// Speaks first, as SSH, SMTP and MySQL servers do: a banner on accept.
 const BANNER_SERVER: &str = r#"

@@ -111,6 +111,9 @@ pub struct ConnAuthz {
     audit_fields: OnceLock<Box<KeptAuditFields>>,
     /// A request was audited on this connection.
     request_audited: std::sync::atomic::AtomicBool,
+    /// Outside the mesh, allowed by the name the app gave: its requests
+    /// must name that host ([`ConnAuthz::held_to_its_name`]).
+    held_to_name: bool,
 }
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
@@ -301,6 +304,7 @@ impl ConnAuthz {
             would_deny: std::sync::atomic::AtomicU64::new(0),
             audit_fields: OnceLock::new(),
             request_audited: std::sync::atomic::AtomicBool::new(false),
+            held_to_name: false,
         }
     }
 
@@ -316,6 +320,14 @@ impl ConnAuthz {
     /// inbound over a tunnel the peer's app as its sidecar reports it.
     pub fn with_app_addr(mut self, app_addr: SocketAddr) -> Self {
         self.app_addr = Some(app_addr);
+        self
+    }
+
+    /// Outside the mesh, allowed by the name the app gave: every request
+    /// on the connection must name that host, else it is refused (421)
+    /// before policy ([`RequestAuthorizer::connection_host`]).
+    pub fn held_to_its_name(mut self) -> Self {
+        self.held_to_name = true;
         self
     }
 
@@ -947,6 +959,15 @@ impl RequestAuthorizer for ConnAuthz {
             Some(why.as_str()),
             None,
         );
+    }
+
+    fn connection_host(&self) -> Option<&str> {
+        match &self.peer {
+            Peer::External {
+                host: Some(host), ..
+            } if self.held_to_name => Some(host),
+            _ => None,
+        }
     }
 
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {

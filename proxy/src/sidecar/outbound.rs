@@ -28,7 +28,7 @@ use appid_policy::policy::Direction;
 use super::authz::{ConnAuthz, ExternalVerdict, NameMatters, Peer};
 use super::balance::Acceptor;
 use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
-use super::http::AppSide;
+use super::http::{AppSide, HttpVersion};
 use super::local::Local;
 use super::pool::{Dialed, Upstream};
 use super::{Shared, orig_dst};
@@ -109,6 +109,24 @@ async fn set_up(
                 let pass_through: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(pass_through);
                 return Some(pass_through.in_current_span());
             }
+            External::Http { to, authz } => {
+                // Allowed by the name in its first request's `Host`: every
+                // request is parsed, and one naming another host is
+                // refused (421: the app opens a connection for it), so a
+                // name allowed once cannot carry requests for others to
+                // the same server (a CDN's, say).
+                let shared_for_connect = shared.clone();
+                return Some(dispatch(
+                    shared,
+                    app,
+                    Bytes::new(),
+                    FirstBytes::Http(HttpVersion::Http1),
+                    *authz,
+                    None,
+                    AppSide::Downstream,
+                    move || async move { shared_for_connect.connect(to).await },
+                ));
+            }
             External::Refused => return None,
             External::Meshed => {}
         }
@@ -119,6 +137,12 @@ async fn set_up(
 enum External {
     /// Allowed: pass through, untouched, to this address.
     PassThrough(SocketAddr),
+    /// Allowed by the name of a plaintext HTTP/1 request: to this address,
+    /// each request authorized by `authz` (and held to that name).
+    Http {
+        to: SocketAddr,
+        authz: Box<ConnAuthz>,
+    },
     Refused,
     Meshed,
 }
@@ -163,13 +187,15 @@ async fn external(
         }
         _ => None,
     };
-    let host = match wait {
+    let named = match wait {
         Some(wait) => name_of(app, wait).await,
-        None => None,
+        None => Named::default(),
     };
+    let host = named.host;
     let authz = |to: SocketAddr| authz(to, host.clone());
     let mut to = dialled;
     let mut decided = authz(dialled);
+    let by_name = decided.external_name().is_some();
     if let Some(name) = decided.external_name() {
         let limit = shared.limits.connect_timeout;
         match shared.names.address_of(name, dialled, limit).await {
@@ -190,6 +216,10 @@ async fn external(
         }
     }
     match decided.decide_external() {
+        ExternalVerdict::Allow if by_name && named.http1 => External::Http {
+            to,
+            authz: Box::new(decided.held_to_its_name()),
+        },
         ExternalVerdict::Allow => External::PassThrough(to),
         ExternalVerdict::Refused => External::Refused,
         ExternalVerdict::NotExternal if to == dialled => External::Meshed,
@@ -211,28 +241,40 @@ async fn external(
 /// write, right after connecting.
 const METADATA_NAME_WAIT: Duration = Duration::from_millis(100);
 
-/// The name the app gives for its connection: the SNI of its TLS
-/// ClientHello, or the `Host` of its first HTTP/1 request; waited for at
-/// most `wait`.
-async fn name_of(app: &TcpStream, wait: Duration) -> Option<String> {
+/// The name the app gives for its connection, and how.
+#[derive(Debug, Default)]
+struct Named {
+    /// The SNI of its TLS ClientHello, or the `Host` of its first HTTP/1
+    /// request.
+    host: Option<String>,
+    /// The connection is plaintext HTTP/1.
+    http1: bool,
+}
+
+/// The name the app gives for its connection, waited for at most `wait`.
+async fn name_of(app: &TcpStream, wait: Duration) -> Named {
     let detected = detect::detect(app, wait, detect::MAX_DETECT_BYTES);
     match detected.await {
         Detection::Classified {
             class: Classification::TlsClientHello(hello),
             ..
-        } => hello.sni,
+        } => Named {
+            host: hello.sni,
+            http1: false,
+        },
         Detection::Classified {
             class: Classification::Http1,
             ..
         } => {
             // `detect` stops at the method; the Host line is further on.
             let mut buffer = vec![0u8; detect::MAX_DETECT_BYTES];
-            match app.peek(&mut buffer).await {
+            let host = match app.peek(&mut buffer).await {
                 Ok(n) => detect::http_host(&buffer[..n]).map(str::to_string),
                 Err(_) => None,
-            }
+            };
+            Named { host, http1: true }
         }
-        _ => None,
+        _ => Named::default(),
     }
 }
 

@@ -81,6 +81,10 @@ pub enum Refusal {
     /// An authority the app could route on that policy would not see as
     /// the request's host (see [`check_authority`]).
     Authority(AuthorityError),
+    /// A request naming another host than the one its connection (outside
+    /// the mesh) was allowed for ([`RequestAuthorizer::connection_host`]):
+    /// `421 Misdirected Request`, so the app opens a connection for it.
+    Misdirected,
 }
 
 /// Why a request's authority (the HTTP/2 `:authority`, or the authority of
@@ -114,6 +118,7 @@ impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Refusal::Connect => 405,
+            Refusal::Misdirected => 421,
             Refusal::Malformed(Malformed::HeadTooLarge) => 431,
             _ => 400,
         }
@@ -128,6 +133,9 @@ impl Refusal {
             Refusal::Path(e) => e.as_str(),
             Refusal::Malformed(m) => m.as_str(),
             Refusal::Authority(e) => e.as_str(),
+            Refusal::Misdirected => {
+                "the request names another host than its connection was allowed for"
+            }
         }
     }
 }
@@ -231,6 +239,11 @@ pub fn authorize_request(
     let checked = check_request(method, target).and_then(|path| {
         let authority = authority.or_else(|| path::authority_of(target));
         check_authority(authority, headers)?;
+        if let Some(allowed) = authorizer.connection_host()
+            && !names_only(allowed, authority, headers)
+        {
+            return Err(Refusal::Misdirected);
+        }
         Ok((path, authority))
     });
     match checked {
@@ -285,6 +298,26 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
         return Err(Refusal::Authority(AuthorityError::DiffersFromHost));
     }
     Ok(())
+}
+
+/// Whether the request's host (its authority, else its `Host` fields, all
+/// of them) is `allowed`, as host names compare: ASCII case aside, without
+/// a port or a trailing dot. A request with no host names no host.
+fn names_only(allowed: &str, authority: Option<&str>, headers: &dyn Headers) -> bool {
+    use appid_policy::policy::normalize_host;
+    let allowed = normalize_host(allowed);
+    let same = |host: &[u8]| {
+        std::str::from_utf8(host).is_ok_and(|h| normalize_host(h).eq_ignore_ascii_case(allowed))
+    };
+    if let Some(authority) = authority {
+        return same(authority.as_bytes());
+    }
+    let (mut any, mut all) = (false, true);
+    headers.each_value("host", &mut |host| {
+        any = true;
+        all &= same(host);
+    });
+    any && all
 }
 
 /// The header view policy gets for a request that names an authority: its
@@ -363,6 +396,13 @@ pub enum RequestVerdict {
 /// Decides each request (and writes its audit line).
 pub trait RequestAuthorizer: Send + Sync + 'static {
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict;
+
+    /// Outside the mesh, the host a connection was allowed for by name:
+    /// its requests must name it ([`Refusal::Misdirected`]). `None` (the
+    /// default): requests may name any host.
+    fn connection_host(&self) -> Option<&str> {
+        None
+    }
 
     /// Called for a request refused before policy (with the raw target):
     /// audit it. Nothing, by default.
@@ -580,6 +620,47 @@ mod tests {
             *self.0.lock().unwrap() = seen;
             RequestVerdict::Allow
         }
+    }
+
+    /// Allows every request, on a connection allowed for `a.test` by name.
+    struct HeldToName;
+
+    impl RequestAuthorizer for HeldToName {
+        fn authorize(&self, _: &RequestFacts<'_>) -> RequestVerdict {
+            RequestVerdict::Allow
+        }
+
+        fn connection_host(&self) -> Option<&str> {
+            Some("a.test")
+        }
+    }
+
+    #[test]
+    fn a_connection_allowed_by_name_carries_requests_for_that_host_only() {
+        let decide = |target: &str, authority: Option<&str>, host: &[&str]| {
+            let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+            authorize_request(&HeldToName, "GET", target, authority, &&fields[..], false)
+        };
+        let misdirected = RequestDecision::Refuse(Refusal::Misdirected);
+        assert_eq!(decide("/x", None, &["a.test"]), RequestDecision::Forward);
+        assert_eq!(
+            decide("/x", None, &["A.Test.:80"]),
+            RequestDecision::Forward
+        );
+        assert_eq!(
+            decide("http://a.test/x", None, &[]),
+            RequestDecision::Forward
+        );
+        assert_eq!(decide("/x", Some("a.test"), &[]), RequestDecision::Forward);
+        assert_eq!(decide("/x", None, &["b.test"]), misdirected);
+        assert_eq!(decide("/x", None, &["a.test", "b.test"]), misdirected);
+        assert_eq!(
+            decide("/x", None, &[]),
+            misdirected,
+            "no host names no host"
+        );
+        assert_eq!(decide("http://b.test/x", None, &[]), misdirected);
+        assert_eq!(Refusal::Misdirected.status(), 421);
     }
 
     #[test]

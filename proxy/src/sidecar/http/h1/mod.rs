@@ -937,6 +937,7 @@ async fn local_response<W: AsyncWrite + Unpin>(
         400 => "Bad Request",
         403 => "Forbidden",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         _ => "Error",
