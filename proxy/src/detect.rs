@@ -210,7 +210,8 @@ fn classify_plain(prefix: &[u8]) -> Classification {
                 Classification::Opaque
             }
         }
-        RequestLine::No => Classification::Opaque,
+        // The opaque path's guard watches what follows the CR.
+        RequestLine::CrLast | RequestLine::No => Classification::Opaque,
     }
 }
 
@@ -236,8 +237,10 @@ pub fn first_line(prefix: &[u8]) -> FirstLine {
     match request_line(skip_blanks(prefix)) {
         RequestLine::Yes => FirstLine::RequestLine,
         RequestLine::No => FirstLine::NotRequestLine,
-        RequestLine::Partial { .. } if prefix.len() >= MAX_DETECT_BYTES => FirstLine::RequestLine,
-        RequestLine::Partial { .. } => FirstLine::Undecided,
+        RequestLine::Partial { .. } | RequestLine::CrLast if prefix.len() >= MAX_DETECT_BYTES => {
+            FirstLine::RequestLine
+        }
+        RequestLine::Partial { .. } | RequestLine::CrLast => FirstLine::Undecided,
     }
 }
 
@@ -265,11 +268,13 @@ fn skip_blanks(prefix: &[u8]) -> &[u8] {
 /// server's request line is passed as opaque bytes because ours would not
 /// read it as one. (LF ends the line.)
 fn line_space(b: u8) -> bool {
-    matches!(
-        b,
-        b' ' | b'\t' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | 0x85 | 0xa0
-    )
+    LINE_SPACES.contains(&b)
 }
+
+/// The bytes [`line_space`] is true of.
+const LINE_SPACES: [u8; 11] = [
+    b' ', b'\t', 0x0b, 0x0c, b'\r', 0x1c, 0x1d, 0x1e, 0x1f, 0x85, 0xa0,
+];
 
 /// How far `line` goes as an HTTP/1 request line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +286,10 @@ enum RequestLine {
     Partial {
         past_method: bool,
     },
+    /// A token (and maybe a target) then a CR, last: a delimiter if a byte
+    /// other than LF follows it (Python splits on it), the end of a line
+    /// otherwise (`AT\r`, `%1POWR 1\r`). Opaque for now, and watched.
+    CrLast,
     No,
 }
 
@@ -310,6 +319,9 @@ fn request_line(line: &[u8]) -> RequestLine {
     if rest.is_empty() {
         return RequestLine::Partial { past_method: false };
     }
+    if rest == b"\r" {
+        return RequestLine::CrLast;
+    }
     let Some(rest) = strip_spaces(rest) else {
         return RequestLine::No;
     };
@@ -325,6 +337,9 @@ fn request_line(line: &[u8]) -> RequestLine {
     if target_len == 0 {
         return RequestLine::No;
     }
+    if after_target == b"\r" {
+        return RequestLine::CrLast;
+    }
     let Some(version) = strip_spaces(after_target) else {
         return RequestLine::No;
     };
@@ -339,9 +354,15 @@ fn request_line(line: &[u8]) -> RequestLine {
 }
 
 /// `bytes` without its leading [`line_space`]s, if it starts with at
-/// least one.
+/// least one. A CR before LF ends the line (`PING\r\n` is no request line
+/// to anyone), so it is no delimiter; a CR last may still be one. (A CR
+/// alone after a token or target is [`RequestLine::CrLast`].)
 fn strip_spaces(bytes: &[u8]) -> Option<&[u8]> {
-    let n = bytes.iter().take_while(|&&b| line_space(b)).count();
+    let n = bytes
+        .iter()
+        .enumerate()
+        .take_while(|&(i, &b)| line_space(b) && (b != b'\r' || bytes.get(i + 1) != Some(&b'\n')))
+        .count();
     (n > 0).then_some(&bytes[n..])
 }
 
@@ -1156,6 +1177,32 @@ mod tests {
         assert_eq!(first_line(b"PING\r\nPING\r\n"), FirstLine::NotRequestLine);
         assert_eq!(classify_final(b"PING\r\n"), Classification::Opaque);
         assert_eq!(classify(b"GET\r\n"), Classification::Opaque);
+        // A CR that may end a line is no delimiter yet: line-based
+        // protocols that end lines with a lone CR stay opaque, watched
+        // until what follows the CR decides.
+        for line in [
+            &b"AT\r"[..],
+            b"ATZ\r",
+            b"AT+CSQ\r",
+            b"%1POWR 1\r",
+            b"PING\r",
+            b"GET\r",
+        ] {
+            assert_eq!(classify(line), Classification::Opaque, "{line:?}");
+            assert_eq!(classify_final(line), Classification::Opaque, "{line:?}");
+            assert_eq!(first_line(line), FirstLine::Undecided, "{line:?}");
+            let mut ended = line.to_vec();
+            ended.extend(b"\nOK\r\n");
+            assert_eq!(first_line(&ended), FirstLine::NotRequestLine, "{line:?}");
+        }
+        assert_eq!(first_line(b"GET\r/admin\rHTTP/1.1"), FirstLine::RequestLine);
+        assert_eq!(first_line(b"FOO /x \r"), FirstLine::Undecided);
+        assert_eq!(first_line(b"FOO /x \rHTTP/1.1"), FirstLine::RequestLine);
+        assert_eq!(first_line(b"%1POWR 1\rHTTP/1.1"), FirstLine::RequestLine);
+        assert_eq!(
+            classify(b"GET\r/admin\rHTTP/1.1\r\n"),
+            Classification::Http1
+        );
         assert_eq!(
             first_line(b"PROPFIND\x0c/x\xa0HTTP/1.1"),
             FirstLine::RequestLine
@@ -1344,10 +1391,40 @@ mod tests {
             let start = if use_hello { real_hello().to_vec() } else { start };
             let first = classify(&start);
             let opaque_for_now = first == Classification::Opaque
-                && request_line(skip_blanks(&start))
-                    == RequestLine::Partial { past_method: false };
+                && matches!(
+                    request_line(skip_blanks(&start)),
+                    RequestLine::Partial { past_method: false } | RequestLine::CrLast
+                );
             if first != Classification::NeedMore && !opaque_for_now {
                 prop_assert_eq!(classify(&[start, more].concat()), first);
+            }
+        }
+
+        /// A request line split by any bytes some server splits on, cut
+        /// anywhere (a client may send it a byte at a time): the guard never
+        /// gives up on a prefix of it, and classification never calls a
+        /// prefix opaque for good.
+        #[test]
+        fn a_request_line_cut_anywhere_is_never_given_up(
+            method in "[A-Z]{1,8}",
+            target in "/[a-z]{0,6}",
+            first in prop::collection::vec(prop::sample::select(LINE_SPACES.to_vec()), 1..3),
+            second in prop::collection::vec(prop::sample::select(LINE_SPACES.to_vec()), 1..3),
+        ) {
+            let line = [
+                method.as_bytes(), &first, target.as_bytes(), &second, b"HTTP/1.1\r\n",
+            ]
+            .concat();
+            for cut in 1..=line.len() {
+                let prefix = &line[..cut];
+                prop_assert_ne!(first_line(prefix), FirstLine::NotRequestLine, "{:?}", prefix);
+                let opaque_for_now = matches!(
+                    request_line(skip_blanks(prefix)),
+                    RequestLine::Partial { past_method: false } | RequestLine::CrLast
+                );
+                if classify(prefix) == Classification::Opaque {
+                    prop_assert!(opaque_for_now, "{:?}", prefix);
+                }
             }
         }
 

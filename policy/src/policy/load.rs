@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use super::attr::Attr;
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
-use super::query::{is_metadata_host, is_metadata_ip};
+use super::query::{is_metadata_host, is_metadata_ip, normalize_host};
 use super::rule::{Action, CalleeKind, CallerKind, Clause, PortSet, Rule, Side, Test};
 use super::selector;
 use super::yaml::{self, Mark, Node, Value};
@@ -781,11 +781,12 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
                         continue;
                     }
                     seen.insert(name.clone(), (h.key, h.key_node.mark));
-                    // `host` is a host name: matched as `external.hosts`
-                    // are (ASCII case ignored, `*` within one label), on
-                    // the request's host without its port or trailing dot.
+                    // `host` is a host name: ASCII case ignored, and the
+                    // pattern, like the request's host, without a port or
+                    // a trailing dot (`*` still spans labels, as in any
+                    // header pattern: `*.corp.test` meets `a.b.corp.test`).
                     let glob = |text: &str| match name.as_str() {
-                        "host" => Glob::host(text),
+                        "host" => Glob::path_ignoring_case(normalize_host(text)),
                         _ => Glob::path(text),
                     };
                     let globs = scalars(h.value, "a header value", diags).and_then(|items| {

@@ -277,9 +277,10 @@ impl Test {
 /// every element matches (an extra `x-tenant: evil` cannot ride along on an
 /// allowed `acme`).
 ///
-/// `host` is a host name (its globs ignore case): its elements are matched
-/// without a `:port`, a trailing dot or IPv6 brackets ([`normalize_host`]),
-/// so `Host: Internal.test.:80` meets `deny host: internal.test`.
+/// `host` is a host name (its globs ignore case, and were written without
+/// a port or trailing dot): its elements are matched without a `:port`, a
+/// trailing dot or IPv6 brackets ([`normalize_host`]), so `Host:
+/// Internal.test.:80` meets `deny host: internal.test`.
 fn header_holds(headers: &dyn Headers, name: &str, globs: &[Glob], action: Action) -> bool {
     let is_host = name == "host";
     let matches = |value: &[u8]| {

@@ -591,7 +591,7 @@ default: allow
 rules:
   - name: no-internal
     action: deny
-    http: { headers: { host: [internal.test, "*.corp.test"] } }
+    http: { headers: { host: [internal.test, "*.corp.test", "port.test:8080", "fqdn.test."] } }
   - name: only-public
     action: deny
     http: { headers: { x-path: "internal.test" } }
@@ -607,8 +607,15 @@ rules:
         (&[("host", "internal.test.")], Outcome::Deny),
         (&[("host", "Internal.test.:80")], Outcome::Deny),
         (&[("host", "a.corp.test")], Outcome::Deny),
-        // `*` is one label of a host, as in `external.hosts`.
-        (&[("host", "a.b.corp.test")], Outcome::Allow),
+        // `*` spans labels, as in any header pattern (it did before host
+        // patterns were host names: a deny must not narrow).
+        (&[("host", "a.b.corp.test")], Outcome::Deny),
+        // Patterns are host names too: a port or trailing dot written in
+        // one is no part of the name (ports are `to.ports`).
+        (&[("host", "port.test:8080")], Outcome::Deny),
+        (&[("host", "port.test")], Outcome::Deny),
+        (&[("host", "fqdn.test.")], Outcome::Deny),
+        (&[("host", "FQDN.test")], Outcome::Deny),
         (&[("host", "internal.test.evil")], Outcome::Allow),
         (&[("host", "public.test")], Outcome::Allow),
         // Other headers keep comparing values as written.

@@ -17,8 +17,9 @@
 //! ahead without a lookup. A connection to any other address is never
 //! sent elsewhere on a kept answer: the name is resolved afresh (a DNS
 //! change the app saw before we did must not send its connection to the
-//! old address), and that answer is kept instead. Failed lookups are not
-//! kept. At most [`MAX_NAME_LOOKUPS`] lookups run at once, and at most
+//! old address), and that answer is kept instead (of two lookups of one
+//! name under way at once, the later one's, whichever ends last). Failed
+//! lookups are not kept. At most [`MAX_NAME_LOOKUPS`] lookups run at once, and at most
 //! [`MAX_KEPT`] names are kept.
 
 use std::collections::HashMap;
@@ -58,6 +59,10 @@ pub struct Names {
 /// What a name resolved to, and until when it confirms a connection.
 struct Kept {
     addresses: Arc<[IpAddr]>,
+    /// When the lookup that answered began: of two lookups of one name
+    /// under way at once, the later one's answer is kept, whichever ends
+    /// last.
+    asked: Instant,
     until: Instant,
 }
 
@@ -93,8 +98,9 @@ impl Names {
         if self.kept(&name).is_some_and(|kept| kept.iter().any(same)) {
             return Ok(dialled);
         }
+        let asked = Instant::now();
         let resolved = self.lookup(&name, limit).await?;
-        self.keep(&name, resolved.clone());
+        self.keep(&name, resolved.clone(), asked);
         if resolved.iter().any(same) {
             return Ok(dialled);
         }
@@ -138,10 +144,15 @@ impl Names {
             .map(|kept| kept.addresses.clone())
     }
 
-    /// Keeps `addresses` as `name`'s answer, making room if need be.
-    fn keep(&self, name: &str, addresses: Arc<[IpAddr]>) {
+    /// Keeps `addresses`, the answer of a lookup begun at `asked`, as
+    /// `name`'s, unless a later lookup's answer is kept already; makes room
+    /// if need be.
+    fn keep(&self, name: &str, addresses: Arc<[IpAddr]>, asked: Instant) {
         let now = Instant::now();
         let mut kept = lock(&self.kept);
+        if kept.get(name).is_some_and(|kept| kept.asked > asked) {
+            return;
+        }
         if kept.len() >= MAX_KEPT && !kept.contains_key(name) {
             kept.retain(|_, kept| kept.until > now);
             if kept.len() >= MAX_KEPT {
@@ -158,7 +169,8 @@ impl Names {
             name.to_string(),
             Kept {
                 addresses,
-                until: now + KEPT_FOR,
+                asked,
+                until: asked + KEPT_FOR,
             },
         );
     }
@@ -385,6 +397,60 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(table.lookups(), before + 1, "the oldest made room");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_lookups_at_once_the_later_answer_is_kept() {
+        let table = Table::new(&[("api.example.com", &["192.0.2.1"])]);
+        // The first lookup answers what the table says when it starts,
+        // then waits to be let go.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(Some(gate));
+        let names = Arc::new(Names::with_resolver(MAX_NAME_LOOKUPS, {
+            let table = table.clone();
+            Arc::new(move |name: &str| {
+                table.lookups.fetch_add(1, Ordering::SeqCst);
+                let answer = lock(&table.answers).get(name).cloned().unwrap_or_default();
+                let first = lock(&gate).take();
+                if let Some(gate) = first {
+                    let _ = gate.recv();
+                }
+                Ok(answer)
+            })
+        }));
+        let first = tokio::spawn({
+            let names = names.clone();
+            async move {
+                names
+                    .address_of("api.example.com", at("198.51.100.9:443"), LIMIT)
+                    .await
+            }
+        });
+        while table.lookups() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // DNS moved; a lookup begun later answers first and is kept.
+        table.set("api.example.com", &["192.0.2.2"]);
+        let moved = at("192.0.2.2:443");
+        assert_eq!(
+            names.address_of("api.example.com", moved, LIMIT).await,
+            Ok(moved)
+        );
+        release.send(()).unwrap();
+        assert_eq!(
+            first.await.unwrap(),
+            Ok(at("192.0.2.1:443")),
+            "its own answer"
+        );
+        // The older answer, ending last, did not replace the newer one: the
+        // old address is not confirmed from memory.
+        assert_eq!(
+            names
+                .address_of("api.example.com", at("192.0.2.1:443"), LIMIT)
+                .await,
+            Ok(moved)
+        );
+        assert_eq!(table.lookups(), 3);
     }
 
     #[tokio::test]

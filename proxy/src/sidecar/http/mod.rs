@@ -236,10 +236,22 @@ pub fn authorize_request(
     headers: &dyn Headers,
     grpc: bool,
 ) -> RequestDecision {
-    let checked = check_request(method, target).and_then(|path| {
+    let held_to = authorizer.connection_host();
+    let checked = match check_request(method, target) {
+        // A connection held to a name outside the mesh is held to its host,
+        // not to our canonical paths: no path rule can apply to it (`http`
+        // and `to.external` do not combine), and external APIs use what
+        // canonical form refuses (`%2F` in GitLab's project paths, `%25`
+        // in object keys). Policy sees the raw path there.
+        Err(Refusal::Path(_)) if held_to.is_some() => Ok(std::borrow::Cow::Borrowed(
+            path::path_of(target).unwrap_or(target),
+        )),
+        checked => checked,
+    };
+    let checked = checked.and_then(|path| {
         let authority = authority.or_else(|| path::authority_of(target));
         check_authority(authority, headers)?;
-        if let Some(allowed) = authorizer.connection_host()
+        if let Some(allowed) = held_to
             && !names_only(allowed, authority, headers)
         {
             return Err(Refusal::Misdirected);
@@ -276,10 +288,11 @@ pub fn authorize_request(
 
 /// One host per request, the one the app routes on: a request that names
 /// an authority (the HTTP/2 `:authority`, an HTTP/1 absolute-form target)
-/// may carry `Host` only to say the same (ASCII case aside), and no
-/// userinfo. Otherwise policy would match `host` rules against a `Host`
-/// the app ignores (or, in HTTP/2, against no `host` at all) while the app
-/// routes on the authority.
+/// may carry `Host` only to name the same host (as host names compare:
+/// ASCII case, a port and a trailing dot aside, so `http://a.test:80/` with
+/// `Host: a.test` passes), and no userinfo. Otherwise policy would match
+/// `host` rules against a `Host` the app ignores (or, in HTTP/2, against
+/// no `host` at all) while the app routes on the authority.
 pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result<(), Refusal> {
     let Some(authority) = authority else {
         return Ok(());
@@ -292,7 +305,7 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
     }
     let mut differs = false;
     headers.each_value("host", &mut |host| {
-        differs |= !host.eq_ignore_ascii_case(authority.as_bytes());
+        differs |= !same_host(host, authority);
     });
     if differs {
         return Err(Refusal::Authority(AuthorityError::DiffersFromHost));
@@ -300,22 +313,26 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
     Ok(())
 }
 
+/// Whether `host` (a field's bytes) names the host `name` names, as host
+/// names compare: ASCII case, a `:port`, a trailing dot and IPv6 brackets
+/// aside (what policy matches is the name alone).
+fn same_host(host: &[u8], name: &str) -> bool {
+    use appid_policy::policy::normalize_host;
+    std::str::from_utf8(host)
+        .is_ok_and(|host| normalize_host(host).eq_ignore_ascii_case(normalize_host(name)))
+}
+
 /// Whether the request's host (its authority, else its `Host` fields, all
 /// of them) is `allowed`, as host names compare: ASCII case aside, without
 /// a port or a trailing dot. A request with no host names no host.
 fn names_only(allowed: &str, authority: Option<&str>, headers: &dyn Headers) -> bool {
-    use appid_policy::policy::normalize_host;
-    let allowed = normalize_host(allowed);
-    let same = |host: &[u8]| {
-        std::str::from_utf8(host).is_ok_and(|h| normalize_host(h).eq_ignore_ascii_case(allowed))
-    };
     if let Some(authority) = authority {
-        return same(authority.as_bytes());
+        return same_host(authority.as_bytes(), allowed);
     }
     let (mut any, mut all) = (false, true);
     headers.each_value("host", &mut |host| {
         any = true;
-        all &= same(host);
+        all &= same_host(host, allowed);
     });
     any && all
 }
@@ -661,6 +678,21 @@ mod tests {
         );
         assert_eq!(decide("http://b.test/x", None, &[]), misdirected);
         assert_eq!(Refusal::Misdirected.status(), 421);
+        // Held to its host, not to canonical paths (no path rule applies
+        // outside the mesh): what external APIs send passes.
+        for target in [
+            "/api/v4/projects/group%2Fproject",
+            "/bucket/100%25.txt",
+            "/a/./b",
+        ] {
+            assert_eq!(decide(target, None, &["a.test"]), RequestDecision::Forward);
+        }
+        // Methods are still checked.
+        let fields = [("host", "a.test")];
+        assert_eq!(
+            authorize_request(&HeldToName, "get", "/x", None, &&fields[..], false),
+            RequestDecision::Refuse(Refusal::LowerCaseMethod)
+        );
     }
 
     #[test]
@@ -692,6 +724,19 @@ mod tests {
         assert_eq!(
             decide("http://a.test/x", None, &["a.test", "b.test"]),
             refused(AuthorityError::DiffersFromHost)
+        );
+        // The same host, spelled with its port or a trailing dot.
+        assert_eq!(
+            decide("http://a.test:80/x", None, &["a.test"]),
+            allowed(&["a.test:80"])
+        );
+        assert_eq!(
+            decide("/x", Some("a.test:443"), &["A.test."]),
+            allowed(&["a.test:443"])
+        );
+        assert_eq!(
+            decide("/x", Some("[::1]:8080"), &["[::1]"]),
+            allowed(&["[::1]:8080"])
         );
         assert_eq!(
             decide("http://u@a.test/x", None, &["a.test"]),
