@@ -302,11 +302,13 @@ fn request_line(line: &[u8]) -> RequestLine {
         return RequestLine::Partial { past_method: false };
     }
     for method in HTTP1_METHODS {
-        // A known method and a delimiter (a CR may end a line instead:
-        // `GET\r\n` is no request; the general case below decides it).
-        if let Some([next, ..]) = line.strip_prefix(method)
+        // A known method and a delimiter: a CR counts when a byte other
+        // than LF follows it (`GET\r/admin\r\n` is an HTTP/0.9 GET to
+        // Python's `http.server`; `GET\r\n` is no request; a CR last is
+        // left to the general case: opaque for now, and watched).
+        if let Some([next, after @ ..]) = line.strip_prefix(method)
             && line_space(*next)
-            && *next != b'\r'
+            && (*next != b'\r' || after.first().is_some_and(|&b| b != b'\n'))
         {
             return RequestLine::Yes;
         }
@@ -1196,6 +1198,16 @@ mod tests {
             assert_eq!(first_line(&ended), FirstLine::NotRequestLine, "{line:?}");
         }
         assert_eq!(first_line(b"GET\r/admin\rHTTP/1.1"), FirstLine::RequestLine);
+        // HTTP/0.9 GETs (Python serves them: no version needed).
+        for get in [
+            &b"GET\r/admin\r\n"[..],
+            b"GET\r/admin\n",
+            b"GET\r/admin \r\n",
+            b"GET\r\r/admin\r\r\n",
+        ] {
+            assert_eq!(classify(get), Classification::Http1, "{get:?}");
+            assert_eq!(first_line(get), FirstLine::RequestLine, "{get:?}");
+        }
         assert_eq!(first_line(b"FOO /x \r"), FirstLine::Undecided);
         assert_eq!(first_line(b"FOO /x \rHTTP/1.1"), FirstLine::RequestLine);
         assert_eq!(first_line(b"%1POWR 1\rHTTP/1.1"), FirstLine::RequestLine);

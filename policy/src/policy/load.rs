@@ -786,7 +786,7 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
                     // a trailing dot (`*` still spans labels, as in any
                     // header pattern: `*.corp.test` meets `a.b.corp.test`).
                     let glob = |text: &str| match name.as_str() {
-                        "host" => Glob::path_ignoring_case(normalize_host(text)),
+                        "host" => host_pattern(text),
                         _ => Glob::path(text),
                     };
                     let globs = scalars(h.value, "a header value", diags).and_then(|items| {
@@ -808,6 +808,40 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
             _ => unknown_key(e, HTTP_KEYS, "`http`", diags),
         }
     }
+}
+
+/// An `http.headers.host` pattern: a host name (letters, digits, `-`, `.`,
+/// `_`, `~` and `*`; a trailing dot dropped, as from the request's host)
+/// or an IPv6 literal, ASCII case ignored. Anything else (a port:
+/// `*:8080`, `a.test:*`; `[a]junk`; nothing) could never mean what it says
+/// against the request's host, which is matched without its port, and is
+/// refused.
+fn host_pattern(text: &str) -> Result<Glob, super::glob::GlobError> {
+    let is_v6 = |t: &str| t.parse::<std::net::Ipv6Addr>().is_ok();
+    let is_name = |n: &str| {
+        let n = n.strip_suffix('.').unwrap_or(n);
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'*'))
+    };
+    // A port is refused rather than dropped: `*:8080` would otherwise
+    // become `*`, every host.
+    let valid = match text.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .is_some_and(|(v6, after)| is_v6(v6) && after.is_empty()),
+        None => is_v6(text) || is_name(text),
+    };
+    let name = normalize_host(text);
+    if !valid {
+        return Err(super::glob::GlobError {
+            message: format!("`{text}` is not a host name pattern"),
+            hint: "write a host name such as `api.example.com` or `*.example.com` \
+                   (a port is no part of it: ports are `to.ports`)"
+                .into(),
+        });
+    }
+    Glob::path_ignoring_case(name)
 }
 
 /// A path pattern spelled as the sidecar spells a canonical request path

@@ -591,7 +591,7 @@ default: allow
 rules:
   - name: no-internal
     action: deny
-    http: { headers: { host: [internal.test, "*.corp.test", "port.test:8080", "fqdn.test."] } }
+    http: { headers: { host: [internal.test, "*.corp.test", "fqdn.test."] } }
   - name: only-public
     action: deny
     http: { headers: { x-path: "internal.test" } }
@@ -610,10 +610,8 @@ rules:
         // `*` spans labels, as in any header pattern (it did before host
         // patterns were host names: a deny must not narrow).
         (&[("host", "a.b.corp.test")], Outcome::Deny),
-        // Patterns are host names too: a port or trailing dot written in
-        // one is no part of the name (ports are `to.ports`).
-        (&[("host", "port.test:8080")], Outcome::Deny),
-        (&[("host", "port.test")], Outcome::Deny),
+        // Patterns are host names too: a trailing dot written in one is
+        // no part of the name.
         (&[("host", "fqdn.test.")], Outcome::Deny),
         (&[("host", "FQDN.test")], Outcome::Deny),
         (&[("host", "internal.test.evil")], Outcome::Allow),
@@ -624,6 +622,35 @@ rules:
     for (headers, want) in cases {
         let d = decide_with_headers(&p, headers);
         assert_eq!(d.outcome, *want, "{headers:?}");
+    }
+    // Patterns that could never mean what they say are refused at load.
+    for bad in [
+        "\"*:8080\"",
+        "\"internal.test:*\"",
+        "\"port.test:8080\"",
+        "\"[::1]:8080\"",
+        "\"[a]junk\"",
+        "\":80\"",
+        "\".\"",
+    ] {
+        let errors = errors(&format!(
+            "version: 1\nrules:\n  - name: x\n    action: deny\n    http: {{ headers: {{ host: {bad} }} }}\n"
+        ));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("is not a host name pattern") && e.contains("to.ports")),
+            "{bad}: {errors:?}"
+        );
+    }
+    // An IPv6 literal, bracketed or not, is a host; the request's port
+    // is no part of it.
+    let p = load(
+        "version: 1\ndefault: allow\nrules:\n  - name: x\n    action: deny\n    http: { headers: { host: [\"[::1]\", \"fe80::1\"] } }\n",
+    );
+    for host in ["[::1]", "[::1]:8080", "[fe80::1]"] {
+        let d = decide_with_headers(&p, &[("host", host)]);
+        assert_eq!(d.outcome, Outcome::Deny, "{host}");
     }
 }
 

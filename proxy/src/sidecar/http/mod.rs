@@ -100,6 +100,9 @@ pub enum AuthorityError {
     Userinfo,
     /// An empty authority.
     Empty,
+    /// An authority, or a `Host`, that is no `host[:port]`
+    /// (`[a.test]evil.test`, `a.test:x`).
+    Invalid,
 }
 
 impl AuthorityError {
@@ -108,6 +111,7 @@ impl AuthorityError {
             AuthorityError::DiffersFromHost => "Host differs from the request's authority",
             AuthorityError::Userinfo => "userinfo in the request's authority",
             AuthorityError::Empty => "an empty authority",
+            AuthorityError::Invalid => "a host that is no host[:port]",
         }
     }
 }
@@ -243,9 +247,18 @@ pub fn authorize_request(
         // and `to.external` do not combine), and external APIs use what
         // canonical form refuses (`%2F` in GitLab's project paths, `%25`
         // in object keys). Policy sees the raw path there.
-        Err(Refusal::Path(_)) if held_to.is_some() => Ok(std::borrow::Cow::Borrowed(
-            path::path_of(target).unwrap_or(target),
-        )),
+        // Only how the path is spelled: what could move the authority or
+        // hide part of the target (`http://a.test?@b.test/`, a backslash,
+        // a fragment, control bytes) is refused there too.
+        Err(Refusal::Path(
+            path::PathError::EncodedSlash
+            | path::PathError::EncodedPercent
+            | path::PathError::EncodedSemicolon
+            | path::PathError::DotSegment,
+        )) if held_to.is_some() => match path::path_of(target) {
+            Ok(raw) => Ok(std::borrow::Cow::Borrowed(raw)),
+            Err(e) => Err(Refusal::Path(e)),
+        },
         checked => checked,
     };
     let checked = checked.and_then(|path| {
@@ -295,6 +308,16 @@ pub fn authorize_request(
 /// no `host` at all) while the app routes on the authority.
 pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result<(), Refusal> {
     let Some(authority) = authority else {
+        // `Host` alone names the host: it must be one (RFC 9112 §3.2: a
+        // server answers 400 to an invalid one), or empty (a target with
+        // no authority).
+        let mut invalid = false;
+        headers.each_value("host", &mut |host| {
+            invalid |= !host.is_empty() && !valid_host(host);
+        });
+        if invalid {
+            return Err(Refusal::Authority(AuthorityError::Invalid));
+        }
         return Ok(());
     };
     if authority.is_empty() {
@@ -302,6 +325,9 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
     }
     if authority.contains('@') {
         return Err(Refusal::Authority(AuthorityError::Userinfo));
+    }
+    if !valid_host(authority.as_bytes()) {
+        return Err(Refusal::Authority(AuthorityError::Invalid));
     }
     let mut differs = false;
     headers.each_value("host", &mut |host| {
@@ -313,13 +339,53 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
     Ok(())
 }
 
+/// RFC 9110 §4.2.3's `host [ ":" port ]`, as apps route on it: an IPv6
+/// literal in brackets, or a name of letters, digits, `-`, `.`, `_` and `~`
+/// (no percent-encoding, no brackets around a name: `[a.test]evil.test`
+/// reads as `a.test` to one parser and `evil.test` to another); then at
+/// most a port of digits.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = std::str::from_utf8(&value[1..end]).ok();
+                if literal
+                    .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+                    .is_none()
+                {
+                    return false;
+                }
+                (&value[..=end], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        },
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
+}
+
 /// Whether `host` (a field's bytes) names the host `name` names, as host
 /// names compare: ASCII case, a `:port`, a trailing dot and IPv6 brackets
 /// aside (what policy matches is the name alone).
 fn same_host(host: &[u8], name: &str) -> bool {
     use appid_policy::policy::normalize_host;
-    std::str::from_utf8(host)
-        .is_ok_and(|host| normalize_host(host).eq_ignore_ascii_case(normalize_host(name)))
+    valid_host(host)
+        && valid_host(name.as_bytes())
+        && std::str::from_utf8(host)
+            .is_ok_and(|host| normalize_host(host).eq_ignore_ascii_case(normalize_host(name)))
 }
 
 /// Whether the request's host (its authority, else its `Host` fields, all
@@ -687,6 +753,25 @@ mod tests {
         ] {
             assert_eq!(decide(target, None, &["a.test"]), RequestDecision::Forward);
         }
+        // What could move the authority or hide part of the target is
+        // still refused there.
+        for target in [
+            "http://a.test?@b.test/x",
+            "http://a.test#@b.test/x",
+            "/a\\b",
+        ] {
+            assert!(
+                matches!(
+                    decide(target, None, &["a.test"]),
+                    RequestDecision::Refuse(_)
+                ),
+                "{target}"
+            );
+        }
+        assert_eq!(
+            decide("/x", None, &["[a.test]evil.test"]),
+            RequestDecision::Refuse(Refusal::Authority(AuthorityError::Invalid))
+        );
         // Methods are still checked.
         let fields = [("host", "a.test")];
         assert_eq!(
@@ -725,6 +810,39 @@ mod tests {
             decide("http://a.test/x", None, &["a.test", "b.test"]),
             refused(AuthorityError::DiffersFromHost)
         );
+        // A host that is no host[:port] is refused, authority or Host.
+        for host in [
+            "[a.test]evil.test",
+            "a.test:x",
+            "a test",
+            "a.test:80:80",
+            "[::1",
+            "a%2e",
+        ] {
+            assert_eq!(
+                decide("/x", None, &[host]),
+                refused(AuthorityError::Invalid),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            decide("/x", Some("[a.test]evil.test"), &[]),
+            refused(AuthorityError::Invalid)
+        );
+        for host in [
+            "a.test",
+            "A-b_c.test.:8080",
+            "[::1]:80",
+            "10.0.0.1",
+            "localhost",
+            "",
+        ] {
+            assert_eq!(
+                decide("/x", None, &[host]).0,
+                RequestDecision::Forward,
+                "{host}"
+            );
+        }
         // The same host, spelled with its port or a trailing dot.
         assert_eq!(
             decide("http://a.test:80/x", None, &["a.test"]),
