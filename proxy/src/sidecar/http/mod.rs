@@ -246,10 +246,10 @@ pub fn authorize_request(
         // not to our canonical paths: no path rule can apply to it (`http`
         // and `to.external` do not combine), and external APIs use what
         // canonical form refuses (`%2F` in GitLab's project paths, `%25`
-        // in object keys). Policy sees the raw path there.
-        // Only how the path is spelled: what could move the authority or
-        // hide part of the target (`http://a.test?@b.test/`, a backslash,
-        // a fragment, control bytes) is refused there too.
+        // in object keys). So how a path is spelled is let go there, and
+        // policy sees the raw path; what could move the authority or hide
+        // part of the target (`http://a.test?@b.test/`, a backslash, a
+        // fragment, control bytes) is refused there too.
         Err(Refusal::Path(
             path::PathError::EncodedSlash
             | path::PathError::EncodedPercent
