@@ -25,7 +25,10 @@ use ipnet::IpNet;
 use super::attr::Attr;
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
-use super::query::{is_metadata_host, is_metadata_ip, normalize_host};
+use super::query::{
+    is_host_name, is_metadata_host, is_metadata_ip, is_unreserved, normalize_host,
+    push_percent_encoded,
+};
 use super::rule::{Action, CalleeKind, CallerKind, Clause, PortSet, Rule, Side, Test};
 use super::selector;
 use super::yaml::{self, Mark, Node, Value};
@@ -817,20 +820,14 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
 /// against the request's host, which is matched without its port, and is
 /// refused.
 fn host_pattern(text: &str) -> Result<Glob, super::glob::GlobError> {
-    let is_v6 = |t: &str| t.parse::<std::net::Ipv6Addr>().is_ok();
-    let is_name = |n: &str| {
-        let n = n.strip_suffix('.').unwrap_or(n);
-        !n.is_empty()
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'*'))
-    };
+    let is_name = |n: &str| is_host_name(n.strip_suffix('.').unwrap_or(n), true);
     // A port is refused rather than dropped: `*:8080` would otherwise
     // become `*`, every host.
     let valid = match text.strip_prefix('[') {
-        Some(rest) => rest
-            .split_once(']')
-            .is_some_and(|(v6, after)| is_v6(v6) && after.is_empty()),
-        None => is_v6(text) || is_name(text),
+        Some(rest) => rest.split_once(']').is_some_and(|(v6, after)| {
+            after.is_empty() && v6.parse::<std::net::Ipv6Addr>().is_ok()
+        }),
+        None => is_name(text),
     };
     let name = normalize_host(text);
     if !valid {
@@ -850,17 +847,11 @@ fn host_pattern(text: &str) -> Result<Glob, super::glob::GlobError> {
 /// pattern written `/café/**` then meets the request `/caf%c3%a9/x`, and
 /// `/caf%c3%a9/**` the request `/café/x`, as the app routes both.
 fn canonical_spelling(pattern: &str) -> std::borrow::Cow<'_, str> {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = pattern.as_bytes();
     if !bytes.iter().any(|b| !b.is_ascii() || *b == b'%') {
         return std::borrow::Cow::Borrowed(pattern);
     }
     let hex = |b: u8| char::from(b).to_digit(16);
-    let push_encoded = |out: &mut String, byte: u8| {
-        out.push('%');
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
-    };
     let mut out = String::with_capacity(pattern.len() + 8);
     let mut i = 0;
     while i < bytes.len() {
@@ -871,14 +862,14 @@ fn canonical_spelling(pattern: &str) -> std::borrow::Cow<'_, str> {
         };
         if let Some(decoded) = encoded {
             i += 3;
-            if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+            if is_unreserved(decoded) {
                 out.push(char::from(decoded));
             } else {
-                push_encoded(&mut out, decoded);
+                push_percent_encoded(&mut out, decoded);
             }
         } else if !b.is_ascii() {
             i += 1;
-            push_encoded(&mut out, b);
+            push_percent_encoded(&mut out, b);
         } else {
             i += 1;
             out.push(char::from(b));

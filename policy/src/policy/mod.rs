@@ -147,7 +147,7 @@ pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
 pub use query::{
     Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, header_name_matches,
-    normalize_host,
+    is_host_name, is_unreserved, normalize_host, push_percent_encoded,
 };
 pub use rule::Action;
 

@@ -252,6 +252,33 @@ impl<'q> Query<'q> {
     }
 }
 
+/// Whether `name` is a host name as rules and apps read one: letters,
+/// digits, `-`, `.`, `_`, `~` (and `*` in a pattern, with `pattern`), not
+/// empty; or an IPv6 literal without brackets. No port, no brackets.
+pub fn is_host_name(name: &str, pattern: bool) -> bool {
+    let name_byte = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (pattern && b == b'*')
+    };
+    (!name.is_empty() && name.bytes().all(name_byte)) || name.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// RFC 3986 unreserved: `A–Z a–z 0–9 - . _ ~` (what a canonical path
+/// spells decoded).
+pub fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Appends `%XX` for `byte`, upper-case hex (how a canonical path spells
+/// every other byte it encodes).
+pub fn push_percent_encoded(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0xf)]));
+}
+
 /// A host name as rules see it: no `:port`, no trailing dot, no IPv6 brackets.
 pub fn normalize_host(host: &str) -> &str {
     let h = if let Some(rest) = host.strip_prefix('[') {

@@ -365,10 +365,9 @@ fn valid_host(value: &[u8]) -> bool {
         },
     };
     let name_ok = host.first() == Some(&b'[')
-        || (!host.is_empty()
-            && host
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+        || std::str::from_utf8(host).is_ok_and(|name| {
+            !name.contains(':') && appid_policy::policy::is_host_name(name, false)
+        });
     let port_ok = match port.split_first() {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),

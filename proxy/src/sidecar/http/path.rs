@@ -31,6 +31,8 @@
 //! is already canonical (the common case).
 
 use std::borrow::Cow;
+
+use appid_policy::policy::{is_unreserved, push_percent_encoded};
 use std::fmt;
 
 /// Why a request path is refused.
@@ -244,7 +246,7 @@ fn rewritten(raw: &str) -> String {
                 }
                 i += 3;
             } else if !bytes[i].is_ascii() {
-                push_encoded(&mut out, bytes[i]);
+                push_percent_encoded(&mut out, bytes[i]);
                 i += 1;
             } else {
                 // Copy the ASCII up to the next `%` or non-ASCII byte.
@@ -265,24 +267,11 @@ fn rewritten(raw: &str) -> String {
     out
 }
 
-/// `%XX` for `byte`, upper-case hex.
-fn push_encoded(out: &mut String, byte: u8) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(char::from(HEX[usize::from(byte >> 4)]));
-    out.push(char::from(HEX[usize::from(byte & 0xf)]));
-}
-
 /// The byte `%XX` at `at` encodes, if two hex digits follow.
 fn percent_byte(bytes: &[u8], at: usize) -> Option<u8> {
     let hex = bytes.get(at + 1..at + 3)?;
     let digit = |b: u8| char::from(b).to_digit(16);
     Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
-}
-
-/// RFC 3986 unreserved: `A–Z a–z 0–9 - . _ ~`.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 #[cfg(test)]
