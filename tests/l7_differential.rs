@@ -2297,6 +2297,87 @@ async fn a_request_line_split_past_detection_never_reaches_the_app() {
     report("split request line", failures);
 }
 
+/// An app that speaks first and then reads HTTP (a banner, then requests:
+/// some admin consoles do): on a port that allows `protocol: tcp`, the
+/// server's banner makes the connection TCP, and the client's first line
+/// after it must still be watched, or a request with a spoofed identity
+/// reaches the app unparsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_a_server_banner_never_reaches_the_app() {
+    let (app, heard) = banner_then_http_app().await;
+    let mut failures = Vec::new();
+    for mode in ["pooled", "strict"] {
+        let mesh = l4_mesh_to(app, mode, ", protocol: tcp").await;
+        for (who, address, _, _) in entry_points(&mesh) {
+            let combination = format!("{mode} {who}");
+            heard.lock().unwrap().clear();
+            let mut stream = TcpStream::connect(address).await.expect("connect");
+            let mut banner = [0u8; 64];
+            let n = match tokio::time::timeout(ROW_LIMIT, stream.read(&mut banner)).await {
+                Ok(Ok(n)) => n,
+                other => {
+                    failures.push((
+                        format!("[{combination}] no banner: {other:?}"),
+                        mesh.context(),
+                    ));
+                    continue;
+                }
+            };
+            assert_eq!(&banner[..n], BANNER, "{}", mesh.context());
+            let request = format!(
+                "GET /admin/x HTTP/1.1\r\nHost: api.test\r\nx-appid-peer-id: {SPOOFED_ID}\r\n\r\n"
+            );
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(ROW_LIMIT, stream.read_to_end(&mut rest)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let heard = String::from_utf8_lossy(&heard.lock().unwrap()).into_owned();
+            let audited = [&mesh.client, &mesh.server]
+                .into_iter()
+                .flat_map(Sidecar::audit_lines)
+                .any(|l| {
+                    l["decision"] == "deny"
+                        && l["reason"].as_str().is_some_and(|r| {
+                            r.contains("request line on a connection decided as TCP")
+                        })
+                });
+            let why = match (heard.is_empty(), audited) {
+                (true, true) => continue,
+                (true, false) => "no audit line for the closure".to_string(),
+                (false, _) => format!("the app read {heard:?}"),
+            };
+            failures.push((format!("[{combination}] {why}"), mesh.context()));
+        }
+    }
+    report("request after a server banner", failures);
+}
+
+const BANNER: &[u8] = b"220 console.test ready\r\n";
+
+/// An app that sends [`BANNER`] on every connection, then keeps what the
+/// client sends (all connections' bytes, in the shared buffer).
+async fn banner_then_http_app() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = heard.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                if stream.write_all(BANNER).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (addr, heard)
+}
+
 /// What lenient HTTP/1 servers read as a request, though it is no valid
 /// request line, is HTTP to the sidecar too, never opaque TCP: a lone CR
 /// first (llhttp, Tomcat), a leading space (Python's `http.server`), tabs

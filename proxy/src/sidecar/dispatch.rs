@@ -15,8 +15,9 @@
 //! and all. So:
 //! - if the connection would be allowed as TCP, the server side is
 //!   connected and whoever speaks first decides: the server makes it TCP
-//!   (the client then answers a banner, not an HTTP server); the client's
-//!   first bytes are classified as usual, so HTTP is still parsed;
+//!   (its first line still watched, below: an app may send a banner and
+//!   then read HTTP); the client's first bytes are classified as usual, so
+//!   HTTP is still parsed;
 //! - if only HTTP could be allowed (a connection an `http` rule governs),
 //!   nothing is connected and the client is waited for, up to the idle
 //!   timeout, then classified;
@@ -33,11 +34,15 @@
 //! sending a byte is an empty TCP stream: decided, audited and proxied, so
 //! the server can still answer it.
 //!
-//! Last line of defence: when the client spoke first and its bytes went to
-//! opaque TCP, its first line is still watched as it passes
-//! ([`FirstLineGuard`]). Should it complete an HTTP/1 request line (a
-//! request split so that detection saw only `PROPF`), the connection is cut
-//! before the bytes that complete it are sent, and the closure is audited.
+//! Last line of defence: whenever a connection goes to opaque TCP, the
+//! client's first line is still watched as it passes ([`FirstLineGuard`]),
+//! whether the client spoke first or answered the server's banner. Should
+//! it complete an HTTP/1 request line (a request split so that detection
+//! saw only `PROPF`; a request sent after a banner, to an app that reads
+//! HTTP once it has greeted), the connection is cut before the bytes that
+//! complete it are sent, and the closure is audited. A server-first
+//! protocol's client lines (`EHLO`, `USER`, `a1 LOGIN`, binary handshakes)
+//! are no request lines, so they pass.
 
 use std::future::Future;
 use std::io;
@@ -331,9 +336,9 @@ impl AppConnection {
         let Some(upstream) = connect().await else {
             return;
         };
-        // A client that speaks first has its first line watched; one that
-        // answers a server's banner is not speaking HTTP to an HTTP server.
-        let mut downstream = FirstLineGuard::new(downstream, server_first.is_empty());
+        // The client's first line is watched whoever spoke first: an app
+        // may greet with a banner and then read HTTP requests.
+        let mut downstream = FirstLineGuard::new(downstream);
         if !server_first.is_empty() && write_flush(&mut downstream, &server_first).await.is_err() {
             return;
         }
@@ -506,10 +511,10 @@ struct FirstLineGuard<S> {
 }
 
 impl<S> FirstLineGuard<S> {
-    fn new(inner: S, watch: bool) -> Self {
+    fn new(inner: S) -> Self {
         FirstLineGuard {
             inner,
-            line: watch.then(Vec::new),
+            line: Some(Vec::new()),
             tripped: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -703,7 +708,7 @@ mod tests {
     /// whether it tripped.
     async fn through_guard(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
         let (mut client, client_side) = tokio::io::duplex(1 << 16);
-        let mut guard = FirstLineGuard::new(client_side, true);
+        let mut guard = FirstLineGuard::new(client_side);
         let mut passed = Vec::new();
         for chunk in chunks {
             client.write_all(chunk).await.unwrap();
@@ -807,7 +812,7 @@ mod tests {
             ..Default::default()
         };
         let prefixed = Prefixed::new(Bytes::from_static(b"PROPFIND /admin"), client_side);
-        let mut guard = FirstLineGuard::new(prefixed, true);
+        let mut guard = FirstLineGuard::new(prefixed);
         client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
         let (end, copied) = crate::sidecar::splice::splice(
             &mut guard,
@@ -835,6 +840,13 @@ mod tests {
             &[&b"appid-echo-1234"[..], b"5678\r\n", b"GET / HTTP/1.1\r\n"][..],
             &[b"EHLO mail.example\r\n", b"MAIL FROM:<a@b> HTTP/1.1\r\n"],
             &[b"\x00\x00\x00\x08", b"GET / HTTP/1.1\r\n"],
+            // What clients of server-first protocols send after the banner
+            // (the guard watches those connections too): FTP, POP3, IMAP,
+            // and a MySQL handshake response's first bytes.
+            &[b"USER anonymous\r\n", b"RETR /etc/passwd\r\n"],
+            &[b"CAPA\r\n"],
+            &[b"a1 LOGIN user pass\r\n", b"a2 SELECT INBOX\r\n"],
+            &[b"\x55\x00\x00\x01\x8d\xa6\xff\x09"],
         ] {
             let (passed, tripped) = through_guard(chunks).await;
             assert!(!tripped, "{chunks:?}");
