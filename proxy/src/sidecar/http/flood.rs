@@ -177,7 +177,9 @@ pub struct FrameBudget<S> {
     inner: S,
     read: FrameWalk,
     write: FrameWalk,
-    window_start: Instant,
+    /// When the current second's counts end (a comparison per read is
+    /// cheaper than the difference of two instants).
+    window_end: Instant,
     counts: Counts,
     lifetime: Lifetime,
     tripped: Arc<AtomicBool>,
@@ -191,7 +193,7 @@ impl<S> FrameBudget<S> {
             inner,
             read: FrameWalk::new(preface),
             write: FrameWalk::new(!preface),
-            window_start: Instant::now(),
+            window_end: Instant::now() + WINDOW,
             counts: Counts::default(),
             lifetime: Lifetime::default(),
             tripped: Arc::new(AtomicBool::new(false)),
@@ -210,15 +212,15 @@ impl<S> FrameBudget<S> {
         let mut now = None;
         let FrameBudget {
             read,
-            window_start,
+            window_end,
             counts,
             lifetime,
             ..
         } = self;
         read.walk(bytes, |frame| {
             let now = *now.get_or_insert_with(Instant::now);
-            if now.duration_since(*window_start) >= WINDOW {
-                *window_start = now;
+            if now >= *window_end {
+                *window_end = now + WINDOW;
                 *counts = Counts::default();
             }
             counts.count(frame, lifetime)

@@ -36,7 +36,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appid_policy::policy::Headers;
+use appid_policy::policy::{Headers, is_unreserved};
 use futures_util::future::Either;
 use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -323,7 +323,7 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
     if authority.is_empty() {
         return Err(Refusal::Authority(AuthorityError::Empty));
     }
-    if authority.contains('@') {
+    if authority.as_bytes().contains(&b'@') {
         return Err(Refusal::Authority(AuthorityError::Userinfo));
     }
     if !valid_host(authority.as_bytes()) {
@@ -345,35 +345,34 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
 /// reads as `a.test` to one parser and `evil.test` to another); then at
 /// most a port of digits.
 fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
-        Some(b'[') => match value.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let literal = std::str::from_utf8(&value[1..end]).ok();
-                if literal
-                    .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
-                    .is_none()
-                {
-                    return false;
-                }
-                (&value[..=end], &value[end + 1..])
-            }
-            None => return false,
-        },
-        _ => match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &value[value.len()..]),
-        },
+    if let Some(bracketed) = value.strip_prefix(b"[") {
+        let Some(end) = bracketed.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&bracketed[..end]).ok();
+        return literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_some()
+            && port_ok(&bracketed[end + 1..]);
+    }
+    // A name (`is_host_name` without its IPv6 literals, which need their
+    // brackets here), then maybe a port; one pass, as this runs for every
+    // request.
+    let (name, port) = match value.iter().rposition(|&b| b == b':') {
+        Some(colon) => value.split_at(colon),
+        None => (value, &value[value.len()..]),
     };
-    let name_ok = host.first() == Some(&b'[')
-        || std::str::from_utf8(host).is_ok_and(|name| {
-            !name.contains(':') && appid_policy::policy::is_host_name(name, false)
-        });
-    let port_ok = match port.split_first() {
+    // A host name's bytes are the unreserved ones (`is_host_name`).
+    !name.is_empty() && name.iter().all(|&b| is_unreserved(b)) && port_ok(port)
+}
+
+/// Empty, or `:` and digits.
+fn port_ok(port: &[u8]) -> bool {
+    match port.split_first() {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
-    };
-    name_ok && port_ok
+    }
 }
 
 /// Whether `host` (a field's bytes) names the host `name` names, as host
@@ -687,6 +686,76 @@ mod tests {
         }
         for name in ["x-other", "x-appid", "appid-peer-id", "x-appidpeer"] {
             assert!(!is_appid_header(name), "{name}");
+        }
+    }
+
+    /// `valid_host` as its doc defines it, spelled out (the first form of
+    /// it, before it became one pass over the bytes).
+    fn valid_host_by_definition(value: &[u8]) -> bool {
+        let (host, port) = match value.first() {
+            Some(b'[') => match value.iter().position(|&b| b == b']') {
+                Some(end) => match std::str::from_utf8(&value[1..end]) {
+                    Ok(l) if l.parse::<std::net::Ipv6Addr>().is_ok() => {
+                        (&value[..=end], &value[end + 1..])
+                    }
+                    _ => return false,
+                },
+                None => return false,
+            },
+            _ => match value.iter().rposition(|&b| b == b':') {
+                Some(colon) => (&value[..colon], &value[colon..]),
+                None => (value, &value[value.len()..]),
+            },
+        };
+        let name_ok = host.first() == Some(&b'[')
+            || std::str::from_utf8(host).is_ok_and(|name| {
+                !name.contains(':') && appid_policy::policy::is_host_name(name, false)
+            });
+        let port_ok = match port.split_first() {
+            None => true,
+            Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        };
+        name_ok && port_ok
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn valid_host_is_its_definition(
+            value in proptest::string::bytes_regex(
+                "(?s-u)(\\[[0-9a-fA-F:.\\]]{0,12}|[a-zA-Z0-9._~:@\\[\\]%\\x00\\xff-]{0,12})"
+            ).unwrap()
+        ) {
+            proptest::prop_assert_eq!(valid_host(&value), valid_host_by_definition(&value), "{:?}", value);
+        }
+    }
+
+    #[test]
+    fn valid_hosts_and_not() {
+        for ok in [
+            &b"a.test"[..],
+            b"a.test:80",
+            b"A-b_c~d.",
+            b"[::1]",
+            b"[::1]:8080",
+            b"10.0.0.1:1",
+        ] {
+            assert!(valid_host(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b":80",
+            b"a.test:8o",
+            b"[a.test]evil.test",
+            b"[::1",
+            b"[::1]x",
+            b"a b",
+            b"a@b",
+            b"::1",
+            b"a%2e",
+            b"\xc3\xa9.test",
+        ] {
+            assert!(!valid_host(bad), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

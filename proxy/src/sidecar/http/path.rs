@@ -122,7 +122,10 @@ pub fn path_of(target: &str) -> Result<&str, PathError> {
             }
         }
     };
-    Ok(path.find(['?', '#']).map_or(path, |end| &path[..end]))
+    // Bytes, not chars: `?` and `#` are ASCII, and a byte search is what
+    // every request pays for.
+    let end = path.bytes().position(|b| b == b'?' || b == b'#');
+    Ok(end.map_or(path, |end| &path[..end]))
 }
 
 /// The authority of an absolute-form target (`http://api.test/p`:
@@ -156,7 +159,7 @@ fn absolute_form(target: &str) -> Option<&str> {
 
 /// The canonical path of a request target (see the module docs).
 pub fn canonical_path(target: &str) -> Result<Cow<'_, str>, PathError> {
-    if target.contains('#') {
+    if target.as_bytes().contains(&b'#') {
         return Err(PathError::Fragment);
     }
     let raw = path_of(target)?;
