@@ -581,10 +581,18 @@ fn table() -> Vec<Row> {
               27\r\nGET /admin/x HTTP/1.1\r\nHost: a.test\r\n\r\n\r\n0\r\n\r\n",
             Allowed,
         ),
+        // A body that begins with a request line is refused: an app that
+        // leaves it unread would run it (CL.0; tests/body_smuggling.rs).
         raw(
             "request line hidden in a CL body",
             b"POST /public/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 39\r\n\r\n\
               GET /admin/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            Refused(400),
+        ),
+        raw(
+            "request line later in a CL body",
+            b"POST /public/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 43\r\n\r\n\
+              a=1\nGET /admin/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
             Allowed,
         ),
         // --- Trailers: never reach the app or policy.

@@ -244,6 +244,43 @@ pub fn first_line(prefix: &[u8]) -> FirstLine {
     }
 }
 
+/// Judges the start of an HTTP/1 request body framed by `content-length`
+/// (`prefix`; `ended`: it is the whole body): could an app that leaves the
+/// body unread read it as its next request? Python's `http.server` does so
+/// on a GET (its handlers read no body), and so does any handler that
+/// answers before reading one: what policy allowed carries, as its body, a
+/// request policy never saw, spoofed `x-appid-*` fields and all (request
+/// smuggling of the kind called CL.0). So a body that begins with a request
+/// line ([`first_line`]'s reading, leading blanks skipped) is refused.
+///
+/// Where the bytes run out undecided the body is let through: a body that
+/// ends inside a token or a target (`hello world`) is no request, and what
+/// an app would read after it is the sidecar's next request line, which
+/// begins with a method and a space (run together, the two make a line of
+/// four words or a method no server knows). At [`MAX_DETECT_BYTES`], a line
+/// past its method and still consistent with a request, or blank lines
+/// (then maybe the start of a method), is taken as one (fail closed, as
+/// [`first_line`]); a single token from the first byte that long is no
+/// method, and a body of hex may be one.
+#[must_use]
+pub fn body_first_line(prefix: &[u8], ended: bool) -> FirstLine {
+    let line = skip_blanks(prefix);
+    let at_limit = prefix.len() >= MAX_DETECT_BYTES;
+    match request_line(line) {
+        RequestLine::Yes => FirstLine::RequestLine,
+        RequestLine::No => FirstLine::NotRequestLine,
+        // One token from the first byte to the cap: no method.
+        RequestLine::Partial { past_method: false } if at_limit && line.len() == prefix.len() => {
+            FirstLine::NotRequestLine
+        }
+        // Blank lines to the cap (then maybe a method), or a line past
+        // its method: fail closed.
+        RequestLine::Partial { .. } | RequestLine::CrLast if at_limit => FirstLine::RequestLine,
+        RequestLine::Partial { .. } | RequestLine::CrLast if ended => FirstLine::NotRequestLine,
+        RequestLine::Partial { .. } | RequestLine::CrLast => FirstLine::Undecided,
+    }
+}
+
 /// `prefix` after any leading run of blanks: LFs and [`line_space`]s.
 /// RFC 9112 section 2.2 lets a server skip empty lines before a request
 /// line (httparse skips `\r\n` and `\n`); lenient servers skip more:
@@ -1243,6 +1280,54 @@ mod tests {
         assert_eq!(first_line(&long_token), FirstLine::RequestLine);
         long_token[MAX_DETECT_BYTES - 1] = 0;
         assert_eq!(first_line(&long_token), FirstLine::NotRequestLine);
+        // A body's first line: the same reading, but a body that ends
+        // undecided, or one token to the cap, is no request.
+        for body in [
+            &b"GET /admin/x HTTP/1.1\r\nx-appid-peer-id: x\r\n\r\n"[..],
+            b"GET /admin/x\r\n",
+            b"\r\n\r\nPROPFIND\t/x\x0bHTTP/1.1\r\n",
+            b"DELETE /",
+        ] {
+            assert_eq!(
+                body_first_line(body, true),
+                FirstLine::RequestLine,
+                "{body:?}"
+            );
+            assert_eq!(
+                body_first_line(body, false),
+                FirstLine::RequestLine,
+                "{body:?}"
+            );
+        }
+        for body in [
+            &b"{\"query\": {\"match_all\": {}}}"[..],
+            b"hello world",
+            b"GET",
+            b"PROPFIND /x",
+            b"a=1&b=2",
+            b"\x00\x01binary",
+            b"line one\nline two",
+            b"",
+        ] {
+            assert_ne!(
+                body_first_line(body, true),
+                FirstLine::RequestLine,
+                "{body:?}"
+            );
+        }
+        assert_eq!(body_first_line(b"hello world", false), FirstLine::Undecided);
+        assert_eq!(body_first_line(b"PROPFIND /x", false), FirstLine::Undecided);
+        assert_eq!(body_first_line(b"{", false), FirstLine::NotRequestLine);
+        let hex = vec![b'a'; MAX_DETECT_BYTES];
+        assert_eq!(body_first_line(&hex, false), FirstLine::NotRequestLine);
+        assert_eq!(body_first_line(&blanks, false), FirstLine::RequestLine);
+        assert_eq!(
+            body_first_line(&cut_in_method, false),
+            FirstLine::RequestLine
+        );
+        let mut long_target = b"PROPFIND /".to_vec();
+        long_target.resize(MAX_DETECT_BYTES, b'a');
+        assert_eq!(body_first_line(&long_target, false), FirstLine::RequestLine);
         assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
         assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
         assert_eq!(classify_final(b"PROPFIND"), Classification::Opaque);

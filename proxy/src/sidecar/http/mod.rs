@@ -173,6 +173,10 @@ pub enum Malformed {
     BodyNotItsLength,
     /// Request trailers: they could carry fields past the authorizer.
     Trailers,
+    /// A request body (`content-length`) that begins with a request line:
+    /// an app that leaves the body unread would take it as its next
+    /// request ([`crate::detect::body_first_line`]).
+    BodyIsRequest,
     /// A head that does not parse as a request (HTTP/1: httparse refused
     /// it; HTTP/2: a header block or pseudo-headers no request may have).
     InvalidHead,
@@ -191,6 +195,7 @@ impl Malformed {
             Malformed::PaddedValue => "a field value with leading or trailing whitespace",
             Malformed::BodyNotItsLength => "a body longer or shorter than its content-length",
             Malformed::Trailers => "request trailers",
+            Malformed::BodyIsRequest => "a request body that begins with a request line",
             Malformed::InvalidHead => "invalid message head",
             Malformed::HeadTooLarge => "request head too large",
         }

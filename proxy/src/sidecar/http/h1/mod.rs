@@ -34,6 +34,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::detect::{self, FirstLine};
 use crate::sidecar::splice::{Abort, Chunks};
 
 use appid_policy::policy::Headers;
@@ -129,7 +130,7 @@ where
                 // The client went away mid-head: nothing was refused.
                 HeadRead::Truncated => {
                     let what = "connection closed inside a message head";
-                    local_response(&mut down_write, 400, what, None).await;
+                    local_response(&mut down_write, 400, what, None, false).await;
                     return Err(HttpProxyError::Protocol(what));
                 }
                 HeadRead::Io(e) => return Err(HttpProxyError::Io(e)),
@@ -137,7 +138,7 @@ where
             let request = match inspected {
                 Ok(request) => request,
                 Err(Rejected { status, message }) => {
-                    local_response(&mut down_write, status, message, None).await;
+                    local_response(&mut down_write, status, message, None, false).await;
                     return Err(HttpProxyError::Protocol(message));
                 }
             };
@@ -147,8 +148,14 @@ where
                 // The body (if any) is never read: close after the answer.
                 let close = !request.keep_alive || request.body != BodyLength::Empty;
                 let body = format!("appid: {reason}\n");
-                let written =
-                    local_response(&mut down_write, 403, &body, Some((&rule, close))).await;
+                let written = local_response(
+                    &mut down_write,
+                    403,
+                    &body,
+                    Some((&rule, close)),
+                    request.head,
+                )
+                .await;
                 authorizer.observe(403, started.elapsed());
                 trace::record_status(&request.span, 403);
                 if close || !written {
@@ -160,11 +167,17 @@ where
 
             // Allowed: the rewritten head, with the body bytes already here
             // when the whole (fixed-length) body is.
+            let to_head = request.head;
             let mut out = request.upstream_head;
             let mut body = request.body;
             if let BodyLength::Length(n) = body
                 && n <= down_buf.len() as u64
             {
+                let mut start = BodyStart::new();
+                if start.passes(&down_buf[..n as usize], true).is_err() {
+                    let why = Malformed::BodyIsRequest;
+                    return Err(refuse_head(&mut down_write, authorizer.as_ref(), why).await);
+                }
                 out.extend_from_slice(&down_buf[..n as usize]);
                 down_buf.advance(n as usize);
                 body = BodyLength::Empty;
@@ -173,7 +186,14 @@ where
             if let Err(e) = write_flush(&mut up_write, &out).await {
                 tracing::debug!(error = %e, "upstream closed before the request");
                 trace::record_status(&span, 502);
-                local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+                local_response(
+                    &mut down_write,
+                    502,
+                    "upstream unavailable\n",
+                    None,
+                    to_head,
+                )
+                .await;
                 return Err(HttpProxyError::Io(e));
             }
             drop(out);
@@ -193,6 +213,7 @@ where
                     &mut up_write,
                     body,
                     (body == BodyLength::Chunked).then(Chunked::for_request),
+                    matches!(body, BodyLength::Length(_)).then(BodyStart::new),
                     limits,
                 );
                 let relay = relay_response(
@@ -226,7 +247,14 @@ where
                 Ok(response) => response,
                 Err(Relay::Failed { answered, error }) => {
                     if !answered {
-                        local_response(&mut down_write, 502, "upstream unavailable\n", None).await;
+                        local_response(
+                            &mut down_write,
+                            502,
+                            "upstream unavailable\n",
+                            None,
+                            to_head,
+                        )
+                        .await;
                         trace::record_status(&span, 502);
                     }
                     return Err(error);
@@ -350,7 +378,8 @@ fn inspect_request(
                 upstream_head: Vec::new(),
                 body,
                 keep_alive,
-                head: false,
+                // Its answer (the 403) has no body then.
+                head: method == "HEAD",
                 upgrade: false,
                 span,
             });
@@ -612,13 +641,15 @@ async fn read_head<R: AsyncRead + Unpin, P: HeadParser>(
 
 /// Copies one body of `length` from `reader` (starting with what `buf`
 /// already holds) to `writer`, and flushes. Bytes past its end stay in
-/// `buf`.
+/// `buf`. `start`: the body's first line is watched, and the bytes that
+/// would complete a request line are not sent ([`BodyStart`]).
 async fn copy_body<R, W>(
     reader: &mut R,
     buf: &mut BytesMut,
     writer: &mut W,
     length: BodyLength,
     chunks_so_far: Option<Chunked>,
+    mut start: Option<BodyStart>,
     limits: HttpLimits,
 ) -> Result<(), HttpProxyError>
 where
@@ -640,6 +671,12 @@ where
                     .map_err(|e| HttpProxyError::Malformed(e.into()))?,
                 None => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
             };
+            if let Some(watch) = &mut start {
+                let ended = chunked.is_none() && left == take as u64;
+                watch
+                    .passes(&buf[..take], ended)
+                    .map_err(HttpProxyError::Malformed)?;
+            }
             writer
                 .write_all(&buf[..take])
                 .await
@@ -679,6 +716,54 @@ where
         }
         if n == want && want < MAX_BODY_BUFFER {
             want *= 2;
+        }
+    }
+}
+
+/// The first line of a request body, watched as it passes: a body that
+/// begins with a request line is refused before the bytes that complete it
+/// are sent ([`detect::body_first_line`]: an app that leaves the body
+/// unread would run it as its next request, one policy never saw). The
+/// opaque path's `FirstLineGuard` does the same for a connection's first
+/// line; both judge with `detect`.
+struct BodyStart {
+    /// The body so far, while undecided (at most `MAX_DETECT_BYTES`).
+    line: Option<Vec<u8>>,
+}
+
+impl BodyStart {
+    fn new() -> Self {
+        BodyStart {
+            line: Some(Vec::new()),
+        }
+    }
+
+    /// Whether `more` (the body's next bytes; `ended`: its last) may be
+    /// sent: `Err` when they complete a request line.
+    fn passes(&mut self, more: &[u8], ended: bool) -> Result<(), Malformed> {
+        let Some(line) = &mut self.line else {
+            return Ok(());
+        };
+        let room = detect::MAX_DETECT_BYTES.saturating_sub(line.len());
+        let judged = if line.is_empty() && more.len() <= room {
+            // The common case, the whole start in one piece: no copy.
+            detect::body_first_line(more, ended)
+        } else {
+            line.extend_from_slice(&more[..more.len().min(room)]);
+            detect::body_first_line(line, ended)
+        };
+        match judged {
+            FirstLine::RequestLine => Err(Malformed::BodyIsRequest),
+            FirstLine::NotRequestLine => {
+                self.line = None;
+                Ok(())
+            }
+            FirstLine::Undecided => {
+                if line.is_empty() {
+                    line.extend_from_slice(more);
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -822,7 +907,7 @@ where
         if (100..200).contains(&status) && status != 101 {
             continue; // interim: the final response follows
         }
-        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, limits).await {
+        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, None, limits).await {
             return Err(fail(true, error));
         }
         return Ok(Relayed {
@@ -921,17 +1006,29 @@ async fn refuse_head<W: AsyncWrite + Unpin>(
     why: Malformed,
 ) -> HttpProxyError {
     authorizer.malformed(why);
-    local_response(writer, Refusal::Malformed(why).status(), why.as_str(), None).await;
+    local_response(
+        writer,
+        Refusal::Malformed(why).status(),
+        why.as_str(),
+        None,
+        false,
+    )
+    .await;
     HttpProxyError::Malformed(why)
 }
 
 /// Writes a response the proxy makes itself; `denied`: the rule for
-/// `x-appid-denied-by` and whether to close. Returns whether it was written.
+/// `x-appid-denied-by` and whether to close; `to_head`: it answers a `HEAD`
+/// request, so it has no body (RFC 9110 §9.3.2: its `content-length` is
+/// the body a `GET` would get). Sent on a connection kept open, a body
+/// would be read as the start of the next response. Returns whether it was
+/// written.
 async fn local_response<W: AsyncWrite + Unpin>(
     writer: &mut W,
     status: u16,
     body: &str,
     denied: Option<(&str, bool)>,
+    to_head: bool,
 ) -> bool {
     let reason = match status {
         400 => "Bad Request",
@@ -962,7 +1059,9 @@ async fn local_response<W: AsyncWrite + Unpin>(
         head.push_str("connection: close\r\n");
     }
     head.push_str("\r\n");
-    head.push_str(body);
+    if !to_head {
+        head.push_str(body);
+    }
     let written =
         tokio::time::timeout(Duration::from_secs(5), write_flush(writer, head.as_bytes()))
             .await
@@ -979,6 +1078,44 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use tokio::io::duplex;
+
+    /// The body's first line, fed in pieces: the piece that completes a
+    /// request line is refused (before it is sent), and a body decided as
+    /// no request is not watched further.
+    #[test]
+    fn a_body_start_is_refused_where_it_becomes_a_request_line() {
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"\r\nGE", false), Ok(()));
+        assert_eq!(start.passes(b"T", false), Ok(()));
+        assert_eq!(
+            start.passes(b" /admin", false),
+            Err(Malformed::BodyIsRequest)
+        );
+
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"PROPFIND", false), Ok(()));
+        assert_eq!(
+            start.passes(b"\t/x\x0bHTTP/1.1\r\n", false),
+            Err(Malformed::BodyIsRequest)
+        );
+
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"{\"a\"", false), Ok(()));
+        assert_eq!(start.passes(b"GET /admin HTTP/1.1\r\n", false), Ok(()));
+
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"hello wor", false), Ok(()));
+        assert_eq!(start.passes(b"ld", true), Ok(()));
+
+        // Blank lines to the cap, then a request: fail closed.
+        let mut start = BodyStart::new();
+        let blanks = vec![b'\n'; detect::MAX_DETECT_BYTES - 1];
+        assert_eq!(start.passes(&blanks, false), Ok(()));
+        assert_eq!(
+            start.passes(b"GET /admin HTTP/1.1\r\n", false),
+            Err(Malformed::BodyIsRequest)
+        );
+    }
 
     /// Denies paths under `/admin` (rule `no-admin`), records what it saw
     /// and what it was asked to audit as refused or malformed.
