@@ -2276,15 +2276,7 @@ async fn a_request_line_split_past_detection_never_reaches_the_app() {
             let outcome = split_request(address).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let reached = app.state.requests.load(Ordering::SeqCst) - before;
-            let audited = [&mesh.client, &mesh.server]
-                .into_iter()
-                .flat_map(Sidecar::audit_lines)
-                .any(|l| {
-                    l["decision"] == "deny"
-                        && l["reason"].as_str().is_some_and(|r| {
-                            r.contains("request line on a connection decided as TCP")
-                        })
-                });
+            let audited = audited_request_line_on_tcp(&mesh);
             let why = match (&outcome, reached, audited) {
                 (Outcome::Closed(_), 0, true) => continue,
                 // On a loaded machine the sidecar may only look after the
@@ -2340,15 +2332,7 @@ async fn a_request_after_a_server_banner_never_reaches_the_app() {
             let _ = tokio::time::timeout(ROW_LIMIT, stream.read_to_end(&mut rest)).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             let heard = String::from_utf8_lossy(&heard.lock().unwrap()).into_owned();
-            let audited = [&mesh.client, &mesh.server]
-                .into_iter()
-                .flat_map(Sidecar::audit_lines)
-                .any(|l| {
-                    l["decision"] == "deny"
-                        && l["reason"].as_str().is_some_and(|r| {
-                            r.contains("request line on a connection decided as TCP")
-                        })
-                });
+            let audited = audited_request_line_on_tcp(&mesh);
             let why = match (heard.is_empty(), audited) {
                 (true, true) => continue,
                 (true, false) => "no audit line for the closure".to_string(),
@@ -2496,6 +2480,20 @@ async fn exchange_raw(address: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, Stri
 
 /// Sends `PROPF`, waits past what detection looks at, then the rest of
 /// `PROPFIND /admin/x` with a spoofed identity.
+/// Whether either sidecar audited cutting a connection decided as TCP
+/// for an HTTP request line on it.
+fn audited_request_line_on_tcp(mesh: &Mesh) -> bool {
+    [&mesh.client, &mesh.server]
+        .into_iter()
+        .flat_map(Sidecar::audit_lines)
+        .any(|l| {
+            l["decision"] == "deny"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("request line on a connection decided as TCP"))
+        })
+}
+
 async fn split_request(address: SocketAddr) -> Outcome {
     let stream = TcpStream::connect(address).await.expect("connect");
     let (mut read, mut write) = stream.into_split();

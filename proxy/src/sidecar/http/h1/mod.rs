@@ -186,14 +186,7 @@ where
             if let Err(e) = write_flush(&mut up_write, &out).await {
                 tracing::debug!(error = %e, "upstream closed before the request");
                 trace::record_status(&span, 502);
-                local_response(
-                    &mut down_write,
-                    502,
-                    "upstream unavailable\n",
-                    None,
-                    to_head,
-                )
-                .await;
+                upstream_unavailable(&mut down_write, to_head).await;
                 return Err(HttpProxyError::Io(e));
             }
             drop(out);
@@ -247,14 +240,7 @@ where
                 Ok(response) => response,
                 Err(Relay::Failed { answered, error }) => {
                     if !answered {
-                        local_response(
-                            &mut down_write,
-                            502,
-                            "upstream unavailable\n",
-                            None,
-                            to_head,
-                        )
-                        .await;
+                        upstream_unavailable(&mut down_write, to_head).await;
                         trace::record_status(&span, 502);
                     }
                     return Err(error);
@@ -1015,6 +1001,11 @@ async fn refuse_head<W: AsyncWrite + Unpin>(
     )
     .await;
     HttpProxyError::Malformed(why)
+}
+
+/// The `502` for a request the app (or the peer) never got whole.
+async fn upstream_unavailable<W: AsyncWrite + Unpin>(writer: &mut W, to_head: bool) {
+    local_response(writer, 502, "upstream unavailable\n", None, to_head).await;
 }
 
 /// Writes a response the proxy makes itself; `denied`: the rule for
