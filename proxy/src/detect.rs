@@ -244,40 +244,69 @@ pub fn first_line(prefix: &[u8]) -> FirstLine {
     }
 }
 
+/// What the start of an HTTP/1 request body is to an app that leaves the
+/// body unread ([`body_first_line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLine {
+    /// It begins with a request line: refuse the body.
+    RequestLine,
+    /// It does not: nothing more to watch.
+    NotRequestLine,
+    /// Not decided by these bytes; more of the body follows.
+    Undecided,
+    /// The body ended inside what could still be the start of a request
+    /// line whose method is upper case (`DEL`, `PROPFIND /x`). Harmless
+    /// itself, but an app that
+    /// leaves it unread reads the next request on the connection as the
+    /// rest of that line (`DEL` + `ETE /x HTTP/1.1` is a `DELETE` policy
+    /// saw as `ETE`): the connection must carry no next request.
+    Unfinished,
+}
+
 /// Judges the start of an HTTP/1 request body framed by `content-length`
-/// (`prefix`; `ended`: it is the whole body): could an app that leaves the
-/// body unread read it as its next request? Python's `http.server` does so
+/// (`prefix`; `ended`: it is the whole body): could an app that does not
+/// read the body read it as its next request? Python's `http.server` does so
 /// on a GET (its handlers read no body), and so does any handler that
 /// answers before reading one: what policy allowed carries, as its body, a
 /// request policy never saw, spoofed `x-appid-*` fields and all (request
 /// smuggling of the kind called CL.0). So a body that begins with a request
-/// line ([`first_line`]'s reading, leading blanks skipped) is refused.
+/// line ([`first_line`]'s reading, leading blanks skipped) is refused, and
+/// one that ends before its first line is decided is [`BodyLine::Unfinished`].
 ///
-/// Where the bytes run out undecided the body is let through: a body that
-/// ends inside a token or a target (`hello world`) is no request, and what
-/// an app would read after it is the sidecar's next request line, which
-/// begins with a method and a space (run together, the two make a line of
-/// four words or a method no server knows). At [`MAX_DETECT_BYTES`], a line
-/// past its method and still consistent with a request, or blank lines
-/// (then maybe the start of a method), is taken as one (fail closed, as
-/// [`first_line`]); a single token from the first byte that long is no
-/// method, and a body of hex may be one.
+/// At [`MAX_DETECT_BYTES`], a line past its method and still consistent with
+/// a request, or blank lines (then maybe the start of a method), is taken as
+/// one (fail closed, as [`first_line`]); a single token from the first byte
+/// that long is no method, and a body of hex may be one.
 #[must_use]
-pub fn body_first_line(prefix: &[u8], ended: bool) -> FirstLine {
+pub fn body_first_line(prefix: &[u8], ended: bool) -> BodyLine {
     let line = skip_blanks(prefix);
     let at_limit = prefix.len() >= MAX_DETECT_BYTES;
     match request_line(line) {
-        RequestLine::Yes => FirstLine::RequestLine,
-        RequestLine::No => FirstLine::NotRequestLine,
+        RequestLine::Yes => BodyLine::RequestLine,
+        RequestLine::No => BodyLine::NotRequestLine,
         // One token from the first byte to the cap: no method.
         RequestLine::Partial { past_method: false } if at_limit && line.len() == prefix.len() => {
-            FirstLine::NotRequestLine
+            BodyLine::NotRequestLine
         }
         // Blank lines to the cap (then maybe a method), or a line past
         // its method: fail closed.
-        RequestLine::Partial { .. } | RequestLine::CrLast if at_limit => FirstLine::RequestLine,
-        RequestLine::Partial { .. } | RequestLine::CrLast if ended => FirstLine::NotRequestLine,
-        RequestLine::Partial { .. } | RequestLine::CrLast => FirstLine::Undecided,
+        RequestLine::Partial { .. } | RequestLine::CrLast if at_limit => BodyLine::RequestLine,
+        // Run together with the next request line, only a method-like
+        // start can make a method an app handles (`DEL` + `ETE`); `42`,
+        // `true` or `hello world` make none, and an empty body nothing.
+        RequestLine::Partial { .. } | RequestLine::CrLast if ended => {
+            let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+            let method_like = method > 0
+                && line[..method]
+                    .iter()
+                    .all(|&b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+            if method_like {
+                BodyLine::Unfinished
+            } else {
+                BodyLine::NotRequestLine
+            }
+        }
+        RequestLine::Partial { .. } | RequestLine::CrLast => BodyLine::Undecided,
     }
 }
 
@@ -333,7 +362,9 @@ enum RequestLine {
 /// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of
 /// [`line_space`]s count as one delimiter (a lenient server's view:
 /// Tomcat takes a tab, Python a form feed); the target is any run of bytes
-/// other than those and control bytes.
+/// other than those and LF: a control byte inside it (`/admin\x01`) is
+/// part of the target to Python, which splits on whitespace only, so it
+/// must not end the line here either.
 fn request_line(line: &[u8]) -> RequestLine {
     if line.is_empty() {
         return RequestLine::Partial { past_method: false };
@@ -367,7 +398,7 @@ fn request_line(line: &[u8]) -> RequestLine {
     let partial = RequestLine::Partial { past_method: true };
     let target_len = rest
         .iter()
-        .take_while(|&&b| !line_space(b) && !b.is_ascii_control())
+        .take_while(|&&b| !line_space(b) && b != b'\n')
         .count();
     let after_target = &rest[target_len..];
     if after_target.is_empty() {
@@ -1280,54 +1311,86 @@ mod tests {
         assert_eq!(first_line(&long_token), FirstLine::RequestLine);
         long_token[MAX_DETECT_BYTES - 1] = 0;
         assert_eq!(first_line(&long_token), FirstLine::NotRequestLine);
-        // A body's first line: the same reading, but a body that ends
-        // undecided, or one token to the cap, is no request.
+        // A body's first line: the same reading; a body that ends
+        // undecided is unfinished, and one token to the cap is no request.
         for body in [
             &b"GET /admin/x HTTP/1.1\r\nx-appid-peer-id: x\r\n\r\n"[..],
             b"GET /admin/x\r\n",
             b"\r\n\r\nPROPFIND\t/x\x0bHTTP/1.1\r\n",
             b"DELETE /",
+            b"PURGE /admin/x\x01 HTTP/1.1\r\n",
+            b"PROPFIND /admin/x\x7f HTTP/1.1\r\n",
         ] {
             assert_eq!(
                 body_first_line(body, true),
-                FirstLine::RequestLine,
+                BodyLine::RequestLine,
                 "{body:?}"
             );
             assert_eq!(
                 body_first_line(body, false),
-                FirstLine::RequestLine,
+                BodyLine::RequestLine,
                 "{body:?}"
             );
         }
         for body in [
             &b"{\"query\": {\"match_all\": {}}}"[..],
-            b"hello world",
-            b"GET",
-            b"PROPFIND /x",
             b"a=1&b=2",
             b"\x00\x01binary",
             b"line one\nline two",
-            b"",
+            b"\x0a\x03abc",
         ] {
-            assert_ne!(
+            assert_eq!(
                 body_first_line(body, true),
-                FirstLine::RequestLine,
+                BodyLine::NotRequestLine,
                 "{body:?}"
             );
         }
-        assert_eq!(body_first_line(b"hello world", false), FirstLine::Undecided);
-        assert_eq!(body_first_line(b"PROPFIND /x", false), FirstLine::Undecided);
-        assert_eq!(body_first_line(b"{", false), FirstLine::NotRequestLine);
+        for body in [&b"hello world"[..], b"42", b"true", b"Del", b""] {
+            assert_eq!(
+                body_first_line(body, true),
+                BodyLine::NotRequestLine,
+                "{body:?}"
+            );
+        }
+        for body in [
+            &b"GET"[..],
+            b"DEL",
+            b"PROPFIND /x",
+            b"AT\r",
+            b"\r\nM-SEARCH",
+        ] {
+            assert_eq!(
+                body_first_line(body, true),
+                BodyLine::Unfinished,
+                "{body:?}"
+            );
+            assert_eq!(
+                body_first_line(body, false),
+                BodyLine::Undecided,
+                "{body:?}"
+            );
+        }
+        assert_eq!(body_first_line(b"{", false), BodyLine::NotRequestLine);
         let hex = vec![b'a'; MAX_DETECT_BYTES];
-        assert_eq!(body_first_line(&hex, false), FirstLine::NotRequestLine);
-        assert_eq!(body_first_line(&blanks, false), FirstLine::RequestLine);
+        assert_eq!(body_first_line(&hex, false), BodyLine::NotRequestLine);
+        assert_eq!(body_first_line(&blanks, false), BodyLine::RequestLine);
         assert_eq!(
             body_first_line(&cut_in_method, false),
-            FirstLine::RequestLine
+            BodyLine::RequestLine
         );
         let mut long_target = b"PROPFIND /".to_vec();
         long_target.resize(MAX_DETECT_BYTES, b'a');
-        assert_eq!(body_first_line(&long_target, false), FirstLine::RequestLine);
+        assert_eq!(body_first_line(&long_target, false), BodyLine::RequestLine);
+        // A control byte is part of a target (Python splits on whitespace
+        // only), on the opaque path too.
+        assert_eq!(
+            first_line(b"PURGE /admin/x\x01 HTTP/1.1"),
+            FirstLine::RequestLine
+        );
+        assert_eq!(
+            classify(b"PURGE /admin/x\x01 HTTP/1.1\r\n"),
+            Classification::Http1
+        );
         assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
         assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
         assert_eq!(classify_final(b"PROPFIND"), Classification::Opaque);

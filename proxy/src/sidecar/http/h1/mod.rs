@@ -34,7 +34,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::detect::{self, FirstLine};
+use crate::detect::{self, BodyLine};
 use crate::sidecar::splice::{Abort, Chunks};
 
 use appid_policy::policy::Headers;
@@ -170,6 +170,11 @@ where
             let to_head = request.head;
             let mut out = request.upstream_head;
             let mut body = request.body;
+            // A body that ends inside what could still be a request line
+            // leaves this connection with no next request
+            // ([`BodyLine::Unfinished`]): its answer says `connection: close`
+            // when that is known before the answer, and it is closed after.
+            let mut last_on_connection = false;
             if let BodyLength::Length(n) = body
                 && n <= down_buf.len() as u64
             {
@@ -178,6 +183,7 @@ where
                     let why = Malformed::BodyIsRequest;
                     return Err(refuse_head(&mut down_write, authorizer.as_ref(), why).await);
                 }
+                last_on_connection = start.unfinished;
                 out.extend_from_slice(&down_buf[..n as usize]);
                 down_buf.advance(n as usize);
                 body = BodyLength::Empty;
@@ -194,6 +200,7 @@ where
             // The request body and the response move at the same time (a server
             // may answer before it has read the whole body).
             let mut body_sent = body == BodyLength::Empty;
+            let mut watch = matches!(body, BodyLength::Length(_)).then(BodyStart::new);
             // Boxed, as is `switch_protocols`: this state lives only while a
             // request is in flight, and unboxed it would be allocated for the
             // connection's whole (mostly idle) life.
@@ -206,7 +213,7 @@ where
                     &mut up_write,
                     body,
                     (body == BodyLength::Chunked).then(Chunked::for_request),
-                    matches!(body, BodyLength::Length(_)).then(BodyStart::new),
+                    &mut watch,
                     limits,
                 );
                 let relay = relay_response(
@@ -215,6 +222,7 @@ where
                     &mut down_write,
                     request.head,
                     request.upgrade,
+                    last_on_connection,
                     limits,
                 );
                 tokio::pin!(send, relay);
@@ -268,7 +276,10 @@ where
             }
             // Bytes after a response that nobody asked for would be taken as
             // the next response: close instead.
-            if !(request.keep_alive && response.keep_alive && body_sent && up_buf.is_empty()) {
+            last_on_connection |= watch.is_some_and(|watch| watch.unfinished);
+            if last_on_connection
+                || !(request.keep_alive && response.keep_alive && body_sent && up_buf.is_empty())
+            {
                 let _ = down_write.shutdown().await;
                 return Ok(());
             }
@@ -635,7 +646,7 @@ async fn copy_body<R, W>(
     writer: &mut W,
     length: BodyLength,
     chunks_so_far: Option<Chunked>,
-    mut start: Option<BodyStart>,
+    start: &mut Option<BodyStart>,
     limits: HttpLimits,
 ) -> Result<(), HttpProxyError>
 where
@@ -657,7 +668,7 @@ where
                     .map_err(|e| HttpProxyError::Malformed(e.into()))?,
                 None => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
             };
-            if let Some(watch) = &mut start {
+            if let Some(watch) = start {
                 let ended = chunked.is_none() && left == take as u64;
                 watch
                     .passes(&buf[..take], ended)
@@ -715,12 +726,17 @@ where
 struct BodyStart {
     /// The body so far, while undecided (at most `MAX_DETECT_BYTES`).
     line: Option<Vec<u8>>,
+    /// The body ended inside what could still be a request line
+    /// ([`BodyLine::Unfinished`]): the connection must carry no next
+    /// request.
+    unfinished: bool,
 }
 
 impl BodyStart {
     fn new() -> Self {
         BodyStart {
             line: Some(Vec::new()),
+            unfinished: false,
         }
     }
 
@@ -739,12 +755,17 @@ impl BodyStart {
             detect::body_first_line(line, ended)
         };
         match judged {
-            FirstLine::RequestLine => Err(Malformed::BodyIsRequest),
-            FirstLine::NotRequestLine => {
+            BodyLine::RequestLine => Err(Malformed::BodyIsRequest),
+            BodyLine::NotRequestLine => {
                 self.line = None;
                 Ok(())
             }
-            FirstLine::Undecided => {
+            BodyLine::Unfinished => {
+                self.line = None;
+                self.unfinished = true;
+                Ok(())
+            }
+            BodyLine::Undecided => {
                 if line.is_empty() {
                     line.extend_from_slice(more);
                 }
@@ -779,6 +800,7 @@ async fn relay_response<R, W>(
     writer: &mut W,
     head_request: bool,
     upgrade_requested: bool,
+    last_on_connection: bool,
     limits: HttpLimits,
 ) -> Result<Relayed, Relay>
 where
@@ -815,9 +837,12 @@ where
             // otherwise the head goes on as it came.
             let drop_appid = limits.app == AppSide::Upstream
                 && headers.0.iter().any(|h| is_appid_header(h.name));
-            let rewritten = (drop_appid || own_length.is_some())
-                .then(|| rewritten_response_head(head, &headers, drop_appid, own_length));
-            Ok((head_after, status, keep_alive, length, rewritten))
+            // The final answer on a connection that carries no next
+            // request says so (`connection: close`).
+            let close = last_on_connection && status >= 200 && status != 101;
+            let rewritten = (drop_appid || own_length.is_some() || close)
+                .then(|| rewritten_response_head(head, &headers, drop_appid, own_length, close));
+            Ok((head_after, status, keep_alive && !close, length, rewritten))
         });
         let (head_len, (head_after, status, keep_alive, length, rewritten)) =
             match read_head(reader, buf, limits, read).await {
@@ -893,7 +918,7 @@ where
         if (100..200).contains(&status) && status != 101 {
             continue; // interim: the final response follows
         }
-        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, None, limits).await {
+        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, &mut None, limits).await {
             return Err(fail(true, error));
         }
         return Ok(Relayed {
@@ -905,13 +930,15 @@ where
 }
 
 /// A response head rewritten: the status line as it came, then every
-/// field but the `x-appid-*` ones (when `drop_appid`) and, when `length`
-/// is given, the `content-length` ones, which become one of that value.
+/// field but the `x-appid-*` ones (when `drop_appid`), when `length` is
+/// given the `content-length` ones, which become one of that value, and
+/// with `close` the `connection` ones, which become `connection: close`.
 fn rewritten_response_head(
     head: &[u8],
     headers: &HeaderList<'_, '_>,
     drop_appid: bool,
     length: Option<u64>,
+    close: bool,
 ) -> Vec<u8> {
     let status_line_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut out = Vec::with_capacity(head.len());
@@ -919,6 +946,7 @@ fn rewritten_response_head(
     for header in headers.0 {
         if (drop_appid && is_appid_header(header.name))
             || (length.is_some() && header.name.eq_ignore_ascii_case("content-length"))
+            || (close && header.name.eq_ignore_ascii_case("connection"))
         {
             continue;
         }
@@ -929,6 +957,9 @@ fn rewritten_response_head(
     }
     if let Some(length) = length {
         push_content_length(&mut out, length);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -1094,9 +1125,27 @@ mod tests {
         assert_eq!(start.passes(b"{\"a\"", false), Ok(()));
         assert_eq!(start.passes(b"GET /admin HTTP/1.1\r\n", false), Ok(()));
 
+        // Ends inside a line: passes, and the connection takes no next
+        // request.
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"PROPFIND /wor", false), Ok(()));
+        assert!(!start.unfinished);
+        assert_eq!(start.passes(b"ld", true), Ok(()));
+        assert!(start.unfinished);
         let mut start = BodyStart::new();
         assert_eq!(start.passes(b"hello wor", false), Ok(()));
         assert_eq!(start.passes(b"ld", true), Ok(()));
+        assert!(!start.unfinished);
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"hello\n", true), Ok(()));
+        assert!(!start.unfinished);
+        // A control byte is part of the target.
+        let mut start = BodyStart::new();
+        assert_eq!(start.passes(b"PURGE /admin\x01", false), Ok(()));
+        assert_eq!(
+            start.passes(b" HTTP/1.1\r\n", false),
+            Err(Malformed::BodyIsRequest)
+        );
 
         // Blank lines to the cap, then a request: fail closed.
         let mut start = BodyStart::new();
