@@ -210,20 +210,10 @@ async fn a_body_that_is_a_request_never_reaches_the_app_as_one() {
     let mut failures = Vec::new();
     for mode in ["pooled", "strict"] {
         let mesh = mesh(&app, mode).await;
-        for (who, address) in [
-            ("meshed", mesh.outbound_addr()),
-            ("plaintext", mesh.inbound_addr()),
-        ] {
+        for (who, address) in entry_points(&mesh) {
             // The control: the denied request sent as itself.
-            let direct = exchange(
-                address,
-                &[b"GET /admin/x HTTP/1.1\r\nHost: api.test\r\n\r\n"],
-            )
-            .await;
-            assert!(
-                direct.starts_with("HTTP/1.1 403"),
-                "[{mode} {who}] {direct}"
-            );
+            let row = format!("[{mode} {who}]");
+            denied_as_itself(address, b"GET /admin/x", &row).await;
             let rows = smuggled_lines
                 .iter()
                 .flat_map(|line| ["GET", "POST"].map(|method| (line, method)));
@@ -281,6 +271,23 @@ async fn a_body_that_is_a_request_never_reaches_the_app_as_one() {
     }
 }
 
+/// `(label, address)` for a meshed caller (through both sidecars) and a
+/// plain one (straight to the inbound).
+fn entry_points(mesh: &Mesh) -> [(&'static str, SocketAddr); 2] {
+    [
+        ("meshed", mesh.outbound_addr()),
+        ("plaintext", mesh.inbound_addr()),
+    ]
+}
+
+/// The control of a row: `request` (method and target) sent as itself is
+/// denied (403).
+async fn denied_as_itself(address: SocketAddr, request: &[u8], row: &str) {
+    let head = [request, b" HTTP/1.1\r\nHost: api.test\r\n\r\n"].concat();
+    let direct = exchange(address, &[&head]).await;
+    assert!(direct.starts_with("HTTP/1.1 403"), "{row} {direct}");
+}
+
 /// How many refusals of a body that is a request both sidecars audited.
 fn refusals(mesh: &Mesh) -> usize {
     [&mesh.client, &mesh.server]
@@ -303,10 +310,7 @@ async fn bodies_that_are_no_request_still_pass() {
     let mut failures = Vec::new();
     for mode in ["pooled", "strict"] {
         let mesh = mesh(&app, mode).await;
-        for (who, address) in [
-            ("meshed", mesh.outbound_addr()),
-            ("plaintext", mesh.inbound_addr()),
-        ] {
+        for (who, address) in entry_points(&mesh) {
             for (method, body) in [
                 ("GET", &b"{\"query\": {\"match_all\": {}}}"[..]),
                 ("POST", b"hello world"),
@@ -343,10 +347,7 @@ async fn a_denied_head_request_is_answered_without_a_body() {
     let app = PythonApp::start();
     let mesh = mesh(&app, "pooled").await;
     let mut failures = Vec::new();
-    for (who, address) in [
-        ("meshed", mesh.outbound_addr()),
-        ("plaintext", mesh.inbound_addr()),
-    ] {
+    for (who, address) in entry_points(&mesh) {
         let mut stream = TcpStream::connect(address).await.expect("connect");
         stream
             .write_all(b"HEAD /admin/x HTTP/1.1\r\nHost: api.test\r\n\r\n")
@@ -412,20 +413,10 @@ async fn a_method_like_body_and_the_next_request_never_make_one_method() {
     let mut failures = Vec::new();
     for mode in ["pooled", "strict"] {
         let mesh = mesh(&app, mode).await;
-        for (who, address) in [
-            ("meshed", mesh.outbound_addr()),
-            ("plaintext", mesh.inbound_addr()),
-        ] {
+        for (who, address) in entry_points(&mesh) {
             // The control: DELETE as itself is denied.
-            let direct = exchange(
-                address,
-                &[b"DELETE /public/item HTTP/1.1\r\nHost: api.test\r\n\r\n"],
-            )
-            .await;
-            assert!(
-                direct.starts_with("HTTP/1.1 403"),
-                "[{mode} {who}] {direct}"
-            );
+            let row = format!("[{mode} {who}]");
+            denied_as_itself(address, b"DELETE /public/item", &row).await;
             for (row, writes) in [
                 ("one write", vec![&together[..]]),
                 ("two writes", vec![&first[..], &next[..]]),
@@ -495,10 +486,7 @@ rules:
             },
         )
         .await;
-        for (who, address) in [
-            ("meshed", mesh.outbound_addr()),
-            ("plaintext", mesh.inbound_addr()),
-        ] {
+        for (who, address) in entry_points(&mesh) {
             for ctl in ["", "\x01", "\x7f"] {
                 app.forget();
                 let request = format!(
