@@ -440,6 +440,27 @@ async fn a_method_like_body_and_the_next_request_never_make_one_method() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The same body streamed after its head, to an app that answers a second
+/// later: the sidecar knows the body ended unfinished before the answer,
+/// so the answer says `connection: close` (a keep-alive client would
+/// otherwise send its next request into a connection about to close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_unfinished_body_gets_an_answer_that_says_close() {
+    let app = PythonApp::start();
+    let mesh = mesh(&app, "pooled").await;
+    for (who, address) in entry_points(&mesh) {
+        let head = b"POST /public/slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\n";
+        let writes = [&head[..], b"DEL"];
+        let back = exchange_paced(address, &writes, Some(Duration::from_millis(300))).await;
+        assert!(back.starts_with("HTTP/1.1 200"), "[{who}] {back}");
+        assert!(
+            back.to_ascii_lowercase().contains("connection: close"),
+            "[{who}] closed after an answer that did not say so:\n{back}\n{}",
+            mesh.context()
+        );
+    }
+}
+
 /// The opaque path reads a request line as detection does: on a port
 /// whose allow rule says `protocol: tcp`, a client-first `PURGE
 /// /admin/x\x01 HTTP/1.1` (a control byte in the target, which Python

@@ -165,7 +165,7 @@ pub fn classify_final(prefix: &[u8]) -> Classification {
         // guard watches what does.)
         Classification::NeedMore => {
             let line = skip_blanks(prefix);
-            match request_line(line) {
+            match request_line(line, Reading::Detection) {
                 RequestLine::Partial { past_method: true } => Classification::Http1,
                 RequestLine::Partial { past_method: false }
                     if line.is_empty() && prefix.len() >= MAX_DETECT_BYTES =>
@@ -195,7 +195,7 @@ fn classify_plain(prefix: &[u8]) -> Classification {
         return Classification::NeedMore;
     }
     let line = skip_blanks(prefix);
-    match request_line(line) {
+    match request_line(line, Reading::Detection) {
         RequestLine::Yes => Classification::Http1,
         RequestLine::Partial { past_method: true } => Classification::NeedMore,
         // A bare token so far: wait only if it may become a known method.
@@ -234,7 +234,7 @@ pub enum FirstLine {
 /// otherwise end the watch and let the request after them pass unparsed.
 #[must_use]
 pub fn first_line(prefix: &[u8]) -> FirstLine {
-    match request_line(skip_blanks(prefix)) {
+    match request_line(skip_blanks(prefix), Reading::Lenient) {
         RequestLine::Yes => FirstLine::RequestLine,
         RequestLine::No => FirstLine::NotRequestLine,
         RequestLine::Partial { .. } | RequestLine::CrLast if prefix.len() >= MAX_DETECT_BYTES => {
@@ -281,7 +281,7 @@ pub enum BodyLine {
 pub fn body_first_line(prefix: &[u8], ended: bool) -> BodyLine {
     let line = skip_blanks(prefix);
     let at_limit = prefix.len() >= MAX_DETECT_BYTES;
-    match request_line(line) {
+    match request_line(line, Reading::Lenient) {
         RequestLine::Yes => BodyLine::RequestLine,
         RequestLine::No => BodyLine::NotRequestLine,
         // One token from the first byte to the cap: no method.
@@ -359,22 +359,43 @@ enum RequestLine {
     No,
 }
 
-/// Reads `line` as `method SP+ target SP+ HTTP/…`. Runs of
-/// [`line_space`]s count as one delimiter (a lenient server's view:
+/// Whose reading of a request line [`request_line`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Detection's, which picks the parser: quick to decide. A known
+    /// method and a delimiter is HTTP at once, and a control byte ends the
+    /// target (our parser refuses such a line anyway), so a binary
+    /// protocol that happens to start with a token and a delimiter (LDAP's
+    /// `0` and a length of 12, a form feed) is opaque at once rather than
+    /// waited on.
+    Detection,
+    /// A lenient server's, for what goes to an app unparsed (the opaque
+    /// path's guard, a request body): a control byte is part of the target
+    /// (Python splits on whitespace only: `PURGE /admin\x01 HTTP/1.1` is a
+    /// request to it), and only `GET` needs no version (HTTP/0.9's one
+    /// method: `GET /admin\r\n` runs on Python, `CONNECT {…}\r\n`, a NATS
+    /// client's first line, runs nowhere).
+    Lenient,
+}
+
+/// Reads `line` as `method SP+ target SP+ HTTP/…`, as `reading` says. Runs
+/// of [`line_space`]s count as one delimiter (a lenient server's view:
 /// Tomcat takes a tab, Python a form feed); the target is any run of bytes
-/// other than those and LF: a control byte inside it (`/admin\x01`) is
-/// part of the target to Python, which splits on whitespace only, so it
-/// must not end the line here either.
-fn request_line(line: &[u8]) -> RequestLine {
+/// other than those and LF (and, for detection, control bytes).
+fn request_line(line: &[u8], reading: Reading) -> RequestLine {
     if line.is_empty() {
         return RequestLine::Partial { past_method: false };
     }
-    for method in HTTP1_METHODS {
+    let eager: &[&[u8]] = match reading {
+        Reading::Detection => &HTTP1_METHODS,
+        Reading::Lenient => &[b"GET"],
+    };
+    for method in eager {
         // A known method and a delimiter: a CR counts when a byte other
         // than LF follows it (`GET\r/admin\r\n` is an HTTP/0.9 GET to
         // Python's `http.server`; `GET\r\n` is no request; a CR last is
         // left to the general case: opaque for now, and watched).
-        if let Some([next, after @ ..]) = line.strip_prefix(method)
+        if let Some([next, after @ ..]) = line.strip_prefix(*method)
             && line_space(*next)
             && (*next != b'\r' || after.first().is_some_and(|&b| b != b'\n'))
         {
@@ -398,7 +419,9 @@ fn request_line(line: &[u8]) -> RequestLine {
     let partial = RequestLine::Partial { past_method: true };
     let target_len = rest
         .iter()
-        .take_while(|&&b| !line_space(b) && b != b'\n')
+        .take_while(|&&b| {
+            !line_space(b) && b != b'\n' && (reading == Reading::Lenient || !b.is_ascii_control())
+        })
         .count();
     let after_target = &rest[target_len..];
     if after_target.is_empty() {
@@ -1317,7 +1340,7 @@ mod tests {
             &b"GET /admin/x HTTP/1.1\r\nx-appid-peer-id: x\r\n\r\n"[..],
             b"GET /admin/x\r\n",
             b"\r\n\r\nPROPFIND\t/x\x0bHTTP/1.1\r\n",
-            b"DELETE /",
+            b"GET /",
             b"PURGE /admin/x\x01 HTTP/1.1\r\n",
             b"PROPFIND /admin/x\x7f HTTP/1.1\r\n",
         ] {
@@ -1381,15 +1404,35 @@ mod tests {
         let mut long_target = b"PROPFIND /".to_vec();
         long_target.resize(MAX_DETECT_BYTES, b'a');
         assert_eq!(body_first_line(&long_target, false), BodyLine::RequestLine);
-        // A control byte is part of a target (Python splits on whitespace
-        // only), on the opaque path too.
+        // Only GET needs no version (HTTP/0.9): a NATS client's first
+        // line after the server's banner is no request; `DELETE /` at a
+        // body's end is unfinished.
+        assert_eq!(
+            first_line(b"CONNECT {\"verbose\":false}\r\n"),
+            FirstLine::NotRequestLine
+        );
+        assert_eq!(first_line(b"DELETE /admin\r\n"), FirstLine::NotRequestLine);
+        assert_eq!(first_line(b"GET /admin\r\n"), FirstLine::RequestLine);
+        assert_eq!(body_first_line(b"DELETE /", true), BodyLine::Unfinished);
+        // Detection: an LDAP client's first messages (`0`, then a length
+        // of 12 or 29, which are delimiters) are opaque at once.
+        for ldap in [
+            &b"\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00"[..],
+            b"\x30\x1d\x02\x01\x01\x77\x18\x80\x161.3.6.1.4.1.1466.20037",
+        ] {
+            assert_eq!(classify(ldap), Classification::Opaque, "{ldap:?}");
+            assert_eq!(classify_final(ldap), Classification::Opaque, "{ldap:?}");
+        }
+        // A control byte is part of a target to the guards (Python splits
+        // on whitespace only).
         assert_eq!(
             first_line(b"PURGE /admin/x\x01 HTTP/1.1"),
             FirstLine::RequestLine
         );
+        // (Detection calls it opaque; the guard on that path cuts it.)
         assert_eq!(
             classify(b"PURGE /admin/x\x01 HTTP/1.1\r\n"),
-            Classification::Http1
+            Classification::Opaque
         );
         assert_eq!(classify_final(b"PROPFIND /a"), Classification::Http1);
         assert_eq!(classify_final(b"FOO /x HTT"), Classification::Http1);
@@ -1552,7 +1595,7 @@ mod tests {
             let first = classify(&start);
             let opaque_for_now = first == Classification::Opaque
                 && matches!(
-                    request_line(skip_blanks(&start)),
+                    request_line(skip_blanks(&start), Reading::Detection),
                     RequestLine::Partial { past_method: false } | RequestLine::CrLast
                 );
             if first != Classification::NeedMore && !opaque_for_now {
@@ -1579,7 +1622,7 @@ mod tests {
                 let prefix = &line[..cut];
                 prop_assert_ne!(first_line(prefix), FirstLine::NotRequestLine, "{:?}", prefix);
                 let opaque_for_now = matches!(
-                    request_line(skip_blanks(prefix)),
+                    request_line(skip_blanks(prefix), Reading::Detection),
                     RequestLine::Partial { past_method: false } | RequestLine::CrLast
                 );
                 if classify(prefix) == Classification::Opaque {

@@ -847,6 +847,14 @@ mod tests {
             &[b"CAPA\r\n"],
             &[b"a1 LOGIN user pass\r\n", b"a2 SELECT INBOX\r\n"],
             &[b"\x55\x00\x00\x01\x8d\xa6\xff\x09"],
+            // NATS: `CONNECT` and a JSON object (no version: no request but
+            // a GET runs without one).
+            &[
+                b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n",
+                b"PING\r\n",
+            ],
+            // LDAP: `0`, a length of 12 (a form feed), then binary.
+            &[b"\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00"],
         ] {
             let (passed, tripped) = through_guard(chunks).await;
             assert!(!tripped, "{chunks:?}");

@@ -28,6 +28,7 @@ pub(super) mod framing;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -173,17 +174,17 @@ where
             // A body that ends inside what could still be a request line
             // leaves this connection with no next request
             // ([`BodyLine::Unfinished`]): its answer says `connection: close`
-            // when that is known before the answer, and it is closed after.
-            let mut last_on_connection = false;
+            // when that is known before the answer's head (the body is
+            // watched while the answer is awaited), and it is closed after.
+            let last_on_connection = AtomicBool::new(false);
             if let BodyLength::Length(n) = body
                 && n <= down_buf.len() as u64
             {
-                let mut start = BodyStart::new();
+                let mut start = BodyStart::new(&last_on_connection);
                 if start.passes(&down_buf[..n as usize], true).is_err() {
                     let why = Malformed::BodyIsRequest;
                     return Err(refuse_head(&mut down_write, authorizer.as_ref(), why).await);
                 }
-                last_on_connection = start.unfinished;
                 out.extend_from_slice(&down_buf[..n as usize]);
                 down_buf.advance(n as usize);
                 body = BodyLength::Empty;
@@ -200,7 +201,8 @@ where
             // The request body and the response move at the same time (a server
             // may answer before it has read the whole body).
             let mut body_sent = body == BodyLength::Empty;
-            let mut watch = matches!(body, BodyLength::Length(_)).then(BodyStart::new);
+            let watch =
+                matches!(body, BodyLength::Length(_)).then(|| BodyStart::new(&last_on_connection));
             // Boxed, as is `switch_protocols`: this state lives only while a
             // request is in flight, and unboxed it would be allocated for the
             // connection's whole (mostly idle) life.
@@ -213,7 +215,7 @@ where
                     &mut up_write,
                     body,
                     (body == BodyLength::Chunked).then(Chunked::for_request),
-                    &mut watch,
+                    watch,
                     limits,
                 );
                 let relay = relay_response(
@@ -222,7 +224,7 @@ where
                     &mut down_write,
                     request.head,
                     request.upgrade,
-                    last_on_connection,
+                    &last_on_connection,
                     limits,
                 );
                 tokio::pin!(send, relay);
@@ -276,8 +278,7 @@ where
             }
             // Bytes after a response that nobody asked for would be taken as
             // the next response: close instead.
-            last_on_connection |= watch.is_some_and(|watch| watch.unfinished);
-            if last_on_connection
+            if last_on_connection.load(Ordering::Relaxed)
                 || !(request.keep_alive && response.keep_alive && body_sent && up_buf.is_empty())
             {
                 let _ = down_write.shutdown().await;
@@ -646,7 +647,7 @@ async fn copy_body<R, W>(
     writer: &mut W,
     length: BodyLength,
     chunks_so_far: Option<Chunked>,
-    start: &mut Option<BodyStart>,
+    mut start: Option<BodyStart<'_>>,
     limits: HttpLimits,
 ) -> Result<(), HttpProxyError>
 where
@@ -668,7 +669,7 @@ where
                     .map_err(|e| HttpProxyError::Malformed(e.into()))?,
                 None => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
             };
-            if let Some(watch) = start {
+            if let Some(watch) = &mut start {
                 let ended = chunked.is_none() && left == take as u64;
                 watch
                     .passes(&buf[..take], ended)
@@ -723,20 +724,21 @@ where
 /// unread would run it as its next request, one policy never saw). The
 /// opaque path's `FirstLineGuard` does the same for a connection's first
 /// line; both judge with `detect`.
-struct BodyStart {
+struct BodyStart<'c> {
     /// The body so far, while undecided (at most `MAX_DETECT_BYTES`).
     line: Option<Vec<u8>>,
-    /// The body ended inside what could still be a request line
+    /// Set when the body ended inside what could still be a request line
     /// ([`BodyLine::Unfinished`]): the connection must carry no next
-    /// request.
-    unfinished: bool,
+    /// request. Shared with the answer's relay, which says
+    /// `connection: close` if it is set before the answer's head goes.
+    unfinished: &'c AtomicBool,
 }
 
-impl BodyStart {
-    fn new() -> Self {
+impl<'c> BodyStart<'c> {
+    fn new(unfinished: &'c AtomicBool) -> Self {
         BodyStart {
             line: Some(Vec::new()),
-            unfinished: false,
+            unfinished,
         }
     }
 
@@ -762,7 +764,7 @@ impl BodyStart {
             }
             BodyLine::Unfinished => {
                 self.line = None;
-                self.unfinished = true;
+                self.unfinished.store(true, Ordering::Relaxed);
                 Ok(())
             }
             BodyLine::Undecided => {
@@ -800,7 +802,7 @@ async fn relay_response<R, W>(
     writer: &mut W,
     head_request: bool,
     upgrade_requested: bool,
-    last_on_connection: bool,
+    last_on_connection: &AtomicBool,
     limits: HttpLimits,
 ) -> Result<Relayed, Relay>
 where
@@ -839,7 +841,8 @@ where
                 && headers.0.iter().any(|h| is_appid_header(h.name));
             // The final answer on a connection that carries no next
             // request says so (`connection: close`).
-            let close = last_on_connection && status >= 200 && status != 101;
+            let close =
+                last_on_connection.load(Ordering::Relaxed) && status >= 200 && status != 101;
             let rewritten = (drop_appid || own_length.is_some() || close)
                 .then(|| rewritten_response_head(head, &headers, drop_appid, own_length, close));
             Ok((head_after, status, keep_alive && !close, length, rewritten))
@@ -918,7 +921,7 @@ where
         if (100..200).contains(&status) && status != 101 {
             continue; // interim: the final response follows
         }
-        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, &mut None, limits).await {
+        if let Err(error) = copy_body(reader, buf, writer, rest, chunks, None, limits).await {
             return Err(fail(true, error));
         }
         return Ok(Relayed {
@@ -1106,7 +1109,8 @@ mod tests {
     /// no request is not watched further.
     #[test]
     fn a_body_start_is_refused_where_it_becomes_a_request_line() {
-        let mut start = BodyStart::new();
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"\r\nGE", false), Ok(()));
         assert_eq!(start.passes(b"T", false), Ok(()));
         assert_eq!(
@@ -1114,33 +1118,39 @@ mod tests {
             Err(Malformed::BodyIsRequest)
         );
 
-        let mut start = BodyStart::new();
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"PROPFIND", false), Ok(()));
         assert_eq!(
             start.passes(b"\t/x\x0bHTTP/1.1\r\n", false),
             Err(Malformed::BodyIsRequest)
         );
 
-        let mut start = BodyStart::new();
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"{\"a\"", false), Ok(()));
         assert_eq!(start.passes(b"GET /admin HTTP/1.1\r\n", false), Ok(()));
 
         // Ends inside a line: passes, and the connection takes no next
         // request.
-        let mut start = BodyStart::new();
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"PROPFIND /wor", false), Ok(()));
-        assert!(!start.unfinished);
+        assert!(!flag.load(Ordering::Relaxed));
         assert_eq!(start.passes(b"ld", true), Ok(()));
-        assert!(start.unfinished);
-        let mut start = BodyStart::new();
+        assert!(flag.load(Ordering::Relaxed));
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"hello wor", false), Ok(()));
         assert_eq!(start.passes(b"ld", true), Ok(()));
-        assert!(!start.unfinished);
-        let mut start = BodyStart::new();
+        assert!(!flag.load(Ordering::Relaxed));
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"hello\n", true), Ok(()));
-        assert!(!start.unfinished);
+        assert!(!flag.load(Ordering::Relaxed));
         // A control byte is part of the target.
-        let mut start = BodyStart::new();
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         assert_eq!(start.passes(b"PURGE /admin\x01", false), Ok(()));
         assert_eq!(
             start.passes(b" HTTP/1.1\r\n", false),
@@ -1148,7 +1158,8 @@ mod tests {
         );
 
         // Blank lines to the cap, then a request: fail closed.
-        let mut start = BodyStart::new();
+        let flag = AtomicBool::new(false);
+        let mut start = BodyStart::new(&flag);
         let blanks = vec![b'\n'; detect::MAX_DETECT_BYTES - 1];
         assert_eq!(start.passes(&blanks, false), Ok(()));
         assert_eq!(
