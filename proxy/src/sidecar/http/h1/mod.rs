@@ -27,13 +27,14 @@ pub(super) mod framing;
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::detect::{self, BodyLine};
 use crate::sidecar::splice::{Abort, Chunks};
@@ -86,6 +87,13 @@ where
         // instructions a request (a waiter added and removed each time).
         let stop = shutdown.started();
         tokio::pin!(stop);
+        // The request heads' deadline, one timer for the connection's life,
+        // moved forward for each head: moving a registered timer later is
+        // one atomic update, where a timer made per request was added to
+        // the runtime's wheel and removed again (about 1 100 instructions a
+        // request).
+        let head_timer = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(head_timer);
 
         loop {
             // Idle between requests: free the buffers, wait for a head.
@@ -115,7 +123,13 @@ where
             let head = tokio::select! {
                 biased;
                 () = &mut stop => return Ok(()),
-                head = read_head(&mut down_read, &mut down_buf, limits, inspect) => head,
+                head = read_head(
+                    &mut down_read,
+                    &mut down_buf,
+                    limits,
+                    Some(head_timer.as_mut()),
+                    inspect,
+                ) => head,
             };
             let (head_len, (started, inspected)) = match head {
                 HeadRead::Complete(n, inspected) => (n, inspected),
@@ -524,9 +538,6 @@ enum Parse<T, P> {
 /// end and again to use it.
 trait HeadParser: Sized {
     type Output;
-    /// Request heads must arrive within the idle timeout; response heads
-    /// may take as long as the app does.
-    const DEADLINE: bool;
     fn parse(self, buf: &[u8], max_bytes: usize) -> Parse<Self::Output, Self>;
 }
 
@@ -538,7 +549,6 @@ struct ResponseHead<F>(F);
 
 impl<T, F: FnOnce(&httparse::Request<'_, '_>, &[u8]) -> T> HeadParser for RequestHead<F> {
     type Output = T;
-    const DEADLINE: bool = true;
 
     fn parse(self, buf: &[u8], max_bytes: usize) -> Parse<T, Self> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -552,7 +562,6 @@ impl<T, F: FnOnce(&httparse::Request<'_, '_>, &[u8]) -> T> HeadParser for Reques
 
 impl<T, F: FnOnce(&httparse::Response<'_, '_>, &[u8]) -> T> HeadParser for ResponseHead<F> {
     type Output = T;
-    const DEADLINE: bool = false;
 
     fn parse(self, buf: &[u8], max_bytes: usize) -> Parse<T, Self> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -587,17 +596,23 @@ impl<T, P> Parse<T, P> {
 }
 
 /// Reads until `buf` starts with a complete head, and hands it to
-/// `parser`'s function. Request heads must arrive within the idle timeout;
-/// response heads may take as long as the app does.
+/// `parser`'s function. With a `timer` (request heads), the head must
+/// arrive within the idle timeout from now: the timer is set to that
+/// deadline here; without (response heads), it may take as long as the
+/// app does.
 async fn read_head<R: AsyncRead + Unpin, P: HeadParser>(
     reader: &mut R,
     buf: &mut BytesMut,
     limits: HttpLimits,
+    mut timer: Option<Pin<&mut Sleep>>,
     mut parser: P,
 ) -> HeadRead<P::Output> {
     // One deadline for the whole head: a client trickling a byte at a time
     // cannot hold the connection longer than a silent one.
-    let deadline = tokio::time::Instant::now() + limits.header_timeout;
+    if let Some(timer) = &mut timer {
+        let deadline = tokio::time::Instant::now() + limits.header_timeout;
+        timer.as_mut().reset(deadline);
+    }
     // Parse only when a line ended since the last try (a head trickled in
     // byte by byte is then parsed once per line, not once per byte).
     let mut parse = !buf.is_empty();
@@ -620,13 +635,13 @@ async fn read_head<R: AsyncRead + Unpin, P: HeadParser>(
         }
         let before = buf.len();
         let read = reader.read_buf(buf);
-        let result = if P::DEADLINE {
-            match tokio::time::timeout_at(deadline, read).await {
-                Ok(result) => result,
-                Err(_) => return HeadRead::TimedOut,
-            }
-        } else {
-            read.await
+        let result = match &mut timer {
+            Some(timer) => tokio::select! {
+                biased;
+                result = read => result,
+                () = timer.as_mut() => return HeadRead::TimedOut,
+            },
+            None => read.await,
         };
         match result {
             Ok(0) if buf.is_empty() => return HeadRead::Closed,
@@ -848,7 +863,7 @@ where
             Ok((head_after, status, keep_alive && !close, length, rewritten))
         });
         let (head_len, (head_after, status, keep_alive, length, rewritten)) =
-            match read_head(reader, buf, limits, read).await {
+            match read_head(reader, buf, limits, None, read).await {
                 HeadRead::Complete(n, Ok(response)) => (n, response),
                 HeadRead::Complete(_, Err(error)) => return Err(fail(answered, error)),
                 HeadRead::Io(e) => return Err(fail(answered, HttpProxyError::Io(e))),
@@ -1339,6 +1354,51 @@ mod tests {
         assert_eq!(*recorder.observed.lock().unwrap(), [200, 403, 200]);
     }
 
+    /// Each request head has the whole idle timeout from when it is
+    /// awaited: the connection's one head timer is moved forward for every
+    /// request, not left at the first one's deadline; a connection idle
+    /// past it is closed.
+    #[tokio::test(start_paused = true)]
+    async fn every_request_head_has_the_whole_idle_timeout() {
+        let (mut client, proxy_down) = duplex(1 << 16);
+        let (proxy_up, app) = duplex(1 << 16);
+        let recorder = Arc::new(Recorder::default());
+        let limits = limits();
+        tokio::spawn(proxy(
+            proxy_down,
+            proxy_up,
+            recorder.clone(),
+            None,
+            limits,
+            Shutdown::never(),
+        ));
+        tokio::spawn(echo_heads(app));
+        let mut got = Vec::new();
+        // Requests 3/5 of the timeout apart: the third comes after the
+        // first one's deadline.
+        for answered in 1..=4 {
+            client
+                .write_all(b"GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            while got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count() < answered {
+                let mut chunk = [0u8; 1024];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert_ne!(n, 0, "closed before answer {answered}");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            tokio::time::sleep(limits.header_timeout * 3 / 5).await;
+        }
+        tokio::time::sleep(limits.header_timeout).await;
+        let mut rest = [0u8; 64];
+        assert_eq!(
+            client.read(&mut rest).await.unwrap(),
+            0,
+            "idle past the timeout: closed"
+        );
+        assert_eq!(*recorder.observed.lock().unwrap(), [200; 4]);
+    }
+
     /// A scripted app: for each `(until, answer)`, reads until what it has
     /// read ends with `until`, then writes `answer`; returns all it read.
     async fn answer_in_turn(
@@ -1628,7 +1688,8 @@ mod tests {
             )
         });
         let mut buf = BytesMut::new();
-        let read = read_head(&mut server, &mut buf, limits(), parser).await;
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let read = read_head(&mut server, &mut buf, limits(), Some(timer), parser).await;
         let HeadRead::Complete(n, (method, path, tenant, seen)) = read else {
             panic!("{read:?}");
         };
@@ -1660,7 +1721,15 @@ mod tests {
             client.write_all(bytes.as_bytes()).await.unwrap();
             let handed = std::cell::Cell::new(false);
             let parser = RequestHead(|_: &httparse::Request<'_, '_>, _: &[u8]| handed.set(true));
-            let read = read_head(&mut server, &mut BytesMut::new(), limits, parser).await;
+            let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            let read = read_head(
+                &mut server,
+                &mut BytesMut::new(),
+                limits,
+                Some(timer),
+                parser,
+            )
+            .await;
             assert!(matches!(read, HeadRead::TooLarge), "{read:?}");
             assert!(!handed.get());
         }
@@ -1670,7 +1739,7 @@ mod tests {
             client.write_all(bytes).await.unwrap();
             drop(client);
             let parser = ResponseHead(|_: &httparse::Response<'_, '_>, _: &[u8]| ());
-            let read = read_head(&mut server, &mut BytesMut::new(), limits(), parser).await;
+            let read = read_head(&mut server, &mut BytesMut::new(), limits(), None, parser).await;
             let got = match read {
                 HeadRead::Invalid => "invalid",
                 HeadRead::Truncated => "closed inside",
