@@ -359,6 +359,11 @@ fn table() -> Vec<Row> {
             Denied("no-internal"),
         ),
         raw(
+            "Host naming a denied host with two final dots",
+            b"GET /public/x HTTP/1.1\r\nHost: internal.test..\r\n\r\n",
+            Refused(400),
+        ),
+        raw(
             "absolute form naming another host than Host",
             b"GET http://internal.test/public/x HTTP/1.1\r\nHost: api.test\r\n\r\n",
             Refused(400),
@@ -389,6 +394,10 @@ fn table() -> Vec<Row> {
         get("host saying what the authority says", b"/public/x", Allowed)
             .header(b"host", b"api.test")
             .h2_only(),
+        // Policy takes one final dot off a host; a second one would leave
+        // `internal.test.` to policy and another name to the app.
+        get("authority naming a denied host with two final dots", b"/public/x", Refused(400))
+            .authority("internal.test.."),
         get("authority with userinfo", b"/public/x", Refused(400))
             .authority("user@api.test")
             .h2_raw(),

@@ -464,7 +464,11 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Finds the `Host` header of an HTTP/1 request head in `prefix`.
+/// Finds the host an HTTP/1 request head in `prefix` names: the authority
+/// of its request target when that is in absolute form (`GET
+/// http://host/…`, what a forward proxy routes on; RFC 9112 §3.2.2: the
+/// `Host` field is then ignored) or authority form (`CONNECT host:port`),
+/// else its `Host` header.
 ///
 /// Only complete header lines (ending in LF) are looked at, up to the blank
 /// line that ends the head. Returns the value with surrounding whitespace
@@ -483,8 +487,9 @@ pub fn http_host(prefix: &[u8]) -> Option<&str> {
         return None;
     }
     let mut lines = skip_blanks(prefix).split_inclusive(|&b| b == b'\n');
-    lines.next()?; // the request line
-    let mut host: Option<&[u8]> = None;
+    let request_line = lines.next()?;
+    let mut host: Option<&[u8]> = request_line.strip_suffix(b"\n").and_then(target_authority);
+    let from_target = host.is_some();
     for line in lines {
         let Some(line) = line.strip_suffix(b"\n") else {
             break; // incomplete last line
@@ -501,7 +506,7 @@ pub fn http_host(prefix: &[u8]) -> Option<&str> {
         if name.iter().any(|&b| b == b' ' || b == b'\t') {
             return None;
         }
-        if name.eq_ignore_ascii_case(b"host") {
+        if name.eq_ignore_ascii_case(b"host") && !from_target {
             if host.is_some() {
                 return None;
             }
@@ -513,6 +518,34 @@ pub fn http_host(prefix: &[u8]) -> Option<&str> {
         return None;
     }
     std::str::from_utf8(host).ok()
+}
+
+/// The authority a request line's target names: `CONNECT`'s target, or
+/// the host (and port) of an absolute-form `http://` or `https://` target,
+/// without userinfo. `None` for origin form (`/path`) and `*`.
+fn target_authority(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let (method, target) = (words.next()?, words.next()?);
+    if method == b"CONNECT" {
+        return Some(target);
+    }
+    let scheme_end = target.windows(3).position(|w| w == b"://")?;
+    let scheme = &target[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = match authority.iter().rposition(|&b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
+    Some(host)
 }
 
 // --- TLS -----------------------------------------------------------------
@@ -1484,7 +1517,7 @@ mod tests {
 
     #[test]
     fn detect_http_host() {
-        let cases: [(&[u8], Option<&str>); 16] = [
+        let cases: [(&[u8], Option<&str>); 22] = [
             (
                 b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n",
                 Some("api.example"),
@@ -1532,6 +1565,33 @@ mod tests {
             // Not HTTP/1.
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nHost: a.example\r\n", None),
             (b"\x16\x03\x01\x00\x05Host: a.example\r\n", None),
+            // A target in absolute or authority form names the host; Host
+            // is then ignored, as the recipient ignores it.
+            (
+                b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: a.example\r\n\r\n",
+                Some("169.254.169.254"),
+            ),
+            (
+                b"GET HTTPS://user:pw@Metadata.Google.Internal:80?x HTTP/1.0\r\n\r\n",
+                Some("Metadata.Google.Internal:80"),
+            ),
+            (
+                b"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: a.example\r\n",
+                Some("169.254.169.254:80"),
+            ),
+            (
+                b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nHost: c.example\r\n",
+                Some("a.example"),
+            ),
+            // Origin form and `*`: Host.
+            (
+                b"GET /x?u=http://b.example/ HTTP/1.1\r\nHost: a.example\r\n",
+                Some("a.example"),
+            ),
+            (
+                b"OPTIONS * HTTP/1.1\r\nHost: a.example\r\n",
+                Some("a.example"),
+            ),
         ];
         for (prefix, want) in cases {
             assert_eq!(

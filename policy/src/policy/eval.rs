@@ -161,7 +161,13 @@ impl Tally {
         } else {
             by_default(Outcome::Allow, Reason::Default { closest: None })
         };
-        if decision.outcome == Outcome::Deny && policy.mode == Mode::Audit {
+        // Audit mode records denials instead of enforcing them; the metadata
+        // API is not policy's to open by a dry run (a rule must name it), so
+        // its refusal holds in audit mode too.
+        if decision.outcome == Outcome::Deny
+            && policy.mode == Mode::Audit
+            && !matches!(decision.reason, Reason::MetadataApi)
+        {
             decision.outcome = Outcome::Allow;
             decision.audit_only = true;
         }

@@ -87,16 +87,21 @@
 //!
 //! **Outside the mesh.** A caller outside the mesh is only matched by rules
 //! with `from.unauthenticated`, a destination outside it only by rules with
-//! `to.external`. The cloud metadata API (169.254.169.254, fd00:ec2::254,
-//! metadata.google.internal) is denied — even under `default: allow` —
-//! unless an allow rule names it explicitly: a `to.external.cidrs` entry
-//! that is exactly that host (`/32`, `/128`) or a `hosts` entry
-//! `169.254.169.254` or `metadata.google.internal`. `0.0.0.0/0` does not
-//! count. Such a denial has [`Reason::MetadataApi`].
+//! `to.external`. The cloud metadata API and the credential endpoints
+//! beside it (169.254.169.254, 169.254.170.2, 169.254.170.23,
+//! 100.100.100.200, fd00:ec2::254, fd00:ec2::23, fd20:ce::254,
+//! metadata.google.internal, `metadata`, `instance-data`) are denied —
+//! even under `default: allow` — unless an allow rule names one explicitly:
+//! a `to.external.cidrs` entry that is exactly such a host (`/32`, `/128`)
+//! or a `hosts` entry naming one (`169.254.169.254`,
+//! `metadata.google.internal`). `0.0.0.0/0` does not count. Such a denial has [`Reason::MetadataApi`].
 //!
 //! **Audit mode.** With `mode: audit` every would-be denial (a
 //! [`Reason::RequiresHttp`] one too) is allowed and marked
 //! [`Decision::audit_only`]; the rule and reason are those of the denial.
+//! The metadata API's refusal ([`Reason::MetadataApi`]) is the exception:
+//! it holds in audit mode, as under `default: allow` (a policy being tried
+//! out must not open what only a rule naming it may).
 //!
 //! **Loading** is all or nothing: [`Policy::load`] returns a complete
 //! policy or every error, each naming file, line, column and what to write

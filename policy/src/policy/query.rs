@@ -292,25 +292,50 @@ pub fn normalize_host(host: &str) -> &str {
     h.strip_suffix('.').unwrap_or(h)
 }
 
-/// The metadata API of AWS (IPv4 and IPv6), GCP and Azure by address, or
-/// GCP's by name.
+/// The metadata API (and the credential endpoints beside it) by address,
+/// or by a name for one ([`is_metadata_host`]).
 pub(crate) fn is_metadata_api(ip: IpAddr, host: Option<&str>) -> bool {
     is_metadata_ip(ip) || host.is_some_and(|h| is_metadata_host(normalize_host(h)))
 }
 
-pub(crate) const METADATA_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 254);
-pub(crate) const METADATA_V6: std::net::Ipv6Addr =
-    std::net::Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+/// Where a workload's cloud credentials are served: the instance metadata
+/// API of AWS, GCP, Azure, Oracle and others (169.254.169.254), ECS task
+/// credentials (169.254.170.2), EKS Pod Identity (169.254.170.23) and
+/// Alibaba Cloud's metadata (100.100.100.200).
+pub(crate) const METADATA_V4: [std::net::Ipv4Addr; 4] = [
+    std::net::Ipv4Addr::new(169, 254, 169, 254),
+    std::net::Ipv4Addr::new(169, 254, 170, 2),
+    std::net::Ipv4Addr::new(169, 254, 170, 23),
+    std::net::Ipv4Addr::new(100, 100, 100, 200),
+];
+/// The same over IPv6: AWS's metadata API (fd00:ec2::254) and EKS Pod
+/// Identity (fd00:ec2::23), GCP's metadata server (fd20:ce::254).
+pub(crate) const METADATA_V6: [std::net::Ipv6Addr; 3] = [
+    std::net::Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
+    std::net::Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0023),
+    std::net::Ipv6Addr::new(0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x0254),
+];
 
 pub(crate) fn is_metadata_ip(ip: IpAddr) -> bool {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4 == METADATA_V4,
-        IpAddr::V6(v6) => v6 == METADATA_V6,
+        IpAddr::V4(v4) => METADATA_V4.contains(&v4),
+        IpAddr::V6(v6) => METADATA_V6.contains(&v6),
     }
 }
 
+/// A host (as [`normalize_host`] leaves it) naming the metadata API: GCP's
+/// names (`metadata` is what its search path makes of
+/// `metadata.google.internal`), AWS's, or one of its addresses in any
+/// spelling an address parses from (`::ffff:169.254.169.254`).
 pub(crate) fn is_metadata_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("metadata.google.internal") || host == "169.254.169.254"
+    const NAMES: [&str; 4] = [
+        "metadata.google.internal",
+        "metadata",
+        "instance-data",
+        "instance-data.ec2.internal",
+    ];
+    NAMES.iter().any(|name| host.eq_ignore_ascii_case(name))
+        || host.parse::<IpAddr>().is_ok_and(is_metadata_ip)
 }
 
 #[cfg(test)]
@@ -342,6 +367,38 @@ mod tests {
             "169.254.169.253".parse().unwrap(),
             Some("example.com")
         ));
+        let elsewhere = "10.0.0.1".parse().unwrap();
+        for named in [
+            "169.254.169.254:80",
+            "[fd00:ec2::254]",
+            "[::ffff:169.254.169.254]:80",
+            "metadata",
+            "METADATA:80",
+            "instance-data",
+            "instance-data.ec2.internal.",
+        ] {
+            assert!(is_metadata_api(elsewhere, Some(named)), "{named}");
+        }
+        for credentials in [
+            "169.254.170.2",
+            "169.254.170.23",
+            "100.100.100.200",
+            "fd00:ec2::23",
+            "fd20:ce::254",
+        ] {
+            assert!(
+                is_metadata_api(credentials.parse().unwrap(), None),
+                "{credentials}"
+            );
+        }
+        for other in [
+            "metadata.example",
+            "169.254.169.253",
+            "[fd00:ec2::253]",
+            "my-metadata",
+        ] {
+            assert!(!is_metadata_api(elsewhere, Some(other)), "{other}");
+        }
     }
 
     #[test]

@@ -1250,6 +1250,24 @@ rules:
     let d = decide(&p, &Query::external(&api, ip("1.1.1.1"), None, 80));
     assert_eq!(d.outcome, Outcome::Allow);
 
+    // Nor does audit mode (a dry run of a policy is no way to it), by
+    // address or by name; other would-be denials are let through.
+    let p = load(&src.replace("version: 1\n", "version: 1\nmode: audit\n"));
+    for (addr, host) in [
+        ("169.254.169.254", None),
+        ("fd00:ec2::254", None),
+        ("10.0.0.9", Some("metadata.google.internal")),
+    ] {
+        let d = decide(&p, &Query::external(&api, ip(addr), host, 80));
+        assert_eq!(
+            (d.outcome, d.reason, d.audit_only),
+            (Outcome::Deny, Reason::MetadataApi, false),
+            "{addr} {host:?}"
+        );
+    }
+    let d = decide(&p, &Query::external(&api, ip("1.1.1.1"), None, 80));
+    assert_eq!((d.outcome, d.audit_only), (Outcome::Allow, true));
+
     // Naming it explicitly does.
     for named in [
         "cidrs: [\"169.254.169.254/32\"]",
@@ -2048,7 +2066,7 @@ mod props {
         }
 
         #[test]
-        fn audit_mode_never_denies(
+        fn audit_mode_denies_nothing_but_the_metadata_api(
             specs in proptest::collection::vec(rule_spec(), 0..20),
             default_allow in any::<bool>(),
             queries in proptest::collection::vec(query_spec(), 1..8),
@@ -2059,6 +2077,11 @@ mod props {
             for qs in &queries {
                 with_query(qs, |q| {
                     let (e, a) = (enforce.decide(q), audit.decide(q));
+                    if e.reason == Reason::MetadataApi {
+                        assert_eq!((a.outcome, a.audit_only), (Outcome::Deny, false));
+                        assert_eq!((a.rule, a.reason), (e.rule, e.reason));
+                        return;
+                    }
                     assert_ne!(a.outcome, Outcome::Deny);
                     assert_eq!(a.audit_only, e.outcome == Outcome::Deny);
                     assert_eq!(a.enforced_outcome(), e.outcome);

@@ -60,7 +60,8 @@ pub struct RedirectOptions {
     /// The health port, which the sidecar serves itself on the pod IP
     /// (never captured inbound: kubelet must reach it, not the app).
     pub health_port: u16,
-    /// The authority port (never captured either way).
+    /// The authority port (never captured inbound, so an authority on this
+    /// host is reached directly; outbound it is captured like any port).
     pub authority_port: u16,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
@@ -238,13 +239,15 @@ pub fn rules(options: &RedirectOptions, family: Family) -> Vec<Rule> {
         format!("-d {} -j RETURN", family.loopback()),
         "loopback",
     ));
-    let mut outbound_exclusions = vec![(options.authority_port, "authority port")];
-    outbound_exclusions.extend(
-        options
-            .exclude_outbound_ports
-            .iter()
-            .map(|&p| (p, "excluded outbound port")),
-    );
+    // The authority's port is excluded inbound only (an authority on this
+    // host answers sidecars itself). Outbound it is not: the sidecar reaches
+    // the authority as uid 1337 already, and a RETURN by port alone let the
+    // app reach any address on that port with no decision and no audit line.
+    let outbound_exclusions = options
+        .exclude_outbound_ports
+        .iter()
+        .map(|&p| (p, "excluded outbound port"))
+        .collect();
     for (port, why) in dedup_ports(outbound_exclusions) {
         rules.push(Rule::new(
             "APPID_OUTPUT",

@@ -479,9 +479,11 @@ impl ConnAuthz {
         let verdict = match (decision.outcome, decision.reason) {
             // Only a rule can make a destination external: `default: allow`
             // or audit mode must not turn meshed traffic into plaintext.
+            // The metadata API first: nothing opens it but a rule naming it.
+            (_, Reason::MetadataApi) => ExternalVerdict::Refused,
             (_, Reason::Default { .. }) => ExternalVerdict::NotExternal,
             (Outcome::Allow, _) => ExternalVerdict::Allow,
-            (_, Reason::MetadataApi) | (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
+            (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
             _ => ExternalVerdict::NotExternal,
         };
         if verdict != ExternalVerdict::NotExternal {

@@ -342,7 +342,7 @@ impl AppConnection {
         if !server_first.is_empty() && write_flush(&mut downstream, &server_first).await.is_err() {
             return;
         }
-        let tripped = downstream.tripped.clone();
+        let tripped = downstream.tripped();
         let mut upstream = upstream;
         let idle = self.shared.tcp_idle_timeout(self.authz.port());
         self.forward(&mut downstream, &mut upstream, false, idle)
@@ -503,7 +503,9 @@ impl AppConnection {
 /// aside (at most [`detect::MAX_DETECT_BYTES`]) and judged at every read.
 /// A read that would complete an HTTP/1 request line fails instead
 /// (`ConnectionAborted`), its bytes unsent, and `tripped` is set.
-struct FirstLineGuard<S> {
+/// Also the client side of an HTTP/1 connection after a `101`
+/// ([`FirstLineGuard::continuing`]).
+pub(crate) struct FirstLineGuard<S> {
     inner: S,
     /// The first line so far, while undecided.
     line: Option<Vec<u8>>,
@@ -511,12 +513,32 @@ struct FirstLineGuard<S> {
 }
 
 impl<S> FirstLineGuard<S> {
-    fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         FirstLineGuard {
             inner,
             line: Some(Vec::new()),
             tripped: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A guard whose first line began with `already`: bytes the client
+    /// sent that go on without being read through the guard (what followed
+    /// an HTTP/1 upgrade request). `Err` (the stream back) when they
+    /// already make a request line.
+    pub(crate) fn continuing(inner: S, already: &[u8]) -> Result<Self, S> {
+        let mut guard = FirstLineGuard::new(inner);
+        let start = &already[..already.len().min(detect::MAX_DETECT_BYTES)];
+        match detect::first_line(start) {
+            FirstLine::RequestLine => return Err(guard.inner),
+            FirstLine::NotRequestLine => guard.line = None,
+            FirstLine::Undecided => guard.line = Some(start.to_vec()),
+        }
+        Ok(guard)
+    }
+
+    /// Set once a read was refused for completing a request line.
+    pub(crate) fn tripped(&self) -> Arc<AtomicBool> {
+        self.tripped.clone()
     }
 }
 

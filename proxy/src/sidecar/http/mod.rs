@@ -182,6 +182,11 @@ pub enum Malformed {
     InvalidHead,
     /// A head over `max_header_bytes` (answered 431).
     HeadTooLarge,
+    /// An HTTP/1 request line from the client after the app answered
+    /// `101 Switching Protocols`: the new protocol's bytes (WebSocket
+    /// frames) never are one; an app still reading HTTP (its `101` was no
+    /// answer to this request) would run it unchecked.
+    RequestAfterSwitch,
 }
 
 impl Malformed {
@@ -198,6 +203,7 @@ impl Malformed {
             Malformed::BodyIsRequest => "a request body that begins with a request line",
             Malformed::InvalidHead => "invalid message head",
             Malformed::HeadTooLarge => "request head too large",
+            Malformed::RequestAfterSwitch => "an HTTP request line after 101 Switching Protocols",
         }
     }
 }
@@ -347,8 +353,10 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
 /// RFC 9110 §4.2.3's `host [ ":" port ]`, as apps route on it: an IPv6
 /// literal in brackets, or a name of letters, digits, `-`, `.`, `_` and `~`
 /// (no percent-encoding, no brackets around a name: `[a.test]evil.test`
-/// reads as `a.test` to one parser and `evil.test` to another); then at
-/// most a port of digits.
+/// reads as `a.test` to one parser and `evil.test` to another) with no
+/// empty label but the one after a final dot (`a.test..` would be
+/// `a.test.` to policy, which takes one final dot off, and another name to
+/// a server); then at most a port of digits.
 fn valid_host(value: &[u8]) -> bool {
     if let Some(bracketed) = value.strip_prefix(b"[") {
         let Some(end) = bracketed.iter().position(|&b| b == b']') else {
@@ -367,8 +375,15 @@ fn valid_host(value: &[u8]) -> bool {
         Some(colon) => value.split_at(colon),
         None => (value, &value[value.len()..]),
     };
-    // A host name's bytes are the unreserved ones (`is_host_name`).
-    !name.is_empty() && name.iter().all(|&b| is_unreserved(b)) && port_ok(port)
+    // A host name's bytes are the unreserved ones (`is_host_name`); a dot
+    // neither starts it nor follows another.
+    let mut after_dot = true;
+    let name_ok = name.iter().all(|&b| {
+        let ok = is_unreserved(b) && !(b == b'.' && after_dot);
+        after_dot = b == b'.';
+        ok
+    });
+    !name.is_empty() && name_ok && port_ok(port)
 }
 
 /// Empty, or `:` and digits.
@@ -714,7 +729,10 @@ mod tests {
         };
         let name_ok = host.first() == Some(&b'[')
             || std::str::from_utf8(host).is_ok_and(|name| {
-                !name.contains(':') && appid_policy::policy::is_host_name(name, false)
+                !name.contains(':')
+                    && appid_policy::policy::is_host_name(name, false)
+                    && !name.starts_with('.')
+                    && !name.contains("..")
             });
         let port_ok = match port.split_first() {
             None => true,
@@ -749,6 +767,10 @@ mod tests {
         }
         for bad in [
             &b""[..],
+            b"a.test..",
+            b".a.test",
+            b"a..test:80",
+            b".",
             b":80",
             b"a.test:8o",
             b"[a.test]evil.test",

@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::detect::{self, BodyLine};
+use crate::sidecar::dispatch::FirstLineGuard;
 use crate::sidecar::splice::{Abort, Chunks};
 
 use appid_policy::policy::Headers;
@@ -94,6 +95,9 @@ where
         // request).
         let head_timer = tokio::time::sleep(limits.header_timeout);
         tokio::pin!(head_timer);
+        // A request went to the app (which is dialled for the first one:
+        // the app is not watched before, so no read dials it).
+        let mut app_asked = false;
 
         loop {
             // Idle between requests: free the buffers, wait for a head.
@@ -120,6 +124,7 @@ where
             // random start `select!` draws from a thread-local generator
             // at every poll. Shutdown first, so a client whose requests keep
             // coming still sees it.
+            let mut probe = [0u8; 1];
             let head = tokio::select! {
                 biased;
                 () = &mut stop => return Ok(()),
@@ -130,6 +135,24 @@ where
                     Some(head_timer.as_mut()),
                     inspect,
                 ) => head,
+                // Between requests the app has nothing to say: a byte from
+                // it now would be read as the answer to the next request (a
+                // body written after a HEAD answer's head, a second answer
+                // to one request; a `101` among them would switch this
+                // connection to opaque bytes while the app still reads
+                // HTTP). Closed instead, as HTTP clients close a connection
+                // with an unsolicited response on it; and an app that closed
+                // an idle connection (Node after its keep-alive timeout) is
+                // passed on as a close, so the client's next request goes on
+                // a fresh connection instead of getting a 502. Watched from
+                // the first request on: no read dials the app before.
+                read = up_read.read(&mut probe), if app_asked => {
+                    if !matches!(read, Ok(0)) {
+                        tracing::debug!("bytes from the app with no request in flight: closing");
+                    }
+                    let _ = down_write.shutdown().await;
+                    return Ok(());
+                }
             };
             let (head_len, (started, inspected)) = match head {
                 HeadRead::Complete(n, inspected) => (n, inspected),
@@ -211,6 +234,7 @@ where
                 return Err(HttpProxyError::Io(e));
             }
             drop(out);
+            app_asked = true;
 
             // The request body and the response move at the same time (a server
             // may answer before it has read the whole body).
@@ -263,7 +287,13 @@ where
             let response = match response {
                 Ok(response) => response,
                 Err(Relay::Failed { answered, error }) => {
-                    if !answered {
+                    if answered {
+                        // Part of the answer is with the client: its end
+                        // must not look like a complete answer (a body framed
+                        // by the close would), so the client's connection is
+                        // reset, as the app's was or as a cut tunnel is.
+                        down_read.unsplit(down_write).abort();
+                    } else {
                         upstream_unavailable(&mut down_write, to_head).await;
                         trace::record_status(&span, 502);
                     }
@@ -280,7 +310,18 @@ where
             if response.status == 101 {
                 let downstream = down_read.unsplit(down_write);
                 let upstream = up_read.unsplit(up_write);
-                return Box::pin(switch_protocols(
+                // From here the client speaks the new protocol, whose bytes
+                // (WebSocket frames) are never an HTTP request line; one
+                // would be for an app still reading HTTP (a `101` it sent
+                // for no request in flight), unchecked. So the client's
+                // first line is watched as on a connection decided as TCP.
+                let why = Malformed::RequestAfterSwitch;
+                let Ok(downstream) = FirstLineGuard::continuing(downstream, &down_buf) else {
+                    authorizer.malformed(why);
+                    return Err(HttpProxyError::Malformed(why));
+                };
+                let tripped = downstream.tripped();
+                let switched = Box::pin(switch_protocols(
                     downstream,
                     upstream,
                     down_buf,
@@ -289,6 +330,11 @@ where
                     authorizer.withdrawn(),
                 ))
                 .await;
+                if tripped.load(Ordering::Relaxed) {
+                    authorizer.malformed(why);
+                    return Err(HttpProxyError::Malformed(why));
+                }
+                return switched;
             }
             // Bytes after a response that nobody asked for would be taken as
             // the next response: close instead.
@@ -429,6 +475,15 @@ fn inspect_request(
         if own_length.is_some() && header.name.eq_ignore_ascii_case("content-length") {
             continue;
         }
+        // Connection options name fields for the next hop to remove: an
+        // in-pod proxy that honours `connection: x-tenant, x-appid-peer-id`
+        // would take away a field policy decided on, or the peer's verified
+        // identity. Only the options this hop acts on go on; the fields
+        // stay, as policy saw them.
+        if header.name.eq_ignore_ascii_case("connection") {
+            push_connection_options(&mut out, header.value, !h2c);
+            continue;
+        }
         out.extend_from_slice(header.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(header.value);
@@ -464,6 +519,38 @@ fn inspect_request(
         upgrade,
         span,
     })
+}
+
+/// A `connection` field with only the options a hop acts on (`close`,
+/// `keep-alive`, and `upgrade` when `upgrade`); none: no field.
+fn push_connection_options(out: &mut Vec<u8>, value: &[u8], upgrade: bool) {
+    let kept = |option: &[u8]| {
+        option.eq_ignore_ascii_case(b"close")
+            || option.eq_ignore_ascii_case(b"keep-alive")
+            || (upgrade && option.eq_ignore_ascii_case(b"upgrade"))
+    };
+    let options = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|option| !option.is_empty());
+    if options.clone().all(kept) {
+        // The common case (`keep-alive`, `close`, `Upgrade`): as sent.
+        if options.clone().next().is_some() {
+            out.extend_from_slice(b"connection: ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        return;
+    }
+    let mut first = true;
+    for option in options.filter(|option| kept(option)) {
+        out.extend_from_slice(if first { b"connection: " } else { b", " });
+        out.extend_from_slice(option);
+        first = false;
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// The parsed headers of one message.
@@ -1397,6 +1484,45 @@ mod tests {
             "idle past the timeout: closed"
         );
         assert_eq!(*recorder.observed.lock().unwrap(), [200; 4]);
+    }
+
+    /// Connection options naming fields (which a hop that honours them
+    /// would remove: a field policy decided on, the verified identity) are
+    /// not passed on; the fields themselves are, as policy saw them.
+    #[tokio::test]
+    async fn connection_options_name_no_field_to_the_app() {
+        let (got, _) = run(
+            b"GET /a HTTP/1.1\r\nhost: a\r\nx-tenant: acme\r\n\
+              Connection: keep-alive, X-AppID-Peer-ID, x-tenant, TE\r\n\r\n\
+              GET /b HTTP/1.1\r\nhost: a\r\nconnection: x-tenant\r\n\r\n\
+              GET /c HTTP/1.1\r\nhost: a\r\nConnection: Keep-Alive\r\n\r\n",
+            echo_heads,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        let heads: Vec<&str> = text.split("HTTP/1.1 200 OK").skip(1).collect();
+        assert_eq!(heads.len(), 3, "{text}");
+        assert!(
+            heads[0].contains("\r\nconnection: keep-alive\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(heads[0].contains("x-tenant: acme"), "{}", heads[0]);
+        assert!(
+            !heads[1].to_ascii_lowercase().contains("connection:"),
+            "{}",
+            heads[1]
+        );
+        assert!(
+            heads[2].contains("connection: Keep-Alive\r\n"),
+            "{}",
+            heads[2]
+        );
+        for head in &heads {
+            let lower = head.to_ascii_lowercase();
+            assert!(!lower.contains("x-appid-peer-id,"), "{head}");
+            assert!(!lower.contains(", x-tenant"), "{head}");
+        }
     }
 
     /// A scripted app: for each `(until, answer)`, reads until what it has

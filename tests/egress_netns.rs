@@ -1,0 +1,469 @@
+//! Egress control and the metadata API in network namespaces (root, real
+//! iptables), with the real `appid` binary: what an app behind a
+//! transparent sidecar can reach outside the mesh. Nothing the capture
+//! rules let through by port alone (the authority's port included); the
+//! metadata API refused whoever names it and however (a forward proxy
+//! allowed by `cidrs` asked for it by its request target, `CONNECT`, an
+//! IPv6 or IPv4-mapped address, GCP's short name), whatever a `hosts` name
+//! resolves to, and in `mode: audit` too.
+//!
+//! (Found by review, stop 52. Known and left, see the notes: a `Host`
+//! trickled after the sidecar's wait, or after 16 KiB of head, is not seen.)
+//!
+//! Run one: `cargo test -p appid-proxy --test egress_netns -- <name> --nocapture`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use support::host::{ADMIN, Host};
+use support::netns::{path_str, python, should_run, temp_dir, text};
+use support::pki::appid;
+
+const TRUST_DOMAIN: &str = "egress.example";
+const INBOUND_PORT: u16 = 15106;
+const OUTBOUND_PORT: u16 = 15101;
+
+/// Default deny; the workload (`web`) has no external rule at all.
+const POLICY: &str = r#"version: 1
+default: deny
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, ports: [8080] }
+"#;
+
+/// A TCP server that answers whatever connects with one line naming
+/// itself and the first line it got (an HTTP-looking answer so curl and
+/// raw clients both see it). argv: family (4|6), address, port, tag.
+const TAG_SERVER: &str = r#"
+import socket, socketserver, sys
+family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+class Tag(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(1.0)
+        got = b""
+        try:
+            while b"\r\n" not in got and len(got) < 4096:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        first = got.split(b"\r\n")[0].decode(errors="replace")
+        body = ("REACHED %s [%s]\n" % (sys.argv[4], first)).encode()
+        self.request.sendall(b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    address_family = family
+Server((sys.argv[2], int(sys.argv[3])), Tag).serve_forever()
+"#;
+
+/// Connects to argv[1] (family auto, `::ffff:` works on a dual-stack
+/// socket) port argv[2], sends argv[3] (Python escapes: `\r\n`; `|PAUSE|`
+/// splits it into two writes 300 ms apart), prints what comes back within
+/// 3 s.
+const RAW_CLIENT: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+payload = sys.argv[3].encode().decode("unicode_escape").encode("latin-1")
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.settimeout(3)
+got = b""
+try:
+    s.connect((host, port))
+    parts = payload.split(b"|PAUSE|")
+    for i, part in enumerate(parts):
+        if i:
+            import time
+            time.sleep(0.3)
+        s.sendall(part)
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+except OSError as e:
+    print("error:", e, file=sys.stderr)
+sys.stdout.write(got.decode(errors="replace"))
+"#;
+
+struct Identity {
+    _dir: tempfile::TempDir,
+    bundle: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA and `web`'s certificate, issued with the real CLI.
+fn web_identity() -> Identity {
+    let dir = temp_dir();
+    let ca = dir.path().join("ca");
+    appid(&[
+        "authority",
+        "init",
+        "--trust-domain",
+        TRUST_DOMAIN,
+        "--dir",
+        path_str(&ca),
+    ]);
+    let cert = dir.path().join("web.pem");
+    let key = dir.path().join("web.key");
+    let id = format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/web");
+    appid(&[
+        "issue",
+        "--dir",
+        path_str(&ca),
+        "--id",
+        &id,
+        "--label",
+        "app=web",
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ]);
+    Identity {
+        bundle: ca.join("ca.pem"),
+        _dir: dir,
+        cert,
+        key,
+    }
+}
+
+/// A namespace with a transparent sidecar (uid 1337) as `web` under
+/// `policy`; not started.
+fn host(role: &str, id: &Identity, policy: &str) -> Host {
+    let host = Host::new(role);
+    host.put("ca.pem", &fs::read(&id.bundle).expect("read bundle"));
+    host.put("key.pem", &fs::read(&id.key).expect("read key"));
+    host.put("cert.pem", &fs::read(&id.cert).expect("read cert"));
+    host.put("policy.yaml", policy.as_bytes());
+    let config = format!(
+        r#"identity: {{ cert: cert.pem, key: key.pem, bundle: ca.pem }}
+trust_domains: [{TRUST_DOMAIN}]
+policy: policy.yaml
+inbound:
+  - listen: "0.0.0.0:{INBOUND_PORT}"
+  - listen: "[::]:{INBOUND_PORT}"
+outbound:
+  - listen: "127.0.0.1:{OUTBOUND_PORT}"
+  - listen: "[::1]:{OUTBOUND_PORT}"
+admin: "{ADMIN}"
+audit_log: audit.jsonl
+workers: 2
+limits:
+  handshake_timeout: 3s
+  detect_timeout: 2s
+  connect_timeout: 2s
+  drain_timeout: 1s
+"#
+    );
+    host.put("proxy.yaml", config.as_bytes());
+    host
+}
+
+/// Starts a [`TAG_SERVER`] on `address:port` (the address added to `lo`).
+fn tag_server(h: &mut Host, tag: &str, address: &str, port: u16) {
+    let v6 = address.contains(':');
+    if v6 {
+        h.ns.sh(&format!(
+            "ip -6 addr add {address}/128 dev lo nodad 2>/dev/null || true"
+        ));
+    } else {
+        h.ns.sh(&format!(
+            "ip addr add {address}/32 dev lo 2>/dev/null || true"
+        ));
+    }
+    let port_s = port.to_string();
+    let family = if v6 { "6" } else { "4" };
+    let log = h.path(format!("{tag}-{port}.log"));
+    let proc = h.ns.spawn(
+        tag,
+        python(),
+        &["-c", TAG_SERVER, family, address, &port_s, tag],
+        &log,
+    );
+    h.apps.push(proc);
+    let shown = if v6 {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    for _ in 0..100 {
+        let out = h.ns.run("ss", &["-Hltn", "src", &shown]);
+        if out.status.success() && !out.stdout.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no listener on {shown}\n{}", h.context());
+}
+
+/// What a raw client (as root: captured) got from `address:port` for
+/// `payload` (Python escapes).
+fn raw(h: &Host, address: &str, port: u16, payload: &str) -> String {
+    let out = h.ns.run(
+        python(),
+        &["-c", RAW_CLIENT, address, &port.to_string(), payload],
+    );
+    text(&out.stdout)
+}
+
+fn audit_lines_for_port(h: &Host, port: u16) -> Vec<Value> {
+    h.audit()
+        .into_iter()
+        .filter(|l| l["port"] == port)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The capture rules let nothing out by port alone.
+
+/// `appid redirect install` once returned `--dport 15170` (the authority's
+/// port) to the kernel for *every* destination, so the app reached any
+/// host on port 15170 with no decision and no audit line. The sidecar
+/// reaches the authority as uid 1337 already; now that port is captured
+/// like any other (refused here: no rule allows it).
+#[test]
+fn no_port_leads_out_uncaptured_not_even_the_authoritys() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("authport", &id, POLICY);
+    let outside = "198.51.100.7"; // "the internet"
+    tag_server(&mut a, "outside", outside, 15170);
+    tag_server(&mut a, "outside", outside, 15171);
+    a.start_sidecar();
+    a.install_redirect();
+
+    let control = raw(&a, outside, 15171, "exfil\\r\\n");
+    assert!(
+        !control.contains("REACHED"),
+        "control: port 15171 must be refused: {control}\n{}",
+        a.context()
+    );
+    // Captured like 15171: the sidecar takes the address for a meshed
+    // peer's and its mTLS handshake fails (logged; nothing reaches it).
+    let got = raw(&a, outside, 15170, "exfil\\r\\n");
+    assert!(
+        !got.contains("REACHED"),
+        "the app reached {outside}:15170 outside the mesh under default deny \
+         (got {got:?})\n{}",
+        a.context()
+    );
+    assert!(
+        a.context()
+            .contains(&format!("handshake refused peer={outside}:15170")),
+        "port 15170 was not captured\n{}",
+        a.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A forward proxy allowed by `cidrs` is no way to the metadata API, whichever
+// way a request names it to the proxy.
+
+const PROXY_RULE: &str = r#"  - name: web-to-forward-proxy
+    action: allow
+    from: { labels.app: web }
+    to: { external: { cidrs: ["192.0.2.30/32"], ports: [3128] } }
+"#;
+
+#[test]
+fn a_forward_proxy_allowed_by_cidrs_is_no_way_to_the_metadata_api() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("fwdproxy", &id, &format!("{POLICY}{PROXY_RULE}"));
+    let proxy = "192.0.2.30";
+    tag_server(&mut a, "proxy", proxy, 3128);
+    a.start_sidecar();
+    a.install_redirect();
+
+    // An ordinary request through the proxy is allowed (the rule works).
+    let ok = raw(
+        &a,
+        proxy,
+        3128,
+        "GET http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+    );
+    assert!(ok.contains("REACHED proxy"), "{ok}\n{}", a.context());
+    // Control: the metadata API in `Host` is refused (this holds).
+    let control = raw(
+        &a,
+        proxy,
+        3128,
+        "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n",
+    );
+    assert!(
+        !control.contains("REACHED"),
+        "control: Host 169.254.169.254 must be refused: {control}\n{}",
+        a.context()
+    );
+
+    // Every one of these names the metadata API to the proxy, which routes
+    // on the request target (RFC 9112 3.2.2: an absolute-form target
+    // overrides Host) or the CONNECT authority.
+    let naming_the_metadata_api = [
+        (
+            "absolute-form target, innocent Host",
+            "GET http://169.254.169.254/latest/meta-data/iam/security-credentials/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+        ),
+        (
+            "absolute-form target, HTTP/1.0 without Host",
+            "GET http://169.254.169.254/latest/meta-data/iam/security-credentials/ HTTP/1.0\\r\\n\\r\\n",
+        ),
+        (
+            "GCP by name in the target, HTTP/1.0",
+            "GET http://metadata.google.internal/computeMetadata/v1/ HTTP/1.0\\r\\nMetadata-Flavor: Google\\r\\n\\r\\n",
+        ),
+        (
+            "CONNECT to the metadata API, innocent Host",
+            "CONNECT 169.254.169.254:80 HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+        ),
+        (
+            "CONNECT to the metadata API, no Host",
+            "CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n",
+        ),
+        (
+            "Host: the AWS IPv6 metadata address",
+            "GET / HTTP/1.1\\r\\nHost: [fd00:ec2::254]\\r\\n\\r\\n",
+        ),
+        (
+            "Host: IPv4-mapped metadata address",
+            "GET / HTTP/1.1\\r\\nHost: [::ffff:169.254.169.254]\\r\\n\\r\\n",
+        ),
+        (
+            "Host: GCP's short name (the search list finds it on GCE)",
+            "GET /computeMetadata/v1/ HTTP/1.1\\r\\nHost: metadata\\r\\nMetadata-Flavor: Google\\r\\n\\r\\n",
+        ),
+    ];
+    let mut passed = Vec::new();
+    for (what, payload) in naming_the_metadata_api {
+        let got = raw(&a, proxy, 3128, payload);
+        if got.contains("REACHED proxy") {
+            passed.push(format!("{what}: {}", got.lines().last().unwrap_or("")));
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "requests naming the metadata API reached the forward proxy:\n  {}\n{}",
+        passed.join("\n  "),
+        a.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Control: a name allowed by `hosts` that resolves to the metadata API (or
+// rebinds to it) is refused.
+
+const BY_NAME_RULE: &str = r#"  - name: web-to-allowed-test
+    action: allow
+    from: { labels.app: web }
+    to: { external: { hosts: [allowed.test, "*.wild.test"], ports: [80] } }
+"#;
+
+#[test]
+fn a_name_allowed_by_hosts_that_resolves_to_the_metadata_api_is_refused() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("rebind", &id, &format!("{POLICY}{BY_NAME_RULE}"));
+    let honest = "192.0.2.10";
+    tag_server(&mut a, "honest", honest, 80);
+    tag_server(&mut a, "imds", "169.254.169.254", 80);
+    tag_server(&mut a, "ecs", "169.254.170.2", 80);
+    a.ns.set_hosts_file(&format!(
+        "127.0.0.1 localhost\n::1 localhost\n{honest} allowed.test\n"
+    ));
+    a.start_sidecar();
+    a.install_redirect();
+    let got = raw(
+        &a,
+        honest,
+        80,
+        "GET / HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n",
+    );
+    assert!(got.contains("REACHED honest"), "{got}\n{}", a.context());
+    // Rebind: the name now points at the metadata API (kept answer 5 s;
+    // the app dials the new address).
+    a.ns.set_hosts_file(
+        "127.0.0.1 localhost\n::1 localhost\n169.254.169.254 allowed.test\n169.254.169.254 x.wild.test\n169.254.170.2 ecs.wild.test\n",
+    );
+    let mut reached = Vec::new();
+    for (dial, host) in [
+        ("169.254.169.254", "allowed.test"),
+        ("169.254.169.254", "ALLOWED.TEST."),
+        ("169.254.169.254", "allowed.test:80"),
+        (honest, "x.wild.test"),
+        ("169.254.169.254", "x.wild.test"),
+    ] {
+        let got = raw(
+            &a,
+            dial,
+            80,
+            &format!("GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n"),
+        );
+        if got.contains("REACHED imds") {
+            reached.push(format!("dial {dial} Host {host}"));
+        }
+    }
+    // ECS credentials through an allowed wildcard name: a design question
+    // (see other_cloud_credential_endpoints_under_an_any_egress_rule).
+    let ecs = raw(
+        &a,
+        honest,
+        80,
+        "GET / HTTP/1.1\\r\\nHost: ecs.wild.test\\r\\n\\r\\n",
+    );
+    eprintln!("ecs.wild.test -> {ecs:?}");
+    assert!(
+        reached.is_empty(),
+        "the metadata API reached by an allowed name: {reached:?}\n{}",
+        a.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// `mode: audit` is no way to the metadata API: its refusal is a floor no
+// dry run lifts (a would-be denial of it was an audit-only allow, and the
+// connection went through). `mode: audit` is what the README tells
+// operators to run a new policy in first.
+
+#[test]
+fn audit_mode_does_not_open_the_metadata_api() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let policy = POLICY.replace("default: deny\n", "default: deny\nmode: audit\n");
+    assert!(policy.contains("mode: audit"));
+    let mut a = host("auditmeta", &id, &policy);
+    tag_server(&mut a, "imds", "169.254.169.254", 80);
+    a.start_sidecar();
+    a.install_redirect();
+    let got = raw(
+        &a,
+        "169.254.169.254",
+        80,
+        "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n",
+    );
+    let audited = audit_lines_for_port(&a, 80);
+    assert!(
+        !got.contains("REACHED"),
+        "under mode: audit the app reached the metadata API: {got:?}\naudit: {audited:?}\n{}",
+        a.context()
+    );
+}
