@@ -467,3 +467,62 @@ fn audit_mode_does_not_open_the_metadata_api() {
         a.context()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Capture exclusions are no way to the metadata API.
+
+/// `--exclude-outbound-ports 80` and `--exclude-outbound-cidrs
+/// 169.254.0.0/16` (a natural choice for a node-local DNS cache) return
+/// that traffic to the kernel; the metadata API and the credential
+/// endpoints beside it stay captured (and refused: no rule names them),
+/// while an excluded address that is none of them is reached directly.
+#[test]
+fn capture_exclusions_never_open_the_metadata_api() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("exclusions", &id, POLICY);
+    tag_server(&mut a, "imds", "169.254.169.254", 80);
+    tag_server(&mut a, "ecs", "169.254.170.2", 80);
+    tag_server(&mut a, "dnscache", "169.254.20.10", 80);
+    a.start_sidecar();
+    let uid = support::netns::PROXY_UID.to_string();
+    a.install_redirect_with(
+        &[
+            "redirect",
+            "install",
+            "--proxy-uid",
+            &uid,
+            "--exclude-outbound-ports",
+            "80",
+            "--exclude-outbound-cidrs",
+            "169.254.0.0/16",
+        ],
+        &[],
+    );
+    let excluded = raw(
+        &a,
+        "169.254.20.10",
+        80,
+        "GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+    );
+    assert!(
+        excluded.contains("REACHED dnscache"),
+        "control: an excluded address is reached directly: {excluded:?}\n{}",
+        a.context()
+    );
+    for (address, tag) in [("169.254.169.254", "imds"), ("169.254.170.2", "ecs")] {
+        let got = raw(
+            &a,
+            address,
+            80,
+            "GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        );
+        assert!(
+            !got.contains(&format!("REACHED {tag}")),
+            "{address} reached past the capture exclusions: {got:?}\n{}",
+            a.context()
+        );
+    }
+}

@@ -152,7 +152,7 @@ pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
 pub use query::{
     Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, header_name_matches,
-    is_host_name, is_unreserved, normalize_host, push_percent_encoded,
+    is_host_name, is_unreserved, metadata_api_addresses, normalize_host, push_percent_encoded,
 };
 pub use rule::Action;
 

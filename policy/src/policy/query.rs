@@ -316,6 +316,13 @@ pub(crate) const METADATA_V6: [std::net::Ipv6Addr; 3] = [
     std::net::Ipv6Addr::new(0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x0254),
 ];
 
+/// Every address [`is_metadata_ip`] takes for the metadata API (capture
+/// rules keep these captured whatever else is excluded).
+pub fn metadata_api_addresses() -> impl Iterator<Item = IpAddr> {
+    let v4 = METADATA_V4.into_iter().map(IpAddr::V4);
+    v4.chain(METADATA_V6.into_iter().map(IpAddr::V6))
+}
+
 pub(crate) fn is_metadata_ip(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => METADATA_V4.contains(&v4),

@@ -72,7 +72,7 @@ pub const ADMIN_PORT: u16 = 15190;
 /// The sidecar's health listener on the pod IP: `/live`, `/ready`,
 /// `/metrics` and the app's rewritten probes, `/app-health/...`.
 pub const HEALTH_PORT: u16 = 15191;
-/// The authority's API port (the redirect leaves it alone).
+/// The authority's API port (the redirect leaves it alone inbound).
 pub const AUTHORITY_PORT: u16 = 15170;
 /// The init container that installs the redirect.
 pub const INIT_CONTAINER: &str = "appid-init";

@@ -239,6 +239,22 @@ pub fn rules(options: &RedirectOptions, family: Family) -> Vec<Rule> {
         format!("-d {} -j RETURN", family.loopback()),
         "loopback",
     ));
+    // The metadata API stays captured whatever is excluded below: excluding
+    // port 80, or 169.254.0.0/16 for a node-local DNS cache, must not hand
+    // the app the instance's credentials undecided and unaudited.
+    for address in appid_policy::policy::metadata_api_addresses() {
+        let (v4, prefix) = match address {
+            std::net::IpAddr::V4(_) => (true, 32),
+            std::net::IpAddr::V6(_) => (false, 128),
+        };
+        if v4 == (family == Family::V4) {
+            rules.push(Rule::new(
+                "APPID_OUTPUT",
+                format!("-d {address}/{prefix} -p tcp -j APPID_REDIRECT"),
+                "metadata API, captured whatever is excluded",
+            ));
+        }
+    }
     // The authority's port is excluded inbound only (an authority on this
     // host answers sidecars itself). Outbound it is not: the sidecar reaches
     // the authority as uid 1337 already, and a RETURN by port alone let the
