@@ -290,6 +290,53 @@ fn template_path(kind: &str) -> Option<(&'static [&'static str], &'static [&'sta
     }
 }
 
+/// The redirect returns the traffic of uid 1337 (the sidecar's) to the
+/// kernel: a container of the pod's that runs as that uid would look
+/// meshed and be neither captured nor authorized. Refused, naming the line
+/// (the container's `runAsUser`, or the pod's it inherits).
+fn check_no_container_runs_as_the_proxy(
+    pod: &Node,
+    location: &Location,
+) -> Result<(), InjectError> {
+    fn run_as_user<'n>(
+        holder: &'n Node,
+        location: &Location,
+    ) -> Result<Option<&'n Node>, InjectError> {
+        match get(holder, "securityContext", location)? {
+            Some(context) => get(context, "runAsUser", location),
+            None => Ok(None),
+        }
+    }
+    let pod_user = run_as_user(pod, location)?;
+    for list in ["initContainers", "containers"] {
+        let Some(containers) = get(pod, list, location)? else {
+            continue;
+        };
+        for container in containers.items().unwrap_or_default() {
+            let name = get(container, "name", location)?.and_then(Node::scalar);
+            if name.is_some_and(|n| n == INIT_CONTAINER || n == PROXY_CONTAINER) {
+                continue; // ours, replaced
+            }
+            let Some(user) = run_as_user(container, location)?.or(pod_user) else {
+                continue;
+            };
+            if user.scalar().map(str::trim) == Some(&PROXY_UID.to_string()) {
+                return Err(InjectError::Structure {
+                    location: location.clone(),
+                    line: user.line,
+                    message: format!(
+                        "container `{}` runs as uid {PROXY_UID}, the sidecar's, whose traffic \
+                         the redirect never captures: it would bypass the sidecar; give it \
+                         another securityContext.runAsUser",
+                        name.unwrap_or("(no name)")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The single value of `key` in a mapping (two is an error).
 fn get<'n>(map: &'n Node, key: &str, location: &Location) -> Result<Option<&'n Node>, InjectError> {
     let mut found = map.get_all(key);
@@ -495,6 +542,7 @@ impl Run<'_> {
                 "hostNetwork: true (the redirect would capture the node's traffic)".into(),
             )));
         }
+        check_no_container_runs_as_the_proxy(pod, location)?;
         let entries = pod.entries().unwrap_or_default();
         if entries.iter().any(|(k, _)| k.scalar() == Some("<<")) {
             return Ok(Verdict::Skip(Some(

@@ -661,6 +661,35 @@ fn host_network_pods_are_skipped_with_a_warning() {
     );
 }
 
+/// A container that runs as the sidecar's uid (1337), by its own
+/// `runAsUser` or the pod's, would bypass the redirect: refused, naming
+/// the container and the line; another uid, or a container that overrides
+/// the pod's 1337, is injected.
+#[test]
+fn a_container_running_as_the_sidecars_uid_is_refused() {
+    let pod = manifest("Pod");
+    let own = pod.replace(
+        "    image: example/app:1\n",
+        "    image: example/app:1\n    securityContext:\n      runAsUser: 1337\n",
+    );
+    let err = inject(&own, &opts()).unwrap_err().to_string();
+    assert!(err.contains("line 10"), "{err}");
+    assert!(err.contains("container `app` runs as uid 1337"), "{err}");
+    let inherited = pod.replace(
+        "spec:\n",
+        "spec:\n  securityContext:\n    runAsUser: 1337\n",
+    );
+    let err = inject(&inherited, &opts()).unwrap_err().to_string();
+    assert!(err.contains("line 7"), "{err}");
+    let overridden = inherited.replace(
+        "    image: example/app:1\n",
+        "    image: example/app:1\n    securityContext:\n      runAsUser: 1000\n",
+    );
+    assert_eq!(run(&overridden).injected, 1);
+    let other = own.replace("runAsUser: 1337", "runAsUser: 13370");
+    assert_eq!(run(&other).injected, 1);
+}
+
 const COMMENTED: &str = "\
 # Leading comment
 ---
