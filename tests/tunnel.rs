@@ -401,3 +401,138 @@ async fn connections_and_tunnels_are_spread_over_the_workers() {
     }
     drop(held);
 }
+
+/// A live connection does not outlive its peer's certificate: the claims
+/// of a certificate past its `notAfter` are no longer vouched for (a
+/// renewal may carry others: a new scan's vulnerabilities). An HTTP/1.1
+/// keep-alive connection and an HTTP/2 one (a gRPC channel), opened while
+/// `web`'s 6-second certificate was valid and used every 500 ms, are wound
+/// down when it expires (closed between requests; GOAWAY), and no request
+/// is answered by the app after: one that still arrives is denied (rule
+/// `expired`). A new connection is refused, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_allowed_on_claims_of_an_expired_certificate() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut failures = Vec::new();
+    for tunnel in ["pooled", "strict"] {
+        for version in ["http1", "http2"] {
+            let app = HttpApp::start().await;
+            let mesh = Mesh::start(
+                app.addr,
+                MeshOptions {
+                    web_extra: vec!["--ttl".into(), "6s".into()],
+                    server_tunnel: Some(tunnel),
+                    client_tunnel: Some(tunnel),
+                    ..MeshOptions::default()
+                },
+            )
+            .await;
+            let tcp = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+            let mut outcomes = Vec::new();
+            let started = std::time::Instant::now();
+            macro_rules! run {
+                ($sender:expr) => {{
+                    let mut sender = $sender;
+                    while started.elapsed() < Duration::from_secs(12) {
+                        let request = hyper::Request::get("/x")
+                            .header("host", "api.test")
+                            .body(Empty::<bytes::Bytes>::new())
+                            .unwrap();
+                        let sent = async {
+                            sender.ready().await.map_err(|e| e.to_string())?;
+                            let response = sender
+                                .send_request(request)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            let status = response.status().as_u16();
+                            let denied_by = response
+                                .headers()
+                                .get("x-appid-denied-by")
+                                .map(|v| v.to_str().unwrap_or("").to_string());
+                            let _ = response.into_body().collect().await;
+                            Ok::<_, String>((status, denied_by))
+                        };
+                        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+                            Ok(Ok(answer)) => outcomes.push(Ok(answer)),
+                            Ok(Err(e)) => {
+                                outcomes.push(Err(e));
+                                break;
+                            }
+                            Err(_) => {
+                                outcomes.push(Err("no answer in 5 s".into()));
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }};
+            }
+            if version == "http1" {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                run!(sender);
+            } else {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                run!(sender);
+            }
+            let answered = outcomes
+                .iter()
+                .filter(|o| matches!(o, Ok((200, _))))
+                .count();
+            let first_other = outcomes.iter().position(|o| !matches!(o, Ok((200, _))));
+            let label = format!("[{tunnel} {version}]");
+            match first_other {
+                None => failures.push(format!(
+                    "{label} every request for 12 s was answered on a 6 s certificate: {outcomes:?}"
+                )),
+                Some(i) if outcomes[i..].iter().any(|o| matches!(o, Ok((200, _)))) => failures
+                    .push(format!(
+                        "{label} answered again after a refusal: {outcomes:?}"
+                    )),
+                Some(_) => {}
+            }
+            if answered == 0 {
+                failures.push(format!(
+                    "{label} nothing answered while valid: {outcomes:?}"
+                ));
+            }
+            for outcome in &outcomes {
+                if let Ok((status, denied_by)) = outcome
+                    && *status != 200
+                    && denied_by.as_deref() != Some("expired")
+                {
+                    failures.push(format!("{label} refused for another reason: {outcomes:?}"));
+                }
+            }
+            let app_saw = app.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+            if app_saw != answered as u64 {
+                failures.push(format!(
+                    "{label} the app saw {app_saw} requests, {answered} were answered"
+                ));
+            }
+            // The control: a new connection now is no way in either.
+            // (The refusal may reset the connection before connect returns.)
+            let mut back = Vec::new();
+            if let Ok(mut fresh) = TcpStream::connect(mesh.outbound_addr()).await {
+                let _ = fresh
+                    .write_all(b"GET /x HTTP/1.1\r\nhost: api.test\r\n\r\n")
+                    .await;
+                let read = fresh.read_to_end(&mut back);
+                let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+            }
+            if back.starts_with(b"HTTP/1.1 200") {
+                failures.push(format!(
+                    "{label} a new connection after expiry was answered"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -50,7 +50,7 @@ use appid_policy::policy::{
 use serde::{Deserialize, Serialize};
 
 use crate::audit::appid_digest;
-use crate::sidecar::authz::{AUDIT_FIELD_BYTES, REVOKED_RULE};
+use crate::sidecar::authz::{AUDIT_FIELD_BYTES, EXPIRED_RULE, REVOKED_RULE};
 use crate::sidecar::http::INVALID_REQUEST_RULE;
 
 /// Longest audit line read (bytes); longer ones are bad lines.
@@ -457,7 +457,7 @@ fn example(at: Place, line: &AuditLine, new_decision: String) -> Example {
 
 /// One line under the new policy.
 fn decide_again(policy: &Policy, docs: &Docs, line: &AuditLine) -> Verdict {
-    if line.rule == REVOKED_RULE || line.rule == INVALID_REQUEST_RULE {
+    if [REVOKED_RULE, EXPIRED_RULE, INVALID_REQUEST_RULE].contains(&line.rule.as_str()) {
         return Verdict::NotPolicy;
     }
     if let Some(n) = line.repeated {

@@ -33,6 +33,12 @@ use crate::audit::{AppIdDoc, AuditRecord, Claims, ConnectionFields, ExternalDest
 /// authority revoked.
 pub const REVOKED_RULE: &str = "revoked";
 
+/// The rule name audit lines and `x-appid-denied-by` carry for a request
+/// on a live connection whose peer's certificate has expired since the
+/// handshake: its claims are no longer vouched for (a renewal may carry
+/// other ones).
+pub const EXPIRED_RULE: &str = "expired";
+
 /// The other party of a connection, as policy sees it.
 #[derive(Debug, Clone)]
 pub enum Peer {
@@ -114,6 +120,9 @@ pub struct ConnAuthz {
     /// Outside the mesh, allowed by the name the app gave: its requests
     /// must name that host ([`ConnAuthz::held_to_its_name`]).
     held_to_name: bool,
+    /// When the meshed peer's certificate expires (Unix seconds; `i64::MAX`
+    /// for other peers): no request is allowed on its claims after.
+    peer_not_after: i64,
 }
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
@@ -305,7 +314,55 @@ impl ConnAuthz {
             audit_fields: OnceLock::new(),
             request_audited: std::sync::atomic::AtomicBool::new(false),
             held_to_name: false,
+            peer_not_after: i64::MAX,
         }
+    }
+
+    /// The meshed peer's certificate expires at `not_after` (Unix
+    /// seconds): requests after are denied ([`EXPIRED_RULE`]), and the
+    /// connection winds down then ([`ConnAuthz::wind_down_at`]).
+    pub fn vouched_until(mut self, not_after: i64) -> Self {
+        self.peer_not_after = not_after;
+        self
+    }
+
+    /// When an HTTP connection should stop taking requests (its client
+    /// told to reconnect: GOAWAY, or a close between requests), so the next
+    /// connection is made with the certificates current then: the peer's
+    /// expiry. `None` for peers without one.
+    pub fn wind_down_at(&self) -> Option<tokio::time::Instant> {
+        if self.peer_not_after == i64::MAX {
+            return None;
+        }
+        let left = self.peer_not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+        let left = std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0));
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    /// A denial because the peer's certificate expired since the
+    /// connection was made, if it did.
+    fn expired(&self, request: Option<(&str, &str, bool)>) -> Option<(String, String)> {
+        if self.peer_not_after == i64::MAX
+            || time::OffsetDateTime::now_utc().unix_timestamp() < self.peer_not_after
+        {
+            return None;
+        }
+        let Peer::Meshed(claims) = &self.peer else {
+            return None;
+        };
+        let reason = format!(
+            "the certificate of {} expired (not after {}): its claims are no longer vouched for",
+            claims.id, self.peer_not_after
+        );
+        self.write_audit(
+            "deny",
+            false,
+            EXPIRED_RULE,
+            Claims::NONE,
+            Some(&reason),
+            request,
+        );
+        Some((EXPIRED_RULE.to_string(), reason))
     }
 
     /// Records the application protocol for the audit lines that follow
@@ -973,9 +1030,8 @@ impl RequestAuthorizer for ConnAuthz {
     }
 
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
-        if let Some((rule, reason)) =
-            self.revoked(Some((request.method, request.path, request.grpc)))
-        {
+        let named = Some((request.method, request.path, request.grpc));
+        if let Some((rule, reason)) = self.expired(named).or_else(|| self.revoked(named)) {
             return RequestVerdict::Deny { rule, reason };
         }
         let policy = self.shared.policy.load();

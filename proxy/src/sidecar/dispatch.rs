@@ -247,7 +247,10 @@ impl AppConnection {
             authz.clone(),
             self.peer_headers,
             shared.http_limits(self.app),
-            l7::Shutdown::new(shared.shutdown.clone()),
+            // An HTTP connection to or from a meshed peer winds down when
+            // the peer's certificate expires (its requests after are denied
+            // anyway): the client reconnects, with certificates current then.
+            l7::Shutdown::new(shared.shutdown.clone()).or_at(authz.wind_down_at()),
         );
         // `map`, not `async move { proxy.await; … }`: the block would keep
         // the captured `proxy` beside the awaited one (1.4 KiB per idle

@@ -232,6 +232,7 @@ async fn from_peer(
         .metrics
         .mesh_connection(MetricsDirection::Inbound, "appid/1");
     let peer_headers = peer_headers(&verified);
+    let peer_not_after = verified.not_after;
     let peer = Peer::Meshed(Arc::new(verified.claims));
     let authz = ConnAuthz::new(
         shared.clone(),
@@ -241,7 +242,8 @@ async fn from_peer(
         peer_addr,
         port,
     )
-    .with_transport(Transport::Strict);
+    .with_transport(Transport::Strict)
+    .vouched_until(peer_not_after);
     if let Some(connection) = from_peer_to_app(shared, tls_stream, authz, peer_headers, app).await {
         connection.await;
     }
@@ -478,7 +480,8 @@ async fn serve_tunnel(
             peer_addr,
             port,
         )
-        .with_transport(Transport::Pooled);
+        .with_transport(Transport::Pooled)
+        .vouched_until(peer_not_after);
         // The calling app's address, as its sidecar reports it.
         let authz = match tunnel::forwarded_app(request.headers()) {
             Some(app_addr) => authz.with_app_addr(app_addr),

@@ -290,6 +290,7 @@ async fn to_peer(
     let Dialed {
         upstream: tls_stream,
         peer,
+        peer_not_after,
     } = Box::pin(
         local
             .tunnels
@@ -304,6 +305,7 @@ async fn to_peer(
         destination,
         destination.port(),
     )
+    .vouched_until(peer_not_after)
     .with_app_addr(app_addr)
     .with_transport(match &tls_stream {
         super::pool::Upstream::Tunnel(_) => super::trace::Transport::Pooled,

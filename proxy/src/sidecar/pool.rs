@@ -108,6 +108,8 @@ impl super::splice::Chunks for Upstream {
 pub struct Dialed {
     pub upstream: Upstream,
     pub peer: Arc<AppIdClaims>,
+    /// When the peer's certificate expires (Unix seconds).
+    pub peer_not_after: i64,
 }
 
 /// Tunnels by data-plane worker and peer address: a worker's app
@@ -297,6 +299,7 @@ impl TunnelPool {
                     return Some(Dialed {
                         upstream: Upstream::Tunnel(stream),
                         peer: tunnel.peer.clone(),
+                        peer_not_after: tunnel.peer_not_after,
                     });
                 }
                 Err(StreamFailure::Tunnel(reason)) => {
@@ -408,6 +411,7 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
             |s| s.get_ref().1.peer_certificates(),
         )
         .await?;
+    let peer_not_after = verified.not_after;
     let peer = Arc::new(verified.claims);
     if tls_stream.get_ref().1.alpn_protocol() != Some(ALPN_APPID_MUX) {
         shared
@@ -416,6 +420,7 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
         return Some(Negotiated::Strict(Dialed {
             upstream: Upstream::Tls(Box::new(tls_stream)),
             peer,
+            peer_not_after,
         }));
     }
     tls_stream.get_mut().0.enable();

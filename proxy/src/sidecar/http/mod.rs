@@ -558,17 +558,37 @@ pub enum AppSide {
 /// pinned inside the proxy's `async` block was kept twice: once captured,
 /// once pinned.)
 #[derive(Debug, Clone)]
-pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+pub struct Shutdown {
+    signal: tokio::sync::watch::Receiver<bool>,
+    /// This connection's own end, if it has one (its peer's certificate
+    /// expires then).
+    at: Option<tokio::time::Instant>,
+}
 
 impl Shutdown {
     /// Shutdown starts when `signal` turns `true` (or its sender is gone).
     pub fn new(signal: tokio::sync::watch::Receiver<bool>) -> Self {
-        Shutdown(signal)
+        Shutdown { signal, at: None }
+    }
+
+    /// Starts at `at` too, if given.
+    pub fn or_at(mut self, at: Option<tokio::time::Instant>) -> Self {
+        self.at = at;
+        self
     }
 
     /// Resolves once shutdown has started.
     pub async fn started(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let signal = self.signal.wait_for(|stop| *stop);
+        match self.at {
+            Some(at) => tokio::select! {
+                _ = signal => {}
+                () = tokio::time::sleep_until(at) => {}
+            },
+            None => {
+                let _ = signal.await;
+            }
+        }
     }
 
     /// Never starts: for tests and fuzz harnesses that drive a proxy
@@ -579,7 +599,7 @@ impl Shutdown {
         static NEVER: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> =
             std::sync::OnceLock::new();
         let sender = NEVER.get_or_init(|| tokio::sync::watch::channel(false).0);
-        Shutdown(sender.subscribe())
+        Shutdown::new(sender.subscribe())
     }
 }
 
