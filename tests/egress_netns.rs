@@ -526,3 +526,249 @@ fn capture_exclusions_never_open_the_metadata_api() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The metadata API's addresses in the spellings a resolver reads (glibc's
+// `inet_aton`: Squid, tinyproxy, curl) and behind a `\` WHATWG parsers read
+// as `/` (Node) are no way through a forward proxy allowed by `cidrs`.
+// (Found by review of this stop's fixes.)
+
+#[test]
+fn metadata_api_in_other_address_spellings_through_a_cidrs_forward_proxy() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("revdspell", &id, &format!("{POLICY}{PROXY_RULE}"));
+    let proxy = "192.0.2.30";
+    tag_server(&mut a, "proxy", proxy, 3128);
+    a.start_sidecar();
+    a.install_redirect();
+
+    let ok = raw(
+        &a,
+        proxy,
+        3128,
+        "GET http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+    );
+    assert!(ok.contains("REACHED proxy"), "{ok}\n{}", a.context());
+    // Control: the canonical spelling is refused.
+    let control = raw(
+        &a,
+        proxy,
+        3128,
+        "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+    );
+    assert!(
+        !control.contains("REACHED"),
+        "control: {control}\n{}",
+        a.context()
+    );
+
+    // Each of these is 169.254.169.254 to getaddrinfo (python3 -c "import
+    // socket; print(socket.getaddrinfo('2852039166', 80))").
+    let mut passed = Vec::new();
+    for spelled in [
+        "2852039166",
+        "0xa9fea9fe",
+        "0xa9.0xfe.0xa9.0xfe",
+        "0251.0376.0251.0376",
+        "169.254.43518",
+        "169.16689662",
+    ] {
+        for payload in [
+            format!(
+                "GET http://{spelled}/latest/meta-data/iam/security-credentials/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"
+            ),
+            format!("CONNECT {spelled}:80 HTTP/1.1\\r\\n\\r\\n"),
+            format!("GET /latest/meta-data/ HTTP/1.1\\r\\nHost: {spelled}\\r\\n\\r\\n"),
+        ] {
+            let got = raw(&a, proxy, 3128, &payload);
+            if got.contains("REACHED proxy") {
+                passed.push(
+                    payload.split("\\r\\n").next().unwrap_or("").to_string()
+                        + " / "
+                        + payload.split("\\r\\n").nth(1).unwrap_or(""),
+                );
+            }
+        }
+    }
+    // WHATWG URL (Node's `new URL`, legacy `url.parse`) reads `\` as `/`:
+    // host 169.254.169.254; detection takes what follows the last `@`.
+    let backslash = raw(
+        &a,
+        proxy,
+        3128,
+        "GET http://169.254.169.254\\\\@example.com/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+    );
+    if backslash.contains("REACHED proxy") {
+        passed.push(format!(
+            "backslash userinfo: {}",
+            backslash.lines().last().unwrap_or("")
+        ));
+    }
+    assert!(
+        passed.is_empty(),
+        "requests naming the metadata API reached the forward proxy:\n  {}\n{}",
+        passed.join("\n  "),
+        a.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A name alone does not make a meshed destination the metadata API: with an
+// `external.hosts` rule on the port (so the name is read), an in-mesh
+// service called `metadata` (Kubernetes: `http://metadata/`) goes to the
+// mesh like any other name (a handshake with its sidecar is tried: there
+// is none here, so it fails, logged).
+
+const PARTNER_BY_NAME_RULE: &str = r#"  - name: web-to-partner
+    action: allow
+    from: { labels.app: web }
+    to: { external: { hosts: [api.partner.test], ports: [80] } }
+"#;
+
+#[test]
+fn a_meshed_service_named_metadata_is_not_the_metadata_api() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host(
+        "revdmeshname",
+        &id,
+        &format!("{POLICY}{PARTNER_BY_NAME_RULE}"),
+    );
+    let meshed = "198.51.100.40"; // a pod / ClusterIP: no rule makes it external
+    tag_server(&mut a, "meshed", meshed, 80);
+    a.start_sidecar();
+    a.install_redirect();
+
+    let _ = raw(
+        &a,
+        meshed,
+        80,
+        "GET / HTTP/1.1\\r\\nHost: reports\\r\\n\\r\\n",
+    );
+    assert!(
+        a.context()
+            .contains(&format!("handshake refused peer={meshed}:80")),
+        "control: Host reports goes to the mesh\n{}",
+        a.context()
+    );
+    let before = audit_lines_for_port(&a, 80).len();
+    let _ = raw(
+        &a,
+        meshed,
+        80,
+        "GET / HTTP/1.1\\r\\nHost: metadata\\r\\n\\r\\n",
+    );
+    let _ = raw(
+        &a,
+        meshed,
+        80,
+        "GET / HTTP/1.1\\r\\nHost: instance-data:80\\r\\n\\r\\n",
+    );
+    let refused: Vec<String> = audit_lines_for_port(&a, 80)
+        .into_iter()
+        .skip(before)
+        .map(|l| l.to_string())
+        .filter(|l| l.contains("metadata API"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "a meshed destination was refused as the metadata API by its Host alone:\n  {}\n{}",
+        refused.join("\n  "),
+        a.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A rule that names one credential endpoint (ECS's task credentials) beside
+// `0.0.0.0/0` opens that one only, not the instance's metadata API or the
+// others through the wider CIDR.
+
+#[test]
+fn naming_the_ecs_endpoint_does_not_open_the_instance_metadata_api() {
+    let dir = temp_dir();
+    let ca = dir.path().join("ca");
+    appid(&[
+        "authority",
+        "init",
+        "--trust-domain",
+        "t.example",
+        "--dir",
+        path_str(&ca),
+    ]);
+    let cert = dir.path().join("web.pem");
+    let key = dir.path().join("web.key");
+    appid(&[
+        "issue",
+        "--dir",
+        path_str(&ca),
+        "--id",
+        "spiffe://t.example/web",
+        "--label",
+        "app=web",
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ]);
+    let policy = dir.path().join("policy.yaml");
+    fs::write(
+        &policy,
+        r#"version: 1
+default: deny
+rules:
+  - name: ecs-credentials-and-internet
+    action: allow
+    from: { labels.app: web }
+    to: { external: { cidrs: ["169.254.170.2/32", "0.0.0.0/0"], ports: [80, 443] } }
+"#,
+    )
+    .unwrap();
+    let explain = |to: &str, host: Option<&str>| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--from",
+            path_str(&cert),
+            "--to",
+            to,
+            "--port",
+            "80",
+        ];
+        if let Some(host) = host {
+            args.extend(["--host", host]);
+        }
+        args.push(path_str(&policy));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_appid"))
+            .args(&args)
+            .output()
+            .expect("run appid");
+        text(&out.stdout)
+    };
+    // Control: what the rule names is allowed.
+    assert!(explain("169.254.170.2", None).contains("allow by rule"));
+    let mut opened = Vec::new();
+    for (to, host) in [
+        ("169.254.169.254", None),
+        ("100.100.100.200", None),
+        ("169.254.170.23", None),
+        ("192.0.2.30", Some("metadata.google.internal")),
+    ] {
+        let got = explain(to, host);
+        if got.contains("allow by rule") {
+            opened.push(format!(
+                "{to} {host:?}: {}",
+                got.lines().last().unwrap_or("")
+            ));
+        }
+    }
+    assert!(
+        opened.is_empty(),
+        "a rule naming 169.254.170.2 opened other metadata endpoints through its 0.0.0.0/0:\n  {}",
+        opened.join("\n  ")
+    );
+}

@@ -538,7 +538,9 @@ fn target_authority(line: &[u8]) -> Option<&[u8]> {
     let rest = &target[scheme_end + 3..];
     let end = rest
         .iter()
-        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        // `\` too: WHATWG URL parsers (Node's) read it as `/`, so
+        // `http://169.254.169.254\@a.example/` goes to the first host.
+        .position(|&b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
         .unwrap_or(rest.len());
     let authority = &rest[..end];
     let host = match authority.iter().rposition(|&b| b == b'@') {
@@ -1517,7 +1519,7 @@ mod tests {
 
     #[test]
     fn detect_http_host() {
-        let cases: [(&[u8], Option<&str>); 22] = [
+        let cases: [(&[u8], Option<&str>); 23] = [
             (
                 b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n",
                 Some("api.example"),
@@ -1582,6 +1584,10 @@ mod tests {
             (
                 b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nHost: c.example\r\n",
                 Some("a.example"),
+            ),
+            (
+                b"GET http://169.254.169.254\\@a.example/ HTTP/1.1\r\nHost: a.example\r\n",
+                Some("169.254.169.254"),
             ),
             // Origin form and `*`: Host.
             (

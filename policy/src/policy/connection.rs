@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::Policy;
 use super::decision::Decision;
 use super::eval::{Tally, partition, targets_metadata_api};
-use super::query::Query;
+use super::query::{MetadataTarget, Query};
 use super::rule::{Action, Eval};
 
 /// Tells policies apart: each [`Policy::load`] takes the next number.
@@ -36,7 +36,7 @@ pub struct ConnectionRules {
     /// The policy's [`Policy::generation`].
     generation: u64,
     /// The callee is the cloud metadata API.
-    targets_metadata_api: bool,
+    targets_metadata_api: Option<MetadataTarget>,
     /// The rules whose clauses before `http` all hold.
     passed: Box<[u32]>,
     /// Of the allow rules that failed before `http`, the one that got
@@ -113,7 +113,9 @@ impl Policy {
                     // Recorded as nothing ([`Tally::record`]).
                     Some(_) if rule.action == Action::Deny => {}
                     // Never looked at for this callee ([`Tally::passes_over`]).
-                    Some(_) if targets_metadata_api && !rule.names_metadata => {}
+                    Some(_)
+                        if targets_metadata_api
+                            .is_some_and(|target| !rule.metadata_named.opens(&target)) => {}
                     Some(clause) => {
                         let further = closest_miss.is_none_or(|(best, best_clause)| {
                             clause > best_clause || (clause == best_clause && id < best)

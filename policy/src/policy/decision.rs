@@ -134,7 +134,9 @@ impl<'p> Decision<'p> {
     pub fn name_could_be_metadata_api(&self) -> bool {
         self.outcome == Outcome::Allow
             && self.reason == Reason::Rule
-            && self.matched.is_some_and(|rule| !rule.names_metadata)
+            && self
+                .matched
+                .is_some_and(|rule| !rule.metadata_named.opens_every_name())
     }
 
     /// The attribute paths the deciding rule looked at (`from.labels.app`,

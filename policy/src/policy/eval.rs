@@ -13,7 +13,7 @@
 use super::Policy;
 use super::decision::{DEFAULT_RULE, Decision, Miss, Outcome, Reason};
 use super::load::Mode;
-use super::query::{Callee, Caller, Query, is_metadata_api};
+use super::query::{Callee, Caller, MetadataTarget, Query, metadata_target};
 use super::rule::{Action, Eval, Rule};
 
 /// Which partition (and index) a query belongs to, by the kinds of caller
@@ -27,10 +27,10 @@ pub(crate) fn partition(q: &Query<'_>) -> Option<usize> {
     }
 }
 
-pub(crate) fn targets_metadata_api(q: &Query<'_>) -> bool {
+pub(crate) fn targets_metadata_api(q: &Query<'_>) -> Option<MetadataTarget> {
     match q.callee {
-        Callee::External { ip, host } => is_metadata_api(ip, host),
-        Callee::Meshed(_) => false,
+        Callee::External { ip, host } => metadata_target(ip, host),
+        Callee::Meshed(_) => None,
     }
 }
 
@@ -51,7 +51,8 @@ pub(crate) struct Tally {
     non_http_allowed: bool,
     /// The allow rule that got furthest: (clauses passed, id, failed clause).
     closest: Option<(usize, u32, usize)>,
-    metadata: bool,
+    /// The query's destination is (or is named as) the metadata API.
+    metadata: Option<MetadataTarget>,
 }
 
 fn keep_min(slot: &mut Option<u32>, id: u32) {
@@ -61,7 +62,7 @@ fn keep_min(slot: &mut Option<u32>, id: u32) {
 }
 
 impl Tally {
-    pub fn new(metadata: bool) -> Tally {
+    pub fn new(metadata: Option<MetadataTarget>) -> Tally {
         Tally {
             metadata,
             ..Tally::default()
@@ -84,7 +85,9 @@ impl Tally {
             // Once a deny matched, allows cannot change the outcome.
             Action::Allow if self.deny.is_some() => true,
             // The metadata API only opens to rules that name it.
-            Action::Allow => self.metadata && !rule.names_metadata,
+            Action::Allow => self
+                .metadata
+                .is_some_and(|target| !rule.metadata_named.opens(&target)),
         }
     }
 
@@ -140,14 +143,14 @@ impl Tally {
 
         let allow_possible = self.allow.is_some()
             || self.allow_l7.is_some()
-            || (policy.default == Action::Allow && !self.metadata);
+            || (policy.default == Action::Allow && self.metadata.is_none());
         let mut decision = if let Some(id) = self.deny {
             decided(Outcome::Deny, id, Reason::Rule)
         } else if let Some(id) = http_only {
             decided(Outcome::Deny, id, Reason::RequiresHttp)
         } else if !allow_possible {
             // Nothing here can allow, whatever the requests are.
-            if self.metadata {
+            if self.metadata.is_some() {
                 by_default(Outcome::Deny, Reason::MetadataApi)
             } else {
                 by_default(Outcome::Deny, Reason::Default { closest: closest() })

@@ -11,7 +11,7 @@ use std::fmt;
 use super::Policy;
 use super::decision::{Decision, NOT_HTTP_CLAUSE};
 use super::eval::targets_metadata_api;
-use super::query::{Callee, Caller, Http, Query};
+use super::query::{Callee, Caller, Http, MetadataTarget, Query};
 use super::rule::{Action, CalleeKind, CallerKind, Rule};
 
 /// How one rule fared.
@@ -86,7 +86,7 @@ impl Policy {
     }
 }
 
-fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: bool) -> RuleCheck<'p> {
+fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: Option<MetadataTarget>) -> RuleCheck<'p> {
     let mut failed = Vec::new();
     match (rule.caller, q.caller) {
         (CallerKind::Unauthenticated, Caller::Meshed(_)) => failed.push(CALLER_IN_MESH),
@@ -98,7 +98,9 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: bool) -> RuleCheck<'p> {
         (CalleeKind::Meshed, Callee::External { .. }) => failed.push(CALLEE_OUTSIDE),
         _ => {}
     }
-    if metadata && rule.action == Action::Allow && !rule.names_metadata {
+    if metadata.is_some_and(|target| !rule.metadata_named.opens(&target))
+        && rule.action == Action::Allow
+    {
         failed.push(NOT_NAMING_METADATA);
     }
     let request = match &q.http {

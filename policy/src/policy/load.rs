@@ -25,11 +25,10 @@ use ipnet::IpNet;
 use super::attr::Attr;
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
-use super::query::{
-    is_host_name, is_metadata_host, is_metadata_ip, is_unreserved, normalize_host,
-    push_percent_encoded,
+use super::query::{is_host_name, is_unreserved, normalize_host, push_percent_encoded};
+use super::rule::{
+    Action, CalleeKind, CallerKind, Clause, MetadataNamed, PortSet, Rule, Side, Test,
 };
-use super::rule::{Action, CalleeKind, CallerKind, Clause, PortSet, Rule, Side, Test};
 use super::selector;
 use super::yaml::{self, Mark, Node, Value};
 
@@ -440,15 +439,15 @@ fn load_rule<'n, 'a>(
     if diags.len() != errors_before {
         return (None, Some(name_node));
     }
-    let names_metadata = parts.external.iter().any(|c| match &c.test {
-        Test::ExternalCidrs(nets) => nets
-            .iter()
-            .any(|n| n.prefix_len() == n.max_prefix_len() && is_metadata_ip(n.addr())),
-        Test::ExternalHosts(globs) => globs
-            .iter()
-            .any(|g| !g.as_str().contains('*') && is_metadata_host(g.as_str())),
-        _ => false,
+    let cidrs = parts.external.iter().flat_map(|c| match &c.test {
+        Test::ExternalCidrs(nets) => &nets[..],
+        _ => &[],
     });
+    let hosts = parts.external.iter().flat_map(|c| match &c.test {
+        Test::ExternalHosts(globs) => &globs[..],
+        _ => &[],
+    });
+    let metadata_named = MetadataNamed::of(cidrs, hosts.map(Glob::as_str));
     let protocol = parts.protocol.map(|(p, _)| p);
     let mut clauses = Vec::new();
     clauses.extend(parts.ports);
@@ -476,7 +475,7 @@ fn load_rule<'n, 'a>(
             l7_from,
             is_l7: http.is_some() || protocol == Some(Protocol::Http),
             allows_non_http: protocol == Some(Protocol::Tcp),
-            names_metadata,
+            metadata_named,
         }),
         Some(name_node),
     )

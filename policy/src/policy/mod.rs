@@ -91,10 +91,12 @@
 //! beside it (169.254.169.254, 169.254.170.2, 169.254.170.23,
 //! 100.100.100.200, fd00:ec2::254, fd00:ec2::23, fd20:ce::254,
 //! metadata.google.internal, `metadata`, `instance-data`) are denied —
-//! even under `default: allow` — unless an allow rule names one explicitly:
-//! a `to.external.cidrs` entry that is exactly such a host (`/32`, `/128`)
-//! or a `hosts` entry naming one (`169.254.169.254`,
-//! `metadata.google.internal`). `0.0.0.0/0` does not count. Such a denial has [`Reason::MetadataApi`].
+//! even under `default: allow` — unless an allow rule names it explicitly:
+//! a `to.external.cidrs` entry that is exactly that address (`/32`,
+//! `/128`) or a `hosts` entry naming it (`169.254.169.254`,
+//! `metadata.google.internal`). A rule opens only what it names (the name
+//! the app gave, else the address): naming ECS's 169.254.170.2 beside
+//! `0.0.0.0/0` does not open 169.254.169.254. `0.0.0.0/0` does not count. Such a denial has [`Reason::MetadataApi`].
 //!
 //! **Audit mode.** With `mode: audit` every would-be denial (a
 //! [`Reason::RequiresHttp`] one too) is allowed and marked
@@ -152,7 +154,8 @@ pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
 pub use query::{
     Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, header_name_matches,
-    is_host_name, is_unreserved, metadata_api_addresses, normalize_host, push_percent_encoded,
+    is_host_name, is_metadata_ip, is_unreserved, metadata_api_addresses, normalize_host,
+    push_percent_encoded,
 };
 pub use rule::Action;
 

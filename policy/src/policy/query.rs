@@ -293,9 +293,48 @@ pub fn normalize_host(host: &str) -> &str {
 }
 
 /// The metadata API (and the credential endpoints beside it) by address,
-/// or by a name for one ([`is_metadata_host`]).
+/// or by a name for one ([`metadata_name`]).
+#[cfg(test)]
 pub(crate) fn is_metadata_api(ip: IpAddr, host: Option<&str>) -> bool {
-    is_metadata_ip(ip) || host.is_some_and(|h| is_metadata_host(normalize_host(h)))
+    metadata_target(ip, host).is_some()
+}
+
+/// What a destination outside the mesh is of the metadata API: the
+/// address it goes to, the name the app gave for it, or both. A rule opens
+/// it only by naming each ([`super::rule::MetadataNamed::opens`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetadataTarget {
+    /// The destination address, when it is one of the metadata API's
+    /// (canonical: an IPv4-mapped address as IPv4).
+    pub ip: Option<IpAddr>,
+    /// The name the app gave, when it names the metadata API.
+    pub name: Option<MetadataName>,
+}
+
+/// A name for the metadata API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetadataName {
+    /// One of [`METADATA_NAMES`].
+    Name(&'static str),
+    /// One of its addresses, written as a host (canonical).
+    Addr(IpAddr),
+}
+
+/// The metadata API's names: GCP's (`metadata` is what its search path
+/// makes of `metadata.google.internal`), AWS's.
+pub(crate) const METADATA_NAMES: [&str; 4] = [
+    "metadata.google.internal",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+/// The metadata API `ip` and `host` (a `Host`, SNI or request target's
+/// authority) name, if they name it.
+pub(crate) fn metadata_target(ip: IpAddr, host: Option<&str>) -> Option<MetadataTarget> {
+    let ip = is_metadata_ip(ip).then(|| ip.to_canonical());
+    let name = host.and_then(|h| metadata_name(normalize_host(h)));
+    (ip.is_some() || name.is_some()).then_some(MetadataTarget { ip, name })
 }
 
 /// Where a workload's cloud credentials are served: the instance metadata
@@ -323,26 +362,78 @@ pub fn metadata_api_addresses() -> impl Iterator<Item = IpAddr> {
     v4.chain(METADATA_V6.into_iter().map(IpAddr::V6))
 }
 
-pub(crate) fn is_metadata_ip(ip: IpAddr) -> bool {
+/// Whether `ip` is one of the metadata API's addresses (an IPv4-mapped
+/// address counts as its IPv4 one).
+pub fn is_metadata_ip(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => METADATA_V4.contains(&v4),
         IpAddr::V6(v6) => METADATA_V6.contains(&v6),
     }
 }
 
-/// A host (as [`normalize_host`] leaves it) naming the metadata API: GCP's
-/// names (`metadata` is what its search path makes of
-/// `metadata.google.internal`), AWS's, or one of its addresses in any
-/// spelling an address parses from (`::ffff:169.254.169.254`).
-pub(crate) fn is_metadata_host(host: &str) -> bool {
-    const NAMES: [&str; 4] = [
-        "metadata.google.internal",
-        "metadata",
-        "instance-data",
-        "instance-data.ec2.internal",
-    ];
-    NAMES.iter().any(|name| host.eq_ignore_ascii_case(name))
-        || host.parse::<IpAddr>().is_ok_and(is_metadata_ip)
+/// The metadata API a host (as [`normalize_host`] leaves it) names: one of
+/// [`METADATA_NAMES`], or one of its addresses in any spelling a resolver
+/// reads as one: `::ffff:169.254.169.254`, and the forms of `inet_aton`
+/// that glibc, curl, Squid and Node take (`2852039166`, `0xa9fea9fe`,
+/// `0251.0376.0251.0376`, `169.254.43518`).
+pub(crate) fn metadata_name(host: &str) -> Option<MetadataName> {
+    if let Some(name) = METADATA_NAMES
+        .iter()
+        .find(|name| host.eq_ignore_ascii_case(name))
+    {
+        return Some(MetadataName::Name(name));
+    }
+    let ip = host
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| inet_aton(host).map(IpAddr::V4))?;
+    is_metadata_ip(ip).then(|| MetadataName::Addr(ip.to_canonical()))
+}
+
+/// An IPv4 address as `inet_aton` reads it: one to four parts separated by
+/// dots, each decimal, octal (a leading `0`) or hexadecimal (`0x`); the
+/// last part fills the bytes the others leave (`a`: 32 bits, `a.b`: 8 and
+/// 24, `a.b.c`: 8, 8 and 16).
+fn inet_aton(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() && radix != 16 {
+            return None;
+        }
+        let value = if digits.is_empty() {
+            0 // `0x` alone is 0 to inet_aton
+        } else if digits.chars().all(|c| c.is_digit(radix)) {
+            u32::from_str_radix(digits, radix).ok()?
+        } else {
+            return None;
+        };
+        values.push(value);
+    }
+    let (last, first) = values.split_last()?;
+    if first.iter().any(|&v| v > 0xff) {
+        return None;
+    }
+    let last_bits = 32 - 8 * first.len() as u32;
+    if last_bits < 32 && *last >= 1 << last_bits {
+        return None;
+    }
+    let high = first
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, &v)| acc | (v << (24 - 8 * i as u32)));
+    Some(std::net::Ipv4Addr::from(high | last))
 }
 
 #[cfg(test)]
@@ -397,6 +488,37 @@ mod tests {
                 is_metadata_api(credentials.parse().unwrap(), None),
                 "{credentials}"
             );
+        }
+        // The spellings of 169.254.169.254 `inet_aton` reads.
+        for spelled in [
+            "2852039166",
+            "0xa9fea9fe",
+            "0xA9.0xFE.0xA9.0xFE",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "169.16689662",
+            "0xa9.254.0251.254",
+        ] {
+            assert!(is_metadata_api(elsewhere, Some(spelled)), "{spelled}");
+        }
+        assert_eq!(
+            inet_aton("1.2.3.4"),
+            Some(std::net::Ipv4Addr::new(1, 2, 3, 4))
+        );
+        assert_eq!(
+            inet_aton("1.2.256"),
+            Some(std::net::Ipv4Addr::new(1, 2, 1, 0))
+        );
+        for not_an_address in [
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "08.1.1.1",
+            "1..1",
+            "",
+            "a.b",
+            "4294967296",
+        ] {
+            assert_eq!(inet_aton(not_an_address), None, "{not_an_address}");
         }
         for other in [
             "metadata.example",

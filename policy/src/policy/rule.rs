@@ -13,7 +13,10 @@ use ipnet::IpNet;
 
 use super::attr::Attr;
 use super::glob::Glob;
-use super::query::{Callee, Caller, Headers, Http, HttpRequest, Query, normalize_host};
+use super::query::{
+    Callee, Caller, Headers, Http, HttpRequest, METADATA_NAMES, MetadataName, MetadataTarget,
+    Query, is_metadata_ip, metadata_api_addresses, metadata_name, normalize_host,
+};
 use super::selector::Pred;
 use super::yaml::Mark;
 
@@ -149,8 +152,60 @@ pub(crate) struct Rule {
     /// `to.protocol: tcp` (allow rules only): also allows connections that
     /// are not HTTP where a rule with `http` applies.
     pub allows_non_http: bool,
-    /// Names the cloud metadata API explicitly (see [`super::query`]).
-    pub names_metadata: bool,
+    /// The parts of the cloud metadata API it names explicitly (see
+    /// [`super::query`]): only those it may open.
+    pub metadata_named: MetadataNamed,
+}
+
+/// The metadata API's addresses and names a rule lists explicitly: an
+/// `external.cidrs` entry that is exactly one of its addresses (`/32`,
+/// `/128`), a `hosts` entry without `*` that names one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataNamed {
+    ips: Vec<IpAddr>,
+    names: Vec<&'static str>,
+}
+
+impl MetadataNamed {
+    /// What `cidrs` and `hosts` entries (without `*`) name of it.
+    pub(crate) fn of<'a>(
+        cidrs: impl Iterator<Item = &'a IpNet>,
+        hosts: impl Iterator<Item = &'a str>,
+    ) -> MetadataNamed {
+        let mut named = MetadataNamed::default();
+        for net in cidrs {
+            if net.prefix_len() == net.max_prefix_len() && is_metadata_ip(net.addr()) {
+                named.ips.push(net.addr().to_canonical());
+            }
+        }
+        for host in hosts.filter(|h| !h.contains('*')) {
+            match metadata_name(normalize_host(host)) {
+                Some(MetadataName::Name(name)) => named.names.push(name),
+                Some(MetadataName::Addr(ip)) => named.ips.push(ip),
+                None => {}
+            }
+        }
+        named
+    }
+
+    /// Whether the rule names what `target` is: the name the app gave for
+    /// it when it gave one (a `hosts` rule sends the connection where that
+    /// name resolves), else its address. Naming one endpoint (ECS's
+    /// 169.254.170.2) opens no other (the instance's 169.254.169.254).
+    pub(crate) fn opens(&self, target: &MetadataTarget) -> bool {
+        match target.name {
+            Some(MetadataName::Name(name)) => self.names.contains(&name),
+            Some(MetadataName::Addr(ip)) => self.ips.contains(&ip),
+            None => target.ip.is_some_and(|ip| self.ips.contains(&ip)),
+        }
+    }
+
+    /// Whether no name the app could give would make the metadata API of a
+    /// destination this rule allows: it names every name and address.
+    pub(crate) fn opens_every_name(&self) -> bool {
+        METADATA_NAMES.iter().all(|n| self.names.contains(n))
+            && metadata_api_addresses().all(|ip| self.ips.contains(&ip))
+    }
 }
 
 impl Rule {

@@ -1284,7 +1284,41 @@ rules:
         let host = host.or(named.contains("hosts").then_some("169.254.169.254"));
         let d = decide(&p, &Query::external(&web, ip("169.254.169.254"), host, 80));
         assert_eq!((d.outcome, d.rule), (Outcome::Allow, "imds"), "{named}");
-        assert!(!d.name_could_be_metadata_api(), "{named}: named already");
+        // It names one of the metadata API's names or addresses: through a
+        // destination it allows, another could still be named.
+        assert!(d.name_could_be_metadata_api(), "{named}");
+    }
+
+    // Naming one endpoint opens that one only, not the others through the
+    // rule's wider cidrs (a rule for ECS's task credentials beside
+    // `0.0.0.0/0` does not open the instance's metadata API).
+    let p = load(
+        "version: 1\nrules:\n  - name: ecs-and-internet\n    action: allow\n    from: { labels.app: web }\n    to: { external: { cidrs: [169.254.170.2/32, 0.0.0.0/0] } }\n",
+    );
+    let ecs = decide(&p, &Query::external(&web, ip("169.254.170.2"), None, 80));
+    assert_eq!(
+        (ecs.outcome, ecs.rule),
+        (Outcome::Allow, "ecs-and-internet")
+    );
+    let internet = decide(&p, &Query::external(&web, ip("1.1.1.1"), None, 80));
+    assert_eq!(internet.outcome, Outcome::Allow);
+    for (addr, host) in [
+        ("169.254.169.254", None),
+        ("100.100.100.200", None),
+        ("192.0.2.30", Some("metadata.google.internal")),
+        ("192.0.2.30", Some("2852039166")),
+    ] {
+        let d = decide(&p, &Query::external(&web, ip(addr), host, 80));
+        assert_eq!(
+            (d.outcome, d.reason),
+            (Outcome::Deny, Reason::MetadataApi),
+            "{addr} {host:?}"
+        );
+        assert_eq!(
+            d.outcome,
+            p.decide_by_scan(&Query::external(&web, ip(addr), host, 80))
+                .outcome
+        );
     }
 }
 

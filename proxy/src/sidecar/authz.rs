@@ -534,10 +534,16 @@ impl ConnAuthz {
         let policy = self.shared.policy.load();
         let decision = self.decide(&policy, &self.query(None));
         let verdict = match (decision.outcome, decision.reason) {
-            // Only a rule can make a destination external: `default: allow`
-            // or audit mode must not turn meshed traffic into plaintext.
+            // A name alone (`Host: metadata`) makes no metadata API of a
+            // destination no rule takes outside the mesh: a meshed service
+            // called `metadata` is reached as any other.
+            (_, Reason::MetadataApi) if self.named_metadata_only(&policy) => {
+                ExternalVerdict::NotExternal
+            }
             // The metadata API first: nothing opens it but a rule naming it.
             (_, Reason::MetadataApi) => ExternalVerdict::Refused,
+            // Only a rule can make a destination external: `default: allow`
+            // or audit mode must not turn meshed traffic into plaintext.
             (_, Reason::Default { .. }) => ExternalVerdict::NotExternal,
             (Outcome::Allow, _) => ExternalVerdict::Allow,
             (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
@@ -547,6 +553,23 @@ impl ConnAuthz {
             self.audit(&policy, &decision, None);
         }
         verdict
+    }
+
+    /// Whether the destination is the metadata API by the name the app
+    /// gave only, and no rule would take its address outside the mesh (it
+    /// is decided by default without the name).
+    fn named_metadata_only(&self, policy: &Policy) -> bool {
+        let Peer::External { ip, host: Some(_) } = &self.peer else {
+            return false;
+        };
+        if appid_policy::policy::is_metadata_ip(*ip) {
+            return false;
+        }
+        let nameless = Query::external(&self.local, *ip, None, self.port);
+        matches!(
+            self.decide(policy, &nameless).reason,
+            Reason::Default { .. }
+        )
     }
 
     /// Outbound outside the mesh, before the app's name is known: whether
