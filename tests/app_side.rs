@@ -19,13 +19,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::apps::ScriptApp;
 use support::mesh::{Mesh, MeshOptions};
 
 const SPOOFED_ID: &str = "spiffe://test.example/spoofed";
@@ -57,13 +56,6 @@ rules:
 /// head). `/public/switch` answers `101` and goes on reading HTTP (an app
 /// that says it switched and did not). Every request it handles is logged
 /// with its `x-appid-peer-id`.
-struct PythonApp {
-    addr: SocketAddr,
-    log: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
 const PYTHON_APP: &str = r#"
 import http.server, sys, time, urllib.parse
 log = open(sys.argv[1], "a", buffering=1)
@@ -94,49 +86,6 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
-
-impl PythonApp {
-    fn start() -> PythonApp {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("seen.log");
-        std::fs::write(&log, b"").unwrap();
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(PYTHON_APP)
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("python printed its port");
-        PythonApp {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn seen(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    fn forget(&self) {
-        std::fs::write(&self.log, b"").unwrap();
-    }
-}
-
-impl Drop for PythonApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn mesh(app: SocketAddr, mode: &'static str) -> Mesh {
     let policy = public_only_policy();
@@ -195,7 +144,7 @@ fn encode(text: &str) -> String {
 /// run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_101_from_the_app_opens_no_way_past_policy() {
-    let app = PythonApp::start();
+    let app = ScriptApp::python(PYTHON_APP);
     let fake_101 =
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let head_request = format!(
@@ -261,7 +210,7 @@ async fn a_late_101_from_the_app_opens_no_way_past_policy() {
 /// connection").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_bytes_from_the_app_never_answer_the_next_request() {
-    let app = PythonApp::start();
+    let app = ScriptApp::python(PYTHON_APP);
     let stale = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE";
     let head_request = format!(
         "HEAD /public/echo?m={} HTTP/1.1\r\nHost: api.test\r\n\r\n",
@@ -300,7 +249,7 @@ async fn late_bytes_from_the_app_never_answer_the_next_request() {
 /// connection (for a gateway that pools connections, another user's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_induced_second_answer_never_answers_the_next_request() {
-    let app = PythonApp::start();
+    let app = ScriptApp::python(PYTHON_APP);
     let first = "GET /public/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\nx\r\n";
     let next = "GET /public/y HTTP/1.1\r\nHost: api.test\r\n\r\n";
     let mut failures = Vec::new();
@@ -417,26 +366,14 @@ async fn a_reset_in_a_close_delimited_body_reaches_the_client_as_a_reset() {
 /// on a connection closed while idle).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_closing_an_idle_connection_does_not_cost_the_next_request_a_502() {
-    let dir = tempfile::tempdir().unwrap();
     let script = r#"
 const http = require('http');
 const server = http.createServer((req, res) => { res.setHeader('content-length', 3); res.end('ok\n'); });
 server.keepAliveTimeout = 300;
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
 "#;
-    let mut child = Command::new("node")
-        .arg("-e")
-        .arg(script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node");
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let app = SocketAddr::from(([127, 0, 0, 1], line.trim().parse::<u16>().unwrap()));
+    let node = ScriptApp::start("node", "-e", script);
+    let app = node.addr;
     let mut failures = Vec::new();
     for mode in ["pooled", "strict"] {
         let mesh = mesh(app, mode).await;
@@ -463,9 +400,6 @@ server.listen(0, '127.0.0.1', () => console.log(server.address().port));
             }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -476,7 +410,7 @@ server.listen(0, '127.0.0.1', () => console.log(server.address().port));
 /// followed the upgrade request (pipelined) or sent after the `101`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_request_after_a_101_never_reaches_the_app() {
-    let app = PythonApp::start();
+    let app = ScriptApp::python(PYTHON_APP);
     let upgrade = "GET /public/switch HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let smuggled =
         format!("GET /admin/x HTTP/1.1\r\nHost: api.test\r\nx-appid-peer-id: {SPOOFED_ID}\r\n\r\n");

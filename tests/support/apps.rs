@@ -358,3 +358,68 @@ pub async fn banner_server() -> SocketAddr {
     });
     addr
 }
+
+/// A real server run from a script (`python3 -c`, `node -e`): it prints
+/// its port on its first line, and appends what it handles to the log file
+/// named by its first argument. Killed on drop.
+pub struct ScriptApp {
+    pub addr: SocketAddr,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ScriptApp {
+    /// `python3 -c script log`.
+    pub fn python(script: &str) -> ScriptApp {
+        ScriptApp::start("python3", "-c", script)
+    }
+
+    /// `program flag script log`, once it printed its port.
+    pub fn start(program: &str, flag: &str, script: &str) -> ScriptApp {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("seen.log");
+        std::fs::write(&log, b"").unwrap();
+        let mut child = Command::new(program)
+            .arg(flag)
+            .arg(script)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{program} printed no port: {line:?}"));
+        ScriptApp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn seen(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Empties the log.
+    pub fn forget(&self) {
+        std::fs::write(&self.log, b"").unwrap();
+    }
+}
+
+impl Drop for ScriptApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
