@@ -772,3 +772,162 @@ rules:
         opened.join("\n  ")
     );
 }
+
+// ---------------------------------------------------------------------------
+// Where the connection goes decides what a rule must name (found by review
+// of this stop's fixes).
+
+const ECS_AND_INTERNET_RULE: &str = r#"  - name: ecs-credentials-and-internet
+    action: allow
+    from: { labels.app: web }
+    to: { external: { cidrs: ["169.254.170.2/32", "0.0.0.0/0"], ports: [80, 443] } }
+  - name: web-to-partner
+    action: allow
+    from: { labels.app: web }
+    to: { external: { hosts: [api.partner.test], ports: [80] } }
+"#;
+
+/// ECS credentials named beside 0.0.0.0/0, with a `hosts` rule on the
+/// port so that the sidecar reads the app's `Host`: `Host: 169.254.170.2`
+/// sent to 169.254.169.254 must not open it (the rule allowing ECS has no
+/// `hosts`, so its connection stays at the address dialled, which it does
+/// not name).
+#[test]
+fn a_host_naming_ecs_opens_nothing_at_the_instance_metadata_api() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("reveecs", &id, &format!("{POLICY}{ECS_AND_INTERNET_RULE}"));
+    tag_server(&mut a, "imds", "169.254.169.254", 80);
+    tag_server(&mut a, "ecs", "169.254.170.2", 80);
+    a.start_sidecar();
+    a.install_redirect();
+    let ecs = raw(
+        &a,
+        "169.254.170.2",
+        80,
+        "GET /v2/credentials/x HTTP/1.1\\r\\nHost: 169.254.170.2\\r\\n\\r\\n",
+    );
+    assert!(
+        ecs.contains("REACHED ecs"),
+        "control: ECS is named: {ecs:?}\n{}",
+        a.context()
+    );
+    let control = raw(
+        &a,
+        "169.254.169.254",
+        80,
+        "GET /latest/meta-data/ HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n",
+    );
+    assert!(
+        !control.contains("REACHED imds"),
+        "control: {control:?}\n{}",
+        a.context()
+    );
+    let got = raw(
+        &a,
+        "169.254.169.254",
+        80,
+        "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\\r\\nHost: 169.254.170.2\\r\\n\\r\\n",
+    );
+    assert!(
+        !got.contains("REACHED imds"),
+        "Host: 169.254.170.2 to 169.254.169.254 reached the instance metadata API: {got:?}\n{}",
+        a.context()
+    );
+}
+
+/// README: a `to.external.cidrs` entry that is exactly the address opens
+/// it, whatever name the client sends: a GCP client dials
+/// metadata.google.internal (169.254.169.254) and sends that name as its
+/// `Host`.
+#[test]
+fn a_gcp_client_passes_a_cidrs_rule_for_the_metadata_address() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let rule = r#"  - name: imds
+    action: allow
+    from: { labels.app: web }
+    to: { external: { cidrs: ["169.254.169.254/32"], ports: [80] } }
+"#;
+    let mut a = host("revegcp", &id, &format!("{POLICY}{rule}"));
+    tag_server(&mut a, "imds", "169.254.169.254", 80);
+    a.start_sidecar();
+    a.install_redirect();
+    let aws = raw(
+        &a,
+        "169.254.169.254",
+        80,
+        "GET /latest/meta-data/ HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n",
+    );
+    assert!(
+        aws.contains("REACHED imds"),
+        "control (AWS SDK's Host): {aws:?}\n{}",
+        a.context()
+    );
+    let gcp = raw(
+        &a,
+        "169.254.169.254",
+        80,
+        "GET /computeMetadata/v1/instance/service-accounts/default/token HTTP/1.1\\r\\nHost: metadata.google.internal\\r\\nMetadata-Flavor: Google\\r\\n\\r\\n",
+    );
+    assert!(
+        gcp.contains("REACHED imds"),
+        "GCP client refused by a rule naming 169.254.169.254/32: {gcp:?}\n{}",
+        a.context()
+    );
+}
+
+/// A forward proxy allowed by `cidrs`, asked for the metadata API with a
+/// percent-encoded host in the request target: WHATWG URL parsers (Node's
+/// `new URL`) decode it to 169.254.169.254
+/// (`node -e 'console.log(new URL("http://169.254.169%2e254/").hostname)'`).
+#[test]
+fn a_percent_encoded_target_names_the_metadata_api_to_a_cidrs_forward_proxy() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("revepct", &id, &format!("{POLICY}{PROXY_RULE}"));
+    let proxy = "192.0.2.30";
+    tag_server(&mut a, "proxy", proxy, 3128);
+    a.start_sidecar();
+    a.install_redirect();
+    let control = raw(
+        &a,
+        proxy,
+        3128,
+        "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+    );
+    assert!(
+        !control.contains("REACHED"),
+        "control: {control}\n{}",
+        a.context()
+    );
+    let mut passed = Vec::new();
+    for target in [
+        "169.254.169%2e254",
+        "%31%36%39.254.169.254",
+        "metadata%2egoogle%2einternal",
+    ] {
+        let got = raw(
+            &a,
+            proxy,
+            3128,
+            &format!(
+                "GET http://{target}/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"
+            ),
+        );
+        if got.contains("REACHED proxy") {
+            passed.push(target);
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "reached the forward proxy: {passed:?}\n{}",
+        a.context()
+    );
+}

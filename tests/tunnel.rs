@@ -518,7 +518,9 @@ async fn no_request_is_allowed_on_claims_of_an_expired_certificate() {
                 ));
             }
             // The control: a new connection now is no way in either.
-            // (The refusal may reset the connection before connect returns.)
+            // (The wind-down comes a second before the expiry: wait for it.
+            // The refusal may reset the connection before connect returns.)
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let mut back = Vec::new();
             if let Ok(mut fresh) = TcpStream::connect(mesh.outbound_addr()).await {
                 let _ = fresh

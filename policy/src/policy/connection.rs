@@ -115,7 +115,7 @@ impl Policy {
                     // Never looked at for this callee ([`Tally::passes_over`]).
                     Some(_)
                         if targets_metadata_api
-                            .is_some_and(|target| !rule.metadata_named.opens(&target)) => {}
+                            .is_some_and(|target| !rule.opens_metadata(&target)) => {}
                     Some(clause) => {
                         let further = closest_miss.is_none_or(|(best, best_clause)| {
                             clause > best_clause || (clause == best_clause && id < best)

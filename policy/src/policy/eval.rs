@@ -87,7 +87,7 @@ impl Tally {
             // The metadata API only opens to rules that name it.
             Action::Allow => self
                 .metadata
-                .is_some_and(|target| !rule.metadata_named.opens(&target)),
+                .is_some_and(|target| !rule.opens_metadata(&target)),
         }
     }
 

@@ -98,8 +98,7 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: Option<MetadataTarget>) ->
         (CalleeKind::Meshed, Callee::External { .. }) => failed.push(CALLEE_OUTSIDE),
         _ => {}
     }
-    if metadata.is_some_and(|target| !rule.metadata_named.opens(&target))
-        && rule.action == Action::Allow
+    if metadata.is_some_and(|target| !rule.opens_metadata(&target)) && rule.action == Action::Allow
     {
         failed.push(NOT_NAMING_METADATA);
     }

@@ -377,6 +377,11 @@ pub fn is_metadata_ip(ip: IpAddr) -> bool {
 /// that glibc, curl, Squid and Node take (`2852039166`, `0xa9fea9fe`,
 /// `0251.0376.0251.0376`, `169.254.43518`).
 pub(crate) fn metadata_name(host: &str) -> Option<MetadataName> {
+    // `169.254.169%2e254` is 169.254.169.254 to a WHATWG parser (Node's).
+    if host.contains('%') {
+        let decoded = percent_decoded(host)?;
+        return metadata_name(&decoded);
+    }
     if let Some(name) = METADATA_NAMES
         .iter()
         .find(|name| host.eq_ignore_ascii_case(name))
@@ -388,6 +393,25 @@ pub(crate) fn metadata_name(host: &str) -> Option<MetadataName> {
         .ok()
         .or_else(|| inet_aton(host).map(IpAddr::V4))?;
     is_metadata_ip(ip).then(|| MetadataName::Addr(ip.to_canonical()))
+}
+
+/// `host` with its `%XX` escapes decoded (`None`: a `%` that starts none,
+/// or bytes that are no UTF-8).
+fn percent_decoded(host: &str) -> Option<String> {
+    let bytes = host.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// An IPv4 address as `inet_aton` reads it: one to four parts separated by
@@ -488,6 +512,17 @@ mod tests {
                 is_metadata_api(credentials.parse().unwrap(), None),
                 "{credentials}"
             );
+        }
+        // Percent-encoded, as WHATWG parsers decode it.
+        for encoded in [
+            "169.254.169%2e254",
+            "%31%36%39.254.169.254",
+            "metadata%2Egoogle%2einternal",
+        ] {
+            assert!(is_metadata_api(elsewhere, Some(encoded)), "{encoded}");
+        }
+        for broken in ["169.254.169.254%", "%zz", "%e2%28"] {
+            assert!(!is_metadata_api(elsewhere, Some(broken)), "{broken}");
         }
         // The spellings of 169.254.169.254 `inet_aton` reads.
         for spelled in [

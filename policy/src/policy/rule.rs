@@ -188,15 +188,24 @@ impl MetadataNamed {
         named
     }
 
-    /// Whether the rule names what `target` is: the name the app gave for
-    /// it when it gave one (a `hosts` rule sends the connection where that
-    /// name resolves), else its address. Naming one endpoint (ECS's
-    /// 169.254.170.2) opens no other (the instance's 169.254.169.254).
-    pub(crate) fn opens(&self, target: &MetadataTarget) -> bool {
-        match target.name {
-            Some(MetadataName::Name(name)) => self.names.contains(&name),
-            Some(MetadataName::Addr(ip)) => self.ips.contains(&ip),
-            None => target.ip.is_some_and(|ip| self.ips.contains(&ip)),
+    /// Whether the rule names what `target` is, where the connection it
+    /// allows goes: by the name the app gave when the rule has `hosts`
+    /// (such a connection goes where that name resolves, and is decided
+    /// again there), else by the address dialled (a `Host` naming ECS's
+    /// 169.254.170.2 opens nothing at 169.254.169.254). Naming one endpoint
+    /// opens no other.
+    pub(crate) fn opens(&self, target: &MetadataTarget, by_name: bool) -> bool {
+        let named = |name: MetadataName| match name {
+            MetadataName::Name(name) => self.names.contains(&name),
+            MetadataName::Addr(ip) => self.ips.contains(&ip),
+        };
+        match (by_name, target.name, target.ip) {
+            (true, Some(name), _) => named(name),
+            (_, _, Some(ip)) => self.ips.contains(&ip),
+            // Through a destination that is no metadata address (a forward
+            // proxy), named by an address: that address.
+            (false, Some(name @ MetadataName::Addr(_)), None) => named(name),
+            _ => false,
         }
     }
 
@@ -209,6 +218,13 @@ impl MetadataNamed {
 }
 
 impl Rule {
+    /// Whether this (allow) rule may open the metadata API `target` is
+    /// ([`MetadataNamed::opens`]).
+    pub(crate) fn opens_metadata(&self, target: &MetadataTarget) -> bool {
+        self.metadata_named
+            .opens(target, self.names_external_hosts())
+    }
+
     /// Whether the rule is about this kind of caller and callee at all.
     pub fn applies_to(&self, q: &Query<'_>) -> bool {
         let caller = match q.caller {

@@ -1320,6 +1320,35 @@ rules:
                 .outcome
         );
     }
+    // A rule without `hosts` lets the connection go where it was dialled:
+    // it decides by the address, whatever name the app gives (a `Host`
+    // naming ECS opens nothing at 169.254.169.254; GCP's clients naming
+    // `metadata.google.internal` pass a rule for 169.254.169.254).
+    let lying = Query::external(&web, ip("169.254.169.254"), Some("169.254.170.2"), 80);
+    let lying = decide(&p, &lying);
+    assert_eq!(
+        (lying.outcome, lying.reason),
+        (Outcome::Deny, Reason::MetadataApi)
+    );
+    let p = load(
+        "version: 1\nrules:\n  - name: imds\n    action: allow\n    from: { labels.app: web }\n    to: { external: { cidrs: [169.254.169.254/32] } }\n",
+    );
+    let gcp = Some("metadata.google.internal");
+    let named = decide(&p, &Query::external(&web, ip("169.254.169.254"), gcp, 80));
+    assert_eq!((named.outcome, named.rule), (Outcome::Allow, "imds"));
+    // A rule with `hosts` decides by the name (the connection goes where
+    // it resolves, and is decided again there).
+    let p = load(
+        "version: 1\nrules:\n  - name: gcp\n    action: allow\n    from: { labels.app: web }\n    to: { external: { hosts: [metadata.google.internal] } }\n",
+    );
+    let named = decide(&p, &Query::external(&web, ip("169.254.169.254"), gcp, 80));
+    assert_eq!((named.outcome, named.rule), (Outcome::Allow, "gcp"));
+    let other = Query::external(&web, ip("169.254.169.254"), Some("metadata"), 80);
+    let other = decide(&p, &other);
+    assert_eq!(
+        (other.outcome, other.reason),
+        (Outcome::Deny, Reason::MetadataApi)
+    );
 }
 
 #[test]

@@ -334,8 +334,12 @@ impl ConnAuthz {
         if self.peer_not_after == i64::MAX {
             return None;
         }
-        let left = self.peer_not_after - time::OffsetDateTime::now_utc().unix_timestamp();
-        let left = std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0));
+        // A second before it (to the nanosecond: a whole-second reading
+        // would wind down up to a second after requests start being denied),
+        // so a busy client is told to reconnect rather than refused.
+        let expires = time::OffsetDateTime::from_unix_timestamp(self.peer_not_after).ok()?;
+        let left = expires - time::OffsetDateTime::now_utc() - time::Duration::SECOND;
+        let left = std::time::Duration::try_from(left).unwrap_or(std::time::Duration::ZERO);
         Some(tokio::time::Instant::now() + left)
     }
 
