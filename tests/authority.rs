@@ -1031,16 +1031,14 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
         );
         not_afters.extend([web_sidecar.not_after().await, api_sidecar.not_after().await]);
         let path = format!("/session/{request}");
-        let (status, echoed) = match session.get(&path).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                assert_wound_down_at_expiry(&not_afters, &e, &context());
-                session = H1Session::connect(local(web_http)).await;
-                let answer = session.get(&path).await.expect("a new session");
-                app_connection = answer.1["conn"].clone();
-                answer
-            }
-        };
+        let (status, echoed) = session_get(
+            &mut session,
+            local(web_http),
+            &path,
+            (&not_afters, &mut app_connection),
+            &context(),
+        )
+        .await;
         assert_eq!(status, 200, "{echoed}");
         assert_eq!(
             echoed["conn"], app_connection,
@@ -1080,16 +1078,14 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
         }
         not_afters.extend([web_sidecar.not_after().await, api_sidecar.not_after().await]);
         let path = format!("/session/{request}");
-        let (status, echoed) = match session.get(&path).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                assert_wound_down_at_expiry(&not_afters, &e, &context());
-                session = H1Session::connect(local(web_http)).await;
-                let answer = session.get(&path).await.expect("a new session");
-                app_connection = answer.1["conn"].clone();
-                answer
-            }
-        };
+        let (status, echoed) = session_get(
+            &mut session,
+            local(web_http),
+            &path,
+            (&not_afters, &mut app_connection),
+            &context(),
+        )
+        .await;
         assert_eq!(
             (status, &echoed["conn"]),
             (200, &app_connection),
@@ -1124,16 +1120,33 @@ async fn certificates_renew_under_live_traffic_and_outlive_the_authority_until_e
 
 /// Waits for `/ready` to answer 503 (naming the identity) once `not_after`
 /// has passed, and not before.
-/// A keep-alive session may only have been closed by the sidecars within
-/// a couple of seconds of a certificate's expiry (see
-/// `tunnel::no_request_is_allowed_on_claims_of_an_expired_certificate`).
-fn assert_wound_down_at_expiry(not_afters: &[i64], error: &str, context: &str) {
+/// `GET path` on a keep-alive session. The sidecars wind an HTTP
+/// connection down when a certificate it was made with expires (see
+/// `tunnel::no_request_is_allowed_on_claims_of_an_expired_certificate`),
+/// and only then: a session closed within 3 s of one of `not_afters` goes
+/// on on a new connection (whose app connection becomes `app_connection`);
+/// closed at any other time, it panics.
+async fn session_get(
+    session: &mut H1Session,
+    address: SocketAddr,
+    path: &str,
+    (not_afters, app_connection): (&[i64], &mut Value),
+    context: &str,
+) -> (u16, Value) {
+    let error = match session.get(path).await {
+        Ok(answer) => return answer,
+        Err(error) => error,
+    };
     let now = unix_now();
     assert!(
         not_afters.iter().any(|&n| (now - n).abs() <= 3),
         "keep-alive session broke at {now}, no certificate expiring then \
          ({not_afters:?}): {error}\n{context}"
     );
+    *session = H1Session::connect(address).await;
+    let answer = session.get(path).await.expect("a new session");
+    *app_connection = answer.1["conn"].clone();
+    answer
 }
 
 async fn wait_not_ready_at_expiry(sidecar: &AuthoritySidecar, not_after: i64) {
