@@ -118,8 +118,25 @@ pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
     };
     let backend = args.backend.resolve();
     let families = if args.ipv4_only {
+        if matches!(args.action, Action::Install) && redirect::kernel_has_ipv6() {
+            eprintln!(
+                "warning: --ipv4-only: this host has IPv6, and the app's IPv6 connections are not \
+                 captured: they go out with no decision and no audit line, the metadata API's \
+                 fd00:ec2::254 and fd20:ce::254 among them"
+            );
+        }
         vec![Family::V4]
     } else {
+        if matches!(args.action, Action::Install)
+            && let Some(tool) = redirect::missing_ipv6_tool(backend)
+        {
+            anyhow::bail!(
+                "this host has IPv6 but `{tool}` is not installed: only IPv4 would be captured, and \
+                 the app's IPv6 connections (the metadata API's fd00:ec2::254 among them) would go \
+                 out with no decision and no audit line; install ip6tables (Debian's and Alpine's \
+                 iptables packages have it), or pass --ipv4-only to capture IPv4 alone knowingly"
+            );
+        }
         redirect::available_families(backend)
     };
 

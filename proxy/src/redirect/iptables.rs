@@ -103,12 +103,32 @@ enum Tool {
 /// The families this host can do: IPv4 always, IPv6 when the kernel has it.
 pub fn available_families(backend: Backend) -> Vec<Family> {
     let mut families = vec![Family::V4];
-    if std::path::Path::new("/proc/net/if_inet6").exists()
-        && exists(backend.command(Family::V6, Tool::Save))
-    {
+    if kernel_has_ipv6() && exists(backend.command(Family::V6, Tool::Save)) {
         families.push(Family::V6);
     }
     families
+}
+
+/// Whether this kernel does IPv6 (then the app can open IPv6 connections).
+pub fn kernel_has_ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+/// The IPv6 tool this host lacks although its kernel does IPv6: installing
+/// then would capture IPv4 alone, and the app's IPv6 connections (the
+/// metadata API's fd00:ec2::254 among them) would go out undecided. `install`
+/// refuses that unless told `--ipv4-only`.
+pub fn missing_ipv6_tool(backend: Backend) -> Option<&'static str> {
+    missing_ipv6_tool_with(backend, kernel_has_ipv6(), exists)
+}
+
+fn missing_ipv6_tool_with(
+    backend: Backend,
+    kernel_has_ipv6: bool,
+    exists: impl Fn(&str) -> bool,
+) -> Option<&'static str> {
+    let save = backend.command(Family::V6, Tool::Save);
+    (kernel_has_ipv6 && !exists(save)).then_some(save)
 }
 
 /// Reads what of ours is installed, per family.
@@ -237,4 +257,25 @@ fn run(command: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Redi
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_with_ipv6_and_no_ip6tables_is_named_not_passed_over() {
+        let only_v4 = |command: &str| !command.starts_with("ip6tables");
+        assert_eq!(
+            missing_ipv6_tool_with(Backend::Nft, true, only_v4),
+            Some("ip6tables-nft-save")
+        );
+        assert_eq!(
+            missing_ipv6_tool_with(Backend::Legacy, true, only_v4),
+            Some("ip6tables-legacy-save")
+        );
+        // Without IPv6 in the kernel there is nothing to capture.
+        assert_eq!(missing_ipv6_tool_with(Backend::Nft, false, only_v4), None);
+        assert_eq!(missing_ipv6_tool_with(Backend::Nft, true, |_| true), None);
+    }
 }

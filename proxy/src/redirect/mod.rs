@@ -420,7 +420,10 @@ pub fn remove_script(existing: &Installed) -> Option<String> {
     Some(script)
 }
 
-pub use iptables::{Backend, RedirectError, apply_install, apply_remove, available_families, show};
+pub use iptables::{
+    Backend, RedirectError, apply_install, apply_remove, available_families, kernel_has_ipv6,
+    missing_ipv6_tool, show,
+};
 
 #[cfg(test)]
 mod tests {
