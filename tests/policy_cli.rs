@@ -430,6 +430,46 @@ fn explain_outside_the_mesh_and_bad_input() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("metadata API"), "{stdout}");
 
+    // `Host: metadata` to an address no rule takes outside the mesh is not
+    // the metadata API (the sidecar sends it into the mesh): explain says
+    // so and decides it without the name, as the sidecar does.
+    let by_name = |policy: &Path| {
+        let out = run(&[
+            "policy",
+            "explain",
+            path(policy),
+            "--from",
+            path(&web),
+            "--to",
+            "198.51.100.40",
+            "--host",
+            "metadata",
+            "--port",
+            "80",
+        ]);
+        text(&out).0
+    };
+    let stdout = by_name(&policy);
+    assert!(
+        stdout.contains("no rule takes 198.51.100.40 outside the mesh")
+            && !stdout.contains("a cloud metadata endpoint"),
+        "{stdout}"
+    );
+    // Where a rule takes the address outside, the name is the metadata API.
+    let outside = env.dir.path().join("outside.yaml");
+    std::fs::write(
+        &outside,
+        format!(
+            "{POLICY}  - name: partner\n    action: allow\n    from: {{ labels.app: web }}\n    to: {{ external: {{ cidrs: [198.51.100.0/24] }} }}\n"
+        ),
+    )
+    .unwrap();
+    let stdout = by_name(&outside);
+    assert!(
+        stdout.contains("a cloud metadata endpoint") && !stdout.contains("outside the mesh:"),
+        "{stdout}"
+    );
+
     // A certificate that does not exist: exit 2, naming the file.
     let (code, stdout, stderr) = env.explain(Path::new("/nonexistent/cert.pem"), &web, 80, &[]);
     assert_eq!(code, 2, "{stdout}{stderr}");

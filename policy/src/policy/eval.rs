@@ -191,6 +191,28 @@ impl Policy {
         tally.finish(self)
     }
 
+    /// Whether `q` is refused as the metadata API only for the name the app
+    /// gave (`Host: metadata` to an address that is not one of the API's)
+    /// while no rule takes that address outside the mesh (without the name
+    /// it is decided by `default`). Then the name makes no metadata API of
+    /// it: the destination is a meshed service called so, and the sidecar
+    /// sends it into the mesh, where its certificate is decided. The
+    /// sidecar and `appid policy explain` both ask this.
+    pub fn metadata_by_name_only(&self, q: &Query<'_>) -> bool {
+        let Callee::External { ip, host: Some(_) } = q.callee else {
+            return false;
+        };
+        if super::query::is_metadata_ip(ip) || self.decide(q).reason != Reason::MetadataApi {
+            return false;
+        }
+        let nameless = Query {
+            callee: Callee::External { ip, host: None },
+            http: super::Http::Unknown,
+            ..*q
+        };
+        matches!(self.decide(&nameless).reason, Reason::Default { .. })
+    }
+
     /// The same decision as [`Policy::decide`], by checking every rule.
     /// Slow; for tests and tools.
     pub fn decide_by_scan(&self, q: &Query<'_>) -> Decision<'_> {

@@ -1233,6 +1233,15 @@ rules:
         by_address.name_could_be_metadata_api(),
         "a Host could still name the metadata API"
     );
+    // A name alone is the metadata API only where a rule takes the
+    // address outside the mesh (web's `anywhere-https`); api has none for
+    // port 80, so `Host: metadata` there is a meshed service called so.
+    let named = |caller, addr, host| Query::external(caller, ip(addr), Some(host), 80);
+    assert!(p.metadata_by_name_only(&named(&api, "10.0.0.9", "metadata")));
+    assert!(!p.metadata_by_name_only(&named(&web, "10.0.0.9", "metadata")));
+    assert!(!p.metadata_by_name_only(&named(&api, "169.254.169.254", "metadata")));
+    assert!(!p.metadata_by_name_only(&named(&api, "10.0.0.9", "reports")));
+
     // Before the name is known: only where a rule by name could decide
     // does the name matter (its caller and ports hold).
     let nameless = |caller, port| Query::external(caller, ip("1.2.3.4"), None, port);

@@ -366,14 +366,39 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         http,
     };
 
+    // A name alone makes no metadata API of an address no rule takes
+    // outside the mesh: the sidecar decides such a connection as it would
+    // without the name (and sends it into the mesh), so explain that.
+    let name_only = match query.callee {
+        Callee::External {
+            ip,
+            host: Some(host),
+        } if policy.metadata_by_name_only(&query) => Some((ip, host)),
+        _ => None,
+    };
+    let query = match name_only {
+        Some((ip, _)) => Query {
+            callee: Callee::External { ip, host: None },
+            ..query
+        },
+        None => query,
+    };
+
     let explanation = policy.explain(&query);
     let decision = &explanation.decision;
-    let note = (decision.outcome == Outcome::DeferToL7).then(|| {
-        format!(
-            "rule {} inspects HTTP requests; give --method and --path to decide a request, or --not-http",
-            decision.rule
-        )
-    });
+    let note = match name_only {
+        Some((ip, host)) => Some(format!(
+            "--host {host} names the cloud metadata API, but no rule takes {ip} outside the mesh: \
+             the sidecar does not treat {ip} as the metadata API and decides it without the name \
+             (a workload in the mesh: explain that call with --to <its certificate>)"
+        )),
+        None => (decision.outcome == Outcome::DeferToL7).then(|| {
+            format!(
+                "rule {} inspects HTTP requests; give --method and --path to decide a request, or --not-http",
+                decision.rule
+            )
+        }),
+    };
     let code = match decision.outcome {
         Outcome::Allow => ExitCode::SUCCESS,
         Outcome::Deny | Outcome::DeferToL7 => super::denied(),

@@ -560,20 +560,10 @@ impl ConnAuthz {
     }
 
     /// Whether the destination is the metadata API by the name the app
-    /// gave only, and no rule would take its address outside the mesh (it
-    /// is decided by default without the name).
+    /// gave only, and no rule would take its address outside the mesh
+    /// ([`Policy::metadata_by_name_only`]).
     fn named_metadata_only(&self, policy: &Policy) -> bool {
-        let Peer::External { ip, host: Some(_) } = &self.peer else {
-            return false;
-        };
-        if appid_policy::policy::is_metadata_ip(*ip) {
-            return false;
-        }
-        let nameless = Query::external(&self.local, *ip, None, self.port);
-        matches!(
-            self.decide(policy, &nameless).reason,
-            Reason::Default { .. }
-        )
+        self.timed(|| policy.metadata_by_name_only(&self.query(None)))
     }
 
     /// Outbound outside the mesh, before the app's name is known: whether
