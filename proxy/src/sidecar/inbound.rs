@@ -298,6 +298,20 @@ where
     ))
 }
 
+/// The instant of `unix` (seconds since the epoch) on the runtime's clock;
+/// now if it has passed.
+fn unix_instant(unix: i64) -> tokio::time::Instant {
+    let left = time::OffsetDateTime::from_unix_timestamp(unix)
+        .map(|at| at - time::OffsetDateTime::now_utc())
+        .unwrap_or(time::Duration::MAX);
+    let left = std::time::Duration::try_from(left).unwrap_or(if left.is_positive() {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        Duration::ZERO
+    });
+    tokio::time::Instant::now() + left
+}
+
 /// Why a tunnel stream was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamRefusal {
@@ -437,9 +451,20 @@ async fn serve_tunnel(
             if !going_away {
                 connection.with(|c| c.graceful_shutdown());
                 going_away = true;
-                drained
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + limits.drain_timeout);
+                // After a renewal of ours (same trust bundle), the streams
+                // already carried were authorized on certificates that still
+                // hold: they may finish until the first of the two expires
+                // (HTTP ones wind down just before), as on a tunnel no new
+                // stream came to. The drain timeout cuts the rest.
+                let renewed = refusal == StreamRefusal::IdentityChanged
+                    && Arc::ptr_eq(&bundle, &shared.trust.bundle.load());
+                let drain = tokio::time::Instant::now() + limits.drain_timeout;
+                let drain = if renewed {
+                    drain.max(unix_instant(identity.not_after.min(peer_not_after)))
+                } else {
+                    drain
+                };
+                drained.as_mut().reset(drain);
             }
             continue;
         }
