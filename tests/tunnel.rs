@@ -307,9 +307,11 @@ async fn opaque_tcp_in_a_stream_keeps_its_bytes_and_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_server_certificate_swap_new_streams_get_a_new_tunnel() {
     let app = HttpApp::start().await;
-    // One pool: the tunnel counts below are exact.
+    // One pool: the tunnel counts below are exact. A short drain timeout:
+    // the live session must outlive it (below).
     let options = MeshOptions {
         settings: vec![("workers", "1".into())],
+        server_limits: vec![("drain_timeout", "1s")],
         ..MeshOptions::default()
     };
     let mesh = Mesh::start(app.addr, options).await;
@@ -366,6 +368,16 @@ async fn after_a_server_certificate_swap_new_streams_get_a_new_tunnel() {
             mesh.context()
         );
     }
+
+    // The refusal sent the old tunnel a GOAWAY; its live session was
+    // authorized on certificates that still hold, so it goes on past the
+    // drain timeout (until the first of them expires), on its connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, echo) = session
+        .get("/v1/after-the-drain-timeout")
+        .await
+        .unwrap_or_else(|e| panic!("the live session was cut: {e}\n{}", mesh.context()));
+    assert_eq!(status, 200, "{echo}");
 }
 
 /// With `workers: 2` on both sidecars, app connections opened one after

@@ -451,13 +451,14 @@ async fn serve_tunnel(
             if !going_away {
                 connection.with(|c| c.graceful_shutdown());
                 going_away = true;
-                // After a renewal of ours (same trust bundle), the streams
+                // After a renewal of ours (same trust roots: a file reload
+                // stores an equal bundle anew), the streams
                 // already carried were authorized on certificates that still
                 // hold: they may finish until the first of the two expires
                 // (HTTP ones wind down just before), as on a tunnel no new
                 // stream came to. The drain timeout cuts the rest.
                 let renewed = refusal == StreamRefusal::IdentityChanged
-                    && Arc::ptr_eq(&bundle, &shared.trust.bundle.load());
+                    && bundle.same_roots(&shared.trust.bundle.load());
                 let drain = tokio::time::Instant::now() + limits.drain_timeout;
                 let drain = if renewed {
                     drain.max(unix_instant(identity.not_after.min(peer_not_after)))
