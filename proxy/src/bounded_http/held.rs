@@ -305,11 +305,16 @@ impl Held {
 }
 
 /// Of `connections`, the one idle longest past its phase's threshold.
+/// All are measured against one `now`: read per connection, a later
+/// reading (the thread preempted between two) made a younger connection
+/// look idler than an older one (CI: the health port closed its fourth
+/// connection for a probe, not its first).
 fn idle_longest<'a>(
     connections: impl Iterator<Item = &'a Arc<Connection>>,
 ) -> Option<&'a Arc<Connection>> {
+    let now = Instant::now();
     connections
-        .filter_map(|c| c.idle_past_threshold().map(|past| (past, c)))
+        .filter_map(|c| c.idle_past_threshold(now).map(|past| (past, c)))
         .max_by_key(|(past, _)| *past)
         .map(|(_, c)| c)
 }
@@ -322,14 +327,14 @@ impl Connection {
 
     /// How long past its phase's threshold it has been idle; `None`: not
     /// idle, or not long enough.
-    fn idle_past_threshold(&self) -> Option<Duration> {
+    fn idle_past_threshold(&self, now: Instant) -> Option<Duration> {
         let (phase, since) = *lock(&self.state);
         let threshold = match phase {
             Phase::AwaitingHead => EVICT_AFTER,
             Phase::Handshake => HANDSHAKE_EVICT_AFTER,
             Phase::InRequest => return None,
         };
-        since.elapsed().checked_sub(threshold)
+        now.saturating_duration_since(since).checked_sub(threshold)
     }
 
     /// Resolves when the connection must close. An idle eviction that
