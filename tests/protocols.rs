@@ -924,6 +924,94 @@ async fn nghttp2_clients_through_the_pair() {
     }
 }
 
+/// An HTTP/2-only app (gRPC servers, hyper's `http2` server) greets every
+/// connection with its SETTINGS before its client's preface arrives. On a
+/// port allowed as TCP (whoever speaks first decides) that greeting made
+/// the connection opaque, and the client's preface — `PRI * HTTP/2.0`, an
+/// HTTP/1 request line to the guard — was cut: every connection whose
+/// client was slower than the app's greeting failed. The client here waits
+/// 100 ms before its preface, so the greeting always comes first; the
+/// requests must then be served and decided one by one at L7 (`/admin` is
+/// denied by its HTTP rule, on the same connection as an allowed request).
+/// Then `nghttp` (no wait) on 10 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_app_that_greets_first_is_served_at_l7_on_a_port_allowed_as_tcp() {
+    need("nghttp", "nghttp2-client");
+    let app = support::apps::HttpApp::start_h2_only().await;
+    let policy = "\
+version: 1
+default: deny
+rules:
+  - name: no-admin
+    action: deny
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { paths: [\"/admin/**\"] }
+  - name: web-http
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api }
+    http: { paths: [\"/public/**\"] }
+  - name: web-tcp
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api, protocol: tcp }
+";
+    for mode in MODES {
+        let mesh = pair(app.addr, mode, policy).await;
+        for round in 0..3 {
+            let tcp = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{mode}, round {round}: handshake: {e}\n{}", mesh.context())
+            });
+            let driver = tokio::spawn(conn);
+            for (path, want) in [("/public/x", 200), ("/admin/x", 403), ("/public/y", 200)] {
+                let request = http::Request::get(format!("http://api.test{path}"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap_or_else(|e| {
+                    panic!("{mode}, round {round}, {path}: {e}\n{}", mesh.context())
+                });
+                assert_eq!(
+                    response.status().as_u16(),
+                    want,
+                    "{mode}, round {round}, {path}\n{}",
+                    mesh.context()
+                );
+                if want == 403 {
+                    assert_eq!(
+                        response.headers()["x-appid-denied-by"],
+                        "no-admin",
+                        "{mode}: decided by the HTTP rule"
+                    );
+                }
+            }
+            drop(sender);
+            let _ = driver.await;
+        }
+        let urls: Vec<String> = (0..10).map(|i| mesh.url(&format!("/public/{i}"))).collect();
+        for _ in 0..10 {
+            let out = Command::new("nghttp")
+                .args(["-n", "--stat"])
+                .args(&urls)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{mode}: nghttp: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                mesh.context()
+            );
+        }
+    }
+}
+
 /// A port declared `http` is waited on as HTTP: a client that connects and
 /// says nothing costs the app no connection (undeclared, with a policy
 /// that allows TCP, the sidecar would connect at once to let a

@@ -244,6 +244,37 @@ pub fn first_line(prefix: &[u8]) -> FirstLine {
     }
 }
 
+/// Whether the bytes a server sent before its client spoke are an HTTP/2
+/// server's greeting: a SETTINGS frame header (RFC 9113 §3.4: "the server
+/// connection preface consists of a potentially empty SETTINGS frame",
+/// the first frame it sends, at once, without waiting for the client) —
+/// type 4, no flags (not an ACK), stream 0, a whole number of 6-byte
+/// settings, no larger than the default frame size. Fewer than the 9 bytes
+/// of a frame header are no greeting (an h2 server writes its SETTINGS
+/// frame whole).
+///
+/// Such a server's clients always speak first in their own eyes (the
+/// preface, `PRI * HTTP/2.0`, is sent without waiting for the server), so
+/// a greeting must not make the connection "server first": its client's
+/// preface would then be an HTTP/1 request line on an opaque connection.
+#[must_use]
+pub fn h2_server_greeting(prefix: &[u8]) -> bool {
+    const SETTINGS: u8 = 0x4;
+    /// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 §6.5.2).
+    const DEFAULT_MAX_FRAME: usize = 16_384;
+    let Some(header) = prefix.get(..9) else {
+        return false;
+    };
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    header[3] == SETTINGS
+        && header[4] == 0
+        && stream == 0
+        && length % 6 == 0
+        && length <= DEFAULT_MAX_FRAME
+}
+
 /// What the start of an HTTP/1 request body is to an app that leaves the
 /// body unread ([`body_first_line`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1838,5 +1869,45 @@ mod tests {
                 peeked: 16
             }
         );
+    }
+
+    /// What a real HTTP/2 server (the h2 crate's, under hyper and most Rust
+    /// servers) sends before its client has said a word is a greeting.
+    #[tokio::test]
+    async fn a_real_h2_servers_first_bytes_are_a_greeting() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(async move { h2::server::handshake(server).await.map(|_| ()) });
+        let mut first = vec![0u8; 256];
+        let n = client.read(&mut first).await.unwrap();
+        assert!(h2_server_greeting(&first[..n]), "{:?}", &first[..n]);
+        drop(client);
+        let _ = task.await;
+    }
+
+    #[test]
+    fn only_a_settings_frame_on_stream_zero_is_a_greeting() {
+        // An empty SETTINGS frame, and one with two settings.
+        assert!(h2_server_greeting(&[0, 0, 0, 4, 0, 0, 0, 0, 0]));
+        assert!(h2_server_greeting(&[
+            0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 4, 0, 1, 0, 0
+        ]));
+        // The reserved bit of the stream id is ignored (RFC 9113 §4.1).
+        assert!(h2_server_greeting(&[0, 0, 0, 4, 0, 0x80, 0, 0, 0]));
+        for (bytes, why) in [
+            (&[0u8, 0, 0, 4, 1, 0, 0, 0, 0][..], "an ACK"),
+            (&[0, 0, 0, 4, 0, 0, 0, 0, 1], "stream 1"),
+            (&[0, 0, 5, 4, 0, 0, 0, 0, 0], "not whole settings"),
+            (
+                &[0, 0x40, 2, 4, 0, 0, 0, 0, 0],
+                "over the default frame size",
+            ),
+            (&[0, 0, 0, 4, 0, 0, 0, 0], "eight bytes"),
+            (&[0, 0, 8, 6, 0, 0, 0, 0, 0], "PING"),
+            (b"220 smtp.example ESMTP\r\n", "a text banner"),
+            (H2_PREFACE, "a client's preface"),
+            (&[0x16, 3, 3, 0, 0x7a, 2, 0, 0, 0x76], "a TLS ServerHello"),
+        ] {
+            assert!(!h2_server_greeting(bytes), "{why}");
+        }
     }
 }

@@ -69,6 +69,18 @@ pub struct HttpApp {
 
 impl HttpApp {
     pub async fn start() -> HttpApp {
+        HttpApp::start_serving(false).await
+    }
+
+    /// The same app speaking HTTP/2 only (prior knowledge, as gRPC servers
+    /// do): it greets every connection with its SETTINGS at once, before
+    /// the client's preface (hyper's HTTP/1-or-2 server waits to see the
+    /// client's first bytes instead).
+    pub async fn start_h2_only() -> HttpApp {
+        HttpApp::start_serving(true).await
+    }
+
+    async fn start_serving(h2_only: bool) -> HttpApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(AppState::default());
@@ -86,9 +98,16 @@ impl HttpApp {
                             let state = state.clone();
                             async move { Ok::<_, Infallible>(respond(request, conn, state).await) }
                         });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let io = TokioIo::new(stream);
+                        if h2_only {
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await;
+                        } else {
+                            let _ = auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await;
+                        }
                     });
                 }
             }

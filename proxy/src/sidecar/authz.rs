@@ -337,10 +337,7 @@ impl ConnAuthz {
         // A second before it (to the nanosecond: a whole-second reading
         // would wind down up to a second after requests start being denied),
         // so a busy client is told to reconnect rather than refused.
-        let expires = time::OffsetDateTime::from_unix_timestamp(self.peer_not_after).ok()?;
-        let left = expires - time::OffsetDateTime::now_utc() - time::Duration::SECOND;
-        let left = std::time::Duration::try_from(left).unwrap_or(std::time::Duration::ZERO);
-        Some(tokio::time::Instant::now() + left)
+        instant_at(self.peer_not_after, std::time::Duration::from_secs(1))
     }
 
     /// A denial because the peer's certificate expired since the
@@ -1076,9 +1073,35 @@ impl RequestAuthorizer for ConnAuthz {
     }
 }
 
+/// The instant on the runtime's clock when the wall clock reads `unix`
+/// (seconds since the epoch) less `early`, to the nanosecond; now if that
+/// has passed. `None` for a time no date holds (past the year 9999, as
+/// `i64::MAX`), which callers read as "never".
+pub(crate) fn instant_at(unix: i64, early: std::time::Duration) -> Option<tokio::time::Instant> {
+    let at = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
+    let left = at - time::OffsetDateTime::now_utc() - early;
+    let left = std::time::Duration::try_from(left).unwrap_or(std::time::Duration::ZERO);
+    Some(tokio::time::Instant::now() + left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_of_wall_clock_times() {
+        use std::time::Duration;
+        let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
+        let before = tokio::time::Instant::now();
+        let at = instant_at(now_unix + 10, Duration::from_secs(1)).unwrap();
+        let after = tokio::time::Instant::now();
+        // Whole seconds of `now_unix` lose up to one.
+        assert!(at >= before + Duration::from_secs(8), "{:?}", at - before);
+        assert!(at <= after + Duration::from_secs(9));
+        let past = instant_at(now_unix - 10, Duration::ZERO).unwrap();
+        assert!(past >= before && past <= tokio::time::Instant::now());
+        assert_eq!(instant_at(i64::MAX, Duration::ZERO), None);
+    }
 
     #[test]
     fn audit_fields_are_cut_on_character_boundaries() {

@@ -17,7 +17,9 @@
 //!   connected and whoever speaks first decides: the server makes it TCP
 //!   (its first line still watched, below: an app may send a banner and
 //!   then read HTTP); the client's first bytes are classified as usual, so
-//!   HTTP is still parsed;
+//!   HTTP is still parsed. An HTTP/2 server's greeting (its SETTINGS, sent
+//!   before its client's preface arrives) is no banner: it is held until
+//!   the client speaks ([`client_after_greeting`]);
 //! - if only HTTP could be allowed (a connection an `http` rule governs),
 //!   nothing is connected and the client is waited for, up to the idle
 //!   timeout, then classified;
@@ -468,6 +470,24 @@ impl AppConnection {
                 || async { Some(upstream) },
                 banner,
             ))),
+            FirstSpeaker::ClientAfterGreeting {
+                class,
+                prefix,
+                greeting,
+            } => {
+                let downstream = Prefixed::new(prefix, downstream);
+                Some(match FirstBytes::of(&class) {
+                    FirstBytes::Http(HttpVersion::Http2) => self.http(
+                        downstream,
+                        LazyUpstream::ready(Prefixed::new(greeting, upstream)),
+                        HttpVersion::Http2,
+                    ),
+                    // No HTTP/2 client: opaque, the greeting passed on as a
+                    // banner, the client's first line watched as after any
+                    // (an HTTP/1 request line is cut).
+                    _ => Box::pin(self.tcp(downstream, || async { Some(upstream) }, greeting)),
+                })
+            }
             FirstSpeaker::Nobody(why) => {
                 self.gave_up(why);
                 None
@@ -607,6 +627,14 @@ enum FirstSpeaker {
     Client(Classification, Bytes),
     /// The server (a banner), with what it sent.
     Server(Bytes),
+    /// An HTTP/2 server greeted (`greeting`: its SETTINGS,
+    /// [`detect::h2_server_greeting`]), held back until the client spoke:
+    /// what its first bytes are.
+    ClientAfterGreeting {
+        class: Classification,
+        prefix: Bytes,
+        greeting: Bytes,
+    },
     /// Neither within the idle timeout, or the client stalled in detection.
     Nobody(&'static str),
     /// A side went away before anyone spoke: the client failed (a pooled
@@ -645,10 +673,48 @@ where
             Err(_) => FirstSpeaker::Gone("client failed"),
         },
         read = server.read_buf(&mut from_server) => match read {
+            Ok(n) if n > 0 && detect::h2_server_greeting(&from_server) => {
+                client_after_greeting(client, from_client, from_server.freeze(), deadline, detect).await
+            }
             Ok(n) if n > 0 => FirstSpeaker::Server(from_server.freeze()),
             _ => FirstSpeaker::Gone("server closed"),
         },
         () = tokio::time::sleep_until(deadline) => FirstSpeaker::Nobody("silent until the idle timeout"),
+    }
+}
+
+/// An HTTP/2 server greets every connection with its SETTINGS at once, and
+/// its clients send their preface without waiting for it: the greeting
+/// is no server-first banner. Passed on first, it would make the
+/// connection opaque, where the client's preface (`PRI * HTTP/2.0`) is an
+/// HTTP/1 request line the guard cuts; so it is held back (the client
+/// reads nothing before it has spoken) until the client speaks, up to
+/// `deadline` (the idle timeout, as for any first bytes), and the client's
+/// bytes are classified as usual: a preface goes to the HTTP/2 relay, which
+/// reads the greeting as the app's first frame.
+async fn client_after_greeting<C: AsyncRead + Unpin>(
+    client: &mut C,
+    mut from_client: BytesMut,
+    greeting: Bytes,
+    deadline: tokio::time::Instant,
+    detect: Duration,
+) -> FirstSpeaker {
+    match tokio::time::timeout_at(deadline, client.read_buf(&mut from_client)).await {
+        Err(_) => FirstSpeaker::Nobody("silent until the idle timeout"),
+        // Closed without a byte: the greeting goes out, as any banner.
+        Ok(Ok(0)) => FirstSpeaker::Server(greeting),
+        Ok(Ok(_)) => {
+            let deadline = tokio::time::Instant::now() + detect;
+            match prefixed::classify_more(client, from_client, deadline).await {
+                Ok((class, prefix)) => FirstSpeaker::ClientAfterGreeting {
+                    class,
+                    prefix,
+                    greeting,
+                },
+                Err(_) => FirstSpeaker::Nobody("stalled during protocol detection"),
+            }
+        }
+        Ok(Err(_)) => FirstSpeaker::Gone("client failed"),
     }
 }
 
@@ -727,6 +793,53 @@ mod tests {
             FirstSpeaker::Server(banner) => assert_eq!(&banner[..], b"220 smtp.example ESMTP\r\n"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An HTTP/2 server's SETTINGS, sent before its client's preface came,
+    /// wait for the client; the client's bytes decide.
+    #[tokio::test]
+    async fn an_h2_servers_greeting_waits_for_the_client() {
+        let greeting: &[u8] = &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let (mut client, mut client_side) = tokio::io::duplex(1024);
+        let (mut server, mut server_side) = tokio::io::duplex(1024);
+        server.write_all(greeting).await.unwrap();
+        let speak = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(detect::H2_PREFACE).await.unwrap();
+            client
+        });
+        let first = first_speaker(
+            &mut client_side,
+            &mut server_side,
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        )
+        .await;
+        match first {
+            FirstSpeaker::ClientAfterGreeting {
+                class: Classification::Http2Preface,
+                prefix,
+                greeting: held,
+            } => {
+                assert_eq!(&prefix[..], detect::H2_PREFACE);
+                assert_eq!(&held[..], greeting);
+            }
+            other => panic!("{other:?}"),
+        }
+        let _client = speak.await.unwrap();
+
+        // A client silent until the idle timeout: nobody spoke.
+        let (_client, mut client_side) = tokio::io::duplex(1024);
+        let (mut server, mut server_side) = tokio::io::duplex(1024);
+        server.write_all(greeting).await.unwrap();
+        let first = first_speaker(
+            &mut client_side,
+            &mut server_side,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(matches!(first, FirstSpeaker::Nobody(_)), "{first:?}");
     }
 
     /// Feeds `chunks` through a guard one read at a time: what passed, and

@@ -298,20 +298,6 @@ where
     ))
 }
 
-/// The instant of `unix` (seconds since the epoch) on the runtime's clock;
-/// now if it has passed.
-fn unix_instant(unix: i64) -> tokio::time::Instant {
-    let left = time::OffsetDateTime::from_unix_timestamp(unix)
-        .map(|at| at - time::OffsetDateTime::now_utc())
-        .unwrap_or(time::Duration::MAX);
-    let left = std::time::Duration::try_from(left).unwrap_or(if left.is_positive() {
-        Duration::from_secs(365 * 24 * 3600)
-    } else {
-        Duration::ZERO
-    });
-    tokio::time::Instant::now() + left
-}
-
 /// Why a tunnel stream was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamRefusal {
@@ -461,7 +447,14 @@ async fn serve_tunnel(
                     && bundle.same_roots(&shared.trust.bundle.load());
                 let drain = tokio::time::Instant::now() + limits.drain_timeout;
                 let drain = if renewed {
-                    drain.max(unix_instant(identity.not_after.min(peer_not_after)))
+                    drain.max(
+                        super::authz::instant_at(
+                            identity.not_after.min(peer_not_after),
+                            Duration::ZERO,
+                        )
+                        // No date: no expiry to wait for; a year.
+                        .unwrap_or_else(|| drain + Duration::from_secs(365 * 24 * 3600)),
+                    )
                 } else {
                     drain
                 };
