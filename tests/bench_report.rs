@@ -228,8 +228,55 @@ fn the_mesh_is_judged_against_ztunnel_with_issue_19s_targets() {
     assert!(!table.contains("Issue 17"), "{table}");
 }
 
-/// Runs report.py on `raw`: its table and its JSON.
+/// A VM whose host got busier mid-run: direct's keep-alive rate halves
+/// in the last round while the pairs' ratios look steady. The run is
+/// flagged (a problem: report.py exits 1), not silently summarized.
+#[test]
+fn a_machine_that_changed_speed_during_the_run_is_flagged() {
+    let raw = tempfile::tempdir().unwrap();
+    let raw = raw.path();
+    write(
+        &raw.join("env.txt"),
+        "seconds=5\nrepeat=3\nrates=\nclk_tck=100\nnproc=2\n",
+    );
+    write(
+        &raw.join("peers.tsv"),
+        "direct\tdirect\nhaproxy\thaproxy\nappid-default\tappid (default)\n",
+    );
+    for (n, direct) in [40_000.0, 42_000.0, 20_000.0].into_iter().enumerate() {
+        let round = raw.join(format!("round-{}", n + 1));
+        let mut measure = String::new();
+        for (peer, rps) in [
+            ("direct", direct),
+            ("haproxy", direct / 4.0),
+            ("appid-default", direct / 3.0),
+        ] {
+            write(&round.join(peer).join("h1.txt"), &wrk(rps, 1.0, 2.0));
+            measure.push_str(&format!("{peer}\th1\texit_code\t0\n"));
+        }
+        write(&round.join("measure.tsv"), &measure);
+    }
+    let (ok, table, doc) = report_status(raw);
+    assert!(!ok, "{table}");
+    let problems = doc["problems"]["direct"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let problem = problems[0].as_str().unwrap();
+    assert!(
+        problem.starts_with("h1_rps: direct's rounds ran from 20.0k to 42.0k (2.10×"),
+        "{problem}"
+    );
+    assert!(table.contains("PROBLEM direct: h1_rps"), "{table}");
+}
+
+/// Runs report.py on `raw`: its table and its JSON; it must succeed.
 fn report(raw: &Path) -> (String, serde_json::Value) {
+    let (ok, table, doc) = report_status(raw);
+    assert!(ok, "report.py failed: {table}");
+    (table, doc)
+}
+
+/// Runs report.py on `raw`: whether it exited 0, its table and its JSON.
+fn report_status(raw: &Path) -> (bool, String, serde_json::Value) {
     let json = raw.join("results.json");
     let out = Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/e2e/report.py"))
@@ -239,13 +286,14 @@ fn report(raw: &Path) -> (String, serde_json::Value) {
         .output()
         .expect("python3 runs");
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "report.py failed: {table}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
-    (table, doc)
+    let doc = serde_json::from_slice(&fs::read(&json).unwrap_or_else(|e| {
+        panic!(
+            "report.py wrote no JSON ({e}): {table}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }))
+    .unwrap();
+    (out.status.success(), table, doc)
 }
 
 /// Whether the target on `metric` for `peer` was met.

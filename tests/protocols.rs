@@ -146,6 +146,45 @@ rules:
     }
 }
 
+/// A port declared `tcp` carries no HTTP (README, "Declared in the
+/// config"): a request line sent on it — it could carry forged
+/// `x-appid-*` headers past every check — is cut before the app gets it,
+/// and the closure is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_on_a_port_declared_tcp_is_cut_and_audited() {
+    let app = support::apps::HttpApp::start().await;
+    for mode in MODES {
+        let mesh = pair_with(app.addr, mode, WEB_TO_API, Some(("tcp", None)), Vec::new()).await;
+        let mut stream = TcpStream::connect(mesh.outbound_addr()).await.unwrap();
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nHost: api\r\nx-appid-peer-id: spiffe://forged\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok() && answer.is_empty(),
+            "{mode}: {read:?} {}\n{}",
+            String::from_utf8_lossy(&answer),
+            mesh.context()
+        );
+        assert_eq!(
+            app.state.requests.load(Ordering::SeqCst),
+            0,
+            "{mode}: the request reached the app\n{}",
+            mesh.context()
+        );
+        mesh.client
+            .wait_audit("the client sidecar's closure", |l| {
+                l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("request line on a connection decided as TCP"))
+            })
+            .await;
+    }
+}
+
 /// A server that reads its client to the end, then answers and closes.
 async fn answer_at_eof_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -36,6 +36,12 @@ import sys
 # Above this share of the machine used by other processes during a workload,
 # its figures are flagged.
 OTHER_LOAD_LIMIT = 0.10
+# Above this ratio between direct's fastest and slowest round of a workload,
+# the machine changed speed under the run (a VM's host got busier: seen here
+# as direct keep-alive 192k, 210k, then 113k req/s): ratios are still taken
+# within rounds, but a median over rounds of two machines is flagged.
+STEADY_LIMIT = 1.3
+STEADY_METRICS = ("h1_rps", "h1close_rps", "h2_rps", "tcp_gbps")
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -518,6 +524,15 @@ def main():
                     ratios[name] = rs
             r["ratios"][mkey] = ratios
         results[key] = r
+
+    if "direct" in results:
+        for mkey in STEADY_METRICS:
+            s = results["direct"]["metrics"].get(mkey)
+            if s and s["min"] > 0 and s["max"] / s["min"] > STEADY_LIMIT:
+                problems.setdefault("direct", []).append(
+                    f"{mkey}: direct's rounds ran from {fmt(s['min'])} to {fmt(s['max'])} "
+                    f"({s['max'] / s['min']:.2f}×, over {STEADY_LIMIT}×): the machine changed speed "
+                    f"during the run; its medians mix two machines, run again")
 
     several = len(rounds) > 1
     reference = env.get("reference") or "haproxy"

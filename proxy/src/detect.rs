@@ -1328,6 +1328,9 @@ mod tests {
             assert_eq!(first_line(token), FirstLine::Undecided, "{token:?}");
         }
         assert_eq!(first_line(b"PROPFIND /x HTTP/1.1"), FirstLine::RequestLine);
+        // HTTP/2's preface is one too (`PRI * HTTP/2.0`): a connection
+        // that went opaque carries no HTTP/2 either.
+        assert_eq!(first_line(H2_PREFACE), FirstLine::RequestLine);
         assert_eq!(
             first_line(b"\r\ndelete /admin HTTP/"),
             FirstLine::RequestLine
