@@ -83,6 +83,9 @@ pub struct MeshOptions {
     pub client_policy: String,
     /// Further `appid issue` flags for the `web` certificate.
     pub web_extra: Vec<String>,
+    /// Further `appid issue` flags for the server's (`api`) certificate
+    /// (none: the environment's own).
+    pub api_extra: Vec<String>,
     pub server_limits: Vec<(&'static str, &'static str)>,
     pub client_limits: Vec<(&'static str, &'static str)>,
     /// `tunnel:` of each sidecar (`None`: the default, pooled).
@@ -103,6 +106,7 @@ impl Default for MeshOptions {
             server_policy: WEB_TO_API.into(),
             client_policy: WEB_TO_API.into(),
             web_extra: Vec::new(),
+            api_extra: Vec::new(),
             server_limits: Vec::new(),
             client_limits: Vec::new(),
             server_tunnel: None,
@@ -134,6 +138,11 @@ impl Mesh {
         let env = Env::new();
         let extra: Vec<&str> = options.web_extra.iter().map(String::as_str).collect();
         let web = env.issue("web", WEB_PATH, &["app=web"], &extra);
+        let api_extra: Vec<&str> = options.api_extra.iter().map(String::as_str).collect();
+        let api = match api_extra.is_empty() {
+            true => env.api.clone(),
+            false => env.issue("api-extra", API_PATH, &["app=api"], &api_extra),
+        };
         let inbound = free_port();
         let outbound = free_port();
         let render = |text: &str| text.replace("{inbound}", &inbound.to_string());
@@ -141,7 +150,7 @@ impl Mesh {
         let client_policy = env.policy("client-policy.yaml", &render(&options.client_policy));
 
         let mut server = env
-            .sidecar("server", &env.api, &server_policy)
+            .sidecar("server", &api, &server_policy)
             .inbound(inbound, app);
         for (key, value) in &options.server_limits {
             server = server.limit(key, value);

@@ -123,6 +123,10 @@ pub struct ConnAuthz {
     /// When the meshed peer's certificate expires (Unix seconds; `i64::MAX`
     /// for other peers): no request is allowed on its claims after.
     peer_not_after: i64,
+    /// When our own certificate (current when the connection was
+    /// authorized) expires: the peer checked *our* claims against its
+    /// policy with it, so with a meshed peer the connection ends then too.
+    own_not_after: i64,
 }
 
 /// A rule's name as 64 bits, never 0 (SipHash with the standard library's
@@ -297,7 +301,9 @@ impl ConnAuthz {
         peer_addr: SocketAddr,
         port: u16,
     ) -> Self {
-        let local = local.tls.identity.load().claims.clone();
+        let identity = local.tls.identity.load();
+        let own_not_after = identity.not_after;
+        let local = identity.claims.clone();
         ConnAuthz {
             shared,
             direction,
@@ -315,6 +321,7 @@ impl ConnAuthz {
             request_audited: std::sync::atomic::AtomicBool::new(false),
             held_to_name: false,
             peer_not_after: i64::MAX,
+            own_not_after,
         }
     }
 
@@ -328,33 +335,51 @@ impl ConnAuthz {
 
     /// When an HTTP connection should stop taking requests (its client
     /// told to reconnect: GOAWAY, or a close between requests), so the next
-    /// connection is made with the certificates current then: the peer's
-    /// expiry. `None` for peers without one.
+    /// connection is made with the certificates current then: the first
+    /// of the two certificates to expire, the peer's or ours. `None` for
+    /// peers outside the mesh.
     pub fn wind_down_at(&self) -> Option<tokio::time::Instant> {
-        if self.peer_not_after == i64::MAX {
-            return None;
-        }
+        let until = self.vouched_until_either()?;
         // A second before it (to the nanosecond: a whole-second reading
         // would wind down up to a second after requests start being denied),
         // so a busy client is told to reconnect rather than refused.
-        instant_at(self.peer_not_after, std::time::Duration::from_secs(1))
+        instant_at(until, std::time::Duration::from_secs(1))
     }
 
-    /// A denial because the peer's certificate expired since the
-    /// connection was made, if it did.
-    fn expired(&self, request: Option<(&str, &str, bool)>) -> Option<(String, String)> {
-        if self.peer_not_after == i64::MAX
-            || time::OffsetDateTime::now_utc().unix_timestamp() < self.peer_not_after
-        {
-            return None;
+    /// Until when both sides' claims are vouched for, with a meshed peer:
+    /// the first of the two certificates to expire. A server's claims are
+    /// what its client's policy decided on (`to`), a client's what the
+    /// server's did (`from`); each side ends the connection at either
+    /// expiry, so neither relies on the other to (the client side may
+    /// forward an HTTP connection as bytes, [`Self::allows_every_request`]).
+    fn vouched_until_either(&self) -> Option<i64> {
+        match self.peer {
+            Peer::Meshed(_) => Some(self.peer_not_after.min(self.own_not_after)),
+            _ => None,
         }
+    }
+
+    /// A denial because the peer's certificate or ours expired since the
+    /// connection was made, if one did.
+    fn expired(&self, request: Option<(&str, &str, bool)>) -> Option<(String, String)> {
         let Peer::Meshed(claims) = &self.peer else {
             return None;
         };
-        let reason = format!(
-            "the certificate of {} expired (not after {}): its claims are no longer vouched for",
-            claims.id, self.peer_not_after
-        );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let reason = if now >= self.peer_not_after {
+            format!(
+                "the certificate of {} expired (not after {}): its claims are no longer vouched for",
+                claims.id, self.peer_not_after
+            )
+        } else if now >= self.own_not_after {
+            format!(
+                "our own certificate expired (not after {}): the claims {} knows us by are no \
+                 longer vouched for",
+                self.own_not_after, claims.id
+            )
+        } else {
+            return None;
+        };
         self.write_audit(
             "deny",
             false,
