@@ -19,7 +19,7 @@
 //!   then read HTTP); the client's first bytes are classified as usual, so
 //!   HTTP is still parsed. An HTTP/2 server's greeting (its SETTINGS, sent
 //!   before its client's preface arrives) is no banner: it is held until
-//!   the client speaks ([`client_after_greeting`]);
+//!   the client speaks ([`client_spoke`]);
 //! - if only HTTP could be allowed (a connection an `http` rule governs),
 //!   nothing is connected and the client is waited for, up to the idle
 //!   timeout, then classified;
@@ -661,20 +661,17 @@ where
     let mut from_client = BytesMut::with_capacity(1024);
     let mut from_server = BytesMut::with_capacity(1024);
     tokio::select! {
-        read = client.read_buf(&mut from_client) => match read {
-            Ok(0) => FirstSpeaker::Client(Classification::Opaque, Bytes::new()),
-            Ok(_) => {
-                let deadline = tokio::time::Instant::now() + detect;
-                match prefixed::classify_more(client, from_client, deadline).await {
-                    Ok((class, prefix)) => FirstSpeaker::Client(class, prefix),
-                    Err(_) => FirstSpeaker::Nobody("stalled during protocol detection"),
-                }
-            }
-            Err(_) => FirstSpeaker::Gone("client failed"),
-        },
+        read = client.read_buf(&mut from_client) => {
+            client_spoke(read, client, from_client, detect, None).await
+        }
         read = server.read_buf(&mut from_server) => match read {
             Ok(n) if n > 0 && detect::h2_server_greeting(&from_server) => {
-                client_after_greeting(client, from_client, from_server.freeze(), deadline, detect).await
+                // See `client_spoke`: the greeting waits for the client.
+                let greeting = Some(from_server.freeze());
+                match tokio::time::timeout_at(deadline, client.read_buf(&mut from_client)).await {
+                    Ok(read) => client_spoke(read, client, from_client, detect, greeting).await,
+                    Err(_) => FirstSpeaker::Nobody("silent until the idle timeout"),
+                }
             }
             Ok(n) if n > 0 => FirstSpeaker::Server(from_server.freeze()),
             _ => FirstSpeaker::Gone("server closed"),
@@ -683,38 +680,45 @@ where
     }
 }
 
-/// An HTTP/2 server greets every connection with its SETTINGS at once, and
-/// its clients send their preface without waiting for it: the greeting
-/// is no server-first banner. Passed on first, it would make the
-/// connection opaque, where the client's preface (`PRI * HTTP/2.0`) is an
-/// HTTP/1 request line the guard cuts; so it is held back (the client
-/// reads nothing before it has spoken) until the client speaks, up to
-/// `deadline` (the idle timeout, as for any first bytes), and the client's
-/// bytes are classified as usual: a preface goes to the HTTP/2 relay, which
-/// reads the greeting as the app's first frame.
-async fn client_after_greeting<C: AsyncRead + Unpin>(
+/// What the client's first read (`read`, into `from_client`) makes of the
+/// connection: its bytes classified (up to `detect` more for them), or
+/// gone. `greeting`: an HTTP/2 server's SETTINGS, held back until now. An
+/// HTTP/2 server greets every connection at once, and its clients send
+/// their preface without waiting for it: the greeting is no server-first
+/// banner. Passed on first, it would make the connection opaque, where the
+/// client's preface (`PRI * HTTP/2.0`) is an HTTP/1 request line the guard
+/// cuts; held (the client reads nothing before it has spoken), the
+/// client's bytes are classified as usual and a preface goes to the HTTP/2
+/// relay, which reads the greeting as the app's first frame.
+async fn client_spoke<C: AsyncRead + Unpin>(
+    read: std::io::Result<usize>,
     client: &mut C,
-    mut from_client: BytesMut,
-    greeting: Bytes,
-    deadline: tokio::time::Instant,
+    from_client: BytesMut,
     detect: Duration,
+    greeting: Option<Bytes>,
 ) -> FirstSpeaker {
-    match tokio::time::timeout_at(deadline, client.read_buf(&mut from_client)).await {
-        Err(_) => FirstSpeaker::Nobody("silent until the idle timeout"),
-        // Closed without a byte: the greeting goes out, as any banner.
-        Ok(Ok(0)) => FirstSpeaker::Server(greeting),
-        Ok(Ok(_)) => {
+    match read {
+        // Closed without a byte: an empty stream (the greeting goes out,
+        // as any banner).
+        Ok(0) => match greeting {
+            None => FirstSpeaker::Client(Classification::Opaque, Bytes::new()),
+            Some(greeting) => FirstSpeaker::Server(greeting),
+        },
+        Ok(_) => {
             let deadline = tokio::time::Instant::now() + detect;
             match prefixed::classify_more(client, from_client, deadline).await {
-                Ok((class, prefix)) => FirstSpeaker::ClientAfterGreeting {
-                    class,
-                    prefix,
-                    greeting,
+                Ok((class, prefix)) => match greeting {
+                    None => FirstSpeaker::Client(class, prefix),
+                    Some(greeting) => FirstSpeaker::ClientAfterGreeting {
+                        class,
+                        prefix,
+                        greeting,
+                    },
                 },
                 Err(_) => FirstSpeaker::Nobody("stalled during protocol detection"),
             }
         }
-        Ok(Err(_)) => FirstSpeaker::Gone("client failed"),
+        Err(_) => FirstSpeaker::Gone("client failed"),
     }
 }
 
