@@ -470,6 +470,73 @@ fn explain_outside_the_mesh_and_bad_input() {
         "{stdout}"
     );
 
+    // An address no rule takes outside the mesh is not decided by the
+    // default: the sidecar sends it into the mesh (mTLS), whether the
+    // default denies or allows; exit 1 (not allowed outside the mesh).
+    let allow_by_default = env.dir.path().join("allow-by-default.yaml");
+    std::fs::write(
+        &allow_by_default,
+        POLICY.replace("default: deny", "default: allow"),
+    )
+    .unwrap();
+    for (policy, default) in [(&policy, "deny"), (&allow_by_default, "allow")] {
+        let explain = |format: &[&str]| {
+            let mut args = vec![
+                "policy",
+                "explain",
+                path(policy),
+                "--from",
+                path(&web),
+                "--to",
+                "10.0.0.5",
+                "--port",
+                "5432",
+            ];
+            args.extend(format);
+            let out = run(&args);
+            (out.status.code(), text(&out).0)
+        };
+        let (code, stdout) = explain(&[]);
+        assert_eq!(code, Some(1), "default {default}: {stdout}");
+        assert!(
+            stdout.contains("decision: into the mesh: no rule takes 10.0.0.5 outside the mesh")
+                && stdout.contains("rule: default")
+                && stdout.contains("explain that call with --to <the certificate"),
+            "default {default}: {stdout}"
+        );
+        let (code, stdout) = explain(&["-o", "json"]);
+        assert_eq!(code, Some(1), "default {default}: {stdout}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        assert_eq!(
+            v["decision"]["outcome"], "mesh",
+            "default {default}: {stdout}"
+        );
+        assert_eq!(
+            v["decision"]["rule"], "default",
+            "default {default}: {stdout}"
+        );
+    }
+    // Taken outside by a rule, it is decided by it.
+    let stdout = {
+        let out = run(&[
+            "policy",
+            "explain",
+            path(&outside),
+            "--from",
+            path(&web),
+            "--to",
+            "198.51.100.7",
+            "--port",
+            "443",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        text(&out).0
+    };
+    assert!(
+        stdout.contains("decision: allow") && !stdout.contains("into the mesh"),
+        "{stdout}"
+    );
+
     // A certificate that does not exist: exit 2, naming the file.
     let (code, stdout, stderr) = env.explain(Path::new("/nonexistent/cert.pem"), &web, 80, &[]);
     assert_eq!(code, 2, "{stdout}{stderr}");

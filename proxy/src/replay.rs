@@ -45,12 +45,14 @@ use std::path::{Path, PathBuf};
 
 use appid_policy::AppIdClaims;
 use appid_policy::policy::{
-    Callee, Caller, Direction, Headers, Http, HttpRequest, Outcome, Policy, Query, Reason,
+    Callee, Caller, Direction, Headers, Http, HttpRequest, Outcome, Policy, Query,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::audit::appid_digest;
-use crate::sidecar::authz::{AUDIT_FIELD_BYTES, EXPIRED_RULE, REVOKED_RULE};
+use crate::sidecar::authz::{
+    AUDIT_FIELD_BYTES, EXPIRED_RULE, ExternalVerdict, REVOKED_RULE, external_verdict,
+};
 use crate::sidecar::http::INVALID_REQUEST_RULE;
 
 /// Longest audit line read (bytes); longer ones are bad lines.
@@ -543,16 +545,25 @@ fn decide_again(policy: &Policy, docs: &Docs, line: &AuditLine) -> Verdict {
             "the new policy reads request headers, which audit lines do not record".into(),
         );
     }
-    let (new_outcome, new_rule) = match (decision.outcome, decision.reason, &callee) {
-        (Outcome::DeferToL7, ..) => {
+    // A destination outside the mesh, read as the sidecar reads it.
+    let external = match &callee {
+        Callee::External { .. } => Some(external_verdict(&decision, || {
+            policy.metadata_by_name_only(&query)
+        })),
+        _ => None,
+    };
+    let (new_outcome, new_rule) = match (decision.outcome, external) {
+        (Outcome::DeferToL7, _) => {
             return Verdict::Undecidable(
                 "the new policy decides each HTTP request; the line records a connection".into(),
             );
         }
-        // The sidecar only passes a destination through when a rule names
-        // it; otherwise it tries mTLS to it, which a server outside the mesh
-        // cannot answer.
-        (_, Reason::Default { .. }, Callee::External { .. }) => (Outcome::Deny, decision.rule),
+        // The sidecar only passes a destination through when a rule takes
+        // it outside the mesh; otherwise it tries mTLS to it, which a
+        // server outside the mesh cannot answer.
+        (_, Some(ExternalVerdict::NotExternal | ExternalVerdict::Refused)) => {
+            (Outcome::Deny, decision.rule)
+        }
         _ => (decision.enforced_outcome(), decision.rule),
     };
     let old_denied = line.decision == "deny" || line.audit_only;
@@ -564,10 +575,7 @@ fn decide_again(policy: &Policy, docs: &Docs, line: &AuditLine) -> Verdict {
         _ => return Verdict::Unchanged,
     };
     let mut new_decision = decision.to_string();
-    if matches!(
-        (decision.reason, &callee),
-        (Reason::Default { .. }, Callee::External { .. })
-    ) {
+    if external == Some(ExternalVerdict::NotExternal) {
         new_decision = "deny: no rule names this destination outside the mesh".into();
     }
     Verdict::Changed {
@@ -791,6 +799,53 @@ rules:
         // The old policy changes nothing.
         let same = replay(&policy(OLD), &[log.dir.path().join("audit.jsonl")]).unwrap();
         assert_eq!(same.changes(), 1, "only the line denied by default");
+    }
+
+    /// A line to a destination outside the mesh is decided again as the
+    /// sidecar decides one (`external_verdict`): a policy that no longer
+    /// takes it outside denies it, whatever its default (the sidecar would
+    /// try mTLS to it); one that still does keeps it.
+    #[test]
+    fn destinations_outside_the_mesh_are_read_as_the_sidecar_reads_them() {
+        let log = Log::new();
+        let mut appids = serde_json::Map::new();
+        appids.insert(log.web.digest.clone(), log.web.value.clone());
+        let line = json!({
+            "time": "2026-11-20T10:00:00.000Z", "direction": "outbound",
+            "decision": "allow", "audit_only": false, "rule": "stripe",
+            "peer_addr": "203.0.113.9:443", "port": 443, "protocol": "tcp", "claims": {},
+            "external": { "ip": "203.0.113.9", "host": "api.stripe.com" },
+            "local_appid": log.web.digest, "appids": appids,
+        })
+        .to_string();
+        let file = log.write("audit.jsonl", &[line]);
+        let rule = |to: &str| {
+            format!(
+                "  - name: stripe\n    action: allow\n    from: {{ labels.app: web }}\n    to: {to}\n"
+            )
+        };
+        let taken = format!(
+            "version: 1\nrules:\n{}",
+            rule("{ external: { hosts: [api.stripe.com], ports: [443] } }")
+        );
+        let report = replay(&policy(&taken), std::slice::from_ref(&file)).unwrap();
+        assert_eq!((report.unchanged, report.changes()), (1, 0));
+        for default in ["deny", "allow"] {
+            // The rule names another host: nothing takes this one outside.
+            let elsewhere = format!(
+                "version: 1\ndefault: {default}\nrules:\n{}",
+                rule("{ external: { hosts: [api.other.test], ports: [443] } }")
+            );
+            let report = replay(&policy(&elsewhere), std::slice::from_ref(&file)).unwrap();
+            assert_eq!(report.newly_denied.len(), 1, "default {default}");
+            let denied = &report.newly_denied[0];
+            assert_eq!(denied.new_rule, "default", "default {default}");
+            assert_eq!(
+                denied.example.new_decision.as_deref(),
+                Some("deny: no rule names this destination outside the mesh"),
+                "default {default}"
+            );
+        }
     }
 
     #[test]

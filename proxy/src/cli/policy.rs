@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use super::args::{self, KeyValue, Output};
 use crate::identity::claims_from_pem_file;
+use crate::sidecar::authz::{ExternalVerdict, external_verdict};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
@@ -172,7 +173,8 @@ struct QueryReport<'a> {
 
 #[derive(Serialize)]
 struct DecisionReport<'a> {
-    /// `allow`, `deny`, `defer to L7`, or `refused` (before policy).
+    /// `allow`, `deny`, `defer to L7`, `refused` (before policy), or `mesh`
+    /// (an address no rule takes outside the mesh: decided on its certificate).
     outcome: &'a str,
     rule: &'a str,
     audit_only: bool,
@@ -386,11 +388,33 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
 
     let explanation = policy.explain(&query);
     let decision = &explanation.decision;
+    // An address no rule takes outside the mesh is not decided by this
+    // policy's default: the sidecar reads the decision as it does
+    // (`external_verdict`), makes an mTLS connection there and decides on
+    // the certificate it gets.
+    let into_mesh = match query.callee {
+        Callee::External { ip, .. } => {
+            let verdict = external_verdict(decision, || policy.metadata_by_name_only(&query));
+            (name_only.is_some() || verdict == ExternalVerdict::NotExternal).then(|| {
+                format!(
+                    "into the mesh: no rule takes {ip} outside the mesh, so the sidecar makes an \
+                     mTLS connection to {ip} and decides on the certificate it presents, not by \
+                     this policy's default (nothing answers without one: not allowed outside the mesh)"
+                )
+            })
+        }
+        _ => None,
+    };
     let note = match name_only {
         Some((ip, host)) => Some(format!(
             "--host {host} names the cloud metadata API, but no rule takes {ip} outside the mesh: \
              the sidecar does not treat {ip} as the metadata API and decides it without the name \
              (a workload in the mesh: explain that call with --to <its certificate>)"
+        )),
+        None if into_mesh.is_some() => Some(format!(
+            "explain that call with --to <the certificate of the workload at {}>; a rule with \
+             `to.external` lets the app reach it outside the mesh",
+            args.to
         )),
         None => (decision.outcome == Outcome::DeferToL7).then(|| {
             format!(
@@ -400,6 +424,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let code = match decision.outcome {
+        _ if into_mesh.is_some() => super::denied(),
         Outcome::Allow => ExitCode::SUCCESS,
         Outcome::Deny | Outcome::DeferToL7 => super::denied(),
     };
@@ -417,14 +442,16 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
                 not_http: args.not_http,
             },
             decision: DecisionReport {
-                outcome: if decision.audit_only {
+                outcome: if into_mesh.is_some() {
+                    "mesh"
+                } else if decision.audit_only {
                     "allow"
                 } else {
                     decision.outcome.as_str()
                 },
                 rule: decision.rule,
                 audit_only: decision.audit_only,
-                summary: decision.to_string(),
+                summary: into_mesh.clone().unwrap_or_else(|| decision.to_string()),
                 reason: decision.why().to_string(),
             },
             rules: explanation
@@ -461,7 +488,16 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         to.describe(),
         args.port
     );
-    print!("{explanation}");
+    match &into_mesh {
+        // The rules as they read the address (a near miss may say why no
+        // rule takes it outside), under what the sidecar does with it.
+        Some(mesh) => {
+            let text = explanation.to_string();
+            let rest = text.split_once('\n').map_or("", |(_, rest)| rest);
+            print!("decision: {mesh}\n{rest}");
+        }
+        None => print!("{explanation}"),
+    }
     if let Some(note) = note {
         println!("note: {note}");
     }

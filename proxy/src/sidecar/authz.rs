@@ -73,6 +73,32 @@ pub enum ExternalVerdict {
     NotExternal,
 }
 
+/// What a decision on a destination outside the mesh (`Callee::External`)
+/// makes of the connection: the one reading of it, for the sidecar
+/// ([`ConnAuthz::decide_external`]) and `appid policy explain`.
+/// `named_metadata_only`: whether the destination is the metadata API by
+/// the name the app gave only, and no rule would take its address outside
+/// the mesh ([`Policy::metadata_by_name_only`]); asked only then.
+pub(crate) fn external_verdict(
+    decision: &appid_policy::policy::Decision<'_>,
+    named_metadata_only: impl FnOnce() -> bool,
+) -> ExternalVerdict {
+    match (decision.outcome, decision.reason) {
+        // A name alone (`Host: metadata`) makes no metadata API of a
+        // destination no rule takes outside the mesh: a meshed service
+        // called `metadata` is reached as any other.
+        (_, Reason::MetadataApi) if named_metadata_only() => ExternalVerdict::NotExternal,
+        // The metadata API first: nothing opens it but a rule naming it.
+        (_, Reason::MetadataApi) => ExternalVerdict::Refused,
+        // Only a rule can make a destination external: `default: allow`
+        // or audit mode must not turn meshed traffic into plaintext.
+        (_, Reason::Default { .. }) => ExternalVerdict::NotExternal,
+        (Outcome::Allow, _) => ExternalVerdict::Allow,
+        (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
+        _ => ExternalVerdict::NotExternal,
+    }
+}
+
 /// Whether the name an app gives for a connection outside the mesh could
 /// change its decision ([`ConnAuthz::external_name_could_matter`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -559,22 +585,7 @@ impl ConnAuthz {
     pub fn decide_external(&self) -> ExternalVerdict {
         let policy = self.shared.policy.load();
         let decision = self.decide(&policy, &self.query(None));
-        let verdict = match (decision.outcome, decision.reason) {
-            // A name alone (`Host: metadata`) makes no metadata API of a
-            // destination no rule takes outside the mesh: a meshed service
-            // called `metadata` is reached as any other.
-            (_, Reason::MetadataApi) if self.named_metadata_only(&policy) => {
-                ExternalVerdict::NotExternal
-            }
-            // The metadata API first: nothing opens it but a rule naming it.
-            (_, Reason::MetadataApi) => ExternalVerdict::Refused,
-            // Only a rule can make a destination external: `default: allow`
-            // or audit mode must not turn meshed traffic into plaintext.
-            (_, Reason::Default { .. }) => ExternalVerdict::NotExternal,
-            (Outcome::Allow, _) => ExternalVerdict::Allow,
-            (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
-            _ => ExternalVerdict::NotExternal,
-        };
+        let verdict = external_verdict(&decision, || self.named_metadata_only(&policy));
         if verdict != ExternalVerdict::NotExternal {
             self.audit(&policy, &decision, None);
         }
