@@ -388,18 +388,18 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
 
     let explanation = policy.explain(&query);
     let decision = &explanation.decision;
-    // An address no rule takes outside the mesh is not decided by this
-    // policy's default: the sidecar reads the decision as it does
-    // (`external_verdict`), makes an mTLS connection there and decides on
+    // An address no rule takes outside the mesh is not decided by the
+    // policy's default: the sidecar, reading the decision with the same
+    // `external_verdict`, makes an mTLS connection there and decides on
     // the certificate it gets.
     let into_mesh = match query.callee {
         Callee::External { ip, .. } => {
             let verdict = external_verdict(decision, || policy.metadata_by_name_only(&query));
             (name_only.is_some() || verdict == ExternalVerdict::NotExternal).then(|| {
                 format!(
-                    "into the mesh: no rule takes {ip} outside the mesh, so the sidecar makes an \
-                     mTLS connection to {ip} and decides on the certificate it presents, not by \
-                     this policy's default (nothing answers without one: not allowed outside the mesh)"
+                    "into the mesh: no rule takes {ip} outside the mesh, so the sidecar does not \
+                     decide it by the policy's default: it makes an mTLS connection to {ip} and \
+                     decides on the certificate presented there (a server without one is not reached)"
                 )
             })
         }
