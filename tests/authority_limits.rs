@@ -71,9 +71,16 @@ async fn one_source_holds_at_most_16_of_the_bundle_endpoints_connections() {
 }
 
 /// `share` silent connections from 127.0.0.1 to `address` (each waiting in
-/// its TLS handshake) hold that source's share: one more is closed at once,
-/// not left to the handshake timeout, while a GET of `url` from 127.0.0.2
-/// is served (its body contains `served`).
+/// its TLS handshake) hold that source's share: of `share` + 1, one is
+/// closed at once, not left to the handshake timeout, while a GET of `url`
+/// from 127.0.0.2 is served (its body contains `served`).
+///
+/// Which one is closed is the server's to say: the last, unless a
+/// connection of 127.0.0.1 from before (the readiness probe of
+/// `authority::serve`, closed but not yet noticed) still held a slot when
+/// these arrived. Then an earlier one is closed and the last takes the
+/// slot the probe gives back (seen under CI's load, where the server
+/// accepts the whole backlog at once).
 async fn source_share_is_kept(
     address: std::net::SocketAddr,
     share: usize,
@@ -82,21 +89,24 @@ async fn source_share_is_kept(
     proc: &authority::Proc,
 ) {
     let mut silent = Vec::new();
-    for _ in 0..share {
+    for _ in 0..=share {
         silent.push(
             tokio::net::TcpStream::connect(address)
                 .await
                 .expect("connect"),
         );
     }
-    let mut one_more = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(3), one_more.read(&mut byte)).await;
+    let closed = futures_util::future::join_all(silent.iter_mut().map(|connection| async {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(3), connection.read(&mut byte));
+        matches!(read.await, Ok(Ok(0) | Err(_)))
+    }))
+    .await;
+    let closed = closed.into_iter().filter(|&closed| closed).count();
     assert!(
-        matches!(closed, Ok(Ok(0) | Err(_))),
-        "a connection past the source's share of {share} was not closed: {closed:?}\n{}",
+        closed >= 1,
+        "{} connections from one source, its share {share}: none was closed\n{}",
+        share + 1,
         proc.log()
     );
     if let Err(e) = get_from("127.0.0.2", url, 10, served) {
