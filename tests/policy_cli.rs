@@ -413,42 +413,36 @@ fn explain_outside_the_mesh_and_bad_input() {
         None,
     );
 
-    // The metadata API is denied by name.
-    let policy = env.policy();
-    let out = run(&[
-        "policy",
-        "explain",
-        path(&policy),
-        "--from",
-        path(&web),
-        "--to",
-        "169.254.169.254",
-        "--port",
-        "80",
-    ]);
-    let (stdout, _) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("metadata API"), "{stdout}");
-
-    // `Host: metadata` to an address no rule takes outside the mesh is not
-    // the metadata API (the sidecar sends it into the mesh): explain says
-    // so and decides it without the name, as the sidecar does.
-    let by_name = |policy: &Path| {
-        let out = run(&[
+    // `appid policy explain POLICY --from web --to TO --port PORT EXTRA…`
+    // → (exit code, stdout).
+    let explain_to = |policy: &Path, to: &str, port: &str, extra: &[&str]| {
+        let mut args = vec![
             "policy",
             "explain",
             path(policy),
             "--from",
             path(&web),
             "--to",
-            "198.51.100.40",
-            "--host",
-            "metadata",
+            to,
             "--port",
-            "80",
-        ]);
-        text(&out).0
+            port,
+        ];
+        args.extend(extra);
+        let out = run(&args);
+        (out.status.code(), text(&out).0)
     };
+
+    // The metadata API is denied by name.
+    let policy = env.policy();
+    let (code, stdout) = explain_to(&policy, "169.254.169.254", "80", &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("metadata API"), "{stdout}");
+
+    // `Host: metadata` to an address no rule takes outside the mesh is not
+    // the metadata API (the sidecar sends it into the mesh): explain says
+    // so and decides it without the name, as the sidecar does.
+    let by_name =
+        |policy: &Path| explain_to(policy, "198.51.100.40", "80", &["--host", "metadata"]).1;
     let stdout = by_name(&policy);
     assert!(
         stdout.contains("no rule takes 198.51.100.40 outside the mesh")
@@ -480,23 +474,7 @@ fn explain_outside_the_mesh_and_bad_input() {
     )
     .unwrap();
     for (policy, default) in [(&policy, "deny"), (&allow_by_default, "allow")] {
-        let explain = |format: &[&str]| {
-            let mut args = vec![
-                "policy",
-                "explain",
-                path(policy),
-                "--from",
-                path(&web),
-                "--to",
-                "10.0.0.5",
-                "--port",
-                "5432",
-            ];
-            args.extend(format);
-            let out = run(&args);
-            (out.status.code(), text(&out).0)
-        };
-        let (code, stdout) = explain(&[]);
+        let (code, stdout) = explain_to(policy, "10.0.0.5", "5432", &[]);
         assert_eq!(code, Some(1), "default {default}: {stdout}");
         assert!(
             stdout.contains("decision: into the mesh: no rule takes 10.0.0.5 outside the mesh")
@@ -504,7 +482,7 @@ fn explain_outside_the_mesh_and_bad_input() {
                 && stdout.contains("explain that call with --to <the certificate"),
             "default {default}: {stdout}"
         );
-        let (code, stdout) = explain(&["-o", "json"]);
+        let (code, stdout) = explain_to(policy, "10.0.0.5", "5432", &["-o", "json"]);
         assert_eq!(code, Some(1), "default {default}: {stdout}");
         let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
         assert_eq!(
@@ -517,21 +495,8 @@ fn explain_outside_the_mesh_and_bad_input() {
         );
     }
     // Taken outside by a rule, it is decided by it.
-    let stdout = {
-        let out = run(&[
-            "policy",
-            "explain",
-            path(&outside),
-            "--from",
-            path(&web),
-            "--to",
-            "198.51.100.7",
-            "--port",
-            "443",
-        ]);
-        assert_eq!(out.status.code(), Some(0));
-        text(&out).0
-    };
+    let (code, stdout) = explain_to(&outside, "198.51.100.7", "443", &[]);
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("decision: allow") && !stdout.contains("into the mesh"),
         "{stdout}"
