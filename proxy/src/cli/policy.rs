@@ -368,6 +368,27 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         http,
     };
 
+    // What the sidecar makes of a connection outside the mesh as the app
+    // makes it (its name and all), read with the sidecar's own
+    // `external_verdict`: an address no rule takes outside the mesh is not
+    // decided by the policy's default, the sidecar makes an mTLS
+    // connection there and decides on the certificate it gets.
+    let into_mesh = match query.callee {
+        Callee::External { ip, .. } => {
+            let verdict = external_verdict(&policy.decide(&query), || {
+                policy.metadata_by_name_only(&query)
+            });
+            (verdict == ExternalVerdict::NotExternal).then(|| {
+                format!(
+                    "into the mesh: no rule takes {ip} outside the mesh, so the sidecar does not \
+                     decide it by the policy's default: it makes an mTLS connection to {ip} and \
+                     decides on the certificate presented there (a server without one is not reached)"
+                )
+            })
+        }
+        _ => None,
+    };
+
     // A name alone makes no metadata API of an address no rule takes
     // outside the mesh: the sidecar decides such a connection as it would
     // without the name (and sends it into the mesh), so explain that.
@@ -388,23 +409,6 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
 
     let explanation = policy.explain(&query);
     let decision = &explanation.decision;
-    // An address no rule takes outside the mesh is not decided by the
-    // policy's default: the sidecar, reading the decision with the same
-    // `external_verdict`, makes an mTLS connection there and decides on
-    // the certificate it gets.
-    let into_mesh = match query.callee {
-        Callee::External { ip, .. } => {
-            let verdict = external_verdict(decision, || policy.metadata_by_name_only(&query));
-            (name_only.is_some() || verdict == ExternalVerdict::NotExternal).then(|| {
-                format!(
-                    "into the mesh: no rule takes {ip} outside the mesh, so the sidecar does not \
-                     decide it by the policy's default: it makes an mTLS connection to {ip} and \
-                     decides on the certificate presented there (a server without one is not reached)"
-                )
-            })
-        }
-        _ => None,
-    };
     let note = match name_only {
         Some((ip, host)) => Some(format!(
             "--host {host} names the cloud metadata API, but no rule takes {ip} outside the mesh: \

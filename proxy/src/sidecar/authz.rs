@@ -75,7 +75,8 @@ pub enum ExternalVerdict {
 
 /// What a decision on a destination outside the mesh (`Callee::External`)
 /// makes of the connection: the one reading of it, for the sidecar
-/// ([`ConnAuthz::decide_external`]) and `appid policy explain`.
+/// ([`ConnAuthz::decide_external`]), `appid policy explain` and
+/// `appid policy replay`.
 /// `named_metadata_only`: whether the destination is the metadata API by
 /// the name the app gave only, and no rule would take its address outside
 /// the mesh ([`Policy::metadata_by_name_only`]); asked only then.
