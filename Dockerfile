@@ -8,7 +8,8 @@
 #     and NET_RAW, hence iptables (nft and legacy) in the runtime image;
 #   - the authority (`appid authority manifests`).
 #
-#   docker build -t registry.example/appid:0.1.0 .
+#   docker build -t registry.example/appid:0.1.0 .       # profile-guided
+#   docker build --build-arg PGO=0 -t registry.example/appid:0.1.0 .
 #   docker push registry.example/appid:0.1.0
 #   appid inject --image registry.example/appid:0.1.0 app.yaml | kubectl apply -f -
 #
@@ -19,6 +20,13 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN} AS build
+# PGO=1 (the default): the profile-guided build of bench/pgo.sh, the binary
+# the README's performance figures are of (an instrumented build, a
+# training run of two sidecars on the build's loopback, a second build
+# from its profile: about twice the build time, and nginx, h2load, wrk,
+# iperf3 and curl in the build stage only). PGO=0: `cargo build --release`
+# (same code and checks; docs/performance.md, "A profile-guided build").
+ARG PGO=1
 WORKDIR /src
 COPY . .
 # The target directory is a cache mount, so the binary is copied out in the
@@ -26,8 +34,14 @@ COPY . .
 # C compiler.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p appid-proxy --bin appid \
-    && install -D -m 0755 target/release/appid /out/appid
+    if [ "$PGO" = 1 ]; then \
+        rustup component add llvm-tools \
+        && bench/pgo.sh \
+        && install -D -m 0755 target/pgo/release/appid /out/appid; \
+    else \
+        cargo build --release --locked -p appid-proxy --bin appid \
+        && install -D -m 0755 target/release/appid /out/appid; \
+    fi
 
 FROM debian:${DEBIAN}-slim
 # iptables: iptables-{nft,legacy}-{save,restore} and the ip6tables ones,

@@ -60,7 +60,8 @@ fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
     let raw = raw.path();
     write(
         &raw.join("env.txt"),
-        "seconds=5\nrepeat=3\nrates=1000\nclk_tck=100\nnproc=2\n",
+        "seconds=5\nrepeat=3\nrates=1000\nclk_tck=100\nnproc=2\nappid=abc1234\n\
+         appid_build=profile-guided build (bench/pgo.sh)\n",
     );
     write(
         &raw.join("peers.tsv"),
@@ -153,6 +154,15 @@ fn rounds_are_summarized_by_medians_of_in_round_ratios_and_added_latency() {
     assert!(
         table.contains("20.0k (10.0k–24.0k)  h×2.00 (2.00–2.00)"),
         "{table}"
+    );
+    // The report says which build of appid it measured.
+    assert!(
+        table.contains("appid abc1234 (profile-guided build (bench/pgo.sh))"),
+        "{table}"
+    );
+    assert_eq!(
+        doc["env"]["appid_build"],
+        "profile-guided build (bench/pgo.sh)"
     );
 }
 

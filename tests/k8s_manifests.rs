@@ -495,6 +495,8 @@ fn the_image_runs_what_inject_emits() {
         instruction("ENTRYPOINT"),
         "ENTRYPOINT [\"/usr/local/bin/appid\"]"
     );
+    // The profile-guided build (the default) and the plain one.
+    assert!(dockerfile.contains("install -D -m 0755 target/pgo/release/appid /out/appid"));
     assert!(dockerfile.contains("install -D -m 0755 target/release/appid /out/appid"));
     assert!(dockerfile.contains("COPY --from=build /out/appid /usr/local/bin/appid"));
     assert!(dockerfile.contains("apt-get install -y --no-install-recommends iptables"));

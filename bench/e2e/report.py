@@ -565,14 +565,16 @@ def main():
 
     rounds_said = f"{len(rounds)} round{'s' if several else ''}"
     if env.get("topology") == "mesh":
-        print(f"appid {env.get('appid', '?')}, ztunnel {env.get('ztunnel', 'not run')}; {env.get('nproc', '?')} CPUs "
+        print(f"appid {env.get('appid', '?')} ({env.get('appid_build', 'build not recorded')}), "
+              f"ztunnel {env.get('ztunnel', 'not run')}; {env.get('nproc', '?')} CPUs "
               f"({env.get('cpu_model', '?')}); mesh: two network namespaces joined by a veth, iptables capture, "
               f"{env.get('workers', '?')} worker threads per proxy, every process on every CPU; "
               f"{env.get('seconds', '?')} s per workload, {rounds_said}")
         print(f"{mark} = ratio to {reference}, d× = ratio to direct (value / reference in the same round: > 1 is more)" +
               ("; median of the rounds (min–max)" if several else ""))
     else:
-        print(f"appid {env.get('appid', '?')}, haproxy {env.get('haproxy', '?')}, nginx {env.get('nginx', '?')}, "
+        print(f"appid {env.get('appid', '?')} ({env.get('appid_build', 'build not recorded')}), "
+              f"haproxy {env.get('haproxy', '?')}, nginx {env.get('nginx', '?')}, "
               f"OpenSSL {env.get('openssl', '?')}; {env.get('nproc', '?')} CPUs ({env.get('cpu_model', '?')}), "
               f"sidecars on CPU {env.get('proxy_cpu', '?')} (two-worker peers: every CPU), load generator + backend "
               f"on CPU {env.get('load_cpu', '?')}; {env.get('seconds', '?')} s per workload, {rounds_said}")

@@ -31,7 +31,12 @@
 # BENCH_RUST_LOG: the sidecars' RUST_LOG (default warn; `info` is what a sidecar runs
 # with when RUST_LOG is unset),
 # BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
-# appid binary instead of building the checkout (to compare two builds). Raw tool output lands in
+# appid binary instead of building the checkout (to compare two builds;
+# BENCH_APPID_BUILD then says in the report what it is). BENCH_BUILD: how the
+# checkout is built when no binary is given: `pgo` (default), the
+# profile-guided build of bench/pgo.sh (what the Dockerfile ships; needs
+# `rustup component add llvm-tools`), or `release` (`cargo build --release`).
+# Raw tool output lands in
 # bench/e2e/raw/. Installs missing tools with apt-get when run as root.
 #
 # --mesh (issue 19, root): the topology of a mesh instead of loopback ports.
@@ -841,14 +846,27 @@ main() {
         fi
     fi
     install_missing
-    local built
+    local built build
     if [[ -n ${BENCH_APPID_BIN:-} ]]; then
         built=$BENCH_APPID_BIN
+        build=${BENCH_APPID_BUILD:-given as BENCH_APPID_BIN}
         log "appid: $built (BENCH_APPID_BIN, not rebuilt)"
     else
-        log "building appid (release)"
-        (cd "$ROOT" && cargo build --release -q -p appid-proxy)
-        built=${CARGO_TARGET_DIR:-$ROOT/target}/release/appid
+        case ${BENCH_BUILD:-pgo} in
+        pgo)
+            log "building appid (profile-guided: bench/pgo.sh)"
+            "$ROOT/bench/pgo.sh"
+            built=$ROOT/target/pgo/release/appid
+            build="profile-guided build (bench/pgo.sh)"
+            ;;
+        release)
+            log "building appid (release)"
+            (cd "$ROOT" && cargo build --release -q -p appid-proxy)
+            built=${CARGO_TARGET_DIR:-$ROOT/target}/release/appid
+            build="cargo build --release"
+            ;;
+        *) die "BENCH_BUILD is pgo or release, not '$BENCH_BUILD'" ;;
+        esac
     fi
     [[ -x $built ]] || die "no $built"
     CLK_TCK=$(getconf CLK_TCK)
@@ -915,6 +933,7 @@ main() {
         echo "nproc=$(nproc)"
         echo "kernel=$(uname -r)"
         echo "appid=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo +dirty)"
+        echo "appid_build=$build"
         echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
         echo "nginx=$(nginx -v 2>&1 | sed 's|.*nginx/||')"
         echo "openssl=$(openssl version 2>/dev/null | awk '{print $2}')"
