@@ -72,17 +72,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # PORT PID NAME
-    local i
-    for ((i = 0; i < 600; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        kill -0 "$2" 2>/dev/null || { cat "$WORK/$3.log" >&2; die "$3 exited"; }
-        sleep 0.1
-    done
-    cat "$WORK/$3.log" >&2
-    die "$3: nothing listens on $1"
-}
-
 # The pair run.sh measures: its certificates, policy, sidecar configs
 # (`workers: 1`) and backend (bench/e2e/lib.sh).
 # shellcheck source=bench/e2e/lib.sh

@@ -1,7 +1,22 @@
-# Pieces bench/e2e/run.sh and bench/e2e/instructions.sh share, so that both
-# measure the same pair: its certificates, the backend, the sidecars' policy
-# and configs. Sourced; the functions read the caller's globals WORK, APPID,
-# BACKEND_BIND, BACKEND_H1, BACKEND_H2, ADMIN_CLIENT and ADMIN_SERVER.
+# Pieces bench/e2e/run.sh, bench/e2e/instructions.sh and bench/pgo.sh share,
+# so that all three run the same pair: its certificates, the backend, the
+# sidecars' policy and configs. Sourced; the functions read the caller's
+# globals WORK, APPID, BACKEND_BIND, BACKEND_H1, BACKEND_H2, ADMIN_CLIENT and
+# ADMIN_SERVER.
+
+# wait_port PORT PID NAME: waits (up to 60 s) until something listens on
+# 127.0.0.1:PORT; fails, showing $WORK/NAME.log, if process PID exits first.
+# Uses the caller's `die`.
+wait_port() {
+    local i
+    for ((i = 0; i < 600; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        kill -0 "$2" 2>/dev/null || { cat "$WORK/$3.log" >&2; die "$3 exited"; }
+        sleep 0.1
+    done
+    cat "$WORK/$3.log" >&2
+    die "$3: nothing listens on $1"
+}
 
 # setup_pki: a CA in $WORK/ca, the load generator's (client) and the
 # backend's (server) certificates and keys in $WORK, the CA certificate as
