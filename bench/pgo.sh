@@ -32,11 +32,6 @@ shopt -s inherit_errexit
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 PROFILES=$ROOT/target/pgo-profiles
-# run.sh's ports; lib.sh reads these.
-BACKEND_BIND=127.0.0.1 BACKEND_H1=18080 BACKEND_H2=18081 BACKEND_TCP=18201
-CLIENT_H1=20080 CLIENT_H2=20081 CLIENT_TCP=20201
-SERVER_H1=21080 SERVER_H2=21081 SERVER_TCP=21201
-ADMIN_CLIENT=15190 ADMIN_SERVER=15191
 
 log() { printf '%s [pgo] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -79,26 +74,14 @@ APPID=$ROOT/target/pgo-instrumented/release/appid
 
 WORK=$(mktemp -d /tmp/appid-pgo.XXXXXX)
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 # shellcheck source=bench/e2e/lib.sh
 source "$HERE/e2e/lib.sh"
+trap cleanup_scratch EXIT
 mkdir -p "$WORK/audit"
 setup_pki
 appid_policy "$WORK/policy.yaml" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP" l7
-write_backend_conf
-nginx -e "$WORK/backend/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" >"$WORK/backend.log" 2>&1 &
-PIDS+=($!)
-wait_port "$BACKEND_H1" "$!" backend
-iperf3 -s -B "$BACKEND_BIND" -p "$BACKEND_TCP" >"$WORK/iperf3.log" 2>&1 &
-PIDS+=($!)
-wait_port "$BACKEND_TCP" "$!" iperf3
+start_scratch_backend tcp
 head -c 300 /dev/urandom >"$WORK/body.bin"
 
 # h2load ARGS...: runs it and fails unless every request got a 2xx (a
@@ -115,14 +98,7 @@ h2load_ok() {
 # clean stop (the counts are written as the process exits).
 train() {
     local extra=$1 side pid
-    appid_config server "$WORK" inbound \
-        "{ listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }" \
-        "{ listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }" \
-        "{ listen: \"127.0.0.1:$SERVER_TCP\", forward: \"127.0.0.1:$BACKEND_TCP\" }"
-    appid_config client "$WORK" outbound \
-        "{ listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }" \
-        "{ listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }" \
-        "{ listen: \"127.0.0.1:$CLIENT_TCP\", upstream: \"127.0.0.1:$SERVER_TCP\" }"
+    loopback_pair_configs "$WORK"
     declare -A sidecar
     for side in server client; do
         printf '%b\n' "$extra" >>"$WORK/$side.yaml"

@@ -40,11 +40,6 @@ MIB2=${BENCH_IC_MIB2:-160}
 ((MIB2 > MIB1)) || { echo "BENCH_IC_MIB2 ($MIB2) must be larger than BENCH_IC_MIB1 ($MIB1)" >&2; exit 1; }
 ((N2 > N1)) || { echo "BENCH_IC_N2 ($N2) must be larger than BENCH_IC_N1 ($N1)" >&2; exit 1; }
 OUT=$HERE/raw/instructions
-# run.sh's ports (the TCP ones only for the policy); lib.sh reads these.
-BACKEND_BIND=127.0.0.1 BACKEND_H1=18080 BACKEND_H2=18081 BACKEND_TCP=18201
-CLIENT_H1=20080 CLIENT_H2=20081 CLIENT_TCP=20201
-SERVER_H1=21080 SERVER_H2=21081 SERVER_TCP=21201
-ADMIN_CLIENT=15190 ADMIN_SERVER=15191
 
 log() { printf '%s [instructions] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -64,39 +59,22 @@ fi
 
 WORK=$(mktemp -d /tmp/appid-instructions.XXXXXX)
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 # The pair run.sh measures: its certificates, policy, sidecar configs
 # (`workers: 1`) and backend (bench/e2e/lib.sh).
 # shellcheck source=bench/e2e/lib.sh
 source "$HERE/lib.sh"
+trap cleanup_scratch EXIT
 mkdir -p "$WORK/audit" "$OUT"
 setup_pki
 appid_policy "$WORK/policy.yaml" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP" "$LAYER"
-appid_config server "$WORK" inbound \
-    "{ listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }" \
-    "{ listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }" \
-    "{ listen: \"127.0.0.1:$SERVER_TCP\", forward: \"127.0.0.1:$BACKEND_TCP\" }"
-appid_config client "$WORK" outbound \
-    "{ listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }" \
-    "{ listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }" \
-    "{ listen: \"127.0.0.1:$CLIENT_TCP\", upstream: \"127.0.0.1:$SERVER_TCP\" }"
+loopback_pair_configs "$WORK"
 for side in server client; do echo "workers: 1" >>"$WORK/$side.yaml"; done
-write_backend_conf
-nginx -e "$WORK/backend/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" >"$WORK/backend.log" 2>&1 &
-PIDS+=($!)
-wait_port "$BACKEND_H1" "$!" backend
 if [[ " $WORKLOADS " == *" tcp "* ]]; then
     command -v iperf3 >/dev/null || die "workload tcp needs iperf3 (apt-get install -y iperf3)"
-    iperf3 -s -B "$BACKEND_BIND" -p "$BACKEND_TCP" >"$WORK/iperf3.log" 2>&1 &
-    PIDS+=($!)
-    wait_port "$BACKEND_TCP" "$!" iperf3
+    start_scratch_backend tcp
+else
+    start_scratch_backend
 fi
 
 declare -A SIDECAR

@@ -1,8 +1,18 @@
 # Pieces bench/e2e/run.sh, bench/e2e/instructions.sh and bench/pgo.sh share,
 # so that all three run the same pair: its certificates, the backend, the
-# sidecars' policy and configs. Sourced; the functions read the caller's
-# globals WORK, APPID, BACKEND_BIND, BACKEND_H1, BACKEND_H2, ADMIN_CLIENT and
-# ADMIN_SERVER.
+# sidecars' policy and configs, and the ports of the loopback pair (below).
+# Sourced; the functions read the caller's globals WORK and APPID and the
+# ports.
+
+# Ports. Load generator -> CLIENT_* (client sidecar, plaintext) ->
+# SERVER_* (server sidecar, mTLS) -> BACKEND_* (plaintext); the sidecars'
+# admin ports. The backend listens on BACKEND_BIND (127.0.0.1 unless the caller
+# set it; run.sh's mesh moves it to 0.0.0.0).
+BACKEND_BIND=${BACKEND_BIND:-127.0.0.1}
+BACKEND_H1=18080 BACKEND_H2=18081 BACKEND_TCP=18201
+CLIENT_H1=20080 CLIENT_H2=20081 CLIENT_TCP=20201
+SERVER_H1=21080 SERVER_H2=21081 SERVER_TCP=21201
+ADMIN_CLIENT=15190 ADMIN_SERVER=15191
 
 # wait_port PORT PID NAME: waits (up to 60 s) until something listens on
 # 127.0.0.1:PORT; fails, showing $WORK/NAME.log, if process PID exits first.
@@ -16,6 +26,31 @@ wait_port() {
     done
     cat "$WORK/$3.log" >&2
     die "$3: nothing listens on $1"
+}
+
+# The scratch state of instructions.sh and pgo.sh: the processes they
+# start (PIDS) are killed and their directory (WORK) removed on exit:
+# `PIDS=(); trap cleanup_scratch EXIT`.
+cleanup_scratch() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+
+# start_scratch_backend [tcp]: nginx on the backend ports (and with `tcp`
+# an iperf3 server on BACKEND_TCP), their PIDs added to PIDS; returns once
+# they listen. (run.sh starts its own, pinned to the load generator's CPU.)
+start_scratch_backend() {
+    write_backend_conf
+    nginx -e "$WORK/backend/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" >"$WORK/backend.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$BACKEND_H1" "$!" backend
+    if [[ ${1:-} == tcp ]]; then
+        iperf3 -s -B "$BACKEND_BIND" -p "$BACKEND_TCP" >"$WORK/iperf3.log" 2>&1 &
+        PIDS+=($!)
+        wait_port "$BACKEND_TCP" "$!" iperf3
+    fi
 }
 
 # setup_pki: a CA in $WORK/ca, the load generator's (client) and the
@@ -121,4 +156,20 @@ appid_config() {
         echo "admin: \"127.0.0.1:$admin\""
         echo "audit_log: $WORK/audit/$side.jsonl"
     } >"$dir/$side.yaml"
+}
+
+# loopback_pair_configs DIR: DIR/server.yaml and DIR/client.yaml of the
+# loopback pair (appid_config): the server's three listeners forward to the
+# backend's HTTP/1.1, HTTP/2 and TCP ports, the client's to the server's.
+# Reads the caller's SERVER_*, CLIENT_* and BACKEND_* ports.
+loopback_pair_configs() {
+    local dir=$1
+    appid_config server "$dir" inbound \
+        "{ listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }" \
+        "{ listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }" \
+        "{ listen: \"127.0.0.1:$SERVER_TCP\", forward: \"127.0.0.1:$BACKEND_TCP\" }"
+    appid_config client "$dir" outbound \
+        "{ listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }" \
+        "{ listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }" \
+        "{ listen: \"127.0.0.1:$CLIENT_TCP\", upstream: \"127.0.0.1:$SERVER_TCP\" }"
 }

@@ -106,17 +106,11 @@ APPID_CONFIGS=(
     "default-w2|appid (default, 2 workers)|workers: 2"
 )
 
-# Ports. Load generator -> CLIENT_* (client sidecar, plaintext) ->
-# SERVER_* (server sidecar, mTLS) -> BACKEND_* (plaintext).
-BACKEND_H1=18080 BACKEND_H2=18081 BACKEND_TCP=18201
-CLIENT_H1=20080 CLIENT_H2=20081 CLIENT_TCP=20201
-SERVER_H1=21080 SERVER_H2=21081 SERVER_TCP=21201
-ADMIN_CLIENT=15190 ADMIN_SERVER=15191
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 CIPHERSUITE=TLS_AES_256_GCM_SHA384 # what rustls (appid) negotiates by default
 
-# Certificates, the backend's nginx.conf, the sidecars' policy and configs:
-# shared with instructions.sh.
+# The ports, certificates, the backend's nginx.conf, the sidecars' policy
+# and configs: shared with instructions.sh and pgo.sh.
 # shellcheck source=bench/e2e/lib.sh
 source "$HERE/lib.sh"
 
@@ -532,14 +526,7 @@ appid_start_pair() {
 start_appid() {
     local dir=$1 extra=$2
     appid_policy "$dir/policy.yaml" "$SERVER_H1" "$SERVER_H2" "$SERVER_TCP" l7
-    appid_config server "$dir" inbound \
-        "{ listen: \"127.0.0.1:$SERVER_H1\", forward: \"127.0.0.1:$BACKEND_H1\" }" \
-        "{ listen: \"127.0.0.1:$SERVER_H2\", forward: \"127.0.0.1:$BACKEND_H2\" }" \
-        "{ listen: \"127.0.0.1:$SERVER_TCP\", forward: \"127.0.0.1:$BACKEND_TCP\" }"
-    appid_config client "$dir" outbound \
-        "{ listen: \"127.0.0.1:$CLIENT_H1\", upstream: \"127.0.0.1:$SERVER_H1\" }" \
-        "{ listen: \"127.0.0.1:$CLIENT_H2\", upstream: \"127.0.0.1:$SERVER_H2\" }" \
-        "{ listen: \"127.0.0.1:$CLIENT_TCP\", upstream: \"127.0.0.1:$SERVER_TCP\" }"
+    loopback_pair_configs "$dir"
     appid_start_pair "$dir" "$extra"
 }
 
