@@ -25,7 +25,7 @@
 # Needs: `llvm-profdata` of rustc's LLVM version (`rustup component add
 # llvm-tools`, or LLVM_PROFDATA=path), nginx, h2load (nghttp2-client), wrk,
 # iperf3, curl; installs the last five with apt-get when run as root. Takes
-# about 12 minutes on 2 cores (two fat-LTO builds).
+# about 13 minutes on 2 cores (two fat-LTO builds).
 set -euo pipefail
 shopt -s inherit_errexit
 
