@@ -564,17 +564,16 @@ def main():
         return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
 
     rounds_said = f"{len(rounds)} round{'s' if several else ''}"
+    appid_said = f"appid {env.get('appid', '?')} ({env.get('appid_build', 'build not recorded')})"
     if env.get("topology") == "mesh":
-        print(f"appid {env.get('appid', '?')} ({env.get('appid_build', 'build not recorded')}), "
-              f"ztunnel {env.get('ztunnel', 'not run')}; {env.get('nproc', '?')} CPUs "
+        print(f"{appid_said}, ztunnel {env.get('ztunnel', 'not run')}; {env.get('nproc', '?')} CPUs "
               f"({env.get('cpu_model', '?')}); mesh: two network namespaces joined by a veth, iptables capture, "
               f"{env.get('workers', '?')} worker threads per proxy, every process on every CPU; "
               f"{env.get('seconds', '?')} s per workload, {rounds_said}")
         print(f"{mark} = ratio to {reference}, d× = ratio to direct (value / reference in the same round: > 1 is more)" +
               ("; median of the rounds (min–max)" if several else ""))
     else:
-        print(f"appid {env.get('appid', '?')} ({env.get('appid_build', 'build not recorded')}), "
-              f"haproxy {env.get('haproxy', '?')}, nginx {env.get('nginx', '?')}, "
+        print(f"{appid_said}, haproxy {env.get('haproxy', '?')}, nginx {env.get('nginx', '?')}, "
               f"OpenSSL {env.get('openssl', '?')}; {env.get('nproc', '?')} CPUs ({env.get('cpu_model', '?')}), "
               f"sidecars on CPU {env.get('proxy_cpu', '?')} (two-worker peers: every CPU), load generator + backend "
               f"on CPU {env.get('load_cpu', '?')}; {env.get('seconds', '?')} s per workload, {rounds_said}")
