@@ -88,7 +88,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -281,8 +281,8 @@ impl AuditRecord<'_> {
     /// Appends the line [`AuditLog::log_at`] writes for this record at `at`
     /// to a file that already carries the documents it names (no
     /// `appids`), newline included. On error `buf` may hold part of it.
-    pub fn write_line(&self, buf: &mut Vec<u8>, at: OffsetDateTime) -> Result<(), String> {
-        encode_line_into(buf, self, at, None, None)
+    pub fn write_line(&self, buf: &mut Vec<u8>, at: impl Into<LineTime>) -> Result<(), String> {
+        encode_line_into(buf, self, at.into(), None, None)
     }
 }
 
@@ -548,7 +548,7 @@ impl State {
 
     /// Counts `record` into its second's repeats and returns `true` if it
     /// is not to be written (a denial of a key already written this second).
-    fn coalesce(&mut self, record: &AuditRecord<'_>, at: OffsetDateTime) -> bool {
+    fn coalesce(&mut self, record: &AuditRecord<'_>, at: LineTime) -> bool {
         let source = match (record.peer_id, record.peer_addr) {
             (Some(id), _) => id.to_string(),
             (None, Some(addr)) => addr
@@ -561,7 +561,7 @@ impl State {
             record.rule.to_string(),
             source,
         );
-        let second = at.unix_timestamp();
+        let second = at.unix_second;
         if let Some(repeats) = self.repeats.get_mut(&key)
             && repeats.second == second
         {
@@ -598,11 +598,11 @@ impl State {
 
     /// Queues the count lines of repeats whose second is over (`all`: every
     /// one), and forgets them.
-    fn summarize_repeats(&mut self, now: OffsetDateTime, all: bool) {
+    fn summarize_repeats(&mut self, now: LineTime, all: bool) {
         if self.repeats.is_empty() {
             return;
         }
-        let second = now.unix_timestamp();
+        let second = now.unix_second;
         let done: Vec<RepeatKey> = self
             .repeats
             .iter()
@@ -617,7 +617,7 @@ impl State {
     }
 
     /// Queues one count line, if anything was suppressed.
-    fn push_repeated(&mut self, key: &RepeatKey, repeats: &Repeats, now: OffsetDateTime) {
+    fn push_repeated(&mut self, key: &RepeatKey, repeats: &Repeats, now: LineTime) {
         if repeats.suppressed == 0 {
             return;
         }
@@ -801,19 +801,24 @@ impl AuditLog {
 
     /// Writes one decision, stamped with the current time.
     pub fn log(&self, record: &AuditRecord<'_>) {
-        self.log_at(record, OffsetDateTime::now_utc());
+        self.log_at(record, SystemTime::now());
     }
 
-    /// [`AuditLog::log`] for a connection whose fields were encoded once
+    /// [`AuditLog::log_at`] for a connection whose fields were encoded once
     /// (`connection`, made by [`ConnectionFields::new`] from a record of
     /// the same connection): the same line, the fields copied, not encoded.
-    pub fn log_on_connection(&self, record: &AuditRecord<'_>, connection: &ConnectionFields) {
+    pub fn log_on_connection(
+        &self,
+        record: &AuditRecord<'_>,
+        connection: &ConnectionFields,
+        at: impl Into<LineTime>,
+    ) {
         // Debug builds (every test) check the kept fields against the
         // record's: a line from them that differs is a bug (stale or
         // another connection's fields).
         #[cfg(debug_assertions)]
         {
-            let at = OffsetDateTime::UNIX_EPOCH;
+            let at = LineTime::from(OffsetDateTime::UNIX_EPOCH);
             let (mut whole, mut kept) = (Vec::new(), Vec::new());
             let _ = encode_line_into(&mut whole, record, at, None, None);
             let _ = encode_line_into(&mut kept, record, at, None, Some(connection));
@@ -823,18 +828,19 @@ impl AuditLog {
                 "an audit line from a connection's kept fields differs from the record's"
             );
         }
-        self.log_encoded(record, OffsetDateTime::now_utc(), Some(connection));
+        self.log_encoded(record, at.into(), Some(connection));
     }
 
-    /// Writes one decision with the given time (tests, replays).
-    pub fn log_at(&self, record: &AuditRecord<'_>, at: OffsetDateTime) {
-        self.log_encoded(record, at, None);
+    /// Writes one decision with the given time (a request's, tests,
+    /// replays).
+    pub fn log_at(&self, record: &AuditRecord<'_>, at: impl Into<LineTime>) {
+        self.log_encoded(record, at.into(), None);
     }
 
     fn log_encoded(
         &self,
         record: &AuditRecord<'_>,
-        at: OffsetDateTime,
+        at: LineTime,
         connection: Option<&ConnectionFields>,
     ) {
         // Encoded outside the lock, into this thread's buffer (not a new
@@ -854,7 +860,7 @@ impl AuditLog {
 
     /// Queues `line`, the encoding of `record` (or counts it into a
     /// coalesced denial), and writes out what is due.
-    fn push_line(&self, record: &AuditRecord<'_>, at: OffsetDateTime, line: &[u8]) {
+    fn push_line(&self, record: &AuditRecord<'_>, at: LineTime, line: &[u8]) {
         let buffered = self.inner.buffer_allows.load(Ordering::Relaxed)
             && record.decision == "allow"
             && !record.audit_only;
@@ -912,14 +918,14 @@ impl AuditLog {
     /// Writes out buffered lines, if any (and the counts of coalesced
     /// denials whose second is over).
     pub fn flush(&self) {
-        self.flush_at(OffsetDateTime::now_utc());
+        self.flush_at(SystemTime::now());
     }
 
     /// [`AuditLog::flush`] as of `now` (tests).
-    pub fn flush_at(&self, now: OffsetDateTime) {
+    pub fn flush_at(&self, now: impl Into<LineTime>) {
         let (written, lost, error) = {
             let mut state = self.lock();
-            state.summarize_repeats(now, false);
+            state.summarize_repeats(now.into(), false);
             let written = state.write_pending();
             state.notice_truncation();
             written
@@ -968,7 +974,7 @@ impl AuditLog {
     /// Closes and reopens the file (after a move-style log rotation). On
     /// error the old file stays in use. No-op for stderr.
     pub fn reopen(&self) -> io::Result<()> {
-        let now = OffsetDateTime::now_utc();
+        let now = LineTime::from(SystemTime::now());
         // One lock for both: a line queued between the old file's last
         // write and the switch would name documents only the old file has.
         let ((written, lost, error), reopened) = {
@@ -1029,7 +1035,7 @@ impl State {
 /// The full line, newline included, with `appids` when given.
 fn encode_line(
     record: &AuditRecord<'_>,
-    at: OffsetDateTime,
+    at: impl Into<LineTime>,
     appids: Option<std::collections::BTreeMap<&str, &serde_json::Value>>,
 ) -> Result<Vec<u8>, String> {
     let mut buf = Vec::with_capacity(256 + record.claims.size_hint());
@@ -1049,12 +1055,12 @@ fn encode_line(
 fn encode_line_into(
     buf: &mut Vec<u8>,
     record: &AuditRecord<'_>,
-    at: OffsetDateTime,
+    at: impl Into<LineTime>,
     appids: Option<&std::collections::BTreeMap<&str, &serde_json::Value>>,
     connection: Option<&ConnectionFields>,
 ) -> Result<(), String> {
     buf.extend_from_slice(b"{\"time\":\"");
-    write_time(buf, at).map_err(|e| e.to_string())?;
+    write_time(buf, at.into())?;
     buf.push(b'"');
     write_record_fields(buf, record, appids, connection).map_err(|e| e.to_string())?;
     buf.extend_from_slice(b"}\n");
@@ -1215,12 +1221,12 @@ fn encode_repeated_into(
     buf: &mut Vec<u8>,
     key: &RepeatKey,
     repeats: &Repeats,
-    now: OffsetDateTime,
+    now: impl Into<LineTime>,
 ) -> serde_json::Result<()> {
     buf.extend_from_slice(b"{\"time\":\"");
     // As before: a time that cannot be formatted (none can) is left empty
     // rather than losing the count.
-    let _ = write_time(buf, now);
+    let _ = write_time(buf, now.into());
     buf.push(b'"');
     field(buf, key!("direction"), key.0.as_str())?;
     buf.extend_from_slice(b",\"decision\":\"deny\",\"audit_only\":false");
@@ -1304,33 +1310,80 @@ fn needs_escaping(bytes: &[u8]) -> bool {
         || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
+/// An audit line's time as its text needs it: the Unix second (the key of
+/// the text kept per second, [`LAST_SECOND`], and of coalescing) and the
+/// millisecond. From a `SystemTime` (the sidecar's lines) no calendar
+/// arithmetic is done: a date is worked out once per second, for the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTime {
+    unix_second: i64,
+    milli: u16,
+}
+
+impl From<SystemTime> for LineTime {
+    fn from(at: SystemTime) -> LineTime {
+        match at.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(since) => LineTime {
+                unix_second: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+                milli: since.subsec_millis() as u16,
+            },
+            // Before 1970: the second below, and the part of it after.
+            Err(before) => {
+                let before = before.duration();
+                let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+                match before.subsec_nanos() {
+                    0 => LineTime {
+                        unix_second: -whole,
+                        milli: 0,
+                    },
+                    nanos => LineTime {
+                        unix_second: -whole - 1,
+                        milli: ((1_000_000_000 - nanos) / 1_000_000) as u16,
+                    },
+                }
+            }
+        }
+    }
+}
+
+impl From<OffsetDateTime> for LineTime {
+    fn from(at: OffsetDateTime) -> LineTime {
+        LineTime {
+            unix_second: at.unix_timestamp(),
+            milli: at.millisecond(),
+        }
+    }
+}
+
 /// Appends `at` in UTC as [`TIME_FORMAT`] writes it
 /// (`2026-11-20T10:00:00.123Z`): digit by digit for years 0 to 9999 (every
 /// line a sidecar writes), through `time` otherwise. Nothing is appended on
-/// error.
+/// error (a time no date holds).
 ///
 /// Lines come many to a second, so the text up to the second is kept per
 /// thread ([`LAST_SECOND`]) and only the milliseconds are written for the
 /// next line in the same second: the calendar date was most of the cost.
-fn write_time(buf: &mut Vec<u8>, at: OffsetDateTime) -> Result<(), time::error::Format> {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    let unix_second = at.unix_timestamp();
+fn write_time(buf: &mut Vec<u8>, at: LineTime) -> Result<(), String> {
     let kept = LAST_SECOND
         .try_with(Cell::get)
         .ok()
-        .filter(|(second, _)| *second == unix_second);
+        .filter(|(second, _)| *second == at.unix_second);
     let up_to_second = match kept {
         Some((_, text)) => text,
         None => {
-            let Some(text) = text_up_to_second(at) else {
-                buf.extend_from_slice(at.format(TIME_FORMAT)?.as_bytes());
+            let date = OffsetDateTime::from_unix_timestamp(at.unix_second)
+                .map_err(|e| format!("audit line time: {e}"))?;
+            let Some(text) = text_up_to_second(date) else {
+                let date = date + time::Duration::milliseconds(at.milli.into());
+                let text = date.format(TIME_FORMAT).map_err(|e| e.to_string())?;
+                buf.extend_from_slice(text.as_bytes());
                 return Ok(());
             };
-            let _ = LAST_SECOND.try_with(|last| last.set((unix_second, text)));
+            let _ = LAST_SECOND.try_with(|last| last.set((at.unix_second, text)));
             text
         }
     };
-    let milli = at.millisecond();
+    let milli = at.milli;
     buf.extend_from_slice(&up_to_second);
     buf.extend_from_slice(&[
         b'0' + (milli / 100) as u8,
@@ -2347,8 +2400,30 @@ mod encoder_tests {
 
     fn hand_written(at: OffsetDateTime) -> String {
         let mut buf = b"prefix".to_vec();
-        write_time(&mut buf, at).unwrap();
+        write_time(&mut buf, at.into()).unwrap();
         String::from_utf8(buf[6..].to_vec()).unwrap()
+    }
+
+    proptest::proptest! {
+        /// A line's time from the wall clock is the time `OffsetDateTime`
+        /// reads from it, to the millisecond, before 1970 too.
+        #[test]
+        fn a_system_time_is_its_calendar_time(
+            nanos in -62_135_596_800_000_000_000i128..253_402_300_799_999_999_999i128,
+        ) {
+            let abs = nanos.unsigned_abs();
+            let magnitude = Duration::new((abs / 1_000_000_000) as u64, (abs % 1_000_000_000) as u32);
+            let at = if nanos >= 0 {
+                SystemTime::UNIX_EPOCH + magnitude
+            } else {
+                SystemTime::UNIX_EPOCH - magnitude
+            };
+            let calendar = OffsetDateTime::from(at);
+            proptest::prop_assert_eq!(LineTime::from(at), LineTime::from(calendar));
+            let mut buf = Vec::new();
+            write_time(&mut buf, at.into()).unwrap();
+            proptest::prop_assert_eq!(String::from_utf8(buf).unwrap(), formatted(calendar));
+        }
     }
 
     #[test]

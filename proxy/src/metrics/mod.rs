@@ -33,7 +33,7 @@
 //! | `appid_h2_floods_closed_total` | counter | `direction` (HTTP/2 connections closed for control-frame floods and rapid resets) |
 //! | `appid_buffer_bytes` | gauge | — (bytes held for peers now, of `limits.max_buffer_bytes`; absent until the sidecar runs) |
 //! | `appid_handshake_duration_seconds` | histogram | `direction` (successful mesh TLS handshakes) |
-//! | `appid_authz_decision_duration_seconds` | histogram | `direction` (policy decisions, connection and request) |
+//! | `appid_authz_decision_duration_seconds` | histogram | `direction` (policy decisions, connection and request; one in 16 per thread is timed, `TIMED_DECISIONS`) |
 //! | `appid_build_info` | gauge | `version` (always 1) |
 //! | `appid_process_cpu_seconds_total`, `appid_process_resident_memory_bytes`, `appid_process_open_fds`, `appid_process_max_fds`, `appid_process_start_time_seconds` | counter, gauges | — (read from `/proc/self` at scrape time: [`process`]) |
 //! | `appid_streams_shed_total` | counter | `direction`, `reason` (`memory`: tunnel streams refused while the byte budget is used up) |
@@ -452,7 +452,7 @@ impl Metrics {
             Family::new_with_constructor(decision_histogram as fn() -> Histogram);
         registry.register_with_unit(
             "authz_decision_duration",
-            "How long policy took to decide a connection or request",
+            "How long policy took to decide a connection or request (one decision in 16 is timed)",
             Unit::Seconds,
             decision_family.clone(),
         );

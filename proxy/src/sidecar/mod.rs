@@ -81,6 +81,7 @@ pub(crate) use forward_chunk_writes;
 mod audit_claims;
 pub mod authz;
 pub mod balance;
+pub mod clock;
 pub mod copy_buf;
 mod counted;
 mod dispatch;

@@ -41,6 +41,7 @@ use futures_util::future::Either;
 use http::header::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::sidecar::clock::Stamp;
 use crate::sidecar::splice::{Abort, Chunks};
 
 /// The HTTP version detected on the downstream connection.
@@ -58,6 +59,9 @@ pub struct RequestFacts<'a> {
     /// Every header but `x-appid-*`, `_` and `-` alike.
     pub headers: &'a dyn Headers,
     pub grpc: bool,
+    /// When its head was read: the time its expiry check and audit line
+    /// use ([`crate::sidecar::clock`]).
+    pub arrived: Stamp,
 }
 
 /// The rule name of refusals in audit lines and metrics.
@@ -250,6 +254,7 @@ pub fn authorize_request(
     authority: Option<&str>,
     headers: &dyn Headers,
     grpc: bool,
+    arrived: Stamp,
 ) -> RequestDecision {
     let held_to = authorizer.connection_host();
     let checked = match check_request(method, target) {
@@ -301,6 +306,7 @@ pub fn authorize_request(
                 path: &path,
                 headers,
                 grpc,
+                arrived,
             };
             match authorizer.authorize(&facts) {
                 RequestVerdict::Allow => RequestDecision::Forward,
@@ -581,7 +587,10 @@ impl Shutdown {
     pub async fn started(&mut self) {
         let signal = self.signal.wait_for(|stop| *stop);
         match self.at {
+            // `biased`: no random start drawn at every poll (an HTTP/2
+            // relay polls this at each of its wake-ups).
             Some(at) => tokio::select! {
+                biased;
                 _ = signal => {}
                 () = tokio::time::sleep_until(at) => {}
             },
@@ -837,7 +846,15 @@ mod tests {
     fn a_connection_allowed_by_name_carries_requests_for_that_host_only() {
         let decide = |target: &str, authority: Option<&str>, host: &[&str]| {
             let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
-            authorize_request(&HeldToName, "GET", target, authority, &&fields[..], false)
+            authorize_request(
+                &HeldToName,
+                "GET",
+                target,
+                authority,
+                &&fields[..],
+                false,
+                Stamp::now(),
+            )
         };
         let misdirected = RequestDecision::Refuse(Refusal::Misdirected);
         assert_eq!(decide("/x", None, &["a.test"]), RequestDecision::Forward);
@@ -890,7 +907,15 @@ mod tests {
         // Methods are still checked.
         let fields = [("host", "a.test")];
         assert_eq!(
-            authorize_request(&HeldToName, "get", "/x", None, &&fields[..], false),
+            authorize_request(
+                &HeldToName,
+                "get",
+                "/x",
+                None,
+                &&fields[..],
+                false,
+                Stamp::now()
+            ),
             RequestDecision::Refuse(Refusal::LowerCaseMethod)
         );
     }
@@ -900,7 +925,15 @@ mod tests {
         let decide = |target: &str, authority: Option<&str>, host: &[&str]| {
             let seen = SeesHost(Default::default());
             let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
-            let decision = authorize_request(&seen, "GET", target, authority, &&fields[..], false);
+            let decision = authorize_request(
+                &seen,
+                "GET",
+                target,
+                authority,
+                &&fields[..],
+                false,
+                Stamp::now(),
+            );
             (decision, seen.0.into_inner().unwrap())
         };
         let refused = |e| (RequestDecision::Refuse(Refusal::Authority(e)), Vec::new());

@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::detect::{self, BodyLine};
+use crate::sidecar::clock::Stamp;
 use crate::sidecar::dispatch::FirstLineGuard;
 use crate::sidecar::splice::{Abort, Chunks};
 
@@ -109,15 +110,18 @@ where
             }
             // The head is parsed once, and inspected (authorized) as parsed.
             let inspect = RequestHead(|request: &httparse::Request<'_, '_>, head: &[u8]| {
-                let started = Instant::now();
+                // Both clocks, once: the latency's start, and the time its
+                // expiry check and audit line use.
+                let arrived = Stamp::now();
                 let inspected = inspect_request(
                     request,
                     head,
                     authorizer.as_ref(),
                     &peer_headers,
                     limits.app,
+                    arrived,
                 );
-                (started, inspected)
+                (Instant::from_std(arrived.mono), inspected)
             });
             // `biased` (here and in the other selects a request or a chunk
             // passes through): polled in the order written, without the
@@ -377,6 +381,7 @@ fn inspect_request(
     authorizer: &dyn RequestAuthorizer,
     peer_headers: &Option<PeerHeaders>,
     app: AppSide,
+    arrived: Stamp,
 ) -> Result<InspectedRequest, Rejected> {
     // httparse fills all three in a complete head.
     let (Some(method), Some(target), Some(version)) =
@@ -421,7 +426,9 @@ fn inspect_request(
             .next()
             .and_then(|v| std::str::from_utf8(v).ok())
     });
-    match span.in_scope(|| authorize_request(authorizer, method, target, None, &headers, false)) {
+    match span
+        .in_scope(|| authorize_request(authorizer, method, target, None, &headers, false, arrived))
+    {
         RequestDecision::Forward => {}
         RequestDecision::Refuse(refusal) => {
             trace::record_status(&span, refusal.status());

@@ -270,10 +270,13 @@ where
             }
             Some(status) if status.is_informational() => false,
             Some(status) => {
-                stream.span.in_scope(|| {
-                    self.authorizer
-                        .observe(status.as_u16(), stream.started.elapsed())
-                });
+                let took = self
+                    .app_clock
+                    .mono()
+                    .saturating_duration_since(stream.started);
+                stream
+                    .span
+                    .in_scope(|| self.authorizer.observe(status.as_u16(), took));
                 true
             }
         };

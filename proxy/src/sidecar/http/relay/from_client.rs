@@ -93,7 +93,11 @@ where
                     tracing::debug!(parent: &stream.span, ?reason, "client reset its stream");
                     frame::put_reset(&mut self.to_app, head.stream, reason);
                     self.note_closed();
-                    if self.rapid_reset.reset(stream.started.elapsed()) == Verdict::RapidReset {
+                    let lived = self
+                        .client_clock
+                        .mono()
+                        .saturating_duration_since(stream.started);
+                    if self.rapid_reset.reset(lived) == Verdict::RapidReset {
                         let (forwarded, cancelled) = self.rapid_reset.counts();
                         tracing::info!(
                             forwarded,
@@ -318,7 +322,8 @@ where
     /// A request head that came through HPACK: authorize, then forward or
     /// answer.
     fn request(&mut self, id: u32, mut fields: HeaderList, end: bool) {
-        let started = std::time::Instant::now();
+        let arrived = self.client_clock.stamp();
+        let started = arrived.mono;
         let method = fields.method().cloned().unwrap_or(Method::GET);
         let span = trace::request_span(self.limits.app, method.as_str(), |name| {
             fields.get(name).and_then(visible_ascii)
@@ -334,6 +339,7 @@ where
                 fields.authority(),
                 &fields,
                 grpc,
+                arrived,
             )
         });
         let status = match decision {

@@ -83,6 +83,7 @@ use self::rapid_reset::RapidReset;
 use super::flood::FrameBudget;
 use super::h1::framing::{ContentLength, FramingError};
 use super::{HttpLimits, HttpProxyError, PeerHeaders, RequestAuthorizer, Shutdown};
+use crate::sidecar::clock::BatchClock;
 
 /// Concurrent streams accepted from the client.
 pub const MAX_STREAMS: u32 = 256;
@@ -225,6 +226,10 @@ struct Relay<D, U> {
     going_away: Option<u32>,
     /// Some bytes reached the app (a failure after that is no `502`).
     app_delivered: bool,
+    /// When the bytes last read from each side arrived: the time of the
+    /// requests and responses they hold ([`BatchClock`]).
+    client_clock: BatchClock,
+    app_clock: BatchClock,
     /// When the connection last had no stream.
     idle_since: Option<Instant>,
     /// After our GOAWAY: when the connection is closed regardless.
@@ -291,6 +296,8 @@ where
             app_settled: false,
             going_away: None,
             app_delivered: false,
+            client_clock: BatchClock::default(),
+            app_clock: BatchClock::default(),
             idle_since: Some(now),
             drain_deadline: None,
             timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
@@ -395,7 +402,10 @@ where
             }
             match read_in(&mut self.client, input, cx) {
                 Poll::Ready(Ok(0)) => return Err(Ok(())),
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(_)) => {
+                    self.client_clock.bytes_read();
+                    progress = true;
+                }
                 Poll::Ready(Err(e)) => return client_io(e),
                 Poll::Pending => break,
             }
@@ -457,7 +467,10 @@ where
                     self.app_gone();
                     return true;
                 }
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(_)) => {
+                    self.app_clock.bytes_read();
+                    progress = true;
+                }
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "reading from the app failed");
                     self.app_gone();

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::frame::{self, Head};
 use super::hpack::{Decoded, HeaderBlocks};
+use crate::sidecar::clock::Stamp;
 use crate::sidecar::http::{
     AppSide, AuditRecorder, HttpLimits, HttpProxyError, Malformed, Refusal, RequestAuthorizer,
     RequestFacts, RequestVerdict, Shutdown,
@@ -24,6 +25,8 @@ use crate::sidecar::http::{
 #[derive(Default)]
 struct NoAdmin {
     audited: AuditRecorder,
+    /// When each request it decided arrived, in order.
+    arrived: std::sync::Mutex<Vec<Stamp>>,
 }
 
 impl NoAdmin {
@@ -42,6 +45,7 @@ impl RequestAuthorizer for NoAdmin {
     }
 
     fn authorize(&self, request: &RequestFacts<'_>) -> RequestVerdict {
+        self.arrived.lock().unwrap().push(request.arrived);
         if request.path.starts_with("/admin") {
             RequestVerdict::Deny {
                 rule: "no-admin".into(),
@@ -1216,4 +1220,41 @@ async fn one_request_cancelled_for_each_that_runs_is_carried() {
     drop(client);
     let heads = tokio::time::timeout(HANG, app).await.unwrap().unwrap();
     assert_eq!(heads, 2 * pairs as usize + 1);
+}
+
+/// A request's time is when the bytes that hold it were read: requests
+/// read together share one reading of the clocks (`clock::BatchClock`),
+/// a later read gets a later one.
+#[tokio::test]
+async fn requests_read_together_share_one_time() {
+    let (mut client, app, authorizer) = start_audited();
+    let answered = answering_app(app);
+    // The preface, SETTINGS and two requests in one write: one read.
+    let mut out = BytesMut::from(&frame::PREFACE[..]);
+    frame::put_settings(&mut out, &[]);
+    client.encode_request(1, Method::GET, "/a", true, &mut out);
+    client.encode_request(3, Method::GET, "/b", true, &mut out);
+    client.send(&out).await;
+    client
+        .until("the answer to 3", |g| {
+            is_headers_on(3)(g) && status(g).is_some()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    client.request(5, Method::GET, "/c", true).await;
+    client
+        .until("the answer to 5", |g| {
+            is_headers_on(5)(g) && status(g).is_some()
+        })
+        .await;
+    let arrived = authorizer.arrived.lock().unwrap().clone();
+    assert_eq!(arrived.len(), 3);
+    assert_eq!(arrived[0], arrived[1], "read together, one time");
+    assert!(
+        arrived[2].mono >= arrived[0].mono + Duration::from_millis(5),
+        "read later, a later time: {arrived:?}"
+    );
+    assert!(arrived[2].wall > arrived[0].wall);
+    drop(client);
+    tokio::time::timeout(HANG, answered).await.unwrap().unwrap();
 }
