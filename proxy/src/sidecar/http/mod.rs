@@ -842,19 +842,31 @@ mod tests {
         }
     }
 
+    /// [`authorize_request`] for a GET of `target` with a `host` field
+    /// for each of `host`.
+    fn get_with_hosts(
+        authorizer: &dyn RequestAuthorizer,
+        target: &str,
+        authority: Option<&str>,
+        host: &[&str],
+    ) -> RequestDecision {
+        let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+        let headers: &dyn Headers = &&fields[..];
+        authorize_request(
+            authorizer,
+            "GET",
+            target,
+            authority,
+            headers,
+            false,
+            Stamp::now(),
+        )
+    }
+
     #[test]
     fn a_connection_allowed_by_name_carries_requests_for_that_host_only() {
         let decide = |target: &str, authority: Option<&str>, host: &[&str]| {
-            let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
-            authorize_request(
-                &HeldToName,
-                "GET",
-                target,
-                authority,
-                &&fields[..],
-                false,
-                Stamp::now(),
-            )
+            get_with_hosts(&HeldToName, target, authority, host)
         };
         let misdirected = RequestDecision::Refuse(Refusal::Misdirected);
         assert_eq!(decide("/x", None, &["a.test"]), RequestDecision::Forward);
@@ -924,16 +936,7 @@ mod tests {
     fn one_host_per_request_the_authority_the_app_routes_on() {
         let decide = |target: &str, authority: Option<&str>, host: &[&str]| {
             let seen = SeesHost(Default::default());
-            let fields: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
-            let decision = authorize_request(
-                &seen,
-                "GET",
-                target,
-                authority,
-                &&fields[..],
-                false,
-                Stamp::now(),
-            );
+            let decision = get_with_hosts(&seen, target, authority, host);
             (decision, seen.0.into_inner().unwrap())
         };
         let refused = |e| (RequestDecision::Refuse(Refusal::Authority(e)), Vec::new());
