@@ -159,8 +159,12 @@ async fn a_stalled_mesh_handshake_is_closed_at_handshake_timeout() {
         sidecar.context()
     );
     closed_at_one_second(&ended, "handshake_timeout", "10s", &sidecar.context());
+    // The stalled handshake is dropped (closed) before it is counted.
     let timeouts = sidecar
-        .metric(r#"appid_handshake_failures_total{direction="inbound",reason="timeout"}"#)
+        .metric_reaching(
+            r#"appid_handshake_failures_total{direction="inbound",reason="timeout"}"#,
+            1.0,
+        )
         .await;
     assert_eq!(timeouts, 1.0, "counted as a handshake timeout");
     assert_eq!(
