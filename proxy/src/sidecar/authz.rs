@@ -1137,11 +1137,11 @@ impl RequestAuthorizer for ConnAuthz {
 }
 
 /// One decision in this many is timed (per thread, its first among them).
-/// A decision takes about a microsecond and timing it takes two clock
-/// readings (tens of nanoseconds each on a VM; `super::clock`): timing
-/// every one cost the sidecar more than what it measured was worth. A
-/// histogram of one decision in 16 has the same shape at any rate that
-/// makes the difference; `appid_authz_decisions_total` counts them all.
+/// A decision takes under a microsecond and timing it two clock readings
+/// (tens of nanoseconds each on a VM; `super::clock`), a tenth of the
+/// decision, on every request. A histogram of one decision in 16 has the
+/// same shape at any rate where that tenth matters;
+/// `appid_authz_decisions_total` counts them all.
 pub const TIMED_DECISIONS: u32 = 16;
 
 thread_local! {
