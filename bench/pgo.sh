@@ -5,6 +5,10 @@
 #   bench/pgo.sh                    # writes target/pgo/release/appid
 #   BENCH_APPID_BIN=target/pgo/release/appid bench/e2e/run.sh --repeat 3
 #
+# Paths are under CARGO_TARGET_DIR when it is set (…/pgo/release/appid),
+# and RUSTFLAGS the caller set (`-Ctarget-cpu=native`, say) are kept: the
+# profile flags are added to them, in both builds.
+#
 # Three steps. (1) An instrumented release build (`-Cprofile-generate`,
 # target dir target/pgo-instrumented). (2) A training run of that binary: a
 # pair of sidecars (pooled tunnels, then `tunnel: strict` with two workers)
@@ -31,7 +35,11 @@ shopt -s inherit_errexit
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-PROFILES=$ROOT/target/pgo-profiles
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET == /* ]] || TARGET=$PWD/$TARGET # cargo runs from $ROOT below
+PROFILES=$TARGET/pgo-profiles
+# The caller's flags, then ours (both builds must see the same ones).
+FLAGS=${RUSTFLAGS:+$RUSTFLAGS }
 
 log() { printf '%s [pgo] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -63,14 +71,14 @@ if ((${#missing[@]})); then
         nginx nghttp2-client wrk iperf3 curl >&2
 fi
 
-log "1/3: instrumented build (target/pgo-instrumented)"
+log "1/3: instrumented build ($TARGET/pgo-instrumented)"
 rm -rf "$PROFILES"
 mkdir -p "$PROFILES"
 # (Build scripts are instrumented too and write their own counts as they
 # run; only the sidecars' files, named by LLVM_PROFILE_FILE below, are merged.)
-(cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$PROFILES" CARGO_TARGET_DIR=$ROOT/target/pgo-instrumented \
+(cd "$ROOT" && RUSTFLAGS="$FLAGS-Cprofile-generate=$PROFILES" CARGO_TARGET_DIR=$TARGET/pgo-instrumented \
     cargo build --release --locked -q -p appid-proxy --bin appid)
-APPID=$ROOT/target/pgo-instrumented/release/appid
+APPID=$TARGET/pgo-instrumented/release/appid
 
 WORK=$(mktemp -d /tmp/appid-pgo.XXXXXX)
 PIDS=()
@@ -143,7 +151,7 @@ raw=("$PROFILES"/appid-*.profraw)
 profile=$PROFILES/appid-$(sha256sum "$PROFILES/merged.profdata" | cut -c1-16).profdata
 mv "$PROFILES/merged.profdata" "$profile"
 
-log "3/3: optimized build (target/pgo)"
-(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$profile" CARGO_TARGET_DIR=$ROOT/target/pgo \
+log "3/3: optimized build ($TARGET/pgo)"
+(cd "$ROOT" && RUSTFLAGS="$FLAGS-Cprofile-use=$profile" CARGO_TARGET_DIR=$TARGET/pgo \
     cargo build --release --locked -q -p appid-proxy --bin appid)
-log "done: $ROOT/target/pgo/release/appid"
+log "done: $TARGET/pgo/release/appid"

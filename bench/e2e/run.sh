@@ -843,7 +843,7 @@ main() {
         pgo)
             log "building appid (profile-guided: bench/pgo.sh)"
             "$ROOT/bench/pgo.sh"
-            built=$ROOT/target/pgo/release/appid
+            built=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/appid
             build="profile-guided build (bench/pgo.sh)"
             ;;
         release)
