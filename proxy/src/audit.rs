@@ -1322,26 +1322,10 @@ pub struct LineTime {
 
 impl From<SystemTime> for LineTime {
     fn from(at: SystemTime) -> LineTime {
-        match at.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(since) => LineTime {
-                unix_second: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-                milli: since.subsec_millis() as u16,
-            },
-            // Before 1970: the second below, and the part of it after.
-            Err(before) => {
-                let before = before.duration();
-                let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-                match before.subsec_nanos() {
-                    0 => LineTime {
-                        unix_second: -whole,
-                        milli: 0,
-                    },
-                    nanos => LineTime {
-                        unix_second: -whole - 1,
-                        milli: ((1_000_000_000 - nanos) / 1_000_000) as u16,
-                    },
-                }
-            }
+        let (unix_second, nanos) = crate::sidecar::clock::since_epoch(at);
+        LineTime {
+            unix_second,
+            milli: (nanos / 1_000_000) as u16,
         }
     }
 }

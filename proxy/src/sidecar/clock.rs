@@ -51,12 +51,25 @@ impl Stamp {
 /// down, as `OffsetDateTime::unix_timestamp` has it), without the calendar
 /// arithmetic of going through a date.
 pub fn unix_seconds(wall: SystemTime) -> i64 {
+    since_epoch(wall).0
+}
+
+/// `wall` as whole seconds since the Unix epoch, rounded down (before 1970
+/// too), and the nanoseconds after that second: what a date's seconds and
+/// subsecond are, with no calendar arithmetic.
+pub fn since_epoch(wall: SystemTime) -> (i64, u32) {
     match wall.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        Ok(since) => (
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            since.subsec_nanos(),
+        ),
         Err(before) => {
             let before = before.duration();
             let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-            -whole - i64::from(before.subsec_nanos() > 0)
+            match before.subsec_nanos() {
+                0 => (-whole, 0),
+                nanos => (-whole - 1, 1_000_000_000 - nanos),
+            }
         }
     }
 }
