@@ -123,7 +123,9 @@ fn web_pki(dir: &Path) {
 }
 
 /// Policy of one trust domain: its web may call the other domain's api,
-/// and the other domain's web may call its api. Nothing else.
+/// and the other domain's web may call its api under `/v1/`; any web may
+/// read any api's `/health` by a rule that names no trust domain, which
+/// admits only webs of the local one. Nothing else.
 fn policy(dir: &Path, name: &str, foreign: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}-policy.yaml"));
     std::fs::write(
@@ -140,6 +142,12 @@ rules:
     action: allow
     from: {{ trust_domain: {foreign}, labels.app: web }}
     to: {{ labels.app: api }}
+    http: {{ paths: [\"/v1/**\"] }}
+  - name: web-reads-health
+    action: allow
+    from: {{ labels.app: web }}
+    to: {{ labels.app: api }}
+    http: {{ paths: [/health] }}
 "
         ),
     )
@@ -435,6 +443,38 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
         "{}",
         context()
     );
+    // A rule that names no trust domain speaks for the local one only:
+    // GCP's web may read GCP's `/health`, AWS's web (whose authority
+    // vouched for `app: web` too) may not, though its sidecar lets it try
+    // (its own rule names gcp.example).
+    assert_eq!(
+        http_status(local(gcp_web_home), "/health").await,
+        Some(200),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        http_status(local(aws_web_out), "/health").await,
+        Some(403),
+        "{}",
+        context()
+    );
+    wait_until(
+        "the GCP api's audit line for the AWS web's /health",
+        Duration::from_secs(10),
+        context,
+        || {
+            std::fs::read_to_string(gcp_dir.join("api-audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains("\"spiffe://aws.example/web\"")
+                        && l.contains("/health")
+                        && l.contains("another trust domain")
+                })
+        },
+    )
+    .await;
 
     // other.example: it trusts GCP, GCP does not trust it. GCP's api
     // refuses the handshake for the trust domain.

@@ -359,7 +359,7 @@ fn field_hint(section: &str, field: &str, all: &[&str]) -> String {
 
 /// `td` of `spiffe://td/path`; `None` for anything else (claims are only
 /// ever verified with a SPIFFE ID, so that is a claim set built by hand).
-fn trust_domain_of(id: &str) -> Option<&str> {
+pub(crate) fn trust_domain_of(id: &str) -> Option<&str> {
     let rest = id.strip_prefix("spiffe://")?;
     let domain = rest.split('/').next()?;
     (!domain.is_empty()).then_some(domain)

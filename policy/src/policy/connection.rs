@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Policy;
 use super::decision::Decision;
-use super::eval::{Tally, partition, targets_metadata_api};
-use super::query::{MetadataTarget, Query};
+use super::eval::{MustName, Tally, partition};
+use super::query::Query;
 use super::rule::{Action, Eval};
 
 /// Tells policies apart: each [`Policy::load`] takes the next number.
@@ -35,8 +35,9 @@ pub(crate) fn next_generation() -> u64 {
 pub struct ConnectionRules {
     /// The policy's [`Policy::generation`].
     generation: u64,
-    /// The callee is the cloud metadata API.
-    targets_metadata_api: Option<MetadataTarget>,
+    /// What an allow rule must name to count for the connection (the
+    /// metadata API, a foreign peer's trust domain).
+    must_name: MustName,
     /// The rules whose clauses before `http` all hold.
     passed: Box<[u32]>,
     /// Of the allow rules that failed before `http`, the one that got
@@ -80,7 +81,7 @@ impl ConnectionRules {
         if !self.are_from(policy) {
             return policy.decide(q);
         }
-        let mut tally = Tally::new(self.targets_metadata_api);
+        let mut tally = Tally::new(self.must_name);
         for &id in &self.passed {
             let rule = &policy.rules[id as usize];
             if !tally.passes_over(id, rule) {
@@ -102,7 +103,7 @@ impl Policy {
     /// caller, callee and port, checked up to their `http` part (`q.http`
     /// is not looked at): see [`ConnectionRules::decide`].
     pub fn connection_rules(&self, q: &Query<'_>) -> ConnectionRules {
-        let targets_metadata_api = targets_metadata_api(q);
+        let must_name = MustName::of(q);
         let mut passed = Vec::new();
         let mut closest_miss: Option<(u32, usize)> = None;
         if let Some(p) = partition(q) {
@@ -112,10 +113,8 @@ impl Policy {
                     None => passed.push(id),
                     // Recorded as nothing ([`Tally::record`]).
                     Some(_) if rule.action == Action::Deny => {}
-                    // Never looked at for this callee ([`Tally::passes_over`]).
-                    Some(_)
-                        if targets_metadata_api
-                            .is_some_and(|target| !rule.opens_metadata(&target)) => {}
+                    // Never looked at for this connection ([`Tally::passes_over`]).
+                    Some(_) if must_name.passes_over(rule) => {}
                     Some(clause) => {
                         let further = closest_miss.is_none_or(|(best, best_clause)| {
                             clause > best_clause || (clause == best_clause && id < best)
@@ -129,7 +128,7 @@ impl Policy {
         }
         ConnectionRules {
             generation: self.generation,
-            targets_metadata_api,
+            must_name,
             passed: passed.into(),
             closest_miss,
             #[cfg(debug_assertions)]

@@ -66,6 +66,13 @@ pub enum Reason<'p> {
     /// fd00:ec2::254, metadata.google.internal) and no allow rule names it
     /// explicitly. Denied even when `default: allow`.
     MetadataApi,
+    /// The peer is of another trust domain than the local workload (a
+    /// federated one) and no allow rule that names its `trust_domain`
+    /// matched: rules without it, and `default: allow`, admit only peers
+    /// of the local trust domain. `closest` as for [`Reason::Default`],
+    /// among the rules that name it. Always a denial (or an audit-only
+    /// allow in audit mode).
+    ForeignTrustDomain { closest: Option<Miss<'p>> },
     /// The rule named in the decision has `http`: decide per request.
     NeedsHttp,
     /// The connection is not HTTP ([`super::Http::NotHttp`]), and the rule
@@ -201,6 +208,21 @@ impl fmt::Display for Why<'_, '_> {
                 "no rule matched; closest: rule {} failed at {}",
                 miss.rule, miss.clause
             ),
+            Reason::ForeignTrustDomain { closest } => {
+                f.write_str(
+                    "the peer is of another trust domain, and only allow rules that name \
+                     its trust_domain admit it (add `trust_domain: <its domain>` to the rule's \
+                     from, or to outbound); none matched",
+                )?;
+                match closest {
+                    Some(miss) => write!(
+                        f,
+                        "; closest: rule {} failed at {}",
+                        miss.rule, miss.clause
+                    ),
+                    None => Ok(()),
+                }
+            }
             Reason::MetadataApi => f.write_str(
                 "metadata API: the destination is a cloud metadata endpoint and no rule names it explicitly",
             ),
@@ -226,7 +248,9 @@ impl fmt::Display for Decision<'_> {
         }
         match self.reason {
             Reason::Rule => write!(f, " by {}", self.why()),
-            Reason::Default { .. } => write!(f, " by default: {}", self.why()),
+            Reason::Default { .. } | Reason::ForeignTrustDomain { .. } => {
+                write!(f, " by default: {}", self.why())
+            }
             Reason::MetadataApi | Reason::NeedsHttp | Reason::RequiresHttp => {
                 write!(f, ": {}", self.why())
             }

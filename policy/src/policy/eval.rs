@@ -11,10 +11,11 @@
 //! by name), so no decision depends on the order rules are written in.
 
 use super::Policy;
+use super::attr::trust_domain_of;
 use super::decision::{DEFAULT_RULE, Decision, Miss, Outcome, Reason};
 use super::load::Mode;
-use super::query::{Callee, Caller, MetadataTarget, Query, metadata_target};
-use super::rule::{Action, Eval, Rule};
+use super::query::{Callee, Caller, Direction, MetadataTarget, Query, metadata_target};
+use super::rule::{Action, Eval, Rule, Side};
 
 /// Which partition (and index) a query belongs to, by the kinds of caller
 /// and callee; `None` for a combination no rule can describe.
@@ -34,6 +35,56 @@ pub(crate) fn targets_metadata_api(q: &Query<'_>) -> Option<MetadataTarget> {
     }
 }
 
+/// What an allow rule must name to be looked at for one query: the
+/// metadata API, when that is the destination; the peer's trust domain,
+/// when the peer is of another trust domain than the local workload. A
+/// rule that does not name them cannot allow the query, and `default:
+/// allow` does not either. Fixed for a connection (caller, callee, port).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MustName {
+    pub metadata: Option<MetadataTarget>,
+    /// The side (`from` inbound, `to` outbound) of a peer whose trust
+    /// domain is not the local workload's.
+    pub foreign_peer: Option<Side>,
+}
+
+impl MustName {
+    pub fn of(q: &Query<'_>) -> MustName {
+        MustName {
+            metadata: targets_metadata_api(q),
+            foreign_peer: foreign_peer(q),
+        }
+    }
+
+    /// Whether an allow rule leaves out something this query needs named
+    /// (deny rules always count).
+    pub fn passes_over(&self, rule: &Rule) -> bool {
+        rule.action == Action::Allow
+            && (self
+                .metadata
+                .is_some_and(|target| !rule.opens_metadata(&target))
+                || self
+                    .foreign_peer
+                    .is_some_and(|side| !rule.names_trust_domain(side)))
+    }
+}
+
+/// The side of a meshed peer whose trust domain differs from the local
+/// workload's (the other side of the query). A peer whose ID has no trust
+/// domain while ours has one counts as foreign.
+fn foreign_peer(q: &Query<'_>) -> Option<Side> {
+    let (Caller::Meshed(caller), Callee::Meshed(callee)) = (q.caller, q.callee) else {
+        return None;
+    };
+    if trust_domain_of(&caller.id) == trust_domain_of(&callee.id) {
+        return None;
+    }
+    Some(match q.direction {
+        Direction::Inbound => Side::Caller,
+        Direction::Outbound => Side::Callee,
+    })
+}
+
 /// What the rules looked at so far say. Each slot holds the smallest id.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -51,8 +102,8 @@ pub(crate) struct Tally {
     non_http_allowed: bool,
     /// The allow rule that got furthest: (clauses passed, id, failed clause).
     closest: Option<(usize, u32, usize)>,
-    /// The query's destination is (or is named as) the metadata API.
-    metadata: Option<MetadataTarget>,
+    /// What an allow rule must name to count for this query.
+    must_name: MustName,
 }
 
 fn keep_min(slot: &mut Option<u32>, id: u32) {
@@ -62,9 +113,9 @@ fn keep_min(slot: &mut Option<u32>, id: u32) {
 }
 
 impl Tally {
-    pub fn new(metadata: Option<MetadataTarget>) -> Tally {
+    pub fn new(must_name: MustName) -> Tally {
         Tally {
-            metadata,
+            must_name,
             ..Tally::default()
         }
     }
@@ -84,10 +135,9 @@ impl Tally {
             Action::Deny => self.deny.is_some_and(|d| d < id),
             // Once a deny matched, allows cannot change the outcome.
             Action::Allow if self.deny.is_some() => true,
-            // The metadata API only opens to rules that name it.
-            Action::Allow => self
-                .metadata
-                .is_some_and(|target| !rule.opens_metadata(&target)),
+            // The metadata API only opens to rules that name it, a peer
+            // of another trust domain only to rules that name its domain.
+            Action::Allow => self.must_name.passes_over(rule),
         }
     }
 
@@ -141,17 +191,26 @@ impl Tally {
         // Only ever set for a connection that is not HTTP.
         let http_only = self.http_only.filter(|_| !self.non_http_allowed);
 
+        let MustName {
+            metadata,
+            foreign_peer,
+        } = self.must_name;
         let allow_possible = self.allow.is_some()
             || self.allow_l7.is_some()
-            || (policy.default == Action::Allow && self.metadata.is_none());
+            || (policy.default == Action::Allow && metadata.is_none() && foreign_peer.is_none());
         let mut decision = if let Some(id) = self.deny {
             decided(Outcome::Deny, id, Reason::Rule)
         } else if let Some(id) = http_only {
             decided(Outcome::Deny, id, Reason::RequiresHttp)
         } else if !allow_possible {
             // Nothing here can allow, whatever the requests are.
-            if self.metadata.is_some() {
+            if metadata.is_some() {
                 by_default(Outcome::Deny, Reason::MetadataApi)
+            } else if foreign_peer.is_some() {
+                by_default(
+                    Outcome::Deny,
+                    Reason::ForeignTrustDomain { closest: closest() },
+                )
             } else {
                 by_default(Outcome::Deny, Reason::Default { closest: closest() })
             }
@@ -184,7 +243,7 @@ impl Policy {
     /// request with [`super::Http::Request`]. Looks only at the rules the
     /// index returns; no allocation.
     pub fn decide(&self, q: &Query<'_>) -> Decision<'_> {
-        let mut tally = Tally::new(targets_metadata_api(q));
+        let mut tally = Tally::new(MustName::of(q));
         if let Some(p) = partition(q) {
             self.index[p].candidates(q, |id| tally.consider(id, &self.rules[id as usize], q));
         }
@@ -216,7 +275,7 @@ impl Policy {
     /// The same decision as [`Policy::decide`], by checking every rule.
     /// Slow; for tests and tools.
     pub fn decide_by_scan(&self, q: &Query<'_>) -> Decision<'_> {
-        let mut tally = Tally::new(targets_metadata_api(q));
+        let mut tally = Tally::new(MustName::of(q));
         for (id, rule) in self.rules.iter().enumerate() {
             if rule.applies_to(q) {
                 tally.consider(id_of(id), rule, q);

@@ -10,9 +10,9 @@ use std::fmt;
 
 use super::Policy;
 use super::decision::{Decision, NOT_HTTP_CLAUSE};
-use super::eval::targets_metadata_api;
-use super::query::{Callee, Caller, Http, MetadataTarget, Query};
-use super::rule::{Action, CalleeKind, CallerKind, Rule};
+use super::eval::MustName;
+use super::query::{Callee, Caller, Http, Query};
+use super::rule::{Action, CalleeKind, CallerKind, Rule, Side};
 
 /// How one rule fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +71,15 @@ const CALLEE_IN_MESH: &str = "to.external (the destination is in the mesh)";
 const CALLEE_OUTSIDE: &str =
     "to (the destination is outside the mesh; only to.external rules apply)";
 const NOT_NAMING_METADATA: &str = "to.external (the destination is the cloud metadata API, which only rules naming it explicitly allow)";
+const NOT_NAMING_CALLER_DOMAIN: &str = "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust_domain admit)";
+const NOT_NAMING_CALLEE_DOMAIN: &str = "to.trust_domain (the callee is of another trust domain, which only allow rules naming its trust_domain admit)";
 
 impl Policy {
     /// The decision for `q` and, for every rule, the clauses that failed.
     pub fn explain(&self, q: &Query<'_>) -> Explanation<'_> {
-        let metadata = targets_metadata_api(q);
+        let must_name = MustName::of(q);
         let mut rules: Vec<RuleCheck<'_>> =
-            self.rules.iter().map(|r| check(r, q, metadata)).collect();
+            self.rules.iter().map(|r| check(r, q, must_name)).collect();
         rules.sort_by_key(|r| r.line);
         Explanation {
             decision: self.decide(q),
@@ -86,7 +88,7 @@ impl Policy {
     }
 }
 
-fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: Option<MetadataTarget>) -> RuleCheck<'p> {
+fn check<'p>(rule: &'p Rule, q: &Query<'_>, must_name: MustName) -> RuleCheck<'p> {
     let mut failed = Vec::new();
     match (rule.caller, q.caller) {
         (CallerKind::Unauthenticated, Caller::Meshed(_)) => failed.push(CALLER_IN_MESH),
@@ -98,9 +100,20 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, metadata: Option<MetadataTarget>) ->
         (CalleeKind::Meshed, Callee::External { .. }) => failed.push(CALLEE_OUTSIDE),
         _ => {}
     }
-    if metadata.is_some_and(|target| !rule.opens_metadata(&target)) && rule.action == Action::Allow
-    {
-        failed.push(NOT_NAMING_METADATA);
+    if rule.action == Action::Allow {
+        if must_name
+            .metadata
+            .is_some_and(|target| !rule.opens_metadata(&target))
+        {
+            failed.push(NOT_NAMING_METADATA);
+        }
+        match must_name.foreign_peer {
+            Some(side) if !rule.names_trust_domain(side) => failed.push(match side {
+                Side::Caller => NOT_NAMING_CALLER_DOMAIN,
+                Side::Callee => NOT_NAMING_CALLEE_DOMAIN,
+            }),
+            _ => {}
+        }
     }
     let request = match &q.http {
         Http::Request(r) => Some(r),

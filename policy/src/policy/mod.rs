@@ -47,6 +47,19 @@
 //! one whose name sorts first, so the order of rules in the file never
 //! changes a decision.
 //!
+//! **Peers of another trust domain.** A federated peer's claims are what
+//! *its* authority vouched for, and that authority can write any label.
+//! So when the peer (the caller inbound, the callee outbound) is of another
+//! trust domain than the local workload, an allow rule counts only if it
+//! has a `trust_domain` clause on the peer's side (`from.trust_domain`
+//! inbound, `to.trust_domain` outbound; whatever value it tests, so
+//! `trust_domain: "*"` takes every federated domain's word), and `default:
+//! allow` does not admit the peer. Deny rules apply to every peer. Such a
+//! default denial has [`Reason::ForeignTrustDomain`]; `mode: audit` allows
+//! it like any other would-be denial. A rule without `trust_domain` thus
+//! speaks for the local trust domain only: `from: { labels.app: web }`
+//! does not admit another domain's `app: web`.
+//!
 //! **HTTP.** A rule with `http` (or `to.protocol: http`, the same as an
 //! empty `http: {}`) matches HTTP requests only. At connection time
 //! ([`Http::Unknown`]) such a rule whose other clauses match cannot be

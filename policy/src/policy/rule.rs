@@ -225,6 +225,15 @@ impl Rule {
             .opens(target, self.names_external_hosts())
     }
 
+    /// Whether a `from` (caller) or `to` (callee) clause tests
+    /// `trust_domain`: only such a rule admits a peer of another trust
+    /// domain on that side ([`super::eval::MustName`]).
+    pub(crate) fn names_trust_domain(&self, side: Side) -> bool {
+        self.clauses
+            .iter()
+            .any(|c| matches!(c.test, Test::Claim(s, Attr::TrustDomain, _) if s == side))
+    }
+
     /// Whether the rule is about this kind of caller and callee at all.
     pub fn applies_to(&self, q: &Query<'_>) -> bool {
         let caller = match q.caller {

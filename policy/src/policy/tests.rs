@@ -364,6 +364,110 @@ fn default_allow_and_audit_mode() {
 }
 
 #[test]
+fn peers_of_another_trust_domain_need_rules_that_name_it() {
+    let p = load(
+        r#"version: 1
+default: allow
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    to: { labels.app: api }
+  - name: aws-web-to-api
+    action: allow
+    from: { trust_domain: aws.example, labels.app: web }
+    to: { labels.app: api }
+    http: { paths: ["/v1/**"] }
+  - name: api-calls-aws
+    action: allow
+    from: { labels.app: api }
+    to: { trust_domain: aws.example }
+  - name: no-criticals
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+"#,
+    );
+    let local_web = web();
+    let local_api = api();
+    let aws_web = claims("spiffe://aws.example/web", &[("app", "web")]);
+    let gcp_web = claims("spiffe://gcp.example/web", &[("app", "web")]);
+    let get = |path| HttpRequest {
+        method: "GET",
+        path,
+        headers: &NoHeaders,
+    };
+
+    // Our own web: the rule without a trust domain admits it.
+    let q = Query::meshed(Direction::Inbound, &local_web, &local_api, 80);
+    assert_eq!(decide(&p, &q).rule, "web-to-api");
+    assert!(decide(&p, &q).is_allowed());
+
+    // AWS's web, whose authority vouched for `app: web` too: only the rule
+    // naming aws.example counts, and it looks at requests.
+    let q = Query::meshed(Direction::Inbound, &aws_web, &local_api, 80);
+    let d = decide(&p, &q);
+    assert_eq!((d.outcome, d.rule), (Outcome::DeferToL7, "aws-web-to-api"));
+    let d = decide(&p, &q.with_request(get("/v1/x")));
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "aws-web-to-api"));
+    let d = decide(&p, &q.with_request(get("/admin")));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, DEFAULT_RULE));
+    assert!(matches!(d.reason, Reason::ForeignTrustDomain { .. }));
+    let why = d.to_string();
+    assert!(
+        why.starts_with("deny by default: the peer is of another trust domain"),
+        "{why}"
+    );
+    assert!(
+        why.contains("closest: rule aws-web-to-api failed at http.paths"),
+        "{why}"
+    );
+
+    // GCP's web: no rule names gcp.example, and `default: allow` does not
+    // admit it either.
+    let q = Query::meshed(Direction::Inbound, &gcp_web, &local_api, 80);
+    let d = decide(&p, &q);
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, DEFAULT_RULE));
+    assert_eq!(d.reason, Reason::ForeignTrustDomain { closest: None });
+    // While a local caller no rule names falls to `default: allow`.
+    let q = Query::meshed(Direction::Inbound, &local_api, &local_web, 80);
+    assert!(decide(&p, &q).is_allowed());
+
+    // Deny rules apply to every trust domain.
+    let bad_aws_web = with_criticals(aws_web.clone(), 1);
+    let q = Query::meshed(Direction::Inbound, &bad_aws_web, &local_api, 80);
+    assert_eq!(decide(&p, &q).rule, "no-criticals");
+
+    // Outbound the peer is the callee: `to.trust_domain` names it, and
+    // `from.trust_domain` would not do.
+    let q = Query::meshed(Direction::Outbound, &local_api, &aws_web, 80);
+    assert_eq!(decide(&p, &q).rule, "api-calls-aws");
+    let q = Query::meshed(Direction::Outbound, &local_web, &aws_web, 80);
+    assert!(decide(&p, &q).is_denied());
+
+    // What `explain` says of the rule that does not name it.
+    let q = Query::meshed(Direction::Inbound, &gcp_web, &local_api, 80);
+    let e = p.explain(&q);
+    let web_to_api = e.rules.iter().find(|r| r.name == "web-to-api").unwrap();
+    assert_eq!(web_to_api.status, RuleStatus::Failed);
+    assert_eq!(
+        web_to_api.failed,
+        [
+            "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust_domain admit)"
+        ]
+    );
+
+    // Audit mode records the denial and lets it through, as any other.
+    let audit = load(
+        "version: 1\nmode: audit\nrules:\n  - name: web-to-api\n    action: allow\n    \
+         from: { labels.app: web }\n",
+    );
+    let d = decide(&audit, &q);
+    assert!(d.audit_only && d.is_allowed());
+    assert_eq!(d.enforced_outcome(), Outcome::Deny);
+    assert!(matches!(d.reason, Reason::ForeignTrustDomain { .. }));
+}
+
+#[test]
 fn numeric_operators_on_missing_attributes() {
     let p = load(
         r#"version: 1
@@ -378,7 +482,7 @@ rules:
     to: { ports: [2] }
 "#,
     );
-    let unscanned = claims("spiffe://td/a", &[]);
+    let unscanned = claims("spiffe://prod.example/a", &[]);
     let callee = api();
     let q = |port| Query::meshed(Direction::Inbound, &unscanned, &callee, port);
     assert_eq!(
@@ -391,7 +495,7 @@ rules:
         Outcome::Allow,
         "not of gt on missing matches"
     );
-    let clean = with_criticals(claims("spiffe://td/a", &[]), 0);
+    let clean = with_criticals(claims("spiffe://prod.example/a", &[]), 0);
     let q = Query::meshed(Direction::Inbound, &clean, &callee, 1);
     assert_eq!(decide(&p, &q).outcome, Outcome::Allow);
 }
@@ -1811,6 +1915,9 @@ mod props {
         "cloud.provider: { in: [aws] }",
         "labels.tier: { exists: true }",
         "vulns.critical: { not: { gt: 0 } }",
+        "trust_domain: other",
+        "trust_domain: td",
+        "trust_domain: { in: [td, other] }",
     ];
     const PORTS: &[&str] = &["", "[80]", "[\"80-90\"]", "[8080, 443]"];
     /// `http` sections, and (starting with `protocol:`) `to.protocol`.
@@ -2036,7 +2143,13 @@ mod props {
         let callee = make_claims(&s.callee);
         let port = [80, 85, 90, 91, 443, 8080][s.port];
         let mut q = match s.kind {
-            0 => Query::meshed(Direction::Inbound, &caller, &callee, port),
+            // Outbound too: the peer is then the callee.
+            0 => Query::meshed(
+                [Direction::Inbound, Direction::Outbound][s.source],
+                &caller,
+                &callee,
+                port,
+            ),
             1 => Query::unauthenticated(ip(["10.1.1.1", "192.168.1.1"][s.source]), &callee, port),
             _ => Query::external(
                 &caller,
@@ -2186,6 +2299,52 @@ mod props {
                     let (x, y) = (a.decide(q), b.decide(q));
                     assert_eq!(summarize(&x), summarize(&y), "{qs:?}");
                     assert_eq!(x.reason, y.reason, "{qs:?}");
+                });
+            }
+        }
+
+        /// A peer of another trust domain than the local workload's is
+        /// allowed only by an allow rule that names `trust_domain` on the
+        /// peer's side (`from` inbound, `to` outbound): never by a rule
+        /// without it, never by `default: allow`.
+        #[test]
+        fn a_foreign_peer_is_allowed_only_by_a_rule_naming_its_trust_domain(
+            specs in proptest::collection::vec(rule_spec(), 0..25),
+            default_allow in any::<bool>(),
+            queries in proptest::collection::vec(query_spec(), 1..8),
+        ) {
+            let p = load(&render_policy(default_allow, false, &named(specs)));
+            for qs in &queries {
+                with_query(qs, |q| {
+                    let (Caller::Meshed(caller), Callee::Meshed(callee)) = (q.caller, q.callee) else {
+                        return;
+                    };
+                    let td = |c: &AppIdClaims| c.id.split('/').nth(2).map(str::to_owned);
+                    if td(caller) == td(callee) {
+                        return;
+                    }
+                    let peer = match q.direction {
+                        Direction::Inbound => rule::Side::Caller,
+                        Direction::Outbound => rule::Side::Callee,
+                    };
+                    let d = p.decide(q);
+                    match d.outcome {
+                        Outcome::Allow => {
+                            let rule = d.matched.expect("an allow of a foreign peer names its rule");
+                            assert!(rule.names_trust_domain(peer), "{qs:?}: allowed by {}", d.rule);
+                        }
+                        Outcome::DeferToL7 => {
+                            let rule = d.matched.expect("a deferral names its rule");
+                            assert!(
+                                rule.action == Action::Deny || rule.names_trust_domain(peer),
+                                "{qs:?}: deferred by {}", d.rule
+                            );
+                        }
+                        Outcome::Deny => assert!(
+                            !matches!(d.reason, Reason::Default { .. }),
+                            "{qs:?}: a foreign peer's default denial says why: {}", d.why()
+                        ),
+                    }
                 });
             }
         }
