@@ -212,7 +212,7 @@ impl fmt::Display for Why<'_, '_> {
                 f.write_str(
                     "the peer is of another trust domain, and only allow rules that name \
                      its trust_domain admit it (add `trust_domain: <its domain>` to the rule's \
-                     from, or to outbound); none matched",
+                     from, or to outbound, or an id that spells the domain out); none matched",
                 )?;
                 match closest {
                     Some(miss) => write!(

@@ -71,8 +71,8 @@ const CALLEE_IN_MESH: &str = "to.external (the destination is in the mesh)";
 const CALLEE_OUTSIDE: &str =
     "to (the destination is outside the mesh; only to.external rules apply)";
 const NOT_NAMING_METADATA: &str = "to.external (the destination is the cloud metadata API, which only rules naming it explicitly allow)";
-const NOT_NAMING_CALLER_DOMAIN: &str = "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust_domain admit)";
-const NOT_NAMING_CALLEE_DOMAIN: &str = "to.trust_domain (the callee is of another trust domain, which only allow rules naming its trust_domain admit)";
+const NOT_NAMING_CALLER_DOMAIN: &str = "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust domain, by trust_domain or an id spelling it out, admit)";
+const NOT_NAMING_CALLEE_DOMAIN: &str = "to.trust_domain (the callee is of another trust domain, which only allow rules naming its trust domain, by trust_domain or an id spelling it out, admit)";
 
 impl Policy {
     /// The decision for `q` and, for every rule, the clauses that failed.

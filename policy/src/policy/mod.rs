@@ -51,10 +51,12 @@
 //! *its* authority vouched for, and that authority can write any label.
 //! So when the peer (the caller inbound, the callee outbound) is of another
 //! trust domain than the local workload, an allow rule counts only if it
-//! has a `trust_domain` clause on the peer's side (`from.trust_domain`
-//! inbound, `to.trust_domain` outbound; whatever value it tests, so
-//! `trust_domain: "*"` takes every federated domain's word), and `default:
-//! allow` does not admit the peer. Deny rules apply to every peer. Such a
+//! names trust domains on the peer's side (`from` inbound, `to` outbound):
+//! with a `trust_domain` clause (whatever value it tests, so `trust_domain:
+//! "*"` takes every federated domain's word) or an `id` clause whose IDs all
+//! spell their trust domain out (`id: spiffe://aws.example/web`,
+//! `spiffe://aws.example/**`; not `spiffe://*/web`); and `default: allow`
+//! does not admit the peer. Deny rules apply to every peer. Such a
 //! default denial has [`Reason::ForeignTrustDomain`]; `mode: audit` allows
 //! it like any other would-be denial. A rule without `trust_domain` thus
 //! speaks for the local trust domain only: `from: { labels.app: web }`

@@ -157,6 +157,24 @@ pub(crate) struct Rule {
     pub metadata_named: MetadataNamed,
 }
 
+/// Whether every ID an `id` predicate accepts is of a trust domain written
+/// out in it: equals, any of, globs whose `spiffe://<domain>/` has no `*`;
+/// of several operators, one such is enough (they must all hold).
+fn ids_name_their_domain(pred: &Pred) -> bool {
+    fn written_out(id: &str) -> bool {
+        id.strip_prefix("spiffe://")
+            .map(|rest| rest.split('/').next().unwrap_or(""))
+            .is_some_and(|domain| !domain.is_empty() && !domain.contains('*'))
+    }
+    match pred {
+        Pred::Eq(lit) => written_out(&lit.text),
+        Pred::AnyOf(lits) => lits.iter().all(|l| written_out(&l.text)),
+        Pred::Glob(globs) => globs.iter().all(|g| written_out(g.as_str())),
+        Pred::All(preds) => preds.iter().any(ids_name_their_domain),
+        Pred::NotIn(_) | Pred::Exists(_) | Pred::Cmp(..) | Pred::Not(_) => false,
+    }
+}
+
 /// The metadata API's addresses and names a rule lists explicitly: an
 /// `external.cidrs` entry that is exactly one of its addresses (`/32`,
 /// `/128`), a `hosts` entry without `*` that names one of them.
@@ -225,13 +243,18 @@ impl Rule {
             .opens(target, self.names_external_hosts())
     }
 
-    /// Whether a `from` (caller) or `to` (callee) clause tests
-    /// `trust_domain`: only such a rule admits a peer of another trust
-    /// domain on that side ([`super::eval::MustName`]).
+    /// Whether a `from` (caller) or `to` (callee) clause says which trust
+    /// domains it takes: only such a rule admits a peer of another trust
+    /// domain on that side ([`super::eval::MustName`]). A `trust_domain`
+    /// clause does, whatever it tests; so does an `id` clause that accepts
+    /// only IDs whose trust domain is written out (`spiffe://aws.example/web`,
+    /// `spiffe://aws.example/**`; not `spiffe://*/web`, not `not_in`).
     pub(crate) fn names_trust_domain(&self, side: Side) -> bool {
-        self.clauses
-            .iter()
-            .any(|c| matches!(c.test, Test::Claim(s, Attr::TrustDomain, _) if s == side))
+        self.clauses.iter().any(|c| match &c.test {
+            Test::Claim(s, Attr::TrustDomain, _) => *s == side,
+            Test::Claim(s, Attr::Id, pred) => *s == side && ids_name_their_domain(pred),
+            _ => false,
+        })
     }
 
     /// Whether the rule is about this kind of caller and callee at all.

@@ -452,9 +452,28 @@ rules:
     assert_eq!(
         web_to_api.failed,
         [
-            "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust_domain admit)"
+            "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust domain, by trust_domain or an id spelling it out, admit)"
         ]
     );
+
+    // An `id` whose trust domain is written out names it too; one that
+    // leaves the domain to a `*`, or only excludes, does not.
+    for (id, admits) in [
+        ("\"spiffe://aws.example/web\"", true),
+        ("[spiffe://aws.example/web, spiffe://gcp.example/web]", true),
+        ("\"spiffe://aws.example/**\"", true),
+        ("{ glob: \"spiffe://aws.example/*\" }", true),
+        ("{ glob: \"spiffe://*/web\" }", false),
+        ("\"spiffe://**\"", false),
+        ("{ not_in: [spiffe://gcp.example/web] }", false),
+        ("{ exists: true }", false),
+    ] {
+        let p = load(&format!(
+            "version: 1\nrules:\n  - name: by-id\n    action: allow\n    from: {{ id: {id} }}\n"
+        ));
+        let q = Query::meshed(Direction::Inbound, &aws_web, &local_api, 80);
+        assert_eq!(decide(&p, &q).is_allowed(), admits, "id: {id}");
+    }
 
     // Audit mode records the denial and lets it through, as any other.
     let audit = load(
