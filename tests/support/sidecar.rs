@@ -322,20 +322,6 @@ impl Sidecar {
             .map_or(0.0, |v| v.trim().parse().expect("a number"))
     }
 
-    /// [`Self::metric`] once it reads `want`, or what it reads after 5 s:
-    /// for a count the sidecar makes after the event a test saw (a
-    /// connection it closed, say: the close can reach the test first).
-    pub async fn metric_reaching(&self, sample: &str, want: f64) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let value = self.metric(sample).await;
-            if value == want || Instant::now() >= deadline {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -342,7 +342,10 @@ async fn serve_tunnel(
     let tls_stream = FrameBudget::new(tls_stream, true);
     let flooded = tls_stream.tripped();
     let handshake = tunnel::server_builder().handshake::<_, Bytes>(tls_stream);
-    let connection = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+    // Dropped (closing the socket) only after a timeout is counted.
+    tokio::pin!(handshake);
+    let connection = match tokio::time::timeout(limits.handshake_timeout, handshake.as_mut()).await
+    {
         Ok(Ok(connection)) => DrivenConnection::new(connection),
         Ok(Err(e)) => {
             tracing::info!(%peer_addr, error = %e, "tunnel handshake failed");

@@ -437,7 +437,13 @@ impl Shared {
         peer_chain: fn(&S) -> Option<&[CertificateDer<'static>]>,
     ) -> Option<(S, VerifiedPeer)> {
         let started = std::time::Instant::now();
-        let stream = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
+        // Pinned here, not moved into the timeout: a stalled handshake (and
+        // the socket it owns) is dropped after its timeout is counted, so a
+        // peer that sees the close can already read the count.
+        tokio::pin!(handshake);
+        let stream = match tokio::time::timeout(self.limits.handshake_timeout, handshake.as_mut())
+            .await
+        {
             Ok(Ok(stream)) => {
                 self.metrics.handshake_done(direction, started.elapsed());
                 stream

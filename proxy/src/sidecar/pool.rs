@@ -429,8 +429,10 @@ async fn handshake(shared: &Shared, local: &Local, destination: SocketAddr) -> O
     let tls_stream = FrameBudget::new(tls_stream, false);
     let flooded = tls_stream.tripped();
     let h2_handshake = tunnel::client_builder().handshake::<_, Bytes>(tls_stream);
+    // Dropped (closing the socket) only after a timeout is counted.
+    tokio::pin!(h2_handshake);
     let (sender, connection) =
-        match tokio::time::timeout(shared.limits.handshake_timeout, h2_handshake).await {
+        match tokio::time::timeout(shared.limits.handshake_timeout, h2_handshake.as_mut()).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 tracing::info!(%destination, error = %e, "tunnel handshake failed");
