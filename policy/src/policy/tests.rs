@@ -2219,14 +2219,21 @@ mod props {
         (d.outcome, d.rule.to_string(), d.audit_only)
     }
 
+    /// Up to 24 rules, either default, and up to 7 queries.
+    fn policy_and_queries() -> impl Strategy<Value = (Vec<RuleSpec>, bool, Vec<QuerySpec>)> {
+        (
+            proptest::collection::vec(rule_spec(), 0..25),
+            any::<bool>(),
+            proptest::collection::vec(query_spec(), 1..8),
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
 
         #[test]
         fn index_agrees_with_scan(
-            specs in proptest::collection::vec(rule_spec(), 0..25),
-            default_allow in any::<bool>(),
-            queries in proptest::collection::vec(query_spec(), 1..8),
+            (specs, default_allow, queries) in policy_and_queries(),
         ) {
             let p = load(&render_policy(default_allow, false, &named(specs)));
             for qs in &queries {
@@ -2328,9 +2335,7 @@ mod props {
         /// without it, never by `default: allow`.
         #[test]
         fn a_foreign_peer_is_allowed_only_by_a_rule_naming_its_trust_domain(
-            specs in proptest::collection::vec(rule_spec(), 0..25),
-            default_allow in any::<bool>(),
-            queries in proptest::collection::vec(query_spec(), 1..8),
+            (specs, default_allow, queries) in policy_and_queries(),
         ) {
             let p = load(&render_policy(default_allow, false, &named(specs)));
             for qs in &queries {
