@@ -56,17 +56,35 @@ impl MustName {
         }
     }
 
-    /// Whether an allow rule leaves out something this query needs named
-    /// (deny rules always count).
-    pub fn passes_over(&self, rule: &Rule) -> bool {
-        rule.action == Action::Allow
-            && (self
+    /// What an allow rule leaves out of what this query needs named
+    /// (nothing for deny rules: they always count).
+    pub fn left_out(&self, rule: &Rule) -> LeftOut {
+        if rule.action == Action::Deny {
+            return LeftOut::default();
+        }
+        LeftOut {
+            metadata: self
                 .metadata
-                .is_some_and(|target| !rule.opens_metadata(&target))
-                || self
-                    .foreign_peer
-                    .is_some_and(|side| !rule.names_trust_domain(side)))
+                .is_some_and(|target| !rule.opens_metadata(&target)),
+            trust_domain: self
+                .foreign_peer
+                .filter(|&side| !rule.names_trust_domain(side)),
+        }
     }
+
+    /// Whether an allow rule leaves out something this query needs named.
+    pub fn passes_over(&self, rule: &Rule) -> bool {
+        self.left_out(rule) != LeftOut::default()
+    }
+}
+
+/// What a rule does not name that a query needs ([`MustName::left_out`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LeftOut {
+    /// The metadata API the query's destination is.
+    pub metadata: bool,
+    /// The trust domain of the foreign peer on this side.
+    pub trust_domain: Option<Side>,
 }
 
 /// The side of a meshed peer whose trust domain differs from the local

@@ -100,20 +100,14 @@ fn check<'p>(rule: &'p Rule, q: &Query<'_>, must_name: MustName) -> RuleCheck<'p
         (CalleeKind::Meshed, Callee::External { .. }) => failed.push(CALLEE_OUTSIDE),
         _ => {}
     }
-    if rule.action == Action::Allow {
-        if must_name
-            .metadata
-            .is_some_and(|target| !rule.opens_metadata(&target))
-        {
-            failed.push(NOT_NAMING_METADATA);
-        }
-        match must_name.foreign_peer {
-            Some(side) if !rule.names_trust_domain(side) => failed.push(match side {
-                Side::Caller => NOT_NAMING_CALLER_DOMAIN,
-                Side::Callee => NOT_NAMING_CALLEE_DOMAIN,
-            }),
-            _ => {}
-        }
+    let left_out = must_name.left_out(rule);
+    if left_out.metadata {
+        failed.push(NOT_NAMING_METADATA);
+    }
+    match left_out.trust_domain {
+        Some(Side::Caller) => failed.push(NOT_NAMING_CALLER_DOMAIN),
+        Some(Side::Callee) => failed.push(NOT_NAMING_CALLEE_DOMAIN),
+        None => {}
     }
     let request = match &q.http {
         Http::Request(r) => Some(r),
