@@ -846,3 +846,86 @@ async fn refresh_is_the_fetch_interval_whatever_the_hint() {
         aws.log()
     );
 }
+
+/// A trust domain's aliases (an old and a new name during a rename): a
+/// sidecar whose `trust_domains` lists both, with both CAs in its bundle,
+/// takes a peer of either as its own authority's. A rule naming no trust
+/// domain admits such a peer both ways (AWS's peer above was refused by
+/// one); without the aliases in `trust_domains` it would be foreign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_one_of_our_trust_domains_needs_no_rule_naming_it() {
+    use support::sidecar::SidecarBuilder;
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path();
+    let new_ca = Ca::init(&dir.join("new-ca"), "new.example");
+    let old_ca = Ca::init(&dir.join("old-ca"), "old.example");
+    let bundle = dir.join("both.pem");
+    let mut pem = std::fs::read(new_ca.bundle()).expect("new CA");
+    pem.extend(std::fs::read(old_ca.bundle()).expect("old CA"));
+    std::fs::write(&bundle, pem).expect("bundle");
+    let domains = "new.example, old.example";
+    let web_cert = old_ca.issue(&dir.join("web"), "web", &["app=web"], &[]);
+    let api_cert = new_ca.issue(&dir.join("api"), "api", &["app=api"], &[]);
+    let write_policy = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("policy");
+        path
+    };
+    let api_policy = write_policy(
+        "api-policy.yaml",
+        "version: 1\nrules:\n  - name: web-reads-v1\n    action: allow\n    \
+         from: { labels.app: web }\n    to: { labels.app: api }\n    http: { paths: [\"/v1/**\"] }\n",
+    );
+    let web_policy = write_policy(
+        "web-policy.yaml",
+        "version: 1\nrules:\n  - name: web-calls-api\n    action: allow\n    \
+         from: { labels.app: web }\n    to: { labels.app: api }\n",
+    );
+    let app = HttpApp::start().await;
+    let (api_in, web_out) = (free_port(), free_port());
+    let api = SidecarBuilder::new("api", dir, &api_cert, &bundle, domains, &api_policy)
+        .inbound(api_in, app.addr)
+        .start()
+        .await;
+    let web = SidecarBuilder::new("web", dir, &web_cert, &bundle, domains, &web_policy)
+        .outbound(web_out, local(api_in))
+        .start()
+        .await;
+
+    let context = || format!("{}\n{}", web.context(), api.context());
+    assert_eq!(
+        status_through(local(web_out)).await,
+        Some(200),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        http_status(local(web_out), "/admin").await,
+        Some(403),
+        "{}",
+        context()
+    );
+    api.wait_audit(
+        "web's call allowed by the rule naming no trust domain",
+        |line| {
+            line["peer_id"] == "spiffe://old.example/web"
+                && line["rule"] == "web-reads-v1"
+                && line["decision"] == "allow"
+        },
+    )
+    .await;
+    web.wait_audit("the call to api allowed outbound", |line| {
+        line["peer_id"] == "spiffe://new.example/api"
+            && line["rule"] == "web-calls-api"
+            && line["decision"] == "allow"
+    })
+    .await;
+    let lines = [web.audit_lines(), api.audit_lines()].concat();
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.to_string().contains("another trust domain")),
+        "{}",
+        context()
+    );
+}

@@ -403,6 +403,77 @@ fn explain_http_rules_need_a_request() {
     );
 }
 
+/// A peer of another trust domain is foreign unless it is one of the
+/// sidecar's own `trust_domains` (`--trust-domain`, as the sidecar takes
+/// its config's): then `web-to-api`, which names no trust domain, admits it.
+#[test]
+fn explain_takes_the_sidecars_trust_domains() {
+    let env = Env::new();
+    let old_ca = env.dir.path().join("old-ca");
+    let out = run(&[
+        "authority",
+        "init",
+        "--trust-domain",
+        "old.example",
+        "--dir",
+        path(&old_ca),
+    ]);
+    assert!(out.status.success(), "authority init: {:?}", text(&out));
+    let old_web = env.dir.path().join("old-web.pem");
+    let key = env.dir.path().join("old-web.key");
+    let out = run(&[
+        "issue",
+        "--dir",
+        path(&old_ca),
+        "--id",
+        "spiffe://old.example/ns/shop/sa/web",
+        "--label",
+        "app=web",
+        "--cert",
+        path(&old_web),
+        "--key",
+        path(&key),
+    ]);
+    assert!(out.status.success(), "issue: {:?}", text(&out));
+    let api = env.issue(
+        "api",
+        "spiffe://prod.example/ns/shop/sa/api",
+        &["app=api"],
+        None,
+    );
+
+    let (code, stdout, _) = env.explain(&old_web, &api, 8080, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("the peer is of another trust domain"),
+        "{stdout}"
+    );
+    let home = [
+        "--trust-domain",
+        "prod.example",
+        "--trust-domain",
+        "old.example",
+    ];
+    let (code, stdout, _) = env.explain(&old_web, &api, 8080, &home);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("decision: allow by rule web-to-api"),
+        "{stdout}"
+    );
+    // Outbound from the old domain's web, the same.
+    let (code, stdout, _) = env.explain(
+        &old_web,
+        &api,
+        8080,
+        &[&home[..], &["--direction", "outbound"]].concat(),
+    );
+    assert_eq!(code, 0, "{stdout}");
+
+    let (code, _, stderr) = env.explain(&old_web, &api, 8080, &["--trust-domain", "Old Example"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--trust-domain"), "{stderr}");
+}
+
 #[test]
 fn explain_outside_the_mesh_and_bad_input() {
     let env = Env::new();

@@ -103,7 +103,7 @@ impl Policy {
     /// caller, callee and port, checked up to their `http` part (`q.http`
     /// is not looked at): see [`ConnectionRules::decide`].
     pub fn connection_rules(&self, q: &Query<'_>) -> ConnectionRules {
-        let must_name = MustName::of(q);
+        let must_name = MustName::of(q, self);
         let mut passed = Vec::new();
         let mut closest_miss: Option<(u32, usize)> = None;
         if let Some(p) = partition(q) {

@@ -37,7 +37,8 @@ pub(crate) fn targets_metadata_api(q: &Query<'_>) -> Option<MetadataTarget> {
 
 /// What an allow rule must name to be looked at for one query: the
 /// metadata API, when that is the destination; the peer's trust domain,
-/// when the peer is of another trust domain than the local workload. A
+/// when the peer is foreign: of another trust domain than the local
+/// workload's and the policy's home ones ([`Policy::with_home_trust_domains`]). A
 /// rule that does not name them cannot allow the query, and `default:
 /// allow` does not either. Fixed for a connection (caller, callee, port).
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,10 +50,10 @@ pub(crate) struct MustName {
 }
 
 impl MustName {
-    pub fn of(q: &Query<'_>) -> MustName {
+    pub fn of(q: &Query<'_>, policy: &Policy) -> MustName {
         MustName {
             metadata: targets_metadata_api(q),
-            foreign_peer: foreign_peer(q),
+            foreign_peer: foreign_peer(q, &policy.home_trust_domains),
         }
     }
 
@@ -87,20 +88,24 @@ pub(crate) struct LeftOut {
     pub trust_domain: Option<Side>,
 }
 
-/// The side of a meshed peer whose trust domain differs from the local
-/// workload's (the other side of the query). A peer whose ID has no trust
-/// domain while ours has one counts as foreign.
-fn foreign_peer(q: &Query<'_>) -> Option<Side> {
+/// The side of a meshed peer (the other side of the query) whose trust
+/// domain is neither the local workload's nor one of `home`. A peer whose
+/// ID has no trust domain while ours has one counts as foreign.
+fn foreign_peer(q: &Query<'_>, home: &[Box<str>]) -> Option<Side> {
     let (Caller::Meshed(caller), Callee::Meshed(callee)) = (q.caller, q.callee) else {
         return None;
     };
-    if trust_domain_of(&caller.id) == trust_domain_of(&callee.id) {
+    let (local, peer, side) = match q.direction {
+        Direction::Inbound => (callee, caller, Side::Caller),
+        Direction::Outbound => (caller, callee, Side::Callee),
+    };
+    let peer_domain = trust_domain_of(&peer.id);
+    if peer_domain == trust_domain_of(&local.id)
+        || peer_domain.is_some_and(|d| home.iter().any(|h| **h == *d))
+    {
         return None;
     }
-    Some(match q.direction {
-        Direction::Inbound => Side::Caller,
-        Direction::Outbound => Side::Callee,
-    })
+    Some(side)
 }
 
 /// What the rules looked at so far say. Each slot holds the smallest id.
@@ -261,7 +266,7 @@ impl Policy {
     /// request with [`super::Http::Request`]. Looks only at the rules the
     /// index returns; no allocation.
     pub fn decide(&self, q: &Query<'_>) -> Decision<'_> {
-        let mut tally = Tally::new(MustName::of(q));
+        let mut tally = Tally::new(MustName::of(q, self));
         if let Some(p) = partition(q) {
             self.index[p].candidates(q, |id| tally.consider(id, &self.rules[id as usize], q));
         }
@@ -293,7 +298,7 @@ impl Policy {
     /// The same decision as [`Policy::decide`], by checking every rule.
     /// Slow; for tests and tools.
     pub fn decide_by_scan(&self, q: &Query<'_>) -> Decision<'_> {
-        let mut tally = Tally::new(MustName::of(q));
+        let mut tally = Tally::new(MustName::of(q, self));
         for (id, rule) in self.rules.iter().enumerate() {
             if rule.applies_to(q) {
                 tally.consider(id_of(id), rule, q);

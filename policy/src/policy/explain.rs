@@ -77,7 +77,7 @@ const NOT_NAMING_CALLEE_DOMAIN: &str = "to.trust_domain (the callee is of anothe
 impl Policy {
     /// The decision for `q` and, for every rule, the clauses that failed.
     pub fn explain(&self, q: &Query<'_>) -> Explanation<'_> {
-        let must_name = MustName::of(q);
+        let must_name = MustName::of(q, self);
         let mut rules: Vec<RuleCheck<'_>> =
             self.rules.iter().map(|r| check(r, q, must_name)).collect();
         rules.sort_by_key(|r| r.line);

@@ -202,6 +202,9 @@ pub struct Policy {
     generation: u64,
     /// The rules with `to.external.hosts` (ids into `rules`).
     external_host_rules: Box<[usize]>,
+    /// The trust domains whose peers are not foreign, beside the local
+    /// workload's own: see [`Policy::with_home_trust_domains`].
+    home_trust_domains: Box<[Box<str>]>,
 }
 
 impl Policy {
@@ -259,7 +262,31 @@ impl Policy {
             index,
             generation: connection::next_generation(),
             external_host_rules,
+            home_trust_domains: Box::default(),
         })
+    }
+
+    /// This policy, with `domains` as the trust domains whose peers are
+    /// the local authority's own: a sidecar's `trust_domains`, every one
+    /// of which its own authority's roots vouch for (aliases while a trust
+    /// domain is renamed, say). A peer of one of them is not foreign, so
+    /// rules need not name its trust domain to admit it; a peer of any
+    /// other domain (a federated authority's) is. Without this, only the
+    /// local workload's own trust domain is home (`appid policy explain`
+    /// without `--trust-domain`, tests).
+    pub fn with_home_trust_domains<D: Into<Box<str>>>(
+        mut self,
+        domains: impl IntoIterator<Item = D>,
+    ) -> Policy {
+        self.home_trust_domains = domains.into_iter().map(Into::into).collect();
+        // Connections settled with the old answer must not reuse it.
+        self.generation = connection::next_generation();
+        self
+    }
+
+    /// The trust domains given to [`Policy::with_home_trust_domains`].
+    pub fn home_trust_domains(&self) -> impl Iterator<Item = &str> {
+        self.home_trust_domains.iter().map(AsRef::as_ref)
     }
 
     /// Whether the name an app gives for a connection outside the mesh

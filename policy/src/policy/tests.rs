@@ -487,6 +487,53 @@ rules:
 }
 
 #[test]
+fn peers_of_a_home_trust_domain_are_not_foreign() {
+    // A sidecar whose own authority vouches for two trust domains (its
+    // `trust_domains`, e.g. the old and new name during a rename) treats a
+    // peer of either as its own; a federated authority's stays foreign.
+    let text = "version: 1\ndefault: allow\nrules:\n  - name: web-to-api\n    \
+                action: allow\n    from: { labels.app: web }\n    to: { labels.app: api }\n";
+    let alone = load(text);
+    let aliased = load(text).with_home_trust_domains(["prod.example", "old.example"]);
+    assert_eq!(
+        aliased.home_trust_domains().collect::<Vec<_>>(),
+        ["prod.example", "old.example"]
+    );
+    let local_api = api();
+    let old_web = claims("spiffe://old.example/web", &[("app", "web")]);
+    let aws_web = claims("spiffe://aws.example/web", &[("app", "web")]);
+    let old_other = claims("spiffe://old.example/batch", &[]);
+
+    let q = Query::meshed(Direction::Inbound, &old_web, &local_api, 80);
+    let d = decide(&alone, &q);
+    assert!(matches!(d.reason, Reason::ForeignTrustDomain { .. }), "{d}");
+    let d = decide(&aliased, &q);
+    assert_eq!((d.outcome, d.rule), (Outcome::Allow, "web-to-api"));
+    let rules = aliased.connection_rules(&q);
+    assert!(
+        rules.decide(&aliased, &q).is_allowed(),
+        "per connection too"
+    );
+
+    // `default: allow` admits an alias peer no rule names, as a local one.
+    let q = Query::meshed(Direction::Inbound, &old_other, &local_api, 80);
+    assert!(decide(&aliased, &q).is_allowed());
+    assert!(decide(&alone, &q).is_denied());
+
+    // Outbound, the callee is the peer.
+    let q = Query::meshed(Direction::Outbound, &local_api, &old_other, 80);
+    assert!(decide(&aliased, &q).is_allowed());
+    assert!(decide(&alone, &q).is_denied());
+
+    // Another authority's peer is foreign whatever the home domains are.
+    let q = Query::meshed(Direction::Inbound, &aws_web, &local_api, 80);
+    let d = decide(&aliased, &q);
+    assert!(matches!(d.reason, Reason::ForeignTrustDomain { .. }), "{d}");
+    let e = aliased.explain(&q);
+    assert!(e.decision.is_denied());
+}
+
+#[test]
 fn numeric_operators_on_missing_attributes() {
     let p = load(
         r#"version: 1
@@ -2219,12 +2266,17 @@ mod props {
         (d.outcome, d.rule.to_string(), d.audit_only)
     }
 
-    /// Up to 24 rules, either default, and up to 7 queries.
-    fn policy_and_queries() -> impl Strategy<Value = (Vec<RuleSpec>, bool, Vec<QuerySpec>)> {
+    const HOME_DOMAINS: &[&[&str]] = &[&[], &["td"], &["other"], &["td", "other"]];
+
+    /// Up to 24 rules, either default, up to 7 queries, and the home trust
+    /// domains (none, either or both of the two the claims are in).
+    fn policy_and_queries()
+    -> impl Strategy<Value = (Vec<RuleSpec>, bool, Vec<QuerySpec>, &'static [&'static str])> {
         (
             proptest::collection::vec(rule_spec(), 0..25),
             any::<bool>(),
             proptest::collection::vec(query_spec(), 1..8),
+            proptest::sample::select(HOME_DOMAINS),
         )
     }
 
@@ -2233,9 +2285,10 @@ mod props {
 
         #[test]
         fn index_agrees_with_scan(
-            (specs, default_allow, queries) in policy_and_queries(),
+            (specs, default_allow, queries, home) in policy_and_queries(),
         ) {
-            let p = load(&render_policy(default_allow, false, &named(specs)));
+            let p = load(&render_policy(default_allow, false, &named(specs)))
+                .with_home_trust_domains(home.iter().copied());
             for qs in &queries {
                 with_query(qs, |q| {
                     let (a, b) = (p.decide(q), p.decide_by_scan(q));
@@ -2329,28 +2382,37 @@ mod props {
             }
         }
 
-        /// A peer of another trust domain than the local workload's is
-        /// allowed only by an allow rule that names `trust_domain` on the
-        /// peer's side (`from` inbound, `to` outbound): never by a rule
-        /// without it, never by `default: allow`.
+        /// A peer of another trust domain than the local workload's and
+        /// the home ones is allowed only by an allow rule that names
+        /// `trust_domain` on the peer's side (`from` inbound, `to`
+        /// outbound): never by a rule without it, never by `default:
+        /// allow`. A peer of a home domain is never refused as foreign.
         #[test]
         fn a_foreign_peer_is_allowed_only_by_a_rule_naming_its_trust_domain(
-            (specs, default_allow, queries) in policy_and_queries(),
+            (specs, default_allow, queries, home) in policy_and_queries(),
         ) {
-            let p = load(&render_policy(default_allow, false, &named(specs)));
+            let p = load(&render_policy(default_allow, false, &named(specs)))
+                .with_home_trust_domains(home.iter().copied());
             for qs in &queries {
                 with_query(qs, |q| {
                     let (Caller::Meshed(caller), Callee::Meshed(callee)) = (q.caller, q.callee) else {
                         return;
                     };
                     let td = |c: &AppIdClaims| c.id.split('/').nth(2).map(str::to_owned);
-                    if td(caller) == td(callee) {
+                    let (local, peer, peer_side) = match q.direction {
+                        Direction::Inbound => (callee, caller, rule::Side::Caller),
+                        Direction::Outbound => (caller, callee, rule::Side::Callee),
+                    };
+                    let peer_domain = td(peer).unwrap_or_default();
+                    if td(local) == td(peer) || home.contains(&peer_domain.as_str()) {
+                        let d = p.decide(q);
+                        assert!(
+                            !matches!(d.reason, Reason::ForeignTrustDomain { .. }),
+                            "{qs:?}, home {home:?}: a home peer is not foreign: {}", d.why()
+                        );
                         return;
                     }
-                    let peer = match q.direction {
-                        Direction::Inbound => rule::Side::Caller,
-                        Direction::Outbound => rule::Side::Callee,
-                    };
+                    let peer = peer_side;
                     let d = p.decide(q);
                     match d.outcome {
                         Outcome::Allow => {

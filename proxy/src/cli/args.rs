@@ -120,6 +120,13 @@ pub fn image_digest(input: &str) -> Result<String, String> {
 }
 
 /// Parses a duration such as `30s`, `15m`, `1h`, `2h30m`.
+/// A trust domain (`prod.example`), as SPIFFE spells one.
+pub fn trust_domain(input: &str) -> Result<String, String> {
+    crate::identity::spiffe::validate_trust_domain(input)
+        .map(|()| input.to_string())
+        .map_err(|e| e.to_string())
+}
+
 pub fn duration(input: &str) -> Result<time::Duration, String> {
     let std = humantime::parse_duration(input)
         .map_err(|e| format!("{e}; write e.g. 30s, 15m, 1h or 2h30m"))?;

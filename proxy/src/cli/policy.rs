@@ -64,6 +64,11 @@ pub struct ReplayArgs {
     /// Exit 1 also when some line cannot be re-decided
     #[arg(long)]
     fail_undecidable: bool,
+    /// One of the sidecar's `trust_domains` (repeatable): a peer of these
+    /// is its own authority's, not foreign, so rules need not name its
+    /// trust domain to admit it; default: only the local workload's domain
+    #[arg(long = "trust-domain", value_name = "DOMAIN", value_parser = args::trust_domain)]
+    trust_domains: Vec<String>,
     #[command(flatten)]
     output: Output,
 }
@@ -103,6 +108,11 @@ pub struct ExplainArgs {
     /// when --to is an IP address (an external destination)
     #[arg(long, value_enum)]
     direction: Option<DirectionArg>,
+    /// One of the sidecar's `trust_domains` (repeatable): a peer of these
+    /// is its own authority's, not foreign, so rules need not name its
+    /// trust domain to admit it; default: only the local workload's domain
+    #[arg(long = "trust-domain", value_name = "DOMAIN", value_parser = args::trust_domain)]
+    trust_domains: Vec<String>,
     #[command(flatten)]
     output: Output,
 }
@@ -122,7 +132,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let Some(policy) = load(&args.policy)? else {
+    let Some(policy) = load(&args.policy, &args.trust_domains)? else {
         return Ok(ExitCode::from(2));
     };
     let report = crate::replay::replay(&policy, &args.audit)?;
@@ -192,13 +202,17 @@ struct RuleReport<'a> {
     failed: &'a [&'a str],
 }
 
-/// Loads a policy file; on policy errors prints them all and returns `None`.
-fn load(path: &Path) -> anyhow::Result<Option<Policy>> {
+/// Loads a policy file with the sidecar's `trust_domains` as its home ones
+/// (none given: the local workload's alone); on policy errors prints them
+/// all and returns `None`.
+fn load(path: &Path, trust_domains: &[String]) -> anyhow::Result<Option<Policy>> {
     let name = path.display().to_string();
     let text = crate::sidecar::read_policy_file(path)
         .with_context(|| format!("{name}: cannot read the policy file; check the path"))?;
     match Policy::load(&name, &text) {
-        Ok(policy) => Ok(Some(policy)),
+        Ok(policy) => Ok(Some(
+            policy.with_home_trust_domains(trust_domains.iter().map(String::as_str)),
+        )),
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
@@ -214,7 +228,7 @@ fn load(path: &Path) -> anyhow::Result<Option<Policy>> {
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    Ok(match load(path)? {
+    Ok(match load(path, &[])? {
         Some(policy) => {
             println!("{}", policy.summary());
             ExitCode::SUCCESS
@@ -255,7 +269,7 @@ impl Party {
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
-    let Some(policy) = load(&args.policy)? else {
+    let Some(policy) = load(&args.policy, &args.trust_domains)? else {
         return Ok(ExitCode::from(2));
     };
     let from = Party::parse(&args.from, "--from")?;

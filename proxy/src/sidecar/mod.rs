@@ -479,19 +479,27 @@ impl Shared {
     }
 }
 
-/// Loads a policy file into a compiled policy.
-pub fn load_policy(path: &std::path::Path) -> Result<Policy, SidecarError> {
+/// Loads a policy file into a compiled policy, with `trust_domains` (the
+/// config's: those our own authority vouches for) as its home trust
+/// domains: a peer of any other is foreign to it
+/// ([`Policy::with_home_trust_domains`]).
+pub fn load_policy(
+    path: &std::path::Path,
+    trust_domains: &[String],
+) -> Result<Policy, SidecarError> {
     let text = read_policy_file(path)
         .map_err(|e| SidecarError::Policy(format!("{}: {e}", path.display())))?;
-    Policy::load(&path.display().to_string(), &text).map_err(|errors| {
-        SidecarError::Policy(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })
+    Policy::load(&path.display().to_string(), &text)
+        .map(|policy| policy.with_home_trust_domains(trust_domains.iter().map(String::as_str)))
+        .map_err(|errors| {
+            SidecarError::Policy(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
 }
 
 /// Reads a policy file, refusing one larger than
@@ -531,7 +539,7 @@ pub async fn run_until(
 ) -> Result<(), SidecarError> {
     tokio::pin!(stop);
     tls::warm_up().map_err(|_| SidecarError::Entropy)?;
-    let policy = load_policy(&config.policy)?;
+    let policy = load_policy(&config.policy, &config.trust_domains)?;
     let rotation = crate::audit::Rotation {
         max_bytes: config.limits.audit_log_max_bytes,
         keep: config.limits.audit_log_keep,

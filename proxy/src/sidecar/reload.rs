@@ -123,7 +123,8 @@ pub(super) async fn watch_files(
         if settled {
             pending_policy = None;
             last_policy = now;
-            match load_policy(&policy) {
+            let trust_domains = shared.trust.bundle.load().trust_domains().to_vec();
+            match load_policy(&policy, &trust_domains) {
                 Ok(new_policy) => {
                     shared.policy.store(Arc::new(new_policy));
                     shared.authorization_changed();
