@@ -928,4 +928,31 @@ async fn a_peer_of_one_of_our_trust_domains_needs_no_rule_naming_it() {
         "{}",
         context()
     );
+
+    // `appid policy replay` of the api's log re-decides alike when given
+    // the sidecar's trust domains; without them the old name is foreign
+    // and web's allowed calls would change (exit 1).
+    let replay = |extra: &[&str]| {
+        let (policy, audit) = (api_policy.to_str().unwrap(), dir.join("api-audit.jsonl"));
+        let mut args = vec!["policy", "replay", policy, audit.to_str().unwrap()];
+        args.extend(extra);
+        let out = Command::new(support::pki::APPID)
+            .args(&args)
+            .output()
+            .expect("run appid policy replay");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, report) = replay(&[
+        "--trust-domain",
+        "new.example",
+        "--trust-domain",
+        "old.example",
+    ]);
+    assert_eq!(code, Some(0), "{report}");
+    let (code, report) = replay(&[]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("another trust domain"), "{report}");
 }
