@@ -32,7 +32,8 @@
 # with when RUST_LOG is unset),
 # BENCH_KEEP=1 keeps the scratch directory, BENCH_APPID_BIN=PATH measures that
 # appid binary instead of building the checkout (to compare two builds;
-# BENCH_APPID_BUILD then says in the report what it is). BENCH_BUILD: how the
+# BENCH_APPID_BUILD then says in the report what it is; `appid=` names it by
+# its SHA-256, not the checkout's commit). BENCH_BUILD: how the
 # checkout is built when no binary is given: `pgo` (default), the
 # profile-guided build of bench/pgo.sh (what the Dockerfile ships; needs
 # `rustup component add llvm-tools`), or `release` (`cargo build --release`).
@@ -919,7 +920,15 @@ main() {
         echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
         echo "nproc=$(nproc)"
         echo "kernel=$(uname -r)"
-        echo "appid=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo +dirty)"
+        # The checkout's commit is the binary's only when run.sh built it;
+        # a given binary (BENCH_APPID_BIN) is named by its digest instead.
+        local checkout
+        checkout="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo +dirty)"
+        if [[ -n ${BENCH_APPID_BIN:-} ]]; then
+            echo "appid=given binary sha256:$(sha256sum "$built" | cut -c1-16) (checkout $checkout)"
+        else
+            echo "appid=$checkout"
+        fi
         echo "appid_build=$build"
         echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
         echo "nginx=$(nginx -v 2>&1 | sed 's|.*nginx/||')"
