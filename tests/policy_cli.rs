@@ -95,10 +95,21 @@ impl Env {
 
     /// Issues a certificate: `name.pem`, with labels and an optional report.
     fn issue(&self, name: &str, id: &str, labels: &[&str], vulns: Option<&Path>) -> PathBuf {
+        self.issue_by(&self.dir.path().join("ca"), name, id, labels, vulns)
+    }
+
+    /// [`Env::issue`] by the CA in `ca` (another trust domain's).
+    fn issue_by(
+        &self,
+        ca: &Path,
+        name: &str,
+        id: &str,
+        labels: &[&str],
+        vulns: Option<&Path>,
+    ) -> PathBuf {
         let cert = self.dir.path().join(format!("{name}.pem"));
         let key = self.dir.path().join(format!("{name}.key"));
-        let ca = self.dir.path().join("ca");
-        let mut args = vec!["issue", "--dir", path(&ca), "--id", id];
+        let mut args = vec!["issue", "--dir", path(ca), "--id", id];
         for l in labels {
             args.extend(["--label", l]);
         }
@@ -419,22 +430,13 @@ fn explain_takes_the_sidecars_trust_domains() {
         path(&old_ca),
     ]);
     assert!(out.status.success(), "authority init: {:?}", text(&out));
-    let old_web = env.dir.path().join("old-web.pem");
-    let key = env.dir.path().join("old-web.key");
-    let out = run(&[
-        "issue",
-        "--dir",
-        path(&old_ca),
-        "--id",
+    let old_web = env.issue_by(
+        &old_ca,
+        "old-web",
         "spiffe://old.example/ns/shop/sa/web",
-        "--label",
-        "app=web",
-        "--cert",
-        path(&old_web),
-        "--key",
-        path(&key),
-    ]);
-    assert!(out.status.success(), "issue: {:?}", text(&out));
+        &["app=web"],
+        None,
+    );
     let api = env.issue(
         "api",
         "spiffe://prod.example/ns/shop/sa/api",
