@@ -119,7 +119,6 @@ pub fn image_digest(input: &str) -> Result<String, String> {
     Ok(input.to_string())
 }
 
-/// Parses a duration such as `30s`, `15m`, `1h`, `2h30m`.
 /// A trust domain (`prod.example`), as SPIFFE spells one.
 pub fn trust_domain(input: &str) -> Result<String, String> {
     crate::identity::spiffe::validate_trust_domain(input)
@@ -127,6 +126,7 @@ pub fn trust_domain(input: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Parses a duration such as `30s`, `15m`, `1h`, `2h30m`.
 pub fn duration(input: &str) -> Result<time::Duration, String> {
     let std = humantime::parse_duration(input)
         .map_err(|e| format!("{e}; write e.g. 30s, 15m, 1h or 2h30m"))?;

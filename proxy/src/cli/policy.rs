@@ -52,6 +52,16 @@ pub enum PolicyCommand {
     Replay(ReplayArgs),
 }
 
+/// `--trust-domain`, which `explain` and `replay` both take.
+#[derive(Debug, clap::Args)]
+pub struct HomeDomains {
+    /// One of the sidecar's `trust_domains` (repeatable): a peer of these
+    /// is its own authority's, not foreign, so rules need not name its
+    /// trust domain to admit it; default: only the local workload's domain
+    #[arg(long = "trust-domain", value_name = "DOMAIN", value_parser = args::trust_domain)]
+    trust_domains: Vec<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// The new policy file (YAML, `version: 1`)
@@ -64,11 +74,8 @@ pub struct ReplayArgs {
     /// Exit 1 also when some line cannot be re-decided
     #[arg(long)]
     fail_undecidable: bool,
-    /// One of the sidecar's `trust_domains` (repeatable): a peer of these
-    /// is its own authority's, not foreign, so rules need not name its
-    /// trust domain to admit it; default: only the local workload's domain
-    #[arg(long = "trust-domain", value_name = "DOMAIN", value_parser = args::trust_domain)]
-    trust_domains: Vec<String>,
+    #[command(flatten)]
+    home: HomeDomains,
     #[command(flatten)]
     output: Output,
 }
@@ -108,11 +115,8 @@ pub struct ExplainArgs {
     /// when --to is an IP address (an external destination)
     #[arg(long, value_enum)]
     direction: Option<DirectionArg>,
-    /// One of the sidecar's `trust_domains` (repeatable): a peer of these
-    /// is its own authority's, not foreign, so rules need not name its
-    /// trust domain to admit it; default: only the local workload's domain
-    #[arg(long = "trust-domain", value_name = "DOMAIN", value_parser = args::trust_domain)]
-    trust_domains: Vec<String>,
+    #[command(flatten)]
+    home: HomeDomains,
     #[command(flatten)]
     output: Output,
 }
@@ -132,7 +136,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let Some(policy) = load(&args.policy, &args.trust_domains)? else {
+    let Some(policy) = load(&args.policy, &args.home.trust_domains)? else {
         return Ok(ExitCode::from(2));
     };
     let report = crate::replay::replay(&policy, &args.audit)?;
@@ -269,7 +273,7 @@ impl Party {
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
-    let Some(policy) = load(&args.policy, &args.trust_domains)? else {
+    let Some(policy) = load(&args.policy, &args.home.trust_domains)? else {
         return Ok(ExitCode::from(2));
     };
     let from = Party::parse(&args.from, "--from")?;
