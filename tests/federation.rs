@@ -952,6 +952,10 @@ async fn a_peer_of_one_of_our_trust_domains_needs_no_rule_naming_it() {
         "old.example",
     ]);
     assert_eq!(code, Some(0), "{report}");
+    // Or read from the api sidecar's own config.
+    let api_config = dir.join("api-proxy.yaml");
+    let (code, report) = replay(&["--config", api_config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{report}");
     let (code, report) = replay(&[]);
     assert_eq!(code, Some(1), "{report}");
     assert!(report.contains("another trust domain"), "{report}");

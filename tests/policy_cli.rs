@@ -474,6 +474,41 @@ fn explain_takes_the_sidecars_trust_domains() {
     let (code, _, stderr) = env.explain(&old_web, &api, 8080, &["--trust-domain", "Old Example"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--trust-domain"), "{stderr}");
+
+    // The same domains read from the sidecar's own config file; a flag adds
+    // to them.
+    let config = env.dir.path().join("proxy.yaml");
+    let write_config = |domains: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "identity: {{cert: api.pem, key: api.key, bundle: ca.pem}}\n\
+                 trust_domains: {domains}\n\
+                 policy: policy.yaml\n\
+                 inbound:\n  - listen: \"127.0.0.1:8443\"\n    forward: \"127.0.0.1:8080\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("[prod.example, old.example]");
+    let (code, stdout, _) = env.explain(&old_web, &api, 8080, &["--config", path(&config)]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("decision: allow by rule web-to-api"),
+        "{stdout}"
+    );
+    write_config("[prod.example]");
+    let (code, stdout, _) = env.explain(&old_web, &api, 8080, &["--config", path(&config)]);
+    assert_eq!(code, 1, "{stdout}");
+    let with_flag = ["--config", path(&config), "--trust-domain", "old.example"];
+    let (code, stdout, _) = env.explain(&old_web, &api, 8080, &with_flag);
+    assert_eq!(code, 0, "{stdout}");
+    // A config that does not load: exit 2, naming the file and the way out.
+    write_config("[Prod Example]");
+    let (code, _, stderr) = env.explain(&old_web, &api, 8080, &["--config", path(&config)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("proxy.yaml"), "{stderr}");
+    assert!(stderr.contains("--trust-domain instead"), "{stderr}");
 }
 
 #[test]

@@ -34,6 +34,7 @@ use appid_policy::policy::{
 use serde::Serialize;
 
 use super::args::{self, KeyValue, Output};
+use crate::config::ProxyConfig;
 use crate::identity::claims_from_pem_file;
 use crate::sidecar::authz::{ExternalVerdict, external_verdict};
 
@@ -52,7 +53,9 @@ pub enum PolicyCommand {
     Replay(ReplayArgs),
 }
 
-/// `--trust-domain`, which `explain` and `replay` both take.
+/// The sidecar's own trust domains, which `explain` and `replay` both take:
+/// `--config` (the sidecar's config file, whose `trust_domains` are read)
+/// and `--trust-domain`, either or both.
 #[derive(Debug, clap::Args)]
 pub struct HomeDomains {
     /// One of the sidecar's `trust_domains` (repeatable): a peer of these
@@ -60,6 +63,39 @@ pub struct HomeDomains {
     /// trust domain to admit it; default: only the local workload's domain
     #[arg(long = "trust-domain", value_name = "DOMAIN", value_parser = args::trust_domain)]
     trust_domains: Vec<String>,
+    /// The sidecar's config file: its `trust_domains` are taken as if each
+    /// were given with --trust-domain (nothing else in it is used)
+    #[arg(long, value_name = "PROXY.yaml")]
+    config: Option<PathBuf>,
+}
+
+impl HomeDomains {
+    /// The config's `trust_domains`, then each `--trust-domain` not among
+    /// them; `None` when the config does not load (its errors printed, for
+    /// exit status 2 as a policy with errors gets).
+    fn resolve(&self) -> Option<Vec<String>> {
+        let mut domains = match &self.config {
+            None => Vec::new(),
+            Some(path) => match ProxyConfig::load(path) {
+                Ok(config) => config.trust_domains,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!(
+                        "appid: {}: the sidecar config does not load, so its trust_domains are \
+                         unknown; fix it, or give them with --trust-domain instead",
+                        path.display()
+                    );
+                    return None;
+                }
+            },
+        };
+        for domain in &self.trust_domains {
+            if !domains.contains(domain) {
+                domains.push(domain.clone());
+            }
+        }
+        Some(domains)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,7 +172,10 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let Some(policy) = load(&args.policy, &args.home.trust_domains)? else {
+    let Some(home) = args.home.resolve() else {
+        return Ok(ExitCode::from(2));
+    };
+    let Some(policy) = load(&args.policy, &home)? else {
         return Ok(ExitCode::from(2));
     };
     let report = crate::replay::replay(&policy, &args.audit)?;
@@ -273,7 +312,10 @@ impl Party {
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
-    let Some(policy) = load(&args.policy, &args.home.trust_domains)? else {
+    let Some(home) = args.home.resolve() else {
+        return Ok(ExitCode::from(2));
+    };
+    let Some(policy) = load(&args.policy, &home)? else {
         return Ok(ExitCode::from(2));
     };
     let from = Party::parse(&args.from, "--from")?;
