@@ -645,6 +645,52 @@ async fn two_trust_domains_call_each_other_through_federated_bundles() {
         "{}",
         context()
     );
+
+    // Outbound, the caller's own sidecar refuses a foreign callee that only
+    // a rule naming no trust domain would admit: without
+    // `web-calls-foreign-api`, GCP's web may not call AWS's api, though
+    // `web-reads-health` (callee `app: api`) matches AWS's api's labels.
+    let text = std::fs::read_to_string(&gcp_policy).expect("GCP policy");
+    let without = text.replace(
+        "  - name: web-calls-foreign-api\n    action: allow\n    from: { labels.app: web }\n    \
+         to: { trust_domain: aws.example, labels.app: api }\n",
+        "",
+    );
+    assert_ne!(without, text, "the rule to remove is in the policy");
+    let reloads = gcp_web.count("policy reloaded");
+    std::fs::write(&gcp_policy, without).expect("rewrite GCP policy");
+    wait_until(
+        "GCP's web to reload its policy",
+        Duration::from_secs(10),
+        context,
+        || gcp_web.count("policy reloaded") > reloads,
+    )
+    .await;
+    for path in ["/v1/x", "/health"] {
+        assert_ne!(
+            http_status(local(gcp_web_out), path).await,
+            Some(200),
+            "{path}: {}",
+            context()
+        );
+    }
+    wait_until(
+        "GCP's web to refuse AWS's api outbound, as another trust domain",
+        Duration::from_secs(10),
+        context,
+        || {
+            std::fs::read_to_string(gcp_dir.join("web-audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains("\"direction\":\"outbound\"")
+                        && l.contains("\"decision\":\"deny\"")
+                        && l.contains("\"spiffe://aws.example/api\"")
+                        && l.contains("another trust domain")
+                })
+        },
+    )
+    .await;
     drop(other);
 }
 
