@@ -931,3 +931,91 @@ fn a_percent_encoded_target_names_the_metadata_api_to_a_cidrs_forward_proxy() {
         a.context()
     );
 }
+
+/// A forward proxy allowed by `cidrs`, asked for the metadata API by a head
+/// that a lenient proxy reads one way and a strict reader another (Squid
+/// 5.7, default config, fetched from 169.254.169.254 for the folded,
+/// tab-, VT- and FF-delimited ones), or by a head whose name comes in a
+/// later write than its method: each is refused (an ambiguous head with an
+/// audit line saying so), while plain heads through the same proxy, one
+/// sent in two writes among them, still go.
+#[test]
+fn heads_that_could_name_the_metadata_api_to_a_cidrs_forward_proxy_are_refused() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("revehead", &id, &format!("{POLICY}{PROXY_RULE}"));
+    let proxy = "192.0.2.30";
+    tag_server(&mut a, "proxy", proxy, 3128);
+    a.start_sidecar();
+    a.install_redirect();
+    let target = "http://169.254.169.254/latest/meta-data/";
+    let ambiguous = [
+        format!("GET {target} HTTP/1.1\\r\\nHost: example.com\\r\\nX-A: b\\r\\n c\\r\\n\\r\\n"),
+        format!("GET {target} HTTP/1.1\\r\\nHost: example.com\\r\\nX-A : b\\r\\n\\r\\n"),
+        format!("GET {target} HTTP/1.1\\r\\nHost: example.com\\r\\njunk\\r\\n\\r\\n"),
+        format!("GET\\t{target}\\tHTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"),
+        format!("GET\\x0b{target}\\x0bHTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"),
+        format!("GET\\x0c{target}\\x0cHTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"),
+        "CONNECT\\t169.254.169.254:80\\tHTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n".to_owned(),
+        "CONNECT 169.254.169.254:80 HTTP/1.1\\r\\nHost: example.com\\r\\nX-A : b\\r\\n\\r\\n"
+            .to_owned(),
+        "GET http:/169.254.169.254/latest/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n".to_owned(),
+        "GET http:\\\\\\\\169.254.169.254/latest/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"
+            .to_owned(),
+    ];
+    let named_late_or_oddly = [
+        "GET / HTTP/1.1\\r\\n|PAUSE|Host: 169.254.169.254\\r\\n\\r\\n".to_owned(),
+        "GET http://169.254.|PAUSE|169.254/latest/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"
+            .to_owned(),
+        "CONNECT 169.254.169.254:80|PAUSE| HTTP/1.1\\r\\n\\r\\n".to_owned(),
+        "GET whois://169.254.169.254:80/x HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n".to_owned(),
+    ];
+    let mut passed = Vec::new();
+    for payload in ambiguous.iter().chain(&named_late_or_oddly) {
+        let got = raw(&a, proxy, 3128, payload);
+        if got.contains("REACHED proxy") {
+            passed.push(format!("{payload}: {}", got.lines().last().unwrap_or("")));
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "requests naming the metadata API reached the forward proxy:\n  {}\n{}",
+        passed.join("\n  "),
+        a.context()
+    );
+    // The controls: plain heads go, one sent in two writes too.
+    for payload in [
+        "GET http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n",
+        "GET http://example.com/ HTTP/1.1\\r\\n|PAUSE|Host: example.com\\r\\n\\r\\n",
+    ] {
+        let got = raw(&a, proxy, 3128, payload);
+        assert!(
+            got.contains("REACHED proxy"),
+            "{payload}: {got}\n{}",
+            a.context()
+        );
+    }
+    let refusals = audit_lines_for_port(&a, 3128);
+    let two_ways = refusals
+        .iter()
+        .filter(|l| {
+            l["decision"] == "deny"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("readers could take two ways"))
+        })
+        .count();
+    assert_eq!(two_ways, ambiguous.len(), "{refusals:#?}");
+    let metadata = refusals
+        .iter()
+        .filter(|l| {
+            l["decision"] == "deny"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("metadata API"))
+        })
+        .count();
+    assert_eq!(metadata, named_late_or_oddly.len(), "{refusals:#?}");
+}

@@ -23,6 +23,7 @@ use appid_proxy::attest::{
     AwsSignature, GcpKeys, JwtKeys, K8sExpectations, verify_iid, verify_iit, verify_psat,
 };
 use appid_proxy::detect::{self, Classification, MAX_DETECT_BYTES};
+use appid_proxy::head_host::{HeadHost, head_host};
 use appid_proxy::sidecar::http::h1::{self, Chunked};
 use appid_proxy::sidecar::http::path::{canonical_path, path_of};
 use appid_proxy::sidecar::http::relay;
@@ -65,15 +66,16 @@ pub const TARGETS: &[(&str, Target)] = &[
 // ---------------------------------------------------------------------------
 // Protocol detection.
 
-/// `detect::{classify, classify_final, first_line, http_host}`.
+/// `detect::{classify, classify_final, first_line}` and `head_host::head_host`.
 ///
 /// Properties: `classify_final` never says `NeedMore` and agrees with a
 /// decided `classify`; `NeedMore` only below `MAX_DETECT_BYTES`; a verdict
 /// other than `Opaque` (which the module documents as provisional: `PROPF`
 /// is opaque, `PROPFIND / HTTP/1.1` is HTTP/1) never changes when more
 /// bytes are appended, and no decided prefix goes back to `NeedMore`
-/// except from `Opaque`; `http_host` answers only for HTTP/1, with no
-/// whitespace or control byte in the value.
+/// except from `Opaque`; `head_host` names a host only for HTTP/1, with no
+/// whitespace or control byte in it, and a verdict of a complete head
+/// never changes when more bytes are appended.
 pub fn detect(data: &[u8]) {
     let data = &data[..data.len().min(MAX_DETECT_BYTES + 64)];
     let verdict = detect::classify(data);
@@ -94,17 +96,24 @@ pub fn detect(data: &[u8]) {
         );
     }
     let _ = detect::first_line(data);
-    if let Some(host) = detect::http_host(data) {
+    let head = head_host(data);
+    if let HeadHost::Named(host) = head {
         assert_eq!(
             verdict,
             Classification::Http1,
-            "a Host from a non-HTTP/1 prefix"
+            "a host from a non-HTTP/1 prefix"
         );
         assert!(
-            !host
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
-            "Host value {host:?}"
+            !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()),
+            "host {host:?}"
+        );
+    }
+    if !matches!(head, HeadHost::Incomplete | HeadHost::NotHttp1) {
+        let more = [data, b"Host: 169.254.169.254\r\n\r\n"].concat();
+        assert_eq!(
+            head_host(&more),
+            head,
+            "a head's verdict changed with more bytes"
         );
     }
     // Prefixes: every one for short inputs, 32 spread out for long ones.

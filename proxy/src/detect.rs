@@ -349,7 +349,7 @@ pub fn body_first_line(prefix: &[u8], ended: bool) -> BodyLine {
 /// form feed is nothing to it. What any of them would skip is skipped
 /// here, so such a request is classified as HTTP/1 (and refused by our
 /// stricter parser), never passed as opaque bytes.
-fn skip_blanks(prefix: &[u8]) -> &[u8] {
+pub(crate) fn skip_blanks(prefix: &[u8]) -> &[u8] {
     let n = prefix
         .iter()
         .take_while(|&&b| b == b'\n' || line_space(b))
@@ -493,92 +493,6 @@ fn strip_spaces(bytes: &[u8]) -> Option<&[u8]> {
 /// RFC 9110 `tchar`: the characters of a method.
 pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Finds the host an HTTP/1 request head in `prefix` names: the authority
-/// of its request target when that is in absolute form (`GET
-/// http://host/…`, what a forward proxy routes on; RFC 9112 §3.2.2: the
-/// `Host` field is then ignored) or authority form (`CONNECT host:port`),
-/// else its `Host` header.
-///
-/// Only complete header lines (ending in LF) are looked at, up to the blank
-/// line that ends the head. Returns the value with surrounding whitespace
-/// removed, as sent (it may carry a `:port`). Returns `None` when `prefix`
-/// is not an HTTP/1 request, when no complete `Host` line is present, and
-/// whenever two readers could disagree about the host: two `Host` lines,
-/// whitespace before a colon, a folded (continuation) line, or a value with
-/// spaces or control characters (RFC 9112 sections 3.2 and 5.1 require a
-/// server to reject all of these).
-///
-/// A `Host` line beyond the prefix is not seen: to be sure there is no
-/// second one, peek up to the end of the head (`\r\n\r\n`).
-#[must_use]
-pub fn http_host(prefix: &[u8]) -> Option<&str> {
-    if classify(prefix) != Classification::Http1 {
-        return None;
-    }
-    let mut lines = skip_blanks(prefix).split_inclusive(|&b| b == b'\n');
-    let request_line = lines.next()?;
-    let mut host: Option<&[u8]> = request_line.strip_suffix(b"\n").and_then(target_authority);
-    let from_target = host.is_some();
-    for line in lines {
-        let Some(line) = line.strip_suffix(b"\n") else {
-            break; // incomplete last line
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break; // end of the head
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            return None; // obsolete line folding
-        }
-        let colon = line.iter().position(|&b| b == b':')?;
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        if name.iter().any(|&b| b == b' ' || b == b'\t') {
-            return None;
-        }
-        if name.eq_ignore_ascii_case(b"host") && !from_target {
-            if host.is_some() {
-                return None;
-            }
-            host = Some(value.trim_ascii());
-        }
-    }
-    let host = host?;
-    if host.is_empty() || !host.iter().all(u8::is_ascii_graphic) {
-        return None;
-    }
-    std::str::from_utf8(host).ok()
-}
-
-/// The authority a request line's target names: `CONNECT`'s target, or
-/// the host (and port) of an absolute-form `http://` or `https://` target,
-/// without userinfo. `None` for origin form (`/path`) and `*`.
-fn target_authority(line: &[u8]) -> Option<&[u8]> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
-    let (method, target) = (words.next()?, words.next()?);
-    if method == b"CONNECT" {
-        return Some(target);
-    }
-    let scheme_end = target.windows(3).position(|w| w == b"://")?;
-    let scheme = &target[..scheme_end];
-    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
-        return None;
-    }
-    let rest = &target[scheme_end + 3..];
-    let end = rest
-        .iter()
-        // `\` too: WHATWG URL parsers (Node's) read it as `/`, so
-        // `http://169.254.169.254\@a.example/` goes to the first host.
-        .position(|&b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
-        .unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let host = match authority.iter().rposition(|&b| b == b'@') {
-        Some(at) => &authority[at + 1..],
-        None => authority,
-    };
-    Some(host)
 }
 
 // --- TLS -----------------------------------------------------------------
@@ -853,34 +767,70 @@ pub enum Detection {
 /// [`Detection::ReadTimeout`]: `peek` keeps returning the buffered bytes and
 /// cannot see the end of stream behind them.
 pub async fn detect(stream: &TcpStream, timeout: Duration, max_peek: usize) -> Detection {
+    let judged = peek_until(stream, timeout, max_peek, |prefix, full| {
+        match classify(prefix) {
+            Classification::NeedMore if !full => None,
+            Classification::NeedMore => Some(classify_final(prefix)),
+            class => Some(class),
+        }
+    });
+    match judged.await {
+        Peeked::Judged { verdict, peeked } => Detection::Classified {
+            class: verdict,
+            peeked,
+        },
+        Peeked::ReadTimeout { peeked } => Detection::ReadTimeout { peeked },
+        Peeked::Closed => Detection::Closed,
+        Peeked::Error(kind) => Detection::Error(kind),
+    }
+}
+
+/// What [`peek_until`] ended with.
+#[derive(Debug)]
+pub(crate) enum Peeked<T> {
+    /// `judge` decided on the first `peeked` bytes.
+    Judged { verdict: T, peeked: usize },
+    /// The timeout passed first, with `peeked` bytes buffered.
+    ReadTimeout { peeked: usize },
+    /// The peer closed the connection without sending anything.
+    Closed,
+    /// The socket failed.
+    Error(io::ErrorKind),
+}
+
+/// Peeks at `stream` until `judge(prefix, full)` gives a verdict on the
+/// bytes buffered so far (`full`: `max_peek` of them, no more will be
+/// looked at; clamped to `1..=MAX_DETECT_BYTES`), or the timeout passes.
+/// A look that sees nothing new waits before the next (from
+/// [`REPEEK_PAUSE`], doubling up to [`MAX_REPEEK_PAUSE`]). Nothing is
+/// consumed.
+pub(crate) async fn peek_until<T>(
+    stream: &TcpStream,
+    timeout: Duration,
+    max_peek: usize,
+    mut judge: impl FnMut(&[u8], bool) -> Option<T>,
+) -> Peeked<T> {
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; max_peek.clamp(1, MAX_DETECT_BYTES)];
     let mut seen = 0;
     let mut pause = REPEEK_PAUSE;
     loop {
         let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Err(_) => return Detection::ReadTimeout { peeked: seen },
-            Ok(Err(err)) => return Detection::Error(err.kind()),
-            Ok(Ok(0)) => return Detection::Closed,
+            Err(_) => return Peeked::ReadTimeout { peeked: seen },
+            Ok(Err(err)) => return Peeked::Error(err.kind()),
+            Ok(Ok(0)) => return Peeked::Closed,
             Ok(Ok(n)) => n,
         };
         let prefix = &buf[..peeked.min(buf.len())];
-        match classify(prefix) {
-            Classification::NeedMore if prefix.len() < buf.len() => {}
-            Classification::NeedMore => {
-                return Detection::Classified {
-                    class: classify_final(prefix),
-                    peeked,
-                };
-            }
-            class => return Detection::Classified { class, peeked },
+        if let Some(verdict) = judge(prefix, prefix.len() == buf.len()) {
+            return Peeked::Judged { verdict, peeked };
         }
         if peeked <= seen {
             // Nothing new since the last look: pause, bounded by the deadline.
             let wake = deadline.min(Instant::now() + pause);
             tokio::time::sleep_until(wake).await;
             if Instant::now() >= deadline {
-                return Detection::ReadTimeout { peeked };
+                return Peeked::ReadTimeout { peeked };
             }
             pause = (pause * 2).min(MAX_REPEEK_PAUSE);
         } else {
@@ -890,8 +840,8 @@ pub async fn detect(stream: &TcpStream, timeout: Duration, max_peek: usize) -> D
         // Readiness stays set while bytes are buffered, so this usually
         // returns at once; it matters when the kernel clears it.
         match tokio::time::timeout_at(deadline, stream.readable()).await {
-            Err(_) => return Detection::ReadTimeout { peeked: seen },
-            Ok(Err(err)) => return Detection::Error(err.kind()),
+            Err(_) => return Peeked::ReadTimeout { peeked: seen },
+            Ok(Err(err)) => return Peeked::Error(err.kind()),
             Ok(Ok(())) => {}
         }
     }
@@ -1515,10 +1465,6 @@ mod tests {
         long.resize(MAX_DETECT_BYTES, b'a');
         assert_eq!(classify(&long), Classification::NeedMore);
         assert_eq!(classify_final(&long), Classification::Http1);
-        assert_eq!(
-            http_host(b"\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n"),
-            Some("a.example")
-        );
     }
 
     #[test]
@@ -1551,98 +1497,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn detect_http_host() {
-        let cases: [(&[u8], Option<&str>); 23] = [
-            (
-                b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n",
-                Some("api.example"),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nAccept: */*\r\nhOsT:\tapi.example:8443  \r\n\r\n",
-                Some("api.example:8443"),
-            ),
-            (
-                b"GET / HTTP/1.1\nHost: bare-lf.example\n\n",
-                Some("bare-lf.example"),
-            ),
-            (
-                b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n",
-                Some("api.example:443"),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: [::1]:80\r\nUser-Agent: x\r\n",
-                Some("[::1]:80"),
-            ),
-            // Incomplete line: not seen yet.
-            (b"GET / HTTP/1.1\r\nHost: api.exa", None),
-            // After the head: body, not a header.
-            (
-                b"POST / HTTP/1.1\r\nA: b\r\n\r\nHost: api.example\r\n",
-                None,
-            ),
-            // Ambiguous heads.
-            (
-                b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n",
-                None,
-            ),
-            (b"GET / HTTP/1.1\r\nHost : a.example\r\n", None),
-            (
-                b"GET / HTTP/1.1\r\nX: y\r\n  folded\r\nHost: a.example\r\n",
-                None,
-            ),
-            (b"GET / HTTP/1.1\r\nHost: a.example evil.example\r\n", None),
-            (b"GET / HTTP/1.1\r\nHost:\r\n", None),
-            (
-                b"GET / HTTP/1.1\r\nno colon here\r\nHost: a.example\r\n",
-                None,
-            ),
-            (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\n", None),
-            // Not HTTP/1.
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nHost: a.example\r\n", None),
-            (b"\x16\x03\x01\x00\x05Host: a.example\r\n", None),
-            // A target in absolute or authority form names the host; Host
-            // is then ignored, as the recipient ignores it.
-            (
-                b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: a.example\r\n\r\n",
-                Some("169.254.169.254"),
-            ),
-            (
-                b"GET HTTPS://user:pw@Metadata.Google.Internal:80?x HTTP/1.0\r\n\r\n",
-                Some("Metadata.Google.Internal:80"),
-            ),
-            (
-                b"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: a.example\r\n",
-                Some("169.254.169.254:80"),
-            ),
-            (
-                b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nHost: c.example\r\n",
-                Some("a.example"),
-            ),
-            (
-                b"GET http://169.254.169.254\\@a.example/ HTTP/1.1\r\nHost: a.example\r\n",
-                Some("169.254.169.254"),
-            ),
-            // Origin form and `*`: Host.
-            (
-                b"GET /x?u=http://b.example/ HTTP/1.1\r\nHost: a.example\r\n",
-                Some("a.example"),
-            ),
-            (
-                b"OPTIONS * HTTP/1.1\r\nHost: a.example\r\n",
-                Some("a.example"),
-            ),
-        ];
-        for (prefix, want) in cases {
-            assert_eq!(
-                http_host(prefix),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(prefix)
-            );
-        }
-    }
-
     // --- Properties ----------------------------------------------------------
 
     proptest! {
@@ -1653,7 +1507,6 @@ mod tests {
             let class = classify(&bytes);
             prop_assert!(class != Classification::NeedMore || bytes.len() < MAX_DETECT_BYTES);
             prop_assert!(classify_final(&bytes) != Classification::NeedMore);
-            let _ = http_host(&bytes);
         }
 
         #[test]
@@ -1675,9 +1528,6 @@ mod tests {
         ) {
             let bytes = [&b"GET / HTTP/1.1\r\n"[..], &head].concat();
             prop_assert_eq!(classify(&bytes), Classification::Http1);
-            if let Some(host) = http_host(&bytes) {
-                prop_assert!(!host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()));
-            }
         }
 
         /// A verdict never changes when more bytes arrive: it is safe to act
@@ -1777,7 +1627,6 @@ mod tests {
         let mut read = vec![0u8; request.len()];
         server.read_exact(&mut read).await.unwrap();
         assert_eq!(read, request);
-        assert_eq!(http_host(&read), Some("api.example"));
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ pub mod attest;
 pub mod authority;
 pub mod cli;
 pub mod detect;
+pub mod head_host;
 pub mod identity;
 pub mod inject;
 pub mod k8s;

@@ -34,6 +34,7 @@ use super::pool::{Dialed, Upstream};
 use super::{Shared, orig_dst};
 use crate::config::PortProtocol;
 use crate::detect::{self, Classification, Detection};
+use crate::head_host::{self, HeadHost};
 use crate::metrics::Direction as MetricsDirection;
 
 /// One outbound listener from the config.
@@ -174,10 +175,11 @@ async fn external(
     };
     // The host the app names (TLS SNI or HTTP Host), waited for as long as
     // a rule with `external.hosts` could need it; only briefly where it
-    // could only name the metadata API (an HTTP or TLS client sends it at
-    // once); not at all otherwise, nor on a port declared `tcp`: a
-    // server-first protocol (SSH, SMTP, MySQL) sends nothing until the
-    // server speaks, and would wait for nothing.
+    // could only name the metadata API (an HTTP or TLS client starts at
+    // once; then the rest of an HTTP head is waited for, [`name_of`]); not
+    // at all otherwise, nor on a port declared `tcp`: a server-first
+    // protocol (SSH, SMTP, MySQL) sends nothing until the server speaks,
+    // and would wait for nothing.
     let detect_timeout = shared.limits.detect_timeout;
     let declared_tcp = shared.port(dialled.port()).protocol == PortProtocol::Tcp;
     let wait = match authz(dialled, None).external_name_could_matter() {
@@ -188,9 +190,19 @@ async fn external(
         _ => None,
     };
     let named = match wait {
-        Some(wait) => name_of(app, wait).await,
+        Some(wait) => name_of(app, wait, detect_timeout).await,
         None => Named::default(),
     };
+    // Fail closed: where a name could matter, a head that cannot be read
+    // one way only is no head without a name (a lenient forward proxy
+    // could read the metadata API's in it).
+    if let Some(why) = named.unreadable {
+        shared
+            .metrics
+            .connection_refused(MetricsDirection::Outbound, "external_unreadable_head");
+        authz(dialled, None).audit_closed(&why);
+        return External::Refused;
+    }
     let host = named.host;
     let authz = |to: SocketAddr| authz(to, host.clone());
     let mut to = dialled;
@@ -237,22 +249,28 @@ async fn external(
 }
 
 /// How long a connection that only the metadata API's name could refuse
-/// waits for that name: a client that sends one sends it with its first
-/// write, right after connecting.
+/// waits for its first bytes: a client that names a host starts with its
+/// first write, right after connecting.
 const METADATA_NAME_WAIT: Duration = Duration::from_millis(100);
 
 /// The name the app gives for its connection, and how.
 #[derive(Debug, Default)]
 struct Named {
-    /// The SNI of its TLS ClientHello, or the `Host` of its first HTTP/1
-    /// request.
+    /// The SNI of its TLS ClientHello, or the host its first HTTP/1
+    /// request names (its target's authority, else its `Host`).
     host: Option<String>,
     /// The connection is plaintext HTTP/1.
     http1: bool,
+    /// Why the name could not be read, when an HTTP/1 head could be read
+    /// two ways or did not end in time: the connection is refused.
+    unreadable: Option<String>,
 }
 
-/// The name the app gives for its connection, waited for at most `wait`.
-async fn name_of(app: &TcpStream, wait: Duration) -> Named {
+/// The name the app gives for its connection: its first bytes are waited
+/// for at most `wait`, and an HTTP/1 request's whole head (which a client
+/// sends at once: a server-first protocol's silence is over) for at most
+/// `head_wait` from then.
+async fn name_of(app: &TcpStream, wait: Duration, head_wait: Duration) -> Named {
     let detected = detect::detect(app, wait, detect::MAX_DETECT_BYTES);
     match detected.await {
         Detection::Classified {
@@ -260,19 +278,38 @@ async fn name_of(app: &TcpStream, wait: Duration) -> Named {
             ..
         } => Named {
             host: hello.sni,
-            http1: false,
+            ..Named::default()
         },
         Detection::Classified {
             class: Classification::Http1,
             ..
         } => {
-            // `detect` stops at the method; the Host line is further on.
-            let mut buffer = vec![0u8; detect::MAX_DETECT_BYTES];
-            let host = match app.peek(&mut buffer).await {
-                Ok(n) => detect::http_host(&buffer[..n]).map(str::to_string),
-                Err(_) => None,
+            // `detect` stops at the method; the host is further on.
+            let (host, unreadable) = match head_host::peek_head_host(app, head_wait).await {
+                HeadHost::Named(host) => (Some(host), None),
+                HeadHost::Unnamed => (None, None),
+                HeadHost::Ambiguous(why) => (
+                    None,
+                    Some(format!(
+                        "an HTTP request head that readers could take two ways ({why}): \
+                         which host it names is unknown"
+                    )),
+                ),
+                HeadHost::Incomplete | HeadHost::NotHttp1 => (
+                    None,
+                    Some(format!(
+                        "an HTTP request head that did not end within limits.detect_timeout \
+                         ({}) or {} KiB: which host it names is unknown",
+                        humantime::format_duration(head_wait),
+                        detect::MAX_DETECT_BYTES / 1024
+                    )),
+                ),
             };
-            Named { host, http1: true }
+            Named {
+                host,
+                http1: true,
+                unreadable,
+            }
         }
         _ => Named::default(),
     }
