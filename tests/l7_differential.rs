@@ -2384,8 +2384,11 @@ async fn banner_then_http_app() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<
 /// first (llhttp, Tomcat), a leading space (Python's `http.server`), tabs
 /// as delimiters (Tomcat), any other byte Python's `http.server` splits the
 /// line on (VT, FF, CR, 0x1C–0x1F, NEL, NBSP) as the delimiters or first,
-/// and more blank lines than detection looks at (httparse, hence hyper,
-/// skips any number). Each is parsed here and
+/// more blank lines than detection looks at (httparse, hence hyper,
+/// skips any number), and what llhttp (Node) runs: a line with no version
+/// (HTTP/0.9) for any method, and RTSP's or Icecast's version, after which
+/// a `Connection: keep-alive` has it read HTTP/1.1 requests on the same
+/// connection. Each is parsed here and
 /// refused (or denied by `no-admin`), so the app, although the port allows
 /// opaque TCP, never gets the request or its spoofed identity. The app is
 /// an echo server: whatever reached it comes back.
@@ -2409,6 +2412,23 @@ async fn requests_lenient_servers_read_are_never_passed_as_tcp() {
         (
             "16 KiB of blank lines first".into(),
             format!("{}GET {head}", "\r\n".repeat(8 * 1024)).into_bytes(),
+        ),
+        (
+            "no version, any method (HTTP/0.9 to llhttp)".into(),
+            format!("PURGE /admin/x\r\nHost: api.test\r\nx-appid-peer-id: {SPOOFED_ID}\r\n\r\n")
+                .into_bytes(),
+        ),
+        (
+            "an RTSP request, then HTTP/1.1 (llhttp)".into(),
+            format!(
+                "SETUP /public/x RTSP/1.0\r\nHost: api.test\r\nConnection: keep-alive\r\n\
+                 x-appid-peer-id: {SPOOFED_ID}\r\n\r\nGET {head}"
+            )
+            .into_bytes(),
+        ),
+        (
+            "an Icecast version (llhttp)".into(),
+            format!("SOURCE {}", head.replace("HTTP/1.1", "ICE/1.0")).into_bytes(),
         ),
     ];
     // Python's http.server splits the request line on every whitespace of

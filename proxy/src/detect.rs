@@ -403,9 +403,12 @@ enum Reading {
     /// A lenient server's, for what goes to an app unparsed (the opaque
     /// path's guard, a request body): a control byte is part of the target
     /// (Python splits on whitespace only: `PURGE /admin\x01 HTTP/1.1` is a
-    /// request to it), and only `GET` needs no version (HTTP/0.9's one
-    /// method: `GET /admin\r\n` runs on Python, `CONNECT {…}\r\n`, a NATS
-    /// client's first line, runs nowhere).
+    /// request to it), and `GET` is a request at once, a delimiter after
+    /// it (HTTP/0.9's one method: `GET /admin\r\n` runs on Python). In both
+    /// readings any other method needs no version either when its target
+    /// has a request's form (llhttp runs `PURGE /admin\r\n`; `CONNECT
+    /// {…}\r\n`, a NATS client's first line, runs nowhere), and `RTSP/` and
+    /// `ICE/` are versions (llhttp's).
     Lenient,
 }
 
@@ -461,20 +464,54 @@ fn request_line(line: &[u8], reading: Reading) -> RequestLine {
     if target_len == 0 {
         return RequestLine::No;
     }
+    // No version: HTTP/0.9, which llhttp (Node) runs for any method, and
+    // with headers after it, when the target is one a request has.
+    if after_target.starts_with(b"\n") || after_target.starts_with(b"\r\n") {
+        return match request_target_like(&rest[..target_len]) {
+            true => RequestLine::Yes,
+            false => RequestLine::No,
+        };
+    }
     if after_target == b"\r" {
         return RequestLine::CrLast;
     }
     let Some(version) = strip_spaces(after_target) else {
         return RequestLine::No;
     };
-    let n = version.len().min(5);
-    if version[..n] != b"HTTP/"[..n] {
-        RequestLine::No
-    } else if n == 5 {
-        RequestLine::Yes
-    } else {
-        partial
+    let mut could_be = false;
+    for name in VERSION_NAMES {
+        let n = version.len().min(name.len());
+        if version[..n] == name[..n] {
+            if n == name.len() {
+                return RequestLine::Yes;
+            }
+            could_be = true;
+        }
     }
+    if could_be { partial } else { RequestLine::No }
+}
+
+/// What a request line's version may start with to some HTTP/1 server:
+/// llhttp (Node) parses RTSP's and Icecast's requests with its HTTP
+/// parser, and with `Connection: keep-alive` reads HTTP/1.1 requests after
+/// them on the same connection.
+const VERSION_NAMES: [&[u8]; 3] = [b"HTTP/", b"RTSP/", b"ICE/"];
+
+/// Whether `target` has a request target's form: origin (`/…`), asterisk,
+/// or absolute (`scheme://…`). NATS's `CONNECT {…}` and a Redis key have
+/// none.
+fn request_target_like(target: &[u8]) -> bool {
+    target.starts_with(b"/")
+        || target == b"*"
+        || target
+            .windows(3)
+            .position(|w| w == b"://")
+            .is_some_and(|end| {
+                target[0].is_ascii_alphabetic()
+                    && target[..end]
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            })
 }
 
 /// `bytes` without its leading [`line_space`]s, if it starts with at
@@ -1423,15 +1460,50 @@ mod tests {
         let mut long_target = b"PROPFIND /".to_vec();
         long_target.resize(MAX_DETECT_BYTES, b'a');
         assert_eq!(body_first_line(&long_target, false), BodyLine::RequestLine);
-        // Only GET needs no version (HTTP/0.9): a NATS client's first
-        // line after the server's banner is no request; `DELETE /` at a
-        // body's end is unfinished.
+        // No version (HTTP/0.9) is a request to llhttp (Node) for any
+        // method with a request's target, and so are RTSP's and Icecast's
+        // versions (Node then reads HTTP/1.1 requests after them); a NATS
+        // client's first line after the server's banner is no request, nor
+        // a Redis or memcached command; `DELETE /` at a body's end is
+        // unfinished.
         assert_eq!(
             first_line(b"CONNECT {\"verbose\":false}\r\n"),
             FirstLine::NotRequestLine
         );
-        assert_eq!(first_line(b"DELETE /admin\r\n"), FirstLine::NotRequestLine);
-        assert_eq!(first_line(b"GET /admin\r\n"), FirstLine::RequestLine);
+        for request in [
+            &b"DELETE /admin\r\n"[..],
+            b"PURGE /admin/x\r\nHost: a\r\n",
+            b"PURGE /admin/x\nHost: a\n",
+            b"GET /admin\r\n",
+            b"OPTIONS *\r\n",
+            b"FETCH http://a.example/x\r\n",
+            b"SETUP /public/x RTSP/1.0\r\nHost: a\r\n",
+            b"DESCRIBE rtsp://cam.example/s RTSP/1.0\r\n",
+            b"SOURCE /admin/x ICE/1.0\r\n",
+        ] {
+            assert_eq!(first_line(request), FirstLine::RequestLine, "{request:?}");
+            assert_eq!(classify(request), Classification::Http1, "{request:?}");
+            assert_eq!(
+                body_first_line(request, false),
+                BodyLine::RequestLine,
+                "{request:?}"
+            );
+        }
+        for not_request in [
+            &b"get foo\r\n"[..],
+            b"set foo 0 0 3\r\n",
+            b"EHLO mail.example\r\n",
+            b"a1 LOGIN user pass\r\n",
+            b"PUB subject 5\r\n",
+            b"SETUP /x RTSQ/1.0\r\n",
+        ] {
+            assert_eq!(
+                first_line(not_request),
+                FirstLine::NotRequestLine,
+                "{not_request:?}"
+            );
+        }
+        assert_eq!(first_line(b"SETUP /x RTS"), FirstLine::Undecided);
         assert_eq!(body_first_line(b"DELETE /", true), BodyLine::Unfinished);
         // Detection: an LDAP client's first messages (`0`, then a length
         // of 12 or 29, which are delimiters) are opaque at once.
