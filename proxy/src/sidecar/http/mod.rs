@@ -278,6 +278,12 @@ pub fn authorize_request(
         checked => checked,
     };
     let checked = checked.and_then(|path| {
+        // HTTP/2's `:path` has no authority of its own (RFC 9113 §8.3.1):
+        // one beside `:authority` would be checked as one and routed on by
+        // an app that reads the other (Node's `new URL(req.url, base)`).
+        if authority.is_some() && path::authority_of(target).is_some() {
+            return Err(Refusal::Path(path::PathError::NotAbsolute));
+        }
         let authority = authority.or_else(|| path::authority_of(target));
         check_authority(authority, headers)?;
         if let Some(allowed) = held_to
@@ -946,6 +952,24 @@ mod tests {
         };
         // Origin form: `Host` is the host.
         assert_eq!(decide("/x", None, &["a.test"]), allowed(&["a.test"]));
+        // An HTTP/2 `:path` in absolute form beside `:authority` is refused
+        // whatever its authority (as HTTP/1 refuses each of these).
+        for target in [
+            "http:///public/admin/users",
+            "http://api.test/x",
+            "http://internal.test/public/x",
+            "http://user@internal.test/public/x",
+            "foo://[a.test]evil.test/public/x",
+        ] {
+            assert_eq!(
+                decide(target, Some("api.test"), &[]),
+                (
+                    RequestDecision::Refuse(Refusal::Path(path::PathError::NotAbsolute)),
+                    Vec::new()
+                ),
+                "{target}"
+            );
+        }
         assert_eq!(decide("/x", None, &[]), allowed(&[]));
         // Absolute form: its authority, which `Host` may only repeat.
         assert_eq!(
