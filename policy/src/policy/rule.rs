@@ -356,7 +356,7 @@ impl Test {
                 Callee::Meshed(_) => false,
             },
             Test::Methods(methods) => {
-                request.is_some_and(|r| methods.iter().any(|m| **m == *r.method))
+                request.is_some_and(|r| method_holds(methods, r.method, action))
             }
             Test::Paths(globs) => request.is_some_and(|r| {
                 let path = r.path.split(['?', '#']).next().unwrap_or(r.path);
@@ -367,6 +367,20 @@ impl Test {
             }
         }
     }
+}
+
+/// A methods clause: is `method` one of `methods` in a rule with this
+/// `action`? Exactly, but that in a deny rule `GET` also holds for `HEAD`:
+/// servers run a `GET` handler for a `HEAD` (Flask, Go's `ServeMux`,
+/// Express, Spring, Python's `do_HEAD = do_GET`), its effects and its
+/// response's head included, so a deny of `GET /admin/export` that let
+/// `HEAD /admin/export` through would deny only the body. (An allow of
+/// `GET` alone does not allow `HEAD`: allows only ever hold for what they
+/// name.)
+fn method_holds(methods: &[Box<str>], method: &str, action: Action) -> bool {
+    methods
+        .iter()
+        .any(|m| **m == *method || (action == Action::Deny && method == "HEAD" && &**m == "GET"))
 }
 
 /// A header clause: does header `name` meet `globs` in a rule with this

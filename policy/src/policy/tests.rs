@@ -709,6 +709,58 @@ fn decide_with_headers<'p>(p: &'p Policy, headers: &dyn Headers) -> Decision<'p>
 }
 
 #[test]
+fn a_deny_of_get_holds_for_head_an_allow_of_get_does_not() {
+    let p = load(
+        r#"version: 1
+default: deny
+rules:
+  - name: no-export
+    action: deny
+    http: { methods: [GET], paths: ["/admin/export"] }
+  - name: reads
+    action: allow
+    http: { methods: [GET], paths: ["/**"] }
+  - name: head-of-health
+    action: allow
+    http: { methods: [HEAD], paths: ["/health"] }
+"#,
+    );
+    let (caller, callee) = (web(), api());
+    let decide_request = |method: &str, path: &str| {
+        let q =
+            Query::meshed(Direction::Inbound, &caller, &callee, 8080).with_request(HttpRequest {
+                method,
+                path,
+                headers: &NoHeaders,
+            });
+        let d = decide(&p, &q);
+        (d.outcome, d.rule.to_owned())
+    };
+    let of = |outcome, rule: &str| (outcome, rule.to_owned());
+    // Servers run GET's handler for HEAD: a deny of GET stops HEAD too.
+    assert_eq!(
+        decide_request("GET", "/admin/export"),
+        of(Outcome::Deny, "no-export")
+    );
+    assert_eq!(
+        decide_request("HEAD", "/admin/export"),
+        of(Outcome::Deny, "no-export")
+    );
+    // Allows hold for what they name only.
+    assert_eq!(decide_request("GET", "/x"), of(Outcome::Allow, "reads"));
+    assert_eq!(decide_request("HEAD", "/x"), of(Outcome::Deny, "default"));
+    assert_eq!(
+        decide_request("HEAD", "/health"),
+        of(Outcome::Allow, "head-of-health")
+    );
+    // Nothing else is widened.
+    assert_eq!(
+        decide_request("POST", "/admin/export"),
+        of(Outcome::Deny, "default")
+    );
+}
+
+#[test]
 fn deny_header_clauses_match_any_value() {
     let p = load(
         r#"version: 1
