@@ -896,6 +896,7 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
+    use crate::sidecar::test_io::loopback_pair;
 
     // --- Real ClientHellos, from a real rustls client over loopback ---------
 
@@ -1671,19 +1672,9 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// A connected loopback pair: (client, server).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
     #[tokio::test]
     async fn detect_http1_on_a_socket_leaves_the_bytes_unread() {
-        let (mut client, mut server) = pair().await;
+        let (mut client, mut server) = loopback_pair().await;
         let request = b"GET /v1/x HTTP/1.1\r\nHost: api.example\r\n\r\n";
         client.write_all(request).await.unwrap();
         let got = detect(&server, TIMEOUT, 1024).await;
@@ -1703,7 +1694,7 @@ mod tests {
 
     #[tokio::test]
     async fn detect_h2_preface_on_a_socket() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         client.write_all(H2_PREFACE).await.unwrap();
         let got = detect(&server, TIMEOUT, 1024).await;
         assert_eq!(
@@ -1731,7 +1722,7 @@ mod tests {
 
     #[tokio::test]
     async fn detect_one_byte_then_stall_times_out() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         client.write_all(b"G").await.unwrap();
         let timeout = Duration::from_millis(300);
         let started = StdInstant::now();
@@ -1745,21 +1736,21 @@ mod tests {
 
     #[tokio::test]
     async fn detect_silent_client_times_out_with_nothing_seen() {
-        let (_client, server) = pair().await;
+        let (_client, server) = loopback_pair().await;
         let got = detect(&server, Duration::from_millis(100), 1024).await;
         assert_eq!(got, Detection::ReadTimeout { peeked: 0 });
     }
 
     #[tokio::test]
     async fn detect_connect_and_close_is_closed() {
-        let (client, server) = pair().await;
+        let (client, server) = loopback_pair().await;
         drop(client);
         assert_eq!(detect(&server, TIMEOUT, 1024).await, Detection::Closed);
     }
 
     #[tokio::test]
     async fn detect_bytes_arriving_in_pieces() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         let writer = tokio::spawn(async move {
             for piece in [&b"G"[..], b"E", b"T / HTTP/1.1\r\n"] {
                 client.write_all(piece).await.unwrap();
@@ -1783,7 +1774,7 @@ mod tests {
 
     #[tokio::test]
     async fn detect_peek_limit_settles_an_incomplete_hello() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         client.write_all(real_hello()).await.unwrap();
         let got = detect(&server, TIMEOUT, 16).await;
         assert_eq!(

@@ -208,10 +208,10 @@ pub async fn peek_head_host(stream: &TcpStream, timeout: Duration) -> HeadHost<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sidecar::test_io::loopback_pair;
 
     use proptest::prelude::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
 
     const METADATA: HeadHost<&str> = HeadHost::Named("169.254.169.254");
 
@@ -398,18 +398,9 @@ mod tests {
         }
     }
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
     #[tokio::test]
     async fn peek_head_host_waits_for_a_host_sent_late() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -426,7 +417,7 @@ mod tests {
 
     #[tokio::test]
     async fn peek_head_host_gives_up_on_a_head_that_does_not_end() {
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n")
             .await
@@ -434,7 +425,7 @@ mod tests {
         let got = peek_head_host(&server, Duration::from_millis(200)).await;
         assert_eq!(got, HeadHost::Incomplete);
         // Too large to read: incomplete too.
-        let (mut client, server) = pair().await;
+        let (mut client, server) = loopback_pair().await;
         let mut big = b"GET / HTTP/1.1\r\n".to_vec();
         while big.len() <= detect::MAX_DETECT_BYTES {
             big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");

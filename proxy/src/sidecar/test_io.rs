@@ -1,5 +1,6 @@
 //! Test doubles for I/O (tests only): a pipe end that records what is
-//! written through it, and the HTTP/2 frames in what was written.
+//! written through it, the HTTP/2 frames in what was written, and a
+//! connected pair of loopback sockets.
 
 use std::io;
 use std::pin::Pin;
@@ -92,4 +93,14 @@ pub fn frames_written(writes: &[Vec<u8>]) -> Vec<Written> {
         at += 9 + len;
     }
     frames
+}
+
+/// A connected loopback TCP pair: (client, server).
+pub async fn loopback_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (client, server)
 }
