@@ -173,6 +173,50 @@ limits:
 
 /// Starts a [`TAG_SERVER`] on `address:port` (the address added to `lo`).
 fn tag_server(h: &mut Host, tag: &str, address: &str, port: u16) {
+    serve_script(h, tag, address, port, TAG_SERVER);
+}
+
+/// A forward proxy's stand-in that answers every request on a connection
+/// (keep-alive), each with a line naming the request line it got, bodies
+/// read by their `content-length`. argv as [`TAG_SERVER`]'s.
+const KEEP_ALIVE_SERVER: &str = r#"
+import socket, socketserver, sys
+family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+class Tag(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(5.0)
+        got = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in got:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    got += chunk
+                head, got = got.split(b"\r\n\r\n", 1)
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(got) < length:
+                    got += self.request.recv(4096)
+                got = got[length:]
+                first = head.split(b"\r\n")[0].decode(errors="replace")
+                body = ("REACHED %s [%s]\n" % (sys.argv[4], first)).encode()
+                self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    address_family = family
+Server((sys.argv[2], int(sys.argv[3])), Tag).serve_forever()
+"#;
+
+/// Starts `script` (argv: family, address, port, tag) on `address:port`
+/// (the address added to `lo`), and waits for it to listen.
+fn serve_script(h: &mut Host, tag: &str, address: &str, port: u16, script: &str) {
     let v6 = address.contains(':');
     if v6 {
         h.ns.sh(&format!(
@@ -189,7 +233,7 @@ fn tag_server(h: &mut Host, tag: &str, address: &str, port: u16) {
     let proc = h.ns.spawn(
         tag,
         python(),
-        &["-c", TAG_SERVER, family, address, &port_s, tag],
+        &["-c", script, family, address, &port_s, tag],
         &log,
     );
     h.apps.push(proc);
@@ -1018,4 +1062,84 @@ fn heads_that_could_name_the_metadata_api_to_a_cidrs_forward_proxy_are_refused()
         })
         .count();
     assert_eq!(metadata, named_late_or_oddly.len(), "{refusals:#?}");
+}
+
+/// A forward proxy allowed by `cidrs` on a connection the app keeps open:
+/// its first request fetches an allowed URL, a later one (what an SSRF
+/// chose) names the metadata API, directly or in a head readers could
+/// take two ways. Each later request is decided as the first was, and the
+/// connection ends at the one refused, before the proxy sees it; a body
+/// that reads like such a request is a body.
+#[test]
+fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let mut a = host("revekept", &id, &format!("{POLICY}{PROXY_RULE}"));
+    let proxy = "192.0.2.30";
+    serve_script(&mut a, "proxy", proxy, 3128, KEEP_ALIVE_SERVER);
+    a.start_sidecar();
+    a.install_redirect();
+    let first = "GET http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n";
+    let metadata =
+        "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n";
+    let reached = |got: &str| got.matches("REACHED proxy").count();
+    // The control: every request of a kept connection reaches the proxy.
+    let got = raw(
+        &a,
+        proxy,
+        3128,
+        &format!("{first}|PAUSE|{first}|PAUSE|{first}"),
+    );
+    assert_eq!(reached(&got), 3, "{got}\n{}", a.context());
+    // A body that reads like a request is a body.
+    let post = format!(
+        "POST http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\ncontent-length: {}\\r\\n\\r\\n{metadata}",
+        // (Python escapes: each `\\r`, `\\n` is one byte.)
+        metadata.len() - metadata.matches('\\').count()
+    );
+    let got = raw(
+        &a,
+        proxy,
+        3128,
+        &format!("{first}|PAUSE|{post}|PAUSE|{first}"),
+    );
+    assert_eq!(reached(&got), 3, "{got}\n{}", a.context());
+    for later in [
+        metadata.to_owned(),
+        format!("{first}{metadata}"),
+        "GET\\thttp://169.254.169.254/latest/meta-data/\\tHTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"
+            .to_owned(),
+        "CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n".to_owned(),
+    ] {
+        let got = raw(&a, proxy, 3128, &format!("{first}|PAUSE|{later}|PAUSE|{first}"));
+        assert!(
+            !got.contains("169.254.169.254"),
+            "{later}: {got}\n{}",
+            a.context()
+        );
+        assert!(reached(&got) >= 1, "{later}: the first request: {got}");
+    }
+    let refusals: Vec<Value> = audit_lines_for_port(&a, 3128)
+        .into_iter()
+        .filter(|l| l["decision"] == "deny")
+        .collect();
+    let metadata_refusals = refusals
+        .iter()
+        .filter(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("metadata API"))
+        })
+        .count();
+    let unreadable = refusals
+        .iter()
+        .filter(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("a later request on the connection"))
+        })
+        .count();
+    assert_eq!((metadata_refusals, unreadable), (3, 1), "{refusals:#?}");
 }

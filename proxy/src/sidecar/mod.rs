@@ -104,6 +104,7 @@ pub mod pool;
 pub mod prefixed;
 pub mod read_ahead;
 mod reload;
+mod request_watch;
 pub(crate) mod shares;
 pub mod splice;
 pub mod state_dir;

@@ -31,6 +31,7 @@ use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::{AppSide, HttpVersion};
 use super::local::Local;
 use super::pool::{Dialed, Upstream};
+use super::request_watch::{Head, Judge, RequestWatch};
 use super::{Shared, orig_dst};
 use crate::config::PortProtocol;
 use crate::detect::{self, Classification, Detection};
@@ -87,12 +88,13 @@ async fn set_up(
 
     if spec.upstream.is_none() {
         match Box::pin(external(shared, local, &app, app_addr, destination)).await {
-            External::PassThrough(to) => {
+            External::PassThrough { to, watch } => {
                 let mut upstream = shared.connect(to).await?;
-                let mut app = super::counted::Counted::new(
+                let app = super::counted::Counted::new(
                     app,
                     shared.metrics.bytes_counter(MetricsDirection::Outbound),
                 );
+                let mut app = RequestWatch::new(app, watch);
                 let meter = shared.memory.meter(&format!("external {}", to.ip()));
                 let idle_timeout = shared.tcp_idle_timeout(to.port());
                 let pass_through = async move {
@@ -136,8 +138,14 @@ async fn set_up(
 }
 
 enum External {
-    /// Allowed: pass through, untouched, to this address.
-    PassThrough(SocketAddr),
+    /// Allowed: pass through to this address, untouched, but for a
+    /// plaintext HTTP/1 connection whose requests could name another host
+    /// than its first: each later one is judged by `watch` as its head
+    /// completes ([`RequestWatch`]).
+    PassThrough {
+        to: SocketAddr,
+        watch: Option<Judge>,
+    },
     /// Allowed by the name of a plaintext HTTP/1 request: to this address,
     /// each request authorized by `authz` (and held to that name).
     Http {
@@ -156,23 +164,13 @@ enum External {
 /// send any name to any address.
 async fn external(
     shared: &Arc<Shared>,
-    local: &Local,
+    local: &Arc<Local>,
     app: &TcpStream,
     app_addr: SocketAddr,
     dialled: SocketAddr,
 ) -> External {
-    let authz = |to: SocketAddr, host: Option<String>| {
-        let peer = Peer::External { ip: to.ip(), host };
-        ConnAuthz::new(
-            shared.clone(),
-            local,
-            Direction::Outbound,
-            peer,
-            to,
-            to.port(),
-        )
-        .with_app_addr(app_addr)
-    };
+    let authz =
+        |to: SocketAddr, host: Option<String>| external_authz(shared, local, app_addr, to, host);
     // The host the app names (TLS SNI or HTTP Host), waited for as long as
     // a rule with `external.hosts` could need it; only briefly where it
     // could only name the metadata API (an HTTP or TLS client starts at
@@ -232,7 +230,11 @@ async fn external(
             to,
             authz: Box::new(decided.held_to_its_name()),
         },
-        ExternalVerdict::Allow => External::PassThrough(to),
+        ExternalVerdict::Allow => External::PassThrough {
+            to,
+            watch: (wait.is_some() && named.http1)
+                .then(|| later_requests(shared.clone(), local.clone(), app_addr, to)),
+        },
         ExternalVerdict::Refused => External::Refused,
         ExternalVerdict::NotExternal if to == dialled => External::Meshed,
         // The address the name resolves to is no destination outside the
@@ -246,6 +248,48 @@ async fn external(
             External::Refused
         }
     }
+}
+
+/// The authorization of a connection from `app_addr` to `to`, outside
+/// the mesh, named `host` by the app.
+fn external_authz(
+    shared: &Arc<Shared>,
+    local: &Local,
+    app_addr: SocketAddr,
+    to: SocketAddr,
+    host: Option<String>,
+) -> ConnAuthz {
+    let peer = Peer::External { ip: to.ip(), host };
+    ConnAuthz::new(
+        shared.clone(),
+        local,
+        Direction::Outbound,
+        peer,
+        to,
+        to.port(),
+    )
+    .with_app_addr(app_addr)
+}
+
+/// The judge of a passed-through HTTP/1 connection's later requests: each
+/// is decided as its first was, by the address it goes to and the host it
+/// names, and audited; a head that cannot be read is refused, audited.
+fn later_requests(
+    shared: Arc<Shared>,
+    local: Arc<Local>,
+    app_addr: SocketAddr,
+    to: SocketAddr,
+) -> Judge {
+    let authz = move |host| external_authz(&shared, &local, app_addr, to, host);
+    Box::new(move |head| match head {
+        Head::Names(host) => {
+            authz(host.map(str::to_owned)).decide_external() == ExternalVerdict::Allow
+        }
+        Head::Unreadable(why) => {
+            authz(None).audit_closed(&format!("a later request on the connection: {why}"));
+            false
+        }
+    })
 }
 
 /// How long a connection that only the metadata API's name could refuse

@@ -23,7 +23,7 @@
 //! are removed. A `101 Switching Protocols` answer turns the connection
 //! into opaque TCP.
 
-pub(super) mod framing;
+pub(crate) mod framing;
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,396 @@
+//! Every request of a plaintext HTTP/1 connection that leaves the mesh by
+//! its address, watched for the host it names.
+//!
+//! A forward proxy allowed by `external.cidrs` goes wherever each request
+//! on its connection names, and clients keep such connections open: an
+//! app that fetched one URL through the proxy fetches the next, the one an
+//! SSRF chose (`GET http://169.254.169.254/latest/meta-data/…`), on the
+//! same connection. The connection's first request is decided before any
+//! byte moves ([`super::outbound`]); this reads the app's side as it
+//! passes and decides every later request the same way, as its head
+//! completes, before the bytes that complete it are sent.
+//!
+//! Design bias: *nothing is forwarded that was not read as what it is*.
+//! Bodies are skipped by their framing ([`framing`]: `content-length`, or
+//! chunked, trailers refused); a head that could be read two ways
+//! ([`head_host`]), that does not parse, or is no HTTP/1 at all where a
+//! request must begin, ends the connection. Only after a `CONNECT` or an
+//! `Upgrade` request are the app's bytes no longer requests to the proxy
+//! (a tunnel to the host the request named, decided): the watch ends there.
+//! Responses are not read: they pass as they come.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::http::h1::framing::{self, BodyLength, Chunked};
+use super::splice::{Abort, Chunks};
+use crate::detect::MAX_DETECT_BYTES;
+use crate::head_host::{HeadHost, head_host};
+
+/// What a request head was found to be, for the connection's judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head<'a> {
+    /// A head that names this host (`None`: none, HTTP/1.0 without `Host`).
+    Names(Option<&'a str>),
+    /// A head that cannot be read one way only, or no head at all; why.
+    Unreadable(&'a str),
+}
+
+/// Decides a later request by its head: `true` lets it go on. Called once
+/// per request, the connection's first one excepted (decided before).
+pub type Judge = Box<dyn FnMut(Head<'_>) -> bool + Send>;
+
+/// The app's side of such a connection: reads pass through, each request
+/// head is judged as it completes, and a read that completes a head the
+/// judge refuses fails (`ConnectionAborted`), its bytes unsent.
+pub struct RequestWatch<S> {
+    inner: S,
+    state: State,
+    /// The connection's first head is not judged again.
+    first: bool,
+    judge: Judge,
+}
+
+#[derive(Debug)]
+enum State {
+    /// A request head, this much of it so far.
+    Head(Vec<u8>),
+    /// A `content-length` body, this many bytes left.
+    Body(u64),
+    Chunked(Chunked),
+    /// After `CONNECT` or `Upgrade`: no longer watched.
+    Tunnel,
+    /// A head was refused.
+    Refused,
+}
+
+impl<S> RequestWatch<S> {
+    /// Watches `inner`'s requests with `judge`; `None`: passes it as it is.
+    pub fn new(inner: S, judge: Option<Judge>) -> Self {
+        let (state, judge) = match judge {
+            Some(judge) => (State::Head(Vec::new()), judge),
+            None => (State::Tunnel, Box::new(|_: Head<'_>| true) as Judge),
+        };
+        RequestWatch {
+            inner,
+            state,
+            first: true,
+            judge,
+        }
+    }
+
+    /// Follows `bytes`, the next the app sent; `false` when they complete
+    /// a head the judge refuses (or that no one can read).
+    fn follow(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Tunnel => return true,
+                State::Refused => return false,
+                State::Body(left) => {
+                    let n = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    bytes = &bytes[n..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::Chunked(chunked) => match chunked.advance(bytes) {
+                    Ok(n) => {
+                        bytes = &bytes[n..];
+                        if chunked.is_done() {
+                            self.state = State::Head(Vec::new());
+                        }
+                    }
+                    Err(e) => return self.refuse(&e.to_string()),
+                },
+                State::Head(head) => {
+                    let before = head.len();
+                    let room = (MAX_DETECT_BYTES + 1).saturating_sub(before);
+                    head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    let Some(end) = head_end(head) else {
+                        if head.len() > MAX_DETECT_BYTES {
+                            return self.refuse("a request head over 16 KiB");
+                        }
+                        return true;
+                    };
+                    let head = std::mem::take(head);
+                    bytes = &bytes[(end - before).min(bytes.len())..];
+                    if !self.next_state(&head[..end]) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Judges the complete head `head` and sets what follows it.
+    fn next_state(&mut self, head: &[u8]) -> bool {
+        let named = match head_host(head) {
+            HeadHost::Named(host) => Some(host),
+            HeadHost::Unnamed => None,
+            HeadHost::Ambiguous(why) => return self.refuse(why),
+            HeadHost::Incomplete | HeadHost::NotHttp1 => {
+                return self.refuse("bytes that are no HTTP/1 request where one must begin");
+            }
+        };
+        let mut fields = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut fields);
+        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+            return self.refuse("a request head that does not parse");
+        }
+        let tunnel = request.method == Some("CONNECT")
+            || request
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+        let body = framing::framing(request.headers.iter().map(|h| (h.name, h.value)), true);
+        let body = match body {
+            Ok((body, _)) => body,
+            Err(e) => return self.refuse(&e.to_string()),
+        };
+        let first = std::mem::replace(&mut self.first, false);
+        if !first && !(self.judge)(Head::Names(named)) {
+            self.state = State::Refused;
+            return false;
+        }
+        self.state = match body {
+            _ if tunnel => State::Tunnel,
+            BodyLength::Length(n) if n > 0 => State::Body(n),
+            BodyLength::Chunked => State::Chunked(Chunked::for_request()),
+            _ => State::Head(Vec::new()),
+        };
+        true
+    }
+
+    fn refuse(&mut self, why: &str) -> bool {
+        self.state = State::Refused;
+        (self.judge)(Head::Unreadable(why));
+        false
+    }
+}
+
+/// Where the head in `bytes` ends (after its blank line: CRLF CRLF, or a
+/// bare LF's LF LF), if it does. Blank lines before a request line are
+/// part of the head, as servers skip them.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let start = bytes
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let rest = &bytes[start..];
+    rest.windows(2)
+        .enumerate()
+        .find_map(|(i, w)| match w {
+            b"\n\n" => Some(i + 2),
+            b"\n\r" if rest.get(i + 2) == Some(&b'\n') => Some(i + 3),
+            _ => None,
+        })
+        .map(|end| start + end)
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for RequestWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if matches!(self.state, State::Refused) {
+            return Poll::Ready(Err(refused()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        if !this.follow(&buf.filled()[before..]) {
+            buf.set_filled(before);
+            return Poll::Ready(Err(refused()));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn refused() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "a request refused on a connection outside the mesh",
+    )
+}
+
+super::forward_async_write!(RequestWatch, inner);
+
+impl<S: Abort> Abort for RequestWatch<S> {
+    fn abort(&mut self) {
+        self.inner.abort();
+    }
+}
+
+/// While requests are watched, reads go through `poll_read`; after a
+/// tunnel began, chunks pass.
+impl<S: Chunks> Chunks for RequestWatch<S> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        match self.state {
+            State::Tunnel => self.inner.poll_read_chunk(cx),
+            _ => None,
+        }
+    }
+
+    super::forward_chunk_writes!(inner);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::{Arc, Mutex};
+
+    use proptest::prelude::*;
+
+    /// A watch whose judge records what it was asked and refuses any head
+    /// naming `169.254.169.254`.
+    fn watch() -> (RequestWatch<()>, Arc<Mutex<Vec<String>>>) {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let judge: Judge = Box::new(move |head| {
+            seen.lock().unwrap().push(format!("{head:?}"));
+            match head {
+                Head::Names(Some(host)) => !host.starts_with("169.254.169.254"),
+                Head::Names(None) => true,
+                Head::Unreadable(_) => false,
+            }
+        });
+        (RequestWatch::new((), Some(judge)), asked)
+    }
+
+    /// Feeds `chunks` one read at a time: how many were let through.
+    fn feed(watch: &mut RequestWatch<()>, chunks: &[&[u8]]) -> usize {
+        chunks.iter().take_while(|c| watch.follow(c)).count()
+    }
+
+    const FIRST: &[u8] = b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    const METADATA: &[u8] =
+        b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: a.example\r\n\r\n";
+
+    #[test]
+    fn a_later_request_naming_the_metadata_api_is_refused() {
+        let (mut w, asked) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, FIRST, METADATA, FIRST]), 2);
+        // The first head is not judged again; the second and third are.
+        assert_eq!(asked.lock().unwrap().len(), 2);
+        assert!(matches!(w.state, State::Refused));
+    }
+
+    #[test]
+    fn bodies_are_skipped_by_their_framing_not_read_as_requests() {
+        // A body that is a request line is the body.
+        let post = format!(
+            "POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\ncontent-length: {}\r\n\r\n",
+            METADATA.len()
+        );
+        let (mut w, asked) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, post.as_bytes(), METADATA, FIRST]), 4);
+        assert_eq!(asked.lock().unwrap().len(), 2, "{asked:?}");
+        let chunked =
+            b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\ntransfer-encoding: chunked\r\n\r\n";
+        let body = [
+            format!("{:x}\r\n", METADATA.len()).as_bytes(),
+            METADATA,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let (mut w, _) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, chunked, &body, FIRST]), 4);
+        // And after the body, the next head is judged.
+        assert_eq!(feed(&mut w, &[METADATA]), 0);
+    }
+
+    #[test]
+    fn a_head_split_across_reads_is_judged_when_it_completes() {
+        let (mut w, _) = watch();
+        assert_eq!(feed(&mut w, &[FIRST]), 1);
+        let (a, b) = METADATA.split_at(40);
+        assert!(w.follow(a), "a head is not judged before it ends");
+        assert!(!w.follow(b));
+        // Two requests in one read (pipelined): the second is judged too.
+        let (mut w, _) = watch();
+        assert!(!w.follow(&[FIRST, FIRST, METADATA].concat()));
+    }
+
+    #[test]
+    fn what_cannot_be_read_one_way_ends_the_connection() {
+        for later in [
+            &b"GET\thttp://169.254.169.254/\tHTTP/1.1\r\nHost: a.example\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX: a\r\n b\r\n\r\n",
+            b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a.example\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a.example\r\ntransfer-encoding: gzip\r\n\r\n",
+        ] {
+            let (mut w, asked) = watch();
+            assert_eq!(feed(&mut w, &[FIRST, later]), 1, "{later:?}");
+            let asked = asked.lock().unwrap();
+            assert!(asked.last().unwrap().starts_with("Unreadable"), "{asked:?}");
+        }
+        let (mut w, _) = watch();
+        let endless = [&b"GET / HTTP/1.1\r\nX: "[..], &vec![b'a'; MAX_DETECT_BYTES]].concat();
+        assert_eq!(feed(&mut w, &[FIRST, &endless]), 1);
+    }
+
+    #[test]
+    fn after_connect_or_upgrade_the_bytes_are_a_tunnel() {
+        for opening in [
+            &b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"[..],
+            b"GET http://a.example/ws HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        ] {
+            let (mut w, _) = watch();
+            assert_eq!(feed(&mut w, &[FIRST, opening, b"\x16\x03\x01 tls", METADATA]), 4);
+        }
+        // The CONNECT itself is judged.
+        let (mut w, _) = watch();
+        assert_eq!(
+            feed(
+                &mut w,
+                &[FIRST, b"CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n"]
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn head_end_finds_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nx"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\nx"), Some(16));
+        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n"), Some(20));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+    }
+
+    proptest! {
+        /// However the bytes are cut into reads, the same requests are
+        /// judged and the same verdict reached.
+        #[test]
+        fn reads_cut_anywhere_reach_the_same_verdict(cuts in prop::collection::vec(0usize..400, 0..8)) {
+            let post = &b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\ncontent-length: 5\r\n\r\nhello"[..];
+            let stream = [FIRST, post, FIRST, METADATA, FIRST].concat();
+            let (mut whole, whole_asked) = watch();
+            let whole_ok = whole.follow(&stream);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
+            cuts.sort_unstable();
+            let (mut pieces, pieces_asked) = watch();
+            let mut start = 0;
+            let mut ok = true;
+            for cut in cuts.into_iter().chain([stream.len()]) {
+                ok = pieces.follow(&stream[start..cut]);
+                start = cut;
+                if !ok {
+                    break;
+                }
+            }
+            prop_assert_eq!(ok, whole_ok);
+            prop_assert_eq!(&*pieces_asked.lock().unwrap(), &*whole_asked.lock().unwrap());
+        }
+    }
+}
