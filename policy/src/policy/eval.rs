@@ -247,12 +247,10 @@ impl Tally {
             by_default(Outcome::Allow, Reason::Default { closest: None })
         };
         // Audit mode records denials instead of enforcing them; the metadata
-        // API is not policy's to open by a dry run (a rule must name it), so
-        // its refusal holds in audit mode too.
-        if decision.outcome == Outcome::Deny
-            && policy.mode == Mode::Audit
-            && !matches!(decision.reason, Reason::MetadataApi)
-        {
+        // API is not policy's to open by a dry run (an allow rule must name
+        // it), so any refusal of it holds in audit mode too: by default, and
+        // by a deny rule that covers it (`cidrs: [169.254.0.0/16]`).
+        if decision.outcome == Outcome::Deny && policy.mode == Mode::Audit && metadata.is_none() {
             decision.outcome = Outcome::Allow;
             decision.audit_only = true;
         }
