@@ -5,7 +5,7 @@
 //! them (exact text, a prefix, a subtree, or a tiny NFA); matching never
 //! backtracks, so a hostile HTTP path cannot make a decision slow. The
 //! segment separator is `/` (SPIFFE IDs, HTTP paths, everything else) or `.`
-//! for host names. Host globs, and path globs under `paths_case_insensitive`,
+//! for host names; header values have none ([`Glob::value`]). Host globs, and path globs under `paths_case_insensitive`,
 //! ignore ASCII case (the pattern is lowered once at load, the text byte by
 //! byte while matching).
 //!
@@ -77,6 +77,19 @@ impl Glob {
     /// under `paths_case_insensitive`). Matching still allocates nothing.
     pub fn path_ignoring_case(pattern: &str) -> Result<Glob, GlobError> {
         Glob::new(pattern, b'/', true)
+    }
+
+    /// A glob over a header value, which has no segments: `*` (or `**`)
+    /// matches any run of characters, `/` included (`curl*` meets
+    /// `curl/8.4.0`; `*` alone, any value). Values never hold NUL (both
+    /// codecs refuse it), so NUL is the separator nothing crosses.
+    pub fn value(pattern: &str) -> Result<Glob, GlobError> {
+        if pattern.contains("***") {
+            return Glob::new(pattern, 0, false); // refused as written
+        }
+        let mut glob = Glob::new(&pattern.replace("**", "*"), 0, false)?;
+        glob.pattern = pattern.into();
+        Ok(glob)
     }
 
     /// A glob over `.`-separated host names, ignoring ASCII case.

@@ -787,9 +787,10 @@ fn load_http(node: &Node<'_>, paths: PathCase, parts: &mut Parts, diags: &mut Di
                     // pattern, like the request's host, without a port or
                     // a trailing dot (`*` still spans labels, as in any
                     // header pattern: `*.corp.test` meets `a.b.corp.test`).
+                    // Other values have no segments: `*` spans `/` too.
                     let glob = |text: &str| match name.as_str() {
                         "host" => host_pattern(text),
-                        _ => Glob::path(text),
+                        _ => Glob::value(text),
                     };
                     let globs = scalars(h.value, "a header value", diags).and_then(|items| {
                         collect_all(

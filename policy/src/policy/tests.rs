@@ -779,6 +779,44 @@ rules:
 }
 
 #[test]
+fn a_header_value_pattern_has_no_segments() {
+    let p = load(
+        r#"version: 1
+default: allow
+rules:
+  - name: no-debug
+    action: deny
+    http: { headers: { x-debug: "*" } }
+  - name: no-curl
+    action: deny
+    http: { headers: { user-agent: "curl*" } }
+  - name: no-json
+    action: deny
+    http: { headers: { content-type: "application/**json" } }
+"#,
+    );
+    type Case<'a> = (&'a [(&'a str, &'a str)], Outcome);
+    let cases: &[Case<'_>] = &[
+        (&[("x-debug", "1")], Outcome::Deny),
+        (&[("x-debug", "on/1")], Outcome::Deny),
+        (&[("user-agent", "curl/8.4.0")], Outcome::Deny),
+        (&[("user-agent", "Mozilla/5.0 curl")], Outcome::Allow),
+        (
+            &[("content-type", "application/vnd.api+json")],
+            Outcome::Deny,
+        ),
+        (&[("content-type", "text/plain")], Outcome::Allow),
+    ];
+    for (headers, want) in cases {
+        assert_eq!(
+            decide_with_headers(&p, headers).outcome,
+            *want,
+            "{headers:?}"
+        );
+    }
+}
+
+#[test]
 fn deny_header_clauses_match_any_value() {
     let p = load(
         r#"version: 1
