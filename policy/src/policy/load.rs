@@ -914,11 +914,18 @@ fn load_methods(node: &Node<'_>, diags: &mut Diags) -> Option<Box<[Box<str>]>> {
 fn load_hosts(node: &Node<'_>, diags: &mut Diags) -> Option<Box<[Glob]>> {
     let items = scalars(node, "`to.external.hosts`", diags)?;
     collect_all(items.into_iter().map(|(text, mark)| {
-        if !text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*_:".contains(&b)) {
+        // `:` only in an IPv6 literal: a port (`evil.example:443`) would
+        // never meet the app's host, which is matched without its port.
+        let name_like = text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.*_".contains(&b));
+        if !name_like && text.parse::<std::net::Ipv6Addr>().is_err() {
             diags.push(
                 mark,
                 format!("`{text}` is not a host name pattern"),
-                "write a DNS name, optionally with `*` for one label or `**` for any, e.g. `*.stripe.com`",
+                "write a DNS name, optionally with `*` for one label or `**` for any, e.g. \
+                 `*.stripe.com`, or an IPv6 address (a port is no part of it: ports are \
+                 `to.external.ports`)",
             );
             return None;
         }
@@ -951,8 +958,24 @@ fn load_cidrs(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<Box<[IpN
             );
             return None;
         }
-        Some(net)
+        // Addresses are compared in their IPv4 form when they are
+        // IPv4-mapped (`::ffff:10.1.2.3` is `10.1.2.3`), so networks of
+        // mapped addresses are too: `::ffff:10.0.0.0/104` is `10.0.0.0/8`.
+        Some(ipv4_form(net))
     }))
+}
+
+/// `net` in IPv4 form when it lies within `::ffff:0:0/96`.
+fn ipv4_form(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 fn load_ports(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<PortSet> {

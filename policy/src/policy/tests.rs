@@ -727,6 +727,43 @@ fn audit_mode_keeps_a_deny_rules_refusal_of_the_metadata_api() {
 }
 
 #[test]
+fn an_external_host_pattern_with_a_port_is_refused_an_ipv6_literal_is_not() {
+    let rules = |host: &str| {
+        format!(
+            "version: 1\nrules:\n  - name: no-evil\n    action: deny\n    \
+             from: {{ labels.app: web }}\n    to: {{ external: {{ hosts: [\"{host}\"] }} }}\n"
+        )
+    };
+    let errs = errors(&rules("evil.example:443"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`evil.example:443` is not a host name pattern")),
+        "{errs:?}"
+    );
+    load(&rules("fd00::1"));
+}
+
+#[test]
+fn cidrs_of_ipv4_mapped_addresses_hold_for_ipv4_addresses() {
+    let p = load(
+        "version: 1\nrules:\n  - name: lb\n    action: allow\n    \
+         from: { unauthenticated: { cidrs: [\"0.0.0.0/0\"] } }\n  - name: no-net\n    \
+         action: deny\n    from: { unauthenticated: { cidrs: [\"::ffff:10.0.0.0/104\"] } }\n",
+    );
+    let a = api();
+    for source in ["10.1.2.3", "::ffff:10.1.2.3"] {
+        let d = decide(&p, &Query::unauthenticated(ip(source), &a, 80));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Deny, "no-net"),
+            "{source}: {d}"
+        );
+    }
+    let d = decide(&p, &Query::unauthenticated(ip("192.168.1.1"), &a, 80));
+    assert_eq!(d.outcome, Outcome::Allow, "{d}");
+}
+
+#[test]
 fn a_deny_of_get_holds_for_head_an_allow_of_get_does_not() {
     let p = load(
         r#"version: 1
