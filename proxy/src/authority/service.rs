@@ -102,6 +102,9 @@ pub struct PresentedCert {
     pub claims: AppIdClaims,
     /// Serial number, lowercase hex, as recorded at issuance.
     pub serial: String,
+    /// When it expires, seconds since the epoch: a connection verified it
+    /// once, at its handshake, and may be kept past then.
+    pub not_after: i64,
 }
 
 impl PresentedCert {
@@ -111,6 +114,7 @@ impl PresentedCert {
         Some(PresentedCert {
             claims,
             serial: hex::encode(cert.raw_serial()),
+            not_after: cert.validity().not_after.timestamp(),
         })
     }
 }
@@ -596,6 +600,16 @@ impl Authority {
     ) -> Result<IssuedResponse, Refusal> {
         let current = &presented.claims;
         let result = (|| {
+            // The handshake checked the certificate when the connection
+            // opened; a request on it after the certificate's end is no
+            // renewal (the sidecar bootstraps again).
+            if presented.not_after < now {
+                return Err(Refusal::Unauthenticated(format!(
+                    "the certificate expired at {} (seconds since the epoch) before this request; \
+                     bootstrap with a join token or attestation",
+                    presented.not_after
+                )));
+            }
             check_reported(request.reported.as_ref())?;
             let csr = parse_csr(&request.csr)?;
             // A pod-attested certificate that names its pod is renewed only
@@ -956,6 +970,25 @@ mod tests {
         };
         let (bare, _) = claims_and_der(&authority.renew(&presented, &bare, 30).unwrap());
         assert_eq!(bare.reported, None);
+        // Past its end (on a connection verified before), no renewal.
+        let late = authority.renew(&presented, &bare_request(), presented.not_after + 1);
+        assert!(
+            matches!(&late, Err(Refusal::Unauthenticated(why)) if why.contains("expired")),
+            "{:?}",
+            late.map(|r| r.id)
+        );
+        assert!(
+            authority
+                .renew(&presented, &bare_request(), presented.not_after)
+                .is_ok()
+        );
+    }
+
+    fn bare_request() -> RenewRequest {
+        RenewRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            reported: None,
+        }
     }
 
     #[test]
