@@ -85,7 +85,12 @@ pub fn run(command: CertCommand) -> anyhow::Result<ExitCode> {
             let reported = value
                 .as_object_mut()
                 .and_then(|claims| claims.remove("reported"));
-            println!("AppID claims (vouched for by the authority):");
+            // Nothing here checks a signature: a self-signed certificate
+            // states whatever it likes, and a sidecar would refuse it.
+            println!(
+                "AppID claims (vouched for by the issuer, if its chain verifies: \
+                 inspect checks no signature):"
+            );
             print_flat("", &value);
             if let Some(reported) = reported {
                 println!(
