@@ -43,6 +43,7 @@ use super::{PeerConnection, Shared, orig_dst, tls};
 use crate::detect::{self, Classification, Detection, MeshAlpn};
 use crate::identity::verify::{PeerRole, VerifiedPeer};
 use crate::metrics::Direction as MetricsDirection;
+use crate::sidecar::{LocalIdentity, TrustBundle};
 
 /// One inbound listener from the config.
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +175,16 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr, 
     }
 }
 
+/// A verified `appid-mux/1` connection, as its handshake made it.
+struct Tunnel {
+    verified: VerifiedPeer,
+    /// Our certificate and trust bundle when the handshake began.
+    presented: (Arc<LocalIdentity>, Arc<TrustBundle>),
+    peer_addr: SocketAddr,
+    /// The port the connection was captured on.
+    connection_port: u16,
+}
+
 /// A peer sidecar: mutual TLS, then one app connection inside (`appid/1`)
 /// or many, as HTTP/2 CONNECT streams (`appid-mux/1`).
 async fn from_peer(
@@ -191,6 +202,14 @@ async fn from_peer(
     // Until it proves who it is, a handshake that has been under way for a
     // while may be evicted for a newcomer when the budget is full.
     let in_handshake = shared.handshaking();
+    // What this handshake presents and trusts, read before it starts (as
+    // the client side does): a renewal or a bundle change while it runs
+    // then refuses the tunnel's streams, so the peer never keeps deciding
+    // on claims we no longer present.
+    let presented = (
+        local.tls.identity.load_full(),
+        shared.trust.bundle.load_full(),
+    );
     let handshake = async {
         tokio::select! {
             accepted = local.acceptor.accept(ReadAhead::new(stream)) => accepted,
@@ -225,7 +244,13 @@ async fn from_peer(
             .metrics
             .mesh_connection(MetricsDirection::Inbound, "appid-mux/1");
         tls_stream.get_mut().0.enable();
-        serve_tunnel(shared, &local, tls_stream, verified, peer_addr, spec, port).await;
+        let tunnel = Tunnel {
+            verified,
+            presented,
+            peer_addr,
+            connection_port: port,
+        };
+        serve_tunnel(shared, &local, tls_stream, tunnel, spec).await;
         return;
     }
     shared
@@ -330,14 +355,16 @@ async fn serve_tunnel(
     shared: &Arc<Shared>,
     local: &Local,
     tls_stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
-    verified: VerifiedPeer,
-    peer_addr: SocketAddr,
+    tunnel: Tunnel,
     spec: InboundSpec,
-    connection_port: u16,
 ) {
+    let Tunnel {
+        verified,
+        presented: (identity, bundle),
+        peer_addr,
+        connection_port,
+    } = tunnel;
     let limits = shared.limits;
-    let identity = local.tls.identity.load_full();
-    let bundle = shared.trust.bundle.load_full();
     // Control frames are budgeted like on any HTTP/2 connection.
     let tls_stream = FrameBudget::new(tls_stream, true);
     let flooded = tls_stream.tripped();

@@ -369,7 +369,11 @@ impl TunnelPool {
         }
         let Some(negotiated) = handshake(shared, local, destination).await else {
             peer.failed_at = Some(Instant::now());
-            // Tunnels that still work are better than nothing.
+            // Tunnels that still work are better than nothing, if they are
+            // still usable after the wait (the bundle or our identity may
+            // have changed during the dial).
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            peer.tunnels.retain(|t| t.usable(&local.tls, now));
             return peer.least_busy().map(Negotiated::Mux);
         };
         peer.failed_at = None;
