@@ -1616,6 +1616,24 @@ rules:
 /// used to write DIR/audit.jsonl whatever `serve` was given, and to drop
 /// the line silently when it could not write it); an audit log it cannot
 /// open stops it before the revocation is made.
+/// Sidecars take `spiffe://<td>/appid/authority`'s word for the bundle
+/// and revocations: no workload may be registered as it.
+#[test]
+fn the_authoritys_own_id_is_no_workloads() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = AuthorityDir::init(temp.path());
+    let out = Command::new(APPID)
+        .args(["authority", "register", "--dir", path_str(&ca.dir)])
+        .args(["--id", &id("appid/authority")])
+        .output()
+        .expect("run appid authority register");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "registered: {stderr}");
+    assert!(stderr.contains("the authority's own ID"), "{stderr}");
+    // Another ID under `appid/` is a workload's like any.
+    ca.register(&id("appid/tools"), &["app=tools"], None, None);
+}
+
 #[test]
 fn revoke_audits_to_the_log_it_is_given_or_revokes_nothing() {
     let temp = tempfile::tempdir().expect("temp dir");

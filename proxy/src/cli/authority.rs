@@ -518,7 +518,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                         ),
                     )?
                 }
-                (Some(id), None) => checked_id(&ca, id)?,
+                (Some(id), None) => workload_id(&ca, checked_id(&ca, id)?)?,
                 (None, None) => {
                     return Err(anyhow!(
                         "give --id SPIFFE_ID, or --k8s-namespace NS --k8s-service-account SA"
@@ -766,6 +766,19 @@ fn checked_id(ca: &Ca, id: &str) -> anyhow::Result<SpiffeId> {
         return Err(anyhow!(
             "--id {id} is not in this authority's trust domain `{}`",
             ca.trust_domain()
+        ));
+    }
+    Ok(id)
+}
+
+/// `id`, unless it is the authority's own: sidecars take that ID's word
+/// for the trust bundle and revocations, so a workload registered as it
+/// could pose as the authority to them.
+fn workload_id(ca: &Ca, id: SpiffeId) -> anyhow::Result<SpiffeId> {
+    if id.as_str() == crate::authority::server::authority_id(ca.trust_domain()) {
+        return Err(anyhow!(
+            "--id {id} is the authority's own ID (sidecars trust it for the bundle and \
+             revocations); choose another for the workload"
         ));
     }
     Ok(id)
