@@ -461,12 +461,17 @@ fn the_authority_vouches_for_the_pod_the_api_server_describes() {
     assert_eq!(k8s["pod"], pod);
     assert_eq!(k8s["pod_uid"], format!("uid-{pod}"));
     assert_eq!(k8s["node"], "node-1");
-    // Only the trusted label keys; appid's own containers are not images.
+    // Only the trusted label keys; every container that runs is listed,
+    // appid's proxy too (`appid-init` has finished).
     assert_eq!(
         k8s["labels"],
         serde_json::json!({"app": "web", "version": "v2"})
     );
-    assert_eq!(k8s["images"], serde_json::json!({"web": digest}));
+    let proxy = format!("sha256:{}", "1".repeat(64));
+    assert_eq!(
+        k8s["images"],
+        serde_json::json!({"web": digest, "appid-proxy": proxy})
+    );
     // One app container: its digest is the image, with the scan for it.
     assert_eq!(claims["image"]["digest"], digest.as_str());
     assert_eq!(claims["vulns"]["high"], 1, "{claims}");

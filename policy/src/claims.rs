@@ -145,8 +145,10 @@ pub struct K8s {
     /// The pod's labels whose keys the authority trusts (`--k8s-trust-labels`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// Container name to image digest (`sha256:<64 hex>`), for the pod's
-    /// app containers (not appid's own).
+    /// Container name to image digest (`sha256:<64 hex>`, or `unknown`
+    /// while the API server does not report it), for every container that
+    /// runs beside the app: its containers, its native sidecars, appid's
+    /// own proxy among them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub images: BTreeMap<String, String>,
 }

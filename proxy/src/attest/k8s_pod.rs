@@ -74,6 +74,10 @@ pub struct PodFacts {
     pub images: BTreeMap<String, String>,
     /// App containers for which no digest is known yet.
     pub without_digest: Vec<String>,
+    /// appid's own containers that run beside the app (its proxy, a native
+    /// sidecar), to their digests (or [`UNKNOWN_DIGEST`]): listed in
+    /// `k8s.images` too, never the app's image.
+    pub appid_images: BTreeMap<String, String>,
 }
 
 /// Why the pod does not back the token (each names the pod).
@@ -179,12 +183,18 @@ struct Spec {
     node_name: Option<String>,
     #[serde(default)]
     containers: Vec<SpecContainer>,
+    #[serde(default)]
+    init_containers: Vec<SpecContainer>,
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SpecContainer {
     name: String,
     image: Option<String>,
+    /// `Always` on an init container: a native sidecar, which runs beside
+    /// the app containers for the pod's life.
+    restart_policy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +203,8 @@ struct Status {
     phase: Option<String>,
     #[serde(default)]
     container_statuses: Option<Vec<ContainerStatus>>,
+    #[serde(default)]
+    init_container_statuses: Option<Vec<ContainerStatus>>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +212,15 @@ struct ContainerStatus {
     name: String,
     #[serde(rename = "imageID", default)]
     image_id: String,
+}
+
+/// What `k8s.images` says of a container that runs but whose digest the
+/// API server does not report yet.
+pub const UNKNOWN_DIGEST: &str = "unknown";
+
+/// Whether `digest` is `sha256:<64 lowercase hex>`.
+fn registry_digest_form(digest: &str) -> bool {
+    registry_digest(&format!("@{digest}")).is_some()
 }
 
 /// `sha256:<64 lowercase hex>` from an image reference or imageID that
@@ -304,6 +325,7 @@ pub fn check_pod(
     let running: BTreeMap<&str, String> = status
         .container_statuses
         .iter()
+        .chain(&status.init_container_statuses)
         .flatten()
         .filter_map(|s| Some((s.name.as_str(), registry_digest(&s.image_id)?)))
         .collect();
@@ -311,19 +333,29 @@ pub fn check_pod(
         node: node.or_else(|| expect.node.map(str::to_owned)),
         ..PodFacts::default()
     };
-    for container in &spec.containers {
-        if APPID_CONTAINERS.contains(&container.name.as_str()) {
-            continue;
-        }
+    // Every container that runs beside the app: its containers, whatever
+    // their names, and the native sidecars among its init containers
+    // (appid's own proxy is one; plain init containers have finished
+    // before the app starts). Nothing that runs in the pod goes unlisted.
+    let native_sidecars = spec
+        .init_containers
+        .iter()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    for container in spec.containers.iter().chain(native_sidecars) {
         let digest = running
             .get(container.name.as_str())
             .cloned()
             .or_else(|| container.image.as_deref().and_then(registry_digest));
+        let name = container.name.clone();
         match digest {
-            Some(digest) => {
-                facts.images.insert(container.name.clone(), digest);
+            _ if APPID_CONTAINERS.contains(&name.as_str()) => {
+                let digest = digest.unwrap_or_else(|| UNKNOWN_DIGEST.to_owned());
+                facts.appid_images.insert(name, digest);
             }
-            None => facts.without_digest.push(container.name.clone()),
+            Some(digest) => {
+                facts.images.insert(name, digest);
+            }
+            None => facts.without_digest.push(name),
         }
     }
     let labels = metadata.labels.unwrap_or_default();
@@ -367,21 +399,33 @@ pub fn check_pinned(facts: &PodFacts, pod: &PodRef<'_>, pinned: &str) -> Result<
 }
 
 impl PodFacts {
-    /// Adds the API server's facts to the token's `k8s` claims.
+    /// Adds the API server's facts to the token's `k8s` claims. A
+    /// container whose digest the API server does not report yet is
+    /// listed as [`UNKNOWN_DIGEST`]: it runs, and no single digest may be
+    /// vouched for the pod while it does.
     pub fn vouch(self, claims: &mut K8s) {
         if self.node.is_some() {
             claims.node = self.node;
         }
         claims.labels = self.labels;
         claims.images = self.images;
+        claims.images.extend(self.appid_images);
+        for name in self.without_digest {
+            claims.images.insert(name, UNKNOWN_DIGEST.to_owned());
+        }
     }
 
     /// The one app container's digest, when there is exactly one app
     /// container and its digest is known: what `image.digest` vouches for
-    /// when the registration pins none.
+    /// when the registration pins none. appid's own containers are no app
+    /// container (still listed in `k8s.images`, for policy to pin).
     pub fn single_digest(images: &BTreeMap<String, String>) -> Option<&String> {
-        match images.values().collect::<Vec<_>>().as_slice() {
-            [one] => Some(one),
+        let app = images
+            .iter()
+            .filter(|(name, _)| !APPID_CONTAINERS.contains(&name.as_str()))
+            .map(|(_, digest)| digest);
+        match app.collect::<Vec<_>>().as_slice() {
+            [one] if registry_digest_form(one) => Some(one),
             _ => None,
         }
     }

@@ -362,3 +362,49 @@ fn label_keys_are_checked_as_kubernetes_writes_them() {
         assert!(check_label_key(key).is_err(), "{key:?}");
     }
 }
+
+/// No container that runs in the pod goes unlisted: a native sidecar of
+/// the pod's own (an init container with `restartPolicy: Always`), one
+/// named as appid's proxy, one whose digest is not reported yet. Then no
+/// single digest (and no scan) is vouched for the pod.
+#[test]
+fn every_container_that_runs_beside_the_app_is_listed_whatever_its_name() {
+    let evil = "e".repeat(64);
+    let mut p = pod();
+    p["spec"]["initContainers"].as_array_mut().unwrap().push(
+        json!({"name": "miner", "image": "registry.example/evil:1", "restartPolicy": "Always"}),
+    );
+    p["status"]["initContainerStatuses"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "miner", "imageID": format!("registry.example/evil@sha256:{evil}")}));
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.images["miner"], format!("sha256:{evil}"));
+    assert_eq!(PodFacts::single_digest(&facts.images), None);
+
+    // A plain init container has finished before the app starts: not listed.
+    let facts = check(&pod(), &[]).unwrap();
+    assert!(!facts.images.contains_key("appid-init"));
+    assert!(!facts.appid_images.contains_key("appid-init"));
+    // appid's proxy is listed in the claims, never taken for the app.
+    let mut claims = K8s::default();
+    facts.vouch(&mut claims);
+    assert_eq!(claims.images["appid-proxy"], format!("sha256:{SIDECAR}"));
+    assert_eq!(
+        PodFacts::single_digest(&claims.images),
+        Some(&format!("sha256:{APP}"))
+    );
+
+    // An app container whose digest is not reported yet beside one whose
+    // is (pinned in the spec): listed as unknown, and no single digest.
+    let mut p = pod();
+    p["spec"]["containers"][0]["image"] = json!(format!("registry.example/web@sha256:{APP}"));
+    p["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "helper", "image": "registry.example/helper:latest"}));
+    let mut claims = K8s::default();
+    check(&p, &[]).unwrap().vouch(&mut claims);
+    assert_eq!(claims.images["helper"], UNKNOWN_DIGEST);
+    assert_eq!(PodFacts::single_digest(&claims.images), None);
+}
