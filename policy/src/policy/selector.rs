@@ -52,15 +52,24 @@ impl Lit {
         match v {
             AttrValue::Str(s) => s == &*self.text,
             AttrValue::Num(n) => self.num == Some(n),
-            AttrValue::Bool(b) => &*self.text == if b { "true" } else { "false" },
+            // YAML 1.2 spells a boolean `true`, `True` or `TRUE`.
+            AttrValue::Bool(b) => self
+                .text
+                .eq_ignore_ascii_case(if b { "true" } else { "false" }),
             AttrValue::Missing | AttrValue::Compound => false,
         }
     }
 }
 
-/// A finite decimal number, or nothing.
+/// A finite number (decimal, or YAML 1.2's `0x` hex and `0o` octal
+/// integers), or nothing.
 fn number(text: &str) -> Option<f64> {
     let t = text.trim();
+    for (prefix, radix) in [("0x", 16), ("0o", 8)] {
+        if let Some(digits) = t.strip_prefix(prefix) {
+            return u64::from_str_radix(digits, radix).ok().map(|n| n as f64);
+        }
+    }
     // `inf`, `nan` and friends parse as f64 but are not numbers here.
     if !t.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.') {
         return None;

@@ -764,6 +764,30 @@ fn cidrs_of_ipv4_mapped_addresses_hold_for_ipv4_addresses() {
 }
 
 #[test]
+fn yaml_spellings_of_booleans_and_integers_equal_the_claims() {
+    let mut c = web();
+    c.reported = serde_json::from_str(r#"{"process":{"root":true,"uid":0,"mode":420}}"#).ok();
+    let a = api();
+    for (selector, want) in [
+        ("reported.process.root: True", Outcome::Deny),
+        ("reported.process.root: TRUE", Outcome::Deny),
+        ("reported.process.root: true", Outcome::Deny),
+        ("reported.process.root: False", Outcome::Allow),
+        ("reported.process.uid: 0x0", Outcome::Deny),
+        ("reported.process.mode: 0o644", Outcome::Deny),
+        ("reported.process.mode: 0x1a4", Outcome::Deny),
+        ("reported.process.mode: 0o645", Outcome::Allow),
+    ] {
+        let p = load(&format!(
+            "version: 1\ndefault: allow\nrules:\n  - name: no-root\n    action: deny\n    \
+             from: {{ {selector} }}\n"
+        ));
+        let d = decide(&p, &Query::meshed(Direction::Inbound, &c, &a, 80));
+        assert_eq!(d.outcome, want, "{selector}: {d}");
+    }
+}
+
+#[test]
 fn a_deny_of_get_holds_for_head_an_allow_of_get_does_not() {
     let p = load(
         r#"version: 1
