@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use super::attr::Attr;
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
-use super::query::{is_host_name, is_unreserved, normalize_host, push_percent_encoded};
+use super::query::{decoded_in_paths, is_host_name, normalize_host, push_percent_encoded};
 use super::rule::{
     Action, CalleeKind, CallerKind, Clause, MetadataNamed, PortSet, Rule, Side, Test,
 };
@@ -848,7 +848,10 @@ fn host_pattern(text: &str) -> Result<Glob, super::glob::GlobError> {
 /// `/caf%c3%a9/**` the request `/café/x`, as the app routes both.
 fn canonical_spelling(pattern: &str) -> std::borrow::Cow<'_, str> {
     let bytes = pattern.as_bytes();
-    if !bytes.iter().any(|b| !b.is_ascii() || *b == b'%') {
+    if !bytes
+        .iter()
+        .any(|b| !b.is_ascii() || *b == b'%' || *b == b' ')
+    {
         return std::borrow::Cow::Borrowed(pattern);
     }
     let hex = |b: u8| char::from(b).to_digit(16);
@@ -862,12 +865,14 @@ fn canonical_spelling(pattern: &str) -> std::borrow::Cow<'_, str> {
         };
         if let Some(decoded) = encoded {
             i += 3;
-            if is_unreserved(decoded) {
+            if decoded_in_paths(decoded) {
                 out.push(char::from(decoded));
             } else {
                 push_percent_encoded(&mut out, decoded);
             }
-        } else if !b.is_ascii() {
+        } else if !b.is_ascii() || b == b' ' {
+            // A request carries a space only encoded (its target ends at
+            // a raw one): `/annual report/**` means `/annual%20report/**`.
             i += 1;
             push_percent_encoded(&mut out, b);
         } else {

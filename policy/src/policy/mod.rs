@@ -168,9 +168,9 @@ pub use error::{PolicyError, PolicyErrors};
 pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
 pub use query::{
-    Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, header_name_matches,
-    is_host_name, is_metadata_ip, is_unreserved, metadata_api_addresses, normalize_host,
-    push_percent_encoded,
+    Callee, Caller, Direction, Headers, Http, HttpRequest, NoHeaders, Query, decoded_in_paths,
+    header_name_matches, is_host_name, is_metadata_ip, is_unreserved, metadata_api_addresses,
+    normalize_host, push_percent_encoded,
 };
 pub use rule::Action;
 

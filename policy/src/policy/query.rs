@@ -270,6 +270,20 @@ pub fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Whether a canonical path spells `b` decoded: the unreserved
+/// characters, and the sub-delimiters, `:` and `@` that a path segment may
+/// carry as they are (RFC 3986 `pchar`), which servers that decode before
+/// routing (Go's `ServeMux`, Flask, Spring) read as such: `/v1/db%3Adelete`
+/// is `/v1/db:delete` to them, and to policy. Not `;` (refused encoded),
+/// `*` (a wildcard in patterns), nor `/`, `?`, `#`, `%`.
+pub fn decoded_in_paths(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'+' | b',' | b'=' | b':' | b'@'
+        )
+}
+
 /// Appends `%XX` for `byte`, upper-case hex (how a canonical path spells
 /// every other byte it encodes).
 pub fn push_percent_encoded(out: &mut String, byte: u8) {

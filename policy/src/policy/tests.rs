@@ -788,6 +788,35 @@ fn yaml_spellings_of_booleans_and_integers_equal_the_claims() {
 }
 
 #[test]
+fn path_patterns_are_spelled_as_canonical_request_paths() {
+    let p = load(
+        r#"version: 1
+default: allow
+rules:
+  - name: no-reports
+    action: deny
+    http: { paths: ["/files/annual report/**", "/users/%40admin/**", "/v1/*%3Adelete"] }
+"#,
+    );
+    let (caller, callee) = (web(), api());
+    // The paths as the sidecar spells a request's (`%20` kept, `%40` and
+    // `%3A` decoded).
+    for (path, want) in [
+        ("/files/annual%20report/q4.pdf", Outcome::Deny),
+        ("/users/@admin/x", Outcome::Deny),
+        ("/v1/db:delete", Outcome::Deny),
+        ("/v1/db:get", Outcome::Allow),
+    ] {
+        let q = Query::meshed(Direction::Inbound, &caller, &callee, 80).with_request(HttpRequest {
+            method: "POST",
+            path,
+            headers: &NoHeaders,
+        });
+        assert_eq!(decide(&p, &q).outcome, want, "{path}");
+    }
+}
+
+#[test]
 fn a_deny_of_get_holds_for_head_an_allow_of_get_does_not() {
     let p = load(
         r#"version: 1

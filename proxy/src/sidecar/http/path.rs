@@ -32,7 +32,7 @@
 
 use std::borrow::Cow;
 
-use appid_policy::policy::{is_unreserved, push_percent_encoded};
+use appid_policy::policy::{decoded_in_paths, push_percent_encoded};
 use std::fmt;
 
 /// Why a request path is refused.
@@ -192,8 +192,9 @@ pub fn canonical_path(target: &str) -> Result<Cow<'_, str>, PathError> {
                     b if b.is_ascii_control() => return Err(PathError::ControlCharacter),
                     _ => {}
                 }
-                // Decoded (unreserved) or re-spelled (lower-case hex).
-                if is_unreserved(decoded) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
+                // Decoded, or re-spelled (lower-case hex).
+                if decoded_in_paths(decoded)
+                    || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
                 {
                     rewrite = true;
                 }
@@ -222,7 +223,7 @@ pub fn canonical_path(target: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(canonical)
 }
 
-/// Decodes unreserved characters, upper-cases other encodings, drops
+/// Decodes what [`decoded_in_paths`] names, upper-cases other encodings, drops
 /// segment parameters and merges empty segments. The input has passed the
 /// refusals of [`canonical_path`].
 fn rewritten(raw: &str) -> String {
@@ -240,7 +241,7 @@ fn rewritten(raw: &str) -> String {
             if bytes[i] == b'%' {
                 // Checked by the caller: two hex digits follow.
                 let decoded = percent_byte(bytes, i).unwrap_or(b'%');
-                if is_unreserved(decoded) {
+                if decoded_in_paths(decoded) {
                     out.push(char::from(decoded));
                 } else {
                     out.push('%');
@@ -292,6 +293,13 @@ mod tests {
             ("http://h", "/"),
             ("HTTPS://h:443/x", "/x"),
             ("/%61dmin/users", "/admin/users"),
+            // What a segment may carry as it is is decoded too, as servers
+            // that decode before routing read it.
+            ("/users/%40admin/x", "/users/@admin/x"),
+            ("/v1/db%3adelete", "/v1/db:delete"),
+            ("/a%21%24%26%27%28%29%2B%2C%3D", "/a!$&'()+,="),
+            // Not `*`, `?`, `#`: a wildcard in patterns, and structure.
+            ("/a%2ab%3F%23", "/a%2Ab%3F%23"),
             ("/%70ublic/x", "/public/x"),
             ("/public/%73ecret/x", "/public/secret/x"),
             ("/caf\u{e9}/%61b?q", "/caf%C3%A9/ab"),
