@@ -1122,6 +1122,9 @@ fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too(
         "GET\\thttp://169.254.169.254/latest/meta-data/\\tHTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n"
             .to_owned(),
         "CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n".to_owned(),
+        // A CONNECT the proxy answers without a tunnel, the connection
+        // kept: what follows is a request, judged.
+        format!("CONNECT example.com:443 HTTP/1.1\\r\\n\\r\\n|PAUSE|{metadata}"),
     ] {
         let got = raw(&a, proxy, 3128, &format!("{first}|PAUSE|{later}|PAUSE|{first}"));
         assert!(
@@ -1151,5 +1154,5 @@ fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too(
                 .is_some_and(|r| r.contains("a later request on the connection"))
         })
         .count();
-    assert_eq!((metadata_refusals, unreadable), (3, 1), "{refusals:#?}");
+    assert_eq!((metadata_refusals, unreadable), (4, 1), "{refusals:#?}");
 }

@@ -14,9 +14,11 @@
 //! Bodies are skipped by their framing ([`framing`]: `content-length`, or
 //! chunked, trailers refused); a head that could be read two ways
 //! ([`head_host`]), that does not parse, or is no HTTP/1 at all where a
-//! request must begin, ends the connection. Only after a `CONNECT` or an
-//! `Upgrade` request are the app's bytes no longer requests to the proxy
-//! (a tunnel to the host the request named, decided): the watch ends there.
+//! request must begin, ends the connection. After a `CONNECT` or an
+//! `Upgrade` request, bytes that are no HTTP/1 request (a TLS ClientHello,
+//! WebSocket frames) are a tunnel to the host the request named, decided:
+//! the watch ends there; a request instead (the proxy refused the tunnel
+//! and kept the connection) is judged as any.
 //! Responses are not read: they pass as they come.
 
 use std::io;
@@ -28,7 +30,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::http::h1::framing::{self, BodyLength, Chunked};
 use super::splice::{Abort, Chunks};
-use crate::detect::MAX_DETECT_BYTES;
+use crate::detect::{self, Classification, MAX_DETECT_BYTES};
 use crate::head_host::{HeadHost, head_host};
 
 /// What a request head was found to be, for the connection's judge.
@@ -62,7 +64,12 @@ enum State {
     /// A `content-length` body, this many bytes left.
     Body(u64),
     Chunked(Chunked),
-    /// After `CONNECT` or `Upgrade`: no longer watched.
+    /// After `CONNECT` or `Upgrade`, these first bytes so far: a tunnel
+    /// if they are no HTTP/1 request (a TLS ClientHello, WebSocket
+    /// frames), the next request if they are one (the proxy refused the
+    /// tunnel and kept the connection).
+    MaybeTunnel(Vec<u8>),
+    /// A tunnel: no longer watched.
     Tunnel,
     /// A head was refused.
     Refused,
@@ -90,6 +97,21 @@ impl<S> RequestWatch<S> {
             match &mut self.state {
                 State::Tunnel => return true,
                 State::Refused => return false,
+                State::MaybeTunnel(first) => {
+                    let before = first.len();
+                    let room = MAX_DETECT_BYTES.saturating_sub(before);
+                    first.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    match detect::classify(first) {
+                        Classification::Http1 => {
+                            // A request after all: read as one, from its
+                            // first byte (these bytes are read again).
+                            first.truncate(before);
+                            self.state = State::Head(std::mem::take(first));
+                        }
+                        Classification::NeedMore => return true,
+                        _ => self.state = State::Tunnel,
+                    }
+                }
                 State::Body(left) => {
                     let n = bytes
                         .len()
@@ -161,7 +183,7 @@ impl<S> RequestWatch<S> {
             return false;
         }
         self.state = match body {
-            _ if tunnel => State::Tunnel,
+            _ if tunnel => State::MaybeTunnel(Vec::new()),
             BodyLength::Length(n) if n > 0 => State::Body(n),
             BodyLength::Chunked => State::Chunked(Chunked::for_request()),
             _ => State::Head(Vec::new()),
@@ -349,6 +371,13 @@ mod tests {
             let (mut w, _) = watch();
             assert_eq!(feed(&mut w, &[FIRST, opening, b"\x16\x03\x01 tls", METADATA]), 4);
         }
+        // A tunnel refused, the connection kept: the next request is one.
+        let connect = b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n";
+        let (mut w, _) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, connect, METADATA]), 2);
+        let (mut w, _) = watch();
+        let (a, b) = METADATA.split_at(2);
+        assert_eq!(feed(&mut w, &[FIRST, connect, a, b]), 3);
         // The CONNECT itself is judged.
         let (mut w, _) = watch();
         assert_eq!(
