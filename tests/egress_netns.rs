@@ -1134,6 +1134,12 @@ fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too(
         );
         assert!(reached(&got) >= 1, "{later}: the first request: {got}");
     }
+    // A first request later than the sidecar waits for a name is watched
+    // too (a client that connects ahead of its request).
+    let got = raw(&a, proxy, 3128, &format!("|PAUSE|{first}"));
+    assert_eq!(reached(&got), 1, "{got}\n{}", a.context());
+    let got = raw(&a, proxy, 3128, &format!("|PAUSE|{metadata}"));
+    assert!(!got.contains("169.254.169.254"), "{got}\n{}", a.context());
     let refusals: Vec<Value> = audit_lines_for_port(&a, 3128)
         .into_iter()
         .filter(|l| l["decision"] == "deny")
@@ -1154,5 +1160,5 @@ fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too(
                 .is_some_and(|r| r.contains("a later request on the connection"))
         })
         .count();
-    assert_eq!((metadata_refusals, unreadable), (4, 1), "{refusals:#?}");
+    assert_eq!((metadata_refusals, unreadable), (5, 1), "{refusals:#?}");
 }

@@ -115,13 +115,26 @@ pub fn head_host(prefix: &[u8]) -> HeadHost<&str> {
         (None, Some(host)) => host,
         (None, None) => return HeadHost::Unnamed,
     };
-    if host.is_empty() || !host.iter().all(u8::is_ascii_graphic) {
+    if !host.iter().all(u8::is_ascii_graphic) || !is_host_and_port(host) {
         return HeadHost::Ambiguous("a host that is no host[:port]");
     }
     match std::str::from_utf8(host) {
         Ok(host) => HeadHost::Named(host),
         Err(_) => HeadHost::Ambiguous("a host that is no host[:port]"),
     }
+}
+
+/// Why the request line at the start of `prefix` is not `method SP
+/// target SP HTTP/1.x` with a target read one way only, once that line is
+/// complete (`None`: it is, or it has not ended). A server that runs
+/// HTTP/0.9 acts on such a line before any blank line.
+#[must_use]
+pub fn malformed_request_line(prefix: &[u8]) -> Option<&'static str> {
+    let line = detect::skip_blanks(prefix)
+        .split_inclusive(|&b| b == b'\n')
+        .next()
+        .and_then(complete_line)?;
+    target_host(line).err()
 }
 
 /// `line` without its LF (and a CR before it), if it has one.
@@ -164,16 +177,50 @@ fn target_host(line: &[u8]) -> Result<Option<&[u8]>, &'static str> {
     let rest = &target[scheme_end + 3..];
     let end = rest
         .iter()
-        // `\` too: WHATWG URL parsers (Node's) read it as `/`, so
-        // `http://169.254.169.254\@a.example/` goes to the first host.
-        .position(|&b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
         .unwrap_or(rest.len());
     let authority = &rest[..end];
+    // A backslash ends the authority to WHATWG parsers (Node's:
+    // `http://169.254.169.254\@a.example/` goes to the first host) and not
+    // to Squid (which goes to the last): no one reading.
+    if authority.contains(&b'\\') {
+        return Err("a backslash in the request target's authority");
+    }
     let host = match authority.iter().rposition(|&b| b == b'@') {
         Some(at) => &authority[at + 1..],
         None => authority,
     };
     Ok(Some(host))
+}
+
+/// Whether `authority` is `host[:port]` one way only: a name or IPv4
+/// address, or a bracketed IPv6 address without a zone id, then at most a
+/// `:` and one to five digits. (Squid reads a port as `atoi` does, `:80x`
+/// as 80; a CONNECT target may go on, `:443/x`; a zone id is `%`-spelled.)
+fn is_host_and_port(authority: &[u8]) -> bool {
+    let (host, port) = match authority.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
+            Some(close) => {
+                let v6 = &rest[..close];
+                let v6_ok = std::str::from_utf8(v6)
+                    .is_ok_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+                if !v6_ok {
+                    return false;
+                }
+                (&b"v6"[..], &rest[close + 1..])
+            }
+            None => return false,
+        },
+        None => match authority.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&authority[..colon], &authority[colon..]),
+            None => (authority, &authority[authority.len()..]),
+        },
+    };
+    let port_ok = match port.strip_prefix(b":") {
+        Some(digits) => (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit),
+        None => port.is_empty(),
+    };
+    !host.is_empty() && !host.contains(&b':') && port_ok
 }
 
 /// RFC 3986 `scheme`: a letter, then letters, digits, `+`, `-`, `.`.
@@ -257,8 +304,8 @@ mod tests {
                 HeadHost::Named("a.example"),
             ),
             (
-                b"GET http://169.254.169.254\\@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
-                METADATA,
+                b"GET http://[fd00:ec2::254]:80/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+                HeadHost::Named("[fd00:ec2::254]:80"),
             ),
             // Any scheme: a proxy may connect for one it cannot speak.
             (
@@ -290,7 +337,7 @@ mod tests {
     fn heads_a_lenient_reader_could_read_otherwise_are_ambiguous() {
         // Each names the metadata API to some reader (Squid 5.7 with its
         // default, relaxed parser fetched the first five from it).
-        let heads: [&[u8]; 18] = [
+        let heads: [&[u8]; 24] = [
             b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nHost: 169.254.169.254\r\n\r\n",
             b"GET http://169.254.169.254/ HTTP/1.1\r\nHost: a.example\r\nX-A: b\r\n c\r\n\r\n",
             b"GET http://169.254.169.254/ HTTP/1.1\r\nHost: a.example\r\nX-A: b\r\n\tc\r\n\r\n",
@@ -309,6 +356,13 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\n\r\n",
             b"GET / HTTP/1.1\r\nX: a\rHost: 169.254.169.254\r\n\r\n",
+            // What Squid reads as the metadata API, others not.
+            b"GET http://192.0.2.10\\@169.254.169.254/x HTTP/1.1\r\nHost: 192.0.2.10\r\n\r\n",
+            b"GET http://169.254.169.254:80x/ HTTP/1.1\r\n\r\n",
+            b"GET http://169.254.169.254:+80/ HTTP/1.1\r\n\r\n",
+            b"GET http://[fd00:ec2::254%1]/ HTTP/1.1\r\n\r\n",
+            b"CONNECT 169.254.169.254:443/x HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: 169.254.169.254:80:80\r\n\r\n",
         ];
         for head in heads {
             assert!(

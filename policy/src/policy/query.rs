@@ -306,6 +306,20 @@ pub fn normalize_host(host: &str) -> &str {
     h.strip_suffix('.').unwrap_or(h)
 }
 
+/// The host of `authority` as a proxy reading it for the metadata API
+/// would: IPv6 brackets dropped, and whatever follows the last `:` of a
+/// name or an IPv4 address (Squid reads a port as `atoi` does: `:80x`,
+/// `:+80`; a CONNECT target may carry a path, `:443/x`).
+fn metadata_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, _)) if !host.contains(':') => host,
+        _ => authority,
+    }
+}
+
 /// The metadata API (and the credential endpoints beside it) by address,
 /// or by a name for one ([`metadata_name`]).
 #[cfg(test)]
@@ -347,7 +361,7 @@ pub(crate) const METADATA_NAMES: [&str; 4] = [
 /// authority) name, if they name it.
 pub(crate) fn metadata_target(ip: IpAddr, host: Option<&str>) -> Option<MetadataTarget> {
     let ip = is_metadata_ip(ip).then(|| ip.to_canonical());
-    let name = host.and_then(|h| metadata_name(normalize_host(h)));
+    let name = host.and_then(|h| metadata_name(metadata_host(h)));
     (ip.is_some() || name.is_some()).then_some(MetadataTarget { ip, name })
 }
 
@@ -391,6 +405,15 @@ pub fn is_metadata_ip(ip: IpAddr) -> bool {
 /// that glibc, curl, Squid and Node take (`2852039166`, `0xa9fea9fe`,
 /// `0251.0376.0251.0376`, `169.254.43518`).
 pub(crate) fn metadata_name(host: &str) -> Option<MetadataName> {
+    // Squid strips every trailing dot (`169.254.169.254..`).
+    let host = host.trim_end_matches('.');
+    // A zone id (`fd00:ec2::254%1`, `%251`) names no other address.
+    if let Some((addr, _zone)) = host.split_once('%')
+        && let Ok(ip) = addr.parse::<std::net::Ipv6Addr>()
+    {
+        let ip = IpAddr::V6(ip);
+        return is_metadata_ip(ip).then(|| MetadataName::Addr(ip.to_canonical()));
+    }
     // `169.254.169%2e254` is 169.254.169.254 to a WHATWG parser (Node's).
     if host.contains('%') {
         let decoded = percent_decoded(host)?;
@@ -526,6 +549,24 @@ mod tests {
                 is_metadata_api(credentials.parse().unwrap(), None),
                 "{credentials}"
             );
+        }
+        // As Squid reads them: every trailing dot dropped, a port read as
+        // `atoi` does, a CONNECT target's path, an IPv6 zone id.
+        for spelled in [
+            "169.254.169.254..",
+            "169.254.169.254..:80",
+            "metadata.google.internal..",
+            "0xa9fea9fe..",
+            "169.254.169.254%2e",
+            "metadata.google.internal%2e",
+            "169.254.169.254:+80",
+            "169.254.169.254:80x",
+            "169.254.169.254.:80.",
+            "169.254.169.254:443/x",
+            "[fd00:ec2::254%1]",
+            "[fd00:ec2::254%251]:80",
+        ] {
+            assert!(is_metadata_api(elsewhere, Some(spelled)), "{spelled}");
         }
         // Percent-encoded, as WHATWG parsers decode it.
         for encoded in [

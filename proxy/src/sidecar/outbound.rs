@@ -31,7 +31,7 @@ use super::dispatch::{self, Connection, FirstBytes, Plan, dispatch};
 use super::http::{AppSide, HttpVersion};
 use super::local::Local;
 use super::pool::{Dialed, Upstream};
-use super::request_watch::{Head, Judge, RequestWatch};
+use super::request_watch::{Head, Judge, RequestWatch, Watch};
 use super::{Shared, orig_dst};
 use crate::config::PortProtocol;
 use crate::detect::{self, Classification, Detection};
@@ -138,13 +138,13 @@ async fn set_up(
 }
 
 enum External {
-    /// Allowed: pass through to this address, untouched, but for a
-    /// plaintext HTTP/1 connection whose requests could name another host
-    /// than its first: each later one is judged by `watch` as its head
-    /// completes ([`RequestWatch`]).
+    /// Allowed: pass through to this address, untouched, but where the
+    /// name the app gives could matter: then its requests are watched
+    /// ([`RequestWatch`]), each judged as its head completes (the first
+    /// too, when it came after the wait for it).
     PassThrough {
         to: SocketAddr,
-        watch: Option<Judge>,
+        watch: Option<Watch>,
     },
     /// Allowed by the name of a plaintext HTTP/1 request: to this address,
     /// each request authorized by `authz` (and held to that name).
@@ -232,8 +232,12 @@ async fn external(
         },
         ExternalVerdict::Allow => External::PassThrough {
             to,
-            watch: (wait.is_some() && named.http1)
-                .then(|| later_requests(shared.clone(), local.clone(), app_addr, to)),
+            // Wherever a name could matter, bytes too late for the wait
+            // (or after a TLS or opaque start) are watched too.
+            watch: wait.is_some().then(|| Watch {
+                judge: later_requests(shared.clone(), local.clone(), app_addr, to),
+                first_decided: named.http1,
+            }),
         },
         ExternalVerdict::Refused => External::Refused,
         ExternalVerdict::NotExternal if to == dialled => External::Meshed,

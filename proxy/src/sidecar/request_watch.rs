@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::http::h1::framing::{self, BodyLength, Chunked};
 use super::splice::{Abort, Chunks};
 use crate::detect::{self, Classification, MAX_DETECT_BYTES};
-use crate::head_host::{HeadHost, head_host};
+use crate::head_host::{HeadHost, head_host, malformed_request_line};
 
 /// What a request head was found to be, for the connection's judge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,8 @@ enum State {
     /// A `content-length` body, this many bytes left.
     Body(u64),
     Chunked(Chunked),
-    /// After `CONNECT` or `Upgrade`, these first bytes so far: a tunnel
+    /// After `CONNECT` or `Upgrade` (or at the start of a connection whose
+    /// first bytes were not read before), these first bytes so far: a tunnel
     /// if they are no HTTP/1 request (a TLS ClientHello, WebSocket
     /// frames), the next request if they are one (the proxy refused the
     /// tunnel and kept the connection).
@@ -75,17 +76,34 @@ enum State {
     Refused,
 }
 
+/// What to watch a connection with.
+pub struct Watch {
+    pub judge: Judge,
+    /// The connection's first request was read and decided before it was
+    /// let through: it is not judged again. Otherwise its first bytes came
+    /// too late to be read before (or were no HTTP): if they turn out to
+    /// be a request, it is judged like the later ones.
+    pub first_decided: bool,
+}
+
 impl<S> RequestWatch<S> {
-    /// Watches `inner`'s requests with `judge`; `None`: passes it as it is.
-    pub fn new(inner: S, judge: Option<Judge>) -> Self {
-        let (state, judge) = match judge {
-            Some(judge) => (State::Head(Vec::new()), judge),
-            None => (State::Tunnel, Box::new(|_: Head<'_>| true) as Judge),
+    /// Watches `inner`'s requests; `None`: passes it as it is.
+    pub fn new(inner: S, watch: Option<Watch>) -> Self {
+        let (state, first, judge) = match watch {
+            Some(Watch {
+                judge,
+                first_decided: true,
+            }) => (State::Head(Vec::new()), true, judge),
+            Some(Watch {
+                judge,
+                first_decided: false,
+            }) => (State::MaybeTunnel(Vec::new()), false, judge),
+            None => (State::Tunnel, false, Box::new(|_: Head<'_>| true) as Judge),
         };
         RequestWatch {
             inner,
             state,
-            first: true,
+            first,
             judge,
         }
     }
@@ -138,6 +156,11 @@ impl<S> RequestWatch<S> {
                     let Some(end) = head_end(head) else {
                         if head.len() > MAX_DETECT_BYTES {
                             return self.refuse("a request head over 16 KiB");
+                        }
+                        // A line a server runs before any blank line
+                        // (HTTP/0.9) is refused as soon as it ends.
+                        if let Some(why) = malformed_request_line(head) {
+                            return self.refuse(why);
                         }
                         return true;
                     };
@@ -286,7 +309,11 @@ mod tests {
                 Head::Unreadable(_) => false,
             }
         });
-        (RequestWatch::new((), Some(judge)), asked)
+        let watch = Watch {
+            judge,
+            first_decided: true,
+        };
+        (RequestWatch::new((), Some(watch)), asked)
     }
 
     /// Feeds `chunks` one read at a time: how many were let through.
@@ -378,6 +405,11 @@ mod tests {
         let (mut w, _) = watch();
         let (a, b) = METADATA.split_at(2);
         assert_eq!(feed(&mut w, &[FIRST, connect, a, b]), 3);
+        // An Upgrade the proxy ignores: the next request is one.
+        let upgrade: &[u8] =
+            b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\n\r\n";
+        let (mut w, _) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, upgrade, METADATA]), 2);
         // The CONNECT itself is judged.
         let (mut w, _) = watch();
         assert_eq!(
@@ -386,6 +418,25 @@ mod tests {
                 &[FIRST, b"CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n"]
             ),
             1
+        );
+    }
+
+    #[test]
+    fn a_line_a_server_runs_before_any_blank_line_is_refused_when_it_ends() {
+        for line in [
+            &b"GET http://169.254.169.254/latest/meta-data/\r\n"[..],
+            b"GET http://169.254.169.254/latest/meta-data/ \r\n",
+            b"GET http://169.254.169.254/latest/meta-data/ ICY/1.0\r\n",
+        ] {
+            let (mut w, asked) = watch();
+            assert_eq!(feed(&mut w, &[FIRST, line]), 1, "{line:?}");
+            assert!(asked.lock().unwrap()[0].starts_with("Unreadable"));
+        }
+        // A request line as it should be waits for its head.
+        let (mut w, _) = watch();
+        assert_eq!(
+            feed(&mut w, &[FIRST, b"GET http://a.example/ HTTP/1.1\r\n"]),
+            2
         );
     }
 
