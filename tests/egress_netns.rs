@@ -285,6 +285,19 @@ fn assert_none_reach_the_proxy<'a>(
     );
 }
 
+/// A host named `name` whose app may use a forward proxy at
+/// 192.0.2.30:3128 (`PROXY_RULE`), served by `script`, with its sidecar
+/// and capture rules up; and the proxy's address.
+fn behind_a_forward_proxy(name: &str, script: &str) -> (Host, &'static str) {
+    let id = web_identity();
+    let mut a = host(name, &id, &format!("{POLICY}{PROXY_RULE}"));
+    let proxy = "192.0.2.30";
+    serve_script(&mut a, "proxy", proxy, 3128, script);
+    a.start_sidecar();
+    a.install_redirect();
+    (a, proxy)
+}
+
 fn audit_lines_for_port(h: &Host, port: u16) -> Vec<Value> {
     h.audit()
         .into_iter()
@@ -949,12 +962,7 @@ fn a_percent_encoded_target_names_the_metadata_api_to_a_cidrs_forward_proxy() {
     if !should_run() {
         return;
     }
-    let id = web_identity();
-    let mut a = host("revepct", &id, &format!("{POLICY}{PROXY_RULE}"));
-    let proxy = "192.0.2.30";
-    tag_server(&mut a, "proxy", proxy, 3128);
-    a.start_sidecar();
-    a.install_redirect();
+    let (a, proxy) = behind_a_forward_proxy("revepct", TAG_SERVER);
     let control = raw(
         &a,
         proxy,
@@ -1003,12 +1011,7 @@ fn heads_that_could_name_the_metadata_api_to_a_cidrs_forward_proxy_are_refused()
     if !should_run() {
         return;
     }
-    let id = web_identity();
-    let mut a = host("revehead", &id, &format!("{POLICY}{PROXY_RULE}"));
-    let proxy = "192.0.2.30";
-    tag_server(&mut a, "proxy", proxy, 3128);
-    a.start_sidecar();
-    a.install_redirect();
+    let (a, proxy) = behind_a_forward_proxy("revehead", TAG_SERVER);
     let target = "http://169.254.169.254/latest/meta-data/";
     let ambiguous = [
         format!("GET {target} HTTP/1.1\\r\\nHost: example.com\\r\\nX-A: b\\r\\n c\\r\\n\\r\\n"),
@@ -1085,12 +1088,7 @@ fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too(
     if !should_run() {
         return;
     }
-    let id = web_identity();
-    let mut a = host("revekept", &id, &format!("{POLICY}{PROXY_RULE}"));
-    let proxy = "192.0.2.30";
-    serve_script(&mut a, "proxy", proxy, 3128, KEEP_ALIVE_SERVER);
-    a.start_sidecar();
-    a.install_redirect();
+    let (a, proxy) = behind_a_forward_proxy("revekept", KEEP_ALIVE_SERVER);
     let first = "GET http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n";
     let metadata =
         "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n";
