@@ -501,17 +501,20 @@ const VERSION_NAMES: [&[u8]; 3] = [b"HTTP/", b"RTSP/", b"ICE/"];
 /// or absolute (`scheme://…`). NATS's `CONNECT {…}` and a Redis key have
 /// none.
 fn request_target_like(target: &[u8]) -> bool {
-    target.starts_with(b"/")
-        || target == b"*"
-        || target
-            .windows(3)
-            .position(|w| w == b"://")
-            .is_some_and(|end| {
-                target[0].is_ascii_alphabetic()
-                    && target[..end]
-                        .iter()
-                        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-            })
+    target.starts_with(b"/") || target == b"*" || after_scheme(target).is_some()
+}
+
+/// What follows `scheme://` when `target` starts with an RFC 3986 scheme
+/// (a letter, then letters, digits, `+`, `-`, `.`) and `://`: an
+/// absolute-form request target's authority and on.
+pub(crate) fn after_scheme(target: &[u8]) -> Option<&[u8]> {
+    let end = target.windows(3).position(|w| w == b"://")?;
+    let scheme = &target[..end];
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    is_scheme.then(|| &target[end + 3..])
 }
 
 /// `bytes` without its leading [`line_space`]s, if it starts with at

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::detect::{self, Classification, Peeked};
+use crate::sidecar::http::valid_host;
 
 /// What a request head says about the host it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +116,10 @@ pub fn head_host(prefix: &[u8]) -> HeadHost<&str> {
         (None, Some(host)) => host,
         (None, None) => return HeadHost::Unnamed,
     };
-    if !host.iter().all(u8::is_ascii_graphic) || !is_host_and_port(host) {
+    // As the mesh's own requests must (RFC 9112 §3.2): a name or address,
+    // then at most `:` and digits (`:80x`, a zone id, `CONNECT h:443/x`
+    // are read another way by Squid).
+    if !valid_host(host) {
         return HeadHost::Ambiguous("a host that is no host[:port]");
     }
     match std::str::from_utf8(host) {
@@ -169,12 +173,8 @@ fn target_host(line: &[u8]) -> Result<Option<&[u8]>, &'static str> {
     }
     // Absolute form, any scheme: a proxy may open a connection for one it
     // cannot speak (`whois://169.254.169.254:80/`).
-    let scheme_end = target
-        .windows(3)
-        .position(|w| w == b"://")
-        .filter(|&end| is_scheme(&target[..end]))
-        .ok_or("a request target in no form a server reads alike")?;
-    let rest = &target[scheme_end + 3..];
+    let rest =
+        detect::after_scheme(target).ok_or("a request target in no form a server reads alike")?;
     let end = rest
         .iter()
         .position(|&b| matches!(b, b'/' | b'?' | b'#'))
@@ -191,44 +191,6 @@ fn target_host(line: &[u8]) -> Result<Option<&[u8]>, &'static str> {
         None => authority,
     };
     Ok(Some(host))
-}
-
-/// Whether `authority` is `host[:port]` one way only: a name or IPv4
-/// address, or a bracketed IPv6 address without a zone id, then at most a
-/// `:` and one to five digits. (Squid reads a port as `atoi` does, `:80x`
-/// as 80; a CONNECT target may go on, `:443/x`; a zone id is `%`-spelled.)
-fn is_host_and_port(authority: &[u8]) -> bool {
-    let (host, port) = match authority.strip_prefix(b"[") {
-        Some(rest) => match rest.iter().position(|&b| b == b']') {
-            Some(close) => {
-                let v6 = &rest[..close];
-                let v6_ok = std::str::from_utf8(v6)
-                    .is_ok_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
-                if !v6_ok {
-                    return false;
-                }
-                (&b"v6"[..], &rest[close + 1..])
-            }
-            None => return false,
-        },
-        None => match authority.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&authority[..colon], &authority[colon..]),
-            None => (authority, &authority[authority.len()..]),
-        },
-    };
-    let port_ok = match port.strip_prefix(b":") {
-        Some(digits) => (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit),
-        None => port.is_empty(),
-    };
-    !host.is_empty() && !host.contains(&b':') && port_ok
-}
-
-/// RFC 3986 `scheme`: a letter, then letters, digits, `+`, `-`, `.`.
-fn is_scheme(scheme: &[u8]) -> bool {
-    scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 /// Peeks at `stream`, an HTTP/1 request, until its head is read

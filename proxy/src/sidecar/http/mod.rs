@@ -369,7 +369,7 @@ pub fn check_authority(authority: Option<&str>, headers: &dyn Headers) -> Result
 /// empty label but the one after a final dot (`a.test..` would be
 /// `a.test.` to policy, which takes one final dot off, and another name to
 /// a server); then at most a port of digits.
-fn valid_host(value: &[u8]) -> bool {
+pub(crate) fn valid_host(value: &[u8]) -> bool {
     if let Some(bracketed) = value.strip_prefix(b"[") {
         let Some(end) = bracketed.iter().position(|&b| b == b']') else {
             return false;
