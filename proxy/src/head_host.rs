@@ -128,17 +128,17 @@ pub fn head_host(prefix: &[u8]) -> HeadHost<&str> {
     }
 }
 
-/// Why the request line at the start of `prefix` is not `method SP
-/// target SP HTTP/1.x` with a target read one way only, once that line is
-/// complete (`None`: it is, or it has not ended). A server that runs
-/// HTTP/0.9 acts on such a line before any blank line.
+/// Whether the request line at the start of `prefix` is `method SP
+/// target SP HTTP/1.x` with a target read one way only (`Err`: why not),
+/// once that line is complete (`None`: it has not ended). A server that
+/// runs HTTP/0.9 acts on such a line before any blank line.
 #[must_use]
-pub fn malformed_request_line(prefix: &[u8]) -> Option<&'static str> {
+pub fn request_line_verdict(prefix: &[u8]) -> Option<Result<(), &'static str>> {
     let line = detect::skip_blanks(prefix)
         .split_inclusive(|&b| b == b'\n')
         .next()
         .and_then(complete_line)?;
-    target_host(line).err()
+    Some(target_host(line).map(|_| ()))
 }
 
 /// `line` without its LF (and a CR before it), if it has one.

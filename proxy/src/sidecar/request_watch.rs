@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::http::h1::framing::{self, BodyLength, Chunked};
 use super::splice::{Abort, Chunks};
 use crate::detect::{self, Classification, MAX_DETECT_BYTES};
-use crate::head_host::{HeadHost, head_host, malformed_request_line};
+use crate::head_host::{HeadHost, head_host, request_line_verdict};
 
 /// What a request head was found to be, for the connection's judge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct RequestWatch<S> {
     state: State,
     /// The connection's first head is not judged again.
     first: bool,
+    /// The current head's request line has ended and was found well
+    /// formed (so it is not read again at each read).
+    line_checked: bool,
     judge: Judge,
 }
 
@@ -104,6 +107,7 @@ impl<S> RequestWatch<S> {
             inner,
             state,
             first,
+            line_checked: false,
             judge,
         }
     }
@@ -153,17 +157,22 @@ impl<S> RequestWatch<S> {
                     let before = head.len();
                     let room = (MAX_DETECT_BYTES + 1).saturating_sub(before);
                     head.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                    let Some(end) = head_end(head) else {
+                    let Some(end) = head_end(head, before) else {
                         if head.len() > MAX_DETECT_BYTES {
                             return self.refuse("a request head over 16 KiB");
                         }
                         // A line a server runs before any blank line
                         // (HTTP/0.9) is refused as soon as it ends.
-                        if let Some(why) = malformed_request_line(head) {
-                            return self.refuse(why);
+                        if !self.line_checked {
+                            match request_line_verdict(head) {
+                                Some(Err(why)) => return self.refuse(why),
+                                Some(Ok(())) => self.line_checked = true,
+                                None => {}
+                            }
                         }
                         return true;
                     };
+                    self.line_checked = false;
                     let head = std::mem::take(head);
                     bytes = &bytes[(end - before).min(bytes.len())..];
                     if !self.next_state(&head[..end]) {
@@ -222,14 +231,18 @@ impl<S> RequestWatch<S> {
 }
 
 /// Where the head in `bytes` ends (after its blank line: CRLF CRLF, or a
-/// bare LF's LF LF), if it does. Blank lines before a request line are
-/// part of the head, as servers skip them.
-fn head_end(bytes: &[u8]) -> Option<usize> {
+/// bare LF's LF LF), if it does, looking only from about `seen` (the
+/// bytes before it were looked at already: a head sent a byte at a time
+/// costs its length, not its square). Blank lines before a request line
+/// are part of the head, as servers skip them.
+fn head_end(bytes: &[u8], seen: usize) -> Option<usize> {
     let start = bytes
         .iter()
         .take_while(|&&b| b == b'\r' || b == b'\n')
         .count();
-    let rest = &bytes[start..];
+    // A blank line ending in the new bytes may begin two bytes before.
+    let from = start.max(seen.saturating_sub(2));
+    let rest = &bytes[from..];
     rest.windows(2)
         .enumerate()
         .find_map(|(i, w)| match w {
@@ -237,7 +250,7 @@ fn head_end(bytes: &[u8]) -> Option<usize> {
             b"\n\r" if rest.get(i + 2) == Some(&b'\n') => Some(i + 3),
             _ => None,
         })
-        .map(|end| start + end)
+        .map(|end| from + end)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for RequestWatch<S> {
@@ -442,10 +455,16 @@ mod tests {
 
     #[test]
     fn head_end_finds_the_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nx"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\nx"), Some(16));
-        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n"), Some(20));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nx", 0), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\nx", 0), Some(16));
+        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(20));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
+        // Where the new bytes begin (before the end) does not change
+        // where the head ends.
+        let head = b"GET / HTTP/1.1\r\nA: b\r\n\r\n";
+        for seen in 0..head.len() {
+            assert_eq!(head_end(head, seen), Some(head.len()), "{seen}");
+        }
     }
 
     proptest! {
