@@ -142,6 +142,11 @@ fn web_identity() -> Identity {
 /// A namespace with a transparent sidecar (uid 1337) as `web` under
 /// `policy`; not started.
 fn host(role: &str, id: &Identity, policy: &str) -> Host {
+    host_with(role, id, policy, "")
+}
+
+/// [`host`], its sidecar configured with `extra` too (top-level keys).
+fn host_with(role: &str, id: &Identity, policy: &str, extra: &str) -> Host {
     let host = Host::new(role);
     host.put("ca.pem", &fs::read(&id.bundle).expect("read bundle"));
     host.put("key.pem", &fs::read(&id.key).expect("read key"));
@@ -165,7 +170,7 @@ limits:
   detect_timeout: 2s
   connect_timeout: 2s
   drain_timeout: 1s
-"#
+{extra}"#
     );
     host.put("proxy.yaml", config.as_bytes());
     host
@@ -289,8 +294,13 @@ fn assert_none_reach_the_proxy<'a>(
 /// 192.0.2.30:3128 (`PROXY_RULE`), served by `script`, with its sidecar
 /// and capture rules up; and the proxy's address.
 fn behind_a_forward_proxy(name: &str, script: &str) -> (Host, &'static str) {
+    behind_a_forward_proxy_with(name, script, "")
+}
+
+/// [`behind_a_forward_proxy`], the sidecar configured with `extra` too.
+fn behind_a_forward_proxy_with(name: &str, script: &str, extra: &str) -> (Host, &'static str) {
     let id = web_identity();
-    let mut a = host(name, &id, &format!("{POLICY}{PROXY_RULE}"));
+    let mut a = host_with(name, &id, &format!("{POLICY}{PROXY_RULE}"), extra);
     let proxy = "192.0.2.30";
     serve_script(&mut a, "proxy", proxy, 3128, script);
     a.start_sidecar();
@@ -1159,4 +1169,50 @@ fn a_later_request_on_a_kept_connection_to_a_cidrs_forward_proxy_is_decided_too(
         })
         .count();
     assert_eq!((metadata_refusals, unreadable), (5, 1), "{refusals:#?}");
+}
+
+/// A port declared `protocol: tcp` is not waited on for the app's first
+/// bytes (a server-first protocol would wait for nothing), but that was
+/// also the only look its bytes got: to a `cidrs` forward proxy on such a
+/// port, a request naming the metadata API went through unread. Its
+/// requests are watched as they pass, the first one too.
+#[test]
+fn a_port_declared_tcp_is_no_way_to_the_metadata_api_through_a_cidrs_forward_proxy() {
+    if !should_run() {
+        return;
+    }
+    let (a, proxy) = behind_a_forward_proxy_with(
+        "revetcp",
+        KEEP_ALIVE_SERVER,
+        "ports:\n  - { port: 3128, protocol: tcp }\n",
+    );
+    let first = "GET http://example.com/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n";
+    let metadata =
+        "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\\r\\nHost: example.com\\r\\n\\r\\n";
+    // The control: requests that name another host reach the proxy.
+    let got = raw(&a, proxy, 3128, &format!("{first}|PAUSE|{first}"));
+    assert_eq!(
+        got.matches("REACHED proxy").count(),
+        2,
+        "{got}\n{}",
+        a.context()
+    );
+    for payload in [metadata.to_owned(), format!("{first}|PAUSE|{metadata}")] {
+        let got = raw(&a, proxy, 3128, &payload);
+        assert!(
+            !got.contains("169.254.169.254"),
+            "{payload}: {got}\n{}",
+            a.context()
+        );
+    }
+    let metadata_refusals = audit_lines_for_port(&a, 3128)
+        .into_iter()
+        .filter(|l| {
+            l["decision"] == "deny"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("metadata API"))
+        })
+        .count();
+    assert_eq!(metadata_refusals, 2, "{}", a.context());
 }

@@ -177,10 +177,12 @@ async fn external(
     // once; then the rest of an HTTP head is waited for, [`name_of`]); not
     // at all otherwise, nor on a port declared `tcp`: a server-first
     // protocol (SSH, SMTP, MySQL) sends nothing until the server speaks,
-    // and would wait for nothing.
+    // and would wait for nothing (its requests are still watched as they
+    // pass, below).
     let detect_timeout = shared.limits.detect_timeout;
     let declared_tcp = shared.port(dialled.port()).protocol == PortProtocol::Tcp;
-    let wait = match authz(dialled, None).external_name_could_matter() {
+    let name_matters = authz(dialled, None).external_name_could_matter();
+    let wait = match name_matters {
         NameMatters::ForRules => Some(detect_timeout),
         NameMatters::ForTheMetadataApi if !declared_tcp => {
             Some(METADATA_NAME_WAIT.min(detect_timeout))
@@ -233,8 +235,11 @@ async fn external(
         ExternalVerdict::Allow => External::PassThrough {
             to,
             // Wherever a name could matter, bytes too late for the wait
-            // (or after a TLS or opaque start) are watched too.
-            watch: wait.is_some().then(|| Watch {
+            // (or after a TLS or opaque start, or on a port declared `tcp`,
+            // not waited for) are watched too: declaring a port `tcp` says
+            // the app need not speak first, not that an HTTP request on it
+            // may name the metadata API to a forward proxy.
+            watch: (name_matters != NameMatters::No).then(|| Watch {
                 judge: later_requests(shared.clone(), local.clone(), app_addr, to),
                 first_decided: named.http1,
             }),
