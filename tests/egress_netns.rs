@@ -4,6 +4,7 @@
 //! rules let through by port alone (the authority's port included); the
 //! metadata API refused whoever names it and however (a forward proxy
 //! allowed by `cidrs` asked for it by its request target, `CONNECT`, an
+//! HTTP/2 stream's `:authority`, on a port declared `tcp`, an
 //! IPv6 or IPv4-mapped address, GCP's short name), whatever a `hosts` name
 //! resolves to, and in `mode: audit` too.
 //!
@@ -217,6 +218,56 @@ class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     address_family = family
 Server((sys.argv[2], int(sys.argv[3])), Tag).serve_forever()
+"#;
+
+/// A forward proxy's stand-in that speaks cleartext HTTP/2 (prior
+/// knowledge): it logs `REACHED <tag> [HEADERS on stream N]` for every
+/// header block that reaches it and answers each with `:status 200`.
+/// argv as [`TAG_SERVER`]'s.
+const H2_SERVER: &str = r#"
+import socket, socketserver, sys
+family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+def frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+class H2(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(5.0)
+        got = b""
+        try:
+            while len(got) < len(PREFACE):
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                got += chunk
+            if not got.startswith(PREFACE):
+                return
+            got = got[len(PREFACE):]
+            self.request.sendall(frame(4, 0, 0))
+            while True:
+                while len(got) < 9 or len(got) < 9 + int.from_bytes(got[:3], "big"):
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    got += chunk
+                size = 9 + int.from_bytes(got[:3], "big")
+                kind, flags = got[3], got[4]
+                stream = int.from_bytes(got[5:9], "big") & 0x7FFFFFFF
+                got = got[size:]
+                if kind == 4 and not flags & 1:
+                    self.request.sendall(frame(4, 1, 0))
+                elif kind == 1:
+                    print("REACHED %s [HEADERS on stream %d]" % (sys.argv[4], stream), flush=True)
+                    self.request.sendall(frame(1, 5, stream, b"\x88"))
+                elif kind == 7:
+                    return
+        except OSError:
+            pass
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    address_family = family
+Server((sys.argv[2], int(sys.argv[3])), H2).serve_forever()
 "#;
 
 /// Starts `script` (argv: family, address, port, tag) on `address:port`
@@ -1215,4 +1266,66 @@ fn a_port_declared_tcp_is_no_way_to_the_metadata_api_through_a_cidrs_forward_pro
         })
         .count();
     assert_eq!(metadata_refusals, 2, "{}", a.context());
+}
+
+/// An HTTP/2 forward proxy (Envoy's dynamic forward proxy) routes each
+/// stream on its `:authority`. A cleartext HTTP/2 connection (prior
+/// knowledge) to a proxy allowed by `cidrs` named no host the sidecar
+/// read, so curl reached the metadata API through it. Now its header
+/// blocks are decoded as they pass and each request judged by the host
+/// it names (`sidecar::frame_watch`).
+#[test]
+fn an_http2_request_naming_the_metadata_api_to_a_cidrs_forward_proxy_is_refused() {
+    if !should_run() {
+        return;
+    }
+    let (a, proxy) = behind_a_forward_proxy("reveh2c", H2_SERVER);
+    let connect_to = format!("::{proxy}:3128");
+    let curl = |url: &str| {
+        let out = a.ns.run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "--http2-prior-knowledge",
+                "--connect-to",
+                &connect_to,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                url,
+            ],
+        );
+        text(&out.stdout)
+    };
+    let reached = || {
+        fs::read_to_string(a.path("proxy-3128.log"))
+            .unwrap_or_default()
+            .matches("REACHED proxy")
+            .count()
+    };
+    // The control: a request naming another host reaches the proxy.
+    assert_eq!(curl("http://example.com/"), "200", "{}", a.context());
+    assert_eq!(reached(), 1, "{}", a.context());
+    for url in [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+    ] {
+        let code = curl(url);
+        assert_ne!(code, "200", "{url} reached the proxy\n{}", a.context());
+    }
+    assert_eq!(reached(), 1, "{}", a.context());
+    let metadata_refusals = audit_lines_for_port(&a, 3128)
+        .into_iter()
+        .filter(|l| {
+            l["decision"] == "deny"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("metadata API"))
+        })
+        .count();
+    assert_eq!(metadata_refusals, 3, "{}", a.context());
 }

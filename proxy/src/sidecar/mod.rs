@@ -88,6 +88,7 @@ mod dispatch;
 pub mod eager;
 mod fd_budget;
 pub mod fingerprint;
+mod frame_watch;
 mod from_authority;
 pub mod http;
 pub mod inbound;

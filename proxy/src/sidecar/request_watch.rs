@@ -18,7 +18,9 @@
 //! `Upgrade` request, bytes that are no HTTP/1 request (a TLS ClientHello,
 //! WebSocket frames) are a tunnel to the host the request named, decided:
 //! the watch ends there; a request instead (the proxy refused the tunnel
-//! and kept the connection) is judged as any.
+//! and kept the connection) is judged as any. Where a request must begin,
+//! the HTTP/2 preface (prior knowledge, or after `Upgrade: h2c`) hands the
+//! connection to [`FrameWatch`], which judges every stream's head alike.
 //! Responses are not read: they pass as they come.
 
 use std::io;
@@ -28,6 +30,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::frame_watch::FrameWatch;
 use super::http::h1::framing::{self, BodyLength, Chunked};
 use super::splice::{Abort, Chunks};
 use crate::detect::{self, Classification, MAX_DETECT_BYTES};
@@ -73,6 +76,8 @@ enum State {
     /// frames), the next request if they are one (the proxy refused the
     /// tunnel and kept the connection).
     MaybeTunnel(Vec<u8>),
+    /// Cleartext HTTP/2: its frames followed, each request head judged.
+    Frames(Box<FrameWatch>),
     /// A tunnel: no longer watched.
     Tunnel,
     /// A head was refused.
@@ -119,6 +124,13 @@ impl<S> RequestWatch<S> {
             match &mut self.state {
                 State::Tunnel => return true,
                 State::Refused => return false,
+                State::Frames(frames) => {
+                    if frames.follow(bytes, &mut self.judge) {
+                        return true;
+                    }
+                    self.state = State::Refused;
+                    return false;
+                }
                 State::MaybeTunnel(first) => {
                     let before = first.len();
                     let room = MAX_DETECT_BYTES.saturating_sub(before);
@@ -129,6 +141,18 @@ impl<S> RequestWatch<S> {
                             // first byte (these bytes are read again).
                             first.truncate(before);
                             self.state = State::Head(std::mem::take(first));
+                        }
+                        Classification::Http2Preface => {
+                            // HTTP/2: followed from the preface's first
+                            // byte (these bytes are read again).
+                            first.truncate(before);
+                            let earlier = std::mem::take(first);
+                            let mut frames = Box::<FrameWatch>::default();
+                            if !frames.follow(&earlier, &mut self.judge) {
+                                self.state = State::Refused;
+                                return false;
+                            }
+                            self.state = State::Frames(frames);
                         }
                         Classification::NeedMore => return true,
                         _ => self.state = State::Tunnel,
@@ -335,6 +359,34 @@ mod tests {
     }
 
     const FIRST: &[u8] = b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n";
+
+    /// The HTTP/2 preface and a HEADERS frame of stream 1, `GET
+    /// http://169.254.169.254/` (HPACK: three static entries and a literal
+    /// `:authority`).
+    fn h2_metadata_request() -> Vec<u8> {
+        let mut bytes = crate::sidecar::http::relay::frame::PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 20, 0x1, 0x5, 0, 0, 0, 1]);
+        bytes.extend_from_slice(&[0x82, 0x86, 0x84, 0x01, 15]);
+        bytes.extend_from_slice(b"169.254.169.254");
+        bytes
+    }
+
+    #[test]
+    fn cleartext_http2_is_followed_stream_by_stream() {
+        let h2 = h2_metadata_request();
+        // Prior knowledge: the connection's first bytes.
+        let (mut w, asked) = watch();
+        (w.state, w.first) = (State::MaybeTunnel(Vec::new()), false);
+        assert_eq!(feed(&mut w, &[&h2[..10], &h2[10..30], &h2[30..]]), 2);
+        assert_eq!(*asked.lock().unwrap(), ["Names(Some(\"169.254.169.254\"))"]);
+        // After `Upgrade: h2c`, on a connection whose first request passed.
+        let upgrade = b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nUpgrade: h2c\r\n\
+            Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        let (mut w, asked) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, upgrade, &h2]), 2);
+        assert_eq!(asked.lock().unwrap().len(), 2);
+        assert!(matches!(w.state, State::Refused));
+    }
     const METADATA: &[u8] =
         b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: a.example\r\n\r\n";
 

@@ -53,11 +53,11 @@
 //! a decoded head is between them.
 
 mod encode;
-mod frame;
+pub(crate) mod frame;
 mod from_app;
 mod from_client;
 mod header_list;
-mod hpack;
+pub(crate) mod hpack;
 mod huffman;
 mod rapid_reset;
 
