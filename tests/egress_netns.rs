@@ -359,6 +359,20 @@ fn behind_a_forward_proxy_with(name: &str, script: &str, extra: &str) -> (Host, 
     (a, proxy)
 }
 
+/// How many connections to the forward proxy (port 3128) were refused,
+/// audited, for naming the metadata API.
+fn metadata_refusals_to_the_proxy(h: &Host) -> usize {
+    audit_lines_for_port(h, 3128)
+        .into_iter()
+        .filter(|l| {
+            l["decision"] == "deny"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("metadata API"))
+        })
+        .count()
+}
+
 fn audit_lines_for_port(h: &Host, port: u16) -> Vec<Value> {
     h.audit()
         .into_iter()
@@ -1256,16 +1270,7 @@ fn a_port_declared_tcp_is_no_way_to_the_metadata_api_through_a_cidrs_forward_pro
             a.context()
         );
     }
-    let metadata_refusals = audit_lines_for_port(&a, 3128)
-        .into_iter()
-        .filter(|l| {
-            l["decision"] == "deny"
-                && l["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("metadata API"))
-        })
-        .count();
-    assert_eq!(metadata_refusals, 2, "{}", a.context());
+    assert_eq!(metadata_refusals_to_the_proxy(&a), 2, "{}", a.context());
 }
 
 /// An HTTP/2 forward proxy (Envoy's dynamic forward proxy) routes each
@@ -1318,14 +1323,5 @@ fn an_http2_request_naming_the_metadata_api_to_a_cidrs_forward_proxy_is_refused(
         assert_ne!(code, "200", "{url} reached the proxy\n{}", a.context());
     }
     assert_eq!(reached(), 1, "{}", a.context());
-    let metadata_refusals = audit_lines_for_port(&a, 3128)
-        .into_iter()
-        .filter(|l| {
-            l["decision"] == "deny"
-                && l["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("metadata API"))
-        })
-        .count();
-    assert_eq!(metadata_refusals, 3, "{}", a.context());
+    assert_eq!(metadata_refusals_to_the_proxy(&a), 3, "{}", a.context());
 }
