@@ -17,9 +17,11 @@
 //! in step with the app's encoder, so every block is decoded, trailers
 //! too; every other frame is skipped by its length, unread. A request
 //! names the host of its `:authority`, else of its `host` field (RFC 9113
-//! §8.3.1); one that names two hosts, a host no one reads alike
-//! ([`valid_host`]), or carries an absolute `:path`, is refused, and so is
-//! a block that does not decode: the table is lost with it.
+//! §8.3.1); one that names two hosts or none, a host no one reads alike
+//! ([`valid_host`]), or another place a server could take a target from
+//! (an absolute `:path`, a `:scheme` other than `http`/`https`, an
+//! extended CONNECT other than WebSocket's) is refused, and so is a block
+//! that does not decode: the table is lost with it.
 //!
 //! Limits, failing closed: the protocol's defaults, which the relay
 //! decodes with: a dynamic table of 4 096 bytes and header frames of at
@@ -52,8 +54,8 @@ pub struct FrameWatch {
 /// What a decoded header block is, for the judge.
 #[derive(Debug, PartialEq, Eq)]
 enum Request<'b> {
-    /// A request head naming this host (`None`: none).
-    Names(Option<&'b str>),
+    /// A request head naming this host.
+    Names(&'b str),
     /// No request head (trailers): nothing to judge.
     Trailers,
     /// A head that cannot be read one way only; why.
@@ -174,7 +176,7 @@ impl FrameWatch {
         match request_of(&block) {
             Request::Trailers => true,
             Request::Unreadable(why) => refuse(judge, why),
-            Request::Names(host) => judge(RequestHead::Names(host)),
+            Request::Names(host) => judge(RequestHead::Names(Some(host))),
         }
     }
 }
@@ -190,12 +192,26 @@ fn request_of(block: &Block) -> Request<'_> {
         return Request::Trailers;
     }
     // An absolute target beside (or instead of) `:authority` is another
-    // place a proxy could read a host from.
+    // place a proxy could read a host from; so is a `:scheme` that is no
+    // scheme to a server that rebuilds the URL (`http://169.254.169.254/#`
+    // + `://a.example/`), and a MASQUE `:protocol`'s path.
     if head
         .path()
         .is_some_and(|path| !path.starts_with('/') && path != "*")
     {
         return Request::Unreadable("an HTTP/2 :path that is no path");
+    }
+    if head
+        .scheme()
+        .is_some_and(|scheme| scheme != "http" && scheme != "https")
+    {
+        return Request::Unreadable("an HTTP/2 :scheme other than http or https");
+    }
+    if head
+        .protocol()
+        .is_some_and(|protocol| protocol != "websocket")
+    {
+        return Request::Unreadable("an extended CONNECT to a protocol other than websocket");
     }
     let mut named: Option<&[u8]> = head.authority().map(str::as_bytes);
     for host in head.get_all("host") {
@@ -206,14 +222,17 @@ fn request_of(block: &Block) -> Request<'_> {
             _ => named = Some(host),
         }
     }
+    // RFC 9113 §8.3.1: an http or https request names its host; one that
+    // does not is malformed, and a server that takes it anyway reads a
+    // host from wherever it can (`:path` `//169.254.169.254/…`).
     let Some(host) = named else {
-        return Request::Names(None);
+        return Request::Unreadable("an HTTP/2 request that names no host");
     };
     if !valid_host(host) {
         return Request::Unreadable("a host that is no host[:port]");
     }
     match std::str::from_utf8(host) {
-        Ok(host) => Request::Names(Some(host)),
+        Ok(host) => Request::Names(host),
         Err(_) => Request::Unreadable("a host that is no host[:port]"),
     }
 }
@@ -502,6 +521,53 @@ mod tests {
         assert!(watch.follow(&headers, &mut judge), "not a whole head yet");
         assert!(!watch.follow(&continuation, &mut judge));
         assert_eq!(*asked.lock().unwrap(), ["Names(Some(\"169.254.169.254\"))"]);
+    }
+
+    #[test]
+    fn other_places_a_server_could_take_a_target_from_are_refused() {
+        for fields in [
+            // A URL rebuilt as `{scheme}://{authority}{path}`.
+            vec![
+                (":method", "GET"),
+                (":scheme", "http://169.254.169.254/#"),
+                (":authority", "a.example"),
+                (":path", "/"),
+            ],
+            // No host at all: a lenient server reads one from `:path`.
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "//169.254.169.254/latest/meta-data/"),
+            ],
+            // MASQUE's target is in its path.
+            vec![
+                (":method", "CONNECT"),
+                (":protocol", "connect-tcp"),
+                (":scheme", "https"),
+                (":authority", "proxy.example"),
+                (":path", "/.well-known/masque/tcp/169.254.169.254/80/"),
+            ],
+        ] {
+            let bytes = headers_frame(&fields);
+            let (mut judge, asked) = recording_judge();
+            assert!(
+                !FrameWatch::default().follow(&bytes, &mut judge),
+                "{fields:?}"
+            );
+            let asked = asked.lock().unwrap();
+            assert!(asked[0].starts_with("Unreadable"), "{fields:?}: {asked:?}");
+        }
+        // WebSocket over HTTP/2 (RFC 8441) is judged by its authority.
+        let bytes = headers_frame(&[
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "https"),
+            (":authority", "a.example"),
+            (":path", "/chat"),
+        ]);
+        let (mut judge, asked) = recording_judge();
+        assert!(FrameWatch::default().follow(&bytes, &mut judge));
+        assert_eq!(*asked.lock().unwrap(), ["Names(Some(\"a.example\"))"]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::frame_watch::FrameWatch;
 use super::http::h1::framing::{self, BodyLength, Chunked};
 use super::splice::{Abort, Chunks};
-use crate::detect::{self, Classification, MAX_DETECT_BYTES};
+use crate::detect::{self, Classification, FirstLine, MAX_DETECT_BYTES};
 use crate::head_host::{HeadHost, head_host, request_line_verdict};
 
 /// What a request head was found to be, for the connection's judge.
@@ -135,14 +135,14 @@ impl<S> RequestWatch<S> {
                     let before = first.len();
                     let room = MAX_DETECT_BYTES.saturating_sub(before);
                     first.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                    match detect::classify(first) {
-                        Classification::Http1 => {
+                    match after_tunnel_request(first) {
+                        AfterTunnelRequest::Request => {
                             // A request after all: read as one, from its
                             // first byte (these bytes are read again).
                             first.truncate(before);
                             self.state = State::Head(std::mem::take(first));
                         }
-                        Classification::Http2Preface => {
+                        AfterTunnelRequest::Http2 => {
                             // HTTP/2: followed from the preface's first
                             // byte (these bytes are read again).
                             first.truncate(before);
@@ -154,8 +154,8 @@ impl<S> RequestWatch<S> {
                             }
                             self.state = State::Frames(frames);
                         }
-                        Classification::NeedMore => return true,
-                        _ => self.state = State::Tunnel,
+                        AfterTunnelRequest::Undecided => return true,
+                        AfterTunnelRequest::Tunnel => self.state = State::Tunnel,
                     }
                 }
                 State::Body(left) => {
@@ -223,16 +223,29 @@ impl<S> RequestWatch<S> {
         if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
             return self.refuse("a request head that does not parse");
         }
-        let tunnel = request.method == Some("CONNECT")
-            || request
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+        let mut upgrades = request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .peekable();
+        let tunnel = request.method == Some("CONNECT") || upgrades.peek().is_some();
+        // A protocol that names its target in the request's path
+        // (`connect-udp`, `connect-tcp`: MASQUE) goes where no host check
+        // looked.
+        if upgrades.any(|h| !upgrade_names_no_other_target(h.value)) {
+            return self.refuse("an Upgrade to a protocol other than websocket or h2c");
+        }
         let body = framing::framing(request.headers.iter().map(|h| (h.name, h.value)), true);
         let body = match body {
             Ok((body, _)) => body,
             Err(e) => return self.refuse(&e.to_string()),
         };
+        // After such a request its body would be read as a tunnel's first
+        // bytes, where a proxy that did not switch reads it as a body and
+        // then the next request.
+        if tunnel && !matches!(body, BodyLength::Empty | BodyLength::Length(0)) {
+            return self.refuse("a CONNECT or Upgrade request with a body");
+        }
         let first = std::mem::replace(&mut self.first, false);
         if !first && !(self.judge)(Head::Names(named)) {
             self.state = State::Refused;
@@ -252,6 +265,59 @@ impl<S> RequestWatch<S> {
         (self.judge)(Head::Unreadable(why));
         false
     }
+}
+
+/// What the first bytes after a `CONNECT` or `Upgrade` request (or at the
+/// start of a connection whose first bytes were not read before) are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterTunnelRequest {
+    /// An HTTP/1 request (the proxy refused the tunnel, or never switched):
+    /// judged as any.
+    Request,
+    /// The HTTP/2 preface: its frames are followed.
+    Http2,
+    /// Bytes no server reads as a request (TLS, WebSocket frames, a
+    /// server-first protocol's client): a tunnel, no longer watched.
+    Tunnel,
+    /// Not decided yet by these bytes.
+    Undecided,
+}
+
+/// Decides what `first` is (see [`AfterTunnelRequest`]), failing closed:
+/// only bytes that *cannot* begin a request line a lenient server reads
+/// (`detect::first_line`) are a tunnel. So a method split across writes
+/// (`PROPF` + `IND http://…`) waits for its line, and blank lines up to the
+/// 16 KiB looked at are a request's (servers skip them).
+fn after_tunnel_request(first: &[u8]) -> AfterTunnelRequest {
+    let class = if first.len() >= MAX_DETECT_BYTES {
+        detect::classify_final(first)
+    } else {
+        detect::classify(first)
+    };
+    match class {
+        Classification::Http1 => AfterTunnelRequest::Request,
+        Classification::Http2Preface => AfterTunnelRequest::Http2,
+        Classification::TlsClientHello(_) | Classification::TlsUnreadable(_) => {
+            AfterTunnelRequest::Tunnel
+        }
+        Classification::NeedMore => AfterTunnelRequest::Undecided,
+        Classification::Opaque => match detect::first_line(first) {
+            FirstLine::RequestLine => AfterTunnelRequest::Request,
+            FirstLine::NotRequestLine => AfterTunnelRequest::Tunnel,
+            FirstLine::Undecided => AfterTunnelRequest::Undecided,
+        },
+    }
+}
+
+/// Whether an `Upgrade` value names only protocols whose target is the
+/// request's host: WebSocket, and HTTP/2 (`h2c`).
+fn upgrade_names_no_other_target(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .all(|protocol| {
+            protocol.eq_ignore_ascii_case(b"websocket") || protocol.eq_ignore_ascii_case(b"h2c")
+        })
 }
 
 /// Where the head in `bytes` ends (after its blank line: CRLF CRLF, or a
@@ -369,6 +435,64 @@ mod tests {
         bytes.extend_from_slice(&[0x82, 0x86, 0x84, 0x01, 15]);
         bytes.extend_from_slice(b"169.254.169.254");
         bytes
+    }
+
+    #[test]
+    fn a_connect_or_upgrade_request_with_a_body_is_refused() {
+        // Its body would be taken for a tunnel's first bytes, where a proxy
+        // that did not switch reads a body, then the next request.
+        let websocket = b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\
+            Upgrade: websocket\r\nContent-Length: 5\r\n\r\n";
+        let h2c = b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\nUpgrade: h2c\r\n\
+            Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\
+            Transfer-Encoding: chunked\r\n\r\n";
+        for opening in [&websocket[..], h2c] {
+            let (mut w, asked) = watch();
+            assert_eq!(
+                feed(&mut w, &[FIRST, opening, b"\x16\x03\x01\x00\x00", METADATA]),
+                1
+            );
+            assert!(
+                asked.lock().unwrap()[0].contains("with a body"),
+                "{asked:?}"
+            );
+        }
+        // And an Upgrade to a protocol whose target is in the path.
+        let masque = b"GET /.well-known/masque/udp/169.254.169.254/53/ HTTP/1.1\r\n\
+            Host: a.example\r\nUpgrade: connect-udp\r\nConnection: Upgrade\r\n\r\n";
+        let (mut w, _) = watch();
+        assert_eq!(feed(&mut w, &[FIRST, masque]), 1);
+    }
+
+    #[test]
+    fn only_bytes_that_cannot_begin_a_request_are_a_tunnel() {
+        let ignored_upgrade =
+            b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\n\r\n";
+        // A method split across writes waits for its line.
+        let (mut w, asked) = watch();
+        let split = [
+            FIRST,
+            ignored_upgrade,
+            b"PROPF",
+            b"IND http://169.254.169.254/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ];
+        assert_eq!(feed(&mut w, &split), 3, "{asked:?}");
+        // Blank lines that fill what is looked at are a request's (servers
+        // skip them), on a connection's late first bytes too.
+        let blanks = b"\r\n".repeat(MAX_DETECT_BYTES);
+        let (mut w, _) = watch();
+        (w.state, w.first) = (State::MaybeTunnel(Vec::new()), false);
+        assert!(feed(&mut w, &[&blanks, METADATA]) < 2);
+        let (mut w, _) = watch();
+        assert!(feed(&mut w, &[FIRST, ignored_upgrade, &blanks, METADATA]) < 4);
+        // WebSocket frames and TLS are a tunnel.
+        for tunnel in [
+            &b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"[..],
+            b"\x16\x03\x01\x00\x05",
+        ] {
+            let (mut w, _) = watch();
+            assert_eq!(feed(&mut w, &[FIRST, ignored_upgrade, tunnel, METADATA]), 4);
+        }
     }
 
     #[test]
