@@ -45,7 +45,7 @@ rules:
 const TAG_SERVER: &str = r#"
 import socket, socketserver, sys
 family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
-class Tag(socketserver.BaseRequestHandler):
+class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         self.request.settimeout(1.0)
         got = b""
@@ -60,11 +60,6 @@ class Tag(socketserver.BaseRequestHandler):
         first = got.split(b"\r\n")[0].decode(errors="replace")
         body = ("REACHED %s [%s]\n" % (sys.argv[4], first)).encode()
         self.request.sendall(b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    address_family = family
-Server((sys.argv[2], int(sys.argv[3])), Tag).serve_forever()
 "#;
 
 /// Connects to argv[1] (family auto, `::ffff:` works on a dual-stack
@@ -188,7 +183,7 @@ fn tag_server(h: &mut Host, tag: &str, address: &str, port: u16) {
 const KEEP_ALIVE_SERVER: &str = r#"
 import socket, socketserver, sys
 family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
-class Tag(socketserver.BaseRequestHandler):
+class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         self.request.settimeout(5.0)
         got = b""
@@ -213,11 +208,6 @@ class Tag(socketserver.BaseRequestHandler):
                 self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
         except OSError:
             pass
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    address_family = family
-Server((sys.argv[2], int(sys.argv[3])), Tag).serve_forever()
 "#;
 
 /// A forward proxy's stand-in that speaks cleartext HTTP/2 (prior
@@ -230,7 +220,7 @@ family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 def frame(kind, flags, stream, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-class H2(socketserver.BaseRequestHandler):
+class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         self.request.settimeout(5.0)
         got = b""
@@ -263,15 +253,21 @@ class H2(socketserver.BaseRequestHandler):
                     return
         except OSError:
             pass
+"#;
+
+/// What every server script ends with: its `Handler` class served on
+/// `argv[2]:argv[3]`, a thread per connection.
+const SERVE_HANDLER: &str = r#"
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
     address_family = family
-Server((sys.argv[2], int(sys.argv[3])), H2).serve_forever()
+Server((sys.argv[2], int(sys.argv[3])), Handler).serve_forever()
 "#;
 
-/// Starts `script` (argv: family, address, port, tag) on `address:port`
-/// (the address added to `lo`), and waits for it to listen.
+/// Starts `script` (argv: family, address, port, tag; it defines a
+/// `Handler`, [`SERVE_HANDLER`] serves it) on `address:port` (the address
+/// added to `lo`), and waits for it to listen.
 fn serve_script(h: &mut Host, tag: &str, address: &str, port: u16, script: &str) {
     let v6 = address.contains(':');
     if v6 {
@@ -289,7 +285,14 @@ fn serve_script(h: &mut Host, tag: &str, address: &str, port: u16, script: &str)
     let proc = h.ns.spawn(
         tag,
         python(),
-        &["-c", script, family, address, &port_s, tag],
+        &[
+            "-c",
+            &format!("{script}{SERVE_HANDLER}"),
+            family,
+            address,
+            &port_s,
+            tag,
+        ],
         &log,
     );
     h.apps.push(proc);

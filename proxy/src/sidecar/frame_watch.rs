@@ -436,6 +436,22 @@ mod tests {
         bytes
     }
 
+    /// A head of `fields` ends the connection, the judge told it is
+    /// unreadable and `why`.
+    fn assert_refused_as_unreadable(fields: &[(&str, &str)], why: &str) {
+        let bytes = headers_frame(fields);
+        let (mut judge, asked) = recording_judge();
+        assert!(
+            !FrameWatch::default().follow(&bytes, &mut judge),
+            "{fields:?}"
+        );
+        let asked = asked.lock().unwrap();
+        assert!(
+            asked.len() == 1 && asked[0].starts_with("Unreadable") && asked[0].contains(why),
+            "{fields:?}: {asked:?}"
+        );
+    }
+
     #[test]
     fn heads_that_name_a_host_two_ways_or_none_readable_are_refused() {
         let get = [(":method", "GET"), (":scheme", "http")];
@@ -472,18 +488,7 @@ mod tests {
                 "malformed",
             ),
         ] {
-            let fields = [&get[..], &fields].concat();
-            let bytes = headers_frame(&fields);
-            let (mut judge, asked) = recording_judge();
-            assert!(
-                !FrameWatch::default().follow(&bytes, &mut judge),
-                "{fields:?}"
-            );
-            let asked = asked.lock().unwrap();
-            assert!(
-                asked.len() == 1 && asked[0].starts_with("Unreadable") && asked[0].contains(why),
-                "{fields:?}: {asked:?}"
-            );
+            assert_refused_as_unreadable(&[&get[..], &fields].concat(), why);
         }
         // `host` alone names the host (RFC 9113 §8.3.1); the same host
         // twice is one.
@@ -548,14 +553,7 @@ mod tests {
                 (":path", "/.well-known/masque/tcp/169.254.169.254/80/"),
             ],
         ] {
-            let bytes = headers_frame(&fields);
-            let (mut judge, asked) = recording_judge();
-            assert!(
-                !FrameWatch::default().follow(&bytes, &mut judge),
-                "{fields:?}"
-            );
-            let asked = asked.lock().unwrap();
-            assert!(asked[0].starts_with("Unreadable"), "{fields:?}: {asked:?}");
+            assert_refused_as_unreadable(&fields, "");
         }
         // WebSocket over HTTP/2 (RFC 8441) is judged by its authority.
         let bytes = headers_frame(&[
