@@ -119,13 +119,23 @@ pub fn head_host(prefix: &[u8]) -> HeadHost<&str> {
     // As the mesh's own requests must (RFC 9112 §3.2): a name or address,
     // then at most `:` and digits (`:80x`, a zone id, `CONNECT h:443/x`
     // are read another way by Squid).
-    if !valid_host(host) {
-        return HeadHost::Ambiguous("a host that is no host[:port]");
-    }
-    match std::str::from_utf8(host) {
+    match one_way_host(host) {
         Ok(host) => HeadHost::Named(host),
-        Err(_) => HeadHost::Ambiguous("a host that is no host[:port]"),
+        Err(why) => HeadHost::Ambiguous(why),
     }
+}
+
+/// A host a request names (HTTP/1's target or `Host`, HTTP/2's
+/// `:authority` or `host`), if every reader takes it alike: a name or
+/// address, then at most `:` and digits ([`valid_host`], the check the
+/// sidecar's own L7 path holds requests to); else why not.
+pub fn one_way_host(host: &[u8]) -> Result<&str, &'static str> {
+    const WHY: &str = "a host that is no host[:port]";
+    if !valid_host(host) {
+        return Err(WHY);
+    }
+    // (`valid_host` takes ASCII only.)
+    std::str::from_utf8(host).map_err(|_| WHY)
 }
 
 /// Whether the request line at the start of `prefix` is `method SP

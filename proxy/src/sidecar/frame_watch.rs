@@ -18,7 +18,7 @@
 //! too; every other frame is skipped by its length, unread. A request
 //! names the host of its `:authority`, else of its `host` field (RFC 9113
 //! §8.3.1); one that names two hosts or none, a host no one reads alike
-//! ([`valid_host`]), or another place a server could take a target from
+//! ([`one_way_host`]), or another place a server could take a target from
 //! (an absolute `:path`, a `:scheme` other than `http`/`https`, an
 //! extended CONNECT other than WebSocket's) is refused, and so is a block
 //! that does not decode: the table is lost with it.
@@ -32,9 +32,9 @@
 
 use super::http::relay::frame::{self, CONTINUATION, HEADERS, Head, PREFACE, PUSH_PROMISE};
 use super::http::relay::hpack::{Block, BlockError, Decoded, HeaderBlocks};
-use super::http::valid_host;
 use super::request_watch::{Head as RequestHead, Judge};
 use crate::detect::MAX_DETECT_BYTES;
+use crate::head_host::one_way_host;
 
 /// The largest header list a watched request may have: as an HTTP/1 head.
 const MAX_HEADER_LIST: usize = MAX_DETECT_BYTES;
@@ -228,12 +228,9 @@ fn request_of(block: &Block) -> Request<'_> {
     let Some(host) = named else {
         return Request::Unreadable("an HTTP/2 request that names no host");
     };
-    if !valid_host(host) {
-        return Request::Unreadable("a host that is no host[:port]");
-    }
-    match std::str::from_utf8(host) {
+    match one_way_host(host) {
         Ok(host) => Request::Names(host),
-        Err(_) => Request::Unreadable("a host that is no host[:port]"),
+        Err(why) => Request::Unreadable(why),
     }
 }
 
@@ -245,29 +242,13 @@ fn refuse(judge: &mut Judge, why: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sidecar::request_watch::tests::recording_judge;
 
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use bytes::Bytes;
     use http::Request as HttpRequest;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A judge that records what it was asked and refuses any head
-    /// naming `169.254.169.254`.
-    fn recording_judge() -> (Judge, Arc<Mutex<Vec<String>>>) {
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let seen = asked.clone();
-        let judge: Judge = Box::new(move |head| {
-            seen.lock().unwrap().push(format!("{head:?}"));
-            match head {
-                RequestHead::Names(Some(host)) => !host.starts_with("169.254.169.254"),
-                RequestHead::Names(None) => true,
-                RequestHead::Unreadable(_) => false,
-            }
-        });
-        (judge, asked)
-    }
 
     /// What a real HTTP/2 client (the h2 crate: HPACK with its dynamic
     /// table and Huffman strings) writes for `requests` on one connection,

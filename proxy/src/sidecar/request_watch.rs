@@ -392,7 +392,7 @@ impl<S: Chunks> Chunks for RequestWatch<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use std::sync::{Arc, Mutex};
@@ -402,6 +402,18 @@ mod tests {
     /// A watch whose judge records what it was asked and refuses any head
     /// naming `169.254.169.254`.
     fn watch() -> (RequestWatch<()>, Arc<Mutex<Vec<String>>>) {
+        let (judge, asked) = recording_judge();
+        let watch = Watch {
+            judge,
+            first_decided: true,
+        };
+        (RequestWatch::new((), Some(watch)), asked)
+    }
+
+    /// A judge that records what it was asked (also for
+    /// `frame_watch`'s tests) and refuses any head naming
+    /// `169.254.169.254`.
+    pub(crate) fn recording_judge() -> (Judge, Arc<Mutex<Vec<String>>>) {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let seen = asked.clone();
         let judge: Judge = Box::new(move |head| {
@@ -412,11 +424,7 @@ mod tests {
                 Head::Unreadable(_) => false,
             }
         });
-        let watch = Watch {
-            judge,
-            first_decided: true,
-        };
-        (RequestWatch::new((), Some(watch)), asked)
+        (judge, asked)
     }
 
     /// Feeds `chunks` one read at a time: how many were let through.
