@@ -127,7 +127,7 @@ pub fn head_host(prefix: &[u8]) -> HeadHost<&str> {
 
 /// A host a request names (HTTP/1's target or `Host`, HTTP/2's
 /// `:authority` or `host`), if every reader takes it alike: a name or
-/// address, then at most `:` and digits ([`valid_host`], the check the
+/// address, then at most `:` and digits (`sidecar::http::valid_host`, the check the
 /// sidecar's own L7 path holds requests to); else why not.
 pub fn one_way_host(host: &[u8]) -> Result<&str, &'static str> {
     const WHY: &str = "a host that is no host[:port]";
