@@ -11,7 +11,10 @@
 //! saw the authority's bearer token; a token for a pod the API server does
 //! not know, a pod re-created under the same name (uid mismatch) and a pod
 //! running another image than its registration pins are refused, each
-//! naming the pod; `--k8s-api` over plain http is refused at start.
+//! naming the pod; `--k8s-api` over plain http is refused at start; with
+//! `--k8s-appid-digests` a container named as appid's proxy that runs
+//! another image is no cover for it (no `image.digest`, no scan), without
+//! the flag the authority warns, and a value that is no digest refuses.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -282,6 +285,17 @@ impl Drop for Authority {
 }
 
 impl Authority {
+    /// Stops the authority; what it wrote on stderr.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
+        stderr
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         run_ok(
             appid()
@@ -383,39 +397,34 @@ fn spawn_authority(cluster: &Cluster, extra: &[&str]) -> (Authority, Option<Stri
 
 /// An authority that looks pods up at `api`, trusting labels app,version.
 fn start_authority(cluster: &Cluster, api: &FakeApi, dir: &Path) -> Authority {
+    start_authority_with(cluster, api, dir, &[])
+}
+
+/// The same, with `extra` arguments.
+fn start_authority_with(cluster: &Cluster, api: &FakeApi, dir: &Path, extra: &[&str]) -> Authority {
     let ca = dir.join("api-ca.pem");
     std::fs::write(&ca, &api.ca_pem).unwrap();
     let token = dir.join("api-token");
     std::fs::write(&token, format!("{API_TOKEN}\n")).unwrap();
-    let (authority, failed) = spawn_authority(
-        cluster,
-        &[
-            "--k8s-api",
-            &api.url,
-            "--k8s-api-ca",
-            ca.to_str().unwrap(),
-            "--k8s-api-token-file",
-            token.to_str().unwrap(),
-            "--k8s-trust-labels",
-            "app,version",
-        ],
-    );
+    let mut args = vec![
+        "--k8s-api",
+        &api.url,
+        "--k8s-api-ca",
+        ca.to_str().unwrap(),
+        "--k8s-api-token-file",
+        token.to_str().unwrap(),
+        "--k8s-trust-labels",
+        "app,version",
+    ];
+    args.extend(extra);
+    let (authority, failed) = spawn_authority(cluster, &args);
     assert_eq!(failed, None);
     authority
 }
 
-#[test]
-fn the_authority_vouches_for_the_pod_the_api_server_describes() {
-    let cluster = Cluster::new();
-    let api = FakeApi::start();
-    let temp = tempfile::tempdir().unwrap();
-    let authority = start_authority(&cluster, &api, temp.path());
-    let running = "d".repeat(64);
-    let digest = format!("sha256:{running}");
-
-    // A scan of the image the pod runs, and the service account registered
-    // without a digest: the API server says which image runs.
-    let report = temp.path().join("trivy.json");
+/// The scan of `digest` (one HIGH), imported into `authority`.
+fn import_one_high(authority: &Authority, dir: &Path, digest: &str) {
+    let report = dir.join("trivy.json");
     std::fs::write(
         &report,
         serde_json::json!({"SchemaVersion": 2, "ArtifactName": "registry.example/web:1.4",
@@ -430,8 +439,22 @@ fn the_authority_vouches_for_the_pod_the_api_server_describes() {
         "import-scan",
         report.to_str().unwrap(),
         "--image-digest",
-        &digest,
+        digest,
     ]);
+}
+
+#[test]
+fn the_authority_vouches_for_the_pod_the_api_server_describes() {
+    let cluster = Cluster::new();
+    let api = FakeApi::start();
+    let temp = tempfile::tempdir().unwrap();
+    let authority = start_authority(&cluster, &api, temp.path());
+    let running = "d".repeat(64);
+    let digest = format!("sha256:{running}");
+
+    // A scan of the image the pod runs, and the service account registered
+    // without a digest: the API server says which image runs.
+    import_one_high(&authority, temp.path(), &digest);
     authority.cli(&[
         "register",
         "--k8s-namespace",
@@ -592,6 +615,95 @@ fn the_api_is_reached_over_https_only_with_its_ca_and_a_token() {
     let stderr = failed.expect("a bad label key must refuse to start");
     assert!(
         stderr.contains("--k8s-trust-labels") && stderr.contains("Bad Key"),
+        "{stderr}"
+    );
+}
+
+/// The names `appid-proxy`/`appid-init` are anyone's to use in a pod spec.
+/// With `--k8s-appid-digests` a container of appid's name that runs another
+/// image is an app container: beside a clean decoy it leaves the pod with
+/// no one image, so neither the decoy's digest nor its scan vouches for the
+/// pod. Without the flag the authority says at start what it trusts.
+#[test]
+fn with_appid_digests_a_container_named_as_appids_proxy_is_no_cover_for_another_image() {
+    let cluster = Cluster::new();
+    let api = FakeApi::start();
+    let temp = tempfile::tempdir().unwrap();
+    let appid_digest = format!("sha256:{}", "1".repeat(64));
+    let authority = start_authority_with(
+        &cluster,
+        &api,
+        temp.path(),
+        &["--k8s-appid-digests", &appid_digest],
+    );
+    let decoy = "d".repeat(64);
+    import_one_high(&authority, temp.path(), &format!("sha256:{decoy}"));
+    authority.cli(&[
+        "register",
+        "--k8s-namespace",
+        "shop",
+        "--k8s-service-account",
+        "web",
+    ]);
+
+    // appid's own proxy (pod_object's runs sha256:1…): the app's image and scan.
+    let pod = "web-7d4b9c6f5-aaaaa";
+    api.put_pod(pod_object(
+        "shop",
+        "web",
+        pod,
+        &format!("uid-{pod}"),
+        &decoy,
+    ));
+    let claims = authority
+        .attest(cluster.token("shop", "web", pod, K8S_AUDIENCE))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        claims["image"]["digest"],
+        format!("sha256:{decoy}"),
+        "{claims}"
+    );
+    assert_eq!(claims["vulns"]["high"], 1, "{claims}");
+
+    // Another image under appid's name beside the decoy.
+    let evil = format!("sha256:{}", "e".repeat(64));
+    let pod = "web-7d4b9c6f5-bbbbb";
+    let mut impostor = pod_object("shop", "web", pod, &format!("uid-{pod}"), &decoy);
+    impostor["status"]["initContainerStatuses"][0]["imageID"] =
+        serde_json::json!(format!("registry.example/miner@{evil}"));
+    api.put_pod(impostor);
+    let claims = authority
+        .attest(cluster.token("shop", "web", pod, K8S_AUDIENCE))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        claims["k8s"]["images"]["appid-proxy"],
+        evil.as_str(),
+        "{claims}"
+    );
+    assert_eq!(claims["image"], serde_json::Value::Null, "{claims}");
+    assert_eq!(claims["vulns"], serde_json::Value::Null, "{claims}");
+
+    // Without the flag: a warning at start naming it.
+    let by_name = start_authority(&cluster, &api, temp.path());
+    let stderr = by_name.stop();
+    assert!(
+        stderr.contains("WARN") && stderr.contains("--k8s-appid-digests"),
+        "{stderr}"
+    );
+
+    // A value that is no digest refuses to start, naming the flag.
+    let (_refused, failed) = spawn_authority(
+        &cluster,
+        &[
+            "--k8s-api",
+            "https://127.0.0.1:6443",
+            "--k8s-appid-digests",
+            "appid/appid:0.1.0",
+        ],
+    );
+    let stderr = failed.expect("a value that is no digest must refuse to start");
+    assert!(
+        stderr.contains("--k8s-appid-digests") && stderr.contains("appid/appid:0.1.0"),
         "{stderr}"
     );
 }

@@ -1036,9 +1036,13 @@ pub fn k8s_psat(data: &[u8]) {
 ///
 /// Property: a pod that passes has the token's node (when the token names
 /// one) and only trusted label keys, and every image it vouches for is a
-/// `sha256:<64 hex>` digest; a refused one has a message naming the pod.
+/// `sha256:<64 hex>` digest; told by digest, appid's own containers run
+/// appid's digest, and the app's one image is one of its containers'; a
+/// refused one has a message naming the pod.
 pub fn k8s_pod(data: &[u8]) {
-    use appid_proxy::attest::k8s_pod::{PodRef, check_pinned, check_pod};
+    use appid_proxy::attest::k8s_pod::{
+        AppImage, AppidContainers, PodRef, check_pinned, check_pod,
+    };
     let expect = PodRef {
         namespace: "shop",
         service_account: "web",
@@ -1047,20 +1051,31 @@ pub fn k8s_pod(data: &[u8]) {
         node: Some("node-1"),
     };
     let trusted = ["app".to_owned()];
-    match check_pod(data, &expect, &trusted) {
-        Ok(facts) => {
-            assert_eq!(facts.node.as_deref(), Some("node-1"));
-            assert!(facts.labels.keys().all(|k| k == "app"));
-            for digest in facts.images.values() {
-                let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-                assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    let appid_digest = format!("sha256:{}", "1".repeat(64));
+    let by_digest = AppidContainers::ByDigest([appid_digest.clone()].into());
+    for appid in [AppidContainers::ByName, by_digest] {
+        match check_pod(data, &expect, &trusted, &appid) {
+            Ok(facts) => {
+                assert_eq!(facts.node.as_deref(), Some("node-1"));
+                assert!(facts.labels.keys().all(|k| k == "app"));
+                for digest in facts.images.values() {
+                    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+                    assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+                }
+                if let AppidContainers::ByDigest(_) = appid {
+                    assert!(facts.appid_images.values().all(|d| *d == appid_digest));
+                }
+                if let AppImage::One(digest) = facts.app_image() {
+                    assert!(facts.images.values().all(|d| *d == digest));
+                    assert!(facts.without_digest.is_empty());
+                }
+                let pinned = format!("sha256:{}", "a".repeat(64));
+                if let Err(e) = check_pinned(&facts, &expect, &pinned) {
+                    assert!(e.to_string().contains("shop/web-1"), "{e}");
+                }
             }
-            let pinned = format!("sha256:{}", "a".repeat(64));
-            if let Err(e) = check_pinned(&facts, &expect, &pinned) {
-                assert!(e.to_string().contains("shop/web-1"), "{e}");
-            }
+            Err(e) => assert!(e.to_string().contains("shop/web-1"), "{e}"),
         }
-        Err(e) => assert!(e.to_string().contains("shop/web-1"), "{e}"),
     }
 }
 

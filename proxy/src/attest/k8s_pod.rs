@@ -15,8 +15,8 @@
 //! - `k8s.labels.<key>`: the pod's labels whose keys the authority was told
 //!   to trust (`--k8s-trust-labels`; whoever may create pods in the
 //!   namespace chooses every label, so trust is opt-in, key by key);
-//! - `k8s.images.<container>`: the image digest of each app container (not
-//!   appid's own `appid-proxy`/`appid-init`): the digest in
+//! - `k8s.images.<container>`: the image digest of each container that runs
+//!   beside the app, appid's own `appid-proxy` included: the digest in
 //!   `status.containerStatuses[].imageID` (`<repo>@sha256:<hex>`, what the
 //!   kubelet pulled), or, for a container that has not started yet, the
 //!   digest of `spec.containers[].image` when the spec pins one
@@ -25,6 +25,16 @@
 //!   first attestation only a digest-pinned spec gives a digest; renewals
 //!   see the running ones. A bare `sha256:<hex>` imageID (a local image
 //!   without a registry digest) and a tag-only spec give none.
+//!
+//! `image.digest` and `vulns` describe the app, so they are vouched for only
+//! when every app container runs one known image ([`AppImage`]). Which
+//! containers are appid's own is the one judgment here that a pod's author
+//! could steer: the names `appid-proxy`/`appid-init` are anyone's to use.
+//! Trusted by name alone ([`AppidContainers::ByName`]), a pod could run any
+//! image under appid's name beside a clean decoy, and the decoy's scan would
+//! vouch for the pod. With `serve --k8s-appid-digests`
+//! ([`AppidContainers::ByDigest`]) a container is appid's only when it also
+//! runs one of appid's digests; any other is an app container like the rest.
 //!
 //! Pure: bytes and expectations in, facts or a typed reason naming the pod
 //! out; the HTTP request is the authority's business.
@@ -45,6 +55,41 @@ const APPID_CONTAINERS: [&str; 2] = [
     crate::inject::PROXY_CONTAINER,
     crate::inject::INIT_CONTAINER,
 ];
+
+/// How appid's own containers are told from the app's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AppidContainers {
+    /// By name alone (`appid-proxy`, `appid-init`): whatever such a
+    /// container runs is listed but never taken for the app.
+    #[default]
+    ByName,
+    /// By name and digest (`serve --k8s-appid-digests`): a container with
+    /// appid's name that runs none of these digests (or one not known yet)
+    /// is an app container.
+    ByDigest(std::collections::BTreeSet<String>),
+}
+
+impl AppidContainers {
+    /// Whether the container `name`, running `digest`, is appid's own.
+    fn is_appid(&self, name: &str, digest: Option<&str>) -> bool {
+        APPID_CONTAINERS.contains(&name)
+            && match self {
+                AppidContainers::ByName => true,
+                AppidContainers::ByDigest(digests) => digest.is_some_and(|d| digests.contains(d)),
+            }
+    }
+}
+
+/// What a checked pod's app containers run: the image `image.digest` and
+/// the scan behind `vulns` may vouch for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppImage {
+    /// Every app container runs this digest (usually there is one).
+    One(String),
+    /// No app container, several images, or one whose digest is not known
+    /// yet: no one image (and no one scan) describes what the pod runs.
+    NotOne,
+}
 
 /// What the token says the pod is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +121,8 @@ pub struct PodFacts {
     pub without_digest: Vec<String>,
     /// appid's own containers that run beside the app (its proxy, a native
     /// sidecar), to their digests (or [`UNKNOWN_DIGEST`]): listed in
-    /// `k8s.images` too, never the app's image.
+    /// `k8s.images` too, never the app's image ([`AppidContainers`] says
+    /// which containers these are).
     pub appid_images: BTreeMap<String, String>,
 }
 
@@ -219,7 +265,7 @@ struct ContainerStatus {
 pub const UNKNOWN_DIGEST: &str = "unknown";
 
 /// Whether `digest` is `sha256:<64 lowercase hex>`.
-fn registry_digest_form(digest: &str) -> bool {
+pub fn registry_digest_form(digest: &str) -> bool {
     registry_digest(&format!("@{digest}")).is_some()
 }
 
@@ -240,6 +286,7 @@ pub fn check_pod(
     body: &[u8],
     expect: &PodRef<'_>,
     trust_labels: &[String],
+    appid: &AppidContainers,
 ) -> Result<PodFacts, PodError> {
     let pod = || expect.display();
     if body.len() > MAX_POD_BYTES {
@@ -348,7 +395,7 @@ pub fn check_pod(
             .or_else(|| container.image.as_deref().and_then(registry_digest));
         let name = container.name.clone();
         match digest {
-            _ if APPID_CONTAINERS.contains(&name.as_str()) => {
+            _ if appid.is_appid(&name, digest.as_deref()) => {
                 let digest = digest.unwrap_or_else(|| UNKNOWN_DIGEST.to_owned());
                 facts.appid_images.insert(name, digest);
             }
@@ -415,18 +462,12 @@ impl PodFacts {
         }
     }
 
-    /// The one app container's digest, when there is exactly one app
-    /// container and its digest is known: what `image.digest` vouches for
-    /// when the registration pins none. appid's own containers are no app
-    /// container (still listed in `k8s.images`, for policy to pin).
-    pub fn single_digest(images: &BTreeMap<String, String>) -> Option<&String> {
-        let app = images
-            .iter()
-            .filter(|(name, _)| !APPID_CONTAINERS.contains(&name.as_str()))
-            .map(|(_, digest)| digest);
-        match app.collect::<Vec<_>>().as_slice() {
-            [one] if registry_digest_form(one) => Some(one),
-            _ => None,
+    /// What the app containers run: one known image, or not one.
+    pub fn app_image(&self) -> AppImage {
+        let mut digests = self.images.values();
+        match (digests.next(), self.without_digest.is_empty()) {
+            (Some(first), true) if digests.all(|d| d == first) => AppImage::One(first.clone()),
+            _ => AppImage::NotOne,
         }
     }
 }

@@ -39,7 +39,7 @@ use super::store::{
     Redemption, Registration, Store, StoreError, StorePool, Tx, registrations_matching_cloud,
 };
 use crate::attest::K8sIdentity;
-use crate::attest::k8s_pod::{self, PodFacts, PodRef};
+use crate::attest::k8s_pod::{self, AppImage, PodFacts, PodRef};
 use crate::identity::ca::Ca;
 use crate::identity::spiffe::SpiffeId;
 
@@ -256,6 +256,9 @@ pub struct PodLookup {
     pub source: Box<dyn PodSource>,
     /// The pod label keys vouched for as `k8s.labels.*`.
     pub trust_labels: Vec<String>,
+    /// How appid's own containers are told from the app's
+    /// (`--k8s-appid-digests`).
+    pub appid: k8s_pod::AppidContainers,
 }
 
 /// What the proof was verified into, before the database is touched.
@@ -356,7 +359,7 @@ impl Authority {
                 true => Refusal::Unavailable(e.message),
                 false => Refusal::Unauthenticated(e.message),
             })?;
-        k8s_pod::check_pod(&body, pod, &lookup.trust_labels)
+        k8s_pod::check_pod(&body, pod, &lookup.trust_labels, &lookup.appid)
             .map(Some)
             .map_err(|e| Refusal::Unauthenticated(e.to_string()))
     }
@@ -447,7 +450,7 @@ impl Authority {
         verified: &Verified,
         now: i64,
     ) -> Result<IssuedResponse, Refusal> {
-        let mut k8s = None;
+        let (mut k8s, mut app_image) = (None, None);
         let (registration, cloud, method) = match (&request.proof, verified) {
             (Proof::JoinToken { token }, _) => {
                 let id = match tx.redeem_token(&hash_token(token), now)? {
@@ -471,12 +474,13 @@ impl Authority {
             }
             (_, Verified::K8s(identity, pod)) => {
                 let registration = self.k8s_registration(tx, identity, now)?;
-                k8s = Some(vouch_pod(
+                let (claims, image) = vouch_pod(
                     &registration,
                     &identity.pod_ref(),
                     identity.to_k8s_claims(),
                     pod.clone(),
-                )?);
+                )?;
+                (k8s, app_image) = (Some(claims), image);
                 (registration, None, attestation::K8S_PSAT)
             }
             (cloud_proof, Verified::Cloud(cloud)) => {
@@ -529,6 +533,7 @@ impl Authority {
                 method,
                 cloud,
                 k8s,
+                app_image,
                 reported: request.reported.clone(),
             },
             now,
@@ -632,14 +637,17 @@ impl Authority {
                 let registration = tx
                     .registration(&current.id)?
                     .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
-                let k8s = match &pod {
-                    Some((pod, facts)) => Some(vouch_pod(
-                        &registration,
-                        pod,
-                        token_facts(current.k8s.as_ref()),
-                        facts.clone(),
-                    )?),
-                    None => current.k8s.clone(),
+                let (k8s, app_image) = match &pod {
+                    Some((pod, facts)) => {
+                        let (claims, image) = vouch_pod(
+                            &registration,
+                            pod,
+                            token_facts(current.k8s.as_ref()),
+                            facts.clone(),
+                        )?;
+                        (Some(claims), image)
+                    }
+                    None => (current.k8s.clone(), None),
                 };
                 self.issue(
                     tx,
@@ -649,6 +657,7 @@ impl Authority {
                         method: &current.attestation,
                         cloud: current.cloud.clone(),
                         k8s,
+                        app_image,
                         reported: request.reported.clone(),
                     },
                     now,
@@ -692,6 +701,7 @@ impl Authority {
             method,
             cloud,
             k8s,
+            app_image,
             reported,
         } = what;
         if tx.is_revoked(&registration.id)? {
@@ -701,18 +711,23 @@ impl Authority {
             .map_err(|e| Refusal::Internal(format!("stored registration: {e}")))?;
         let mut claims = AppIdClaims::new(id.as_str(), method);
         claims.labels = registration.labels.clone();
-        // The registered digest; else, for a pod, the digest of its one app
-        // container as the API server reported it.
-        let digest = registration.image_digest.as_ref().or_else(|| {
-            k8s.as_ref()
-                .and_then(|k| PodFacts::single_digest(&k.images))
-        });
+        // The registered digest; else, for a pod, the one image its app
+        // containers run as the API server reported it. Its scan vouches for
+        // the workload only when nothing else runs as its app: a pod that
+        // runs the pinned image beside another gets `image.digest` (it runs
+        // it) and no `vulns` (no one scan describes it).
+        let (digest, scan_describes_it) = match (&registration.image_digest, &app_image) {
+            (Some(pinned), None) => (Some(pinned), true),
+            (Some(pinned), Some(image)) => (Some(pinned), *image == AppImage::One(pinned.clone())),
+            (None, Some(AppImage::One(running))) => (Some(running), true),
+            (None, _) => (None, false),
+        };
         if let Some(digest) = digest {
             claims.image = Some(Image {
                 digest: Some(digest.clone()),
                 name: None,
             });
-            if let Some(scan) = tx.latest_scan(digest)? {
+            if scan_describes_it && let Some(scan) = tx.latest_scan(digest)? {
                 claims.vulns = Some(scan.vulns);
             }
         }
@@ -774,28 +789,33 @@ struct Issuance<'a> {
     cloud: Option<Cloud>,
     /// Verified pod facts, if the workload attested with a pod's token.
     k8s: Option<K8s>,
+    /// What the pod's app containers run, when the API server was asked.
+    app_image: Option<AppImage>,
     /// What the workload says about itself (lands under `reported`).
     reported: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The `k8s` claims of a pod: the token's facts, plus the API server's when
-/// the lookup ran, checked against the digest the registration pins.
+/// the lookup ran, checked against the digest the registration pins; and
+/// what its app containers run, when the lookup ran.
 fn vouch_pod(
     registration: &Registration,
     pod: &PodRef<'_>,
     mut claims: K8s,
     facts: Option<PodFacts>,
-) -> Result<K8s, Refusal> {
-    if let Some(facts) = facts {
-        if let Some(pinned) = &registration.image_digest {
-            k8s_pod::check_pinned(&facts, pod, pinned).map_err(|e| Refusal::NotAllowed {
-                id: registration.id.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-        facts.vouch(&mut claims);
+) -> Result<(K8s, Option<AppImage>), Refusal> {
+    let Some(facts) = facts else {
+        return Ok((claims, None));
+    };
+    if let Some(pinned) = &registration.image_digest {
+        k8s_pod::check_pinned(&facts, pod, pinned).map_err(|e| Refusal::NotAllowed {
+            id: registration.id.clone(),
+            reason: e.to_string(),
+        })?;
     }
-    Ok(claims)
+    let image = facts.app_image();
+    facts.vouch(&mut claims);
+    Ok((claims, Some(image)))
 }
 
 /// The pod a certificate's `k8s` claims name, if they name it fully.
@@ -877,8 +897,10 @@ pub fn new_token() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attest::k8s_pod::AppidContainers;
     use crate::authority::client::new_key_and_csr;
     use crate::identity::ca::KeyAlg;
+    use appid_policy::claims::Vulns;
     use serde_json::json;
 
     const WEB: &str = "spiffe://td.example/web";
@@ -1068,9 +1090,33 @@ mod tests {
 
     type Answer = std::sync::Arc<Mutex<Result<serde_json::Value, PodLookupError>>>;
 
+    /// `pod` with one more container, `name` running `digest`.
+    fn with_container(mut pod: serde_json::Value, name: &str, digest: &str) -> serde_json::Value {
+        let image = format!("registry.example/{name}@{digest}");
+        pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": name, "image": image}));
+        pod["status"]["containerStatuses"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": name, "imageID": image}));
+        pod
+    }
+
     /// An authority with `shop/web` registered for Kubernetes attestation
     /// (pinning `pinned`, if given) and the fake pod lookup.
     fn k8s_authority(dir: &Path, pinned: Option<&str>) -> (Authority, Answer) {
+        k8s_authority_with(dir, pinned, AppidContainers::ByName)
+    }
+
+    /// The same, telling appid's containers by `appid`, with a scan
+    /// (one high) of the images `a…` and `c…`.
+    fn k8s_authority_with(
+        dir: &Path,
+        pinned: Option<&str>,
+        appid: AppidContainers,
+    ) -> (Authority, Answer) {
         let ca = Ca::init(dir, "td.example", KeyAlg::EcdsaP256).unwrap();
         let mut store = Store::open(dir).unwrap();
         store
@@ -1084,6 +1130,16 @@ mod tests {
                 0,
             )
             .unwrap();
+        for scanned in ["a", "c"] {
+            let vulns = Vulns {
+                high: 1,
+                scanner: "trivy".into(),
+                report: format!("sha256:{}", "9".repeat(64)),
+                ..Vulns::default()
+            };
+            let digest = format!("sha256:{}", scanned.repeat(64));
+            store.import_scan(&digest, &vulns, 0).unwrap();
+        }
         let answer: Answer = std::sync::Arc::new(Mutex::new(Ok(pod_json(
             "uid-1",
             &format!("sha256:{}", "a".repeat(64)),
@@ -1099,6 +1155,7 @@ mod tests {
         .with_pod_lookup(Some(PodLookup {
             source: Box::new(FakeApi(answer.clone())),
             trust_labels: vec!["app".into()],
+            appid,
         }));
         (authority, answer)
     }
@@ -1192,6 +1249,45 @@ mod tests {
         assert_eq!(claims.image.unwrap().digest, Some(pinned));
         let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         assert!(audit.contains("\"refusal\":\"not_registered\""), "{audit}");
+    }
+
+    /// `image.digest` and `vulns` describe the app: a pod that runs its
+    /// pinned image beside another app container has the image, not its
+    /// scan. With appid's digests given, a container named as appid's proxy
+    /// that runs something else is such a container.
+    #[test]
+    fn a_pinned_image_beside_another_app_container_is_vouched_for_without_its_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = format!("sha256:{}", "c".repeat(64));
+        let appid_digest = format!("sha256:{}", "1".repeat(64));
+        let appid = AppidContainers::ByDigest([appid_digest.clone()].into());
+        let (authority, answer) = k8s_authority_with(dir.path(), Some(&pinned), appid);
+        let attest = |pod: serde_json::Value, token: &str| {
+            *answer.lock().unwrap() = Ok(pod);
+            let (claims, _) = claims_and_der(&authority.attest(&psat(token), 10).unwrap());
+            let digest = claims.image.as_ref().and_then(|i| i.digest.clone());
+            (
+                digest,
+                claims.vulns.map(|v| v.high),
+                claims.k8s.unwrap().images,
+            )
+        };
+
+        // The pinned image alone, and beside appid's own proxy: its scan.
+        let alone = pod_json("uid-1", &pinned);
+        assert_eq!(attest(alone.clone(), "t1").1, Some(1));
+        let beside_appid = with_container(alone.clone(), "appid-proxy", &appid_digest);
+        let (digest, high, images) = attest(beside_appid, "t2");
+        assert_eq!((digest.as_ref(), high), (Some(&pinned), Some(1)));
+        assert_eq!(images["appid-proxy"], appid_digest);
+
+        // Beside anything else, whatever its name: the image, no scan.
+        let evil = format!("sha256:{}", "e".repeat(64));
+        for name in ["miner", "appid-proxy"] {
+            let (digest, high, images) = attest(with_container(alone.clone(), name, &evil), name);
+            assert_eq!((digest.as_ref(), high), (Some(&pinned), None), "{name}");
+            assert_eq!(images[name], evil);
+        }
     }
 
     /// The request a sidecar sends for a Kubernetes attestation.

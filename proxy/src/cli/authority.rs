@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 
 use super::args::{self, KeyValue};
+use crate::attest::k8s_pod::AppidContainers;
 use crate::authority::event_log::EventLog;
 use crate::authority::federation::{self, FederationConfig};
 use crate::authority::server;
@@ -99,6 +100,17 @@ pub enum AuthorityCommand {
         /// (e.g. app,version); other labels are not vouched for
         #[arg(long, value_name = "KEYS", value_delimiter = ',', requires = "k8s_api")]
         k8s_trust_labels: Vec<String>,
+        /// The digests of appid's own image (sha256:<hex>, comma-separated):
+        /// a container named appid-proxy or appid-init is taken for appid's
+        /// only when it runs one of them; any other is an app container like
+        /// the rest [default: taken for appid's by name alone]
+        #[arg(
+            long,
+            value_name = "DIGESTS",
+            value_delimiter = ',',
+            requires = "k8s_api"
+        )]
+        k8s_appid_digests: Vec<String>,
         /// Federation with other trust domains (YAML): the SPIFFE bundle
         /// endpoint we serve and the trust domains whose bundles we fetch
         /// and hand to our sidecars (see the README, "Federation")
@@ -399,6 +411,7 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
             k8s_api_token_file,
             k8s_api_ca,
             k8s_trust_labels,
+            k8s_appid_digests,
             federation,
             log_format,
             clock,
@@ -443,12 +456,28 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow!("--clock {t}: {e}; write e.g. 2019-04-26T00:00:00Z"))
                 })
                 .transpose()?;
-            let pods = pod_lookup(k8s_api, k8s_api_token_file, k8s_api_ca, k8s_trust_labels)?;
+            let pods = pod_lookup(
+                k8s_api,
+                k8s_api_token_file,
+                k8s_api_ca,
+                k8s_trust_labels,
+                k8s_appid_digests,
+            )?;
+            let appid_by_name = pods
+                .as_ref()
+                .is_some_and(|p| p.appid == AppidContainers::ByName);
             let authority = Authority::new(ca, store, cert_ttl, Some(&audit_log), cloud)
                 .with_context(|| format!("audit log {}", audit_log.display()))?
                 .with_clock(clock)
                 .with_pod_lookup(pods);
             let _telemetry = crate::telemetry::init(None, log_format)?;
+            if appid_by_name {
+                tracing::warn!(
+                    "containers named appid-proxy/appid-init are taken for appid's own by \
+                     name alone: a pod could run any image under those names beside the app, \
+                     unscanned; give --k8s-appid-digests with appid's image digest"
+                );
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -735,6 +764,7 @@ fn pod_lookup(
     token_file: Option<PathBuf>,
     ca: Option<PathBuf>,
     trust_labels: Vec<String>,
+    appid_digests: Vec<String>,
 ) -> anyhow::Result<Option<crate::authority::service::PodLookup>> {
     use crate::authority::k8s_api::{IN_CLUSTER_CA, IN_CLUSTER_TOKEN, K8sApi};
     let Some(url) = url else {
@@ -744,13 +774,33 @@ fn pod_lookup(
         crate::attest::k8s_pod::check_label_key(key)
             .map_err(|e| anyhow!("--k8s-trust-labels: {e}"))?;
     }
+    let appid = appid_containers(appid_digests)?;
     let token_file = token_file.unwrap_or_else(|| IN_CLUSTER_TOKEN.into());
     let ca = ca.unwrap_or_else(|| IN_CLUSTER_CA.into());
     let api = K8sApi::new(&url, &ca, &token_file)?;
     Ok(Some(crate::authority::service::PodLookup {
         source: Box::new(api),
         trust_labels,
+        appid,
     }))
+}
+
+/// `--k8s-appid-digests`, checked: each must be `sha256:<64 lowercase hex>`.
+fn appid_containers(digests: Vec<String>) -> anyhow::Result<AppidContainers> {
+    if digests.is_empty() {
+        return Ok(AppidContainers::ByName);
+    }
+    for digest in &digests {
+        if !crate::attest::k8s_pod::registry_digest_form(digest) {
+            return Err(anyhow!(
+                "--k8s-appid-digests `{}`: not an image digest (sha256:<64 lowercase hex>); \
+                 give the digest of the image `appid inject --image` names (e.g. from \
+                 `crane digest IMAGE`)",
+                digest.escape_debug()
+            ));
+        }
+    }
+    Ok(AppidContainers::ByDigest(digests.into_iter().collect()))
 }
 
 /// The store of `--dir DIR [--database URL]`. Its errors name the flag and

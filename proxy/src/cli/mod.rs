@@ -34,7 +34,7 @@ enum Command {
     /// The authority: its CA, its API, registrations, scans and revocations
     Authority {
         #[command(subcommand)]
-        command: authority::AuthorityCommand,
+        command: Box<authority::AuthorityCommand>,
     },
     /// Issue an AppID certificate offline, signed by a local CA (dev and tests)
     Issue(issue::IssueArgs),
@@ -96,7 +96,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Authority { command } => authority::run(command),
+        Command::Authority { command } => authority::run(*command),
         Command::Issue(args) => issue::run(args),
         Command::Cert { command } => cert::run(command),
         Command::Policy { command } => policy::run(command),

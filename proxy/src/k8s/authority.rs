@@ -181,6 +181,14 @@ pub fn manifests(options: &Options<'_>) -> Result<String, ManifestsError> {
                 quote(&trust_labels.join(","))
             ));
         }
+        // The sidecars run appid's image too: pinned by digest here, that
+        // digest tells appid's own containers from the app's (by name
+        // alone, any image could pose as them; the authority warns).
+        if let Some(digest) = crate::attest::k8s_pod::registry_digest(&image) {
+            args.push_str(&format!(
+                "\n        - --k8s-appid-digests\n        - {digest}"
+            ));
+        }
         (
             "true",
             "# The authority reads each attesting pod from the API server (--k8s-api):\n\

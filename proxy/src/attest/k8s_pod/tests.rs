@@ -85,7 +85,12 @@ fn trust(keys: &[&str]) -> Vec<String> {
 }
 
 fn check(pod: &Value, keys: &[&str]) -> Result<PodFacts, PodError> {
-    check_pod(pod.to_string().as_bytes(), &expect(), &trust(keys))
+    check_pod(
+        pod.to_string().as_bytes(),
+        &expect(),
+        &trust(keys),
+        &AppidContainers::ByName,
+    )
 }
 
 #[test]
@@ -107,7 +112,7 @@ fn a_running_pod_gives_its_node_trusted_labels_and_app_image() {
         BTreeMap::from([("web".into(), digest.clone())])
     );
     assert!(facts.without_digest.is_empty());
-    assert_eq!(PodFacts::single_digest(&facts.images), Some(&digest));
+    assert_eq!(facts.app_image(), AppImage::One(digest.clone()));
     check_pinned(&facts, &expect(), &digest).unwrap();
 
     let mut claims = K8s {
@@ -186,7 +191,13 @@ fn another_node_is_refused_and_a_token_without_node_takes_the_pods() {
         node: None,
         ..expect()
     };
-    let facts = check_pod(p.to_string().as_bytes(), &older, &[]).unwrap();
+    let facts = check_pod(
+        p.to_string().as_bytes(),
+        &older,
+        &[],
+        &AppidContainers::ByName,
+    )
+    .unwrap();
     assert_eq!(facts.node.as_deref(), Some("node-2"));
 }
 
@@ -274,7 +285,7 @@ fn several_app_containers_are_listed_and_the_pin_must_be_one_of_them() {
         "imageID": format!("registry.example/fluent-bit@sha256:{other}")}));
     let facts = check(&p, &[]).unwrap();
     assert_eq!(facts.images.len(), 2);
-    assert_eq!(PodFacts::single_digest(&facts.images), None);
+    assert_eq!(facts.app_image(), AppImage::NotOne);
     check_pinned(&facts, &expect(), &format!("sha256:{APP}")).unwrap();
 }
 
@@ -334,7 +345,7 @@ fn oversized_or_foreign_answers_are_refused() {
         }
     ));
     assert!(matches!(
-        check_pod(b"not json", &expect(), &[]).unwrap_err(),
+        check_pod(b"not json", &expect(), &[], &AppidContainers::ByName).unwrap_err(),
         PodError::Malformed { field: "JSON", .. }
     ));
 }
@@ -380,20 +391,17 @@ fn every_container_that_runs_beside_the_app_is_listed_whatever_its_name() {
         .push(json!({"name": "miner", "imageID": format!("registry.example/evil@sha256:{evil}")}));
     let facts = check(&p, &[]).unwrap();
     assert_eq!(facts.images["miner"], format!("sha256:{evil}"));
-    assert_eq!(PodFacts::single_digest(&facts.images), None);
+    assert_eq!(facts.app_image(), AppImage::NotOne);
 
     // A plain init container has finished before the app starts: not listed.
     let facts = check(&pod(), &[]).unwrap();
     assert!(!facts.images.contains_key("appid-init"));
     assert!(!facts.appid_images.contains_key("appid-init"));
     // appid's proxy is listed in the claims, never taken for the app.
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
     let mut claims = K8s::default();
     facts.vouch(&mut claims);
     assert_eq!(claims.images["appid-proxy"], format!("sha256:{SIDECAR}"));
-    assert_eq!(
-        PodFacts::single_digest(&claims.images),
-        Some(&format!("sha256:{APP}"))
-    );
 
     // An app container whose digest is not reported yet beside one whose
     // is (pinned in the spec): listed as unknown, and no single digest.
@@ -403,8 +411,87 @@ fn every_container_that_runs_beside_the_app_is_listed_whatever_its_name() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "helper", "image": "registry.example/helper:latest"}));
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.app_image(), AppImage::NotOne);
     let mut claims = K8s::default();
-    check(&p, &[]).unwrap().vouch(&mut claims);
+    facts.vouch(&mut claims);
     assert_eq!(claims.images["helper"], UNKNOWN_DIGEST);
-    assert_eq!(PodFacts::single_digest(&claims.images), None);
+}
+
+/// Two app containers of one image are one image.
+#[test]
+fn app_containers_that_all_run_one_image_are_one_image() {
+    let mut p = pod();
+    p["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "worker", "image": format!("registry.example/web@sha256:{APP}")}));
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.images.len(), 2);
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
+    let empty = PodFacts::default();
+    assert_eq!(empty.app_image(), AppImage::NotOne);
+}
+
+/// The names `appid-proxy`/`appid-init` are anyone's to use. By name alone
+/// a pod runs any image under them and its decoy app container is the
+/// pod's image; with appid's digests given, a container of appid's name
+/// that runs anything else (or something not known yet) is an app
+/// container, and the pod has no one image.
+#[test]
+fn with_appid_digests_a_container_of_appids_name_is_appids_only_if_it_runs_appid() {
+    let evil = "e".repeat(64);
+    let mut impostor = pod();
+    impostor["status"]["initContainerStatuses"][1]["imageID"] =
+        json!(format!("registry.example/evil@sha256:{evil}"));
+    let by_digest = |p: &Value| {
+        let appid = AppidContainers::ByDigest([format!("sha256:{SIDECAR}")].into());
+        check_pod(p.to_string().as_bytes(), &expect(), &[], &appid).unwrap()
+    };
+
+    // By name: the impostor is appid's, the decoy is the pod's image.
+    let facts = check(&impostor, &[]).unwrap();
+    assert_eq!(facts.appid_images["appid-proxy"], format!("sha256:{evil}"));
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
+
+    // By digest: it is an app container, listed under its name.
+    let facts = by_digest(&impostor);
+    assert!(facts.appid_images.is_empty(), "{facts:?}");
+    assert_eq!(facts.images["appid-proxy"], format!("sha256:{evil}"));
+    assert_eq!(facts.app_image(), AppImage::NotOne);
+    let mut claims = K8s::default();
+    facts.clone().vouch(&mut claims);
+    assert_eq!(claims.images["appid-proxy"], format!("sha256:{evil}"));
+    assert_eq!(claims.images["web"], format!("sha256:{APP}"));
+
+    // The real one is appid's.
+    let facts = by_digest(&pod());
+    assert_eq!(
+        facts.appid_images["appid-proxy"],
+        format!("sha256:{SIDECAR}")
+    );
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
+
+    // A digest not known yet (no status, a tag in the spec): not appid's.
+    let mut starting = pod();
+    starting["status"]["initContainerStatuses"] = json!([]);
+    let facts = by_digest(&starting);
+    assert_eq!(facts.without_digest, ["appid-proxy"]);
+    assert_eq!(facts.app_image(), AppImage::NotOne);
+    // Pinned by digest in the spec, it is known from the start.
+    starting["spec"]["initContainers"][1]["image"] =
+        json!(format!("registry.example/appid@sha256:{SIDECAR}"));
+    let facts = by_digest(&starting);
+    assert!(facts.without_digest.is_empty(), "{facts:?}");
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
+
+    // `appid-init` made a native sidecar running something else: the same.
+    let mut init = pod();
+    init["spec"]["initContainers"][0]["restartPolicy"] = json!("Always");
+    init["status"]["initContainerStatuses"][0]["imageID"] =
+        json!(format!("registry.example/evil@sha256:{evil}"));
+    assert_eq!(
+        by_digest(&init).images["appid-init"],
+        format!("sha256:{evil}")
+    );
 }

@@ -227,6 +227,29 @@ fn the_pod_lookup_gets_a_token_and_may_only_get_pods() {
             "app,app.kubernetes.io/version"
         ]
     );
+    // appid's image by tag: its containers are told by name (the
+    // authority warns); by digest, by that digest too.
+    assert!(!args.contains(&"--k8s-appid-digests"), "{args:?}");
+    let digest = format!("sha256:{}", "1".repeat(64));
+    let pinned = manifests(&Options {
+        pod_lookup: true,
+        image: &format!("registry.example/appid@{digest}"),
+        ..options("prod.example")
+    })
+    .unwrap();
+    let docs_pinned = self::docs(&pinned);
+    let args = &docs_pinned[3]["spec"]["template"]["spec"]["containers"][0]["args"];
+    let args: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args[args.len() - 2..],
+        ["--k8s-appid-digests", digest.as_str()]
+    );
+    crate::cli::parses(&args).unwrap();
     let role = &docs[4];
     assert_eq!(
         role["rules"],
