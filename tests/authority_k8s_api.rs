@@ -422,6 +422,21 @@ fn start_authority_with(cluster: &Cluster, api: &FakeApi, dir: &Path, extra: &[&
     authority
 }
 
+/// `pod` served by `api`, attested with its own token (service account
+/// `web` of `shop`): the certificate's claims.
+fn attest_pod(
+    authority: &Authority,
+    api: &FakeApi,
+    cluster: &Cluster,
+    pod: serde_json::Value,
+) -> serde_json::Value {
+    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    api.put_pod(pod);
+    authority
+        .attest(cluster.token("shop", "web", &name, K8S_AUDIENCE))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The scan of `digest` (one HIGH), imported into `authority`.
 fn import_one_high(authority: &Authority, dir: &Path, digest: &str) {
     let report = dir.join("trivy.json");
@@ -466,16 +481,8 @@ fn the_authority_vouches_for_the_pod_the_api_server_describes() {
     ]);
 
     let pod = "web-7d4b9c6f5-aaaaa";
-    api.put_pod(pod_object(
-        "shop",
-        "web",
-        pod,
-        &format!("uid-{pod}"),
-        &running,
-    ));
-    let claims = authority
-        .attest(cluster.token("shop", "web", pod, K8S_AUDIENCE))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let object = pod_object("shop", "web", pod, &format!("uid-{pod}"), &running);
+    let claims = attest_pod(&authority, &api, &cluster, object);
     assert_eq!(claims["id"], "spiffe://prod.example/ns/shop/sa/web");
     assert_eq!(claims["attestation"], "k8s_psat");
     let k8s = &claims["k8s"];
@@ -648,16 +655,8 @@ fn with_appid_digests_a_container_named_as_appids_proxy_is_no_cover_for_another_
 
     // appid's own proxy (pod_object's runs sha256:1…): the app's image and scan.
     let pod = "web-7d4b9c6f5-aaaaa";
-    api.put_pod(pod_object(
-        "shop",
-        "web",
-        pod,
-        &format!("uid-{pod}"),
-        &decoy,
-    ));
-    let claims = authority
-        .attest(cluster.token("shop", "web", pod, K8S_AUDIENCE))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let object = pod_object("shop", "web", pod, &format!("uid-{pod}"), &decoy);
+    let claims = attest_pod(&authority, &api, &cluster, object);
     assert_eq!(
         claims["image"]["digest"],
         format!("sha256:{decoy}"),
@@ -671,10 +670,7 @@ fn with_appid_digests_a_container_named_as_appids_proxy_is_no_cover_for_another_
     let mut impostor = pod_object("shop", "web", pod, &format!("uid-{pod}"), &decoy);
     impostor["status"]["initContainerStatuses"][0]["imageID"] =
         serde_json::json!(format!("registry.example/miner@{evil}"));
-    api.put_pod(impostor);
-    let claims = authority
-        .attest(cluster.token("shop", "web", pod, K8S_AUDIENCE))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let claims = attest_pod(&authority, &api, &cluster, impostor);
     assert_eq!(
         claims["k8s"]["images"]["appid-proxy"],
         evil.as_str(),

@@ -10,6 +10,15 @@ fn options(td: &str) -> Options<'_> {
     }
 }
 
+/// A YAML list of strings (a container's `args`).
+fn strings(list: &Json) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
 fn docs(yaml: &str) -> Vec<Json> {
     serde_saphyr::from_multiple::<Json>(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
@@ -58,12 +67,7 @@ fn the_authority_deployment() {
     assert_eq!(spec["securityContext"]["fsGroup"], PROXY_UID);
     let container = &spec["containers"][0];
     assert_eq!(container["image"], default_image());
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&container["args"]);
     assert_eq!(
         args,
         [
@@ -211,12 +215,7 @@ fn the_pod_lookup_gets_a_token_and_may_only_get_pods() {
     assert_eq!(docs[1]["automountServiceAccountToken"], true);
     let spec = &docs[3]["spec"]["template"]["spec"];
     assert_eq!(spec["automountServiceAccountToken"], true);
-    let args: Vec<&str> = spec["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&spec["containers"][0]["args"]);
     let tail = &args[args.len() - 4..];
     assert_eq!(
         tail,
@@ -238,13 +237,7 @@ fn the_pod_lookup_gets_a_token_and_may_only_get_pods() {
     })
     .unwrap();
     let docs_pinned = self::docs(&pinned);
-    let args = &docs_pinned[3]["spec"]["template"]["spec"]["containers"][0]["args"];
-    let args: Vec<&str> = args
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&docs_pinned[3]["spec"]["template"]["spec"]["containers"][0]["args"]);
     assert_eq!(
         args[args.len() - 2..],
         ["--k8s-appid-digests", digest.as_str()]
@@ -370,12 +363,7 @@ fn with_a_database_secret_the_authority_is_a_deployment_of_stateless_replicas() 
         env["valueFrom"]["secretKeyRef"],
         json!({"name": "appid-db", "key": "url"})
     );
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = strings(&container["args"]);
     assert_eq!(&args[2..4], ["--dir", CA_DIR]);
     assert_eq!(&args[args.len() - 2..], ["--audit-log", "/dev/stdout"]);
     crate::cli::parses(&args).unwrap();
