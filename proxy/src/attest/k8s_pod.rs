@@ -16,7 +16,8 @@
 //!   to trust (`--k8s-trust-labels`; whoever may create pods in the
 //!   namespace chooses every label, so trust is opt-in, key by key);
 //! - `k8s.images.<container>`: the image digest of each container that runs
-//!   beside the app, appid's own `appid-proxy` included: the digest in
+//!   beside the app, appid's own `appid-proxy` and ephemeral (`kubectl
+//!   debug`) containers included: the digest in
 //!   `status.containerStatuses[].imageID` (`<repo>@sha256:<hex>`, what the
 //!   kubelet pulled), or, for a container that has not started yet, the
 //!   digest of `spec.containers[].image` when the spec pins one
@@ -231,6 +232,10 @@ struct Spec {
     containers: Vec<SpecContainer>,
     #[serde(default)]
     init_containers: Vec<SpecContainer>,
+    /// Added to a running pod (`kubectl debug`): they share its network,
+    /// and stay in the spec after they exit.
+    #[serde(default)]
+    ephemeral_containers: Vec<SpecContainer>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +256,8 @@ struct Status {
     container_statuses: Option<Vec<ContainerStatus>>,
     #[serde(default)]
     init_container_statuses: Option<Vec<ContainerStatus>>,
+    #[serde(default)]
+    ephemeral_container_statuses: Option<Vec<ContainerStatus>>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +380,7 @@ pub fn check_pod(
         .container_statuses
         .iter()
         .chain(&status.init_container_statuses)
+        .chain(&status.ephemeral_container_statuses)
         .flatten()
         .filter_map(|s| Some((s.name.as_str(), registry_digest(&s.image_id)?)))
         .collect();
@@ -381,21 +389,30 @@ pub fn check_pod(
         ..PodFacts::default()
     };
     // Every container that runs beside the app: its containers, whatever
-    // their names, and the native sidecars among its init containers
-    // (appid's own proxy is one; plain init containers have finished
-    // before the app starts). Nothing that runs in the pod goes unlisted.
+    // their names, the native sidecars among its init containers (appid's
+    // own proxy is one; plain init containers have finished before the app
+    // starts), and every ephemeral container, running or exited (what one
+    // ran beside the app may have changed it: it is never appid's, and
+    // stays an app container for the pod's life). Nothing that runs in the
+    // pod goes unlisted.
     let native_sidecars = spec
         .init_containers
         .iter()
         .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    for container in spec.containers.iter().chain(native_sidecars) {
+    let may_be_appid = spec
+        .containers
+        .iter()
+        .chain(native_sidecars)
+        .map(|c| (c, true));
+    let ephemeral = spec.ephemeral_containers.iter().map(|c| (c, false));
+    for (container, may_be_appid) in may_be_appid.chain(ephemeral) {
         let digest = running
             .get(container.name.as_str())
             .cloned()
             .or_else(|| container.image.as_deref().and_then(registry_digest));
         let name = container.name.clone();
         match digest {
-            _ if appid.is_appid(&name, digest.as_deref()) => {
+            _ if may_be_appid && appid.is_appid(&name, digest.as_deref()) => {
                 let digest = digest.unwrap_or_else(|| UNKNOWN_DIGEST.to_owned());
                 facts.appid_images.insert(name, digest);
             }

@@ -495,3 +495,40 @@ fn with_appid_digests_a_container_of_appids_name_is_appids_only_if_it_runs_appid
         format!("sha256:{evil}")
     );
 }
+
+/// An ephemeral container (`kubectl debug`) shares the pod's network: it is
+/// an app container while it runs and after it exits, whatever its name.
+#[test]
+fn an_ephemeral_container_is_an_app_container_even_after_it_exits() {
+    let busybox = "b".repeat(64);
+    let mut p = pod();
+    p["spec"]["ephemeralContainers"] = json!([{"name": "debugger-x7k2p",
+        "image": "busybox:1.36", "targetContainerName": "web", "stdin": true, "tty": true}]);
+    p["status"]["ephemeralContainerStatuses"] = json!([{"name": "debugger-x7k2p",
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+        "ready": false, "restartCount": 0, "image": "docker.io/library/busybox:1.36",
+        "imageID": format!("docker.io/library/busybox@sha256:{busybox}"),
+        "containerID": "containerd://dd"}]);
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.images["debugger-x7k2p"], format!("sha256:{busybox}"));
+    assert_eq!(facts.app_image(), AppImage::NotOne);
+    // Not started yet, by tag: listed, digest unknown.
+    p["status"]["ephemeralContainerStatuses"] = json!([]);
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.without_digest, ["debugger-x7k2p"]);
+    // Never appid's, even under appid's name and digest.
+    let mut p = pod();
+    p["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    p["status"]["initContainerStatuses"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    p["spec"]["ephemeralContainers"] = json!([{"name": "appid-proxy",
+        "image": format!("registry.example/appid@sha256:{SIDECAR}")}]);
+    let facts = check(&p, &[]).unwrap();
+    assert!(facts.appid_images.is_empty(), "{facts:?}");
+    assert_eq!(facts.images["appid-proxy"], format!("sha256:{SIDECAR}"));
+}
