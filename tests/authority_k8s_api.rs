@@ -249,6 +249,11 @@ fn pod_object(ns: &str, sa: &str, name: &str, uid: &str, digest: &str) -> serde_
         "hostIP": "10.0.0.11",
         "podIP": "10.244.1.23",
         "initContainerStatuses": [
+          {"name": "appid-init", "ready": true, "restartCount": 0,
+           "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+           "image": "registry.example/appid:0.1.0",
+           "imageID": format!("registry.example/appid@sha256:{}", "1".repeat(64)),
+           "containerID": "containerd://aa"},
           {"name": "appid-proxy", "ready": true, "restartCount": 0, "started": true,
            "state": {"running": {"startedAt": "2026-01-12T09:30:13Z"}},
            "image": "registry.example/appid:0.1.0",
@@ -668,7 +673,7 @@ fn with_appid_digests_a_container_named_as_appids_proxy_is_no_cover_for_another_
     let evil = format!("sha256:{}", "e".repeat(64));
     let pod = "web-7d4b9c6f5-bbbbb";
     let mut impostor = pod_object("shop", "web", pod, &format!("uid-{pod}"), &decoy);
-    impostor["status"]["initContainerStatuses"][0]["imageID"] =
+    impostor["status"]["initContainerStatuses"][1]["imageID"] =
         serde_json::json!(format!("registry.example/miner@{evil}"));
     let claims = attest_pod(&authority, &api, &cluster, impostor);
     assert_eq!(

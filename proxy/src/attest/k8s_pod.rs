@@ -16,12 +16,14 @@
 //!   to trust (`--k8s-trust-labels`; whoever may create pods in the
 //!   namespace chooses every label, so trust is opt-in, key by key);
 //! - `k8s.images.<container>`: the image digest of each container that runs
-//!   beside the app, appid's own `appid-proxy` and ephemeral (`kubectl
-//!   debug`) containers included: the digest in
-//!   `status.containerStatuses[].imageID` (`<repo>@sha256:<hex>`, what the
-//!   kubelet pulled), or, for a container that has not started yet, the
-//!   digest of `spec.containers[].image` when the spec pins one
-//!   (`<repo>@sha256:<hex>`: the kubelet will run exactly that). The sidecar
+//!   beside the app (module `containers` decides which, and what each
+//!   runs): the app's containers, appid's own `appid-proxy`, init
+//!   containers until they have ended well, ephemeral (`kubectl debug`)
+//!   containers for the pod's life. The digest is the kubelet's
+//!   (`status.*ContainerStatuses[].imageID`, `<repo>@sha256:<hex>`, what it
+//!   pulled) for a container that runs or ran, else the one the spec pins
+//!   (`<repo>@sha256:<hex>`: the kubelet will run exactly that); when both
+//!   are known and differ (an image changed in place), none. The sidecar
 //!   is a native sidecar and attests before the app containers start, so at
 //!   first attestation only a digest-pinned spec gives a digest; renewals
 //!   see the running ones. A bare `sha256:<hex>` imageID (a local image
@@ -35,7 +37,10 @@
 //! image under appid's name beside a clean decoy, and the decoy's scan would
 //! vouch for the pod. With `serve --k8s-appid-digests`
 //! ([`AppidContainers::ByDigest`]) a container is appid's only when it also
-//! runs one of appid's digests; any other is an app container like the rest.
+//! runs one of appid's digests, as `appid inject` writes it (no `command`,
+//! environment, volume, exec probe or hook that could make appid's image,
+//! which has a shell, run other code); any other is an app container like
+//! the rest.
 //!
 //! Pure: bytes and expectations in, facts or a typed reason naming the pod
 //! out; the HTTP request is the authority's business.
@@ -45,6 +50,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use appid_policy::claims::K8s;
+
+mod containers;
+use containers::{ContainerStatus, SpecContainer};
 
 /// The largest pod object accepted from the API server. Real pods are a
 /// few KiB (most of it `managedFields`); this leaves room for large ones
@@ -64,19 +72,23 @@ pub enum AppidContainers {
     /// container runs is listed but never taken for the app.
     #[default]
     ByName,
-    /// By name and digest (`serve --k8s-appid-digests`): a container with
-    /// appid's name that runs none of these digests (or one not known yet)
-    /// is an app container.
+    /// By name, digest and shape (`serve --k8s-appid-digests`): a
+    /// container with appid's name that runs none of these digests (or one
+    /// not known yet), or whose spec could make it run other code than
+    /// appid (a `command`, foreign environment, mounts, exec probes or
+    /// hooks), is an app container.
     ByDigest(std::collections::BTreeSet<String>),
 }
 
 impl AppidContainers {
-    /// Whether the container `name`, running `digest`, is appid's own.
-    fn is_appid(&self, name: &str, digest: Option<&str>) -> bool {
-        APPID_CONTAINERS.contains(&name)
+    /// Whether `container`, running `digest`, is appid's own.
+    fn is_appid(&self, container: &SpecContainer, digest: Option<&str>) -> bool {
+        APPID_CONTAINERS.contains(&container.name.as_str())
             && match self {
                 AppidContainers::ByName => true,
-                AppidContainers::ByDigest(digests) => digest.is_some_and(|d| digests.contains(d)),
+                AppidContainers::ByDigest(digests) => {
+                    digest.is_some_and(|d| digests.contains(d)) && container.runs_only_appid()
+                }
             }
     }
 }
@@ -240,16 +252,6 @@ struct Spec {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SpecContainer {
-    name: String,
-    image: Option<String>,
-    /// `Always` on an init container: a native sidecar, which runs beside
-    /// the app containers for the pod's life.
-    restart_policy: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Status {
     phase: Option<String>,
     #[serde(default)]
@@ -258,13 +260,6 @@ struct Status {
     init_container_statuses: Option<Vec<ContainerStatus>>,
     #[serde(default)]
     ephemeral_container_statuses: Option<Vec<ContainerStatus>>,
-}
-
-#[derive(Deserialize)]
-struct ContainerStatus {
-    name: String,
-    #[serde(rename = "imageID", default)]
-    image_id: String,
 }
 
 /// What `k8s.images` says of a container that runs but whose digest the
@@ -376,43 +371,38 @@ pub fn check_pod(
         }
     }
 
-    let running: BTreeMap<&str, String> = status
+    let statuses: BTreeMap<&str, &ContainerStatus> = status
         .container_statuses
         .iter()
         .chain(&status.init_container_statuses)
         .chain(&status.ephemeral_container_statuses)
         .flatten()
-        .filter_map(|s| Some((s.name.as_str(), registry_digest(&s.image_id)?)))
+        .map(|s| (s.name.as_str(), s))
         .collect();
+    let status_of = |c: &SpecContainer| statuses.get(c.name.as_str()).copied();
     let mut facts = PodFacts {
         node: node.or_else(|| expect.node.map(str::to_owned)),
         ..PodFacts::default()
     };
     // Every container that runs beside the app: its containers, whatever
-    // their names, the native sidecars among its init containers (appid's
-    // own proxy is one; plain init containers have finished before the app
-    // starts), and every ephemeral container, running or exited (what one
-    // ran beside the app may have changed it: it is never appid's, and
+    // their names; its init containers but those that have ended well
+    // (appid's own proxy is a native sidecar, its redirect has ended; the
+    // pod's own init containers start after appid's proxy, with its
+    // identity); and every ephemeral container, running or exited (what
+    // one ran beside the app may have changed it: it is never appid's, and
     // stays an app container for the pod's life). Nothing that runs in the
     // pod goes unlisted.
-    let native_sidecars = spec
+    let init = spec
         .init_containers
         .iter()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    let may_be_appid = spec
-        .containers
-        .iter()
-        .chain(native_sidecars)
-        .map(|c| (c, true));
+        .filter(|c| c.init_runs_beside_app(status_of(c)));
+    let may_be_appid = spec.containers.iter().chain(init).map(|c| (c, true));
     let ephemeral = spec.ephemeral_containers.iter().map(|c| (c, false));
     for (container, may_be_appid) in may_be_appid.chain(ephemeral) {
-        let digest = running
-            .get(container.name.as_str())
-            .cloned()
-            .or_else(|| container.image.as_deref().and_then(registry_digest));
+        let digest = container.digest(status_of(container));
         let name = container.name.clone();
         match digest {
-            _ if may_be_appid && appid.is_appid(&name, digest.as_deref()) => {
+            _ if may_be_appid && appid.is_appid(container, digest.as_deref()) => {
                 let digest = digest.unwrap_or_else(|| UNKNOWN_DIGEST.to_owned());
                 facts.appid_images.insert(name, digest);
             }

