@@ -321,6 +321,51 @@ fn a_document_from_an_unregistered_account_gets_nothing() {
     )
     .unwrap_err();
     assert!(refused.contains("no registration matches"), "{refused}");
+
+    // A registration that names no account would match anyone's instance:
+    // refused, naming the flag and the fact to add. One that does gets no
+    // join token (the signed document is the way in).
+    let out = authority_cli(
+        &authority,
+        &[
+            "register",
+            "--id",
+            "spiffe://prod.example/vm/golden",
+            "--cloud-match",
+            "provider=aws",
+            "--cloud-match",
+            "image=ami-0golden",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--cloud-match") && stderr.contains("account="),
+        "{stderr}"
+    );
+    let out = authority_cli(
+        &authority,
+        &[
+            "register",
+            "--id",
+            "spiffe://prod.example/vm/golden",
+            "--cloud-match",
+            "provider=aws",
+            "--cloud-match",
+            "account=000000000000",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no join token") && !said.contains("one-time"),
+        "{said}"
+    );
 }
 
 #[test]

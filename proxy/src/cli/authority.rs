@@ -587,14 +587,19 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 }
                 registration.cloud_match.insert(key, value);
             }
+            if let Some(problem) = registration.cloud_match_problem() {
+                return Err(anyhow!("--cloud-match: {problem}"));
+            }
             if ttl <= time::Duration::ZERO {
                 return Err(anyhow!("--ttl must be positive"));
             }
             let mut store = open_store(&dir, database.database.as_deref())?;
-            // A Kubernetes service account attests with its pods' tokens.
-            let token = match k8s.is_some() {
-                true => None,
-                false => {
+            // A Kubernetes service account attests with its pods' tokens, a
+            // cloud instance with its signed document: no token for either
+            // (one would be a second way in).
+            let token = match registration.cloud_match.is_empty() {
+                false => None,
+                true => {
                     Some(new_token().ok_or_else(|| anyhow!("no system randomness for a token"))?)
                 }
             };
@@ -616,6 +621,14 @@ pub fn run(command: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 println!(
                     "registered {id} for Kubernetes attestation: pods of service account \
                      {namespace}/{service_account} attest with a projected service-account token"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if token.is_none() {
+                println!(
+                    "registered {id} for cloud attestation: instances whose signed identity \
+                     document matches {:?} attest with it (no join token)",
+                    registration.cloud_match
                 );
                 return Ok(ExitCode::SUCCESS);
             }

@@ -145,6 +145,44 @@ pub struct Registration {
     pub cloud_match: BTreeMap<String, String>,
 }
 
+impl Registration {
+    /// Why a cloud identity document may not attest to this registration,
+    /// if it may not. AWS and Google sign identity documents for every
+    /// customer's instances: a `cloud_match` that does not name the
+    /// customer (`account` on AWS, `project` on GCP) would be matched by an
+    /// instance anyone launches in an account of their own from the same
+    /// public image, in the same region. None for join-token and
+    /// Kubernetes registrations (an empty `cloud_match`, `provider:
+    /// kubernetes`).
+    pub fn cloud_match_problem(&self) -> Option<String> {
+        let facts = &self.cloud_match;
+        let tenant = match facts.get("provider").map(String::as_str) {
+            None if facts.is_empty() => return None,
+            Some(super::service::K8S_PROVIDER) => return None,
+            Some("aws") => "account",
+            Some("gcp") => "project",
+            Some(other) => {
+                return Some(format!(
+                    "provider `{other}` is none appid attests; write provider=aws or provider=gcp"
+                ));
+            }
+            None => {
+                return Some(
+                    "no provider named; add provider=aws and account=<account ID>, or \
+                     provider=gcp and project=<project ID>"
+                        .into(),
+                );
+            }
+        };
+        (!facts.contains_key(tenant)).then(|| {
+            format!(
+                "no {tenant} named: the cloud signs identity documents for every customer's \
+                 instances, so an instance in anyone's {tenant} would match; add {tenant}=<your {tenant}>"
+            )
+        })
+    }
+}
+
 /// How a join token redemption went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
@@ -239,14 +277,18 @@ fn k8s_prune_before(now: i64) -> i64 {
 
 /// Registrations among `candidates` whose every `cloud_match` fact equals
 /// the given facts.
+/// The registrations whose `cloud_match` the facts meet; never one that
+/// names no customer ([`Registration::cloud_match_problem`]: stored before
+/// `register` refused it).
 fn matching(candidates: Vec<Registration>, facts: &BTreeMap<String, String>) -> Vec<Registration> {
     candidates
         .into_iter()
         .filter(|registration| {
-            registration
-                .cloud_match
-                .iter()
-                .all(|(key, value)| facts.get(key) == Some(value))
+            registration.cloud_match_problem().is_none()
+                && registration
+                    .cloud_match
+                    .iter()
+                    .all(|(key, value)| facts.get(key) == Some(value))
         })
         .collect()
 }

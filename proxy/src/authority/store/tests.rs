@@ -229,6 +229,61 @@ fn cloud_registrations_match_on_all_facts() {
     }
 }
 
+/// The cloud signs identity documents for every customer's instances: a
+/// registration that names no customer (an AWS account, a GCP project)
+/// would be met by anyone's instance. `register` refuses it; one stored
+/// before is never matched.
+#[test]
+fn a_cloud_match_that_names_no_customer_matches_no_instance() {
+    let facts = BTreeMap::from([
+        ("provider".to_string(), "aws".to_string()),
+        ("account".to_string(), "999999999999".to_string()),
+        ("region".to_string(), "us-east-1".to_string()),
+        ("image".to_string(), "ami-0golden".to_string()),
+    ]);
+    let with = |pairs: &[(&str, &str)]| {
+        let mut r = registration("spiffe://td/vm/billing");
+        r.cloud_match = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        r
+    };
+    for (pairs, problem) in [
+        (
+            &[("provider", "aws"), ("image", "ami-0golden")][..],
+            "no account",
+        ),
+        (
+            &[("provider", "gcp"), ("region", "us-east-1")][..],
+            "no project",
+        ),
+        (&[("image", "ami-0golden")][..], "no provider"),
+        (
+            &[("provider", "azure"), ("account", "1")][..],
+            "provider `azure`",
+        ),
+    ] {
+        let unsafe_match = with(pairs);
+        let why = unsafe_match.cloud_match_problem().expect("refused");
+        assert!(why.contains(problem), "{pairs:?}: {why}");
+        for backend in backends() {
+            let mut store = backend.open();
+            store.register(&unsafe_match, 0).unwrap();
+            let found = store.registrations_matching_cloud(&facts).unwrap();
+            assert!(found.is_empty(), "{}: {pairs:?} matched", backend.name);
+        }
+    }
+    for fine in [
+        &[("provider", "aws"), ("account", "999999999999")][..],
+        &[("provider", "gcp"), ("project", "p")][..],
+        &[("provider", "kubernetes")][..],
+        &[][..],
+    ] {
+        assert_eq!(with(fine).cloud_match_problem(), None, "{fine:?}");
+    }
+}
+
 #[test]
 fn issued_serials_are_recorded() {
     for backend in backends() {
