@@ -62,43 +62,78 @@ pub enum Fit {
     Dropped,
 }
 
-/// Cuts `claims.reported` until the claims fit the extension.
+/// Cuts `claims.reported` until the claims fit the extension: keeps the
+/// most library entries that fit (found by halving, so a report of
+/// thousands of tiny entries costs a dozen serializations, not one per
+/// entry: this runs inside the issuing transaction, at every renewal any
+/// certificate holder may ask for), else the marker alone, else nothing.
 pub fn fit(claims: &mut AppIdClaims) -> Fit {
-    let mut cut = 0;
-    while claims.to_json().len() > MAX_CLAIMS_LEN {
-        let libraries = claims
-            .reported
-            .as_mut()
-            .and_then(|r| r.get_mut("process"))
-            .and_then(Value::as_object_mut)
-            .filter(|p| {
-                p.get("libraries")
-                    .and_then(Value::as_array)
-                    .is_some_and(|l| !l.is_empty())
-            });
-        match libraries {
-            Some(process) => {
-                if let Some(Value::Array(list)) = process.get_mut("libraries") {
-                    list.pop();
-                }
-                process.insert("libraries_truncated".into(), Value::Bool(true));
-                cut += 1;
-            }
-            None => {
-                let marker = Map::from_iter([("truncated".to_owned(), Value::Bool(true))]);
-                claims.reported = Some(marker);
-                if claims.to_json().len() > MAX_CLAIMS_LEN {
-                    claims.reported = None;
-                }
-                return Fit::Dropped;
-            }
+    if claims.to_json().len() <= MAX_CLAIMS_LEN {
+        return Fit::Whole;
+    }
+    let Some(all) = take_libraries(claims) else {
+        return drop_reported(claims);
+    };
+    // The claims' length grows with the entries kept: the largest count
+    // that fits, between none and all but one.
+    let keep = |claims: &mut AppIdClaims, count: usize| {
+        set_libraries(claims, all[..count].to_vec());
+        claims.to_json().len() <= MAX_CLAIMS_LEN
+    };
+    let (mut fits, mut too_many) = (0, all.len());
+    if !keep(claims, 0) {
+        return drop_reported(claims);
+    }
+    while too_many - fits > 1 {
+        let middle = fits + (too_many - fits) / 2;
+        if keep(claims, middle) {
+            fits = middle;
+        } else {
+            too_many = middle;
         }
     }
-    if cut > 0 {
-        Fit::LibrariesCut(cut)
-    } else {
-        Fit::Whole
+    keep(claims, fits);
+    Fit::LibrariesCut(all.len() - fits)
+}
+
+/// `reported.process.libraries` when it is a non-empty list, taken out and
+/// marked `libraries_truncated`.
+fn take_libraries(claims: &mut AppIdClaims) -> Option<Vec<Value>> {
+    let process = claims
+        .reported
+        .as_mut()?
+        .get_mut("process")?
+        .as_object_mut()?;
+    match process.get_mut("libraries")? {
+        Value::Array(list) if !list.is_empty() => {
+            let all = std::mem::take(list);
+            process.insert("libraries_truncated".into(), Value::Bool(true));
+            Some(all)
+        }
+        _ => None,
     }
+}
+
+/// Puts `list` back as `reported.process.libraries`.
+fn set_libraries(claims: &mut AppIdClaims, list: Vec<Value>) {
+    if let Some(process) = claims
+        .reported
+        .as_mut()
+        .and_then(|r| r.get_mut("process"))
+        .and_then(Value::as_object_mut)
+    {
+        process.insert("libraries".into(), Value::Array(list));
+    }
+}
+
+/// `reported` as `{"truncated": true}`, or none if even that does not fit.
+fn drop_reported(claims: &mut AppIdClaims) -> Fit {
+    let marker = Map::from_iter([("truncated".to_owned(), Value::Bool(true))]);
+    claims.reported = Some(marker);
+    if claims.to_json().len() > MAX_CLAIMS_LEN {
+        claims.reported = None;
+    }
+    Fit::Dropped
 }
 
 #[cfg(test)]
@@ -171,6 +206,53 @@ mod tests {
         let before = small.clone();
         assert_eq!(fit(&mut small), Fit::Whole);
         assert_eq!(small, before);
+    }
+
+    /// What `fit` keeps is what cutting one entry at a time from the end
+    /// would keep (the claims' length grows with the entries), for lists
+    /// of every shape: long and short entries, thousands of tiny ones (a
+    /// report any certificate holder may send at every renewal), a blob
+    /// beside them that no cut can make fit.
+    #[test]
+    fn fit_keeps_what_cutting_entry_by_entry_would() {
+        fn one_by_one(claims: &mut AppIdClaims) -> Fit {
+            let mut cut = 0;
+            while claims.to_json().len() > MAX_CLAIMS_LEN {
+                let process = claims.reported.as_mut().unwrap()["process"]
+                    .as_object_mut()
+                    .unwrap();
+                let list = process["libraries"].as_array_mut().unwrap();
+                if list.is_empty() {
+                    return drop_reported(claims);
+                }
+                list.pop();
+                process.insert("libraries_truncated".into(), Value::Bool(true));
+                cut += 1;
+            }
+            if cut == 0 {
+                Fit::Whole
+            } else {
+                Fit::LibrariesCut(cut)
+            }
+        }
+        let tiny = |n: usize| Value::Array((0..n).map(|i| json!(i % 10)).collect());
+        let mut cases = vec![(libraries(40), 0), (libraries(3), 0), (tiny(1500), 0)];
+        // A blob beside them from nothing to more than fits, by steps
+        // shorter than an entry: every count kept, none at all, the marker.
+        for blob in (0..2100).step_by(20) {
+            cases.extend([(libraries(5), blob), (tiny(30), blob)]);
+        }
+        for (list, blob) in cases {
+            let mut claims = AppIdClaims::new("spiffe://td/web", "join_token");
+            claims.reported = Some(map(
+                json!({"process": {"uid": 1, "libraries": list}, "blob": "x".repeat(blob)}),
+            ));
+            let mut reference = claims.clone();
+            let how = fit(&mut claims);
+            assert_eq!(how, one_by_one(&mut reference), "{blob}");
+            assert_eq!(claims, reference, "{how:?}");
+            assert!(claims.to_json().len() <= MAX_CLAIMS_LEN);
+        }
     }
 
     #[test]
