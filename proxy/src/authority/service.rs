@@ -637,6 +637,24 @@ impl Authority {
                 let registration = tx
                     .registration(&current.id)?
                     .ok_or_else(|| Refusal::NotRegistered(current.id.clone()))?;
+                // A cloud instance's certificate renews only while its
+                // registration still takes that instance: an edited
+                // `--cloud-match` (another account, a token instead) ends
+                // the identities it no longer covers at their next renewal.
+                let cloud = current.cloud.as_ref().map(cloud_facts).unwrap_or_default();
+                if matches!(
+                    current.attestation.as_str(),
+                    attestation::AWS_IID | attestation::GCP_IIT
+                ) && !registration.takes_cloud_instance(&cloud)
+                {
+                    return Err(Refusal::NotAllowed {
+                        id: current.id.clone(),
+                        reason: format!(
+                            "its registration no longer takes this instance (cloud facts \
+                             {cloud:?}); the instance must attest again with its document"
+                        ),
+                    });
+                }
                 let (k8s, app_image) = match &pod {
                     Some((pod, facts)) => {
                         let (claims, image) = vouch_pod(
@@ -1298,6 +1316,70 @@ mod tests {
         let (digest, high, images) = attest(init, "init");
         assert_eq!((digest.as_ref(), high), (Some(&pinned), None));
         assert_eq!(images["migrate"], evil);
+    }
+
+    /// A cloud instance's certificate renews only while its registration
+    /// still takes the instance: re-registered for another account, the
+    /// identity ends at its next renewal.
+    #[test]
+    fn a_cloud_instance_renews_only_while_its_registration_takes_it() {
+        struct OneInstance;
+        impl CloudVerifier for OneInstance {
+            fn verify(&self, _: &Proof, _: i64) -> Result<Cloud, String> {
+                Ok(Cloud {
+                    provider: Some("aws".into()),
+                    account: Some("123456789012".into()),
+                    region: Some("eu-west-1".into()),
+                    instance: Some("i-0abc".into()),
+                    ..Cloud::default()
+                })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path(), "td.example", KeyAlg::EcdsaP256).unwrap();
+        let aws = |account: &str| Registration {
+            id: "spiffe://td.example/vm/billing".into(),
+            labels: BTreeMap::new(),
+            image_digest: None,
+            cloud_match: BTreeMap::from([
+                ("provider".into(), "aws".into()),
+                ("account".into(), account.into()),
+            ]),
+        };
+        let mut store = Store::open(dir.path()).unwrap();
+        store.register(&aws("123456789012"), 0).unwrap();
+        let authority = Authority::new(
+            ca,
+            store,
+            time::Duration::minutes(5),
+            None,
+            Some(Box::new(OneInstance)),
+        )
+        .unwrap();
+        let request = AttestRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            proof: Proof::AwsIid {
+                document: "{}".into(),
+                kind: "signature".into(),
+                signature: String::new(),
+                region: "eu-west-1".into(),
+            },
+            reported: None,
+        };
+        let (claims, der) = claims_and_der(&authority.attest(&request, 10).unwrap());
+        let presented = PresentedCert::new(&der, claims).unwrap();
+        let renew = || RenewRequest {
+            csr: new_key_and_csr().unwrap().csr_pem,
+            reported: None,
+        };
+        authority.renew(&presented, &renew(), 20).unwrap();
+        Store::open(dir.path())
+            .unwrap()
+            .register(&aws("210987654321"), 30)
+            .unwrap();
+        let refusal = authority.renew(&presented, &renew(), 40).unwrap_err();
+        assert_eq!(refusal.status(), 403, "{refusal}");
+        assert!(refusal.to_string().contains("no longer takes"), "{refusal}");
     }
 
     /// The request a sidecar sends for a Kubernetes attestation.

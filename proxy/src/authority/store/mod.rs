@@ -146,6 +146,19 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// Whether an instance with these cloud facts (verified from its signed
+    /// document) is this registration's: every `cloud_match` fact is met,
+    /// and the match names the customer ([`Self::cloud_match_problem`]; one
+    /// stored before `register` refused such matches takes no instance).
+    pub fn takes_cloud_instance(&self, facts: &BTreeMap<String, String>) -> bool {
+        !self.cloud_match.is_empty()
+            && self.cloud_match_problem().is_none()
+            && self
+                .cloud_match
+                .iter()
+                .all(|(key, value)| facts.get(key) == Some(value))
+    }
+
     /// Why a cloud identity document may not attest to this registration,
     /// if it may not. AWS and Google sign identity documents for every
     /// customer's instances: a `cloud_match` that does not name the
@@ -277,19 +290,12 @@ fn k8s_prune_before(now: i64) -> i64 {
 
 /// Registrations among `candidates` whose every `cloud_match` fact equals
 /// the given facts.
-/// The registrations whose `cloud_match` the facts meet; never one that
-/// names no customer ([`Registration::cloud_match_problem`]: stored before
-/// `register` refused it).
+/// The registrations whose `cloud_match` the facts meet
+/// ([`Registration::takes_cloud_instance`]).
 fn matching(candidates: Vec<Registration>, facts: &BTreeMap<String, String>) -> Vec<Registration> {
     candidates
         .into_iter()
-        .filter(|registration| {
-            registration.cloud_match_problem().is_none()
-                && registration
-                    .cloud_match
-                    .iter()
-                    .all(|(key, value)| facts.get(key) == Some(value))
-        })
+        .filter(|registration| registration.takes_cloud_instance(facts))
         .collect()
 }
 
