@@ -547,9 +547,11 @@ fn decide_again(policy: &Policy, docs: &Docs, line: &AuditLine) -> Verdict {
     }
     // A destination outside the mesh, read as the sidecar reads it.
     let external = match &callee {
-        Callee::External { .. } => Some(external_verdict(&decision, || {
-            policy.metadata_by_name_only(&query)
-        })),
+        Callee::External { .. } => Some(external_verdict(
+            &decision,
+            || policy.metadata_by_name_only(&query),
+            || policy.decide_as_external(&query),
+        )),
         _ => None,
     };
     let (new_outcome, new_rule) = match (decision.outcome, external) {

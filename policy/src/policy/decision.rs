@@ -124,6 +124,16 @@ impl<'p> Decision<'p> {
         self.matched.map(|rule| std::ptr::from_ref(rule) as usize)
     }
 
+    /// Whether the deciding rule has `to.external`. Only such a rule makes
+    /// a destination one outside the mesh: a deny rule about every
+    /// destination (`from` only) also decides connections out of the mesh,
+    /// but its would-be denial in audit mode says nothing of where they
+    /// go ([`super::Policy::decide_as_external`] does).
+    pub fn takes_outside_the_mesh(&self) -> bool {
+        self.matched
+            .is_some_and(|rule| rule.callee == super::rule::CalleeKind::External)
+    }
+
     /// Whether the deciding rule let a connection out of the mesh by the
     /// name the app gave (`to.external.hosts`). The address the app
     /// dialled proves nothing about that name (an app can send any SNI or

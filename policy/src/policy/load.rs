@@ -26,9 +26,7 @@ use super::attr::Attr;
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
 use super::query::{decoded_in_paths, is_host_name, normalize_host, push_percent_encoded};
-use super::rule::{
-    Action, CalleeKind, CallerKind, Clause, MetadataNamed, PortSet, Rule, Side, Test,
-};
+use super::rule::{Action, Clause, MetadataNamed, PortSet, Rule, Side, Test, scope};
 use super::selector;
 use super::yaml::{self, Mark, Node, Value};
 
@@ -456,24 +454,24 @@ fn load_rule<'n, 'a>(
     clauses.extend(parts.claims);
     let l7_from = clauses.len();
     clauses.extend(parts.http);
+    let is_l7 = http.is_some() || protocol == Some(Protocol::Http);
+    let (caller, callee) = scope(
+        action,
+        unauth.is_some(),
+        external.is_some(),
+        &clauses,
+        is_l7,
+    );
     (
         Some(Rule {
             name: name.into(),
             action,
             mark: node.mark,
-            caller: if unauth.is_some() {
-                CallerKind::Unauthenticated
-            } else {
-                CallerKind::Meshed
-            },
-            callee: if external.is_some() {
-                CalleeKind::External
-            } else {
-                CalleeKind::Meshed
-            },
+            caller,
+            callee,
             clauses: clauses.into(),
             l7_from,
-            is_l7: http.is_some() || protocol == Some(Protocol::Http),
+            is_l7,
             allows_non_http: protocol == Some(Protocol::Tcp),
             metadata_named,
         }),

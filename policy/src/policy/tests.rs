@@ -2641,3 +2641,187 @@ mod props {
         }
     }
 }
+
+// ------------------------------------------------ outside the mesh
+
+/// A deny rule without caller claims (no `from`) holds for callers outside
+/// the mesh too, its `to` and `http` clauses still checked (reviewer's
+/// finding: a `from.unauthenticated` allow let the load balancer's range
+/// past `deny to.ports: [6060]` and a deny of `/admin/**`). An allow rule
+/// without `from` still admits meshed callers only.
+#[test]
+fn a_deny_without_from_holds_for_callers_outside_the_mesh() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: lb-health
+    action: allow
+    from: { unauthenticated: { cidrs: ["10.0.0.0/8"] } }
+    to: { labels.app: api }
+  - name: any-meshed
+    action: allow
+  - name: no-debug-port
+    action: deny
+    to: { ports: [6060] }
+  - name: no-admin
+    action: deny
+    to: { labels.app: api }
+    http: { paths: ["/admin/**"] }
+  - name: no-legacy
+    action: deny
+    from: { labels.app: legacy }
+"#,
+    );
+    let callee = api();
+    let q = Query::unauthenticated(ip("10.1.2.3"), &callee, 6060);
+    let d = decide(&p, &q);
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Deny, "no-debug-port"),
+        "deny to.ports: [6060] must hold for every caller: {d}"
+    );
+    let q = Query::unauthenticated(ip("10.1.2.3"), &callee, 8080);
+    assert_eq!(
+        (decide(&p, &q).outcome, decide(&p, &q).rule),
+        (Outcome::DeferToL7, "no-admin")
+    );
+    for (path, want) in [
+        ("/admin/users", (Outcome::Deny, "no-admin")),
+        ("/health", (Outcome::Allow, "lb-health")),
+    ] {
+        let d = decide(
+            &p,
+            &q.with_request(HttpRequest {
+                method: "GET",
+                path,
+                headers: &NoHeaders,
+            }),
+        );
+        assert_eq!((d.outcome, d.rule), want, "{path}: {d}");
+    }
+    // A deny with caller claims cannot be checked without claims; an allow
+    // without `from` is still about meshed callers only.
+    let d = decide(&p, &Query::unauthenticated(ip("11.0.0.1"), &callee, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
+    // explain says which rules a caller outside the mesh meets.
+    let e = p.explain(&Query::unauthenticated(ip("10.1.2.3"), &callee, 6060));
+    let failed = |name: &str| {
+        e.rules
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.failed.clone())
+            .unwrap_or_default()
+    };
+    assert!(failed("no-debug-port").is_empty());
+    let outside = "from (the caller is outside the mesh; only from.unauthenticated rules and \
+                   deny rules without caller claims apply)";
+    for name in ["any-meshed", "no-legacy"] {
+        assert_eq!(failed(name).first().copied(), Some(outside), "{name}");
+    }
+}
+
+/// A deny rule without callee claims and without `http` holds for
+/// destinations outside the mesh too, its `to.ports` checked against the
+/// destination's port (reviewer's finding: a quarantine by `from` alone
+/// let the workload out through a broad `to.external` allow). An allow
+/// rule without `to.external`, and a deny rule with callee claims or
+/// `http`, are still about meshed callees only.
+#[test]
+fn a_deny_without_to_holds_for_destinations_outside_the_mesh() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: egress-https
+    action: allow
+    to: { external: { cidrs: ["0.0.0.0/0"], ports: [443, 25] } }
+  - name: any-meshed
+    action: allow
+  - name: quarantine-critical
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+  - name: no-smtp
+    action: deny
+    to: { ports: [25] }
+  - name: no-api-for-web
+    action: deny
+    from: { labels.app: web }
+    to: { labels.app: api }
+  - name: no-admin
+    action: deny
+    http: { paths: ["/admin/**"] }
+"#,
+    );
+    let bad = with_criticals(claims(WEB, &[("app", "web")]), 3);
+    let good = web();
+    let out = |c, port| Query::external(c, ip("93.184.216.34"), Some("exfil.example"), port);
+    for (caller, port, want) in [
+        (&bad, 443, (Outcome::Deny, "quarantine-critical")),
+        (&good, 443, (Outcome::Allow, "egress-https")),
+        (&good, 25, (Outcome::Deny, "no-smtp")),
+    ] {
+        let d = decide(&p, &out(caller, port));
+        assert_eq!((d.outcome, d.rule), want, "{port}: {d}");
+    }
+    // Not an external rule: `any-meshed` allows no destination outside
+    // the mesh.
+    let d = decide(&p, &out(&good, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
+    let e = p.explain(&out(&good, 443));
+    let failed = |name: &str| {
+        e.rules
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.failed.clone())
+            .unwrap_or_default()
+    };
+    let outside = "to (the destination is outside the mesh; only to.external rules and deny \
+                   rules without callee claims or http apply)";
+    for name in ["any-meshed", "no-api-for-web", "no-admin"] {
+        assert_eq!(failed(name).first().copied(), Some(outside), "{name}");
+    }
+    assert_eq!(failed("no-smtp"), ["to.ports: [25]"]);
+}
+
+/// In audit mode a would-be denial by a deny rule about every destination
+/// is no rule taking the destination out of the mesh:
+/// [`Policy::decide_as_external`] decides without such rules what the
+/// destination is (a meshed service must not be reached in plaintext
+/// because a quarantine is being tried out).
+#[test]
+fn audit_mode_tells_a_deny_about_every_destination_from_an_external_rule() {
+    let src = r#"version: 1
+mode: audit
+rules:
+  - name: egress-https
+    action: allow
+    to: { external: { cidrs: ["93.184.216.0/24"], ports: [443] } }
+  - name: no-internal-db
+    action: deny
+    to: { external: { cidrs: ["10.9.0.0/16"] } }
+  - name: critical-quarantine
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+"#;
+    let p = load(src);
+    let bad = with_criticals(claims(WEB, &[("app", "web")]), 3);
+    let to = |addr| Query::external(&bad, ip(addr), None, 443);
+    for (addr, then) in [
+        ("93.184.216.34", (Outcome::Allow, "egress-https", true)),
+        ("10.9.1.1", (Outcome::Allow, "no-internal-db", true)),
+        // Audited by default: no rule takes it out of the mesh.
+        ("10.1.1.1", (Outcome::Allow, "default", false)),
+    ] {
+        let d = decide(&p, &to(addr));
+        assert_eq!(
+            (d.outcome, d.rule, d.audit_only, d.takes_outside_the_mesh()),
+            (Outcome::Allow, "critical-quarantine", true, false),
+            "{addr}: {d}"
+        );
+        let e = p.decide_as_external(&to(addr));
+        assert_eq!(
+            (e.outcome, e.rule, e.takes_outside_the_mesh()),
+            then,
+            "{addr}: {e}"
+        );
+    }
+}
