@@ -94,7 +94,10 @@
 //! sidecar computed (anything from `?` on is ignored), case-sensitively
 //! unless the policy says `paths_case_insensitive: true`: then they ignore
 //! ASCII case, so `/ADMIN/x` meets `/admin/**` (for apps that route that
-//! way). Header names ignore case and treat `_` as `-` (`x_debug` in a rule
+//! way). In a **deny** rule a path pattern also holds for the path with one
+//! trailing `/` (`/admin` for `/admin/`: many servers route both alike),
+//! as a deny of `GET` also holds for `HEAD`; allows hold only for what they
+//! name. Header names ignore case and treat `_` as `-` (`x_debug` in a rule
 //! is `x-debug`, and so is an `X_Debug` request header). A header's
 //! *elements* are the comma-separated items of all its field lines, trimmed,
 //! empty ones ignored; a value that is not UTF-8 is compared with its

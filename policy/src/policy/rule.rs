@@ -453,10 +453,7 @@ impl Test {
             Test::Methods(methods) => {
                 request.is_some_and(|r| method_holds(methods, r.method, action))
             }
-            Test::Paths(globs) => request.is_some_and(|r| {
-                let path = r.path.split(['?', '#']).next().unwrap_or(r.path);
-                globs.iter().any(|g| g.matches(path))
-            }),
+            Test::Paths(globs) => request.is_some_and(|r| path_holds(globs, r.path, action)),
             Test::Header(name, globs) => {
                 request.is_some_and(|r| header_holds(r.headers, name, globs, action))
             }
@@ -476,6 +473,28 @@ fn method_holds(methods: &[Box<str>], method: &str, action: Action) -> bool {
     methods
         .iter()
         .any(|m| **m == *method || (action == Action::Deny && method == "HEAD" && &**m == "GET"))
+}
+
+/// A paths clause: does the request's (canonical) `path` meet one of
+/// `globs` in a rule with this `action`? Anything from `?` or `#` on is
+/// not path. In a deny rule a pattern also holds for the path with one
+/// trailing `/`: `/admin` for `/admin/`, `/users/*/delete` for
+/// `/users/1/delete/`, since servers route those to the same handler
+/// (Express without strict routing, its default; Spring MVC before 6), so
+/// a deny of `/admin` that let `/admin/` (or `/%61dmin/`, `/admin;x/`,
+/// which are `/admin/` canonically) through would deny nothing. A pattern
+/// ending in `/` or `**` already says what it holds for there. (An allow of
+/// `/admin` does not allow `/admin/`: allows only ever hold for what they
+/// name.)
+fn path_holds(globs: &[Glob], path: &str, action: Action) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let without_slash = match action {
+        Action::Deny => path.strip_suffix('/').filter(|p| !p.is_empty()),
+        Action::Allow => None,
+    };
+    globs
+        .iter()
+        .any(|g| g.matches(path) || without_slash.is_some_and(|p| g.matches(p)))
 }
 
 /// A header clause: does header `name` meet `globs` in a rule with this

@@ -2825,3 +2825,53 @@ rules:
         );
     }
 }
+
+/// In a deny rule a path pattern also holds for the path with one trailing
+/// `/` (reviewer's finding: `deny paths: [/admin]` missed `/admin/`, which
+/// Express and Spring MVC < 6 route to `/admin`). A pattern ending in `/`
+/// or `**` is unchanged, and an allow holds only for what it names.
+#[test]
+fn a_deny_of_an_exact_path_holds_with_a_trailing_slash() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    http: { paths: ["/**"] }
+  - name: no-admin
+    action: deny
+    http: { paths: ["/admin", "/users/*/delete", "/x/", "/y/**"] }
+  - name: status-only
+    action: allow
+    from: { labels.app: monitor }
+    http: { paths: ["/status"] }
+"#,
+    );
+    let (caller, callee) = (web(), api());
+    let request = |caller, path| {
+        Query::meshed(Direction::Inbound, caller, &callee, 80).with_request(HttpRequest {
+            method: "POST",
+            path,
+            headers: &NoHeaders,
+        })
+    };
+    for (path, want) in [
+        ("/admin", "no-admin"),
+        ("/admin/", "no-admin"),
+        ("/admin/?q=1", "no-admin"),
+        ("/users/1/delete/", "no-admin"),
+        ("/x/", "no-admin"),
+        ("/y/", "no-admin"),
+        ("/admin//", "web-to-api"),
+        ("/adminx/", "web-to-api"),
+        ("/x", "web-to-api"),
+        ("/", "web-to-api"),
+    ] {
+        let d = decide(&p, &request(&caller, path));
+        assert_eq!(d.rule, want, "{path}: {d}");
+    }
+    let monitor = claims(WEB, &[("app", "monitor")]);
+    let d = decide(&p, &request(&monitor, "/status/"));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
+}
