@@ -183,15 +183,16 @@ pub(crate) fn load(src: &str) -> Result<Loaded, Diags> {
 }
 
 /// A key and its value in a map.
-struct Entry<'n, 'a> {
-    key: &'n str,
-    key_node: &'n Node<'a>,
-    value: &'n Node<'a>,
+pub(super) struct Entry<'n, 'a> {
+    pub key: &'n str,
+    pub key_node: &'n Node<'a>,
+    pub value: &'n Node<'a>,
 }
 
 /// The entries of a map (an empty value counts as an empty map), checking
-/// that keys are plain names and not repeated.
-fn map_entries<'n, 'a>(
+/// that keys are plain names and not repeated: every map of the policy is
+/// read through here (selectors' operator maps too).
+pub(super) fn map_entries<'n, 'a>(
     node: &'n Node<'a>,
     what: &str,
     diags: &mut Diags,

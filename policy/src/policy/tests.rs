@@ -2875,3 +2875,67 @@ rules:
     let d = decide(&p, &request(&monitor, "/status/"));
     assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
 }
+
+/// `in` and `not_in` compare exactly, so a `*` in them is refused at load
+/// (reviewer's finding: `{not_in: ["spiffe://prod.example/ns/legacy/**"]}`
+/// took the pattern as a literal and admitted `legacy`). The error names
+/// the entry's line and the ways to write a glob; a plain list and `{not:
+/// [...]}` glob as before.
+#[test]
+fn a_star_in_in_or_not_in_is_refused_not_taken_literally() {
+    let rule = |from: &str| {
+        format!(
+            "version: 1\nrules:\n  - name: all-but-legacy\n    action: allow\n    from: {from}\n"
+        )
+    };
+    let e = errors(&rule(
+        r#"{ id: { not_in: ["spiffe://prod.example/ns/legacy/**"] } }"#,
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "p.yaml:5:28: `not_in` compares exactly, and no claim has a `*`: \
+             `\"spiffe://prod.example/ns/legacy/**\"` would match nothing; for a glob write a \
+             plain list (`{not: [\"spiffe://prod.example/ns/legacy/**\"]}`) or `{glob: "
+        ),
+        "{e:?}"
+    );
+    let e = errors(&rule("{ labels.app: { in: [web, \"api-*\"] } }"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("p.yaml:5:37: `in` compares exactly"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("`[\"api-*\"]`"), "{e:?}");
+
+    let p = load(&rule(
+        r#"{ id: { not: ["spiffe://prod.example/ns/legacy/**"] } }"#,
+    ));
+    let callee = api();
+    for (id, want) in [
+        ("spiffe://prod.example/ns/legacy/sa/old", Outcome::Deny),
+        (WEB, Outcome::Allow),
+    ] {
+        let caller = claims(id, &[]);
+        let d = decide(&p, &Query::meshed(Direction::Inbound, &caller, &callee, 80));
+        assert_eq!(d.outcome, want, "{id}: {d}");
+    }
+}
+
+/// An operator map is read like every other map: a repeated operator is
+/// refused (reviewer's finding: `{in: [legacy], in: [old]}` loaded as an
+/// AND of both, a deny that never fires).
+#[test]
+fn a_repeated_operator_is_refused() {
+    let e = errors(
+        "version: 1\nrules:\n  - name: r\n    action: deny\n    \
+         from: { labels.app: { in: [legacy], in: [old] } }\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "p.yaml:5:41: duplicate key `in` in the operators of `labels.app` (first at line 5); \
+          keep only one of them"
+        ]
+    );
+}
