@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 
 use super::attr::Attr;
+use super::decision::{DEFAULT_RULE, SIDECAR_RULE_NAMES};
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
 use super::query::{decoded_in_paths, is_host_name, normalize_host, push_percent_encoded};
@@ -491,11 +492,23 @@ fn rule_name(node: &Node<'_>, diags: &mut Diags) -> Option<String> {
         );
         return None;
     }
-    if text == "default" {
+    if text == DEFAULT_RULE {
         diags.push(
             node.mark,
             "`default` is reserved: decisions made by the policy's `default` are named so",
             "choose another name, e.g. `default-allow`",
+        );
+        return None;
+    }
+    if SIDECAR_RULE_NAMES.contains(&text) {
+        diags.push(
+            node.mark,
+            format!(
+                "`{text}` is reserved: the sidecar names its own denials so (a revoked peer, an \
+                 expired certificate, a request refused before policy), in audit lines and \
+                 `x-appid-denied-by`"
+            ),
+            format!("choose another name, e.g. `no-{text}-peers` or `deny-{text}`"),
         );
         return None;
     }

@@ -185,7 +185,10 @@ mod tests;
 use std::fmt;
 
 pub use connection::ConnectionRules;
-pub use decision::{DEFAULT_RULE, Decision, Miss, NOT_HTTP_CLAUSE, Outcome, Reason, Why};
+pub use decision::{
+    DEFAULT_RULE, Decision, EXPIRED_RULE, INVALID_REQUEST_RULE, Miss, NOT_HTTP_CLAUSE, Outcome,
+    REVOKED_RULE, Reason, SIDECAR_RULE_NAMES, Why,
+};
 pub use error::{PolicyError, PolicyErrors};
 pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;

@@ -2939,3 +2939,30 @@ fn a_repeated_operator_is_refused() {
         ]
     );
 }
+
+/// The rule names the sidecar gives its own denials are reserved like
+/// `default` (reviewer's finding: a rule named `revoked` was told from a
+/// revocation by nothing in audit lines or `x-appid-denied-by`, and
+/// `policy replay` skipped its lines as decided before policy).
+#[test]
+fn the_sidecars_own_rule_names_are_reserved() {
+    assert_eq!(
+        SIDECAR_RULE_NAMES,
+        ["revoked", "expired", "invalid-request"]
+    );
+    for name in SIDECAR_RULE_NAMES {
+        let src = format!(
+            "version: 1\nrules:\n  - name: {name}\n    action: deny\n    \
+             from: {{ labels.app: legacy }}\n"
+        );
+        let e = errors(&src);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "p.yaml:3:11: `{name}` is reserved: the sidecar names"
+            )),
+            "{e:?}"
+        );
+    }
+    load("version: 1\nrules:\n  - { name: revoked-peers, action: deny }\n");
+}

@@ -30,15 +30,9 @@ use super::http::{
 };
 use crate::audit::{AppIdDoc, AuditRecord, Claims, ConnectionFields, ExternalDest};
 
-/// The rule name audit lines and `x-appid-denied-by` carry for a peer the
-/// authority revoked.
-pub const REVOKED_RULE: &str = "revoked";
-
-/// The rule name audit lines and `x-appid-denied-by` carry for a request
-/// on a live connection whose peer's certificate has expired since the
-/// handshake: its claims are no longer vouched for (a renewal may carry
-/// other ones).
-pub const EXPIRED_RULE: &str = "expired";
+/// The rule names of the sidecar's own denials: the policy crate's, which
+/// no rule may take ([`appid_policy::policy::SIDECAR_RULE_NAMES`]).
+pub use appid_policy::policy::{EXPIRED_RULE, REVOKED_RULE};
 
 /// The other party of a connection, as policy sees it.
 #[derive(Debug, Clone)]
