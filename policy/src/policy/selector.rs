@@ -22,6 +22,11 @@
 //! `*`), and `{not_in: ["spiffe://td/ns/legacy/**"]}` would exclude nothing.
 //! A plain list, `{not: [...]}` or `{glob: ...}` says it as a glob.
 //!
+//! An unquoted `yes`, `no`, `on` or `off` (any case) is refused: YAML 1.1
+//! reads them as booleans, this YAML (1.2) as text, so `root: yes` would
+//! never meet the claim `root: true`. Write `true`/`false` for a boolean,
+//! `"yes"` for the text.
+//!
 //! An operator map is a map like any other: a repeated operator (`{in: [a],
 //! in: [b]}`) is refused, not read as both.
 //!
@@ -206,6 +211,9 @@ fn parse_value(node: &Node<'_>, attr: &Attr, diags: &mut Diags) -> Option<Pred> 
                 );
                 return None;
             }
+            if yaml_1_1_boolean(node, diags) {
+                return None;
+            }
             if text.contains('*') {
                 return glob_value(node, text, diags).map(|g| Pred::Glob(Box::new([g])));
             }
@@ -388,6 +396,33 @@ fn exact_literals(node: &Node<'_>, op: &str, diags: &mut Diags) -> Option<Box<[L
     ok.then_some(lits)
 }
 
+/// Whether `node` is an unquoted `yes`, `no`, `on` or `off` (any case),
+/// which is reported: a YAML 1.1 boolean, text here (see the module
+/// documentation).
+fn yaml_1_1_boolean(node: &Node<'_>, diags: &mut Diags) -> bool {
+    let Value::Scalar {
+        text,
+        quoted: false,
+    } = &node.value
+    else {
+        return false;
+    };
+    let boolean = match text.to_ascii_lowercase().as_str() {
+        "yes" | "on" => "true",
+        "no" | "off" => "false",
+        _ => return false,
+    };
+    diags.push(
+        node.mark,
+        format!(
+            "`{text}` is a boolean in YAML 1.1 but text in the YAML policies are read as (1.2), \
+             so it would never equal a `{boolean}` claim"
+        ),
+        format!("write `{boolean}` for the boolean, or `\"{text}\"` for the text"),
+    );
+    true
+}
+
 /// A plain value with `*` in it: a glob.
 fn glob_value(node: &Node<'_>, text: &str, diags: &mut Diags) -> Option<Glob> {
     match Glob::path(text) {
@@ -429,6 +464,7 @@ fn literals(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<Box<[Lit]>
     let mut out = Vec::with_capacity(want);
     for item in items {
         match item.scalar().filter(|_| !item.is_null()) {
+            Some(_) if yaml_1_1_boolean(item, diags) => {}
             Some(text) => out.push(Lit::new(text)),
             None => diags.push(
                 item.mark,

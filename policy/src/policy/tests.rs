@@ -2966,3 +2966,41 @@ fn the_sidecars_own_rule_names_are_reserved() {
     }
     load("version: 1\nrules:\n  - { name: revoked-peers, action: deny }\n");
 }
+
+/// An unquoted YAML 1.1 boolean (`yes`, `on`, `no`, `off`, any case) as a
+/// selector value is refused; quoted it is text (reviewer's finding: `deny
+/// reported.process.root: yes` loaded as the text `yes` and never met
+/// `root: true`).
+#[test]
+fn yaml_1_1_booleans_in_selectors_are_refused_unless_quoted() {
+    let rule = |from: &str| {
+        format!(
+            "version: 1\ndefault: allow\nrules:\n  - name: no-root\n    action: deny\n    from: {from}\n"
+        )
+    };
+    for (from, column, text, boolean) in [
+        ("{ reported.process.root: yes }", 36, "yes", "true"),
+        ("{ labels.debug: [On, x] }", 28, "On", "true"),
+        ("{ labels.debug: { not_in: [OFF] } }", 38, "OFF", "false"),
+        ("{ labels.debug: { not: no } }", 34, "no", "false"),
+    ] {
+        let e = errors(&rule(from));
+        assert_eq!(
+            e,
+            [format!(
+                "p.yaml:6:{column}: `{text}` is a boolean in YAML 1.1 but text in the YAML \
+                 policies are read as (1.2), so it would never equal a `{boolean}` claim; write \
+                 `{boolean}` for the boolean, or `\"{text}\"` for the text"
+            )],
+            "{from}"
+        );
+    }
+    let p = load(&rule(
+        r#"{ labels.debug: "on", reported.process.root: true }"#,
+    ));
+    let mut c = claims(WEB, &[("debug", "on")]);
+    c.reported = serde_json::from_str(r#"{"process":{"root":true}}"#).ok();
+    let callee = api();
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &c, &callee, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "no-root"), "{d}");
+}
