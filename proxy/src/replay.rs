@@ -46,14 +46,12 @@ use std::path::{Path, PathBuf};
 use appid_policy::AppIdClaims;
 use appid_policy::policy::{
     Callee, Caller, Direction, Headers, Http, HttpRequest, Outcome, Policy, Query,
+    SIDECAR_RULE_NAMES,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::audit::appid_digest;
-use crate::sidecar::authz::{
-    AUDIT_FIELD_BYTES, EXPIRED_RULE, ExternalVerdict, REVOKED_RULE, external_verdict,
-};
-use crate::sidecar::http::INVALID_REQUEST_RULE;
+use crate::sidecar::authz::{AUDIT_FIELD_BYTES, ExternalVerdict, external_verdict};
 
 /// Longest audit line read (bytes); longer ones are bad lines.
 const MAX_LINE_BYTES: usize = 1 << 20;
@@ -459,7 +457,7 @@ fn example(at: Place, line: &AuditLine, new_decision: String) -> Example {
 
 /// One line under the new policy.
 fn decide_again(policy: &Policy, docs: &Docs, line: &AuditLine) -> Verdict {
-    if [REVOKED_RULE, EXPIRED_RULE, INVALID_REQUEST_RULE].contains(&line.rule.as_str()) {
+    if SIDECAR_RULE_NAMES.contains(&line.rule.as_str()) {
         return Verdict::NotPolicy;
     }
     if let Some(n) = line.repeated {
@@ -547,9 +545,11 @@ fn decide_again(policy: &Policy, docs: &Docs, line: &AuditLine) -> Verdict {
     }
     // A destination outside the mesh, read as the sidecar reads it.
     let external = match &callee {
-        Callee::External { .. } => Some(external_verdict(&decision, || {
-            policy.metadata_by_name_only(&query)
-        })),
+        Callee::External { .. } => Some(external_verdict(
+            &decision,
+            || policy.metadata_by_name_only(&query),
+            || policy.decide_as_external(&query),
+        )),
         _ => None,
     };
     let (new_outcome, new_rule) = match (decision.outcome, external) {

@@ -13,6 +13,28 @@ use super::rule::Rule;
 /// The rule name decisions made by the policy's `default` carry.
 pub const DEFAULT_RULE: &str = "default";
 
+/// The rule name audit lines and `x-appid-denied-by` carry for a peer the
+/// authority revoked.
+pub const REVOKED_RULE: &str = "revoked";
+
+/// The rule name audit lines and `x-appid-denied-by` carry for a request
+/// on a live connection whose peer's certificate has expired since the
+/// handshake: its claims are no longer vouched for (a renewal may carry
+/// other ones).
+pub const EXPIRED_RULE: &str = "expired";
+
+/// The rule name of requests and connections the sidecar refuses before
+/// policy sees them (a malformed request, an unreadable head), in audit
+/// lines and metrics.
+pub const INVALID_REQUEST_RULE: &str = "invalid-request";
+
+/// The rule names the sidecar gives its own denials, made before or beside
+/// the policy: no rule may be named so (nor [`DEFAULT_RULE`]), so that an
+/// audit line's or `x-appid-denied-by`'s rule always says who decided, and
+/// `appid policy replay` can tell them from the policy's decisions. The
+/// sidecar uses these constants, never its own spelling.
+pub const SIDECAR_RULE_NAMES: [&str; 3] = [REVOKED_RULE, EXPIRED_RULE, INVALID_REQUEST_RULE];
+
 /// Allow, deny, or "ask again per HTTP request".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -122,6 +144,16 @@ impl<'p> Decision<'p> {
     /// `None` when no rule decided (`default`, the metadata API).
     pub fn rule_identity(&self) -> Option<usize> {
         self.matched.map(|rule| std::ptr::from_ref(rule) as usize)
+    }
+
+    /// Whether the deciding rule has `to.external`. Only such a rule makes
+    /// a destination one outside the mesh: a deny rule about every
+    /// destination (`from` only) also decides connections out of the mesh,
+    /// but its would-be denial in audit mode says nothing of where they
+    /// go ([`super::Policy::decide_as_external`] does).
+    pub fn takes_outside_the_mesh(&self) -> bool {
+        self.matched
+            .is_some_and(|rule| rule.callee == super::rule::CalleeKind::External)
     }
 
     /// Whether the deciding rule let a connection out of the mesh by the

@@ -15,17 +15,23 @@ use super::attr::trust_domain_of;
 use super::decision::{DEFAULT_RULE, Decision, Miss, Outcome, Reason};
 use super::load::Mode;
 use super::query::{Callee, Caller, Direction, MetadataTarget, Query, metadata_target};
-use super::rule::{Action, Eval, Rule, Side};
+use super::rule::{Action, CalleeKind, CallerKind, Eval, Rule, Side, kinds_of};
 
-/// Which partition (and index) a query belongs to, by the kinds of caller
-/// and callee; `None` for a combination no rule can describe.
+/// The partitions of rules, one index each, by the kinds of caller and
+/// callee a query has. A rule is filed in every partition it is about
+/// ([`Rule::is_about`]: a deny rule without caller claims in the first two,
+/// say); a query looks in one only, so it still meets each rule once.
+pub(crate) const PARTITIONS: [(CallerKind, CalleeKind); 3] = [
+    (CallerKind::Meshed, CalleeKind::Meshed),
+    (CallerKind::Unauthenticated, CalleeKind::Meshed),
+    (CallerKind::Meshed, CalleeKind::External),
+];
+
+/// Which partition (and index) a query belongs to; `None` for a
+/// combination no rule can describe.
 pub(crate) fn partition(q: &Query<'_>) -> Option<usize> {
-    match (q.caller, q.callee) {
-        (Caller::Meshed(_), Callee::Meshed(_)) => Some(0),
-        (Caller::Unauthenticated(_), Callee::Meshed(_)) => Some(1),
-        (Caller::Meshed(_), Callee::External { .. }) => Some(2),
-        (Caller::Unauthenticated(_), Callee::External { .. }) => None,
-    }
+    let kinds = kinds_of(q)?;
+    PARTITIONS.iter().position(|p| *p == kinds)
 }
 
 pub(crate) fn targets_metadata_api(q: &Query<'_>) -> Option<MetadataTarget> {
@@ -127,6 +133,8 @@ pub(crate) struct Tally {
     closest: Option<(usize, u32, usize)>,
     /// What an allow rule must name to count for this query.
     must_name: MustName,
+    /// Pass over deny rules without `to.external` ([`Policy::decide_as_external`]).
+    external_denies_only: bool,
 }
 
 fn keep_min(slot: &mut Option<u32>, id: u32) {
@@ -154,6 +162,9 @@ impl Tally {
     /// be looked at: then [`Tally::record`] is not called for it.
     pub fn passes_over(&self, id: u32, rule: &Rule) -> bool {
         match rule.action {
+            Action::Deny if self.external_denies_only => {
+                rule.callee != CalleeKind::External || self.deny.is_some_and(|d| d < id)
+            }
             // A smaller deny already decides.
             Action::Deny => self.deny.is_some_and(|d| d < id),
             // Once a deny matched, allows cannot change the outcome.
@@ -264,7 +275,27 @@ impl Policy {
     /// request with [`super::Http::Request`]. Looks only at the rules the
     /// index returns; no allocation.
     pub fn decide(&self, q: &Query<'_>) -> Decision<'_> {
-        let mut tally = Tally::new(MustName::of(q, self));
+        self.decide_with(q, Tally::new(MustName::of(q, self)))
+    }
+
+    /// The decision on `q`, a destination outside the mesh, by the allow
+    /// rules and the deny rules with `to.external` only: the deny rules
+    /// about every destination (`from` only, `to.ports` only) passed over.
+    /// Audit mode lets through what such a rule would refuse, and such a
+    /// rule makes no destination one outside the mesh: this decision says
+    /// whether the others do (see the sidecar's reading of decisions on
+    /// destinations outside the mesh, and
+    /// [`Decision::takes_outside_the_mesh`]).
+    pub fn decide_as_external(&self, q: &Query<'_>) -> Decision<'_> {
+        let tally = Tally {
+            external_denies_only: true,
+            ..Tally::new(MustName::of(q, self))
+        };
+        self.decide_with(q, tally)
+    }
+
+    /// Fills `tally` with the rules the index returns for `q`.
+    fn decide_with(&self, q: &Query<'_>, mut tally: Tally) -> Decision<'_> {
         if let Some(p) = partition(q) {
             self.index[p].candidates(q, |id| tally.consider(id, &self.rules[id as usize], q));
         }
@@ -282,7 +313,12 @@ impl Policy {
         let Callee::External { ip, host: Some(_) } = q.callee else {
             return false;
         };
-        if super::query::is_metadata_ip(ip) || self.decide(q).reason != Reason::MetadataApi {
+        // As the rules about destinations outside the mesh decide: in
+        // enforce mode a deny rule about every destination that matches
+        // refuses before this is asked, in audit mode it does not count.
+        if super::query::is_metadata_ip(ip)
+            || self.decide_as_external(q).reason != Reason::MetadataApi
+        {
             return false;
         }
         let nameless = Query {
@@ -290,7 +326,10 @@ impl Policy {
             http: super::Http::Unknown,
             ..*q
         };
-        matches!(self.decide(&nameless).reason, Reason::Default { .. })
+        matches!(
+            self.decide_as_external(&nameless).reason,
+            Reason::Default { .. }
+        )
     }
 
     /// The same decision as [`Policy::decide`], by checking every rule.

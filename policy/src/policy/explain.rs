@@ -11,8 +11,8 @@ use std::fmt;
 use super::Policy;
 use super::decision::{Decision, NOT_HTTP_CLAUSE};
 use super::eval::MustName;
-use super::query::{Callee, Caller, Http, Query};
-use super::rule::{Action, CalleeKind, CallerKind, Rule, Side};
+use super::query::{Http, Query};
+use super::rule::{Action, CalleeKind, CallerKind, Rule, Side, kinds_of};
 
 /// How one rule fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +65,13 @@ impl Explanation<'_> {
 }
 
 const CALLER_IN_MESH: &str = "from.unauthenticated (the caller is in the mesh)";
-const CALLER_OUTSIDE: &str =
-    "from (the caller is outside the mesh; only from.unauthenticated rules apply)";
+const CALLER_OUTSIDE: &str = "from (the caller is outside the mesh; only from.unauthenticated \
+     rules and deny rules without caller claims apply)";
 const CALLEE_IN_MESH: &str = "to.external (the destination is in the mesh)";
-const CALLEE_OUTSIDE: &str =
-    "to (the destination is outside the mesh; only to.external rules apply)";
+const CALLEE_OUTSIDE: &str = "to (the destination is outside the mesh; only to.external rules \
+     and deny rules without callee claims or http apply)";
+const BOTH_OUTSIDE: &str =
+    "from, to (a caller outside the mesh cannot call a destination outside it)";
 const NOT_NAMING_METADATA: &str = "to.external (the destination is the cloud metadata API, which only rules naming it explicitly allow)";
 const NOT_NAMING_CALLER_DOMAIN: &str = "from.trust_domain (the caller is of another trust domain, which only allow rules naming its trust domain, by trust_domain or an id spelling it out, admit)";
 const NOT_NAMING_CALLEE_DOMAIN: &str = "to.trust_domain (the callee is of another trust domain, which only allow rules naming its trust domain, by trust_domain or an id spelling it out, admit)";
@@ -90,15 +92,25 @@ impl Policy {
 
 fn check<'p>(rule: &'p Rule, q: &Query<'_>, must_name: MustName) -> RuleCheck<'p> {
     let mut failed = Vec::new();
-    match (rule.caller, q.caller) {
-        (CallerKind::Unauthenticated, Caller::Meshed(_)) => failed.push(CALLER_IN_MESH),
-        (CallerKind::Meshed, Caller::Unauthenticated(_)) => failed.push(CALLER_OUTSIDE),
-        _ => {}
-    }
-    match (rule.callee, q.callee) {
-        (CalleeKind::External, Callee::Meshed(_)) => failed.push(CALLEE_IN_MESH),
-        (CalleeKind::Meshed, Callee::External { .. }) => failed.push(CALLEE_OUTSIDE),
-        _ => {}
+    // Why the rule is not about this kind of caller or callee ([`scope`]).
+    //
+    // [`scope`]: super::rule::scope
+    match kinds_of(q) {
+        Some((caller, callee)) => {
+            if !rule.caller.includes(caller) {
+                failed.push(match caller {
+                    CallerKind::Meshed => CALLER_IN_MESH,
+                    _ => CALLER_OUTSIDE,
+                });
+            }
+            if !rule.callee.includes(callee) {
+                failed.push(match callee {
+                    CalleeKind::Meshed => CALLEE_IN_MESH,
+                    _ => CALLEE_OUTSIDE,
+                });
+            }
+        }
+        None => failed.push(BOTH_OUTSIDE),
     }
     let left_out = must_name.left_out(rule);
     if left_out.metadata {

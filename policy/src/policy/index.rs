@@ -2,7 +2,8 @@
 //! looking at every rule.
 //!
 //! Design bias: *every rule is filed exactly once, under its most selective
-//! necessary condition*. A rule can only match if each of its L4 clauses
+//! necessary condition* (once in each partition it is in: one index per
+//! kind of caller and callee, `super::eval::PARTITIONS`). A rule can only match if each of its L4 clauses
 //! holds, so any one of them is a safe key. At build time each rule picks
 //! the key whose bucket is smallest:
 //!
@@ -38,8 +39,8 @@ const MAX_BUCKETS_PER_RULE: usize = 16;
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
-/// The index over one kind of rule (meshed→meshed, unauthenticated→meshed,
-/// meshed→external).
+/// The index over the rules about one kind of query (meshed→meshed,
+/// unauthenticated→meshed, meshed→external: `super::eval::PARTITIONS`).
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     exact: Box<[Dim]>,
@@ -232,25 +233,26 @@ impl Index {
         }
         self.rest.iter().for_each(|id| f(*id));
     }
+}
 
-    pub fn stats(&self) -> IndexStats {
-        let filed = |dims: &[Dim]| -> usize {
-            dims.iter()
-                .flat_map(|d| d.map.values().flat_map(|ids| ids.iter()))
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
-        };
-        IndexStats {
-            by_value: filed(&self.exact),
-            by_prefix: filed(&self.prefix),
-            by_port: self
-                .ports
+/// How the rules of `indexes` were filed, each rule counted once per way
+/// (a rule in two partitions, filed by value in both, is one `by_value`).
+pub(crate) fn stats(indexes: &[Index]) -> IndexStats {
+    let count = |ids: &mut dyn Iterator<Item = &u32>| -> usize {
+        ids.collect::<std::collections::BTreeSet<_>>().len()
+    };
+    let filed = |dims: fn(&Index) -> &[Dim]| {
+        count(&mut indexes.iter().flat_map(|i| {
+            dims(i)
                 .iter()
-                .flat_map(|ids| ids.iter())
-                .collect::<std::collections::BTreeSet<_>>()
-                .len(),
-            unindexed: self.rest.len(),
-        }
+                .flat_map(|d| d.map.values().flat_map(|ids| ids.iter()))
+        }))
+    };
+    IndexStats {
+        by_value: filed(|i| &i.exact),
+        by_prefix: filed(|i| &i.prefix),
+        by_port: count(&mut indexes.iter().flat_map(|i| i.ports.iter().flatten())),
+        unindexed: count(&mut indexes.iter().flat_map(|i| i.rest.iter())),
     }
 }
 

@@ -23,12 +23,11 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 
 use super::attr::Attr;
+use super::decision::{DEFAULT_RULE, SIDECAR_RULE_NAMES};
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
 use super::query::{decoded_in_paths, is_host_name, normalize_host, push_percent_encoded};
-use super::rule::{
-    Action, CalleeKind, CallerKind, Clause, MetadataNamed, PortSet, Rule, Side, Test,
-};
+use super::rule::{Action, Clause, MetadataNamed, PortSet, Rule, Side, Test, scope};
 use super::selector;
 use super::yaml::{self, Mark, Node, Value};
 
@@ -185,15 +184,16 @@ pub(crate) fn load(src: &str) -> Result<Loaded, Diags> {
 }
 
 /// A key and its value in a map.
-struct Entry<'n, 'a> {
-    key: &'n str,
-    key_node: &'n Node<'a>,
-    value: &'n Node<'a>,
+pub(super) struct Entry<'n, 'a> {
+    pub key: &'n str,
+    pub key_node: &'n Node<'a>,
+    pub value: &'n Node<'a>,
 }
 
 /// The entries of a map (an empty value counts as an empty map), checking
-/// that keys are plain names and not repeated.
-fn map_entries<'n, 'a>(
+/// that keys are plain names and not repeated: every map of the policy is
+/// read through here (selectors' operator maps too).
+pub(super) fn map_entries<'n, 'a>(
     node: &'n Node<'a>,
     what: &str,
     diags: &mut Diags,
@@ -456,24 +456,24 @@ fn load_rule<'n, 'a>(
     clauses.extend(parts.claims);
     let l7_from = clauses.len();
     clauses.extend(parts.http);
+    let is_l7 = http.is_some() || protocol == Some(Protocol::Http);
+    let (caller, callee) = scope(
+        action,
+        unauth.is_some(),
+        external.is_some(),
+        &clauses,
+        is_l7,
+    );
     (
         Some(Rule {
             name: name.into(),
             action,
             mark: node.mark,
-            caller: if unauth.is_some() {
-                CallerKind::Unauthenticated
-            } else {
-                CallerKind::Meshed
-            },
-            callee: if external.is_some() {
-                CalleeKind::External
-            } else {
-                CalleeKind::Meshed
-            },
+            caller,
+            callee,
             clauses: clauses.into(),
             l7_from,
-            is_l7: http.is_some() || protocol == Some(Protocol::Http),
+            is_l7,
             allows_non_http: protocol == Some(Protocol::Tcp),
             metadata_named,
         }),
@@ -492,11 +492,23 @@ fn rule_name(node: &Node<'_>, diags: &mut Diags) -> Option<String> {
         );
         return None;
     }
-    if text == "default" {
+    if text == DEFAULT_RULE {
         diags.push(
             node.mark,
             "`default` is reserved: decisions made by the policy's `default` are named so",
             "choose another name, e.g. `default-allow`",
+        );
+        return None;
+    }
+    if SIDECAR_RULE_NAMES.contains(&text) {
+        diags.push(
+            node.mark,
+            format!(
+                "`{text}` is reserved: the sidecar names its own denials so (a revoked peer, an \
+                 expired certificate, a request refused before policy), in audit lines and \
+                 `x-appid-denied-by`"
+            ),
+            format!("choose another name, e.g. `no-{text}-peers` or `deny-{text}`"),
         );
         return None;
     }

@@ -23,10 +23,15 @@
 //! ever inbound), `to.ports` (absent = any port), `to.protocol` (`tcp` or
 //! `http`; see "HTTP-only connections") and `to.external` (a
 //! destination outside the mesh: `cidrs`, `hosts` globs against the SNI or
-//! `Host` the app sent, `ports`; only ever outbound). A rule without
+//! `Host` the app sent, `ports`; only ever outbound). An allow rule without
 //! `from.unauthenticated` is about meshed callers only, and one without
-//! `to.external` about meshed callees only. The IP address of a meshed peer
-//! is never looked at: [`Query`] cannot even carry it.
+//! `to.external` about meshed callees only. A deny rule holds wherever its
+//! clauses can be checked: without caller claims (no `from`) it is about
+//! callers outside the mesh too, and without callee claims and without
+//! `http` (no `to`, or `to.ports` only) about destinations outside the mesh
+//! too, its `to.ports` then checked against the destination's port (see
+//! "Outside the mesh"). The IP address of a meshed peer is never looked at:
+//! [`Query`] cannot even carry it.
 //!
 //! **A rule matches** when every clause holds (a map is an AND, a list an
 //! OR). Selector values: a plain value means equals (a glob if it contains
@@ -89,7 +94,10 @@
 //! sidecar computed (anything from `?` on is ignored), case-sensitively
 //! unless the policy says `paths_case_insensitive: true`: then they ignore
 //! ASCII case, so `/ADMIN/x` meets `/admin/**` (for apps that route that
-//! way). Header names ignore case and treat `_` as `-` (`x_debug` in a rule
+//! way). In a **deny** rule a path pattern also holds for the path with one
+//! trailing `/` (`/admin` for `/admin/`: many servers route both alike),
+//! as a deny of `GET` also holds for `HEAD`; allows hold only for what they
+//! name. Header names ignore case and treat `_` as `-` (`x_debug` in a rule
 //! is `x-debug`, and so is an `X_Debug` request header). A header's
 //! *elements* are the comma-separated items of all its field lines, trimmed,
 //! empty ones ignored; a value that is not UTF-8 is compared with its
@@ -100,9 +108,23 @@
 //! list meets `deny x-debug: 1`, and `x-tenant: acme, evil` does not meet
 //! `allow x-tenant: acme`.
 //!
-//! **Outside the mesh.** A caller outside the mesh is only matched by rules
+//! **Outside the mesh.** A caller outside the mesh is allowed only by rules
 //! with `from.unauthenticated`, a destination outside it only by rules with
-//! `to.external`. The cloud metadata API and the credential endpoints
+//! `to.external`: an allow rule is about what it names, and widening one
+//! would let in what its author never looked at. A matching deny always
+//! wins, so a deny rule is about every caller and callee its clauses can
+//! be checked against: `deny to: { ports: [6060] }` holds for a load
+//! balancer a `from.unauthenticated` rule admits, and `deny from: {
+//! labels.app: legacy }` for `legacy`'s connections out of the mesh (as
+//! `from.unauthenticated` cannot be checked against a meshed caller, a
+//! claim cannot be checked against a caller or destination outside the
+//! mesh: a deny rule with one is not about it). A deny rule with `http` is
+//! about meshed callees only: the sidecar passes traffic out of the mesh
+//! without reading its HTTP, so those clauses could not be checked there
+//! (write a deny rule without `http`, or with `to.external`, to stop it).
+//! In audit mode such a rule's would-be denial of a destination outside
+//! the mesh does not make it one ([`Policy::decide_as_external`]). The
+//! cloud metadata API and the credential endpoints
 //! beside it (169.254.169.254, 169.254.170.2, 169.254.170.23,
 //! 100.100.100.200, fd00:ec2::254, fd00:ec2::23, fd20:ce::254,
 //! metadata.google.internal, `metadata`, `instance-data`) are denied —
@@ -163,7 +185,10 @@ mod tests;
 use std::fmt;
 
 pub use connection::ConnectionRules;
-pub use decision::{DEFAULT_RULE, Decision, Miss, NOT_HTTP_CLAUSE, Outcome, Reason, Why};
+pub use decision::{
+    DEFAULT_RULE, Decision, EXPIRED_RULE, INVALID_REQUEST_RULE, Miss, NOT_HTTP_CLAUSE, Outcome,
+    REVOKED_RULE, Reason, SIDECAR_RULE_NAMES, Why,
+};
 pub use error::{PolicyError, PolicyErrors};
 pub use explain::{Explanation, RuleCheck, RuleStatus};
 pub use load::Mode;
@@ -238,17 +263,13 @@ impl Policy {
         }
         let mut rules = loaded.rules;
         rules.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut members: [Vec<u32>; 3] = Default::default();
-        for (id, rule) in rules.iter().enumerate() {
-            let p = match (rule.caller, rule.callee) {
-                (rule::CallerKind::Meshed, rule::CalleeKind::Meshed) => 0,
-                (rule::CallerKind::Unauthenticated, rule::CalleeKind::Meshed) => 1,
-                (rule::CallerKind::Meshed, rule::CalleeKind::External) => 2,
-                // Refused by the loader.
-                (rule::CallerKind::Unauthenticated, rule::CalleeKind::External) => continue,
-            };
-            members[p].push(eval::id_of(id));
-        }
+        // Ids ascend in each partition; a rule may be in several.
+        let members = eval::PARTITIONS.map(|(caller, callee)| {
+            (0..rules.len())
+                .filter(|&id| rules[id].is_about(caller, callee))
+                .map(eval::id_of)
+                .collect::<Vec<u32>>()
+        });
         let index = members.map(|m| Index::build(&rules, &m));
         let external_host_rules = (0..rules.len())
             .filter(|&id| rules[id].names_external_hosts())
@@ -342,17 +363,11 @@ impl Policy {
         Summary(self)
     }
 
-    /// How the rules were indexed (for `policy check` and tests).
+    /// How the rules were indexed (for `policy check` and tests). A rule
+    /// in several partitions ([`eval::PARTITIONS`]) counts once under each
+    /// way it is filed.
     pub fn index_stats(&self) -> IndexStats {
-        let mut total = IndexStats::default();
-        for i in &self.index {
-            let s = i.stats();
-            total.by_value += s.by_value;
-            total.by_prefix += s.by_prefix;
-            total.by_port += s.by_port;
-            total.unindexed += s.unindexed;
-        }
-        total
+        index::stats(&self.index)
     }
 }
 

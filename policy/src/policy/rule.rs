@@ -49,20 +49,116 @@ pub(crate) enum Side {
     Callee,
 }
 
-/// Which callers a rule is about.
+/// Which callers a rule is about (see [`scope`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CallerKind {
     Meshed,
     /// `from.unauthenticated`.
     Unauthenticated,
+    /// Both: a deny rule without caller claims.
+    Any,
 }
 
-/// Which callees a rule is about.
+/// Which callees a rule is about (see [`scope`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CalleeKind {
     Meshed,
     /// `to.external`.
     External,
+    /// Both: a deny rule without callee claims and without `http`.
+    Any,
+}
+
+impl CallerKind {
+    /// Whether a rule about `self` callers is about a caller of kind `of`.
+    pub fn includes(self, of: CallerKind) -> bool {
+        self == of || self == CallerKind::Any
+    }
+
+    /// The kind of caller a query has.
+    fn of(caller: Caller<'_>) -> CallerKind {
+        match caller {
+            Caller::Meshed(_) => CallerKind::Meshed,
+            Caller::Unauthenticated(_) => CallerKind::Unauthenticated,
+        }
+    }
+}
+
+impl CalleeKind {
+    /// Whether a rule about `self` callees is about a callee of kind `of`.
+    pub fn includes(self, of: CalleeKind) -> bool {
+        self == of || self == CalleeKind::Any
+    }
+
+    /// The kind of callee a query has.
+    fn of(callee: Callee<'_>) -> CalleeKind {
+        match callee {
+            Callee::Meshed(_) => CalleeKind::Meshed,
+            Callee::External { .. } => CalleeKind::External,
+        }
+    }
+}
+
+/// The kinds of caller and callee of a query, `None` for a caller outside
+/// the mesh calling a destination outside it (no connection is both
+/// inbound and outbound, so no rule is about that).
+pub(crate) fn kinds_of(q: &Query<'_>) -> Option<(CallerKind, CalleeKind)> {
+    match (CallerKind::of(q.caller), CalleeKind::of(q.callee)) {
+        (CallerKind::Unauthenticated, CalleeKind::External) => None,
+        kinds => Some(kinds),
+    }
+}
+
+/// Which callers and callees a rule is about: the one place that says so.
+///
+/// An **allow** rule is about what it names: meshed callers unless it has
+/// `from.unauthenticated`, meshed callees unless it has `to.external`.
+/// Widening an allow would let in what its author never looked at.
+///
+/// A **deny** rule holds wherever its clauses can be checked, so that "a
+/// matching deny always wins" is true of every connection:
+/// - without caller claims (no `from`, or `from: {}`), it is about callers
+///   outside the mesh too: `deny to: { ports: [6060] }` stops a load
+///   balancer that a `from.unauthenticated` rule admits;
+/// - without callee claims and without `http` (or `to.protocol: http`),
+///   it is about destinations outside the mesh too, its `to.ports` then
+///   checked against the destination's port: `deny from: { labels.app:
+///   legacy }` quarantines `legacy` from the internet as well.
+///
+/// A deny rule with `http` stays about meshed callees: the sidecar passes
+/// traffic to destinations outside the mesh through without reading its
+/// HTTP (which is why `http` with `to.external` is refused), so its `http`
+/// clauses could not be checked there; stopping all of the caller's
+/// traffic out of the mesh instead would turn a deny of `/admin/**` into a
+/// deny of every destination outside it.
+pub(crate) fn scope(
+    action: Action,
+    unauthenticated: bool,
+    external: bool,
+    clauses: &[Clause],
+    is_l7: bool,
+) -> (CallerKind, CalleeKind) {
+    let has_claims = |side: Side| {
+        clauses
+            .iter()
+            .any(|c| matches!(c.test, Test::Claim(s, ..) if s == side))
+    };
+    let deny = action == Action::Deny;
+    let caller = if unauthenticated {
+        CallerKind::Unauthenticated
+    } else if deny && !has_claims(Side::Caller) {
+        CallerKind::Any
+    } else {
+        CallerKind::Meshed
+    };
+    let callee = if external {
+        CalleeKind::External
+    } else if deny && !has_claims(Side::Callee) && !is_l7 {
+        CalleeKind::Any
+    } else {
+        CalleeKind::Meshed
+    };
+    (caller, callee)
 }
 
 /// Inclusive port ranges, sorted and merged.
@@ -257,17 +353,16 @@ impl Rule {
         })
     }
 
-    /// Whether the rule is about this kind of caller and callee at all.
+    /// Whether the rule is about this kind of caller and callee at all
+    /// ([`scope`]).
     pub fn applies_to(&self, q: &Query<'_>) -> bool {
-        let caller = match q.caller {
-            Caller::Meshed(_) => CallerKind::Meshed,
-            Caller::Unauthenticated(_) => CallerKind::Unauthenticated,
-        };
-        let callee = match q.callee {
-            Callee::Meshed(_) => CalleeKind::Meshed,
-            Callee::External { .. } => CalleeKind::External,
-        };
-        self.caller == caller && self.callee == callee
+        kinds_of(q).is_some_and(|(caller, callee)| self.is_about(caller, callee))
+    }
+
+    /// Whether the rule is about callers of kind `caller` and callees of
+    /// kind `callee` ([`scope`]).
+    pub fn is_about(&self, caller: CallerKind, callee: CalleeKind) -> bool {
+        self.caller.includes(caller) && self.callee.includes(callee)
     }
 
     /// Has a `to.external.hosts` clause.
@@ -358,10 +453,7 @@ impl Test {
             Test::Methods(methods) => {
                 request.is_some_and(|r| method_holds(methods, r.method, action))
             }
-            Test::Paths(globs) => request.is_some_and(|r| {
-                let path = r.path.split(['?', '#']).next().unwrap_or(r.path);
-                globs.iter().any(|g| g.matches(path))
-            }),
+            Test::Paths(globs) => request.is_some_and(|r| path_holds(globs, r.path, action)),
             Test::Header(name, globs) => {
                 request.is_some_and(|r| header_holds(r.headers, name, globs, action))
             }
@@ -381,6 +473,28 @@ fn method_holds(methods: &[Box<str>], method: &str, action: Action) -> bool {
     methods
         .iter()
         .any(|m| **m == *method || (action == Action::Deny && method == "HEAD" && &**m == "GET"))
+}
+
+/// A paths clause: does the request's (canonical) `path` meet one of
+/// `globs` in a rule with this `action`? Anything from `?` or `#` on is
+/// not path. In a deny rule a pattern also holds for the path with one
+/// trailing `/`: `/admin` for `/admin/`, `/users/*/delete` for
+/// `/users/1/delete/`, since servers route those to the same handler
+/// (Express without strict routing, its default; Spring MVC before 6), so
+/// a deny of `/admin` that let `/admin/` (or `/%61dmin/`, `/admin;x/`,
+/// which are `/admin/` canonically) through would deny nothing. A pattern
+/// ending in `/` or `**` already says what it holds for there. (An allow of
+/// `/admin` does not allow `/admin/`: allows only ever hold for what they
+/// name.)
+fn path_holds(globs: &[Glob], path: &str, action: Action) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let without_slash = match action {
+        Action::Deny => path.strip_suffix('/').filter(|p| !p.is_empty()),
+        Action::Allow => None,
+    };
+    globs
+        .iter()
+        .any(|g| g.matches(path) || without_slash.is_some_and(|p| g.matches(p)))
 }
 
 /// A header clause: does header `name` meet `globs` in a rule with this

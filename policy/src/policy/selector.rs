@@ -16,8 +16,19 @@
 //! | `not: X`                   | the opposite of X |
 //!
 //! A plain value (or list entry) with a `*` in it is a glob, as in the
-//! DESIGN example `id: "spiffe://prod.example/ns/shop/sa/*"`; `in` always
-//! compares exactly, so `{in: ["a*"]}` matches the text `a*` itself.
+//! DESIGN example `id: "spiffe://prod.example/ns/shop/sa/*"`. `in` and
+//! `not_in` compare exactly, and so a `*` in them is refused at load: read
+//! literally it would match no SPIFFE ID, label or image name (none has a
+//! `*`), and `{not_in: ["spiffe://td/ns/legacy/**"]}` would exclude nothing.
+//! A plain list, `{not: [...]}` or `{glob: ...}` says it as a glob.
+//!
+//! An unquoted `yes`, `no`, `on` or `off` (any case) is refused: YAML 1.1
+//! reads them as booleans, this YAML (1.2) as text, so `root: yes` would
+//! never meet the claim `root: true`. Write `true`/`false` for a boolean,
+//! `"yes"` for the text.
+//!
+//! An operator map is a map like any other: a repeated operator (`{in: [a],
+//! in: [b]}`) is refused, not read as both.
 //!
 //! Equality compares text with text: a string attribute equals a literal
 //! when the literal, as written, is the same text (`labels.v: 1` matches the
@@ -31,6 +42,7 @@
 use super::attr::{Attr, AttrValue};
 use super::error::{Diags, choices_hint};
 use super::glob::Glob;
+use super::load::map_entries;
 use super::yaml::{Node, Value};
 
 /// A literal from the policy: its text as written, and its number if it is one.
@@ -199,6 +211,9 @@ fn parse_value(node: &Node<'_>, attr: &Attr, diags: &mut Diags) -> Option<Pred> 
                 );
                 return None;
             }
+            if yaml_1_1_boolean(node, diags) {
+                return None;
+            }
             if text.contains('*') {
                 return glob_value(node, text, diags).map(|g| Pred::Glob(Box::new([g])));
             }
@@ -234,10 +249,13 @@ fn parse_value(node: &Node<'_>, attr: &Attr, diags: &mut Diags) -> Option<Pred> 
                 );
                 return None;
             }
+            // Names, each once, as in every other map.
+            let errors_before = diags.len();
+            let entries = map_entries(node, &format!("the operators of `{attr}`"), diags)?;
+            let mut ok = diags.len() == errors_before;
             let mut preds = Vec::with_capacity(entries.len());
-            let mut ok = true;
-            for (key, value) in entries {
-                match parse_operator(key, value, attr, diags) {
+            for e in &entries {
+                match parse_operator(e.key_node, e.value, attr, diags) {
                     Some(p) => preds.push(p),
                     None => ok = false,
                 }
@@ -265,8 +283,8 @@ fn parse_operator(
         return None;
     };
     match op {
-        "in" => Some(Pred::AnyOf(literals(value, "`in`", diags)?)),
-        "not_in" => Some(Pred::NotIn(literals(value, "`not_in`", diags)?)),
+        "in" => Some(Pred::AnyOf(exact_literals(value, op, diags)?)),
+        "not_in" => Some(Pred::NotIn(exact_literals(value, op, diags)?)),
         "glob" => {
             let items: Vec<&Node<'_>> = match &value.value {
                 Value::Seq(items) => items.iter().collect(),
@@ -345,20 +363,72 @@ fn parse_operator(
     }
 }
 
+/// The values of `in` or `not_in` (`op`), which compare exactly: one with
+/// a `*` is refused (see the module documentation).
+fn exact_literals(node: &Node<'_>, op: &str, diags: &mut Diags) -> Option<Box<[Lit]>> {
+    let lits = literals(node, &format!("`{op}`"), diags)?;
+    let items: Vec<&Node<'_>> = match &node.value {
+        Value::Seq(items) => items.iter().collect(),
+        _ => vec![node],
+    };
+    let mut ok = true;
+    for (item, lit) in items.iter().zip(lits.iter()) {
+        if lit.text.contains('*') {
+            ok = false;
+            let glob = match op {
+                "not_in" => format!("`{{not: [{}]}}`", item.flow()),
+                _ => format!("`[{}]`", item.flow()),
+            };
+            diags.push(
+                item.mark,
+                format!(
+                    "`{op}` compares exactly, and no claim has a `*`: `{}` would match nothing",
+                    item.flow()
+                ),
+                format!(
+                    "for a glob write a plain list ({glob}) or `{{glob: {}}}`; `{{not: ...}}` \
+                     of either excludes",
+                    item.flow()
+                ),
+            );
+        }
+    }
+    ok.then_some(lits)
+}
+
+/// Whether `node` is an unquoted `yes`, `no`, `on` or `off` (any case),
+/// which is reported: a YAML 1.1 boolean, text here (see the module
+/// documentation).
+fn yaml_1_1_boolean(node: &Node<'_>, diags: &mut Diags) -> bool {
+    let Value::Scalar {
+        text,
+        quoted: false,
+    } = &node.value
+    else {
+        return false;
+    };
+    let boolean = match text.to_ascii_lowercase().as_str() {
+        "yes" | "on" => "true",
+        "no" | "off" => "false",
+        _ => return false,
+    };
+    diags.push(
+        node.mark,
+        format!(
+            "`{text}` is a boolean in YAML 1.1 but text in the YAML policies are read as (1.2), \
+             so it would never equal a `{boolean}` claim"
+        ),
+        format!("write `{boolean}` for the boolean, or `\"{text}\"` for the text"),
+    );
+    true
+}
+
 /// A plain value with `*` in it: a glob.
 fn glob_value(node: &Node<'_>, text: &str, diags: &mut Diags) -> Option<Glob> {
     match Glob::path(text) {
         Ok(g) => Some(g),
         Err(e) => {
-            diags.push(
-                node.mark,
-                format!("bad glob: {}", e.message),
-                format!(
-                    "{}; or, to match a literal `*`, write `{{in: [{}]}}`",
-                    e.hint,
-                    node.flow()
-                ),
-            );
+            diags.push(node.mark, format!("bad glob: {}", e.message), e.hint);
             None
         }
     }
@@ -394,6 +464,7 @@ fn literals(node: &Node<'_>, what: &str, diags: &mut Diags) -> Option<Box<[Lit]>
     let mut out = Vec::with_capacity(want);
     for item in items {
         match item.scalar().filter(|_| !item.is_null()) {
+            Some(_) if yaml_1_1_boolean(item, diags) => {}
             Some(text) => out.push(Lit::new(text)),
             None => diags.push(
                 item.mark,
@@ -458,8 +529,6 @@ mod tests {
             ("[web, \"api-*\"]", Str("api-v2"), true),
             ("[web, \"api-*\"]", Str("web"), true),
             ("[web, \"api-*\"]", Str("db"), false),
-            ("{in: [\"a*\"]}", Str("a*"), true),
-            ("{in: [\"a*\"]}", Str("ab"), false),
             // list: any of
             ("[web, api]", Str("api"), true),
             ("[web, api]", Str("db"), false),

@@ -2641,3 +2641,366 @@ mod props {
         }
     }
 }
+
+// ------------------------------------------------ outside the mesh
+
+/// A deny rule without caller claims (no `from`) holds for callers outside
+/// the mesh too, its `to` and `http` clauses still checked (reviewer's
+/// finding: a `from.unauthenticated` allow let the load balancer's range
+/// past `deny to.ports: [6060]` and a deny of `/admin/**`). An allow rule
+/// without `from` still admits meshed callers only.
+#[test]
+fn a_deny_without_from_holds_for_callers_outside_the_mesh() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: lb-health
+    action: allow
+    from: { unauthenticated: { cidrs: ["10.0.0.0/8"] } }
+    to: { labels.app: api }
+  - name: any-meshed
+    action: allow
+  - name: no-debug-port
+    action: deny
+    to: { ports: [6060] }
+  - name: no-admin
+    action: deny
+    to: { labels.app: api }
+    http: { paths: ["/admin/**"] }
+  - name: no-legacy
+    action: deny
+    from: { labels.app: legacy }
+"#,
+    );
+    let callee = api();
+    let q = Query::unauthenticated(ip("10.1.2.3"), &callee, 6060);
+    let d = decide(&p, &q);
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Deny, "no-debug-port"),
+        "deny to.ports: [6060] must hold for every caller: {d}"
+    );
+    let q = Query::unauthenticated(ip("10.1.2.3"), &callee, 8080);
+    assert_eq!(
+        (decide(&p, &q).outcome, decide(&p, &q).rule),
+        (Outcome::DeferToL7, "no-admin")
+    );
+    for (path, want) in [
+        ("/admin/users", (Outcome::Deny, "no-admin")),
+        ("/health", (Outcome::Allow, "lb-health")),
+    ] {
+        let d = decide(
+            &p,
+            &q.with_request(HttpRequest {
+                method: "GET",
+                path,
+                headers: &NoHeaders,
+            }),
+        );
+        assert_eq!((d.outcome, d.rule), want, "{path}: {d}");
+    }
+    // A deny with caller claims cannot be checked without claims; an allow
+    // without `from` is still about meshed callers only.
+    let d = decide(&p, &Query::unauthenticated(ip("11.0.0.1"), &callee, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
+    // explain says which rules a caller outside the mesh meets.
+    let e = p.explain(&Query::unauthenticated(ip("10.1.2.3"), &callee, 6060));
+    let failed = |name: &str| {
+        e.rules
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.failed.clone())
+            .unwrap_or_default()
+    };
+    assert!(failed("no-debug-port").is_empty());
+    let outside = "from (the caller is outside the mesh; only from.unauthenticated rules and \
+                   deny rules without caller claims apply)";
+    for name in ["any-meshed", "no-legacy"] {
+        assert_eq!(failed(name).first().copied(), Some(outside), "{name}");
+    }
+}
+
+/// A deny rule without callee claims and without `http` holds for
+/// destinations outside the mesh too, its `to.ports` checked against the
+/// destination's port (reviewer's finding: a quarantine by `from` alone
+/// let the workload out through a broad `to.external` allow). An allow
+/// rule without `to.external`, and a deny rule with callee claims or
+/// `http`, are still about meshed callees only.
+#[test]
+fn a_deny_without_to_holds_for_destinations_outside_the_mesh() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: egress-https
+    action: allow
+    to: { external: { cidrs: ["0.0.0.0/0"], ports: [443, 25] } }
+  - name: any-meshed
+    action: allow
+  - name: quarantine-critical
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+  - name: no-smtp
+    action: deny
+    to: { ports: [25] }
+  - name: no-api-for-web
+    action: deny
+    from: { labels.app: web }
+    to: { labels.app: api }
+  - name: no-admin
+    action: deny
+    http: { paths: ["/admin/**"] }
+"#,
+    );
+    let bad = with_criticals(claims(WEB, &[("app", "web")]), 3);
+    let good = web();
+    let out = |c, port| Query::external(c, ip("93.184.216.34"), Some("exfil.example"), port);
+    for (caller, port, want) in [
+        (&bad, 443, (Outcome::Deny, "quarantine-critical")),
+        (&good, 443, (Outcome::Allow, "egress-https")),
+        (&good, 25, (Outcome::Deny, "no-smtp")),
+    ] {
+        let d = decide(&p, &out(caller, port));
+        assert_eq!((d.outcome, d.rule), want, "{port}: {d}");
+    }
+    // Not an external rule: `any-meshed` allows no destination outside
+    // the mesh.
+    let d = decide(&p, &out(&good, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
+    let e = p.explain(&out(&good, 443));
+    let failed = |name: &str| {
+        e.rules
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.failed.clone())
+            .unwrap_or_default()
+    };
+    let outside = "to (the destination is outside the mesh; only to.external rules and deny \
+                   rules without callee claims or http apply)";
+    for name in ["any-meshed", "no-api-for-web", "no-admin"] {
+        assert_eq!(failed(name).first().copied(), Some(outside), "{name}");
+    }
+    assert_eq!(failed("no-smtp"), ["to.ports: [25]"]);
+}
+
+/// In audit mode a would-be denial by a deny rule about every destination
+/// is no rule taking the destination out of the mesh:
+/// [`Policy::decide_as_external`] decides without such rules what the
+/// destination is (a meshed service must not be reached in plaintext
+/// because a quarantine is being tried out).
+#[test]
+fn audit_mode_tells_a_deny_about_every_destination_from_an_external_rule() {
+    let src = r#"version: 1
+mode: audit
+rules:
+  - name: egress-https
+    action: allow
+    to: { external: { cidrs: ["93.184.216.0/24"], ports: [443] } }
+  - name: no-internal-db
+    action: deny
+    to: { external: { cidrs: ["10.9.0.0/16"] } }
+  - name: critical-quarantine
+    action: deny
+    from: { vulns.critical: { gt: 0 } }
+"#;
+    let p = load(src);
+    let bad = with_criticals(claims(WEB, &[("app", "web")]), 3);
+    let to = |addr| Query::external(&bad, ip(addr), None, 443);
+    for (addr, then) in [
+        ("93.184.216.34", (Outcome::Allow, "egress-https", true)),
+        ("10.9.1.1", (Outcome::Allow, "no-internal-db", true)),
+        // Audited by default: no rule takes it out of the mesh.
+        ("10.1.1.1", (Outcome::Allow, "default", false)),
+    ] {
+        let d = decide(&p, &to(addr));
+        assert_eq!(
+            (d.outcome, d.rule, d.audit_only, d.takes_outside_the_mesh()),
+            (Outcome::Allow, "critical-quarantine", true, false),
+            "{addr}: {d}"
+        );
+        let e = p.decide_as_external(&to(addr));
+        assert_eq!(
+            (e.outcome, e.rule, e.takes_outside_the_mesh()),
+            then,
+            "{addr}: {e}"
+        );
+    }
+}
+
+/// In a deny rule a path pattern also holds for the path with one trailing
+/// `/` (reviewer's finding: `deny paths: [/admin]` missed `/admin/`, which
+/// Express and Spring MVC < 6 route to `/admin`). A pattern ending in `/`
+/// or `**` is unchanged, and an allow holds only for what it names.
+#[test]
+fn a_deny_of_an_exact_path_holds_with_a_trailing_slash() {
+    let p = load(
+        r#"version: 1
+rules:
+  - name: web-to-api
+    action: allow
+    from: { labels.app: web }
+    http: { paths: ["/**"] }
+  - name: no-admin
+    action: deny
+    http: { paths: ["/admin", "/users/*/delete", "/x/", "/y/**"] }
+  - name: status-only
+    action: allow
+    from: { labels.app: monitor }
+    http: { paths: ["/status"] }
+"#,
+    );
+    let (caller, callee) = (web(), api());
+    let request = |caller, path| {
+        Query::meshed(Direction::Inbound, caller, &callee, 80).with_request(HttpRequest {
+            method: "POST",
+            path,
+            headers: &NoHeaders,
+        })
+    };
+    for (path, want) in [
+        ("/admin", "no-admin"),
+        ("/admin/", "no-admin"),
+        ("/admin/?q=1", "no-admin"),
+        ("/users/1/delete/", "no-admin"),
+        ("/x/", "no-admin"),
+        ("/y/", "no-admin"),
+        ("/admin//", "web-to-api"),
+        ("/adminx/", "web-to-api"),
+        ("/x", "web-to-api"),
+        ("/", "web-to-api"),
+    ] {
+        let d = decide(&p, &request(&caller, path));
+        assert_eq!(d.rule, want, "{path}: {d}");
+    }
+    let monitor = claims(WEB, &[("app", "monitor")]);
+    let d = decide(&p, &request(&monitor, "/status/"));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
+}
+
+/// `in` and `not_in` compare exactly, so a `*` in them is refused at load
+/// (reviewer's finding: `{not_in: ["spiffe://prod.example/ns/legacy/**"]}`
+/// took the pattern as a literal and admitted `legacy`). The error names
+/// the entry's line and the ways to write a glob; a plain list and `{not:
+/// [...]}` glob as before.
+#[test]
+fn a_star_in_in_or_not_in_is_refused_not_taken_literally() {
+    let rule = |from: &str| {
+        format!(
+            "version: 1\nrules:\n  - name: all-but-legacy\n    action: allow\n    from: {from}\n"
+        )
+    };
+    let e = errors(&rule(
+        r#"{ id: { not_in: ["spiffe://prod.example/ns/legacy/**"] } }"#,
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "p.yaml:5:28: `not_in` compares exactly, and no claim has a `*`: \
+             `\"spiffe://prod.example/ns/legacy/**\"` would match nothing; for a glob write a \
+             plain list (`{not: [\"spiffe://prod.example/ns/legacy/**\"]}`) or `{glob: "
+        ),
+        "{e:?}"
+    );
+    let e = errors(&rule("{ labels.app: { in: [web, \"api-*\"] } }"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("p.yaml:5:37: `in` compares exactly"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("`[\"api-*\"]`"), "{e:?}");
+
+    let p = load(&rule(
+        r#"{ id: { not: ["spiffe://prod.example/ns/legacy/**"] } }"#,
+    ));
+    let callee = api();
+    for (id, want) in [
+        ("spiffe://prod.example/ns/legacy/sa/old", Outcome::Deny),
+        (WEB, Outcome::Allow),
+    ] {
+        let caller = claims(id, &[]);
+        let d = decide(&p, &Query::meshed(Direction::Inbound, &caller, &callee, 80));
+        assert_eq!(d.outcome, want, "{id}: {d}");
+    }
+}
+
+/// An operator map is read like every other map: a repeated operator is
+/// refused (reviewer's finding: `{in: [legacy], in: [old]}` loaded as an
+/// AND of both, a deny that never fires).
+#[test]
+fn a_repeated_operator_is_refused() {
+    let e = errors(
+        "version: 1\nrules:\n  - name: r\n    action: deny\n    \
+         from: { labels.app: { in: [legacy], in: [old] } }\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "p.yaml:5:41: duplicate key `in` in the operators of `labels.app` (first at line 5); \
+          keep only one of them"
+        ]
+    );
+}
+
+/// The rule names the sidecar gives its own denials are reserved like
+/// `default` (reviewer's finding: a rule named `revoked` was told from a
+/// revocation by nothing in audit lines or `x-appid-denied-by`, and
+/// `policy replay` skipped its lines as decided before policy).
+#[test]
+fn the_sidecars_own_rule_names_are_reserved() {
+    assert_eq!(
+        SIDECAR_RULE_NAMES,
+        ["revoked", "expired", "invalid-request"]
+    );
+    for name in SIDECAR_RULE_NAMES {
+        let src = format!(
+            "version: 1\nrules:\n  - name: {name}\n    action: deny\n    \
+             from: {{ labels.app: legacy }}\n"
+        );
+        let e = errors(&src);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "p.yaml:3:11: `{name}` is reserved: the sidecar names"
+            )),
+            "{e:?}"
+        );
+    }
+    load("version: 1\nrules:\n  - { name: revoked-peers, action: deny }\n");
+}
+
+/// An unquoted YAML 1.1 boolean (`yes`, `on`, `no`, `off`, any case) as a
+/// selector value is refused; quoted it is text (reviewer's finding: `deny
+/// reported.process.root: yes` loaded as the text `yes` and never met
+/// `root: true`).
+#[test]
+fn yaml_1_1_booleans_in_selectors_are_refused_unless_quoted() {
+    let rule = |from: &str| {
+        format!(
+            "version: 1\ndefault: allow\nrules:\n  - name: no-root\n    action: deny\n    from: {from}\n"
+        )
+    };
+    for (from, column, text, boolean) in [
+        ("{ reported.process.root: yes }", 36, "yes", "true"),
+        ("{ labels.debug: [On, x] }", 28, "On", "true"),
+        ("{ labels.debug: { not_in: [OFF] } }", 38, "OFF", "false"),
+        ("{ labels.debug: { not: no } }", 34, "no", "false"),
+    ] {
+        let e = errors(&rule(from));
+        assert_eq!(
+            e,
+            [format!(
+                "p.yaml:6:{column}: `{text}` is a boolean in YAML 1.1 but text in the YAML \
+                 policies are read as (1.2), so it would never equal a `{boolean}` claim; write \
+                 `{boolean}` for the boolean, or `\"{text}\"` for the text"
+            )],
+            "{from}"
+        );
+    }
+    let p = load(&rule(
+        r#"{ labels.debug: "on", reported.process.root: true }"#,
+    ));
+    let mut c = claims(WEB, &[("debug", "on")]);
+    c.reported = serde_json::from_str(r#"{"process":{"root":true}}"#).ok();
+    let callee = api();
+    let d = decide(&p, &Query::meshed(Direction::Inbound, &c, &callee, 80));
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "no-root"), "{d}");
+}

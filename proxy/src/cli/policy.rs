@@ -435,9 +435,11 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     // connection there and decides on the certificate it gets.
     let into_mesh = match query.callee {
         Callee::External { ip, .. } => {
-            let verdict = external_verdict(&policy.decide(&query), || {
-                policy.metadata_by_name_only(&query)
-            });
+            let verdict = external_verdict(
+                &policy.decide(&query),
+                || policy.metadata_by_name_only(&query),
+                || policy.decide_as_external(&query),
+            );
             (verdict == ExternalVerdict::NotExternal).then(|| {
                 format!(
                     "into the mesh: no rule takes {ip} outside the mesh, so the sidecar does not \

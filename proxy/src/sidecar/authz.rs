@@ -30,15 +30,9 @@ use super::http::{
 };
 use crate::audit::{AppIdDoc, AuditRecord, Claims, ConnectionFields, ExternalDest};
 
-/// The rule name audit lines and `x-appid-denied-by` carry for a peer the
-/// authority revoked.
-pub const REVOKED_RULE: &str = "revoked";
-
-/// The rule name audit lines and `x-appid-denied-by` carry for a request
-/// on a live connection whose peer's certificate has expired since the
-/// handshake: its claims are no longer vouched for (a renewal may carry
-/// other ones).
-pub const EXPIRED_RULE: &str = "expired";
+/// The rule names of the sidecar's own denials: the policy crate's, which
+/// no rule may take ([`appid_policy::policy::SIDECAR_RULE_NAMES`]).
+pub use appid_policy::policy::{EXPIRED_RULE, REVOKED_RULE};
 
 /// The other party of a connection, as policy sees it.
 #[derive(Debug, Clone)]
@@ -81,7 +75,28 @@ pub enum ExternalVerdict {
 /// `named_metadata_only`: whether the destination is the metadata API by
 /// the name the app gave only, and no rule would take its address outside
 /// the mesh ([`Policy::metadata_by_name_only`]); asked only then.
-pub(crate) fn external_verdict(
+/// `as_external`: [`Policy::decide_as_external`] on the same query; asked
+/// only for an audit-mode would-be denial by a deny rule without
+/// `to.external`.
+pub(crate) fn external_verdict<'p>(
+    decision: &appid_policy::policy::Decision<'p>,
+    named_metadata_only: impl FnOnce() -> bool,
+    as_external: impl FnOnce() -> appid_policy::policy::Decision<'p>,
+) -> ExternalVerdict {
+    // Audit mode lets through what a deny rule about every destination
+    // (`from: { labels.app: legacy }`, no `to.external`) would refuse; that
+    // rule makes no destination one outside the mesh (a meshed service
+    // must not be reached in plaintext for it), the other rules say
+    // whether this one is.
+    if decision.audit_only && !decision.takes_outside_the_mesh() {
+        return read_external(&as_external(), named_metadata_only);
+    }
+    read_external(decision, named_metadata_only)
+}
+
+/// [`external_verdict`] of a decision made by rules that make destinations
+/// outside the mesh.
+fn read_external(
     decision: &appid_policy::policy::Decision<'_>,
     named_metadata_only: impl FnOnce() -> bool,
 ) -> ExternalVerdict {
@@ -97,6 +112,11 @@ pub(crate) fn external_verdict(
         (_, Reason::Default { .. }) => ExternalVerdict::NotExternal,
         (Outcome::Allow, _) => ExternalVerdict::Allow,
         (Outcome::Deny, Reason::Rule) => ExternalVerdict::Refused,
+        // The sidecar does not read the requests it passes out of the mesh,
+        // so a decision that waits for them refuses. (None comes: `http` is
+        // refused with `to.external`, and a deny rule with `http` is not
+        // about destinations outside the mesh.)
+        (Outcome::DeferToL7, _) => ExternalVerdict::Refused,
         _ => ExternalVerdict::NotExternal,
     }
 }
@@ -596,8 +616,13 @@ impl ConnAuthz {
     /// it allows or refuses; silent when the destination is not external.
     pub fn decide_external(&self) -> ExternalVerdict {
         let policy = self.shared.policy.load();
-        let decision = self.decide(&policy, &self.query(None));
-        let verdict = external_verdict(&decision, || self.named_metadata_only(&policy));
+        let query = self.query(None);
+        let decision = self.decide(&policy, &query);
+        let verdict = external_verdict(
+            &decision,
+            || self.named_metadata_only(&policy),
+            || self.timed(|| policy.decide_as_external(&query)),
+        );
         if verdict != ExternalVerdict::NotExternal {
             self.audit(&policy, &decision, None, SystemTime::now());
         }
@@ -1173,6 +1198,50 @@ pub(crate) fn instant_at(unix: i64, early: std::time::Duration) -> Option<tokio:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deny rule about every destination (`from` only) refuses a
+    /// destination outside the mesh; in audit mode it lets it through only
+    /// where an external rule takes it out of the mesh, and otherwise
+    /// leaves it a meshed destination (never plaintext for a meshed
+    /// service because a quarantine is being tried out).
+    #[test]
+    fn a_deny_about_every_destination_refuses_and_audits_by_the_external_rules() {
+        let rules = r#"
+rules:
+  - name: egress-https
+    action: allow
+    to: { external: { cidrs: ["93.184.216.0/24"], ports: [443] } }
+  - name: critical-quarantine
+    action: deny
+    from: { labels.app: legacy }
+"#;
+        let mut legacy = AppIdClaims::new("spiffe://t/legacy", "join_token");
+        legacy.labels.insert("app".into(), "legacy".into());
+        for (mode, internet, meshed) in [
+            (
+                "enforce",
+                ExternalVerdict::Refused,
+                ExternalVerdict::Refused,
+            ),
+            (
+                "audit",
+                ExternalVerdict::Allow,
+                ExternalVerdict::NotExternal,
+            ),
+        ] {
+            let src = format!("version: 1\nmode: {mode}\n{rules}");
+            let policy = Policy::load("p.yaml", &src).unwrap();
+            for (addr, want) in [("93.184.216.34", internet), ("10.1.1.1", meshed)] {
+                let query = Query::external(&legacy, addr.parse().unwrap(), None, 443);
+                let verdict = external_verdict(
+                    &policy.decide(&query),
+                    || policy.metadata_by_name_only(&query),
+                    || policy.decide_as_external(&query),
+                );
+                assert_eq!(verdict, want, "{mode}, {addr}");
+            }
+        }
+    }
 
     #[test]
     fn instants_of_wall_clock_times() {

@@ -64,8 +64,10 @@ pub struct RequestFacts<'a> {
     pub arrived: Stamp,
 }
 
-/// The rule name of refusals in audit lines and metrics.
-pub const INVALID_REQUEST_RULE: &str = "invalid-request";
+/// The rule name of refusals in audit lines and metrics: the policy
+/// crate's, which no rule may take
+/// ([`appid_policy::policy::SIDECAR_RULE_NAMES`]).
+pub use appid_policy::policy::INVALID_REQUEST_RULE;
 
 /// Why a request is refused before policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
