@@ -443,7 +443,16 @@ fn port_number(value: &Value, path: &str) -> Result<u16, ProbesError> {
     integer(value, path, 1, 65535, "port", "8080").map(|n| n as u16)
 }
 
-/// `host`: an IP literal (brackets allowed around IPv6); `""` is absent.
+/// `host`: an IP literal (brackets allowed around IPv6) of this pod's own
+/// loopback (or the unspecified address, which is it); `""` is absent.
+///
+/// Only the app inside the pod: the sidecar runs these probes as its own
+/// user, whose connections the redirect lets out uncaptured, no policy
+/// decides and no audit line records, and it hands the answer to whoever
+/// asks the health port, which anyone who can reach the pod may. A probe
+/// of another host (`169.254.169.254`, a service inside the network) would
+/// make that port an open proxy to it; kubelet runs such a probe itself,
+/// from the node, and `appid inject` leaves it to kubelet.
 fn optional_host(value: &Value, path: &str) -> Result<Option<IpAddr>, ProbesError> {
     let s = string(value, path, "an IP address like \"127.0.0.1\"")?;
     if s.is_empty() {
@@ -454,7 +463,15 @@ fn optional_host(value: &Value, path: &str) -> Result<Option<IpAddr>, ProbesErro
         .and_then(|v| v.strip_suffix(']'))
         .unwrap_or(s);
     match bare.parse::<IpAddr>() {
-        Ok(ip) => Ok(Some(ip)),
+        Ok(ip) if ip.to_canonical().is_loopback() || ip.is_unspecified() => Ok(Some(ip)),
+        Ok(ip) => err(
+            path,
+            format!(
+                "{ip} is not this pod's loopback: the health port runs probes of the app inside \
+                 the pod only (leave `host` out, or write 127.0.0.1); a probe of another host is \
+                 kubelet's to run, and `appid inject` leaves it in the pod spec"
+            ),
+        ),
         Err(_) => err(
             path,
             format!(
@@ -680,6 +697,22 @@ mod tests {
                 r#"{"/app-health/web/livez": {"httpGet": {"port": 1, "host": "web.svc"}}}"#,
                 r#"$["/app-health/web/livez"].httpGet.host"#,
                 "not an IP address",
+            ),
+            // Another host: the health port would be an open proxy to it.
+            (
+                r#"{"/app-health/web/livez": {"httpGet": {"port": 80, "host": "169.254.169.254"}}}"#,
+                r#"$["/app-health/web/livez"].httpGet.host"#,
+                "not this pod's loopback",
+            ),
+            (
+                r#"{"/app-health/web/livez": {"httpGet": {"port": 80, "host": "[fd00:ec2::254]"}}}"#,
+                r#"$["/app-health/web/livez"].httpGet.host"#,
+                "not this pod's loopback",
+            ),
+            (
+                r#"{"/app-health/db/readyz": {"tcpSocket": {"port": 5432, "host": "10.0.0.7"}}}"#,
+                r#"$["/app-health/db/readyz"].tcpSocket.host"#,
+                "not this pod's loopback",
             ),
             (
                 r#"{"/app-health/web/livez": {"httpGet": {"port": 1, "httpHeaders": [{"name": "bad name", "value": "v"}]}}}"#,

@@ -12,9 +12,11 @@
 //! from where the sidecar runs it against the app inside the pod. Every
 //! other field of the probe (delays, periods, thresholds, `timeoutSeconds`)
 //! stays as it is. Named ports are resolved from the container's `ports`;
-//! one that cannot be leaves the probe alone, with a warning (so does a
-//! `tcpSocket` probe of another `host`: kubelet dials that host, not the
-//! pod). `exec` probes
+//! one that cannot be leaves the probe alone, with a warning. A probe with
+//! a `host` is left alone too: kubelet dials that host, not the pod, and
+//! the sidecar runs probes of the app inside the pod only (run by it, a
+//! probe of another host would make the health port, which anyone who can
+//! reach the pod may ask, a proxy to that host). `exec` probes
 //! run inside the container and need nothing; `grpc` probes cannot be
 //! rewritten (kubelet itself speaks the gRPC health protocol to the port)
 //! and are left with a warning.
@@ -217,9 +219,12 @@ impl Run<'_> {
                 }
                 Ok(())
             }
-            // A TCP probe of another host is not the pod's traffic: kubelet
-            // dials that host, the redirect never sees it.
-            Some("tcpSocket") if handler.get_all("host").next().is_some() => Ok(()),
+            // A probe of another host is not the pod's traffic: kubelet
+            // dials that host, the redirect never sees it. Run by the
+            // sidecar, it would make the health port, which anyone who can
+            // reach the pod may ask, a proxy to that host (the metadata
+            // API), outside capture, policy and audit.
+            Some("tcpSocket" | "httpGet") if handler.get_all("host").next().is_some() => Ok(()),
             Some("httpGet" | "tcpSocket") if self.enabled => {
                 self.original(probe, container, hkey, handler, &health, timeout)
             }

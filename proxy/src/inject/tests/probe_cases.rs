@@ -321,20 +321,30 @@ fn a_lost_original_is_warned_and_the_probe_left() {
     );
 }
 
+/// A probe of another host is kubelet's: it dials that host from the node.
+/// Run by the sidecar it would make the health port, which anyone who can
+/// reach the pod may ask, a proxy to that host, outside capture and policy.
 #[test]
-fn a_tcp_probe_of_another_host_is_left_alone() {
-    let input = manifest("Pod").replace(
-        "    image: example/app:1\n",
-        "    image: example/app:1\n    livenessProbe:\n      tcpSocket: {host: db.example, port: 5432}\n",
-    );
-    let out = run_twice(&input);
-    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
-    let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
-    assert_eq!(
-        spec["containers"][0]["livenessProbe"],
-        json!({"tcpSocket": {"host": "db.example", "port": 5432}})
-    );
-    assert!(app_probes(&spec).is_empty());
+fn a_probe_of_another_host_is_left_alone() {
+    for probe in [
+        "tcpSocket: {host: db.example, port: 5432}",
+        "httpGet: {host: status.example, path: /ok, port: 8080}",
+        "httpGet: {host: 169.254.169.254, path: /latest/meta-data/iam/security-credentials/, port: 80}",
+    ] {
+        let input = manifest("Pod").replace(
+            "    image: example/app:1\n",
+            &format!("    image: example/app:1\n    livenessProbe:\n      {probe}\n"),
+        );
+        let out = run_twice(&input);
+        assert!(out.warnings.is_empty(), "{probe}: {:?}", out.warnings);
+        let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
+        assert_eq!(
+            spec["containers"][0]["livenessProbe"],
+            docs(&input)[0]["spec"]["containers"][0]["livenessProbe"],
+            "{probe}"
+        );
+        assert!(app_probes(&spec).is_empty(), "{probe}");
+    }
 }
 
 #[test]
@@ -370,24 +380,24 @@ spec:
 
 #[test]
 fn a_probe_the_sidecar_could_not_run_is_left_alone_with_a_warning() {
-    // A hostname in httpGet.host: the sidecar's probe parser takes only IP
-    // addresses, so rewriting this probe would stop the sidecar at start.
+    // A timeout over the sidecar's cap: rewriting this probe would stop
+    // the sidecar at start.
     let input = manifest("Pod").replace(
         "    image: example/app:1\n",
-        "    image: example/app:1\n    readinessProbe:\n      httpGet: {host: status.example, path: /ok, port: 8080}\n",
+        "    image: example/app:1\n    readinessProbe:\n      httpGet: {path: /ok, port: 8080}\n      timeoutSeconds: 301\n",
     );
     let out = run_twice(&input);
     assert!(
         out.warnings
             .iter()
-            .any(|w| w.contains("could not run it") && w.contains("host")),
+            .any(|w| w.contains("could not run it") && w.contains("timeoutSeconds")),
         "{:?}",
         out.warnings
     );
     let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
     assert_eq!(
-        spec["containers"][0]["readinessProbe"]["httpGet"]["host"],
-        "status.example"
+        spec["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/ok"
     );
     assert!(app_probes(&spec).is_empty());
 }
