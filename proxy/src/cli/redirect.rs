@@ -39,6 +39,10 @@ pub struct RedirectArgs {
     /// The sidecar's health port (config `health:`), never captured inbound
     #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_HEALTH_PORT)]
     health_port: u16,
+    /// The port of an authority that runs on this host: left uncaptured
+    /// inbound so that sidecars reach it (e.g. 15170) [default: none]
+    #[arg(long, value_name = "N", value_parser = parse_port)]
+    authority_port: Option<u16>,
     /// Inbound ports left alone, comma-separated (e.g. 22,8081)
     #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
     exclude_inbound_ports: Vec<u16>,
@@ -111,10 +115,10 @@ pub fn run(args: RedirectArgs) -> anyhow::Result<ExitCode> {
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         health_port: args.health_port,
+        authority_port: args.authority_port,
         exclude_inbound_ports: args.exclude_inbound_ports.clone(),
         exclude_outbound_ports: args.exclude_outbound_ports.clone(),
         exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),
-        ..RedirectOptions::default()
     };
     let backend = args.backend.resolve();
     let families = if args.ipv4_only {

@@ -12,7 +12,7 @@
 //! and every rule carries an `appid:` comment.
 //!
 //! ```text
-//!  peer ──► PREROUTING ─► APPID_INBOUND ─┬─ admin/health/authority/excluded port ─► RETURN
+//!  peer ──► PREROUTING ─► APPID_INBOUND ─┬─ health/authority/excluded port ─► RETURN
 //!                                        └─► APPID_IN_REDIRECT ─► REDIRECT :15106
 //!  app ───► OUTPUT ─────► APPID_OUTPUT ──┬─ proxy uid/gid, loopback,
 //!                                        │  excluded port/CIDR ─► RETURN
@@ -55,14 +55,15 @@ pub struct RedirectOptions {
     pub inbound_port: u16,
     /// Where outbound TCP is redirected (the sidecar's transparent outbound).
     pub outbound_port: u16,
-    /// The admin port (never captured inbound).
-    pub admin_port: u16,
     /// The health port, which the sidecar serves itself on the pod IP
     /// (never captured inbound: kubelet must reach it, not the app).
     pub health_port: u16,
-    /// The authority port (never captured inbound, so an authority on this
-    /// host is reached directly; outbound it is captured like any port).
-    pub authority_port: u16,
+    /// The port of an authority on this host, if one runs here: never
+    /// captured inbound, so sidecars reach it directly (outbound it is
+    /// captured like any port). None by default: a port left uncaptured
+    /// where nothing of appid's listens is one the app may take, and reach
+    /// from anywhere with no decision and no audit line.
+    pub authority_port: Option<u16>,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_outbound_cidrs: Vec<IpNet>,
@@ -113,9 +114,8 @@ impl Default for RedirectOptions {
             proxy_gid: None,
             inbound_port: 15106,
             outbound_port: 15101,
-            admin_port: 15190,
             health_port: crate::config::DEFAULT_HEALTH_PORT,
-            authority_port: 15170,
+            authority_port: None,
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
@@ -191,12 +191,11 @@ pub fn rules(options: &RedirectOptions, family: Family) -> Vec<Rule> {
         Rule::new("OUTPUT", "-p tcp -j APPID_OUTPUT", "outbound capture"),
     ];
 
-    // Inbound: everything to the app, except the ports that must stay direct.
-    let mut inbound_exclusions = vec![
-        (options.admin_port, "admin port"),
-        (options.health_port, "health port"),
-        (options.authority_port, "authority port"),
-    ];
+    // Inbound: everything to the app, except the ports that must stay
+    // direct, each one held by appid itself (the admin API listens on
+    // loopback only, which PREROUTING never sees: no rule for it).
+    let mut inbound_exclusions = vec![(options.health_port, "health port")];
+    inbound_exclusions.extend(options.authority_port.map(|p| (p, "authority port")));
     inbound_exclusions.extend(
         options
             .exclude_inbound_ports
@@ -444,6 +443,7 @@ mod tests {
     fn full_options() -> RedirectOptions {
         RedirectOptions {
             proxy_gid: Some(1337),
+            authority_port: Some(15170),
             exclude_inbound_ports: vec![22, 15190],
             exclude_outbound_ports: vec![5432],
             exclude_outbound_cidrs: vec![
@@ -469,6 +469,37 @@ mod tests {
             ],
             ..RedirectOptions::default()
         }
+    }
+
+    /// An inbound port left uncaptured is one the app may listen on, reached
+    /// from anywhere with no decision and no audit line: by default only
+    /// the health port, which the sidecar holds. The admin API listens on
+    /// loopback (PREROUTING never sees it), and no authority runs beside a
+    /// workload unless `--authority-port` says so.
+    #[test]
+    fn only_ports_appid_holds_are_left_uncaptured_inbound() {
+        let uncaptured = |options: &RedirectOptions| -> Vec<String> {
+            rules(options, Family::V4)
+                .iter()
+                .filter(|r| r.chain == "APPID_INBOUND" && r.spec.ends_with("-j RETURN"))
+                .map(|r| r.spec.clone())
+                .collect()
+        };
+        assert_eq!(
+            uncaptured(&RedirectOptions::default()),
+            ["-p tcp --dport 15191 -j RETURN"]
+        );
+        let with_authority = RedirectOptions {
+            authority_port: Some(15170),
+            ..RedirectOptions::default()
+        };
+        assert_eq!(
+            uncaptured(&with_authority),
+            [
+                "-p tcp --dport 15191 -j RETURN",
+                "-p tcp --dport 15170 -j RETURN"
+            ]
+        );
     }
 
     #[test]
