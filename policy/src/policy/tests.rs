@@ -44,6 +44,16 @@ fn ip(s: &str) -> IpAddr {
 
 /// Decides with both the index and a scan, checks they agree, returns the
 /// indexed decision's (outcome, rule, audit_only).
+/// The clauses of rule `name` that failed in `e` (none if it matched or
+/// is not there).
+fn failed_clauses<'p>(e: &explain::Explanation<'p>, name: &str) -> Vec<&'p str> {
+    e.rules
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.failed.clone())
+        .unwrap_or_default()
+}
+
 fn decide<'p>(p: &'p Policy, q: &Query<'_>) -> Decision<'p> {
     let fast = p.decide(q);
     let slow = p.decide_by_scan(q);
@@ -2705,13 +2715,7 @@ rules:
     assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
     // explain says which rules a caller outside the mesh meets.
     let e = p.explain(&Query::unauthenticated(ip("10.1.2.3"), &callee, 6060));
-    let failed = |name: &str| {
-        e.rules
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.failed.clone())
-            .unwrap_or_default()
-    };
+    let failed = |name: &str| failed_clauses(&e, name);
     assert!(failed("no-debug-port").is_empty());
     let outside = "from (the caller is outside the mesh; only from.unauthenticated rules and \
                    deny rules without caller claims apply)";
@@ -2767,13 +2771,7 @@ rules:
     let d = decide(&p, &out(&good, 80));
     assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"), "{d}");
     let e = p.explain(&out(&good, 443));
-    let failed = |name: &str| {
-        e.rules
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.failed.clone())
-            .unwrap_or_default()
-    };
+    let failed = |name: &str| failed_clauses(&e, name);
     let outside = "to (the destination is outside the mesh; only to.external rules and deny \
                    rules without callee claims or http apply)";
     for name in ["any-meshed", "no-api-for-web", "no-admin"] {
