@@ -325,36 +325,28 @@ fn a_document_from_an_unregistered_account_gets_nothing() {
     // A registration that names no account would match anyone's instance:
     // refused, naming the flag and the fact to add. One that does gets no
     // join token (the signed document is the way in).
-    let out = authority_cli(
-        &authority,
-        &[
-            "register",
-            "--id",
-            "spiffe://prod.example/vm/golden",
-            "--cloud-match",
-            "provider=aws",
-            "--cloud-match",
-            "image=ami-0golden",
-        ],
-    );
+    let register = |fact: &str| {
+        authority_cli(
+            &authority,
+            &[
+                "register",
+                "--id",
+                "spiffe://prod.example/vm/golden",
+                "--cloud-match",
+                "provider=aws",
+                "--cloud-match",
+                fact,
+            ],
+        )
+    };
+    let out = register("image=ami-0golden");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("--cloud-match") && stderr.contains("account="),
         "{stderr}"
     );
-    let out = authority_cli(
-        &authority,
-        &[
-            "register",
-            "--id",
-            "spiffe://prod.example/vm/golden",
-            "--cloud-match",
-            "provider=aws",
-            "--cloud-match",
-            "account=000000000000",
-        ],
-    );
+    let out = register("account=000000000000");
     assert!(
         out.status.success(),
         "{}",
