@@ -44,22 +44,30 @@
 //! Workloads: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job,
 //! CronJob, also as the `items` of a `kind: List`. A workload is left as it
 //! is, and counted as skipped, when `appid.dev/inject: "false"` is on its
-//! metadata or its pod template's, when it uses `hostNetwork: true`, or when
-//! its layout cannot be edited safely (an alias or merge key in the pod
-//! spec, say); the latter two with a warning.
+//! metadata or its pod template's, when it uses `hostNetwork: true` (read as
+//! Kubernetes reads YAML 1.1, so `yes` and `on` count: see `yaml11.rs`), or
+//! when its layout cannot be edited or checked safely (an alias, tag or
+//! merge key in the pod spec, say); the latter two with a warning.
+//!
+//! Capture lets the sidecar's uid through, so a container of the pod that
+//! runs as it is refused, and one that could become it or get under the
+//! rules (root, NET_RAW, NET_ADMIN, ...) is warned about: see `bypass.rs`.
 
 mod annotate;
+mod bypass;
 mod edit;
 mod emit;
 mod probes;
 mod spec;
 mod tree;
+mod yaml11;
 
 use std::fmt;
 
 use edit::{Edit, Slot};
 use emit::Layout;
 use tree::{Kind, Node};
+use yaml11::Value;
 
 /// The sidecar's uid and gid: its own traffic is never redirected.
 pub const PROXY_UID: u32 = 1337;
@@ -290,51 +298,42 @@ fn template_path(kind: &str) -> Option<(&'static [&'static str], &'static [&'sta
     }
 }
 
-/// The redirect returns the traffic of uid 1337 (the sidecar's) to the
-/// kernel: a container of the pod's that runs as that uid would look
-/// meshed and be neither captured nor authorized. Refused, naming the line
-/// (the container's `runAsUser`, or the pod's it inherits).
-fn check_no_container_runs_as_the_proxy(
-    pod: &Node,
-    location: &Location,
-) -> Result<(), InjectError> {
-    fn run_as_user<'n>(
-        holder: &'n Node,
-        location: &Location,
-    ) -> Result<Option<&'n Node>, InjectError> {
-        match get(holder, "securityContext", location)? {
-            Some(context) => get(context, "runAsUser", location),
-            None => Ok(None),
-        }
-    }
-    let pod_user = run_as_user(pod, location)?;
-    for list in ["initContainers", "containers"] {
-        let Some(containers) = get(pod, list, location)? else {
-            continue;
-        };
-        for container in containers.items().unwrap_or_default() {
-            let name = get(container, "name", location)?.and_then(Node::scalar);
-            if name.is_some_and(|n| n == INIT_CONTAINER || n == PROXY_CONTAINER) {
-                continue; // ours, replaced
-            }
-            let Some(user) = run_as_user(container, location)?.or(pod_user) else {
-                continue;
+/// Why a pod with `hostNetwork` is not injected: `appid-init` would
+/// rewrite the *node's* nat table. Read as Kubernetes reads it (YAML 1.1:
+/// `yes`, `on`, `Y` are true too); an alias or tag there skips the
+/// workload as well, a quoted or other non-boolean value is refused.
+fn host_network(pod: &Node, location: &Location) -> Result<Option<String>, InjectError> {
+    let Some(node) = get(pod, "hostNetwork", location)? else {
+        return Ok(None);
+    };
+    let text = node.scalar().unwrap_or_default();
+    match yaml11::bool(node) {
+        Value::Null | Value::Is(false) => Ok(None),
+        Value::Is(true) => {
+            let spelled = if text == "true" {
+                String::new()
+            } else {
+                format!(", written `{text}`,")
             };
-            if user.scalar().map(str::trim) == Some(&PROXY_UID.to_string()) {
-                return Err(InjectError::Structure {
-                    location: location.clone(),
-                    line: user.line,
-                    message: format!(
-                        "container `{}` runs as uid {PROXY_UID}, the sidecar's, whose traffic \
-                         the redirect never captures: it would bypass the sidecar; give it \
-                         another securityContext.runAsUser",
-                        name.unwrap_or("(no name)")
-                    ),
-                });
-            }
+            Ok(Some(format!(
+                "hostNetwork: true{spelled} (the redirect would capture the node's traffic)"
+            )))
         }
+        Value::Unresolved(kind) => Ok(Some(format!(
+            "line {}: hostNetwork is {kind}, which the injector does not resolve (the pod may \
+             use the node's network); write true or false",
+            node.line
+        ))),
+        Value::Wrong => Err(InjectError::Structure {
+            location: location.clone(),
+            line: node.line,
+            message: format!(
+                "hostNetwork: `{}` is not true or false as Kubernetes reads YAML (a quoted \
+                 value is a string), so the API server would refuse the pod; write true or false",
+                text.escape_debug()
+            ),
+        }),
     }
-    Ok(())
 }
 
 /// The single value of `key` in a mapping (two is an error).
@@ -534,21 +533,19 @@ impl Run<'_> {
         let exclude_inbound = exclude(ANNOTATION_EXCLUDE_INBOUND)?;
         let exclude_outbound = exclude(ANNOTATION_EXCLUDE_OUTBOUND)?;
 
-        if get(pod, "hostNetwork", location)?
-            .and_then(Node::scalar)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        {
-            return Ok(Verdict::Skip(Some(
-                "hostNetwork: true (the redirect would capture the node's traffic)".into(),
-            )));
+        if let Some(reason) = host_network(pod, location)? {
+            return Ok(Verdict::Skip(Some(reason)));
         }
-        check_no_container_runs_as_the_proxy(pod, location)?;
         let entries = pod.entries().unwrap_or_default();
         if entries.iter().any(|(k, _)| k.scalar() == Some("<<")) {
             return Ok(Verdict::Skip(Some(
                 "the pod spec uses a YAML merge key (<<)".into(),
             )));
         }
+        let bypass_warnings = match bypass::check(pod, location)? {
+            bypass::Verdict::Warnings(warnings) => warnings,
+            bypass::Verdict::Skip(reason) => return Ok(Verdict::Skip(Some(reason))),
+        };
         let containers = get(pod, "containers", location)?;
         let Some(anchor) = entries
             .iter()
@@ -602,6 +599,7 @@ impl Run<'_> {
             .into_iter()
             .map(|w| format!("{location}: {w}"))
             .collect();
+        warnings.extend(bypass_warnings);
         for slot in &slots {
             match edit::slot_edits(self.input, layout, pod, anchor, slot) {
                 Ok(more) => edits.extend(more),

@@ -28,6 +28,20 @@ fn run_twice(input: &str) -> InjectOutput {
     once
 }
 
+/// The warnings other than the one per container that may get around
+/// capture (which every container of `manifest()` gets: it sets no
+/// securityContext).
+fn not_about_capture(out: &InjectOutput) -> Vec<&str> {
+    out.warnings
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !w.contains(CAPTURE_WARNING))
+        .collect()
+}
+
+/// What the warnings about a container that may get around capture say.
+const CAPTURE_WARNING: &str = "may get around capture";
+
 /// Every non-empty document, as plain data (an independent parser: serde-saphyr).
 fn docs(yaml: &str) -> Vec<Json> {
     serde_saphyr::from_multiple::<Json>(yaml)
@@ -344,16 +358,28 @@ fn every_fixture_manifest() {
         let input = std::fs::read_to_string(file).unwrap();
         let out = run_twice(&input);
         let name = file.display();
-        // Only gRPC probes are worth a warning in these manifests: one per
-        // container and port.
+        // Besides the one per container that is not hardened against
+        // getting around capture, only gRPC probes are worth a warning in
+        // these manifests: one per container and port.
+        let before = docs(&input);
+        let mut unhardened: Vec<String> = before
+            .iter()
+            .filter_map(pod_spec)
+            .flat_map(|spec| unhardened_containers(&spec))
+            .collect();
+        let mut warned: Vec<String> = out
+            .warnings
+            .iter()
+            .filter(|w| w.contains(CAPTURE_WARNING))
+            .map(|w| w.split('`').nth(1).unwrap_or_default().to_owned())
+            .collect();
+        unhardened.sort();
+        warned.sort();
+        assert_eq!(warned, unhardened, "{name}: {:?}", out.warnings);
         let grpc_containers = input.matches("grpc:").count() / 2;
-        assert_eq!(
-            out.warnings.len(),
-            grpc_containers,
-            "{name}: {:?}",
-            out.warnings
-        );
-        for w in &out.warnings {
+        let others = not_about_capture(&out);
+        assert_eq!(others.len(), grpc_containers, "{name}: {:?}", out.warnings);
+        for w in others {
             assert!(
                 w.contains("livenessProbe and readinessProbe: gRPC probes")
                     && w.contains("appid.dev/exclude-inbound-ports"),
@@ -362,7 +388,6 @@ fn every_fixture_manifest() {
         }
         assert_eq!(out.skipped, 0, "{name}");
 
-        let before = docs(&input);
         let after = docs(&out.yaml);
         assert_eq!(before.len(), after.len(), "{name}");
         let workloads = before
@@ -398,6 +423,37 @@ fn every_fixture_manifest() {
     // microservices-demo: 12 Deployments; zookeeper: 1 StatefulSet;
     // shared-volume: 1 Pod.
     assert!(workloads_seen >= 14, "{workloads_seen}");
+}
+
+/// The names of a pod spec's containers (init containers included) that
+/// do not set all of: a non-zero runAsUser (theirs or the pod's),
+/// allowPrivilegeEscalation: false, capabilities.drop: [ALL], and no
+/// added capabilities or privileged: the ones `inject` warns about.
+fn unhardened_containers(spec: &Json) -> Vec<String> {
+    let pod_user = &spec["securityContext"]["runAsUser"];
+    let mut names = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for container in spec[list].as_array().into_iter().flatten() {
+            let own = &container["securityContext"];
+            let user = if own["runAsUser"].is_null() {
+                pod_user
+            } else {
+                &own["runAsUser"]
+            };
+            let drops_all = own["capabilities"]["drop"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|c| c == "ALL"));
+            let hardened = user.as_i64().is_some_and(|u| u != 0)
+                && own["allowPrivilegeEscalation"] == false
+                && drops_all
+                && own["capabilities"]["add"].is_null()
+                && own["privileged"] != true;
+            if !hardened {
+                names.push(container["name"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    names
 }
 
 /// A minimal manifest of `kind`: the pod spec's `containers` list is
@@ -1008,11 +1064,28 @@ metadata: {name: b}
 spec:
   <<: {hostname: h}
   containers: [{name: app}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c}
+spec:
+  initContainers:
+  - &setup
+    name: setup
+  containers:
+  - *setup
 ";
     let out = run(input);
     assert_eq!(out.yaml, input);
-    assert_eq!((out.injected, out.skipped), (0, 2));
-    assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
+    assert_eq!((out.injected, out.skipped), (0, 3));
+    assert_eq!(out.warnings.len(), 3, "{:?}", out.warnings);
+    // The checks for ways around capture do not read through aliases
+    // either: an aliased container could be anything.
+    assert!(
+        out.warnings[2].contains("line 24: containers[0] is a YAML alias"),
+        "{:?}",
+        out.warnings
+    );
 }
 
 #[test]
@@ -1036,7 +1109,7 @@ spec:
   - &second
     name: second
   containers:
-  - *second
+  - name: app
   extra: |+
     # keep
 
@@ -1177,4 +1250,5 @@ proptest! {
 }
 
 mod annotation_cases;
+mod capture_cases;
 mod probe_cases;

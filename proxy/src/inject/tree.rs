@@ -35,6 +35,9 @@ pub(crate) struct Node {
     pub props: bool,
     /// An anchor is attached (aliases elsewhere may refer to this node).
     pub anchored: bool,
+    /// An explicit tag (`!!str`, `!!int`, `!custom`) is attached: a scalar's
+    /// type is then the tag's, not what its text looks like.
+    pub tagged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +161,7 @@ fn leaf(input: &str, kind: Kind, span: &Span) -> Node {
         col: span.start.col(),
         props: span.tag_start().is_some(),
         anchored: false,
+        tagged: span.tag_start().is_some(),
     }
 }
 
@@ -294,6 +298,7 @@ pub(crate) fn parse(input: &str) -> Result<Vec<Document>, SyntaxError> {
                         col: span.start.col(),
                         props: false,
                         anchored: false,
+                        tagged: false,
                     }
                 });
                 documents.push(Document { root });
