@@ -147,6 +147,45 @@ fn the_health_port_is_left_to_the_sidecar() {
     }
 }
 
+/// Inbound, only ports appid holds stay uncaptured: an app could listen
+/// on any other, reached from anywhere undecided. The admin API is on
+/// loopback (no rule), an authority's port only with `--authority-port`.
+#[test]
+fn only_ports_appid_holds_stay_uncaptured_inbound() {
+    if !should_run() {
+        return;
+    }
+    let ns = Netns::new("redirect");
+    let returned = |saved: &str| -> Vec<String> {
+        saved
+            .lines()
+            .filter(|l| l.starts_with("-A APPID_INBOUND") && l.ends_with("-j RETURN"))
+            .filter_map(|l| {
+                l.split("--dport ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let out = ns.run(appid_path(), &["redirect", "install"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (v4, v6) = saved(&ns);
+    for saved in [&v4, &v6] {
+        assert_eq!(returned(saved), ["15191"], "{saved}");
+    }
+    let out = ns.run(
+        appid_path(),
+        &["redirect", "install", "--authority-port", "15170"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (v4, v6) = saved(&ns);
+    for saved in [&v4, &v6] {
+        assert_eq!(returned(saved), ["15191", "15170"], "{saved}");
+    }
+}
+
 #[test]
 fn bad_flags_are_exit_2_with_one_line() {
     // Needs no root: flags are checked before iptables is touched.
