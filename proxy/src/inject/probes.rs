@@ -34,7 +34,6 @@ use super::edit::{Edit, indent_of};
 use super::emit::{self, Layout, Value, s};
 use super::tree::{Kind, Node};
 use super::{APP_PROBES_ENV, HEALTH_PORT, INIT_CONTAINER, PROXY_CONTAINER};
-use serde_saphyr::granit_parser::ScalarStyle;
 
 /// The probes of a container and the name of each in the health path.
 const PROBES: [(&str, &str); 3] = [
@@ -125,13 +124,11 @@ fn scalar_field<'n>(map: &'n Node, key: &str) -> Option<&'n str> {
     map.get_all(key).next().and_then(|(_, v)| v.scalar())
 }
 
-/// A plain scalar that is a whole number.
+/// A plain scalar that is a whole number as Kubernetes reads it
+/// ([`super::yaml11`]: `0x1F90` is 8080, a quoted `"8080"` is a name).
 fn plain_int(node: &Node) -> Option<i64> {
-    match &node.kind {
-        Kind::Scalar {
-            value,
-            style: ScalarStyle::Plain,
-        } if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => value.parse().ok(),
+    match super::yaml11::int(node) {
+        super::yaml11::Value::Is(n) => Some(n),
         _ => None,
     }
 }

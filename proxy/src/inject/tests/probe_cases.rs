@@ -352,6 +352,22 @@ fn a_probe_of_another_host_is_left_alone() {
     }
 }
 
+/// A port is read as Kubernetes reads it (YAML 1.1): `0x1F90` is 8080.
+#[test]
+fn a_port_number_in_another_spelling_is_the_number() {
+    let input = manifest("Pod").replace(
+        "    image: example/app:1\n",
+        "    image: example/app:1\n    livenessProbe:\n      tcpSocket: {port: 0x1F90}\n",
+    );
+    let out = run_twice(&input);
+    assert!(not_about_capture(&out).is_empty(), "{:?}", out.warnings);
+    let spec = pod_spec(&docs(&out.yaml)[0]).unwrap();
+    assert_eq!(
+        Json::Object(app_probes(&spec)),
+        json!({"/app-health/app/livez": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 1}})
+    );
+}
+
 #[test]
 fn native_sidecars_of_the_app_are_rewritten_too() {
     let input = "\
