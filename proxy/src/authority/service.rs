@@ -641,19 +641,20 @@ impl Authority {
                 // registration still takes that instance: an edited
                 // `--cloud-match` (another account, a token instead) ends
                 // the identities it no longer covers at their next renewal.
-                let cloud = current.cloud.as_ref().map(cloud_facts).unwrap_or_default();
                 if matches!(
                     current.attestation.as_str(),
                     attestation::AWS_IID | attestation::GCP_IIT
-                ) && !registration.takes_cloud_instance(&cloud)
-                {
-                    return Err(Refusal::NotAllowed {
-                        id: current.id.clone(),
-                        reason: format!(
-                            "its registration no longer takes this instance (cloud facts \
-                             {cloud:?}); the instance must attest again with its document"
-                        ),
-                    });
+                ) {
+                    let cloud = current.cloud.as_ref().map(cloud_facts).unwrap_or_default();
+                    if !registration.takes_cloud_instance(&cloud) {
+                        return Err(Refusal::NotAllowed {
+                            id: current.id.clone(),
+                            reason: format!(
+                                "its registration no longer takes this instance (cloud facts \
+                                 {cloud:?}); the instance must attest again with its document"
+                            ),
+                        });
+                    }
                 }
                 let (k8s, app_image) = match &pod {
                     Some((pod, facts)) => {
@@ -736,7 +737,10 @@ impl Authority {
         // it) and no `vulns` (no one scan describes it).
         let (digest, scan_describes_it) = match (&registration.image_digest, &app_image) {
             (Some(pinned), None) => (Some(pinned), true),
-            (Some(pinned), Some(image)) => (Some(pinned), *image == AppImage::One(pinned.clone())),
+            (Some(pinned), Some(image)) => (
+                Some(pinned),
+                matches!(image, AppImage::One(running) if running == pinned),
+            ),
             (None, Some(AppImage::One(running))) => (Some(running), true),
             (None, _) => (None, false),
         };
