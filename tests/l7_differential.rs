@@ -2167,6 +2167,69 @@ async fn late_request(address: SocketAddr, path: &str) -> Outcome {
     outcome
 }
 
+/// A deny rule without `from` is about every caller: a plaintext caller
+/// admitted by a `from.unauthenticated` allow meets it as a meshed one does
+/// (the policy engine's `scope`; before, only meshed callers did, and the
+/// plaintext `GET /admin/x` reached the app).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_without_from_holds_for_plaintext_callers_too() {
+    let policy = format!(
+        "version: 1
+default: deny
+rules:
+  - name: web-to-api
+    action: allow
+    from: {MESHED_FROM}
+    to: {{ labels.app: api }}
+  - name: plain-l4
+    action: allow
+    from: {PLAIN_FROM}
+    to: {{ labels.app: api }}
+  - name: no-admin-for-anyone
+    action: deny
+    to: {{ labels.app: api }}
+    http: {{ paths: [\"/admin/**\"] }}
+"
+    );
+    let mut failures = Vec::new();
+    for mode in ["pooled", "strict"] {
+        let app = HttpApp::start().await;
+        let mesh = Mesh::start(
+            app.addr,
+            MeshOptions {
+                server_policy: policy.clone(),
+                client_policy: policy.clone(),
+                server_tunnel: Some(mode),
+                client_tunnel: Some(mode),
+                ..MeshOptions::default()
+            },
+        )
+        .await;
+        for (who, address, _, _) in entry_points(&mesh) {
+            let before = app.state.requests.load(Ordering::SeqCst);
+            let (denied, allowed) = tokio::join!(
+                late_request(address, "/admin/x"),
+                late_request(address, "/public/x"),
+            );
+            let denied_by_rule = matches!(&denied, Outcome::Answer(a)
+                if a.status == 403 && a.header("x-appid-denied-by") == Some("no-admin-for-anyone"));
+            let allowed_ok = matches!(&allowed, Outcome::Answer(a) if a.status == 200);
+            let reached = app.state.requests.load(Ordering::SeqCst) - before;
+            if !denied_by_rule || !allowed_ok || reached != 1 {
+                failures.push((
+                    format!(
+                        "[{mode} {who}] /admin/x: {}, /public/x: {}, {reached} reached the app",
+                        describe(&denied),
+                        describe(&allowed)
+                    ),
+                    mesh.context(),
+                ));
+            }
+        }
+    }
+    report("deny without from", failures);
+}
+
 /// Any audit line of either sidecar that denies with a reason mentioning
 /// "not HTTP".
 fn not_http_denial(sidecars: [&Sidecar; 2]) -> Option<Value> {
