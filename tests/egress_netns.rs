@@ -427,6 +427,62 @@ fn no_port_leads_out_uncaptured_not_even_the_authoritys() {
     );
 }
 
+/// A deny rule with only `from` (a quarantine) is about every destination,
+/// those outside the mesh too: an `external` allow does not let the
+/// quarantined workload out (before, deny rules were about meshed
+/// destinations only, and it reached the internet). The same policy
+/// without the quarantine lets it out: the control.
+#[test]
+fn a_quarantine_deny_holds_for_destinations_outside_the_mesh() {
+    if !should_run() {
+        return;
+    }
+    let id = web_identity();
+    let outside = "198.51.100.9";
+    let egress = format!(
+        "version: 1
+default: deny
+rules:
+  - name: web-egress
+    action: allow
+    from: {{ labels.app: web }}
+    to: {{ external: {{ cidrs: [\"{outside}/32\"], ports: [443] }} }}
+"
+    );
+    let quarantine = format!(
+        "{egress}  - name: quarantine-web
+    action: deny
+    from: {{ labels.app: web }}
+"
+    );
+    for (role, policy, reaches) in [
+        ("egressok", &egress, true),
+        ("quarantine", &quarantine, false),
+    ] {
+        let mut h = host(role, &id, policy);
+        tag_server(&mut h, "outside", outside, 443);
+        h.start_sidecar();
+        h.install_redirect();
+        let got = raw(&h, outside, 443, "hello\\r\\n");
+        assert_eq!(
+            got.contains("REACHED"),
+            reaches,
+            "{role}: got {got:?}\n{}",
+            h.context()
+        );
+        if !reaches {
+            let refused = h.audit().into_iter().any(|l| {
+                l["decision"] == "deny" && l["rule"] == "quarantine-web" && l["port"] == 443
+            });
+            assert!(
+                refused,
+                "{role}: no audit line names quarantine-web\n{}",
+                h.context()
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A forward proxy allowed by `cidrs` is no way to the metadata API, whichever
 // way a request names it to the proxy.
